@@ -1,0 +1,1 @@
+//! The Wharf broker library.
