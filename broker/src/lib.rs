@@ -1,1 +1,7 @@
-//! The Wharf broker library.
+//! The Wharf broker library: the storage engine today; topics, groups, queues and the
+//! `wharfd` server build on it.
+//!
+//! Layers, top to bottom (each talks only to the next one down): `server` (listener,
+//! connection, dispatch) → domain (`log`, `queue`, `offsets`, `producer`) → [`storage`].
+
+pub mod storage;

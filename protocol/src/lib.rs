@@ -2,3 +2,18 @@
 //!
 //! This crate is pure: it encodes and decodes bytes and never touches sockets, files or a
 //! runtime. The broker and the client both depend on it and never on each other.
+//!
+//! It owns [`batch`], Kafka's RecordBatch v2 byte for byte (the one format for the wire and
+//! the disk), and [`varint`], the zig-zag integers inside records. Decoders never panic on
+//! any input and check every length before trusting it; docs/PROTOCOL.md is the byte-level
+//! specification and the golden tests in `tests/` pin it.
+
+pub mod batch;
+pub mod varint;
+
+pub use batch::{
+    batches, control_batch, parse_header, validate, Attributes, Batch, BatchBuilder, BatchError,
+    BatchHeader, BatchIter, Compression, ControlKind, ControlMarker, Header, NewRecord, Record,
+    Records, TimestampType,
+};
+pub use varint::VarintError;

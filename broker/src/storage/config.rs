@@ -1,0 +1,100 @@
+//! Per-partition log configuration: segment sizes, index density, retention and the flush
+//! policy. Every limit explains its value.
+
+use crate::storage::error::{Error, Result};
+
+/// Largest allowed segment: positions in the offset index are u32 and Kafka caps segments at
+/// `i32::MAX` bytes, so a segment never outgrows what an index entry can address.
+pub const SEGMENT_BYTES_MAX_LIMIT: u64 = i32::MAX as u64;
+
+/// Smallest allowed segment: one maximal batch must fit in a fresh segment.
+pub const SEGMENT_BYTES_MIN_LIMIT: u64 = 64 * 1024;
+
+/// When an acknowledgement that asks for durability may be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every append is fsynced before it is acknowledged as durable; concurrent appends share
+    /// one fsync (group commit). The high watermark only covers fsynced data, so consumers
+    /// never read what a power loss could take back.
+    Always,
+    /// fsync every `interval_ms`; acknowledgements do not wait for it.
+    Interval { interval_ms: u64 },
+    /// Never fsync except when a segment rolls or the log closes; leave it to the OS.
+    Never,
+}
+
+/// Whether reads check each batch's CRC before serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVerify {
+    /// Check length, magic, offset continuity and CRC-32C of every batch served. A corrupt
+    /// batch is refused with an error, never served.
+    Crc,
+    /// Check only the header chain (length, magic, offset continuity).
+    Headers,
+}
+
+/// Configuration of one partition log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment when the active one would exceed this many bytes.
+    pub segment_bytes_max: u64,
+    /// Roll to a new segment when the active one is older than this (None: never by age).
+    pub segment_age_ms_max: Option<u64>,
+    /// Add an offset index entry every this many bytes of log (a read scans at most this much
+    /// before it finds its batch).
+    pub index_interval_bytes: u32,
+    /// Bytes preallocated for each index file; a segment rolls when its index is full.
+    pub index_bytes_max: u32,
+    /// Delete sealed segments whose newest record is older than this (None: keep forever).
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while the log is larger than this (None: no limit).
+    pub retention_bytes: Option<u64>,
+    /// When durable acknowledgements may be given.
+    pub flush: FlushPolicy,
+    /// What reads verify before serving bytes.
+    pub read_verify: ReadVerify,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 1024 * 1024 * 1024,
+            segment_age_ms_max: Some(7 * 24 * 3600 * 1000),
+            index_interval_bytes: 4096,
+            index_bytes_max: 10 * 1024 * 1024,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            flush: FlushPolicy::Always,
+            read_verify: ReadVerify::Crc,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks every field against its limits.
+    ///
+    /// # Errors
+    /// `Error::Config` naming the first field out of range.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |reason: String| Err(Error::Config { reason });
+        if !(SEGMENT_BYTES_MIN_LIMIT..=SEGMENT_BYTES_MAX_LIMIT).contains(&self.segment_bytes_max) {
+            return fail(format!(
+                "segment_bytes_max {} outside [{}, {}]",
+                self.segment_bytes_max, SEGMENT_BYTES_MIN_LIMIT, SEGMENT_BYTES_MAX_LIMIT
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return fail("index_interval_bytes must be positive".to_string());
+        }
+        if self.index_bytes_max < 1024 {
+            return fail(format!(
+                "index_bytes_max {} is below 1024",
+                self.index_bytes_max
+            ));
+        }
+        if let FlushPolicy::Interval { interval_ms: 0 } = self.flush {
+            return fail("flush interval_ms must be positive".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The background fsync service shared by all partitions.
+//!
+//! Partitions with `FlushPolicy::Always` ask for a flush after each append; a request is
+//! deduplicated per partition (a flag), so the queue never holds a partition twice and its
+//! length is bounded by the number of partitions. A flusher thread takes a partition, clears
+//! its flag, and fsyncs once for everything appended so far; appends that land during the
+//! fsync set the flag again and ride the next one. That is the group commit: N concurrent
+//! appenders cost about one fsync per fsync-duration, not N.
+//!
+//! Partitions with `FlushPolicy::Interval` register once and are fsynced when dirty and their
+//! interval has passed. The queue holds `Weak` references, so a dropped partition simply
+//! disappears. The threads stop when the last `Flusher` handle is dropped.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::storage::config::FlushPolicy;
+use crate::storage::partition::Partition;
+
+/// How often flusher threads look at interval partitions when no request wakes them.
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Default)]
+struct Queue {
+    requested: VecDeque<Weak<Partition>>,
+    interval: Vec<Weak<Partition>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Stops the threads when the last handle goes away.
+#[derive(Debug)]
+struct Owner {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        for thread in threads {
+            // A flusher thread that panicked has nothing left to clean up.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Handle to the flusher threads. Cloning shares them.
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+impl Flusher {
+    /// Starts `thread_count` flusher threads (at least one).
+    ///
+    /// # Panics
+    /// If the operating system cannot start a thread.
+    pub fn spawn(thread_count: usize) -> Flusher {
+        let shared = Arc::new(Shared::default());
+        let threads = (0..thread_count.max(1))
+            .map(|thread_index| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("wharf-flusher-{thread_index}"))
+                    .spawn(move || run(&shared))
+                    .expect("starting a flusher thread")
+            })
+            .collect();
+        Flusher {
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
+                threads: Mutex::new(threads),
+            }),
+            shared,
+        }
+    }
+
+    /// Queues `partition` for an fsync (the caller deduplicates).
+    pub(crate) fn request(&self, partition: &Arc<Partition>) {
+        self.shared
+            .lock()
+            .requested
+            .push_back(Arc::downgrade(partition));
+        self.shared.wake.notify_one();
+    }
+
+    /// Adds a partition with `FlushPolicy::Interval` to the periodic flush list.
+    pub(crate) fn register_interval(&self, partition: &Arc<Partition>) {
+        self.shared.lock().interval.push(Arc::downgrade(partition));
+    }
+}
+
+fn run(shared: &Shared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let next = {
+            let mut queue = shared.lock();
+            if queue.requested.is_empty() {
+                queue = shared
+                    .wake
+                    .wait_timeout(queue, IDLE_TICK)
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .0;
+            }
+            queue.requested.pop_front()
+        };
+        match next.and_then(|weak| weak.upgrade()) {
+            Some(partition) => {
+                partition.take_flush_request();
+                // A failure is recorded in the partition, which refuses writes from now on.
+                let _ = partition.flush();
+            }
+            None => flush_due_intervals(shared),
+        }
+    }
+}
+
+fn flush_due_intervals(shared: &Shared) {
+    let due: Vec<Arc<Partition>> = {
+        let mut queue = shared.lock();
+        queue.interval.retain(|weak| weak.strong_count() > 0);
+        queue.interval.iter().filter_map(Weak::upgrade).collect()
+    };
+    for partition in due {
+        let FlushPolicy::Interval { interval_ms } = partition.config().flush else {
+            continue;
+        };
+        if partition.is_dirty()
+            && partition.since_last_flush() >= Duration::from_millis(interval_ms)
+        {
+            let _ = partition.flush();
+        }
+    }
+}

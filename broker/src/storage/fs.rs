@@ -1,0 +1,255 @@
+//! File-system access behind a trait. Production uses [`RealFs`]; tests use
+//! [`crate::storage::sim::SimFs`], which keeps written bytes apart from durable bytes and can
+//! fail a chosen write or fsync, so crash and fault tests need no real disk failures.
+//!
+//! Every call that matters for durability is explicit here: `sync_data` for file contents,
+//! `sync_dir` for directory entries (created, renamed or deleted files).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A memory map of a file, writable in place.
+pub trait MappedRegion: Send + Sync + std::fmt::Debug {
+    /// The mapped bytes.
+    fn bytes(&self) -> &[u8];
+    /// The mapped bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Writes dirty pages back to the file and waits for the device (msync).
+    ///
+    /// # Errors
+    /// The I/O error of the flush.
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// One open file.
+pub trait FileHandle: Send + Sync + std::fmt::Debug {
+    /// Writes all of `bytes` at `position`. A failure may leave a partial write behind.
+    ///
+    /// # Errors
+    /// The I/O error, for example ENOSPC.
+    fn write_all_at(&self, bytes: &[u8], position: u64) -> io::Result<()>;
+    /// Fills `buf` from `position`.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the file is shorter, or the I/O error.
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Makes the file's contents durable (fdatasync).
+    ///
+    /// # Errors
+    /// The I/O error. After an error the file's durable state is unknown.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Sets the file's length, truncating or extending with zeros.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn set_len(&self, bytes: u64) -> io::Result<()>;
+    /// Reserves disk blocks for the first `bytes` so that writes through a memory map cannot
+    /// hit a full disk later (a sparse mapped file that cannot be backed raises SIGBUS).
+    ///
+    /// # Errors
+    /// The I/O error, for example ENOSPC.
+    fn allocate(&self, bytes: u64) -> io::Result<()>;
+    /// The file's current length in bytes (not necessarily the length of valid data).
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn len_bytes(&self) -> io::Result<u64>;
+    /// Maps the first `bytes` of the file, which must already be that long.
+    ///
+    /// # Errors
+    /// The I/O error of the mapping.
+    fn map_mut(&self, bytes: u64) -> io::Result<Box<dyn MappedRegion>>;
+}
+
+/// Whether `open_file` may create the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Open an existing file; fail if it is missing.
+    Existing,
+    /// Create the file if missing; keep its contents otherwise.
+    CreateOrOpen,
+    /// Create a new, empty file; fail if it exists.
+    CreateNew,
+}
+
+/// The directory and file operations storage needs.
+pub trait Fs: Send + Sync + std::fmt::Debug + 'static {
+    /// Opens `path` for reading and writing.
+    ///
+    /// # Errors
+    /// The I/O error; `NotFound` when `Existing` and the file is missing.
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>>;
+    /// Creates `path` and its parents.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of directory `path` (files and directories), unsorted.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// True if `path` names a directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// True if `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Removes the file `path`.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes the directory `path` and everything in it.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` over `to` atomically.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable (fsync on the directory).
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on directory `path` for as long as the returned guard lives.
+    ///
+    /// # Errors
+    /// `WouldBlock` if another holder has it, or the I/O error.
+    fn lock_dir(&self, path: &Path) -> io::Result<DirLock>;
+}
+
+/// Holds a directory lock until dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _guard: Box<dyn std::fmt::Debug + Send + Sync>,
+}
+
+impl DirLock {
+    /// Wraps whatever keeps the lock held.
+    pub fn new(guard: Box<dyn std::fmt::Debug + Send + Sync>) -> Self {
+        DirLock { _guard: guard }
+    }
+}
+
+/// Name of the lock file in a locked directory.
+pub const LOCK_FILE_NAME: &str = ".lock";
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileHandle for RealFile {
+    fn write_all_at(&self, bytes: &[u8], position: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, position)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, position)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, bytes: u64) -> io::Result<()> {
+        self.file.set_len(bytes)
+    }
+
+    fn allocate(&self, bytes: u64) -> io::Result<()> {
+        crate::storage::mmap::allocate(&self.file, bytes)
+    }
+
+    fn len_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn map_mut(&self, bytes: u64) -> io::Result<Box<dyn MappedRegion>> {
+        let region = crate::storage::mmap::map_file(&self.file, &self.path, bytes)?;
+        Ok(Box::new(region))
+    }
+}
+
+impl Fs for RealFs {
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        match mode {
+            OpenMode::Existing => {}
+            OpenMode::CreateOrOpen => {
+                options.create(true);
+            }
+            OpenMode::CreateNew => {
+                options.create_new(true);
+            }
+        }
+        let file = options.open(path)?;
+        Ok(Arc::new(RealFile {
+            file,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn lock_dir(&self, path: &Path) -> io::Result<DirLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(LOCK_FILE_NAME))?;
+        file.try_lock().map_err(|error| match error {
+            std::fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
+            std::fs::TryLockError::Error(error) => error,
+        })?;
+        Ok(DirLock::new(Box::new(file)))
+    }
+}

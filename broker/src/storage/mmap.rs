@@ -1,0 +1,78 @@
+//! The only module of the broker allowed to use `unsafe`: memory maps of index files and
+//! block preallocation.
+//!
+//! Why mapping is sound here: the broker owns its data directory exclusively (the registry
+//! holds a lock file), so no other process truncates or rewrites a mapped file; inside the
+//! broker an index file is only resized by its owning `Segment` while it holds the index
+//! lock, after dropping the old map. Mapped files are preallocated with `fallocate` so that a
+//! write through the map cannot fault on a full disk.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::storage::fs::MappedRegion;
+
+/// A writable shared mapping of a real file.
+#[derive(Debug)]
+pub(crate) struct FileMap {
+    map: MmapMut,
+}
+
+/// Maps the first `bytes` of `file` read-write and shared.
+pub(crate) fn map_file(file: &File, path: &Path, bytes: u64) -> io::Result<FileMap> {
+    let map_bytes = usize::try_from(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("map of {bytes} bytes of {} too large", path.display()),
+        )
+    })?;
+    if map_bytes == 0 {
+        // A zero-length mapping is an error on Linux; use an anonymous empty map instead.
+        return Ok(FileMap {
+            map: MmapOptions::new().len(0).map_anon()?,
+        });
+    }
+    // SAFETY: the data directory is locked by this process, and the file is only resized by
+    // its owner after this map is dropped (see the module doc), so the mapped range stays
+    // backed by the file for the map's whole life.
+    let map = unsafe { MmapOptions::new().len(map_bytes).map_mut(file)? };
+    Ok(FileMap { map })
+}
+
+/// Reserves blocks for the first `bytes` of `file` (posix_fallocate).
+pub(crate) fn allocate(file: &File, bytes: u64) -> io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let length = libc::off_t::try_from(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
+    // SAFETY: posix_fallocate only reads its integer arguments; the descriptor is valid for
+    // the borrow of `file`.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    match rc {
+        0 => Ok(()),
+        // Some file systems (tmpfs on old kernels) do not support it; the map still works,
+        // it just is not protected against a full disk.
+        libc::EOPNOTSUPP => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+impl MappedRegion for FileMap {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+}

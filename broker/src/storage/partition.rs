@@ -1,0 +1,830 @@
+//! A partition log: an ordered list of segments with one writer, many readers, group-commit
+//! durability, roll, retention and recovery.
+//!
+//! Write path (numbered as in docs/ARCHITECTURE.md):
+//! 1. `append` validates every batch (length, magic, CRC-32C) before taking the writer lock.
+//! 2. Under the writer lock it rolls the active segment if needed, patches each batch's base
+//!    offset (outside the CRC), and writes all batches with one positioned write.
+//! 3. It publishes the new end (segment bytes, then the log end offset).
+//! 4. With `FlushPolicy::Always` it asks the flusher for an fsync; the flusher fsyncs once for
+//!    everything appended so far and then advances the durable offset and the high
+//!    watermark, waking every waiter the fsync covered (group commit).
+//!
+//! Invariants: offsets are contiguous across segments (a segment's base offset is the end of
+//! the previous one); `log_start ≤ high_watermark ≤ log_end`; after an fsync failure the
+//! partition refuses every write and never advances the durable offset again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wharf_protocol::batch::{self, BatchHeader};
+
+use crate::storage::checkpoint;
+use crate::storage::clock::Clock;
+use crate::storage::config::{FlushPolicy, LogConfig};
+use crate::storage::error::{Error, Result};
+use crate::storage::flusher::Flusher;
+use crate::storage::fs::Fs;
+use crate::storage::segment::{self, Segment};
+use crate::storage::watch::{WaitError, Watch};
+
+/// Name of the clean-shutdown marker in a partition directory.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const CLEAN_SHUTDOWN_MAGIC: [u8; 4] = *b"WCLN";
+const CLEAN_SHUTDOWN_VERSION: u16 = 1;
+const CLEAN_SHUTDOWN_PAYLOAD_BYTES: usize = 24;
+
+/// The partition leader epoch written into every stored batch until replication exists.
+pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
+
+/// The services a partition uses: file system, clock and the shared flusher.
+#[derive(Debug, Clone)]
+pub struct StorageEnv {
+    /// Where files live.
+    pub fs: Arc<dyn Fs>,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// The background fsync service.
+    pub flusher: Flusher,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record appended.
+    pub base_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// The log end offset after the append; wait for durability up to here.
+    pub next_offset: i64,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole batches, possibly empty.
+    pub bytes: Bytes,
+    /// The high watermark when the read happened.
+    pub high_watermark: i64,
+    /// The log start offset when the read happened.
+    pub log_start_offset: i64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes freed.
+    pub bytes_deleted: u64,
+    /// The log start offset afterwards.
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    closed: bool,
+}
+
+/// One partition's log.
+#[derive(Debug)]
+pub struct Partition {
+    dir: PathBuf,
+    config: LogConfig,
+    env: StorageEnv,
+    writer: Mutex<Writer>,
+    segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
+    log_start: AtomicI64,
+    log_end: AtomicI64,
+    /// Value: the high watermark. Consumers wait on it for new data.
+    high_watermark: Arc<Watch>,
+    /// Value: every offset below it is fsynced.
+    durable: Arc<Watch>,
+    failure: Mutex<Option<String>>,
+    flush_requested: AtomicBool,
+    last_flush: Mutex<Instant>,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`, recovering it if it was not closed cleanly.
+    ///
+    /// # Errors
+    /// `Error::Config` for a bad config, `Error::Io` if files cannot be read, created or
+    /// synced. Corruption in sealed segments is logged and refused on read, not returned.
+    pub fn open(dir: &Path, config: LogConfig, env: StorageEnv) -> Result<Arc<Partition>> {
+        config.validate()?;
+        let fs = env.fs.as_ref();
+        if !fs.is_dir(dir) {
+            fs.create_dir_all(dir)
+                .map_err(|source| Error::io("create partition dir", dir, source))?;
+            if let Some(parent) = dir.parent() {
+                fs.sync_dir(parent)
+                    .map_err(|source| Error::io("sync directory", parent, source))?;
+            }
+        }
+        let marker = take_clean_marker(fs, dir)?;
+        let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker)?;
+        let first = segments
+            .values()
+            .next()
+            .expect("open_segments returns at least one segment")
+            .base_offset();
+        let active = segments
+            .values()
+            .next_back()
+            .expect("open_segments returns at least one segment")
+            .clone();
+        let end = active.next_offset();
+        let partition = Arc::new(Partition {
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(Writer {
+                active,
+                closed: false,
+            }),
+            segments: RwLock::new(segments),
+            log_start: AtomicI64::new(first),
+            log_end: AtomicI64::new(end),
+            high_watermark: Arc::new(Watch::new(end)),
+            durable: Arc::new(Watch::new(end)),
+            failure: Mutex::new(None),
+            flush_requested: AtomicBool::new(false),
+            last_flush: Mutex::new(Instant::now()),
+            config,
+            env,
+        });
+        if let FlushPolicy::Interval { .. } = partition.config.flush {
+            partition.env.flusher.register_interval(&partition);
+        }
+        tracing::debug!(partition = %dir.display(), log_start = first, log_end = end, "partition opened");
+        Ok(partition)
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The partition's configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The first offset still stored.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end.load(Ordering::Acquire)
+    }
+
+    /// The end of what consumers may read: the log end offset, or with
+    /// `FlushPolicy::Always` the durable offset.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.value()
+    }
+
+    /// Every offset below this is fsynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable.value()
+    }
+
+    /// Why the partition refuses writes, if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.lock_failure().clone()
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments_read().len()
+    }
+
+    /// Total bytes of valid batches across all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments_read()
+            .values()
+            .map(|segment| segment.valid_bytes())
+            .sum()
+    }
+
+    /// Base offsets of all segments, in order.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments_read().keys().copied().collect()
+    }
+
+    fn segments_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i64, Arc<Segment>>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn lock_failure(&self) -> MutexGuard<'_, Option<String>> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn check_writable(&self, writer: &Writer) -> Result<()> {
+        if let Some(reason) = self.lock_failure().clone() {
+            return Err(Error::Failed {
+                partition: self.dir.clone(),
+                reason,
+            });
+        }
+        if writer.closed {
+            return Err(Error::Closed {
+                partition: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one or more whole record batches, concatenated, with one write. Each batch is
+    /// validated (length, magic, CRC-32C) first; its base offset and partition leader epoch
+    /// are patched in `batches` (both lie outside the CRC). Durability depends on the policy:
+    /// await [`Partition::wait_durable`] with the returned `next_offset` before acknowledging
+    /// an acks=all request.
+    ///
+    /// # Errors
+    /// `Error::InvalidBatch` (nothing written), `Error::Io` if the write fails (nothing
+    /// published; the log stays readable), `Error::Failed` after an fsync failure,
+    /// `Error::Closed` after close.
+    pub fn append(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
+        let mut headers = split_batches(batches)?;
+        let incoming_bytes = batches.len() as u64;
+        let mut writer = self.lock_writer();
+        self.check_writable(&writer)?;
+        let base_offset = writer.active.next_offset();
+        let mut next = base_offset;
+        for (within, header) in headers.iter_mut() {
+            let slice = &mut batches[*within..*within + header.total_bytes()];
+            batch::set_base_offset(slice, next);
+            batch::set_partition_leader_epoch(slice, NO_PARTITION_LEADER_EPOCH);
+            header.base_offset = next;
+            header.partition_leader_epoch = NO_PARTITION_LEADER_EPOCH;
+            next = header.next_offset();
+        }
+        let last_offset = next - 1;
+        if self.should_roll(&writer.active, incoming_bytes, last_offset) {
+            self.roll(&mut writer)?;
+        }
+        writer
+            .active
+            .append(batches, &headers, self.config.index_interval_bytes)?;
+        self.log_end.store(next, Ordering::Release);
+        if self.config.flush != FlushPolicy::Always {
+            self.high_watermark.advance(next);
+        }
+        drop(writer);
+        if self.config.flush == FlushPolicy::Always {
+            self.request_flush();
+        }
+        Ok(Appended {
+            base_offset,
+            last_offset,
+            next_offset: next,
+        })
+    }
+
+    fn should_roll(&self, active: &Segment, incoming_bytes: u64, last_offset: i64) -> bool {
+        let used = active.valid_bytes();
+        if used == 0 {
+            return false;
+        }
+        let full = used + incoming_bytes > self.config.segment_bytes_max;
+        let old = self.config.segment_age_ms_max.is_some_and(|age_max| {
+            self.env.clock.now_ms().saturating_sub(active.created_ms()) >= age_max as i64
+        });
+        full || old || active.indexes_full() || active.offset_would_overflow(last_offset)
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset.
+    fn roll(&self, writer: &mut Writer) -> Result<()> {
+        let old = writer.active.clone();
+        if let Err(error) = old.seal() {
+            // The seal fsyncs the log: a failure is an fsync failure (rule 3).
+            self.fail(&format!("sealing segment failed: {error}"));
+            return Err(error);
+        }
+        let base = old.next_offset();
+        self.advance_durable(base);
+        let fs = self.env.fs.as_ref();
+        let created = Segment::create(fs, &self.dir, base, &self.config, self.env.clock.now_ms())?;
+        if let Err(source) = fs.sync_dir(&self.dir) {
+            let error = Error::io("sync directory", &self.dir, source);
+            self.fail(&format!("directory fsync after roll failed: {error}"));
+            return Err(error);
+        }
+        let created = Arc::new(created);
+        self.segments
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(base, created.clone());
+        writer.active = created;
+        tracing::debug!(partition = %self.dir.display(), base_offset = base, "segment rolled");
+        Ok(())
+    }
+
+    /// Rolls the active segment now if it holds any data (for tests and admin tools).
+    ///
+    /// # Errors
+    /// As for append.
+    pub fn roll_now(&self) -> Result<()> {
+        let mut writer = self.lock_writer();
+        self.check_writable(&writer)?;
+        if writer.active.valid_bytes() == 0 {
+            return Ok(());
+        }
+        self.roll(&mut writer)
+    }
+
+    fn request_flush(self: &Arc<Self>) {
+        if !self.flush_requested.swap(true, Ordering::AcqRel) {
+            self.env.flusher.request(self);
+        }
+    }
+
+    /// Called by the flusher before it flushes: later appends must ask again.
+    pub(crate) fn take_flush_request(&self) {
+        self.flush_requested.store(false, Ordering::Release);
+    }
+
+    /// True if appended data is not yet fsynced.
+    pub fn is_dirty(&self) -> bool {
+        self.log_end_offset() > self.durable_offset()
+    }
+
+    pub(crate) fn since_last_flush(&self) -> Duration {
+        self.last_flush
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .elapsed()
+    }
+
+    /// fsyncs everything appended so far and advances the durable offset (and, with
+    /// `FlushPolicy::Always`, the high watermark). One call covers every append that
+    /// finished before it started: this is the group commit.
+    ///
+    /// # Errors
+    /// `Error::Failed` if the fsync fails (the partition then refuses writes for good) or
+    /// failed before.
+    pub fn flush(&self) -> Result<()> {
+        let (target, file, segment_path) = {
+            let writer = self.lock_writer();
+            if let Some(reason) = self.lock_failure().clone() {
+                return Err(Error::Failed {
+                    partition: self.dir.clone(),
+                    reason,
+                });
+            }
+            (
+                writer.active.next_offset(),
+                writer.active.file(),
+                writer.active.log_path().to_path_buf(),
+            )
+        };
+        *self
+            .last_flush
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+        if target <= self.durable_offset() {
+            return Ok(());
+        }
+        // The fsync runs without any lock held, so appends continue while it runs; they are
+        // covered by the next flush.
+        match file.sync_data() {
+            Ok(()) => {
+                self.advance_durable(target);
+                Ok(())
+            }
+            Err(source) => {
+                let error = Error::io("sync segment", segment_path, source);
+                let reason = format!("fsync failed: {error}");
+                self.fail(&reason);
+                Err(Error::Failed {
+                    partition: self.dir.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn advance_durable(&self, offset: i64) {
+        if self.lock_failure().is_some() {
+            return;
+        }
+        self.durable.advance(offset);
+        if self.config.flush == FlushPolicy::Always {
+            self.high_watermark.advance(offset);
+        }
+    }
+
+    /// Puts the partition in the failed state (storage rule 3): no more writes, no more
+    /// durability acknowledgements, every durability waiter gets the reason.
+    pub fn fail(&self, reason: &str) {
+        let mut failure = self.lock_failure();
+        if failure.is_none() {
+            tracing::error!(partition = %self.dir.display(), reason, "partition failed; refusing writes");
+            *failure = Some(reason.to_string());
+        }
+        drop(failure);
+        self.durable.fail(reason);
+    }
+
+    /// Resolves when every offset below `next_offset` is as durable as the policy promises:
+    /// fsynced with `FlushPolicy::Always`, at once otherwise (those policies accept the risk).
+    pub fn wait_durable(
+        &self,
+        next_offset: i64,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let wait =
+            (self.config.flush == FlushPolicy::Always).then(|| self.durable.wait(next_offset));
+        let partition = self.dir.clone();
+        async move {
+            match wait {
+                None => Ok(()),
+                Some(wait) => wait
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| wait_error(partition, error)),
+            }
+        }
+    }
+
+    /// Blocking form of [`Partition::wait_durable`].
+    ///
+    /// # Errors
+    /// `Error::Failed` if the partition failed, `Error::TimedOut` after `timeout`.
+    pub fn wait_durable_blocking(&self, next_offset: i64, timeout: Duration) -> Result<()> {
+        if self.config.flush != FlushPolicy::Always {
+            return Ok(());
+        }
+        self.durable
+            .wait_blocking(next_offset, timeout)
+            .map(|_| ())
+            .map_err(|error| wait_error(self.dir.clone(), error))
+    }
+
+    /// Resolves when the high watermark moves past `offset` (new data to read), or with an
+    /// error when the partition closes. Callers race it against their own timeout.
+    pub fn wait_for_data(&self, offset: i64) -> impl Future<Output = Result<()>> + Send + 'static {
+        let wait = self.high_watermark.wait(offset + 1);
+        let partition = self.dir.clone();
+        async move {
+            wait.await
+                .map(|_| ())
+                .map_err(|error| wait_error(partition, error))
+        }
+    }
+
+    /// Reads whole batches starting with the one containing `offset`, up to the high
+    /// watermark: at least one batch if any is there, otherwise at most `max_bytes`.
+    ///
+    /// # Errors
+    /// `Error::OffsetOutOfRange` outside `[log_start, high_watermark]`; `Error::Corrupt` if
+    /// the stored bytes fail a check (the range is refused); `Error::Io` on read failure.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: log_start_offset,
+                high_watermark,
+            });
+        }
+        let empty = ReadResult {
+            bytes: Bytes::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        if offset == high_watermark {
+            return Ok(empty);
+        }
+        let candidates: Vec<Arc<Segment>> = {
+            let segments = self.segments_read();
+            let first = segments
+                .range(..=offset)
+                .next_back()
+                .map_or(offset, |(base, _)| *base);
+            segments
+                .range(first..)
+                .map(|(_, segment)| segment.clone())
+                .collect()
+        };
+        for segment in candidates {
+            let from = offset.max(segment.base_offset());
+            let found = segment.read(
+                from,
+                max_bytes,
+                high_watermark,
+                self.config.read_verify,
+                self.config.index_interval_bytes,
+            )?;
+            if let Some(bytes) = found {
+                return Ok(ReadResult { bytes, ..empty });
+            }
+        }
+        Ok(empty)
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, below the high
+    /// watermark; `None` if there is none.
+    ///
+    /// # Errors
+    /// `Error::Corrupt` or `Error::Io` as for reads.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        let high_watermark = self.high_watermark();
+        let segments: Vec<Arc<Segment>> = self.segments_read().values().cloned().collect();
+        for segment in segments {
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, high_watermark)? {
+                return Ok(Some(offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments, oldest first, while they are older than
+    /// `retention_ms` or the log is larger than `retention_bytes`; advances the log start.
+    /// The active segment is never deleted.
+    ///
+    /// # Errors
+    /// `Error::Io` if a file cannot be deleted or the directory cannot be synced.
+    pub fn apply_retention(&self) -> Result<RetentionReport> {
+        let now = self.env.clock.now_ms();
+        let segments: Vec<Arc<Segment>> = self.segments_read().values().cloned().collect();
+        let sealed = &segments[..segments.len() - 1];
+        let mut remaining_bytes: u64 = segments.iter().map(|segment| segment.valid_bytes()).sum();
+        let mut doomed = Vec::new();
+        for segment in sealed {
+            let expired = self.config.retention_ms.is_some_and(|retention| {
+                let newest = segment.max_timestamp_ms();
+                newest != i64::MIN && now.saturating_sub(newest) > retention as i64
+            });
+            let oversized = self.config.retention_bytes.is_some_and(|retention| {
+                remaining_bytes.saturating_sub(segment.valid_bytes()) >= retention
+            });
+            if !(expired || oversized) {
+                break;
+            }
+            remaining_bytes -= segment.valid_bytes();
+            doomed.push(segment.clone());
+        }
+        let mut report = RetentionReport {
+            log_start_offset: self.log_start_offset(),
+            ..RetentionReport::default()
+        };
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        let new_start = doomed.last().expect("not empty").next_offset();
+        {
+            // Readers stop finding the segments before their files go away; readers that
+            // already hold one keep reading its open file.
+            let mut map = self
+                .segments
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for segment in &doomed {
+                map.remove(&segment.base_offset());
+            }
+            self.log_start.store(new_start, Ordering::Release);
+        }
+        for segment in &doomed {
+            segment.delete(self.env.fs.as_ref())?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += segment.valid_bytes();
+        }
+        self.env
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|source| Error::io("sync directory", &self.dir, source))?;
+        report.log_start_offset = new_start;
+        tracing::info!(partition = %self.dir.display(), segments = report.segments_deleted, bytes = report.bytes_deleted, log_start = new_start, "retention deleted segments");
+        Ok(report)
+    }
+
+    /// Closes the partition cleanly: refuses further writes, fsyncs, seals the active
+    /// segment's indexes and writes the clean-shutdown marker so the next open skips the
+    /// recovery scan. Waiters for new data are released with an error.
+    ///
+    /// # Errors
+    /// `Error::Io` or `Error::Failed`; without a marker the next open recovers instead.
+    pub fn close(&self) -> Result<()> {
+        let mut writer = self.lock_writer();
+        if writer.closed {
+            return Ok(());
+        }
+        writer.closed = true;
+        let active = writer.active.clone();
+        drop(writer);
+        self.high_watermark.fail("partition closed");
+        if let Some(reason) = self.failure() {
+            // No marker: the next open must scan, since durability is unknown.
+            return Err(Error::Failed {
+                partition: self.dir.clone(),
+                reason,
+            });
+        }
+        active.seal()?;
+        self.advance_durable(active.next_offset());
+        let mut payload = Vec::with_capacity(CLEAN_SHUTDOWN_PAYLOAD_BYTES);
+        payload.extend_from_slice(&active.base_offset().to_be_bytes());
+        payload.extend_from_slice(&active.next_offset().to_be_bytes());
+        payload.extend_from_slice(&active.valid_bytes().to_be_bytes());
+        checkpoint::write(
+            self.env.fs.as_ref(),
+            &self.dir,
+            CLEAN_SHUTDOWN_FILE,
+            CLEAN_SHUTDOWN_MAGIC,
+            CLEAN_SHUTDOWN_VERSION,
+            0,
+            &payload,
+        )?;
+        self.durable.fail("partition closed");
+        tracing::debug!(partition = %self.dir.display(), log_end = active.next_offset(), "partition closed cleanly");
+        Ok(())
+    }
+}
+
+fn wait_error(partition: PathBuf, error: WaitError) -> Error {
+    match error {
+        WaitError::Failed(reason) => Error::Failed {
+            partition,
+            reason: reason.to_string(),
+        },
+        WaitError::TimedOut => Error::TimedOut { waited_ms: 0 },
+    }
+}
+
+/// Splits a concatenation of batches, validating each (length, magic, CRC-32C). Returns each
+/// batch's position within `batches` and its header.
+fn split_batches(batches: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
+    let mut headers = Vec::new();
+    let mut position = 0;
+    while position < batches.len() {
+        let rest = &batches[position..];
+        let header = match batch::parse_header(rest)? {
+            Some(header) => header,
+            None => {
+                return Err(Error::InvalidBatch(batch::BatchError::Truncated {
+                    field: "batch header",
+                    need_bytes: batch::BATCH_HEADER_BYTES,
+                    have_bytes: rest.len(),
+                }))
+            }
+        };
+        let total = header.total_bytes();
+        if total > rest.len() {
+            return Err(Error::InvalidBatch(batch::BatchError::Truncated {
+                field: "batch",
+                need_bytes: total,
+                have_bytes: rest.len(),
+            }));
+        }
+        let header = batch::validate(&rest[..total])?;
+        headers.push((position, header));
+        position += total;
+    }
+    if headers.is_empty() {
+        return Err(Error::InvalidBatch(batch::BatchError::Truncated {
+            field: "batch header",
+            need_bytes: batch::BATCH_HEADER_BYTES,
+            have_bytes: 0,
+        }));
+    }
+    Ok(headers)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CleanMarker {
+    active_base: i64,
+    next_offset: i64,
+    valid_bytes: u64,
+}
+
+/// Reads and removes the clean-shutdown marker. It is removed (and the removal made durable)
+/// before anything is written, so a crash after this open is never mistaken for a clean one.
+fn take_clean_marker(fs: &dyn Fs, dir: &Path) -> Result<Option<CleanMarker>> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    let marker = match checkpoint::read(fs, &path, CLEAN_SHUTDOWN_MAGIC) {
+        Ok(None) => return Ok(None),
+        Ok(Some(found)) if found.payload.len() == CLEAN_SHUTDOWN_PAYLOAD_BYTES => {
+            let field = |at: usize| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&found.payload[at..at + 8]);
+                bytes
+            };
+            Some(CleanMarker {
+                active_base: i64::from_be_bytes(field(0)),
+                next_offset: i64::from_be_bytes(field(8)),
+                valid_bytes: u64::from_be_bytes(field(16)),
+            })
+        }
+        Ok(Some(_)) | Err(Error::Corrupt { .. }) => {
+            tracing::warn!(partition = %dir.display(), "clean-shutdown marker is damaged; recovering");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    fs.remove_file(&path)
+        .map_err(|source| Error::io("remove clean-shutdown marker", &path, source))?;
+    fs.sync_dir(dir)
+        .map_err(|source| Error::io("sync directory", dir, source))?;
+    Ok(marker)
+}
+
+/// Opens every segment in `dir` (creating the first if there is none), recovering the active
+/// one unless the clean marker vouches for it.
+fn open_segments(
+    fs: &dyn Fs,
+    dir: &Path,
+    config: &LogConfig,
+    now_ms: i64,
+    marker: Option<CleanMarker>,
+) -> Result<BTreeMap<i64, Arc<Segment>>> {
+    let mut bases = Vec::new();
+    for name in fs
+        .list_dir(dir)
+        .map_err(|source| Error::io("list partition dir", dir, source))?
+    {
+        match segment::parse_file_name(&name) {
+            Some((base, "log")) => bases.push(base),
+            Some(_) => {}
+            None if name.ends_with(".tmp") => {
+                // A checkpoint whose rename never happened: the old file is still valid.
+                let _ = fs.remove_file(&dir.join(&name));
+            }
+            None => {}
+        }
+    }
+    bases.sort_unstable();
+    let mut segments = BTreeMap::new();
+    if bases.is_empty() {
+        let created = Segment::create(fs, dir, 0, config, now_ms)?;
+        fs.sync_dir(dir)
+            .map_err(|source| Error::io("sync directory", dir, source))?;
+        segments.insert(0, Arc::new(created));
+        return Ok(segments);
+    }
+    let active_base = *bases.last().expect("not empty");
+    for window in bases.windows(2) {
+        let (base, next_base) = (window[0], window[1]);
+        let (sealed, problem) = Segment::open(fs, dir, base, Some(next_base), config, now_ms)?;
+        if let Some((position, reason)) = problem {
+            // Rule 5: a sealed segment is never truncated; the range is refused on read.
+            tracing::error!(segment = %sealed.log_path().display(), position, reason, "corruption in a sealed segment; refusing reads from there");
+            sealed.mark_corrupt(position);
+        }
+        segments.insert(base, Arc::new(sealed));
+    }
+    let active = open_active(fs, dir, active_base, config, now_ms, marker)?;
+    active.reactivate(config)?;
+    segments.insert(active_base, Arc::new(active));
+    Ok(segments)
+}
+
+fn open_active(
+    fs: &dyn Fs,
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+    now_ms: i64,
+    marker: Option<CleanMarker>,
+) -> Result<Segment> {
+    if let Some(marker) = marker.filter(|marker| marker.active_base == base) {
+        let (segment, problem) =
+            Segment::open(fs, dir, base, Some(marker.next_offset), config, now_ms)?;
+        if problem.is_none() && segment.valid_bytes() == marker.valid_bytes {
+            return Ok(segment);
+        }
+        tracing::warn!(partition = %dir.display(), ?problem, "active segment does not match the clean-shutdown marker; recovering");
+    }
+    let (segment, report) = Segment::recover(fs, dir, base, config, now_ms)?;
+    if report.truncated_bytes > 0 {
+        tracing::warn!(
+            segment = %segment.log_path().display(),
+            valid_bytes = report.valid_bytes,
+            truncated_bytes = report.truncated_bytes,
+            reason = report.stop_reason.as_deref().unwrap_or(""),
+            "recovery truncated the torn tail of the active segment"
+        );
+    }
+    // What survived recovery may sit only in the page cache (the process died, not the
+    // machine): make it durable before the log reports it as such.
+    segment.sync()?;
+    Ok(segment)
+}

@@ -1,0 +1,405 @@
+//! One record inside a batch: its encoding, its decoding and the iterator over a batch's
+//! records.
+//!
+//! A record is `length` (varint, bytes after itself), `attributes` (i8, unused),
+//! `timestamp_delta` (varlong), `offset_delta` (varint), key and value (varint length, -1 =
+//! null, then bytes), `header_count` (varint) and the headers (key length >= 0 and UTF-8 key,
+//! then value length, -1 = null, and value).
+//!
+//! Decoding never copies key or value bytes: they are `Bytes` slices of the batch. It never
+//! trusts a length before checking it against the bytes present, never allocates more than the
+//! remaining bytes could fill, and never panics. Every record must end exactly where its
+//! length says; a batch must hold exactly `record_count` records and nothing after them.
+
+use std::iter::FusedIterator;
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::batch::BatchError;
+use crate::varint::{
+    decode_varint, decode_varlong, encode_varint, encode_varlong, varint_bytes, varlong_bytes,
+};
+
+/// A record header: a UTF-8 key and an optional value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The header key; never null on the wire.
+    pub key: String,
+    /// The header value; `None` is written as length -1.
+    pub value: Option<Bytes>,
+}
+
+/// A record to be added to a [`BatchBuilder`](crate::batch::BatchBuilder).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRecord {
+    /// Creation time in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The key; `None` is written as length -1.
+    pub key: Option<Bytes>,
+    /// The value; `None` is written as length -1 (a tombstone).
+    pub value: Option<Bytes>,
+    /// The headers, in order.
+    pub headers: Vec<Header>,
+}
+
+/// A record read from a [`Batch`](crate::batch::Batch); key, value and header values share
+/// the batch's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// `base_offset + offset_delta`, wrapping on overflow.
+    pub offset: i64,
+    /// `base_timestamp + timestamp_delta` (wrapping), or the batch's `max_timestamp` when the
+    /// batch uses log-append time, as Kafka readers do.
+    pub timestamp_ms: i64,
+    /// The key, or `None` for length -1.
+    pub key: Option<Bytes>,
+    /// The value, or `None` for length -1.
+    pub value: Option<Bytes>,
+    /// The headers, in order.
+    pub headers: Vec<Header>,
+}
+
+/// Iterator over the records of one [`Batch`](crate::batch::Batch).
+///
+/// Yields each record in order, then `None`. On the first malformed record, on a count
+/// mismatch, on trailing bytes or on a compressed batch it yields one `Err` and then `None`
+/// forever.
+#[derive(Debug, Clone)]
+pub struct Records {
+    /// The bytes after the 61-byte batch header.
+    bytes: Bytes,
+    position: usize,
+    record_count: i32,
+    records_read: i32,
+    base_offset: i64,
+    base_timestamp: i64,
+    log_append_time_ms: Option<i64>,
+    pending_error: Option<BatchError>,
+    finished: bool,
+}
+
+/// The fields a record iterator takes from its batch header.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordsContext {
+    pub(crate) record_count: i32,
+    pub(crate) base_offset: i64,
+    pub(crate) base_timestamp: i64,
+    pub(crate) log_append_time_ms: Option<i64>,
+    /// An error to yield instead of any record, such as an unreadable compression codec.
+    pub(crate) refusal: Option<BatchError>,
+}
+
+impl Records {
+    pub(crate) fn new(bytes: Bytes, context: RecordsContext) -> Self {
+        Records {
+            bytes,
+            position: 0,
+            record_count: context.record_count,
+            records_read: 0,
+            base_offset: context.base_offset,
+            base_timestamp: context.base_timestamp,
+            log_append_time_ms: context.log_append_time_ms,
+            pending_error: context.refusal,
+            finished: false,
+        }
+    }
+
+    fn next_result(&mut self) -> Option<Result<Record, BatchError>> {
+        if let Some(error) = self.pending_error.take() {
+            return Some(Err(error));
+        }
+        let remaining_bytes = self.bytes.len() - self.position;
+        if self.records_read >= self.record_count {
+            if remaining_bytes == 0 {
+                return None;
+            }
+            return Some(Err(BatchError::TrailingBytes {
+                field: "records",
+                extra_bytes: remaining_bytes,
+            }));
+        }
+        if remaining_bytes == 0 {
+            return Some(Err(BatchError::RecordCountMismatch {
+                declared: self.record_count,
+                actual: self.records_read,
+            }));
+        }
+        Some(self.decode_next())
+    }
+
+    fn decode_next(&mut self) -> Result<Record, BatchError> {
+        let mut reader = Reader {
+            bytes: &self.bytes,
+            position: self.position,
+            end: self.bytes.len(),
+        };
+        let length = reader.varint("record length")?;
+        let body_bytes = non_negative(length, "record length")?;
+        let body_end = reader.position.saturating_add(body_bytes);
+        if body_end > reader.end {
+            return Err(BatchError::Truncated {
+                field: "record",
+                need_bytes: body_bytes,
+                have_bytes: reader.end - reader.position,
+            });
+        }
+        reader.end = body_end;
+        let fields = decode_body(&mut reader)?;
+        if reader.position != body_end {
+            return Err(BatchError::TrailingBytes {
+                field: "record",
+                extra_bytes: body_end - reader.position,
+            });
+        }
+        self.position = body_end;
+        self.records_read += 1;
+        let timestamp_ms = self
+            .log_append_time_ms
+            .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta));
+        Ok(Record {
+            offset: self
+                .base_offset
+                .wrapping_add(i64::from(fields.offset_delta)),
+            timestamp_ms,
+            key: fields.key,
+            value: fields.value,
+            headers: fields.headers,
+        })
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let item = self.next_result();
+        if !matches!(item, Some(Ok(_))) {
+            self.finished = true;
+        }
+        item
+    }
+}
+
+impl FusedIterator for Records {}
+
+/// Bytes `record` takes in a batch, length prefix included, or `None` if it cannot fit in
+/// `bytes_max` whatever its offset and timestamp deltas.
+pub(crate) fn record_bytes(
+    record: &NewRecord,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    bytes_max: usize,
+) -> Option<usize> {
+    let body_bytes = body_bytes(record, offset_delta, timestamp_delta, bytes_max)?;
+    let length = i32::try_from(body_bytes).ok()?;
+    Some(varint_bytes(length) + body_bytes)
+}
+
+/// Appends `record` with its length prefix. The caller has checked its size with
+/// [`record_bytes`], so every length fits in an `i32`.
+pub(crate) fn encode_record(
+    record: &NewRecord,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    out: &mut BytesMut,
+) {
+    let body_bytes = body_bytes(record, offset_delta, timestamp_delta, usize::MAX)
+        .expect("caller checked the record size");
+    let start = out.len();
+    encode_varint(length_i32(body_bytes), out);
+    let body_start = out.len();
+    out.put_i8(0);
+    encode_varlong(timestamp_delta, out);
+    encode_varint(offset_delta, out);
+    encode_nullable(record.key.as_deref(), out);
+    encode_nullable(record.value.as_deref(), out);
+    encode_varint(length_i32(record.headers.len()), out);
+    for header in &record.headers {
+        encode_varint(length_i32(header.key.len()), out);
+        out.put_slice(header.key.as_bytes());
+        encode_nullable(header.value.as_deref(), out);
+    }
+    debug_assert_eq!(out.len() - body_start, body_bytes);
+    debug_assert!(out.len() - start <= i32::MAX as usize);
+}
+
+/// The decoded fields of a record body, before offsets and timestamps are made absolute.
+struct BodyFields {
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: Vec<Header>,
+}
+
+fn decode_body(reader: &mut Reader<'_>) -> Result<BodyFields, BatchError> {
+    // The record attributes byte is unused in v2; it is read and ignored, as Kafka does.
+    reader.take(1, "record attributes")?;
+    let timestamp_delta = reader.varlong("record timestamp delta")?;
+    let offset_delta = reader.varint("record offset delta")?;
+    let key = reader.nullable("record key")?;
+    let value = reader.nullable("record value")?;
+    let header_count = reader.varint("record header count")?;
+    let header_count = non_negative(header_count, "record header count")?;
+    // Every header takes at least two bytes (two one-byte lengths), so the remaining bytes
+    // bound the allocation whatever the count claims.
+    let capacity = header_count.min(reader.remaining_bytes() / 2);
+    let mut headers = Vec::with_capacity(capacity);
+    for _ in 0..header_count {
+        headers.push(decode_header(reader)?);
+    }
+    Ok(BodyFields {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers,
+    })
+}
+
+fn decode_header(reader: &mut Reader<'_>) -> Result<Header, BatchError> {
+    let key_length = non_negative(reader.varint("header key length")?, "header key length")?;
+    let key_range = reader.take(key_length, "header key")?;
+    let key = std::str::from_utf8(&reader.bytes[key_range])
+        .map_err(|_| BatchError::InvalidUtf8 {
+            field: "header key",
+        })?
+        .to_owned();
+    let value = reader.nullable("header value")?;
+    Ok(Header { key, value })
+}
+
+fn body_bytes(
+    record: &NewRecord,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    bytes_max: usize,
+) -> Option<usize> {
+    // Saturating sums: anything that saturates is far above `bytes_max` and is refused below.
+    let mut total = 1 + varlong_bytes(timestamp_delta) + varint_bytes(offset_delta);
+    total = total.saturating_add(nullable_bytes(record.key.as_deref(), bytes_max)?);
+    total = total.saturating_add(nullable_bytes(record.value.as_deref(), bytes_max)?);
+    total = total.saturating_add(length_bytes(record.headers.len(), bytes_max)?);
+    for header in &record.headers {
+        let key_bytes = header.key.len();
+        total = total.saturating_add(length_bytes(key_bytes, bytes_max)?);
+        total = total.saturating_add(key_bytes);
+        total = total.saturating_add(nullable_bytes(header.value.as_deref(), bytes_max)?);
+        if total > bytes_max {
+            return None;
+        }
+    }
+    (total <= bytes_max).then_some(total)
+}
+
+/// Bytes of a nullable field: its length varint plus its contents.
+fn nullable_bytes(field: Option<&[u8]>, bytes_max: usize) -> Option<usize> {
+    match field {
+        None => Some(varint_bytes(-1)),
+        Some(contents) => Some(length_bytes(contents.len(), bytes_max)? + contents.len()),
+    }
+}
+
+/// Bytes of a length varint, or `None` if the length itself exceeds `bytes_max` or `i32`.
+fn length_bytes(length: usize, bytes_max: usize) -> Option<usize> {
+    if length > bytes_max {
+        return None;
+    }
+    Some(varint_bytes(i32::try_from(length).ok()?))
+}
+
+fn length_i32(length: usize) -> i32 {
+    i32::try_from(length).expect("record sizes were checked against BATCH_BYTES_MAX")
+}
+
+fn encode_nullable(field: Option<&[u8]>, out: &mut BytesMut) {
+    match field {
+        None => encode_varint(-1, out),
+        Some(contents) => {
+            encode_varint(length_i32(contents.len()), out);
+            out.put_slice(contents);
+        }
+    }
+}
+
+fn non_negative(count: i32, field: &'static str) -> Result<usize, BatchError> {
+    usize::try_from(count).map_err(|_| BatchError::NegativeCount {
+        field,
+        count: i64::from(count),
+    })
+}
+
+/// A bounded cursor over the record region; `end` is the end of the current record.
+struct Reader<'a> {
+    bytes: &'a Bytes,
+    position: usize,
+    end: usize,
+}
+
+impl Reader<'_> {
+    fn remaining_bytes(&self) -> usize {
+        self.end - self.position
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<i32, BatchError> {
+        let available = &self.bytes[self.position..self.end];
+        match decode_varint(available) {
+            Ok(Some((value, consumed))) => {
+                self.position += consumed;
+                Ok(value)
+            }
+            Ok(None) => Err(varint_truncated(field, available.len())),
+            Err(_) => Err(BatchError::VarintOverflow { field }),
+        }
+    }
+
+    fn varlong(&mut self, field: &'static str) -> Result<i64, BatchError> {
+        let available = &self.bytes[self.position..self.end];
+        match decode_varlong(available) {
+            Ok(Some((value, consumed))) => {
+                self.position += consumed;
+                Ok(value)
+            }
+            Ok(None) => Err(varint_truncated(field, available.len())),
+            Err(_) => Err(BatchError::VarintOverflow { field }),
+        }
+    }
+
+    /// Advances past `length` bytes and returns their range in `bytes`.
+    fn take(&mut self, length: usize, field: &'static str) -> Result<Range<usize>, BatchError> {
+        let have_bytes = self.remaining_bytes();
+        if length > have_bytes {
+            return Err(BatchError::Truncated {
+                field,
+                need_bytes: length,
+                have_bytes,
+            });
+        }
+        let start = self.position;
+        self.position += length;
+        Ok(start..self.position)
+    }
+
+    /// Reads a varint length (-1 = null) and the bytes it announces, without copying them.
+    fn nullable(&mut self, field: &'static str) -> Result<Option<Bytes>, BatchError> {
+        let length = self.varint(field)?;
+        if length == -1 {
+            return Ok(None);
+        }
+        let length = non_negative(length, field)?;
+        let range = self.take(length, field)?;
+        Ok(Some(self.bytes.slice(range)))
+    }
+}
+
+fn varint_truncated(field: &'static str, have_bytes: usize) -> BatchError {
+    BatchError::Truncated {
+        field,
+        need_bytes: have_bytes + 1,
+        have_bytes,
+    }
+}
