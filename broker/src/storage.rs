@@ -26,6 +26,7 @@ pub mod partition;
 pub mod registry;
 pub mod segment;
 pub mod sim;
+pub mod testing;
 pub mod time_index;
 pub mod watch;
 

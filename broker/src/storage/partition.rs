@@ -426,10 +426,11 @@ impl Partition {
         if self.lock_failure().is_some() {
             return;
         }
-        self.durable.advance(offset);
+        // The high watermark first: whoever wakes on durability may look at it at once.
         if self.config.flush == FlushPolicy::Always {
             self.high_watermark.advance(offset);
         }
+        self.durable.advance(offset);
     }
 
     /// Puts the partition in the failed state (storage rule 3): no more writes, no more
@@ -828,3 +829,6 @@ fn open_active(
     segment.sync()?;
     Ok(segment)
 }
+
+#[cfg(test)]
+mod tests;

@@ -214,7 +214,7 @@ fn tear_tail(bytes: &mut Vec<u8>, live: &[u8], rng: &mut SplitMix) {
     let unsynced = live.len() - bytes.len();
     let kept = (rng.next() % (unsynced as u64 + 1)) as usize;
     bytes.extend_from_slice(&live[bytes.len()..bytes.len() + kept]);
-    if kept > 0 && rng.next() % 2 == 0 {
+    if kept > 0 && rng.next().is_multiple_of(2) {
         let garbage = kept.min(1 + (rng.next() % 16) as usize);
         let start = bytes.len() - garbage;
         for byte in &mut bytes[start..] {
