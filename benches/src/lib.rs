@@ -1,1 +1,1 @@
-//! Criterion benchmarks live in benches/benches.
+//! Criterion benchmarks of Wharf; see benches/benches/ and docs/BENCHMARKS.md.

@@ -1,0 +1,150 @@
+//! Storage engine benchmarks: append throughput per flush policy (one appender, and group
+//! commit with concurrent appenders), sequential reads, and index lookups.
+//!
+//! Data goes to a temp directory under `$WHARF_BENCH_DIR` (default: the current directory,
+//! which is the workspace's disk, not a tmpfs). Each sample writes into a fresh partition that
+//! is deleted afterwards, so disk use stays bounded.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wharf_broker::storage::index::{IndexEntry, OffsetIndex};
+use wharf_broker::storage::testing::{batch_of_size, real_env};
+use wharf_broker::storage::{FlushPolicy, LogConfig, Partition, RealFs, StorageEnv};
+
+const NOW_MS: i64 = 1_700_000_000_000;
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var("WHARF_BENCH_DIR").unwrap_or_else(|_| ".".to_string());
+    tempfile::Builder::new()
+        .prefix("wharf-bench-")
+        .tempdir_in(base)
+        .expect("bench dir")
+}
+
+fn config(flush: FlushPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 512 * 1024 * 1024,
+        flush,
+        ..LogConfig::default()
+    }
+}
+
+fn open(dir: &Path, flush: FlushPolicy, env: &StorageEnv) -> Arc<Partition> {
+    Partition::open(&dir.join("bench-0"), config(flush), env.clone()).expect("open partition")
+}
+
+/// Appends `count` copies of `batch` from `appenders` threads, each waiting for durability
+/// before its next append (as a producer with acks=all does). Returns the elapsed time.
+fn run_appenders(partition: &Arc<Partition>, batch: &BytesMut, count: u64, appenders: u64) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for appender in 0..appenders {
+            let share = count / appenders + u64::from(appender < count % appenders);
+            let partition = partition.clone();
+            let mut own = batch.clone();
+            scope.spawn(move || {
+                for _ in 0..share {
+                    let appended = partition.append(&mut own).expect("append");
+                    partition
+                        .wait_durable_blocking(appended.next_offset, Duration::from_secs(30))
+                        .expect("durable");
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn append(criterion: &mut Criterion) {
+    let (env, _clock) = real_env(NOW_MS);
+    let mut group = criterion.benchmark_group("append");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    let cases = [
+        ("never", FlushPolicy::Never, 1u64),
+        ("always", FlushPolicy::Always, 1),
+        ("always", FlushPolicy::Always, 8),
+    ];
+    for (record_bytes, label) in [(100usize, "100x100B"), (1024, "100x1KiB")] {
+        let batch = batch_of_size(100, record_bytes, NOW_MS);
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        for (policy_name, policy, appenders) in cases {
+            let id = BenchmarkId::new(format!("{policy_name}/{appenders}-appenders"), label);
+            group.bench_function(id, |bencher| {
+                bencher.iter_custom(|iters| {
+                    let dir = bench_dir();
+                    let partition = open(dir.path(), policy, &env);
+                    let elapsed = run_appenders(&partition, &batch, iters, appenders);
+                    partition.close().expect("close");
+                    elapsed
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn read(criterion: &mut Criterion) {
+    let (env, _clock) = real_env(NOW_MS);
+    let dir = bench_dir();
+    let partition = open(dir.path(), FlushPolicy::Never, &env);
+    let mut batch = batch_of_size(100, 1024, NOW_MS);
+    let batch_bytes = batch.len() as u64;
+    let batch_count = (256 * 1024 * 1024) / batch_bytes;
+    for _ in 0..batch_count {
+        partition.append(&mut batch).expect("append");
+    }
+    partition.flush().expect("flush");
+    let mut group = criterion.benchmark_group("read");
+    group.measurement_time(Duration::from_secs(5));
+    let max_bytes = 1024 * 1024;
+    group.throughput(Throughput::Bytes(max_bytes as u64));
+    group.bench_function("sequential/1MiB-fetches", |bencher| {
+        let mut offset = 0;
+        bencher.iter(|| {
+            if offset >= partition.high_watermark() {
+                offset = 0;
+            }
+            let result = partition.read(offset, max_bytes).expect("read");
+            let last = wharf_protocol::batch::batches(result.bytes)
+                .last()
+                .expect("a batch")
+                .expect("valid");
+            offset = last.header().next_offset();
+            black_box(offset)
+        });
+    });
+    group.finish();
+}
+
+fn index_lookup(criterion: &mut Criterion) {
+    let dir = bench_dir();
+    let entry_count = 262_144u32; // a 1 GiB segment at one entry per 4 KiB
+    let path = dir.path().join("00000000000000000000.index");
+    let mut index = OffsetIndex::create(&RealFs, &path, u64::from(entry_count) * 8).expect("index");
+    for entry in 0..entry_count {
+        index.append(IndexEntry {
+            relative_offset: entry * 40 + 1,
+            position: entry * 4096 + 1,
+        });
+    }
+    let mut group = criterion.benchmark_group("index_lookup");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("262144-entries", |bencher| {
+        let mut probe = 12_345u32;
+        bencher.iter(|| {
+            // A cheap pseudo-random walk over the whole offset range.
+            probe = probe.wrapping_mul(1_664_525).wrapping_add(1_013_904_223) % (entry_count * 40);
+            black_box(index.lookup(black_box(probe)))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, append, read, index_lookup);
+criterion_main!(benches);
