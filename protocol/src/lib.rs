@@ -8,8 +8,14 @@
 //! any input and check every length before trusting it; docs/PROTOCOL.md is the byte-level
 //! specification and the golden tests in `tests/` pin it.
 
+pub mod api;
 pub mod batch;
+pub mod codec;
+pub mod error_code;
+pub mod frame;
+pub mod messages;
 pub mod varint;
+pub mod wire;
 
 pub use batch::{
     batches, control_batch, parse_header, validate, Attributes, Batch, BatchBuilder, BatchError,
@@ -17,3 +23,8 @@ pub use batch::{
     Records, TimestampType,
 };
 pub use varint::VarintError;
+
+pub use api::{ApiKey, Request, Response};
+pub use error_code::ErrorCode;
+pub use frame::{Frame, FrameHeader};
+pub use wire::DecodeError;

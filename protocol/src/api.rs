@@ -1,0 +1,239 @@
+//! Api keys, supported versions, and the `Request`/`Response` enums that tie a frame's
+//! `api_key` to its body type.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error_code::ErrorCode;
+use crate::frame::{encode_frame, FrameHeader};
+use crate::messages::*;
+use crate::wire::{DecodeError, Reader, Wire};
+use crate::wire_enum;
+
+wire_enum! {
+    /// Which request a frame carries. Keys are never renumbered or reused.
+    pub enum ApiKey: u16 {
+        ApiVersions = 0,
+        Metadata = 1,
+        CreateTopics = 2,
+        DeleteTopics = 3,
+        Produce = 4,
+        Fetch = 5,
+        ListOffsets = 6,
+        GroupHeartbeat = 7,
+        LeaveGroup = 8,
+        OffsetCommit = 9,
+        OffsetFetch = 10,
+        DescribeGroups = 11,
+        ListGroups = 12,
+    }
+}
+
+/// Every api with the versions this build speaks (all at version 0 so far).
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 13] = [
+    (ApiKey::ApiVersions, 0, 0),
+    (ApiKey::Metadata, 0, 0),
+    (ApiKey::CreateTopics, 0, 0),
+    (ApiKey::DeleteTopics, 0, 0),
+    (ApiKey::Produce, 0, 0),
+    (ApiKey::Fetch, 0, 0),
+    (ApiKey::ListOffsets, 0, 0),
+    (ApiKey::GroupHeartbeat, 0, 0),
+    (ApiKey::LeaveGroup, 0, 0),
+    (ApiKey::OffsetCommit, 0, 0),
+    (ApiKey::OffsetFetch, 0, 0),
+    (ApiKey::DescribeGroups, 0, 0),
+    (ApiKey::ListGroups, 0, 0),
+];
+
+/// The supported range of `api_key`.
+///
+/// # Errors
+/// `UnknownApiKey` for a key this build does not know.
+pub fn supported_range(api_key: u16) -> Result<(ApiKey, u16, u16), DecodeError> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _, _)| key.code() == api_key)
+        .copied()
+        .ok_or(DecodeError::UnknownApiKey { api_key })
+}
+
+/// Checks that `header` names a known api at a supported version.
+///
+/// # Errors
+/// `UnknownApiKey` or `UnsupportedVersion`.
+pub fn check_header(header: &FrameHeader) -> Result<ApiKey, DecodeError> {
+    let (key, min_version, max_version) = supported_range(header.api_key)?;
+    if !(min_version..=max_version).contains(&header.api_version) {
+        return Err(DecodeError::UnsupportedVersion {
+            api_key: header.api_key,
+            api_version: header.api_version,
+            min_version,
+            max_version,
+        });
+    }
+    Ok(key)
+}
+
+fn decode_body<T: Wire>(body: Bytes) -> Result<T, DecodeError> {
+    let mut reader = Reader::new(body);
+    let value = T::decode(&mut reader, "body")?;
+    reader.finish()?;
+    Ok(value)
+}
+
+macro_rules! api_enums {
+    ($( $key:ident => $request:ident, $response:ident; )*) => {
+        /// A decoded request body.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Request {
+            $( $key($request), )*
+        }
+
+        /// A decoded response body.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Response {
+            $( $key($response), )*
+        }
+
+        impl Request {
+            /// The api key of this request.
+            pub fn api_key(&self) -> ApiKey {
+                match self {
+                    $( Request::$key(_) => ApiKey::$key, )*
+                }
+            }
+
+            /// Decodes a body of `api_key` (version already checked).
+            ///
+            /// # Errors
+            /// The first `DecodeError` met, including trailing bytes.
+            pub fn decode(api_key: ApiKey, body: Bytes) -> Result<Request, DecodeError> {
+                match api_key {
+                    $( ApiKey::$key => decode_body(body).map(Request::$key), )*
+                }
+            }
+
+            /// Appends the body's encoding.
+            pub fn encode_body(&self, out: &mut BytesMut) {
+                match self {
+                    $( Request::$key(body) => body.encode(out), )*
+                }
+            }
+        }
+
+        impl Response {
+            /// The api key of this response.
+            pub fn api_key(&self) -> ApiKey {
+                match self {
+                    $( Response::$key(_) => ApiKey::$key, )*
+                }
+            }
+
+            /// Decodes a body of `api_key`.
+            ///
+            /// # Errors
+            /// The first `DecodeError` met, including trailing bytes.
+            pub fn decode(api_key: ApiKey, body: Bytes) -> Result<Response, DecodeError> {
+                match api_key {
+                    $( ApiKey::$key => decode_body(body).map(Response::$key), )*
+                }
+            }
+
+            /// Appends the body's encoding.
+            pub fn encode_body(&self, out: &mut BytesMut) {
+                match self {
+                    $( Response::$key(body) => body.encode(out), )*
+                }
+            }
+
+            /// The top-level error code.
+            pub fn error(&self) -> ErrorCode {
+                match self {
+                    $( Response::$key(body) => body.error, )*
+                }
+            }
+
+            /// A response of `api_key` that only carries a top-level error.
+            #[allow(clippy::needless_update)]
+            pub fn error_only(api_key: ApiKey, error: ErrorCode, message: String) -> Response {
+                match api_key {
+                    $( ApiKey::$key => Response::$key($response {
+                        error,
+                        error_message: Some(message),
+                        ..Default::default()
+                    }), )*
+                }
+            }
+        }
+    };
+}
+
+api_enums! {
+    ApiVersions => ApiVersionsRequest, ApiVersionsResponse;
+    Metadata => MetadataRequest, MetadataResponse;
+    CreateTopics => CreateTopicsRequest, CreateTopicsResponse;
+    DeleteTopics => DeleteTopicsRequest, DeleteTopicsResponse;
+    Produce => ProduceRequest, ProduceResponse;
+    Fetch => FetchRequest, FetchResponse;
+    ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    GroupHeartbeat => GroupHeartbeatRequest, GroupHeartbeatResponse;
+    LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
+    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
+    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    ListGroups => ListGroupsRequest, ListGroupsResponse;
+}
+
+/// Appends a whole request frame.
+pub fn encode_request(request: &Request, correlation_id: u32, out: &mut BytesMut) {
+    let header = FrameHeader {
+        api_key: request.api_key().code(),
+        api_version: 0,
+        correlation_id,
+    };
+    encode_frame(header, out, |body| request.encode_body(body));
+}
+
+/// Appends a whole response frame answering `header`.
+pub fn encode_response(response: &Response, header: FrameHeader, out: &mut BytesMut) {
+    encode_frame(header, out, |body| response.encode_body(body));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_api_key_is_reported() {
+        let header = FrameHeader {
+            api_key: 999,
+            api_version: 0,
+            correlation_id: 1,
+        };
+        assert_eq!(
+            check_header(&header),
+            Err(DecodeError::UnknownApiKey { api_key: 999 })
+        );
+    }
+
+    #[test]
+    fn unsupported_version_is_reported() {
+        let header = FrameHeader {
+            api_key: ApiKey::Produce.code(),
+            api_version: 7,
+            correlation_id: 1,
+        };
+        assert!(matches!(
+            check_header(&header),
+            Err(DecodeError::UnsupportedVersion { api_version: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn every_api_has_a_supported_range() {
+        for code in 0..=12u16 {
+            let key = ApiKey::from_code(code).unwrap();
+            assert_eq!(supported_range(code).unwrap().0, key);
+        }
+    }
+}

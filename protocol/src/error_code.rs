@@ -1,0 +1,112 @@
+//! Wire error codes. Every response carries one at the top and, where it has per-topic or
+//! per-partition results, one per result.
+//!
+//! Codes are `#[repr(u16)]`, listed in docs/PROTOCOL.md, and never renumbered or reused: a
+//! retired code stays retired.
+
+crate::wire_enum! {
+    /// A typed error in a response. `None` means success.
+    #[derive(Default)]
+    pub enum ErrorCode: u16 {
+        /// Success.
+        #[default]
+        None = 0,
+        /// The broker hit an unexpected internal error; the message says what.
+        Unknown = 1,
+        /// The request could not be decoded or breaks a rule of its api.
+        InvalidRequest = 2,
+        /// The api key is not known to this broker.
+        UnknownApiKey = 3,
+        /// The api version is outside the range the broker supports.
+        UnsupportedVersion = 4,
+        /// The topic or partition does not exist.
+        UnknownTopicOrPartition = 5,
+        /// The topic already exists.
+        TopicAlreadyExists = 6,
+        /// The topic name breaks the naming rules.
+        InvalidTopicName = 7,
+        /// The partition count is outside the allowed range.
+        InvalidPartitions = 8,
+        /// A record batch is malformed (length, magic, CRC, counts).
+        CorruptRecordBatch = 9,
+        /// The requested offset is outside the log.
+        OffsetOutOfRange = 10,
+        /// The request did not complete within its timeout.
+        RequestTimedOut = 11,
+        /// The partition's storage failed (for example an fsync error); it refuses writes.
+        StorageFailed = 12,
+        /// The disk is full; nothing was written.
+        DiskFull = 13,
+        /// Stored data failed a checksum; the range is refused.
+        CorruptStoredData = 14,
+        /// The message or batch exceeds a size limit.
+        MessageTooLarge = 15,
+        /// The group member is not known (it left, timed out or never joined).
+        UnknownMemberId = 16,
+        /// The generation is stale: the member was fenced by a newer one.
+        IllegalGeneration = 17,
+        /// The group does not exist.
+        GroupIdNotFound = 18,
+        /// The group id is invalid (empty).
+        InvalidGroupId = 19,
+        /// The broker is shutting down.
+        ShuttingDown = 20,
+        /// A configuration key or value is invalid.
+        InvalidConfig = 21,
+        /// The topic was not found and auto-creation is disabled.
+        TopicAutoCreateDisabled = 22,
+        /// An acks value other than -1, 0 or 1.
+        InvalidRequiredAcks = 23,
+    }
+}
+
+impl ErrorCode {
+    /// True for `ErrorCode::None`.
+    pub fn is_ok(self) -> bool {
+        self == ErrorCode::None
+    }
+
+    /// True if retrying the same request later may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::DiskFull
+        )
+    }
+
+    /// A short lowercase description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::None => "ok",
+            ErrorCode::Unknown => "unknown server error",
+            ErrorCode::InvalidRequest => "invalid request",
+            ErrorCode::UnknownApiKey => "unknown api key",
+            ErrorCode::UnsupportedVersion => "unsupported version",
+            ErrorCode::UnknownTopicOrPartition => "unknown topic or partition",
+            ErrorCode::TopicAlreadyExists => "topic already exists",
+            ErrorCode::InvalidTopicName => "invalid topic name",
+            ErrorCode::InvalidPartitions => "invalid partition count",
+            ErrorCode::CorruptRecordBatch => "corrupt record batch",
+            ErrorCode::OffsetOutOfRange => "offset out of range",
+            ErrorCode::RequestTimedOut => "request timed out",
+            ErrorCode::StorageFailed => "storage failed",
+            ErrorCode::DiskFull => "disk full",
+            ErrorCode::CorruptStoredData => "corrupt stored data",
+            ErrorCode::MessageTooLarge => "message too large",
+            ErrorCode::UnknownMemberId => "unknown member id",
+            ErrorCode::IllegalGeneration => "stale generation: member was fenced",
+            ErrorCode::GroupIdNotFound => "group not found",
+            ErrorCode::InvalidGroupId => "invalid group id",
+            ErrorCode::ShuttingDown => "broker is shutting down",
+            ErrorCode::InvalidConfig => "invalid config",
+            ErrorCode::TopicAutoCreateDisabled => "unknown topic and auto-create is disabled",
+            ErrorCode::InvalidRequiredAcks => "invalid acks",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.describe())
+    }
+}

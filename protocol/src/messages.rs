@@ -1,0 +1,555 @@
+//! Request and response bodies, version 0 of every api. Each struct's wire encoding is its
+//! fields in declaration order (see [`crate::wire`] for the primitives); docs/PROTOCOL.md
+//! lists them as tables. Every response starts with a top-level `error` code and a nullable
+//! human-readable `error_message`.
+
+use bytes::Bytes;
+
+use crate::error_code::ErrorCode;
+use crate::{wire_enum, wire_struct};
+
+/// Special `timestamp` values in a ListOffsets request.
+pub const LIST_OFFSETS_LATEST: i64 = -1;
+/// The earliest stored offset (the log start offset).
+pub const LIST_OFFSETS_EARLIEST: i64 = -2;
+
+wire_enum! {
+    /// How many acknowledgements a produce request waits for.
+    #[derive(Default)]
+    pub enum Acks: i16 {
+        /// No response at all (at-most-once, fire and forget).
+        None = 0,
+        /// Acknowledge once the broker has appended the batch (page cache).
+        Leader = 1,
+        /// Acknowledge once the batch is durable as the flush policy promises (fsynced with
+        /// `flush = always`).
+        #[default]
+        All = -1,
+    }
+}
+
+wire_enum! {
+    /// What a fetch may return.
+    #[derive(Default)]
+    pub enum Isolation: u8 {
+        /// Everything up to the high watermark.
+        #[default]
+        ReadUncommitted = 0,
+        /// Only up to the last stable offset (transactions, issue #4).
+        ReadCommitted = 1,
+    }
+}
+
+wire_struct! {
+    /// Handshake request: the first request on a connection.
+    pub struct ApiVersionsRequest {
+        /// Free-form client name for logs.
+        pub client_name: String,
+    }
+}
+
+wire_struct! {
+    /// One api's supported version range.
+    pub struct ApiVersionRange {
+        pub api_key: u16,
+        pub min_version: u16,
+        pub max_version: u16,
+    }
+}
+
+wire_struct! {
+    /// Handshake response: what the broker supports.
+    pub struct ApiVersionsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub apis: Vec<ApiVersionRange>,
+        /// The broker's software version, for logs.
+        pub broker_version: String,
+    }
+}
+
+wire_struct! {
+    /// Metadata request: topics to describe, or null for all.
+    pub struct MetadataRequest {
+        pub topics: Option<Vec<String>>,
+    }
+}
+
+wire_struct! {
+    /// A broker as clients should reach it (its advertised address).
+    pub struct BrokerInfo {
+        pub node_id: i32,
+        pub host: String,
+        pub port: u16,
+    }
+}
+
+wire_struct! {
+    /// One partition in a metadata answer.
+    pub struct PartitionMetadata {
+        pub partition: u32,
+        pub error: ErrorCode,
+        /// Node id of the leader (the only broker for now).
+        pub leader: i32,
+        pub log_start_offset: i64,
+        pub high_watermark: i64,
+    }
+}
+
+wire_struct! {
+    /// One topic in a metadata answer.
+    pub struct TopicMetadata {
+        pub error: ErrorCode,
+        pub name: String,
+        /// Stable id: a deleted and re-created topic gets a new one.
+        pub topic_id: [u8; 16],
+        pub partitions: Vec<PartitionMetadata>,
+    }
+}
+
+wire_struct! {
+    /// Metadata response.
+    pub struct MetadataResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub brokers: Vec<BrokerInfo>,
+        pub topics: Vec<TopicMetadata>,
+    }
+}
+
+wire_struct! {
+    /// A configuration override.
+    pub struct ConfigEntry {
+        pub key: String,
+        pub value: String,
+    }
+}
+
+wire_struct! {
+    /// One topic to create.
+    pub struct CreateTopic {
+        pub name: String,
+        pub partitions: u32,
+        pub configs: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    /// CreateTopics request.
+    pub struct CreateTopicsRequest {
+        pub topics: Vec<CreateTopic>,
+    }
+}
+
+wire_struct! {
+    /// The outcome for one topic of a create or delete.
+    pub struct TopicResult {
+        pub name: String,
+        pub topic_id: [u8; 16],
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// CreateTopics response.
+    pub struct CreateTopicsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+wire_struct! {
+    /// DeleteTopics request.
+    pub struct DeleteTopicsRequest {
+        pub names: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// DeleteTopics response.
+    pub struct DeleteTopicsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+wire_struct! {
+    /// Batches for one partition: one or more whole record batches, concatenated.
+    pub struct ProducePartition {
+        pub partition: u32,
+        pub records: Bytes,
+    }
+}
+
+wire_struct! {
+    /// Batches for one topic.
+    pub struct ProduceTopic {
+        pub name: String,
+        pub partitions: Vec<ProducePartition>,
+    }
+}
+
+wire_struct! {
+    /// Produce request. With `acks = None` the broker sends no response.
+    pub struct ProduceRequest {
+        pub acks: Acks,
+        /// How long the broker may wait for durability before answering RequestTimedOut.
+        pub timeout_ms: u32,
+        pub topics: Vec<ProduceTopic>,
+    }
+}
+
+wire_struct! {
+    /// The outcome for one partition of a produce.
+    pub struct ProducePartitionResponse {
+        pub partition: u32,
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        /// Offset of the first record appended (-1 on error).
+        pub base_offset: i64,
+        pub log_start_offset: i64,
+    }
+}
+
+wire_struct! {
+    /// The outcome for one topic of a produce.
+    pub struct ProduceTopicResponse {
+        pub name: String,
+        pub partitions: Vec<ProducePartitionResponse>,
+    }
+}
+
+wire_struct! {
+    /// Produce response.
+    pub struct ProduceResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<ProduceTopicResponse>,
+    }
+}
+
+wire_struct! {
+    /// Where to fetch one partition from.
+    pub struct FetchPartition {
+        pub partition: u32,
+        pub fetch_offset: i64,
+        pub partition_max_bytes: u32,
+    }
+}
+
+wire_struct! {
+    /// Partitions of one topic to fetch.
+    pub struct FetchTopic {
+        pub name: String,
+        pub partitions: Vec<FetchPartition>,
+    }
+}
+
+wire_struct! {
+    /// Fetch request: waits up to `max_wait_ms` until at least `min_bytes` are available.
+    pub struct FetchRequest {
+        pub max_wait_ms: u32,
+        pub min_bytes: u32,
+        pub max_bytes: u32,
+        pub isolation: Isolation,
+        pub topics: Vec<FetchTopic>,
+    }
+}
+
+wire_struct! {
+    /// A transaction whose records a read-committed consumer must skip (issue #4).
+    pub struct AbortedTransaction {
+        pub producer_id: i64,
+        pub first_offset: i64,
+    }
+}
+
+wire_struct! {
+    /// Fetched data for one partition: raw record batches as stored.
+    pub struct FetchPartitionResponse {
+        pub partition: u32,
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub high_watermark: i64,
+        pub last_stable_offset: i64,
+        pub log_start_offset: i64,
+        pub aborted_transactions: Vec<AbortedTransaction>,
+        pub records: Bytes,
+    }
+}
+
+wire_struct! {
+    /// Fetched data for one topic.
+    pub struct FetchTopicResponse {
+        pub name: String,
+        pub partitions: Vec<FetchPartitionResponse>,
+    }
+}
+
+wire_struct! {
+    /// Fetch response.
+    pub struct FetchResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<FetchTopicResponse>,
+    }
+}
+
+wire_struct! {
+    /// One partition to look up.
+    pub struct ListOffsetsPartition {
+        pub partition: u32,
+        /// `LIST_OFFSETS_LATEST`, `LIST_OFFSETS_EARLIEST`, or a timestamp in ms.
+        pub timestamp: i64,
+    }
+}
+
+wire_struct! {
+    /// Partitions of one topic to look up.
+    pub struct ListOffsetsTopic {
+        pub name: String,
+        pub partitions: Vec<ListOffsetsPartition>,
+    }
+}
+
+wire_struct! {
+    /// ListOffsets request.
+    pub struct ListOffsetsRequest {
+        pub topics: Vec<ListOffsetsTopic>,
+    }
+}
+
+wire_struct! {
+    /// The answer for one partition: -1 when no offset matches the timestamp.
+    pub struct ListOffsetsPartitionResponse {
+        pub partition: u32,
+        pub error: ErrorCode,
+        pub offset: i64,
+    }
+}
+
+wire_struct! {
+    /// The answers for one topic.
+    pub struct ListOffsetsTopicResponse {
+        pub name: String,
+        pub partitions: Vec<ListOffsetsPartitionResponse>,
+    }
+}
+
+wire_struct! {
+    /// ListOffsets response.
+    pub struct ListOffsetsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<ListOffsetsTopicResponse>,
+    }
+}
+
+wire_struct! {
+    /// Partitions of one topic.
+    pub struct TopicPartitions {
+        pub topic: String,
+        pub partitions: Vec<u32>,
+    }
+}
+
+wire_struct! {
+    /// Join or heartbeat in a consumer group (broker-side assignment). An empty `member_id`
+    /// joins; the broker answers with the member id, the group generation and the member's
+    /// current assignment. Members send it every `heartbeat_interval_ms`.
+    pub struct GroupHeartbeatRequest {
+        pub group_id: String,
+        pub member_id: String,
+        /// The generation the member last saw (0 when joining).
+        pub generation: i32,
+        pub client_id: String,
+        pub topics: Vec<String>,
+        /// `range`, `roundrobin` or `sticky` (empty: the group's current or `range`).
+        pub assignor: String,
+        /// 0 for the broker's default.
+        pub session_timeout_ms: u32,
+    }
+}
+
+wire_struct! {
+    /// The member's current view of the group.
+    pub struct GroupHeartbeatResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub member_id: String,
+        pub generation: i32,
+        pub heartbeat_interval_ms: u32,
+        pub assignment: Vec<TopicPartitions>,
+    }
+}
+
+wire_struct! {
+    /// Leave a group at once (instead of timing out).
+    pub struct LeaveGroupRequest {
+        pub group_id: String,
+        pub member_id: String,
+    }
+}
+
+wire_struct! {
+    /// LeaveGroup response.
+    pub struct LeaveGroupResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// One offset to commit.
+    pub struct OffsetCommitPartition {
+        pub partition: u32,
+        /// The next offset to consume.
+        pub offset: i64,
+        pub metadata: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// Offsets of one topic to commit.
+    pub struct OffsetCommitTopic {
+        pub name: String,
+        pub partitions: Vec<OffsetCommitPartition>,
+    }
+}
+
+wire_struct! {
+    /// Commit offsets. A group member passes its member id and generation (a stale one is
+    /// rejected); a consumer with manual assignment passes an empty member id and generation
+    /// -1, accepted only while the group has no members.
+    pub struct OffsetCommitRequest {
+        pub group_id: String,
+        pub member_id: String,
+        pub generation: i32,
+        pub topics: Vec<OffsetCommitTopic>,
+    }
+}
+
+wire_struct! {
+    /// The outcome for one partition of a commit.
+    pub struct PartitionError {
+        pub partition: u32,
+        pub error: ErrorCode,
+    }
+}
+
+wire_struct! {
+    /// The outcome for one topic of a commit.
+    pub struct OffsetCommitTopicResponse {
+        pub name: String,
+        pub partitions: Vec<PartitionError>,
+    }
+}
+
+wire_struct! {
+    /// OffsetCommit response.
+    pub struct OffsetCommitResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<OffsetCommitTopicResponse>,
+    }
+}
+
+wire_struct! {
+    /// Committed offsets to read: the listed partitions, or all of the group's when null.
+    pub struct OffsetFetchRequest {
+        pub group_id: String,
+        pub topics: Option<Vec<TopicPartitions>>,
+    }
+}
+
+wire_struct! {
+    /// A committed offset (-1 when none).
+    pub struct OffsetFetchPartition {
+        pub partition: u32,
+        pub offset: i64,
+        pub metadata: Option<String>,
+        pub error: ErrorCode,
+    }
+}
+
+wire_struct! {
+    /// Committed offsets of one topic.
+    pub struct OffsetFetchTopic {
+        pub name: String,
+        pub partitions: Vec<OffsetFetchPartition>,
+    }
+}
+
+wire_struct! {
+    /// OffsetFetch response.
+    pub struct OffsetFetchResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub topics: Vec<OffsetFetchTopic>,
+    }
+}
+
+wire_struct! {
+    /// DescribeGroups request.
+    pub struct DescribeGroupsRequest {
+        pub group_ids: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// One member of a group.
+    pub struct GroupMember {
+        pub member_id: String,
+        pub client_id: String,
+        pub topics: Vec<String>,
+        pub assignment: Vec<TopicPartitions>,
+    }
+}
+
+wire_struct! {
+    /// One group described.
+    pub struct GroupDescription {
+        pub group_id: String,
+        pub error: ErrorCode,
+        /// `empty` or `stable`.
+        pub state: String,
+        pub generation: i32,
+        pub assignor: String,
+        pub members: Vec<GroupMember>,
+    }
+}
+
+wire_struct! {
+    /// DescribeGroups response.
+    pub struct DescribeGroupsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub groups: Vec<GroupDescription>,
+    }
+}
+
+wire_struct! {
+    /// ListGroups request.
+    pub struct ListGroupsRequest {}
+}
+
+wire_struct! {
+    /// One group listed.
+    pub struct GroupListing {
+        pub group_id: String,
+        pub state: String,
+        pub member_count: u32,
+    }
+}
+
+wire_struct! {
+    /// ListGroups response.
+    pub struct ListGroupsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub groups: Vec<GroupListing>,
+    }
+}
