@@ -4,4 +4,9 @@
 //! Layers, top to bottom (each talks only to the next one down): `server` (listener,
 //! connection, dispatch) → domain (`log`, `queue`, `offsets`, `producer`) → [`storage`].
 
+pub mod config;
+pub mod group;
+pub mod offsets;
+pub mod server;
 pub mod storage;
+pub mod topic;

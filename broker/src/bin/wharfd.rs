@@ -1,1 +1,101 @@
-fn main() {}
+//! `wharfd`: the Wharf broker.
+//!
+//! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`; flags override the file.
+//! Prints `wharfd listening on ADDR` on stdout once it accepts connections, and shuts down
+//! cleanly on SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wharf_broker::config::BrokerConfig;
+use wharf_broker::server;
+
+/// The Wharf message broker.
+#[derive(Debug, Parser)]
+#[command(name = "wharfd", version, about = "The Wharf message broker")]
+struct Args {
+    /// Directory for partitions and metadata (default ./wharf-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7420; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// TOML configuration file for everything else.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut config = match &args.config {
+        Some(path) => match BrokerConfig::from_file(path) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => BrokerConfig::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
+    let handle = server::start(config).await?;
+    println!("wharfd listening on {}", handle.local_addr());
+    let _ = std::io::stdout().flush();
+    let trigger = handle.shutdown_trigger();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = trigger.send(true);
+    });
+    handle.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

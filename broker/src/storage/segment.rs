@@ -213,6 +213,9 @@ impl Segment {
             .len_bytes()
             .map_err(|source| Error::io("stat segment", &paths.0, source))?;
         let relative_end = next_offset.map(|next| (next - base_offset) as u64);
+        // Checked before `open_indexes`, which creates a missing index empty: an empty index
+        // looks valid but knows neither positions nor the segment's newest timestamp.
+        let indexes_missing = !fs.exists(&paths.1) || !fs.exists(&paths.2);
         let indexes = open_indexes(fs, &paths, file_bytes, relative_end, config)?;
         let segment = Segment::assemble(
             base_offset,
@@ -223,16 +226,29 @@ impl Segment {
             base_offset,
             now_ms,
         );
-        let problem = segment.check_tail(file_bytes, next_offset).err();
+        let mut problem = segment.check_tail(file_bytes, next_offset).err();
         if let Some(next) = next_offset {
             // The next segment's base is the truth about where this one ends.
             segment.next_offset.store(next, Ordering::Release);
         }
-        if problem.is_none() && segment.indexes_need_rebuild(fs) {
+        if problem.is_none() && (indexes_missing || segment.indexes_need_rebuild()) {
             tracing::warn!(segment = %segment.log_path.display(), "index missing or damaged; rebuilding from the log");
             segment.reactivate(config)?;
-            segment.rebuild_indexes(config)?;
-            segment.seal_indexes()?;
+            let scan = segment.rebuild_indexes(config)?;
+            if let Some(reason) = scan.stop_reason {
+                // Damage before the tail that `check_tail` covered. Report it like a failed
+                // tail check and keep the segment's full extent: the caller decides, and a
+                // sealed segment is never cut (rule 5).
+                segment.valid_bytes.store(file_bytes, Ordering::Release);
+                if let Some(next) = next_offset {
+                    segment.next_offset.store(next, Ordering::Release);
+                }
+                problem = Some((scan.position, reason));
+            } else {
+                // Sealing (not just trimming) the rebuilt indexes writes the final time index
+                // entry, which is how the next open learns the segment's newest timestamp.
+                segment.seal()?;
+            }
         }
         Ok((segment, problem))
     }
@@ -343,10 +359,7 @@ impl Segment {
         })
     }
 
-    fn indexes_need_rebuild(&self, fs: &dyn Fs) -> bool {
-        if !fs.exists(&self.index_path) || !fs.exists(&self.time_index_path) {
-            return true;
-        }
+    fn indexes_need_rebuild(&self) -> bool {
         // Sealed and cleanly closed indexes are trimmed to their entries, so a file holding
         // more entries than its valid prefix is damaged (or was cut off mid-roll).
         if self.indexes_read().offset.was_cut() || self.indexes_read().time.was_cut() {
@@ -560,7 +573,7 @@ impl Segment {
             .saturating_add(index_interval_bytes as usize)
             .saturating_add(BATCH_HEADER_BYTES)
             .min(BATCH_BYTES_MAX * 2);
-        match self.read_from(
+        let found = match self.read_from(
             start, expected, offset, max_bytes, end_offset, verify, window,
         ) {
             Err(Error::Corrupt { reason, .. })
@@ -580,7 +593,18 @@ impl Segment {
                 )
             }
             other => other,
+        }?;
+        if found.is_none() && offset < self.next_offset().min(end_offset) {
+            // The segment owns `offset` but no readable batch holds it: the range is damaged
+            // (refused from `corrupt_at`) or missing. Refuse it rather than let the caller
+            // skip ahead to the next segment (rule 5).
+            let position = self
+                .valid_bytes()
+                .min(self.corrupt_at.load(Ordering::Acquire));
+            let reason = format!("offset {offset} is not in a readable batch of the segment");
+            return Err(self.corrupt_error(position, reason));
         }
+        Ok(found)
     }
 
     fn index_start(&self, relative: u32) -> (u64, i64) {
@@ -627,6 +651,10 @@ impl Segment {
                 } => (position, header, bytes, window_id),
             };
             if header.base_offset != expected {
+                if collected.is_some() {
+                    // Serve the good batches before the break; the next read reports it.
+                    break;
+                }
                 let reason = format!(
                     "{INDEX_MISMATCH}: batch at {position} has base offset {} but {expected} was expected",
                     header.base_offset
@@ -762,13 +790,6 @@ impl Segment {
         indexes.offset.seal()?;
         indexes.time.seal()?;
         Ok(())
-    }
-
-    /// Trims and syncs both indexes (after a rebuild of a sealed segment's indexes).
-    fn seal_indexes(&self) -> Result<()> {
-        let mut indexes = self.indexes_write();
-        indexes.offset.seal()?;
-        indexes.time.seal()
     }
 
     /// Re-extends the indexes of a segment that becomes active again after a clean open.

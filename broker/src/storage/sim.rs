@@ -463,6 +463,34 @@ impl Fs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        if state.dirs.contains(from) {
+            // Directories are durable at once in this model, so their renames are too.
+            let moved = |path: &PathBuf| to.join(path.strip_prefix(from).unwrap_or(path));
+            state.dirs = state
+                .dirs
+                .iter()
+                .map(|dir| {
+                    if dir.starts_with(from) {
+                        moved(dir)
+                    } else {
+                        dir.clone()
+                    }
+                })
+                .collect();
+            let state = &mut *state;
+            for files in [&mut state.live_files, &mut state.durable_files] {
+                let (inside, outside): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(files)
+                    .into_iter()
+                    .partition(|(path, _)| path.starts_with(from));
+                *files = outside;
+                files.extend(
+                    inside
+                        .into_iter()
+                        .map(|(path, inode)| (moved(&path), inode)),
+                );
+            }
+            return Ok(());
+        }
         let inode = state.live_files.remove(from).ok_or_else(not_found)?;
         state.live_files.insert(to.to_path_buf(), inode);
         Ok(())

@@ -1,0 +1,341 @@
+//! The broker's configuration: command-line flags for the three things every run names
+//! (`--data-dir`, `--listen`, `--config`) and a TOML file for the rest.
+//!
+//! Example `wharfd.toml` (every key optional):
+//!
+//! ```toml
+//! data_dir = "./wharf-data"
+//! listen = "127.0.0.1:7420"
+//! advertised_address = "broker1.internal:7420"
+//! frame_bytes_max = 16842752
+//! auto_create_topics = true
+//! default_partitions = 1
+//! group_session_timeout_ms = 10000
+//! retention_check_interval_ms = 60000
+//!
+//! [log]
+//! segment_bytes_max = 1073741824
+//! segment_age_ms_max = 604800000
+//! retention_ms = 604800000
+//! retention_bytes = 0            # 0: no size limit
+//! flush = "always"               # always | interval | never
+//! flush_interval_ms = 1000       # with flush = "interval"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use wharf_protocol::frame::FRAME_BYTES_MAX_DEFAULT;
+
+use crate::storage::{FlushPolicy, LogConfig};
+
+/// Default listen address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
+/// Largest partition count of one topic: each partition is a directory with open files.
+pub const PARTITIONS_MAX: u32 = 10_000;
+
+/// Everything `wharfd` is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Where partitions and metadata live.
+    pub data_dir: PathBuf,
+    /// Where the listener binds.
+    pub listen: String,
+    /// What metadata answers tell clients to connect to (default: the bound address).
+    pub advertised_address: Option<String>,
+    /// Largest accepted frame (length field).
+    pub frame_bytes_max: u32,
+    /// Create unknown topics on first produce.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub default_partitions: u32,
+    /// Session timeout of group members that do not ask for one.
+    pub group_session_timeout_ms: u32,
+    /// How often retention runs.
+    pub retention_check_interval_ms: u64,
+    /// Most client connections at once.
+    pub connections_max: usize,
+    /// Defaults for every partition log.
+    pub log: LogConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            listen: LISTEN_DEFAULT.to_string(),
+            advertised_address: None,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            auto_create_topics: true,
+            default_partitions: 1,
+            group_session_timeout_ms: 10_000,
+            retention_check_interval_ms: 60_000,
+            connections_max: 1024,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertised_address: Option<String>,
+    frame_bytes_max: Option<u32>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    group_session_timeout_ms: Option<u32>,
+    retention_check_interval_ms: Option<u64>,
+    connections_max: Option<usize>,
+    log: Option<FileLogConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogConfig {
+    segment_bytes_max: Option<u64>,
+    segment_age_ms_max: Option<u64>,
+    index_interval_bytes: Option<u32>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    flush: Option<String>,
+    flush_interval_ms: Option<u64>,
+}
+
+impl BrokerConfig {
+    /// Loads `path` over the defaults.
+    ///
+    /// # Errors
+    /// `ConfigError` naming the file and what is wrong.
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.message().to_string(),
+        })?;
+        let mut config = BrokerConfig::default();
+        config.apply(file)?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, file: FileConfig) -> Result<(), ConfigError> {
+        let defaults = BrokerConfig::default();
+        self.data_dir = file.data_dir.unwrap_or(defaults.data_dir);
+        self.listen = file.listen.unwrap_or(defaults.listen);
+        self.advertised_address = file.advertised_address;
+        self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
+        self.auto_create_topics = file.auto_create_topics.unwrap_or(true);
+        self.default_partitions = file.default_partitions.unwrap_or(1);
+        self.group_session_timeout_ms = file
+            .group_session_timeout_ms
+            .unwrap_or(defaults.group_session_timeout_ms);
+        self.retention_check_interval_ms = file
+            .retention_check_interval_ms
+            .unwrap_or(defaults.retention_check_interval_ms);
+        self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
+        if let Some(log) = file.log {
+            apply_log(&mut self.log, log)?;
+        }
+        self.validate()
+    }
+
+    /// Checks every value against its limits.
+    ///
+    /// # Errors
+    /// `ConfigError::Invalid` naming the first bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frame_bytes_max < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "frame_bytes_max {} is below 1024",
+                self.frame_bytes_max
+            )));
+        }
+        if !(1..=PARTITIONS_MAX).contains(&self.default_partitions) {
+            return Err(ConfigError::Invalid(format!(
+                "default_partitions {} outside [1, {PARTITIONS_MAX}]",
+                self.default_partitions
+            )));
+        }
+        if self.group_session_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "group_session_timeout_ms must be at least 100".to_string(),
+            ));
+        }
+        if self.connections_max == 0 {
+            return Err(ConfigError::Invalid(
+                "connections_max must be positive".to_string(),
+            ));
+        }
+        self.log
+            .validate()
+            .map_err(|error| ConfigError::Invalid(error.to_string()))?;
+        if let Some(advertised) = &self.advertised_address {
+            parse_host_port(advertised).map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError> {
+    if let Some(bytes) = file.segment_bytes_max {
+        log.segment_bytes_max = bytes;
+    }
+    if let Some(age) = file.segment_age_ms_max {
+        log.segment_age_ms_max = (age > 0).then_some(age);
+    }
+    if let Some(interval) = file.index_interval_bytes {
+        log.index_interval_bytes = interval;
+    }
+    if let Some(retention) = file.retention_ms {
+        log.retention_ms = (retention > 0).then_some(retention);
+    }
+    if let Some(retention) = file.retention_bytes {
+        log.retention_bytes = (retention > 0).then_some(retention);
+    }
+    if let Some(flush) = file.flush {
+        let interval_ms = file.flush_interval_ms.unwrap_or(1000);
+        log.flush = parse_flush(&flush, interval_ms).map_err(ConfigError::Invalid)?;
+    }
+    Ok(())
+}
+
+/// Parses a flush policy name.
+///
+/// # Errors
+/// A message naming the allowed values.
+pub fn parse_flush(name: &str, interval_ms: u64) -> Result<FlushPolicy, String> {
+    match name {
+        "always" => Ok(FlushPolicy::Always),
+        "interval" => Ok(FlushPolicy::Interval { interval_ms }),
+        "never" => Ok(FlushPolicy::Never),
+        other => Err(format!(
+            "flush {other:?} is not one of always, interval, never"
+        )),
+    }
+}
+
+/// Splits `host:port`.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
+    if let Ok(socket) = address.parse::<SocketAddr>() {
+        return Ok((socket.ip().to_string(), socket.port()));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {address:?} is not host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("address {address:?} has an invalid port"))?;
+    if host.is_empty() {
+        return Err(format!("address {address:?} has an empty host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Applies a topic's config overrides (Kafka-style keys) to a log config.
+///
+/// # Errors
+/// A message naming the bad key or value.
+pub fn apply_topic_overrides(
+    log: &mut LogConfig,
+    overrides: &[(String, String)],
+) -> Result<(), String> {
+    for (key, value) in overrides {
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("config {key}={value:?} is not a non-negative integer"))
+        };
+        match key.as_str() {
+            "retention.ms" => log.retention_ms = Some(number()?).filter(|ms| *ms > 0),
+            "retention.bytes" => log.retention_bytes = Some(number()?).filter(|bytes| *bytes > 0),
+            "segment.bytes" => log.segment_bytes_max = number()?,
+            "segment.ms" => log.segment_age_ms_max = Some(number()?).filter(|ms| *ms > 0),
+            "flush" => log.flush = parse_flush(value, 1000)?,
+            other => return Err(format!("unknown topic config {other:?}")),
+        }
+    }
+    log.validate().map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_config_overrides_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\ndefault_partitions = 3\n[log]\nflush = \"interval\"\nflush_interval_ms = 50\nretention_bytes = 0\n",
+        )
+        .unwrap();
+        let mut config = BrokerConfig::default();
+        config.apply(file).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.default_partitions, 3);
+        assert_eq!(config.log.flush, FlushPolicy::Interval { interval_ms: 50 });
+        assert_eq!(config.log.retention_bytes, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("listn = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let file: FileConfig = toml::from_str("default_partitions = 0").unwrap();
+        assert!(BrokerConfig::default().apply(file).is_err());
+        let file: FileConfig = toml::from_str("[log]\nflush = \"sometimes\"").unwrap();
+        assert!(BrokerConfig::default().apply(file).is_err());
+    }
+
+    #[test]
+    fn topic_overrides_parse() {
+        let mut log = LogConfig::default();
+        apply_topic_overrides(&mut log, &[("retention.ms".into(), "1000".into())]).unwrap();
+        assert_eq!(log.retention_ms, Some(1000));
+        assert!(apply_topic_overrides(&mut log, &[("nope".into(), "1".into())]).is_err());
+        assert!(apply_topic_overrides(&mut log, &[("segment.bytes".into(), "10".into())]).is_err());
+    }
+
+    #[test]
+    fn host_port_parses() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:7420").unwrap(),
+            ("127.0.0.1".into(), 7420)
+        );
+        assert_eq!(
+            parse_host_port("broker.local:1").unwrap(),
+            ("broker.local".into(), 1)
+        );
+        assert!(parse_host_port("nohost").is_err());
+        assert!(parse_host_port(":12").is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! The consumer group coordinator, with broker-side assignment (Kafka's newer design): members
+//! heartbeat with their subscriptions, the broker computes every member's partitions and bumps
+//! the group's generation whenever the assignment changes. Commits from a stale generation or
+//! an unknown member are rejected (zombie fencing).
+//!
+//! State is in memory and rebuilt from heartbeats after a restart (members simply rejoin);
+//! committed offsets are durable in [`crate::offsets`].
+
+pub mod assignor;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wharf_protocol::messages::{
+    GroupDescription, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupListing, GroupMember,
+    TopicPartitions,
+};
+use wharf_protocol::ErrorCode;
+
+use crate::storage::Clock;
+use assignor::{assign, Assignor, MemberAssignment, MemberInput};
+
+/// Most members one group may have: each member costs memory and assignment work.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+/// Longest session timeout a member may ask for.
+pub const SESSION_TIMEOUT_MS_MAX: u32 = 30 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+struct Member {
+    client_id: String,
+    topics: BTreeSet<String>,
+    session_timeout_ms: u32,
+    last_heartbeat_ms: i64,
+    assignment: MemberAssignment,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    generation: i32,
+    assignor: Assignor,
+    members: BTreeMap<String, Member>,
+}
+
+/// Why a commit is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitCheck {
+    /// The commit may proceed.
+    Allowed,
+    /// Refused with this error code.
+    Refused(ErrorCode),
+}
+
+/// The coordinator of all groups.
+#[derive(Debug)]
+pub struct Coordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    clock: Arc<dyn Clock>,
+    default_session_timeout_ms: u32,
+    next_member: AtomicU64,
+}
+
+impl Coordinator {
+    /// A coordinator with no groups.
+    pub fn new(clock: Arc<dyn Clock>, default_session_timeout_ms: u32) -> Self {
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            clock,
+            default_session_timeout_ms,
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Handles a join or heartbeat; `partition_count` gives a topic's partitions (None if it
+    /// does not exist).
+    pub fn heartbeat(
+        &self,
+        request: &GroupHeartbeatRequest,
+        partition_count: impl Fn(&str) -> Option<u32>,
+    ) -> GroupHeartbeatResponse {
+        let fail = |error: ErrorCode, message: String| GroupHeartbeatResponse {
+            error,
+            error_message: Some(message),
+            ..GroupHeartbeatResponse::default()
+        };
+        if request.group_id.is_empty() {
+            return fail(ErrorCode::InvalidGroupId, "group id is empty".to_string());
+        }
+        let Some(requested_assignor) = Assignor::parse(&request.assignor) else {
+            return fail(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "unknown assignor {:?}: use range, roundrobin or sticky",
+                    request.assignor
+                ),
+            );
+        };
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        let group = groups.entry(request.group_id.clone()).or_default();
+        let mut changed = expire(group, now);
+        let member_id = if request.member_id.is_empty() {
+            if group.members.len() >= GROUP_MEMBERS_MAX {
+                return fail(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "group {} already has {GROUP_MEMBERS_MAX} members",
+                        request.group_id
+                    ),
+                );
+            }
+            let sequence = self.next_member.fetch_add(1, Ordering::Relaxed);
+            let member_id = format!(
+                "{}-{sequence}-{}",
+                sanitize(&request.client_id),
+                short_random()
+            );
+            if group.members.is_empty() {
+                group.assignor = requested_assignor;
+            }
+            group.members.insert(
+                member_id.clone(),
+                Member {
+                    client_id: request.client_id.clone(),
+                    topics: BTreeSet::new(),
+                    session_timeout_ms: 0,
+                    last_heartbeat_ms: now,
+                    assignment: MemberAssignment::new(),
+                },
+            );
+            changed = true;
+            member_id
+        } else {
+            request.member_id.clone()
+        };
+        let Some(member) = group.members.get_mut(&member_id) else {
+            return fail(
+                ErrorCode::UnknownMemberId,
+                format!(
+                    "member {member_id} is not in group {} (it left or timed out); rejoin",
+                    request.group_id
+                ),
+            );
+        };
+        member.last_heartbeat_ms = now;
+        member.session_timeout_ms = match request.session_timeout_ms {
+            0 => self.default_session_timeout_ms,
+            asked => asked.clamp(100, SESSION_TIMEOUT_MS_MAX),
+        };
+        let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
+        if member.topics != topics {
+            member.topics = topics;
+            changed = true;
+        }
+        // Recompute on every heartbeat: topics may have been created or grown since.
+        if rebalance(group, &partition_count) || changed {
+            group.generation += 1;
+            tracing::info!(
+                group = request.group_id,
+                generation = group.generation,
+                members = group.members.len(),
+                "group rebalanced"
+            );
+        }
+        let member = &group.members[&member_id];
+        GroupHeartbeatResponse {
+            error: ErrorCode::None,
+            error_message: None,
+            member_id,
+            generation: group.generation,
+            heartbeat_interval_ms: (member.session_timeout_ms / 3).max(50),
+            assignment: to_wire(&member.assignment),
+        }
+    }
+
+    /// Removes a member at once.
+    pub fn leave(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        partition_count: impl Fn(&str) -> Option<u32>,
+    ) -> ErrorCode {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return ErrorCode::GroupIdNotFound;
+        };
+        if group.members.remove(member_id).is_none() {
+            return ErrorCode::UnknownMemberId;
+        }
+        rebalance(group, &partition_count);
+        group.generation += 1;
+        tracing::info!(
+            group = group_id,
+            member = member_id,
+            generation = group.generation,
+            "member left"
+        );
+        ErrorCode::None
+    }
+
+    /// Removes members whose session expired, in every group; returns how many.
+    pub fn expire_sessions(&self, partition_count: impl Fn(&str) -> Option<u32>) -> usize {
+        let now = self.clock.now_ms();
+        let mut removed = 0;
+        for (group_id, group) in self.lock().iter_mut() {
+            let before = group.members.len();
+            if expire(group, now) {
+                removed += before - group.members.len();
+                rebalance(group, &partition_count);
+                group.generation += 1;
+                tracing::info!(
+                    group = group_id,
+                    generation = group.generation,
+                    "members timed out"
+                );
+            }
+        }
+        removed
+    }
+
+    /// Checks whether `member_id` at `generation` may commit offsets for `group_id`. A
+    /// standalone consumer (empty member id, generation -1) may commit while the group has no
+    /// members.
+    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> CommitCheck {
+        if group_id.is_empty() {
+            return CommitCheck::Refused(ErrorCode::InvalidGroupId);
+        }
+        let groups = self.lock();
+        let group = groups.get(group_id);
+        let has_members = group.is_some_and(|group| !group.members.is_empty());
+        if member_id.is_empty() {
+            return if generation < 0 && !has_members {
+                CommitCheck::Allowed
+            } else if has_members {
+                CommitCheck::Refused(ErrorCode::UnknownMemberId)
+            } else {
+                CommitCheck::Refused(ErrorCode::IllegalGeneration)
+            };
+        }
+        let Some(group) = group else {
+            return CommitCheck::Refused(ErrorCode::UnknownMemberId);
+        };
+        if !group.members.contains_key(member_id) {
+            return CommitCheck::Refused(ErrorCode::UnknownMemberId);
+        }
+        if generation != group.generation {
+            return CommitCheck::Refused(ErrorCode::IllegalGeneration);
+        }
+        CommitCheck::Allowed
+    }
+
+    /// Describes a group (an unknown group is described as empty).
+    pub fn describe(&self, group_id: &str) -> GroupDescription {
+        let groups = self.lock();
+        let Some(group) = groups.get(group_id) else {
+            return GroupDescription {
+                group_id: group_id.to_string(),
+                state: "empty".to_string(),
+                assignor: Assignor::default().name().to_string(),
+                ..GroupDescription::default()
+            };
+        };
+        GroupDescription {
+            group_id: group_id.to_string(),
+            error: ErrorCode::None,
+            state: state_name(group).to_string(),
+            generation: group.generation,
+            assignor: group.assignor.name().to_string(),
+            members: group
+                .members
+                .iter()
+                .map(|(member_id, member)| GroupMember {
+                    member_id: member_id.clone(),
+                    client_id: member.client_id.clone(),
+                    topics: member.topics.iter().cloned().collect(),
+                    assignment: to_wire(&member.assignment),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every group with members.
+    pub fn list(&self) -> Vec<GroupListing> {
+        let groups = self.lock();
+        let mut listing: Vec<GroupListing> = groups
+            .iter()
+            .map(|(group_id, group)| GroupListing {
+                group_id: group_id.clone(),
+                state: state_name(group).to_string(),
+                member_count: group.members.len() as u32,
+            })
+            .collect();
+        listing.sort_by(|left, right| left.group_id.cmp(&right.group_id));
+        listing
+    }
+}
+
+fn state_name(group: &Group) -> &'static str {
+    if group.members.is_empty() {
+        "empty"
+    } else {
+        "stable"
+    }
+}
+
+/// Drops members whose session expired; true if any was dropped.
+fn expire(group: &mut Group, now_ms: i64) -> bool {
+    let before = group.members.len();
+    group.members.retain(|_, member| {
+        now_ms - member.last_heartbeat_ms <= i64::from(member.session_timeout_ms.max(1))
+    });
+    before != group.members.len()
+}
+
+/// Recomputes the assignment; true if any member's assignment changed.
+fn rebalance(group: &mut Group, partition_count: &impl Fn(&str) -> Option<u32>) -> bool {
+    let subscribed: BTreeSet<&String> = group
+        .members
+        .values()
+        .flat_map(|member| member.topics.iter())
+        .collect();
+    let counts: BTreeMap<String, u32> = subscribed
+        .into_iter()
+        .filter_map(|topic| partition_count(topic).map(|count| (topic.clone(), count)))
+        .collect();
+    let inputs: BTreeMap<String, MemberInput> = group
+        .members
+        .iter()
+        .map(|(member_id, member)| {
+            (
+                member_id.clone(),
+                MemberInput {
+                    topics: member.topics.clone(),
+                    previous: member.assignment.clone(),
+                },
+            )
+        })
+        .collect();
+    let result = assign(group.assignor, &inputs, &counts);
+    let mut changed = false;
+    for (member_id, assignment) in result {
+        if let Some(member) = group.members.get_mut(&member_id) {
+            if member.assignment != assignment {
+                member.assignment = assignment;
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn to_wire(assignment: &MemberAssignment) -> Vec<TopicPartitions> {
+    assignment
+        .iter()
+        .map(|(topic, partitions)| TopicPartitions {
+            topic: topic.clone(),
+            partitions: partitions.clone(),
+        })
+        .collect()
+}
+
+fn sanitize(client_id: &str) -> String {
+    let cleaned: String = client_id
+        .chars()
+        .filter(|character| {
+            character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.')
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "member".to_string()
+    } else {
+        cleaned
+    }
+}
+
+fn short_random() -> String {
+    let uuid = crate::topic::new_uuid();
+    uuid[..4].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ManualClock;
+
+    fn coordinator() -> (Coordinator, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(0));
+        (Coordinator::new(clock.clone(), 1_000), clock)
+    }
+
+    fn six(topic: &str) -> Option<u32> {
+        (topic == "t").then_some(6)
+    }
+
+    fn join(coordinator: &Coordinator, client: &str) -> GroupHeartbeatResponse {
+        coordinator.heartbeat(
+            &GroupHeartbeatRequest {
+                group_id: "g".into(),
+                client_id: client.into(),
+                topics: vec!["t".into()],
+                ..GroupHeartbeatRequest::default()
+            },
+            six,
+        )
+    }
+
+    fn beat(coordinator: &Coordinator, member: &GroupHeartbeatResponse) -> GroupHeartbeatResponse {
+        coordinator.heartbeat(
+            &GroupHeartbeatRequest {
+                group_id: "g".into(),
+                member_id: member.member_id.clone(),
+                generation: member.generation,
+                topics: vec!["t".into()],
+                ..GroupHeartbeatRequest::default()
+            },
+            six,
+        )
+    }
+
+    fn owned(response: &GroupHeartbeatResponse) -> usize {
+        response
+            .assignment
+            .iter()
+            .map(|topic| topic.partitions.len())
+            .sum()
+    }
+
+    #[test]
+    fn three_members_split_six_partitions_and_generation_bumps() {
+        let (coordinator, _) = coordinator();
+        let first = join(&coordinator, "a");
+        assert_eq!(owned(&first), 6);
+        let second = join(&coordinator, "b");
+        let third = join(&coordinator, "c");
+        assert!(third.generation > second.generation && second.generation > first.generation);
+        let views: Vec<_> = [&first, &second, &third]
+            .iter()
+            .map(|member| beat(&coordinator, member))
+            .collect();
+        assert!(views.iter().all(|view| owned(view) == 2));
+        assert!(views.iter().all(|view| view.generation == third.generation));
+    }
+
+    #[test]
+    fn leaving_member_partitions_move_to_the_others() {
+        let (coordinator, _) = coordinator();
+        let first = join(&coordinator, "a");
+        let second = join(&coordinator, "b");
+        assert_eq!(
+            coordinator.leave("g", &second.member_id, six),
+            ErrorCode::None
+        );
+        assert_eq!(owned(&beat(&coordinator, &first)), 6);
+    }
+
+    #[test]
+    fn expired_member_is_removed_and_fenced() {
+        let (coordinator, clock) = coordinator();
+        let first = join(&coordinator, "a");
+        let second = join(&coordinator, "b");
+        clock.advance_ms(800);
+        let first = beat(&coordinator, &first);
+        clock.advance_ms(800);
+        assert_eq!(coordinator.expire_sessions(six), 1);
+        let refreshed = beat(&coordinator, &first);
+        assert_eq!(owned(&refreshed), 6);
+        assert_eq!(
+            beat(&coordinator, &second).error,
+            ErrorCode::UnknownMemberId
+        );
+        assert_eq!(
+            coordinator.check_commit("g", &second.member_id, second.generation),
+            CommitCheck::Refused(ErrorCode::UnknownMemberId)
+        );
+    }
+
+    #[test]
+    fn stale_generation_cannot_commit() {
+        let (coordinator, _) = coordinator();
+        let first = join(&coordinator, "a");
+        let _second = join(&coordinator, "b");
+        assert_eq!(
+            coordinator.check_commit("g", &first.member_id, first.generation),
+            CommitCheck::Refused(ErrorCode::IllegalGeneration)
+        );
+        let current = beat(&coordinator, &first);
+        assert_eq!(
+            coordinator.check_commit("g", &first.member_id, current.generation),
+            CommitCheck::Allowed
+        );
+    }
+
+    #[test]
+    fn standalone_commit_only_without_members() {
+        let (coordinator, _) = coordinator();
+        assert_eq!(coordinator.check_commit("g", "", -1), CommitCheck::Allowed);
+        join(&coordinator, "a");
+        assert_eq!(
+            coordinator.check_commit("g", "", -1),
+            CommitCheck::Refused(ErrorCode::UnknownMemberId)
+        );
+    }
+
+    #[test]
+    fn empty_group_id_and_bad_assignor_are_errors() {
+        let (coordinator, _) = coordinator();
+        let response = coordinator.heartbeat(&GroupHeartbeatRequest::default(), six);
+        assert_eq!(response.error, ErrorCode::InvalidGroupId);
+        let response = coordinator.heartbeat(
+            &GroupHeartbeatRequest {
+                group_id: "g".into(),
+                assignor: "magic".into(),
+                ..GroupHeartbeatRequest::default()
+            },
+            six,
+        );
+        assert_eq!(response.error, ErrorCode::InvalidRequest);
+    }
+}

@@ -1,0 +1,258 @@
+//! Committed consumer offsets, stored durably in the internal topic `__consumer_offsets`
+//! (one partition) and replayed into memory on start.
+//!
+//! Each commit is one record batch: one record per partition, key = (group, topic,
+//! partition), value = (offset, metadata), both in Wharf's wire encoding. A commit is
+//! answered only after its batch is durable, and memory is updated only then, so a fetch of
+//! committed offsets never reports one a crash could take back. The latest record for a key
+//! wins on replay.
+//!
+//! TODO(#3): the log is never compacted; a long-lived broker with many commits replays a
+//! growing log on start. Compaction or snapshots come later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::batch::{self, BatchBuilder, NewRecord};
+use wharf_protocol::wire::{Reader, Wire};
+use wharf_protocol::wire_struct;
+
+use crate::storage::{Clock, Error as StorageError, Partition};
+use crate::topic::{TopicError, Topics};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Bytes read per step while replaying the offsets log.
+const REPLAY_READ_BYTES: usize = 1024 * 1024;
+
+wire_struct! {
+    /// Key of an offset record.
+    pub struct OffsetKey {
+        pub group: String,
+        pub topic: String,
+        pub partition: u32,
+    }
+}
+
+wire_struct! {
+    /// Value of an offset record.
+    pub struct OffsetValue {
+        pub offset: i64,
+        pub metadata: Option<String>,
+    }
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The next offset to consume.
+    pub offset: i64,
+    /// Client-supplied metadata.
+    pub metadata: Option<String>,
+}
+
+type GroupOffsets = BTreeMap<(String, u32), Committed>;
+
+/// The committed-offset store.
+#[derive(Debug)]
+pub struct OffsetStore {
+    log: Arc<Partition>,
+    clock: Arc<dyn Clock>,
+    offsets: Mutex<HashMap<String, GroupOffsets>>,
+}
+
+impl OffsetStore {
+    /// Opens (creating if needed) the offsets topic and replays it.
+    ///
+    /// # Errors
+    /// Storage errors; a record that does not decode is corruption.
+    pub fn open(topics: &Topics, clock: Arc<dyn Clock>) -> Result<OffsetStore, TopicError> {
+        // Committed offsets are kept forever and always fsynced before they are answered.
+        let overrides = vec![
+            ("retention.ms".to_string(), "0".to_string()),
+            ("flush".to_string(), "always".to_string()),
+        ];
+        topics.ensure_internal(OFFSETS_TOPIC, 1, overrides)?;
+        let log = topics
+            .partition(OFFSETS_TOPIC, 0)
+            .ok_or_else(|| TopicError::Unknown(OFFSETS_TOPIC.to_string()))?;
+        let offsets = replay(&log)?;
+        Ok(OffsetStore {
+            log,
+            clock,
+            offsets: Mutex::new(offsets),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Stores `entries` for `group` durably, then makes them visible.
+    ///
+    /// # Errors
+    /// Storage errors; nothing is visible then.
+    pub async fn commit(
+        &self,
+        group: &str,
+        entries: Vec<(String, u32, Committed)>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut builder = BatchBuilder::new(now);
+        for (topic, partition, committed) in &entries {
+            let mut key = BytesMut::new();
+            OffsetKey {
+                group: group.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+            }
+            .encode(&mut key);
+            let mut value = BytesMut::new();
+            OffsetValue {
+                offset: committed.offset,
+                metadata: committed.metadata.clone(),
+            }
+            .encode(&mut value);
+            builder.push(&NewRecord {
+                timestamp_ms: now,
+                key: Some(key.freeze()),
+                value: Some(value.freeze()),
+                headers: Vec::new(),
+            })?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let appended = self.log.append(&mut bytes)?;
+        self.log.wait_durable(appended.next_offset).await?;
+        let mut offsets = self.lock();
+        let group_offsets = offsets.entry(group.to_string()).or_default();
+        for (topic, partition, committed) in entries {
+            group_offsets.insert((topic, partition), committed);
+        }
+        Ok(())
+    }
+
+    /// The committed offset of one partition.
+    pub fn get(&self, group: &str, topic: &str, partition: u32) -> Option<Committed> {
+        self.lock()
+            .get(group)?
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Every committed offset of a group.
+    pub fn group(&self, group: &str) -> Vec<(String, u32, Committed)> {
+        self.lock()
+            .get(group)
+            .map(|offsets| {
+                offsets
+                    .iter()
+                    .map(|((topic, partition), committed)| {
+                        (topic.clone(), *partition, committed.clone())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every group that has committed offsets.
+    pub fn groups(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
+fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError> {
+    let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
+    let mut position = log.log_start_offset();
+    while position < log.high_watermark() {
+        let read = log.read(position, REPLAY_READ_BYTES)?;
+        if read.bytes.is_empty() {
+            break;
+        }
+        for decoded in batch::batches(read.bytes) {
+            let decoded = decoded?;
+            position = decoded.header().next_offset();
+            for record in decoded.records() {
+                let record = record?;
+                let (Some(key), Some(value)) = (record.key, record.value) else {
+                    continue;
+                };
+                let key = decode_exact::<OffsetKey>(key).map_err(|reason| corrupt(log, reason))?;
+                let value =
+                    decode_exact::<OffsetValue>(value).map_err(|reason| corrupt(log, reason))?;
+                offsets.entry(key.group).or_default().insert(
+                    (key.topic, key.partition),
+                    Committed {
+                        offset: value.offset,
+                        metadata: value.metadata,
+                    },
+                );
+            }
+        }
+    }
+    Ok(offsets)
+}
+
+fn decode_exact<T: Wire>(bytes: Bytes) -> Result<T, String> {
+    let mut reader = Reader::new(bytes);
+    let value = T::decode(&mut reader, "offset record").map_err(|error| error.to_string())?;
+    reader.finish().map_err(|error| error.to_string())?;
+    Ok(value)
+}
+
+fn corrupt(log: &Partition, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        segment: log.dir().to_path_buf(),
+        position: 0,
+        reason: format!("offset record does not decode: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::sim_env;
+    use crate::storage::LogConfig;
+    use std::path::Path;
+
+    #[test]
+    fn commits_survive_reopen_and_latest_wins() {
+        let (env, _, clock) = sim_env(1_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        {
+            let topics = Topics::open(Path::new("/d"), env.clone(), LogConfig::default()).unwrap();
+            let store = OffsetStore::open(&topics, clock.clone()).unwrap();
+            let first = Committed {
+                offset: 5,
+                metadata: None,
+            };
+            let second = Committed {
+                offset: 9,
+                metadata: Some("m".into()),
+            };
+            runtime
+                .block_on(store.commit("g", vec![("t".into(), 0, first)]))
+                .unwrap();
+            runtime
+                .block_on(store.commit("g", vec![("t".into(), 0, second)]))
+                .unwrap();
+            topics.registry().close().unwrap();
+        }
+        let topics = Topics::open(Path::new("/d"), env.clone(), LogConfig::default()).unwrap();
+        let store = OffsetStore::open(&topics, clock).unwrap();
+        let committed = store.get("g", "t", 0).unwrap();
+        assert_eq!(committed.offset, 9);
+        assert_eq!(committed.metadata.as_deref(), Some("m"));
+        assert_eq!(store.get("g", "t", 1), None);
+        assert_eq!(store.groups(), vec!["g".to_string()]);
+    }
+}

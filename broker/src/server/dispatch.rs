@@ -1,0 +1,694 @@
+//! Request → handler. Each handler turns one decoded request into one response (or none for
+//! produce with acks = none). Storage errors become wire error codes in one place,
+//! [`storage_error_code`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+use wharf_protocol::api::SUPPORTED_APIS;
+use wharf_protocol::messages::*;
+use wharf_protocol::{ErrorCode, Request, Response};
+
+use crate::group::CommitCheck;
+use crate::offsets::Committed;
+use crate::server::Broker;
+use crate::storage::{Error as StorageError, Partition};
+use crate::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
+
+/// Longest a fetch may wait for data, whatever the client asks.
+pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
+/// Longest a produce may wait for durability.
+pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 5 * 60_000;
+/// Largest fetch response, whatever the client asks (fits one frame).
+pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Handles one request.
+pub async fn handle(broker: &Arc<Broker>, request: Request) -> Option<Response> {
+    let response = match request {
+        Request::ApiVersions(_) => Response::ApiVersions(api_versions()),
+        Request::Metadata(request) => Response::Metadata(metadata(broker, request)),
+        Request::CreateTopics(request) => {
+            Response::CreateTopics(create_topics(broker, request).await)
+        }
+        Request::DeleteTopics(request) => {
+            Response::DeleteTopics(delete_topics(broker, request).await)
+        }
+        Request::Produce(request) => return produce(broker, request).await.map(Response::Produce),
+        Request::Fetch(request) => Response::Fetch(fetch(broker, request).await),
+        Request::ListOffsets(request) => Response::ListOffsets(list_offsets(broker, request)),
+        Request::GroupHeartbeat(request) => Response::GroupHeartbeat(
+            broker
+                .groups
+                .heartbeat(&request, |topic| broker.partition_count(topic)),
+        ),
+        Request::LeaveGroup(request) => {
+            let error = broker
+                .groups
+                .leave(&request.group_id, &request.member_id, |topic| {
+                    broker.partition_count(topic)
+                });
+            Response::LeaveGroup(LeaveGroupResponse {
+                error,
+                error_message: (!error.is_ok()).then(|| error.describe().to_string()),
+            })
+        }
+        Request::OffsetCommit(request) => {
+            Response::OffsetCommit(offset_commit(broker, request).await)
+        }
+        Request::OffsetFetch(request) => Response::OffsetFetch(offset_fetch(broker, request)),
+        Request::DescribeGroups(request) => Response::DescribeGroups(DescribeGroupsResponse {
+            groups: request
+                .group_ids
+                .iter()
+                .map(|group| broker.groups.describe(group))
+                .collect(),
+            ..DescribeGroupsResponse::default()
+        }),
+        Request::ListGroups(_) => Response::ListGroups(list_groups(broker)),
+    };
+    Some(response)
+}
+
+/// Maps a storage error to its wire code and message (the one place this happens).
+pub fn storage_error_code(error: &StorageError) -> ErrorCode {
+    match error {
+        StorageError::InvalidBatch(_) => ErrorCode::CorruptRecordBatch,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::Corrupt { .. } => ErrorCode::CorruptStoredData,
+        StorageError::Failed { .. } => ErrorCode::StorageFailed,
+        StorageError::Closed { .. } => ErrorCode::ShuttingDown,
+        StorageError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+        StorageError::InvalidName { .. } => ErrorCode::InvalidTopicName,
+        StorageError::AlreadyExists { .. } => ErrorCode::TopicAlreadyExists,
+        error if error.is_disk_full() => ErrorCode::DiskFull,
+        StorageError::Io { .. } | StorageError::Config { .. } | StorageError::Locked { .. } => {
+            ErrorCode::Unknown
+        }
+    }
+}
+
+fn topic_error_code(error: &TopicError) -> ErrorCode {
+    match error {
+        TopicError::InvalidName { .. } => ErrorCode::InvalidTopicName,
+        TopicError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+        TopicError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        TopicError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+        TopicError::Unknown(_) => ErrorCode::UnknownTopicOrPartition,
+        TopicError::Storage(error) => storage_error_code(error),
+    }
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        apis: SUPPORTED_APIS
+            .iter()
+            .map(|(key, min_version, max_version)| ApiVersionRange {
+                api_key: key.code(),
+                min_version: *min_version,
+                max_version: *max_version,
+            })
+            .collect(),
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn topic_metadata(broker: &Broker, info: &TopicInfo) -> TopicMetadata {
+    TopicMetadata {
+        error: ErrorCode::None,
+        name: info.name.clone(),
+        topic_id: info.topic_id,
+        partitions: (0..info.partitions)
+            .map(
+                |partition| match broker.topics.partition(&info.name, partition) {
+                    Some(log) => PartitionMetadata {
+                        partition,
+                        error: log
+                            .failure()
+                            .map_or(ErrorCode::None, |_| ErrorCode::StorageFailed),
+                        leader: broker.advertised.node_id,
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.high_watermark(),
+                    },
+                    None => PartitionMetadata {
+                        partition,
+                        error: ErrorCode::UnknownTopicOrPartition,
+                        leader: -1,
+                        log_start_offset: -1,
+                        high_watermark: -1,
+                    },
+                },
+            )
+            .collect(),
+    }
+}
+
+fn metadata(broker: &Broker, request: MetadataRequest) -> MetadataResponse {
+    let topics = match request.topics {
+        None => broker
+            .topics
+            .list()
+            .iter()
+            .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .map(|info| topic_metadata(broker, info))
+            .collect(),
+        Some(names) => names
+            .into_iter()
+            .map(|name| match broker.topics.get(&name) {
+                Some(info) => topic_metadata(broker, &info),
+                None => TopicMetadata {
+                    error: ErrorCode::UnknownTopicOrPartition,
+                    name,
+                    ..TopicMetadata::default()
+                },
+            })
+            .collect(),
+    };
+    MetadataResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        brokers: vec![broker.advertised.clone()],
+        topics,
+    }
+}
+
+async fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let broker = broker.clone();
+        let name = topic.name.clone();
+        let configs: Vec<(String, String)> = topic
+            .configs
+            .into_iter()
+            .map(|entry| (entry.key, entry.value))
+            .collect();
+        // Creating partitions creates and fsyncs files: off the runtime's workers.
+        let outcome = tokio::task::spawn_blocking(move || {
+            broker.topics.create(&topic.name, topic.partitions, configs)
+        })
+        .await;
+        results.push(match outcome {
+            Ok(Ok(info)) => TopicResult {
+                name,
+                topic_id: info.topic_id,
+                error: ErrorCode::None,
+                error_message: None,
+            },
+            Ok(Err(error)) => TopicResult {
+                name,
+                error: topic_error_code(&error),
+                error_message: Some(error.to_string()),
+                ..TopicResult::default()
+            },
+            Err(error) => TopicResult {
+                name,
+                error: ErrorCode::Unknown,
+                error_message: Some(error.to_string()),
+                ..TopicResult::default()
+            },
+        });
+    }
+    CreateTopicsResponse {
+        topics: results,
+        ..CreateTopicsResponse::default()
+    }
+}
+
+async fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut results = Vec::with_capacity(request.names.len());
+    for name in request.names {
+        let broker = broker.clone();
+        let deleting = name.clone();
+        let outcome = tokio::task::spawn_blocking(move || broker.topics.delete(&deleting)).await;
+        results.push(match outcome {
+            Ok(Ok(info)) => TopicResult {
+                name,
+                topic_id: info.topic_id,
+                ..TopicResult::default()
+            },
+            Ok(Err(error)) => TopicResult {
+                name,
+                error: topic_error_code(&error),
+                error_message: Some(error.to_string()),
+                ..TopicResult::default()
+            },
+            Err(error) => TopicResult {
+                name,
+                error: ErrorCode::Unknown,
+                error_message: Some(error.to_string()),
+                ..TopicResult::default()
+            },
+        });
+    }
+    DeleteTopicsResponse {
+        topics: results,
+        ..DeleteTopicsResponse::default()
+    }
+}
+
+/// Finds a topic, creating it when auto-creation is on.
+async fn topic_for_produce(
+    broker: &Arc<Broker>,
+    name: &str,
+) -> Result<TopicInfo, (ErrorCode, String)> {
+    if let Some(info) = broker.topics.get(name) {
+        return Ok(info);
+    }
+    if !broker.config.auto_create_topics {
+        return Err((
+            ErrorCode::TopicAutoCreateDisabled,
+            format!("unknown topic {name:?} and auto-create is disabled"),
+        ));
+    }
+    let creating = broker.clone();
+    let topic = name.to_string();
+    let partitions = broker.config.default_partitions;
+    match tokio::task::spawn_blocking(move || {
+        creating.topics.create(&topic, partitions, Vec::new())
+    })
+    .await
+    {
+        Ok(Ok(info)) => Ok(info),
+        // Another request created it first.
+        Ok(Err(TopicError::AlreadyExists(_))) => broker.topics.get(name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                format!("unknown topic {name:?}"),
+            )
+        }),
+        Ok(Err(error)) => Err((topic_error_code(&error), error.to_string())),
+        Err(error) => Err((ErrorCode::Unknown, error.to_string())),
+    }
+}
+
+fn partition_failure(partition: u32, code: ErrorCode, message: String) -> ProducePartitionResponse {
+    ProducePartitionResponse {
+        partition,
+        error: code,
+        error_message: Some(message),
+        base_offset: -1,
+        log_start_offset: -1,
+    }
+}
+
+async fn produce(broker: &Arc<Broker>, request: ProduceRequest) -> Option<ProduceResponse> {
+    let timeout_ms = request.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    let mut topics = Vec::with_capacity(request.topics.len());
+    // Append everything first, then wait for durability, so all partitions share fsyncs.
+    let mut waits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
+    for topic in request.topics {
+        let info = topic_for_produce(broker, &topic.name).await;
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for produced in topic.partitions {
+            let outcome = match &info {
+                Err((code, message)) => Err((*code, message.clone())),
+                Ok(info) => append(broker, info, produced.partition, produced.records),
+            };
+            partitions.push(match outcome {
+                Ok((log, appended)) => {
+                    waits.push((
+                        topics.len(),
+                        partitions.len(),
+                        log.clone(),
+                        appended.next_offset,
+                    ));
+                    ProducePartitionResponse {
+                        partition: produced.partition,
+                        error: ErrorCode::None,
+                        error_message: None,
+                        base_offset: appended.base_offset,
+                        log_start_offset: log.log_start_offset(),
+                    }
+                }
+                Err((code, message)) => partition_failure(produced.partition, code, message),
+            });
+        }
+        topics.push(ProduceTopicResponse {
+            name: topic.name,
+            partitions,
+        });
+    }
+    match request.acks {
+        Acks::None => return None,
+        Acks::Leader => {}
+        Acks::All => {
+            for (topic_index, partition_index, log, next_offset) in waits {
+                let outcome =
+                    tokio::time::timeout_at(deadline, log.wait_durable(next_offset)).await;
+                let failure = match outcome {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => (storage_error_code(&error), error.to_string()),
+                    Err(_) => (
+                        ErrorCode::RequestTimedOut,
+                        format!(
+                            "not durable within {timeout_ms} ms; the records may still be stored"
+                        ),
+                    ),
+                };
+                let slot = &mut topics[topic_index].partitions[partition_index];
+                *slot = partition_failure(slot.partition, failure.0, failure.1);
+            }
+        }
+    }
+    Some(ProduceResponse {
+        topics,
+        ..ProduceResponse::default()
+    })
+}
+
+fn append(
+    broker: &Broker,
+    info: &TopicInfo,
+    partition: u32,
+    records: Bytes,
+) -> Result<(Arc<Partition>, crate::storage::Appended), (ErrorCode, String)> {
+    let log = broker
+        .topics
+        .partition(&info.name, partition)
+        .ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                format!(
+                    "topic {:?} has no partition {partition} (it has {})",
+                    info.name, info.partitions
+                ),
+            )
+        })?;
+    // The broker patches offsets in place; the request's bytes are shared, so copy once.
+    let mut batches = BytesMut::from(&records[..]);
+    match log.append(&mut batches) {
+        Ok(appended) => Ok((log, appended)),
+        Err(error) => Err((storage_error_code(&error), error.to_string())),
+    }
+}
+
+struct FetchSlot {
+    topic_index: usize,
+    log: Option<Arc<Partition>>,
+    offset: i64,
+}
+
+async fn fetch(broker: &Arc<Broker>, request: FetchRequest) -> FetchResponse {
+    let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = Instant::now() + max_wait;
+    let max_bytes = request.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    loop {
+        let (response, slots, total_bytes, any_error) = fetch_once(broker, &request, max_bytes);
+        if total_bytes >= request.min_bytes as usize || any_error || Instant::now() >= deadline {
+            return response;
+        }
+        // Long poll: sleep until any fetched partition gets new data or the deadline passes.
+        let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = slots
+            .iter()
+            .filter_map(|slot| slot.log.as_ref().map(|log| (log, slot.offset)))
+            .map(|(log, offset)| {
+                let wait = log.wait_for_data(offset);
+                Box::pin(async move {
+                    let _ = wait.await;
+                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            })
+            .collect();
+        if waits.is_empty()
+            || tokio::time::timeout_at(deadline, AnyOf(waits))
+                .await
+                .is_err()
+        {
+            return fetch_once(broker, &request, max_bytes).0;
+        }
+    }
+}
+
+fn fetch_once(
+    broker: &Broker,
+    request: &FetchRequest,
+    max_bytes: usize,
+) -> (FetchResponse, Vec<FetchSlot>, usize, bool) {
+    let mut remaining = max_bytes;
+    let mut total = 0;
+    let mut any_error = false;
+    let mut slots = Vec::new();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            let log = broker.topics.partition(&topic.name, wanted.partition);
+            let mut answer = FetchPartitionResponse {
+                partition: wanted.partition,
+                high_watermark: -1,
+                last_stable_offset: -1,
+                log_start_offset: -1,
+                ..FetchPartitionResponse::default()
+            };
+            match &log {
+                None => {
+                    answer.error = ErrorCode::UnknownTopicOrPartition;
+                    answer.error_message = Some(format!(
+                        "unknown topic or partition {}-{}",
+                        topic.name, wanted.partition
+                    ));
+                    any_error = true;
+                }
+                Some(log) => {
+                    let limit = (wanted.partition_max_bytes as usize).min(remaining).max(1);
+                    match log.read(wanted.fetch_offset, limit) {
+                        Ok(read) => {
+                            answer.high_watermark = read.high_watermark;
+                            answer.last_stable_offset = read.high_watermark;
+                            answer.log_start_offset = read.log_start_offset;
+                            remaining = remaining.saturating_sub(read.bytes.len());
+                            total += read.bytes.len();
+                            answer.records = read.bytes;
+                        }
+                        Err(error) => {
+                            answer.error = storage_error_code(&error);
+                            answer.error_message = Some(error.to_string());
+                            answer.high_watermark = log.high_watermark();
+                            answer.last_stable_offset = answer.high_watermark;
+                            answer.log_start_offset = log.log_start_offset();
+                            any_error = true;
+                        }
+                    }
+                }
+            }
+            slots.push(FetchSlot {
+                topic_index,
+                log,
+                offset: wanted.fetch_offset,
+            });
+            partitions.push(answer);
+        }
+        topics.push(FetchTopicResponse {
+            name: topic.name.clone(),
+            partitions,
+        });
+    }
+    debug_assert!(slots.iter().all(|slot| slot.topic_index < topics.len()));
+    let response = FetchResponse {
+        topics,
+        ..FetchResponse::default()
+    };
+    (response, slots, total, any_error)
+}
+
+/// Resolves when any of its futures resolves.
+struct AnyOf(Vec<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Future for AnyOf {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        for future in self.0.iter_mut() {
+            if future.as_mut().poll(context).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| ListOffsetsTopicResponse {
+            partitions: topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let answer = |error, offset| ListOffsetsPartitionResponse {
+                        partition: wanted.partition,
+                        error,
+                        offset,
+                    };
+                    let Some(log) = broker.topics.partition(&topic.name, wanted.partition) else {
+                        return answer(ErrorCode::UnknownTopicOrPartition, -1);
+                    };
+                    match wanted.timestamp {
+                        LIST_OFFSETS_LATEST => answer(ErrorCode::None, log.high_watermark()),
+                        LIST_OFFSETS_EARLIEST => answer(ErrorCode::None, log.log_start_offset()),
+                        timestamp => match log.offset_for_timestamp(timestamp) {
+                            Ok(found) => answer(ErrorCode::None, found.unwrap_or(-1)),
+                            Err(error) => answer(storage_error_code(&error), -1),
+                        },
+                    }
+                })
+                .collect(),
+            name: topic.name,
+        })
+        .collect();
+    ListOffsetsResponse {
+        topics,
+        ..ListOffsetsResponse::default()
+    }
+}
+
+async fn offset_commit(broker: &Arc<Broker>, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let refused = |code: ErrorCode| OffsetCommitResponse {
+        error: code,
+        error_message: Some(format!(
+            "commit refused for group {:?}: {}",
+            request.group_id,
+            code.describe()
+        )),
+        topics: request
+            .topics
+            .iter()
+            .map(|topic| OffsetCommitTopicResponse {
+                name: topic.name.clone(),
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .map(|partition| PartitionError {
+                        partition: partition.partition,
+                        error: code,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    if let CommitCheck::Refused(code) =
+        broker
+            .groups
+            .check_commit(&request.group_id, &request.member_id, request.generation)
+    {
+        return refused(code);
+    }
+    let mut entries = Vec::new();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let count = broker.partition_count(&topic.name);
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|partition| {
+                let exists = count.is_some_and(|count| partition.partition < count);
+                let error = if !exists {
+                    ErrorCode::UnknownTopicOrPartition
+                } else if partition.offset < 0 {
+                    ErrorCode::InvalidRequest
+                } else {
+                    entries.push((
+                        topic.name.clone(),
+                        partition.partition,
+                        Committed {
+                            offset: partition.offset,
+                            metadata: partition.metadata.clone(),
+                        },
+                    ));
+                    ErrorCode::None
+                };
+                PartitionError {
+                    partition: partition.partition,
+                    error,
+                }
+            })
+            .collect();
+        topics.push(OffsetCommitTopicResponse {
+            name: topic.name.clone(),
+            partitions,
+        });
+    }
+    if let Err(error) = broker.offsets.commit(&request.group_id, entries).await {
+        let code = storage_error_code(&error);
+        let mut response = refused(code);
+        response.error_message = Some(format!("commit failed: {error}"));
+        return response;
+    }
+    OffsetCommitResponse {
+        topics,
+        ..OffsetCommitResponse::default()
+    }
+}
+
+fn offset_fetch(broker: &Broker, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let answer = |topic: &str, partition: u32| {
+        let committed = broker.offsets.get(&request.group_id, topic, partition);
+        OffsetFetchPartition {
+            partition,
+            offset: committed.as_ref().map_or(-1, |committed| committed.offset),
+            metadata: committed.and_then(|committed| committed.metadata),
+            error: ErrorCode::None,
+        }
+    };
+    let topics = match &request.topics {
+        Some(wanted) => wanted
+            .iter()
+            .map(|topic| OffsetFetchTopic {
+                name: topic.topic.clone(),
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .map(|partition| answer(&topic.topic, *partition))
+                    .collect(),
+            })
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetFetchPartition>> =
+                Default::default();
+            for (topic, partition, committed) in broker.offsets.group(&request.group_id) {
+                by_topic
+                    .entry(topic)
+                    .or_default()
+                    .push(OffsetFetchPartition {
+                        partition,
+                        offset: committed.offset,
+                        metadata: committed.metadata,
+                        error: ErrorCode::None,
+                    });
+            }
+            by_topic
+                .into_iter()
+                .map(|(name, partitions)| OffsetFetchTopic { name, partitions })
+                .collect()
+        }
+    };
+    OffsetFetchResponse {
+        topics,
+        ..OffsetFetchResponse::default()
+    }
+}
+
+fn list_groups(broker: &Broker) -> ListGroupsResponse {
+    let mut groups = broker.groups.list();
+    for group_id in broker.offsets.groups() {
+        if !groups.iter().any(|listing| listing.group_id == group_id) {
+            groups.push(GroupListing {
+                group_id,
+                state: "empty".to_string(),
+                member_count: 0,
+            });
+        }
+    }
+    groups.sort_by(|left, right| left.group_id.cmp(&right.group_id));
+    ListGroupsResponse {
+        groups,
+        ..ListGroupsResponse::default()
+    }
+}

@@ -1,0 +1,53 @@
+//! Accepts connections, caps how many are open at once with a semaphore, and stops accepting
+//! on shutdown.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::server::{connection, Broker};
+
+/// Accepts until `shutdown` turns true. Each connection task holds a clone of `done` so the
+/// caller can wait for all of them to finish.
+pub(crate) async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let permits = Arc::new(Semaphore::new(broker.config.connections_max));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Running out of file descriptors and the like: back off briefly, keep going.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            connection::serve(broker, socket, peer, shutdown).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+}

@@ -1,0 +1,468 @@
+//! The topic catalog: which topics exist, their stable UUIDs, partition counts and config
+//! overrides, persisted in `<data-dir>/topics.meta` (a checkpoint file, STORAGE.md) and kept
+//! consistent with the partition directories of the storage registry.
+//!
+//! Order of operations, so a crash leaves nothing half-done that the next start cannot tidy:
+//! create writes the partition directories first and the catalog last; delete writes the
+//! catalog first and removes directories after. On start, partition directories that the
+//! catalog does not list are removed, and listed partitions whose directory is missing are
+//! created empty.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::wire::{Reader, Wire};
+use wharf_protocol::wire_struct;
+
+use crate::config::{apply_topic_overrides, PARTITIONS_MAX};
+use crate::storage::registry::validate_topic_name;
+use crate::storage::{
+    checkpoint, Error as StorageError, LogConfig, Partition, Registry, StorageEnv,
+};
+
+/// File name of the catalog in the data directory.
+pub const CATALOG_FILE: &str = "topics.meta";
+const CATALOG_MAGIC: [u8; 4] = *b"WTOP";
+const CATALOG_VERSION: u16 = 1;
+
+/// Prefix of internal topics, which clients cannot create or delete.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+wire_struct! {
+    /// A config override of a topic.
+    pub struct TopicOverride {
+        pub key: String,
+        pub value: String,
+    }
+}
+
+wire_struct! {
+    /// One topic as the catalog stores it.
+    pub struct TopicInfo {
+        pub name: String,
+        pub topic_id: [u8; 16],
+        pub partitions: u32,
+        pub overrides: Vec<TopicOverride>,
+    }
+}
+
+wire_struct! {
+    /// The catalog file's payload.
+    pub struct CatalogPayload {
+        pub topics: Vec<TopicInfo>,
+    }
+}
+
+/// Why a topic operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The name breaks the rules (or is reserved).
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    /// The partition count is out of range.
+    #[error("invalid partition count {partitions}: must be 1..={PARTITIONS_MAX}")]
+    InvalidPartitions { partitions: u32 },
+    /// A config override is invalid.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The topic exists.
+    #[error("topic {0:?} already exists")]
+    AlreadyExists(String),
+    /// The topic does not exist.
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
+    /// Storage failed underneath.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The topic catalog over a storage registry.
+#[derive(Debug)]
+pub struct Topics {
+    data_dir: PathBuf,
+    env: StorageEnv,
+    base_config: LogConfig,
+    registry: Registry,
+    catalog: Mutex<BTreeMap<String, TopicInfo>>,
+    catalog_sequence: std::sync::atomic::AtomicU64,
+}
+
+impl Topics {
+    /// Opens the catalog and every partition under `data_dir`, tidying what a crash left.
+    ///
+    /// # Errors
+    /// Storage errors from the registry or the catalog file.
+    pub fn open(
+        data_dir: &Path,
+        env: StorageEnv,
+        base_config: LogConfig,
+    ) -> Result<Topics, TopicError> {
+        let fs = env.fs.clone();
+        fs.create_dir_all(data_dir)
+            .map_err(|source| StorageError::Io {
+                op: "create data dir",
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+        let catalog = read_catalog(fs.as_ref(), data_dir)?;
+        let configs: BTreeMap<String, LogConfig> = catalog
+            .values()
+            .map(|info| (info.name.clone(), config_for(&base_config, info)))
+            .collect();
+        let fallback = base_config.clone();
+        let registry = Registry::open(data_dir, env.clone(), move |topic, _| {
+            configs
+                .get(topic)
+                .cloned()
+                .unwrap_or_else(|| fallback.clone())
+        })?;
+        for (topic, partition) in registry.list() {
+            let listed = catalog
+                .get(&topic)
+                .is_some_and(|info| partition < info.partitions);
+            if !listed {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    "removing partition that the catalog does not list"
+                );
+                registry.delete(&topic, partition)?;
+            }
+        }
+        for info in catalog.values() {
+            for partition in 0..info.partitions {
+                if registry.get(&info.name, partition).is_none() {
+                    registry.create(&info.name, partition, config_for(&base_config, info))?;
+                }
+            }
+        }
+        Ok(Topics {
+            data_dir: data_dir.to_path_buf(),
+            env,
+            base_config,
+            registry,
+            catalog: Mutex::new(catalog),
+            catalog_sequence: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopicInfo>> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Creates a topic with a fresh UUID.
+    ///
+    /// # Errors
+    /// `TopicError` for a bad name, count or config, an existing topic, or storage failure.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: Vec<(String, String)>,
+    ) -> Result<TopicInfo, TopicError> {
+        self.create_inner(name, partitions, overrides, false)
+    }
+
+    /// Creates an internal topic (name starting with `__`) if it does not exist.
+    ///
+    /// # Errors
+    /// As for `create`.
+    pub fn ensure_internal(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: Vec<(String, String)>,
+    ) -> Result<TopicInfo, TopicError> {
+        if let Some(info) = self.get(name) {
+            return Ok(info);
+        }
+        self.create_inner(name, partitions, overrides, true)
+    }
+
+    fn create_inner(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: Vec<(String, String)>,
+        internal: bool,
+    ) -> Result<TopicInfo, TopicError> {
+        validate_topic_name(name).map_err(|error| TopicError::InvalidName {
+            name: name.to_string(),
+            reason: match error {
+                StorageError::InvalidName { reason, .. } => reason.to_string(),
+                other => other.to_string(),
+            },
+        })?;
+        if !internal && name.starts_with(INTERNAL_TOPIC_PREFIX) {
+            return Err(TopicError::InvalidName {
+                name: name.to_string(),
+                reason: format!("names starting with {INTERNAL_TOPIC_PREFIX:?} are reserved"),
+            });
+        }
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(TopicError::InvalidPartitions { partitions });
+        }
+        let info = TopicInfo {
+            name: name.to_string(),
+            topic_id: new_uuid(),
+            partitions,
+            overrides: overrides
+                .into_iter()
+                .map(|(key, value)| TopicOverride { key, value })
+                .collect(),
+        };
+        let mut log_config = self.base_config.clone();
+        apply_topic_overrides(&mut log_config, &override_pairs(&info))
+            .map_err(TopicError::InvalidConfig)?;
+        let mut catalog = self.lock();
+        if catalog.contains_key(name) {
+            return Err(TopicError::AlreadyExists(name.to_string()));
+        }
+        for partition in 0..partitions {
+            self.registry.create(name, partition, log_config.clone())?;
+        }
+        catalog.insert(name.to_string(), info.clone());
+        self.write_catalog(&catalog)?;
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(info)
+    }
+
+    /// Deletes a topic and all its data.
+    ///
+    /// # Errors
+    /// `TopicError::Unknown`, or storage failure.
+    pub fn delete(&self, name: &str) -> Result<TopicInfo, TopicError> {
+        if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+            return Err(TopicError::InvalidName {
+                name: name.to_string(),
+                reason: "internal topics cannot be deleted".to_string(),
+            });
+        }
+        let mut catalog = self.lock();
+        let info = catalog
+            .remove(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        self.write_catalog(&catalog)?;
+        drop(catalog);
+        for partition in 0..info.partitions {
+            self.registry.delete(name, partition)?;
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(info)
+    }
+
+    /// The topic, if it exists.
+    pub fn get(&self, name: &str) -> Option<TopicInfo> {
+        self.lock().get(name).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn list(&self) -> Vec<TopicInfo> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// One partition's log, if the topic and partition exist.
+    pub fn partition(&self, name: &str, partition: u32) -> Option<Arc<Partition>> {
+        self.registry.get(name, partition)
+    }
+
+    /// The storage registry underneath.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn write_catalog(&self, catalog: &BTreeMap<String, TopicInfo>) -> Result<(), TopicError> {
+        let payload = CatalogPayload {
+            topics: catalog.values().cloned().collect(),
+        };
+        let mut bytes = BytesMut::new();
+        payload.encode(&mut bytes);
+        let sequence = self
+            .catalog_sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        checkpoint::write(
+            self.env.fs.as_ref(),
+            &self.data_dir,
+            CATALOG_FILE,
+            CATALOG_MAGIC,
+            CATALOG_VERSION,
+            sequence,
+            &bytes,
+        )?;
+        Ok(())
+    }
+}
+
+fn override_pairs(info: &TopicInfo) -> Vec<(String, String)> {
+    info.overrides
+        .iter()
+        .map(|entry| (entry.key.clone(), entry.value.clone()))
+        .collect()
+}
+
+fn config_for(base: &LogConfig, info: &TopicInfo) -> LogConfig {
+    let mut config = base.clone();
+    if let Err(reason) = apply_topic_overrides(&mut config, &override_pairs(info)) {
+        tracing::error!(
+            topic = info.name,
+            reason,
+            "stored topic config is invalid; using defaults"
+        );
+        return base.clone();
+    }
+    config
+}
+
+fn read_catalog(
+    fs: &dyn crate::storage::Fs,
+    data_dir: &Path,
+) -> Result<BTreeMap<String, TopicInfo>, TopicError> {
+    let path = data_dir.join(CATALOG_FILE);
+    let Some(found) = checkpoint::read(fs, &path, CATALOG_MAGIC)? else {
+        return Ok(BTreeMap::new());
+    };
+    if found.version != CATALOG_VERSION {
+        return Err(StorageError::Corrupt {
+            segment: path,
+            position: 0,
+            reason: format!("catalog version {} is not {CATALOG_VERSION}", found.version),
+        }
+        .into());
+    }
+    let mut reader = Reader::new(Bytes::from(found.payload));
+    let payload = CatalogPayload::decode(&mut reader, "catalog")
+        .and_then(|payload| reader.finish().map(|()| payload))
+        .map_err(|error| StorageError::Corrupt {
+            segment: path.clone(),
+            position: 0,
+            reason: error.to_string(),
+        })?;
+    Ok(payload
+        .topics
+        .into_iter()
+        .map(|info| (info.name.clone(), info))
+        .collect())
+}
+
+/// A random (version 4) UUID from the operating system's generator.
+pub fn new_uuid() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes));
+    if from_os.is_err() {
+        // No /dev/urandom: mix time and a process-wide counter through std's random hasher.
+        use std::hash::{BuildHasher, Hasher};
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        for half in 0..2 {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            bytes[half * 8..half * 8 + 8].copy_from_slice(&hasher.finish().to_be_bytes());
+        }
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
+/// Formats a UUID in the usual 8-4-4-4-12 hex form.
+pub fn format_uuid(uuid: &[u8; 16]) -> String {
+    let hex: String = uuid.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::sim_env;
+
+    fn open(env: &StorageEnv) -> Topics {
+        Topics::open(Path::new("/data"), env.clone(), LogConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn topics_survive_reopen_with_same_uuid() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        let created = topics.create("orders", 3, vec![]).unwrap();
+        topics.registry().close().unwrap();
+        drop(topics);
+        let reopened = open(&env);
+        let info = reopened.get("orders").unwrap();
+        assert_eq!(info.topic_id, created.topic_id);
+        assert_eq!(info.partitions, 3);
+        assert!(reopened.partition("orders", 2).is_some());
+    }
+
+    #[test]
+    fn recreated_topic_gets_a_new_uuid() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        let first = topics.create("t", 1, vec![]).unwrap();
+        topics.delete("t").unwrap();
+        assert!(topics.partition("t", 0).is_none());
+        let second = topics.create("t", 1, vec![]).unwrap();
+        assert_ne!(first.topic_id, second.topic_id);
+    }
+
+    #[test]
+    fn bad_creates_are_refused() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        assert!(matches!(
+            topics.create("a/b", 1, vec![]),
+            Err(TopicError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            topics.create("__x", 1, vec![]),
+            Err(TopicError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            topics.create("ok", 0, vec![]),
+            Err(TopicError::InvalidPartitions { .. })
+        ));
+        assert!(matches!(
+            topics.create("ok", 1, vec![("bogus".into(), "1".into())]),
+            Err(TopicError::InvalidConfig(_))
+        ));
+        topics.create("ok", 1, vec![]).unwrap();
+        assert!(matches!(
+            topics.create("ok", 1, vec![]),
+            Err(TopicError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            topics.delete("missing"),
+            Err(TopicError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn uuid_formats_and_is_version_4() {
+        let uuid = new_uuid();
+        let text = format_uuid(&uuid);
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "4");
+        assert_ne!(new_uuid(), uuid);
+    }
+}

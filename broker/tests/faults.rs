@@ -1,0 +1,976 @@
+//! Fault-injection tests of the storage engine over the simulated file system (STYLE.md
+//! section 7, crash tests level 1): one or more tests per storage rule of DESIGN.md, named
+//! after the rule, plus a full disk (ENOSPC) and a failed write (EIO).
+//!
+//! [`SimFs`] keeps live bytes (the page cache) apart from durable bytes (as of the last
+//! fsync) and directory entries apart from durable entries (as of the last directory fsync),
+//! so `crash_image` is exactly what a power loss would leave. A few tests wrap it in
+//! [`ControlledFs`] to fail or hold one particular fsync.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wharf_broker::storage::checkpoint;
+use wharf_broker::storage::fs::{DirLock, FileHandle, MappedRegion, OpenMode};
+use wharf_broker::storage::partition::{StorageEnv, CLEAN_SHUTDOWN_FILE};
+use wharf_broker::storage::segment;
+use wharf_broker::storage::sim::{SimFs, Torn};
+use wharf_broker::storage::testing::{batch_of, env_with, sim_env};
+use wharf_broker::storage::{
+    Appended, Error, FlushPolicy, Flusher, Fs, LogConfig, ManualClock, Partition,
+};
+use wharf_protocol::batch;
+
+const DIR: &str = "/data/topic-0";
+const NOW_MS: i64 = 1_000_000;
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One record as a consumer sees it: (offset, value).
+type Record = (i64, Vec<u8>);
+
+fn dir() -> PathBuf {
+    PathBuf::from(DIR)
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 * 1024,
+        index_interval_bytes: 256,
+        index_bytes_max: 4096,
+        retention_ms: None,
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    }
+}
+
+fn open(env: &StorageEnv, config: LogConfig) -> Arc<Partition> {
+    Partition::open(&dir(), config, env.clone()).unwrap_or_else(|error| panic!("open: {error}"))
+}
+
+/// Opens the partition on a crash image, as the next start after a crash would.
+fn reopen(image: &SimFs, clock: &Arc<ManualClock>) -> Arc<Partition> {
+    open(&env_with(Arc::new(image.clone()), clock.clone()), config())
+}
+
+fn segment_path(base_offset: i64, extension: &str) -> PathBuf {
+    dir().join(segment::file_name(base_offset, extension))
+}
+
+/// The value stored at `offset`: it names its offset, so a misplaced record shows.
+fn value_of(offset: i64, value_bytes: usize) -> Vec<u8> {
+    let mut value = format!("record-{offset:010}|").into_bytes();
+    let fill = b'a' + (offset % 26) as u8;
+    value.resize(value_bytes.max(value.len()), fill);
+    value
+}
+
+/// Appends one batch of `record_count` records of `value_bytes` bytes, without waiting for
+/// durability. Returns the batch's records too.
+fn append(
+    partition: &Arc<Partition>,
+    record_count: usize,
+    value_bytes: usize,
+) -> (wharf_broker::storage::Result<Appended>, Vec<Record>) {
+    let base = partition.log_end_offset();
+    let records: Vec<Record> = (base..base + record_count as i64)
+        .map(|offset| (offset, value_of(offset, value_bytes)))
+        .collect();
+    let values: Vec<&[u8]> = records.iter().map(|record| record.1.as_slice()).collect();
+    let mut batch = batch_of(&values, NOW_MS);
+    (partition.append(&mut batch), records)
+}
+
+/// Appends one batch, waits until it is durable, and adds it to `acked`.
+fn append_durable(
+    partition: &Arc<Partition>,
+    record_count: usize,
+    value_bytes: usize,
+    acked: &mut Vec<Record>,
+) -> Appended {
+    let (appended, records) = append(partition, record_count, value_bytes);
+    let appended = appended.expect("append");
+    partition
+        .wait_durable_blocking(appended.next_offset, DURABLE_TIMEOUT)
+        .expect("wait for durability");
+    acked.extend(records);
+    appended
+}
+
+/// Reads the whole log from its start to the high watermark like a consumer. Every batch
+/// must validate, offsets must be contiguous, and every value must be the one its offset
+/// was written with.
+fn read_all(partition: &Partition) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut offset = partition.log_start_offset();
+    while offset < partition.high_watermark() {
+        let read = partition
+            .read(offset, 64 * 1024)
+            .unwrap_or_else(|error| panic!("read at {offset}: {error}"));
+        for decoded in batch::batches(read.bytes) {
+            let decoded = decoded.expect("a read returned a batch that does not validate");
+            assert_eq!(decoded.header().base_offset, offset, "a hole or a skip");
+            for record in decoded.records() {
+                let record = record.expect("records of a valid batch decode");
+                let value = record.value.map(|value| value.to_vec()).unwrap_or_default();
+                assert_eq!(record.offset, offset);
+                assert!(
+                    value == value_of(offset, value.len()),
+                    "garbage at {offset}"
+                );
+                records.push((offset, value));
+                offset += 1;
+            }
+        }
+    }
+    records
+}
+
+/// Asserts that `records` start with exactly `acked` (unacknowledged appends may follow).
+fn assert_starts_with(records: &[Record], acked: &[Record], context: &str) {
+    assert!(
+        records.len() >= acked.len() && records[..acked.len()] == *acked,
+        "{context}: {} records recovered, the first {} acknowledged ones are not all there",
+        records.len(),
+        acked.len()
+    );
+}
+
+/// Total live bytes of every file: what SimFs counts against its space limit.
+fn used_bytes(fs: &SimFs) -> u64 {
+    fs.file_paths()
+        .iter()
+        .map(|path| fs.live_bytes(path).map_or(0, |bytes| bytes.len() as u64))
+        .sum()
+}
+
+fn is_failed(result: &wharf_broker::storage::Result<impl std::fmt::Debug>) -> bool {
+    matches!(result, Err(Error::Failed { .. }))
+}
+
+#[test]
+fn rule1_durable_ack_only_after_the_covering_fsync() {
+    // Goal: when wait_durable_blocking returns, a power loss at that instant keeps the data.
+    // Method: after every acknowledged append (segments roll on the way), build the power
+    // loss image at once and reopen it.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    for round in 0..60 {
+        append_durable(&partition, 1 + round % 3, 700, &mut acked);
+        let image = fs.crash_image(Torn::None);
+        let recovered = read_all(&reopen(&image, &clock));
+        assert!(
+            recovered == acked,
+            "round {round}: an acknowledged append was lost"
+        );
+    }
+    assert!(partition.segment_count() > 1, "the test must cross a roll");
+}
+
+#[test]
+fn rule1_durable_offset_never_runs_ahead_of_the_disk() {
+    // Goal: at any moment, everything below durable_offset() survives a power loss. Method:
+    // a writer thread appends and waits; the test thread repeatedly reads durable_offset(),
+    // then builds the power-loss image and checks that it holds at least that much.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let writer = {
+        let partition = partition.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for round in 0..300 {
+                append_durable(&partition, 1 + round % 4, 100 + round % 700, &mut acked);
+            }
+            acked
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() || checks == 0 {
+        let durable = partition.durable_offset();
+        let image = fs.crash_image(Torn::None);
+        let recovered = reopen(&image, &clock);
+        assert!(
+            recovered.log_end_offset() >= durable,
+            "durable offset {durable} but a power loss keeps only {}",
+            recovered.log_end_offset()
+        );
+        assert_eq!(
+            read_all(&recovered).len() as i64,
+            recovered.log_end_offset()
+        );
+        checks += 1;
+    }
+    let acked = writer.join().expect("writer thread");
+    assert_eq!(acked.len() as i64, partition.durable_offset());
+}
+
+#[test]
+fn rule2_new_segment_is_in_the_durable_directory_before_data_in_it_is_acknowledged() {
+    // Goal: a roll fsyncs the directory after creating the segment, so an acknowledged
+    // record in it cannot vanish with an unsynced directory entry. Method: check the power
+    // loss image right after a roll (by hand and by size), before anything is acknowledged.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    partition.roll_now().expect("roll");
+    let base = partition.log_end_offset();
+    let image = fs.crash_image(Torn::None);
+    for extension in ["log", "index", "timeindex"] {
+        assert!(image.exists(&segment_path(base, extension)), ".{extension}");
+    }
+    assert_eq!(reopen(&image, &clock).segment_base_offsets(), vec![0, base]);
+    // A roll by size inside append: the new file is durable before the append returns.
+    let segments = partition.segment_count();
+    loop {
+        let (appended, records) = append(&partition, 1, 2000);
+        let appended = appended.expect("append");
+        if partition.segment_count() > segments {
+            let image = fs.crash_image(Torn::None);
+            let new_base = *partition.segment_base_offsets().last().expect("segments");
+            assert!(image.exists(&segment_path(new_base, "log")));
+        }
+        partition
+            .wait_durable_blocking(appended.next_offset, DURABLE_TIMEOUT)
+            .expect("durable");
+        acked.extend(records);
+        if partition.segment_count() > segments {
+            break;
+        }
+    }
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+}
+
+#[test]
+fn rule2_segments_deleted_by_retention_are_gone_from_the_durable_directory() {
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let config = LogConfig {
+        retention_bytes: Some(8 * 1024),
+        ..config()
+    };
+    let partition = open(&env, config);
+    let mut acked = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..6 {
+            append_durable(&partition, 2, 500, &mut acked);
+        }
+        partition.roll_now().expect("roll");
+    }
+    let bases = partition.segment_base_offsets();
+    let report = partition.apply_retention().expect("retention");
+    assert!(report.segments_deleted > 0);
+    let image = fs.crash_image(Torn::None);
+    for base in &bases[..report.segments_deleted] {
+        for extension in ["log", "index", "timeindex"] {
+            let path = segment_path(*base, extension);
+            assert!(!image.exists(&path), "{} survives a crash", path.display());
+        }
+    }
+    let recovered = reopen(&image, &clock);
+    assert_eq!(recovered.log_start_offset(), report.log_start_offset);
+    let start = report.log_start_offset;
+    let kept: Vec<Record> = acked.into_iter().filter(|r| r.0 >= start).collect();
+    assert!(read_all(&recovered) == kept);
+}
+
+#[test]
+fn rule3_fsync_error_fails_the_partition_for_good() {
+    // Goal: after an fsync error nothing is acknowledged any more, writes are refused, and
+    // the partition says why; a power loss then keeps exactly what was acknowledged.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        append_durable(&partition, 2, 100, &mut acked);
+    }
+    let durable = partition.durable_offset();
+    fs.fail_syncs_after(0);
+    let (appended, _) = append(&partition, 1, 100);
+    let appended = appended.expect("the write itself succeeds");
+    let waited = partition.wait_durable_blocking(appended.next_offset, DURABLE_TIMEOUT);
+    assert!(is_failed(&waited), "wait after a failed fsync: {waited:?}");
+    let reason = partition
+        .failure()
+        .expect("the partition says why it failed");
+    assert!(reason.contains("fsync"), "reason: {reason}");
+    assert_eq!(partition.durable_offset(), durable);
+    assert_eq!(partition.high_watermark(), durable);
+    assert!(is_failed(&append(&partition, 1, 100).0));
+    assert!(is_failed(&partition.flush()));
+    assert!(is_failed(&partition.roll_now()));
+    assert!(is_failed(
+        &partition.wait_durable_blocking(durable + 1, DURABLE_TIMEOUT)
+    ));
+    assert!(partition.close().is_err());
+    assert_eq!(partition.durable_offset(), durable);
+    let image = fs.crash_image(Torn::None);
+    assert!(!image.exists(&dir().join(CLEAN_SHUTDOWN_FILE)));
+    assert!(read_all(&reopen(&image, &clock)) == acked);
+    let after_process_crash = read_all(&reopen(&fs.process_crash_image(), &clock));
+    assert_starts_with(&after_process_crash, &acked, "process crash");
+}
+
+#[test]
+fn rule3_no_ack_after_a_failed_fsync_even_if_a_later_fsync_succeeds() {
+    // Goal: fsyncgate. After a failed fsync the kernel may have dropped the dirty pages and
+    // a later fsync can report success for data that is gone, so the partition itself must
+    // refuse to acknowledge anything again. Method: a file system that fails exactly one
+    // fsync and lets every later one succeed.
+    let sim = SimFs::new();
+    let fs = ControlledFs::new(sim.clone());
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let partition = open(&env_with(Arc::new(fs.clone()), clock.clone()), config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    let durable = partition.durable_offset();
+    fs.fail_next_sync();
+    let (appended, _) = append(&partition, 1, 100);
+    let appended = appended.expect("the write itself succeeds");
+    let waited = partition.wait_durable_blocking(appended.next_offset, DURABLE_TIMEOUT);
+    assert!(is_failed(&waited), "wait after a failed fsync: {waited:?}");
+    assert!(
+        is_failed(&partition.flush()),
+        "a retried fsync must not ack"
+    );
+    assert!(is_failed(&append(&partition, 1, 100).0));
+    assert_eq!(partition.durable_offset(), durable);
+    assert_eq!(partition.high_watermark(), durable);
+    assert!(read_all(&reopen(&sim.crash_image(Torn::None), &clock)) == acked);
+}
+
+#[test]
+fn rule3_concurrent_flush_does_not_ack_past_a_failing_fsync() {
+    // Goal: with several flusher threads, two fsyncs of one log can overlap. If the first
+    // fails, the second must not acknowledge anything even if it succeeds: on Linux the
+    // error of a failed writeback is reported to one fsync caller only, and the other's
+    // success says nothing about the pages the failed writeback lost. Method: two flusher
+    // threads; the first fsync is held until released and then fails; meanwhile a second
+    // append asks for another flush. Nothing may become durable while the first fsync is in
+    // flight (a bounded wait that must time out: the event checked is one that must not
+    // happen), and after it fails nothing is acknowledged.
+    let sim = SimFs::new();
+    let fs = ControlledFs::new(sim.clone());
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let env = StorageEnv {
+        fs: Arc::new(fs.clone()),
+        clock: clock.clone(),
+        flusher: Flusher::spawn(2),
+    };
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    let durable = partition.durable_offset();
+    let (entered, release) = fs.hold_next_sync_then_fail();
+    let (first, _) = append(&partition, 1, 100);
+    let first = first.expect("append");
+    entered
+        .recv_timeout(DURABLE_TIMEOUT)
+        .expect("the flusher starts the first fsync");
+    let (second, _) = append(&partition, 1, 100);
+    let second = second.expect("append");
+    let early = partition.wait_durable_blocking(second.next_offset, Duration::from_millis(300));
+    assert!(
+        matches!(early, Err(Error::TimedOut { .. })),
+        "acknowledged while an earlier fsync was still in flight: {early:?}"
+    );
+    release.send(()).expect("release the first fsync");
+    for next_offset in [first.next_offset, second.next_offset] {
+        let waited = partition.wait_durable_blocking(next_offset, DURABLE_TIMEOUT);
+        assert!(is_failed(&waited), "wait for {next_offset}: {waited:?}");
+    }
+    assert!(is_failed(&partition.flush()));
+    assert_eq!(partition.durable_offset(), durable);
+    assert_eq!(partition.high_watermark(), durable);
+}
+
+#[test]
+fn rule3_failed_fsync_while_rolling_fails_the_partition() {
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    let (appended, _) = append(&partition, 1, 100);
+    appended.expect("append");
+    fs.fail_syncs_after(0);
+    assert!(partition.roll_now().is_err());
+    assert!(partition.failure().is_some());
+    assert!(is_failed(&append(&partition, 1, 100).0));
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+}
+
+#[test]
+fn rule3_failed_directory_fsync_after_retention_fails_the_partition() {
+    // Goal: a directory fsync is an fsync: when the one that makes segment deletions durable
+    // fails, the partition fails like after any other fsync error.
+    let (env, fs, _) = sim_env(NOW_MS);
+    let config = LogConfig {
+        retention_bytes: Some(4 * 1024),
+        ..config()
+    };
+    let partition = open(&env, config);
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        for _ in 0..6 {
+            append_durable(&partition, 2, 500, &mut acked);
+        }
+        partition.roll_now().expect("roll");
+    }
+    fs.fail_syncs_after(0);
+    assert!(partition.apply_retention().is_err());
+    let reason = partition
+        .failure()
+        .expect("the partition says why it failed");
+    assert!(reason.contains("sync"), "reason: {reason}");
+    assert!(is_failed(&append(&partition, 1, 100).0));
+}
+
+#[test]
+fn rule3_failing_any_fsync_never_loses_an_acknowledged_record() {
+    // Goal: whichever fsync fails (segment data, index msync, directory), every record
+    // acknowledged before survives a power loss, and nothing is acknowledged after.
+    // Method: for each n, let n fsyncs succeed and fail the rest, during a workload of
+    // appends and rolls; then reopen the power-loss image.
+    for syncs_ok in 0..90 {
+        let (env, fs, clock) = sim_env(NOW_MS);
+        let partition = open(&env, config());
+        fs.fail_syncs_after(syncs_ok);
+        let mut acked = Vec::new();
+        let mut failed_at = None;
+        for round in 0..40 {
+            let (appended, records) = append(&partition, 1 + round % 2, 300);
+            let result = appended.and_then(|appended| {
+                let roll = if round % 8 == 7 {
+                    partition.roll_now()
+                } else {
+                    Ok(())
+                };
+                partition.wait_durable_blocking(appended.next_offset, DURABLE_TIMEOUT)?;
+                roll
+            });
+            match (result, failed_at) {
+                (Ok(()), None) => acked.extend(records),
+                (Ok(()), Some(first)) => {
+                    panic!("syncs_ok {syncs_ok}: round {round} acknowledged after round {first} failed")
+                }
+                (Err(_), _) => {
+                    failed_at.get_or_insert(round);
+                }
+            }
+        }
+        if failed_at.is_some() {
+            assert!(partition.failure().is_some(), "syncs_ok {syncs_ok}");
+        }
+        let recovered = read_all(&reopen(&fs.crash_image(Torn::None), &clock));
+        assert_starts_with(&recovered, &acked, &format!("syncs_ok {syncs_ok}"));
+    }
+}
+
+#[test]
+fn rule4_batch_with_a_bad_crc_at_the_tail_is_cut_on_recovery() {
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        append_durable(&partition, 2, 100, &mut acked);
+    }
+    let last_base = acked[acked.len() - 2].0;
+    drop(partition);
+    let image = fs.process_crash_image();
+    let path = segment_path(0, "log");
+    let mut log = image.live_bytes(&path).expect("log");
+    let length = log.len();
+    log[length - 3] ^= 0x40;
+    image.overwrite(&path, &log).expect("overwrite");
+    let recovered = reopen(&image, &clock);
+    let kept: Vec<Record> = acked.into_iter().filter(|r| r.0 < last_base).collect();
+    assert!(read_all(&recovered) == kept);
+    let valid = image.live_bytes(&path).expect("log").len();
+    assert!(valid < length, "the bad batch is cut from the file");
+}
+
+#[test]
+fn rule5_damage_in_a_sealed_segment_is_reported_not_cut_or_skipped() {
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..10 {
+            append_durable(&partition, 2, 100, &mut acked);
+        }
+        partition.roll_now().expect("roll");
+    }
+    append_durable(&partition, 2, 100, &mut acked);
+    let bases = partition.segment_base_offsets();
+    drop(partition);
+    let image = fs.process_crash_image();
+    let path = segment_path(bases[1], "log");
+    let mut log = image.live_bytes(&path).expect("log");
+    let damaged_batch = 4;
+    let position = {
+        let mut position = 0;
+        for _ in 0..damaged_batch {
+            let header = batch::parse_header(&log[position..])
+                .expect("valid")
+                .expect("whole");
+            position += header.total_bytes();
+        }
+        position
+    };
+    let damaged = bases[1] + 2 * damaged_batch as i64;
+    log[position + batch::BATCH_HEADER_BYTES + 2] ^= 0x01;
+    image.overwrite(&path, &log).expect("overwrite");
+    let recovered = reopen(&image, &clock);
+    assert_eq!(image.live_bytes(&path).expect("log").len(), log.len());
+    let mut offset = 0;
+    let error = loop {
+        match recovered.read(offset, 4096) {
+            Ok(read) => {
+                let batches: Vec<_> = batch::batches(read.bytes).collect();
+                let last = batches.last().expect("a batch").as_ref().expect("valid");
+                offset = last.header().next_offset();
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(offset, damaged, "a consumer stops at the damaged batch");
+    assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
+    assert!(recovered.read(bases[2], 4096).is_ok());
+    assert_eq!(recovered.log_end_offset(), acked.len() as i64);
+}
+
+#[test]
+fn rule6_failed_checkpoint_write_leaves_the_old_file_readable() {
+    // Goal: a metadata file is replaced atomically: whichever step of the replacement fails
+    // (the temp file's fsync, or the directory fsync after the rename), a power loss leaves
+    // the old file, complete and valid.
+    const MAGIC: [u8; 4] = *b"WTST";
+    let dir = dir();
+    let path = dir.join("state");
+    for syncs_ok in 0..2 {
+        let fs = SimFs::new();
+        fs.create_dir_all(&dir).expect("mkdir");
+        checkpoint::write(&fs, &dir, "state", MAGIC, 1, 1, b"old").expect("first write");
+        fs.fail_syncs_after(syncs_ok);
+        let result = checkpoint::write(&fs, &dir, "state", MAGIC, 1, 2, b"new payload");
+        assert!(result.is_err(), "syncs_ok {syncs_ok}");
+        let image = fs.crash_image(Torn::None);
+        let read_back = checkpoint::read(&image, &path, MAGIC)
+            .expect("the old file is valid")
+            .expect("the old file exists");
+        assert_eq!(read_back.payload, b"old", "syncs_ok {syncs_ok}");
+    }
+}
+
+#[test]
+fn rule6_failed_fsync_during_close_never_leaves_a_lying_marker() {
+    // Goal: close writes the clean-shutdown marker last; whichever fsync of close fails, a
+    // power loss leaves either a marker that tells the truth or none, and the log reopens
+    // with every acknowledged record.
+    for syncs_ok in 0..16 {
+        let (env, fs, clock) = sim_env(NOW_MS);
+        let partition = open(&env, config());
+        let mut acked = Vec::new();
+        for round in 0..12 {
+            append_durable(&partition, 1 + round % 2, 300, &mut acked);
+        }
+        fs.fail_syncs_after(syncs_ok);
+        let closed = partition.close();
+        let image = fs.crash_image(Torn::None);
+        let marker = image.exists(&dir().join(CLEAN_SHUTDOWN_FILE));
+        assert_eq!(closed.is_ok(), marker, "syncs_ok {syncs_ok}: {closed:?}");
+        let recovered = reopen(&image, &clock);
+        assert!(read_all(&recovered) == acked, "syncs_ok {syncs_ok}");
+    }
+}
+
+#[test]
+fn rule7_zero_filled_tail_is_not_taken_for_data() {
+    // Goal: a file's size is not the length of its valid data: a log extended with zeros
+    // (preallocation, or a file system that grew the file before the data reached it)
+    // recovers to its last valid batch, after an unclean and after a clean shutdown.
+    for clean in [false, true] {
+        let (env, fs, clock) = sim_env(NOW_MS);
+        let partition = open(&env, config());
+        let mut acked = Vec::new();
+        for _ in 0..6 {
+            append_durable(&partition, 2, 100, &mut acked);
+        }
+        if clean {
+            partition.close().expect("close");
+        }
+        drop(partition);
+        let image = fs.process_crash_image();
+        let path = segment_path(0, "log");
+        let valid = image.live_bytes(&path).expect("log").len() as u64;
+        let file = image
+            .open_file(&path, OpenMode::Existing)
+            .expect("open log");
+        file.set_len(valid + 64 * 1024).expect("extend");
+        let recovered = reopen(&image, &clock);
+        assert!(read_all(&recovered) == acked, "clean {clean}");
+        assert_eq!(file.len_bytes().expect("len"), valid, "clean {clean}");
+        let mut after = acked.clone();
+        let appended = append_durable(&recovered, 1, 10, &mut after);
+        assert_eq!(appended.base_offset, acked.len() as i64);
+    }
+}
+
+#[test]
+fn rule8_huge_batch_length_in_the_tail_is_cut_without_trusting_it() {
+    // Goal: a length read from disk is checked before anything is sized by it: a header in
+    // the tail claiming batch_length = i32::MAX (2 GiB), or the largest legal length past the
+    // end of the file, is cut at once. Method: append such a header after valid batches and
+    // check that recovery is quick and keeps exactly the valid batches.
+    let largest_legal = (batch::BATCH_BYTES_MAX - batch::LOG_OVERHEAD_BYTES) as i32;
+    for claimed in [i32::MAX, largest_legal] {
+        let (env, fs, clock) = sim_env(NOW_MS);
+        let partition = open(&env, config());
+        let mut acked = Vec::new();
+        for _ in 0..4 {
+            append_durable(&partition, 2, 100, &mut acked);
+        }
+        drop(partition);
+        let image = fs.process_crash_image();
+        let path = segment_path(0, "log");
+        let mut log = image.live_bytes(&path).expect("log");
+        let valid = log.len();
+        let mut header = log[..batch::BATCH_HEADER_BYTES].to_vec();
+        header[batch::BASE_OFFSET_POS..batch::BATCH_LENGTH_POS]
+            .copy_from_slice(&(acked.len() as i64).to_be_bytes());
+        header[batch::BATCH_LENGTH_POS..batch::PARTITION_LEADER_EPOCH_POS]
+            .copy_from_slice(&claimed.to_be_bytes());
+        log.extend_from_slice(&header);
+        log.extend_from_slice(&[0x33; 1000]);
+        image.overwrite(&path, &log).expect("overwrite");
+        let started = Instant::now();
+        let recovered = reopen(&image, &clock);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "recovery took {took:?}");
+        assert!(read_all(&recovered) == acked, "claimed {claimed}");
+        assert_eq!(image.live_bytes(&path).expect("log").len(), valid);
+    }
+}
+
+#[test]
+fn rule9_roll_and_retention_by_age_follow_the_injected_clock() {
+    // Goal: time sits behind the Clock trait, so age-based behavior is tested without
+    // sleeping (I/O behind the Fs trait is what every other test here relies on). The unit
+    // test `segments_roll_by_age` in broker/src/storage/partition/tests.rs covers the roll
+    // edge too.
+    let (env, _, clock) = sim_env(NOW_MS);
+    let config = LogConfig {
+        segment_age_ms_max: Some(60_000),
+        retention_ms: Some(600_000),
+        ..config()
+    };
+    let partition = open(&env, config);
+    let mut acked = Vec::new();
+    append_durable(&partition, 1, 10, &mut acked);
+    clock.advance_ms(59_999);
+    append_durable(&partition, 1, 10, &mut acked);
+    assert_eq!(partition.segment_count(), 1);
+    clock.advance_ms(1);
+    append_durable(&partition, 1, 10, &mut acked);
+    assert_eq!(partition.segment_base_offsets(), vec![0, 2]);
+    // Records are stamped NOW_MS; retention deletes the sealed segment once it is older.
+    clock.set_ms(NOW_MS + 600_000);
+    assert_eq!(
+        partition
+            .apply_retention()
+            .expect("retention")
+            .segments_deleted,
+        0
+    );
+    clock.set_ms(NOW_MS + 600_001);
+    assert_eq!(
+        partition
+            .apply_retention()
+            .expect("retention")
+            .segments_deleted,
+        1
+    );
+    assert_eq!(partition.log_start_offset(), 2);
+}
+
+#[test]
+fn full_disk_mid_write_fails_the_append_and_publishes_nothing() {
+    // Goal: ENOSPC in the middle of an append (a short write) fails that append with an
+    // error that says "disk full", publishes nothing, keeps the log readable, and once space
+    // is freed the log continues at the right offset; a crash at either point recovers.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        append_durable(&partition, 2, 200, &mut acked);
+    }
+    let end = partition.log_end_offset();
+    fs.set_space_bytes(Some(used_bytes(&fs) + 300));
+    let (appended, _) = append(&partition, 4, 300);
+    let error = appended.expect_err("the disk is full");
+    assert!(error.is_disk_full(), "{error:?}");
+    assert_eq!(partition.log_end_offset(), end);
+    assert_eq!(partition.high_watermark(), end);
+    assert!(partition.failure().is_none(), "a full disk is not fatal");
+    assert!(read_all(&partition) == acked);
+    // A crash now (power loss or process crash) recovers exactly the acknowledged records.
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+    assert!(read_all(&reopen(&fs.process_crash_image(), &clock)) == acked);
+    // Space freed: the next (smaller) append lands at the old end, over the partial write.
+    fs.set_space_bytes(None);
+    let appended = append_durable(&partition, 1, 50, &mut acked);
+    assert_eq!(appended.base_offset, end);
+    assert!(read_all(&partition) == acked);
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+    assert!(read_all(&reopen(&fs.process_crash_image(), &clock)) == acked);
+}
+
+#[test]
+fn failed_write_fails_only_that_append() {
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    let end = partition.log_end_offset();
+    fs.fail_next_write(libc::EIO);
+    let (appended, _) = append(&partition, 2, 100);
+    match appended {
+        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EIO)),
+        other => panic!("expected Error::Io(EIO), got {other:?}"),
+    }
+    assert_eq!(partition.log_end_offset(), end);
+    assert!(partition.failure().is_none());
+    let appended = append_durable(&partition, 2, 100, &mut acked);
+    assert_eq!(appended.base_offset, end);
+    assert!(read_all(&partition) == acked);
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+}
+
+#[test]
+fn torn_power_loss_at_random_points_keeps_every_acknowledged_record() {
+    // Goal: the prefix property under torn writes: at random points of a random workload
+    // (appends waited for or not, rolls, retention), a power loss that keeps a random part
+    // of every unsynced tail, with garbage at its end, loses no acknowledged record and
+    // serves no garbage. Randomized: prints its seed on failure, WHARF_TEST_SEED replays.
+    let seed = Seed::from_env();
+    let mut rng = seed.rng();
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let config = LogConfig {
+        retention_bytes: Some(48 * 1024),
+        ..config()
+    };
+    let partition = open(&env, config);
+    let mut acked = Vec::new();
+    for step in 0..400 {
+        let record_count = 1 + rng.below(4) as usize;
+        let value_bytes = 10 + rng.below(1500) as usize;
+        match rng.below(20) {
+            0 => partition.roll_now().expect("roll"),
+            1 => {
+                partition.apply_retention().expect("retention");
+            }
+            2..=5 => {
+                let (appended, _) = append(&partition, record_count, value_bytes);
+                appended.expect("append");
+            }
+            _ => {
+                let appended = append_durable(&partition, record_count, value_bytes, &mut acked);
+                // Everything before this append was acknowledged by it too.
+                acked = read_all(&partition);
+                assert_eq!(acked.last().map(|r| r.0 + 1), Some(appended.next_offset));
+            }
+        }
+        if rng.below(10) == 0 {
+            let image = fs.crash_image(Torn::Random { seed: rng.next() });
+            let recovered = read_all(&reopen(&image, &clock));
+            let start = recovered.first().map_or(0, |record| record.0);
+            let acked_kept: Vec<Record> = acked.iter().filter(|r| r.0 >= start).cloned().collect();
+            assert_starts_with(&recovered, &acked_kept, &format!("step {step}"));
+        }
+    }
+}
+
+/// A test's random seed: from WHARF_TEST_SEED when set, otherwise from the clock. Printed if
+/// the test fails, so the failure can be replayed.
+struct Seed(u64);
+
+impl Seed {
+    fn from_env() -> Seed {
+        let seed = match std::env::var("WHARF_TEST_SEED") {
+            Ok(text) => text.trim().parse().expect("WHARF_TEST_SEED is a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64),
+        };
+        Seed(seed)
+    }
+
+    fn rng(&self) -> SplitMix {
+        SplitMix(self.0)
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed with seed {0}; replay with WHARF_TEST_SEED={0}",
+                self.0
+            );
+        }
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator, so a seed replays the same run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// A [`SimFs`] whose segment and checkpoint fsyncs (`sync_data`) the test controls: fail the
+/// next one, or hold the next one until released and then fail it. A failed fsync makes
+/// nothing durable; every other call goes straight to the SimFs.
+#[derive(Debug, Clone)]
+struct ControlledFs {
+    inner: SimFs,
+    control: Arc<SyncControl>,
+}
+
+#[derive(Debug, Default)]
+struct SyncControl {
+    fail_next: AtomicBool,
+    /// (tell the test the fsync started, wait for the test to release it).
+    hold_next: Mutex<Option<(Sender<()>, Receiver<()>)>>,
+}
+
+impl ControlledFs {
+    fn new(inner: SimFs) -> ControlledFs {
+        ControlledFs {
+            inner,
+            control: Arc::default(),
+        }
+    }
+
+    /// The next fsync fails with EIO; later ones succeed.
+    fn fail_next_sync(&self) {
+        self.control.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The next fsync reports on the returned receiver that it started, waits until the
+    /// test sends on the returned sender, then fails with EIO.
+    fn hold_next_sync_then_fail(&self) -> (Receiver<()>, Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *self.control.hold_next.lock().expect("lock") = Some((entered_tx, release_rx));
+        (entered_rx, release_tx)
+    }
+}
+
+#[derive(Debug)]
+struct ControlledFile {
+    inner: Arc<dyn FileHandle>,
+    control: Arc<SyncControl>,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl FileHandle for ControlledFile {
+    fn write_all_at(&self, bytes: &[u8], position: u64) -> io::Result<()> {
+        self.inner.write_all_at(bytes, position)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, position)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let held = self.control.hold_next.lock().expect("lock").take();
+        if let Some((entered, release)) = held {
+            // The test may have finished with a failure already; then nobody listens.
+            let _ = entered.send(());
+            let _ = release.recv();
+            return Err(eio());
+        }
+        if self.control.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(eio());
+        }
+        self.inner.sync_data()
+    }
+
+    fn set_len(&self, bytes: u64) -> io::Result<()> {
+        self.inner.set_len(bytes)
+    }
+
+    fn allocate(&self, bytes: u64) -> io::Result<()> {
+        self.inner.allocate(bytes)
+    }
+
+    fn len_bytes(&self) -> io::Result<u64> {
+        self.inner.len_bytes()
+    }
+
+    fn map_mut(&self, bytes: u64) -> io::Result<Box<dyn MappedRegion>> {
+        self.inner.map_mut(bytes)
+    }
+}
+
+impl Fs for ControlledFs {
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>> {
+        Ok(Arc::new(ControlledFile {
+            inner: self.inner.open_file(path, mode)?,
+            control: self.control.clone(),
+        }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+
+    fn lock_dir(&self, path: &Path) -> io::Result<DirLock> {
+        self.inner.lock_dir(path)
+    }
+}
