@@ -40,7 +40,12 @@ fn open(dir: &Path, flush: FlushPolicy, env: &StorageEnv) -> Arc<Partition> {
 
 /// Appends `count` copies of `batch` from `appenders` threads, each waiting for durability
 /// before its next append (as a producer with acks=all does). Returns the elapsed time.
-fn run_appenders(partition: &Arc<Partition>, batch: &BytesMut, count: u64, appenders: u64) -> Duration {
+fn run_appenders(
+    partition: &Arc<Partition>,
+    batch: &BytesMut,
+    count: u64,
+    appenders: u64,
+) -> Duration {
     let start = Instant::now();
     std::thread::scope(|scope| {
         for appender in 0..appenders {

@@ -1,1 +1,222 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: start the real `wharfd` binary on an ephemeral
+//! port with a temp data dir, kill it (SIGKILL) or stop it (SIGTERM), restart it on the same
+//! port and data, and run the `wharf` CLI against it.
+//!
+//! The binaries are built once per test process with `cargo build --bins` (a no-op when they
+//! are fresh), so a test never runs a stale `wharf` or `wharfd`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's debug binaries.
+pub fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test executable lives in target/<profile>/deps")
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut build = Command::new(cargo);
+            build.args([
+                "build",
+                "--bins",
+                "-p",
+                "wharf-broker",
+                "-p",
+                "wharf-client",
+            ]);
+            if dir.file_name().and_then(|name| name.to_str()) == Some("release") {
+                build.arg("--release");
+            }
+            let status = build
+                .status()
+                .expect("running cargo build for the binaries");
+            assert!(status.success(), "cargo build --bins failed");
+            dir
+        })
+        .clone()
+}
+
+/// Path of the `wharfd` binary.
+pub fn wharfd_path() -> PathBuf {
+    bin_dir().join("wharfd")
+}
+
+/// Path of the `wharf` binary.
+pub fn wharf_path() -> PathBuf {
+    bin_dir().join("wharf")
+}
+
+/// A `wharfd` child process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts `wharfd` on 127.0.0.1 with an ephemeral port and `data_dir`.
+    pub fn start(data_dir: &Path) -> BrokerProcess {
+        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// Starts `wharfd` with a config file (TOML text written next to the data dir).
+    pub fn start_with_config(data_dir: &Path, config_toml: &str) -> BrokerProcess {
+        let config_path = data_dir.with_extension("toml");
+        std::fs::write(&config_path, config_toml).expect("writing the config file");
+        let args = vec!["--config".to_string(), config_path.display().to_string()];
+        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &args)
+    }
+
+    fn start_with(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
+        let mut child = Command::new(wharfd_path())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen)
+            .args(extra_args)
+            .env(
+                "WHARF_LOG",
+                std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting wharfd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = receiver
+            .recv_timeout(START_TIMEOUT)
+            .expect("wharfd did not report its address in time");
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from wharfd: {line:?}"));
+        BrokerProcess {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.to_vec(),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `host:port` for `--broker`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Kills it with SIGKILL and waits for it to die.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it with SIGTERM (graceful shutdown) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wharfd did not stop within 30 s of SIGTERM");
+        }
+    }
+
+    /// Starts it again on the same port and data directory (after `kill` or `stop`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.to_string();
+        let deadline = Instant::now() + START_TIMEOUT;
+        // The old socket is gone with the process; retry briefly in case the port lingers.
+        loop {
+            let attempt = std::panic::catch_unwind(|| {
+                BrokerProcess::start_with(&self.data_dir, &listen, &self.extra_args)
+            });
+            match attempt {
+                Ok(started) => {
+                    *self = started;
+                    return;
+                }
+                Err(panic) if Instant::now() >= deadline => std::panic::resume_unwind(panic),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `wharf --broker ADDR args...` with `stdin` and returns its output.
+pub fn wharf(broker: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(wharf_path())
+        .arg("--broker")
+        .arg(broker)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting wharf");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let text = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let output = child.wait_with_output().expect("waiting for wharf");
+    let _ = writer.join();
+    output
+}
+
+/// Like [`wharf`], but panics with both streams unless it exits successfully.
+pub fn wharf_ok(broker: &str, args: &[&str], stdin: &str) -> String {
+    let output = wharf(broker, args, stdin);
+    assert!(
+        output.status.success(),
+        "wharf {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
