@@ -451,7 +451,7 @@ fn assert_sealed_damage_refused(
     let (records, error) = consume(partition, 0);
     assert!(
         records == records_before(model, damaged),
-        "{case}: a consumer read up to offset {:?} (error {error:?}) but the damage starts at {damaged}",
+        "{case}: a consumer read up to {:?} ({error:?}); the damage starts at {damaged}",
         records.last().map(|record| record.0)
     );
     assert!(

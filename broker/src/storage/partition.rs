@@ -107,6 +107,12 @@ pub struct Partition {
     /// Value: every offset below it is fsynced.
     durable: Arc<Watch>,
     failure: Mutex<Option<String>>,
+    /// Held across every fsync of the log's data and the recording of its outcome, so a
+    /// failed fsync is recorded before the next one starts: on Linux a writeback error is
+    /// reported to one fsync caller only, and a concurrent fsync's success must not
+    /// acknowledge data the failed one lost (rule 3, fsyncgate). Taken after the writer lock
+    /// when both are held; never held while waiting for the writer lock.
+    sync_lock: Mutex<()>,
     flush_requested: AtomicBool,
     last_flush: Mutex<Instant>,
 }
@@ -153,6 +159,7 @@ impl Partition {
             high_watermark: Arc::new(Watch::new(end)),
             durable: Arc::new(Watch::new(end)),
             failure: Mutex::new(None),
+            sync_lock: Mutex::new(()),
             flush_requested: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
             config,
@@ -227,6 +234,12 @@ impl Partition {
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         self.writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, ()> {
+        self.sync_lock
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
@@ -314,6 +327,7 @@ impl Partition {
     /// Seals the active segment and starts a new one at the log end offset.
     fn roll(&self, writer: &mut Writer) -> Result<()> {
         let old = writer.active.clone();
+        let sync = self.lock_sync();
         if let Err(error) = old.seal() {
             // The seal fsyncs the log: a failure is an fsync failure (rule 3).
             self.fail(&format!("sealing segment failed: {error}"));
@@ -321,8 +335,18 @@ impl Partition {
         }
         let base = old.next_offset();
         self.advance_durable(base);
+        drop(sync);
         let fs = self.env.fs.as_ref();
-        let created = Segment::create(fs, &self.dir, base, &self.config, self.env.clock.now_ms())?;
+        let now_ms = self.env.clock.now_ms();
+        let created = match Segment::create(fs, &self.dir, base, &self.config, now_ms) {
+            Ok(created) => created,
+            Err(error) => {
+                // The active segment is sealed now and cannot take appends, and the files of
+                // the half-created segment block the next try: refuse writes and say why.
+                self.fail(&format!("creating segment failed: {error}"));
+                return Err(error);
+            }
+        };
         if let Err(source) = fs.sync_dir(&self.dir) {
             let error = Error::io("sync directory", &self.dir, source);
             self.fail(&format!("directory fsync after roll failed: {error}"));
@@ -403,8 +427,16 @@ impl Partition {
         if target <= self.durable_offset() {
             return Ok(());
         }
-        // The fsync runs without any lock held, so appends continue while it runs; they are
-        // covered by the next flush.
+        // The fsync runs without the writer lock, so appends continue while it runs; they are
+        // covered by the next flush. It holds the sync lock, and a failure recorded while
+        // this flush waited for it must stop it.
+        let _sync = self.lock_sync();
+        if let Some(reason) = self.failure() {
+            return Err(Error::Failed {
+                partition: self.dir.clone(),
+                reason,
+            });
+        }
         match file.sync_data() {
             Ok(()) => {
                 self.advance_durable(target);
@@ -609,10 +641,11 @@ impl Partition {
             report.segments_deleted += 1;
             report.bytes_deleted += segment.valid_bytes();
         }
-        self.env
-            .fs
-            .sync_dir(&self.dir)
-            .map_err(|source| Error::io("sync directory", &self.dir, source))?;
+        if let Err(source) = self.env.fs.sync_dir(&self.dir) {
+            let error = Error::io("sync directory", &self.dir, source);
+            self.fail(&format!("directory fsync after retention failed: {error}"));
+            return Err(error);
+        }
         report.log_start_offset = new_start;
         tracing::info!(partition = %self.dir.display(), segments = report.segments_deleted, bytes = report.bytes_deleted, log_start = new_start, "retention deleted segments");
         Ok(report)
@@ -633,6 +666,7 @@ impl Partition {
         let active = writer.active.clone();
         drop(writer);
         self.high_watermark.fail("partition closed");
+        let sync = self.lock_sync();
         if let Some(reason) = self.failure() {
             // No marker: the next open must scan, since durability is unknown.
             return Err(Error::Failed {
@@ -640,8 +674,13 @@ impl Partition {
                 reason,
             });
         }
-        active.seal()?;
+        if let Err(error) = active.seal() {
+            // The seal fsyncs the log: a failure is an fsync failure (rule 3).
+            self.fail(&format!("sealing segment at close failed: {error}"));
+            return Err(error);
+        }
         self.advance_durable(active.next_offset());
+        drop(sync);
         let mut payload = Vec::with_capacity(CLEAN_SHUTDOWN_PAYLOAD_BYTES);
         payload.extend_from_slice(&active.base_offset().to_be_bytes());
         payload.extend_from_slice(&active.next_offset().to_be_bytes());
