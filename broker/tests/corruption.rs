@@ -305,8 +305,8 @@ fn truncating_the_active_segment_inside_its_last_batch_keeps_exactly_the_batches
 fn flipped_byte_in_the_last_batch_of_the_active_segment_cuts_that_batch() {
     // Goal: recovery detects damage in every checked region of the last batch (base offset,
     // length, magic, CRC, attributes and the other header fields, the records) and cuts the
-    // batch. Method: flip each byte of the last batch in turn, outside the partition leader
-    // epoch (see the next test), and reopen.
+    // batch. Method: flip each byte of the last batch in turn (the partition leader epoch has
+    // its own test next) and reopen.
     let (env, _) = real_env(NOW_MS);
     let (snapshot, model) = unclean_active_log(&env, 10);
     let log = snapshot.file(&segment::file_name(0, "log")).to_vec();
@@ -333,14 +333,11 @@ fn flipped_byte_in_the_last_batch_of_the_active_segment_cuts_that_batch() {
 }
 
 #[test]
-fn flipped_partition_leader_epoch_is_outside_every_check() {
-    // Goal: pin what happens to damage in the one header field no check covers. Kafka's
-    // format keeps partition_leader_epoch outside the CRC (the broker patches it), so a flip
-    // there is invisible to length, magic and CRC checks.
-    // FIXME: recovery keeps and serves the batch with the damaged epoch. Until replication
-    // exists every stored batch has epoch -1 (NO_PARTITION_LEADER_EPOCH), so recovery and
-    // reads could refuse any other value; correct behavior is to cut the batch like any other
-    // damaged tail batch.
+fn flipped_partition_leader_epoch_cuts_that_batch() {
+    // Goal: damage in the one header field the CRC does not cover is still caught. Kafka's
+    // format keeps partition_leader_epoch outside the CRC (the broker patches it); until
+    // replication exists every stored batch carries -1, so any other value is damage and the
+    // batch is cut like any other damaged tail batch.
     let (env, _) = real_env(NOW_MS);
     let (snapshot, model) = unclean_active_log(&env, 4);
     let log = snapshot.file(&segment::file_name(0, "log")).to_vec();
@@ -348,13 +345,14 @@ fn flipped_partition_leader_epoch_is_outside_every_check() {
         .last()
         .expect("the log has batches")
         .clone();
+    let expected = records_before(&model, base_offset_at(&log, last.start));
     for within in batch::PARTITION_LEADER_EPOCH_POS..batch::MAGIC_POS {
         let dir = snapshot.restore();
         let log_path = segment_path(dir.path(), 0, "log");
         flip_byte(&log_path, last.start + within);
         let partition = open(dir.path(), &env);
-        assert_log_is(&partition, &model);
-        assert_eq!(file_bytes(&log_path), last.end as u64);
+        assert_log_is(&partition, &expected);
+        assert_eq!(file_bytes(&log_path), last.start as u64);
     }
 }
 

@@ -775,6 +775,30 @@ fn full_disk_mid_write_fails_the_append_and_publishes_nothing() {
 }
 
 #[test]
+fn full_disk_after_whole_batches_does_not_resurrect_them_after_a_crash() {
+    // Goal: a multi-batch append whose first batches fit on the disk but whose last does not
+    // fails as a whole, and a process crash right after cannot bring the batches that did
+    // reach the file back: the producer was told they failed. Method: leave room for exactly
+    // the first batch plus a few bytes, append two batches in one call, crash, reopen.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config());
+    let mut acked = Vec::new();
+    append_durable(&partition, 2, 100, &mut acked);
+    let end = partition.log_end_offset();
+    let first = batch_of(&[&[b'a'; 100]], NOW_MS);
+    let mut both = first.clone();
+    both.extend_from_slice(&batch_of(&[&[b'b'; 400]], NOW_MS));
+    fs.set_space_bytes(Some(used_bytes(&fs) + first.len() as u64 + 10));
+    let error = partition.append(&mut both).expect_err("the disk is full");
+    assert!(error.is_disk_full(), "{error:?}");
+    assert_eq!(partition.log_end_offset(), end);
+    fs.set_space_bytes(None);
+    let recovered = reopen(&fs.process_crash_image(), &clock);
+    assert_eq!(recovered.log_end_offset(), end, "a failed batch came back");
+    assert!(read_all(&recovered) == acked);
+}
+
+#[test]
 fn failed_write_fails_only_that_append() {
     let (env, fs, clock) = sim_env(NOW_MS);
     let partition = open(&env, config());

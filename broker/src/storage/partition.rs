@@ -40,7 +40,7 @@ const CLEAN_SHUTDOWN_VERSION: u16 = 1;
 const CLEAN_SHUTDOWN_PAYLOAD_BYTES: usize = 24;
 
 /// The partition leader epoch written into every stored batch until replication exists.
-pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
+pub use wharf_protocol::batch::NO_PARTITION_LEADER_EPOCH;
 
 /// The services a partition uses: file system, clock and the shared flusher.
 #[derive(Debug, Clone)]

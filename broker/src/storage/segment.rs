@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
-use wharf_protocol::batch::{self, BatchHeader, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
+use wharf_protocol::batch::{
+    self, BatchHeader, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, NO_PARTITION_LEADER_EPOCH,
+};
 
 use crate::storage::config::{LogConfig, ReadVerify};
 use crate::storage::error::{Error, Result};
@@ -530,9 +532,14 @@ impl Segment {
         interval: u32,
     ) -> Result<()> {
         let start = self.valid_bytes();
-        self.file
-            .write_all_at(batches, start)
-            .map_err(|source| Error::io("append to segment", &self.log_path, source))?;
+        if let Err(source) = self.file.write_all_at(batches, start) {
+            // Cut whatever part of the failed write reached the file, so a crash before the
+            // next append cannot bring back batches whose producer was told they failed.
+            if let Err(error) = self.file.set_len(start) {
+                tracing::warn!(segment = %self.log_path.display(), %error, "cannot cut a failed write");
+            }
+            return Err(Error::io("append to segment", &self.log_path, source));
+        }
         let mut indexes = self.indexes_write();
         let mut next = self.next_offset();
         for (within, header) in headers {
@@ -714,9 +721,17 @@ impl Segment {
             .lookup_before(timestamp_ms)
             .map_or(0, |entry| entry.relative_offset);
         let (start, mut expected) = self.index_start(start_relative);
-        let mut scanner = BatchScanner::new(self, start, self.valid_bytes(), SCAN_WINDOW_BYTES);
+        let end = self
+            .valid_bytes()
+            .min(self.corrupt_at.load(Ordering::Acquire));
+        let mut scanner = BatchScanner::new(self, start, end, SCAN_WINDOW_BYTES);
         loop {
             let (position, header, bytes) = match scanner.next()? {
+                Step::End if end < self.valid_bytes() => {
+                    // The answer may lie in the damaged range: refuse rather than guess.
+                    let reason = format!("timestamp lookup reached damage at {end}");
+                    return Err(self.corrupt_error(end, reason));
+                }
                 Step::End => return Ok(None),
                 Step::Bad { position, reason } => return Err(self.corrupt_error(position, reason)),
                 Step::Batch {
@@ -972,6 +987,17 @@ impl<'a> BatchScanner<'a> {
                 })
             }
         };
+        if header.partition_leader_epoch != NO_PARTITION_LEADER_EPOCH {
+            // Outside the CRC, so checked here: every stored batch carries -1 until
+            // replication exists, and anything else is damage.
+            return Ok(Step::Bad {
+                position,
+                reason: format!(
+                    "batch at {position} has partition leader epoch {} but {NO_PARTITION_LEADER_EPOCH} was written",
+                    header.partition_leader_epoch
+                ),
+            });
+        }
         let total = header.total_bytes();
         if total as u64 > remaining {
             return Ok(Step::Bad {
