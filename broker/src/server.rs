@@ -171,7 +171,12 @@ fn advertised_info(
 ) -> Result<BrokerInfo, ServerError> {
     let (host, port) = match &config.advertised_address {
         Some(address) => parse_host_port(address).map_err(ServerError::Config)?,
-        None => (local_addr.ip().to_string(), local_addr.port()),
+        None => {
+            if local_addr.ip().is_unspecified() {
+                tracing::warn!(%local_addr, "listening on all interfaces without advertised_address: clients on other hosts cannot reconnect to what metadata answers");
+            }
+            (local_addr.ip().to_string(), local_addr.port())
+        }
     };
     Ok(BrokerInfo {
         node_id: NODE_ID,

@@ -275,7 +275,16 @@ impl Wire for Option<String> {
     fn encode(&self, out: &mut BytesMut) {
         match self {
             None => out.put_i16(-1),
-            Some(text) => text.encode(out),
+            Some(text) => {
+                // The length is an i16 here (-1 is null): longer text is cut at a char
+                // boundary rather than encoded as a negative length.
+                let mut end = text.len().min(i16::MAX as usize);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.put_i16(end as i16);
+                out.put_slice(&text.as_bytes()[..end]);
+            }
         }
     }
     fn decode(reader: &mut Reader, field: &'static str) -> Result<Self, DecodeError> {
@@ -503,6 +512,17 @@ mod tests {
         round_trip(None::<Vec<u32>>);
         round_trip(Some(Vec::<u32>::new()));
         round_trip([9u8; 16]);
+    }
+
+    #[test]
+    fn long_nullable_string_is_cut_not_turned_negative() {
+        let long = "é".repeat(20_000);
+        let mut out = BytesMut::new();
+        Some(long.clone()).encode(&mut out);
+        let decoded = Option::<String>::decode(&mut Reader::new(out.freeze()), "text").unwrap();
+        let decoded = decoded.expect("not null");
+        assert!(decoded.len() <= i16::MAX as usize);
+        assert!(long.starts_with(&decoded));
     }
 
     #[test]

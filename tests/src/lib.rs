@@ -220,3 +220,70 @@ pub fn wharf_ok(broker: &str, args: &[&str], stdin: &str) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A minimal blocking client speaking raw frames, for tests that need exact control over
+/// what goes on the wire (pipelining, malformed input).
+#[derive(Debug)]
+pub struct RawClient {
+    stream: std::net::TcpStream,
+    buffer: bytes::BytesMut,
+    next_correlation_id: u32,
+    sent: std::collections::VecDeque<(u32, wharf_protocol::ApiKey)>,
+}
+
+impl RawClient {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        RawClient {
+            stream,
+            buffer: bytes::BytesMut::new(),
+            next_correlation_id: 1,
+            sent: Default::default(),
+        }
+    }
+
+    /// Sends a request without waiting; returns its correlation id.
+    pub fn send(&mut self, request: &wharf_protocol::Request) -> u32 {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let mut out = bytes::BytesMut::new();
+        wharf_protocol::api::encode_request(request, correlation_id, &mut out);
+        self.stream.write_all(&out).expect("write");
+        self.sent.push_back((correlation_id, request.api_key()));
+        correlation_id
+    }
+
+    /// Reads the next response (responses come in request order).
+    pub fn receive(&mut self) -> (u32, wharf_protocol::Response) {
+        use std::io::Read;
+        let (expected_id, api_key) = self.sent.pop_front().expect("a request in flight");
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(frame) =
+                wharf_protocol::frame::decode_frame(&mut self.buffer, 64 * 1024 * 1024)
+                    .expect("valid frame")
+            {
+                assert_eq!(
+                    frame.header.correlation_id, expected_id,
+                    "responses out of order"
+                );
+                let response = wharf_protocol::Response::decode(api_key, frame.body)
+                    .expect("response decodes");
+                return (expected_id, response);
+            }
+            let count = self.stream.read(&mut chunk).expect("read");
+            assert!(count > 0, "broker closed the connection");
+            self.buffer.extend_from_slice(&chunk[..count]);
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, request: &wharf_protocol::Request) -> wharf_protocol::Response {
+        self.send(request);
+        self.receive().1
+    }
+}

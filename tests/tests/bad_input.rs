@@ -102,7 +102,7 @@ fn garbage_and_malformed_frames_close_only_that_connection() {
     oversized.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
     stream.write_all(&oversized).expect("write");
     let frame = read_frame(&mut stream).expect("an error response");
-    assert_eq!(error_code_of(&frame), ErrorCode::InvalidRequest);
+    assert_eq!(error_code_of(&frame), ErrorCode::MessageTooLarge);
     assert_closed(&mut stream);
     assert_still_serving(&broker);
 

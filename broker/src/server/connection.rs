@@ -1,5 +1,6 @@
-//! One client connection: reads frames, runs each request as its own task so many are in
-//! flight at once, and writes responses strictly in request order.
+//! One client connection: reads frames, runs each request's ordered phase (its effects, such
+//! as appends) in the order the requests arrived, lets the rest of each request (durability
+//! waits, long polls) run concurrently, and writes responses strictly in request order.
 //!
 //! Memory is bounded per connection: at most `IN_FLIGHT_MAX` requests and
 //! `IN_FLIGHT_BYTES_MAX` bytes of request frames are in flight; when either is reached the
@@ -63,7 +64,7 @@ pub(crate) async fn serve(
                     tracing::warn!(%peer, %error, "bad frame; closing connection");
                     let header = peek_header(&buffer);
                     let response = header.map(|header| {
-                        error_frame(header, ErrorCode::InvalidRequest, &error.to_string())
+                        error_frame(header, error_code_of(&error), &error.to_string())
                     });
                     let _ = pending_tx.send(Pending::Fatal(response)).await;
                     break 'read;
@@ -88,8 +89,11 @@ pub(crate) async fn serve(
             };
             let header = frame.header;
             let handler_broker = broker.clone();
+            // The ordered phase runs here, before the next request is read; the rest runs as
+            // its own task so slow requests (long polls, fsync waits) overlap.
+            let completion = dispatch::handle(&handler_broker, request).await;
             let task = tokio::spawn(async move {
-                let response = dispatch::handle(&handler_broker, request).await?;
+                let response = completion.await?;
                 let mut out = BytesMut::new();
                 encode_response(&response, header, &mut out);
                 Some(out)

@@ -26,52 +26,76 @@ pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 5 * 60_000;
 /// Largest fetch response, whatever the client asks (fits one frame).
 pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Largest metadata string stored with a committed offset (Kafka's default too): it lives in
+/// memory for every partition of every group.
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 
-/// Handles one request.
-pub async fn handle(broker: &Arc<Broker>, request: Request) -> Option<Response> {
-    let response = match request {
-        Request::ApiVersions(_) => Response::ApiVersions(api_versions()),
-        Request::Metadata(request) => Response::Metadata(metadata(broker, request)),
+/// What remains of a request after its ordered phase: waiting for durability or for data.
+/// It resolves to the response (`None`: no response, for acks = none).
+pub type Completion = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
+
+fn ready(response: Response) -> Completion {
+    Box::pin(std::future::ready(Some(response)))
+}
+
+/// Runs the ordered phase of one request and returns its completion.
+///
+/// The connection awaits this before it starts the next request, so requests on one
+/// connection take effect in the order they were sent (two pipelined produces to a partition
+/// append in order, as Kafka guarantees); the returned completions run concurrently and the
+/// connection writes their responses in request order.
+pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
+    match request {
+        Request::ApiVersions(_) => ready(Response::ApiVersions(api_versions())),
+        Request::Metadata(request) => ready(Response::Metadata(metadata(broker, request))),
         Request::CreateTopics(request) => {
-            Response::CreateTopics(create_topics(broker, request).await)
+            ready(Response::CreateTopics(create_topics(broker, request).await))
         }
         Request::DeleteTopics(request) => {
-            Response::DeleteTopics(delete_topics(broker, request).await)
+            ready(Response::DeleteTopics(delete_topics(broker, request).await))
         }
-        Request::Produce(request) => return produce(broker, request).await.map(Response::Produce),
-        Request::Fetch(request) => Response::Fetch(fetch(broker, request).await),
-        Request::ListOffsets(request) => Response::ListOffsets(list_offsets(broker, request)),
-        Request::GroupHeartbeat(request) => Response::GroupHeartbeat(
+        Request::Produce(request) => produce(broker, request).await,
+        Request::Fetch(request) => {
+            let broker = broker.clone();
+            Box::pin(async move { Some(Response::Fetch(fetch(&broker, request).await)) })
+        }
+        Request::ListOffsets(request) => {
+            ready(Response::ListOffsets(list_offsets(broker, request)))
+        }
+        Request::GroupHeartbeat(request) => ready(Response::GroupHeartbeat(
             broker
                 .groups
                 .heartbeat(&request, |topic| broker.partition_count(topic)),
-        ),
+        )),
         Request::LeaveGroup(request) => {
             let error = broker
                 .groups
                 .leave(&request.group_id, &request.member_id, |topic| {
                     broker.partition_count(topic)
                 });
-            Response::LeaveGroup(LeaveGroupResponse {
+            ready(Response::LeaveGroup(LeaveGroupResponse {
                 error,
                 error_message: (!error.is_ok()).then(|| error.describe().to_string()),
-            })
+            }))
         }
         Request::OffsetCommit(request) => {
-            Response::OffsetCommit(offset_commit(broker, request).await)
+            ready(Response::OffsetCommit(offset_commit(broker, request).await))
         }
-        Request::OffsetFetch(request) => Response::OffsetFetch(offset_fetch(broker, request)),
-        Request::DescribeGroups(request) => Response::DescribeGroups(DescribeGroupsResponse {
-            groups: request
-                .group_ids
-                .iter()
-                .map(|group| broker.groups.describe(group))
-                .collect(),
-            ..DescribeGroupsResponse::default()
-        }),
-        Request::ListGroups(_) => Response::ListGroups(list_groups(broker)),
-    };
-    Some(response)
+        Request::OffsetFetch(request) => {
+            ready(Response::OffsetFetch(offset_fetch(broker, request)))
+        }
+        Request::DescribeGroups(request) => {
+            ready(Response::DescribeGroups(DescribeGroupsResponse {
+                groups: request
+                    .group_ids
+                    .iter()
+                    .map(|group| broker.groups.describe(group))
+                    .collect(),
+                ..DescribeGroupsResponse::default()
+            }))
+        }
+        Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker))),
+    }
 }
 
 /// Maps a storage error to its wire code and message (the one place this happens).
@@ -257,6 +281,13 @@ async fn topic_for_produce(
     broker: &Arc<Broker>,
     name: &str,
 ) -> Result<TopicInfo, (ErrorCode, String)> {
+    if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+        // Internal topics hold broker state in the broker's own record format.
+        return Err((
+            ErrorCode::InvalidTopicName,
+            format!("cannot produce to internal topic {name:?}"),
+        ));
+    }
     if let Some(info) = broker.topics.get(name) {
         return Ok(info);
     }
@@ -297,11 +328,12 @@ fn partition_failure(partition: u32, code: ErrorCode, message: String) -> Produc
     }
 }
 
-async fn produce(broker: &Arc<Broker>, request: ProduceRequest) -> Option<ProduceResponse> {
+async fn produce(broker: &Arc<Broker>, request: ProduceRequest) -> Completion {
     let timeout_ms = request.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
     let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
     let mut topics = Vec::with_capacity(request.topics.len());
-    // Append everything first, then wait for durability, so all partitions share fsyncs.
+    // Append everything now (the ordered phase); wait for durability in the completion, so
+    // all partitions and all pipelined requests share the flusher's fsyncs.
     let mut waits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
     for topic in request.topics {
         let info = topic_for_produce(broker, &topic.name).await;
@@ -335,31 +367,32 @@ async fn produce(broker: &Arc<Broker>, request: ProduceRequest) -> Option<Produc
             partitions,
         });
     }
-    match request.acks {
-        Acks::None => return None,
-        Acks::Leader => {}
-        Acks::All => {
-            for (topic_index, partition_index, log, next_offset) in waits {
-                let outcome =
-                    tokio::time::timeout_at(deadline, log.wait_durable(next_offset)).await;
-                let failure = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(error)) => (storage_error_code(&error), error.to_string()),
-                    Err(_) => (
-                        ErrorCode::RequestTimedOut,
-                        format!(
-                            "not durable within {timeout_ms} ms; the records may still be stored"
+    let acks = request.acks;
+    Box::pin(async move {
+        match acks {
+            Acks::None => return None,
+            Acks::Leader => {}
+            Acks::All => {
+                for (topic_index, partition_index, log, next_offset) in waits {
+                    let outcome =
+                        tokio::time::timeout_at(deadline, log.wait_durable(next_offset)).await;
+                    let failure = match outcome {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(error)) => (storage_error_code(&error), error.to_string()),
+                        Err(_) => (
+                            ErrorCode::RequestTimedOut,
+                            format!("not durable within {timeout_ms} ms; the records may still be stored"),
                         ),
-                    ),
-                };
-                let slot = &mut topics[topic_index].partitions[partition_index];
-                *slot = partition_failure(slot.partition, failure.0, failure.1);
+                    };
+                    let slot = &mut topics[topic_index].partitions[partition_index];
+                    *slot = partition_failure(slot.partition, failure.0, failure.1);
+                }
             }
         }
-    }
-    Some(ProduceResponse {
-        topics,
-        ..ProduceResponse::default()
+        Some(Response::Produce(ProduceResponse {
+            topics,
+            ..ProduceResponse::default()
+        }))
     })
 }
 
@@ -390,9 +423,9 @@ fn append(
 }
 
 struct FetchSlot {
-    topic_index: usize,
     log: Option<Arc<Partition>>,
-    offset: i64,
+    /// New data means a high watermark above this.
+    wait_offset: i64,
 }
 
 async fn fetch(broker: &Arc<Broker>, request: FetchRequest) -> FetchResponse {
@@ -407,7 +440,7 @@ async fn fetch(broker: &Arc<Broker>, request: FetchRequest) -> FetchResponse {
         // Long poll: sleep until any fetched partition gets new data or the deadline passes.
         let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = slots
             .iter()
-            .filter_map(|slot| slot.log.as_ref().map(|log| (log, slot.offset)))
+            .filter_map(|slot| slot.log.as_ref().map(|log| (log, slot.wait_offset)))
             .map(|(log, offset)| {
                 let wait = log.wait_for_data(offset);
                 Box::pin(async move {
@@ -435,7 +468,7 @@ fn fetch_once(
     let mut any_error = false;
     let mut slots = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
-    for (topic_index, topic) in request.topics.iter().enumerate() {
+    for topic in &request.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for wanted in &topic.partitions {
             let log = broker.topics.partition(&topic.name, wanted.partition);
@@ -446,6 +479,7 @@ fn fetch_once(
                 log_start_offset: -1,
                 ..FetchPartitionResponse::default()
             };
+            let mut wait_offset = wanted.fetch_offset;
             match &log {
                 None => {
                     answer.error = ErrorCode::UnknownTopicOrPartition;
@@ -456,32 +490,35 @@ fn fetch_once(
                     any_error = true;
                 }
                 Some(log) => {
-                    let limit = (wanted.partition_max_bytes as usize).min(remaining).max(1);
-                    match log.read(wanted.fetch_offset, limit) {
-                        Ok(read) => {
-                            answer.high_watermark = read.high_watermark;
-                            answer.last_stable_offset = read.high_watermark;
-                            answer.log_start_offset = read.log_start_offset;
-                            remaining = remaining.saturating_sub(read.bytes.len());
-                            total += read.bytes.len();
-                            answer.records = read.bytes;
-                        }
-                        Err(error) => {
-                            answer.error = storage_error_code(&error);
-                            answer.error_message = Some(error.to_string());
-                            answer.high_watermark = log.high_watermark();
-                            answer.last_stable_offset = answer.high_watermark;
-                            answer.log_start_offset = log.log_start_offset();
-                            any_error = true;
+                    answer.high_watermark = log.high_watermark();
+                    answer.last_stable_offset = answer.high_watermark;
+                    answer.log_start_offset = log.log_start_offset();
+                    // A long poll waits for data beyond what this read could see.
+                    wait_offset = wait_offset.max(answer.high_watermark);
+                    if remaining > 0 {
+                        let limit = (wanted.partition_max_bytes as usize).min(remaining).max(1);
+                        match log.read(wanted.fetch_offset, limit) {
+                            // Only the first non-empty partition may exceed the limit (by one
+                            // batch, so consumers make progress); later ones must fit.
+                            Ok(read) if total > 0 && read.bytes.len() > remaining => remaining = 0,
+                            Ok(read) => {
+                                answer.high_watermark = read.high_watermark;
+                                answer.last_stable_offset = read.high_watermark;
+                                answer.log_start_offset = read.log_start_offset;
+                                remaining = remaining.saturating_sub(read.bytes.len());
+                                total += read.bytes.len();
+                                answer.records = read.bytes;
+                            }
+                            Err(error) => {
+                                answer.error = storage_error_code(&error);
+                                answer.error_message = Some(error.to_string());
+                                any_error = true;
+                            }
                         }
                     }
                 }
             }
-            slots.push(FetchSlot {
-                topic_index,
-                log,
-                offset: wanted.fetch_offset,
-            });
+            slots.push(FetchSlot { log, wait_offset });
             partitions.push(answer);
         }
         topics.push(FetchTopicResponse {
@@ -489,7 +526,6 @@ fn fetch_once(
             partitions,
         });
     }
-    debug_assert!(slots.iter().all(|slot| slot.topic_index < topics.len()));
     let response = FetchResponse {
         topics,
         ..FetchResponse::default()
@@ -591,7 +627,12 @@ async fn offset_commit(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Of
                 let exists = count.is_some_and(|count| partition.partition < count);
                 let error = if !exists {
                     ErrorCode::UnknownTopicOrPartition
-                } else if partition.offset < 0 {
+                } else if partition.offset < 0
+                    || partition
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|text| text.len() > OFFSET_METADATA_BYTES_MAX)
+                {
                     ErrorCode::InvalidRequest
                 } else {
                     entries.push((

@@ -53,7 +53,12 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        {
+            // Set under the queue lock so a thread between its stop check and its wait
+            // cannot miss the wake-up.
+            let _queue = self.shared.lock();
+            self.shared.stop.store(true, Ordering::Release);
+        }
         self.shared.wake.notify_all();
         let threads = std::mem::take(
             &mut *self
@@ -61,7 +66,14 @@ impl Drop for Owner {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner()),
         );
+        let current = std::thread::current().id();
         for thread in threads {
+            // The last handle can be dropped by a flusher thread itself (it held the last
+            // reference to a partition); a thread cannot join itself, and it exits on its own
+            // once it sees `stop`.
+            if thread.thread().id() == current {
+                continue;
+            }
             // A flusher thread that panicked has nothing left to clean up.
             let _ = thread.join();
         }
@@ -119,7 +131,7 @@ fn run(shared: &Shared) {
     while !shared.stop.load(Ordering::Acquire) {
         let next = {
             let mut queue = shared.lock();
-            if queue.requested.is_empty() {
+            if queue.requested.is_empty() && !shared.stop.load(Ordering::Acquire) {
                 queue = shared
                     .wake
                     .wait_timeout(queue, IDLE_TICK)
