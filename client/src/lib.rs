@@ -1,1 +1,66 @@
-//! The Wharf client library.
+//! The Wharf client library: an async producer, consumer and admin client over Wharf's
+//! wire protocol, and the `wharf` command line built on them.
+//!
+//! Start with a [`Client`] (one per application: it owns the connections and the metadata
+//! cache), then build a [`Producer`], a [`Consumer`] or an [`Admin`] on it.
+//!
+//! ```no_run
+//! # async fn example() -> wharf_client::Result<()> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use wharf_client::{Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig};
+//!
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7420")).await?;
+//!
+//! let producer = Producer::new(&client, ProducerConfig::default());
+//! producer.send("orders", None, Some(Bytes::from("hello")), vec![]).await?;
+//!
+//! let config = ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest);
+//! let mut consumer = Consumer::new(&client, config);
+//! consumer.subscribe("billing", ["orders"]).await?;
+//! let records = consumer.poll(Duration::from_secs(1)).await?;
+//! consumer.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layers, top to bottom: [`Producer`] / [`Consumer`] / [`Admin`] → [`Client`] (routing,
+//! metadata, reconnects, circuit breakers) → `connection` (one pipelined TCP connection) →
+//! `wharf_protocol` (bytes). This crate never depends on the broker and never touches
+//! files. Every failure is a typed [`Error`].
+
+#![warn(missing_docs)]
+
+mod admin;
+mod backoff;
+mod breaker;
+mod cluster;
+mod config;
+mod connection;
+mod consumer;
+mod error;
+mod fetch;
+mod metadata;
+mod offsets;
+mod partitioner;
+mod producer;
+
+#[cfg(test)]
+mod client_tests;
+#[cfg(test)]
+mod fake_broker;
+
+pub use admin::{Admin, GroupDescription, GroupMemberDescription, GroupSummary, PartitionLag};
+pub use backoff::{Backoff, Jitter};
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use cluster::Client;
+pub use config::{ClientConfig, DEFAULT_BROKER};
+pub use consumer::{CommitPolicy, Consumer, ConsumerConfig, OffsetReset};
+pub use error::{Error, Result};
+pub use fetch::ConsumerRecord;
+pub use metadata::{PartitionDescription, TopicDescription, TopicId, TopicPartition};
+pub use partitioner::{jump_consistent_hash, murmur2, Partitioner};
+pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+
+pub use wharf_protocol::messages::{Acks, Isolation};
+pub use wharf_protocol::{ErrorCode, Header};

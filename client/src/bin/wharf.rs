@@ -1,1 +1,478 @@
-fn main() {}
+//! `wharf`: the command line for Wharf, built on the `wharf-client` library.
+//!
+//! ```text
+//! wharf [--broker HOST:PORT] [--json] topic create NAME --partitions N [--config k=v ...]
+//! wharf topic list | topic describe NAME | topic delete NAME
+//! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
+//! wharf consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--partition P]
+//!                     [--max-messages N] [--timeout-ms T] [--format value|json]
+//!                     [--isolation read_committed|read_uncommitted]
+//! wharf group list | group describe G
+//! ```
+//!
+//! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
+//! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2). This file
+//! holds the argument definitions and the dispatch; each command family has a module.
+
+#![warn(missing_docs)]
+
+// The crate root is `src/bin/wharf.rs` (the path the workspace fixes), so its modules live in
+// `src/bin/wharf/` and are named explicitly.
+#[path = "wharf/admin.rs"]
+mod admin;
+#[path = "wharf/consume.rs"]
+mod consume;
+#[path = "wharf/produce.rs"]
+mod produce;
+#[path = "wharf/table.rs"]
+mod table;
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wharf_client::{Acks, Client, ClientConfig, Isolation, DEFAULT_BROKER};
+
+/// Command line for the Wharf message broker.
+#[derive(Debug, Parser)]
+#[command(name = "wharf", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Broker to contact first (HOST:PORT).
+    #[arg(long, env = "WHARF_BROKER", default_value = DEFAULT_BROKER, global = true)]
+    pub broker: String,
+    /// Print one JSON document instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe or delete topics.
+    Topic {
+        /// The topic command.
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Print records of a topic, one per line.
+    Consume(ConsumeArgs),
+    /// List or describe consumer groups.
+    Group {
+        /// The group command.
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+/// `wharf topic ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// The topic name.
+        name: String,
+        /// Number of partitions.
+        #[arg(long)]
+        partitions: u32,
+        /// A topic config override, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions with their log start and end offsets.
+    Describe {
+        /// The topic name.
+        name: String,
+    },
+    /// Delete a topic.
+    Delete {
+        /// The topic name.
+        name: String,
+    },
+}
+
+/// `wharf group ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    List,
+    /// Show a group's committed offset, end offset and lag per partition.
+    Describe {
+        /// The group id.
+        group: String,
+    },
+}
+
+/// `wharf produce`.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// The topic (created by the broker on first produce if it allows).
+    pub topic: String,
+    /// Split each line at the first SEP into key and value (lines without SEP get no key).
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// Acknowledgement to wait for.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// Send every record to this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+}
+
+/// `wharf consume`.
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    /// The topic.
+    pub topic: String,
+    /// Consume as a member of this group, committing what was printed on exit.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Where to start without a committed offset: earliest, latest or an offset
+    /// (default latest).
+    #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = parse_from)]
+    pub from: Option<StartFrom>,
+    /// Read only this partition (no group membership).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Exit after printing this many records.
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+    /// Exit when no record arrived for this many milliseconds.
+    #[arg(long, value_name = "T")]
+    pub timeout_ms: Option<u64>,
+    /// How to print each record.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Whether to show records of open or aborted transactions.
+    #[arg(long, value_enum, default_value_t = IsolationArg::ReadUncommitted)]
+    pub isolation: IsolationArg,
+}
+
+/// `--acks` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    /// Wait until the record is durable.
+    All,
+    /// Wait until the broker appended the record.
+    Leader,
+    /// Do not wait (fire and forget).
+    None,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Acks {
+        match acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// The value as text.
+    Value,
+    /// One JSON object per record.
+    Json,
+}
+
+/// `--isolation` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// Only committed transactional records.
+    #[value(name = "read_committed")]
+    ReadCommitted,
+    /// Everything up to the high watermark.
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(isolation: IsolationArg) -> Isolation {
+        match isolation {
+            IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+            IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+        }
+    }
+}
+
+/// `--from` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The first stored record.
+    Earliest,
+    /// Only new records.
+    Latest,
+    /// This offset.
+    Offset(i64),
+}
+
+fn parse_from(text: &str) -> Result<StartFrom, String> {
+    match text {
+        "earliest" => Ok(StartFrom::Earliest),
+        "latest" => Ok(StartFrom::Latest),
+        number => match number.parse::<i64>() {
+            Ok(offset) if offset >= 0 => Ok(StartFrom::Offset(offset)),
+            _ => Err(format!(
+                "expected earliest, latest or a non-negative offset, got \"{number}\""
+            )),
+        },
+    }
+}
+
+fn parse_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got \"{text}\"")),
+    }
+}
+
+/// A failure of a command: the client's typed error, or the terminal's.
+#[derive(Debug)]
+pub enum CliError {
+    /// The client failed.
+    Client(wharf_client::Error),
+    /// Reading standard input failed.
+    Stdin(std::io::Error),
+    /// Writing standard output failed.
+    Stdout(std::io::Error),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Client(error) => write!(formatter, "{error}"),
+            CliError::Stdin(error) => write!(formatter, "cannot read standard input: {error}"),
+            CliError::Stdout(error) => write!(formatter, "cannot write standard output: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<wharf_client::Error> for CliError {
+    fn from(error: wharf_client::Error) -> Self {
+        CliError::Client(error)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // A blocked stdin read must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    // One attempt to reach the broker: a command line should say at once that the broker is
+    // down. Once connected, broker restarts are still ridden out (reconnect timeout).
+    let config = ClientConfig::new(cli.broker.clone())
+        .client_id("wharf-cli")
+        .bootstrap_timeout(Duration::ZERO);
+    let client = Client::connect(config).await?;
+    match cli.command {
+        Command::Topic { command } => admin::topic(&client, command, cli.json).await,
+        Command::Group { command } => admin::group(&client, command, cli.json).await,
+        Command::Produce(args) => produce::run(&client, args, cli.json).await,
+        Command::Consume(args) => consume::run(&client, args, cli.json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn topic_create_takes_partitions_and_configs() {
+        let cli = parse(&[
+            "--broker",
+            "10.0.0.1:9000",
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "6",
+            "--config",
+            "retention.ms=1000",
+            "--config",
+            "segment.bytes=1048576",
+        ])
+        .unwrap();
+        assert_eq!(cli.broker, "10.0.0.1:9000");
+        let Command::Topic {
+            command:
+                TopicCommand::Create {
+                    name,
+                    partitions,
+                    configs,
+                },
+        } = cli.command
+        else {
+            panic!("not topic create");
+        };
+        assert_eq!(name, "orders");
+        assert_eq!(partitions, 6);
+        assert_eq!(configs[0], ("retention.ms".to_string(), "1000".to_string()));
+        assert_eq!(configs.len(), 2);
+    }
+
+    #[test]
+    fn topic_create_requires_partitions() {
+        let error = parse(&["topic", "create", "orders"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn bad_config_is_a_usage_error() {
+        let error = parse(&["topic", "create", "t", "--partitions", "1", "--config", "x"]);
+        assert_eq!(error.unwrap_err().kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn produce_flags() {
+        let cli = parse(&[
+            "produce",
+            "orders",
+            "--key-separator",
+            ":",
+            "--acks",
+            "leader",
+            "--partition",
+            "2",
+        ])
+        .unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("not produce");
+        };
+        assert_eq!(args.key_separator.as_deref(), Some(":"));
+        assert_eq!(args.acks, AcksArg::Leader);
+        assert_eq!(args.partition, Some(2));
+    }
+
+    #[test]
+    fn produce_defaults_to_acks_all() {
+        let Command::Produce(args) = parse(&["produce", "t"]).unwrap().command else {
+            panic!("not produce");
+        };
+        assert_eq!(args.acks, AcksArg::All);
+        assert_eq!(Acks::from(args.acks), Acks::All);
+    }
+
+    #[test]
+    fn consume_flags() {
+        let cli = parse(&[
+            "--json",
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "10",
+            "--timeout-ms",
+            "2000",
+            "--format",
+            "json",
+            "--isolation",
+            "read_committed",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Consume(args) = cli.command else {
+            panic!("not consume");
+        };
+        assert_eq!(args.group.as_deref(), Some("billing"));
+        assert_eq!(args.from, Some(StartFrom::Earliest));
+        assert_eq!(args.max_messages, Some(10));
+        assert_eq!(args.timeout_ms, Some(2000));
+        assert_eq!(args.format, Some(FormatArg::Json));
+        assert_eq!(args.isolation, IsolationArg::ReadCommitted);
+    }
+
+    #[test]
+    fn consume_from_accepts_an_offset_and_rejects_garbage() {
+        let Command::Consume(args) = parse(&["consume", "t", "--from", "42", "--partition", "1"])
+            .unwrap()
+            .command
+        else {
+            panic!("not consume");
+        };
+        assert_eq!(args.from, Some(StartFrom::Offset(42)));
+        assert_eq!(args.partition, Some(1));
+        let error = parse(&["consume", "t", "--from", "yesterday"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ValueValidation);
+        assert!(parse(&["consume", "t", "--from", "-3"]).is_err());
+    }
+
+    #[test]
+    fn bad_enum_values_are_usage_errors() {
+        assert!(parse(&["produce", "t", "--acks", "some"]).is_err());
+        assert!(parse(&["consume", "t", "--format", "xml"]).is_err());
+        assert!(parse(&["consume", "t", "--isolation", "read-committed"]).is_err());
+    }
+
+    #[test]
+    fn group_commands() {
+        let cli = parse(&["group", "describe", "billing"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group {
+                command: GroupCommand::Describe { ref group }
+            } if group == "billing"
+        ));
+        assert!(matches!(
+            parse(&["group", "list"]).unwrap().command,
+            Command::Group {
+                command: GroupCommand::List
+            }
+        ));
+    }
+
+    #[test]
+    fn broker_defaults_to_local_listener() {
+        // WHARF_BROKER may be set in the environment running the tests.
+        if std::env::var_os("WHARF_BROKER").is_none() {
+            assert_eq!(parse(&["topic", "list"]).unwrap().broker, "127.0.0.1:7420");
+        }
+    }
+
+    #[test]
+    fn unknown_subcommand_is_a_usage_error() {
+        let error = parse(&["topics", "list"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidSubcommand);
+    }
+}

@@ -1,0 +1,293 @@
+//! [`Admin`]: topics and consumer groups.
+//!
+//! Thin typed wrappers over CreateTopics, DeleteTopics, Metadata, ListGroups and
+//! DescribeGroups, plus [`Admin::group_lag`], which joins a group's committed offsets
+//! (OffsetFetch) with the partitions' end offsets (ListOffsets latest).
+
+use std::collections::BTreeSet;
+
+use wharf_protocol::messages::*;
+use wharf_protocol::{ErrorCode, Request};
+
+use crate::cluster::{Client, Target};
+use crate::error::{check_code, Error, Result};
+use crate::metadata::{TopicDescription, TopicId, TopicPartition};
+use crate::offsets;
+
+/// Administration of topics and groups.
+///
+/// ```no_run
+/// # async fn example() -> wharf_client::Result<()> {
+/// use wharf_client::{Admin, Client, ClientConfig};
+///
+/// let client = Client::connect(ClientConfig::new("127.0.0.1:7420")).await?;
+/// let admin = Admin::new(&client);
+/// admin.create_topic("orders", 6, &[("retention.ms", "86400000")]).await?;
+/// for topic in admin.list_topics().await? {
+///     println!("{} ({} partitions)", topic.name, topic.partition_count());
+/// }
+/// for lag in admin.group_lag("billing").await? {
+///     println!("{}-{} lag {:?}", lag.topic, lag.partition, lag.lag);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+/// A consumer group as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: String,
+    /// Members now.
+    pub member_count: u32,
+}
+
+/// A consumer group described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: String,
+    /// The current generation.
+    pub generation: i32,
+    /// The assignor in use.
+    pub assignor: String,
+    /// The members and their assignments.
+    pub members: Vec<GroupMemberDescription>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// The client id it joined with.
+    pub client_id: String,
+    /// Its subscription.
+    pub topics: Vec<String>,
+    /// The partitions assigned to it.
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// Progress of a group on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (next to consume), `None` if nothing was committed.
+    pub committed_offset: Option<i64>,
+    /// The partition's end offset (high watermark).
+    pub end_offset: i64,
+    /// `end_offset - committed_offset`, `None` without a commit.
+    pub lag: Option<i64>,
+    /// The member the partition is assigned to now, if any.
+    pub member_id: Option<String>,
+}
+
+impl Admin {
+    /// An admin client over `client`. Does no I/O.
+    pub fn new(client: &Client) -> Admin {
+        Admin {
+            client: client.clone(),
+        }
+    }
+
+    /// Creates topic `name` with `partitions` partitions and config overrides.
+    ///
+    /// # Errors
+    /// `TopicAlreadyExists`, `InvalidTopicName`, `InvalidPartitions`, `InvalidConfig` as
+    /// [`Error::Server`], and request errors.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> Result<TopicId> {
+        let request = Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: name.to_string(),
+                partitions,
+                configs: configs
+                    .iter()
+                    .map(|(key, value)| ConfigEntry {
+                        key: (*key).to_string(),
+                        value: (*value).to_string(),
+                    })
+                    .collect(),
+            }],
+        });
+        let response: CreateTopicsResponse = self.client.call(Target::Any, request).await?;
+        let result = topic_result(response.topics, name)?;
+        self.client.invalidate_topic(name);
+        Ok(TopicId(result.topic_id))
+    }
+
+    /// Deletes topic `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] if it does not exist, request errors.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec![name.to_string()],
+        });
+        let response: DeleteTopicsResponse = self.client.call(Target::Any, request).await?;
+        topic_result(response.topics, name)?;
+        self.client.invalidate_topic(name);
+        Ok(())
+    }
+
+    /// Every topic, sorted by name.
+    ///
+    /// # Errors
+    /// Request errors.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>> {
+        self.client.topics().await
+    }
+
+    /// One topic with its partitions, their log start offsets and end offsets.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] if it does not exist, request errors.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        self.client.refresh_topic(name).await
+    }
+
+    /// Every consumer group, sorted by id.
+    ///
+    /// # Errors
+    /// Request errors.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
+        let response: ListGroupsResponse = self
+            .client
+            .call(Target::Any, Request::ListGroups(ListGroupsRequest {}))
+            .await?;
+        let mut groups: Vec<GroupSummary> = response
+            .groups
+            .into_iter()
+            .map(|group| GroupSummary {
+                group_id: group.group_id,
+                state: group.state,
+                member_count: group.member_count,
+            })
+            .collect();
+        groups.sort_by(|left, right| left.group_id.cmp(&right.group_id));
+        Ok(groups)
+    }
+
+    /// Group `group_id` with its members and their assignments.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if it does not exist, request errors.
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
+        let request = Request::DescribeGroups(DescribeGroupsRequest {
+            group_ids: vec![group_id.to_string()],
+        });
+        let response: DescribeGroupsResponse = self.client.call(Target::Any, request).await?;
+        let group = response
+            .groups
+            .into_iter()
+            .find(|group| group.group_id == group_id)
+            .ok_or_else(|| Error::UnknownGroup {
+                group: group_id.to_string(),
+            })?;
+        if group.error == ErrorCode::GroupIdNotFound {
+            return Err(Error::UnknownGroup {
+                group: group_id.to_string(),
+            });
+        }
+        check_code(group.error, None)?;
+        Ok(GroupDescription {
+            group_id: group.group_id,
+            state: group.state,
+            generation: group.generation,
+            assignor: group.assignor,
+            members: group
+                .members
+                .into_iter()
+                .map(|member| GroupMemberDescription {
+                    member_id: member.member_id,
+                    client_id: member.client_id,
+                    topics: member.topics,
+                    assignment: member
+                        .assignment
+                        .iter()
+                        .flat_map(|topic| {
+                            topic.partitions.iter().map(|partition| {
+                                TopicPartition::new(topic.topic.clone(), *partition)
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Per partition the group has committed to or is assigned: committed offset, end
+    /// offset and lag, sorted by topic and partition.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if the group does not exist, request errors.
+    pub async fn group_lag(&self, group_id: &str) -> Result<Vec<PartitionLag>> {
+        let description = self.describe_group(group_id).await?;
+        let committed = offsets::fetch_committed(&self.client, group_id, None).await?;
+        let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
+        for member in &description.members {
+            partitions.extend(member.assignment.iter().cloned());
+        }
+        let partitions: Vec<TopicPartition> = partitions.into_iter().collect();
+        let ends = if partitions.is_empty() {
+            Default::default()
+        } else {
+            offsets::list_offsets(&self.client, &partitions, LIST_OFFSETS_LATEST).await?
+        };
+        Ok(partitions
+            .into_iter()
+            .map(|partition| {
+                let committed_offset = committed.get(&partition).copied();
+                let end_offset = ends.get(&partition).copied().unwrap_or(-1);
+                let member_id = description
+                    .members
+                    .iter()
+                    .find(|member| member.assignment.contains(&partition))
+                    .map(|member| member.member_id.clone());
+                PartitionLag {
+                    lag: committed_offset.map(|offset| (end_offset - offset).max(0)),
+                    topic: partition.topic,
+                    partition: partition.partition,
+                    committed_offset,
+                    end_offset,
+                    member_id,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The result for `name` in a create or delete answer, as an error if it failed.
+fn topic_result(results: Vec<TopicResult>, name: &str) -> Result<TopicResult> {
+    let result = results
+        .into_iter()
+        .find(|result| result.name == name)
+        .ok_or_else(|| {
+            Error::server(
+                ErrorCode::Unknown,
+                Some(format!("no result for topic \"{name}\"")),
+            )
+        })?;
+    match result.error {
+        ErrorCode::None => Ok(result),
+        ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+            topic: name.to_string(),
+        }),
+        code => Err(Error::server(code, result.error_message)),
+    }
+}

@@ -1,0 +1,285 @@
+//! `wharf consume`: prints records, one per line, until `--max-messages`, `--timeout-ms` of
+//! silence, Ctrl-C or SIGTERM.
+//!
+//! Modes: with `--group` (and no `--partition`) the consumer joins the group; with
+//! `--partition` it reads that one partition (starting from, and committing to, `--group`'s
+//! offsets as a non-member if a group is given); otherwise it reads every partition of the
+//! topic without a group. `--from` is where to start without a committed offset (default
+//! latest, as kafka-console-consumer). With a group, exactly what was printed is committed
+//! before exiting, whichever way the command ends: records a poll returned beyond
+//! `--max-messages` are sought back before the commit.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use wharf_client::{
+    Client, CommitPolicy, Consumer, ConsumerConfig, ConsumerRecord, Error, OffsetReset,
+    TopicPartition,
+};
+
+use crate::{CliError, ConsumeArgs, FormatArg, StartFrom};
+
+/// Longest single poll: bounds how late a `--timeout-ms` deadline is noticed.
+const POLL_SLICE: Duration = Duration::from_secs(1);
+
+/// Runs `wharf consume`.
+pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), CliError> {
+    // Unknown topics are an error here; only produce auto-creates.
+    let topic = client.refresh_topic(&args.topic).await?;
+    if let Some(partition) = args.partition {
+        if partition >= topic.partition_count() {
+            return Err(Error::UnknownPartition {
+                topic: topic.name.clone(),
+                partition,
+                partition_count: topic.partition_count(),
+            }
+            .into());
+        }
+    }
+    let reset = match args.from {
+        None | Some(StartFrom::Latest) => OffsetReset::Latest,
+        Some(StartFrom::Earliest) => OffsetReset::Earliest,
+        Some(StartFrom::Offset(offset)) => OffsetReset::Offset(offset),
+    };
+    let mut config = ConsumerConfig::default()
+        .auto_offset_reset(reset)
+        .isolation(args.isolation.into())
+        // Periodic commits keep a long-running group consumer's progress across rebalances;
+        // the explicit commit at exit covers the rest.
+        .commit(CommitPolicy::Auto {
+            interval: Duration::from_secs(5),
+        });
+    config.group_id = args.group.clone();
+    let mut consumer = Consumer::new(client, config);
+    match (&args.group, args.partition) {
+        (Some(group), None) => consumer.subscribe(group, [args.topic.clone()]).await?,
+        (_, Some(partition)) => {
+            consumer.assign(vec![TopicPartition::new(args.topic.clone(), partition)])?;
+        }
+        (None, None) => consumer.assign(
+            topic
+                .partitions
+                .iter()
+                .map(|partition| TopicPartition::new(args.topic.clone(), partition.partition))
+                .collect(),
+        )?,
+    }
+    let format = args.format.unwrap_or(if json {
+        FormatArg::Json
+    } else {
+        FormatArg::Value
+    });
+    let printed = print_records(&mut consumer, &args, format).await;
+    let committed = match &args.group {
+        Some(_) => consumer.commit().await,
+        None => Ok(()),
+    };
+    let closed = consumer.close().await;
+    printed?;
+    committed?;
+    closed?;
+    Ok(())
+}
+
+/// Polls and prints until a stop condition; returns after seeking back over anything
+/// polled but not printed.
+async fn print_records(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    format: FormatArg,
+) -> Result<(), CliError> {
+    let idle_max = args.timeout_ms.map(Duration::from_millis);
+    let mut printed: u64 = 0;
+    let mut last_record_at = Instant::now();
+    let mut out = io::BufWriter::new(io::stdout());
+    let interrupted = interrupted();
+    tokio::pin!(interrupted);
+    loop {
+        if args.max_messages.is_some_and(|max| printed >= max) {
+            return Ok(());
+        }
+        let wait = match idle_max {
+            Some(idle_max) => {
+                let idle = last_record_at.elapsed();
+                if idle >= idle_max {
+                    return Ok(());
+                }
+                (idle_max - idle).min(POLL_SLICE)
+            }
+            None => POLL_SLICE,
+        };
+        let records = tokio::select! {
+            records = consumer.poll(wait) => records?,
+            _ = &mut interrupted => return Ok(()),
+        };
+        if !records.is_empty() {
+            last_record_at = Instant::now();
+        }
+        let mut records = records.into_iter();
+        for record in records.by_ref() {
+            if let Err(error) = write_record(&mut out, &record, format) {
+                return stdout_closed(error);
+            }
+            printed += 1;
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                break;
+            }
+        }
+        rewind(consumer, records)?;
+        if let Err(error) = out.flush() {
+            return stdout_closed(error);
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: both end `consume` the same clean way.
+/// A signal that cannot be watched never resolves rather than ending the command at once.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                () = ctrl_c() => {}
+                Some(()) = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    ctrl_c().await;
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A reader that went away (`| head`) ends the command quietly; other errors are errors.
+fn stdout_closed(error: io::Error) -> Result<(), CliError> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(CliError::Stdout(error))
+    }
+}
+
+/// Seeks each partition back to its first record that was polled but not printed.
+fn rewind(
+    consumer: &mut Consumer,
+    unprinted: impl Iterator<Item = ConsumerRecord>,
+) -> Result<(), CliError> {
+    let mut first_unprinted: BTreeMap<(String, u32), i64> = BTreeMap::new();
+    for record in unprinted {
+        first_unprinted
+            .entry((record.topic, record.partition))
+            .and_modify(|offset| *offset = (*offset).min(record.offset))
+            .or_insert(record.offset);
+    }
+    for ((topic, partition), offset) in first_unprinted {
+        consumer.seek(&topic, partition, offset)?;
+    }
+    Ok(())
+}
+
+fn write_record(
+    out: &mut impl Write,
+    record: &ConsumerRecord,
+    format: FormatArg,
+) -> io::Result<()> {
+    match format {
+        FormatArg::Value => match &record.value {
+            Some(value) => {
+                out.write_all(String::from_utf8_lossy(value).as_bytes())?;
+                out.write_all(b"\n")
+            }
+            None => out.write_all(b"null\n"),
+        },
+        FormatArg::Json => writeln!(out, "{}", record_json(record)),
+    }
+}
+
+fn record_json(record: &ConsumerRecord) -> Value {
+    let text = |bytes: &Option<bytes::Bytes>| {
+        bytes
+            .as_ref()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    };
+    let headers: Vec<Value> = record
+        .headers
+        .iter()
+        .map(|header| json!({ "key": header.key, "value": text(&header.value) }))
+        .collect();
+    json!({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms,
+        "key": text(&record.key),
+        "value": text(&record.value),
+        "headers": headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use wharf_client::Header;
+
+    use super::*;
+
+    fn record() -> ConsumerRecord {
+        ConsumerRecord {
+            topic: "orders".to_string(),
+            partition: 2,
+            offset: 41,
+            timestamp_ms: 1_700_000_000_000,
+            key: Some(Bytes::from("k")),
+            value: Some(Bytes::from("v\u{e9}")),
+            headers: vec![Header {
+                key: "trace".to_string(),
+                value: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn value_format_prints_the_value_line() {
+        let mut out = Vec::new();
+        write_record(&mut out, &record(), FormatArg::Value).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "v\u{e9}\n");
+        let mut tombstone = record();
+        tombstone.value = None;
+        let mut out = Vec::new();
+        write_record(&mut out, &tombstone, FormatArg::Value).unwrap();
+        assert_eq!(out, b"null\n");
+    }
+
+    #[test]
+    fn json_format_has_every_field() {
+        let mut out = Vec::new();
+        write_record(&mut out, &record(), FormatArg::Json).unwrap();
+        let parsed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["topic"], "orders");
+        assert_eq!(parsed["partition"], 2);
+        assert_eq!(parsed["offset"], 41);
+        assert_eq!(parsed["timestamp"], 1_700_000_000_000i64);
+        assert_eq!(parsed["key"], "k");
+        assert_eq!(parsed["value"], "v\u{e9}");
+        assert_eq!(parsed["headers"][0]["key"], "trace");
+        assert!(parsed["headers"][0]["value"].is_null());
+        assert_eq!(out.iter().filter(|byte| **byte == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn invalid_utf8_is_printed_lossily() {
+        let mut bad = record();
+        bad.value = Some(Bytes::from_static(&[0x66, 0xff]));
+        let mut out = Vec::new();
+        write_record(&mut out, &bad, FormatArg::Value).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "f\u{fffd}\n");
+    }
+}

@@ -1,0 +1,490 @@
+//! [`Client`]: the cluster as the producer, consumer and admin see it.
+//!
+//! It owns one [`BrokerConnection`] per broker address, a metadata cache (advertised broker
+//! addresses by node id, topics with their partitions and leaders) and the routing of each
+//! request to a broker. A `BrokerConnection` owns the broker's circuit breaker and replaces
+//! its [`Connection`] when it breaks, retrying with exponential backoff and jitter within a
+//! bounded time before a request fails with a typed error.
+//!
+//! Invariants: locks are `std::sync::Mutex`es held only for map lookups and never across an
+//! `.await`; only one caller at a time opens a connection to a given broker (the connect
+//! gate), so a restarting broker sees one reconnect, not one per waiting request; the
+//! breaker counts only connection failures, never error codes in a healthy answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use wharf_protocol::messages::*;
+use wharf_protocol::{ErrorCode, Request, Response};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::breaker::CircuitBreaker;
+use crate::config::ClientConfig;
+use crate::connection::{Connection, ConnectionOptions};
+use crate::error::{check_code, Error, Result};
+use crate::metadata::{broker_address, TopicDescription};
+
+/// A handle to a Wharf cluster, shared by producers, consumers and admin clients.
+///
+/// Cheap to clone: clones share connections and the metadata cache.
+///
+/// ```no_run
+/// # async fn example() -> wharf_client::Result<()> {
+/// use wharf_client::{Client, ClientConfig};
+///
+/// let client = Client::connect(ClientConfig::new("127.0.0.1:7420")).await?;
+/// let topic = client.topic("orders").await?;
+/// println!("orders has {} partitions", topic.partition_count());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    config: ClientConfig,
+    connections: Mutex<HashMap<String, Arc<BrokerConnection>>>,
+    metadata: Mutex<MetadataCache>,
+}
+
+#[derive(Debug, Default)]
+struct MetadataCache {
+    /// Advertised `host:port` by node id.
+    brokers: HashMap<i32, String>,
+    topics: HashMap<String, TopicDescription>,
+}
+
+/// Which broker a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Any broker: the lowest node id known, or the bootstrap address before metadata.
+    Any,
+    /// The broker with this node id (a partition leader).
+    Node(i32),
+}
+
+/// Whether a request is retried on connection errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// One attempt; the caller retries (the producer, which owns ordering and deadlines).
+    Once,
+    /// Reconnect and resend within the bootstrap or reconnect timeout.
+    Reconnect,
+}
+
+impl Client {
+    /// Connects to the bootstrap broker, performs the handshake and reads the broker list.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] if the bootstrap broker cannot be reached within
+    /// [`ClientConfig::bootstrap_timeout`], or the handshake's and metadata's errors.
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        let client = Client {
+            inner: Arc::new(ClientInner {
+                config,
+                connections: Mutex::new(HashMap::new()),
+                metadata: Mutex::new(MetadataCache::default()),
+            }),
+        };
+        client.fetch_metadata(Some(Vec::new())).await?;
+        Ok(client)
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Describes `topic`, from the cache if it is there, else from the broker.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] if the broker does not know it, or request errors.
+    pub async fn topic(&self, topic: &str) -> Result<TopicDescription> {
+        if let Some(description) = self.metadata().topics.get(topic) {
+            return Ok(description.clone());
+        }
+        self.refresh_topic(topic).await
+    }
+
+    /// Describes `topic`, asking the broker (and updating the cache).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] if the broker does not know it, or request errors.
+    pub async fn refresh_topic(&self, topic: &str) -> Result<TopicDescription> {
+        let response = self.fetch_metadata(Some(vec![topic.to_string()])).await?;
+        let found = response
+            .topics
+            .into_iter()
+            .find(|entry| entry.name == topic);
+        match found {
+            Some(entry) if entry.error == ErrorCode::UnknownTopicOrPartition => {
+                self.metadata().topics.remove(topic);
+                Err(Error::UnknownTopic {
+                    topic: topic.to_string(),
+                })
+            }
+            Some(entry) if !entry.error.is_ok() => Err(Error::server(entry.error, None)),
+            Some(entry) => Ok(TopicDescription::from_wire(entry)),
+            None => Err(Error::UnknownTopic {
+                topic: topic.to_string(),
+            }),
+        }
+    }
+
+    /// Describes every topic (and refreshes the cache).
+    ///
+    /// # Errors
+    /// Request errors.
+    pub async fn topics(&self) -> Result<Vec<TopicDescription>> {
+        let response = self.fetch_metadata(None).await?;
+        let mut topics: Vec<TopicDescription> = response
+            .topics
+            .into_iter()
+            .filter(|topic| topic.error.is_ok())
+            .map(TopicDescription::from_wire)
+            .collect();
+        topics.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(topics)
+    }
+
+    /// Sends a raw request to any broker, reconnecting on connection errors, and returns
+    /// the raw response (`None` for a produce with `Acks::None`). The typed APIs
+    /// ([`crate::Producer`], [`crate::Consumer`], [`crate::Admin`]) are built on this.
+    ///
+    /// # Errors
+    /// Connection errors after the retry budget, [`Error::Timeout`], [`Error::Decode`].
+    /// Error codes inside the response are returned as they are.
+    pub async fn request(&self, request: &Request) -> Result<Option<Response>> {
+        self.send(Target::Any, request, Retry::Reconnect).await
+    }
+
+    /// Sends `request` to `target` and returns the raw response.
+    pub(crate) async fn send(
+        &self,
+        target: Target,
+        request: &Request,
+        retry: Retry,
+    ) -> Result<Option<Response>> {
+        let broker = self.broker(target)?;
+        broker.send(request, retry).await
+    }
+
+    /// Sends `request` to `target` with reconnects, expects a response of type `T` and
+    /// checks its top-level error code.
+    pub(crate) async fn call<T: FromResponse>(
+        &self,
+        target: Target,
+        request: Request,
+    ) -> Result<T> {
+        let response = self.send(target, &request, Retry::Reconnect).await?;
+        let response = response.and_then(T::from_response).ok_or(Error::Decode(
+            wharf_protocol::DecodeError::InvalidValue {
+                field: "response type",
+                value: i64::from(request.api_key().code()),
+            },
+        ))?;
+        let (code, message) = response.top_error();
+        check_code(code, message)?;
+        Ok(response)
+    }
+
+    /// Asks the broker for metadata and updates the cache with what it says.
+    pub(crate) async fn fetch_metadata(
+        &self,
+        topics: Option<Vec<String>>,
+    ) -> Result<MetadataResponse> {
+        let response: MetadataResponse = self
+            .call(Target::Any, Request::Metadata(MetadataRequest { topics }))
+            .await?;
+        let mut cache = self.metadata();
+        if !response.brokers.is_empty() {
+            cache.brokers = response
+                .brokers
+                .iter()
+                .map(|broker| (broker.node_id, broker_address(broker)))
+                .collect();
+        }
+        for topic in &response.topics {
+            if topic.error.is_ok() {
+                cache.topics.insert(
+                    topic.name.clone(),
+                    TopicDescription::from_wire(topic.clone()),
+                );
+            } else if topic.error == ErrorCode::UnknownTopicOrPartition {
+                cache.topics.remove(&topic.name);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Drops `topic` from the cache so the next lookup asks the broker.
+    pub(crate) fn invalidate_topic(&self, topic: &str) {
+        self.metadata().topics.remove(topic);
+    }
+
+    fn metadata(&self) -> MutexGuard<'_, MetadataCache> {
+        // Each update replaces whole entries, so a poisoned cache is still consistent.
+        self.inner
+            .metadata
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn broker(&self, target: Target) -> Result<Arc<BrokerConnection>> {
+        let address = {
+            let cache = self.metadata();
+            match target {
+                Target::Any => cache
+                    .brokers
+                    .iter()
+                    .min_by_key(|(node_id, _)| **node_id)
+                    .map(|(_, address)| address.clone())
+                    .unwrap_or_else(|| self.inner.config.bootstrap.clone()),
+                // A broker that lists no brokers at all is reached where it was found.
+                Target::Node(_) if cache.brokers.is_empty() => self.inner.config.bootstrap.clone(),
+                Target::Node(node_id) => cache
+                    .brokers
+                    .get(&node_id)
+                    .cloned()
+                    .ok_or(Error::UnknownBroker { node_id })?,
+            }
+        };
+        let mut connections = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let broker = connections
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(BrokerConnection::new(address, &self.inner.config)));
+        Ok(Arc::clone(broker))
+    }
+}
+
+/// Response bodies that can be taken out of a [`Response`].
+pub(crate) trait FromResponse: Sized {
+    /// The body, if `response` is of this type.
+    fn from_response(response: Response) -> Option<Self>;
+    /// The top-level error code and message.
+    fn top_error(&self) -> (ErrorCode, Option<String>);
+}
+
+macro_rules! from_response {
+    ($( $variant:ident => $body:ident ),* $(,)?) => {
+        $(
+            impl FromResponse for $body {
+                fn from_response(response: Response) -> Option<Self> {
+                    match response {
+                        Response::$variant(body) => Some(body),
+                        _ => None,
+                    }
+                }
+                fn top_error(&self) -> (ErrorCode, Option<String>) {
+                    (self.error, self.error_message.clone())
+                }
+            }
+        )*
+    };
+}
+
+from_response! {
+    Metadata => MetadataResponse,
+    CreateTopics => CreateTopicsResponse,
+    DeleteTopics => DeleteTopicsResponse,
+    Produce => ProduceResponse,
+    Fetch => FetchResponse,
+    ListOffsets => ListOffsetsResponse,
+    GroupHeartbeat => GroupHeartbeatResponse,
+    LeaveGroup => LeaveGroupResponse,
+    OffsetCommit => OffsetCommitResponse,
+    OffsetFetch => OffsetFetchResponse,
+    DescribeGroups => DescribeGroupsResponse,
+    ListGroups => ListGroupsResponse,
+}
+
+/// One broker: its current connection, its circuit breaker and the reconnect policy.
+#[derive(Debug)]
+pub(crate) struct BrokerConnection {
+    address: String,
+    options: ConnectionOptions,
+    backoff: Backoff,
+    bootstrap_timeout: Duration,
+    reconnect_timeout: Duration,
+    state: Mutex<BrokerState>,
+    /// One permit: only one caller opens a connection at a time.
+    connect_gate: Semaphore,
+}
+
+#[derive(Debug)]
+struct BrokerState {
+    connection: Option<Arc<Connection>>,
+    breaker: CircuitBreaker,
+    ever_connected: bool,
+    jitter: Jitter,
+}
+
+impl BrokerConnection {
+    pub(crate) fn new(address: String, config: &ClientConfig) -> Self {
+        BrokerConnection {
+            address,
+            options: ConnectionOptions {
+                client_id: config.client_id.clone(),
+                connect_timeout: config.connect_timeout,
+                request_timeout: config.request_timeout,
+                in_flight_requests_max: config.in_flight_requests_max,
+                frame_bytes_max: config.frame_bytes_max,
+            },
+            backoff: Backoff::new(config.retry_backoff_base, config.retry_backoff_max),
+            bootstrap_timeout: config.bootstrap_timeout,
+            reconnect_timeout: config.reconnect_timeout,
+            state: Mutex::new(BrokerState {
+                connection: None,
+                breaker: CircuitBreaker::new(
+                    config.breaker_failure_threshold,
+                    config.breaker_cooldown,
+                ),
+                ever_connected: false,
+                jitter: Jitter::from_entropy(),
+            }),
+            connect_gate: Semaphore::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BrokerState> {
+        // Every update is a single field assignment; a poisoned state is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `request`, reconnecting and resending on connection errors within the
+    /// bootstrap timeout (broker never reached) or the reconnect timeout (reached before)
+    /// when `retry` is [`Retry::Reconnect`].
+    ///
+    /// While the breaker is open a retrying caller waits for the cool-down if its budget
+    /// allows, so only the breaker's probe knocks on a dead broker; otherwise it fails fast.
+    /// When the budget runs out the last real connection error is returned, not
+    /// `CircuitOpen`, because it says what is wrong.
+    pub(crate) async fn send(&self, request: &Request, retry: Retry) -> Result<Option<Response>> {
+        let budget = match retry {
+            Retry::Once => Duration::ZERO,
+            Retry::Reconnect if self.lock().ever_connected => self.reconnect_timeout,
+            Retry::Reconnect => self.bootstrap_timeout,
+        };
+        let deadline = Instant::now() + budget;
+        let mut attempt = 0u32;
+        let mut last_failure: Option<Error> = None;
+        loop {
+            let error = match self.send_once(request).await {
+                Ok(response) => return Ok(response),
+                // A timed-out request may have been applied; resending is the caller's call.
+                Err(error @ Error::Timeout { .. }) => return Err(error),
+                Err(error) if error.is_connection_error() => error,
+                Err(error) => return Err(error),
+            };
+            let wait = match &error {
+                Error::CircuitOpen { retry_after, .. } => *retry_after,
+                _ => {
+                    let jitter = self.lock().jitter.fraction();
+                    self.backoff.delay(attempt, jitter)
+                }
+            };
+            if !matches!(error, Error::CircuitOpen { .. }) {
+                last_failure = Some(error.clone());
+            }
+            if Instant::now() + wait > deadline {
+                return Err(last_failure.unwrap_or(error));
+            }
+            tokio::time::sleep(wait).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// One attempt: get a live connection (connecting if needed) and send.
+    async fn send_once(&self, request: &Request) -> Result<Option<Response>> {
+        let connection = self.connection().await?;
+        let result = connection.request(request).await;
+        let mut state = self.lock();
+        match &result {
+            Err(error) if error.is_connection_error() || connection.is_closed() => {
+                state.breaker.record_failure(Instant::now().into_std());
+                // Drop the broken connection (and, after a timeout, a possibly stuck one),
+                // unless another caller already replaced it.
+                let same = state
+                    .connection
+                    .as_ref()
+                    .is_some_and(|current| Arc::ptr_eq(current, &connection));
+                if same {
+                    state.connection = None;
+                }
+            }
+            _ => state.breaker.record_success(),
+        }
+        result
+    }
+
+    /// A live connection: the current one, or a new one if the breaker allows.
+    async fn connection(&self) -> Result<Arc<Connection>> {
+        if let Some(connection) = self.admit()? {
+            return Ok(connection);
+        }
+        let _gate = self
+            .connect_gate
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
+        // Another caller may have connected while this one waited at the gate.
+        if let Some(connection) = self.live_connection() {
+            return Ok(connection);
+        }
+        match Connection::open(&self.address, self.options.clone()).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                let mut state = self.lock();
+                state.connection = Some(Arc::clone(&connection));
+                state.ever_connected = true;
+                state.breaker.record_success();
+                Ok(connection)
+            }
+            Err(error) => {
+                self.lock()
+                    .breaker
+                    .record_failure(Instant::now().into_std());
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks the breaker; returns the live connection if there is one.
+    fn admit(&self) -> Result<Option<Arc<Connection>>> {
+        let mut state = self.lock();
+        if let Err(retry_after) = state.breaker.try_acquire(Instant::now().into_std()) {
+            return Err(Error::CircuitOpen {
+                address: self.address.clone(),
+                retry_after,
+            });
+        }
+        Ok(live(&mut state))
+    }
+
+    fn live_connection(&self) -> Option<Arc<Connection>> {
+        live(&mut self.lock())
+    }
+}
+
+fn live(state: &mut BrokerState) -> Option<Arc<Connection>> {
+    match &state.connection {
+        Some(connection) if !connection.is_closed() => Some(Arc::clone(connection)),
+        Some(_) => {
+            state.connection = None;
+            None
+        }
+        None => None,
+    }
+}

@@ -1,0 +1,443 @@
+//! One pipelined TCP connection to one broker.
+//!
+//! [`Connection::open`] connects, performs the ApiVersions handshake on the bare socket, then
+//! splits the socket between two tasks: a writer that drains a bounded channel of encoded
+//! frames (coalescing whatever is queued into one flush), and a reader that splits the byte
+//! stream into frames and hands each response to the caller waiting on its correlation id
+//! through a `oneshot`. Many requests may be in flight; a semaphore bounds how many.
+//!
+//! Invariants: a pending entry is registered before its frame can reach the socket, so a
+//! response can never arrive for an unknown request; once the connection is closed every
+//! pending caller gets an error and new callers are refused, so nobody waits forever; the
+//! pending map's lock is never held across an `.await`. Reconnecting is not this module's
+//! job: [`crate::cluster`] replaces a closed connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use wharf_protocol::api::encode_request;
+use wharf_protocol::frame::decode_frame;
+use wharf_protocol::messages::{Acks, ApiVersionRange, ApiVersionsRequest, ProduceRequest};
+use wharf_protocol::{ApiKey, Request, Response};
+
+use crate::error::{check_code, Error, Result};
+
+/// Bytes read from the socket per `read` call at most; frames larger than this are
+/// assembled over several reads.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Frames the writer coalesces into one flush at most, so one busy caller cannot delay
+/// the flush of the others' frames without bound.
+const WRITE_COALESCE_FRAMES_MAX: usize = 64;
+
+/// Settings of one connection, taken from [`crate::ClientConfig`].
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionOptions {
+    pub(crate) client_id: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) in_flight_requests_max: usize,
+    pub(crate) frame_bytes_max: u32,
+}
+
+/// A live, handshaken connection.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    address: String,
+    options: ConnectionOptions,
+    broker_apis: Vec<ApiVersionRange>,
+    outgoing: mpsc::Sender<Outgoing>,
+    pending: Arc<Pending>,
+    in_flight: Semaphore,
+    next_correlation_id: AtomicU32,
+    writer: JoinHandle<()>,
+    reader: JoinHandle<()>,
+}
+
+/// A frame on its way to the writer task.
+#[derive(Debug)]
+struct Outgoing {
+    frame: Bytes,
+    correlation_id: u32,
+    expects_response: bool,
+}
+
+/// A caller waiting for the answer to `correlation_id`.
+#[derive(Debug)]
+struct Waiter {
+    api_key: ApiKey,
+    reply: oneshot::Sender<Result<Option<Response>>>,
+}
+
+/// The callers waiting for responses, and why the connection closed once it has.
+#[derive(Debug, Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    waiters: HashMap<u32, Waiter>,
+    closed: Option<Error>,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, PendingState> {
+        // A panic while holding this lock cannot leave the map half-updated (each
+        // operation is one insert or remove), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn insert(&self, correlation_id: u32, waiter: Waiter) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(error) = &state.closed {
+            return Err(error.clone());
+        }
+        state.waiters.insert(correlation_id, waiter);
+        Ok(())
+    }
+
+    fn take(&self, correlation_id: u32) -> Option<Waiter> {
+        self.lock().waiters.remove(&correlation_id)
+    }
+
+    /// Marks the connection closed and fails every waiter with `error`.
+    fn close(&self, error: Error) {
+        let waiters: Vec<Waiter> = {
+            let mut state = self.lock();
+            if state.closed.is_none() {
+                state.closed = Some(error.clone());
+            }
+            state.waiters.drain().map(|(_, waiter)| waiter).collect()
+        };
+        for waiter in waiters {
+            // The caller may have given up already; nothing to tell it then.
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+}
+
+impl Connection {
+    /// Connects to `address`, performs the handshake and starts the reader and writer.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] if the TCP connection fails or times out, the handshake's
+    /// errors otherwise.
+    pub(crate) async fn open(address: &str, options: ConnectionOptions) -> Result<Connection> {
+        let connect_error = |source: std::io::Error| Error::Connect {
+            address: address.to_string(),
+            source: Arc::new(source),
+        };
+        let mut stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| {
+                connect_error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
+            .map_err(connect_error)?;
+        // Requests are small and latency matters more than packet count.
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let broker_apis = tokio::time::timeout(
+            options.connect_timeout,
+            handshake(&mut stream, address, &options),
+        )
+        .await
+        // A broker that accepts but never answers is as unreachable as one that refuses.
+        .map_err(|_| {
+            connect_error(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ))
+        })??;
+        Ok(Connection::start(
+            stream,
+            address.to_string(),
+            options,
+            broker_apis,
+        ))
+    }
+
+    fn start(
+        stream: TcpStream,
+        address: String,
+        options: ConnectionOptions,
+        broker_apis: Vec<ApiVersionRange>,
+    ) -> Connection {
+        let (read_half, write_half) = stream.into_split();
+        let in_flight_max = options.in_flight_requests_max.max(1);
+        let (outgoing, outgoing_rx) = mpsc::channel(in_flight_max);
+        let pending = Arc::new(Pending::default());
+        let writer = tokio::spawn(write_loop(
+            write_half,
+            outgoing_rx,
+            Arc::clone(&pending),
+            address.clone(),
+        ));
+        let reader = tokio::spawn(read_loop(
+            read_half,
+            Arc::clone(&pending),
+            address.clone(),
+            options.frame_bytes_max,
+        ));
+        Connection {
+            address,
+            options,
+            broker_apis,
+            outgoing,
+            pending,
+            in_flight: Semaphore::new(in_flight_max),
+            next_correlation_id: AtomicU32::new(1),
+            writer,
+            reader,
+        }
+    }
+
+    /// True once the connection failed or the broker closed it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.pending.is_closed()
+    }
+
+    /// Sends `request` and waits for its response. Produce requests with `Acks::None` get
+    /// no response: they complete with `Ok(None)` once written.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedApi`] if the broker lacks the api, [`Error::Timeout`] after the
+    /// request timeout, [`Error::Io`] or [`Error::Disconnected`] if the connection breaks,
+    /// [`Error::Decode`] for an undecodable response. A top-level error code in the
+    /// response is not checked here.
+    pub(crate) async fn request(&self, request: &Request) -> Result<Option<Response>> {
+        let api_key = request.api_key();
+        self.check_api(api_key)?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.disconnected())?;
+        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
+        let expects_response = !matches!(
+            request,
+            Request::Produce(ProduceRequest {
+                acks: Acks::None,
+                ..
+            })
+        );
+        let (reply, answer) = oneshot::channel();
+        self.pending
+            .insert(correlation_id, Waiter { api_key, reply })?;
+        let mut frame = BytesMut::new();
+        encode_request(request, correlation_id, &mut frame);
+        let outgoing = Outgoing {
+            frame: frame.freeze(),
+            correlation_id,
+            expects_response,
+        };
+        if self.outgoing.send(outgoing).await.is_err() {
+            self.pending.take(correlation_id);
+            return Err(self.disconnected());
+        }
+        match tokio::time::timeout(self.options.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.disconnected()),
+            Err(_) => {
+                // A late response finds no waiter and is dropped by the reader.
+                self.pending.take(correlation_id);
+                Err(Error::Timeout {
+                    operation: format!("{api_key:?} request to {}", self.address),
+                    after: self.options.request_timeout,
+                })
+            }
+        }
+    }
+
+    fn check_api(&self, api_key: ApiKey) -> Result<()> {
+        // Every request this client sends is version 0.
+        let supported = self
+            .broker_apis
+            .iter()
+            .any(|range| range.api_key == api_key.code() && range.min_version == 0);
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedApi {
+                address: self.address.clone(),
+                api_key,
+            })
+        }
+    }
+
+    fn disconnected(&self) -> Error {
+        let state = self.pending.lock();
+        state.closed.clone().unwrap_or_else(|| Error::Disconnected {
+            address: self.address.clone(),
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.writer.abort();
+        self.reader.abort();
+        self.pending.close(Error::Disconnected {
+            address: self.address.clone(),
+        });
+    }
+}
+
+/// Sends ApiVersions on the bare stream and returns what the broker supports.
+async fn handshake(
+    stream: &mut TcpStream,
+    address: &str,
+    options: &ConnectionOptions,
+) -> Result<Vec<ApiVersionRange>> {
+    let io_error = |source: std::io::Error| Error::Io {
+        address: address.to_string(),
+        source: Arc::new(source),
+    };
+    let request = Request::ApiVersions(ApiVersionsRequest {
+        client_name: options.client_id.clone(),
+    });
+    let correlation_id = 0;
+    let mut frame = BytesMut::new();
+    encode_request(&request, correlation_id, &mut frame);
+    stream.write_all(&frame).await.map_err(io_error)?;
+    let mut buffer = BytesMut::with_capacity(4096);
+    let frame = loop {
+        if let Some(frame) = decode_frame(&mut buffer, options.frame_bytes_max)? {
+            break frame;
+        }
+        if stream.read_buf(&mut buffer).await.map_err(io_error)? == 0 {
+            return Err(Error::Disconnected {
+                address: address.to_string(),
+            });
+        }
+    };
+    if frame.header.correlation_id != correlation_id
+        || frame.header.api_key != ApiKey::ApiVersions.code()
+    {
+        return Err(Error::Decode(wharf_protocol::DecodeError::InvalidValue {
+            field: "handshake response header",
+            value: i64::from(frame.header.api_key),
+        }));
+    }
+    match Response::decode(ApiKey::ApiVersions, frame.body)? {
+        Response::ApiVersions(response) => {
+            check_code(response.error, response.error_message)?;
+            Ok(response.apis)
+        }
+        _ => unreachable!("decoded as ApiVersions"),
+    }
+}
+
+async fn write_loop(
+    write_half: OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    pending: Arc<Pending>,
+    address: String,
+) {
+    let mut writer = BufWriter::new(write_half);
+    let mut written_without_response = Vec::new();
+    while let Some(first) = outgoing.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_COALESCE_FRAMES_MAX {
+            match outgoing.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut result = Ok(());
+        for item in &batch {
+            result = writer.write_all(&item.frame).await;
+            if result.is_err() {
+                break;
+            }
+            if !item.expects_response {
+                written_without_response.push(item.correlation_id);
+            }
+        }
+        if result.is_ok() {
+            result = writer.flush().await;
+        }
+        if let Err(source) = result {
+            pending.close(Error::Io {
+                address,
+                source: Arc::new(source),
+            });
+            return;
+        }
+        for correlation_id in written_without_response.drain(..) {
+            if let Some(waiter) = pending.take(correlation_id) {
+                let _ = waiter.reply.send(Ok(None));
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    mut read_half: OwnedReadHalf,
+    pending: Arc<Pending>,
+    address: String,
+    frame_bytes_max: u32,
+) {
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        loop {
+            match decode_frame(&mut buffer, frame_bytes_max) {
+                Ok(Some(frame)) => deliver(&pending, frame),
+                Ok(None) => break,
+                Err(error) => {
+                    // The stream is out of sync: nothing after this can be trusted.
+                    pending.close(Error::Decode(error));
+                    return;
+                }
+            }
+        }
+        buffer.reserve(READ_CHUNK_BYTES);
+        match read_half.read_buf(&mut buffer).await {
+            Ok(0) => {
+                pending.close(Error::Disconnected { address });
+                return;
+            }
+            Ok(_) => {}
+            Err(source) => {
+                pending.close(Error::Io {
+                    address,
+                    source: Arc::new(source),
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// Hands one response frame to its waiter, if it is still waiting.
+fn deliver(pending: &Pending, frame: wharf_protocol::Frame) {
+    let Some(waiter) = pending.take(frame.header.correlation_id) else {
+        return;
+    };
+    let result = if frame.header.api_key == waiter.api_key.code() {
+        Response::decode(waiter.api_key, frame.body)
+            .map(Some)
+            .map_err(Error::Decode)
+    } else {
+        Err(Error::Decode(wharf_protocol::DecodeError::InvalidValue {
+            field: "response api_key",
+            value: i64::from(frame.header.api_key),
+        }))
+    };
+    let _ = waiter.reply.send(result);
+}

@@ -1,0 +1,337 @@
+//! The one error type of the client: [`Error`].
+//!
+//! Every failure a caller can see is a variant with the context to explain it (the broker
+//! address, the topic, the wire error code and the broker's message). Connection-level
+//! failures (`Connect`, `Io`, `Disconnected`, `Timeout`, `CircuitOpen`) are kept apart from
+//! answers the broker gave (`Server`, `UnknownTopic`, ...), because only the former say
+//! anything about the health of the connection. `Error` is `Clone` so that one failed
+//! produce request can fail every record it carried.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wharf_protocol::{ApiKey, BatchError, DecodeError, ErrorCode};
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The TCP connection to `address` could not be established.
+    Connect {
+        /// The broker address (`host:port`).
+        address: String,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
+    /// Reading from or writing to an established connection failed.
+    Io {
+        /// The broker address (`host:port`).
+        address: String,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
+    /// The broker closed the connection before answering.
+    Disconnected {
+        /// The broker address (`host:port`).
+        address: String,
+    },
+    /// A response or frame from the broker could not be decoded.
+    Decode(DecodeError),
+    /// Fetched record batches are malformed.
+    Batch {
+        /// The topic fetched.
+        topic: String,
+        /// The partition fetched.
+        partition: u32,
+        /// What is wrong with the bytes.
+        source: BatchError,
+    },
+    /// The broker answered with an error code.
+    Server {
+        /// The wire error code.
+        code: ErrorCode,
+        /// The broker's message, or the code's description when it sent none or an empty one.
+        message: String,
+    },
+    /// No answer arrived within the request timeout, or a delivery timed out.
+    Timeout {
+        /// What timed out (`"produce to orders-3"`, `"request to 127.0.0.1:7420"`).
+        operation: String,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The circuit breaker of the broker connection is open: recent attempts failed, so
+    /// this one fails fast until the cool-down ends.
+    CircuitOpen {
+        /// The broker address (`host:port`).
+        address: String,
+        /// How long until the breaker lets a probe through.
+        retry_after: Duration,
+    },
+    /// The topic does not exist.
+    UnknownTopic {
+        /// The topic name.
+        topic: String,
+    },
+    /// The topic exists but has no such partition.
+    UnknownPartition {
+        /// The topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// Partitions the topic has.
+        partition_count: u32,
+    },
+    /// The consumer group does not exist.
+    UnknownGroup {
+        /// The group id.
+        group: String,
+    },
+    /// The broker does not support version 0 of an api this client needs.
+    UnsupportedApi {
+        /// The broker address (`host:port`).
+        address: String,
+        /// The api.
+        api_key: ApiKey,
+    },
+    /// Metadata names a leader node the client has no address for.
+    UnknownBroker {
+        /// The node id.
+        node_id: i32,
+    },
+    /// A record is larger than one batch may be.
+    RecordTooLarge {
+        /// The encoded batch size the record would need.
+        record_bytes: usize,
+        /// The largest batch allowed.
+        bytes_max: usize,
+    },
+    /// The producer or consumer was closed, or its background task stopped.
+    Closed,
+    /// The call is not valid in the current state (for example `commit` without a group).
+    InvalidState {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// True for failures of the connection rather than answers of the broker: retrying on a
+    /// new connection may succeed.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Io { .. }
+                | Error::Disconnected { .. }
+                | Error::Timeout { .. }
+                | Error::CircuitOpen { .. }
+        )
+    }
+
+    /// True if retrying the same request later may succeed: connection errors and the wire
+    /// codes the protocol marks retriable.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Server { code, .. } => code.is_retriable(),
+            other => other.is_connection_error(),
+        }
+    }
+
+    /// The wire error code, if the broker answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => Some(*code),
+            Error::UnknownTopic { .. } | Error::UnknownPartition { .. } => {
+                Some(ErrorCode::UnknownTopicOrPartition)
+            }
+            Error::UnknownGroup { .. } => Some(ErrorCode::GroupIdNotFound),
+            _ => None,
+        }
+    }
+
+    /// An error for a non-`None` wire `code` with the broker's optional `message`.
+    pub fn server(code: ErrorCode, message: Option<String>) -> Error {
+        Error::Server {
+            code,
+            message: message
+                .filter(|message| !message.is_empty())
+                .unwrap_or_else(|| code.describe().to_string()),
+        }
+    }
+}
+
+/// `Ok(())` for `ErrorCode::None`, else the matching [`Error::Server`].
+///
+/// # Errors
+/// [`Error::Server`] for any code but `None`.
+pub(crate) fn check_code(code: ErrorCode, message: Option<String>) -> Result<()> {
+    if code.is_ok() {
+        Ok(())
+    } else {
+        Err(Error::server(code, message))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { address, source } => write!(
+                formatter,
+                "cannot connect to broker {address}: {}",
+                describe_io(source)
+            ),
+            Error::Io { address, source } => write!(
+                formatter,
+                "connection to broker {address} failed: {}",
+                describe_io(source)
+            ),
+            Error::Disconnected { address } => {
+                write!(formatter, "broker {address} closed the connection")
+            }
+            Error::Decode(error) => write!(formatter, "cannot decode broker response: {error}"),
+            Error::Batch {
+                topic,
+                partition,
+                source,
+            } => write!(
+                formatter,
+                "malformed record batch in {topic}-{partition}: {source}"
+            ),
+            // The broker's message says what failed (it defaults to the code's description).
+            Error::Server { message, .. } => formatter.write_str(message),
+            Error::Timeout { operation, after } => write!(
+                formatter,
+                "{operation} timed out after {} ms",
+                after.as_millis()
+            ),
+            Error::CircuitOpen {
+                address,
+                retry_after,
+            } => write!(
+                formatter,
+                "broker {address} is failing; circuit open for another {} ms",
+                retry_after.as_millis()
+            ),
+            Error::UnknownTopic { topic } => write!(formatter, "unknown topic \"{topic}\""),
+            Error::UnknownPartition {
+                topic,
+                partition,
+                partition_count,
+            } => write!(
+                formatter,
+                "unknown partition {partition} of topic \"{topic}\" ({partition_count} partitions)"
+            ),
+            Error::UnknownGroup { group } => write!(formatter, "unknown group \"{group}\""),
+            Error::UnsupportedApi { address, api_key } => write!(
+                formatter,
+                "broker {address} does not support {api_key:?} version 0"
+            ),
+            Error::UnknownBroker { node_id } => {
+                write!(formatter, "no address known for broker node {node_id}")
+            }
+            Error::RecordTooLarge {
+                record_bytes,
+                bytes_max,
+            } => write!(
+                formatter,
+                "record needs a batch of {record_bytes} bytes, more than the max {bytes_max}"
+            ),
+            Error::Closed => formatter.write_str("the client was closed"),
+            Error::InvalidState { reason } => formatter.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. } | Error::Io { source, .. } => Some(source.as_ref()),
+            Error::Decode(error) => Some(error),
+            Error::Batch { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(error: DecodeError) -> Self {
+        Error::Decode(error)
+    }
+}
+
+/// A short lowercase phrase for an I/O error (`connection refused`), without the
+/// `(os error 111)` suffix, so command-line errors read as one clear line.
+pub(crate) fn describe_io(error: &io::Error) -> String {
+    let phrase = match error.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused",
+        io::ErrorKind::ConnectionReset => "connection reset",
+        io::ErrorKind::ConnectionAborted => "connection aborted",
+        io::ErrorKind::NotConnected => "not connected",
+        io::ErrorKind::AddrNotAvailable => "address not available",
+        io::ErrorKind::BrokenPipe => "broken pipe",
+        io::ErrorKind::TimedOut => "timed out",
+        io::ErrorKind::UnexpectedEof => "connection closed",
+        _ => "",
+    };
+    if !phrase.is_empty() {
+        return phrase.to_string();
+    }
+    let text = error.to_string();
+    let text = match text.find(" (os error") {
+        Some(cut) => &text[..cut],
+        None => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_error_reads_as_one_clear_line() {
+        let error = Error::Connect {
+            address: "127.0.0.1:7420".to_string(),
+            source: Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to broker 127.0.0.1:7420: connection refused"
+        );
+    }
+
+    #[test]
+    fn unknown_topic_names_the_topic() {
+        let error = Error::UnknownTopic {
+            topic: "x".to_string(),
+        };
+        assert_eq!(error.to_string(), "unknown topic \"x\"");
+    }
+
+    #[test]
+    fn io_error_text_is_lowercased_without_os_suffix() {
+        let error = io::Error::other("Name or service not known (os error -2)");
+        assert_eq!(describe_io(&error), "name or service not known");
+    }
+
+    #[test]
+    fn connection_errors_are_retriable_and_server_errors_by_code() {
+        let disconnected = Error::Disconnected {
+            address: "a:1".to_string(),
+        };
+        assert!(disconnected.is_retriable());
+        assert!(Error::server(ErrorCode::RequestTimedOut, None).is_retriable());
+        assert!(!Error::server(ErrorCode::InvalidRequest, None).is_retriable());
+        assert!(!Error::Closed.is_retriable());
+    }
+}

@@ -1,0 +1,261 @@
+//! The `wharf` command line against the real `wharfd`, following the contract in DESIGN.md:
+//! topics, produce from stdin, consume with and without a group, JSON output, group lag,
+//! clear one-line errors with non-zero exit codes.
+
+use integration_tests::{wharf, wharf_ok, BrokerProcess};
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_string).collect()
+}
+
+fn start() -> (tempfile::TempDir, BrokerProcess) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    (data, broker)
+}
+
+#[test]
+fn produce_then_consume_through_the_cli() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "events", "--partitions", "1"],
+        "",
+    );
+    let input: String = (0..100).map(|index| format!("event-{index}\n")).collect();
+    wharf_ok(&address, &["produce", "events"], &input);
+    let output = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "events",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "100",
+            "--timeout-ms",
+            "5000",
+        ],
+        "",
+    );
+    let expected: Vec<String> = (0..100).map(|index| format!("event-{index}")).collect();
+    assert_eq!(lines(&output), expected);
+}
+
+#[test]
+fn topics_are_listed_described_and_deleted() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "alpha", "--partitions", "3"],
+        "",
+    );
+    wharf_ok(
+        &address,
+        &["topic", "create", "beta", "--partitions", "1"],
+        "",
+    );
+    let listed = wharf_ok(&address, &["topic", "list"], "");
+    assert!(
+        listed.contains("alpha") && listed.contains("beta"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("__consumer_offsets"),
+        "internal topics are hidden: {listed}"
+    );
+    let described = wharf_ok(&address, &["--json", "topic", "describe", "alpha"], "");
+    let json: serde_json::Value =
+        serde_json::from_str(&described).expect("describe --json is JSON");
+    assert_eq!(
+        json.to_string().matches("\"partition\"").count(),
+        3,
+        "{described}"
+    );
+    wharf_ok(&address, &["topic", "delete", "beta"], "");
+    let listed = wharf_ok(&address, &["topic", "list"], "");
+    assert!(!listed.contains("beta"), "{listed}");
+    // Creating an existing topic is a clear error.
+    let output = wharf(
+        &address,
+        &["topic", "create", "alpha", "--partitions", "3"],
+        "",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("exists"), "{stderr}");
+}
+
+#[test]
+fn keyed_produce_and_json_consume() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "keyed", "--partitions", "4"],
+        "",
+    );
+    let input: String = (0..40)
+        .map(|index| format!("user-{}:{index}\n", index % 4))
+        .collect();
+    wharf_ok(
+        &address,
+        &["produce", "keyed", "--key-separator", ":"],
+        &input,
+    );
+    let output = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "keyed",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "40",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    let records: Vec<serde_json::Value> = output
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(records.len(), 40);
+    // Every key lands on one partition, and its values keep their order.
+    let mut partition_of_key = std::collections::HashMap::new();
+    let mut values_of_key: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for record in &records {
+        for field in [
+            "topic",
+            "partition",
+            "offset",
+            "timestamp",
+            "key",
+            "value",
+            "headers",
+        ] {
+            assert!(record.get(field).is_some(), "missing {field}: {record}");
+        }
+        let key = record["key"].as_str().expect("key").to_string();
+        let partition = record["partition"].as_u64().expect("partition");
+        assert_eq!(
+            *partition_of_key.entry(key.clone()).or_insert(partition),
+            partition
+        );
+        let value: i64 = record["value"]
+            .as_str()
+            .expect("value")
+            .parse()
+            .expect("number");
+        values_of_key.entry(key).or_default().push(value);
+    }
+    for values in values_of_key.values() {
+        assert!(
+            values.windows(2).all(|pair| pair[0] < pair[1]),
+            "{values:?}"
+        );
+    }
+}
+
+#[test]
+fn group_consume_commits_what_it_printed_and_resumes() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "jobs", "--partitions", "2"],
+        "",
+    );
+    let input: String = (0..30).map(|index| format!("job-{index}\n")).collect();
+    wharf_ok(&address, &["produce", "jobs"], &input);
+    let consume = |max: &str| {
+        wharf_ok(
+            &address,
+            &[
+                "consume",
+                "jobs",
+                "--group",
+                "workers",
+                "--from",
+                "earliest",
+                "--max-messages",
+                max,
+                "--timeout-ms",
+                "3000",
+            ],
+            "",
+        )
+    };
+    let first = lines(&consume("10"));
+    assert_eq!(first.len(), 10);
+    // The second run starts after what the first printed: nothing twice, nothing lost.
+    let second = lines(&consume("100"));
+    assert_eq!(second.len(), 20, "{second:?}");
+    let mut all: Vec<String> = first.into_iter().chain(second).collect();
+    all.sort();
+    let mut expected: Vec<String> = (0..30).map(|index| format!("job-{index}")).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+    // The group shows no lag now.
+    let described = wharf_ok(&address, &["--json", "group", "describe", "workers"], "");
+    let json: serde_json::Value = serde_json::from_str(&described).expect("JSON");
+    let text = json.to_string();
+    assert!(text.contains("\"lag\":0"), "{text}");
+    assert!(!text.contains("\"lag\":1"), "{text}");
+    let listed = wharf_ok(&address, &["group", "list"], "");
+    assert!(listed.contains("workers"), "{listed}");
+}
+
+#[test]
+fn consume_from_a_partition_and_an_offset() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "one", "--partitions", "1"],
+        "",
+    );
+    let input: String = (0..10).map(|index| format!("r{index}\n")).collect();
+    wharf_ok(&address, &["produce", "one"], &input);
+    let output = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "one",
+            "--partition",
+            "0",
+            "--from",
+            "7",
+            "--timeout-ms",
+            "2000",
+        ],
+        "",
+    );
+    assert_eq!(lines(&output), vec!["r7", "r8", "r9"]);
+}
+
+#[test]
+fn errors_are_one_clear_line_and_exit_non_zero() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    let output = wharf(&address, &["consume", "missing", "--timeout-ms", "500"], "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // A broker nobody listens on.
+    let output = wharf("127.0.0.1:1", &["topic", "list"], "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    // A wrong flag is a usage error.
+    let output = wharf(&address, &["topic", "create", "x", "--partitons", "2"], "");
+    assert!(!output.status.success());
+}
