@@ -58,6 +58,8 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// Most client connections at once.
     pub connections_max: usize,
+    /// Idle idempotent producers are forgotten after this long (Kafka's default: 1 day).
+    pub producer_expiry_ms: i64,
     /// Defaults for every partition log.
     pub log: LogConfig,
 }
@@ -74,6 +76,7 @@ impl Default for BrokerConfig {
             group_session_timeout_ms: 10_000,
             retention_check_interval_ms: 60_000,
             connections_max: 1024,
+            producer_expiry_ms: 24 * 3600 * 1000,
             log: LogConfig::default(),
         }
     }
@@ -109,6 +112,7 @@ struct FileConfig {
     group_session_timeout_ms: Option<u32>,
     retention_check_interval_ms: Option<u64>,
     connections_max: Option<usize>,
+    producer_expiry_ms: Option<i64>,
     log: Option<FileLogConfig>,
 }
 
@@ -158,6 +162,9 @@ impl BrokerConfig {
             .retention_check_interval_ms
             .unwrap_or(defaults.retention_check_interval_ms);
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
+        self.producer_expiry_ms = file
+            .producer_expiry_ms
+            .unwrap_or(defaults.producer_expiry_ms);
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod group;
 pub mod offsets;
+pub mod producer;
 pub mod server;
 pub mod storage;
 pub mod topic;

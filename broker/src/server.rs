@@ -21,6 +21,7 @@ use wharf_protocol::messages::BrokerInfo;
 use crate::config::{parse_host_port, BrokerConfig};
 use crate::group::Coordinator;
 use crate::offsets::OffsetStore;
+use crate::producer::Producers;
 use crate::storage::{Clock, Flusher, RealFs, StorageEnv, SystemClock};
 use crate::topic::{TopicError, Topics};
 
@@ -28,6 +29,8 @@ use crate::topic::{TopicError, Topics};
 pub const NODE_ID: i32 = 0;
 /// How often expired group sessions are looked for.
 const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often producer-state snapshots are written (bounds the replay after a crash).
+const PRODUCER_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests before closing storage anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,8 @@ pub struct Broker {
     pub offsets: OffsetStore,
     /// Consumer groups.
     pub groups: Coordinator,
+    /// Idempotent producer state and producer ids.
+    pub producers: Producers,
     /// What metadata answers tell clients to connect to.
     pub advertised: BrokerInfo,
     /// Time.
@@ -143,7 +148,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let open_config = config.clone();
     let open_clock = clock.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
-    let (topics, offsets) =
+    let (topics, offsets, producers) =
         tokio::task::spawn_blocking(move || open_storage(&open_config, open_clock))
             .await
             .map_err(|error| ServerError::Shutdown(error.to_string()))??;
@@ -152,6 +157,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         config,
         topics,
         offsets,
+        producers,
         advertised,
         clock,
     });
@@ -188,7 +194,7 @@ fn advertised_info(
 fn open_storage(
     config: &BrokerConfig,
     clock: Arc<dyn Clock>,
-) -> Result<(Topics, OffsetStore), ServerError> {
+) -> Result<(Topics, OffsetStore, Producers), ServerError> {
     let env = StorageEnv {
         fs: Arc::new(RealFs),
         clock: clock.clone(),
@@ -200,7 +206,19 @@ fn open_storage(
     };
     let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
     let offsets = OffsetStore::open(&topics, clock).map_err(wrap)?;
-    Ok((topics, offsets))
+    let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
+    let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)
+        .map_err(|error| wrap(error.into()))?;
+    for info in topics.list() {
+        for partition in 0..info.partitions {
+            if let Some(log) = topics.partition(&info.name, partition) {
+                producers
+                    .load(&info.name, partition, &log)
+                    .map_err(|error| wrap(error.into()))?;
+            }
+        }
+    }
+    Ok((topics, offsets, producers))
 }
 
 async fn run(
@@ -221,6 +239,8 @@ async fn run(
     for task in background {
         task.abort();
     }
+    let snapshotting = broker.clone();
+    let _ = tokio::task::spawn_blocking(move || snapshot_producers(&snapshotting)).await;
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.topics.registry().close())
         .await
@@ -231,6 +251,7 @@ async fn run(
 }
 
 fn spawn_background(broker: &Arc<Broker>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let shutdown_for_snapshots = shutdown.clone();
     let sessions = {
         let broker = broker.clone();
         let mut shutdown = shutdown.clone();
@@ -267,5 +288,35 @@ fn spawn_background(broker: &Arc<Broker>, shutdown: watch::Receiver<bool>) -> Ve
             }
         })
     };
-    vec![sessions, retention]
+    let snapshots = {
+        let broker = broker.clone();
+        let mut shutdown = shutdown_for_snapshots;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(PRODUCER_SNAPSHOT_INTERVAL);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let broker = broker.clone();
+                        let _ = tokio::task::spawn_blocking(move || snapshot_producers(&broker)).await;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    };
+    vec![sessions, retention, snapshots]
+}
+
+/// Writes every partition's producer-state snapshot, so a restart replays little of the log.
+fn snapshot_producers(broker: &Broker) {
+    let now_ms = broker.clock.now_ms();
+    for ((topic, partition), shared) in broker.producers.all() {
+        let Some(log) = broker.topics.partition(&topic, partition) else {
+            continue;
+        };
+        if let Err(error) = broker.producers.snapshot(&shared, &log, now_ms) {
+            tracing::warn!(topic, partition, %error, "producer snapshot failed");
+        }
+    }
 }

@@ -342,6 +342,12 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             Response::DescribeGroups(describe_groups(state, request))
         }
         Request::ListGroups(_) => Response::ListGroups(list_groups(state)),
+        // The fake broker does not implement idempotence; hand out a fixed id.
+        Request::InitProducerId(_) => Response::InitProducerId(InitProducerIdResponse {
+            producer_id: 1,
+            producer_epoch: 0,
+            ..Default::default()
+        }),
     })
 }
 

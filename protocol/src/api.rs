@@ -25,11 +25,12 @@ wire_enum! {
         OffsetFetch = 10,
         DescribeGroups = 11,
         ListGroups = 12,
+        InitProducerId = 13,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 13] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 14] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -43,6 +44,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 13] = [
     (ApiKey::OffsetFetch, 0, 0),
     (ApiKey::DescribeGroups, 0, 0),
     (ApiKey::ListGroups, 0, 0),
+    (ApiKey::InitProducerId, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -182,6 +184,7 @@ api_enums! {
     OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
     DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     ListGroups => ListGroupsRequest, ListGroupsResponse;
+    InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }
 
 /// Appends a whole request frame.
@@ -231,7 +234,7 @@ mod tests {
 
     #[test]
     fn every_api_has_a_supported_range() {
-        for code in 0..=12u16 {
+        for code in 0..=13u16 {
             let key = ApiKey::from_code(code).unwrap();
             assert_eq!(supported_range(code).unwrap().0, key);
         }

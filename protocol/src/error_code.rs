@@ -57,6 +57,13 @@ crate::wire_enum! {
         TopicAutoCreateDisabled = 22,
         /// An acks value other than -1, 0 or 1.
         InvalidRequiredAcks = 23,
+        /// An idempotent batch's sequence does not follow the producer's last one: a batch
+        /// before it was lost. Nothing was appended.
+        OutOfOrderSequence = 24,
+        /// A newer producer with the same id (a higher epoch) exists: this one is a zombie.
+        ProducerFenced = 25,
+        /// The broker has no state for this producer id (it expired): get a new id.
+        UnknownProducerId = 26,
     }
 }
 
@@ -101,6 +108,9 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid config",
             ErrorCode::TopicAutoCreateDisabled => "unknown topic and auto-create is disabled",
             ErrorCode::InvalidRequiredAcks => "invalid acks",
+            ErrorCode::OutOfOrderSequence => "out of order sequence number",
+            ErrorCode::ProducerFenced => "producer fenced by a newer epoch",
+            ErrorCode::UnknownProducerId => "unknown producer id",
         }
     }
 }

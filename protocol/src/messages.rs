@@ -553,3 +553,22 @@ wire_struct! {
         pub groups: Vec<GroupListing>,
     }
 }
+
+wire_struct! {
+    /// Asks for a producer id and epoch (idempotent and transactional producers). With a
+    /// transactional id the broker fences any earlier producer of that id (issue #4).
+    pub struct InitProducerIdRequest {
+        pub transactional_id: Option<String>,
+        pub transaction_timeout_ms: u32,
+    }
+}
+
+wire_struct! {
+    /// The producer id and epoch to stamp on batches.
+    pub struct InitProducerIdResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub producer_id: i64,
+        pub producer_epoch: i16,
+    }
+}

@@ -11,13 +11,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 use wharf_protocol::api::SUPPORTED_APIS;
+use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
 use wharf_protocol::messages::*;
 use wharf_protocol::{ErrorCode, Request, Response};
 
 use crate::group::CommitCheck;
 use crate::offsets::Committed;
+use crate::producer::{last_sequence, BatchMetadata, Verdict};
 use crate::server::Broker;
-use crate::storage::{Error as StorageError, Partition};
+use crate::storage::{Appended, Error as StorageError, Partition};
 use crate::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
 
 /// Longest a fetch may wait for data, whatever the client asks.
@@ -95,6 +97,43 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
             }))
         }
         Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker))),
+        Request::InitProducerId(request) => ready(Response::InitProducerId(
+            init_producer_id(broker, request).await,
+        )),
+    }
+}
+
+async fn init_producer_id(
+    broker: &Arc<Broker>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    if request.transactional_id.is_some() {
+        return InitProducerIdResponse {
+            error: ErrorCode::InvalidRequest,
+            error_message: Some("transactions are not supported yet".to_string()),
+            ..InitProducerIdResponse::default()
+        };
+    }
+    let allocating = broker.clone();
+    // Reserving a new block of ids writes and fsyncs a file: off the runtime's workers.
+    match tokio::task::spawn_blocking(move || allocating.producers.allocate_id()).await {
+        Ok(Ok(producer_id)) => InitProducerIdResponse {
+            producer_id,
+            producer_epoch: 0,
+            ..InitProducerIdResponse::default()
+        },
+        Ok(Err(error)) => InitProducerIdResponse {
+            error: storage_error_code(&error),
+            error_message: Some(error.to_string()),
+            producer_id: -1,
+            producer_epoch: -1,
+        },
+        Err(error) => InitProducerIdResponse {
+            error: ErrorCode::Unknown,
+            error_message: Some(error.to_string()),
+            producer_id: -1,
+            producer_epoch: -1,
+        },
     }
 }
 
@@ -249,7 +288,14 @@ async fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest) -> De
     for name in request.names {
         let broker = broker.clone();
         let deleting = name.clone();
-        let outcome = tokio::task::spawn_blocking(move || broker.topics.delete(&deleting)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let deleted = broker.topics.delete(&deleting)?;
+            for partition in 0..deleted.partitions {
+                broker.producers.remove(&deleting, partition);
+            }
+            Ok::<_, TopicError>(deleted)
+        })
+        .await;
         results.push(match outcome {
             Ok(Ok(info)) => TopicResult {
                 name,
@@ -401,7 +447,7 @@ fn append(
     info: &TopicInfo,
     partition: u32,
     records: Bytes,
-) -> Result<(Arc<Partition>, crate::storage::Appended), (ErrorCode, String)> {
+) -> Result<(Arc<Partition>, Appended), (ErrorCode, String)> {
     let log = broker
         .topics
         .partition(&info.name, partition)
@@ -416,9 +462,94 @@ fn append(
         })?;
     // The broker patches offsets in place; the request's bytes are shared, so copy once.
     let mut batches = BytesMut::from(&records[..]);
-    match log.append(&mut batches) {
+    let header = match batch::parse_header(&batches) {
+        Ok(Some(header)) => header,
+        // Storage validates and reports what is wrong.
+        Ok(None) | Err(_) => return plain_append(log, &mut batches),
+    };
+    if header.attributes.is_control() {
+        return Err((
+            ErrorCode::InvalidRequest,
+            "producers cannot write control batches".to_string(),
+        ));
+    }
+    if header.producer_id == NO_PRODUCER_ID {
+        return plain_append(log, &mut batches);
+    }
+    idempotent_append(broker, info, partition, log, &mut batches, header)
+}
+
+fn plain_append(
+    log: Arc<Partition>,
+    batches: &mut BytesMut,
+) -> Result<(Arc<Partition>, Appended), (ErrorCode, String)> {
+    match log.append(batches) {
         Ok(appended) => Ok((log, appended)),
         Err(error) => Err((storage_error_code(&error), error.to_string())),
+    }
+}
+
+/// Appends one idempotent batch unless it is a retry of a batch already stored, checking
+/// and recording its sequence under the partition's producer lock.
+fn idempotent_append(
+    broker: &Broker,
+    info: &TopicInfo,
+    partition: u32,
+    log: Arc<Partition>,
+    batches: &mut BytesMut,
+    header: BatchHeader,
+) -> Result<(Arc<Partition>, Appended), (ErrorCode, String)> {
+    if header.total_bytes() != batches.len() {
+        return Err((
+            ErrorCode::InvalidRequest,
+            "an idempotent produce carries exactly one batch per partition".to_string(),
+        ));
+    }
+    // Check the CRC before the batch can touch producer state.
+    if let Err(error) = batch::validate(batches) {
+        return Err((ErrorCode::CorruptRecordBatch, error.to_string()));
+    }
+    let first = header.base_sequence;
+    let last = last_sequence(&header);
+    let shared = broker.producers.partition(&info.name, partition);
+    let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+    match state.check(header.producer_id, header.producer_epoch, first, last) {
+        Verdict::Append => {
+            let appended = log
+                .append(batches)
+                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+            let metadata = BatchMetadata {
+                first_sequence: first,
+                last_sequence: last,
+                base_offset: appended.base_offset,
+                last_offset: appended.last_offset,
+            };
+            state.record(
+                header.producer_id,
+                header.producer_epoch,
+                metadata,
+                broker.clock.now_ms(),
+            );
+            Ok((log, appended))
+        }
+        Verdict::Duplicate(original) => Ok((
+            log,
+            Appended {
+                base_offset: original.base_offset,
+                last_offset: original.last_offset,
+                next_offset: original.last_offset + 1,
+            },
+        )),
+        Verdict::Refuse(code) => Err((
+            code,
+            format!(
+                "producer {} epoch {} sequence {first}..={last} on {}-{partition}: {}",
+                header.producer_id,
+                header.producer_epoch,
+                info.name,
+                code.describe()
+            ),
+        )),
     }
 }
 

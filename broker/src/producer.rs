@@ -1,0 +1,592 @@
+//! Idempotent producers: producer id allocation and, per partition, the state that turns a
+//! retried batch into a no-op.
+//!
+//! Per partition and producer id the broker keeps the epoch and the sequence ranges and
+//! offsets of the producer's last [`RETAINED_BATCHES`] batches. For an incoming batch:
+//! - a stale epoch is fenced (`ProducerFenced`);
+//! - a sequence range equal to a retained batch is a duplicate: the original offsets are
+//!   returned and nothing is appended;
+//! - the sequence right after the last batch (or 0 for a new producer or a new epoch) appends;
+//! - anything else is a gap (`OutOfOrderSequence`), or for a producer the broker has no state
+//!   for, `UnknownProducerId`.
+//!
+//! The check, the append and recording the result happen under one per-partition lock, so
+//! two copies of a batch can never both append.
+//!
+//! Durability: the state is rebuilt on start from a snapshot (`producer-state` in the
+//! partition directory, a checkpoint file) plus a replay of the batch headers appended after
+//! the snapshot's offset. Snapshots are written at clean shutdown and periodically; a
+//! snapshot only holds batches below its offset, so replay never counts a batch twice.
+//! Producer ids come from blocks reserved durably in `<data-dir>/producer-ids` before use,
+//! so an id is never handed out twice, even across crashes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
+use wharf_protocol::wire::{Reader, Wire};
+use wharf_protocol::{wire_struct, ErrorCode};
+
+use crate::storage::{checkpoint, Error as StorageError, Fs, Partition};
+
+/// Batches remembered per producer and partition, as Kafka does: a client keeps at most this
+/// many batches in flight per partition, so any retry it can send is among them.
+pub const RETAINED_BATCHES: usize = 5;
+/// Producer ids reserved per durable write of the id block.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+/// File name of the per-partition snapshot.
+pub const SNAPSHOT_FILE: &str = "producer-state";
+/// File name of the producer id block in the data directory.
+pub const PRODUCER_IDS_FILE: &str = "producer-ids";
+const SNAPSHOT_MAGIC: [u8; 4] = *b"WPST";
+const IDS_MAGIC: [u8; 4] = *b"WPID";
+/// Bytes read per step while replaying a partition's log.
+const REPLAY_READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// One batch a producer appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMetadata {
+    /// Sequence of the first record.
+    pub first_sequence: i32,
+    /// Sequence of the last record.
+    pub last_sequence: i32,
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Offset of the last record.
+    pub last_offset: i64,
+}
+
+/// What a producer did on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    /// The producer's current epoch.
+    pub epoch: i16,
+    /// Its last batches, oldest first (at most `RETAINED_BATCHES`).
+    pub batches: VecDeque<BatchMetadata>,
+    /// When it last appended (ms), for expiry.
+    pub last_append_ms: i64,
+}
+
+/// The verdict on an incoming idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Append it.
+    Append,
+    /// A retry of a batch already stored: answer with its offsets, append nothing.
+    Duplicate(BatchMetadata),
+    /// Refuse it with this error.
+    Refuse(ErrorCode),
+}
+
+/// The sequence after `sequence` (sequences wrap from i32::MAX to 0, as Kafka's do).
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+/// Sequence of the last record of a batch.
+pub fn last_sequence(header: &BatchHeader) -> i32 {
+    let count = header.last_offset_delta.max(0);
+    // Wraps past i32::MAX to 0 like the sequences themselves.
+    ((i64::from(header.base_sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Producer state of one partition.
+#[derive(Debug, Default)]
+pub struct PartitionProducers {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+impl PartitionProducers {
+    /// Decides what to do with an incoming batch of producer `producer_id`.
+    pub fn check(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first_sequence: i32,
+        last_sequence: i32,
+    ) -> Verdict {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return if first_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Refuse(ErrorCode::UnknownProducerId)
+            };
+        };
+        if epoch < entry.epoch {
+            return Verdict::Refuse(ErrorCode::ProducerFenced);
+        }
+        if epoch > entry.epoch {
+            // A new epoch starts its sequences over.
+            return if first_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+            };
+        }
+        if let Some(original) = entry.batches.iter().find(|batch| {
+            batch.first_sequence == first_sequence && batch.last_sequence == last_sequence
+        }) {
+            return Verdict::Duplicate(*original);
+        }
+        match entry.batches.back() {
+            Some(last) if first_sequence == next_sequence(last.last_sequence) => Verdict::Append,
+            None if first_sequence == 0 => Verdict::Append,
+            _ => Verdict::Refuse(ErrorCode::OutOfOrderSequence),
+        }
+    }
+
+    /// Records an appended batch.
+    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMetadata, now_ms: i64) {
+        let entry = self
+            .producers
+            .entry(producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch,
+                batches: VecDeque::new(),
+                last_append_ms: now_ms,
+            });
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(batch);
+        while entry.batches.len() > RETAINED_BATCHES {
+            entry.batches.pop_front();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+    }
+
+    /// Forgets producers idle for longer than `expiry_ms`.
+    pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, entry| now_ms.saturating_sub(entry.last_append_ms) <= expiry_ms);
+        before - self.producers.len()
+    }
+
+    /// Number of producers with state.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// True if no producer has state.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// The entry of one producer.
+    pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.producers.get(&producer_id)
+    }
+
+    /// Replays stored batches: every idempotent batch of `bytes` (whole batches) is recorded.
+    fn replay(&mut self, bytes: Bytes) -> Result<i64, StorageError> {
+        let mut next = -1;
+        for decoded in batch::batches(bytes) {
+            let decoded = decoded?;
+            let header = *decoded.header();
+            next = header.next_offset();
+            if header.producer_id == NO_PRODUCER_ID || header.attributes.is_control() {
+                continue;
+            }
+            let metadata = BatchMetadata {
+                first_sequence: header.base_sequence,
+                last_sequence: last_sequence(&header),
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            };
+            self.record(
+                header.producer_id,
+                header.producer_epoch,
+                metadata,
+                header.max_timestamp,
+            );
+        }
+        Ok(next)
+    }
+}
+
+wire_struct! {
+    /// One remembered batch in a snapshot.
+    pub struct SnapshotBatch {
+        pub first_sequence: i32,
+        pub last_sequence: i32,
+        pub base_offset: i64,
+        pub last_offset: i64,
+    }
+}
+
+wire_struct! {
+    /// One producer in a snapshot.
+    pub struct SnapshotProducer {
+        pub producer_id: i64,
+        pub epoch: i16,
+        pub last_append_ms: i64,
+        pub batches: Vec<SnapshotBatch>,
+    }
+}
+
+wire_struct! {
+    /// The snapshot payload: state covering every batch below `offset`.
+    pub struct SnapshotPayload {
+        pub offset: i64,
+        pub producers: Vec<SnapshotProducer>,
+    }
+}
+
+/// Producer state of one partition with its lock; the lock is held across check, append and
+/// record.
+pub type SharedProducers = Arc<Mutex<PartitionProducers>>;
+
+/// All partitions' producer state and the producer id allocator.
+#[derive(Debug)]
+pub struct Producers {
+    fs: Arc<dyn Fs>,
+    data_dir: PathBuf,
+    partitions: Mutex<BTreeMap<(String, u32), SharedProducers>>,
+    ids: Mutex<IdBlock>,
+    /// Idle producers are forgotten after this long (ms).
+    pub expiry_ms: i64,
+}
+
+#[derive(Debug)]
+struct IdBlock {
+    next: i64,
+    end: i64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Producers {
+    /// Loads the id allocator's state; partitions are added with [`Producers::load`].
+    ///
+    /// # Errors
+    /// Storage errors reading or reserving the id block.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        data_dir: &Path,
+        expiry_ms: i64,
+    ) -> Result<Producers, StorageError> {
+        let stored = checkpoint::read(fs.as_ref(), &data_dir.join(PRODUCER_IDS_FILE), IDS_MAGIC)?;
+        let next = match stored {
+            Some(found) if found.payload.len() == 8 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&found.payload);
+                i64::from_be_bytes(bytes)
+            }
+            Some(_) => {
+                return Err(StorageError::Corrupt {
+                    segment: data_dir.join(PRODUCER_IDS_FILE),
+                    position: 0,
+                    reason: "producer id block has the wrong size".to_string(),
+                })
+            }
+            None => 0,
+        };
+        let producers = Producers {
+            fs,
+            data_dir: data_dir.to_path_buf(),
+            partitions: Mutex::new(BTreeMap::new()),
+            // Nothing reserved yet: the first allocation reserves a block starting at `next`.
+            ids: Mutex::new(IdBlock { next, end: next }),
+            expiry_ms,
+        };
+        Ok(producers)
+    }
+
+    /// Hands out a new producer id, reserving a new block durably when the current one is
+    /// used up (blocking file I/O: call off the runtime's workers).
+    ///
+    /// # Errors
+    /// Storage errors writing the block.
+    pub fn allocate_id(&self) -> Result<i64, StorageError> {
+        let mut ids = lock(&self.ids);
+        if ids.next >= ids.end {
+            let end = ids.next + PRODUCER_ID_BLOCK;
+            checkpoint::write(
+                self.fs.as_ref(),
+                &self.data_dir,
+                PRODUCER_IDS_FILE,
+                IDS_MAGIC,
+                1,
+                end as u64,
+                &end.to_be_bytes(),
+            )?;
+            ids.end = end;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    /// Loads a partition's state: its snapshot, then a replay of the log after it (blocking:
+    /// call at start-up or off the runtime's workers).
+    ///
+    /// # Errors
+    /// Storage errors reading the snapshot or the log.
+    pub fn load(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &Partition,
+    ) -> Result<SharedProducers, StorageError> {
+        let mut state = PartitionProducers::default();
+        let mut from = log.log_start_offset();
+        let path = log.dir().join(SNAPSHOT_FILE);
+        match checkpoint::read(self.fs.as_ref(), &path, SNAPSHOT_MAGIC) {
+            Ok(Some(found)) => match decode_snapshot(found.payload) {
+                // A snapshot past the log end (the tail was cut by recovery) or before the log
+                // start (segments were deleted) cannot be trusted: replay everything.
+                Ok(snapshot) if (from..=log.log_end_offset()).contains(&snapshot.offset) => {
+                    from = snapshot.offset;
+                    state = from_snapshot(snapshot);
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::warn!(snapshot = %path.display(), reason, "ignoring damaged producer snapshot")
+                }
+            },
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(snapshot = %path.display(), %error, "ignoring unreadable producer snapshot")
+            }
+        }
+        let end = log.high_watermark();
+        while from < end {
+            let read = log.read(from, REPLAY_READ_BYTES)?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            from = state.replay(read.bytes)?;
+        }
+        let shared = Arc::new(Mutex::new(state));
+        lock(&self.partitions).insert((topic.to_string(), partition), shared.clone());
+        Ok(shared)
+    }
+
+    /// The state of a partition, created empty if it has none yet (a new partition).
+    pub fn partition(&self, topic: &str, partition: u32) -> SharedProducers {
+        lock(&self.partitions)
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a deleted partition.
+    pub fn remove(&self, topic: &str, partition: u32) {
+        lock(&self.partitions).remove(&(topic.to_string(), partition));
+    }
+
+    /// Writes a snapshot of one partition covering everything below its high watermark, and
+    /// expires idle producers first.
+    ///
+    /// # Errors
+    /// Storage errors writing the snapshot.
+    pub fn snapshot(
+        &self,
+        shared: &SharedProducers,
+        log: &Partition,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let offset = log.high_watermark();
+        let payload = {
+            let mut state = lock(shared);
+            state.expire(now_ms, self.expiry_ms);
+            to_snapshot(&state, offset)
+        };
+        let mut bytes = BytesMut::new();
+        payload.encode(&mut bytes);
+        checkpoint::write(
+            self.fs.as_ref(),
+            log.dir(),
+            SNAPSHOT_FILE,
+            SNAPSHOT_MAGIC,
+            1,
+            offset as u64,
+            &bytes,
+        )
+    }
+
+    /// Every partition's state, for periodic snapshots.
+    pub fn all(&self) -> Vec<((String, u32), SharedProducers)> {
+        lock(&self.partitions)
+            .iter()
+            .map(|(key, shared)| (key.clone(), shared.clone()))
+            .collect()
+    }
+}
+
+fn to_snapshot(state: &PartitionProducers, offset: i64) -> SnapshotPayload {
+    let mut producers: Vec<SnapshotProducer> = state
+        .producers
+        .iter()
+        .map(|(producer_id, entry)| SnapshotProducer {
+            producer_id: *producer_id,
+            epoch: entry.epoch,
+            last_append_ms: entry.last_append_ms,
+            // Batches at or past the snapshot offset are replayed from the log instead.
+            batches: entry
+                .batches
+                .iter()
+                .filter(|batch| batch.last_offset < offset)
+                .map(|batch| SnapshotBatch {
+                    first_sequence: batch.first_sequence,
+                    last_sequence: batch.last_sequence,
+                    base_offset: batch.base_offset,
+                    last_offset: batch.last_offset,
+                })
+                .collect(),
+        })
+        .filter(|producer| !producer.batches.is_empty())
+        .collect();
+    producers.sort_by_key(|producer| producer.producer_id);
+    SnapshotPayload { offset, producers }
+}
+
+fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
+    let mut state = PartitionProducers::default();
+    for producer in snapshot.producers {
+        for batch in producer.batches {
+            let metadata = BatchMetadata {
+                first_sequence: batch.first_sequence,
+                last_sequence: batch.last_sequence,
+                base_offset: batch.base_offset,
+                last_offset: batch.last_offset,
+            };
+            state.record(
+                producer.producer_id,
+                producer.epoch,
+                metadata,
+                producer.last_append_ms,
+            );
+        }
+    }
+    state
+}
+
+fn decode_snapshot(payload: Vec<u8>) -> Result<SnapshotPayload, String> {
+    let mut reader = Reader::new(Bytes::from(payload));
+    let snapshot =
+        SnapshotPayload::decode(&mut reader, "snapshot").map_err(|error| error.to_string())?;
+    reader.finish().map_err(|error| error.to_string())?;
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(first_sequence: i32, last_sequence: i32, base_offset: i64) -> BatchMetadata {
+        BatchMetadata {
+            first_sequence,
+            last_sequence,
+            base_offset,
+            last_offset: base_offset + i64::from(last_sequence - first_sequence),
+        }
+    }
+
+    #[test]
+    fn new_producer_must_start_at_sequence_zero() {
+        let state = PartitionProducers::default();
+        assert_eq!(state.check(7, 0, 0, 4), Verdict::Append);
+        assert_eq!(
+            state.check(7, 0, 5, 9),
+            Verdict::Refuse(ErrorCode::UnknownProducerId)
+        );
+    }
+
+    #[test]
+    fn next_sequence_appends_gap_is_refused_retry_is_duplicate() {
+        let mut state = PartitionProducers::default();
+        state.record(7, 0, batch(0, 4, 100), 1);
+        assert_eq!(state.check(7, 0, 5, 9), Verdict::Append);
+        assert_eq!(
+            state.check(7, 0, 6, 9),
+            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+        );
+        assert_eq!(
+            state.check(7, 0, 10, 12),
+            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+        );
+        assert_eq!(
+            state.check(7, 0, 0, 4),
+            Verdict::Duplicate(batch(0, 4, 100))
+        );
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut state = PartitionProducers::default();
+        for index in 0..7 {
+            state.record(
+                7,
+                0,
+                batch(index * 10, index * 10 + 9, i64::from(index) * 10),
+                1,
+            );
+        }
+        assert_eq!(state.get(7).unwrap().batches.len(), RETAINED_BATCHES);
+        assert!(matches!(state.check(7, 0, 20, 29), Verdict::Duplicate(_)));
+        // Older than the window: no longer recognised, and not the next sequence either.
+        assert_eq!(
+            state.check(7, 0, 0, 9),
+            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+        );
+    }
+
+    #[test]
+    fn stale_epoch_is_fenced_and_new_epoch_restarts_sequences() {
+        let mut state = PartitionProducers::default();
+        state.record(7, 3, batch(0, 4, 0), 1);
+        assert_eq!(
+            state.check(7, 2, 5, 9),
+            Verdict::Refuse(ErrorCode::ProducerFenced)
+        );
+        assert_eq!(
+            state.check(7, 4, 5, 9),
+            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+        );
+        assert_eq!(state.check(7, 4, 0, 0), Verdict::Append);
+        state.record(7, 4, batch(0, 0, 5), 2);
+        assert_eq!(
+            state.check(7, 3, 5, 9),
+            Verdict::Refuse(ErrorCode::ProducerFenced)
+        );
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        let mut state = PartitionProducers::default();
+        state.record(7, 0, batch(0, 0, 0), 1);
+        state.producers.get_mut(&7).unwrap().batches[0].last_sequence = i32::MAX;
+        assert_eq!(state.check(7, 0, 0, 3), Verdict::Append);
+    }
+
+    #[test]
+    fn idle_producers_expire() {
+        let mut state = PartitionProducers::default();
+        state.record(1, 0, batch(0, 0, 0), 1_000);
+        state.record(2, 0, batch(0, 0, 1), 5_000);
+        assert_eq!(state.expire(6_000, 2_000), 1);
+        assert!(state.get(1).is_none() && state.get(2).is_some());
+    }
+
+    #[test]
+    fn snapshot_keeps_only_batches_below_its_offset() {
+        let mut state = PartitionProducers::default();
+        state.record(1, 0, batch(0, 4, 0), 1);
+        state.record(1, 0, batch(5, 9, 5), 1);
+        let snapshot = to_snapshot(&state, 5);
+        let restored = from_snapshot(snapshot);
+        assert_eq!(restored.get(1).unwrap().batches.len(), 1);
+        assert_eq!(restored.check(1, 0, 5, 9), Verdict::Append);
+    }
+}
