@@ -11,3 +11,4 @@ pub mod producer;
 pub mod server;
 pub mod storage;
 pub mod topic;
+pub mod txn;

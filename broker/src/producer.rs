@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
+use wharf_protocol::batch::{self, BatchHeader, ControlKind, NO_PRODUCER_ID};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::{wire_struct, ErrorCode};
 
@@ -96,10 +96,26 @@ pub fn last_sequence(header: &BatchHeader) -> i32 {
     ((i64::from(header.base_sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// A transaction that was aborted on this partition: a read-committed consumer skips the
+/// producer's records from `first_offset` up to the abort marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    /// The producer.
+    pub producer_id: i64,
+    /// Offset of the transaction's first record on this partition.
+    pub first_offset: i64,
+    /// Offset of the abort marker.
+    pub last_offset: i64,
+}
+
 /// Producer state of one partition.
 #[derive(Debug, Default)]
 pub struct PartitionProducers {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions on this partition: producer id → offset of its first record.
+    ongoing: HashMap<i64, i64>,
+    /// Aborted transactions, in marker order.
+    aborted: Vec<AbortedTxn>,
 }
 
 impl PartitionProducers {
@@ -165,9 +181,71 @@ impl PartitionProducers {
     /// Forgets producers idle for longer than `expiry_ms`.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers
-            .retain(|_, entry| now_ms.saturating_sub(entry.last_append_ms) <= expiry_ms);
+        let ongoing = &self.ongoing;
+        self.producers.retain(|producer_id, entry| {
+            ongoing.contains_key(producer_id)
+                || now_ms.saturating_sub(entry.last_append_ms) <= expiry_ms
+        });
         before - self.producers.len()
+    }
+
+    /// Notes a transactional batch appended at `base_offset`: it opens the producer's
+    /// transaction on this partition if none is open.
+    pub fn record_transactional(&mut self, producer_id: i64, base_offset: i64) {
+        self.ongoing.entry(producer_id).or_insert(base_offset);
+    }
+
+    /// Notes a transaction marker at `marker_offset` written with `epoch`: it ends the
+    /// producer's open transaction on this partition (an abort is remembered for
+    /// read-committed fetches), and a marker with a newer epoch fences older epochs here.
+    pub fn record_marker(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        kind: ControlKind,
+        marker_offset: i64,
+    ) {
+        if let Some(entry) = self.producers.get_mut(&producer_id) {
+            if epoch > entry.epoch {
+                entry.epoch = epoch;
+                entry.batches.clear();
+            }
+        }
+        let Some(first_offset) = self.ongoing.remove(&producer_id) else {
+            // A marker for a transaction that wrote nothing here: nothing to skip.
+            return;
+        };
+        if kind == ControlKind::Abort {
+            self.aborted.push(AbortedTxn {
+                producer_id,
+                first_offset,
+                last_offset: marker_offset,
+            });
+        }
+    }
+
+    /// The last stable offset: below it every transaction is decided. `high_watermark` when
+    /// no transaction is open.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.ongoing
+            .values()
+            .copied()
+            .min()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Aborted transactions a fetch of `[from_offset, to_offset)` must skip.
+    pub fn aborted_between(&self, from_offset: i64, to_offset: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|txn| txn.last_offset >= from_offset && txn.first_offset < to_offset)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below `log_start` (their segments are gone).
+    pub fn prune_aborted(&mut self, log_start: i64) {
+        self.aborted.retain(|txn| txn.last_offset >= log_start);
     }
 
     /// Number of producers with state.
@@ -192,8 +270,22 @@ impl PartitionProducers {
             let decoded = decoded?;
             let header = *decoded.header();
             next = header.next_offset();
-            if header.producer_id == NO_PRODUCER_ID || header.attributes.is_control() {
+            if header.producer_id == NO_PRODUCER_ID {
                 continue;
+            }
+            if header.attributes.is_control() {
+                if let Some(kind) = decoded.control_kind()? {
+                    self.record_marker(
+                        header.producer_id,
+                        header.producer_epoch,
+                        kind,
+                        header.base_offset,
+                    );
+                }
+                continue;
+            }
+            if header.attributes.is_transactional() {
+                self.record_transactional(header.producer_id, header.base_offset);
             }
             let metadata = BatchMetadata {
                 first_sequence: header.base_sequence,
@@ -233,10 +325,29 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// A transaction open at the snapshot's offset.
+    pub struct SnapshotOngoing {
+        pub producer_id: i64,
+        pub first_offset: i64,
+    }
+}
+
+wire_struct! {
+    /// An aborted transaction below the snapshot's offset.
+    pub struct SnapshotAborted {
+        pub producer_id: i64,
+        pub first_offset: i64,
+        pub last_offset: i64,
+    }
+}
+
+wire_struct! {
     /// The snapshot payload: state covering every batch below `offset`.
     pub struct SnapshotPayload {
         pub offset: i64,
         pub producers: Vec<SnapshotProducer>,
+        pub ongoing: Vec<SnapshotOngoing>,
+        pub aborted: Vec<SnapshotAborted>,
     }
 }
 
@@ -400,6 +511,7 @@ impl Producers {
         let payload = {
             let mut state = lock(shared);
             state.expire(now_ms, self.expiry_ms);
+            state.prune_aborted(log.log_start_offset());
             to_snapshot(&state, offset)
         };
         let mut bytes = BytesMut::new();
@@ -448,7 +560,33 @@ fn to_snapshot(state: &PartitionProducers, offset: i64) -> SnapshotPayload {
         .filter(|producer| !producer.batches.is_empty())
         .collect();
     producers.sort_by_key(|producer| producer.producer_id);
-    SnapshotPayload { offset, producers }
+    // Transactions opened at or past the offset, and aborts decided there, are replayed.
+    let mut ongoing: Vec<SnapshotOngoing> = state
+        .ongoing
+        .iter()
+        .filter(|(_, first_offset)| **first_offset < offset)
+        .map(|(producer_id, first_offset)| SnapshotOngoing {
+            producer_id: *producer_id,
+            first_offset: *first_offset,
+        })
+        .collect();
+    ongoing.sort_by_key(|entry| entry.producer_id);
+    let aborted = state
+        .aborted
+        .iter()
+        .filter(|txn| txn.last_offset < offset)
+        .map(|txn| SnapshotAborted {
+            producer_id: txn.producer_id,
+            first_offset: txn.first_offset,
+            last_offset: txn.last_offset,
+        })
+        .collect();
+    SnapshotPayload {
+        offset,
+        producers,
+        ongoing,
+        aborted,
+    }
 }
 
 fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
@@ -469,6 +607,18 @@ fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
             );
         }
     }
+    for entry in snapshot.ongoing {
+        state.ongoing.insert(entry.producer_id, entry.first_offset);
+    }
+    state.aborted = snapshot
+        .aborted
+        .into_iter()
+        .map(|txn| AbortedTxn {
+            producer_id: txn.producer_id,
+            first_offset: txn.first_offset,
+            last_offset: txn.last_offset,
+        })
+        .collect();
     state
 }
 
@@ -568,6 +718,43 @@ mod tests {
         state.record(7, 0, batch(0, 0, 0), 1);
         state.producers.get_mut(&7).unwrap().batches[0].last_sequence = i32::MAX;
         assert_eq!(state.check(7, 0, 0, 3), Verdict::Append);
+    }
+
+    #[test]
+    fn last_stable_offset_waits_for_open_transactions() {
+        let mut state = PartitionProducers::default();
+        assert_eq!(state.last_stable_offset(10), 10);
+        state.record_transactional(1, 4);
+        state.record_transactional(1, 6);
+        state.record_transactional(2, 8);
+        assert_eq!(state.last_stable_offset(10), 4);
+        state.record_marker(1, 0, ControlKind::Commit, 9);
+        assert_eq!(state.last_stable_offset(12), 8);
+        state.record_marker(2, 0, ControlKind::Abort, 12);
+        assert_eq!(state.last_stable_offset(13), 13);
+        assert_eq!(
+            state.aborted_between(0, 13),
+            vec![AbortedTxn {
+                producer_id: 2,
+                first_offset: 8,
+                last_offset: 12
+            }]
+        );
+        assert!(state.aborted_between(13, 20).is_empty());
+        state.prune_aborted(13);
+        assert!(state.aborted_between(0, 20).is_empty());
+    }
+
+    #[test]
+    fn snapshot_keeps_transactions_below_its_offset() {
+        let mut state = PartitionProducers::default();
+        state.record_transactional(1, 2);
+        state.record_marker(1, 0, ControlKind::Abort, 5);
+        state.record_transactional(3, 7);
+        state.record_transactional(4, 20);
+        let restored = from_snapshot(to_snapshot(&state, 10));
+        assert_eq!(restored.last_stable_offset(30), 7);
+        assert_eq!(restored.aborted_between(0, 30).len(), 1);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::offsets::OffsetStore;
 use crate::producer::Producers;
 use crate::storage::{Clock, Flusher, RealFs, StorageEnv, SystemClock};
 use crate::topic::{TopicError, Topics};
+use crate::txn::{TxnCoordinator, TxnLoaded};
 
 /// Node id of this broker in metadata answers (one broker for now).
 pub const NODE_ID: i32 = 0;
@@ -47,6 +48,8 @@ pub struct Broker {
     pub groups: Coordinator,
     /// Idempotent producer state and producer ids.
     pub producers: Producers,
+    /// The transaction coordinator.
+    pub txn: TxnCoordinator,
     /// What metadata answers tell clients to connect to.
     pub advertised: BrokerInfo,
     /// Time.
@@ -148,7 +151,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let open_config = config.clone();
     let open_clock = clock.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
-    let (topics, offsets, producers) =
+    let (topics, offsets, producers, (txn, txn_loaded)) =
         tokio::task::spawn_blocking(move || open_storage(&open_config, open_clock))
             .await
             .map_err(|error| ServerError::Shutdown(error.to_string()))??;
@@ -158,11 +161,13 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         topics,
         offsets,
         producers,
+        txn,
         advertised,
         clock,
     });
+    let txn_task = TxnCoordinator::spawn(txn_loaded, Arc::downgrade(&broker));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(run(broker, listener, shutdown_rx));
+    let task = tokio::spawn(run(broker, listener, shutdown_rx, txn_task));
     tracing::info!(%local_addr, "wharfd listening");
     Ok(ServerHandle {
         local_addr,
@@ -194,7 +199,7 @@ fn advertised_info(
 fn open_storage(
     config: &BrokerConfig,
     clock: Arc<dyn Clock>,
-) -> Result<(Topics, OffsetStore, Producers), ServerError> {
+) -> Result<(Topics, OffsetStore, Producers, (TxnCoordinator, TxnLoaded)), ServerError> {
     let env = StorageEnv {
         fs: Arc::new(RealFs),
         clock: clock.clone(),
@@ -218,13 +223,15 @@ fn open_storage(
             }
         }
     }
-    Ok((topics, offsets, producers))
+    let txn = TxnCoordinator::open(&topics).map_err(wrap)?;
+    Ok((topics, offsets, producers, txn))
 }
 
 async fn run(
     broker: Arc<Broker>,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
+    txn_task: JoinHandle<()>,
 ) -> Result<(), ServerError> {
     // Every connection holds a clone of `done_tx`; when all are dropped, `done_rx` yields None.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -239,6 +246,7 @@ async fn run(
     for task in background {
         task.abort();
     }
+    txn_task.abort();
     let snapshotting = broker.clone();
     let _ = tokio::task::spawn_blocking(move || snapshot_producers(&snapshotting)).await;
     let closing = broker.clone();

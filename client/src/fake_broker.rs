@@ -348,6 +348,11 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             producer_epoch: 0,
             ..Default::default()
         }),
+        other => Response::error_only(
+            other.api_key(),
+            ErrorCode::InvalidRequest,
+            "not supported by the fake broker".to_string(),
+        ),
     })
 }
 

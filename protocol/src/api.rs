@@ -26,11 +26,15 @@ wire_enum! {
         DescribeGroups = 11,
         ListGroups = 12,
         InitProducerId = 13,
+        AddPartitionsToTxn = 14,
+        AddOffsetsToTxn = 15,
+        TxnOffsetCommit = 16,
+        EndTxn = 17,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 14] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 18] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -45,6 +49,10 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 14] = [
     (ApiKey::DescribeGroups, 0, 0),
     (ApiKey::ListGroups, 0, 0),
     (ApiKey::InitProducerId, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 0),
+    (ApiKey::AddOffsetsToTxn, 0, 0),
+    (ApiKey::TxnOffsetCommit, 0, 0),
+    (ApiKey::EndTxn, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -185,6 +193,10 @@ api_enums! {
     DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     ListGroups => ListGroupsRequest, ListGroupsResponse;
     InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
+    AddPartitionsToTxn => AddPartitionsToTxnRequest, AddPartitionsToTxnResponse;
+    AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse;
+    TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse;
+    EndTxn => EndTxnRequest, EndTxnResponse;
 }
 
 /// Appends a whole request frame.
@@ -234,7 +246,7 @@ mod tests {
 
     #[test]
     fn every_api_has_a_supported_range() {
-        for code in 0..=13u16 {
+        for code in 0..=17u16 {
             let key = ApiKey::from_code(code).unwrap();
             assert_eq!(supported_range(code).unwrap().0, key);
         }

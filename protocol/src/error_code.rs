@@ -64,6 +64,13 @@ crate::wire_enum! {
         ProducerFenced = 25,
         /// The broker has no state for this producer id (it expired): get a new id.
         UnknownProducerId = 26,
+        /// The request does not fit the transaction's state (for example EndTxn with no
+        /// transaction, or a transaction the broker already aborted on timeout).
+        InvalidTxnState = 27,
+        /// The transaction is being committed or aborted; retry shortly.
+        ConcurrentTransactions = 28,
+        /// The producer id does not belong to this transactional id.
+        InvalidProducerIdMapping = 29,
     }
 }
 
@@ -77,7 +84,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::DiskFull
+            ErrorCode::RequestTimedOut
+                | ErrorCode::ShuttingDown
+                | ErrorCode::DiskFull
+                | ErrorCode::ConcurrentTransactions
         )
     }
 
@@ -111,6 +121,11 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequence => "out of order sequence number",
             ErrorCode::ProducerFenced => "producer fenced by a newer epoch",
             ErrorCode::UnknownProducerId => "unknown producer id",
+            ErrorCode::InvalidTxnState => "invalid transaction state",
+            ErrorCode::ConcurrentTransactions => "transaction is completing; retry",
+            ErrorCode::InvalidProducerIdMapping => {
+                "producer id does not match the transactional id"
+            }
         }
     }
 }

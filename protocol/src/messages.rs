@@ -572,3 +572,93 @@ wire_struct! {
         pub producer_epoch: i16,
     }
 }
+
+wire_enum! {
+    /// How a transaction ends.
+    #[derive(Default)]
+    pub enum TxnResult: u8 {
+        /// Discard everything the transaction wrote.
+        #[default]
+        Abort = 0,
+        /// Make everything the transaction wrote visible, atomically.
+        Commit = 1,
+    }
+}
+
+wire_struct! {
+    /// Registers partitions the transaction will write to (before producing to them).
+    pub struct AddPartitionsToTxnRequest {
+        pub transactional_id: String,
+        pub producer_id: i64,
+        pub producer_epoch: i16,
+        pub topics: Vec<TopicPartitions>,
+    }
+}
+
+wire_struct! {
+    /// AddPartitionsToTxn response.
+    pub struct AddPartitionsToTxnResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// Registers a consumer group whose offsets the transaction will commit.
+    pub struct AddOffsetsToTxnRequest {
+        pub transactional_id: String,
+        pub producer_id: i64,
+        pub producer_epoch: i16,
+        pub group_id: String,
+    }
+}
+
+wire_struct! {
+    /// AddOffsetsToTxn response.
+    pub struct AddOffsetsToTxnResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// Consumer offsets committed only if the transaction commits (consume-transform-produce).
+    /// Member id and generation are checked like a plain commit's (empty and -1 for a
+    /// consumer with manual assignment).
+    pub struct TxnOffsetCommitRequest {
+        pub transactional_id: String,
+        pub group_id: String,
+        pub producer_id: i64,
+        pub producer_epoch: i16,
+        pub member_id: String,
+        pub generation: i32,
+        pub topics: Vec<OffsetCommitTopic>,
+    }
+}
+
+wire_struct! {
+    /// TxnOffsetCommit response.
+    pub struct TxnOffsetCommitResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// Commits or aborts the transaction: the broker writes a marker to every partition in
+    /// it, then answers.
+    pub struct EndTxnRequest {
+        pub transactional_id: String,
+        pub producer_id: i64,
+        pub producer_epoch: i16,
+        pub result: TxnResult,
+    }
+}
+
+wire_struct! {
+    /// EndTxn response.
+    pub struct EndTxnResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}

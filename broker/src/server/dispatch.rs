@@ -97,23 +97,29 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
             }))
         }
         Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker))),
+        Request::InitProducerId(request) if request.transactional_id.is_some() => {
+            ready(Response::InitProducerId(broker.txn.init(request).await))
+        }
         Request::InitProducerId(request) => ready(Response::InitProducerId(
             init_producer_id(broker, request).await,
         )),
+        Request::AddPartitionsToTxn(request) => ready(Response::AddPartitionsToTxn(
+            broker.txn.add_partitions(request).await,
+        )),
+        Request::AddOffsetsToTxn(request) => ready(Response::AddOffsetsToTxn(
+            broker.txn.add_offsets(request).await,
+        )),
+        Request::TxnOffsetCommit(request) => ready(Response::TxnOffsetCommit(
+            broker.txn.offset_commit(request).await,
+        )),
+        Request::EndTxn(request) => ready(Response::EndTxn(broker.txn.end(request).await)),
     }
 }
 
 async fn init_producer_id(
     broker: &Arc<Broker>,
-    request: InitProducerIdRequest,
+    _request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    if request.transactional_id.is_some() {
-        return InitProducerIdResponse {
-            error: ErrorCode::InvalidRequest,
-            error_message: Some("transactions are not supported yet".to_string()),
-            ..InitProducerIdResponse::default()
-        };
-    }
     let allocating = broker.clone();
     // Reserving a new block of ids writes and fsyncs a file: off the runtime's workers.
     match tokio::task::spawn_blocking(move || allocating.producers.allocate_id()).await {
@@ -474,6 +480,12 @@ fn append(
         ));
     }
     if header.producer_id == NO_PRODUCER_ID {
+        if header.attributes.is_transactional() {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "a transactional batch needs a producer id".to_string(),
+            ));
+        }
         return plain_append(log, &mut batches);
     }
     idempotent_append(broker, info, partition, log, &mut batches, header)
@@ -530,6 +542,9 @@ fn idempotent_append(
                 metadata,
                 broker.clock.now_ms(),
             );
+            if header.attributes.is_transactional() {
+                state.record_transactional(header.producer_id, appended.base_offset);
+            }
             Ok((log, appended))
         }
         Verdict::Duplicate(original) => Ok((
@@ -626,15 +641,31 @@ fn fetch_once(
                     answer.log_start_offset = log.log_start_offset();
                     // A long poll waits for data beyond what this read could see.
                     wait_offset = wait_offset.max(answer.high_watermark);
+                    let mut end_offset = answer.high_watermark;
+                    if request.isolation == Isolation::ReadCommitted {
+                        // Only decided transactions are visible, and the client skips the
+                        // aborted ones in what it gets.
+                        let shared = broker.producers.partition(&topic.name, wanted.partition);
+                        let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+                        end_offset = state.last_stable_offset(answer.high_watermark);
+                        answer.aborted_transactions = state
+                            .aborted_between(wanted.fetch_offset, end_offset)
+                            .into_iter()
+                            .map(|txn| AbortedTransaction {
+                                producer_id: txn.producer_id,
+                                first_offset: txn.first_offset,
+                            })
+                            .collect();
+                    }
+                    answer.last_stable_offset = end_offset;
                     if remaining > 0 {
                         let limit = (wanted.partition_max_bytes as usize).min(remaining).max(1);
-                        match log.read(wanted.fetch_offset, limit) {
+                        match log.read_bounded(wanted.fetch_offset, limit, end_offset) {
                             // Only the first non-empty partition may exceed the limit (by one
                             // batch, so consumers make progress); later ones must fit.
                             Ok(read) if total > 0 && read.bytes.len() > remaining => remaining = 0,
                             Ok(read) => {
                                 answer.high_watermark = read.high_watermark;
-                                answer.last_stable_offset = read.high_watermark;
                                 answer.log_start_offset = read.log_start_offset;
                                 remaining = remaining.saturating_sub(read.bytes.len());
                                 total += read.bytes.len();

@@ -530,6 +530,21 @@ impl Partition {
     /// `Error::OffsetOutOfRange` outside `[log_start, high_watermark]`; `Error::Corrupt` if
     /// the stored bytes fail a check (the range is refused); `Error::Io` on read failure.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_bounded(offset, max_bytes, i64::MAX)
+    }
+
+    /// Like [`Partition::read`], but returns no batch at or past `end_offset` (the last
+    /// stable offset, for read-committed fetches). Offsets between `end_offset` and the high
+    /// watermark are valid and read as empty.
+    ///
+    /// # Errors
+    /// As for [`Partition::read`].
+    pub fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        end_offset: i64,
+    ) -> Result<ReadResult> {
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
         if offset < log_start_offset || offset > high_watermark {
@@ -544,7 +559,8 @@ impl Partition {
             high_watermark,
             log_start_offset,
         };
-        if offset == high_watermark {
+        let end_offset = end_offset.min(high_watermark);
+        if offset >= end_offset {
             return Ok(empty);
         }
         let candidates: Vec<Arc<Segment>> = {
@@ -563,7 +579,7 @@ impl Partition {
             let found = segment.read(
                 from,
                 max_bytes,
-                high_watermark,
+                end_offset,
                 self.config.read_verify,
                 self.config.index_interval_bytes,
             )?;

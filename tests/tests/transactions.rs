@@ -1,0 +1,500 @@
+//! Transactions against the real `wharfd`, over the raw protocol so the broker's part is
+//! checked exactly: read-committed fetches stop at the last stable offset and list aborted
+//! transactions; a commit across three partitions becomes visible at once; a new producer
+//! with the same transactional id fences the old one; offsets committed in a transaction
+//! apply only if it commits; a broker crash aborts an open transaction; timeouts abort too.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use integration_tests::{BrokerProcess, RawClient};
+use wharf_protocol::batch::{batches, Attributes, BatchBuilder, NewRecord};
+use wharf_protocol::messages::*;
+use wharf_protocol::{ErrorCode, Request, Response};
+
+struct Txn {
+    id: String,
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+}
+
+fn init(client: &mut RawClient, id: &str, timeout_ms: u32) -> Txn {
+    let Response::InitProducerId(response) =
+        client.call(&Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: Some(id.to_string()),
+            transaction_timeout_ms: timeout_ms,
+        }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(
+        response.error,
+        ErrorCode::None,
+        "{:?}",
+        response.error_message
+    );
+    Txn {
+        id: id.to_string(),
+        producer_id: response.producer_id,
+        epoch: response.producer_epoch,
+        sequence: 0,
+    }
+}
+
+fn add_partitions(client: &mut RawClient, txn: &Txn, topic: &str, partitions: &[u32]) -> ErrorCode {
+    let Response::AddPartitionsToTxn(response) =
+        client.call(&Request::AddPartitionsToTxn(AddPartitionsToTxnRequest {
+            transactional_id: txn.id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.epoch,
+            topics: vec![TopicPartitions {
+                topic: topic.to_string(),
+                partitions: partitions.to_vec(),
+            }],
+        }))
+    else {
+        panic!("wrong response")
+    };
+    response.error
+}
+
+fn end(client: &mut RawClient, txn: &Txn, result: TxnResult) -> ErrorCode {
+    let Response::EndTxn(response) = client.call(&Request::EndTxn(EndTxnRequest {
+        transactional_id: txn.id.clone(),
+        producer_id: txn.producer_id,
+        producer_epoch: txn.epoch,
+        result,
+    })) else {
+        panic!("wrong response")
+    };
+    response.error
+}
+
+fn produce(
+    client: &mut RawClient,
+    topic: &str,
+    partition: u32,
+    records: Bytes,
+) -> (ErrorCode, i64) {
+    let Response::Produce(produced) = client.call(&Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            name: topic.to_string(),
+            partitions: vec![ProducePartition { partition, records }],
+        }],
+    })) else {
+        panic!("wrong response")
+    };
+    let answer = &produced.topics[0].partitions[0];
+    (answer.error, answer.base_offset)
+}
+
+/// A transactional batch of `values` for `txn` on one partition (sequences are per
+/// partition; these tests use one sequence counter per partition they write).
+fn txn_batch(txn: &Txn, sequence: i32, values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::new(1_700_000_000_000)
+        .producer(txn.producer_id, txn.epoch, sequence)
+        .attributes(Attributes::NONE.transactional());
+    for value in values {
+        builder
+            .push(&NewRecord {
+                timestamp_ms: 1_700_000_000_000,
+                value: Some(Bytes::copy_from_slice(value.as_bytes())),
+                ..NewRecord::default()
+            })
+            .expect("fits");
+    }
+    builder.build()
+}
+
+fn plain_batch(values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    for value in values {
+        builder
+            .push(&NewRecord {
+                timestamp_ms: 1_700_000_000_000,
+                value: Some(Bytes::copy_from_slice(value.as_bytes())),
+                ..NewRecord::default()
+            })
+            .expect("fits");
+    }
+    builder.build()
+}
+
+struct Fetched {
+    high_watermark: i64,
+    last_stable_offset: i64,
+    aborted: Vec<AbortedTransaction>,
+    /// (offset, value) of data records; control batches skipped.
+    records: Vec<(i64, String)>,
+}
+
+fn fetch(client: &mut RawClient, topic: &str, partition: u32, isolation: Isolation) -> Fetched {
+    let Response::Fetch(fetched) = client.call(&Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1024 * 1024,
+        isolation,
+        topics: vec![FetchTopic {
+            name: topic.to_string(),
+            partitions: vec![FetchPartition {
+                partition,
+                fetch_offset: 0,
+                partition_max_bytes: 1024 * 1024,
+            }],
+        }],
+    })) else {
+        panic!("wrong response")
+    };
+    let answer = &fetched.topics[0].partitions[0];
+    assert_eq!(answer.error, ErrorCode::None, "{:?}", answer.error_message);
+    let mut records = Vec::new();
+    for decoded in batches(answer.records.clone()) {
+        let decoded = decoded.expect("valid batch");
+        if decoded.header().attributes.is_control() {
+            continue;
+        }
+        for record in decoded.records() {
+            let record = record.expect("valid record");
+            records.push((
+                record.offset,
+                String::from_utf8(record.value.expect("value").to_vec()).expect("utf-8"),
+            ));
+        }
+    }
+    Fetched {
+        high_watermark: answer.high_watermark,
+        last_stable_offset: answer.last_stable_offset,
+        aborted: answer.aborted_transactions.clone(),
+        records,
+    }
+}
+
+fn create(client: &mut RawClient, topic: &str, partitions: u32) {
+    let Response::CreateTopics(created) =
+        client.call(&Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: topic.to_string(),
+                partitions,
+                configs: Vec::new(),
+            }],
+        }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(created.topics[0].error, ErrorCode::None);
+}
+
+fn start() -> (tempfile::TempDir, BrokerProcess, RawClient) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let client = RawClient::connect(broker.addr());
+    (data, broker, client)
+}
+
+#[test]
+fn an_aborted_transaction_is_listed_for_read_committed_and_visible_to_read_uncommitted() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "t", 1);
+    let txn = init(&mut client, "aborter", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "t", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "t", 0, txn_batch(&txn, 0, &["a", "b"])),
+        (ErrorCode::None, 0)
+    );
+    // Open: read-committed sees nothing past the transaction's first offset.
+    let open = fetch(&mut client, "t", 0, Isolation::ReadCommitted);
+    assert_eq!(open.last_stable_offset, 0);
+    assert!(open.records.is_empty());
+    assert_eq!(end(&mut client, &txn, TxnResult::Abort), ErrorCode::None);
+    // A plain record after the abort marker.
+    assert_eq!(
+        produce(&mut client, "t", 0, plain_batch(&["c"])).0,
+        ErrorCode::None
+    );
+    let committed = fetch(&mut client, "t", 0, Isolation::ReadCommitted);
+    assert_eq!(committed.last_stable_offset, committed.high_watermark);
+    assert_eq!(
+        committed.aborted,
+        vec![AbortedTransaction {
+            producer_id: txn.producer_id,
+            first_offset: 0
+        }]
+    );
+    let uncommitted = fetch(&mut client, "t", 0, Isolation::ReadUncommitted);
+    let values: Vec<&str> = uncommitted
+        .records
+        .iter()
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(values, vec!["a", "b", "c"]);
+    assert!(uncommitted.aborted.is_empty());
+    // Retrying the same EndTxn is harmless; committing it now is not allowed.
+    assert_eq!(end(&mut client, &txn, TxnResult::Abort), ErrorCode::None);
+    assert_eq!(
+        end(&mut client, &txn, TxnResult::Commit),
+        ErrorCode::InvalidTxnState
+    );
+}
+
+#[test]
+fn a_commit_across_three_partitions_becomes_visible_at_once() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "multi", 3);
+    let txn = init(&mut client, "spanner", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "multi", &[0, 1, 2]),
+        ErrorCode::None
+    );
+    for partition in 0..3 {
+        let values = [format!("p{partition}-x"), format!("p{partition}-y")];
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        assert_eq!(
+            produce(&mut client, "multi", partition, txn_batch(&txn, 0, &refs)).0,
+            ErrorCode::None
+        );
+    }
+    for partition in 0..3 {
+        let before = fetch(&mut client, "multi", partition, Isolation::ReadCommitted);
+        assert!(
+            before.records.is_empty(),
+            "partition {partition} visible before the commit"
+        );
+        assert_eq!(before.high_watermark, 2);
+    }
+    assert_eq!(end(&mut client, &txn, TxnResult::Commit), ErrorCode::None);
+    for partition in 0..3 {
+        let after = fetch(&mut client, "multi", partition, Isolation::ReadCommitted);
+        let values: Vec<String> = after.records.into_iter().map(|(_, value)| value).collect();
+        assert_eq!(
+            values,
+            vec![format!("p{partition}-x"), format!("p{partition}-y")]
+        );
+        assert!(after.aborted.is_empty());
+        // The commit marker takes one offset.
+        assert_eq!(after.high_watermark, 3);
+        assert_eq!(after.last_stable_offset, 3);
+    }
+}
+
+#[test]
+fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "f", 1);
+    let zombie = init(&mut client, "shared-id", 0);
+    assert_eq!(
+        add_partitions(&mut client, &zombie, "f", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "f", 0, txn_batch(&zombie, 0, &["zombie-1"])).0,
+        ErrorCode::None
+    );
+    let fresh = init(&mut client, "shared-id", 0);
+    assert_eq!(fresh.producer_id, zombie.producer_id);
+    assert!(fresh.epoch > zombie.epoch);
+    // The zombie's open transaction was aborted, and the zombie is fenced everywhere.
+    assert_eq!(
+        end(&mut client, &zombie, TxnResult::Commit),
+        ErrorCode::ProducerFenced
+    );
+    assert_eq!(
+        add_partitions(&mut client, &zombie, "f", &[0]),
+        ErrorCode::ProducerFenced
+    );
+    assert_eq!(
+        produce(&mut client, "f", 0, txn_batch(&zombie, 1, &["zombie-2"])).0,
+        ErrorCode::ProducerFenced
+    );
+    let view = fetch(&mut client, "f", 0, Isolation::ReadCommitted);
+    assert_eq!(
+        view.aborted,
+        vec![AbortedTransaction {
+            producer_id: zombie.producer_id,
+            first_offset: 0
+        }]
+    );
+    // The new producer works.
+    assert_eq!(
+        add_partitions(&mut client, &fresh, "f", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "f", 0, txn_batch(&fresh, 0, &["fresh"])).0,
+        ErrorCode::None
+    );
+    assert_eq!(end(&mut client, &fresh, TxnResult::Commit), ErrorCode::None);
+}
+
+fn committed_offset(client: &mut RawClient, group: &str, topic: &str) -> i64 {
+    let Response::OffsetFetch(fetched) = client.call(&Request::OffsetFetch(OffsetFetchRequest {
+        group_id: group.to_string(),
+        topics: Some(vec![TopicPartitions {
+            topic: topic.to_string(),
+            partitions: vec![0],
+        }]),
+    })) else {
+        panic!("wrong response")
+    };
+    fetched.topics[0].partitions[0].offset
+}
+
+fn txn_offsets(client: &mut RawClient, txn: &Txn, group: &str, topic: &str, offset: i64) {
+    let Response::AddOffsetsToTxn(added) =
+        client.call(&Request::AddOffsetsToTxn(AddOffsetsToTxnRequest {
+            transactional_id: txn.id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.epoch,
+            group_id: group.to_string(),
+        }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(added.error, ErrorCode::None, "{:?}", added.error_message);
+    let Response::TxnOffsetCommit(committed) =
+        client.call(&Request::TxnOffsetCommit(TxnOffsetCommitRequest {
+            transactional_id: txn.id.clone(),
+            group_id: group.to_string(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.epoch,
+            member_id: String::new(),
+            generation: -1,
+            topics: vec![OffsetCommitTopic {
+                name: topic.to_string(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: 0,
+                    offset,
+                    metadata: None,
+                }],
+            }],
+        }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(
+        committed.error,
+        ErrorCode::None,
+        "{:?}",
+        committed.error_message
+    );
+}
+
+#[test]
+fn offsets_committed_in_a_transaction_apply_only_if_it_commits() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "in", 1);
+    create(&mut client, "out", 1);
+    let mut txn = init(&mut client, "pipeline", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "out", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "out", 0, txn_batch(&txn, 0, &["r1"])).0,
+        ErrorCode::None
+    );
+    txn.sequence = 1;
+    txn_offsets(&mut client, &txn, "readers", "in", 10);
+    assert_eq!(
+        committed_offset(&mut client, "readers", "in"),
+        -1,
+        "not before the commit"
+    );
+    assert_eq!(end(&mut client, &txn, TxnResult::Commit), ErrorCode::None);
+    assert_eq!(committed_offset(&mut client, "readers", "in"), 10);
+    // An aborted transaction leaves the committed offset alone.
+    assert_eq!(
+        add_partitions(&mut client, &txn, "out", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(
+            &mut client,
+            "out",
+            0,
+            txn_batch(&txn, txn.sequence, &["r2"])
+        )
+        .0,
+        ErrorCode::None
+    );
+    txn_offsets(&mut client, &txn, "readers", "in", 20);
+    assert_eq!(end(&mut client, &txn, TxnResult::Abort), ErrorCode::None);
+    assert_eq!(committed_offset(&mut client, "readers", "in"), 10);
+}
+
+#[test]
+fn a_broker_crash_aborts_the_open_transaction_and_fences_its_producer() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    create(&mut client, "crash", 1);
+    let txn = init(&mut client, "survivor", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "crash", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "crash", 0, txn_batch(&txn, 0, &["in-flight"])).0,
+        ErrorCode::None
+    );
+    broker.kill();
+    broker.restart();
+    let mut client = RawClient::connect(broker.addr());
+    // Recovery aborts the open transaction (it cannot know the producer will come back).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = fetch(&mut client, "crash", 0, Isolation::ReadCommitted);
+        if view.last_stable_offset == view.high_watermark || Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(view.last_stable_offset, view.high_watermark);
+    assert_eq!(
+        view.aborted,
+        vec![AbortedTransaction {
+            producer_id: txn.producer_id,
+            first_offset: 0
+        }]
+    );
+    assert_eq!(
+        end(&mut client, &txn, TxnResult::Commit),
+        ErrorCode::ProducerFenced
+    );
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "slow", 1);
+    let txn = init(&mut client, "sleepy", 300);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "slow", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "slow", 0, txn_batch(&txn, 0, &["late"])).0,
+        ErrorCode::None
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = fetch(&mut client, "slow", 0, Isolation::ReadCommitted);
+        if !view.aborted.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transaction was never aborted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        end(&mut client, &txn, TxnResult::Commit),
+        ErrorCode::ProducerFenced
+    );
+}
