@@ -8,6 +8,7 @@ pub mod config;
 pub mod group;
 pub mod offsets;
 pub mod producer;
+pub mod queue;
 pub mod server;
 pub mod storage;
 pub mod topic;

@@ -1,0 +1,461 @@
+//! Exchanges and bindings: which queues a message goes to.
+//!
+//! - `direct`: queues bound with exactly the message's routing key.
+//! - `fanout`: every bound queue.
+//! - `topic`: routing keys are `.`-separated words; in a binding `*` matches exactly one word
+//!   and `#` matches zero or more words (`a.#` matches `a`, `a.b`, `a.b.c`). Bindings are kept
+//!   in a trie over words, so routing a message costs the words of its key (plus the `#`
+//!   branches), not a scan of every binding.
+//! - `headers`: bindings list header values with `x-match` `all` (every one must be present
+//!   and equal, the default) or `any` (at least one); arguments starting with `x-` are not
+//!   matched.
+//!
+//! A key always splits into at least one word: the empty key is one empty word. Routing
+//! returns each queue once, however many of its bindings match.
+//!
+//! Everything here is pure: [`Bindings::route`] is unit- and property-tested without a
+//! runtime.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How an exchange routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// Exact routing key.
+    Direct,
+    /// Every bound queue.
+    Fanout,
+    /// Word patterns with `*` and `#`.
+    Topic,
+    /// Header values.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parses `direct`, `fanout`, `topic` or `headers`.
+    pub fn parse(name: &str) -> Option<ExchangeKind> {
+        match name {
+            "direct" => Some(ExchangeKind::Direct),
+            "fanout" => Some(ExchangeKind::Fanout),
+            "topic" => Some(ExchangeKind::Topic),
+            "headers" => Some(ExchangeKind::Headers),
+            _ => None,
+        }
+    }
+
+    /// The name `parse` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// How a headers binding combines its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HeadersMatch {
+    /// Every bound header must be present with the bound value.
+    All,
+    /// At least one bound header must be present with the bound value.
+    Any,
+}
+
+/// A headers binding's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeadersArgs {
+    /// `all` or `any`.
+    pub mode: HeadersMatch,
+    /// Header name → required value (UTF-8 text compared as bytes).
+    pub values: BTreeMap<String, String>,
+}
+
+impl HeadersArgs {
+    /// Builds arguments from binding pairs: `x-match` picks the mode (default `all`), other
+    /// `x-` keys are ignored.
+    ///
+    /// # Errors
+    /// A message if `x-match` is neither `all` nor `any`.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<HeadersArgs, String> {
+        let mut mode = HeadersMatch::All;
+        let mut values = BTreeMap::new();
+        for (key, value) in pairs {
+            if key == "x-match" {
+                mode = match value {
+                    "all" => HeadersMatch::All,
+                    "any" => HeadersMatch::Any,
+                    other => return Err(format!("x-match {other:?} is not all or any")),
+                };
+            } else if !key.starts_with("x-") {
+                values.insert(key.to_string(), value.to_string());
+            }
+        }
+        Ok(HeadersArgs { mode, values })
+    }
+
+    /// Whether a message with `headers` matches.
+    pub fn matches(&self, headers: &[(&str, Option<&[u8]>)]) -> bool {
+        let has = |key: &str, value: &str| {
+            headers
+                .iter()
+                .any(|(name, bytes)| *name == key && *bytes == Some(value.as_bytes()))
+        };
+        match self.mode {
+            HeadersMatch::All => self.values.iter().all(|(key, value)| has(key, value)),
+            HeadersMatch::Any => self.values.iter().any(|(key, value)| has(key, value)),
+        }
+    }
+}
+
+/// A trie over the words of topic binding patterns.
+#[derive(Debug, Default, Clone)]
+struct TopicNode {
+    words: HashMap<String, TopicNode>,
+    star: Option<Box<TopicNode>>,
+    hash: Option<Box<TopicNode>>,
+    /// Queues whose pattern ends here.
+    queues: BTreeSet<String>,
+}
+
+impl TopicNode {
+    fn child_mut(&mut self, word: &str) -> &mut TopicNode {
+        match word {
+            "*" => self.star.get_or_insert_with(Box::default),
+            "#" => self.hash.get_or_insert_with(Box::default),
+            other => self.words.entry(other.to_string()).or_default(),
+        }
+    }
+
+    fn insert(&mut self, pattern: &[&str], queue: &str) -> bool {
+        match pattern.split_first() {
+            None => self.queues.insert(queue.to_string()),
+            Some((word, rest)) => self.child_mut(word).insert(rest, queue),
+        }
+    }
+
+    /// Removes `queue` at `pattern`; returns (removed, this node is now empty).
+    fn remove(&mut self, pattern: &[&str], queue: &str) -> (bool, bool) {
+        let removed = match pattern.split_first() {
+            None => self.queues.remove(queue),
+            Some((word, rest)) => {
+                let (removed, empty) = match *word {
+                    "*" => self
+                        .star
+                        .as_mut()
+                        .map_or((false, false), |child| child.remove(rest, queue)),
+                    "#" => self
+                        .hash
+                        .as_mut()
+                        .map_or((false, false), |child| child.remove(rest, queue)),
+                    other => self
+                        .words
+                        .get_mut(other)
+                        .map_or((false, false), |child| child.remove(rest, queue)),
+                };
+                if empty {
+                    match *word {
+                        "*" => self.star = None,
+                        "#" => self.hash = None,
+                        other => {
+                            self.words.remove(other);
+                        }
+                    }
+                }
+                removed
+            }
+        };
+        (removed, self.is_empty())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+            && self.words.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+    }
+
+    fn collect(&self, words: &[&str], out: &mut BTreeSet<String>) {
+        if let Some(hash) = &self.hash {
+            // `#` takes zero or more of the remaining words.
+            for skip in 0..=words.len() {
+                hash.collect(&words[skip..], out);
+            }
+        }
+        match words.split_first() {
+            None => out.extend(self.queues.iter().cloned()),
+            Some((word, rest)) => {
+                if let Some(child) = self.words.get(*word) {
+                    child.collect(rest, out);
+                }
+                if let Some(star) = &self.star {
+                    star.collect(rest, out);
+                }
+            }
+        }
+    }
+}
+
+/// Splits a routing key or pattern into words (always at least one).
+pub fn words(key: &str) -> Vec<&str> {
+    key.split('.').collect()
+}
+
+/// The bindings of one exchange.
+#[derive(Debug, Clone)]
+pub struct Bindings {
+    kind: ExchangeKind,
+    direct: HashMap<String, BTreeSet<String>>,
+    fanout: BTreeSet<String>,
+    topic: TopicNode,
+    headers: BTreeSet<(HeadersArgs, String)>,
+    /// Every (queue, routing key) bound, for listing and unbinding queues.
+    listed: BTreeSet<(String, String)>,
+}
+
+impl Bindings {
+    /// No bindings yet.
+    pub fn new(kind: ExchangeKind) -> Bindings {
+        Bindings {
+            kind,
+            direct: HashMap::new(),
+            fanout: BTreeSet::new(),
+            topic: TopicNode::default(),
+            headers: BTreeSet::new(),
+            listed: BTreeSet::new(),
+        }
+    }
+
+    /// The exchange's kind.
+    pub fn kind(&self) -> ExchangeKind {
+        self.kind
+    }
+
+    /// Binds `queue` with `routing_key` (ignored by fanout and headers) and `headers` (headers
+    /// exchanges only). Returns false if that binding already existed.
+    pub fn bind(&mut self, queue: &str, routing_key: &str, headers: Option<&HeadersArgs>) -> bool {
+        let added = match self.kind {
+            ExchangeKind::Direct => self
+                .direct
+                .entry(routing_key.to_string())
+                .or_default()
+                .insert(queue.to_string()),
+            ExchangeKind::Fanout => self.fanout.insert(queue.to_string()),
+            ExchangeKind::Topic => self.topic.insert(&words(routing_key), queue),
+            ExchangeKind::Headers => {
+                let args = headers.cloned().unwrap_or(HeadersArgs {
+                    mode: HeadersMatch::All,
+                    values: BTreeMap::new(),
+                });
+                self.headers.insert((args, queue.to_string()))
+            }
+        };
+        self.listed
+            .insert((queue.to_string(), routing_key.to_string()));
+        added
+    }
+
+    /// Removes one binding. Returns false if it did not exist.
+    pub fn unbind(
+        &mut self,
+        queue: &str,
+        routing_key: &str,
+        headers: Option<&HeadersArgs>,
+    ) -> bool {
+        let removed = match self.kind {
+            ExchangeKind::Direct => {
+                let removed = self
+                    .direct
+                    .get_mut(routing_key)
+                    .is_some_and(|queues| queues.remove(queue));
+                if self.direct.get(routing_key).is_some_and(BTreeSet::is_empty) {
+                    self.direct.remove(routing_key);
+                }
+                removed
+            }
+            ExchangeKind::Fanout => self.fanout.remove(queue),
+            ExchangeKind::Topic => self.topic.remove(&words(routing_key), queue).0,
+            ExchangeKind::Headers => {
+                let args = headers.cloned().unwrap_or(HeadersArgs {
+                    mode: HeadersMatch::All,
+                    values: BTreeMap::new(),
+                });
+                self.headers.remove(&(args, queue.to_string()))
+            }
+        };
+        if removed {
+            self.listed
+                .remove(&(queue.to_string(), routing_key.to_string()));
+        }
+        removed
+    }
+
+    /// Removes every binding of `queue` (when the queue is deleted).
+    pub fn remove_queue(&mut self, queue: &str) {
+        let keys: Vec<String> = self
+            .listed
+            .iter()
+            .filter(|(bound, _)| bound == queue)
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in keys {
+            match self.kind {
+                ExchangeKind::Headers => {}
+                _ => {
+                    self.unbind(queue, &key, None);
+                }
+            }
+            self.listed.remove(&(queue.to_string(), key));
+        }
+        self.headers.retain(|(_, bound)| bound != queue);
+    }
+
+    /// The queues a message with `routing_key` and `headers` goes to, each once, sorted.
+    pub fn route(&self, routing_key: &str, headers: &[(&str, Option<&[u8]>)]) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        match self.kind {
+            ExchangeKind::Direct => {
+                if let Some(queues) = self.direct.get(routing_key) {
+                    out.extend(queues.iter().cloned());
+                }
+            }
+            ExchangeKind::Fanout => out.extend(self.fanout.iter().cloned()),
+            ExchangeKind::Topic => self.topic.collect(&words(routing_key), &mut out),
+            ExchangeKind::Headers => {
+                for (args, queue) in &self.headers {
+                    if args.matches(headers) {
+                        out.insert(queue.clone());
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Every (queue, routing key) binding, sorted.
+    pub fn list(&self) -> Vec<(String, String)> {
+        self.listed.iter().cloned().collect()
+    }
+}
+
+/// The reference topic matcher the trie is tested against: plain recursion over words.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn matches(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| matches(rest, &key[skip..])),
+            Some((&"*", rest)) => !key.is_empty() && matches(rest, &key[1..]),
+            Some((word, rest)) => key.first() == Some(word) && matches(rest, &key[1..]),
+        }
+    }
+    matches(&words(pattern), &words(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(bindings: &[(&str, &str)]) -> Bindings {
+        let mut exchange = Bindings::new(ExchangeKind::Topic);
+        for (queue, pattern) in bindings {
+            exchange.bind(queue, pattern, None);
+        }
+        exchange
+    }
+
+    #[test]
+    fn direct_routes_exact_keys_only() {
+        let mut exchange = Bindings::new(ExchangeKind::Direct);
+        exchange.bind("q1", "red", None);
+        exchange.bind("q2", "red", None);
+        exchange.bind("q3", "blue", None);
+        assert_eq!(exchange.route("red", &[]), vec!["q1", "q2"]);
+        assert_eq!(exchange.route("blue", &[]), vec!["q3"]);
+        assert!(exchange.route("green", &[]).is_empty());
+        assert!(exchange.unbind("q1", "red", None));
+        assert!(!exchange.unbind("q1", "red", None));
+        assert_eq!(exchange.route("red", &[]), vec!["q2"]);
+    }
+
+    #[test]
+    fn fanout_routes_to_every_queue_whatever_the_key() {
+        let mut exchange = Bindings::new(ExchangeKind::Fanout);
+        exchange.bind("a", "", None);
+        exchange.bind("b", "ignored", None);
+        assert_eq!(exchange.route("anything", &[]), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn topic_star_matches_exactly_one_word_and_hash_zero_or_more() {
+        let exchange = topic(&[
+            ("star", "a.*"),
+            ("hash", "a.#"),
+            ("mid", "*.b.#"),
+            ("all", "#"),
+        ]);
+        assert_eq!(exchange.route("a", &[]), vec!["all", "hash"]);
+        assert_eq!(
+            exchange.route("a.b", &[]),
+            vec!["all", "hash", "mid", "star"]
+        );
+        assert_eq!(exchange.route("a.b.c", &[]), vec!["all", "hash", "mid"]);
+        assert_eq!(exchange.route("x.b", &[]), vec!["all", "mid"]);
+        assert_eq!(exchange.route("", &[]), vec!["all"]);
+    }
+
+    #[test]
+    fn topic_route_lists_each_queue_once() {
+        let exchange = topic(&[("q", "a.*"), ("q", "a.#"), ("q", "#.b")]);
+        assert_eq!(exchange.route("a.b", &[]), vec!["q"]);
+    }
+
+    #[test]
+    fn topic_unbind_prunes_the_trie() {
+        let mut exchange = topic(&[("q", "a.*.c"), ("r", "a.#")]);
+        assert!(exchange.unbind("q", "a.*.c", None));
+        assert_eq!(exchange.route("a.b.c", &[]), vec!["r"]);
+        assert!(exchange.unbind("r", "a.#", None));
+        assert!(exchange.topic.is_empty());
+    }
+
+    #[test]
+    fn headers_all_and_any() {
+        let mut exchange = Bindings::new(ExchangeKind::Headers);
+        let all =
+            HeadersArgs::from_pairs([("x-match", "all"), ("format", "pdf"), ("type", "report")])
+                .unwrap();
+        let any = HeadersArgs::from_pairs([("x-match", "any"), ("format", "pdf"), ("type", "log")])
+            .unwrap();
+        exchange.bind("all", "", Some(&all));
+        exchange.bind("any", "", Some(&any));
+        let pdf_report: [(&str, Option<&[u8]>); 2] =
+            [("format", Some(b"pdf")), ("type", Some(b"report"))];
+        assert_eq!(exchange.route("", &pdf_report), vec!["all", "any"]);
+        let pdf_only: [(&str, Option<&[u8]>); 1] = [("format", Some(b"pdf"))];
+        assert_eq!(exchange.route("", &pdf_only), vec!["any"]);
+        let nothing: [(&str, Option<&[u8]>); 1] = [("format", Some(b"zip"))];
+        assert!(exchange.route("", &nothing).is_empty());
+        assert!(HeadersArgs::from_pairs([("x-match", "most")]).is_err());
+    }
+
+    #[test]
+    fn removing_a_queue_drops_all_its_bindings() {
+        let mut exchange = topic(&[("q", "a.#"), ("q", "b.*"), ("r", "b.*")]);
+        exchange.remove_queue("q");
+        assert!(exchange.route("a.x", &[]).is_empty());
+        assert_eq!(exchange.route("b.x", &[]), vec!["r"]);
+        assert_eq!(exchange.list(), vec![("r".to_string(), "b.*".to_string())]);
+    }
+
+    #[test]
+    fn reference_matcher_agrees_with_the_documented_examples() {
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(!topic_matches("a.*", "a"));
+        assert!(topic_matches("#.c", "c"));
+        assert!(!topic_matches("a.*.c", "a.c"));
+    }
+}
