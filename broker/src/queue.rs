@@ -6,4 +6,5 @@
 //! property-tested. Queue storage, push delivery, acks and dead-lettering are issue #5's
 //! remaining work.
 
+pub mod delivery;
 pub mod exchange;

@@ -1,0 +1,681 @@
+//! The delivery state of one queue, as a pure state machine: which messages are ready, which
+//! are delivered and unacknowledged (by whom, under which delivery tag), and what happens on
+//! ack, nack, reject, a consumer leaving, a TTL or a length limit.
+//!
+//! It does no I/O: every operation returns [`Action`]s for the queue's owning task to carry
+//! out (send a delivery, mark a message settled in storage, dead-letter it). That keeps the
+//! rules unit- and property-testable without a runtime (STYLE.md: pure functions, one task
+//! per queue owns the state).
+//!
+//! Rules:
+//! - Messages are delivered in id order (ids are log offsets); a message that returns to the
+//!   queue goes back to its original position and is delivered with `redelivered = true`.
+//! - A consumer never holds more unacknowledged deliveries than its prefetch (0: unlimited).
+//! - Ready messages go round-robin to consumers with room; with single-active-consumer only
+//!   the oldest consumer receives.
+//! - Acking or nacking an unknown (or already settled) delivery tag is an error, not a no-op.
+//! - A message returned to the queue more than `delivery_limit` times is dead-lettered
+//!   instead (poison message).
+//! - A message whose TTL passed is dead-lettered when it reaches the head of the queue.
+//! - Past `max_length` ready messages, `DropHead` dead-letters the oldest ready message and
+//!   `RejectPublish` refuses the new one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A message's id: its offset in the queue's log.
+pub type MessageId = i64;
+/// A delivery's tag, unique per queue.
+pub type DeliveryTag = u64;
+/// A consumer's id, unique per queue.
+pub type ConsumerId = u64;
+
+/// What to do when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Dead-letter the oldest ready message to make room.
+    #[default]
+    DropHead,
+    /// Refuse the new message.
+    RejectPublish,
+}
+
+/// Limits of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueLimits {
+    /// Most ready messages (None: unlimited).
+    pub max_length: Option<u64>,
+    /// What happens past `max_length`.
+    pub overflow: Overflow,
+    /// Most times a message may return to the queue before it is dead-lettered.
+    pub delivery_limit: Option<u32>,
+    /// Only the oldest consumer receives messages.
+    pub single_active_consumer: bool,
+    /// A delivery unacknowledged for longer returns to the queue and its consumer is
+    /// cancelled.
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// Why a message was dead-lettered (recorded in its headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Rejected or nacked without requeue.
+    Rejected,
+    /// Its TTL passed.
+    Expired,
+    /// Dropped from the head because the queue was full.
+    MaxLength,
+    /// Returned to the queue more than the delivery limit allows.
+    DeliveryLimit,
+}
+
+impl DeadLetterReason {
+    /// The reason as RabbitMQ names it in `x-death` headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::Expired => "expired",
+            DeadLetterReason::MaxLength => "maxlen",
+            DeadLetterReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// A message the state machine tracks (its body stays in storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Its id (log offset).
+    pub id: MessageId,
+    /// When it expires (ms), if it has a TTL.
+    pub expires_at_ms: Option<i64>,
+    /// How many times it was delivered.
+    pub delivery_count: u32,
+}
+
+/// One delivery to send to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The consumer.
+    pub consumer: ConsumerId,
+    /// The tag the consumer acks with.
+    pub tag: DeliveryTag,
+    /// The message.
+    pub message: MessageId,
+    /// True if the message was delivered before.
+    pub redelivered: bool,
+}
+
+/// What the owning task must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send this delivery.
+    Deliver(Delivery),
+    /// The message is done: mark it settled in storage.
+    Settle(MessageId),
+    /// Dead-letter the message (then settle it).
+    DeadLetter(MessageId, DeadLetterReason),
+    /// Cancel a consumer (its deliveries already returned to the queue).
+    Cancel(ConsumerId, &'static str),
+}
+
+/// Why an operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// No unacknowledged delivery has this tag for this consumer.
+    UnknownDeliveryTag { tag: DeliveryTag },
+    /// The consumer is not subscribed.
+    UnknownConsumer { consumer: ConsumerId },
+    /// The queue is full and refuses new messages.
+    QueueFull { max_length: u64 },
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryError::UnknownDeliveryTag { tag } => {
+                write!(formatter, "unknown or already settled delivery tag {tag}")
+            }
+            DeliveryError::UnknownConsumer { consumer } => {
+                write!(formatter, "unknown consumer {consumer}")
+            }
+            DeliveryError::QueueFull { max_length } => {
+                write!(
+                    formatter,
+                    "queue is full ({max_length} messages) and rejects publishes"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    prefetch: u32,
+    tags: BTreeSet<DeliveryTag>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Unacked {
+    consumer: ConsumerId,
+    meta: MessageMeta,
+    delivered_ms: i64,
+}
+
+/// The delivery state of one queue.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryState {
+    limits: QueueLimits,
+    ready: BTreeMap<MessageId, MessageMeta>,
+    unacked: HashMap<DeliveryTag, Unacked>,
+    consumers: BTreeMap<ConsumerId, Consumer>,
+    /// The consumer that got the last delivery (round-robin continues after it).
+    last_consumer: Option<ConsumerId>,
+    next_tag: DeliveryTag,
+}
+
+impl DeliveryState {
+    /// An empty queue with `limits`.
+    pub fn new(limits: QueueLimits) -> DeliveryState {
+        DeliveryState {
+            limits,
+            next_tag: 1,
+            ..DeliveryState::default()
+        }
+    }
+
+    /// Ready messages.
+    pub fn ready_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Delivered, unacknowledged messages.
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Unacknowledged deliveries of one consumer.
+    pub fn consumer_unacked(&self, consumer: ConsumerId) -> usize {
+        self.consumers
+            .get(&consumer)
+            .map_or(0, |state| state.tags.len())
+    }
+
+    /// Adds a message (new, or recovered from storage at start). Returns what a full queue
+    /// makes necessary.
+    ///
+    /// # Errors
+    /// `QueueFull` with `Overflow::RejectPublish` when the queue is at `max_length`.
+    pub fn enqueue(&mut self, meta: MessageMeta) -> Result<Vec<Action>, DeliveryError> {
+        let mut actions = Vec::new();
+        if let Some(max_length) = self.limits.max_length {
+            if self.ready.len() as u64 >= max_length {
+                match self.limits.overflow {
+                    Overflow::RejectPublish => return Err(DeliveryError::QueueFull { max_length }),
+                    Overflow::DropHead => {
+                        // Make room: dead-letter the oldest ready messages.
+                        while self.ready.len() as u64 >= max_length {
+                            let Some((id, _)) = self.ready.pop_first() else {
+                                break;
+                            };
+                            actions.push(Action::DeadLetter(id, DeadLetterReason::MaxLength));
+                        }
+                    }
+                }
+            }
+        }
+        if max_length_is_zero(&self.limits) {
+            actions.push(Action::DeadLetter(meta.id, DeadLetterReason::MaxLength));
+            return Ok(actions);
+        }
+        self.ready.insert(meta.id, meta);
+        Ok(actions)
+    }
+
+    /// Subscribes a consumer with a prefetch window (0: unlimited).
+    pub fn add_consumer(&mut self, consumer: ConsumerId, prefetch: u32) {
+        self.consumers.insert(
+            consumer,
+            Consumer {
+                prefetch,
+                tags: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Removes a consumer (cancelled or disconnected): every delivery it did not ack returns
+    /// to the queue at its original position, marked redelivered.
+    pub fn remove_consumer(&mut self, consumer: ConsumerId) -> Vec<Action> {
+        let Some(state) = self.consumers.remove(&consumer) else {
+            return Vec::new();
+        };
+        if self.last_consumer == Some(consumer) {
+            self.last_consumer = None;
+        }
+        let mut actions = Vec::new();
+        for tag in state.tags {
+            if let Some(unacked) = self.unacked.remove(&tag) {
+                self.requeue(unacked.meta, &mut actions);
+            }
+        }
+        actions
+    }
+
+    fn requeue(&mut self, meta: MessageMeta, actions: &mut Vec<Action>) {
+        let returned = meta.delivery_count;
+        if self
+            .limits
+            .delivery_limit
+            .is_some_and(|limit| returned > limit)
+        {
+            actions.push(Action::DeadLetter(meta.id, DeadLetterReason::DeliveryLimit));
+        } else {
+            self.ready.insert(meta.id, meta);
+        }
+    }
+
+    /// The tags `tag` covers for `consumer`: just it, or with `multiple` every tag up to it.
+    fn covered(
+        &self,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+    ) -> Result<Vec<DeliveryTag>, DeliveryError> {
+        let state = self
+            .consumers
+            .get(&consumer)
+            .ok_or(DeliveryError::UnknownConsumer { consumer })?;
+        if !state.tags.contains(&tag) {
+            return Err(DeliveryError::UnknownDeliveryTag { tag });
+        }
+        Ok(if multiple {
+            state.tags.range(..=tag).copied().collect()
+        } else {
+            vec![tag]
+        })
+    }
+
+    fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
+        if let Some(state) = self.consumers.get_mut(&consumer) {
+            state.tags.remove(&tag);
+        }
+        self.unacked.remove(&tag)
+    }
+
+    /// Acknowledges `tag` (and with `multiple`, every earlier tag of the consumer).
+    ///
+    /// # Errors
+    /// `UnknownDeliveryTag` or `UnknownConsumer`; nothing changes then.
+    pub fn ack(
+        &mut self,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+    ) -> Result<Vec<Action>, DeliveryError> {
+        let tags = self.covered(consumer, tag, multiple)?;
+        Ok(tags
+            .into_iter()
+            .filter_map(|tag| self.take(consumer, tag))
+            .map(|unacked| Action::Settle(unacked.meta.id))
+            .collect())
+    }
+
+    /// Negatively acknowledges: with `requeue` the messages return to the queue (redelivered
+    /// later), without it they are dead-lettered as rejected. `reject` is a nack of one tag.
+    ///
+    /// # Errors
+    /// `UnknownDeliveryTag` or `UnknownConsumer`; nothing changes then.
+    pub fn nack(
+        &mut self,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+        requeue: Requeue,
+    ) -> Result<Vec<Action>, DeliveryError> {
+        let tags = self.covered(consumer, tag, multiple)?;
+        let mut actions = Vec::new();
+        for tag in tags {
+            let Some(unacked) = self.take(consumer, tag) else {
+                continue;
+            };
+            match requeue {
+                Requeue::Yes => self.requeue(unacked.meta, &mut actions),
+                Requeue::No => actions.push(Action::DeadLetter(
+                    unacked.meta.id,
+                    DeadLetterReason::Rejected,
+                )),
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Delivers ready messages to consumers with room, round-robin, oldest message first;
+    /// dead-letters expired messages it meets at the head.
+    pub fn dispatch(&mut self, now_ms: i64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while let Some((&id, &meta)) = self.ready.first_key_value() {
+            if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
+                self.ready.remove(&id);
+                actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
+                continue;
+            }
+            let Some(consumer) = self.next_consumer_with_room() else {
+                break;
+            };
+            self.ready.remove(&id);
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            let delivered = MessageMeta {
+                delivery_count: meta.delivery_count + 1,
+                ..meta
+            };
+            self.unacked.insert(
+                tag,
+                Unacked {
+                    consumer,
+                    meta: delivered,
+                    delivered_ms: now_ms,
+                },
+            );
+            if let Some(state) = self.consumers.get_mut(&consumer) {
+                state.tags.insert(tag);
+            }
+            self.last_consumer = Some(consumer);
+            actions.push(Action::Deliver(Delivery {
+                consumer,
+                tag,
+                message: id,
+                redelivered: meta.delivery_count > 0,
+            }));
+        }
+        actions
+    }
+
+    fn has_room(&self, consumer: ConsumerId) -> bool {
+        self.consumers
+            .get(&consumer)
+            .is_some_and(|state| state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+    }
+
+    fn next_consumer_with_room(&self) -> Option<ConsumerId> {
+        if self.limits.single_active_consumer {
+            let active = *self.consumers.keys().next()?;
+            return self.has_room(active).then_some(active);
+        }
+        let after = self.last_consumer.unwrap_or(ConsumerId::MIN);
+        let ordered = self
+            .consumers
+            .range(after.saturating_add(1)..)
+            .chain(self.consumers.range(..=after));
+        ordered.map(|(id, _)| *id).find(|id| self.has_room(*id))
+    }
+
+    /// Returns deliveries unacknowledged past the ack timeout to the queue and cancels their
+    /// consumers (a stuck consumer).
+    pub fn check_ack_timeouts(&mut self, now_ms: i64) -> Vec<Action> {
+        let Some(timeout) = self.limits.ack_timeout_ms else {
+            return Vec::new();
+        };
+        let stuck: BTreeSet<ConsumerId> = self
+            .unacked
+            .values()
+            .filter(|unacked| now_ms - unacked.delivered_ms > timeout as i64)
+            .map(|unacked| unacked.consumer)
+            .collect();
+        let mut actions = Vec::new();
+        for consumer in stuck {
+            actions.extend(self.remove_consumer(consumer));
+            actions.push(Action::Cancel(
+                consumer,
+                "delivery acknowledgement timed out",
+            ));
+        }
+        actions
+    }
+
+    /// Removes every ready message (unacknowledged ones stay with their consumers).
+    pub fn purge(&mut self) -> Vec<MessageId> {
+        std::mem::take(&mut self.ready).into_keys().collect()
+    }
+}
+
+fn max_length_is_zero(limits: &QueueLimits) -> bool {
+    limits.max_length == Some(0)
+}
+
+/// Whether a nacked message returns to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back to the queue, redelivered later.
+    Yes,
+    /// Dead-lettered (or dropped without a dead-letter exchange).
+    No,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: MessageId) -> MessageMeta {
+        MessageMeta {
+            id,
+            expires_at_ms: None,
+            delivery_count: 0,
+        }
+    }
+
+    fn queue_with(limits: QueueLimits, ids: std::ops::Range<i64>) -> DeliveryState {
+        let mut state = DeliveryState::new(limits);
+        for id in ids {
+            state.enqueue(message(id)).unwrap();
+        }
+        state
+    }
+
+    fn deliveries(actions: &[Action]) -> Vec<Delivery> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Deliver(delivery) => Some(*delivery),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefetch_bounds_unacked_deliveries() {
+        let mut state = queue_with(QueueLimits::default(), 0..10);
+        state.add_consumer(1, 3);
+        let first = deliveries(&state.dispatch(0));
+        assert_eq!(
+            first.iter().map(|d| d.message).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(state.dispatch(0).is_empty());
+        state.ack(1, first[0].tag, false).unwrap();
+        assert_eq!(deliveries(&state.dispatch(0)).len(), 1);
+        assert_eq!(state.consumer_unacked(1), 3);
+    }
+
+    #[test]
+    fn consumers_receive_round_robin() {
+        let mut state = queue_with(QueueLimits::default(), 0..6);
+        state.add_consumer(1, 0);
+        state.add_consumer(2, 0);
+        let consumers: Vec<ConsumerId> = deliveries(&state.dispatch(0))
+            .iter()
+            .map(|d| d.consumer)
+            .collect();
+        assert_eq!(consumers, vec![1, 2, 1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn nack_with_requeue_redelivers_in_original_position() {
+        let mut state = queue_with(QueueLimits::default(), 0..3);
+        state.add_consumer(1, 1);
+        let first = deliveries(&state.dispatch(0))[0];
+        state.nack(1, first.tag, false, Requeue::Yes).unwrap();
+        let again = deliveries(&state.dispatch(0))[0];
+        assert_eq!(again.message, 0);
+        assert!(again.redelivered);
+        assert!(!first.redelivered);
+    }
+
+    #[test]
+    fn a_departed_consumers_deliveries_go_to_another() {
+        let mut state = queue_with(QueueLimits::default(), 0..4);
+        state.add_consumer(1, 2);
+        state.add_consumer(2, 2);
+        let given = deliveries(&state.dispatch(0));
+        assert_eq!(given.len(), 4);
+        state.remove_consumer(1);
+        let redelivered = deliveries(&state.dispatch(0));
+        assert!(redelivered.is_empty(), "consumer 2 is full");
+        let two: Vec<Delivery> = given.iter().filter(|d| d.consumer == 2).copied().collect();
+        state.ack(2, two[1].tag, true).unwrap();
+        let redelivered = deliveries(&state.dispatch(0));
+        assert_eq!(
+            redelivered.iter().map(|d| d.message).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert!(redelivered.iter().all(|d| d.redelivered && d.consumer == 2));
+    }
+
+    #[test]
+    fn unknown_and_double_acks_are_errors() {
+        let mut state = queue_with(QueueLimits::default(), 0..1);
+        state.add_consumer(1, 0);
+        let delivery = deliveries(&state.dispatch(0))[0];
+        assert_eq!(
+            state.ack(1, 99, false),
+            Err(DeliveryError::UnknownDeliveryTag { tag: 99 })
+        );
+        assert_eq!(
+            state.ack(1, delivery.tag, false).unwrap(),
+            vec![Action::Settle(0)]
+        );
+        assert_eq!(
+            state.ack(1, delivery.tag, false),
+            Err(DeliveryError::UnknownDeliveryTag { tag: delivery.tag })
+        );
+        assert_eq!(
+            state.ack(7, 1, false),
+            Err(DeliveryError::UnknownConsumer { consumer: 7 })
+        );
+    }
+
+    #[test]
+    fn reject_without_requeue_dead_letters() {
+        let mut state = queue_with(QueueLimits::default(), 0..1);
+        state.add_consumer(1, 0);
+        let delivery = deliveries(&state.dispatch(0))[0];
+        let actions = state.nack(1, delivery.tag, false, Requeue::No).unwrap();
+        assert_eq!(
+            actions,
+            vec![Action::DeadLetter(0, DeadLetterReason::Rejected)]
+        );
+        assert_eq!(state.ready_count() + state.unacked_count(), 0);
+    }
+
+    #[test]
+    fn poison_message_is_dead_lettered_past_the_delivery_limit() {
+        let limits = QueueLimits {
+            delivery_limit: Some(2),
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..1);
+        state.add_consumer(1, 0);
+        let mut outcome = Vec::new();
+        for _ in 0..3 {
+            let delivery = deliveries(&state.dispatch(0))[0];
+            outcome = state.nack(1, delivery.tag, false, Requeue::Yes).unwrap();
+        }
+        assert_eq!(
+            outcome,
+            vec![Action::DeadLetter(0, DeadLetterReason::DeliveryLimit)]
+        );
+        assert!(state.dispatch(0).is_empty());
+    }
+
+    #[test]
+    fn expired_messages_are_dead_lettered_at_the_head() {
+        let mut state = DeliveryState::new(QueueLimits::default());
+        state
+            .enqueue(MessageMeta {
+                id: 0,
+                expires_at_ms: Some(100),
+                delivery_count: 0,
+            })
+            .unwrap();
+        state
+            .enqueue(MessageMeta {
+                id: 1,
+                expires_at_ms: Some(500),
+                delivery_count: 0,
+            })
+            .unwrap();
+        state.add_consumer(1, 0);
+        let actions = state.dispatch(200);
+        assert_eq!(actions[0], Action::DeadLetter(0, DeadLetterReason::Expired));
+        assert_eq!(deliveries(&actions)[0].message, 1);
+    }
+
+    #[test]
+    fn overflow_drop_head_and_reject_publish() {
+        let limits = QueueLimits {
+            max_length: Some(2),
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..2);
+        assert_eq!(
+            state.enqueue(message(2)).unwrap(),
+            vec![Action::DeadLetter(0, DeadLetterReason::MaxLength)]
+        );
+        assert_eq!(state.ready_count(), 2);
+        let limits = QueueLimits {
+            max_length: Some(2),
+            overflow: Overflow::RejectPublish,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..2);
+        assert_eq!(
+            state.enqueue(message(2)),
+            Err(DeliveryError::QueueFull { max_length: 2 })
+        );
+        assert_eq!(state.ready_count(), 2);
+    }
+
+    #[test]
+    fn single_active_consumer_gets_everything_until_it_leaves() {
+        let limits = QueueLimits {
+            single_active_consumer: true,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..4);
+        state.add_consumer(1, 2);
+        state.add_consumer(2, 2);
+        assert!(deliveries(&state.dispatch(0))
+            .iter()
+            .all(|d| d.consumer == 1));
+        state.remove_consumer(1);
+        let next = deliveries(&state.dispatch(0));
+        assert_eq!(next.len(), 2);
+        assert!(next.iter().all(|d| d.consumer == 2));
+    }
+
+    #[test]
+    fn stuck_consumer_is_cancelled_and_its_deliveries_return() {
+        let limits = QueueLimits {
+            ack_timeout_ms: Some(1000),
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..2);
+        state.add_consumer(1, 0);
+        state.dispatch(0);
+        assert!(state.check_ack_timeouts(1000).is_empty());
+        let actions = state.check_ack_timeouts(1001);
+        assert!(actions.contains(&Action::Cancel(1, "delivery acknowledgement timed out")));
+        assert_eq!(state.ready_count(), 2);
+        assert_eq!(state.unacked_count(), 0);
+    }
+}

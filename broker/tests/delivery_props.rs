@@ -1,0 +1,195 @@
+//! Property test of a queue's delivery state machine: random publishes, consumers coming and
+//! going, dispatches, acks (single and multiple), nacks with and without requeue, and ack
+//! timeouts. After every step: no consumer holds more than its prefetch, every message is in
+//! exactly one place (ready, unacknowledged, settled, dead-lettered), a settled message is
+//! never delivered again, `redelivered` is set exactly when the message was delivered before,
+//! and each dispatch hands out messages in id order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use proptest::prelude::*;
+use wharf_broker::queue::delivery::{
+    Action, ConsumerId, DeliveryState, DeliveryTag, MessageId, MessageMeta, QueueLimits, Requeue,
+};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish,
+    AddConsumer {
+        consumer: u8,
+        prefetch: u8,
+    },
+    RemoveConsumer {
+        consumer: u8,
+    },
+    Dispatch,
+    Ack {
+        pick: u8,
+        multiple: bool,
+    },
+    Nack {
+        pick: u8,
+        multiple: bool,
+        requeue: bool,
+    },
+    AdvanceClock {
+        ms: u16,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Publish),
+        1 => (0u8..4, 0u8..4).prop_map(|(consumer, prefetch)| Op::AddConsumer { consumer, prefetch }),
+        1 => (0u8..4).prop_map(|consumer| Op::RemoveConsumer { consumer }),
+        3 => Just(Op::Dispatch),
+        3 => (any::<u8>(), any::<bool>()).prop_map(|(pick, multiple)| Op::Ack { pick, multiple }),
+        2 => (any::<u8>(), any::<bool>(), any::<bool>()).prop_map(|(pick, multiple, requeue)| Op::Nack { pick, multiple, requeue }),
+        1 => (0u16..3000).prop_map(|ms| Op::AdvanceClock { ms }),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    next_id: MessageId,
+    prefetch: BTreeMap<ConsumerId, u32>,
+    /// Outstanding deliveries: tag → (consumer, message).
+    outstanding: BTreeMap<DeliveryTag, (ConsumerId, MessageId)>,
+    settled: BTreeSet<MessageId>,
+    dead: BTreeSet<MessageId>,
+    delivered_before: BTreeSet<MessageId>,
+}
+
+fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
+    let mut last_in_dispatch: Option<MessageId> = None;
+    for action in actions {
+        match *action {
+            Action::Deliver(delivery) => {
+                prop_assert!(
+                    !model.settled.contains(&delivery.message),
+                    "settled message {} delivered again",
+                    delivery.message
+                );
+                prop_assert!(!model.dead.contains(&delivery.message));
+                prop_assert_eq!(
+                    delivery.redelivered,
+                    model.delivered_before.contains(&delivery.message)
+                );
+                if let Some(last) = last_in_dispatch {
+                    prop_assert!(
+                        delivery.message > last,
+                        "out of order: {} after {}",
+                        delivery.message,
+                        last
+                    );
+                }
+                last_in_dispatch = Some(delivery.message);
+                model.delivered_before.insert(delivery.message);
+                model
+                    .outstanding
+                    .insert(delivery.tag, (delivery.consumer, delivery.message));
+            }
+            Action::Settle(id) => {
+                prop_assert!(model.settled.insert(id), "settled twice: {}", id);
+            }
+            Action::DeadLetter(id, _) => {
+                prop_assert!(model.dead.insert(id), "dead-lettered twice: {}", id);
+            }
+            Action::Cancel(consumer, _) => {
+                model.prefetch.remove(&consumer);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pick_tag(model: &Model, pick: u8) -> Option<(DeliveryTag, ConsumerId)> {
+    if model.outstanding.is_empty() {
+        return None;
+    }
+    let (tag, (consumer, _)) = model
+        .outstanding
+        .iter()
+        .nth(pick as usize % model.outstanding.len())?;
+    Some((*tag, *consumer))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn delivery_invariants_hold(ops in prop::collection::vec(op(), 1..120), delivery_limit in prop::option::of(0u32..3)) {
+        let limits = QueueLimits { delivery_limit, ack_timeout_ms: Some(2000), ..QueueLimits::default() };
+        let mut state = DeliveryState::new(limits);
+        let mut model = Model::default();
+        let mut now_ms = 0i64;
+        for op in ops {
+            match op {
+                Op::Publish => {
+                    let id = model.next_id;
+                    model.next_id += 1;
+                    let actions = state.enqueue(MessageMeta { id, expires_at_ms: None, delivery_count: 0 }).expect("no length limit");
+                    apply(&mut model, &actions)?;
+                }
+                Op::AddConsumer { consumer, prefetch } => {
+                    let consumer = ConsumerId::from(consumer);
+                    if !model.prefetch.contains_key(&consumer) {
+                        state.add_consumer(consumer, u32::from(prefetch));
+                        model.prefetch.insert(consumer, u32::from(prefetch));
+                    }
+                }
+                Op::RemoveConsumer { consumer } => {
+                    let consumer = ConsumerId::from(consumer);
+                    let actions = state.remove_consumer(consumer);
+                    model.prefetch.remove(&consumer);
+                    model.outstanding.retain(|_, (owner, _)| *owner != consumer);
+                    apply(&mut model, &actions)?;
+                }
+                Op::Dispatch => {
+                    let actions = state.dispatch(now_ms);
+                    apply(&mut model, &actions)?;
+                }
+                Op::Ack { pick, multiple } => {
+                    if let Some((tag, consumer)) = pick_tag(&model, pick) {
+                        let actions = state.ack(consumer, tag, multiple).expect("outstanding tag");
+                        model.outstanding.retain(|other, (owner, _)| !(*owner == consumer && (*other == tag || (multiple && *other < tag))));
+                        apply(&mut model, &actions)?;
+                        prop_assert!(state.ack(consumer, tag, false).is_err(), "double ack accepted");
+                    }
+                }
+                Op::Nack { pick, multiple, requeue } => {
+                    if let Some((tag, consumer)) = pick_tag(&model, pick) {
+                        let requeue = if requeue { Requeue::Yes } else { Requeue::No };
+                        let actions = state.nack(consumer, tag, multiple, requeue).expect("outstanding tag");
+                        model.outstanding.retain(|other, (owner, _)| !(*owner == consumer && (*other == tag || (multiple && *other < tag))));
+                        apply(&mut model, &actions)?;
+                    }
+                }
+                Op::AdvanceClock { ms } => {
+                    now_ms += i64::from(ms);
+                    let actions = state.check_ack_timeouts(now_ms);
+                    for action in &actions {
+                        if let Action::Cancel(consumer, _) = action {
+                            model.outstanding.retain(|_, (owner, _)| owner != consumer);
+                        }
+                    }
+                    apply(&mut model, &actions)?;
+                }
+            }
+            // Prefetch is never exceeded.
+            let mut held: HashMap<ConsumerId, u32> = HashMap::new();
+            for (consumer, _) in model.outstanding.values() {
+                *held.entry(*consumer).or_default() += 1;
+            }
+            for (consumer, count) in &held {
+                let prefetch = model.prefetch.get(consumer).copied().unwrap_or(0);
+                prop_assert!(prefetch == 0 || *count <= prefetch, "consumer {} holds {} > {}", consumer, count, prefetch);
+                prop_assert_eq!(state.consumer_unacked(*consumer), *count as usize);
+            }
+            // Every message is in exactly one place.
+            let placed = state.ready_count() + state.unacked_count() + model.settled.len() + model.dead.len();
+            prop_assert_eq!(placed as i64, model.next_id);
+            prop_assert_eq!(state.unacked_count(), model.outstanding.len());
+        }
+    }
+}
