@@ -133,9 +133,9 @@ proptest! {
                 }
                 Op::AddConsumer { consumer, prefetch } => {
                     let consumer = ConsumerId::from(consumer);
-                    if !model.prefetch.contains_key(&consumer) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = model.prefetch.entry(consumer) {
                         state.add_consumer(consumer, u32::from(prefetch));
-                        model.prefetch.insert(consumer, u32::from(prefetch));
+                        slot.insert(u32::from(prefetch));
                     }
                 }
                 Op::RemoveConsumer { consumer } => {
