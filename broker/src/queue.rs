@@ -8,3 +8,4 @@
 
 pub mod delivery;
 pub mod exchange;
+pub mod store;

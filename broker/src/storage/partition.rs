@@ -632,14 +632,40 @@ impl Partition {
             remaining_bytes -= segment.valid_bytes();
             doomed.push(segment.clone());
         }
+        let report = self.delete_prefix(&doomed)?;
+        if report.segments_deleted > 0 {
+            tracing::info!(partition = %self.dir.display(), segments = report.segments_deleted, bytes = report.bytes_deleted, log_start = report.log_start_offset, "retention deleted segments");
+        }
+        Ok(report)
+    }
+
+    /// Deletes every sealed segment that holds only offsets below `offset` (a queue whose
+    /// messages below it are all settled), advancing the log start. The active segment is
+    /// never deleted.
+    ///
+    /// # Errors
+    /// `Error::Io` if a file cannot be deleted or the directory cannot be synced.
+    pub fn delete_segments_below(&self, offset: i64) -> Result<RetentionReport> {
+        let segments: Vec<Arc<Segment>> = self.segments_read().values().cloned().collect();
+        let sealed = &segments[..segments.len() - 1];
+        let doomed: Vec<Arc<Segment>> = sealed
+            .iter()
+            .take_while(|segment| segment.next_offset() <= offset)
+            .cloned()
+            .collect();
+        self.delete_prefix(&doomed)
+    }
+
+    /// Deletes `doomed` (the oldest sealed segments, in order) and fsyncs the directory.
+    fn delete_prefix(&self, doomed: &[Arc<Segment>]) -> Result<RetentionReport> {
         let mut report = RetentionReport {
             log_start_offset: self.log_start_offset(),
             ..RetentionReport::default()
         };
-        if doomed.is_empty() {
+        let Some(last) = doomed.last() else {
             return Ok(report);
-        }
-        let new_start = doomed.last().expect("not empty").next_offset();
+        };
+        let new_start = last.next_offset();
         {
             // Readers stop finding the segments before their files go away; readers that
             // already hold one keep reading its open file.
@@ -647,23 +673,24 @@ impl Partition {
                 .segments
                 .write()
                 .unwrap_or_else(|poison| poison.into_inner());
-            for segment in &doomed {
+            for segment in doomed {
                 map.remove(&segment.base_offset());
             }
             self.log_start.store(new_start, Ordering::Release);
         }
-        for segment in &doomed {
+        for segment in doomed {
             segment.delete(self.env.fs.as_ref())?;
             report.segments_deleted += 1;
             report.bytes_deleted += segment.valid_bytes();
         }
         if let Err(source) = self.env.fs.sync_dir(&self.dir) {
             let error = Error::io("sync directory", &self.dir, source);
-            self.fail(&format!("directory fsync after retention failed: {error}"));
+            self.fail(&format!(
+                "directory fsync after deleting segments failed: {error}"
+            ));
             return Err(error);
         }
         report.log_start_offset = new_start;
-        tracing::info!(partition = %self.dir.display(), segments = report.segments_deleted, bytes = report.bytes_deleted, log_start = new_start, "retention deleted segments");
         Ok(report)
     }
 

@@ -1,0 +1,465 @@
+//! Durable queue storage on the partition log: messages go to one log (a message's id is
+//! its offset), settlements (acks, and dead-lettered or expired messages) to a second log,
+//! and together they give the ack state: a low-water mark below which every message is
+//! settled, plus the settled ids above it.
+//!
+//! Restart: the ack state comes from the last checkpoint (`ack-state`, a checkpoint file)
+//! plus a replay of the ack log after it; then the message log is scanned from the
+//! low-water mark and every unsettled message is returned for delivery. So a restart neither
+//! loses an unacknowledged message nor redelivers one whose settlement was durable.
+//!
+//! Compaction: a checkpoint of the ack state lets the ack log's older segments go, and
+//! message segments wholly below the low-water mark are deleted ("fully settled segments are
+//! deleted").
+//!
+//! Durability: `publish` and `settle` append; the caller awaits `wait_durable` on the
+//! returned offset (group commit) before confirming a publish or answering an ack.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::batch::{self, BatchBuilder, NewRecord, Record};
+use wharf_protocol::wire::{Reader, Wire};
+use wharf_protocol::wire_struct;
+
+use crate::storage::{checkpoint, Appended, Error, LogConfig, Partition, Result, StorageEnv};
+
+/// File name of the ack-state checkpoint in a queue directory.
+pub const ACK_STATE_FILE: &str = "ack-state";
+const ACK_STATE_MAGIC: [u8; 4] = *b"WACK";
+/// Bytes read per step when scanning a queue's logs.
+const SCAN_READ_BYTES: usize = 4 * 1024 * 1024;
+/// Most ids one settle record carries (bounds a record's size).
+pub const SETTLE_IDS_MAX: usize = 64 * 1024;
+
+wire_struct! {
+    /// One settle record: message ids that are done.
+    pub struct SettleRecord {
+        pub ids: Vec<i64>,
+    }
+}
+
+wire_struct! {
+    /// The ack-state checkpoint: state covering the ack log below `ack_log_offset`.
+    pub struct AckCheckpoint {
+        pub ack_log_offset: i64,
+        pub low_water: i64,
+        pub settled_above: Vec<i64>,
+    }
+}
+
+/// Which messages are settled: all below `low_water`, and the listed ones above it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckState {
+    low_water: i64,
+    settled_above: BTreeSet<i64>,
+}
+
+impl AckState {
+    /// Marks `id` settled; false if it already was.
+    pub fn settle(&mut self, id: i64) -> bool {
+        if id < self.low_water || !self.settled_above.insert(id) {
+            return false;
+        }
+        while self.settled_above.remove(&self.low_water) {
+            self.low_water += 1;
+        }
+        true
+    }
+
+    /// True if `id` is settled.
+    pub fn is_settled(&self, id: i64) -> bool {
+        id < self.low_water || self.settled_above.contains(&id)
+    }
+
+    /// Every id below this is settled.
+    pub fn low_water(&self) -> i64 {
+        self.low_water
+    }
+
+    /// Settled ids above the low-water mark (bounded by the unacked window of the queue).
+    pub fn settled_above_count(&self) -> usize {
+        self.settled_above.len()
+    }
+
+    /// Moves the low-water mark up to `offset` (messages below the log start are gone).
+    fn raise_to(&mut self, offset: i64) {
+        if offset > self.low_water {
+            self.low_water = offset;
+            self.settled_above = self.settled_above.split_off(&offset);
+            while self.settled_above.remove(&self.low_water) {
+                self.low_water += 1;
+            }
+        }
+    }
+}
+
+/// A message recovered from storage at start.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its id (offset in the message log).
+    pub id: i64,
+    /// The record (key, value, headers, timestamp), zero-copy from the log.
+    pub record: Record,
+}
+
+/// A queue's durable storage.
+#[derive(Debug)]
+pub struct QueueStore {
+    messages: Arc<Partition>,
+    acks: Arc<Partition>,
+    state: Mutex<AckState>,
+    dir: std::path::PathBuf,
+    env: StorageEnv,
+}
+
+impl QueueStore {
+    /// Opens (creating if needed) the queue stored in `dir` and rebuilds its ack state.
+    ///
+    /// # Errors
+    /// Storage errors; a settle record or checkpoint that does not decode is corruption.
+    pub fn open(dir: &Path, config: LogConfig, env: StorageEnv) -> Result<QueueStore> {
+        let messages = Partition::open(&dir.join("messages"), config.clone(), env.clone())?;
+        let acks = Partition::open(&dir.join("acks"), config, env.clone())?;
+        let store = QueueStore {
+            messages,
+            acks,
+            state: Mutex::new(AckState::default()),
+            dir: dir.to_path_buf(),
+            env,
+        };
+        let state = store.recover_ack_state()?;
+        *store.lock() = state;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AckState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn recover_ack_state(&self) -> Result<AckState> {
+        let fs = self.env.fs.as_ref();
+        let path = self.dir.join(ACK_STATE_FILE);
+        let mut state = AckState::default();
+        let mut from = self.acks.log_start_offset();
+        if let Some(found) = checkpoint::read(fs, &path, ACK_STATE_MAGIC)? {
+            let saved: AckCheckpoint =
+                decode(Bytes::from(found.payload)).map_err(|reason| Error::Corrupt {
+                    segment: path.clone(),
+                    position: 0,
+                    reason,
+                })?;
+            state.low_water = saved.low_water;
+            state.settled_above = saved.settled_above.into_iter().collect();
+            from = from.max(saved.ack_log_offset);
+        }
+        let end = self.acks.high_watermark();
+        while from < end {
+            let read = self.acks.read(from, SCAN_READ_BYTES)?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            for decoded in batch::batches(read.bytes) {
+                let decoded = decoded?;
+                from = decoded.header().next_offset();
+                for record in decoded.records() {
+                    let Some(value) = record?.value else { continue };
+                    let settled: SettleRecord = decode(value).map_err(|reason| Error::Corrupt {
+                        segment: self.acks.dir().to_path_buf(),
+                        position: 0,
+                        reason,
+                    })?;
+                    for id in settled.ids {
+                        state.settle(id);
+                    }
+                }
+            }
+        }
+        state.raise_to(self.messages.log_start_offset());
+        Ok(state)
+    }
+
+    /// Appends messages (one record each, as built by the caller) and returns where they
+    /// landed; their ids are `base_offset..=last_offset`.
+    ///
+    /// # Errors
+    /// As for `Partition::append`.
+    pub fn publish(&self, batch: &mut [u8]) -> Result<Appended> {
+        self.messages.append(batch)
+    }
+
+    /// Records that `ids` are done (acked, dead-lettered, expired, purged). Returns the ack
+    /// log position to await with [`QueueStore::wait_settled`].
+    ///
+    /// # Errors
+    /// As for `Partition::append`; nothing is marked settled then.
+    pub fn settle(&self, ids: &[i64], now_ms: i64) -> Result<Option<Appended>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut builder = BatchBuilder::new(now_ms);
+        for chunk in ids.chunks(SETTLE_IDS_MAX) {
+            let mut value = BytesMut::new();
+            SettleRecord {
+                ids: chunk.to_vec(),
+            }
+            .encode(&mut value);
+            builder.push(&NewRecord {
+                timestamp_ms: now_ms,
+                key: None,
+                value: Some(value.freeze()),
+                headers: Vec::new(),
+            })?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let appended = self.acks.append(&mut bytes)?;
+        let mut state = self.lock();
+        for id in ids {
+            state.settle(*id);
+        }
+        Ok(Some(appended))
+    }
+
+    /// Blocks until a publish is durable (as the flush policy promises).
+    ///
+    /// # Errors
+    /// `Error::Failed` or `Error::TimedOut`.
+    pub fn wait_published(&self, appended: Appended, timeout: std::time::Duration) -> Result<()> {
+        self.messages
+            .wait_durable_blocking(appended.next_offset, timeout)
+    }
+
+    /// Blocks until a settle is durable.
+    ///
+    /// # Errors
+    /// `Error::Failed` or `Error::TimedOut`.
+    pub fn wait_settled(&self, appended: Appended, timeout: std::time::Duration) -> Result<()> {
+        self.acks
+            .wait_durable_blocking(appended.next_offset, timeout)
+    }
+
+    /// The message log (for async durability waits).
+    pub fn messages(&self) -> &Arc<Partition> {
+        &self.messages
+    }
+
+    /// The ack log (for async durability waits).
+    pub fn acks(&self) -> &Arc<Partition> {
+        &self.acks
+    }
+
+    /// A copy of the ack state.
+    pub fn ack_state(&self) -> AckState {
+        self.lock().clone()
+    }
+
+    /// Every unsettled message, in id order (at start, to refill the delivery state).
+    ///
+    /// # Errors
+    /// Storage errors reading the log.
+    pub fn unsettled(&self) -> Result<Vec<StoredMessage>> {
+        let state = self.ack_state();
+        let mut from = state.low_water.max(self.messages.log_start_offset());
+        let end = self.messages.high_watermark();
+        let mut out = Vec::new();
+        while from < end {
+            let read = self.messages.read(from, SCAN_READ_BYTES)?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            for decoded in batch::batches(read.bytes) {
+                let decoded = decoded?;
+                from = decoded.header().next_offset();
+                for record in decoded.records() {
+                    let record = record?;
+                    if !state.is_settled(record.offset) {
+                        out.push(StoredMessage {
+                            id: record.offset,
+                            record,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one message.
+    ///
+    /// # Errors
+    /// Storage errors, or `Error::OffsetOutOfRange` if it is gone.
+    pub fn read(&self, id: i64) -> Result<Option<Record>> {
+        let read = self.messages.read(id, 1)?;
+        for decoded in batch::batches(read.bytes) {
+            for record in decoded?.records() {
+                let record = record?;
+                if record.offset == id {
+                    return Ok(Some(record));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes an ack-state checkpoint, then deletes ack-log segments it covers and message
+    /// segments below the low-water mark.
+    ///
+    /// # Errors
+    /// Storage errors; a failed step leaves the previous checkpoint valid.
+    pub fn compact(&self) -> Result<()> {
+        // Only durable settlements may be checkpointed: cover the ack log up to its high
+        // watermark, which with flush=always is its durable end.
+        let ack_log_offset = self.acks.high_watermark();
+        let state = self.ack_state();
+        let saved = AckCheckpoint {
+            ack_log_offset,
+            low_water: state.low_water,
+            settled_above: state.settled_above.iter().copied().collect(),
+        };
+        let mut bytes = BytesMut::new();
+        saved.encode(&mut bytes);
+        checkpoint::write(
+            self.env.fs.as_ref(),
+            &self.dir,
+            ACK_STATE_FILE,
+            ACK_STATE_MAGIC,
+            1,
+            ack_log_offset as u64,
+            &bytes,
+        )?;
+        self.acks.delete_segments_below(ack_log_offset)?;
+        self.messages.delete_segments_below(state.low_water)?;
+        Ok(())
+    }
+
+    /// Closes both logs cleanly.
+    ///
+    /// # Errors
+    /// As for `Partition::close`.
+    pub fn close(&self) -> Result<()> {
+        self.messages.close()?;
+        self.acks.close()
+    }
+}
+
+fn decode<T: Wire>(bytes: Bytes) -> std::result::Result<T, String> {
+    let mut reader = Reader::new(bytes);
+    let value = T::decode(&mut reader, "queue record").map_err(|error| error.to_string())?;
+    reader.finish().map_err(|error| error.to_string())?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::Torn;
+    use crate::storage::testing::{env_with, sim_env};
+    use std::time::Duration;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes_max: 64 * 1024,
+            index_bytes_max: 4096,
+            ..LogConfig::default()
+        }
+    }
+
+    fn publish(store: &QueueStore, count: usize) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for index in 0..count {
+            let mut builder = BatchBuilder::new(1_000);
+            let value = format!("message-{index}-{}", "x".repeat(300));
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: 1_000,
+                    value: Some(Bytes::from(value)),
+                    ..NewRecord::default()
+                })
+                .unwrap();
+            let mut bytes = BytesMut::new();
+            builder.build_into(&mut bytes);
+            let appended = store.publish(&mut bytes).unwrap();
+            store
+                .wait_published(appended, Duration::from_secs(10))
+                .unwrap();
+            ids.push(appended.base_offset);
+        }
+        ids
+    }
+
+    fn settle(store: &QueueStore, ids: &[i64]) {
+        if let Some(appended) = store.settle(ids, 1_000).unwrap() {
+            store
+                .wait_settled(appended, Duration::from_secs(10))
+                .unwrap();
+        }
+    }
+
+    fn unsettled_ids(store: &QueueStore) -> Vec<i64> {
+        store
+            .unsettled()
+            .unwrap()
+            .iter()
+            .map(|message| message.id)
+            .collect()
+    }
+
+    #[test]
+    fn ack_state_low_water_advances_over_contiguous_settles() {
+        let mut state = AckState::default();
+        assert!(state.settle(1));
+        assert_eq!(state.low_water(), 0);
+        assert!(state.settle(0));
+        assert_eq!(state.low_water(), 2);
+        assert!(!state.settle(1));
+        assert!(state.is_settled(1) && !state.is_settled(2));
+        state.settle(5);
+        assert_eq!(state.settled_above_count(), 1);
+    }
+
+    #[test]
+    fn restart_returns_exactly_the_unsettled_messages() {
+        let (env, fs, clock) = sim_env(1_000);
+        let dir = Path::new("/data/queues/jobs");
+        let store = QueueStore::open(dir, config(), env).unwrap();
+        let ids = publish(&store, 100);
+        let acked: Vec<i64> = ids.iter().copied().filter(|id| id % 2 == 0).collect();
+        settle(&store, &acked);
+        let expected: Vec<i64> = ids.iter().copied().filter(|id| id % 2 == 1).collect();
+        assert_eq!(unsettled_ids(&store), expected);
+        // A power loss: everything acknowledged (published and settled durably) holds.
+        let image = fs.crash_image(Torn::None);
+        drop(store);
+        let reopened = QueueStore::open(dir, config(), env_with(Arc::new(image), clock)).unwrap();
+        assert_eq!(unsettled_ids(&reopened), expected);
+        let record = reopened.read(expected[0]).unwrap().unwrap();
+        assert!(record.value.unwrap().starts_with(b"message-1-"));
+    }
+
+    #[test]
+    fn compaction_deletes_settled_segments_and_survives_restart() {
+        let (env, _fs, _clock) = sim_env(1_000);
+        let dir = Path::new("/data/queues/bulk");
+        let store = QueueStore::open(dir, config(), env.clone()).unwrap();
+        let ids = publish(&store, 600);
+        let segments_before = store.messages().segment_count();
+        assert!(segments_before > 2);
+        settle(&store, &ids[..500]);
+        store.compact().unwrap();
+        assert!(
+            store.messages().segment_count() < segments_before,
+            "settled segments deleted"
+        );
+        assert_eq!(unsettled_ids(&store), ids[500..].to_vec());
+        store.close().unwrap();
+        drop(store);
+        let reopened = QueueStore::open(dir, config(), env).unwrap();
+        assert_eq!(unsettled_ids(&reopened), ids[500..].to_vec());
+        assert_eq!(reopened.ack_state().low_water(), ids[500]);
+    }
+}
