@@ -6,6 +6,7 @@
 //! property-tested. Queue storage, push delivery, acks and dead-lettering are issue #5's
 //! remaining work.
 
+pub mod delay;
 pub mod delivery;
 pub mod exchange;
 pub mod store;
