@@ -1,12 +1,18 @@
 //! Queues (the RabbitMQ model): exchanges route published messages by routing key or headers
 //! into queues; the broker pushes messages to consumers and waits for acks.
 //!
-//! Built so far: [`exchange`], the routing of one message to the set of queues its bindings
-//! select, as pure functions over the bindings (no I/O, no runtime), unit- and
-//! property-tested. Queue storage, push delivery, acks and dead-lettering are issue #5's
-//! remaining work.
+//! - [`exchange`]: routing (direct, fanout, topic trie, headers) as pure functions.
+//! - [`delivery`]: one queue's delivery state machine (prefetch, acks, requeue, limits), pure.
+//! - [`delay`]: delayed delivery by due time.
+//! - [`store`]: durable queue storage on the partition log with ack state and compaction.
+//! - [`manager`]: declares, bindings, publish with confirms, subscriptions, and one task per
+//!   queue that owns its store, delivery state and delays.
+//!
+//! Not built yet (issue #5): the wire protocol for queues, the server and client parts, and
+//! the CLI; the manager is exercised in-process by `broker/tests/queues.rs`.
 
 pub mod delay;
 pub mod delivery;
 pub mod exchange;
+pub mod manager;
 pub mod store;

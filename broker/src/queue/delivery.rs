@@ -184,6 +184,11 @@ impl DeliveryState {
         }
     }
 
+    /// The queue's limits.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
     /// Ready messages.
     pub fn ready_count(&self) -> usize {
         self.ready.len()

@@ -1,0 +1,1357 @@
+//! The queue manager: exchanges, queues and bindings, and one task per queue that owns its
+//! storage, delivery state and delayed messages.
+//!
+//! - Declares are idempotent when the arguments match and an error when they differ.
+//! - Durable definitions (exchanges, queues, bindings) are kept in `definitions` (a
+//!   checkpoint file) under the queues directory and restored on start; durable queues keep
+//!   their messages and ack state across restarts. Transient queues start empty.
+//! - `publish` routes a message through an exchange (the default exchange `""` routes to the
+//!   queue named by the routing key), stores it in every queue it routes to, and confirms
+//!   only once it is durable in all of them. An unroutable message is reported (the caller
+//!   returns it to a `mandatory` publisher) or dropped and counted.
+//! - Dead-lettered messages (rejected, expired, over the length limit, past the delivery
+//!   limit) are republished to the queue's dead-letter exchange with the reason and their
+//!   original exchange, routing key and queue in `x-death-*` headers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use wharf_protocol::batch::{BatchBuilder, Header, NewRecord, Record};
+use wharf_protocol::wire::{Reader, Wire};
+use wharf_protocol::wire_struct;
+
+use crate::queue::delay::{DelayQueue, DELAY_HEADER, DELAY_MS_MAX, DUE_HEADER};
+use crate::queue::delivery::{
+    Action, ConsumerId, DeadLetterReason, DeliveryError, DeliveryState, DeliveryTag, MessageMeta,
+    Overflow, QueueLimits, Requeue,
+};
+use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
+use crate::queue::store::QueueStore;
+use crate::storage::{checkpoint, Clock, FlushPolicy, LogConfig, StorageEnv};
+
+/// File holding durable definitions, in the queues directory.
+pub const DEFINITIONS_FILE: &str = "definitions";
+const DEFINITIONS_MAGIC: [u8; 4] = *b"WQDF";
+/// Commands queued per queue task before callers wait (backpressure on publishers).
+const QUEUE_COMMANDS_MAX: usize = 4096;
+/// Deliveries buffered per consumer channel beyond its prefetch window.
+const CONSUMER_CHANNEL_MAX: usize = 1024;
+/// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
+const IDLE_WAKE: Duration = Duration::from_millis(100);
+
+/// Longest queue or exchange name.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Everything that can go wrong in the queue layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// No such exchange.
+    #[error("unknown exchange {0:?}")]
+    UnknownExchange(String),
+    /// No such queue.
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    /// A declare whose arguments differ from the existing entity's.
+    #[error("{0} exists with different arguments")]
+    DeclareMismatch(String),
+    /// A name or argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The queue is full and rejects publishes.
+    #[error("queue {queue:?} is full ({max_length} messages) and rejects publishes")]
+    QueueFull { queue: String, max_length: u64 },
+    /// An ack or nack names an unknown or settled delivery tag.
+    #[error("unknown or already settled delivery tag {0}")]
+    UnknownDeliveryTag(DeliveryTag),
+    /// Storage failed underneath.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The queue was deleted or the broker is stopping.
+    #[error("queue {0:?} is gone")]
+    Gone(String),
+}
+
+/// Arguments of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueArgs {
+    /// Messages expire this long after publish.
+    pub message_ttl_ms: Option<u64>,
+    /// Most ready messages.
+    pub max_length: Option<u64>,
+    /// What happens past `max_length`.
+    pub overflow: Overflow,
+    /// Where dead-lettered messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// Their routing key (default: the original one).
+    pub dead_letter_routing_key: Option<String>,
+    /// Redeliveries before a message is dead-lettered.
+    pub delivery_limit: Option<u32>,
+    /// Only one consumer receives at a time.
+    pub single_active_consumer: bool,
+    /// Unacked deliveries older than this return and cancel their consumer.
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// Durability of a queue or exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives restarts (definition, messages and ack state).
+    Durable,
+    /// Gone at restart.
+    #[default]
+    Transient,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The consumer it is for.
+    pub consumer: ConsumerId,
+    /// The tag to ack it with.
+    pub tag: DeliveryTag,
+    /// True if delivered before.
+    pub redelivered: bool,
+    /// The stored record (key = routing key, headers include `x-exchange`).
+    pub record: Record,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored durably in these queues.
+    Routed(Vec<String>),
+    /// No queue matched.
+    Unroutable,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The routing key.
+    pub routing_key: String,
+    /// The body.
+    pub body: Bytes,
+    /// Headers (`x-delay` delays delivery; `x-expiration-ms` sets a per-message TTL).
+    pub headers: Vec<Header>,
+}
+
+/// Header with a per-message TTL in milliseconds.
+pub const EXPIRATION_HEADER: &str = "x-expiration-ms";
+/// Header naming the exchange a message was published to.
+pub const EXCHANGE_HEADER: &str = "x-exchange";
+
+/// Counts of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: String,
+    /// Ready messages (delayed ones included).
+    pub ready: u64,
+    /// Delivered, unacknowledged messages.
+    pub unacked: u64,
+    /// Subscribed consumers.
+    pub consumers: u64,
+    /// Durable or transient.
+    pub durability: Durability,
+}
+
+wire_struct! {
+    /// A durable exchange.
+    pub struct StoredExchange {
+        pub name: String,
+        pub kind: String,
+    }
+}
+
+wire_struct! {
+    /// A durable queue.
+    pub struct StoredQueue {
+        pub name: String,
+        pub args: Vec<StoredArg>,
+    }
+}
+
+wire_struct! {
+    /// One queue argument.
+    pub struct StoredArg {
+        pub key: String,
+        pub value: String,
+    }
+}
+
+wire_struct! {
+    /// A durable binding.
+    pub struct StoredBinding {
+        pub exchange: String,
+        pub queue: String,
+        pub routing_key: String,
+        pub headers: Vec<StoredArg>,
+    }
+}
+
+wire_struct! {
+    /// The definitions file's payload.
+    pub struct StoredDefinitions {
+        pub exchanges: Vec<StoredExchange>,
+        pub queues: Vec<StoredQueue>,
+        pub bindings: Vec<StoredBinding>,
+    }
+}
+
+enum Command {
+    Publish(Vec<Message>, oneshot::Sender<Result<(), QueueError>>),
+    Subscribe(ConsumerId, u32, mpsc::Sender<Delivered>),
+    Cancel(ConsumerId),
+    Ack(
+        ConsumerId,
+        DeliveryTag,
+        bool,
+        oneshot::Sender<Result<(), QueueError>>,
+    ),
+    Nack(
+        ConsumerId,
+        DeliveryTag,
+        bool,
+        Requeue,
+        oneshot::Sender<Result<(), QueueError>>,
+    ),
+    Purge(oneshot::Sender<u64>),
+    Stats(oneshot::Sender<QueueStats>),
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+struct QueueHandle {
+    args: QueueArgs,
+    durability: Durability,
+    sender: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("queue command")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    exchanges: HashMap<String, (Durability, Bindings)>,
+    queues: HashMap<String, QueueHandle>,
+    /// Durable bindings with their headers arguments, for the definitions file.
+    bindings: Vec<StoredBinding>,
+}
+
+/// The queue manager.
+#[derive(Debug)]
+pub struct QueueManager {
+    dir: PathBuf,
+    env: StorageEnv,
+    clock: Arc<dyn Clock>,
+    registry: Mutex<Registry>,
+    next_consumer: AtomicU64,
+    /// Messages published that no queue took (not mandatory).
+    pub dropped_unroutable: AtomicU64,
+    myself: Weak<QueueManager>,
+}
+
+impl QueueManager {
+    /// Opens the queues directory, restoring durable definitions and queues (blocking: at
+    /// start-up). Transient leftovers are removed.
+    ///
+    /// # Errors
+    /// Storage errors, as text.
+    pub fn open(dir: &Path, env: StorageEnv) -> Result<Arc<QueueManager>, QueueError> {
+        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
+        env.fs
+            .create_dir_all(dir)
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let transient = dir.join("transient");
+        if env.fs.is_dir(&transient) {
+            env.fs
+                .remove_dir_all(&transient)
+                .map_err(|error| QueueError::Storage(error.to_string()))?;
+        }
+        let clock = env.clock.clone();
+        let manager = Arc::new_cyclic(|myself| QueueManager {
+            dir: dir.to_path_buf(),
+            env,
+            clock,
+            registry: Mutex::new(Registry::default()),
+            next_consumer: AtomicU64::new(1),
+            dropped_unroutable: AtomicU64::new(0),
+            myself: myself.clone(),
+        });
+        {
+            let mut registry = manager.lock();
+            registry.exchanges.insert(
+                String::new(),
+                (Durability::Durable, Bindings::new(ExchangeKind::Direct)),
+            );
+            for kind in [
+                ExchangeKind::Direct,
+                ExchangeKind::Fanout,
+                ExchangeKind::Topic,
+                ExchangeKind::Headers,
+            ] {
+                registry.exchanges.insert(
+                    format!("amq.{}", kind.name()),
+                    (Durability::Durable, Bindings::new(kind)),
+                );
+            }
+        }
+        let saved = checkpoint::read(
+            manager.env.fs.as_ref(),
+            &dir.join(DEFINITIONS_FILE),
+            DEFINITIONS_MAGIC,
+        )
+        .map_err(storage)?;
+        if let Some(found) = saved {
+            let mut reader = Reader::new(Bytes::from(found.payload));
+            let definitions =
+                StoredDefinitions::decode(&mut reader, "definitions").map_err(|error| {
+                    QueueError::Storage(format!("definitions do not decode: {error}"))
+                })?;
+            manager.restore(definitions)?;
+        }
+        Ok(manager)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn restore(&self, definitions: StoredDefinitions) -> Result<(), QueueError> {
+        for exchange in definitions.exchanges {
+            let kind = ExchangeKind::parse(&exchange.kind).ok_or_else(|| {
+                QueueError::Storage(format!("unknown exchange kind {:?}", exchange.kind))
+            })?;
+            self.lock()
+                .exchanges
+                .insert(exchange.name, (Durability::Durable, Bindings::new(kind)));
+        }
+        for queue in definitions.queues {
+            let args = args_from_pairs(
+                queue
+                    .args
+                    .iter()
+                    .map(|arg| (arg.key.as_str(), arg.value.as_str())),
+            )?;
+            self.start_queue(&queue.name, args, Durability::Durable)?;
+        }
+        for binding in definitions.bindings {
+            let pairs: Vec<(&str, &str)> = binding
+                .headers
+                .iter()
+                .map(|arg| (arg.key.as_str(), arg.value.as_str()))
+                .collect();
+            self.bind_inner(
+                &binding.queue,
+                &binding.exchange,
+                &binding.routing_key,
+                &pairs,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, registry: &Registry) -> Result<(), QueueError> {
+        let mut exchanges: Vec<StoredExchange> = registry
+            .exchanges
+            .iter()
+            .filter(|(name, (durability, _))| {
+                *durability == Durability::Durable && !name.is_empty() && !name.starts_with("amq.")
+            })
+            .map(|(name, (_, bindings))| StoredExchange {
+                name: name.clone(),
+                kind: bindings.kind().name().to_string(),
+            })
+            .collect();
+        exchanges.sort_by(|left, right| left.name.cmp(&right.name));
+        let mut queues: Vec<StoredQueue> = registry
+            .queues
+            .iter()
+            .filter(|(_, handle)| handle.durability == Durability::Durable)
+            .map(|(name, handle)| StoredQueue {
+                name: name.clone(),
+                args: args_to_pairs(&handle.args),
+            })
+            .collect();
+        queues.sort_by(|left, right| left.name.cmp(&right.name));
+        let payload = StoredDefinitions {
+            exchanges,
+            queues,
+            bindings: registry.bindings.clone(),
+        };
+        let mut bytes = BytesMut::new();
+        payload.encode(&mut bytes);
+        checkpoint::write(
+            self.env.fs.as_ref(),
+            &self.dir,
+            DEFINITIONS_FILE,
+            DEFINITIONS_MAGIC,
+            1,
+            0,
+            &bytes,
+        )
+        .map_err(|error| QueueError::Storage(error.to_string()))
+    }
+
+    /// Declares an exchange (idempotent when the kind matches).
+    ///
+    /// # Errors
+    /// `Invalid` for a bad name, `DeclareMismatch` for a different kind, `Storage`.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        durability: Durability,
+    ) -> Result<(), QueueError> {
+        check_name(name)?;
+        let mut registry = self.lock();
+        if let Some((_, existing)) = registry.exchanges.get(name) {
+            return if existing.kind() == kind {
+                Ok(())
+            } else {
+                Err(QueueError::DeclareMismatch(format!("exchange {name:?}")))
+            };
+        }
+        registry
+            .exchanges
+            .insert(name.to_string(), (durability, Bindings::new(kind)));
+        if durability == Durability::Durable {
+            self.save(&registry)?;
+        }
+        Ok(())
+    }
+
+    /// Declares a queue (idempotent when the arguments match).
+    ///
+    /// # Errors
+    /// `Invalid`, `DeclareMismatch`, `Storage`.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+    ) -> Result<(), QueueError> {
+        check_name(name)?;
+        {
+            let registry = self.lock();
+            if let Some(existing) = registry.queues.get(name) {
+                return if existing.args == args && existing.durability == durability {
+                    Ok(())
+                } else {
+                    Err(QueueError::DeclareMismatch(format!("queue {name:?}")))
+                };
+            }
+        }
+        self.start_queue(name, args, durability)?;
+        if durability == Durability::Durable {
+            let registry = self.lock();
+            self.save(&registry)?;
+        }
+        Ok(())
+    }
+
+    fn start_queue(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+    ) -> Result<(), QueueError> {
+        let (dir, flush) = match durability {
+            Durability::Durable => (self.dir.join("durable").join(name), FlushPolicy::Always),
+            Durability::Transient => (self.dir.join("transient").join(name), FlushPolicy::Never),
+        };
+        let config = LogConfig {
+            flush,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let store = QueueStore::open(&dir, config, self.env.clone())
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let (sender, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        let task = QueueTask::new(name, &args, store, self.clock.clone(), self.myself.clone())?;
+        tokio::spawn(task.run(receiver));
+        self.lock().queues.insert(
+            name.to_string(),
+            QueueHandle {
+                args,
+                durability,
+                sender,
+            },
+        );
+        Ok(())
+    }
+
+    /// Binds a queue to an exchange. Headers exchanges take `x-match` and header pairs.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `UnknownQueue`, `Invalid`, `Storage`.
+    pub fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
+        self.bind_inner(queue, exchange, routing_key, headers, true)
+    }
+
+    fn bind_inner(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+        persist: bool,
+    ) -> Result<(), QueueError> {
+        if exchange.is_empty() {
+            return Err(QueueError::Invalid(
+                "the default exchange cannot be bound".to_string(),
+            ));
+        }
+        let args = HeadersArgs::from_pairs(headers.iter().copied()).map_err(QueueError::Invalid)?;
+        let mut registry = self.lock();
+        let queue_durable = match registry.queues.get(queue) {
+            Some(handle) => handle.durability == Durability::Durable,
+            None => return Err(QueueError::UnknownQueue(queue.to_string())),
+        };
+        let (exchange_durability, bindings) = registry
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
+        let exchange_durable = *exchange_durability == Durability::Durable;
+        let added = bindings.bind(queue, routing_key, Some(&args));
+        if added && queue_durable && exchange_durable {
+            registry.bindings.push(StoredBinding {
+                exchange: exchange.to_string(),
+                queue: queue.to_string(),
+                routing_key: routing_key.to_string(),
+                headers: headers
+                    .iter()
+                    .map(|(key, value)| StoredArg {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    })
+                    .collect(),
+            });
+            if persist {
+                self.save(&registry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a binding.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid`, `Storage`.
+    pub fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<bool, QueueError> {
+        let args = HeadersArgs::from_pairs(headers.iter().copied()).map_err(QueueError::Invalid)?;
+        let mut registry = self.lock();
+        let (_, bindings) = registry
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
+        let removed = bindings.unbind(queue, routing_key, Some(&args));
+        registry.bindings.retain(|binding| {
+            !(binding.exchange == exchange
+                && binding.queue == queue
+                && binding.routing_key == routing_key)
+        });
+        self.save(&registry)?;
+        Ok(removed)
+    }
+
+    /// The queues a message goes to.
+    fn route(
+        &self,
+        exchange: &str,
+        message: &Message,
+    ) -> Result<Vec<(String, mpsc::Sender<Command>)>, QueueError> {
+        let registry = self.lock();
+        let names = if exchange.is_empty() {
+            vec![message.routing_key.clone()]
+        } else {
+            let (_, bindings) = registry
+                .exchanges
+                .get(exchange)
+                .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
+            let headers: Vec<(&str, Option<&[u8]>)> = message
+                .headers
+                .iter()
+                .map(|header| (header.key.as_str(), header.value.as_deref()))
+                .collect();
+            bindings.route(&message.routing_key, &headers)
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|name| {
+                registry
+                    .queues
+                    .get(&name)
+                    .map(|handle| (name.clone(), handle.sender.clone()))
+            })
+            .collect())
+    }
+
+    /// Publishes one message through `exchange`; resolves once it is durable in every queue
+    /// it routed to.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `QueueFull` (reject-publish), `Storage`, `Invalid` (bad delay).
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        mut message: Message,
+    ) -> Result<Published, QueueError> {
+        stamp(&mut message, exchange, self.clock.now_ms())?;
+        let targets = self.route(exchange, &message)?;
+        if targets.is_empty() {
+            return Ok(Published::Unroutable);
+        }
+        let mut confirmations = Vec::with_capacity(targets.len());
+        for (name, sender) in &targets {
+            let (reply, confirmed) = oneshot::channel();
+            sender
+                .send(Command::Publish(vec![message.clone()], reply))
+                .await
+                .map_err(|_| QueueError::Gone(name.clone()))?;
+            confirmations.push((name.clone(), confirmed));
+        }
+        for (name, confirmed) in confirmations {
+            confirmed.await.map_err(|_| QueueError::Gone(name))??;
+        }
+        Ok(Published::Routed(
+            targets.into_iter().map(|(name, _)| name).collect(),
+        ))
+    }
+
+    fn sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
+        self.lock()
+            .queues
+            .get(queue)
+            .map(|handle| handle.sender.clone())
+            .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))
+    }
+
+    /// Subscribes to a queue with a prefetch window; deliveries arrive on the receiver.
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `Gone`.
+    pub async fn subscribe(
+        &self,
+        queue: &str,
+        prefetch: u32,
+    ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
+        let sender = self.sender(queue)?;
+        let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let (deliveries, receiver) = mpsc::channel(CONSUMER_CHANNEL_MAX.max(prefetch as usize));
+        sender
+            .send(Command::Subscribe(consumer, prefetch, deliveries))
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        Ok((consumer, receiver))
+    }
+
+    /// Cancels a consumer: its unacked deliveries return to the queue, redelivered.
+    pub async fn cancel(&self, queue: &str, consumer: ConsumerId) {
+        if let Ok(sender) = self.sender(queue) {
+            let _ = sender.send(Command::Cancel(consumer)).await;
+        }
+    }
+
+    /// Acknowledges a delivery (and with `multiple` every earlier one of the consumer).
+    ///
+    /// # Errors
+    /// `UnknownDeliveryTag`, `UnknownQueue`, `Storage`.
+    pub async fn ack(
+        &self,
+        queue: &str,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+    ) -> Result<(), QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender(queue)?
+            .send(Command::Ack(consumer, tag, multiple, reply))
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        answer
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?
+    }
+
+    /// Negatively acknowledges: requeue, or dead-letter (reject).
+    ///
+    /// # Errors
+    /// `UnknownDeliveryTag`, `UnknownQueue`, `Storage`.
+    pub async fn nack(
+        &self,
+        queue: &str,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+        requeue: Requeue,
+    ) -> Result<(), QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender(queue)?
+            .send(Command::Nack(consumer, tag, multiple, requeue, reply))
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        answer
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?
+    }
+
+    /// Removes every ready message; returns how many.
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `Gone`.
+    pub async fn purge(&self, queue: &str) -> Result<u64, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender(queue)?
+            .send(Command::Purge(reply))
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        answer
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))
+    }
+
+    /// Counts of every queue, sorted by name.
+    pub async fn list(&self) -> Vec<QueueStats> {
+        let handles: Vec<(String, Durability, mpsc::Sender<Command>)> = self
+            .lock()
+            .queues
+            .iter()
+            .map(|(name, handle)| (name.clone(), handle.durability, handle.sender.clone()))
+            .collect();
+        let mut stats = Vec::new();
+        for (name, durability, sender) in handles {
+            let (reply, answer) = oneshot::channel();
+            if sender.send(Command::Stats(reply)).await.is_ok() {
+                if let Ok(mut queue) = answer.await {
+                    queue.durability = durability;
+                    stats.push(queue);
+                } else {
+                    stats.push(QueueStats {
+                        name,
+                        ..QueueStats::default()
+                    });
+                }
+            }
+        }
+        stats.sort_by(|left, right| left.name.cmp(&right.name));
+        stats
+    }
+
+    /// Deletes a queue, its bindings and its messages.
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `Storage`.
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
+        let handle = {
+            let mut registry = self.lock();
+            let handle = registry
+                .queues
+                .remove(queue)
+                .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
+            for (_, bindings) in registry.exchanges.values_mut() {
+                bindings.remove_queue(queue);
+            }
+            registry.bindings.retain(|binding| binding.queue != queue);
+            self.save(&registry)?;
+            handle
+        };
+        let (reply, stopped) = oneshot::channel();
+        if handle.sender.send(Command::Stop(reply)).await.is_ok() {
+            let _ = stopped.await;
+        }
+        let dir = match handle.durability {
+            Durability::Durable => self.dir.join("durable").join(queue),
+            Durability::Transient => self.dir.join("transient").join(queue),
+        };
+        self.env
+            .fs
+            .remove_dir_all(&dir)
+            .map_err(|error| QueueError::Storage(error.to_string()))
+    }
+
+    /// Stops every queue task, closing durable queues cleanly.
+    pub async fn shutdown(&self) {
+        let senders: Vec<mpsc::Sender<Command>> = self
+            .lock()
+            .queues
+            .values()
+            .map(|handle| handle.sender.clone())
+            .collect();
+        for sender in senders {
+            let (reply, stopped) = oneshot::channel();
+            if sender.send(Command::Stop(reply)).await.is_ok() {
+                let _ = stopped.await;
+            }
+        }
+    }
+
+    /// Republishes a dead-lettered message through `exchange`.
+    async fn dead_letter(&self, exchange: &str, message: Message) {
+        match self.publish(exchange, message).await {
+            Ok(Published::Routed(_)) => {}
+            Ok(Published::Unroutable) => {
+                self.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(exchange, %error, "dead-lettering failed; message dropped")
+            }
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), QueueError> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(QueueError::Invalid(format!(
+            "name {name:?} must be 1 to {NAME_BYTES_MAX} bytes"
+        )));
+    }
+    if name.starts_with("amq.") {
+        return Err(QueueError::Invalid(format!(
+            "name {name:?}: the amq. prefix is reserved"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(QueueError::Invalid(format!(
+            "name {name:?} may only contain letters, digits and . _ - :"
+        )));
+    }
+    Ok(())
+}
+
+fn header_value<'a>(headers: &'a [Header], key: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .rev()
+        .find(|header| header.key == key)
+        .and_then(|header| header.value.as_deref())
+}
+
+fn header_number(headers: &[Header], key: &str) -> Option<i64> {
+    header_value(headers, key)
+        .and_then(|bytes| std::str::from_utf8(bytes).ok()?.trim().parse().ok())
+}
+
+/// Adds the broker's headers: the exchange, and for a delayed message its due time.
+fn stamp(message: &mut Message, exchange: &str, now_ms: i64) -> Result<(), QueueError> {
+    if let Some(delay) = header_number(&message.headers, DELAY_HEADER) {
+        if delay < 0 || delay as u64 > DELAY_MS_MAX {
+            return Err(QueueError::Invalid(format!(
+                "{DELAY_HEADER} {delay} outside [0, {DELAY_MS_MAX}] ms"
+            )));
+        }
+        if header_number(&message.headers, DUE_HEADER).is_none() {
+            message.headers.push(Header {
+                key: DUE_HEADER.to_string(),
+                value: Some(Bytes::from((now_ms + delay).to_string())),
+            });
+        }
+    }
+    if header_value(&message.headers, EXCHANGE_HEADER).is_none() {
+        message.headers.push(Header {
+            key: EXCHANGE_HEADER.to_string(),
+            value: Some(Bytes::copy_from_slice(exchange.as_bytes())),
+        });
+    }
+    Ok(())
+}
+
+fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
+    let mut pairs = Vec::new();
+    let mut push = |key: &str, value: String| {
+        pairs.push(StoredArg {
+            key: key.to_string(),
+            value,
+        })
+    };
+    if let Some(ttl) = args.message_ttl_ms {
+        push("message-ttl-ms", ttl.to_string());
+    }
+    if let Some(max) = args.max_length {
+        push("max-length", max.to_string());
+    }
+    push(
+        "overflow",
+        match args.overflow {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+        }
+        .to_string(),
+    );
+    if let Some(exchange) = &args.dead_letter_exchange {
+        push("dead-letter-exchange", exchange.clone());
+    }
+    if let Some(key) = &args.dead_letter_routing_key {
+        push("dead-letter-routing-key", key.clone());
+    }
+    if let Some(limit) = args.delivery_limit {
+        push("delivery-limit", limit.to_string());
+    }
+    if args.single_active_consumer {
+        push("single-active-consumer", "true".to_string());
+    }
+    if let Some(timeout) = args.ack_timeout_ms {
+        push("ack-timeout-ms", timeout.to_string());
+    }
+    pairs
+}
+
+/// Parses queue arguments from `key=value` pairs (the names the CLI and the wire use).
+///
+/// # Errors
+/// `Invalid` naming the bad key or value.
+pub fn args_from_pairs<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<QueueArgs, QueueError> {
+    let mut args = QueueArgs::default();
+    for (key, value) in pairs {
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                QueueError::Invalid(format!(
+                    "queue argument {key}={value:?} is not a non-negative integer"
+                ))
+            })
+        };
+        match key {
+            "message-ttl-ms" => args.message_ttl_ms = Some(number()?),
+            "max-length" => args.max_length = Some(number()?),
+            "overflow" => {
+                args.overflow = match value {
+                    "drop-head" => Overflow::DropHead,
+                    "reject-publish" => Overflow::RejectPublish,
+                    other => {
+                        return Err(QueueError::Invalid(format!(
+                            "overflow {other:?} is not drop-head or reject-publish"
+                        )))
+                    }
+                }
+            }
+            "dead-letter-exchange" => args.dead_letter_exchange = Some(value.to_string()),
+            "dead-letter-routing-key" => args.dead_letter_routing_key = Some(value.to_string()),
+            "delivery-limit" => {
+                args.delivery_limit = Some(
+                    u32::try_from(number()?)
+                        .map_err(|_| QueueError::Invalid("delivery-limit too large".to_string()))?,
+                )
+            }
+            "single-active-consumer" => args.single_active_consumer = value == "true",
+            "ack-timeout-ms" => args.ack_timeout_ms = Some(number()?),
+            other => {
+                return Err(QueueError::Invalid(format!(
+                    "unknown queue argument {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// The task that owns one queue.
+struct QueueTask {
+    name: String,
+    store: QueueStore,
+    state: DeliveryState,
+    delays: DelayQueue,
+    consumers: HashMap<ConsumerId, mpsc::Sender<Delivered>>,
+    ttl_ms: Option<u64>,
+    dead_letter: Option<(String, Option<String>)>,
+    clock: Arc<dyn Clock>,
+    manager: Weak<QueueManager>,
+}
+
+impl QueueTask {
+    fn new(
+        name: &str,
+        args: &QueueArgs,
+        store: QueueStore,
+        clock: Arc<dyn Clock>,
+        manager: Weak<QueueManager>,
+    ) -> Result<QueueTask, QueueError> {
+        let limits = QueueLimits {
+            max_length: args.max_length,
+            overflow: args.overflow,
+            delivery_limit: args.delivery_limit,
+            single_active_consumer: args.single_active_consumer,
+            ack_timeout_ms: args.ack_timeout_ms,
+        };
+        let mut task = QueueTask {
+            name: name.to_string(),
+            state: DeliveryState::new(limits),
+            delays: DelayQueue::new(),
+            consumers: HashMap::new(),
+            ttl_ms: args.message_ttl_ms,
+            dead_letter: args
+                .dead_letter_exchange
+                .clone()
+                .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
+            store,
+            clock,
+            manager,
+        };
+        // Refill from storage: every unsettled message, delayed ones back in the delay queue.
+        let now = task.clock.now_ms();
+        let recovered = task
+            .store
+            .unsettled()
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let mut overflowed = Vec::new();
+        for message in recovered {
+            let due = header_number(&message.record.headers, DUE_HEADER);
+            match due {
+                Some(due) if due > now => task.delays.insert(message.id, due),
+                _ => {
+                    let meta = task.meta(message.id, &message.record);
+                    if let Ok(actions) = task.state.enqueue(meta) {
+                        overflowed.extend(actions);
+                    }
+                }
+            }
+        }
+        if !overflowed.is_empty() {
+            tracing::warn!(
+                queue = name,
+                dropped = overflowed.len(),
+                "recovered queue exceeded its max length"
+            );
+        }
+        Ok(task)
+    }
+
+    fn meta(&self, id: i64, record: &Record) -> MessageMeta {
+        let ttl = header_number(&record.headers, EXPIRATION_HEADER)
+            .and_then(|ttl| u64::try_from(ttl).ok())
+            .or(self.ttl_ms);
+        MessageMeta {
+            id,
+            expires_at_ms: ttl.map(|ttl| record.timestamp_ms.saturating_add(ttl as i64)),
+            delivery_count: 0,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let now = self.clock.now_ms();
+            let due = self
+                .delays
+                .next_due_ms()
+                .map(|due| (due - now).max(0) as u64);
+            let wake = due.map_or(IDLE_WAKE, |ms| Duration::from_millis(ms).min(IDLE_WAKE));
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Stop(reply)) => {
+                        if let Err(error) = self.store.close() {
+                            tracing::warn!(queue = self.name, %error, "closing queue storage failed");
+                        }
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.handle(command).await,
+                    None => return,
+                },
+                _ = tokio::time::sleep(wake) => {}
+            }
+            self.tick().await;
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Publish(messages, reply) => {
+                let outcome = self.publish(messages).await;
+                let _ = reply.send(outcome);
+            }
+            Command::Subscribe(consumer, prefetch, sender) => {
+                self.state.add_consumer(consumer, prefetch);
+                self.consumers.insert(consumer, sender);
+            }
+            Command::Cancel(consumer) => {
+                self.consumers.remove(&consumer);
+                let actions = self.state.remove_consumer(consumer);
+                if let Err(error) = self.apply(actions).await {
+                    tracing::warn!(queue = self.name, %error, "returning a cancelled consumer's deliveries failed");
+                }
+            }
+            Command::Ack(consumer, tag, multiple, reply) => {
+                let outcome = self
+                    .state
+                    .ack(consumer, tag, multiple)
+                    .map_err(delivery_error);
+                let outcome = match outcome {
+                    Ok(actions) => self.apply(actions).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(outcome);
+            }
+            Command::Nack(consumer, tag, multiple, requeue, reply) => {
+                let outcome = match self
+                    .state
+                    .nack(consumer, tag, multiple, requeue)
+                    .map_err(delivery_error)
+                {
+                    Ok(actions) => self.apply(actions).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(outcome);
+            }
+            Command::Purge(reply) => {
+                let mut ids = self.state.purge();
+                ids.extend(self.delays.clear());
+                let count = ids.len() as u64;
+                let _ = self.settle(&ids).await;
+                let _ = reply.send(count);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(QueueStats {
+                    name: self.name.clone(),
+                    ready: (self.state.ready_count() + self.delays.len()) as u64,
+                    unacked: self.state.unacked_count() as u64,
+                    consumers: self.consumers.len() as u64,
+                    durability: Durability::default(),
+                });
+            }
+            Command::Stop(_) => {}
+        }
+    }
+
+    async fn publish(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let mut builder = BatchBuilder::new(now);
+        for message in &messages {
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: now,
+                    key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
+                    value: Some(message.body.clone()),
+                    headers: message.headers.clone(),
+                })
+                .map_err(|error| QueueError::Invalid(error.to_string()))?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
+        // Check the length limit before storing, so a refused message is never stored.
+        let limits = self.state.limits();
+        if let (Some(max_length), Overflow::RejectPublish) = (limits.max_length, limits.overflow) {
+            if self.state.ready_count() as u64 >= max_length {
+                return Err(QueueError::QueueFull {
+                    queue: self.name.clone(),
+                    max_length,
+                });
+            }
+        }
+        let appended = self.store.publish(&mut bytes).map_err(storage)?;
+        self.store
+            .messages()
+            .wait_durable(appended.next_offset)
+            .await
+            .map_err(storage)?;
+        let mut actions = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            let id = appended.base_offset + index as i64;
+            if let Some(due) = header_number(&message.headers, DUE_HEADER).filter(|due| *due > now)
+            {
+                self.delays.insert(id, due);
+                continue;
+            }
+            let record_ttl = header_number(&message.headers, EXPIRATION_HEADER)
+                .and_then(|ttl| u64::try_from(ttl).ok());
+            let meta = MessageMeta {
+                id,
+                expires_at_ms: record_ttl
+                    .or(self.ttl_ms)
+                    .map(|ttl| now.saturating_add(ttl as i64)),
+                delivery_count: 0,
+            };
+            match self.state.enqueue(meta) {
+                Ok(more) => actions.extend(more),
+                Err(DeliveryError::QueueFull { max_length }) => {
+                    // Stored but refused: settle it so it never comes back.
+                    let _ = self.settle(&[id]).await;
+                    return Err(QueueError::QueueFull {
+                        queue: self.name.clone(),
+                        max_length,
+                    });
+                }
+                Err(error) => return Err(delivery_error(error)),
+            }
+        }
+        self.apply(actions).await
+    }
+
+    /// Moves due delayed messages to ready, expires, times out acks, and delivers.
+    async fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        let mut actions = Vec::new();
+        for id in self.delays.take_due(now) {
+            match self.store.read(id) {
+                Ok(Some(record)) => {
+                    let meta = self.meta(id, &record);
+                    if let Ok(more) = self.state.enqueue(meta) {
+                        actions.extend(more);
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(queue = self.name, id, %error, "cannot read a due delayed message")
+                }
+            }
+        }
+        actions.extend(self.state.check_ack_timeouts(now));
+        actions.extend(self.state.dispatch(now));
+        let _ = self.apply(actions).await;
+    }
+
+    /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages
+    /// are recorded durably.
+    async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
+        let mut settled = Vec::new();
+        for action in actions {
+            match action {
+                Action::Deliver(delivery) => {
+                    let record = match self.store.read(delivery.message) {
+                        Ok(Some(record)) => record,
+                        _ => continue,
+                    };
+                    let delivered = Delivered {
+                        consumer: delivery.consumer,
+                        tag: delivery.tag,
+                        redelivered: delivery.redelivered,
+                        record,
+                    };
+                    let gone = match self.consumers.get(&delivery.consumer) {
+                        Some(sender) => sender.try_send(delivered).is_err(),
+                        None => true,
+                    };
+                    if gone {
+                        // The consumer went away: its deliveries return to the queue.
+                        self.consumers.remove(&delivery.consumer);
+                        let returned = self.state.remove_consumer(delivery.consumer);
+                        Box::pin(self.apply(returned)).await?;
+                    }
+                }
+                Action::Settle(id) => settled.push(id),
+                Action::DeadLetter(id, reason) => {
+                    self.dead_letter(id, reason).await;
+                    settled.push(id);
+                }
+                Action::Cancel(consumer, reason) => {
+                    tracing::warn!(queue = self.name, consumer, reason, "consumer cancelled");
+                    self.consumers.remove(&consumer);
+                }
+            }
+        }
+        self.settle(&settled).await
+    }
+
+    async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
+        if let Some(appended) = self.store.settle(ids, now).map_err(storage)? {
+            self.store
+                .acks()
+                .wait_durable(appended.next_offset)
+                .await
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, id: i64, reason: DeadLetterReason) {
+        let Some((exchange, routing_key)) = self.dead_letter.clone() else {
+            return;
+        };
+        let Some(manager) = self.manager.upgrade() else {
+            return;
+        };
+        let Ok(Some(record)) = self.store.read(id) else {
+            return;
+        };
+        let original_key = record
+            .key
+            .as_ref()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .unwrap_or_default();
+        let original_exchange = header_value(&record.headers, EXCHANGE_HEADER)
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .unwrap_or_default();
+        let mut headers: Vec<Header> = record
+            .headers
+            .into_iter()
+            .filter(|header| {
+                !matches!(
+                    header.key.as_str(),
+                    EXCHANGE_HEADER | DELAY_HEADER | DUE_HEADER
+                ) && !header.key.starts_with("x-death-")
+            })
+            .collect();
+        for (key, value) in [
+            ("x-death-reason", reason.name().to_string()),
+            ("x-death-queue", self.name.clone()),
+            ("x-death-exchange", original_exchange),
+            ("x-death-routing-key", original_key.clone()),
+        ] {
+            headers.push(Header {
+                key: key.to_string(),
+                value: Some(Bytes::from(value)),
+            });
+        }
+        let message = Message {
+            routing_key: routing_key.unwrap_or(original_key),
+            body: record.value.unwrap_or_default(),
+            headers,
+        };
+        // Dead-lettering runs on its own task: the target may be this very queue.
+        tokio::spawn(async move { manager.dead_letter(&exchange, message).await });
+    }
+}
+
+fn delivery_error(error: DeliveryError) -> QueueError {
+    match error {
+        DeliveryError::UnknownDeliveryTag { tag } => QueueError::UnknownDeliveryTag(tag),
+        DeliveryError::UnknownConsumer { consumer } => {
+            QueueError::Invalid(format!("unknown consumer {consumer}"))
+        }
+        DeliveryError::QueueFull { max_length } => QueueError::QueueFull {
+            queue: String::new(),
+            max_length,
+        },
+    }
+}
+
+/// Parses `k=v` header pairs.
+pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, QueueError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .ok_or_else(|| QueueError::Invalid(format!("{pair:?} is not key=value")))
+        })
+        .collect()
+}

@@ -1,0 +1,369 @@
+//! The queue manager in-process (real files in a temp dir): routing through exchanges,
+//! prefetch-bounded push delivery with acks, durability across a restart, requeue with the
+//! redelivered flag, dead-lettering on reject, TTL, overflow and the delivery limit with the
+//! reason recorded, and delayed delivery on time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use wharf_broker::queue::delivery::{ConsumerId, Requeue};
+use wharf_broker::queue::exchange::ExchangeKind;
+use wharf_broker::queue::manager::{
+    args_from_pairs, Delivered, Durability, Message, Published, QueueArgs, QueueError, QueueManager,
+};
+use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
+use wharf_protocol::batch::Header;
+
+fn env() -> StorageEnv {
+    StorageEnv {
+        fs: Arc::new(RealFs),
+        clock: Arc::new(SystemClock),
+        flusher: Flusher::spawn(1),
+    }
+}
+
+fn message(routing_key: &str, body: &str) -> Message {
+    Message {
+        routing_key: routing_key.to_string(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+fn with_header(mut message: Message, key: &str, value: &str) -> Message {
+    message.headers.push(Header {
+        key: key.to_string(),
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+    });
+    message
+}
+
+async fn next(receiver: &mut mpsc::Receiver<Delivered>) -> Delivered {
+    tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("the queue is alive")
+}
+
+fn body(delivered: &Delivered) -> String {
+    String::from_utf8(delivered.record.value.clone().expect("body").to_vec()).expect("utf-8")
+}
+
+fn header(delivered: &Delivered, key: &str) -> Option<String> {
+    delivered
+        .record
+        .headers
+        .iter()
+        .find(|header| header.key == key)
+        .and_then(|header| header.value.as_ref())
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_through_exchanges_and_pushes_within_prefetch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_exchange("logs", ExchangeKind::Topic, Durability::Durable)
+        .unwrap();
+    manager
+        .declare_queue("errors", QueueArgs::default(), Durability::Durable)
+        .unwrap();
+    manager
+        .declare_queue("all", QueueArgs::default(), Durability::Transient)
+        .unwrap();
+    manager.bind("errors", "logs", "*.error", &[]).unwrap();
+    manager.bind("all", "logs", "#", &[]).unwrap();
+    // Declaring again with the same arguments is fine; different ones are an error.
+    manager
+        .declare_queue("errors", QueueArgs::default(), Durability::Durable)
+        .unwrap();
+    let other = QueueArgs {
+        max_length: Some(5),
+        ..QueueArgs::default()
+    };
+    assert!(matches!(
+        manager.declare_queue("errors", other, Durability::Durable),
+        Err(QueueError::DeclareMismatch(_))
+    ));
+
+    let routed = manager
+        .publish("logs", message("db.error", "disk gone"))
+        .await
+        .unwrap();
+    assert_eq!(
+        routed,
+        Published::Routed(vec!["all".to_string(), "errors".to_string()])
+    );
+    assert_eq!(
+        manager
+            .publish("logs", message("db.info", "fine"))
+            .await
+            .unwrap(),
+        Published::Routed(vec!["all".to_string()])
+    );
+    assert_eq!(
+        manager
+            .publish("amq.direct", message("nobody", "x"))
+            .await
+            .unwrap(),
+        Published::Unroutable
+    );
+    // The default exchange routes by queue name.
+    assert_eq!(
+        manager
+            .publish("", message("errors", "direct"))
+            .await
+            .unwrap(),
+        Published::Routed(vec!["errors".to_string()])
+    );
+
+    let (consumer, mut deliveries) = manager.subscribe("errors", 1).await.unwrap();
+    let first = next(&mut deliveries).await;
+    assert_eq!(body(&first), "disk gone");
+    assert!(!first.redelivered);
+    // Prefetch 1: nothing more until the first is acked.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
+            .await
+            .is_err()
+    );
+    manager
+        .ack("errors", consumer, first.tag, false)
+        .await
+        .unwrap();
+    assert_eq!(body(&next(&mut deliveries).await), "direct");
+    assert!(matches!(
+        manager.ack("errors", consumer, first.tag, false).await,
+        Err(QueueError::UnknownDeliveryTag(_))
+    ));
+}
+
+async fn take(manager: &QueueManager, queue: &str, count: usize) -> (ConsumerId, Vec<Delivered>) {
+    let (consumer, mut deliveries) = manager.subscribe(queue, 0).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < count {
+        got.push(next(&mut deliveries).await);
+    }
+    (consumer, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queue_keeps_unacked_messages_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let manager = QueueManager::open(dir.path(), env()).expect("open");
+        manager
+            .declare_queue("jobs", QueueArgs::default(), Durability::Durable)
+            .unwrap();
+        for index in 0..100 {
+            manager
+                .publish("", message("jobs", &format!("job-{index}")))
+                .await
+                .unwrap();
+        }
+        let (consumer, got) = take(&manager, "jobs", 100).await;
+        for delivered in got
+            .iter()
+            .filter(|delivered| body(delivered).ends_with(['0', '2', '4', '6', '8']))
+        {
+            manager
+                .ack("jobs", consumer, delivered.tag, false)
+                .await
+                .unwrap();
+        }
+        manager.shutdown().await;
+    }
+    let manager = QueueManager::open(dir.path(), env()).expect("reopen");
+    let (_, got) = take(&manager, "jobs", 50).await;
+    let mut bodies: Vec<String> = got.iter().map(body).collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..100)
+        .filter(|index| index % 2 == 1)
+        .map(|index| format!("job-{index}"))
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
+    let stats = manager.list().await;
+    assert_eq!(stats[0].unacked, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_with_requeue_redelivers_and_reject_dead_letters_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_exchange("dlx", ExchangeKind::Fanout, Durability::Durable)
+        .unwrap();
+    manager
+        .declare_queue("dead", QueueArgs::default(), Durability::Durable)
+        .unwrap();
+    manager.bind("dead", "dlx", "", &[]).unwrap();
+    let args = args_from_pairs([("dead-letter-exchange", "dlx")]).unwrap();
+    manager
+        .declare_queue("work", args, Durability::Durable)
+        .unwrap();
+    manager.publish("", message("work", "m1")).await.unwrap();
+    let (consumer, mut deliveries) = manager.subscribe("work", 1).await.unwrap();
+    let first = next(&mut deliveries).await;
+    manager
+        .nack("work", consumer, first.tag, false, Requeue::Yes)
+        .await
+        .unwrap();
+    let again = next(&mut deliveries).await;
+    assert_eq!(body(&again), "m1");
+    assert!(again.redelivered);
+    manager
+        .nack("work", consumer, again.tag, false, Requeue::No)
+        .await
+        .unwrap();
+    let (_, dead) = take(&manager, "dead", 1).await;
+    assert_eq!(body(&dead[0]), "m1");
+    assert_eq!(
+        header(&dead[0], "x-death-reason").as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(header(&dead[0], "x-death-queue").as_deref(), Some("work"));
+    assert_eq!(
+        header(&dead[0], "x-death-routing-key").as_deref(),
+        Some("work")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_overflow_and_delivery_limit_dead_letter_with_their_reasons() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_queue("dead", QueueArgs::default(), Durability::Transient)
+        .unwrap();
+    let dead_letter = |extra: &[(&'static str, &'static str)]| {
+        let mut pairs = vec![
+            ("dead-letter-exchange", "amq.direct"),
+            ("dead-letter-routing-key", "dead"),
+        ];
+        pairs.extend_from_slice(extra);
+        args_from_pairs(pairs).unwrap()
+    };
+    manager.bind("dead", "amq.direct", "dead", &[]).unwrap();
+    manager
+        .declare_queue(
+            "short",
+            dead_letter(&[("message-ttl-ms", "100")]),
+            Durability::Transient,
+        )
+        .unwrap();
+    manager
+        .declare_queue(
+            "small",
+            dead_letter(&[("max-length", "2")]),
+            Durability::Transient,
+        )
+        .unwrap();
+    manager
+        .declare_queue(
+            "poison",
+            dead_letter(&[("delivery-limit", "1")]),
+            Durability::Transient,
+        )
+        .unwrap();
+    let strict = args_from_pairs([("max-length", "1"), ("overflow", "reject-publish")]).unwrap();
+    manager
+        .declare_queue("strict", strict, Durability::Transient)
+        .unwrap();
+
+    manager
+        .publish("", message("short", "stale"))
+        .await
+        .unwrap();
+    for index in 0..3 {
+        manager
+            .publish("", message("small", &format!("s{index}")))
+            .await
+            .unwrap();
+    }
+    manager.publish("", message("poison", "bad")).await.unwrap();
+    manager
+        .publish("", message("strict", "first"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        manager.publish("", message("strict", "second")).await,
+        Err(QueueError::QueueFull { .. })
+    ));
+
+    let (consumer, mut poison) = manager.subscribe("poison", 1).await.unwrap();
+    for _ in 0..2 {
+        let delivered = next(&mut poison).await;
+        manager
+            .nack("poison", consumer, delivered.tag, false, Requeue::Yes)
+            .await
+            .unwrap();
+    }
+    // "short" has no consumer: its message expires at the head after 100 ms.
+    let (_, dead) = take(&manager, "dead", 3).await;
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|delivered| {
+            (
+                body(delivered),
+                header(delivered, "x-death-reason").unwrap_or_default(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("bad".to_string(), "delivery_limit".to_string()),
+            ("s0".to_string(), "maxlen".to_string()),
+            ("stale".to_string(), "expired".to_string()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_arrive_on_time_also_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let published = Instant::now();
+    {
+        let manager = QueueManager::open(dir.path(), env()).expect("open");
+        manager
+            .declare_queue("later", QueueArgs::default(), Durability::Durable)
+            .unwrap();
+        manager
+            .publish(
+                "",
+                with_header(message("later", "after-restart"), "x-delay", "1500"),
+            )
+            .await
+            .unwrap();
+        manager.shutdown().await;
+    }
+    let manager = QueueManager::open(dir.path(), env()).expect("reopen");
+    manager
+        .publish("", with_header(message("later", "soon"), "x-delay", "400"))
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let (_, mut deliveries) = manager.subscribe("later", 0).await.unwrap();
+    let first = next(&mut deliveries).await;
+    let first_at = sent.elapsed();
+    assert_eq!(body(&first), "soon");
+    assert!(
+        first_at >= Duration::from_millis(390),
+        "delivered early: {first_at:?}"
+    );
+    assert!(
+        first_at < Duration::from_millis(400 + 60),
+        "delivered late: {first_at:?}"
+    );
+    let second = next(&mut deliveries).await;
+    assert_eq!(body(&second), "after-restart");
+    assert!(
+        published.elapsed() >= Duration::from_millis(1490),
+        "delivered early"
+    );
+}
