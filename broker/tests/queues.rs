@@ -142,7 +142,7 @@ async fn routes_through_exchanges_and_pushes_within_prefetch() {
 }
 
 async fn take(manager: &QueueManager, queue: &str, count: usize) -> (ConsumerId, Vec<Delivered>) {
-    let (consumer, mut deliveries) = manager.subscribe(queue, 0).await.unwrap();
+    let (consumer, mut deliveries) = manager.subscribe(queue, 0).await.expect("subscribe");
     let mut got = Vec::new();
     while got.len() < count {
         got.push(next(&mut deliveries).await);
