@@ -70,11 +70,7 @@ impl OffsetStore {
     /// Storage errors; a record that does not decode is corruption.
     pub fn open(topics: &Topics, clock: Arc<dyn Clock>) -> Result<OffsetStore, TopicError> {
         // Committed offsets are kept forever and always fsynced before they are answered.
-        let overrides = vec![
-            ("retention.ms".to_string(), "0".to_string()),
-            ("flush".to_string(), "always".to_string()),
-        ];
-        topics.ensure_internal(OFFSETS_TOPIC, 1, overrides)?;
+        topics.ensure_internal(OFFSETS_TOPIC, 1, crate::txn::internal_overrides())?;
         let log = topics
             .partition(OFFSETS_TOPIC, 0)
             .ok_or_else(|| TopicError::Unknown(OFFSETS_TOPIC.to_string()))?;

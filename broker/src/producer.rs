@@ -204,12 +204,21 @@ impl PartitionProducers {
         epoch: i16,
         kind: ControlKind,
         marker_offset: i64,
+        timestamp_ms: i64,
     ) {
-        if let Some(entry) = self.producers.get_mut(&producer_id) {
-            if epoch > entry.epoch {
-                entry.epoch = epoch;
-                entry.batches.clear();
-            }
+        // Even a producer that never wrote here learns the epoch, so a zombie's first batch
+        // to this partition is fenced too.
+        let entry = self
+            .producers
+            .entry(producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch,
+                batches: VecDeque::new(),
+                last_append_ms: timestamp_ms,
+            });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
         }
         let Some(first_offset) = self.ongoing.remove(&producer_id) else {
             // A marker for a transaction that wrote nothing here: nothing to skip.
@@ -280,6 +289,7 @@ impl PartitionProducers {
                         header.producer_epoch,
                         kind,
                         header.base_offset,
+                        header.max_timestamp,
                     );
                 }
                 continue;
@@ -388,7 +398,7 @@ impl Producers {
     ) -> Result<Producers, StorageError> {
         let stored = checkpoint::read(fs.as_ref(), &data_dir.join(PRODUCER_IDS_FILE), IDS_MAGIC)?;
         let next = match stored {
-            Some(found) if found.payload.len() == 8 => {
+            Some(found) if found.version == 1 && found.payload.len() == 8 => {
                 let mut bytes = [0u8; 8];
                 bytes.copy_from_slice(&found.payload);
                 i64::from_be_bytes(bytes)
@@ -453,6 +463,9 @@ impl Producers {
         let mut from = log.log_start_offset();
         let path = log.dir().join(SNAPSHOT_FILE);
         match checkpoint::read(self.fs.as_ref(), &path, SNAPSHOT_MAGIC) {
+            Ok(Some(found)) if found.version != 1 => {
+                tracing::warn!(snapshot = %path.display(), version = found.version, "ignoring producer snapshot of an unknown version");
+            }
             Ok(Some(found)) => match decode_snapshot(found.payload) {
                 // A snapshot past the log end (the tail was cut by recovery) or before the log
                 // start (segments were deleted) cannot be trusted: replay everything.
@@ -557,17 +570,27 @@ fn to_snapshot(state: &PartitionProducers, offset: i64) -> SnapshotPayload {
                 })
                 .collect(),
         })
-        .filter(|producer| !producer.batches.is_empty())
         .collect();
     producers.sort_by_key(|producer| producer.producer_id);
     // Transactions opened at or past the offset, and aborts decided there, are replayed.
-    let mut ongoing: Vec<SnapshotOngoing> = state
+    // A transaction aborted at or past the offset was still open at the offset: save it as
+    // open, and the replay of its marker records the abort again.
+    let open_at_offset = state
         .ongoing
         .iter()
-        .filter(|(_, first_offset)| **first_offset < offset)
+        .map(|(producer_id, first_offset)| (*producer_id, *first_offset))
+        .chain(
+            state
+                .aborted
+                .iter()
+                .filter(|txn| txn.last_offset >= offset)
+                .map(|txn| (txn.producer_id, txn.first_offset)),
+        );
+    let mut ongoing: Vec<SnapshotOngoing> = open_at_offset
+        .filter(|(_, first_offset)| *first_offset < offset)
         .map(|(producer_id, first_offset)| SnapshotOngoing {
-            producer_id: *producer_id,
-            first_offset: *first_offset,
+            producer_id,
+            first_offset,
         })
         .collect();
     ongoing.sort_by_key(|entry| entry.producer_id);
@@ -592,6 +615,14 @@ fn to_snapshot(state: &PartitionProducers, offset: i64) -> SnapshotPayload {
 fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
     let mut state = PartitionProducers::default();
     for producer in snapshot.producers {
+        state.producers.insert(
+            producer.producer_id,
+            ProducerEntry {
+                epoch: producer.epoch,
+                batches: VecDeque::new(),
+                last_append_ms: producer.last_append_ms,
+            },
+        );
         for batch in producer.batches {
             let metadata = BatchMetadata {
                 first_sequence: batch.first_sequence,
@@ -728,9 +759,9 @@ mod tests {
         state.record_transactional(1, 6);
         state.record_transactional(2, 8);
         assert_eq!(state.last_stable_offset(10), 4);
-        state.record_marker(1, 0, ControlKind::Commit, 9);
+        state.record_marker(1, 0, ControlKind::Commit, 9, 0);
         assert_eq!(state.last_stable_offset(12), 8);
-        state.record_marker(2, 0, ControlKind::Abort, 12);
+        state.record_marker(2, 0, ControlKind::Abort, 12, 0);
         assert_eq!(state.last_stable_offset(13), 13);
         assert_eq!(
             state.aborted_between(0, 13),
@@ -746,10 +777,37 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_keeps_a_transaction_aborted_past_its_offset_as_open() {
+        let mut state = PartitionProducers::default();
+        state.record_transactional(1, 2);
+        state.record_marker(1, 0, ControlKind::Abort, 15, 0);
+        let mut restored = from_snapshot(to_snapshot(&state, 10));
+        assert_eq!(restored.last_stable_offset(30), 2);
+        // Replaying the marker past the offset records the abort again.
+        restored.record_marker(1, 0, ControlKind::Abort, 15, 0);
+        assert_eq!(restored.aborted_between(0, 30).len(), 1);
+    }
+
+    #[test]
+    fn a_marker_fences_older_epochs_even_without_earlier_batches() {
+        let mut state = PartitionProducers::default();
+        state.record_marker(9, 3, ControlKind::Abort, 0, 0);
+        assert_eq!(
+            state.check(9, 2, 0, 0),
+            Verdict::Refuse(ErrorCode::ProducerFenced)
+        );
+        let restored = from_snapshot(to_snapshot(&state, 10));
+        assert_eq!(
+            restored.check(9, 2, 0, 0),
+            Verdict::Refuse(ErrorCode::ProducerFenced)
+        );
+    }
+
+    #[test]
     fn snapshot_keeps_transactions_below_its_offset() {
         let mut state = PartitionProducers::default();
         state.record_transactional(1, 2);
-        state.record_marker(1, 0, ControlKind::Abort, 5);
+        state.record_marker(1, 0, ControlKind::Abort, 5, 0);
         state.record_transactional(3, 7);
         state.record_transactional(4, 20);
         let restored = from_snapshot(to_snapshot(&state, 10));

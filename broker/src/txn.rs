@@ -201,10 +201,26 @@ enum Command {
     End(EndTxnRequest, Reply<EndTxnResponse>),
 }
 
+/// Transactional producers' current epochs and open transactions' partitions, readable
+/// without asking the task: producer id → (epoch, partitions). The produce path checks a transactional batch against it.
+type OpenPartitions = Arc<std::sync::Mutex<HashMap<i64, (i16, BTreeSet<(String, u32)>)>>>;
+
+/// Whether a transactional batch may be appended to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The partition is in the producer's open transaction.
+    Member,
+    /// A newer epoch of the producer exists.
+    Fenced,
+    /// The partition was not added to an open transaction of this producer.
+    NotAdded,
+}
+
 /// Handle to the coordinator task.
 #[derive(Debug, Clone)]
 pub struct TxnCoordinator {
     sender: mpsc::Sender<Command>,
+    open: OpenPartitions,
 }
 
 /// The coordinator's state loaded at start, before its task runs.
@@ -213,6 +229,7 @@ pub struct TxnLoaded {
     log: Arc<Partition>,
     txns: HashMap<String, TxnMeta>,
     receiver: mpsc::Receiver<Command>,
+    open: OpenPartitions,
 }
 
 impl std::fmt::Debug for Command {
@@ -248,24 +265,56 @@ impl TxnCoordinator {
     /// # Errors
     /// Storage errors; a record that does not decode is corruption.
     pub fn open(topics: &Topics) -> Result<(TxnCoordinator, TxnLoaded), TopicError> {
-        let overrides = vec![
-            ("retention.ms".to_string(), "0".to_string()),
-            ("flush".to_string(), "always".to_string()),
-        ];
-        topics.ensure_internal(TXN_TOPIC, 1, overrides)?;
+        topics.ensure_internal(TXN_TOPIC, 1, internal_overrides())?;
         let log = topics
             .partition(TXN_TOPIC, 0)
             .ok_or_else(|| TopicError::Unknown(TXN_TOPIC.to_string()))?;
         let txns = replay(&log)?;
         let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let open = OpenPartitions::default();
+        {
+            let mut known = open.lock().unwrap_or_else(|poison| poison.into_inner());
+            for meta in txns.values() {
+                // Recovery aborts open transactions before serving; only epochs matter here.
+                known.insert(meta.producer_id, (meta.epoch, BTreeSet::new()));
+            }
+        }
         Ok((
-            TxnCoordinator { sender },
+            TxnCoordinator {
+                sender,
+                open: open.clone(),
+            },
             TxnLoaded {
                 log,
                 txns,
                 receiver,
+                open,
             },
         ))
+    }
+
+    /// Whether producer `producer_id` at `epoch` may append a transactional batch to
+    /// `topic`-`partition` (it must have been added with AddPartitionsToTxn).
+    pub fn membership(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: u32,
+    ) -> Membership {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match open.get(&producer_id) {
+            Some((current, _)) if epoch < *current => Membership::Fenced,
+            Some((current, partitions))
+                if epoch == *current && partitions.contains(&(topic.to_string(), partition)) =>
+            {
+                Membership::Member
+            }
+            _ => Membership::NotAdded,
+        }
     }
 
     /// Starts the coordinator task: it first completes or aborts what a crash left open.
@@ -327,6 +376,7 @@ fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
                     String::from_utf8(key.to_vec()).map_err(|error| corrupt(error.to_string()))?;
                 let mut reader = Reader::new(value);
                 let decoded = TxnRecord::decode(&mut reader, "txn record")
+                    .and_then(|decoded| reader.finish().map(|()| decoded))
                     .map_err(|error| corrupt(error.to_string()))?;
                 let meta = TxnMeta::from_record(decoded)
                     .ok_or_else(|| corrupt("unknown state".to_string()))?;
@@ -341,6 +391,7 @@ struct Task {
     broker: Weak<Broker>,
     log: Arc<Partition>,
     txns: HashMap<String, TxnMeta>,
+    open: OpenPartitions,
 }
 
 type Outcome = Result<(), (ErrorCode, String)>;
@@ -350,8 +401,14 @@ async fn run(loaded: TxnLoaded, broker: Weak<Broker>) {
         log,
         txns,
         mut receiver,
+        open,
     } = loaded;
-    let mut task = Task { broker, log, txns };
+    let mut task = Task {
+        broker,
+        log,
+        txns,
+        open,
+    };
     task.recover().await;
     let mut ticker = tokio::time::interval(TIMEOUT_CHECK_INTERVAL);
     loop {
@@ -452,6 +509,20 @@ impl Task {
             .wait_durable(appended.next_offset)
             .await
             .map_err(storage)?;
+        {
+            let mut open = self
+                .open
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            // Every transactional producer keeps its epoch here (for fencing); only an open
+            // transaction has partitions.
+            let partitions = if meta.state == TxnState::Ongoing {
+                meta.partitions.clone()
+            } else {
+                BTreeSet::new()
+            };
+            open.insert(meta.producer_id, (meta.epoch, partitions));
+        }
         self.txns.insert(transactional_id.to_string(), meta);
         Ok(())
     }
@@ -792,6 +863,20 @@ impl Task {
                 tracing::error!(transactional_id, %code, message, "cannot abort timed-out transaction");
             }
         }
+        // A completion that failed (storage trouble) is retried until it succeeds.
+        let prepared: Vec<(String, TxnMeta)> = self
+            .txns
+            .iter()
+            .filter(|(_, meta)| {
+                matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
+            })
+            .map(|(id, meta)| (id.clone(), meta.clone()))
+            .collect();
+        for (transactional_id, meta) in prepared {
+            if let Err((code, message)) = self.complete(&transactional_id, meta).await {
+                tracing::warn!(transactional_id, %code, message, "retrying transaction completion failed");
+            }
+        }
     }
 
     /// The id's metadata after checking the caller, ready to add to.
@@ -853,15 +938,42 @@ async fn write_markers(broker: &Arc<Broker>, meta: &TxnMeta, kind: ControlKind) 
             let appended = log
                 .append(&mut bytes)
                 .map_err(|error| (storage_error_code(&error), error.to_string()))?;
-            state.record_marker(meta.producer_id, meta.epoch, kind, appended.base_offset);
+            state.record_marker(
+                meta.producer_id,
+                meta.epoch,
+                kind,
+                appended.base_offset,
+                now,
+            );
             appended
         };
         waits.push((log, appended.next_offset));
     }
     for (log, next_offset) in waits {
-        log.wait_durable(next_offset)
-            .await
-            .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+        if log.config().flush == crate::storage::FlushPolicy::Always {
+            log.wait_durable(next_offset)
+                .await
+                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+        } else {
+            // A marker must be durable before the transaction is logged complete, whatever
+            // the partition's flush policy: otherwise a power loss could leave the last
+            // stable offset stuck behind a transaction no one will finish.
+            let flushing = log.clone();
+            tokio::task::spawn_blocking(move || flushing.flush())
+                .await
+                .map_err(|error| (ErrorCode::Unknown, error.to_string()))?
+                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+        }
     }
     Ok(())
+}
+
+/// Config overrides of internal topics: kept forever (no time or size retention) and
+/// fsynced before anything they record is answered.
+pub fn internal_overrides() -> Vec<(String, String)> {
+    vec![
+        ("retention.ms".to_string(), "0".to_string()),
+        ("retention.bytes".to_string(), "0".to_string()),
+        ("flush".to_string(), "always".to_string()),
+    ]
 }

@@ -498,3 +498,27 @@ fn a_transaction_past_its_timeout_is_aborted() {
         ErrorCode::ProducerFenced
     );
 }
+
+#[test]
+fn a_transactional_batch_to_a_partition_not_added_is_refused() {
+    let (_data, _broker, mut client) = start();
+    create(&mut client, "strays", 2);
+    let txn = init(&mut client, "careless", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "strays", &[0]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(&mut client, "strays", 1, txn_batch(&txn, 0, &["stray"])).0,
+        ErrorCode::InvalidTxnState
+    );
+    // Nothing was appended, so nothing holds partition 1's last stable offset back.
+    let view = fetch(&mut client, "strays", 1, Isolation::ReadCommitted);
+    assert_eq!(view.high_watermark, 0);
+    assert_eq!(view.last_stable_offset, 0);
+    assert_eq!(
+        produce(&mut client, "strays", 0, txn_batch(&txn, 0, &["fine"])).0,
+        ErrorCode::None
+    );
+    assert_eq!(end(&mut client, &txn, TxnResult::Commit), ErrorCode::None);
+}

@@ -21,6 +21,7 @@ use crate::producer::{last_sequence, BatchMetadata, Verdict};
 use crate::server::Broker;
 use crate::storage::{Appended, Error as StorageError, Partition};
 use crate::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
+use crate::txn::Membership;
 
 /// Longest a fetch may wait for data, whatever the client asks.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
@@ -468,16 +469,46 @@ fn append(
         })?;
     // The broker patches offsets in place; the request's bytes are shared, so copy once.
     let mut batches = BytesMut::from(&records[..]);
-    let header = match batch::parse_header(&batches) {
-        Ok(Some(header)) => header,
+    let headers = batch_headers(&batches);
+    let Some(header) = headers.first().copied() else {
         // Storage validates and reports what is wrong.
-        Ok(None) | Err(_) => return plain_append(log, &mut batches),
+        return plain_append(log, &mut batches);
     };
-    if header.attributes.is_control() {
+    if headers.iter().any(|header| header.attributes.is_control()) {
         return Err((
             ErrorCode::InvalidRequest,
             "producers cannot write control batches".to_string(),
         ));
+    }
+    if headers.len() > 1
+        && headers
+            .iter()
+            .any(|header| header.producer_id != NO_PRODUCER_ID)
+    {
+        return Err((
+            ErrorCode::InvalidRequest,
+            "an idempotent produce carries exactly one batch per partition".to_string(),
+        ));
+    }
+    if header.attributes.is_transactional() && header.producer_id != NO_PRODUCER_ID {
+        match broker.txn.membership(header.producer_id, header.producer_epoch, &info.name, partition) {
+            Membership::Member => {}
+            Membership::Fenced => {
+                return Err((
+                    ErrorCode::ProducerFenced,
+                    format!("producer {} epoch {} was fenced", header.producer_id, header.producer_epoch),
+                ))
+            }
+            Membership::NotAdded => {
+                return Err((
+                    ErrorCode::InvalidTxnState,
+                    format!(
+                        "{}-{partition} was not added to the transaction of producer {} (AddPartitionsToTxn first)",
+                        info.name, header.producer_id
+                    ),
+                ))
+            }
+        }
     }
     if header.producer_id == NO_PRODUCER_ID {
         if header.attributes.is_transactional() {
@@ -489,6 +520,21 @@ fn append(
         return plain_append(log, &mut batches);
     }
     idempotent_append(broker, info, partition, log, &mut batches, header)
+}
+
+/// The headers of the batches in a produce's records, up to the first that does not parse
+/// (storage reports that one).
+fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
+    let mut headers = Vec::new();
+    let mut position = 0;
+    while let Ok(Some(header)) = batch::parse_header(&records[position..]) {
+        headers.push(header);
+        position += header.total_bytes();
+        if position >= records.len() {
+            break;
+        }
+    }
+    headers
 }
 
 fn plain_append(
