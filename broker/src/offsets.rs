@@ -175,6 +175,9 @@ fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError
         for decoded in batch::batches(read.bytes) {
             let decoded = decoded?;
             position = decoded.header().next_offset();
+            if decoded.header().attributes.is_control() {
+                continue;
+            }
             for record in decoded.records() {
                 let record = record?;
                 let (Some(key), Some(value)) = (record.key, record.value) else {

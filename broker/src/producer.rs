@@ -448,6 +448,11 @@ impl Producers {
         Ok(id)
     }
 
+    /// The id the next allocation hands out: every id below it was handed out at some time.
+    pub fn next_id(&self) -> i64 {
+        lock(&self.ids).next
+    }
+
     /// Loads a partition's state: its snapshot, then a replay of the log after it (blocking:
     /// call at start-up or off the runtime's workers).
     ///

@@ -311,7 +311,13 @@ fn override_pairs(info: &TopicInfo) -> Vec<(String, String)> {
 
 fn config_for(base: &LogConfig, info: &TopicInfo) -> LogConfig {
     let mut config = base.clone();
-    if let Err(reason) = apply_topic_overrides(&mut config, &override_pairs(info)) {
+    let mut pairs = override_pairs(info);
+    if info.name.starts_with(INTERNAL_TOPIC_PREFIX) {
+        // Internal topics keep everything and fsync before answering, whatever an older
+        // catalog entry or the broker-wide defaults say.
+        pairs.extend(crate::txn::internal_overrides());
+    }
+    if let Err(reason) = apply_topic_overrides(&mut config, &pairs) {
         tracing::error!(
             topic = info.name,
             reason,

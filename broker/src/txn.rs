@@ -362,6 +362,9 @@ fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
         for decoded in batch::batches(read.bytes) {
             let decoded = decoded?;
             position = decoded.header().next_offset();
+            if decoded.header().attributes.is_control() {
+                continue;
+            }
             for record in decoded.records() {
                 let record = record?;
                 let (Some(key), Some(value)) = (record.key, record.value) else {
@@ -574,10 +577,15 @@ impl Task {
                 // The previous producer of this id is gone or a zombie: abort its transaction.
                 self.abort_with_bump(&transactional_id, meta, "a new producer took over")
                     .await?;
-                self.txns.get(&transactional_id).cloned().ok_or((
+                let mut aborted = self.txns.get(&transactional_id).cloned().ok_or((
                     ErrorCode::Unknown,
                     "transaction vanished during abort".to_string(),
-                ))?
+                ))?;
+                if aborted.epoch == i16::MAX {
+                    aborted.producer_id = allocate(&broker).await?;
+                    aborted.epoch = 0;
+                }
+                aborted
             }
             Some(_) => self.bumped(&broker, &transactional_id).await?,
         };
@@ -619,6 +627,15 @@ impl Task {
             request.producer_epoch,
         )?;
         for topic in &request.topics {
+            if topic.topic.starts_with(crate::topic::INTERNAL_TOPIC_PREFIX) {
+                return Err((
+                    ErrorCode::InvalidTopicName,
+                    format!(
+                        "internal topic {:?} cannot be part of a transaction",
+                        topic.topic
+                    ),
+                ));
+            }
             for partition in &topic.partitions {
                 if broker.topics.partition(&topic.topic, *partition).is_none() {
                     return Err((
@@ -688,9 +705,30 @@ impl Task {
             ));
         }
         for topic in request.topics {
+            let count = broker.partition_count(&topic.name);
+            if topic.name.starts_with(crate::topic::INTERNAL_TOPIC_PREFIX) || count.is_none() {
+                return Err((
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("cannot commit offsets for topic {:?}", topic.name),
+                ));
+            }
             for partition in topic.partitions {
-                if partition.offset < 0 {
-                    return Err((ErrorCode::InvalidRequest, "negative offset".to_string()));
+                if partition.offset < 0 || count.is_some_and(|count| partition.partition >= count) {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "bad offset {} for {}-{}",
+                            partition.offset, topic.name, partition.partition
+                        ),
+                    ));
+                }
+                if partition.metadata.as_ref().is_some_and(|text| {
+                    text.len() > crate::server::dispatch::OFFSET_METADATA_BYTES_MAX
+                }) {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        "offset metadata too long".to_string(),
+                    ));
                 }
                 meta.offsets.retain(|pending| {
                     !(pending.group == request.group_id
@@ -808,9 +846,10 @@ impl Task {
         prepared.state = TxnState::PrepareAbort;
         self.txns
             .insert(transactional_id.to_string(), prepared.clone());
-        let bumped = self.bumped(&broker, transactional_id).await?;
-        prepared.producer_id = bumped.producer_id;
-        prepared.epoch = bumped.epoch;
+        // The abort keeps the producer id (its markers must close that id's transactions); a
+        // spent epoch gets a new producer id at the next InitProducerId.
+        let _ = &broker;
+        prepared.epoch = prepared.epoch.saturating_add(1);
         self.log_state(transactional_id, prepared.clone()).await?;
         self.complete(transactional_id, prepared).await
     }

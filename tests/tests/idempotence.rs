@@ -184,3 +184,27 @@ fn an_older_epoch_is_fenced() {
     );
     assert_eq!(log_end(&mut client, "fence"), 1);
 }
+
+#[test]
+fn a_producer_id_never_handed_out_and_a_far_future_timestamp_are_refused() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    assert_eq!(
+        produce(&mut client, "guarded", batch(1_000_000, 0, 0, &["forged"])).0,
+        ErrorCode::InvalidProducerIdMapping
+    );
+    let mut builder = BatchBuilder::new(i64::MAX / 2);
+    builder
+        .push(&NewRecord {
+            timestamp_ms: i64::MAX / 2,
+            value: Some(Bytes::from_static(b"from the future")),
+            ..NewRecord::default()
+        })
+        .expect("fits");
+    assert_eq!(
+        produce(&mut client, "guarded", builder.build()).0,
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(log_end(&mut client, "guarded"), 0);
+}

@@ -522,3 +522,28 @@ fn a_transactional_batch_to_a_partition_not_added_is_refused() {
     );
     assert_eq!(end(&mut client, &txn, TxnResult::Commit), ErrorCode::None);
 }
+
+#[test]
+fn internal_topics_cannot_join_a_transaction_and_the_broker_still_restarts() {
+    // Goal: a marker written into __consumer_offsets or __transaction_state would not decode
+    // as their records, and the broker would refuse to start. Method: try to add them, end
+    // the transaction, restart, and check the broker serves.
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    let txn = init(&mut client, "sneaky", 0);
+    assert_eq!(
+        add_partitions(&mut client, &txn, "__consumer_offsets", &[0]),
+        ErrorCode::InvalidTopicName
+    );
+    assert_eq!(
+        add_partitions(&mut client, &txn, "__transaction_state", &[0]),
+        ErrorCode::InvalidTopicName
+    );
+    let _ = end(&mut client, &txn, TxnResult::Abort);
+    broker.stop();
+    broker.restart();
+    let mut client = RawClient::connect(broker.addr());
+    let again = init(&mut client, "sneaky", 0);
+    assert!(again.epoch > txn.epoch);
+}

@@ -166,6 +166,9 @@ impl QueueStore {
             for decoded in batch::batches(read.bytes) {
                 let decoded = decoded?;
                 from = decoded.header().next_offset();
+                if decoded.header().attributes.is_control() {
+                    continue;
+                }
                 for record in decoded.records() {
                     let Some(value) = record?.value else { continue };
                     let settled: SettleRecord = decode(value).map_err(|reason| Error::Corrupt {

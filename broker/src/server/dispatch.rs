@@ -32,6 +32,9 @@ pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Largest metadata string stored with a committed offset (Kafka's default too): it lives in
 /// memory for every partition of every group.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// How far in the future a batch's timestamp may be (Kafka 4's default): a timestamp far
+/// ahead would keep its segment, and every later one, from ever expiring by age.
+pub const TIMESTAMP_AHEAD_MS_MAX: i64 = 3600 * 1000;
 
 /// What remains of a request after its ordered phase: waiting for durability or for data.
 /// It resolves to the response (`None`: no response, for acks = none).
@@ -490,25 +493,14 @@ fn append(
             "an idempotent produce carries exactly one batch per partition".to_string(),
         ));
     }
-    if header.attributes.is_transactional() && header.producer_id != NO_PRODUCER_ID {
-        match broker.txn.membership(header.producer_id, header.producer_epoch, &info.name, partition) {
-            Membership::Member => {}
-            Membership::Fenced => {
-                return Err((
-                    ErrorCode::ProducerFenced,
-                    format!("producer {} epoch {} was fenced", header.producer_id, header.producer_epoch),
-                ))
-            }
-            Membership::NotAdded => {
-                return Err((
-                    ErrorCode::InvalidTxnState,
-                    format!(
-                        "{}-{partition} was not added to the transaction of producer {} (AddPartitionsToTxn first)",
-                        info.name, header.producer_id
-                    ),
-                ))
-            }
-        }
+    if header.max_timestamp > broker.clock.now_ms().saturating_add(TIMESTAMP_AHEAD_MS_MAX) {
+        return Err((
+            ErrorCode::InvalidRequest,
+            format!(
+                "batch max_timestamp {} is more than {TIMESTAMP_AHEAD_MS_MAX} ms in the future",
+                header.max_timestamp
+            ),
+        ));
     }
     if header.producer_id == NO_PRODUCER_ID {
         if header.attributes.is_transactional() {
@@ -569,8 +561,39 @@ fn idempotent_append(
     }
     let first = header.base_sequence;
     let last = last_sequence(&header);
+    if header.producer_id >= broker.producers.next_id() || header.producer_id < 0 {
+        return Err((
+            ErrorCode::InvalidProducerIdMapping,
+            format!(
+                "producer id {} was never handed out (InitProducerId first)",
+                header.producer_id
+            ),
+        ));
+    }
     let shared = broker.producers.partition(&info.name, partition);
     let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+    // Checked under the producer lock, which markers also take: a late transactional batch
+    // cannot slip in after its transaction's marker.
+    if header.attributes.is_transactional() {
+        match broker.txn.membership(header.producer_id, header.producer_epoch, &info.name, partition) {
+            Membership::Member => {}
+            Membership::Fenced => {
+                return Err((
+                    ErrorCode::ProducerFenced,
+                    format!("producer {} epoch {} was fenced", header.producer_id, header.producer_epoch),
+                ))
+            }
+            Membership::NotAdded => {
+                return Err((
+                    ErrorCode::InvalidTxnState,
+                    format!(
+                        "{}-{partition} was not added to the transaction of producer {} (AddPartitionsToTxn first)",
+                        info.name, header.producer_id
+                    ),
+                ))
+            }
+        }
+    }
     match state.check(header.producer_id, header.producer_epoch, first, last) {
         Verdict::Append => {
             let appended = log
@@ -832,7 +855,8 @@ async fn offset_commit(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Of
             .partitions
             .iter()
             .map(|partition| {
-                let exists = count.is_some_and(|count| partition.partition < count);
+                let exists = !topic.name.starts_with(INTERNAL_TOPIC_PREFIX)
+                    && count.is_some_and(|count| partition.partition < count);
                 let error = if !exists {
                     ErrorCode::UnknownTopicOrPartition
                 } else if partition.offset < 0

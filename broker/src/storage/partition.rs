@@ -779,6 +779,14 @@ fn split_batches(batches: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
             }));
         }
         let header = batch::validate(&rest[..total])?;
+        // Every offset a batch claims must hold a record: a batch claiming billions of
+        // offsets for one record would overflow a segment's 32-bit relative offsets.
+        if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+            return Err(Error::InvalidBatch(batch::BatchError::BadLastOffsetDelta {
+                last_offset_delta: header.last_offset_delta,
+                record_count: header.record_count,
+            }));
+        }
         headers.push((position, header));
         position += total;
     }

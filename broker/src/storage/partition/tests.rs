@@ -329,3 +329,23 @@ fn flush_never_policy_exposes_data_at_once() {
     assert_eq!(partition.high_watermark(), 1);
     assert_eq!(partition.durable_offset(), 0);
 }
+
+#[test]
+fn batch_claiming_more_offsets_than_records_is_refused() {
+    // Goal: a batch whose last_offset_delta exceeds its record count would make one record
+    // occupy billions of offsets and overflow a segment's 32-bit relative offsets. Method:
+    // inflate the field, fix the CRC so only this check can refuse it.
+    let (env, _, _) = sim_env(1_000);
+    let partition = open(&env, small_config());
+    let mut batch = batch_of(&[b"one"], 1_000);
+    let position = wharf_protocol::batch::LAST_OFFSET_DELTA_POS;
+    batch[position..position + 4].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+    let crc = wharf_protocol::batch::compute_crc(&batch);
+    let crc_position = wharf_protocol::batch::CRC_POS;
+    batch[crc_position..crc_position + 4].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(
+        partition.append(&mut batch),
+        Err(Error::InvalidBatch(_))
+    ));
+    assert_eq!(partition.log_end_offset(), 0);
+}
