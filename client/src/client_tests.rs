@@ -11,11 +11,11 @@ use tokio::time::Instant;
 use wharf_protocol::messages::{MetadataRequest, ProducePartition, ProduceRequest, ProduceTopic};
 use wharf_protocol::{ErrorCode, Request, Response};
 
-use crate::cluster::{BrokerConnection, Retry};
+use crate::cluster::BrokerConnection;
 use crate::fake_broker::{FakeBroker, AUTO_CREATE_PARTITIONS};
 use crate::{
     Acks, Admin, Client, ClientConfig, CommitPolicy, Consumer, ConsumerConfig, ConsumerRecord,
-    Error, OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
+    Error, Idempotence, OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 
 fn config(broker: &FakeBroker) -> ClientConfig {
@@ -165,10 +165,10 @@ async fn circuit_opens_after_repeated_failures_and_fails_fast() {
     let broker = BrokerConnection::new(address.to_string(), &config);
     let request = Request::Metadata(MetadataRequest { topics: None });
     for _ in 0..2 {
-        let error = broker.send(&request, Retry::Reconnect).await.unwrap_err();
+        let error = broker.send(&request).await.unwrap_err();
         assert!(matches!(error, Error::Connect { .. }), "{error:?}");
     }
-    let error = broker.send(&request, Retry::Reconnect).await.unwrap_err();
+    let error = broker.send(&request).await.unwrap_err();
     assert!(matches!(error, Error::CircuitOpen { .. }), "{error:?}");
 }
 
@@ -179,9 +179,9 @@ async fn retry_waits_out_a_short_circuit_cooldown_then_succeeds() {
     let config = config(&broker).circuit_breaker(1, Duration::from_millis(50));
     let connection = BrokerConnection::new(broker.bootstrap(), &config);
     let request = Request::Metadata(MetadataRequest { topics: None });
-    connection.send(&request, Retry::Reconnect).await.unwrap();
+    connection.send(&request).await.unwrap();
     broker.drop_connections();
-    let answer = connection.send(&request, Retry::Reconnect).await.unwrap();
+    let answer = connection.send(&request).await.unwrap();
     assert!(matches!(answer, Some(Response::Metadata(_))));
 }
 
@@ -295,7 +295,10 @@ async fn acks_none_gets_no_offsets_but_writes() {
     let broker = FakeBroker::start().await;
     broker.create_topic("t", 1);
     let client = client(&broker).await;
-    let producer = Producer::new(&client, fast_producer().acks(Acks::None));
+    let config = fast_producer()
+        .acks(Acks::None)
+        .idempotence(Idempotence::Disabled);
+    let producer = Producer::new(&client, config);
     let written = producer
         .send("t", None, Some(Bytes::from("v")), vec![])
         .await

@@ -9,9 +9,12 @@
 //! Invariants: locks are `std::sync::Mutex`es held only for map lookups and never across an
 //! `.await`; only one caller at a time opens a connection to a given broker (the connect
 //! gate), so a restarting broker sees one reconnect, not one per waiting request; the
-//! breaker counts only connection failures, never error codes in a healthy answer.
+//! breaker counts only connection failures, never error codes in a healthy answer, and a
+//! broken connection once, however many requests were in flight on it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -67,15 +70,6 @@ pub(crate) enum Target {
     Any,
     /// The broker with this node id (a partition leader).
     Node(i32),
-}
-
-/// Whether a request is retried on connection errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// One attempt; the caller retries (the producer, which owns ordering and deadlines).
-    Once,
-    /// Reconnect and resend within the bootstrap or reconnect timeout.
-    Reconnect,
 }
 
 impl Client {
@@ -161,18 +155,27 @@ impl Client {
     /// Connection errors after the retry budget, [`Error::Timeout`], [`Error::Decode`].
     /// Error codes inside the response are returned as they are.
     pub async fn request(&self, request: &Request) -> Result<Option<Response>> {
-        self.send(Target::Any, request, Retry::Reconnect).await
+        self.send(Target::Any, request).await
     }
 
-    /// Sends `request` to `target` and returns the raw response.
-    pub(crate) async fn send(
-        &self,
-        target: Target,
-        request: &Request,
-        retry: Retry,
-    ) -> Result<Option<Response>> {
+    /// Sends `request` to `target` in one attempt, returning once it is queued on the
+    /// connection: requests started one after another by one caller reach the broker in that
+    /// order (the producer relies on it to pipeline batches of a partition). The returned
+    /// future waits for the answer.
+    ///
+    /// # Errors
+    /// Connection errors (no retry), [`Error::UnknownBroker`].
+    pub(crate) async fn start(&self, target: Target, request: &Request) -> Result<ResponseFuture> {
         let broker = self.broker(target)?;
-        broker.send(request, retry).await
+        broker.start_once(request).await
+    }
+
+    /// Sends `request` to `target`, reconnecting and resending on connection errors, and
+    /// returns the raw response. (The producer, which owns ordering and deadlines, sends in
+    /// one attempt with [`Client::start`] instead.)
+    pub(crate) async fn send(&self, target: Target, request: &Request) -> Result<Option<Response>> {
+        let broker = self.broker(target)?;
+        broker.send(request).await
     }
 
     /// Sends `request` to `target` with reconnects, expects a response of type `T` and
@@ -182,7 +185,7 @@ impl Client {
         target: Target,
         request: Request,
     ) -> Result<T> {
-        let response = self.send(target, &request, Retry::Reconnect).await?;
+        let response = self.send(target, &request).await?;
         let response = response.and_then(T::from_response).ok_or(Error::Decode(
             wharf_protocol::DecodeError::InvalidValue {
                 field: "response type",
@@ -306,7 +309,11 @@ from_response! {
     OffsetFetch => OffsetFetchResponse,
     DescribeGroups => DescribeGroupsResponse,
     ListGroups => ListGroupsResponse,
+    InitProducerId => InitProducerIdResponse,
 }
+
+/// The answer to a request started with [`Client::start`].
+pub(crate) type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<Response>>> + Send>>;
 
 /// One broker: its current connection, its circuit breaker and the reconnect policy.
 #[derive(Debug)]
@@ -364,18 +371,17 @@ impl BrokerConnection {
     }
 
     /// Sends `request`, reconnecting and resending on connection errors within the
-    /// bootstrap timeout (broker never reached) or the reconnect timeout (reached before)
-    /// when `retry` is [`Retry::Reconnect`].
+    /// bootstrap timeout (broker never reached) or the reconnect timeout (reached before).
     ///
     /// While the breaker is open a retrying caller waits for the cool-down if its budget
     /// allows, so only the breaker's probe knocks on a dead broker; otherwise it fails fast.
     /// When the budget runs out the last real connection error is returned, not
     /// `CircuitOpen`, because it says what is wrong.
-    pub(crate) async fn send(&self, request: &Request, retry: Retry) -> Result<Option<Response>> {
-        let budget = match retry {
-            Retry::Once => Duration::ZERO,
-            Retry::Reconnect if self.lock().ever_connected => self.reconnect_timeout,
-            Retry::Reconnect => self.bootstrap_timeout,
+    pub(crate) async fn send(&self, request: &Request) -> Result<Option<Response>> {
+        let budget = if self.lock().ever_connected {
+            self.reconnect_timeout
+        } else {
+            self.bootstrap_timeout
         };
         let deadline = Instant::now() + budget;
         let mut attempt = 0u32;
@@ -410,23 +416,49 @@ impl BrokerConnection {
     async fn send_once(&self, request: &Request) -> Result<Option<Response>> {
         let connection = self.connection().await?;
         let result = connection.request(request).await;
+        self.record_outcome(&connection, result.as_ref().err());
+        result
+    }
+
+    /// One attempt like [`BrokerConnection::send_once`], returning once the request is
+    /// queued on the connection; the future waits for the answer and keeps the breaker's
+    /// books.
+    pub(crate) async fn start_once(self: Arc<Self>, request: &Request) -> Result<ResponseFuture> {
+        let connection = self.connection().await?;
+        match connection.begin(request).await {
+            Ok(in_flight) => Ok(Box::pin(async move {
+                let result = in_flight.finish().await;
+                self.record_outcome(&connection, result.as_ref().err());
+                result
+            })),
+            Err(error) => {
+                self.record_outcome(&connection, Some(&error));
+                Err(error)
+            }
+        }
+    }
+
+    /// Counts the outcome of a request on `connection` in the breaker and drops a broken
+    /// connection.
+    fn record_outcome(&self, connection: &Arc<Connection>, error: Option<&Error>) {
         let mut state = self.lock();
-        match &result {
-            Err(error) if error.is_connection_error() || connection.is_closed() => {
-                state.breaker.record_failure(Instant::now().into_std());
+        match error {
+            Some(error) if error.is_connection_error() || connection.is_closed() => {
                 // Drop the broken connection (and, after a timeout, a possibly stuck one),
-                // unless another caller already replaced it.
+                // unless another caller already dropped or replaced it. Only that first
+                // caller counts a failure: a connection that breaks with many pipelined
+                // requests on it is one failure, not one per request.
                 let same = state
                     .connection
                     .as_ref()
-                    .is_some_and(|current| Arc::ptr_eq(current, &connection));
+                    .is_some_and(|current| Arc::ptr_eq(current, connection));
                 if same {
+                    state.breaker.record_failure(Instant::now().into_std());
                     state.connection = None;
                 }
             }
             _ => state.breaker.record_success(),
         }
-        result
     }
 
     /// A live connection: the current one, or a new one if the breaker allows.

@@ -9,8 +9,10 @@
 //! Invariants: a pending entry is registered before its frame can reach the socket, so a
 //! response can never arrive for an unknown request; once the connection is closed every
 //! pending caller gets an error and new callers are refused, so nobody waits forever; the
-//! pending map's lock is never held across an `.await`. Reconnecting is not this module's
-//! job: [`crate::cluster`] replaces a closed connection.
+//! pending map's lock is never held across an `.await`; requests one caller starts one after
+//! another ([`Connection::begin`]) reach the socket in that order, because the writer drains
+//! one FIFO channel. Reconnecting is not this module's job: [`crate::cluster`] replaces a
+//! closed connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use wharf_protocol::api::encode_request;
 use wharf_protocol::frame::decode_frame;
@@ -55,7 +57,7 @@ pub(crate) struct Connection {
     broker_apis: Vec<ApiVersionRange>,
     outgoing: mpsc::Sender<Outgoing>,
     pending: Arc<Pending>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     next_correlation_id: AtomicU32,
     writer: JoinHandle<()>,
     reader: JoinHandle<()>,
@@ -200,7 +202,7 @@ impl Connection {
             broker_apis,
             outgoing,
             pending,
-            in_flight: Semaphore::new(in_flight_max),
+            in_flight: Arc::new(Semaphore::new(in_flight_max)),
             next_correlation_id: AtomicU32::new(1),
             writer,
             reader,
@@ -221,11 +223,21 @@ impl Connection {
     /// [`Error::Decode`] for an undecodable response. A top-level error code in the
     /// response is not checked here.
     pub(crate) async fn request(&self, request: &Request) -> Result<Option<Response>> {
+        self.begin(request).await?.finish().await
+    }
+
+    /// Queues `request` for the writer and returns once it is queued, without waiting for the
+    /// answer ([`InFlight::finish`] waits). Requests started one after another reach the
+    /// broker in that order, which is what lets a producer pipeline batches of one partition.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedApi`] if the broker lacks the api, [`Error::Disconnected`] (or
+    /// the error that closed it) if the connection is closed.
+    pub(crate) async fn begin(&self, request: &Request) -> Result<InFlight> {
         let api_key = request.api_key();
         self.check_api(api_key)?;
-        let _permit = self
-            .in_flight
-            .acquire()
+        let permit = Arc::clone(&self.in_flight)
+            .acquire_owned()
             .await
             .map_err(|_| self.disconnected())?;
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
@@ -250,18 +262,15 @@ impl Connection {
             self.pending.take(correlation_id);
             return Err(self.disconnected());
         }
-        match tokio::time::timeout(self.options.request_timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.disconnected()),
-            Err(_) => {
-                // A late response finds no waiter and is dropped by the reader.
-                self.pending.take(correlation_id);
-                Err(Error::Timeout {
-                    operation: format!("{api_key:?} request to {}", self.address),
-                    after: self.options.request_timeout,
-                })
-            }
-        }
+        Ok(InFlight {
+            api_key,
+            correlation_id,
+            answer,
+            pending: Arc::clone(&self.pending),
+            address: self.address.clone(),
+            request_timeout: self.options.request_timeout,
+            _permit: permit,
+        })
     }
 
     fn check_api(&self, api_key: ApiKey) -> Result<()> {
@@ -281,11 +290,52 @@ impl Connection {
     }
 
     fn disconnected(&self) -> Error {
-        let state = self.pending.lock();
-        state.closed.clone().unwrap_or_else(|| Error::Disconnected {
-            address: self.address.clone(),
-        })
+        closed_error(&self.pending, &self.address)
     }
+}
+
+/// A request on its way: queued for the socket, its answer not yet read. Holds one of the
+/// connection's in-flight permits until it is finished or dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    api_key: ApiKey,
+    correlation_id: u32,
+    answer: oneshot::Receiver<Result<Option<Response>>>,
+    pending: Arc<Pending>,
+    address: String,
+    request_timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    /// Waits for the answer, at most the request timeout.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after the request timeout, [`Error::Io`] or
+    /// [`Error::Disconnected`] if the connection breaks, [`Error::Decode`] for an
+    /// undecodable response.
+    pub(crate) async fn finish(self) -> Result<Option<Response>> {
+        match tokio::time::timeout(self.request_timeout, self.answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(closed_error(&self.pending, &self.address)),
+            Err(_) => {
+                // A late response finds no waiter and is dropped by the reader.
+                self.pending.take(self.correlation_id);
+                Err(Error::Timeout {
+                    operation: format!("{:?} request to {}", self.api_key, self.address),
+                    after: self.request_timeout,
+                })
+            }
+        }
+    }
+}
+
+/// Why the connection closed, or `Disconnected` if it has not recorded a reason.
+fn closed_error(pending: &Pending, address: &str) -> Error {
+    let state = pending.lock();
+    state.closed.clone().unwrap_or_else(|| Error::Disconnected {
+        address: address.to_string(),
+    })
 }
 
 impl Drop for Connection {

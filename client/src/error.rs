@@ -111,6 +111,28 @@ pub enum Error {
         /// The largest batch allowed.
         bytes_max: usize,
     },
+    /// A newer producer owns this producer's id (a higher epoch): this one is a zombie. The
+    /// producer stops; every record it still held, and every record enqueued later, fails
+    /// with this error.
+    ProducerFenced {
+        /// The fenced producer id.
+        producer_id: i64,
+        /// The fenced epoch.
+        producer_epoch: i16,
+    },
+    /// The broker refused an idempotent batch as out of order although every earlier batch of
+    /// its partition was acknowledged: the broker lost records it had acknowledged, or its
+    /// producer state. The batch's records are not written.
+    OutOfOrderSequence {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The producer id of the batch.
+        producer_id: i64,
+        /// The sequence number of the batch's first record.
+        base_sequence: i32,
+    },
     /// The producer or consumer was closed, or its background task stopped.
     Closed,
     /// The call is not valid in the current state (for example `commit` without a group).
@@ -151,6 +173,8 @@ impl Error {
                 Some(ErrorCode::UnknownTopicOrPartition)
             }
             Error::UnknownGroup { .. } => Some(ErrorCode::GroupIdNotFound),
+            Error::ProducerFenced { .. } => Some(ErrorCode::ProducerFenced),
+            Error::OutOfOrderSequence { .. } => Some(ErrorCode::OutOfOrderSequence),
             _ => None,
         }
     }
@@ -242,6 +266,22 @@ impl fmt::Display for Error {
                 formatter,
                 "record needs a batch of {record_bytes} bytes, more than the max {bytes_max}"
             ),
+            Error::ProducerFenced {
+                producer_id,
+                producer_epoch,
+            } => write!(
+                formatter,
+                "producer {producer_id} (epoch {producer_epoch}) was fenced by a newer producer with the same id"
+            ),
+            Error::OutOfOrderSequence {
+                topic,
+                partition,
+                producer_id,
+                base_sequence,
+            } => write!(
+                formatter,
+                "broker refused sequence {base_sequence} of producer {producer_id} on {topic}-{partition} as out of order although every earlier batch was acknowledged: acknowledged records may be lost"
+            ),
             Error::Closed => formatter.write_str("the client was closed"),
             Error::InvalidState { reason } => formatter.write_str(reason),
         }
@@ -322,6 +362,30 @@ mod tests {
     fn io_error_text_is_lowercased_without_os_suffix() {
         let error = io::Error::other("Name or service not known (os error -2)");
         assert_eq!(describe_io(&error), "name or service not known");
+    }
+
+    #[test]
+    fn producer_errors_carry_their_wire_codes_and_numbers() {
+        let fenced = Error::ProducerFenced {
+            producer_id: 7,
+            producer_epoch: 2,
+        };
+        assert_eq!(fenced.code(), Some(ErrorCode::ProducerFenced));
+        assert_eq!(
+            fenced.to_string(),
+            "producer 7 (epoch 2) was fenced by a newer producer with the same id"
+        );
+        let out_of_order = Error::OutOfOrderSequence {
+            topic: "orders".to_string(),
+            partition: 1,
+            producer_id: 7,
+            base_sequence: 42,
+        };
+        assert_eq!(out_of_order.code(), Some(ErrorCode::OutOfOrderSequence));
+        assert!(out_of_order
+            .to_string()
+            .starts_with("broker refused sequence 42 of producer 7 on orders-1"));
+        assert!(!fenced.is_retriable() && !out_of_order.is_retriable());
     }
 
     #[test]

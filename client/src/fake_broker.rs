@@ -1,14 +1,19 @@
 //! A fake in-process broker for the client's tests: a tokio `TcpListener` on loopback that
 //! answers every api from memory, with knobs to inject failures (error codes on produce,
-//! dropped connections) and counters to observe the client (connections, produce requests).
+//! dropped connections, lost produce answers, forgotten or fenced producers), to hold answers
+//! back, and counters to observe the client (connections, produce requests, produce requests
+//! in flight at once).
 //!
 //! It follows the broker's contract closely enough for the client (offsets patched into
 //! batches, fetch from the batch containing the offset, long poll on append, auto-create on
-//! produce, group generations and fencing) but is no model of storage or durability.
+//! produce, group generations and fencing, and the idempotent producer's rules: producer ids,
+//! the last five batches per producer and partition, duplicates answered with their original
+//! offset, gaps refused) but is no model of storage or durability. Requests of a connection
+//! are handled in order, and answers are written in order, as the broker does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,13 +22,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use wharf_protocol::api::{encode_response, SUPPORTED_APIS};
-use wharf_protocol::batch::set_base_offset;
+use wharf_protocol::batch::{parse_header, set_base_offset, BatchHeader, NO_PRODUCER_ID};
 use wharf_protocol::frame::decode_frame;
 use wharf_protocol::messages::*;
 use wharf_protocol::{batches, ApiKey, ErrorCode, Request, Response};
 
 /// Partitions of an auto-created topic.
 pub const AUTO_CREATE_PARTITIONS: u32 = 3;
+/// Batches remembered per producer and partition (the broker's `RETAINED_BATCHES`).
+pub const RETAINED_BATCHES: usize = 5;
 
 /// A running fake broker; stops when dropped.
 #[derive(Debug)]
@@ -40,12 +47,27 @@ pub struct FakeState {
     appended: Notify,
     /// Connections accepted so far.
     pub connections: AtomicUsize,
-    /// Produce requests received so far.
+    /// Produce requests handled so far.
     pub produce_requests: AtomicUsize,
     /// The next this-many produce requests fail with `produce_error`.
     pub produce_failures: AtomicU32,
     /// Error code injected into failing produce requests.
     pub produce_error: Mutex<Option<ErrorCode>>,
+    /// Woken on every produce request.
+    produce_arrived: Notify,
+    /// The next this-many produce requests are handled (appended) but not answered: the
+    /// connection closes instead, as if the broker crashed right after the append.
+    pub lost_produce_answers: AtomicU32,
+    /// While set, answers are held back; requests are still read and handled in order.
+    answers_held: AtomicBool,
+    /// Woken when held answers are released.
+    answers_released: Notify,
+    /// Most produce requests one connection had handled but not yet answered at once.
+    pub produce_in_flight_max: AtomicUsize,
+    /// InitProducerId requests answered so far.
+    pub init_producer_id_requests: AtomicUsize,
+    /// The last producer id handed out.
+    last_producer_id: AtomicI64,
     /// Bumped to make every connection task close its socket.
     disconnect_epoch: AtomicU32,
     /// The port metadata advertises (the listener's).
@@ -56,6 +78,8 @@ pub struct FakeState {
 struct Data {
     auto_create_disabled: bool,
     topics: BTreeMap<String, Topic>,
+    /// Idempotent producer state by (topic, partition, producer id).
+    producers: HashMap<(String, u32, i64), FakeProducer>,
     committed: HashMap<(String, String, u32), i64>,
     groups: BTreeMap<String, Group>,
     next_member: u32,
@@ -66,6 +90,14 @@ struct Topic {
     id: [u8; 16],
     /// Per partition: stored batches as (base offset, next offset, bytes).
     partitions: Vec<Vec<(i64, i64, Bytes)>>,
+}
+
+/// What a producer did on one partition: its epoch and its last batches as
+/// (first sequence, last sequence, base offset), oldest first.
+#[derive(Debug, Default)]
+struct FakeProducer {
+    epoch: i16,
+    batches: VecDeque<(i32, i32, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +148,106 @@ impl FakeBroker {
     pub fn fail_produce(&self, count: u32, code: ErrorCode) {
         *self.state.produce_error.lock().expect("test lock") = Some(code);
         self.state.produce_failures.store(count, Ordering::SeqCst);
+    }
+
+    /// Appends the next `count` produce requests but closes the connection instead of
+    /// answering them (a crash right after the append, as the client sees it).
+    pub fn lose_produce_answers(&self, count: u32) {
+        self.state
+            .lost_produce_answers
+            .store(count, Ordering::SeqCst);
+    }
+
+    /// Holds back every answer from now on (requests are still handled, in order).
+    pub fn hold_answers(&self) {
+        self.state.answers_held.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes the held answers and stops holding.
+    pub fn release_answers(&self) {
+        self.state.answers_held.store(false, Ordering::SeqCst);
+        self.state.answers_released.notify_waiters();
+    }
+
+    /// Waits until `count` produce requests were handled in total (panics after 10 s).
+    pub async fn wait_for_produce_requests(&self, count: usize) {
+        let wait = async {
+            loop {
+                let arrived = self.state.produce_arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if self.state.produce_requests.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{count} produce requests did not arrive"));
+    }
+
+    /// Forgets every idempotent producer (as producer state expiry does).
+    pub fn forget_producers(&self) {
+        self.state.data().producers.clear();
+    }
+
+    /// Forgets the last batch of every producer on every partition, keeping the records: the
+    /// producer's next batch then looks like it follows a gap.
+    pub fn forget_last_batches(&self) {
+        for producer in self.state.data().producers.values_mut() {
+            producer.batches.pop_back();
+        }
+    }
+
+    /// Moves every known producer to a newer epoch, fencing the current one.
+    pub fn fence_producers(&self) {
+        for producer in self.state.data().producers.values_mut() {
+            producer.epoch += 1;
+        }
+    }
+
+    /// Headers of the batches stored in `topic`-`partition`, in offset order.
+    pub fn batch_headers(&self, topic: &str, partition: u32) -> Vec<BatchHeader> {
+        let data = self.state.data();
+        data.topics
+            .get(topic)
+            .and_then(|stored| stored.partitions.get(partition as usize))
+            .map(|log| {
+                log.iter()
+                    .map(|(_, _, bytes)| {
+                        parse_header(bytes)
+                            .expect("stored batches are valid")
+                            .expect("stored batches are whole")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The values stored in `topic`-`partition`, in offset order.
+    pub fn values(&self, topic: &str, partition: u32) -> Vec<String> {
+        let data = self.state.data();
+        let Some(log) = data
+            .topics
+            .get(topic)
+            .and_then(|stored| stored.partitions.get(partition as usize))
+        else {
+            return Vec::new();
+        };
+        log.iter()
+            .flat_map(|(_, _, bytes)| {
+                let batch = wharf_protocol::Batch::decode(bytes.clone()).expect("stored batch");
+                batch
+                    .records()
+                    .map(|record| {
+                        let record = record.expect("stored record");
+                        let value = record.value.expect("test records have values");
+                        String::from_utf8_lossy(&value).into_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Closes every open connection (a broker restart, as the client sees it).
@@ -238,6 +370,9 @@ async fn accept_loop(
 async fn serve(mut stream: TcpStream, state: Arc<FakeState>) {
     let epoch = state.disconnect_epoch.load(Ordering::SeqCst);
     let mut buffer = BytesMut::new();
+    // Encoded answers not yet written (held back), and how many of them answer produces.
+    let mut unsent = BytesMut::new();
+    let mut unanswered_produces = 0usize;
     loop {
         while let Ok(Some(frame)) = decode_frame(&mut buffer, 64 * 1024 * 1024) {
             let Some(api_key) = ApiKey::from_code(frame.header.api_key) else {
@@ -250,21 +385,56 @@ async fn serve(mut stream: TcpStream, state: Arc<FakeState>) {
             if state.disconnect_epoch.load(Ordering::SeqCst) != epoch {
                 return;
             }
+            let produce = api_key == ApiKey::Produce;
+            if produce && take_one(&state.lost_produce_answers) {
+                // Appended, never answered: the client sees the connection break.
+                return;
+            }
             if let Some(response) = response {
-                let mut out = BytesMut::new();
-                encode_response(&response, frame.header, &mut out);
-                if stream.write_all(&out).await.is_err() {
-                    return;
+                encode_response(&response, frame.header, &mut unsent);
+                if produce {
+                    unanswered_produces += 1;
+                    state
+                        .produce_in_flight_max
+                        .fetch_max(unanswered_produces, Ordering::SeqCst);
                 }
             }
         }
+        if !unsent.is_empty() && !state.answers_held.load(Ordering::SeqCst) {
+            if stream.write_all(&unsent).await.is_err() {
+                return;
+            }
+            unsent.clear();
+            unanswered_produces = 0;
+        }
+        let holding = !unsent.is_empty();
         let read = tokio::select! {
             read = stream.read_buf(&mut buffer) => read,
             () = disconnected(&state, epoch) => return,
+            () = released(&state), if holding => continue,
         };
         if !matches!(read, Ok(count) if count > 0) {
             return;
         }
+    }
+}
+
+/// Takes one from a countdown knob; false once it is at zero.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
+
+async fn released(state: &FakeState) {
+    loop {
+        let notified = state.answers_released.notified();
+        if !state.answers_held.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -342,12 +512,16 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             Response::DescribeGroups(describe_groups(state, request))
         }
         Request::ListGroups(_) => Response::ListGroups(list_groups(state)),
-        // The fake broker does not implement idempotence; hand out a fixed id.
-        Request::InitProducerId(_) => Response::InitProducerId(InitProducerIdResponse {
-            producer_id: 1,
-            producer_epoch: 0,
-            ..Default::default()
-        }),
+        Request::InitProducerId(_) => {
+            state
+                .init_producer_id_requests
+                .fetch_add(1, Ordering::SeqCst);
+            Response::InitProducerId(InitProducerIdResponse {
+                producer_id: state.last_producer_id.fetch_add(1, Ordering::SeqCst) + 1,
+                producer_epoch: 0,
+                ..Default::default()
+            })
+        }
         other => Response::error_only(
             other.api_key(),
             ErrorCode::InvalidRequest,
@@ -487,13 +661,7 @@ fn create_topics(state: &FakeState, request: CreateTopicsRequest) -> CreateTopic
 }
 
 fn produce(state: &FakeState, request: ProduceRequest) -> ProduceResponse {
-    state.produce_requests.fetch_add(1, Ordering::SeqCst);
-    let injected = state
-        .produce_failures
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-            left.checked_sub(1)
-        })
-        .is_ok();
+    let injected = take_one(&state.produce_failures);
     let injected_code = injected.then(|| {
         state
             .produce_error
@@ -518,21 +686,14 @@ fn produce(state: &FakeState, request: ProduceRequest) -> ProduceResponse {
                         base_offset: -1,
                         ..Default::default()
                     };
-                    response.error = match (injected_code, data.topics.get_mut(&topic.name)) {
-                        (Some(code), _) => code,
-                        (None, None) => ErrorCode::TopicAutoCreateDisabled,
-                        (None, Some(stored)) => match stored
-                            .partitions
-                            .get_mut(partition.partition as usize)
-                        {
-                            None => ErrorCode::UnknownTopicOrPartition,
-                            Some(_) if partition.records.is_empty() => ErrorCode::InvalidRequest,
-                            Some(log) => {
-                                response.base_offset = append(log, partition.records);
-                                ErrorCode::None
-                            }
-                        },
+                    let outcome = match injected_code {
+                        Some(code) => Err(code),
+                        None => data.produce(&topic.name, partition.partition, partition.records),
                     };
+                    match outcome {
+                        Ok(base_offset) => response.base_offset = base_offset,
+                        Err(code) => response.error = code,
+                    }
                     response
                 })
                 .collect();
@@ -542,10 +703,80 @@ fn produce(state: &FakeState, request: ProduceRequest) -> ProduceResponse {
             }
         })
         .collect();
+    drop(data);
     state.appended.notify_waiters();
+    // Counted once handled, so a test that saw the count also sees the appends.
+    state.produce_requests.fetch_add(1, Ordering::SeqCst);
+    state.produce_arrived.notify_waiters();
     ProduceResponse {
         topics,
         ..Default::default()
+    }
+}
+
+impl Data {
+    /// Appends `records` to `topic`-`partition`, applying the idempotent producer's rules to
+    /// a batch with a producer id; returns the base offset (the original one for a
+    /// duplicate).
+    fn produce(&mut self, topic: &str, partition: u32, records: Bytes) -> Result<i64, ErrorCode> {
+        let Some(stored) = self.topics.get_mut(topic) else {
+            return Err(ErrorCode::TopicAutoCreateDisabled);
+        };
+        let Some(log) = stored.partitions.get_mut(partition as usize) else {
+            return Err(ErrorCode::UnknownTopicOrPartition);
+        };
+        if records.is_empty() {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        let header = match parse_header(&records) {
+            Ok(Some(header)) if header.producer_id != NO_PRODUCER_ID => header,
+            _ => return Ok(append(log, records)),
+        };
+        let first = header.base_sequence;
+        let last = (i64::from(first) + i64::from(header.last_offset_delta))
+            .rem_euclid(i64::from(i32::MAX) + 1) as i32;
+        let key = (topic.to_string(), partition, header.producer_id);
+        let producer = self.producers.get(&key);
+        let follows =
+            |previous: i32| first == ((i64::from(previous) + 1) % (i64::from(i32::MAX) + 1)) as i32;
+        match producer {
+            None if first != 0 => return Err(ErrorCode::UnknownProducerId),
+            None => {}
+            Some(known) if header.producer_epoch < known.epoch => {
+                return Err(ErrorCode::ProducerFenced)
+            }
+            Some(known) if header.producer_epoch > known.epoch && first != 0 => {
+                return Err(ErrorCode::OutOfOrderSequence)
+            }
+            Some(known) if header.producer_epoch > known.epoch => {}
+            Some(known) => {
+                if let Some((_, _, base_offset)) =
+                    known.batches.iter().find(|(batch_first, batch_last, _)| {
+                        *batch_first == first && *batch_last == last
+                    })
+                {
+                    return Ok(*base_offset);
+                }
+                let in_order = match known.batches.back() {
+                    Some((_, previous, _)) => follows(*previous),
+                    None => first == 0,
+                };
+                if !in_order {
+                    return Err(ErrorCode::OutOfOrderSequence);
+                }
+            }
+        }
+        let base_offset = append(log, records);
+        let producer = self.producers.entry(key).or_default();
+        if producer.epoch != header.producer_epoch {
+            producer.epoch = header.producer_epoch;
+            producer.batches.clear();
+        }
+        producer.batches.push_back((first, last, base_offset));
+        while producer.batches.len() > RETAINED_BATCHES {
+            producer.batches.pop_front();
+        }
+        Ok(base_offset)
     }
 }
 

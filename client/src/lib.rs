@@ -49,6 +49,8 @@ mod producer;
 mod client_tests;
 #[cfg(test)]
 mod fake_broker;
+#[cfg(test)]
+mod idempotence_tests;
 
 pub use admin::{Admin, GroupDescription, GroupMemberDescription, GroupSummary, PartitionLag};
 pub use backoff::{Backoff, Jitter};
@@ -60,7 +62,9 @@ pub use error::{Error, Result};
 pub use fetch::ConsumerRecord;
 pub use metadata::{PartitionDescription, TopicDescription, TopicId, TopicPartition};
 pub use partitioner::{jump_consistent_hash, murmur2, Partitioner};
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    DeliveryFuture, Idempotence, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 
 pub use wharf_protocol::messages::{Acks, Isolation};
 pub use wharf_protocol::{ErrorCode, Header};

@@ -4,6 +4,7 @@
 //! wharf [--broker HOST:PORT] [--json] topic create NAME --partitions N [--config k=v ...]
 //! wharf topic list | topic describe NAME | topic delete NAME
 //! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
+//!                     [--idempotent | --no-idempotent]
 //! wharf consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--partition P]
 //!                     [--max-messages N] [--timeout-ms T] [--format value|json]
 //!                     [--isolation read_committed|read_uncommitted]
@@ -32,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use wharf_client::{Acks, Client, ClientConfig, Isolation, DEFAULT_BROKER};
+use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, DEFAULT_BROKER};
 
 /// Command line for the Wharf message broker.
 #[derive(Debug, Parser)]
@@ -118,12 +119,33 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value (lines without SEP get no key).
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
-    /// Acknowledgement to wait for.
+    /// Acknowledgement to wait for. `leader` and `none` turn idempotence off unless
+    /// --idempotent is given too (which is then an error: idempotence needs `all`).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
     /// Send every record to this partition.
     #[arg(long)]
     pub partition: Option<u32>,
+    /// Deduplicate retries, so a record is written once even if an answer is lost (the
+    /// default with --acks all).
+    #[arg(long, overrides_with = "no_idempotent")]
+    pub idempotent: bool,
+    /// Turn idempotence off: a retry after a lost answer may write records twice.
+    #[arg(long, overrides_with = "idempotent")]
+    pub no_idempotent: bool,
+}
+
+impl ProduceArgs {
+    /// The idempotence the flags ask for: on by default, off with --no-idempotent, and off
+    /// with --acks leader or none unless --idempotent insists (then the producer refuses the
+    /// combination).
+    pub fn idempotence(&self) -> Idempotence {
+        match (self.idempotent, self.no_idempotent, self.acks) {
+            (_, true, _) => Idempotence::Disabled,
+            (true, false, _) | (false, false, AcksArg::All) => Idempotence::Enabled,
+            (false, false, AcksArg::Leader | AcksArg::None) => Idempotence::Disabled,
+        }
+    }
 }
 
 /// `wharf consume`.
@@ -389,6 +411,46 @@ mod tests {
         };
         assert_eq!(args.acks, AcksArg::All);
         assert_eq!(Acks::from(args.acks), Acks::All);
+        assert_eq!(args.idempotence(), Idempotence::Enabled);
+    }
+
+    fn produce_idempotence(args: &[&str]) -> Idempotence {
+        let all: Vec<&str> = ["produce", "t"].iter().chain(args).copied().collect();
+        let Command::Produce(args) = parse(&all).unwrap().command else {
+            panic!("not produce");
+        };
+        args.idempotence()
+    }
+
+    #[test]
+    fn produce_idempotence_flags() {
+        assert_eq!(produce_idempotence(&["--idempotent"]), Idempotence::Enabled);
+        assert_eq!(
+            produce_idempotence(&["--no-idempotent"]),
+            Idempotence::Disabled
+        );
+        // The last of the two flags wins.
+        assert_eq!(
+            produce_idempotence(&["--idempotent", "--no-idempotent"]),
+            Idempotence::Disabled
+        );
+        assert_eq!(
+            produce_idempotence(&["--no-idempotent", "--idempotent"]),
+            Idempotence::Enabled
+        );
+        // Weaker acks imply no idempotence, unless it is asked for (then the producer refuses).
+        assert_eq!(
+            produce_idempotence(&["--acks", "leader"]),
+            Idempotence::Disabled
+        );
+        assert_eq!(
+            produce_idempotence(&["--acks", "none"]),
+            Idempotence::Disabled
+        );
+        assert_eq!(
+            produce_idempotence(&["--acks", "leader", "--idempotent"]),
+            Idempotence::Enabled
+        );
     }
 
     #[test]

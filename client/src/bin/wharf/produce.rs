@@ -5,6 +5,8 @@
 //! without SEP becomes a record without a key. Records are enqueued without waiting for
 //! each acknowledgement (bounded by [`DELIVERIES_PENDING_MAX`]); at the end the command waits
 //! for all of them and prints the throughput to stderr, or the first delivery error.
+//! Idempotence is on unless `--no-idempotent` or `--acks leader|none` turns it off
+//! ([`crate::ProduceArgs::idempotence`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -23,7 +25,10 @@ const DELIVERIES_PENDING_MAX: usize = 16 * 1024;
 /// Runs `wharf produce`.
 pub async fn run(client: &Client, args: ProduceArgs, json: bool) -> Result<(), CliError> {
     let started = Instant::now();
-    let producer = Producer::new(client, ProducerConfig::default().acks(args.acks.into()));
+    let config = ProducerConfig::default()
+        .acks(args.acks.into())
+        .idempotence(args.idempotence());
+    let producer = Producer::try_new(client, config)?;
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut record_count: u64 = 0;
