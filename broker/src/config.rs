@@ -60,6 +60,9 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     /// Idle idempotent producers are forgotten after this long (Kafka's default: 1 day).
     pub producer_expiry_ms: i64,
+    /// Most partitions across all topics: each costs open files and preallocated index
+    /// space, and auto-created topics must not exhaust the disk.
+    pub partitions_max: u32,
     /// Defaults for every partition log.
     pub log: LogConfig,
 }
@@ -77,6 +80,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 60_000,
             connections_max: 1024,
             producer_expiry_ms: 24 * 3600 * 1000,
+            partitions_max: 10_000,
             log: LogConfig::default(),
         }
     }
@@ -113,6 +117,7 @@ struct FileConfig {
     retention_check_interval_ms: Option<u64>,
     connections_max: Option<usize>,
     producer_expiry_ms: Option<i64>,
+    partitions_max: Option<u32>,
     log: Option<FileLogConfig>,
 }
 
@@ -165,6 +170,7 @@ impl BrokerConfig {
         self.producer_expiry_ms = file
             .producer_expiry_ms
             .unwrap_or(defaults.producer_expiry_ms);
+        self.partitions_max = file.partitions_max.unwrap_or(defaults.partitions_max);
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }

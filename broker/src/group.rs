@@ -23,6 +23,10 @@ use assignor::{assign, Assignor, MemberAssignment, MemberInput};
 
 /// Most members one group may have: each member costs memory and assignment work.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
+/// Longest group id: ids are map keys held in memory for as long as the group lives.
+pub const GROUP_ID_BYTES_MAX: usize = 255;
+/// Most groups with members at once.
+pub const GROUPS_MAX: usize = 100_000;
 /// Longest session timeout a member may ask for.
 pub const SESSION_TIMEOUT_MS_MAX: u32 = 30 * 60 * 1000;
 
@@ -101,8 +105,35 @@ impl Coordinator {
                 ),
             );
         };
+        if request.group_id.len() > GROUP_ID_BYTES_MAX {
+            return fail(
+                ErrorCode::InvalidGroupId,
+                format!(
+                    "group id of {} bytes exceeds max {GROUP_ID_BYTES_MAX}",
+                    request.group_id.len()
+                ),
+            );
+        }
         let now = self.clock.now_ms();
         let mut groups = self.lock();
+        // Only a join creates a group: heartbeats of unknown members must not grow the map.
+        if !groups.contains_key(&request.group_id) {
+            if !request.member_id.is_empty() {
+                return fail(
+                    ErrorCode::UnknownMemberId,
+                    format!(
+                        "member {} is not in group {} (it left or timed out); rejoin",
+                        request.member_id, request.group_id
+                    ),
+                );
+            }
+            if groups.len() >= GROUPS_MAX {
+                return fail(
+                    ErrorCode::InvalidRequest,
+                    format!("the broker already has {GROUPS_MAX} groups"),
+                );
+            }
+        }
         let group = groups.entry(request.group_id.clone()).or_default();
         let mut changed = expire(group, now);
         let member_id = if request.member_id.is_empty() {
@@ -201,6 +232,9 @@ impl Coordinator {
             generation = group.generation,
             "member left"
         );
+        if group.members.is_empty() {
+            groups.remove(group_id);
+        }
         ErrorCode::None
     }
 
@@ -208,7 +242,8 @@ impl Coordinator {
     pub fn expire_sessions(&self, partition_count: impl Fn(&str) -> Option<u32>) -> usize {
         let now = self.clock.now_ms();
         let mut removed = 0;
-        for (group_id, group) in self.lock().iter_mut() {
+        let mut groups = self.lock();
+        for (group_id, group) in groups.iter_mut() {
             let before = group.members.len();
             if expire(group, now) {
                 removed += before - group.members.len();
@@ -221,6 +256,7 @@ impl Coordinator {
                 );
             }
         }
+        groups.retain(|_, group| !group.members.is_empty());
         removed
     }
 

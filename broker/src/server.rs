@@ -210,6 +210,7 @@ fn open_storage(
         source,
     };
     let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
+    topics.set_partitions_max(config.partitions_max);
     let offsets = OffsetStore::open(&topics, clock).map_err(wrap)?;
     let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
     let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)

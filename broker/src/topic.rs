@@ -87,6 +87,7 @@ pub struct Topics {
     registry: Registry,
     catalog: Mutex<BTreeMap<String, TopicInfo>>,
     catalog_sequence: std::sync::atomic::AtomicU64,
+    partitions_max: std::sync::atomic::AtomicU32,
 }
 
 impl Topics {
@@ -145,6 +146,7 @@ impl Topics {
             registry,
             catalog: Mutex::new(catalog),
             catalog_sequence: std::sync::atomic::AtomicU64::new(1),
+            partitions_max: std::sync::atomic::AtomicU32::new(u32::MAX),
         })
     }
 
@@ -152,6 +154,12 @@ impl Topics {
         self.catalog
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Limits the partitions of all non-internal topics together.
+    pub fn set_partitions_max(&self, partitions_max: u32) {
+        self.partitions_max
+            .store(partitions_max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Creates a topic with a fresh UUID.
@@ -222,8 +230,28 @@ impl Topics {
         if catalog.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
+        let existing: u64 = catalog
+            .values()
+            .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .map(|info| u64::from(info.partitions))
+            .sum();
+        let limit = u64::from(
+            self.partitions_max
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if !internal && existing + u64::from(partitions) > limit {
+            return Err(TopicError::InvalidConfig(format!(
+                "{partitions} more partitions would exceed partitions_max {limit} ({existing} exist)"
+            )));
+        }
         for partition in 0..partitions {
-            self.registry.create(name, partition, log_config.clone())?;
+            if let Err(error) = self.registry.create(name, partition, log_config.clone()) {
+                // Undo the partitions already made, so a retry can create the topic.
+                for created in 0..partition {
+                    let _ = self.registry.delete(name, created);
+                }
+                return Err(error.into());
+            }
         }
         catalog.insert(name.to_string(), info.clone());
         self.write_catalog(&catalog)?;

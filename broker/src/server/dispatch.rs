@@ -35,6 +35,9 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// How far in the future a batch's timestamp may be (Kafka 4's default): a timestamp far
 /// ahead would keep its segment, and every later one, from ever expiring by age.
 pub const TIMESTAMP_AHEAD_MS_MAX: i64 = 3600 * 1000;
+/// Most names (topics, groups) one request may list: a frame can carry millions of tiny
+/// names, and each costs memory and a response entry.
+pub const REQUEST_NAMES_MAX: usize = 10_000;
 
 /// What remains of a request after its ordered phase: waiting for durability or for data.
 /// It resolves to the response (`None`: no response, for acks = none).
@@ -51,6 +54,17 @@ fn ready(response: Response) -> Completion {
 /// append in order, as Kafka guarantees); the returned completions run concurrently and the
 /// connection writes their responses in request order.
 pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
+    if let Some(names) = listed_names(&request) {
+        if names > REQUEST_NAMES_MAX {
+            let message =
+                format!("request lists {names} names; at most {REQUEST_NAMES_MAX} are allowed");
+            return ready(Response::error_only(
+                request.api_key(),
+                ErrorCode::InvalidRequest,
+                message,
+            ));
+        }
+    }
     match request {
         Request::ApiVersions(_) => ready(Response::ApiVersions(api_versions())),
         Request::Metadata(request) => ready(Response::Metadata(metadata(broker, request))),
@@ -92,8 +106,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
         }
         Request::DescribeGroups(request) => {
             ready(Response::DescribeGroups(DescribeGroupsResponse {
-                groups: request
-                    .group_ids
+                groups: dedupe(request.group_ids)
                     .iter()
                     .map(|group| broker.groups.describe(group))
                     .collect(),
@@ -145,6 +158,34 @@ async fn init_producer_id(
             producer_epoch: -1,
         },
     }
+}
+
+/// How many names (or partitions) a list-bearing request carries.
+fn listed_names(request: &Request) -> Option<usize> {
+    let partitions = |topics: &[TopicPartitions]| {
+        topics
+            .iter()
+            .map(|topic| topic.partitions.len().max(1))
+            .sum()
+    };
+    Some(match request {
+        Request::Metadata(request) => request.topics.as_ref().map_or(0, Vec::len),
+        Request::DescribeGroups(request) => request.group_ids.len(),
+        Request::CreateTopics(request) => request.topics.len(),
+        Request::DeleteTopics(request) => request.names.len(),
+        Request::OffsetFetch(request) => request.topics.as_deref().map_or(0, partitions),
+        Request::AddPartitionsToTxn(request) => partitions(&request.topics),
+        _ => return None,
+    })
+}
+
+/// Names in first-seen order without repeats.
+fn dedupe(names: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .into_iter()
+        .filter(|name| seen.insert(name.clone()))
+        .collect()
 }
 
 /// Maps a storage error to its wire code and message (the one place this happens).
@@ -231,7 +272,7 @@ fn metadata(broker: &Broker, request: MetadataRequest) -> MetadataResponse {
             .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
             .map(|info| topic_metadata(broker, info))
             .collect(),
-        Some(names) => names
+        Some(names) => dedupe(names)
             .into_iter()
             .map(|name| match broker.topics.get(&name) {
                 Some(info) => topic_metadata(broker, &info),
