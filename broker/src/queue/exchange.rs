@@ -117,8 +117,9 @@ struct TopicNode {
     words: HashMap<String, TopicNode>,
     star: Option<Box<TopicNode>>,
     hash: Option<Box<TopicNode>>,
-    /// Queues whose pattern ends here.
-    queues: BTreeSet<String>,
+    /// Queues whose pattern ends here, with how many of their bindings end here (patterns
+    /// that differ only in repeated `#` share a node but stay separate bindings).
+    queues: BTreeMap<String, u32>,
 }
 
 impl TopicNode {
@@ -132,7 +133,10 @@ impl TopicNode {
 
     fn insert(&mut self, pattern: &[&str], queue: &str) -> bool {
         match pattern.split_first() {
-            None => self.queues.insert(queue.to_string()),
+            None => {
+                *self.queues.entry(queue.to_string()).or_insert(0) += 1;
+                true
+            }
             Some((word, rest)) => self.child_mut(word).insert(rest, queue),
         }
     }
@@ -140,7 +144,14 @@ impl TopicNode {
     /// Removes `queue` at `pattern`; returns (removed, this node is now empty).
     fn remove(&mut self, pattern: &[&str], queue: &str) -> (bool, bool) {
         let removed = match pattern.split_first() {
-            None => self.queues.remove(queue),
+            None => match self.queues.get_mut(queue) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    true
+                }
+                Some(_) => self.queues.remove(queue).is_some(),
+                None => false,
+            },
             Some((word, rest)) => {
                 let (removed, empty) = match *word {
                     "*" => self
@@ -178,21 +189,32 @@ impl TopicNode {
             && self.hash.is_none()
     }
 
-    fn collect(&self, words: &[&str], out: &mut BTreeSet<String>) {
+    /// Collects the queues of patterns matching `words`. `visited` holds (node, words left)
+    /// pairs already explored: with `#` branches the same pair is reached many ways, and
+    /// exploring it once keeps routing polynomial in the key length.
+    fn collect(
+        &self,
+        words: &[&str],
+        out: &mut BTreeSet<String>,
+        visited: &mut std::collections::HashSet<(*const TopicNode, usize)>,
+    ) {
+        if !visited.insert((std::ptr::from_ref(self), words.len())) {
+            return;
+        }
         if let Some(hash) = &self.hash {
             // `#` takes zero or more of the remaining words.
             for skip in 0..=words.len() {
-                hash.collect(&words[skip..], out);
+                hash.collect(&words[skip..], out, visited);
             }
         }
         match words.split_first() {
-            None => out.extend(self.queues.iter().cloned()),
+            None => out.extend(self.queues.keys().cloned()),
             Some((word, rest)) => {
                 if let Some(child) = self.words.get(*word) {
-                    child.collect(rest, out);
+                    child.collect(rest, out, visited);
                 }
                 if let Some(star) = &self.star {
-                    star.collect(rest, out);
+                    star.collect(rest, out, visited);
                 }
             }
         }
@@ -202,6 +224,19 @@ impl TopicNode {
 /// Splits a routing key or pattern into words (always at least one).
 pub fn words(key: &str) -> Vec<&str> {
     key.split('.').collect()
+}
+
+/// A binding pattern's words with runs of `#` collapsed to one (`#.#` matches what `#`
+/// does), which keeps routing from branching once per repeated `#`.
+fn pattern_words(pattern: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for word in pattern.split('.') {
+        if word == "#" && out.last() == Some(&"#") {
+            continue;
+        }
+        out.push(word);
+    }
+    out
 }
 
 /// The bindings of one exchange.
@@ -244,7 +279,11 @@ impl Bindings {
                 .or_default()
                 .insert(queue.to_string()),
             ExchangeKind::Fanout => self.fanout.insert(queue.to_string()),
-            ExchangeKind::Topic => self.topic.insert(&words(routing_key), queue),
+            ExchangeKind::Topic => {
+                let binding = (queue.to_string(), routing_key.to_string());
+                !self.listed.contains(&binding)
+                    && self.topic.insert(&pattern_words(routing_key), queue)
+            }
             ExchangeKind::Headers => {
                 let args = headers.cloned().unwrap_or(HeadersArgs {
                     mode: HeadersMatch::All,
@@ -277,7 +316,11 @@ impl Bindings {
                 removed
             }
             ExchangeKind::Fanout => self.fanout.remove(queue),
-            ExchangeKind::Topic => self.topic.remove(&words(routing_key), queue).0,
+            ExchangeKind::Topic => {
+                let binding = (queue.to_string(), routing_key.to_string());
+                self.listed.contains(&binding)
+                    && self.topic.remove(&pattern_words(routing_key), queue).0
+            }
             ExchangeKind::Headers => {
                 let args = headers.cloned().unwrap_or(HeadersArgs {
                     mode: HeadersMatch::All,
@@ -323,7 +366,11 @@ impl Bindings {
                 }
             }
             ExchangeKind::Fanout => out.extend(self.fanout.iter().cloned()),
-            ExchangeKind::Topic => self.topic.collect(&words(routing_key), &mut out),
+            ExchangeKind::Topic => {
+                let mut visited = std::collections::HashSet::new();
+                self.topic
+                    .collect(&words(routing_key), &mut out, &mut visited)
+            }
             ExchangeKind::Headers => {
                 for (args, queue) in &self.headers {
                     if args.matches(headers) {
@@ -448,6 +495,16 @@ mod tests {
         assert!(exchange.route("a.x", &[]).is_empty());
         assert_eq!(exchange.route("b.x", &[]), vec!["r"]);
         assert_eq!(exchange.list(), vec![("r".to_string(), "b.*".to_string())]);
+    }
+
+    #[test]
+    fn many_hashes_and_a_long_key_route_quickly() {
+        let exchange = topic(&[("q", "#.#.#.#.#.#.#.#.#.#.x.#.#.#.#.#.#.#.#.y")]);
+        let key = vec!["a"; 200].join(".");
+        let started = std::time::Instant::now();
+        assert!(exchange.route(&key, &[]).is_empty());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(exchange.route("a.x.b.y", &[]), vec!["q"]);
     }
 
     #[test]

@@ -253,6 +253,9 @@ pub struct QueueManager {
     env: StorageEnv,
     clock: Arc<dyn Clock>,
     registry: Mutex<Registry>,
+    /// Serializes queue declares: checking for a queue and starting it must be one step, or
+    /// two declares could open two writers on one queue's files.
+    declaring: Mutex<()>,
     next_consumer: AtomicU64,
     /// Messages published that no queue took (not mandatory).
     pub dropped_unroutable: AtomicU64,
@@ -282,6 +285,7 @@ impl QueueManager {
             env,
             clock,
             registry: Mutex::new(Registry::default()),
+            declaring: Mutex::new(()),
             next_consumer: AtomicU64::new(1),
             dropped_unroutable: AtomicU64::new(0),
             myself: myself.clone(),
@@ -443,6 +447,10 @@ impl QueueManager {
         durability: Durability,
     ) -> Result<(), QueueError> {
         check_name(name)?;
+        let _declaring = self
+            .declaring
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         {
             let registry = self.lock();
             if let Some(existing) = registry.queues.get(name) {
@@ -1278,6 +1286,7 @@ impl QueueTask {
                 .wait_durable(appended.next_offset)
                 .await
                 .map_err(storage)?;
+            self.store.confirm_settled(ids);
         }
         Ok(())
     }

@@ -195,8 +195,10 @@ impl QueueStore {
         self.messages.append(batch)
     }
 
-    /// Records that `ids` are done (acked, dead-lettered, expired, purged). Returns the ack
-    /// log position to await with [`QueueStore::wait_settled`].
+    /// Records that `ids` are done (acked, dead-lettered, expired, purged) by appending them
+    /// to the ack log. They count as settled only after the caller awaited durability and
+    /// called [`QueueStore::confirm_settled`]: compaction must never checkpoint a settlement
+    /// a crash could take back.
     ///
     /// # Errors
     /// As for `Partition::append`; nothing is marked settled then.
@@ -221,11 +223,15 @@ impl QueueStore {
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
         let appended = self.acks.append(&mut bytes)?;
+        Ok(Some(appended))
+    }
+
+    /// Marks `ids` settled once their settle record is durable.
+    pub fn confirm_settled(&self, ids: &[i64]) {
         let mut state = self.lock();
         for id in ids {
             state.settle(*id);
         }
-        Ok(Some(appended))
     }
 
     /// Blocks until a publish is durable (as the flush policy promises).
@@ -315,10 +321,10 @@ impl QueueStore {
     /// # Errors
     /// Storage errors; a failed step leaves the previous checkpoint valid.
     pub fn compact(&self) -> Result<()> {
-        // Only durable settlements may be checkpointed: cover the ack log up to its high
-        // watermark, which with flush=always is its durable end.
-        let ack_log_offset = self.acks.high_watermark();
+        // The in-memory state holds only confirmed (durable) settlements, and the ack log up to
+        // its durable offset is covered by it.
         let state = self.ack_state();
+        let ack_log_offset = self.acks.durable_offset().min(self.acks.high_watermark());
         let saved = AckCheckpoint {
             ack_log_offset,
             low_water: state.low_water,
@@ -400,6 +406,7 @@ mod tests {
             store
                 .wait_settled(appended, Duration::from_secs(10))
                 .unwrap();
+            store.confirm_settled(ids);
         }
     }
 

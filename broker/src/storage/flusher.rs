@@ -128,7 +128,14 @@ impl Flusher {
 }
 
 fn run(shared: &Shared) {
+    let mut last_interval_check = std::time::Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
+        // Interval partitions are checked at least every tick, even under a steady stream of
+        // flush requests, so they are never starved.
+        if last_interval_check.elapsed() >= IDLE_TICK {
+            flush_due_intervals(shared);
+            last_interval_check = std::time::Instant::now();
+        }
         let next = {
             let mut queue = shared.lock();
             if queue.requested.is_empty() && !shared.stop.load(Ordering::Acquire) {
@@ -146,7 +153,10 @@ fn run(shared: &Shared) {
                 // A failure is recorded in the partition, which refuses writes from now on.
                 let _ = partition.flush();
             }
-            None => flush_due_intervals(shared),
+            None => {
+                flush_due_intervals(shared);
+                last_interval_check = std::time::Instant::now();
+            }
         }
     }
 }

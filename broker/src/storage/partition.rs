@@ -127,12 +127,7 @@ impl Partition {
         config.validate()?;
         let fs = env.fs.as_ref();
         if !fs.is_dir(dir) {
-            fs.create_dir_all(dir)
-                .map_err(|source| Error::io("create partition dir", dir, source))?;
-            if let Some(parent) = dir.parent() {
-                fs.sync_dir(parent)
-                    .map_err(|source| Error::io("sync directory", parent, source))?;
-            }
+            crate::storage::fs::create_dir_durable(fs, dir)?;
         }
         let marker = take_clean_marker(fs, dir)?;
         let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker)?;
