@@ -53,7 +53,10 @@ pub struct Committed {
     pub metadata: Option<String>,
 }
 
-type GroupOffsets = BTreeMap<(String, u32), Committed>;
+/// Per (topic, partition): the committed offset and the log offset of the record that set
+/// it. A later record always wins, in memory as on replay, whatever order concurrent
+/// commits finish in.
+type GroupOffsets = BTreeMap<(String, u32), (Committed, i64)>;
 
 /// The committed-offset store.
 #[derive(Debug)]
@@ -129,9 +132,64 @@ impl OffsetStore {
         self.log.wait_durable(appended.next_offset).await?;
         let mut offsets = self.lock();
         let group_offsets = offsets.entry(group.to_string()).or_default();
-        for (topic, partition, committed) in entries {
-            group_offsets.insert((topic, partition), committed);
+        for (index, (topic, partition, committed)) in entries.into_iter().enumerate() {
+            let record_offset = appended.base_offset + index as i64;
+            let slot = group_offsets
+                .entry((topic, partition))
+                .or_insert((committed.clone(), record_offset));
+            if slot.1 <= record_offset {
+                *slot = (committed, record_offset);
+            }
         }
+        Ok(())
+    }
+
+    /// Forgets every committed offset of `topic` (it was deleted: a re-created topic of the
+    /// same name is a new topic and must not inherit them). Writes tombstones durably.
+    ///
+    /// # Errors
+    /// Storage errors; the offsets stay then.
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), StorageError> {
+        let doomed: Vec<(String, u32)> = self
+            .lock()
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets
+                    .keys()
+                    .filter(|(name, _)| name == topic)
+                    .map(move |(_, partition)| (group.clone(), *partition))
+            })
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut builder = BatchBuilder::new(now);
+        for (group, partition) in &doomed {
+            let mut key = BytesMut::new();
+            OffsetKey {
+                group: group.clone(),
+                topic: topic.to_string(),
+                partition: *partition,
+            }
+            .encode(&mut key);
+            builder.push(&NewRecord {
+                timestamp_ms: now,
+                key: Some(key.freeze()),
+                value: None,
+                headers: Vec::new(),
+            })?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let appended = self.log.append(&mut bytes)?;
+        self.log.wait_durable(appended.next_offset).await?;
+        let mut offsets = self.lock();
+        for group_offsets in offsets.values_mut() {
+            group_offsets
+                .retain(|(name, _), (_, set_at)| name != topic || *set_at > appended.last_offset);
+        }
+        offsets.retain(|_, group_offsets| !group_offsets.is_empty());
         Ok(())
     }
 
@@ -140,7 +198,7 @@ impl OffsetStore {
         self.lock()
             .get(group)?
             .get(&(topic.to_string(), partition))
-            .cloned()
+            .map(|(committed, _)| committed.clone())
     }
 
     /// Every committed offset of a group.
@@ -150,7 +208,7 @@ impl OffsetStore {
             .map(|offsets| {
                 offsets
                     .iter()
-                    .map(|((topic, partition), committed)| {
+                    .map(|((topic, partition), (committed, _))| {
                         (topic.clone(), *partition, committed.clone())
                     })
                     .collect()
@@ -180,18 +238,28 @@ fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError
             }
             for record in decoded.records() {
                 let record = record?;
-                let (Some(key), Some(value)) = (record.key, record.value) else {
+                let Some(key) = record.key else {
                     continue;
                 };
                 let key = decode_exact::<OffsetKey>(key).map_err(|reason| corrupt(log, reason))?;
+                let Some(value) = record.value else {
+                    // A tombstone: the topic was deleted.
+                    if let Some(group_offsets) = offsets.get_mut(&key.group) {
+                        group_offsets.remove(&(key.topic, key.partition));
+                    }
+                    continue;
+                };
                 let value =
                     decode_exact::<OffsetValue>(value).map_err(|reason| corrupt(log, reason))?;
                 offsets.entry(key.group).or_default().insert(
                     (key.topic, key.partition),
-                    Committed {
-                        offset: value.offset,
-                        metadata: value.metadata,
-                    },
+                    (
+                        Committed {
+                            offset: value.offset,
+                            metadata: value.metadata,
+                        },
+                        record.offset,
+                    ),
                 );
             }
         }
@@ -253,5 +321,18 @@ mod tests {
         assert_eq!(committed.metadata.as_deref(), Some("m"));
         assert_eq!(store.get("g", "t", 1), None);
         assert_eq!(store.groups(), vec!["g".to_string()]);
+        runtime.block_on(store.forget_topic("t")).unwrap();
+        assert_eq!(store.get("g", "t", 0), None);
+        topics.registry().close().unwrap();
+        drop(store);
+        drop(topics);
+        let topics = Topics::open(Path::new("/d"), env, LogConfig::default()).unwrap();
+        let store =
+            OffsetStore::open(&topics, Arc::new(crate::storage::ManualClock::new(1_000))).unwrap();
+        assert_eq!(
+            store.get("g", "t", 0),
+            None,
+            "the tombstone survives a restart"
+        );
     }
 }

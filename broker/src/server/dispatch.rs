@@ -337,16 +337,23 @@ async fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest) -> Cr
 async fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(request.names.len());
     for name in request.names {
-        let broker = broker.clone();
+        let deleting_broker = broker.clone();
         let deleting = name.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            let deleted = broker.topics.delete(&deleting)?;
+            let deleted = deleting_broker.topics.delete(&deleting)?;
             for partition in 0..deleted.partitions {
-                broker.producers.remove(&deleting, partition);
+                deleting_broker.producers.remove(&deleting, partition);
             }
             Ok::<_, TopicError>(deleted)
         })
         .await;
+        if let Ok(Ok(_)) = &outcome {
+            // A re-created topic of the same name is a new topic: it must not inherit
+            // committed offsets.
+            if let Err(error) = broker.offsets.forget_topic(&name).await {
+                tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
+            }
+        }
         results.push(match outcome {
             Ok(Ok(info)) => TopicResult {
                 name,
