@@ -22,6 +22,7 @@ use crate::config::{parse_host_port, BrokerConfig};
 use crate::group::Coordinator;
 use crate::offsets::OffsetStore;
 use crate::producer::Producers;
+use crate::queue::manager::QueueManager;
 use crate::storage::{Clock, Flusher, RealFs, StorageEnv, SystemClock};
 use crate::topic::{TopicError, Topics};
 use crate::txn::{TxnCoordinator, TxnLoaded};
@@ -30,6 +31,8 @@ use crate::txn::{TxnCoordinator, TxnLoaded};
 pub const NODE_ID: i32 = 0;
 /// How often expired group sessions are looked for.
 const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// The queues' directory inside the data directory.
+pub const QUEUES_DIR: &str = "queues";
 /// How often producer-state snapshots are written (bounds the replay after a crash).
 const PRODUCER_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests before closing storage anyway.
@@ -50,6 +53,8 @@ pub struct Broker {
     pub producers: Producers,
     /// The transaction coordinator.
     pub txn: TxnCoordinator,
+    /// Exchanges and queues.
+    pub queues: Arc<QueueManager>,
     /// What metadata answers tell clients to connect to.
     pub advertised: BrokerInfo,
     /// Time.
@@ -151,10 +156,15 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let open_config = config.clone();
     let open_clock = clock.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
-    let (topics, offsets, producers, (txn, txn_loaded)) =
-        tokio::task::spawn_blocking(move || open_storage(&open_config, open_clock))
-            .await
-            .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+    let OpenedStorage {
+        topics,
+        offsets,
+        producers,
+        txn: (txn, txn_loaded),
+        queues,
+    } = tokio::task::spawn_blocking(move || open_storage(&open_config, open_clock))
+        .await
+        .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     let broker = Arc::new(Broker {
         groups: Coordinator::new(clock.clone(), config.group_session_timeout_ms),
         config,
@@ -162,6 +172,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         offsets,
         producers,
         txn,
+        queues,
         advertised,
         clock,
     });
@@ -196,10 +207,19 @@ fn advertised_info(
     })
 }
 
+/// Everything opened from the data directory at start.
+struct OpenedStorage {
+    topics: Topics,
+    offsets: OffsetStore,
+    producers: Producers,
+    txn: (TxnCoordinator, TxnLoaded),
+    queues: Arc<QueueManager>,
+}
+
 fn open_storage(
     config: &BrokerConfig,
     clock: Arc<dyn Clock>,
-) -> Result<(Topics, OffsetStore, Producers, (TxnCoordinator, TxnLoaded)), ServerError> {
+) -> Result<OpenedStorage, ServerError> {
     let env = StorageEnv {
         fs: Arc::new(RealFs),
         clock: clock.clone(),
@@ -211,7 +231,7 @@ fn open_storage(
     };
     let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
     topics.set_partitions_max(config.partitions_max);
-    let offsets = OffsetStore::open(&topics, clock).map_err(wrap)?;
+    let offsets = OffsetStore::open(&topics, clock.clone()).map_err(wrap)?;
     let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
     let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)
         .map_err(|error| wrap(error.into()))?;
@@ -225,7 +245,20 @@ fn open_storage(
         }
     }
     let txn = TxnCoordinator::open(&topics).map_err(wrap)?;
-    Ok((topics, offsets, producers, txn))
+    let queue_env = StorageEnv {
+        fs: Arc::new(RealFs),
+        clock: clock.clone(),
+        flusher: Flusher::spawn(1),
+    };
+    let queues = QueueManager::open(&config.data_dir.join(QUEUES_DIR), queue_env)
+        .map_err(|error| ServerError::Config(format!("cannot open queues: {error}")))?;
+    Ok(OpenedStorage {
+        topics,
+        offsets,
+        producers,
+        txn,
+        queues,
+    })
 }
 
 async fn run(
@@ -250,6 +283,7 @@ async fn run(
     txn_task.abort();
     let snapshotting = broker.clone();
     let _ = tokio::task::spawn_blocking(move || snapshot_producers(&snapshotting)).await;
+    broker.queues.shutdown().await;
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.topics.registry().close())
         .await

@@ -30,11 +30,24 @@ wire_enum! {
         AddOffsetsToTxn = 15,
         TxnOffsetCommit = 16,
         EndTxn = 17,
+        DeclareExchange = 20,
+        DeclareQueue = 21,
+        DeleteQueue = 22,
+        BindQueue = 23,
+        UnbindQueue = 24,
+        Publish = 25,
+        Subscribe = 26,
+        Ack = 27,
+        Cancel = 28,
+        PurgeQueue = 29,
+        ListQueues = 30,
+        /// Server push of a delivery; never sent by clients, never answered.
+        Deliver = 31,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 18] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 29] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -53,6 +66,17 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 18] = [
     (ApiKey::AddOffsetsToTxn, 0, 0),
     (ApiKey::TxnOffsetCommit, 0, 0),
     (ApiKey::EndTxn, 0, 0),
+    (ApiKey::DeclareExchange, 0, 0),
+    (ApiKey::DeclareQueue, 0, 0),
+    (ApiKey::DeleteQueue, 0, 0),
+    (ApiKey::BindQueue, 0, 0),
+    (ApiKey::UnbindQueue, 0, 0),
+    (ApiKey::Publish, 0, 0),
+    (ApiKey::Subscribe, 0, 0),
+    (ApiKey::Ack, 0, 0),
+    (ApiKey::Cancel, 0, 0),
+    (ApiKey::PurgeQueue, 0, 0),
+    (ApiKey::ListQueues, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -197,6 +221,18 @@ api_enums! {
     AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse;
     TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse;
     EndTxn => EndTxnRequest, EndTxnResponse;
+    DeclareExchange => DeclareExchangeRequest, QueueAdminResponse;
+    DeclareQueue => DeclareQueueRequest, QueueAdminResponse;
+    DeleteQueue => DeleteQueueRequest, QueueAdminResponse;
+    BindQueue => BindQueueRequest, QueueAdminResponse;
+    UnbindQueue => BindQueueRequest, QueueAdminResponse;
+    Publish => PublishRequest, PublishResponse;
+    Subscribe => SubscribeRequest, SubscribeResponse;
+    Ack => AckRequest, QueueAdminResponse;
+    Cancel => CancelRequest, QueueAdminResponse;
+    PurgeQueue => PurgeQueueRequest, PurgeQueueResponse;
+    ListQueues => ListQueuesRequest, ListQueuesResponse;
+    Deliver => DeliverPush, QueueAdminResponse;
 }
 
 /// Appends a whole request frame.
@@ -246,9 +282,12 @@ mod tests {
 
     #[test]
     fn every_api_has_a_supported_range() {
-        for code in 0..=17u16 {
-            let key = ApiKey::from_code(code).unwrap();
-            assert_eq!(supported_range(code).unwrap().0, key);
+        for (key, _, _) in SUPPORTED_APIS {
+            assert_eq!(supported_range(key.code()).unwrap().0, key);
         }
+        assert!(
+            supported_range(ApiKey::Deliver.code()).is_err(),
+            "clients never send Deliver"
+        );
     }
 }

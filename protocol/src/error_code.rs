@@ -71,6 +71,18 @@ crate::wire_enum! {
         ConcurrentTransactions = 28,
         /// The producer id does not belong to this transactional id.
         InvalidProducerIdMapping = 29,
+        /// The exchange does not exist.
+        UnknownExchange = 30,
+        /// The queue does not exist.
+        UnknownQueue = 31,
+        /// A declare's arguments differ from the existing exchange's or queue's.
+        PreconditionFailed = 32,
+        /// A mandatory message matched no queue; it was not stored.
+        Unroutable = 33,
+        /// The queue is full and rejects publishes.
+        QueueFull = 34,
+        /// The delivery tag is unknown or already settled.
+        UnknownDeliveryTag = 35,
     }
 }
 
@@ -126,6 +138,12 @@ impl ErrorCode {
             ErrorCode::InvalidProducerIdMapping => {
                 "producer id does not match the transactional id"
             }
+            ErrorCode::UnknownExchange => "unknown exchange",
+            ErrorCode::UnknownQueue => "unknown queue",
+            ErrorCode::PreconditionFailed => "declared with different arguments",
+            ErrorCode::Unroutable => "unroutable mandatory message",
+            ErrorCode::QueueFull => "queue is full",
+            ErrorCode::UnknownDeliveryTag => "unknown or already settled delivery tag",
         }
     }
 }

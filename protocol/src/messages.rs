@@ -662,3 +662,175 @@ wire_struct! {
         pub error_message: Option<String>,
     }
 }
+
+wire_struct! {
+    /// A message header on the queue apis.
+    pub struct HeaderEntry {
+        pub key: String,
+        pub value: Option<Bytes>,
+    }
+}
+
+wire_struct! {
+    /// Declares an exchange (idempotent when the kind matches).
+    pub struct DeclareExchangeRequest {
+        pub name: String,
+        /// `direct`, `fanout`, `topic` or `headers`.
+        pub kind: String,
+        pub durable: bool,
+    }
+}
+
+wire_struct! {
+    /// Declares a queue (idempotent when the arguments match). Arguments: `message-ttl-ms`,
+    /// `max-length`, `overflow` (`drop-head` | `reject-publish`), `dead-letter-exchange`,
+    /// `dead-letter-routing-key`, `delivery-limit`, `single-active-consumer`,
+    /// `ack-timeout-ms`.
+    pub struct DeclareQueueRequest {
+        pub name: String,
+        pub durable: bool,
+        pub args: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    /// Deletes a queue with its messages and bindings.
+    pub struct DeleteQueueRequest {
+        pub name: String,
+    }
+}
+
+wire_struct! {
+    /// Binds (or unbinds) a queue to an exchange; headers exchanges match on `headers`
+    /// (with `x-match` = `all` | `any`).
+    pub struct BindQueueRequest {
+        pub queue: String,
+        pub exchange: String,
+        pub routing_key: String,
+        pub headers: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    /// Publishes one message. The answer comes once the message is durable in every queue
+    /// it routed to (a publisher confirm); a client that does not want to wait pipelines.
+    /// An unroutable message is an `Unroutable` error when `mandatory`, else dropped.
+    pub struct PublishRequest {
+        pub exchange: String,
+        pub routing_key: String,
+        pub mandatory: bool,
+        pub headers: Vec<HeaderEntry>,
+        pub body: Bytes,
+    }
+}
+
+wire_struct! {
+    /// Publish answer: the queues the message is stored in.
+    pub struct PublishResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub queues: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// Starts a consumer. Deliveries then arrive as `Deliver` frames carrying this
+    /// request's correlation id, until the consumer is cancelled or the connection closes.
+    pub struct SubscribeRequest {
+        pub queue: String,
+        /// Most unacknowledged deliveries at once (0: unlimited).
+        pub prefetch: u32,
+    }
+}
+
+wire_struct! {
+    /// Subscribe answer.
+    pub struct SubscribeResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub consumer_id: u64,
+    }
+}
+
+wire_struct! {
+    /// A message pushed to a consumer (api key `Deliver`, never answered).
+    pub struct DeliverPush {
+        pub consumer_id: u64,
+        pub delivery_tag: u64,
+        pub redelivered: bool,
+        pub routing_key: String,
+        pub timestamp_ms: i64,
+        pub headers: Vec<HeaderEntry>,
+        pub body: Bytes,
+    }
+}
+
+wire_struct! {
+    /// Acknowledges (`requeue` ignored), or with `negative` rejects: back to the queue when
+    /// `requeue`, else dead-lettered. `multiple` covers every earlier tag of the consumer.
+    pub struct AckRequest {
+        pub queue: String,
+        pub consumer_id: u64,
+        pub delivery_tag: u64,
+        pub multiple: bool,
+        pub negative: bool,
+        pub requeue: bool,
+    }
+}
+
+wire_struct! {
+    /// Stops a consumer; its unacknowledged deliveries return to the queue.
+    pub struct CancelRequest {
+        pub queue: String,
+        pub consumer_id: u64,
+    }
+}
+
+wire_struct! {
+    /// Removes every ready message of a queue.
+    pub struct PurgeQueueRequest {
+        pub name: String,
+    }
+}
+
+wire_struct! {
+    /// Purge answer.
+    pub struct PurgeQueueResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub purged: u64,
+    }
+}
+
+wire_struct! {
+    /// Lists queues.
+    pub struct ListQueuesRequest {}
+}
+
+wire_struct! {
+    /// One queue's counts.
+    pub struct QueueListing {
+        pub name: String,
+        pub durable: bool,
+        pub ready: u64,
+        pub unacked: u64,
+        pub consumers: u64,
+    }
+}
+
+wire_struct! {
+    /// ListQueues answer.
+    pub struct ListQueuesResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub queues: Vec<QueueListing>,
+    }
+}
+
+wire_struct! {
+    /// An answer that carries only the error (queue admin and acks).
+    pub struct QueueAdminResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}

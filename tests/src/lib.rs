@@ -229,6 +229,7 @@ pub struct RawClient {
     buffer: bytes::BytesMut,
     next_correlation_id: u32,
     sent: std::collections::VecDeque<(u32, wharf_protocol::ApiKey)>,
+    pushed: std::collections::VecDeque<(u32, wharf_protocol::messages::DeliverPush)>,
 }
 
 impl RawClient {
@@ -243,6 +244,7 @@ impl RawClient {
             buffer: bytes::BytesMut::new(),
             next_correlation_id: 1,
             sent: Default::default(),
+            pushed: Default::default(),
         }
     }
 
@@ -257,27 +259,66 @@ impl RawClient {
         correlation_id
     }
 
-    /// Reads the next response (responses come in request order).
-    pub fn receive(&mut self) -> (u32, wharf_protocol::Response) {
+    /// Reads frames until one arrives, stashing pushed deliveries (they may come between
+    /// responses).
+    fn read_frame(&mut self) -> wharf_protocol::Frame {
         use std::io::Read;
-        let (expected_id, api_key) = self.sent.pop_front().expect("a request in flight");
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             if let Some(frame) =
                 wharf_protocol::frame::decode_frame(&mut self.buffer, 64 * 1024 * 1024)
                     .expect("valid frame")
             {
-                assert_eq!(
-                    frame.header.correlation_id, expected_id,
-                    "responses out of order"
-                );
-                let response = wharf_protocol::Response::decode(api_key, frame.body)
-                    .expect("response decodes");
-                return (expected_id, response);
+                return frame;
             }
             let count = self.stream.read(&mut chunk).expect("read");
             assert!(count > 0, "broker closed the connection");
             self.buffer.extend_from_slice(&chunk[..count]);
+        }
+    }
+
+    fn stash_if_push(&mut self, frame: &wharf_protocol::Frame) -> bool {
+        use wharf_protocol::wire::Wire;
+        if frame.header.api_key != wharf_protocol::ApiKey::Deliver.code() {
+            return false;
+        }
+        let mut reader = wharf_protocol::wire::Reader::new(frame.body.clone());
+        let push = wharf_protocol::messages::DeliverPush::decode(&mut reader, "deliver")
+            .expect("push decodes");
+        self.pushed.push_back((frame.header.correlation_id, push));
+        true
+    }
+
+    /// The next pushed delivery (from any subscription of this connection) with the
+    /// correlation id of the Subscribe that started it.
+    pub fn next_push(&mut self) -> (u32, wharf_protocol::messages::DeliverPush) {
+        loop {
+            if let Some(push) = self.pushed.pop_front() {
+                return push;
+            }
+            let frame = self.read_frame();
+            assert!(
+                self.stash_if_push(&frame),
+                "a response arrived while only pushes were expected"
+            );
+        }
+    }
+
+    /// Reads the next response (responses come in request order).
+    pub fn receive(&mut self) -> (u32, wharf_protocol::Response) {
+        let (expected_id, api_key) = self.sent.pop_front().expect("a request in flight");
+        loop {
+            let frame = self.read_frame();
+            if self.stash_if_push(&frame) {
+                continue;
+            }
+            assert_eq!(
+                frame.header.correlation_id, expected_id,
+                "responses out of order"
+            );
+            let response =
+                wharf_protocol::Response::decode(api_key, frame.body).expect("response decodes");
+            return (expected_id, response);
         }
     }
 

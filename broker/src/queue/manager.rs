@@ -39,8 +39,19 @@ pub const DEFINITIONS_FILE: &str = "definitions";
 const DEFINITIONS_MAGIC: [u8; 4] = *b"WQDF";
 /// Commands queued per queue task before callers wait (backpressure on publishers).
 const QUEUE_COMMANDS_MAX: usize = 4096;
-/// Deliveries buffered per consumer channel beyond its prefetch window.
-const CONSUMER_CHANNEL_MAX: usize = 1024;
+/// Largest prefetch window (AMQP's, a u16); prefetch 0 ("unlimited") means this. A
+/// consumer's channel holds at most its window, so it never overflows: deliveries wait in
+/// the queue, not in memory per consumer.
+pub const PREFETCH_MAX: u32 = 65_535;
+/// The reply to a publish or an ack.
+type Confirm = oneshot::Sender<Result<(), QueueError>>;
+/// A publish waiting to be stored with its batch.
+type PendingPublish = (Vec<Message>, Confirm);
+/// An ack already applied to the delivery state, waiting for its settle record.
+type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
+
+/// Most commands a queue task takes in one batch (bounds the work between ticks).
+const COMMAND_BATCH_MAX: usize = 1024;
 /// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
 const IDLE_WAKE: Duration = Duration::from_millis(100);
 
@@ -204,22 +215,11 @@ wire_struct! {
 }
 
 enum Command {
-    Publish(Vec<Message>, oneshot::Sender<Result<(), QueueError>>),
+    Publish(Vec<Message>, Confirm),
     Subscribe(ConsumerId, u32, mpsc::Sender<Delivered>),
     Cancel(ConsumerId),
-    Ack(
-        ConsumerId,
-        DeliveryTag,
-        bool,
-        oneshot::Sender<Result<(), QueueError>>,
-    ),
-    Nack(
-        ConsumerId,
-        DeliveryTag,
-        bool,
-        Requeue,
-        oneshot::Sender<Result<(), QueueError>>,
-    ),
+    Ack(ConsumerId, DeliveryTag, bool, Confirm),
+    Nack(ConsumerId, DeliveryTag, bool, Requeue, Confirm),
     Purge(oneshot::Sender<u64>),
     Stats(oneshot::Sender<QueueStats>),
     Stop(oneshot::Sender<()>),
@@ -669,7 +669,12 @@ impl QueueManager {
     ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
         let sender = self.sender(queue)?;
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
-        let (deliveries, receiver) = mpsc::channel(CONSUMER_CHANNEL_MAX.max(prefetch as usize));
+        let prefetch = if prefetch == 0 {
+            PREFETCH_MAX
+        } else {
+            prefetch.min(PREFETCH_MAX)
+        };
+        let (deliveries, receiver) = mpsc::channel(prefetch as usize);
         sender
             .send(Command::Subscribe(consumer, prefetch, deliveries))
             .await
@@ -1071,20 +1076,121 @@ impl QueueTask {
                 .map(|due| (due - now).max(0) as u64);
             let wake = due.map_or(IDLE_WAKE, |ms| Duration::from_millis(ms).min(IDLE_WAKE));
             tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Stop(reply)) => {
-                        if let Err(error) = self.store.close() {
-                            tracing::warn!(queue = self.name, %error, "closing queue storage failed");
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    // Take every command already waiting: publishes and acks among them share
+                    // one append and one fsync (group commit for queues).
+                    let mut batch = vec![command];
+                    while batch.len() < COMMAND_BATCH_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
                         }
-                        let _ = reply.send(());
+                    }
+                    if self.handle_batch(batch).await == Flow::Stop {
                         return;
                     }
-                    Some(command) => self.handle(command).await,
-                    None => return,
-                },
+                }
                 _ = tokio::time::sleep(wake) => {}
             }
             self.tick().await;
+        }
+    }
+
+    /// Handles a batch of commands in order, merging runs of publishes and runs of acks.
+    async fn handle_batch(&mut self, batch: Vec<Command>) -> Flow {
+        let mut publishes: Vec<PendingPublish> = Vec::new();
+        let mut acks: Vec<PendingAck> = Vec::new();
+        let limits = self.state.limits();
+        // With reject-publish, each publish must see the length its predecessors left.
+        let merge_publishes =
+            !(limits.max_length.is_some() && limits.overflow == Overflow::RejectPublish);
+        for command in batch {
+            match command {
+                Command::Publish(messages, reply) if merge_publishes => {
+                    self.flush_acks(&mut acks).await;
+                    publishes.push((messages, reply));
+                }
+                Command::Ack(consumer, tag, multiple, reply) => {
+                    self.flush_publishes(&mut publishes).await;
+                    acks.push((
+                        self.state
+                            .ack(consumer, tag, multiple)
+                            .map_err(delivery_error),
+                        reply,
+                    ));
+                }
+                Command::Nack(consumer, tag, multiple, requeue, reply) => {
+                    self.flush_publishes(&mut publishes).await;
+                    acks.push((
+                        self.state
+                            .nack(consumer, tag, multiple, requeue)
+                            .map_err(delivery_error),
+                        reply,
+                    ));
+                }
+                Command::Stop(reply) => {
+                    self.flush_publishes(&mut publishes).await;
+                    self.flush_acks(&mut acks).await;
+                    if let Err(error) = self.store.close() {
+                        tracing::warn!(queue = self.name, %error, "closing queue storage failed");
+                    }
+                    let _ = reply.send(());
+                    return Flow::Stop;
+                }
+                other => {
+                    self.flush_publishes(&mut publishes).await;
+                    self.flush_acks(&mut acks).await;
+                    self.handle(other).await;
+                }
+            }
+        }
+        self.flush_publishes(&mut publishes).await;
+        self.flush_acks(&mut acks).await;
+        Flow::Continue
+    }
+
+    /// Stores a run of publishes with one append and one fsync, then confirms each.
+    async fn flush_publishes(&mut self, publishes: &mut Vec<PendingPublish>) {
+        if publishes.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(publishes);
+        let messages: Vec<Message> = taken
+            .iter()
+            .flat_map(|(messages, _)| messages.iter().cloned())
+            .collect();
+        let outcome = self.publish(messages).await;
+        for (_, reply) in taken {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
+    /// Settles what a run of acks released with one append and one fsync, then answers each.
+    async fn flush_acks(&mut self, acks: &mut Vec<PendingAck>) {
+        if acks.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(acks);
+        let mut actions = Vec::new();
+        let mut replies = Vec::new();
+        for (outcome, reply) in taken {
+            match outcome {
+                Ok(more) => {
+                    actions.extend(more);
+                    replies.push((Ok(()), reply));
+                }
+                Err(error) => replies.push((Err(error), reply)),
+            }
+        }
+        let applied = self.apply(actions).await;
+        for (outcome, reply) in replies {
+            let answer = match (outcome, &applied) {
+                (Err(error), _) => Err(error),
+                (Ok(()), Err(error)) => Err(error.clone()),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            let _ = reply.send(answer);
         }
     }
 
@@ -1252,6 +1358,8 @@ impl QueueTask {
                         redelivered: delivery.redelivered,
                         record,
                     };
+                    // The channel holds at most the consumer's prefetch window, so it is never full
+                    // here; an error means the consumer is gone.
                     let gone = match self.consumers.get(&delivery.consumer) {
                         Some(sender) => sender.try_send(delivered).is_err(),
                         None => true,
@@ -1338,6 +1446,13 @@ impl QueueTask {
         // Dead-lettering runs on its own task: the target may be this very queue.
         tokio::spawn(async move { manager.dead_letter(&exchange, message).await });
     }
+}
+
+/// Whether a queue task goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
 }
 
 fn delivery_error(error: DeliveryError) -> QueueError {

@@ -51,7 +51,9 @@ pub(crate) async fn serve(
 ) {
     let (mut reader, writer) = socket.into_split();
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT_MAX);
-    let writer_task = tokio::spawn(write_responses(writer, pending_rx, peer));
+    let (push_tx, push_rx) = mpsc::channel::<BytesMut>(PUSH_QUEUE_MAX);
+    let session = Session::new(push_tx);
+    let writer_task = tokio::spawn(write_responses(writer, pending_rx, push_rx, peer));
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_MAX));
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let frame_bytes_max = broker.config.frame_bytes_max;
@@ -91,7 +93,7 @@ pub(crate) async fn serve(
             let handler_broker = broker.clone();
             // The ordered phase runs here, before the next request is read; the rest runs as
             // its own task so slow requests (long polls, fsync waits) overlap.
-            let completion = dispatch::handle(&handler_broker, request).await;
+            let completion = dispatch::handle(&handler_broker, request, &session, header).await;
             let task = tokio::spawn(async move {
                 let response = completion.await?;
                 let mut out = BytesMut::new();
@@ -124,31 +126,107 @@ pub(crate) async fn serve(
             }
         }
     }
-    // Dropping the sender lets the writer finish every in-flight response, then stop.
+    // The connection's consumers go away with it: their unacknowledged deliveries return
+    // to their queues, marked redelivered.
+    session.cancel_all(&broker).await;
+    // Dropping the senders lets the writer finish every in-flight response, then stop.
     drop(pending_tx);
+    drop(session);
     let _ = writer_task.await;
 }
 
+/// Pushed frames (queue deliveries) buffered per connection before forwarders wait: the
+/// prefetch windows of its consumers already bound how many are outstanding.
+pub const PUSH_QUEUE_MAX: usize = 1024;
+
+/// What a connection's requests share: the channel for pushed frames and the consumers
+/// started on it.
+#[derive(Debug)]
+pub struct Session {
+    push: mpsc::Sender<BytesMut>,
+    consumers: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl Session {
+    fn new(push: mpsc::Sender<BytesMut>) -> Session {
+        Session {
+            push,
+            consumers: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The sender for pushed frames.
+    pub fn push(&self) -> mpsc::Sender<BytesMut> {
+        self.push.clone()
+    }
+
+    /// Remembers a consumer started on this connection.
+    pub fn add_consumer(&self, queue: &str, consumer: u64) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push((queue.to_string(), consumer));
+    }
+
+    /// Forgets a cancelled consumer.
+    pub fn remove_consumer(&self, queue: &str, consumer: u64) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|(name, id)| !(name == queue && *id == consumer));
+    }
+
+    async fn cancel_all(&self, broker: &Broker) {
+        let consumers = std::mem::take(
+            &mut *self
+                .consumers
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        for (queue, consumer) in consumers {
+            broker.queues.cancel(&queue, consumer).await;
+        }
+    }
+}
+
+/// Writes responses in request order, and pushed frames whenever they come (between
+/// responses, never inside one).
 async fn write_responses(
     mut writer: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
+    mut push_rx: mpsc::Receiver<BytesMut>,
     peer: SocketAddr,
 ) {
-    while let Some(pending) = pending_rx.recv().await {
-        let (bytes, close) = match pending {
-            Pending::Running(task, permit) => {
-                let bytes = match task.await {
-                    Ok(bytes) => bytes,
+    let mut current: Option<(JoinHandle<Option<BytesMut>>, OwnedSemaphorePermit)> = None;
+    let mut pushes_open = true;
+    loop {
+        let (bytes, close) = tokio::select! {
+            pushed = push_rx.recv(), if pushes_open => match pushed {
+                Some(bytes) => (Some(bytes), false),
+                None => {
+                    pushes_open = false;
+                    continue;
+                }
+            },
+            finished = async { current.as_mut().map(|(task, _)| task).expect("guarded by is_some").await }, if current.is_some() => {
+                current = None;
+                match finished {
+                    Ok(bytes) => (bytes, false),
                     Err(error) => {
                         // A handler panicked: a bug. Close rather than answer out of order.
                         tracing::error!(%peer, %error, "request handler failed");
                         break;
                     }
-                };
-                drop(permit);
-                (bytes, false)
-            }
-            Pending::Fatal(bytes) => (bytes, true),
+                }
+            },
+            next = pending_rx.recv(), if current.is_none() => match next {
+                Some(Pending::Running(task, permit)) => {
+                    current = Some((task, permit));
+                    continue;
+                }
+                Some(Pending::Fatal(bytes)) => (bytes, true),
+                None => break,
+            },
         };
         if let Some(bytes) = bytes {
             if let Err(error) = writer.write_all(&bytes).await {

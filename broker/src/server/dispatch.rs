@@ -18,10 +18,17 @@ use wharf_protocol::{ErrorCode, Request, Response};
 use crate::group::CommitCheck;
 use crate::offsets::Committed;
 use crate::producer::{last_sequence, BatchMetadata, Verdict};
+use crate::queue::delivery::Requeue;
+use crate::queue::exchange::ExchangeKind;
+use crate::queue::manager::{args_from_pairs, Durability, Message, Published, QueueError};
+use crate::server::connection::Session;
 use crate::server::Broker;
 use crate::storage::{Appended, Error as StorageError, Partition};
 use crate::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
 use crate::txn::Membership;
+use wharf_protocol::batch::Header;
+use wharf_protocol::frame::FrameHeader;
+use wharf_protocol::wire::Wire;
 
 /// Longest a fetch may wait for data, whatever the client asks.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
@@ -53,7 +60,12 @@ fn ready(response: Response) -> Completion {
 /// connection take effect in the order they were sent (two pipelined produces to a partition
 /// append in order, as Kafka guarantees); the returned completions run concurrently and the
 /// connection writes their responses in request order.
-pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: Request,
+    session: &Session,
+    header: FrameHeader,
+) -> Completion {
     if let Some(names) = listed_names(&request) {
         if names > REQUEST_NAMES_MAX {
             let message =
@@ -130,6 +142,102 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Completion {
             broker.txn.offset_commit(request).await,
         )),
         Request::EndTxn(request) => ready(Response::EndTxn(broker.txn.end(request).await)),
+        Request::Publish(request) => publish(broker, request),
+        Request::Subscribe(request) => ready(Response::Subscribe(
+            subscribe(broker, request, session, header).await,
+        )),
+        Request::Ack(request) => ready(Response::Ack(admin_answer(
+            ack(broker, request, session).await,
+        ))),
+        Request::Cancel(request) => {
+            broker
+                .queues
+                .cancel(&request.queue, request.consumer_id)
+                .await;
+            session.remove_consumer(&request.queue, request.consumer_id);
+            ready(Response::Cancel(QueueAdminResponse::default()))
+        }
+        Request::DeclareExchange(request) => ready(Response::DeclareExchange(admin_answer(
+            declare_exchange(broker, request),
+        ))),
+        Request::DeclareQueue(request) => {
+            let broker = broker.clone();
+            // Opening a queue's storage creates and fsyncs files: off the runtime's workers.
+            let outcome =
+                tokio::task::spawn_blocking(move || declare_queue(&broker, request)).await;
+            let outcome =
+                outcome.unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())));
+            ready(Response::DeclareQueue(admin_answer(outcome)))
+        }
+        Request::DeleteQueue(request) => ready(Response::DeleteQueue(admin_answer(
+            broker.queues.delete_queue(&request.name).await,
+        ))),
+        Request::BindQueue(request) => {
+            let pairs: Vec<(&str, &str)> = request
+                .headers
+                .iter()
+                .map(|entry| (entry.key.as_str(), entry.value.as_str()))
+                .collect();
+            let outcome = broker.queues.bind(
+                &request.queue,
+                &request.exchange,
+                &request.routing_key,
+                &pairs,
+            );
+            ready(Response::BindQueue(admin_answer(outcome)))
+        }
+        Request::UnbindQueue(request) => {
+            let pairs: Vec<(&str, &str)> = request
+                .headers
+                .iter()
+                .map(|entry| (entry.key.as_str(), entry.value.as_str()))
+                .collect();
+            let outcome = broker
+                .queues
+                .unbind(
+                    &request.queue,
+                    &request.exchange,
+                    &request.routing_key,
+                    &pairs,
+                )
+                .map(|_| ());
+            ready(Response::UnbindQueue(admin_answer(outcome)))
+        }
+        Request::PurgeQueue(request) => ready(Response::PurgeQueue(
+            match broker.queues.purge(&request.name).await {
+                Ok(purged) => PurgeQueueResponse {
+                    purged,
+                    ..PurgeQueueResponse::default()
+                },
+                Err(error) => PurgeQueueResponse {
+                    error: queue_error_code(&error),
+                    error_message: Some(error.to_string()),
+                    purged: 0,
+                },
+            },
+        )),
+        Request::ListQueues(_) => ready(Response::ListQueues(ListQueuesResponse {
+            queues: broker
+                .queues
+                .list()
+                .await
+                .into_iter()
+                .map(|stats| QueueListing {
+                    durable: stats.durability == Durability::Durable,
+                    name: stats.name,
+                    ready: stats.ready,
+                    unacked: stats.unacked,
+                    consumers: stats.consumers,
+                })
+                .collect(),
+            ..ListQueuesResponse::default()
+        })),
+        // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
+        Request::Deliver(_) => ready(Response::error_only(
+            wharf_protocol::ApiKey::Deliver,
+            ErrorCode::InvalidRequest,
+            "clients cannot send Deliver".to_string(),
+        )),
     }
 }
 
@@ -186,6 +294,204 @@ fn dedupe(names: Vec<String>) -> Vec<String> {
         .into_iter()
         .filter(|name| seen.insert(name.clone()))
         .collect()
+}
+
+/// The wire code of a queue-layer error.
+pub fn queue_error_code(error: &QueueError) -> ErrorCode {
+    match error {
+        QueueError::UnknownExchange(_) => ErrorCode::UnknownExchange,
+        QueueError::UnknownQueue(_) | QueueError::Gone(_) => ErrorCode::UnknownQueue,
+        QueueError::DeclareMismatch(_) => ErrorCode::PreconditionFailed,
+        QueueError::Invalid(_) => ErrorCode::InvalidRequest,
+        QueueError::QueueFull { .. } => ErrorCode::QueueFull,
+        QueueError::UnknownDeliveryTag(_) => ErrorCode::UnknownDeliveryTag,
+        QueueError::Storage(_) => ErrorCode::StorageFailed,
+    }
+}
+
+fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
+    match outcome {
+        Ok(()) => QueueAdminResponse::default(),
+        Err(error) => QueueAdminResponse {
+            error: queue_error_code(&error),
+            error_message: Some(error.to_string()),
+        },
+    }
+}
+
+fn declare_exchange(broker: &Broker, request: DeclareExchangeRequest) -> Result<(), QueueError> {
+    let kind = ExchangeKind::parse(&request.kind).ok_or_else(|| {
+        QueueError::Invalid(format!(
+            "exchange type {:?} is not direct, fanout, topic or headers",
+            request.kind
+        ))
+    })?;
+    let durability = if request.durable {
+        Durability::Durable
+    } else {
+        Durability::Transient
+    };
+    broker
+        .queues
+        .declare_exchange(&request.name, kind, durability)
+}
+
+fn declare_queue(broker: &Broker, request: DeclareQueueRequest) -> Result<(), QueueError> {
+    let args = args_from_pairs(
+        request
+            .args
+            .iter()
+            .map(|entry| (entry.key.as_str(), entry.value.as_str())),
+    )?;
+    let durability = if request.durable {
+        Durability::Durable
+    } else {
+        Durability::Transient
+    };
+    broker.queues.declare_queue(&request.name, args, durability)
+}
+
+/// Publishes; the answer (the publisher confirm) completes once the message is durable in
+/// every queue it routed to. The ordered phase starts the publish so that messages of one
+/// connection are stored in the order they were sent.
+fn publish(broker: &Arc<Broker>, request: PublishRequest) -> Completion {
+    let broker = broker.clone();
+    Box::pin(async move {
+        let message = Message {
+            routing_key: request.routing_key,
+            body: request.body,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|entry| Header {
+                    key: entry.key,
+                    value: entry.value,
+                })
+                .collect(),
+        };
+        let response = match broker.queues.publish(&request.exchange, message).await {
+            Ok(Published::Routed(queues)) => PublishResponse {
+                queues,
+                ..PublishResponse::default()
+            },
+            Ok(Published::Unroutable) if request.mandatory => PublishResponse {
+                error: ErrorCode::Unroutable,
+                error_message: Some(
+                    "no queue matched the mandatory message; it was not stored".to_string(),
+                ),
+                queues: Vec::new(),
+            },
+            Ok(Published::Unroutable) => {
+                broker
+                    .queues
+                    .dropped_unroutable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                PublishResponse::default()
+            }
+            Err(error) => PublishResponse {
+                error: queue_error_code(&error),
+                error_message: Some(error.to_string()),
+                queues: Vec::new(),
+            },
+        };
+        Some(Response::Publish(response))
+    })
+}
+
+async fn subscribe(
+    broker: &Arc<Broker>,
+    request: SubscribeRequest,
+    session: &Session,
+    header: FrameHeader,
+) -> SubscribeResponse {
+    let (consumer_id, mut deliveries) = match broker
+        .queues
+        .subscribe(&request.queue, request.prefetch)
+        .await
+    {
+        Ok(started) => started,
+        Err(error) => {
+            return SubscribeResponse {
+                error: queue_error_code(&error),
+                error_message: Some(error.to_string()),
+                consumer_id: 0,
+            }
+        }
+    };
+    session.add_consumer(&request.queue, consumer_id);
+    let push = session.push();
+    let push_header = FrameHeader {
+        api_key: wharf_protocol::ApiKey::Deliver.code(),
+        api_version: 0,
+        correlation_id: header.correlation_id,
+    };
+    tokio::spawn(async move {
+        while let Some(delivered) = deliveries.recv().await {
+            let pushed = DeliverPush {
+                consumer_id,
+                delivery_tag: delivered.tag,
+                redelivered: delivered.redelivered,
+                routing_key: delivered
+                    .record
+                    .key
+                    .as_ref()
+                    .map(|key| String::from_utf8_lossy(key).into_owned())
+                    .unwrap_or_default(),
+                timestamp_ms: delivered.record.timestamp_ms,
+                headers: delivered
+                    .record
+                    .headers
+                    .into_iter()
+                    .map(|header| HeaderEntry {
+                        key: header.key,
+                        value: header.value,
+                    })
+                    .collect(),
+                body: delivered.record.value.unwrap_or_default(),
+            };
+            let mut out = BytesMut::new();
+            wharf_protocol::frame::encode_frame(push_header, &mut out, |body| pushed.encode(body));
+            if push.send(out).await.is_err() {
+                // The connection is gone; its consumers are cancelled as it closes.
+                break;
+            }
+        }
+    });
+    SubscribeResponse {
+        consumer_id,
+        ..SubscribeResponse::default()
+    }
+}
+
+async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<(), QueueError> {
+    let _ = session;
+    if request.negative {
+        let requeue = if request.requeue {
+            Requeue::Yes
+        } else {
+            Requeue::No
+        };
+        broker
+            .queues
+            .nack(
+                &request.queue,
+                request.consumer_id,
+                request.delivery_tag,
+                request.multiple,
+                requeue,
+            )
+            .await
+    } else {
+        broker
+            .queues
+            .ack(
+                &request.queue,
+                request.consumer_id,
+                request.delivery_tag,
+                request.multiple,
+            )
+            .await
+    }
 }
 
 /// Maps a storage error to its wire code and message (the one place this happens).

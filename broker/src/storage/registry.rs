@@ -113,7 +113,10 @@ impl Registry {
                 continue;
             }
             let Some((topic, partition)) = parse_partition_dir_name(&name) else {
-                tracing::warn!(dir = %path.display(), "ignoring directory that is not a partition");
+                // The queues live beside the partitions in their own directory.
+                if name != "queues" {
+                    tracing::warn!(dir = %path.display(), "ignoring directory that is not a partition");
+                }
                 continue;
             };
             let config = config_for(&topic, partition);
