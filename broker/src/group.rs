@@ -27,6 +27,15 @@ pub const GROUP_MEMBERS_MAX: usize = 1000;
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 /// Most groups with members at once.
 pub const GROUPS_MAX: usize = 100_000;
+/// Shortest session timeout a member may ask for: shorter ones expire on scheduling noise.
+pub const SESSION_TIMEOUT_MS_MIN: u32 = 100;
+/// Heartbeats a member sends per session timeout (Kafka's ratio): two may be lost before it
+/// expires.
+pub const HEARTBEATS_PER_SESSION: u32 = 3;
+/// Shortest heartbeat interval handed out, so members never heartbeat in a busy loop.
+pub const HEARTBEAT_INTERVAL_MS_MIN: u32 = 50;
+/// Characters of the client id kept in a member id (readable, bounded).
+pub const MEMBER_ID_PREFIX_CHARS_MAX: usize = 64;
 /// Longest session timeout a member may ask for.
 pub const SESSION_TIMEOUT_MS_MAX: u32 = 30 * 60 * 1000;
 
@@ -182,7 +191,7 @@ impl Coordinator {
         member.last_heartbeat_ms = now;
         member.session_timeout_ms = match request.session_timeout_ms {
             0 => self.default_session_timeout_ms,
-            asked => asked.clamp(100, SESSION_TIMEOUT_MS_MAX),
+            asked => asked.clamp(SESSION_TIMEOUT_MS_MIN, SESSION_TIMEOUT_MS_MAX),
         };
         let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
         if member.topics != topics {
@@ -205,7 +214,8 @@ impl Coordinator {
             error_message: None,
             member_id,
             generation: group.generation,
-            heartbeat_interval_ms: (member.session_timeout_ms / 3).max(50),
+            heartbeat_interval_ms: (member.session_timeout_ms / HEARTBEATS_PER_SESSION)
+                .max(HEARTBEAT_INTERVAL_MS_MIN),
             assignment: to_wire(&member.assignment),
         }
     }
@@ -407,7 +417,7 @@ fn sanitize(client_id: &str) -> String {
         .filter(|character| {
             character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.')
         })
-        .take(64)
+        .take(MEMBER_ID_PREFIX_CHARS_MAX)
         .collect();
     if cleaned.is_empty() {
         "member".to_string()

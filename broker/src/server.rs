@@ -31,6 +31,8 @@ use crate::txn::{TxnCoordinator, TxnLoaded};
 pub const NODE_ID: i32 = 0;
 /// How often expired group sessions are looked for.
 const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest retention check interval: retention scans every partition.
+const RETENTION_CHECK_INTERVAL_MS_MIN: u64 = 10;
 /// The queues' directory inside the data directory.
 pub const QUEUES_DIR: &str = "queues";
 /// How often producer-state snapshots are written (bounds the replay after a crash).
@@ -314,7 +316,12 @@ fn spawn_background(broker: &Arc<Broker>, shutdown: watch::Receiver<bool>) -> Ve
         let broker = broker.clone();
         let mut shutdown = shutdown;
         tokio::spawn(async move {
-            let period = Duration::from_millis(broker.config.retention_check_interval_ms.max(10));
+            let period = Duration::from_millis(
+                broker
+                    .config
+                    .retention_check_interval_ms
+                    .max(RETENTION_CHECK_INTERVAL_MS_MIN),
+            );
             let mut ticker = tokio::time::interval(period);
             ticker.tick().await;
             loop {

@@ -55,6 +55,15 @@ wire_struct! {
     }
 }
 
+/// Who a topic is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicKind {
+    /// Created by clients; counts against `partitions_max`, may not use the `__` prefix.
+    User,
+    /// Broker state (`__consumer_offsets`, `__transaction_state`).
+    Internal,
+}
+
 /// Why a topic operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -172,7 +181,7 @@ impl Topics {
         partitions: u32,
         overrides: Vec<(String, String)>,
     ) -> Result<TopicInfo, TopicError> {
-        self.create_inner(name, partitions, overrides, false)
+        self.create_inner(name, partitions, overrides, TopicKind::User)
     }
 
     /// Creates an internal topic (name starting with `__`) if it does not exist.
@@ -188,7 +197,7 @@ impl Topics {
         if let Some(info) = self.get(name) {
             return Ok(info);
         }
-        self.create_inner(name, partitions, overrides, true)
+        self.create_inner(name, partitions, overrides, TopicKind::Internal)
     }
 
     fn create_inner(
@@ -196,7 +205,7 @@ impl Topics {
         name: &str,
         partitions: u32,
         overrides: Vec<(String, String)>,
-        internal: bool,
+        kind: TopicKind,
     ) -> Result<TopicInfo, TopicError> {
         validate_topic_name(name).map_err(|error| TopicError::InvalidName {
             name: name.to_string(),
@@ -205,7 +214,7 @@ impl Topics {
                 other => other.to_string(),
             },
         })?;
-        if !internal && name.starts_with(INTERNAL_TOPIC_PREFIX) {
+        if kind == TopicKind::User && name.starts_with(INTERNAL_TOPIC_PREFIX) {
             return Err(TopicError::InvalidName {
                 name: name.to_string(),
                 reason: format!("names starting with {INTERNAL_TOPIC_PREFIX:?} are reserved"),
@@ -239,7 +248,7 @@ impl Topics {
             self.partitions_max
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        if !internal && existing + u64::from(partitions) > limit {
+        if kind == TopicKind::User && existing + u64::from(partitions) > limit {
             return Err(TopicError::InvalidConfig(format!(
                 "{partitions} more partitions would exceed partitions_max {limit} ({existing} exist)"
             )));

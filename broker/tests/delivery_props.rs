@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use wharf_broker::queue::delivery::{
-    Action, ConsumerId, DeliveryState, DeliveryTag, MessageId, MessageMeta, QueueLimits, Requeue,
+    AckScope, Action, ConsumerId, DeliveryState, DeliveryTag, MessageId, MessageMeta, QueueLimits,
+    Requeue,
 };
 
 #[derive(Debug, Clone)]
@@ -151,16 +152,18 @@ proptest! {
                 }
                 Op::Ack { pick, multiple } => {
                     if let Some((tag, consumer)) = pick_tag(&model, pick) {
-                        let actions = state.ack(consumer, tag, multiple).expect("outstanding tag");
+                        let scope = if multiple { AckScope::Multiple } else { AckScope::Single };
+                        let actions = state.ack(consumer, tag, scope).expect("outstanding tag");
                         model.outstanding.retain(|other, (owner, _)| !(*owner == consumer && (*other == tag || (multiple && *other < tag))));
                         apply(&mut model, &actions)?;
-                        prop_assert!(state.ack(consumer, tag, false).is_err(), "double ack accepted");
+                        prop_assert!(state.ack(consumer, tag, AckScope::Single).is_err(), "double ack accepted");
                     }
                 }
                 Op::Nack { pick, multiple, requeue } => {
                     if let Some((tag, consumer)) = pick_tag(&model, pick) {
                         let requeue = if requeue { Requeue::Yes } else { Requeue::No };
-                        let actions = state.nack(consumer, tag, multiple, requeue).expect("outstanding tag");
+                        let scope = if multiple { AckScope::Multiple } else { AckScope::Single };
+                        let actions = state.nack(consumer, tag, scope, requeue).expect("outstanding tag");
                         model.outstanding.retain(|other, (owner, _)| !(*owner == consumer && (*other == tag || (multiple && *other < tag))));
                         apply(&mut model, &actions)?;
                     }

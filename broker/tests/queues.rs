@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use wharf_broker::queue::delivery::{ConsumerId, Requeue};
+use wharf_broker::queue::delivery::{AckScope, ConsumerId, Requeue};
 use wharf_broker::queue::exchange::ExchangeKind;
 use wharf_broker::queue::manager::{
     args_from_pairs, Delivered, Durability, Message, Published, QueueArgs, QueueError, QueueManager,
@@ -131,12 +131,14 @@ async fn routes_through_exchanges_and_pushes_within_prefetch() {
             .is_err()
     );
     manager
-        .ack("errors", consumer, first.tag, false)
+        .ack("errors", consumer, first.tag, AckScope::Single)
         .await
         .unwrap();
     assert_eq!(body(&next(&mut deliveries).await), "direct");
     assert!(matches!(
-        manager.ack("errors", consumer, first.tag, false).await,
+        manager
+            .ack("errors", consumer, first.tag, AckScope::Single)
+            .await,
         Err(QueueError::UnknownDeliveryTag(_))
     ));
 }
@@ -170,7 +172,7 @@ async fn durable_queue_keeps_unacked_messages_across_a_restart() {
             .filter(|delivered| body(delivered).ends_with(['0', '2', '4', '6', '8']))
         {
             manager
-                .ack("jobs", consumer, delivered.tag, false)
+                .ack("jobs", consumer, delivered.tag, AckScope::Single)
                 .await
                 .unwrap();
         }
@@ -209,14 +211,14 @@ async fn nack_with_requeue_redelivers_and_reject_dead_letters_with_the_reason() 
     let (consumer, mut deliveries) = manager.subscribe("work", 1).await.unwrap();
     let first = next(&mut deliveries).await;
     manager
-        .nack("work", consumer, first.tag, false, Requeue::Yes)
+        .nack("work", consumer, first.tag, AckScope::Single, Requeue::Yes)
         .await
         .unwrap();
     let again = next(&mut deliveries).await;
     assert_eq!(body(&again), "m1");
     assert!(again.redelivered);
     manager
-        .nack("work", consumer, again.tag, false, Requeue::No)
+        .nack("work", consumer, again.tag, AckScope::Single, Requeue::No)
         .await
         .unwrap();
     let (_, dead) = take(&manager, "dead", 1).await;
@@ -298,7 +300,13 @@ async fn ttl_overflow_and_delivery_limit_dead_letter_with_their_reasons() {
     for _ in 0..2 {
         let delivered = next(&mut poison).await;
         manager
-            .nack("poison", consumer, delivered.tag, false, Requeue::Yes)
+            .nack(
+                "poison",
+                consumer,
+                delivered.tag,
+                AckScope::Single,
+                Requeue::Yes,
+            )
             .await
             .unwrap();
     }

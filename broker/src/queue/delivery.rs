@@ -284,7 +284,7 @@ impl DeliveryState {
         &self,
         consumer: ConsumerId,
         tag: DeliveryTag,
-        multiple: bool,
+        scope: AckScope,
     ) -> Result<Vec<DeliveryTag>, DeliveryError> {
         let state = self
             .consumers
@@ -293,7 +293,7 @@ impl DeliveryState {
         if !state.tags.contains(&tag) {
             return Err(DeliveryError::UnknownDeliveryTag { tag });
         }
-        Ok(if multiple {
+        Ok(if scope == AckScope::Multiple {
             state.tags.range(..=tag).copied().collect()
         } else {
             vec![tag]
@@ -315,9 +315,9 @@ impl DeliveryState {
         &mut self,
         consumer: ConsumerId,
         tag: DeliveryTag,
-        multiple: bool,
+        scope: AckScope,
     ) -> Result<Vec<Action>, DeliveryError> {
-        let tags = self.covered(consumer, tag, multiple)?;
+        let tags = self.covered(consumer, tag, scope)?;
         Ok(tags
             .into_iter()
             .filter_map(|tag| self.take(consumer, tag))
@@ -334,10 +334,10 @@ impl DeliveryState {
         &mut self,
         consumer: ConsumerId,
         tag: DeliveryTag,
-        multiple: bool,
+        scope: AckScope,
         requeue: Requeue,
     ) -> Result<Vec<Action>, DeliveryError> {
-        let tags = self.covered(consumer, tag, multiple)?;
+        let tags = self.covered(consumer, tag, scope)?;
         let mut actions = Vec::new();
         for tag in tags {
             let Some(unacked) = self.take(consumer, tag) else {
@@ -448,6 +448,15 @@ fn max_length_is_zero(limits: &QueueLimits) -> bool {
     limits.max_length == Some(0)
 }
 
+/// Which deliveries an ack or nack covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckScope {
+    /// Only the named delivery tag.
+    Single,
+    /// The named tag and every earlier unsettled tag of the same consumer.
+    Multiple,
+}
+
 /// Whether a nacked message returns to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
@@ -497,7 +506,7 @@ mod tests {
             vec![0, 1, 2]
         );
         assert!(state.dispatch(0).is_empty());
-        state.ack(1, first[0].tag, false).unwrap();
+        state.ack(1, first[0].tag, AckScope::Single).unwrap();
         assert_eq!(deliveries(&state.dispatch(0)).len(), 1);
         assert_eq!(state.consumer_unacked(1), 3);
     }
@@ -519,7 +528,9 @@ mod tests {
         let mut state = queue_with(QueueLimits::default(), 0..3);
         state.add_consumer(1, 1);
         let first = deliveries(&state.dispatch(0))[0];
-        state.nack(1, first.tag, false, Requeue::Yes).unwrap();
+        state
+            .nack(1, first.tag, AckScope::Single, Requeue::Yes)
+            .unwrap();
         let again = deliveries(&state.dispatch(0))[0];
         assert_eq!(again.message, 0);
         assert!(again.redelivered);
@@ -537,7 +548,7 @@ mod tests {
         let redelivered = deliveries(&state.dispatch(0));
         assert!(redelivered.is_empty(), "consumer 2 is full");
         let two: Vec<Delivery> = given.iter().filter(|d| d.consumer == 2).copied().collect();
-        state.ack(2, two[1].tag, true).unwrap();
+        state.ack(2, two[1].tag, AckScope::Multiple).unwrap();
         let redelivered = deliveries(&state.dispatch(0));
         assert_eq!(
             redelivered.iter().map(|d| d.message).collect::<Vec<_>>(),
@@ -552,19 +563,19 @@ mod tests {
         state.add_consumer(1, 0);
         let delivery = deliveries(&state.dispatch(0))[0];
         assert_eq!(
-            state.ack(1, 99, false),
+            state.ack(1, 99, AckScope::Single),
             Err(DeliveryError::UnknownDeliveryTag { tag: 99 })
         );
         assert_eq!(
-            state.ack(1, delivery.tag, false).unwrap(),
+            state.ack(1, delivery.tag, AckScope::Single).unwrap(),
             vec![Action::Settle(0)]
         );
         assert_eq!(
-            state.ack(1, delivery.tag, false),
+            state.ack(1, delivery.tag, AckScope::Single),
             Err(DeliveryError::UnknownDeliveryTag { tag: delivery.tag })
         );
         assert_eq!(
-            state.ack(7, 1, false),
+            state.ack(7, 1, AckScope::Single),
             Err(DeliveryError::UnknownConsumer { consumer: 7 })
         );
     }
@@ -574,7 +585,9 @@ mod tests {
         let mut state = queue_with(QueueLimits::default(), 0..1);
         state.add_consumer(1, 0);
         let delivery = deliveries(&state.dispatch(0))[0];
-        let actions = state.nack(1, delivery.tag, false, Requeue::No).unwrap();
+        let actions = state
+            .nack(1, delivery.tag, AckScope::Single, Requeue::No)
+            .unwrap();
         assert_eq!(
             actions,
             vec![Action::DeadLetter(0, DeadLetterReason::Rejected)]
@@ -593,7 +606,9 @@ mod tests {
         let mut outcome = Vec::new();
         for _ in 0..3 {
             let delivery = deliveries(&state.dispatch(0))[0];
-            outcome = state.nack(1, delivery.tag, false, Requeue::Yes).unwrap();
+            outcome = state
+                .nack(1, delivery.tag, AckScope::Single, Requeue::Yes)
+                .unwrap();
         }
         assert_eq!(
             outcome,

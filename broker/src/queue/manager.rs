@@ -27,8 +27,8 @@ use wharf_protocol::wire_struct;
 
 use crate::queue::delay::{DelayQueue, DELAY_HEADER, DELAY_MS_MAX, DUE_HEADER};
 use crate::queue::delivery::{
-    Action, ConsumerId, DeadLetterReason, DeliveryError, DeliveryState, DeliveryTag, MessageMeta,
-    Overflow, QueueLimits, Requeue,
+    AckScope, Action, ConsumerId, DeadLetterReason, DeliveryError, DeliveryState, DeliveryTag,
+    MessageMeta, Overflow, QueueLimits, Requeue,
 };
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::store::QueueStore;
@@ -218,8 +218,8 @@ enum Command {
     Publish(Vec<Message>, Confirm),
     Subscribe(ConsumerId, u32, mpsc::Sender<Delivered>),
     Cancel(ConsumerId),
-    Ack(ConsumerId, DeliveryTag, bool, Confirm),
-    Nack(ConsumerId, DeliveryTag, bool, Requeue, Confirm),
+    Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
+    Nack(ConsumerId, DeliveryTag, AckScope, Requeue, Confirm),
     Purge(oneshot::Sender<u64>),
     Stats(oneshot::Sender<QueueStats>),
     Stop(oneshot::Sender<()>),
@@ -698,11 +698,11 @@ impl QueueManager {
         queue: &str,
         consumer: ConsumerId,
         tag: DeliveryTag,
-        multiple: bool,
+        scope: AckScope,
     ) -> Result<(), QueueError> {
         let (reply, answer) = oneshot::channel();
         self.sender(queue)?
-            .send(Command::Ack(consumer, tag, multiple, reply))
+            .send(Command::Ack(consumer, tag, scope, reply))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
         answer
@@ -719,12 +719,12 @@ impl QueueManager {
         queue: &str,
         consumer: ConsumerId,
         tag: DeliveryTag,
-        multiple: bool,
+        scope: AckScope,
         requeue: Requeue,
     ) -> Result<(), QueueError> {
         let (reply, answer) = oneshot::channel();
         self.sender(queue)?
-            .send(Command::Nack(consumer, tag, multiple, requeue, reply))
+            .send(Command::Nack(consumer, tag, scope, requeue, reply))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
         answer
@@ -1111,20 +1111,18 @@ impl QueueTask {
                     self.flush_acks(&mut acks).await;
                     publishes.push((messages, reply));
                 }
-                Command::Ack(consumer, tag, multiple, reply) => {
+                Command::Ack(consumer, tag, scope, reply) => {
                     self.flush_publishes(&mut publishes).await;
                     acks.push((
-                        self.state
-                            .ack(consumer, tag, multiple)
-                            .map_err(delivery_error),
+                        self.state.ack(consumer, tag, scope).map_err(delivery_error),
                         reply,
                     ));
                 }
-                Command::Nack(consumer, tag, multiple, requeue, reply) => {
+                Command::Nack(consumer, tag, scope, requeue, reply) => {
                     self.flush_publishes(&mut publishes).await;
                     acks.push((
                         self.state
-                            .nack(consumer, tag, multiple, requeue)
+                            .nack(consumer, tag, scope, requeue)
                             .map_err(delivery_error),
                         reply,
                     ));
@@ -1211,21 +1209,18 @@ impl QueueTask {
                     tracing::warn!(queue = self.name, %error, "returning a cancelled consumer's deliveries failed");
                 }
             }
-            Command::Ack(consumer, tag, multiple, reply) => {
-                let outcome = self
-                    .state
-                    .ack(consumer, tag, multiple)
-                    .map_err(delivery_error);
+            Command::Ack(consumer, tag, scope, reply) => {
+                let outcome = self.state.ack(consumer, tag, scope).map_err(delivery_error);
                 let outcome = match outcome {
                     Ok(actions) => self.apply(actions).await,
                     Err(error) => Err(error),
                 };
                 let _ = reply.send(outcome);
             }
-            Command::Nack(consumer, tag, multiple, requeue, reply) => {
+            Command::Nack(consumer, tag, scope, requeue, reply) => {
                 let outcome = match self
                     .state
-                    .nack(consumer, tag, multiple, requeue)
+                    .nack(consumer, tag, scope, requeue)
                     .map_err(delivery_error)
                 {
                     Ok(actions) => self.apply(actions).await,

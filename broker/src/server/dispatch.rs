@@ -18,7 +18,7 @@ use wharf_protocol::{ErrorCode, Request, Response};
 use crate::group::CommitCheck;
 use crate::offsets::Committed;
 use crate::producer::{last_sequence, BatchMetadata, Verdict};
-use crate::queue::delivery::Requeue;
+use crate::queue::delivery::{AckScope, Requeue};
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::manager::{args_from_pairs, Durability, Message, Published, QueueError};
 use crate::server::connection::Session;
@@ -465,6 +465,11 @@ async fn subscribe(
 
 async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<(), QueueError> {
     let _ = session;
+    let scope = if request.multiple {
+        AckScope::Multiple
+    } else {
+        AckScope::Single
+    };
     if request.negative {
         let requeue = if request.requeue {
             Requeue::Yes
@@ -477,7 +482,7 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<
                 &request.queue,
                 request.consumer_id,
                 request.delivery_tag,
-                request.multiple,
+                scope,
                 requeue,
             )
             .await
@@ -488,7 +493,7 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<
                 &request.queue,
                 request.consumer_id,
                 request.delivery_tag,
-                request.multiple,
+                scope,
             )
             .await
     }

@@ -8,6 +8,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::server::{connection, Broker};
 
+/// How long to wait after a failed accept (for example out of file descriptors) before
+/// trying again, so the loop does not spin while the condition lasts.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Accepts until `shutdown` turns true. Each connection task holds a clone of `done` so the
 /// caller can wait for all of them to finish.
 pub(crate) async fn accept_loop(
@@ -34,7 +38,7 @@ pub(crate) async fn accept_loop(
             Err(error) => {
                 // Running out of file descriptors and the like: back off briefly, keep going.
                 tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             }
         };

@@ -7,7 +7,8 @@ use crate::storage::error::{Error, Result};
 /// `i32::MAX` bytes, so a segment never outgrows what an index entry can address.
 pub const SEGMENT_BYTES_MAX_LIMIT: u64 = i32::MAX as u64;
 
-/// Smallest allowed segment: one maximal batch must fit in a fresh segment.
+/// Smallest allowed segment: small enough for tests to roll often. A batch larger than the
+/// segment still fits: a fresh segment always takes one batch, whatever its size.
 pub const SEGMENT_BYTES_MIN_LIMIT: u64 = 64 * 1024;
 
 /// When an acknowledgement that asks for durability may be given.
