@@ -310,6 +310,10 @@ from_response! {
     DescribeGroups => DescribeGroupsResponse,
     ListGroups => ListGroupsResponse,
     InitProducerId => InitProducerIdResponse,
+    AddPartitionsToTxn => AddPartitionsToTxnResponse,
+    AddOffsetsToTxn => AddOffsetsToTxnResponse,
+    TxnOffsetCommit => TxnOffsetCommitResponse,
+    EndTxn => EndTxnResponse,
 }
 
 /// The answer to a request started with [`Client::start`].

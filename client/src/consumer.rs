@@ -29,7 +29,7 @@ use wharf_protocol::{ErrorCode, Request};
 
 use crate::cluster::{Client, Target};
 use crate::error::{Error, Result};
-use crate::fetch::{decode_partition, ConsumerRecord};
+use crate::fetch::{decode_partition, ConsumerRecord, FetchedPartition};
 use crate::metadata::TopicPartition;
 use crate::offsets;
 
@@ -181,6 +181,17 @@ pub struct Consumer {
     last_auto_commit: Instant,
 }
 
+/// A consumer's group identity, for committing offsets inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    /// The consumer group.
+    pub group_id: String,
+    /// The member id, empty for a consumer with manual assignment.
+    pub member_id: String,
+    /// The member's generation, -1 for a consumer with manual assignment.
+    pub generation: i32,
+}
+
 #[derive(Debug, Clone, Default)]
 struct PartitionState {
     /// Next offset to return; `None` until resolved.
@@ -303,6 +314,20 @@ impl Consumer {
             .map(|partition| (partition, PartitionState::default()))
             .collect();
         Ok(())
+    }
+
+    /// What a transactional producer needs to commit this consumer's offsets in a
+    /// transaction ([`crate::Producer::send_offsets_to_transaction`]): the group and the
+    /// member id and generation the positions belong to, so a fenced member's transactional
+    /// commit is refused like a plain one. `None` without a group id.
+    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        let group_id = self.config.group_id.clone()?;
+        let (member_id, generation) = self.commit_identity();
+        Some(ConsumerGroupMetadata {
+            group_id,
+            member_id,
+            generation,
+        })
     }
 
     /// The partitions this consumer reads now.
@@ -702,7 +727,14 @@ impl Consumer {
             code if code.is_retriable() => return Ok(()),
             code => return Err(Error::server(code, fetched.error_message)),
         }
-        let decoded = decode_partition(topic, fetched.partition, fetched.records, fetch_offset)?;
+        let decoded = decode_partition(FetchedPartition {
+            topic,
+            partition: fetched.partition,
+            records: fetched.records,
+            fetch_offset,
+            isolation: self.config.isolation,
+            aborted: &fetched.aborted_transactions,
+        })?;
         state.position = Some(decoded.next_offset);
         state.fetch_bytes = decoded
             .first_batch_bytes

@@ -120,6 +120,14 @@ pub enum Error {
         /// The fenced epoch.
         producer_epoch: i16,
     },
+    /// The record was discarded because its transaction was aborted before it was sent.
+    TransactionAborted,
+    /// The transaction cannot commit because one of its records or requests failed; abort it
+    /// ([`crate::Producer::abort_transaction`]) and run it again.
+    TransactionFailed {
+        /// The first failure in the transaction.
+        source: Box<Error>,
+    },
     /// The broker refused an idempotent batch as out of order although every earlier batch of
     /// its partition was acknowledged: the broker lost records it had acknowledged, or its
     /// producer state. The batch's records are not written.
@@ -282,6 +290,12 @@ impl fmt::Display for Error {
                 formatter,
                 "broker refused sequence {base_sequence} of producer {producer_id} on {topic}-{partition} as out of order although every earlier batch was acknowledged: acknowledged records may be lost"
             ),
+            Error::TransactionAborted => {
+                formatter.write_str("record discarded: its transaction was aborted")
+            }
+            Error::TransactionFailed { source } => {
+                write!(formatter, "transaction cannot commit, abort it: {source}")
+            }
             Error::Closed => formatter.write_str("the client was closed"),
             Error::InvalidState { reason } => formatter.write_str(reason),
         }
@@ -294,6 +308,7 @@ impl std::error::Error for Error {
             Error::Connect { source, .. } | Error::Io { source, .. } => Some(source.as_ref()),
             Error::Decode(error) => Some(error),
             Error::Batch { source, .. } => Some(source),
+            Error::TransactionFailed { source } => Some(source.as_ref()),
             _ => None,
         }
     }

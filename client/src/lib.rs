@@ -57,7 +57,7 @@ pub use backoff::{Backoff, Jitter};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use cluster::Client;
 pub use config::{ClientConfig, DEFAULT_BROKER};
-pub use consumer::{CommitPolicy, Consumer, ConsumerConfig, OffsetReset};
+pub use consumer::{CommitPolicy, Consumer, ConsumerConfig, ConsumerGroupMetadata, OffsetReset};
 pub use error::{Error, Result};
 pub use fetch::ConsumerRecord;
 pub use metadata::{PartitionDescription, TopicDescription, TopicId, TopicPartition};
@@ -66,5 +66,5 @@ pub use producer::{
     DeliveryFuture, Idempotence, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 
-pub use wharf_protocol::messages::{Acks, Isolation};
+pub use wharf_protocol::messages::{Acks, Isolation, TxnResult};
 pub use wharf_protocol::{ErrorCode, Header};

@@ -47,6 +47,7 @@ mod queue;
 mod sender;
 mod sequence;
 mod task;
+mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,11 +58,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wharf_protocol::messages::Acks;
+use wharf_protocol::messages::{Acks, TxnResult};
 use wharf_protocol::Header;
 
+use self::transaction::TxnCommand;
 use crate::cluster::Client;
+use crate::consumer::ConsumerGroupMetadata;
 use crate::error::{Error, Result};
+use crate::metadata::TopicPartition;
 use crate::partitioner::Partitioner;
 
 /// Records the channel to the background task holds before `enqueue` waits.
@@ -124,6 +128,13 @@ pub struct ProducerConfig {
     /// Bytes of records buffered before `enqueue` waits (default 32 MiB, Kafka's
     /// `buffer.memory`).
     pub buffer_bytes_max: usize,
+    /// Makes the producer transactional (Kafka's `transactional.id`, default `None`): records
+    /// are sent inside transactions ([`Producer::begin_transaction`]) that commit or abort
+    /// atomically, and a new producer with the same id fences this one. Needs idempotence.
+    pub transactional_id: Option<String>,
+    /// How long the broker lets a transaction stay open before it aborts it (default 60 s,
+    /// Kafka's `transaction.timeout.ms`).
+    pub transaction_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -136,6 +147,8 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             partitioner: Partitioner::Murmur2,
             buffer_bytes_max: 32 * 1024 * 1024,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -155,13 +168,40 @@ impl ProducerConfig {
         self
     }
 
+    /// Sets [`ProducerConfig::transactional_id`].
+    #[must_use]
+    pub fn transactional_id(mut self, transactional_id: impl Into<String>) -> Self {
+        self.transactional_id = Some(transactional_id.into());
+        self
+    }
+
+    /// Sets [`ProducerConfig::transaction_timeout`].
+    #[must_use]
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
+    }
+
     /// Checks that the settings fit together.
     ///
     /// # Errors
     /// [`Error::InvalidState`] if idempotence is enabled with acks other than
     /// [`Acks::All`] (as Kafka refuses it: an answer before the batch is durable could be
-    /// followed by a broker crash that loses it while the producer's sequence moved on).
+    /// followed by a broker crash that loses it while the producer's sequence moved on), or
+    /// if a transactional id is set without idempotence or is empty.
     pub fn validate(&self) -> Result<()> {
+        if let Some(transactional_id) = &self.transactional_id {
+            if transactional_id.is_empty() {
+                return Err(Error::InvalidState {
+                    reason: "the transactional id must not be empty",
+                });
+            }
+            if self.idempotence != Idempotence::Enabled {
+                return Err(Error::InvalidState {
+                    reason: "a transactional producer needs idempotence",
+                });
+            }
+        }
         if self.idempotence == Idempotence::Enabled && self.acks != Acks::All {
             return Err(Error::InvalidState {
                 reason: "idempotence requires acks = all: set acks to all or disable idempotence",
@@ -333,6 +373,7 @@ pub struct Producer {
 enum Command {
     Record(Box<Enqueued>),
     Flush(oneshot::Sender<()>),
+    Txn(TxnCommand, oneshot::Sender<Result<()>>),
 }
 
 #[derive(Debug)]
@@ -443,6 +484,105 @@ impl Producer {
             .await
             .map_err(|_| Error::Closed)?;
         waiter.await.map_err(|_| Error::Closed)
+    }
+
+    /// Registers the transactional id with the broker (InitProducerId): fences any earlier
+    /// producer with the same id, and completes or aborts its open transaction. Call it once,
+    /// before the first transaction.
+    ///
+    /// ```no_run
+    /// # async fn example() -> wharf_client::Result<()> {
+    /// use wharf_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+    ///
+    /// let client = Client::connect(ClientConfig::new("127.0.0.1:7420")).await?;
+    /// let config = ProducerConfig::default().transactional_id("billing-1");
+    /// let producer = Producer::new(&client, config);
+    /// producer.init_transactions().await?;
+    ///
+    /// producer.begin_transaction().await?;
+    /// let sent = async {
+    ///     producer.enqueue(ProducerRecord::new("invoices", "42")).await?;
+    ///     producer.enqueue(ProducerRecord::new("ledger", "42")).await?;
+    ///     producer.commit_transaction().await
+    /// };
+    /// if let Err(error) = sent.await {
+    ///     // Fenced: another producer took over the id; this one must stop.
+    ///     if matches!(error, wharf_client::Error::ProducerFenced { .. }) {
+    ///         return Err(error);
+    ///     }
+    ///     producer.abort_transaction().await?;
+    /// }
+    /// producer.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] without a transactional id or if already initialized; the
+    /// broker's error if it refuses (retriable ones are retried until `delivery_timeout`).
+    pub async fn init_transactions(&self) -> Result<()> {
+        self.transaction(TxnCommand::Init).await
+    }
+
+    /// Starts a transaction: records enqueued from now until [`Producer::commit_transaction`]
+    /// or [`Producer::abort_transaction`] belong to it. No request is sent until the first
+    /// record or offsets.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] before `init_transactions` or while a transaction is open;
+    /// [`Error::ProducerFenced`] once fenced.
+    pub async fn begin_transaction(&self) -> Result<()> {
+        self.transaction(TxnCommand::Begin).await
+    }
+
+    /// Commits consumer `offsets` (for each partition, the next offset to consume) of
+    /// `group` as part of the open transaction (consume-transform-produce): they become the
+    /// group's committed offsets if and only if the transaction commits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] with no open transaction; the broker's error
+    /// (`IllegalGeneration`, `UnknownMemberId` for a fenced consumer, [`Error::ProducerFenced`]).
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: Vec<(TopicPartition, i64)>,
+        group: ConsumerGroupMetadata,
+    ) -> Result<()> {
+        self.transaction(TxnCommand::SendOffsets { offsets, group })
+            .await
+    }
+
+    /// Sends every record of the open transaction, waits for their acknowledgements, then
+    /// commits it (EndTxn): its records become visible to read-committed consumers, and its
+    /// offsets committed, atomically.
+    ///
+    /// # Errors
+    /// [`Error::TransactionFailed`] if a record or request of the transaction failed (the
+    /// transaction stays open: abort it); [`Error::ProducerFenced`] if fenced (fatal: the
+    /// broker aborts the transaction); [`Error::InvalidState`] with no open transaction;
+    /// otherwise the broker's last error (then the outcome is unknown until the next
+    /// `init_transactions` of the id completes or aborts it).
+    pub async fn commit_transaction(&self) -> Result<()> {
+        self.transaction(TxnCommand::End(TxnResult::Commit)).await
+    }
+
+    /// Aborts the open transaction: records not yet sent fail with
+    /// [`Error::TransactionAborted`], the producer waits for those in flight, then aborts
+    /// (EndTxn), so nothing of the transaction is ever visible to read-committed consumers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] with no open transaction; [`Error::ProducerFenced`] if fenced;
+    /// the broker's error otherwise.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        self.transaction(TxnCommand::End(TxnResult::Abort)).await
+    }
+
+    async fn transaction(&self, command: TxnCommand) -> Result<()> {
+        let (reply, waiter) = oneshot::channel();
+        self.commands
+            .send(Command::Txn(command, reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        waiter.await.map_err(|_| Error::Closed)?
     }
 
     /// Flushes, then stops the background task.

@@ -4,7 +4,7 @@
 //! wharf [--broker HOST:PORT] [--json] topic create NAME --partitions N [--config k=v ...]
 //! wharf topic list | topic describe NAME | topic delete NAME
 //! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
-//!                     [--idempotent | --no-idempotent]
+//!                     [--idempotent | --no-idempotent] [--transactional-id ID]
 //! wharf consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--partition P]
 //!                     [--max-messages N] [--timeout-ms T] [--format value|json]
 //!                     [--isolation read_committed|read_uncommitted]
@@ -133,6 +133,10 @@ pub struct ProduceArgs {
     /// Turn idempotence off: a retry after a lost answer may write records twice.
     #[arg(long, overrides_with = "idempotent")]
     pub no_idempotent: bool,
+    /// Write all of standard input in one transaction with this transactional id: it
+    /// commits when input ends and aborts on an error or Ctrl-C.
+    #[arg(long, value_name = "ID")]
+    pub transactional_id: Option<String>,
 }
 
 impl ProduceArgs {
@@ -267,6 +271,16 @@ pub enum CliError {
     Stdin(std::io::Error),
     /// Writing standard output failed.
     Stdout(std::io::Error),
+    /// Ctrl-C (SIGINT) or SIGTERM ended the command early.
+    Interrupted,
+    /// `produce --transactional-id` did not commit: `reason` says why and whether the abort
+    /// itself went through.
+    TransactionAborted {
+        /// The transactional id.
+        transactional_id: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -275,6 +289,14 @@ impl fmt::Display for CliError {
             CliError::Client(error) => write!(formatter, "{error}"),
             CliError::Stdin(error) => write!(formatter, "cannot read standard input: {error}"),
             CliError::Stdout(error) => write!(formatter, "cannot write standard output: {error}"),
+            CliError::Interrupted => formatter.write_str("interrupted"),
+            CliError::TransactionAborted {
+                transactional_id,
+                reason,
+            } => write!(
+                formatter,
+                "transaction {transactional_id} aborted: {reason}"
+            ),
         }
     }
 }
@@ -412,6 +434,21 @@ mod tests {
         assert_eq!(args.acks, AcksArg::All);
         assert_eq!(Acks::from(args.acks), Acks::All);
         assert_eq!(args.idempotence(), Idempotence::Enabled);
+    }
+
+    #[test]
+    fn produce_takes_a_transactional_id() {
+        let Command::Produce(args) = parse(&["produce", "t", "--transactional-id", "load-1"])
+            .unwrap()
+            .command
+        else {
+            panic!("not produce");
+        };
+        assert_eq!(args.transactional_id.as_deref(), Some("load-1"));
+        let Command::Produce(args) = parse(&["produce", "t"]).unwrap().command else {
+            panic!("not produce");
+        };
+        assert_eq!(args.transactional_id, None);
     }
 
     fn produce_idempotence(args: &[&str]) -> Idempotence {

@@ -18,13 +18,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wharf_protocol::messages::{
     Acks, InitProducerIdRequest, InitProducerIdResponse, ProducePartition, ProduceRequest,
-    ProduceTopic,
+    ProduceTopic, TxnResult,
 };
-use wharf_protocol::{BatchBuilder, BatchError, ErrorCode, NewRecord, Request, Response};
+use wharf_protocol::{
+    Attributes, BatchBuilder, BatchError, ErrorCode, NewRecord, Request, Response,
+};
 
 use super::queue::{complete_batch, Delivery, OpenBatch, PartitionQueue, SealedBatch};
 use super::sender::{send_in_order, Completion, Outgoing, PartitionKey};
 use super::sequence::{judge, may_have_appended, ProducerIdentity, Sequencer, Standing, Verdict};
+use super::transaction::{self, Phase, Transaction, TxnCommand};
 use super::{Command, Enqueued, Idempotence, ProducerConfig, ProducerRecord};
 use crate::backoff::{Backoff, Jitter};
 use crate::cluster::{Client, Target};
@@ -96,6 +99,11 @@ struct ProducerTask {
     identity: Option<ProducerIdentity>,
     /// Once fenced, the error every record fails with; nothing is sent any more.
     fatal: Option<Error>,
+    /// With a transactional id: the transaction state.
+    transaction: Option<Transaction>,
+    /// A commit or abort waiting for the transaction's batches to finish; no command is
+    /// taken meanwhile.
+    pending_end: Option<(TxnResult, oneshot::Sender<Result<()>>)>,
 }
 
 impl ProducerTask {
@@ -106,7 +114,6 @@ impl ProducerTask {
         );
         ProducerTask {
             client,
-            config,
             backoff,
             jitter: Jitter::from_entropy(),
             topics: HashMap::new(),
@@ -118,6 +125,13 @@ impl ProducerTask {
             requests,
             identity: None,
             fatal: None,
+            transaction: config.transactional_id.clone().map(|transactional_id| {
+                let timeout_ms =
+                    u32::try_from(config.transaction_timeout.as_millis()).unwrap_or(u32::MAX);
+                Transaction::new(transactional_id, timeout_ms)
+            }),
+            pending_end: None,
+            config,
         }
     }
 
@@ -144,11 +158,14 @@ impl ProducerTask {
             self.restart_broken_sequences().await;
             self.dispatch(Instant::now()).await;
             self.complete_flushes();
+            self.end_transaction_if_ready().await;
             if closing && self.outstanding.is_empty() {
                 return;
             }
             let wake = self.next_wake();
-            let accepting = !closing && self.buffered_bytes < self.config.buffer_bytes_max;
+            let accepting = !closing
+                && self.pending_end.is_none()
+                && self.buffered_bytes < self.config.buffer_bytes_max;
             tokio::select! {
                 command = commands.recv(), if accepting => match command {
                     Some(command) => {
@@ -171,7 +188,7 @@ impl ProducerTask {
     /// instead of once per record. Returns true if the channel closed.
     async fn drain_commands(&mut self, commands: &mut mpsc::Receiver<Command>) -> bool {
         for _ in 0..COMMANDS_PER_ROUND_MAX {
-            if self.buffered_bytes >= self.config.buffer_bytes_max {
+            if self.buffered_bytes >= self.config.buffer_bytes_max || self.pending_end.is_some() {
                 return false;
             }
             match commands.try_recv() {
@@ -193,6 +210,7 @@ impl ProducerTask {
                 self.seal_all();
                 self.flush_waiters.push((self.next_record_id, done));
             }
+            Command::Txn(command, reply) => self.on_transaction(command, reply).await,
         }
     }
 
@@ -207,6 +225,16 @@ impl ProducerTask {
             let _ = reply.send(Err(error.clone()));
             return;
         }
+        if self
+            .transaction
+            .as_ref()
+            .is_some_and(|txn| txn.phase != Phase::Open)
+        {
+            let _ = reply.send(Err(Error::InvalidState {
+                reason: "a transactional producer sends only inside a transaction: call begin_transaction first",
+            }));
+            return;
+        }
         let partition = match self.choose_partition(&record).await {
             Ok(partition) => partition,
             Err(error) => {
@@ -214,12 +242,16 @@ impl ProducerTask {
                 return;
             }
         };
+        let key = (record.topic.clone(), partition);
+        if let Err(error) = self.add_partition_to_transaction(&key, enqueued_at).await {
+            let _ = reply.send(Err(error));
+            return;
+        }
         if let Err(error) = self.ensure_identity().await {
             let _ = reply.send(Err(error));
             return;
         }
         let payload_bytes = record.payload_bytes();
-        let key = (record.topic, partition);
         let new_record = NewRecord {
             timestamp_ms,
             key: record.key,
@@ -232,6 +264,196 @@ impl ProducerTask {
         };
         let deadline = enqueued_at + self.config.delivery_timeout;
         self.append(key, new_record, delivery, payload_bytes, deadline);
+    }
+
+    /// Handles a transaction command (see [`super::Producer::init_transactions`] and the
+    /// methods after it). A commit or abort is answered later, by
+    /// [`ProducerTask::end_transaction_if_ready`].
+    async fn on_transaction(&mut self, command: TxnCommand, reply: oneshot::Sender<Result<()>>) {
+        if let Some(error) = &self.fatal {
+            let _ = reply.send(Err(error.clone()));
+            return;
+        }
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let Some(txn) = &mut self.transaction else {
+            let _ = reply.send(Err(Error::InvalidState {
+                reason: "transactions need a transactional id in the producer config",
+            }));
+            return;
+        };
+        let answer = match (command, txn.phase) {
+            (TxnCommand::Init, Phase::Uninitialized) => {
+                match transaction::init(&self.client, txn, deadline).await {
+                    Ok(identity) => {
+                        txn.phase = Phase::Ready;
+                        self.identity = Some(identity);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            (TxnCommand::Begin, Phase::Ready) => {
+                txn.open();
+                Ok(())
+            }
+            (TxnCommand::SendOffsets { offsets, group }, Phase::Open) => {
+                let identity = self
+                    .identity
+                    .expect("an initialized producer has an identity");
+                let sent = transaction::send_offsets(
+                    &self.client,
+                    txn,
+                    identity,
+                    &offsets,
+                    &group,
+                    deadline,
+                )
+                .await;
+                match sent {
+                    Ok(()) => {
+                        txn.groups.insert(group.group_id);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        let error = transaction::typed(error, identity);
+                        txn.note_failure(&error);
+                        Err(error)
+                    }
+                }
+            }
+            (TxnCommand::End(result), Phase::Open) => {
+                self.start_end(result, reply);
+                return;
+            }
+            (TxnCommand::Init, _) => Err(Error::InvalidState {
+                reason: "init_transactions was already called",
+            }),
+            (_, Phase::Uninitialized) => Err(Error::InvalidState {
+                reason: "call init_transactions first",
+            }),
+            (TxnCommand::Begin, _) => Err(Error::InvalidState {
+                reason: "a transaction is already open",
+            }),
+            (_, _) => Err(Error::InvalidState {
+                reason: "no transaction is open: call begin_transaction first",
+            }),
+        };
+        if let Err(error @ Error::ProducerFenced { .. }) = &answer {
+            self.fence(error.clone());
+        }
+        let _ = reply.send(answer);
+    }
+
+    /// Starts ending the open transaction: a commit seals every batch and waits for them; an
+    /// abort fails every batch not yet sent and waits only for those in flight.
+    fn start_end(&mut self, result: TxnResult, reply: oneshot::Sender<Result<()>>) {
+        match result {
+            TxnResult::Commit => self.seal_all(),
+            TxnResult::Abort => {
+                let mut idle = Vec::new();
+                for (key, queue) in &mut self.queues {
+                    for batch in queue.drain_idle() {
+                        idle.push((key.clone(), batch));
+                    }
+                }
+                for (key, batch) in idle {
+                    self.finish(&key, batch, Err(Error::TransactionAborted));
+                }
+            }
+        }
+        self.pending_end = Some((result, reply));
+    }
+
+    /// Ends the transaction once its batches are settled: EndTxn, and after an abort a new
+    /// epoch (InitProducerId again), so that the partitions restart at sequence 0 whatever
+    /// the aborted batches did to their sequences.
+    async fn end_transaction_if_ready(&mut self) {
+        let Some((result, _)) = &self.pending_end else {
+            return;
+        };
+        let result = *result;
+        let Some(txn) = &mut self.transaction else {
+            return;
+        };
+        if result == TxnResult::Commit {
+            if let Some(failure) = &txn.failure {
+                let error = Error::TransactionFailed {
+                    source: Box::new(failure.clone()),
+                };
+                if let Some((_, reply)) = self.pending_end.take() {
+                    let _ = reply.send(Err(error));
+                }
+                return;
+            }
+        }
+        if !self.outstanding.is_empty() {
+            return;
+        }
+        let Some((_, reply)) = self.pending_end.take() else {
+            return;
+        };
+        let identity = self
+            .identity
+            .expect("an initialized producer has an identity");
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let registered = txn.is_registered();
+        let mut answer = if registered {
+            transaction::end(&self.client, txn, identity, result, deadline).await
+        } else {
+            Ok(())
+        };
+        if answer.is_ok() {
+            txn.phase = Phase::Ready;
+            // Batches were only ever stamped if something was added to the transaction.
+            if result == TxnResult::Abort && registered {
+                answer = match transaction::init(&self.client, txn, deadline).await {
+                    Ok(identity) => {
+                        self.identity = Some(identity);
+                        // Every queue is empty (nothing outstanding): new ones start at 0.
+                        self.queues.clear();
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                };
+            }
+        }
+        let answer = answer.map_err(|error| transaction::typed(error, identity));
+        if let Err(error @ Error::ProducerFenced { .. }) = &answer {
+            self.fence(error.clone());
+        }
+        let _ = reply.send(answer);
+    }
+
+    /// Adds `key` to the open transaction before its first batch (AddPartitionsToTxn).
+    async fn add_partition_to_transaction(
+        &mut self,
+        key: &PartitionKey,
+        enqueued_at: Instant,
+    ) -> Result<()> {
+        let Some(txn) = &mut self.transaction else {
+            return Ok(());
+        };
+        if txn.partitions.contains(key) {
+            return Ok(());
+        }
+        let identity = self
+            .identity
+            .expect("an initialized producer has an identity");
+        let deadline = enqueued_at + self.config.delivery_timeout;
+        match transaction::add_partition(&self.client, txn, identity, key, deadline).await {
+            Ok(()) => {
+                txn.partitions.insert(key.clone());
+                Ok(())
+            }
+            Err(error) => {
+                let error = transaction::typed(error, identity);
+                txn.note_failure(&error);
+                if matches!(error, Error::ProducerFenced { .. }) {
+                    self.fence(error.clone());
+                }
+                Err(error)
+            }
+        }
     }
 
     /// With idempotence, gets the producer id and epoch before the first batch.
@@ -364,8 +586,13 @@ impl ProducerTask {
             seal(queue, &key, &mut self.topics);
         }
         let record_id = self.next_record_id;
+        let attributes = if self.transaction.is_some() {
+            Attributes::NONE.transactional()
+        } else {
+            Attributes::NONE
+        };
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(record.timestamp_ms),
+            builder: BatchBuilder::new(record.timestamp_ms).attributes(attributes),
             deliveries: Vec::new(),
             first_record_id: record_id,
             created_at: Instant::now(),
@@ -567,7 +794,14 @@ impl ProducerTask {
                 }
             }
             Verdict::Hold => {}
-            Verdict::Restart => queue.break_sequence(batch_id, false),
+            Verdict::Restart => {
+                queue.break_sequence(batch_id, false);
+                // A transactional producer cannot switch to a new producer id in the middle
+                // of a transaction: the transaction can only abort (which starts a new epoch).
+                if let Some(txn) = &mut self.transaction {
+                    txn.note_failure(&error);
+                }
+            }
             Verdict::Fail => {
                 let batch = queue.remove(index);
                 if standing.idempotent {
@@ -596,6 +830,9 @@ impl ProducerTask {
     /// at once.
     fn fence(&mut self, error: Error) {
         self.fatal = Some(error.clone());
+        if let Some((_, reply)) = self.pending_end.take() {
+            let _ = reply.send(Err(error.clone()));
+        }
         let mut idle = Vec::new();
         for (key, queue) in &mut self.queues {
             for batch in queue.drain_idle() {
@@ -611,7 +848,8 @@ impl ProducerTask {
     /// settled, a new producer id and restarts its sequence at 0 (see
     /// [`PartitionQueue::restart_sequence`]).
     async fn restart_broken_sequences(&mut self) {
-        if self.fatal.is_some() {
+        // A transactional producer restarts its sequences only by aborting (a new epoch).
+        if self.fatal.is_some() || self.transaction.is_some() {
             return;
         }
         let now = Instant::now();
@@ -652,6 +890,11 @@ impl ProducerTask {
 
     /// Completes `batch` and forgets it.
     fn finish(&mut self, key: &PartitionKey, batch: SealedBatch, result: Result<i64>) {
+        if let (Some(txn), Err(error)) = (&mut self.transaction, &result) {
+            if !matches!(error, Error::TransactionAborted) {
+                txn.note_failure(error);
+            }
+        }
         self.outstanding.remove(&batch.first_record_id);
         self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.payload_bytes);
         complete_batch(key, batch, result);

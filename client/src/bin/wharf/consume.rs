@@ -137,7 +137,7 @@ async fn print_records(
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: both end `consume` the same clean way.
 /// A signal that cannot be watched never resolves rather than ending the command at once.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

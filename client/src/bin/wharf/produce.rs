@@ -7,6 +7,11 @@
 //! for all of them and prints the throughput to stderr, or the first delivery error.
 //! Idempotence is on unless `--no-idempotent` or `--acks leader|none` turns it off
 //! ([`crate::ProduceArgs::idempotence`]).
+//!
+//! With `--transactional-id ID` all of standard input is one transaction: it commits when
+//! input ends, and aborts on an error or on Ctrl-C (SIGINT) or SIGTERM; either way one line
+//! on stderr says which (`transaction ID committed: N records` or
+//! `error: transaction ID aborted: REASON`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -25,10 +30,71 @@ const DELIVERIES_PENDING_MAX: usize = 16 * 1024;
 /// Runs `wharf produce`.
 pub async fn run(client: &Client, args: ProduceArgs, json: bool) -> Result<(), CliError> {
     let started = Instant::now();
-    let config = ProducerConfig::default()
+    let mut config = ProducerConfig::default()
         .acks(args.acks.into())
         .idempotence(args.idempotence());
+    if let Some(transactional_id) = &args.transactional_id {
+        config = config.transactional_id(transactional_id.clone());
+    }
     let producer = Producer::try_new(client, config)?;
+    let counts = match &args.transactional_id {
+        None => send_lines(&producer, &args).await?,
+        Some(transactional_id) => in_transaction(&producer, &args, transactional_id).await?,
+    };
+    producer.close().await?;
+    // A transaction's outcome is its one line on stderr; `--json` still reports on stdout.
+    if args.transactional_id.is_none() || json {
+        report(counts.0, counts.1, started.elapsed().as_secs_f64(), json);
+    }
+    Ok(())
+}
+
+/// Runs [`send_lines`] in one transaction: commits at the end of input, aborts on an error
+/// or a signal.
+async fn in_transaction(
+    producer: &Producer,
+    args: &ProduceArgs,
+    transactional_id: &str,
+) -> Result<(u64, u64), CliError> {
+    producer.init_transactions().await?;
+    producer.begin_transaction().await?;
+    let sent = tokio::select! {
+        sent = send_lines(producer, args) => sent,
+        () = crate::consume::interrupted() => Err(CliError::Interrupted),
+    };
+    let sent = match sent {
+        Ok(counts) => producer
+            .commit_transaction()
+            .await
+            .map(|()| counts)
+            .map_err(CliError::from),
+        Err(error) => Err(error),
+    };
+    match sent {
+        Ok(counts) => {
+            eprintln!(
+                "transaction {transactional_id} committed: {} records",
+                counts.0
+            );
+            Ok(counts)
+        }
+        // The caller prints the error: one line, naming the transaction.
+        Err(error) => {
+            let reason = match producer.abort_transaction().await {
+                Ok(()) => error.to_string(),
+                Err(abort_error) => format!("{error} (the abort failed too: {abort_error})"),
+            };
+            Err(CliError::TransactionAborted {
+                transactional_id: transactional_id.to_string(),
+                reason,
+            })
+        }
+    }
+}
+
+/// Enqueues one record per line of standard input and waits for every acknowledgement;
+/// returns the record count and payload bytes.
+async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64), CliError> {
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut record_count: u64 = 0;
@@ -63,14 +129,7 @@ pub async fn run(client: &Client, args: ProduceArgs, json: bool) -> Result<(), C
     while let Some(delivery) = pending.pop_front() {
         delivery.await?;
     }
-    producer.close().await?;
-    report(
-        record_count,
-        payload_bytes,
-        started.elapsed().as_secs_f64(),
-        json,
-    );
-    Ok(())
+    Ok((record_count, payload_bytes))
 }
 
 fn report(record_count: u64, payload_bytes: u64, seconds: f64, json: bool) {
