@@ -375,3 +375,49 @@ async fn delayed_messages_arrive_on_time_also_after_a_restart() {
         "delivered early"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_are_listed_and_deleted_with_their_bindings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_exchange("news", ExchangeKind::Fanout, Durability::Durable)
+        .unwrap();
+    manager
+        .declare_queue("reader", QueueArgs::default(), Durability::Durable)
+        .unwrap();
+    manager.bind("reader", "news", "", &[]).unwrap();
+    let listed = manager.list_exchanges();
+    let news = listed
+        .iter()
+        .find(|(name, ..)| name == "news")
+        .expect("listed");
+    assert_eq!(
+        (news.1, news.2, news.3),
+        (ExchangeKind::Fanout, Durability::Durable, 1)
+    );
+    assert!(listed.iter().any(|(name, ..)| name == "amq.topic"));
+    assert!(matches!(
+        manager.delete_exchange("amq.direct"),
+        Err(QueueError::Invalid(_))
+    ));
+    manager.delete_exchange("news").unwrap();
+    assert!(matches!(
+        manager.delete_exchange("news"),
+        Err(QueueError::UnknownExchange(_))
+    ));
+    assert!(matches!(
+        manager.publish("news", message("", "x")).await,
+        Err(QueueError::UnknownExchange(_))
+    ));
+    manager.shutdown().await;
+    drop(manager);
+    let reopened = QueueManager::open(dir.path(), env()).expect("reopen");
+    assert!(
+        !reopened
+            .list_exchanges()
+            .iter()
+            .any(|(name, ..)| name == "news"),
+        "deletion is durable"
+    );
+}

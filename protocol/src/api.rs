@@ -43,11 +43,13 @@ wire_enum! {
         ListQueues = 30,
         /// Server push of a delivery; never sent by clients, never answered.
         Deliver = 31,
+        DeleteExchange = 32,
+        ListExchanges = 33,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 29] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 31] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -77,6 +79,8 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 29] = [
     (ApiKey::Cancel, 0, 0),
     (ApiKey::PurgeQueue, 0, 0),
     (ApiKey::ListQueues, 0, 0),
+    (ApiKey::DeleteExchange, 0, 0),
+    (ApiKey::ListExchanges, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -233,6 +237,8 @@ api_enums! {
     PurgeQueue => PurgeQueueRequest, PurgeQueueResponse;
     ListQueues => ListQueuesRequest, ListQueuesResponse;
     Deliver => DeliverPush, QueueAdminResponse;
+    DeleteExchange => DeleteExchangeRequest, QueueAdminResponse;
+    ListExchanges => ListExchangesRequest, ListExchangesResponse;
 }
 
 /// Appends a whole request frame.

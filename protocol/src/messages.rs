@@ -834,3 +834,34 @@ wire_struct! {
         pub error_message: Option<String>,
     }
 }
+
+wire_struct! {
+    /// Deletes an exchange and its bindings (not the built-in ones).
+    pub struct DeleteExchangeRequest {
+        pub name: String,
+    }
+}
+
+wire_struct! {
+    /// Lists exchanges.
+    pub struct ListExchangesRequest {}
+}
+
+wire_struct! {
+    /// One exchange.
+    pub struct ExchangeListing {
+        pub name: String,
+        pub kind: String,
+        pub durable: bool,
+        pub bindings: u32,
+    }
+}
+
+wire_struct! {
+    /// ListExchanges answer.
+    pub struct ListExchangesResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub exchanges: Vec<ExchangeListing>,
+    }
+}

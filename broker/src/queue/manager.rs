@@ -436,6 +436,43 @@ impl QueueManager {
         Ok(())
     }
 
+    /// Deletes an exchange and its bindings; the default and `amq.*` exchanges stay.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid`, `Storage`.
+    pub fn delete_exchange(&self, name: &str) -> Result<(), QueueError> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(QueueError::Invalid(format!(
+                "exchange {name:?} is built in and cannot be deleted"
+            )));
+        }
+        let mut registry = self.lock();
+        if registry.exchanges.remove(name).is_none() {
+            return Err(QueueError::UnknownExchange(name.to_string()));
+        }
+        registry.bindings.retain(|binding| binding.exchange != name);
+        self.save(&registry)
+    }
+
+    /// Every exchange: (name, kind, durability, binding count), sorted by name.
+    pub fn list_exchanges(&self) -> Vec<(String, ExchangeKind, Durability, usize)> {
+        let registry = self.lock();
+        let mut listing: Vec<(String, ExchangeKind, Durability, usize)> = registry
+            .exchanges
+            .iter()
+            .map(|(name, (durability, bindings))| {
+                (
+                    name.clone(),
+                    bindings.kind(),
+                    *durability,
+                    bindings.list().len(),
+                )
+            })
+            .collect();
+        listing.sort_by(|left, right| left.0.cmp(&right.0));
+        listing
+    }
+
     /// Declares a queue (idempotent when the arguments match).
     ///
     /// # Errors

@@ -232,6 +232,23 @@ pub async fn handle(
                 .collect(),
             ..ListQueuesResponse::default()
         })),
+        Request::DeleteExchange(request) => ready(Response::DeleteExchange(admin_answer(
+            broker.queues.delete_exchange(&request.name),
+        ))),
+        Request::ListExchanges(_) => ready(Response::ListExchanges(ListExchangesResponse {
+            exchanges: broker
+                .queues
+                .list_exchanges()
+                .into_iter()
+                .map(|(name, kind, durability, bindings)| ExchangeListing {
+                    name,
+                    kind: kind.name().to_string(),
+                    durable: durability == Durability::Durable,
+                    bindings: u32::try_from(bindings).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            ..ListExchangesResponse::default()
+        })),
         // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
         Request::Deliver(_) => ready(Response::error_only(
             wharf_protocol::ApiKey::Deliver,
