@@ -183,3 +183,21 @@ fn produce_to_an_internal_topic_is_refused() {
         ErrorCode::InvalidTopicName
     );
 }
+
+#[test]
+fn metadata_answers_carry_the_advertised_address_not_the_bind_address() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start_with_config(
+        &data.path().join("data"),
+        "advertised_address = \"broker-1.example.internal:9092\"\n",
+    );
+    let mut client = RawClient::connect(broker.addr());
+    let Response::Metadata(metadata) =
+        client.call(&Request::Metadata(MetadataRequest { topics: None }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(metadata.brokers.len(), 1);
+    assert_eq!(metadata.brokers[0].host, "broker-1.example.internal");
+    assert_eq!(metadata.brokers[0].port, 9092);
+}
