@@ -331,3 +331,76 @@ fn confirmed_messages_survive_sigkill_and_acked_ones_do_not_come_back() {
         .collect();
     assert_eq!(again, kept, "only the unacknowledged half comes back");
 }
+
+fn queue_names(client: &mut RawClient) -> Vec<String> {
+    let Response::ListQueues(listed) = client.call(&Request::ListQueues(ListQueuesRequest {}))
+    else {
+        panic!("wrong response")
+    };
+    listed.queues.into_iter().map(|queue| queue.name).collect()
+}
+
+#[test]
+fn exclusive_queues_belong_to_their_connection_and_auto_delete_queues_go_with_their_last_consumer()
+{
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut owner = RawClient::connect(broker.addr());
+    let mut other = RawClient::connect(broker.addr());
+    assert_eq!(
+        declare_queue(&mut owner, "private", false, &[("exclusive", "true")]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        declare_queue(
+            &mut owner,
+            "durable-private",
+            true,
+            &[("exclusive", "true")]
+        ),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        declare_queue(&mut other, "private", false, &[("exclusive", "true")]),
+        ErrorCode::PreconditionFailed
+    );
+    let Response::Subscribe(refused) = other.call(&Request::Subscribe(SubscribeRequest {
+        queue: "private".into(),
+        prefetch: 1,
+    })) else {
+        panic!("wrong response")
+    };
+    assert_eq!(refused.error, ErrorCode::PreconditionFailed);
+    subscribe(&mut owner, "private", 1);
+    // The owner's connection closes: its exclusive queue goes with it.
+    drop(owner);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while queue_names(&mut other).contains(&"private".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exclusive queue outlived its connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        declare_queue(&mut other, "private", false, &[]),
+        ErrorCode::None,
+        "the name is free again"
+    );
+
+    assert_eq!(
+        declare_queue(&mut other, "temp", false, &[("auto-delete", "true")]),
+        ErrorCode::None
+    );
+    let (_, consumer_id) = subscribe(&mut other, "temp", 1);
+    assert!(queue_names(&mut other).contains(&"temp".to_string()));
+    let cancel = Request::Cancel(CancelRequest {
+        queue: "temp".into(),
+        consumer_id,
+    });
+    assert_eq!(admin(&mut other, cancel), ErrorCode::None);
+    assert!(
+        !queue_names(&mut other).contains(&"temp".to_string()),
+        "auto-delete queue outlived its last consumer"
+    );
+}

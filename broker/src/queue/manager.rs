@@ -50,6 +50,8 @@ type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 
+/// How often a queue checkpoints its ack state and deletes fully settled segments.
+const COMPACTION_INTERVAL_MS: i64 = 30_000;
 /// Most commands a queue task takes in one batch (bounds the work between ticks).
 const COMMAND_BATCH_MAX: usize = 1024;
 /// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
@@ -106,7 +108,15 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// Unacked deliveries older than this return and cancel their consumer.
     pub ack_timeout_ms: Option<u64>,
+    /// Only the declaring connection may use the queue; it is deleted when that connection
+    /// closes.
+    pub exclusive: bool,
+    /// The queue is deleted when its last consumer goes away.
+    pub auto_delete: bool,
 }
+
+/// Identifies a client connection (for exclusive queues).
+pub type SessionId = u64;
 
 /// Durability of a queue or exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,6 +254,10 @@ struct Registry {
     queues: HashMap<String, QueueHandle>,
     /// Durable bindings with their headers arguments, for the definitions file.
     bindings: Vec<StoredBinding>,
+    /// Exclusive queues and the connection that owns each.
+    owners: HashMap<String, SessionId>,
+    /// Consumers per queue, for auto-delete.
+    consumer_counts: HashMap<String, usize>,
 }
 
 /// The queue manager.
@@ -483,7 +497,32 @@ impl QueueManager {
         args: QueueArgs,
         durability: Durability,
     ) -> Result<(), QueueError> {
+        self.declare_queue_for(name, args, durability, None)
+    }
+
+    /// Declares a queue on behalf of connection `session` (which owns it if exclusive).
+    ///
+    /// # Errors
+    /// `Invalid` (an exclusive queue needs a connection), `DeclareMismatch` (different
+    /// arguments, or an exclusive queue owned by another connection), `Storage`.
+    pub fn declare_queue_for(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<(), QueueError> {
         check_name(name)?;
+        if args.exclusive && session.is_none() {
+            return Err(QueueError::Invalid(
+                "an exclusive queue needs an owning connection".to_string(),
+            ));
+        }
+        if args.exclusive && durability == Durability::Durable {
+            return Err(QueueError::Invalid(
+                "an exclusive queue dies with its connection, so it cannot be durable".to_string(),
+            ));
+        }
         let _declaring = self
             .declaring
             .lock()
@@ -491,6 +530,12 @@ impl QueueManager {
         {
             let registry = self.lock();
             if let Some(existing) = registry.queues.get(name) {
+                let owner = registry.owners.get(name).copied();
+                if owner.is_some() && owner != session {
+                    return Err(QueueError::DeclareMismatch(format!(
+                        "queue {name:?} is exclusive to another connection"
+                    )));
+                }
                 return if existing.args == args && existing.durability == durability {
                     Ok(())
                 } else {
@@ -498,7 +543,11 @@ impl QueueManager {
                 };
             }
         }
+        let exclusive_owner = session.filter(|_| args.exclusive);
         self.start_queue(name, args, durability)?;
+        if let Some(owner) = exclusive_owner {
+            self.lock().owners.insert(name.to_string(), owner);
+        }
         if durability == Durability::Durable {
             let registry = self.lock();
             self.save(&registry)?;
@@ -704,6 +753,34 @@ impl QueueManager {
         queue: &str,
         prefetch: u32,
     ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
+        self.subscribe_for(queue, prefetch, None).await
+    }
+
+    /// Subscribes on behalf of connection `session` (refused on another connection's
+    /// exclusive queue).
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `DeclareMismatch` (exclusive elsewhere), `Gone`.
+    pub async fn subscribe_for(
+        &self,
+        queue: &str,
+        prefetch: u32,
+        session: Option<SessionId>,
+    ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
+        {
+            let mut registry = self.lock();
+            if let Some(owner) = registry.owners.get(queue) {
+                if Some(*owner) != session {
+                    return Err(QueueError::DeclareMismatch(format!(
+                        "queue {queue:?} is exclusive to another connection"
+                    )));
+                }
+            }
+            *registry
+                .consumer_counts
+                .entry(queue.to_string())
+                .or_default() += 1;
+        }
         let sender = self.sender(queue)?;
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let prefetch = if prefetch == 0 {
@@ -723,6 +800,40 @@ impl QueueManager {
     pub async fn cancel(&self, queue: &str, consumer: ConsumerId) {
         if let Ok(sender) = self.sender(queue) {
             let _ = sender.send(Command::Cancel(consumer)).await;
+        }
+        let auto_delete = {
+            let mut registry = self.lock();
+            let remaining = registry.consumer_counts.get_mut(queue).map(|count| {
+                *count = count.saturating_sub(1);
+                *count
+            });
+            remaining == Some(0)
+                && registry
+                    .queues
+                    .get(queue)
+                    .is_some_and(|handle| handle.args.auto_delete)
+        };
+        if auto_delete {
+            tracing::info!(queue, "last consumer gone; deleting auto-delete queue");
+            if let Err(error) = self.delete_queue(queue).await {
+                tracing::warn!(queue, %error, "auto-delete failed");
+            }
+        }
+    }
+
+    /// A connection closed: its exclusive queues are deleted.
+    pub async fn release_session(&self, session: SessionId) {
+        let owned: Vec<String> = self
+            .lock()
+            .owners
+            .iter()
+            .filter(|(_, owner)| **owner == session)
+            .map(|(queue, _)| queue.clone())
+            .collect();
+        for queue in owned {
+            if let Err(error) = self.delete_queue(&queue).await {
+                tracing::warn!(queue, %error, "deleting an exclusive queue failed");
+            }
         }
     }
 
@@ -826,6 +937,8 @@ impl QueueManager {
                 bindings.remove_queue(queue);
             }
             registry.bindings.retain(|binding| binding.queue != queue);
+            registry.owners.remove(queue);
+            registry.consumer_counts.remove(queue);
             self.save(&registry)?;
             handle
         };
@@ -969,6 +1082,9 @@ fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
     if let Some(timeout) = args.ack_timeout_ms {
         push("ack-timeout-ms", timeout.to_string());
     }
+    if args.auto_delete {
+        push("auto-delete", "true".to_string());
+    }
     pairs
 }
 
@@ -1012,6 +1128,8 @@ pub fn args_from_pairs<'a>(
             }
             "single-active-consumer" => args.single_active_consumer = value == "true",
             "ack-timeout-ms" => args.ack_timeout_ms = Some(number()?),
+            "exclusive" => args.exclusive = value == "true",
+            "auto-delete" => args.auto_delete = value == "true",
             other => {
                 return Err(QueueError::Invalid(format!(
                     "unknown queue argument {other:?}"
@@ -1033,6 +1151,7 @@ struct QueueTask {
     dead_letter: Option<(String, Option<String>)>,
     clock: Arc<dyn Clock>,
     manager: Weak<QueueManager>,
+    last_compaction_ms: i64,
 }
 
 impl QueueTask {
@@ -1061,6 +1180,7 @@ impl QueueTask {
                 .clone()
                 .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
             store,
+            last_compaction_ms: clock.now_ms(),
             clock,
             manager,
         };
@@ -1371,6 +1491,14 @@ impl QueueTask {
         actions.extend(self.state.check_ack_timeouts(now));
         actions.extend(self.state.dispatch(now));
         let _ = self.apply(actions).await;
+        if now.saturating_sub(self.last_compaction_ms) >= COMPACTION_INTERVAL_MS {
+            self.last_compaction_ms = now;
+            // Deletes segments whose messages are all settled ("fully settled segments are
+            // deleted") and ack-log segments the checkpoint covers.
+            if let Err(error) = self.store.compact() {
+                tracing::warn!(queue = self.name, %error, "queue compaction failed");
+            }
+        }
     }
 
     /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages

@@ -25,6 +25,7 @@ use wharf_protocol::frame::{decode_frame, encode_frame, FrameHeader};
 use wharf_protocol::wire::Wire;
 use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
 
+use crate::queue::manager::SessionId;
 use crate::server::{dispatch, Broker};
 
 /// Most requests in flight on one connection.
@@ -143,16 +144,26 @@ pub const PUSH_QUEUE_MAX: usize = 1024;
 /// started on it.
 #[derive(Debug)]
 pub struct Session {
+    id: SessionId,
     push: mpsc::Sender<BytesMut>,
     consumers: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
+/// Connection ids, unique within the process.
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Session {
     fn new(push: mpsc::Sender<BytesMut>) -> Session {
         Session {
+            id: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             push,
             consumers: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// This connection's id (owner of its exclusive queues).
+    pub fn id(&self) -> SessionId {
+        self.id
     }
 
     /// The sender for pushed frames.
@@ -186,6 +197,7 @@ impl Session {
         for (queue, consumer) in consumers {
             broker.queues.cancel(&queue, consumer).await;
         }
+        broker.queues.release_session(self.id).await;
     }
 }
 

@@ -20,7 +20,9 @@ use crate::offsets::Committed;
 use crate::producer::{last_sequence, BatchMetadata, Verdict};
 use crate::queue::delivery::{AckScope, Requeue};
 use crate::queue::exchange::ExchangeKind;
-use crate::queue::manager::{args_from_pairs, Durability, Message, Published, QueueError};
+use crate::queue::manager::{
+    args_from_pairs, Durability, Message, Published, QueueError, SessionId,
+};
 use crate::server::connection::Session;
 use crate::server::Broker;
 use crate::storage::{Appended, Error as StorageError, Partition};
@@ -162,9 +164,11 @@ pub async fn handle(
         ))),
         Request::DeclareQueue(request) => {
             let broker = broker.clone();
+            let session_id = session.id();
             // Opening a queue's storage creates and fsyncs files: off the runtime's workers.
             let outcome =
-                tokio::task::spawn_blocking(move || declare_queue(&broker, request)).await;
+                tokio::task::spawn_blocking(move || declare_queue(&broker, request, session_id))
+                    .await;
             let outcome =
                 outcome.unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())));
             ready(Response::DeclareQueue(admin_answer(outcome)))
@@ -353,7 +357,11 @@ fn declare_exchange(broker: &Broker, request: DeclareExchangeRequest) -> Result<
         .declare_exchange(&request.name, kind, durability)
 }
 
-fn declare_queue(broker: &Broker, request: DeclareQueueRequest) -> Result<(), QueueError> {
+fn declare_queue(
+    broker: &Broker,
+    request: DeclareQueueRequest,
+    session: SessionId,
+) -> Result<(), QueueError> {
     let args = args_from_pairs(
         request
             .args
@@ -365,7 +373,9 @@ fn declare_queue(broker: &Broker, request: DeclareQueueRequest) -> Result<(), Qu
     } else {
         Durability::Transient
     };
-    broker.queues.declare_queue(&request.name, args, durability)
+    broker
+        .queues
+        .declare_queue_for(&request.name, args, durability, Some(session))
 }
 
 /// Publishes; the answer (the publisher confirm) completes once the message is durable in
@@ -423,7 +433,7 @@ async fn subscribe(
 ) -> SubscribeResponse {
     let (consumer_id, mut deliveries) = match broker
         .queues
-        .subscribe(&request.queue, request.prefetch)
+        .subscribe_for(&request.queue, request.prefetch, Some(session.id()))
         .await
     {
         Ok(started) => started,
