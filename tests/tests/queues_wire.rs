@@ -404,3 +404,55 @@ fn exclusive_queues_belong_to_their_connection_and_auto_delete_queues_go_with_th
         "auto-delete queue outlived its last consumer"
     );
 }
+
+#[test]
+fn dangerous_names_and_foreign_acks_are_refused() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    // A durable queue's name is a directory name.
+    assert_eq!(
+        declare_queue(&mut client, "..", true, &[]),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        declare_queue(&mut client, ".", true, &[]),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        declare_queue(&mut client, "work", true, &[]),
+        ErrorCode::None
+    );
+    assert!(publish(&mut client, "", "work", "m", true).error.is_ok());
+    let (_, consumer_id) = subscribe(&mut client, "work", 1);
+    let (_, push) = client.next_push();
+    // Another connection cannot settle (or cancel) this connection's deliveries.
+    let mut stranger = RawClient::connect(broker.addr());
+    assert_eq!(
+        ack(
+            &mut stranger,
+            "work",
+            consumer_id,
+            push.delivery_tag,
+            false,
+            false
+        ),
+        ErrorCode::InvalidRequest
+    );
+    let cancel = Request::Cancel(CancelRequest {
+        queue: "work".into(),
+        consumer_id,
+    });
+    assert_eq!(admin(&mut stranger, cancel), ErrorCode::InvalidRequest);
+    assert_eq!(
+        ack(
+            &mut client,
+            "work",
+            consumer_id,
+            push.delivery_tag,
+            false,
+            false
+        ),
+        ErrorCode::None
+    );
+}

@@ -52,6 +52,9 @@ type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 
 /// How often a queue checkpoints its ack state and deletes fully settled segments.
 const COMPACTION_INTERVAL_MS: i64 = 30_000;
+/// Most message bytes stored as one record batch: well below `BATCH_BYTES_MAX` so that a
+/// run of publishes always fits one batch (record overhead included).
+const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most commands a queue task takes in one batch (bounds the work between ticks).
 const COMMAND_BATCH_MAX: usize = 1024;
 /// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
@@ -166,6 +169,35 @@ pub const EXPIRATION_HEADER: &str = "x-expiration-ms";
 /// Header naming the exchange a message was published to.
 pub const EXCHANGE_HEADER: &str = "x-exchange";
 
+/// A publish handed to its queues, not yet confirmed.
+#[derive(Debug)]
+pub struct PublishTicket {
+    confirmations: Vec<(String, oneshot::Receiver<Result<(), QueueError>>)>,
+}
+
+impl PublishTicket {
+    /// Waits until the message is durable in every queue it routed to.
+    ///
+    /// # Errors
+    /// The first queue's error (full, storage, gone).
+    pub async fn confirmed(self) -> Result<Published, QueueError> {
+        if self.confirmations.is_empty() {
+            return Ok(Published::Unroutable);
+        }
+        let mut queues = Vec::with_capacity(self.confirmations.len());
+        for (name, confirmed) in self.confirmations {
+            confirmed
+                .await
+                .map_err(|_| QueueError::Gone(name.clone()))??;
+            queues.push(name);
+        }
+        Ok(Published::Routed(queues))
+    }
+}
+
+/// An ack or nack handed to its queue, not yet durable.
+pub type AckTicket = oneshot::Receiver<Result<(), QueueError>>;
+
 /// Counts of one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -227,10 +259,12 @@ wire_struct! {
 enum Command {
     Publish(Vec<Message>, Confirm),
     Subscribe(ConsumerId, u32, mpsc::Sender<Delivered>),
-    Cancel(ConsumerId),
+    Cancel(ConsumerId, oneshot::Sender<()>),
     Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
     Nack(ConsumerId, DeliveryTag, AckScope, Requeue, Confirm),
     Purge(oneshot::Sender<u64>),
+    /// Settles messages whose dead-lettered copies are stored.
+    Settle(Vec<i64>),
     Stats(oneshot::Sender<QueueStats>),
     Stop(oneshot::Sender<()>),
 }
@@ -256,8 +290,8 @@ struct Registry {
     bindings: Vec<StoredBinding>,
     /// Exclusive queues and the connection that owns each.
     owners: HashMap<String, SessionId>,
-    /// Consumers per queue, for auto-delete.
-    consumer_counts: HashMap<String, usize>,
+    /// Live consumer ids per queue, for auto-delete.
+    consumer_ids: HashMap<String, std::collections::HashSet<ConsumerId>>,
 }
 
 /// The queue manager.
@@ -329,9 +363,16 @@ impl QueueManager {
         )
         .map_err(storage)?;
         if let Some(found) = saved {
+            if found.version != 1 {
+                return Err(QueueError::Storage(format!(
+                    "queue definitions version {} is not 1",
+                    found.version
+                )));
+            }
             let mut reader = Reader::new(Bytes::from(found.payload));
-            let definitions =
-                StoredDefinitions::decode(&mut reader, "definitions").map_err(|error| {
+            let definitions = StoredDefinitions::decode(&mut reader, "definitions")
+                .and_then(|definitions| reader.finish().map(|()| definitions))
+                .map_err(|error| {
                     QueueError::Storage(format!("definitions do not decode: {error}"))
                 })?;
             manager.restore(definitions)?;
@@ -544,6 +585,15 @@ impl QueueManager {
             }
         }
         let exclusive_owner = session.filter(|_| args.exclusive);
+        // A crash during an earlier delete can leave the directory behind: a new queue must
+        // not inherit its messages.
+        let leftover = self.queue_dir(name, durability);
+        if self.env.fs.is_dir(&leftover) {
+            self.env
+                .fs
+                .remove_dir_all(&leftover)
+                .map_err(|error| QueueError::Storage(error.to_string()))?;
+        }
         self.start_queue(name, args, durability)?;
         if let Some(owner) = exclusive_owner {
             self.lock().owners.insert(name.to_string(), owner);
@@ -553,6 +603,13 @@ impl QueueManager {
             self.save(&registry)?;
         }
         Ok(())
+    }
+
+    fn queue_dir(&self, name: &str, durability: Durability) -> PathBuf {
+        match durability {
+            Durability::Durable => self.dir.join("durable").join(name),
+            Durability::Transient => self.dir.join("transient").join(name),
+        }
     }
 
     fn start_queue(
@@ -663,10 +720,18 @@ impl QueueManager {
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
         let removed = bindings.unbind(queue, routing_key, Some(&args));
+        let kind = bindings.kind();
+        let stored_headers: Vec<StoredArg> = headers
+            .iter()
+            .map(|(key, value)| StoredArg {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
         registry.bindings.retain(|binding| {
-            !(binding.exchange == exchange
-                && binding.queue == queue
-                && binding.routing_key == routing_key)
+            let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
+            let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
+            !(binding.exchange == exchange && binding.queue == queue && same_key && same_headers)
         });
         self.save(&registry)?;
         Ok(removed)
@@ -709,16 +774,27 @@ impl QueueManager {
     ///
     /// # Errors
     /// `UnknownExchange`, `QueueFull` (reject-publish), `Storage`, `Invalid` (bad delay).
-    pub async fn publish(
+    pub async fn publish(&self, exchange: &str, message: Message) -> Result<Published, QueueError> {
+        self.publish_enqueue(exchange, message)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Routes a message and hands it to every target queue, in call order; the returned
+    /// ticket resolves once it is durable in all of them. A connection enqueues its
+    /// publishes one after the other and awaits the tickets concurrently, so its messages
+    /// are stored in the order sent and share fsyncs.
+    ///
+    /// # Errors
+    /// As for `publish`.
+    pub async fn publish_enqueue(
         &self,
         exchange: &str,
         mut message: Message,
-    ) -> Result<Published, QueueError> {
+    ) -> Result<PublishTicket, QueueError> {
         stamp(&mut message, exchange, self.clock.now_ms())?;
         let targets = self.route(exchange, &message)?;
-        if targets.is_empty() {
-            return Ok(Published::Unroutable);
-        }
         let mut confirmations = Vec::with_capacity(targets.len());
         for (name, sender) in &targets {
             let (reply, confirmed) = oneshot::channel();
@@ -728,12 +804,7 @@ impl QueueManager {
                 .map_err(|_| QueueError::Gone(name.clone()))?;
             confirmations.push((name.clone(), confirmed));
         }
-        for (name, confirmed) in confirmations {
-            confirmed.await.map_err(|_| QueueError::Gone(name))??;
-        }
-        Ok(Published::Routed(
-            targets.into_iter().map(|(name, _)| name).collect(),
-        ))
+        Ok(PublishTicket { confirmations })
     }
 
     fn sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
@@ -768,7 +839,7 @@ impl QueueManager {
         session: Option<SessionId>,
     ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
         {
-            let mut registry = self.lock();
+            let registry = self.lock();
             if let Some(owner) = registry.owners.get(queue) {
                 if Some(*owner) != session {
                     return Err(QueueError::DeclareMismatch(format!(
@@ -776,10 +847,6 @@ impl QueueManager {
                     )));
                 }
             }
-            *registry
-                .consumer_counts
-                .entry(queue.to_string())
-                .or_default() += 1;
         }
         let sender = self.sender(queue)?;
         let consumer = self.next_consumer.fetch_add(1, Ordering::Relaxed);
@@ -793,21 +860,32 @@ impl QueueManager {
             .send(Command::Subscribe(consumer, prefetch, deliveries))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        self.lock()
+            .consumer_ids
+            .entry(queue.to_string())
+            .or_default()
+            .insert(consumer);
         Ok((consumer, receiver))
     }
 
     /// Cancels a consumer: its unacked deliveries return to the queue, redelivered.
     pub async fn cancel(&self, queue: &str, consumer: ConsumerId) {
         if let Ok(sender) = self.sender(queue) {
-            let _ = sender.send(Command::Cancel(consumer)).await;
+            let (reply, done) = oneshot::channel();
+            if sender.send(Command::Cancel(consumer, reply)).await.is_ok() {
+                // Answer only once the deliveries are back in the queue.
+                let _ = done.await;
+            }
         }
         let auto_delete = {
             let mut registry = self.lock();
-            let remaining = registry.consumer_counts.get_mut(queue).map(|count| {
-                *count = count.saturating_sub(1);
-                *count
-            });
-            remaining == Some(0)
+            let removed = registry
+                .consumer_ids
+                .get_mut(queue)
+                .is_some_and(|ids| ids.remove(&consumer));
+            let remaining = registry.consumer_ids.get(queue).map_or(0, |ids| ids.len());
+            removed
+                && remaining == 0
                 && registry
                     .queues
                     .get(queue)
@@ -848,14 +926,50 @@ impl QueueManager {
         tag: DeliveryTag,
         scope: AckScope,
     ) -> Result<(), QueueError> {
+        let ticket = self.ack_enqueue(queue, consumer, tag, scope).await?;
+        ticket
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?
+    }
+
+    /// Hands an ack to its queue in call order; the ticket resolves once the settlement is
+    /// durable (acks of one connection share fsyncs this way).
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `Gone`.
+    pub async fn ack_enqueue(
+        &self,
+        queue: &str,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        scope: AckScope,
+    ) -> Result<AckTicket, QueueError> {
         let (reply, answer) = oneshot::channel();
         self.sender(queue)?
             .send(Command::Ack(consumer, tag, scope, reply))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
-        answer
+        Ok(answer)
+    }
+
+    /// Hands a nack to its queue in call order (see `ack_enqueue`).
+    ///
+    /// # Errors
+    /// `UnknownQueue`, `Gone`.
+    pub async fn nack_enqueue(
+        &self,
+        queue: &str,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        scope: AckScope,
+        requeue: Requeue,
+    ) -> Result<AckTicket, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender(queue)?
+            .send(Command::Nack(consumer, tag, scope, requeue, reply))
             .await
-            .map_err(|_| QueueError::Gone(queue.to_string()))?
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        Ok(answer)
     }
 
     /// Negatively acknowledges: requeue, or dead-letter (reject).
@@ -906,17 +1020,17 @@ impl QueueManager {
         let mut stats = Vec::new();
         for (name, durability, sender) in handles {
             let (reply, answer) = oneshot::channel();
-            if sender.send(Command::Stats(reply)).await.is_ok() {
-                if let Ok(mut queue) = answer.await {
-                    queue.durability = durability;
-                    stats.push(queue);
-                } else {
-                    stats.push(QueueStats {
-                        name,
-                        ..QueueStats::default()
-                    });
-                }
-            }
+            // A queue being deleted (its task stopped) is listed, empty, until it is gone.
+            let counted = match sender.send(Command::Stats(reply)).await {
+                Ok(()) => answer.await.ok(),
+                Err(_) => None,
+            };
+            let mut queue = counted.unwrap_or(QueueStats {
+                name,
+                ..QueueStats::default()
+            });
+            queue.durability = durability;
+            stats.push(queue);
         }
         stats.sort_by(|left, right| left.name.cmp(&right.name));
         stats
@@ -927,33 +1041,37 @@ impl QueueManager {
     /// # Errors
     /// `UnknownQueue`, `Storage`.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
-        let handle = {
-            let mut registry = self.lock();
+        // Stop the task and remove the files while the queue is still registered, and only
+        // then forget it: a declare of the same name meanwhile finds the old queue instead of
+        // creating a new one whose files the end of this delete would remove.
+        let (sender, durability) = {
+            let registry = self.lock();
             let handle = registry
                 .queues
-                .remove(queue)
+                .get(queue)
                 .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
-            for (_, bindings) in registry.exchanges.values_mut() {
-                bindings.remove_queue(queue);
-            }
-            registry.bindings.retain(|binding| binding.queue != queue);
-            registry.owners.remove(queue);
-            registry.consumer_counts.remove(queue);
-            self.save(&registry)?;
-            handle
+            (handle.sender.clone(), handle.durability)
         };
         let (reply, stopped) = oneshot::channel();
-        if handle.sender.send(Command::Stop(reply)).await.is_ok() {
+        if sender.send(Command::Stop(reply)).await.is_ok() {
             let _ = stopped.await;
         }
-        let dir = match handle.durability {
-            Durability::Durable => self.dir.join("durable").join(queue),
-            Durability::Transient => self.dir.join("transient").join(queue),
-        };
-        self.env
-            .fs
-            .remove_dir_all(&dir)
-            .map_err(|error| QueueError::Storage(error.to_string()))
+        let dir = self.queue_dir(queue, durability);
+        if self.env.fs.is_dir(&dir) {
+            self.env
+                .fs
+                .remove_dir_all(&dir)
+                .map_err(|error| QueueError::Storage(error.to_string()))?;
+        }
+        let mut registry = self.lock();
+        registry.queues.remove(queue);
+        for (_, bindings) in registry.exchanges.values_mut() {
+            bindings.remove_queue(queue);
+        }
+        registry.bindings.retain(|binding| binding.queue != queue);
+        registry.owners.remove(queue);
+        registry.consumer_ids.remove(queue);
+        self.save(&registry)
     }
 
     /// Stops every queue task, closing durable queues cleanly.
@@ -973,14 +1091,19 @@ impl QueueManager {
     }
 
     /// Republishes a dead-lettered message through `exchange`.
-    async fn dead_letter(&self, exchange: &str, message: Message) {
+    /// Republishes a dead-lettered message; true once it is stored (or there was nowhere to
+    /// put it), false if the republish failed and the original must stay.
+    async fn dead_letter(&self, exchange: &str, message: Message) -> bool {
         match self.publish(exchange, message).await {
-            Ok(Published::Routed(_)) => {}
+            Ok(Published::Routed(_)) => true,
             Ok(Published::Unroutable) => {
                 self.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Err(error) => {
-                tracing::warn!(exchange, %error, "dead-lettering failed; message dropped")
+                // The original stays stored and comes back at the next start.
+                tracing::warn!(exchange, %error, "dead-lettering failed; keeping the original");
+                false
             }
         }
     }
@@ -996,6 +1119,10 @@ fn check_name(name: &str) -> Result<(), QueueError> {
         return Err(QueueError::Invalid(format!(
             "name {name:?}: the amq. prefix is reserved"
         )));
+    }
+    if name == "." || name == ".." {
+        // A durable queue's name is a directory name.
+        return Err(QueueError::Invalid(format!("name {name:?} is not allowed")));
     }
     if !name
         .bytes()
@@ -1152,6 +1279,8 @@ struct QueueTask {
     clock: Arc<dyn Clock>,
     manager: Weak<QueueManager>,
     last_compaction_ms: i64,
+    /// Actions decided outside a tick (recovery) and carried out at the next one.
+    pending_actions: Vec<Action>,
 }
 
 impl QueueTask {
@@ -1181,6 +1310,7 @@ impl QueueTask {
                 .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
             store,
             last_compaction_ms: clock.now_ms(),
+            pending_actions: Vec::new(),
             clock,
             manager,
         };
@@ -1207,9 +1337,11 @@ impl QueueTask {
             tracing::warn!(
                 queue = name,
                 dropped = overflowed.len(),
-                "recovered queue exceeded its max length"
+                "recovered queue exceeded its max length; dead-lettering the oldest"
             );
         }
+        // Carried out (dead-lettered and settled) at the first tick.
+        task.pending_actions = overflowed;
         Ok(task)
     }
 
@@ -1311,12 +1443,32 @@ impl QueueTask {
             return;
         }
         let taken = std::mem::take(publishes);
-        let messages: Vec<Message> = taken
+        // One batch per run, unless the run is larger than a batch may be: then several, so a
+        // large neighbour never fails an unrelated publish.
+        let mut chunk: Vec<PendingPublish> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for pending in taken {
+            let bytes: usize = pending.0.iter().map(message_bytes).sum();
+            if !chunk.is_empty() && chunk_bytes + bytes > PUBLISH_RUN_BYTES_MAX {
+                self.store_run(std::mem::take(&mut chunk)).await;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunk.push(pending);
+        }
+        self.store_run(chunk).await;
+    }
+
+    async fn store_run(&mut self, run: Vec<PendingPublish>) {
+        if run.is_empty() {
+            return;
+        }
+        let messages: Vec<Message> = run
             .iter()
             .flat_map(|(messages, _)| messages.iter().cloned())
             .collect();
         let outcome = self.publish(messages).await;
-        for (_, reply) in taken {
+        for (_, reply) in run {
             let _ = reply.send(outcome.clone());
         }
     }
@@ -1359,8 +1511,9 @@ impl QueueTask {
                 self.state.add_consumer(consumer, prefetch);
                 self.consumers.insert(consumer, sender);
             }
-            Command::Cancel(consumer) => {
+            Command::Cancel(consumer, reply) => {
                 self.consumers.remove(&consumer);
+                let _ = reply.send(());
                 let actions = self.state.remove_consumer(consumer);
                 if let Err(error) = self.apply(actions).await {
                     tracing::warn!(queue = self.name, %error, "returning a cancelled consumer's deliveries failed");
@@ -1384,6 +1537,11 @@ impl QueueTask {
                     Err(error) => Err(error),
                 };
                 let _ = reply.send(outcome);
+            }
+            Command::Settle(ids) => {
+                if let Err(error) = self.settle(&ids).await {
+                    tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
+                }
             }
             Command::Purge(reply) => {
                 let mut ids = self.state.purge();
@@ -1473,7 +1631,7 @@ impl QueueTask {
     /// Moves due delayed messages to ready, expires, times out acks, and delivers.
     async fn tick(&mut self) {
         let now = self.clock.now_ms();
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.pending_actions);
         for id in self.delays.take_due(now) {
             match self.store.read(id) {
                 Ok(Some(record)) => {
@@ -1533,8 +1691,11 @@ impl QueueTask {
                 }
                 Action::Settle(id) => settled.push(id),
                 Action::DeadLetter(id, reason) => {
-                    self.dead_letter(id, reason).await;
-                    settled.push(id);
+                    // With a dead-letter exchange the message is settled only once its copy
+                    // is stored there (the republish settles it); without one it is dropped.
+                    if !self.dead_letter(id, reason).await {
+                        settled.push(id);
+                    }
                 }
                 Action::Cancel(consumer, reason) => {
                     tracing::warn!(queue = self.name, consumer, reason, "consumer cancelled");
@@ -1559,15 +1720,17 @@ impl QueueTask {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, id: i64, reason: DeadLetterReason) {
+    /// Republishes a dead-lettered message; true if a republish was started (it settles the
+    /// message when the copy is stored).
+    async fn dead_letter(&mut self, id: i64, reason: DeadLetterReason) -> bool {
         let Some((exchange, routing_key)) = self.dead_letter.clone() else {
-            return;
+            return false;
         };
         let Some(manager) = self.manager.upgrade() else {
-            return;
+            return false;
         };
         let Ok(Some(record)) = self.store.read(id) else {
-            return;
+            return false;
         };
         let original_key = record
             .key
@@ -1604,8 +1767,26 @@ impl QueueTask {
             headers,
         };
         // Dead-lettering runs on its own task: the target may be this very queue.
-        tokio::spawn(async move { manager.dead_letter(&exchange, message).await });
+        let queue = self.name.clone();
+        tokio::spawn(async move {
+            if manager.dead_letter(&exchange, message).await {
+                if let Ok(sender) = manager.sender(&queue) {
+                    let _ = sender.send(Command::Settle(vec![id])).await;
+                }
+            }
+        });
+        true
     }
+}
+
+/// Bytes a message takes in a record batch, roughly (body, key, headers).
+fn message_bytes(message: &Message) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|header| header.key.len() + header.value.as_ref().map_or(0, Bytes::len) + 16)
+        .sum();
+    message.body.len() + message.routing_key.len() + headers + 32
 }
 
 /// Whether a queue task goes on after a batch.

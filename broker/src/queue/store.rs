@@ -147,6 +147,13 @@ impl QueueStore {
         let mut state = AckState::default();
         let mut from = self.acks.log_start_offset();
         if let Some(found) = checkpoint::read(fs, &path, ACK_STATE_MAGIC)? {
+            if found.version != 1 {
+                return Err(Error::Corrupt {
+                    segment: path.clone(),
+                    position: 0,
+                    reason: format!("ack-state version {} is not 1", found.version),
+                });
+            }
             let saved: AckCheckpoint =
                 decode(Bytes::from(found.payload)).map_err(|reason| Error::Corrupt {
                     segment: path.clone(),

@@ -179,6 +179,15 @@ impl Session {
             .push((queue.to_string(), consumer));
     }
 
+    /// True if this connection started `consumer` on `queue`.
+    pub fn owns_consumer(&self, queue: &str, consumer: u64) -> bool {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .any(|(name, id)| name == queue && *id == consumer)
+    }
+
     /// Forgets a cancelled consumer.
     pub fn remove_consumer(&self, queue: &str, consumer: u64) {
         self.consumers

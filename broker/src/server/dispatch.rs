@@ -144,14 +144,20 @@ pub async fn handle(
             broker.txn.offset_commit(request).await,
         )),
         Request::EndTxn(request) => ready(Response::EndTxn(broker.txn.end(request).await)),
-        Request::Publish(request) => publish(broker, request),
+        Request::Publish(request) => publish(broker, request).await,
         Request::Subscribe(request) => ready(Response::Subscribe(
             subscribe(broker, request, session, header).await,
         )),
-        Request::Ack(request) => ready(Response::Ack(admin_answer(
-            ack(broker, request, session).await,
-        ))),
+        Request::Ack(request) => ack(broker, request, session).await,
         Request::Cancel(request) => {
+            if !session.owns_consumer(&request.queue, request.consumer_id) {
+                return ready(Response::Cancel(admin_answer(Err(QueueError::Invalid(
+                    format!(
+                        "consumer {} of queue {:?} was not started on this connection",
+                        request.consumer_id, request.queue
+                    ),
+                )))));
+            }
             broker
                 .queues
                 .cancel(&request.queue, request.consumer_id)
@@ -378,30 +384,55 @@ fn declare_queue(
         .declare_queue_for(&request.name, args, durability, Some(session))
 }
 
-/// Publishes; the answer (the publisher confirm) completes once the message is durable in
-/// every queue it routed to. The ordered phase starts the publish so that messages of one
-/// connection are stored in the order they were sent.
-fn publish(broker: &Arc<Broker>, request: PublishRequest) -> Completion {
+/// Headers only the broker sets: a publisher's copies are dropped (they would fake the
+/// source exchange, dead-letter history or bypass the delay limit).
+fn is_reserved_header(key: &str) -> bool {
+    key == crate::queue::manager::EXCHANGE_HEADER
+        || key == crate::queue::delay::DUE_HEADER
+        || key.starts_with("x-death-")
+}
+
+/// Publishes. The ordered phase hands the message to its queues, so a connection's
+/// messages are stored in the order sent; the completion waits for the confirm (durable in
+/// every routed queue), so pipelined publishes share fsyncs.
+async fn publish(broker: &Arc<Broker>, request: PublishRequest) -> Completion {
+    let message = Message {
+        routing_key: request.routing_key,
+        body: request.body,
+        headers: request
+            .headers
+            .into_iter()
+            .filter(|entry| !is_reserved_header(&entry.key))
+            .map(|entry| Header {
+                key: entry.key,
+                value: entry.value,
+            })
+            .collect(),
+    };
+    let failed = |error: QueueError| {
+        ready(Response::Publish(PublishResponse {
+            error: queue_error_code(&error),
+            error_message: Some(error.to_string()),
+            queues: Vec::new(),
+        }))
+    };
+    let ticket = match broker
+        .queues
+        .publish_enqueue(&request.exchange, message)
+        .await
+    {
+        Ok(ticket) => ticket,
+        Err(error) => return failed(error),
+    };
     let broker = broker.clone();
+    let mandatory = request.mandatory;
     Box::pin(async move {
-        let message = Message {
-            routing_key: request.routing_key,
-            body: request.body,
-            headers: request
-                .headers
-                .into_iter()
-                .map(|entry| Header {
-                    key: entry.key,
-                    value: entry.value,
-                })
-                .collect(),
-        };
-        let response = match broker.queues.publish(&request.exchange, message).await {
+        let response = match ticket.confirmed().await {
             Ok(Published::Routed(queues)) => PublishResponse {
                 queues,
                 ..PublishResponse::default()
             },
-            Ok(Published::Unroutable) if request.mandatory => PublishResponse {
+            Ok(Published::Unroutable) if mandatory => PublishResponse {
                 error: ErrorCode::Unroutable,
                 error_message: Some(
                     "no queue matched the mandatory message; it was not stored".to_string(),
@@ -490,14 +521,24 @@ async fn subscribe(
     }
 }
 
-async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<(), QueueError> {
-    let _ = session;
+/// Acks or nacks. Only the connection that started a consumer may settle its deliveries.
+/// The ordered phase hands the ack to the queue; the completion waits until the settlement
+/// is durable, so pipelined acks share fsyncs.
+async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Completion {
+    if !session.owns_consumer(&request.queue, request.consumer_id) {
+        return ready(Response::Ack(admin_answer(Err(QueueError::Invalid(
+            format!(
+                "consumer {} of queue {:?} was not started on this connection",
+                request.consumer_id, request.queue
+            ),
+        )))));
+    }
     let scope = if request.multiple {
         AckScope::Multiple
     } else {
         AckScope::Single
     };
-    if request.negative {
+    let ticket = if request.negative {
         let requeue = if request.requeue {
             Requeue::Yes
         } else {
@@ -505,7 +546,7 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<
         };
         broker
             .queues
-            .nack(
+            .nack_enqueue(
                 &request.queue,
                 request.consumer_id,
                 request.delivery_tag,
@@ -516,14 +557,22 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Result<
     } else {
         broker
             .queues
-            .ack(
+            .ack_enqueue(
                 &request.queue,
                 request.consumer_id,
                 request.delivery_tag,
                 scope,
             )
             .await
-    }
+    };
+    let queue = request.queue;
+    Box::pin(async move {
+        let outcome = match ticket {
+            Ok(ticket) => ticket.await.unwrap_or(Err(QueueError::Gone(queue))),
+            Err(error) => Err(error),
+        };
+        Some(Response::Ack(admin_answer(outcome)))
+    })
 }
 
 /// Maps a storage error to its wire code and message (the one place this happens).
