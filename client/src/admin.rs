@@ -34,7 +34,7 @@ use crate::offsets;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Admin {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 /// A consumer group as listed.

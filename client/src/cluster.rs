@@ -185,16 +185,21 @@ impl Client {
         target: Target,
         request: Request,
     ) -> Result<T> {
-        let response = self.send(target, &request).await?;
-        let response = response.and_then(T::from_response).ok_or(Error::Decode(
-            wharf_protocol::DecodeError::InvalidValue {
-                field: "response type",
-                value: i64::from(request.api_key().code()),
-            },
-        ))?;
+        let response: T = self.call_unchecked(target, request).await?;
         let (code, message) = response.top_error();
         check_code(code, message)?;
         Ok(response)
+    }
+
+    /// Like [`Client::call`], leaving the top-level error code to the caller (the queue
+    /// apis turn their codes into typed errors).
+    pub(crate) async fn call_unchecked<T: FromResponse>(
+        &self,
+        target: Target,
+        request: Request,
+    ) -> Result<T> {
+        let response = self.send(target, &request).await?;
+        response_as(response, request.api_key())
     }
 
     /// Asks the broker for metadata and updates the cache with what it says.
@@ -224,6 +229,17 @@ impl Client {
             }
         }
         Ok(response)
+    }
+
+    /// Opens a connection of its own to the broker requests without a target go to, outside
+    /// the shared pool. Subscriptions use one each: their consumer lives and dies with its
+    /// connection, so a reconnect of the shared one must not silently end it.
+    ///
+    /// # Errors
+    /// [`Connection::open`]'s errors.
+    pub(crate) async fn open_dedicated(&self) -> Result<Connection> {
+        let broker = self.broker(Target::Any)?;
+        Connection::open(&broker.address, broker.options.clone()).await
     }
 
     /// Drops `topic` from the cache so the next lookup asks the broker.
@@ -314,6 +330,47 @@ from_response! {
     AddOffsetsToTxn => AddOffsetsToTxnResponse,
     TxnOffsetCommit => TxnOffsetCommitResponse,
     EndTxn => EndTxnResponse,
+    Publish => PublishResponse,
+    Subscribe => SubscribeResponse,
+    PurgeQueue => PurgeQueueResponse,
+    ListQueues => ListQueuesResponse,
+    ListExchanges => ListExchangesResponse,
+}
+
+/// One body type answers every queue admin api (and acks), so it matches them all.
+impl FromResponse for QueueAdminResponse {
+    fn from_response(response: Response) -> Option<Self> {
+        match response {
+            Response::DeclareExchange(body)
+            | Response::DeclareQueue(body)
+            | Response::DeleteQueue(body)
+            | Response::BindQueue(body)
+            | Response::UnbindQueue(body)
+            | Response::Ack(body)
+            | Response::Cancel(body)
+            | Response::DeleteExchange(body) => Some(body),
+            _ => None,
+        }
+    }
+    fn top_error(&self) -> (ErrorCode, Option<String>) {
+        (self.error, self.error_message.clone())
+    }
+}
+
+/// The body of `response` as `T`, or a decode error naming the api asked for.
+///
+/// # Errors
+/// [`Error::Decode`] if there is no response or it is of another type.
+pub(crate) fn response_as<T: FromResponse>(
+    response: Option<Response>,
+    api_key: wharf_protocol::ApiKey,
+) -> Result<T> {
+    response.and_then(T::from_response).ok_or(Error::Decode(
+        wharf_protocol::DecodeError::InvalidValue {
+            field: "response type",
+            value: i64::from(api_key.code()),
+        },
+    ))
 }
 
 /// The answer to a request started with [`Client::start`].

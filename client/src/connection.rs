@@ -6,8 +6,15 @@
 //! stream into frames and hands each response to the caller waiting on its correlation id
 //! through a `oneshot`. Many requests may be in flight; a semaphore bounds how many.
 //!
-//! Invariants: a pending entry is registered before its frame can reach the socket, so a
-//! response can never arrive for an unknown request; once the connection is closed every
+//! Server pushes (`Deliver` frames) are not responses: they carry the correlation id of the
+//! Subscribe request that started their consumer, may arrive at any time (even before the
+//! Subscribe response), and are never answered. The reader routes them to a bounded
+//! per-subscription channel registered with the Subscribe request
+//! ([`Connection::begin_with_pushes`]) and never mistakes them for a response.
+//!
+//! Invariants: a pending entry (and a subscription's push channel) is registered before its
+//! frame can reach the socket, so neither a response nor a push can arrive for an unknown
+//! request; once the connection is closed every
 //! pending caller gets an error and new callers are refused, so nobody waits forever; the
 //! pending map's lock is never held across an `.await`; requests one caller starts one after
 //! another ([`Connection::begin`]) reach the socket in that order, because the writer drains
@@ -27,7 +34,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use wharf_protocol::api::encode_request;
 use wharf_protocol::frame::decode_frame;
-use wharf_protocol::messages::{Acks, ApiVersionRange, ApiVersionsRequest, ProduceRequest};
+use wharf_protocol::messages::{
+    Acks, ApiVersionRange, ApiVersionsRequest, DeliverPush, ProduceRequest,
+};
 use wharf_protocol::{ApiKey, Request, Response};
 
 use crate::error::{check_code, Error, Result};
@@ -87,8 +96,14 @@ struct Pending {
 #[derive(Debug, Default)]
 struct PendingState {
     waiters: HashMap<u32, Waiter>,
+    /// Push channels of live subscriptions, by the correlation id of their Subscribe.
+    pushes: HashMap<u32, mpsc::Sender<DeliverPush>>,
     closed: Option<Error>,
 }
+
+/// Deliveries pushed to one subscription, in the order the broker sent them. Ends (`None`)
+/// when the subscription is stopped or the connection closes.
+pub(crate) type PushReceiver = mpsc::Receiver<DeliverPush>;
 
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, PendingState> {
@@ -99,13 +114,51 @@ impl Pending {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn insert(&self, correlation_id: u32, waiter: Waiter) -> Result<()> {
+    /// Registers `waiter`, and `push` for the deliveries of a subscription, under one lock,
+    /// so a push that overtakes the response already finds its channel.
+    fn insert(
+        &self,
+        correlation_id: u32,
+        waiter: Waiter,
+        push: Option<mpsc::Sender<DeliverPush>>,
+    ) -> Result<()> {
         let mut state = self.lock();
         if let Some(error) = &state.closed {
             return Err(error.clone());
         }
         state.waiters.insert(correlation_id, waiter);
+        if let Some(push) = push {
+            state.pushes.insert(correlation_id, push);
+        }
         Ok(())
+    }
+
+    /// Hands `pushed` to the subscription of `correlation_id`. A push for a stopped
+    /// subscription is dropped (the broker returns it to the queue when the consumer is
+    /// cancelled).
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] if the subscription's channel is full: its capacity is the
+    /// prefetch window, so the broker pushed more unacknowledged deliveries than allowed.
+    fn push(&self, correlation_id: u32, pushed: DeliverPush) -> Result<()> {
+        let mut state = self.lock();
+        let Some(sender) = state.pushes.get(&correlation_id) else {
+            return Ok(());
+        };
+        match sender.try_send(pushed) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                state.pushes.remove(&correlation_id);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::InvalidState {
+                reason: "broker pushed more deliveries than the prefetch window allows",
+            }),
+        }
+    }
+
+    fn stop_pushes(&self, correlation_id: u32) {
+        self.lock().pushes.remove(&correlation_id);
     }
 
     fn take(&self, correlation_id: u32) -> Option<Waiter> {
@@ -119,6 +172,8 @@ impl Pending {
             if state.closed.is_none() {
                 state.closed = Some(error.clone());
             }
+            // Dropping the senders ends every subscription's stream.
+            state.pushes.clear();
             state.waiters.drain().map(|(_, waiter)| waiter).collect()
         };
         for waiter in waiters {
@@ -234,6 +289,36 @@ impl Connection {
     /// [`Error::UnsupportedApi`] if the broker lacks the api, [`Error::Disconnected`] (or
     /// the error that closed it) if the connection is closed.
     pub(crate) async fn begin(&self, request: &Request) -> Result<InFlight> {
+        self.begin_inner(request, None).await
+    }
+
+    /// Like [`Connection::begin`] for a Subscribe: also registers a channel of
+    /// `push_capacity` deliveries (at least 1) for the `Deliver` pushes of the consumer it
+    /// starts, before the request can reach the socket. Stop them with
+    /// [`Connection::stop_pushes`].
+    ///
+    /// # Errors
+    /// As [`Connection::begin`].
+    pub(crate) async fn begin_with_pushes(
+        &self,
+        request: &Request,
+        push_capacity: usize,
+    ) -> Result<(InFlight, PushReceiver)> {
+        let (sender, receiver) = mpsc::channel(push_capacity.max(1));
+        let in_flight = self.begin_inner(request, Some(sender)).await?;
+        Ok((in_flight, receiver))
+    }
+
+    /// Drops the push channel of the subscription started by request `correlation_id`.
+    pub(crate) fn stop_pushes(&self, correlation_id: u32) {
+        self.pending.stop_pushes(correlation_id);
+    }
+
+    async fn begin_inner(
+        &self,
+        request: &Request,
+        push: Option<mpsc::Sender<DeliverPush>>,
+    ) -> Result<InFlight> {
         let api_key = request.api_key();
         self.check_api(api_key)?;
         let permit = Arc::clone(&self.in_flight)
@@ -250,7 +335,7 @@ impl Connection {
         );
         let (reply, answer) = oneshot::channel();
         self.pending
-            .insert(correlation_id, Waiter { api_key, reply })?;
+            .insert(correlation_id, Waiter { api_key, reply }, push)?;
         let mut frame = BytesMut::new();
         encode_request(request, correlation_id, &mut frame);
         let outgoing = Outgoing {
@@ -260,6 +345,7 @@ impl Connection {
         };
         if self.outgoing.send(outgoing).await.is_err() {
             self.pending.take(correlation_id);
+            self.pending.stop_pushes(correlation_id);
             return Err(self.disconnected());
         }
         Ok(InFlight {
@@ -289,7 +375,8 @@ impl Connection {
         }
     }
 
-    fn disconnected(&self) -> Error {
+    /// Why the connection closed (or `Disconnected` if it recorded no reason).
+    pub(crate) fn disconnected(&self) -> Error {
         closed_error(&self.pending, &self.address)
     }
 }
@@ -308,6 +395,11 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// The correlation id of the request (for a Subscribe: the id its pushes carry).
+    pub(crate) fn correlation_id(&self) -> u32 {
+        self.correlation_id
+    }
+
     /// Waits for the answer, at most the request timeout.
     ///
     /// # Errors
@@ -447,7 +539,12 @@ async fn read_loop(
     loop {
         loop {
             match decode_frame(&mut buffer, frame_bytes_max) {
-                Ok(Some(frame)) => deliver(&pending, frame),
+                Ok(Some(frame)) => {
+                    if let Err(error) = deliver(&pending, frame) {
+                        pending.close(error);
+                        return;
+                    }
+                }
                 Ok(None) => break,
                 Err(error) => {
                     // The stream is out of sync: nothing after this can be trusted.
@@ -474,10 +571,21 @@ async fn read_loop(
     }
 }
 
-/// Hands one response frame to its waiter, if it is still waiting.
-fn deliver(pending: &Pending, frame: wharf_protocol::Frame) {
+/// Hands one response frame to its waiter, if it is still waiting, and one push to its
+/// subscription.
+///
+/// # Errors
+/// An undecodable push, or a push beyond the prefetch window: the connection must close.
+fn deliver(pending: &Pending, frame: wharf_protocol::Frame) -> Result<()> {
+    if frame.header.api_key == ApiKey::Deliver.code() {
+        let correlation_id = frame.header.correlation_id;
+        let Request::Deliver(pushed) = Request::decode(ApiKey::Deliver, frame.body)? else {
+            unreachable!("decoded as Deliver")
+        };
+        return pending.push(correlation_id, pushed);
+    }
     let Some(waiter) = pending.take(frame.header.correlation_id) else {
-        return;
+        return Ok(());
     };
     let result = if frame.header.api_key == waiter.api_key.code() {
         Response::decode(waiter.api_key, frame.body)
@@ -490,4 +598,105 @@ fn deliver(pending: &Pending, frame: wharf_protocol::Frame) {
         }))
     };
     let _ = waiter.reply.send(result);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use wharf_protocol::messages::SubscribeResponse;
+    use wharf_protocol::FrameHeader;
+
+    use super::*;
+
+    fn push_frame(correlation_id: u32, delivery_tag: u64) -> wharf_protocol::Frame {
+        let mut body = BytesMut::new();
+        Request::Deliver(DeliverPush {
+            consumer_id: 1,
+            delivery_tag,
+            ..DeliverPush::default()
+        })
+        .encode_body(&mut body);
+        wharf_protocol::Frame {
+            header: FrameHeader {
+                api_key: ApiKey::Deliver.code(),
+                api_version: 0,
+                correlation_id,
+            },
+            body: body.freeze(),
+        }
+    }
+
+    fn subscribe_response_frame(correlation_id: u32) -> wharf_protocol::Frame {
+        let mut body = BytesMut::new();
+        Response::Subscribe(SubscribeResponse {
+            consumer_id: 1,
+            ..SubscribeResponse::default()
+        })
+        .encode_body(&mut body);
+        wharf_protocol::Frame {
+            header: FrameHeader {
+                api_key: ApiKey::Subscribe.code(),
+                api_version: 0,
+                correlation_id,
+            },
+            body: body.freeze(),
+        }
+    }
+
+    /// Registers a Subscribe waiter with a push channel of `capacity`, as `begin_with_pushes`.
+    fn subscribed(
+        pending: &Pending,
+        capacity: usize,
+    ) -> (oneshot::Receiver<Result<Option<Response>>>, PushReceiver) {
+        let (reply, answer) = oneshot::channel();
+        let (sender, pushes) = mpsc::channel(capacity);
+        let waiter = Waiter {
+            api_key: ApiKey::Subscribe,
+            reply,
+        };
+        pending.insert(7, waiter, Some(sender)).expect("open");
+        (answer, pushes)
+    }
+
+    #[test]
+    fn pushes_that_overtake_the_subscribe_response_reach_the_subscription() {
+        let pending = Pending::default();
+        let (mut answer, mut pushes) = subscribed(&pending, 2);
+        deliver(&pending, push_frame(7, 1)).expect("routed");
+        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 1);
+        assert!(answer.try_recv().is_err(), "a push is not the response");
+        deliver(&pending, subscribe_response_frame(7)).expect("answered");
+        let response = answer.try_recv().expect("answered").expect("ok");
+        assert!(matches!(response, Some(Response::Subscribe(_))));
+        // Pushes keep flowing after the response, and stop once the subscription stops.
+        deliver(&pending, push_frame(7, 2)).expect("routed");
+        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 2);
+        pending.stop_pushes(7);
+        deliver(&pending, push_frame(7, 3)).expect("dropped quietly");
+        assert!(pushes.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_push_beyond_the_prefetch_window_is_an_error() {
+        let pending = Pending::default();
+        let (_answer, _pushes) = subscribed(&pending, 1);
+        deliver(&pending, push_frame(7, 1)).expect("within the window");
+        assert!(matches!(
+            deliver(&pending, push_frame(7, 2)),
+            Err(Error::InvalidState { .. })
+        ));
+    }
+
+    #[test]
+    fn closing_ends_every_subscription() {
+        let pending = Pending::default();
+        let (_answer, mut pushes) = subscribed(&pending, 1);
+        pending.close(Error::Disconnected {
+            address: "a:1".to_string(),
+        });
+        assert!(matches!(
+            pushes.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
 }

@@ -148,6 +148,90 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The queue does not exist.
+    UnknownQueue {
+        /// The queue name.
+        queue: String,
+    },
+    /// The exchange does not exist.
+    UnknownExchange {
+        /// The exchange name.
+        exchange: String,
+    },
+    /// A declare named an existing exchange or queue with different arguments.
+    PreconditionFailed {
+        /// The broker's message (which entity, what differs).
+        message: String,
+    },
+    /// A mandatory message matched no queue; it was not stored.
+    Unroutable {
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+    },
+    /// A queue the message routed to is full and rejects publishes (overflow
+    /// `reject-publish`).
+    QueueFull {
+        /// The broker's message (which queue, its max length).
+        message: String,
+    },
+    /// An ack or nack named an unknown or already settled delivery tag.
+    UnknownDeliveryTag {
+        /// The queue.
+        queue: String,
+        /// The tag.
+        delivery_tag: u64,
+    },
+}
+
+/// The names a queue request was about, to put into the typed error of its answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QueueSubject<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) delivery_tag: u64,
+}
+
+/// `Ok(())` for `ErrorCode::None`, else the typed error of a queue api's answer.
+///
+/// # Errors
+/// The queue variants of [`Error`] for their codes, [`Error::Server`] for the rest.
+pub(crate) fn check_queue_code(
+    code: ErrorCode,
+    message: Option<String>,
+    subject: QueueSubject<'_>,
+) -> Result<()> {
+    let message_or_default = |message: Option<String>| {
+        message
+            .filter(|message| !message.is_empty())
+            .unwrap_or_else(|| code.describe().to_string())
+    };
+    Err(match code {
+        ErrorCode::None => return Ok(()),
+        ErrorCode::UnknownQueue => Error::UnknownQueue {
+            queue: subject.queue.to_string(),
+        },
+        ErrorCode::UnknownExchange => Error::UnknownExchange {
+            exchange: subject.exchange.to_string(),
+        },
+        ErrorCode::PreconditionFailed => Error::PreconditionFailed {
+            message: message_or_default(message),
+        },
+        ErrorCode::Unroutable => Error::Unroutable {
+            exchange: subject.exchange.to_string(),
+            routing_key: subject.routing_key.to_string(),
+        },
+        ErrorCode::QueueFull => Error::QueueFull {
+            message: message_or_default(message),
+        },
+        ErrorCode::UnknownDeliveryTag => Error::UnknownDeliveryTag {
+            queue: subject.queue.to_string(),
+            delivery_tag: subject.delivery_tag,
+        },
+        other => Error::server(other, message),
+    })
 }
 
 impl Error {
@@ -183,6 +267,12 @@ impl Error {
             Error::UnknownGroup { .. } => Some(ErrorCode::GroupIdNotFound),
             Error::ProducerFenced { .. } => Some(ErrorCode::ProducerFenced),
             Error::OutOfOrderSequence { .. } => Some(ErrorCode::OutOfOrderSequence),
+            Error::UnknownQueue { .. } => Some(ErrorCode::UnknownQueue),
+            Error::UnknownExchange { .. } => Some(ErrorCode::UnknownExchange),
+            Error::PreconditionFailed { .. } => Some(ErrorCode::PreconditionFailed),
+            Error::Unroutable { .. } => Some(ErrorCode::Unroutable),
+            Error::QueueFull { .. } => Some(ErrorCode::QueueFull),
+            Error::UnknownDeliveryTag { .. } => Some(ErrorCode::UnknownDeliveryTag),
             _ => None,
         }
     }
@@ -298,6 +388,28 @@ impl fmt::Display for Error {
             }
             Error::Closed => formatter.write_str("the client was closed"),
             Error::InvalidState { reason } => formatter.write_str(reason),
+            Error::UnknownQueue { queue } => write!(formatter, "unknown queue \"{queue}\""),
+            Error::UnknownExchange { exchange } => {
+                write!(formatter, "unknown exchange \"{exchange}\"")
+            }
+            Error::PreconditionFailed { message } => {
+                write!(formatter, "precondition failed: {message}")
+            }
+            Error::Unroutable {
+                exchange,
+                routing_key,
+            } => write!(
+                formatter,
+                "unroutable: no queue is bound to exchange \"{exchange}\" for routing key \"{routing_key}\""
+            ),
+            Error::QueueFull { message } => formatter.write_str(message),
+            Error::UnknownDeliveryTag {
+                queue,
+                delivery_tag,
+            } => write!(
+                formatter,
+                "unknown or already settled delivery tag {delivery_tag} on queue \"{queue}\""
+            ),
         }
     }
 }
@@ -412,5 +524,44 @@ mod tests {
         assert!(Error::server(ErrorCode::RequestTimedOut, None).is_retriable());
         assert!(!Error::server(ErrorCode::InvalidRequest, None).is_retriable());
         assert!(!Error::Closed.is_retriable());
+    }
+
+    #[test]
+    fn queue_codes_become_typed_errors_naming_their_subject() {
+        let subject = QueueSubject {
+            queue: "orders",
+            exchange: "events",
+            routing_key: "order.created",
+            delivery_tag: 7,
+        };
+        let check = |code| check_queue_code(code, None, subject).unwrap_err();
+        assert_eq!(
+            check(ErrorCode::UnknownQueue).to_string(),
+            "unknown queue \"orders\""
+        );
+        assert_eq!(
+            check(ErrorCode::UnknownExchange).to_string(),
+            "unknown exchange \"events\""
+        );
+        assert!(matches!(
+            check(ErrorCode::Unroutable),
+            Error::Unroutable { ref routing_key, .. } if routing_key == "order.created"
+        ));
+        assert!(matches!(
+            check(ErrorCode::UnknownDeliveryTag),
+            Error::UnknownDeliveryTag {
+                delivery_tag: 7,
+                ..
+            }
+        ));
+        assert_eq!(
+            check(ErrorCode::QueueFull).code(),
+            Some(ErrorCode::QueueFull)
+        );
+        assert!(matches!(
+            check(ErrorCode::InvalidRequest),
+            Error::Server { .. }
+        ));
+        assert!(check_queue_code(ErrorCode::None, None, subject).is_ok());
     }
 }

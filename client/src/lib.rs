@@ -2,7 +2,9 @@
 //! wire protocol, and the `wharf` command line built on them.
 //!
 //! Start with a [`Client`] (one per application: it owns the connections and the metadata
-//! cache), then build a [`Producer`], a [`Consumer`] or an [`Admin`] on it.
+//! cache), then build a [`Producer`], a [`Consumer`] or an [`Admin`] on it for streams, or a
+//! [`Publisher`] and [`Subscriber`]s for queues (exchanges, routing keys, push delivery with
+//! acks; see [`Publisher`] and [`Subscriber`] for examples).
 //!
 //! ```no_run
 //! # async fn example() -> wharf_client::Result<()> {
@@ -44,6 +46,9 @@ mod metadata;
 mod offsets;
 mod partitioner;
 mod producer;
+mod publisher;
+mod queue_admin;
+mod subscriber;
 
 #[cfg(test)]
 mod client_tests;
@@ -65,6 +70,12 @@ pub use partitioner::{jump_consistent_hash, murmur2, Partitioner};
 pub use producer::{
     DeliveryFuture, Idempotence, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+
+pub use publisher::{PublishConfirm, Publisher, Routing, DELAY_HEADER, EXPIRATION_HEADER};
+pub use queue_admin::{
+    Binding, Durability, ExchangeInfo, ExchangeKind, HeadersMatch, Overflow, QueueArgs, QueueInfo,
+};
+pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 
 pub use wharf_protocol::messages::{Acks, Isolation, TxnResult};
 pub use wharf_protocol::{ErrorCode, Header};

@@ -9,6 +9,19 @@
 //!                     [--max-messages N] [--timeout-ms T] [--format value|json]
 //!                     [--isolation read_committed|read_uncommitted]
 //! wharf group list | group describe G
+//! wharf exchange declare NAME --type direct|fanout|topic|headers [--transient]
+//! wharf exchange list | exchange delete NAME
+//! wharf queue declare NAME [--durable] [--message-ttl-ms N] [--max-length N]
+//!                          [--overflow drop-head|reject-publish] [--dead-letter-exchange X]
+//!                          [--dead-letter-routing-key K] [--delivery-limit N]
+//!                          [--single-active-consumer] [--ack-timeout-ms N]
+//! wharf queue bind|unbind NAME EXCHANGE [--routing-key KEY | --header k=v ... --match all|any]
+//! wharf queue list | queue purge NAME | queue delete NAME
+//! wharf publish EXCHANGE ROUTING_KEY [--confirm] [--mandatory] [--header k=v]...
+//!                                    [--ttl-ms N] [--delay-ms N]
+//! wharf subscribe QUEUE [--prefetch N] [--max-messages N] [--timeout-ms T]
+//!                       [--ack auto|manual] [--reject] [--format value|json]
+//! wharf perf produce|consume|e2e --topic T ...   (load generators; see perf.rs)
 //! ```
 //!
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
@@ -23,8 +36,16 @@
 mod admin;
 #[path = "wharf/consume.rs"]
 mod consume;
+#[path = "wharf/perf.rs"]
+mod perf;
 #[path = "wharf/produce.rs"]
 mod produce;
+#[path = "wharf/publish.rs"]
+mod publish;
+#[path = "wharf/queue.rs"]
+mod queue;
+#[path = "wharf/subscribe.rs"]
+mod subscribe;
 #[path = "wharf/table.rs"]
 mod table;
 
@@ -68,6 +89,28 @@ pub enum Command {
         /// The group command.
         #[command(subcommand)]
         command: GroupCommand,
+    },
+    /// Declare, list or delete exchanges.
+    Exchange {
+        /// The exchange command.
+        #[command(subcommand)]
+        command: queue::ExchangeCommand,
+    },
+    /// Declare, bind, unbind, list, purge or delete queues.
+    Queue {
+        /// The queue command.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
+    /// Publish one message per line of standard input to an exchange.
+    Publish(publish::PublishArgs),
+    /// Print the messages pushed from a queue, one per line, acking each.
+    Subscribe(subscribe::SubscribeArgs),
+    /// Load generators: produce, consume and end-to-end latency; one JSON summary line.
+    Perf {
+        /// The workload.
+        #[command(subcommand)]
+        command: perf::PerfCommand,
     },
 }
 
@@ -346,6 +389,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Group { command } => admin::group(&client, command, cli.json).await,
         Command::Produce(args) => produce::run(&client, args, cli.json).await,
         Command::Consume(args) => consume::run(&client, args, cli.json).await,
+        Command::Exchange { command } => queue::exchange(&client, command, cli.json).await,
+        Command::Queue { command } => queue::queue(&client, command, cli.json).await,
+        Command::Publish(args) => publish::run(&client, args, cli.json).await,
+        Command::Subscribe(args) => subscribe::run(&client, args, cli.json).await,
+        Command::Perf { command } => perf::run(&client, &cli.broker, command).await,
     }
 }
 
@@ -567,6 +615,92 @@ mod tests {
         if std::env::var_os("WHARF_BROKER").is_none() {
             assert_eq!(parse(&["topic", "list"]).unwrap().broker, "127.0.0.1:7420");
         }
+    }
+
+    #[test]
+    fn queue_commands_follow_the_contract() {
+        let cli = parse(&[
+            "queue",
+            "declare",
+            "orders",
+            "--durable",
+            "--max-length",
+            "5",
+            "--overflow",
+            "reject-publish",
+            "--dead-letter-exchange",
+            "dlx",
+        ])
+        .unwrap();
+        let Command::Queue {
+            command: queue::QueueCommand::Declare(args),
+        } = cli.command
+        else {
+            panic!("not queue declare");
+        };
+        assert!(args.durable);
+        assert_eq!(args.max_length, Some(5));
+        assert_eq!(args.overflow, Some(queue::OverflowArg::RejectPublish));
+        assert!(parse(&["queue", "bind", "q", "x", "--routing-key", "a.*"]).is_ok());
+        assert!(parse(&["queue", "bind", "q", "x", "--header", "a=1", "--match", "any"]).is_ok());
+        // --match needs headers; a routing key and headers exclude each other.
+        assert!(parse(&["queue", "bind", "q", "x", "--match", "any"]).is_err());
+        assert!(parse(&[
+            "queue",
+            "unbind",
+            "q",
+            "x",
+            "--routing-key",
+            "k",
+            "--header",
+            "a=1"
+        ])
+        .is_err());
+        assert!(parse(&["exchange", "declare", "x", "--type", "topic", "--transient"]).is_ok());
+        assert!(parse(&["exchange", "declare", "x", "--type", "direkt"]).is_err());
+    }
+
+    #[test]
+    fn publish_and_subscribe_flags() {
+        let cli = parse(&[
+            "publish",
+            "events",
+            "a.b",
+            "--confirm",
+            "--mandatory",
+            "--header",
+            "k=v",
+            "--ttl-ms",
+            "100",
+            "--delay-ms",
+            "500",
+        ])
+        .unwrap();
+        let Command::Publish(args) = cli.command else {
+            panic!("not publish");
+        };
+        assert!(args.confirm && args.mandatory);
+        assert_eq!((args.ttl_ms, args.delay_ms), (Some(100), Some(500)));
+        let cli = parse(&[
+            "subscribe",
+            "orders",
+            "--ack",
+            "auto",
+            "--reject",
+            "--prefetch",
+            "5",
+        ])
+        .unwrap();
+        let Command::Subscribe(args) = cli.command else {
+            panic!("not subscribe");
+        };
+        assert_eq!(args.ack, subscribe::AckArg::Auto);
+        assert!(args.reject);
+        assert_eq!(args.prefetch, 5);
+        let Command::Subscribe(args) = parse(&["subscribe", "q"]).unwrap().command else {
+            panic!("not subscribe");
+        };
+        assert_eq!(args.ack, subscribe::AckArg::Manual, "manual is the default");
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! `wharf subscribe`: prints the messages the broker pushes from one queue, one per line,
+//! until `--max-messages`, `--timeout-ms` of silence, Ctrl-C or SIGTERM.
+//!
+//! Settlement: `--ack manual` (the default) acks each message after printing it, so a crash
+//! between receiving and printing redelivers it (at-least-once); `--ack auto` acks on receipt
+//! before printing (at-most-once); `--reject` rejects instead of acking (without requeue, so
+//! the message is dead-lettered). On exit the consumer is cancelled: deliveries received but
+//! not printed return to the queue.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+use wharf_client::{Client, Delivery, Subscriber};
+
+use crate::consume::interrupted;
+use crate::{CliError, FormatArg};
+
+/// `wharf subscribe`.
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// The queue.
+    pub queue: String,
+    /// Most unacknowledged deliveries at once.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub prefetch: u32,
+    /// Exit after printing this many messages.
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+    /// Exit when no message arrived for this many milliseconds.
+    #[arg(long, value_name = "T")]
+    pub timeout_ms: Option<u64>,
+    /// When to acknowledge: after printing (manual) or on receipt (auto).
+    #[arg(long, value_enum, default_value_t = AckArg::Manual)]
+    pub ack: AckArg,
+    /// Reject each message without requeue (dead-letter it) instead of acking it.
+    #[arg(long)]
+    pub reject: bool,
+    /// How to print each message.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+}
+
+/// `--ack` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    /// Settle on receipt, before printing (at-most-once).
+    Auto,
+    /// Settle after printing (at-least-once).
+    Manual,
+}
+
+/// Runs `wharf subscribe`.
+pub async fn run(client: &Client, args: SubscribeArgs, json: bool) -> Result<(), CliError> {
+    let format = args.format.unwrap_or(if json {
+        FormatArg::Json
+    } else {
+        FormatArg::Value
+    });
+    let mut subscriber = Subscriber::subscribe(client, &args.queue, args.prefetch).await?;
+    let printed = print_deliveries(&mut subscriber, &args, format).await;
+    // Cancel even after an error, so unprinted deliveries return to the queue at once; a
+    // failing cancel matters only if printing went well.
+    let cancelled = subscriber.cancel().await;
+    printed?;
+    match cancelled {
+        Err(error) if !error.is_connection_error() => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Receives, settles and prints until a stop condition.
+async fn print_deliveries(
+    subscriber: &mut Subscriber,
+    args: &SubscribeArgs,
+    format: FormatArg,
+) -> Result<(), CliError> {
+    let idle_max = args.timeout_ms.map_or(Duration::MAX, Duration::from_millis);
+    let mut printed: u64 = 0;
+    let mut out = io::BufWriter::new(io::stdout());
+    let interrupted = interrupted();
+    tokio::pin!(interrupted);
+    loop {
+        if args.max_messages.is_some_and(|max| printed >= max) {
+            return Ok(());
+        }
+        let delivery = tokio::select! {
+            next = tokio::time::timeout(idle_max, subscriber.next()) => match next {
+                Ok(next) => next?,
+                Err(_) => return Ok(()),
+            },
+            () = &mut interrupted => return Ok(()),
+        };
+        let Some(delivery) = delivery else {
+            return Ok(());
+        };
+        if args.ack == AckArg::Auto {
+            settle(&delivery, args.reject).await?;
+        }
+        let written = write_delivery(&mut out, &delivery, format).and_then(|()| out.flush());
+        if let Err(error) = written {
+            // Unprinted: leave it unsettled so it returns to the queue.
+            return stdout_closed(error);
+        }
+        if args.ack == AckArg::Manual {
+            settle(&delivery, args.reject).await?;
+        }
+        printed += 1;
+    }
+}
+
+async fn settle(delivery: &Delivery, reject: bool) -> Result<(), CliError> {
+    if reject {
+        delivery.reject().await?;
+    } else {
+        delivery.ack().await?;
+    }
+    Ok(())
+}
+
+/// A reader that went away (`| head`) ends the command quietly; other errors are errors.
+fn stdout_closed(error: io::Error) -> Result<(), CliError> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(CliError::Stdout(error))
+    }
+}
+
+fn write_delivery(out: &mut impl Write, delivery: &Delivery, format: FormatArg) -> io::Result<()> {
+    match format {
+        FormatArg::Value => {
+            out.write_all(String::from_utf8_lossy(&delivery.body).as_bytes())?;
+            out.write_all(b"\n")
+        }
+        FormatArg::Json => writeln!(out, "{}", delivery_json(delivery)),
+    }
+}
+
+/// One JSON object per message. Headers are an object of text values (`null` for a header
+/// without a value); bodies and values that are not UTF-8 are printed lossily.
+fn delivery_json(delivery: &Delivery) -> Value {
+    let mut headers = Map::new();
+    for header in &delivery.headers {
+        let value = header.value.as_ref().map_or(Value::Null, |value| {
+            Value::from(String::from_utf8_lossy(value).into_owned())
+        });
+        headers.insert(header.key.clone(), value);
+    }
+    json!({
+        "delivery_tag": delivery.tag,
+        "routing_key": delivery.routing_key,
+        "redelivered": delivery.redelivered,
+        "timestamp": delivery.timestamp_ms,
+        "headers": Value::Object(headers),
+        "body": String::from_utf8_lossy(&delivery.body),
+    })
+}

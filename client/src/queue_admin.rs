@@ -1,0 +1,460 @@
+//! Queue administration on [`Admin`]: exchanges, queues, bindings, purge and listings.
+//!
+//! Thin typed wrappers over DeclareExchange, DeleteExchange, ListExchanges, DeclareQueue,
+//! DeleteQueue, PurgeQueue, BindQueue, UnbindQueue and ListQueues. Queue arguments travel by
+//! name (`message-ttl-ms`, `max-length`, ...); [`QueueArgs`] is their typed form, so a typo
+//! is a compile error instead of an ignored argument. Error codes become the queue variants
+//! of [`Error`](crate::Error).
+
+use wharf_protocol::messages::*;
+use wharf_protocol::Request;
+
+use crate::admin::Admin;
+use crate::cluster::{FromResponse, Target};
+use crate::error::{check_queue_code, QueueSubject, Result};
+
+/// How an exchange routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// To queues bound with exactly the message's routing key.
+    Direct,
+    /// To every bound queue.
+    Fanout,
+    /// By pattern: `.`-separated words, `*` = one word, `#` = zero or more words.
+    Topic,
+    /// By message headers (`x-match` all or any).
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The name on the wire (`direct`, `fanout`, `topic`, `headers`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// Whether a definition (and for queues, their messages and ack state) survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a broker restart.
+    Durable,
+    /// Lost when the broker restarts.
+    Transient,
+}
+
+impl Durability {
+    fn is_durable(self) -> bool {
+        self == Durability::Durable
+    }
+}
+
+/// What a full queue (at `max_length`) does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (dead-letter) the oldest ready message.
+    DropHead,
+    /// Refuse the publish: the publisher gets [`Error::QueueFull`](crate::Error::QueueFull).
+    RejectPublish,
+}
+
+impl Overflow {
+    /// The name on the wire (`drop-head`, `reject-publish`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+        }
+    }
+}
+
+/// Optional arguments of a queue; `QueueArgs::default()` sets none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArgs {
+    /// Messages expire (and are dead-lettered) this long after they were published.
+    pub message_ttl_ms: Option<u64>,
+    /// Most ready messages.
+    pub max_length: Option<u64>,
+    /// What happens past `max_length` (the broker's default is drop-head).
+    pub overflow: Option<Overflow>,
+    /// Where rejected, expired, dropped and poison messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// Their routing key there (default: the original one).
+    pub dead_letter_routing_key: Option<String>,
+    /// Deliveries after which a message is dead-lettered instead of redelivered again.
+    pub delivery_limit: Option<u32>,
+    /// Deliver to one consumer at a time; the next takes over when it goes.
+    pub single_active_consumer: bool,
+    /// A delivery unacknowledged this long returns to the queue and its consumer is
+    /// cancelled.
+    pub ack_timeout_ms: Option<u64>,
+}
+
+impl QueueArgs {
+    /// The arguments as the wire's name/value pairs.
+    pub fn to_entries(&self) -> Vec<ConfigEntry> {
+        let mut entries = Vec::new();
+        let mut push = |key: &str, value: String| {
+            entries.push(ConfigEntry {
+                key: key.to_string(),
+                value,
+            });
+        };
+        if let Some(ttl) = self.message_ttl_ms {
+            push("message-ttl-ms", ttl.to_string());
+        }
+        if let Some(max_length) = self.max_length {
+            push("max-length", max_length.to_string());
+        }
+        if let Some(overflow) = self.overflow {
+            push("overflow", overflow.as_str().to_string());
+        }
+        if let Some(exchange) = &self.dead_letter_exchange {
+            push("dead-letter-exchange", exchange.clone());
+        }
+        if let Some(key) = &self.dead_letter_routing_key {
+            push("dead-letter-routing-key", key.clone());
+        }
+        if let Some(limit) = self.delivery_limit {
+            push("delivery-limit", limit.to_string());
+        }
+        if self.single_active_consumer {
+            push("single-active-consumer", "true".to_string());
+        }
+        if let Some(timeout) = self.ack_timeout_ms {
+            push("ack-timeout-ms", timeout.to_string());
+        }
+        entries
+    }
+}
+
+/// How a headers binding matches a message's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadersMatch {
+    /// Every binding header must be present with its value.
+    All,
+    /// At least one must.
+    Any,
+}
+
+impl HeadersMatch {
+    /// The `x-match` value (`all`, `any`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadersMatch::All => "all",
+            HeadersMatch::Any => "any",
+        }
+    }
+}
+
+/// What a binding matches on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// A routing key (or topic pattern); ignored by fanout exchanges.
+    RoutingKey(String),
+    /// Header pairs, for headers exchanges.
+    Headers {
+        /// The `key`/`value` pairs to match.
+        headers: Vec<(String, String)>,
+        /// All or any of them.
+        match_mode: HeadersMatch,
+    },
+}
+
+impl Binding {
+    fn to_request(&self, queue: &str, exchange: &str) -> BindQueueRequest {
+        let (routing_key, headers) = match self {
+            Binding::RoutingKey(key) => (key.clone(), Vec::new()),
+            Binding::Headers {
+                headers,
+                match_mode,
+            } => {
+                let mut entries = vec![ConfigEntry {
+                    key: "x-match".to_string(),
+                    value: match_mode.as_str().to_string(),
+                }];
+                entries.extend(headers.iter().map(|(key, value)| ConfigEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                }));
+                (String::new(), entries)
+            }
+        };
+        BindQueueRequest {
+            queue: queue.to_string(),
+            exchange: exchange.to_string(),
+            routing_key,
+            headers,
+        }
+    }
+}
+
+/// An exchange as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeInfo {
+    /// Its name (`""` is the default exchange).
+    pub name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    pub kind: String,
+    /// Whether it survives a restart.
+    pub durable: bool,
+    /// Bindings from it.
+    pub binding_count: u32,
+}
+
+/// A queue as listed, with its counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Its name.
+    pub name: String,
+    /// Whether it survives a restart.
+    pub durable: bool,
+    /// Messages waiting for delivery (delayed ones included).
+    pub ready: u64,
+    /// Delivered, not yet acknowledged.
+    pub unacked: u64,
+    /// Subscribed consumers.
+    pub consumers: u64,
+}
+
+impl Admin {
+    /// Declares exchange `name` (idempotent when kind and durability match).
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`](crate::Error::PreconditionFailed) if it exists with
+    /// another kind, [`Error::Server`](crate::Error::Server) for an invalid name, request
+    /// errors.
+    pub async fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        durability: Durability,
+    ) -> Result<()> {
+        let request = Request::DeclareExchange(DeclareExchangeRequest {
+            name: name.to_string(),
+            kind: kind.as_str().to_string(),
+            durable: durability.is_durable(),
+        });
+        self.queue_call::<QueueAdminResponse>(request, exchange_subject(name))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes exchange `name` and its bindings.
+    ///
+    /// # Errors
+    /// [`Error::UnknownExchange`](crate::Error::UnknownExchange), request errors.
+    pub async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let request = Request::DeleteExchange(DeleteExchangeRequest {
+            name: name.to_string(),
+        });
+        self.queue_call::<QueueAdminResponse>(request, exchange_subject(name))
+            .await
+            .map(drop)
+    }
+
+    /// Every exchange, the built-in ones included, sorted by name.
+    ///
+    /// # Errors
+    /// Request errors.
+    pub async fn list_exchanges(&self) -> Result<Vec<ExchangeInfo>> {
+        let request = Request::ListExchanges(ListExchangesRequest {});
+        let response: ListExchangesResponse =
+            self.queue_call(request, QueueSubject::default()).await?;
+        let mut exchanges: Vec<ExchangeInfo> = response
+            .exchanges
+            .into_iter()
+            .map(|exchange| ExchangeInfo {
+                name: exchange.name,
+                kind: exchange.kind,
+                durable: exchange.durable,
+                binding_count: exchange.bindings,
+            })
+            .collect();
+        exchanges.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(exchanges)
+    }
+
+    /// Declares queue `name` (idempotent when the arguments match).
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`](crate::Error::PreconditionFailed) if it exists with
+    /// other arguments, [`Error::Server`](crate::Error::Server) for invalid ones, request
+    /// errors.
+    pub async fn declare_queue(
+        &self,
+        name: &str,
+        durability: Durability,
+        args: &QueueArgs,
+    ) -> Result<()> {
+        let request = Request::DeclareQueue(DeclareQueueRequest {
+            name: name.to_string(),
+            durable: durability.is_durable(),
+            args: args.to_entries(),
+        });
+        self.queue_call::<QueueAdminResponse>(request, queue_subject(name))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes queue `name` with its messages and bindings.
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`](crate::Error::UnknownQueue), request errors.
+    pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        let request = Request::DeleteQueue(DeleteQueueRequest {
+            name: name.to_string(),
+        });
+        self.queue_call::<QueueAdminResponse>(request, queue_subject(name))
+            .await
+            .map(drop)
+    }
+
+    /// Removes every ready message of queue `name`; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`](crate::Error::UnknownQueue), request errors.
+    pub async fn purge_queue(&self, name: &str) -> Result<u64> {
+        let request = Request::PurgeQueue(PurgeQueueRequest {
+            name: name.to_string(),
+        });
+        let response: PurgeQueueResponse = self.queue_call(request, queue_subject(name)).await?;
+        Ok(response.purged)
+    }
+
+    /// Binds `queue` to `exchange`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`](crate::Error::UnknownQueue),
+    /// [`Error::UnknownExchange`](crate::Error::UnknownExchange), request errors.
+    pub async fn bind_queue(&self, queue: &str, exchange: &str, binding: &Binding) -> Result<()> {
+        let request = Request::BindQueue(binding.to_request(queue, exchange));
+        self.queue_call::<QueueAdminResponse>(request, bind_subject(queue, exchange))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a binding made with [`Admin::bind_queue`].
+    ///
+    /// # Errors
+    /// As [`Admin::bind_queue`].
+    pub async fn unbind_queue(&self, queue: &str, exchange: &str, binding: &Binding) -> Result<()> {
+        let request = Request::UnbindQueue(binding.to_request(queue, exchange));
+        self.queue_call::<QueueAdminResponse>(request, bind_subject(queue, exchange))
+            .await
+            .map(drop)
+    }
+
+    /// Every queue with its ready, unacknowledged and consumer counts, sorted by name.
+    ///
+    /// # Errors
+    /// Request errors.
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+        let request = Request::ListQueues(ListQueuesRequest {});
+        let response: ListQueuesResponse =
+            self.queue_call(request, QueueSubject::default()).await?;
+        let mut queues: Vec<QueueInfo> = response
+            .queues
+            .into_iter()
+            .map(|queue| QueueInfo {
+                name: queue.name,
+                durable: queue.durable,
+                ready: queue.ready,
+                unacked: queue.unacked,
+                consumers: queue.consumers,
+            })
+            .collect();
+        queues.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(queues)
+    }
+
+    async fn queue_call<T: FromResponse>(
+        &self,
+        request: Request,
+        subject: QueueSubject<'_>,
+    ) -> Result<T> {
+        let response: T = self.client.call_unchecked(Target::Any, request).await?;
+        let (code, message) = response.top_error();
+        check_queue_code(code, message, subject)?;
+        Ok(response)
+    }
+}
+
+fn queue_subject(queue: &str) -> QueueSubject<'_> {
+    QueueSubject {
+        queue,
+        ..QueueSubject::default()
+    }
+}
+
+fn exchange_subject(exchange: &str) -> QueueSubject<'_> {
+    QueueSubject {
+        exchange,
+        ..QueueSubject::default()
+    }
+}
+
+fn bind_subject<'a>(queue: &'a str, exchange: &'a str) -> QueueSubject<'a> {
+    QueueSubject {
+        queue,
+        exchange,
+        ..QueueSubject::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_args_travel_by_their_wire_names() {
+        let args = QueueArgs {
+            message_ttl_ms: Some(500),
+            max_length: Some(3),
+            overflow: Some(Overflow::RejectPublish),
+            dead_letter_exchange: Some("dlx".to_string()),
+            dead_letter_routing_key: Some("dead".to_string()),
+            delivery_limit: Some(2),
+            single_active_consumer: true,
+            ack_timeout_ms: Some(1000),
+        };
+        let pairs: Vec<(String, String)> = args
+            .to_entries()
+            .into_iter()
+            .map(|entry| (entry.key, entry.value))
+            .collect();
+        let expected = [
+            ("message-ttl-ms", "500"),
+            ("max-length", "3"),
+            ("overflow", "reject-publish"),
+            ("dead-letter-exchange", "dlx"),
+            ("dead-letter-routing-key", "dead"),
+            ("delivery-limit", "2"),
+            ("single-active-consumer", "true"),
+            ("ack-timeout-ms", "1000"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+        assert!(QueueArgs::default().to_entries().is_empty());
+    }
+
+    #[test]
+    fn headers_binding_carries_x_match_first_and_no_routing_key() {
+        let binding = Binding::Headers {
+            headers: vec![("format".to_string(), "pdf".to_string())],
+            match_mode: HeadersMatch::Any,
+        };
+        let request = binding.to_request("docs", "by-header");
+        assert_eq!(request.routing_key, "");
+        assert_eq!(request.headers[0].key, "x-match");
+        assert_eq!(request.headers[0].value, "any");
+        assert_eq!(request.headers[1].key, "format");
+    }
+}

@@ -1,0 +1,293 @@
+//! [`Subscriber`]: a consumer of one queue, fed by the broker's pushes.
+//!
+//! Each subscriber owns a connection of its own: the broker ties a consumer to the connection
+//! that subscribed, and returns every unacknowledged delivery to the queue (to be redelivered
+//! with `redelivered = true`) when that connection closes. Sharing the pooled connection
+//! would let an unrelated reconnect end the subscription silently.
+//!
+//! Deliveries arrive as `Deliver` pushes routed by the connection to a channel whose capacity
+//! is the prefetch window: the broker never has more than `prefetch` deliveries unacknowledged
+//! at this consumer, so the channel never fills, and a broker that broke the window closes the
+//! connection with an error rather than blocking the reader (which would also block the
+//! answers to acks). The channel is registered before the Subscribe request is sent, because
+//! pushes may overtake its response.
+//!
+//! Invariants: a [`Delivery`] keeps the connection alive (it holds it through an `Arc`), so an
+//! ack can always be sent while a delivery exists; after [`Subscriber::cancel`] no further
+//! delivery is handed out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wharf_protocol::messages::{
+    AckRequest, CancelRequest, DeliverPush, QueueAdminResponse, SubscribeRequest, SubscribeResponse,
+};
+use wharf_protocol::{ApiKey, Header, Request};
+
+use crate::cluster::{response_as, Client};
+use crate::connection::{Connection, PushReceiver};
+use crate::error::{check_queue_code, Error, QueueSubject, Result};
+
+/// Largest prefetch window a subscriber accepts. The push channel holds up to this many
+/// deliveries (allocated as they arrive), so the bound caps the memory one slow reader may
+/// pin; 65,536 is far beyond where a larger window still raises throughput.
+pub const PREFETCH_MAX: u32 = 65_536;
+
+/// Whether a negatively acknowledged message goes back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back to the queue, to be redelivered with `redelivered = true`.
+    Yes,
+    /// Dead-lettered (or dropped if the queue has no dead-letter exchange).
+    No,
+}
+
+/// Whether an ack or nack settles one delivery or every earlier one too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Single,
+    Multiple,
+}
+
+/// A consumer of one queue.
+///
+/// ```no_run
+/// # async fn example() -> wharf_client::Result<()> {
+/// use wharf_client::{Client, ClientConfig, Requeue, Subscriber};
+///
+/// let client = Client::connect(ClientConfig::new("127.0.0.1:7420")).await?;
+/// let mut subscriber = Subscriber::subscribe(&client, "orders", 10).await?;
+/// while let Some(delivery) = subscriber.next().await? {
+///     match std::str::from_utf8(&delivery.body) {
+///         Ok(text) => {
+///             println!("{} {text}", delivery.routing_key);
+///             delivery.ack().await?;
+///         }
+///         // Not text: dead-letter it.
+///         Err(_) => delivery.nack(Requeue::No).await?,
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Subscriber {
+    shared: Arc<Shared>,
+    pushes: PushReceiver,
+    correlation_id: u32,
+    cancelled: bool,
+}
+
+/// What a subscriber and its deliveries share.
+#[derive(Debug)]
+struct Shared {
+    connection: Connection,
+    queue: String,
+    consumer_id: u64,
+}
+
+/// One message pushed to a [`Subscriber`]. Settle it with exactly one of the ack, nack or
+/// reject calls; an unsettled delivery returns to the queue when the subscriber goes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The delivery tag, unique per consumer, increasing.
+    pub tag: u64,
+    /// True if the message was delivered before (requeued, or its consumer went away).
+    pub redelivered: bool,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its headers, broker-added ones (`x-exchange`, `x-death-*`) included.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Bytes,
+    /// When the broker stored it (ms since the Unix epoch).
+    pub timestamp_ms: i64,
+    shared: Arc<Shared>,
+}
+
+impl Subscriber {
+    /// Subscribes to `queue` with a window of `prefetch` unacknowledged deliveries, on a
+    /// connection of its own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] for a prefetch outside 1..=[`PREFETCH_MAX`],
+    /// [`Error::UnknownQueue`], connection errors.
+    pub async fn subscribe(client: &Client, queue: &str, prefetch: u32) -> Result<Subscriber> {
+        if !(1..=PREFETCH_MAX).contains(&prefetch) {
+            return Err(Error::InvalidState {
+                reason: "prefetch must be between 1 and 65536",
+            });
+        }
+        let capacity = usize::try_from(prefetch).expect("u32 fits in usize on supported targets");
+        let connection = client.open_dedicated().await?;
+        let request = Request::Subscribe(SubscribeRequest {
+            queue: queue.to_string(),
+            prefetch,
+        });
+        let (in_flight, pushes) = connection.begin_with_pushes(&request, capacity).await?;
+        let correlation_id = in_flight.correlation_id();
+        let response: SubscribeResponse =
+            response_as(in_flight.finish().await?, ApiKey::Subscribe)?;
+        let subject = QueueSubject {
+            queue,
+            ..QueueSubject::default()
+        };
+        check_queue_code(response.error, response.error_message, subject)?;
+        Ok(Subscriber {
+            shared: Arc::new(Shared {
+                connection,
+                queue: queue.to_string(),
+                consumer_id: response.consumer_id,
+            }),
+            pushes,
+            correlation_id,
+            cancelled: false,
+        })
+    }
+
+    /// The next delivery, waiting as long as it takes; `None` once cancelled.
+    ///
+    /// # Errors
+    /// The connection's error ([`Error::Disconnected`], [`Error::Io`], ...) once it closed.
+    pub async fn next(&mut self) -> Result<Option<Delivery>> {
+        match self.pushes.recv().await {
+            Some(pushed) => Ok(Some(self.delivery(pushed))),
+            None if self.cancelled => Ok(None),
+            None => Err(self.shared.connection.disconnected()),
+        }
+    }
+
+    /// Stops the consumer. The broker returns its unacknowledged deliveries to the queue;
+    /// deliveries received but not yet handed out by [`Subscriber::next`] are discarded (they
+    /// are among those returned).
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`] if the queue was deleted, connection errors.
+    pub async fn cancel(&mut self) -> Result<()> {
+        let request = Request::Cancel(CancelRequest {
+            queue: self.shared.queue.clone(),
+            consumer_id: self.shared.consumer_id,
+        });
+        let result = self.shared.settle_request(request, 0).await;
+        self.cancelled = true;
+        self.shared.connection.stop_pushes(self.correlation_id);
+        self.pushes.close();
+        while self.pushes.try_recv().is_ok() {}
+        result
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.shared.queue
+    }
+
+    /// The broker's id of this consumer.
+    pub fn consumer_id(&self) -> u64 {
+        self.shared.consumer_id
+    }
+
+    fn delivery(&self, pushed: DeliverPush) -> Delivery {
+        Delivery {
+            tag: pushed.delivery_tag,
+            redelivered: pushed.redelivered,
+            routing_key: pushed.routing_key,
+            headers: pushed
+                .headers
+                .into_iter()
+                .map(|header| Header {
+                    key: header.key,
+                    value: header.value,
+                })
+                .collect(),
+            body: pushed.body,
+            timestamp_ms: pushed.timestamp_ms,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Delivery {
+    /// Acknowledges this delivery: the message is done.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDeliveryTag`] if it was settled already, connection errors.
+    pub async fn ack(&self) -> Result<()> {
+        self.settle(Negative::Ack, Scope::Single).await
+    }
+
+    /// Acknowledges this delivery and every earlier unsettled one of the subscriber.
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub async fn ack_multiple(&self) -> Result<()> {
+        self.settle(Negative::Ack, Scope::Multiple).await
+    }
+
+    /// Negatively acknowledges this delivery: back to the queue, or dead-lettered.
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub async fn nack(&self, requeue: Requeue) -> Result<()> {
+        self.settle(Negative::Nack(requeue), Scope::Single).await
+    }
+
+    /// Like [`Delivery::nack`] for this delivery and every earlier unsettled one.
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub async fn nack_multiple(&self, requeue: Requeue) -> Result<()> {
+        self.settle(Negative::Nack(requeue), Scope::Multiple).await
+    }
+
+    /// Rejects this delivery without requeue (it is dead-lettered): `nack(Requeue::No)`.
+    ///
+    /// # Errors
+    /// As [`Delivery::ack`].
+    pub async fn reject(&self) -> Result<()> {
+        self.nack(Requeue::No).await
+    }
+
+    /// The value of header `key`, if present.
+    pub fn header(&self, key: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|header| header.key == key)
+            .and_then(|header| header.value.as_deref())
+    }
+
+    async fn settle(&self, negative: Negative, scope: Scope) -> Result<()> {
+        let requeue = matches!(negative, Negative::Nack(Requeue::Yes));
+        let request = Request::Ack(AckRequest {
+            queue: self.shared.queue.clone(),
+            consumer_id: self.shared.consumer_id,
+            delivery_tag: self.tag,
+            multiple: scope == Scope::Multiple,
+            negative: negative != Negative::Ack,
+            requeue,
+        });
+        self.shared.settle_request(request, self.tag).await
+    }
+}
+
+/// An ack, or a nack with its requeue choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negative {
+    Ack,
+    Nack(Requeue),
+}
+
+impl Shared {
+    /// Sends an Ack or Cancel on the subscriber's own connection (no retry: after a
+    /// reconnect the consumer and its tags would be gone anyway).
+    async fn settle_request(&self, request: Request, delivery_tag: u64) -> Result<()> {
+        let api_key = request.api_key();
+        let response: QueueAdminResponse =
+            response_as(self.connection.request(&request).await?, api_key)?;
+        let subject = QueueSubject {
+            queue: &self.queue,
+            delivery_tag,
+            ..QueueSubject::default()
+        };
+        check_queue_code(response.error, response.error_message, subject)
+    }
+}

@@ -1,0 +1,576 @@
+//! Queues end to end through the `wharf` command line (and, where a test needs to hold
+//! deliveries unacknowledged, the client library's `Subscriber`) against the real `wharfd`:
+//! routing by every exchange type, dead-lettering on reject and on TTL expiry, reject-publish
+//! overflow seen by `publish --confirm`, queue counts, round-robin, redelivery after a
+//! subscriber is SIGKILLed, the prefetch window, and delayed delivery.
+//!
+//! Method: a test declares its topology with `wharf exchange|queue ...`, publishes with
+//! `wharf publish`, and reads with `wharf subscribe --max-messages N --timeout-ms T` (N the
+//! expected count, T a generous bound that only a failing test waits out); it then checks
+//! with `wharf queue list --json` that nothing else is left in the queue.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{wharf, wharf_ok, wharf_path, BrokerProcess};
+use serde_json::Value;
+use wharf_client::{Admin, Client, ClientConfig, Delivery, Subscriber};
+
+/// How long a subscriber waits for a message the test expects; only failing tests wait it
+/// out.
+const EXPECTED_WITHIN_MS: &str = "10000";
+const EXPECTED_WITHIN: Duration = Duration::from_secs(10);
+
+fn start_broker() -> (tempfile::TempDir, BrokerProcess) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    (data, broker)
+}
+
+/// Runs `wharf` with `args` against `broker`, expecting success.
+fn run(broker: &BrokerProcess, args: &[&str]) -> String {
+    wharf_ok(&broker.address(), args, "")
+}
+
+/// Publishes one message per line of `lines` with `publish EXCHANGE KEY --confirm extra...`.
+fn publish(broker: &BrokerProcess, exchange: &str, key: &str, extra: &[&str], lines: &[&str]) {
+    let mut args = vec!["publish", exchange, key, "--confirm"];
+    args.extend_from_slice(extra);
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    wharf_ok(&broker.address(), &args, &input);
+}
+
+/// Reads exactly `count` messages of `queue` through the CLI (manual acks) and checks the
+/// queue is then empty: returns their bodies in delivery order.
+fn drain(broker: &BrokerProcess, queue: &str, count: usize) -> Vec<String> {
+    let count_text = count.to_string();
+    let output = if count == 0 {
+        String::new()
+    } else {
+        run(
+            broker,
+            &[
+                "subscribe",
+                queue,
+                "--max-messages",
+                &count_text,
+                "--timeout-ms",
+                EXPECTED_WITHIN_MS,
+            ],
+        )
+    };
+    let bodies: Vec<String> = output.lines().map(str::to_string).collect();
+    assert_eq!(bodies.len(), count, "messages of {queue}: {bodies:?}");
+    let (ready, unacked, _) = queue_counts(broker, queue);
+    assert_eq!((ready, unacked), (0, 0), "{queue} has messages left");
+    bodies
+}
+
+/// `(ready, unacked, consumers)` of `queue` from `wharf queue list --json`.
+fn queue_counts(broker: &BrokerProcess, queue: &str) -> (u64, u64, u64) {
+    let listing: Value =
+        serde_json::from_str(&run(broker, &["--json", "queue", "list"])).expect("json listing");
+    let entry = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|entry| entry["name"] == queue)
+        .unwrap_or_else(|| panic!("{queue} not listed in {listing}"));
+    let number = |field: &str| entry[field].as_u64().expect("a count");
+    (number("ready"), number("unacked"), number("consumers"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn connect(runtime: &tokio::runtime::Runtime, broker: &BrokerProcess) -> Client {
+    runtime
+        .block_on(Client::connect(ClientConfig::new(broker.address())))
+        .expect("client connects")
+}
+
+/// The next delivery of `subscriber`, failing the test if none comes in time.
+fn next(runtime: &tokio::runtime::Runtime, subscriber: &mut Subscriber) -> Delivery {
+    runtime
+        .block_on(async { tokio::time::timeout(EXPECTED_WITHIN, subscriber.next()).await })
+        .expect("a delivery in time")
+        .expect("subscription alive")
+        .expect("not cancelled")
+}
+
+/// True if `subscriber` receives nothing within `window` (used only where the window is the
+/// assertion: a delivery beyond the prefetch window would arrive at once).
+fn nothing_within(
+    runtime: &tokio::runtime::Runtime,
+    subscriber: &mut Subscriber,
+    window: Duration,
+) -> bool {
+    runtime
+        .block_on(async { tokio::time::timeout(window, subscriber.next()).await })
+        .is_err()
+}
+
+fn text(delivery: &Delivery) -> String {
+    String::from_utf8(delivery.body.to_vec()).expect("utf-8 body")
+}
+
+#[test]
+fn every_exchange_type_routes_through_the_cli() {
+    let (_data, broker) = start_broker();
+    for (exchange, kind) in [
+        ("direct-x", "direct"),
+        ("fanout-x", "fanout"),
+        ("topic-x", "topic"),
+        ("headers-x", "headers"),
+    ] {
+        let out = run(&broker, &["exchange", "declare", exchange, "--type", kind]);
+        assert!(out.contains("declared exchange"), "{out}");
+    }
+    for queue in [
+        "d1", "f1", "f2", "t-star", "t-hash", "h-all", "h-any", "plain",
+    ] {
+        run(&broker, &["queue", "declare", queue]);
+    }
+    run(
+        &broker,
+        &["queue", "bind", "d1", "direct-x", "--routing-key", "pay"],
+    );
+    run(&broker, &["queue", "bind", "f1", "fanout-x"]);
+    run(
+        &broker,
+        &[
+            "queue",
+            "bind",
+            "f2",
+            "fanout-x",
+            "--routing-key",
+            "ignored",
+        ],
+    );
+    run(
+        &broker,
+        &[
+            "queue",
+            "bind",
+            "t-star",
+            "topic-x",
+            "--routing-key",
+            "order.*",
+        ],
+    );
+    run(
+        &broker,
+        &[
+            "queue",
+            "bind",
+            "t-hash",
+            "topic-x",
+            "--routing-key",
+            "order.#",
+        ],
+    );
+    let all = [
+        "--header",
+        "format=pdf",
+        "--header",
+        "type=report",
+        "--match",
+        "all",
+    ];
+    run(
+        &broker,
+        &[&["queue", "bind", "h-all", "headers-x"][..], &all].concat(),
+    );
+    let any = [
+        "--header",
+        "format=pdf",
+        "--header",
+        "type=log",
+        "--match",
+        "any",
+    ];
+    run(
+        &broker,
+        &[&["queue", "bind", "h-any", "headers-x"][..], &any].concat(),
+    );
+
+    publish(&broker, "direct-x", "pay", &[], &["d-hit"]);
+    publish(&broker, "direct-x", "refund", &[], &["d-miss"]);
+    publish(&broker, "fanout-x", "anything", &[], &["f"]);
+    publish(&broker, "topic-x", "order", &[], &["t0"]);
+    publish(&broker, "topic-x", "order.created", &[], &["t1"]);
+    publish(&broker, "topic-x", "order.created.eu", &[], &["t2"]);
+    let pdf_report = ["--header", "format=pdf", "--header", "type=report"];
+    publish(&broker, "headers-x", "", &pdf_report, &["h-both"]);
+    publish(
+        &broker,
+        "headers-x",
+        "",
+        &["--header", "type=log"],
+        &["h-log"],
+    );
+    publish(
+        &broker,
+        "headers-x",
+        "",
+        &["--header", "format=csv"],
+        &["h-none"],
+    );
+    publish(&broker, "", "plain", &[], &["default-exchange"]);
+
+    assert_eq!(drain(&broker, "d1", 1), ["d-hit"]);
+    assert_eq!(drain(&broker, "f1", 1), ["f"]);
+    assert_eq!(drain(&broker, "f2", 1), ["f"]);
+    // `*` is exactly one word; `#` is zero or more.
+    assert_eq!(drain(&broker, "t-star", 1), ["t1"]);
+    assert_eq!(drain(&broker, "t-hash", 3), ["t0", "t1", "t2"]);
+    assert_eq!(drain(&broker, "h-all", 1), ["h-both"]);
+    assert_eq!(drain(&broker, "h-any", 2), ["h-both", "h-log"]);
+    assert_eq!(drain(&broker, "plain", 1), ["default-exchange"]);
+
+    // Unbinding stops the routing; a mandatory message then fails the publish.
+    run(
+        &broker,
+        &["queue", "unbind", "d1", "direct-x", "--routing-key", "pay"],
+    );
+    let refused = wharf(
+        &broker.address(),
+        &["publish", "direct-x", "pay", "--confirm", "--mandatory"],
+        "lost\n",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unroutable"), "{stderr}");
+    let listing = run(&broker, &["exchange", "list"]);
+    assert!(listing.starts_with("NAME"), "{listing}");
+    assert!(
+        listing.contains("topic-x") && listing.contains("(default)"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn rejected_and_expired_messages_are_dead_lettered_with_their_reason() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["exchange", "declare", "dlx", "--type", "fanout"]);
+    run(&broker, &["queue", "declare", "dead"]);
+    run(&broker, &["queue", "bind", "dead", "dlx"]);
+    run(
+        &broker,
+        &["queue", "declare", "work", "--dead-letter-exchange", "dlx"],
+    );
+    let ttl = ["--message-ttl-ms", "100", "--dead-letter-exchange", "dlx"];
+    run(
+        &broker,
+        &[&["queue", "declare", "short"][..], &ttl].concat(),
+    );
+
+    publish(&broker, "", "work", &[], &["poison"]);
+    let printed = run(
+        &broker,
+        &[
+            "subscribe",
+            "work",
+            "--reject",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            EXPECTED_WITHIN_MS,
+        ],
+    );
+    assert_eq!(printed, "poison\n");
+    let dead = run(
+        &broker,
+        &[
+            "subscribe",
+            "dead",
+            "--format",
+            "json",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            EXPECTED_WITHIN_MS,
+        ],
+    );
+    let message: Value = serde_json::from_str(dead.trim()).expect("one json line");
+    assert_eq!(message["body"], "poison");
+    assert_eq!(
+        message["headers"]["x-death-reason"], "rejected",
+        "{message}"
+    );
+    assert_eq!(message["headers"]["x-death-queue"], "work", "{message}");
+    assert_eq!(message["redelivered"], false);
+
+    // Nobody consumes `short`: its message expires and goes to the dead-letter exchange.
+    publish(&broker, "", "short", &[], &["stale"]);
+    let dead = run(
+        &broker,
+        &[
+            "subscribe",
+            "dead",
+            "--format",
+            "json",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            EXPECTED_WITHIN_MS,
+        ],
+    );
+    let message: Value = serde_json::from_str(dead.trim()).expect("one json line");
+    assert_eq!(message["body"], "stale");
+    assert_eq!(message["headers"]["x-death-reason"], "expired", "{message}");
+    assert_eq!(queue_counts(&broker, "short").0, 0);
+    assert_eq!(queue_counts(&broker, "dead"), (0, 0, 0));
+}
+
+#[test]
+fn reject_publish_overflow_fails_publish_confirm() {
+    let (_data, broker) = start_broker();
+    let args = ["--max-length", "2", "--overflow", "reject-publish"];
+    run(
+        &broker,
+        &[&["queue", "declare", "small"][..], &args].concat(),
+    );
+    publish(&broker, "", "small", &[], &["a", "b"]);
+    let output = wharf(
+        &broker.address(),
+        &["publish", "", "small", "--confirm"],
+        "c\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("message 1 not confirmed"), "{stderr}");
+    assert!(stderr.contains("full"), "{stderr}");
+    assert!(
+        stderr.contains("0 confirmed") && stderr.contains("1 refused"),
+        "{stderr}"
+    );
+    assert_eq!(queue_counts(&broker, "small"), (2, 0, 0));
+    // FIXME(#5): publishes pipelined on one connection may be stored out of order (the broker
+    // completes them concurrently), so only the set is asserted here.
+    let mut kept = drain(&broker, "small", 2);
+    kept.sort();
+    assert_eq!(kept, ["a", "b"]);
+    // Declaring it again with other arguments is a clear error.
+    let output = wharf(&broker.address(), &["queue", "declare", "small"], "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: precondition failed"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn queue_list_shows_ready_and_unacked_counts() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "jobs", "--durable"]);
+    publish(&broker, "", "jobs", &[], &["j1", "j2", "j3"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut subscriber = runtime
+        .block_on(Subscriber::subscribe(&client, "jobs", 1))
+        .expect("subscribe");
+    let held = next(&runtime, &mut subscriber);
+    // Pipelined publishes may be stored in any order.
+    assert!(["j1", "j2", "j3"].contains(&text(&held).as_str()));
+    assert_eq!(queue_counts(&broker, "jobs"), (2, 1, 1));
+    let table = run(&broker, &["queue", "list"]);
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("jobs"))
+        .expect("a jobs row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells, ["jobs", "true", "2", "1", "1"], "{table}");
+    runtime.block_on(held.ack()).expect("ack");
+    let again = runtime.block_on(held.ack()).expect_err("second ack");
+    assert!(
+        matches!(again, wharf_client::Error::UnknownDeliveryTag { .. }),
+        "{again}"
+    );
+    runtime.block_on(subscriber.cancel()).expect("cancel");
+    assert_eq!(queue_counts(&broker, "jobs"), (2, 0, 0));
+    let purged = run(&broker, &["queue", "purge", "jobs"]);
+    assert_eq!(purged, "purged 2 messages from queue \"jobs\"\n");
+    run(&broker, &["queue", "delete", "jobs"]);
+    let output = wharf(&broker.address(), &["queue", "purge", "jobs"], "");
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: unknown queue \"jobs\"\n"
+    );
+}
+
+#[test]
+fn two_subscribers_receive_round_robin() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "rr"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut first = runtime
+        .block_on(Subscriber::subscribe(&client, "rr", 10))
+        .expect("subscribe");
+    let mut second = runtime
+        .block_on(Subscriber::subscribe(&client, "rr", 10))
+        .expect("subscribe");
+    // One command per message: the broker does not promise the order of publishes pipelined
+    // on one connection, and this test asserts the order of delivery.
+    for body in ["m0", "m1", "m2", "m3"] {
+        publish(&broker, "", "rr", &[], &[body]);
+    }
+    // With room for all four at either consumer, each gets two: they alternate.
+    let mut bodies = Vec::new();
+    for subscriber in [&mut first, &mut second] {
+        let one = next(&runtime, subscriber);
+        let two = next(&runtime, subscriber);
+        assert!(two.tag > one.tag);
+        bodies.push(vec![text(&one), text(&two)]);
+        runtime.block_on(two.ack_multiple()).expect("ack both");
+    }
+    let mut all: Vec<String> = bodies.concat();
+    all.sort();
+    assert_eq!(all, ["m0", "m1", "m2", "m3"]);
+    assert!(
+        bodies[0] == ["m0", "m2"] || bodies[0] == ["m1", "m3"],
+        "not alternating: {bodies:?}"
+    );
+    assert_eq!(queue_counts(&broker, "rr"), (0, 0, 2));
+}
+
+/// Goal: a CLI subscriber killed with a delivery unacknowledged causes its redelivery, flagged,
+/// to another subscriber. Method: the CLI's stdout is a pipe that a thread keeps full, so
+/// the CLI blocks writing the message it received (manual ack comes after printing); once
+/// the broker counts it unacked, the CLI is SIGKILLed.
+#[test]
+fn killed_subscriber_causes_redelivery_to_another() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "tasks"]);
+    publish(&broker, "", "tasks", &[], &["only"]);
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let mut filler = writer.try_clone().expect("clone pipe");
+    let fill = std::thread::spawn(move || {
+        // Blocks as soon as the pipe is full, and fails once the reader is gone.
+        let chunk = vec![b'x'; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+    });
+    let mut child: Child = Command::new(wharf_path())
+        .args([
+            "--broker",
+            &broker.address(),
+            "subscribe",
+            "tasks",
+            "--prefetch",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("clone pipe"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting wharf subscribe");
+    writer.flush().expect("flush");
+    drop(writer);
+    let deadline = Instant::now() + EXPECTED_WITHIN;
+    while queue_counts(&broker, "tasks") != (0, 1, 1) {
+        assert!(Instant::now() < deadline, "the CLI never took the message");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    drop(reader);
+    fill.join().expect("filler ends");
+
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut other = runtime
+        .block_on(Subscriber::subscribe(&client, "tasks", 1))
+        .expect("subscribe");
+    let delivery = next(&runtime, &mut other);
+    assert_eq!(text(&delivery), "only");
+    assert!(delivery.redelivered, "redelivered flag set");
+    runtime.block_on(delivery.ack()).expect("ack");
+    assert_eq!(queue_counts(&broker, "tasks"), (0, 0, 1));
+}
+
+#[test]
+fn prefetch_window_is_never_exceeded() {
+    const PREFETCH: usize = 3;
+    const MESSAGES: usize = 12;
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "window"]);
+    let lines: Vec<String> = (0..MESSAGES).map(|index| format!("w{index}")).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    publish(&broker, "", "window", &[], &lines);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let admin = Admin::new(&client);
+    let mut subscriber = runtime
+        .block_on(Subscriber::subscribe(&client, "window", PREFETCH as u32))
+        .expect("subscribe");
+    let mut held: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
+    let mut received = Vec::new();
+    while received.len() < MESSAGES {
+        if held.len() == PREFETCH {
+            // The window is full: the broker must not push more until one is acked.
+            assert!(nothing_within(
+                &runtime,
+                &mut subscriber,
+                Duration::from_millis(100)
+            ));
+            let queues = runtime.block_on(admin.list_queues()).expect("list");
+            let window = queues
+                .iter()
+                .find(|queue| queue.name == "window")
+                .expect("listed");
+            assert_eq!(window.unacked, PREFETCH as u64);
+            let oldest = held.pop_front().expect("held");
+            runtime.block_on(oldest.ack()).expect("ack");
+        }
+        let delivery = next(&runtime, &mut subscriber);
+        received.push(text(&delivery));
+        held.push_back(delivery);
+        assert!(held.len() <= PREFETCH);
+    }
+    // Pipelined publishes may be stored in any order; each arrives once.
+    received.sort();
+    let mut expected = lines.clone();
+    expected.sort();
+    assert_eq!(received, expected);
+    let last = held.back().expect("held");
+    runtime.block_on(last.ack_multiple()).expect("ack the rest");
+    assert_eq!(queue_counts(&broker, "window"), (0, 0, 1));
+}
+
+#[test]
+fn delayed_message_is_delivered_when_due() {
+    const DELAY: Duration = Duration::from_millis(500);
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "later"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut subscriber = runtime
+        .block_on(Subscriber::subscribe(&client, "later", 10))
+        .expect("subscribe");
+    let published_at = Instant::now();
+    publish(&broker, "", "later", &["--delay-ms", "500"], &["tick"]);
+    let confirmed_at = Instant::now();
+    let delivery = next(&runtime, &mut subscriber);
+    let received_at = Instant::now();
+    assert_eq!(text(&delivery), "tick");
+    // Due no earlier than 500 ms after the publish started; delivered soon after it is due
+    // (the slack covers the CLI's own start-up and a loaded test machine).
+    assert!(
+        received_at - published_at >= DELAY,
+        "early: {:?}",
+        received_at - published_at
+    );
+    assert!(
+        received_at - confirmed_at <= DELAY + Duration::from_millis(400),
+        "late: {:?} after the confirm",
+        received_at - confirmed_at
+    );
+    runtime.block_on(delivery.ack()).expect("ack");
+}
