@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tempfile::TempDir;
 use wharf_broker::storage::partition::CLEAN_SHUTDOWN_FILE;
 use wharf_broker::storage::segment;
-use wharf_broker::storage::testing::{batch_of, real_env};
+use wharf_broker::storage::testing::{batch_of, real_env, Seed};
 use wharf_broker::storage::{Appended, Error, FlushPolicy, LogConfig, Partition, StorageEnv};
 use wharf_protocol::batch;
 
@@ -723,7 +723,9 @@ fn scrambled_indexes_are_rebuilt_and_answer_as_before() {
             let dir = snapshot.restore();
             for path in index_files(dir.path(), &bases, &extensions) {
                 let mut bytes = read_file(&path);
-                bytes.iter_mut().for_each(|byte| *byte = rng.next() as u8);
+                bytes
+                    .iter_mut()
+                    .for_each(|byte| *byte = rng.next_u64() as u8);
                 write_file(&path, &bytes);
             }
             let case = format!("{kind} shutdown, scrambled {what}");
@@ -827,49 +829,5 @@ fn torn_clean_shutdown_marker_is_treated_as_an_unclean_shutdown() {
             assert!(!dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
             assert_appends_continue(&partition, log.model.clone());
         }
-    }
-}
-
-/// A test's random seed: from WHARF_TEST_SEED when set, otherwise from the clock. Printed if
-/// the test fails, so the failure can be replayed.
-struct Seed(u64);
-
-impl Seed {
-    fn from_env() -> Seed {
-        let seed = match std::env::var("WHARF_TEST_SEED") {
-            Ok(text) => text.trim().parse().expect("WHARF_TEST_SEED is a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
-        };
-        Seed(seed)
-    }
-
-    fn rng(&self) -> SplitMix {
-        SplitMix(self.0)
-    }
-}
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "test failed with seed {0}; replay with WHARF_TEST_SEED={0}",
-                self.0
-            );
-        }
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator, so a seed replays the same bytes.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wharf_broker::storage::segment;
-use wharf_broker::storage::testing::{batch_of, real_env};
+use wharf_broker::storage::testing::{batch_of, real_env, Seed, SplitMix};
 use wharf_broker::storage::{FlushPolicy, LogConfig, Partition, StorageEnv};
 use wharf_protocol::batch;
 
@@ -145,7 +145,7 @@ fn killed_writer_never_loses_an_acknowledged_record() {
         } else {
             Duration::from_millis(50 + rng.below(451))
         };
-        let acked = run_and_kill_child(dir.path(), rng.next(), early_kill, run_for);
+        let acked = run_and_kill_child(dir.path(), rng.next_u64(), early_kill, run_for);
         let context = format!("round {round}, ran {run_for:?}, early kill {early_kill}");
         let partition = open(dir.path(), &env);
         let end = check_prefix_property(&partition, dir.path(), &context);
@@ -301,53 +301,5 @@ impl Drop for KillOnDrop {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-}
-
-/// A test's random seed: from WHARF_TEST_SEED when set, otherwise from the clock. Printed if
-/// the test fails, so the failure can be replayed.
-struct Seed(u64);
-
-impl Seed {
-    fn from_env() -> Seed {
-        let seed = match std::env::var("WHARF_TEST_SEED") {
-            Ok(text) => text.trim().parse().expect("WHARF_TEST_SEED is a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
-        };
-        Seed(seed)
-    }
-
-    fn rng(&self) -> SplitMix {
-        SplitMix(self.0)
-    }
-}
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "test failed with seed {0}; replay with WHARF_TEST_SEED={0}",
-                self.0
-            );
-        }
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator, so a seed replays the same choices.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
     }
 }

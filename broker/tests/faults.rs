@@ -19,7 +19,7 @@ use wharf_broker::storage::fs::{DirLock, FileHandle, MappedRegion, OpenMode};
 use wharf_broker::storage::partition::{StorageEnv, CLEAN_SHUTDOWN_FILE};
 use wharf_broker::storage::segment;
 use wharf_broker::storage::sim::{SimFs, Torn};
-use wharf_broker::storage::testing::{batch_of, env_with, sim_env};
+use wharf_broker::storage::testing::{batch_of, env_with, sim_env, Seed};
 use wharf_broker::storage::{
     Appended, Error, FlushPolicy, Flusher, Fs, LogConfig, ManualClock, Partition,
 };
@@ -854,60 +854,14 @@ fn torn_power_loss_at_random_points_keeps_every_acknowledged_record() {
             }
         }
         if rng.below(10) == 0 {
-            let image = fs.crash_image(Torn::Random { seed: rng.next() });
+            let image = fs.crash_image(Torn::Random {
+                seed: rng.next_u64(),
+            });
             let recovered = read_all(&reopen(&image, &clock));
             let start = recovered.first().map_or(0, |record| record.0);
             let acked_kept: Vec<Record> = acked.iter().filter(|r| r.0 >= start).cloned().collect();
             assert_starts_with(&recovered, &acked_kept, &format!("step {step}"));
         }
-    }
-}
-
-/// A test's random seed: from WHARF_TEST_SEED when set, otherwise from the clock. Printed if
-/// the test fails, so the failure can be replayed.
-struct Seed(u64);
-
-impl Seed {
-    fn from_env() -> Seed {
-        let seed = match std::env::var("WHARF_TEST_SEED") {
-            Ok(text) => text.trim().parse().expect("WHARF_TEST_SEED is a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
-        };
-        Seed(seed)
-    }
-
-    fn rng(&self) -> SplitMix {
-        SplitMix(self.0)
-    }
-}
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "test failed with seed {0}; replay with WHARF_TEST_SEED={0}",
-                self.0
-            );
-        }
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator, so a seed replays the same run.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
     }
 }
 

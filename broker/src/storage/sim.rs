@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::storage::fs::{DirLock, FileHandle, Fs, MappedRegion, OpenMode};
+use crate::storage::testing::SplitMix;
 
 #[derive(Debug, Default)]
 struct Inode {
@@ -212,28 +213,14 @@ fn tear_tail(bytes: &mut Vec<u8>, live: &[u8], rng: &mut SplitMix) {
         return;
     }
     let unsynced = live.len() - bytes.len();
-    let kept = (rng.next() % (unsynced as u64 + 1)) as usize;
+    let kept = (rng.next_u64() % (unsynced as u64 + 1)) as usize;
     bytes.extend_from_slice(&live[bytes.len()..bytes.len() + kept]);
-    if kept > 0 && rng.next().is_multiple_of(2) {
-        let garbage = kept.min(1 + (rng.next() % 16) as usize);
+    if kept > 0 && rng.next_u64().is_multiple_of(2) {
+        let garbage = kept.min(1 + (rng.next_u64() % 16) as usize);
         let start = bytes.len() - garbage;
         for byte in &mut bytes[start..] {
-            *byte = rng.next() as u8;
+            *byte = rng.next_u64() as u8;
         }
-    }
-}
-
-/// A tiny deterministic generator (SplitMix64) so crash images reproduce from a seed.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

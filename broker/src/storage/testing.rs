@@ -79,3 +79,60 @@ pub fn real_env(now_ms: i64) -> (StorageEnv, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(now_ms));
     (env_with(Arc::new(RealFs), clock.clone()), clock)
 }
+
+/// A randomized test's seed: from `WHARF_TEST_SEED` when set, otherwise from the clock.
+/// Printed when the test fails (on drop while panicking), so the failure can be replayed.
+#[derive(Debug)]
+pub struct Seed(pub u64);
+
+impl Seed {
+    /// The seed from `WHARF_TEST_SEED`, or a fresh one from the clock.
+    ///
+    /// # Panics
+    /// If `WHARF_TEST_SEED` is set but not a u64.
+    pub fn from_env() -> Seed {
+        let seed = match std::env::var("WHARF_TEST_SEED") {
+            Ok(text) => text.trim().parse().expect("WHARF_TEST_SEED is a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64),
+        };
+        Seed(seed)
+    }
+
+    /// A generator starting from this seed.
+    pub fn rng(&self) -> SplitMix {
+        SplitMix(self.0)
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed with seed {0}; replay with WHARF_TEST_SEED={0}",
+                self.0
+            );
+        }
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator, so a seed replays the same choices.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (`bound` > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+}
