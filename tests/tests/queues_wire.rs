@@ -456,3 +456,35 @@ fn dangerous_names_and_foreign_acks_are_refused() {
         ErrorCode::None
     );
 }
+
+#[test]
+fn pipelined_publishes_are_stored_and_delivered_in_the_order_sent() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    assert_eq!(
+        declare_queue(&mut client, "ordered", true, &[]),
+        ErrorCode::None
+    );
+    for index in 0..300 {
+        client.send(&publish_request(
+            "",
+            "ordered",
+            &format!("m{index:03}"),
+            true,
+        ));
+    }
+    for _ in 0..300 {
+        let (_, response) = client.receive();
+        let Response::Publish(confirmed) = response else {
+            panic!("wrong response")
+        };
+        assert_eq!(confirmed.error, ErrorCode::None);
+    }
+    let bodies: Vec<String> = drain(&mut client, "ordered", 300)
+        .into_iter()
+        .map(|(_, _, body)| body)
+        .collect();
+    let expected: Vec<String> = (0..300).map(|index| format!("m{index:03}")).collect();
+    assert_eq!(bodies, expected);
+}

@@ -292,6 +292,8 @@ struct Registry {
     owners: HashMap<String, SessionId>,
     /// Live consumer ids per queue, for auto-delete.
     consumer_ids: HashMap<String, std::collections::HashSet<ConsumerId>>,
+    /// Queues being deleted: a declare of the name waits for the delete to finish.
+    deleting: std::collections::HashSet<String>,
 }
 
 /// The queue manager.
@@ -570,6 +572,11 @@ impl QueueManager {
             .unwrap_or_else(|poison| poison.into_inner());
         {
             let registry = self.lock();
+            if registry.deleting.contains(name) {
+                return Err(QueueError::DeclareMismatch(format!(
+                    "queue {name:?} is being deleted; declare it again once it is gone"
+                )));
+            }
             if let Some(existing) = registry.queues.get(name) {
                 let owner = registry.owners.get(name).copied();
                 if owner.is_some() && owner != session {
@@ -1032,6 +1039,14 @@ impl QueueManager {
             queue.durability = durability;
             stats.push(queue);
         }
+        // A queue being deleted is listed, empty, until its files are gone.
+        let deleting: Vec<String> = self.lock().deleting.iter().cloned().collect();
+        for name in deleting {
+            stats.push(QueueStats {
+                name,
+                ..QueueStats::default()
+            });
+        }
         stats.sort_by(|left, right| left.name.cmp(&right.name));
         stats
     }
@@ -1041,37 +1056,46 @@ impl QueueManager {
     /// # Errors
     /// `UnknownQueue`, `Storage`.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
-        // Stop the task and remove the files while the queue is still registered, and only
-        // then forget it: a declare of the same name meanwhile finds the old queue instead of
-        // creating a new one whose files the end of this delete would remove.
+        // 1. Forget the queue durably first: a crash part-way through must not reopen a
+        //    half-deleted queue (its leftover directory is removed by the next declare).
+        //    The name stays reserved until the files are gone, so a declare meanwhile is
+        //    refused rather than created and then wiped.
         let (sender, durability) = {
-            let registry = self.lock();
+            let mut registry = self.lock();
             let handle = registry
                 .queues
-                .get(queue)
+                .remove(queue)
                 .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
-            (handle.sender.clone(), handle.durability)
+            for (_, bindings) in registry.exchanges.values_mut() {
+                bindings.remove_queue(queue);
+            }
+            registry.bindings.retain(|binding| binding.queue != queue);
+            registry.owners.remove(queue);
+            registry.consumer_ids.remove(queue);
+            registry.deleting.insert(queue.to_string());
+            let saved = self.save(&registry);
+            if let Err(error) = saved {
+                registry.deleting.remove(queue);
+                return Err(error);
+            }
+            (handle.sender, handle.durability)
         };
+        // 2. Stop the task, 3. remove the files, 4. release the name.
         let (reply, stopped) = oneshot::channel();
         if sender.send(Command::Stop(reply)).await.is_ok() {
             let _ = stopped.await;
         }
         let dir = self.queue_dir(queue, durability);
-        if self.env.fs.is_dir(&dir) {
+        let removed = if self.env.fs.is_dir(&dir) {
             self.env
                 .fs
                 .remove_dir_all(&dir)
-                .map_err(|error| QueueError::Storage(error.to_string()))?;
-        }
-        let mut registry = self.lock();
-        registry.queues.remove(queue);
-        for (_, bindings) in registry.exchanges.values_mut() {
-            bindings.remove_queue(queue);
-        }
-        registry.bindings.retain(|binding| binding.queue != queue);
-        registry.owners.remove(queue);
-        registry.consumer_ids.remove(queue);
-        self.save(&registry)
+                .map_err(|error| QueueError::Storage(error.to_string()))
+        } else {
+            Ok(())
+        };
+        self.lock().deleting.remove(queue);
+        removed
     }
 
     /// Stops every queue task, closing durable queues cleanly.
@@ -1327,8 +1351,10 @@ impl QueueTask {
                 Some(due) if due > now => task.delays.insert(message.id, due),
                 _ => {
                     let meta = task.meta(message.id, &message.record);
-                    if let Ok(actions) = task.state.enqueue(meta) {
-                        overflowed.extend(actions);
+                    match task.state.enqueue(meta) {
+                        Ok(actions) => overflowed.extend(actions),
+                        Err(_) => overflowed
+                            .push(Action::DeadLetter(message.id, DeadLetterReason::MaxLength)),
                     }
                 }
             }
@@ -1636,8 +1662,11 @@ impl QueueTask {
             match self.store.read(id) {
                 Ok(Some(record)) => {
                     let meta = self.meta(id, &record);
-                    if let Ok(more) = self.state.enqueue(meta) {
-                        actions.extend(more);
+                    match self.state.enqueue(meta) {
+                        Ok(more) => actions.extend(more),
+                        // A due message finding a reject-publish queue full is dead-lettered
+                        // rather than left stranded (neither ready nor settled).
+                        Err(_) => actions.push(Action::DeadLetter(id, DeadLetterReason::MaxLength)),
                     }
                 }
                 Ok(None) => {}
