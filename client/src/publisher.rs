@@ -97,6 +97,9 @@ impl Publisher {
     ///
     /// # Errors
     /// Connection errors (no retry).
+    /// Each started publish holds one of the connection's in-flight request slots
+    /// (`ClientConfig::in_flight_requests_max`) until its confirm is awaited: keep fewer
+    /// unawaited confirms than that, or `start` waits for a slot forever.
     pub async fn start(
         &self,
         exchange: &str,

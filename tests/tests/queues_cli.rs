@@ -574,3 +574,17 @@ fn delayed_message_is_delivered_when_due() {
     );
     runtime.block_on(delivery.ack()).expect("ack");
 }
+
+#[test]
+fn publishing_many_lines_does_not_stall() {
+    // Regression: the CLI kept more confirms outstanding than the connection's in-flight
+    // limit, so `wharf publish` hung after 64 lines.
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = integration_tests::BrokerProcess::start(&data.path().join("data"));
+    let address = broker.address();
+    integration_tests::wharf_ok(&address, &["queue", "declare", "many", "--durable"], "");
+    let input: String = (0..500).map(|index| format!("line-{index}\n")).collect();
+    integration_tests::wharf_ok(&address, &["publish", "", "many", "--confirm"], &input);
+    let listed = integration_tests::wharf_ok(&address, &["--json", "queue", "list"], "");
+    assert!(listed.contains("500"), "{listed}");
+}

@@ -10,9 +10,9 @@
 //!
 //! - `perf queue`: publishes N messages to a durable queue (default exchange), at most
 //!   1,000 unconfirmed in flight per publisher, then consumes them with manual acks
-//!   (cumulative, every half prefetch). With `--confirm` each confirm is awaited and its
-//!   latency recorded; without it confirms are not waited for. The summary's rate fields are
-//!   the publish phase's; `consume_*` fields give the consume phase.
+//!   (cumulative, every half prefetch). Confirms are always awaited (the client cancels a
+//!   publish whose confirm is dropped); `--confirm` also records their latency. The
+//!   summary's rate fields are the publish phase's; `consume_*` fields the consume phase's.
 //!
 //! Each prints a live progress line on stderr when stderr is a terminal and, last, one JSON
 //! line on stdout ([`Summary::to_json`]).
@@ -80,7 +80,8 @@ pub struct PerfQueueArgs {
     /// Bytes of each message body.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub size: usize,
-    /// Wait for every publisher confirm (at most 1,000 outstanding) and report their latency.
+    /// Report publisher confirm latency (confirms are awaited either way, at most 1,000
+    /// outstanding per publisher).
     #[arg(long)]
     pub confirm: bool,
     /// Unacknowledged deliveries each consumer may hold.
@@ -332,6 +333,16 @@ async fn connect(broker: &str) -> Result<Client, CliError> {
     let config = ClientConfig::new(broker.to_string())
         .client_id("wharf-perf")
         .bootstrap_timeout(Duration::ZERO);
+    Ok(Client::connect(config).await?)
+}
+
+/// A connection for a queue publisher: a request keeps its in-flight slot until its answer
+/// is awaited, so the connection must allow the whole confirm window.
+async fn connect_publisher(broker: &str) -> Result<Client, CliError> {
+    let mut config = ClientConfig::new(broker.to_string())
+        .client_id("wharf-perf")
+        .bootstrap_timeout(Duration::ZERO);
+    config.in_flight_requests_max = PUBLISH_WINDOW + 1;
     Ok(Client::connect(config).await?)
 }
 
@@ -754,7 +765,10 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
     let body = Bytes::from(vec![b'q'; args.size]);
 
     // Publish.
-    let clients = clients(client, broker, args.publishers).await?;
+    let mut clients = Vec::new();
+    for _ in 0..args.publishers {
+        clients.push(connect_publisher(broker).await?);
+    }
     let progress = Progress::start("queue publish", args.messages);
     let started = Instant::now();
     let publishers = u64::from(args.publishers);
@@ -773,7 +787,9 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
                 if window.len() >= PUBLISH_WINDOW {
                     if let Some((sent_at, pending)) = window.pop_front() {
                         pending.await?;
-                        record_latency(&mut histogram, sent_at.elapsed());
+                        if confirm {
+                            record_latency(&mut histogram, sent_at.elapsed());
+                        }
                         confirmed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -781,16 +797,13 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
                 let pending = publisher
                     .start("", &queue, body.clone(), Vec::new(), Routing::Mandatory)
                     .await?;
-                if confirm {
-                    window.push_back((sent_at, pending));
-                } else {
-                    drop(pending);
-                    confirmed.fetch_add(1, Ordering::Relaxed);
-                }
+                window.push_back((sent_at, pending));
             }
             for (sent_at, pending) in window {
                 pending.await?;
-                record_latency(&mut histogram, sent_at.elapsed());
+                if confirm {
+                    record_latency(&mut histogram, sent_at.elapsed());
+                }
                 confirmed.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, CliError>(histogram)
@@ -1057,17 +1070,28 @@ mod tests {
         .unwrap() else {
             panic!("not queue");
         };
-        assert_eq!((args.queue.as_str(), args.messages, args.size), ("q", 100, 1024));
+        assert_eq!(
+            (args.queue.as_str(), args.messages, args.size),
+            ("q", 100, 1024)
+        );
         assert!(args.confirm);
         assert_eq!((args.prefetch, args.publishers, args.consumers), (50, 2, 3));
-        let PerfCommand::Queue(args) =
-            perf(&["queue", "--queue", "q", "--messages", "1"]).unwrap()
+        let PerfCommand::Queue(args) = perf(&["queue", "--queue", "q", "--messages", "1"]).unwrap()
         else {
             panic!("not queue");
         };
         assert!(!args.confirm);
         assert_eq!((args.prefetch, args.size), (100, 100));
-        assert!(perf(&["queue", "--queue", "q", "--messages", "1", "--prefetch", "0"]).is_err());
+        assert!(perf(&[
+            "queue",
+            "--queue",
+            "q",
+            "--messages",
+            "1",
+            "--prefetch",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -19,8 +19,9 @@ use wharf_client::{
 use crate::CliError;
 
 /// Most publishes awaiting their confirm at once: enough to keep the broker's group commit
-/// busy, small enough that a refused message is reported close to its line.
-const CONFIRMS_PENDING_MAX: usize = 1024;
+/// busy, and below the connection's in-flight request limit (64 by default): an unawaited
+/// confirm holds its slot, so a larger window would wait forever for a free one.
+const CONFIRMS_PENDING_MAX: usize = 32;
 
 /// `wharf publish`.
 #[derive(Debug, clap::Args)]
