@@ -28,10 +28,11 @@ use crate::cluster::{response_as, Client};
 use crate::connection::{Connection, PushReceiver};
 use crate::error::{check_queue_code, Error, QueueSubject, Result};
 
-/// Largest prefetch window a subscriber accepts. The push channel holds up to this many
-/// deliveries (allocated as they arrive), so the bound caps the memory one slow reader may
-/// pin; 65,536 is far beyond where a larger window still raises throughput.
-pub const PREFETCH_MAX: u32 = 65_536;
+/// Largest prefetch window a subscriber accepts: the broker's own bound (AMQP's u16 limit),
+/// so a window the client accepts is never silently lowered by the broker. The push channel
+/// holds up to this many deliveries (allocated as they arrive), so the bound also caps the
+/// memory one slow reader may pin.
+pub const PREFETCH_MAX: u32 = 65_535;
 
 /// Whether a negatively acknowledged message goes back to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,7 @@ impl Subscriber {
     pub async fn subscribe(client: &Client, queue: &str, prefetch: u32) -> Result<Subscriber> {
         if !(1..=PREFETCH_MAX).contains(&prefetch) {
             return Err(Error::InvalidState {
-                reason: "prefetch must be between 1 and 65536",
+                reason: "prefetch must be between 1 and 65535",
             });
         }
         let capacity = usize::try_from(prefetch).expect("u32 fits in usize on supported targets");

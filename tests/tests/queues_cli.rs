@@ -406,6 +406,35 @@ fn queue_list_shows_ready_and_unacked_counts() {
 }
 
 #[test]
+fn subscriber_prefetch_bound_matches_the_broker() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "bounds"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    for prefetch in [0, wharf_client::PREFETCH_MAX + 1] {
+        let refused = runtime
+            .block_on(Subscriber::subscribe(&client, "bounds", prefetch))
+            .err()
+            .unwrap_or_else(|| panic!("prefetch {prefetch} accepted"));
+        assert!(
+            matches!(refused, wharf_client::Error::InvalidState { .. }),
+            "{refused}"
+        );
+    }
+    // The largest window the client accepts is one the broker keeps as asked.
+    assert_eq!(wharf_client::PREFETCH_MAX, 65_535);
+    publish(&broker, "", "bounds", &[], &["m"]);
+    let mut subscriber = runtime
+        .block_on(Subscriber::subscribe(
+            &client,
+            "bounds",
+            wharf_client::PREFETCH_MAX,
+        ))
+        .expect("subscribe at the bound");
+    assert_eq!(text(&next(&runtime, &mut subscriber)), "m");
+}
+
+#[test]
 fn two_subscribers_receive_round_robin() {
     let (_data, broker) = start_broker();
     run(&broker, &["queue", "declare", "rr"]);

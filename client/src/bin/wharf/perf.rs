@@ -85,7 +85,7 @@ pub struct PerfQueueArgs {
     #[arg(long)]
     pub confirm: bool,
     /// Unacknowledged deliveries each consumer may hold.
-    #[arg(long, value_name = "P", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, value_name = "P", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub prefetch: u32,
     /// Publishers, each with its own connection.
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
