@@ -694,30 +694,37 @@ async fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest) -> Cr
             broker.topics.create(&topic.name, topic.partitions, configs)
         })
         .await;
-        results.push(match outcome {
-            Ok(Ok(info)) => TopicResult {
-                name,
-                topic_id: info.topic_id,
-                error: ErrorCode::None,
-                error_message: None,
-            },
-            Ok(Err(error)) => TopicResult {
-                name,
-                error: topic_error_code(&error),
-                error_message: Some(error.to_string()),
-                ..TopicResult::default()
-            },
-            Err(error) => TopicResult {
-                name,
-                error: ErrorCode::Unknown,
-                error_message: Some(error.to_string()),
-                ..TopicResult::default()
-            },
-        });
+        results.push(topic_result(name, outcome));
     }
     CreateTopicsResponse {
         topics: results,
         ..CreateTopicsResponse::default()
+    }
+}
+
+/// One topic's row in a create or delete answer, from the outcome of its blocking task.
+fn topic_result(
+    name: String,
+    outcome: Result<Result<TopicInfo, TopicError>, tokio::task::JoinError>,
+) -> TopicResult {
+    match outcome {
+        Ok(Ok(info)) => TopicResult {
+            name,
+            topic_id: info.topic_id,
+            ..TopicResult::default()
+        },
+        Ok(Err(error)) => TopicResult {
+            name,
+            error: topic_error_code(&error),
+            error_message: Some(error.to_string()),
+            ..TopicResult::default()
+        },
+        Err(error) => TopicResult {
+            name,
+            error: ErrorCode::Unknown,
+            error_message: Some(error.to_string()),
+            ..TopicResult::default()
+        },
     }
 }
 
@@ -741,25 +748,7 @@ async fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest) -> De
                 tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
             }
         }
-        results.push(match outcome {
-            Ok(Ok(info)) => TopicResult {
-                name,
-                topic_id: info.topic_id,
-                ..TopicResult::default()
-            },
-            Ok(Err(error)) => TopicResult {
-                name,
-                error: topic_error_code(&error),
-                error_message: Some(error.to_string()),
-                ..TopicResult::default()
-            },
-            Err(error) => TopicResult {
-                name,
-                error: ErrorCode::Unknown,
-                error_message: Some(error.to_string()),
-                ..TopicResult::default()
-            },
-        });
+        results.push(topic_result(name, outcome));
     }
     DeleteTopicsResponse {
         topics: results,
