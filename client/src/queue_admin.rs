@@ -92,6 +92,8 @@ pub struct QueueArgs {
     /// A delivery unacknowledged this long returns to the queue and its consumer is
     /// cancelled.
     pub ack_timeout_ms: Option<u64>,
+    /// Delete the queue when its last consumer cancels or disconnects.
+    pub auto_delete: bool,
 }
 
 impl QueueArgs {
@@ -127,6 +129,9 @@ impl QueueArgs {
         }
         if let Some(timeout) = self.ack_timeout_ms {
             push("ack-timeout-ms", timeout.to_string());
+        }
+        if self.auto_delete {
+            push("auto-delete", "true".to_string());
         }
         entries
     }
@@ -421,6 +426,7 @@ mod tests {
             delivery_limit: Some(2),
             single_active_consumer: true,
             ack_timeout_ms: Some(1000),
+            auto_delete: true,
         };
         let pairs: Vec<(String, String)> = args
             .to_entries()
@@ -436,6 +442,7 @@ mod tests {
             ("delivery-limit", "2"),
             ("single-active-consumer", "true"),
             ("ack-timeout-ms", "1000"),
+            ("auto-delete", "true"),
         ];
         let expected: Vec<(String, String)> = expected
             .iter()

@@ -435,6 +435,37 @@ fn subscriber_prefetch_bound_matches_the_broker() {
 }
 
 #[test]
+fn auto_delete_queue_goes_with_its_last_consumer() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "brief", "--auto-delete"]);
+    run(&broker, &["queue", "declare", "kept"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut first = runtime
+        .block_on(Subscriber::subscribe(&client, "brief", 10))
+        .expect("subscribe");
+    let mut second = runtime
+        .block_on(Subscriber::subscribe(&client, "brief", 10))
+        .expect("subscribe");
+    let mut kept = runtime
+        .block_on(Subscriber::subscribe(&client, "kept", 10))
+        .expect("subscribe");
+    assert_eq!(queue_counts(&broker, "brief"), (0, 0, 2));
+    runtime.block_on(first.cancel()).expect("cancel");
+    // One consumer is left: the queue stays.
+    assert_eq!(queue_counts(&broker, "brief"), (0, 0, 1));
+    runtime.block_on(second.cancel()).expect("cancel");
+    runtime.block_on(kept.cancel()).expect("cancel");
+    let table = run(&broker, &["queue", "list"]);
+    assert!(
+        !table.lines().any(|line| line.starts_with("brief")),
+        "{table}"
+    );
+    // A queue declared without the flag outlives its consumers.
+    assert_eq!(queue_counts(&broker, "kept"), (0, 0, 0));
+}
+
+#[test]
 fn two_subscribers_receive_round_robin() {
     let (_data, broker) = start_broker();
     run(&broker, &["queue", "declare", "rr"]);

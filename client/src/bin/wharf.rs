@@ -15,6 +15,7 @@
 //!                          [--overflow drop-head|reject-publish] [--dead-letter-exchange X]
 //!                          [--dead-letter-routing-key K] [--delivery-limit N]
 //!                          [--single-active-consumer] [--ack-timeout-ms N]
+//!                          [--auto-delete]
 //! wharf queue bind|unbind NAME EXCHANGE [--routing-key KEY | --header k=v ... --match all|any]
 //! wharf queue list | queue purge NAME | queue delete NAME
 //! wharf publish EXCHANGE ROUTING_KEY [--confirm] [--mandatory] [--header k=v]...

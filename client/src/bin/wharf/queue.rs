@@ -92,6 +92,9 @@ pub struct DeclareQueueArgs {
     /// Return a delivery left unacknowledged this long and cancel its consumer.
     #[arg(long, value_name = "N")]
     pub ack_timeout_ms: Option<u64>,
+    /// Delete the queue when its last consumer cancels or disconnects.
+    #[arg(long)]
+    pub auto_delete: bool,
 }
 
 /// `wharf queue bind|unbind`.
@@ -168,6 +171,7 @@ impl DeclareQueueArgs {
             delivery_limit: self.delivery_limit,
             single_active_consumer: self.single_active_consumer,
             ack_timeout_ms: self.ack_timeout_ms,
+            auto_delete: self.auto_delete,
         }
     }
 }
