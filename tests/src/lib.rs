@@ -181,6 +181,66 @@ impl BrokerProcess {
     }
 }
 
+impl BrokerProcess {
+    /// Reads every partition of `topic` from the earliest offset up to its high watermark at
+    /// the time of the call: per partition, (offset, `decode(value)`) in offset order.
+    pub async fn read_everything<T>(
+        &self,
+        topic: &str,
+        decode: impl Fn(&[u8]) -> T,
+    ) -> std::collections::BTreeMap<u32, Vec<(i64, T)>> {
+        use wharf_client::{
+            Admin, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, TopicPartition,
+        };
+        let client = Client::connect(ClientConfig::new(self.address()))
+            .await
+            .expect("connect");
+        let description = Admin::new(&client)
+            .describe_topic(topic)
+            .await
+            .expect("describe");
+        let ends: std::collections::HashMap<u32, i64> = description
+            .partitions
+            .iter()
+            .map(|partition| (partition.partition, partition.high_watermark))
+            .collect();
+        let mut consumer = Consumer::new(
+            &client,
+            ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
+        );
+        consumer
+            .assign(
+                ends.keys()
+                    .map(|partition| TopicPartition::new(topic, *partition))
+                    .collect(),
+            )
+            .expect("assign");
+        let mut stored: std::collections::BTreeMap<u32, Vec<(i64, T)>> =
+            std::collections::BTreeMap::new();
+        let done = |stored: &std::collections::BTreeMap<u32, Vec<(i64, T)>>| {
+            ends.iter().all(|(partition, end)| {
+                stored
+                    .get(partition)
+                    .and_then(|records| records.last())
+                    .map_or(*end == 0, |last| last.0 + 1 >= *end)
+            })
+        };
+        while !done(&stored) {
+            for record in consumer
+                .poll(Duration::from_millis(500))
+                .await
+                .expect("poll")
+            {
+                stored
+                    .entry(record.partition)
+                    .or_default()
+                    .push((record.offset, decode(&record.value.expect("value"))));
+            }
+        }
+        stored
+    }
+}
+
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();

@@ -19,8 +19,7 @@ use std::time::Duration;
 use integration_tests::BrokerProcess;
 use tokio::sync::{mpsc, oneshot};
 use wharf_client::{
-    Admin, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, RecordMetadata, TopicPartition,
+    Admin, Client, ClientConfig, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 
 const PARTITIONS: u32 = 3;
@@ -29,59 +28,16 @@ fn record(topic: &str, index: u32) -> ProducerRecord {
     ProducerRecord::new(topic, format!("{index:06}")).partition(index % PARTITIONS)
 }
 
-/// Reads every partition of `topic` from the earliest offset up to its high watermark:
-/// per partition, (offset, index) in offset order.
+/// Every record of `topic`, values parsed as their stream index.
 async fn read_everything(broker: &BrokerProcess, topic: &str) -> BTreeMap<u32, Vec<(i64, u32)>> {
-    let client = Client::connect(ClientConfig::new(broker.address()))
-        .await
-        .expect("connect");
-    let description = Admin::new(&client)
-        .describe_topic(topic)
-        .await
-        .expect("describe");
-    let ends: HashMap<u32, i64> = description
-        .partitions
-        .iter()
-        .map(|partition| (partition.partition, partition.high_watermark))
-        .collect();
-    let mut consumer = Consumer::new(
-        &client,
-        ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
-    );
-    consumer
-        .assign(
-            (0..PARTITIONS)
-                .map(|partition| TopicPartition::new(topic, partition))
-                .collect(),
-        )
-        .expect("assign");
-    let mut stored: BTreeMap<u32, Vec<(i64, u32)>> = BTreeMap::new();
-    let done = |stored: &BTreeMap<u32, Vec<(i64, u32)>>| {
-        ends.iter().all(|(partition, end)| {
-            stored
-                .get(partition)
-                .and_then(|records| records.last())
-                .map_or(*end == 0, |last| last.0 + 1 >= *end)
-        })
-    };
-    while !done(&stored) {
-        for record in consumer
-            .poll(Duration::from_millis(500))
-            .await
-            .expect("poll")
-        {
-            let value = record.value.expect("value");
-            let index = std::str::from_utf8(&value)
+    broker
+        .read_everything(topic, |value| {
+            std::str::from_utf8(value)
                 .expect("utf-8")
                 .parse()
-                .expect("an index");
-            stored
-                .entry(record.partition)
-                .or_default()
-                .push((record.offset, index));
-        }
-    }
-    stored
+                .expect("an index")
+        })
+        .await
 }
 
 /// Checks that `stored` holds records 0..count exactly once each, in increasing index order

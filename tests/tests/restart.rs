@@ -10,62 +10,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use integration_tests::BrokerProcess;
 use wharf_client::{
-    Admin, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, RecordMetadata, TopicPartition,
+    Admin, Client, ClientConfig, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 
 const PARTITIONS: u32 = 3;
 
+/// Every record of `topic`, values as text.
 async fn read_everything(broker: &BrokerProcess, topic: &str) -> BTreeMap<u32, Vec<(i64, String)>> {
-    let client = Client::connect(ClientConfig::new(broker.address()))
-        .await
-        .expect("connect");
-    let description = Admin::new(&client)
-        .describe_topic(topic)
-        .await
-        .expect("describe");
-    let mut consumer = Consumer::new(
-        &client,
-        ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
-            ..ConsumerConfig::default()
-        },
-    );
-    consumer
-        .assign(
-            (0..PARTITIONS)
-                .map(|partition| TopicPartition::new(topic, partition))
-                .collect(),
-        )
-        .expect("assign");
-    let ends: HashMap<u32, i64> = description
-        .partitions
-        .iter()
-        .map(|partition| (partition.partition, partition.high_watermark))
-        .collect();
-    let mut by_partition: BTreeMap<u32, Vec<(i64, String)>> = BTreeMap::new();
-    let done = |by_partition: &BTreeMap<u32, Vec<(i64, String)>>| {
-        ends.iter().all(|(partition, end)| {
-            by_partition
-                .get(partition)
-                .and_then(|records| records.last())
-                .map_or(*end == 0, |last| last.0 + 1 >= *end)
+    broker
+        .read_everything(topic, |value| {
+            String::from_utf8(value.to_vec()).expect("utf-8")
         })
-    };
-    while !done(&by_partition) {
-        for record in consumer
-            .poll(Duration::from_millis(500))
-            .await
-            .expect("poll")
-        {
-            let value = String::from_utf8(record.value.expect("value").to_vec()).expect("utf-8");
-            by_partition
-                .entry(record.partition)
-                .or_default()
-                .push((record.offset, value));
-        }
-    }
-    by_partition
+        .await
 }
 
 async fn send_all(
