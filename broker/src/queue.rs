@@ -8,8 +8,8 @@
 //! - [`manager`]: declares, bindings, publish with confirms, subscriptions, and one task per
 //!   queue that owns its store, delivery state and delays.
 //!
-//! Not built yet (issue #5): the wire protocol for queues, the server and client parts, and
-//! the CLI; the manager is exercised in-process by `broker/tests/queues.rs`.
+//! The server (`server/dispatch.rs`) maps the queue apis onto the [`manager`]; the manager is
+//! also exercised in-process by `broker/tests/queues.rs`.
 
 pub mod delay;
 pub mod delivery;

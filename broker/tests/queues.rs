@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use wharf_broker::queue::delivery::{AckScope, ConsumerId, Requeue};
 use wharf_broker::queue::exchange::ExchangeKind;
 use wharf_broker::queue::manager::{
-    args_from_pairs, Delivered, Durability, Message, Published, QueueArgs, QueueError, QueueManager,
+    args_from_pairs, CancelReason, ConsumerEvent, Delivered, Durability, Message, Published,
+    QueueArgs, QueueError, QueueManager,
 };
 use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
 use wharf_protocol::batch::Header;
@@ -40,10 +41,17 @@ fn with_header(mut message: Message, key: &str, value: &str) -> Message {
     message
 }
 
-async fn next(receiver: &mut mpsc::Receiver<Delivered>) -> Delivered {
+async fn next(receiver: &mut mpsc::Receiver<ConsumerEvent>) -> Delivered {
+    match next_event(receiver).await {
+        ConsumerEvent::Delivery(delivered) => delivered,
+        ConsumerEvent::Cancelled(reason) => panic!("consumer cancelled: {reason:?}"),
+    }
+}
+
+async fn next_event(receiver: &mut mpsc::Receiver<ConsumerEvent>) -> ConsumerEvent {
     tokio::time::timeout(Duration::from_secs(10), receiver.recv())
         .await
-        .expect("a delivery in time")
+        .expect("an event in time")
         .expect("the queue is alive")
 }
 
@@ -463,4 +471,84 @@ async fn delayed_messages_are_delivered_within_ten_ms_of_due() {
     eprintln!("delayed delivery lateness (ms, upper bound): median {median}, worst {worst}, all {lateness_ms:?}");
     assert!(median < 10, "median lateness {median} ms");
     assert!(worst < 100, "worst lateness {worst} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_timeout_cancels_the_consumer_with_the_reason_and_requeues_its_delivery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    let args = args_from_pairs([("ack-timeout-ms", "200")]).unwrap();
+    manager
+        .declare_queue("slow", args, Durability::Durable)
+        .unwrap();
+    manager.publish("", message("slow", "m1")).await.unwrap();
+    let (stuck_id, mut stuck) = manager.subscribe("slow", 1).await.unwrap();
+    let held = next(&mut stuck).await;
+    assert_eq!(body(&held), "m1");
+    // No ack: once the timeout passes the consumer is told why, and nothing follows.
+    assert!(matches!(
+        next_event(&mut stuck).await,
+        ConsumerEvent::Cancelled(CancelReason::AckTimeout)
+    ));
+    assert!(
+        stuck.recv().await.is_none(),
+        "the channel ends after the cancel"
+    );
+    // Its delivery went back to the queue: a late ack is refused, the next consumer gets it.
+    let late = manager
+        .ack("slow", stuck_id, held.tag, AckScope::Single)
+        .await;
+    assert!(
+        matches!(late, Err(QueueError::UnknownDeliveryTag(_))),
+        "{late:?}"
+    );
+    let (_, mut next_consumer) = manager.subscribe("slow", 1).await.unwrap();
+    let again = next(&mut next_consumer).await;
+    assert_eq!(body(&again), "m1");
+    assert!(again.redelivered);
+    let stats = manager.list().await;
+    assert_eq!(stats[0].consumers, 1, "the cancelled consumer is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_timeout_cancelling_the_last_consumer_deletes_an_auto_delete_queue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    let args = args_from_pairs([("ack-timeout-ms", "100"), ("auto-delete", "true")]).unwrap();
+    manager
+        .declare_queue("temp", args, Durability::Transient)
+        .unwrap();
+    manager.publish("", message("temp", "m1")).await.unwrap();
+    let (_, mut stuck) = manager.subscribe("temp", 1).await.unwrap();
+    next(&mut stuck).await;
+    assert!(matches!(
+        next_event(&mut stuck).await,
+        ConsumerEvent::Cancelled(CancelReason::AckTimeout)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while manager
+        .list()
+        .await
+        .iter()
+        .any(|queue| queue.name == "temp")
+    {
+        assert!(Instant::now() < deadline, "auto-delete queue still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_queue("doomed", QueueArgs::default(), Durability::Durable)
+        .unwrap();
+    let (_, mut consumer) = manager.subscribe("doomed", 10).await.unwrap();
+    manager.delete_queue("doomed").await.unwrap();
+    assert!(matches!(
+        next_event(&mut consumer).await,
+        ConsumerEvent::Cancelled(CancelReason::QueueDeleted)
+    ));
+    assert!(consumer.recv().await.is_none());
 }

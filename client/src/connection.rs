@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use wharf_protocol::api::encode_request;
 use wharf_protocol::frame::decode_frame;
 use wharf_protocol::messages::{
-    Acks, ApiVersionRange, ApiVersionsRequest, DeliverPush, ProduceRequest,
+    Acks, ApiVersionRange, ApiVersionsRequest, ConsumerCancelledPush, DeliverPush, ProduceRequest,
 };
 use wharf_protocol::{ApiKey, Request, Response};
 
@@ -97,13 +97,65 @@ struct Pending {
 struct PendingState {
     waiters: HashMap<u32, Waiter>,
     /// Push channels of live subscriptions, by the correlation id of their Subscribe.
-    pushes: HashMap<u32, mpsc::Sender<DeliverPush>>,
+    pushes: HashMap<u32, PushSender>,
     closed: Option<Error>,
 }
 
 /// Deliveries pushed to one subscription, in the order the broker sent them. Ends (`None`)
-/// when the subscription is stopped or the connection closes.
-pub(crate) type PushReceiver = mpsc::Receiver<DeliverPush>;
+/// when the subscription is stopped, the broker cancelled the consumer (then
+/// [`PushReceiver::cancelled`] says why) or the connection closes.
+#[derive(Debug)]
+pub(crate) struct PushReceiver {
+    deliveries: mpsc::Receiver<DeliverPush>,
+    cancelled: Arc<OnceLock<ConsumerCancelledPush>>,
+}
+
+/// The connection's end of a [`PushReceiver`].
+#[derive(Debug)]
+struct PushSender {
+    deliveries: mpsc::Sender<DeliverPush>,
+    cancelled: Arc<OnceLock<ConsumerCancelledPush>>,
+}
+
+/// A push channel whose delivery part holds `capacity` (at least 1).
+fn push_channel(capacity: usize) -> (PushSender, PushReceiver) {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    let cancelled = Arc::new(OnceLock::new());
+    (
+        PushSender {
+            deliveries: sender,
+            cancelled: Arc::clone(&cancelled),
+        },
+        PushReceiver {
+            deliveries: receiver,
+            cancelled,
+        },
+    )
+}
+
+impl PushReceiver {
+    /// The next delivery; `None` once the channel ended and is drained.
+    pub(crate) async fn recv(&mut self) -> Option<DeliverPush> {
+        self.deliveries.recv().await
+    }
+
+    /// A delivery already received, if any.
+    pub(crate) fn try_recv(
+        &mut self,
+    ) -> std::result::Result<DeliverPush, mpsc::error::TryRecvError> {
+        self.deliveries.try_recv()
+    }
+
+    /// Stops the channel: deliveries already in it can still be taken.
+    pub(crate) fn close(&mut self) {
+        self.deliveries.close();
+    }
+
+    /// Why the broker cancelled the consumer, once it did.
+    pub(crate) fn cancelled(&self) -> Option<&ConsumerCancelledPush> {
+        self.cancelled.get()
+    }
+}
 
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, PendingState> {
@@ -116,12 +168,7 @@ impl Pending {
 
     /// Registers `waiter`, and `push` for the deliveries of a subscription, under one lock,
     /// so a push that overtakes the response already finds its channel.
-    fn insert(
-        &self,
-        correlation_id: u32,
-        waiter: Waiter,
-        push: Option<mpsc::Sender<DeliverPush>>,
-    ) -> Result<()> {
+    fn insert(&self, correlation_id: u32, waiter: Waiter, push: Option<PushSender>) -> Result<()> {
         let mut state = self.lock();
         if let Some(error) = &state.closed {
             return Err(error.clone());
@@ -145,7 +192,7 @@ impl Pending {
         let Some(sender) = state.pushes.get(&correlation_id) else {
             return Ok(());
         };
-        match sender.try_send(pushed) {
+        match sender.deliveries.try_send(pushed) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 state.pushes.remove(&correlation_id);
@@ -154,6 +201,14 @@ impl Pending {
             Err(mpsc::error::TrySendError::Full(_)) => Err(Error::InvalidState {
                 reason: "broker pushed more deliveries than the prefetch window allows",
             }),
+        }
+    }
+
+    /// The broker cancelled the consumer of subscription `correlation_id`: records why and
+    /// ends its channel (deliveries already in it stay readable).
+    fn cancelled(&self, correlation_id: u32, cancelled: ConsumerCancelledPush) {
+        if let Some(sender) = self.lock().pushes.remove(&correlation_id) {
+            let _ = sender.cancelled.set(cancelled);
         }
     }
 
@@ -304,7 +359,7 @@ impl Connection {
         request: &Request,
         push_capacity: usize,
     ) -> Result<(InFlight, PushReceiver)> {
-        let (sender, receiver) = mpsc::channel(push_capacity.max(1));
+        let (sender, receiver) = push_channel(push_capacity);
         let in_flight = self.begin_inner(request, Some(sender)).await?;
         Ok((in_flight, receiver))
     }
@@ -314,11 +369,7 @@ impl Connection {
         self.pending.stop_pushes(correlation_id);
     }
 
-    async fn begin_inner(
-        &self,
-        request: &Request,
-        push: Option<mpsc::Sender<DeliverPush>>,
-    ) -> Result<InFlight> {
+    async fn begin_inner(&self, request: &Request, push: Option<PushSender>) -> Result<InFlight> {
         let api_key = request.api_key();
         self.check_api(api_key)?;
         let permit = Arc::clone(&self.in_flight)
@@ -584,6 +635,16 @@ fn deliver(pending: &Pending, frame: wharf_protocol::Frame) -> Result<()> {
         };
         return pending.push(correlation_id, pushed);
     }
+    if frame.header.api_key == ApiKey::ConsumerCancelled.code() {
+        let correlation_id = frame.header.correlation_id;
+        let Request::ConsumerCancelled(cancelled) =
+            Request::decode(ApiKey::ConsumerCancelled, frame.body)?
+        else {
+            unreachable!("decoded as ConsumerCancelled")
+        };
+        pending.cancelled(correlation_id, cancelled);
+        return Ok(());
+    }
     let Some(waiter) = pending.take(frame.header.correlation_id) else {
         return Ok(());
     };
@@ -649,7 +710,7 @@ mod tests {
         capacity: usize,
     ) -> (oneshot::Receiver<Result<Option<Response>>>, PushReceiver) {
         let (reply, answer) = oneshot::channel();
-        let (sender, pushes) = mpsc::channel(capacity);
+        let (sender, pushes) = push_channel(capacity);
         let waiter = Waiter {
             api_key: ApiKey::Subscribe,
             reply,
@@ -674,6 +735,41 @@ mod tests {
         pending.stop_pushes(7);
         deliver(&pending, push_frame(7, 3)).expect("dropped quietly");
         assert!(pushes.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_consumer_cancelled_push_ends_the_subscription_with_its_reason() {
+        let pending = Pending::default();
+        let (_answer, mut pushes) = subscribed(&pending, 2);
+        deliver(&pending, push_frame(7, 1)).expect("routed");
+        let mut body = BytesMut::new();
+        Request::ConsumerCancelled(ConsumerCancelledPush {
+            consumer_id: 1,
+            queue: "q".to_string(),
+            error: wharf_protocol::ErrorCode::AckTimeout,
+            error_message: Some("too slow".to_string()),
+        })
+        .encode_body(&mut body);
+        let cancelled = wharf_protocol::Frame {
+            header: FrameHeader {
+                api_key: ApiKey::ConsumerCancelled.code(),
+                api_version: 0,
+                correlation_id: 7,
+            },
+            body: body.freeze(),
+        };
+        deliver(&pending, cancelled).expect("routed");
+        // The delivery before the cancel is still readable, then the channel ends.
+        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 1);
+        assert!(matches!(
+            pushes.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        let reason = pushes.cancelled().expect("the reason is kept");
+        assert_eq!(reason.error, wharf_protocol::ErrorCode::AckTimeout);
+        assert_eq!(reason.error_message.as_deref(), Some("too slow"));
+        // A late push for the cancelled consumer is dropped quietly.
+        deliver(&pending, push_frame(7, 2)).expect("dropped");
     }
 
     #[test]

@@ -183,6 +183,17 @@ pub enum Error {
         /// The tag.
         delivery_tag: u64,
     },
+    /// The broker cancelled the subscriber: a delivery stayed unacknowledged past the
+    /// queue's ack timeout (`code` `AckTimeout`), or the queue was deleted (`UnknownQueue`).
+    /// Its unacknowledged deliveries went back to the queue.
+    ConsumerCancelled {
+        /// The queue.
+        queue: String,
+        /// Why, as a wire code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
 }
 
 /// The names a queue request was about, to put into the typed error of its answer.
@@ -273,6 +284,7 @@ impl Error {
             Error::Unroutable { .. } => Some(ErrorCode::Unroutable),
             Error::QueueFull { .. } => Some(ErrorCode::QueueFull),
             Error::UnknownDeliveryTag { .. } => Some(ErrorCode::UnknownDeliveryTag),
+            Error::ConsumerCancelled { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -410,6 +422,7 @@ impl fmt::Display for Error {
                 formatter,
                 "unknown or already settled delivery tag {delivery_tag} on queue \"{queue}\""
             ),
+            Error::ConsumerCancelled { message, .. } => formatter.write_str(message),
         }
     }
 }

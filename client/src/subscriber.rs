@@ -149,12 +149,24 @@ impl Subscriber {
     /// The next delivery, waiting as long as it takes; `None` once cancelled.
     ///
     /// # Errors
-    /// The connection's error ([`Error::Disconnected`], [`Error::Io`], ...) once it closed.
+    /// [`Error::ConsumerCancelled`] once the broker cancelled the consumer (ack timeout,
+    /// queue deleted); the connection's error ([`Error::Disconnected`], [`Error::Io`], ...)
+    /// once it closed.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
         match self.pushes.recv().await {
             Some(pushed) => Ok(Some(self.delivery(pushed))),
             None if self.cancelled => Ok(None),
-            None => Err(self.shared.connection.disconnected()),
+            None => match self.pushes.cancelled() {
+                Some(cancelled) => Err(Error::ConsumerCancelled {
+                    queue: cancelled.queue.clone(),
+                    code: cancelled.error,
+                    message: cancelled
+                        .error_message
+                        .clone()
+                        .unwrap_or_else(|| cancelled.error.describe().to_string()),
+                }),
+                None => Err(self.shared.connection.disconnected()),
+            },
         }
     }
 

@@ -45,6 +45,9 @@ wire_enum! {
         Deliver = 31,
         DeleteExchange = 32,
         ListExchanges = 33,
+        /// Server push: the broker cancelled a consumer (ack timeout, queue deleted); never
+        /// sent by clients, never answered.
+        ConsumerCancelled = 34,
     }
 }
 
@@ -239,6 +242,7 @@ api_enums! {
     Deliver => DeliverPush, QueueAdminResponse;
     DeleteExchange => DeleteExchangeRequest, QueueAdminResponse;
     ListExchanges => ListExchangesRequest, ListExchangesResponse;
+    ConsumerCancelled => ConsumerCancelledPush, QueueAdminResponse;
 }
 
 /// Appends a whole request frame.
@@ -294,6 +298,10 @@ mod tests {
         assert!(
             supported_range(ApiKey::Deliver.code()).is_err(),
             "clients never send Deliver"
+        );
+        assert!(
+            supported_range(ApiKey::ConsumerCancelled.code()).is_err(),
+            "clients never send ConsumerCancelled"
         );
     }
 }

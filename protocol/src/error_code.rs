@@ -83,6 +83,9 @@ crate::wire_enum! {
         QueueFull = 34,
         /// The delivery tag is unknown or already settled.
         UnknownDeliveryTag = 35,
+        /// A delivery stayed unacknowledged past the queue's ack timeout: it went back to
+        /// the queue and the consumer was cancelled.
+        AckTimeout = 36,
     }
 }
 
@@ -144,6 +147,7 @@ impl ErrorCode {
             ErrorCode::Unroutable => "unroutable mandatory message",
             ErrorCode::QueueFull => "queue is full",
             ErrorCode::UnknownDeliveryTag => "unknown or already settled delivery tag",
+            ErrorCode::AckTimeout => "delivery not acknowledged within the ack timeout",
         }
     }
 }

@@ -766,6 +766,19 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// The broker cancelled a consumer on its own (api key `ConsumerCancelled`, a push
+    /// carrying the Subscribe's correlation id, never answered). Its unacknowledged
+    /// deliveries are back in the queue; no further `Deliver` follows for it.
+    pub struct ConsumerCancelledPush {
+        pub consumer_id: u64,
+        pub queue: String,
+        /// `AckTimeout` or `UnknownQueue` (the queue was deleted).
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
     /// Acknowledges (`requeue` ignored), or with `negative` rejects: back to the queue when
     /// `requeue`, else dead-lettered. `multiple` covers every earlier tag of the consumer.
     pub struct AckRequest {

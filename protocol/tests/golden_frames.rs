@@ -12,8 +12,10 @@ use bytes::{Bytes, BytesMut};
 use wharf_protocol::api::{check_header, encode_request, encode_response, SUPPORTED_APIS};
 use wharf_protocol::frame::{decode_frame, FrameHeader, FRAME_BYTES_MAX_DEFAULT};
 use wharf_protocol::messages::{
-    Acks, ApiVersionsRequest, MetadataRequest, OffsetCommitResponse, OffsetCommitTopicResponse,
-    PartitionError, ProducePartition, ProduceRequest, ProduceTopic,
+    AckRequest, Acks, ApiVersionsRequest, ConfigEntry, ConsumerCancelledPush, DeclareQueueRequest,
+    DeliverPush, EndTxnRequest, HeaderEntry, InitProducerIdRequest, InitProducerIdResponse,
+    MetadataRequest, OffsetCommitResponse, OffsetCommitTopicResponse, PartitionError,
+    ProducePartition, ProduceRequest, ProduceTopic, PublishRequest, PublishResponse, TxnResult,
 };
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
@@ -194,4 +196,283 @@ fn every_response_body_starts_with_error_and_message() {
         let decoded = Response::decode(api_key, body.freeze()).expect("error-only body decodes");
         assert_eq!(decoded, response);
     }
+}
+
+/// Encodes a server push the way the broker does and compares it with `golden`; then splits
+/// `golden` into a frame and decodes its body back. Pushes are not requests a client may
+/// send, so `check_header` (which accepts only `SUPPORTED_APIS`) is not used.
+fn check_push(push: &Request, correlation_id: u32, golden: &[u8]) {
+    let mut encoded = BytesMut::new();
+    encode_request(push, correlation_id, &mut encoded);
+    assert_eq!(
+        &encoded[..],
+        golden,
+        "encoded push differs from the golden bytes"
+    );
+
+    let mut buffer = BytesMut::from(golden);
+    let frame = decode_frame(&mut buffer, FRAME_BYTES_MAX_DEFAULT)
+        .expect("the golden frame is well-formed")
+        .expect("the golden frame is complete");
+    assert!(buffer.is_empty(), "the golden bytes are exactly one frame");
+    assert_eq!(frame.header.correlation_id, correlation_id);
+    assert!(
+        check_header(&frame.header).is_err(),
+        "pushes are not client requests"
+    );
+    let api_key = ApiKey::from_code(frame.header.api_key).expect("a known api key");
+    let decoded = Request::decode(api_key, frame.body).expect("the golden body decodes");
+    assert_eq!(&decoded, push);
+}
+
+#[test]
+fn golden_declare_queue_request() {
+    let request = Request::DeclareQueue(DeclareQueueRequest {
+        name: "q".to_string(),
+        durable: true,
+        args: vec![ConfigEntry {
+            key: "max-length".to_string(),
+            value: "10".to_string(),
+        }],
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x20, // @0  length u32 = 32 (8 header bytes + 24 body bytes)
+        0x00, 0x15,             // @4  api_key u16 = 21 (DeclareQueue)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5
+        // ---- DeclareQueueRequest body, 24 bytes ----
+        0x00, 0x01, b'q',       //     name string = "q"
+        0x01,                   //     durable bool = true
+        0x00, 0x00, 0x00, 0x01, //     args array: count = 1
+        //   -- ConfigEntry --
+        0x00, 0x0a,             //       key string: u16 length = 10
+        b'm', b'a', b'x', b'-', b'l', b'e', b'n', b'g', b't', b'h', // "max-length"
+        0x00, 0x02, b'1', b'0', //       value string = "10"
+    ];
+    check_request(&request, 5, &golden);
+}
+
+#[test]
+fn golden_publish_request_and_response() {
+    let request = Request::Publish(PublishRequest {
+        exchange: "x".to_string(),
+        routing_key: "k".to_string(),
+        mandatory: true,
+        headers: vec![
+            HeaderEntry {
+                key: "h".to_string(),
+                value: Some(Bytes::from_static(b"v")),
+            },
+            HeaderEntry {
+                key: "n".to_string(),
+                value: None,
+            },
+        ],
+        body: Bytes::from_static(b"hi"),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x28, // @0  length u32 = 40 (8 header bytes + 32 body bytes)
+        0x00, 0x19,             // @4  api_key u16 = 25 (Publish)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6
+        // ---- PublishRequest body, 32 bytes ----
+        0x00, 0x01, b'x',       //     exchange string = "x"
+        0x00, 0x01, b'k',       //     routing_key string = "k"
+        0x01,                   //     mandatory bool = true
+        0x00, 0x00, 0x00, 0x02, //     headers array: count = 2
+        //   -- HeaderEntry --
+        0x00, 0x01, b'h',       //       key string = "h"
+        0x00, 0x00, 0x00, 0x01, b'v', // value nullable bytes = "v"
+        //   -- HeaderEntry --
+        0x00, 0x01, b'n',       //       key string = "n"
+        0xff, 0xff, 0xff, 0xff, //       value nullable bytes = null (-1)
+        0x00, 0x00, 0x00, 0x02, b'h', b'i', // body bytes = "hi"
+    ];
+    check_request(&request, 6, &golden);
+
+    let response = Response::Publish(PublishResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        queues: vec!["q".to_string()],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::Publish.code(),
+        api_version: 0,
+        correlation_id: 6,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x13, // @0  length u32 = 19 (8 header bytes + 11 body bytes)
+        0x00, 0x19,             // @4  api_key u16 = 25 (Publish), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6, echoed
+        // ---- PublishResponse body, 11 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x01, //     queues array: count = 1
+        0x00, 0x01, b'q',       //       string = "q"
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_ack_request() {
+    let request = Request::Ack(AckRequest {
+        queue: "q".to_string(),
+        consumer_id: 1,
+        delivery_tag: 2,
+        multiple: false,
+        negative: true,
+        requeue: true,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x1e, // @0  length u32 = 30 (8 header bytes + 22 body bytes)
+        0x00, 0x1b,             // @4  api_key u16 = 27 (Ack)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x08, // @8  correlation_id u32 = 8
+        // ---- AckRequest body, 22 bytes ----
+        0x00, 0x01, b'q',       //     queue string = "q"
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // consumer_id u64 = 1
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // delivery_tag u64 = 2
+        0x00,                   //     multiple bool = false
+        0x01,                   //     negative bool = true (a nack)
+        0x01,                   //     requeue bool = true
+    ];
+    check_request(&request, 8, &golden);
+}
+
+#[test]
+fn golden_deliver_push() {
+    let push = Request::Deliver(DeliverPush {
+        consumer_id: 1,
+        delivery_tag: 2,
+        redelivered: true,
+        routing_key: "k".to_string(),
+        timestamp_ms: 1_700_000_000_000,
+        headers: vec![HeaderEntry {
+            key: "h".to_string(),
+            value: Some(Bytes::from_static(b"v")),
+        }],
+        body: Bytes::from_static(b"hi"),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x36, // @0  length u32 = 54 (8 header bytes + 46 body bytes)
+        0x00, 0x1f,             // @4  api_key u16 = 31 (Deliver, push)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7 (the Subscribe's)
+        // ---- DeliverPush body, 46 bytes ----
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // consumer_id u64 = 1
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // delivery_tag u64 = 2
+        0x01,                   //     redelivered bool = true
+        0x00, 0x01, b'k',       //     routing_key string = "k"
+        0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, // timestamp_ms i64 = 1_700_000_000_000
+        0x00, 0x00, 0x00, 0x01, //     headers array: count = 1
+        0x00, 0x01, b'h',       //       key string = "h"
+        0x00, 0x00, 0x00, 0x01, b'v', // value nullable bytes = "v"
+        0x00, 0x00, 0x00, 0x02, b'h', b'i', // body bytes = "hi"
+    ];
+    check_push(&push, 7, &golden);
+}
+
+#[test]
+fn golden_consumer_cancelled_push() {
+    let push = Request::ConsumerCancelled(ConsumerCancelledPush {
+        consumer_id: 1,
+        queue: "q".to_string(),
+        error: ErrorCode::AckTimeout,
+        error_message: Some("late".to_string()),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x1b, // @0  length u32 = 27 (8 header bytes + 19 body bytes)
+        0x00, 0x22,             // @4  api_key u16 = 34 (ConsumerCancelled, push)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7 (the Subscribe's)
+        // ---- ConsumerCancelledPush body, 19 bytes ----
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // consumer_id u64 = 1
+        0x00, 0x01, b'q',       //     queue string = "q"
+        0x00, 0x24,             //     error u16 = 36 (AckTimeout)
+        0x00, 0x04, b'l', b'a', b't', b'e', // error_message nullable string = "late"
+    ];
+    check_push(&push, 7, &golden);
+}
+
+#[test]
+fn golden_init_producer_id_request_and_response() {
+    let request = Request::InitProducerId(InitProducerIdRequest {
+        transactional_id: Some("t".to_string()),
+        transaction_timeout_ms: 60_000,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0f, // @0  length u32 = 15 (8 header bytes + 7 body bytes)
+        0x00, 0x0d,             // @4  api_key u16 = 13 (InitProducerId)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x09, // @8  correlation_id u32 = 9
+        // ---- InitProducerIdRequest body, 7 bytes ----
+        0x00, 0x01, b't',       //     transactional_id nullable string = "t"
+        0x00, 0x00, 0xea, 0x60, //     transaction_timeout_ms u32 = 60 000
+    ];
+    check_request(&request, 9, &golden);
+
+    let response = Response::InitProducerId(InitProducerIdResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        producer_id: 1000,
+        producer_epoch: 2,
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::InitProducerId.code(),
+        api_version: 0,
+        correlation_id: 9,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x16, // @0  length u32 = 22 (8 header bytes + 14 body bytes)
+        0x00, 0x0d,             // @4  api_key u16 = 13 (InitProducerId), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x09, // @8  correlation_id u32 = 9, echoed
+        // ---- InitProducerIdResponse body, 14 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // producer_id i64 = 1000
+        0x00, 0x02,             //     producer_epoch i16 = 2
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_end_txn_request() {
+    let request = Request::EndTxn(EndTxnRequest {
+        transactional_id: "t".to_string(),
+        producer_id: 1000,
+        producer_epoch: 2,
+        result: TxnResult::Commit,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x16, // @0  length u32 = 22 (8 header bytes + 14 body bytes)
+        0x00, 0x11,             // @4  api_key u16 = 17 (EndTxn)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x0a, // @8  correlation_id u32 = 10
+        // ---- EndTxnRequest body, 14 bytes ----
+        0x00, 0x01, b't',       //     transactional_id string = "t"
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // producer_id i64 = 1000
+        0x00, 0x02,             //     producer_epoch i16 = 2
+        0x01,                   //     result u8 = 1 (Commit)
+    ];
+    check_request(&request, 10, &golden);
 }

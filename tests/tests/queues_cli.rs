@@ -466,6 +466,75 @@ fn auto_delete_queue_goes_with_its_last_consumer() {
 }
 
 #[test]
+fn ack_timeout_cancels_the_subscriber_with_a_clear_error() {
+    let (_data, broker) = start_broker();
+    run(
+        &broker,
+        &["queue", "declare", "slow", "--ack-timeout-ms", "300"],
+    );
+    publish(&broker, "", "slow", &[], &["m1"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut stuck = runtime
+        .block_on(Subscriber::subscribe(&client, "slow", 1))
+        .expect("subscribe");
+    let held = next(&runtime, &mut stuck);
+    assert_eq!(text(&held), "m1");
+    // Not acked: the broker cancels the consumer and says why.
+    let ended = runtime
+        .block_on(async { tokio::time::timeout(EXPECTED_WITHIN, stuck.next()).await })
+        .expect("the cancel arrives in time");
+    match ended {
+        Err(wharf_client::Error::ConsumerCancelled {
+            queue,
+            code,
+            message,
+        }) => {
+            assert_eq!(queue, "slow");
+            assert_eq!(code, wharf_protocol::ErrorCode::AckTimeout);
+            assert!(message.contains("ack timeout"), "{message}");
+        }
+        other => panic!("expected ConsumerCancelled, got {other:?}"),
+    }
+    // The late ack is refused; the message went back and comes again, flagged.
+    assert!(matches!(
+        runtime.block_on(held.ack()),
+        Err(wharf_client::Error::UnknownDeliveryTag { .. })
+    ));
+    let mut next_subscriber = runtime
+        .block_on(Subscriber::subscribe(&client, "slow", 1))
+        .expect("subscribe");
+    let again = next(&runtime, &mut next_subscriber);
+    assert_eq!(text(&again), "m1");
+    assert!(again.redelivered);
+    runtime.block_on(again.ack()).expect("ack");
+    assert_eq!(queue_counts(&broker, "slow"), (0, 0, 1));
+}
+
+#[test]
+fn deleting_a_queue_cancels_its_subscriber() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "doomed"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut subscriber = runtime
+        .block_on(Subscriber::subscribe(&client, "doomed", 10))
+        .expect("subscribe");
+    run(&broker, &["queue", "delete", "doomed"]);
+    let ended = runtime
+        .block_on(async { tokio::time::timeout(EXPECTED_WITHIN, subscriber.next()).await })
+        .expect("the cancel arrives in time");
+    assert!(
+        matches!(
+            &ended,
+            Err(wharf_client::Error::ConsumerCancelled { code, .. })
+                if *code == wharf_protocol::ErrorCode::UnknownQueue
+        ),
+        "{ended:?}"
+    );
+}
+
+#[test]
 fn two_subscribers_receive_round_robin() {
     let (_data, broker) = start_broker();
     run(&broker, &["queue", "declare", "rr"]);

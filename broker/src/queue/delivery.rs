@@ -122,8 +122,11 @@ pub enum Action {
 pub enum DeliveryError {
     /// No unacknowledged delivery has this tag for this consumer.
     UnknownDeliveryTag { tag: DeliveryTag },
-    /// The consumer is not subscribed.
-    UnknownConsumer { consumer: ConsumerId },
+    /// The consumer is not subscribed (never was, or was cancelled): `tag` is unknown too.
+    UnknownConsumer {
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+    },
     /// The queue is full and refuses new messages.
     QueueFull { max_length: u64 },
 }
@@ -134,8 +137,11 @@ impl std::fmt::Display for DeliveryError {
             DeliveryError::UnknownDeliveryTag { tag } => {
                 write!(formatter, "unknown or already settled delivery tag {tag}")
             }
-            DeliveryError::UnknownConsumer { consumer } => {
-                write!(formatter, "unknown consumer {consumer}")
+            DeliveryError::UnknownConsumer { consumer, tag } => {
+                write!(
+                    formatter,
+                    "delivery tag {tag} is unknown: consumer {consumer} is not subscribed (cancelled?)"
+                )
             }
             DeliveryError::QueueFull { max_length } => {
                 write!(
@@ -289,7 +295,7 @@ impl DeliveryState {
         let state = self
             .consumers
             .get(&consumer)
-            .ok_or(DeliveryError::UnknownConsumer { consumer })?;
+            .ok_or(DeliveryError::UnknownConsumer { consumer, tag })?;
         if !state.tags.contains(&tag) {
             return Err(DeliveryError::UnknownDeliveryTag { tag });
         }
@@ -576,7 +582,10 @@ mod tests {
         );
         assert_eq!(
             state.ack(7, 1, AckScope::Single),
-            Err(DeliveryError::UnknownConsumer { consumer: 7 })
+            Err(DeliveryError::UnknownConsumer {
+                consumer: 7,
+                tag: 1
+            })
         );
     }
 

@@ -131,6 +131,37 @@ pub enum Durability {
     Transient,
 }
 
+/// What a consumer's channel carries: deliveries, then possibly why the broker cancelled it.
+#[derive(Debug, Clone)]
+pub enum ConsumerEvent {
+    /// A message for the consumer.
+    Delivery(Delivered),
+    /// The broker cancelled the consumer; nothing follows. Its unacknowledged deliveries
+    /// (those still in the channel included) are back in the queue.
+    Cancelled(CancelReason),
+}
+
+/// Why the broker cancelled a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A delivery stayed unacknowledged past the queue's ack timeout.
+    AckTimeout,
+    /// The queue was deleted.
+    QueueDeleted,
+}
+
+impl CancelReason {
+    /// A sentence for logs and clients.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CancelReason::AckTimeout => {
+                "a delivery stayed unacknowledged past the queue's ack timeout; it was returned to the queue"
+            }
+            CancelReason::QueueDeleted => "the queue was deleted",
+        }
+    }
+}
+
 /// A message handed to a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -258,7 +289,7 @@ wire_struct! {
 
 enum Command {
     Publish(Vec<Message>, Confirm),
-    Subscribe(ConsumerId, u32, mpsc::Sender<Delivered>),
+    Subscribe(ConsumerId, u32, mpsc::Sender<ConsumerEvent>),
     Cancel(ConsumerId, oneshot::Sender<()>),
     Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
     Nack(ConsumerId, DeliveryTag, AckScope, Requeue, Confirm),
@@ -266,7 +297,8 @@ enum Command {
     /// Settles messages whose dead-lettered copies are stored.
     Settle(Vec<i64>),
     Stats(oneshot::Sender<QueueStats>),
-    Stop(oneshot::Sender<()>),
+    /// Stops the task; consumers are told the reason, if any.
+    Stop(oneshot::Sender<()>, Option<CancelReason>),
 }
 
 #[derive(Debug)]
@@ -830,7 +862,7 @@ impl QueueManager {
         &self,
         queue: &str,
         prefetch: u32,
-    ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
+    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         self.subscribe_for(queue, prefetch, None).await
     }
 
@@ -844,7 +876,7 @@ impl QueueManager {
         queue: &str,
         prefetch: u32,
         session: Option<SessionId>,
-    ) -> Result<(ConsumerId, mpsc::Receiver<Delivered>), QueueError> {
+    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         {
             let registry = self.lock();
             if let Some(owner) = registry.owners.get(queue) {
@@ -862,7 +894,8 @@ impl QueueManager {
         } else {
             prefetch.min(PREFETCH_MAX)
         };
-        let (deliveries, receiver) = mpsc::channel(prefetch as usize);
+        // One slot beyond the window for the Cancelled event, so it always fits.
+        let (deliveries, receiver) = mpsc::channel(prefetch as usize + 1);
         sender
             .send(Command::Subscribe(consumer, prefetch, deliveries))
             .await
@@ -884,6 +917,12 @@ impl QueueManager {
                 let _ = done.await;
             }
         }
+        self.forget_consumer(queue, consumer).await;
+    }
+
+    /// Drops a cancelled consumer from the registry; the last consumer of an auto-delete
+    /// queue deletes it. Serves cancels by the client and by the broker (ack timeout).
+    async fn forget_consumer(&self, queue: &str, consumer: ConsumerId) {
         let auto_delete = {
             let mut registry = self.lock();
             let removed = registry
@@ -1082,7 +1121,8 @@ impl QueueManager {
         };
         // 2. Stop the task, 3. remove the files, 4. release the name.
         let (reply, stopped) = oneshot::channel();
-        if sender.send(Command::Stop(reply)).await.is_ok() {
+        let deleted = Some(CancelReason::QueueDeleted);
+        if sender.send(Command::Stop(reply, deleted)).await.is_ok() {
             let _ = stopped.await;
         }
         let dir = self.queue_dir(queue, durability);
@@ -1108,7 +1148,7 @@ impl QueueManager {
             .collect();
         for sender in senders {
             let (reply, stopped) = oneshot::channel();
-            if sender.send(Command::Stop(reply)).await.is_ok() {
+            if sender.send(Command::Stop(reply, None)).await.is_ok() {
                 let _ = stopped.await;
             }
         }
@@ -1297,7 +1337,7 @@ struct QueueTask {
     store: QueueStore,
     state: DeliveryState,
     delays: DelayQueue,
-    consumers: HashMap<ConsumerId, mpsc::Sender<Delivered>>,
+    consumers: HashMap<ConsumerId, mpsc::Sender<ConsumerEvent>>,
     ttl_ms: Option<u64>,
     dead_letter: Option<(String, Option<String>)>,
     clock: Arc<dyn Clock>,
@@ -1442,9 +1482,15 @@ impl QueueTask {
                         reply,
                     ));
                 }
-                Command::Stop(reply) => {
+                Command::Stop(reply, reason) => {
                     self.flush_publishes(&mut publishes).await;
                     self.flush_acks(&mut acks).await;
+                    if let Some(reason) = reason {
+                        let consumers: Vec<ConsumerId> = self.consumers.keys().copied().collect();
+                        for consumer in consumers {
+                            self.cancel_consumer(consumer, reason);
+                        }
+                    }
                     if let Err(error) = self.store.close() {
                         tracing::warn!(queue = self.name, %error, "closing queue storage failed");
                     }
@@ -1585,7 +1631,7 @@ impl QueueTask {
                     durability: Durability::default(),
                 });
             }
-            Command::Stop(_) => {}
+            Command::Stop(..) => {}
         }
     }
 
@@ -1705,10 +1751,12 @@ impl QueueTask {
                         redelivered: delivery.redelivered,
                         record,
                     };
-                    // The channel holds at most the consumer's prefetch window, so it is never full
-                    // here; an error means the consumer is gone.
+                    // The channel holds the consumer's prefetch window plus one, so it is never
+                    // full here; an error means the consumer is gone.
                     let gone = match self.consumers.get(&delivery.consumer) {
-                        Some(sender) => sender.try_send(delivered).is_err(),
+                        Some(sender) => {
+                            sender.try_send(ConsumerEvent::Delivery(delivered)).is_err()
+                        }
                         None => true,
                     };
                     if gone {
@@ -1728,11 +1776,30 @@ impl QueueTask {
                 }
                 Action::Cancel(consumer, reason) => {
                     tracing::warn!(queue = self.name, consumer, reason, "consumer cancelled");
-                    self.consumers.remove(&consumer);
+                    self.cancel_consumer(consumer, CancelReason::AckTimeout);
                 }
             }
         }
         self.settle(&settled).await
+    }
+
+    /// Cancels a consumer on the broker's initiative (its deliveries are already back in the
+    /// queue): tells it why, then forgets it here and in the manager's registry.
+    fn cancel_consumer(&mut self, consumer: ConsumerId, reason: CancelReason) {
+        if let Some(sender) = self.consumers.remove(&consumer) {
+            // The channel keeps a slot beyond the window for this; a closed channel means
+            // the consumer is gone and there is nobody to tell.
+            let _ = sender.try_send(ConsumerEvent::Cancelled(reason));
+        }
+        if reason == CancelReason::QueueDeleted {
+            // The delete already dropped the queue's consumers from the registry.
+            return;
+        }
+        if let Some(manager) = self.manager.upgrade() {
+            let queue = self.name.clone();
+            // Spawned: an auto-delete stops this very task and waits for it.
+            tokio::spawn(async move { manager.forget_consumer(&queue, consumer).await });
+        }
     }
 
     async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
@@ -1828,9 +1895,8 @@ enum Flow {
 fn delivery_error(error: DeliveryError) -> QueueError {
     match error {
         DeliveryError::UnknownDeliveryTag { tag } => QueueError::UnknownDeliveryTag(tag),
-        DeliveryError::UnknownConsumer { consumer } => {
-            QueueError::Invalid(format!("unknown consumer {consumer}"))
-        }
+        // A cancelled consumer's deliveries went back to the queue: its tags are unknown.
+        DeliveryError::UnknownConsumer { tag, .. } => QueueError::UnknownDeliveryTag(tag),
         DeliveryError::QueueFull { max_length } => QueueError::QueueFull {
             queue: String::new(),
             max_length,

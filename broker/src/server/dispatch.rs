@@ -21,7 +21,8 @@ use crate::producer::{last_sequence, BatchMetadata, Verdict};
 use crate::queue::delivery::{AckScope, Requeue};
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::manager::{
-    args_from_pairs, Durability, Message, Published, QueueError, SessionId,
+    args_from_pairs, CancelReason, ConsumerEvent, Delivered, Durability, Message, Published,
+    QueueError, SessionId,
 };
 use crate::server::connection::Session;
 use crate::server::Broker;
@@ -265,6 +266,11 @@ pub async fn handle(
             ErrorCode::InvalidRequest,
             "clients cannot send Deliver".to_string(),
         )),
+        Request::ConsumerCancelled(_) => ready(Response::error_only(
+            wharf_protocol::ApiKey::ConsumerCancelled,
+            ErrorCode::InvalidRequest,
+            "clients cannot send ConsumerCancelled".to_string(),
+        )),
     }
 }
 
@@ -483,34 +489,44 @@ async fn subscribe(
         api_version: 0,
         correlation_id: header.correlation_id,
     };
+    let cancelled_header = FrameHeader {
+        api_key: wharf_protocol::ApiKey::ConsumerCancelled.code(),
+        ..push_header
+    };
+    let queue = request.queue;
     tokio::spawn(async move {
-        while let Some(delivered) = deliveries.recv().await {
-            let pushed = DeliverPush {
-                consumer_id,
-                delivery_tag: delivered.tag,
-                redelivered: delivered.redelivered,
-                routing_key: delivered
-                    .record
-                    .key
-                    .as_ref()
-                    .map(|key| String::from_utf8_lossy(key).into_owned())
-                    .unwrap_or_default(),
-                timestamp_ms: delivered.record.timestamp_ms,
-                headers: delivered
-                    .record
-                    .headers
-                    .into_iter()
-                    .map(|header| HeaderEntry {
-                        key: header.key,
-                        value: header.value,
-                    })
-                    .collect(),
-                body: delivered.record.value.unwrap_or_default(),
-            };
+        while let Some(event) = deliveries.recv().await {
             let mut out = BytesMut::new();
-            wharf_protocol::frame::encode_frame(push_header, &mut out, |body| pushed.encode(body));
-            if push.send(out).await.is_err() {
-                // The connection is gone; its consumers are cancelled as it closes.
+            let last = match event {
+                ConsumerEvent::Delivery(delivered) => {
+                    let pushed = deliver_push(consumer_id, delivered);
+                    wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
+                        pushed.encode(body)
+                    });
+                    false
+                }
+                ConsumerEvent::Cancelled(reason) => {
+                    let pushed = ConsumerCancelledPush {
+                        consumer_id,
+                        queue: queue.clone(),
+                        error: match reason {
+                            CancelReason::AckTimeout => ErrorCode::AckTimeout,
+                            CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
+                        },
+                        error_message: Some(format!(
+                            "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
+                            reason.describe()
+                        )),
+                    };
+                    wharf_protocol::frame::encode_frame(cancelled_header, &mut out, |body| {
+                        pushed.encode(body)
+                    });
+                    true
+                }
+            };
+            if push.send(out).await.is_err() || last {
+                // Cancelled, or the connection is gone (its consumers are cancelled as it
+                // closes).
                 break;
             }
         }
@@ -518,6 +534,32 @@ async fn subscribe(
     SubscribeResponse {
         consumer_id,
         ..SubscribeResponse::default()
+    }
+}
+
+/// The `Deliver` push for one delivery: the record's bytes are moved, not copied.
+fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
+    DeliverPush {
+        consumer_id,
+        delivery_tag: delivered.tag,
+        redelivered: delivered.redelivered,
+        routing_key: delivered
+            .record
+            .key
+            .as_ref()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .unwrap_or_default(),
+        timestamp_ms: delivered.record.timestamp_ms,
+        headers: delivered
+            .record
+            .headers
+            .into_iter()
+            .map(|header| HeaderEntry {
+                key: header.key,
+                value: header.value,
+            })
+            .collect(),
+        body: delivered.record.value.unwrap_or_default(),
     }
 }
 
