@@ -20,13 +20,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use wharf_protocol::messages::{
-    AckRequest, CancelRequest, DeliverPush, QueueAdminResponse, SubscribeRequest, SubscribeResponse,
+    AckRequest, CancelRequest, ConfigEntry, DeclareQueueRequest, DeliverPush, QueueAdminResponse,
+    SubscribeRequest, SubscribeResponse,
 };
 use wharf_protocol::{ApiKey, Header, Request};
 
 use crate::cluster::{response_as, Client};
 use crate::connection::{Connection, PushReceiver};
 use crate::error::{check_queue_code, Error, QueueSubject, Result};
+use crate::queue_admin::QueueArgs;
 
 /// Largest prefetch window a subscriber accepts: the broker's own bound (AMQP's u16 limit),
 /// so a window the client accepts is never silently lowered by the broker. The push channel
@@ -114,13 +116,56 @@ impl Subscriber {
     /// [`Error::InvalidState`] for a prefetch outside 1..=[`PREFETCH_MAX`],
     /// [`Error::UnknownQueue`], connection errors.
     pub async fn subscribe(client: &Client, queue: &str, prefetch: u32) -> Result<Subscriber> {
-        if !(1..=PREFETCH_MAX).contains(&prefetch) {
-            return Err(Error::InvalidState {
-                reason: "prefetch must be between 1 and 65535",
-            });
-        }
-        let capacity = usize::try_from(prefetch).expect("u32 fits in usize on supported targets");
+        check_prefetch(prefetch)?;
         let connection = client.open_dedicated().await?;
+        Subscriber::subscribe_on(connection, queue, prefetch).await
+    }
+
+    /// Declares a transient queue exclusive to this subscriber and subscribes to it: the
+    /// queue belongs to the subscriber's own connection, which alone may consume from it,
+    /// and it is deleted when that connection closes (as RabbitMQ's exclusive queues are).
+    /// Bind it to exchanges with [`Admin`](crate::Admin) like any queue. Declaring it again
+    /// while it exists (from any connection) fails.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] for a prefetch outside 1..=[`PREFETCH_MAX`],
+    /// [`Error::PreconditionFailed`] if the queue exists, [`Error::Server`] for invalid
+    /// arguments, connection errors.
+    pub async fn subscribe_exclusive(
+        client: &Client,
+        queue: &str,
+        args: &QueueArgs,
+        prefetch: u32,
+    ) -> Result<Subscriber> {
+        check_prefetch(prefetch)?;
+        let connection = client.open_dedicated().await?;
+        let mut entries = args.to_entries();
+        entries.push(ConfigEntry {
+            key: "exclusive".to_string(),
+            value: "true".to_string(),
+        });
+        let request = Request::DeclareQueue(DeclareQueueRequest {
+            name: queue.to_string(),
+            durable: false,
+            args: entries,
+        });
+        let response: QueueAdminResponse =
+            response_as(connection.request(&request).await?, ApiKey::DeclareQueue)?;
+        let subject = QueueSubject {
+            queue,
+            ..QueueSubject::default()
+        };
+        check_queue_code(response.error, response.error_message, subject)?;
+        Subscriber::subscribe_on(connection, queue, prefetch).await
+    }
+
+    /// Subscribes on `connection`, which the subscriber then owns.
+    async fn subscribe_on(
+        connection: Connection,
+        queue: &str,
+        prefetch: u32,
+    ) -> Result<Subscriber> {
+        let capacity = usize::try_from(prefetch).expect("u32 fits in usize on supported targets");
         let request = Request::Subscribe(SubscribeRequest {
             queue: queue.to_string(),
             prefetch,
@@ -216,6 +261,16 @@ impl Subscriber {
             timestamp_ms: pushed.timestamp_ms,
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+fn check_prefetch(prefetch: u32) -> Result<()> {
+    if (1..=PREFETCH_MAX).contains(&prefetch) {
+        Ok(())
+    } else {
+        Err(Error::InvalidState {
+            reason: "prefetch must be between 1 and 65535",
+        })
     }
 }
 

@@ -535,6 +535,50 @@ fn deleting_a_queue_cancels_its_subscriber() {
 }
 
 #[test]
+fn exclusive_subscriber_owns_its_queue_until_it_goes() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["exchange", "declare", "events", "--type", "fanout"]);
+    let runtime = runtime();
+    let client = connect(&runtime, &broker);
+    let mut mine = runtime
+        .block_on(Subscriber::subscribe_exclusive(
+            &client,
+            "mine",
+            &wharf_client::QueueArgs::default(),
+            10,
+        ))
+        .expect("declare and subscribe");
+    run(&broker, &["queue", "bind", "mine", "events", "--routing-key", ""]);
+    publish(&broker, "events", "any", &[], &["hello"]);
+    assert_eq!(text(&next(&runtime, &mut mine)), "hello");
+    // Nobody else may consume from it or declare it.
+    assert!(matches!(
+        runtime.block_on(Subscriber::subscribe(&client, "mine", 10)),
+        Err(wharf_client::Error::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        runtime.block_on(Subscriber::subscribe_exclusive(
+            &client,
+            "mine",
+            &wharf_client::QueueArgs::default(),
+            10,
+        )),
+        Err(wharf_client::Error::PreconditionFailed { .. })
+    ));
+    // Its connection closing takes the queue with it.
+    drop(mine);
+    let deadline = std::time::Instant::now() + EXPECTED_WITHIN;
+    loop {
+        let table = run(&broker, &["queue", "list"]);
+        if !table.lines().any(|line| line.starts_with("mine")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn two_subscribers_receive_round_robin() {
     let (_data, broker) = start_broker();
     run(&broker, &["queue", "declare", "rr"]);
