@@ -38,13 +38,17 @@ fn open(dir: &Path, flush: FlushPolicy, env: &StorageEnv) -> Arc<Partition> {
     Partition::open(&dir.join("bench-0"), config(flush), env.clone()).expect("open partition")
 }
 
-/// Appends `count` copies of `batch` from `appenders` threads, each waiting for durability
-/// before its next append (as a producer with acks=all does). Returns the elapsed time.
+/// Appends `count` copies of `batch` from `appenders` threads. Each keeps at most
+/// `in_flight` appends waiting for durability: 1 is a producer with acks=all that waits for
+/// each ack before its next batch; 5 is an idempotent producer's window (the client's
+/// default `max_in_flight`), which the broker serves the same way: the next request is
+/// appended while the earlier ones wait for their fsync. Returns the elapsed time.
 fn run_appenders(
     partition: &Arc<Partition>,
     batch: &BytesMut,
     count: u64,
     appenders: u64,
+    in_flight: usize,
 ) -> Duration {
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -53,11 +57,21 @@ fn run_appenders(
             let partition = partition.clone();
             let mut own = batch.clone();
             scope.spawn(move || {
-                for _ in 0..share {
-                    let appended = partition.append(&mut own).expect("append");
+                let mut waiting = std::collections::VecDeque::with_capacity(in_flight);
+                let wait = |next_offset| {
                     partition
-                        .wait_durable_blocking(appended.next_offset, Duration::from_secs(30))
+                        .wait_durable_blocking(next_offset, Duration::from_secs(30))
                         .expect("durable");
+                };
+                for _ in 0..share {
+                    if waiting.len() == in_flight {
+                        wait(waiting.pop_front().expect("a waiting append"));
+                    }
+                    waiting.push_back(partition.append(&mut own).expect("append").next_offset);
+                }
+                // Durability is monotonic: the last append's covers the rest.
+                if let Some(last) = waiting.pop_back() {
+                    wait(last);
                 }
             });
         }
@@ -70,21 +84,26 @@ fn append(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("append");
     group.measurement_time(Duration::from_secs(5));
     group.sample_size(20);
+    // (policy, appenders, appends in flight per appender)
     let cases = [
-        ("never", FlushPolicy::Never, 1u64),
-        ("always", FlushPolicy::Always, 1),
-        ("always", FlushPolicy::Always, 8),
+        ("never", FlushPolicy::Never, 1u64, 1usize),
+        ("always", FlushPolicy::Always, 1, 1),
+        ("always", FlushPolicy::Always, 8, 1),
+        ("always", FlushPolicy::Always, 8, 5),
     ];
     for (record_bytes, label) in [(100usize, "100x100B"), (1024, "100x1KiB")] {
         let batch = batch_of_size(100, record_bytes, NOW_MS);
         group.throughput(Throughput::Bytes(batch.len() as u64));
-        for (policy_name, policy, appenders) in cases {
-            let id = BenchmarkId::new(format!("{policy_name}/{appenders}-appenders"), label);
+        for (policy_name, policy, appenders, in_flight) in cases {
+            let id = BenchmarkId::new(
+                format!("{policy_name}/{appenders}-appenders-{in_flight}-in-flight"),
+                label,
+            );
             group.bench_function(id, |bencher| {
                 bencher.iter_custom(|iters| {
                     let dir = bench_dir();
                     let partition = open(dir.path(), policy, &env);
-                    let elapsed = run_appenders(&partition, &batch, iters, appenders);
+                    let elapsed = run_appenders(&partition, &batch, iters, appenders, in_flight);
                     partition.close().expect("close");
                     elapsed
                 });

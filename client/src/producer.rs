@@ -43,6 +43,7 @@
 //! - Buffered bytes are bounded by `buffer_bytes_max`: past it the task stops taking records
 //!   and `enqueue` waits.
 
+mod fast_hash;
 mod queue;
 mod sender;
 mod sequence;
@@ -371,7 +372,7 @@ pub struct Producer {
 
 #[derive(Debug)]
 enum Command {
-    Record(Box<Enqueued>),
+    Record(Enqueued),
     Flush(oneshot::Sender<()>),
     Txn(TxnCommand, oneshot::Sender<Result<()>>),
 }
@@ -466,7 +467,7 @@ impl Producer {
             reply,
         };
         self.commands
-            .send(Command::Record(Box::new(enqueued)))
+            .send(Command::Record(enqueued))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(DeliveryFuture { receiver })

@@ -537,7 +537,10 @@ fn deleting_a_queue_cancels_its_subscriber() {
 #[test]
 fn exclusive_subscriber_owns_its_queue_until_it_goes() {
     let (_data, broker) = start_broker();
-    run(&broker, &["exchange", "declare", "events", "--type", "fanout"]);
+    run(
+        &broker,
+        &["exchange", "declare", "events", "--type", "fanout"],
+    );
     let runtime = runtime();
     let client = connect(&runtime, &broker);
     let mut mine = runtime
@@ -548,7 +551,10 @@ fn exclusive_subscriber_owns_its_queue_until_it_goes() {
             10,
         ))
         .expect("declare and subscribe");
-    run(&broker, &["queue", "bind", "mine", "events", "--routing-key", ""]);
+    run(
+        &broker,
+        &["queue", "bind", "mine", "events", "--routing-key", ""],
+    );
     publish(&broker, "events", "any", &[], &["hello"]);
     assert_eq!(text(&next(&runtime, &mut mine)), "hello");
     // Nobody else may consume from it or declare it.

@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc instead of the system allocator: requests are decoded on one worker and their
+/// buffers freed on another, which glibc's arenas serialize with a lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wharf_broker::config::BrokerConfig;
 use wharf_broker::server;
 

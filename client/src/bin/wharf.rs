@@ -55,6 +55,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc instead of the system allocator: the producer and subscriber paths allocate per
+/// record on one thread and free on another, which glibc's arenas serialize with a lock
+/// (about a fifth of the CLI's CPU in `perf produce`; docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, DEFAULT_BROKER};
 
 /// Command line for the Wharf message broker.

@@ -10,7 +10,7 @@
 //! bytes than before (except restamped under a new producer id after a sequence restart), or
 //! complete a record's future twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,7 @@ use wharf_protocol::{
     Attributes, BatchBuilder, BatchError, ErrorCode, NewRecord, Request, Response,
 };
 
+use super::fast_hash::FastMap;
 use super::queue::{complete_batch, Delivery, OpenBatch, PartitionQueue, SealedBatch};
 use super::sender::{send_in_order, Completion, Outgoing, PartitionKey};
 use super::sequence::{judge, may_have_appended, ProducerIdentity, Sequencer, Standing, Verdict};
@@ -84,8 +85,8 @@ struct ProducerTask {
     config: ProducerConfig,
     backoff: Backoff,
     jitter: Jitter,
-    topics: HashMap<String, TopicState>,
-    queues: HashMap<PartitionKey, PartitionQueue>,
+    topics: FastMap<String, TopicState>,
+    queues: FastMap<PartitionKey, PartitionQueue>,
     /// First record id of every live batch (open, sealed or in flight).
     outstanding: BTreeSet<u64>,
     next_record_id: u64,
@@ -116,8 +117,8 @@ impl ProducerTask {
             client,
             backoff,
             jitter: Jitter::from_entropy(),
-            topics: HashMap::new(),
-            queues: HashMap::new(),
+            topics: FastMap::default(),
+            queues: FastMap::default(),
             outstanding: BTreeSet::new(),
             next_record_id: 0,
             flush_waiters: Vec::new(),
@@ -205,7 +206,7 @@ impl ProducerTask {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Record(enqueued) => self.on_record(*enqueued).await,
+            Command::Record(enqueued) => self.on_record(enqueued).await,
             Command::Flush(done) => {
                 self.seal_all();
                 self.flush_waiters.push((self.next_record_id, done));
@@ -242,7 +243,15 @@ impl ProducerTask {
                 return;
             }
         };
-        let key = (record.topic.clone(), partition);
+        let payload_bytes = record.payload_bytes();
+        let ProducerRecord {
+            topic,
+            key: record_key,
+            value,
+            headers,
+            ..
+        } = record;
+        let key = (topic, partition);
         if let Err(error) = self.add_partition_to_transaction(&key, enqueued_at).await {
             let _ = reply.send(Err(error));
             return;
@@ -251,12 +260,11 @@ impl ProducerTask {
             let _ = reply.send(Err(error));
             return;
         }
-        let payload_bytes = record.payload_bytes();
         let new_record = NewRecord {
             timestamp_ms,
-            key: record.key,
-            value: record.value,
-            headers: record.headers,
+            key: record_key,
+            value,
+            headers,
         };
         let delivery = Delivery {
             reply,
@@ -574,10 +582,14 @@ impl ProducerTask {
     ) {
         let batch_bytes = self.config.batch_bytes;
         let sequencer = self.identity.map(Sequencer::new);
-        let queue = self
-            .queues
-            .entry(key.clone())
-            .or_insert_with(|| PartitionQueue::new(sequencer));
+        // Looked up before inserting, so the key is cloned once per partition, not per record.
+        if !self.queues.contains_key(&key) {
+            self.queues
+                .insert(key.clone(), PartitionQueue::new(sequencer));
+        }
+        let Some(queue) = self.queues.get_mut(&key) else {
+            unreachable!("inserted above")
+        };
         let full = queue.open.as_ref().is_some_and(|open| {
             open.builder.record_count() > 0
                 && open.builder.encoded_bytes() + payload_bytes > batch_bytes
@@ -989,7 +1001,7 @@ fn failure(key: &PartitionKey, batch: &SealedBatch, error: Error, standing: Stan
 }
 
 /// Seals the open batch of `queue`; a sealed batch ends the topic's sticky partition.
-fn seal(queue: &mut PartitionQueue, key: &PartitionKey, topics: &mut HashMap<String, TopicState>) {
+fn seal(queue: &mut PartitionQueue, key: &PartitionKey, topics: &mut FastMap<String, TopicState>) {
     if !queue.seal() {
         return;
     }
