@@ -16,6 +16,7 @@
 //! ack can always be sent while a delivery exists; after [`Subscriber::cancel`] no further
 //! delivery is handed out.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -289,6 +290,39 @@ impl Delivery {
     /// As [`Delivery::ack`].
     pub async fn ack_multiple(&self) -> Result<()> {
         self.settle(Negative::Ack, Scope::Multiple).await
+    }
+
+    /// Like [`Delivery::ack_multiple`], without waiting for the broker's answer. When this
+    /// returns, the ack is queued on the subscriber's connection behind every earlier
+    /// request, so acks sent this way keep their order; the returned future resolves with
+    /// the answer, once the settle record is durable. A consumer goes on with its next
+    /// deliveries meanwhile instead of idling for the broker's fsync.
+    ///
+    /// # Errors
+    /// Connection errors now; the future: as [`Delivery::ack`].
+    pub async fn ack_multiple_sent(
+        &self,
+    ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
+        let request = Request::Ack(AckRequest {
+            queue: self.shared.queue.clone(),
+            consumer_id: self.shared.consumer_id,
+            delivery_tag: self.tag,
+            multiple: true,
+            negative: false,
+            requeue: false,
+        });
+        let in_flight = self.shared.connection.begin(&request).await?;
+        let shared = Arc::clone(&self.shared);
+        let delivery_tag = self.tag;
+        Ok(async move {
+            let response: QueueAdminResponse = response_as(in_flight.finish().await?, ApiKey::Ack)?;
+            let subject = QueueSubject {
+                queue: &shared.queue,
+                delivery_tag,
+                ..QueueSubject::default()
+            };
+            check_queue_code(response.error, response.error_message, subject)
+        })
     }
 
     /// Negatively acknowledges this delivery: back to the queue, or dead-lettered.

@@ -1806,11 +1806,15 @@ impl QueueTask {
         let now = self.clock.now_ms();
         let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
         if let Some(appended) = self.store.settle(ids, now).map_err(storage)? {
-            self.store
-                .acks()
-                .wait_durable(appended.next_offset)
-                .await
-                .map_err(storage)?;
+            let durable = self.store.acks().wait_durable(appended.next_offset);
+            // The settled messages freed prefetch room: fill it while the settle record is
+            // fsynced, so consumers are not idle for the fsync. Those deliveries are of
+            // other, already durable messages.
+            let more = self.state.dispatch(now);
+            if !more.is_empty() {
+                Box::pin(self.apply(more)).await?;
+            }
+            durable.await.map_err(storage)?;
             self.store.confirm_settled(ids);
         }
         Ok(())

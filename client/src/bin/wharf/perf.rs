@@ -54,6 +54,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 const E2E_TICK: Duration = Duration::from_millis(1);
 /// Unconfirmed publishes one `perf queue` publisher keeps in flight (as peerbench does).
 const PUBLISH_WINDOW: usize = 1000;
+/// Cumulative acks `perf queue` keeps in flight before it waits for the oldest answer.
+const ACKS_IN_FLIGHT_MAX: usize = 8;
 
 /// `wharf perf ...`.
 #[derive(Debug, Subcommand)]
@@ -830,6 +832,8 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
             let mut unacked = 0u64;
             let mut last = None;
             let mut last_record = Instant::now();
+            // Acks in flight, oldest first: the consumer goes on while the broker fsyncs.
+            let mut acks = std::collections::VecDeque::new();
             while received.load(Ordering::Relaxed) < target {
                 let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await else {
                     if last_record.elapsed() >= CONSUMER_IDLE_TIMEOUT {
@@ -842,7 +846,12 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
                 received.fetch_add(1, Ordering::Relaxed);
                 unacked += 1;
                 if unacked >= ack_every {
-                    delivery.ack_multiple().await?;
+                    acks.push_back(delivery.ack_multiple_sent().await?);
+                    if acks.len() > ACKS_IN_FLIGHT_MAX {
+                        if let Some(oldest) = acks.pop_front() {
+                            oldest.await?;
+                        }
+                    }
                     unacked = 0;
                     last = None;
                 } else {
@@ -850,7 +859,10 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
                 }
             }
             if let Some(delivery) = last {
-                delivery.ack_multiple().await?;
+                acks.push_back(delivery.ack_multiple_sent().await?);
+            }
+            for ack in acks {
+                ack.await?;
             }
             let finished = Instant::now();
             subscriber.cancel().await?;
