@@ -23,6 +23,8 @@ fn end_to_end(criterion: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
+    // The producer spawns its background task on creation.
+    let _context = runtime.enter();
     let base = std::env::var("WHARF_BENCH_DIR").unwrap_or_else(|_| ".".to_string());
     let dir = tempfile::Builder::new()
         .prefix("wharf-bench-e2e-")
