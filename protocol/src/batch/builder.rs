@@ -31,13 +31,15 @@ pub struct BatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     record_count: i32,
-    /// The records encoded so far, everything after the batch header.
+    /// Room for the batch header (written by `build`), then the records encoded so far.
     records: BytesMut,
 }
 
 impl BatchBuilder {
     /// An empty builder whose record timestamps are stored relative to `base_timestamp_ms`.
     pub fn new(base_timestamp_ms: i64) -> Self {
+        let mut records = BytesMut::new();
+        records.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             base_offset: 0,
             partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
@@ -48,7 +50,7 @@ impl BatchBuilder {
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
             record_count: 0,
-            records: BytesMut::new(),
+            records,
         }
     }
 
@@ -115,7 +117,7 @@ impl BatchBuilder {
 
     /// The exact size in bytes of the batch [`build`](Self::build) will return.
     pub fn encoded_bytes(&self) -> usize {
-        BATCH_HEADER_BYTES + self.records.len()
+        self.records.len()
     }
 
     /// Records pushed so far.
@@ -124,10 +126,14 @@ impl BatchBuilder {
     }
 
     /// Encodes the batch and returns its bytes.
-    pub fn build(self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.encoded_bytes());
-        self.build_into(&mut out);
-        out.freeze()
+    pub fn build(mut self) -> Bytes {
+        // The header goes into the room left for it: the records are not copied again.
+        let header = self.header();
+        self.records[..BATCH_HEADER_BYTES].copy_from_slice(&header);
+        let crc = compute_crc(&self.records);
+        self.records[CRC_POS..ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
+        debug_assert!(crate::batch::validate(&self.records).is_ok());
+        self.records.freeze()
     }
 
     /// Appends the encoded batch to `out`.
@@ -136,11 +142,24 @@ impl BatchBuilder {
     /// one offset, like a Kafka batch emptied by compaction). `max_timestamp` is the largest
     /// record timestamp, or the base timestamp when there are no records.
     pub fn build_into(self, out: &mut BytesMut) {
-        let batch_bytes = self.encoded_bytes();
-        let batch_length = i32::try_from(batch_bytes - LOG_OVERHEAD_BYTES)
-            .expect("push keeps batches within BATCH_BYTES_MAX");
         let start = out.len();
+        let batch_bytes = self.encoded_bytes();
         out.reserve(batch_bytes);
+        out.put_slice(&self.header());
+        out.put_slice(&self.records[BATCH_HEADER_BYTES..]);
+        debug_assert_eq!(out.len() - start, batch_bytes);
+
+        let crc = compute_crc(&out[start..]);
+        out[start + CRC_POS..start + ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
+        debug_assert!(crate::batch::validate(&out[start..]).is_ok());
+    }
+
+    /// The batch header with a zero CRC (computed once the records follow it).
+    fn header(&self) -> [u8; BATCH_HEADER_BYTES] {
+        let batch_length = i32::try_from(self.encoded_bytes() - LOG_OVERHEAD_BYTES)
+            .expect("push keeps batches within BATCH_BYTES_MAX");
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        let mut out = &mut header[..];
         out.put_i64(self.base_offset);
         out.put_i32(batch_length);
         out.put_i32(self.partition_leader_epoch);
@@ -155,13 +174,8 @@ impl BatchBuilder {
         out.put_i16(self.producer_epoch);
         out.put_i32(self.base_sequence);
         out.put_i32(self.record_count);
-        debug_assert_eq!(out.len() - start, BATCH_HEADER_BYTES);
-        out.put_slice(&self.records);
-        debug_assert_eq!(out.len() - start, batch_bytes);
-
-        let crc = compute_crc(&out[start..]);
-        out[start + CRC_POS..start + ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
-        debug_assert!(crate::batch::validate(&out[start..]).is_ok());
+        debug_assert!(out.is_empty(), "the header fields fill the header exactly");
+        header
     }
 
     /// The `batch_length` the batch would have with `record`, for error reports.
@@ -189,6 +203,31 @@ mod tests {
         assert_eq!(header.record_count, 0);
         assert_eq!(header.last_offset_delta, 0);
         assert_eq!(header.max_timestamp, 1_000);
+    }
+
+    #[test]
+    fn build_and_build_into_write_the_same_bytes() {
+        let filled = || {
+            let mut builder = BatchBuilder::new(1_000).producer(7, 1, 3);
+            for index in 0..5u8 {
+                builder
+                    .push(&NewRecord {
+                        timestamp_ms: 1_000 + i64::from(index),
+                        value: Some(Bytes::from(vec![index; usize::from(index) * 10])),
+                        ..NewRecord::default()
+                    })
+                    .unwrap();
+            }
+            builder
+        };
+        let built = filled().build();
+        let mut into = BytesMut::from(&b"prefix"[..]);
+        filled().build_into(&mut into);
+        assert_eq!(&into[..6], b"prefix");
+        assert_eq!(&into[6..], &built[..]);
+        let header = validate(&built).expect("valid");
+        assert_eq!(header.record_count, 5);
+        assert_eq!(built.len(), filled().encoded_bytes());
     }
 
     #[test]
