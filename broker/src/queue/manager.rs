@@ -1334,7 +1334,8 @@ pub fn args_from_pairs<'a>(
 /// The task that owns one queue.
 struct QueueTask {
     name: String,
-    store: QueueStore,
+    /// Shared with the blocking pool only while it compacts.
+    store: Arc<QueueStore>,
     state: DeliveryState,
     delays: DelayQueue,
     consumers: HashMap<ConsumerId, mpsc::Sender<ConsumerEvent>>,
@@ -1372,7 +1373,7 @@ impl QueueTask {
                 .dead_letter_exchange
                 .clone()
                 .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
-            store,
+            store: Arc::new(store),
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
             clock,
@@ -1728,8 +1729,18 @@ impl QueueTask {
             self.last_compaction_ms = now;
             // Deletes segments whose messages are all settled ("fully settled segments are
             // deleted") and ack-log segments the checkpoint covers.
-            if let Err(error) = self.store.compact() {
-                tracing::warn!(queue = self.name, %error, "queue compaction failed");
+            // A checkpoint write with fsync and file deletes: on the blocking pool, while
+            // this queue waits (STYLE.md §4).
+            let store = Arc::clone(&self.store);
+            let compacted = tokio::task::spawn_blocking(move || store.compact()).await;
+            match compacted {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(queue = self.name, %error, "queue compaction failed")
+                }
+                Err(error) => {
+                    tracing::warn!(queue = self.name, %error, "queue compaction task failed")
+                }
             }
         }
     }

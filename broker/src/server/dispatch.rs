@@ -166,52 +166,50 @@ pub async fn handle(
             session.remove_consumer(&request.queue, request.consumer_id);
             ready(Response::Cancel(QueueAdminResponse::default()))
         }
-        Request::DeclareExchange(request) => ready(Response::DeclareExchange(admin_answer(
-            declare_exchange(broker, request),
-        ))),
+        Request::DeclareExchange(request) => {
+            let outcome =
+                off_runtime(broker, move |broker| declare_exchange(broker, request)).await;
+            ready(Response::DeclareExchange(admin_answer(outcome)))
+        }
         Request::DeclareQueue(request) => {
-            let broker = broker.clone();
             let session_id = session.id();
-            // Opening a queue's storage creates and fsyncs files: off the runtime's workers.
-            let outcome =
-                tokio::task::spawn_blocking(move || declare_queue(&broker, request, session_id))
-                    .await;
-            let outcome =
-                outcome.unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())));
+            // Opening a queue's storage creates and fsyncs files.
+            let outcome = off_runtime(broker, move |broker| {
+                declare_queue(broker, request, session_id)
+            })
+            .await;
             ready(Response::DeclareQueue(admin_answer(outcome)))
         }
         Request::DeleteQueue(request) => ready(Response::DeleteQueue(admin_answer(
             broker.queues.delete_queue(&request.name).await,
         ))),
         Request::BindQueue(request) => {
-            let pairs: Vec<(&str, &str)> = request
-                .headers
-                .iter()
-                .map(|entry| (entry.key.as_str(), entry.value.as_str()))
-                .collect();
-            let outcome = broker.queues.bind(
-                &request.queue,
-                &request.exchange,
-                &request.routing_key,
-                &pairs,
-            );
-            ready(Response::BindQueue(admin_answer(outcome)))
-        }
-        Request::UnbindQueue(request) => {
-            let pairs: Vec<(&str, &str)> = request
-                .headers
-                .iter()
-                .map(|entry| (entry.key.as_str(), entry.value.as_str()))
-                .collect();
-            let outcome = broker
-                .queues
-                .unbind(
+            let outcome = off_runtime(broker, move |broker| {
+                let pairs = header_pairs(&request);
+                broker.queues.bind(
                     &request.queue,
                     &request.exchange,
                     &request.routing_key,
                     &pairs,
                 )
-                .map(|_| ());
+            })
+            .await;
+            ready(Response::BindQueue(admin_answer(outcome)))
+        }
+        Request::UnbindQueue(request) => {
+            let outcome = off_runtime(broker, move |broker| {
+                let pairs = header_pairs(&request);
+                broker
+                    .queues
+                    .unbind(
+                        &request.queue,
+                        &request.exchange,
+                        &request.routing_key,
+                        &pairs,
+                    )
+                    .map(|_| ())
+            })
+            .await;
             ready(Response::UnbindQueue(admin_answer(outcome)))
         }
         Request::PurgeQueue(request) => ready(Response::PurgeQueue(
@@ -243,9 +241,13 @@ pub async fn handle(
                 .collect(),
             ..ListQueuesResponse::default()
         })),
-        Request::DeleteExchange(request) => ready(Response::DeleteExchange(admin_answer(
-            broker.queues.delete_exchange(&request.name),
-        ))),
+        Request::DeleteExchange(request) => {
+            let outcome = off_runtime(broker, move |broker| {
+                broker.queues.delete_exchange(&request.name)
+            })
+            .await;
+            ready(Response::DeleteExchange(admin_answer(outcome)))
+        }
         Request::ListExchanges(_) => ready(Response::ListExchanges(ListExchangesResponse {
             exchanges: broker
                 .queues
@@ -350,6 +352,27 @@ fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
             error_message: Some(error.to_string()),
         },
     }
+}
+
+/// Runs a queue admin call that rewrites (and fsyncs) the definitions file or creates a
+/// queue's files on the blocking pool, not on a runtime worker (STYLE.md §4).
+async fn off_runtime<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    call: impl FnOnce(&Broker) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || call(&broker))
+        .await
+        .unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())))
+}
+
+/// A binding's header arguments as name/value pairs.
+fn header_pairs(request: &BindQueueRequest) -> Vec<(&str, &str)> {
+    request
+        .headers
+        .iter()
+        .map(|entry| (entry.key.as_str(), entry.value.as_str()))
+        .collect()
 }
 
 fn declare_exchange(broker: &Broker, request: DeclareExchangeRequest) -> Result<(), QueueError> {
