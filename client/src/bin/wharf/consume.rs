@@ -10,7 +10,9 @@
 //! `--max-messages` are sought back before the commit.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{self, Write};
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -137,19 +139,28 @@ async fn print_records(
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: both end `consume` the same clean way.
 /// A signal that cannot be watched never resolves rather than ending the command at once.
-pub(crate) async fn interrupted() {
+///
+/// The handlers are installed by this call, not when the future is first polled: a
+/// `select!` may leave the future unpolled while another branch is ready, and a signal
+/// arriving then would otherwise kill the process with the default action.
+pub(crate) fn interrupted() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                () = ctrl_c() => {}
-                Some(()) = terminate.recv() => {}
-            }
-            return;
+        if let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    Some(()) = interrupt.recv() => {}
+                    Some(()) = terminate.recv() => {}
+                    else => std::future::pending::<()>().await,
+                }
+            });
         }
     }
-    ctrl_c().await;
+    Box::pin(ctrl_c())
 }
 
 async fn ctrl_c() {
