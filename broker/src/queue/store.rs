@@ -406,27 +406,32 @@ mod tests {
         }
     }
 
+    /// Appends `count` batches of one 300-byte message each; returns their ids.
     fn publish(store: &QueueStore, count: usize) -> Vec<i64> {
-        let mut ids = Vec::new();
-        for index in 0..count {
-            let mut builder = BatchBuilder::new(1_000);
-            let value = format!("message-{index}-{}", "x".repeat(300));
+        (0..count)
+            .map(|index| append_batch(store, &[format!("message-{index}-{}", "x".repeat(300))]))
+            .collect()
+    }
+
+    /// Appends one batch with a message per body, durably; returns the first message's id.
+    fn append_batch(store: &QueueStore, bodies: &[String]) -> i64 {
+        let mut builder = BatchBuilder::new(1_000);
+        for body in bodies {
             builder
                 .push(&NewRecord {
                     timestamp_ms: 1_000,
-                    value: Some(Bytes::from(value)),
+                    value: Some(Bytes::from(body.clone())),
                     ..NewRecord::default()
                 })
                 .unwrap();
-            let mut bytes = BytesMut::new();
-            builder.build_into(&mut bytes);
-            let appended = store.publish(&mut bytes).unwrap();
-            store
-                .wait_published(appended, Duration::from_secs(10))
-                .unwrap();
-            ids.push(appended.base_offset);
         }
-        ids
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let appended = store.publish(&mut bytes).unwrap();
+        store
+            .wait_published(appended, Duration::from_secs(10))
+            .unwrap();
+        appended.base_offset
     }
 
     fn settle(store: &QueueStore, ids: &[i64]) {
@@ -449,23 +454,10 @@ mod tests {
 
     /// Appends one batch of `count` messages whose bodies are `prefix-<index>`.
     fn publish_batch(store: &QueueStore, prefix: &str, count: usize) -> i64 {
-        let mut builder = BatchBuilder::new(1_000);
-        for index in 0..count {
-            builder
-                .push(&NewRecord {
-                    timestamp_ms: 1_000,
-                    value: Some(Bytes::from(format!("{prefix}-{index}"))),
-                    ..NewRecord::default()
-                })
-                .unwrap();
-        }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
-        let appended = store.publish(&mut bytes).unwrap();
-        store
-            .wait_published(appended, Duration::from_secs(10))
-            .unwrap();
-        appended.base_offset
+        let bodies: Vec<String> = (0..count)
+            .map(|index| format!("{prefix}-{index}"))
+            .collect();
+        append_batch(store, &bodies)
     }
 
     #[test]
