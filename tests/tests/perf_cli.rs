@@ -1,0 +1,152 @@
+//! `wharf perf` end to end: each of the four workloads runs against a real `wharfd` with
+//! small counts and prints one JSON summary line with the fields issue #6 names, and the
+//! data it claims to have moved is really there (a consume after the produce reads it back).
+//! Numbers are not asserted beyond "work happened": performance is measured with
+//! benches/scripts/wharf-perf-suite.sh, not in tests.
+
+use integration_tests::{wharf_ok, BrokerProcess};
+use serde_json::Value;
+
+fn start_broker() -> (tempfile::TempDir, BrokerProcess) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    (data, broker)
+}
+
+/// Runs `wharf --json perf ARGS` and parses its last line, which must be one JSON object.
+fn perf(broker: &BrokerProcess, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "perf"];
+    all.extend_from_slice(args);
+    let stdout = wharf_ok(&broker.address(), &all, "");
+    let last = stdout.lines().last().expect("a summary line");
+    serde_json::from_str(last).unwrap_or_else(|error| panic!("{error}: {last}"))
+}
+
+fn number(summary: &Value, field: &str) -> f64 {
+    summary[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} missing or not a number in {summary}"))
+}
+
+/// The fields every summary has, checked for a run that moved `messages` of `size` bytes.
+fn check_throughput(summary: &Value, workload: &str, messages: u64, size: u64) {
+    assert_eq!(summary["workload"], workload, "{summary}");
+    assert_eq!(summary["messages"].as_u64(), Some(messages), "{summary}");
+    assert_eq!(
+        summary["bytes"].as_u64(),
+        Some(messages * size),
+        "{summary}"
+    );
+    assert!(number(summary, "seconds") > 0.0, "{summary}");
+    assert!(number(summary, "msgs_per_sec") > 0.0, "{summary}");
+    assert!(number(summary, "mb_per_sec") > 0.0, "{summary}");
+}
+
+/// Latency fields are present and ordered.
+fn check_latency(summary: &Value) {
+    let p50 = number(summary, "p50_us");
+    let p99 = number(summary, "p99_us");
+    let p999 = number(summary, "p999_us");
+    let max = number(summary, "max_us");
+    assert!(
+        p50 > 0.0 && p50 <= p99 && p99 <= p999 && p999 <= max,
+        "{summary}"
+    );
+}
+
+#[test]
+fn produce_then_consume_reads_back_what_was_produced() {
+    let (_data, broker) = start_broker();
+    let produced = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "p",
+            "--messages",
+            "20000",
+            "--size",
+            "100",
+        ],
+    );
+    check_throughput(&produced, "produce", 20_000, 100);
+    check_latency(&produced);
+    let consumed = perf(&broker, &["consume", "--topic", "p", "--messages", "20000"]);
+    check_throughput(&consumed, "consume", 20_000, 100);
+    // The log holds exactly what was produced: offsets 0..20000 on the one partition.
+    let described: Value = serde_json::from_str(&wharf_ok(
+        &broker.address(),
+        &["--json", "topic", "describe", "p"],
+        "",
+    ))
+    .expect("json description");
+    assert_eq!(
+        described["partitions"][0]["end_offset"].as_u64(),
+        Some(20_000),
+        "{described}"
+    );
+}
+
+#[test]
+fn e2e_measures_latency_at_the_requested_rate() {
+    let (_data, broker) = start_broker();
+    let summary = perf(
+        &broker,
+        &[
+            "e2e",
+            "--topic",
+            "e",
+            "--rate",
+            "1000",
+            "--seconds",
+            "1",
+            "--size",
+            "64",
+        ],
+    );
+    assert_eq!(summary["workload"], "e2e", "{summary}");
+    let received = summary["messages"].as_u64().expect("messages");
+    assert!((900..=1000).contains(&received), "{summary}");
+    check_latency(&summary);
+}
+
+#[test]
+fn queue_publishes_with_confirms_and_consumes_with_acks() {
+    let (_data, broker) = start_broker();
+    let summary = perf(
+        &broker,
+        &[
+            "queue",
+            "--queue",
+            "q",
+            "--messages",
+            "5000",
+            "--size",
+            "100",
+            "--confirm",
+        ],
+    );
+    check_throughput(&summary, "queue", 5_000, 100);
+    check_latency(&summary);
+    assert_eq!(
+        summary["consume_messages"].as_u64(),
+        Some(5_000),
+        "{summary}"
+    );
+    assert!(number(&summary, "consume_msgs_per_sec") > 0.0, "{summary}");
+    // Every message was acked: the durable queue is empty afterwards.
+    let listing: Value = serde_json::from_str(&wharf_ok(
+        &broker.address(),
+        &["--json", "queue", "list"],
+        "",
+    ))
+    .expect("json listing");
+    let entry = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|entry| entry["name"] == "q")
+        .unwrap_or_else(|| panic!("q not listed in {listing}"));
+    assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
+    assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
+}
