@@ -99,6 +99,12 @@ fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
             Action::Cancel(consumer, _) => {
                 model.prefetch.remove(&consumer);
             }
+            Action::Returned(id, deliveries) => {
+                // Only a message delivered before, and not settled, returns.
+                prop_assert!(model.delivered_before.contains(&id));
+                prop_assert!(!model.settled.contains(&id) && !model.dead.contains(&id));
+                prop_assert!(deliveries >= 1);
+            }
         }
     }
     Ok(())

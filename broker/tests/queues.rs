@@ -552,3 +552,68 @@ async fn deleting_a_queue_cancels_its_consumers_with_the_reason() {
     ));
     assert!(consumer.recv().await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_limit_counts_deliveries_before_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let declare = |manager: &QueueManager| {
+        manager
+            .declare_exchange("dlx", ExchangeKind::Fanout, Durability::Durable)
+            .unwrap();
+        manager
+            .declare_queue("dead", QueueArgs::default(), Durability::Durable)
+            .unwrap();
+        manager.bind("dead", "dlx", "", &[]).unwrap();
+        let args =
+            args_from_pairs([("dead-letter-exchange", "dlx"), ("delivery-limit", "1")]).unwrap();
+        manager
+            .declare_queue("poison", args, Durability::Durable)
+            .unwrap();
+    };
+    {
+        let manager = QueueManager::open(dir.path(), env()).expect("open");
+        declare(&manager);
+        manager.publish("", message("poison", "p1")).await.unwrap();
+        let (consumer, mut deliveries) = manager.subscribe("poison", 1).await.unwrap();
+        let first = next(&mut deliveries).await;
+        assert!(!first.redelivered);
+        // The first delivery fails: back to the queue (1 delivery, within the limit of 1).
+        manager
+            .nack(
+                "poison",
+                consumer,
+                first.tag,
+                AckScope::Single,
+                Requeue::Yes,
+            )
+            .await
+            .unwrap();
+        manager.shutdown().await;
+    }
+    let manager = QueueManager::open(dir.path(), env()).expect("reopen");
+    declare(&manager);
+    let (consumer, mut deliveries) = manager.subscribe("poison", 1).await.unwrap();
+    let second = next(&mut deliveries).await;
+    assert_eq!(body(&second), "p1");
+    assert!(second.redelivered, "the count survived the restart");
+    // The second delivery fails too: past the limit, it is dead-lettered, not redelivered.
+    manager
+        .nack(
+            "poison",
+            consumer,
+            second.tag,
+            AckScope::Single,
+            Requeue::Yes,
+        )
+        .await
+        .unwrap();
+    let (_, dead) = take(&manager, "dead", 1).await;
+    assert_eq!(body(&dead[0]), "p1");
+    assert_eq!(
+        header(&dead[0], "x-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
+    let stats = manager.list().await;
+    let poison = stats.iter().find(|queue| queue.name == "poison").unwrap();
+    assert_eq!((poison.ready, poison.unacked), (0, 0));
+}

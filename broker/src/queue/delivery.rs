@@ -115,6 +115,9 @@ pub enum Action {
     DeadLetter(MessageId, DeadLetterReason),
     /// Cancel a consumer (its deliveries already returned to the queue).
     Cancel(ConsumerId, &'static str),
+    /// The message returned to the queue after this many deliveries; recorded durably
+    /// (only with a delivery limit) so the limit survives a restart.
+    Returned(MessageId, u32),
 }
 
 /// Why an operation was refused.
@@ -281,8 +284,28 @@ impl DeliveryState {
         {
             actions.push(Action::DeadLetter(meta.id, DeadLetterReason::DeliveryLimit));
         } else {
+            if self.limits.delivery_limit.is_some() {
+                actions.push(Action::Returned(meta.id, returned));
+            }
             self.ready.insert(meta.id, meta);
         }
+    }
+
+    /// Deliveries so far of every message delivered at least once and not settled: ready
+    /// ones, and unacknowledged ones as of before their current delivery (what a restart
+    /// should resume from). For the store's checkpoint of delivery counts.
+    pub fn delivery_counts(&self) -> Vec<(MessageId, u32)> {
+        let ready = self
+            .ready
+            .values()
+            .filter(|meta| meta.delivery_count > 0)
+            .map(|meta| (meta.id, meta.delivery_count));
+        let unacked = self
+            .unacked
+            .values()
+            .filter(|unacked| unacked.meta.delivery_count > 1)
+            .map(|unacked| (unacked.meta.id, unacked.meta.delivery_count - 1));
+        ready.chain(unacked).collect()
     }
 
     /// The tags `tag` covers for `consumer`: just it, or with `multiple` every tag up to it.

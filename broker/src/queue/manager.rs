@@ -1385,13 +1385,18 @@ impl QueueTask {
             .store
             .unsettled()
             .map_err(|error| QueueError::Storage(error.to_string()))?;
+        // Deliveries before the restart still count toward the delivery limit.
+        let counts = task.store.take_recovered_counts();
         let mut overflowed = Vec::new();
         for message in recovered {
             let due = header_number(&message.record.headers, DUE_HEADER);
             match due {
                 Some(due) if due > now => task.delays.insert(message.id, due),
                 _ => {
-                    let meta = task.meta(message.id, &message.record);
+                    let meta = MessageMeta {
+                        delivery_count: counts.get(&message.id).copied().unwrap_or(0),
+                        ..task.meta(message.id, &message.record)
+                    };
                     match task.state.enqueue(meta) {
                         Ok(actions) => overflowed.extend(actions),
                         Err(_) => overflowed
@@ -1732,7 +1737,8 @@ impl QueueTask {
             // A checkpoint write with fsync and file deletes: on the blocking pool, while
             // this queue waits (STYLE.md §4).
             let store = Arc::clone(&self.store);
-            let compacted = tokio::task::spawn_blocking(move || store.compact()).await;
+            let counts = self.state.delivery_counts();
+            let compacted = tokio::task::spawn_blocking(move || store.compact(&counts, now)).await;
             match compacted {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -1749,6 +1755,7 @@ impl QueueTask {
     /// are recorded durably.
     async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
         let mut settled = Vec::new();
+        let mut returned = Vec::new();
         for action in actions {
             match action {
                 Action::Deliver(delivery) => {
@@ -1789,7 +1796,16 @@ impl QueueTask {
                     tracing::warn!(queue = self.name, consumer, reason, "consumer cancelled");
                     self.cancel_consumer(consumer, CancelReason::AckTimeout);
                 }
+                Action::Returned(id, deliveries) => returned.push((id, deliveries)),
             }
+        }
+        if let Err(error) = self
+            .store
+            .record_delivery_counts(&returned, self.clock.now_ms())
+        {
+            // The counts only tighten the delivery limit after a restart; the messages
+            // themselves are safe.
+            tracing::warn!(queue = self.name, %error, "recording delivery counts failed");
         }
         self.settle(&settled).await
     }

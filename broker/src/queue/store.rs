@@ -31,6 +31,8 @@ pub const ACK_STATE_FILE: &str = "ack-state";
 const ACK_STATE_MAGIC: [u8; 4] = *b"WACK";
 /// Bytes read per step when scanning a queue's logs.
 const SCAN_READ_BYTES: usize = 4 * 1024 * 1024;
+/// How long compaction waits for its delivery-counts record to be durable.
+const COUNTS_DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most ids one settle record carries (bounds a record's size).
 pub const SETTLE_IDS_MAX: usize = 64 * 1024;
 
@@ -38,6 +40,18 @@ wire_struct! {
     /// One settle record: message ids that are done.
     pub struct SettleRecord {
         pub ids: Vec<i64>,
+    }
+}
+
+/// Key of an ack-log record holding delivery counts (settle records have no key).
+pub const DELIVERY_COUNTS_KEY: &[u8] = b"delivery-counts";
+
+wire_struct! {
+    /// Delivery counts of messages that returned to the queue (with a delivery limit): each
+    /// id's count replaces any earlier one. `ids` and `counts` are parallel.
+    pub struct DeliveryCountsRecord {
+        pub ids: Vec<i64>,
+        pub counts: Vec<u32>,
     }
 }
 
@@ -114,6 +128,8 @@ pub struct QueueStore {
     /// The records of the batch read last: deliveries go through a batch in id order, so
     /// each batch is read, CRC-checked and decoded once rather than once per message.
     read_cache: Mutex<Vec<Record>>,
+    /// Delivery counts found at open (ack log after the checkpoint), for the queue's task.
+    recovered_counts: Mutex<std::collections::HashMap<i64, u32>>,
     dir: std::path::PathBuf,
     env: StorageEnv,
 }
@@ -142,11 +158,16 @@ impl QueueStore {
             acks,
             state: Mutex::new(AckState::default()),
             read_cache: Mutex::new(Vec::new()),
+            recovered_counts: Mutex::new(std::collections::HashMap::new()),
             dir: dir.to_path_buf(),
             env,
         };
-        let state = store.recover_ack_state()?;
+        let (state, counts) = store.recover_ack_state()?;
         *store.lock() = state;
+        *store
+            .recovered_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = counts;
         Ok(store)
     }
 
@@ -156,7 +177,18 @@ impl QueueStore {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn recover_ack_state(&self) -> Result<AckState> {
+    /// Takes the delivery counts recovered at open (unsettled messages only).
+    pub fn take_recovered_counts(&self) -> std::collections::HashMap<i64, u32> {
+        std::mem::take(
+            &mut *self
+                .recovered_counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn recover_ack_state(&self) -> Result<(AckState, std::collections::HashMap<i64, u32>)> {
+        let mut counts = std::collections::HashMap::new();
         let fs = self.env.fs.as_ref();
         let path = self.dir.join(ACK_STATE_FILE);
         let mut state = AckState::default();
@@ -192,12 +224,19 @@ impl QueueStore {
                     continue;
                 }
                 for record in decoded.records() {
-                    let Some(value) = record?.value else { continue };
-                    let settled: SettleRecord = decode(value).map_err(|reason| Error::Corrupt {
+                    let record = record?;
+                    let Some(value) = record.value else { continue };
+                    let corrupt = |reason| Error::Corrupt {
                         segment: self.acks.dir().to_path_buf(),
                         position: 0,
                         reason,
-                    })?;
+                    };
+                    if record.key.as_deref() == Some(DELIVERY_COUNTS_KEY) {
+                        let returned: DeliveryCountsRecord = decode(value).map_err(corrupt)?;
+                        counts.extend(returned.ids.into_iter().zip(returned.counts));
+                        continue;
+                    }
+                    let settled: SettleRecord = decode(value).map_err(corrupt)?;
                     for id in settled.ids {
                         state.settle(id);
                     }
@@ -205,7 +244,42 @@ impl QueueStore {
             }
         }
         state.raise_to(self.messages.log_start_offset());
-        Ok(state)
+        counts.retain(|id, _| !state.is_settled(*id));
+        Ok((state, counts))
+    }
+
+    /// Appends the delivery counts of messages that returned to the queue to the ack log.
+    /// Not waited for: a crash may lose the newest counts (the delivery limit then allows a
+    /// few more deliveries), never a settlement.
+    ///
+    /// # Errors
+    /// As for `Partition::append`.
+    pub fn record_delivery_counts(
+        &self,
+        counts: &[(i64, u32)],
+        now_ms: i64,
+    ) -> Result<Option<Appended>> {
+        if counts.is_empty() {
+            return Ok(None);
+        }
+        let mut builder = BatchBuilder::new(now_ms);
+        for chunk in counts.chunks(SETTLE_IDS_MAX) {
+            let mut value = BytesMut::new();
+            DeliveryCountsRecord {
+                ids: chunk.iter().map(|(id, _)| *id).collect(),
+                counts: chunk.iter().map(|(_, count)| *count).collect(),
+            }
+            .encode(&mut value);
+            builder.push(&NewRecord {
+                timestamp_ms: now_ms,
+                key: Some(Bytes::from_static(DELIVERY_COUNTS_KEY)),
+                value: Some(value.freeze()),
+                headers: Vec::new(),
+            })?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        Ok(Some(self.acks.append(&mut bytes)?))
     }
 
     /// Appends messages (one record each, as built by the caller) and returns where they
@@ -348,11 +422,25 @@ impl QueueStore {
     ///
     /// # Errors
     /// Storage errors; a failed step leaves the previous checkpoint valid.
-    pub fn compact(&self) -> Result<()> {
+    pub fn compact(&self, delivery_counts: &[(i64, u32)], now_ms: i64) -> Result<()> {
+        // Replay after a restart starts at the checkpoint's offset, so the delivery counts
+        // are written again first, durably, and the checkpoint stops before them.
+        let counts_at = match self.record_delivery_counts(delivery_counts, now_ms)? {
+            Some(appended) => {
+                self.acks
+                    .wait_durable_blocking(appended.next_offset, COUNTS_DURABLE_WAIT)?;
+                appended.base_offset
+            }
+            None => i64::MAX,
+        };
         // The in-memory state holds only confirmed (durable) settlements, and the ack log up to
         // its durable offset is covered by it.
         let state = self.ack_state();
-        let ack_log_offset = self.acks.durable_offset().min(self.acks.high_watermark());
+        let ack_log_offset = self
+            .acks
+            .durable_offset()
+            .min(self.acks.high_watermark())
+            .min(counts_at);
         let saved = AckCheckpoint {
             ack_log_offset,
             low_water: state.low_water,
@@ -523,7 +611,7 @@ mod tests {
         let segments_before = store.messages().segment_count();
         assert!(segments_before > 2);
         settle(&store, &ids[..500]);
-        store.compact().unwrap();
+        store.compact(&[], 1_000).unwrap();
         assert!(
             store.messages().segment_count() < segments_before,
             "settled segments deleted"
@@ -534,5 +622,41 @@ mod tests {
         let reopened = QueueStore::open(dir, config(), env).unwrap();
         assert_eq!(unsettled_ids(&reopened), ids[500..].to_vec());
         assert_eq!(reopened.ack_state().low_water(), ids[500]);
+    }
+
+    #[test]
+    fn delivery_counts_survive_reopen_and_compaction_but_not_settlement() {
+        let (env, _fs, _clock) = sim_env(1_000);
+        let dir = Path::new("/data/queues/counted");
+        let store = QueueStore::open(dir, config(), env.clone()).unwrap();
+        let ids = publish(&store, 4);
+        let appended = store
+            .record_delivery_counts(&[(ids[0], 1), (ids[1], 2), (ids[2], 1)], 1_000)
+            .unwrap()
+            .expect("appended");
+        store
+            .wait_settled(appended, Duration::from_secs(10))
+            .unwrap();
+        // A later count replaces an earlier one; a settled message has none.
+        store
+            .record_delivery_counts(&[(ids[0], 3)], 1_000)
+            .unwrap()
+            .expect("appended");
+        settle(&store, &[ids[2]]);
+        store.close().unwrap();
+        drop(store);
+        let reopened = QueueStore::open(dir, config(), env.clone()).unwrap();
+        let counts = reopened.take_recovered_counts();
+        let expected: std::collections::HashMap<i64, u32> =
+            [(ids[0], 3), (ids[1], 2)].into_iter().collect();
+        assert_eq!(counts, expected);
+        // Compaction checkpoints past the old count records, so it writes the counts again.
+        reopened
+            .compact(&[(ids[0], 3), (ids[1], 2)], 1_000)
+            .unwrap();
+        reopened.close().unwrap();
+        drop(reopened);
+        let again = QueueStore::open(dir, config(), env).unwrap();
+        assert_eq!(again.take_recovered_counts(), expected);
     }
 }
