@@ -184,8 +184,8 @@ pub enum Error {
         delivery_tag: u64,
     },
     /// The broker cancelled the subscriber: a delivery stayed unacknowledged past the
-    /// queue's ack timeout (`code` `AckTimeout`), or the queue was deleted (`UnknownQueue`).
-    /// Its unacknowledged deliveries went back to the queue.
+    /// queue's ack timeout (`code` `AckTimeout`: its unacknowledged deliveries went back to
+    /// the queue), or the queue was deleted (`UnknownQueue`: they went with it).
     ConsumerCancelled {
         /// The queue.
         queue: String,

@@ -298,6 +298,10 @@ impl Delivery {
     /// the answer, once the settle record is durable. A consumer goes on with its next
     /// deliveries meanwhile instead of idling for the broker's fsync.
     ///
+    /// Each returned future holds one of the connection's in-flight request slots
+    /// (`ClientConfig::in_flight_requests_max`, 64 by default) until it is awaited or
+    /// dropped: keep fewer unawaited than that, or the next call waits for a slot forever.
+    ///
     /// # Errors
     /// Connection errors now; the future: as [`Delivery::ack`].
     pub async fn ack_multiple_sent(

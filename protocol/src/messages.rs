@@ -767,8 +767,9 @@ wire_struct! {
 
 wire_struct! {
     /// The broker cancelled a consumer on its own (api key `ConsumerCancelled`, a push
-    /// carrying the Subscribe's correlation id, never answered). Its unacknowledged
-    /// deliveries are back in the queue; no further `Deliver` follows for it.
+    /// carrying the Subscribe's correlation id, never answered). No further `Deliver`
+    /// follows for it. After an ack timeout its unacknowledged deliveries are back in the
+    /// queue; after a queue delete they went with the queue.
     pub struct ConsumerCancelledPush {
         pub consumer_id: u64,
         pub queue: String,

@@ -136,8 +136,9 @@ pub enum Durability {
 pub enum ConsumerEvent {
     /// A message for the consumer.
     Delivery(Delivered),
-    /// The broker cancelled the consumer; nothing follows. Its unacknowledged deliveries
-    /// (those still in the channel included) are back in the queue.
+    /// The broker cancelled the consumer; nothing follows. After an ack timeout its
+    /// unacknowledged deliveries (those still in the channel included) are back in the
+    /// queue; after a queue delete they are gone with the queue.
     Cancelled(CancelReason),
 }
 
@@ -1838,11 +1839,16 @@ impl QueueTask {
             // fsynced, so consumers are not idle for the fsync. Those deliveries are of
             // other, already durable messages.
             let more = self.state.dispatch(now);
-            if !more.is_empty() {
-                Box::pin(self.apply(more)).await?;
-            }
+            let delivered = if more.is_empty() {
+                Ok(())
+            } else {
+                Box::pin(self.apply(more)).await
+            };
+            // Whatever happened to those deliveries, these settlements are confirmed once
+            // durable (else compaction's low-water mark would stick until a restart).
             durable.await.map_err(storage)?;
             self.store.confirm_settled(ids);
+            delivered?;
         }
         Ok(())
     }

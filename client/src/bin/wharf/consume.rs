@@ -140,9 +140,11 @@ async fn print_records(
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: both end `consume` the same clean way.
 /// A signal that cannot be watched never resolves rather than ending the command at once.
 ///
-/// The handlers are installed by this call, not when the future is first polled: a
+/// On Unix the handlers are installed by this call, not when the future is first polled: a
 /// `select!` may leave the future unpolled while another branch is ready, and a signal
-/// arriving then would otherwise kill the process with the default action.
+/// arriving then would otherwise kill the process with the default action. Once the future
+/// is dropped, SIGINT stays caught (tokio keeps its handler), so a Ctrl-C during the
+/// closing commit is ignored rather than cutting it short.
 pub(crate) fn interrupted() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
