@@ -262,24 +262,37 @@ impl QueueStore {
         if counts.is_empty() {
             return Ok(None);
         }
-        let mut builder = BatchBuilder::new(now_ms);
-        for chunk in counts.chunks(SETTLE_IDS_MAX) {
-            let mut value = BytesMut::new();
-            DeliveryCountsRecord {
+        let records = counts
+            .chunks(SETTLE_IDS_MAX)
+            .map(|chunk| DeliveryCountsRecord {
                 ids: chunk.iter().map(|(id, _)| *id).collect(),
                 counts: chunk.iter().map(|(_, count)| *count).collect(),
-            }
-            .encode(&mut value);
+            });
+        self.append_ack_records(Some(DELIVERY_COUNTS_KEY), records, now_ms)
+            .map(Some)
+    }
+
+    /// Appends one batch to the ack log, a record with key `key` per value.
+    fn append_ack_records<T: Wire>(
+        &self,
+        key: Option<&'static [u8]>,
+        values: impl IntoIterator<Item = T>,
+        now_ms: i64,
+    ) -> Result<Appended> {
+        let mut builder = BatchBuilder::new(now_ms);
+        for record in values {
+            let mut value = BytesMut::new();
+            record.encode(&mut value);
             builder.push(&NewRecord {
                 timestamp_ms: now_ms,
-                key: Some(Bytes::from_static(DELIVERY_COUNTS_KEY)),
+                key: key.map(Bytes::from_static),
                 value: Some(value.freeze()),
                 headers: Vec::new(),
             })?;
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        Ok(Some(self.acks.append(&mut bytes)?))
+        self.acks.append(&mut bytes)
     }
 
     /// Appends messages (one record each, as built by the caller) and returns where they
@@ -302,24 +315,10 @@ impl QueueStore {
         if ids.is_empty() {
             return Ok(None);
         }
-        let mut builder = BatchBuilder::new(now_ms);
-        for chunk in ids.chunks(SETTLE_IDS_MAX) {
-            let mut value = BytesMut::new();
-            SettleRecord {
-                ids: chunk.to_vec(),
-            }
-            .encode(&mut value);
-            builder.push(&NewRecord {
-                timestamp_ms: now_ms,
-                key: None,
-                value: Some(value.freeze()),
-                headers: Vec::new(),
-            })?;
-        }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
-        let appended = self.acks.append(&mut bytes)?;
-        Ok(Some(appended))
+        let records = ids.chunks(SETTLE_IDS_MAX).map(|chunk| SettleRecord {
+            ids: chunk.to_vec(),
+        });
+        self.append_ack_records(None, records, now_ms).map(Some)
     }
 
     /// Marks `ids` settled once their settle record is durable.
