@@ -339,6 +339,11 @@ pub struct QueueManager {
     /// Serializes queue declares: checking for a queue and starting it must be one step, or
     /// two declares could open two writers on one queue's files.
     declaring: Mutex<()>,
+    /// Generation of the newest definitions snapshot taken (under the registry lock).
+    definitions_taken: AtomicU64,
+    /// Generation of the newest definitions written; held while writing, so the file is
+    /// written outside the registry lock and never goes back to an older snapshot.
+    definitions_written: Mutex<u64>,
     next_consumer: AtomicU64,
     /// Messages published that no queue took (not mandatory).
     pub dropped_unroutable: AtomicU64,
@@ -369,6 +374,8 @@ impl QueueManager {
             clock,
             registry: Mutex::new(Registry::default()),
             declaring: Mutex::new(()),
+            definitions_taken: AtomicU64::new(0),
+            definitions_written: Mutex::new(0),
             next_consumer: AtomicU64::new(1),
             dropped_unroutable: AtomicU64::new(0),
             myself: myself.clone(),
@@ -456,7 +463,11 @@ impl QueueManager {
         Ok(())
     }
 
-    fn save(&self, registry: &Registry) -> Result<(), QueueError> {
+    /// The durable definitions as of `registry`, numbered in the order of the registry's
+    /// changes (the caller holds the registry lock). Write it with
+    /// [`QueueManager::persist`] after releasing the lock: the write fsyncs twice, and
+    /// routing takes the same lock for every publish.
+    fn snapshot(&self, registry: &Registry) -> (u64, BytesMut) {
         let mut exchanges: Vec<StoredExchange> = registry
             .exchanges
             .iter()
@@ -486,6 +497,20 @@ impl QueueManager {
         };
         let mut bytes = BytesMut::new();
         payload.encode(&mut bytes);
+        let generation = self.definitions_taken.fetch_add(1, Ordering::Relaxed) + 1;
+        (generation, bytes)
+    }
+
+    /// Writes a snapshot from [`QueueManager::snapshot`], unless a newer one (which holds
+    /// its changes too) is already written.
+    fn persist(&self, (generation, bytes): (u64, BytesMut)) -> Result<(), QueueError> {
+        let mut written = self
+            .definitions_written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *written >= generation {
+            return Ok(());
+        }
         checkpoint::write(
             self.env.fs.as_ref(),
             &self.dir,
@@ -495,7 +520,9 @@ impl QueueManager {
             0,
             &bytes,
         )
-        .map_err(|error| QueueError::Storage(error.to_string()))
+        .map_err(|error| QueueError::Storage(error.to_string()))?;
+        *written = generation;
+        Ok(())
     }
 
     /// Declares an exchange (idempotent when the kind matches).
@@ -521,7 +548,9 @@ impl QueueManager {
             .exchanges
             .insert(name.to_string(), (durability, Bindings::new(kind)));
         if durability == Durability::Durable {
-            self.save(&registry)?;
+            let snapshot = self.snapshot(&registry);
+            drop(registry);
+            self.persist(snapshot)?;
         }
         Ok(())
     }
@@ -541,7 +570,9 @@ impl QueueManager {
             return Err(QueueError::UnknownExchange(name.to_string()));
         }
         registry.bindings.retain(|binding| binding.exchange != name);
-        self.save(&registry)
+        let snapshot = self.snapshot(&registry);
+        drop(registry);
+        self.persist(snapshot)
     }
 
     /// Every exchange: (name, kind, durability, binding count), sorted by name.
@@ -639,8 +670,8 @@ impl QueueManager {
             self.lock().owners.insert(name.to_string(), owner);
         }
         if durability == Durability::Durable {
-            let registry = self.lock();
-            self.save(&registry)?;
+            let snapshot = self.snapshot(&self.lock());
+            self.persist(snapshot)?;
         }
         Ok(())
     }
@@ -736,7 +767,9 @@ impl QueueManager {
                     .collect(),
             });
             if persist {
-                self.save(&registry)?;
+                let snapshot = self.snapshot(&registry);
+                drop(registry);
+                self.persist(snapshot)?;
             }
         }
         Ok(())
@@ -773,7 +806,9 @@ impl QueueManager {
             let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
             !(binding.exchange == exchange && binding.queue == queue && same_key && same_headers)
         });
-        self.save(&registry)?;
+        let snapshot = self.snapshot(&registry);
+        drop(registry);
+        self.persist(snapshot)?;
         Ok(removed)
     }
 
@@ -1100,7 +1135,7 @@ impl QueueManager {
         //    half-deleted queue (its leftover directory is removed by the next declare).
         //    The name stays reserved until the files are gone, so a declare meanwhile is
         //    refused rather than created and then wiped.
-        let (sender, durability) = {
+        let (sender, durability, snapshot) = {
             let mut registry = self.lock();
             let handle = registry
                 .queues
@@ -1113,13 +1148,12 @@ impl QueueManager {
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
             registry.deleting.insert(queue.to_string());
-            let saved = self.save(&registry);
-            if let Err(error) = saved {
-                registry.deleting.remove(queue);
-                return Err(error);
-            }
-            (handle.sender, handle.durability)
+            (handle.sender, handle.durability, self.snapshot(&registry))
         };
+        if let Err(error) = self.persist(snapshot) {
+            self.lock().deleting.remove(queue);
+            return Err(error);
+        }
         // 2. Stop the task, 3. remove the files, 4. release the name.
         let (reply, stopped) = oneshot::channel();
         let deleted = Some(CancelReason::QueueDeleted);
@@ -1951,4 +1985,40 @@ pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, QueueEr
                 .ok_or_else(|| QueueError::Invalid(format!("{pair:?} is not key=value")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::real_env;
+
+    #[test]
+    fn an_older_definitions_snapshot_never_overwrites_a_newer_one() {
+        // Goal: definitions are written outside the registry lock, so two writers may race;
+        // the file must end with the newest state. Method: take two snapshots, write the
+        // newer first, then the older, and reopen.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (env, _clock) = real_env(1_000);
+        let manager = QueueManager::open(dir.path(), env.clone()).expect("open");
+        manager
+            .declare_exchange("first", ExchangeKind::Fanout, Durability::Durable)
+            .unwrap();
+        let older = manager.snapshot(&manager.lock());
+        manager.lock().exchanges.insert(
+            "second".to_string(),
+            (Durability::Durable, Bindings::new(ExchangeKind::Topic)),
+        );
+        let newer = manager.snapshot(&manager.lock());
+        manager.persist(newer).unwrap();
+        manager.persist(older).unwrap();
+        drop(manager);
+        let reopened = QueueManager::open(dir.path(), env).expect("reopen");
+        let names: Vec<String> = reopened
+            .list_exchanges()
+            .into_iter()
+            .map(|(name, ..)| name)
+            .collect();
+        assert!(names.contains(&"first".to_string()), "{names:?}");
+        assert!(names.contains(&"second".to_string()), "{names:?}");
+    }
 }
