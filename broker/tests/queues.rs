@@ -55,6 +55,31 @@ async fn next_event(receiver: &mut mpsc::Receiver<ConsumerEvent>) -> ConsumerEve
         .expect("the queue is alive")
 }
 
+/// A manager in a fresh temp dir with one queue declared.
+fn manager_with_queue(
+    name: &str,
+    args: QueueArgs,
+    durability: Durability,
+) -> (tempfile::TempDir, Arc<QueueManager>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    manager
+        .declare_queue(name, args, durability)
+        .expect("declare");
+    (dir, manager)
+}
+
+/// A durable fanout exchange `dlx` feeding a durable queue `dead`, for dead letters.
+fn declare_dead_letter_queue(manager: &QueueManager) {
+    manager
+        .declare_exchange("dlx", ExchangeKind::Fanout, Durability::Durable)
+        .expect("declare dlx");
+    manager
+        .declare_queue("dead", QueueArgs::default(), Durability::Durable)
+        .expect("declare dead");
+    manager.bind("dead", "dlx", "", &[]).expect("bind dead");
+}
+
 fn body(delivered: &Delivered) -> String {
     String::from_utf8(delivered.record.value.clone().expect("body").to_vec()).expect("utf-8")
 }
@@ -204,13 +229,7 @@ async fn durable_queue_keeps_unacked_messages_across_a_restart() {
 async fn nack_with_requeue_redelivers_and_reject_dead_letters_with_the_reason() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manager = QueueManager::open(dir.path(), env()).expect("open");
-    manager
-        .declare_exchange("dlx", ExchangeKind::Fanout, Durability::Durable)
-        .unwrap();
-    manager
-        .declare_queue("dead", QueueArgs::default(), Durability::Durable)
-        .unwrap();
-    manager.bind("dead", "dlx", "", &[]).unwrap();
+    declare_dead_letter_queue(&manager);
     let args = args_from_pairs([("dead-letter-exchange", "dlx")]).unwrap();
     manager
         .declare_queue("work", args, Durability::Durable)
@@ -436,11 +455,7 @@ async fn delayed_messages_are_delivered_within_ten_ms_of_due() {
     // 40 messages with delays from 100 to 490 ms, subscribe, record arrival minus due time.
     // The median must be under 10 ms; the worst case is bounded loosely (shared CI machines
     // pause processes), and the distribution is printed for docs/BENCHMARKS.md.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let manager = QueueManager::open(dir.path(), env()).expect("open");
-    manager
-        .declare_queue("timed", QueueArgs::default(), Durability::Transient)
-        .unwrap();
+    let (_dir, manager) = manager_with_queue("timed", QueueArgs::default(), Durability::Transient);
     let (_, mut deliveries) = manager.subscribe("timed", 0).await.unwrap();
     let start = Instant::now();
     for index in 0..40u64 {
@@ -475,12 +490,8 @@ async fn delayed_messages_are_delivered_within_ten_ms_of_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_timeout_cancels_the_consumer_with_the_reason_and_requeues_its_delivery() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let manager = QueueManager::open(dir.path(), env()).expect("open");
     let args = args_from_pairs([("ack-timeout-ms", "200")]).unwrap();
-    manager
-        .declare_queue("slow", args, Durability::Durable)
-        .unwrap();
+    let (_dir, manager) = manager_with_queue("slow", args, Durability::Durable);
     manager.publish("", message("slow", "m1")).await.unwrap();
     let (stuck_id, mut stuck) = manager.subscribe("slow", 1).await.unwrap();
     let held = next(&mut stuck).await;
@@ -512,12 +523,8 @@ async fn ack_timeout_cancels_the_consumer_with_the_reason_and_requeues_its_deliv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_timeout_cancelling_the_last_consumer_deletes_an_auto_delete_queue() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let manager = QueueManager::open(dir.path(), env()).expect("open");
     let args = args_from_pairs([("ack-timeout-ms", "100"), ("auto-delete", "true")]).unwrap();
-    manager
-        .declare_queue("temp", args, Durability::Transient)
-        .unwrap();
+    let (_dir, manager) = manager_with_queue("temp", args, Durability::Transient);
     manager.publish("", message("temp", "m1")).await.unwrap();
     let (_, mut stuck) = manager.subscribe("temp", 1).await.unwrap();
     next(&mut stuck).await;
@@ -539,11 +546,7 @@ async fn ack_timeout_cancelling_the_last_consumer_deletes_an_auto_delete_queue()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_queue_cancels_its_consumers_with_the_reason() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let manager = QueueManager::open(dir.path(), env()).expect("open");
-    manager
-        .declare_queue("doomed", QueueArgs::default(), Durability::Durable)
-        .unwrap();
+    let (_dir, manager) = manager_with_queue("doomed", QueueArgs::default(), Durability::Durable);
     let (_, mut consumer) = manager.subscribe("doomed", 10).await.unwrap();
     manager.delete_queue("doomed").await.unwrap();
     assert!(matches!(
@@ -557,13 +560,7 @@ async fn deleting_a_queue_cancels_its_consumers_with_the_reason() {
 async fn delivery_limit_counts_deliveries_before_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let declare = |manager: &QueueManager| {
-        manager
-            .declare_exchange("dlx", ExchangeKind::Fanout, Durability::Durable)
-            .unwrap();
-        manager
-            .declare_queue("dead", QueueArgs::default(), Durability::Durable)
-            .unwrap();
-        manager.bind("dead", "dlx", "", &[]).unwrap();
+        declare_dead_letter_queue(manager);
         let args =
             args_from_pairs([("dead-letter-exchange", "dlx"), ("delivery-limit", "1")]).unwrap();
         manager
