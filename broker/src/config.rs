@@ -20,6 +20,7 @@
 //! retention_bytes = 0            # 0: no size limit
 //! flush = "always"               # always | interval | never
 //! flush_interval_ms = 1000       # with flush = "interval"
+//! preallocate_ahead_bytes = 4194304  # 0: no blocks reserved ahead of appends
 //! ```
 
 use std::net::SocketAddr;
@@ -131,6 +132,7 @@ struct FileLogConfig {
     retention_bytes: Option<u64>,
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
+    preallocate_ahead_bytes: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -229,6 +231,9 @@ fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError
     }
     if let Some(retention) = file.retention_bytes {
         log.retention_bytes = (retention > 0).then_some(retention);
+    }
+    if let Some(bytes) = file.preallocate_ahead_bytes {
+        log.preallocate_ahead_bytes = bytes;
     }
     if let Some(flush) = file.flush {
         let interval_ms = file.flush_interval_ms.unwrap_or(1000);

@@ -139,12 +139,19 @@ fn assert_starts_with(records: &[Record], acked: &[Record], context: &str) {
     );
 }
 
-/// Total live bytes of every file: what SimFs counts against its space limit.
+/// Disk bytes in use (file data plus reserved blocks): what SimFs counts against its space
+/// limit.
 fn used_bytes(fs: &SimFs) -> u64 {
-    fs.file_paths()
-        .iter()
-        .map(|path| fs.live_bytes(path).map_or(0, |bytes| bytes.len() as u64))
-        .sum()
+    fs.used_bytes()
+}
+
+/// `config()` without blocks reserved ahead, so a write that does not fit runs out of space
+/// in the middle (with a reservation it would have failed earlier, or fit).
+fn config_unreserved() -> LogConfig {
+    LogConfig {
+        preallocate_ahead_bytes: 0,
+        ..config()
+    }
 }
 
 fn is_failed(result: &wharf_broker::storage::Result<impl std::fmt::Debug>) -> bool {
@@ -748,7 +755,7 @@ fn full_disk_mid_write_fails_the_append_and_publishes_nothing() {
     // error that says "disk full", publishes nothing, keeps the log readable, and once space
     // is freed the log continues at the right offset; a crash at either point recovers.
     let (env, fs, clock) = sim_env(NOW_MS);
-    let partition = open(&env, config());
+    let partition = open(&env, config_unreserved());
     let mut acked = Vec::new();
     for _ in 0..5 {
         append_durable(&partition, 2, 200, &mut acked);
@@ -781,7 +788,7 @@ fn full_disk_after_whole_batches_does_not_resurrect_them_after_a_crash() {
     // reach the file back: the producer was told they failed. Method: leave room for exactly
     // the first batch plus a few bytes, append two batches in one call, crash, reopen.
     let (env, fs, clock) = sim_env(NOW_MS);
-    let partition = open(&env, config());
+    let partition = open(&env, config_unreserved());
     let mut acked = Vec::new();
     append_durable(&partition, 2, 100, &mut acked);
     let end = partition.log_end_offset();
@@ -796,6 +803,84 @@ fn full_disk_after_whole_batches_does_not_resurrect_them_after_a_crash() {
     let recovered = reopen(&fs.process_crash_image(), &clock);
     assert_eq!(recovered.log_end_offset(), end, "a failed batch came back");
     assert!(read_all(&recovered) == acked);
+}
+
+/// `config()` with segments large enough that the blocks reserved ahead (256 KiB for a young
+/// segment) end well before the segment does.
+fn config_large_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 4 * 1024 * 1024,
+        index_bytes_max: 64 * 1024,
+        ..config()
+    }
+}
+
+#[test]
+fn blocks_reserved_ahead_take_appends_on_a_full_disk_and_a_failed_reservation_is_no_error() {
+    // Goal: the blocks reserved ahead of the active segment's end hold later appends even
+    // when the disk has filled up meanwhile; when there is room for an append but not for a
+    // new reservation, the append still succeeds; only a write that fits nowhere fails, with
+    // a disk-full error, publishing nothing.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config_large_segments());
+    let mut acked = Vec::new();
+    append_durable(&partition, 1, 1000, &mut acked);
+    let log = segment_path(0, "log");
+    let reserved = fs.reserved_bytes(&log).expect("the log exists");
+    assert!(
+        reserved >= 200 * 1024,
+        "a young segment reserves 256 KiB ahead: {reserved}"
+    );
+    fs.set_space_bytes(Some(used_bytes(&fs)));
+    let batch_bytes = fs.live_bytes(&log).expect("the log exists").len() as u64;
+    let fitting = reserved / batch_bytes;
+    for _ in 0..fitting {
+        append_durable(&partition, 1, 1000, &mut acked);
+    }
+    assert!(fs.reserved_bytes(&log).expect("the log exists") < batch_bytes);
+    let end = partition.log_end_offset();
+    let (appended, _) = append(&partition, 1, 1000);
+    let error = appended.expect_err("neither reserved nor free space is left");
+    assert!(error.is_disk_full(), "{error:?}");
+    assert_eq!(partition.log_end_offset(), end);
+    assert!(partition.failure().is_none(), "a full disk is not fatal");
+    assert!(read_all(&partition) == acked);
+    // Room for one more append, far less than a reservation: the append goes in unreserved.
+    fs.set_space_bytes(Some(used_bytes(&fs) + 2 * batch_bytes));
+    let appended = append_durable(&partition, 1, 1000, &mut acked);
+    assert_eq!(appended.base_offset, end);
+    assert_eq!(fs.reserved_bytes(&log), Some(0), "the reservation failed");
+    assert!(read_all(&partition) == acked);
+    fs.set_space_bytes(None);
+    assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
+}
+
+#[test]
+fn sealing_recovering_and_closing_release_the_blocks_reserved_ahead() {
+    // Goal: reserved blocks never outlive the active segment: a roll releases the sealed
+    // segment's, recovery after a crash releases what the crashed process reserved, and a
+    // clean close releases the active segment's.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config_large_segments());
+    let mut acked = Vec::new();
+    append_durable(&partition, 3, 500, &mut acked);
+    let first_log = segment_path(0, "log");
+    assert!(fs.reserved_bytes(&first_log).expect("first log") > 0);
+    partition.roll_now().expect("roll");
+    assert_eq!(fs.reserved_bytes(&first_log), Some(0), "sealed");
+    append_durable(&partition, 3, 500, &mut acked);
+    let second_log = segment_path(partition.log_end_offset() - 3, "log");
+    assert!(fs.reserved_bytes(&second_log).expect("second log") > 0);
+    let image = fs.process_crash_image();
+    assert!(image.reserved_bytes(&second_log).expect("second log") > 0);
+    let recovered = open(
+        &env_with(Arc::new(image.clone()), clock.clone()),
+        config_large_segments(),
+    );
+    assert_eq!(image.reserved_bytes(&second_log), Some(0), "recovered");
+    assert!(read_all(&recovered) == acked);
+    partition.close().expect("close");
+    assert_eq!(fs.reserved_bytes(&second_log), Some(0), "closed");
 }
 
 #[test]
@@ -943,6 +1028,10 @@ impl FileHandle for ControlledFile {
 
     fn allocate(&self, bytes: u64) -> io::Result<()> {
         self.inner.allocate(bytes)
+    }
+
+    fn reserve(&self, position: u64, bytes: u64) -> io::Result<()> {
+        self.inner.reserve(position, bytes)
     }
 
     fn len_bytes(&self) -> io::Result<u64> {

@@ -289,9 +289,7 @@ impl Partition {
         if self.should_roll(&writer.active, incoming_bytes, last_offset) {
             self.roll(&mut writer)?;
         }
-        writer
-            .active
-            .append(batches, &headers, self.config.index_interval_bytes)?;
+        writer.active.append(batches, &headers, &self.config)?;
         self.log_end.store(next, Ordering::Release);
         if self.config.flush != FlushPolicy::Always {
             self.high_watermark.advance(next);

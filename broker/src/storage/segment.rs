@@ -116,8 +116,15 @@ pub struct Segment {
     indexes: RwLock<Indexes>,
     /// Where a check found corruption in this (sealed) segment; reads reaching it fail.
     corrupt_at: AtomicU64,
+    /// Disk blocks are reserved up to this position (`FileHandle::reserve`); only the writer
+    /// changes it.
+    reserved_end: AtomicU64,
     created_ms: i64,
 }
+
+/// The least a young segment reserves ahead at once, so its first appends do not each call
+/// `fallocate`.
+const PREALLOCATE_AHEAD_BYTES_MIN: u64 = 256 * 1024;
 
 impl Segment {
     /// Creates a new, empty segment whose first offset will be `base_offset`. The caller
@@ -175,6 +182,7 @@ impl Segment {
             next_offset: AtomicI64::new(next_offset),
             indexes: RwLock::new(indexes),
             corrupt_at: AtomicU64::new(u64::MAX),
+            reserved_end: AtomicU64::new(valid_bytes),
             created_ms,
         }
     }
@@ -291,11 +299,14 @@ impl Segment {
             now_ms,
         );
         let scan = segment.rebuild_indexes(config)?;
+        // Cuts the torn tail, and releases blocks the crashed process reserved past the end
+        // (setting the length does that even when it does not change).
+        segment
+            .file
+            .set_len(scan.position)
+            .map_err(|source| Error::io("truncate segment", &segment.log_path, source))?;
+        segment.reserved_end.store(scan.position, Ordering::Release);
         if scan.position < file_bytes {
-            segment
-                .file
-                .set_len(scan.position)
-                .map_err(|source| Error::io("truncate segment", &segment.log_path, source))?;
             segment
                 .file
                 .sync_data()
@@ -519,9 +530,10 @@ impl Segment {
     }
 
     /// Appends already validated batches (offsets patched) with one write at the end of the
-    /// segment. `headers` lists each batch with its position inside `batches`. Publishes the
-    /// new end only after the write succeeded; a failed write publishes nothing, and the next
-    /// append overwrites whatever part of it reached the file.
+    /// segment, into blocks reserved ahead when `config.preallocate_ahead_bytes` asks for it.
+    /// `headers` lists each batch with its position inside `batches`. Publishes the new end
+    /// only after the write succeeded; a failed write publishes nothing, and the next append
+    /// overwrites whatever part of it reached the file.
     ///
     /// # Errors
     /// `Error::Io` if the write fails (for example ENOSPC).
@@ -529,17 +541,22 @@ impl Segment {
         &self,
         batches: &[u8],
         headers: &[(usize, BatchHeader)],
-        interval: u32,
+        config: &LogConfig,
     ) -> Result<()> {
         let start = self.valid_bytes();
+        let end = start + batches.len() as u64;
+        self.reserve_ahead(end, config);
         if let Err(source) = self.file.write_all_at(batches, start) {
             // Cut whatever part of the failed write reached the file, so a crash before the
-            // next append cannot bring back batches whose producer was told they failed.
+            // next append cannot bring back batches whose producer was told they failed. The
+            // cut also releases the blocks reserved past it.
             if let Err(error) = self.file.set_len(start) {
                 tracing::warn!(segment = %self.log_path.display(), %error, "cannot cut a failed write");
             }
+            self.reserved_end.store(start, Ordering::Release);
             return Err(Error::io("append to segment", &self.log_path, source));
         }
+        let interval = config.index_interval_bytes;
         let mut indexes = self.indexes_write();
         let mut next = self.next_offset();
         for (within, header) in headers {
@@ -553,9 +570,37 @@ impl Segment {
         }
         drop(indexes);
         self.next_offset.store(next, Ordering::Release);
-        self.valid_bytes
-            .store(start + batches.len() as u64, Ordering::Release);
+        self.valid_bytes.store(end, Ordering::Release);
         Ok(())
+    }
+
+    /// Reserves blocks so that a write ending at `end` lands in reserved space, plus room
+    /// ahead for the next appends: as much as the segment already holds, between
+    /// `PREALLOCATE_AHEAD_BYTES_MIN` and `config.preallocate_ahead_bytes`, never past the
+    /// segment's size limit. Best effort: on a failure (a full disk) the write goes ahead
+    /// unreserved and reports its own error if there is no room for it either.
+    fn reserve_ahead(&self, end: u64, config: &LogConfig) {
+        let reserved = self.reserved_end.load(Ordering::Acquire);
+        if config.preallocate_ahead_bytes == 0 || end <= reserved {
+            return;
+        }
+        let ahead = end
+            .max(PREALLOCATE_AHEAD_BYTES_MIN)
+            .min(config.preallocate_ahead_bytes);
+        let target = end.max((end + ahead).min(config.segment_bytes_max));
+        match self.file.reserve(reserved, target - reserved) {
+            Ok(()) => self.reserved_end.store(target, Ordering::Release),
+            Err(error) => {
+                tracing::debug!(segment = %self.log_path.display(), %error, "cannot reserve blocks ahead of the append");
+            }
+        }
+    }
+
+    /// Bytes of blocks reserved past the valid end of the log (released when it seals).
+    pub fn reserved_ahead_bytes(&self) -> u64 {
+        self.reserved_end
+            .load(Ordering::Acquire)
+            .saturating_sub(self.valid_bytes())
     }
 
     /// Reads whole batches starting with the one that contains `offset`, stopping before
@@ -782,10 +827,12 @@ impl Segment {
             .file
             .len_bytes()
             .map_err(|source| Error::io("stat segment", &self.log_path, source))?;
-        if file_bytes > valid {
+        // Setting the length, even to the current one, releases the blocks reserved past it.
+        if file_bytes > valid || self.reserved_end.load(Ordering::Acquire) > valid {
             self.file
                 .set_len(valid)
                 .map_err(|source| Error::io("truncate segment", &self.log_path, source))?;
+            self.reserved_end.store(valid, Ordering::Release);
         }
         self.sync()?;
         let end_relative = self.relative(self.next_offset()).unwrap_or(u32::MAX);

@@ -23,6 +23,16 @@ use crate::storage::testing::SplitMix;
 struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// Blocks are reserved up to here (`FileHandle::reserve`); only the part past the live
+    /// length matters, and a length change releases it, as truncating a real file does.
+    reserved_end: u64,
+}
+
+impl Inode {
+    /// Bytes of disk the file takes: its data plus its reservation past the end.
+    fn used_bytes(&self) -> u64 {
+        (self.live.len() as u64).max(self.reserved_end)
+    }
 }
 
 type InodeRef = Arc<Mutex<Inode>>;
@@ -104,6 +114,18 @@ impl SimFs {
         self.lock().write_count
     }
 
+    /// Disk bytes in use: every file's data plus the blocks reserved past its end.
+    pub fn used_bytes(&self) -> u64 {
+        SimFs::used_bytes_total(&self.lock())
+    }
+
+    /// Bytes reserved past the live end of a file (`FileHandle::reserve`), if it exists.
+    pub fn reserved_bytes(&self, path: &Path) -> Option<u64> {
+        let state = self.lock();
+        let inode = lock_inode(state.live_files.get(path)?);
+        Some(inode.reserved_end.saturating_sub(inode.live.len() as u64))
+    }
+
     /// The live bytes of a file (what a reader would see now).
     pub fn live_bytes(&self, path: &Path) -> Option<Vec<u8>> {
         let state = self.lock();
@@ -149,6 +171,7 @@ impl SimFs {
             let copy = Arc::new(Mutex::new(Inode {
                 live: bytes.clone(),
                 durable: bytes,
+                reserved_end: 0,
             }));
             image.live_files.insert(path.clone(), copy.clone());
             image.durable_files.insert(path.clone(), copy);
@@ -167,10 +190,13 @@ impl SimFs {
             ..State::default()
         };
         for (path, inode) in &state.live_files {
-            let bytes = lock_inode(inode).live.clone();
+            let inode = lock_inode(inode);
+            let bytes = inode.live.clone();
+            // Reserved blocks are file-system state too: they outlive the process.
             let copy = Arc::new(Mutex::new(Inode {
                 live: bytes.clone(),
                 durable: bytes,
+                reserved_end: inode.reserved_end,
             }));
             image.live_files.insert(path.clone(), copy.clone());
             image.durable_files.insert(path.clone(), copy);
@@ -197,11 +223,12 @@ impl SimFs {
         Ok(())
     }
 
-    fn live_bytes_total(state: &State) -> u64 {
+    /// Disk bytes in use: every file's data and reservations.
+    fn used_bytes_total(state: &State) -> u64 {
         state
             .live_files
             .values()
-            .map(|inode| lock_inode(inode).live.len() as u64)
+            .map(|inode| lock_inode(inode).used_bytes())
             .sum()
     }
 }
@@ -252,8 +279,9 @@ impl FileHandle for SimFile {
         let start = to_usize(position)?;
         let mut writable = bytes.len();
         if let Some(space) = state.faults.space_bytes_max {
-            let used = SimFs::live_bytes_total(&state);
-            let current = lock_inode(&self.inode).live.len() as u64;
+            let used = SimFs::used_bytes_total(&state);
+            // Writes within the file or its reservation take no new space.
+            let current = lock_inode(&self.inode).used_bytes();
             let end = position + bytes.len() as u64;
             let growth = end.saturating_sub(current);
             let free = space.saturating_sub(used);
@@ -297,7 +325,27 @@ impl FileHandle for SimFile {
 
     fn set_len(&self, bytes: u64) -> io::Result<()> {
         let length = to_usize(bytes)?;
-        lock_inode(&self.inode).live.resize(length, 0);
+        let mut inode = lock_inode(&self.inode);
+        inode.live.resize(length, 0);
+        inode.reserved_end = 0;
+        Ok(())
+    }
+
+    fn reserve(&self, position: u64, bytes: u64) -> io::Result<()> {
+        let end = position
+            .checked_add(bytes)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let state = self.fs.lock();
+        let used = SimFs::used_bytes_total(&state);
+        let mut inode = lock_inode(&self.inode);
+        let growth = end.saturating_sub(inode.used_bytes());
+        if let Some(space) = state.faults.space_bytes_max {
+            if growth > space.saturating_sub(used) {
+                // Reserves all or nothing here.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        inode.reserved_end = inode.reserved_end.max(end);
         Ok(())
     }
 
