@@ -241,6 +241,17 @@ proptest! {
     }
 
     #[test]
+    fn batch_crc_agrees_with_the_reference_crc32c_crate(
+        bytes in proptest::collection::vec(any::<u8>(), 0..20_000),
+        skip in 0usize..64,
+    ) {
+        // The SIMD paths differ by length and alignment: cover both, from 0 bytes up through
+        // several folding blocks.
+        let tail = &bytes[skip.min(bytes.len())..];
+        prop_assert_eq!(wharf_protocol::batch::crc32c(tail), crc32c::crc32c(tail));
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         exercise_decoders(&Bytes::from(bytes));
     }

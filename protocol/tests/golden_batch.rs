@@ -54,6 +54,7 @@ fn crc32c_check_value() {
     // The standard check value of CRC-32C (Castagnoli), as opposed to CRC-32/IEEE's
     // 0xCBF43926: this pins that the batch CRC uses the right polynomial.
     assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    assert_eq!(wharf_protocol::batch::crc32c(b"123456789"), 0xE306_9283);
 }
 
 #[test]
