@@ -805,7 +805,7 @@ fn full_disk_after_whole_batches_does_not_resurrect_them_after_a_crash() {
     assert!(read_all(&recovered) == acked);
 }
 
-/// `config()` with segments large enough that the blocks reserved ahead (256 KiB for a young
+/// `config()` with segments large enough that the blocks reserved ahead (64 KiB for a young
 /// segment) end well before the segment does.
 fn config_large_segments() -> LogConfig {
     LogConfig {
@@ -828,8 +828,8 @@ fn blocks_reserved_ahead_take_appends_on_a_full_disk_and_a_failed_reservation_is
     let log = segment_path(0, "log");
     let reserved = fs.reserved_bytes(&log).expect("the log exists");
     assert!(
-        reserved >= 200 * 1024,
-        "a young segment reserves 256 KiB ahead: {reserved}"
+        reserved >= 60 * 1024,
+        "a young segment reserves 64 KiB ahead: {reserved}"
     );
     fs.set_space_bytes(Some(used_bytes(&fs)));
     let batch_bytes = fs.live_bytes(&log).expect("the log exists").len() as u64;

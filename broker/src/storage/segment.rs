@@ -124,7 +124,7 @@ pub struct Segment {
 
 /// The least a young segment reserves ahead at once, so its first appends do not each call
 /// `fallocate`.
-const PREALLOCATE_AHEAD_BYTES_MIN: u64 = 256 * 1024;
+const PREALLOCATE_AHEAD_BYTES_MIN: u64 = 64 * 1024;
 
 impl Segment {
     /// Creates a new, empty segment whose first offset will be `base_offset`. The caller
