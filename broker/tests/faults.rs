@@ -845,12 +845,17 @@ fn blocks_reserved_ahead_take_appends_on_a_full_disk_and_a_failed_reservation_is
     assert_eq!(partition.log_end_offset(), end);
     assert!(partition.failure().is_none(), "a full disk is not fatal");
     assert!(read_all(&partition) == acked);
-    // Room for one more append, far less than a reservation: the append goes in unreserved.
+    // Room for two more appends, far less than a reservation: the reservation fails after
+    // reserving what fitted, and the append goes in anyway.
     fs.set_space_bytes(Some(used_bytes(&fs) + 2 * batch_bytes));
     let appended = append_durable(&partition, 1, 1000, &mut acked);
     assert_eq!(appended.base_offset, end);
-    assert_eq!(fs.reserved_bytes(&log), Some(0), "the reservation failed");
     assert!(read_all(&partition) == acked);
+    let left = fs.reserved_bytes(&log).expect("the log exists");
+    assert!(left > 0, "the failed reservation left blocks behind");
+    // Sealing releases them too.
+    partition.roll_now().expect("roll");
+    assert_eq!(fs.reserved_bytes(&log), Some(0), "sealed");
     fs.set_space_bytes(None);
     assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
 }
@@ -871,14 +876,22 @@ fn sealing_recovering_and_closing_release_the_blocks_reserved_ahead() {
     append_durable(&partition, 3, 500, &mut acked);
     let second_log = segment_path(partition.log_end_offset() - 3, "log");
     assert!(fs.reserved_bytes(&second_log).expect("second log") > 0);
-    let image = fs.process_crash_image();
-    assert!(image.reserved_bytes(&second_log).expect("second log") > 0);
-    let recovered = open(
-        &env_with(Arc::new(image.clone()), clock.clone()),
-        config_large_segments(),
-    );
-    assert_eq!(image.reserved_bytes(&second_log), Some(0), "recovered");
-    assert!(read_all(&recovered) == acked);
+    for (image, crash) in [
+        (fs.process_crash_image(), "process crash"),
+        (fs.crash_image(Torn::None), "power loss"),
+    ] {
+        assert!(image.reserved_bytes(&second_log).expect("second log") > 0);
+        let recovered = open(
+            &env_with(Arc::new(image.clone()), clock.clone()),
+            config_large_segments(),
+        );
+        assert_eq!(
+            image.reserved_bytes(&second_log),
+            Some(0),
+            "recovered: {crash}"
+        );
+        assert!(read_all(&recovered) == acked, "{crash}");
+    }
     partition.close().expect("close");
     assert_eq!(fs.reserved_bytes(&second_log), Some(0), "closed");
 }

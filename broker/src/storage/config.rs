@@ -12,9 +12,9 @@ pub const SEGMENT_BYTES_MAX_LIMIT: u64 = i32::MAX as u64;
 pub const SEGMENT_BYTES_MIN_LIMIT: u64 = 64 * 1024;
 
 /// Default for [`LogConfig::preallocate_ahead_bytes`]: measured on ext4 (docs/BENCHMARKS.md),
-/// 100 KB appends into blocks reserved 2 MiB or more ahead run about a fifth faster than
-/// appends that allocate as they go, and 4 MiB keeps that with one `fallocate` per 40 such
-/// appends. A busy partition pins at most this much unused disk.
+/// a loop of 100 KB `pwrite`s into blocks reserved 4 MiB ahead ran about a fifth faster than
+/// one that allocated as it went (1 and 2 MiB were not reliably as fast), with one
+/// `fallocate` per 40 such writes. Each busy partition pins at most this much unused disk.
 pub const PREALLOCATE_AHEAD_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
 
 /// When an acknowledgement that asks for durability may be given.
@@ -61,8 +61,10 @@ pub struct LogConfig {
     /// What reads verify before serving bytes.
     pub read_verify: ReadVerify,
     /// Disk blocks reserved ahead of the active segment's end, without growing the file
-    /// (0: none). A young segment reserves no more than it already holds, so a quiet
-    /// partition pins little disk; sealing a segment releases what it did not use.
+    /// (0: none). A young segment reserves about as much as it already holds (at least
+    /// 64 KiB), so a quiet partition pins little disk; sealing a segment releases what it did
+    /// not use. In all, a broker pins up to this much per partition written to since its
+    /// segment rolled: plan free disk for it, or set 0 on disks that run nearly full.
     pub preallocate_ahead_bytes: u64,
 }
 

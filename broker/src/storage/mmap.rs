@@ -75,7 +75,12 @@ pub(crate) fn reserve(file: &File, position: u64, bytes: u64) -> io::Result<()> 
 
 #[cfg(target_os = "linux")]
 fn reserve_keep_size(file: &File, position: u64, bytes: u64) -> io::Result<()> {
-    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "reservation too large");
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("reservation of {bytes} bytes at {position} exceeds off_t"),
+        )
+    };
     let offset = libc::off_t::try_from(position).map_err(|_| too_large())?;
     let length = libc::off_t::try_from(bytes).map_err(|_| too_large())?;
     // SAFETY: fallocate only reads its integer arguments; the descriptor is valid for the

@@ -168,10 +168,12 @@ impl SimFs {
             if let Some(rng) = rng.as_mut() {
                 tear_tail(&mut bytes, &inode.live, rng);
             }
+            // Reservations may have reached the journal: keep them, so tests see recovery
+            // release them.
             let copy = Arc::new(Mutex::new(Inode {
                 live: bytes.clone(),
                 durable: bytes,
-                reserved_end: 0,
+                reserved_end: inode.reserved_end,
             }));
             image.live_files.insert(path.clone(), copy.clone());
             image.durable_files.insert(path.clone(), copy);
@@ -326,8 +328,12 @@ impl FileHandle for SimFile {
     fn set_len(&self, bytes: u64) -> io::Result<()> {
         let length = to_usize(bytes)?;
         let mut inode = lock_inode(&self.inode);
+        // As on ext4: growing keeps the blocks reserved past the new end; keeping or cutting
+        // the length releases them.
+        if length <= inode.live.len() {
+            inode.reserved_end = 0;
+        }
         inode.live.resize(length, 0);
-        inode.reserved_end = 0;
         Ok(())
     }
 
@@ -340,8 +346,11 @@ impl FileHandle for SimFile {
         let mut inode = lock_inode(&self.inode);
         let growth = end.saturating_sub(inode.used_bytes());
         if let Some(space) = state.faults.space_bytes_max {
-            if growth > space.saturating_sub(used) {
-                // Reserves all or nothing here.
+            let free = space.saturating_sub(used);
+            if growth > free {
+                // Like a real fallocate that runs out of space midway: what fitted stays
+                // reserved, and the call fails.
+                inode.reserved_end = inode.used_bytes() + free;
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
         }
