@@ -896,6 +896,198 @@ fn sealing_recovering_and_closing_release_the_blocks_reserved_ahead() {
     assert_eq!(fs.reserved_bytes(&second_log), Some(0), "closed");
 }
 
+fn config_never() -> LogConfig {
+    LogConfig {
+        flush: FlushPolicy::Never,
+        ..config()
+    }
+}
+
+/// Polls `condition` for up to 10 s.
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_roll_under_flush_never_leaves_the_fsync_to_the_flusher() {
+    // Goal: under flush = never a roll does not wait for the fsync of everything the old
+    // segment holds; the flusher seals it while appends go on, and a failure of that fsync
+    // still fails the partition (rule 3). Method: hold the rolled segment's fsync; the roll,
+    // and an append after it, must finish meanwhile.
+    let sim = SimFs::new();
+    let fs = ControlledFs::new(sim.clone());
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let partition = open(
+        &env_with(Arc::new(fs.clone()), clock.clone()),
+        config_never(),
+    );
+    // A first roll writes the recovery point; once the flusher has sealed that segment
+    // (durable offset) and moved the point on, the next roll writes no file.
+    append(&partition, 2, 100).0.expect("append");
+    partition.roll_now().expect("roll");
+    let first_end = partition.log_end_offset();
+    wait_until("the first rolled segment is sealed", || {
+        partition.durable_offset() >= first_end
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    append(&partition, 2, 100).0.expect("append");
+    let second_end = partition.log_end_offset();
+    let (entered, release) = fs.hold_next_sync_then_fail();
+    let (rolled_tx, rolled_rx) = mpsc::channel();
+    let roller = partition.clone();
+    std::thread::spawn(move || {
+        let _ = rolled_tx.send(roller.roll_now());
+    });
+    let rolled = rolled_rx.recv_timeout(Duration::from_secs(10));
+    let started = entered.recv_timeout(Duration::from_secs(10));
+    if rolled.is_err() {
+        release.send(()).expect("release the held fsync");
+        panic!("the roll waited for the fsync of the segment it rolled");
+    }
+    let appended = append(&partition, 1, 100).0;
+    release.send(()).expect("release the held fsync");
+    rolled.expect("rolled").expect("roll");
+    started.expect("the flusher fsyncs the rolled segment");
+    appended.expect("an append goes in while the rolled segment is fsynced");
+    wait_until("the failed seal fails the partition", || {
+        partition.failure().is_some()
+    });
+    assert!(is_failed(&append(&partition, 1, 100).0));
+    assert_eq!(partition.durable_offset(), first_end);
+    assert!(partition.durable_offset() < second_end);
+}
+
+#[test]
+fn power_loss_after_rolls_without_fsync_recovers_a_prefix_of_whole_batches() {
+    // Goal: segments rolled under flush = never are not fsynced until the flusher seals them,
+    // so a power loss may tear any of them. Recovery must then keep a prefix of whole,
+    // valid batches: the first torn segment becomes the active one and the segments after
+    // it are deleted; nothing is served as corrupt and nothing fsynced (here, what an
+    // explicit flush covered) is lost. Method: no flusher threads, so only the explicit
+    // flush makes anything durable; many rolls; power losses that keep a random part of each
+    // unsynced tail, with garbage at its end. Randomized: WHARF_TEST_SEED replays.
+    let seed = Seed::from_env();
+    let mut rng = seed.rng();
+    for round in 0..40 {
+        let sim = SimFs::new();
+        let clock = Arc::new(ManualClock::new(NOW_MS));
+        let env = StorageEnv {
+            fs: Arc::new(sim.clone()),
+            clock: clock.clone(),
+            flusher: Flusher::idle(),
+        };
+        let partition = open(&env, config_never());
+        let mut appended = Vec::new();
+        let mut durable_end = 0;
+        for step in 0..(20 + rng.below(60)) {
+            let (result, records) = append(
+                &partition,
+                1 + rng.below(4) as usize,
+                50 + rng.below(3000) as usize,
+            );
+            result.expect("append");
+            appended.extend(records);
+            if step % 7 == 6 || rng.below(8) == 0 {
+                partition.roll_now().expect("roll");
+            }
+            if step == 10 {
+                partition.flush().expect("flush");
+                durable_end = partition.log_end_offset();
+                assert_eq!(partition.durable_offset(), durable_end);
+            }
+        }
+        assert!(
+            partition.segment_count() > 2,
+            "round {round}: rolls happened"
+        );
+        let torn = if round % 5 == 0 {
+            Torn::None
+        } else {
+            Torn::Random {
+                seed: rng.next_u64(),
+            }
+        };
+        let image = sim.crash_image(torn);
+        let recovered = open(
+            &env_with(Arc::new(image.clone()), clock.clone()),
+            config_never(),
+        );
+        let kept = read_all(&recovered);
+        let context = format!("round {round}, seed {seed:?}, {torn:?}");
+        assert!(
+            kept.len() as i64 >= durable_end,
+            "{context}: lost fsynced records"
+        );
+        assert_starts_with(&appended, &kept, &context);
+        assert_eq!(recovered.log_end_offset(), kept.len() as i64, "{context}");
+        // The log goes on from there, and a second recovery keeps what the first did.
+        let mut after = kept.clone();
+        append_durable(&recovered, 1, 10, &mut after);
+        recovered.flush().expect("flush");
+        drop(recovered);
+        let again = open(
+            &env_with(Arc::new(image.crash_image(Torn::None)), clock.clone()),
+            config_never(),
+        );
+        assert!(read_all(&again) == after, "{context}: second recovery");
+    }
+}
+
+#[test]
+fn a_flush_or_a_close_covers_the_segments_rolled_before_it() {
+    // Goal: rolled segments whose seal is still pending are fsynced by the next flush
+    // (flush = interval) or by a clean close (flush = never) before it reports durability,
+    // so a power loss right after keeps everything.
+    for policy in [
+        FlushPolicy::Interval {
+            interval_ms: 3_600_000,
+        },
+        FlushPolicy::Never,
+    ] {
+        let sim = SimFs::new();
+        let clock = Arc::new(ManualClock::new(NOW_MS));
+        let env = StorageEnv {
+            fs: Arc::new(sim.clone()),
+            clock: clock.clone(),
+            flusher: Flusher::idle(),
+        };
+        let config = LogConfig {
+            flush: policy,
+            ..config()
+        };
+        let partition = open(&env, config.clone());
+        let mut appended = Vec::new();
+        for _ in 0..3 {
+            for _ in 0..4 {
+                let (result, records) = append(&partition, 2, 700);
+                result.expect("append");
+                appended.extend(records);
+            }
+            partition.roll_now().expect("roll");
+        }
+        assert!(partition.durable_offset() < partition.log_end_offset());
+        match policy {
+            FlushPolicy::Never => partition.close().expect("close"),
+            _ => {
+                partition.flush().expect("flush");
+                assert_eq!(partition.durable_offset(), partition.log_end_offset());
+            }
+        }
+        let image = sim.crash_image(Torn::None);
+        let recovered = open(&env_with(Arc::new(image), clock.clone()), config);
+        assert!(read_all(&recovered) == appended, "{policy:?}");
+        assert_eq!(
+            recovered.segment_count(),
+            4,
+            "{policy:?}: no segment was cut"
+        );
+    }
+}
+
 #[test]
 fn failed_write_fails_only_that_append() {
     let (env, fs, clock) = sim_env(NOW_MS);

@@ -112,6 +112,20 @@ impl Flusher {
         }
     }
 
+    /// A flusher without threads: requests wait forever, so nothing is fsynced unless a test
+    /// calls `Partition::flush` itself. For tests of what a crash leaves before the flusher
+    /// ran.
+    pub fn idle() -> Flusher {
+        let shared = Arc::new(Shared::default());
+        Flusher {
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
+                threads: Mutex::new(Vec::new()),
+            }),
+            shared,
+        }
+    }
+
     /// Queues `partition` for an fsync (the caller deduplicates).
     pub(crate) fn request(&self, partition: &Arc<Partition>) {
         self.shared
@@ -151,7 +165,7 @@ fn run(shared: &Shared) {
             Some(partition) => {
                 partition.take_flush_request();
                 // A failure is recorded in the partition, which refuses writes from now on.
-                let _ = partition.flush();
+                let _ = partition.flush_on_request();
             }
             None => {
                 flush_due_intervals(shared);

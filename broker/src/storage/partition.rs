@@ -39,6 +39,13 @@ const CLEAN_SHUTDOWN_MAGIC: [u8; 4] = *b"WCLN";
 const CLEAN_SHUTDOWN_VERSION: u16 = 1;
 const CLEAN_SHUTDOWN_PAYLOAD_BYTES: usize = 24;
 
+/// Name of the recovery-point file in a partition directory: the base offset below which
+/// every segment is sealed and fsynced. Recovery may cut segments from there on.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+const RECOVERY_POINT_MAGIC: [u8; 4] = *b"WRCP";
+const RECOVERY_POINT_VERSION: u16 = 1;
+const RECOVERY_POINT_PAYLOAD_BYTES: usize = 8;
+
 /// The partition leader epoch written into every stored batch until replication exists.
 pub use wharf_protocol::batch::NO_PARTITION_LEADER_EPOCH;
 
@@ -92,6 +99,17 @@ struct Writer {
     closed: bool,
 }
 
+/// Segments rolled but not yet sealed, and the recovery point as written.
+#[derive(Debug)]
+struct Rolled {
+    /// Oldest first. Only `FlushPolicy::Never | Interval` rolls leave their seal (the fsync of
+    /// everything the segment holds) to the flusher, so appends do not wait for it.
+    segments: Vec<Arc<Segment>>,
+    /// What `RECOVERY_POINT_FILE` holds (None: no file, which means the newest segment's
+    /// base). Every segment below it is sealed.
+    recovery_point: Option<i64>,
+}
+
 /// One partition's log.
 #[derive(Debug)]
 pub struct Partition {
@@ -102,6 +120,9 @@ pub struct Partition {
     segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
     log_start: AtomicI64,
     log_end: AtomicI64,
+    /// Taken after the writer lock or the sync lock when either is held, and held across
+    /// writes of the recovery point (small) but never across the fsync of a segment.
+    rolled: Mutex<Rolled>,
     /// Value: the high watermark. Consumers wait on it for new data.
     high_watermark: Arc<Watch>,
     /// Value: every offset below it is fsynced.
@@ -130,7 +151,8 @@ impl Partition {
             crate::storage::fs::create_dir_durable(fs, dir)?;
         }
         let marker = take_clean_marker(fs, dir)?;
-        let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker)?;
+        let recovery_point = read_recovery_point(fs, dir)?;
+        let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker, recovery_point)?;
         let first = segments
             .values()
             .next()
@@ -142,6 +164,15 @@ impl Partition {
             .expect("open_segments returns at least one segment")
             .clone();
         let end = active.next_offset();
+        let active_base = active.base_offset();
+        // Recovery sealed every segment below the active one: say so, if the file says less.
+        let recovery_point = match recovery_point {
+            Some(point) if point != active_base => {
+                write_recovery_point(fs, dir, active_base)?;
+                Some(active_base)
+            }
+            other => other,
+        };
         let partition = Arc::new(Partition {
             dir: dir.to_path_buf(),
             writer: Mutex::new(Writer {
@@ -149,6 +180,10 @@ impl Partition {
                 closed: false,
             }),
             segments: RwLock::new(segments),
+            rolled: Mutex::new(Rolled {
+                segments: Vec::new(),
+                recovery_point,
+            }),
             log_start: AtomicI64::new(first),
             log_end: AtomicI64::new(end),
             high_watermark: Arc::new(Watch::new(end)),
@@ -233,6 +268,12 @@ impl Partition {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    fn lock_rolled(&self) -> MutexGuard<'_, Rolled> {
+        self.rolled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     fn lock_sync(&self) -> MutexGuard<'_, ()> {
         self.sync_lock
             .lock()
@@ -286,8 +327,9 @@ impl Partition {
             next = header.next_offset();
         }
         let last_offset = next - 1;
+        let mut deferred_seal = false;
         if self.should_roll(&writer.active, incoming_bytes, last_offset) {
-            self.roll(&mut writer)?;
+            deferred_seal = self.roll(&mut writer)?;
         }
         writer.active.append(batches, &headers, &self.config)?;
         self.log_end.store(next, Ordering::Release);
@@ -295,7 +337,7 @@ impl Partition {
             self.high_watermark.advance(next);
         }
         drop(writer);
-        if self.config.flush == FlushPolicy::Always {
+        if self.config.flush == FlushPolicy::Always || deferred_seal {
             self.request_flush();
         }
         Ok(Appended {
@@ -317,18 +359,42 @@ impl Partition {
         full || old || active.indexes_full() || active.offset_would_overflow(last_offset)
     }
 
-    /// Seals the active segment and starts a new one at the log end offset.
-    fn roll(&self, writer: &mut Writer) -> Result<()> {
+    /// Starts a new segment at the log end offset. With `FlushPolicy::Always` it seals the
+    /// old one first (little is unsynced there); otherwise the old one holds everything
+    /// appended since it was created, so its seal is left to the flusher (returns true: the
+    /// caller asks for a flush), after the recovery point is moved back to it so that a crash
+    /// before the seal may cut it like an active segment.
+    fn roll(&self, writer: &mut Writer) -> Result<bool> {
         let old = writer.active.clone();
-        let sync = self.lock_sync();
-        if let Err(error) = old.seal() {
-            // The seal fsyncs the log: a failure is an fsync failure (rule 3).
-            self.fail(&format!("sealing segment failed: {error}"));
-            return Err(error);
-        }
         let base = old.next_offset();
-        self.advance_durable(base);
-        drop(sync);
+        let deferred = self.config.flush != FlushPolicy::Always;
+        if deferred {
+            // Not under the sync lock: a seal in progress must not hold up the roll.
+            let mut rolled = self.lock_rolled();
+            if rolled
+                .recovery_point
+                .is_none_or(|point| point > old.base_offset())
+            {
+                // Before the new segment exists, so recovery never takes the old one for
+                // sealed.
+                if let Err(error) =
+                    write_recovery_point(self.env.fs.as_ref(), &self.dir, old.base_offset())
+                {
+                    self.fail(&format!("writing the recovery point failed: {error}"));
+                    return Err(error);
+                }
+                rolled.recovery_point = Some(old.base_offset());
+            }
+            rolled.segments.push(old.clone());
+        } else {
+            let _sync = self.lock_sync();
+            if let Err(error) = old.seal() {
+                // The seal fsyncs the log: a failure is an fsync failure (rule 3).
+                self.fail(&format!("sealing segment failed: {error}"));
+                return Err(error);
+            }
+            self.advance_durable(base);
+        }
         let fs = self.env.fs.as_ref();
         let now_ms = self.env.clock.now_ms();
         let created = match Segment::create(fs, &self.dir, base, &self.config, now_ms) {
@@ -351,21 +417,86 @@ impl Partition {
             .unwrap_or_else(|poison| poison.into_inner())
             .insert(base, created.clone());
         writer.active = created;
-        tracing::debug!(partition = %self.dir.display(), base_offset = base, "segment rolled");
+        tracing::debug!(partition = %self.dir.display(), base_offset = base, deferred, "segment rolled");
+        Ok(deferred)
+    }
+
+    /// Seals the rolled segments waiting for it, oldest first, then moves the recovery point
+    /// past them. The caller holds the sync lock.
+    fn seal_rolled(&self, _sync: &MutexGuard<'_, ()>) -> Result<()> {
+        let mut sealed_end = None;
+        loop {
+            let Some(segment) = self.lock_rolled().segments.first().cloned() else {
+                break;
+            };
+            if let Err(error) = segment.seal() {
+                // The seal fsyncs the log: a failure is an fsync failure (rule 3).
+                self.fail(&format!("sealing a rolled segment failed: {error}"));
+                return Err(error);
+            }
+            self.lock_rolled().segments.remove(0);
+            self.advance_durable(segment.next_offset());
+            sealed_end = Some(segment.next_offset());
+        }
+        let Some(sealed_end) = sealed_end else {
+            return Ok(());
+        };
+        let mut rolled = self.lock_rolled();
+        // Everything below the oldest segment still unsealed (one a roll queued meanwhile,
+        // else the one after the last sealed) is sealed now.
+        let point = rolled
+            .segments
+            .first()
+            .map_or(sealed_end, |segment| segment.base_offset());
+        if rolled
+            .recovery_point
+            .is_some_and(|written| written >= point)
+        {
+            return Ok(());
+        }
+        // If the file cannot be written, the lower point it keeps only makes recovery scan
+        // more: safe, so not fatal.
+        match write_recovery_point(self.env.fs.as_ref(), &self.dir, point) {
+            Ok(()) => rolled.recovery_point = Some(point),
+            Err(error) => {
+                tracing::warn!(partition = %self.dir.display(), %error, "cannot move the recovery point");
+            }
+        }
         Ok(())
+    }
+
+    /// What a flusher does when the partition asked for it: with `FlushPolicy::Never` only
+    /// the seals of rolled segments, otherwise a full [`Partition::flush`].
+    pub(crate) fn flush_on_request(&self) -> Result<()> {
+        if self.config.flush != FlushPolicy::Never {
+            return self.flush();
+        }
+        let sync = self.lock_sync();
+        if let Some(reason) = self.failure() {
+            return Err(Error::Failed {
+                partition: self.dir.clone(),
+                reason,
+            });
+        }
+        self.seal_rolled(&sync)
     }
 
     /// Rolls the active segment now if it holds any data (for tests and admin tools).
     ///
     /// # Errors
     /// As for append.
-    pub fn roll_now(&self) -> Result<()> {
+    pub fn roll_now(self: &Arc<Self>) -> Result<()> {
         let mut writer = self.lock_writer();
         self.check_writable(&writer)?;
         if writer.active.valid_bytes() == 0 {
             return Ok(());
         }
-        self.roll(&mut writer)
+        let deferred_seal = self.roll(&mut writer)?;
+        drop(writer);
+        if deferred_seal {
+            self.request_flush();
+        }
+        Ok(())
     }
 
     fn request_flush(self: &Arc<Self>) {
@@ -423,13 +554,15 @@ impl Partition {
         // The fsync runs without the writer lock, so appends continue while it runs; they are
         // covered by the next flush. It holds the sync lock, and a failure recorded while
         // this flush waited for it must stop it.
-        let _sync = self.lock_sync();
+        let sync = self.lock_sync();
         if let Some(reason) = self.failure() {
             return Err(Error::Failed {
                 partition: self.dir.clone(),
                 reason,
             });
         }
+        // Segments rolled before `target` was noted lie below it: they must be durable too.
+        self.seal_rolled(&sync)?;
         match file.sync_data() {
             Ok(()) => {
                 self.advance_durable(target);
@@ -710,6 +843,7 @@ impl Partition {
                 reason,
             });
         }
+        self.seal_rolled(&sync)?;
         if let Err(error) = active.seal() {
             // The seal fsyncs the log: a failure is an fsync failure (rule 3).
             self.fail(&format!("sealing segment at close failed: {error}"));
@@ -831,14 +965,50 @@ fn take_clean_marker(fs: &dyn Fs, dir: &Path) -> Result<Option<CleanMarker>> {
     Ok(marker)
 }
 
+/// Reads the recovery point: `Ok(None)` without a file. A damaged file is reported and read
+/// as the lowest point (recovery then scans every segment, which is always safe).
+fn read_recovery_point(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    match checkpoint::read(fs, &path, RECOVERY_POINT_MAGIC) {
+        Ok(None) => Ok(None),
+        Ok(Some(found)) if found.payload.len() == RECOVERY_POINT_PAYLOAD_BYTES => {
+            let mut bytes = [0u8; RECOVERY_POINT_PAYLOAD_BYTES];
+            bytes.copy_from_slice(&found.payload);
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+        Ok(Some(_)) | Err(Error::Corrupt { .. }) => {
+            tracing::error!(partition = %dir.display(), "recovery point is damaged; recovering every segment");
+            Ok(Some(i64::MIN))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Replaces the recovery point atomically (rule 6).
+fn write_recovery_point(fs: &dyn Fs, dir: &Path, point: i64) -> Result<()> {
+    checkpoint::write(
+        fs,
+        dir,
+        RECOVERY_POINT_FILE,
+        RECOVERY_POINT_MAGIC,
+        RECOVERY_POINT_VERSION,
+        0,
+        &point.to_be_bytes(),
+    )
+}
+
 /// Opens every segment in `dir` (creating the first if there is none), recovering the active
-/// one unless the clean marker vouches for it.
+/// one unless the clean marker vouches for it. Segments from `recovery_point` on were rolled
+/// without an fsync (flush = never | interval) and may have lost their tails in a power loss:
+/// they are recovered like the active segment, and the first one cut short becomes the
+/// active segment, the later ones (beyond the gap) deleted.
 fn open_segments(
     fs: &dyn Fs,
     dir: &Path,
     config: &LogConfig,
     now_ms: i64,
     marker: Option<CleanMarker>,
+    recovery_point: Option<i64>,
 ) -> Result<BTreeMap<i64, Arc<Segment>>> {
     let mut bases = Vec::new();
     for name in fs
@@ -865,8 +1035,32 @@ fn open_segments(
         return Ok(segments);
     }
     let active_base = *bases.last().expect("not empty");
-    for window in bases.windows(2) {
+    let unsealed_from = recovery_point.unwrap_or(active_base).min(active_base);
+    for (window_index, window) in bases.windows(2).enumerate() {
         let (base, next_base) = (window[0], window[1]);
+        if base >= unsealed_from && marker.is_none() {
+            let (segment, report) = Segment::recover(fs, dir, base, config, now_ms)?;
+            if report.truncated_bytes == 0 && segment.next_offset() == next_base {
+                // Whole: seal it now (fsync, trimmed indexes), as its roll would have.
+                segment.seal()?;
+                segments.insert(base, Arc::new(segment));
+                continue;
+            }
+            tracing::warn!(
+                segment = %segment.log_path().display(),
+                valid_bytes = report.valid_bytes,
+                truncated_bytes = report.truncated_bytes,
+                end_offset = segment.next_offset(),
+                expected_end_offset = next_base,
+                reason = report.stop_reason.as_deref().unwrap_or(""),
+                "a segment rolled without an fsync lost its tail; it becomes the active segment and the later ones are deleted"
+            );
+            delete_segments(fs, dir, &bases[window_index + 1..])?;
+            segment.sync()?;
+            segment.reactivate(config)?;
+            segments.insert(base, Arc::new(segment));
+            return Ok(segments);
+        }
         let (sealed, problem) = Segment::open(fs, dir, base, Some(next_base), config, now_ms)?;
         if let Some((position, reason)) = problem {
             // Rule 5: a sealed segment is never truncated; the range is refused on read.
@@ -879,6 +1073,22 @@ fn open_segments(
     active.reactivate(config)?;
     segments.insert(active_base, Arc::new(active));
     Ok(segments)
+}
+
+/// Deletes the segments at `bases` (their three files each), then fsyncs the directory.
+fn delete_segments(fs: &dyn Fs, dir: &Path, bases: &[i64]) -> Result<()> {
+    for &base in bases {
+        for extension in ["log", "index", "timeindex"] {
+            let path = dir.join(segment::file_name(base, extension));
+            match fs.remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::io("delete segment file", &path, source)),
+            }
+        }
+    }
+    fs.sync_dir(dir)
+        .map_err(|source| Error::io("sync directory", dir, source))
 }
 
 fn open_active(
