@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use wharf_broker::storage::checkpoint;
 use wharf_broker::storage::fs::{DirLock, FileHandle, MappedRegion, OpenMode};
-use wharf_broker::storage::partition::{StorageEnv, CLEAN_SHUTDOWN_FILE};
+use wharf_broker::storage::partition::{StorageEnv, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use wharf_broker::storage::segment;
 use wharf_broker::storage::sim::{SimFs, Torn};
 use wharf_broker::storage::testing::{batch_of, env_with, sim_env, Seed};
@@ -896,6 +896,15 @@ fn sealing_recovering_and_closing_release_the_blocks_reserved_ahead() {
     assert_eq!(fs.reserved_bytes(&second_log), Some(0), "closed");
 }
 
+/// The partition's recovery point as the file says, if there is one.
+fn recovery_point(fs: &SimFs) -> Option<i64> {
+    let path = dir().join(RECOVERY_POINT_FILE);
+    let found = checkpoint::read(fs, &path, *b"WRCP").expect("readable")?;
+    Some(i64::from_be_bytes(
+        found.payload.try_into().expect("8 bytes"),
+    ))
+}
+
 fn config_never() -> LogConfig {
     LogConfig {
         flush: FlushPolicy::Never,
@@ -930,10 +939,10 @@ fn a_roll_under_flush_never_leaves_the_fsync_to_the_flusher() {
     append(&partition, 2, 100).0.expect("append");
     partition.roll_now().expect("roll");
     let first_end = partition.log_end_offset();
-    wait_until("the first rolled segment is sealed", || {
-        partition.durable_offset() >= first_end
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until(
+        "the first rolled segment is sealed and the point moved on",
+        || recovery_point(&sim) == Some(first_end),
+    );
     append(&partition, 2, 100).0.expect("append");
     let second_end = partition.log_end_offset();
     let (entered, release) = fs.hold_next_sync_then_fail();
@@ -1035,6 +1044,26 @@ fn power_loss_after_rolls_without_fsync_recovers_a_prefix_of_whole_batches() {
         );
         assert!(read_all(&again) == after, "{context}: second recovery");
     }
+}
+
+#[test]
+fn reopening_under_flush_always_removes_the_recovery_point() {
+    // Goal: a recovery point left by a run under flush = never would go stale under always
+    // (whose rolls do not move it) and let a later recovery cut sealed segments instead of
+    // refusing damage in them (rule 5); opening under always removes it.
+    let (env, sim, _clock) = sim_env(NOW_MS);
+    let partition = open(&env, config_never());
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        append_durable(&partition, 2, 300, &mut acked);
+        partition.roll_now().expect("roll");
+    }
+    partition.close().expect("close");
+    drop(partition);
+    assert!(recovery_point(&sim).is_some(), "written under never");
+    let partition = open(&env, config());
+    assert_eq!(recovery_point(&sim), None, "removed under always");
+    assert!(read_all(&partition) == acked);
 }
 
 #[test]

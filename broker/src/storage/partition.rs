@@ -166,7 +166,14 @@ impl Partition {
         let end = active.next_offset();
         let active_base = active.base_offset();
         // Recovery sealed every segment below the active one: say so, if the file says less.
+        // Under `flush = always` (rolls seal inline) a file left from a run under another
+        // policy would go stale as segments roll and let a later recovery cut sealed
+        // segments: remove it.
         let recovery_point = match recovery_point {
+            Some(_) if config.flush == FlushPolicy::Always => {
+                remove_recovery_point(fs, dir)?;
+                None
+            }
             Some(point) if point != active_base => {
                 write_recovery_point(fs, dir, active_base)?;
                 Some(active_base)
@@ -995,6 +1002,16 @@ fn write_recovery_point(fs: &dyn Fs, dir: &Path, point: i64) -> Result<()> {
         0,
         &point.to_be_bytes(),
     )
+}
+
+/// Removes the recovery point (and makes the removal durable): every segment below the
+/// newest is sealed.
+fn remove_recovery_point(fs: &dyn Fs, dir: &Path) -> Result<()> {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    fs.remove_file(&path)
+        .map_err(|source| Error::io("remove recovery point", &path, source))?;
+    fs.sync_dir(dir)
+        .map_err(|source| Error::io("sync directory", dir, source))
 }
 
 /// Opens every segment in `dir` (creating the first if there is none), recovering the active
