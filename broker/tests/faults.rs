@@ -971,6 +971,44 @@ fn a_roll_under_flush_never_leaves_the_fsync_to_the_flusher() {
 }
 
 #[test]
+fn a_long_seal_does_not_hold_up_group_commit_of_other_partitions() {
+    // Goal: the seal of a segment rolled under flush = never fsyncs the whole segment
+    // (seconds for a GiB); it runs on the flusher's sealer thread, so a flush = always
+    // partition sharing the flusher still gets its acks=all fsyncs meanwhile. Method: one
+    // flush thread, the seal's fsync held, an always append waited for.
+    let sim = SimFs::new();
+    let fs = ControlledFs::new(sim.clone());
+    let env = StorageEnv {
+        fs: Arc::new(fs.clone()),
+        clock: Arc::new(ManualClock::new(NOW_MS)),
+        flusher: Flusher::spawn(1),
+    };
+    let never = open(&env, config_never());
+    let always = Partition::open(Path::new("/data/other-0"), config(), env.clone())
+        .unwrap_or_else(|error| panic!("open: {error}"));
+    append(&never, 2, 100).0.expect("append");
+    never.roll_now().expect("roll");
+    let first_end = never.log_end_offset();
+    wait_until(
+        "the first rolled segment is sealed and the point moved on",
+        || recovery_point(&sim) == Some(first_end),
+    );
+    append(&never, 2, 100).0.expect("append");
+    let (entered, release) = fs.hold_next_sync_then_fail();
+    never.roll_now().expect("roll");
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the sealer fsyncs the rolled segment");
+    let (appended, _) = append(&always, 1, 100);
+    let waited = always.wait_durable_blocking(
+        appended.expect("append").next_offset,
+        Duration::from_secs(5),
+    );
+    release.send(()).expect("release the held fsync");
+    waited.expect("the always partition's fsync ran while the seal was held");
+}
+
+#[test]
 fn power_loss_after_rolls_without_fsync_recovers_a_prefix_of_whole_batches() {
     // Goal: segments rolled under flush = never are not fsynced until the flusher seals them,
     // so a power loss may tear any of them. Recovery must then keep a prefix of whole,
@@ -1044,6 +1082,98 @@ fn power_loss_after_rolls_without_fsync_recovers_a_prefix_of_whole_batches() {
         );
         assert!(read_all(&again) == after, "{context}: second recovery");
     }
+}
+
+#[test]
+fn a_process_crash_after_rolls_without_fsync_keeps_every_segment_whole() {
+    // Goal: a process crash (SIGKILL) keeps the page cache, so segments rolled under
+    // flush = never and not yet sealed come back whole: recovery seals them and keeps every
+    // segment and record, including one whose tail holds garbage from a failed write.
+    let sim = SimFs::new();
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let env = StorageEnv {
+        fs: Arc::new(sim.clone()),
+        clock: clock.clone(),
+        flusher: Flusher::idle(),
+    };
+    let partition = open(&env, config_never());
+    let mut appended = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..3 {
+            let (result, records) = append(&partition, 2, 400);
+            result.expect("append");
+            appended.extend(records);
+        }
+        partition.roll_now().expect("roll");
+    }
+    let segment_count = partition.segment_count();
+    drop(partition);
+    let image = sim.process_crash_image();
+    // Garbage after the last batch of the first rolled segment, as a failed write whose cut
+    // also failed would leave.
+    let first = segment_path(0, "log");
+    let mut log = image.live_bytes(&first).expect("first log");
+    log.extend_from_slice(&[0x5a; 300]);
+    image.overwrite(&first, &log).expect("overwrite");
+    let recovered = open(
+        &env_with(Arc::new(image.clone()), clock.clone()),
+        config_never(),
+    );
+    assert!(read_all(&recovered) == appended);
+    assert_eq!(
+        recovered.segment_count(),
+        segment_count,
+        "no segment was cut"
+    );
+    assert_eq!(
+        recovery_point(&image),
+        Some(*recovered.segment_base_offsets().last().expect("a segment"))
+    );
+}
+
+#[test]
+fn a_damaged_recovery_point_cuts_no_sealed_segment() {
+    // Goal: when the recovery point fails its checks, recovery does not guess that sealed
+    // segments are unsynced: cutting one at a damaged batch would delete every later
+    // segment. It treats them as sealed, so the damage is refused on read (rule 5) and the
+    // later segments stay; and it writes a good recovery point.
+    let (env, sim, clock) = sim_env(NOW_MS);
+    let partition = open(&env, config_never());
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        append_durable(&partition, 2, 300, &mut acked);
+        partition.roll_now().expect("roll");
+    }
+    partition.flush().expect("flush");
+    let bases = partition.segment_base_offsets();
+    drop(partition);
+    let image = sim.process_crash_image();
+    let path = dir().join(RECOVERY_POINT_FILE);
+    let mut damaged = image.live_bytes(&path).expect("recovery point");
+    damaged[20] ^= 0xff;
+    image.overwrite(&path, &damaged).expect("overwrite");
+    let first = segment_path(0, "log");
+    let mut log = image.live_bytes(&first).expect("first log");
+    log[100] ^= 0x01;
+    image.overwrite(&first, &log).expect("overwrite");
+    let recovered = open(
+        &env_with(Arc::new(image.clone()), clock.clone()),
+        config_never(),
+    );
+    assert_eq!(
+        recovered.segment_base_offsets(),
+        bases,
+        "no segment was cut or deleted"
+    );
+    assert!(matches!(
+        recovered.read(0, 64 * 1024),
+        Err(Error::Corrupt { .. })
+    ));
+    let later = recovered
+        .read(bases[1], 64 * 1024)
+        .expect("later segments read");
+    assert!(!later.bytes.is_empty());
+    assert_eq!(recovery_point(&image), bases.last().copied());
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! appenders cost about one fsync per fsync-duration, not N.
 //!
 //! Partitions with `FlushPolicy::Interval` register once and are fsynced when dirty and their
-//! interval has passed. The queue holds `Weak` references, so a dropped partition simply
+//! interval has passed. Partitions with `FlushPolicy::Never` ask for the seal of each segment
+//! they roll; a separate sealer thread runs those, since one seal fsyncs a whole segment
+//! (seconds for a GiB) and must not hold up the group commits of `Always` partitions. The queue holds `Weak` references, so a dropped partition simply
 //! disappears. The threads stop when the last `Flusher` handle is dropped.
 
 use std::collections::VecDeque;
@@ -27,12 +29,16 @@ const IDLE_TICK: Duration = Duration::from_millis(50);
 struct Queue {
     requested: VecDeque<Weak<Partition>>,
     interval: Vec<Weak<Partition>>,
+    /// `FlushPolicy::Never` partitions with rolled segments to seal (deduplicated like
+    /// `requested`).
+    seals: VecDeque<Weak<Partition>>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    seal_wake: Condvar,
     stop: AtomicBool,
 }
 
@@ -60,6 +66,7 @@ impl Drop for Owner {
             self.shared.stop.store(true, Ordering::Release);
         }
         self.shared.wake.notify_all();
+        self.shared.seal_wake.notify_all();
         let threads = std::mem::take(
             &mut *self
                 .threads
@@ -88,13 +95,13 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts `thread_count` flusher threads (at least one).
+    /// Starts `thread_count` flusher threads (at least one) and the sealer thread.
     ///
     /// # Panics
     /// If the operating system cannot start a thread.
     pub fn spawn(thread_count: usize) -> Flusher {
         let shared = Arc::new(Shared::default());
-        let threads = (0..thread_count.max(1))
+        let mut threads: Vec<JoinHandle<()>> = (0..thread_count.max(1))
             .map(|thread_index| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
@@ -103,6 +110,13 @@ impl Flusher {
                     .expect("starting a flusher thread")
             })
             .collect();
+        let sealer_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("wharf-sealer".to_string())
+                .spawn(move || run_sealer(&sealer_shared))
+                .expect("starting the sealer thread"),
+        );
         Flusher {
             _owner: Arc::new(Owner {
                 shared: shared.clone(),
@@ -133,6 +147,16 @@ impl Flusher {
             .requested
             .push_back(Arc::downgrade(partition));
         self.shared.wake.notify_one();
+    }
+
+    /// Queues `partition` (`FlushPolicy::Never`) for the seal of its rolled segments (the
+    /// caller deduplicates).
+    pub(crate) fn request_seal(&self, partition: &Arc<Partition>) {
+        self.shared
+            .lock()
+            .seals
+            .push_back(Arc::downgrade(partition));
+        self.shared.seal_wake.notify_one();
     }
 
     /// Adds a partition with `FlushPolicy::Interval` to the periodic flush list.
@@ -171,6 +195,27 @@ fn run(shared: &Shared) {
                 flush_due_intervals(shared);
                 last_interval_check = std::time::Instant::now();
             }
+        }
+    }
+}
+
+fn run_sealer(shared: &Shared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let next = {
+            let mut queue = shared.lock();
+            if queue.seals.is_empty() && !shared.stop.load(Ordering::Acquire) {
+                queue = shared
+                    .seal_wake
+                    .wait_timeout(queue, IDLE_TICK)
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .0;
+            }
+            queue.seals.pop_front()
+        };
+        if let Some(partition) = next.and_then(|weak| weak.upgrade()) {
+            partition.take_flush_request();
+            // A failure is recorded in the partition, which refuses writes from now on.
+            let _ = partition.flush_on_request();
         }
     }
 }

@@ -438,8 +438,7 @@ impl Partition {
             };
             if let Err(error) = segment.seal() {
                 // The seal fsyncs the log: a failure is an fsync failure (rule 3).
-                self.fail(&format!("sealing a rolled segment failed: {error}"));
-                return Err(error);
+                return Err(self.fail_with(format!("sealing a rolled segment failed: {error}")));
             }
             self.lock_rolled().segments.remove(0);
             self.advance_durable(segment.next_offset());
@@ -448,28 +447,45 @@ impl Partition {
         let Some(sealed_end) = sealed_end else {
             return Ok(());
         };
-        let mut rolled = self.lock_rolled();
         // Everything below the oldest segment still unsealed (one a roll queued meanwhile,
         // else the one after the last sealed) is sealed now.
-        let point = rolled
-            .segments
-            .first()
-            .map_or(sealed_end, |segment| segment.base_offset());
-        if rolled
-            .recovery_point
-            .is_some_and(|written| written >= point)
-        {
-            return Ok(());
-        }
-        // If the file cannot be written, the lower point it keeps only makes recovery scan
-        // more: safe, so not fatal.
-        match write_recovery_point(self.env.fs.as_ref(), &self.dir, point) {
-            Ok(()) => rolled.recovery_point = Some(point),
-            Err(error) => {
-                tracing::warn!(partition = %self.dir.display(), %error, "cannot move the recovery point");
+        let point = {
+            let rolled = self.lock_rolled();
+            let point = rolled
+                .segments
+                .first()
+                .map_or(sealed_end, |segment| segment.base_offset());
+            if rolled
+                .recovery_point
+                .is_some_and(|written| written >= point)
+            {
+                return Ok(());
             }
+            point
+        };
+        // Written without the rolled lock, so a roll never waits for these fsyncs. Only this
+        // (under the sync lock) moves the point forward, never past the active segment's
+        // base, and a concurrent roll writes only where there is no file yet.
+        if let Err(error) = write_recovery_point(self.env.fs.as_ref(), &self.dir, point) {
+            // Its fsyncs failed: rule 3, as for any fsync of the log's files.
+            return Err(self.fail_with(format!("moving the recovery point failed: {error}")));
         }
+        let mut rolled = self.lock_rolled();
+        rolled.recovery_point = Some(
+            rolled
+                .recovery_point
+                .map_or(point, |written| written.max(point)),
+        );
         Ok(())
+    }
+
+    /// [`Partition::fail`], returning the `Error::Failed` to report.
+    fn fail_with(&self, reason: String) -> Error {
+        self.fail(&reason);
+        Error::Failed {
+            partition: self.dir.clone(),
+            reason,
+        }
     }
 
     /// What a flusher does when the partition asked for it: with `FlushPolicy::Never` only
@@ -508,7 +524,11 @@ impl Partition {
 
     fn request_flush(self: &Arc<Self>) {
         if !self.flush_requested.swap(true, Ordering::AcqRel) {
-            self.env.flusher.request(self);
+            if self.config.flush == FlushPolicy::Never {
+                self.env.flusher.request_seal(self);
+            } else {
+                self.env.flusher.request(self);
+            }
         }
     }
 
@@ -973,7 +993,8 @@ fn take_clean_marker(fs: &dyn Fs, dir: &Path) -> Result<Option<CleanMarker>> {
 }
 
 /// Reads the recovery point: `Ok(None)` without a file. A damaged file is reported and read
-/// as the lowest point (recovery then scans every segment, which is always safe).
+/// as the highest point: no segment but the newest is cut, and damage in the others is
+/// refused on read (rule 5) rather than cut with everything after it.
 fn read_recovery_point(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(RECOVERY_POINT_FILE);
     match checkpoint::read(fs, &path, RECOVERY_POINT_MAGIC) {
@@ -984,8 +1005,10 @@ fn read_recovery_point(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
             Ok(Some(i64::from_be_bytes(bytes)))
         }
         Ok(Some(_)) | Err(Error::Corrupt { .. }) => {
-            tracing::error!(partition = %dir.display(), "recovery point is damaged; recovering every segment");
-            Ok(Some(i64::MIN))
+            // Which segments are unsynced is unknown. Cutting sealed ones could delete
+            // fsynced data, so none is cut: damage in them is refused (rule 5) instead.
+            tracing::error!(partition = %dir.display(), "recovery point is damaged; treating every segment but the newest as sealed");
+            Ok(Some(i64::MAX))
         }
         Err(error) => Err(error),
     }
@@ -1057,8 +1080,9 @@ fn open_segments(
         let (base, next_base) = (window[0], window[1]);
         if base >= unsealed_from && marker.is_none() {
             let (segment, report) = Segment::recover(fs, dir, base, config, now_ms)?;
-            if report.truncated_bytes == 0 && segment.next_offset() == next_base {
-                // Whole: seal it now (fsync, trimmed indexes), as its roll would have.
+            if segment.next_offset() == next_base {
+                // Whole (recovery cut only garbage after its last batch, if any): seal it
+                // now (fsync, trimmed indexes), as its roll would have.
                 segment.seal()?;
                 segments.insert(base, Arc::new(segment));
                 continue;
