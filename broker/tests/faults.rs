@@ -905,6 +905,31 @@ fn recovery_point(fs: &SimFs) -> Option<i64> {
     ))
 }
 
+/// A simulated file system whose flusher has no threads: nothing is fsynced unless the
+/// test flushes or closes, so rolled segments stay unsealed until then.
+fn idle_env() -> (StorageEnv, SimFs, Arc<ManualClock>) {
+    let sim = SimFs::new();
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let env = StorageEnv {
+        fs: Arc::new(sim.clone()),
+        clock: clock.clone(),
+        flusher: Flusher::idle(),
+    };
+    (env, sim, clock)
+}
+
+/// Appends one batch that must succeed and adds its records to `appended`.
+fn append_ok(
+    partition: &Arc<Partition>,
+    record_count: usize,
+    value_bytes: usize,
+    appended: &mut Vec<Record>,
+) {
+    let (result, records) = append(partition, record_count, value_bytes);
+    result.expect("append");
+    appended.extend(records);
+}
+
 fn config_never() -> LogConfig {
     LogConfig {
         flush: FlushPolicy::Never,
@@ -1020,13 +1045,7 @@ fn power_loss_after_rolls_without_fsync_recovers_a_prefix_of_whole_batches() {
     let seed = Seed::from_env();
     let mut rng = seed.rng();
     for round in 0..40 {
-        let sim = SimFs::new();
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let env = StorageEnv {
-            fs: Arc::new(sim.clone()),
-            clock: clock.clone(),
-            flusher: Flusher::idle(),
-        };
+        let (env, sim, clock) = idle_env();
         let partition = open(&env, config_never());
         let mut appended = Vec::new();
         let mut durable_end = 0;
@@ -1089,20 +1108,12 @@ fn a_process_crash_after_rolls_without_fsync_keeps_every_segment_whole() {
     // Goal: a process crash (SIGKILL) keeps the page cache, so segments rolled under
     // flush = never and not yet sealed come back whole: recovery seals them and keeps every
     // segment and record, including one whose tail holds garbage from a failed write.
-    let sim = SimFs::new();
-    let clock = Arc::new(ManualClock::new(NOW_MS));
-    let env = StorageEnv {
-        fs: Arc::new(sim.clone()),
-        clock: clock.clone(),
-        flusher: Flusher::idle(),
-    };
+    let (env, sim, clock) = idle_env();
     let partition = open(&env, config_never());
     let mut appended = Vec::new();
     for _ in 0..4 {
         for _ in 0..3 {
-            let (result, records) = append(&partition, 2, 400);
-            result.expect("append");
-            appended.extend(records);
+            append_ok(&partition, 2, 400, &mut appended);
         }
         partition.roll_now().expect("roll");
     }
@@ -1181,13 +1192,7 @@ fn retention_may_delete_rolled_segments_before_their_seal() {
     // Goal: retention can delete a segment rolled under flush = never before the flusher
     // sealed it; the later seal (of the deleted file) and the recovery point stay correct,
     // and a power loss afterwards recovers the retained records.
-    let sim = SimFs::new();
-    let clock = Arc::new(ManualClock::new(NOW_MS));
-    let env = StorageEnv {
-        fs: Arc::new(sim.clone()),
-        clock: clock.clone(),
-        flusher: Flusher::idle(),
-    };
+    let (env, sim, clock) = idle_env();
     let config = LogConfig {
         retention_bytes: Some(1),
         ..config_never()
@@ -1195,14 +1200,10 @@ fn retention_may_delete_rolled_segments_before_their_seal() {
     let partition = open(&env, config.clone());
     let mut appended = Vec::new();
     for _ in 0..4 {
-        let (result, records) = append(&partition, 2, 500);
-        result.expect("append");
-        appended.extend(records);
+        append_ok(&partition, 2, 500, &mut appended);
         partition.roll_now().expect("roll");
     }
-    let (result, records) = append(&partition, 2, 500);
-    result.expect("append");
-    appended.extend(records);
+    append_ok(&partition, 2, 500, &mut appended);
     let report = partition.apply_retention().expect("retention");
     assert_eq!(report.segments_deleted, 4, "every sealed segment goes");
     partition
@@ -1233,13 +1234,7 @@ fn a_power_loss_at_any_fsync_of_rolls_and_seals_recovers_a_prefix() {
     let seed = Seed::from_env();
     let mut rng = seed.rng();
     for syncs in 0..70 {
-        let sim = SimFs::new();
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let env = StorageEnv {
-            fs: Arc::new(sim.clone()),
-            clock: clock.clone(),
-            flusher: Flusher::idle(),
-        };
+        let (env, sim, clock) = idle_env();
         let partition = open(&env, config_never());
         sim.fail_syncs_after(syncs);
         let mut appended = Vec::new();
@@ -1305,13 +1300,7 @@ fn a_flush_or_a_close_covers_the_segments_rolled_before_it() {
         },
         FlushPolicy::Never,
     ] {
-        let sim = SimFs::new();
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let env = StorageEnv {
-            fs: Arc::new(sim.clone()),
-            clock: clock.clone(),
-            flusher: Flusher::idle(),
-        };
+        let (env, sim, clock) = idle_env();
         let config = LogConfig {
             flush: policy,
             ..config()
@@ -1320,9 +1309,7 @@ fn a_flush_or_a_close_covers_the_segments_rolled_before_it() {
         let mut appended = Vec::new();
         for _ in 0..3 {
             for _ in 0..4 {
-                let (result, records) = append(&partition, 2, 700);
-                result.expect("append");
-                appended.extend(records);
+                append_ok(&partition, 2, 700, &mut appended);
             }
             partition.roll_now().expect("roll");
         }

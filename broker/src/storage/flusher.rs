@@ -174,18 +174,7 @@ fn run(shared: &Shared) {
             flush_due_intervals(shared);
             last_interval_check = std::time::Instant::now();
         }
-        let next = {
-            let mut queue = shared.lock();
-            if queue.requested.is_empty() && !shared.stop.load(Ordering::Acquire) {
-                queue = shared
-                    .wake
-                    .wait_timeout(queue, IDLE_TICK)
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .0;
-            }
-            queue.requested.pop_front()
-        };
-        match next.and_then(|weak| weak.upgrade()) {
+        match next_request(shared, &shared.wake, |queue| &mut queue.requested) {
             Some(partition) => {
                 partition.take_flush_request();
                 // A failure is recorded in the partition, which refuses writes from now on.
@@ -199,20 +188,28 @@ fn run(shared: &Shared) {
     }
 }
 
+/// Takes the next partition off the list `pick` chooses, waiting on `wake` for up to one
+/// tick while it is empty. `None` after an idle tick, or if the partition is gone.
+fn next_request(
+    shared: &Shared,
+    wake: &Condvar,
+    pick: impl Fn(&mut Queue) -> &mut VecDeque<Weak<Partition>>,
+) -> Option<Arc<Partition>> {
+    let mut queue = shared.lock();
+    if pick(&mut queue).is_empty() && !shared.stop.load(Ordering::Acquire) {
+        queue = wake
+            .wait_timeout(queue, IDLE_TICK)
+            .unwrap_or_else(|poison| poison.into_inner())
+            .0;
+    }
+    let next = pick(&mut queue).pop_front();
+    drop(queue);
+    next.and_then(|weak| weak.upgrade())
+}
+
 fn run_sealer(shared: &Shared) {
     while !shared.stop.load(Ordering::Acquire) {
-        let next = {
-            let mut queue = shared.lock();
-            if queue.seals.is_empty() && !shared.stop.load(Ordering::Acquire) {
-                queue = shared
-                    .seal_wake
-                    .wait_timeout(queue, IDLE_TICK)
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .0;
-            }
-            queue.seals.pop_front()
-        };
-        if let Some(partition) = next.and_then(|weak| weak.upgrade()) {
+        if let Some(partition) = next_request(shared, &shared.seal_wake, |queue| &mut queue.seals) {
             partition.take_flush_request();
             // A failure is recorded in the partition, which refuses writes from now on.
             let _ = partition.flush_on_request();
