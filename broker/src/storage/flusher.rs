@@ -10,8 +10,9 @@
 //! Partitions with `FlushPolicy::Interval` register once and are fsynced when dirty and their
 //! interval has passed. Partitions with `FlushPolicy::Never` ask for the seal of each segment
 //! they roll; a separate sealer thread runs those, since one seal fsyncs a whole segment
-//! (seconds for a GiB) and must not hold up the group commits of `Always` partitions. The queue holds `Weak` references, so a dropped partition simply
-//! disappears. The threads stop when the last `Flusher` handle is dropped.
+//! (seconds for a GiB) and must not hold up the group commits of `Always` partitions. The
+//! queues hold `Weak` references, so a dropped partition simply disappears. The threads stop
+//! when the last `Flusher` handle is dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

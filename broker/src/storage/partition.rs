@@ -293,13 +293,19 @@ impl Partition {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn check_writable(&self, writer: &Writer) -> Result<()> {
-        if let Some(reason) = self.lock_failure().clone() {
-            return Err(Error::Failed {
+    /// `Error::Failed` with the reason if the partition failed (rule 3).
+    fn ensure_not_failed(&self) -> Result<()> {
+        match self.failure() {
+            Some(reason) => Err(Error::Failed {
                 partition: self.dir.clone(),
                 reason,
-            });
+            }),
+            None => Ok(()),
         }
+    }
+
+    fn check_writable(&self, writer: &Writer) -> Result<()> {
+        self.ensure_not_failed()?;
         if writer.closed {
             return Err(Error::Closed {
                 partition: self.dir.clone(),
@@ -495,12 +501,7 @@ impl Partition {
             return self.flush();
         }
         let sync = self.lock_sync();
-        if let Some(reason) = self.failure() {
-            return Err(Error::Failed {
-                partition: self.dir.clone(),
-                reason,
-            });
-        }
+        self.ensure_not_failed()?;
         self.seal_rolled(&sync)
     }
 
@@ -559,12 +560,7 @@ impl Partition {
     pub fn flush(&self) -> Result<()> {
         let (target, file, segment_path) = {
             let writer = self.lock_writer();
-            if let Some(reason) = self.lock_failure().clone() {
-                return Err(Error::Failed {
-                    partition: self.dir.clone(),
-                    reason,
-                });
-            }
+            self.ensure_not_failed()?;
             (
                 writer.active.next_offset(),
                 writer.active.file(),
@@ -582,12 +578,7 @@ impl Partition {
         // covered by the next flush. It holds the sync lock, and a failure recorded while
         // this flush waited for it must stop it.
         let sync = self.lock_sync();
-        if let Some(reason) = self.failure() {
-            return Err(Error::Failed {
-                partition: self.dir.clone(),
-                reason,
-            });
-        }
+        self.ensure_not_failed()?;
         // Segments rolled before `target` was noted lie below it: they must be durable too.
         self.seal_rolled(&sync)?;
         match file.sync_data() {
@@ -597,12 +588,7 @@ impl Partition {
             }
             Err(source) => {
                 let error = Error::io("sync segment", segment_path, source);
-                let reason = format!("fsync failed: {error}");
-                self.fail(&reason);
-                Err(Error::Failed {
-                    partition: self.dir.clone(),
-                    reason,
-                })
+                Err(self.fail_with(format!("fsync failed: {error}")))
             }
         }
     }
@@ -863,13 +849,8 @@ impl Partition {
         drop(writer);
         self.high_watermark.fail("partition closed");
         let sync = self.lock_sync();
-        if let Some(reason) = self.failure() {
-            // No marker: the next open must scan, since durability is unknown.
-            return Err(Error::Failed {
-                partition: self.dir.clone(),
-                reason,
-            });
-        }
+        // No marker after a failure: the next open must scan, since durability is unknown.
+        self.ensure_not_failed()?;
         self.seal_rolled(&sync)?;
         if let Err(error) = active.seal() {
             // The seal fsyncs the log: a failure is an fsync failure (rule 3).
