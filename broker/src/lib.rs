@@ -1,15 +1,25 @@
-//! The Wharf broker library: the storage engine today; topics, groups, queues and the
-//! `wharfd` server build on it.
+//! The Wharf broker library.
 //!
-//! Layers, top to bottom (each talks only to the next one down): `server` (listener,
-//! connection, dispatch) → domain (`log`, `queue`, `offsets`, `producer`) → [`storage`].
+//! Layers, top to bottom; each talks only to the ones below it, and no module imports one
+//! above it (`broker/tests/architecture.rs` checks this):
+//!
+//! - [`server`]: wiring; starts the front ends over the core and shuts down gracefully.
+//! - [`frontend`]: one folder per protocol (`native` today), a thin translation to the core.
+//! - [`net`]: the accept loop and connection driver every front end shares.
+//! - [`core`]: the protocol-neutral [`core::Broker`] API and its caller context.
+//! - domain: [`txn`] over [`groups`] over [`streams`]; [`queue`] beside them.
+//! - [`append`]: the one append path to partition logs.
+//! - [`storage`]: segments, partitions, group commit, recovery (synchronous, no tokio).
+//! - [`config`]: the configuration, read by `server` and `core`.
 
+pub mod append;
 pub mod config;
-pub mod group;
-pub mod offsets;
-pub mod producer;
+pub mod core;
+pub mod frontend;
+pub mod groups;
+pub mod net;
 pub mod queue;
 pub mod server;
 pub mod storage;
-pub mod topic;
+pub mod streams;
 pub mod txn;

@@ -18,24 +18,28 @@
 //!
 //! One task owns all coordinator state and handles requests one at a time (STYLE.md: an
 //! owning task rather than a lock held across an fsync wait).
+//!
+//! **Layer rule:** speaks domain types only (no wire messages, no wire error codes): errors
+//! are [`TxnError`], which each front end maps to its own codes. Its records and markers go
+//! through the [`crate::append`] path.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::batch::{self, BatchBuilder, ControlKind, NewRecord};
-use wharf_protocol::messages::*;
 use wharf_protocol::wire::{Reader, Wire};
-use wharf_protocol::{wire_struct, ErrorCode};
+use wharf_protocol::wire_struct;
 
-use crate::group::CommitCheck;
-use crate::offsets::Committed;
-use crate::server::dispatch::storage_error_code;
-use crate::server::Broker;
+use crate::append;
+use crate::groups::commit::{check_entry, EntryRefusal, OffsetEntry};
+use crate::groups::offsets::{Committed, OffsetStore};
+use crate::groups::{Coordinator, GroupError};
 use crate::storage::{Error as StorageError, Partition};
-use crate::topic::{TopicError, Topics};
+use crate::streams::topic::{internal_overrides, TopicError, Topics, INTERNAL_TOPIC_PREFIX};
+use crate::streams::Streams;
 
 /// The internal topic holding transaction state.
 pub const TXN_TOPIC: &str = "__transaction_state";
@@ -94,6 +98,14 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Partitions of one topic in a transaction log record.
+    pub struct TxnTopicPartitions {
+        pub topic: String,
+        pub partitions: Vec<u32>,
+    }
+}
+
+wire_struct! {
     /// One record of the transaction log: the whole state of one transactional id.
     pub struct TxnRecord {
         pub producer_id: i64,
@@ -101,7 +113,7 @@ wire_struct! {
         pub state: u8,
         pub timeout_ms: u32,
         pub started_ms: i64,
-        pub partitions: Vec<TopicPartitions>,
+        pub partitions: Vec<TxnTopicPartitions>,
         pub groups: Vec<String>,
         pub offsets: Vec<PendingOffset>,
     }
@@ -122,11 +134,11 @@ struct TxnMeta {
 
 impl TxnMeta {
     fn to_record(&self) -> TxnRecord {
-        let mut topics: Vec<TopicPartitions> = Vec::new();
+        let mut topics: Vec<TxnTopicPartitions> = Vec::new();
         for (topic, partition) in &self.partitions {
             match topics.last_mut() {
                 Some(last) if &last.topic == topic => last.partitions.push(*partition),
-                _ => topics.push(TopicPartitions {
+                _ => topics.push(TxnTopicPartitions {
                     topic: topic.clone(),
                     partitions: vec![*partition],
                 }),
@@ -168,59 +180,132 @@ impl TxnMeta {
     }
 
     /// Checks the caller's producer id and epoch against this transactional id's.
-    fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), (ErrorCode, String)> {
+    fn check_producer(&self, producer_id: i64, epoch: i16) -> Outcome {
         if producer_id != self.producer_id {
-            return Err((
-                ErrorCode::InvalidProducerIdMapping,
-                format!("producer id {producer_id} does not own this transactional id"),
-            ));
+            return Err(TxnError::ProducerIdMismatch(format!(
+                "producer id {producer_id} does not own this transactional id"
+            )));
         }
         if epoch < self.epoch {
-            return Err((
-                ErrorCode::ProducerFenced,
-                format!("epoch {epoch} was fenced by epoch {}", self.epoch),
-            ));
+            return Err(TxnError::ProducerFenced(format!(
+                "epoch {epoch} was fenced by epoch {}",
+                self.epoch
+            )));
         }
         if epoch > self.epoch {
-            return Err((
-                ErrorCode::InvalidProducerIdMapping,
-                format!("unknown epoch {epoch}"),
-            ));
+            return Err(TxnError::ProducerIdMismatch(format!(
+                "unknown epoch {epoch}"
+            )));
         }
         Ok(())
     }
 }
 
-type Reply<T> = oneshot::Sender<T>;
+type Reply<T> = oneshot::Sender<Result<T, TxnError>>;
 
-enum Command {
-    Init(InitProducerIdRequest, Reply<InitProducerIdResponse>),
-    AddPartitions(AddPartitionsToTxnRequest, Reply<AddPartitionsToTxnResponse>),
-    AddOffsets(AddOffsetsToTxnRequest, Reply<AddOffsetsToTxnResponse>),
-    OffsetCommit(TxnOffsetCommitRequest, Reply<TxnOffsetCommitResponse>),
-    End(EndTxnRequest, Reply<EndTxnResponse>),
+/// Why a transaction request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// The request is malformed or over a limit.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The producer id or epoch does not match the transactional id's (or the id is unknown).
+    #[error("{0}")]
+    ProducerIdMismatch(String),
+    /// A newer epoch of the producer exists.
+    #[error("{0}")]
+    ProducerFenced(String),
+    /// The transaction is not in a state that allows the request.
+    #[error("{0}")]
+    InvalidState(String),
+    /// The transaction is completing; retry.
+    #[error("{0}")]
+    Concurrent(String),
+    /// Internal topics cannot be part of a transaction.
+    #[error("internal topic {0:?} cannot be part of a transaction")]
+    InternalTopic(String),
+    /// No such topic or partition.
+    #[error("unknown topic or partition {topic}-{partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    /// The group id is empty.
+    #[error("group id is empty")]
+    InvalidGroupId,
+    /// The group refused the committing member.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// An offset of the commit is refused.
+    #[error(transparent)]
+    Offset(#[from] EntryRefusal),
+    /// Storage failed underneath.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The coordinator is not running.
+    #[error("transaction coordinator is not running")]
+    NotRunning,
+    /// A blocking task failed (a bug or shutdown).
+    #[error("{0}")]
+    Internal(String),
 }
 
-/// Transactional producers' current epochs and open transactions' partitions, readable
-/// without asking the task: producer id → (epoch, partitions). The produce path checks a transactional batch against it.
-type OpenPartitions = Arc<std::sync::Mutex<HashMap<i64, (i16, BTreeSet<(String, u32)>)>>>;
+/// A transactional producer as a request names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnProducer {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// Its producer id.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub epoch: i16,
+}
 
-/// Whether a transactional batch may be appended to a partition.
+/// How a transaction ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
-    /// The partition is in the producer's open transaction.
-    Member,
-    /// A newer epoch of the producer exists.
-    Fenced,
-    /// The partition was not added to an open transaction of this producer.
-    NotAdded,
+pub enum TxnEnd {
+    /// Commit it.
+    Commit,
+    /// Abort it.
+    Abort,
+}
+
+/// Offsets committed inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOffsets {
+    /// The producer.
+    pub producer: TxnProducer,
+    /// The group the offsets are for.
+    pub group_id: String,
+    /// The committing member (empty for a standalone consumer).
+    pub member_id: String,
+    /// Its generation.
+    pub generation: i32,
+    /// The offsets.
+    pub entries: Vec<OffsetEntry>,
+}
+
+enum Command {
+    Init(String, u32, Reply<(i64, i16)>),
+    AddPartitions(TxnProducer, Vec<(String, u32)>, Reply<()>),
+    AddOffsets(TxnProducer, String, Reply<()>),
+    OffsetCommit(TxnOffsets, Reply<()>),
+    End(TxnProducer, TxnEnd, Reply<()>),
+}
+
+/// What the coordinator works on: the stream partitions it marks, the groups it checks and
+/// the offsets it commits.
+#[derive(Debug, Clone)]
+pub struct TxnDeps {
+    /// Topics, producer state and the transactional membership table.
+    pub streams: Arc<Streams>,
+    /// Consumer groups, for the member check of transactional commits.
+    pub groups: Arc<Coordinator>,
+    /// Committed offsets, written when a transaction commits.
+    pub offsets: Arc<OffsetStore>,
 }
 
 /// Handle to the coordinator task.
 #[derive(Debug, Clone)]
 pub struct TxnCoordinator {
     sender: mpsc::Sender<Command>,
-    open: OpenPartitions,
 }
 
 /// The coordinator's state loaded at start, before its task runs.
@@ -229,34 +314,12 @@ pub struct TxnLoaded {
     log: Arc<Partition>,
     txns: HashMap<String, TxnMeta>,
     receiver: mpsc::Receiver<Command>,
-    open: OpenPartitions,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("Command")
     }
-}
-
-macro_rules! call {
-    ($self:ident, $variant:ident, $request:ident, $response:ident) => {{
-        let (reply, answer) = oneshot::channel();
-        #[allow(clippy::needless_update)]
-        let unavailable = || $response {
-            error: ErrorCode::ShuttingDown,
-            error_message: Some("transaction coordinator is not running".to_string()),
-            ..Default::default()
-        };
-        if $self
-            .sender
-            .send(Command::$variant($request, reply))
-            .await
-            .is_err()
-        {
-            return unavailable();
-        }
-        answer.await.unwrap_or_else(|_| unavailable())
-    }};
 }
 
 impl TxnCoordinator {
@@ -271,83 +334,93 @@ impl TxnCoordinator {
             .ok_or_else(|| TopicError::Unknown(TXN_TOPIC.to_string()))?;
         let txns = replay(&log)?;
         let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
-        let open = OpenPartitions::default();
-        {
-            let mut known = open.lock().unwrap_or_else(|poison| poison.into_inner());
-            for meta in txns.values() {
-                // Recovery aborts open transactions before serving; only epochs matter here.
-                known.insert(meta.producer_id, (meta.epoch, BTreeSet::new()));
-            }
-        }
         Ok((
-            TxnCoordinator {
-                sender,
-                open: open.clone(),
-            },
+            TxnCoordinator { sender },
             TxnLoaded {
                 log,
                 txns,
                 receiver,
-                open,
             },
         ))
     }
 
-    /// Whether producer `producer_id` at `epoch` may append a transactional batch to
-    /// `topic`-`partition` (it must have been added with AddPartitionsToTxn).
-    pub fn membership(
-        &self,
-        producer_id: i64,
-        epoch: i16,
-        topic: &str,
-        partition: u32,
-    ) -> Membership {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match open.get(&producer_id) {
-            Some((current, _)) if epoch < *current => Membership::Fenced,
-            Some((current, partitions))
-                if epoch == *current && partitions.contains(&(topic.to_string(), partition)) =>
-            {
-                Membership::Member
-            }
-            _ => Membership::NotAdded,
-        }
-    }
-
     /// Starts the coordinator task: it first completes or aborts what a crash left open.
-    pub fn spawn(loaded: TxnLoaded, broker: Weak<Broker>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(run(loaded, broker))
+    pub fn spawn(loaded: TxnLoaded, deps: TxnDeps) -> tokio::task::JoinHandle<()> {
+        {
+            // Recovery aborts open transactions before serving; only epochs matter here.
+            for meta in loaded.txns.values() {
+                deps.streams
+                    .txn_members()
+                    .set(meta.producer_id, meta.epoch, BTreeSet::new());
+            }
+        }
+        tokio::spawn(run(loaded, deps))
     }
 
-    /// InitProducerId with a transactional id.
-    pub async fn init(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
-        call!(self, Init, request, InitProducerIdResponse)
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, TxnError> {
+        let (reply, answer) = oneshot::channel();
+        if self.sender.send(command(reply)).await.is_err() {
+            return Err(TxnError::NotRunning);
+        }
+        answer.await.unwrap_or(Err(TxnError::NotRunning))
+    }
+
+    /// InitProducerId with a transactional id: fences earlier producers of the id and
+    /// returns its producer id and new epoch. `timeout_ms` 0 asks for the default.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for an empty id or a timeout over the max; storage errors.
+    pub async fn init(
+        &self,
+        transactional_id: String,
+        timeout_ms: u32,
+    ) -> Result<(i64, i16), TxnError> {
+        self.call(|reply| Command::Init(transactional_id, timeout_ms, reply))
+            .await
     }
 
     /// AddPartitionsToTxn.
+    ///
+    /// # Errors
+    /// As the request's checks decide (see [`TxnError`]).
     pub async fn add_partitions(
         &self,
-        request: AddPartitionsToTxnRequest,
-    ) -> AddPartitionsToTxnResponse {
-        call!(self, AddPartitions, request, AddPartitionsToTxnResponse)
+        producer: TxnProducer,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<(), TxnError> {
+        self.call(|reply| Command::AddPartitions(producer, partitions, reply))
+            .await
     }
 
     /// AddOffsetsToTxn.
-    pub async fn add_offsets(&self, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
-        call!(self, AddOffsets, request, AddOffsetsToTxnResponse)
+    ///
+    /// # Errors
+    /// As the request's checks decide.
+    pub async fn add_offsets(
+        &self,
+        producer: TxnProducer,
+        group_id: String,
+    ) -> Result<(), TxnError> {
+        self.call(|reply| Command::AddOffsets(producer, group_id, reply))
+            .await
     }
 
-    /// TxnOffsetCommit.
-    pub async fn offset_commit(&self, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
-        call!(self, OffsetCommit, request, TxnOffsetCommitResponse)
+    /// TxnOffsetCommit: stages offsets that commit with the transaction.
+    ///
+    /// # Errors
+    /// As the request's checks decide; the offset rule is [`check_entry`], shared with plain
+    /// commits.
+    pub async fn offset_commit(&self, offsets: TxnOffsets) -> Result<(), TxnError> {
+        self.call(|reply| Command::OffsetCommit(offsets, reply))
+            .await
     }
 
     /// EndTxn.
-    pub async fn end(&self, request: EndTxnRequest) -> EndTxnResponse {
-        call!(self, End, request, EndTxnResponse)
+    ///
+    /// # Errors
+    /// As the request's checks decide; storage errors while completing.
+    pub async fn end(&self, producer: TxnProducer, end: TxnEnd) -> Result<(), TxnError> {
+        self.call(|reply| Command::End(producer, end, reply)).await
     }
 }
 
@@ -391,27 +464,20 @@ fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
 }
 
 struct Task {
-    broker: Weak<Broker>,
+    deps: TxnDeps,
     log: Arc<Partition>,
     txns: HashMap<String, TxnMeta>,
-    open: OpenPartitions,
 }
 
-type Outcome = Result<(), (ErrorCode, String)>;
+type Outcome = Result<(), TxnError>;
 
-async fn run(loaded: TxnLoaded, broker: Weak<Broker>) {
+async fn run(loaded: TxnLoaded, deps: TxnDeps) {
     let TxnLoaded {
         log,
         txns,
         mut receiver,
-        open,
     } = loaded;
-    let mut task = Task {
-        broker,
-        log,
-        txns,
-        open,
-    };
+    let mut task = Task { deps, log, txns };
     task.recover().await;
     let mut ticker = tokio::time::interval(TIMEOUT_CHECK_INTERVAL);
     loop {
@@ -425,74 +491,34 @@ async fn run(loaded: TxnLoaded, broker: Weak<Broker>) {
     }
 }
 
-fn error_parts(outcome: Outcome) -> (ErrorCode, Option<String>) {
-    match outcome {
-        Ok(()) => (ErrorCode::None, None),
-        Err((code, message)) => (code, Some(message)),
-    }
-}
-
 impl Task {
-    fn broker(&self) -> Result<Arc<Broker>, (ErrorCode, String)> {
-        self.broker.upgrade().ok_or((
-            ErrorCode::ShuttingDown,
-            "broker is shutting down".to_string(),
-        ))
+    fn now_ms(&self) -> i64 {
+        self.deps.streams.clock().now_ms()
     }
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Init(request, reply) => {
-                let response = match self.init(request).await {
-                    Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
-                        producer_id,
-                        producer_epoch,
-                        ..InitProducerIdResponse::default()
-                    },
-                    Err((error, message)) => InitProducerIdResponse {
-                        error,
-                        error_message: Some(message),
-                        producer_id: -1,
-                        producer_epoch: -1,
-                    },
-                };
-                let _ = reply.send(response);
+            Command::Init(transactional_id, timeout_ms, reply) => {
+                let _ = reply.send(self.init(transactional_id, timeout_ms).await);
             }
-            Command::AddPartitions(request, reply) => {
-                let (error, error_message) = error_parts(self.add_partitions(request).await);
-                let _ = reply.send(AddPartitionsToTxnResponse {
-                    error,
-                    error_message,
-                });
+            Command::AddPartitions(producer, partitions, reply) => {
+                let _ = reply.send(self.add_partitions(producer, partitions).await);
             }
-            Command::AddOffsets(request, reply) => {
-                let (error, error_message) = error_parts(self.add_offsets(request).await);
-                let _ = reply.send(AddOffsetsToTxnResponse {
-                    error,
-                    error_message,
-                });
+            Command::AddOffsets(producer, group_id, reply) => {
+                let _ = reply.send(self.add_offsets(producer, group_id).await);
             }
-            Command::OffsetCommit(request, reply) => {
-                let (error, error_message) = error_parts(self.offset_commit(request).await);
-                let _ = reply.send(TxnOffsetCommitResponse {
-                    error,
-                    error_message,
-                });
+            Command::OffsetCommit(offsets, reply) => {
+                let _ = reply.send(self.offset_commit(offsets).await);
             }
-            Command::End(request, reply) => {
-                let (error, error_message) = error_parts(self.end(request).await);
-                let _ = reply.send(EndTxnResponse {
-                    error,
-                    error_message,
-                });
+            Command::End(producer, end, reply) => {
+                let _ = reply.send(self.end(producer, end).await);
             }
         }
     }
 
     /// Logs `meta` as the state of `transactional_id` and waits until it is durable.
     async fn log_state(&mut self, transactional_id: &str, meta: TxnMeta) -> Outcome {
-        let broker = self.broker()?;
-        let now = broker.clock.now_ms();
+        let now = self.now_ms();
         let mut value = BytesMut::new();
         meta.to_record().encode(&mut value);
         let mut builder = BatchBuilder::new(now);
@@ -503,61 +529,48 @@ impl Task {
                 value: Some(value.freeze()),
                 headers: Vec::new(),
             })
-            .map_err(|error| (ErrorCode::Unknown, error.to_string()))?;
+            .map_err(|error| TxnError::Internal(error.to_string()))?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let storage = |error: StorageError| (storage_error_code(&error), error.to_string());
-        let appended = self.log.append(&mut bytes).map_err(storage)?;
-        self.log
-            .wait_durable(appended.next_offset)
-            .await
-            .map_err(storage)?;
-        {
-            let mut open = self
-                .open
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            // Every transactional producer keeps its epoch here (for fencing); only an open
-            // transaction has partitions.
-            let partitions = if meta.state == TxnState::Ongoing {
-                meta.partitions.clone()
-            } else {
-                BTreeSet::new()
-            };
-            open.insert(meta.producer_id, (meta.epoch, partitions));
-        }
+        append::append(&self.log, &mut bytes)?.durable().await?;
+        // Every transactional producer keeps its epoch in the membership table (for
+        // fencing); only an open transaction has partitions.
+        let partitions = if meta.state == TxnState::Ongoing {
+            meta.partitions.clone()
+        } else {
+            BTreeSet::new()
+        };
+        self.deps
+            .streams
+            .txn_members()
+            .set(meta.producer_id, meta.epoch, partitions);
         self.txns.insert(transactional_id.to_string(), meta);
         Ok(())
     }
 
     async fn init(
         &mut self,
-        request: InitProducerIdRequest,
-    ) -> Result<(i64, i16), (ErrorCode, String)> {
-        let Some(transactional_id) = request.transactional_id else {
-            return Err((ErrorCode::InvalidRequest, "no transactional id".to_string()));
-        };
+        transactional_id: String,
+        asked_timeout_ms: u32,
+    ) -> Result<(i64, i16), TxnError> {
         if transactional_id.is_empty() {
-            return Err((
-                ErrorCode::InvalidRequest,
+            return Err(TxnError::InvalidRequest(
                 "transactional id is empty".to_string(),
             ));
         }
-        let timeout_ms = match request.transaction_timeout_ms {
+        let timeout_ms = match asked_timeout_ms {
             0 => TXN_TIMEOUT_MS_DEFAULT,
             asked if asked > TXN_TIMEOUT_MS_MAX => {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    format!("transaction timeout {asked} ms exceeds max {TXN_TIMEOUT_MS_MAX}"),
-                ))
+                return Err(TxnError::InvalidRequest(format!(
+                    "transaction timeout {asked} ms exceeds max {TXN_TIMEOUT_MS_MAX}"
+                )))
             }
             asked => asked,
         };
-        let broker = self.broker()?;
         let existing = self.txns.get(&transactional_id).cloned();
         let mut meta = match existing {
             None => TxnMeta {
-                producer_id: allocate(&broker).await?,
+                producer_id: self.allocate().await?,
                 epoch: 0,
                 state: TxnState::Empty,
                 timeout_ms,
@@ -571,23 +584,22 @@ impl Task {
             {
                 // Finish the decided transaction first (a crash can leave one prepared).
                 self.complete(&transactional_id, meta).await?;
-                self.bumped(&broker, &transactional_id).await?
+                self.bumped(&transactional_id).await?
             }
             Some(meta) if meta.state == TxnState::Ongoing => {
                 // The previous producer of this id is gone or a zombie: abort its transaction.
                 self.abort_with_bump(&transactional_id, meta, "a new producer took over")
                     .await?;
-                let mut aborted = self.txns.get(&transactional_id).cloned().ok_or((
-                    ErrorCode::Unknown,
-                    "transaction vanished during abort".to_string(),
-                ))?;
+                let mut aborted = self.txns.get(&transactional_id).cloned().ok_or_else(|| {
+                    TxnError::Internal("transaction vanished during abort".to_string())
+                })?;
                 if aborted.epoch == i16::MAX {
-                    aborted.producer_id = allocate(&broker).await?;
+                    aborted.producer_id = self.allocate().await?;
                     aborted.epoch = 0;
                 }
                 aborted
             }
-            Some(_) => self.bumped(&broker, &transactional_id).await?,
+            Some(_) => self.bumped(&transactional_id).await?,
         };
         meta.timeout_ms = timeout_ms;
         meta.state = TxnState::Empty;
@@ -600,18 +612,14 @@ impl Task {
     }
 
     /// The id's metadata with the epoch raised (a new producer id when the epoch is spent).
-    async fn bumped(
-        &mut self,
-        broker: &Arc<Broker>,
-        transactional_id: &str,
-    ) -> Result<TxnMeta, (ErrorCode, String)> {
+    async fn bumped(&mut self, transactional_id: &str) -> Result<TxnMeta, TxnError> {
         let mut meta = self
             .txns
             .get(transactional_id)
             .cloned()
-            .ok_or((ErrorCode::Unknown, "transaction vanished".to_string()))?;
+            .ok_or_else(|| TxnError::Internal("transaction vanished".to_string()))?;
         if meta.epoch == i16::MAX {
-            meta.producer_id = allocate(broker).await?;
+            meta.producer_id = self.allocate().await?;
             meta.epoch = 0;
         } else {
             meta.epoch += 1;
@@ -619,159 +627,107 @@ impl Task {
         Ok(meta)
     }
 
-    async fn add_partitions(&mut self, request: AddPartitionsToTxnRequest) -> Outcome {
-        let broker = self.broker()?;
-        let mut meta = self.current(
-            &request.transactional_id,
-            request.producer_id,
-            request.producer_epoch,
-        )?;
-        for topic in &request.topics {
-            if topic.topic.starts_with(crate::topic::INTERNAL_TOPIC_PREFIX) {
-                return Err((
-                    ErrorCode::InvalidTopicName,
-                    format!(
-                        "internal topic {:?} cannot be part of a transaction",
-                        topic.topic
-                    ),
-                ));
+    async fn add_partitions(
+        &mut self,
+        producer: TxnProducer,
+        partitions: Vec<(String, u32)>,
+    ) -> Outcome {
+        let mut meta = self.current(&producer)?;
+        for (topic, partition) in &partitions {
+            if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
+                return Err(TxnError::InternalTopic(topic.clone()));
             }
-            for partition in &topic.partitions {
-                if broker.topics.partition(&topic.topic, *partition).is_none() {
-                    return Err((
-                        ErrorCode::UnknownTopicOrPartition,
-                        format!("unknown topic or partition {}-{partition}", topic.topic),
-                    ));
-                }
+            if self.deps.streams.partition(topic, *partition).is_none() {
+                return Err(TxnError::UnknownPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                });
             }
         }
         let before = meta.partitions.len();
-        self.open_if_needed(&mut meta, broker.clock.now_ms());
+        self.open_if_needed(&mut meta);
         let was_ongoing = self
             .txns
-            .get(&request.transactional_id)
+            .get(&producer.transactional_id)
             .map(|meta| meta.state)
             == Some(TxnState::Ongoing);
-        for topic in request.topics {
-            for partition in topic.partitions {
-                meta.partitions.insert((topic.topic.clone(), partition));
-            }
-        }
+        meta.partitions.extend(partitions);
         if was_ongoing && meta.partitions.len() == before {
             return Ok(());
         }
-        self.log_state(&request.transactional_id, meta).await
+        self.log_state(&producer.transactional_id, meta).await
     }
 
-    async fn add_offsets(&mut self, request: AddOffsetsToTxnRequest) -> Outcome {
-        let broker = self.broker()?;
-        if request.group_id.is_empty() {
-            return Err((ErrorCode::InvalidGroupId, "group id is empty".to_string()));
+    async fn add_offsets(&mut self, producer: TxnProducer, group_id: String) -> Outcome {
+        if group_id.is_empty() {
+            return Err(TxnError::InvalidGroupId);
         }
-        let mut meta = self.current(
-            &request.transactional_id,
-            request.producer_id,
-            request.producer_epoch,
-        )?;
-        self.open_if_needed(&mut meta, broker.clock.now_ms());
-        meta.groups.insert(request.group_id);
-        self.log_state(&request.transactional_id, meta).await
+        let mut meta = self.current(&producer)?;
+        self.open_if_needed(&mut meta);
+        meta.groups.insert(group_id);
+        self.log_state(&producer.transactional_id, meta).await
     }
 
-    async fn offset_commit(&mut self, request: TxnOffsetCommitRequest) -> Outcome {
-        let broker = self.broker()?;
-        let mut meta = self.current(
-            &request.transactional_id,
-            request.producer_id,
-            request.producer_epoch,
-        )?;
-        if meta.state != TxnState::Ongoing || !meta.groups.contains(&request.group_id) {
-            return Err((
-                ErrorCode::InvalidTxnState,
-                format!(
-                    "group {:?} was not added to the transaction (AddOffsetsToTxn)",
-                    request.group_id
-                ),
-            ));
+    async fn offset_commit(&mut self, offsets: TxnOffsets) -> Outcome {
+        let TxnOffsets {
+            producer,
+            group_id,
+            member_id,
+            generation,
+            entries,
+        } = offsets;
+        let mut meta = self.current(&producer)?;
+        if meta.state != TxnState::Ongoing || !meta.groups.contains(&group_id) {
+            return Err(TxnError::InvalidState(format!(
+                "group {group_id:?} was not added to the transaction (AddOffsetsToTxn)"
+            )));
         }
-        if let CommitCheck::Refused(code) =
-            broker
-                .groups
-                .check_commit(&request.group_id, &request.member_id, request.generation)
-        {
-            return Err((
-                code,
-                format!("commit refused for group {:?}", request.group_id),
-            ));
+        self.deps
+            .groups
+            .check_commit(&group_id, &member_id, generation)?;
+        let streams = &self.deps.streams;
+        for entry in &entries {
+            check_entry(entry, |topic| streams.partition_count(topic))?;
         }
-        for topic in request.topics {
-            let count = broker.partition_count(&topic.name);
-            if topic.name.starts_with(crate::topic::INTERNAL_TOPIC_PREFIX) || count.is_none() {
-                return Err((
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("cannot commit offsets for topic {:?}", topic.name),
-                ));
-            }
-            for partition in topic.partitions {
-                if partition.offset < 0 || count.is_some_and(|count| partition.partition >= count) {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "bad offset {} for {}-{}",
-                            partition.offset, topic.name, partition.partition
-                        ),
-                    ));
-                }
-                if partition.metadata.as_ref().is_some_and(|text| {
-                    text.len() > crate::server::dispatch::OFFSET_METADATA_BYTES_MAX
-                }) {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        "offset metadata too long".to_string(),
-                    ));
-                }
-                meta.offsets.retain(|pending| {
-                    !(pending.group == request.group_id
-                        && pending.topic == topic.name
-                        && pending.partition == partition.partition)
-                });
-                meta.offsets.push(PendingOffset {
-                    group: request.group_id.clone(),
-                    topic: topic.name.clone(),
-                    partition: partition.partition,
-                    offset: partition.offset,
-                    metadata: partition.metadata,
-                });
-            }
+        for entry in entries {
+            meta.offsets.retain(|pending| {
+                !(pending.group == group_id
+                    && pending.topic == entry.topic
+                    && pending.partition == entry.partition)
+            });
+            meta.offsets.push(PendingOffset {
+                group: group_id.clone(),
+                topic: entry.topic,
+                partition: entry.partition,
+                offset: entry.committed.offset,
+                metadata: entry.committed.metadata,
+            });
         }
-        self.log_state(&request.transactional_id, meta).await
+        self.log_state(&producer.transactional_id, meta).await
     }
 
-    async fn end(&mut self, request: EndTxnRequest) -> Outcome {
-        let meta = self.txns.get(&request.transactional_id).cloned().ok_or((
-            ErrorCode::InvalidProducerIdMapping,
-            "unknown transactional id".to_string(),
-        ))?;
-        meta.check_producer(request.producer_id, request.producer_epoch)?;
-        let commit = request.result == TxnResult::Commit;
+    async fn end(&mut self, producer: TxnProducer, end: TxnEnd) -> Outcome {
+        let meta = self
+            .txns
+            .get(&producer.transactional_id)
+            .cloned()
+            .ok_or_else(unknown_id)?;
+        meta.check_producer(producer.producer_id, producer.epoch)?;
+        let commit = end == TxnEnd::Commit;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) => {}
             // A retried EndTxn whose first answer was lost.
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
             (TxnState::PrepareCommit | TxnState::PrepareAbort, _) => {
-                return Err((
-                    ErrorCode::ConcurrentTransactions,
+                return Err(TxnError::Concurrent(
                     "transaction is completing".to_string(),
                 ))
             }
             (state, _) => {
-                return Err((
-                    ErrorCode::InvalidTxnState,
-                    format!(
-                        "cannot {} a transaction in state {state:?}",
-                        if commit { "commit" } else { "abort" }
-                    ),
-                ))
+                return Err(TxnError::InvalidState(format!(
+                    "cannot {} a transaction in state {state:?}",
+                    if commit { "commit" } else { "abort" }
+                )))
             }
         }
         let mut prepared = meta;
@@ -780,22 +736,21 @@ impl Task {
         } else {
             TxnState::PrepareAbort
         };
-        self.log_state(&request.transactional_id, prepared.clone())
+        self.log_state(&producer.transactional_id, prepared.clone())
             .await?;
-        self.complete(&request.transactional_id, prepared).await
+        self.complete(&producer.transactional_id, prepared).await
     }
 
     /// Writes the markers (and on commit the offsets) of a prepared transaction, then logs it
     /// complete.
     async fn complete(&mut self, transactional_id: &str, prepared: TxnMeta) -> Outcome {
-        let broker = self.broker()?;
         let commit = prepared.state == TxnState::PrepareCommit;
         let kind = if commit {
             ControlKind::Commit
         } else {
             ControlKind::Abort
         };
-        write_markers(&broker, &prepared, kind).await?;
+        self.write_markers(&prepared, kind).await?;
         if commit {
             let mut by_group: HashMap<&str, Vec<(String, u32, Committed)>> = HashMap::new();
             for pending in &prepared.offsets {
@@ -809,11 +764,7 @@ impl Task {
                 ));
             }
             for (group, entries) in by_group {
-                broker
-                    .offsets
-                    .commit(group, entries)
-                    .await
-                    .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+                self.deps.offsets.commit(group, entries).await?;
             }
         }
         let mut done = prepared;
@@ -835,7 +786,6 @@ impl Task {
         meta: TxnMeta,
         why: &str,
     ) -> Outcome {
-        let broker = self.broker()?;
         tracing::info!(
             transactional_id,
             producer_id = meta.producer_id,
@@ -848,7 +798,6 @@ impl Task {
             .insert(transactional_id.to_string(), prepared.clone());
         // The abort keeps the producer id (its markers must close that id's transactions); a
         // spent epoch gets a new producer id at the next InitProducerId.
-        let _ = &broker;
         prepared.epoch = prepared.epoch.saturating_add(1);
         self.log_state(transactional_id, prepared.clone()).await?;
         self.complete(transactional_id, prepared).await
@@ -874,17 +823,14 @@ impl Task {
             } else {
                 self.complete(&transactional_id, meta).await
             };
-            if let Err((code, message)) = outcome {
-                tracing::error!(transactional_id, %code, message, "cannot finish transaction at start");
+            if let Err(error) = outcome {
+                tracing::error!(transactional_id, %error, "cannot finish transaction at start");
             }
         }
     }
 
     async fn abort_timed_out(&mut self) {
-        let Ok(broker) = self.broker() else {
-            return;
-        };
-        let now = broker.clock.now_ms();
+        let now = self.now_ms();
         let expired: Vec<(String, TxnMeta)> = self
             .txns
             .iter()
@@ -895,11 +841,11 @@ impl Task {
             .map(|(id, meta)| (id.clone(), meta.clone()))
             .collect();
         for (transactional_id, meta) in expired {
-            if let Err((code, message)) = self
+            if let Err(error) = self
                 .abort_with_bump(&transactional_id, meta, "timed out")
                 .await
             {
-                tracing::error!(transactional_id, %code, message, "cannot abort timed-out transaction");
+                tracing::error!(transactional_id, %error, "cannot abort timed-out transaction");
             }
         }
         // A completion that failed (storage trouble) is retried until it succeeds.
@@ -912,27 +858,22 @@ impl Task {
             .map(|(id, meta)| (id.clone(), meta.clone()))
             .collect();
         for (transactional_id, meta) in prepared {
-            if let Err((code, message)) = self.complete(&transactional_id, meta).await {
-                tracing::warn!(transactional_id, %code, message, "retrying transaction completion failed");
+            if let Err(error) = self.complete(&transactional_id, meta).await {
+                tracing::warn!(transactional_id, %error, "retrying transaction completion failed");
             }
         }
     }
 
     /// The id's metadata after checking the caller, ready to add to.
-    fn current(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        epoch: i16,
-    ) -> Result<TxnMeta, (ErrorCode, String)> {
-        let meta = self.txns.get(transactional_id).cloned().ok_or((
-            ErrorCode::InvalidProducerIdMapping,
-            "unknown transactional id".to_string(),
-        ))?;
-        meta.check_producer(producer_id, epoch)?;
+    fn current(&self, producer: &TxnProducer) -> Result<TxnMeta, TxnError> {
+        let meta = self
+            .txns
+            .get(&producer.transactional_id)
+            .cloned()
+            .ok_or_else(unknown_id)?;
+        meta.check_producer(producer.producer_id, producer.epoch)?;
         if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
-            return Err((
-                ErrorCode::ConcurrentTransactions,
+            return Err(TxnError::Concurrent(
                 "transaction is completing".to_string(),
             ));
         }
@@ -940,79 +881,62 @@ impl Task {
     }
 
     /// Starts a new transaction if none is open.
-    fn open_if_needed(&self, meta: &mut TxnMeta, now_ms: i64) {
+    fn open_if_needed(&self, meta: &mut TxnMeta) {
         if meta.state != TxnState::Ongoing {
             meta.state = TxnState::Ongoing;
-            meta.started_ms = now_ms;
+            meta.started_ms = self.now_ms();
             meta.partitions.clear();
             meta.groups.clear();
             meta.offsets.clear();
         }
     }
-}
 
-async fn allocate(broker: &Arc<Broker>) -> Result<i64, (ErrorCode, String)> {
-    let allocating = broker.clone();
-    match tokio::task::spawn_blocking(move || allocating.producers.allocate_id()).await {
-        Ok(Ok(id)) => Ok(id),
-        Ok(Err(error)) => Err((storage_error_code(&error), error.to_string())),
-        Err(error) => Err((ErrorCode::Unknown, error.to_string())),
+    /// A new producer id (off the runtime: reserving a block of ids writes and fsyncs a
+    /// file).
+    async fn allocate(&self) -> Result<i64, TxnError> {
+        let streams = self.deps.streams.clone();
+        tokio::task::spawn_blocking(move || streams.allocate_producer_id())
+            .await
+            .map_err(|error| TxnError::Internal(error.to_string()))?
+            .map_err(TxnError::from)
     }
-}
 
-/// Appends a marker to every partition of the transaction and waits until all are durable.
-async fn write_markers(broker: &Arc<Broker>, meta: &TxnMeta, kind: ControlKind) -> Outcome {
-    let now = broker.clock.now_ms();
-    let mut waits = Vec::new();
-    for (topic, partition) in &meta.partitions {
-        let Some(log) = broker.topics.partition(topic, *partition) else {
-            // The topic was deleted since: nothing to mark.
-            continue;
-        };
-        let marker = batch::control_batch(now, meta.producer_id, meta.epoch, kind, 0);
-        let mut bytes = BytesMut::from(&marker[..]);
-        let shared = broker.producers.partition(topic, *partition);
-        let appended = {
-            let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-            let appended = log
-                .append(&mut bytes)
-                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
-            state.record_marker(
-                meta.producer_id,
-                meta.epoch,
-                kind,
-                appended.base_offset,
-                now,
-            );
-            appended
-        };
-        waits.push((log, appended.next_offset));
-    }
-    for (log, next_offset) in waits {
-        if log.config().flush == crate::storage::FlushPolicy::Always {
-            log.wait_durable(next_offset)
-                .await
-                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
-        } else {
-            // A marker must be durable before the transaction is logged complete, whatever
-            // the partition's flush policy: otherwise a power loss could leave the last
-            // stable offset stuck behind a transaction no one will finish.
-            let flushing = log.clone();
-            tokio::task::spawn_blocking(move || flushing.flush())
-                .await
-                .map_err(|error| (ErrorCode::Unknown, error.to_string()))?
-                .map_err(|error| (storage_error_code(&error), error.to_string()))?;
+    /// Appends a marker to every partition of the transaction and waits until all are
+    /// fsynced, whatever their flush policy: otherwise a power loss could leave the last
+    /// stable offset stuck behind a transaction no one will finish.
+    async fn write_markers(&self, meta: &TxnMeta, kind: ControlKind) -> Outcome {
+        let streams = &self.deps.streams;
+        let now = self.now_ms();
+        let mut receipts = Vec::new();
+        for (topic, partition) in &meta.partitions {
+            let Some(log) = streams.partition(topic, *partition) else {
+                // The topic was deleted since: nothing to mark.
+                continue;
+            };
+            let marker = batch::control_batch(now, meta.producer_id, meta.epoch, kind, 0);
+            let mut bytes = BytesMut::from(&marker[..]);
+            let shared = streams.producers().partition(topic, *partition);
+            let receipt = {
+                let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+                let receipt = append::append(&log, &mut bytes)?;
+                state.record_marker(
+                    meta.producer_id,
+                    meta.epoch,
+                    kind,
+                    receipt.appended().base_offset,
+                    now,
+                );
+                receipt
+            };
+            receipts.push(receipt);
         }
+        for receipt in receipts {
+            receipt.synced().await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-/// Config overrides of internal topics: kept forever (no time or size retention) and
-/// fsynced before anything they record is answered.
-pub fn internal_overrides() -> Vec<(String, String)> {
-    vec![
-        ("retention.ms".to_string(), "0".to_string()),
-        ("retention.bytes".to_string(), "0".to_string()),
-        ("flush".to_string(), "always".to_string()),
-    ]
+fn unknown_id() -> TxnError {
+    TxnError::ProducerIdMismatch("unknown transactional id".to_string())
 }

@@ -1703,9 +1703,7 @@ impl QueueTask {
             }
         }
         let appended = self.store.publish(&mut bytes).map_err(storage)?;
-        self.store
-            .messages()
-            .wait_durable(appended.next_offset)
+        crate::append::durable(self.store.messages(), appended.next_offset)
             .await
             .map_err(storage)?;
         let mut actions = Vec::new();
@@ -1868,7 +1866,7 @@ impl QueueTask {
         let now = self.clock.now_ms();
         let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
         if let Some(appended) = self.store.settle(ids, now).map_err(storage)? {
-            let durable = self.store.acks().wait_durable(appended.next_offset);
+            let durable = crate::append::durable(self.store.acks(), appended.next_offset);
             // The settled messages freed prefetch room: fill it while the settle record is
             // fsynced, so consumers are not idle for the fsync. Those deliveries are of
             // other, already durable messages.

@@ -292,7 +292,7 @@ impl QueueStore {
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        self.acks.append(&mut bytes)
+        crate::append::append(&self.acks, &mut bytes).map(|receipt| receipt.appended())
     }
 
     /// Appends messages (one record each, as built by the caller) and returns where they
@@ -301,7 +301,7 @@ impl QueueStore {
     /// # Errors
     /// As for `Partition::append`.
     pub fn publish(&self, batch: &mut [u8]) -> Result<Appended> {
-        self.messages.append(batch)
+        crate::append::append(&self.messages, batch).map(|receipt| receipt.appended())
     }
 
     /// Records that `ids` are done (acked, dead-lettered, expired, purged) by appending them
@@ -334,8 +334,7 @@ impl QueueStore {
     /// # Errors
     /// `Error::Failed` or `Error::TimedOut`.
     pub fn wait_published(&self, appended: Appended, timeout: std::time::Duration) -> Result<()> {
-        self.messages
-            .wait_durable_blocking(appended.next_offset, timeout)
+        crate::append::durable_blocking(&self.messages, appended.next_offset, timeout)
     }
 
     /// Blocks until a settle is durable.
@@ -343,8 +342,7 @@ impl QueueStore {
     /// # Errors
     /// `Error::Failed` or `Error::TimedOut`.
     pub fn wait_settled(&self, appended: Appended, timeout: std::time::Duration) -> Result<()> {
-        self.acks
-            .wait_durable_blocking(appended.next_offset, timeout)
+        crate::append::durable_blocking(&self.acks, appended.next_offset, timeout)
     }
 
     /// The message log (for async durability waits).
@@ -426,8 +424,11 @@ impl QueueStore {
         // are written again first, durably, and the checkpoint stops before them.
         let counts_at = match self.record_delivery_counts(delivery_counts, now_ms)? {
             Some(appended) => {
-                self.acks
-                    .wait_durable_blocking(appended.next_offset, COUNTS_DURABLE_WAIT)?;
+                crate::append::durable_blocking(
+                    &self.acks,
+                    appended.next_offset,
+                    COUNTS_DURABLE_WAIT,
+                )?;
                 appended.base_offset
             }
             None => i64::MAX,

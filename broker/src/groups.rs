@@ -4,22 +4,24 @@
 //! an unknown member are rejected (zombie fencing).
 //!
 //! State is in memory and rebuilt from heartbeats after a restart (members simply rejoin);
-//! committed offsets are durable in [`crate::offsets`].
+//! committed offsets are durable in [`offsets`]; [`commit`] holds the one rule that decides
+//! whether an offset commit (plain or transactional) is accepted.
+//!
+//! **Layer rule:** this module speaks domain types only (no wire messages, no wire error
+//! codes); front ends translate.
 
 pub mod assignor;
+pub mod commit;
+pub mod offsets;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use wharf_protocol::messages::{
-    GroupDescription, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupListing, GroupMember,
-    TopicPartitions,
-};
-use wharf_protocol::ErrorCode;
-
 use crate::storage::Clock;
-use assignor::{assign, Assignor, MemberAssignment, MemberInput};
+use assignor::{assign, Assignor, MemberInput};
+
+pub use assignor::MemberAssignment;
 
 /// Most members one group may have: each member costs memory and assignment work.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
@@ -55,13 +57,93 @@ struct Group {
     members: BTreeMap<String, Member>,
 }
 
-/// Why a commit is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitCheck {
-    /// The commit may proceed.
-    Allowed,
-    /// Refused with this error code.
-    Refused(ErrorCode),
+/// Why a group operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The group id is empty or too long.
+    #[error("{0}")]
+    InvalidGroupId(String),
+    /// The request is malformed or over a limit.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The member is not (or no longer) in the group.
+    #[error("{0}")]
+    UnknownMember(String),
+    /// The member's generation is not the group's current one.
+    #[error("{0}")]
+    IllegalGeneration(String),
+    /// No such group.
+    #[error("group {0:?} does not exist")]
+    GroupNotFound(String),
+}
+
+/// One join or heartbeat of a member.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat {
+    /// The group.
+    pub group_id: String,
+    /// Empty to join.
+    pub member_id: String,
+    /// The client's id (kept readable in the member id).
+    pub client_id: String,
+    /// 0 for the broker's default.
+    pub session_timeout_ms: u32,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// `range`, `roundrobin`, `sticky` or empty for the default.
+    pub assignor: String,
+}
+
+/// What a heartbeat tells the member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    /// The member's id (new on a join).
+    pub member_id: String,
+    /// The group's generation.
+    pub generation: i32,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u32,
+    /// The member's partitions.
+    pub assignment: MemberAssignment,
+}
+
+/// One member as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    /// Its id.
+    pub member_id: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Its partitions.
+    pub assignment: MemberAssignment,
+}
+
+/// A group as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Its id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: &'static str,
+    /// Current generation.
+    pub generation: i32,
+    /// The assignor's name.
+    pub assignor: &'static str,
+    /// Its members.
+    pub members: Vec<MemberSummary>,
+}
+
+/// A group in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Its id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: &'static str,
+    /// How many members it has.
+    pub member_count: u32,
 }
 
 /// The coordinator of all groups.
@@ -94,66 +176,48 @@ impl Coordinator {
     /// does not exist).
     pub fn heartbeat(
         &self,
-        request: &GroupHeartbeatRequest,
+        request: &Heartbeat,
         partition_count: impl Fn(&str) -> Option<u32>,
-    ) -> GroupHeartbeatResponse {
-        let fail = |error: ErrorCode, message: String| GroupHeartbeatResponse {
-            error,
-            error_message: Some(message),
-            ..GroupHeartbeatResponse::default()
-        };
+    ) -> Result<MemberState, GroupError> {
         if request.group_id.is_empty() {
-            return fail(ErrorCode::InvalidGroupId, "group id is empty".to_string());
+            return Err(GroupError::InvalidGroupId("group id is empty".to_string()));
         }
         let Some(requested_assignor) = Assignor::parse(&request.assignor) else {
-            return fail(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "unknown assignor {:?}: use range, roundrobin or sticky",
-                    request.assignor
-                ),
-            );
+            return Err(GroupError::InvalidRequest(format!(
+                "unknown assignor {:?}: use range, roundrobin or sticky",
+                request.assignor
+            )));
         };
         if request.group_id.len() > GROUP_ID_BYTES_MAX {
-            return fail(
-                ErrorCode::InvalidGroupId,
-                format!(
-                    "group id of {} bytes exceeds max {GROUP_ID_BYTES_MAX}",
-                    request.group_id.len()
-                ),
-            );
+            return Err(GroupError::InvalidGroupId(format!(
+                "group id of {} bytes exceeds max {GROUP_ID_BYTES_MAX}",
+                request.group_id.len()
+            )));
         }
         let now = self.clock.now_ms();
         let mut groups = self.lock();
         // Only a join creates a group: heartbeats of unknown members must not grow the map.
         if !groups.contains_key(&request.group_id) {
             if !request.member_id.is_empty() {
-                return fail(
-                    ErrorCode::UnknownMemberId,
-                    format!(
-                        "member {} is not in group {} (it left or timed out); rejoin",
-                        request.member_id, request.group_id
-                    ),
-                );
+                return Err(GroupError::UnknownMember(format!(
+                    "member {} is not in group {} (it left or timed out); rejoin",
+                    request.member_id, request.group_id
+                )));
             }
             if groups.len() >= GROUPS_MAX {
-                return fail(
-                    ErrorCode::InvalidRequest,
-                    format!("the broker already has {GROUPS_MAX} groups"),
-                );
+                return Err(GroupError::InvalidRequest(format!(
+                    "the broker already has {GROUPS_MAX} groups"
+                )));
             }
         }
         let group = groups.entry(request.group_id.clone()).or_default();
         let mut changed = expire(group, now);
         let member_id = if request.member_id.is_empty() {
             if group.members.len() >= GROUP_MEMBERS_MAX {
-                return fail(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "group {} already has {GROUP_MEMBERS_MAX} members",
-                        request.group_id
-                    ),
-                );
+                return Err(GroupError::InvalidRequest(format!(
+                    "group {} already has {GROUP_MEMBERS_MAX} members",
+                    request.group_id
+                )));
             }
             let sequence = self.next_member.fetch_add(1, Ordering::Relaxed);
             let member_id = format!(
@@ -180,13 +244,10 @@ impl Coordinator {
             request.member_id.clone()
         };
         let Some(member) = group.members.get_mut(&member_id) else {
-            return fail(
-                ErrorCode::UnknownMemberId,
-                format!(
-                    "member {member_id} is not in group {} (it left or timed out); rejoin",
-                    request.group_id
-                ),
-            );
+            return Err(GroupError::UnknownMember(format!(
+                "member {member_id} is not in group {} (it left or timed out); rejoin",
+                request.group_id
+            )));
         };
         member.last_heartbeat_ms = now;
         member.session_timeout_ms = match request.session_timeout_ms {
@@ -209,15 +270,13 @@ impl Coordinator {
             );
         }
         let member = &group.members[&member_id];
-        GroupHeartbeatResponse {
-            error: ErrorCode::None,
-            error_message: None,
+        Ok(MemberState {
             member_id,
             generation: group.generation,
             heartbeat_interval_ms: (member.session_timeout_ms / HEARTBEATS_PER_SESSION)
                 .max(HEARTBEAT_INTERVAL_MS_MIN),
-            assignment: to_wire(&member.assignment),
-        }
+            assignment: member.assignment.clone(),
+        })
     }
 
     /// Removes a member at once.
@@ -226,13 +285,15 @@ impl Coordinator {
         group_id: &str,
         member_id: &str,
         partition_count: impl Fn(&str) -> Option<u32>,
-    ) -> ErrorCode {
+    ) -> Result<(), GroupError> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return ErrorCode::GroupIdNotFound;
+            return Err(GroupError::GroupNotFound(group_id.to_string()));
         };
         if group.members.remove(member_id).is_none() {
-            return ErrorCode::UnknownMemberId;
+            return Err(GroupError::UnknownMember(format!(
+                "member {member_id} is not in group {group_id}"
+            )));
         }
         rebalance(group, &partition_count);
         group.generation += 1;
@@ -245,7 +306,7 @@ impl Coordinator {
         if group.members.is_empty() {
             groups.remove(group_id);
         }
-        ErrorCode::None
+        Ok(())
     }
 
     /// Removes members whose session expired, in every group; returns how many.
@@ -273,59 +334,74 @@ impl Coordinator {
     /// Checks whether `member_id` at `generation` may commit offsets for `group_id`. A
     /// standalone consumer (empty member id, generation -1) may commit while the group has no
     /// members.
-    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> CommitCheck {
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         if group_id.is_empty() {
-            return CommitCheck::Refused(ErrorCode::InvalidGroupId);
+            return Err(GroupError::InvalidGroupId("group id is empty".to_string()));
         }
+        let unknown = || {
+            GroupError::UnknownMember(format!(
+                "commit refused for group {group_id:?}: member {member_id:?} is not in the group"
+            ))
+        };
+        let illegal = || {
+            GroupError::IllegalGeneration(format!(
+                "commit refused for group {group_id:?}: generation {generation} is not the current one"
+            ))
+        };
         let groups = self.lock();
         let group = groups.get(group_id);
         let has_members = group.is_some_and(|group| !group.members.is_empty());
         if member_id.is_empty() {
             return if generation < 0 && !has_members {
-                CommitCheck::Allowed
+                Ok(())
             } else if has_members {
-                CommitCheck::Refused(ErrorCode::UnknownMemberId)
+                Err(unknown())
             } else {
-                CommitCheck::Refused(ErrorCode::IllegalGeneration)
+                Err(illegal())
             };
         }
         let Some(group) = group else {
-            return CommitCheck::Refused(ErrorCode::UnknownMemberId);
+            return Err(unknown());
         };
         if !group.members.contains_key(member_id) {
-            return CommitCheck::Refused(ErrorCode::UnknownMemberId);
+            return Err(unknown());
         }
         if generation != group.generation {
-            return CommitCheck::Refused(ErrorCode::IllegalGeneration);
+            return Err(illegal());
         }
-        CommitCheck::Allowed
+        Ok(())
     }
 
     /// Describes a group (an unknown group is described as empty).
-    pub fn describe(&self, group_id: &str) -> GroupDescription {
+    pub fn describe(&self, group_id: &str) -> GroupSummary {
         let groups = self.lock();
         let Some(group) = groups.get(group_id) else {
-            return GroupDescription {
+            return GroupSummary {
                 group_id: group_id.to_string(),
-                state: "empty".to_string(),
-                assignor: Assignor::default().name().to_string(),
-                ..GroupDescription::default()
+                state: "empty",
+                generation: 0,
+                assignor: Assignor::default().name(),
+                members: Vec::new(),
             };
         };
-        GroupDescription {
+        GroupSummary {
             group_id: group_id.to_string(),
-            error: ErrorCode::None,
-            state: state_name(group).to_string(),
+            state: state_name(group),
             generation: group.generation,
-            assignor: group.assignor.name().to_string(),
+            assignor: group.assignor.name(),
             members: group
                 .members
                 .iter()
-                .map(|(member_id, member)| GroupMember {
+                .map(|(member_id, member)| MemberSummary {
                     member_id: member_id.clone(),
                     client_id: member.client_id.clone(),
                     topics: member.topics.iter().cloned().collect(),
-                    assignment: to_wire(&member.assignment),
+                    assignment: member.assignment.clone(),
                 })
                 .collect(),
         }
@@ -338,8 +414,8 @@ impl Coordinator {
             .iter()
             .map(|(group_id, group)| GroupListing {
                 group_id: group_id.clone(),
-                state: state_name(group).to_string(),
-                member_count: group.members.len() as u32,
+                state: state_name(group),
+                member_count: u32::try_from(group.members.len()).unwrap_or(u32::MAX),
             })
             .collect();
         listing.sort_by(|left, right| left.group_id.cmp(&right.group_id));
@@ -401,16 +477,6 @@ fn rebalance(group: &mut Group, partition_count: &impl Fn(&str) -> Option<u32>) 
     changed
 }
 
-fn to_wire(assignment: &MemberAssignment) -> Vec<TopicPartitions> {
-    assignment
-        .iter()
-        .map(|(topic, partitions)| TopicPartitions {
-            topic: topic.clone(),
-            partitions: partitions.clone(),
-        })
-        .collect()
-}
-
 fn sanitize(client_id: &str) -> String {
     let cleaned: String = client_id
         .chars()
@@ -427,7 +493,7 @@ fn sanitize(client_id: &str) -> String {
 }
 
 fn short_random() -> String {
-    let uuid = crate::topic::new_uuid();
+    let uuid = crate::streams::topic::new_uuid();
     uuid[..4].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
@@ -445,37 +511,41 @@ mod tests {
         (topic == "t").then_some(6)
     }
 
-    fn join(coordinator: &Coordinator, client: &str) -> GroupHeartbeatResponse {
-        coordinator.heartbeat(
-            &GroupHeartbeatRequest {
-                group_id: "g".into(),
-                client_id: client.into(),
-                topics: vec!["t".into()],
-                ..GroupHeartbeatRequest::default()
-            },
-            six,
-        )
+    fn join(coordinator: &Coordinator, client: &str) -> MemberState {
+        coordinator
+            .heartbeat(
+                &Heartbeat {
+                    group_id: "g".into(),
+                    client_id: client.into(),
+                    topics: vec!["t".into()],
+                    ..Heartbeat::default()
+                },
+                six,
+            )
+            .expect("a join of a valid group succeeds")
     }
 
-    fn beat(coordinator: &Coordinator, member: &GroupHeartbeatResponse) -> GroupHeartbeatResponse {
+    fn try_beat(
+        coordinator: &Coordinator,
+        member: &MemberState,
+    ) -> Result<MemberState, GroupError> {
         coordinator.heartbeat(
-            &GroupHeartbeatRequest {
+            &Heartbeat {
                 group_id: "g".into(),
                 member_id: member.member_id.clone(),
-                generation: member.generation,
                 topics: vec!["t".into()],
-                ..GroupHeartbeatRequest::default()
+                ..Heartbeat::default()
             },
             six,
         )
     }
 
-    fn owned(response: &GroupHeartbeatResponse) -> usize {
-        response
-            .assignment
-            .iter()
-            .map(|topic| topic.partitions.len())
-            .sum()
+    fn beat(coordinator: &Coordinator, member: &MemberState) -> MemberState {
+        try_beat(coordinator, member).expect("a member's heartbeat succeeds")
+    }
+
+    fn owned(state: &MemberState) -> usize {
+        state.assignment.values().map(Vec::len).sum()
     }
 
     #[test]
@@ -499,10 +569,7 @@ mod tests {
         let (coordinator, _) = coordinator();
         let first = join(&coordinator, "a");
         let second = join(&coordinator, "b");
-        assert_eq!(
-            coordinator.leave("g", &second.member_id, six),
-            ErrorCode::None
-        );
+        assert_eq!(coordinator.leave("g", &second.member_id, six), Ok(()));
         assert_eq!(owned(&beat(&coordinator, &first)), 6);
     }
 
@@ -517,14 +584,14 @@ mod tests {
         assert_eq!(coordinator.expire_sessions(six), 1);
         let refreshed = beat(&coordinator, &first);
         assert_eq!(owned(&refreshed), 6);
-        assert_eq!(
-            beat(&coordinator, &second).error,
-            ErrorCode::UnknownMemberId
-        );
-        assert_eq!(
+        assert!(matches!(
+            try_beat(&coordinator, &second),
+            Err(GroupError::UnknownMember(_))
+        ));
+        assert!(matches!(
             coordinator.check_commit("g", &second.member_id, second.generation),
-            CommitCheck::Refused(ErrorCode::UnknownMemberId)
-        );
+            Err(GroupError::UnknownMember(_))
+        ));
     }
 
     #[test]
@@ -532,41 +599,41 @@ mod tests {
         let (coordinator, _) = coordinator();
         let first = join(&coordinator, "a");
         let _second = join(&coordinator, "b");
-        assert_eq!(
+        assert!(matches!(
             coordinator.check_commit("g", &first.member_id, first.generation),
-            CommitCheck::Refused(ErrorCode::IllegalGeneration)
-        );
+            Err(GroupError::IllegalGeneration(_))
+        ));
         let current = beat(&coordinator, &first);
         assert_eq!(
             coordinator.check_commit("g", &first.member_id, current.generation),
-            CommitCheck::Allowed
+            Ok(())
         );
     }
 
     #[test]
     fn standalone_commit_only_without_members() {
         let (coordinator, _) = coordinator();
-        assert_eq!(coordinator.check_commit("g", "", -1), CommitCheck::Allowed);
+        assert_eq!(coordinator.check_commit("g", "", -1), Ok(()));
         join(&coordinator, "a");
-        assert_eq!(
+        assert!(matches!(
             coordinator.check_commit("g", "", -1),
-            CommitCheck::Refused(ErrorCode::UnknownMemberId)
-        );
+            Err(GroupError::UnknownMember(_))
+        ));
     }
 
     #[test]
     fn empty_group_id_and_bad_assignor_are_errors() {
         let (coordinator, _) = coordinator();
-        let response = coordinator.heartbeat(&GroupHeartbeatRequest::default(), six);
-        assert_eq!(response.error, ErrorCode::InvalidGroupId);
+        let response = coordinator.heartbeat(&Heartbeat::default(), six);
+        assert!(matches!(response, Err(GroupError::InvalidGroupId(_))));
         let response = coordinator.heartbeat(
-            &GroupHeartbeatRequest {
+            &Heartbeat {
                 group_id: "g".into(),
                 assignor: "magic".into(),
-                ..GroupHeartbeatRequest::default()
+                ..Heartbeat::default()
             },
             six,
         );
-        assert_eq!(response.error, ErrorCode::InvalidRequest);
+        assert!(matches!(response, Err(GroupError::InvalidRequest(_))));
     }
 }

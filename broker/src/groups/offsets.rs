@@ -19,7 +19,7 @@ use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
 use crate::storage::{Clock, Error as StorageError, Partition};
-use crate::topic::{TopicError, Topics};
+use crate::streams::topic::{TopicError, Topics};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -73,7 +73,11 @@ impl OffsetStore {
     /// Storage errors; a record that does not decode is corruption.
     pub fn open(topics: &Topics, clock: Arc<dyn Clock>) -> Result<OffsetStore, TopicError> {
         // Committed offsets are kept forever and always fsynced before they are answered.
-        topics.ensure_internal(OFFSETS_TOPIC, 1, crate::txn::internal_overrides())?;
+        topics.ensure_internal(
+            OFFSETS_TOPIC,
+            1,
+            crate::streams::topic::internal_overrides(),
+        )?;
         let log = topics
             .partition(OFFSETS_TOPIC, 0)
             .ok_or_else(|| TopicError::Unknown(OFFSETS_TOPIC.to_string()))?;
@@ -128,8 +132,9 @@ impl OffsetStore {
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let appended = self.log.append(&mut bytes)?;
-        self.log.wait_durable(appended.next_offset).await?;
+        let receipt = crate::append::append(&self.log, &mut bytes)?;
+        receipt.durable().await?;
+        let appended = receipt.appended();
         let mut offsets = self.lock();
         let group_offsets = offsets.entry(group.to_string()).or_default();
         for (index, (topic, partition, committed)) in entries.into_iter().enumerate() {
@@ -182,8 +187,9 @@ impl OffsetStore {
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let appended = self.log.append(&mut bytes)?;
-        self.log.wait_durable(appended.next_offset).await?;
+        let receipt = crate::append::append(&self.log, &mut bytes)?;
+        receipt.durable().await?;
+        let appended = receipt.appended();
         let mut offsets = self.lock();
         for group_offsets in offsets.values_mut() {
             group_offsets

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 use wharf_protocol::batch::{self, BatchHeader, ControlKind, NO_PRODUCER_ID};
 use wharf_protocol::wire::{Reader, Wire};
-use wharf_protocol::{wire_struct, ErrorCode};
+use wharf_protocol::wire_struct;
 
 use crate::storage::{checkpoint, Error as StorageError, Fs, Partition};
 
@@ -76,8 +76,23 @@ pub enum Verdict {
     Append,
     /// A retry of a batch already stored: answer with its offsets, append nothing.
     Duplicate(BatchMetadata),
-    /// Refuse it with this error.
-    Refuse(ErrorCode),
+    /// Refuse it for this reason.
+    Refuse(SequenceRefusal),
+}
+
+/// Why an idempotent batch is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceRefusal {
+    /// The partition knows nothing of the producer and the batch does not start at sequence
+    /// 0 (its state expired or was never there).
+    #[error("unknown producer id")]
+    UnknownProducer,
+    /// A newer epoch of the producer has written here.
+    #[error("producer fenced by a newer epoch")]
+    Fenced,
+    /// The batch does not continue the producer's sequence.
+    #[error("out of order sequence number")]
+    OutOfOrder,
 }
 
 /// The sequence after `sequence` (sequences wrap from i32::MAX to 0, as Kafka's do).
@@ -131,18 +146,18 @@ impl PartitionProducers {
             return if first_sequence == 0 {
                 Verdict::Append
             } else {
-                Verdict::Refuse(ErrorCode::UnknownProducerId)
+                Verdict::Refuse(SequenceRefusal::UnknownProducer)
             };
         };
         if epoch < entry.epoch {
-            return Verdict::Refuse(ErrorCode::ProducerFenced);
+            return Verdict::Refuse(SequenceRefusal::Fenced);
         }
         if epoch > entry.epoch {
             // A new epoch starts its sequences over.
             return if first_sequence == 0 {
                 Verdict::Append
             } else {
-                Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+                Verdict::Refuse(SequenceRefusal::OutOfOrder)
             };
         }
         if let Some(original) = entry.batches.iter().find(|batch| {
@@ -153,7 +168,7 @@ impl PartitionProducers {
         match entry.batches.back() {
             Some(last) if first_sequence == next_sequence(last.last_sequence) => Verdict::Append,
             None if first_sequence == 0 => Verdict::Append,
-            _ => Verdict::Refuse(ErrorCode::OutOfOrderSequence),
+            _ => Verdict::Refuse(SequenceRefusal::OutOfOrder),
         }
     }
 
@@ -554,6 +569,57 @@ impl Producers {
     }
 }
 
+/// Whether a transactional batch may be appended to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The partition is in the producer's open transaction.
+    Member,
+    /// A newer epoch of the producer exists.
+    Fenced,
+    /// The partition was not added to an open transaction of this producer.
+    NotAdded,
+}
+
+/// The partitions of one open transaction.
+pub type TxnPartitions = std::collections::BTreeSet<(String, u32)>;
+
+/// Transactional producers' current epochs and the partitions of their open transactions:
+/// producer id → (epoch, partitions). The transaction coordinator writes it after logging a
+/// state change; the produce path reads it to check a transactional batch.
+#[derive(Debug, Default)]
+pub struct TxnMembers {
+    open: Mutex<HashMap<i64, (i16, TxnPartitions)>>,
+}
+
+impl TxnMembers {
+    /// Whether producer `producer_id` at `epoch` may append a transactional batch to
+    /// `topic`-`partition` (it must have been added to its open transaction).
+    pub fn membership(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: u32,
+    ) -> Membership {
+        let open = lock(&self.open);
+        match open.get(&producer_id) {
+            Some((current, _)) if epoch < *current => Membership::Fenced,
+            Some((current, partitions))
+                if epoch == *current && partitions.contains(&(topic.to_string(), partition)) =>
+            {
+                Membership::Member
+            }
+            _ => Membership::NotAdded,
+        }
+    }
+
+    /// Records a producer's epoch and the partitions of its open transaction (empty when
+    /// none is open).
+    pub fn set(&self, producer_id: i64, epoch: i16, partitions: TxnPartitions) {
+        lock(&self.open).insert(producer_id, (epoch, partitions));
+    }
+}
+
 fn to_snapshot(state: &PartitionProducers, offset: i64) -> SnapshotPayload {
     let mut producers: Vec<SnapshotProducer> = state
         .producers
@@ -685,7 +751,7 @@ mod tests {
         assert_eq!(state.check(7, 0, 0, 4), Verdict::Append);
         assert_eq!(
             state.check(7, 0, 5, 9),
-            Verdict::Refuse(ErrorCode::UnknownProducerId)
+            Verdict::Refuse(SequenceRefusal::UnknownProducer)
         );
     }
 
@@ -696,11 +762,11 @@ mod tests {
         assert_eq!(state.check(7, 0, 5, 9), Verdict::Append);
         assert_eq!(
             state.check(7, 0, 6, 9),
-            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+            Verdict::Refuse(SequenceRefusal::OutOfOrder)
         );
         assert_eq!(
             state.check(7, 0, 10, 12),
-            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+            Verdict::Refuse(SequenceRefusal::OutOfOrder)
         );
         assert_eq!(
             state.check(7, 0, 0, 4),
@@ -724,7 +790,7 @@ mod tests {
         // Older than the window: no longer recognised, and not the next sequence either.
         assert_eq!(
             state.check(7, 0, 0, 9),
-            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+            Verdict::Refuse(SequenceRefusal::OutOfOrder)
         );
     }
 
@@ -734,17 +800,17 @@ mod tests {
         state.record(7, 3, batch(0, 4, 0), 1);
         assert_eq!(
             state.check(7, 2, 5, 9),
-            Verdict::Refuse(ErrorCode::ProducerFenced)
+            Verdict::Refuse(SequenceRefusal::Fenced)
         );
         assert_eq!(
             state.check(7, 4, 5, 9),
-            Verdict::Refuse(ErrorCode::OutOfOrderSequence)
+            Verdict::Refuse(SequenceRefusal::OutOfOrder)
         );
         assert_eq!(state.check(7, 4, 0, 0), Verdict::Append);
         state.record(7, 4, batch(0, 0, 5), 2);
         assert_eq!(
             state.check(7, 3, 5, 9),
-            Verdict::Refuse(ErrorCode::ProducerFenced)
+            Verdict::Refuse(SequenceRefusal::Fenced)
         );
     }
 
@@ -799,12 +865,12 @@ mod tests {
         state.record_marker(9, 3, ControlKind::Abort, 0, 0);
         assert_eq!(
             state.check(9, 2, 0, 0),
-            Verdict::Refuse(ErrorCode::ProducerFenced)
+            Verdict::Refuse(SequenceRefusal::Fenced)
         );
         let restored = from_snapshot(to_snapshot(&state, 10));
         assert_eq!(
             restored.check(9, 2, 0, 0),
-            Verdict::Refuse(ErrorCode::ProducerFenced)
+            Verdict::Refuse(SequenceRefusal::Fenced)
         );
     }
 

@@ -1,26 +1,28 @@
-//! Accepts connections, caps how many are open at once with a semaphore, and stops accepting
-//! on shutdown.
+//! Accepts connections for one front end, caps how many are open at once with a semaphore,
+//! and stops accepting on shutdown.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::server::{connection, Broker};
+use crate::net::connection::{self, Protocol};
 
 /// How long to wait after a failed accept (for example out of file descriptors) before
 /// trying again, so the loop does not spin while the condition lasts.
 const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Accepts until `shutdown` turns true. Each connection task holds a clone of `done` so the
+/// Accepts until `shutdown` turns true, serving each connection with `protocol`; at most
+/// `connections_max` are open at once. Each connection task holds a clone of `done` so the
 /// caller can wait for all of them to finish.
-pub(crate) async fn accept_loop(
-    broker: Arc<Broker>,
+pub async fn accept_loop<P: Protocol>(
+    protocol: Arc<P>,
     listener: TcpListener,
+    connections_max: usize,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
-    let permits = Arc::new(Semaphore::new(broker.config.connections_max));
+    let permits = Arc::new(Semaphore::new(connections_max));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -45,11 +47,11 @@ pub(crate) async fn accept_loop(
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        let broker = broker.clone();
+        let protocol = protocol.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            connection::serve(broker, socket, peer, shutdown).await;
+            connection::serve(protocol, socket, peer, shutdown).await;
             drop(permit);
             drop(done);
         });

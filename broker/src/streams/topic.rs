@@ -55,6 +55,16 @@ wire_struct! {
     }
 }
 
+/// Config overrides of internal topics: kept forever (no time or size retention) and
+/// fsynced before anything they record is answered.
+pub fn internal_overrides() -> Vec<(String, String)> {
+    vec![
+        ("retention.ms".to_string(), "0".to_string()),
+        ("retention.bytes".to_string(), "0".to_string()),
+        ("flush".to_string(), "always".to_string()),
+    ]
+}
+
 /// Who a topic is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TopicKind {
@@ -352,7 +362,7 @@ fn config_for(base: &LogConfig, info: &TopicInfo) -> LogConfig {
     if info.name.starts_with(INTERNAL_TOPIC_PREFIX) {
         // Internal topics keep everything and fsync before answering, whatever an older
         // catalog entry or the broker-wide defaults say.
-        pairs.extend(crate::txn::internal_overrides());
+        pairs.extend(internal_overrides());
     }
     if let Err(reason) = apply_topic_overrides(&mut config, &pairs) {
         tracing::error!(

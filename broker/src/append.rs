@@ -1,0 +1,118 @@
+//! The append path: the one way anything in the broker writes to a partition log.
+//!
+//! Produced record batches, transaction markers, committed offsets, the transaction log and
+//! the queue stores' message and ack logs all append here and wait for durability here. It
+//! is the seam where replication (an append answered only once a quorum has it), quotas
+//! (bytes appended per principal) and metrics (append and fsync latency) will sit, so none
+//! of them needs to find every caller.
+//!
+//! Today it is a thin layer over [`Partition::append`] and the partition's durability
+//! watch; the storage engine owns the writer lock, offset patching and group commit.
+//!
+//! **Architecture invariant:** outside `storage`, only this module calls
+//! `Partition::append`, `Partition::wait_durable` or `Partition::wait_durable_blocking`
+//! (`broker/tests/architecture.rs` checks it).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::storage::{Appended, FlushPolicy, Partition, Result};
+
+/// Where an append landed, and the handle to wait for its durability.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    log: Arc<Partition>,
+    appended: Appended,
+}
+
+/// Appends whole record batches to `log` with one write (see [`Partition::append`]: every
+/// batch is validated and its base offset patched in `batches`).
+///
+/// # Errors
+/// The storage error of the append; nothing is appended then.
+pub fn append(log: &Arc<Partition>, batches: &mut [u8]) -> Result<Receipt> {
+    let appended = log.append(batches)?;
+    Ok(Receipt {
+        log: log.clone(),
+        appended,
+    })
+}
+
+impl Receipt {
+    /// Offsets of the first and last record appended, and the next one.
+    pub fn appended(&self) -> Appended {
+        self.appended
+    }
+
+    /// The log appended to.
+    pub fn log(&self) -> &Arc<Partition> {
+        &self.log
+    }
+
+    /// Resolves once the append is as durable as the log's flush policy promises: fsynced
+    /// under `flush = always` (the group commit of the flusher threads), at once otherwise.
+    /// This is what an acks=all answer or a publisher confirm waits for.
+    pub fn durable(&self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.log.wait_durable(self.appended.next_offset)
+    }
+
+    /// Blocking form of [`Receipt::durable`], for callers on the blocking pool.
+    ///
+    /// # Errors
+    /// `Error::Failed` if the log failed, `Error::TimedOut` after `timeout`.
+    pub fn durable_blocking(&self, timeout: Duration) -> Result<()> {
+        self.log
+            .wait_durable_blocking(self.appended.next_offset, timeout)
+    }
+
+    /// Resolves once the append is fsynced, whatever the log's flush policy: for records
+    /// that others depend on even where the policy accepts losing data (a transaction
+    /// marker must not vanish after its transaction is logged complete). Under
+    /// `flush = always` this waits for the group commit; otherwise it fsyncs the log on the
+    /// blocking pool.
+    ///
+    /// # Errors
+    /// The storage error of the fsync; `Error::Closed` if the blocking pool is gone.
+    pub async fn synced(&self) -> Result<()> {
+        if self.log.config().flush == FlushPolicy::Always {
+            return self.durable().await;
+        }
+        let flushing = self.log.clone();
+        let dir = self.log.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || flushing.flush())
+            .await
+            .unwrap_or(Err(crate::storage::Error::Closed { partition: dir }))
+    }
+}
+
+/// The receipt of records appended earlier (`base_offset..=last_offset`), for a retried
+/// idempotent batch answered with its original offsets: waiting on it waits for the
+/// original's durability.
+pub fn stored_earlier(log: &Arc<Partition>, base_offset: i64, last_offset: i64) -> Receipt {
+    Receipt {
+        log: log.clone(),
+        appended: Appended {
+            base_offset,
+            last_offset,
+            next_offset: last_offset + 1,
+        },
+    }
+}
+
+/// Waits until everything below `next_offset` in `log` is durable (see
+/// [`Receipt::durable`]), for callers that kept only the offsets of their append.
+pub fn durable(
+    log: &Partition,
+    next_offset: i64,
+) -> impl Future<Output = Result<()>> + Send + 'static {
+    log.wait_durable(next_offset)
+}
+
+/// Blocking form of [`durable`].
+///
+/// # Errors
+/// `Error::Failed` if the log failed, `Error::TimedOut` after `timeout`.
+pub fn durable_blocking(log: &Partition, next_offset: i64, timeout: Duration) -> Result<()> {
+    log.wait_durable_blocking(next_offset, timeout)
+}

@@ -1,0 +1,366 @@
+//! The broker core: the one protocol-neutral API every front end calls.
+//!
+//! [`Broker`] is the aggregate of the domain (streams, consumer groups, committed offsets,
+//! the transaction coordinator, queues). Every operation takes the caller's [`Session`]
+//! where the caller matters (exclusive queues, consumer ownership; the authenticated
+//! principal later, for ACLs) and returns domain results and domain errors. A front end
+//! decodes a request, calls one operation here, and encodes the answer; it decides nothing.
+//!
+//! The operations live beside the aggregate by domain: [`stream_ops`] (topics, produce,
+//! fetch, list offsets), [`group_ops`] (membership, offset commits and fetches),
+//! [`txn_ops`] (producer ids and transactions), [`queue_ops`] (exchanges, queues, publish,
+//! subscribe, acks).
+//!
+//! **Architecture invariants:** the core imports no front end and no wire message type
+//! (`wharf_protocol::messages`, `ErrorCode`); front ends reach the domain only through this
+//! module (it re-exports the domain types they name). Blocking work (creating files,
+//! fsyncs of definitions) runs on the blocking pool here, never on a runtime worker.
+
+pub mod group_ops;
+pub mod queue_ops;
+pub mod stream_ops;
+pub mod txn_ops;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::groups::offsets::OffsetStore;
+use crate::groups::Coordinator;
+use crate::queue::manager::QueueManager;
+use crate::storage::{Clock, Flusher, RealFs, StorageEnv};
+use crate::streams::producer::Producers;
+use crate::streams::topic::Topics;
+use crate::streams::{AutoCreate, StreamSettings, Streams};
+use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
+
+pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
+pub use crate::groups::offsets::Committed;
+pub use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
+pub use crate::queue::delivery::{AckScope, Requeue};
+pub use crate::queue::exchange::ExchangeKind;
+pub use crate::queue::manager::{
+    CancelReason, ConsumerEvent, Delivered, Durability, Published, QueueError, QueueStats,
+    SessionId,
+};
+pub use crate::storage::Error as StorageError;
+pub use crate::streams::fetch::{
+    FetchQuery, FetchedPartition, FetchedTopic, Isolation, PartitionQuery, TopicQuery,
+};
+pub use crate::streams::producer::{AbortedTxn, SequenceRefusal};
+pub use crate::streams::topic::{TopicError, TopicInfo};
+pub use crate::streams::{OffsetSpec, StreamError};
+pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
+pub use group_ops::CommitError;
+pub use queue_ops::{
+    Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,
+    SettleQuery, SubscribeQuery,
+};
+pub use stream_ops::ProduceCompletion;
+pub use stream_ops::{
+    Acks, NewTopic, PartitionView, ProduceQuery, ProducedPartition, ProducedTopic, TopicView,
+};
+
+/// The queues' directory inside the data directory.
+pub const QUEUES_DIR: &str = "queues";
+/// How often expired group sessions are looked for.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest retention check interval: retention scans every partition.
+const RETENTION_CHECK_INTERVAL_MS_MIN: u64 = 10;
+/// How often producer-state snapshots are written (bounds the replay after a crash).
+const PRODUCER_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
+/// Fsync threads of the stream partitions (group commit).
+const STREAM_FLUSH_THREADS: usize = 2;
+/// Fsync threads of the queue stores.
+const QUEUE_FLUSH_THREADS: usize = 1;
+
+/// Why the broker's state could not be opened or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Opening storage failed.
+    #[error("cannot open storage in {dir}: {source}")]
+    Storage {
+        dir: String,
+        #[source]
+        source: TopicError,
+    },
+    /// Opening the queues failed.
+    #[error("cannot open queues: {0}")]
+    Queues(String),
+    /// Closing storage failed.
+    #[error("{0}")]
+    Close(String),
+}
+
+/// The domain aggregate every front end shares.
+#[derive(Debug)]
+pub struct Broker {
+    streams: Arc<Streams>,
+    groups: Arc<Coordinator>,
+    offsets: Arc<OffsetStore>,
+    txn: TxnCoordinator,
+    queues: Arc<QueueManager>,
+    clock: Arc<dyn Clock>,
+    retention_check_interval_ms: u64,
+    data_dir: PathBuf,
+}
+
+/// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
+/// replayed state, whose task needs a runtime.
+#[derive(Debug)]
+pub struct Opened {
+    broker: Arc<Broker>,
+    txn: TxnLoaded,
+}
+
+/// The broker's background tasks, stopped by [`Broker::close`].
+#[derive(Debug)]
+pub struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Opens every partition, offset, producer state, the transaction log and the queues
+    /// under the data directory (blocking: reads and fsyncs many files; call it on the
+    /// blocking pool).
+    ///
+    /// # Errors
+    /// [`OpenError`] naming what could not be opened.
+    pub fn open(config: &BrokerConfig, clock: Arc<dyn Clock>) -> Result<Opened, OpenError> {
+        let env = StorageEnv {
+            fs: Arc::new(RealFs),
+            clock: clock.clone(),
+            flusher: Flusher::spawn(STREAM_FLUSH_THREADS),
+        };
+        let wrap = |source| OpenError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        };
+        let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
+        topics.set_partitions_max(config.partitions_max);
+        let offsets = OffsetStore::open(&topics, clock.clone()).map_err(wrap)?;
+        let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
+        let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)
+            .map_err(|error| wrap(error.into()))?;
+        for info in topics.list() {
+            for partition in 0..info.partitions {
+                if let Some(log) = topics.partition(&info.name, partition) {
+                    producers
+                        .load(&info.name, partition, &log)
+                        .map_err(|error| wrap(error.into()))?;
+                }
+            }
+        }
+        let (txn, txn_loaded) = TxnCoordinator::open(&topics).map_err(wrap)?;
+        let queue_env = StorageEnv {
+            fs: Arc::new(RealFs),
+            clock: clock.clone(),
+            flusher: Flusher::spawn(QUEUE_FLUSH_THREADS),
+        };
+        let queues = QueueManager::open(&config.data_dir.join(QUEUES_DIR), queue_env)
+            .map_err(|error| OpenError::Queues(error.to_string()))?;
+        let settings = StreamSettings {
+            auto_create_topics: if config.auto_create_topics {
+                AutoCreate::On
+            } else {
+                AutoCreate::Off
+            },
+            default_partitions: config.default_partitions,
+        };
+        let broker = Broker {
+            streams: Arc::new(Streams::new(topics, producers, clock.clone(), settings)),
+            groups: Arc::new(Coordinator::new(
+                clock.clone(),
+                config.group_session_timeout_ms,
+            )),
+            offsets: Arc::new(offsets),
+            txn,
+            queues,
+            clock,
+            retention_check_interval_ms: config.retention_check_interval_ms,
+            data_dir: config.data_dir.clone(),
+        };
+        Ok(Opened {
+            broker: Arc::new(broker),
+            txn: txn_loaded,
+        })
+    }
+
+    /// Time.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Stops the background tasks, writes producer-state snapshots, stops the queue tasks
+    /// and closes storage cleanly (the clean-shutdown marker).
+    ///
+    /// # Errors
+    /// [`OpenError::Close`] if storage could not be closed cleanly.
+    pub async fn close(self: &Arc<Self>, background: Background) -> Result<(), OpenError> {
+        for task in background.tasks {
+            task.abort();
+        }
+        let snapshotting = self.clone();
+        let _ = tokio::task::spawn_blocking(move || snapshotting.snapshot_producers()).await;
+        self.queues.shutdown().await;
+        let closing = self.clone();
+        tokio::task::spawn_blocking(move || closing.streams.topics().registry().close())
+            .await
+            .map_err(|error| OpenError::Close(error.to_string()))?
+            .map_err(|error| OpenError::Close(error.to_string()))
+    }
+
+    /// Writes every partition's producer-state snapshot, so a restart replays little of the
+    /// log (blocking).
+    fn snapshot_producers(&self) {
+        let now_ms = self.clock.now_ms();
+        let producers = self.streams.producers();
+        for ((topic, partition), shared) in producers.all() {
+            let Some(log) = self.streams.partition(&topic, partition) else {
+                continue;
+            };
+            if let Err(error) = producers.snapshot(&shared, &log, now_ms) {
+                tracing::warn!(topic, partition, %error, "producer snapshot failed");
+            }
+        }
+    }
+}
+
+impl Opened {
+    /// Starts the transaction coordinator and the background tasks (group session expiry,
+    /// retention, producer-state snapshots) until `shutdown` turns true.
+    pub fn start(self, shutdown: watch::Receiver<bool>) -> (Arc<Broker>, Background) {
+        let broker = self.broker;
+        let deps = TxnDeps {
+            streams: broker.streams.clone(),
+            groups: broker.groups.clone(),
+            offsets: broker.offsets.clone(),
+        };
+        let mut tasks = vec![TxnCoordinator::spawn(self.txn, deps)];
+        tasks.push(every(
+            SESSION_CHECK_INTERVAL,
+            shutdown.clone(),
+            broker.clone(),
+            |broker| async move {
+                let streams = &broker.streams;
+                broker
+                    .groups
+                    .expire_sessions(|topic| streams.partition_count(topic));
+            },
+        ));
+        let retention = Duration::from_millis(
+            broker
+                .retention_check_interval_ms
+                .max(RETENTION_CHECK_INTERVAL_MS_MIN),
+        );
+        tasks.push(every(
+            retention,
+            shutdown.clone(),
+            broker.clone(),
+            |broker| async move {
+                let outcome = tokio::task::spawn_blocking(move || {
+                    broker.streams.topics().registry().apply_retention()
+                })
+                .await;
+                if let Ok(Err(error)) = outcome {
+                    tracing::error!(%error, "retention failed");
+                }
+            },
+        ));
+        tasks.push(every(
+            PRODUCER_SNAPSHOT_INTERVAL,
+            shutdown,
+            broker.clone(),
+            |broker| async move {
+                let _ = tokio::task::spawn_blocking(move || broker.snapshot_producers()).await;
+            },
+        ));
+        (broker, Background { tasks })
+    }
+}
+
+/// Runs `work` every `period` (the first run one period after the start) until `shutdown`.
+fn every<F, Fut>(
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    broker: Arc<Broker>,
+    work: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<Broker>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => work(broker.clone()).await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
+/// The caller of core operations: one client connection of any front end. It owns the
+/// connection's exclusive queues and the consumers started on it, which are cancelled when
+/// it closes ([`Broker::close_session`]).
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    consumers: Mutex<HashSet<(String, u64)>>,
+}
+
+/// Connection ids, unique within the process.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    /// A new caller with a process-unique id.
+    pub fn new() -> Session {
+        Session {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            consumers: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// This caller's id (owner of its exclusive queues).
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    fn consumers(&self) -> std::sync::MutexGuard<'_, HashSet<(String, u64)>> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn add_consumer(&self, queue: &str, consumer: u64) {
+        self.consumers().insert((queue.to_string(), consumer));
+    }
+
+    /// True if this caller started `consumer` on `queue`.
+    fn owns_consumer(&self, queue: &str, consumer: u64) -> bool {
+        self.consumers().contains(&(queue.to_string(), consumer))
+    }
+
+    fn remove_consumer(&self, queue: &str, consumer: u64) {
+        self.consumers().remove(&(queue.to_string(), consumer));
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}

@@ -1,0 +1,136 @@
+//! Core operations on consumer groups: membership (join, heartbeat, leave), describing and
+//! listing groups, and committing and fetching offsets.
+
+use std::collections::BTreeMap;
+
+use crate::core::stream_ops::dedupe;
+use crate::core::Broker;
+use crate::groups::commit::{check_entry, EntryRefusal, OffsetEntry};
+use crate::groups::offsets::Committed;
+use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
+use crate::storage::Error as StorageError;
+
+/// Why a whole offset commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The group refused the committing member.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// Storing the accepted offsets failed; none is visible.
+    #[error("commit failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// A partition and its committed offset (`None`: nothing committed).
+pub type PartitionOffset = (u32, Option<Committed>);
+
+impl Broker {
+    /// A join or heartbeat.
+    ///
+    /// # Errors
+    /// The group's refusal.
+    pub fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<MemberState, GroupError> {
+        let streams = &self.streams;
+        self.groups
+            .heartbeat(heartbeat, |topic| streams.partition_count(topic))
+    }
+
+    /// A member leaves its group at once.
+    ///
+    /// # Errors
+    /// Unknown group or member.
+    pub fn leave_group(&self, group_id: &str, member_id: &str) -> Result<(), GroupError> {
+        let streams = &self.streams;
+        self.groups
+            .leave(group_id, member_id, |topic| streams.partition_count(topic))
+    }
+
+    /// Describes groups (unknown ones as empty), without repeats.
+    pub fn describe_groups(&self, group_ids: Vec<String>) -> Vec<GroupSummary> {
+        dedupe(group_ids)
+            .iter()
+            .map(|group_id| self.groups.describe(group_id))
+            .collect()
+    }
+
+    /// Every group with members, and every group that only has committed offsets (as
+    /// empty), sorted by id.
+    pub fn list_groups(&self) -> Vec<GroupListing> {
+        let mut groups = self.groups.list();
+        for group_id in self.offsets.groups() {
+            if !groups.iter().any(|listing| listing.group_id == group_id) {
+                groups.push(GroupListing {
+                    group_id,
+                    state: "empty",
+                    member_count: 0,
+                });
+            }
+        }
+        groups.sort_by(|left, right| left.group_id.cmp(&right.group_id));
+        groups
+    }
+
+    /// Commits offsets for a group: the member must be current ([`Coordinator::check_commit`]
+    /// fences zombies), each entry must pass the offset rule ([`check_entry`], shared with
+    /// transactional commits); the accepted entries are stored durably together. Returns
+    /// each entry's outcome in request order.
+    ///
+    /// [`Coordinator::check_commit`]: crate::groups::Coordinator::check_commit
+    ///
+    /// # Errors
+    /// The member check's refusal (nothing stored), or the storage error (nothing visible).
+    pub async fn commit_offsets(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        entries: Vec<OffsetEntry>,
+    ) -> Result<Vec<Result<(), EntryRefusal>>, CommitError> {
+        self.groups.check_commit(group_id, member_id, generation)?;
+        let streams = &self.streams;
+        let mut accepted = Vec::new();
+        let outcomes = entries
+            .into_iter()
+            .map(|entry| {
+                let outcome = check_entry(&entry, |topic| streams.partition_count(topic));
+                if outcome.is_ok() {
+                    accepted.push((entry.topic, entry.partition, entry.committed));
+                }
+                outcome
+            })
+            .collect();
+        self.offsets.commit(group_id, accepted).await?;
+        Ok(outcomes)
+    }
+
+    /// A group's committed offsets: of the named partitions (`None` where nothing is
+    /// committed), or of every partition it has committed, grouped by topic.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        wanted: Option<Vec<(String, Vec<u32>)>>,
+    ) -> Vec<(String, Vec<PartitionOffset>)> {
+        match wanted {
+            Some(wanted) => wanted
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let committed = partitions
+                        .into_iter()
+                        .map(|partition| (partition, self.offsets.get(group_id, &topic, partition)))
+                        .collect();
+                    (topic, committed)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<(u32, Option<Committed>)>> = BTreeMap::new();
+                for (topic, partition, committed) in self.offsets.group(group_id) {
+                    by_topic
+                        .entry(topic)
+                        .or_default()
+                        .push((partition, Some(committed)));
+                }
+                by_topic.into_iter().collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Core operations on queues: exchange and queue definitions, bindings, publish with
+//! confirms, subscriptions and acks. The rules that do not belong to one queue's task live
+//! here: broker-owned headers are stripped from what publishers send, an unroutable
+//! mandatory message is returned, only the session that started a consumer may settle its
+//! deliveries or cancel it, and definition changes (which fsync) run on the blocking pool.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use wharf_protocol::batch::Header;
+
+use crate::core::{Broker, Session};
+use crate::queue::delay::DUE_HEADER;
+use crate::queue::delivery::{AckScope, Requeue};
+use crate::queue::exchange::ExchangeKind;
+use crate::queue::manager::{
+    args_from_pairs, ConsumerEvent, Durability, Message, Published, QueueError, QueueStats,
+    EXCHANGE_HEADER,
+};
+
+/// A publish.
+#[derive(Debug, Clone)]
+pub struct PublishQuery {
+    /// The exchange (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// Return the message (an error) when no queue takes it.
+    pub mandatory: Mandatory,
+    /// Headers; broker-owned ones are dropped.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// What happens to a message no queue takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mandatory {
+    /// It is returned to the publisher ([`PublishOutcome::Returned`]).
+    Return,
+    /// It is dropped and counted.
+    Drop,
+}
+
+/// The confirmed outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Durable in these queues.
+    Routed(Vec<String>),
+    /// No queue took it; it was dropped (not mandatory).
+    Dropped,
+    /// No queue took the mandatory message; it was not stored.
+    Returned,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeQuery {
+    /// The queue.
+    pub queue: String,
+    /// Most unacknowledged deliveries.
+    pub prefetch: u32,
+}
+
+/// An ack, nack or reject of deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleQuery {
+    /// The queue.
+    pub queue: String,
+    /// The consumer the deliveries went to.
+    pub consumer: u64,
+    /// The delivery tag.
+    pub tag: u64,
+    /// This delivery only, or every one up to it.
+    pub scope: AckScope,
+    /// Ack, or nack with or without requeue.
+    pub settle: Settle,
+}
+
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with them.
+    Ack,
+    /// Refused: requeued or dead-lettered.
+    Nack(Requeue),
+}
+
+/// The confirm of a publish, awaited after the ordered phase.
+pub type PublishCompletion =
+    Pin<Box<dyn Future<Output = Result<PublishOutcome, QueueError>> + Send>>;
+/// The durability of a settlement, awaited after the ordered phase.
+pub type SettleCompletion = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>;
+
+/// Headers only the broker sets: a publisher's copies are dropped (they would fake the
+/// source exchange, dead-letter history or bypass the delay limit).
+fn is_reserved_header(key: &str) -> bool {
+    key == EXCHANGE_HEADER || key == DUE_HEADER || key.starts_with("x-death-")
+}
+
+impl Broker {
+    /// Declares an exchange of kind `kind` (`direct`, `fanout`, `topic`, `headers`).
+    ///
+    /// # Errors
+    /// `Invalid` for an unknown kind; the queue layer's refusal.
+    pub async fn declare_exchange(
+        &self,
+        name: String,
+        kind: &str,
+        durability: Durability,
+    ) -> Result<(), QueueError> {
+        let kind = ExchangeKind::parse(kind).ok_or_else(|| {
+            QueueError::Invalid(format!(
+                "exchange type {kind:?} is not direct, fanout, topic or headers"
+            ))
+        })?;
+        let queues = self.queues.clone();
+        blocking(move || queues.declare_exchange(&name, kind, durability)).await
+    }
+
+    /// Declares a queue for `session` (which owns it if it is exclusive).
+    ///
+    /// # Errors
+    /// Bad arguments; a declare that differs from the existing queue; storage.
+    pub async fn declare_queue(
+        &self,
+        session: &Session,
+        name: String,
+        args: Vec<(String, String)>,
+        durability: Durability,
+    ) -> Result<(), QueueError> {
+        let args = args_from_pairs(
+            args.iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )?;
+        let queues = self.queues.clone();
+        let owner = session.id();
+        // Opening a queue's storage creates and fsyncs files.
+        blocking(move || queues.declare_queue_for(&name, args, durability, Some(owner))).await
+    }
+
+    /// Binds a queue to an exchange.
+    ///
+    /// # Errors
+    /// Unknown queue or exchange; bad headers arguments; storage.
+    pub async fn bind_queue(
+        &self,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .collect();
+            queues.bind(&queue, &exchange, &routing_key, &pairs)
+        })
+        .await
+    }
+
+    /// Removes a binding (no error if it did not exist).
+    ///
+    /// # Errors
+    /// Unknown queue or exchange; storage.
+    pub async fn unbind_queue(
+        &self,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .collect();
+            queues
+                .unbind(&queue, &exchange, &routing_key, &pairs)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Deletes a queue with its messages.
+    ///
+    /// # Errors
+    /// Unknown queue; storage.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+        self.queues.delete_queue(name).await
+    }
+
+    /// Drops a queue's ready messages; returns how many.
+    ///
+    /// # Errors
+    /// Unknown queue.
+    pub async fn purge_queue(&self, name: &str) -> Result<u64, QueueError> {
+        self.queues.purge(name).await
+    }
+
+    /// Every queue with its counts.
+    pub async fn list_queues(&self) -> Vec<QueueStats> {
+        self.queues.list().await
+    }
+
+    /// Deletes an exchange.
+    ///
+    /// # Errors
+    /// Unknown or built-in exchange; storage.
+    pub async fn delete_exchange(&self, name: String) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || queues.delete_exchange(&name)).await
+    }
+
+    /// Every exchange: name, kind, durability and binding count.
+    pub fn list_exchanges(&self) -> Vec<(String, ExchangeKind, Durability, usize)> {
+        self.queues.list_exchanges()
+    }
+
+    /// The ordered phase of a publish: hands the message to its queues, so one session's
+    /// messages are stored in the order sent. The completion waits for the confirm (durable
+    /// in every routed queue), so pipelined publishes share fsyncs.
+    ///
+    /// # Errors
+    /// Unknown exchange or a bad header (nothing stored).
+    pub async fn publish(&self, query: PublishQuery) -> Result<PublishCompletion, QueueError> {
+        let message = Message {
+            routing_key: query.routing_key,
+            body: query.body,
+            headers: query
+                .headers
+                .into_iter()
+                .filter(|header| !is_reserved_header(&header.key))
+                .collect(),
+        };
+        let ticket = self
+            .queues
+            .publish_enqueue(&query.exchange, message)
+            .await?;
+        let queues = self.queues.clone();
+        let mandatory = query.mandatory;
+        Ok(Box::pin(async move {
+            Ok(match ticket.confirmed().await? {
+                Published::Routed(names) => PublishOutcome::Routed(names),
+                Published::Unroutable if mandatory == Mandatory::Return => PublishOutcome::Returned,
+                Published::Unroutable => {
+                    queues.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+                    PublishOutcome::Dropped
+                }
+            })
+        }))
+    }
+
+    /// Starts a consumer of `session` on a queue; its deliveries arrive on the returned
+    /// channel, bounded by the prefetch.
+    ///
+    /// # Errors
+    /// Unknown queue, an exclusive queue of another session, a bad prefetch.
+    pub async fn subscribe(
+        &self,
+        session: &Session,
+        query: SubscribeQuery,
+    ) -> Result<(u64, mpsc::Receiver<ConsumerEvent>), QueueError> {
+        let (consumer, deliveries) = self
+            .queues
+            .subscribe_for(&query.queue, query.prefetch, Some(session.id()))
+            .await?;
+        session.add_consumer(&query.queue, consumer);
+        Ok((consumer, deliveries))
+    }
+
+    /// The ordered phase of an ack or nack: only the session that started the consumer may
+    /// settle its deliveries. The completion waits until the settlement is durable, so
+    /// pipelined acks share fsyncs.
+    ///
+    /// # Errors
+    /// A consumer of another session; unknown queue or tag.
+    pub async fn settle(
+        &self,
+        session: &Session,
+        query: SettleQuery,
+    ) -> Result<SettleCompletion, QueueError> {
+        check_owner(session, &query.queue, query.consumer)?;
+        let ticket = match query.settle {
+            Settle::Ack => {
+                self.queues
+                    .ack_enqueue(&query.queue, query.consumer, query.tag, query.scope)
+                    .await?
+            }
+            Settle::Nack(requeue) => {
+                self.queues
+                    .nack_enqueue(
+                        &query.queue,
+                        query.consumer,
+                        query.tag,
+                        query.scope,
+                        requeue,
+                    )
+                    .await?
+            }
+        };
+        let queue = query.queue;
+        Ok(Box::pin(async move {
+            ticket.await.unwrap_or(Err(QueueError::Gone(queue)))
+        }))
+    }
+
+    /// Cancels a consumer of `session`: its unacknowledged deliveries return to the queue.
+    ///
+    /// # Errors
+    /// A consumer of another session.
+    pub async fn cancel(
+        &self,
+        session: &Session,
+        queue: &str,
+        consumer: u64,
+    ) -> Result<(), QueueError> {
+        check_owner(session, queue, consumer)?;
+        self.queues.cancel(queue, consumer).await;
+        session.remove_consumer(queue, consumer);
+        Ok(())
+    }
+
+    /// The session ends: its consumers are cancelled (their unacknowledged deliveries
+    /// return, marked redelivered) and its exclusive queues deleted.
+    pub async fn close_session(&self, session: &Session) {
+        let consumers = std::mem::take(&mut *session.consumers());
+        for (queue, consumer) in consumers {
+            self.queues.cancel(&queue, consumer).await;
+        }
+        self.queues.release_session(session.id()).await;
+    }
+}
+
+fn check_owner(session: &Session, queue: &str, consumer: u64) -> Result<(), QueueError> {
+    if session.owns_consumer(queue, consumer) {
+        return Ok(());
+    }
+    Err(QueueError::Invalid(format!(
+        "consumer {consumer} of queue {queue:?} was not started on this connection"
+    )))
+}
+
+/// Runs a queue call that rewrites (and fsyncs) the definitions file or creates a queue's
+/// files on the blocking pool, not on a runtime worker (STYLE.md section 4).
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())))
+}

@@ -1,0 +1,292 @@
+//! Core operations on streams: topic metadata, create and delete, produce (ordered phase and
+//! durability wait), fetch and list offsets.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::append::Receipt;
+use crate::core::Broker;
+use crate::streams::fetch::{FetchQuery, FetchedTopic};
+use crate::streams::topic::TopicInfo;
+use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
+
+/// When a produce is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Not at all.
+    None,
+    /// Once appended.
+    Leader,
+    /// Once durable (fsynced under `flush = always`).
+    All,
+}
+
+/// A produce: record batches per topic and partition.
+#[derive(Debug, Clone)]
+pub struct ProduceQuery {
+    /// When to answer.
+    pub acks: Acks,
+    /// Longest wait for durability (clamped to [`PRODUCE_TIMEOUT_MS_MAX`]).
+    pub timeout_ms: u32,
+    /// Topic → (partition, raw batches).
+    pub topics: Vec<(String, Vec<(u32, Bytes)>)>,
+}
+
+/// Where one partition's batches landed.
+#[derive(Debug)]
+pub struct ProducedPartition {
+    /// The partition.
+    pub partition: u32,
+    /// Base offset and log start offset, or why not.
+    pub result: Result<(i64, i64), StreamError>,
+}
+
+/// One topic's outcome.
+#[derive(Debug)]
+pub struct ProducedTopic {
+    /// The topic.
+    pub topic: String,
+    /// Its partitions, in request order.
+    pub partitions: Vec<ProducedPartition>,
+}
+
+/// What remains of a produce after its ordered phase: the durability wait. `None` for
+/// acks = none (no answer).
+pub type ProduceCompletion = Pin<Box<dyn Future<Output = Option<Vec<ProducedTopic>>> + Send>>;
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    /// Its name.
+    pub name: String,
+    /// Its partition count.
+    pub partitions: u32,
+    /// Config overrides (`retention.ms`, ...).
+    pub configs: Vec<(String, String)>,
+}
+
+/// One partition as metadata shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// The partition.
+    pub partition: u32,
+    /// False if its log is missing.
+    pub exists: bool,
+    /// True if its log failed (fsync error).
+    pub failed: bool,
+    /// Log start offset (-1 if missing).
+    pub log_start_offset: i64,
+    /// High watermark (-1 if missing).
+    pub high_watermark: i64,
+}
+
+/// One topic as metadata shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicView {
+    /// The name.
+    pub name: String,
+    /// Its stable id (`None`: unknown topic).
+    pub topic_id: Option<[u8; 16]>,
+    /// Its partitions.
+    pub partitions: Vec<PartitionView>,
+}
+
+impl Broker {
+    /// Metadata of the named topics (unknown ones have no id), or of every visible topic.
+    pub fn topic_metadata(&self, names: Option<Vec<String>>) -> Vec<TopicView> {
+        match names {
+            None => self
+                .streams
+                .visible_topics()
+                .iter()
+                .map(|info| self.topic_view(info))
+                .collect(),
+            Some(names) => dedupe(names)
+                .into_iter()
+                .map(|name| match self.streams.topics().get(&name) {
+                    Some(info) => self.topic_view(&info),
+                    None => TopicView {
+                        name,
+                        topic_id: None,
+                        partitions: Vec::new(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn topic_view(&self, info: &TopicInfo) -> TopicView {
+        let partitions = (0..info.partitions)
+            .map(
+                |partition| match self.streams.partition(&info.name, partition) {
+                    Some(log) => PartitionView {
+                        partition,
+                        exists: true,
+                        failed: log.failure().is_some(),
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.high_watermark(),
+                    },
+                    None => PartitionView {
+                        partition,
+                        exists: false,
+                        failed: false,
+                        log_start_offset: -1,
+                        high_watermark: -1,
+                    },
+                },
+            )
+            .collect();
+        TopicView {
+            name: info.name.clone(),
+            topic_id: Some(info.topic_id),
+            partitions,
+        }
+    }
+
+    /// Creates topics one by one on the blocking pool (each creates and fsyncs files).
+    pub async fn create_topics(
+        &self,
+        topics: Vec<NewTopic>,
+    ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
+        let mut results = Vec::with_capacity(topics.len());
+        for NewTopic {
+            name,
+            partitions,
+            configs,
+        } in topics
+        {
+            let streams = self.streams.clone();
+            let creating = name.clone();
+            let outcome = blocking(move || {
+                streams
+                    .create_topic(&creating, partitions, configs)
+                    .map_err(StreamError::from)
+            })
+            .await;
+            results.push((name, outcome));
+        }
+        results
+    }
+
+    /// Deletes topics, their producer state and their committed offsets (a re-created topic
+    /// of the same name is a new topic and must not inherit them).
+    pub async fn delete_topics(
+        &self,
+        names: Vec<String>,
+    ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
+        let mut results = Vec::with_capacity(names.len());
+        for name in names {
+            let streams = self.streams.clone();
+            let deleting = name.clone();
+            let outcome =
+                blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await;
+            if outcome.is_ok() {
+                if let Err(error) = self.offsets.forget_topic(&name).await {
+                    tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
+                }
+            }
+            results.push((name, outcome));
+        }
+        results
+    }
+
+    /// The ordered phase of a produce: finds (or creates) each topic and appends each
+    /// partition's batches, in request order. The returned completion waits for durability
+    /// (acks = all) so that all partitions and pipelined requests share the flusher's fsyncs.
+    pub async fn produce(&self, query: ProduceQuery) -> ProduceCompletion {
+        let timeout_ms = query.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let mut topics = Vec::with_capacity(query.topics.len());
+        let mut receipts: Vec<(usize, usize, Receipt)> = Vec::new();
+        for (topic, produced) in query.topics {
+            let info = self.topic_for_produce(&topic).await.map_err(Arc::new);
+            let mut partitions = Vec::with_capacity(produced.len());
+            for (partition, records) in produced {
+                let outcome = match &info {
+                    Err(error) => Err(StreamError::TopicUnavailable(error.clone())),
+                    Ok(info) => self.streams.append_produced(info, partition, &records),
+                };
+                let result = outcome.map(|receipt| {
+                    let answer = (
+                        receipt.appended().base_offset,
+                        receipt.log().log_start_offset(),
+                    );
+                    receipts.push((topics.len(), partitions.len(), receipt));
+                    answer
+                });
+                partitions.push(ProducedPartition { partition, result });
+            }
+            topics.push(ProducedTopic { topic, partitions });
+        }
+        let acks = query.acks;
+        Box::pin(async move {
+            match acks {
+                Acks::None => return None,
+                Acks::Leader => {}
+                Acks::All => {
+                    for (topic_index, partition_index, receipt) in receipts {
+                        let failure =
+                            match tokio::time::timeout_at(deadline, receipt.durable()).await {
+                                Ok(Ok(())) => continue,
+                                Ok(Err(error)) => StreamError::from(error),
+                                Err(_) => StreamError::TimedOut { timeout_ms },
+                            };
+                        topics[topic_index].partitions[partition_index].result = Err(failure);
+                    }
+                }
+            }
+            Some(topics)
+        })
+    }
+
+    /// Finds a topic, creating it on the blocking pool when it does not exist.
+    async fn topic_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
+        if self.streams.topic_exists(name) {
+            return self.streams.topic_for_produce(name);
+        }
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || streams.topic_for_produce(&name)).await
+    }
+
+    /// Reads what `query` asks for, long-polling up to its wait.
+    pub async fn fetch(&self, query: &FetchQuery) -> Vec<FetchedTopic> {
+        self.streams.fetch(query).await
+    }
+
+    /// One partition's offset by `spec` (`None`: no record at or after the timestamp).
+    ///
+    /// # Errors
+    /// `UnknownPartition`, or the storage error of a time-index lookup.
+    pub fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<i64>, StreamError> {
+        self.streams.list_offset(topic, partition, spec)
+    }
+}
+
+/// Runs blocking stream work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StreamError> + Send + 'static,
+) -> Result<T, StreamError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(StreamError::Internal(error.to_string())))
+}
+
+/// Names in first-seen order without repeats.
+pub(crate) fn dedupe(names: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .into_iter()
+        .filter(|name| seen.insert(name.clone()))
+        .collect()
+}

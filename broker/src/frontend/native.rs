@@ -1,0 +1,171 @@
+//! The native front end: Wharf's framed protocol (`wharf-protocol`) over the shared
+//! connection machinery.
+//!
+//! - [`translate`]: one small handler per api, each decoding nothing and deciding nothing:
+//!   request → one core call → response.
+//! - [`error_code`]: the one place domain errors become wire [`ErrorCode`]s.
+//!
+//! This file is the codec side: frame decoding with the header checks, and error frames for
+//! what cannot be decoded.
+
+pub mod error_code;
+pub mod translate;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::sync::mpsc;
+use wharf_protocol::api::{check_header, encode_response};
+use wharf_protocol::frame::{decode_frame, encode_frame, FrameHeader};
+use wharf_protocol::messages::BrokerInfo;
+use wharf_protocol::wire::Wire;
+use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
+
+use crate::core::{Broker, Session};
+use crate::net::connection::{BoxFuture, Completion, Decoded, Fatal, Protocol};
+
+/// Bytes of a frame header, the length field included.
+const FRAME_HEADER_BYTES: usize = 12;
+
+/// The native protocol over a broker.
+#[derive(Debug)]
+pub struct Native {
+    broker: Arc<Broker>,
+    frame_bytes_max: u32,
+    /// What metadata answers tell clients to connect to.
+    advertised: BrokerInfo,
+}
+
+impl Native {
+    /// The native front end of `broker`, refusing frames over `frame_bytes_max`, telling
+    /// clients to reconnect to `advertised`.
+    pub fn new(broker: Arc<Broker>, frame_bytes_max: u32, advertised: BrokerInfo) -> Native {
+        Native {
+            broker,
+            frame_bytes_max,
+            advertised,
+        }
+    }
+}
+
+/// What a native connection's requests share: the core session (owner of exclusive queues
+/// and consumers) and the sender of pushed frames (deliveries).
+#[derive(Debug)]
+pub struct NativeConnection {
+    session: Session,
+    push: mpsc::Sender<BytesMut>,
+}
+
+/// A decoded native request with its frame header (for the response's correlation id).
+#[derive(Debug)]
+pub struct NativeRequest {
+    header: FrameHeader,
+    request: Request,
+}
+
+impl Protocol for Native {
+    type Request = NativeRequest;
+    type Connection = NativeConnection;
+
+    fn open(&self, push: mpsc::Sender<BytesMut>) -> NativeConnection {
+        NativeConnection {
+            session: Session::new(),
+            push,
+        }
+    }
+
+    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Decoded<NativeRequest>>, Fatal> {
+        let frame = match decode_frame(buffer, self.frame_bytes_max) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, "bad frame");
+                let response = peek_header(buffer)
+                    .map(|header| error_frame(header, error_code_of(&error), &error.to_string()));
+                return Err(Fatal(response));
+            }
+        };
+        let frame_bytes = frame.body.len() + FRAME_HEADER_BYTES;
+        let header = frame.header;
+        match check_header(&header).and_then(|key| Request::decode(key, frame.body)) {
+            Ok(request) => Ok(Some(Decoded {
+                request: NativeRequest { header, request },
+                frame_bytes,
+            })),
+            Err(error) => {
+                tracing::warn!(%error, api_key = header.api_key, "undecodable request");
+                Err(Fatal(Some(error_frame(
+                    header,
+                    error_code_of(&error),
+                    &error.to_string(),
+                ))))
+            }
+        }
+    }
+
+    // The ordered phase yields the completion on purpose: the connection awaits the first
+    // before it reads the next request and runs the second as its own task.
+    #[allow(clippy::async_yields_async)]
+    fn handle<'a>(
+        &'a self,
+        connection: &'a NativeConnection,
+        request: NativeRequest,
+    ) -> BoxFuture<'a, Completion> {
+        Box::pin(async move {
+            let header = request.header;
+            let response = translate::handle(self, connection, request.request, header).await;
+            let completion: Completion = Box::pin(async move {
+                let response = response.await?;
+                let mut out = BytesMut::new();
+                encode_response(&response, header, &mut out);
+                Some(out)
+            });
+            completion
+        })
+    }
+
+    fn close<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
+        // The connection's consumers go away with it: their unacknowledged deliveries
+        // return to their queues, marked redelivered.
+        Box::pin(self.broker.close_session(&connection.session))
+    }
+}
+
+/// The frame header at the front of `buffer`, if enough bytes are there.
+fn peek_header(buffer: &BytesMut) -> Option<FrameHeader> {
+    if buffer.len() < FRAME_HEADER_BYTES {
+        return None;
+    }
+    Some(FrameHeader {
+        api_key: u16::from_be_bytes([buffer[4], buffer[5]]),
+        api_version: u16::from_be_bytes([buffer[6], buffer[7]]),
+        correlation_id: u32::from_be_bytes([buffer[8], buffer[9], buffer[10], buffer[11]]),
+    })
+}
+
+fn error_code_of(error: &DecodeError) -> ErrorCode {
+    match error {
+        DecodeError::UnknownApiKey { .. } => ErrorCode::UnknownApiKey,
+        DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+        DecodeError::FrameTooLarge { .. } => ErrorCode::MessageTooLarge,
+        _ => ErrorCode::InvalidRequest,
+    }
+}
+
+/// An error response for `header`: a typed body where the api is known, otherwise the common
+/// prefix of every response body (error code and message).
+fn error_frame(header: FrameHeader, code: ErrorCode, message: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    match wharf_protocol::ApiKey::from_code(header.api_key) {
+        Some(key) => encode_response(
+            &Response::error_only(key, code, message.to_string()),
+            header,
+            &mut out,
+        ),
+        None => encode_frame(header, &mut out, |body| {
+            body.put_u16(code.code());
+            Some(message.to_string()).encode(body);
+        }),
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! The one place the native front end turns domain errors into wire [`ErrorCode`]s.
+//! Codes are listed in docs/PROTOCOL.md and never renumbered or reused.
+
+use wharf_protocol::ErrorCode;
+
+use crate::core::{
+    CommitError, EntryRefusal, GroupError, QueueError, SequenceRefusal, StorageError, StreamError,
+    TopicError, TxnError,
+};
+
+/// The wire code of a storage error.
+pub fn storage(error: &StorageError) -> ErrorCode {
+    match error {
+        StorageError::InvalidBatch(_) => ErrorCode::CorruptRecordBatch,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::Corrupt { .. } => ErrorCode::CorruptStoredData,
+        StorageError::Failed { .. } => ErrorCode::StorageFailed,
+        StorageError::Closed { .. } => ErrorCode::ShuttingDown,
+        StorageError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+        StorageError::InvalidName { .. } => ErrorCode::InvalidTopicName,
+        StorageError::AlreadyExists { .. } => ErrorCode::TopicAlreadyExists,
+        error if error.is_disk_full() => ErrorCode::DiskFull,
+        StorageError::Io { .. } | StorageError::Config { .. } | StorageError::Locked { .. } => {
+            ErrorCode::Unknown
+        }
+    }
+}
+
+/// The wire code of a topic catalog error.
+pub fn topic(error: &TopicError) -> ErrorCode {
+    match error {
+        TopicError::InvalidName { .. } => ErrorCode::InvalidTopicName,
+        TopicError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+        TopicError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        TopicError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+        TopicError::Unknown(_) => ErrorCode::UnknownTopicOrPartition,
+        TopicError::Storage(error) => storage(error),
+    }
+}
+
+/// The wire code of a stream error.
+pub fn stream(error: &StreamError) -> ErrorCode {
+    match error {
+        StreamError::InternalTopic(_) => ErrorCode::InvalidTopicName,
+        StreamError::AutoCreateDisabled(_) => ErrorCode::TopicAutoCreateDisabled,
+        StreamError::UnknownTopic(_)
+        | StreamError::UnknownPartition { .. }
+        | StreamError::PartitionOutOfRange { .. } => ErrorCode::UnknownTopicOrPartition,
+        StreamError::InvalidBatch(_) => ErrorCode::InvalidRequest,
+        StreamError::CorruptBatch(_) => ErrorCode::CorruptRecordBatch,
+        StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
+        StreamError::TxnFenced { .. } => ErrorCode::ProducerFenced,
+        StreamError::NotInTransaction { .. } => ErrorCode::InvalidTxnState,
+        StreamError::Sequence { refusal, .. } => sequence(*refusal),
+        StreamError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+        StreamError::Topic(error) => topic(error),
+        StreamError::Storage(error) => storage(error),
+        StreamError::TopicUnavailable(error) => stream(error),
+        StreamError::Internal(_) => ErrorCode::Unknown,
+    }
+}
+
+fn sequence(refusal: SequenceRefusal) -> ErrorCode {
+    match refusal {
+        SequenceRefusal::UnknownProducer => ErrorCode::UnknownProducerId,
+        SequenceRefusal::Fenced => ErrorCode::ProducerFenced,
+        SequenceRefusal::OutOfOrder => ErrorCode::OutOfOrderSequence,
+    }
+}
+
+/// The wire code of a group error.
+pub fn group(error: &GroupError) -> ErrorCode {
+    match error {
+        GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+        GroupError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        GroupError::UnknownMember(_) => ErrorCode::UnknownMemberId,
+        GroupError::IllegalGeneration(_) => ErrorCode::IllegalGeneration,
+        GroupError::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
+    }
+}
+
+/// The wire code of one refused offset.
+pub fn entry(refusal: &EntryRefusal) -> ErrorCode {
+    match refusal {
+        EntryRefusal::UnknownTopicOrPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        EntryRefusal::NegativeOffset { .. } | EntryRefusal::MetadataTooLarge { .. } => {
+            ErrorCode::InvalidRequest
+        }
+    }
+}
+
+/// The wire code of a failed commit.
+pub fn commit(error: &CommitError) -> ErrorCode {
+    match error {
+        CommitError::Group(error) => group(error),
+        CommitError::Storage(error) => storage(error),
+    }
+}
+
+/// The wire code of a transaction error.
+pub fn txn(error: &TxnError) -> ErrorCode {
+    match error {
+        TxnError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        TxnError::ProducerIdMismatch(_) => ErrorCode::InvalidProducerIdMapping,
+        TxnError::ProducerFenced(_) => ErrorCode::ProducerFenced,
+        TxnError::InvalidState(_) => ErrorCode::InvalidTxnState,
+        TxnError::Concurrent(_) => ErrorCode::ConcurrentTransactions,
+        TxnError::InternalTopic(_) => ErrorCode::InvalidTopicName,
+        TxnError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        TxnError::InvalidGroupId => ErrorCode::InvalidGroupId,
+        TxnError::Group(error) => group(error),
+        TxnError::Offset(refusal) => entry(refusal),
+        TxnError::Storage(error) => storage(error),
+        TxnError::NotRunning => ErrorCode::ShuttingDown,
+        TxnError::Internal(_) => ErrorCode::Unknown,
+    }
+}
+
+/// The wire code of a queue-layer error.
+pub fn queue(error: &QueueError) -> ErrorCode {
+    match error {
+        QueueError::UnknownExchange(_) => ErrorCode::UnknownExchange,
+        QueueError::UnknownQueue(_) | QueueError::Gone(_) => ErrorCode::UnknownQueue,
+        QueueError::DeclareMismatch(_) => ErrorCode::PreconditionFailed,
+        QueueError::Invalid(_) => ErrorCode::InvalidRequest,
+        QueueError::QueueFull { .. } => ErrorCode::QueueFull,
+        QueueError::UnknownDeliveryTag(_) => ErrorCode::UnknownDeliveryTag,
+        QueueError::Storage(_) => ErrorCode::StorageFailed,
+    }
+}

@@ -1,0 +1,1027 @@
+//! Native request → one core call → native response. One small handler per api; every rule
+//! lives in the core, every code mapping in [`super::error_code`].
+//!
+//! [`handle`] is the ordered phase of a request: the connection awaits it before reading the
+//! next one, so requests of one connection take effect in the order sent (two pipelined
+//! produces to a partition append in order, as Kafka guarantees). What it returns runs
+//! concurrently and resolves to the response.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use wharf_protocol::api::SUPPORTED_APIS;
+use wharf_protocol::batch::Header;
+use wharf_protocol::frame::FrameHeader;
+use wharf_protocol::messages::*;
+use wharf_protocol::wire::Wire;
+use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
+
+use crate::core::{
+    self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, Delivered, Durability,
+    FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry, OffsetSpec,
+    PartitionQuery, ProduceQuery, PublishOutcome, PublishQuery, QueueError, Requeue, Settle,
+    SettleQuery, StreamError, SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets,
+    TxnProducer,
+};
+use crate::frontend::native::error_code;
+use crate::frontend::native::{Native, NativeConnection};
+
+/// Most names (topics, groups) one request may list: a frame can carry millions of tiny
+/// names, and each costs memory and a response entry.
+pub const REQUEST_NAMES_MAX: usize = 10_000;
+
+/// What remains of a request after its ordered phase; `None`: no response (acks = none).
+pub type Answer = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
+
+fn ready(response: Response) -> Answer {
+    Box::pin(std::future::ready(Some(response)))
+}
+
+/// Runs the ordered phase of one request and returns the rest of it.
+pub async fn handle(
+    native: &Native,
+    connection: &NativeConnection,
+    request: Request,
+    header: FrameHeader,
+) -> Answer {
+    let broker = &native.broker;
+    if let Some(names) = listed_names(&request) {
+        if names > REQUEST_NAMES_MAX {
+            let message =
+                format!("request lists {names} names; at most {REQUEST_NAMES_MAX} are allowed");
+            return ready(Response::error_only(
+                request.api_key(),
+                ErrorCode::InvalidRequest,
+                message,
+            ));
+        }
+    }
+    match request {
+        Request::ApiVersions(_) => ready(Response::ApiVersions(api_versions())),
+        Request::Metadata(request) => ready(Response::Metadata(metadata(
+            &native.advertised,
+            broker,
+            request,
+        ))),
+        Request::CreateTopics(request) => {
+            ready(Response::CreateTopics(create_topics(broker, request).await))
+        }
+        Request::DeleteTopics(request) => {
+            ready(Response::DeleteTopics(delete_topics(broker, request).await))
+        }
+        Request::Produce(request) => produce(broker, request).await,
+        Request::Fetch(request) => {
+            let broker = broker.clone();
+            Box::pin(async move { Some(Response::Fetch(fetch(&broker, request).await)) })
+        }
+        Request::ListOffsets(request) => {
+            ready(Response::ListOffsets(list_offsets(broker, request)))
+        }
+        Request::GroupHeartbeat(request) => {
+            ready(Response::GroupHeartbeat(heartbeat(broker, request)))
+        }
+        Request::LeaveGroup(request) => ready(Response::LeaveGroup(leave_group(broker, request))),
+        Request::OffsetCommit(request) => {
+            ready(Response::OffsetCommit(offset_commit(broker, request).await))
+        }
+        Request::OffsetFetch(request) => {
+            ready(Response::OffsetFetch(offset_fetch(broker, request)))
+        }
+        Request::DescribeGroups(request) => {
+            ready(Response::DescribeGroups(DescribeGroupsResponse {
+                groups: broker
+                    .describe_groups(request.group_ids)
+                    .into_iter()
+                    .map(group_description)
+                    .collect(),
+                ..DescribeGroupsResponse::default()
+            }))
+        }
+        Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker))),
+        Request::InitProducerId(request) => ready(Response::InitProducerId(
+            init_producer_id(broker, request).await,
+        )),
+        Request::AddPartitionsToTxn(request) => {
+            let producer = txn_producer(
+                request.transactional_id,
+                request.producer_id,
+                request.producer_epoch,
+            );
+            let partitions = flatten(request.topics);
+            let outcome = broker.add_partitions_to_txn(producer, partitions).await;
+            let (error, error_message) = txn_parts(outcome);
+            ready(Response::AddPartitionsToTxn(AddPartitionsToTxnResponse {
+                error,
+                error_message,
+            }))
+        }
+        Request::AddOffsetsToTxn(request) => {
+            let producer = txn_producer(
+                request.transactional_id,
+                request.producer_id,
+                request.producer_epoch,
+            );
+            let outcome = broker.add_offsets_to_txn(producer, request.group_id).await;
+            let (error, error_message) = txn_parts(outcome);
+            ready(Response::AddOffsetsToTxn(AddOffsetsToTxnResponse {
+                error,
+                error_message,
+            }))
+        }
+        Request::TxnOffsetCommit(request) => {
+            let offsets = TxnOffsets {
+                producer: txn_producer(
+                    request.transactional_id,
+                    request.producer_id,
+                    request.producer_epoch,
+                ),
+                group_id: request.group_id,
+                member_id: request.member_id,
+                generation: request.generation,
+                entries: offset_entries(request.topics),
+            };
+            let (error, error_message) = txn_parts(broker.txn_offset_commit(offsets).await);
+            ready(Response::TxnOffsetCommit(TxnOffsetCommitResponse {
+                error,
+                error_message,
+            }))
+        }
+        Request::EndTxn(request) => {
+            let producer = txn_producer(
+                request.transactional_id,
+                request.producer_id,
+                request.producer_epoch,
+            );
+            let end = if request.result == TxnResult::Commit {
+                TxnEnd::Commit
+            } else {
+                TxnEnd::Abort
+            };
+            let (error, error_message) = txn_parts(broker.end_txn(producer, end).await);
+            ready(Response::EndTxn(EndTxnResponse {
+                error,
+                error_message,
+            }))
+        }
+        Request::Publish(request) => publish(broker, request).await,
+        Request::Subscribe(request) => ready(Response::Subscribe(
+            subscribe(broker, request, connection, header).await,
+        )),
+        Request::Ack(request) => ack(broker, request, connection).await,
+        Request::Cancel(request) => ready(Response::Cancel(admin_answer(
+            broker
+                .cancel(&connection.session, &request.queue, request.consumer_id)
+                .await,
+        ))),
+        Request::DeclareExchange(request) => {
+            let outcome = broker
+                .declare_exchange(request.name, &request.kind, durability(request.durable))
+                .await;
+            ready(Response::DeclareExchange(admin_answer(outcome)))
+        }
+        Request::DeclareQueue(request) => {
+            let outcome = broker
+                .declare_queue(
+                    &connection.session,
+                    request.name,
+                    pairs(request.args),
+                    durability(request.durable),
+                )
+                .await;
+            ready(Response::DeclareQueue(admin_answer(outcome)))
+        }
+        Request::DeleteQueue(request) => ready(Response::DeleteQueue(admin_answer(
+            broker.delete_queue(&request.name).await,
+        ))),
+        Request::BindQueue(request) => {
+            let outcome = broker
+                .bind_queue(
+                    request.queue,
+                    request.exchange,
+                    request.routing_key,
+                    pairs(request.headers),
+                )
+                .await;
+            ready(Response::BindQueue(admin_answer(outcome)))
+        }
+        Request::UnbindQueue(request) => {
+            let outcome = broker
+                .unbind_queue(
+                    request.queue,
+                    request.exchange,
+                    request.routing_key,
+                    pairs(request.headers),
+                )
+                .await;
+            ready(Response::UnbindQueue(admin_answer(outcome)))
+        }
+        Request::PurgeQueue(request) => ready(Response::PurgeQueue(
+            match broker.purge_queue(&request.name).await {
+                Ok(purged) => PurgeQueueResponse {
+                    purged,
+                    ..PurgeQueueResponse::default()
+                },
+                Err(error) => PurgeQueueResponse {
+                    error: error_code::queue(&error),
+                    error_message: Some(error.to_string()),
+                    purged: 0,
+                },
+            },
+        )),
+        Request::ListQueues(_) => ready(Response::ListQueues(ListQueuesResponse {
+            queues: broker
+                .list_queues()
+                .await
+                .into_iter()
+                .map(|stats| QueueListing {
+                    durable: stats.durability == Durability::Durable,
+                    name: stats.name,
+                    ready: stats.ready,
+                    unacked: stats.unacked,
+                    consumers: stats.consumers,
+                })
+                .collect(),
+            ..ListQueuesResponse::default()
+        })),
+        Request::DeleteExchange(request) => ready(Response::DeleteExchange(admin_answer(
+            broker.delete_exchange(request.name).await,
+        ))),
+        Request::ListExchanges(_) => ready(Response::ListExchanges(ListExchangesResponse {
+            exchanges: broker
+                .list_exchanges()
+                .into_iter()
+                .map(|(name, kind, durability, bindings)| ExchangeListing {
+                    name,
+                    kind: kind.name().to_string(),
+                    durable: durability == Durability::Durable,
+                    bindings: u32::try_from(bindings).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            ..ListExchangesResponse::default()
+        })),
+        // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
+        Request::Deliver(_) => ready(Response::error_only(
+            ApiKey::Deliver,
+            ErrorCode::InvalidRequest,
+            "clients cannot send Deliver".to_string(),
+        )),
+        Request::ConsumerCancelled(_) => ready(Response::error_only(
+            ApiKey::ConsumerCancelled,
+            ErrorCode::InvalidRequest,
+            "clients cannot send ConsumerCancelled".to_string(),
+        )),
+    }
+}
+
+/// How many names (or partitions) a list-bearing request carries.
+fn listed_names(request: &Request) -> Option<usize> {
+    let partitions = |topics: &[TopicPartitions]| {
+        topics
+            .iter()
+            .map(|topic| topic.partitions.len().max(1))
+            .sum()
+    };
+    Some(match request {
+        Request::Metadata(request) => request.topics.as_ref().map_or(0, Vec::len),
+        Request::DescribeGroups(request) => request.group_ids.len(),
+        Request::CreateTopics(request) => request.topics.len(),
+        Request::DeleteTopics(request) => request.names.len(),
+        Request::OffsetFetch(request) => request.topics.as_deref().map_or(0, partitions),
+        Request::AddPartitionsToTxn(request) => partitions(&request.topics),
+        _ => return None,
+    })
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        apis: SUPPORTED_APIS
+            .iter()
+            .map(|(key, min_version, max_version)| ApiVersionRange {
+                api_key: key.code(),
+                min_version: *min_version,
+                max_version: *max_version,
+            })
+            .collect(),
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn metadata(
+    advertised: &BrokerInfo,
+    broker: &Broker,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let node_id = advertised.node_id;
+    let topics = broker
+        .topic_metadata(request.topics)
+        .into_iter()
+        .map(|view| match view.topic_id {
+            None => TopicMetadata {
+                error: ErrorCode::UnknownTopicOrPartition,
+                name: view.name,
+                ..TopicMetadata::default()
+            },
+            Some(topic_id) => TopicMetadata {
+                error: ErrorCode::None,
+                name: view.name,
+                topic_id,
+                partitions: view
+                    .partitions
+                    .into_iter()
+                    .map(|partition| PartitionMetadata {
+                        partition: partition.partition,
+                        error: if !partition.exists {
+                            ErrorCode::UnknownTopicOrPartition
+                        } else if partition.failed {
+                            ErrorCode::StorageFailed
+                        } else {
+                            ErrorCode::None
+                        },
+                        leader: if partition.exists { node_id } else { -1 },
+                        log_start_offset: partition.log_start_offset,
+                        high_watermark: partition.high_watermark,
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    MetadataResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        brokers: vec![advertised.clone()],
+        topics,
+    }
+}
+
+async fn create_topics(broker: &Broker, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| NewTopic {
+            name: topic.name,
+            partitions: topic.partitions,
+            configs: pairs(topic.configs),
+        })
+        .collect();
+    CreateTopicsResponse {
+        topics: broker
+            .create_topics(topics)
+            .await
+            .into_iter()
+            .map(topic_result)
+            .collect(),
+        ..CreateTopicsResponse::default()
+    }
+}
+
+async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    DeleteTopicsResponse {
+        topics: broker
+            .delete_topics(request.names)
+            .await
+            .into_iter()
+            .map(topic_result)
+            .collect(),
+        ..DeleteTopicsResponse::default()
+    }
+}
+
+/// One topic's row in a create or delete answer.
+fn topic_result((name, outcome): (String, Result<TopicInfo, StreamError>)) -> TopicResult {
+    match outcome {
+        Ok(info) => TopicResult {
+            name,
+            topic_id: info.topic_id,
+            ..TopicResult::default()
+        },
+        Err(error) => TopicResult {
+            name,
+            error: error_code::stream(&error),
+            error_message: Some(error.to_string()),
+            ..TopicResult::default()
+        },
+    }
+}
+
+async fn produce(broker: &Broker, request: ProduceRequest) -> Answer {
+    let query = ProduceQuery {
+        acks: match request.acks {
+            Acks::None => core::Acks::None,
+            Acks::Leader => core::Acks::Leader,
+            Acks::All => core::Acks::All,
+        },
+        timeout_ms: request.timeout_ms,
+        topics: request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| (partition.partition, partition.records))
+                    .collect();
+                (topic.name, partitions)
+            })
+            .collect(),
+    };
+    let completion = broker.produce(query).await;
+    Box::pin(async move {
+        let topics = completion.await?;
+        Some(Response::Produce(ProduceResponse {
+            topics: topics
+                .into_iter()
+                .map(|topic| ProduceTopicResponse {
+                    name: topic.topic,
+                    partitions: topic
+                        .partitions
+                        .into_iter()
+                        .map(|partition| match partition.result {
+                            Ok((base_offset, log_start_offset)) => ProducePartitionResponse {
+                                partition: partition.partition,
+                                error: ErrorCode::None,
+                                error_message: None,
+                                base_offset,
+                                log_start_offset,
+                            },
+                            Err(error) => ProducePartitionResponse {
+                                partition: partition.partition,
+                                error: error_code::stream(&error),
+                                error_message: Some(error.to_string()),
+                                base_offset: -1,
+                                log_start_offset: -1,
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+            ..ProduceResponse::default()
+        }))
+    })
+}
+
+async fn fetch(broker: &Broker, request: FetchRequest) -> FetchResponse {
+    let query = FetchQuery {
+        max_wait_ms: request.max_wait_ms,
+        min_bytes: request.min_bytes,
+        max_bytes: request.max_bytes,
+        isolation: if request.isolation == Isolation::ReadCommitted {
+            core::Isolation::ReadCommitted
+        } else {
+            core::Isolation::ReadUncommitted
+        },
+        topics: request
+            .topics
+            .into_iter()
+            .map(|topic| TopicQuery {
+                topic: topic.name,
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| PartitionQuery {
+                        partition: partition.partition,
+                        fetch_offset: partition.fetch_offset,
+                        partition_max_bytes: partition.partition_max_bytes,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let topics = broker.fetch(&query).await;
+    FetchResponse {
+        topics: topics
+            .into_iter()
+            .map(|topic| FetchTopicResponse {
+                name: topic.topic,
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| FetchPartitionResponse {
+                        partition: partition.partition,
+                        error: partition
+                            .error
+                            .as_ref()
+                            .map_or(ErrorCode::None, error_code::stream),
+                        error_message: partition.error.map(|error| error.to_string()),
+                        high_watermark: partition.high_watermark,
+                        last_stable_offset: partition.last_stable_offset,
+                        log_start_offset: partition.log_start_offset,
+                        aborted_transactions: partition
+                            .aborted
+                            .into_iter()
+                            .map(|txn| AbortedTransaction {
+                                producer_id: txn.producer_id,
+                                first_offset: txn.first_offset,
+                            })
+                            .collect(),
+                        records: partition.records,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..FetchResponse::default()
+    }
+}
+
+fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| ListOffsetsTopicResponse {
+            partitions: topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let spec = match wanted.timestamp {
+                        LIST_OFFSETS_LATEST => OffsetSpec::Latest,
+                        LIST_OFFSETS_EARLIEST => OffsetSpec::Earliest,
+                        timestamp => OffsetSpec::Timestamp(timestamp),
+                    };
+                    let (error, offset) =
+                        match broker.list_offset(&topic.name, wanted.partition, spec) {
+                            Ok(found) => (ErrorCode::None, found.unwrap_or(-1)),
+                            Err(error) => (error_code::stream(&error), -1),
+                        };
+                    ListOffsetsPartitionResponse {
+                        partition: wanted.partition,
+                        error,
+                        offset,
+                    }
+                })
+                .collect(),
+            name: topic.name,
+        })
+        .collect();
+    ListOffsetsResponse {
+        topics,
+        ..ListOffsetsResponse::default()
+    }
+}
+
+fn heartbeat(broker: &Broker, request: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
+    let heartbeat = Heartbeat {
+        group_id: request.group_id,
+        member_id: request.member_id,
+        client_id: request.client_id,
+        session_timeout_ms: request.session_timeout_ms,
+        topics: request.topics,
+        assignor: request.assignor,
+    };
+    match broker.heartbeat(&heartbeat) {
+        Ok(MemberState {
+            member_id,
+            generation,
+            heartbeat_interval_ms,
+            assignment,
+        }) => GroupHeartbeatResponse {
+            error: ErrorCode::None,
+            error_message: None,
+            member_id,
+            generation,
+            heartbeat_interval_ms,
+            assignment: assignment_to_wire(assignment),
+        },
+        Err(error) => GroupHeartbeatResponse {
+            error: error_code::group(&error),
+            error_message: Some(error.to_string()),
+            ..GroupHeartbeatResponse::default()
+        },
+    }
+}
+
+fn leave_group(broker: &Broker, request: LeaveGroupRequest) -> LeaveGroupResponse {
+    match broker.leave_group(&request.group_id, &request.member_id) {
+        Ok(()) => LeaveGroupResponse::default(),
+        Err(error) => {
+            let code = error_code::group(&error);
+            LeaveGroupResponse {
+                error: code,
+                error_message: Some(code.describe().to_string()),
+            }
+        }
+    }
+}
+
+fn assignment_to_wire(
+    assignment: std::collections::BTreeMap<String, Vec<u32>>,
+) -> Vec<TopicPartitions> {
+    assignment
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions { topic, partitions })
+        .collect()
+}
+
+fn group_description(summary: GroupSummary) -> GroupDescription {
+    GroupDescription {
+        group_id: summary.group_id,
+        error: ErrorCode::None,
+        state: summary.state.to_string(),
+        generation: summary.generation,
+        assignor: summary.assignor.to_string(),
+        members: summary
+            .members
+            .into_iter()
+            .map(|member| GroupMember {
+                member_id: member.member_id,
+                client_id: member.client_id,
+                topics: member.topics,
+                assignment: assignment_to_wire(member.assignment),
+            })
+            .collect(),
+    }
+}
+
+fn list_groups(broker: &Broker) -> ListGroupsResponse {
+    ListGroupsResponse {
+        groups: broker
+            .list_groups()
+            .into_iter()
+            .map(|listing| GroupListing {
+                group_id: listing.group_id,
+                state: listing.state.to_string(),
+                member_count: listing.member_count,
+            })
+            .collect(),
+        ..ListGroupsResponse::default()
+    }
+}
+
+fn offset_entries(topics: Vec<OffsetCommitTopic>) -> Vec<OffsetEntry> {
+    topics
+        .into_iter()
+        .flat_map(|topic| {
+            let name = topic.name;
+            topic
+                .partitions
+                .into_iter()
+                .map(move |partition| OffsetEntry {
+                    topic: name.clone(),
+                    partition: partition.partition,
+                    committed: Committed {
+                        offset: partition.offset,
+                        metadata: partition.metadata,
+                    },
+                })
+        })
+        .collect()
+}
+
+async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let shape: Vec<(String, Vec<u32>)> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| partition.partition)
+                .collect();
+            (topic.name.clone(), partitions)
+        })
+        .collect();
+    let outcome = broker
+        .commit_offsets(
+            &request.group_id,
+            &request.member_id,
+            request.generation,
+            offset_entries(request.topics),
+        )
+        .await;
+    match outcome {
+        Ok(outcomes) => {
+            let mut codes = outcomes.iter().map(|outcome| match outcome {
+                Ok(()) => ErrorCode::None,
+                Err(refusal) => error_code::entry(refusal),
+            });
+            OffsetCommitResponse {
+                topics: commit_rows(&shape, || codes.next().unwrap_or(ErrorCode::None)),
+                ..OffsetCommitResponse::default()
+            }
+        }
+        Err(error) => {
+            let code = error_code::commit(&error);
+            OffsetCommitResponse {
+                error: code,
+                error_message: Some(error.to_string()),
+                topics: commit_rows(&shape, || code),
+            }
+        }
+    }
+}
+
+/// The per-partition rows of a commit answer, in request order.
+fn commit_rows(
+    shape: &[(String, Vec<u32>)],
+    mut code: impl FnMut() -> ErrorCode,
+) -> Vec<OffsetCommitTopicResponse> {
+    shape
+        .iter()
+        .map(|(name, partitions)| OffsetCommitTopicResponse {
+            name: name.clone(),
+            partitions: partitions
+                .iter()
+                .map(|partition| PartitionError {
+                    partition: *partition,
+                    error: code(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn offset_fetch(broker: &Broker, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let wanted = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|topic| (topic.topic, topic.partitions))
+            .collect()
+    });
+    OffsetFetchResponse {
+        topics: broker
+            .fetch_offsets(&request.group_id, wanted)
+            .into_iter()
+            .map(|(name, partitions)| OffsetFetchTopic {
+                name,
+                partitions: partitions
+                    .into_iter()
+                    .map(|(partition, committed)| OffsetFetchPartition {
+                        partition,
+                        offset: committed.as_ref().map_or(-1, |committed| committed.offset),
+                        metadata: committed.and_then(|committed| committed.metadata),
+                        error: ErrorCode::None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..OffsetFetchResponse::default()
+    }
+}
+
+async fn init_producer_id(
+    broker: &Broker,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let outcome = match request.transactional_id {
+        Some(transactional_id) => {
+            broker
+                .init_transactional(transactional_id, request.transaction_timeout_ms)
+                .await
+        }
+        None => broker.init_producer_id().await,
+    };
+    match outcome {
+        Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
+            producer_id,
+            producer_epoch,
+            ..InitProducerIdResponse::default()
+        },
+        Err(error) => InitProducerIdResponse {
+            error: error_code::txn(&error),
+            error_message: Some(error.to_string()),
+            producer_id: -1,
+            producer_epoch: -1,
+        },
+    }
+}
+
+fn txn_producer(transactional_id: String, producer_id: i64, epoch: i16) -> TxnProducer {
+    TxnProducer {
+        transactional_id,
+        producer_id,
+        epoch,
+    }
+}
+
+fn txn_parts(outcome: Result<(), TxnError>) -> (ErrorCode, Option<String>) {
+    match outcome {
+        Ok(()) => (ErrorCode::None, None),
+        Err(error) => (error_code::txn(&error), Some(error.to_string())),
+    }
+}
+
+fn flatten(topics: Vec<TopicPartitions>) -> Vec<(String, u32)> {
+    topics
+        .into_iter()
+        .flat_map(|topic| {
+            let name = topic.topic;
+            topic
+                .partitions
+                .into_iter()
+                .map(move |partition| (name.clone(), partition))
+        })
+        .collect()
+}
+
+fn durability(durable: bool) -> Durability {
+    if durable {
+        Durability::Durable
+    } else {
+        Durability::Transient
+    }
+}
+
+fn pairs(entries: Vec<ConfigEntry>) -> Vec<(String, String)> {
+    entries
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect()
+}
+
+fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
+    match outcome {
+        Ok(()) => QueueAdminResponse::default(),
+        Err(error) => QueueAdminResponse {
+            error: error_code::queue(&error),
+            error_message: Some(error.to_string()),
+        },
+    }
+}
+
+async fn publish(broker: &Broker, request: PublishRequest) -> Answer {
+    let query = PublishQuery {
+        exchange: request.exchange,
+        routing_key: request.routing_key,
+        mandatory: if request.mandatory {
+            Mandatory::Return
+        } else {
+            Mandatory::Drop
+        },
+        headers: request
+            .headers
+            .into_iter()
+            .map(|entry| Header {
+                key: entry.key,
+                value: entry.value,
+            })
+            .collect(),
+        body: request.body,
+    };
+    let failed = |error: QueueError| PublishResponse {
+        error: error_code::queue(&error),
+        error_message: Some(error.to_string()),
+        queues: Vec::new(),
+    };
+    let completion = match broker.publish(query).await {
+        Ok(completion) => completion,
+        Err(error) => return ready(Response::Publish(failed(error))),
+    };
+    Box::pin(async move {
+        Some(Response::Publish(match completion.await {
+            Ok(PublishOutcome::Routed(queues)) => PublishResponse {
+                queues,
+                ..PublishResponse::default()
+            },
+            Ok(PublishOutcome::Dropped) => PublishResponse::default(),
+            Ok(PublishOutcome::Returned) => PublishResponse {
+                error: ErrorCode::Unroutable,
+                error_message: Some(
+                    "no queue matched the mandatory message; it was not stored".to_string(),
+                ),
+                queues: Vec::new(),
+            },
+            Err(error) => failed(error),
+        }))
+    })
+}
+
+async fn subscribe(
+    broker: &Broker,
+    request: SubscribeRequest,
+    connection: &NativeConnection,
+    header: FrameHeader,
+) -> SubscribeResponse {
+    let query = SubscribeQuery {
+        queue: request.queue,
+        prefetch: request.prefetch,
+    };
+    let queue = query.queue.clone();
+    let (consumer_id, deliveries) = match broker.subscribe(&connection.session, query).await {
+        Ok(started) => started,
+        Err(error) => {
+            return SubscribeResponse {
+                error: error_code::queue(&error),
+                error_message: Some(error.to_string()),
+                consumer_id: 0,
+            }
+        }
+    };
+    tokio::spawn(forward_deliveries(
+        deliveries,
+        connection.push.clone(),
+        consumer_id,
+        queue,
+        header.correlation_id,
+    ));
+    SubscribeResponse {
+        consumer_id,
+        ..SubscribeResponse::default()
+    }
+}
+
+/// Encodes a consumer's events as Deliver and ConsumerCancelled pushes (with the Subscribe's
+/// correlation id) into the connection's push channel, until the consumer ends or the
+/// connection goes (its consumers are cancelled as it closes).
+async fn forward_deliveries(
+    mut deliveries: tokio::sync::mpsc::Receiver<ConsumerEvent>,
+    push: tokio::sync::mpsc::Sender<BytesMut>,
+    consumer_id: u64,
+    queue: String,
+    correlation_id: u32,
+) {
+    let push_header = FrameHeader {
+        api_key: ApiKey::Deliver.code(),
+        api_version: 0,
+        correlation_id,
+    };
+    let cancelled_header = FrameHeader {
+        api_key: ApiKey::ConsumerCancelled.code(),
+        ..push_header
+    };
+    while let Some(event) = deliveries.recv().await {
+        let mut out = BytesMut::new();
+        let last = match event {
+            ConsumerEvent::Delivery(delivered) => {
+                let pushed = deliver_push(consumer_id, delivered);
+                wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
+                    pushed.encode(body)
+                });
+                false
+            }
+            ConsumerEvent::Cancelled(reason) => {
+                let pushed = ConsumerCancelledPush {
+                    consumer_id,
+                    queue: queue.clone(),
+                    error: match reason {
+                        CancelReason::AckTimeout => ErrorCode::AckTimeout,
+                        CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
+                    },
+                    error_message: Some(format!(
+                        "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
+                        reason.describe()
+                    )),
+                };
+                wharf_protocol::frame::encode_frame(cancelled_header, &mut out, |body| {
+                    pushed.encode(body)
+                });
+                true
+            }
+        };
+        if push.send(out).await.is_err() || last {
+            break;
+        }
+    }
+}
+
+/// The `Deliver` push for one delivery: the record's bytes are moved, not copied.
+fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
+    DeliverPush {
+        consumer_id,
+        delivery_tag: delivered.tag,
+        redelivered: delivered.redelivered,
+        routing_key: delivered
+            .record
+            .key
+            .as_ref()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .unwrap_or_default(),
+        timestamp_ms: delivered.record.timestamp_ms,
+        headers: delivered
+            .record
+            .headers
+            .into_iter()
+            .map(|header| HeaderEntry {
+                key: header.key,
+                value: header.value,
+            })
+            .collect(),
+        body: delivered.record.value.unwrap_or_default(),
+    }
+}
+
+async fn ack(broker: &Broker, request: AckRequest, connection: &NativeConnection) -> Answer {
+    let query = SettleQuery {
+        queue: request.queue,
+        consumer: request.consumer_id,
+        tag: request.delivery_tag,
+        scope: if request.multiple {
+            AckScope::Multiple
+        } else {
+            AckScope::Single
+        },
+        settle: if !request.negative {
+            Settle::Ack
+        } else if request.requeue {
+            Settle::Nack(Requeue::Yes)
+        } else {
+            Settle::Nack(Requeue::No)
+        },
+    };
+    match broker.settle(&connection.session, query).await {
+        Err(error) => ready(Response::Ack(admin_answer(Err(error)))),
+        Ok(completion) => {
+            Box::pin(async move { Some(Response::Ack(admin_answer(completion.await))) })
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Streams (the Kafka model): the topic catalog, idempotent producer state, and the rules of
+//! produce, fetch and list-offsets, over partition logs written only through the
+//! [`crate::append`] path.
+//!
+//! - [`topic`]: the catalog (names, UUIDs, partition counts, overrides).
+//! - [`producer`]: idempotent producer state per partition, producer ids, and the table of
+//!   partitions each transactional producer's open transaction covers.
+//! - [`produce`]: which batches may be appended, and how (plain or idempotent).
+//! - [`fetch`]: reads with byte budgets, read-committed bounds and long polls.
+//!
+//! **Layer rule:** speaks domain types only: no wire messages, no wire error codes. Errors
+//! are [`StreamError`]; each front end maps them to its own codes.
+
+pub mod fetch;
+pub mod produce;
+pub mod producer;
+pub mod topic;
+
+use std::sync::Arc;
+
+use crate::storage::{Clock, Error as StorageError, Partition};
+use producer::{Producers, SequenceRefusal, TxnMembers};
+use topic::{TopicError, TopicInfo, Topics, INTERNAL_TOPIC_PREFIX};
+
+/// Longest a produce may wait for durability.
+pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 5 * 60_000;
+/// How far in the future a batch's timestamp may be (Kafka 4's default): a timestamp far
+/// ahead would keep its segment, and every later one, from ever expiring by age.
+pub const TIMESTAMP_AHEAD_MS_MAX: i64 = 3600 * 1000;
+
+/// What streams are configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Create unknown topics on first produce.
+    pub auto_create_topics: AutoCreate,
+    /// Partitions of an auto-created topic.
+    pub default_partitions: u32,
+}
+
+/// Whether a produce to an unknown topic creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCreate {
+    /// Create it with the default partition count.
+    On,
+    /// Refuse the produce.
+    Off,
+}
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Producers cannot write to internal topics.
+    #[error("cannot produce to internal topic {0:?}")]
+    InternalTopic(String),
+    /// The topic does not exist and auto-creation is off.
+    #[error("unknown topic {0:?} and auto-create is disabled")]
+    AutoCreateDisabled(String),
+    /// No such topic.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// No such partition.
+    #[error("unknown topic or partition {topic}-{partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    /// A produce names a partition the topic does not have.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    PartitionOutOfRange {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    /// The produced batches break a rule (control batch, several idempotent batches,
+    /// timestamp too far ahead, transactional without a producer id).
+    #[error("{0}")]
+    InvalidBatch(String),
+    /// A batch fails its checksum or header checks.
+    #[error("{0}")]
+    CorruptBatch(String),
+    /// The producer id was never handed out.
+    #[error("producer id {0} was never handed out (InitProducerId first)")]
+    UnknownProducerId(i64),
+    /// A newer epoch of this transactional producer exists.
+    #[error("producer {producer_id} epoch {epoch} was fenced")]
+    TxnFenced { producer_id: i64, epoch: i16 },
+    /// A transactional batch for a partition not added to the producer's transaction.
+    #[error("{topic}-{partition} was not added to the transaction of producer {producer_id} (AddPartitionsToTxn first)")]
+    NotInTransaction {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+    },
+    /// The idempotent sequence check refused the batch.
+    #[error("producer {producer_id} epoch {epoch} sequence {first_sequence}..={last_sequence} on {topic}-{partition}: {refusal}")]
+    Sequence {
+        refusal: SequenceRefusal,
+        producer_id: i64,
+        epoch: i16,
+        first_sequence: i32,
+        last_sequence: i32,
+        topic: String,
+        partition: u32,
+    },
+    /// The append was not durable in time; it may still be stored.
+    #[error("not durable within {timeout_ms} ms; the records may still be stored")]
+    TimedOut { timeout_ms: u32 },
+    /// A topic operation failed.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// Storage failed underneath.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The topic could not be found or created (shared by every partition of a produce).
+    #[error("{0}")]
+    TopicUnavailable(Arc<StreamError>),
+    /// A blocking task failed (a bug or shutdown).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Topics, their partition logs and producer state.
+#[derive(Debug)]
+pub struct Streams {
+    topics: Topics,
+    producers: Producers,
+    txn_members: TxnMembers,
+    clock: Arc<dyn Clock>,
+    settings: StreamSettings,
+}
+
+impl Streams {
+    /// Streams over opened storage.
+    pub fn new(
+        topics: Topics,
+        producers: Producers,
+        clock: Arc<dyn Clock>,
+        settings: StreamSettings,
+    ) -> Streams {
+        Streams {
+            topics,
+            producers,
+            txn_members: TxnMembers::default(),
+            clock,
+            settings,
+        }
+    }
+
+    /// The topic catalog.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Idempotent producer state.
+    pub fn producers(&self) -> &Producers {
+        &self.producers
+    }
+
+    /// Which partitions each transactional producer's open transaction covers.
+    pub fn txn_members(&self) -> &TxnMembers {
+        &self.txn_members
+    }
+
+    /// Time.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Partition count of a topic (None if it does not exist).
+    pub fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topics.get(topic).map(|info| info.partitions)
+    }
+
+    /// A partition's log.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<Arc<Partition>> {
+        self.topics.partition(topic, partition)
+    }
+
+    /// Every topic clients may see (internal ones hidden).
+    pub fn visible_topics(&self) -> Vec<TopicInfo> {
+        self.topics
+            .list()
+            .into_iter()
+            .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .collect()
+    }
+
+    /// Creates a topic (blocking: creates and fsyncs files).
+    ///
+    /// # Errors
+    /// As for [`Topics::create`].
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicInfo, TopicError> {
+        self.topics.create(name, partitions, configs)
+    }
+
+    /// Deletes a topic and its partitions' producer state (blocking: removes files).
+    ///
+    /// # Errors
+    /// As for [`Topics::delete`].
+    pub fn delete_topic(&self, name: &str) -> Result<TopicInfo, TopicError> {
+        let deleted = self.topics.delete(name)?;
+        for partition in 0..deleted.partitions {
+            self.producers.remove(name, partition);
+        }
+        Ok(deleted)
+    }
+
+    /// Hands out a new producer id (blocking: may write and fsync the id block file).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn allocate_producer_id(&self) -> Result<i64, StorageError> {
+        self.producers.allocate_id()
+    }
+
+    /// The offset of the first record at or after `timestamp_ms` (`None`: none), or the log
+    /// start or end for [`OffsetSpec::Earliest`] and [`OffsetSpec::Latest`].
+    ///
+    /// # Errors
+    /// `UnknownPartition`, or the storage error of a time-index lookup.
+    pub fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<i64>, StreamError> {
+        let log =
+            self.partition(topic, partition)
+                .ok_or_else(|| StreamError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                })?;
+        Ok(match spec {
+            OffsetSpec::Latest => Some(log.high_watermark()),
+            OffsetSpec::Earliest => Some(log.log_start_offset()),
+            OffsetSpec::Timestamp(timestamp_ms) => log.offset_for_timestamp(timestamp_ms)?,
+        })
+    }
+}
+
+/// Which offset a list-offsets query asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The high watermark.
+    Latest,
+    /// The log start offset.
+    Earliest,
+    /// The first record at or after this timestamp (ms).
+    Timestamp(i64),
+}

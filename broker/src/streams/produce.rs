@@ -1,0 +1,242 @@
+//! The produce rules: which batches a producer may append to a partition, and how.
+//!
+//! A produce runs in two phases. [`Streams::append_produced`] is the ordered phase: it checks
+//! the batches and appends them through [`crate::append`], so pipelined produces of one
+//! connection append in request order. The caller then awaits each [`Receipt::durable`]
+//! (acks = all) outside that phase, so every partition and every pipelined request shares
+//! the flusher's fsyncs.
+//!
+//! Rules, in the order they apply: no internal topics; an unknown topic is created when
+//! auto-creation is on (a concurrent create of the same name is fine); no control batches;
+//! an idempotent produce carries exactly one batch per partition; no timestamp more than
+//! [`TIMESTAMP_AHEAD_MS_MAX`] ahead; a transactional batch needs a producer id; an
+//! idempotent batch's CRC is checked before it touches producer state; its sequence is
+//! checked, appended and recorded under the partition's producer lock, taken before the
+//! storage writer lock (markers take the same lock, so no transactional batch slips in
+//! after its transaction's marker); a retry of a stored batch is answered with the
+//! original offsets and appends nothing.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
+
+use crate::append::{self, Receipt};
+use crate::storage::Partition;
+use crate::streams::producer::{last_sequence, BatchMetadata, Membership, Verdict};
+use crate::streams::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
+use crate::streams::{AutoCreate, StreamError, Streams, TIMESTAMP_AHEAD_MS_MAX};
+
+impl Streams {
+    /// Finds a topic for a produce, creating it when auto-creation is on (blocking: creating
+    /// a topic creates and fsyncs files; call it on the blocking pool when it may create).
+    ///
+    /// # Errors
+    /// `InternalTopic`, `AutoCreateDisabled`, or the topic error of the create.
+    pub fn topic_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
+        if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+            // Internal topics hold broker state in the broker's own record format.
+            return Err(StreamError::InternalTopic(name.to_string()));
+        }
+        if let Some(info) = self.topics.get(name) {
+            return Ok(info);
+        }
+        if self.settings.auto_create_topics == AutoCreate::Off {
+            return Err(StreamError::AutoCreateDisabled(name.to_string()));
+        }
+        match self
+            .topics
+            .create(name, self.settings.default_partitions, Vec::new())
+        {
+            Ok(info) => Ok(info),
+            // Another request created it first.
+            Err(TopicError::AlreadyExists(_)) => self
+                .topics
+                .get(name)
+                .ok_or_else(|| StreamError::UnknownTopic(name.to_string())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// True when a produce to `name` needs no topic creation (so it cannot block).
+    pub fn topic_exists(&self, name: &str) -> bool {
+        self.topics.get(name).is_some()
+    }
+
+    /// Checks produced batches for one partition and appends them (the ordered phase of a
+    /// produce). Returns the receipt to await durability on; for a retried idempotent batch
+    /// it is the original's.
+    ///
+    /// # Errors
+    /// The [`StreamError`] of the first rule the batches break, or of the append.
+    pub fn append_produced(
+        &self,
+        info: &TopicInfo,
+        partition: u32,
+        records: &Bytes,
+    ) -> Result<Receipt, StreamError> {
+        let log = self
+            .topics
+            .partition(&info.name, partition)
+            .ok_or_else(|| StreamError::PartitionOutOfRange {
+                topic: info.name.clone(),
+                partition,
+                partitions: info.partitions,
+            })?;
+        // The broker patches offsets in place; the request's bytes are shared, so copy once.
+        let mut batches = BytesMut::from(&records[..]);
+        let headers = batch_headers(&batches);
+        let Some(header) = headers.first().copied() else {
+            // Storage validates and reports what is wrong.
+            return Ok(append::append(&log, &mut batches)?);
+        };
+        self.check_batches(&headers, header)?;
+        if header.producer_id == NO_PRODUCER_ID {
+            return Ok(append::append(&log, &mut batches)?);
+        }
+        self.append_idempotent(info, partition, &log, &mut batches, header)
+    }
+
+    /// The rules every produced batch follows, before any is appended.
+    fn check_batches(
+        &self,
+        headers: &[BatchHeader],
+        first: BatchHeader,
+    ) -> Result<(), StreamError> {
+        if headers.iter().any(|header| header.attributes.is_control()) {
+            return Err(StreamError::InvalidBatch(
+                "producers cannot write control batches".to_string(),
+            ));
+        }
+        if headers.len() > 1
+            && headers
+                .iter()
+                .any(|header| header.producer_id != NO_PRODUCER_ID)
+        {
+            return Err(one_batch_only());
+        }
+        if first.max_timestamp > self.clock.now_ms().saturating_add(TIMESTAMP_AHEAD_MS_MAX) {
+            return Err(StreamError::InvalidBatch(format!(
+                "batch max_timestamp {} is more than {TIMESTAMP_AHEAD_MS_MAX} ms in the future",
+                first.max_timestamp
+            )));
+        }
+        if first.producer_id == NO_PRODUCER_ID && first.attributes.is_transactional() {
+            return Err(StreamError::InvalidBatch(
+                "a transactional batch needs a producer id".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends one idempotent batch unless it is a retry of a batch already stored, checking
+    /// and recording its sequence under the partition's producer lock.
+    fn append_idempotent(
+        &self,
+        info: &TopicInfo,
+        partition: u32,
+        log: &Arc<Partition>,
+        batches: &mut BytesMut,
+        header: BatchHeader,
+    ) -> Result<Receipt, StreamError> {
+        if header.total_bytes() != batches.len() {
+            return Err(one_batch_only());
+        }
+        // Check the CRC before the batch can touch producer state.
+        batch::validate(batches).map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+        let first = header.base_sequence;
+        let last = last_sequence(&header);
+        if header.producer_id >= self.producers.next_id() || header.producer_id < 0 {
+            return Err(StreamError::UnknownProducerId(header.producer_id));
+        }
+        let shared = self.producers.partition(&info.name, partition);
+        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+        // Checked under the producer lock, which markers also take: a late transactional
+        // batch cannot slip in after its transaction's marker.
+        if header.attributes.is_transactional() {
+            self.check_membership(info, partition, &header)?;
+        }
+        match state.check(header.producer_id, header.producer_epoch, first, last) {
+            Verdict::Append => {
+                let receipt = append::append(log, batches)?;
+                let appended = receipt.appended();
+                let metadata = BatchMetadata {
+                    first_sequence: first,
+                    last_sequence: last,
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                };
+                state.record(
+                    header.producer_id,
+                    header.producer_epoch,
+                    metadata,
+                    self.clock.now_ms(),
+                );
+                if header.attributes.is_transactional() {
+                    state.record_transactional(header.producer_id, appended.base_offset);
+                }
+                Ok(receipt)
+            }
+            Verdict::Duplicate(original) => Ok(append::stored_earlier(
+                log,
+                original.base_offset,
+                original.last_offset,
+            )),
+            Verdict::Refuse(refusal) => Err(StreamError::Sequence {
+                refusal,
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                first_sequence: first,
+                last_sequence: last,
+                topic: info.name.clone(),
+                partition,
+            }),
+        }
+    }
+
+    fn check_membership(
+        &self,
+        info: &TopicInfo,
+        partition: u32,
+        header: &BatchHeader,
+    ) -> Result<(), StreamError> {
+        match self.txn_members.membership(
+            header.producer_id,
+            header.producer_epoch,
+            &info.name,
+            partition,
+        ) {
+            Membership::Member => Ok(()),
+            Membership::Fenced => Err(StreamError::TxnFenced {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+            }),
+            Membership::NotAdded => Err(StreamError::NotInTransaction {
+                topic: info.name.clone(),
+                partition,
+                producer_id: header.producer_id,
+            }),
+        }
+    }
+}
+
+fn one_batch_only() -> StreamError {
+    StreamError::InvalidBatch(
+        "an idempotent produce carries exactly one batch per partition".to_string(),
+    )
+}
+
+/// The headers of the batches in a produce's records, up to the first that does not parse
+/// (storage reports that one).
+fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
+    let mut headers = Vec::new();
+    let mut position = 0;
+    while let Ok(Some(header)) = batch::parse_header(&records[position..]) {
+        headers.push(header);
+        position += header.total_bytes();
+        if position >= records.len() {
+            break;
+        }
+    }
+    headers
+}
