@@ -1,5 +1,6 @@
 //! Storage engine benchmarks: append throughput per flush policy (one appender, and group
-//! commit with concurrent appenders), sequential reads, and index lookups.
+//! commit with concurrent appenders), who owns a partition's appends (writer lock against an
+//! owning task), sequential reads, and index lookups.
 //!
 //! Data goes to a temp directory under `$WHARF_BENCH_DIR` (default: the current directory,
 //! which is the workspace's disk, not a tmpfs). Each sample writes into a fresh partition that
@@ -113,6 +114,92 @@ fn append(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// Tasks that append concurrently in the `append_owner` group.
+const OWNER_BENCH_APPENDERS: u64 = 4;
+
+/// Who owns a partition's appends (issue #12, STYLE.md section 4): the storage writer lock
+/// that the append path takes today (each caller appends itself), against an owning task
+/// that receives every batch over a bounded channel and answers each with a oneshot, as an
+/// actor would. `flush = never`, so the figure is the cost of the hand-off, not of fsyncs.
+fn append_owner(criterion: &mut Criterion) {
+    let (env, _clock) = real_env(NOW_MS);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let mut group = criterion.benchmark_group("append_owner");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    let batch = batch_of_size(100, 100, NOW_MS);
+    group.throughput(Throughput::Bytes(batch.len() as u64));
+    for owner in ["writer-lock", "owning-task"] {
+        let id = BenchmarkId::new(owner, format!("{OWNER_BENCH_APPENDERS}-appenders-100x100B"));
+        group.bench_function(id, |bencher| {
+            bencher.iter_custom(|iters| {
+                let dir = bench_dir();
+                let partition = open(dir.path(), FlushPolicy::Never, &env);
+                let elapsed = runtime.block_on(run_owner(owner, &partition, &batch, iters));
+                partition.close().expect("close");
+                elapsed
+            });
+        });
+    }
+    group.finish();
+}
+
+type AppendRequest = (BytesMut, tokio::sync::oneshot::Sender<i64>);
+
+async fn run_owner(
+    owner: &str,
+    partition: &Arc<Partition>,
+    batch: &BytesMut,
+    count: u64,
+) -> Duration {
+    let start = Instant::now();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<AppendRequest>(1024);
+    let owning = (owner == "owning-task").then(|| {
+        let partition = partition.clone();
+        tokio::spawn(async move {
+            while let Some((mut bytes, reply)) = receiver.recv().await {
+                let receipt = wharf_broker::append::append(&partition, &mut bytes).expect("append");
+                let _ = reply.send(receipt.appended().next_offset);
+            }
+        })
+    });
+    let mut appenders = Vec::new();
+    for appender in 0..OWNER_BENCH_APPENDERS {
+        let share =
+            count / OWNER_BENCH_APPENDERS + u64::from(appender < count % OWNER_BENCH_APPENDERS);
+        let partition = partition.clone();
+        let sender = sender.clone();
+        let batch = batch.clone();
+        let through_owner = owning.is_some();
+        appenders.push(tokio::spawn(async move {
+            for _ in 0..share {
+                let mut bytes = batch.clone();
+                if through_owner {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    sender.send((bytes, reply)).await.expect("owner running");
+                    black_box(answer.await.expect("owner answers"));
+                } else {
+                    let receipt =
+                        wharf_broker::append::append(&partition, &mut bytes).expect("append");
+                    black_box(receipt.appended().next_offset);
+                }
+            }
+        }));
+    }
+    for appender in appenders {
+        appender.await.expect("appender");
+    }
+    let elapsed = start.elapsed();
+    drop(sender);
+    if let Some(owning) = owning {
+        owning.await.expect("owner");
+    }
+    elapsed
+}
+
 fn read(criterion: &mut Criterion) {
     let (env, _clock) = real_env(NOW_MS);
     let dir = bench_dir();
@@ -170,5 +257,5 @@ fn index_lookup(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append, read, index_lookup);
+criterion_group!(benches, append, append_owner, read, index_lookup);
 criterion_main!(benches);
