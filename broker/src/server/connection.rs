@@ -25,7 +25,7 @@ use wharf_protocol::frame::{decode_frame, encode_frame, FrameHeader};
 use wharf_protocol::wire::Wire;
 use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
 
-use crate::queue::manager::SessionId;
+use crate::queue::{CancelReason, ConsumerId, SessionId};
 use crate::server::{dispatch, Broker};
 
 /// Most requests in flight on one connection.
@@ -204,7 +204,10 @@ impl Session {
                 .unwrap_or_else(|poison| poison.into_inner()),
         );
         for (queue, consumer) in consumers {
-            broker.queues.cancel(&queue, consumer).await;
+            broker
+                .queues
+                .cancel(&queue, ConsumerId(consumer), CancelReason::ConnectionClosed)
+                .await;
         }
         broker.queues.release_session(self.id).await;
     }

@@ -18,11 +18,10 @@ use wharf_protocol::{ErrorCode, Request, Response};
 use crate::group::CommitCheck;
 use crate::offsets::Committed;
 use crate::producer::{last_sequence, BatchMetadata, Verdict};
-use crate::queue::delivery::{AckScope, Requeue};
 use crate::queue::exchange::ExchangeKind;
-use crate::queue::manager::{
-    args_from_pairs, CancelReason, ConsumerEvent, Delivered, Durability, Message, Published,
-    QueueError, SessionId,
+use crate::queue::{
+    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag,
+    Durability, Message, Published, QueueError, Requeue, SessionId,
 };
 use crate::server::connection::Session;
 use crate::server::Broker;
@@ -161,7 +160,11 @@ pub async fn handle(
             }
             broker
                 .queues
-                .cancel(&request.queue, request.consumer_id)
+                .cancel(
+                    &request.queue,
+                    ConsumerId(request.consumer_id),
+                    CancelReason::ClientCancelled,
+                )
                 .await;
             session.remove_consumer(&request.queue, request.consumer_id);
             ready(Response::Cancel(QueueAdminResponse::default()))
@@ -416,7 +419,7 @@ fn declare_queue(
 /// Headers only the broker sets: a publisher's copies are dropped (they would fake the
 /// source exchange, dead-letter history or bypass the delay limit).
 fn is_reserved_header(key: &str) -> bool {
-    key == crate::queue::manager::EXCHANGE_HEADER
+    key == crate::queue::EXCHANGE_HEADER
         || key == crate::queue::delay::DUE_HEADER
         || key.starts_with("x-death-")
 }
@@ -505,6 +508,7 @@ async fn subscribe(
             }
         }
     };
+    let consumer_id = consumer_id.0;
     session.add_consumer(&request.queue, consumer_id);
     let push = session.push();
     let push_header = FrameHeader {
@@ -535,6 +539,11 @@ async fn subscribe(
                         error: match reason {
                             CancelReason::AckTimeout => ErrorCode::AckTimeout,
                             CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
+                            // Never sent as an event (the client asked, or is gone); no
+                            // error code fits better than none.
+                            CancelReason::ClientCancelled | CancelReason::ConnectionClosed => {
+                                ErrorCode::None
+                            }
                         },
                         error_message: Some(format!(
                             "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
@@ -564,7 +573,7 @@ async fn subscribe(
 fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
     DeliverPush {
         consumer_id,
-        delivery_tag: delivered.tag,
+        delivery_tag: delivered.tag.0,
         redelivered: delivered.redelivered,
         routing_key: delivered
             .record
@@ -613,8 +622,8 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Complet
             .queues
             .nack_enqueue(
                 &request.queue,
-                request.consumer_id,
-                request.delivery_tag,
+                ConsumerId(request.consumer_id),
+                DeliveryTag(request.delivery_tag),
                 scope,
                 requeue,
             )
@@ -624,8 +633,8 @@ async fn ack(broker: &Broker, request: AckRequest, session: &Session) -> Complet
             .queues
             .ack_enqueue(
                 &request.queue,
-                request.consumer_id,
-                request.delivery_tag,
+                ConsumerId(request.consumer_id),
+                DeliveryTag(request.delivery_tag),
                 scope,
             )
             .await
