@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::config::BrokerConfig;
 use crate::groups::offsets::OffsetStore;
 use crate::groups::Coordinator;
-use crate::queue::manager::QueueManager;
+use crate::queue::QueueManager;
 use crate::storage::{Clock, Flusher, RealFs, StorageEnv};
 use crate::streams::producer::Producers;
 use crate::streams::topic::Topics;
@@ -43,11 +43,10 @@ use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
 pub use crate::groups::offsets::Committed;
 pub use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
-pub use crate::queue::delivery::{AckScope, Requeue};
 pub use crate::queue::exchange::ExchangeKind;
-pub use crate::queue::manager::{
-    CancelReason, ConsumerEvent, Delivered, Durability, Published, QueueError, QueueStats,
-    SessionId,
+pub use crate::queue::{
+    AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability,
+    Published, QueueError, QueueStats, Requeue, SessionId,
 };
 pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{
@@ -319,7 +318,7 @@ where
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
-    consumers: Mutex<HashSet<(String, u64)>>,
+    consumers: Mutex<HashSet<(String, ConsumerId)>>,
 }
 
 /// Connection ids, unique within the process.
@@ -339,22 +338,22 @@ impl Session {
         self.id
     }
 
-    fn consumers(&self) -> std::sync::MutexGuard<'_, HashSet<(String, u64)>> {
+    fn consumers(&self) -> std::sync::MutexGuard<'_, HashSet<(String, ConsumerId)>> {
         self.consumers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn add_consumer(&self, queue: &str, consumer: u64) {
+    fn add_consumer(&self, queue: &str, consumer: ConsumerId) {
         self.consumers().insert((queue.to_string(), consumer));
     }
 
     /// True if this caller started `consumer` on `queue`.
-    fn owns_consumer(&self, queue: &str, consumer: u64) -> bool {
+    fn owns_consumer(&self, queue: &str, consumer: ConsumerId) -> bool {
         self.consumers().contains(&(queue.to_string(), consumer))
     }
 
-    fn remove_consumer(&self, queue: &str, consumer: u64) {
+    fn remove_consumer(&self, queue: &str, consumer: ConsumerId) {
         self.consumers().remove(&(queue.to_string(), consumer));
     }
 }

@@ -139,14 +139,14 @@ proptest! {
                     apply(&mut model, &actions)?;
                 }
                 Op::AddConsumer { consumer, prefetch } => {
-                    let consumer = ConsumerId::from(consumer);
+                    let consumer = ConsumerId(u64::from(consumer));
                     if let std::collections::btree_map::Entry::Vacant(slot) = model.prefetch.entry(consumer) {
                         state.add_consumer(consumer, u32::from(prefetch));
                         slot.insert(u32::from(prefetch));
                     }
                 }
                 Op::RemoveConsumer { consumer } => {
-                    let consumer = ConsumerId::from(consumer);
+                    let consumer = ConsumerId(u64::from(consumer));
                     let actions = state.remove_consumer(consumer);
                     model.prefetch.remove(&consumer);
                     model.outstanding.retain(|_, (owner, _)| *owner != consumer);

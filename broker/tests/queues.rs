@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use wharf_broker::queue::delivery::{AckScope, ConsumerId, Requeue};
 use wharf_broker::queue::exchange::ExchangeKind;
-use wharf_broker::queue::manager::{
-    args_from_pairs, CancelReason, ConsumerEvent, Delivered, Durability, Message, Published,
-    QueueArgs, QueueError, QueueManager,
+use wharf_broker::queue::{
+    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, Durability,
+    Message, Published, QueueArgs, QueueError, QueueManager, Requeue,
 };
 use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
 use wharf_protocol::batch::Header;

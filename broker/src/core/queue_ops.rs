@@ -14,11 +14,10 @@ use wharf_protocol::batch::Header;
 
 use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
-use crate::queue::delivery::{AckScope, Requeue};
 use crate::queue::exchange::ExchangeKind;
-use crate::queue::manager::{
-    args_from_pairs, ConsumerEvent, Durability, Message, Published, QueueError, QueueStats,
-    EXCHANGE_HEADER,
+use crate::queue::{
+    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag, Durability,
+    Message, Published, QueueError, QueueStats, Requeue, EXCHANGE_HEADER,
 };
 
 /// A publish.
@@ -71,9 +70,9 @@ pub struct SettleQuery {
     /// The queue.
     pub queue: String,
     /// The consumer the deliveries went to.
-    pub consumer: u64,
+    pub consumer: ConsumerId,
     /// The delivery tag.
-    pub tag: u64,
+    pub tag: DeliveryTag,
     /// This delivery only, or every one up to it.
     pub scope: AckScope,
     /// Ack, or nack with or without requeue.
@@ -266,7 +265,7 @@ impl Broker {
         &self,
         session: &Session,
         query: SubscribeQuery,
-    ) -> Result<(u64, mpsc::Receiver<ConsumerEvent>), QueueError> {
+    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         let (consumer, deliveries) = self
             .queues
             .subscribe_for(&query.queue, query.prefetch, Some(session.id()))
@@ -319,10 +318,12 @@ impl Broker {
         &self,
         session: &Session,
         queue: &str,
-        consumer: u64,
+        consumer: ConsumerId,
     ) -> Result<(), QueueError> {
         check_owner(session, queue, consumer)?;
-        self.queues.cancel(queue, consumer).await;
+        self.queues
+            .cancel(queue, consumer, CancelReason::ClientCancelled)
+            .await;
         session.remove_consumer(queue, consumer);
         Ok(())
     }
@@ -332,13 +333,15 @@ impl Broker {
     pub async fn close_session(&self, session: &Session) {
         let consumers = std::mem::take(&mut *session.consumers());
         for (queue, consumer) in consumers {
-            self.queues.cancel(&queue, consumer).await;
+            self.queues
+                .cancel(&queue, consumer, CancelReason::ConnectionClosed)
+                .await;
         }
         self.queues.release_session(session.id()).await;
     }
 }
 
-fn check_owner(session: &Session, queue: &str, consumer: u64) -> Result<(), QueueError> {
+fn check_owner(session: &Session, queue: &str, consumer: ConsumerId) -> Result<(), QueueError> {
     if session.owns_consumer(queue, consumer) {
         return Ok(());
     }

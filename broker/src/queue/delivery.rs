@@ -24,10 +24,50 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A message's id: its offset in the queue's log.
 pub type MessageId = i64;
-/// A delivery's tag, unique per queue.
-pub type DeliveryTag = u64;
-/// A consumer's id, unique per queue.
-pub type ConsumerId = u64;
+
+/// A delivery's tag, unique per queue. Tags are handed out in increasing order from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct DeliveryTag(pub u64);
+
+/// A consumer's id, unique per queue (the manager numbers consumers across all queues).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerId(pub u64);
+
+impl std::fmt::Display for DeliveryTag {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.0)
+    }
+}
+
+impl std::fmt::Display for ConsumerId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.0)
+    }
+}
+
+impl From<u64> for DeliveryTag {
+    fn from(tag: u64) -> DeliveryTag {
+        DeliveryTag(tag)
+    }
+}
+
+impl From<DeliveryTag> for u64 {
+    fn from(tag: DeliveryTag) -> u64 {
+        tag.0
+    }
+}
+
+impl From<u64> for ConsumerId {
+    fn from(consumer: u64) -> ConsumerId {
+        ConsumerId(consumer)
+    }
+}
+
+impl From<ConsumerId> for u64 {
+    fn from(consumer: ConsumerId) -> u64 {
+        consumer.0
+    }
+}
 
 /// What to do when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +120,37 @@ impl DeadLetterReason {
     }
 }
 
+/// Why a consumer was cancelled.
+///
+/// Only the broker's own cancels ([`CancelReason::AckTimeout`],
+/// [`CancelReason::QueueDeleted`]) reach the consumer as `ConsumerEvent::Cancelled`; after
+/// the others its channel just ends, since the client asked for it or is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A delivery stayed unacknowledged past the queue's ack timeout.
+    AckTimeout,
+    /// The queue was deleted.
+    QueueDeleted,
+    /// The client cancelled the consumer.
+    ClientCancelled,
+    /// The connection that started the consumer closed.
+    ConnectionClosed,
+}
+
+impl CancelReason {
+    /// A sentence for logs and clients.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CancelReason::AckTimeout => {
+                "a delivery stayed unacknowledged past the queue's ack timeout; it was returned to the queue"
+            }
+            CancelReason::QueueDeleted => "the queue was deleted",
+            CancelReason::ClientCancelled => "the client cancelled it",
+            CancelReason::ConnectionClosed => "its connection closed",
+        }
+    }
+}
+
 /// A message the state machine tracks (its body stays in storage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageMeta {
@@ -113,8 +184,8 @@ pub enum Action {
     Settle(MessageId),
     /// Dead-letter the message (then settle it).
     DeadLetter(MessageId, DeadLetterReason),
-    /// Cancel a consumer (its deliveries already returned to the queue).
-    Cancel(ConsumerId, &'static str),
+    /// Cancel a consumer (its deliveries already returned to the queue), for this reason.
+    Cancel(ConsumerId, CancelReason),
     /// The message returned to the queue after this many deliveries; recorded durably
     /// (only with a delivery limit) so the limit survives a restart.
     Returned(MessageId, u32),
@@ -188,7 +259,7 @@ impl DeliveryState {
     pub fn new(limits: QueueLimits) -> DeliveryState {
         DeliveryState {
             limits,
-            next_tag: 1,
+            next_tag: DeliveryTag(1),
             ..DeliveryState::default()
         }
     }
@@ -398,7 +469,7 @@ impl DeliveryState {
             };
             self.ready.remove(&id);
             let tag = self.next_tag;
-            self.next_tag += 1;
+            self.next_tag = DeliveryTag(tag.0 + 1);
             let delivered = MessageMeta {
                 delivery_count: meta.delivery_count + 1,
                 ..meta
@@ -436,10 +507,10 @@ impl DeliveryState {
             let active = *self.consumers.keys().next()?;
             return self.has_room(active).then_some(active);
         }
-        let after = self.last_consumer.unwrap_or(ConsumerId::MIN);
+        let after = self.last_consumer.unwrap_or(ConsumerId(u64::MIN));
         let ordered = self
             .consumers
-            .range(after.saturating_add(1)..)
+            .range(ConsumerId(after.0.saturating_add(1))..)
             .chain(self.consumers.range(..=after));
         ordered.map(|(id, _)| *id).find(|id| self.has_room(*id))
     }
@@ -459,10 +530,7 @@ impl DeliveryState {
         let mut actions = Vec::new();
         for consumer in stuck {
             actions.extend(self.remove_consumer(consumer));
-            actions.push(Action::Cancel(
-                consumer,
-                "delivery acknowledgement timed out",
-            ));
+            actions.push(Action::Cancel(consumer, CancelReason::AckTimeout));
         }
         actions
     }
@@ -528,37 +596,39 @@ mod tests {
     #[test]
     fn prefetch_bounds_unacked_deliveries() {
         let mut state = queue_with(QueueLimits::default(), 0..10);
-        state.add_consumer(1, 3);
+        state.add_consumer(ConsumerId(1), 3);
         let first = deliveries(&state.dispatch(0));
         assert_eq!(
             first.iter().map(|d| d.message).collect::<Vec<_>>(),
             vec![0, 1, 2]
         );
         assert!(state.dispatch(0).is_empty());
-        state.ack(1, first[0].tag, AckScope::Single).unwrap();
+        state
+            .ack(ConsumerId(1), first[0].tag, AckScope::Single)
+            .unwrap();
         assert_eq!(deliveries(&state.dispatch(0)).len(), 1);
-        assert_eq!(state.consumer_unacked(1), 3);
+        assert_eq!(state.consumer_unacked(ConsumerId(1)), 3);
     }
 
     #[test]
     fn consumers_receive_round_robin() {
         let mut state = queue_with(QueueLimits::default(), 0..6);
-        state.add_consumer(1, 0);
-        state.add_consumer(2, 0);
+        state.add_consumer(ConsumerId(1), 0);
+        state.add_consumer(ConsumerId(2), 0);
         let consumers: Vec<ConsumerId> = deliveries(&state.dispatch(0))
             .iter()
             .map(|d| d.consumer)
             .collect();
-        assert_eq!(consumers, vec![1, 2, 1, 2, 1, 2]);
+        assert_eq!(consumers, [1, 2, 1, 2, 1, 2].map(ConsumerId).to_vec());
     }
 
     #[test]
     fn nack_with_requeue_redelivers_in_original_position() {
         let mut state = queue_with(QueueLimits::default(), 0..3);
-        state.add_consumer(1, 1);
+        state.add_consumer(ConsumerId(1), 1);
         let first = deliveries(&state.dispatch(0))[0];
         state
-            .nack(1, first.tag, AckScope::Single, Requeue::Yes)
+            .nack(ConsumerId(1), first.tag, AckScope::Single, Requeue::Yes)
             .unwrap();
         let again = deliveries(&state.dispatch(0))[0];
         assert_eq!(again.message, 0);
@@ -569,45 +639,57 @@ mod tests {
     #[test]
     fn a_departed_consumers_deliveries_go_to_another() {
         let mut state = queue_with(QueueLimits::default(), 0..4);
-        state.add_consumer(1, 2);
-        state.add_consumer(2, 2);
+        state.add_consumer(ConsumerId(1), 2);
+        state.add_consumer(ConsumerId(2), 2);
         let given = deliveries(&state.dispatch(0));
         assert_eq!(given.len(), 4);
-        state.remove_consumer(1);
+        state.remove_consumer(ConsumerId(1));
         let redelivered = deliveries(&state.dispatch(0));
         assert!(redelivered.is_empty(), "consumer 2 is full");
-        let two: Vec<Delivery> = given.iter().filter(|d| d.consumer == 2).copied().collect();
-        state.ack(2, two[1].tag, AckScope::Multiple).unwrap();
+        let two: Vec<Delivery> = given
+            .iter()
+            .filter(|d| d.consumer == ConsumerId(2))
+            .copied()
+            .collect();
+        state
+            .ack(ConsumerId(2), two[1].tag, AckScope::Multiple)
+            .unwrap();
         let redelivered = deliveries(&state.dispatch(0));
         assert_eq!(
             redelivered.iter().map(|d| d.message).collect::<Vec<_>>(),
             vec![0, 2]
         );
-        assert!(redelivered.iter().all(|d| d.redelivered && d.consumer == 2));
+        assert!(redelivered
+            .iter()
+            .all(|d| d.redelivered && d.consumer == ConsumerId(2)));
     }
 
     #[test]
     fn unknown_and_double_acks_are_errors() {
         let mut state = queue_with(QueueLimits::default(), 0..1);
-        state.add_consumer(1, 0);
+        state.add_consumer(ConsumerId(1), 0);
         let delivery = deliveries(&state.dispatch(0))[0];
         assert_eq!(
-            state.ack(1, 99, AckScope::Single),
-            Err(DeliveryError::UnknownDeliveryTag { tag: 99 })
+            state.ack(ConsumerId(1), DeliveryTag(99), AckScope::Single),
+            Err(DeliveryError::UnknownDeliveryTag {
+                tag: DeliveryTag(99)
+            })
         );
         assert_eq!(
-            state.ack(1, delivery.tag, AckScope::Single).unwrap(),
+            state
+                .ack(ConsumerId(1), delivery.tag, AckScope::Single)
+                .unwrap(),
             vec![Action::Settle(0)]
         );
         assert_eq!(
-            state.ack(1, delivery.tag, AckScope::Single),
+            state.ack(ConsumerId(1), delivery.tag, AckScope::Single),
             Err(DeliveryError::UnknownDeliveryTag { tag: delivery.tag })
         );
         assert_eq!(
-            state.ack(7, 1, AckScope::Single),
+            state.ack(ConsumerId(7), DeliveryTag(1), AckScope::Single),
             Err(DeliveryError::UnknownConsumer {
-                consumer: 7,
-                tag: 1
+                consumer: ConsumerId(7),
+                tag: DeliveryTag(1)
             })
         );
     }
@@ -615,10 +697,10 @@ mod tests {
     #[test]
     fn reject_without_requeue_dead_letters() {
         let mut state = queue_with(QueueLimits::default(), 0..1);
-        state.add_consumer(1, 0);
+        state.add_consumer(ConsumerId(1), 0);
         let delivery = deliveries(&state.dispatch(0))[0];
         let actions = state
-            .nack(1, delivery.tag, AckScope::Single, Requeue::No)
+            .nack(ConsumerId(1), delivery.tag, AckScope::Single, Requeue::No)
             .unwrap();
         assert_eq!(
             actions,
@@ -634,12 +716,12 @@ mod tests {
             ..QueueLimits::default()
         };
         let mut state = queue_with(limits, 0..1);
-        state.add_consumer(1, 0);
+        state.add_consumer(ConsumerId(1), 0);
         let mut outcome = Vec::new();
         for _ in 0..3 {
             let delivery = deliveries(&state.dispatch(0))[0];
             outcome = state
-                .nack(1, delivery.tag, AckScope::Single, Requeue::Yes)
+                .nack(ConsumerId(1), delivery.tag, AckScope::Single, Requeue::Yes)
                 .unwrap();
         }
         assert_eq!(
@@ -666,7 +748,7 @@ mod tests {
                 delivery_count: 0,
             })
             .unwrap();
-        state.add_consumer(1, 0);
+        state.add_consumer(ConsumerId(1), 0);
         let actions = state.dispatch(200);
         assert_eq!(actions[0], Action::DeadLetter(0, DeadLetterReason::Expired));
         assert_eq!(deliveries(&actions)[0].message, 1);
@@ -704,15 +786,15 @@ mod tests {
             ..QueueLimits::default()
         };
         let mut state = queue_with(limits, 0..4);
-        state.add_consumer(1, 2);
-        state.add_consumer(2, 2);
+        state.add_consumer(ConsumerId(1), 2);
+        state.add_consumer(ConsumerId(2), 2);
         assert!(deliveries(&state.dispatch(0))
             .iter()
-            .all(|d| d.consumer == 1));
-        state.remove_consumer(1);
+            .all(|d| d.consumer == ConsumerId(1)));
+        state.remove_consumer(ConsumerId(1));
         let next = deliveries(&state.dispatch(0));
         assert_eq!(next.len(), 2);
-        assert!(next.iter().all(|d| d.consumer == 2));
+        assert!(next.iter().all(|d| d.consumer == ConsumerId(2)));
     }
 
     #[test]
@@ -722,11 +804,11 @@ mod tests {
             ..QueueLimits::default()
         };
         let mut state = queue_with(limits, 0..2);
-        state.add_consumer(1, 0);
+        state.add_consumer(ConsumerId(1), 0);
         state.dispatch(0);
         assert!(state.check_ack_timeouts(1000).is_empty());
         let actions = state.check_ack_timeouts(1001);
-        assert!(actions.contains(&Action::Cancel(1, "delivery acknowledgement timed out")));
+        assert!(actions.contains(&Action::Cancel(ConsumerId(1), CancelReason::AckTimeout)));
         assert_eq!(state.ready_count(), 2);
         assert_eq!(state.unacked_count(), 0);
     }

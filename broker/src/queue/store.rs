@@ -12,7 +12,8 @@
 //! message segments wholly below the low-water mark are deleted ("fully settled segments are
 //! deleted").
 //!
-//! Durability: `publish` and `settle` append; the caller awaits `wait_durable` on the
+//! Durability: `append_messages` and `settle` append through [`crate::append`]; the caller
+//! awaits `append::durable` on the
 //! returned offset (group commit) before confirming a publish or answering an ack.
 
 use std::collections::BTreeSet;
@@ -300,7 +301,7 @@ impl QueueStore {
     ///
     /// # Errors
     /// As for `Partition::append`.
-    pub fn publish(&self, batch: &mut [u8]) -> Result<Appended> {
+    pub fn append_messages(&self, batch: &mut [u8]) -> Result<Appended> {
         crate::append::append(&self.messages, batch).map(|receipt| receipt.appended())
     }
 
@@ -515,7 +516,7 @@ mod tests {
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let appended = store.publish(&mut bytes).unwrap();
+        let appended = store.append_messages(&mut bytes).unwrap();
         store
             .wait_published(appended, Duration::from_secs(10))
             .unwrap();

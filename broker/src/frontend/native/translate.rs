@@ -18,11 +18,11 @@ use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
-    self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, Delivered, Durability,
-    FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry, OffsetSpec,
-    PartitionQuery, ProduceQuery, PublishOutcome, PublishQuery, QueueError, Requeue, Settle,
-    SettleQuery, StreamError, SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets,
-    TxnProducer,
+    self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, ConsumerId, Delivered,
+    DeliveryTag, Durability, FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
+    OffsetEntry, OffsetSpec, PartitionQuery, ProduceQuery, PublishOutcome, PublishQuery,
+    QueueError, Requeue, Settle, SettleQuery, StreamError, SubscribeQuery, TopicInfo, TopicQuery,
+    TxnEnd, TxnError, TxnOffsets, TxnProducer,
 };
 use crate::frontend::native::error_code;
 use crate::frontend::native::{Native, NativeConnection};
@@ -171,7 +171,11 @@ pub async fn handle(
         Request::Ack(request) => ack(broker, request, connection).await,
         Request::Cancel(request) => ready(Response::Cancel(admin_answer(
             broker
-                .cancel(&connection.session, &request.queue, request.consumer_id)
+                .cancel(
+                    &connection.session,
+                    &request.queue,
+                    ConsumerId(request.consumer_id),
+                )
                 .await,
         ))),
         Request::DeclareExchange(request) => {
@@ -898,7 +902,7 @@ async fn subscribe(
     };
     let queue = query.queue.clone();
     let (consumer_id, deliveries) = match broker.subscribe(&connection.session, query).await {
-        Ok(started) => started,
+        Ok((consumer, deliveries)) => (consumer.0, deliveries),
         Err(error) => {
             return SubscribeResponse {
                 error: error_code::queue(&error),
@@ -956,6 +960,11 @@ async fn forward_deliveries(
                     error: match reason {
                         CancelReason::AckTimeout => ErrorCode::AckTimeout,
                         CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
+                        // Never pushed: a consumer the client cancelled, or whose connection
+                        // closed, just ends its channel.
+                        CancelReason::ClientCancelled | CancelReason::ConnectionClosed => {
+                            ErrorCode::None
+                        }
                     },
                     error_message: Some(format!(
                         "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
@@ -978,7 +987,7 @@ async fn forward_deliveries(
 fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
     DeliverPush {
         consumer_id,
-        delivery_tag: delivered.tag,
+        delivery_tag: delivered.tag.0,
         redelivered: delivered.redelivered,
         routing_key: delivered
             .record
@@ -1003,8 +1012,8 @@ fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
 async fn ack(broker: &Broker, request: AckRequest, connection: &NativeConnection) -> Answer {
     let query = SettleQuery {
         queue: request.queue,
-        consumer: request.consumer_id,
-        tag: request.delivery_tag,
+        consumer: ConsumerId(request.consumer_id),
+        tag: DeliveryTag(request.delivery_tag),
         scope: if request.multiple {
             AckScope::Multiple
         } else {

@@ -1,0 +1,703 @@
+//! The task that owns one queue: its store, its delivery state, its delayed messages and
+//! the channels of its consumers. Everything else reaches the queue through [`Command`]s on
+//! a bounded channel, in the order they were sent.
+//!
+//! - Each command kind is handled in one place: `handle_batch` takes publishes, acks, nacks
+//!   and the stop; `handle_control` takes the [`Control`] commands one at a time.
+//! - A batch of waiting commands shares work: a run of publishes is stored with one append
+//!   and one fsync (`flush_publishes`), a run of acks settled with one append and one fsync
+//!   (`flush_acks`). With `reject-publish` and a length limit each publish is stored on its
+//!   own, so it sees the length its predecessors left.
+//! - A publish is confirmed only once its messages are durable; an ack is answered only once
+//!   its settle record is durable.
+//! - Between batches (and at least every `IDLE_WAKE`) a tick moves due delayed messages to
+//!   ready, dead-letters expired ones, times out unacknowledged deliveries, dispatches, and
+//!   every `COMPACTION_INTERVAL_MS` compacts the store on the blocking pool.
+//!
+//! The task never holds the manager's registry lock and never blocks its worker on I/O
+//! other than its own log appends and reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use wharf_protocol::batch::{BatchBuilder, NewRecord, Record};
+
+use crate::queue::delay::{DelayQueue, DUE_HEADER};
+use crate::queue::delivery::{
+    AckScope, Action, CancelReason, ConsumerId, DeadLetterReason, DeliveryError, DeliveryState,
+    DeliveryTag, MessageMeta, Overflow, QueueLimits, Requeue,
+};
+use crate::queue::manager::QueueManager;
+use crate::queue::publish::{dead_letter_copy, header_number};
+use crate::queue::store::QueueStore;
+use crate::queue::types::{
+    ConsumerEvent, Delivered, Durability, Message, QueueArgs, QueueError, QueueStats,
+    EXPIRATION_HEADER,
+};
+use crate::storage::Clock;
+
+/// Commands queued per queue task before callers wait (backpressure on publishers).
+pub const QUEUE_COMMANDS_MAX: usize = 4096;
+/// How often a queue checkpoints its ack state and deletes fully settled segments.
+const COMPACTION_INTERVAL_MS: i64 = 30_000;
+/// Most message bytes stored as one record batch: well below `BATCH_BYTES_MAX` so that a
+/// run of publishes always fits one batch (record overhead included).
+const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Most commands a queue task takes in one batch (bounds the work between ticks).
+const COMMAND_BATCH_MAX: usize = 1024;
+/// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
+const IDLE_WAKE: Duration = Duration::from_millis(100);
+
+/// The reply to a publish or an ack.
+pub(crate) type Confirm = oneshot::Sender<Result<(), QueueError>>;
+/// A publish waiting to be stored with its run.
+type PendingPublish = (Vec<Message>, Confirm);
+/// An ack already applied to the delivery state, waiting for its settle record.
+type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
+
+/// What a queue task is asked to do.
+pub(crate) enum Command {
+    /// Store these messages (merged with neighbouring publishes) and confirm once durable.
+    Publish(Vec<Message>, Confirm),
+    /// Ack a delivery (merged with neighbouring acks and nacks into one settle record).
+    Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
+    /// Nack a delivery (merged like an ack).
+    Nack(ConsumerId, DeliveryTag, AckScope, Requeue, Confirm),
+    /// Stops the task; consumers are told the reason, if any.
+    Stop(oneshot::Sender<()>, Option<CancelReason>),
+    /// A command handled on its own, after the publishes and acks before it.
+    Control(Control),
+}
+
+/// The commands that neither merge with their neighbours nor stop the task.
+pub(crate) enum Control {
+    /// Adds a consumer with its prefetch window and channel.
+    Subscribe(ConsumerId, u32, mpsc::Sender<ConsumerEvent>),
+    /// Removes a consumer (its deliveries return to the queue); answered before they are
+    /// dispatched again.
+    Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
+    /// Removes every ready and delayed message; answers how many.
+    Purge(oneshot::Sender<u64>),
+    /// Settles messages whose dead-lettered copies are stored.
+    Settle(Vec<i64>),
+    /// Answers the queue's counts.
+    Stats(oneshot::Sender<QueueStats>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("queue command")
+    }
+}
+
+/// The task that owns one queue.
+pub(crate) struct QueueTask {
+    name: String,
+    /// Shared with the blocking pool only while it compacts.
+    store: Arc<QueueStore>,
+    state: DeliveryState,
+    delays: DelayQueue,
+    consumers: HashMap<ConsumerId, mpsc::Sender<ConsumerEvent>>,
+    ttl_ms: Option<u64>,
+    /// The dead-letter exchange and routing key, if the queue has one.
+    dead_letter_target: Option<(String, Option<String>)>,
+    clock: Arc<dyn Clock>,
+    manager: Weak<QueueManager>,
+    last_compaction_ms: i64,
+    /// Actions decided outside a tick (recovery) and carried out at the next one.
+    pending_actions: Vec<Action>,
+}
+
+/// Whether a queue task goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl QueueTask {
+    /// Recovers the queue from `store` and starts its task; returns the task's command
+    /// channel (bounded by `QUEUE_COMMANDS_MAX`).
+    ///
+    /// # Errors
+    /// `Storage` if the unsettled messages cannot be read back.
+    pub(crate) fn spawn(
+        name: &str,
+        args: &QueueArgs,
+        store: QueueStore,
+        clock: Arc<dyn Clock>,
+        manager: Weak<QueueManager>,
+    ) -> Result<mpsc::Sender<Command>, QueueError> {
+        let (sender, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        let task = QueueTask::new(name, args, store, clock, manager)?;
+        tokio::spawn(task.run(receiver));
+        Ok(sender)
+    }
+
+    fn new(
+        name: &str,
+        args: &QueueArgs,
+        store: QueueStore,
+        clock: Arc<dyn Clock>,
+        manager: Weak<QueueManager>,
+    ) -> Result<QueueTask, QueueError> {
+        let limits = QueueLimits {
+            max_length: args.max_length,
+            overflow: args.overflow,
+            delivery_limit: args.delivery_limit,
+            single_active_consumer: args.single_active_consumer,
+            ack_timeout_ms: args.ack_timeout_ms,
+        };
+        let mut task = QueueTask {
+            name: name.to_string(),
+            state: DeliveryState::new(limits),
+            delays: DelayQueue::new(),
+            consumers: HashMap::new(),
+            ttl_ms: args.message_ttl_ms,
+            dead_letter_target: args
+                .dead_letter_exchange
+                .clone()
+                .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
+            store: Arc::new(store),
+            last_compaction_ms: clock.now_ms(),
+            pending_actions: Vec::new(),
+            clock,
+            manager,
+        };
+        task.recover()?;
+        Ok(task)
+    }
+
+    /// Refills the queue from storage: every unsettled message, delayed ones back in the
+    /// delay queue. What overflows the length limit is dead-lettered at the first tick.
+    fn recover(&mut self) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let recovered = self
+            .store
+            .unsettled()
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        // Deliveries before the restart still count toward the delivery limit.
+        let counts = self.store.take_recovered_counts();
+        let mut overflowed = Vec::new();
+        for message in recovered {
+            let due = header_number(&message.record.headers, DUE_HEADER);
+            match due {
+                Some(due) if due > now => self.delays.insert(message.id, due),
+                _ => {
+                    let meta = MessageMeta {
+                        delivery_count: counts.get(&message.id).copied().unwrap_or(0),
+                        ..self.meta(message.id, &message.record)
+                    };
+                    match self.state.enqueue(meta) {
+                        Ok(actions) => overflowed.extend(actions),
+                        Err(_) => overflowed
+                            .push(Action::DeadLetter(message.id, DeadLetterReason::MaxLength)),
+                    }
+                }
+            }
+        }
+        if !overflowed.is_empty() {
+            tracing::warn!(
+                queue = self.name,
+                dropped = overflowed.len(),
+                "recovered queue exceeded its max length; dead-lettering the oldest"
+            );
+        }
+        // Carried out (dead-lettered and settled) at the first tick.
+        self.pending_actions = overflowed;
+        Ok(())
+    }
+
+    fn meta(&self, id: i64, record: &Record) -> MessageMeta {
+        let ttl = header_number(&record.headers, EXPIRATION_HEADER)
+            .and_then(|ttl| u64::try_from(ttl).ok())
+            .or(self.ttl_ms);
+        MessageMeta {
+            id,
+            expires_at_ms: ttl.map(|ttl| record.timestamp_ms.saturating_add(ttl as i64)),
+            delivery_count: 0,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let now = self.clock.now_ms();
+            let due = self
+                .delays
+                .next_due_ms()
+                .map(|due| (due - now).max(0) as u64);
+            let wake = due.map_or(IDLE_WAKE, |ms| Duration::from_millis(ms).min(IDLE_WAKE));
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    // Take every command already waiting: publishes and acks among them share
+                    // one append and one fsync (group commit for queues).
+                    let mut batch = vec![command];
+                    while batch.len() < COMMAND_BATCH_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.handle_batch(batch).await == Flow::Stop {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(wake) => {}
+            }
+            self.tick().await;
+        }
+    }
+
+    /// Handles a batch of commands in order, merging runs of publishes and runs of acks.
+    async fn handle_batch(&mut self, batch: Vec<Command>) -> Flow {
+        let mut publishes: Vec<PendingPublish> = Vec::new();
+        let mut acks: Vec<PendingAck> = Vec::new();
+        let limits = self.state.limits();
+        // With reject-publish, each publish must see the length its predecessors left.
+        let merge_publishes =
+            !(limits.max_length.is_some() && limits.overflow == Overflow::RejectPublish);
+        for command in batch {
+            match command {
+                Command::Publish(messages, reply) => {
+                    self.flush_acks(&mut acks).await;
+                    publishes.push((messages, reply));
+                    if !merge_publishes {
+                        self.flush_publishes(&mut publishes).await;
+                    }
+                }
+                Command::Ack(consumer, tag, scope, reply) => {
+                    self.flush_publishes(&mut publishes).await;
+                    acks.push((
+                        self.state.ack(consumer, tag, scope).map_err(delivery_error),
+                        reply,
+                    ));
+                }
+                Command::Nack(consumer, tag, scope, requeue, reply) => {
+                    self.flush_publishes(&mut publishes).await;
+                    acks.push((
+                        self.state
+                            .nack(consumer, tag, scope, requeue)
+                            .map_err(delivery_error),
+                        reply,
+                    ));
+                }
+                Command::Stop(reply, reason) => {
+                    self.flush_publishes(&mut publishes).await;
+                    self.flush_acks(&mut acks).await;
+                    self.stop(reason);
+                    let _ = reply.send(());
+                    return Flow::Stop;
+                }
+                Command::Control(control) => {
+                    self.flush_publishes(&mut publishes).await;
+                    self.flush_acks(&mut acks).await;
+                    self.handle_control(control).await;
+                }
+            }
+        }
+        self.flush_publishes(&mut publishes).await;
+        self.flush_acks(&mut acks).await;
+        Flow::Continue
+    }
+
+    /// Cancels every consumer with `reason` (none: at shutdown, they are not told) and
+    /// closes the store.
+    fn stop(&mut self, reason: Option<CancelReason>) {
+        if let Some(reason) = reason {
+            let consumers: Vec<ConsumerId> = self.consumers.keys().copied().collect();
+            for consumer in consumers {
+                self.cancel_consumer(consumer, reason);
+            }
+        }
+        if let Err(error) = self.store.close() {
+            tracing::warn!(queue = self.name, %error, "closing queue storage failed");
+        }
+    }
+
+    /// Stores a run of publishes with one append and one fsync, then confirms each.
+    async fn flush_publishes(&mut self, publishes: &mut Vec<PendingPublish>) {
+        if publishes.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(publishes);
+        // One batch per run, unless the run is larger than a batch may be: then several, so a
+        // large neighbour never fails an unrelated publish.
+        let mut chunk: Vec<PendingPublish> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for pending in taken {
+            let bytes: usize = pending.0.iter().map(message_bytes).sum();
+            if !chunk.is_empty() && chunk_bytes + bytes > PUBLISH_RUN_BYTES_MAX {
+                self.store_run(std::mem::take(&mut chunk)).await;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunk.push(pending);
+        }
+        self.store_run(chunk).await;
+    }
+
+    /// Stores one run of publishes as one batch and gives each the run's outcome.
+    async fn store_run(&mut self, run: Vec<PendingPublish>) {
+        if run.is_empty() {
+            return;
+        }
+        let messages: Vec<Message> = run
+            .iter()
+            .flat_map(|(messages, _)| messages.iter().cloned())
+            .collect();
+        let outcome = self.store_messages(messages).await;
+        for (_, reply) in run {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
+    /// Settles what a run of acks released with one append and one fsync, then answers each.
+    async fn flush_acks(&mut self, acks: &mut Vec<PendingAck>) {
+        if acks.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(acks);
+        let mut actions = Vec::new();
+        let mut replies = Vec::new();
+        for (outcome, reply) in taken {
+            match outcome {
+                Ok(more) => {
+                    actions.extend(more);
+                    replies.push((Ok(()), reply));
+                }
+                Err(error) => replies.push((Err(error), reply)),
+            }
+        }
+        let applied = self.apply(actions).await;
+        for (outcome, reply) in replies {
+            let answer = match (outcome, &applied) {
+                (Err(error), _) => Err(error),
+                (Ok(()), Err(error)) => Err(error.clone()),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    async fn handle_control(&mut self, control: Control) {
+        match control {
+            Control::Subscribe(consumer, prefetch, sender) => {
+                self.state.add_consumer(consumer, prefetch);
+                self.consumers.insert(consumer, sender);
+            }
+            Control::Cancel(consumer, reason, reply) => {
+                self.cancel_consumer(consumer, reason);
+                let _ = reply.send(());
+                let actions = self.state.remove_consumer(consumer);
+                if let Err(error) = self.apply(actions).await {
+                    tracing::warn!(queue = self.name, %error, "returning a cancelled consumer's deliveries failed");
+                }
+            }
+            Control::Settle(ids) => {
+                if let Err(error) = self.settle(&ids).await {
+                    tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
+                }
+            }
+            Control::Purge(reply) => {
+                let mut ids = self.state.purge();
+                ids.extend(self.delays.clear());
+                let count = ids.len() as u64;
+                let _ = self.settle(&ids).await;
+                let _ = reply.send(count);
+            }
+            Control::Stats(reply) => {
+                let _ = reply.send(QueueStats {
+                    name: self.name.clone(),
+                    ready: (self.state.ready_count() + self.delays.len()) as u64,
+                    unacked: self.state.unacked_count() as u64,
+                    consumers: self.consumers.len() as u64,
+                    durability: Durability::default(),
+                });
+            }
+        }
+    }
+
+    /// Stores messages as one batch with one append and one fsync, then makes them ready
+    /// (or delayed) in the delivery state.
+    async fn store_messages(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let mut builder = BatchBuilder::new(now);
+        for message in &messages {
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: now,
+                    key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
+                    value: Some(message.body.clone()),
+                    headers: message.headers.clone(),
+                })
+                .map_err(|error| QueueError::Invalid(error.to_string()))?;
+        }
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
+        // Check the length limit before storing, so a refused message is never stored.
+        let limits = self.state.limits();
+        if let (Some(max_length), Overflow::RejectPublish) = (limits.max_length, limits.overflow) {
+            if self.state.ready_count() as u64 >= max_length {
+                return Err(QueueError::QueueFull {
+                    queue: self.name.clone(),
+                    max_length,
+                });
+            }
+        }
+        let appended = self.store.append_messages(&mut bytes).map_err(storage)?;
+        crate::append::durable(self.store.messages(), appended.next_offset)
+            .await
+            .map_err(storage)?;
+        let mut actions = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            let id = appended.base_offset + index as i64;
+            if let Some(due) = header_number(&message.headers, DUE_HEADER).filter(|due| *due > now)
+            {
+                self.delays.insert(id, due);
+                continue;
+            }
+            let record_ttl = header_number(&message.headers, EXPIRATION_HEADER)
+                .and_then(|ttl| u64::try_from(ttl).ok());
+            let meta = MessageMeta {
+                id,
+                expires_at_ms: record_ttl
+                    .or(self.ttl_ms)
+                    .map(|ttl| now.saturating_add(ttl as i64)),
+                delivery_count: 0,
+            };
+            match self.state.enqueue(meta) {
+                Ok(more) => actions.extend(more),
+                Err(DeliveryError::QueueFull { max_length }) => {
+                    // Stored but refused: settle it so it never comes back.
+                    let _ = self.settle(&[id]).await;
+                    return Err(QueueError::QueueFull {
+                        queue: self.name.clone(),
+                        max_length,
+                    });
+                }
+                Err(error) => return Err(delivery_error(error)),
+            }
+        }
+        self.apply(actions).await
+    }
+
+    /// Moves due delayed messages to ready, expires, times out acks, and delivers.
+    async fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        let mut actions = std::mem::take(&mut self.pending_actions);
+        for id in self.delays.take_due(now) {
+            match self.store.read(id) {
+                Ok(Some(record)) => {
+                    let meta = self.meta(id, &record);
+                    match self.state.enqueue(meta) {
+                        Ok(more) => actions.extend(more),
+                        // A due message finding a reject-publish queue full is dead-lettered
+                        // rather than left stranded (neither ready nor settled).
+                        Err(_) => actions.push(Action::DeadLetter(id, DeadLetterReason::MaxLength)),
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(queue = self.name, id, %error, "cannot read a due delayed message")
+                }
+            }
+        }
+        actions.extend(self.state.check_ack_timeouts(now));
+        actions.extend(self.state.dispatch(now));
+        let _ = self.apply(actions).await;
+        if now.saturating_sub(self.last_compaction_ms) >= COMPACTION_INTERVAL_MS {
+            self.last_compaction_ms = now;
+            self.compact(now).await;
+        }
+    }
+
+    /// Deletes segments whose messages are all settled ("fully settled segments are
+    /// deleted") and ack-log segments the checkpoint covers.
+    async fn compact(&mut self, now: i64) {
+        // A checkpoint write with fsync and file deletes: on the blocking pool, while this
+        // queue waits (STYLE.md §4).
+        let store = Arc::clone(&self.store);
+        let counts = self.state.delivery_counts();
+        let compacted = tokio::task::spawn_blocking(move || store.compact(&counts, now)).await;
+        match compacted {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(queue = self.name, %error, "queue compaction failed")
+            }
+            Err(error) => {
+                tracing::warn!(queue = self.name, %error, "queue compaction task failed")
+            }
+        }
+    }
+
+    /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages
+    /// are recorded durably.
+    async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
+        let mut settled = Vec::new();
+        let mut returned = Vec::new();
+        for action in actions {
+            match action {
+                Action::Deliver(delivery) => {
+                    let record = match self.store.read(delivery.message) {
+                        Ok(Some(record)) => record,
+                        _ => continue,
+                    };
+                    let delivered = Delivered {
+                        consumer: delivery.consumer,
+                        tag: delivery.tag,
+                        redelivered: delivery.redelivered,
+                        record,
+                    };
+                    // The channel holds the consumer's prefetch window plus one, so it is never
+                    // full here; an error means the consumer is gone.
+                    let gone = match self.consumers.get(&delivery.consumer) {
+                        Some(sender) => {
+                            sender.try_send(ConsumerEvent::Delivery(delivered)).is_err()
+                        }
+                        None => true,
+                    };
+                    if gone {
+                        // The consumer went away: its deliveries return to the queue.
+                        self.consumers.remove(&delivery.consumer);
+                        let returned = self.state.remove_consumer(delivery.consumer);
+                        Box::pin(self.apply(returned)).await?;
+                    }
+                }
+                Action::Settle(id) => settled.push(id),
+                Action::DeadLetter(id, reason) => {
+                    // With a dead-letter exchange the message is settled only once its copy
+                    // is stored there (the republish settles it); without one it is dropped.
+                    if !self.forward_dead_letter(id, reason) {
+                        settled.push(id);
+                    }
+                }
+                Action::Cancel(consumer, reason) => {
+                    let description = reason.describe();
+                    tracing::warn!(
+                        queue = self.name,
+                        consumer = consumer.0,
+                        reason = description,
+                        "consumer cancelled"
+                    );
+                    self.cancel_consumer(consumer, reason);
+                }
+                Action::Returned(id, deliveries) => returned.push((id, deliveries)),
+            }
+        }
+        if let Err(error) = self
+            .store
+            .record_delivery_counts(&returned, self.clock.now_ms())
+        {
+            // The counts only tighten the delivery limit after a restart; the messages
+            // themselves are safe.
+            tracing::warn!(queue = self.name, %error, "recording delivery counts failed");
+        }
+        self.settle(&settled).await
+    }
+
+    /// Ends a consumer's channel here, whoever cancelled it (its deliveries are back in the
+    /// queue, or about to be). The broker's own cancels tell the consumer why; after an ack
+    /// timeout the manager's registry forgets it too.
+    fn cancel_consumer(&mut self, consumer: ConsumerId, reason: CancelReason) {
+        let sender = self.consumers.remove(&consumer);
+        let tell = |sender: Option<mpsc::Sender<ConsumerEvent>>| {
+            if let Some(sender) = sender {
+                // The channel keeps a slot beyond the window for this; a closed channel means
+                // the consumer is gone and there is nobody to tell.
+                let _ = sender.try_send(ConsumerEvent::Cancelled(reason));
+            }
+        };
+        match reason {
+            CancelReason::AckTimeout => {
+                tell(sender);
+                if let Some(manager) = self.manager.upgrade() {
+                    let queue = self.name.clone();
+                    // Spawned: an auto-delete stops this very task and waits for it.
+                    tokio::spawn(async move { manager.forget_consumer(&queue, consumer).await });
+                }
+            }
+            // The delete already dropped the queue's consumers from the registry.
+            CancelReason::QueueDeleted => tell(sender),
+            // The client asked for this or is gone: dropping the sender ends its channel, and
+            // `QueueManager::cancel` forgets the consumer once this task answers.
+            CancelReason::ClientCancelled | CancelReason::ConnectionClosed => drop(sender),
+        }
+    }
+
+    async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
+        if let Some(appended) = self.store.settle(ids, now).map_err(storage)? {
+            let durable = crate::append::durable(self.store.acks(), appended.next_offset);
+            // The settled messages freed prefetch room: fill it while the settle record is
+            // fsynced, so consumers are not idle for the fsync. Those deliveries are of
+            // other, already durable messages.
+            let more = self.state.dispatch(now);
+            let delivered = if more.is_empty() {
+                Ok(())
+            } else {
+                Box::pin(self.apply(more)).await
+            };
+            // Whatever happened to those deliveries, these settlements are confirmed once
+            // durable (else compaction's low-water mark would stick until a restart).
+            durable.await.map_err(storage)?;
+            self.store.confirm_settled(ids);
+            delivered?;
+        }
+        Ok(())
+    }
+
+    /// Sends a dead-lettered message's copy to the queue's dead-letter exchange; true if a
+    /// republish was started (it settles the message when the copy is stored), false if
+    /// there is nowhere to send it and the caller settles it.
+    fn forward_dead_letter(&mut self, id: i64, reason: DeadLetterReason) -> bool {
+        let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
+            return false;
+        };
+        let Some(manager) = self.manager.upgrade() else {
+            return false;
+        };
+        let Ok(Some(record)) = self.store.read(id) else {
+            return false;
+        };
+        let message = dead_letter_copy(record, reason, &self.name, routing_key);
+        // Dead-lettering runs on its own task: the target may be this very queue.
+        let queue = self.name.clone();
+        tokio::spawn(async move {
+            if manager.republish_dead_letter(&exchange, message).await {
+                if let Ok(sender) = manager.sender(&queue) {
+                    let settle = Control::Settle(vec![id]);
+                    let _ = sender.send(Command::Control(settle)).await;
+                }
+            }
+        });
+        true
+    }
+}
+
+/// Bytes a message takes in a record batch, roughly (body, key, headers).
+fn message_bytes(message: &Message) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|header| header.key.len() + header.value.as_ref().map_or(0, Bytes::len) + 16)
+        .sum();
+    message.body.len() + message.routing_key.len() + headers + 32
+}
+
+fn delivery_error(error: DeliveryError) -> QueueError {
+    match error {
+        DeliveryError::UnknownDeliveryTag { tag } => QueueError::UnknownDeliveryTag(tag),
+        // A cancelled consumer's deliveries went back to the queue: its tags are unknown.
+        DeliveryError::UnknownConsumer { tag, .. } => QueueError::UnknownDeliveryTag(tag),
+        DeliveryError::QueueFull { max_length } => QueueError::QueueFull {
+            queue: String::new(),
+            max_length,
+        },
+    }
+}

@@ -1,0 +1,180 @@
+//! The public types of the queue api: its error, a queue's arguments and durability, the
+//! messages going in and out, what a consumer's channel carries, the tickets a publish or an
+//! ack returns, and a queue's counts.
+//!
+//! Plain data with no I/O and no locks; the manager, the queue task and the server's
+//! dispatch share them. Must never depend on the manager or the task.
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use wharf_protocol::batch::{Header, Record};
+
+use crate::queue::delivery::{CancelReason, ConsumerId, DeliveryTag, Overflow};
+
+/// Header with a per-message TTL in milliseconds.
+pub const EXPIRATION_HEADER: &str = "x-expiration-ms";
+/// Header naming the exchange a message was published to.
+pub const EXCHANGE_HEADER: &str = "x-exchange";
+
+/// Everything that can go wrong in the queue layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// No such exchange.
+    #[error("unknown exchange {0:?}")]
+    UnknownExchange(String),
+    /// No such queue.
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    /// A declare whose arguments differ from the existing entity's.
+    #[error("{0} exists with different arguments")]
+    DeclareMismatch(String),
+    /// A name or argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The queue is full and rejects publishes.
+    #[error("queue {queue:?} is full ({max_length} messages) and rejects publishes")]
+    QueueFull { queue: String, max_length: u64 },
+    /// An ack or nack names an unknown or settled delivery tag.
+    #[error("unknown or already settled delivery tag {0}")]
+    UnknownDeliveryTag(DeliveryTag),
+    /// Storage failed underneath.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The queue was deleted or the broker is stopping.
+    #[error("queue {0:?} is gone")]
+    Gone(String),
+}
+
+/// Arguments of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueArgs {
+    /// Messages expire this long after publish.
+    pub message_ttl_ms: Option<u64>,
+    /// Most ready messages.
+    pub max_length: Option<u64>,
+    /// What happens past `max_length`.
+    pub overflow: Overflow,
+    /// Where dead-lettered messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// Their routing key (default: the original one).
+    pub dead_letter_routing_key: Option<String>,
+    /// Redeliveries before a message is dead-lettered.
+    pub delivery_limit: Option<u32>,
+    /// Only one consumer receives at a time.
+    pub single_active_consumer: bool,
+    /// Unacked deliveries older than this return and cancel their consumer.
+    pub ack_timeout_ms: Option<u64>,
+    /// Only the declaring connection may use the queue; it is deleted when that connection
+    /// closes.
+    pub exclusive: bool,
+    /// The queue is deleted when its last consumer goes away.
+    pub auto_delete: bool,
+}
+
+/// Identifies a client connection (for exclusive queues).
+pub type SessionId = u64;
+
+/// Durability of a queue or exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives restarts (definition, messages and ack state).
+    Durable,
+    /// Gone at restart.
+    #[default]
+    Transient,
+}
+
+/// What a consumer's channel carries: deliveries, then possibly why the broker cancelled it.
+#[derive(Debug, Clone)]
+pub enum ConsumerEvent {
+    /// A message for the consumer.
+    Delivery(Delivered),
+    /// The broker cancelled the consumer; nothing follows. After an ack timeout its
+    /// unacknowledged deliveries (those still in the channel included) are back in the
+    /// queue; after a queue delete they are gone with the queue.
+    Cancelled(CancelReason),
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The consumer it is for.
+    pub consumer: ConsumerId,
+    /// The tag to ack it with.
+    pub tag: DeliveryTag,
+    /// True if delivered before.
+    pub redelivered: bool,
+    /// The stored record (key = routing key, headers include `x-exchange`).
+    pub record: Record,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored durably in these queues.
+    Routed(Vec<String>),
+    /// No queue matched.
+    Unroutable,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The routing key.
+    pub routing_key: String,
+    /// The body.
+    pub body: Bytes,
+    /// Headers (`x-delay` delays delivery; `x-expiration-ms` sets a per-message TTL).
+    pub headers: Vec<Header>,
+}
+
+/// A publish handed to its queues, not yet confirmed.
+#[derive(Debug)]
+pub struct PublishTicket {
+    confirmations: Vec<(String, oneshot::Receiver<Result<(), QueueError>>)>,
+}
+
+impl PublishTicket {
+    /// A ticket waiting for one reply per routed queue (none: unroutable).
+    pub(crate) fn new(
+        confirmations: Vec<(String, oneshot::Receiver<Result<(), QueueError>>)>,
+    ) -> PublishTicket {
+        PublishTicket { confirmations }
+    }
+
+    /// Waits until the message is durable in every queue it routed to.
+    ///
+    /// # Errors
+    /// The first queue's error (full, storage, gone).
+    pub async fn confirmed(self) -> Result<Published, QueueError> {
+        if self.confirmations.is_empty() {
+            return Ok(Published::Unroutable);
+        }
+        let mut queues = Vec::with_capacity(self.confirmations.len());
+        for (name, confirmed) in self.confirmations {
+            confirmed
+                .await
+                .map_err(|_| QueueError::Gone(name.clone()))??;
+            queues.push(name);
+        }
+        Ok(Published::Routed(queues))
+    }
+}
+
+/// An ack or nack handed to its queue, not yet durable.
+pub type AckTicket = oneshot::Receiver<Result<(), QueueError>>;
+
+/// Counts of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: String,
+    /// Ready messages (delayed ones included).
+    pub ready: u64,
+    /// Delivered, unacknowledged messages.
+    pub unacked: u64,
+    /// Subscribed consumers.
+    pub consumers: u64,
+    /// Durable or transient.
+    pub durability: Durability,
+}
