@@ -38,7 +38,9 @@ use crate::groups::commit::{check_entry, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::{Committed, OffsetStore};
 use crate::groups::{Coordinator, GroupError};
 use crate::storage::{Error as StorageError, Partition};
-use crate::streams::topic::{internal_overrides, TopicError, Topics, INTERNAL_TOPIC_PREFIX};
+use crate::streams::topic::{
+    internal_overrides, replay_records, TopicError, Topics, INTERNAL_TOPIC_PREFIX,
+};
 use crate::streams::Streams;
 
 /// The internal topic holding transaction state.
@@ -51,8 +53,6 @@ pub const TXN_TIMEOUT_MS_MAX: u32 = 15 * 60_000;
 const COMMAND_QUEUE_MAX: usize = 1024;
 /// How often open transactions are checked against their timeout.
 const TIMEOUT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-/// Bytes read per step while replaying the transaction log.
-const REPLAY_READ_BYTES: usize = 1024 * 1024;
 
 /// Where a transaction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,40 +426,26 @@ impl TxnCoordinator {
 
 fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
     let mut txns = HashMap::new();
-    let mut position = log.log_start_offset();
-    while position < log.high_watermark() {
-        let read = log.read(position, REPLAY_READ_BYTES)?;
-        if read.bytes.is_empty() {
-            break;
-        }
-        for decoded in batch::batches(read.bytes) {
-            let decoded = decoded?;
-            position = decoded.header().next_offset();
-            if decoded.header().attributes.is_control() {
-                continue;
-            }
-            for record in decoded.records() {
-                let record = record?;
-                let (Some(key), Some(value)) = (record.key, record.value) else {
-                    continue;
-                };
-                let corrupt = |reason: String| StorageError::Corrupt {
-                    segment: log.dir().to_path_buf(),
-                    position: 0,
-                    reason: format!("transaction record does not decode: {reason}"),
-                };
-                let transactional_id =
-                    String::from_utf8(key.to_vec()).map_err(|error| corrupt(error.to_string()))?;
-                let mut reader = Reader::new(value);
-                let decoded = TxnRecord::decode(&mut reader, "txn record")
-                    .and_then(|decoded| reader.finish().map(|()| decoded))
-                    .map_err(|error| corrupt(error.to_string()))?;
-                let meta = TxnMeta::from_record(decoded)
-                    .ok_or_else(|| corrupt("unknown state".to_string()))?;
-                txns.insert(transactional_id, meta);
-            }
-        }
-    }
+    replay_records(log, |record| {
+        let (Some(key), Some(value)) = (record.key, record.value) else {
+            return Ok(());
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            segment: log.dir().to_path_buf(),
+            position: 0,
+            reason: format!("transaction record does not decode: {reason}"),
+        };
+        let transactional_id =
+            String::from_utf8(key.to_vec()).map_err(|error| corrupt(error.to_string()))?;
+        let mut reader = Reader::new(value);
+        let decoded = TxnRecord::decode(&mut reader, "txn record")
+            .and_then(|decoded| reader.finish().map(|()| decoded))
+            .map_err(|error| corrupt(error.to_string()))?;
+        let meta =
+            TxnMeta::from_record(decoded).ok_or_else(|| corrupt("unknown state".to_string()))?;
+        txns.insert(transactional_id, meta);
+        Ok(())
+    })?;
     Ok(txns)
 }
 
@@ -707,12 +693,7 @@ impl Task {
     }
 
     async fn end(&mut self, producer: TxnProducer, end: TxnEnd) -> Outcome {
-        let meta = self
-            .txns
-            .get(&producer.transactional_id)
-            .cloned()
-            .ok_or_else(unknown_id)?;
-        meta.check_producer(producer.producer_id, producer.epoch)?;
+        let meta = self.owned_by(&producer)?;
         let commit = end == TxnEnd::Commit;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) => {}
@@ -866,17 +847,23 @@ impl Task {
 
     /// The id's metadata after checking the caller, ready to add to.
     fn current(&self, producer: &TxnProducer) -> Result<TxnMeta, TxnError> {
+        let meta = self.owned_by(producer)?;
+        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+            return Err(TxnError::Concurrent(
+                "transaction is completing".to_string(),
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// The id's metadata, if `producer` is its current producer and epoch.
+    fn owned_by(&self, producer: &TxnProducer) -> Result<TxnMeta, TxnError> {
         let meta = self
             .txns
             .get(&producer.transactional_id)
             .cloned()
             .ok_or_else(unknown_id)?;
         meta.check_producer(producer.producer_id, producer.epoch)?;
-        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
-            return Err(TxnError::Concurrent(
-                "transaction is completing".to_string(),
-            ));
-        }
         Ok(meta)
     }
 

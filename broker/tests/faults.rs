@@ -75,13 +75,23 @@ fn append(
     record_count: usize,
     value_bytes: usize,
 ) -> (wharf_broker::storage::Result<Appended>, Vec<Record>) {
+    let (mut batch, records) = next_batch(partition, record_count, value_bytes);
+    (partition.append(&mut batch), records)
+}
+
+/// The next batch for `partition`: `record_count` records of `value_bytes` bytes whose
+/// values name their offsets, and those records.
+fn next_batch(
+    partition: &Partition,
+    record_count: usize,
+    value_bytes: usize,
+) -> (bytes::BytesMut, Vec<Record>) {
     let base = partition.log_end_offset();
     let records: Vec<Record> = (base..base + record_count as i64)
         .map(|offset| (offset, value_of(offset, value_bytes)))
         .collect();
     let values: Vec<&[u8]> = records.iter().map(|record| record.1.as_slice()).collect();
-    let mut batch = batch_of(&values, NOW_MS);
-    (partition.append(&mut batch), records)
+    (batch_of(&values, NOW_MS), records)
 }
 
 /// Appends one batch, waits until it is durable, and adds it to `acked`.
@@ -168,12 +178,7 @@ fn rule1_durable_ack_only_after_the_covering_fsync() {
     let mut acked = Vec::new();
     for round in 0..60 {
         append_durable(&partition, 1 + round % 3, 700, &mut acked);
-        let image = fs.crash_image(Torn::None);
-        let recovered = read_all(&reopen(&image, &clock));
-        assert!(
-            recovered == acked,
-            "round {round}: an acknowledged append was lost"
-        );
+        assert_power_loss_keeps(&fs, &clock, &acked, round);
     }
     assert!(partition.segment_count() > 1, "the test must cross a roll");
 }
@@ -1537,6 +1542,15 @@ impl Fs for ControlledFs {
     }
 }
 
+/// Asserts that a power loss now recovers exactly the `acked` records.
+fn assert_power_loss_keeps(fs: &SimFs, clock: &Arc<ManualClock>, acked: &[Record], round: usize) {
+    let image = fs.crash_image(Torn::None);
+    assert!(
+        read_all(&reopen(&image, clock)) == acked,
+        "round {round}: an acknowledged append was lost"
+    );
+}
+
 /// Polls `future` once with a waker that does nothing.
 fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
@@ -1550,12 +1564,7 @@ fn append_via_path(
     record_count: usize,
     value_bytes: usize,
 ) -> (wharf_broker::append::Receipt, Vec<Record>) {
-    let base = partition.log_end_offset();
-    let records: Vec<Record> = (base..base + record_count as i64)
-        .map(|offset| (offset, value_of(offset, value_bytes)))
-        .collect();
-    let values: Vec<&[u8]> = records.iter().map(|record| record.1.as_slice()).collect();
-    let mut batch = batch_of(&values, NOW_MS);
+    let (mut batch, records) = next_batch(partition, record_count, value_bytes);
     let receipt = wharf_broker::append::append(partition, &mut batch).expect("append");
     (receipt, records)
 }
@@ -1589,11 +1598,7 @@ fn append_path_durable_resolves_only_after_the_covering_fsync() {
             "round {round}: the wait must resolve once the flush covered it"
         );
         acked.extend(records);
-        let image = fs.crash_image(Torn::None);
-        assert!(
-            read_all(&reopen(&image, &clock)) == acked,
-            "round {round}: an acknowledged append was lost"
-        );
+        assert_power_loss_keeps(&fs, &clock, &acked, round);
     }
     assert!(partition.segment_count() > 1, "the test must cross a roll");
 }
@@ -1616,11 +1621,7 @@ fn append_path_acknowledged_records_survive_a_power_loss_at_once() {
             .block_on(receipt.durable())
             .expect("wait for durability");
         acked.extend(records);
-        let image = fs.crash_image(Torn::None);
-        assert!(
-            read_all(&reopen(&image, &clock)) == acked,
-            "round {round}: an acknowledged append was lost"
-        );
+        assert_power_loss_keeps(&fs, &clock, &acked, round);
     }
     assert!(partition.segment_count() > 1, "the test must cross a roll");
 }

@@ -153,14 +153,7 @@ impl Broker {
         headers: Vec<(String, String)>,
     ) -> Result<(), QueueError> {
         let queues = self.queues.clone();
-        blocking(move || {
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_str()))
-                .collect();
-            queues.bind(&queue, &exchange, &routing_key, &pairs)
-        })
-        .await
+        blocking(move || queues.bind(&queue, &exchange, &routing_key, &borrowed(&headers))).await
     }
 
     /// Removes a binding (no error if it did not exist).
@@ -176,12 +169,8 @@ impl Broker {
     ) -> Result<(), QueueError> {
         let queues = self.queues.clone();
         blocking(move || {
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_str()))
-                .collect();
             queues
-                .unbind(&queue, &exchange, &routing_key, &pairs)
+                .unbind(&queue, &exchange, &routing_key, &borrowed(&headers))
                 .map(|_| ())
         })
         .await
@@ -339,6 +328,14 @@ impl Broker {
         }
         self.queues.release_session(session.id()).await;
     }
+}
+
+/// Name/value pairs as the queue layer takes them.
+fn borrowed(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect()
 }
 
 fn check_owner(session: &Session, queue: &str, consumer: ConsumerId) -> Result<(), QueueError> {

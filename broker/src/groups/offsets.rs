@@ -14,18 +14,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use wharf_protocol::batch::{self, BatchBuilder, NewRecord};
+use wharf_protocol::batch::{BatchBuilder, NewRecord};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
-use crate::storage::{Clock, Error as StorageError, Partition};
-use crate::streams::topic::{TopicError, Topics};
+use crate::storage::{Appended, Clock, Error as StorageError, Partition};
+use crate::streams::topic::{replay_records, TopicError, Topics};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-
-/// Bytes read per step while replaying the offsets log.
-const REPLAY_READ_BYTES: usize = 1024 * 1024;
 
 wire_struct! {
     /// Key of an offset record.
@@ -130,11 +127,7 @@ impl OffsetStore {
                 headers: Vec::new(),
             })?;
         }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
-        let receipt = crate::append::append(&self.log, &mut bytes)?;
-        receipt.durable().await?;
-        let appended = receipt.appended();
+        let appended = self.append_durably(builder).await?;
         let mut offsets = self.lock();
         let group_offsets = offsets.entry(group.to_string()).or_default();
         for (index, (topic, partition, committed)) in entries.into_iter().enumerate() {
@@ -185,11 +178,7 @@ impl OffsetStore {
                 headers: Vec::new(),
             })?;
         }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
-        let receipt = crate::append::append(&self.log, &mut bytes)?;
-        receipt.durable().await?;
-        let appended = receipt.appended();
+        let appended = self.append_durably(builder).await?;
         let mut offsets = self.lock();
         for group_offsets in offsets.values_mut() {
             group_offsets
@@ -197,6 +186,15 @@ impl OffsetStore {
         }
         offsets.retain(|_, group_offsets| !group_offsets.is_empty());
         Ok(())
+    }
+
+    /// Appends the built batch through the append path and waits until it is durable.
+    async fn append_durably(&self, builder: BatchBuilder) -> Result<Appended, StorageError> {
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let receipt = crate::append::append(&self.log, &mut bytes)?;
+        receipt.durable().await?;
+        Ok(receipt.appended())
     }
 
     /// The committed offset of one partition.
@@ -230,46 +228,31 @@ impl OffsetStore {
 
 fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError> {
     let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
-    let mut position = log.log_start_offset();
-    while position < log.high_watermark() {
-        let read = log.read(position, REPLAY_READ_BYTES)?;
-        if read.bytes.is_empty() {
-            break;
-        }
-        for decoded in batch::batches(read.bytes) {
-            let decoded = decoded?;
-            position = decoded.header().next_offset();
-            if decoded.header().attributes.is_control() {
-                continue;
+    replay_records(log, |record| {
+        let Some(key) = record.key else {
+            return Ok(());
+        };
+        let key = decode_exact::<OffsetKey>(key).map_err(|reason| corrupt(log, reason))?;
+        let Some(value) = record.value else {
+            // A tombstone: the topic was deleted.
+            if let Some(group_offsets) = offsets.get_mut(&key.group) {
+                group_offsets.remove(&(key.topic, key.partition));
             }
-            for record in decoded.records() {
-                let record = record?;
-                let Some(key) = record.key else {
-                    continue;
-                };
-                let key = decode_exact::<OffsetKey>(key).map_err(|reason| corrupt(log, reason))?;
-                let Some(value) = record.value else {
-                    // A tombstone: the topic was deleted.
-                    if let Some(group_offsets) = offsets.get_mut(&key.group) {
-                        group_offsets.remove(&(key.topic, key.partition));
-                    }
-                    continue;
-                };
-                let value =
-                    decode_exact::<OffsetValue>(value).map_err(|reason| corrupt(log, reason))?;
-                offsets.entry(key.group).or_default().insert(
-                    (key.topic, key.partition),
-                    (
-                        Committed {
-                            offset: value.offset,
-                            metadata: value.metadata,
-                        },
-                        record.offset,
-                    ),
-                );
-            }
-        }
-    }
+            return Ok(());
+        };
+        let value = decode_exact::<OffsetValue>(value).map_err(|reason| corrupt(log, reason))?;
+        offsets.entry(key.group).or_default().insert(
+            (key.topic, key.partition),
+            (
+                Committed {
+                    offset: value.offset,
+                    metadata: value.metadata,
+                },
+                record.offset,
+            ),
+        );
+        Ok(())
+    })?;
     Ok(offsets)
 }
 

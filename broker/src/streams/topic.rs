@@ -65,6 +65,39 @@ pub fn internal_overrides() -> Vec<(String, String)> {
     ]
 }
 
+/// Bytes read per step while replaying an internal topic.
+const REPLAY_READ_BYTES: usize = 1024 * 1024;
+
+/// Calls `on_record` with every record of the data batches of `log` (control batches are
+/// skipped), in offset order: how the broker rebuilds the state its internal topics hold.
+///
+/// # Errors
+/// Storage errors of the reads, batches or records that fail their checks, and whatever
+/// `on_record` returns.
+pub fn replay_records(
+    log: &Partition,
+    mut on_record: impl FnMut(wharf_protocol::batch::Record) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut position = log.log_start_offset();
+    while position < log.high_watermark() {
+        let read = log.read(position, REPLAY_READ_BYTES)?;
+        if read.bytes.is_empty() {
+            break;
+        }
+        for decoded in wharf_protocol::batch::batches(read.bytes) {
+            let decoded = decoded?;
+            position = decoded.header().next_offset();
+            if decoded.header().attributes.is_control() {
+                continue;
+            }
+            for record in decoded.records() {
+                on_record(record?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Who a topic is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TopicKind {
