@@ -53,6 +53,10 @@ impl Receipt {
     /// Resolves once the append is as durable as the log's flush policy promises: fsynced
     /// under `flush = always` (the group commit of the flusher threads), at once otherwise.
     /// This is what an acks=all answer or a publisher confirm waits for.
+    ///
+    /// # Errors
+    /// The future fails with `Error::Failed` if the log failed (an fsync error) before the
+    /// append was covered, or `Error::Closed` if it closed.
     pub fn durable(&self) -> impl Future<Output = Result<()>> + Send + 'static {
         self.log.wait_durable(self.appended.next_offset)
     }
@@ -102,6 +106,9 @@ pub fn stored_earlier(log: &Arc<Partition>, base_offset: i64, last_offset: i64) 
 
 /// Waits until everything below `next_offset` in `log` is durable (see
 /// [`Receipt::durable`]), for callers that kept only the offsets of their append.
+///
+/// # Errors
+/// As for [`Receipt::durable`].
 pub fn durable(
     log: &Partition,
     next_offset: i64,

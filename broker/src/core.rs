@@ -2,8 +2,9 @@
 //!
 //! [`Broker`] is the aggregate of the domain (streams, consumer groups, committed offsets,
 //! the transaction coordinator, queues). Every operation takes the caller's [`Session`]
-//! where the caller matters (exclusive queues, consumer ownership; the authenticated
-//! principal later, for ACLs) and returns domain results and domain errors. A front end
+//! (exclusive queues and consumer ownership use it today; the authenticated principal joins
+//! it for ACLs, issue #18, without changing a signature) and returns domain results and
+//! domain errors. A front end
 //! decodes a request, calls one operation here, and encodes the answer; it decides nothing.
 //!
 //! The operations live beside the aggregate by domain: [`stream_ops`] (topics, produce,
@@ -14,14 +15,15 @@
 //! **Architecture invariants:** the core imports no front end and no wire message type
 //! (`wharf_protocol::messages`, `ErrorCode`); front ends reach the domain only through this
 //! module (it re-exports the domain types they name). Blocking work (creating files,
-//! fsyncs of definitions) runs on the blocking pool here, never on a runtime worker.
+//! fsyncs of definitions) runs on the blocking pool here; docs/ARCHITECTURE.md lists the
+//! exceptions still left (FIXME there).
 
 pub mod group_ops;
 pub mod queue_ops;
 pub mod stream_ops;
 pub mod txn_ops;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::groups::offsets::OffsetStore;
-use crate::groups::Coordinator;
+use crate::groups::GroupCoordinator;
 use crate::queue::QueueManager;
 use crate::storage::{Clock, Flusher, RealFs, StorageEnv};
 use crate::streams::producer::Producers;
@@ -66,6 +68,9 @@ pub use stream_ops::{
     Acks, NewTopic, PartitionView, ProduceQuery, ProducedPartition, ProducedTopic, TopicView,
 };
 
+/// Most names (topics, groups) or partitions one request may list, in any protocol: a
+/// frame can carry millions of tiny names, and each costs memory and a response entry.
+pub const REQUEST_NAMES_MAX: usize = 10_000;
 /// The queues' directory inside the data directory.
 pub const QUEUES_DIR: &str = "queues";
 /// How often expired group sessions are looked for.
@@ -79,7 +84,7 @@ const STREAM_FLUSH_THREADS: usize = 2;
 /// Fsync threads of the queue stores.
 const QUEUE_FLUSH_THREADS: usize = 1;
 
-/// Why the broker's state could not be opened or closed.
+/// Why the broker's state could not be opened, or closed cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Opening storage failed.
@@ -101,7 +106,7 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Broker {
     streams: Arc<Streams>,
-    groups: Arc<Coordinator>,
+    groups: Arc<GroupCoordinator>,
     offsets: Arc<OffsetStore>,
     txn: TxnCoordinator,
     queues: Arc<QueueManager>,
@@ -174,7 +179,7 @@ impl Broker {
         };
         let broker = Broker {
             streams: Arc::new(Streams::new(topics, producers, clock.clone(), settings)),
-            groups: Arc::new(Coordinator::new(
+            groups: Arc::new(GroupCoordinator::new(
                 clock.clone(),
                 config.group_session_timeout_ms,
             )),
@@ -318,7 +323,8 @@ where
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
-    consumers: Mutex<HashSet<(String, ConsumerId)>>,
+    /// Queue name → consumers started on it by this caller.
+    consumers: Mutex<HashMap<String, HashSet<ConsumerId>>>,
 }
 
 /// Connection ids, unique within the process.
@@ -329,7 +335,7 @@ impl Session {
     pub fn new() -> Session {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-            consumers: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -338,23 +344,46 @@ impl Session {
         self.id
     }
 
-    fn consumers(&self) -> std::sync::MutexGuard<'_, HashSet<(String, ConsumerId)>> {
+    fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<ConsumerId>>> {
         self.consumers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn add_consumer(&self, queue: &str, consumer: ConsumerId) {
-        self.consumers().insert((queue.to_string(), consumer));
+        self.consumers()
+            .entry(queue.to_string())
+            .or_default()
+            .insert(consumer);
     }
 
-    /// True if this caller started `consumer` on `queue`.
+    /// True if this caller started `consumer` on `queue` (no allocation: every ack asks).
     fn owns_consumer(&self, queue: &str, consumer: ConsumerId) -> bool {
-        self.consumers().contains(&(queue.to_string(), consumer))
+        self.consumers()
+            .get(queue)
+            .is_some_and(|consumers| consumers.contains(&consumer))
     }
 
     fn remove_consumer(&self, queue: &str, consumer: ConsumerId) {
-        self.consumers().remove(&(queue.to_string(), consumer));
+        let mut consumers = self.consumers();
+        if let Some(started) = consumers.get_mut(queue) {
+            started.remove(&consumer);
+            if started.is_empty() {
+                consumers.remove(queue);
+            }
+        }
+    }
+
+    /// Forgets every consumer, returning them (the session is closing).
+    fn take_consumers(&self) -> Vec<(String, ConsumerId)> {
+        std::mem::take(&mut *self.consumers())
+            .into_iter()
+            .flat_map(|(queue, consumers)| {
+                consumers
+                    .into_iter()
+                    .map(move |consumer| (queue.clone(), consumer))
+            })
+            .collect()
     }
 }
 

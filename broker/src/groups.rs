@@ -148,17 +148,17 @@ pub struct GroupListing {
 
 /// The coordinator of all groups.
 #[derive(Debug)]
-pub struct Coordinator {
+pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     clock: Arc<dyn Clock>,
     default_session_timeout_ms: u32,
     next_member: AtomicU64,
 }
 
-impl Coordinator {
+impl GroupCoordinator {
     /// A coordinator with no groups.
     pub fn new(clock: Arc<dyn Clock>, default_session_timeout_ms: u32) -> Self {
-        Coordinator {
+        GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             clock,
             default_session_timeout_ms,
@@ -174,6 +174,10 @@ impl Coordinator {
 
     /// Handles a join or heartbeat; `partition_count` gives a topic's partitions (None if it
     /// does not exist).
+    ///
+    /// # Errors
+    /// `InvalidGroupId` (empty or too long), `InvalidRequest` (unknown assignor, too many
+    /// groups or members), `UnknownMember` (left or timed out: rejoin).
     pub fn heartbeat(
         &self,
         request: &Heartbeat,
@@ -280,6 +284,9 @@ impl Coordinator {
     }
 
     /// Removes a member at once.
+    ///
+    /// # Errors
+    /// `GroupNotFound`, `UnknownMember`.
     pub fn leave(
         &self,
         group_id: &str,
@@ -334,6 +341,10 @@ impl Coordinator {
     /// Checks whether `member_id` at `generation` may commit offsets for `group_id`. A
     /// standalone consumer (empty member id, generation -1) may commit while the group has no
     /// members.
+    ///
+    /// # Errors
+    /// `InvalidGroupId` for an empty id; `UnknownMember` for a member not in the group (or a
+    /// standalone commit while it has members); `IllegalGeneration` for a stale generation.
     pub fn check_commit(
         &self,
         group_id: &str,
@@ -502,16 +513,16 @@ mod tests {
     use super::*;
     use crate::storage::ManualClock;
 
-    fn coordinator() -> (Coordinator, Arc<ManualClock>) {
+    fn coordinator() -> (GroupCoordinator, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(0));
-        (Coordinator::new(clock.clone(), 1_000), clock)
+        (GroupCoordinator::new(clock.clone(), 1_000), clock)
     }
 
     fn six(topic: &str) -> Option<u32> {
         (topic == "t").then_some(6)
     }
 
-    fn join(coordinator: &Coordinator, client: &str) -> MemberState {
+    fn join(coordinator: &GroupCoordinator, client: &str) -> MemberState {
         coordinator
             .heartbeat(
                 &Heartbeat {
@@ -526,7 +537,7 @@ mod tests {
     }
 
     fn try_beat(
-        coordinator: &Coordinator,
+        coordinator: &GroupCoordinator,
         member: &MemberState,
     ) -> Result<MemberState, GroupError> {
         coordinator.heartbeat(
@@ -540,7 +551,7 @@ mod tests {
         )
     }
 
-    fn beat(coordinator: &Coordinator, member: &MemberState) -> MemberState {
+    fn beat(coordinator: &GroupCoordinator, member: &MemberState) -> MemberState {
         try_beat(coordinator, member).expect("a member's heartbeat succeeds")
     }
 

@@ -19,7 +19,7 @@
 //! - [`manager`]: the registry (declares, bindings, deletes, exclusive and auto-delete
 //!   queues) and the entry points: publish with confirms, subscribe, cancel, ack, nack.
 //!
-//! The server (`server/dispatch.rs`) maps the queue apis onto the [`QueueManager`]; the
+//! The core (`core/queue_ops.rs`) maps its queue operations onto the [`QueueManager`]; the
 //! manager is also exercised in-process by `broker/tests/queues.rs`. Callers outside this
 //! module use the re-exports below (`crate::queue::QueueManager`, `crate::queue::QueueError`,
 //! ...), not the submodules' paths.

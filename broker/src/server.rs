@@ -9,19 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use wharf_protocol::messages::BrokerInfo;
 
-use crate::config::{parse_host_port, BrokerConfig};
+use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
 use crate::frontend::native::Native;
 use crate::net::listener;
 use crate::storage::{Clock, SystemClock};
 
-/// Node id of this broker in metadata answers (one broker for now).
-pub const NODE_ID: i32 = 0;
 /// How long shutdown waits for in-flight requests before closing storage anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -94,17 +90,13 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     config
         .validate()
         .map_err(|error| ServerError::Config(error.to_string()))?;
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            address: config.listen.clone(),
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        address: config.listen.clone(),
-        source,
-    })?;
-    let advertised = advertised_info(&config, local_addr)?;
+    let (listener, local_addr) =
+        listener::bind(&config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                address: config.listen.clone(),
+                source,
+            })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
@@ -113,17 +105,19 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (broker, background) = opened.start(shutdown_rx.clone());
-    let native = Arc::new(Native::new(
+    let native = Native::new(
         broker.clone(),
         config.frame_bytes_max,
-        advertised,
-    ));
+        config.advertised_address.as_deref(),
+        local_addr,
+    )
+    .map_err(ServerError::Config)?;
     let task = tokio::spawn(async move {
         // Every connection holds a clone of `done_tx`; when all are dropped, `done_rx`
         // yields None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         listener::accept_loop(
-            native,
+            Arc::new(native),
             listener,
             config.connections_max,
             shutdown_rx,
@@ -136,7 +130,10 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         {
             tracing::warn!("connections did not finish within the shutdown grace period");
         }
-        broker.close(background).await?;
+        broker
+            .close(background)
+            .await
+            .map_err(|error| ServerError::Shutdown(error.to_string()))?;
         tracing::info!("wharfd stopped cleanly");
         Ok(())
     });
@@ -145,25 +142,5 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         local_addr,
         shutdown,
         task,
-    })
-}
-
-fn advertised_info(
-    config: &BrokerConfig,
-    local_addr: SocketAddr,
-) -> Result<BrokerInfo, ServerError> {
-    let (host, port) = match &config.advertised_address {
-        Some(address) => parse_host_port(address).map_err(ServerError::Config)?,
-        None => {
-            if local_addr.ip().is_unspecified() {
-                tracing::warn!(%local_addr, "listening on all interfaces without advertised_address: clients on other hosts cannot reconnect to what metadata answers");
-            }
-            (local_addr.ip().to_string(), local_addr.port())
-        }
-    };
-    Ok(BrokerInfo {
-        node_id: NODE_ID,
-        host,
-        port,
     })
 }

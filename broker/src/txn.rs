@@ -34,9 +34,9 @@ use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
 use crate::append;
-use crate::groups::commit::{check_entry, EntryRefusal, OffsetEntry};
+use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::{Committed, OffsetStore};
-use crate::groups::{Coordinator, GroupError};
+use crate::groups::{GroupCoordinator, GroupError};
 use crate::storage::{Error as StorageError, Partition};
 use crate::streams::topic::{
     internal_overrides, replay_records, TopicError, Topics, INTERNAL_TOPIC_PREFIX,
@@ -284,7 +284,7 @@ pub struct TxnOffsets {
 
 enum Command {
     Init(String, u32, Reply<(i64, i16)>),
-    AddPartitions(TxnProducer, Vec<(String, u32)>, Reply<()>),
+    AddPartitions(TxnProducer, Vec<(String, Vec<u32>)>, Reply<()>),
     AddOffsets(TxnProducer, String, Reply<()>),
     OffsetCommit(TxnOffsets, Reply<()>),
     End(TxnProducer, TxnEnd, Reply<()>),
@@ -297,7 +297,7 @@ pub struct TxnDeps {
     /// Topics, producer state and the transactional membership table.
     pub streams: Arc<Streams>,
     /// Consumer groups, for the member check of transactional commits.
-    pub groups: Arc<Coordinator>,
+    pub groups: Arc<GroupCoordinator>,
     /// Committed offsets, written when a transaction commits.
     pub offsets: Arc<OffsetStore>,
 }
@@ -386,7 +386,7 @@ impl TxnCoordinator {
     pub async fn add_partitions(
         &self,
         producer: TxnProducer,
-        partitions: Vec<(String, u32)>,
+        partitions: Vec<(String, Vec<u32>)>,
     ) -> Result<(), TxnError> {
         self.call(|reply| Command::AddPartitions(producer, partitions, reply))
             .await
@@ -408,8 +408,8 @@ impl TxnCoordinator {
     /// TxnOffsetCommit: stages offsets that commit with the transaction.
     ///
     /// # Errors
-    /// As the request's checks decide; the offset rule is [`check_entry`], shared with plain
-    /// commits.
+    /// As the request's checks decide; the commit rule is [`commit::check`], shared with
+    /// plain commits.
     pub async fn offset_commit(&self, offsets: TxnOffsets) -> Result<(), TxnError> {
         self.call(|reply| Command::OffsetCommit(offsets, reply))
             .await
@@ -616,18 +616,20 @@ impl Task {
     async fn add_partitions(
         &mut self,
         producer: TxnProducer,
-        partitions: Vec<(String, u32)>,
+        topics: Vec<(String, Vec<u32>)>,
     ) -> Outcome {
         let mut meta = self.current(&producer)?;
-        for (topic, partition) in &partitions {
+        for (topic, partitions) in &topics {
             if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
                 return Err(TxnError::InternalTopic(topic.clone()));
             }
-            if self.deps.streams.partition(topic, *partition).is_none() {
-                return Err(TxnError::UnknownPartition {
-                    topic: topic.clone(),
-                    partition: *partition,
-                });
+            for partition in partitions {
+                if self.deps.streams.partition(topic, *partition).is_none() {
+                    return Err(TxnError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
             }
         }
         let before = meta.partitions.len();
@@ -637,7 +639,11 @@ impl Task {
             .get(&producer.transactional_id)
             .map(|meta| meta.state)
             == Some(TxnState::Ongoing);
-        meta.partitions.extend(partitions);
+        for (topic, partitions) in topics {
+            for partition in partitions {
+                meta.partitions.insert((topic.clone(), partition));
+            }
+        }
         if was_ongoing && meta.partitions.len() == before {
             return Ok(());
         }
@@ -668,12 +674,18 @@ impl Task {
                 "group {group_id:?} was not added to the transaction (AddOffsetsToTxn)"
             )));
         }
-        self.deps
-            .groups
-            .check_commit(&group_id, &member_id, generation)?;
         let streams = &self.deps.streams;
-        for entry in &entries {
-            check_entry(entry, |topic| streams.partition_count(topic))?;
+        let outcomes = commit::check(
+            &self.deps.groups,
+            &group_id,
+            &member_id,
+            generation,
+            &entries,
+            |topic| streams.partition_count(topic),
+        )?;
+        // A transactional commit is all or nothing: the first refused offset refuses it.
+        if let Some(Err(refusal)) = outcomes.into_iter().find(Result::is_err) {
+            return Err(refusal.into());
         }
         for entry in entries {
             meta.offsets.retain(|pending| {

@@ -5,14 +5,18 @@
 //!    the core, the domain and storage never import a front end, and front ends reach the
 //!    domain only through the core.
 //! 2. No import cycle between top-level modules.
-//! 3. The core and the domain (`core`, `streams`, `groups`, `txn`, `queue`) never name a wire
-//!    message or a wire error code.
+//! 3. The core and the domain (`core`, `streams`, `groups`, `txn`, `queue`, `append`) name
+//!    nothing of `wharf_protocol` but the record batch format (`batch`) and the encoding of
+//!    their own files (`wire`, `wire_struct!`): no wire message, no wire error code, no frame.
+//!    `net` names nothing of `wharf_protocol` at all: it knows no protocol.
 //! 4. Only the append path (`append.rs`) appends to a partition log or waits for an append's
 //!    durability; `storage` itself is below it.
 //!
 //! Method: read every `.rs` file under `broker/src` (the `bin` folder is another crate),
-//! drop comments, and collect every `crate::<module>` path, including those inside grouped
-//! `use crate::{...}` lists. A file's own module is its first path component.
+//! drop comments, and collect the first segment of every `crate::` and `wharf_protocol::`
+//! path, including those inside grouped `use x::{...}` lists, and resolve `super::` paths
+//! to the top-level module they reach. A file's own module is its first path component. The
+//! last test plants one violation of each kind and checks that every checker reports it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 /// Which top-level modules each top-level module may import.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("server", &["frontend", "net", "core", "config", "storage"]),
-    ("frontend", &["core", "net"]),
+    ("frontend", &["core", "net", "config"]),
     ("net", &[]),
     (
         "core",
@@ -38,11 +42,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage", &[]),
 ];
 
-/// Modules that must not name wire messages or wire error codes.
+/// Modules that may use only the protocol crate's storage-format parts.
 const PROTOCOL_NEUTRAL: &[&str] = &["core", "streams", "groups", "txn", "queue", "append"];
+
+/// What protocol-neutral modules may name of `wharf_protocol`.
+const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct"];
 
 /// Calls only the append path (and storage, below it) may make.
 const APPEND_CALLS: &[&str] = &[".append(", "wait_durable(", "wait_durable_blocking("];
+
+/// Fewer source files than this means the scan went wrong (a moved `src`, an unreadable file),
+/// and an empty scan would pass every check.
+const SOURCE_FILES_MIN: usize = 40;
 
 #[test]
 fn modules_import_only_what_their_layer_allows() {
@@ -66,11 +77,11 @@ fn top_level_modules_have_no_import_cycle() {
 }
 
 #[test]
-fn core_and_domain_never_name_wire_messages_or_error_codes() {
-    let violations = wire_type_violations(&sources());
+fn core_and_domain_name_no_wire_type_and_net_no_protocol() {
+    let violations = protocol_violations(&sources());
     assert!(
         violations.is_empty(),
-        "wire types in protocol-neutral code:\n{}",
+        "protocol types where they must not be:\n{}",
         violations.join("\n")
     );
 }
@@ -85,42 +96,37 @@ fn only_the_append_path_appends_to_a_log() {
     );
 }
 
-fn wire_type_violations(sources: &[Source]) -> Vec<String> {
-    lines_matching(
-        sources,
-        |module| PROTOCOL_NEUTRAL.contains(&module),
-        |line| line.contains("wharf_protocol::messages") || contains_word(line, "ErrorCode"),
-    )
-}
-
-fn append_violations(sources: &[Source]) -> Vec<String> {
-    lines_matching(
-        sources,
-        |module| module != "append" && module != "storage",
-        |line| APPEND_CALLS.iter().any(|call| line.contains(call)),
-    )
-}
-
-/// `path:line: code` for every line of a file in a checked module that matches.
-fn lines_matching(
-    sources: &[Source],
-    checked: impl Fn(&str) -> bool,
-    matches: impl Fn(&str) -> bool,
-) -> Vec<String> {
-    let mut found = Vec::new();
-    for source in sources.iter().filter(|source| checked(&source.module)) {
-        for (line_number, line) in source.code.lines().enumerate() {
-            if matches(line) {
-                found.push(format!(
-                    "{}:{}: {}",
-                    source.path.display(),
-                    line_number + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
-    found
+#[test]
+fn the_checks_see_planted_violations() {
+    // Goal: the checks above would fail if a rule were broken, not pass vacuously. Method:
+    // plant violations of each kind (including the indirect spellings: `super::` paths,
+    // grouped `use` lists, an alias of the protocol crate) in a copy of the real sources and
+    // run every checker on it.
+    let mut planted = sources();
+    planted.push(planted_source(
+        "core/planted.rs",
+        "use super::super::frontend::native::Native;\nuse crate::{net::listener, storage};\nuse wharf_protocol::{batch, messages::FetchRequest};\nfn f() { log.append(&mut bytes); }\nuse wharf_protocol as wp;\n",
+    ));
+    planted.push(planted_source(
+        "net/planted.rs",
+        "use wharf_protocol::frame::FrameHeader;\n",
+    ));
+    let layers = layer_violations(&planted);
+    assert!(layers.iter().any(|line| line.ends_with("core -> frontend")));
+    assert!(layers.iter().any(|line| line.ends_with("core -> net")));
+    let cycle = find_cycle(&import_graph(&planted)).expect("core -> frontend -> core is a cycle");
+    assert!(cycle.contains(&"core".to_string()) && cycle.contains(&"frontend".to_string()));
+    let protocol = protocol_violations(&planted);
+    assert!(protocol
+        .iter()
+        .any(|line| line.contains("wharf_protocol::messages")));
+    assert!(protocol.iter().any(|line| line.contains("alias")));
+    assert!(protocol
+        .iter()
+        .any(|line| line.starts_with("net/planted.rs")));
+    assert!(append_violations(&planted)
+        .iter()
+        .any(|line| line.starts_with("core/planted.rs:4")));
 }
 
 /// One source file with comments removed.
@@ -130,14 +136,25 @@ struct Source {
     code: String,
 }
 
+fn planted_source(path: &str, code: &str) -> Source {
+    Source {
+        path: PathBuf::from(path),
+        module: path.split('/').next().unwrap_or(path).to_string(),
+        code: code.to_string(),
+    }
+}
+
 fn sources() -> Vec<Source> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     collect(&root, &mut files);
-    files
+    let sources: Vec<Source> = files
         .into_iter()
         .filter_map(|path| {
-            let relative = path.strip_prefix(&root).ok()?.to_path_buf();
+            let relative = path
+                .strip_prefix(&root)
+                .expect("collected under src")
+                .to_path_buf();
             let first = relative
                 .components()
                 .next()?
@@ -147,15 +164,21 @@ fn sources() -> Vec<Source> {
             if first == "bin" || first == "lib.rs" {
                 return None;
             }
-            let module = first.trim_end_matches(".rs").to_string();
-            let text = fs::read_to_string(&path).ok()?;
+            let text =
+                fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path:?}: {error}"));
             Some(Source {
                 path: relative,
-                module,
+                module: first.trim_end_matches(".rs").to_string(),
                 code: strip_comments(&text),
             })
         })
-        .collect()
+        .collect();
+    assert!(
+        sources.len() >= SOURCE_FILES_MIN,
+        "only {} source files found under {root:?}",
+        sources.len()
+    );
+    sources
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
@@ -181,68 +204,97 @@ fn strip_comments(text: &str) -> String {
         .join("\n")
 }
 
-fn contains_word(line: &str, word: &str) -> bool {
-    line.match_indices(word).any(|(start, _)| {
-        let before = line[..start].chars().next_back();
-        let after = line[start + word.len()..].chars().next();
-        !before.is_some_and(|character| character.is_alphanumeric() || character == '_')
-            && !after.is_some_and(|character| character.is_alphanumeric() || character == '_')
-    })
+fn is_identifier(character: char) -> bool {
+    character.is_alphanumeric() || character == '_'
 }
 
-/// The top-level modules a file names through `crate::`.
-fn imported_modules(code: &str) -> BTreeSet<String> {
-    let mut modules = BTreeSet::new();
-    for (start, _) in code.match_indices("crate::") {
-        let rest = &code[start + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a::{b, c}, d};`: the first segment of every top-level item.
-            let mut depth = 0;
-            let mut item_start = true;
-            let mut name = String::new();
-            for character in group.chars() {
-                match character {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => item_start = true,
-                    character
-                        if item_start && (character.is_alphanumeric() || character == '_') =>
-                    {
-                        name.push(character)
+/// The first segment after every `prefix` (`crate::`, `wharf_protocol::`) in `code`, with
+/// each top-level item of a grouped list (`prefix{a::{b, c}, d}` gives `a` and `d`).
+fn first_segments(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut segments = BTreeSet::new();
+    for (start, _) in code.match_indices(prefix) {
+        if code[..start].chars().next_back().is_some_and(is_identifier) {
+            continue;
+        }
+        let rest = &code[start + prefix.len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            let name: String = rest.chars().take_while(|c| is_identifier(*c)).collect();
+            if !name.is_empty() {
+                segments.insert(name);
+            }
+            continue;
+        };
+        let mut depth = 0;
+        let mut item_start = true;
+        let mut name = String::new();
+        for character in group.chars() {
+            match character {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => item_start = true,
+                character if item_start && is_identifier(character) => name.push(character),
+                _ => {
+                    if !name.is_empty() {
+                        segments.insert(std::mem::take(&mut name));
                     }
-                    _ => {
-                        if !name.is_empty() {
-                            modules.insert(std::mem::take(&mut name));
-                        }
-                        if !character.is_whitespace() {
-                            item_start = false;
-                        }
+                    if !character.is_whitespace() {
+                        item_start = false;
                     }
                 }
             }
-            continue;
         }
-        let name: String = rest
-            .chars()
-            .take_while(|character| character.is_alphanumeric() || *character == '_')
-            .collect();
         if !name.is_empty() {
-            modules.insert(name);
+            segments.insert(name);
         }
     }
+    segments
+}
+
+/// The top-level modules a file reaches through `super::` paths: from `core/queue_ops.rs`,
+/// `super::super::frontend` reaches `frontend`; `super::x` stays inside `core`.
+fn super_modules(source: &Source) -> BTreeSet<String> {
+    let depth = source.path.components().count();
+    let mut modules = BTreeSet::new();
+    for (start, _) in source.code.match_indices("super::") {
+        if source.code[..start]
+            .chars()
+            .next_back()
+            .is_some_and(|character| is_identifier(character) || character == ':')
+        {
+            continue;
+        }
+        let mut rest = &source.code[start..];
+        let mut ups = 0;
+        while let Some(after) = rest.strip_prefix("super::") {
+            ups += 1;
+            rest = after;
+        }
+        if ups >= depth {
+            let name: String = rest.chars().take_while(|c| is_identifier(*c)).collect();
+            if !name.is_empty() {
+                modules.insert(name);
+            }
+        }
+    }
+    modules
+}
+
+/// The top-level modules a file names.
+fn imported_modules(source: &Source) -> BTreeSet<String> {
+    let mut modules = first_segments(&source.code, "crate::");
+    modules.extend(super_modules(source));
+    modules.remove(&source.module);
     modules
 }
 
 fn import_graph(sources: &[Source]) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for source in sources {
-        let edges = graph.entry(source.module.clone()).or_default();
-        for imported in imported_modules(&source.code) {
-            if imported != source.module {
-                edges.insert(imported);
-            }
-        }
+        graph
+            .entry(source.module.clone())
+            .or_default()
+            .extend(imported_modules(source));
     }
     graph
 }
@@ -259,8 +311,8 @@ fn layer_violations(sources: &[Source]) -> Vec<String> {
             ));
             continue;
         };
-        for imported in imported_modules(&source.code) {
-            if imported != source.module && !permitted.contains(&imported.as_str()) {
+        for imported in imported_modules(source) {
+            if !permitted.contains(&imported.as_str()) {
                 violations.push(format!(
                     "{}: {} -> {}",
                     source.path.display(),
@@ -271,6 +323,54 @@ fn layer_violations(sources: &[Source]) -> Vec<String> {
         }
     }
     violations
+}
+
+fn protocol_violations(sources: &[Source]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for source in sources {
+        let allowed: &[&str] = if source.module == "net" {
+            &[]
+        } else if PROTOCOL_NEUTRAL.contains(&source.module.as_str()) {
+            NEUTRAL_PROTOCOL_ITEMS
+        } else {
+            continue;
+        };
+        for item in first_segments(&source.code, "wharf_protocol::") {
+            if !allowed.contains(&item.as_str()) {
+                violations.push(format!(
+                    "{}: names wharf_protocol::{item}",
+                    source.path.display()
+                ));
+            }
+        }
+        if source.code.contains("wharf_protocol as") {
+            violations.push(format!(
+                "{}: an alias of wharf_protocol hides what it names",
+                source.path.display()
+            ));
+        }
+    }
+    violations
+}
+
+fn append_violations(sources: &[Source]) -> Vec<String> {
+    let mut found = Vec::new();
+    for source in sources {
+        if source.module == "append" || source.module == "storage" {
+            continue;
+        }
+        for (line_number, line) in source.code.lines().enumerate() {
+            if APPEND_CALLS.iter().any(|call| line.contains(call)) {
+                found.push(format!(
+                    "{}:{}: {}",
+                    source.path.display(),
+                    line_number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// A cycle in the graph, as the modules along it, if there is one.

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::core::stream_ops::dedupe;
-use crate::core::Broker;
-use crate::groups::commit::{check_entry, EntryRefusal, OffsetEntry};
+use crate::core::{Broker, Session};
+use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::Committed;
 use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
 use crate::storage::Error as StorageError;
@@ -29,7 +29,11 @@ impl Broker {
     ///
     /// # Errors
     /// The group's refusal.
-    pub fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<MemberState, GroupError> {
+    pub fn heartbeat(
+        &self,
+        _caller: &Session,
+        heartbeat: &Heartbeat,
+    ) -> Result<MemberState, GroupError> {
         let streams = &self.streams;
         self.groups
             .heartbeat(heartbeat, |topic| streams.partition_count(topic))
@@ -39,14 +43,19 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown group or member.
-    pub fn leave_group(&self, group_id: &str, member_id: &str) -> Result<(), GroupError> {
+    pub fn leave_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        member_id: &str,
+    ) -> Result<(), GroupError> {
         let streams = &self.streams;
         self.groups
             .leave(group_id, member_id, |topic| streams.partition_count(topic))
     }
 
     /// Describes groups (unknown ones as empty), without repeats.
-    pub fn describe_groups(&self, group_ids: Vec<String>) -> Vec<GroupSummary> {
+    pub fn describe_groups(&self, _caller: &Session, group_ids: Vec<String>) -> Vec<GroupSummary> {
         dedupe(group_ids)
             .iter()
             .map(|group_id| self.groups.describe(group_id))
@@ -55,7 +64,7 @@ impl Broker {
 
     /// Every group with members, and every group that only has committed offsets (as
     /// empty), sorted by id.
-    pub fn list_groups(&self) -> Vec<GroupListing> {
+    pub fn list_groups(&self, _caller: &Session) -> Vec<GroupListing> {
         let mut groups = self.groups.list();
         for group_id in self.offsets.groups() {
             if !groups.iter().any(|listing| listing.group_id == group_id) {
@@ -70,34 +79,35 @@ impl Broker {
         groups
     }
 
-    /// Commits offsets for a group: the member must be current ([`Coordinator::check_commit`]
-    /// fences zombies), each entry must pass the offset rule ([`check_entry`], shared with
-    /// transactional commits); the accepted entries are stored durably together. Returns
-    /// each entry's outcome in request order.
-    ///
-    /// [`Coordinator::check_commit`]: crate::groups::Coordinator::check_commit
+    /// Commits offsets for a group under the commit rule ([`commit::check`], shared with
+    /// transactional commits: the member must be current, each entry must pass); the
+    /// accepted entries are stored durably together. Returns each entry's outcome in request
+    /// order.
     ///
     /// # Errors
     /// The member check's refusal (nothing stored), or the storage error (nothing visible).
     pub async fn commit_offsets(
         &self,
+        _caller: &Session,
         group_id: &str,
         member_id: &str,
         generation: i32,
         entries: Vec<OffsetEntry>,
     ) -> Result<Vec<Result<(), EntryRefusal>>, CommitError> {
-        self.groups.check_commit(group_id, member_id, generation)?;
         let streams = &self.streams;
-        let mut accepted = Vec::new();
-        let outcomes = entries
+        let outcomes = commit::check(
+            &self.groups,
+            group_id,
+            member_id,
+            generation,
+            &entries,
+            |topic| streams.partition_count(topic),
+        )?;
+        let accepted = entries
             .into_iter()
-            .map(|entry| {
-                let outcome = check_entry(&entry, |topic| streams.partition_count(topic));
-                if outcome.is_ok() {
-                    accepted.push((entry.topic, entry.partition, entry.committed));
-                }
-                outcome
-            })
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(entry, _)| (entry.topic, entry.partition, entry.committed))
             .collect();
         self.offsets.commit(group_id, accepted).await?;
         Ok(outcomes)
@@ -107,6 +117,7 @@ impl Broker {
     /// committed), or of every partition it has committed, grouped by topic.
     pub fn fetch_offsets(
         &self,
+        _caller: &Session,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<u32>)>>,
     ) -> Vec<(String, Vec<PartitionOffset>)> {

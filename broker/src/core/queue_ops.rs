@@ -107,6 +107,7 @@ impl Broker {
     /// `Invalid` for an unknown kind; the queue layer's refusal.
     pub async fn declare_exchange(
         &self,
+        _caller: &Session,
         name: String,
         kind: &str,
         durability: Durability,
@@ -147,6 +148,7 @@ impl Broker {
     /// Unknown queue or exchange; bad headers arguments; storage.
     pub async fn bind_queue(
         &self,
+        _caller: &Session,
         queue: String,
         exchange: String,
         routing_key: String,
@@ -162,6 +164,7 @@ impl Broker {
     /// Unknown queue or exchange; storage.
     pub async fn unbind_queue(
         &self,
+        _caller: &Session,
         queue: String,
         exchange: String,
         routing_key: String,
@@ -180,7 +183,7 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown queue; storage.
-    pub async fn delete_queue(&self, name: &str) -> Result<(), QueueError> {
+    pub async fn delete_queue(&self, _caller: &Session, name: &str) -> Result<(), QueueError> {
         self.queues.delete_queue(name).await
     }
 
@@ -188,12 +191,12 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown queue.
-    pub async fn purge_queue(&self, name: &str) -> Result<u64, QueueError> {
+    pub async fn purge_queue(&self, _caller: &Session, name: &str) -> Result<u64, QueueError> {
         self.queues.purge(name).await
     }
 
     /// Every queue with its counts.
-    pub async fn list_queues(&self) -> Vec<QueueStats> {
+    pub async fn list_queues(&self, _caller: &Session) -> Vec<QueueStats> {
         self.queues.list().await
     }
 
@@ -201,13 +204,16 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown or built-in exchange; storage.
-    pub async fn delete_exchange(&self, name: String) -> Result<(), QueueError> {
+    pub async fn delete_exchange(&self, _caller: &Session, name: String) -> Result<(), QueueError> {
         let queues = self.queues.clone();
         blocking(move || queues.delete_exchange(&name)).await
     }
 
     /// Every exchange: name, kind, durability and binding count.
-    pub fn list_exchanges(&self) -> Vec<(String, ExchangeKind, Durability, usize)> {
+    pub fn list_exchanges(
+        &self,
+        _caller: &Session,
+    ) -> Vec<(String, ExchangeKind, Durability, usize)> {
         self.queues.list_exchanges()
     }
 
@@ -217,7 +223,11 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown exchange or a bad header (nothing stored).
-    pub async fn publish(&self, query: PublishQuery) -> Result<PublishCompletion, QueueError> {
+    pub async fn publish(
+        &self,
+        _caller: &Session,
+        query: PublishQuery,
+    ) -> Result<PublishCompletion, QueueError> {
         let message = Message {
             routing_key: query.routing_key,
             body: query.body,
@@ -320,8 +330,7 @@ impl Broker {
     /// The session ends: its consumers are cancelled (their unacknowledged deliveries
     /// return, marked redelivered) and its exclusive queues deleted.
     pub async fn close_session(&self, session: &Session) {
-        let consumers = std::mem::take(&mut *session.consumers());
-        for (queue, consumer) in consumers {
+        for (queue, consumer) in session.take_consumers() {
             self.queues
                 .cancel(&queue, consumer, CancelReason::ConnectionClosed)
                 .await;

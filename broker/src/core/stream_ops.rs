@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::append::Receipt;
-use crate::core::Broker;
+use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
 use crate::streams::topic::TopicInfo;
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
@@ -98,7 +98,7 @@ pub struct TopicView {
 
 impl Broker {
     /// Metadata of the named topics (unknown ones have no id), or of every visible topic.
-    pub fn topic_metadata(&self, names: Option<Vec<String>>) -> Vec<TopicView> {
+    pub fn topic_metadata(&self, _caller: &Session, names: Option<Vec<String>>) -> Vec<TopicView> {
         match names {
             None => self
                 .streams
@@ -151,6 +151,7 @@ impl Broker {
     /// Creates topics one by one on the blocking pool (each creates and fsyncs files).
     pub async fn create_topics(
         &self,
+        _caller: &Session,
         topics: Vec<NewTopic>,
     ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
         let mut results = Vec::with_capacity(topics.len());
@@ -177,6 +178,7 @@ impl Broker {
     /// of the same name is a new topic and must not inherit them).
     pub async fn delete_topics(
         &self,
+        _caller: &Session,
         names: Vec<String>,
     ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
         let mut results = Vec::with_capacity(names.len());
@@ -198,7 +200,7 @@ impl Broker {
     /// The ordered phase of a produce: finds (or creates) each topic and appends each
     /// partition's batches, in request order. The returned completion waits for durability
     /// (acks = all) so that all partitions and pipelined requests share the flusher's fsyncs.
-    pub async fn produce(&self, query: ProduceQuery) -> ProduceCompletion {
+    pub async fn produce(&self, _caller: &Session, query: ProduceQuery) -> ProduceCompletion {
         let timeout_ms = query.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut topics = Vec::with_capacity(query.topics.len());
@@ -244,18 +246,19 @@ impl Broker {
         })
     }
 
-    /// Finds a topic, creating it on the blocking pool when it does not exist.
+    /// Finds a topic, creating it on the blocking pool when it does not exist (and may be
+    /// created).
     async fn topic_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
-        if self.streams.topic_exists(name) {
-            return self.streams.topic_for_produce(name);
+        if let Some(info) = self.streams.find_for_produce(name)? {
+            return Ok(info);
         }
         let streams = self.streams.clone();
         let name = name.to_string();
-        blocking(move || streams.topic_for_produce(&name)).await
+        blocking(move || streams.create_for_produce(&name)).await
     }
 
     /// Reads what `query` asks for, long-polling up to its wait.
-    pub async fn fetch(&self, query: &FetchQuery) -> Vec<FetchedTopic> {
+    pub async fn fetch(&self, _caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
         self.streams.fetch(query).await
     }
 
@@ -265,6 +268,7 @@ impl Broker {
     /// `UnknownPartition`, or the storage error of a time-index lookup.
     pub fn list_offset(
         &self,
+        _caller: &Session,
         topic: &str,
         partition: u32,
         spec: OffsetSpec,

@@ -1,16 +1,25 @@
 //! Core operations on producer ids and transactions.
 
-use crate::core::Broker;
+use crate::core::{Broker, Session};
 use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
 
 impl Broker {
-    /// A producer id for an idempotent producer without a transactional id (epoch 0);
-    /// reserving a new block of ids writes and fsyncs a file, so this runs on the blocking
-    /// pool.
+    /// A producer id and epoch. Without a transactional id: a new id for an idempotent
+    /// producer (epoch 0; reserving a block of ids writes and fsyncs a file, so this runs on
+    /// the blocking pool). With one: the coordinator fences earlier producers of the id
+    /// (see [`crate::txn::TxnCoordinator::init`]); `timeout_ms` 0 asks for the default.
     ///
     /// # Errors
-    /// Storage errors, as [`TxnError::Storage`].
-    pub async fn init_producer_id(&self) -> Result<(i64, i16), TxnError> {
+    /// Storage errors; the coordinator's refusal.
+    pub async fn init_producer_id(
+        &self,
+        _caller: &Session,
+        transactional_id: Option<String>,
+        timeout_ms: u32,
+    ) -> Result<(i64, i16), TxnError> {
+        if let Some(transactional_id) = transactional_id {
+            return self.txn.init(transactional_id, timeout_ms).await;
+        }
         let streams = self.streams.clone();
         tokio::task::spawn_blocking(move || streams.allocate_producer_id())
             .await
@@ -19,26 +28,15 @@ impl Broker {
             .map_err(TxnError::from)
     }
 
-    /// InitProducerId with a transactional id (see [`crate::txn::TxnCoordinator::init`]).
-    ///
-    /// # Errors
-    /// As the coordinator decides.
-    pub async fn init_transactional(
-        &self,
-        transactional_id: String,
-        timeout_ms: u32,
-    ) -> Result<(i64, i16), TxnError> {
-        self.txn.init(transactional_id, timeout_ms).await
-    }
-
     /// AddPartitionsToTxn.
     ///
     /// # Errors
     /// As the coordinator decides.
     pub async fn add_partitions_to_txn(
         &self,
+        _caller: &Session,
         producer: TxnProducer,
-        partitions: Vec<(String, u32)>,
+        partitions: Vec<(String, Vec<u32>)>,
     ) -> Result<(), TxnError> {
         self.txn.add_partitions(producer, partitions).await
     }
@@ -49,6 +47,7 @@ impl Broker {
     /// As the coordinator decides.
     pub async fn add_offsets_to_txn(
         &self,
+        _caller: &Session,
         producer: TxnProducer,
         group_id: String,
     ) -> Result<(), TxnError> {
@@ -59,7 +58,11 @@ impl Broker {
     ///
     /// # Errors
     /// As the coordinator decides.
-    pub async fn txn_offset_commit(&self, offsets: TxnOffsets) -> Result<(), TxnError> {
+    pub async fn txn_offset_commit(
+        &self,
+        _caller: &Session,
+        offsets: TxnOffsets,
+    ) -> Result<(), TxnError> {
         self.txn.offset_commit(offsets).await
     }
 
@@ -67,7 +70,12 @@ impl Broker {
     ///
     /// # Errors
     /// As the coordinator decides.
-    pub async fn end_txn(&self, producer: TxnProducer, end: TxnEnd) -> Result<(), TxnError> {
+    pub async fn end_txn(
+        &self,
+        _caller: &Session,
+        producer: TxnProducer,
+        end: TxnEnd,
+    ) -> Result<(), TxnError> {
         self.txn.end(producer, end).await
     }
 }

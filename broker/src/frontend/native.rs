@@ -11,21 +11,27 @@
 pub mod error_code;
 pub mod translate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio::sync::mpsc;
 use wharf_protocol::api::{check_header, encode_response};
-use wharf_protocol::frame::{decode_frame, encode_frame, FrameHeader};
+use wharf_protocol::frame::{
+    decode_frame, encode_frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES,
+};
 use wharf_protocol::messages::BrokerInfo;
 use wharf_protocol::wire::Wire;
 use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
 
+use crate::config::parse_host_port;
 use crate::core::{Broker, Session};
-use crate::net::connection::{BoxFuture, Completion, Decoded, Fatal, Protocol};
+use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
-/// Bytes of a frame header, the length field included.
-const FRAME_HEADER_BYTES: usize = 12;
+/// Node id of this broker in metadata answers (one broker for now).
+pub const NODE_ID: i32 = 0;
+/// Bytes before a frame's body: the length field and the header.
+const FRAME_PREFIX_BYTES: usize = FRAME_LENGTH_BYTES + FRAME_HEADER_BYTES;
 
 /// The native protocol over a broker.
 #[derive(Debug)]
@@ -37,14 +43,36 @@ pub struct Native {
 }
 
 impl Native {
-    /// The native front end of `broker`, refusing frames over `frame_bytes_max`, telling
-    /// clients to reconnect to `advertised`.
-    pub fn new(broker: Arc<Broker>, frame_bytes_max: u32, advertised: BrokerInfo) -> Native {
-        Native {
+    /// The native front end of `broker` on a listener bound to `local_addr`: it refuses
+    /// frames over `frame_bytes_max` and tells clients to reconnect to `advertised_address`
+    /// (`HOST:PORT`), or to the bound address when there is none.
+    ///
+    /// # Errors
+    /// A message naming the bad advertised address.
+    pub fn new(
+        broker: Arc<Broker>,
+        frame_bytes_max: u32,
+        advertised_address: Option<&str>,
+        local_addr: SocketAddr,
+    ) -> Result<Native, String> {
+        let (host, port) = match advertised_address {
+            Some(address) => parse_host_port(address)?,
+            None => {
+                if local_addr.ip().is_unspecified() {
+                    tracing::warn!(%local_addr, "listening on all interfaces without advertised_address: clients on other hosts cannot reconnect to what metadata answers");
+                }
+                (local_addr.ip().to_string(), local_addr.port())
+            }
+        };
+        Ok(Native {
             broker,
             frame_bytes_max,
-            advertised,
-        }
+            advertised: BrokerInfo {
+                node_id: NODE_ID,
+                host,
+                port,
+            },
+        })
     }
 }
 
@@ -52,7 +80,7 @@ impl Native {
 /// and consumers) and the sender of pushed frames (deliveries).
 #[derive(Debug)]
 pub struct NativeConnection {
-    session: Session,
+    session: Arc<Session>,
     push: mpsc::Sender<BytesMut>,
 }
 
@@ -69,37 +97,35 @@ impl Protocol for Native {
 
     fn open(&self, push: mpsc::Sender<BytesMut>) -> NativeConnection {
         NativeConnection {
-            session: Session::new(),
+            session: Arc::new(Session::new()),
             push,
         }
     }
 
-    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Decoded<NativeRequest>>, Fatal> {
+    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<NativeRequest>, Fatal> {
         let frame = match decode_frame(buffer, self.frame_bytes_max) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
             Err(error) => {
-                tracing::warn!(%error, "bad frame");
                 let response = peek_header(buffer)
                     .map(|header| error_frame(header, error_code_of(&error), &error.to_string()));
-                return Err(Fatal(response));
+                return Err(Fatal {
+                    response,
+                    reason: error.to_string(),
+                });
             }
         };
-        let frame_bytes = frame.body.len() + FRAME_HEADER_BYTES;
         let header = frame.header;
         match check_header(&header).and_then(|key| Request::decode(key, frame.body)) {
-            Ok(request) => Ok(Some(Decoded {
-                request: NativeRequest { header, request },
-                frame_bytes,
-            })),
-            Err(error) => {
-                tracing::warn!(%error, api_key = header.api_key, "undecodable request");
-                Err(Fatal(Some(error_frame(
+            Ok(request) => Ok(Some(NativeRequest { header, request })),
+            Err(error) => Err(Fatal {
+                response: Some(error_frame(
                     header,
                     error_code_of(&error),
                     &error.to_string(),
-                ))))
-            }
+                )),
+                reason: format!("undecodable request (api key {}): {error}", header.api_key),
+            }),
         }
     }
 
@@ -133,7 +159,7 @@ impl Protocol for Native {
 
 /// The frame header at the front of `buffer`, if enough bytes are there.
 fn peek_header(buffer: &BytesMut) -> Option<FrameHeader> {
-    if buffer.len() < FRAME_HEADER_BYTES {
+    if buffer.len() < FRAME_PREFIX_BYTES {
         return None;
     }
     Some(FrameHeader {

@@ -1,10 +1,12 @@
 //! The one rule that decides which offsets a commit may store, shared by plain commits
-//! (OffsetCommit) and transactional ones (TxnOffsetCommit): the member check lives in
-//! [`crate::groups::Coordinator::check_commit`], the per-partition check here.
+//! (OffsetCommit) and transactional ones (TxnOffsetCommit): [`check`] fences the member
+//! ([`GroupCoordinator::check_commit`]: zombies and stale generations) and then checks each
+//! offset ([`check_entry`]).
 //!
-//! Pure: no I/O, no locks; the caller supplies the partition counts.
+//! No I/O; the caller supplies the partition counts.
 
 use crate::groups::offsets::Committed;
+use crate::groups::{GroupCoordinator, GroupError};
 use crate::streams::topic::INTERNAL_TOPIC_PREFIX;
 
 /// Largest metadata string stored with a committed offset (Kafka's default too): it lives in
@@ -38,6 +40,26 @@ pub enum EntryRefusal {
     /// The metadata is longer than [`OFFSET_METADATA_BYTES_MAX`].
     #[error("offset metadata of {metadata_bytes} bytes exceeds max {OFFSET_METADATA_BYTES_MAX}")]
     MetadataTooLarge { metadata_bytes: usize },
+}
+
+/// The commit rule: the member must be current in its group, then each entry is checked on
+/// its own. Returns each entry's outcome, in order.
+///
+/// # Errors
+/// The group's refusal of the member; no entry is checked then.
+pub fn check(
+    groups: &GroupCoordinator,
+    group_id: &str,
+    member_id: &str,
+    generation: i32,
+    entries: &[OffsetEntry],
+    partition_count: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<Result<(), EntryRefusal>>, GroupError> {
+    groups.check_commit(group_id, member_id, generation)?;
+    Ok(entries
+        .iter()
+        .map(|entry| check_entry(entry, &partition_count))
+        .collect())
 }
 
 /// Checks one entry; `partition_count` gives a topic's partitions (None if it does not exist).

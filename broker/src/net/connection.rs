@@ -40,19 +40,15 @@ pub type Completion = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
 /// A boxed future borrowing the connection.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One decoded request and the bytes its frame took (counted against the in-flight budget).
-#[derive(Debug)]
-pub struct Decoded<R> {
-    /// The request.
-    pub request: R,
-    /// Bytes of its frame.
-    pub frame_bytes: usize,
-}
-
 /// A frame that cannot be decoded: the bytes to answer with (if any), then the connection
 /// closes.
 #[derive(Debug)]
-pub struct Fatal(pub Option<BytesMut>);
+pub struct Fatal {
+    /// The error response, if the frame could be attributed to a request.
+    pub response: Option<BytesMut>,
+    /// What was wrong, for the log.
+    pub reason: String,
+}
 
 /// A front end's codec and translation: all a front end needs to serve connections.
 pub trait Protocol: Send + Sync + 'static {
@@ -64,12 +60,13 @@ pub trait Protocol: Send + Sync + 'static {
     /// State for a new connection; `push` sends frames between responses.
     fn open(&self, push: mpsc::Sender<BytesMut>) -> Self::Connection;
 
-    /// Decodes the next request at the front of `buffer` (consuming its bytes); `Ok(None)`
-    /// when more bytes are needed.
+    /// Decodes the next request at the front of `buffer`, consuming its bytes (the driver
+    /// counts what was consumed against the in-flight byte budget); `Ok(None)` when more
+    /// bytes are needed.
     ///
     /// # Errors
     /// [`Fatal`] when the stream cannot be trusted any more.
-    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Decoded<Self::Request>>, Fatal>;
+    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Self::Request>, Fatal>;
 
     /// Runs the ordered phase of `request` and returns its completion.
     fn handle<'a>(
@@ -106,23 +103,25 @@ pub async fn serve<P: Protocol>(
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     'read: loop {
         loop {
-            let decoded = match protocol.decode(&mut buffer) {
-                Ok(Some(decoded)) => decoded,
+            let buffered_bytes = buffer.len();
+            let request = match protocol.decode(&mut buffer) {
+                Ok(Some(request)) => request,
                 Ok(None) => break,
-                Err(Fatal(response)) => {
-                    tracing::warn!(%peer, "bad frame; closing connection");
+                Err(Fatal { response, reason }) => {
+                    tracing::warn!(%peer, reason, "bad frame; closing connection");
                     let _ = pending_tx.send(Pending::Fatal(response)).await;
                     break 'read;
                 }
             };
-            let permits =
-                u32::try_from(decoded.frame_bytes.min(IN_FLIGHT_BYTES_MAX)).unwrap_or(u32::MAX);
+            // Measured here rather than trusted from the codec.
+            let frame_bytes = buffered_bytes.saturating_sub(buffer.len());
+            let permits = u32::try_from(frame_bytes.min(IN_FLIGHT_BYTES_MAX)).unwrap_or(u32::MAX);
             let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
                 break 'read;
             };
             // The ordered phase runs here, before the next request is read; the rest runs as
             // its own task so slow requests (long polls, fsync waits) overlap.
-            let completion = protocol.handle(&connection, decoded.request).await;
+            let completion = protocol.handle(&connection, request).await;
             let task = tokio::spawn(completion);
             if pending_tx
                 .send(Pending::Running(task, permit))

@@ -12,6 +12,17 @@ use crate::net::connection::{self, Protocol};
 /// trying again, so the loop does not spin while the condition lasts.
 const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Binds a listener on `address` (`HOST:PORT`); returns it with the address it got (the
+/// port is the kernel's choice for port 0).
+///
+/// # Errors
+/// The I/O error of the bind (address in use, permission, bad address).
+pub async fn bind(address: &str) -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(address).await?;
+    let local_addr = listener.local_addr()?;
+    Ok((listener, local_addr))
+}
+
 /// Accepts until `shutdown` turns true, serving each connection with `protocol`; at most
 /// `connections_max` are open at once. Each connection task holds a clone of `done` so the
 /// caller can wait for all of them to finish.

@@ -13,8 +13,8 @@
 //! deleted").
 //!
 //! Durability: `append_messages` and `settle` append through [`crate::append`]; the caller
-//! awaits `append::durable` on the
-//! returned offset (group commit) before confirming a publish or answering an ack.
+//! awaits `append::durable` on the returned offset (group commit) before confirming a
+//! publish or answering an ack.
 
 use std::collections::BTreeSet;
 use std::path::Path;

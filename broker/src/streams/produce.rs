@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
 
 use crate::append::{self, Receipt};
@@ -28,22 +28,32 @@ use crate::streams::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
 use crate::streams::{AutoCreate, StreamError, Streams, TIMESTAMP_AHEAD_MS_MAX};
 
 impl Streams {
-    /// Finds a topic for a produce, creating it when auto-creation is on (blocking: creating
-    /// a topic creates and fsyncs files; call it on the blocking pool when it may create).
+    /// Finds a topic for a produce without ever creating it: `Ok(None)` when it does not
+    /// exist and auto-creation is on (then [`Streams::create_for_produce`], which blocks).
     ///
     /// # Errors
-    /// `InternalTopic`, `AutoCreateDisabled`, or the topic error of the create.
-    pub fn topic_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
+    /// `InternalTopic`; `AutoCreateDisabled` for an unknown topic with auto-creation off.
+    pub fn find_for_produce(&self, name: &str) -> Result<Option<TopicInfo>, StreamError> {
         if name.starts_with(INTERNAL_TOPIC_PREFIX) {
             // Internal topics hold broker state in the broker's own record format.
             return Err(StreamError::InternalTopic(name.to_string()));
         }
         if let Some(info) = self.topics.get(name) {
-            return Ok(info);
+            return Ok(Some(info));
         }
         if self.settings.auto_create_topics == AutoCreate::Off {
             return Err(StreamError::AutoCreateDisabled(name.to_string()));
         }
+        Ok(None)
+    }
+
+    /// Creates a topic a produce named, with the default partition count (blocking: creates
+    /// and fsyncs files; call it on the blocking pool). A concurrent create of the same name
+    /// is no error.
+    ///
+    /// # Errors
+    /// The topic error of the create.
+    pub fn create_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
         match self
             .topics
             .create(name, self.settings.default_partitions, Vec::new())
@@ -58,11 +68,6 @@ impl Streams {
         }
     }
 
-    /// True when a produce to `name` needs no topic creation (so it cannot block).
-    pub fn topic_exists(&self, name: &str) -> bool {
-        self.topics.get(name).is_some()
-    }
-
     /// Checks produced batches for one partition and appends them (the ordered phase of a
     /// produce). Returns the receipt to await durability on; for a retried idempotent batch
     /// it is the original's.
@@ -73,7 +78,7 @@ impl Streams {
         &self,
         info: &TopicInfo,
         partition: u32,
-        records: &Bytes,
+        records: &[u8],
     ) -> Result<Receipt, StreamError> {
         let log = self
             .topics
@@ -84,7 +89,7 @@ impl Streams {
                 partitions: info.partitions,
             })?;
         // The broker patches offsets in place; the request's bytes are shared, so copy once.
-        let mut batches = BytesMut::from(&records[..]);
+        let mut batches = BytesMut::from(records);
         let headers = batch_headers(&batches);
         let Some(header) = headers.first().copied() else {
             // Storage validates and reports what is wrong.

@@ -614,8 +614,8 @@ impl TxnMembers {
     }
 
     /// Records a producer's epoch and the partitions of its open transaction (empty when
-    /// none is open).
-    pub fn set(&self, producer_id: i64, epoch: i16, partitions: TxnPartitions) {
+    /// none is open). Only the transaction coordinator calls it, after logging the state.
+    pub(crate) fn set(&self, producer_id: i64, epoch: i16, partitions: TxnPartitions) {
         lock(&self.open).insert(producer_id, (epoch, partitions));
     }
 }

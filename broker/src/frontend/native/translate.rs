@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use wharf_protocol::api::SUPPORTED_APIS;
@@ -21,15 +22,11 @@ use crate::core::{
     self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, ConsumerId, Delivered,
     DeliveryTag, Durability, FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
     OffsetEntry, OffsetSpec, PartitionQuery, ProduceQuery, PublishOutcome, PublishQuery,
-    QueueError, Requeue, Settle, SettleQuery, StreamError, SubscribeQuery, TopicInfo, TopicQuery,
-    TxnEnd, TxnError, TxnOffsets, TxnProducer,
+    QueueError, Requeue, Session, Settle, SettleQuery, StreamError, SubscribeQuery, TopicInfo,
+    TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer, REQUEST_NAMES_MAX,
 };
 use crate::frontend::native::error_code;
 use crate::frontend::native::{Native, NativeConnection};
-
-/// Most names (topics, groups) one request may list: a frame can carry millions of tiny
-/// names, and each costs memory and a response entry.
-pub const REQUEST_NAMES_MAX: usize = 10_000;
 
 /// What remains of a request after its ordered phase; `None`: no response (acks = none).
 pub type Answer = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
@@ -45,7 +42,6 @@ pub async fn handle(
     request: Request,
     header: FrameHeader,
 ) -> Answer {
-    let broker = &native.broker;
     if let Some(names) = listed_names(&request) {
         if names > REQUEST_NAMES_MAX {
             let message =
@@ -57,213 +53,121 @@ pub async fn handle(
             ));
         }
     }
+    let broker: &Broker = &native.broker;
+    let caller: &Session = &connection.session;
     match request {
         Request::ApiVersions(_) => ready(Response::ApiVersions(api_versions())),
         Request::Metadata(request) => ready(Response::Metadata(metadata(
             &native.advertised,
             broker,
+            caller,
             request,
         ))),
-        Request::CreateTopics(request) => {
-            ready(Response::CreateTopics(create_topics(broker, request).await))
-        }
-        Request::DeleteTopics(request) => {
-            ready(Response::DeleteTopics(delete_topics(broker, request).await))
-        }
-        Request::Produce(request) => produce(broker, request).await,
+        Request::CreateTopics(request) => ready(Response::CreateTopics(
+            create_topics(broker, caller, request).await,
+        )),
+        Request::DeleteTopics(request) => ready(Response::DeleteTopics(
+            delete_topics(broker, caller, request).await,
+        )),
+        Request::Produce(request) => produce(broker, caller, request).await,
         Request::Fetch(request) => {
-            let broker = broker.clone();
-            Box::pin(async move { Some(Response::Fetch(fetch(&broker, request).await)) })
+            fetch(native.broker.clone(), connection.session.clone(), request)
         }
         Request::ListOffsets(request) => {
-            ready(Response::ListOffsets(list_offsets(broker, request)))
+            ready(Response::ListOffsets(list_offsets(broker, caller, request)))
         }
         Request::GroupHeartbeat(request) => {
-            ready(Response::GroupHeartbeat(heartbeat(broker, request)))
+            ready(Response::GroupHeartbeat(heartbeat(broker, caller, request)))
         }
-        Request::LeaveGroup(request) => ready(Response::LeaveGroup(leave_group(broker, request))),
-        Request::OffsetCommit(request) => {
-            ready(Response::OffsetCommit(offset_commit(broker, request).await))
+        Request::LeaveGroup(request) => {
+            ready(Response::LeaveGroup(leave_group(broker, caller, request)))
         }
+        Request::OffsetCommit(request) => ready(Response::OffsetCommit(
+            offset_commit(broker, caller, request).await,
+        )),
         Request::OffsetFetch(request) => {
-            ready(Response::OffsetFetch(offset_fetch(broker, request)))
+            ready(Response::OffsetFetch(offset_fetch(broker, caller, request)))
         }
-        Request::DescribeGroups(request) => {
-            ready(Response::DescribeGroups(DescribeGroupsResponse {
-                groups: broker
-                    .describe_groups(request.group_ids)
-                    .into_iter()
-                    .map(group_description)
-                    .collect(),
-                ..DescribeGroupsResponse::default()
-            }))
-        }
-        Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker))),
+        Request::DescribeGroups(request) => ready(Response::DescribeGroups(describe_groups(
+            broker, caller, request,
+        ))),
+        Request::ListGroups(_) => ready(Response::ListGroups(list_groups(broker, caller))),
         Request::InitProducerId(request) => ready(Response::InitProducerId(
-            init_producer_id(broker, request).await,
+            init_producer_id(broker, caller, request).await,
         )),
-        Request::AddPartitionsToTxn(request) => {
-            let producer = txn_producer(
-                request.transactional_id,
-                request.producer_id,
-                request.producer_epoch,
-            );
-            let partitions = flatten(request.topics);
-            let outcome = broker.add_partitions_to_txn(producer, partitions).await;
-            let (error, error_message) = txn_parts(outcome);
-            ready(Response::AddPartitionsToTxn(AddPartitionsToTxnResponse {
-                error,
-                error_message,
-            }))
-        }
-        Request::AddOffsetsToTxn(request) => {
-            let producer = txn_producer(
-                request.transactional_id,
-                request.producer_id,
-                request.producer_epoch,
-            );
-            let outcome = broker.add_offsets_to_txn(producer, request.group_id).await;
-            let (error, error_message) = txn_parts(outcome);
-            ready(Response::AddOffsetsToTxn(AddOffsetsToTxnResponse {
-                error,
-                error_message,
-            }))
-        }
-        Request::TxnOffsetCommit(request) => {
-            let offsets = TxnOffsets {
-                producer: txn_producer(
-                    request.transactional_id,
-                    request.producer_id,
-                    request.producer_epoch,
-                ),
-                group_id: request.group_id,
-                member_id: request.member_id,
-                generation: request.generation,
-                entries: offset_entries(request.topics),
-            };
-            let (error, error_message) = txn_parts(broker.txn_offset_commit(offsets).await);
-            ready(Response::TxnOffsetCommit(TxnOffsetCommitResponse {
-                error,
-                error_message,
-            }))
-        }
-        Request::EndTxn(request) => {
-            let producer = txn_producer(
-                request.transactional_id,
-                request.producer_id,
-                request.producer_epoch,
-            );
-            let end = if request.result == TxnResult::Commit {
-                TxnEnd::Commit
-            } else {
-                TxnEnd::Abort
-            };
-            let (error, error_message) = txn_parts(broker.end_txn(producer, end).await);
-            ready(Response::EndTxn(EndTxnResponse {
-                error,
-                error_message,
-            }))
-        }
-        Request::Publish(request) => publish(broker, request).await,
+        Request::AddPartitionsToTxn(request) => ready(Response::AddPartitionsToTxn(
+            add_partitions_to_txn(broker, caller, request).await,
+        )),
+        Request::AddOffsetsToTxn(request) => ready(Response::AddOffsetsToTxn(
+            add_offsets_to_txn(broker, caller, request).await,
+        )),
+        Request::TxnOffsetCommit(request) => ready(Response::TxnOffsetCommit(
+            txn_offset_commit(broker, caller, request).await,
+        )),
+        Request::EndTxn(request) => ready(Response::EndTxn(end_txn(broker, caller, request).await)),
+        Request::Publish(request) => publish(broker, caller, request).await,
         Request::Subscribe(request) => ready(Response::Subscribe(
-            subscribe(broker, request, connection, header).await,
+            subscribe(broker, connection, request, header).await,
         )),
-        Request::Ack(request) => ack(broker, request, connection).await,
+        Request::Ack(request) => ack(broker, caller, request).await,
         Request::Cancel(request) => ready(Response::Cancel(admin_answer(
             broker
-                .cancel(
-                    &connection.session,
-                    &request.queue,
-                    ConsumerId(request.consumer_id),
+                .cancel(caller, &request.queue, ConsumerId(request.consumer_id))
+                .await,
+        ))),
+        Request::DeclareExchange(request) => ready(Response::DeclareExchange(admin_answer(
+            broker
+                .declare_exchange(
+                    caller,
+                    request.name,
+                    &request.kind,
+                    durability(request.durable),
                 )
                 .await,
         ))),
-        Request::DeclareExchange(request) => {
-            let outcome = broker
-                .declare_exchange(request.name, &request.kind, durability(request.durable))
-                .await;
-            ready(Response::DeclareExchange(admin_answer(outcome)))
-        }
-        Request::DeclareQueue(request) => {
-            let outcome = broker
+        Request::DeclareQueue(request) => ready(Response::DeclareQueue(admin_answer(
+            broker
                 .declare_queue(
-                    &connection.session,
+                    caller,
                     request.name,
                     pairs(request.args),
                     durability(request.durable),
                 )
-                .await;
-            ready(Response::DeclareQueue(admin_answer(outcome)))
-        }
+                .await,
+        ))),
         Request::DeleteQueue(request) => ready(Response::DeleteQueue(admin_answer(
-            broker.delete_queue(&request.name).await,
+            broker.delete_queue(caller, &request.name).await,
         ))),
-        Request::BindQueue(request) => {
-            let outcome = broker
+        Request::BindQueue(request) => ready(Response::BindQueue(admin_answer(
+            broker
                 .bind_queue(
+                    caller,
                     request.queue,
                     request.exchange,
                     request.routing_key,
                     pairs(request.headers),
                 )
-                .await;
-            ready(Response::BindQueue(admin_answer(outcome)))
-        }
-        Request::UnbindQueue(request) => {
-            let outcome = broker
-                .unbind_queue(
-                    request.queue,
-                    request.exchange,
-                    request.routing_key,
-                    pairs(request.headers),
-                )
-                .await;
-            ready(Response::UnbindQueue(admin_answer(outcome)))
-        }
-        Request::PurgeQueue(request) => ready(Response::PurgeQueue(
-            match broker.purge_queue(&request.name).await {
-                Ok(purged) => PurgeQueueResponse {
-                    purged,
-                    ..PurgeQueueResponse::default()
-                },
-                Err(error) => PurgeQueueResponse {
-                    error: error_code::queue(&error),
-                    error_message: Some(error.to_string()),
-                    purged: 0,
-                },
-            },
-        )),
-        Request::ListQueues(_) => ready(Response::ListQueues(ListQueuesResponse {
-            queues: broker
-                .list_queues()
-                .await
-                .into_iter()
-                .map(|stats| QueueListing {
-                    durable: stats.durability == Durability::Durable,
-                    name: stats.name,
-                    ready: stats.ready,
-                    unacked: stats.unacked,
-                    consumers: stats.consumers,
-                })
-                .collect(),
-            ..ListQueuesResponse::default()
-        })),
-        Request::DeleteExchange(request) => ready(Response::DeleteExchange(admin_answer(
-            broker.delete_exchange(request.name).await,
+                .await,
         ))),
-        Request::ListExchanges(_) => ready(Response::ListExchanges(ListExchangesResponse {
-            exchanges: broker
-                .list_exchanges()
-                .into_iter()
-                .map(|(name, kind, durability, bindings)| ExchangeListing {
-                    name,
-                    kind: kind.name().to_string(),
-                    durable: durability == Durability::Durable,
-                    bindings: u32::try_from(bindings).unwrap_or(u32::MAX),
-                })
-                .collect(),
-            ..ListExchangesResponse::default()
-        })),
+        Request::UnbindQueue(request) => ready(Response::UnbindQueue(admin_answer(
+            broker
+                .unbind_queue(
+                    caller,
+                    request.queue,
+                    request.exchange,
+                    request.routing_key,
+                    pairs(request.headers),
+                )
+                .await,
+        ))),
+        Request::PurgeQueue(request) => ready(Response::PurgeQueue(
+            purge_queue(broker, caller, request).await,
+        )),
+        Request::ListQueues(_) => ready(Response::ListQueues(list_queues(broker, caller).await)),
+        Request::DeleteExchange(request) => ready(Response::DeleteExchange(admin_answer(
+            broker.delete_exchange(caller, request.name).await,
+        ))),
+        Request::ListExchanges(_) => ready(Response::ListExchanges(list_exchanges(broker, caller))),
         // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
         Request::Deliver(_) => ready(Response::error_only(
             ApiKey::Deliver,
@@ -316,11 +220,12 @@ fn api_versions() -> ApiVersionsResponse {
 fn metadata(
     advertised: &BrokerInfo,
     broker: &Broker,
+    caller: &Session,
     request: MetadataRequest,
 ) -> MetadataResponse {
     let node_id = advertised.node_id;
     let topics = broker
-        .topic_metadata(request.topics)
+        .topic_metadata(caller, request.topics)
         .into_iter()
         .map(|view| match view.topic_id {
             None => TopicMetadata {
@@ -360,7 +265,11 @@ fn metadata(
     }
 }
 
-async fn create_topics(broker: &Broker, request: CreateTopicsRequest) -> CreateTopicsResponse {
+async fn create_topics(
+    broker: &Broker,
+    caller: &Session,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -372,7 +281,7 @@ async fn create_topics(broker: &Broker, request: CreateTopicsRequest) -> CreateT
         .collect();
     CreateTopicsResponse {
         topics: broker
-            .create_topics(topics)
+            .create_topics(caller, topics)
             .await
             .into_iter()
             .map(topic_result)
@@ -381,10 +290,14 @@ async fn create_topics(broker: &Broker, request: CreateTopicsRequest) -> CreateT
     }
 }
 
-async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+async fn delete_topics(
+    broker: &Broker,
+    caller: &Session,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     DeleteTopicsResponse {
         topics: broker
-            .delete_topics(request.names)
+            .delete_topics(caller, request.names)
             .await
             .into_iter()
             .map(topic_result)
@@ -410,7 +323,7 @@ fn topic_result((name, outcome): (String, Result<TopicInfo, StreamError>)) -> To
     }
 }
 
-async fn produce(broker: &Broker, request: ProduceRequest) -> Answer {
+async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> Answer {
     let query = ProduceQuery {
         acks: match request.acks {
             Acks::None => core::Acks::None,
@@ -431,7 +344,7 @@ async fn produce(broker: &Broker, request: ProduceRequest) -> Answer {
             })
             .collect(),
     };
-    let completion = broker.produce(query).await;
+    let completion = broker.produce(caller, query).await;
     Box::pin(async move {
         let topics = completion.await?;
         Some(Response::Produce(ProduceResponse {
@@ -466,7 +379,17 @@ async fn produce(broker: &Broker, request: ProduceRequest) -> Answer {
     })
 }
 
-async fn fetch(broker: &Broker, request: FetchRequest) -> FetchResponse {
+/// Fetches run wholly in the completion: a long poll must not hold up the connection's
+/// next request.
+fn fetch(broker: Arc<Broker>, caller: Arc<Session>, request: FetchRequest) -> Answer {
+    Box::pin(async move {
+        Some(Response::Fetch(
+            fetch_answer(&broker, &caller, request).await,
+        ))
+    })
+}
+
+async fn fetch_answer(broker: &Broker, caller: &Session, request: FetchRequest) -> FetchResponse {
     let query = FetchQuery {
         max_wait_ms: request.max_wait_ms,
         min_bytes: request.min_bytes,
@@ -493,7 +416,7 @@ async fn fetch(broker: &Broker, request: FetchRequest) -> FetchResponse {
             })
             .collect(),
     };
-    let topics = broker.fetch(&query).await;
+    let topics = broker.fetch(caller, &query).await;
     FetchResponse {
         topics: topics
             .into_iter()
@@ -529,7 +452,11 @@ async fn fetch(broker: &Broker, request: FetchRequest) -> FetchResponse {
     }
 }
 
-fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResponse {
+fn list_offsets(
+    broker: &Broker,
+    caller: &Session,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -544,7 +471,7 @@ fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResp
                         timestamp => OffsetSpec::Timestamp(timestamp),
                     };
                     let (error, offset) =
-                        match broker.list_offset(&topic.name, wanted.partition, spec) {
+                        match broker.list_offset(caller, &topic.name, wanted.partition, spec) {
                             Ok(found) => (ErrorCode::None, found.unwrap_or(-1)),
                             Err(error) => (error_code::stream(&error), -1),
                         };
@@ -564,7 +491,11 @@ fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResp
     }
 }
 
-fn heartbeat(broker: &Broker, request: GroupHeartbeatRequest) -> GroupHeartbeatResponse {
+fn heartbeat(
+    broker: &Broker,
+    caller: &Session,
+    request: GroupHeartbeatRequest,
+) -> GroupHeartbeatResponse {
     let heartbeat = Heartbeat {
         group_id: request.group_id,
         member_id: request.member_id,
@@ -573,7 +504,7 @@ fn heartbeat(broker: &Broker, request: GroupHeartbeatRequest) -> GroupHeartbeatR
         topics: request.topics,
         assignor: request.assignor,
     };
-    match broker.heartbeat(&heartbeat) {
+    match broker.heartbeat(caller, &heartbeat) {
         Ok(MemberState {
             member_id,
             generation,
@@ -595,8 +526,12 @@ fn heartbeat(broker: &Broker, request: GroupHeartbeatRequest) -> GroupHeartbeatR
     }
 }
 
-fn leave_group(broker: &Broker, request: LeaveGroupRequest) -> LeaveGroupResponse {
-    match broker.leave_group(&request.group_id, &request.member_id) {
+fn leave_group(
+    broker: &Broker,
+    caller: &Session,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
+    match broker.leave_group(caller, &request.group_id, &request.member_id) {
         Ok(()) => LeaveGroupResponse::default(),
         Err(error) => {
             let code = error_code::group(&error);
@@ -637,10 +572,25 @@ fn group_description(summary: GroupSummary) -> GroupDescription {
     }
 }
 
-fn list_groups(broker: &Broker) -> ListGroupsResponse {
+fn describe_groups(
+    broker: &Broker,
+    caller: &Session,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    DescribeGroupsResponse {
+        groups: broker
+            .describe_groups(caller, request.group_ids)
+            .into_iter()
+            .map(group_description)
+            .collect(),
+        ..DescribeGroupsResponse::default()
+    }
+}
+
+fn list_groups(broker: &Broker, caller: &Session) -> ListGroupsResponse {
     ListGroupsResponse {
         groups: broker
-            .list_groups()
+            .list_groups(caller)
             .into_iter()
             .map(|listing| GroupListing {
                 group_id: listing.group_id,
@@ -672,7 +622,11 @@ fn offset_entries(topics: Vec<OffsetCommitTopic>) -> Vec<OffsetEntry> {
         .collect()
 }
 
-async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
+async fn offset_commit(
+    broker: &Broker,
+    caller: &Session,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let shape: Vec<(String, Vec<u32>)> = request
         .topics
         .iter()
@@ -687,6 +641,7 @@ async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetC
         .collect();
     let outcome = broker
         .commit_offsets(
+            caller,
             &request.group_id,
             &request.member_id,
             request.generation,
@@ -735,7 +690,11 @@ fn commit_rows(
         .collect()
 }
 
-fn offset_fetch(broker: &Broker, request: OffsetFetchRequest) -> OffsetFetchResponse {
+fn offset_fetch(
+    broker: &Broker,
+    caller: &Session,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     let wanted = request.topics.map(|topics| {
         topics
             .into_iter()
@@ -744,7 +703,7 @@ fn offset_fetch(broker: &Broker, request: OffsetFetchRequest) -> OffsetFetchResp
     });
     OffsetFetchResponse {
         topics: broker
-            .fetch_offsets(&request.group_id, wanted)
+            .fetch_offsets(caller, &request.group_id, wanted)
             .into_iter()
             .map(|(name, partitions)| OffsetFetchTopic {
                 name,
@@ -765,16 +724,16 @@ fn offset_fetch(broker: &Broker, request: OffsetFetchRequest) -> OffsetFetchResp
 
 async fn init_producer_id(
     broker: &Broker,
+    caller: &Session,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    let outcome = match request.transactional_id {
-        Some(transactional_id) => {
-            broker
-                .init_transactional(transactional_id, request.transaction_timeout_ms)
-                .await
-        }
-        None => broker.init_producer_id().await,
-    };
+    let outcome = broker
+        .init_producer_id(
+            caller,
+            request.transactional_id,
+            request.transaction_timeout_ms,
+        )
+        .await;
     match outcome {
         Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
             producer_id,
@@ -787,6 +746,91 @@ async fn init_producer_id(
             producer_id: -1,
             producer_epoch: -1,
         },
+    }
+}
+
+async fn add_partitions_to_txn(
+    broker: &Broker,
+    caller: &Session,
+    request: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let producer = txn_producer(
+        request.transactional_id,
+        request.producer_id,
+        request.producer_epoch,
+    );
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| (topic.topic, topic.partitions))
+        .collect();
+    let (error, error_message) =
+        txn_parts(broker.add_partitions_to_txn(caller, producer, topics).await);
+    AddPartitionsToTxnResponse {
+        error,
+        error_message,
+    }
+}
+
+async fn add_offsets_to_txn(
+    broker: &Broker,
+    caller: &Session,
+    request: AddOffsetsToTxnRequest,
+) -> AddOffsetsToTxnResponse {
+    let producer = txn_producer(
+        request.transactional_id,
+        request.producer_id,
+        request.producer_epoch,
+    );
+    let (error, error_message) = txn_parts(
+        broker
+            .add_offsets_to_txn(caller, producer, request.group_id)
+            .await,
+    );
+    AddOffsetsToTxnResponse {
+        error,
+        error_message,
+    }
+}
+
+async fn txn_offset_commit(
+    broker: &Broker,
+    caller: &Session,
+    request: TxnOffsetCommitRequest,
+) -> TxnOffsetCommitResponse {
+    let offsets = TxnOffsets {
+        producer: txn_producer(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+        ),
+        group_id: request.group_id,
+        member_id: request.member_id,
+        generation: request.generation,
+        entries: offset_entries(request.topics),
+    };
+    let (error, error_message) = txn_parts(broker.txn_offset_commit(caller, offsets).await);
+    TxnOffsetCommitResponse {
+        error,
+        error_message,
+    }
+}
+
+async fn end_txn(broker: &Broker, caller: &Session, request: EndTxnRequest) -> EndTxnResponse {
+    let producer = txn_producer(
+        request.transactional_id,
+        request.producer_id,
+        request.producer_epoch,
+    );
+    let end = if request.result == TxnResult::Commit {
+        TxnEnd::Commit
+    } else {
+        TxnEnd::Abort
+    };
+    let (error, error_message) = txn_parts(broker.end_txn(caller, producer, end).await);
+    EndTxnResponse {
+        error,
+        error_message,
     }
 }
 
@@ -805,19 +849,6 @@ fn txn_parts(outcome: Result<(), TxnError>) -> (ErrorCode, Option<String>) {
     }
 }
 
-fn flatten(topics: Vec<TopicPartitions>) -> Vec<(String, u32)> {
-    topics
-        .into_iter()
-        .flat_map(|topic| {
-            let name = topic.topic;
-            topic
-                .partitions
-                .into_iter()
-                .map(move |partition| (name.clone(), partition))
-        })
-        .collect()
-}
-
 fn durability(durable: bool) -> Durability {
     if durable {
         Durability::Durable
@@ -833,6 +864,58 @@ fn pairs(entries: Vec<ConfigEntry>) -> Vec<(String, String)> {
         .collect()
 }
 
+async fn purge_queue(
+    broker: &Broker,
+    caller: &Session,
+    request: PurgeQueueRequest,
+) -> PurgeQueueResponse {
+    match broker.purge_queue(caller, &request.name).await {
+        Ok(purged) => PurgeQueueResponse {
+            purged,
+            ..PurgeQueueResponse::default()
+        },
+        Err(error) => PurgeQueueResponse {
+            error: error_code::queue(&error),
+            error_message: Some(error.to_string()),
+            purged: 0,
+        },
+    }
+}
+
+async fn list_queues(broker: &Broker, caller: &Session) -> ListQueuesResponse {
+    ListQueuesResponse {
+        queues: broker
+            .list_queues(caller)
+            .await
+            .into_iter()
+            .map(|stats| QueueListing {
+                durable: stats.durability == Durability::Durable,
+                name: stats.name,
+                ready: stats.ready,
+                unacked: stats.unacked,
+                consumers: stats.consumers,
+            })
+            .collect(),
+        ..ListQueuesResponse::default()
+    }
+}
+
+fn list_exchanges(broker: &Broker, caller: &Session) -> ListExchangesResponse {
+    ListExchangesResponse {
+        exchanges: broker
+            .list_exchanges(caller)
+            .into_iter()
+            .map(|(name, kind, durability, bindings)| ExchangeListing {
+                name,
+                kind: kind.name().to_string(),
+                durable: durability == Durability::Durable,
+                bindings: u32::try_from(bindings).unwrap_or(u32::MAX),
+            })
+            .collect(),
+        ..ListExchangesResponse::default()
+    }
+}
+
 fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
     match outcome {
         Ok(()) => QueueAdminResponse::default(),
@@ -843,7 +926,7 @@ fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
     }
 }
 
-async fn publish(broker: &Broker, request: PublishRequest) -> Answer {
+async fn publish(broker: &Broker, caller: &Session, request: PublishRequest) -> Answer {
     let query = PublishQuery {
         exchange: request.exchange,
         routing_key: request.routing_key,
@@ -867,7 +950,7 @@ async fn publish(broker: &Broker, request: PublishRequest) -> Answer {
         error_message: Some(error.to_string()),
         queues: Vec::new(),
     };
-    let completion = match broker.publish(query).await {
+    let completion = match broker.publish(caller, query).await {
         Ok(completion) => completion,
         Err(error) => return ready(Response::Publish(failed(error))),
     };
@@ -892,8 +975,8 @@ async fn publish(broker: &Broker, request: PublishRequest) -> Answer {
 
 async fn subscribe(
     broker: &Broker,
-    request: SubscribeRequest,
     connection: &NativeConnection,
+    request: SubscribeRequest,
     header: FrameHeader,
 ) -> SubscribeResponse {
     let query = SubscribeQuery {
@@ -960,11 +1043,8 @@ async fn forward_deliveries(
                     error: match reason {
                         CancelReason::AckTimeout => ErrorCode::AckTimeout,
                         CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
-                        // Never pushed: a consumer the client cancelled, or whose connection
-                        // closed, just ends its channel.
-                        CancelReason::ClientCancelled | CancelReason::ConnectionClosed => {
-                            ErrorCode::None
-                        }
+                        // The client asked for these itself (or is gone): nothing to tell.
+                        CancelReason::ClientCancelled | CancelReason::ConnectionClosed => break,
                     },
                     error_message: Some(format!(
                         "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
@@ -1009,7 +1089,7 @@ fn deliver_push(consumer_id: u64, delivered: Delivered) -> DeliverPush {
     }
 }
 
-async fn ack(broker: &Broker, request: AckRequest, connection: &NativeConnection) -> Answer {
+async fn ack(broker: &Broker, caller: &Session, request: AckRequest) -> Answer {
     let query = SettleQuery {
         queue: request.queue,
         consumer: ConsumerId(request.consumer_id),
@@ -1027,7 +1107,7 @@ async fn ack(broker: &Broker, request: AckRequest, connection: &NativeConnection
             Settle::Nack(Requeue::No)
         },
     };
-    match broker.settle(&connection.session, query).await {
+    match broker.settle(caller, query).await {
         Err(error) => ready(Response::Ack(admin_answer(Err(error)))),
         Ok(completion) => {
             Box::pin(async move { Some(Response::Ack(admin_answer(completion.await))) })
