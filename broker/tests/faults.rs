@@ -1625,3 +1625,141 @@ fn append_path_acknowledged_records_survive_a_power_loss_at_once() {
     }
     assert!(partition.segment_count() > 1, "the test must cross a roll");
 }
+
+/// Streams over the simulated file system of `env`, with one topic named so that its only
+/// partition lives in [`DIR`] (what `reopen` reads).
+fn streams_on(
+    env: &StorageEnv,
+    clock: &Arc<ManualClock>,
+) -> (
+    wharf_broker::streams::Streams,
+    wharf_broker::streams::topic::TopicInfo,
+) {
+    use wharf_broker::streams::{AutoCreate, StreamSettings, Streams};
+    let data_dir = dir().parent().expect("DIR has a parent").to_path_buf();
+    let topics = wharf_broker::streams::topic::Topics::open(&data_dir, env.clone(), config())
+        .expect("open topics");
+    let producers =
+        wharf_broker::streams::producer::Producers::open(env.fs.clone(), &data_dir, 60_000)
+            .expect("open producers");
+    let settings = StreamSettings {
+        auto_create_topics: AutoCreate::Off,
+        default_partitions: 1,
+    };
+    let streams = Streams::new(topics, producers, clock.clone(), settings);
+    let info = streams
+        .create_topic("topic", 1, Vec::new())
+        .expect("create topic");
+    (streams, info)
+}
+
+/// An idempotent batch of `record_count` records for `partition`, whose values name their
+/// offsets, and those records.
+fn idempotent_batch(
+    partition: &Partition,
+    producer_id: i64,
+    base_sequence: i32,
+    record_count: usize,
+) -> (bytes::Bytes, Vec<Record>) {
+    let base = partition.log_end_offset();
+    let records: Vec<Record> = (base..base + record_count as i64)
+        .map(|offset| (offset, value_of(offset, 300)))
+        .collect();
+    let mut builder = batch::BatchBuilder::new(NOW_MS).producer(producer_id, 0, base_sequence);
+    for (_, value) in &records {
+        builder
+            .push(&batch::NewRecord {
+                timestamp_ms: NOW_MS,
+                key: None,
+                value: Some(bytes::Bytes::copy_from_slice(value)),
+                headers: Vec::new(),
+            })
+            .expect("record fits");
+    }
+    (builder.build(), records)
+}
+
+#[test]
+fn produce_path_acks_only_after_the_fsync_and_a_retry_waits_for_its_original() {
+    // Goal: the path produce takes (`Streams::append_produced`, plain and idempotent, then
+    // `Receipt::durable` in the acks=all completion) never acknowledges before the fsync
+    // that covers the batch, and a retried idempotent batch, answered with its original
+    // offsets, waits for the original's fsync. Method: no flusher threads, so nothing is
+    // fsynced until the test flushes; check the waits stay pending and the power-loss image
+    // lacks the batches until then.
+    let (env, fs, clock) = idle_env();
+    let (streams, info) = streams_on(&env, &clock);
+    let partition = streams.partition("topic", 0).expect("partition 0");
+    let producer_id = streams.allocate_producer_id().expect("producer id");
+    let mut acked = Vec::new();
+    let (plain, plain_records) = next_batch(&partition, 3, 300);
+    let plain_receipt = streams
+        .append_produced(&info, 0, &plain)
+        .expect("plain append");
+    let (idempotent, idempotent_records) = idempotent_batch(&partition, producer_id, 0, 2);
+    let original = streams
+        .append_produced(&info, 0, &idempotent)
+        .expect("idempotent append");
+    let retry = streams
+        .append_produced(&info, 0, &idempotent)
+        .expect("a retry is answered, not refused");
+    assert_eq!(
+        retry.appended(),
+        original.appended(),
+        "the retry gets the original offsets"
+    );
+    assert_eq!(partition.log_end_offset(), 5, "the retry appended nothing");
+    let mut waits = [
+        Box::pin(plain_receipt.durable()),
+        Box::pin(original.durable()),
+        Box::pin(retry.durable()),
+    ];
+    for wait in waits.iter_mut() {
+        assert!(
+            poll_once(wait.as_mut()).is_pending(),
+            "acks=all was answered before any fsync"
+        );
+    }
+    assert_power_loss_keeps(&fs, &clock, &acked, 0);
+    partition.flush().expect("flush");
+    for wait in waits.iter_mut() {
+        assert!(matches!(
+            poll_once(wait.as_mut()),
+            std::task::Poll::Ready(Ok(()))
+        ));
+    }
+    acked.extend(plain_records);
+    acked.extend(idempotent_records);
+    assert_power_loss_keeps(&fs, &clock, &acked, 1);
+}
+
+#[test]
+fn synced_fsyncs_a_marker_whatever_the_flush_policy() {
+    // Goal: `Receipt::synced`, which transaction markers wait on, means on disk even under
+    // `flush = never` (where `durable` resolves at once). Method: append under `never` with
+    // no flusher threads, check the power-loss image lacks the batch, await `synced`, check
+    // the image holds it.
+    let (env, fs, clock) = idle_env();
+    let partition = open(&env, config_never());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let (receipt, records) = append_via_path(&partition, 2, 500);
+    assert_eq!(runtime.block_on(receipt.durable()).ok(), Some(()));
+    let image = fs.crash_image(Torn::None);
+    let never = |image: &SimFs| {
+        Partition::open(
+            &dir(),
+            config_never(),
+            env_with(Arc::new(image.clone()), clock.clone()),
+        )
+        .expect("reopen")
+    };
+    assert!(
+        read_all(&never(&image)).is_empty(),
+        "nothing was fsynced yet"
+    );
+    runtime.block_on(receipt.synced()).expect("synced");
+    let image = fs.crash_image(Torn::None);
+    assert_eq!(read_all(&never(&image)), records);
+}
