@@ -24,7 +24,6 @@ pub mod stream_ops;
 pub mod txn_ops;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,7 +43,9 @@ use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
 pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
 pub use crate::groups::offsets::Committed;
-pub use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
+pub use crate::groups::{
+    GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState,
+};
 pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{
     AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability,
@@ -65,7 +66,8 @@ pub use queue_ops::{
 };
 pub use stream_ops::ProduceCompletion;
 pub use stream_ops::{
-    Acks, NewTopic, PartitionView, ProduceQuery, ProducedPartition, ProducedTopic, TopicView,
+    Acks, NewTopic, PartitionStatus, PartitionView, ProduceQuery, Produced, ProducedPartition,
+    ProducedTopic, TopicView,
 };
 
 /// Most names (topics, groups) or partitions one request may list, in any protocol: a
@@ -112,7 +114,6 @@ pub struct Broker {
     queues: Arc<QueueManager>,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
-    data_dir: PathBuf,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -188,22 +189,11 @@ impl Broker {
             queues,
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
-            data_dir: config.data_dir.clone(),
         };
         Ok(Opened {
             broker: Arc::new(broker),
             txn: txn_loaded,
         })
-    }
-
-    /// Time.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
     }
 
     /// Stops the background tasks, writes producer-state snapshots, stops the queue tasks

@@ -125,8 +125,8 @@ pub struct MemberSummary {
 pub struct GroupSummary {
     /// Its id.
     pub group_id: String,
-    /// `empty` or `stable`.
-    pub state: &'static str,
+    /// Whether it has members.
+    pub state: GroupState,
     /// Current generation.
     pub generation: i32,
     /// The assignor's name.
@@ -135,13 +135,32 @@ pub struct GroupSummary {
     pub members: Vec<MemberSummary>,
 }
 
+/// Where a group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// No members (it may still have committed offsets).
+    Empty,
+    /// Members with a settled assignment.
+    Stable,
+}
+
+impl GroupState {
+    /// The lowercase name (`empty`, `stable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "empty",
+            GroupState::Stable => "stable",
+        }
+    }
+}
+
 /// A group in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupListing {
     /// Its id.
     pub group_id: String,
-    /// `empty` or `stable`.
-    pub state: &'static str,
+    /// Whether it has members.
+    pub state: GroupState,
     /// How many members it has.
     pub member_count: u32,
 }
@@ -394,7 +413,7 @@ impl GroupCoordinator {
         let Some(group) = groups.get(group_id) else {
             return GroupSummary {
                 group_id: group_id.to_string(),
-                state: "empty",
+                state: GroupState::Empty,
                 generation: 0,
                 assignor: Assignor::default().name(),
                 members: Vec::new(),
@@ -402,7 +421,7 @@ impl GroupCoordinator {
         };
         GroupSummary {
             group_id: group_id.to_string(),
-            state: state_name(group),
+            state: state_of(group),
             generation: group.generation,
             assignor: group.assignor.name(),
             members: group
@@ -425,7 +444,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(group_id, group)| GroupListing {
                 group_id: group_id.clone(),
-                state: state_name(group),
+                state: state_of(group),
                 member_count: u32::try_from(group.members.len()).unwrap_or(u32::MAX),
             })
             .collect();
@@ -434,11 +453,11 @@ impl GroupCoordinator {
     }
 }
 
-fn state_name(group: &Group) -> &'static str {
+fn state_of(group: &Group) -> GroupState {
     if group.members.is_empty() {
-        "empty"
+        GroupState::Empty
     } else {
-        "stable"
+        GroupState::Stable
     }
 }
 

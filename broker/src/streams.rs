@@ -68,10 +68,18 @@ pub enum StreamError {
         partition: u32,
         partitions: u32,
     },
-    /// The produced batches break a rule (control batch, several idempotent batches,
-    /// timestamp too far ahead, transactional without a producer id).
-    #[error("{0}")]
-    InvalidBatch(String),
+    /// Producers cannot write control batches (transaction markers are the broker's).
+    #[error("producers cannot write control batches")]
+    ControlBatch,
+    /// An idempotent produce must carry exactly one batch per partition.
+    #[error("an idempotent produce carries exactly one batch per partition")]
+    SeveralIdempotentBatches,
+    /// A batch's max timestamp is more than [`TIMESTAMP_AHEAD_MS_MAX`] in the future.
+    #[error("batch max_timestamp {max_timestamp} is more than {TIMESTAMP_AHEAD_MS_MAX} ms in the future")]
+    TimestampAhead { max_timestamp: i64 },
+    /// A transactional batch without a producer id.
+    #[error("a transactional batch needs a producer id")]
+    TransactionalWithoutProducerId,
     /// A batch fails its checksum or header checks.
     #[error("{0}")]
     CorruptBatch(String),

@@ -7,7 +7,7 @@ use crate::core::stream_ops::dedupe;
 use crate::core::{Broker, Session};
 use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::Committed;
-use crate::groups::{GroupError, GroupListing, GroupSummary, Heartbeat, MemberState};
+use crate::groups::{GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState};
 use crate::storage::Error as StorageError;
 
 /// Why a whole offset commit failed.
@@ -70,7 +70,7 @@ impl Broker {
             if !groups.iter().any(|listing| listing.group_id == group_id) {
                 groups.push(GroupListing {
                     group_id,
-                    state: "empty",
+                    state: GroupState::Empty,
                     member_count: 0,
                 });
             }

@@ -42,8 +42,17 @@ pub struct ProduceQuery {
 pub struct ProducedPartition {
     /// The partition.
     pub partition: u32,
-    /// Base offset and log start offset, or why not.
-    pub result: Result<(i64, i64), StreamError>,
+    /// Where they landed, or why not.
+    pub result: Result<Produced, StreamError>,
+}
+
+/// Where produced batches landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the first record (for a retried idempotent batch, the original's).
+    pub base_offset: i64,
+    /// The partition's log start offset at the append.
+    pub log_start_offset: i64,
 }
 
 /// One topic's outcome.
@@ -75,14 +84,23 @@ pub struct NewTopic {
 pub struct PartitionView {
     /// The partition.
     pub partition: u32,
-    /// False if its log is missing.
-    pub exists: bool,
-    /// True if its log failed (fsync error).
-    pub failed: bool,
+    /// Whether its log serves.
+    pub status: PartitionStatus,
     /// Log start offset (-1 if missing).
     pub log_start_offset: i64,
     /// High watermark (-1 if missing).
     pub high_watermark: i64,
+}
+
+/// Whether a partition's log serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionStatus {
+    /// It reads and writes.
+    Serving,
+    /// It failed (an fsync error) and refuses writes until a restart recovers it.
+    Failed,
+    /// The catalog lists it but its log is missing.
+    Missing,
 }
 
 /// One topic as metadata shows it.
@@ -126,15 +144,17 @@ impl Broker {
                 |partition| match self.streams.partition(&info.name, partition) {
                     Some(log) => PartitionView {
                         partition,
-                        exists: true,
-                        failed: log.failure().is_some(),
+                        status: if log.failure().is_some() {
+                            PartitionStatus::Failed
+                        } else {
+                            PartitionStatus::Serving
+                        },
                         log_start_offset: log.log_start_offset(),
                         high_watermark: log.high_watermark(),
                     },
                     None => PartitionView {
                         partition,
-                        exists: false,
-                        failed: false,
+                        status: PartitionStatus::Missing,
                         log_start_offset: -1,
                         high_watermark: -1,
                     },
@@ -214,10 +234,10 @@ impl Broker {
                     Ok(info) => self.streams.append_produced(info, partition, &records),
                 };
                 let result = outcome.map(|receipt| {
-                    let answer = (
-                        receipt.appended().base_offset,
-                        receipt.log().log_start_offset(),
-                    );
+                    let answer = Produced {
+                        base_offset: receipt.appended().base_offset,
+                        log_start_offset: receipt.log().log_start_offset(),
+                    };
                     receipts.push((topics.len(), partitions.len(), receipt));
                     answer
                 });

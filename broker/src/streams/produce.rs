@@ -109,27 +109,22 @@ impl Streams {
         first: BatchHeader,
     ) -> Result<(), StreamError> {
         if headers.iter().any(|header| header.attributes.is_control()) {
-            return Err(StreamError::InvalidBatch(
-                "producers cannot write control batches".to_string(),
-            ));
+            return Err(StreamError::ControlBatch);
         }
         if headers.len() > 1
             && headers
                 .iter()
                 .any(|header| header.producer_id != NO_PRODUCER_ID)
         {
-            return Err(one_batch_only());
+            return Err(StreamError::SeveralIdempotentBatches);
         }
         if first.max_timestamp > self.clock.now_ms().saturating_add(TIMESTAMP_AHEAD_MS_MAX) {
-            return Err(StreamError::InvalidBatch(format!(
-                "batch max_timestamp {} is more than {TIMESTAMP_AHEAD_MS_MAX} ms in the future",
-                first.max_timestamp
-            )));
+            return Err(StreamError::TimestampAhead {
+                max_timestamp: first.max_timestamp,
+            });
         }
         if first.producer_id == NO_PRODUCER_ID && first.attributes.is_transactional() {
-            return Err(StreamError::InvalidBatch(
-                "a transactional batch needs a producer id".to_string(),
-            ));
+            return Err(StreamError::TransactionalWithoutProducerId);
         }
         Ok(())
     }
@@ -145,7 +140,7 @@ impl Streams {
         header: BatchHeader,
     ) -> Result<Receipt, StreamError> {
         if header.total_bytes() != batches.len() {
-            return Err(one_batch_only());
+            return Err(StreamError::SeveralIdempotentBatches);
         }
         // Check the CRC before the batch can touch producer state.
         batch::validate(batches).map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
@@ -223,12 +218,6 @@ impl Streams {
             }),
         }
     }
-}
-
-fn one_batch_only() -> StreamError {
-    StreamError::InvalidBatch(
-        "an idempotent produce carries exactly one batch per partition".to_string(),
-    )
 }
 
 /// The headers of the batches in a produce's records, up to the first that does not parse

@@ -46,7 +46,10 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::UnknownTopic(_)
         | StreamError::UnknownPartition { .. }
         | StreamError::PartitionOutOfRange { .. } => ErrorCode::UnknownTopicOrPartition,
-        StreamError::InvalidBatch(_) => ErrorCode::InvalidRequest,
+        StreamError::ControlBatch
+        | StreamError::SeveralIdempotentBatches
+        | StreamError::TimestampAhead { .. }
+        | StreamError::TransactionalWithoutProducerId => ErrorCode::InvalidRequest,
         StreamError::CorruptBatch(_) => ErrorCode::CorruptRecordBatch,
         StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
         StreamError::TxnFenced { .. } => ErrorCode::ProducerFenced,

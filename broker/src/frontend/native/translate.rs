@@ -21,9 +21,9 @@ use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 use crate::core::{
     self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, ConsumerId, Delivered,
     DeliveryTag, Durability, FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
-    OffsetEntry, OffsetSpec, PartitionQuery, ProduceQuery, PublishOutcome, PublishQuery,
-    QueueError, Requeue, Session, Settle, SettleQuery, StreamError, SubscribeQuery, TopicInfo,
-    TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer, REQUEST_NAMES_MAX,
+    OffsetEntry, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome,
+    PublishQuery, QueueError, Requeue, Session, Settle, SettleQuery, StreamError, SubscribeQuery,
+    TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer, REQUEST_NAMES_MAX,
 };
 use crate::frontend::native::error_code;
 use crate::frontend::native::{Native, NativeConnection};
@@ -242,14 +242,16 @@ fn metadata(
                     .into_iter()
                     .map(|partition| PartitionMetadata {
                         partition: partition.partition,
-                        error: if !partition.exists {
-                            ErrorCode::UnknownTopicOrPartition
-                        } else if partition.failed {
-                            ErrorCode::StorageFailed
-                        } else {
-                            ErrorCode::None
+                        error: match partition.status {
+                            PartitionStatus::Serving => ErrorCode::None,
+                            PartitionStatus::Failed => ErrorCode::StorageFailed,
+                            PartitionStatus::Missing => ErrorCode::UnknownTopicOrPartition,
                         },
-                        leader: if partition.exists { node_id } else { -1 },
+                        leader: if partition.status == PartitionStatus::Missing {
+                            -1
+                        } else {
+                            node_id
+                        },
                         log_start_offset: partition.log_start_offset,
                         high_watermark: partition.high_watermark,
                     })
@@ -356,12 +358,12 @@ async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> 
                         .partitions
                         .into_iter()
                         .map(|partition| match partition.result {
-                            Ok((base_offset, log_start_offset)) => ProducePartitionResponse {
+                            Ok(produced) => ProducePartitionResponse {
                                 partition: partition.partition,
                                 error: ErrorCode::None,
                                 error_message: None,
-                                base_offset,
-                                log_start_offset,
+                                base_offset: produced.base_offset,
+                                log_start_offset: produced.log_start_offset,
                             },
                             Err(error) => ProducePartitionResponse {
                                 partition: partition.partition,
@@ -556,7 +558,7 @@ fn group_description(summary: GroupSummary) -> GroupDescription {
     GroupDescription {
         group_id: summary.group_id,
         error: ErrorCode::None,
-        state: summary.state.to_string(),
+        state: summary.state.name().to_string(),
         generation: summary.generation,
         assignor: summary.assignor.to_string(),
         members: summary
@@ -594,7 +596,7 @@ fn list_groups(broker: &Broker, caller: &Session) -> ListGroupsResponse {
             .into_iter()
             .map(|listing| GroupListing {
                 group_id: listing.group_id,
-                state: listing.state.to_string(),
+                state: listing.state.name().to_string(),
                 member_count: listing.member_count,
             })
             .collect(),
