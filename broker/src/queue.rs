@@ -35,8 +35,9 @@
 //! - *dead-letter*: the delivery state's decision that a message leaves its queue
 //!   unconsumed ([`delivery::Action::DeadLetter`] with a [`delivery::DeadLetterReason`]).
 //!   The task's `forward_dead_letter` builds the message's copy with `x-death-*` headers and
-//!   hands it to `QueueManager::republish_dead_letter`, which publishes it through the
-//!   queue's dead-letter exchange; the original is settled once the copy is stored.
+//!   hands it to the queue's one forwarder task, which republishes the copies in order
+//!   (`QueueManager::republish_dead_letters`) through the queue's dead-letter exchange; the
+//!   original is settled once its copy is stored.
 //! - *cancel*: a consumer stops receiving; its [`CancelReason`] says who ended it (ack
 //!   timeout, queue deleted, the client, its connection closing).
 //! - *settle*: a message is done in its queue (acked, dead-lettered, expired, purged) and

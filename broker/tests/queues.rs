@@ -617,3 +617,38 @@ async fn delivery_limit_counts_deliveries_before_a_restart() {
     let poison = stats.iter().find(|queue| queue.name == "poison").unwrap();
     assert_eq!((poison.ready, poison.unacked), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_reach_the_dead_letter_queue_in_queue_order() {
+    // Goal: messages that expire together are dead-lettered in the order they were queued
+    // (issue #13: 1..12 arrived as `12 1 2 ... 11`). Method: publish 1..=12 into a queue
+    // with a short TTL and a dead-letter exchange, several rounds, and read the dead-letter
+    // queue back in order. Before the fix each copy was republished by a task of its own,
+    // so the order was up to the scheduler.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    declare_dead_letter_queue(&manager);
+    let args =
+        args_from_pairs([("message-ttl-ms", "30"), ("dead-letter-exchange", "dlx")]).expect("args");
+    manager
+        .declare_queue("expiring", args, Durability::Durable)
+        .expect("declare");
+    let (_, mut dead) = manager.subscribe("dead", 0).await.expect("subscribe dead");
+    for round in 0..5 {
+        for number in 1..=12 {
+            manager
+                .publish("", message("expiring", &format!("{round}-{number}")))
+                .await
+                .expect("publish");
+        }
+        let mut arrived = Vec::new();
+        for _ in 1..=12 {
+            arrived.push(body(&next(&mut dead).await));
+        }
+        let expected: Vec<String> = (1..=12).map(|number| format!("{round}-{number}")).collect();
+        assert_eq!(
+            arrived, expected,
+            "round {round}: dead letters out of queue order"
+        );
+    }
+}

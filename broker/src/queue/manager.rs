@@ -14,7 +14,7 @@
 //!   returns it to a `mandatory` publisher) or dropped and counted.
 //! - An exclusive queue belongs to the connection that declared it and is deleted when that
 //!   connection closes; an auto-delete queue is deleted when its last consumer goes away.
-//! - A dead-lettered message's copy is republished (`republish_dead_letter`) through the
+//! - A dead-lettered message's copy is republished (`republish_dead_letters`) through the
 //!   queue's dead-letter exchange; the queue task builds the copy and settles the original
 //!   once the copy is stored.
 //!
@@ -789,22 +789,39 @@ impl QueueManager {
         }
     }
 
-    /// Republishes a dead-lettered message's copy through `exchange`; true once it is
-    /// stored (or there was nowhere to put it), false if the republish failed and the
-    /// original must stay.
-    pub(crate) async fn republish_dead_letter(&self, exchange: &str, message: Message) -> bool {
-        match self.publish(exchange, message).await {
-            Ok(Published::Routed(_)) => true,
-            Ok(Published::Unroutable) => {
-                self.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(error) => {
-                // The original stays stored and comes back at the next start.
-                tracing::warn!(exchange, %error, "dead-lettering failed; keeping the original");
-                false
-            }
+    /// Republishes dead-lettered copies through `exchange`, handing them to their queues in
+    /// the order given (so they are stored in that order) and waiting for every confirm;
+    /// for each copy, true once it is stored (or there was nowhere to put it), false if its
+    /// republish failed and the original must stay.
+    pub(crate) async fn republish_dead_letters(
+        &self,
+        exchange: &str,
+        copies: impl Iterator<Item = Message>,
+    ) -> Vec<bool> {
+        let mut tickets = Vec::new();
+        for copy in copies {
+            tickets.push(self.publish_enqueue(exchange, copy).await);
         }
+        let mut stored = Vec::with_capacity(tickets.len());
+        for ticket in tickets {
+            let confirmed = match ticket {
+                Ok(ticket) => ticket.confirmed().await,
+                Err(error) => Err(error),
+            };
+            stored.push(match confirmed {
+                Ok(Published::Routed(_)) => true,
+                Ok(Published::Unroutable) => {
+                    self.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(error) => {
+                    // The original stays stored and comes back at the next start.
+                    tracing::warn!(exchange, %error, "dead-lettering failed; keeping the original");
+                    false
+                }
+            });
+        }
+        stored
     }
 }
 

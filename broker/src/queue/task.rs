@@ -104,6 +104,9 @@ pub(crate) struct QueueTask {
     ttl_ms: Option<u64>,
     /// The dead-letter exchange and routing key, if the queue has one.
     dead_letter_target: Option<(String, Option<String>)>,
+    /// The queue's dead-letter forwarder, started at the first dead-lettered message: one
+    /// task per queue, so copies are republished in the order the queue dead-lettered them.
+    dead_letters: Option<mpsc::UnboundedSender<(i64, Message)>>,
     clock: Arc<dyn Clock>,
     manager: Weak<QueueManager>,
     last_compaction_ms: i64,
@@ -161,6 +164,7 @@ impl QueueTask {
                 .dead_letter_exchange
                 .clone()
                 .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
+            dead_letters: None,
             store: Arc::new(store),
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
@@ -659,24 +663,73 @@ impl QueueTask {
         let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
             return false;
         };
-        let Some(manager) = self.manager.upgrade() else {
-            return false;
-        };
         let Ok(Some(record)) = self.store.read(id) else {
             return false;
         };
         let message = dead_letter_copy(record, reason, &self.name, routing_key);
-        // Dead-lettering runs on its own task: the target may be this very queue.
-        let queue = self.name.clone();
-        tokio::spawn(async move {
-            if manager.republish_dead_letter(&exchange, message).await {
-                if let Ok(sender) = manager.sender(&queue) {
-                    let settle = Control::Settle(vec![id]);
-                    let _ = sender.send(Command::Control(settle)).await;
-                }
+        let forwarder = match &self.dead_letters {
+            Some(forwarder) if !forwarder.is_closed() => forwarder.clone(),
+            _ => {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                tokio::spawn(forward_dead_letters(
+                    self.manager.clone(),
+                    self.name.clone(),
+                    exchange,
+                    receiver,
+                ));
+                self.dead_letters = Some(sender.clone());
+                sender
             }
-        });
-        true
+        };
+        forwarder.send((id, message)).is_ok()
+    }
+}
+
+/// Most dead-lettered copies one forwarder round republishes before it settles them.
+const DEAD_LETTER_BATCH_MAX: usize = 1024;
+
+/// Republishes a queue's dead-lettered copies through `exchange` in the order they come,
+/// and settles each original once its copy is stored (or found no queue). It runs as a
+/// task of its own because the target may be this very queue.
+///
+/// The channel is unbounded on purpose: each entry is a message already stored in the
+/// queue (so the queue's length limit and the disk bound it), and a bounded channel could
+/// deadlock a queue that dead-letters into itself (its task waiting for room here while
+/// this task waits for room in the queue's command channel).
+async fn forward_dead_letters(
+    manager: Weak<QueueManager>,
+    queue: String,
+    exchange: String,
+    mut copies: mpsc::UnboundedReceiver<(i64, Message)>,
+) {
+    while let Some(first) = copies.recv().await {
+        let mut round = vec![first];
+        while round.len() < DEAD_LETTER_BATCH_MAX {
+            match copies.try_recv() {
+                Ok(copy) => round.push(copy),
+                Err(_) => break,
+            }
+        }
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        let ids: Vec<i64> = round.iter().map(|(id, _)| *id).collect();
+        let stored = manager
+            .republish_dead_letters(&exchange, round.into_iter().map(|(_, copy)| copy))
+            .await;
+        let settled: Vec<i64> = ids
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(id, stored)| stored.then_some(id))
+            .collect();
+        if settled.is_empty() {
+            continue;
+        }
+        if let Ok(sender) = manager.sender(&queue) {
+            let _ = sender
+                .send(Command::Control(Control::Settle(settled)))
+                .await;
+        }
     }
 }
 
