@@ -21,6 +21,7 @@
 //! flush = "always"               # always | interval | never
 //! flush_interval_ms = 1000       # with flush = "interval"
 //! preallocate_ahead_bytes = 4194304  # 0: no blocks reserved ahead of appends
+//! index_bytes_max = 10485760     # most bytes an index file grows to (a segment rolls there)
 //! ```
 
 use std::net::SocketAddr;
@@ -128,6 +129,7 @@ struct FileLogConfig {
     segment_bytes_max: Option<u64>,
     segment_age_ms_max: Option<u64>,
     index_interval_bytes: Option<u32>,
+    index_bytes_max: Option<u32>,
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     flush: Option<String>,
@@ -226,6 +228,9 @@ fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError
     if let Some(interval) = file.index_interval_bytes {
         log.index_interval_bytes = interval;
     }
+    if let Some(bytes) = file.index_bytes_max {
+        log.index_bytes_max = bytes;
+    }
     if let Some(retention) = file.retention_ms {
         log.retention_ms = (retention > 0).then_some(retention);
     }
@@ -310,7 +315,7 @@ mod tests {
     #[test]
     fn file_config_overrides_defaults() {
         let file: FileConfig = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\ndefault_partitions = 3\n[log]\nflush = \"interval\"\nflush_interval_ms = 50\nretention_bytes = 0\n",
+            "listen = \"0.0.0.0:9000\"\ndefault_partitions = 3\n[log]\nflush = \"interval\"\nflush_interval_ms = 50\nretention_bytes = 0\nindex_bytes_max = 65536\n",
         )
         .unwrap();
         let mut config = BrokerConfig::default();
@@ -319,6 +324,7 @@ mod tests {
         assert_eq!(config.default_partitions, 3);
         assert_eq!(config.log.flush, FlushPolicy::Interval { interval_ms: 50 });
         assert_eq!(config.log.retention_bytes, None);
+        assert_eq!(config.log.index_bytes_max, 65536);
     }
 
     #[test]

@@ -858,10 +858,11 @@ fn blocks_reserved_ahead_take_appends_on_a_full_disk_and_a_failed_reservation_is
     assert!(read_all(&partition) == acked);
     let left = fs.reserved_bytes(&log).expect("the log exists");
     assert!(left > 0, "the failed reservation left blocks behind");
-    // Sealing releases them too.
+    // Sealing releases them too (with room for the next segment's index files, which are
+    // allocated when it is created).
+    fs.set_space_bytes(None);
     partition.roll_now().expect("roll");
     assert_eq!(fs.reserved_bytes(&log), Some(0), "sealed");
-    fs.set_space_bytes(None);
     assert!(read_all(&reopen(&fs.crash_image(Torn::None), &clock)) == acked);
 }
 
@@ -1762,4 +1763,56 @@ fn synced_fsyncs_a_marker_whatever_the_flush_policy() {
     runtime.block_on(receipt.synced()).expect("synced");
     let image = fs.crash_image(Torn::None);
     assert_eq!(read_all(&never(&image)), records);
+}
+
+#[test]
+fn a_full_disk_when_an_index_must_grow_rolls_the_segment_and_loses_nothing() {
+    // Goal: index files grow on demand (issue #13), so a growth can meet a full disk; that
+    // must not fail the append whose data is written, nor ever fault through the map: the
+    // index counts as full, the segment rolls at the next append (which reports the full
+    // disk if the new segment cannot be created), and once space is freed appends go on;
+    // a power loss at any point keeps every acknowledged record. Method: fill the initial
+    // 4 KiB offset index (512 entries, one per append), leave room for one more batch but
+    // not for the index to double, and append on.
+    let (env, fs, clock) = sim_env(NOW_MS);
+    let config = LogConfig {
+        segment_bytes_max: 8 * 1024 * 1024,
+        index_interval_bytes: 64,
+        index_bytes_max: 64 * 1024,
+        preallocate_ahead_bytes: 0,
+        ..config()
+    };
+    let partition = open(&env, config.clone());
+    let mut acked = Vec::new();
+    let entries_initial = wharf_broker::storage::index::INDEX_INITIAL_BYTES as usize / 8;
+    // The first batch adds no entry (entries come every `index_interval_bytes`), each later
+    // one adds one: this fills the initial index exactly.
+    for _ in 0..=entries_initial {
+        append_durable(&partition, 1, 100, &mut acked);
+    }
+    fs.set_space_bytes(Some(used_bytes(&fs) + 1_000));
+    append_durable(&partition, 1, 100, &mut acked);
+    assert_eq!(partition.segment_count(), 1);
+    let (refused, _) = append(&partition, 1, 100);
+    let error = refused.expect_err("the new segment's files do not fit");
+    assert!(error.is_disk_full(), "{error:?}");
+    assert!(read_all(&partition) == acked);
+    assert!(read_all(&reopen_with(&fs.crash_image(Torn::None), &clock, &config)) == acked);
+    fs.set_space_bytes(None);
+    append_durable(&partition, 1, 100, &mut acked);
+    assert_eq!(
+        partition.segment_count(),
+        2,
+        "the full index rolled the segment"
+    );
+    assert!(read_all(&partition) == acked);
+    assert!(read_all(&reopen_with(&fs.crash_image(Torn::None), &clock, &config)) == acked);
+}
+
+/// Opens the partition on a crash image with `config`.
+fn reopen_with(image: &SimFs, clock: &Arc<ManualClock>, config: &LogConfig) -> Arc<Partition> {
+    open(
+        &env_with(Arc::new(image.clone()), clock.clone()),
+        config.clone(),
+    )
 }

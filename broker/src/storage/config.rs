@@ -50,7 +50,8 @@ pub struct LogConfig {
     /// Add an offset index entry every this many bytes of log (a read scans at most this much
     /// before it finds its batch).
     pub index_interval_bytes: u32,
-    /// Bytes preallocated for each index file; a segment rolls when its index is full.
+    /// Most bytes each index file grows to (they start at 4 KiB and grow on demand); a
+    /// segment rolls when an index reaches it.
     pub index_bytes_max: u32,
     /// Delete sealed segments whose newest record is older than this (None: keep forever).
     pub retention_ms: Option<u64>,

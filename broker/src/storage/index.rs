@@ -28,8 +28,15 @@ pub struct IndexEntry {
     pub position: u32,
 }
 
-/// A preallocated, memory-mapped file of fixed-size entries. Only `entry_count` leading
-/// entries are meaningful; the rest of the file is preallocated space.
+/// Bytes an index file starts with: an empty segment (every new partition and queue log
+/// has one) costs this much per index on disk, not the index's maximum.
+pub const INDEX_INITIAL_BYTES: u64 = 4096;
+
+/// A memory-mapped file of fixed-size entries that grows on demand. Only `entry_count`
+/// leading entries are meaningful; the rest of the file is allocated space (`fallocate`d,
+/// so writing it through the map can never hit a full disk: that would be a SIGBUS). It
+/// starts at [`INDEX_INITIAL_BYTES`] and doubles, allocating again, when full, up to
+/// `capacity_max_bytes`.
 #[derive(Debug)]
 pub(crate) struct EntryFile {
     path: PathBuf,
@@ -37,15 +44,21 @@ pub(crate) struct EntryFile {
     map: Box<dyn MappedRegion>,
     entry_bytes: usize,
     entry_count: usize,
+    /// The most the file may grow to; 0 for a file opened to read (it never grows).
+    capacity_max_bytes: u64,
+    /// A growth failed (a full disk): the file counts as full at its current size, so the
+    /// segment rolls.
+    growth_failed: bool,
 }
 
 impl EntryFile {
-    /// Creates a new, empty entry file with room for `capacity_bytes`.
+    /// Creates a new, empty entry file that may grow to `capacity_max_bytes`; it starts with
+    /// [`INDEX_INITIAL_BYTES`] allocated (or the max, if smaller).
     pub(crate) fn create(
         fs: &dyn Fs,
         path: &Path,
         entry_bytes: usize,
-        capacity_bytes: u64,
+        capacity_max_bytes: u64,
     ) -> Result<Self> {
         let file = fs
             .open_file(path, OpenMode::CreateOrOpen)
@@ -60,8 +73,10 @@ impl EntryFile {
             file,
             entry_bytes,
             entry_count: 0,
+            capacity_max_bytes,
+            growth_failed: false,
         };
-        entries.resize(capacity_bytes)?;
+        entries.resize(INDEX_INITIAL_BYTES.min(capacity_max_bytes))?;
         Ok(entries)
     }
 
@@ -84,6 +99,8 @@ impl EntryFile {
             map,
             entry_bytes,
             entry_count,
+            capacity_max_bytes: 0,
+            growth_failed: false,
         })
     }
 
@@ -100,20 +117,56 @@ impl EntryFile {
         self.map.bytes().len() / self.entry_bytes
     }
 
-    pub(crate) fn is_full(&self) -> bool {
-        self.entry_count >= self.capacity_entries()
+    fn capacity_max_entries(&self) -> usize {
+        usize::try_from(self.capacity_max_bytes).unwrap_or(usize::MAX) / self.entry_bytes
     }
 
-    /// Appends one entry; false if the file is full.
+    /// True if no further entry fits, even after growing (or growing failed).
+    pub(crate) fn is_full(&self) -> bool {
+        let reachable = if self.growth_failed {
+            self.capacity_entries()
+        } else {
+            self.capacity_entries().max(self.capacity_max_entries())
+        };
+        self.entry_count >= reachable
+    }
+
+    /// Appends one entry, growing the file when its allocated space is used up; false if
+    /// it is at its maximum, or cannot grow (a full disk: logged, and the segment rolls).
     pub(crate) fn push(&mut self, entry: &[u8]) -> bool {
         debug_assert_eq!(entry.len(), self.entry_bytes);
-        if self.is_full() {
+        if self.entry_count >= self.capacity_entries() && !self.grow() {
             return false;
         }
         let start = self.entry_count * self.entry_bytes;
         self.map.bytes_mut()[start..start + self.entry_bytes].copy_from_slice(entry);
         self.entry_count += 1;
         true
+    }
+
+    /// Doubles the allocated space (at least [`INDEX_INITIAL_BYTES`]), up to the maximum.
+    fn grow(&mut self) -> bool {
+        let current = self.map.bytes().len() as u64;
+        let entry_bytes = self.entry_bytes as u64;
+        let wanted = current.saturating_mul(2).max(INDEX_INITIAL_BYTES);
+        let grown = wanted.min(self.capacity_max_bytes) / entry_bytes * entry_bytes;
+        if grown <= current {
+            return false;
+        }
+        match self.resize(grown) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(index = %self.path.display(), %error, "cannot grow index; the segment rolls");
+                self.growth_failed = true;
+                false
+            }
+        }
+    }
+
+    /// Lets the file grow to `capacity_max_bytes` (a segment that becomes active again).
+    pub(crate) fn set_capacity_max(&mut self, capacity_max_bytes: u64) {
+        self.capacity_max_bytes = capacity_max_bytes;
+        self.growth_failed = false;
     }
 
     /// Forgets every entry from `entry_count` on.
@@ -125,6 +178,7 @@ impl EntryFile {
     pub(crate) fn resize(&mut self, capacity_bytes: u64) -> Result<()> {
         let valid_bytes = (self.entry_count * self.entry_bytes) as u64;
         let capacity_bytes = capacity_bytes.max(valid_bytes);
+        let previous_bytes = self.map.bytes().len() as u64;
         let path = &self.path;
         // Write back and drop the old map before the file changes size under it.
         self.map
@@ -134,12 +188,18 @@ impl EntryFile {
             .file
             .map_mut(0)
             .map_err(|source| Error::io("map index", path, source))?;
+        // Allocate first (it extends the file, as posix_fallocate does): a growth that does
+        // not fit then fails before the file changes, and the old map is restored below.
+        if let Err(source) = self.file.allocate(capacity_bytes) {
+            self.map = self
+                .file
+                .map_mut(previous_bytes)
+                .map_err(|source| Error::io("map index", path, source))?;
+            return Err(Error::io("allocate index", path, source));
+        }
         self.file
             .set_len(capacity_bytes)
             .map_err(|source| Error::io("resize index", path, source))?;
-        self.file
-            .allocate(capacity_bytes)
-            .map_err(|source| Error::io("allocate index", path, source))?;
         self.map = self
             .file
             .map_mut(capacity_bytes)
@@ -170,7 +230,7 @@ pub struct OffsetIndex {
 }
 
 impl OffsetIndex {
-    /// Creates an empty index file with `capacity_bytes` preallocated.
+    /// Creates an empty index file that grows on demand up to `capacity_bytes`.
     ///
     /// # Errors
     /// `Error::Io` if the file cannot be created, sized or mapped.
@@ -292,12 +352,10 @@ impl OffsetIndex {
         self.entries.truncate_entries(keep);
     }
 
-    /// Re-extends the file to `capacity_bytes` of preallocated space (after a clean open).
-    ///
-    /// # Errors
-    /// `Error::Io` if the file cannot be resized or mapped.
-    pub fn preallocate(&mut self, capacity_bytes: u64) -> Result<()> {
-        self.entries.resize(capacity_bytes)
+    /// Lets the index grow again, up to `capacity_bytes` (a segment that becomes active
+    /// again after a clean open); nothing is allocated until an entry needs it.
+    pub fn reactivate(&mut self, capacity_bytes: u64) {
+        self.entries.set_capacity_max(capacity_bytes);
     }
 
     /// Trims the file to its valid entries and makes it durable.

@@ -398,7 +398,28 @@ impl Partition {
                 }
                 rolled.recovery_point = Some(old.base_offset());
             }
-            rolled.segments.push(old.clone());
+        }
+        let fs = self.env.fs.as_ref();
+        let now_ms = self.env.clock.now_ms();
+        // The new segment first: if it cannot be created for a full disk, nothing has
+        // changed and the old segment stays active, so the append fails and a later one
+        // retries the roll. (A recovery point written above only says what is true of the active segment
+        // anyway: it may hold unsynced data.)
+        let created = match Segment::create(fs, &self.dir, base, &self.config, now_ms) {
+            Ok(created) => created,
+            Err(error) if error.is_disk_full() => {
+                tracing::warn!(partition = %self.dir.display(), base_offset = base, %error, "disk full: cannot create the next segment; appends fail until there is room");
+                return Err(error);
+            }
+            Err(error) => {
+                // Anything else (a failed msync of the new index, an I/O error) is not a
+                // condition that passes: refuse writes and say why.
+                self.fail(&format!("creating segment failed: {error}"));
+                return Err(error);
+            }
+        };
+        if deferred {
+            self.lock_rolled().segments.push(old.clone());
         } else {
             let _sync = self.lock_sync();
             if let Err(error) = old.seal() {
@@ -408,17 +429,6 @@ impl Partition {
             }
             self.advance_durable(base);
         }
-        let fs = self.env.fs.as_ref();
-        let now_ms = self.env.clock.now_ms();
-        let created = match Segment::create(fs, &self.dir, base, &self.config, now_ms) {
-            Ok(created) => created,
-            Err(error) => {
-                // The active segment is sealed now and cannot take appends, and the files of
-                // the half-created segment block the next try: refuse writes and say why.
-                self.fail(&format!("creating segment failed: {error}"));
-                return Err(error);
-            }
-        };
         if let Err(source) = fs.sync_dir(&self.dir) {
             let error = Error::io("sync directory", &self.dir, source);
             self.fail(&format!("directory fsync after roll failed: {error}"));

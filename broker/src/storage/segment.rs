@@ -147,11 +147,28 @@ impl Segment {
         let index_path = dir.join(file_name(base_offset, "index"));
         let time_index_path = dir.join(file_name(base_offset, "timeindex"));
         let capacity = u64::from(config.index_bytes_max);
-        let indexes = Indexes {
-            offset: OffsetIndex::create(fs, &index_path, capacity)?,
-            time: TimeIndex::create(fs, &time_index_path, capacity)?,
-            bytes_since_entry: 0,
-            max_timestamp_ms: i64::MIN,
+        let created = OffsetIndex::create(fs, &index_path, capacity).and_then(|offset| {
+            Ok(Indexes {
+                offset,
+                time: TimeIndex::create(fs, &time_index_path, capacity)?,
+                bytes_since_entry: 0,
+                max_timestamp_ms: i64::MIN,
+            })
+        });
+        let indexes = match created {
+            Ok(indexes) => indexes,
+            Err(error) => {
+                // A full disk, typically: leave no half-created segment behind to block the
+                // next try.
+                for path in [&log_path, &index_path, &time_index_path] {
+                    if let Err(remove) = fs.remove_file(path) {
+                        if remove.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %path.display(), error = %remove, "cannot remove a half-created segment file");
+                        }
+                    }
+                }
+                return Err(error);
+            }
         };
         Ok(Segment::assemble(
             base_offset,
@@ -833,10 +850,12 @@ impl Segment {
                 relative_offset: end_relative,
             };
             if !indexes.time.maybe_append(entry) {
-                // The index is full: grow it by exactly the final entry.
+                // The index is at its maximum: let it grow by exactly the final entry.
                 let grown = (indexes.time.entry_count() + 1) * TIME_INDEX_ENTRY_BYTES;
-                indexes.time.preallocate(grown as u64)?;
-                indexes.time.maybe_append(entry);
+                indexes.time.reactivate(grown as u64);
+                if !indexes.time.maybe_append(entry) {
+                    tracing::warn!(segment = %self.log_path.display(), "cannot add the final time index entry");
+                }
             }
         }
         indexes.offset.seal()?;
@@ -844,15 +863,16 @@ impl Segment {
         Ok(())
     }
 
-    /// Re-extends the indexes of a segment that becomes active again after a clean open.
+    /// Lets the indexes of a segment that becomes active again after a clean open grow
+    /// again (they were trimmed when it was closed).
     ///
     /// # Errors
-    /// `Error::Io` if an index cannot be resized.
+    /// None today; kept fallible for the callers' error paths.
     pub fn reactivate(&self, config: &LogConfig) -> Result<()> {
         let mut indexes = self.indexes_write();
         let capacity = u64::from(config.index_bytes_max);
-        indexes.offset.preallocate(capacity)?;
-        indexes.time.preallocate(capacity)?;
+        indexes.offset.reactivate(capacity);
+        indexes.time.reactivate(capacity);
         // Count bytes since the last entry so index density stays as configured.
         let last_position = indexes
             .offset

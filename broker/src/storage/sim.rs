@@ -360,7 +360,16 @@ impl FileHandle for SimFile {
 
     fn allocate(&self, bytes: u64) -> io::Result<()> {
         let length = to_usize(bytes)?;
+        let state = self.fs.lock();
+        let used = SimFs::used_bytes_total(&state);
         let mut inode = lock_inode(&self.inode);
+        let growth = (length as u64).saturating_sub(inode.used_bytes());
+        if let Some(space) = state.faults.space_bytes_max {
+            if growth > space.saturating_sub(used) {
+                // posix_fallocate that does not fit fails and leaves the file as it was.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
         if inode.live.len() < length {
             inode.live.resize(length, 0);
         }

@@ -38,7 +38,7 @@ pub struct TimeIndex {
 }
 
 impl TimeIndex {
-    /// Creates an empty time index with `capacity_bytes` preallocated.
+    /// Creates an empty time index that grows on demand up to `capacity_bytes`.
     ///
     /// # Errors
     /// `Error::Io` if the file cannot be created, sized or mapped.
@@ -147,12 +147,10 @@ impl TimeIndex {
         self.entries.truncate_entries(0);
     }
 
-    /// Re-extends the file to `capacity_bytes` of preallocated space.
-    ///
-    /// # Errors
-    /// `Error::Io` if the file cannot be resized or mapped.
-    pub fn preallocate(&mut self, capacity_bytes: u64) -> Result<()> {
-        self.entries.resize(capacity_bytes)
+    /// Lets the index grow again, up to `capacity_bytes` (a segment that becomes active
+    /// again after a clean open, or its seal adding the final entry).
+    pub fn reactivate(&mut self, capacity_bytes: u64) {
+        self.entries.set_capacity_max(capacity_bytes);
     }
 
     /// Trims the file to its valid entries and makes it durable.

@@ -349,3 +349,58 @@ fn batch_claiming_more_offsets_than_records_is_refused() {
     ));
     assert_eq!(partition.log_end_offset(), 0);
 }
+
+/// The length of a file in the simulated file system.
+fn file_bytes(fs: &SimFs, path: &Path) -> u64 {
+    use crate::storage::fs::{Fs, OpenMode};
+    fs.open_file(path, OpenMode::Existing)
+        .and_then(|file| file.len_bytes())
+        .unwrap_or_else(|error| panic!("{path:?}: {error}"))
+}
+
+#[test]
+fn indexes_start_small_and_grow_on_demand_up_to_their_maximum() {
+    // Goal: an empty segment's index files take `INDEX_INITIAL_BYTES` each, not
+    // `index_bytes_max` (issue #13: 20 MiB of disk per empty partition), and grow as entries
+    // come, so the segment rolls at the maximum and not before. Method: append enough
+    // batches for about four times the initial index, check the files grew, nothing rolled,
+    // and every record reads back, also after a clean reopen.
+    use crate::storage::index::INDEX_INITIAL_BYTES;
+    let (env, fs, _) = sim_env(1_000);
+    let config = LogConfig {
+        segment_bytes_max: 8 * 1024 * 1024,
+        index_interval_bytes: 64,
+        index_bytes_max: 64 * 1024,
+        ..LogConfig::default()
+    };
+    let partition = open(&env, config.clone());
+    let index = Path::new(DIR).join("00000000000000000000.index");
+    let time_index = Path::new(DIR).join("00000000000000000000.timeindex");
+    assert_eq!(file_bytes(&fs, &index), INDEX_INITIAL_BYTES);
+    assert_eq!(file_bytes(&fs, &time_index), INDEX_INITIAL_BYTES);
+    let value = [b'v'; 100];
+    let mut expected = Vec::new();
+    for round in 0..2_000i64 {
+        append_values(&partition, &[&value], 1_000 + round);
+        expected.push((round, value.to_vec()));
+    }
+    assert_eq!(
+        partition.segment_count(),
+        1,
+        "the index grew instead of rolling"
+    );
+    let grown = file_bytes(&fs, &index);
+    assert!(
+        grown > INDEX_INITIAL_BYTES && grown <= 64 * 1024,
+        "index of {grown} bytes"
+    );
+    assert_eq!(read_all(&partition), expected);
+    partition.close().unwrap();
+    let reopened = open(&env, config);
+    assert_eq!(read_all(&reopened), expected);
+    assert_eq!(
+        reopened.offset_for_timestamp(1_500).unwrap(),
+        Some(500),
+        "the grown time index still answers"
+    );
+}
