@@ -66,6 +66,8 @@ pub struct BrokerProcess {
     addr: SocketAddr,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
+    log_path: Option<PathBuf>,
 }
 
 impl BrokerProcess {
@@ -82,19 +84,48 @@ impl BrokerProcess {
         BrokerProcess::start_with(data_dir, "127.0.0.1:0", &args)
     }
 
+    /// Starts `wharfd` with `WHARF_LOG=log_filter`, its log appended to `log_path` (for tests
+    /// of what an operator reads).
+    pub fn start_logging(data_dir: &Path, log_path: &Path, log_filter: &str) -> BrokerProcess {
+        let mut broker =
+            BrokerProcess::spawn(data_dir, "127.0.0.1:0", &[], Some((log_path, log_filter)));
+        broker.log_path = Some(log_path.to_path_buf());
+        broker
+    }
+
     fn start_with(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
+        BrokerProcess::spawn(data_dir, listen, extra_args, None)
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[String],
+        log: Option<(&Path, &str)>,
+    ) -> BrokerProcess {
+        let stderr = match log {
+            Some((path, _)) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("opening the broker log"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let filter = match log {
+            Some((_, filter)) => filter.to_string(),
+            None => std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
+        };
         let mut child = Command::new(wharfd_path())
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
             .arg(listen)
             .args(extra_args)
-            .env(
-                "WHARF_LOG",
-                std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
-            )
+            .env("WHARF_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting wharfd");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -120,6 +151,7 @@ impl BrokerProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.to_vec(),
+            log_path: None,
         }
     }
 

@@ -94,6 +94,8 @@ pub async fn serve<P: Protocol>(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    tracing::debug!(%peer, "connection opened");
+    let mut requests: u64 = 0;
     let (mut reader, writer) = socket.into_split();
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT_MAX);
     let (push_tx, push_rx) = mpsc::channel::<BytesMut>(PUSH_QUEUE_MAX);
@@ -121,6 +123,7 @@ pub async fn serve<P: Protocol>(
             };
             // The ordered phase runs here, before the next request is read; the rest runs as
             // its own task so slow requests (long polls, fsync waits) overlap.
+            requests += 1;
             let completion = protocol.handle(&connection, request).await;
             let task = tokio::spawn(completion);
             if pending_tx
@@ -154,6 +157,7 @@ pub async fn serve<P: Protocol>(
     drop(pending_tx);
     drop(connection);
     let _ = writer_task.await;
+    tracing::debug!(%peer, requests, "connection closed");
 }
 
 /// Writes responses in request order, and pushed frames whenever they come (between

@@ -150,7 +150,9 @@ impl Partition {
         if !fs.is_dir(dir) {
             crate::storage::fs::create_dir_durable(fs, dir)?;
         }
+        let started = Instant::now();
         let marker = take_clean_marker(fs, dir)?;
+        let clean = marker.is_some();
         let recovery_point = read_recovery_point(fs, dir)?;
         let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker, recovery_point)?;
         let first = segments
@@ -205,7 +207,22 @@ impl Partition {
         if let FlushPolicy::Interval { .. } = partition.config.flush {
             partition.env.flusher.register_interval(&partition);
         }
-        tracing::debug!(partition = %dir.display(), log_start = first, log_end = end, "partition opened");
+        if clean {
+            tracing::debug!(partition = %dir.display(), log_start = first, log_end = end, "partition opened");
+        } else {
+            // Truncations and index rebuilds were logged as they happened (WARN).
+            let segments = partition.segment_count();
+            let scanned_bytes = partition.lock_writer().active.valid_bytes();
+            tracing::info!(
+                partition = %dir.display(),
+                segments,
+                scanned_bytes,
+                log_start = first,
+                log_end = end,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "recovered after an unclean shutdown"
+            );
+        }
         Ok(partition)
     }
 
@@ -344,7 +361,18 @@ impl Partition {
         if self.should_roll(&writer.active, incoming_bytes, last_offset) {
             deferred_seal = self.roll(&mut writer)?;
         }
-        writer.active.append(batches, &headers, &self.config)?;
+        if let Err(error) = writer.active.append(batches, &headers, &self.config) {
+            // Nothing was published; the caller answers the error. Logged here because the
+            // operator must act on a full disk, and it is per failed request, not per record.
+            tracing::warn!(
+                partition = %self.dir.display(),
+                bytes = incoming_bytes,
+                disk_full = error.is_disk_full(),
+                %error,
+                "append failed"
+            );
+            return Err(error);
+        }
         self.log_end.store(next, Ordering::Release);
         if self.config.flush != FlushPolicy::Always {
             self.high_watermark.advance(next);
@@ -802,7 +830,11 @@ impl Partition {
             .take_while(|segment| segment.next_offset() <= offset)
             .cloned()
             .collect();
-        self.delete_prefix(&doomed)
+        let report = self.delete_prefix(&doomed)?;
+        if report.segments_deleted > 0 {
+            tracing::info!(partition = %self.dir.display(), segments = report.segments_deleted, bytes = report.bytes_deleted, log_start = report.log_start_offset, "compaction deleted settled segments");
+        }
+        Ok(report)
     }
 
     /// Deletes `doomed` (the oldest sealed segments, in order) and fsyncs the directory.

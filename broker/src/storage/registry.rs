@@ -85,6 +85,7 @@ impl Registry {
         env: StorageEnv,
         config_for: impl Fn(&str, u32) -> LogConfig,
     ) -> Result<Registry> {
+        let started = std::time::Instant::now();
         let fs = env.fs.clone();
         fs.create_dir_all(data_dir)
             .map_err(|source| Error::io("create data dir", data_dir, source))?;
@@ -123,7 +124,12 @@ impl Registry {
             let opened = Partition::open(&path, config, env.clone())?;
             partitions.insert((topic, partition), opened);
         }
-        tracing::info!(data_dir = %data_dir.display(), partitions = partitions.len(), "storage opened");
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            partitions = partitions.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "storage opened"
+        );
         Ok(Registry {
             data_dir: data_dir.to_path_buf(),
             env,
