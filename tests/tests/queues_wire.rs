@@ -488,3 +488,43 @@ fn pipelined_publishes_are_stored_and_delivered_in_the_order_sent() {
     let expected: Vec<String> = (0..300).map(|index| format!("m{index:03}")).collect();
     assert_eq!(bodies, expected);
 }
+
+#[test]
+fn messages_delivered_before_a_sigkill_come_back_redelivered() {
+    // Goal: a message that may have been delivered before carries `redelivered`, restart
+    // or not (issue #13: after a SIGKILL they came back with `redelivered: false`), and one
+    // that was never delivered does not. Method: five durable messages, a consumer with
+    // prefetch 3 that acks nothing, SIGKILL, restart, consume all five.
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    assert_eq!(
+        declare_queue(&mut client, "marked", true, &[]),
+        ErrorCode::None
+    );
+    for index in 0..5 {
+        let confirmed = publish(&mut client, "", "marked", &format!("m-{index}"), true);
+        assert_eq!(confirmed.error, ErrorCode::None);
+    }
+    subscribe(&mut client, "marked", 3);
+    let delivered: BTreeSet<String> = (0..3)
+        .map(|_| {
+            let (_, push) = client.next_push();
+            assert!(!push.redelivered, "a first delivery is not redelivered");
+            body(&push)
+        })
+        .collect();
+    broker.kill();
+    broker.restart();
+    let mut client = RawClient::connect(broker.addr());
+    subscribe(&mut client, "marked", 5);
+    for _ in 0..5 {
+        let (_, push) = client.next_push();
+        assert_eq!(
+            push.redelivered,
+            delivered.contains(&body(&push)),
+            "{}: redelivered must say whether it was delivered before the crash",
+            body(&push)
+        );
+    }
+}

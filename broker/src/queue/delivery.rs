@@ -173,6 +173,9 @@ pub struct Delivery {
     pub message: MessageId,
     /// True if the message was delivered before.
     pub redelivered: bool,
+    /// Deliveries of the message, this one included (recorded before it is handed out, so
+    /// a restart knows the message may have been delivered).
+    pub delivery_count: u32,
 }
 
 /// What the owning task must do.
@@ -362,9 +365,10 @@ impl DeliveryState {
         }
     }
 
-    /// Deliveries so far of every message delivered at least once and not settled: ready
-    /// ones, and unacknowledged ones as of before their current delivery (what a restart
-    /// should resume from). For the store's checkpoint of delivery counts.
+    /// Deliveries so far of every message delivered at least once and not settled, ready or
+    /// unacknowledged (a delivery in flight counts: after a restart the message may have
+    /// been delivered, and comes back redelivered). For the store's checkpoint of delivery
+    /// counts.
     pub fn delivery_counts(&self) -> Vec<(MessageId, u32)> {
         let ready = self
             .ready
@@ -374,8 +378,7 @@ impl DeliveryState {
         let unacked = self
             .unacked
             .values()
-            .filter(|unacked| unacked.meta.delivery_count > 1)
-            .map(|unacked| (unacked.meta.id, unacked.meta.delivery_count - 1));
+            .map(|unacked| (unacked.meta.id, unacked.meta.delivery_count));
         ready.chain(unacked).collect()
     }
 
@@ -491,6 +494,7 @@ impl DeliveryState {
                 tag,
                 message: id,
                 redelivered: meta.delivery_count > 0,
+                delivery_count: delivered.delivery_count,
             }));
         }
         actions

@@ -48,8 +48,8 @@ wire_struct! {
 pub const DELIVERY_COUNTS_KEY: &[u8] = b"delivery-counts";
 
 wire_struct! {
-    /// Delivery counts of messages that returned to the queue (with a delivery limit): each
-    /// id's count replaces any earlier one. `ids` and `counts` are parallel.
+    /// Delivery counts of messages handed to consumers or returned to the queue: each id's
+    /// count replaces any earlier one. `ids` and `counts` are parallel.
     pub struct DeliveryCountsRecord {
         pub ids: Vec<i64>,
         pub counts: Vec<u32>,
@@ -249,9 +249,10 @@ impl QueueStore {
         Ok((state, counts))
     }
 
-    /// Appends the delivery counts of messages that returned to the queue to the ack log.
-    /// Not waited for: a crash may lose the newest counts (the delivery limit then allows a
-    /// few more deliveries), never a settlement.
+    /// Appends the delivery counts of messages delivered or returned to the queue to the ack
+    /// log. Not waited for: a power loss may lose the newest counts (the delivery limit then
+    /// allows a few more deliveries, and a message may come back without `redelivered`),
+    /// never a settlement.
     ///
     /// # Errors
     /// As for `Partition::append`.

@@ -520,6 +520,27 @@ impl QueueTask {
         }
     }
 
+    /// Records the delivery counts of the deliveries among `actions` in the ack log before
+    /// any is handed out, so that after a restart a message that may have been delivered
+    /// comes back with `redelivered` set (and the delivery toward its limit counted). The
+    /// append is not waited for: it survives a process crash (it is in the page cache); a
+    /// power loss may lose the newest, and those messages come back unmarked.
+    fn record_deliveries(&self, actions: &[Action]) {
+        let counts: Vec<(i64, u32)> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Deliver(delivery) => Some((delivery.message, delivery.delivery_count)),
+                _ => None,
+            })
+            .collect();
+        if let Err(error) = self
+            .store
+            .record_delivery_counts(&counts, self.clock.now_ms())
+        {
+            tracing::warn!(queue = self.name, %error, "recording deliveries failed");
+        }
+    }
+
     /// Deletes segments whose messages are all settled ("fully settled segments are
     /// deleted") and ack-log segments the checkpoint covers.
     async fn compact(&mut self, now: i64) {
@@ -542,6 +563,7 @@ impl QueueTask {
     /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages
     /// are recorded durably.
     async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
+        self.record_deliveries(&actions);
         let mut settled = Vec::new();
         let mut returned = Vec::new();
         for action in actions {
