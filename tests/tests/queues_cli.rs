@@ -201,7 +201,14 @@ fn every_exchange_type_routes_through_the_cli() {
     );
 
     publish(&broker, "direct-x", "pay", &[], &["d-hit"]);
-    publish(&broker, "direct-x", "refund", &[], &["d-miss"]);
+    // A message that matches no binding is not stored, so `publish` exits with 3.
+    let routed_nowhere = |exchange: &str, key: &str, extra: &[&str], body: &str| {
+        let args = [&["publish", exchange, key, "--confirm"][..], extra].concat();
+        let (code, last) = publish_outcome(&broker, &args, &[body]);
+        assert_eq!(code, Some(3), "{body}: {last}");
+        assert!(last.contains("1 unrouted"), "{body}: {last}");
+    };
+    routed_nowhere("direct-x", "refund", &[], "d-miss");
     publish(&broker, "fanout-x", "anything", &[], &["f"]);
     publish(&broker, "topic-x", "order", &[], &["t0"]);
     publish(&broker, "topic-x", "order.created", &[], &["t1"]);
@@ -215,13 +222,7 @@ fn every_exchange_type_routes_through_the_cli() {
         &["--header", "type=log"],
         &["h-log"],
     );
-    publish(
-        &broker,
-        "headers-x",
-        "",
-        &["--header", "format=csv"],
-        &["h-none"],
-    );
+    routed_nowhere("headers-x", "", &["--header", "format=csv"], "h-none");
     publish(&broker, "", "plain", &[], &["default-exchange"]);
 
     assert_eq!(drain(&broker, "d1", 1), ["d-hit"]);
@@ -363,6 +364,64 @@ fn reject_publish_overflow_fails_publish_confirm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: precondition failed"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Runs `wharf publish` with `args` and one message per line of `lines`: its exit code and
+/// the last line of its standard error.
+fn publish_outcome(broker: &BrokerProcess, args: &[&str], lines: &[&str]) -> (Option<i32>, String) {
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let output = wharf(&broker.address(), args, &input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (output.status.code(), last)
+}
+
+#[test]
+fn publish_exits_non_zero_unless_every_message_was_stored() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "jobs"]);
+    // Refused by the broker (no such exchange), with or without --confirm.
+    for confirm in [&[][..], &["--confirm"][..]] {
+        let args = [&["publish", "nosuchx", "k"][..], confirm].concat();
+        let (code, last) = publish_outcome(&broker, &args, &["hi"]);
+        assert_eq!(code, Some(3), "{args:?}: {last}");
+        assert!(
+            last.starts_with("error: published 1 message in ")
+                && last.ends_with(", 1 not stored: 0 confirmed, 0 unrouted (dropped), 1 refused"),
+            "{args:?}: {last}"
+        );
+    }
+    // Routed nowhere (a typo in the queue name): dropped, with or without --confirm.
+    for confirm in [&[][..], &["--confirm"][..]] {
+        let args = [&["publish", "", "jbos"][..], confirm].concat();
+        let (code, last) = publish_outcome(&broker, &args, &["a", "b"]);
+        assert_eq!(code, Some(3), "{args:?}: {last}");
+        assert!(
+            last.ends_with(", 2 not stored: 0 confirmed, 2 unrouted (dropped), 0 refused"),
+            "{args:?}: {last}"
+        );
+    }
+    // A mandatory message refused as unroutable fails too; --json keeps the counts on stdout.
+    let output = wharf(
+        &broker.address(),
+        &["--json", "publish", "", "jbos", "--mandatory"],
+        "x\n",
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        (summary["published"].as_u64(), summary["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Every message stored: exit 0 and the usual summary.
+    let (code, last) = publish_outcome(&broker, &["publish", "", "jobs"], &["j1", "j2"]);
+    assert_eq!(code, Some(0), "{last}");
+    assert!(
+        last.starts_with("published 2 messages in ")
+            && last.ends_with(": 2 confirmed, 0 unrouted (dropped), 0 refused"),
+        "{last}"
+    );
+    assert_eq!(queue_counts(&broker, "jobs"), (2, 0, 0));
 }
 
 #[test]

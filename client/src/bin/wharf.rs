@@ -26,8 +26,10 @@
 //! ```
 //!
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
-//! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2). This file
-//! holds the argument definitions and the dispatch; each command family has a module.
+//! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2);
+//! `wharf publish` exits with [`EXIT_NOT_STORED`] (3) when some message was not stored
+//! (`publish::EXIT_STATUS_HELP`). This file holds the argument definitions and the
+//! dispatch; each command family has a module.
 
 #![warn(missing_docs)]
 
@@ -110,6 +112,7 @@ pub enum Command {
         command: queue::QueueCommand,
     },
     /// Publish one message per line of standard input to an exchange.
+    #[command(after_help = publish::EXIT_STATUS_HELP)]
     Publish(publish::PublishArgs),
     /// Print the messages pushed from a queue, one per line, acking each.
     Subscribe(subscribe::SubscribeArgs),
@@ -312,6 +315,11 @@ fn parse_config(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Exit code of `wharf publish` when every message was answered but some were not stored
+/// (unroutable or refused): distinct from 1, where the command stopped early and the fate of
+/// the unanswered messages is unknown.
+pub const EXIT_NOT_STORED: u8 = 3;
+
 /// A failure of a command: the client's typed error, or the terminal's.
 #[derive(Debug)]
 pub enum CliError {
@@ -331,6 +339,23 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// `publish` got every answer, but some messages were stored in no queue.
+    NotStored {
+        /// What became of the messages.
+        counts: publish::Counts,
+        /// How long the command ran.
+        seconds: f64,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NotStored { .. } => EXIT_NOT_STORED,
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -347,6 +372,9 @@ impl fmt::Display for CliError {
                 formatter,
                 "transaction {transactional_id} aborted: {reason}"
             ),
+            CliError::NotStored { counts, seconds } => {
+                formatter.write_str(&counts.summary(*seconds))
+            }
         }
     }
 }
@@ -379,7 +407,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }
