@@ -346,6 +346,15 @@ pub enum CliError {
         /// How long the command ran.
         seconds: f64,
     },
+    /// The broker cancelled `subscribe`'s consumer (an ack timeout, the queue deleted).
+    SubscriptionCancelled {
+        /// The queue.
+        queue: String,
+        /// Why, as a wire code.
+        code: wharf_client::ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
 }
 
 impl CliError {
@@ -375,6 +384,24 @@ impl fmt::Display for CliError {
             CliError::NotStored { counts, seconds } => {
                 formatter.write_str(&counts.summary(*seconds))
             }
+            CliError::SubscriptionCancelled {
+                queue,
+                code,
+                message,
+            } => match code {
+                wharf_client::ErrorCode::AckTimeout => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\" for an ack timeout: a delivery stayed unacknowledged longer than the queue's ack-timeout-ms and went back to the queue; to give the reader more time, subscribe with a smaller --prefetch (deliveries wait in line to be printed) or re-declare the queue with a larger --ack-timeout-ms"
+                ),
+                wharf_client::ErrorCode::UnknownQueue => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\": the queue was deleted"
+                ),
+                _ => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\": {message}"
+                ),
+            },
         }
     }
 }
