@@ -519,8 +519,13 @@ async fn handshake(
     stream.write_all(&frame).await.map_err(io_error)?;
     let mut buffer = BytesMut::with_capacity(4096);
     let frame = loop {
-        if let Some(frame) = decode_frame(&mut buffer, options.frame_bytes_max)? {
-            break frame;
+        match decode_frame(&mut buffer, options.frame_bytes_max) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            // The first answer is where another protocol shows: a length prefix out of
+            // bounds (an HTTP server's "HTTP" reads as 1,213,486,160 bytes) means the peer
+            // is not a Wharf broker. A failed decode leaves the buffer as it was.
+            Err(_) => return Err(Error::not_wharf_broker(address, &buffer)),
         }
         if stream.read_buf(&mut buffer).await.map_err(io_error)? == 0 {
             return Err(Error::Disconnected {

@@ -22,7 +22,7 @@
 //!                                    [--ttl-ms N] [--delay-ms N]
 //! wharf subscribe QUEUE [--prefetch N] [--max-messages N] [--timeout-ms T]
 //!                       [--ack auto|manual] [--reject] [--format value|json]
-//! wharf perf produce|consume|e2e --topic T ...   (load generators; see perf.rs)
+//! wharf perf produce|consume|e2e|queue ...       (load generators; see perf.rs)
 //! ```
 //!
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
@@ -66,8 +66,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, DEFAULT_BROKER};
 
 /// Command line for the Wharf message broker.
+// `about` comes from this doc comment, not from the crate's description (which is the
+// library's).
 #[derive(Debug, Parser)]
-#[command(name = "wharf", version, about, propagate_version = true)]
+#[command(name = "wharf", version, propagate_version = true)]
 pub struct Cli {
     /// Broker to contact first (HOST:PORT).
     #[arg(long, env = "WHARF_BROKER", default_value = DEFAULT_BROKER, global = true)]
@@ -116,7 +118,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Print the messages pushed from a queue, one per line, acking each.
     Subscribe(subscribe::SubscribeArgs),
-    /// Load generators: produce, consume and end-to-end latency; one JSON summary line.
+    /// Load generators (produce, consume, end-to-end latency, queue publish and consume);
+    /// one JSON summary line.
     Perf {
         /// The workload.
         #[command(subcommand)]
