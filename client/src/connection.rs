@@ -23,14 +23,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use wharf_protocol::api::encode_request;
 use wharf_protocol::frame::decode_frame;
@@ -107,28 +107,30 @@ struct PendingState {
 #[derive(Debug)]
 pub(crate) struct PushReceiver {
     deliveries: mpsc::Receiver<DeliverPush>,
-    cancelled: Arc<OnceLock<ConsumerCancelledPush>>,
+    /// Set once, by the broker's ConsumerCancelled push; the sender goes with the
+    /// subscription's entry, so a waiter also learns when no reason can come any more.
+    cancelled: watch::Receiver<Option<ConsumerCancelledPush>>,
 }
 
 /// The connection's end of a [`PushReceiver`].
 #[derive(Debug)]
 struct PushSender {
     deliveries: mpsc::Sender<DeliverPush>,
-    cancelled: Arc<OnceLock<ConsumerCancelledPush>>,
+    cancelled: watch::Sender<Option<ConsumerCancelledPush>>,
 }
 
 /// A push channel whose delivery part holds `capacity` (at least 1).
 fn push_channel(capacity: usize) -> (PushSender, PushReceiver) {
     let (sender, receiver) = mpsc::channel(capacity.max(1));
-    let cancelled = Arc::new(OnceLock::new());
+    let (cancelled_sender, cancelled_receiver) = watch::channel(None);
     (
         PushSender {
             deliveries: sender,
-            cancelled: Arc::clone(&cancelled),
+            cancelled: cancelled_sender,
         },
         PushReceiver {
             deliveries: receiver,
-            cancelled,
+            cancelled: cancelled_receiver,
         },
     )
 }
@@ -152,8 +154,15 @@ impl PushReceiver {
     }
 
     /// Why the broker cancelled the consumer, once it did.
-    pub(crate) fn cancelled(&self) -> Option<&ConsumerCancelledPush> {
-        self.cancelled.get()
+    pub(crate) fn cancelled(&self) -> Option<ConsumerCancelledPush> {
+        self.cancelled.borrow().clone()
+    }
+
+    /// Why the broker cancelled the consumer, waiting for its push if it has not come yet;
+    /// `None` once the subscription ended without one (stopped, or the connection closed).
+    pub(crate) async fn wait_cancelled(&mut self) -> Option<ConsumerCancelledPush> {
+        let reason = self.cancelled.wait_for(Option::is_some).await.ok()?;
+        (*reason).clone()
     }
 }
 
@@ -208,7 +217,7 @@ impl Pending {
     /// ends its channel (deliveries already in it stay readable).
     fn cancelled(&self, correlation_id: u32, cancelled: ConsumerCancelledPush) {
         if let Some(sender) = self.lock().pushes.remove(&correlation_id) {
-            let _ = sender.cancelled.set(cancelled);
+            sender.cancelled.send_replace(Some(cancelled));
         }
     }
 
@@ -510,8 +519,13 @@ async fn handshake(
     stream.write_all(&frame).await.map_err(io_error)?;
     let mut buffer = BytesMut::with_capacity(4096);
     let frame = loop {
-        if let Some(frame) = decode_frame(&mut buffer, options.frame_bytes_max)? {
-            break frame;
+        match decode_frame(&mut buffer, options.frame_bytes_max) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            // The first answer is where another protocol shows: a length prefix out of
+            // bounds (an HTTP server's "HTTP" reads as 1,213,486,160 bytes) means the peer
+            // is not a Wharf broker. A failed decode leaves the buffer as it was.
+            Err(_) => return Err(Error::not_wharf_broker(address, &buffer)),
         }
         if stream.read_buf(&mut buffer).await.map_err(io_error)? == 0 {
             return Err(Error::Disconnected {
@@ -704,6 +718,26 @@ mod tests {
         }
     }
 
+    /// The broker's ConsumerCancelled push for an ack timeout.
+    fn cancelled_frame(correlation_id: u32) -> wharf_protocol::Frame {
+        let mut body = BytesMut::new();
+        Request::ConsumerCancelled(ConsumerCancelledPush {
+            consumer_id: 1,
+            queue: "q".to_string(),
+            error: wharf_protocol::ErrorCode::AckTimeout,
+            error_message: Some("too slow".to_string()),
+        })
+        .encode_body(&mut body);
+        wharf_protocol::Frame {
+            header: FrameHeader {
+                api_key: ApiKey::ConsumerCancelled.code(),
+                api_version: 0,
+                correlation_id,
+            },
+            body: body.freeze(),
+        }
+    }
+
     /// Registers a Subscribe waiter with a push channel of `capacity`, as `begin_with_pushes`.
     fn subscribed(
         pending: &Pending,
@@ -742,23 +776,7 @@ mod tests {
         let pending = Pending::default();
         let (_answer, mut pushes) = subscribed(&pending, 2);
         deliver(&pending, push_frame(7, 1)).expect("routed");
-        let mut body = BytesMut::new();
-        Request::ConsumerCancelled(ConsumerCancelledPush {
-            consumer_id: 1,
-            queue: "q".to_string(),
-            error: wharf_protocol::ErrorCode::AckTimeout,
-            error_message: Some("too slow".to_string()),
-        })
-        .encode_body(&mut body);
-        let cancelled = wharf_protocol::Frame {
-            header: FrameHeader {
-                api_key: ApiKey::ConsumerCancelled.code(),
-                api_version: 0,
-                correlation_id: 7,
-            },
-            body: body.freeze(),
-        };
-        deliver(&pending, cancelled).expect("routed");
+        deliver(&pending, cancelled_frame(7)).expect("routed");
         // The delivery before the cancel is still readable, then the channel ends.
         assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 1);
         assert!(matches!(
@@ -770,6 +788,32 @@ mod tests {
         assert_eq!(reason.error_message.as_deref(), Some("too slow"));
         // A late push for the cancelled consumer is dropped quietly.
         deliver(&pending, push_frame(7, 2)).expect("dropped");
+    }
+
+    /// Goal: after an ack timeout the broker's answer to a late ack (UnknownDeliveryTag) may
+    /// come before the ConsumerCancelled push that explains it; a caller can wait for that
+    /// push. Method: the wait starts before the push is delivered.
+    #[tokio::test]
+    async fn a_cancel_reason_can_be_awaited_until_its_push_arrives() {
+        let pending = Arc::new(Pending::default());
+        let (_answer, mut pushes) = subscribed(&pending, 2);
+        assert!(pushes.cancelled().is_none());
+        let pusher = Arc::clone(&pending);
+        // On this single-threaded runtime the task runs only once the wait below is parked.
+        let push = tokio::spawn(async move {
+            deliver(&pusher, cancelled_frame(7)).expect("routed");
+        });
+        let reason = pushes.wait_cancelled().await.expect("the reason arrives");
+        assert_eq!(reason.error, wharf_protocol::ErrorCode::AckTimeout);
+        push.await.expect("pushed");
+        // Already there: the wait returns at once.
+        assert!(pushes.wait_cancelled().await.is_some());
+        // A subscription that ends without a cancel (the connection closed) has no reason.
+        let (_answer, mut closed) = subscribed(&pending, 2);
+        pending.close(Error::Disconnected {
+            address: "a:1".to_string(),
+        });
+        assert!(closed.wait_cancelled().await.is_none());
     }
 
     #[test]

@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use wharf_protocol::{ApiKey, BatchError, DecodeError, ErrorCode};
 
+/// Most bytes of a non-Wharf server's answer that [`Error::NotWharfBroker`] shows: enough
+/// for a status line or a banner, short enough for one line of an error message.
+const ANSWER_SHOWN_BYTES_MAX: usize = 64;
+
 /// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -39,6 +43,16 @@ pub enum Error {
     Disconnected {
         /// The broker address (`host:port`).
         address: String,
+    },
+    /// The server at `address` does not speak Wharf's protocol: its answer to the handshake
+    /// is not a Wharf frame (an HTTP server, for one, answers `HTTP/1.1 ...`, whose first
+    /// four bytes read as a frame length of 1,213,486,160).
+    NotWharfBroker {
+        /// The server address (`host:port`).
+        address: String,
+        /// The start of its answer: its first line, at most 64 bytes, with bytes other than
+        /// printable ASCII escaped.
+        answer: String,
     },
     /// A response or frame from the broker could not be decoded.
     Decode(DecodeError),
@@ -246,6 +260,21 @@ pub(crate) fn check_queue_code(
 }
 
 impl Error {
+    /// The error for a server at `address` whose answer to the handshake, starting with
+    /// `answer`, is not a Wharf frame.
+    pub(crate) fn not_wharf_broker(address: &str, answer: &[u8]) -> Error {
+        let first_line = answer
+            .split(|byte| *byte == b'\n')
+            .next()
+            .unwrap_or_default();
+        let first_line = first_line.strip_suffix(b"\r").unwrap_or(first_line);
+        let shown = &first_line[..first_line.len().min(ANSWER_SHOWN_BYTES_MAX)];
+        Error::NotWharfBroker {
+            address: address.to_string(),
+            answer: shown.escape_ascii().to_string(),
+        }
+    }
+
     /// True for failures of the connection rather than answers of the broker: retrying on a
     /// new connection may succeed.
     pub fn is_connection_error(&self) -> bool {
@@ -328,6 +357,10 @@ impl fmt::Display for Error {
             Error::Disconnected { address } => {
                 write!(formatter, "broker {address} closed the connection")
             }
+            Error::NotWharfBroker { address, answer } => write!(
+                formatter,
+                "not a Wharf broker at {address}: it answered the handshake with \"{answer}\""
+            ),
             Error::Decode(error) => write!(formatter, "cannot decode broker response: {error}"),
             Error::Batch {
                 topic,
@@ -359,7 +392,12 @@ impl fmt::Display for Error {
                 partition_count,
             } => write!(
                 formatter,
-                "unknown partition {partition} of topic \"{topic}\" ({partition_count} partitions)"
+                "unknown partition {partition} of topic \"{topic}\" ({partition_count} {})",
+                if *partition_count == 1 {
+                    "partition"
+                } else {
+                    "partitions"
+                }
             ),
             Error::UnknownGroup { group } => write!(formatter, "unknown group \"{group}\""),
             Error::UnsupportedApi { address, api_key } => write!(
@@ -488,6 +526,24 @@ mod tests {
             error.to_string(),
             "cannot connect to broker 127.0.0.1:7420: connection refused"
         );
+    }
+
+    #[test]
+    fn a_non_wharf_answer_is_shown_as_its_first_line_escaped_and_capped() {
+        let http =
+            Error::not_wharf_broker("h:80", b"HTTP/1.1 400 Bad Request\r\nServer: x\r\n\r\n");
+        assert_eq!(
+            http.to_string(),
+            "not a Wharf broker at h:80: it answered the handshake with \"HTTP/1.1 400 Bad Request\""
+        );
+        assert!(!http.is_retriable());
+        let binary = Error::not_wharf_broker("h:1", &[0xff, 0xfe, b'"', 0x00]);
+        assert!(binary.to_string().ends_with("with \"\\xff\\xfe\\\"\\x00\""));
+        let Error::NotWharfBroker { answer, .. } = Error::not_wharf_broker("h:1", &[b'a'; 200])
+        else {
+            panic!("not NotWharfBroker");
+        };
+        assert_eq!(answer.len(), ANSWER_SHOWN_BYTES_MAX);
     }
 
     #[test]

@@ -18,11 +18,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use wharf_protocol::messages::{
-    AckRequest, CancelRequest, ConfigEntry, DeclareQueueRequest, DeliverPush, QueueAdminResponse,
-    SubscribeRequest, SubscribeResponse,
+    AckRequest, CancelRequest, ConfigEntry, ConsumerCancelledPush, DeclareQueueRequest,
+    DeliverPush, QueueAdminResponse, SubscribeRequest, SubscribeResponse,
 };
 use wharf_protocol::{ApiKey, Header, Request};
 
@@ -203,17 +204,49 @@ impl Subscriber {
             Some(pushed) => Ok(Some(self.delivery(pushed))),
             None if self.cancelled => Ok(None),
             None => match self.pushes.cancelled() {
-                Some(cancelled) => Err(Error::ConsumerCancelled {
-                    queue: cancelled.queue.clone(),
-                    code: cancelled.error,
-                    message: cancelled
-                        .error_message
-                        .clone()
-                        .unwrap_or_else(|| cancelled.error.describe().to_string()),
-                }),
+                Some(cancelled) => Err(cancelled_error(cancelled)),
                 None => Err(self.shared.connection.disconnected()),
             },
         }
+    }
+
+    /// Why the broker cancelled this consumer ([`Error::ConsumerCancelled`]), waiting up to
+    /// `within` for its ConsumerCancelled push if it has not arrived yet. `None` if it did
+    /// not come in time or the subscription ended otherwise ([`Subscriber::cancel`], a lost
+    /// connection). Deliveries still waiting for [`Subscriber::next`] stay there.
+    ///
+    /// Use it to explain a refused settle: after an ack timeout the broker answers a late
+    /// ack with [`Error::UnknownDeliveryTag`], and that answer and the push that cancels the
+    /// consumer travel separately, so either may reach the client first.
+    ///
+    /// ```no_run
+    /// # async fn example(mut subscriber: wharf_client::Subscriber) -> wharf_client::Result<()> {
+    /// use std::time::Duration;
+    /// use wharf_client::Error;
+    ///
+    /// while let Some(delivery) = subscriber.next().await? {
+    ///     if let Err(error) = delivery.ack().await {
+    ///         let explained = match error {
+    ///             Error::UnknownDeliveryTag { .. } => {
+    ///                 subscriber.cancel_reason(Duration::from_secs(1)).await
+    ///             }
+    ///             _ => None,
+    ///         };
+    ///         return Err(explained.unwrap_or(error));
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cancel_reason(&mut self, within: Duration) -> Option<Error> {
+        let cancelled = match self.pushes.cancelled() {
+            Some(cancelled) => cancelled,
+            None => tokio::time::timeout(within, self.pushes.wait_cancelled())
+                .await
+                .ok()
+                .flatten()?,
+        };
+        Some(cancelled_error(cancelled))
     }
 
     /// Stops the consumer. The broker returns its unacknowledged deliveries to the queue;
@@ -262,6 +295,18 @@ impl Subscriber {
             timestamp_ms: pushed.timestamp_ms,
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+/// The error a broker-side cancel becomes.
+fn cancelled_error(cancelled: ConsumerCancelledPush) -> Error {
+    let message = cancelled
+        .error_message
+        .unwrap_or_else(|| cancelled.error.describe().to_string());
+    Error::ConsumerCancelled {
+        queue: cancelled.queue,
+        code: cancelled.error,
+        message,
     }
 }
 

@@ -259,3 +259,79 @@ fn errors_are_one_clear_line_and_exit_non_zero() {
     let output = wharf(&address, &["topic", "create", "x", "--partitons", "2"], "");
     assert!(!output.status.success());
 }
+
+#[test]
+fn help_describes_the_command_line_and_every_perf_workload() {
+    let help = wharf_ok("127.0.0.1:1", &["--help"], "");
+    assert_eq!(
+        help.lines().next(),
+        Some("Command line for the Wharf message broker"),
+        "{help}"
+    );
+    let perf_line = help
+        .lines()
+        .find(|line| line.trim_start().starts_with("perf "))
+        .unwrap_or_else(|| panic!("no perf line in {help}"));
+    let perf_help = wharf_ok("127.0.0.1:1", &["perf", "--help"], "");
+    let perf_about = perf_help.lines().next().unwrap_or_default();
+    for workload in ["produce", "consume", "end-to-end", "queue"] {
+        assert!(perf_line.contains(workload), "{workload}: {perf_line}");
+        assert!(perf_about.contains(workload), "{workload}: {perf_about}");
+    }
+}
+
+#[test]
+fn counts_of_one_are_singular() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    let created = wharf_ok(
+        &address,
+        &["topic", "create", "one", "--partitions", "1"],
+        "",
+    );
+    assert!(
+        created.starts_with("created topic \"one\" with 1 partition (id "),
+        "{created}"
+    );
+    let described = wharf_ok(&address, &["topic", "describe", "one"], "");
+    assert!(described.contains(", 1 partition)\n"), "{described}");
+    let produced = wharf(&address, &["produce", "one"], "only\n");
+    let summary = String::from_utf8_lossy(&produced.stderr);
+    assert!(summary.starts_with("produced 1 record in "), "{summary}");
+    wharf_ok(&address, &["queue", "declare", "q"], "");
+    let published = wharf(&address, &["publish", "", "q"], "only\n");
+    let summary = String::from_utf8_lossy(&published.stderr);
+    assert!(summary.starts_with("published 1 message in "), "{summary}");
+    let purged = wharf_ok(&address, &["queue", "purge", "q"], "");
+    assert_eq!(purged, "purged 1 message from queue \"q\"\n");
+}
+
+/// Goal: pointing the CLI at a server that speaks another protocol (here HTTP) says so,
+/// rather than reporting "HTTP" read as a frame length. Method: a listener in the test
+/// answers the handshake with an HTTP error response.
+#[test]
+fn a_server_that_is_not_a_wharf_broker_is_named_as_such() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            // Wait for the client to close, so it reads the answer before any reset.
+            while matches!(stream.read(&mut request), Ok(count) if count > 0) {}
+        }
+    });
+    let output = wharf(&address, &["topic", "list"], "");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: not a Wharf broker at {address}: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("HTTP/1.1 400 Bad Request"), "{stderr}");
+    assert!(!stderr.contains("exceeds max"), "{stderr}");
+}

@@ -9,8 +9,10 @@
 //! expected count, T a generous bound that only a failing test waits out); it then checks
 //! with `wharf queue list --json` that nothing else is left in the queue.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::{wharf, wharf_ok, wharf_path, BrokerProcess};
@@ -116,6 +118,91 @@ fn nothing_within(
         .is_err()
 }
 
+/// Polls `wharf queue list` until `queue` has `(ready, unacked, consumers)`, failing with
+/// `why` after [`EXPECTED_WITHIN`].
+fn wait_for_counts(broker: &BrokerProcess, queue: &str, counts: (u64, u64, u64), why: &str) {
+    let deadline = Instant::now() + EXPECTED_WITHIN;
+    while queue_counts(broker, queue) != counts {
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `wharf subscribe QUEUE --prefetch 1` whose standard output nobody reads: a thread fills
+/// the pipe first, so the CLI blocks writing the first message it receives, before its
+/// manual ack. Once released it ends by itself at the latest [`EXPECTED_WITHIN`] after its
+/// last message, so a test cannot hang on it.
+struct StalledSubscriber {
+    child: Child,
+    stdout: std::io::PipeReader,
+    filling: Arc<AtomicBool>,
+    filler: std::thread::JoinHandle<()>,
+}
+
+impl StalledSubscriber {
+    fn start(broker: &BrokerProcess, queue: &str) -> StalledSubscriber {
+        let (stdout, mut writer) = std::io::pipe().expect("pipe");
+        let mut filler = writer.try_clone().expect("clone pipe");
+        let filling = Arc::new(AtomicBool::new(true));
+        let still_filling = Arc::clone(&filling);
+        let filler = std::thread::spawn(move || {
+            // Blocks as soon as the pipe is full; stops once released or the reader is gone.
+            let chunk = vec![b'x'; 4096];
+            while still_filling.load(Ordering::Relaxed) && filler.write_all(&chunk).is_ok() {}
+        });
+        let child = Command::new(wharf_path())
+            .args([
+                "--broker",
+                &broker.address(),
+                "subscribe",
+                queue,
+                "--prefetch",
+                "1",
+                "--timeout-ms",
+                EXPECTED_WITHIN_MS,
+            ])
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().expect("clone pipe"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting wharf subscribe");
+        writer.flush().expect("flush");
+        drop(writer);
+        StalledSubscriber {
+            child,
+            stdout,
+            filling,
+            filler,
+        }
+    }
+
+    /// SIGKILLs the CLI while it is blocked.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        drop(self.stdout);
+        self.filler.join().expect("filler ends");
+    }
+
+    /// Reads its standard output, so it goes on, until it exits: its exit status, what it
+    /// printed after the filler's bytes, and its standard error.
+    fn release(mut self) -> (std::process::ExitStatus, String, String) {
+        self.filling.store(false, Ordering::Relaxed);
+        let mut printed = Vec::new();
+        self.stdout
+            .read_to_end(&mut printed)
+            .expect("reading the CLI's stdout");
+        self.filler.join().expect("filler ends");
+        let output = self.child.wait_with_output().expect("the CLI exits");
+        let printed = String::from_utf8_lossy(&printed);
+        (
+            output.status,
+            printed.trim_start_matches('x').to_string(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
 fn text(delivery: &Delivery) -> String {
     String::from_utf8(delivery.body.to_vec()).expect("utf-8 body")
 }
@@ -201,7 +288,14 @@ fn every_exchange_type_routes_through_the_cli() {
     );
 
     publish(&broker, "direct-x", "pay", &[], &["d-hit"]);
-    publish(&broker, "direct-x", "refund", &[], &["d-miss"]);
+    // A message that matches no binding is not stored, so `publish` exits with 3.
+    let routed_nowhere = |exchange: &str, key: &str, extra: &[&str], body: &str| {
+        let args = [&["publish", exchange, key, "--confirm"][..], extra].concat();
+        let (code, last) = publish_outcome(&broker, &args, &[body]);
+        assert_eq!(code, Some(3), "{body}: {last}");
+        assert!(last.contains("1 unrouted"), "{body}: {last}");
+    };
+    routed_nowhere("direct-x", "refund", &[], "d-miss");
     publish(&broker, "fanout-x", "anything", &[], &["f"]);
     publish(&broker, "topic-x", "order", &[], &["t0"]);
     publish(&broker, "topic-x", "order.created", &[], &["t1"]);
@@ -215,13 +309,7 @@ fn every_exchange_type_routes_through_the_cli() {
         &["--header", "type=log"],
         &["h-log"],
     );
-    publish(
-        &broker,
-        "headers-x",
-        "",
-        &["--header", "format=csv"],
-        &["h-none"],
-    );
+    routed_nowhere("headers-x", "", &["--header", "format=csv"], "h-none");
     publish(&broker, "", "plain", &[], &["default-exchange"]);
 
     assert_eq!(drain(&broker, "d1", 1), ["d-hit"]);
@@ -363,6 +451,64 @@ fn reject_publish_overflow_fails_publish_confirm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: precondition failed"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Runs `wharf publish` with `args` and one message per line of `lines`: its exit code and
+/// the last line of its standard error.
+fn publish_outcome(broker: &BrokerProcess, args: &[&str], lines: &[&str]) -> (Option<i32>, String) {
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let output = wharf(&broker.address(), args, &input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (output.status.code(), last)
+}
+
+#[test]
+fn publish_exits_non_zero_unless_every_message_was_stored() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "jobs"]);
+    // Refused by the broker (no such exchange), with or without --confirm.
+    for confirm in [&[][..], &["--confirm"][..]] {
+        let args = [&["publish", "nosuchx", "k"][..], confirm].concat();
+        let (code, last) = publish_outcome(&broker, &args, &["hi"]);
+        assert_eq!(code, Some(3), "{args:?}: {last}");
+        assert!(
+            last.starts_with("error: published 1 message in ")
+                && last.ends_with(", 1 not stored: 0 confirmed, 0 unrouted (dropped), 1 refused"),
+            "{args:?}: {last}"
+        );
+    }
+    // Routed nowhere (a typo in the queue name): dropped, with or without --confirm.
+    for confirm in [&[][..], &["--confirm"][..]] {
+        let args = [&["publish", "", "jbos"][..], confirm].concat();
+        let (code, last) = publish_outcome(&broker, &args, &["a", "b"]);
+        assert_eq!(code, Some(3), "{args:?}: {last}");
+        assert!(
+            last.ends_with(", 2 not stored: 0 confirmed, 2 unrouted (dropped), 0 refused"),
+            "{args:?}: {last}"
+        );
+    }
+    // A mandatory message refused as unroutable fails too; --json keeps the counts on stdout.
+    let output = wharf(
+        &broker.address(),
+        &["--json", "publish", "", "jbos", "--mandatory"],
+        "x\n",
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        (summary["published"].as_u64(), summary["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Every message stored: exit 0 and the usual summary.
+    let (code, last) = publish_outcome(&broker, &["publish", "", "jobs"], &["j1", "j2"]);
+    assert_eq!(code, Some(0), "{last}");
+    assert!(
+        last.starts_with("published 2 messages in ")
+            && last.ends_with(": 2 confirmed, 0 unrouted (dropped), 0 refused"),
+        "{last}"
+    );
+    assert_eq!(queue_counts(&broker, "jobs"), (2, 0, 0));
 }
 
 #[test]
@@ -621,46 +767,22 @@ fn two_subscribers_receive_round_robin() {
 }
 
 /// Goal: a CLI subscriber killed with a delivery unacknowledged causes its redelivery, flagged,
-/// to another subscriber. Method: the CLI's stdout is a pipe that a thread keeps full, so
-/// the CLI blocks writing the message it received (manual ack comes after printing); once
-/// the broker counts it unacked, the CLI is SIGKILLed.
+/// to another subscriber. Method: a [`StalledSubscriber`] blocks writing the message it
+/// received (manual ack comes after printing); once the broker counts it unacked, the CLI is
+/// SIGKILLed.
 #[test]
 fn killed_subscriber_causes_redelivery_to_another() {
     let (_data, broker) = start_broker();
     run(&broker, &["queue", "declare", "tasks"]);
     publish(&broker, "", "tasks", &[], &["only"]);
-    let (reader, mut writer) = std::io::pipe().expect("pipe");
-    let mut filler = writer.try_clone().expect("clone pipe");
-    let fill = std::thread::spawn(move || {
-        // Blocks as soon as the pipe is full, and fails once the reader is gone.
-        let chunk = vec![b'x'; 4096];
-        while filler.write_all(&chunk).is_ok() {}
-    });
-    let mut child: Child = Command::new(wharf_path())
-        .args([
-            "--broker",
-            &broker.address(),
-            "subscribe",
-            "tasks",
-            "--prefetch",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().expect("clone pipe"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting wharf subscribe");
-    writer.flush().expect("flush");
-    drop(writer);
-    let deadline = Instant::now() + EXPECTED_WITHIN;
-    while queue_counts(&broker, "tasks") != (0, 1, 1) {
-        assert!(Instant::now() < deadline, "the CLI never took the message");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-    drop(reader);
-    fill.join().expect("filler ends");
+    let stalled = StalledSubscriber::start(&broker, "tasks");
+    wait_for_counts(
+        &broker,
+        "tasks",
+        (0, 1, 1),
+        "the CLI never took the message",
+    );
+    stalled.kill();
 
     let runtime = runtime();
     let client = connect(&runtime, &broker);
@@ -672,6 +794,43 @@ fn killed_subscriber_causes_redelivery_to_another() {
     assert!(delivery.redelivered, "redelivered flag set");
     runtime.block_on(delivery.ack()).expect("ack");
     assert_eq!(queue_counts(&broker, "tasks"), (0, 0, 1));
+}
+
+/// Goal: a CLI subscriber too slow for the queue's ack timeout says that the broker cancelled
+/// it for an ack timeout and how to give it more time, and exits non-zero (it used to report
+/// its late ack's "unknown or already settled delivery tag" and exit 0). Method: a
+/// [`StalledSubscriber`] holds the message past a 300 ms ack timeout; once the broker has put
+/// the message back, its stdout is read, so it prints, acks late and ends.
+#[test]
+fn subscriber_cancelled_for_an_ack_timeout_says_so_and_exits_non_zero() {
+    let (_data, broker) = start_broker();
+    run(
+        &broker,
+        &["queue", "declare", "slow", "--ack-timeout-ms", "300"],
+    );
+    publish(&broker, "", "slow", &[], &["m1"]);
+    let stalled = StalledSubscriber::start(&broker, "slow");
+    wait_for_counts(&broker, "slow", (0, 1, 1), "the CLI never took the message");
+    wait_for_counts(
+        &broker,
+        "slow",
+        (1, 0, 0),
+        "the ack timeout never cancelled the CLI",
+    );
+    let (status, stdout, stderr) = stalled.release();
+    assert!(stdout.ends_with("m1\n"), "printed before the late ack");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: the broker cancelled the subscription to queue \"slow\" for an ack timeout"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--ack-timeout-ms"), "{stderr}");
+    assert!(!stderr.contains("delivery tag"), "{stderr}");
+    // The message went back to the queue and comes again.
+    assert_eq!(drain(&broker, "slow", 1), ["m1"]);
 }
 
 #[test]

@@ -22,12 +22,14 @@
 //!                                    [--ttl-ms N] [--delay-ms N]
 //! wharf subscribe QUEUE [--prefetch N] [--max-messages N] [--timeout-ms T]
 //!                       [--ack auto|manual] [--reject] [--format value|json]
-//! wharf perf produce|consume|e2e --topic T ...   (load generators; see perf.rs)
+//! wharf perf produce|consume|e2e|queue ...       (load generators; see perf.rs)
 //! ```
 //!
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
-//! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2). This file
-//! holds the argument definitions and the dispatch; each command family has a module.
+//! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2);
+//! `wharf publish` exits with [`EXIT_NOT_STORED`] (3) when some message was not stored
+//! (`publish::EXIT_STATUS_HELP`). This file holds the argument definitions and the
+//! dispatch; each command family has a module.
 
 #![warn(missing_docs)]
 
@@ -64,8 +66,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, DEFAULT_BROKER};
 
 /// Command line for the Wharf message broker.
+// `about` comes from this doc comment, not from the crate's description (which is the
+// library's).
 #[derive(Debug, Parser)]
-#[command(name = "wharf", version, about, propagate_version = true)]
+#[command(name = "wharf", version, propagate_version = true)]
 pub struct Cli {
     /// Broker to contact first (HOST:PORT).
     #[arg(long, env = "WHARF_BROKER", default_value = DEFAULT_BROKER, global = true)]
@@ -110,10 +114,12 @@ pub enum Command {
         command: queue::QueueCommand,
     },
     /// Publish one message per line of standard input to an exchange.
+    #[command(after_help = publish::EXIT_STATUS_HELP)]
     Publish(publish::PublishArgs),
     /// Print the messages pushed from a queue, one per line, acking each.
     Subscribe(subscribe::SubscribeArgs),
-    /// Load generators: produce, consume and end-to-end latency; one JSON summary line.
+    /// Load generators (produce, consume, end-to-end latency, queue publish and consume);
+    /// one JSON summary line.
     Perf {
         /// The workload.
         #[command(subcommand)]
@@ -312,6 +318,11 @@ fn parse_config(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Exit code of `wharf publish` when every message was answered but some were not stored
+/// (unroutable or refused): distinct from 1, where the command stopped early and the fate of
+/// the unanswered messages is unknown.
+pub const EXIT_NOT_STORED: u8 = 3;
+
 /// A failure of a command: the client's typed error, or the terminal's.
 #[derive(Debug)]
 pub enum CliError {
@@ -331,6 +342,32 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// `publish` got every answer, but some messages were stored in no queue.
+    NotStored {
+        /// What became of the messages.
+        counts: publish::Counts,
+        /// How long the command ran.
+        seconds: f64,
+    },
+    /// The broker cancelled `subscribe`'s consumer (an ack timeout, the queue deleted).
+    SubscriptionCancelled {
+        /// The queue.
+        queue: String,
+        /// Why, as a wire code.
+        code: wharf_client::ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NotStored { .. } => EXIT_NOT_STORED,
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -347,6 +384,27 @@ impl fmt::Display for CliError {
                 formatter,
                 "transaction {transactional_id} aborted: {reason}"
             ),
+            CliError::NotStored { counts, seconds } => {
+                formatter.write_str(&counts.summary(*seconds))
+            }
+            CliError::SubscriptionCancelled {
+                queue,
+                code,
+                message,
+            } => match code {
+                wharf_client::ErrorCode::AckTimeout => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\" for an ack timeout: a delivery stayed unacknowledged longer than the queue's ack-timeout-ms and went back to the queue; to give the reader more time, subscribe with a smaller --prefetch (deliveries wait in line to be printed) or re-declare the queue with a larger --ack-timeout-ms"
+                ),
+                wharf_client::ErrorCode::UnknownQueue => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\": the queue was deleted"
+                ),
+                _ => write!(
+                    formatter,
+                    "the broker cancelled the subscription to queue \"{queue}\": {message}"
+                ),
+            },
         }
     }
 }
@@ -379,7 +437,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use wharf_client::{Admin, Client, GroupDescription, PartitionLag, TopicDescription};
 
-use crate::table::{or_dash, Table};
+use crate::table::{counted, or_dash, Table};
 use crate::{CliError, GroupCommand, TopicCommand};
 
 /// Runs a `topic` command.
@@ -29,7 +29,10 @@ pub async fn topic(client: &Client, command: TopicCommand, json: bool) -> Result
                 });
                 println!("{document}");
             } else {
-                println!("created topic \"{name}\" with {partitions} partitions (id {topic_id})");
+                println!(
+                    "created topic \"{name}\" with {} (id {topic_id})",
+                    counted(partitions, "partition")
+                );
             }
         }
         TopicCommand::List => {
@@ -151,10 +154,10 @@ fn describe_topic_text(topic: &TopicDescription) -> String {
         ]);
     }
     format!(
-        "topic \"{}\" (id {}, {} partitions)\n{}",
+        "topic \"{}\" (id {}, {})\n{}",
         topic.name,
         topic.topic_id,
-        topic.partition_count(),
+        counted(topic.partition_count(), "partition"),
         table.render()
     )
 }

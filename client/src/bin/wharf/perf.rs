@@ -34,6 +34,7 @@ use wharf_client::{
     ProducerRecord, PublishConfirm, Publisher, QueueArgs, Routing, Subscriber, TopicPartition,
 };
 
+use crate::table::counted;
 use crate::{AcksArg, CliError};
 
 /// Records enqueued but not yet acknowledged per producer before `perf produce` waits: far
@@ -606,8 +607,8 @@ async fn consume(
     let messages = received.load(Ordering::Relaxed);
     if messages < args.messages {
         eprintln!(
-            "warning: read {messages} of {} records: nothing more arrived for {} s",
-            args.messages,
+            "warning: read {messages} of {}: nothing more arrived for {} s",
+            counted(args.messages, "record"),
             CONSUMER_IDLE_TIMEOUT.as_secs()
         );
     }
@@ -748,7 +749,10 @@ async fn e2e(client: &Client, broker: &str, args: PerfE2eArgs) -> Result<Summary
     progress.finish();
     let messages = received.load(Ordering::Relaxed);
     if messages < total {
-        eprintln!("warning: received {messages} of {total} records sent");
+        eprintln!(
+            "warning: received {messages} of {} sent",
+            counted(total, "record")
+        );
     }
     Ok(Summary {
         workload: "e2e",
@@ -877,7 +881,10 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
     let consumed = received.load(Ordering::Relaxed);
     let consume_seconds = finished.duration_since(started).as_secs_f64();
     if consumed < args.messages {
-        eprintln!("warning: consumed {consumed} of {} messages", args.messages);
+        eprintln!(
+            "warning: consumed {consumed} of {}",
+            counted(args.messages, "message")
+        );
     }
     let consume_rate = if consume_seconds > 0.0 {
         consumed as f64 / consume_seconds

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use wharf_client::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 
+use crate::table::counted;
 use crate::{CliError, ProduceArgs};
 
 /// Acknowledgements awaited at most at once: bounds memory for huge inputs while leaving
@@ -73,8 +74,8 @@ async fn in_transaction(
     match sent {
         Ok(counts) => {
             eprintln!(
-                "transaction {transactional_id} committed: {} records",
-                counts.0
+                "transaction {transactional_id} committed: {}",
+                counted(counts.0, "record")
             );
             Ok(counts)
         }
@@ -147,7 +148,8 @@ fn report(record_count: u64, payload_bytes: u64, seconds: f64, json: bool) {
         println!("{document}");
     } else {
         eprintln!(
-            "produced {record_count} records in {seconds:.3} s ({records_per_second:.0} msgs/s, {megabytes_per_second:.2} MB/s)"
+            "produced {} in {seconds:.3} s ({records_per_second:.0} msgs/s, {megabytes_per_second:.2} MB/s)",
+            counted(record_count, "record")
         );
     }
 }

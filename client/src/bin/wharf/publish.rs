@@ -2,9 +2,13 @@
 //!
 //! Publishes are pipelined (up to [`CONFIRMS_PENDING_MAX`] unconfirmed at once) and every
 //! answer is awaited before the command exits, so no message is lost in a socket buffer.
-//! With `--confirm` a message the broker refused (unroutable `--mandatory`, a full queue with
-//! `reject-publish`) is reported on stderr as it is found and the command exits non-zero;
-//! without it refusals are only counted in the summary line on stderr (stdout with `--json`).
+//! A message counts as stored once its confirm names at least one queue. One that matched no
+//! queue is unroutable (dropped by the broker, or refused with `--mandatory`), and one the
+//! broker refused (unknown exchange, a full queue with `reject-publish`) is reported on
+//! stderr as its answer arrives; `--confirm` reports each unroutable message the same way.
+//! The summary line (stderr, or one JSON document on stdout with `--json`) counts all of
+//! them, and the exit status says whether every message was stored: see
+//! [`EXIT_STATUS_HELP`].
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,7 +20,21 @@ use wharf_client::{
     Client, Header, PublishConfirm, Publisher, Routing, DELAY_HEADER, EXPIRATION_HEADER,
 };
 
-use crate::CliError;
+use crate::table::counted;
+use crate::{CliError, EXIT_NOT_STORED};
+
+/// The exit statuses of `wharf publish`, for its `--help`.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  every message was stored in at least one queue
+  3  every message was answered, but some were not stored: unroutable (matched no queue:
+     dropped, or refused with --mandatory) or refused (unknown exchange, full queue);
+     the last line on stderr gives the counts
+  1  the command stopped early (a lost connection: the messages not yet confirmed may or
+     may not be stored) or could not start
+  2  usage error";
+// The help text above spells the code out.
+const _: () = assert!(EXIT_NOT_STORED == 3);
 
 /// Most publishes awaiting their confirm at once: enough to keep the broker's group commit
 /// busy, and below the connection's in-flight request limit (64 by default): an unawaited
@@ -30,7 +48,8 @@ pub struct PublishArgs {
     pub exchange: String,
     /// The routing key.
     pub routing_key: String,
-    /// Wait for every confirm, report each refused message and exit non-zero if any was.
+    /// Also report each unroutable message on stderr as its answer arrives (refused ones
+    /// always are). Every confirm is awaited either way, and the exit status is the same.
     #[arg(long)]
     pub confirm: bool,
     /// Refuse messages that match no queue instead of dropping them.
@@ -67,14 +86,41 @@ impl PublishArgs {
 
 /// What happened to the messages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
+pub struct Counts {
     published: u64,
     confirmed: u64,
     unrouted: u64,
     failed: u64,
 }
 
+impl Counts {
+    /// Messages stored in no queue: unroutable or refused.
+    fn not_stored(&self) -> u64 {
+        self.unrouted + self.failed
+    }
+
+    /// The summary line: how many were published, in how long, and what became of them.
+    pub fn summary(&self, seconds: f64) -> String {
+        let published = format!(
+            "published {} in {seconds:.3} s",
+            counted(self.published, "message")
+        );
+        let outcome = format!(
+            "{} confirmed, {} unrouted (dropped), {} refused",
+            self.confirmed, self.unrouted, self.failed
+        );
+        match self.not_stored() {
+            0 => format!("{published}: {outcome}"),
+            lost => format!("{published}, {lost} not stored: {outcome}"),
+        }
+    }
+}
+
 /// Runs `wharf publish`.
+///
+/// # Errors
+/// [`CliError::NotStored`] if some message was not stored; the client's and standard
+/// input's errors.
 pub async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), CliError> {
     let started = Instant::now();
     let publisher = Publisher::new(client);
@@ -89,16 +135,13 @@ pub async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), C
             "seconds": seconds,
         });
         println!("{document}");
-    } else {
-        eprintln!(
-            "published {} messages in {seconds:.3} s: {} confirmed, {} unrouted (dropped), {} refused",
-            counts.published, counts.confirmed, counts.unrouted, counts.failed
-        );
     }
-    if args.confirm && counts.failed > 0 {
-        return Err(CliError::Client(wharf_client::Error::InvalidState {
-            reason: "some messages were not confirmed (see above)",
-        }));
+    if counts.not_stored() > 0 {
+        // Printed by `main` as the last line, with the counts.
+        return Err(CliError::NotStored { counts, seconds });
+    }
+    if !json {
+        eprintln!("{}", counts.summary(seconds));
     }
     Ok(())
 }
@@ -138,21 +181,35 @@ async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<Coun
         pending.push_back((counts.published, confirm));
         if pending.len() >= CONFIRMS_PENDING_MAX {
             if let Some((number, confirm)) = pending.pop_front() {
-                settle(number, confirm, &mut counts).await?;
+                settle(number, confirm, args, &mut counts).await?;
             }
         }
     }
     while let Some((number, confirm)) = pending.pop_front() {
-        settle(number, confirm, &mut counts).await?;
+        settle(number, confirm, args, &mut counts).await?;
     }
     Ok(counts)
 }
 
-/// Awaits one confirm and counts it; a refusal is reported, a broken connection ends the
-/// command (whether the unanswered messages were stored is unknown).
-async fn settle(number: u64, confirm: PublishConfirm, counts: &mut Counts) -> Result<(), CliError> {
+/// Awaits one confirm and counts it; a refusal is reported (and with `--confirm` an
+/// unroutable message too), a broken connection ends the command (whether the unanswered
+/// messages were stored is unknown).
+async fn settle(
+    number: u64,
+    confirm: PublishConfirm,
+    args: &PublishArgs,
+    counts: &mut Counts,
+) -> Result<(), CliError> {
     match confirm.await {
-        Ok(queues) if queues.is_empty() => counts.unrouted += 1,
+        Ok(queues) if queues.is_empty() => {
+            counts.unrouted += 1;
+            if args.confirm {
+                eprintln!(
+                    "error: message {number} not stored: no queue is bound to exchange \"{}\" for routing key \"{}\" (dropped)",
+                    args.exchange, args.routing_key
+                );
+            }
+        }
         Ok(_) => counts.confirmed += 1,
         Err(error) if error.is_connection_error() => return Err(error.into()),
         Err(error) => {
@@ -178,6 +235,29 @@ fn trim_newline(line: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_says_how_many_were_not_stored() {
+        let all_stored = Counts {
+            published: 1,
+            confirmed: 1,
+            ..Counts::default()
+        };
+        assert_eq!(
+            all_stored.summary(0.5),
+            "published 1 message in 0.500 s: 1 confirmed, 0 unrouted (dropped), 0 refused"
+        );
+        let some_lost = Counts {
+            published: 4,
+            confirmed: 1,
+            unrouted: 2,
+            failed: 1,
+        };
+        assert_eq!(
+            some_lost.summary(0.25),
+            "published 4 messages in 0.250 s, 3 not stored: 1 confirmed, 2 unrouted (dropped), 1 refused"
+        );
+    }
 
     #[test]
     fn ttl_and_delay_become_headers_after_the_given_ones() {

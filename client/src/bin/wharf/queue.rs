@@ -11,7 +11,7 @@ use wharf_client::{
     QueueArgs, QueueInfo,
 };
 
-use crate::table::Table;
+use crate::table::{counted, Table};
 use crate::CliError;
 
 /// `wharf exchange ...`.
@@ -300,7 +300,10 @@ pub async fn queue(client: &Client, command: QueueCommand, json: bool) -> Result
             if json {
                 println!("{}", json!({ "name": name, "purged": purged }));
             } else {
-                println!("purged {purged} messages from queue \"{name}\"");
+                println!(
+                    "purged {} from queue \"{name}\"",
+                    counted(purged, "message")
+                );
             }
         }
         QueueCommand::Delete { name } => {

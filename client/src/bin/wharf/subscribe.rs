@@ -6,6 +6,11 @@
 //! before printing (at-most-once); `--reject` rejects instead of acking (without requeue, so
 //! the message is dead-lettered). On exit the consumer is cancelled: deliveries received but
 //! not printed return to the queue.
+//!
+//! When the broker cancels the consumer (an ack timeout, the queue deleted) the command says
+//! so and exits 1. After an ack timeout the late ack is refused as an unknown delivery tag,
+//! and that answer may come before or after the push that says why: a refused settle waits
+//! briefly for the push ([`CANCEL_PUSH_WAIT`]) and reports the cancel instead when it comes.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -16,6 +21,12 @@ use wharf_client::{Client, Delivery, Subscriber};
 
 use crate::consume::interrupted;
 use crate::{CliError, FormatArg};
+
+/// Longest a refused settle waits for the push saying that the broker cancelled the
+/// consumer. The broker sends that push when it cancels, before it can have refused the
+/// settle, so it is normally already on its way; the bound only matters when the refusal had
+/// another cause.
+const CANCEL_PUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// `wharf subscribe`.
 #[derive(Debug, clap::Args)]
@@ -87,7 +98,7 @@ async fn print_deliveries(
         }
         let delivery = tokio::select! {
             next = tokio::time::timeout(idle_max, subscriber.next()) => match next {
-                Ok(next) => next?,
+                Ok(next) => next.map_err(cancelled_by_broker)?,
                 Err(_) => return Ok(()),
             },
             () = &mut interrupted => return Ok(()),
@@ -96,7 +107,7 @@ async fn print_deliveries(
             return Ok(());
         };
         if args.ack == AckArg::Auto {
-            settle(&delivery, args.reject).await?;
+            settle(subscriber, &delivery, args.reject).await?;
         }
         let written = write_delivery(&mut out, &delivery, format).and_then(|()| out.flush());
         if let Err(error) = written {
@@ -104,19 +115,52 @@ async fn print_deliveries(
             return stdout_closed(error);
         }
         if args.ack == AckArg::Manual {
-            settle(&delivery, args.reject).await?;
+            settle(subscriber, &delivery, args.reject).await?;
         }
         printed += 1;
     }
 }
 
-async fn settle(delivery: &Delivery, reject: bool) -> Result<(), CliError> {
-    if reject {
-        delivery.reject().await?;
+/// Acks or rejects `delivery`. A refusal as an unknown delivery tag is explained by the
+/// broker's cancel of the consumer when there is one (see the module docs).
+async fn settle(
+    subscriber: &mut Subscriber,
+    delivery: &Delivery,
+    reject: bool,
+) -> Result<(), CliError> {
+    let settled = if reject {
+        delivery.reject().await
     } else {
-        delivery.ack().await?;
+        delivery.ack().await
+    };
+    let error = match settled {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    let cancel = match error {
+        wharf_client::Error::UnknownDeliveryTag { .. } => {
+            subscriber.cancel_reason(CANCEL_PUSH_WAIT).await
+        }
+        _ => None,
+    };
+    Err(cancelled_by_broker(cancel.unwrap_or(error)))
+}
+
+/// The broker's cancel of the consumer becomes [`CliError::SubscriptionCancelled`], which
+/// says what to do about it; other errors stay as they are.
+fn cancelled_by_broker(error: wharf_client::Error) -> CliError {
+    match error {
+        wharf_client::Error::ConsumerCancelled {
+            queue,
+            code,
+            message,
+        } => CliError::SubscriptionCancelled {
+            queue,
+            code,
+            message,
+        },
+        other => CliError::Client(other),
     }
-    Ok(())
 }
 
 /// A reader that went away (`| head`) ends the command quietly; other errors are errors.

@@ -1,7 +1,18 @@
-//! Aligned text tables for human output: a header row and data rows, columns padded to
-//! their widest cell and separated by two spaces. No trailing spaces.
+//! Human output: aligned text tables (a header row and data rows, columns padded to their
+//! widest cell and separated by two spaces, no trailing spaces) and counted nouns.
 
 use std::fmt::Write as _;
+
+/// `count` and `noun`, plural unless the count is one: `1 partition`, `3 partitions`.
+/// For the nouns the CLI counts, whose plurals all add an `s`.
+pub fn counted(count: impl Into<u64>, noun: &str) -> String {
+    let count = count.into();
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
 
 /// A table being built.
 #[derive(Debug)]
@@ -73,6 +84,13 @@ mod tests {
             table.render(),
             "NAME    PARTITIONS\norders  6\nx       12\n"
         );
+    }
+
+    #[test]
+    fn one_is_singular_and_other_counts_plural() {
+        assert_eq!(counted(1u32, "partition"), "1 partition");
+        assert_eq!(counted(0u64, "message"), "0 messages");
+        assert_eq!(counted(3u32, "record"), "3 records");
     }
 
     #[test]
