@@ -47,7 +47,17 @@ struct Member {
     topics: BTreeSet<String>,
     session_timeout_ms: u32,
     last_heartbeat_ms: i64,
+    /// What the member is told it owns.
     assignment: MemberAssignment,
+    /// The newest generation whose assignment the member says it has applied (the
+    /// `generation` of its heartbeat): it stopped reading what that assignment took away and
+    /// committed it.
+    applied_generation: i32,
+    /// Partitions taken from the member that it has not yet released: (topic, partition) →
+    /// (the generation that took it away, when, in ms). No one else gets them until the
+    /// member applies that generation, or leaves, or is fenced for not doing so within its
+    /// session timeout.
+    releasing: BTreeMap<(String, u32), (i32, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +94,9 @@ pub struct Heartbeat {
     pub group_id: String,
     /// Empty to join.
     pub member_id: String,
+    /// The newest generation whose assignment the member has applied (0 when joining):
+    /// partitions that generation took away are released.
+    pub generation: i32,
     /// The client's id (kept readable in the member id).
     pub client_id: String,
     /// 0 for the broker's default.
@@ -259,6 +272,8 @@ impl GroupCoordinator {
                     session_timeout_ms: 0,
                     last_heartbeat_ms: now,
                     assignment: MemberAssignment::new(),
+                    applied_generation: 0,
+                    releasing: BTreeMap::new(),
                 },
             );
             changed = true;
@@ -273,6 +288,14 @@ impl GroupCoordinator {
             )));
         };
         member.last_heartbeat_ms = now;
+        if member.applied_generation != request.generation {
+            member.applied_generation = request.generation;
+            // Partitions it released since free up: the rebalance below hands them on.
+            let applied = request.generation;
+            member
+                .releasing
+                .retain(|_, (taken_in, _)| *taken_in > applied);
+        }
         member.session_timeout_ms = match request.session_timeout_ms {
             0 => self.default_session_timeout_ms,
             asked => asked.clamp(SESSION_TIMEOUT_MS_MIN, SESSION_TIMEOUT_MS_MAX),
@@ -283,7 +306,7 @@ impl GroupCoordinator {
             changed = true;
         }
         // Recompute on every heartbeat: topics may have been created or grown since.
-        if rebalance(group, &partition_count) || changed {
+        if rebalance(group, &partition_count, now) || changed {
             group.generation += 1;
             tracing::info!(
                 group = request.group_id,
@@ -321,7 +344,7 @@ impl GroupCoordinator {
                 "member {member_id} is not in group {group_id}"
             )));
         }
-        rebalance(group, &partition_count);
+        rebalance(group, &partition_count, self.clock.now_ms());
         group.generation += 1;
         tracing::info!(
             group = group_id,
@@ -344,7 +367,7 @@ impl GroupCoordinator {
             let before = group.members.len();
             if expire(group, now) {
                 removed += before - group.members.len();
-                rebalance(group, &partition_count);
+                rebalance(group, &partition_count, now);
                 group.generation += 1;
                 tracing::info!(
                     group = group_id,
@@ -461,17 +484,113 @@ fn state_of(group: &Group) -> GroupState {
     }
 }
 
-/// Drops members whose session expired; true if any was dropped.
+/// Drops members whose session expired, or that held on to a partition taken from them for
+/// longer than their session timeout (fenced: a consumer that stopped polling); true if any
+/// was dropped.
 fn expire(group: &mut Group, now_ms: i64) -> bool {
     let before = group.members.len();
-    group.members.retain(|_, member| {
-        now_ms - member.last_heartbeat_ms <= i64::from(member.session_timeout_ms.max(1))
+    group.members.retain(|member_id, member| {
+        let timeout_ms = i64::from(member.session_timeout_ms.max(1));
+        let alive = now_ms - member.last_heartbeat_ms <= timeout_ms;
+        let stuck = member
+            .releasing
+            .values()
+            .any(|(_, taken_ms)| now_ms - taken_ms > timeout_ms);
+        if alive && stuck {
+            tracing::warn!(
+                member = member_id,
+                "member did not release revoked partitions within its session timeout; fenced"
+            );
+        }
+        alive && !stuck
     });
     before != group.members.len()
 }
 
-/// Recomputes the assignment; true if any member's assignment changed.
-fn rebalance(group: &mut Group, partition_count: &impl Fn(&str) -> Option<u32>) -> bool {
+/// Recomputes the assignment as a two-step handover (revoke first, as KIP-848 does): every
+/// member loses at once what its target assignment no longer holds, but keeps it as
+/// *releasing* until it applies the generation that took it away; a partition is given to
+/// its new target owner only once no other member owns or is releasing it. True if any
+/// member's assignment changed (the caller then bumps the generation, which is the one the
+/// revocations are announced in).
+fn rebalance(
+    group: &mut Group,
+    partition_count: &impl Fn(&str) -> Option<u32>,
+    now_ms: i64,
+) -> bool {
+    let targets = target_assignments(group, partition_count);
+    let announced_in = group.generation + 1;
+    let mut changed = false;
+    // Step 1: revoke what moves away (kept as releasing).
+    for (member_id, member) in group.members.iter_mut() {
+        let target = targets.get(member_id).cloned().unwrap_or_default();
+        for (topic, partitions) in std::mem::take(&mut member.assignment) {
+            let kept: Vec<u32> = partitions
+                .into_iter()
+                .filter(|partition| {
+                    let stays = target
+                        .get(&topic)
+                        .is_some_and(|wanted| wanted.contains(partition));
+                    if !stays {
+                        member
+                            .releasing
+                            .insert((topic.clone(), *partition), (announced_in, now_ms));
+                        changed = true;
+                    }
+                    stays
+                })
+                .collect();
+            if !kept.is_empty() {
+                member.assignment.insert(topic, kept);
+            }
+        }
+    }
+    // Step 2: assign what nobody owns or is releasing (or what the member itself was
+    // releasing and gets back).
+    let mut held: BTreeSet<(String, u32)> = BTreeSet::new();
+    for member in group.members.values() {
+        for (topic, partitions) in &member.assignment {
+            held.extend(
+                partitions
+                    .iter()
+                    .map(|partition| (topic.clone(), *partition)),
+            );
+        }
+        held.extend(member.releasing.keys().cloned());
+    }
+    for (member_id, member) in group.members.iter_mut() {
+        let Some(target) = targets.get(member_id) else {
+            continue;
+        };
+        for (topic, partitions) in target {
+            for partition in partitions {
+                let key = (topic.clone(), *partition);
+                let owned = member
+                    .assignment
+                    .get(topic)
+                    .is_some_and(|owned| owned.contains(partition));
+                if owned {
+                    continue;
+                }
+                let back = member.releasing.remove(&key).is_some();
+                if back || !held.contains(&key) {
+                    let owned = member.assignment.entry(topic.clone()).or_default();
+                    owned.push(*partition);
+                    owned.sort_unstable();
+                    held.insert(key);
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// What the assignor would give each member now.
+fn target_assignments(
+    group: &Group,
+    partition_count: &impl Fn(&str) -> Option<u32>,
+) -> BTreeMap<String, MemberAssignment> {
     let subscribed: BTreeSet<&String> = group
         .members
         .values()
@@ -494,17 +613,7 @@ fn rebalance(group: &mut Group, partition_count: &impl Fn(&str) -> Option<u32>) 
             )
         })
         .collect();
-    let result = assign(group.assignor, &inputs, &counts);
-    let mut changed = false;
-    for (member_id, assignment) in result {
-        if let Some(member) = group.members.get_mut(&member_id) {
-            if member.assignment != assignment {
-                member.assignment = assignment;
-                changed = true;
-            }
-        }
-    }
-    changed
+    assign(group.assignor, &inputs, &counts)
 }
 
 fn sanitize(client_id: &str) -> String {
@@ -559,15 +668,41 @@ mod tests {
         coordinator: &GroupCoordinator,
         member: &MemberState,
     ) -> Result<MemberState, GroupError> {
+        beat_applying(coordinator, member, member.generation)
+    }
+
+    /// A heartbeat that says the member applied the assignment of `applied_generation`.
+    fn beat_applying(
+        coordinator: &GroupCoordinator,
+        member: &MemberState,
+        applied_generation: i32,
+    ) -> Result<MemberState, GroupError> {
         coordinator.heartbeat(
             &Heartbeat {
                 group_id: "g".into(),
                 member_id: member.member_id.clone(),
+                generation: applied_generation,
                 topics: vec!["t".into()],
                 ..Heartbeat::default()
             },
             six,
         )
+    }
+
+    /// Heartbeats every member, each applying what it was last told, until nothing moves.
+    fn settle(coordinator: &GroupCoordinator, members: Vec<MemberState>) -> Vec<MemberState> {
+        let mut members = members;
+        for _ in 0..10 {
+            let next: Vec<MemberState> = members
+                .iter()
+                .map(|member| beat(coordinator, member))
+                .collect();
+            if next == members {
+                return next;
+            }
+            members = next;
+        }
+        members
     }
 
     fn beat(coordinator: &GroupCoordinator, member: &MemberState) -> MemberState {
@@ -586,12 +721,11 @@ mod tests {
         let second = join(&coordinator, "b");
         let third = join(&coordinator, "c");
         assert!(third.generation > second.generation && second.generation > first.generation);
-        let views: Vec<_> = [&first, &second, &third]
-            .iter()
-            .map(|member| beat(&coordinator, member))
-            .collect();
+        let views = settle(&coordinator, vec![first, second, third]);
         assert!(views.iter().all(|view| owned(view) == 2));
-        assert!(views.iter().all(|view| view.generation == third.generation));
+        assert!(views
+            .iter()
+            .all(|view| view.generation == views[0].generation));
     }
 
     #[test]
@@ -609,7 +743,8 @@ mod tests {
         let first = join(&coordinator, "a");
         let second = join(&coordinator, "b");
         clock.advance_ms(800);
-        let first = beat(&coordinator, &first);
+        // It applies the generation that took half its partitions away (released).
+        let first = beat(&coordinator, &beat(&coordinator, &first));
         clock.advance_ms(800);
         assert_eq!(coordinator.expire_sessions(six), 1);
         let refreshed = beat(&coordinator, &first);
@@ -622,6 +757,56 @@ mod tests {
             coordinator.check_commit("g", &second.member_id, second.generation),
             Err(GroupError::UnknownMember(_))
         ));
+    }
+
+    #[test]
+    fn a_partition_moves_only_after_its_owner_released_it() {
+        // Goal: no two members ever own one partition (issue #13: a new member read
+        // partitions from offset 0 while their old owner was still reading them). Method:
+        // B joins a group where A owns everything; B gets nothing until A heartbeats with
+        // the generation that took half away.
+        let (coordinator, _) = coordinator();
+        let first = join(&coordinator, "a");
+        let second = join(&coordinator, "b");
+        assert_eq!(owned(&second), 0, "everything is still A's");
+        let told = beat_applying(&coordinator, &first, first.generation).expect("beat");
+        assert_eq!(owned(&told), 3, "A is told to give up half");
+        assert_eq!(
+            owned(&beat(&coordinator, &second)),
+            0,
+            "A has not released them yet"
+        );
+        let released = beat_applying(&coordinator, &told, told.generation).expect("beat");
+        assert_eq!(owned(&released), 3);
+        let second = beat(&coordinator, &second);
+        assert_eq!(owned(&second), 3, "released partitions go to B");
+        let mine: BTreeSet<_> = released.assignment["t"].iter().collect();
+        assert!(second.assignment["t"]
+            .iter()
+            .all(|partition| !mine.contains(partition)));
+    }
+
+    #[test]
+    fn an_owner_that_never_releases_is_fenced_after_its_session_timeout() {
+        let (coordinator, clock) = coordinator();
+        let first = join(&coordinator, "a");
+        let second = join(&coordinator, "b");
+        // A keeps heartbeating but never applies a newer generation than its first.
+        for _ in 0..3 {
+            clock.advance_ms(400);
+            let _ = beat_applying(&coordinator, &first, first.generation);
+            let _ = beat(&coordinator, &second);
+        }
+        assert!(matches!(
+            beat_applying(&coordinator, &first, first.generation),
+            Err(GroupError::UnknownMember(_))
+        ));
+        let second = settle(&coordinator, vec![second]);
+        assert_eq!(
+            owned(&second[0]),
+            6,
+            "the fenced member's partitions moved on"
+        );
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //!   sends GroupHeartbeat every `heartbeat_interval_ms` and publishes the member id,
 //!   generation and assignment on a `watch` channel; [`Consumer::poll`] applies a changed
 //!   assignment before fetching (rebalances are transparent): revoked partitions are
-//!   dropped (their progress committed first under auto-commit), new ones start at the
-//!   group's committed offset, or where [`OffsetReset`] says when there is none.
+//!   dropped (their progress committed first, whatever the commit policy), new ones start
+//!   at the group's committed offset, or where [`OffsetReset`] says when there is none.
+//!   Heartbeats carry the generation `poll` applied last; the broker gives a revoked
+//!   partition to its next owner only after that (a two-step handover, as KIP-848's), so no
+//!   two members read a partition at once and the next owner starts where this one
+//!   committed. A member that stops polling for longer than its session timeout while it
+//!   holds a revoked partition is fenced.
 //! - **Manual** ([`Consumer::assign`]): the caller picks partitions; with a
 //!   [`ConsumerConfig::group_id`] it still starts from and commits to that group's offsets
 //!   (as a non-member: member id `""`, generation -1).
@@ -17,6 +22,7 @@
 //! and generation the positions belong to, so a fenced member's commit is refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +61,8 @@ pub enum CommitPolicy {
         /// Time between commits.
         interval: Duration,
     },
-    /// Only on [`Consumer::commit`].
+    /// Only on [`Consumer::commit`], and for the partitions a rebalance takes away (their
+    /// positions, the records `poll` returned, are committed before they are released).
     Manual,
 }
 
@@ -271,6 +278,7 @@ impl Consumer {
             assignor: self.config.assignor.clone(),
             session_timeout_ms: u32::try_from(self.config.session_timeout.as_millis())
                 .unwrap_or(u32::MAX),
+            applied: AtomicI32::new(0),
         };
         let joined = heartbeat.send("", 0).await?;
         let view = GroupView {
@@ -522,6 +530,10 @@ impl Consumer {
         let same_member = view.member_id == group.member_id;
         if same_member && view.assignment == group.assignment {
             group.generation = group.generation.max(view.generation);
+            group
+                .heartbeat
+                .applied
+                .store(group.generation, Ordering::Release);
             return Ok(());
         }
         let assigned: BTreeSet<TopicPartition> = view.assignment.iter().cloned().collect();
@@ -531,10 +543,11 @@ impl Consumer {
             .filter(|partition| !assigned.contains(*partition))
             .cloned()
             .collect();
-        let auto_commit = matches!(self.config.commit, CommitPolicy::Auto { .. });
-        if same_member && auto_commit && !revoked.is_empty() {
-            // Commit revoked progress under the new generation so the next owner starts
-            // where this member stopped; a failure only means some records are redelivered.
+        if same_member && !revoked.is_empty() {
+            // Commit revoked progress under the new generation, whatever the commit policy,
+            // so the next owner starts where this member stopped (records `poll` returned
+            // count as processed); only then does the next heartbeat release them. A failed
+            // commit only means some records are read again.
             group.generation = view.generation;
             let _ = self.commit().await;
         }
@@ -548,6 +561,10 @@ impl Consumer {
             group.member_id = view.member_id;
             group.generation = view.generation;
             group.assignment = view.assignment;
+            group
+                .heartbeat
+                .applied
+                .store(group.generation, Ordering::Release);
         }
         Ok(())
     }
@@ -795,6 +812,11 @@ struct Heartbeat {
     topics: Vec<String>,
     assignor: String,
     session_timeout_ms: u32,
+    /// The newest generation whose assignment `poll` has applied (revoked partitions
+    /// dropped, their positions committed). Heartbeats carry it: the broker hands a revoked
+    /// partition to its next owner only once this member has applied the generation that
+    /// took it away.
+    applied: AtomicI32,
 }
 
 impl Heartbeat {
@@ -818,20 +840,22 @@ impl Heartbeat {
         mut stop: oneshot::Receiver<()>,
         mut interval: Duration,
     ) {
-        let (mut member_id, mut generation) = {
-            let current = view.borrow();
-            (current.member_id.clone(), current.generation)
-        };
+        let mut member_id = view.borrow().member_id.clone();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 () = tokio::time::sleep(interval) => {}
             }
-            match self.send(&member_id, generation).await {
+            let applied = if member_id.is_empty() {
+                0
+            } else {
+                self.applied.load(Ordering::Acquire)
+            };
+            match self.send(&member_id, applied).await {
                 Ok(response) => {
                     interval = heartbeat_interval(&response);
                     member_id = response.member_id.clone();
-                    generation = response.generation;
+                    let generation = response.generation;
                     let assignment = flatten(&response.assignment);
                     view.send_if_modified(|current| {
                         let changed = current.member_id != member_id
@@ -855,7 +879,6 @@ impl Heartbeat {
                 {
                     // Fenced: rejoin at once as a new member.
                     member_id.clear();
-                    generation = 0;
                     interval = Duration::ZERO;
                 }
                 Err(error) if error.is_retriable() => {

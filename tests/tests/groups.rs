@@ -338,3 +338,137 @@ fn a_fenced_member_cannot_commit() {
         ErrorCode::None
     );
 }
+
+/// A member that records every value it polls (with the commit policy `commit`), until
+/// told to stop; then it commits and leaves.
+fn recording_member(
+    client: &Client,
+    group: &'static str,
+    topic: &'static str,
+    commit: CommitPolicy,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let client = client.clone();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut consumer = Consumer::new(
+            &client,
+            ConsumerConfig {
+                commit,
+                ..group_config()
+            },
+        );
+        consumer.subscribe(group, [topic]).await.expect("subscribe");
+        while stopped.try_recv().is_err() {
+            let records = consumer
+                .poll(Duration::from_millis(50))
+                .await
+                .expect("poll");
+            let mut seen = seen.lock().unwrap_or_else(|poison| poison.into_inner());
+            for record in records {
+                let value = record.value.expect("a value");
+                seen.push(String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        // What was processed is committed before leaving (under auto-commit `close` does it
+        // too), as `wharf consume --group` does on exit.
+        consumer.commit().await.expect("final commit");
+        consumer.close().await.expect("close leaves");
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_while_records_flow_process_each_record_once() {
+    // Goal: with no crash, a group rebalancing while records flow processes every record
+    // exactly once (issue #13: a member joining took partitions whose old owner had not
+    // committed, and they were read twice). Method: records flow into 4 partitions while
+    // members A, B and C join one after the other and A and B leave; with the two-step
+    // handover the next owner starts where the previous one committed. Run once with
+    // manual commits (committed only on revocation and close) and once with auto-commit.
+    for (round, commit) in [
+        CommitPolicy::Manual,
+        CommitPolicy::Auto {
+            interval: Duration::from_secs(5),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_data, broker) = broker();
+        let address = broker.address();
+        let topic: &'static str = "flowing";
+        wharf_ok(
+            &address,
+            &["topic", "create", topic, "--partitions", "4"],
+            "",
+        );
+        let client = connect(&broker).await;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let producer = Producer::new(&client, ProducerConfig::default());
+        let total = 1_200u32;
+        let mut produced = 0u32;
+        let mut produce = |count: u32| {
+            let start = produced;
+            produced += count;
+            (start..start + count).map(|index| {
+                let mut record = ProducerRecord::new(topic, Bytes::from(format!("r{index}")));
+                record.partition = Some(index % 4);
+                record
+            })
+        };
+        let mut members = Vec::new();
+        for step in 0..6u32 {
+            match step {
+                0..=2 => members.push(recording_member(
+                    &client,
+                    "flow",
+                    topic,
+                    commit,
+                    seen.clone(),
+                )),
+                3 | 4 => {
+                    // The oldest member still in leaves (A, then B).
+                    let (stop, task) = members.remove(0);
+                    let _ = stop.send(());
+                    task.await.expect("member");
+                }
+                _ => {}
+            }
+            let mut deliveries = Vec::new();
+            for record in produce(total / 6) {
+                deliveries.push(producer.enqueue(record).await.expect("enqueued"));
+            }
+            for delivery in deliveries {
+                delivery.await.expect("produced");
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let expected: BTreeSet<String> = (0..total).map(|index| format!("r{index}")).collect();
+        eventually(Duration::from_secs(20), "every record is consumed", || {
+            let seen = seen.lock().unwrap_or_else(|poison| poison.into_inner());
+            seen.iter().cloned().collect::<BTreeSet<_>>() == expected
+        })
+        .await;
+        for (stop, task) in members {
+            let _ = stop.send(());
+            task.await.expect("member");
+        }
+        producer.close().await.expect("close");
+        let seen = seen.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut counts = std::collections::BTreeMap::new();
+        for value in seen.iter() {
+            *counts.entry(value.clone()).or_insert(0u32) += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "round {round}: {} records processed more than once, e.g. {:?}",
+            twice.len(),
+            twice.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+}

@@ -501,6 +501,7 @@ fn heartbeat(
     let heartbeat = Heartbeat {
         group_id: request.group_id,
         member_id: request.member_id,
+        generation: request.generation,
         client_id: request.client_id,
         session_timeout_ms: request.session_timeout_ms,
         topics: request.topics,
