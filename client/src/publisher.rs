@@ -4,8 +4,9 @@
 //! confirm), with the names of those queues. [`Publisher::start`] returns once the request is
 //! queued on the connection, so many publishes can be in flight at once and their confirms
 //! awaited later; publishes started one after another by one caller reach the broker in that
-//! order. Nothing is retried here: a publish whose confirm is lost may or may not be stored,
-//! so resending is the caller's decision (at-least-once).
+//! order. A started publish is not retried: if its confirm is lost with the connection, the
+//! message may or may not be stored, and resending it (with [`Publisher::publish`], which
+//! rides through a broker restart) is the caller's decision: at-least-once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,12 +74,16 @@ impl Publisher {
     }
 
     /// Publishes one message and waits for its confirm; returns the queues it is stored in
-    /// (empty for an optional message that matched none).
+    /// (empty for an optional message that matched none). A lost connection is retried
+    /// within the client's `reconnect_timeout` (a broker restart), resending the message:
+    /// at-least-once, so a message whose confirm was lost with the connection may be
+    /// stored twice.
     ///
     /// # Errors
     /// [`Error::Unroutable`](crate::Error::Unroutable) for a mandatory message that matched
     /// no queue, [`Error::QueueFull`](crate::Error::QueueFull),
-    /// [`Error::UnknownExchange`](crate::Error::UnknownExchange), request errors.
+    /// [`Error::UnknownExchange`](crate::Error::UnknownExchange), connection errors once
+    /// the reconnect timeout has passed.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -87,9 +92,15 @@ impl Publisher {
         headers: Vec<Header>,
         routing: Routing,
     ) -> Result<Vec<String>> {
-        self.start(exchange, routing_key, body, headers, routing)
-            .await?
-            .await
+        let request = publish_request(exchange, routing_key, body, headers, routing);
+        let response: PublishResponse = self.client.call_unchecked(Target::Any, request).await?;
+        let subject = QueueSubject {
+            exchange,
+            routing_key,
+            ..QueueSubject::default()
+        };
+        check_queue_code(response.error, response.error_message, subject)?;
+        Ok(response.queues)
     }
 
     /// Sends one message and returns once it is queued on the connection; the returned
@@ -108,19 +119,7 @@ impl Publisher {
         headers: Vec<Header>,
         routing: Routing,
     ) -> Result<PublishConfirm> {
-        let request = Request::Publish(PublishRequest {
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-            mandatory: routing == Routing::Mandatory,
-            headers: headers
-                .into_iter()
-                .map(|header| HeaderEntry {
-                    key: header.key,
-                    value: header.value,
-                })
-                .collect(),
-            body,
-        });
+        let request = publish_request(exchange, routing_key, body, headers, routing);
         let answer = self.client.start(Target::Any, &request).await?;
         Ok(PublishConfirm {
             answer,
@@ -128,6 +127,28 @@ impl Publisher {
             routing_key: routing_key.to_string(),
         })
     }
+}
+
+fn publish_request(
+    exchange: &str,
+    routing_key: &str,
+    body: Bytes,
+    headers: Vec<Header>,
+    routing: Routing,
+) -> Request {
+    Request::Publish(PublishRequest {
+        exchange: exchange.to_string(),
+        routing_key: routing_key.to_string(),
+        mandatory: routing == Routing::Mandatory,
+        headers: headers
+            .into_iter()
+            .map(|header| HeaderEntry {
+                key: header.key,
+                value: header.value,
+            })
+            .collect(),
+        body,
+    })
 }
 
 /// The confirm of one started publish: resolves to the queues the message is stored in.

@@ -81,6 +81,9 @@ pub struct Subscriber {
     pushes: PushReceiver,
     correlation_id: u32,
     cancelled: bool,
+    /// How to subscribe again after a lost connection: `None` for an exclusive queue, which
+    /// goes with the connection that declared it.
+    resubscribe: Option<(Client, u32)>,
 }
 
 /// What a subscriber and its deliveries share.
@@ -120,7 +123,9 @@ impl Subscriber {
     pub async fn subscribe(client: &Client, queue: &str, prefetch: u32) -> Result<Subscriber> {
         check_prefetch(prefetch)?;
         let connection = client.open_dedicated().await?;
-        Subscriber::subscribe_on(connection, queue, prefetch).await
+        let mut subscriber = Subscriber::subscribe_on(connection, queue, prefetch).await?;
+        subscriber.resubscribe = Some((client.clone(), prefetch));
+        Ok(subscriber)
     }
 
     /// Declares a transient queue exclusive to this subscriber and subscribes to it: the
@@ -190,6 +195,7 @@ impl Subscriber {
             pushes,
             correlation_id,
             cancelled: false,
+            resubscribe: None,
         })
     }
 
@@ -199,14 +205,59 @@ impl Subscriber {
     /// [`Error::ConsumerCancelled`] once the broker cancelled the consumer (ack timeout,
     /// queue deleted); the connection's error ([`Error::Disconnected`], [`Error::Io`], ...)
     /// once it closed.
+    ///
+    /// A lost connection (a broker restart) is not an error while the client's
+    /// `reconnect_timeout` allows: the subscriber connects and subscribes again, and the
+    /// broker redelivers what was not acknowledged, marked redelivered (at-least-once:
+    /// settling a delivery received before the reconnect then fails with a connection
+    /// error, and the message comes again). A subscriber of an exclusive queue does not
+    /// resubscribe: its queue went with its connection.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
-        match self.pushes.recv().await {
-            Some(pushed) => Ok(Some(self.delivery(pushed))),
-            None if self.cancelled => Ok(None),
-            None => match self.pushes.cancelled() {
-                Some(cancelled) => Err(cancelled_error(cancelled)),
-                None => Err(self.shared.connection.disconnected()),
-            },
+        loop {
+            match self.pushes.recv().await {
+                Some(pushed) => return Ok(Some(self.delivery(pushed))),
+                None if self.cancelled => return Ok(None),
+                None => {
+                    if let Some(cancelled) = self.pushes.cancelled() {
+                        return Err(cancelled_error(cancelled));
+                    }
+                    let lost = self.shared.connection.disconnected();
+                    self.subscribe_again(lost).await?;
+                }
+            }
+        }
+    }
+
+    /// Connects and subscribes again after `lost`, retrying with backoff within the
+    /// client's reconnect timeout.
+    async fn subscribe_again(&mut self, lost: Error) -> Result<()> {
+        let Some((client, prefetch)) = self.resubscribe.clone() else {
+            return Err(lost);
+        };
+        let config = client.config().clone();
+        let deadline = tokio::time::Instant::now() + config.reconnect_timeout;
+        let mut wait = config.retry_backoff_base;
+        loop {
+            let attempt = async {
+                let connection = client.open_dedicated().await?;
+                Subscriber::subscribe_on(connection, &self.shared.queue, prefetch).await
+            };
+            match attempt.await {
+                Ok(fresh) => {
+                    self.shared = fresh.shared;
+                    self.pushes = fresh.pushes;
+                    self.correlation_id = fresh.correlation_id;
+                    return Ok(());
+                }
+                Err(error) if error.is_connection_error() => {
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(config.retry_backoff_max);
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
 

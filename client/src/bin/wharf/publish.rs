@@ -124,7 +124,15 @@ impl Counts {
 pub async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), CliError> {
     let started = Instant::now();
     let publisher = Publisher::new(client);
-    let counts = publish_lines(&publisher, &args).await?;
+    let mut counts = Counts::default();
+    if let Err(error) = publish_lines(&publisher, &args, &mut counts).await {
+        // Whatever stops the command, say what became of what was read.
+        eprintln!(
+            "stopped: {}",
+            counts.summary(started.elapsed().as_secs_f64())
+        );
+        return Err(error);
+    }
     let seconds = started.elapsed().as_secs_f64();
     if json {
         let document = json!({
@@ -146,8 +154,15 @@ pub async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), C
     Ok(())
 }
 
-/// Publishes every line and awaits every answer.
-async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<Counts, CliError> {
+/// Publishes every line and awaits every answer, counting into `counts`. A lost connection
+/// (a broker restart) is ridden through: the messages not yet confirmed are published again,
+/// in order, each waiting for its confirm with reconnects, then pipelining resumes
+/// (at-least-once: one whose confirm was lost may be stored twice).
+async fn publish_lines(
+    publisher: &Publisher,
+    args: &PublishArgs,
+    counts: &mut Counts,
+) -> Result<(), CliError> {
     let routing = if args.mandatory {
         Routing::Mandatory
     } else {
@@ -155,8 +170,7 @@ async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<Coun
     };
     let headers = args.message_headers();
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
-    let mut pending: VecDeque<(u64, PublishConfirm)> = VecDeque::new();
-    let mut counts = Counts::default();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -169,38 +183,103 @@ async fn publish_lines(publisher: &Publisher, args: &PublishArgs) -> Result<Coun
         }
         let body = Bytes::copy_from_slice(trim_newline(&line));
         counts.published += 1;
-        let confirm = publisher
+        let started = publisher
             .start(
+                &args.exchange,
+                &args.routing_key,
+                body.clone(),
+                headers.clone(),
+                routing,
+            )
+            .await;
+        match started {
+            Ok(confirm) => pending.push_back((counts.published, body, Some(confirm))),
+            Err(error) if error.is_connection_error() => {
+                pending.push_back((counts.published, body, None));
+                republish(publisher, args, &mut pending, counts).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        if pending.len() >= CONFIRMS_PENDING_MAX {
+            settle_oldest(publisher, args, &mut pending, counts).await?;
+        }
+    }
+    while !pending.is_empty() {
+        settle_oldest(publisher, args, &mut pending, counts).await?;
+    }
+    Ok(())
+}
+
+/// A message read and published, with its number, its body (to publish it again after a
+/// lost connection) and its confirm (`None` if it never went out).
+type Pending = (u64, Bytes, Option<PublishConfirm>);
+
+/// Awaits the oldest confirm and counts it; a lost connection publishes every pending
+/// message again.
+async fn settle_oldest(
+    publisher: &Publisher,
+    args: &PublishArgs,
+    pending: &mut VecDeque<Pending>,
+    counts: &mut Counts,
+) -> Result<(), CliError> {
+    let Some((number, body, confirm)) = pending.pop_front() else {
+        return Ok(());
+    };
+    let Some(confirm) = confirm else {
+        pending.push_front((number, body, None));
+        return republish(publisher, args, pending, counts).await;
+    };
+    match confirm.await {
+        Err(error) if error.is_connection_error() => {
+            pending.push_front((number, body, None));
+            republish(publisher, args, pending, counts).await
+        }
+        outcome => count(number, outcome, args, counts),
+    }
+}
+
+/// Publishes every pending message again, in order, each waiting for its confirm with the
+/// client's reconnects (so it rides through a broker restart).
+async fn republish(
+    publisher: &Publisher,
+    args: &PublishArgs,
+    pending: &mut VecDeque<Pending>,
+    counts: &mut Counts,
+) -> Result<(), CliError> {
+    let routing = if args.mandatory {
+        Routing::Mandatory
+    } else {
+        Routing::Optional
+    };
+    let headers = args.message_headers();
+    eprintln!(
+        "warning: connection lost; publishing {} unconfirmed message(s) again (at-least-once)",
+        pending.len()
+    );
+    while let Some((number, body, _)) = pending.pop_front() {
+        let outcome = publisher
+            .publish(
                 &args.exchange,
                 &args.routing_key,
                 body,
                 headers.clone(),
                 routing,
             )
-            .await?;
-        pending.push_back((counts.published, confirm));
-        if pending.len() >= CONFIRMS_PENDING_MAX {
-            if let Some((number, confirm)) = pending.pop_front() {
-                settle(number, confirm, args, &mut counts).await?;
-            }
-        }
+            .await;
+        count(number, outcome, args, counts)?;
     }
-    while let Some((number, confirm)) = pending.pop_front() {
-        settle(number, confirm, args, &mut counts).await?;
-    }
-    Ok(counts)
+    Ok(())
 }
 
-/// Awaits one confirm and counts it; a refusal is reported (and with `--confirm` an
-/// unroutable message too), a broken connection ends the command (whether the unanswered
-/// messages were stored is unknown).
-async fn settle(
+/// Counts one confirm; a refusal is reported (and with `--confirm` an unroutable message
+/// too), a connection error ends the command.
+fn count(
     number: u64,
-    confirm: PublishConfirm,
+    outcome: wharf_client::Result<Vec<String>>,
     args: &PublishArgs,
     counts: &mut Counts,
 ) -> Result<(), CliError> {
-    match confirm.await {
+    match outcome {
         Ok(queues) if queues.is_empty() => {
             counts.unrouted += 1;
             if args.confirm {

@@ -135,6 +135,15 @@ async fn settle(
     };
     let error = match settled {
         Ok(()) => return Ok(()),
+        // The broker went away (a restart): the subscriber subscribes again at its next
+        // delivery, and the broker redelivers this message (at-least-once).
+        Err(error) if error.is_connection_error() => {
+            eprintln!(
+                "warning: delivery {} was not settled before the connection was lost; it will come again",
+                delivery.tag
+            );
+            return Ok(());
+        }
         Err(error) => error,
     };
     let cancel = match error {
