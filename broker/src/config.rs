@@ -88,6 +88,161 @@ impl Default for BrokerConfig {
     }
 }
 
+/// One key of the TOML configuration file, for the documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigKey {
+    /// The key as written in the file (`[log]` keys as `log.<key>`).
+    pub key: &'static str,
+    /// Its default, as a TOML value.
+    pub default: String,
+    /// What it sets, with its unit.
+    pub meaning: &'static str,
+}
+
+/// Every key the configuration file accepts, with its default taken from
+/// [`BrokerConfig::default`] (so the documentation cannot drift from the code; a test
+/// checks that this list and the file's keys are the same, and that README.md shows it).
+pub fn config_keys() -> Vec<ConfigKey> {
+    let config = BrokerConfig::default();
+    let log = &config.log;
+    let optional = |value: Option<u64>| value.unwrap_or(0).to_string();
+    let (flush, flush_interval_ms) = match log.flush {
+        FlushPolicy::Always => ("always", 1000),
+        FlushPolicy::Interval { interval_ms } => ("interval", interval_ms),
+        FlushPolicy::Never => ("never", 1000),
+    };
+    let key = |key, default: String, meaning| ConfigKey {
+        key,
+        default,
+        meaning,
+    };
+    vec![
+        key(
+            "data_dir",
+            format!("{:?}", config.data_dir.display().to_string()),
+            "where partitions, queues and metadata live (`--data-dir`)",
+        ),
+        key(
+            "listen",
+            format!("{:?}", config.listen),
+            "native protocol listener, HOST:PORT (`--listen`)",
+        ),
+        key(
+            "advertised_address",
+            "(unset)".to_string(),
+            "HOST:PORT that metadata answers tell clients to connect to; unset: the bound address",
+        ),
+        key(
+            "frame_bytes_max",
+            config.frame_bytes_max.to_string(),
+            "largest request frame accepted, bytes",
+        ),
+        key(
+            "auto_create_topics",
+            config.auto_create_topics.to_string(),
+            "create an unknown topic on its first produce",
+        ),
+        key(
+            "default_partitions",
+            config.default_partitions.to_string(),
+            "partitions of an auto-created topic",
+        ),
+        key(
+            "group_session_timeout_ms",
+            config.group_session_timeout_ms.to_string(),
+            "session timeout of group members that ask for none, ms",
+        ),
+        key(
+            "retention_check_interval_ms",
+            config.retention_check_interval_ms.to_string(),
+            "how often retention runs, ms",
+        ),
+        key(
+            "connections_max",
+            config.connections_max.to_string(),
+            "most client connections at once",
+        ),
+        key(
+            "producer_expiry_ms",
+            config.producer_expiry_ms.to_string(),
+            "idle idempotent producers are forgotten after this long, ms",
+        ),
+        key(
+            "partitions_max",
+            config.partitions_max.to_string(),
+            "most partitions across all topics",
+        ),
+        key(
+            "log.segment_bytes_max",
+            log.segment_bytes_max.to_string(),
+            "a segment rolls at this size, bytes",
+        ),
+        key(
+            "log.segment_age_ms_max",
+            optional(log.segment_age_ms_max),
+            "a segment rolls at this age, ms (0: never by age)",
+        ),
+        key(
+            "log.index_interval_bytes",
+            log.index_interval_bytes.to_string(),
+            "bytes of log between offset index entries",
+        ),
+        key(
+            "log.index_bytes_max",
+            log.index_bytes_max.to_string(),
+            "most bytes an index file grows to (they start at 4 KiB), bytes",
+        ),
+        key(
+            "log.retention_ms",
+            optional(log.retention_ms),
+            "delete sealed segments older than this, ms (0: keep forever)",
+        ),
+        key(
+            "log.retention_bytes",
+            optional(log.retention_bytes),
+            "delete the oldest sealed segments past this size per partition, bytes (0: no limit)",
+        ),
+        key(
+            "log.flush",
+            format!("{flush:?}"),
+            "`always` (fsync before acks=all is answered), `interval` or `never`",
+        ),
+        key(
+            "log.flush_interval_ms",
+            flush_interval_ms.to_string(),
+            "with `flush = \"interval\"`: how often to fsync, ms",
+        ),
+        key(
+            "log.preallocate_ahead_bytes",
+            log.preallocate_ahead_bytes.to_string(),
+            "disk blocks reserved ahead of appends, bytes (0: none)",
+        ),
+    ]
+}
+
+/// A TOML error's message with the line and column it points at (1-based), when it has one.
+fn located(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.message().to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    format!("line {line}, column {column}: {}", error.message())
+}
+
+/// The README's configuration table: one row per [`config_keys`] entry.
+pub fn config_table() -> String {
+    let mut table = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for key in config_keys() {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            key.key, key.default, key.meaning
+        ));
+    }
+    table
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,7 +304,7 @@ impl BrokerConfig {
         })?;
         let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: error.message().to_string(),
+            message: located(&text, &error),
         })?;
         let mut config = BrokerConfig::default();
         config.apply(file)?;
@@ -325,6 +480,84 @@ mod tests {
         assert_eq!(config.log.flush, FlushPolicy::Interval { interval_ms: 50 });
         assert_eq!(config.log.retention_bytes, None);
         assert_eq!(config.log.index_bytes_max, 65536);
+    }
+
+    /// The keys serde lists as expected when `toml` holds an unknown one.
+    fn accepted_keys<T: for<'de> Deserialize<'de> + std::fmt::Debug>(toml: &str) -> Vec<String> {
+        let error = toml::from_str::<T>(toml)
+            .expect_err("an unknown key")
+            .to_string();
+        let listed = error
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| error.split("expected ").nth(1))
+            .unwrap_or_else(|| panic!("no key list in {error:?}"));
+        listed
+            .split(',')
+            .map(|key| {
+                key.trim()
+                    .trim_matches(|c: char| c == '`' || c.is_whitespace())
+            })
+            .map(|key| key.split('`').next().unwrap_or(key).to_string())
+            .filter(|key| !key.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn documented_keys_are_exactly_the_accepted_keys_and_parse_with_their_defaults() {
+        let mut accepted: Vec<String> = accepted_keys::<FileConfig>("no_such_key = 1")
+            .into_iter()
+            .filter(|key| key != "log")
+            .collect();
+        accepted.extend(
+            accepted_keys::<FileConfig>("[log]\nno_such_key = 1")
+                .into_iter()
+                .map(|key| format!("log.{key}")),
+        );
+        accepted.sort();
+        let mut documented: Vec<String> = config_keys()
+            .iter()
+            .map(|key| key.key.to_string())
+            .collect();
+        documented.sort();
+        assert_eq!(documented, accepted);
+        // Every documented default is valid TOML of the right type, and applies.
+        let mut top = String::new();
+        let mut log = String::from("[log]\n");
+        for key in config_keys() {
+            if key.key == "advertised_address" {
+                continue;
+            }
+            match key.key.strip_prefix("log.") {
+                Some(name) => log.push_str(&format!("{name} = {}\n", key.default)),
+                None => top.push_str(&format!("{} = {}\n", key.key, key.default)),
+            }
+        }
+        let file: FileConfig = toml::from_str(&format!("{top}{log}")).expect("defaults parse");
+        let mut config = BrokerConfig::default();
+        config.apply(file).expect("defaults apply");
+        assert_eq!(config, BrokerConfig::default());
+    }
+
+    #[test]
+    fn readme_shows_the_configuration_table() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .expect("README.md");
+        assert!(
+            readme.contains(&config_table()),
+            "README.md's configuration table is out of date; it must contain:\n{}",
+            config_table()
+        );
+    }
+
+    #[test]
+    fn a_toml_error_names_its_line_and_column() {
+        let text = "listen = \"x\"\n[log]\nflush = 3\n";
+        let error = toml::from_str::<FileConfig>(text).expect_err("flush is not a string");
+        let message = located(text, &error);
+        assert!(message.starts_with("line 3, column 9: "), "{message}");
     }
 
     #[test]
