@@ -335,3 +335,60 @@ fn a_server_that_is_not_a_wharf_broker_is_named_as_such() {
     assert!(stderr.contains("HTTP/1.1 400 Bad Request"), "{stderr}");
     assert!(!stderr.contains("exceeds max"), "{stderr}");
 }
+
+#[test]
+fn produce_sets_headers_and_timestamps_that_consume_shows() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &[
+            "produce",
+            "traced",
+            "--header",
+            "trace=abc",
+            "--header",
+            "origin=cli",
+            "--timestamp-ms",
+            "1700000000000",
+        ],
+        "hello\n",
+    );
+    let output = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "traced",
+            "--from",
+            "earliest",
+            "--format",
+            "json",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+        "",
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(output.lines().next().expect("one record")).expect("json");
+    assert_eq!(record["value"], "hello");
+    assert_eq!(record["timestamp"], 1_700_000_000_000i64);
+    let headers = record["headers"].as_array().expect("headers");
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .map(|header| {
+            (
+                header["key"].as_str().expect("key").to_string(),
+                header["value"].as_str().expect("value").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("trace".to_string(), "abc".to_string()),
+            ("origin".to_string(), "cli".to_string())
+        ]
+    );
+}

@@ -193,6 +193,13 @@ pub struct ProduceArgs {
     /// commits when input ends and aborts on an error or Ctrl-C.
     #[arg(long, value_name = "ID")]
     pub transactional_id: Option<String>,
+    /// A header every record carries, KEY=VALUE (repeatable; `wharf consume --format
+    /// json` shows them).
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_config)]
+    pub headers: Vec<(String, String)>,
+    /// The timestamp of every record, ms since the Unix epoch (default: when it is sent).
+    #[arg(long, value_name = "MS")]
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ProduceArgs {

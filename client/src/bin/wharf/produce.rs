@@ -117,7 +117,15 @@ async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64
             partition: args.partition,
             key,
             value: Some(value),
-            ..ProducerRecord::default()
+            headers: args
+                .headers
+                .iter()
+                .map(|(key, value)| wharf_client::Header {
+                    key: key.clone(),
+                    value: Some(Bytes::copy_from_slice(value.as_bytes())),
+                })
+                .collect(),
+            timestamp_ms: args.timestamp_ms,
         };
         pending.push_back(producer.enqueue(record).await?);
         record_count += 1;
