@@ -50,6 +50,9 @@ pub enum OffsetReset {
     Latest,
     /// This offset (clamped by the broker's answer: out of range resets to the nearer end).
     Offset(i64),
+    /// The first record whose timestamp is at or after this one (ms since the Unix epoch),
+    /// or the end of the log if there is none (Kafka's `offsetsForTimes`).
+    Timestamp(i64),
 }
 
 /// When positions are committed.
@@ -623,10 +626,27 @@ impl Consumer {
                     .entry(LIST_OFFSETS_LATEST)
                     .or_default()
                     .push(partition),
+                OffsetReset::Timestamp(timestamp_ms) => by_policy
+                    .entry(timestamp_ms.max(0))
+                    .or_default()
+                    .push(partition),
             }
         }
+        let mut past_the_end = Vec::new();
         for (timestamp, partitions) in by_policy {
             let found = offsets::list_offsets(&self.client, &partitions, timestamp).await?;
+            for (partition, offset) in found {
+                if offset < 0 && timestamp >= 0 {
+                    // No record at or after the timestamp: start at the end.
+                    past_the_end.push(partition);
+                } else if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.position = Some(offset.max(0));
+                }
+            }
+        }
+        if !past_the_end.is_empty() {
+            let found =
+                offsets::list_offsets(&self.client, &past_the_end, LIST_OFFSETS_LATEST).await?;
             for (partition, offset) in found {
                 if let Some(state) = self.partitions.get_mut(&partition) {
                     state.position = Some(offset.max(0));
@@ -777,7 +797,7 @@ fn out_of_range_reset(policy: OffsetReset, position: i64, high_watermark: i64) -
         OffsetReset::Offset(_) if high_watermark >= 0 && position >= high_watermark => {
             OffsetReset::Latest
         }
-        OffsetReset::Offset(_) => OffsetReset::Earliest,
+        OffsetReset::Offset(_) | OffsetReset::Timestamp(_) => OffsetReset::Earliest,
         other => other,
     }
 }

@@ -392,3 +392,41 @@ fn produce_sets_headers_and_timestamps_that_consume_shows() {
         ]
     );
 }
+
+#[test]
+fn consume_from_time_starts_at_the_first_record_at_or_after_it() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "timed", "--partitions", "1"],
+        "",
+    );
+    for (value, timestamp) in [("one", "1000"), ("two", "2000"), ("three", "3000")] {
+        wharf_ok(
+            &address,
+            &["produce", "timed", "--timestamp-ms", timestamp],
+            &format!("{value}\n"),
+        );
+    }
+    let consume_from = |time: &str| {
+        wharf_ok(
+            &address,
+            &[
+                "consume",
+                "timed",
+                "--from-time",
+                time,
+                "--timeout-ms",
+                "1500",
+            ],
+            "",
+        )
+    };
+    assert_eq!(lines(&consume_from("2000")), ["two", "three"]);
+    assert_eq!(lines(&consume_from("1970-01-01T00:00:02.500Z")), ["three"]);
+    assert!(
+        consume_from("4000").is_empty(),
+        "nothing is that new: start at the end"
+    );
+}

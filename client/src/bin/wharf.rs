@@ -225,8 +225,13 @@ pub struct ConsumeArgs {
     pub group: Option<String>,
     /// Where to start without a committed offset: earliest, latest or an offset
     /// (default latest).
-    #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = parse_from)]
+    #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = parse_from, conflicts_with = "from_time")]
     pub from: Option<StartFrom>,
+    /// Where to start without a committed offset: the first record at or after this time,
+    /// as RFC 3339 (`2026-12-03T05:00:00Z`, `...+01:00`) or ms since the Unix epoch (the
+    /// end of the log if no record is that new).
+    #[arg(long, value_name = "RFC3339|MS", value_parser = parse_time)]
+    pub from_time: Option<i64>,
     /// Read only this partition (no group membership).
     #[arg(long)]
     pub partition: Option<u32>,
@@ -303,6 +308,68 @@ pub enum StartFrom {
     Latest,
     /// This offset.
     Offset(i64),
+}
+
+/// A time as ms since the Unix epoch, from digits or RFC 3339
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`).
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    parse_rfc3339(text).ok_or_else(|| {
+        format!("expected RFC 3339 (2026-12-03T05:00:00Z) or milliseconds, got \"{text}\"")
+    })
+}
+
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let number = |part: &str| part.parse::<i64>().ok();
+    let (date, rest) = text.split_once(['T', 't', ' '])?;
+    let mut date_parts = date.splitn(3, '-');
+    let (year, month, day) = (
+        number(date_parts.next()?)?,
+        number(date_parts.next()?)?,
+        number(date_parts.next()?)?,
+    );
+    let zone_at = rest.find(['Z', 'z', '+', '-'])?;
+    let (clock, zone) = rest.split_at(zone_at);
+    let mut clock_parts = clock.splitn(3, ':');
+    let (hour, minute) = (number(clock_parts.next()?)?, number(clock_parts.next()?)?);
+    let seconds = clock_parts.next()?;
+    let (second, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    let second = number(second)?;
+    let millis = format!("{fraction:0<3}")
+        .get(..3)
+        .and_then(number)
+        .unwrap_or(0);
+    let offset_minutes = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let (hours, minutes) = zone[1..].split_once(':')?;
+            sign * (number(hours)? * 60 + number(minutes)?)
+        }
+    };
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hour)
+        && (0..60).contains(&minute)
+        && (0..61).contains(&second);
+    if !valid {
+        return None;
+    }
+    // Days from the civil date (the proleptic Gregorian calendar) to 1970-01-01.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let since_epoch = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Some(since_epoch * 1_000 + millis)
 }
 
 fn parse_from(text: &str) -> Result<StartFrom, String> {
@@ -655,6 +722,22 @@ mod tests {
         let error = parse(&["consume", "t", "--from", "yesterday"]).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::ValueValidation);
         assert!(parse(&["consume", "t", "--from", "-3"]).is_err());
+        let Command::Consume(args) = parse(&[
+            "consume",
+            "t",
+            "--from-time",
+            "2026-12-03T05:00:00.250+01:00",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("consume")
+        };
+        assert_eq!(args.from_time, Some(1_796_270_400_250));
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse(&["consume", "t", "--from", "1", "--from-time", "0"]).is_err());
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), C
         }
     }
     let reset = match args.from {
+        None if args.from_time.is_some() => {
+            OffsetReset::Timestamp(args.from_time.unwrap_or_default())
+        }
         None | Some(StartFrom::Latest) => OffsetReset::Latest,
         Some(StartFrom::Earliest) => OffsetReset::Earliest,
         Some(StartFrom::Offset(offset)) => OffsetReset::Offset(offset),
