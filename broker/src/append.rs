@@ -10,7 +10,8 @@
 //! watch; the storage engine owns the writer lock, offset patching and group commit.
 //!
 //! **Architecture invariant:** outside `storage`, only this module calls
-//! `Partition::append`, `Partition::wait_durable` or `Partition::wait_durable_blocking`
+//! `Partition::append` (or `append_without_fsync`), `Partition::wait_durable` or
+//! `Partition::wait_durable_blocking`
 //! (`broker/tests/architecture.rs` checks it).
 
 use std::future::Future;
@@ -88,6 +89,18 @@ impl Receipt {
             .await
             .unwrap_or(Err(crate::storage::Error::Closed { partition: dir }))
     }
+}
+
+/// Appends like [`append`], but without asking for an fsync of its own: the records are in
+/// the page cache at once (they survive a process crash) and become durable with the log's
+/// next fsync, which some other append, a flush or a close asks for. For bookkeeping that
+/// must not cost an fsync per write (the queue's delivery counts). Never wait for such a
+/// receipt's durability.
+///
+/// # Errors
+/// The storage error of the append; nothing is appended then.
+pub fn append_without_fsync(log: &Arc<Partition>, batches: &mut [u8]) -> Result<Appended> {
+    log.append_without_fsync(batches)
 }
 
 /// The receipt of records appended earlier (`base_offset..=last_offset`), for a retried

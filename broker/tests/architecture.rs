@@ -49,7 +49,12 @@ const PROTOCOL_NEUTRAL: &[&str] = &["core", "streams", "groups", "txn", "queue",
 const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct"];
 
 /// Calls only the append path (and storage, below it) may make.
-const APPEND_CALLS: &[&str] = &[".append(", "wait_durable(", "wait_durable_blocking("];
+const APPEND_CALLS: &[&str] = &[
+    ".append(",
+    ".append_without_fsync(",
+    "wait_durable(",
+    "wait_durable_blocking(",
+];
 
 /// Fewer source files than this means the scan went wrong (a moved `src`, an unreadable file),
 /// and an empty scan would pass every check.

@@ -138,6 +138,15 @@ pub struct Partition {
     last_flush: Mutex<Instant>,
 }
 
+/// Whether an append asks the flusher for the fsync that covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlushRequest {
+    /// As the flush policy says (an fsync under `FlushPolicy::Always`).
+    Now,
+    /// No request of its own: the next fsync covers it.
+    WithNextFsync,
+}
+
 impl Partition {
     /// Opens (or creates) the partition in `dir`, recovering it if it was not closed cleanly.
     ///
@@ -342,6 +351,26 @@ impl Partition {
     /// published; the log stays readable), `Error::Failed` after an fsync failure,
     /// `Error::Closed` after close.
     pub fn append(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
+        self.append_requesting(batches, FlushRequest::Now)
+    }
+
+    /// Like [`Partition::append`], but asks the flusher for no fsync under
+    /// `FlushPolicy::Always`: the batches become durable with the next fsync another append
+    /// (or a flush, or a close) asks for. For records that only need to survive a process
+    /// crash (they are in the page cache at once) and must not cost an fsync of their own.
+    /// Never wait for their durability: nothing may ask for the fsync that would cover them.
+    ///
+    /// # Errors
+    /// As for [`Partition::append`].
+    pub fn append_without_fsync(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
+        self.append_requesting(batches, FlushRequest::WithNextFsync)
+    }
+
+    fn append_requesting(
+        self: &Arc<Self>,
+        batches: &mut [u8],
+        flush: FlushRequest,
+    ) -> Result<Appended> {
         let mut headers = split_batches(batches)?;
         let incoming_bytes = batches.len() as u64;
         let mut writer = self.lock_writer();
@@ -378,7 +407,8 @@ impl Partition {
             self.high_watermark.advance(next);
         }
         drop(writer);
-        if self.config.flush == FlushPolicy::Always || deferred_seal {
+        let asks_fsync = self.config.flush == FlushPolicy::Always && flush == FlushRequest::Now;
+        if asks_fsync || deferred_seal {
             self.request_flush();
         }
         Ok(Appended {
