@@ -67,6 +67,15 @@ pub struct PublishArgs {
 }
 
 impl PublishArgs {
+    /// What happens to a message no queue takes.
+    fn routing(&self) -> Routing {
+        if self.mandatory {
+            Routing::Mandatory
+        } else {
+            Routing::Optional
+        }
+    }
+
     /// The headers every message carries.
     fn message_headers(&self) -> Vec<Header> {
         let mut headers: Vec<Header> = self
@@ -163,11 +172,7 @@ async fn publish_lines(
     args: &PublishArgs,
     counts: &mut Counts,
 ) -> Result<(), CliError> {
-    let routing = if args.mandatory {
-        Routing::Mandatory
-    } else {
-        Routing::Optional
-    };
+    let routing = args.routing();
     let headers = args.message_headers();
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -246,11 +251,7 @@ async fn republish(
     pending: &mut VecDeque<Pending>,
     counts: &mut Counts,
 ) -> Result<(), CliError> {
-    let routing = if args.mandatory {
-        Routing::Mandatory
-    } else {
-        Routing::Optional
-    };
+    let routing = args.routing();
     let headers = args.message_headers();
     eprintln!(
         "warning: connection lost; publishing {} unconfirmed message(s) again (at-least-once)",
