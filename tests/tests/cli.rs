@@ -430,3 +430,58 @@ fn consume_from_time_starts_at_the_first_record_at_or_after_it() {
         "nothing is that new: start at the end"
     );
 }
+
+#[test]
+fn describing_an_unknown_group_fails_with_a_clear_error() {
+    let (_data, broker) = start();
+    let output = wharf(&broker.address(), &["group", "describe", "nosuch"], "");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown group \"nosuch\""),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn subscribe_nack_requeue_puts_the_message_back_redelivered() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(&address, &["queue", "declare", "retry"], "");
+    wharf_ok(&address, &["publish", "", "retry"], "again\n");
+    let first = wharf_ok(
+        &address,
+        &[
+            "subscribe",
+            "retry",
+            "--nack-requeue",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+        "",
+    );
+    assert_eq!(lines(&first), ["again"]);
+    let second = wharf_ok(
+        &address,
+        &[
+            "subscribe",
+            "retry",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    let delivered: serde_json::Value =
+        serde_json::from_str(second.lines().next().expect("a message")).expect("json");
+    assert_eq!(delivered["body"], "again");
+    assert_eq!(
+        delivered["redelivered"], true,
+        "it came back after the nack"
+    );
+}

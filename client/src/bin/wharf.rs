@@ -423,6 +423,11 @@ pub enum CliError {
         /// How long the command ran.
         seconds: f64,
     },
+    /// `group describe` of a group with no members and no committed offsets.
+    UnknownGroup {
+        /// The group.
+        group: String,
+    },
     /// The broker cancelled `subscribe`'s consumer (an ack timeout, the queue deleted).
     SubscriptionCancelled {
         /// The queue.
@@ -461,6 +466,10 @@ impl fmt::Display for CliError {
             CliError::NotStored { counts, seconds } => {
                 formatter.write_str(&counts.summary(*seconds))
             }
+            CliError::UnknownGroup { group } => write!(
+                formatter,
+                "unknown group \"{group}\": it has no members and no committed offsets (wharf group list shows the groups)"
+            ),
             CliError::SubscriptionCancelled {
                 queue,
                 code,

@@ -105,6 +105,9 @@ pub async fn group(client: &Client, command: GroupCommand, json: bool) -> Result
         GroupCommand::Describe { group } => {
             let description = admin.describe_group(&group).await?;
             let lags = admin.group_lag(&group).await?;
+            if description.members.is_empty() && lags.is_empty() {
+                return Err(CliError::UnknownGroup { group });
+            }
             if json {
                 println!("{}", group_json(&description, &lags));
             } else {

@@ -46,8 +46,12 @@ pub struct SubscribeArgs {
     #[arg(long, value_enum, default_value_t = AckArg::Manual)]
     pub ack: AckArg,
     /// Reject each message without requeue (dead-letter it) instead of acking it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nack_requeue")]
     pub reject: bool,
+    /// Nack each message with requeue instead of acking it: it goes back to the queue
+    /// (marked redelivered) for any consumer, as RabbitMQ's `basic.nack` with requeue.
+    #[arg(long)]
+    pub nack_requeue: bool,
     /// How to print each message.
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -60,6 +64,29 @@ pub enum AckArg {
     Auto,
     /// Settle after printing (at-least-once).
     Manual,
+}
+
+/// How each printed message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settlement {
+    /// Done with it.
+    Ack,
+    /// Refused without requeue: dead-lettered.
+    Reject,
+    /// Refused with requeue: back to the queue, redelivered.
+    NackRequeue,
+}
+
+impl SubscribeArgs {
+    fn settlement(&self) -> Settlement {
+        if self.reject {
+            Settlement::Reject
+        } else if self.nack_requeue {
+            Settlement::NackRequeue
+        } else {
+            Settlement::Ack
+        }
+    }
 }
 
 /// Runs `wharf subscribe`.
@@ -107,7 +134,7 @@ async fn print_deliveries(
             return Ok(());
         };
         if args.ack == AckArg::Auto {
-            settle(subscriber, &delivery, args.reject).await?;
+            settle(subscriber, &delivery, args.settlement()).await?;
         }
         let written = write_delivery(&mut out, &delivery, format).and_then(|()| out.flush());
         if let Err(error) = written {
@@ -115,7 +142,7 @@ async fn print_deliveries(
             return stdout_closed(error);
         }
         if args.ack == AckArg::Manual {
-            settle(subscriber, &delivery, args.reject).await?;
+            settle(subscriber, &delivery, args.settlement()).await?;
         }
         printed += 1;
     }
@@ -126,12 +153,12 @@ async fn print_deliveries(
 async fn settle(
     subscriber: &mut Subscriber,
     delivery: &Delivery,
-    reject: bool,
+    settlement: Settlement,
 ) -> Result<(), CliError> {
-    let settled = if reject {
-        delivery.reject().await
-    } else {
-        delivery.ack().await
+    let settled = match settlement {
+        Settlement::Ack => delivery.ack().await,
+        Settlement::Reject => delivery.reject().await,
+        Settlement::NackRequeue => delivery.nack(wharf_client::Requeue::Yes).await,
     };
     let error = match settled {
         Ok(()) => return Ok(()),
