@@ -485,3 +485,27 @@ fn subscribe_nack_requeue_puts_the_message_back_redelivered() {
         "it came back after the nack"
     );
 }
+
+#[test]
+fn consume_from_an_offset_past_the_end_warns() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "short", "--partitions", "1"],
+        "",
+    );
+    wharf_ok(&address, &["produce", "short"], "a\nb\nc\n");
+    let output = wharf(
+        &address,
+        &["consume", "short", "--from", "10", "--timeout-ms", "1000"],
+        "",
+    );
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty(), "nothing is past the end");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--from 10 is past the end of short (largest end offset 3)"),
+        "stderr: {stderr}"
+    );
+}

@@ -27,6 +27,29 @@ use crate::{CliError, ConsumeArgs, FormatArg, StartFrom};
 /// Longest single poll: bounds how late a `--timeout-ms` deadline is noticed.
 const POLL_SLICE: Duration = Duration::from_secs(1);
 
+/// Says so on stderr when `--from OFFSET` lies past the end of every partition read (the
+/// consumer then starts at the end, as Kafka's does, and prints nothing that is there now).
+fn warn_if_past_the_end(
+    topic: &wharf_client::TopicDescription,
+    partition: Option<u32>,
+    offset: i64,
+) {
+    let ends: Vec<i64> = topic
+        .partitions
+        .iter()
+        .filter(|described| partition.is_none_or(|only| only == described.partition))
+        .map(|described| described.high_watermark)
+        .collect();
+    if let Some(end) = ends.iter().copied().max() {
+        if offset > end {
+            eprintln!(
+                "warning: --from {offset} is past the end of {} (largest end offset {end}); starting at the end",
+                topic.name
+            );
+        }
+    }
+}
+
 /// Runs `wharf consume`.
 pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), CliError> {
     // Unknown topics are an error here; only produce auto-creates.
@@ -40,6 +63,9 @@ pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), C
             }
             .into());
         }
+    }
+    if let Some(StartFrom::Offset(offset)) = args.from {
+        warn_if_past_the_end(&topic, args.partition, offset);
     }
     let reset = match args.from {
         None if args.from_time.is_some() => {
