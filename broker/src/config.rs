@@ -34,6 +34,8 @@ use crate::storage::{FlushPolicy, LogConfig};
 
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
+/// Default Kafka listener address (Kafka's own default port).
+pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 /// Largest partition count of one topic: each partition is a directory with open files.
@@ -48,6 +50,10 @@ pub struct BrokerConfig {
     pub listen: String,
     /// What metadata answers tell clients to connect to (default: the bound address).
     pub advertised_address: Option<String>,
+    /// Where the Kafka wire protocol listener binds (`None`: off).
+    pub kafka_listen: Option<String>,
+    /// What Kafka metadata answers tell clients to connect to (default: the bound address).
+    pub kafka_advertised: Option<String>,
     /// Largest accepted frame (length field).
     pub frame_bytes_max: u32,
     /// Create unknown topics on first produce.
@@ -75,6 +81,8 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             listen: LISTEN_DEFAULT.to_string(),
             advertised_address: None,
+            kafka_listen: Some(KAFKA_LISTEN_DEFAULT.to_string()),
+            kafka_advertised: None,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -131,6 +139,16 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "advertised_address",
             "(unset)".to_string(),
             "HOST:PORT that metadata answers tell clients to connect to; unset: the bound address",
+        ),
+        key(
+            "kafka_listen",
+            format!("{:?}", config.kafka_listen.as_deref().unwrap_or("off")),
+            "Kafka wire protocol listener, HOST:PORT or \"off\" (`--kafka-listen`)",
+        ),
+        key(
+            "kafka_advertised",
+            "(unset)".to_string(),
+            "HOST:PORT that Kafka metadata answers carry; unset: the Kafka listener's bound address",
         ),
         key(
             "frame_bytes_max",
@@ -267,6 +285,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     advertised_address: Option<String>,
+    kafka_listen: Option<String>,
+    kafka_advertised: Option<String>,
     frame_bytes_max: Option<u32>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -316,6 +336,10 @@ impl BrokerConfig {
         self.data_dir = file.data_dir.unwrap_or(defaults.data_dir);
         self.listen = file.listen.unwrap_or(defaults.listen);
         self.advertised_address = file.advertised_address;
+        if let Some(listen) = file.kafka_listen {
+            self.kafka_listen = listener_address(&listen);
+        }
+        self.kafka_advertised = file.kafka_advertised;
         self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
         self.auto_create_topics = file.auto_create_topics.unwrap_or(true);
         self.default_partitions = file.default_partitions.unwrap_or(1);
@@ -369,6 +393,10 @@ impl BrokerConfig {
         if let Some(advertised) = &self.advertised_address {
             parse_host_port(advertised).map_err(ConfigError::Invalid)?;
         }
+        if let Some(advertised) = &self.kafka_advertised {
+            parse_host_port(advertised)
+                .map_err(|error| ConfigError::Invalid(format!("kafka_advertised: {error}")))?;
+        }
         Ok(())
     }
 }
@@ -400,6 +428,11 @@ fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError
         log.flush = parse_flush(&flush, interval_ms).map_err(ConfigError::Invalid)?;
     }
     Ok(())
+}
+
+/// A listener setting: `off` turns the listener off, anything else is its `HOST:PORT`.
+pub fn listener_address(setting: &str) -> Option<String> {
+    (setting != "off").then(|| setting.to_string())
 }
 
 /// Parses a flush policy name.
@@ -525,7 +558,7 @@ mod tests {
         let mut top = String::new();
         let mut log = String::from("[log]\n");
         for key in config_keys() {
-            if key.key == "advertised_address" {
+            if key.key == "advertised_address" || key.key == "kafka_advertised" {
                 continue;
             }
             match key.key.strip_prefix("log.") {

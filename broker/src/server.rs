@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
+use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
 use crate::net::listener;
 use crate::storage::{Clock, SystemClock};
@@ -28,9 +29,13 @@ pub enum ServerError {
     #[error(transparent)]
     Open(#[from] OpenError),
     /// Binding a listener failed.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address} for the {listener} listener: {source}; {remedy}")]
     Bind {
         address: String,
+        /// Which front end's listener.
+        listener: &'static str,
+        /// The flag that changes it, as a sentence.
+        remedy: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -46,6 +51,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -54,6 +60,11 @@ impl ServerHandle {
     /// The address the native listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the Kafka listener is bound to, if it is on.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -93,10 +104,27 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let (listener, local_addr) =
         listener::bind(&config.listen)
             .await
-            .map_err(|source| ServerError::Bind {
-                address: config.listen.clone(),
-                source,
+            .map_err(|source| {
+                ServerError::Bind {
+            address: config.listen.clone(),
+            listener: "native",
+            remedy:
+                "choose another address with --listen HOST:PORT (or `listen` in the config file)",
+            source,
+        }
             })?;
+    let kafka_listener = match &config.kafka_listen {
+        None => None,
+        Some(address) => Some(listener::bind(address).await.map_err(|source| {
+            ServerError::Bind {
+                address: address.clone(),
+                listener: "Kafka",
+                remedy: "choose another address with --kafka-listen HOST:PORT, or turn the Kafka listener off with --kafka-listen off (or `kafka_listen` in the config file)",
+                source,
+            }
+        })?),
+    };
+    let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
@@ -112,18 +140,43 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         local_addr,
     )
     .map_err(ServerError::Config)?;
+    let kafka = match kafka_listener {
+        None => None,
+        Some((kafka_listener, kafka_addr)) => Some((
+            Kafka::new(
+                broker.clone(),
+                config.frame_bytes_max,
+                config.kafka_advertised.as_deref(),
+                kafka_addr,
+            )
+            .map_err(ServerError::Config)?,
+            kafka_listener,
+        )),
+    };
     let task = tokio::spawn(async move {
         // Every connection holds a clone of `done_tx`; when all are dropped, `done_rx`
         // yields None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        listener::accept_loop(
+        let native_loop = listener::accept_loop(
             Arc::new(native),
             listener,
             config.connections_max,
-            shutdown_rx,
-            done_tx,
-        )
-        .await;
+            shutdown_rx.clone(),
+            done_tx.clone(),
+        );
+        let kafka_loop = async {
+            if let Some((kafka, kafka_listener)) = kafka {
+                listener::accept_loop(
+                    Arc::new(kafka),
+                    kafka_listener,
+                    config.connections_max,
+                    shutdown_rx,
+                    done_tx,
+                )
+                .await;
+            }
+        };
+        tokio::join!(native_loop, kafka_loop);
         if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
             .await
             .is_err()
@@ -138,8 +191,12 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         Ok(())
     });
     tracing::info!(%local_addr, "wharfd listening");
+    if let Some(kafka_addr) = kafka_addr {
+        tracing::info!(%kafka_addr, "Kafka listener listening");
+    }
     Ok(ServerHandle {
         local_addr,
+        kafka_addr,
         shutdown,
         task,
     })

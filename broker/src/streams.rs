@@ -135,6 +135,11 @@ pub struct Streams {
 }
 
 impl Streams {
+    /// Partitions of a topic created without a count.
+    pub fn default_partitions(&self) -> u32 {
+        self.settings.default_partitions
+    }
+
     /// Streams over opened storage.
     pub fn new(
         topics: Topics,

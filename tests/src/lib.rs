@@ -64,6 +64,8 @@ pub fn wharf_path() -> PathBuf {
 pub struct BrokerProcess {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The Kafka listener's address (`None`: turned off by the test's arguments).
+    kafka_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     extra_args: Vec<String>,
     /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
@@ -113,6 +115,15 @@ impl BrokerProcess {
             ),
             None => Stdio::inherit(),
         };
+        // Every broker gets its own ephemeral Kafka port unless the test chose one (or `off`):
+        // the default 9092 would collide between tests running in parallel.
+        let mut extra_args = extra_args.to_vec();
+        if !extra_args.iter().any(|arg| arg == "--kafka-listen") {
+            extra_args.extend(["--kafka-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        let kafka_on = extra_args
+            .windows(2)
+            .any(|pair| pair[0] == "--kafka-listen" && pair[1] != "off");
         let filter = match log {
             Some((_, filter)) => filter.to_string(),
             None => std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
@@ -122,7 +133,7 @@ impl BrokerProcess {
             .arg(data_dir)
             .arg("--listen")
             .arg(listen)
-            .args(extra_args)
+            .args(&extra_args)
             .env("WHARF_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -131,26 +142,44 @@ impl BrokerProcess {
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // The listeners' lines, then keep draining so the child never blocks on a full
+            // pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = sender.send(line);
             }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
         });
+        let address_of = |line: &str| -> SocketAddr {
+            line.rsplit(' ')
+                .next()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line from wharfd: {line:?}"))
+        };
         let line = receiver
             .recv_timeout(START_TIMEOUT)
             .expect("wharfd did not report its address in time");
-        let addr = line
-            .rsplit(' ')
-            .next()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from wharfd: {line:?}"));
+        let addr = address_of(&line);
+        let kafka_addr = kafka_on.then(|| {
+            let line = receiver
+                .recv_timeout(START_TIMEOUT)
+                .expect("wharfd did not report its Kafka address in time");
+            assert!(line.starts_with("kafka listening on "), "{line:?}");
+            address_of(&line)
+        });
+        // The test's own arguments, so a restart can pin the Kafka port it got.
+        if let (Some(kafka_addr), Some(at)) = (
+            kafka_addr,
+            extra_args
+                .windows(2)
+                .position(|pair| pair == ["--kafka-listen", "127.0.0.1:0"]),
+        ) {
+            extra_args[at + 1] = kafka_addr.to_string();
+        }
         BrokerProcess {
             child: Some(child),
             addr,
+            kafka_addr,
             data_dir: data_dir.to_path_buf(),
-            extra_args: extra_args.to_vec(),
+            extra_args,
             log_path: None,
         }
     }
@@ -158,6 +187,16 @@ impl BrokerProcess {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `host:port` of the Kafka listener, for Kafka clients' `bootstrap.servers`.
+    ///
+    /// # Panics
+    /// If the test turned the Kafka listener off.
+    pub fn kafka_address(&self) -> String {
+        self.kafka_addr
+            .expect("the Kafka listener is off for this broker")
+            .to_string()
     }
 
     /// `host:port` for `--broker`.
@@ -419,4 +458,87 @@ impl RawClient {
         self.send(request);
         self.receive().1
     }
+}
+
+/// The workspace root (where README.md and `tests/clients` live).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The Python of the venv that `scripts/test` fills with the real Kafka clients
+/// (`tests/clients/requirements.txt`); `WHARF_TEST_PYTHON` overrides it.
+///
+/// # Panics
+/// If it is missing: the real-client tests need `scripts/test` (README) to install them.
+pub fn client_python() -> PathBuf {
+    let python = std::env::var_os("WHARF_TEST_PYTHON").map_or_else(
+        || workspace_root().join("target/test-clients/venv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test (README), which installs the real client libraries these tests drive",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/clients/<script>` with the clients' Python and `args`, with a time limit.
+pub fn run_client_script(script: &str, args: &[&str]) -> Output {
+    let path = workspace_root().join("tests/clients").join(script);
+    run_with_deadline(
+        Command::new(client_python()).arg(path).args(args),
+        Duration::from_secs(180),
+    )
+}
+
+/// Runs `kcat` (Debian's package, installed by `scripts/test`) with `args` and `stdin`.
+///
+/// # Panics
+/// If kcat is not installed.
+pub fn kcat(args: &[&str], stdin: &str) -> Output {
+    let mut command = Command::new("kcat");
+    command.args(args);
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is missing: run scripts/test (README), which installs it");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing kcat's stdin");
+    wait_with_deadline(child, Duration::from_secs(120))
+}
+
+fn run_with_deadline(command: &mut Command, limit: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    wait_with_deadline(child, limit)
+}
+
+/// Waits for `child`, killing it after `limit` (a hung client fails the test, not CI).
+fn wait_with_deadline(child: Child, limit: Duration) -> Output {
+    let id = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if receiver.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+        }
+    });
+    let output = child.wait_with_output().expect("waiting for the client");
+    let _ = sender.send(());
+    output
 }

@@ -1,8 +1,9 @@
 //! `wharfd`: the Wharf broker.
 //!
-//! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`; flags override the file.
-//! Prints `wharfd listening on ADDR` on stdout once it accepts connections, and shuts down
-//! cleanly on SIGINT or SIGTERM.
+//! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--kafka-listen HOST:PORT|off]
+//! [--config FILE]`; flags override the file. Prints `wharfd listening on ADDR` on stdout once
+//! it accepts connections, then one `<front end> listening on ADDR` line per other listener
+//! (`kafka listening on ADDR`), and shuts down cleanly on SIGINT or SIGTERM.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,6 +28,10 @@ struct Args {
     /// Address to listen on (default 127.0.0.1:7420; port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Kafka wire protocol listener (default 127.0.0.1:9092; `off` disables it; port 0 picks
+    /// a free port).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    kafka_listen: Option<String>,
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -58,6 +63,9 @@ fn main() -> ExitCode {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(listen) = args.kafka_listen {
+        config.kafka_listen = wharf_broker::config::listener_address(&listen);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,6 +88,9 @@ fn main() -> ExitCode {
 async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     let handle = server::start(config).await?;
     println!("wharfd listening on {}", handle.local_addr());
+    if let Some(kafka) = handle.kafka_addr() {
+        println!("kafka listening on {kafka}");
+    }
     let _ = std::io::stdout().flush();
     let trigger = handle.shutdown_trigger();
     tokio::spawn(async move {

@@ -282,6 +282,31 @@ impl Broker {
         self.streams.fetch(query).await
     }
 
+    /// Metadata of the named topics, first creating those that do not exist when topics may
+    /// be auto-created (as a produce would), for protocols whose metadata request asks for it
+    /// (Kafka's `allow_auto_topic_creation`). A name that cannot be created stays unknown.
+    pub async fn topic_metadata_creating(
+        &self,
+        caller: &Session,
+        names: Vec<String>,
+    ) -> Vec<TopicView> {
+        let names = dedupe(names);
+        for name in &names {
+            if self.streams.topics().get(name).is_none() {
+                if let Err(error) = self.topic_for_produce(name).await {
+                    tracing::debug!(topic = name, %error, "metadata did not auto-create the topic");
+                }
+            }
+        }
+        self.topic_metadata(caller, Some(names))
+    }
+
+    /// Partitions of a topic created without a count (Kafka's `num_partitions = -1`): the
+    /// broker's `default_partitions`.
+    pub fn default_partitions(&self) -> u32 {
+        self.streams.default_partitions()
+    }
+
     /// One partition's offset by `spec` (`None`: no record at or after the timestamp).
     ///
     /// # Errors

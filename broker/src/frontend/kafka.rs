@@ -1,0 +1,345 @@
+//! The Kafka front end: Kafka's wire protocol (`--kafka-listen`, 127.0.0.1:9092) over the
+//! shared connection machinery, so Kafka clients and tools work against `wharfd` unchanged.
+//!
+//! - [`handlers`]: one small handler per api: request → core calls → response.
+//! - [`error_code`]: the one place domain errors become Kafka error codes.
+//!
+//! This file is the codec side: Kafka's size-prefixed frames, the request header, the
+//! versions this build speaks ([`SUPPORTED_APIS`]), and what a request that cannot be served
+//! gets. Codecs come from the `kafka-protocol` crate (generated from Kafka's own message
+//! schemas); record batches stay `Bytes`, so produce stores and fetch serves the client's
+//! bytes unchanged.
+
+pub mod error_code;
+pub mod handlers;
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::ResponseError;
+use tokio::sync::mpsc;
+
+use crate::config::parse_host_port;
+use crate::core::{Broker, Session};
+use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
+
+/// Node id of this broker in Kafka metadata answers (one broker for now).
+pub const NODE_ID: i32 = 0;
+/// The cluster id Kafka metadata answers carry (one broker for now).
+pub const CLUSTER_ID: &str = "wharf";
+/// Bytes of the size prefix of every Kafka frame.
+const SIZE_BYTES: usize = 4;
+/// The fixed part of every request header: api key, api version, correlation id.
+const HEADER_FIXED_BYTES: usize = 8;
+
+/// Every api this build serves with its version range; anything else is left out of
+/// ApiVersions rather than advertised and broken.
+///
+/// Produce v0–v2 are advertised and refused on use with UNSUPPORTED_VERSION, as Kafka does
+/// since KAFKA-18659: librdkafka turns compression off when the advertised minimum is 3.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+/// The lowest Produce version that is served; lower ones are refused.
+const PRODUCE_VERSION_MIN_SERVED: i16 = 3;
+
+/// The supported range of `api_key`, if it is served.
+pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _, _)| *key == api_key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// The Kafka protocol over a broker.
+#[derive(Debug)]
+pub struct Kafka {
+    broker: Arc<Broker>,
+    frame_bytes_max: u32,
+    /// What metadata answers tell clients to connect to.
+    advertised: (String, u16),
+}
+
+impl Kafka {
+    /// The Kafka front end of `broker` on a listener bound to `local_addr`: it refuses frames
+    /// over `frame_bytes_max` and tells clients to connect to `advertised_address`
+    /// (`HOST:PORT`), or to the bound address when there is none.
+    ///
+    /// # Errors
+    /// A message naming the bad advertised address.
+    pub fn new(
+        broker: Arc<Broker>,
+        frame_bytes_max: u32,
+        advertised_address: Option<&str>,
+        local_addr: SocketAddr,
+    ) -> Result<Kafka, String> {
+        let advertised = match advertised_address {
+            Some(address) => {
+                parse_host_port(address).map_err(|error| format!("kafka_advertised: {error}"))?
+            }
+            None => {
+                if local_addr.ip().is_unspecified() {
+                    tracing::warn!(%local_addr, "Kafka listener on all interfaces without kafka_advertised: clients on other hosts cannot connect to what metadata answers");
+                }
+                (local_addr.ip().to_string(), local_addr.port())
+            }
+        };
+        Ok(Kafka {
+            broker,
+            frame_bytes_max,
+            advertised,
+        })
+    }
+}
+
+/// What a Kafka connection's requests share: its core session.
+#[derive(Debug)]
+pub struct KafkaConnection {
+    session: Arc<Session>,
+}
+
+/// A decoded Kafka request with what its response needs.
+#[derive(Debug)]
+pub struct KafkaRequest {
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: Body,
+}
+
+/// A request body, or why it is refused without being served.
+#[derive(Debug)]
+enum Body {
+    /// A request to serve.
+    Serve(RequestKind),
+    /// ApiVersions at a version this build does not speak: answered with
+    /// UNSUPPORTED_VERSION and the supported ranges (in the v0 layout), never by closing.
+    ApiVersionsUnsupported,
+    /// Produce v0–v2: refused per partition with UNSUPPORTED_VERSION.
+    ProduceTooOld(ProduceRequest),
+}
+
+impl Protocol for Kafka {
+    type Request = KafkaRequest;
+    type Connection = KafkaConnection;
+
+    fn open(&self, _push: mpsc::Sender<BytesMut>) -> KafkaConnection {
+        KafkaConnection {
+            session: Arc::new(Session::new()),
+        }
+    }
+
+    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<KafkaRequest>, Fatal> {
+        if buffer.len() < SIZE_BYTES {
+            return Ok(None);
+        }
+        let size = i32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
+        let Ok(size) = usize::try_from(size) else {
+            return Err(fatal(format!("negative frame size {size}")));
+        };
+        if size > self.frame_bytes_max as usize {
+            return Err(fatal(format!(
+                "frame of {size} bytes exceeds the maximum of {} bytes",
+                self.frame_bytes_max
+            )));
+        }
+        if size < HEADER_FIXED_BYTES {
+            return Err(fatal(format!(
+                "frame of {size} bytes is shorter than a request header"
+            )));
+        }
+        if buffer.len() < SIZE_BYTES + size {
+            buffer.reserve(SIZE_BYTES + size - buffer.len());
+            return Ok(None);
+        }
+        buffer.advance(SIZE_BYTES);
+        let frame = buffer.split_to(size).freeze();
+        decode_request(frame).map(Some)
+    }
+
+    // The ordered phase yields the completion on purpose: the connection awaits the first
+    // before it reads the next request and runs the second as its own task.
+    #[allow(clippy::async_yields_async)]
+    fn handle<'a>(
+        &'a self,
+        connection: &'a KafkaConnection,
+        request: KafkaRequest,
+    ) -> BoxFuture<'a, Completion> {
+        Box::pin(async move {
+            let KafkaRequest {
+                api_key,
+                version,
+                correlation_id,
+                body,
+            } = request;
+            let answer = match body {
+                Body::Serve(body) => handlers::handle(self, connection, body, version).await,
+                Body::ApiVersionsUnsupported => {
+                    handlers::ready(handlers::api_versions_unsupported())
+                }
+                Body::ProduceTooOld(body) => {
+                    let frame = refuse_old_produce(&body, version, correlation_id);
+                    return Box::pin(std::future::ready(Some(frame))) as Completion;
+                }
+            };
+            let completion: Completion = Box::pin(async move {
+                let response = answer.await?;
+                encode_response(api_key, version, correlation_id, &response)
+            });
+            completion
+        })
+    }
+
+    fn close<'a>(&'a self, connection: &'a KafkaConnection) -> BoxFuture<'a, ()> {
+        Box::pin(self.broker.close_session(&connection.session))
+    }
+}
+
+fn fatal(reason: String) -> Fatal {
+    Fatal {
+        response: None,
+        reason,
+    }
+}
+
+/// Decodes one request frame (without its size prefix).
+///
+/// An unknown api key, an unsupported version of anything but ApiVersions, or a body that
+/// does not decode closes the connection, as Kafka does: the stream cannot be trusted.
+fn decode_request(mut frame: Bytes) -> Result<KafkaRequest, Fatal> {
+    let api_key_code = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api_key) = ApiKey::try_from(api_key_code) else {
+        return Err(fatal(format!("unknown api key {api_key_code}")));
+    };
+    let Some((min_version, max_version)) = supported_range(api_key) else {
+        return Err(fatal(format!(
+            "unsupported api {api_key:?} (key {api_key_code})"
+        )));
+    };
+    let in_range = (min_version..=max_version).contains(&version);
+    if api_key == ApiKey::ApiVersions && !in_range {
+        return Ok(KafkaRequest {
+            api_key,
+            version: 0,
+            correlation_id,
+            body: Body::ApiVersionsUnsupported,
+        });
+    }
+    if !in_range {
+        return Err(fatal(format!(
+            "{api_key:?} version {version} is outside the supported {min_version}..={max_version}"
+        )));
+    }
+    let header_version = api_key.request_header_version(version);
+    let decoded = guarded(|| {
+        RequestHeader::decode(&mut frame, header_version).map_err(|error| error.to_string())?;
+        if api_key == ApiKey::Produce && version < PRODUCE_VERSION_MIN_SERVED {
+            return decode_old_produce(frame).map(Body::ProduceTooOld);
+        }
+        RequestKind::decode(api_key, &mut frame, version)
+            .map(Body::Serve)
+            .map_err(|error| error.to_string())
+    });
+    match decoded {
+        Ok(body) => Ok(KafkaRequest {
+            api_key,
+            version,
+            correlation_id,
+            body,
+        }),
+        Err(error) => Err(fatal(format!(
+            "undecodable {api_key:?} v{version} request: {error}"
+        ))),
+    }
+}
+
+/// Produce v0–v2 bodies are v3 bodies without the leading transactional id: decode them as
+/// v3 with a null one, to answer each partition.
+fn decode_old_produce(body: Bytes) -> Result<ProduceRequest, String> {
+    let mut v3 = BytesMut::with_capacity(body.len() + 2);
+    v3.put_i16(-1);
+    v3.put_slice(&body);
+    ProduceRequest::decode(&mut v3.freeze(), 3).map_err(|error| error.to_string())
+}
+
+/// Runs a decoder of untrusted bytes from a third-party crate, turning a panic into an error
+/// so that no input can take the broker down.
+fn guarded<T>(decode: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(decode)) {
+        Ok(result) => result,
+        Err(_) => Err("the decoder panicked".to_string()),
+    }
+}
+
+/// A response frame: size, header (in the version the api and request version call for),
+/// body. `None` (and a logged error) if the body cannot be encoded at `version`: a bug.
+fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encoded = header
+        .encode(&mut out, body.header_version(version))
+        .and_then(|()| body.encode(&mut out, version));
+    if let Err(error) = encoded {
+        tracing::error!(?api_key, version, %error, "cannot encode a Kafka response");
+        return None;
+    }
+    let size = i32::try_from(out.len() - SIZE_BYTES).unwrap_or(i32::MAX);
+    out[..SIZE_BYTES].copy_from_slice(&size.to_be_bytes());
+    Some(out)
+}
+
+/// The answer to a Produce v0–v2, which this build refuses: UNSUPPORTED_VERSION for every
+/// partition, in the request's own (pre-v3) layout, which the codec crate does not write.
+fn refuse_old_produce(request: &ProduceRequest, version: i16, correlation_id: i32) -> BytesMut {
+    let error = ResponseError::UnsupportedVersion.code();
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    out.put_i32(correlation_id);
+    put_array_len(&mut out, request.topic_data.len());
+    for topic in &request.topic_data {
+        let name = topic.name.0.as_bytes();
+        out.put_i16(i16::try_from(name.len()).unwrap_or(i16::MAX));
+        out.put_slice(&name[..name.len().min(i16::MAX as usize)]);
+        put_array_len(&mut out, topic.partition_data.len());
+        for partition in &topic.partition_data {
+            out.put_i32(partition.index);
+            out.put_i16(error);
+            out.put_i64(-1); // base offset
+            if version >= 2 {
+                out.put_i64(-1); // log append time
+            }
+        }
+    }
+    if version >= 1 {
+        out.put_i32(0); // throttle time
+    }
+    let size = i32::try_from(out.len() - SIZE_BYTES).unwrap_or(i32::MAX);
+    out[..SIZE_BYTES].copy_from_slice(&size.to_be_bytes());
+    out
+}
+
+fn put_array_len(out: &mut BytesMut, len: usize) {
+    out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
+}

@@ -1,0 +1,136 @@
+//! The one place the Kafka front end turns domain errors into Kafka error codes, chosen as
+//! Kafka chooses them so that clients retry, reset or fail as they were written to.
+
+use kafka_protocol::ResponseError;
+
+use crate::core::{SequenceRefusal, StorageError, StreamError, TopicError, TxnError};
+
+/// The Kafka code of a storage error.
+pub fn storage(error: &StorageError) -> i16 {
+    let kind = match error {
+        StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
+        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::Corrupt { .. } | StorageError::Failed { .. } => {
+            ResponseError::KafkaStorageError
+        }
+        // Retriable: the client tries again (and finds the broker back after a restart).
+        StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
+        StorageError::TimedOut { .. } => ResponseError::RequestTimedOut,
+        StorageError::InvalidName { .. } => ResponseError::InvalidTopicException,
+        StorageError::AlreadyExists { .. } => ResponseError::TopicAlreadyExists,
+        error if error.is_disk_full() => ResponseError::KafkaStorageError,
+        StorageError::Io { .. } | StorageError::Config { .. } | StorageError::Locked { .. } => {
+            ResponseError::UnknownServerError
+        }
+    };
+    kind.code()
+}
+
+/// The Kafka code of a topic catalog error.
+pub fn topic(error: &TopicError) -> i16 {
+    let kind = match error {
+        TopicError::InvalidName { .. } => ResponseError::InvalidTopicException,
+        TopicError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        TopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
+        TopicError::Storage(error) => return storage(error),
+    };
+    kind.code()
+}
+
+/// The Kafka code of a stream error.
+pub fn stream(error: &StreamError) -> i16 {
+    let kind = match error {
+        // Kafka refuses produce to internal topics with this code.
+        StreamError::InternalTopic(_) => ResponseError::InvalidTopicException,
+        // Kafka answers UNKNOWN_TOPIC_OR_PARTITION when it will not auto-create.
+        StreamError::AutoCreateDisabled(_)
+        | StreamError::UnknownTopic(_)
+        | StreamError::UnknownPartition { .. }
+        | StreamError::PartitionOutOfRange { .. } => ResponseError::UnknownTopicOrPartition,
+        StreamError::ControlBatch | StreamError::TransactionalWithoutProducerId => {
+            ResponseError::InvalidRecord
+        }
+        StreamError::SeveralIdempotentBatches => ResponseError::InvalidRequest,
+        StreamError::TimestampAhead { .. } => ResponseError::InvalidTimestamp,
+        StreamError::CorruptBatch(_) => ResponseError::CorruptMessage,
+        StreamError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
+        StreamError::TxnFenced { .. } => ResponseError::InvalidProducerEpoch,
+        StreamError::NotInTransaction { .. } => ResponseError::InvalidTxnState,
+        StreamError::Sequence { refusal, .. } => sequence(*refusal),
+        StreamError::TimedOut { .. } => ResponseError::RequestTimedOut,
+        StreamError::Topic(error) => return topic(error),
+        StreamError::Storage(error) => return storage(error),
+        StreamError::TopicUnavailable(error) => return stream(error),
+        StreamError::Internal(_) => ResponseError::UnknownServerError,
+    };
+    kind.code()
+}
+
+fn sequence(refusal: SequenceRefusal) -> ResponseError {
+    match refusal {
+        SequenceRefusal::UnknownProducer => ResponseError::UnknownProducerId,
+        SequenceRefusal::Fenced => ResponseError::InvalidProducerEpoch,
+        SequenceRefusal::OutOfOrder => ResponseError::OutOfOrderSequenceNumber,
+    }
+}
+
+/// The Kafka code of a transaction error.
+pub fn txn(error: &TxnError) -> i16 {
+    let kind = match error {
+        TxnError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        TxnError::ProducerIdMismatch(_) => ResponseError::InvalidProducerIdMapping,
+        TxnError::ProducerFenced(_) => ResponseError::ProducerFenced,
+        TxnError::InvalidState(_) => ResponseError::InvalidTxnState,
+        TxnError::Concurrent(_) => ResponseError::ConcurrentTransactions,
+        TxnError::InternalTopic(_) => ResponseError::InvalidTopicException,
+        TxnError::UnknownPartition { .. } => ResponseError::UnknownTopicOrPartition,
+        TxnError::InvalidGroupId => ResponseError::InvalidGroupId,
+        TxnError::Group(_) | TxnError::Offset(_) => ResponseError::InvalidRequest,
+        TxnError::Storage(error) => return storage(error),
+        TxnError::NotRunning => ResponseError::CoordinatorNotAvailable,
+        TxnError::Internal(_) => ResponseError::UnknownServerError,
+    };
+    kind.code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_errors_get_the_codes_kafka_clients_act_on() {
+        assert_eq!(
+            stream(&StreamError::UnknownTopic("t".to_string())),
+            3,
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(
+            stream(&StreamError::Sequence {
+                refusal: SequenceRefusal::OutOfOrder,
+                producer_id: 1,
+                epoch: 0,
+                first_sequence: 5,
+                last_sequence: 5,
+                topic: "t".to_string(),
+                partition: 0,
+            }),
+            45,
+            "OUT_OF_ORDER_SEQUENCE_NUMBER"
+        );
+        assert_eq!(
+            stream(&StreamError::TxnFenced {
+                producer_id: 1,
+                epoch: 0
+            }),
+            47,
+            "INVALID_PRODUCER_EPOCH"
+        );
+        assert_eq!(
+            topic(&TopicError::AlreadyExists("t".to_string())),
+            36,
+            "TOPIC_ALREADY_EXISTS"
+        );
+    }
+}

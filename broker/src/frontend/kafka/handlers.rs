@@ -1,0 +1,620 @@
+//! Kafka request → core calls → Kafka response. One small handler per api; every rule lives
+//! in the core, every code mapping in [`super::error_code`].
+//!
+//! [`handle`] is the ordered phase of a request: the connection awaits it before reading the
+//! next one, so two pipelined produces to a partition append in the order sent. What it
+//! returns runs concurrently (durability waits, long polls) and resolves to the response.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::error_code;
+use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
+use crate::core::{
+    self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
+    Session, StreamError, TopicInfo, TopicQuery, TopicView,
+};
+
+/// What remains of a request after its ordered phase; `None`: no response (acks = 0).
+pub type Answer = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+/// An answer that is already known.
+pub fn ready(response: ResponseKind) -> Answer {
+    Box::pin(std::future::ready(Some(response)))
+}
+
+/// ListOffsets' timestamp for the high watermark.
+const LATEST_TIMESTAMP: i64 = -1;
+/// ListOffsets' timestamp for the log start offset.
+const EARLIEST_TIMESTAMP: i64 = -2;
+
+/// Runs the ordered phase of one request and returns the rest of it.
+pub async fn handle(
+    kafka: &Kafka,
+    connection: &KafkaConnection,
+    request: RequestKind,
+    version: i16,
+) -> Answer {
+    let broker: &Broker = &kafka.broker;
+    let caller: &Session = &connection.session;
+    match request {
+        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions())),
+        RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
+            metadata(kafka, caller, request, version).await,
+        )),
+        RequestKind::Produce(request) => produce(broker, caller, request).await,
+        RequestKind::Fetch(request) => {
+            fetch(kafka.broker.clone(), connection.session.clone(), request)
+        }
+        RequestKind::ListOffsets(request) => ready(ResponseKind::ListOffsets(list_offsets(
+            broker, caller, request, version,
+        ))),
+        RequestKind::CreateTopics(request) => ready(ResponseKind::CreateTopics(
+            create_topics(broker, caller, request).await,
+        )),
+        RequestKind::DeleteTopics(request) => ready(ResponseKind::DeleteTopics(
+            delete_topics(broker, caller, request, version).await,
+        )),
+        RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
+            init_producer_id(broker, caller, request).await,
+        )),
+        // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
+        other => {
+            tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");
+            Box::pin(std::future::ready(None))
+        }
+    }
+}
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+fn topic_name(value: &str) -> TopicName {
+    TopicName(text(value))
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(
+        SUPPORTED_APIS
+            .iter()
+            .map(|(key, min, max)| {
+                ApiVersion::default()
+                    .with_api_key(*key as i16)
+                    .with_min_version(*min)
+                    .with_max_version(*max)
+            })
+            .collect(),
+    )
+}
+
+/// The answer to ApiVersions at a version this build does not speak: UNSUPPORTED_VERSION
+/// with the supported ranges, so the client retries at one it can use.
+pub fn api_versions_unsupported() -> ResponseKind {
+    ResponseKind::ApiVersions(
+        api_versions().with_error_code(ResponseError::UnsupportedVersion.code()),
+    )
+}
+
+async fn metadata(
+    kafka: &Kafka,
+    caller: &Session,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let broker = &kafka.broker;
+    // v0 asks for every topic with an empty list; later versions with a null one.
+    let names: Option<Vec<String>> = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+                .collect(),
+        ),
+    };
+    // Before v4 every metadata request may create the topics it names.
+    let may_create = version < 4 || request.allow_auto_topic_creation;
+    let views = match names {
+        None => broker.topic_metadata(caller, None),
+        Some(names) if may_create => broker.topic_metadata_creating(caller, names).await,
+        Some(names) => broker.topic_metadata(caller, Some(names)),
+    };
+    let (host, port) = &kafka.advertised;
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(text(host))
+            .with_port(i32::from(*port))])
+        .with_cluster_id(Some(text(CLUSTER_ID)))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(views.into_iter().map(topic_metadata).collect())
+}
+
+fn topic_metadata(view: TopicView) -> MetadataResponseTopic {
+    let topic = MetadataResponseTopic::default().with_name(Some(topic_name(&view.name)));
+    let Some(topic_id) = view.topic_id else {
+        return topic.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+    };
+    topic
+        .with_topic_id(Uuid::from_bytes(topic_id))
+        .with_partitions(
+            view.partitions
+                .into_iter()
+                .map(|partition| {
+                    let serving = partition.status == PartitionStatus::Serving;
+                    MetadataResponsePartition::default()
+                        .with_error_code(if serving {
+                            0
+                        } else {
+                            ResponseError::KafkaStorageError.code()
+                        })
+                        .with_partition_index(
+                            i32::try_from(partition.partition).unwrap_or(i32::MAX),
+                        )
+                        .with_leader_id(BrokerId(if serving { NODE_ID } else { -1 }))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                        .with_isr_nodes(if serving {
+                            vec![BrokerId(NODE_ID)]
+                        } else {
+                            Vec::new()
+                        })
+                })
+                .collect(),
+        )
+}
+
+async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> Answer {
+    let acks = match request.acks {
+        0 => core::Acks::None,
+        1 => core::Acks::Leader,
+        -1 => core::Acks::All,
+        _ => {
+            return ready(ResponseKind::Produce(refuse_produce(
+                &request,
+                ResponseError::InvalidRequiredAcks,
+            )))
+        }
+    };
+    // Partitions that no core call can name (negative indexes) are answered here.
+    let mut refused: Vec<(String, i32)> = Vec::new();
+    let topics = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.to_string();
+            let partitions = topic
+                .partition_data
+                .into_iter()
+                .filter_map(|partition| match u32::try_from(partition.index) {
+                    Ok(index) => Some((index, partition.records.unwrap_or_default())),
+                    Err(_) => {
+                        refused.push((name.clone(), partition.index));
+                        None
+                    }
+                })
+                .collect();
+            (name, partitions)
+        })
+        .collect();
+    let query = ProduceQuery {
+        acks,
+        timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
+        topics,
+    };
+    let completion = broker.produce(caller, query).await;
+    Box::pin(async move {
+        let topics = completion.await?;
+        let mut responses: Vec<TopicProduceResponse> = topics
+            .into_iter()
+            .map(|topic| {
+                TopicProduceResponse::default()
+                    .with_name(topic_name(&topic.topic))
+                    .with_partition_responses(
+                        topic
+                            .partitions
+                            .into_iter()
+                            .map(|partition| {
+                                let index = i32::try_from(partition.partition).unwrap_or(i32::MAX);
+                                match partition.result {
+                                    Ok(produced) => PartitionProduceResponse::default()
+                                        .with_index(index)
+                                        .with_base_offset(produced.base_offset)
+                                        .with_log_append_time_ms(-1)
+                                        .with_log_start_offset(produced.log_start_offset),
+                                    Err(error) => PartitionProduceResponse::default()
+                                        .with_index(index)
+                                        .with_error_code(error_code::stream(&error))
+                                        .with_error_message(Some(text(&error.to_string())))
+                                        .with_base_offset(-1)
+                                        .with_log_append_time_ms(-1)
+                                        .with_log_start_offset(-1),
+                                }
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        for (name, index) in refused {
+            let partition = PartitionProduceResponse::default()
+                .with_index(index)
+                .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            match responses
+                .iter_mut()
+                .find(|topic| topic.name.0.as_str() == name)
+            {
+                Some(topic) => topic.partition_responses.push(partition),
+                None => responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(topic_name(&name))
+                        .with_partition_responses(vec![partition]),
+                ),
+            }
+        }
+        Some(ResponseKind::Produce(
+            ProduceResponse::default().with_responses(responses),
+        ))
+    })
+}
+
+/// Every partition of `request` refused with `error`.
+fn refuse_produce(request: &ProduceRequest, error: ResponseError) -> ProduceResponse {
+    ProduceResponse::default().with_responses(
+        request
+            .topic_data
+            .iter()
+            .map(|topic| {
+                TopicProduceResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_partition_responses(
+                        topic
+                            .partition_data
+                            .iter()
+                            .map(|partition| {
+                                PartitionProduceResponse::default()
+                                    .with_index(partition.index)
+                                    .with_error_code(error.code())
+                                    .with_base_offset(-1)
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(-1)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// Fetches run wholly in the completion: a long poll must not hold up the connection's next
+/// request.
+fn fetch(broker: Arc<Broker>, caller: Arc<Session>, request: FetchRequest) -> Answer {
+    Box::pin(async move {
+        Some(ResponseKind::Fetch(
+            fetch_answer(&broker, &caller, request).await,
+        ))
+    })
+}
+
+async fn fetch_answer(broker: &Broker, caller: &Session, request: FetchRequest) -> FetchResponse {
+    let read_committed = request.isolation_level == 1;
+    let non_negative = |value: i32| u32::try_from(value).unwrap_or(0);
+    // Partitions that no core call can name (negative indexes) are answered here.
+    let mut refused: Vec<(String, i32)> = Vec::new();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.topic.0.to_string();
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .filter_map(|partition| match u32::try_from(partition.partition) {
+                    Ok(index) => Some(PartitionQuery {
+                        partition: index,
+                        fetch_offset: partition.fetch_offset,
+                        partition_max_bytes: non_negative(partition.partition_max_bytes),
+                    }),
+                    Err(_) => {
+                        refused.push((name.clone(), partition.partition));
+                        None
+                    }
+                })
+                .collect();
+            TopicQuery {
+                topic: name,
+                partitions,
+            }
+        })
+        .collect();
+    let query = FetchQuery {
+        max_wait_ms: non_negative(request.max_wait_ms),
+        min_bytes: non_negative(request.min_bytes),
+        max_bytes: non_negative(request.max_bytes),
+        isolation: if read_committed {
+            core::Isolation::ReadCommitted
+        } else {
+            core::Isolation::ReadUncommitted
+        },
+        topics,
+    };
+    let fetched = broker.fetch(caller, &query).await;
+    let mut responses: Vec<FetchableTopicResponse> = fetched
+        .into_iter()
+        .map(|topic| {
+            FetchableTopicResponse::default()
+                .with_topic(topic_name(&topic.topic))
+                .with_partitions(
+                    topic
+                        .partitions
+                        .into_iter()
+                        .map(|partition| {
+                            let data = PartitionData::default()
+                                .with_partition_index(
+                                    i32::try_from(partition.partition).unwrap_or(i32::MAX),
+                                )
+                                .with_error_code(
+                                    partition.error.as_ref().map_or(0, error_code::stream),
+                                )
+                                .with_high_watermark(partition.high_watermark)
+                                .with_last_stable_offset(partition.last_stable_offset)
+                                .with_log_start_offset(partition.log_start_offset)
+                                .with_preferred_read_replica(BrokerId(-1))
+                                .with_records(Some(partition.records));
+                            if read_committed {
+                                data.with_aborted_transactions(Some(
+                                    partition
+                                        .aborted
+                                        .into_iter()
+                                        .map(|txn| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(txn.producer_id))
+                                                .with_first_offset(txn.first_offset)
+                                        })
+                                        .collect(),
+                                ))
+                            } else {
+                                data
+                            }
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    for (name, index) in refused {
+        let partition = PartitionData::default()
+            .with_partition_index(index)
+            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1)
+            .with_log_start_offset(-1)
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(Bytes::new()));
+        match responses
+            .iter_mut()
+            .find(|topic| topic.topic.0.as_str() == name)
+        {
+            Some(topic) => topic.partitions.push(partition),
+            None => responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name(&name))
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    FetchResponse::default().with_responses(responses)
+}
+
+fn list_offsets(
+    broker: &Broker,
+    caller: &Session,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    // The codec refuses a leader epoch in versions without the field (before v4).
+    let leader_epoch = if version >= 4 { 0 } else { -1 };
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.to_string();
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|wanted| {
+                    let spec = match wanted.timestamp {
+                        LATEST_TIMESTAMP => OffsetSpec::Latest,
+                        EARLIEST_TIMESTAMP => OffsetSpec::Earliest,
+                        timestamp => OffsetSpec::Timestamp(timestamp),
+                    };
+                    let answer = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(wanted.partition_index)
+                        .with_timestamp(-1)
+                        .with_leader_epoch(leader_epoch);
+                    let Ok(partition) = u32::try_from(wanted.partition_index) else {
+                        return answer
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_offset(-1);
+                    };
+                    match broker.list_offset(caller, &name, partition, spec) {
+                        Ok(offset) => answer.with_offset(offset.unwrap_or(-1)),
+                        Err(error) => answer
+                            .with_error_code(error_code::stream(&error))
+                            .with_offset(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn create_topics(
+    broker: &Broker,
+    caller: &Session,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    let mut wanted = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let refusal = if request.validate_only {
+            Some((
+                ResponseError::InvalidRequest,
+                "validate_only is not supported yet".to_string(),
+            ))
+        } else if !topic.assignments.is_empty() {
+            Some((
+                ResponseError::InvalidReplicaAssignment,
+                "replica assignments are not supported: this is a single broker".to_string(),
+            ))
+        } else if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            Some((
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    topic.replication_factor
+                ),
+            ))
+        } else if topic.num_partitions == 0 || topic.num_partitions < -1 {
+            Some((
+                ResponseError::InvalidPartitions,
+                format!(
+                    "number of partitions {} must be positive",
+                    topic.num_partitions
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((error, message)) = refusal {
+            results.push(
+                CreatableTopicResult::default()
+                    .with_name(topic.name)
+                    .with_error_code(error.code())
+                    .with_error_message(Some(text(&message))),
+            );
+            continue;
+        }
+        let partitions =
+            u32::try_from(topic.num_partitions).unwrap_or_else(|_| broker.default_partitions());
+        let configs = topic
+            .configs
+            .into_iter()
+            .filter_map(|config| {
+                config
+                    .value
+                    .map(|value| (config.name.to_string(), value.to_string()))
+            })
+            .collect();
+        wanted.push(NewTopic {
+            name,
+            partitions,
+            configs,
+        });
+    }
+    for (name, outcome) in broker.create_topics(caller, wanted).await {
+        results.push(created_topic(name, outcome));
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+fn created_topic(name: String, outcome: Result<TopicInfo, StreamError>) -> CreatableTopicResult {
+    let result = CreatableTopicResult::default().with_name(topic_name(&name));
+    match outcome {
+        Ok(info) => result
+            .with_topic_id(Uuid::from_bytes(info.topic_id))
+            .with_num_partitions(i32::try_from(info.partitions).unwrap_or(i32::MAX))
+            .with_replication_factor(1),
+        Err(error) => result
+            .with_error_code(error_code::stream(&error))
+            .with_error_message(Some(text(&error.to_string())))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1),
+    }
+}
+
+async fn delete_topics(
+    broker: &Broker,
+    caller: &Session,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // v6 moved the names into `topics` (beside topic ids); earlier versions list names.
+    let names: Vec<String> = if version >= 6 {
+        request
+            .topics
+            .into_iter()
+            .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+            .collect()
+    } else {
+        request
+            .topic_names
+            .into_iter()
+            .map(|name| name.0.to_string())
+            .collect()
+    };
+    let responses = broker
+        .delete_topics(caller, names)
+        .await
+        .into_iter()
+        .map(|(name, outcome)| {
+            let result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+            match outcome {
+                Ok(info) => result.with_topic_id(Uuid::from_bytes(info.topic_id)),
+                Err(error) => result
+                    .with_error_code(error_code::stream(&error))
+                    .with_error_message(Some(text(&error.to_string()))),
+            }
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+async fn init_producer_id(
+    broker: &Broker,
+    caller: &Session,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let transactional_id = request.transactional_id.map(|id| id.0.to_string());
+    let timeout_ms = u32::try_from(request.transaction_timeout_ms).unwrap_or(0);
+    match broker
+        .init_producer_id(caller, transactional_id, timeout_ms)
+        .await
+    {
+        Ok((producer_id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch),
+        Err(error) => InitProducerIdResponse::default()
+            .with_error_code(error_code::txn(&error))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    }
+}
