@@ -41,6 +41,9 @@ use crate::streams::topic::Topics;
 use crate::streams::{AutoCreate, StreamSettings, Streams};
 use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
+pub use crate::groups::classic::{
+    ClassicJoin, ClassicMemberSummary, ClassicState, ClassicSummary, Joined,
+};
 pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
 pub use crate::groups::offsets::Committed;
 pub use crate::groups::{

@@ -11,6 +11,7 @@
 //! codes); front ends translate.
 
 pub mod assignor;
+pub mod classic;
 pub mod commit;
 pub mod offsets;
 
@@ -85,6 +86,16 @@ pub enum GroupError {
     /// No such group.
     #[error("group {0:?} does not exist")]
     GroupNotFound(String),
+    /// The group rebalances: the member must rejoin (classic protocol).
+    #[error("{0}")]
+    RebalanceInProgress(String),
+    /// The join's protocol type or assignment protocols do not fit the group, or the group
+    /// is in use by the other group protocol.
+    #[error("{0}")]
+    InconsistentProtocol(String),
+    /// The session timeout asked for is out of bounds.
+    #[error("{0}")]
+    InvalidSessionTimeout(String),
 }
 
 /// One join or heartbeat of a member.
@@ -182,6 +193,9 @@ pub struct GroupListing {
 #[derive(Debug)]
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// Groups of Kafka's classic protocol (client-side assignment); a group id is in use by
+    /// one protocol at a time.
+    classic: classic::ClassicGroups,
     clock: Arc<dyn Clock>,
     default_session_timeout_ms: u32,
     next_member: AtomicU64,
@@ -192,10 +206,32 @@ impl GroupCoordinator {
     pub fn new(clock: Arc<dyn Clock>, default_session_timeout_ms: u32) -> Self {
         GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
+            classic: classic::ClassicGroups::new(clock.clone()),
             clock,
             default_session_timeout_ms,
             next_member: AtomicU64::new(1),
         }
+    }
+
+    /// The groups of Kafka's classic protocol.
+    pub fn classic(&self) -> &classic::ClassicGroups {
+        &self.classic
+    }
+
+    /// A classic-protocol join, refused while the group has members of the broker-side
+    /// protocol (the two never mix members).
+    pub fn classic_join(&self, request: classic::ClassicJoin) -> classic::JoinWait {
+        let in_use = self
+            .lock()
+            .get(&request.group_id)
+            .is_some_and(|group| !group.members.is_empty());
+        if in_use {
+            return classic::JoinWait::Refused(GroupError::InconsistentProtocol(format!(
+                "group {:?} is in use by consumers of Wharf's own group protocol; use another group id",
+                request.group_id
+            )));
+        }
+        self.classic.join(request)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -228,6 +264,12 @@ impl GroupCoordinator {
             return Err(GroupError::InvalidGroupId(format!(
                 "group id of {} bytes exceeds max {GROUP_ID_BYTES_MAX}",
                 request.group_id.len()
+            )));
+        }
+        if self.classic.has_members(&request.group_id) {
+            return Err(GroupError::InconsistentProtocol(format!(
+                "group {:?} is in use by Kafka consumers (classic group protocol); use another group id",
+                request.group_id
             )));
         }
         let now = self.clock.now_ms();
@@ -377,7 +419,8 @@ impl GroupCoordinator {
             }
         }
         groups.retain(|_, group| !group.members.is_empty());
-        removed
+        drop(groups);
+        removed + self.classic.expire()
     }
 
     /// Checks whether `member_id` at `generation` may commit offsets for `group_id`. A
@@ -395,6 +438,9 @@ impl GroupCoordinator {
     ) -> Result<(), GroupError> {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId("group id is empty".to_string()));
+        }
+        if self.classic.has_members(group_id) {
+            return self.classic.check_commit(group_id, member_id, generation);
         }
         let unknown = || {
             GroupError::UnknownMember(format!(
@@ -460,8 +506,9 @@ impl GroupCoordinator {
         }
     }
 
-    /// Every group with members.
+    /// Every group with members (of either protocol).
     pub fn list(&self) -> Vec<GroupListing> {
+        let classic = self.classic.list();
         let groups = self.lock();
         let mut listing: Vec<GroupListing> = groups
             .iter()
@@ -471,6 +518,15 @@ impl GroupCoordinator {
                 member_count: u32::try_from(group.members.len()).unwrap_or(u32::MAX),
             })
             .collect();
+        listing.extend(
+            classic
+                .into_iter()
+                .map(|(group_id, _, member_count)| GroupListing {
+                    group_id,
+                    state: GroupState::Stable,
+                    member_count,
+                }),
+        );
         listing.sort_by(|left, right| left.group_id.cmp(&right.group_id));
         listing
     }

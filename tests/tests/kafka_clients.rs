@@ -308,3 +308,107 @@ fn unsupported_versions_and_bad_frames_get_kafkas_answers_and_the_broker_keeps_s
     let listing = kcat(&["-b", &kafka, "-L"], "");
     assert_success("kcat -L after bad frames", &listing);
 }
+
+#[test]
+fn confluent_kafka_group_members_joining_and_leaving_process_each_record_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let count = 400;
+    let output = run_client_script(
+        "confluent_group.py",
+        &[
+            &broker.kafka_address(),
+            "churn",
+            "churners",
+            &count.to_string(),
+        ],
+    );
+    assert_success("confluent-kafka group churn", &output);
+    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    let processed = summary["processed"].as_array().expect("processed");
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in processed {
+        seen.entry(row[3].as_str().expect("value").to_string())
+            .or_default()
+            .push(row[0].as_str().expect("member").to_string());
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(seen.len(), count, "every record processed");
+    let members: std::collections::BTreeSet<&str> = processed
+        .iter()
+        .map(|row| row[0].as_str().expect("member"))
+        .collect();
+    assert!(
+        members.len() >= 2,
+        "the work moved between members: {members:?}"
+    );
+    // The group's committed offsets are the native ones: `wharf group describe` shows no lag.
+    let described = wharf_ok(&broker.address(), &["group", "describe", "churners"], "");
+    let lag: i64 = described
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(lag, 0, "{described}");
+}
+
+#[test]
+fn kcat_group_offsets_survive_a_broker_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = BrokerProcess::start(&dir.path().join("data"));
+    let kafka = broker.kafka_address();
+    let lines: String = (0..50).map(|i| format!("first-{i}\n")).collect();
+    assert_success(
+        "kcat -P",
+        &kcat(&["-P", "-b", &kafka, "-t", "ledger"], &lines),
+    );
+    let group_read = |kafka: &str| {
+        let output = kcat(
+            &[
+                "-b",
+                kafka,
+                "-G",
+                "auditors",
+                "ledger",
+                // Not `-o beginning`: in group mode kcat would start there instead of at
+                // the committed offset.
+                "-X",
+                "auto.offset.reset=earliest",
+                "-e",
+                "-f",
+                "%s\n",
+            ],
+            "",
+        );
+        assert_success("kcat -G", &output);
+        stdout(&output)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let first = group_read(&kafka);
+    assert_eq!(first.len(), 50, "{first:?}");
+    // kcat commits what it read when it closes: the native CLI sees the committed offset.
+    let described = wharf_ok(&broker.address(), &["group", "describe", "auditors"], "");
+    assert!(
+        described
+            .lines()
+            .any(|line| line.split_whitespace().take(3).eq(["ledger", "0", "50"])),
+        "{described}"
+    );
+    broker.kill();
+    broker.restart();
+    let kafka = broker.kafka_address();
+    let more: String = (0..5).map(|i| format!("second-{i}\n")).collect();
+    assert_success(
+        "kcat -P",
+        &kcat(&["-P", "-b", &kafka, "-t", "ledger"], &more),
+    );
+    // The group resumes where its committed offset says: only the new records.
+    let second = group_read(&kafka);
+    assert_eq!(
+        second,
+        (0..5).map(|i| format!("second-{i}")).collect::<Vec<_>>()
+    );
+}

@@ -2,9 +2,13 @@
 //! listing groups, and committing and fetching offsets.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::core::stream_ops::dedupe;
 use crate::core::{Broker, Session};
+use crate::groups::classic::{ClassicJoin, ClassicSummary, JoinWait, Joined, SyncWait};
 use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::Committed;
 use crate::groups::{GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState};
@@ -143,5 +147,107 @@ impl Broker {
                 by_topic.into_iter().collect()
             }
         }
+    }
+}
+
+/// The longest a classic join or sync waits at its barrier beyond the rebalance timeout,
+/// should the sweep that completes rebalances be late.
+const CLASSIC_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// A join of Kafka's classic group protocol: waits at the barrier until the rebalance
+    /// completes (every member rejoined, or the rebalance timeout passed).
+    ///
+    /// # Errors
+    /// The group's refusal, or `RebalanceInProgress` if the barrier did not complete in time.
+    pub async fn join_classic_group(
+        &self,
+        _caller: &Session,
+        join: ClassicJoin,
+    ) -> Result<Joined, GroupError> {
+        let limit = Duration::from_millis(u64::try_from(join.rebalance_timeout_ms).unwrap_or(0))
+            + CLASSIC_WAIT_SLACK;
+        let group_id = join.group_id.clone();
+        match self.groups.classic_join(join) {
+            JoinWait::Refused(error) => Err(error),
+            JoinWait::Waiting(receiver) => wait_classic(receiver, limit, &group_id).await,
+        }
+    }
+
+    /// A sync of the classic protocol: the leader hands over every member's assignment; each
+    /// member gets its own (a follower waits for the leader's).
+    ///
+    /// # Errors
+    /// The group's refusal.
+    pub async fn sync_classic_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Bytes, GroupError> {
+        match self
+            .groups
+            .classic()
+            .sync(group_id, member_id, generation, assignments)
+        {
+            SyncWait::Assigned(assignment) => Ok(assignment),
+            SyncWait::Refused(error) => Err(error),
+            SyncWait::Waiting(receiver) => {
+                wait_classic(receiver, CLASSIC_SYNC_WAIT_MAX, group_id).await
+            }
+        }
+    }
+
+    /// A heartbeat of the classic protocol.
+    ///
+    /// # Errors
+    /// `UnknownMember`, `IllegalGeneration` or `RebalanceInProgress` (rejoin).
+    pub fn heartbeat_classic_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
+        self.groups
+            .classic()
+            .heartbeat(group_id, member_id, generation)
+    }
+
+    /// Members of a classic group leave; each answer in request order.
+    pub fn leave_classic_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Vec<Result<(), GroupError>> {
+        self.groups.classic().leave(group_id, member_ids)
+    }
+
+    /// A classic group as DescribeGroups shows it (`None`: no such classic group).
+    pub fn describe_classic_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+    ) -> Option<ClassicSummary> {
+        self.groups.classic().describe(group_id)
+    }
+}
+
+/// The longest a follower waits for its leader's assignment.
+const CLASSIC_SYNC_WAIT_MAX: Duration = Duration::from_secs(60);
+
+async fn wait_classic<T>(
+    receiver: tokio::sync::oneshot::Receiver<Result<T, GroupError>>,
+    limit: Duration,
+    group_id: &str,
+) -> Result<T, GroupError> {
+    match tokio::time::timeout(limit, receiver).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) | Err(_) => Err(GroupError::RebalanceInProgress(format!(
+            "group {group_id:?} did not complete its rebalance in time; rejoin"
+        ))),
     }
 }

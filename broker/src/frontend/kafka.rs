@@ -11,6 +11,7 @@
 //! bytes unchanged.
 
 pub mod error_code;
+pub mod groups;
 pub mod handlers;
 
 use std::net::SocketAddr;
@@ -52,6 +53,15 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 /// The lowest Produce version that is served; lower ones are refused.
@@ -116,6 +126,8 @@ pub struct KafkaConnection {
 #[derive(Debug)]
 pub struct KafkaRequest {
     api_key: ApiKey,
+    /// The header's client id (empty when null).
+    client_id: String,
     version: i16,
     correlation_id: i32,
     body: Body,
@@ -182,12 +194,15 @@ impl Protocol for Kafka {
         Box::pin(async move {
             let KafkaRequest {
                 api_key,
+                client_id,
                 version,
                 correlation_id,
                 body,
             } = request;
             let answer = match body {
-                Body::Serve(body) => handlers::handle(self, connection, body, version).await,
+                Body::Serve(body) => {
+                    handlers::handle(self, connection, body, version, client_id).await
+                }
                 Body::ApiVersionsUnsupported => {
                     handlers::ready(handlers::api_versions_unsupported())
                 }
@@ -236,6 +251,7 @@ fn decode_request(mut frame: Bytes) -> Result<KafkaRequest, Fatal> {
     if api_key == ApiKey::ApiVersions && !in_range {
         return Ok(KafkaRequest {
             api_key,
+            client_id: String::new(),
             version: 0,
             correlation_id,
             body: Body::ApiVersionsUnsupported,
@@ -248,17 +264,23 @@ fn decode_request(mut frame: Bytes) -> Result<KafkaRequest, Fatal> {
     }
     let header_version = api_key.request_header_version(version);
     let decoded = guarded(|| {
-        RequestHeader::decode(&mut frame, header_version).map_err(|error| error.to_string())?;
+        let header =
+            RequestHeader::decode(&mut frame, header_version).map_err(|error| error.to_string())?;
+        let client_id = header
+            .client_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
         if api_key == ApiKey::Produce && version < PRODUCE_VERSION_MIN_SERVED {
-            return decode_old_produce(frame).map(Body::ProduceTooOld);
+            return decode_old_produce(frame).map(|body| (client_id, Body::ProduceTooOld(body)));
         }
         RequestKind::decode(api_key, &mut frame, version)
-            .map(Body::Serve)
+            .map(|body| (client_id, Body::Serve(body)))
             .map_err(|error| error.to_string())
     });
     match decoded {
-        Ok(body) => Ok(KafkaRequest {
+        Ok((client_id, body)) => Ok(KafkaRequest {
             api_key,
+            client_id,
             version,
             correlation_id,
             body,

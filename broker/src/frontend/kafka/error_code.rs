@@ -3,7 +3,10 @@
 
 use kafka_protocol::ResponseError;
 
-use crate::core::{SequenceRefusal, StorageError, StreamError, TopicError, TxnError};
+use crate::core::{
+    CommitError, EntryRefusal, GroupError, SequenceRefusal, StorageError, StreamError, TopicError,
+    TxnError,
+};
 
 /// The Kafka code of a storage error.
 pub fn storage(error: &StorageError) -> i16 {
@@ -76,6 +79,39 @@ fn sequence(refusal: SequenceRefusal) -> ResponseError {
     }
 }
 
+/// The Kafka code of a group error.
+pub fn group(error: &GroupError) -> i16 {
+    let kind = match error {
+        GroupError::InvalidGroupId(_) => ResponseError::InvalidGroupId,
+        GroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        GroupError::UnknownMember(_) => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration(_) => ResponseError::IllegalGeneration,
+        GroupError::GroupNotFound(_) => ResponseError::GroupIdNotFound,
+        GroupError::RebalanceInProgress(_) => ResponseError::RebalanceInProgress,
+        GroupError::InconsistentProtocol(_) => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
+    };
+    kind.code()
+}
+
+/// The Kafka code of one refused offset.
+pub fn entry(refusal: &EntryRefusal) -> i16 {
+    let kind = match refusal {
+        EntryRefusal::UnknownTopicOrPartition { .. } => ResponseError::UnknownTopicOrPartition,
+        EntryRefusal::NegativeOffset { .. } => ResponseError::InvalidRequest,
+        EntryRefusal::MetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
+    };
+    kind.code()
+}
+
+/// The Kafka code of a failed commit.
+pub fn commit(error: &CommitError) -> i16 {
+    match error {
+        CommitError::Group(error) => group(error),
+        CommitError::Storage(error) => storage(error),
+    }
+}
+
 /// The Kafka code of a transaction error.
 pub fn txn(error: &TxnError) -> i16 {
     let kind = match error {
@@ -87,7 +123,8 @@ pub fn txn(error: &TxnError) -> i16 {
         TxnError::InternalTopic(_) => ResponseError::InvalidTopicException,
         TxnError::UnknownPartition { .. } => ResponseError::UnknownTopicOrPartition,
         TxnError::InvalidGroupId => ResponseError::InvalidGroupId,
-        TxnError::Group(_) | TxnError::Offset(_) => ResponseError::InvalidRequest,
+        TxnError::Group(error) => return group(error),
+        TxnError::Offset(refusal) => return entry(refusal),
         TxnError::Storage(error) => return storage(error),
         TxnError::NotRunning => ResponseError::CoordinatorNotAvailable,
         TxnError::Internal(_) => ResponseError::UnknownServerError,

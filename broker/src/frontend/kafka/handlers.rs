@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::error_code;
+use super::{error_code, groups};
 use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
@@ -54,6 +54,7 @@ pub async fn handle(
     connection: &KafkaConnection,
     request: RequestKind,
     version: i16,
+    client_id: String,
 ) -> Answer {
     let broker: &Broker = &kafka.broker;
     let caller: &Session = &connection.session;
@@ -78,6 +79,47 @@ pub async fn handle(
         RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
             init_producer_id(broker, caller, request).await,
         )),
+        RequestKind::FindCoordinator(request) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(kafka, request, version),
+        )),
+        RequestKind::JoinGroup(request) => {
+            // The join waits at the group's barrier: in the completion, so the connection
+            // keeps reading (a heartbeat of the same client must not wait behind it).
+            let broker = kafka.broker.clone();
+            let caller = connection.session.clone();
+            Box::pin(async move {
+                Some(ResponseKind::JoinGroup(
+                    groups::join_group(&broker, &caller, request, client_id, version).await,
+                ))
+            })
+        }
+        RequestKind::SyncGroup(request) => {
+            let broker = kafka.broker.clone();
+            let caller = connection.session.clone();
+            Box::pin(async move {
+                Some(ResponseKind::SyncGroup(
+                    groups::sync_group(&broker, &caller, request).await,
+                ))
+            })
+        }
+        RequestKind::Heartbeat(request) => ready(ResponseKind::Heartbeat(groups::heartbeat(
+            broker, caller, request,
+        ))),
+        RequestKind::LeaveGroup(request) => ready(ResponseKind::LeaveGroup(groups::leave_group(
+            broker, caller, request, version,
+        ))),
+        RequestKind::OffsetCommit(request) => ready(ResponseKind::OffsetCommit(
+            groups::offset_commit(broker, caller, request).await,
+        )),
+        RequestKind::OffsetFetch(request) => ready(ResponseKind::OffsetFetch(
+            groups::offset_fetch(broker, caller, request),
+        )),
+        RequestKind::ListGroups(_) => ready(ResponseKind::ListGroups(groups::list_groups(
+            broker, caller,
+        ))),
+        RequestKind::DescribeGroups(request) => ready(ResponseKind::DescribeGroups(
+            groups::describe_groups(broker, caller, request),
+        )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");
@@ -86,7 +128,8 @@ pub async fn handle(
     }
 }
 
-fn text(value: &str) -> StrBytes {
+/// A Kafka string of `value`.
+pub(super) fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
 }
 

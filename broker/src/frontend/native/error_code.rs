@@ -79,6 +79,10 @@ pub fn group(error: &GroupError) -> ErrorCode {
         GroupError::UnknownMember(_) => ErrorCode::UnknownMemberId,
         GroupError::IllegalGeneration(_) => ErrorCode::IllegalGeneration,
         GroupError::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
+        // The classic protocol's refusals (a Kafka group id in use by Kafka clients).
+        GroupError::RebalanceInProgress(_)
+        | GroupError::InconsistentProtocol(_)
+        | GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidRequest,
     }
 }
 
