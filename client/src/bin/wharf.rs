@@ -5,8 +5,10 @@
 //! wharf topic list | topic describe NAME | topic delete NAME
 //! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
 //!                     [--idempotent | --no-idempotent] [--transactional-id ID]
+//!                     [--encoding text|base64|hex]
 //! wharf consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--partition P]
-//!                     [--max-messages N] [--timeout-ms T] [--format value|json]
+//!                     [--max-messages N] [--timeout-ms T] [--format value|json|TEMPLATE]
+//!                     [--encoding text|base64|hex]
 //!                     [--isolation read_committed|read_uncommitted]
 //! wharf group list | group describe G
 //! wharf exchange declare NAME --type direct|fanout|topic|headers [--transient]
@@ -39,6 +41,8 @@
 mod admin;
 #[path = "wharf/consume.rs"]
 mod consume;
+#[path = "wharf/encoding.rs"]
+mod encoding;
 #[path = "wharf/perf.rs"]
 mod perf;
 #[path = "wharf/produce.rs"]
@@ -51,12 +55,15 @@ mod queue;
 mod subscribe;
 #[path = "wharf/table.rs"]
 mod table;
+#[path = "wharf/template.rs"]
+mod template;
 
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use encoding::Encoding;
 
 /// mimalloc instead of the system allocator: the producer and subscriber paths allocate per
 /// record on one thread and free on another, which glibc's arenas serialize with a lock
@@ -173,8 +180,18 @@ pub struct ProduceArgs {
     /// The topic (created by the broker on first produce if it allows).
     pub topic: String,
     /// Split each line at the first SEP into key and value (lines without SEP get no key).
+    /// With --encoding base64, pick a SEP outside the base64 alphabet (`:` or a tab, not
+    /// `=`, `+` or `/`).
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
+    /// How each line's key and value are written. `text`: the bytes as they are; a line ends
+    /// at `\n` only, so a `\r` before it stays in the value (as in kcat: what `consume`
+    /// printed produces the same values again; strip CRLF line ends with `tr -d '\r'`).
+    /// `base64` (standard, padded) or `hex`: decoded, so any bytes can be sent (a trailing
+    /// `\r` is ignored); a line that does not decode stops the command with an error
+    /// naming the line.
+    #[arg(long, value_enum, default_value_t = Encoding::Text)]
+    pub encoding: Encoding,
     /// Acknowledgement to wait for. `leader` and `none` turn idempotence off unless
     /// --idempotent is given too (which is then an error: idempotence needs `all`).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
@@ -241,9 +258,26 @@ pub struct ConsumeArgs {
     /// Exit when no record arrived for this many milliseconds.
     #[arg(long, value_name = "T")]
     pub timeout_ms: Option<u64>,
-    /// How to print each record.
-    #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
+    /// How to print each record: `value` (the value, one per line; `null` for none),
+    /// `json` (one object per line; the default with --json) or a kcat-style template such
+    /// as '%k:%s\n'.
+    #[arg(
+        long,
+        value_name = "value|json|TEMPLATE",
+        value_parser = consume::parse_format,
+        long_help = format!(
+            "How to print each record: `value` (the value, one per line; `null` for none), \
+`json` (one object per line; the default with --json) or a kcat-style template such as \
+'%k:%s\\n'. Template: {}.",
+            template::TEMPLATE_HELP
+        )
+    )]
+    pub format: Option<consume::ConsumeFormat>,
+    /// How keys and values are printed. `text`: the bytes as they are (in JSON, which holds
+    /// only Unicode, invalid UTF-8 shows as U+FFFD); `base64` (standard, padded) or `hex`:
+    /// any bytes, in every format; what `produce --encoding` of the same name reads.
+    #[arg(long, value_enum, default_value_t = Encoding::Text)]
+    pub encoding: Encoding,
     /// Whether to show records of open or aborted transactions.
     #[arg(long, value_enum, default_value_t = IsolationArg::ReadUncommitted)]
     pub isolation: IsolationArg,
@@ -437,6 +471,13 @@ pub enum CliError {
         /// The broker's explanation.
         message: String,
     },
+    /// A line of standard input cannot be read as a record (`produce --encoding`).
+    BadInput {
+        /// The line, counted from 1.
+        line_number: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl CliError {
@@ -488,6 +529,10 @@ impl fmt::Display for CliError {
                     "the broker cancelled the subscription to queue \"{queue}\": {message}"
                 ),
             },
+            CliError::BadInput {
+                line_number,
+                reason,
+            } => write!(formatter, "line {line_number} of standard input: {reason}"),
         }
     }
 }
@@ -714,7 +759,7 @@ mod tests {
         assert_eq!(args.from, Some(StartFrom::Earliest));
         assert_eq!(args.max_messages, Some(10));
         assert_eq!(args.timeout_ms, Some(2000));
-        assert_eq!(args.format, Some(FormatArg::Json));
+        assert_eq!(args.format, Some(consume::ConsumeFormat::Json));
         assert_eq!(args.isolation, IsolationArg::ReadCommitted);
     }
 

@@ -1,8 +1,12 @@
 //! `wharf produce`: one record per line of standard input.
 //!
-//! Lines are raw bytes (no UTF-8 requirement) without their `\n` or `\r\n`. With
-//! `--key-separator SEP` a line is split at the first SEP into key and value; a line
-//! without SEP becomes a record without a key. Records are enqueued without waiting for
+//! Lines are raw bytes (no UTF-8 requirement) without their `\n`. A `\r` before the `\n`
+//! stays in the value in text encoding (as in kcat), so that what `wharf consume` printed
+//! produces the same values again; with `--encoding base64|hex` it is ignored, as those
+//! alphabets have no `\r`. With `--key-separator SEP` a line is split at the first SEP into
+//! key and value; a line without SEP becomes a record without a key. Then the key and the
+//! value are decoded from the `--encoding` ([`crate::encoding`]); a line that does not
+//! decode stops the command with an error naming its number. Records are enqueued without waiting for
 //! each acknowledgement (bounded by [`DELIVERIES_PENDING_MAX`]); at the end the command waits
 //! for all of them and prints the throughput to stderr, or the first delivery error.
 //! Idempotence is on unless `--no-idempotent` or `--acks leader|none` turns it off
@@ -21,6 +25,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use wharf_client::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 
+use crate::encoding::Encoding;
 use crate::table::counted;
 use crate::{CliError, ProduceArgs};
 
@@ -101,6 +106,7 @@ async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64
     let mut record_count: u64 = 0;
     let mut payload_bytes: u64 = 0;
     let mut line = Vec::new();
+    let mut line_number: u64 = 0;
     loop {
         line.clear();
         let read = stdin
@@ -110,7 +116,14 @@ async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64
         if read == 0 {
             break;
         }
-        let (key, value) = split_line(trim_newline(&line), args.key_separator.as_deref());
+        line_number += 1;
+        let body = line_body(&line, args.encoding);
+        let (key, value) = split_line(body, args.key_separator.as_deref());
+        let (key, value) =
+            decode_parts(key, value, args.encoding).map_err(|reason| CliError::BadInput {
+                line_number,
+                reason,
+            })?;
         payload_bytes += (key.as_ref().map_or(0, Bytes::len) + value.len()) as u64;
         let record = ProducerRecord {
             topic: args.topic.clone(),
@@ -162,9 +175,37 @@ fn report(record_count: u64, payload_bytes: u64, seconds: f64, json: bool) {
     }
 }
 
-fn trim_newline(line: &[u8]) -> &[u8] {
+/// The line without its `\n`; in base64 and hex also without a `\r` before it (CRLF
+/// input), which those alphabets cannot hold. Text keeps the `\r`: it may be data.
+fn line_body(line: &[u8], encoding: Encoding) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
+    match encoding {
+        Encoding::Text => line,
+        Encoding::Base64 | Encoding::Hex => line.strip_suffix(b"\r").unwrap_or(line),
+    }
+}
+
+/// The key and value as bytes, decoded from `encoding`.
+fn decode_parts(
+    key: Option<Bytes>,
+    value: Bytes,
+    encoding: Encoding,
+) -> Result<(Option<Bytes>, Bytes), String> {
+    if encoding == Encoding::Text {
+        return Ok((key, value));
+    }
+    let key = match key {
+        Some(key) => Some(Bytes::from(
+            encoding
+                .decode(&key)
+                .map_err(|error| format!("key is {}", error.reason))?,
+        )),
+        None => None,
+    };
+    let value = encoding
+        .decode(&value)
+        .map_err(|error| format!("value is {}", error.reason))?;
+    Ok((key, Bytes::from(value)))
 }
 
 /// Splits `line` at the first `separator` into key and value.
@@ -189,11 +230,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn line_endings_are_removed() {
-        assert_eq!(trim_newline(b"abc\n"), b"abc");
-        assert_eq!(trim_newline(b"abc\r\n"), b"abc");
-        assert_eq!(trim_newline(b"abc"), b"abc");
-        assert_eq!(trim_newline(b"\n"), b"");
+    fn the_newline_is_removed_and_a_carriage_return_is_text_data() {
+        assert_eq!(line_body(b"abc\n", Encoding::Text), b"abc");
+        assert_eq!(line_body(b"abc\r\n", Encoding::Text), b"abc\r");
+        assert_eq!(line_body(b"abc", Encoding::Text), b"abc");
+        assert_eq!(line_body(b"\n", Encoding::Text), b"");
+        assert_eq!(line_body(b"YWJj\r\n", Encoding::Base64), b"YWJj");
+        assert_eq!(line_body(b"616263\r\n", Encoding::Hex), b"616263");
+    }
+
+    #[test]
+    fn keys_and_values_are_decoded_and_a_bad_one_is_named() {
+        let (key, value) = split_line(b"6b:fffe0d", Some(":"));
+        let (key, value) = decode_parts(key, value, Encoding::Hex).unwrap();
+        assert_eq!(key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(&value[..], b"\xff\xfe\r");
+        let (key, value) = split_line(b"zz:00", Some(":"));
+        let error = decode_parts(key, value, Encoding::Hex).unwrap_err();
+        assert_eq!(error, "key is not valid hex: byte 'z' at position 0");
+        let error = decode_parts(None, Bytes::from_static(b"@@"), Encoding::Base64).unwrap_err();
+        assert!(error.starts_with("value is not valid base64"), "{error}");
     }
 
     #[test]
