@@ -246,3 +246,31 @@ fn text_keeps_a_trailing_carriage_return_and_invalid_utf8() {
         b"crlf\r\n\xff\xfe\n".escape_ascii().to_string()
     );
 }
+
+#[test]
+fn a_topic_auto_created_by_produce_is_reported_on_stderr() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker =
+        BrokerProcess::start_with_config(&data.path().join("data"), "default_partitions = 3\n");
+    let address = broker.address();
+    let first = wharf(&address, &["produce", "fresh"], "a\nb\n");
+    assert!(first.status.success());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.starts_with("created topic \"fresh\" with 3 partitions (auto-create)\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("produced 2 records"), "{stderr}");
+    // The topic exists now: nothing to report.
+    let second = wharf(&address, &["produce", "fresh"], "c\n");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!stderr.contains("created topic"), "{stderr}");
+    // A topic created beforehand is not reported either.
+    create_topic(&address, "made");
+    let made = wharf(&address, &["--json", "produce", "made"], "d\n");
+    assert!(
+        made.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}

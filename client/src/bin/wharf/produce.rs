@@ -12,6 +12,10 @@
 //! Idempotence is on unless `--no-idempotent` or `--acks leader|none` turns it off
 //! ([`crate::ProduceArgs::idempotence`]).
 //!
+//! A topic the broker creates for this command (auto-create) is reported on stderr once the
+//! first record is acknowledged: `created topic "T" with N partitions (auto-create)`
+//! ([`AutoCreateNotice`]).
+//!
 //! With `--transactional-id ID` all of standard input is one transaction: it commits when
 //! input ends, and aborts on an error or on Ctrl-C (SIGINT) or SIGTERM; either way one line
 //! on stderr says which (`transaction ID committed: N records` or
@@ -23,7 +27,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use wharf_client::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
+use wharf_client::{Client, DeliveryFuture, Error, Producer, ProducerConfig, ProducerRecord};
 
 use crate::encoding::Encoding;
 use crate::table::counted;
@@ -43,9 +47,12 @@ pub async fn run(client: &Client, args: ProduceArgs, json: bool) -> Result<(), C
         config = config.transactional_id(transactional_id.clone());
     }
     let producer = Producer::try_new(client, config)?;
+    let mut notice = AutoCreateNotice::check(client, &args.topic).await;
     let counts = match &args.transactional_id {
-        None => send_lines(&producer, &args).await?,
-        Some(transactional_id) => in_transaction(&producer, &args, transactional_id).await?,
+        None => send_lines(&producer, &args, &mut notice).await?,
+        Some(transactional_id) => {
+            in_transaction(&producer, &args, transactional_id, &mut notice).await?
+        }
     };
     producer.close().await?;
     // A transaction's outcome is its one line on stderr; `--json` still reports on stdout.
@@ -61,11 +68,12 @@ async fn in_transaction(
     producer: &Producer,
     args: &ProduceArgs,
     transactional_id: &str,
+    notice: &mut AutoCreateNotice<'_>,
 ) -> Result<(u64, u64), CliError> {
     producer.init_transactions().await?;
     producer.begin_transaction().await?;
     let sent = tokio::select! {
-        sent = send_lines(producer, args) => sent,
+        sent = send_lines(producer, args, notice) => sent,
         () = crate::consume::interrupted() => Err(CliError::Interrupted),
     };
     let sent = match sent {
@@ -100,7 +108,11 @@ async fn in_transaction(
 
 /// Enqueues one record per line of standard input and waits for every acknowledgement;
 /// returns the record count and payload bytes.
-async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64), CliError> {
+async fn send_lines(
+    producer: &Producer,
+    args: &ProduceArgs,
+    notice: &mut AutoCreateNotice<'_>,
+) -> Result<(u64, u64), CliError> {
     let mut stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut record_count: u64 = 0;
@@ -140,8 +152,13 @@ async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64
                 .collect(),
             timestamp_ms: args.timestamp_ms,
         };
-        pending.push_back(producer.enqueue(record).await?);
+        let delivery = producer.enqueue(record).await?;
         record_count += 1;
+        if notice.is_pending() {
+            notice.report_after(delivery).await?;
+            continue;
+        }
+        pending.push_back(delivery);
         if pending.len() >= DELIVERIES_PENDING_MAX {
             if let Some(delivery) = pending.pop_front() {
                 delivery.await?;
@@ -152,6 +169,60 @@ async fn send_lines(producer: &Producer, args: &ProduceArgs) -> Result<(u64, u64
         delivery.await?;
     }
     Ok((record_count, payload_bytes))
+}
+
+/// Says on stderr that `produce` made the broker create its topic. The produce answer of the
+/// native protocol does not tell whether a topic was created, so the command looks the topic
+/// up once before producing (one Metadata request) and, if the broker did not know it,
+/// reports the creation when the first record is acknowledged: the topic exists then, and
+/// the one wait costs a round trip once, only for a new topic.
+#[derive(Debug)]
+struct AutoCreateNotice<'a> {
+    client: &'a Client,
+    topic: &'a str,
+    state: NoticeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoticeState {
+    /// The topic was unknown at the start; nothing is reported yet.
+    Pending,
+    /// The topic existed, the lookup failed (the producer reports such errors), or the
+    /// creation was reported.
+    Done,
+}
+
+impl<'a> AutoCreateNotice<'a> {
+    async fn check(client: &'a Client, topic: &'a str) -> AutoCreateNotice<'a> {
+        let state = match client.refresh_topic(topic).await {
+            Err(Error::UnknownTopic { .. }) => NoticeState::Pending,
+            _ => NoticeState::Done,
+        };
+        AutoCreateNotice {
+            client,
+            topic,
+            state,
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.state == NoticeState::Pending
+    }
+
+    /// Waits for the first record's acknowledgement, then reports the new topic.
+    async fn report_after(&mut self, first: DeliveryFuture) -> Result<(), CliError> {
+        first.await?;
+        self.state = NoticeState::Done;
+        match self.client.topic(self.topic).await {
+            Ok(topic) => eprintln!(
+                "created topic \"{}\" with {} (auto-create)",
+                self.topic,
+                counted(topic.partition_count(), "partition")
+            ),
+            Err(_) => eprintln!("created topic \"{}\" (auto-create)", self.topic),
+        }
+        Ok(())
+    }
 }
 
 fn report(record_count: u64, payload_bytes: u64, seconds: f64, json: bool) {
