@@ -274,3 +274,107 @@ fn a_topic_auto_created_by_produce_is_reported_on_stderr() {
         String::from_utf8_lossy(&made.stderr)
     );
 }
+
+/// The last line of stderr as JSON: `--json` errors are one object there.
+fn json_error(output: &Output) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("not a JSON error: {stderr}"))
+}
+
+#[test]
+fn json_summaries_share_field_names_and_errors_are_json_with_the_same_exit_codes() {
+    let (_data, broker) = start();
+    let address = broker.address();
+    create_topic(&address, "named");
+    let summary_fields = |stdout: &str| -> Vec<String> {
+        let document: serde_json::Value = serde_json::from_str(stdout).expect("JSON");
+        let object = document.as_object().expect("an object");
+        object.keys().cloned().collect()
+    };
+    let produced = wharf_ok(&address, &["--json", "produce", "named"], "a\nb\n");
+    let fields = summary_fields(&produced);
+    for field in ["messages", "bytes", "seconds", "messages_per_second"] {
+        assert!(fields.contains(&field.to_string()), "{field}: {produced}");
+    }
+    let perf = wharf_ok(
+        &address,
+        &[
+            "--json",
+            "perf",
+            "produce",
+            "--topic",
+            "named",
+            "--messages",
+            "10",
+        ],
+        "",
+    );
+    let fields = summary_fields(&perf);
+    for field in ["messages", "bytes", "seconds", "messages_per_second"] {
+        assert!(fields.contains(&field.to_string()), "{field}: {perf}");
+    }
+    // publish says `refused` in JSON as in its text summary, and exits 3 either way.
+    wharf_ok(&address, &["queue", "declare", "q"], "");
+    let published = wharf(
+        &address,
+        &["--json", "publish", "", "nosuchqueue", "--mandatory"],
+        "x\n",
+    );
+    assert_eq!(published.status.code(), Some(3));
+    let counts: serde_json::Value = serde_json::from_slice(&published.stdout).expect("JSON");
+    assert_eq!(
+        (&counts["messages"], &counts["refused"]),
+        (&1.into(), &1.into())
+    );
+    let error = json_error(&published);
+    assert_eq!(error["kind"], "not_stored", "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .expect("message")
+            .contains("1 refused"),
+        "{error}"
+    );
+
+    // A broker's refusal: exit 1, the message, a kind and the wire code.
+    let exists = wharf(
+        &address,
+        &["--json", "topic", "create", "named", "--partitions", "1"],
+        "",
+    );
+    assert_eq!(exists.status.code(), Some(1));
+    assert!(exists.stdout.is_empty(), "stdout carries only data");
+    let error = json_error(&exists);
+    assert!(
+        error["error"].as_str().expect("message").contains("exists"),
+        "{error}"
+    );
+    assert_eq!(error["kind"], "server", "{error}");
+    assert_eq!(error["code"], "topic_already_exists", "{error}");
+    let missing = wharf(&address, &["--json", "consume", "missing"], "");
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(json_error(&missing)["kind"], "unknown_topic");
+    let down = wharf("127.0.0.1:1", &["--json", "topic", "list"], "");
+    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(json_error(&down)["kind"], "connect");
+    // A usage error keeps clap's exit code 2.
+    let usage = wharf(
+        &address,
+        &["--json", "topic", "create", "x", "--partitons", "2"],
+        "",
+    );
+    assert_eq!(usage.status.code(), Some(2));
+    let error = json_error(&usage);
+    assert_eq!(error["kind"], "usage", "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .expect("message")
+            .contains("--partitons"),
+        "{error}"
+    );
+    // Without --json, errors stay one line of text.
+    let text = wharf(&address, &["consume", "missing"], "");
+    assert!(String::from_utf8_lossy(&text.stderr).starts_with("error: unknown topic"));
+}

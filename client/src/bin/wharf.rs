@@ -30,7 +30,10 @@
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
 //! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2);
 //! `wharf publish` exits with [`EXIT_NOT_STORED`] (3) when some message was not stored
-//! (`publish::EXIT_STATUS_HELP`). This file holds the argument definitions and the
+//! (`publish::EXIT_STATUS_HELP`). With `--json` the error line is one JSON object instead
+//! (`{"error": MESSAGE, "kind": KIND}`, plus `"code"` when the broker answered with a wire
+//! code), still on stderr and with the same exit code ([`error_json`]), so that stdout
+//! carries only data. This file holds the argument definitions and the
 //! dispatch; each command family has a module.
 
 #![warn(missing_docs)]
@@ -488,6 +491,78 @@ impl CliError {
             _ => 1,
         }
     }
+
+    /// A stable snake_case name of the failure for `--json` errors: the client error's
+    /// [`wharf_client::Error::kind`], or the CLI's own.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::Client(error) => error.kind(),
+            CliError::Stdin(_) => "stdin",
+            CliError::Stdout(_) => "stdout",
+            CliError::Interrupted => "interrupted",
+            CliError::TransactionAborted { .. } => "transaction_aborted",
+            CliError::NotStored { .. } => "not_stored",
+            CliError::UnknownGroup { .. } => "unknown_group",
+            CliError::SubscriptionCancelled { .. } => "subscription_cancelled",
+            CliError::BadInput { .. } => "bad_input",
+        }
+    }
+
+    /// The wire error code the broker answered with, if any.
+    pub fn code(&self) -> Option<wharf_client::ErrorCode> {
+        match self {
+            CliError::Client(error) => error.code(),
+            CliError::SubscriptionCancelled { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The `--json` form of an error: `{"error": MESSAGE, "kind": KIND}`, with `"code"` (the wire
+/// code's name in snake_case) when the broker answered with one.
+pub fn error_json(message: &str, kind: &str, code: Option<wharf_client::ErrorCode>) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert("error".into(), message.into());
+    object.insert("kind".into(), kind.into());
+    if let Some(code) = code {
+        object.insert("code".into(), snake_case(&format!("{code:?}")).into());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// `TopicAlreadyExists` → `topic_already_exists`.
+fn snake_case(name: &str) -> String {
+    let mut snake = String::with_capacity(name.len() + 4);
+    for (index, character) in name.chars().enumerate() {
+        if character.is_ascii_uppercase() {
+            if index > 0 {
+                snake.push('_');
+            }
+            snake.push(character.to_ascii_lowercase());
+        } else {
+            snake.push(character);
+        }
+    }
+    snake
+}
+
+/// Reports a command line clap refused. Help and version go out as clap prints them; a real
+/// usage error is one JSON line on stderr when `--json` is among the arguments (clap had no
+/// chance to parse it), else clap's text. Returns the exit code (2 for usage errors).
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let json_asked = std::env::args_os()
+        .skip(1)
+        .take_while(|argument| argument != "--")
+        .any(|argument| argument == "--json");
+    if !error.use_stderr() || !json_asked {
+        let _ = error.print();
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    let rendered = error.render().to_string();
+    let first_line = rendered.lines().next().unwrap_or_default();
+    let message = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    eprintln!("{}", error_json(message, "usage", None));
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 impl fmt::Display for CliError {
@@ -546,7 +621,11 @@ impl From<wharf_client::Error> for CliError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -563,6 +642,13 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            eprintln!(
+                "{}",
+                error_json(&error.to_string(), error.kind(), error.code())
+            );
+            ExitCode::from(error.exit_code())
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
@@ -910,6 +996,30 @@ mod tests {
             panic!("not subscribe");
         };
         assert_eq!(args.ack, subscribe::AckArg::Manual, "manual is the default");
+    }
+
+    #[test]
+    fn json_errors_carry_message_kind_and_wire_code() {
+        let error = CliError::Client(wharf_client::Error::server(
+            wharf_client::ErrorCode::TopicAlreadyExists,
+            Some("topic \"a\" already exists".to_string()),
+        ));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&error_json(&error.to_string(), error.kind(), error.code()))
+                .unwrap();
+        assert_eq!(parsed["error"], "topic \"a\" already exists");
+        assert_eq!(parsed["kind"], "server");
+        assert_eq!(parsed["code"], "topic_already_exists");
+        let stdin = CliError::Stdin(std::io::Error::other("gone"));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&error_json(&stdin.to_string(), stdin.kind(), stdin.code()))
+                .unwrap();
+        assert_eq!(parsed["kind"], "stdin");
+        assert!(parsed.get("code").is_none());
+        assert_eq!(
+            snake_case("UnknownTopicOrPartition"),
+            "unknown_topic_or_partition"
+        );
     }
 
     #[test]

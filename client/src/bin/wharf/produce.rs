@@ -227,20 +227,21 @@ impl<'a> AutoCreateNotice<'a> {
 
 fn report(record_count: u64, payload_bytes: u64, seconds: f64, json: bool) {
     let seconds = seconds.max(1e-6);
-    let records_per_second = record_count as f64 / seconds;
+    let messages_per_second = record_count as f64 / seconds;
     let megabytes_per_second = payload_bytes as f64 / 1e6 / seconds;
     if json {
+        // The field names every throughput summary of the CLI shares (README, "JSON output").
         let document = json!({
-            "records": record_count,
+            "messages": record_count,
             "bytes": payload_bytes,
             "seconds": seconds,
-            "records_per_second": records_per_second,
+            "messages_per_second": messages_per_second,
             "megabytes_per_second": megabytes_per_second,
         });
         println!("{document}");
     } else {
         eprintln!(
-            "produced {} in {seconds:.3} s ({records_per_second:.0} msgs/s, {megabytes_per_second:.2} MB/s)",
+            "produced {} in {seconds:.3} s ({messages_per_second:.0} msgs/s, {megabytes_per_second:.2} MB/s)",
             counted(record_count, "record")
         );
     }
