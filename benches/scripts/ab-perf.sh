@@ -3,7 +3,7 @@
 # so that drift and order effects cancel, with the page cache written back between runs
 # (`sync` and a pause): on this disk-bound workload a run that follows another pays for the
 # other's dirty pages. Prints one line per run: side, size, rep, the broker's CPU ticks
-# (utime + stime, 100 per second) and the perf JSON's msgs_per_sec.
+# (utime + stime, 100 per second) and the perf JSON's messages_per_second.
 #
 #   A=/tmp/before B=target/release benches/scripts/ab-perf.sh
 #
@@ -39,7 +39,7 @@ run() { # label bin size rep
   ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$DATA"; sync; sleep "$SETTLE_SECS"
-  echo "$label $WORKLOAD size=$size rep=$rep ticks=$ticks $(echo "$out" | grep -o '"msgs_per_sec":[0-9.]*')"
+  echo "$label $WORKLOAD size=$size rep=$rep ticks=$ticks $(echo "$out" | grep -o '"messages_per_second":[0-9.]*')"
 }
 
 for rep in $(seq 1 "$REPS"); do

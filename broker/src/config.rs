@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use wharf_protocol::frame::FRAME_BYTES_MAX_DEFAULT;
 
+use crate::storage::config::{SEGMENT_BYTES_MAX_LIMIT, SEGMENT_BYTES_MIN_LIMIT};
 use crate::storage::{FlushPolicy, LogConfig};
 
 /// Default listen address.
@@ -487,7 +488,17 @@ pub fn apply_topic_overrides(
         match key.as_str() {
             "retention.ms" => log.retention_ms = Some(number()?).filter(|ms| *ms > 0),
             "retention.bytes" => log.retention_bytes = Some(number()?).filter(|bytes| *bytes > 0),
-            "segment.bytes" => log.segment_bytes_max = number()?,
+            // Checked here, not only by `LogConfig::validate`, so that the error names the
+            // key the user wrote rather than the storage field it sets.
+            "segment.bytes" => {
+                let bytes = number()?;
+                if !(SEGMENT_BYTES_MIN_LIMIT..=SEGMENT_BYTES_MAX_LIMIT).contains(&bytes) {
+                    return Err(format!(
+                        "config segment.bytes={bytes} is outside [{SEGMENT_BYTES_MIN_LIMIT}, {SEGMENT_BYTES_MAX_LIMIT}] bytes"
+                    ));
+                }
+                log.segment_bytes_max = bytes;
+            }
             "segment.ms" => log.segment_age_ms_max = Some(number()?).filter(|ms| *ms > 0),
             "flush" => log.flush = parse_flush(value, 1000)?,
             other => return Err(format!("unknown topic config {other:?}")),
@@ -612,7 +623,12 @@ mod tests {
         apply_topic_overrides(&mut log, &[("retention.ms".into(), "1000".into())]).unwrap();
         assert_eq!(log.retention_ms, Some(1000));
         assert!(apply_topic_overrides(&mut log, &[("nope".into(), "1".into())]).is_err());
-        assert!(apply_topic_overrides(&mut log, &[("segment.bytes".into(), "10".into())]).is_err());
+        let too_small = apply_topic_overrides(&mut log, &[("segment.bytes".into(), "10".into())]);
+        assert_eq!(
+            too_small.unwrap_err(),
+            "config segment.bytes=10 is outside [65536, 2147483647] bytes",
+            "named by the key the user wrote, not the storage field"
+        );
     }
 
     #[test]

@@ -275,6 +275,49 @@ impl Error {
         }
     }
 
+    /// A stable snake_case name of the variant (`"unknown_topic"`, `"connect"`), for
+    /// programs that read errors, such as the CLI's JSON errors: it does not change when the
+    /// message's wording does.
+    ///
+    /// ```
+    /// use wharf_client::Error;
+    ///
+    /// let error = Error::UnknownTopic { topic: "orders".to_string() };
+    /// assert_eq!(error.kind(), "unknown_topic");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Connect { .. } => "connect",
+            Error::Io { .. } => "io",
+            Error::Disconnected { .. } => "disconnected",
+            Error::NotWharfBroker { .. } => "not_wharf_broker",
+            Error::Decode(_) => "decode",
+            Error::Batch { .. } => "batch",
+            Error::Server { .. } => "server",
+            Error::Timeout { .. } => "timeout",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::UnknownTopic { .. } => "unknown_topic",
+            Error::UnknownPartition { .. } => "unknown_partition",
+            Error::UnknownGroup { .. } => "unknown_group",
+            Error::UnsupportedApi { .. } => "unsupported_api",
+            Error::UnknownBroker { .. } => "unknown_broker",
+            Error::RecordTooLarge { .. } => "record_too_large",
+            Error::ProducerFenced { .. } => "producer_fenced",
+            Error::TransactionAborted => "transaction_aborted",
+            Error::TransactionFailed { .. } => "transaction_failed",
+            Error::OutOfOrderSequence { .. } => "out_of_order_sequence",
+            Error::Closed => "closed",
+            Error::InvalidState { .. } => "invalid_state",
+            Error::UnknownQueue { .. } => "unknown_queue",
+            Error::UnknownExchange { .. } => "unknown_exchange",
+            Error::PreconditionFailed { .. } => "precondition_failed",
+            Error::Unroutable { .. } => "unroutable",
+            Error::QueueFull { .. } => "queue_full",
+            Error::UnknownDeliveryTag { .. } => "unknown_delivery_tag",
+            Error::ConsumerCancelled { .. } => "consumer_cancelled",
+        }
+    }
+
     /// True for failures of the connection rather than answers of the broker: retrying on a
     /// new connection may succeed.
     pub fn is_connection_error(&self) -> bool {

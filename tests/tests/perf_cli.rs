@@ -38,8 +38,8 @@ fn check_throughput(summary: &Value, workload: &str, messages: u64, size: u64) {
         "{summary}"
     );
     assert!(number(summary, "seconds") > 0.0, "{summary}");
-    assert!(number(summary, "msgs_per_sec") > 0.0, "{summary}");
-    assert!(number(summary, "mb_per_sec") > 0.0, "{summary}");
+    assert!(number(summary, "messages_per_second") > 0.0, "{summary}");
+    assert!(number(summary, "megabytes_per_second") > 0.0, "{summary}");
 }
 
 /// Latency fields are present and ordered.
@@ -134,7 +134,10 @@ fn queue_publishes_with_confirms_and_consumes_with_acks() {
         Some(5_000),
         "{summary}"
     );
-    assert!(number(&summary, "consume_msgs_per_sec") > 0.0, "{summary}");
+    assert!(
+        number(&summary, "consume_messages_per_second") > 0.0,
+        "{summary}"
+    );
     // Every message was acked: the durable queue is empty afterwards.
     let listing: Value = serde_json::from_str(&wharf_ok(
         &broker.address(),

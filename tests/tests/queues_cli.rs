@@ -497,7 +497,7 @@ fn publish_exits_non_zero_unless_every_message_was_stored() {
     assert_eq!(output.status.code(), Some(3));
     let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
     assert_eq!(
-        (summary["published"].as_u64(), summary["failed"].as_u64()),
+        (summary["messages"].as_u64(), summary["refused"].as_u64()),
         (Some(1), Some(1))
     );
     // Every message stored: exit 0 and the usual summary.

@@ -5,8 +5,10 @@
 //! wharf topic list | topic describe NAME | topic delete NAME
 //! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
 //!                     [--idempotent | --no-idempotent] [--transactional-id ID]
+//!                     [--encoding text|base64|hex]
 //! wharf consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--partition P]
-//!                     [--max-messages N] [--timeout-ms T] [--format value|json]
+//!                     [--max-messages N] [--timeout-ms T] [--format value|json|TEMPLATE]
+//!                     [--encoding text|base64|hex]
 //!                     [--isolation read_committed|read_uncommitted]
 //! wharf group list | group describe G
 //! wharf exchange declare NAME --type direct|fanout|topic|headers [--transient]
@@ -28,7 +30,10 @@
 //! Output: aligned tables for people, one JSON document with `--json`. Errors: one line
 //! `error: ...` on stderr and exit code 1; usage errors are clap's (exit code 2);
 //! `wharf publish` exits with [`EXIT_NOT_STORED`] (3) when some message was not stored
-//! (`publish::EXIT_STATUS_HELP`). This file holds the argument definitions and the
+//! (`publish::EXIT_STATUS_HELP`). With `--json` the error line is one JSON object instead
+//! (`{"error": MESSAGE, "kind": KIND}`, plus `"code"` when the broker answered with a wire
+//! code), still on stderr and with the same exit code ([`error_json`]), so that stdout
+//! carries only data. This file holds the argument definitions and the
 //! dispatch; each command family has a module.
 
 #![warn(missing_docs)]
@@ -39,6 +44,8 @@
 mod admin;
 #[path = "wharf/consume.rs"]
 mod consume;
+#[path = "wharf/encoding.rs"]
+mod encoding;
 #[path = "wharf/perf.rs"]
 mod perf;
 #[path = "wharf/produce.rs"]
@@ -51,12 +58,15 @@ mod queue;
 mod subscribe;
 #[path = "wharf/table.rs"]
 mod table;
+#[path = "wharf/template.rs"]
+mod template;
 
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use encoding::Encoding;
 
 /// mimalloc instead of the system allocator: the producer and subscriber paths allocate per
 /// record on one thread and free on another, which glibc's arenas serialize with a lock
@@ -173,8 +183,18 @@ pub struct ProduceArgs {
     /// The topic (created by the broker on first produce if it allows).
     pub topic: String,
     /// Split each line at the first SEP into key and value (lines without SEP get no key).
+    /// With --encoding base64, pick a SEP outside the base64 alphabet (`:` or a tab, not
+    /// `=`, `+` or `/`).
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
+    /// How each line's key and value are written. `text`: the bytes as they are; a line ends
+    /// at `\n` only, so a `\r` before it stays in the value (as in kcat: what `consume`
+    /// printed produces the same values again; strip CRLF line ends with `tr -d '\r'`).
+    /// `base64` (standard, padded) or `hex`: decoded, so any bytes can be sent (a trailing
+    /// `\r` is ignored); a line that does not decode stops the command with an error
+    /// naming the line.
+    #[arg(long, value_enum, default_value_t = Encoding::Text)]
+    pub encoding: Encoding,
     /// Acknowledgement to wait for. `leader` and `none` turn idempotence off unless
     /// --idempotent is given too (which is then an error: idempotence needs `all`).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
@@ -241,9 +261,26 @@ pub struct ConsumeArgs {
     /// Exit when no record arrived for this many milliseconds.
     #[arg(long, value_name = "T")]
     pub timeout_ms: Option<u64>,
-    /// How to print each record.
-    #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
+    /// How to print each record: `value` (the value, one per line; `null` for none),
+    /// `json` (one object per line; the default with --json) or a kcat-style template such
+    /// as '%k:%s\n'.
+    #[arg(
+        long,
+        value_name = "value|json|TEMPLATE",
+        value_parser = consume::parse_format,
+        long_help = format!(
+            "How to print each record: `value` (the value, one per line; `null` for none), \
+`json` (one object per line; the default with --json) or a kcat-style template such as \
+'%k:%s\\n'. Template: {}.",
+            template::TEMPLATE_HELP
+        )
+    )]
+    pub format: Option<consume::ConsumeFormat>,
+    /// How keys and values are printed. `text`: the bytes as they are (in JSON, which holds
+    /// only Unicode, invalid UTF-8 shows as U+FFFD); `base64` (standard, padded) or `hex`:
+    /// any bytes, in every format; what `produce --encoding` of the same name reads.
+    #[arg(long, value_enum, default_value_t = Encoding::Text)]
+    pub encoding: Encoding,
     /// Whether to show records of open or aborted transactions.
     #[arg(long, value_enum, default_value_t = IsolationArg::ReadUncommitted)]
     pub isolation: IsolationArg,
@@ -437,6 +474,13 @@ pub enum CliError {
         /// The broker's explanation.
         message: String,
     },
+    /// A line of standard input cannot be read as a record (`produce --encoding`).
+    BadInput {
+        /// The line, counted from 1.
+        line_number: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl CliError {
@@ -447,6 +491,78 @@ impl CliError {
             _ => 1,
         }
     }
+
+    /// A stable snake_case name of the failure for `--json` errors: the client error's
+    /// [`wharf_client::Error::kind`], or the CLI's own.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::Client(error) => error.kind(),
+            CliError::Stdin(_) => "stdin",
+            CliError::Stdout(_) => "stdout",
+            CliError::Interrupted => "interrupted",
+            CliError::TransactionAborted { .. } => "transaction_aborted",
+            CliError::NotStored { .. } => "not_stored",
+            CliError::UnknownGroup { .. } => "unknown_group",
+            CliError::SubscriptionCancelled { .. } => "subscription_cancelled",
+            CliError::BadInput { .. } => "bad_input",
+        }
+    }
+
+    /// The wire error code the broker answered with, if any.
+    pub fn code(&self) -> Option<wharf_client::ErrorCode> {
+        match self {
+            CliError::Client(error) => error.code(),
+            CliError::SubscriptionCancelled { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The `--json` form of an error: `{"error": MESSAGE, "kind": KIND}`, with `"code"` (the wire
+/// code's name in snake_case) when the broker answered with one.
+pub fn error_json(message: &str, kind: &str, code: Option<wharf_client::ErrorCode>) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert("error".into(), message.into());
+    object.insert("kind".into(), kind.into());
+    if let Some(code) = code {
+        object.insert("code".into(), snake_case(&format!("{code:?}")).into());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// `TopicAlreadyExists` → `topic_already_exists`.
+fn snake_case(name: &str) -> String {
+    let mut snake = String::with_capacity(name.len() + 4);
+    for (index, character) in name.chars().enumerate() {
+        if character.is_ascii_uppercase() {
+            if index > 0 {
+                snake.push('_');
+            }
+            snake.push(character.to_ascii_lowercase());
+        } else {
+            snake.push(character);
+        }
+    }
+    snake
+}
+
+/// Reports a command line clap refused. Help and version go out as clap prints them; a real
+/// usage error is one JSON line on stderr when `--json` is among the arguments (clap had no
+/// chance to parse it), else clap's text. Returns the exit code (2 for usage errors).
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let json_asked = std::env::args_os()
+        .skip(1)
+        .take_while(|argument| argument != "--")
+        .any(|argument| argument == "--json");
+    if !error.use_stderr() || !json_asked {
+        let _ = error.print();
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    let rendered = error.render().to_string();
+    let first_line = rendered.lines().next().unwrap_or_default();
+    let message = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    eprintln!("{}", error_json(message, "usage", None));
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 impl fmt::Display for CliError {
@@ -488,6 +604,10 @@ impl fmt::Display for CliError {
                     "the broker cancelled the subscription to queue \"{queue}\": {message}"
                 ),
             },
+            CliError::BadInput {
+                line_number,
+                reason,
+            } => write!(formatter, "line {line_number} of standard input: {reason}"),
         }
     }
 }
@@ -501,7 +621,11 @@ impl From<wharf_client::Error> for CliError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -518,6 +642,13 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            eprintln!(
+                "{}",
+                error_json(&error.to_string(), error.kind(), error.code())
+            );
+            ExitCode::from(error.exit_code())
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
@@ -714,7 +845,7 @@ mod tests {
         assert_eq!(args.from, Some(StartFrom::Earliest));
         assert_eq!(args.max_messages, Some(10));
         assert_eq!(args.timeout_ms, Some(2000));
-        assert_eq!(args.format, Some(FormatArg::Json));
+        assert_eq!(args.format, Some(consume::ConsumeFormat::Json));
         assert_eq!(args.isolation, IsolationArg::ReadCommitted);
     }
 
@@ -865,6 +996,30 @@ mod tests {
             panic!("not subscribe");
         };
         assert_eq!(args.ack, subscribe::AckArg::Manual, "manual is the default");
+    }
+
+    #[test]
+    fn json_errors_carry_message_kind_and_wire_code() {
+        let error = CliError::Client(wharf_client::Error::server(
+            wharf_client::ErrorCode::TopicAlreadyExists,
+            Some("topic \"a\" already exists".to_string()),
+        ));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&error_json(&error.to_string(), error.kind(), error.code()))
+                .unwrap();
+        assert_eq!(parsed["error"], "topic \"a\" already exists");
+        assert_eq!(parsed["kind"], "server");
+        assert_eq!(parsed["code"], "topic_already_exists");
+        let stdin = CliError::Stdin(std::io::Error::other("gone"));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&error_json(&stdin.to_string(), stdin.kind(), stdin.code()))
+                .unwrap();
+        assert_eq!(parsed["kind"], "stdin");
+        assert!(parsed.get("code").is_none());
+        assert_eq!(
+            snake_case("UnknownTopicOrPartition"),
+            "unknown_topic_or_partition"
+        );
     }
 
     #[test]

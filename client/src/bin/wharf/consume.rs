@@ -8,6 +8,11 @@
 //! latest, as kafka-console-consumer). With a group, exactly what was printed is committed
 //! before exiting, whichever way the command ends: records a poll returned beyond
 //! `--max-messages` are sought back before the commit.
+//!
+//! Output ([`ConsumeFormat`]): the value per line, one JSON object per line, or a kcat-style
+//! template ([`crate::template`]); keys and values in the `--encoding` asked for
+//! ([`crate::encoding`]). In text encoding the bytes are written unchanged, so a value that
+//! is not UTF-8 or ends with `\r` is printed as stored (JSON shows invalid UTF-8 as U+FFFD).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,7 +27,36 @@ use wharf_client::{
     TopicPartition,
 };
 
-use crate::{CliError, ConsumeArgs, FormatArg, StartFrom};
+use crate::encoding::Encoding;
+use crate::template::Template;
+use crate::{CliError, ConsumeArgs, StartFrom};
+
+/// `wharf consume --format` values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeFormat {
+    /// The value, one per line.
+    Value,
+    /// One JSON object per record.
+    Json,
+    /// A kcat-style template.
+    Template(Template),
+}
+
+/// Parses `--format`: `value`, `json`, or a template with at least one `%` directive (so a
+/// misspelt name is an error, not a template printing that word).
+///
+/// # Errors
+/// A message saying what was expected, or what is wrong with the template.
+pub fn parse_format(text: &str) -> Result<ConsumeFormat, String> {
+    match text {
+        "value" => Ok(ConsumeFormat::Value),
+        "json" => Ok(ConsumeFormat::Json),
+        template if template.contains('%') => Template::parse(template).map(ConsumeFormat::Template),
+        other => Err(format!(
+            "expected value, json or a template with % directives (such as '%k:%s\\n'), got \"{other}\""
+        )),
+    }
+}
 
 /// Longest single poll: bounds how late a `--timeout-ms` deadline is noticed.
 const POLL_SLICE: Duration = Duration::from_secs(1);
@@ -98,12 +132,12 @@ pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), C
                 .collect(),
         )?,
     }
-    let format = args.format.unwrap_or(if json {
-        FormatArg::Json
+    let format = args.format.clone().unwrap_or(if json {
+        ConsumeFormat::Json
     } else {
-        FormatArg::Value
+        ConsumeFormat::Value
     });
-    let printed = print_records(&mut consumer, &args, format).await;
+    let printed = print_records(&mut consumer, &args, &format).await;
     let committed = match &args.group {
         Some(_) => consumer.commit().await,
         None => Ok(()),
@@ -120,7 +154,7 @@ pub async fn run(client: &Client, args: ConsumeArgs, json: bool) -> Result<(), C
 async fn print_records(
     consumer: &mut Consumer,
     args: &ConsumeArgs,
-    format: FormatArg,
+    format: &ConsumeFormat,
 ) -> Result<(), CliError> {
     let idle_max = args.timeout_ms.map(Duration::from_millis);
     let mut printed: u64 = 0;
@@ -151,7 +185,7 @@ async fn print_records(
         }
         let mut records = records.into_iter();
         for record in records.by_ref() {
-            if let Err(error) = write_record(&mut out, &record, format) {
+            if let Err(error) = write_record(&mut out, &record, format, args.encoding) {
                 return stdout_closed(error);
             }
             printed += 1;
@@ -230,38 +264,39 @@ fn rewind(
 fn write_record(
     out: &mut impl Write,
     record: &ConsumerRecord,
-    format: FormatArg,
+    format: &ConsumeFormat,
+    encoding: Encoding,
 ) -> io::Result<()> {
     match format {
-        FormatArg::Value => match &record.value {
+        ConsumeFormat::Value => match &record.value {
             Some(value) => {
-                out.write_all(String::from_utf8_lossy(value).as_bytes())?;
+                out.write_all(&encoding.encode(value))?;
                 out.write_all(b"\n")
             }
             None => out.write_all(b"null\n"),
         },
-        FormatArg::Json => writeln!(out, "{}", record_json(record)),
+        ConsumeFormat::Json => writeln!(out, "{}", record_json(record, encoding)),
+        ConsumeFormat::Template(template) => template.write(out, record, encoding),
     }
 }
 
-fn record_json(record: &ConsumerRecord) -> Value {
-    let text = |bytes: &Option<bytes::Bytes>| {
-        bytes
-            .as_ref()
-            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+/// The record as JSON, its key and value in `encoding`; header values are text.
+fn record_json(record: &ConsumerRecord, encoding: Encoding) -> Value {
+    let encoded = |bytes: &Option<bytes::Bytes>, encoding: Encoding| {
+        bytes.as_ref().map(|bytes| encoding.encode_to_string(bytes))
     };
     let headers: Vec<Value> = record
         .headers
         .iter()
-        .map(|header| json!({ "key": header.key, "value": text(&header.value) }))
+        .map(|header| json!({ "key": header.key, "value": encoded(&header.value, Encoding::Text) }))
         .collect();
     json!({
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "timestamp": record.timestamp_ms,
-        "key": text(&record.key),
-        "value": text(&record.value),
+        "key": encoded(&record.key, encoding),
+        "value": encoded(&record.value, encoding),
         "headers": headers,
     })
 }
@@ -291,19 +326,19 @@ mod tests {
     #[test]
     fn value_format_prints_the_value_line() {
         let mut out = Vec::new();
-        write_record(&mut out, &record(), FormatArg::Value).unwrap();
+        write_record(&mut out, &record(), &ConsumeFormat::Value, Encoding::Text).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "v\u{e9}\n");
         let mut tombstone = record();
         tombstone.value = None;
         let mut out = Vec::new();
-        write_record(&mut out, &tombstone, FormatArg::Value).unwrap();
+        write_record(&mut out, &tombstone, &ConsumeFormat::Value, Encoding::Text).unwrap();
         assert_eq!(out, b"null\n");
     }
 
     #[test]
     fn json_format_has_every_field() {
         let mut out = Vec::new();
-        write_record(&mut out, &record(), FormatArg::Json).unwrap();
+        write_record(&mut out, &record(), &ConsumeFormat::Json, Encoding::Text).unwrap();
         let parsed: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["topic"], "orders");
         assert_eq!(parsed["partition"], 2);
@@ -316,12 +351,57 @@ mod tests {
         assert_eq!(out.iter().filter(|byte| **byte == b'\n').count(), 1);
     }
 
-    #[test]
-    fn invalid_utf8_is_printed_lossily() {
-        let mut bad = record();
-        bad.value = Some(Bytes::from_static(&[0x66, 0xff]));
+    fn written(record: &ConsumerRecord, format: &str, encoding: Encoding) -> Vec<u8> {
+        let format = parse_format(format).unwrap();
         let mut out = Vec::new();
-        write_record(&mut out, &bad, FormatArg::Value).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "f\u{fffd}\n");
+        write_record(&mut out, record, &format, encoding).unwrap();
+        out
+    }
+
+    #[test]
+    fn text_prints_the_stored_bytes_unchanged_except_in_json() {
+        let mut awkward = record();
+        awkward.value = Some(Bytes::from_static(b"f\xff\r"));
+        assert_eq!(written(&awkward, "value", Encoding::Text), b"f\xff\r\n");
+        let parsed: Value =
+            serde_json::from_slice(&written(&awkward, "json", Encoding::Text)).unwrap();
+        assert_eq!(
+            parsed["value"], "f\u{fffd}\r",
+            "JSON strings hold only Unicode"
+        );
+    }
+
+    #[test]
+    fn every_format_writes_keys_and_values_in_the_encoding() {
+        let mut awkward = record();
+        awkward.value = Some(Bytes::from_static(b"\xff\xfe\r"));
+        assert_eq!(written(&awkward, "value", Encoding::Base64), b"//4N\n");
+        assert_eq!(written(&awkward, "value", Encoding::Hex), b"fffe0d\n");
+        let parsed: Value =
+            serde_json::from_slice(&written(&awkward, "json", Encoding::Hex)).unwrap();
+        assert_eq!(
+            (&parsed["key"], &parsed["value"]),
+            (&json!("6b"), &json!("fffe0d"))
+        );
+        assert_eq!(
+            written(&awkward, "%k=%s\\n", Encoding::Base64),
+            b"aw===//4N\n"
+        );
+    }
+
+    #[test]
+    fn format_names_a_format_or_takes_a_template() {
+        assert_eq!(parse_format("value"), Ok(ConsumeFormat::Value));
+        assert_eq!(parse_format("json"), Ok(ConsumeFormat::Json));
+        assert!(matches!(
+            parse_format("%s\\n"),
+            Ok(ConsumeFormat::Template(_))
+        ));
+        let misspelt = parse_format("jsn").unwrap_err();
+        assert!(
+            misspelt.starts_with("expected value, json or a template"),
+            "{misspelt}"
+        );
+        assert!(parse_format("%q").unwrap_err().contains("%q"));
     }
 }

@@ -266,10 +266,11 @@ pub struct Summary {
 
 impl Summary {
     /// One JSON object on one line: workload, messages, bytes, seconds (ms precision),
-    /// msgs_per_sec (0.1 precision), mb_per_sec (10^6 bytes, 0.01 precision) and, where
-    /// measured, p50_us, p99_us, p999_us and max_us.
+    /// messages_per_second (0.1 precision), megabytes_per_second (10^6 bytes, 0.01
+    /// precision) and, where measured, p50_us, p99_us, p999_us and max_us: the names every
+    /// JSON summary of the CLI shares (README, "JSON output").
     pub fn to_json(&self) -> String {
-        let (msgs_per_sec, mb_per_sec) = if self.seconds > 0.0 {
+        let (messages_per_second, megabytes_per_second) = if self.seconds > 0.0 {
             (
                 self.messages as f64 / self.seconds,
                 self.bytes as f64 / 1e6 / self.seconds,
@@ -282,8 +283,14 @@ impl Summary {
         object.insert("messages".into(), self.messages.into());
         object.insert("bytes".into(), self.bytes.into());
         object.insert("seconds".into(), round(self.seconds, 1e3).into());
-        object.insert("msgs_per_sec".into(), round(msgs_per_sec, 10.0).into());
-        object.insert("mb_per_sec".into(), round(mb_per_sec, 100.0).into());
+        object.insert(
+            "messages_per_second".into(),
+            round(messages_per_second, 10.0).into(),
+        );
+        object.insert(
+            "megabytes_per_second".into(),
+            round(megabytes_per_second, 100.0).into(),
+        );
         if let Some(latency) = self.latency {
             object.insert("p50_us".into(), latency.p50_us.into());
             object.insert("p99_us".into(), latency.p99_us.into());
@@ -900,9 +907,12 @@ async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Sum
         extra: vec![
             ("consume_messages", consumed.into()),
             ("consume_seconds", round(consume_seconds, 1e3).into()),
-            ("consume_msgs_per_sec", round(consume_rate, 10.0).into()),
             (
-                "consume_mb_per_sec",
+                "consume_messages_per_second",
+                round(consume_rate, 10.0).into(),
+            ),
+            (
+                "consume_megabytes_per_second",
                 round(consume_rate * args.size as f64 / 1e6, 100.0).into(),
             ),
         ],
@@ -1125,7 +1135,7 @@ mod tests {
         };
         assert_eq!(
             summary.to_json(),
-            r#"{"workload":"produce","messages":1000000,"bytes":100000000,"seconds":2.5,"msgs_per_sec":400000.0,"mb_per_sec":40.0}"#
+            r#"{"workload":"produce","messages":1000000,"bytes":100000000,"seconds":2.5,"messages_per_second":400000.0,"megabytes_per_second":40.0}"#
         );
         let summary = Summary {
             workload: "e2e",
@@ -1142,7 +1152,7 @@ mod tests {
         };
         assert_eq!(
             summary.to_json(),
-            r#"{"workload":"e2e","messages":3,"bytes":300,"seconds":0.123,"msgs_per_sec":24.3,"mb_per_sec":0.0,"p50_us":250,"p99_us":900,"p999_us":1500,"max_us":4000,"consume_seconds":1.5}"#
+            r#"{"workload":"e2e","messages":3,"bytes":300,"seconds":0.123,"messages_per_second":24.3,"megabytes_per_second":0.0,"p50_us":250,"p99_us":900,"p999_us":1500,"max_us":4000,"consume_seconds":1.5}"#
         );
         let empty = Summary {
             workload: "consume",
@@ -1152,7 +1162,7 @@ mod tests {
             latency: None,
             extra: Vec::new(),
         };
-        assert!(empty.to_json().contains(r#""msgs_per_sec":0.0"#));
+        assert!(empty.to_json().contains(r#""messages_per_second":0.0"#));
     }
 
     #[test]

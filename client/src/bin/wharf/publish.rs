@@ -99,13 +99,13 @@ pub struct Counts {
     published: u64,
     confirmed: u64,
     unrouted: u64,
-    failed: u64,
+    refused: u64,
 }
 
 impl Counts {
     /// Messages stored in no queue: unroutable or refused.
     fn not_stored(&self) -> u64 {
-        self.unrouted + self.failed
+        self.unrouted + self.refused
     }
 
     /// The summary line: how many were published, in how long, and what became of them.
@@ -116,7 +116,7 @@ impl Counts {
         );
         let outcome = format!(
             "{} confirmed, {} unrouted (dropped), {} refused",
-            self.confirmed, self.unrouted, self.failed
+            self.confirmed, self.unrouted, self.refused
         );
         match self.not_stored() {
             0 => format!("{published}: {outcome}"),
@@ -144,12 +144,15 @@ pub async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), C
     }
     let seconds = started.elapsed().as_secs_f64();
     if json {
+        // The names every JSON summary of the CLI shares (README, "JSON output"): the count
+        // handled is `messages`, outcomes are the words of the text summary.
         let document = json!({
-            "published": counts.published,
+            "messages": counts.published,
             "confirmed": counts.confirmed,
             "unrouted": counts.unrouted,
-            "failed": counts.failed,
+            "refused": counts.refused,
             "seconds": seconds,
+            "messages_per_second": counts.published as f64 / seconds.max(1e-6),
         });
         println!("{document}");
     }
@@ -293,7 +296,7 @@ fn count(
         Ok(_) => counts.confirmed += 1,
         Err(error) if error.is_connection_error() => return Err(error.into()),
         Err(error) => {
-            counts.failed += 1;
+            counts.refused += 1;
             eprintln!("error: message {number} not confirmed: {error}");
         }
     }
@@ -331,7 +334,7 @@ mod tests {
             published: 4,
             confirmed: 1,
             unrouted: 2,
-            failed: 1,
+            refused: 1,
         };
         assert_eq!(
             some_lost.summary(0.25),
