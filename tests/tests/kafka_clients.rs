@@ -412,3 +412,54 @@ fn kcat_group_offsets_survive_a_broker_sigkill() {
         (0..5).map(|i| format!("second-{i}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn confluent_kafka_transactions_read_process_write_with_aborts_and_a_fenced_zombie() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let count = 60;
+    let output = run_client_script(
+        "confluent_transactions.py",
+        &[&broker.kafka_address(), &count.to_string()],
+    );
+    assert_success("confluent-kafka transactions", &output);
+    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    assert!(
+        summary["aborted"].as_i64().expect("aborted") >= 1,
+        "{summary}"
+    );
+    let mut committed: Vec<String> = summary["committed_view"]
+        .as_array()
+        .expect("committed view")
+        .iter()
+        .map(|value| value.as_str().expect("value").to_string())
+        .collect();
+    committed.sort();
+    let mut expected: Vec<String> = (0..count).map(|i| format!("RECORD-{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        committed, expected,
+        "read_committed sees each committed record once and no aborted one"
+    );
+    assert!(
+        summary["uncommitted_count"].as_u64().expect("count") > count as u64,
+        "read_uncommitted also sees the aborted records: {summary}"
+    );
+    assert_eq!(summary["zombie_error"], "_FENCED", "{summary}");
+    let after: Vec<&str> = summary["after_fencing"]
+        .as_array()
+        .expect("after fencing")
+        .iter()
+        .map(|value| value.as_str().expect("value"))
+        .collect();
+    assert!(after.contains(&"successor"), "{after:?}");
+    assert!(!after.contains(&"zombie"), "{after:?}");
+    // The offsets committed inside the transactions are the group's: no lag.
+    let described = wharf_ok(&broker.address(), &["group", "describe", "tx-group"], "");
+    let lag: i64 = described
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(lag, 0, "{described}");
+}

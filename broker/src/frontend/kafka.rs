@@ -13,6 +13,7 @@
 pub mod error_code;
 pub mod groups;
 pub mod handlers;
+pub mod txn;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -62,6 +63,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
 ];
 
 /// The lowest Produce version that is served; lower ones are refused.

@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{error_code, groups};
+use super::{error_code, groups, txn};
 use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
@@ -119,6 +119,18 @@ pub async fn handle(
         ))),
         RequestKind::DescribeGroups(request) => ready(ResponseKind::DescribeGroups(
             groups::describe_groups(broker, caller, request),
+        )),
+        RequestKind::AddPartitionsToTxn(request) => ready(ResponseKind::AddPartitionsToTxn(
+            txn::add_partitions_to_txn(broker, caller, request).await,
+        )),
+        RequestKind::AddOffsetsToTxn(request) => ready(ResponseKind::AddOffsetsToTxn(
+            txn::add_offsets_to_txn(broker, caller, request).await,
+        )),
+        RequestKind::TxnOffsetCommit(request) => ready(ResponseKind::TxnOffsetCommit(
+            txn::txn_offset_commit(broker, caller, request).await,
+        )),
+        RequestKind::EndTxn(request) => ready(ResponseKind::EndTxn(
+            txn::end_txn(broker, caller, request).await,
         )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
