@@ -47,9 +47,9 @@ fn configs(address: &str, topic: &str) -> Vec<(String, String, String)> {
         .iter()
         .map(|config| {
             (
-                config["key"].as_str().unwrap().to_string(),
-                config["value"].as_str().unwrap().to_string(),
-                config["source"].as_str().unwrap().to_string(),
+                config["key"].as_str().expect("key").to_string(),
+                config["value"].as_str().expect("value").to_string(),
+                config["source"].as_str().expect("source").to_string(),
             )
         })
         .collect()
@@ -72,8 +72,8 @@ fn committed(address: &str, group: &str) -> Vec<(String, u64, Option<i64>)> {
         .iter()
         .map(|row| {
             (
-                row["topic"].as_str().unwrap().to_string(),
-                row["partition"].as_u64().unwrap(),
+                row["topic"].as_str().expect("topic").to_string(),
+                row["partition"].as_u64().expect("partition"),
                 row["committed_offset"].as_i64(),
             )
         })
@@ -395,13 +395,13 @@ fn reset_offsets_is_a_dry_run_unless_executed() {
         if execute {
             args.push("--execute");
         }
-        let document: Value = serde_json::from_str(&wharf_ok(&address, &args, "")).unwrap();
+        let document: Value = serde_json::from_str(&wharf_ok(&address, &args, "")).expect("JSON");
         assert_eq!(document["executed"], execute);
         document["partitions"]
             .as_array()
-            .unwrap()
+            .expect("partitions")
             .iter()
-            .map(|row| row["new_offset"].as_i64().unwrap())
+            .map(|row| row["new_offset"].as_i64().expect("new_offset"))
             .collect::<Vec<i64>>()
     };
     assert_eq!(
@@ -457,7 +457,7 @@ fn reset_offsets_to_a_time_finds_the_first_record_at_or_after_it() {
         );
         let row = &document["partitions"][0];
         assert_eq!(row["current_offset"], Value::Null, "a new group has none");
-        row["new_offset"].as_i64().unwrap()
+        row["new_offset"].as_i64().expect("new_offset")
     };
     assert_eq!(plan("1970-01-01T00:00:02Z"), 1);
     assert_eq!(plan("2500ms"), 2);
