@@ -507,9 +507,49 @@ pub fn apply_topic_overrides(
     log.validate().map_err(|error| error.to_string())
 }
 
+/// Every topic config key with its value in `log`, sorted by key: what a topic that
+/// overrides nothing runs with. `0` stands for "no limit", as in overrides.
+pub fn topic_config_values(log: &LogConfig) -> Vec<(&'static str, String)> {
+    let limit = |value: Option<u64>| value.unwrap_or(0).to_string();
+    let flush = match log.flush {
+        FlushPolicy::Always => "always",
+        FlushPolicy::Interval { .. } => "interval",
+        FlushPolicy::Never => "never",
+    };
+    vec![
+        ("flush", flush.to_string()),
+        ("retention.bytes", limit(log.retention_bytes)),
+        ("retention.ms", limit(log.retention_ms)),
+        ("segment.bytes", log.segment_bytes_max.to_string()),
+        ("segment.ms", limit(log.segment_age_ms_max)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_config_values_name_every_key_and_apply_back_unchanged() {
+        for flush in [FlushPolicy::Always, FlushPolicy::Never] {
+            let base = LogConfig {
+                flush,
+                retention_bytes: Some(4096),
+                ..LogConfig::default()
+            };
+            let values: Vec<(String, String)> = topic_config_values(&base)
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), value))
+                .collect();
+            let mut applied = LogConfig {
+                retention_ms: None,
+                segment_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            };
+            apply_topic_overrides(&mut applied, &values).unwrap();
+            assert_eq!(applied, base);
+        }
+    }
 
     #[test]
     fn file_config_overrides_defaults() {

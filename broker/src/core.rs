@@ -46,6 +46,7 @@ pub use crate::groups::classic::{
 };
 pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
 pub use crate::groups::offsets::Committed;
+pub use crate::groups::reset::{Execution, ResetTarget};
 pub use crate::groups::{
     GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState,
 };
@@ -59,10 +60,10 @@ pub use crate::streams::fetch::{
     FetchQuery, FetchedPartition, FetchedTopic, Isolation, PartitionQuery, TopicQuery,
 };
 pub use crate::streams::producer::{AbortedTxn, SequenceRefusal};
-pub use crate::streams::topic::{TopicError, TopicInfo};
+pub use crate::streams::topic::{ConfigSource, TopicConfig, TopicError, TopicInfo};
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
-pub use group_ops::CommitError;
+pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use queue_ops::{
     Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,
     SettleQuery, SubscribeQuery,

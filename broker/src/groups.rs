@@ -14,6 +14,7 @@ pub mod assignor;
 pub mod classic;
 pub mod commit;
 pub mod offsets;
+pub mod reset;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +97,9 @@ pub enum GroupError {
     /// The session timeout asked for is out of bounds.
     #[error("{0}")]
     InvalidSessionTimeout(String),
+    /// The operation needs a group without members (Kafka: the group must be inactive).
+    #[error("group {group:?} has {members} active member(s); stop its consumers first")]
+    NotEmpty { group: String, members: usize },
 }
 
 /// One join or heartbeat of a member.
@@ -472,6 +476,28 @@ impl GroupCoordinator {
         }
         if generation != group.generation {
             return Err(illegal());
+        }
+        Ok(())
+    }
+
+    /// Checks that `group_id` has no members, as resetting or deleting its offsets needs.
+    ///
+    /// # Errors
+    /// `InvalidGroupId` for an empty id, `NotEmpty` while it has members.
+    pub fn check_empty(&self, group_id: &str) -> Result<(), GroupError> {
+        if group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId("group id is empty".to_string()));
+        }
+        let members = self
+            .lock()
+            .get(group_id)
+            .map_or(0, |group| group.members.len())
+            + self.classic.member_count(group_id);
+        if members > 0 {
+            return Err(GroupError::NotEmpty {
+                group: group_id.to_string(),
+                members,
+            });
         }
         Ok(())
     }

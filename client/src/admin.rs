@@ -1,7 +1,8 @@
 //! [`Admin`]: topics and consumer groups.
 //!
-//! Thin typed wrappers over CreateTopics, DeleteTopics, Metadata, ListGroups and
-//! DescribeGroups, plus [`Admin::group_lag`], which joins a group's committed offsets
+//! Thin typed wrappers over CreateTopics, DeleteTopics, Metadata, AlterTopicConfigs,
+//! CreatePartitions, DescribeTopicConfigs, ListGroups, DescribeGroups, ResetOffsets and
+//! DeleteGroup, plus [`Admin::group_lag`], which joins a group's committed offsets
 //! (OffsetFetch) with the partitions' end offsets (ListOffsets latest).
 
 use std::collections::BTreeSet;
@@ -91,6 +92,50 @@ pub struct PartitionLag {
     pub lag: Option<i64>,
     /// The member the partition is assigned to now, if any.
     pub member_id: Option<String>,
+}
+
+/// One config of a topic as the broker runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfigValue {
+    /// The key (`retention.ms`, ...).
+    pub key: String,
+    /// The value in force.
+    pub value: String,
+    /// An override of the topic, or the broker's default.
+    pub source: ConfigSource,
+}
+
+/// Where [`Admin::reset_offsets`] moves a group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetSpec {
+    /// Each partition's log start offset.
+    Earliest,
+    /// Each partition's end: the group skips everything stored.
+    Latest,
+    /// This offset, clamped by the broker to each partition's [log start, end].
+    Offset(i64),
+    /// The first record at or after this time (ms since the epoch); the end if none.
+    Timestamp(i64),
+}
+
+/// Whether [`Admin::reset_offsets`] commits its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetMode {
+    /// Only show the plan.
+    DryRun,
+    /// Commit the planned offsets.
+    Execute,
+}
+
+/// One partition of a reset plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetResetPlan {
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset before the reset (`None`: none).
+    pub current_offset: Option<i64>,
+    /// The new committed offset.
+    pub new_offset: i64,
 }
 
 impl Admin {
@@ -273,6 +318,159 @@ impl Admin {
 }
 
 /// The result for `name` in a create or delete answer, as an error if it failed.
+impl Admin {
+    /// Sets config overrides of topic `name` (each key replaces its earlier override). The
+    /// broker stores them durably and applies the new retention and roll limits at once.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: wharf_client::Admin) -> wharf_client::Result<()> {
+    /// admin.alter_topic_configs("orders", &[("retention.ms", "3600000")]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; `InvalidConfig` (an unknown key, a bad value, or `flush`,
+    /// which is fixed at create) as [`Error::Server`]; request errors.
+    pub async fn alter_topic_configs(&self, name: &str, configs: &[(&str, &str)]) -> Result<()> {
+        let request = Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+            topic: name.to_string(),
+            configs: configs
+                .iter()
+                .map(|(key, value)| ConfigEntry {
+                    key: (*key).to_string(),
+                    value: (*value).to_string(),
+                })
+                .collect(),
+        });
+        let response: StreamAdminResponse =
+            self.client.call_unchecked(Target::Any, request).await?;
+        topic_answer(response.error, response.error_message, name)
+    }
+
+    /// Grows topic `name` to `partition_count` partitions in all (the new total, as Kafka's
+    /// `--partitions`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; `InvalidPartitions` (not more than today, or over the
+    /// limit) as [`Error::Server`]; request errors.
+    pub async fn add_partitions(&self, name: &str, partition_count: u32) -> Result<()> {
+        let request = Request::CreatePartitions(CreatePartitionsRequest {
+            topic: name.to_string(),
+            partition_count,
+        });
+        let response: StreamAdminResponse =
+            self.client.call_unchecked(Target::Any, request).await?;
+        topic_answer(response.error, response.error_message, name)?;
+        self.client.invalidate_topic(name);
+        Ok(())
+    }
+
+    /// Every config of topic `name` with its value in force and where it comes from, sorted
+    /// by key.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; request errors.
+    pub async fn describe_topic_configs(&self, name: &str) -> Result<Vec<TopicConfigValue>> {
+        let request = Request::DescribeTopicConfigs(DescribeTopicConfigsRequest {
+            topic: name.to_string(),
+        });
+        let response: DescribeTopicConfigsResponse =
+            self.client.call_unchecked(Target::Any, request).await?;
+        topic_answer(response.error, response.error_message, name)?;
+        Ok(response
+            .configs
+            .into_iter()
+            .map(|config| TopicConfigValue {
+                key: config.key,
+                value: config.value,
+                source: config.source,
+            })
+            .collect())
+    }
+
+    /// Plans new committed offsets of `group` on every partition of `topic`, and with
+    /// [`ResetMode::Execute`] commits them. The group must have no active members (as
+    /// Kafka's `--reset-offsets` requires), even for a dry run.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: wharf_client::Admin) -> wharf_client::Result<()> {
+    /// use wharf_client::{ResetMode, ResetSpec};
+    /// let plan = admin
+    ///     .reset_offsets("billing", "orders", ResetSpec::Earliest, ResetMode::Execute)
+    ///     .await?;
+    /// println!("partition 0 now starts at {}", plan[0].new_offset);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// `GroupNotEmpty`, `InvalidGroupId` as [`Error::Server`]; [`Error::UnknownTopic`];
+    /// request errors.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        spec: ResetSpec,
+        mode: ResetMode,
+    ) -> Result<Vec<OffsetResetPlan>> {
+        let (to, value) = match spec {
+            ResetSpec::Earliest => (ResetTo::Earliest, 0),
+            ResetSpec::Latest => (ResetTo::Latest, 0),
+            ResetSpec::Offset(offset) => (ResetTo::Offset, offset),
+            ResetSpec::Timestamp(timestamp_ms) => (ResetTo::Timestamp, timestamp_ms),
+        };
+        let request = Request::ResetOffsets(ResetOffsetsRequest {
+            group_id: group.to_string(),
+            topic: topic.to_string(),
+            to,
+            value,
+            execute: mode == ResetMode::Execute,
+        });
+        let response: ResetOffsetsResponse =
+            self.client.call_unchecked(Target::Any, request).await?;
+        topic_answer(response.error, response.error_message, topic)?;
+        Ok(response
+            .partitions
+            .into_iter()
+            .map(|partition| OffsetResetPlan {
+                partition: partition.partition,
+                current_offset: (partition.current_offset >= 0).then_some(partition.current_offset),
+                new_offset: partition.new_offset,
+            })
+            .collect())
+    }
+
+    /// Deletes the committed offsets of `group` (Kafka's DeleteGroups).
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] when it has no committed offsets; `GroupNotEmpty` as
+    /// [`Error::Server`] while it has members; request errors.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let request = Request::DeleteGroup(DeleteGroupRequest {
+            group_id: group.to_string(),
+        });
+        let response: StreamAdminResponse =
+            self.client.call_unchecked(Target::Any, request).await?;
+        match response.error {
+            ErrorCode::GroupIdNotFound => Err(Error::UnknownGroup {
+                group: group.to_string(),
+            }),
+            code => check_code(code, response.error_message),
+        }
+    }
+}
+
+/// A topic admin answer's code as a result: an unknown topic as [`Error::UnknownTopic`].
+fn topic_answer(code: ErrorCode, message: Option<String>, name: &str) -> Result<()> {
+    match code {
+        ErrorCode::UnknownTopicOrPartition => Err(Error::UnknownTopic {
+            topic: name.to_string(),
+        }),
+        code => check_code(code, message),
+    }
+}
+
 fn topic_result(results: Vec<TopicResult>, name: &str) -> Result<TopicResult> {
     let result = results
         .into_iter()

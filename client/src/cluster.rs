@@ -335,6 +335,23 @@ from_response! {
     PurgeQueue => PurgeQueueResponse,
     ListQueues => ListQueuesResponse,
     ListExchanges => ListExchangesResponse,
+    DescribeTopicConfigs => DescribeTopicConfigsResponse,
+    ResetOffsets => ResetOffsetsResponse,
+}
+
+/// One body type answers the stream and group admin apis that carry only an error.
+impl FromResponse for StreamAdminResponse {
+    fn from_response(response: Response) -> Option<Self> {
+        match response {
+            Response::AlterTopicConfigs(body)
+            | Response::CreatePartitions(body)
+            | Response::DeleteGroup(body) => Some(body),
+            _ => None,
+        }
+    }
+    fn top_error(&self) -> (ErrorCode, Option<String>) {
+        (self.error, self.error_message.clone())
+    }
 }
 
 /// One body type answers every queue admin api (and acks), so it matches them all.

@@ -512,6 +512,9 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             Response::DescribeGroups(describe_groups(state, request))
         }
         Request::ListGroups(_) => Response::ListGroups(list_groups(state)),
+        Request::DescribeTopicConfigs(request) => {
+            Response::DescribeTopicConfigs(describe_topic_configs(state, &request))
+        }
         Request::InitProducerId(_) => {
             state
                 .init_producer_id_requests
@@ -528,6 +531,27 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             "not supported by the fake broker".to_string(),
         ),
     })
+}
+
+/// A known topic has one config, the broker default `flush = always`.
+fn describe_topic_configs(
+    state: &FakeState,
+    request: &DescribeTopicConfigsRequest,
+) -> DescribeTopicConfigsResponse {
+    if !state.data().topics.contains_key(&request.topic) {
+        return DescribeTopicConfigsResponse {
+            error: ErrorCode::UnknownTopicOrPartition,
+            ..Default::default()
+        };
+    }
+    DescribeTopicConfigsResponse {
+        configs: vec![TopicConfigEntry {
+            key: "flush".to_string(),
+            value: "always".to_string(),
+            source: ConfigSource::Default,
+        }],
+        ..Default::default()
+    }
 }
 
 fn describe_groups(state: &FakeState, request: DescribeGroupsRequest) -> DescribeGroupsResponse {

@@ -57,7 +57,10 @@ mod fake_broker;
 #[cfg(test)]
 mod idempotence_tests;
 
-pub use admin::{Admin, GroupDescription, GroupMemberDescription, GroupSummary, PartitionLag};
+pub use admin::{
+    Admin, GroupDescription, GroupMemberDescription, GroupSummary, OffsetResetPlan, PartitionLag,
+    ResetMode, ResetSpec, TopicConfigValue,
+};
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use cluster::Client;
@@ -77,5 +80,5 @@ pub use queue_admin::{
 };
 pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 
-pub use wharf_protocol::messages::{Acks, Isolation, TxnResult};
+pub use wharf_protocol::messages::{Acks, ConfigSource, Isolation, TxnResult};
 pub use wharf_protocol::{ErrorCode, Header};

@@ -72,6 +72,8 @@ async fn topic_commands_print_tables_and_json() {
     let described = wharf(&address, &["--json", "topic", "describe", "orders"], "").await;
     let document: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
     assert_eq!(document["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(document["configs"][0]["key"], "flush");
+    assert_eq!(document["configs"][0]["source"], "default");
 
     let deleted = wharf(&address, &["topic", "delete", "orders"], "").await;
     assert!(deleted.status.success());

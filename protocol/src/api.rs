@@ -48,11 +48,17 @@ wire_enum! {
         /// Server push: the broker cancelled a consumer (ack timeout, queue deleted); never
         /// sent by clients, never answered.
         ConsumerCancelled = 34,
+        /// Stream and group admin (issue #13).
+        AlterTopicConfigs = 35,
+        CreatePartitions = 36,
+        DescribeTopicConfigs = 37,
+        ResetOffsets = 38,
+        DeleteGroup = 39,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 31] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 36] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -84,6 +90,11 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 31] = [
     (ApiKey::ListQueues, 0, 0),
     (ApiKey::DeleteExchange, 0, 0),
     (ApiKey::ListExchanges, 0, 0),
+    (ApiKey::AlterTopicConfigs, 0, 0),
+    (ApiKey::CreatePartitions, 0, 0),
+    (ApiKey::DescribeTopicConfigs, 0, 0),
+    (ApiKey::ResetOffsets, 0, 0),
+    (ApiKey::DeleteGroup, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -243,6 +254,11 @@ api_enums! {
     DeleteExchange => DeleteExchangeRequest, QueueAdminResponse;
     ListExchanges => ListExchangesRequest, ListExchangesResponse;
     ConsumerCancelled => ConsumerCancelledPush, QueueAdminResponse;
+    AlterTopicConfigs => AlterTopicConfigsRequest, StreamAdminResponse;
+    CreatePartitions => CreatePartitionsRequest, StreamAdminResponse;
+    DescribeTopicConfigs => DescribeTopicConfigsRequest, DescribeTopicConfigsResponse;
+    ResetOffsets => ResetOffsetsRequest, ResetOffsetsResponse;
+    DeleteGroup => DeleteGroupRequest, StreamAdminResponse;
 }
 
 /// Appends a whole request frame.

@@ -86,6 +86,9 @@ crate::wire_enum! {
         /// A delivery stayed unacknowledged past the queue's ack timeout: it went back to
         /// the queue and the consumer was cancelled.
         AckTimeout = 36,
+        /// The group has active members; the operation needs it empty (Kafka's
+        /// GROUP_NOT_EMPTY).
+        GroupNotEmpty = 37,
     }
 }
 
@@ -148,6 +151,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue is full",
             ErrorCode::UnknownDeliveryTag => "unknown or already settled delivery tag",
             ErrorCode::AckTimeout => "delivery not acknowledged within the ack timeout",
+            ErrorCode::GroupNotEmpty => "the group has active members",
         }
     }
 }

@@ -879,3 +879,128 @@ wire_struct! {
         pub exchanges: Vec<ExchangeListing>,
     }
 }
+
+// ---- Stream and group admin (api keys 35..=39, issue #13) ----
+
+wire_struct! {
+    /// Sets config overrides of a topic (each key replaces its earlier override; keys not
+    /// named keep theirs). Validated as CreateTopics validates them.
+    pub struct AlterTopicConfigsRequest {
+        pub topic: String,
+        pub configs: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    /// Grows a topic to `partition_count` partitions in all (Kafka's CreatePartitions: the
+    /// new total, which must exceed the current count).
+    pub struct CreatePartitionsRequest {
+        pub topic: String,
+        pub partition_count: u32,
+    }
+}
+
+wire_struct! {
+    /// An answer that carries only the error (stream and group admin).
+    pub struct StreamAdminResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// Asks for a topic's configs: its overrides and the broker defaults of the rest.
+    pub struct DescribeTopicConfigsRequest {
+        pub topic: String,
+    }
+}
+
+wire_enum! {
+    /// Where a topic config's value comes from.
+    #[derive(Default)]
+    pub enum ConfigSource: u8 {
+        /// The broker's default (its config file or built-in value).
+        #[default]
+        Default = 0,
+        /// An override set on the topic (at create or by AlterTopicConfigs).
+        TopicOverride = 1,
+    }
+}
+
+wire_struct! {
+    /// One effective config of a topic.
+    pub struct TopicConfigEntry {
+        pub key: String,
+        pub value: String,
+        pub source: ConfigSource,
+    }
+}
+
+wire_struct! {
+    /// DescribeTopicConfigs answer: every topic config key, sorted by key.
+    pub struct DescribeTopicConfigsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub configs: Vec<TopicConfigEntry>,
+    }
+}
+
+wire_enum! {
+    /// Where ResetOffsets moves a group's committed offsets.
+    #[derive(Default)]
+    pub enum ResetTo: u8 {
+        /// Each partition's log start offset.
+        #[default]
+        Earliest = 0,
+        /// Each partition's end (high watermark).
+        Latest = 1,
+        /// `value`, clamped to each partition's [log start, end].
+        Offset = 2,
+        /// The first record at or after the timestamp `value` (ms); the end if none.
+        Timestamp = 3,
+    }
+}
+
+wire_struct! {
+    /// Plans (and with `execute`, commits) new committed offsets of a group on every
+    /// partition of a topic. Refused with GroupNotEmpty while the group has members.
+    pub struct ResetOffsetsRequest {
+        pub group_id: String,
+        pub topic: String,
+        pub to: ResetTo,
+        /// The offset or timestamp (ms) for `Offset` and `Timestamp`; ignored otherwise.
+        pub value: i64,
+        /// False: a dry run that only answers the plan.
+        pub execute: bool,
+    }
+}
+
+wire_struct! {
+    /// One partition's planned (or committed) offset.
+    pub struct ResetOffsetsPartition {
+        pub partition: u32,
+        /// The committed offset before the reset (-1: none).
+        pub current_offset: i64,
+        pub new_offset: i64,
+        pub error: ErrorCode,
+    }
+}
+
+wire_struct! {
+    /// ResetOffsets answer: one row per partition, in partition order.
+    pub struct ResetOffsetsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        /// True when the offsets were committed (the request's `execute`).
+        pub executed: bool,
+        pub partitions: Vec<ResetOffsetsPartition>,
+    }
+}
+
+wire_struct! {
+    /// Deletes a group's committed offsets. Refused with GroupNotEmpty while it has members
+    /// and with GroupIdNotFound when it has neither members nor committed offsets.
+    pub struct DeleteGroupRequest {
+        pub group_id: String,
+    }
+}

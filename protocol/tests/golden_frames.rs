@@ -17,6 +17,11 @@ use wharf_protocol::messages::{
     MetadataRequest, OffsetCommitResponse, OffsetCommitTopicResponse, PartitionError,
     ProducePartition, ProduceRequest, ProduceTopic, PublishRequest, PublishResponse, TxnResult,
 };
+use wharf_protocol::messages::{
+    AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
+    DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
+    ResetTo, TopicConfigEntry,
+};
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 /// Encodes `request` as a frame and compares it with `golden`; then splits `golden` into a
@@ -475,4 +480,171 @@ fn golden_end_txn_request() {
         0x01,                   //     result u8 = 1 (Commit)
     ];
     check_request(&request, 10, &golden);
+}
+
+#[test]
+fn golden_reset_offsets_request_and_response() {
+    let request = Request::ResetOffsets(ResetOffsetsRequest {
+        group_id: "g".to_string(),
+        topic: "t".to_string(),
+        to: ResetTo::Timestamp,
+        value: 1000,
+        execute: true,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x18, // @0  length u32 = 24 (8 header bytes + 16 body bytes)
+        0x00, 0x26,             // @4  api_key u16 = 38 (ResetOffsets)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x08, // @8  correlation_id u32 = 8
+        // ---- ResetOffsetsRequest body, 16 bytes ----
+        0x00, 0x01, b'g',       //     group_id string = "g"
+        0x00, 0x01, b't',       //     topic string = "t"
+        0x03,                   //     to u8 = 3 (Timestamp)
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // value i64 = 1000
+        0x01,                   //     execute bool = true
+    ];
+    check_request(&request, 8, &golden);
+
+    let response = Response::ResetOffsets(ResetOffsetsResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        executed: true,
+        partitions: vec![ResetOffsetsPartition {
+            partition: 0,
+            current_offset: -1,
+            new_offset: 5,
+            error: ErrorCode::None,
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::ResetOffsets.code(),
+        api_version: 0,
+        correlation_id: 8,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x27, // @0  length u32 = 39 (8 header bytes + 31 body bytes)
+        0x00, 0x26,             // @4  api_key u16 = 38 (ResetOffsets)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x08, // @8  correlation_id u32 = 8
+        // ---- ResetOffsetsResponse body, 31 bytes ----
+        0x00, 0x00,             //     error u16 = 0
+        0xff, 0xff,             //     error_message nullable string = null
+        0x01,                   //     executed bool = true
+        0x00, 0x00, 0x00, 0x01, //     partitions array: count = 1
+        //   -- ResetOffsetsPartition --
+        0x00, 0x00, 0x00, 0x00, //       partition u32 = 0
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // current_offset i64 = -1 (none)
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, // new_offset i64 = 5
+        0x00, 0x00,             //       error u16 = 0
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_describe_topic_configs_response() {
+    let response = Response::DescribeTopicConfigs(DescribeTopicConfigsResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        configs: vec![
+            TopicConfigEntry {
+                key: "flush".to_string(),
+                value: "always".to_string(),
+                source: ConfigSource::Default,
+            },
+            TopicConfigEntry {
+                key: "retention.ms".to_string(),
+                value: "0".to_string(),
+                source: ConfigSource::TopicOverride,
+            },
+        ],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::DescribeTopicConfigs.code(),
+        api_version: 0,
+        correlation_id: 9,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x32, // @0  length u32 = 50 (8 header bytes + 42 body bytes)
+        0x00, 0x25,             // @4  api_key u16 = 37 (DescribeTopicConfigs)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x09, // @8  correlation_id u32 = 9
+        // ---- DescribeTopicConfigsResponse body, 42 bytes ----
+        0x00, 0x00,             //     error u16 = 0
+        0xff, 0xff,             //     error_message nullable string = null
+        0x00, 0x00, 0x00, 0x02, //     configs array: count = 2
+        //   -- TopicConfigEntry --
+        0x00, 0x05, b'f', b'l', b'u', b's', b'h', // key string = "flush"
+        0x00, 0x06, b'a', b'l', b'w', b'a', b'y', b's', // value string = "always"
+        0x00,                   //       source u8 = 0 (Default)
+        //   -- TopicConfigEntry --
+        0x00, 0x0c, b'r', b'e', b't', b'e', b'n', b't', b'i', b'o', b'n', b'.', b'm', b's',
+                                //       key string = "retention.ms"
+        0x00, 0x01, b'0',       //       value string = "0"
+        0x01,                   //       source u8 = 1 (TopicOverride)
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_topic_and_group_admin_requests() {
+    let alter = Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+        topic: "t".to_string(),
+        configs: vec![ConfigEntry {
+            key: "retention.ms".to_string(),
+            value: "1000".to_string(),
+        }],
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x23, // @0  length u32 = 35 (8 header bytes + 27 body bytes)
+        0x00, 0x23,             // @4  api_key u16 = 35 (AlterTopicConfigs)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x0a, // @8  correlation_id u32 = 10
+        // ---- AlterTopicConfigsRequest body, 27 bytes ----
+        0x00, 0x01, b't',       //     topic string = "t"
+        0x00, 0x00, 0x00, 0x01, //     configs array: count = 1
+        0x00, 0x0c, b'r', b'e', b't', b'e', b'n', b't', b'i', b'o', b'n', b'.', b'm', b's',
+                                //       key string = "retention.ms"
+        0x00, 0x04, b'1', b'0', b'0', b'0', // value string = "1000"
+    ];
+    check_request(&alter, 10, &golden);
+
+    let grow = Request::CreatePartitions(CreatePartitionsRequest {
+        topic: "t".to_string(),
+        partition_count: 4,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0f, // @0  length u32 = 15 (8 header bytes + 7 body bytes)
+        0x00, 0x24,             // @4  api_key u16 = 36 (CreatePartitions)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x0b, // @8  correlation_id u32 = 11
+        // ---- CreatePartitionsRequest body, 7 bytes ----
+        0x00, 0x01, b't',       //     topic string = "t"
+        0x00, 0x00, 0x00, 0x04, //     partition_count u32 = 4
+    ];
+    check_request(&grow, 11, &golden);
+
+    let delete = Request::DeleteGroup(DeleteGroupRequest {
+        group_id: "g".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0b, // @0  length u32 = 11 (8 header bytes + 3 body bytes)
+        0x00, 0x27,             // @4  api_key u16 = 39 (DeleteGroup)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x0c, // @8  correlation_id u32 = 12
+        // ---- DeleteGroupRequest body, 3 bytes ----
+        0x00, 0x01, b'g',       //     group_id string = "g"
+    ];
+    check_request(&delete, 12, &golden);
 }

@@ -1,5 +1,6 @@
 //! Core operations on consumer groups: membership (join, heartbeat, leave), describing and
-//! listing groups, and committing and fetching offsets.
+//! listing groups, committing and fetching offsets, and the admin operations that need an
+//! empty group (resetting and deleting its offsets).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,8 +12,11 @@ use crate::core::{Broker, Session};
 use crate::groups::classic::{ClassicJoin, ClassicSummary, JoinWait, Joined, SyncWait};
 use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
 use crate::groups::offsets::Committed;
+use crate::groups::reset::{plan_offset, Execution, PartitionBounds, ResetTarget};
 use crate::groups::{GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState};
 use crate::storage::Error as StorageError;
+use crate::streams::topic::INTERNAL_TOPIC_PREFIX;
+use crate::streams::{OffsetSpec, StreamError};
 
 /// Why a whole offset commit failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,31 @@ pub enum CommitError {
     /// Storing the accepted offsets failed; none is visible.
     #[error("commit failed: {0}")]
     Storage(#[from] StorageError),
+}
+
+/// Why a group admin operation (reset or delete of offsets) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupAdminError {
+    /// The group refused: an empty id, active members, or unknown.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The topic or a partition's bounds could not be read.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Storing the new offsets or the tombstones failed; nothing changed.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+}
+
+/// One partition's planned reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedOffset {
+    /// The partition.
+    pub partition: u32,
+    /// Its committed offset before the reset (`None`: none).
+    pub current_offset: Option<i64>,
+    /// Where the reset moves it.
+    pub new_offset: i64,
 }
 
 /// A partition and its committed offset (`None`: nothing committed).
@@ -249,5 +278,92 @@ async fn wait_classic<T>(
         Ok(Err(_)) | Err(_) => Err(GroupError::RebalanceInProgress(format!(
             "group {group_id:?} did not complete its rebalance in time; rejoin"
         ))),
+    }
+}
+
+impl Broker {
+    /// Plans new committed offsets of `group_id` on every partition of `topic` by
+    /// [`plan_offset`], and with [`Execution::Execute`] commits them durably in one batch.
+    /// Like Kafka's tool it needs the group to have no members, even for a dry run: a
+    /// running consumer would overwrite the reset with its next commit.
+    ///
+    /// A member that joins after the check and commits before the reset is stored is
+    /// overwritten by the reset (the later record wins); it then reads from where it had
+    /// committed until its next fetch of committed offsets.
+    ///
+    /// # Errors
+    /// `InvalidGroupId`, `NotEmpty`, an unknown topic, a partition whose bounds cannot be
+    /// read, or the storage error of the commit (nothing visible then).
+    pub async fn reset_offsets(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        topic: &str,
+        target: ResetTarget,
+        execution: Execution,
+    ) -> Result<Vec<PlannedOffset>, GroupAdminError> {
+        self.groups.check_empty(group_id)?;
+        let partitions = self
+            .streams
+            .partition_count(topic)
+            .filter(|_| !topic.starts_with(INTERNAL_TOPIC_PREFIX))
+            .ok_or_else(|| StreamError::UnknownTopic(topic.to_string()))?;
+        let mut plan = Vec::new();
+        for partition in 0..partitions {
+            let bound = |spec| self.streams.list_offset(topic, partition, spec);
+            let bounds = PartitionBounds {
+                log_start: bound(OffsetSpec::Earliest)?.unwrap_or(0),
+                log_end: bound(OffsetSpec::Latest)?.unwrap_or(0),
+                at_timestamp: match target {
+                    ResetTarget::Timestamp(timestamp_ms) => {
+                        bound(OffsetSpec::Timestamp(timestamp_ms))?
+                    }
+                    _ => None,
+                },
+            };
+            plan.push(PlannedOffset {
+                partition,
+                current_offset: self
+                    .offsets
+                    .get(group_id, topic, partition)
+                    .map(|committed| committed.offset),
+                new_offset: plan_offset(target, bounds),
+            });
+        }
+        if execution == Execution::Execute {
+            let entries = plan
+                .iter()
+                .map(|planned| {
+                    let committed = Committed {
+                        offset: planned.new_offset,
+                        metadata: None,
+                    };
+                    (topic.to_string(), planned.partition, committed)
+                })
+                .collect();
+            self.offsets.commit(group_id, entries).await?;
+            tracing::info!(group = group_id, topic, ?target, "committed offsets reset");
+        }
+        Ok(plan)
+    }
+
+    /// Deletes a group's committed offsets durably (Kafka's DeleteGroups). Returns how many
+    /// partitions' offsets were deleted.
+    ///
+    /// # Errors
+    /// `InvalidGroupId`, `NotEmpty` while it has members, `GroupNotFound` when it has no
+    /// committed offsets, or the storage error of the tombstones (nothing deleted then).
+    pub async fn delete_group(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+    ) -> Result<usize, GroupAdminError> {
+        self.groups.check_empty(group_id)?;
+        let deleted = self.offsets.delete_group(group_id).await?;
+        if deleted == 0 {
+            return Err(GroupError::GroupNotFound(group_id.to_string()).into());
+        }
+        tracing::info!(group = group_id, partitions = deleted, "group deleted");
+        Ok(deleted)
     }
 }

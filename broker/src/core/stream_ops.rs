@@ -1,5 +1,6 @@
-//! Core operations on streams: topic metadata, create and delete, produce (ordered phase and
-//! durability wait), fetch and list offsets.
+//! Core operations on streams: topic metadata, create and delete, alter configs, add
+//! partitions and describe configs, produce (ordered phase and durability wait), fetch and
+//! list offsets.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
-use crate::streams::topic::TopicInfo;
+use crate::streams::topic::{TopicConfig, TopicInfo};
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
 
 /// When a produce is answered.
@@ -215,6 +216,63 @@ impl Broker {
             results.push((name, outcome));
         }
         results
+    }
+
+    /// Sets config overrides of a topic durably and applies them to its open partitions
+    /// (blocking work on the blocking pool: the catalog is rewritten and fsynced).
+    ///
+    /// # Errors
+    /// As [`crate::streams::topic::Topics::alter_configs`].
+    pub async fn alter_topic_configs(
+        &self,
+        _caller: &Session,
+        name: &str,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || {
+            streams
+                .topics()
+                .alter_configs(&name, configs)
+                .map_err(StreamError::from)
+        })
+        .await
+    }
+
+    /// Grows a topic to `partition_count` partitions (blocking work on the blocking pool:
+    /// new partition directories and the catalog are created and fsynced).
+    ///
+    /// # Errors
+    /// As [`crate::streams::topic::Topics::add_partitions`].
+    pub async fn add_partitions(
+        &self,
+        _caller: &Session,
+        name: &str,
+        partition_count: u32,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || {
+            streams
+                .topics()
+                .add_partitions(&name, partition_count)
+                .map_err(StreamError::from)
+        })
+        .await
+    }
+
+    /// A topic's configs in force (its overrides and the broker defaults of the rest).
+    /// Internal topics are described too: their configs are not secret.
+    ///
+    /// # Errors
+    /// An unknown topic.
+    pub fn describe_topic_configs(
+        &self,
+        _caller: &Session,
+        name: &str,
+    ) -> Result<Vec<TopicConfig>, StreamError> {
+        Ok(self.streams.topics().configs(name)?)
     }
 
     /// The ordered phase of a produce: finds (or creates) each topic and appends each

@@ -236,11 +236,20 @@ fn fatal(reason: String) -> Fatal {
     }
 }
 
-/// Decodes one request frame (without its size prefix).
+/// Decodes one request frame (without its size prefix); also the entry point of the
+/// `decode_kafka_request` fuzz target.
 ///
-/// An unknown api key, an unsupported version of anything but ApiVersions, or a body that
-/// does not decode closes the connection, as Kafka does: the stream cannot be trusted.
-fn decode_request(mut frame: Bytes) -> Result<KafkaRequest, Fatal> {
+/// # Errors
+/// [`Fatal`] (close the connection, as Kafka does: the stream cannot be trusted) for a frame
+/// shorter than a request header, an unknown api key, an unsupported version of anything but
+/// ApiVersions, or a header or body that does not decode.
+pub fn decode_request(mut frame: Bytes) -> Result<KafkaRequest, Fatal> {
+    if frame.len() < HEADER_FIXED_BYTES {
+        return Err(fatal(format!(
+            "frame of {} bytes is shorter than a request header",
+            frame.len()
+        )));
+    }
     let api_key_code = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);

@@ -199,6 +199,13 @@ impl ClassicGroups {
             .is_some_and(|group| !group.members.is_empty())
     }
 
+    /// How many members `group_id` has in this protocol.
+    pub fn member_count(&self, group_id: &str) -> usize {
+        self.lock()
+            .get(group_id)
+            .map_or(0, |group| group.members.len())
+    }
+
     /// A member joins (or rejoins); the answer comes when the rebalance completes.
     pub fn join(&self, request: ClassicJoin) -> JoinWait {
         if let Err(error) = check_join(&request) {

@@ -5,7 +5,9 @@
 //! partition), value = (offset, metadata), both in Wharf's wire encoding. A commit is
 //! answered only after its batch is durable, and memory is updated only then, so a fetch of
 //! committed offsets never reports one a crash could take back. The latest record for a key
-//! wins on replay.
+//! wins on replay. A record with a null value is a tombstone: the key has no committed
+//! offset from there on (a deleted topic, a deleted group); a group whose every key is
+//! tombstoned is gone, on replay as in memory.
 //!
 //! TODO(#3): the log is never compacted; a long-lived broker with many commits replays a
 //! growing log on start. Compaction or snapshots come later.
@@ -148,26 +150,75 @@ impl OffsetStore {
     /// # Errors
     /// Storage errors; the offsets stay then.
     pub async fn forget_topic(&self, topic: &str) -> Result<(), StorageError> {
-        let doomed: Vec<(String, u32)> = self
+        let doomed: Vec<(String, String, u32)> = self
             .lock()
             .iter()
             .flat_map(|(group, offsets)| {
                 offsets
                     .keys()
                     .filter(|(name, _)| name == topic)
-                    .map(move |(_, partition)| (group.clone(), *partition))
+                    .map(move |(name, partition)| (group.clone(), name.clone(), *partition))
             })
             .collect();
-        if doomed.is_empty() {
+        let Some(appended) = self.write_tombstones(&doomed).await? else {
             return Ok(());
+        };
+        let mut offsets = self.lock();
+        for group_offsets in offsets.values_mut() {
+            group_offsets
+                .retain(|(name, _), (_, set_at)| name != topic || *set_at > appended.last_offset);
+        }
+        offsets.retain(|_, group_offsets| !group_offsets.is_empty());
+        Ok(())
+    }
+
+    /// Forgets every committed offset of `group` (Kafka's DeleteGroups): writes a tombstone
+    /// per partition durably, then drops them from memory, except offsets a commit stored
+    /// after the tombstones. Returns how many partitions' offsets were deleted (0: the group
+    /// had none, and nothing was written).
+    ///
+    /// # Errors
+    /// Storage errors; the offsets stay then.
+    pub async fn delete_group(&self, group: &str) -> Result<usize, StorageError> {
+        let doomed: Vec<(String, String, u32)> = self
+            .lock()
+            .get(group)
+            .map(|offsets| {
+                offsets
+                    .keys()
+                    .map(|(topic, partition)| (group.to_string(), topic.clone(), *partition))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(appended) = self.write_tombstones(&doomed).await? else {
+            return Ok(0);
+        };
+        let mut offsets = self.lock();
+        if let Some(group_offsets) = offsets.get_mut(group) {
+            group_offsets.retain(|_, (_, set_at)| *set_at > appended.last_offset);
+            if group_offsets.is_empty() {
+                offsets.remove(group);
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Appends one tombstone (a record with a null value) per (group, topic, partition) as
+    /// one batch and waits until it is durable; `None` when there is nothing to write.
+    async fn write_tombstones(
+        &self,
+        keys: &[(String, String, u32)],
+    ) -> Result<Option<Appended>, StorageError> {
+        if keys.is_empty() {
+            return Ok(None);
         }
         let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
-        for (group, partition) in &doomed {
+        for (group, topic, partition) in keys {
             let mut key = BytesMut::new();
             OffsetKey {
                 group: group.clone(),
-                topic: topic.to_string(),
+                topic: topic.clone(),
                 partition: *partition,
             }
             .encode(&mut key);
@@ -178,14 +229,7 @@ impl OffsetStore {
                 headers: Vec::new(),
             })?;
         }
-        let appended = self.append_durably(builder).await?;
-        let mut offsets = self.lock();
-        for group_offsets in offsets.values_mut() {
-            group_offsets
-                .retain(|(name, _), (_, set_at)| name != topic || *set_at > appended.last_offset);
-        }
-        offsets.retain(|_, group_offsets| !group_offsets.is_empty());
-        Ok(())
+        Ok(Some(self.append_durably(builder).await?))
     }
 
     /// Appends the built batch through the append path and waits until it is durable.
@@ -234,9 +278,12 @@ fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError
         };
         let key = decode_exact::<OffsetKey>(key).map_err(|reason| corrupt(log, reason))?;
         let Some(value) = record.value else {
-            // A tombstone: the topic was deleted.
+            // A tombstone: the topic or the group was deleted.
             if let Some(group_offsets) = offsets.get_mut(&key.group) {
                 group_offsets.remove(&(key.topic, key.partition));
+                if group_offsets.is_empty() {
+                    offsets.remove(&key.group);
+                }
             }
             return Ok(());
         };
@@ -323,5 +370,47 @@ mod tests {
             None,
             "the tombstone survives a restart"
         );
+        assert!(
+            store.groups().is_empty(),
+            "a group whose offsets are all tombstoned is gone after a restart"
+        );
+    }
+
+    #[test]
+    fn deleted_group_stays_deleted_after_reopen_and_others_keep_theirs() {
+        let (env, _, clock) = sim_env(1_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let committed = |offset| Committed {
+            offset,
+            metadata: None,
+        };
+        {
+            let topics = Topics::open(Path::new("/d"), env.clone(), LogConfig::default()).unwrap();
+            let store = OffsetStore::open(&topics, clock.clone()).unwrap();
+            runtime
+                .block_on(store.commit(
+                    "doomed",
+                    vec![("a".into(), 0, committed(3)), ("b".into(), 1, committed(4))],
+                ))
+                .unwrap();
+            runtime
+                .block_on(store.commit("kept", vec![("a".into(), 0, committed(7))]))
+                .unwrap();
+            assert_eq!(runtime.block_on(store.delete_group("doomed")).unwrap(), 2);
+            assert_eq!(store.groups(), vec!["kept".to_string()]);
+            assert_eq!(
+                runtime.block_on(store.delete_group("doomed")).unwrap(),
+                0,
+                "a second delete finds nothing"
+            );
+            topics.registry().close().unwrap();
+        }
+        let topics = Topics::open(Path::new("/d"), env, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(&topics, clock).unwrap();
+        assert_eq!(store.groups(), vec!["kept".to_string()]);
+        assert!(store.group("doomed").is_empty());
+        assert_eq!(store.get("kept", "a", 0), Some(committed(7)));
     }
 }

@@ -110,11 +110,39 @@ struct Rolled {
     recovery_point: Option<i64>,
 }
 
+/// The fields of [`LogConfig`] that may change while a partition is open: each is read
+/// afresh at every roll check or retention pass, and none shapes a file already written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveLimits {
+    /// As `LogConfig::segment_bytes_max`.
+    pub segment_bytes_max: u64,
+    /// As `LogConfig::segment_age_ms_max`.
+    pub segment_age_ms_max: Option<u64>,
+    /// As `LogConfig::retention_ms`.
+    pub retention_ms: Option<u64>,
+    /// As `LogConfig::retention_bytes`.
+    pub retention_bytes: Option<u64>,
+}
+
+impl LiveLimits {
+    fn of(config: &LogConfig) -> LiveLimits {
+        LiveLimits {
+            segment_bytes_max: config.segment_bytes_max,
+            segment_age_ms_max: config.segment_age_ms_max,
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+        }
+    }
+}
+
 /// One partition's log.
 #[derive(Debug)]
 pub struct Partition {
     dir: PathBuf,
     config: LogConfig,
+    /// The roll and retention limits, which an operator may change while the partition is
+    /// open (`Partition::set_limits`); `config` keeps the values it was opened with.
+    limits: RwLock<LiveLimits>,
     env: StorageEnv,
     writer: Mutex<Writer>,
     segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
@@ -210,6 +238,7 @@ impl Partition {
             sync_lock: Mutex::new(()),
             flush_requested: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
+            limits: RwLock::new(LiveLimits::of(&config)),
             config,
             env,
         });
@@ -240,9 +269,28 @@ impl Partition {
         &self.dir
     }
 
-    /// The partition's configuration.
+    /// The partition's configuration as opened (the roll and retention limits in force are
+    /// [`Partition::limits`]).
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// The roll and retention limits in force.
+    pub fn limits(&self) -> LiveLimits {
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Changes the roll and retention limits of an open partition to those of `config` (its
+    /// other fields need a reopen and are ignored): the next append judges a roll, and the
+    /// next retention pass deletes, by the new values.
+    pub fn set_limits(&self, config: &LogConfig) {
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = LiveLimits::of(config);
     }
 
     /// The first offset still stored.
@@ -423,8 +471,9 @@ impl Partition {
         if used == 0 {
             return false;
         }
-        let full = used + incoming_bytes > self.config.segment_bytes_max;
-        let old = self.config.segment_age_ms_max.is_some_and(|age_max| {
+        let limits = self.limits();
+        let full = used + incoming_bytes > limits.segment_bytes_max;
+        let old = limits.segment_age_ms_max.is_some_and(|age_max| {
             self.env.clock.now_ms().saturating_sub(active.created_ms()) >= age_max as i64
         });
         full || old || active.indexes_full() || active.offset_would_overflow(last_offset)
@@ -825,12 +874,13 @@ impl Partition {
         let sealed = &segments[..segments.len() - 1];
         let mut remaining_bytes: u64 = segments.iter().map(|segment| segment.valid_bytes()).sum();
         let mut doomed = Vec::new();
+        let limits = self.limits();
         for segment in sealed {
-            let expired = self.config.retention_ms.is_some_and(|retention| {
+            let expired = limits.retention_ms.is_some_and(|retention| {
                 let newest = segment.max_timestamp_ms();
                 newest != i64::MIN && now.saturating_sub(newest) > retention as i64
             });
-            let oversized = self.config.retention_bytes.is_some_and(|retention| {
+            let oversized = limits.retention_bytes.is_some_and(|retention| {
                 remaining_bytes.saturating_sub(segment.valid_bytes()) >= retention
             });
             if !(expired || oversized) {

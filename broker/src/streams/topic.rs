@@ -3,8 +3,10 @@
 //! consistent with the partition directories of the storage registry.
 //!
 //! Order of operations, so a crash leaves nothing half-done that the next start cannot tidy:
-//! create writes the partition directories first and the catalog last; delete writes the
-//! catalog first and removes directories after. On start, partition directories that the
+//! create and add-partitions write the partition directories first and the catalog last;
+//! delete writes the catalog first and removes directories after; alter rewrites only the
+//! catalog (one atomic checkpoint replace), then applies the new limits to the open
+//! partitions. On start, partition directories that the
 //! catalog does not list are removed, and listed partitions whose directory is missing are
 //! created empty.
 
@@ -16,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
-use crate::config::{apply_topic_overrides, PARTITIONS_MAX};
+use crate::config::{apply_topic_overrides, topic_config_values, PARTITIONS_MAX};
 use crate::storage::registry::validate_topic_name;
 use crate::storage::{
     checkpoint, Error as StorageError, LogConfig, Partition, Registry, StorageEnv,
@@ -119,6 +121,13 @@ pub enum TopicError {
     /// A config override is invalid.
     #[error("{0}")]
     InvalidConfig(String),
+    /// Add-partitions asked for no more partitions than the topic has.
+    #[error("topic {topic:?} has {current} partitions; the new count {requested} must be larger")]
+    PartitionsNotIncreased {
+        topic: String,
+        current: u32,
+        requested: u32,
+    },
     /// The topic exists.
     #[error("topic {0:?} already exists")]
     AlreadyExists(String),
@@ -128,6 +137,30 @@ pub enum TopicError {
     /// Storage failed underneath.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Topic config keys that [`Topics::alter_configs`] refuses: they shape how a partition is
+/// opened (its flusher registration), so a change would take effect only at a restart.
+pub const CONFIGS_FIXED_AT_CREATE: [&str; 1] = ["flush"];
+
+/// Where a topic's config value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The broker's default.
+    Default,
+    /// An override of the topic.
+    TopicOverride,
+}
+
+/// One effective config of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// The key (`retention.ms`, ...).
+    pub key: String,
+    /// The value in force.
+    pub value: String,
+    /// Where it comes from.
+    pub source: ConfigSource,
 }
 
 /// The topic catalog over a storage registry.
@@ -282,11 +315,7 @@ impl Topics {
         if catalog.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
-        let existing: u64 = catalog
-            .values()
-            .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
-            .map(|info| u64::from(info.partitions))
-            .sum();
+        let existing = user_partitions(&catalog);
         let limit = u64::from(
             self.partitions_max
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -316,12 +345,7 @@ impl Topics {
     /// # Errors
     /// `TopicError::Unknown`, or storage failure.
     pub fn delete(&self, name: &str) -> Result<TopicInfo, TopicError> {
-        if name.starts_with(INTERNAL_TOPIC_PREFIX) {
-            return Err(TopicError::InvalidName {
-                name: name.to_string(),
-                reason: "internal topics cannot be deleted".to_string(),
-            });
-        }
+        refuse_internal(name, "deleted")?;
         let mut catalog = self.lock();
         let info = catalog
             .remove(name)
@@ -333,6 +357,165 @@ impl Topics {
         }
         tracing::info!(topic = name, "topic deleted");
         Ok(info)
+    }
+
+    /// Sets config overrides of a topic: each key replaces its earlier override, keys not
+    /// named keep theirs. The merged overrides are validated as at create; the catalog is
+    /// rewritten atomically (durable when this returns), then the new roll and retention
+    /// limits apply to the open partitions.
+    ///
+    /// # Errors
+    /// `InvalidName` for an internal topic, `Unknown`, `InvalidConfig` (a bad key or value,
+    /// or a key of [`CONFIGS_FIXED_AT_CREATE`]), or storage failure (nothing changed then).
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, String)>,
+    ) -> Result<TopicInfo, TopicError> {
+        refuse_internal(name, "altered")?;
+        if let Some((key, _)) = changes
+            .iter()
+            .find(|(key, _)| CONFIGS_FIXED_AT_CREATE.contains(&key.as_str()))
+        {
+            return Err(TopicError::InvalidConfig(format!(
+                "config {key:?} is fixed when the topic is created and cannot be altered"
+            )));
+        }
+        if changes.is_empty() {
+            return Err(TopicError::InvalidConfig(
+                "no config to alter (give KEY=VALUE)".to_string(),
+            ));
+        }
+        let mut catalog = self.lock();
+        let mut info = catalog
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        for (key, value) in changes {
+            match info.overrides.iter_mut().find(|entry| entry.key == key) {
+                Some(entry) => entry.value = value,
+                None => info.overrides.push(TopicOverride { key, value }),
+            }
+        }
+        info.overrides
+            .sort_by(|left, right| left.key.cmp(&right.key));
+        let mut log_config = self.base_config.clone();
+        apply_topic_overrides(&mut log_config, &override_pairs(&info))
+            .map_err(TopicError::InvalidConfig)?;
+        let mut altered = catalog.clone();
+        altered.insert(name.to_string(), info.clone());
+        self.write_catalog(&altered)?;
+        *catalog = altered;
+        drop(catalog);
+        for partition in 0..info.partitions {
+            if let Some(log) = self.registry.get(name, partition) {
+                log.set_limits(&log_config);
+            }
+        }
+        tracing::info!(topic = name, overrides = ?override_pairs(&info), "topic config altered");
+        Ok(info)
+    }
+
+    /// Grows a topic to `partition_count` partitions in all. The new partitions' directories
+    /// are created first and the catalog written last, so a crash in between leaves
+    /// directories that the next start removes (the catalog does not list them).
+    ///
+    /// # Errors
+    /// `InvalidName` for an internal topic, `Unknown`, `PartitionsNotIncreased`,
+    /// `InvalidPartitions` past `PARTITIONS_MAX`, `InvalidConfig` past `partitions_max`, or
+    /// storage failure (nothing changed then).
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        partition_count: u32,
+    ) -> Result<TopicInfo, TopicError> {
+        refuse_internal(name, "altered")?;
+        if partition_count > PARTITIONS_MAX {
+            return Err(TopicError::InvalidPartitions {
+                partitions: partition_count,
+            });
+        }
+        let mut catalog = self.lock();
+        let mut info = catalog
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        let current = info.partitions;
+        if partition_count <= current {
+            return Err(TopicError::PartitionsNotIncreased {
+                topic: name.to_string(),
+                current,
+                requested: partition_count,
+            });
+        }
+        let added = partition_count - current;
+        let existing = user_partitions(&catalog);
+        let limit = u64::from(
+            self.partitions_max
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if existing + u64::from(added) > limit {
+            return Err(TopicError::InvalidConfig(format!(
+                "{added} more partitions would exceed partitions_max {limit} ({existing} exist)"
+            )));
+        }
+        let log_config = config_for(&self.base_config, &info);
+        for partition in current..partition_count {
+            if let Err(error) = self.registry.create(name, partition, log_config.clone()) {
+                self.undo_partitions(name, current..partition);
+                return Err(error.into());
+            }
+        }
+        info.partitions = partition_count;
+        let mut grown = catalog.clone();
+        grown.insert(name.to_string(), info.clone());
+        if let Err(error) = self.write_catalog(&grown) {
+            self.undo_partitions(name, current..partition_count);
+            return Err(error);
+        }
+        *catalog = grown;
+        tracing::info!(
+            topic = name,
+            from = current,
+            to = partition_count,
+            "partitions added"
+        );
+        Ok(info)
+    }
+
+    /// Every topic config key with its value in force and where it comes from, sorted by
+    /// key.
+    ///
+    /// # Errors
+    /// `Unknown`.
+    pub fn configs(&self, name: &str) -> Result<Vec<TopicConfig>, TopicError> {
+        let info = self
+            .get(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        let effective = config_for(&self.base_config, &info);
+        let overridden = |key: &str| info.overrides.iter().any(|entry| entry.key == key);
+        Ok(topic_config_values(&effective)
+            .into_iter()
+            .map(|(key, value)| TopicConfig {
+                key: key.to_string(),
+                value,
+                source: if overridden(key) {
+                    ConfigSource::TopicOverride
+                } else {
+                    ConfigSource::Default
+                },
+            })
+            .collect())
+    }
+
+    /// Removes partitions made by a failed add, so a retry starts clean (a crash instead
+    /// leaves them to the next start, which removes what the catalog does not list).
+    fn undo_partitions(&self, name: &str, partitions: std::ops::Range<u32>) {
+        for partition in partitions {
+            if let Err(error) = self.registry.delete(name, partition) {
+                tracing::warn!(topic = name, partition, %error, "cannot remove a partition of a failed add");
+            }
+        }
     }
 
     /// The topic, if it exists.
@@ -380,6 +563,26 @@ impl Topics {
         )?;
         Ok(())
     }
+}
+
+/// Refuses an operation on an internal topic: `action` says what cannot be done.
+fn refuse_internal(name: &str, action: &str) -> Result<(), TopicError> {
+    if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+        return Err(TopicError::InvalidName {
+            name: name.to_string(),
+            reason: format!("internal topics cannot be {action}"),
+        });
+    }
+    Ok(())
+}
+
+/// Partitions of every user topic together (what `partitions_max` limits).
+fn user_partitions(catalog: &BTreeMap<String, TopicInfo>) -> u64 {
+    catalog
+        .values()
+        .filter(|info| !info.name.starts_with(INTERNAL_TOPIC_PREFIX))
+        .map(|info| u64::from(info.partitions))
+        .sum()
 }
 
 fn override_pairs(info: &TopicInfo) -> Vec<(String, String)> {
@@ -541,6 +744,144 @@ mod tests {
             topics.delete("missing"),
             Err(TopicError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn altered_configs_merge_survive_reopen_and_apply_to_open_partitions() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics
+            .create("t", 2, vec![("segment.ms".into(), "60000".into())])
+            .unwrap();
+        let altered = topics
+            .alter_configs("t", vec![("retention.ms".into(), "5000".into())])
+            .unwrap();
+        assert_eq!(
+            override_pairs(&altered),
+            vec![
+                ("retention.ms".to_string(), "5000".to_string()),
+                ("segment.ms".to_string(), "60000".to_string()),
+            ]
+        );
+        assert_eq!(
+            topics.partition("t", 1).unwrap().limits().retention_ms,
+            Some(5000)
+        );
+        topics
+            .alter_configs("t", vec![("retention.ms".into(), "0".into())])
+            .unwrap();
+        assert_eq!(
+            topics.partition("t", 0).unwrap().limits().retention_ms,
+            None
+        );
+        topics.registry().close().unwrap();
+        drop(topics);
+        let reopened = open(&env);
+        let configs = reopened.configs("t").unwrap();
+        let retention = configs
+            .iter()
+            .find(|config| config.key == "retention.ms")
+            .unwrap();
+        assert_eq!(retention.value, "0");
+        assert_eq!(retention.source, ConfigSource::TopicOverride);
+        let segment_bytes = configs
+            .iter()
+            .find(|config| config.key == "segment.bytes")
+            .unwrap();
+        assert_eq!(segment_bytes.source, ConfigSource::Default);
+        assert_eq!(
+            reopened.partition("t", 0).unwrap().limits().retention_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_alters_are_refused_and_change_nothing() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics.create("t", 1, vec![]).unwrap();
+        let refused = [
+            ("bogus", "1"),
+            ("retention.ms", "-5"),
+            ("segment.bytes", "10"),
+            ("flush", "never"),
+        ];
+        for (key, value) in refused {
+            assert!(
+                matches!(
+                    topics.alter_configs("t", vec![(key.into(), value.into())]),
+                    Err(TopicError::InvalidConfig(_))
+                ),
+                "{key}={value}"
+            );
+        }
+        assert!(topics.get("t").unwrap().overrides.is_empty());
+        assert!(matches!(
+            topics.alter_configs("missing", vec![("retention.ms".into(), "1".into())]),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            topics.alter_configs(
+                "__consumer_offsets",
+                vec![("retention.ms".into(), "1".into())]
+            ),
+            Err(TopicError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn added_partitions_survive_reopen_and_fewer_are_refused() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        let created = topics.create("t", 2, vec![]).unwrap();
+        for count in [1, 2] {
+            assert!(matches!(
+                topics.add_partitions("t", count),
+                Err(TopicError::PartitionsNotIncreased { current: 2, .. })
+            ));
+        }
+        assert!(matches!(
+            topics.add_partitions("missing", 3),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            topics.add_partitions("t", PARTITIONS_MAX + 1),
+            Err(TopicError::InvalidPartitions { .. })
+        ));
+        topics.set_partitions_max(4);
+        assert!(matches!(
+            topics.add_partitions("t", 5),
+            Err(TopicError::InvalidConfig(_))
+        ));
+        let grown = topics.add_partitions("t", 4).unwrap();
+        assert_eq!(grown.partitions, 4);
+        assert_eq!(grown.topic_id, created.topic_id);
+        assert!(topics.partition("t", 3).is_some());
+        topics.registry().close().unwrap();
+        drop(topics);
+        let reopened = open(&env);
+        assert_eq!(reopened.get("t").unwrap().partitions, 4);
+        assert!(reopened.partition("t", 3).is_some());
+    }
+
+    #[test]
+    fn partitions_added_without_their_catalog_write_are_removed_on_start() {
+        // Goal: a crash between creating the new partitions' directories and writing the
+        // catalog leaves the topic as it was. Method: create the directory of partition 2 of
+        // a 2-partition topic directly in the registry (what add_partitions does first), then
+        // reopen without writing the catalog.
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics.create("t", 2, vec![]).unwrap();
+        topics
+            .registry()
+            .create("t", 2, LogConfig::default())
+            .unwrap();
+        topics.registry().close().unwrap();
+        drop(topics);
+        let reopened = open(&env);
+        assert_eq!(reopened.get("t").unwrap().partitions, 2);
+        assert!(reopened.partition("t", 2).is_none());
     }
 
     #[test]

@@ -73,7 +73,7 @@ use encoding::Encoding;
 /// (about a fifth of the CLI's CPU in `perf produce`; docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, DEFAULT_BROKER};
+use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, ResetSpec, DEFAULT_BROKER};
 
 /// Command line for the Wharf message broker.
 // `about` comes from this doc comment, not from the crate's description (which is the
@@ -153,10 +153,29 @@ pub enum TopicCommand {
     },
     /// List topics.
     List,
-    /// Show a topic's partitions with their log start and end offsets.
+    /// Show a topic's partitions with their log start and end offsets, and its configs
+    /// (overrides and the broker defaults of the rest).
     Describe {
         /// The topic name.
         name: String,
+    },
+    /// Set config overrides of a topic; stored durably, retention and roll limits apply at
+    /// once (`flush` is fixed at create).
+    Alter {
+        /// The topic name.
+        name: String,
+        /// A topic config override, KEY=VALUE (repeatable; at least one).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config, required = true)]
+        configs: Vec<(String, String)>,
+    },
+    /// Grow a topic to COUNT partitions in all (records already stored stay where they are;
+    /// keys may map to other partitions from now on).
+    AddPartitions {
+        /// The topic name.
+        name: String,
+        /// The new total partition count; must exceed the current one.
+        #[arg(long)]
+        count: u32,
     },
     /// Delete a topic.
     Delete {
@@ -172,6 +191,29 @@ pub enum GroupCommand {
     List,
     /// Show a group's committed offset, end offset and lag per partition.
     Describe {
+        /// The group id.
+        group: String,
+    },
+    /// Move a group's committed offsets on every partition of a topic. A dry run by
+    /// default: prints the plan; --execute commits it. The group must have no active
+    /// members.
+    ResetOffsets {
+        /// The group id.
+        group: String,
+        /// The topic whose partitions are reset.
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest, an offset (42; clamped to each partition's log), or a time
+        /// (RFC 3339, or milliseconds since the epoch written with an `ms` suffix:
+        /// 1700000000000ms): the first record at or after it, the end if none.
+        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", value_parser = parse_reset_to)]
+        to: ResetSpec,
+        /// Commit the planned offsets (without it nothing changes).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Delete a group's committed offsets. The group must have no active members.
+    Delete {
         /// The group id.
         group: String,
     },
@@ -420,6 +462,33 @@ fn parse_from(text: &str) -> Result<StartFrom, String> {
             )),
         },
     }
+}
+
+/// `--to` of `group reset-offsets`: a bare integer is an offset; a time is RFC 3339 or
+/// milliseconds with an `ms` suffix (so it cannot be mistaken for an offset).
+fn parse_reset_to(text: &str) -> Result<ResetSpec, String> {
+    match text {
+        "earliest" => return Ok(ResetSpec::Earliest),
+        "latest" => return Ok(ResetSpec::Latest),
+        _ => {}
+    }
+    if let Ok(offset) = text.parse::<i64>() {
+        return if offset >= 0 {
+            Ok(ResetSpec::Offset(offset))
+        } else {
+            Err(format!("offset {offset} is negative"))
+        };
+    }
+    if let Some(ms) = text.strip_suffix("ms") {
+        if let Ok(ms) = ms.parse::<i64>() {
+            return Ok(ResetSpec::Timestamp(ms));
+        }
+    }
+    parse_rfc3339(text).map(ResetSpec::Timestamp).ok_or_else(|| {
+        format!(
+            "expected earliest, latest, an offset, or a time (RFC 3339 such as 2026-12-03T05:00:00Z, or milliseconds such as 1700000000000ms), got \"{text}\""
+        )
+    })
 }
 
 fn parse_config(text: &str) -> Result<(String, String), String> {
@@ -718,6 +787,40 @@ mod tests {
         assert_eq!(partitions, 6);
         assert_eq!(configs[0], ("retention.ms".to_string(), "1000".to_string()));
         assert_eq!(configs.len(), 2);
+    }
+
+    #[test]
+    fn reset_to_tells_offsets_from_times() {
+        assert_eq!(parse_reset_to("earliest"), Ok(ResetSpec::Earliest));
+        assert_eq!(parse_reset_to("latest"), Ok(ResetSpec::Latest));
+        assert_eq!(parse_reset_to("42"), Ok(ResetSpec::Offset(42)));
+        assert_eq!(
+            parse_reset_to("1700000000000ms"),
+            Ok(ResetSpec::Timestamp(1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_reset_to("1970-01-01T00:00:01Z"),
+            Ok(ResetSpec::Timestamp(1000))
+        );
+        assert!(parse_reset_to("-1").is_err());
+        assert!(parse_reset_to("yesterday").is_err());
+        let cli = parse(&[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "earliest",
+        ])
+        .unwrap();
+        let Command::Group {
+            command: GroupCommand::ResetOffsets { execute, .. },
+        } = cli.command
+        else {
+            panic!("not group reset-offsets");
+        };
+        assert!(!execute, "a dry run unless --execute");
     }
 
     #[test]

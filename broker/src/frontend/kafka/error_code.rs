@@ -33,7 +33,9 @@ pub fn storage(error: &StorageError) -> i16 {
 pub fn topic(error: &TopicError) -> i16 {
     let kind = match error {
         TopicError::InvalidName { .. } => ResponseError::InvalidTopicException,
-        TopicError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        TopicError::InvalidPartitions { .. } | TopicError::PartitionsNotIncreased { .. } => {
+            ResponseError::InvalidPartitions
+        }
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         TopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
         TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
@@ -90,6 +92,7 @@ pub fn group(error: &GroupError) -> i16 {
         GroupError::RebalanceInProgress(_) => ResponseError::RebalanceInProgress,
         GroupError::InconsistentProtocol(_) => ResponseError::InconsistentGroupProtocol,
         GroupError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
+        GroupError::NotEmpty { .. } => ResponseError::NonEmptyGroup,
     };
     kind.code()
 }

@@ -4,8 +4,8 @@
 use wharf_protocol::ErrorCode;
 
 use crate::core::{
-    CommitError, EntryRefusal, GroupError, QueueError, SequenceRefusal, StorageError, StreamError,
-    TopicError, TxnError,
+    CommitError, EntryRefusal, GroupAdminError, GroupError, QueueError, SequenceRefusal,
+    StorageError, StreamError, TopicError, TxnError,
 };
 
 /// The wire code of a storage error.
@@ -30,7 +30,9 @@ pub fn storage(error: &StorageError) -> ErrorCode {
 pub fn topic(error: &TopicError) -> ErrorCode {
     match error {
         TopicError::InvalidName { .. } => ErrorCode::InvalidTopicName,
-        TopicError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+        TopicError::InvalidPartitions { .. } | TopicError::PartitionsNotIncreased { .. } => {
+            ErrorCode::InvalidPartitions
+        }
         TopicError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         TopicError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
         TopicError::Unknown(_) => ErrorCode::UnknownTopicOrPartition,
@@ -83,6 +85,16 @@ pub fn group(error: &GroupError) -> ErrorCode {
         GroupError::RebalanceInProgress(_)
         | GroupError::InconsistentProtocol(_)
         | GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidRequest,
+        GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
+    }
+}
+
+/// The wire code of a failed group reset or delete.
+pub fn group_admin(error: &GroupAdminError) -> ErrorCode {
+    match error {
+        GroupAdminError::Group(error) => group(error),
+        GroupAdminError::Stream(error) => stream(error),
+        GroupAdminError::Storage(error) => storage(error),
     }
 }
 

@@ -19,10 +19,11 @@ use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
-    self, AckScope, Broker, CancelReason, Committed, ConsumerEvent, ConsumerId, Delivered,
-    DeliveryTag, Durability, FetchQuery, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
-    OffsetEntry, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome,
-    PublishQuery, QueueError, Requeue, Session, Settle, SettleQuery, StreamError, SubscribeQuery,
+    self, AckScope, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
+    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery,
+    GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry,
+    OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome, PublishQuery,
+    QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery, StreamError, SubscribeQuery,
     TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer, REQUEST_NAMES_MAX,
 };
 use crate::frontend::native::error_code;
@@ -168,6 +169,21 @@ pub async fn handle(
             broker.delete_exchange(caller, request.name).await,
         ))),
         Request::ListExchanges(_) => ready(Response::ListExchanges(list_exchanges(broker, caller))),
+        Request::AlterTopicConfigs(request) => ready(Response::AlterTopicConfigs(
+            alter_topic_configs(broker, caller, request).await,
+        )),
+        Request::CreatePartitions(request) => ready(Response::CreatePartitions(
+            create_partitions(broker, caller, request).await,
+        )),
+        Request::DescribeTopicConfigs(request) => ready(Response::DescribeTopicConfigs(
+            describe_topic_configs(broker, caller, &request),
+        )),
+        Request::ResetOffsets(request) => ready(Response::ResetOffsets(
+            reset_offsets(broker, caller, request).await,
+        )),
+        Request::DeleteGroup(request) => ready(Response::DeleteGroup(
+            delete_group(broker, caller, &request).await,
+        )),
         // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
         Request::Deliver(_) => ready(Response::error_only(
             ApiKey::Deliver,
@@ -857,6 +873,125 @@ fn durability(durable: bool) -> Durability {
         Durability::Durable
     } else {
         Durability::Transient
+    }
+}
+
+async fn alter_topic_configs(
+    broker: &Broker,
+    caller: &Session,
+    request: AlterTopicConfigsRequest,
+) -> StreamAdminResponse {
+    let outcome = broker
+        .alter_topic_configs(caller, &request.topic, pairs(request.configs))
+        .await;
+    stream_admin_answer(outcome.map(|_| ()))
+}
+
+async fn create_partitions(
+    broker: &Broker,
+    caller: &Session,
+    request: CreatePartitionsRequest,
+) -> StreamAdminResponse {
+    let outcome = broker
+        .add_partitions(caller, &request.topic, request.partition_count)
+        .await;
+    stream_admin_answer(outcome.map(|_| ()))
+}
+
+fn stream_admin_answer(outcome: Result<(), StreamError>) -> StreamAdminResponse {
+    match outcome {
+        Ok(()) => StreamAdminResponse::default(),
+        Err(error) => StreamAdminResponse {
+            error: error_code::stream(&error),
+            error_message: Some(error.to_string()),
+        },
+    }
+}
+
+fn describe_topic_configs(
+    broker: &Broker,
+    caller: &Session,
+    request: &DescribeTopicConfigsRequest,
+) -> DescribeTopicConfigsResponse {
+    match broker.describe_topic_configs(caller, &request.topic) {
+        Ok(configs) => DescribeTopicConfigsResponse {
+            configs: configs
+                .into_iter()
+                .map(|config| TopicConfigEntry {
+                    key: config.key,
+                    value: config.value,
+                    source: match config.source {
+                        CoreConfigSource::Default => ConfigSource::Default,
+                        CoreConfigSource::TopicOverride => ConfigSource::TopicOverride,
+                    },
+                })
+                .collect(),
+            ..DescribeTopicConfigsResponse::default()
+        },
+        Err(error) => DescribeTopicConfigsResponse {
+            error: error_code::stream(&error),
+            error_message: Some(error.to_string()),
+            configs: Vec::new(),
+        },
+    }
+}
+
+async fn reset_offsets(
+    broker: &Broker,
+    caller: &Session,
+    request: ResetOffsetsRequest,
+) -> ResetOffsetsResponse {
+    let target = match request.to {
+        ResetTo::Earliest => ResetTarget::Earliest,
+        ResetTo::Latest => ResetTarget::Latest,
+        ResetTo::Offset => ResetTarget::Offset(request.value),
+        ResetTo::Timestamp => ResetTarget::Timestamp(request.value),
+    };
+    let execution = if request.execute {
+        Execution::Execute
+    } else {
+        Execution::DryRun
+    };
+    let outcome = broker
+        .reset_offsets(caller, &request.group_id, &request.topic, target, execution)
+        .await;
+    match outcome {
+        Ok(plan) => ResetOffsetsResponse {
+            executed: request.execute,
+            partitions: plan
+                .into_iter()
+                .map(|planned| ResetOffsetsPartition {
+                    partition: planned.partition,
+                    current_offset: planned.current_offset.unwrap_or(-1),
+                    new_offset: planned.new_offset,
+                    error: ErrorCode::None,
+                })
+                .collect(),
+            ..ResetOffsetsResponse::default()
+        },
+        Err(error) => ResetOffsetsResponse {
+            error: error_code::group_admin(&error),
+            error_message: Some(error.to_string()),
+            ..ResetOffsetsResponse::default()
+        },
+    }
+}
+
+async fn delete_group(
+    broker: &Broker,
+    caller: &Session,
+    request: &DeleteGroupRequest,
+) -> StreamAdminResponse {
+    match broker.delete_group(caller, &request.group_id).await {
+        Ok(_) => StreamAdminResponse::default(),
+        Err(error) => group_admin_answer(&error),
+    }
+}
+
+fn group_admin_answer(error: &GroupAdminError) -> StreamAdminResponse {
+    StreamAdminResponse {
+        error: error_code::group_admin(error),
+        error_message: Some(error.to_string()),
     }
 }
 

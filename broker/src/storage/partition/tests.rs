@@ -404,3 +404,28 @@ fn indexes_start_small_and_grow_on_demand_up_to_their_maximum() {
         "the grown time index still answers"
     );
 }
+
+#[test]
+fn set_limits_changes_retention_of_an_open_partition() {
+    // Goal: `wharf topic alter --config retention.ms=...` takes effect without a restart.
+    // Method: a partition opened with no retention keeps an old sealed segment; after
+    // `set_limits` with a 10 s retention the next pass deletes it.
+    let (env, _, clock) = sim_env(1_000);
+    let config = LogConfig {
+        retention_ms: None,
+        ..small_config()
+    };
+    let partition = open(&env, config.clone());
+    append_values(&partition, &[b"old"], 1_000);
+    partition.roll_now().unwrap();
+    append_values(&partition, &[b"active"], 1_000);
+    clock.set_ms(1_000_000);
+    assert_eq!(partition.apply_retention().unwrap().segments_deleted, 0);
+    partition.set_limits(&LogConfig {
+        retention_ms: Some(10_000),
+        ..config
+    });
+    assert_eq!(partition.limits().retention_ms, Some(10_000));
+    assert_eq!(partition.apply_retention().unwrap().segments_deleted, 1);
+    assert_eq!(partition.log_start_offset(), 1);
+}

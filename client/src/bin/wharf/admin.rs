@@ -2,7 +2,10 @@
 //! JSON document with `--json`.
 
 use serde_json::{json, Value};
-use wharf_client::{Admin, Client, GroupDescription, PartitionLag, TopicDescription};
+use wharf_client::{
+    Admin, Client, ConfigSource, GroupDescription, OffsetResetPlan, PartitionLag, ResetMode,
+    TopicConfigValue, TopicDescription,
+};
 
 use crate::table::{counted, or_dash, Table};
 use crate::{CliError, GroupCommand, TopicCommand};
@@ -54,10 +57,39 @@ pub async fn topic(client: &Client, command: TopicCommand, json: bool) -> Result
         }
         TopicCommand::Describe { name } => {
             let topic = admin.describe_topic(&name).await?;
+            let configs = admin.describe_topic_configs(&name).await?;
             if json {
-                println!("{}", topic_json(&topic));
+                println!("{}", topic_json(&topic, &configs));
             } else {
-                print!("{}", describe_topic_text(&topic));
+                print!("{}", describe_topic_text(&topic, &configs));
+            }
+        }
+        TopicCommand::Alter { name, configs } => {
+            let pairs: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .collect();
+            admin.alter_topic_configs(&name, &pairs).await?;
+            if json {
+                let altered: serde_json::Map<String, Value> = configs
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+                    .collect();
+                println!("{}", json!({ "name": name, "altered": altered }));
+            } else {
+                let listed: Vec<String> = configs
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                println!("altered topic \"{name}\": {}", listed.join(" "));
+            }
+        }
+        TopicCommand::AddPartitions { name, count } => {
+            admin.add_partitions(&name, count).await?;
+            if json {
+                println!("{}", json!({ "name": name, "partitions": count }));
+            } else {
+                println!("topic \"{name}\" now has {}", counted(count, "partition"));
             }
         }
         TopicCommand::Delete { name } => {
@@ -114,8 +146,97 @@ pub async fn group(client: &Client, command: GroupCommand, json: bool) -> Result
                 print!("{}", lag_table(&lags).render());
             }
         }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to,
+            execute,
+        } => {
+            let mode = if execute {
+                ResetMode::Execute
+            } else {
+                ResetMode::DryRun
+            };
+            let plan = admin.reset_offsets(&group, &topic, to, mode).await?;
+            if json {
+                println!("{}", reset_json(&group, &topic, mode, &plan));
+            } else {
+                print!("{}", reset_table(&group, &topic, &plan).render());
+                if mode == ResetMode::DryRun {
+                    eprintln!(
+                        "dry run: nothing was committed; add --execute to commit these offsets"
+                    );
+                }
+            }
+        }
+        GroupCommand::Delete { group } => {
+            admin.delete_group(&group).await?;
+            if json {
+                println!("{}", json!({ "group_id": group, "deleted": true }));
+            } else {
+                println!("deleted group \"{group}\"");
+            }
+        }
     }
     Ok(())
+}
+
+fn reset_table(group: &str, topic: &str, plan: &[OffsetResetPlan]) -> Table {
+    let mut table = Table::new(&[
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "NEW-OFFSET",
+    ]);
+    for planned in plan {
+        table.row(vec![
+            group.to_string(),
+            topic.to_string(),
+            planned.partition.to_string(),
+            or_dash(planned.current_offset),
+            planned.new_offset.to_string(),
+        ]);
+    }
+    table
+}
+
+fn reset_json(group: &str, topic: &str, mode: ResetMode, plan: &[OffsetResetPlan]) -> Value {
+    let partitions: Vec<Value> = plan
+        .iter()
+        .map(|planned| {
+            json!({
+                "partition": planned.partition,
+                "current_offset": planned.current_offset,
+                "new_offset": planned.new_offset,
+            })
+        })
+        .collect();
+    json!({
+        "group_id": group,
+        "topic": topic,
+        "executed": mode == ResetMode::Execute,
+        "partitions": partitions,
+    })
+}
+
+fn source_name(source: ConfigSource) -> &'static str {
+    match source {
+        ConfigSource::Default => "default",
+        ConfigSource::TopicOverride => "override",
+    }
+}
+
+fn configs_table(configs: &[TopicConfigValue]) -> Table {
+    let mut table = Table::new(&["CONFIG", "VALUE", "SOURCE"]);
+    for config in configs {
+        table.row(vec![
+            config.key.clone(),
+            config.value.clone(),
+            source_name(config.source).to_string(),
+        ]);
+    }
+    table
 }
 
 fn topic_summary_json(topic: &TopicDescription) -> Value {
@@ -126,7 +247,7 @@ fn topic_summary_json(topic: &TopicDescription) -> Value {
     })
 }
 
-fn topic_json(topic: &TopicDescription) -> Value {
+fn topic_json(topic: &TopicDescription, configs: &[TopicConfigValue]) -> Value {
     let partitions: Vec<Value> = topic
         .partitions
         .iter()
@@ -139,14 +260,25 @@ fn topic_json(topic: &TopicDescription) -> Value {
             })
         })
         .collect();
+    let configs: Vec<Value> = configs
+        .iter()
+        .map(|config| {
+            json!({
+                "key": config.key,
+                "value": config.value,
+                "source": source_name(config.source),
+            })
+        })
+        .collect();
     json!({
         "name": topic.name,
         "topic_id": topic.topic_id.to_string(),
         "partitions": partitions,
+        "configs": configs,
     })
 }
 
-fn describe_topic_text(topic: &TopicDescription) -> String {
+fn describe_topic_text(topic: &TopicDescription, configs: &[TopicConfigValue]) -> String {
     let mut table = Table::new(&["PARTITION", "LEADER", "LOG-START-OFFSET", "END-OFFSET"]);
     for partition in &topic.partitions {
         table.row(vec![
@@ -157,11 +289,12 @@ fn describe_topic_text(topic: &TopicDescription) -> String {
         ]);
     }
     format!(
-        "topic \"{}\" (id {}, {})\n{}",
+        "topic \"{}\" (id {}, {})\n{}\n{}",
         topic.name,
         topic.topic_id,
         counted(topic.partition_count(), "partition"),
-        table.render()
+        table.render(),
+        configs_table(configs).render()
     )
 }
 
