@@ -37,6 +37,9 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
 /// Default Kafka listener address (Kafka's own default port).
 pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+/// Largest record batch a produce may carry unless the topic's `max.message.bytes` says
+/// otherwise (Kafka's default: 1 MiB plus batch overhead).
+pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 /// Largest partition count of one topic: each partition is a directory with open files.
@@ -501,6 +504,39 @@ pub fn apply_topic_overrides(
             }
             "segment.ms" => log.segment_age_ms_max = Some(number()?).filter(|ms| *ms > 0),
             "flush" => log.flush = parse_flush(value, 1000)?,
+            // Checked by the produce path (streams), not by storage.
+            "max.message.bytes" => {
+                let bytes = number()?;
+                if !(1..=i32::MAX as u64).contains(&bytes) {
+                    return Err(format!(
+                        "config max.message.bytes={bytes} is outside [1, {}] bytes",
+                        i32::MAX
+                    ));
+                }
+            }
+            // Kafka's names for what Wharf does one way only (so far): accepted with that
+            // value, so Kafka tools that set them explicitly keep working.
+            "cleanup.policy" => {
+                if value != "delete" {
+                    return Err(format!(
+                        "config cleanup.policy={value:?} is not supported: only \"delete\" (compaction is not built yet)"
+                    ));
+                }
+            }
+            "message.timestamp.type" => {
+                if value != "CreateTime" {
+                    return Err(format!(
+                        "config message.timestamp.type={value:?} is not supported: only \"CreateTime\""
+                    ));
+                }
+            }
+            "min.insync.replicas" => {
+                if value != "1" {
+                    return Err(format!(
+                        "config min.insync.replicas={value:?} is not supported: only 1 (a single broker holds one replica)"
+                    ));
+                }
+            }
             other => return Err(format!("unknown topic config {other:?}")),
         }
     }
@@ -517,7 +553,11 @@ pub fn topic_config_values(log: &LogConfig) -> Vec<(&'static str, String)> {
         FlushPolicy::Never => "never",
     };
     vec![
+        ("cleanup.policy", "delete".to_string()),
         ("flush", flush.to_string()),
+        ("max.message.bytes", MESSAGE_BYTES_MAX_DEFAULT.to_string()),
+        ("message.timestamp.type", "CreateTime".to_string()),
+        ("min.insync.replicas", "1".to_string()),
         ("retention.bytes", limit(log.retention_bytes)),
         ("retention.ms", limit(log.retention_ms)),
         ("segment.bytes", log.segment_bytes_max.to_string()),

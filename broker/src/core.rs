@@ -60,7 +60,7 @@ pub use crate::streams::fetch::{
     FetchQuery, FetchedPartition, FetchedTopic, Isolation, PartitionQuery, TopicQuery,
 };
 pub use crate::streams::producer::{AbortedTxn, SequenceRefusal};
-pub use crate::streams::topic::{ConfigSource, TopicConfig, TopicError, TopicInfo};
+pub use crate::streams::topic::{ConfigChange, ConfigSource, TopicConfig, TopicError, TopicInfo};
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};

@@ -71,6 +71,9 @@ pub enum StreamError {
     /// Producers cannot write control batches (transaction markers are the broker's).
     #[error("producers cannot write control batches")]
     ControlBatch,
+    /// A batch is larger than the topic's `max.message.bytes`.
+    #[error("a record batch of {bytes} bytes exceeds max.message.bytes {bytes_max}")]
+    MessageTooLarge { bytes: u64, bytes_max: u64 },
     /// An idempotent produce must carry exactly one batch per partition.
     #[error("an idempotent produce carries exactly one batch per partition")]
     SeveralIdempotentBatches,

@@ -137,7 +137,11 @@ fn topic_alter_sets_overrides_that_describe_shows_and_a_restart_keeps() {
     assert_eq!(
         keys,
         [
+            "cleanup.policy",
             "flush",
+            "max.message.bytes",
+            "message.timestamp.type",
+            "min.insync.replicas",
             "retention.bytes",
             "retention.ms",
             "segment.bytes",

@@ -463,3 +463,66 @@ fn confluent_kafka_transactions_read_process_write_with_aborts_and_a_fenced_zomb
         .sum();
     assert_eq!(lag, 0, "{described}");
 }
+
+#[test]
+fn confluent_kafka_admin_creates_describes_alters_grows_and_deletes_with_kafkas_error_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let output = run_client_script("confluent_admin.py", &[&broker.kafka_address()]);
+    assert_success("confluent-kafka admin", &output);
+    let out: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    // librdkafka's ConfigSource: 1 = dynamic topic config (an override), 5 = default.
+    let config = |step: &str, key: &str| out[step][key].clone();
+    assert_eq!(out["create"], Value::Null, "{out}");
+    assert_eq!(out["create_again"], "TOPIC_ALREADY_EXISTS");
+    assert_eq!(out["create_compacted"], "INVALID_CONFIG");
+    assert_eq!(
+        config("described", "retention.ms"),
+        serde_json::json!(["3600000", 1])
+    );
+    assert_eq!(
+        config("described", "max.message.bytes"),
+        serde_json::json!(["2000", 1])
+    );
+    assert_eq!(
+        config("described", "cleanup.policy"),
+        serde_json::json!(["delete", 1])
+    );
+    assert_eq!(config("described", "retention.bytes")[1], 5);
+    assert_eq!(out["incremental"], Value::Null, "{out}");
+    assert_eq!(
+        config("after_incremental", "retention.bytes"),
+        serde_json::json!(["1000000", 1])
+    );
+    assert_eq!(
+        config("after_incremental", "retention.ms")[1],
+        5,
+        "DELETE puts the default back"
+    );
+    assert_eq!(out["add_partitions"], Value::Null, "{out}");
+    assert_eq!(out["shrink_partitions"], "INVALID_PARTITIONS");
+    assert_eq!(out["partitions"], 4);
+    assert_eq!(
+        out["oversized"], "MSG_SIZE_TOO_LARGE",
+        "a batch over max.message.bytes gets MESSAGE_TOO_LARGE"
+    );
+    assert_eq!(out["small"], Value::Null, "{out}");
+    assert_eq!(out["unknown_topic_configs"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(out["groups_before"], serde_json::json!(["admin-g"]));
+    assert_eq!(out["delete_group"], Value::Null, "{out}");
+    assert_eq!(out["delete_unknown_group"], "GROUP_ID_NOT_FOUND");
+    assert_eq!(out["groups_after"], serde_json::json!([]));
+    assert_eq!(
+        out["cluster"],
+        serde_json::json!({"id": "wharf", "nodes": 1, "controller": 0})
+    );
+    assert_eq!(out["delete_topic"], Value::Null, "{out}");
+    assert!(
+        out["topics_after"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .all(|topic| topic != "admin-t"),
+        "{out}"
+    );
+}

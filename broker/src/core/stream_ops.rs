@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
-use crate::streams::topic::{TopicConfig, TopicInfo};
+use crate::streams::topic::{ConfigChange, TopicConfig, TopicInfo};
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
 
 /// When a produce is answered.
@@ -235,6 +235,30 @@ impl Broker {
             streams
                 .topics()
                 .alter_configs(&name, configs)
+                .map_err(StreamError::from)
+        })
+        .await
+    }
+
+    /// Changes config overrides of a topic durably: sets and deletes, and with `replace` the
+    /// removal of every override not set (Kafka's AlterConfigs). Blocking work on the
+    /// blocking pool.
+    ///
+    /// # Errors
+    /// As [`crate::streams::topic::Topics::change_configs`].
+    pub async fn change_topic_configs(
+        &self,
+        _caller: &Session,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || {
+            streams
+                .topics()
+                .change_configs(&name, changes, replace)
                 .map_err(StreamError::from)
         })
         .await

@@ -10,6 +10,7 @@
 //! schemas); record batches stay `Bytes`, so produce stores and fetch serves the client's
 //! bytes unchanged.
 
+pub mod admin;
 pub mod error_code;
 pub mod groups;
 pub mod handlers;
@@ -67,6 +68,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::EndTxn, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The lowest Produce version that is served; lower ones are refused.

@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
 
 use crate::append::{self, Receipt};
+use crate::config::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::storage::Partition;
 use crate::streams::producer::{last_sequence, BatchMetadata, Membership, Verdict};
 use crate::streams::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
@@ -91,6 +92,16 @@ impl Streams {
         // The broker patches offsets in place; the request's bytes are shared, so copy once.
         let mut batches = BytesMut::from(records);
         let headers = batch_headers(&batches);
+        let bytes_max = message_bytes_max(info);
+        if let Some(batch) = headers
+            .iter()
+            .find(|batch| batch.total_bytes() as u64 > bytes_max)
+        {
+            return Err(StreamError::MessageTooLarge {
+                bytes: batch.total_bytes() as u64,
+                bytes_max,
+            });
+        }
         let Some(header) = headers.first().copied() else {
             // Storage validates and reports what is wrong.
             return Ok(append::append(&log, &mut batches)?);
@@ -222,6 +233,16 @@ impl Streams {
 
 /// The headers of the batches in a produce's records, up to the first that does not parse
 /// (storage reports that one).
+/// The largest batch a produce to the topic may carry: its `max.message.bytes`, or the
+/// broker default.
+fn message_bytes_max(info: &TopicInfo) -> u64 {
+    info.overrides
+        .iter()
+        .find(|entry| entry.key == "max.message.bytes")
+        .and_then(|entry| entry.value.parse().ok())
+        .unwrap_or(MESSAGE_BYTES_MAX_DEFAULT)
+}
+
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
     let mut headers = Vec::new();
     let mut position = 0;

@@ -163,6 +163,24 @@ pub struct TopicConfig {
     pub source: ConfigSource,
 }
 
+/// One change to a topic's config overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Override the key with the value.
+    Set(String, String),
+    /// Remove the key's override (back to the broker default).
+    Delete(String),
+}
+
+impl ConfigChange {
+    /// The key it changes.
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigChange::Set(key, _) | ConfigChange::Delete(key) => key,
+        }
+    }
+}
+
 /// The topic catalog over a storage registry.
 #[derive(Debug)]
 pub struct Topics {
@@ -360,41 +378,71 @@ impl Topics {
     }
 
     /// Sets config overrides of a topic: each key replaces its earlier override, keys not
-    /// named keep theirs. The merged overrides are validated as at create; the catalog is
-    /// rewritten atomically (durable when this returns), then the new roll and retention
-    /// limits apply to the open partitions.
+    /// named keep theirs ([`Topics::change_configs`] without `replace`).
     ///
     /// # Errors
-    /// `InvalidName` for an internal topic, `Unknown`, `InvalidConfig` (a bad key or value,
-    /// or a key of [`CONFIGS_FIXED_AT_CREATE`]), or storage failure (nothing changed then).
+    /// As [`Topics::change_configs`], and `InvalidConfig` for no change at all.
     pub fn alter_configs(
         &self,
         name: &str,
         changes: Vec<(String, String)>,
     ) -> Result<TopicInfo, TopicError> {
-        refuse_internal(name, "altered")?;
-        if let Some((key, _)) = changes
-            .iter()
-            .find(|(key, _)| CONFIGS_FIXED_AT_CREATE.contains(&key.as_str()))
-        {
-            return Err(TopicError::InvalidConfig(format!(
-                "config {key:?} is fixed when the topic is created and cannot be altered"
-            )));
-        }
         if changes.is_empty() {
             return Err(TopicError::InvalidConfig(
                 "no config to alter (give KEY=VALUE)".to_string(),
             ));
+        }
+        let changes = changes
+            .into_iter()
+            .map(|(key, value)| ConfigChange::Set(key, value))
+            .collect();
+        self.change_configs(name, changes, false)
+    }
+
+    /// Changes config overrides of a topic durably and applies them to its open partitions
+    /// at once: `Set` replaces a key's override, `Delete` removes it (back to the broker
+    /// default); with `replace`, every override not set here is removed too (Kafka's
+    /// AlterConfigs). Validated as at create; nothing changes on an error.
+    ///
+    /// # Errors
+    /// `InvalidName` for an internal topic, `Unknown`, `InvalidConfig` (a bad key or value,
+    /// or a key of [`CONFIGS_FIXED_AT_CREATE`]), or storage failure (nothing changed then).
+    pub fn change_configs(
+        &self,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    ) -> Result<TopicInfo, TopicError> {
+        refuse_internal(name, "altered")?;
+        if let Some(key) = changes
+            .iter()
+            .map(ConfigChange::key)
+            .find(|key| CONFIGS_FIXED_AT_CREATE.contains(key))
+        {
+            return Err(TopicError::InvalidConfig(format!(
+                "config {key:?} is fixed when the topic is created and cannot be altered"
+            )));
         }
         let mut catalog = self.lock();
         let mut info = catalog
             .get(name)
             .cloned()
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        for (key, value) in changes {
-            match info.overrides.iter_mut().find(|entry| entry.key == key) {
-                Some(entry) => entry.value = value,
-                None => info.overrides.push(TopicOverride { key, value }),
+        if replace {
+            info.overrides.retain(|entry| {
+                CONFIGS_FIXED_AT_CREATE.contains(&entry.key.as_str())
+                    || changes.iter().any(|change| change.key() == entry.key)
+            });
+        }
+        for change in changes {
+            match change {
+                ConfigChange::Set(key, value) => {
+                    match info.overrides.iter_mut().find(|entry| entry.key == key) {
+                        Some(entry) => entry.value = value,
+                        None => info.overrides.push(TopicOverride { key, value }),
+                    }
+                }
+                ConfigChange::Delete(key) => info.overrides.retain(|entry| entry.key != key),
             }
         }
         info.overrides
@@ -493,16 +541,21 @@ impl Topics {
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         let effective = config_for(&self.base_config, &info);
-        let overridden = |key: &str| info.overrides.iter().any(|entry| entry.key == key);
+        let overridden = |key: &str| info.overrides.iter().find(|entry| entry.key == key);
+        // An override's value as written (keys such as `max.message.bytes` are enforced
+        // outside the storage config `effective` holds).
         Ok(topic_config_values(&effective)
             .into_iter()
-            .map(|(key, value)| TopicConfig {
-                key: key.to_string(),
-                value,
-                source: if overridden(key) {
-                    ConfigSource::TopicOverride
-                } else {
-                    ConfigSource::Default
+            .map(|(key, value)| match overridden(key) {
+                Some(entry) => TopicConfig {
+                    key: key.to_string(),
+                    value: entry.value.clone(),
+                    source: ConfigSource::TopicOverride,
+                },
+                None => TopicConfig {
+                    key: key.to_string(),
+                    value,
+                    source: ConfigSource::Default,
                 },
             })
             .collect())

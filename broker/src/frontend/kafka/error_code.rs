@@ -60,6 +60,7 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::SeveralIdempotentBatches => ResponseError::InvalidRequest,
         StreamError::TimestampAhead { .. } => ResponseError::InvalidTimestamp,
         StreamError::CorruptBatch(_) => ResponseError::CorruptMessage,
+        StreamError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         StreamError::TxnFenced { .. } => ResponseError::InvalidProducerEpoch,
         StreamError::NotInTransaction { .. } => ResponseError::InvalidTxnState,

@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{error_code, groups, txn};
+use super::{admin, error_code, groups, txn};
 use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
@@ -131,6 +131,29 @@ pub async fn handle(
         )),
         RequestKind::EndTxn(request) => ready(ResponseKind::EndTxn(
             txn::end_txn(broker, caller, request).await,
+        )),
+        RequestKind::DescribeConfigs(request) => ready(ResponseKind::DescribeConfigs(
+            admin::describe_configs(broker, caller, request, version),
+        )),
+        RequestKind::AlterConfigs(request) => ready(ResponseKind::AlterConfigs(
+            admin::alter_configs(broker, caller, request).await,
+        )),
+        RequestKind::IncrementalAlterConfigs(request) => {
+            ready(ResponseKind::IncrementalAlterConfigs(
+                admin::incremental_alter_configs(broker, caller, request).await,
+            ))
+        }
+        RequestKind::CreatePartitions(request) => ready(ResponseKind::CreatePartitions(
+            admin::create_partitions(broker, caller, request).await,
+        )),
+        RequestKind::DeleteGroups(request) => ready(ResponseKind::DeleteGroups(
+            admin::delete_groups(broker, caller, request).await,
+        )),
+        RequestKind::DescribeCluster(_) => ready(ResponseKind::DescribeCluster(
+            admin::describe_cluster(kafka),
+        )),
+        RequestKind::OffsetForLeaderEpoch(request) => ready(ResponseKind::OffsetForLeaderEpoch(
+            admin::offset_for_leader_epoch(broker, caller, request),
         )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {

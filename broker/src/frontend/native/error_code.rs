@@ -53,6 +53,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         | StreamError::TimestampAhead { .. }
         | StreamError::TransactionalWithoutProducerId => ErrorCode::InvalidRequest,
         StreamError::CorruptBatch(_) => ErrorCode::CorruptRecordBatch,
+        StreamError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
         StreamError::TxnFenced { .. } => ErrorCode::ProducerFenced,
         StreamError::NotInTransaction { .. } => ErrorCode::InvalidTxnState,

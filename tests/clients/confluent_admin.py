@@ -1,0 +1,101 @@
+"""Topic and group admin with confluent-kafka's AdminClient against wharfd's Kafka listener.
+
+    confluent_admin.py BOOTSTRAP
+
+Each step's outcome goes into one JSON document; a step that fails unexpectedly raises.
+"""
+
+import json
+import sys
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+bootstrap = sys.argv[1]
+admin = AdminClient({"bootstrap.servers": bootstrap})
+out = {}
+
+
+def error_name(future):
+    try:
+        future.result(30)
+        return None
+    except KafkaException as error:
+        return error.args[0].name()
+
+
+def describe(topic):
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(30)
+    return {name: [entry.value, entry.source] for name, entry in configs.items()}
+
+
+topic = "admin-t"
+out["create"] = error_name(
+    admin.create_topics(
+        [
+            NewTopic(
+                topic,
+                num_partitions=2,
+                replication_factor=1,
+                config={"retention.ms": "3600000", "cleanup.policy": "delete", "max.message.bytes": "2000"},
+            )
+        ]
+    )[topic]
+)
+out["create_again"] = error_name(admin.create_topics([NewTopic(topic, num_partitions=2)])[topic])
+out["create_compacted"] = error_name(
+    admin.create_topics([NewTopic("admin-c", num_partitions=1, config={"cleanup.policy": "compact"})])["admin-c"]
+)
+out["described"] = describe(topic)
+
+resource = ConfigResource(
+    ConfigResource.Type.TOPIC,
+    topic,
+    incremental_configs=[
+        ConfigEntry("retention.bytes", "1000000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+    ],
+)
+out["incremental"] = error_name(admin.incremental_alter_configs([resource])[resource])
+out["after_incremental"] = describe(topic)
+
+out["add_partitions"] = error_name(admin.create_partitions([NewPartitions(topic, 4)])[topic])
+out["shrink_partitions"] = error_name(admin.create_partitions([NewPartitions(topic, 3)])[topic])
+out["partitions"] = len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+
+# max.message.bytes=2000: the broker refuses a larger batch (each flushed alone, so the
+# small record is a batch of its own).
+delivery = []
+producer = Producer({"bootstrap.servers": bootstrap})
+producer.produce(topic, value=b"x" * 5000, partition=0, on_delivery=lambda error, message: delivery.append(error))
+producer.flush(30)
+producer.produce(topic, value=b"small", partition=0, on_delivery=lambda error, message: delivery.append(error))
+producer.flush(30)
+out["oversized"] = delivery[0].name() if delivery[0] else None
+out["small"] = delivery[1].name() if delivery[1] else None
+
+unknown = ConfigResource(ConfigResource.Type.TOPIC, "no-such-topic")
+out["unknown_topic_configs"] = error_name(admin.describe_configs([unknown])[unknown])
+
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "admin-g", "enable.auto.commit": False})
+consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+consumer.close()
+out["groups_before"] = sorted(group.group_id for group in admin.list_consumer_groups().result(30).valid)
+out["delete_group"] = error_name(admin.delete_consumer_groups(["admin-g"])["admin-g"])
+out["delete_unknown_group"] = error_name(admin.delete_consumer_groups(["nobody"])["nobody"])
+out["groups_after"] = sorted(group.group_id for group in admin.list_consumer_groups().result(30).valid)
+
+cluster = admin.describe_cluster().result(30)
+out["cluster"] = {"id": cluster.cluster_id, "nodes": len(cluster.nodes), "controller": cluster.controller.id}
+
+out["delete_topic"] = error_name(admin.delete_topics([topic])[topic])
+out["topics_after"] = sorted(admin.list_topics(timeout=30).topics)
+print(json.dumps(out))
