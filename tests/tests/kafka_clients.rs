@@ -526,3 +526,74 @@ fn confluent_kafka_admin_creates_describes_alters_grows_and_deletes_with_kafkas_
         "{out}"
     );
 }
+
+#[test]
+fn an_idempotent_kafka_producer_streaming_through_a_broker_sigkill_stores_each_acked_record_once_in_order(
+) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = BrokerProcess::start(&dir.path().join("data"));
+    let script =
+        integration_tests::workspace_root().join("tests/clients/confluent_idempotent_stream.py");
+    let mut producer = std::process::Command::new(integration_tests::client_python())
+        .arg(script)
+        .args([broker.kafka_address().as_str(), "stream", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the producer");
+    let mut lines = std::io::BufReader::new(producer.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("ready"), "ready");
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.restart();
+    let summary = lines.next().expect("the summary").expect("a line");
+    assert!(producer.wait().expect("producer exit").success());
+    let summary: Value = serde_json::from_str(&summary).expect("JSON summary");
+    assert_eq!(summary["unflushed"], 0, "{}", summary["errors"]);
+    assert_eq!(
+        summary["errors"].as_array().expect("errors").len(),
+        0,
+        "{}",
+        summary["errors"]
+    );
+    let acked = summary["acked"].as_array().expect("acked");
+    assert_eq!(
+        acked.len() as u64,
+        summary["sent"].as_u64().expect("sent"),
+        "every record was acknowledged"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stored = runtime.block_on(broker.read_everything("stream", |value| {
+        String::from_utf8_lossy(value).into_owned()
+    }));
+    let mut count = 0;
+    for (partition, records) in &stored {
+        let sequences: Vec<u64> = records
+            .iter()
+            .map(|(_, value)| {
+                value
+                    .strip_prefix("seq-")
+                    .and_then(|n| n.parse().ok())
+                    .expect("seq-N")
+            })
+            .collect();
+        assert!(
+            sequences.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition} holds each record once, in produce order"
+        );
+        count += records.len();
+    }
+    assert_eq!(count, acked.len(), "no record stored twice or lost");
+    for row in acked {
+        let partition = u32::try_from(row[0].as_i64().expect("partition")).expect("index");
+        let offset = row[1].as_i64().expect("offset");
+        let value = row[2].as_str().expect("value");
+        let found = stored[&partition]
+            .iter()
+            .find(|(stored_offset, _)| *stored_offset == offset)
+            .map(|(_, stored)| stored.as_str());
+        assert_eq!(found, Some(value), "acked {value} at {partition}/{offset}");
+    }
+}
