@@ -159,7 +159,8 @@ pub(crate) fn decode_partition(fetched: FetchedPartition<'_>) -> Result<DecodedP
         if skipped || header.attributes.is_control() {
             continue;
         }
-        for record in batch.records() {
+        // Batches Kafka clients compressed are decompressed here, in the reader.
+        for record in batch.records_decompressed().map_err(batch_error)? {
             let record = record.map_err(batch_error)?;
             if record.offset < fetch_offset {
                 continue;

@@ -17,6 +17,7 @@
 
 mod attributes;
 mod builder;
+pub mod compression;
 mod control;
 mod error;
 mod record;
@@ -340,6 +341,34 @@ impl Batch {
             refusal,
         };
         Records::new(self.bytes.slice(BATCH_HEADER_BYTES..), context)
+    }
+
+    /// Iterates over the records, decompressing a compressed batch's records first (into a
+    /// buffer the keys and values then slice). Readers use this; the broker's produce and
+    /// fetch paths never need records.
+    ///
+    /// # Errors
+    /// [`BatchError::Decompression`] when the records do not decompress, and
+    /// [`BatchError::UnsupportedCompression`] for an undefined codec.
+    pub fn records_decompressed(&self) -> Result<Records, BatchError> {
+        let attributes = self.header.attributes;
+        let codec = attributes.compression()?;
+        if codec == Compression::None {
+            return Ok(self.records());
+        }
+        let decompressed = compression::decompress(codec, &self.bytes[BATCH_HEADER_BYTES..])?;
+        let log_append_time_ms = match attributes.timestamp_type() {
+            TimestampType::CreateTime => None,
+            TimestampType::LogAppendTime => Some(self.header.max_timestamp),
+        };
+        let context = RecordsContext {
+            record_count: self.header.record_count,
+            base_offset: self.header.base_offset,
+            base_timestamp: self.header.base_timestamp,
+            log_append_time_ms,
+            refusal: None,
+        };
+        Ok(Records::new(Bytes::from(decompressed), context))
     }
 
     /// The marker kind of a control batch, or `None` for a data batch.

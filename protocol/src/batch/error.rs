@@ -55,6 +55,13 @@ pub enum BatchError {
         /// The codec number from the attributes (bits 0-2).
         codec: u8,
     },
+    /// A compressed records section does not decompress.
+    Decompression {
+        /// The codec number from the attributes.
+        codec: u8,
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// The header's `record_count` differs from the records present.
     RecordCountMismatch {
         /// `record_count` from the header.
@@ -127,6 +134,9 @@ impl fmt::Display for BatchError {
             }
             BatchError::UnsupportedCompression { codec } => {
                 write!(formatter, "compression codec {codec} unsupported")
+            }
+            BatchError::Decompression { codec, reason } => {
+                write!(formatter, "records compressed with codec {codec}: {reason}")
             }
             BatchError::RecordCountMismatch { declared, actual } => write!(
                 formatter,

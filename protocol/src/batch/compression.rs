@@ -1,0 +1,173 @@
+//! Decompression of the records section of compressed batches (gzip, snappy, lz4, zstd), as
+//! Kafka clients write them, for readers that need the records (the client; never the
+//! broker's produce or fetch path, which moves batches as bytes).
+//!
+//! - gzip: RFC 1952 (flate2).
+//! - snappy: either one raw snappy block (librdkafka) or Xerial's framing, which the Java
+//!   client writes: an 8-byte magic `\x82SNAPPY\0`, two 4-byte versions, then blocks of a
+//!   4-byte big-endian length and a raw snappy block (snap).
+//! - lz4: the LZ4 frame format (lz4_flex).
+//! - zstd: a zstd frame (zstd).
+//!
+//! Output is capped at [`DECOMPRESSED_BYTES_MAX`]: a small batch must not make a reader
+//! allocate without bound.
+
+use std::io::Read;
+
+use crate::batch::{BatchError, Compression};
+
+/// The most bytes one batch's records may decompress to.
+pub const DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Xerial's snappy framing starts with this.
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+/// Magic plus the two version fields.
+const XERIAL_HEADER_BYTES: usize = 16;
+
+/// The records section `data` of a batch compressed with `codec`, decompressed.
+///
+/// # Errors
+/// [`BatchError::Decompression`] when the bytes are not valid for the codec or exceed
+/// [`DECOMPRESSED_BYTES_MAX`].
+pub fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let code = codec.code();
+    let failed = |reason: &'static str| BatchError::Decompression {
+        codec: code,
+        reason,
+    };
+    match codec {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip => read_capped(flate2::read::GzDecoder::new(data), code),
+        Compression::Lz4 => read_capped(lz4_flex::frame::FrameDecoder::new(data), code),
+        Compression::Zstd => {
+            let decoder =
+                zstd::stream::read::Decoder::new(data).map_err(|_| failed("bad zstd frame"))?;
+            read_capped(decoder, code)
+        }
+        Compression::Snappy => {
+            if data.len() >= XERIAL_HEADER_BYTES && data.starts_with(XERIAL_MAGIC) {
+                let mut out = Vec::new();
+                let mut rest = &data[XERIAL_HEADER_BYTES..];
+                while !rest.is_empty() {
+                    let Some((length, tail)) = rest.split_first_chunk::<4>() else {
+                        return Err(failed("truncated xerial block length"));
+                    };
+                    let length = u32::from_be_bytes(*length) as usize;
+                    let Some(block) = tail.get(..length) else {
+                        return Err(failed("truncated xerial block"));
+                    };
+                    snappy_block(block, &mut out, code)?;
+                    rest = &tail[length..];
+                }
+                Ok(out)
+            } else {
+                let mut out = Vec::new();
+                snappy_block(data, &mut out, code)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn snappy_block(block: &[u8], out: &mut Vec<u8>, code: u8) -> Result<(), BatchError> {
+    let failed = |reason: &'static str| BatchError::Decompression {
+        codec: code,
+        reason,
+    };
+    let length = snap::raw::decompress_len(block).map_err(|_| failed("bad snappy block"))?;
+    if out.len() + length > DECOMPRESSED_BYTES_MAX {
+        return Err(failed("decompresses past the limit"));
+    }
+    let start = out.len();
+    out.resize(start + length, 0);
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|_| failed("bad snappy block"))?;
+    Ok(())
+}
+
+fn read_capped(reader: impl Read, code: u8) -> Result<Vec<u8>, BatchError> {
+    let mut out = Vec::new();
+    let limit = DECOMPRESSED_BYTES_MAX as u64 + 1;
+    reader
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|_| BatchError::Decompression {
+            codec: code,
+            reason: "bad compressed data",
+        })?;
+    if out.len() > DECOMPRESSED_BYTES_MAX {
+        return Err(BatchError::Decompression {
+            codec: code,
+            reason: "decompresses past the limit",
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const TEXT: &[u8] = b"the same bytes, the same bytes, the same bytes, compressed four ways";
+
+    #[test]
+    fn every_codec_round_trips_through_its_reference_encoder() {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(TEXT).expect("gzip");
+        let gzip = gzip.finish().expect("gzip");
+        let snappy = snap::raw::Encoder::new()
+            .compress_vec(TEXT)
+            .expect("snappy");
+        let mut xerial = XERIAL_MAGIC.to_vec();
+        xerial.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        for chunk in [&TEXT[..20], &TEXT[20..]] {
+            let block = snap::raw::Encoder::new()
+                .compress_vec(chunk)
+                .expect("block");
+            xerial.extend_from_slice(&(block.len() as u32).to_be_bytes());
+            xerial.extend_from_slice(&block);
+        }
+        let mut lz4 = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        lz4.write_all(TEXT).expect("lz4");
+        let lz4 = lz4.finish().expect("lz4");
+        let zstd = zstd::encode_all(TEXT, 3).expect("zstd");
+        for (codec, bytes) in [
+            (Compression::Gzip, gzip),
+            (Compression::Snappy, snappy),
+            (Compression::Snappy, xerial),
+            (Compression::Lz4, lz4),
+            (Compression::Zstd, zstd),
+        ] {
+            assert_eq!(decompress(codec, &bytes).expect("decompresses"), TEXT);
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            for bytes in [
+                &b""[..],
+                b"\x00\x01\x02",
+                b"\xff\xff\xff\xff\xff\xff\xff\xff",
+            ] {
+                if let Ok(out) = decompress(codec, bytes) {
+                    assert!(out.len() <= DECOMPRESSED_BYTES_MAX);
+                }
+            }
+        }
+        let mut truncated = XERIAL_MAGIC.to_vec();
+        truncated.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1]);
+        assert!(matches!(
+            decompress(Compression::Snappy, &truncated),
+            Err(BatchError::Decompression { .. })
+        ));
+    }
+}
