@@ -542,3 +542,23 @@ fn wait_with_deadline(child: Child, limit: Duration) -> Output {
     let _ = sender.send(());
     output
 }
+
+/// Runs `tests/clients/<script>` with Node.js (kafkajs from `tests/clients/node_modules`,
+/// installed by `scripts/test`), with a time limit.
+///
+/// # Panics
+/// If kafkajs is not installed.
+pub fn run_node_script(script: &str, args: &[&str]) -> Output {
+    let clients = workspace_root().join("tests/clients");
+    assert!(
+        clients.join("node_modules/kafkajs").exists(),
+        "kafkajs is missing from tests/clients/node_modules: run scripts/test (README), which installs it"
+    );
+    run_with_deadline(
+        Command::new("node")
+            .arg(clients.join(script))
+            .args(args)
+            .current_dir(&clients),
+        Duration::from_secs(180),
+    )
+}

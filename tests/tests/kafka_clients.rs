@@ -629,3 +629,35 @@ fn an_idempotent_kafka_producer_streaming_through_a_broker_sigkill_stores_each_a
         assert_eq!(found, Some(value), "acked {value} at {partition}/{offset}");
     }
 }
+
+#[test]
+fn kafkajs_produces_consumes_in_a_group_and_runs_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let count = 100;
+    let output = integration_tests::run_node_script(
+        "kafkajs_roundtrip.js",
+        &[&broker.kafka_address(), &count.to_string()],
+    );
+    assert_success("kafkajs", &output);
+    let out: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    assert_eq!(out["created"], true);
+    assert_eq!(out["partitions"], 3);
+    let seen = out["seen"].as_array().expect("seen");
+    let mut values: Vec<&str> = seen
+        .iter()
+        .map(|row| row[4].as_str().expect("value"))
+        .collect();
+    values.sort_unstable();
+    let mut expected: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        values, expected,
+        "each gzip record consumed once by the group"
+    );
+    assert_eq!(
+        out["committed"], out["ends"],
+        "the group committed everything"
+    );
+    assert_eq!(out["tx_values"], serde_json::json!(["committed"]));
+}
