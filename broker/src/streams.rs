@@ -250,6 +250,12 @@ impl Streams {
                 })?;
         Ok(match spec {
             OffsetSpec::Latest => Some(log.high_watermark()),
+            OffsetSpec::LastStable => {
+                let high_watermark = log.high_watermark();
+                let shared = self.producers.partition(topic, partition);
+                let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+                Some(state.last_stable_offset(high_watermark))
+            }
             OffsetSpec::Earliest => Some(log.log_start_offset()),
             OffsetSpec::Timestamp(timestamp_ms) => log.offset_for_timestamp(timestamp_ms)?,
         })
@@ -261,6 +267,9 @@ impl Streams {
 pub enum OffsetSpec {
     /// The high watermark.
     Latest,
+    /// The last stable offset: where read_committed consumers' view ends (below the first
+    /// record of an undecided transaction).
+    LastStable,
     /// The log start offset.
     Earliest,
     /// The first record at or after this timestamp (ms).

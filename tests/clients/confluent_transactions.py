@@ -100,6 +100,18 @@ def read_all(isolation):
 committed_view = read_all("read_committed")
 uncommitted_view = read_all("read_uncommitted")
 
+# An open transaction: read_committed's latest offset (the last stable offset) stays below
+# it, read_uncommitted's (the high watermark) is past it.
+producer.begin_transaction()
+producer.produce("tx-out", value=b"open", partition=0)
+producer.flush(30)
+ends = {}
+for isolation in ("read_committed", "read_uncommitted"):
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{isolation}", "isolation.level": isolation})
+    ends[isolation] = probe.get_watermark_offsets(TopicPartition("tx-out", 0), timeout=30)[1]
+    probe.close()
+producer.abort_transaction(30)
+
 # A zombie: a second producer with the same transactional id fences the first.
 zombie_error = None
 successor = Producer({"bootstrap.servers": bootstrap, "transactional.id": "tx-app"})
@@ -123,6 +135,7 @@ print(
             "committed_view": committed_view,
             "uncommitted_count": len(uncommitted_view),
             "zombie_error": zombie_error,
+            "open_transaction_ends": ends,
             "after_fencing": read_all("read_committed"),
         }
     )

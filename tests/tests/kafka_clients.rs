@@ -477,6 +477,11 @@ fn confluent_kafka_transactions_read_process_write_with_aborts_and_a_fenced_zomb
         summary["uncommitted_count"].as_u64().expect("count") > count as u64,
         "read_uncommitted also sees the aborted records: {summary}"
     );
+    let ends = &summary["open_transaction_ends"];
+    assert!(
+        ends["read_committed"].as_i64() < ends["read_uncommitted"].as_i64(),
+        "read_committed's latest offset is the last stable offset, below an open transaction: {ends}"
+    );
     assert_eq!(summary["zombie_error"], "_FENCED", "{summary}");
     let after: Vec<&str> = summary["after_fencing"]
         .as_array()

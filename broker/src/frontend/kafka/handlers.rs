@@ -515,6 +515,8 @@ fn list_offsets(
 ) -> ListOffsetsResponse {
     // The codec refuses a leader epoch in versions without the field (before v4).
     let leader_epoch = if version >= 4 { 0 } else { -1 };
+    // A read_committed consumer's "latest" is the last stable offset (v2+), as in Kafka.
+    let read_committed = request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -525,6 +527,7 @@ fn list_offsets(
                 .into_iter()
                 .map(|wanted| {
                     let spec = match wanted.timestamp {
+                        LATEST_TIMESTAMP if read_committed => OffsetSpec::LastStable,
                         LATEST_TIMESTAMP => OffsetSpec::Latest,
                         EARLIEST_TIMESTAMP => OffsetSpec::Earliest,
                         timestamp => OffsetSpec::Timestamp(timestamp),
