@@ -59,10 +59,10 @@ pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{
     FetchQuery, FetchedPartition, FetchedTopic, Isolation, PartitionQuery, TopicQuery,
 };
-pub use crate::streams::producer::{AbortedTxn, SequenceRefusal};
+pub use crate::streams::producer::{AbortedTxn, ProducerView, SequenceRefusal};
 pub use crate::streams::topic::{ConfigChange, ConfigSource, TopicConfig, TopicError, TopicInfo};
 pub use crate::streams::{OffsetSpec, StreamError};
-pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
+pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use queue_ops::{
     Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,

@@ -19,7 +19,7 @@ pub mod topic;
 use std::sync::Arc;
 
 use crate::storage::{Clock, Error as StorageError, Partition};
-use producer::{Producers, SequenceRefusal, TxnMembers};
+use producer::{ProducerView, Producers, SequenceRefusal, TxnMembers};
 use topic::{TopicError, TopicInfo, Topics, INTERNAL_TOPIC_PREFIX};
 
 /// Longest a produce may wait for durability.
@@ -229,6 +229,26 @@ impl Streams {
     /// Storage errors.
     pub fn allocate_producer_id(&self) -> Result<i64, StorageError> {
         self.producers.allocate_id()
+    }
+
+    /// The producers with state on a partition (Kafka's DescribeProducers).
+    ///
+    /// # Errors
+    /// `UnknownPartition`.
+    pub fn describe_producers(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ProducerView>, StreamError> {
+        if self.partition(topic, partition).is_none() {
+            return Err(StreamError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        let shared = self.producers.partition(topic, partition);
+        let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+        Ok(state.describe())
     }
 
     /// The offset of the first record at or after `timestamp_ms` (`None`: none), or the log

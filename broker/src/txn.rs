@@ -258,6 +258,25 @@ pub struct TxnProducer {
     pub epoch: i16,
 }
 
+/// A transactional id as DescribeTransactions and ListTransactions show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnSummary {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// Its producer id.
+    pub producer_id: i64,
+    /// Its current epoch.
+    pub epoch: i16,
+    /// Where its transaction is.
+    pub state: TxnState,
+    /// Its transaction timeout.
+    pub timeout_ms: u32,
+    /// When its current transaction started (ms).
+    pub started_ms: i64,
+    /// The partitions in its current transaction.
+    pub partitions: Vec<(String, u32)>,
+}
+
 /// How a transaction ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnEnd {
@@ -283,6 +302,7 @@ pub struct TxnOffsets {
 }
 
 enum Command {
+    Describe(Option<Vec<String>>, Reply<Vec<TxnSummary>>),
     Init(String, u32, Reply<(i64, i16)>),
     AddPartitions(TxnProducer, Vec<(String, Vec<u32>)>, Reply<()>),
     AddOffsets(TxnProducer, String, Reply<()>),
@@ -363,6 +383,14 @@ impl TxnCoordinator {
             return Err(TxnError::NotRunning);
         }
         answer.await.unwrap_or(Err(TxnError::NotRunning))
+    }
+
+    /// The state of the named transactional ids (unknown ones left out), or of every one.
+    ///
+    /// # Errors
+    /// `NotRunning` when the coordinator has stopped.
+    pub async fn describe(&self, ids: Option<Vec<String>>) -> Result<Vec<TxnSummary>, TxnError> {
+        self.call(|reply| Command::Describe(ids, reply)).await
     }
 
     /// InitProducerId with a transactional id: fences earlier producers of the id and
@@ -484,6 +512,9 @@ impl Task {
 
     async fn handle(&mut self, command: Command) {
         match command {
+            Command::Describe(ids, reply) => {
+                let _ = reply.send(Ok(self.describe(ids)));
+            }
             Command::Init(transactional_id, timeout_ms, reply) => {
                 let _ = reply.send(self.init(transactional_id, timeout_ms).await);
             }
@@ -500,6 +531,29 @@ impl Task {
                 let _ = reply.send(self.end(producer, end).await);
             }
         }
+    }
+
+    /// The named transactional ids (unknown ones left out), or every one, sorted by id.
+    fn describe(&self, ids: Option<Vec<String>>) -> Vec<TxnSummary> {
+        let summary = |(transactional_id, meta): (&String, &TxnMeta)| TxnSummary {
+            transactional_id: transactional_id.clone(),
+            producer_id: meta.producer_id,
+            epoch: meta.epoch,
+            state: meta.state,
+            timeout_ms: meta.timeout_ms,
+            started_ms: meta.started_ms,
+            partitions: meta.partitions.iter().cloned().collect(),
+        };
+        let mut summaries: Vec<TxnSummary> = match ids {
+            None => self.txns.iter().map(summary).collect(),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.txns.get_key_value(id))
+                .map(summary)
+                .collect(),
+        };
+        summaries.sort_by(|left, right| left.transactional_id.cmp(&right.transactional_id));
+        summaries
     }
 
     /// Logs `meta` as the state of `transactional_id` and waits until it is durable.

@@ -666,3 +666,34 @@ fn kafkajs_produces_consumes_in_a_group_and_runs_transactions() {
     );
     assert_eq!(out["tx_values"], serde_json::json!(["committed"]));
 }
+
+#[test]
+fn kafka_python_describes_transactions_and_producers_and_deletes_group_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let output = run_client_script("kafka_python_admin.py", &[&broker.kafka_address()]);
+    assert_success("kafka-python admin", &output);
+    let out: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    assert_eq!(
+        out["described"],
+        serde_json::json!({"state": "Ongoing", "partitions": [["kp-t", 0]]})
+    );
+    assert_eq!(out["unknown"], "TransactionalIdNotFoundError");
+    assert_eq!(
+        out["listed_open"],
+        serde_json::json!([["kp-tx", "Ongoing"]])
+    );
+    assert_eq!(
+        out["producers"],
+        serde_json::json!([{"epoch": 0, "txn_start": 0}])
+    );
+    assert_eq!(
+        out["listed_after_abort"],
+        serde_json::json!([["kp-tx", "CompleteAbort"]])
+    );
+    assert_eq!(
+        out["offset_delete"],
+        serde_json::json!({"kp-t-0": "NoError"})
+    );
+    assert_eq!(out["remaining"], serde_json::json!([["kp-t", 1, 0]]));
+}

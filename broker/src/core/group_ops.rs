@@ -347,6 +347,27 @@ impl Broker {
         Ok(plan)
     }
 
+    /// Deletes a group's committed offsets of some partitions durably (Kafka's OffsetDelete);
+    /// returns how many existed. Refused while the group has members: Wharf cannot tell
+    /// which topics a Kafka consumer group is subscribed to without reading its assignors'
+    /// bytes, so it keeps every offset of an active group.
+    ///
+    /// # Errors
+    /// `InvalidGroupId`, `NotEmpty` while it has members, `GroupNotFound` when it has no
+    /// committed offsets, or the storage error of the tombstones (nothing deleted then).
+    pub async fn delete_offsets(
+        &self,
+        _caller: &Session,
+        group_id: &str,
+        partitions: &[(String, u32)],
+    ) -> Result<usize, GroupAdminError> {
+        self.groups.check_empty(group_id)?;
+        if self.offsets.group(group_id).is_empty() {
+            return Err(GroupError::GroupNotFound(group_id.to_string()).into());
+        }
+        Ok(self.offsets.delete_partitions(group_id, partitions).await?)
+    }
+
     /// Deletes a group's committed offsets durably (Kafka's DeleteGroups). Returns how many
     /// partitions' offsets were deleted.
     ///

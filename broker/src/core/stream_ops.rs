@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
+use crate::streams::producer::ProducerView;
 use crate::streams::topic::{ConfigChange, TopicConfig, TopicInfo};
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
 
@@ -381,6 +382,19 @@ impl Broker {
             }
         }
         self.topic_metadata(caller, Some(names))
+    }
+
+    /// The producers with state on a partition (Kafka's DescribeProducers).
+    ///
+    /// # Errors
+    /// An unknown topic or partition.
+    pub fn describe_producers(
+        &self,
+        _caller: &Session,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ProducerView>, StreamError> {
+        self.streams.describe_producers(topic, partition)
     }
 
     /// Partitions of a topic created without a count (Kafka's `num_partitions = -1`): the

@@ -1,7 +1,7 @@
 //! Core operations on producer ids and transactions.
 
 use crate::core::{Broker, Session};
-use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer};
+use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnSummary};
 
 impl Broker {
     /// A producer id and epoch. Without a transactional id: a new id for an idempotent
@@ -77,5 +77,18 @@ impl Broker {
         end: TxnEnd,
     ) -> Result<(), TxnError> {
         self.txn.end(producer, end).await
+    }
+
+    /// The state of the named transactional ids (unknown ones left out), or of every one
+    /// (Kafka's DescribeTransactions and ListTransactions).
+    ///
+    /// # Errors
+    /// `NotRunning` when the coordinator has stopped.
+    pub async fn describe_transactions(
+        &self,
+        _caller: &Session,
+        transactional_ids: Option<Vec<String>>,
+    ) -> Result<Vec<TxnSummary>, TxnError> {
+        self.txn.describe(transactional_ids).await
     }
 }

@@ -172,6 +172,45 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Forgets the committed offsets of `group` on `partitions` (Kafka's OffsetDelete), as
+    /// [`OffsetStore::delete_group`] does for all of them. Returns how many existed.
+    ///
+    /// # Errors
+    /// Storage errors; the offsets stay then.
+    pub async fn delete_partitions(
+        &self,
+        group: &str,
+        partitions: &[(String, u32)],
+    ) -> Result<usize, StorageError> {
+        let doomed: Vec<(String, String, u32)> = {
+            let offsets = self.lock();
+            let Some(group_offsets) = offsets.get(group) else {
+                return Ok(0);
+            };
+            partitions
+                .iter()
+                .filter(|key| group_offsets.contains_key(key))
+                .map(|(topic, partition)| (group.to_string(), topic.clone(), *partition))
+                .collect()
+        };
+        let Some(appended) = self.write_tombstones(&doomed).await? else {
+            return Ok(0);
+        };
+        let mut offsets = self.lock();
+        if let Some(group_offsets) = offsets.get_mut(group) {
+            group_offsets.retain(|(topic, partition), (_, set_at)| {
+                *set_at > appended.last_offset
+                    || !partitions
+                        .iter()
+                        .any(|(doomed_topic, doomed)| doomed_topic == topic && doomed == partition)
+            });
+            if group_offsets.is_empty() {
+                offsets.remove(group);
+            }
+        }
+        Ok(doomed.len())
+    }
+
     /// Forgets every committed offset of `group` (Kafka's DeleteGroups): writes a tombstone
     /// per partition durably, then drops them from memory, except offsets a commit stored
     /// after the tombstones. Returns how many partitions' offsets were deleted (0: the group

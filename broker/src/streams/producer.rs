@@ -111,6 +111,21 @@ pub fn last_sequence(header: &BatchHeader) -> i32 {
     ((i64::from(header.base_sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// One producer's state on a partition, as DescribeProducers shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerView {
+    /// The producer id.
+    pub producer_id: i64,
+    /// Its current epoch.
+    pub epoch: i16,
+    /// The sequence of its last record here (-1: none retained).
+    pub last_sequence: i32,
+    /// When it last appended here (ms).
+    pub last_append_ms: i64,
+    /// The first offset of its open transaction here, if one is open.
+    pub transaction_start_offset: Option<i64>,
+}
+
 /// A transaction that was aborted on this partition: a read-committed consumer skips the
 /// producer's records from `first_offset` up to the abort marker at `last_offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +295,23 @@ impl PartitionProducers {
     /// True if no producer has state.
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+
+    /// Every producer with state here, by id.
+    pub fn describe(&self) -> Vec<ProducerView> {
+        let mut views: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(producer_id, entry)| ProducerView {
+                producer_id: *producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |batch| batch.last_sequence),
+                last_append_ms: entry.last_append_ms,
+                transaction_start_offset: self.ongoing.get(producer_id).copied(),
+            })
+            .collect();
+        views.sort_by_key(|view| view.producer_id);
+        views
     }
 
     /// The entry of one producer.

@@ -11,6 +11,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
@@ -20,7 +23,9 @@ use kafka_protocol::ResponseError;
 use super::error_code;
 use super::handlers::text;
 use super::{Kafka, NODE_ID};
-use crate::core::{Broker, ClassicJoin, Committed, OffsetEntry, Session};
+use crate::core::{
+    Broker, ClassicJoin, Committed, GroupAdminError, GroupError, OffsetEntry, Session,
+};
 
 /// FindCoordinator: this broker coordinates every group and transactional id.
 pub fn find_coordinator(
@@ -367,4 +372,63 @@ pub fn describe_groups(
             })
             .collect(),
     )
+}
+
+/// OffsetDelete: forgets a group's committed offsets of the named partitions, durably.
+/// While the group has members every partition is refused with GROUP_SUBSCRIBED_TO_TOPIC
+/// (Wharf does not read a Kafka group's subscriptions, so it keeps all of an active
+/// group's offsets).
+pub async fn offset_delete(
+    broker: &Broker,
+    caller: &Session,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group_id = request.group_id.0.to_string();
+    let partitions: Vec<(String, u32)> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().filter_map(|partition| {
+                u32::try_from(partition.partition_index)
+                    .ok()
+                    .map(|index| (topic.name.0.to_string(), index))
+            })
+        })
+        .collect();
+    let (group_code, partition_code) =
+        match broker.delete_offsets(caller, &group_id, &partitions).await {
+            Ok(_) => (0, 0),
+            Err(GroupAdminError::Group(GroupError::NotEmpty { .. })) => {
+                (0, ResponseError::GroupSubscribedToTopic.code())
+            }
+            Err(GroupAdminError::Group(error)) => (error_code::group(&error), 0),
+            Err(GroupAdminError::Stream(error)) => (error_code::stream(&error), 0),
+            Err(GroupAdminError::Storage(error)) => (error_code::storage(&error), 0),
+        };
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            OffsetDeleteResponseTopic::default()
+                .with_partitions(
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|partition| {
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(partition.partition_index)
+                                .with_error_code(if partition.partition_index < 0 {
+                                    ResponseError::UnknownTopicOrPartition.code()
+                                } else {
+                                    partition_code
+                                })
+                        })
+                        .collect(),
+                )
+                .with_name(topic.name)
+        })
+        .collect();
+    OffsetDeleteResponse::default()
+        .with_error_code(group_code)
+        .with_topics(if group_code == 0 { topics } else { Vec::new() })
 }

@@ -155,6 +155,18 @@ pub async fn handle(
         RequestKind::OffsetForLeaderEpoch(request) => ready(ResponseKind::OffsetForLeaderEpoch(
             admin::offset_for_leader_epoch(broker, caller, request),
         )),
+        RequestKind::OffsetDelete(request) => ready(ResponseKind::OffsetDelete(
+            groups::offset_delete(broker, caller, request).await,
+        )),
+        RequestKind::DescribeProducers(request) => ready(ResponseKind::DescribeProducers(
+            txn::describe_producers(broker, caller, request),
+        )),
+        RequestKind::DescribeTransactions(request) => ready(ResponseKind::DescribeTransactions(
+            txn::describe_transactions(broker, caller, request).await,
+        )),
+        RequestKind::ListTransactions(request) => ready(ResponseKind::ListTransactions(
+            txn::list_transactions(broker, caller, request, version).await,
+        )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");

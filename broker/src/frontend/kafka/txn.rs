@@ -1,5 +1,7 @@
 //! Kafka's transaction apis → core calls: AddPartitionsToTxn, AddOffsetsToTxn,
-//! TxnOffsetCommit and EndTxn (InitProducerId is in [`super::handlers`]). The transaction
+//! TxnOffsetCommit and EndTxn (InitProducerId is in [`super::handlers`]), and the ones that
+//! look at transactions and producers: DescribeTransactions, ListTransactions,
+//! DescribeProducers. The transaction
 //! coordinator is the core's, shared with the native protocol: a transactional id is the
 //! same transaction from either protocol.
 
@@ -13,7 +15,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
 use super::error_code;
-use crate::core::{Broker, Committed, OffsetEntry, Session, TxnEnd, TxnOffsets, TxnProducer};
+use super::handlers::text;
+use crate::core::{
+    Broker, Committed, OffsetEntry, Session, TxnEnd, TxnOffsets, TxnProducer, TxnState,
+};
 
 fn producer(
     transactional_id: &TransactionalId,
@@ -190,4 +195,203 @@ pub async fn end_txn(broker: &Broker, caller: &Session, request: EndTxnRequest) 
         Ok(()) => EndTxnResponse::default(),
         Err(error) => EndTxnResponse::default().with_error_code(error_code::txn(&error)),
     }
+}
+
+/// Kafka's name of a transaction state.
+fn state_name(state: TxnState) -> &'static str {
+    match state {
+        TxnState::Empty => "Empty",
+        TxnState::Ongoing => "Ongoing",
+        TxnState::PrepareCommit => "PrepareCommit",
+        TxnState::PrepareAbort => "PrepareAbort",
+        TxnState::CompleteCommit => "CompleteCommit",
+        TxnState::CompleteAbort => "CompleteAbort",
+    }
+}
+
+/// DescribeTransactions: each named transactional id's state; TRANSACTIONAL_ID_NOT_FOUND for
+/// an unknown one.
+pub async fn describe_transactions(
+    broker: &Broker,
+    caller: &Session,
+    request: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let wanted: Vec<String> = request
+        .transactional_ids
+        .iter()
+        .map(|id| id.0.to_string())
+        .collect();
+    let found = broker
+        .describe_transactions(caller, Some(wanted.clone()))
+        .await;
+    let states = wanted
+        .into_iter()
+        .map(|transactional_id| {
+            let state = describe_transactions_response::TransactionState::default()
+                .with_transactional_id(TransactionalId(text(&transactional_id)));
+            let summary = match &found {
+                Err(error) => return state.with_error_code(error_code::txn(error)),
+                Ok(summaries) => summaries
+                    .iter()
+                    .find(|summary| summary.transactional_id == transactional_id),
+            };
+            let Some(summary) = summary else {
+                return state.with_error_code(ResponseError::TransactionalIdNotFound.code());
+            };
+            let mut topics: Vec<describe_transactions_response::TopicData> = Vec::new();
+            for (topic, partition) in &summary.partitions {
+                let index = i32::try_from(*partition).unwrap_or(i32::MAX);
+                match topics.last_mut() {
+                    Some(last) if last.topic.0.as_str() == topic => last.partitions.push(index),
+                    _ => topics.push(
+                        describe_transactions_response::TopicData::default()
+                            .with_topic(TopicName(text(topic)))
+                            .with_partitions(vec![index]),
+                    ),
+                }
+            }
+            state
+                .with_transaction_state(text(state_name(summary.state)))
+                .with_transaction_timeout_ms(i32::try_from(summary.timeout_ms).unwrap_or(i32::MAX))
+                .with_transaction_start_time_ms(if summary.state == TxnState::Ongoing {
+                    summary.started_ms
+                } else {
+                    -1
+                })
+                .with_producer_id(ProducerId(summary.producer_id))
+                .with_producer_epoch(summary.epoch)
+                .with_topics(topics)
+        })
+        .collect();
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// ListTransactions, with the state, producer id and (v1) duration filters.
+pub async fn list_transactions(
+    broker: &Broker,
+    caller: &Session,
+    request: ListTransactionsRequest,
+    version: i16,
+) -> ListTransactionsResponse {
+    const KNOWN: [&str; 6] = [
+        "Empty",
+        "Ongoing",
+        "PrepareCommit",
+        "PrepareAbort",
+        "CompleteCommit",
+        "CompleteAbort",
+    ];
+    let states: Vec<String> = request
+        .state_filters
+        .iter()
+        .map(|state| state.to_string())
+        .collect();
+    let unknown: Vec<_> = request
+        .state_filters
+        .iter()
+        .filter(|state| !KNOWN.contains(&state.as_str()))
+        .cloned()
+        .collect();
+    let summaries = match broker.describe_transactions(caller, None).await {
+        Ok(summaries) => summaries,
+        Err(error) => {
+            return ListTransactionsResponse::default().with_error_code(error_code::txn(&error))
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        });
+    let listed = summaries
+        .into_iter()
+        .filter(|summary| {
+            states.is_empty()
+                || states
+                    .iter()
+                    .any(|state| state == state_name(summary.state))
+        })
+        .filter(|summary| {
+            request.producer_id_filters.is_empty()
+                || request
+                    .producer_id_filters
+                    .iter()
+                    .any(|id| id.0 == summary.producer_id)
+        })
+        .filter(|summary| {
+            version < 1
+                || request.duration_filter < 0
+                || (summary.state == TxnState::Ongoing
+                    && now_ms - summary.started_ms >= request.duration_filter)
+        })
+        .map(|summary| {
+            list_transactions_response::TransactionState::default()
+                .with_transactional_id(TransactionalId(text(&summary.transactional_id)))
+                .with_producer_id(ProducerId(summary.producer_id))
+                .with_transaction_state(text(state_name(summary.state)))
+        })
+        .collect();
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(listed)
+}
+
+/// DescribeProducers: the producers with state on each partition.
+pub fn describe_producers(
+    broker: &Broker,
+    caller: &Session,
+    request: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_indexes
+                .iter()
+                .map(|index| {
+                    let answer = describe_producers_response::PartitionResponse::default()
+                        .with_partition_index(*index);
+                    let found = u32::try_from(*index)
+                        .map_err(|_| None)
+                        .and_then(|partition| {
+                            broker
+                                .describe_producers(caller, topic.name.0.as_str(), partition)
+                                .map_err(Some)
+                        });
+                    match found {
+                        Ok(producers) => answer.with_active_producers(
+                            producers
+                                .into_iter()
+                                .map(|producer| {
+                                    describe_producers_response::ProducerState::default()
+                                        .with_producer_id(ProducerId(producer.producer_id))
+                                        .with_producer_epoch(i32::from(producer.epoch))
+                                        .with_last_sequence(producer.last_sequence)
+                                        .with_last_timestamp(producer.last_append_ms)
+                                        .with_coordinator_epoch(-1)
+                                        .with_current_txn_start_offset(
+                                            producer.transaction_start_offset.unwrap_or(-1),
+                                        )
+                                })
+                                .collect(),
+                        ),
+                        Err(error) => {
+                            let code = error.as_ref().map_or(
+                                ResponseError::UnknownTopicOrPartition.code(),
+                                error_code::stream,
+                            );
+                            answer
+                                .with_error_code(code)
+                                .with_error_message(error.map(|error| text(&error.to_string())))
+                        }
+                    }
+                })
+                .collect();
+            describe_producers_response::TopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
 }
