@@ -335,6 +335,9 @@ from_response! {
     PurgeQueue => PurgeQueueResponse,
     ListQueues => ListQueuesResponse,
     ListExchanges => ListExchangesResponse,
+    QueueGet => QueueGetResponse,
+    ListBindings => ListBindingsResponse,
+    MoveMessages => MoveMessagesResponse,
 }
 
 /// One body type answers every queue admin api (and acks), so it matches them all.

@@ -48,11 +48,15 @@ wire_enum! {
         /// Server push: the broker cancelled a consumer (ack timeout, queue deleted); never
         /// sent by clients, never answered.
         ConsumerCancelled = 34,
+        // 35–39: stream and group admin apis.
+        QueueGet = 40,
+        ListBindings = 41,
+        MoveMessages = 42,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 31] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 34] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -84,6 +88,9 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 31] = [
     (ApiKey::ListQueues, 0, 0),
     (ApiKey::DeleteExchange, 0, 0),
     (ApiKey::ListExchanges, 0, 0),
+    (ApiKey::QueueGet, 0, 0),
+    (ApiKey::ListBindings, 0, 0),
+    (ApiKey::MoveMessages, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -243,6 +250,9 @@ api_enums! {
     DeleteExchange => DeleteExchangeRequest, QueueAdminResponse;
     ListExchanges => ListExchangesRequest, ListExchangesResponse;
     ConsumerCancelled => ConsumerCancelledPush, QueueAdminResponse;
+    QueueGet => QueueGetRequest, QueueGetResponse;
+    ListBindings => ListBindingsRequest, ListBindingsResponse;
+    MoveMessages => MoveMessagesRequest, MoveMessagesResponse;
 }
 
 /// Appends a whole request frame.
