@@ -561,6 +561,28 @@ impl DeliveryState {
         let mut actions = Vec::new();
         let mut after = None;
         while got.len() < count {
+            let (next, more) = self.get_after(after, now_ms, mode);
+            actions.extend(more);
+            let Some(next) = next else {
+                break;
+            };
+            after = Some(next.message);
+            got.push(next);
+        }
+        (got, actions)
+    }
+
+    /// One step of [`get`](Self::get): the oldest ready message after `after` (none: from
+    /// the head), so a caller can stop between messages (a byte bound) without getting a
+    /// requeued message twice.
+    pub fn get_after(
+        &mut self,
+        after: Option<MessageId>,
+        now_ms: i64,
+        mode: GetMode,
+    ) -> (Option<Got>, Vec<Action>) {
+        let mut actions = Vec::new();
+        loop {
             let next = match after {
                 None => self.ready.first_key_value(),
                 Some(previous) => self
@@ -572,36 +594,29 @@ impl DeliveryState {
                     .next(),
             };
             let Some((&id, &meta)) = next else {
-                break;
+                return (None, actions);
             };
+            self.ready.remove(&id);
             if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-                self.ready.remove(&id);
                 actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
                 continue;
             }
-            after = Some(id);
             let counted = MessageMeta {
                 delivery_count: meta.delivery_count + 1,
                 ..meta
             };
-            got.push(Got {
+            match mode {
+                GetMode::Ack => actions.push(Action::Settle(id)),
+                GetMode::Requeue => self.requeue(counted, &mut actions),
+            }
+            let got = Got {
                 message: id,
                 redelivered: meta.delivery_count > 0,
                 delivery_count: counted.delivery_count,
                 before: meta,
-            });
-            match mode {
-                GetMode::Ack => {
-                    self.ready.remove(&id);
-                    actions.push(Action::Settle(id));
-                }
-                GetMode::Requeue => {
-                    self.ready.remove(&id);
-                    self.requeue(counted, &mut actions);
-                }
-            }
+            };
+            return (Some(got), actions);
         }
-        (got, actions)
     }
 
     /// The id of the newest ready message: the bound of a move, so that messages arriving

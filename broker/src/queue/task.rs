@@ -491,12 +491,14 @@ impl QueueTask {
         let mut bytes = 0usize;
         let mut taken = Vec::new();
         let mut failed = None;
+        let mut after = None;
         while messages.len() < count && bytes < GET_BYTES_MAX {
-            let (got, more) = self.state.get(1, now, mode);
+            let (got, more) = self.state.get_after(after, now, mode);
             actions.extend(more);
-            let Some(got) = got.first() else {
+            let Some(got) = got else {
                 break;
             };
+            after = Some(got.message);
             counts.push((got.message, got.delivery_count));
             taken.push(got.before);
             match self.store.read(got.message) {
