@@ -13,7 +13,7 @@ use wharf_protocol::messages::*;
 use wharf_protocol::{Header, Request};
 
 use crate::admin::Admin;
-use crate::cluster::{FromResponse, Target};
+use crate::cluster::{response_as, FromResponse, Target};
 use crate::error::{check_queue_code, Error, QueueSubject, Result};
 
 /// How an exchange routes.
@@ -436,6 +436,11 @@ impl Admin {
     /// redelivered), with [`GetMode::Ack`] they are removed. Empty when no message is ready;
     /// fewer than `count` when fewer are ready or the answer reached its byte bound (8 MiB).
     ///
+    /// With [`GetMode::Requeue`] the request is resent after a connection error, like the
+    /// other admin calls (a resent get only marks the messages once more). With
+    /// [`GetMode::Ack`] it is sent once: if the connection is lost before the answer, the
+    /// messages may be gone from the queue unseen, and the error says so.
+    ///
     /// ```no_run
     /// # async fn example(client: &wharf_client::Client) -> wharf_client::Result<()> {
     /// use wharf_client::{Admin, GetMode};
@@ -465,7 +470,10 @@ impl Admin {
                 GetMode::Ack => GetAckMode::Ack,
             },
         });
-        let response: QueueGetResponse = self.queue_call(request, queue_subject(queue)).await?;
+        let response: QueueGetResponse = match mode {
+            GetMode::Requeue => self.queue_call(request, queue_subject(queue)).await?,
+            GetMode::Ack => self.queue_call_once(request, queue_subject(queue)).await?,
+        };
         Ok(response
             .messages
             .into_iter()
@@ -519,6 +527,10 @@ impl Admin {
     /// crash mid-move a message may be in both queues, never in neither. Messages published
     /// to `source` during the move stay there.
     ///
+    /// The request is sent once (a lost connection is an error, not a resend): the broker
+    /// runs the move on its own and finishes it even when the connection is lost, and only
+    /// this answer can say how many messages it moved.
+    ///
     /// # Errors
     /// Request errors; what stopped the broker part-way is in
     /// [`MoveOutcome::stopped`] ([`Error::UnknownQueue`](crate::Error::UnknownQueue),
@@ -528,8 +540,9 @@ impl Admin {
             source: source.to_string(),
             destination: destination.to_string(),
         });
-        let response: MoveMessagesResponse =
-            self.client.call_unchecked(Target::Any, request).await?;
+        let api_key = request.api_key();
+        let answer = self.client.start(Target::Any, &request).await?;
+        let response: MoveMessagesResponse = response_as(answer.await?, api_key)?;
         // An unknown or deleted queue may be either one; the broker's message names it.
         let named = response
             .error_message
@@ -542,6 +555,20 @@ impl Admin {
             moved: response.moved,
             stopped,
         })
+    }
+
+    /// Like `queue_call`, in one attempt: for requests that must not be resent.
+    async fn queue_call_once<T: FromResponse>(
+        &self,
+        request: Request,
+        subject: QueueSubject<'_>,
+    ) -> Result<T> {
+        let api_key = request.api_key();
+        let answer = self.client.start(Target::Any, &request).await?;
+        let response: T = response_as(answer.await?, api_key)?;
+        let (code, message) = response.top_error();
+        check_queue_code(code, message, subject)?;
+        Ok(response)
     }
 
     async fn queue_call<T: FromResponse>(
