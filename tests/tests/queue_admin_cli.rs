@@ -318,6 +318,41 @@ fn queue_move_puts_dead_lettered_messages_back_in_order() {
 }
 
 #[test]
+fn queue_move_stopped_by_a_full_destination_reports_the_count_and_fails() {
+    let (_data, broker) = start_broker();
+    run(&broker, &["queue", "declare", "src"]);
+    run(
+        &broker,
+        &[
+            "queue",
+            "declare",
+            "small",
+            "--max-length",
+            "2",
+            "--overflow",
+            "reject-publish",
+        ],
+    );
+    publish(&broker, "", "src", &[], &["m1", "m2", "m3", "m4", "m5"]);
+    let output = wharf(&broker.address(), &["queue", "move", "src", "small"], "");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "moved 2 messages from queue \"src\" to queue \"small\"\n"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("full"), "{stderr}");
+    // The rest stayed in the source, in order and not marked redelivered.
+    let rest = get_json(&broker, "src", &["--count", "10"]);
+    assert_eq!(bodies(&rest), ["m3", "m4", "m5"]);
+    assert!(rest.iter().all(|message| message["redelivered"] == false));
+    assert_eq!(
+        bodies(&get_json(&broker, "small", &["--count", "10"])),
+        ["m1", "m2"]
+    );
+}
+
+#[test]
 fn queue_move_across_a_broker_kill_loses_no_message() {
     // Goal: a crash mid-move loses nothing (at-least-once). Method: move thousands of
     // messages between durable queues, SIGKILL the broker as soon as the destination has
