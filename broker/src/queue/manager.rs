@@ -17,6 +17,10 @@
 //! - A dead-lettered message's copy is republished (`republish_dead_letters`) through the
 //!   queue's dead-letter exchange; the queue task builds the copy and settles the original
 //!   once the copy is stored.
+//! - `get` takes ready messages without a consumer (requeued, marked redelivered, or
+//!   removed); `list_bindings` lists every binding, the default exchange's included;
+//!   `move_messages` moves a queue's ready messages to another in rounds, each message
+//!   settled in the source only once it is durable in the destination (at-least-once).
 //!
 //! The registry lock is held only for short sections with no await and no file write:
 //! definitions are snapshotted under it and written after it is released.
@@ -27,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{mpsc, oneshot};
+use wharf_protocol::batch::Record;
 
 use crate::queue::args::{args_from_pairs, args_to_pairs};
 use crate::queue::definitions::{
@@ -1000,62 +1005,9 @@ async fn move_rounds(
             };
         }
         up_to = round.up_to;
-        // One publish command per message, sent in order: the destination merges them into
-        // one append and one fsync, and answers each, so each message is settled in the
-        // source only if it is stored.
-        let mut confirms = Vec::with_capacity(round.messages.len());
-        let mut failed = None;
-        for (id, record) in round.messages {
-            let (reply, confirmed) = oneshot::channel();
-            if failed.is_none() {
-                let message = Message {
-                    routing_key: record
-                        .key
-                        .as_ref()
-                        .map(|key| String::from_utf8_lossy(key).into_owned())
-                        .unwrap_or_default(),
-                    body: record.value.unwrap_or_default(),
-                    headers: record.headers,
-                };
-                if to
-                    .send(Command::Publish(vec![message], reply))
-                    .await
-                    .is_err()
-                {
-                    failed = Some(QueueError::Gone(destination.clone()));
-                }
-            }
-            confirms.push((id, confirmed));
-        }
-        let mut stored = Vec::new();
-        let mut not_stored = Vec::new();
-        for (id, confirmed) in confirms {
-            match confirmed.await {
-                Ok(Ok(())) => stored.push(id),
-                Ok(Err(error)) => {
-                    failed.get_or_insert(error);
-                    not_stored.push(id);
-                }
-                Err(_) => {
-                    failed.get_or_insert(QueueError::Gone(destination.clone()));
-                    not_stored.push(id);
-                }
-            }
-        }
-        let count = stored.len() as u64;
-        let (reply, settled) = oneshot::channel();
-        let finish = Command::Control(Control::FinishMove {
-            stored,
-            not_stored,
-            reply,
-        });
-        let finished = match from.send(finish).await {
-            Ok(()) => settled
-                .await
-                .unwrap_or_else(|_| Err(QueueError::Gone(source.clone()))),
-            Err(_) => Err(QueueError::Gone(source.clone())),
-        };
-        if let Err(error) = finished {
+        let stored = store_round(&to, round.messages, &destination).await;
+        let count = stored.stored.len() as u64;
+        if let Err(error) = finish_round(&from, stored.stored, stored.not_stored, &source).await {
             // Stored in the destination but perhaps not settled in the source: those may
             // come back there (at-least-once); they are not counted as moved.
             return Moved {
@@ -1064,13 +1016,100 @@ async fn move_rounds(
             };
         }
         moved += count;
-        if let Some(error) = failed {
+        if let Some(error) = stored.failed {
             return Moved {
                 moved,
                 stopped: Some(error),
             };
         }
     }
+}
+
+/// What the destination did with one round of a move.
+struct StoredRound {
+    /// Ids (in the source) of the messages durable in the destination.
+    stored: Vec<i64>,
+    /// Ids of the messages it did not take.
+    not_stored: Vec<i64>,
+    /// The first refusal, which ends the move after this round.
+    failed: Option<QueueError>,
+}
+
+/// Hands one round to the destination's task, one publish command per message in order:
+/// the task merges them into one append and one fsync and answers each, so each message is
+/// settled in the source only if it is stored. After a refused send the rest are not sent.
+async fn store_round(
+    to: &mpsc::Sender<Command>,
+    messages: Vec<(i64, Record)>,
+    destination: &str,
+) -> StoredRound {
+    let mut confirms = Vec::with_capacity(messages.len());
+    let mut failed = None;
+    for (id, record) in messages {
+        let (reply, confirmed) = oneshot::channel();
+        if failed.is_none() {
+            let message = Message {
+                routing_key: record
+                    .key
+                    .as_ref()
+                    .map(|key| String::from_utf8_lossy(key).into_owned())
+                    .unwrap_or_default(),
+                body: record.value.unwrap_or_default(),
+                headers: record.headers,
+            };
+            if to
+                .send(Command::Publish(vec![message], reply))
+                .await
+                .is_err()
+            {
+                failed = Some(QueueError::Gone(destination.to_string()));
+            }
+        }
+        confirms.push((id, confirmed));
+    }
+    let mut round = StoredRound {
+        stored: Vec::new(),
+        not_stored: Vec::new(),
+        failed,
+    };
+    for (id, confirmed) in confirms {
+        match confirmed.await {
+            Ok(Ok(())) => round.stored.push(id),
+            Ok(Err(error)) => {
+                round.failed.get_or_insert(error);
+                round.not_stored.push(id);
+            }
+            Err(_) => {
+                round
+                    .failed
+                    .get_or_insert(QueueError::Gone(destination.to_string()));
+                round.not_stored.push(id);
+            }
+        }
+    }
+    round
+}
+
+/// Ends a round in the source: settles what was stored (durably, before the answer) and
+/// puts the rest back.
+async fn finish_round(
+    from: &mpsc::Sender<Command>,
+    stored: Vec<i64>,
+    not_stored: Vec<i64>,
+    source: &str,
+) -> Result<(), QueueError> {
+    let (reply, settled) = oneshot::channel();
+    let finish = Command::Control(Control::FinishMove {
+        stored,
+        not_stored,
+        reply,
+    });
+    from.send(finish)
+        .await
+        .map_err(|_| QueueError::Gone(source.to_string()))?;
+    settled
+        .await
+        .unwrap_or_else(|_| Err(QueueError::Gone(source.to_string())))
 }
 
 /// Asks the source of a move for its next round.

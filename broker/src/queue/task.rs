@@ -10,6 +10,9 @@
 //!   own, so it sees the length its predecessors left.
 //! - A publish is confirmed only once its messages are durable; an ack is answered only once
 //!   its settle record is durable.
+//! - A get (`Control::Get`) takes ready messages without a consumer; a move holds a round
+//!   of ready messages out of delivery (`Control::TakeForMove`) until the destination has
+//!   stored them, then settles them or puts them back (`Control::FinishMove`).
 //! - Between batches (and at least every `IDLE_WAKE`) a tick moves due delayed messages to
 //!   ready, dead-letters expired ones, times out unacknowledged deliveries, dispatches, and
 //!   every `COMPACTION_INTERVAL_MS` compacts the store on the blocking pool.
