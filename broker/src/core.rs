@@ -52,8 +52,8 @@ pub use crate::groups::{
 };
 pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{
-    AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability,
-    Published, QueueError, QueueStats, Requeue, SessionId,
+    AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag,
+    Durability, GetMode, GotMessage, Moved, Published, QueueError, QueueStats, Requeue, SessionId,
 };
 pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{

@@ -17,7 +17,8 @@
 //! - `task`: the task that owns one queue (its store, delivery state, delays and
 //!   consumers) and the commands it takes.
 //! - [`manager`]: the registry (declares, bindings, deletes, exclusive and auto-delete
-//!   queues) and the entry points: publish with confirms, subscribe, cancel, ack, nack.
+//!   queues) and the entry points: publish with confirms, subscribe, cancel, ack, nack,
+//!   get (look without a subscription), list bindings, move (the shovel).
 //!
 //! The core (`core/queue_ops.rs`) maps its queue operations onto the [`QueueManager`]; the
 //! manager is also exercised in-process by `broker/tests/queues.rs`. Callers outside this
@@ -55,9 +56,10 @@ mod task;
 pub mod types;
 
 pub use args::args_from_pairs;
-pub use delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, Requeue};
+pub use delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 pub use manager::{QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
 pub use types::{
-    AckTicket, ConsumerEvent, Delivered, Durability, Message, PublishTicket, Published, QueueArgs,
-    QueueError, QueueStats, SessionId, EXCHANGE_HEADER, EXPIRATION_HEADER,
+    AckTicket, BindingInfo, ConsumerEvent, Delivered, Durability, GotMessage, Message, Moved,
+    PublishTicket, Published, QueueArgs, QueueError, QueueStats, SessionId, EXCHANGE_HEADER,
+    EXPIRATION_HEADER,
 };

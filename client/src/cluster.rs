@@ -337,6 +337,9 @@ from_response! {
     ListExchanges => ListExchangesResponse,
     DescribeTopicConfigs => DescribeTopicConfigsResponse,
     ResetOffsets => ResetOffsetsResponse,
+    QueueGet => QueueGetResponse,
+    ListBindings => ListBindingsResponse,
+    MoveMessages => MoveMessagesResponse,
 }
 
 /// One body type answers the stream and group admin apis that carry only an error.

@@ -76,7 +76,8 @@ pub use producer::{
 
 pub use publisher::{PublishConfirm, Publisher, Routing, DELAY_HEADER, EXPIRATION_HEADER};
 pub use queue_admin::{
-    Binding, Durability, ExchangeInfo, ExchangeKind, HeadersMatch, Overflow, QueueArgs, QueueInfo,
+    Binding, BindingInfo, Durability, ExchangeInfo, ExchangeKind, GetMode, HeadersMatch,
+    MoveOutcome, Overflow, QueueArgs, QueueInfo, QueueMessage,
 };
 pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 

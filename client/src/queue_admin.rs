@@ -1,17 +1,20 @@
-//! Queue administration on [`Admin`]: exchanges, queues, bindings, purge and listings.
+//! Queue administration on [`Admin`]: exchanges, queues, bindings, purge, listings, getting
+//! messages without a subscription, and moving messages between queues.
 //!
 //! Thin typed wrappers over DeclareExchange, DeleteExchange, ListExchanges, DeclareQueue,
-//! DeleteQueue, PurgeQueue, BindQueue, UnbindQueue and ListQueues. Queue arguments travel by
+//! DeleteQueue, PurgeQueue, BindQueue, UnbindQueue, ListQueues, QueueGet, ListBindings and
+//! MoveMessages. Queue arguments travel by
 //! name (`message-ttl-ms`, `max-length`, ...); [`QueueArgs`] is their typed form, so a typo
 //! is a compile error instead of an ignored argument. Error codes become the queue variants
 //! of [`Error`](crate::Error).
 
+use bytes::Bytes;
 use wharf_protocol::messages::*;
-use wharf_protocol::Request;
+use wharf_protocol::{Header, Request};
 
 use crate::admin::Admin;
-use crate::cluster::{FromResponse, Target};
-use crate::error::{check_queue_code, QueueSubject, Result};
+use crate::cluster::{response_as, FromResponse, Target};
+use crate::error::{check_queue_code, Error, QueueSubject, Result};
 
 /// How an exchange routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,12 +221,62 @@ pub struct QueueInfo {
     pub name: String,
     /// Whether it survives a restart.
     pub durable: bool,
-    /// Messages waiting for delivery (delayed ones included).
+    /// Messages waiting for delivery (delayed ones not included).
     pub ready: u64,
+    /// Messages waiting for their `x-delay` to pass.
+    pub delayed: u64,
     /// Delivered, not yet acknowledged.
     pub unacked: u64,
     /// Subscribed consumers.
     pub consumers: u64,
+}
+
+/// What [`Admin::get_messages`] does with the messages it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GetMode {
+    /// They stay in the queue at their places, marked redelivered from then on (RabbitMQ's
+    /// `ackmode=ack_requeue_true`).
+    #[default]
+    Requeue,
+    /// They are removed from the queue before the answer comes (`ackmode=ack_requeue_false`).
+    Ack,
+}
+
+/// A message returned by [`Admin::get_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// True if the message was delivered (or got) before.
+    pub redelivered: bool,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its headers, broker-added ones (`x-exchange`, `x-death-*`) included.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Bytes,
+    /// When the broker stored it (ms since the Unix epoch).
+    pub timestamp_ms: i64,
+}
+
+/// A binding as listed by [`Admin::list_bindings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingInfo {
+    /// The source exchange (`""`: the default exchange, which binds every queue by name).
+    pub exchange: String,
+    /// The destination queue.
+    pub queue: String,
+    /// The routing key or topic pattern (empty for fanout and headers exchanges).
+    pub routing_key: String,
+    /// A headers binding's arguments, `x-match` first.
+    pub arguments: Vec<(String, String)>,
+}
+
+/// The outcome of [`Admin::move_messages`].
+#[derive(Debug)]
+pub struct MoveOutcome {
+    /// Messages now in the destination and gone from the source.
+    pub moved: u64,
+    /// Why the broker stopped before the source was empty; the rest stay in the source.
+    pub stopped: Option<Error>,
 }
 
 impl Admin {
@@ -369,12 +422,153 @@ impl Admin {
                 name: queue.name,
                 durable: queue.durable,
                 ready: queue.ready,
+                delayed: queue.delayed,
                 unacked: queue.unacked,
                 consumers: queue.consumers,
             })
             .collect();
         queues.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(queues)
+    }
+
+    /// Takes up to `count` ready messages from the head of `queue` without a subscription,
+    /// as RabbitMQ's `basic.get`: with [`GetMode::Requeue`] they stay in the queue (marked
+    /// redelivered), with [`GetMode::Ack`] they are removed. Empty when no message is ready;
+    /// fewer than `count` when fewer are ready or the answer reached its byte bound (8 MiB).
+    ///
+    /// With [`GetMode::Requeue`] the request is resent after a connection error, like the
+    /// other admin calls (a resent get only marks the messages once more). With
+    /// [`GetMode::Ack`] it is sent once: if the connection is lost before the answer, the
+    /// messages may be gone from the queue unseen, and the error says so.
+    ///
+    /// ```no_run
+    /// # async fn example(client: &wharf_client::Client) -> wharf_client::Result<()> {
+    /// use wharf_client::{Admin, GetMode};
+    /// let peeked = Admin::new(client).get_messages("orders.dlq", 5, GetMode::Requeue).await?;
+    /// for message in peeked {
+    ///     println!("{}", String::from_utf8_lossy(&message.body));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`](crate::Error::UnknownQueue),
+    /// [`Error::Server`](crate::Error::Server) for a count of 0 or above 10,000, request
+    /// errors.
+    pub async fn get_messages(
+        &self,
+        queue: &str,
+        count: u32,
+        mode: GetMode,
+    ) -> Result<Vec<QueueMessage>> {
+        let request = Request::QueueGet(QueueGetRequest {
+            queue: queue.to_string(),
+            count,
+            ack_mode: match mode {
+                GetMode::Requeue => GetAckMode::Requeue,
+                GetMode::Ack => GetAckMode::Ack,
+            },
+        });
+        let response: QueueGetResponse = match mode {
+            GetMode::Requeue => self.queue_call(request, queue_subject(queue)).await?,
+            GetMode::Ack => self.queue_call_once(request, queue_subject(queue)).await?,
+        };
+        Ok(response
+            .messages
+            .into_iter()
+            .map(|message| QueueMessage {
+                redelivered: message.redelivered,
+                routing_key: message.routing_key,
+                headers: message
+                    .headers
+                    .into_iter()
+                    .map(|entry| Header {
+                        key: entry.key,
+                        value: entry.value,
+                    })
+                    .collect(),
+                body: message.body,
+                timestamp_ms: message.timestamp_ms,
+            })
+            .collect())
+    }
+
+    /// Every binding, or (with `queue`) those of one queue, sorted by exchange, queue and
+    /// routing key. The default exchange is listed binding each queue by its name.
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`](crate::Error::UnknownQueue), request errors.
+    pub async fn list_bindings(&self, queue: Option<&str>) -> Result<Vec<BindingInfo>> {
+        let request = Request::ListBindings(ListBindingsRequest {
+            queue: queue.map(str::to_string),
+        });
+        let subject = queue_subject(queue.unwrap_or_default());
+        let response: ListBindingsResponse = self.queue_call(request, subject).await?;
+        Ok(response
+            .bindings
+            .into_iter()
+            .map(|binding| BindingInfo {
+                exchange: binding.exchange,
+                queue: binding.queue,
+                routing_key: binding.routing_key,
+                arguments: binding
+                    .arguments
+                    .into_iter()
+                    .map(|entry| (entry.key, entry.value))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Moves every ready message of `source` to the end of `destination`, in order, with
+    /// routing key, headers and body: the broker does it in rounds, and settles each message
+    /// in `source` only once it is durable in `destination`. At-least-once: after a broker
+    /// crash mid-move a message may be in both queues, never in neither. Messages published
+    /// to `source` during the move stay there.
+    ///
+    /// The request is sent once (a lost connection is an error, not a resend): the broker
+    /// runs the move on its own and finishes it even when the connection is lost, and only
+    /// this answer can say how many messages it moved.
+    ///
+    /// # Errors
+    /// Request errors; what stopped the broker part-way is in
+    /// [`MoveOutcome::stopped`] ([`Error::UnknownQueue`](crate::Error::UnknownQueue),
+    /// [`Error::QueueFull`](crate::Error::QueueFull), ...).
+    pub async fn move_messages(&self, source: &str, destination: &str) -> Result<MoveOutcome> {
+        let request = Request::MoveMessages(MoveMessagesRequest {
+            source: source.to_string(),
+            destination: destination.to_string(),
+        });
+        let api_key = request.api_key();
+        let answer = self.client.start(Target::Any, &request).await?;
+        let response: MoveMessagesResponse = response_as(answer.await?, api_key)?;
+        // An unknown or deleted queue may be either one; the broker's message names it.
+        let named = response
+            .error_message
+            .as_deref()
+            .filter(|message| message.contains(&format!("{destination:?}")))
+            .map_or(source, |_| destination);
+        let stopped =
+            check_queue_code(response.error, response.error_message, queue_subject(named)).err();
+        Ok(MoveOutcome {
+            moved: response.moved,
+            stopped,
+        })
+    }
+
+    /// Like `queue_call`, in one attempt: for requests that must not be resent.
+    async fn queue_call_once<T: FromResponse>(
+        &self,
+        request: Request,
+        subject: QueueSubject<'_>,
+    ) -> Result<T> {
+        let api_key = request.api_key();
+        let answer = self.client.start(Target::Any, &request).await?;
+        let response: T = response_as(answer.await?, api_key)?;
+        let (code, message) = response.top_error();
+        check_queue_code(code, message, subject)?;
+        Ok(response)
     }
 
     async fn queue_call<T: FromResponse>(

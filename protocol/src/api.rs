@@ -54,11 +54,15 @@ wire_enum! {
         DescribeTopicConfigs = 37,
         ResetOffsets = 38,
         DeleteGroup = 39,
+        /// Queue admin (issue #13).
+        QueueGet = 40,
+        ListBindings = 41,
+        MoveMessages = 42,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 36] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 39] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -95,6 +99,9 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 36] = [
     (ApiKey::DescribeTopicConfigs, 0, 0),
     (ApiKey::ResetOffsets, 0, 0),
     (ApiKey::DeleteGroup, 0, 0),
+    (ApiKey::QueueGet, 0, 0),
+    (ApiKey::ListBindings, 0, 0),
+    (ApiKey::MoveMessages, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -259,6 +266,9 @@ api_enums! {
     DescribeTopicConfigs => DescribeTopicConfigsRequest, DescribeTopicConfigsResponse;
     ResetOffsets => ResetOffsetsRequest, ResetOffsetsResponse;
     DeleteGroup => DeleteGroupRequest, StreamAdminResponse;
+    QueueGet => QueueGetRequest, QueueGetResponse;
+    ListBindings => ListBindingsRequest, ListBindingsResponse;
+    MoveMessages => MoveMessagesRequest, MoveMessagesResponse;
 }
 
 /// Appends a whole request frame.

@@ -822,13 +822,16 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// One queue's counts.
+    /// One queue's counts: `ready` excludes delayed messages, which `delayed` counts.
     pub struct QueueListing {
         pub name: String,
         pub durable: bool,
         pub ready: u64,
         pub unacked: u64,
         pub consumers: u64,
+        /// Messages waiting for their `x-delay` (not in `ready`); appended in place to v0
+        /// (docs/PROTOCOL.md, version history).
+        pub delayed: u64,
     }
 }
 
@@ -1002,5 +1005,105 @@ wire_struct! {
     /// and with GroupIdNotFound when it has neither members nor committed offsets.
     pub struct DeleteGroupRequest {
         pub group_id: String,
+    }
+}
+
+wire_enum! {
+    /// What QueueGet does with the messages it returns.
+    #[derive(Default)]
+    pub enum GetAckMode: u8 {
+        /// They stay in the queue at their places, marked redelivered, as after RabbitMQ's
+        /// `basic.get` and a `basic.nack` with requeue.
+        #[default]
+        Requeue = 0,
+        /// They leave the queue: the answer comes once their removal is durable, as
+        /// RabbitMQ's `basic.get` with `no-ack`.
+        Ack = 1,
+    }
+}
+
+wire_struct! {
+    /// Takes up to `count` ready messages from the head of a queue without a subscription
+    /// (RabbitMQ's `basic.get`, `rabbitmqadmin get`). Delayed and unacknowledged messages
+    /// are not looked at.
+    pub struct QueueGetRequest {
+        pub queue: String,
+        /// Most messages returned (0 is refused).
+        pub count: u32,
+        pub ack_mode: GetAckMode,
+    }
+}
+
+wire_struct! {
+    /// One message returned by QueueGet (a `Deliver` without consumer and tag).
+    pub struct GotMessage {
+        /// True if the message was delivered (or got) before this get.
+        pub redelivered: bool,
+        pub routing_key: String,
+        pub timestamp_ms: i64,
+        pub headers: Vec<HeaderEntry>,
+        pub body: Bytes,
+    }
+}
+
+wire_struct! {
+    /// QueueGet answer: the messages in queue order; empty when no message is ready.
+    pub struct QueueGetResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub messages: Vec<GotMessage>,
+    }
+}
+
+wire_struct! {
+    /// Lists bindings: every one, or (with `queue`) those of one queue.
+    pub struct ListBindingsRequest {
+        pub queue: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// One binding: messages published to `exchange` that match go to `queue`.
+    pub struct BindingListing {
+        /// The source exchange (`""`: the default exchange, which binds every queue by its
+        /// name).
+        pub exchange: String,
+        /// The destination queue.
+        pub queue: String,
+        /// The routing key, or the pattern of a topic exchange (empty for fanout and headers
+        /// exchanges, which ignore it).
+        pub routing_key: String,
+        /// The headers a headers exchange matches, `x-match` first; empty otherwise.
+        pub arguments: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    /// ListBindings answer, sorted by exchange, queue, routing key.
+    pub struct ListBindingsResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub bindings: Vec<BindingListing>,
+    }
+}
+
+wire_struct! {
+    /// Moves every ready message of `source` to the end of queue `destination`, in order,
+    /// keeping routing key, headers and body (a shovel, for putting dead-lettered messages
+    /// back). Each message is removed from `source` only after it is durable in
+    /// `destination`: at-least-once, so a crash mid-move can leave a message in both.
+    pub struct MoveMessagesRequest {
+        pub source: String,
+        pub destination: String,
+    }
+}
+
+wire_struct! {
+    /// MoveMessages answer: how many messages were moved, also when an error stopped the
+    /// move part-way (the rest stay in the source).
+    pub struct MoveMessagesResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub moved: u64,
     }
 }

@@ -13,9 +13,11 @@ use wharf_protocol::api::{check_header, encode_request, encode_response, SUPPORT
 use wharf_protocol::frame::{decode_frame, FrameHeader, FRAME_BYTES_MAX_DEFAULT};
 use wharf_protocol::messages::{
     AckRequest, Acks, ApiVersionsRequest, ConfigEntry, ConsumerCancelledPush, DeclareQueueRequest,
-    DeliverPush, EndTxnRequest, HeaderEntry, InitProducerIdRequest, InitProducerIdResponse,
-    MetadataRequest, OffsetCommitResponse, OffsetCommitTopicResponse, PartitionError,
-    ProducePartition, ProduceRequest, ProduceTopic, PublishRequest, PublishResponse, TxnResult,
+    DeliverPush, EndTxnRequest, GetAckMode, HeaderEntry, InitProducerIdRequest,
+    InitProducerIdResponse, ListQueuesResponse, MetadataRequest, MoveMessagesResponse,
+    OffsetCommitResponse, OffsetCommitTopicResponse, PartitionError, ProducePartition,
+    ProduceRequest, ProduceTopic, PublishRequest, PublishResponse, QueueGetRequest, QueueListing,
+    TxnResult,
 };
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
@@ -647,4 +649,96 @@ fn golden_topic_and_group_admin_requests() {
         0x00, 0x01, b'g',       //     group_id string = "g"
     ];
     check_request(&delete, 12, &golden);
+}
+
+#[test]
+fn golden_list_queues_response() {
+    // `delayed` was appended to ListQueues v0 in place (docs/PROTOCOL.md, versioning rules).
+    let response = Response::ListQueues(ListQueuesResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        queues: vec![QueueListing {
+            name: "q".to_string(),
+            durable: true,
+            ready: 1,
+            unacked: 2,
+            consumers: 3,
+            delayed: 4,
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::ListQueues.code(),
+        api_version: 0,
+        correlation_id: 11,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x34, // @0  length u32 = 52 (8 header bytes + 44 body bytes)
+        0x00, 0x1e,             // @4  api_key u16 = 30 (ListQueues), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x0b, // @8  correlation_id u32 = 11, echoed
+        // ---- ListQueuesResponse body, 44 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x01, //     queues array: count = 1
+        //   -- QueueListing --
+        0x00, 0x01, b'q',       //       name string = "q"
+        0x01,                   //       durable bool = true
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // ready u64 = 1
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // unacked u64 = 2
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, // consumers u64 = 3
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, // delayed u64 = 4
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_queue_get_request() {
+    let request = Request::QueueGet(QueueGetRequest {
+        queue: "q".to_string(),
+        count: 2,
+        ack_mode: GetAckMode::Ack,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x10, // @0  length u32 = 16 (8 header bytes + 8 body bytes)
+        0x00, 0x28,             // @4  api_key u16 = 40 (QueueGet)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x0c, // @8  correlation_id u32 = 12
+        // ---- QueueGetRequest body, 8 bytes ----
+        0x00, 0x01, b'q',       //     queue string = "q"
+        0x00, 0x00, 0x00, 0x02, //     count u32 = 2
+        0x01,                   //     ack_mode u8 = 1 (Ack)
+    ];
+    check_request(&request, 12, &golden);
+}
+
+#[test]
+fn golden_move_messages_response() {
+    // A move stopped part-way still reports what it moved.
+    let response = Response::MoveMessages(MoveMessagesResponse {
+        error: ErrorCode::QueueFull,
+        error_message: None,
+        moved: 5,
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::MoveMessages.code(),
+        api_version: 0,
+        correlation_id: 13,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x14, // @0  length u32 = 20 (8 header bytes + 12 body bytes)
+        0x00, 0x2a,             // @4  api_key u16 = 42 (MoveMessages), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x0d, // @8  correlation_id u32 = 13, echoed
+        // ---- MoveMessagesResponse body, 12 bytes ----
+        0x00, 0x22,             //     error u16 = 34 (QueueFull)
+        0xff, 0xff,             //     error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, // moved u64 = 5
+    ];
+    check_response(&response, header, &golden);
 }

@@ -16,8 +16,9 @@ use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
-    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag, Durability,
-    Message, Published, QueueError, QueueStats, Requeue, EXCHANGE_HEADER,
+    args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag,
+    Durability, GetMode, GotMessage, Message, Moved, Published, QueueError, QueueStats, Requeue,
+    EXCHANGE_HEADER,
 };
 
 /// A publish.
@@ -93,6 +94,9 @@ pub type PublishCompletion =
     Pin<Box<dyn Future<Output = Result<PublishOutcome, QueueError>> + Send>>;
 /// The durability of a settlement, awaited after the ordered phase.
 pub type SettleCompletion = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>;
+
+/// A move of messages between queues, run after the ordered phase.
+pub type MoveCompletion = Pin<Box<dyn Future<Output = Moved> + Send>>;
 
 /// Headers only the broker sets: a publisher's copies are dropped (they would fake the
 /// source exchange, dead-letter history or bypass the delay limit).
@@ -198,6 +202,54 @@ impl Broker {
     /// Every queue with its counts.
     pub async fn list_queues(&self, _caller: &Session) -> Vec<QueueStats> {
         self.queues.list().await
+    }
+
+    /// Takes up to `count` ready messages of a queue without a subscription: with
+    /// [`GetMode::Requeue`] they stay, marked redelivered; with [`GetMode::Ack`] they are
+    /// removed (durably, before the answer).
+    ///
+    /// # Errors
+    /// Unknown queue, an exclusive queue of another session, a bad count, storage.
+    pub async fn queue_get(
+        &self,
+        session: &Session,
+        queue: &str,
+        count: u32,
+        mode: GetMode,
+    ) -> Result<Vec<GotMessage>, QueueError> {
+        self.queues
+            .get(queue, count, mode, Some(session.id()))
+            .await
+    }
+
+    /// Every binding, or those of one queue.
+    ///
+    /// # Errors
+    /// Unknown queue.
+    pub fn list_bindings(
+        &self,
+        _caller: &Session,
+        queue: Option<&str>,
+    ) -> Result<Vec<BindingInfo>, QueueError> {
+        self.queues.list_bindings(queue)
+    }
+
+    /// Moves every ready message of `source` to `destination` (at-least-once: each is
+    /// settled in `source` only once it is durable in `destination`). The returned future
+    /// does the move; it borrows nothing, so a front end can run it as a completion.
+    pub fn move_messages(
+        &self,
+        session: &Session,
+        source: String,
+        destination: String,
+    ) -> MoveCompletion {
+        let queues = self.queues.clone();
+        let owner = session.id();
+        Box::pin(async move {
+            queues
+                .move_messages(&source, &destination, Some(owner))
+                .await
+        })
     }
 
     /// Deletes an exchange.

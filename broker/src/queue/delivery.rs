@@ -19,6 +19,12 @@
 //! - A message whose TTL passed is dead-lettered when it reaches the head of the queue.
 //! - Past `max_length` ready messages, `DropHead` dead-letters the oldest ready message and
 //!   `RejectPublish` refuses the new one.
+//! - A get (no consumer) takes ready messages from the head: with [`GetMode::Requeue`] they
+//!   stay at their places with one more delivery counted (as a delivery and a nack with
+//!   requeue), with [`GetMode::Ack`] they leave the queue.
+//! - A move takes ready messages from the head up to a bound ([`DeliveryState::take_head`]);
+//!   the task holds them until they are stored elsewhere, and puts back those that were not
+//!   ([`DeliveryState::put_back`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -543,6 +549,122 @@ impl DeliveryState {
     pub fn purge(&mut self) -> Vec<MessageId> {
         std::mem::take(&mut self.ready).into_keys().collect()
     }
+
+    /// Takes up to `count` ready messages from the head for a get, without a consumer.
+    /// Expired messages met at the head are dead-lettered and not returned, as `dispatch`
+    /// does. With [`GetMode::Requeue`] each message stays at its place with one more
+    /// delivery counted, so it is marked redelivered next time (past the delivery limit it
+    /// is dead-lettered instead, as after a nack with requeue); with [`GetMode::Ack`] it
+    /// leaves the queue (`Settle`).
+    pub fn get(&mut self, count: usize, now_ms: i64, mode: GetMode) -> (Vec<Got>, Vec<Action>) {
+        let mut got = Vec::new();
+        let mut actions = Vec::new();
+        let mut after = None;
+        while got.len() < count {
+            let (next, more) = self.get_after(after, now_ms, mode);
+            actions.extend(more);
+            let Some(next) = next else {
+                break;
+            };
+            after = Some(next.message);
+            got.push(next);
+        }
+        (got, actions)
+    }
+
+    /// One step of [`get`](Self::get): the oldest ready message after `after` (none: from
+    /// the head), so a caller can stop between messages (a byte bound) without getting a
+    /// requeued message twice.
+    pub fn get_after(
+        &mut self,
+        after: Option<MessageId>,
+        now_ms: i64,
+        mode: GetMode,
+    ) -> (Option<Got>, Vec<Action>) {
+        let mut actions = Vec::new();
+        loop {
+            let next = match after {
+                None => self.ready.first_key_value(),
+                Some(previous) => self
+                    .ready
+                    .range((
+                        std::ops::Bound::Excluded(previous),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next(),
+            };
+            let Some((&id, &meta)) = next else {
+                return (None, actions);
+            };
+            self.ready.remove(&id);
+            if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
+                actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
+                continue;
+            }
+            let counted = MessageMeta {
+                delivery_count: meta.delivery_count + 1,
+                ..meta
+            };
+            match mode {
+                GetMode::Ack => actions.push(Action::Settle(id)),
+                GetMode::Requeue => self.requeue(counted, &mut actions),
+            }
+            let got = Got {
+                message: id,
+                redelivered: meta.delivery_count > 0,
+                delivery_count: counted.delivery_count,
+                before: meta,
+            };
+            return (Some(got), actions);
+        }
+    }
+
+    /// The id of the newest ready message: the bound of a move, so that messages arriving
+    /// during the move are not chased.
+    pub fn last_ready_id(&self) -> Option<MessageId> {
+        self.ready.last_key_value().map(|(&id, _)| id)
+    }
+
+    /// Takes the oldest ready message if its id is at most `up_to` (for a move). The caller
+    /// holds it until it is stored elsewhere, then settles it or hands it to `put_back`.
+    pub fn take_head(&mut self, up_to: MessageId) -> Option<MessageMeta> {
+        let (&id, _) = self.ready.first_key_value()?;
+        if id > up_to {
+            return None;
+        }
+        self.ready.remove(&id)
+    }
+
+    /// Returns messages taken by `take_head` to their places, unchanged (not redelivered:
+    /// nobody saw them).
+    pub fn put_back(&mut self, messages: impl IntoIterator<Item = MessageMeta>) {
+        for meta in messages {
+            self.ready.insert(meta.id, meta);
+        }
+    }
+}
+
+/// What a get does with the messages it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetMode {
+    /// They stay in the queue at their places, marked redelivered from then on.
+    Requeue,
+    /// They leave the queue (settled).
+    Ack,
+}
+
+/// A message a get returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Got {
+    /// The message.
+    pub message: MessageId,
+    /// True if it was delivered (or got) before this get.
+    pub redelivered: bool,
+    /// Deliveries of the message, this get included (recorded so a restart keeps
+    /// `redelivered`).
+    pub delivery_count: u32,
+    /// The message as it was before the get (to put it back if the get fails).
+    pub before: MessageMeta,
 }
 
 fn max_length_is_zero(limits: &QueueLimits) -> bool {
@@ -815,5 +937,96 @@ mod tests {
         assert!(actions.contains(&Action::Cancel(ConsumerId(1), CancelReason::AckTimeout)));
         assert_eq!(state.ready_count(), 2);
         assert_eq!(state.unacked_count(), 0);
+    }
+
+    #[test]
+    fn get_with_requeue_leaves_messages_in_place_marked_redelivered() {
+        let mut state = queue_with(QueueLimits::default(), 0..3);
+        let (got, actions) = state.get(2, 0, GetMode::Requeue);
+        assert_eq!(got.iter().map(|g| g.message).collect::<Vec<_>>(), [0, 1]);
+        assert!(got.iter().all(|g| !g.redelivered && g.delivery_count == 1));
+        assert!(actions.is_empty());
+        assert_eq!(state.ready_count(), 3);
+        let (again, _) = state.get(5, 0, GetMode::Requeue);
+        let redelivered: Vec<bool> = again.iter().map(|g| g.redelivered).collect();
+        assert_eq!(redelivered, [true, true, false]);
+        state.add_consumer(ConsumerId(1), 0);
+        let delivered = deliveries(&state.dispatch(0));
+        assert_eq!(
+            delivered.iter().map(|d| d.message).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(
+            delivered[0].redelivered,
+            "a got message comes back redelivered"
+        );
+        assert_eq!(delivered[0].delivery_count, 3);
+    }
+
+    #[test]
+    fn get_with_ack_settles_and_skips_expired_head() {
+        let mut state = DeliveryState::new(QueueLimits::default());
+        state
+            .enqueue(MessageMeta {
+                expires_at_ms: Some(10),
+                ..message(0)
+            })
+            .unwrap();
+        state.enqueue(message(1)).unwrap();
+        state.enqueue(message(2)).unwrap();
+        let (got, actions) = state.get(1, 20, GetMode::Ack);
+        assert_eq!(got.iter().map(|g| g.message).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            actions,
+            [
+                Action::DeadLetter(0, DeadLetterReason::Expired),
+                Action::Settle(1)
+            ]
+        );
+        assert_eq!(state.ready_count(), 1);
+        let (empty, none) = DeliveryState::new(QueueLimits::default()).get(3, 0, GetMode::Ack);
+        assert!(empty.is_empty() && none.is_empty());
+    }
+
+    #[test]
+    fn get_with_requeue_counts_toward_the_delivery_limit() {
+        let limits = QueueLimits {
+            delivery_limit: Some(1),
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..1);
+        let (_, first) = state.get(1, 0, GetMode::Requeue);
+        assert_eq!(first, [Action::Returned(0, 1)]);
+        let (got, second) = state.get(1, 0, GetMode::Requeue);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            second,
+            [Action::DeadLetter(0, DeadLetterReason::DeliveryLimit)]
+        );
+        assert_eq!(state.ready_count(), 0);
+    }
+
+    #[test]
+    fn take_head_stops_at_the_bound_and_put_back_restores_order() {
+        let mut state = queue_with(QueueLimits::default(), 0..4);
+        let bound = state.last_ready_id().unwrap();
+        state.enqueue(message(9)).unwrap();
+        let mut taken = Vec::new();
+        while let Some(meta) = state.take_head(bound) {
+            taken.push(meta);
+        }
+        assert_eq!(
+            taken.iter().map(|meta| meta.id).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(state.ready_count(), 1, "the message after the bound stays");
+        state.put_back(taken.into_iter().skip(2));
+        state.add_consumer(ConsumerId(1), 0);
+        let delivered = deliveries(&state.dispatch(0));
+        assert_eq!(
+            delivered.iter().map(|d| d.message).collect::<Vec<_>>(),
+            [2, 3, 9]
+        );
+        assert!(delivered.iter().all(|d| !d.redelivered));
     }
 }

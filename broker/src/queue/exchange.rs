@@ -97,6 +97,21 @@ impl HeadersArgs {
         Ok(HeadersArgs { mode, values })
     }
 
+    /// The arguments as binding pairs, `x-match` first: what `from_pairs` reads back.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mode = match self.mode {
+            HeadersMatch::All => "all",
+            HeadersMatch::Any => "any",
+        };
+        let mut pairs = vec![("x-match".to_string(), mode.to_string())];
+        pairs.extend(
+            self.values
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+        pairs
+    }
+
     /// Whether a message with `headers` matches.
     pub fn matches(&self, headers: &[(&str, Option<&[u8]>)]) -> bool {
         let has = |key: &str, value: &str| {
@@ -238,6 +253,9 @@ fn pattern_words(pattern: &str) -> Vec<&str> {
     }
     out
 }
+
+/// One binding as `Bindings::describe` lists it: (queue, routing key, arguments).
+pub type DescribedBinding = (String, String, Vec<(String, String)>);
 
 /// The bindings of one exchange.
 #[derive(Debug, Clone)]
@@ -386,6 +404,31 @@ impl Bindings {
     pub fn list(&self) -> Vec<(String, String)> {
         self.listed.iter().cloned().collect()
     }
+
+    /// Every binding as (queue, routing key, arguments), sorted by queue, then routing key,
+    /// then arguments. A headers binding has no routing key (headers exchanges ignore it)
+    /// and its headers arguments as pairs, `x-match` first; other bindings have none.
+    pub fn describe(&self) -> Vec<DescribedBinding> {
+        let mut described: Vec<DescribedBinding> = match self.kind {
+            ExchangeKind::Headers => self
+                .headers
+                .iter()
+                .map(|(args, queue)| (queue.clone(), String::new(), args.to_pairs()))
+                .collect(),
+            ExchangeKind::Fanout => self
+                .fanout
+                .iter()
+                .map(|queue| (queue.clone(), String::new(), Vec::new()))
+                .collect(),
+            ExchangeKind::Direct | ExchangeKind::Topic => self
+                .listed
+                .iter()
+                .map(|(queue, routing_key)| (queue.clone(), routing_key.clone(), Vec::new()))
+                .collect(),
+        };
+        described.sort();
+        described
+    }
 }
 
 /// The reference topic matcher the trie is tested against: plain recursion over words.
@@ -514,5 +557,59 @@ mod tests {
         assert!(!topic_matches("a.*", "a"));
         assert!(topic_matches("#.c", "c"));
         assert!(!topic_matches("a.*.c", "a.c"));
+    }
+
+    #[test]
+    fn describe_lists_keys_patterns_and_headers_arguments() {
+        let mut direct = Bindings::new(ExchangeKind::Direct);
+        direct.bind("b", "key2", None);
+        direct.bind("a", "key1", None);
+        direct.bind("a", "key1", None);
+        assert_eq!(
+            direct.describe(),
+            vec![
+                ("a".to_string(), "key1".to_string(), vec![]),
+                ("b".to_string(), "key2".to_string(), vec![]),
+            ]
+        );
+        let patterns = topic(&[("q", "orders.#"), ("q", "*.eu")]);
+        let described: Vec<String> = patterns
+            .describe()
+            .into_iter()
+            .map(|(_, key, _)| key)
+            .collect();
+        assert_eq!(described, ["*.eu", "orders.#"]);
+        let mut fanout = Bindings::new(ExchangeKind::Fanout);
+        fanout.bind("all", "ignored", None);
+        assert_eq!(
+            fanout.describe(),
+            vec![("all".to_string(), String::new(), vec![])]
+        );
+        let mut headers = Bindings::new(ExchangeKind::Headers);
+        let args = HeadersArgs::from_pairs([("x-match", "any"), ("format", "pdf")]).unwrap();
+        headers.bind("docs", "", Some(&args));
+        let pairs = vec![
+            ("x-match".to_string(), "any".to_string()),
+            ("format".to_string(), "pdf".to_string()),
+        ];
+        assert_eq!(
+            headers.describe(),
+            vec![("docs".to_string(), String::new(), pairs.clone())]
+        );
+        let round_trip: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(HeadersArgs::from_pairs(round_trip).unwrap(), args);
+    }
+
+    #[test]
+    fn describe_forgets_unbound_and_removed_queues() {
+        let mut direct = Bindings::new(ExchangeKind::Direct);
+        direct.bind("a", "k", None);
+        direct.bind("b", "k", None);
+        direct.unbind("a", "k", None);
+        direct.remove_queue("b");
+        assert!(direct.describe().is_empty());
     }
 }

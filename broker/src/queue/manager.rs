@@ -17,6 +17,10 @@
 //! - A dead-lettered message's copy is republished (`republish_dead_letters`) through the
 //!   queue's dead-letter exchange; the queue task builds the copy and settles the original
 //!   once the copy is stored.
+//! - `get` takes ready messages without a consumer (requeued, marked redelivered, or
+//!   removed); `list_bindings` lists every binding, the default exchange's included;
+//!   `move_messages` moves a queue's ready messages to another in rounds, each message
+//!   settled in the source only once it is durable in the destination (at-least-once).
 //!
 //! The registry lock is held only for short sections with no await and no file write:
 //! definitions are snapshotted under it and written after it is released.
@@ -27,20 +31,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{mpsc, oneshot};
+use wharf_protocol::batch::Record;
 
 use crate::queue::args::{args_from_pairs, args_to_pairs};
 use crate::queue::definitions::{
     DefinitionsFile, Snapshot, StoredArg, StoredBinding, StoredDefinitions, StoredExchange,
     StoredQueue,
 };
-use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, Requeue};
+use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
 use crate::queue::store::QueueStore;
-use crate::queue::task::{Command, Control, QueueTask};
+use crate::queue::task::{Command, Control, MoveRound, QueueTask};
 use crate::queue::types::{
-    AckTicket, ConsumerEvent, Durability, Message, PublishTicket, Published, QueueArgs, QueueError,
-    QueueStats, SessionId,
+    AckTicket, BindingInfo, ConsumerEvent, Durability, GotMessage, Message, Moved, PublishTicket,
+    Published, QueueArgs, QueueError, QueueStats, SessionId,
 };
 use crate::storage::{Clock, FlushPolicy, LogConfig, StorageEnv};
 
@@ -51,6 +56,10 @@ pub const PREFETCH_MAX: u32 = 65_535;
 
 /// Longest queue or exchange name.
 pub const NAME_BYTES_MAX: usize = 255;
+
+/// Most messages one get asks for: RabbitMQ's management api has no limit, but a get is for
+/// looking, and its answer is also bounded by bytes (one frame).
+pub const GET_COUNT_MAX: u32 = 10_000;
 
 #[derive(Debug)]
 struct QueueHandle {
@@ -726,6 +735,151 @@ impl QueueManager {
         stats
     }
 
+    /// Takes up to `count` ready messages from the head of `queue` without a subscription,
+    /// for connection `session` (another connection's exclusive queue is refused): with
+    /// [`GetMode::Requeue`] they stay in the queue, marked redelivered; with
+    /// [`GetMode::Ack`] they are removed, and the answer comes once that is durable. Empty
+    /// when no message is ready.
+    ///
+    /// # Errors
+    /// `Invalid` (a count of 0 or above `GET_COUNT_MAX`), `UnknownQueue`, `DeclareMismatch`
+    /// (exclusive elsewhere), `Storage`, `Gone`.
+    pub async fn get(
+        &self,
+        queue: &str,
+        count: u32,
+        mode: GetMode,
+        session: Option<SessionId>,
+    ) -> Result<Vec<GotMessage>, QueueError> {
+        if count == 0 || count > GET_COUNT_MAX {
+            return Err(QueueError::Invalid(format!(
+                "a get takes 1 to {GET_COUNT_MAX} messages, not {count}"
+            )));
+        }
+        self.check_not_exclusive_elsewhere(queue, session)?;
+        let (reply, answer) = oneshot::channel();
+        self.sender(queue)?
+            .send(Command::Control(Control::Get(count as usize, mode, reply)))
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        answer
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))?
+    }
+
+    /// Every binding, or those of `queue`, sorted by exchange, queue, routing key. The
+    /// default exchange `""` is listed binding every queue by its name, as RabbitMQ lists it.
+    ///
+    /// # Errors
+    /// `UnknownQueue` for a `queue` that does not exist.
+    pub fn list_bindings(&self, queue: Option<&str>) -> Result<Vec<BindingInfo>, QueueError> {
+        let registry = self.lock();
+        if let Some(queue) = queue {
+            if !registry.queues.contains_key(queue) {
+                return Err(QueueError::UnknownQueue(queue.to_string()));
+            }
+        }
+        let wanted = |name: &str| queue.is_none_or(|queue| queue == name);
+        let mut listed: Vec<BindingInfo> = registry
+            .queues
+            .keys()
+            .filter(|name| wanted(name))
+            .map(|name| BindingInfo {
+                exchange: String::new(),
+                queue: name.clone(),
+                routing_key: name.clone(),
+                arguments: Vec::new(),
+            })
+            .collect();
+        for (exchange, (_, bindings)) in &registry.exchanges {
+            for (bound, routing_key, arguments) in bindings.describe() {
+                if wanted(&bound) {
+                    listed.push(BindingInfo {
+                        exchange: exchange.clone(),
+                        queue: bound,
+                        routing_key,
+                        arguments,
+                    });
+                }
+            }
+        }
+        drop(registry);
+        listed.sort_by(|left, right| {
+            (
+                &left.exchange,
+                &left.queue,
+                &left.routing_key,
+                &left.arguments,
+            )
+                .cmp(&(
+                    &right.exchange,
+                    &right.queue,
+                    &right.routing_key,
+                    &right.arguments,
+                ))
+        });
+        Ok(listed)
+    }
+
+    /// Moves every ready message of `source` to the end of `destination`, in order, with
+    /// routing key, headers and body (the destination stores them as new messages: their
+    /// timestamp, and a TTL counted from it, start at the move). Messages published to
+    /// `source` after the move started stay there.
+    ///
+    /// At-least-once: each round holds up to `MOVE_ROUND_MESSAGES_MAX` messages of
+    /// `source` (no consumer gets them meanwhile), stores them in `destination` (durable,
+    /// one fsync), and only then settles them in `source` (durable). A crash between the
+    /// two leaves those messages in both queues; none is ever in neither. The move runs on
+    /// a task of its own, so a caller that goes away cannot strand held messages.
+    ///
+    /// # Errors
+    /// In the outcome's `stopped`, with the count moved until then: `Invalid` (same queue),
+    /// `UnknownQueue`, `DeclareMismatch` (exclusive elsewhere), `QueueFull`
+    /// (`destination` rejects publishes), `Storage`, `Gone`.
+    pub async fn move_messages(
+        &self,
+        source: &str,
+        destination: &str,
+        session: Option<SessionId>,
+    ) -> Moved {
+        let stopped = |error| Moved {
+            moved: 0,
+            stopped: Some(error),
+        };
+        if source == destination {
+            return stopped(QueueError::Invalid(format!(
+                "cannot move queue {source:?} into itself"
+            )));
+        }
+        let senders = self
+            .check_not_exclusive_elsewhere(source, session)
+            .and_then(|()| self.check_not_exclusive_elsewhere(destination, session))
+            .and_then(|()| Ok((self.sender(source)?, self.sender(destination)?)));
+        let (from, to) = match senders {
+            Ok(senders) => senders,
+            Err(error) => return stopped(error),
+        };
+        let names = (source.to_string(), destination.to_string());
+        match tokio::spawn(move_rounds(from, to, names)).await {
+            Ok(moved) => moved,
+            Err(error) => stopped(QueueError::Storage(format!("move task failed: {error}"))),
+        }
+    }
+
+    /// Refuses a queue that is exclusive to a connection other than `session`.
+    fn check_not_exclusive_elsewhere(
+        &self,
+        queue: &str,
+        session: Option<SessionId>,
+    ) -> Result<(), QueueError> {
+        match self.lock().owners.get(queue) {
+            Some(owner) if Some(*owner) != session => Err(QueueError::DeclareMismatch(format!(
+                "queue {queue:?} is exclusive to another connection"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes a queue, its bindings and its messages.
     ///
     /// # Errors
@@ -823,6 +977,154 @@ impl QueueManager {
         }
         stored
     }
+}
+
+/// The rounds of a move (see [`QueueManager::move_messages`]) until the source has no
+/// ready message up to the bound taken in the first round, or a round fails.
+async fn move_rounds(
+    from: mpsc::Sender<Command>,
+    to: mpsc::Sender<Command>,
+    (source, destination): (String, String),
+) -> Moved {
+    let mut moved = 0u64;
+    let mut up_to = None;
+    loop {
+        let round = match take_round(&from, up_to, &source).await {
+            Ok(round) => round,
+            Err(error) => {
+                return Moved {
+                    moved,
+                    stopped: Some(error),
+                }
+            }
+        };
+        if round.messages.is_empty() {
+            return Moved {
+                moved,
+                stopped: None,
+            };
+        }
+        up_to = round.up_to;
+        let stored = store_round(&to, round.messages, &destination).await;
+        let count = stored.stored.len() as u64;
+        if let Err(error) = finish_round(&from, stored.stored, stored.not_stored, &source).await {
+            // Stored in the destination but perhaps not settled in the source: those may
+            // come back there (at-least-once); they are not counted as moved.
+            return Moved {
+                moved,
+                stopped: Some(error),
+            };
+        }
+        moved += count;
+        if let Some(error) = stored.failed {
+            return Moved {
+                moved,
+                stopped: Some(error),
+            };
+        }
+    }
+}
+
+/// What the destination did with one round of a move.
+struct StoredRound {
+    /// Ids (in the source) of the messages durable in the destination.
+    stored: Vec<i64>,
+    /// Ids of the messages it did not take.
+    not_stored: Vec<i64>,
+    /// The first refusal, which ends the move after this round.
+    failed: Option<QueueError>,
+}
+
+/// Hands one round to the destination's task, one publish command per message in order:
+/// the task merges them into one append and one fsync and answers each, so each message is
+/// settled in the source only if it is stored. After a refused send the rest are not sent.
+async fn store_round(
+    to: &mpsc::Sender<Command>,
+    messages: Vec<(i64, Record)>,
+    destination: &str,
+) -> StoredRound {
+    let mut confirms = Vec::with_capacity(messages.len());
+    let mut failed = None;
+    for (id, record) in messages {
+        let (reply, confirmed) = oneshot::channel();
+        if failed.is_none() {
+            let message = Message {
+                routing_key: record
+                    .key
+                    .as_ref()
+                    .map(|key| String::from_utf8_lossy(key).into_owned())
+                    .unwrap_or_default(),
+                body: record.value.unwrap_or_default(),
+                headers: record.headers,
+            };
+            if to
+                .send(Command::Publish(vec![message], reply))
+                .await
+                .is_err()
+            {
+                failed = Some(QueueError::Gone(destination.to_string()));
+            }
+        }
+        confirms.push((id, confirmed));
+    }
+    let mut round = StoredRound {
+        stored: Vec::new(),
+        not_stored: Vec::new(),
+        failed,
+    };
+    for (id, confirmed) in confirms {
+        match confirmed.await {
+            Ok(Ok(())) => round.stored.push(id),
+            Ok(Err(error)) => {
+                round.failed.get_or_insert(error);
+                round.not_stored.push(id);
+            }
+            Err(_) => {
+                round
+                    .failed
+                    .get_or_insert(QueueError::Gone(destination.to_string()));
+                round.not_stored.push(id);
+            }
+        }
+    }
+    round
+}
+
+/// Ends a round in the source: settles what was stored (durably, before the answer) and
+/// puts the rest back.
+async fn finish_round(
+    from: &mpsc::Sender<Command>,
+    stored: Vec<i64>,
+    not_stored: Vec<i64>,
+    source: &str,
+) -> Result<(), QueueError> {
+    let (reply, settled) = oneshot::channel();
+    let finish = Command::Control(Control::FinishMove {
+        stored,
+        not_stored,
+        reply,
+    });
+    from.send(finish)
+        .await
+        .map_err(|_| QueueError::Gone(source.to_string()))?;
+    settled
+        .await
+        .unwrap_or_else(|_| Err(QueueError::Gone(source.to_string())))
+}
+
+/// Asks the source of a move for its next round.
+async fn take_round(
+    from: &mpsc::Sender<Command>,
+    up_to: Option<i64>,
+    source: &str,
+) -> Result<MoveRound, QueueError> {
+    let (reply, answer) = oneshot::channel();
+    from.send(Command::Control(Control::TakeForMove(up_to, reply)))
+        .await
+        .map_err(|_| QueueError::Gone(source.to_string()))?;
+    answer
+        .await
+        .map_err(|_| QueueError::Gone(source.to_string()))?
 }
 
 impl Registry {

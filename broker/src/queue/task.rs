@@ -10,6 +10,9 @@
 //!   own, so it sees the length its predecessors left.
 //! - A publish is confirmed only once its messages are durable; an ack is answered only once
 //!   its settle record is durable.
+//! - A get (`Control::Get`) takes ready messages without a consumer; a move holds a round
+//!   of ready messages out of delivery (`Control::TakeForMove`) until the destination has
+//!   stored them, then settles them or puts them back (`Control::FinishMove`).
 //! - Between batches (and at least every `IDLE_WAKE`) a tick moves due delayed messages to
 //!   ready, dead-letters expired ones, times out unacknowledged deliveries, dispatches, and
 //!   every `COMPACTION_INTERVAL_MS` compacts the store on the blocking pool.
@@ -28,13 +31,13 @@ use wharf_protocol::batch::{BatchBuilder, NewRecord, Record};
 use crate::queue::delay::{DelayQueue, DUE_HEADER};
 use crate::queue::delivery::{
     AckScope, Action, CancelReason, ConsumerId, DeadLetterReason, DeliveryError, DeliveryState,
-    DeliveryTag, MessageMeta, Overflow, QueueLimits, Requeue,
+    DeliveryTag, GetMode, MessageMeta, Overflow, QueueLimits, Requeue,
 };
 use crate::queue::manager::QueueManager;
 use crate::queue::publish::{dead_letter_copy, header_number};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
-    ConsumerEvent, Delivered, Durability, Message, QueueArgs, QueueError, QueueStats,
+    ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
     EXPIRATION_HEADER,
 };
 use crate::storage::Clock;
@@ -50,9 +53,19 @@ const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
 const COMMAND_BATCH_MAX: usize = 1024;
 /// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
 const IDLE_WAKE: Duration = Duration::from_millis(100);
+/// Most message bytes one get returns (one message at least): half the default frame
+/// maximum (16 MiB), so the answer fits one frame with room for its headers.
+pub(crate) const GET_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Most messages a move takes from its source per round (each round is one fsync in the
+/// destination and one in the source).
+pub(crate) const MOVE_ROUND_MESSAGES_MAX: usize = 1024;
+/// Most message bytes a move holds in memory per round (one message at least).
+const MOVE_ROUND_BYTES_MAX: usize = PUBLISH_RUN_BYTES_MAX;
 
 /// The reply to a publish or an ack.
 pub(crate) type Confirm = oneshot::Sender<Result<(), QueueError>>;
+/// The answer to a get.
+pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 /// A publish waiting to be stored with its run.
 type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
@@ -85,6 +98,27 @@ pub(crate) enum Control {
     Settle(Vec<i64>),
     /// Answers the queue's counts.
     Stats(oneshot::Sender<QueueStats>),
+    /// Takes up to this many ready messages from the head without a consumer.
+    Get(usize, GetMode, GetReply),
+    /// Holds the oldest ready messages with ids up to the bound (none: the newest ready
+    /// message now) for a move, and answers them with the bound used.
+    TakeForMove(Option<i64>, oneshot::Sender<Result<MoveRound, QueueError>>),
+    /// Ends a move round: settles the held messages stored in the destination (answered
+    /// once durable) and puts the others back.
+    FinishMove {
+        stored: Vec<i64>,
+        not_stored: Vec<i64>,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
+}
+
+/// The messages one move round takes from its source, in id order.
+pub(crate) struct MoveRound {
+    /// The bound of the move (the newest message it may take); none when the queue had no
+    /// ready message at the start.
+    pub(crate) up_to: Option<i64>,
+    /// The held messages with their ids.
+    pub(crate) messages: Vec<(i64, Record)>,
 }
 
 impl std::fmt::Debug for Command {
@@ -112,6 +146,9 @@ pub(crate) struct QueueTask {
     last_compaction_ms: i64,
     /// Actions decided outside a tick (recovery) and carried out at the next one.
     pending_actions: Vec<Action>,
+    /// Messages taken by a move, neither ready nor settled until the move round ends (a
+    /// crash meanwhile leaves them unsettled in storage, so they come back at start).
+    held: HashMap<i64, MessageMeta>,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -168,6 +205,7 @@ impl QueueTask {
             store: Arc::new(store),
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
+            held: HashMap::new(),
             clock,
             manager,
         };
@@ -416,13 +454,137 @@ impl QueueTask {
             Control::Stats(reply) => {
                 let _ = reply.send(QueueStats {
                     name: self.name.clone(),
-                    ready: (self.state.ready_count() + self.delays.len()) as u64,
+                    ready: self.state.ready_count() as u64,
+                    delayed: self.delays.len() as u64,
                     unacked: self.state.unacked_count() as u64,
                     consumers: self.consumers.len() as u64,
                     durability: Durability::default(),
                 });
             }
+            Control::Get(count, mode, reply) => {
+                let _ = reply.send(self.get(count, mode).await);
+            }
+            Control::TakeForMove(up_to, reply) => {
+                let _ = reply.send(self.take_for_move(up_to));
+            }
+            Control::FinishMove {
+                stored,
+                not_stored,
+                reply,
+            } => {
+                let returned = not_stored.iter().filter_map(|id| self.held.remove(id));
+                self.state.put_back(returned.collect::<Vec<_>>());
+                for id in &stored {
+                    self.held.remove(id);
+                }
+                let _ = reply.send(self.settle(&stored).await);
+            }
         }
+    }
+
+    /// Takes up to `count` ready messages from the head for a get (at most `GET_BYTES_MAX`
+    /// bytes, one message at least). With `Requeue` their new delivery counts are recorded
+    /// as deliveries' are, so they come back redelivered after a restart too; with `Ack`
+    /// the answer comes once their settlement is durable.
+    async fn get(&mut self, count: usize, mode: GetMode) -> Result<Vec<GotMessage>, QueueError> {
+        let now = self.clock.now_ms();
+        let mut messages = Vec::new();
+        let mut counts = Vec::new();
+        let mut actions = Vec::new();
+        let mut bytes = 0usize;
+        let mut taken = Vec::new();
+        let mut failed = None;
+        let mut after = None;
+        while messages.len() < count && bytes < GET_BYTES_MAX {
+            let (got, more) = self.state.get_after(after, now, mode);
+            actions.extend(more);
+            let Some(got) = got else {
+                break;
+            };
+            after = Some(got.message);
+            counts.push((got.message, got.delivery_count));
+            taken.push(got.before);
+            match self.store.read(got.message) {
+                Ok(Some(record)) => {
+                    bytes += record.value.as_ref().map_or(0, Bytes::len);
+                    messages.push(GotMessage {
+                        redelivered: got.redelivered,
+                        record,
+                    });
+                }
+                // The task owns the queue, so a ready message missing from the log is a
+                // store that lost it: say so rather than skip it.
+                Ok(None) => {
+                    failed = Some(QueueError::Storage(format!(
+                        "message {} of queue {:?} is missing from its log",
+                        got.message, self.name
+                    )));
+                    break;
+                }
+                Err(error) => {
+                    failed = Some(QueueError::Storage(error.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            if mode == GetMode::Ack {
+                // Nothing is settled unseen: the taken messages go back untouched.
+                self.state.put_back(taken);
+                actions.retain(|action| !matches!(action, Action::Settle(_)));
+            }
+            let _ = self.apply(actions).await;
+            return Err(error);
+        }
+        if mode == GetMode::Requeue {
+            if let Err(error) = self.store.record_delivery_counts(&counts, now) {
+                tracing::warn!(queue = self.name, %error, "recording got messages failed");
+            }
+        }
+        self.apply(actions).await?;
+        Ok(messages)
+    }
+
+    /// Holds the oldest ready messages up to `up_to` for a move round (at most
+    /// `MOVE_ROUND_MESSAGES_MAX` messages and about `MOVE_ROUND_BYTES_MAX` bytes).
+    fn take_for_move(&mut self, up_to: Option<i64>) -> Result<MoveRound, QueueError> {
+        let Some(bound) = up_to.or_else(|| self.state.last_ready_id()) else {
+            return Ok(MoveRound {
+                up_to: None,
+                messages: Vec::new(),
+            });
+        };
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        while messages.len() < MOVE_ROUND_MESSAGES_MAX && bytes < MOVE_ROUND_BYTES_MAX {
+            let Some(meta) = self.state.take_head(bound) else {
+                break;
+            };
+            match self.store.read(meta.id) {
+                Ok(Some(record)) => {
+                    bytes += record.value.as_ref().map_or(0, Bytes::len);
+                    self.held.insert(meta.id, meta);
+                    messages.push((meta.id, record));
+                }
+                other => {
+                    self.state.put_back([meta]);
+                    let ids: Vec<MessageMeta> = messages
+                        .iter()
+                        .filter_map(|(id, _)| self.held.remove(id))
+                        .collect();
+                    self.state.put_back(ids);
+                    let reason = match other {
+                        Err(error) => error.to_string(),
+                        _ => format!("message {} is missing from its log", meta.id),
+                    };
+                    return Err(QueueError::Storage(reason));
+                }
+            }
+        }
+        Ok(MoveRound {
+            up_to: Some(bound),
+            messages,
+        })
     }
 
     /// Stores messages as one batch with one append and one fsync, then makes them ready

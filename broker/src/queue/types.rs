@@ -169,12 +169,45 @@ pub type AckTicket = oneshot::Receiver<Result<(), QueueError>>;
 pub struct QueueStats {
     /// The queue.
     pub name: String,
-    /// Ready messages (delayed ones included).
+    /// Ready messages (delayed ones not included).
     pub ready: u64,
+    /// Messages waiting for their `x-delay`.
+    pub delayed: u64,
     /// Delivered, unacknowledged messages.
     pub unacked: u64,
     /// Subscribed consumers.
     pub consumers: u64,
     /// Durable or transient.
     pub durability: Durability,
+}
+
+/// A message taken by a get ([`QueueManager::get`](crate::queue::QueueManager::get)).
+#[derive(Debug, Clone)]
+pub struct GotMessage {
+    /// True if it was delivered (or got) before.
+    pub redelivered: bool,
+    /// The stored record (key = routing key, headers include `x-exchange`).
+    pub record: Record,
+}
+
+/// One binding: messages published to `exchange` that match go to `queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingInfo {
+    /// The source exchange (`""`: the default exchange).
+    pub exchange: String,
+    /// The destination queue.
+    pub queue: String,
+    /// The routing key or topic pattern (empty where the exchange ignores it).
+    pub routing_key: String,
+    /// A headers binding's arguments, `x-match` first.
+    pub arguments: Vec<(String, String)>,
+}
+
+/// The outcome of a move: how many messages were moved, and what stopped it early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// Messages now in the destination and gone from the source.
+    pub moved: u64,
+    /// Why the move stopped before the source was empty (the rest stay in the source).
+    pub stopped: Option<QueueError>,
 }

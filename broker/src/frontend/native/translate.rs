@@ -20,7 +20,7 @@ use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
     self, AckScope, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
-    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery,
+    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery, GetMode,
     GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry,
     OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome, PublishQuery,
     QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery, StreamError, SubscribeQuery,
@@ -184,6 +184,11 @@ pub async fn handle(
         Request::DeleteGroup(request) => ready(Response::DeleteGroup(
             delete_group(broker, caller, &request).await,
         )),
+        Request::QueueGet(request) => queue_get(broker, caller, request).await,
+        Request::ListBindings(request) => ready(Response::ListBindings(list_bindings(
+            broker, caller, request,
+        ))),
+        Request::MoveMessages(request) => move_messages(broker, caller, request),
         // Never decoded from clients (not in SUPPORTED_APIS); answered defensively.
         Request::Deliver(_) => ready(Response::error_only(
             ApiKey::Deliver,
@@ -1032,10 +1037,105 @@ async fn list_queues(broker: &Broker, caller: &Session) -> ListQueuesResponse {
                 ready: stats.ready,
                 unacked: stats.unacked,
                 consumers: stats.consumers,
+                delayed: stats.delayed,
             })
             .collect(),
         ..ListQueuesResponse::default()
     }
+}
+
+/// QueueGet in the ordered phase: a later request of the connection sees the queue after
+/// the get (a requeued message counted, an acked one gone).
+async fn queue_get(broker: &Broker, caller: &Session, request: QueueGetRequest) -> Answer {
+    let mode = match request.ack_mode {
+        GetAckMode::Requeue => GetMode::Requeue,
+        GetAckMode::Ack => GetMode::Ack,
+    };
+    let response = match broker
+        .queue_get(caller, &request.queue, request.count, mode)
+        .await
+    {
+        Ok(messages) => QueueGetResponse {
+            messages: messages.into_iter().map(got_message).collect(),
+            ..QueueGetResponse::default()
+        },
+        Err(error) => QueueGetResponse {
+            error: error_code::queue(&error),
+            error_message: Some(error.to_string()),
+            messages: Vec::new(),
+        },
+    };
+    ready(Response::QueueGet(response))
+}
+
+fn got_message(got: core::GotMessage) -> GotMessage {
+    GotMessage {
+        redelivered: got.redelivered,
+        routing_key: got
+            .record
+            .key
+            .as_ref()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .unwrap_or_default(),
+        timestamp_ms: got.record.timestamp_ms,
+        headers: got
+            .record
+            .headers
+            .into_iter()
+            .map(|header| HeaderEntry {
+                key: header.key,
+                value: header.value,
+            })
+            .collect(),
+        body: got.record.value.unwrap_or_default(),
+    }
+}
+
+fn list_bindings(
+    broker: &Broker,
+    caller: &Session,
+    request: ListBindingsRequest,
+) -> ListBindingsResponse {
+    match broker.list_bindings(caller, request.queue.as_deref()) {
+        Ok(bindings) => ListBindingsResponse {
+            bindings: bindings
+                .into_iter()
+                .map(|binding| BindingListing {
+                    exchange: binding.exchange,
+                    queue: binding.queue,
+                    routing_key: binding.routing_key,
+                    arguments: binding
+                        .arguments
+                        .into_iter()
+                        .map(|(key, value)| ConfigEntry { key, value })
+                        .collect(),
+                })
+                .collect(),
+            ..ListBindingsResponse::default()
+        },
+        Err(error) => ListBindingsResponse {
+            error: error_code::queue(&error),
+            error_message: Some(error.to_string()),
+            bindings: Vec::new(),
+        },
+    }
+}
+
+/// A move can take long: it runs as the completion, so the connection's later requests
+/// are not held up behind it (they may see the queues part-way through the move).
+fn move_messages(broker: &Broker, caller: &Session, request: MoveMessagesRequest) -> Answer {
+    let completion = broker.move_messages(caller, request.source, request.destination);
+    Box::pin(async move {
+        let moved = completion.await;
+        Some(Response::MoveMessages(MoveMessagesResponse {
+            error: moved
+                .stopped
+                .as_ref()
+                .map_or(ErrorCode::None, error_code::queue),
+            error_message: moved.stopped.map(|error| error.to_string()),
+            moved: moved.moved,
+        }))
+    })
 }
 
 fn list_exchanges(broker: &Broker, caller: &Session) -> ListExchangesResponse {

@@ -4,15 +4,18 @@
 //! The argument definitions live here rather than in `wharf.rs` because only this module
 //! reads them; `wharf.rs` just names the subcommands.
 
+use std::io::{self, Write};
+
 use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use wharf_client::{
-    Admin, Binding, Client, Durability, ExchangeInfo, ExchangeKind, HeadersMatch, Overflow,
-    QueueArgs, QueueInfo,
+    Admin, Binding, BindingInfo, Client, Durability, ExchangeInfo, ExchangeKind, GetMode,
+    HeadersMatch, Overflow, QueueArgs, QueueInfo, QueueMessage,
 };
 
+use crate::subscribe::{write_message, PrintedMessage};
 use crate::table::{counted, Table};
-use crate::CliError;
+use crate::{CliError, FormatArg};
 
 /// `wharf exchange ...`.
 #[derive(Debug, Subcommand)]
@@ -46,8 +49,29 @@ pub enum QueueCommand {
     Bind(BindArgs),
     /// Remove a binding.
     Unbind(BindArgs),
-    /// List queues with their ready, unacknowledged and consumer counts.
+    /// List queues with their ready, delayed, unacknowledged and consumer counts.
     List,
+    /// Look at messages at the head of a queue without subscribing (RabbitMQ's basic.get):
+    /// printed as `wharf subscribe` prints them. By default they stay in the queue, marked
+    /// redelivered; `--ack` removes them. An empty queue prints nothing to stdout, says so
+    /// on stderr and exits 0.
+    Get(GetArgs),
+    /// List bindings (source exchange, queue, routing key or pattern, arguments): all, or
+    /// those of one queue. The default exchange binds every queue by its name.
+    Bindings {
+        /// Only this queue's bindings.
+        name: Option<String>,
+    },
+    /// Move every ready message of SOURCE to the end of DESTINATION, in order, keeping
+    /// routing key, headers and body (to put dead-lettered messages back). At-least-once:
+    /// each message leaves SOURCE only once it is durable in DESTINATION, so a broker crash
+    /// mid-move can leave a message in both queues, never in neither.
+    Move {
+        /// The queue to empty.
+        source: String,
+        /// The queue the messages go to.
+        destination: String,
+    },
     /// Remove every ready message of a queue.
     Purge {
         /// The queue name.
@@ -95,6 +119,26 @@ pub struct DeclareQueueArgs {
     /// Delete the queue when its last consumer cancels or disconnects.
     #[arg(long)]
     pub auto_delete: bool,
+}
+
+/// `wharf queue get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The queue name.
+    pub name: String,
+    /// Remove the messages from the queue (RabbitMQ's ackmode ack_requeue_false).
+    #[arg(long, conflicts_with = "requeue")]
+    pub ack: bool,
+    /// Leave the messages in the queue at their places, marked redelivered (the default;
+    /// RabbitMQ's ackmode ack_requeue_true).
+    #[arg(long)]
+    pub requeue: bool,
+    /// Most messages to get, oldest first (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+    /// How to print each message.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
 }
 
 /// `wharf queue bind|unbind`.
@@ -295,6 +339,36 @@ pub async fn queue(client: &Client, command: QueueCommand, json: bool) -> Result
                 print!("{}", queue_table(&queues));
             }
         }
+        QueueCommand::Get(args) => get(&admin, args, json).await?,
+        QueueCommand::Bindings { name } => {
+            let bindings = admin.list_bindings(name.as_deref()).await?;
+            if json {
+                let document: Vec<Value> = bindings.iter().map(binding_json).collect();
+                println!("{}", Value::Array(document));
+            } else {
+                print!("{}", binding_table(&bindings));
+            }
+        }
+        QueueCommand::Move {
+            source,
+            destination,
+        } => {
+            let outcome = admin.move_messages(&source, &destination).await?;
+            let moved = outcome.moved;
+            if json {
+                let document =
+                    json!({ "source": source, "destination": destination, "moved": moved });
+                println!("{document}");
+            } else {
+                println!(
+                    "moved {} from queue \"{source}\" to queue \"{destination}\"",
+                    counted(moved, "message")
+                );
+            }
+            if let Some(error) = outcome.stopped {
+                return Err(error.into());
+            }
+        }
         QueueCommand::Purge { name } => {
             let purged = admin.purge_queue(&name).await?;
             if json {
@@ -312,6 +386,83 @@ pub async fn queue(client: &Client, command: QueueCommand, json: bool) -> Result
         }
     }
     Ok(())
+}
+
+/// `wharf queue get`: prints each message as `wharf subscribe` does; an empty queue is said
+/// on stderr (stdout stays empty, so scripts see no message) and is not an error.
+async fn get(admin: &Admin, args: GetArgs, json: bool) -> Result<(), CliError> {
+    let mode = if args.ack {
+        GetMode::Ack
+    } else {
+        GetMode::Requeue
+    };
+    let messages = admin.get_messages(&args.name, args.count, mode).await?;
+    if messages.is_empty() {
+        eprintln!("queue \"{}\" has no ready message", args.name);
+        return Ok(());
+    }
+    let format = args.format.unwrap_or(if json {
+        FormatArg::Json
+    } else {
+        FormatArg::Value
+    });
+    let mut out = io::BufWriter::new(io::stdout());
+    let written = messages
+        .iter()
+        .try_for_each(|message| write_message(&mut out, &printed(message), format))
+        .and_then(|()| out.flush());
+    match written {
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Stdout(error)),
+        _ => Ok(()),
+    }
+}
+
+fn printed(message: &QueueMessage) -> PrintedMessage<'_> {
+    PrintedMessage {
+        delivery_tag: None,
+        routing_key: &message.routing_key,
+        redelivered: message.redelivered,
+        timestamp_ms: message.timestamp_ms,
+        headers: &message.headers,
+        body: &message.body,
+    }
+}
+
+fn binding_json(binding: &BindingInfo) -> Value {
+    let arguments: serde_json::Map<String, Value> = binding
+        .arguments
+        .iter()
+        .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
+        .collect();
+    json!({
+        "exchange": binding.exchange,
+        "queue": binding.queue,
+        "routing_key": binding.routing_key,
+        "arguments": Value::Object(arguments),
+    })
+}
+
+fn binding_table(bindings: &[BindingInfo]) -> String {
+    let mut table = Table::new(&["EXCHANGE", "QUEUE", "ROUTING KEY", "ARGUMENTS"]);
+    for binding in bindings {
+        let exchange = if binding.exchange.is_empty() {
+            "(default)".to_string()
+        } else {
+            binding.exchange.clone()
+        };
+        let arguments: Vec<String> = binding
+            .arguments
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        table.row(vec![
+            exchange,
+            binding.queue.clone(),
+            binding.routing_key.clone(),
+            arguments.join(","),
+        ]);
+    }
+    table.render()
 }
 
 /// Prints the outcome of a command that returns nothing: `{"name": ..., "<what>": true}`
@@ -359,18 +510,27 @@ fn queue_json(queue: &QueueInfo) -> Value {
         "name": queue.name,
         "durable": queue.durable,
         "ready": queue.ready,
+        "delayed": queue.delayed,
         "unacked": queue.unacked,
         "consumers": queue.consumers,
     })
 }
 
 fn queue_table(queues: &[QueueInfo]) -> String {
-    let mut table = Table::new(&["NAME", "DURABLE", "READY", "UNACKED", "CONSUMERS"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "DURABLE",
+        "READY",
+        "DELAYED",
+        "UNACKED",
+        "CONSUMERS",
+    ]);
     for queue in queues {
         table.row(vec![
             queue.name.clone(),
             queue.durable.to_string(),
             queue.ready.to_string(),
+            queue.delayed.to_string(),
             queue.unacked.to_string(),
             queue.consumers.to_string(),
         ]);
@@ -388,13 +548,42 @@ mod tests {
             name: "orders".to_string(),
             durable: true,
             ready: 3,
+            delayed: 4,
             unacked: 1,
             consumers: 2,
         }];
         assert_eq!(
             queue_table(&queues),
-            "NAME    DURABLE  READY  UNACKED  CONSUMERS\norders  true     3      1        2\n"
+            "NAME    DURABLE  READY  DELAYED  UNACKED  CONSUMERS\norders  true     3      4        1        2\n"
         );
+    }
+
+    #[test]
+    fn binding_table_names_the_default_exchange_and_joins_arguments() {
+        let bindings = [
+            BindingInfo {
+                exchange: String::new(),
+                queue: "docs".to_string(),
+                routing_key: "docs".to_string(),
+                arguments: Vec::new(),
+            },
+            BindingInfo {
+                exchange: "by-header".to_string(),
+                queue: "docs".to_string(),
+                routing_key: String::new(),
+                arguments: vec![
+                    ("x-match".to_string(), "any".to_string()),
+                    ("format".to_string(), "pdf".to_string()),
+                ],
+            },
+        ];
+        let table = binding_table(&bindings);
+        assert!(
+            table.starts_with("EXCHANGE   QUEUE  ROUTING KEY  ARGUMENTS\n"),
+            "{table}"
+        );
+        assert!(table.contains("(default)  docs   docs"), "{table}");
+        assert!(table.contains("x-match=any,format=pdf"), "{table}");
     }
 
     #[test]

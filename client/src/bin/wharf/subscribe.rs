@@ -16,8 +16,8 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use serde_json::{json, Map, Value};
-use wharf_client::{Client, Delivery, Subscriber};
+use serde_json::{Map, Value};
+use wharf_client::{Client, Delivery, Header, Subscriber};
 
 use crate::consume::interrupted;
 use crate::{CliError, FormatArg};
@@ -209,31 +209,65 @@ fn stdout_closed(error: io::Error) -> Result<(), CliError> {
 }
 
 fn write_delivery(out: &mut impl Write, delivery: &Delivery, format: FormatArg) -> io::Result<()> {
+    let message = PrintedMessage {
+        delivery_tag: Some(delivery.tag),
+        routing_key: &delivery.routing_key,
+        redelivered: delivery.redelivered,
+        timestamp_ms: delivery.timestamp_ms,
+        headers: &delivery.headers,
+        body: &delivery.body,
+    };
+    write_message(out, &message, format)
+}
+
+/// A queue message as `wharf subscribe` and `wharf queue get` print it.
+pub struct PrintedMessage<'a> {
+    /// The delivery tag of a subscription's delivery; none for a got message.
+    pub delivery_tag: Option<u64>,
+    pub routing_key: &'a str,
+    pub redelivered: bool,
+    pub timestamp_ms: i64,
+    pub headers: &'a [Header],
+    pub body: &'a [u8],
+}
+
+/// Writes one message: its body as a line of text, or one JSON object.
+pub fn write_message(
+    out: &mut impl Write,
+    message: &PrintedMessage<'_>,
+    format: FormatArg,
+) -> io::Result<()> {
     match format {
         FormatArg::Value => {
-            out.write_all(String::from_utf8_lossy(&delivery.body).as_bytes())?;
+            out.write_all(String::from_utf8_lossy(message.body).as_bytes())?;
             out.write_all(b"\n")
         }
-        FormatArg::Json => writeln!(out, "{}", delivery_json(delivery)),
+        FormatArg::Json => writeln!(out, "{}", message_json(message)),
     }
 }
 
 /// One JSON object per message. Headers are an object of text values (`null` for a header
-/// without a value); bodies and values that are not UTF-8 are printed lossily.
-fn delivery_json(delivery: &Delivery) -> Value {
+/// without a value); bodies and values that are not UTF-8 are printed lossily. A got
+/// message has no `delivery_tag`.
+fn message_json(message: &PrintedMessage<'_>) -> Value {
     let mut headers = Map::new();
-    for header in &delivery.headers {
+    for header in message.headers {
         let value = header.value.as_ref().map_or(Value::Null, |value| {
             Value::from(String::from_utf8_lossy(value).into_owned())
         });
         headers.insert(header.key.clone(), value);
     }
-    json!({
-        "delivery_tag": delivery.tag,
-        "routing_key": delivery.routing_key,
-        "redelivered": delivery.redelivered,
-        "timestamp": delivery.timestamp_ms,
-        "headers": Value::Object(headers),
-        "body": String::from_utf8_lossy(&delivery.body),
-    })
+    let mut document = Map::new();
+    if let Some(tag) = message.delivery_tag {
+        document.insert("delivery_tag".to_string(), Value::from(tag));
+    }
+    document.insert("routing_key".to_string(), Value::from(message.routing_key));
+    document.insert("redelivered".to_string(), Value::from(message.redelivered));
+    document.insert("timestamp".to_string(), Value::from(message.timestamp_ms));
+    document.insert("headers".to_string(), Value::Object(headers));
+    document.insert(
+        "body".to_string(),
+        Value::from(String::from_utf8_lossy(message.body).into_owned()),
+    );
+    Value::Object(document)
 }
