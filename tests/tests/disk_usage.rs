@@ -45,3 +45,95 @@ fn empty_partitions_and_queues_cost_kilobytes_not_megabytes() {
         "{used} bytes allocated for {partitions_and_queues} empty partitions and queues"
     );
 }
+
+/// The quickstart on an 8 MiB tmpfs (issue #13: the broker could not even start there, each
+/// index being allocated at its maximum), then the tmpfs filled: the produce that does not
+/// fit fails with a clear error, the broker logs the failed append at WARN (issue #13,
+/// operator logs), keeps serving, and takes writes again once a topic is deleted. The tmpfs
+/// is mounted in a private mount namespace (`unshare -m`, which needs root, as CI runs), so
+/// nothing outside the broker sees it.
+#[test]
+fn the_quickstart_runs_on_an_8_mib_tmpfs_and_a_full_disk_is_an_error_not_a_crash() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mount = temp.path().join("tmpfs");
+    std::fs::create_dir(&mount).expect("mount point");
+    let log_path = temp.path().join("wharfd.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off",
+            "sh",
+        ])
+        .arg(&mount)
+        .arg(integration_tests::wharfd_path())
+        .env("WHARF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next()
+        .expect("wharfd started on the tmpfs (a mount failure ends it without a line)")
+        .expect("a line");
+    let address = first.rsplit(' ').next().expect("an address").to_string();
+    let outcome = std::panic::catch_unwind(|| {
+        wharf_ok(
+            &address,
+            &["topic", "create", "events", "--partitions", "3"],
+            "",
+        );
+        wharf_ok(&address, &["produce", "events"], "event-1\nevent-2\n");
+        let consumed = wharf_ok(
+            &address,
+            &[
+                "consume",
+                "events",
+                "--from",
+                "earliest",
+                "--max-messages",
+                "2",
+                "--timeout-ms",
+                "5000",
+            ],
+            "",
+        );
+        assert_eq!(consumed.lines().count(), 2, "{consumed}");
+        wharf_ok(&address, &["queue", "declare", "jobs", "--durable"], "");
+        wharf_ok(&address, &["publish", "", "jobs"], "resize photo-42\n");
+        let got = wharf_ok(&address, &["subscribe", "jobs", "--max-messages", "1"], "");
+        assert!(got.contains("resize photo-42"), "{got}");
+
+        // 10 MiB into 8: the produce fails with the broker's disk-full error.
+        let line = "x".repeat(1023);
+        let flood: String = (0..10 * 1024).map(|_| format!("{line}\n")).collect();
+        let full = integration_tests::wharf(&address, &["produce", "events"], &flood);
+        assert!(!full.status.success(), "the produce cannot fit");
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert!(
+            stderr.contains("No space left on device"),
+            "the error says why: {stderr}"
+        );
+        let logged = std::fs::read_to_string(&log_path).expect("broker log");
+        assert!(
+            logged.contains("WARN") && logged.contains("append failed"),
+            "the broker logs the failed write at WARN: {logged}"
+        );
+        // Still serving; deleting the topic frees the room and writes work again.
+        let listed = wharf_ok(&address, &["topic", "list"], "");
+        assert!(listed.contains("events"), "{listed}");
+        wharf_ok(&address, &["topic", "delete", "events"], "");
+        wharf_ok(&address, &["produce", "after"], "room again\n");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -28,6 +28,16 @@ fn assert_success(what: &str, output: &std::process::Output) {
     );
 }
 
+/// A group's total lag as `wharf group describe` (the native CLI) shows it.
+fn group_lag(broker: &BrokerProcess, group: &str) -> i64 {
+    let described = wharf_ok(&broker.address(), &["group", "describe", group], "");
+    described
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<i64>().ok())
+        .sum()
+}
+
 /// (partition, offset, key, value) rows of a client script's JSON.
 fn rows(value: &Value) -> Vec<(i64, i64, String, String)> {
     value
@@ -376,13 +386,7 @@ fn confluent_kafka_group_members_joining_and_leaving_process_each_record_once() 
         "the work moved between members: {members:?}"
     );
     // The group's committed offsets are the native ones: `wharf group describe` shows no lag.
-    let described = wharf_ok(&broker.address(), &["group", "describe", "churners"], "");
-    let lag: i64 = described
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<i64>().ok())
-        .sum();
-    assert_eq!(lag, 0, "{described}");
+    assert_eq!(group_lag(&broker, "churners"), 0);
 }
 
 #[test]
@@ -492,13 +496,7 @@ fn confluent_kafka_transactions_read_process_write_with_aborts_and_a_fenced_zomb
     assert!(after.contains(&"successor"), "{after:?}");
     assert!(!after.contains(&"zombie"), "{after:?}");
     // The offsets committed inside the transactions are the group's: no lag.
-    let described = wharf_ok(&broker.address(), &["group", "describe", "tx-group"], "");
-    let lag: i64 = described
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<i64>().ok())
-        .sum();
-    assert_eq!(lag, 0, "{described}");
+    assert_eq!(group_lag(&broker, "tx-group"), 0);
 }
 
 #[test]
@@ -696,4 +694,26 @@ fn kafka_python_describes_transactions_and_producers_and_deletes_group_offsets()
         serde_json::json!({"kp-t-0": "NoError"})
     );
     assert_eq!(out["remaining"], serde_json::json!([["kp-t", 1, 0]]));
+}
+
+#[test]
+fn a_busy_kafka_port_is_a_startup_error_that_names_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let output = std::process::Command::new(integration_tests::wharfd_path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", &address])
+        .output()
+        .expect("run wharfd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {address} for the Kafka listener"
+        )) && stderr.contains("--kafka-listen HOST:PORT")
+            && stderr.contains("--kafka-listen off"),
+        "{stderr}"
+    );
 }
