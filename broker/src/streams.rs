@@ -231,6 +231,29 @@ impl Streams {
         self.producers.allocate_id()
     }
 
+    /// Moves a partition's log start up to `offset` (-1: the high watermark), durably
+    /// (Kafka's DeleteRecords; blocking: fsyncs). Returns the new log start.
+    ///
+    /// # Errors
+    /// `UnknownPartition`, an offset above the high watermark, or the storage error.
+    pub fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<i64, StreamError> {
+        if topic.starts_with(topic::INTERNAL_TOPIC_PREFIX) {
+            return Err(StreamError::InternalTopic(topic.to_string()));
+        }
+        let log =
+            self.partition(topic, partition)
+                .ok_or_else(|| StreamError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                })?;
+        Ok(log.delete_records_before(offset)?)
+    }
+
     /// The producers with state on a partition (Kafka's DescribeProducers).
     ///
     /// # Errors

@@ -93,6 +93,21 @@ out["delete_group"] = error_name(admin.delete_consumer_groups(["admin-g"])["admi
 out["delete_unknown_group"] = error_name(admin.delete_consumer_groups(["nobody"])["nobody"])
 out["groups_after"] = sorted(group.group_id for group in admin.list_consumer_groups().result(30).valid)
 
+# DeleteRecords: records below offset 6 of admin-d go; its log start (low watermark) is 6.
+admin.create_topics([NewTopic("admin-d", num_partitions=1)])["admin-d"].result(30)
+for i in range(10):
+    producer.produce("admin-d", value=f"d{i}".encode(), partition=0)
+producer.flush(30)
+deleted = admin.delete_records([TopicPartition("admin-d", 0, 6)])
+out["delete_records"] = list(deleted.values())[0].result(30).low_watermark
+out["delete_records_past_end"] = error_name(list(admin.delete_records([TopicPartition("admin-d", 0, 99)]).values())[0])
+reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "admin-reader", "auto.offset.reset": "earliest"})
+out["low_after_delete"] = reader.get_watermark_offsets(TopicPartition("admin-d", 0), timeout=30)[0]
+reader.assign([TopicPartition("admin-d", 0)])
+first = reader.poll(30)
+out["first_after_delete"] = [first.offset(), first.value().decode()]
+reader.close()
+
 cluster = admin.describe_cluster().result(30)
 out["cluster"] = {"id": cluster.cluster_id, "nodes": len(cluster.nodes), "controller": cluster.controller.id}
 

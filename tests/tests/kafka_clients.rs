@@ -502,7 +502,7 @@ fn confluent_kafka_transactions_read_process_write_with_aborts_and_a_fenced_zomb
 #[test]
 fn confluent_kafka_admin_creates_describes_alters_grows_and_deletes_with_kafkas_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let mut broker = BrokerProcess::start(&dir.path().join("data"));
     let output = run_client_script("confluent_admin.py", &[&broker.kafka_address()]);
     assert_success("confluent-kafka admin", &output);
     let out: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
@@ -551,6 +551,19 @@ fn confluent_kafka_admin_creates_describes_alters_grows_and_deletes_with_kafkas_
         out["cluster"],
         serde_json::json!({"id": "wharf", "nodes": 1, "controller": 0})
     );
+    assert_eq!(out["delete_records"], 6, "{out}");
+    assert_eq!(out["delete_records_past_end"], "OFFSET_OUT_OF_RANGE");
+    assert_eq!(out["low_after_delete"], 6);
+    assert_eq!(out["first_after_delete"], serde_json::json!([6, "d6"]));
+    // Deleted records stay deleted across a SIGKILL: the log starts at 6.
+    broker.kill();
+    broker.restart();
+    let described = wharf_ok(
+        &broker.address(),
+        &["--json", "topic", "describe", "admin-d"],
+        "",
+    );
+    assert!(described.contains("\"log_start_offset\":6"), "{described}");
     assert_eq!(out["delete_topic"], Value::Null, "{out}");
     assert!(
         out["topics_after"]

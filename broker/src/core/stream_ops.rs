@@ -384,6 +384,30 @@ impl Broker {
         self.topic_metadata(caller, Some(names))
     }
 
+    /// Moves partitions' log starts up (Kafka's DeleteRecords): records below each new start
+    /// are gone for readers, also after a restart. `offsets` are (partition, offset), -1
+    /// meaning the high watermark; each answer is the new log start. Blocking work on the
+    /// blocking pool.
+    pub async fn delete_records(
+        &self,
+        _caller: &Session,
+        topic: &str,
+        offsets: Vec<(u32, i64)>,
+    ) -> Vec<(u32, Result<i64, StreamError>)> {
+        let streams = self.streams.clone();
+        let topic = topic.to_string();
+        let outcome = tokio::task::spawn_blocking(move || {
+            offsets
+                .into_iter()
+                .map(|(partition, offset)| {
+                    (partition, streams.delete_records(&topic, partition, offset))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        outcome.unwrap_or_default()
+    }
+
     /// The producers with state on a partition (Kafka's DescribeProducers).
     ///
     /// # Errors

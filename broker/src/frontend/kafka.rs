@@ -79,6 +79,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// The lowest Produce version that is served; lower ones are refused.

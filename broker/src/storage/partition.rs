@@ -46,6 +46,14 @@ const RECOVERY_POINT_MAGIC: [u8; 4] = *b"WRCP";
 const RECOVERY_POINT_VERSION: u16 = 1;
 const RECOVERY_POINT_PAYLOAD_BYTES: usize = 8;
 
+/// Name of the log-start file in a partition directory: the log start offset that a
+/// DeleteRecords moved past the first stored offset (records below it are gone for readers
+/// even where their segment still holds them).
+pub const LOG_START_FILE: &str = "log-start";
+const LOG_START_MAGIC: [u8; 4] = *b"WLST";
+const LOG_START_VERSION: u16 = 1;
+const LOG_START_PAYLOAD_BYTES: usize = 8;
+
 /// The partition leader epoch written into every stored batch until replication exists.
 pub use wharf_protocol::batch::NO_PARTITION_LEADER_EPOCH;
 
@@ -192,7 +200,7 @@ impl Partition {
         let clean = marker.is_some();
         let recovery_point = read_recovery_point(fs, dir)?;
         let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker, recovery_point)?;
-        let first = segments
+        let stored_first = segments
             .values()
             .next()
             .expect("open_segments returns at least one segment")
@@ -203,6 +211,11 @@ impl Partition {
             .expect("open_segments returns at least one segment")
             .clone();
         let end = active.next_offset();
+        // Records a DeleteRecords removed stay gone; never past the end (a truncated log).
+        let first = match read_log_start(fs, dir)? {
+            Some(deleted_below) => deleted_below.clamp(stored_first, end),
+            None => stored_first,
+        };
         let active_base = active.base_offset();
         // Recovery sealed every segment below the active one: say so, if the file says less.
         // Under `flush = always` (rolls seal inline) a file left from a run under another
@@ -917,6 +930,37 @@ impl Partition {
         Ok(report)
     }
 
+    /// Moves the log start offset up to `offset` (Kafka's DeleteRecords; -1 means the high
+    /// watermark): records below it are gone for readers from then on, also after a restart
+    /// (the new start is stored durably, in the log-start file, before it takes effect), and
+    /// sealed segments wholly below it are deleted. Returns the new log start (unchanged when
+    /// `offset` is not above it).
+    ///
+    /// # Errors
+    /// `Error::OffsetOutOfRange` above the high watermark (or below -1); `Error::Io` if the
+    /// log-start file cannot be written (nothing changed then) or a segment deleted.
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        let _writer = self.lock_writer();
+        let high_watermark = self.high_watermark();
+        let log_start = self.log_start_offset();
+        let offset = if offset == -1 { high_watermark } else { offset };
+        if !(0..=high_watermark).contains(&offset) {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        write_log_start(self.env.fs.as_ref(), &self.dir, offset)?;
+        self.log_start.fetch_max(offset, Ordering::AcqRel);
+        tracing::info!(partition = %self.dir.display(), log_start = offset, "records deleted below the new log start");
+        let report = self.delete_segments_below(offset)?;
+        Ok(report.log_start_offset.max(offset))
+    }
+
     /// Deletes `doomed` (the oldest sealed segments, in order) and fsyncs the directory.
     fn delete_prefix(&self, doomed: &[Arc<Segment>]) -> Result<RetentionReport> {
         let mut report = RetentionReport {
@@ -926,7 +970,8 @@ impl Partition {
         let Some(last) = doomed.last() else {
             return Ok(report);
         };
-        let new_start = last.next_offset();
+        // Never below a start DeleteRecords set inside a segment.
+        let new_start = last.next_offset().max(self.log_start_offset());
         {
             // Readers stop finding the segments before their files go away; readers that
             // already hold one keep reading its open file.
@@ -1115,6 +1160,38 @@ fn read_recovery_point(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
         }
         Err(error) => Err(error),
     }
+}
+
+/// Reads the log start a DeleteRecords stored: `Ok(None)` without a file. A damaged file is
+/// reported and ignored (the log starts at its first stored offset again).
+fn read_log_start(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(LOG_START_FILE);
+    match checkpoint::read(fs, &path, LOG_START_MAGIC) {
+        Ok(None) => Ok(None),
+        Ok(Some(found)) if found.payload.len() == LOG_START_PAYLOAD_BYTES => {
+            let mut bytes = [0u8; LOG_START_PAYLOAD_BYTES];
+            bytes.copy_from_slice(&found.payload);
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+        Ok(Some(_)) | Err(Error::Corrupt { .. }) => {
+            tracing::error!(partition = %dir.display(), "log-start file is damaged; the log starts at its first stored offset");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Replaces the log-start file atomically (rule 6).
+fn write_log_start(fs: &dyn Fs, dir: &Path, offset: i64) -> Result<()> {
+    checkpoint::write(
+        fs,
+        dir,
+        LOG_START_FILE,
+        LOG_START_MAGIC,
+        LOG_START_VERSION,
+        0,
+        &offset.to_be_bytes(),
+    )
 }
 
 /// Replaces the recovery point atomically (rule 6).

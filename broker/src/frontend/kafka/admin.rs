@@ -1,10 +1,13 @@
 //! Kafka's admin apis → core calls: DescribeConfigs, AlterConfigs, IncrementalAlterConfigs,
-//! CreatePartitions, DeleteGroups, DescribeCluster and OffsetForLeaderEpoch. Topic configs
+//! CreatePartitions, DeleteRecords, DeleteGroups, DescribeCluster and OffsetForLeaderEpoch. Topic configs
 //! are the ones `wharf topic describe` and `alter` show and change, under Kafka's names.
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -369,4 +372,57 @@ pub fn offset_for_leader_epoch(
         })
         .collect();
     OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+/// DeleteRecords: each partition's log start moves up to the given offset (-1: the high
+/// watermark); the answer's low watermark is the new log start.
+pub async fn delete_records(
+    broker: &Broker,
+    caller: &Session,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let wanted: Vec<(u32, i64)> = topic
+            .partitions
+            .iter()
+            .filter_map(|partition| {
+                u32::try_from(partition.partition_index)
+                    .ok()
+                    .map(|index| (index, partition.offset))
+            })
+            .collect();
+        let outcomes = broker
+            .delete_records(caller, topic.name.0.as_str(), wanted)
+            .await;
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|partition| {
+                let answer = DeleteRecordsPartitionResult::default()
+                    .with_partition_index(partition.partition_index);
+                let outcome = outcomes
+                    .iter()
+                    .find(|(index, _)| i64::from(*index) == i64::from(partition.partition_index));
+                match outcome {
+                    Some((_, Ok(log_start))) => answer.with_low_watermark(*log_start),
+                    Some((_, Err(error))) => answer
+                        .with_low_watermark(-1)
+                        .with_error_code(error_code::stream(error)),
+                    None if partition.partition_index < 0 => answer
+                        .with_low_watermark(-1)
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+                    None => answer
+                        .with_low_watermark(-1)
+                        .with_error_code(ResponseError::UnknownServerError.code()),
+                }
+            })
+            .collect();
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
 }

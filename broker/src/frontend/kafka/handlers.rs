@@ -167,6 +167,9 @@ pub async fn handle(
         RequestKind::ListTransactions(request) => ready(ResponseKind::ListTransactions(
             txn::list_transactions(broker, caller, request, version).await,
         )),
+        RequestKind::DeleteRecords(request) => ready(ResponseKind::DeleteRecords(
+            admin::delete_records(broker, caller, request).await,
+        )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");

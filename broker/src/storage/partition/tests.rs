@@ -429,3 +429,58 @@ fn set_limits_changes_retention_of_an_open_partition() {
     assert_eq!(partition.apply_retention().unwrap().segments_deleted, 1);
     assert_eq!(partition.log_start_offset(), 1);
 }
+
+#[test]
+fn deleted_records_stay_deleted_across_a_power_loss_and_whole_segments_go() {
+    // Goal: Kafka's DeleteRecords: records below the new log start are gone for readers at
+    // once and after any crash; sealed segments wholly below it are deleted.
+    // Method: three segments of 10 records; delete below 15 (inside the second), then below
+    // 25; crash images taken after each delete all reopen with that start.
+    let (env, fs, clock) = sim_env(1_000);
+    let partition = open(&env, small_config());
+    for segment in 0..3 {
+        for record in 0..10 {
+            append_values(
+                &partition,
+                &[format!("{segment}-{record}").as_bytes()],
+                1_000,
+            );
+        }
+        if segment < 2 {
+            partition.roll_now().unwrap();
+        }
+    }
+    assert!(matches!(
+        partition.delete_records_before(31),
+        Err(Error::OffsetOutOfRange { offset: 31, .. })
+    ));
+    assert_eq!(partition.delete_records_before(15).unwrap(), 15);
+    assert_eq!(partition.log_start_offset(), 15);
+    assert_eq!(partition.segment_count(), 2, "the first segment went");
+    assert!(matches!(
+        partition.read(14, 1024),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        partition.delete_records_before(3).unwrap(),
+        15,
+        "never backwards"
+    );
+    for seed in 0..5 {
+        let image = fs.crash_image(Torn::Random { seed });
+        let reopened = open(&env_with(Arc::new(image), clock.clone()), small_config());
+        assert_eq!(reopened.log_start_offset(), 15, "seed {seed}");
+        assert_eq!(read_all(&reopened).first().map(|record| record.0), Some(15));
+    }
+    assert_eq!(
+        partition.delete_records_before(-1).unwrap(),
+        30,
+        "-1: the high watermark"
+    );
+    partition.close().unwrap();
+    drop(partition);
+    let reopened = open(&env, small_config());
+    assert_eq!(reopened.log_start_offset(), 30);
+    append_values(&reopened, &[b"after"], 1_000);
+    assert_eq!(reopened.log_end_offset(), 31);
+}
