@@ -48,7 +48,7 @@ pub use crate::groups::commit::{EntryRefusal, OffsetEntry};
 pub use crate::groups::offsets::Committed;
 pub use crate::groups::reset::{Execution, ResetTarget};
 pub use crate::groups::{
-    GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberState,
+    GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberAssignment, MemberState,
 };
 pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{

@@ -120,6 +120,14 @@ pub struct Heartbeat {
     pub topics: Vec<String>,
     /// `range`, `roundrobin`, `sticky` or empty for the default.
     pub assignor: String,
+    /// What the member owns, for members that report it (Kafka's KIP-848 consumers send
+    /// their owned partitions instead of an applied generation): partitions it was asked to
+    /// release and no longer lists are released. `None`: not reported (the generation
+    /// decides).
+    pub owned: Option<MemberAssignment>,
+    /// The member chose its own id (KIP-848 v1 consumers): a heartbeat naming an id the
+    /// group does not know joins with it instead of being refused.
+    pub joins_with_own_id: bool,
 }
 
 /// What a heartbeat tells the member.
@@ -280,7 +288,7 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         // Only a join creates a group: heartbeats of unknown members must not grow the map.
         if !groups.contains_key(&request.group_id) {
-            if !request.member_id.is_empty() {
+            if !request.member_id.is_empty() && !request.joins_with_own_id {
                 return Err(GroupError::UnknownMember(format!(
                     "member {} is not in group {} (it left or timed out); rejoin",
                     request.member_id, request.group_id
@@ -294,19 +302,31 @@ impl GroupCoordinator {
         }
         let group = groups.entry(request.group_id.clone()).or_default();
         let mut changed = expire(group, now);
-        let member_id = if request.member_id.is_empty() {
+        let joins = request.member_id.is_empty()
+            || (request.joins_with_own_id && !group.members.contains_key(&request.member_id));
+        let member_id = if joins {
+            if request.member_id.len() > GROUP_ID_BYTES_MAX {
+                return Err(GroupError::InvalidRequest(format!(
+                    "member id of {} bytes exceeds max {GROUP_ID_BYTES_MAX}",
+                    request.member_id.len()
+                )));
+            }
             if group.members.len() >= GROUP_MEMBERS_MAX {
                 return Err(GroupError::InvalidRequest(format!(
                     "group {} already has {GROUP_MEMBERS_MAX} members",
                     request.group_id
                 )));
             }
-            let sequence = self.next_member.fetch_add(1, Ordering::Relaxed);
-            let member_id = format!(
-                "{}-{sequence}-{}",
-                sanitize(&request.client_id),
-                short_random()
-            );
+            let member_id = if request.member_id.is_empty() {
+                let sequence = self.next_member.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "{}-{sequence}-{}",
+                    sanitize(&request.client_id),
+                    short_random()
+                )
+            } else {
+                request.member_id.clone()
+            };
             if group.members.is_empty() {
                 group.assignor = requested_assignor;
             }
@@ -341,6 +361,14 @@ impl GroupCoordinator {
             member
                 .releasing
                 .retain(|_, (taken_in, _)| *taken_in > applied);
+        }
+        if let Some(owned) = &request.owned {
+            // Released for real: no longer in what the member says it owns.
+            member.releasing.retain(|(topic, partition), _| {
+                owned
+                    .get(topic)
+                    .is_some_and(|partitions| partitions.contains(partition))
+            });
         }
         member.session_timeout_ms = match request.session_timeout_ms {
             0 => self.default_session_timeout_ms,
@@ -916,6 +944,52 @@ mod tests {
             coordinator.check_commit("g", "", -1),
             Err(GroupError::UnknownMember(_))
         ));
+    }
+
+    #[test]
+    fn a_member_reporting_what_it_owns_releases_only_what_it_no_longer_lists() {
+        // Goal: KIP-848 consumers report owned partitions; the handover waits for them.
+        // Method: a member owning all 6 partitions sees a second member join; it keeps
+        // reporting the generation it was told (as KIP-848 clients echo their epoch) but
+        // lists its old partitions until it drops them: only then does the newcomer get them.
+        let (coordinator, _) = coordinator();
+        let first = join(&coordinator, "a");
+        let first = try_beat(&coordinator, &first).expect("settled");
+        let second = join(&coordinator, "b");
+        let everything: MemberAssignment = [("t".to_string(), (0..6).collect())].into();
+        let beat = |member: &MemberState, owned: &MemberAssignment| {
+            coordinator
+                .heartbeat(
+                    &Heartbeat {
+                        group_id: "g".into(),
+                        member_id: member.member_id.clone(),
+                        generation: i32::MIN,
+                        topics: vec!["t".into()],
+                        owned: Some(owned.clone()),
+                        ..Heartbeat::default()
+                    },
+                    six,
+                )
+                .expect("heartbeat")
+        };
+        let told = beat(&first, &everything);
+        let kept = told.assignment.clone();
+        assert!(
+            kept["t"].len() < 6,
+            "the first member is told to give some up"
+        );
+        let waiting = beat(&second, &MemberAssignment::new());
+        assert!(
+            waiting.assignment.is_empty(),
+            "nothing moves while the first member still owns it all"
+        );
+        beat(&first, &kept);
+        let handed = beat(&second, &MemberAssignment::new());
+        assert_eq!(
+            handed.assignment["t"].len() + kept["t"].len(),
+            6,
+            "released partitions reach the newcomer"
+        );
     }
 
     #[test]

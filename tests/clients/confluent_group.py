@@ -1,6 +1,9 @@
 """Consumer-group membership churn with confluent-kafka against wharfd's Kafka listener.
 
-    confluent_group.py BOOTSTRAP TOPIC GROUP COUNT
+    confluent_group.py BOOTSTRAP TOPIC GROUP COUNT [classic|consumer]
+
+The last argument picks the group protocol: Kafka's classic one (client-side assignors,
+the default) or KIP-848's (`group.protocol=consumer`: the broker assigns).
 
 Creates TOPIC with 4 partitions and produces COUNT records over a few seconds while members
 of GROUP come and go: a starts, b joins, c joins, a leaves, b leaves. Each member commits
@@ -19,6 +22,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, topic, group, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+protocol = sys.argv[5] if len(sys.argv) > 5 else "classic"
 
 admin = AdminClient({"bootstrap.servers": bootstrap})
 admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
@@ -29,18 +33,21 @@ refused_commits = []
 
 
 def member(name, stop):
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "client.id": name,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 200,
-            "partition.assignment.strategy": "range",
-        }
-    )
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "client.id": name,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    }
+    if protocol == "consumer":
+        # Timeouts and the assignor are the broker's under KIP-848.
+        config["group.protocol"] = "consumer"
+    else:
+        config.update(
+            {"session.timeout.ms": 6000, "heartbeat.interval.ms": 200, "partition.assignment.strategy": "range"}
+        )
+    consumer = Consumer(config)
     consumer.subscribe([topic])
     while not stop.is_set():
         message = consumer.poll(0.2)

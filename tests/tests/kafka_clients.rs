@@ -730,3 +730,42 @@ fn a_busy_kafka_port_is_a_startup_error_that_names_the_flag() {
         "{stderr}"
     );
 }
+
+#[test]
+fn kip_848_consumers_joining_and_leaving_process_each_record_once() {
+    // The same churn as the classic-protocol test, with `group.protocol=consumer`: the
+    // broker assigns (Wharf's broker-side groups), and a partition moves only once its
+    // previous owner reports it no longer owns it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let count = 400;
+    let output = run_client_script(
+        "confluent_group.py",
+        &[
+            &broker.kafka_address(),
+            "churn",
+            "kip848",
+            &count.to_string(),
+            "consumer",
+        ],
+    );
+    assert_success("confluent-kafka KIP-848 group churn", &output);
+    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    let processed = summary["processed"].as_array().expect("processed");
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in processed {
+        *seen.entry(row[3].as_str().expect("value")).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, times)| **times > 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(seen.len(), count, "every record processed");
+    let members: std::collections::BTreeSet<&str> = processed
+        .iter()
+        .map(|row| row[0].as_str().expect("member"))
+        .collect();
+    assert!(
+        members.len() >= 2,
+        "the work moved between members: {members:?}"
+    );
+    assert_eq!(group_lag(&broker, "kip848"), 0);
+}

@@ -23,8 +23,12 @@ use kafka_protocol::ResponseError;
 use super::error_code;
 use super::handlers::text;
 use super::{Kafka, NODE_ID};
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
 use crate::core::{
-    Broker, ClassicJoin, Committed, GroupAdminError, GroupError, OffsetEntry, Session,
+    Broker, ClassicJoin, Committed, GroupAdminError, GroupError, Heartbeat, OffsetEntry, Session,
 };
 
 /// FindCoordinator: this broker coordinates every group and transactional id.
@@ -431,4 +435,229 @@ pub async fn offset_delete(
     OffsetDeleteResponse::default()
         .with_error_code(group_code)
         .with_topics(if group_code == 0 { topics } else { Vec::new() })
+}
+
+/// Topic names by id and ids by name, of every visible topic.
+fn topic_ids(broker: &Broker, caller: &Session) -> (HashMap<Uuid, String>, HashMap<String, Uuid>) {
+    let mut by_id = HashMap::new();
+    let mut by_name = HashMap::new();
+    for view in broker.topic_metadata(caller, None) {
+        if let Some(id) = view.topic_id {
+            let id = Uuid::from_bytes(id);
+            by_id.insert(id, view.name.clone());
+            by_name.insert(view.name, id);
+        }
+    }
+    (by_id, by_name)
+}
+
+/// Kafka's name of a KIP-848 server assignor → Wharf's assignor (`uniform` spreads
+/// partitions evenly and keeps them where they are, as `sticky` does).
+fn assignor_name(kafka_name: &str) -> &str {
+    match kafka_name {
+        "uniform" => "sticky",
+        other => other,
+    }
+}
+
+/// ConsumerGroupHeartbeat (KIP-848), mapped onto Wharf's broker-side groups: the member
+/// epoch is the group's generation; the partitions a member reports owning decide when the
+/// ones it was asked to release go to their next owner (the two-step handover), so a member
+/// that is still revoking keeps them.
+pub fn consumer_group_heartbeat(
+    broker: &Broker,
+    caller: &Session,
+    request: ConsumerGroupHeartbeatRequest,
+) -> ConsumerGroupHeartbeatResponse {
+    let group_id = request.group_id.0.to_string();
+    let member_id = request.member_id.to_string();
+    let refused = |error: &GroupError| {
+        ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(error_code::group(error))
+            .with_error_message(Some(text(&error.to_string())))
+    };
+    if request.member_epoch < 0 {
+        // -1 leaves, -2 leaves a static membership: both end the membership here.
+        return match broker.leave_group(caller, &group_id, &member_id) {
+            Ok(()) => ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(text(&member_id)))
+                .with_member_epoch(request.member_epoch),
+            Err(error) => refused(&error),
+        };
+    }
+    let (names, ids) = topic_ids(broker, caller);
+    // Unchanged subscription or assignor: what the member had.
+    let current = (request.member_epoch > 0)
+        .then(|| {
+            broker
+                .describe_groups(caller, vec![group_id.clone()])
+                .into_iter()
+                .next()
+        })
+        .flatten();
+    let topics = match request.subscribed_topic_names {
+        Some(topics) => topics
+            .into_iter()
+            .map(|topic| topic.0.to_string())
+            .collect(),
+        None => current
+            .as_ref()
+            .and_then(|group| {
+                group
+                    .members
+                    .iter()
+                    .find(|member| member.member_id == member_id)
+            })
+            .map(|member| member.topics.clone())
+            .unwrap_or_default(),
+    };
+    let assignor = match &request.server_assignor {
+        Some(name) => assignor_name(name.as_str()).to_string(),
+        None => current
+            .as_ref()
+            .map(|group| group.assignor.to_string())
+            .unwrap_or_default(),
+    };
+    let owned = request.topic_partitions.map(|owned| {
+        owned
+            .into_iter()
+            .filter_map(|topic| {
+                let name = names.get(&topic.topic_id)?.clone();
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .filter_map(|partition| u32::try_from(partition).ok())
+                    .collect();
+                Some((name, partitions))
+            })
+            .collect()
+    });
+    let heartbeat = Heartbeat {
+        group_id,
+        member_id,
+        // KIP-848 members echo their epoch before they finish revoking: releases follow
+        // what they report owning instead.
+        generation: i32::MIN,
+        client_id: String::new(),
+        session_timeout_ms: 0,
+        topics,
+        assignor,
+        owned,
+        // v1 members name themselves (a UUID) when they join with epoch 0.
+        joins_with_own_id: request.member_epoch == 0,
+    };
+    match broker.heartbeat(caller, &heartbeat) {
+        Ok(state) => {
+            let assignment = state
+                .assignment
+                .iter()
+                .filter_map(|(topic, partitions)| {
+                    Some(
+                        consumer_group_heartbeat_response::TopicPartitions::default()
+                            .with_topic_id(*ids.get(topic)?)
+                            .with_partitions(
+                                partitions
+                                    .iter()
+                                    .map(|partition| i32::try_from(*partition).unwrap_or(i32::MAX))
+                                    .collect(),
+                            ),
+                    )
+                })
+                .collect();
+            ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(text(&state.member_id)))
+                .with_member_epoch(state.generation)
+                .with_heartbeat_interval_ms(
+                    i32::try_from(state.heartbeat_interval_ms).unwrap_or(i32::MAX),
+                )
+                .with_assignment(Some(
+                    consumer_group_heartbeat_response::Assignment::default()
+                        .with_topic_partitions(assignment),
+                ))
+        }
+        Err(error) => refused(&error),
+    }
+}
+
+/// ConsumerGroupDescribe (KIP-848): Wharf's broker-side groups with their members,
+/// subscriptions and assignments.
+pub fn consumer_group_describe(
+    broker: &Broker,
+    caller: &Session,
+    request: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    let (_, ids) = topic_ids(broker, caller);
+    let assignment = |assigned: &crate::core::MemberAssignment| {
+        consumer_group_describe_response::Assignment::default().with_topic_partitions(
+            assigned
+                .iter()
+                .map(|(topic, partitions)| {
+                    consumer_group_describe_response::TopicPartitions::default()
+                        .with_topic_id(ids.get(topic).copied().unwrap_or_default())
+                        .with_topic_name(TopicName(text(topic)))
+                        .with_partitions(
+                            partitions
+                                .iter()
+                                .map(|partition| i32::try_from(*partition).unwrap_or(i32::MAX))
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    };
+    let groups = broker
+        .describe_groups(
+            caller,
+            request
+                .group_ids
+                .iter()
+                .map(|group_id| group_id.0.to_string())
+                .collect(),
+        )
+        .into_iter()
+        .map(|group| {
+            let described = consumer_group_describe_response::DescribedGroup::default()
+                .with_group_id(GroupId(text(&group.group_id)));
+            if group.members.is_empty()
+                && broker
+                    .describe_classic_group(caller, &group.group_id)
+                    .is_some()
+            {
+                return described
+                    .with_error_code(ResponseError::GroupIdNotFound.code())
+                    .with_error_message(Some(text("the group uses the classic protocol")));
+            }
+            described
+                .with_group_state(text(if group.members.is_empty() {
+                    "Empty"
+                } else {
+                    "Stable"
+                }))
+                .with_group_epoch(group.generation)
+                .with_assignment_epoch(group.generation)
+                .with_assignor_name(text(group.assignor))
+                .with_members(
+                    group
+                        .members
+                        .iter()
+                        .map(|member| {
+                            consumer_group_describe_response::Member::default()
+                                .with_member_id(text(&member.member_id))
+                                .with_member_epoch(group.generation)
+                                .with_client_id(text(&member.client_id))
+                                .with_subscribed_topic_names(
+                                    member
+                                        .topics
+                                        .iter()
+                                        .map(|topic| TopicName(text(topic)))
+                                        .collect(),
+                                )
+                                .with_assignment(assignment(&member.assignment))
+                                .with_target_assignment(assignment(&member.assignment))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
 }

@@ -170,6 +170,14 @@ pub async fn handle(
         RequestKind::DeleteRecords(request) => ready(ResponseKind::DeleteRecords(
             admin::delete_records(broker, caller, request).await,
         )),
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            ready(ResponseKind::ConsumerGroupHeartbeat(
+                groups::consumer_group_heartbeat(broker, caller, request),
+            ))
+        }
+        RequestKind::ConsumerGroupDescribe(request) => ready(ResponseKind::ConsumerGroupDescribe(
+            groups::consumer_group_describe(broker, caller, request),
+        )),
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");
@@ -217,15 +225,35 @@ async fn metadata(
 ) -> MetadataResponse {
     let broker = &kafka.broker;
     // v0 asks for every topic with an empty list; later versions with a null one.
+    // v10+ may name a topic by id alone (KIP-848 consumers resolve their assignment so).
+    let mut unknown_ids = Vec::new();
     let names: Option<Vec<String>> = match request.topics {
         None => None,
         Some(topics) if topics.is_empty() && version == 0 => None,
-        Some(topics) => Some(
-            topics
-                .into_iter()
-                .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
-                .collect(),
-        ),
+        Some(topics) => {
+            let by_id = |id: &Uuid| {
+                broker
+                    .topic_metadata(caller, None)
+                    .into_iter()
+                    .find(|view| view.topic_id.map(Uuid::from_bytes).as_ref() == Some(id))
+                    .map(|view| view.name)
+            };
+            Some(
+                topics
+                    .into_iter()
+                    .filter_map(|topic| match topic.name {
+                        Some(name) => Some(name.0.to_string()),
+                        None => {
+                            let found = by_id(&topic.topic_id);
+                            if found.is_none() {
+                                unknown_ids.push(topic.topic_id);
+                            }
+                            found
+                        }
+                    })
+                    .collect(),
+            )
+        }
     };
     // Before v4 every metadata request may create the topics it names.
     let may_create = version < 4 || request.allow_auto_topic_creation;
@@ -242,7 +270,17 @@ async fn metadata(
             .with_port(i32::from(*port))])
         .with_cluster_id(Some(text(CLUSTER_ID)))
         .with_controller_id(BrokerId(NODE_ID))
-        .with_topics(views.into_iter().map(topic_metadata).collect())
+        .with_topics(
+            views
+                .into_iter()
+                .map(topic_metadata)
+                .chain(unknown_ids.into_iter().map(|id| {
+                    MetadataResponseTopic::default()
+                        .with_topic_id(id)
+                        .with_error_code(ResponseError::UnknownTopicId.code())
+                }))
+                .collect(),
+        )
 }
 
 fn topic_metadata(view: TopicView) -> MetadataResponseTopic {

@@ -527,6 +527,8 @@ fn heartbeat(
         session_timeout_ms: request.session_timeout_ms,
         topics: request.topics,
         assignor: request.assignor,
+        owned: None,
+        joins_with_own_id: false,
     };
     match broker.heartbeat(caller, &heartbeat) {
         Ok(MemberState {
