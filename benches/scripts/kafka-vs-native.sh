@@ -14,7 +14,8 @@
 #   BIN=target/release KAFKA_PERF=benches/kafka-perf/target/release/kafka-perf \
 #     benches/scripts/kafka-vs-native.sh
 #
-# Env: BIN (dir with release wharfd and wharf), KAFKA_PERF (the kafka-perf binary), TANSU
+# Env: BIN (dir with release wharfd and wharf), KAFKA_PERF (the kafka-perf binary), SIDES
+# ("native kafka"; add kafka-noidemp for librdkafka without idempotence), TANSU
 # (the tansu binary, built with `--features libsql`; unset = no Tansu runs), SIZES
 # ("100 1024"), REPS (2), N (1,000,000 per throughput run), MAX_SECS (30: a produce run
 # stops sending after this and counts what was acknowledged; consume reads what the
@@ -78,6 +79,9 @@ perf() { # side args... (wharf perf's and kafka-perf's arguments are the same wo
   case $side in
     native) "$BIN/wharf" --broker "127.0.0.1:$NATIVE_PORT" --json perf "$@" ;;
     kafka) "$KAFKA_PERF" --broker "127.0.0.1:$KAFKA_PORT" "$@" ;;
+    # Diagnostic: the same without idempotence, where librdkafka keeps more than 5 requests
+    # in flight (docs/BENCHMARKS.md, issue #14, says why that matters on 2 cores).
+    kafka-noidemp) "$KAFKA_PERF" --broker "127.0.0.1:$KAFKA_PORT" -X enable.idempotence=false "$@" ;;
     tansu) "$KAFKA_PERF" --broker "127.0.0.1:$TANSU_PORT" "$@" ;;
   esac
 }
@@ -103,7 +107,7 @@ run() { # side workload size rep
   echo "$side $workload size=$size rep=$rep ticks=$ticks $out" | tee -a "$RESULTS"
 }
 
-SIDES="native kafka"
+SIDES=${SIDES:-"native kafka"}
 [ -n "$TANSU" ] && SIDES="$SIDES tansu"
 for workload in $WORKLOADS; do
   for size in $SIZES; do

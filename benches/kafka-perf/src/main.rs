@@ -3,9 +3,10 @@
 //! client and reported in the same JSON fields as the native path.
 //!
 //! - `produce`: N records of `--size` bytes as fast as librdkafka takes them, acks=all,
-//!   idempotence on; throughput from the first send to the last delivery report, and the
-//!   enqueue-to-ack latency of each record. `--max-seconds S` stops sending after S seconds
-//!   (the summary counts what was acknowledged), as in `wharf perf produce`.
+//!   idempotence on; throughput from the first send to the last delivery report (after one
+//!   acknowledged warm-up record, see [`warm_up`]), and the enqueue-to-ack latency of each
+//!   record. `--max-seconds S` stops sending after S seconds (the summary counts what was
+//!   acknowledged), as in `wharf perf produce`.
 //! - `consume`: assigns every partition of the topic from the beginning (no group) and reads
 //!   N records; throughput from before the assignment to the Nth record.
 //! - `e2e`: one producer paced at `--rate` (1 ms ticks, linger 0) and one consumer thread
@@ -17,7 +18,9 @@
 //! linger, 5 batches in flight): `acks=all`, `enable.idempotence=true` (so at most 5
 //! requests in flight per connection), `linger.ms=5`, `batch.size=1048576`,
 //! `batch.num.messages=1000000` (so bytes, not a record count, close a batch),
-//! `compression.type=none`. Any librdkafka property can be overridden with `-X key=value`.
+//! `compression.type=none`. The consumers set `queued.min.messages=1000000` and
+//! `fetch.queue.backoff.ms=10` (see [`consumer_config`]); everything else is librdkafka's
+//! default. Any librdkafka property can be overridden with `-X key=value`.
 //!
 //! Prints one JSON line on stdout with `wharf perf`'s field names: workload, messages,
 //! bytes, seconds, messages_per_second, megabytes_per_second and, where measured, p50_us,
@@ -32,8 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -51,9 +53,14 @@ const CONSUMER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_TIMEOUT: Duration = Duration::from_millis(200);
 /// Period of the e2e producer's pacing timer; each tick sends what is due by then.
 const E2E_TICK: Duration = Duration::from_millis(1);
-/// Longest wait for metadata, topic creation and the final flush.
+/// Longest wait for metadata and topic creation.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the acknowledgements of a run once everything is sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one producer poll serves delivery reports. rust-rdkafka's `BaseProducer::poll`
+/// runs until its deadline and spins (zero-timeout polls) through the last millisecond, so
+/// a 1 ms poll in a loop burns a whole core: one of the two this machine has.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -251,6 +258,11 @@ fn consumer_config(args: &Args) -> ClientConfig {
             ("group.id", "kafka-perf"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "false"),
+            // librdkafka 2.x stops fetching for fetch.queue.backoff.ms (default 1 s) whenever
+            // its local queue holds queued.min.messages (default 100,000): one run here took
+            // 4.7 s instead of 0.9 s that way. Neither is about the broker.
+            ("queued.min.messages", "1000000"),
+            ("fetch.queue.backoff.ms", "10"),
         ],
     )
 }
@@ -288,6 +300,9 @@ fn partition_count(metadata: rdkafka::metadata::Metadata) -> Result<i32, Error> 
 struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
+    /// When the latest acknowledgement arrived (ns since the process epoch): the end of a
+    /// produce run, whatever the granularity of the polling that served it.
+    last_delivery_ns: AtomicU64,
     first_error: Mutex<Option<KafkaError>>,
     latency: Mutex<Histogram<u64>>,
 }
@@ -306,7 +321,9 @@ impl ProducerContext for DeliveryCounter {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
-                let latency_ns = nanos_now().saturating_sub(sent_ns as u64);
+                let now_ns = nanos_now();
+                self.last_delivery_ns.store(now_ns, Ordering::Relaxed);
+                let latency_ns = now_ns.saturating_sub(sent_ns as u64);
                 let mut histogram = self.latency.lock().expect("not poisoned: no panics");
                 record_latency(&mut histogram, latency_ns);
             }
@@ -323,10 +340,31 @@ fn new_producer(config: &ClientConfig) -> Result<BaseProducer<DeliveryCounter>, 
     let counter = DeliveryCounter {
         delivered: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
         first_error: Mutex::new(None),
         latency: Mutex::new(new_histogram()),
     };
     Ok(config.create_with_context(counter)?)
+}
+
+/// Sends one record and waits for its acknowledgement, so that the measured phase starts
+/// with a connected producer that has its producer id (librdkafka's idempotent start-up,
+/// metadata and InitProducerId on a timer, took 0.1-1 s here: a third of a 1M-record run).
+/// Returns the acknowledged count so far (1), which the caller subtracts.
+fn warm_up(
+    producer: &BaseProducer<DeliveryCounter>,
+    topic: &str,
+    size: usize,
+) -> Result<u64, Error> {
+    send(producer, topic, &vec![b'w'; size])?;
+    let warm = finish(producer, 1)?;
+    producer
+        .context()
+        .latency
+        .lock()
+        .expect("not poisoned: no panics")
+        .reset();
+    Ok(warm)
 }
 
 /// Enqueues one record, serving delivery reports while librdkafka's queue is full.
@@ -342,17 +380,27 @@ fn send(
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(1));
+                producer.poll(POLL_INTERVAL);
             }
             Err((error, _)) => return Err(error.into()),
         }
     }
 }
 
-/// Flushes and turns failed deliveries into an error.
-fn finish(producer: &BaseProducer<DeliveryCounter>) -> Result<u64, Error> {
-    producer.flush(FLUSH_TIMEOUT)?;
+/// Serves delivery reports until `sent` records are answered, then turns failures into an
+/// error. `flush` alone would add up to 100 ms of its own polling interval at the end, a
+/// tenth of a short run; the run's end is taken from the last acknowledgement instead.
+fn finish(producer: &BaseProducer<DeliveryCounter>, sent: u64) -> Result<u64, Error> {
     let context = producer.context();
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    while context.delivered.load(Ordering::Relaxed) + context.failed.load(Ordering::Relaxed) < sent
+    {
+        if Instant::now() >= deadline {
+            return Err(format!("records unanswered after {FLUSH_TIMEOUT:?}").into());
+        }
+        producer.poll(POLL_INTERVAL);
+    }
+    producer.flush(FLUSH_TIMEOUT)?;
     let failed = context.failed.load(Ordering::Relaxed);
     if failed > 0 {
         let first = context.first_error.lock().expect("not poisoned: no panics");
@@ -364,11 +412,15 @@ fn finish(producer: &BaseProducer<DeliveryCounter>) -> Result<u64, Error> {
 fn produce(args: &Args) -> Result<Summary, Error> {
     ensure_topic(args)?;
     let producer = new_producer(&producer_config(args, "5"))?;
+    let warm = warm_up(&producer, &args.topic, args.size)?;
     let payload = vec![b'k'; args.size];
     let max = args.max_seconds.map(Duration::from_secs_f64);
     let started = Instant::now();
-    for sent in 0..args.messages {
+    let started_ns = nanos_now();
+    let mut sent = 0;
+    while sent < args.messages {
         send(&producer, &args.topic, &payload)?;
+        sent += 1;
         if sent % 1024 == 0 {
             producer.poll(Duration::ZERO);
             if max.is_some_and(|max| started.elapsed() >= max) {
@@ -376,8 +428,9 @@ fn produce(args: &Args) -> Result<Summary, Error> {
             }
         }
     }
-    let delivered = finish(&producer)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let delivered = finish(&producer, warm + sent)? - warm;
+    let last_ns = producer.context().last_delivery_ns.load(Ordering::Relaxed);
+    let seconds = last_ns.saturating_sub(started_ns) as f64 / 1e9;
     let latency = producer
         .context()
         .latency
@@ -435,6 +488,8 @@ fn e2e(args: &Args) -> Result<Summary, Error> {
     let partitions = ensure_topic(args)?;
     let total = args.rate * args.seconds;
     let run = run_id();
+    let producer = new_producer(&producer_config(args, "0"))?;
+    let warm = warm_up(&producer, &args.topic, args.size)?;
 
     // The consumer starts at each partition's high watermark, read before the first send.
     let consumer: BaseConsumer = consumer_config(args).create()?;
@@ -453,7 +508,6 @@ fn e2e(args: &Args) -> Result<Summary, Error> {
         thread::spawn(move || read_e2e(&consumer, run, total, &producer_done))
     };
 
-    let producer = new_producer(&producer_config(args, "0"))?;
     let started = Instant::now();
     let mut sent = 0u64;
     let mut tick = started;
@@ -471,7 +525,7 @@ fn e2e(args: &Args) -> Result<Summary, Error> {
         producer.poll(Duration::ZERO);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let produced = finish(&producer);
+    let produced = finish(&producer, warm + sent);
     producer_done.store(true, Ordering::Relaxed);
     produced?;
     let (messages, bytes, histogram) = reader.join().map_err(|_| "consumer thread panicked")??;
