@@ -468,11 +468,11 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The Python of the venv that `scripts/test` fills with the real Kafka clients
+/// The Python of the venv that `scripts/test.sh` fills with the real Kafka clients
 /// (`tests/clients/requirements.txt`); `WHARF_TEST_PYTHON` overrides it.
 ///
 /// # Panics
-/// If it is missing: the real-client tests need `scripts/test` (README) to install them.
+/// If it is missing: the real-client tests need `scripts/test.sh` (README) to install them.
 pub fn client_python() -> PathBuf {
     let python = std::env::var_os("WHARF_TEST_PYTHON").map_or_else(
         || workspace_root().join("target/test-clients/venv/bin/python"),
@@ -480,7 +480,7 @@ pub fn client_python() -> PathBuf {
     );
     assert!(
         python.exists(),
-        "{} is missing: run scripts/test (README), which installs the real client libraries these tests drive",
+        "{} is missing: run scripts/test.sh (README), which installs the real client libraries these tests drive",
         python.display()
     );
     python
@@ -495,7 +495,7 @@ pub fn run_client_script(script: &str, args: &[&str]) -> Output {
     )
 }
 
-/// Runs `kcat` (Debian's package, installed by `scripts/test`) with `args` and `stdin`.
+/// Runs `kcat` (Debian's package, installed by `scripts/test.sh`) with `args` and `stdin`.
 ///
 /// # Panics
 /// If kcat is not installed.
@@ -507,7 +507,7 @@ pub fn kcat(args: &[&str], stdin: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kcat is missing: run scripts/test (README), which installs it");
+        .expect("kcat is missing: run scripts/test.sh (README), which installs it");
     child
         .stdin
         .take()
@@ -544,7 +544,7 @@ fn wait_with_deadline(child: Child, limit: Duration) -> Output {
 }
 
 /// Runs `tests/clients/<script>` with Node.js (kafkajs from `tests/clients/node_modules`,
-/// installed by `scripts/test`), with a time limit.
+/// installed by `scripts/test.sh`), with a time limit.
 ///
 /// # Panics
 /// If kafkajs is not installed.
@@ -552,7 +552,7 @@ pub fn run_node_script(script: &str, args: &[&str]) -> Output {
     let clients = workspace_root().join("tests/clients");
     assert!(
         clients.join("node_modules/kafkajs").exists(),
-        "kafkajs is missing from tests/clients/node_modules: run scripts/test (README), which installs it"
+        "kafkajs is missing from tests/clients/node_modules: run scripts/test.sh (README), which installs it"
     );
     run_with_deadline(
         Command::new("node")

@@ -1,6 +1,6 @@
 //! Real Kafka clients against `wharfd`'s Kafka listener (issue #14): kcat (librdkafka, from
 //! Debian's packages), confluent-kafka and kafka-python (from PyPI), all installed by
-//! `scripts/test`. Each test starts its own broker on ephemeral ports with a temp data dir.
+//! `scripts/test.sh`. Each test starts its own broker on ephemeral ports with a temp data dir.
 //!
 //! Covered so far: metadata, topic admin, produce (idempotent, every compression codec),
 //! fetch and list offsets, and the same records through the native protocol both ways.

@@ -9,7 +9,7 @@
 #   kafkajs                  npm, pinned in tests/clients/package-lock.json, installed into
 #                            tests/clients/node_modules (needs node and npm)
 #
-# Extra arguments go to `cargo test` (for example `scripts/test -p integration-tests`).
+# Extra arguments go to `cargo test` (for example `scripts/test.sh -p integration-tests`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
