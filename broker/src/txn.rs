@@ -275,6 +275,8 @@ pub struct TxnSummary {
     pub started_ms: i64,
     /// The partitions in its current transaction.
     pub partitions: Vec<(String, u32)>,
+    /// How long its transaction has been open, by the broker's clock (`None`: none open).
+    pub running_ms: Option<i64>,
 }
 
 /// How a transaction ends.
@@ -535,7 +537,9 @@ impl Task {
 
     /// The named transactional ids (unknown ones left out), or every one, sorted by id.
     fn describe(&self, ids: Option<Vec<String>>) -> Vec<TxnSummary> {
+        let now = self.now_ms();
         let summary = |(transactional_id, meta): (&String, &TxnMeta)| TxnSummary {
+            running_ms: (meta.state == TxnState::Ongoing).then(|| now - meta.started_ms),
             transactional_id: transactional_id.clone(),
             producer_id: meta.producer_id,
             epoch: meta.epoch,

@@ -298,11 +298,6 @@ pub async fn list_transactions(
             return ListTransactionsResponse::default().with_error_code(error_code::txn(&error))
         }
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        });
     let listed = summaries
         .into_iter()
         .filter(|summary| {
@@ -321,8 +316,9 @@ pub async fn list_transactions(
         .filter(|summary| {
             version < 1
                 || request.duration_filter < 0
-                || (summary.state == TxnState::Ongoing
-                    && now_ms - summary.started_ms >= request.duration_filter)
+                || summary
+                    .running_ms
+                    .is_some_and(|running| running >= request.duration_filter)
         })
         .map(|summary| {
             list_transactions_response::TransactionState::default()
