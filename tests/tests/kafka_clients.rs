@@ -38,6 +38,30 @@ fn group_lag(broker: &BrokerProcess, group: &str) -> i64 {
         .sum()
 }
 
+/// The churn script's verdict: every one of `count` records processed exactly once, the
+/// work spread over at least two members.
+fn assert_each_record_processed_once_by_several_members(
+    output: &std::process::Output,
+    count: usize,
+) {
+    let summary: Value = serde_json::from_str(stdout(output).trim()).expect("JSON summary");
+    let processed = summary["processed"].as_array().expect("processed");
+    let mut seen: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for row in processed {
+        seen.entry(row[3].as_str().expect("value"))
+            .or_default()
+            .push(row[0].as_str().expect("member"));
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(seen.len(), count, "every record processed");
+    let members: std::collections::BTreeSet<&str> = seen.values().flatten().copied().collect();
+    assert!(
+        members.len() >= 2,
+        "the work moved between members: {members:?}"
+    );
+}
+
 /// (partition, offset, key, value) rows of a client script's JSON.
 fn rows(value: &Value) -> Vec<(i64, i64, String, String)> {
     value
@@ -366,25 +390,7 @@ fn confluent_kafka_group_members_joining_and_leaving_process_each_record_once() 
         ],
     );
     assert_success("confluent-kafka group churn", &output);
-    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
-    let processed = summary["processed"].as_array().expect("processed");
-    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for row in processed {
-        seen.entry(row[3].as_str().expect("value").to_string())
-            .or_default()
-            .push(row[0].as_str().expect("member").to_string());
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
-    assert!(twice.is_empty(), "processed more than once: {twice:?}");
-    assert_eq!(seen.len(), count, "every record processed");
-    let members: std::collections::BTreeSet<&str> = processed
-        .iter()
-        .map(|row| row[0].as_str().expect("member"))
-        .collect();
-    assert!(
-        members.len() >= 2,
-        "the work moved between members: {members:?}"
-    );
+    assert_each_record_processed_once_by_several_members(&output, count);
     // The group's committed offsets are the native ones: `wharf group describe` shows no lag.
     assert_eq!(group_lag(&broker, "churners"), 0);
 }
@@ -750,22 +756,6 @@ fn kip_848_consumers_joining_and_leaving_process_each_record_once() {
         ],
     );
     assert_success("confluent-kafka KIP-848 group churn", &output);
-    let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
-    let processed = summary["processed"].as_array().expect("processed");
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for row in processed {
-        *seen.entry(row[3].as_str().expect("value")).or_default() += 1;
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, times)| **times > 1).collect();
-    assert!(twice.is_empty(), "processed more than once: {twice:?}");
-    assert_eq!(seen.len(), count, "every record processed");
-    let members: std::collections::BTreeSet<&str> = processed
-        .iter()
-        .map(|row| row[0].as_str().expect("member"))
-        .collect();
-    assert!(
-        members.len() >= 2,
-        "the work moved between members: {members:?}"
-    );
+    assert_each_record_processed_once_by_several_members(&output, count);
     assert_eq!(group_lag(&broker, "kip848"), 0);
 }
