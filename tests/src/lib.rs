@@ -320,6 +320,11 @@ impl Drop for BrokerProcess {
 
 /// Runs `wharf --broker ADDR args...` with `stdin` and returns its output.
 pub fn wharf(broker: &str, args: &[&str], stdin: &str) -> Output {
+    wharf_bytes(broker, args, stdin.as_bytes())
+}
+
+/// Like [`wharf`], with raw bytes on stdin (payloads that are not UTF-8).
+pub fn wharf_bytes(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(wharf_path())
         .arg("--broker")
         .arg(broker)
@@ -330,9 +335,9 @@ pub fn wharf(broker: &str, args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("starting wharf");
     let mut input = child.stdin.take().expect("piped stdin");
-    let text = stdin.to_string();
+    let bytes = stdin.to_vec();
     let writer = std::thread::spawn(move || {
-        let _ = input.write_all(text.as_bytes());
+        let _ = input.write_all(&bytes);
     });
     let output = child.wait_with_output().expect("waiting for wharf");
     let _ = writer.join();

@@ -4,10 +4,9 @@
 //! `--json`, config errors named by the key the user wrote, and auto-created topics
 //! reported. Each test runs the real `wharf` against the real `wharfd`.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use integration_tests::{wharf, wharf_ok, wharf_path, BrokerProcess};
+use integration_tests::{wharf, wharf_ok, BrokerProcess};
 
 fn start() -> (tempfile::TempDir, BrokerProcess) {
     let data = tempfile::tempdir().expect("temp dir");
@@ -15,24 +14,9 @@ fn start() -> (tempfile::TempDir, BrokerProcess) {
     (data, broker)
 }
 
-/// Runs `wharf --broker ADDR args...` with raw bytes on stdin (the shared helper takes text).
+/// Runs `wharf --broker ADDR args...` with raw bytes on stdin and requires success.
 fn wharf_bytes(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(wharf_path())
-        .arg("--broker")
-        .arg(broker)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting wharf");
-    let mut input = child.stdin.take().expect("piped stdin");
-    let bytes = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&bytes);
-    });
-    let output = child.wait_with_output().expect("waiting for wharf");
-    let _ = writer.join();
+    let output = integration_tests::wharf_bytes(broker, args, stdin);
     assert!(
         output.status.success(),
         "wharf {args:?} failed ({}):\nstdout: {}\nstderr: {}",
