@@ -438,7 +438,10 @@ pub async fn offset_delete(
 }
 
 /// Topic names by id and ids by name, of every visible topic.
-fn topic_ids(broker: &Broker, caller: &Session) -> (HashMap<Uuid, String>, HashMap<String, Uuid>) {
+pub(super) fn topic_ids(
+    broker: &Broker,
+    caller: &Session,
+) -> (HashMap<Uuid, String>, HashMap<String, Uuid>) {
     let mut by_id = HashMap::new();
     let mut by_name = HashMap::new();
     for view in broker.topic_metadata(caller, None) {

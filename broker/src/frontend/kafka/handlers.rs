@@ -231,13 +231,13 @@ async fn metadata(
         None => None,
         Some(topics) if topics.is_empty() && version == 0 => None,
         Some(topics) => {
-            let by_id = |id: &Uuid| {
-                broker
-                    .topic_metadata(caller, None)
-                    .into_iter()
-                    .find(|view| view.topic_id.map(Uuid::from_bytes).as_ref() == Some(id))
-                    .map(|view| view.name)
+            // Names by id, looked up once per request and only when a topic needs it.
+            let names_by_id = if topics.iter().any(|topic| topic.name.is_none()) {
+                groups::topic_ids(broker, caller).0
+            } else {
+                std::collections::HashMap::new()
             };
+            let by_id = |id: &Uuid| names_by_id.get(id).cloned();
             Some(
                 topics
                     .into_iter()
