@@ -19,7 +19,7 @@ use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
-    self, AckScope, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
+    self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
     ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery, GetMode,
     GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry,
     OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome, PublishQuery,
@@ -304,7 +304,7 @@ async fn create_topics(
         .collect();
     CreateTopicsResponse {
         topics: broker
-            .create_topics(caller, topics)
+            .create_topics(caller, topics, AdminMode::Apply)
             .await
             .into_iter()
             .map(topic_result)
@@ -900,7 +900,12 @@ async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> StreamAdminResponse {
     let outcome = broker
-        .add_partitions(caller, &request.topic, request.partition_count)
+        .add_partitions(
+            caller,
+            &request.topic,
+            request.partition_count,
+            AdminMode::Apply,
+        )
         .await;
     stream_admin_answer(outcome.map(|_| ()))
 }
