@@ -352,7 +352,10 @@ mod tests {
             expected.extend_from_slice(&bytes);
             boundaries.push(expected.len());
             let delay = u64::from(200 - index) / 20;
-            pending_tx.send(running(bytes, delay, &budget)).await.unwrap();
+            pending_tx
+                .send(running(bytes, delay, &budget))
+                .await
+                .unwrap();
         }
         push_tx.send(BytesMut::from(&b"push"[..])).await.unwrap();
         let writing = tokio::spawn(write_responses(writer, pending_rx, push_rx, peer));
@@ -371,6 +374,10 @@ mod tests {
         assert!(boundaries.contains(&at), "the push splits no response");
         received.drain(at..at + 4);
         assert_eq!(received, expected);
-        assert_eq!(budget.available_permits(), 1_000, "every permit is released");
+        assert_eq!(
+            budget.available_permits(),
+            1_000,
+            "every permit is released"
+        );
     }
 }
