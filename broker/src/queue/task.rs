@@ -731,7 +731,7 @@ impl QueueTask {
         for action in actions {
             match action {
                 Action::Deliver(delivery) => {
-                    let record = match self.store.read(delivery.message) {
+                    let record = match self.store.take(delivery.message) {
                         Ok(Some(record)) => record,
                         _ => continue,
                     };
