@@ -387,12 +387,14 @@ impl QueueTask {
         if run.is_empty() {
             return;
         }
-        let messages: Vec<Message> = run
-            .iter()
-            .flat_map(|(messages, _)| messages.iter().cloned())
-            .collect();
+        let mut messages = Vec::with_capacity(run.iter().map(|(messages, _)| messages.len()).sum());
+        let mut replies = Vec::with_capacity(run.len());
+        for (mut batch, reply) in run {
+            messages.append(&mut batch);
+            replies.push(reply);
+        }
         let outcome = self.store_messages(messages).await;
-        for (_, reply) in run {
+        for reply in replies {
             let _ = reply.send(outcome.clone());
         }
     }
@@ -592,13 +594,21 @@ impl QueueTask {
     async fn store_messages(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
-        for message in &messages {
+        // What the delivery state needs of each message once it is stored (its due time
+        // and TTL); the message itself moves into the batch, not copied.
+        let mut timings = Vec::with_capacity(messages.len());
+        for message in messages {
+            timings.push((
+                header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
+                header_number(&message.headers, EXPIRATION_HEADER)
+                    .and_then(|ttl| u64::try_from(ttl).ok()),
+            ));
             builder
                 .push(&NewRecord {
                     timestamp_ms: now,
-                    key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
-                    value: Some(message.body.clone()),
-                    headers: message.headers.clone(),
+                    key: Some(Bytes::from(message.routing_key.into_bytes())),
+                    value: Some(message.body),
+                    headers: message.headers,
                 })
                 .map_err(|error| QueueError::Invalid(error.to_string()))?;
         }
@@ -620,15 +630,12 @@ impl QueueTask {
             .await
             .map_err(storage)?;
         let mut actions = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
+        for (index, (due, record_ttl)) in timings.into_iter().enumerate() {
             let id = appended.base_offset + index as i64;
-            if let Some(due) = header_number(&message.headers, DUE_HEADER).filter(|due| *due > now)
-            {
+            if let Some(due) = due {
                 self.delays.insert(id, due);
                 continue;
             }
-            let record_ttl = header_number(&message.headers, EXPIRATION_HEADER)
-                .and_then(|ttl| u64::try_from(ttl).ok());
             let meta = MessageMeta {
                 id,
                 expires_at_ms: record_ttl
