@@ -67,7 +67,7 @@ pub(crate) type Confirm = oneshot::Sender<Result<(), QueueError>>;
 /// The answer to a get.
 pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 /// A publish waiting to be stored with its run.
-type PendingPublish = (Vec<Message>, Confirm);
+pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 
@@ -75,6 +75,9 @@ type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 pub(crate) enum Command {
     /// Store these messages (merged with neighbouring publishes) and confirm once durable.
     Publish(Vec<Message>, Confirm),
+    /// Several publishes in one command (a batch of publishes from one request, in order),
+    /// each with its own confirm: handled exactly as that many `Publish` commands.
+    PublishMany(Vec<PendingPublish>),
     /// Ack a delivery (merged with neighbouring acks and nacks into one settle record).
     Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
     /// Nack a delivery (merged like an ack).
@@ -309,6 +312,15 @@ impl QueueTask {
                     publishes.push((messages, reply));
                     if !merge_publishes {
                         self.flush_publishes(&mut publishes).await;
+                    }
+                }
+                Command::PublishMany(many) => {
+                    self.flush_acks(&mut acks).await;
+                    for pending in many {
+                        publishes.push(pending);
+                        if !merge_publishes {
+                            self.flush_publishes(&mut publishes).await;
+                        }
                     }
                 }
                 Command::Ack(consumer, tag, scope, reply) => {
