@@ -401,8 +401,8 @@ impl QueueTask {
         }
         let mut messages = Vec::with_capacity(run.iter().map(|(messages, _)| messages.len()).sum());
         let mut replies = Vec::with_capacity(run.len());
-        for (mut batch, reply) in run {
-            messages.append(&mut batch);
+        for (batch, reply) in run {
+            messages.extend(batch);
             replies.push(reply);
         }
         let outcome = self.store_messages(messages).await;
