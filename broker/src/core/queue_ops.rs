@@ -146,6 +146,55 @@ impl Broker {
         blocking(move || queues.declare_queue_for(&name, args, durability, Some(owner))).await
     }
 
+    /// Declares a queue named by the broker (`prefix` then random letters and digits, as
+    /// AMQP's server-named `amq.gen-…` queues) for `session`; returns its name.
+    ///
+    /// # Errors
+    /// As [`Broker::declare_queue`].
+    pub async fn declare_server_named_queue(
+        &self,
+        session: &Session,
+        prefix: String,
+        args: Vec<(String, String)>,
+        durability: Durability,
+    ) -> Result<String, QueueError> {
+        let args = args_from_pairs(
+            args.iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )?;
+        let queues = self.queues.clone();
+        let owner = session.id();
+        blocking(move || queues.declare_generated_queue_for(&prefix, args, durability, Some(owner)))
+            .await
+    }
+
+    /// The counts of one queue, or `None` if it does not exist.
+    pub async fn queue_stats(&self, _caller: &Session, name: &str) -> Option<QueueStats> {
+        self.queues
+            .list()
+            .await
+            .into_iter()
+            .find(|stats| stats.name == name)
+    }
+
+    /// Refuses `session` a queue that is exclusive to another connection.
+    ///
+    /// # Errors
+    /// `DeclareMismatch` naming the queue as exclusive to another connection.
+    pub fn check_queue_access(&self, session: &Session, name: &str) -> Result<(), QueueError> {
+        self.queues
+            .check_not_exclusive_elsewhere(name, Some(session.id()))
+    }
+
+    /// One exchange's kind and binding count, or `None` if it does not exist.
+    pub fn exchange_info(&self, _caller: &Session, name: &str) -> Option<(ExchangeKind, usize)> {
+        self.queues
+            .list_exchanges()
+            .into_iter()
+            .find(|(exchange, ..)| exchange == name)
+            .map(|(_, kind, _, bindings)| (kind, bindings))
+    }
+
     /// Binds a queue to an exchange.
     ///
     /// # Errors

@@ -281,6 +281,37 @@ impl QueueManager {
         session: Option<SessionId>,
     ) -> Result<(), QueueError> {
         check_name(name)?;
+        self.declare_checked(name, args, durability, session)
+    }
+
+    /// Declares a queue whose name the broker picks: `prefix` (which may be reserved to
+    /// the broker, such as `amq.gen-`) followed by 22 random letters and digits. Returns
+    /// the name.
+    ///
+    /// # Errors
+    /// As [`QueueManager::declare_queue_for`]; `Invalid` for a prefix that would make a bad
+    /// name.
+    pub fn declare_generated_queue_for(
+        &self,
+        prefix: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<String, QueueError> {
+        let name = format!("{prefix}{}", random_suffix());
+        // The prefix may be a reserved one: check the rest of the rules on a stand-in.
+        check_name(&name.replacen("amq.", "amq-", 1))?;
+        self.declare_checked(&name, args, durability, session)?;
+        Ok(name)
+    }
+
+    fn declare_checked(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<(), QueueError> {
         if args.exclusive && session.is_none() {
             return Err(QueueError::Invalid(
                 "an exclusive queue needs an owning connection".to_string(),
@@ -867,7 +898,7 @@ impl QueueManager {
     }
 
     /// Refuses a queue that is exclusive to a connection other than `session`.
-    fn check_not_exclusive_elsewhere(
+    pub(crate) fn check_not_exclusive_elsewhere(
         &self,
         queue: &str,
         session: Option<SessionId>,
@@ -1235,6 +1266,28 @@ fn stored_pairs(headers: &[(&str, &str)]) -> Vec<StoredArg> {
             value: value.to_string(),
         })
         .collect()
+}
+
+/// 22 letters and digits (about 130 bits) from the standard library's randomly keyed
+/// hasher, so generated names do not repeat across restarts or processes.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut suffix = String::with_capacity(22);
+    let mut bits = 0u128;
+    for _ in 0..2 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        bits = (bits << 64) | u128::from(hasher.finish());
+    }
+    for _ in 0..22 {
+        let digit = usize::try_from(bits % 62).unwrap_or(0);
+        suffix.push(char::from(ALPHABET[digit]));
+        bits /= 62;
+    }
+    suffix
 }
 
 fn check_name(name: &str) -> Result<(), QueueError> {

@@ -1,0 +1,345 @@
+"""pika (RabbitMQ's Python client) against wharfd's AMQP listener (issue #16).
+
+Usage: pika_scenarios.py HOST PORT SCENARIO [ARGS...]
+
+Each scenario asserts what RabbitMQ would do and prints one line starting with "ok" on
+success; any failed assertion or client error exits non-zero with a traceback.
+"""
+
+import sys
+import time
+
+import pika
+
+HOST, PORT, SCENARIO = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ARGS = sys.argv[4:]
+
+
+def connect(**kwargs):
+    params = pika.ConnectionParameters(
+        host=HOST,
+        port=PORT,
+        credentials=pika.PlainCredentials("guest", "guest"),
+        connection_attempts=1,
+        blocked_connection_timeout=30,
+        **kwargs,
+    )
+    return pika.BlockingConnection(params)
+
+
+def drain(channel, queue, count, timeout=10.0, auto_ack=True):
+    """Consumes `count` messages from `queue` with basic.consume; returns them."""
+    got = []
+    deadline = time.time() + timeout
+    for method, properties, body in channel.consume(queue, auto_ack=auto_ack, inactivity_timeout=0.5):
+        if method is not None:
+            got.append((method, properties, body))
+            if len(got) == count:
+                break
+        if time.time() > deadline:
+            break
+    channel.cancel()
+    return got
+
+
+def confirms_and_properties():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("pika-props", durable=True).method.queue
+    props = pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"text": "v", "count": 7, "flag": True, "nested": {"a": 1}},
+        delivery_mode=2,
+        priority=3,
+        correlation_id="corr-1",
+        reply_to="replies",
+        expiration="600000",
+        message_id="m-1",
+        timestamp=1700000000,
+        type="order",
+        app_id="tests",
+    )
+    for i in range(20):
+        # BlockingChannel raises if the broker nacks; returns after the ack.
+        ch.basic_publish("", q, b"body-%d" % i, props)
+    got = drain(ch, q, 20)
+    assert [body for _, _, body in got] == [b"body-%d" % i for i in range(20)], got
+    _, p, _ = got[0]
+    assert p.content_type == "application/json", p
+    assert p.content_encoding == "utf-8", p
+    assert p.headers == {"text": b"v", "count": 7, "flag": True, "nested": {"a": 1}} or p.headers == {
+        "text": "v",
+        "count": 7,
+        "flag": True,
+        "nested": {"a": 1},
+    }, p.headers
+    assert p.delivery_mode == 2 and p.priority == 3, p
+    assert p.correlation_id == "corr-1" and p.reply_to == "replies", p
+    assert p.expiration == "600000" and p.message_id == "m-1", p
+    assert p.timestamp == 1700000000 and p.type == "order" and p.app_id == "tests", p
+    assert got[0][0].exchange == "" and got[0][0].routing_key == q
+    conn.close()
+    print("ok confirms_and_properties")
+
+
+def prefetch_manual_acks():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("pika-prefetch").method.queue
+    for i in range(10):
+        ch.basic_publish("", q, b"m%d" % i)
+    ch.basic_qos(prefetch_count=3)
+    held = []
+
+    def on_message(channel, method, properties, body):
+        held.append(method.delivery_tag)
+
+    tag = ch.basic_consume(q, on_message, auto_ack=False)
+    deadline = time.time() + 5
+    while len(held) < 3 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    conn.process_data_events(time_limit=0.5)
+    # The prefetch window holds: exactly 3 outstanding.
+    assert len(held) == 3, held
+    ch.basic_ack(held[-1], multiple=True)
+    deadline = time.time() + 5
+    while len(held) < 6 and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    conn.process_data_events(time_limit=0.5)
+    assert len(held) == 6, held
+    assert held == sorted(held) and len(set(held)) == 6, held
+    ch.basic_cancel(tag)
+    conn.close()
+    print("ok prefetch_manual_acks")
+
+
+def exchange_types():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for name, kind in [("px-direct", "direct"), ("px-fanout", "fanout"), ("px-topic", "topic"), ("px-headers", "headers")]:
+        ch.exchange_declare(name, kind)
+    queues = {}
+    for name in ["direct-a", "fanout-a", "fanout-b", "topic-a", "topic-b", "headers-a"]:
+        queues[name] = ch.queue_declare("pq-" + name).method.queue
+    ch.queue_bind(queues["direct-a"], "px-direct", "red")
+    ch.queue_bind(queues["fanout-a"], "px-fanout")
+    ch.queue_bind(queues["fanout-b"], "px-fanout")
+    ch.queue_bind(queues["topic-a"], "px-topic", "stock.*.nyse")
+    ch.queue_bind(queues["topic-b"], "px-topic", "stock.#")
+    ch.queue_bind(queues["headers-a"], "px-headers", arguments={"x-match": "all", "kind": "a"})
+    ch.basic_publish("px-direct", "red", b"d1")
+    ch.basic_publish("px-direct", "blue", b"d-lost")
+    ch.basic_publish("px-fanout", "anything", b"f1")
+    ch.basic_publish("px-topic", "stock.ibm.nyse", b"t1")
+    ch.basic_publish("px-topic", "stock.ibm.lse", b"t2")
+    ch.basic_publish("px-headers", "", b"h1", pika.BasicProperties(headers={"kind": "a"}))
+    ch.basic_publish("px-headers", "", b"h-lost", pika.BasicProperties(headers={"kind": "b"}))
+    expect = {
+        "direct-a": [b"d1"],
+        "fanout-a": [b"f1"],
+        "fanout-b": [b"f1"],
+        "topic-a": [b"t1"],
+        "topic-b": [b"t1", b"t2"],
+        "headers-a": [b"h1"],
+    }
+    for name, bodies in expect.items():
+        got = [body for _, _, body in drain(ch, queues[name], len(bodies), timeout=5)]
+        assert got == bodies, (name, got)
+        method, _, _ = ch.basic_get(queues[name], auto_ack=True)
+        assert method is None, (name, "extra message")
+    # Passive declare of an existing exchange works; of a missing one is 404 on the channel.
+    ch.exchange_declare("px-direct", "direct", passive=True)
+    try:
+        ch.exchange_declare("px-missing", "direct", passive=True)
+        raise AssertionError("passive declare of a missing exchange succeeded")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    conn.close()
+    print("ok exchange_types")
+
+
+def mandatory_return():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("px-nowhere", "direct")
+    try:
+        ch.basic_publish("px-nowhere", "no-binding", b"lost", mandatory=True)
+        raise AssertionError("an unroutable mandatory message was not returned")
+    except pika.exceptions.UnroutableError as error:
+        returned = error.messages[0]
+        assert returned.method.reply_code == 312, returned.method
+        assert returned.method.reply_text == "NO_ROUTE", returned.method
+        assert returned.body == b"lost", returned
+    conn.close()
+    print("ok mandatory_return")
+
+
+def nack_requeue_reject():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("pika-nack").method.queue
+    ch.basic_publish("", q, b"one")
+    ch.basic_publish("", q, b"two")
+    ch.basic_qos(prefetch_count=10)
+    first = drain(ch, q, 2, auto_ack=False)
+    # pika's consume generator cancelled: the unacked deliveries went back (redelivered).
+    got = []
+    for method, _, body in ch.consume(q, auto_ack=False, inactivity_timeout=1):
+        if method is None:
+            break
+        got.append((method, body))
+        if len(got) == 2:
+            break
+    assert len(got) == 2, got
+    assert all(method.redelivered for method, _ in got), got
+    (m1, b1), (m2, b2) = got
+    ch.basic_nack(m1.delivery_tag, requeue=True)
+    ch.basic_reject(m2.delivery_tag, requeue=False)
+    again = []
+    for method, _, body in ch.consume(q, auto_ack=False, inactivity_timeout=1):
+        if method is None:
+            break
+        again.append((method, body))
+    ch.cancel()
+    assert [body for _, body in again] == [b1], again
+    assert again[0][0].redelivered
+    assert len(first) == 2
+    conn.close()
+    print("ok nack_requeue_reject")
+
+
+def basic_get():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("pika-get").method.queue
+    method, _, _ = ch.basic_get(q)
+    assert method is None, method
+    ch.basic_publish("", q, b"g1", pika.BasicProperties(headers={"h": "v"}))
+    ch.basic_publish("", q, b"g2")
+    method, properties, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"g1" and method.message_count == 1, (method, body)
+    assert properties.headers == {"h": b"v"} or properties.headers == {"h": "v"}, properties
+    ch.basic_ack(method.delivery_tag)
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"g2" and method.message_count == 0, (method, body)
+    method, _, _ = ch.basic_get(q)
+    assert method is None
+    conn.close()
+    print("ok basic_get")
+
+
+def server_named_exclusive():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    assert q.startswith("amq.gen-"), q
+    ch.basic_publish("", q, b"mine")
+    got = drain(ch, q, 1)
+    assert got[0][2] == b"mine"
+    # Another connection cannot use it: 405 RESOURCE_LOCKED.
+    other = connect()
+    och = other.channel()
+    try:
+        och.queue_declare(q, passive=True)
+        raise AssertionError("another connection saw the exclusive queue")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 405, error
+    other.close()
+    conn.close()
+    # It died with its connection.
+    third = connect()
+    tch = third.channel()
+    try:
+        tch.queue_declare(q, passive=True)
+        raise AssertionError("the exclusive queue outlived its connection")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    third.close()
+    print("ok server_named_exclusive")
+
+
+def channel_error_keeps_connection():
+    conn = connect()
+    ch = conn.channel()
+    try:
+        ch.queue_declare("pika-no-such-queue", passive=True)
+        raise AssertionError("passive declare of a missing queue succeeded")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+        assert error.reply_text == "NOT_FOUND - no queue 'pika-no-such-queue' in vhost '/'", error
+    assert conn.is_open
+    ch2 = conn.channel()
+    ch2.queue_declare("pika-after-error")
+    ch2.queue_delete("pika-after-error")
+    conn.close()
+    print("ok channel_error_keeps_connection")
+
+
+def publish(queue, count):
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare(queue, durable=True)
+    for i in range(int(count)):
+        ch.basic_publish("", queue, b"durable-%d" % i, pika.BasicProperties(delivery_mode=2, headers={"n": str(i)}))
+        print("confirmed", i, flush=True)
+    conn.close()
+    print("ok publish")
+
+
+def consume(queue, count):
+    conn = connect()
+    ch = conn.channel()
+    got = drain(ch, queue, int(count), timeout=20)
+    for method, properties, body in got:
+        headers = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in (properties.headers or {}).items()}
+        print("message", body.decode(), headers.get("n", ""), method.exchange, method.routing_key, flush=True)
+    conn.close()
+    print("ok consume")
+
+
+def wrong_vhost():
+    try:
+        connect(virtual_host="other")
+        raise AssertionError("vhost other was accepted")
+    except pika.exceptions.ProbableAccessDeniedError:
+        pass
+    except pika.exceptions.ConnectionClosedByBroker as error:
+        assert error.reply_code == 530, error
+    print("ok wrong_vhost")
+
+
+def bad_login():
+    params = pika.ConnectionParameters(host=HOST, port=PORT, credentials=pika.PlainCredentials("guest", "wrong"), connection_attempts=1)
+    try:
+        pika.BlockingConnection(params)
+        raise AssertionError("a wrong password was accepted")
+    except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
+        pass
+    print("ok bad_login")
+
+
+SCENARIOS = {
+    "confirms_and_properties": confirms_and_properties,
+    "prefetch_manual_acks": prefetch_manual_acks,
+    "exchange_types": exchange_types,
+    "mandatory_return": mandatory_return,
+    "nack_requeue_reject": nack_requeue_reject,
+    "basic_get": basic_get,
+    "server_named_exclusive": server_named_exclusive,
+    "channel_error_keeps_connection": channel_error_keeps_connection,
+    "publish": publish,
+    "consume": consume,
+    "wrong_vhost": wrong_vhost,
+    "bad_login": bad_login,
+}
+
+SCENARIOS[SCENARIO](*ARGS)
