@@ -138,7 +138,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn state(&self) -> MutexGuard<'_, handlers::State> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Queues frames behind every earlier reply.
@@ -413,7 +415,10 @@ fn decode_method(channel: u16, payload: &[u8]) -> AmqpRequest {
 /// True for the classes and methods AMQP 0-9-1 (with RabbitMQ's extensions) defines.
 fn known_method(class_id: u16, method_id: u16) -> bool {
     match class_id {
-        10 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method_id,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method_id, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method_id, 10 | 11),
         40 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
@@ -492,7 +497,9 @@ pub(crate) fn encode_frame_with(frame: &AMQPFrame, out: &mut BytesMut, scratch: 
 
 /// Appends body frames for `body`, each at most `frame_max` bytes.
 pub(crate) fn encode_body(channel: u16, body: &[u8], frame_max: u32, out: &mut BytesMut) {
-    let chunk_bytes = (frame_max as usize).saturating_sub(FRAME_HEADER_BYTES + 1).max(1);
+    let chunk_bytes = (frame_max as usize)
+        .saturating_sub(FRAME_HEADER_BYTES + 1)
+        .max(1);
     out.reserve(body.len() + (body.len() / chunk_bytes + 1) * (FRAME_HEADER_BYTES + 1));
     for chunk in body.chunks(chunk_bytes) {
         out.extend_from_slice(&[3]);

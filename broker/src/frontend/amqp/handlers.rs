@@ -20,7 +20,9 @@ use super::{
     connection_close_frame, method_frame, AmqpRequest, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
     FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
 };
-use crate::core::queue_ops::{Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery};
+use crate::core::queue_ops::{
+    Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
+};
 use crate::core::{
     AckScope, ConsumerEvent, ConsumerId, DeliveryTag, Durability, GetMode, QueueError, Requeue,
 };
@@ -340,20 +342,23 @@ async fn connection_method(
         }
         (_, connection::AMQPMethod::Close(_)) => {
             shared.state().phase = Phase::Closing;
+            // Exclusive queues are gone and unacknowledged deliveries back in their queues
+            // before the client hears close-ok, so its next connection sees that.
+            close_all_channels(shared).await;
+            shared.broker.close_session(&shared.session).await;
             shared
                 .send(method_frame(
                     0,
-                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                        connection::CloseOk {},
-                    )),
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 ))
                 .await;
             shared.close_after_flush().await;
             Ok(())
         }
-        (Phase::Open, connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => {
-            Ok(())
-        }
+        (
+            Phase::Open,
+            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+        ) => Ok(()),
         (_, connection::AMQPMethod::UpdateSecret(_)) => Err(Reply::new(
             error_code::NOT_IMPLEMENTED,
             "connection.update-secret is not supported",
@@ -420,12 +425,11 @@ fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
     framed.extend_from_slice(response);
-    let table = std::panic::catch_unwind(|| {
-        amq_protocol::types::parsing::parse_field_table(&framed[..])
-    })
-    .ok()?
-    .ok()?
-    .1;
+    let table =
+        std::panic::catch_unwind(|| amq_protocol::types::parsing::parse_field_table(&framed[..]))
+            .ok()?
+            .ok()?
+            .1;
     let text = |key: &str| {
         table
             .inner()
@@ -529,7 +533,12 @@ async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) ->
                 open.confirms.get_or_insert(0);
             }
             if !select.nowait {
-                reply(shared, channel, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))).await;
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                )
+                .await;
             }
             Ok(())
         }
@@ -668,7 +677,12 @@ async fn exchange_class(
                 }
             }
             if !declare.nowait {
-                reply(shared, channel, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}))).await;
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                )
+                .await;
             }
             Ok(())
         }
@@ -687,7 +701,12 @@ async fn exchange_class(
                     .map_err(|error| error_code::queue(&error, 40, 20))?;
             }
             if !delete.nowait {
-                reply(shared, channel, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))).await;
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                )
+                .await;
             }
             Ok(())
         }
@@ -780,7 +799,10 @@ async fn queue_class(
             let mut name = declare.queue.as_str().to_string();
             if declare.passive {
                 if name.is_empty() {
-                    return Err(Reply::new(error_code::NOT_FOUND, "no queue '' in vhost '/'"));
+                    return Err(Reply::new(
+                        error_code::NOT_FOUND,
+                        "no queue '' in vhost '/'",
+                    ));
                 }
             } else {
                 let mut args = queue_args(&declare.arguments)?;
@@ -794,7 +816,12 @@ async fn queue_class(
                 let durability = durability(declare.durable && !declare.exclusive);
                 if name.is_empty() {
                     name = broker
-                        .declare_server_named_queue(session, SERVER_NAMED_PREFIX.to_string(), args, durability)
+                        .declare_server_named_queue(
+                            session,
+                            SERVER_NAMED_PREFIX.to_string(),
+                            args,
+                            durability,
+                        )
                         .await
                         .map_err(|error| error_code::queue(&error, 50, 10))?;
                 } else {
@@ -805,7 +832,10 @@ async fn queue_class(
                 }
             }
             let stats = broker.queue_stats(session, &name).await.ok_or_else(|| {
-                Reply::new(error_code::NOT_FOUND, format!("no queue '{name}' in vhost '/'"))
+                Reply::new(
+                    error_code::NOT_FOUND,
+                    format!("no queue '{name}' in vhost '/'"),
+                )
             })?;
             broker
                 .check_queue_access(session, &name)
@@ -848,7 +878,12 @@ async fn queue_class(
                 .await
                 .map_err(|error| error_code::queue(&error, 50, 20))?;
             if !bind.nowait {
-                reply(shared, channel, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))).await;
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                )
+                .await;
             }
             Ok(())
         }
@@ -863,7 +898,12 @@ async fn queue_class(
                 )
                 .await
                 .map_err(|error| error_code::queue(&error, 50, 50))?;
-            reply(shared, channel, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {}))).await;
+            reply(
+                shared,
+                channel,
+                AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+            )
+            .await;
             Ok(())
         }
         queue::AMQPMethod::Purge(purge) => {
@@ -965,7 +1005,12 @@ async fn basic_class(
             if let Some(open) = shared.state().channels.get_mut(&channel) {
                 open.prefetch = qos.prefetch_count;
             }
-            reply(shared, channel, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))).await;
+            reply(
+                shared,
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+            )
+            .await;
             Ok(())
         }
         basic::AMQPMethod::Consume(consume) => basic_consume(shared, channel, consume).await,
@@ -996,15 +1041,37 @@ async fn basic_class(
         }
         basic::AMQPMethod::Get(get) => basic_get(shared, channel, get).await,
         basic::AMQPMethod::Ack(ack) => {
-            settle(shared, channel, ack.delivery_tag, ack.multiple, Settle::Ack, 80).await
+            settle(
+                shared,
+                channel,
+                ack.delivery_tag,
+                ack.multiple,
+                Settle::Ack,
+                80,
+            )
+            .await
         }
         basic::AMQPMethod::Nack(nack) => {
-            settle(shared, channel, nack.delivery_tag, nack.multiple, nack_settle(nack.requeue), 120)
-                .await
+            settle(
+                shared,
+                channel,
+                nack.delivery_tag,
+                nack.multiple,
+                nack_settle(nack.requeue),
+                120,
+            )
+            .await
         }
         basic::AMQPMethod::Reject(reject) => {
-            settle(shared, channel, reject.delivery_tag, false, nack_settle(reject.requeue), 90)
-                .await
+            settle(
+                shared,
+                channel,
+                reject.delivery_tag,
+                false,
+                nack_settle(reject.requeue),
+                90,
+            )
+            .await
         }
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let is_sync = matches!(method, basic::AMQPMethod::Recover(_));
@@ -1019,7 +1086,12 @@ async fn basic_class(
                 settle(shared, channel, 0, true, Settle::Nack(Requeue::Yes), 110).await?;
             }
             if is_sync {
-                reply(shared, channel, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}))).await;
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                )
+                .await;
             }
             Ok(())
         }
@@ -1123,7 +1195,11 @@ impl Shared {
     fn broker_unique(&self) -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        format!("{}-{}", self.session.id(), NEXT.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}-{}",
+            self.session.id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -1205,16 +1281,23 @@ async fn forward_deliveries(
             &mut scratch,
         );
         let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-        message::encode_content(channel, properties, &body, frame_max, &mut out, &mut scratch);
+        message::encode_content(
+            channel,
+            properties,
+            &body,
+            frame_max,
+            &mut out,
+            &mut scratch,
+        );
         if shared.push.send(out).await.is_err() {
             return;
         }
         if no_ack {
-            let slot_queue = shared
-                .state()
-                .channels
-                .get(&channel)
-                .and_then(|open| open.consumers.get(&consumer_tag).map(|slot| slot.queue.clone()));
+            let slot_queue = shared.state().channels.get(&channel).and_then(|open| {
+                open.consumers
+                    .get(&consumer_tag)
+                    .map(|slot| slot.queue.clone())
+            });
             let Some(queue) = slot_queue else { return };
             let _ = shared
                 .broker
@@ -1241,7 +1324,12 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
         .await
         .map_err(|error| error_code::queue(&error, 60, 70))?;
     let Some(message) = got.into_iter().next() else {
-        reply(shared, channel, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {}))).await;
+        reply(
+            shared,
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+        )
+        .await;
         return Ok(());
     };
     let remaining = shared
@@ -1280,7 +1368,14 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
         })),
     );
     let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-    message::encode_content(channel, properties, &body, frame_max, &mut out, &mut Vec::new());
+    message::encode_content(
+        channel,
+        properties,
+        &body,
+        frame_max,
+        &mut out,
+        &mut Vec::new(),
+    );
     shared.send(out).await;
     Ok(())
 }
@@ -1301,7 +1396,11 @@ async fn settle(
             return Ok(());
         };
         if multiple {
-            let upto = if delivery_tag == 0 { u64::MAX } else { delivery_tag };
+            let upto = if delivery_tag == 0 {
+                u64::MAX
+            } else {
+                delivery_tag
+            };
             let tags: Vec<u64> = open.unacked.range(..=upto).map(|(tag, _)| *tag).collect();
             if tags.is_empty() && delivery_tag != 0 && delivery_tag > open.last_tag {
                 return Err(unknown_tag(delivery_tag, method_id));
@@ -1322,7 +1421,11 @@ async fn settle(
     let mut got = Vec::new();
     for entry in held {
         match entry {
-            Held::Consumed { queue, consumer, tag } => {
+            Held::Consumed {
+                queue,
+                consumer,
+                tag,
+            } => {
                 match groups
                     .iter_mut()
                     .find(|(q, c, _, _)| *c == consumer && **q == *queue)
@@ -1334,7 +1437,11 @@ async fn settle(
                     None => groups.push((queue, consumer, tag, 1)),
                 }
             }
-            Held::Got { queue, properties, body } => got.push((queue, properties, body)),
+            Held::Got {
+                queue,
+                properties,
+                body,
+            } => got.push((queue, properties, body)),
         }
     }
     for (queue, consumer, tag, count) in groups {
@@ -1342,12 +1449,19 @@ async fn settle(
             queue: queue.to_string(),
             consumer,
             tag,
-            scope: if count > 1 || multiple { AckScope::Multiple } else { AckScope::Single },
+            scope: if count > 1 || multiple {
+                AckScope::Multiple
+            } else {
+                AckScope::Single
+            },
             settle: how,
         };
         // The durability of a settlement is not awaited: AMQP answers nothing to an ack.
         if let Err(error) = shared.broker.settle(&shared.session, query).await {
-            if !matches!(error, QueueError::UnknownDeliveryTag(_) | QueueError::Gone(_)) {
+            if !matches!(
+                error,
+                QueueError::UnknownDeliveryTag(_) | QueueError::Gone(_)
+            ) {
                 return Err(error_code::queue(&error, 60, method_id));
             }
         }
@@ -1402,7 +1516,11 @@ async fn content_header(
         if open.closing {
             return Ok(());
         }
-        let Some(content) = open.content.as_mut().filter(|content| content.header.is_none()) else {
+        let Some(content) = open
+            .content
+            .as_mut()
+            .filter(|content| content.header.is_none())
+        else {
             return Err(Reply::new(
                 error_code::UNEXPECTED_FRAME,
                 format!("content header on channel {channel} without a basic.publish"),
@@ -1507,14 +1625,23 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     let headers = match message::headers_from_properties(&properties) {
         Ok(headers) => headers,
         Err(message::BadProperty(detail)) => {
-            fail_channel(shared, channel, Reply::new(error_code::PRECONDITION_FAILED, detail).on(60, 40)).await;
+            fail_channel(
+                shared,
+                channel,
+                Reply::new(error_code::PRECONDITION_FAILED, detail).on(60, 40),
+            )
+            .await;
             return Ok(());
         }
     };
     let query = PublishQuery {
         exchange: exchange.clone(),
         routing_key: routing_key.clone(),
-        mandatory: if mandatory { Mandatory::Return } else { Mandatory::Drop },
+        mandatory: if mandatory {
+            Mandatory::Return
+        } else {
+            Mandatory::Drop
+        },
         headers,
         body: body.clone(),
     };
@@ -1545,7 +1672,14 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
                         routing_key: routing_key.into(),
                     })),
                 );
-                message::encode_content(channel, properties, &body, frame_max, &mut out, &mut Vec::new());
+                message::encode_content(
+                    channel,
+                    properties,
+                    &body,
+                    frame_max,
+                    &mut out,
+                    &mut Vec::new(),
+                );
             }
             if let Some(delivery_tag) = sequence {
                 let method = match outcome {
@@ -1584,7 +1718,11 @@ fn release_channel(open: &mut Channel) -> Released {
     let got = std::mem::take(&mut open.unacked)
         .into_values()
         .filter_map(|held| match held {
-            Held::Got { queue, properties, body } => Some((queue, properties, body)),
+            Held::Got {
+                queue,
+                properties,
+                body,
+            } => Some((queue, properties, body)),
             Held::Consumed { .. } => None,
         })
         .collect();
@@ -1596,7 +1734,10 @@ fn release_channel(open: &mut Channel) -> Released {
 /// redelivered) and puts back unacknowledged basic.get messages.
 async fn release(shared: &Shared, released: Released) {
     for (queue, consumer) in released.consumers {
-        let _ = shared.broker.cancel(&shared.session, &queue, consumer).await;
+        let _ = shared
+            .broker
+            .cancel(&shared.session, &queue, consumer)
+            .await;
     }
     for (queue, properties, body) in released.got {
         republish(shared, &queue, &properties, body).await;

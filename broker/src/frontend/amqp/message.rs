@@ -117,7 +117,11 @@ pub fn properties_from_headers(headers: &[Header]) -> (AMQPProperties, String) {
     for entry in headers {
         let value = entry.value.as_deref().unwrap_or_default();
         let text = || ShortString::from(String::from_utf8_lossy(value).into_owned());
-        let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+        let number = || {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
         properties = match entry.key.as_str() {
             "content-type" => properties.with_content_type(text()),
             "content-encoding" => properties.with_content_encoding(text()),
@@ -211,8 +215,7 @@ fn header(key: &str, value: &[u8]) -> Header {
 }
 
 fn encode_table(table: &FieldTable) -> Vec<u8> {
-    match amq_protocol::types::generation::gen_field_table(table)(WriteContext::from(Vec::new()))
-    {
+    match amq_protocol::types::generation::gen_field_table(table)(WriteContext::from(Vec::new())) {
         Ok(context) => context.into_inner().0,
         Err(error) => {
             tracing::error!(%error, "encoding an AMQP field table failed");
