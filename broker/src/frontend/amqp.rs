@@ -393,7 +393,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> AmqpRequest {
     let method_id = u16::from_be_bytes([payload[2], payload[3]]);
     let parsed = std::panic::catch_unwind(|| amq_protocol::protocol::parse_class(payload));
     match parsed {
-        Ok(Ok((rest, class))) if rest.is_empty() => AmqpRequest::Method(channel, Box::new(class)),
+        Ok(Ok(([], class))) => AmqpRequest::Method(channel, Box::new(class)),
         Ok(Ok(_)) => AmqpRequest::Malformed(Reply::syntax_error_in(
             class_id,
             method_id,
@@ -434,9 +434,7 @@ fn decode_content_header(channel: u16, payload: &[u8]) -> AmqpRequest {
     let parsed =
         std::panic::catch_unwind(|| amq_protocol::frame::parsing::parse_content_header(payload));
     match parsed {
-        Ok(Ok((rest, header))) if rest.is_empty() => {
-            AmqpRequest::ContentHeader(channel, Box::new(header))
-        }
+        Ok(Ok(([], header))) => AmqpRequest::ContentHeader(channel, Box::new(header)),
         _ => AmqpRequest::Malformed(Reply::frame_error(
             "content header frame does not decode".to_string(),
         )),

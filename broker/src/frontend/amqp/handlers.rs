@@ -442,24 +442,22 @@ fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
 
 /// While closing, only close and close-ok count.
 async fn closing(shared: &Arc<Shared>, request: AmqpRequest) -> Result<(), Reply> {
-    match request {
-        AmqpRequest::Method(0, class) => match *class {
-            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
-                shared.close_after_flush().await;
-            }
-            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
-                shared
-                    .send(method_frame(
-                        0,
-                        &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                            connection::CloseOk {},
-                        )),
-                    ))
-                    .await;
-                shared.close_after_flush().await;
-            }
-            _ => {}
-        },
+    let AmqpRequest::Method(0, class) = request else {
+        return Ok(());
+    };
+    match *class {
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+            shared.close_after_flush().await;
+        }
+        AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+            shared
+                .send(method_frame(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                ))
+                .await;
+            shared.close_after_flush().await;
+        }
         _ => {}
     }
     Ok(())
