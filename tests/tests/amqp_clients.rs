@@ -257,3 +257,63 @@ fn busy_amqp_port_is_a_startup_error_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// A method frame on channel 0 with `arguments`.
+fn method(class: u16, method: u16, arguments: &[u8]) -> Vec<u8> {
+    let mut payload = class.to_be_bytes().to_vec();
+    payload.extend_from_slice(&method.to_be_bytes());
+    payload.extend_from_slice(arguments);
+    let mut frame = vec![1, 0, 0];
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+fn short_string(text: &str) -> Vec<u8> {
+    let mut bytes = vec![u8::try_from(text.len()).expect("short")];
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+#[test]
+fn client_that_stops_sending_heartbeats_is_disconnected() {
+    // Goal: heartbeats both ways. Method: negotiate by hand with a 1 s heartbeat, then send
+    // nothing: the broker must send heartbeat frames, and close the socket once the client
+    // has been silent for two intervals (well before 10 s).
+    let (_dir, broker) = broker();
+    let mut socket = TcpStream::connect(broker.amqp_address()).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut start_ok = vec![0, 0, 0, 0];
+    start_ok.extend(short_string("PLAIN"));
+    let response = b"\0guest\0guest";
+    start_ok.extend_from_slice(&u32::try_from(response.len()).expect("small").to_be_bytes());
+    start_ok.extend_from_slice(response);
+    start_ok.extend(short_string("en_US"));
+    let mut tune_ok = 0u16.to_be_bytes().to_vec();
+    tune_ok.extend_from_slice(&131_072u32.to_be_bytes());
+    tune_ok.extend_from_slice(&1u16.to_be_bytes());
+    let mut open = short_string("/");
+    open.extend([0, 0]);
+    let mut bytes = b"AMQP\x00\x00\x09\x01".to_vec();
+    bytes.extend(method(10, 11, &start_ok));
+    bytes.extend(method(10, 31, &tune_ok));
+    bytes.extend(method(10, 40, &open));
+    socket.write_all(&bytes).expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = socket.read_to_end(&mut answer);
+    let elapsed = started.elapsed();
+    assert!(read.is_ok(), "the broker never closed the silent connection: {read:?}");
+    assert!(find_method(&answer, 10, 41).is_some(), "no open-ok: {answer:?}");
+    assert!(
+        answer.windows(8).any(|frame| frame == [8, 0, 0, 0, 0, 0, 0, 0xCE]),
+        "no heartbeat frame from the broker: {answer:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(8),
+        "closed after {elapsed:?}"
+    );
+}
