@@ -555,6 +555,45 @@ mod tests {
     }
 
     #[test]
+    fn frames_pika_sends_decode() {
+        // Recorded with pika's own encoder (fuzz/seeds/decode_amqp_frame).
+        let publish = include_bytes!("../../../fuzz/seeds/decode_amqp_frame/publish");
+        let mut buffer = BytesMut::from(&publish[..]);
+        let mut kinds = Vec::new();
+        while let Ok(Some(request)) = decode_frame(&mut buffer, FRAME_BYTES_MAX) {
+            kinds.push(match request {
+                AmqpRequest::Method(1, _) => "method",
+                AmqpRequest::ContentHeader(1, _) => "header",
+                AmqpRequest::Body(1, body) if &body[..] == b"hello" => "body",
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(kinds, ["method", "header", "body"]);
+        assert!(buffer.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut buffer = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = decode_frame(&mut buffer, FRAME_BYTES_MAX) {}
+        }
+
+        #[test]
+        fn decoder_never_panics_on_well_framed_garbage(
+            frame_type in proptest::sample::select(vec![1u8, 2, 3, 8]),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let mut bytes = vec![frame_type, 0, 1];
+            bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&payload);
+            bytes.push(FRAME_END);
+            let decoded = decode_frame(&mut BytesMut::from(&bytes[..]), FRAME_BYTES_MAX);
+            proptest::prop_assert!(matches!(decoded, Ok(Some(_))));
+        }
+    }
+
+    #[test]
     fn body_frames_split_at_frame_max() {
         let mut out = BytesMut::new();
         encode_body(1, &[7u8; 10], 12, &mut out);
