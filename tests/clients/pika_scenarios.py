@@ -231,6 +231,22 @@ def basic_get():
     assert body == b"g2" and method.message_count == 0, (method, body)
     method, _, _ = ch.basic_get(q)
     assert method is None
+    # A got message nacked with requeue returns at its place, redelivered; one held when
+    # its channel closes returns too; neither makes the getter a consumer.
+    for body in (b"g3", b"g4"):
+        ch.basic_publish("", q, body)
+    method, _, body = ch.basic_get(q)
+    assert body == b"g3" and not method.redelivered, (method, body)
+    assert ch.queue_declare(q, passive=True).method.consumer_count == 0
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = ch.basic_get(q)
+    assert body == b"g3" and method.redelivered, (method, body)
+    ch.close()
+    ch = conn.channel()
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"g3" and method.redelivered and method.message_count == 1, (method, body)
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"g4" and not method.redelivered, (method, body)
     conn.close()
     print("ok basic_get")
 
@@ -327,7 +343,129 @@ def bad_login():
     print("ok bad_login")
 
 
+def death_of(properties):
+    headers = properties.headers or {}
+    deaths = headers.get("x-death")
+    assert isinstance(deaths, list) and len(deaths) == 1, headers
+    death = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in deaths[0].items()}
+    first = headers.get("x-first-death-reason")
+    first = first.decode() if isinstance(first, bytes) else first
+    assert first == death["reason"], headers
+    return death
+
+
+def dead_lettering():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("dlx", "direct")
+    dead = ch.queue_declare("dl-dead").method.queue
+    for reason in ["rejected", "expired", "maxlen", "delivery_limit", "message_ttl"]:
+        ch.queue_bind(dead, "dlx", reason)
+    common = {"x-dead-letter-exchange": "dlx"}
+    ch.queue_declare("dl-rejected", arguments=dict(common, **{"x-dead-letter-routing-key": "rejected"}))
+    ch.queue_declare("dl-expired", arguments=dict(common, **{"x-dead-letter-routing-key": "expired", "x-message-ttl": 50}))
+    ch.queue_declare("dl-message-ttl", arguments=dict(common, **{"x-dead-letter-routing-key": "message_ttl"}))
+    ch.queue_declare("dl-maxlen", arguments=dict(common, **{"x-dead-letter-routing-key": "maxlen", "x-max-length": 1, "x-overflow": "drop-head"}))
+    ch.queue_declare("dl-limit", durable=True, arguments=dict(common, **{"x-dead-letter-routing-key": "delivery_limit", "x-queue-type": "quorum", "x-delivery-limit": 1}))
+
+    ch.basic_publish("", "dl-rejected", b"r", pika.BasicProperties(headers={"keep": "me", "n": 5}))
+    method, _, _ = ch.basic_get("dl-rejected")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+
+    ch.basic_publish("", "dl-expired", b"e")
+    ch.basic_publish("", "dl-message-ttl", b"m", pika.BasicProperties(expiration="50"))
+    ch.basic_publish("", "dl-maxlen", b"first")
+    ch.basic_publish("", "dl-maxlen", b"second")
+
+    ch.basic_publish("", "dl-limit", b"poison")
+    ch.basic_qos(prefetch_count=1)
+    nacks = 0
+    for method, _, body in ch.consume("dl-limit", auto_ack=False, inactivity_timeout=1):
+        if method is None:
+            break
+        ch.basic_nack(method.delivery_tag, requeue=True)
+        nacks += 1
+        if nacks > 5:
+            break
+    ch.cancel()
+
+    got = {}
+    deadline = time.time() + 15
+    while len(got) < 5 and time.time() < deadline:
+        method, properties, body = ch.basic_get(dead, auto_ack=True)
+        if method is None:
+            time.sleep(0.1)
+            continue
+        got[method.routing_key] = (properties, body)
+    assert sorted(got) == ["delivery_limit", "expired", "maxlen", "message_ttl", "rejected"], sorted(got)
+    properties, body = got["rejected"]
+    death = death_of(properties)
+    assert body == b"r" and death["reason"] == "rejected" and death["queue"] == "dl-rejected", death
+    assert death["count"] == 1 and death["exchange"] == "", death
+    assert [key.decode() if isinstance(key, bytes) else key for key in death["routing-keys"]] == ["dl-rejected"], death
+    headers = properties.headers
+    assert headers.get("n") == 5 and headers.get("keep") in ("me", b"me"), headers
+    assert death_of(got["expired"][0])["reason"] == "expired"
+    death = death_of(got["message_ttl"][0])
+    assert death["reason"] == "expired" and death["original-expiration"] == "50", death
+    assert got["message_ttl"][0].expiration is None, got["message_ttl"][0]
+    properties, body = got["maxlen"]
+    assert body == b"first" and death_of(properties)["reason"] == "maxlen"
+    properties, body = got["delivery_limit"]
+    assert body == b"poison" and death_of(properties)["reason"] == "delivery_limit", (nacks, properties)
+    conn.close()
+    print("ok dead_lettering", nacks)
+
+
+def refused_arguments():
+    conn = connect()
+    for arguments, text in [
+        ({"x-queue-type": "stream"}, "stream"),
+        ({"x-expires": 1000}, "x-expires"),
+        ({"x-overflow": "reject-publish-dlx"}, "reject-publish-dlx"),
+    ]:
+        ch = conn.channel()
+        try:
+            ch.queue_declare("refused-args", durable=True, arguments=arguments)
+            raise AssertionError("accepted %r" % arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            assert error.reply_code == 406 and text in error.reply_text, error
+    ch = conn.channel()
+    ch.queue_declare("typed-quorum", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_declare("typed-classic", durable=True, arguments={"x-queue-type": "classic"})
+    # An existing queue redeclared with other arguments: 406 PRECONDITION_FAILED.
+    try:
+        ch.queue_declare("typed-classic", durable=True, arguments={"x-max-length": 5})
+        raise AssertionError("inequivalent redeclare accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    ch = conn.channel()
+    ch.exchange_declare("typed-x", "direct")
+    try:
+        ch.exchange_declare("typed-x", "fanout")
+        raise AssertionError("exchange redeclared with another type")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406 and "inequivalent arg 'type'" in error.reply_text, error
+    ch = conn.channel()
+    ch.queue_declare("del-me")
+    ch.basic_publish("", "del-me", b"x")
+    time.sleep(0.2)
+    try:
+        ch.queue_delete("del-me", if_empty=True)
+        raise AssertionError("if-empty delete of a non-empty queue")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    ch = conn.channel()
+    assert ch.queue_purge("del-me").method.message_count == 1
+    ch.queue_delete("del-me", if_empty=True)
+    conn.close()
+    print("ok refused_arguments")
+
+
 SCENARIOS = {
+    "dead_lettering": dead_lettering,
+    "refused_arguments": refused_arguments,
     "confirms_and_properties": confirms_and_properties,
     "prefetch_manual_acks": prefetch_manual_acks,
     "exchange_types": exchange_types,

@@ -93,6 +93,18 @@ fn pika_other_vhost_and_wrong_password_are_refused() {
 }
 
 #[test]
+fn pika_dead_letters_for_each_reason_with_an_x_death_table() {
+    let (_dir, broker) = broker();
+    pika(&broker, "dead_lettering", &[]);
+}
+
+#[test]
+fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_accepted() {
+    let (_dir, broker) = broker();
+    pika(&broker, "refused_arguments", &[]);
+}
+
+#[test]
 fn published_with_pika_received_by_wharf_subscribe_and_back() {
     let (_dir, broker) = broker();
     pika(&broker, "publish", &["cross-q", "3"]);

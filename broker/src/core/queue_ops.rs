@@ -255,10 +255,12 @@ impl Broker {
 
     /// Takes up to `count` ready messages of a queue without a subscription: with
     /// [`GetMode::Requeue`] they stay, marked redelivered; with [`GetMode::Ack`] they are
-    /// removed (durably, before the answer).
+    /// removed (durably, before the answer); with [`GetMode::Hold`] they are delivered to a
+    /// holder of the session ([`new_holder`](Self::new_holder)).
     ///
     /// # Errors
-    /// Unknown queue, an exclusive queue of another session, a bad count, storage.
+    /// Unknown queue, an exclusive queue of another session, a holder of another session, a
+    /// bad count, storage.
     pub async fn queue_get(
         &self,
         session: &Session,
@@ -266,9 +268,21 @@ impl Broker {
         count: u32,
         mode: GetMode,
     ) -> Result<Vec<GotMessage>, QueueError> {
+        if let GetMode::Hold(holder) = mode {
+            check_owner(session, queue, holder)?;
+        }
         self.queues
             .get(queue, count, mode, Some(session.id()))
             .await
+    }
+
+    /// A holder for [`GetMode::Hold`] gets of `queue` by `session`: the messages it takes
+    /// are settled with [`settle`](Self::settle) under its id, return to the queue with
+    /// [`cancel`](Self::cancel), and when the session closes.
+    pub fn new_holder(&self, session: &Session, queue: &str) -> ConsumerId {
+        let holder = self.queues.new_holder();
+        session.add_consumer(queue, holder);
+        holder
     }
 
     /// Every binding, or those of one queue.

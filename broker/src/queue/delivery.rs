@@ -21,7 +21,8 @@
 //!   `RejectPublish` refuses the new one.
 //! - A get (no consumer) takes ready messages from the head: with [`GetMode::Requeue`] they
 //!   stay at their places with one more delivery counted (as a delivery and a nack with
-//!   requeue), with [`GetMode::Ack`] they leave the queue.
+//!   requeue), with [`GetMode::Ack`] they leave the queue, with [`GetMode::Hold`] they are
+//!   delivered to a holder that is never dispatched to (AMQP's basic.get with an ack).
 //! - A move takes ready messages from the head up to a bound ([`DeliveryState::take_head`]);
 //!   the task holds them until they are stored elsewhere, and puts back those that were not
 //!   ([`DeliveryState::put_back`]).
@@ -242,6 +243,8 @@ impl std::error::Error for DeliveryError {}
 struct Consumer {
     prefetch: u32,
     tags: BTreeSet<DeliveryTag>,
+    /// A holder of messages taken with [`GetMode::Hold`]: never dispatched to.
+    gets_only: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -333,6 +336,7 @@ impl DeliveryState {
             Consumer {
                 prefetch,
                 tags: BTreeSet::new(),
+                gets_only: false,
             },
         );
     }
@@ -507,14 +511,14 @@ impl DeliveryState {
     }
 
     fn has_room(&self, consumer: ConsumerId) -> bool {
-        self.consumers
-            .get(&consumer)
-            .is_some_and(|state| state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+        self.consumers.get(&consumer).is_some_and(|state| {
+            !state.gets_only && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+        })
     }
 
     fn next_consumer_with_room(&self) -> Option<ConsumerId> {
         if self.limits.single_active_consumer {
-            let active = *self.consumers.keys().next()?;
+            let (&active, _) = self.consumers.iter().find(|(_, state)| !state.gets_only)?;
             return self.has_room(active).then_some(active);
         }
         let after = self.last_consumer.unwrap_or(ConsumerId(u64::MIN));
@@ -555,7 +559,9 @@ impl DeliveryState {
     /// does. With [`GetMode::Requeue`] each message stays at its place with one more
     /// delivery counted, so it is marked redelivered next time (past the delivery limit it
     /// is dead-lettered instead, as after a nack with requeue); with [`GetMode::Ack`] it
-    /// leaves the queue (`Settle`).
+    /// leaves the queue (`Settle`); with [`GetMode::Hold`] it is delivered to the holder
+    /// (registered on first use, never dispatched to) under a new tag, to be acked or nacked
+    /// as a consumer's delivery, and returns to the queue if the holder is removed.
     pub fn get(&mut self, count: usize, now_ms: i64, mode: GetMode) -> (Vec<Got>, Vec<Action>) {
         let mut got = Vec::new();
         let mut actions = Vec::new();
@@ -605,18 +611,51 @@ impl DeliveryState {
                 delivery_count: meta.delivery_count + 1,
                 ..meta
             };
+            let mut tag = None;
             match mode {
                 GetMode::Ack => actions.push(Action::Settle(id)),
                 GetMode::Requeue => self.requeue(counted, &mut actions),
+                GetMode::Hold(holder) => tag = Some(self.hold(holder, counted, now_ms)),
             }
             let got = Got {
                 message: id,
                 redelivered: meta.delivery_count > 0,
                 delivery_count: counted.delivery_count,
                 before: meta,
+                tag,
             };
             return (Some(got), actions);
         }
+    }
+
+    /// Records `meta` as delivered to `holder` (registered as a gets-only consumer if new).
+    fn hold(&mut self, holder: ConsumerId, meta: MessageMeta, now_ms: i64) -> DeliveryTag {
+        let tag = self.next_tag;
+        self.next_tag = DeliveryTag(tag.0 + 1);
+        self.unacked.insert(
+            tag,
+            Unacked {
+                consumer: holder,
+                meta,
+                delivered_ms: now_ms,
+            },
+        );
+        self.consumers
+            .entry(holder)
+            .or_insert_with(|| Consumer {
+                prefetch: 0,
+                tags: BTreeSet::new(),
+                gets_only: true,
+            })
+            .tags
+            .insert(tag);
+        tag
+    }
+
+    /// Forgets a held message without settling or requeueing it (a get that failed puts
+    /// it back with [`put_back`](Self::put_back)).
+    pub fn unhold(&mut self, holder: ConsumerId, tag: DeliveryTag) {
+        self.take(holder, tag);
     }
 
     /// The id of the newest ready message: the bound of a move, so that messages arriving
@@ -651,6 +690,9 @@ pub enum GetMode {
     Requeue,
     /// They leave the queue (settled).
     Ack,
+    /// They are delivered to this holder (a consumer id of the caller's session that is
+    /// never dispatched to), to be acked, nacked or returned with its other deliveries.
+    Hold(ConsumerId),
 }
 
 /// A message a get returns.
@@ -665,6 +707,8 @@ pub struct Got {
     pub delivery_count: u32,
     /// The message as it was before the get (to put it back if the get fails).
     pub before: MessageMeta,
+    /// Its delivery tag, with [`GetMode::Hold`].
+    pub tag: Option<DeliveryTag>,
 }
 
 fn max_length_is_zero(limits: &QueueLimits) -> bool {
@@ -1004,6 +1048,57 @@ mod tests {
             [Action::DeadLetter(0, DeadLetterReason::DeliveryLimit)]
         );
         assert_eq!(state.ready_count(), 0);
+    }
+
+    #[test]
+    fn get_with_hold_delivers_to_a_holder_that_acks_nacks_or_leaves() {
+        let limits = QueueLimits {
+            single_active_consumer: true,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..4);
+        let holder = ConsumerId(7);
+        let (got, actions) = state.get(1, 0, GetMode::Hold(holder));
+        assert!(actions.is_empty());
+        let tag = got[0].tag.expect("held under a tag");
+        assert_eq!(
+            (got[0].message, state.ready_count(), state.unacked_count()),
+            (0, 3, 1)
+        );
+        // Never dispatched to, and not the single active consumer.
+        state.add_consumer(ConsumerId(9), 0);
+        let dispatched = deliveries(&state.dispatch(0));
+        assert!(dispatched.iter().all(|d| d.consumer == ConsumerId(9)));
+        assert_eq!(dispatched.len(), 3);
+        state.remove_consumer(ConsumerId(9));
+        // Rejected without requeue: dead-lettered, as a consumer's delivery.
+        let rejected = state
+            .nack(holder, tag, AckScope::Single, Requeue::No)
+            .unwrap();
+        assert_eq!(
+            rejected,
+            [Action::DeadLetter(0, DeadLetterReason::Rejected)]
+        );
+        // Nacked with requeue: back at its place, redelivered.
+        let (got, _) = state.get(1, 0, GetMode::Hold(holder));
+        let tag = got[0].tag.unwrap();
+        assert_eq!(got[0].message, 1);
+        assert!(state
+            .nack(holder, tag, AckScope::Single, Requeue::Yes)
+            .unwrap()
+            .is_empty());
+        let (again, _) = state.get(1, 0, GetMode::Hold(holder));
+        assert!(again[0].redelivered && again[0].message == 1);
+        assert_eq!(
+            state
+                .ack(holder, again[0].tag.unwrap(), AckScope::Single)
+                .unwrap(),
+            [Action::Settle(1)]
+        );
+        // A holder that goes returns what it holds.
+        state.get(1, 0, GetMode::Hold(holder));
+        state.remove_consumer(holder);
+        assert_eq!((state.ready_count(), state.unacked_count()), (2, 0));
     }
 
     #[test]

@@ -766,11 +766,19 @@ impl QueueManager {
         stats
     }
 
+    /// A new consumer id for [`GetMode::Hold`]: the queue registers it on its first get.
+    /// Not a subscription (no deliveries, not counted as a consumer); cancel it with
+    /// [`cancel`](Self::cancel) to return what it holds.
+    pub fn new_holder(&self) -> ConsumerId {
+        ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Takes up to `count` ready messages from the head of `queue` without a subscription,
     /// for connection `session` (another connection's exclusive queue is refused): with
     /// [`GetMode::Requeue`] they stay in the queue, marked redelivered; with
-    /// [`GetMode::Ack`] they are removed, and the answer comes once that is durable. Empty
-    /// when no message is ready.
+    /// [`GetMode::Ack`] they are removed, and the answer comes once that is durable; with
+    /// [`GetMode::Hold`] they are delivered to the holder, under tags. Empty when no message
+    /// is ready.
     ///
     /// # Errors
     /// `Invalid` (a count of 0 or above `GET_COUNT_MAX`), `UnknownQueue`, `DeclareMismatch`

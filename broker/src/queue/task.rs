@@ -483,9 +483,9 @@ impl QueueTask {
     }
 
     /// Takes up to `count` ready messages from the head for a get (at most `GET_BYTES_MAX`
-    /// bytes, one message at least). With `Requeue` their new delivery counts are recorded
-    /// as deliveries' are, so they come back redelivered after a restart too; with `Ack`
-    /// the answer comes once their settlement is durable.
+    /// bytes, one message at least). With `Requeue` and `Hold` their new delivery counts are
+    /// recorded as deliveries' are, so they come back redelivered after a restart too; with
+    /// `Ack` the answer comes once their settlement is durable.
     async fn get(&mut self, count: usize, mode: GetMode) -> Result<Vec<GotMessage>, QueueError> {
         let now = self.clock.now_ms();
         let mut messages = Vec::new();
@@ -493,6 +493,7 @@ impl QueueTask {
         let mut actions = Vec::new();
         let mut bytes = 0usize;
         let mut taken = Vec::new();
+        let mut held = Vec::new();
         let mut failed = None;
         let mut after = None;
         while messages.len() < count && bytes < GET_BYTES_MAX {
@@ -504,11 +505,13 @@ impl QueueTask {
             after = Some(got.message);
             counts.push((got.message, got.delivery_count));
             taken.push(got.before);
+            held.extend(got.tag);
             match self.store.read(got.message) {
                 Ok(Some(record)) => {
                     bytes += record.value.as_ref().map_or(0, Bytes::len);
                     messages.push(GotMessage {
                         redelivered: got.redelivered,
+                        tag: got.tag,
                         record,
                     });
                 }
@@ -528,7 +531,12 @@ impl QueueTask {
             }
         }
         if let Some(error) = failed {
-            if mode == GetMode::Ack {
+            if let GetMode::Hold(holder) = mode {
+                for tag in held {
+                    self.state.unhold(holder, tag);
+                }
+                self.state.put_back(taken);
+            } else if mode == GetMode::Ack {
                 // Nothing is settled unseen: the taken messages go back untouched.
                 self.state.put_back(taken);
                 actions.retain(|action| !matches!(action, Action::Settle(_)));
@@ -536,7 +544,7 @@ impl QueueTask {
             let _ = self.apply(actions).await;
             return Err(error);
         }
-        if mode == GetMode::Requeue {
+        if mode != GetMode::Ack {
             if let Err(error) = self.store.record_delivery_counts(&counts, now) {
                 tracing::warn!(queue = self.name, %error, "recording got messages failed");
             }

@@ -186,6 +186,9 @@ pub struct QueueStats {
 pub struct GotMessage {
     /// True if it was delivered (or got) before.
     pub redelivered: bool,
+    /// Its delivery tag, with [`GetMode::Hold`](crate::queue::GetMode::Hold): the holder
+    /// settles it as a consumer settles a delivery.
+    pub tag: Option<DeliveryTag>,
     /// The stored record (key = routing key, headers include `x-exchange`).
     pub record: Record,
 }

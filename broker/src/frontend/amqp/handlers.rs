@@ -69,6 +69,8 @@ pub(crate) struct Channel {
     prefetch: u16,
     /// Consumers by tag.
     consumers: HashMap<String, ConsumerSlot>,
+    /// Per queue, the core holder of the messages basic.get took with an ack to come.
+    holders: HashMap<Arc<str>, ConsumerId>,
     /// The last delivery tag handed out on this channel.
     last_tag: u64,
     /// Unacknowledged deliveries by channel delivery tag.
@@ -81,22 +83,13 @@ struct ConsumerSlot {
     id: ConsumerId,
 }
 
-/// A delivery waiting for its ack.
+/// A delivery waiting for its ack: to a consumer, or taken by basic.get under the
+/// channel's holder for the queue; either way settled in the core.
 #[derive(Debug)]
-enum Held {
-    /// Delivered to a consumer: settled in the core.
-    Consumed {
-        queue: Arc<str>,
-        consumer: ConsumerId,
-        tag: DeliveryTag,
-    },
-    /// Taken by basic.get (already settled in the core): a nack or reject with requeue, or
-    /// a channel closed before the ack, publishes it to the queue again.
-    Got {
-        queue: Arc<str>,
-        properties: Box<AMQPProperties>,
-        body: Bytes,
-    },
+struct Held {
+    queue: Arc<str>,
+    consumer: ConsumerId,
+    tag: DeliveryTag,
 }
 
 #[derive(Debug)]
@@ -1252,7 +1245,7 @@ async fn forward_deliveries(
             if !no_ack {
                 open.unacked.insert(
                     delivery_tag,
-                    Held::Consumed {
+                    Held {
                         queue,
                         consumer,
                         tag: delivered.tag,
@@ -1261,7 +1254,10 @@ async fn forward_deliveries(
             }
             delivery_tag
         };
-        let (properties, exchange) = message::properties_from_headers(&delivered.record.headers);
+        let (properties, exchange) = message::properties_from_headers(
+            &delivered.record.headers,
+            delivered.record.timestamp_ms,
+        );
         let (routing_key, body) = message::key_and_body(&delivered.record);
         let mut out = BytesMut::with_capacity(body.len() + 256);
         super::encode_frame_with(
@@ -1316,9 +1312,24 @@ async fn forward_deliveries(
 
 async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Result<(), Reply> {
     let queue = get.queue.as_str();
+    // With an ack to come the message is delivered to the channel's holder for the queue,
+    // so a reject dead-letters it and a closed channel returns it, as for a consumer.
+    let mode = if get.no_ack {
+        GetMode::Ack
+    } else {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let holder = *open
+            .holders
+            .entry(Arc::from(queue))
+            .or_insert_with(|| shared.broker.new_holder(&shared.session, queue));
+        GetMode::Hold(holder)
+    };
     let got = shared
         .broker
-        .queue_get(&shared.session, queue, 1, GetMode::Ack)
+        .queue_get(&shared.session, queue, 1, mode)
         .await
         .map_err(|error| error_code::queue(&error, 60, 70))?;
     let Some(message) = got.into_iter().next() else {
@@ -1335,7 +1346,8 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
         .queue_stats(&shared.session, queue)
         .await
         .map_or(0, |stats| saturate(stats.ready));
-    let (properties, exchange) = message::properties_from_headers(&message.record.headers);
+    let (properties, exchange) =
+        message::properties_from_headers(&message.record.headers, message.record.timestamp_ms);
     let (routing_key, body) = message::key_and_body(&message.record);
     let delivery_tag = {
         let mut state = shared.state();
@@ -1343,13 +1355,13 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
             return Ok(());
         };
         open.last_tag += 1;
-        if !get.no_ack {
+        if let (GetMode::Hold(consumer), Some(tag)) = (mode, message.tag) {
             open.unacked.insert(
                 open.last_tag,
-                Held::Got {
+                Held {
                     queue: Arc::from(queue),
-                    properties: Box::new(properties.clone()),
-                    body: body.clone(),
+                    consumer,
+                    tag,
                 },
             );
         }
@@ -1416,30 +1428,21 @@ async fn settle(
     // Per consumer, the highest core tag settles every earlier one with `Multiple` (a
     // consumer's tags grow with the channel's).
     let mut groups: Vec<(Arc<str>, ConsumerId, DeliveryTag, usize)> = Vec::new();
-    let mut got = Vec::new();
-    for entry in held {
-        match entry {
-            Held::Consumed {
-                queue,
-                consumer,
-                tag,
-            } => {
-                match groups
-                    .iter_mut()
-                    .find(|(q, c, _, _)| *c == consumer && **q == *queue)
-                {
-                    Some(group) => {
-                        group.2 = tag;
-                        group.3 += 1;
-                    }
-                    None => groups.push((queue, consumer, tag, 1)),
-                }
+    for Held {
+        queue,
+        consumer,
+        tag,
+    } in held
+    {
+        match groups
+            .iter_mut()
+            .find(|(q, c, _, _)| *c == consumer && **q == *queue)
+        {
+            Some(group) => {
+                group.2 = tag;
+                group.3 += 1;
             }
-            Held::Got {
-                queue,
-                properties,
-                body,
-            } => got.push((queue, properties, body)),
+            None => groups.push((queue, consumer, tag, 1)),
         }
     }
     for (queue, consumer, tag, count) in groups {
@@ -1464,11 +1467,6 @@ async fn settle(
             }
         }
     }
-    if how == Settle::Nack(Requeue::Yes) {
-        for (queue, properties, body) in got {
-            republish(shared, &queue, &properties, body).await;
-        }
-    }
     Ok(())
 }
 
@@ -1478,24 +1476,6 @@ fn unknown_tag(delivery_tag: u64, method_id: u16) -> Reply {
         format!("unknown delivery tag {delivery_tag}"),
     )
     .on(60, method_id)
-}
-
-/// Puts a message taken with basic.get back at the tail of its queue (through the default
-/// exchange; its `redelivered` flag and original exchange are not kept).
-async fn republish(shared: &Shared, queue: &str, properties: &AMQPProperties, body: Bytes) {
-    let Ok(headers) = message::headers_from_properties(properties) else {
-        return;
-    };
-    let query = PublishQuery {
-        exchange: String::new(),
-        routing_key: queue.to_string(),
-        mandatory: Mandatory::Drop,
-        headers,
-        body,
-    };
-    if let Ok(completion) = shared.broker.publish(&shared.session, query).await {
-        let _ = completion.await;
-    }
 }
 
 async fn content_header(
@@ -1699,12 +1679,10 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     Ok(())
 }
 
-/// What a closing channel leaves to release: its consumers, and messages taken with
-/// basic.get and not acknowledged.
+/// What a closing channel leaves to release: its consumers and basic.get holders.
 #[derive(Debug, Default)]
 pub(crate) struct Released {
     consumers: Vec<(Arc<str>, ConsumerId)>,
-    got: Vec<(Arc<str>, Box<AMQPProperties>, Bytes)>,
 }
 
 fn release_channel(open: &mut Channel) -> Released {
@@ -1712,33 +1690,21 @@ fn release_channel(open: &mut Channel) -> Released {
         .consumers
         .drain()
         .map(|(_, slot)| (slot.queue, slot.id))
+        .chain(open.holders.drain())
         .collect();
-    let got = std::mem::take(&mut open.unacked)
-        .into_values()
-        .filter_map(|held| match held {
-            Held::Got {
-                queue,
-                properties,
-                body,
-            } => Some((queue, properties, body)),
-            Held::Consumed { .. } => None,
-        })
-        .collect();
+    open.unacked.clear();
     open.content = None;
-    Released { consumers, got }
+    Released { consumers }
 }
 
-/// Cancels the consumers (their unacknowledged deliveries return to their queues, marked
-/// redelivered) and puts back unacknowledged basic.get messages.
+/// Cancels the consumers and holders: their unacknowledged deliveries and basic.get
+/// messages return to their queues at their places, marked redelivered.
 async fn release(shared: &Shared, released: Released) {
     for (queue, consumer) in released.consumers {
         let _ = shared
             .broker
             .cancel(&shared.session, &queue, consumer)
             .await;
-    }
-    for (queue, properties, body) in released.got {
-        republish(shared, &queue, &properties, body).await;
     }
 }
 

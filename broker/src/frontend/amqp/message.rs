@@ -13,7 +13,7 @@
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::AMQPProperties;
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
 use wharf_protocol::batch::{Header, Record};
 
@@ -109,12 +109,35 @@ pub fn headers_from_properties(properties: &AMQPProperties) -> Result<Vec<Header
 }
 
 /// What a stored record carries back out: properties, and the exchange it was published to.
-pub fn properties_from_headers(headers: &[Header]) -> (AMQPProperties, String) {
+/// A dead-lettered record's `x-death-*` headers become RabbitMQ's `x-death` array (one
+/// table: reason, queue, exchange, routing-keys, original-expiration when the message had
+/// one, count 1 and time = when the copy was stored) and the `x-first-death-*` headers.
+pub fn properties_from_headers(headers: &[Header], timestamp_ms: i64) -> (AMQPProperties, String) {
     let mut properties = AMQPProperties::default();
     let mut table = FieldTable::default();
     let mut exchange = String::new();
     let mut has_table = false;
+    let mut death = FieldTable::default();
     for entry in headers {
+        if let Some(field) = entry.key.strip_prefix("x-death-") {
+            let value = String::from_utf8_lossy(entry.value.as_deref().unwrap_or_default());
+            let value = value.into_owned();
+            match field {
+                "routing-key" => {
+                    let mut keys = FieldArray::default();
+                    keys.push(AMQPValue::LongString(LongString::from(value)));
+                    death.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
+                }
+                "reason" | "queue" | "exchange" | "original-expiration" => {
+                    death.insert(
+                        ShortString::from(field),
+                        AMQPValue::LongString(LongString::from(value)),
+                    );
+                }
+                _ => {}
+            }
+            continue;
+        }
         let value = entry.value.as_deref().unwrap_or_default();
         let text = || ShortString::from(String::from_utf8_lossy(value).into_owned());
         let number = || {
@@ -169,6 +192,22 @@ pub fn properties_from_headers(headers: &[Header]) -> (AMQPProperties, String) {
                 properties
             }
         };
+    }
+    if death.contains_key("reason") {
+        for field in ["reason", "queue", "exchange"] {
+            if let Some(value) = death.inner().get(field) {
+                table.insert(format!("x-first-death-{field}").into(), value.clone());
+            }
+        }
+        death.insert("count".into(), AMQPValue::LongLongInt(1));
+        death.insert(
+            "time".into(),
+            AMQPValue::Timestamp(u64::try_from(timestamp_ms / 1000).unwrap_or(0)),
+        );
+        let mut deaths = FieldArray::default();
+        deaths.push(AMQPValue::FieldTable(death));
+        table.insert("x-death".into(), AMQPValue::FieldArray(deaths));
+        has_table = true;
     }
     if has_table {
         properties = properties.with_headers(table);
@@ -273,7 +312,7 @@ mod tests {
             .with_app_id("a".into())
             .with_headers(table);
         let headers = headers_from_properties(&properties).expect("valid");
-        let (back, _) = properties_from_headers(&headers);
+        let (back, _) = properties_from_headers(&headers, 0);
         assert_eq!(back, properties);
     }
 
@@ -286,7 +325,7 @@ mod tests {
     #[test]
     fn exchange_header_names_the_exchange() {
         let headers = vec![header(EXCHANGE_HEADER, b"logs")];
-        let (properties, exchange) = properties_from_headers(&headers);
+        let (properties, exchange) = properties_from_headers(&headers, 0);
         assert_eq!(exchange, "logs");
         assert_eq!(properties, AMQPProperties::default());
     }
