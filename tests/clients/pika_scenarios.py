@@ -463,7 +463,173 @@ def refused_arguments():
     print("ok refused_arguments")
 
 
+def delayed_exchange():
+    conn = connect()
+    ch = conn.channel()
+    try:
+        ch.exchange_declare("delayed-untyped", "x-delayed-message")
+        raise AssertionError("x-delayed-message without x-delayed-type accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406 and "x-delayed-type" in error.reply_text, error
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("delayed", "x-delayed-message", arguments={"x-delayed-type": "direct"})
+    q = ch.queue_declare("delayed-q").method.queue
+    ch.queue_bind(q, "delayed", "k")
+    started = time.time()
+    ch.basic_publish("delayed", "k", b"later", pika.BasicProperties(headers={"x-delay": 800}))
+    ch.basic_publish("delayed", "k", b"now")
+    # A negative delay is no delay, as the plugin treats it.
+    ch.basic_publish("delayed", "k", b"negative", pika.BasicProperties(headers={"x-delay": -5}))
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"now", body
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"negative", body
+    assert ch.basic_get(q)[0] is None, "delayed message delivered early"
+    got = None
+    while got is None and time.time() - started < 10:
+        time.sleep(0.05)
+        method, properties, body = ch.basic_get(q, auto_ack=True)
+        if method is not None:
+            got = (time.time() - started, properties, body)
+    assert got is not None, "delayed message never delivered"
+    waited, properties, body = got
+    assert body == b"later" and 0.7 <= waited, got
+    assert properties.headers == {"x-delay": 800}, properties.headers
+    conn.close()
+    print("ok delayed_exchange")
+
+
+def transactions():
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("tx-q").method.queue
+    ch.tx_select()
+    ch.basic_publish("", q, b"rolled-back")
+    ch.tx_rollback()
+    ch.basic_publish("", q, b"t1")
+    ch.basic_publish("", q, b"t2", pika.BasicProperties(headers={"n": 2}))
+    ch.basic_publish("", "tx-nowhere", b"lost", mandatory=True)
+    other = conn.channel()
+    assert other.queue_declare(q, passive=True).method.message_count == 0
+    returned = []
+    ch.add_on_return_callback(lambda _ch, method, _props, body: returned.append((method.reply_code, body)))
+    ch.tx_commit()
+    conn.process_data_events(0.2)
+    assert returned == [(312, b"lost")], returned
+    assert other.queue_declare(q, passive=True).method.message_count == 2
+    # Acks in a transaction wait for the commit; rolled back, they never happen.
+    method, _, body = ch.basic_get(q)
+    assert body == b"t1", body
+    ch.basic_ack(method.delivery_tag)
+    ch.tx_rollback()
+    assert other.queue_declare(q, passive=True).method.message_count == 1
+    ch.basic_ack(method.delivery_tag)
+    method, properties, body = ch.basic_get(q)
+    assert body == b"t2" and properties.headers == {"n": 2}, (body, properties)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.tx_commit()
+    ch.close()
+    assert other.queue_declare(q, passive=True).method.message_count == 0
+    try:
+        other.confirm_delivery()
+        other.tx_select()
+        raise AssertionError("tx.select on a confirm channel accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    ch = conn.channel()
+    try:
+        ch.tx_commit()
+        raise AssertionError("tx.commit without tx.select accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406 and "not transactional" in error.reply_text, error
+    conn.close()
+    print("ok transactions")
+
+
+def overflow_reject_publish():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("full-q", arguments={"x-max-length": 1, "x-overflow": "reject-publish"}).method.queue
+    ch.basic_publish("", q, b"fits")
+    try:
+        ch.basic_publish("", q, b"refused")
+        raise AssertionError("publish to a full reject-publish queue confirmed")
+    except pika.exceptions.NackError:
+        pass
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"fits" and method.message_count == 0, (method, body)
+    ch.basic_publish("", q, b"room-again")
+    conn.close()
+    print("ok overflow_reject_publish")
+
+
+def single_active_consumer_and_cancel_notify():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("sac-q", arguments={"x-single-active-consumer": True}).method.queue
+    got = {"first": [], "second": []}
+    first = ch.basic_consume(q, lambda c, m, p, b: got["first"].append(b), auto_ack=True)
+    ch.basic_consume(q, lambda c, m, p, b: got["second"].append(b), auto_ack=True)
+    for index in range(4):
+        ch.basic_publish("", q, b"m%d" % index)
+    deadline = time.time() + 5
+    while len(got["first"]) + len(got["second"]) < 4 and time.time() < deadline:
+        conn.process_data_events(0.1)
+    assert got == {"first": [b"m0", b"m1", b"m2", b"m3"], "second": []}, got
+    ch.basic_cancel(first)
+    ch.basic_publish("", q, b"m4")
+    deadline = time.time() + 5
+    while not got["second"] and time.time() < deadline:
+        conn.process_data_events(0.1)
+    assert got["second"] == [b"m4"], got
+    # The queue deleted under a consumer: the broker cancels it (consumer_cancel_notify).
+    cancelled = []
+    ch.add_on_cancel_callback(lambda method: cancelled.append(method.method.consumer_tag))
+    other = conn.channel()
+    other.queue_delete(q)
+    deadline = time.time() + 5
+    while not cancelled and time.time() < deadline:
+        conn.process_data_events(0.1)
+    assert len(cancelled) == 1, cancelled
+    conn.close()
+    print("ok single_active_consumer_and_cancel_notify")
+
+
+def channel_flow():
+    conn = connect()
+    ch = conn.channel()
+    ch.flow(True)
+    try:
+        ch.flow(False)
+        raise AssertionError("channel.flow active=false accepted")
+    except (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker) as error:
+        assert isinstance(error, pika.exceptions.ConnectionClosedByBroker), error
+        assert error.reply_code == 540, error
+    # pika 1.x has no `immediate` argument: the method is sent through its channel.
+    conn = connect()
+    ch = conn.channel()
+    ch._impl._send_method(
+        pika.spec.Basic.Publish(exchange="", routing_key="nowhere", immediate=True),
+        (pika.BasicProperties(), b"now or never"),
+    )
+    try:
+        conn.process_data_events(2)
+        ch.queue_declare("after-immediate")
+        raise AssertionError("basic.publish immediate=true accepted")
+    except pika.exceptions.ConnectionClosedByBroker as error:
+        assert error.reply_code == 540 and "immediate" in error.reply_text, error
+    print("ok channel_flow")
+
+
 SCENARIOS = {
+    "delayed_exchange": delayed_exchange,
+    "transactions": transactions,
+    "overflow_reject_publish": overflow_reject_publish,
+    "single_active_consumer_and_cancel_notify": single_active_consumer_and_cancel_notify,
+    "channel_flow": channel_flow,
     "dead_lettering": dead_lettering,
     "refused_arguments": refused_arguments,
     "confirms_and_properties": confirms_and_properties,

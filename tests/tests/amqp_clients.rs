@@ -105,6 +105,36 @@ fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_ac
 }
 
 #[test]
+fn pika_delayed_message_exchange_holds_messages_for_their_x_delay() {
+    let (_dir, broker) = broker();
+    pika(&broker, "delayed_exchange", &[]);
+}
+
+#[test]
+fn pika_transactions_publish_and_ack_at_commit_and_forget_at_rollback() {
+    let (_dir, broker) = broker();
+    pika(&broker, "transactions", &[]);
+}
+
+#[test]
+fn pika_full_reject_publish_queue_nacks_the_publish() {
+    let (_dir, broker) = broker();
+    pika(&broker, "overflow_reject_publish", &[]);
+}
+
+#[test]
+fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
+    let (_dir, broker) = broker();
+    pika(&broker, "single_active_consumer_and_cancel_notify", &[]);
+}
+
+#[test]
+fn pika_channel_flow_off_and_immediate_publish_are_540_not_implemented_as_rabbitmq() {
+    let (_dir, broker) = broker();
+    pika(&broker, "channel_flow", &[]);
+}
+
+#[test]
 fn published_with_pika_received_by_wharf_subscribe_and_back() {
     let (_dir, broker) = broker();
     pika(&broker, "publish", &["cross-q", "3"]);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{
-    access, basic, channel, confirm, connection, exchange, queue, AMQPClass,
+    access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
 };
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
@@ -75,6 +75,20 @@ pub(crate) struct Channel {
     last_tag: u64,
     /// Unacknowledged deliveries by channel delivery tag.
     unacked: BTreeMap<u64, Held>,
+    /// tx.select was received: the publishes and settlements of the open transaction.
+    tx: Option<Vec<TxStep>>,
+}
+
+/// What a transaction does at tx.commit, in the order the client sent it.
+#[derive(Debug)]
+enum TxStep {
+    Publish(PublishQuery, Box<AMQPProperties>),
+    Settle {
+        delivery_tag: u64,
+        multiple: bool,
+        how: Settle,
+        method_id: u16,
+    },
 }
 
 #[derive(Debug)]
@@ -520,18 +534,7 @@ async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) ->
         AMQPClass::Queue(method) => queue_class(shared, channel, method).await,
         AMQPClass::Basic(method) => basic_class(shared, channel, method).await,
         AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
-            if let Some(open) = shared.state().channels.get_mut(&channel) {
-                open.confirms.get_or_insert(0);
-            }
-            if !select.nowait {
-                reply(
-                    shared,
-                    channel,
-                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                )
-                .await;
-            }
-            Ok(())
+            confirm_select(shared, channel, select).await
         }
         AMQPClass::Access(access::AMQPMethod::Request(_)) => {
             reply(
@@ -542,10 +545,7 @@ async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) ->
             .await;
             Ok(())
         }
-        AMQPClass::Tx(_) => Err(Reply::new(
-            error_code::NOT_IMPLEMENTED,
-            "transactions (tx.select) are not supported by wharf yet; use publisher confirms",
-        )),
+        AMQPClass::Tx(method) => tx_class(shared, channel, method).await,
         AMQPClass::Connection(_) => Err(Reply::new(
             error_code::COMMAND_INVALID,
             format!("connection method on channel {channel}"),
@@ -555,6 +555,43 @@ async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) ->
             format!("method {other:?} is not one a client sends"),
         )),
     };
+    finish_channel_method(shared, channel, outcome, (class_id, method_id)).await
+}
+
+/// confirm.select: every later publish of the channel is confirmed (not in a transaction).
+async fn confirm_select(
+    shared: &Arc<Shared>,
+    channel: u16,
+    select: confirm::Select,
+) -> Result<(), Reply> {
+    if let Some(open) = shared.state().channels.get_mut(&channel) {
+        if open.tx.is_some() {
+            return Err(Reply::new(
+                error_code::PRECONDITION_FAILED,
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        open.confirms.get_or_insert(0);
+    }
+    if !select.nowait {
+        reply(
+            shared,
+            channel,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// A channel method's error closes the channel, or for a connection-level code the
+/// connection.
+async fn finish_channel_method(
+    shared: &Arc<Shared>,
+    channel: u16,
+    outcome: Result<(), Reply>,
+    (class_id, method_id): (u16, u16),
+) -> Result<(), Reply> {
     match outcome {
         Err(reply) if !reply.is_hard() => {
             fail_channel(shared, channel, reply.on_default(class_id, method_id)).await;
@@ -562,6 +599,119 @@ async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) ->
         }
         Err(reply) => Err(reply.on_default(class_id, method_id)),
         Ok(()) => Ok(()),
+    }
+}
+
+/// tx.select, commit and rollback. A transaction's publishes and acks are kept in the
+/// channel and run at commit, in order: each publish is stored (mandatory returns sent)
+/// before the next step, and commit-ok follows the last. Rollback forgets them.
+async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) -> Result<(), Reply> {
+    let not_transactional = || {
+        Reply::new(
+            error_code::PRECONDITION_FAILED,
+            "channel is not transactional",
+        )
+    };
+    let answer = match method {
+        tx::AMQPMethod::Select(_) => {
+            let mut state = shared.state();
+            let Some(open) = state.channels.get_mut(&channel) else {
+                return Ok(());
+            };
+            if open.confirms.is_some() {
+                return Err(Reply::new(
+                    error_code::PRECONDITION_FAILED,
+                    "cannot switch from confirm to tx mode",
+                ));
+            }
+            open.tx.get_or_insert_with(Vec::new);
+            tx::AMQPMethod::SelectOk(tx::SelectOk {})
+        }
+        tx::AMQPMethod::Rollback(_) => {
+            let mut state = shared.state();
+            let Some(open) = state.channels.get_mut(&channel) else {
+                return Ok(());
+            };
+            open.tx.as_mut().ok_or_else(not_transactional)?.clear();
+            tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+        }
+        tx::AMQPMethod::Commit(_) => {
+            let steps = {
+                let mut state = shared.state();
+                let Some(open) = state.channels.get_mut(&channel) else {
+                    return Ok(());
+                };
+                std::mem::take(open.tx.as_mut().ok_or_else(not_transactional)?)
+            };
+            for step in steps {
+                match step {
+                    TxStep::Publish(query, properties) => {
+                        commit_publish(shared, channel, query, *properties).await?;
+                    }
+                    TxStep::Settle {
+                        delivery_tag,
+                        multiple,
+                        how,
+                        method_id,
+                    } => settle(shared, channel, delivery_tag, multiple, how, method_id).await?,
+                }
+            }
+            tx::AMQPMethod::CommitOk(tx::CommitOk {})
+        }
+        other => {
+            return Err(Reply::new(
+                error_code::COMMAND_INVALID,
+                format!("unexpected {other:?}"),
+            ))
+        }
+    };
+    reply(shared, channel, AMQPClass::Tx(answer)).await;
+    Ok(())
+}
+
+/// One publish of a committing transaction: stored before the commit goes on; a mandatory
+/// message no queue took comes back with basic.return.
+async fn commit_publish(
+    shared: &Arc<Shared>,
+    channel: u16,
+    query: PublishQuery,
+    properties: AMQPProperties,
+) -> Result<(), Reply> {
+    let exchange = query.exchange.clone();
+    let routing_key = query.routing_key.clone();
+    let body = query.body.clone();
+    let completion = shared
+        .broker
+        .publish(&shared.session, query)
+        .await
+        .map_err(|error| error_code::queue(&error, 90, 20))?;
+    match completion.await {
+        Ok(PublishOutcome::Returned) => {
+            let mut out = method_frame(
+                channel,
+                &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                })),
+            );
+            let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+            message::encode_content(
+                channel,
+                properties,
+                &body,
+                frame_max,
+                &mut out,
+                &mut Vec::new(),
+            );
+            shared.send(out).await;
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        // A full reject-publish queue drops the message, as without confirms.
+        Err(QueueError::QueueFull { .. }) => Ok(()),
+        Err(error) => Err(error_code::queue(&error, 90, 20)),
     }
 }
 
@@ -605,6 +755,10 @@ async fn channel_class(
             .await;
             Ok(())
         }
+        // RabbitMQ does not pause deliveries on a client's request either.
+        channel::AMQPMethod::Flow(flow) if !flow.active => {
+            Err(Reply::new(error_code::NOT_IMPLEMENTED, "active=false"))
+        }
         channel::AMQPMethod::Flow(flow) => {
             reply(
                 shared,
@@ -624,6 +778,27 @@ async fn channel_class(
     }
 }
 
+/// The type of exchange to declare: the declared one, or for the delayed-message plugin's
+/// `x-delayed-message` its `x-delayed-type` (the core delays any message with `x-delay`).
+fn exchange_kind(declare: &exchange::Declare) -> Result<&str, Reply> {
+    let kind = declare.kind.as_str();
+    if kind != "x-delayed-message" || declare.passive {
+        return Ok(kind);
+    }
+    match declare.arguments.inner().get("x-delayed-type") {
+        Some(AMQPValue::LongString(inner)) => std::str::from_utf8(inner.as_bytes()).ok(),
+        Some(AMQPValue::ShortString(inner)) => Some(inner.as_str()),
+        _ => None,
+    }
+    .filter(|inner| matches!(*inner, "direct" | "fanout" | "topic" | "headers"))
+    .ok_or_else(|| {
+        Reply::new(
+            error_code::PRECONDITION_FAILED,
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )
+    })
+}
+
 async fn exchange_class(
     shared: &Arc<Shared>,
     channel: u16,
@@ -634,7 +809,7 @@ async fn exchange_class(
     match method {
         exchange::AMQPMethod::Declare(declare) => {
             let name = declare.exchange.as_str().to_string();
-            let kind = declare.kind.as_str();
+            let kind = exchange_kind(&declare)?;
             if declare.passive {
                 if broker.exchange_info(session, &name).is_none() && !name.is_empty() {
                     return Err(Reply::new(
@@ -980,6 +1155,9 @@ async fn basic_class(
     method: basic::AMQPMethod,
 ) -> Result<(), Reply> {
     match method {
+        basic::AMQPMethod::Publish(publish) if publish.immediate => {
+            Err(Reply::new(error_code::NOT_IMPLEMENTED, "immediate=true"))
+        }
         basic::AMQPMethod::Publish(publish) => {
             if let Some(open) = shared.state().channels.get_mut(&channel) {
                 open.content = Some(Content {
@@ -1032,7 +1210,7 @@ async fn basic_class(
         }
         basic::AMQPMethod::Get(get) => basic_get(shared, channel, get).await,
         basic::AMQPMethod::Ack(ack) => {
-            settle(
+            settle_or_defer(
                 shared,
                 channel,
                 ack.delivery_tag,
@@ -1043,7 +1221,7 @@ async fn basic_class(
             .await
         }
         basic::AMQPMethod::Nack(nack) => {
-            settle(
+            settle_or_defer(
                 shared,
                 channel,
                 nack.delivery_tag,
@@ -1054,7 +1232,7 @@ async fn basic_class(
             .await
         }
         basic::AMQPMethod::Reject(reject) => {
-            settle(
+            settle_or_defer(
                 shared,
                 channel,
                 reject.delivery_tag,
@@ -1390,6 +1568,34 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
     Ok(())
 }
 
+/// basic.ack, nack and reject: kept for tx.commit in a transaction, settled now otherwise.
+async fn settle_or_defer(
+    shared: &Arc<Shared>,
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+    how: Settle,
+    method_id: u16,
+) -> Result<(), Reply> {
+    {
+        let mut state = shared.state();
+        if let Some(steps) = state
+            .channels
+            .get_mut(&channel)
+            .and_then(|open| open.tx.as_mut())
+        {
+            steps.push(TxStep::Settle {
+                delivery_tag,
+                multiple,
+                how,
+                method_id,
+            });
+            return Ok(());
+        }
+    }
+    settle(shared, channel, delivery_tag, multiple, how, method_id).await
+}
+
 /// basic.ack, nack and reject: channel delivery tags (one, or every one up to the tag; 0
 /// with `multiple` means all) to the core's per-consumer tags.
 async fn settle(
@@ -1623,6 +1829,17 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
         headers,
         body: body.clone(),
     };
+    {
+        let mut state = shared.state();
+        if let Some(steps) = state
+            .channels
+            .get_mut(&channel)
+            .and_then(|open| open.tx.as_mut())
+        {
+            steps.push(TxStep::Publish(query, Box::new(properties)));
+            return Ok(());
+        }
+    }
     let completion = match shared.broker.publish(&shared.session, query).await {
         Ok(completion) => completion,
         Err(error) => {

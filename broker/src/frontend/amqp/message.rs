@@ -9,7 +9,9 @@
 //! value become headers of the same name; entries of any other type (numbers, booleans,
 //! nested tables, arrays) are kept, with their types, in one header `x-amqp-table` holding
 //! the encoded field table, as are string entries whose name a property or the broker
-//! uses. A header set by another protocol comes back as a long-string table entry.
+//! uses. A header set by another protocol comes back as a long-string table entry. An
+//! integer `x-delay` entry (the delayed-message plugin's) is also the core's delay header;
+//! the broker's `x-wharf-*` headers are not delivered to AMQP clients.
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -17,7 +19,7 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortSt
 use bytes::{Bytes, BytesMut};
 use wharf_protocol::batch::{Header, Record};
 
-use crate::core::{EXCHANGE_HEADER, EXPIRATION_HEADER};
+use crate::core::{DELAY_HEADER, EXCHANGE_HEADER, EXPIRATION_HEADER};
 
 /// The header carrying the typed entries of the AMQP `headers` table.
 pub const TABLE_HEADER: &str = "x-amqp-table";
@@ -101,6 +103,14 @@ pub fn headers_from_properties(properties: &AMQPProperties) -> Result<Vec<Header
                 }
             }
         }
+        // The delayed-message plugin's integer `x-delay` is the core's delay (a string one
+        // is a plain header already). It stays in the table too, so it is delivered as
+        // published; the table comes last, so its typed value wins on the way out.
+        if let Some(delay) = typed.inner().get(DELAY_HEADER).and_then(value_text) {
+            if delay.parse::<i64>().is_ok_and(|delay| delay > 0) {
+                headers.push(header(DELAY_HEADER, delay.as_bytes()));
+            }
+        }
         if !typed.inner().is_empty() {
             headers.push(header(TABLE_HEADER, &encode_table(&typed)));
         }
@@ -119,6 +129,11 @@ pub fn properties_from_headers(headers: &[Header], timestamp_ms: i64) -> (AMQPPr
     let mut has_table = false;
     let mut death = FieldTable::default();
     for entry in headers {
+        // The broker's own bookkeeping (the due time of a delayed message) is not the
+        // client's business, as RabbitMQ adds nothing of the kind.
+        if entry.key.starts_with("x-wharf-") {
+            continue;
+        }
         if let Some(field) = entry.key.strip_prefix("x-death-") {
             let value = String::from_utf8_lossy(entry.value.as_deref().unwrap_or_default());
             let value = value.into_owned();
