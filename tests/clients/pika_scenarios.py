@@ -188,17 +188,13 @@ def nack_requeue_reject():
     ch.basic_publish("", q, b"two")
     ch.basic_qos(prefetch_count=10)
     first = drain(ch, q, 2, auto_ack=False)
-    # pika's consume generator cancelled: the unacked deliveries went back (redelivered).
-    got = []
-    for method, _, body in ch.consume(q, auto_ack=False, inactivity_timeout=1):
-        if method is None:
-            break
-        got.append((method, body))
-        if len(got) == 2:
-            break
-    assert len(got) == 2, got
-    assert all(method.redelivered for method, _ in got), got
-    (m1, b1), (m2, b2) = got
+    assert [body for _, _, body in first] == [b"one", b"two"], first
+    # The consumer is cancelled (drain ends with basic.cancel): as RabbitMQ, what it
+    # delivered stays unacknowledged on the channel, neither ready nor redelivered.
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    time.sleep(0.3)
+    assert ch.basic_get(q)[0] is None
+    (m1, _, b1), (m2, _, b2) = first
     ch.basic_nack(m1.delivery_tag, requeue=True)
     ch.basic_reject(m2.delivery_tag, requeue=False)
     again = []
@@ -206,10 +202,14 @@ def nack_requeue_reject():
         if method is None:
             break
         again.append((method, body))
-    ch.cancel()
     assert [body for _, body in again] == [b1], again
     assert again[0][0].redelivered
-    assert len(first) == 2
+    # Cancelled while holding it, the delivery returns when its channel closes.
+    ch.cancel()
+    ch.close()
+    ch = conn.channel()
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b1 and method.redelivered, (method, body)
     conn.close()
     print("ok nack_requeue_reject")
 
@@ -433,6 +433,13 @@ def refused_arguments():
             assert error.reply_code == 406 and text in error.reply_text, error
     ch = conn.channel()
     ch.queue_declare("typed-quorum", durable=True, arguments={"x-queue-type": "quorum"})
+    conn.close()
+    print("ok refused_arguments")
+
+
+def redeclare_and_delete_preconditions():
+    conn = connect()
+    ch = conn.channel()
     ch.queue_declare("typed-classic", durable=True, arguments={"x-queue-type": "classic"})
     # An existing queue redeclared with other arguments: 406 PRECONDITION_FAILED.
     try:
@@ -460,7 +467,7 @@ def refused_arguments():
     assert ch.queue_purge("del-me").method.message_count == 1
     ch.queue_delete("del-me", if_empty=True)
     conn.close()
-    print("ok refused_arguments")
+    print("ok redeclare_and_delete_preconditions")
 
 
 def delayed_exchange():
@@ -632,6 +639,7 @@ SCENARIOS = {
     "channel_flow": channel_flow,
     "dead_lettering": dead_lettering,
     "refused_arguments": refused_arguments,
+    "redeclare_and_delete_preconditions": redeclare_and_delete_preconditions,
     "confirms_and_properties": confirms_and_properties,
     "prefetch_manual_acks": prefetch_manual_acks,
     "exchange_types": exchange_types,

@@ -105,6 +105,12 @@ fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_ac
 }
 
 #[test]
+fn pika_inequivalent_redeclares_and_if_empty_delete_are_406() {
+    let (_dir, broker) = broker();
+    pika(&broker, "redeclare_and_delete_preconditions", &[]);
+}
+
+#[test]
 fn pika_delayed_message_exchange_holds_messages_for_their_x_delay() {
     let (_dir, broker) = broker();
     pika(&broker, "delayed_exchange", &[]);

@@ -456,6 +456,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Stops a consumer of `session` that keeps its unacknowledged deliveries (AMQP's
+    /// basic.cancel): no more are delivered, those it holds are still settled with
+    /// [`settle`](Self::settle), and return to the queue with [`cancel`](Self::cancel) or
+    /// when the session closes.
+    ///
+    /// # Errors
+    /// A consumer of another session.
+    pub async fn stop_consumer(
+        &self,
+        session: &Session,
+        queue: &str,
+        consumer: ConsumerId,
+    ) -> Result<(), QueueError> {
+        check_owner(session, queue, consumer)?;
+        self.queues.stop(queue, consumer).await;
+        Ok(())
+    }
+
     /// The session ends: its consumers are cancelled (their unacknowledged deliveries
     /// return, marked redelivered) and its exclusive queues deleted.
     pub async fn close_session(&self, session: &Session) {

@@ -243,8 +243,11 @@ impl std::error::Error for DeliveryError {}
 struct Consumer {
     prefetch: u32,
     tags: BTreeSet<DeliveryTag>,
-    /// A holder of messages taken with [`GetMode::Hold`]: never dispatched to.
+    /// Never dispatched to: a holder of messages taken with [`GetMode::Hold`], or a
+    /// stopped consumer that still holds its deliveries.
     gets_only: bool,
+    /// Stopped ([`DeliveryState::stop_consumer`]): removed once it holds nothing.
+    stopped: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,8 +340,27 @@ impl DeliveryState {
                 prefetch,
                 tags: BTreeSet::new(),
                 gets_only: false,
+                stopped: false,
             },
         );
+    }
+
+    /// Stops dispatching to a consumer that keeps its unacknowledged deliveries (AMQP's
+    /// basic.cancel): they are still acked or nacked under its id, and return to the queue
+    /// if it is removed. It goes by itself once it holds nothing.
+    pub fn stop_consumer(&mut self, consumer: ConsumerId) {
+        let Some(state) = self.consumers.get_mut(&consumer) else {
+            return;
+        };
+        if state.tags.is_empty() {
+            self.consumers.remove(&consumer);
+        } else {
+            state.gets_only = true;
+            state.stopped = true;
+        }
+        if self.last_consumer == Some(consumer) {
+            self.last_consumer = None;
+        }
     }
 
     /// Removes a consumer (cancelled or disconnected): every delivery it did not ack returns
@@ -416,6 +438,9 @@ impl DeliveryState {
     fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
         if let Some(state) = self.consumers.get_mut(&consumer) {
             state.tags.remove(&tag);
+            if state.stopped && state.tags.is_empty() {
+                self.consumers.remove(&consumer);
+            }
         }
         self.unacked.remove(&tag)
     }
@@ -646,6 +671,7 @@ impl DeliveryState {
                 prefetch: 0,
                 tags: BTreeSet::new(),
                 gets_only: true,
+                stopped: false,
             })
             .tags
             .insert(tag);
@@ -1099,6 +1125,42 @@ mod tests {
         state.get(1, 0, GetMode::Hold(holder));
         state.remove_consumer(holder);
         assert_eq!((state.ready_count(), state.unacked_count()), (2, 0));
+    }
+
+    #[test]
+    fn stopped_consumer_keeps_its_deliveries_gets_no_more_and_goes_when_empty() {
+        let limits = QueueLimits {
+            single_active_consumer: true,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..4);
+        state.add_consumer(ConsumerId(1), 2);
+        state.add_consumer(ConsumerId(2), 2);
+        let first = deliveries(&state.dispatch(0));
+        assert_eq!(first.len(), 2);
+        state.stop_consumer(ConsumerId(1));
+        // The next consumer takes over; the stopped one still settles what it holds.
+        let next = deliveries(&state.dispatch(0));
+        assert!(next.iter().all(|d| d.consumer == ConsumerId(2)) && next.len() == 2);
+        assert_eq!(
+            state
+                .ack(ConsumerId(1), first[0].tag, AckScope::Single)
+                .unwrap(),
+            [Action::Settle(first[0].message)]
+        );
+        assert_eq!(state.consumer_unacked(ConsumerId(1)), 1);
+        state
+            .nack(ConsumerId(1), first[1].tag, AckScope::Single, Requeue::Yes)
+            .unwrap();
+        // Holding nothing, it is gone: a later ack is an unknown consumer.
+        assert!(state
+            .ack(ConsumerId(1), first[1].tag, AckScope::Single)
+            .is_err());
+        assert_eq!(state.ready_count(), 1);
+        // Stopped while holding nothing: gone at once.
+        state.add_consumer(ConsumerId(3), 1);
+        state.stop_consumer(ConsumerId(3));
+        assert!(state.remove_consumer(ConsumerId(3)).is_empty());
     }
 
     #[test]

@@ -586,6 +586,24 @@ impl QueueManager {
         Ok((consumer, receiver))
     }
 
+    /// Stops a consumer for the client without returning its deliveries (AMQP's
+    /// basic.cancel): no more are dispatched to it and its channel ends, but the ones it
+    /// holds are still acked or nacked under its id, and return to the queue when it is
+    /// cancelled. An auto-delete queue whose last consumer this was is deleted.
+    pub async fn stop(&self, queue: &str, consumer: ConsumerId) {
+        if let Ok(sender) = self.sender(queue) {
+            let (reply, done) = oneshot::channel();
+            if sender
+                .send(Command::Control(Control::Stop(consumer, reply)))
+                .await
+                .is_ok()
+            {
+                let _ = done.await;
+            }
+        }
+        self.forget_consumer(queue, consumer).await;
+    }
+
     /// Cancels a consumer for the client: `reason` is [`CancelReason::ClientCancelled`] or
     /// [`CancelReason::ConnectionClosed`]. Its unacked deliveries return to the queue,
     /// redelivered; its channel ends without a `Cancelled` event.

@@ -92,6 +92,9 @@ pub(crate) enum Control {
     /// Removes a consumer (its deliveries return to the queue); answered before they are
     /// dispatched again.
     Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
+    /// Stops dispatching to a consumer that keeps its unacknowledged deliveries, and ends
+    /// its channel; answered once done.
+    Stop(ConsumerId, oneshot::Sender<()>),
     /// Removes every ready and delayed message; answers how many.
     Purge(oneshot::Sender<u64>),
     /// Settles messages whose dead-lettered copies are stored.
@@ -443,6 +446,12 @@ impl QueueTask {
                 if let Err(error) = self.settle(&ids).await {
                     tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
                 }
+            }
+            Control::Stop(consumer, reply) => {
+                self.state.stop_consumer(consumer);
+                // Dropping the sender ends the consumer's channel after what it holds.
+                self.consumers.remove(&consumer);
+                let _ = reply.send(());
             }
             Control::Purge(reply) => {
                 let mut ids = self.state.purge();

@@ -71,6 +71,9 @@ pub(crate) struct Channel {
     consumers: HashMap<String, ConsumerSlot>,
     /// Per queue, the core holder of the messages basic.get took with an ack to come.
     holders: HashMap<Arc<str>, ConsumerId>,
+    /// Consumers cancelled with basic.cancel while holding deliveries: stopped in the core
+    /// until the channel settles what they hold.
+    stopped: Vec<(Arc<str>, ConsumerId)>,
     /// The last delivery tag handed out on this channel.
     last_tag: u64,
     /// Unacknowledged deliveries by channel delivery tag.
@@ -1185,16 +1188,37 @@ async fn basic_class(
         basic::AMQPMethod::Consume(consume) => basic_consume(shared, channel, consume).await,
         basic::AMQPMethod::Cancel(cancel) => {
             let tag = cancel.consumer_tag.as_str().to_string();
-            let slot = shared
-                .state()
-                .channels
-                .get_mut(&channel)
-                .and_then(|open| open.consumers.remove(&tag));
+            // As RabbitMQ, a cancelled consumer's unacknowledged deliveries stay with the
+            // channel, to be acked or nacked; only a consumer holding none is cancelled in
+            // the core at once.
+            let (slot, holds) = {
+                let mut state = shared.state();
+                match state.channels.get_mut(&channel) {
+                    Some(open) => {
+                        let slot = open.consumers.remove(&tag);
+                        let holds = slot.as_ref().is_some_and(|slot| {
+                            open.unacked.values().any(|held| held.consumer == slot.id)
+                        });
+                        if let (Some(slot), true) = (&slot, holds) {
+                            open.stopped.push((slot.queue.clone(), slot.id));
+                        }
+                        (slot, holds)
+                    }
+                    None => (None, false),
+                }
+            };
             if let Some(slot) = slot {
-                let _ = shared
-                    .broker
-                    .cancel(&shared.session, &slot.queue, slot.id)
-                    .await;
+                let _ = if holds {
+                    shared
+                        .broker
+                        .stop_consumer(&shared.session, &slot.queue, slot.id)
+                        .await
+                } else {
+                    shared
+                        .broker
+                        .cancel(&shared.session, &slot.queue, slot.id)
+                        .await
+                };
             }
             if !cancel.nowait {
                 reply(
@@ -1350,7 +1374,7 @@ async fn basic_consume(
     tokio::spawn(forward_deliveries(
         shared.clone(),
         channel,
-        tag,
+        (queue, tag),
         consumer,
         consume.no_ack,
         events,
@@ -1378,7 +1402,7 @@ impl Shared {
 async fn forward_deliveries(
     shared: Arc<Shared>,
     channel: u16,
-    consumer_tag: String,
+    (queue, consumer_tag): (Arc<str>, String),
     consumer: ConsumerId,
     no_ack: bool,
     mut events: mpsc::Receiver<ConsumerEvent>,
@@ -1411,26 +1435,28 @@ async fn forward_deliveries(
         };
         let delivery_tag = {
             let mut state = shared.state();
-            let Some(open) = state.channels.get_mut(&channel) else {
-                return;
-            };
-            let Some(slot) = open.consumers.get(&consumer_tag) else {
-                return;
-            };
-            let queue = slot.queue.clone();
-            open.last_tag += 1;
-            let delivery_tag = open.last_tag;
-            if !no_ack {
-                open.unacked.insert(
-                    delivery_tag,
-                    Held {
-                        queue,
-                        consumer,
-                        tag: delivered.tag,
-                    },
-                );
-            }
-            delivery_tag
+            let open = state
+                .channels
+                .get_mut(&channel)
+                .filter(|open| open.consumers.contains_key(&consumer_tag));
+            open.map(|open| {
+                open.last_tag += 1;
+                if !no_ack {
+                    open.unacked.insert(
+                        open.last_tag,
+                        Held {
+                            queue: queue.clone(),
+                            consumer,
+                            tag: delivered.tag,
+                        },
+                    );
+                }
+                open.last_tag
+            })
+        };
+        let Some(delivery_tag) = delivery_tag else {
+            return_undelivered(&shared, &queue, consumer, delivered.tag, events).await;
+            return;
         };
         let (properties, exchange) = message::properties_from_headers(
             &delivered.record.headers,
@@ -1465,12 +1491,6 @@ async fn forward_deliveries(
             return;
         }
         if no_ack {
-            let slot_queue = shared.state().channels.get(&channel).and_then(|open| {
-                open.consumers
-                    .get(&consumer_tag)
-                    .map(|slot| slot.queue.clone())
-            });
-            let Some(queue) = slot_queue else { return };
             let _ = shared
                 .broker
                 .settle(
@@ -1485,6 +1505,39 @@ async fn forward_deliveries(
                 )
                 .await;
         }
+    }
+}
+
+/// Deliveries that reached a consumer after it was cancelled (or its channel closed) were
+/// never sent: they go back to the queue (counted as delivered once more).
+async fn return_undelivered(
+    shared: &Shared,
+    queue: &str,
+    consumer: ConsumerId,
+    first: DeliveryTag,
+    mut events: mpsc::Receiver<ConsumerEvent>,
+) {
+    let mut tags = vec![first];
+    while let Some(event) = events.recv().await {
+        if let ConsumerEvent::Delivery(delivered) = event {
+            tags.push(delivered.tag);
+        }
+    }
+    for tag in tags {
+        // A consumer cancelled in the core has returned them already.
+        let _ = shared
+            .broker
+            .settle(
+                &shared.session,
+                SettleQuery {
+                    queue: queue.to_string(),
+                    consumer,
+                    tag,
+                    scope: AckScope::Single,
+                    settle: Settle::Nack(Requeue::Yes),
+                },
+            )
+            .await;
     }
 }
 
@@ -1606,11 +1659,41 @@ async fn settle(
     how: Settle,
     method_id: u16,
 ) -> Result<(), Reply> {
-    let held: Vec<Held> = {
+    let (held, finished) = {
         let mut state = shared.state();
         let Some(open) = state.channels.get_mut(&channel) else {
             return Ok(());
         };
+        let held = settled_held(open, delivery_tag, multiple, method_id)?;
+        // Stopped consumers that now hold nothing are done with.
+        let mut finished = Vec::new();
+        open.stopped.retain(|(queue, consumer)| {
+            let holds = open.unacked.values().any(|held| held.consumer == *consumer);
+            if !holds {
+                finished.push((queue.clone(), *consumer));
+            }
+            holds
+        });
+        (held, finished)
+    };
+    settle_in_core(shared, held, multiple, how, method_id).await?;
+    for (queue, consumer) in finished {
+        let _ = shared
+            .broker
+            .cancel(&shared.session, &queue, consumer)
+            .await;
+    }
+    Ok(())
+}
+
+/// Takes the held deliveries a settlement of `delivery_tag` covers out of the channel.
+fn settled_held(
+    open: &mut Channel,
+    delivery_tag: u64,
+    multiple: bool,
+    method_id: u16,
+) -> Result<Vec<Held>, Reply> {
+    Ok({
         if multiple {
             let upto = if delivery_tag == 0 {
                 u64::MAX
@@ -1630,7 +1713,17 @@ async fn settle(
                 None => return Err(unknown_tag(delivery_tag, method_id)),
             }
         }
-    };
+    })
+}
+
+/// Settles held deliveries in the core.
+async fn settle_in_core(
+    shared: &Shared,
+    held: Vec<Held>,
+    multiple: bool,
+    how: Settle,
+    method_id: u16,
+) -> Result<(), Reply> {
     // Per consumer, the highest core tag settles every earlier one with `Multiple` (a
     // consumer's tags grow with the channel's).
     let mut groups: Vec<(Arc<str>, ConsumerId, DeliveryTag, usize)> = Vec::new();
@@ -1908,6 +2001,7 @@ fn release_channel(open: &mut Channel) -> Released {
         .drain()
         .map(|(_, slot)| (slot.queue, slot.id))
         .chain(open.holders.drain())
+        .chain(open.stopped.drain(..))
         .collect();
     open.unacked.clear();
     open.content = None;
