@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures "as RabbitMQ does" (issue #16): runs the pika scenarios that
+# Measures "as RabbitMQ does" (issue #16): runs the pika and aio-pika scenarios that
 # tests/tests/amqp_clients.rs runs against wharfd, unchanged, against RabbitMQ itself
 # (Debian's rabbitmq-server, 3.10 on bookworm), and reports each scenario's outcome.
 #
@@ -25,7 +25,8 @@ SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory
 nack_requeue_reject basic_get server_named_exclusive channel_error_keeps_connection
 wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_preconditions
 delayed_exchange transactions
-overflow_reject_publish single_active_consumer_and_cancel_notify channel_flow"
+overflow_reject_publish single_active_consumer_and_cancel_notify channel_flow
+aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify"
 if [ "$#" -gt 0 ]; then SCENARIOS="$*"; fi
 
 as_root() {
@@ -91,7 +92,12 @@ rabbitmqctl -n "$RABBITMQ_NODENAME" -q version | sed 's/^/== RabbitMQ /'
 
 unexpected=0
 for scenario in $SCENARIOS; do
-  if out="$("$python" tests/clients/pika_scenarios.py 127.0.0.1 "$port" "$scenario" 2>&1)" \
+  # aio_pika:NAME is a scenario of aio_pika_scenarios.py, NAME one of pika_scenarios.py.
+  script=pika_scenarios.py
+  case "$scenario" in
+    aio_pika:*) script=aio_pika_scenarios.py; scenario="${scenario#aio_pika:}" ;;
+  esac
+  if out="$("$python" "tests/clients/$script" 127.0.0.1 "$port" "$scenario" 2>&1)" \
       && grep -q "^ok $scenario" <<<"$out"; then
     echo "ok        $scenario"
   elif [[ " $EXPECTED_DIFFERENCES " == *" $scenario "* ]]; then

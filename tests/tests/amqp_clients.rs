@@ -1,6 +1,6 @@
-//! Real AMQP 0-9-1 clients against `wharfd`'s AMQP listener (issue #16): pika from PyPI
-//! (pinned in tests/clients/requirements.txt, installed by `scripts/test.sh`), driving
-//! `tests/clients/pika_scenarios.py`, plus raw bytes for what no client sends (a wrong
+//! Real AMQP 0-9-1 clients against `wharfd`'s AMQP listener (issue #16): pika and aio-pika
+//! from PyPI (pinned in tests/clients/requirements.txt, installed by `scripts/test.sh`),
+//! driving `tests/clients/pika_scenarios.py` and `aio_pika_scenarios.py`, plus raw bytes for what no client sends (a wrong
 //! protocol header, malformed frames). Each test starts its own broker on ephemeral ports
 //! with a temp data dir; each scenario asserts what RabbitMQ does and prints `ok NAME`.
 
@@ -29,6 +29,20 @@ fn pika(broker: &BrokerProcess, scenario: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout(&output)
+}
+
+/// Runs one aio-pika scenario (`tests/clients/aio_pika_scenarios.py`) against `broker`.
+fn aio_pika(broker: &BrokerProcess, scenario: &str) {
+    let amqp = broker.amqp_address();
+    let (host, port) = (amqp.ip().to_string(), amqp.port().to_string());
+    let output = run_client_script("aio_pika_scenarios.py", &[&host, &port, scenario]);
+    assert!(
+        output.status.success() && stdout(&output).contains(&format!("ok {scenario}")),
+        "aio-pika scenario {scenario} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn broker() -> (tempfile::TempDir, BrokerProcess) {
@@ -138,6 +152,18 @@ fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
 fn pika_channel_flow_off_and_immediate_publish_are_540_not_implemented_as_rabbitmq() {
     let (_dir, broker) = broker();
     pika(&broker, "channel_flow", &[]);
+}
+
+#[test]
+fn aio_pika_confirms_returns_prefetch_window_and_properties() {
+    let (_dir, broker) = broker();
+    aio_pika(&broker, "confirms_prefetch_and_acks");
+}
+
+#[test]
+fn aio_pika_dead_letters_with_x_death_and_hears_consumer_cancel() {
+    let (_dir, broker) = broker();
+    aio_pika(&broker, "dead_letter_and_cancel_notify");
 }
 
 #[test]
