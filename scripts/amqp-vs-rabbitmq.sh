@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Measures "as RabbitMQ does" (issue #16): runs the pika and aio-pika scenarios that
+# Measures "as RabbitMQ does" (issue #16): runs the pika, aio-pika and amqplib scenarios that
 # tests/tests/amqp_clients.rs runs against wharfd, unchanged, against RabbitMQ itself
 # (Debian's rabbitmq-server, 3.10 on bookworm), and reports each scenario's outcome.
 #
 #   scripts/amqp-vs-rabbitmq.sh [SCENARIO...]
 #
 # Needs rabbitmq-server (apt-get install rabbitmq-server; installed when missing, with
-# root or sudo) and the venv scripts/test.sh fills. RabbitMQ runs as a throwaway node
+# root or sudo) and the venv and node_modules scripts/test.sh fills. RabbitMQ runs as a throwaway node
 # (its own name, ports RABBITMQ_PORT (default 5682) and RABBITMQ_PORT + 20000, data in a
 # temp dir) and is stopped at the end. Slow (RabbitMQ takes ~10 s to start), so not part
 # of scripts/test.sh.
@@ -26,7 +26,8 @@ nack_requeue_reject basic_get server_named_exclusive channel_error_keeps_connect
 wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_preconditions
 delayed_exchange transactions
 overflow_reject_publish single_active_consumer_and_cancel_notify channel_flow
-aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify"
+aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify
+amqplib:roundtrip amqplib:channel_error"
 if [ "$#" -gt 0 ]; then SCENARIOS="$*"; fi
 
 as_root() {
@@ -92,12 +93,14 @@ rabbitmqctl -n "$RABBITMQ_NODENAME" -q version | sed 's/^/== RabbitMQ /'
 
 unexpected=0
 for scenario in $SCENARIOS; do
-  # aio_pika:NAME is a scenario of aio_pika_scenarios.py, NAME one of pika_scenarios.py.
-  script=pika_scenarios.py
+  # aio_pika:NAME and amqplib:NAME are scenarios of aio_pika_scenarios.py and
+  # amqplib_scenarios.js, NAME one of pika_scenarios.py.
+  run=("$python" tests/clients/pika_scenarios.py)
   case "$scenario" in
-    aio_pika:*) script=aio_pika_scenarios.py; scenario="${scenario#aio_pika:}" ;;
+    aio_pika:*) run=("$python" tests/clients/aio_pika_scenarios.py); scenario="${scenario#aio_pika:}" ;;
+    amqplib:*) run=(node tests/clients/amqplib_scenarios.js); scenario="${scenario#amqplib:}" ;;
   esac
-  if out="$("$python" "tests/clients/$script" 127.0.0.1 "$port" "$scenario" 2>&1)" \
+  if out="$("${run[@]}" 127.0.0.1 "$port" "$scenario" 2>&1)" \
       && grep -q "^ok $scenario" <<<"$out"; then
     echo "ok        $scenario"
   elif [[ " $EXPECTED_DIFFERENCES " == *" $scenario "* ]]; then

@@ -1,6 +1,8 @@
 //! Real AMQP 0-9-1 clients against `wharfd`'s AMQP listener (issue #16): pika and aio-pika
-//! from PyPI (pinned in tests/clients/requirements.txt, installed by `scripts/test.sh`),
-//! driving `tests/clients/pika_scenarios.py` and `aio_pika_scenarios.py`, plus raw bytes for what no client sends (a wrong
+//! from PyPI (pinned in tests/clients/requirements.txt) and amqplib from npm (pinned in
+//! tests/clients/package-lock.json), installed by `scripts/test.sh`, driving
+//! `tests/clients/pika_scenarios.py`, `aio_pika_scenarios.py` and `amqplib_scenarios.js`,
+//! plus raw bytes for what no client sends (a wrong
 //! protocol header, malformed frames). Each test starts its own broker on ephemeral ports
 //! with a temp data dir; each scenario asserts what RabbitMQ does and prints `ok NAME`.
 
@@ -8,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use integration_tests::{run_client_script, wharf_ok, BrokerProcess};
+use integration_tests::{run_client_script, run_node_script, wharf_ok, BrokerProcess};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -39,6 +41,22 @@ fn aio_pika(broker: &BrokerProcess, scenario: &str) {
     assert!(
         output.status.success() && stdout(&output).contains(&format!("ok {scenario}")),
         "aio-pika scenario {scenario} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs one amqplib scenario (`tests/clients/amqplib_scenarios.js`, amqplib from npm) against
+/// `broker`.
+fn amqplib(broker: &BrokerProcess, scenario: &str) {
+    let amqp = broker.amqp_address();
+    let (host, port) = (amqp.ip().to_string(), amqp.port().to_string());
+    let output = run_node_script("amqplib_scenarios.js", &[&host, &port, scenario]);
+    assert!(
+        output.status.success() && stdout(&output).contains(&format!("ok {scenario}")),
+        "amqplib scenario {scenario} failed ({}); is amqplib in tests/clients/node_modules \
+         (scripts/test.sh installs it)?\nstdout: {}\nstderr: {}",
         output.status,
         stdout(&output),
         String::from_utf8_lossy(&output.stderr)
@@ -164,6 +182,18 @@ fn aio_pika_confirms_returns_prefetch_window_and_properties() {
 fn aio_pika_dead_letters_with_x_death_and_hears_consumer_cancel() {
     let (_dir, broker) = broker();
     aio_pika(&broker, "dead_letter_and_cancel_notify");
+}
+
+#[test]
+fn amqplib_confirms_prefetch_nack_requeue_and_dead_letters_with_x_death() {
+    let (_dir, broker) = broker();
+    amqplib(&broker, "roundtrip");
+}
+
+#[test]
+fn amqplib_channel_error_404_leaves_the_connection_usable() {
+    let (_dir, broker) = broker();
+    amqplib(&broker, "channel_error");
 }
 
 #[test]
