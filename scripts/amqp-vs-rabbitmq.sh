@@ -18,12 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # refused_arguments: wharf refuses x-queue-type stream (its streams speak Kafka), and
-# x-expires and reject-publish-dlx, which RabbitMQ serves.
+# x-max-length-bytes and reject-publish-dlx, which RabbitMQ serves.
 # delayed_exchange: the delayed-message plugin is not in Debian's package.
 EXPECTED_DIFFERENCES="refused_arguments delayed_exchange"
 SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory_return
 nack_requeue_reject basic_get server_named_exclusive channel_error_keeps_connection
 wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_preconditions
+queue_expires
 delayed_exchange transactions
 overflow_reject_publish single_active_consumer_and_cancel_notify channel_flow
 aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify

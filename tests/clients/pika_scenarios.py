@@ -422,7 +422,7 @@ def refused_arguments():
     conn = connect()
     for arguments, text in [
         ({"x-queue-type": "stream"}, "stream"),
-        ({"x-expires": 1000}, "x-expires"),
+        ({"x-max-length-bytes": 1000}, "x-max-length-bytes"),
         ({"x-overflow": "reject-publish-dlx"}, "reject-publish-dlx"),
     ]:
         ch = conn.channel()
@@ -435,6 +435,37 @@ def refused_arguments():
     ch.queue_declare("typed-quorum", durable=True, arguments={"x-queue-type": "quorum"})
     conn.close()
     print("ok refused_arguments")
+
+
+def queue_expires():
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("expiring", arguments={"x-expires": 600}).method.queue
+    ch.basic_publish("", q, b"publishing does not count as use")
+    # A redeclare counts as use, and so does a consumer for as long as it stays.
+    time.sleep(0.4)
+    ch.queue_declare(q, arguments={"x-expires": 600})
+    time.sleep(0.4)
+    tag = ch.basic_consume(q, lambda *_: None, auto_ack=True)
+    time.sleep(0.9)
+    assert ch.queue_declare(q, passive=True).method.consumer_count == 1
+    ch.basic_cancel(tag)
+    time.sleep(0.3)
+    ch.queue_declare(q, passive=True)
+    time.sleep(1.2)
+    try:
+        ch.queue_declare(q, passive=True)
+        raise AssertionError("unused queue outlived its x-expires")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    ch = conn.channel()
+    try:
+        ch.queue_declare("expires-zero", arguments={"x-expires": 0})
+        raise AssertionError("x-expires 0 accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    conn.close()
+    print("ok queue_expires")
 
 
 def redeclare_and_delete_preconditions():
@@ -640,6 +671,7 @@ SCENARIOS = {
     "dead_lettering": dead_lettering,
     "refused_arguments": refused_arguments,
     "redeclare_and_delete_preconditions": redeclare_and_delete_preconditions,
+    "queue_expires": queue_expires,
     "confirms_and_properties": confirms_and_properties,
     "prefetch_manual_acks": prefetch_manual_acks,
     "exchange_types": exchange_types,

@@ -137,6 +137,12 @@ fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_ac
 }
 
 #[test]
+fn pika_queue_unused_past_x_expires_is_deleted() {
+    let (_dir, broker) = broker();
+    pika(&broker, "queue_expires", &[]);
+}
+
+#[test]
 fn pika_inequivalent_redeclares_and_if_empty_delete_are_406() {
     let (_dir, broker) = broker();
     pika(&broker, "redeclare_and_delete_preconditions", &[]);

@@ -341,6 +341,9 @@ impl QueueManager {
                     )));
                 }
                 return if existing.args == args && existing.durability == durability {
+                    // A redeclare counts as a use of the queue (`expires-ms`); a full command
+                    // channel means the queue is busy, and so in use, anyway.
+                    let _ = existing.sender.try_send(Command::Control(Control::Touch));
                     Ok(())
                 } else {
                     Err(QueueError::DeclareMismatch(format!("queue {name:?}")))

@@ -95,6 +95,8 @@ pub(crate) enum Control {
     /// Stops dispatching to a consumer that keeps its unacknowledged deliveries, and ends
     /// its channel; answered once done.
     Stop(ConsumerId, oneshot::Sender<()>),
+    /// The queue was redeclared: it counts as used (`expires-ms`).
+    Touch,
     /// Removes every ready and delayed message; answers how many.
     Purge(oneshot::Sender<u64>),
     /// Settles messages whose dead-lettered copies are stored.
@@ -152,6 +154,12 @@ pub(crate) struct QueueTask {
     /// Messages taken by a move, neither ready nor settled until the move round ends (a
     /// crash meanwhile leaves them unsettled in storage, so they come back at start).
     held: HashMap<i64, MessageMeta>,
+    /// `expires-ms`: the queue is deleted once unused this long.
+    expires_ms: Option<u64>,
+    /// When the queue was last used: a consumer, a get, a redeclare.
+    last_used_ms: i64,
+    /// The expiry delete was asked for.
+    expired: bool,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -209,6 +217,9 @@ impl QueueTask {
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
             held: HashMap::new(),
+            expires_ms: args.expires_ms,
+            last_used_ms: clock.now_ms(),
+            expired: false,
             clock,
             manager,
         };
@@ -428,7 +439,40 @@ impl QueueTask {
         }
     }
 
+    /// `expires-ms`: a queue unused for that long asks the manager to delete it (spawned:
+    /// the delete stops this very task and waits for it). A consumer keeps it used.
+    fn check_expiry(&mut self, now: i64) {
+        let Some(expires) = self.expires_ms else {
+            return;
+        };
+        if !self.consumers.is_empty() {
+            self.last_used_ms = now;
+            return;
+        }
+        let idle = u64::try_from(now.saturating_sub(self.last_used_ms)).unwrap_or(0);
+        if self.expired || idle < expires {
+            return;
+        }
+        self.expired = true;
+        if let Some(manager) = self.manager.upgrade() {
+            let queue = self.name.clone();
+            tokio::spawn(async move {
+                tracing::info!(
+                    queue,
+                    expires_ms = expires,
+                    "queue unused past its expiry; deleting"
+                );
+                if let Err(error) = manager.delete_queue(&queue).await {
+                    tracing::warn!(queue, %error, "deleting an expired queue failed");
+                }
+            });
+        }
+    }
+
     async fn handle_control(&mut self, control: Control) {
+        if matches!(control, Control::Subscribe(..) | Control::Get(..)) {
+            self.last_used_ms = self.clock.now_ms();
+        }
         match control {
             Control::Subscribe(consumer, prefetch, sender) => {
                 self.state.add_consumer(consumer, prefetch);
@@ -447,6 +491,7 @@ impl QueueTask {
                     tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
                 }
             }
+            Control::Touch => self.last_used_ms = self.clock.now_ms(),
             Control::Stop(consumer, reply) => {
                 self.state.stop_consumer(consumer);
                 // Dropping the sender ends the consumer's channel after what it holds.
@@ -693,6 +738,7 @@ impl QueueTask {
         actions.extend(self.state.check_ack_timeouts(now));
         actions.extend(self.state.dispatch(now));
         let _ = self.apply(actions).await;
+        self.check_expiry(now);
         if now.saturating_sub(self.last_compaction_ms) >= COMPACTION_INTERVAL_MS {
             self.last_compaction_ms = now;
             self.compact(now).await;

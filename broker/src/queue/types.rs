@@ -69,6 +69,9 @@ pub struct QueueArgs {
     pub exclusive: bool,
     /// The queue is deleted when its last consumer goes away.
     pub auto_delete: bool,
+    /// The queue is deleted once it has been unused this long: no consumer, no get and no
+    /// redeclare (AMQP's `x-expires`). Counted from the queue's start after a restart.
+    pub expires_ms: Option<u64>,
 }
 
 /// Identifies a client connection (for exclusive queues).

@@ -925,6 +925,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
             "x-delivery-limit" => "delivery-limit",
             "x-single-active-consumer" => "single-active-consumer",
             "x-consumer-timeout" => "ack-timeout-ms",
+            "x-expires" => "expires-ms",
             "x-queue-type" => match text.as_str() {
                 // Both are durable logs with the same semantics here.
                 "classic" | "quorum" => continue,
@@ -941,7 +942,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
                     ))
                 }
             },
-            unsupported @ ("x-expires" | "x-max-length-bytes" | "x-max-priority"
+            unsupported @ ("x-max-length-bytes" | "x-max-priority"
             | "x-dead-letter-strategy") => {
                 return Err(Reply::new(
                     error_code::PRECONDITION_FAILED,
