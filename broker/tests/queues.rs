@@ -652,3 +652,69 @@ async fn expired_messages_reach_the_dead_letter_queue_in_queue_order() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_to_exchange_bindings_route_once_through_cycles_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routed = |published: Published| match published {
+        Published::Routed(mut queues) => {
+            queues.sort();
+            queues
+        }
+        Published::Unroutable => Vec::new(),
+    };
+    {
+        let manager = QueueManager::open(dir.path(), env()).expect("open");
+        for (name, kind) in [
+            ("src", ExchangeKind::Topic),
+            ("mid", ExchangeKind::Fanout),
+            ("leaf", ExchangeKind::Direct),
+        ] {
+            manager
+                .declare_exchange(name, kind, Durability::Durable)
+                .unwrap();
+        }
+        for queue in ["near", "far"] {
+            manager
+                .declare_queue(queue, QueueArgs::default(), Durability::Durable)
+                .unwrap();
+        }
+        // src -a.#-> mid -> near; mid -> leaf -a.b-> far; and the cycle leaf -a.b-> src.
+        manager.bind_exchange("mid", "src", "a.#", &[]).unwrap();
+        manager.bind("near", "mid", "", &[]).unwrap();
+        manager.bind_exchange("leaf", "mid", "", &[]).unwrap();
+        manager.bind("far", "leaf", "a.b", &[]).unwrap();
+        manager.bind_exchange("src", "leaf", "a.b", &[]).unwrap();
+        let published = manager.publish("src", message("a.b", "1")).await.unwrap();
+        assert_eq!(routed(published), ["far", "near"]);
+        let published = manager.publish("src", message("a.c", "2")).await.unwrap();
+        assert_eq!(routed(published), ["near"]);
+        let published = manager.publish("src", message("b", "3")).await.unwrap();
+        assert!(routed(published).is_empty());
+        assert!(matches!(
+            manager.bind_exchange("mid", "", "x", &[]),
+            Err(QueueError::Invalid(_))
+        ));
+        assert!(matches!(
+            manager.bind_exchange("nowhere", "src", "x", &[]),
+            Err(QueueError::UnknownExchange(_))
+        ));
+        // A queue named as an exchange is another object: deleting it keeps the binding.
+        manager
+            .declare_queue("mid", QueueArgs::default(), Durability::Durable)
+            .unwrap();
+        manager.delete_queue("mid").await.unwrap();
+        manager.shutdown().await;
+    }
+    let manager = QueueManager::open(dir.path(), env()).expect("reopen");
+    let published = manager.publish("src", message("a.b", "4")).await.unwrap();
+    assert_eq!(routed(published), ["far", "near"]);
+    assert!(manager.unbind_exchange("mid", "src", "a.#", &[]).unwrap());
+    let published = manager.publish("src", message("a.c", "5")).await.unwrap();
+    assert!(routed(published).is_empty());
+    // Deleting an exchange drops the bindings to and from it.
+    manager.delete_exchange("leaf").unwrap();
+    manager.bind_exchange("mid", "src", "a.#", &[]).unwrap();
+    let published = manager.publish("src", message("a.b", "6")).await.unwrap();
+    assert_eq!(routed(published), ["near"]);
+}

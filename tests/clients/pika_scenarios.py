@@ -437,6 +437,72 @@ def refused_arguments():
     print("ok refused_arguments")
 
 
+def exchange_to_exchange(mode=""):
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("e2e-src", "topic", durable=True)
+    ch.exchange_declare("e2e-mid", "fanout", durable=True)
+    ch.exchange_declare("e2e-leaf", "headers", durable=True)
+    near = ch.queue_declare("e2e-near", durable=True).method.queue
+    far = ch.queue_declare("e2e-far", durable=True).method.queue
+    ch.exchange_bind("e2e-mid", "e2e-src", "a.#")
+    ch.queue_bind(near, "e2e-mid")
+    ch.exchange_bind("e2e-leaf", "e2e-mid")
+    ch.queue_bind(far, "e2e-leaf", arguments={"x-match": "all", "kind": "x"})
+    # A cycle back to the source: each queue still gets one copy.
+    ch.exchange_bind("e2e-src", "e2e-leaf", arguments={"x-match": "any", "kind": "x"})
+    ch.basic_publish("e2e-src", "a.b", b"both", pika.BasicProperties(headers={"kind": "x"}))
+    ch.basic_publish("e2e-src", "a.b", b"near-only", pika.BasicProperties(headers={"kind": "y"}))
+    try:
+        ch.basic_publish("e2e-src", "b.c", b"nowhere", mandatory=True)
+        raise AssertionError("unroutable message confirmed without a return")
+    except pika.exceptions.UnroutableError:
+        pass
+    time.sleep(0.2)
+    assert ch.queue_declare(near, passive=True).method.message_count == 2
+    assert ch.queue_declare(far, passive=True).method.message_count == 1
+    assert ch.basic_get(far, auto_ack=True)[2] == b"both"
+    ch.exchange_unbind("e2e-mid", "e2e-src", "a.#")
+    try:
+        ch.basic_publish("e2e-src", "a.b", b"unbound", mandatory=True)
+        raise AssertionError("routed through a removed binding")
+    except pika.exceptions.UnroutableError:
+        pass
+    if mode != "keep":
+        for queue in (near, far):
+            ch.queue_delete(queue)
+        for exchange in ("e2e-src", "e2e-mid", "e2e-leaf"):
+            ch.exchange_delete(exchange)
+    else:
+        ch.exchange_bind("e2e-mid", "e2e-src", "a.#")
+    try:
+        ch.exchange_bind("e2e-mid", "", "x")
+        raise AssertionError("binding to the default exchange accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 403, error
+    ch = conn.channel()
+    try:
+        ch.exchange_bind("e2e-nowhere", "amq.direct", "x")
+        raise AssertionError("binding a missing exchange accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    conn.close()
+    print("ok exchange_to_exchange")
+
+
+def exchange_to_exchange_routes():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("e2e-src", "a.b", b"after", pika.BasicProperties(headers={"kind": "x"}))
+    time.sleep(0.2)
+    assert ch.queue_declare("e2e-near", passive=True).method.message_count == 3
+    assert ch.queue_declare("e2e-far", passive=True).method.message_count == 1
+    conn.close()
+    print("ok exchange_to_exchange_routes")
+
+
 def queue_expires():
     conn = connect()
     ch = conn.channel()
@@ -672,6 +738,8 @@ SCENARIOS = {
     "refused_arguments": refused_arguments,
     "redeclare_and_delete_preconditions": redeclare_and_delete_preconditions,
     "queue_expires": queue_expires,
+    "exchange_to_exchange": exchange_to_exchange,
+    "exchange_to_exchange_routes": exchange_to_exchange_routes,
     "confirms_and_properties": confirms_and_properties,
     "prefetch_manual_acks": prefetch_manual_acks,
     "exchange_types": exchange_types,

@@ -137,6 +137,15 @@ fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_ac
 }
 
 #[test]
+fn pika_exchange_to_exchange_bindings_route_once_and_survive_a_restart() {
+    let (_dir, mut broker) = broker();
+    pika(&broker, "exchange_to_exchange", &["keep"]);
+    broker.kill();
+    broker.restart();
+    pika(&broker, "exchange_to_exchange_routes", &[]);
+}
+
+#[test]
 fn pika_queue_unused_past_x_expires_is_deleted() {
     let (_dir, broker) = broker();
     pika(&broker, "queue_expires", &[]);

@@ -232,6 +232,47 @@ impl Broker {
         .await
     }
 
+    /// Binds exchange `destination` to exchange `source`: messages `source` routes with
+    /// `routing_key` (and `headers`) go on through `destination`.
+    ///
+    /// # Errors
+    /// Unknown exchange; the default exchange; bad headers arguments; storage.
+    pub async fn bind_exchange(
+        &self,
+        _caller: &Session,
+        destination: String,
+        source: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            queues.bind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
+        })
+        .await
+    }
+
+    /// Removes an exchange-to-exchange binding (no error if it did not exist).
+    ///
+    /// # Errors
+    /// Unknown exchange; storage.
+    pub async fn unbind_exchange(
+        &self,
+        _caller: &Session,
+        destination: String,
+        source: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            queues
+                .unbind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Deletes a queue with its messages.
     ///
     /// # Errors

@@ -25,7 +25,7 @@
 //! The registry lock is held only for short sections with no await and no file write:
 //! definitions are snapshotted under it and written after it is released.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -72,8 +72,12 @@ struct QueueHandle {
 struct Registry {
     exchanges: HashMap<String, (Durability, Bindings)>,
     queues: HashMap<String, QueueHandle>,
-    /// Durable bindings with their headers arguments, for the definitions file.
+    /// Durable bindings with their headers arguments, for the definitions file. A binding
+    /// to an exchange has [`TO_EXCHANGE`] as its first header pair.
     bindings: Vec<StoredBinding>,
+    /// Exchange-to-exchange bindings by source exchange: the "queues" of these bindings
+    /// are destination exchanges, which route the message on in turn.
+    exchange_bindings: HashMap<String, Bindings>,
     /// Exclusive queues and the connection that owns each.
     owners: HashMap<String, SessionId>,
     /// Live consumer ids per queue, for auto-delete.
@@ -163,10 +167,21 @@ impl QueueManager {
             let pairs: Vec<(&str, &str)> = binding
                 .headers
                 .iter()
+                .skip(usize::from(to_exchange(&binding)))
                 .map(|arg| (arg.key.as_str(), arg.value.as_str()))
                 .collect();
             let args = binding_args(&binding.exchange, &pairs)?;
             // Restoring the file it came from: nothing to write back.
+            if to_exchange(&binding) {
+                self.lock().add_exchange_binding(
+                    &binding.queue,
+                    &binding.exchange,
+                    &binding.routing_key,
+                    &args,
+                    &pairs,
+                )?;
+                continue;
+            }
             self.lock().add_binding(
                 &binding.queue,
                 &binding.exchange,
@@ -230,7 +245,13 @@ impl QueueManager {
         if registry.exchanges.remove(name).is_none() {
             return Err(QueueError::UnknownExchange(name.to_string()));
         }
-        registry.bindings.retain(|binding| binding.exchange != name);
+        registry.exchange_bindings.remove(name);
+        for bindings in registry.exchange_bindings.values_mut() {
+            bindings.remove_queue(name);
+        }
+        registry.bindings.retain(|binding| {
+            binding.exchange != name && !(to_exchange(binding) && binding.queue == name)
+        });
         let snapshot = self.snapshot(&registry);
         drop(registry);
         self.definitions.persist(snapshot)
@@ -243,11 +264,15 @@ impl QueueManager {
             .exchanges
             .iter()
             .map(|(name, (durability, bindings))| {
+                let to_exchanges = registry
+                    .exchange_bindings
+                    .get(name)
+                    .map_or(0, |bindings| bindings.list().len());
                 (
                     name.clone(),
                     bindings.kind(),
                     *durability,
-                    bindings.list().len(),
+                    bindings.list().len() + to_exchanges,
                 )
             })
             .collect();
@@ -452,7 +477,78 @@ impl QueueManager {
         registry.bindings.retain(|binding| {
             let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
             let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
-            !(binding.exchange == exchange && binding.queue == queue && same_key && same_headers)
+            !(binding.exchange == exchange
+                && binding.queue == queue
+                && same_key
+                && same_headers
+                && !to_exchange(binding))
+        });
+        let snapshot = self.snapshot(&registry);
+        drop(registry);
+        self.definitions.persist(snapshot)?;
+        Ok(removed)
+    }
+
+    /// Binds exchange `destination` to exchange `source`: what `source` routes with
+    /// `routing_key` (and `headers`, for a headers exchange) goes on through `destination`.
+    /// A message reaches each queue once, whatever the paths (cycles included).
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid` (the default exchange, bad header pairs), `Storage`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
+        binding_args(destination, headers)?;
+        let args = binding_args(source, headers)?;
+        let mut registry = self.lock();
+        let added_durable =
+            registry.add_exchange_binding(destination, source, routing_key, &args, headers)?;
+        if added_durable {
+            let snapshot = self.snapshot(&registry);
+            drop(registry);
+            self.definitions.persist(snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an exchange-to-exchange binding; true if it existed.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid`, `Storage`.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<bool, QueueError> {
+        let args = HeadersArgs::from_pairs(headers.iter().copied()).map_err(QueueError::Invalid)?;
+        let mut registry = self.lock();
+        if !registry.exchanges.contains_key(destination) {
+            return Err(QueueError::UnknownExchange(destination.to_string()));
+        }
+        let kind = registry
+            .exchanges
+            .get(source)
+            .map(|(_, bindings)| bindings.kind())
+            .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
+        let removed = registry
+            .exchange_bindings
+            .get_mut(source)
+            .is_some_and(|bindings| bindings.unbind(destination, routing_key, Some(&args)));
+        let stored_headers = exchange_pairs(headers);
+        registry.bindings.retain(|binding| {
+            let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
+            let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
+            !(binding.exchange == source
+                && binding.queue == destination
+                && same_key
+                && same_headers
+                && to_exchange(binding))
         });
         let snapshot = self.snapshot(&registry);
         drop(registry);
@@ -961,7 +1057,9 @@ impl QueueManager {
             for (_, bindings) in registry.exchanges.values_mut() {
                 bindings.remove_queue(queue);
             }
-            registry.bindings.retain(|binding| binding.queue != queue);
+            registry
+                .bindings
+                .retain(|binding| binding.queue != queue || to_exchange(binding));
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
             registry.deleting.insert(queue.to_string());
@@ -1277,6 +1375,64 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Binds exchange `destination` to `source`; true if the binding is new and both are
+    /// durable (the definitions file must be written again).
+    fn add_exchange_binding(
+        &mut self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        args: &HeadersArgs,
+        headers: &[(&str, &str)],
+    ) -> Result<bool, QueueError> {
+        let (destination_durability, _) = self
+            .exchanges
+            .get(destination)
+            .ok_or_else(|| QueueError::UnknownExchange(destination.to_string()))?;
+        let destination_durable = *destination_durability == Durability::Durable;
+        let (source_durability, source_bindings) = self
+            .exchanges
+            .get(source)
+            .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
+        let durable = destination_durable && *source_durability == Durability::Durable;
+        let kind = source_bindings.kind();
+        let added = self
+            .exchange_bindings
+            .entry(source.to_string())
+            .or_insert_with(|| Bindings::new(kind))
+            .bind(destination, routing_key, Some(args));
+        if !(added && durable) {
+            return Ok(false);
+        }
+        self.bindings.push(StoredBinding {
+            exchange: source.to_string(),
+            queue: destination.to_string(),
+            routing_key: routing_key.to_string(),
+            headers: exchange_pairs(headers),
+        });
+        Ok(true)
+    }
+}
+
+/// The first header pair of a stored binding whose destination is an exchange.
+const TO_EXCHANGE: (&str, &str) = ("x-wharf-destination", "exchange");
+
+/// True if the stored binding's destination is an exchange.
+fn to_exchange(binding: &StoredBinding) -> bool {
+    binding
+        .headers
+        .first()
+        .is_some_and(|arg| (arg.key.as_str(), arg.value.as_str()) == TO_EXCHANGE)
+}
+
+/// The stored header pairs of an exchange-to-exchange binding: the marker, then `headers`.
+fn exchange_pairs(headers: &[(&str, &str)]) -> Vec<StoredArg> {
+    let mut pairs = stored_pairs(&[TO_EXCHANGE]);
+    pairs.extend(stored_pairs(headers));
+    pairs
+}
+
 /// The headers arguments of a binding to `exchange`.
 ///
 /// # Errors
@@ -1362,7 +1518,29 @@ fn route_in(
         .exchanges
         .get(exchange)
         .map(|(_, bindings)| bindings);
-    let names = route_names(exchange, bindings, message)?;
+    let mut names = route_names(exchange, bindings, message)?;
+    if !registry.exchange_bindings.is_empty() {
+        // Through exchange-to-exchange bindings, each exchange once (cycles end).
+        let mut seen: BTreeSet<&str> = BTreeSet::from([exchange]);
+        let mut sources = vec![exchange.to_string()];
+        while let Some(source) = sources.pop() {
+            let Some(onward) = registry.exchange_bindings.get(&source) else {
+                continue;
+            };
+            for destination in route_names(&source, Some(onward), message)? {
+                let Some((name, (_, bindings))) = registry.exchanges.get_key_value(&destination)
+                else {
+                    continue;
+                };
+                if seen.insert(name.as_str()) {
+                    names.extend(route_names(name, Some(bindings), message)?);
+                    sources.push(destination);
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+    }
     Ok(names
         .into_iter()
         .filter_map(|name| {

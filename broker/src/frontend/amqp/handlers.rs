@@ -240,7 +240,7 @@ async fn start(shared: &Arc<Shared>) {
         ("publisher_confirms", true),
         ("basic.nack", true),
         ("consumer_cancel_notify", true),
-        ("exchange_exchange_bindings", false),
+        ("exchange_exchange_bindings", true),
         ("per_consumer_qos", true),
         ("connection.blocked", true),
         ("authentication_failure_close", true),
@@ -879,10 +879,54 @@ async fn exchange_class(
             }
             Ok(())
         }
-        exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => Err(Reply::new(
-            error_code::NOT_IMPLEMENTED,
-            "exchange-to-exchange bindings are not supported by wharf yet",
-        )),
+        exchange::AMQPMethod::Bind(bind) => {
+            if bind.source.as_str().is_empty() || bind.destination.as_str().is_empty() {
+                return Err(Reply::new(
+                    error_code::ACCESS_REFUSED,
+                    "operation not permitted on the default exchange",
+                ));
+            }
+            broker
+                .bind_exchange(
+                    session,
+                    bind.destination.as_str().to_string(),
+                    bind.source.as_str().to_string(),
+                    bind.routing_key.as_str().to_string(),
+                    binding_args(&bind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 40, 30))?;
+            if !bind.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        exchange::AMQPMethod::Unbind(unbind) => {
+            broker
+                .unbind_exchange(
+                    session,
+                    unbind.destination.as_str().to_string(),
+                    unbind.source.as_str().to_string(),
+                    unbind.routing_key.as_str().to_string(),
+                    binding_args(&unbind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 40, 40))?;
+            if !unbind.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
         other => Err(Reply::new(
             error_code::COMMAND_INVALID,
             format!("unexpected {other:?}"),
