@@ -503,6 +503,42 @@ def exchange_to_exchange_routes():
     print("ok exchange_to_exchange_routes")
 
 
+def consumer_priorities():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("prio-q").method.queue
+    got = {"low": [], "high": []}
+    held = []
+
+    def on(name):
+        def callback(channel, method, properties, body):
+            got[name].append(body)
+            held.append(method.delivery_tag)
+        return callback
+
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume(q, on("low"), arguments={"x-priority": 1})
+    ch.basic_qos(prefetch_count=2)
+    ch.basic_consume(q, on("high"), arguments={"x-priority": 10})
+    for index in range(5):
+        ch.basic_publish("", q, b"m%d" % index)
+    deadline = time.time() + 5
+    while len(held) < 5 and time.time() < deadline:
+        conn.process_data_events(0.1)
+    # The high-priority consumer takes what its window holds; the rest goes lower.
+    assert got == {"high": [b"m0", b"m1"], "low": [b"m2", b"m3", b"m4"]}, got
+    ch.basic_ack(0, multiple=True)
+    try:
+        ch.basic_consume(q, on("low"), arguments={"x-priority": "high"})
+        conn.process_data_events(0.5)
+        raise AssertionError("a non-integer x-priority accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    conn.close()
+    print("ok consumer_priorities")
+
+
 def queue_expires():
     conn = connect()
     ch = conn.channel()
@@ -738,6 +774,7 @@ SCENARIOS = {
     "refused_arguments": refused_arguments,
     "redeclare_and_delete_preconditions": redeclare_and_delete_preconditions,
     "queue_expires": queue_expires,
+    "consumer_priorities": consumer_priorities,
     "exchange_to_exchange": exchange_to_exchange,
     "exchange_to_exchange_routes": exchange_to_exchange_routes,
     "confirms_and_properties": confirms_and_properties,

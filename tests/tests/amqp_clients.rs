@@ -146,6 +146,12 @@ fn pika_exchange_to_exchange_bindings_route_once_and_survive_a_restart() {
 }
 
 #[test]
+fn pika_higher_priority_consumers_fill_their_window_first() {
+    let (_dir, broker) = broker();
+    pika(&broker, "consumer_priorities", &[]);
+}
+
+#[test]
 fn pika_queue_unused_past_x_expires_is_deleted() {
     let (_dir, broker) = broker();
     pika(&broker, "queue_expires", &[]);

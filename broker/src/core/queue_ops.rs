@@ -63,6 +63,8 @@ pub struct SubscribeQuery {
     pub queue: String,
     /// Most unacknowledged deliveries.
     pub prefetch: u32,
+    /// Consumers of a higher priority with room get messages first (0: the default).
+    pub priority: i32,
 }
 
 /// An ack, nack or reject of deliveries.
@@ -437,7 +439,12 @@ impl Broker {
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         let (consumer, deliveries) = self
             .queues
-            .subscribe_for(&query.queue, query.prefetch, Some(session.id()))
+            .subscribe_for(
+                &query.queue,
+                query.prefetch,
+                query.priority,
+                Some(session.id()),
+            )
             .await?;
         session.add_consumer(&query.queue, consumer);
         Ok((consumer, deliveries))

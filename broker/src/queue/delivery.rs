@@ -248,6 +248,8 @@ struct Consumer {
     gets_only: bool,
     /// Stopped ([`DeliveryState::stop_consumer`]): removed once it holds nothing.
     stopped: bool,
+    /// Consumers of a higher priority with room get messages first.
+    priority: i32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -334,6 +336,18 @@ impl DeliveryState {
 
     /// Subscribes a consumer with a prefetch window (0: unlimited).
     pub fn add_consumer(&mut self, consumer: ConsumerId, prefetch: u32) {
+        self.add_consumer_with_priority(consumer, prefetch, 0);
+    }
+
+    /// Subscribes a consumer with a prefetch window and a priority: messages go to the
+    /// consumers of the highest priority that have room, round-robin among them (AMQP's
+    /// consumer priorities; a single active consumer ignores them).
+    pub fn add_consumer_with_priority(
+        &mut self,
+        consumer: ConsumerId,
+        prefetch: u32,
+        priority: i32,
+    ) {
         self.consumers.insert(
             consumer,
             Consumer {
@@ -341,6 +355,7 @@ impl DeliveryState {
                 tags: BTreeSet::new(),
                 gets_only: false,
                 stopped: false,
+                priority,
             },
         );
     }
@@ -546,12 +561,21 @@ impl DeliveryState {
             let (&active, _) = self.consumers.iter().find(|(_, state)| !state.gets_only)?;
             return self.has_room(active).then_some(active);
         }
+        let best = self
+            .consumers
+            .iter()
+            .filter(|(id, _)| self.has_room(**id))
+            .map(|(_, state)| state.priority)
+            .max()?;
         let after = self.last_consumer.unwrap_or(ConsumerId(u64::MIN));
         let ordered = self
             .consumers
             .range(ConsumerId(after.0.saturating_add(1))..)
             .chain(self.consumers.range(..=after));
-        ordered.map(|(id, _)| *id).find(|id| self.has_room(*id))
+        ordered
+            .filter(|(_, state)| state.priority == best)
+            .map(|(id, _)| *id)
+            .find(|id| self.has_room(*id))
     }
 
     /// Returns deliveries unacknowledged past the ack timeout to the queue and cancels their
@@ -672,6 +696,7 @@ impl DeliveryState {
                 tags: BTreeSet::new(),
                 gets_only: true,
                 stopped: false,
+                priority: 0,
             })
             .tags
             .insert(tag);
@@ -1161,6 +1186,26 @@ mod tests {
         state.add_consumer(ConsumerId(3), 1);
         state.stop_consumer(ConsumerId(3));
         assert!(state.remove_consumer(ConsumerId(3)).is_empty());
+    }
+
+    #[test]
+    fn higher_priority_consumers_with_room_get_messages_first() {
+        let mut state = queue_with(QueueLimits::default(), 0..7);
+        state.add_consumer_with_priority(ConsumerId(1), 10, 1);
+        state.add_consumer_with_priority(ConsumerId(2), 2, 5);
+        state.add_consumer_with_priority(ConsumerId(3), 2, 5);
+        let got = deliveries(&state.dispatch(0));
+        let to = |consumer: u64| -> Vec<MessageId> {
+            got.iter()
+                .filter(|d| d.consumer == ConsumerId(consumer))
+                .map(|d| d.message)
+                .collect()
+        };
+        // Round-robin between the two of priority 5 until both are full, then the rest.
+        assert_eq!(
+            (to(2), to(3), to(1)),
+            (vec![0, 2], vec![1, 3], vec![4, 5, 6])
+        );
     }
 
     #[test]

@@ -638,7 +638,7 @@ impl QueueManager {
         queue: &str,
         prefetch: u32,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
-        self.subscribe_for(queue, prefetch, None).await
+        self.subscribe_for(queue, prefetch, 0, None).await
     }
 
     /// Subscribes on behalf of connection `session` (refused on another connection's
@@ -650,6 +650,7 @@ impl QueueManager {
         &self,
         queue: &str,
         prefetch: u32,
+        priority: i32,
         session: Option<SessionId>,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         {
@@ -673,7 +674,7 @@ impl QueueManager {
         let (deliveries, receiver) = mpsc::channel(prefetch as usize + 1);
         sender
             .send(Command::Control(Control::Subscribe(
-                consumer, prefetch, deliveries,
+                consumer, prefetch, priority, deliveries,
             )))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;

@@ -87,8 +87,8 @@ pub(crate) enum Command {
 
 /// The commands that neither merge with their neighbours nor stop the task.
 pub(crate) enum Control {
-    /// Adds a consumer with its prefetch window and channel.
-    Subscribe(ConsumerId, u32, mpsc::Sender<ConsumerEvent>),
+    /// Adds a consumer with its prefetch window, priority and channel.
+    Subscribe(ConsumerId, u32, i32, mpsc::Sender<ConsumerEvent>),
     /// Removes a consumer (its deliveries return to the queue); answered before they are
     /// dispatched again.
     Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
@@ -474,8 +474,9 @@ impl QueueTask {
             self.last_used_ms = self.clock.now_ms();
         }
         match control {
-            Control::Subscribe(consumer, prefetch, sender) => {
-                self.state.add_consumer(consumer, prefetch);
+            Control::Subscribe(consumer, prefetch, priority, sender) => {
+                self.state
+                    .add_consumer_with_priority(consumer, prefetch, priority);
                 self.consumers.insert(consumer, sender);
             }
             Control::Cancel(consumer, reason, reply) => {

@@ -244,7 +244,7 @@ async fn start(shared: &Arc<Shared>) {
         ("per_consumer_qos", true),
         ("connection.blocked", true),
         ("authentication_failure_close", true),
-        ("consumer_priorities", false),
+        ("consumer_priorities", true),
         ("direct_reply_to", false),
     ] {
         capabilities.insert(name.into(), AMQPValue::Boolean(on));
@@ -1372,6 +1372,17 @@ async fn basic_consume(
             u32::from(open.prefetch)
         }
     };
+    let priority = match consume.arguments.inner().get("x-priority") {
+        None => 0,
+        Some(value) => message::value_text(value)
+            .and_then(|text| text.parse::<i32>().ok())
+            .ok_or_else(|| {
+                Reply::new(
+                    error_code::PRECONDITION_FAILED,
+                    "invalid arg 'x-priority': it must be an integer",
+                )
+            })?,
+    };
     if consume.exclusive {
         let consumers = shared
             .broker
@@ -1392,6 +1403,7 @@ async fn basic_consume(
             SubscribeQuery {
                 queue: queue.to_string(),
                 prefetch,
+                priority,
             },
         )
         .await
