@@ -418,6 +418,43 @@ def dead_lettering():
     print("ok dead_lettering", nacks)
 
 
+def dead_letter_counts_when_republished():
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("retry-dlx", "fanout")
+    dead = ch.queue_declare("retry-dead").method.queue
+    ch.queue_bind(dead, "retry-dlx")
+    work = ch.queue_declare("retry-work", arguments={"x-dead-letter-exchange": "retry-dlx"}).method.queue
+    ch.basic_publish("", work, b"flaky", pika.BasicProperties(headers={"attempt": "1"}))
+    for attempt in (1, 2, 3):
+        method, _, _ = ch.basic_get(work)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+        died = None
+        deadline = time.time() + 5
+        while died is None and time.time() < deadline:
+            method, properties, body = ch.basic_get(dead, auto_ack=True)
+            if method is None:
+                time.sleep(0.05)
+            else:
+                died = (properties, body)
+        assert died is not None, "not dead-lettered on attempt %d" % attempt
+        properties, body = died
+        deaths = properties.headers["x-death"]
+        assert len(deaths) == 1, deaths
+        death = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in deaths[0].items()}
+        # The same queue and reason count up, as RabbitMQ does for a message a client
+        # republished with its headers (the usual retry loop).
+        assert death["count"] == attempt and death["queue"] == "retry-work", death
+        assert death["reason"] == "rejected", death
+        first = properties.headers["x-first-death-queue"]
+        assert (first.decode() if isinstance(first, bytes) else first) == "retry-work", properties.headers
+        if attempt < 3:
+            ch.basic_publish("", work, body, pika.BasicProperties(headers=properties.headers))
+    conn.close()
+    print("ok dead_letter_counts_when_republished")
+
+
 def refused_arguments():
     conn = connect()
     for arguments, text in [
@@ -775,6 +812,7 @@ SCENARIOS = {
     "redeclare_and_delete_preconditions": redeclare_and_delete_preconditions,
     "queue_expires": queue_expires,
     "consumer_priorities": consumer_priorities,
+    "dead_letter_counts_when_republished": dead_letter_counts_when_republished,
     "exchange_to_exchange": exchange_to_exchange,
     "exchange_to_exchange_routes": exchange_to_exchange_routes,
     "confirms_and_properties": confirms_and_properties,

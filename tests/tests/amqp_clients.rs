@@ -131,6 +131,12 @@ fn pika_dead_letters_for_each_reason_with_an_x_death_table() {
 }
 
 #[test]
+fn pika_republished_dead_letter_counts_up_its_x_death_entry() {
+    let (_dir, broker) = broker();
+    pika(&broker, "dead_letter_counts_when_republished", &[]);
+}
+
+#[test]
 fn pika_queue_arguments_wharf_lacks_are_refused_with_406_and_typed_queues_are_accepted() {
     let (_dir, broker) = broker();
     pika(&broker, "refused_arguments", &[]);

@@ -118,6 +118,50 @@ pub fn headers_from_properties(properties: &AMQPProperties) -> Result<Vec<Header
     Ok(headers)
 }
 
+/// Adds the latest death to the `x-death` array of `table` as RabbitMQ does: a message a
+/// client republished with its headers (a retry loop) already has the array, whose entry
+/// of the same queue and reason counts up and moves to the front, and its
+/// `x-first-death-*` headers stay.
+fn add_death(table: &mut FieldTable, mut death: FieldTable, timestamp_ms: i64) {
+    let text = |entry: &FieldTable, key: &str| entry.inner().get(key).and_then(value_text);
+    let mut earlier: Vec<AMQPValue> = match table.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let same = earlier.iter().position(|entry| {
+        matches!(entry, AMQPValue::FieldTable(entry)
+            if text(entry, "queue") == text(&death, "queue")
+                && text(entry, "reason") == text(&death, "reason"))
+    });
+    let count = same
+        .and_then(|index| match earlier.remove(index) {
+            AMQPValue::FieldTable(entry) => text(&entry, "count")?.parse::<i64>().ok(),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if !table.contains_key("x-first-death-reason") {
+        for field in ["reason", "queue", "exchange"] {
+            if let Some(value) = death.inner().get(field) {
+                table.insert(format!("x-first-death-{field}").into(), value.clone());
+            }
+        }
+    }
+    death.insert(
+        "count".into(),
+        AMQPValue::LongLongInt(count.saturating_add(1)),
+    );
+    death.insert(
+        "time".into(),
+        AMQPValue::Timestamp(u64::try_from(timestamp_ms / 1000).unwrap_or(0)),
+    );
+    let mut deaths = FieldArray::default();
+    deaths.push(AMQPValue::FieldTable(death));
+    for entry in earlier {
+        deaths.push(entry);
+    }
+    table.insert("x-death".into(), AMQPValue::FieldArray(deaths));
+}
+
 /// What a stored record carries back out: properties, and the exchange it was published to.
 /// A dead-lettered record's `x-death-*` headers become RabbitMQ's `x-death` array (one
 /// table: reason, queue, exchange, routing-keys, original-expiration when the message had
@@ -209,19 +253,7 @@ pub fn properties_from_headers(headers: &[Header], timestamp_ms: i64) -> (AMQPPr
         };
     }
     if death.contains_key("reason") {
-        for field in ["reason", "queue", "exchange"] {
-            if let Some(value) = death.inner().get(field) {
-                table.insert(format!("x-first-death-{field}").into(), value.clone());
-            }
-        }
-        death.insert("count".into(), AMQPValue::LongLongInt(1));
-        death.insert(
-            "time".into(),
-            AMQPValue::Timestamp(u64::try_from(timestamp_ms / 1000).unwrap_or(0)),
-        );
-        let mut deaths = FieldArray::default();
-        deaths.push(AMQPValue::FieldTable(death));
-        table.insert("x-death".into(), AMQPValue::FieldArray(deaths));
+        add_death(&mut table, death, timestamp_ms);
         has_table = true;
     }
     if has_table {
@@ -335,6 +367,59 @@ mod tests {
     fn bad_expiration_is_refused() {
         let properties = AMQPProperties::default().with_expiration("soon".into());
         assert!(headers_from_properties(&properties).is_err());
+    }
+
+    #[test]
+    fn a_repeated_death_counts_up_its_entry_and_keeps_the_first_death() {
+        let entry = |queue: &str, reason: &str, count: i64| {
+            let mut entry = FieldTable::default();
+            entry.insert("queue".into(), AMQPValue::LongString(queue.into()));
+            entry.insert("reason".into(), AMQPValue::LongString(reason.into()));
+            entry.insert("count".into(), AMQPValue::LongLongInt(count));
+            entry
+        };
+        let mut table = FieldTable::default();
+        let earlier: Vec<AMQPValue> = vec![
+            AMQPValue::FieldTable(entry("other", "expired", 1)),
+            AMQPValue::FieldTable(entry("work", "rejected", 2)),
+        ];
+        table.insert("x-death".into(), AMQPValue::FieldArray(earlier.into()));
+        table.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("expired".into()),
+        );
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), AMQPValue::LongString("work".into()));
+        death.insert("reason".into(), AMQPValue::LongString("rejected".into()));
+        add_death(&mut table, death, 5_000);
+        let Some(AMQPValue::FieldArray(deaths)) = table.inner().get("x-death") else {
+            panic!("no x-death array: {table:?}");
+        };
+        let summary: Vec<(Option<String>, Option<String>)> = deaths
+            .as_slice()
+            .iter()
+            .map(|value| match value {
+                AMQPValue::FieldTable(entry) => (
+                    entry.inner().get("queue").and_then(value_text),
+                    entry.inner().get("count").and_then(value_text),
+                ),
+                _ => (None, None),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some("work".to_string()), Some("3".to_string())),
+                (Some("other".to_string()), Some("1".to_string()))
+            ]
+        );
+        assert_eq!(
+            table
+                .inner()
+                .get("x-first-death-reason")
+                .and_then(value_text),
+            Some("expired".to_string())
+        );
     }
 
     #[test]
