@@ -579,19 +579,20 @@ def consumer_priorities():
 def queue_expires():
     conn = connect()
     ch = conn.channel()
-    q = ch.queue_declare("expiring", arguments={"x-expires": 600}).method.queue
+    # Margins of about 0.7 s either way, for a loaded machine.
+    q = ch.queue_declare("expiring", arguments={"x-expires": 1500}).method.queue
     ch.basic_publish("", q, b"publishing does not count as use")
     # A redeclare counts as use, and so does a consumer for as long as it stays.
-    time.sleep(0.4)
-    ch.queue_declare(q, arguments={"x-expires": 600})
-    time.sleep(0.4)
+    time.sleep(0.8)
+    ch.queue_declare(q, arguments={"x-expires": 1500})
+    time.sleep(0.8)
     tag = ch.basic_consume(q, lambda *_: None, auto_ack=True)
-    time.sleep(0.9)
+    time.sleep(2.2)
     assert ch.queue_declare(q, passive=True).method.consumer_count == 1
     ch.basic_cancel(tag)
     time.sleep(0.3)
     ch.queue_declare(q, passive=True)
-    time.sleep(1.2)
+    time.sleep(2.5)
     try:
         ch.queue_declare(q, passive=True)
         raise AssertionError("unused queue outlived its x-expires")
