@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # refused_arguments: wharf refuses x-queue-type stream (its streams speak Kafka), and
-# x-max-length-bytes and reject-publish-dlx, which RabbitMQ serves.
+# x-max-length-bytes and x-max-priority, which RabbitMQ serves.
 # delayed_exchange: the delayed-message plugin is not in Debian's package.
 EXPECTED_DIFFERENCES="refused_arguments delayed_exchange"
 SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory_return

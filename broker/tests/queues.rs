@@ -718,3 +718,55 @@ async fn exchange_to_exchange_bindings_route_once_through_cycles_and_survive_a_r
     let published = manager.publish("src", message("a.b", "6")).await.unwrap();
     assert_eq!(routed(published), ["near"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_dlx_dead_letters_the_refused_message_once_without_a_cycle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    // Two full queues that dead-letter into each other.
+    for (queue, other) in [("full-a", "full-b"), ("full-b", "full-a")] {
+        let exchange = format!("to-{other}");
+        manager
+            .declare_exchange(&exchange, ExchangeKind::Fanout, Durability::Durable)
+            .unwrap();
+        let args = args_from_pairs([
+            ("max-length", "1"),
+            ("overflow", "reject-publish-dlx"),
+            ("dead-letter-exchange", exchange.as_str()),
+        ])
+        .unwrap();
+        manager
+            .declare_queue(queue, args, Durability::Durable)
+            .unwrap();
+    }
+    manager.bind("full-b", "to-full-b", "", &[]).unwrap();
+    manager.bind("full-a", "to-full-a", "", &[]).unwrap();
+    manager.publish("", message("full-a", "a1")).await.unwrap();
+    manager.publish("", message("full-b", "b1")).await.unwrap();
+    // Refused by the full queue, its copy is refused by the other full queue and dropped
+    // there instead of going round for ever.
+    assert!(matches!(
+        manager.publish("", message("full-a", "a2")).await,
+        Err(QueueError::QueueFull { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts: Vec<(String, u64)> = manager
+        .list()
+        .await
+        .into_iter()
+        .map(|stats| (stats.name, stats.ready))
+        .collect();
+    assert_eq!(
+        counts,
+        [("full-a".to_string(), 1), ("full-b".to_string(), 1)]
+    );
+    // With room in the other queue, the refused message lands there, dead-lettered.
+    let (consumer, got) = take(&manager, "full-b", 1).await;
+    manager
+        .ack("full-b", consumer, got[0].tag, AckScope::Single)
+        .await
+        .unwrap();
+    assert!(manager.publish("", message("full-a", "a3")).await.is_err());
+    let (_, got) = take(&manager, "full-b", 1).await;
+    assert_eq!(body(&got[0]), "a3");
+}

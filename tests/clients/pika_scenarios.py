@@ -460,7 +460,7 @@ def refused_arguments():
     for arguments, text in [
         ({"x-queue-type": "stream"}, "stream"),
         ({"x-max-length-bytes": 1000}, "x-max-length-bytes"),
-        ({"x-overflow": "reject-publish-dlx"}, "reject-publish-dlx"),
+        ({"x-max-priority": 5}, "x-max-priority"),
     ]:
         ch = conn.channel()
         try:
@@ -739,6 +739,31 @@ def overflow_reject_publish():
     method, _, body = ch.basic_get(q, auto_ack=True)
     assert body == b"fits" and method.message_count == 0, (method, body)
     ch.basic_publish("", q, b"room-again")
+    # reject-publish-dlx: refused as well, and dead-lettered with reason maxlen.
+    ch.exchange_declare("full-dlx", "fanout")
+    dead = ch.queue_declare("full-dead").method.queue
+    ch.queue_bind(dead, "full-dlx")
+    arguments = {"x-max-length": 1, "x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "full-dlx"}
+    q = ch.queue_declare("full-dlx-q", arguments=arguments).method.queue
+    ch.basic_publish("", q, b"fits")
+    try:
+        ch.basic_publish("", q, b"refused", pika.BasicProperties(headers={"k": "v"}))
+        raise AssertionError("publish to a full reject-publish-dlx queue confirmed")
+    except pika.exceptions.NackError:
+        pass
+    died = None
+    deadline = time.time() + 5
+    while died is None and time.time() < deadline:
+        method, properties, body = ch.basic_get(dead, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+        else:
+            died = (properties, body)
+    assert died is not None, "refused message not dead-lettered"
+    properties, body = died
+    death = death_of(properties)
+    assert body == b"refused" and death["reason"] == "maxlen" and death["queue"] == "full-dlx-q", death
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
     conn.close()
     print("ok overflow_reject_publish")
 

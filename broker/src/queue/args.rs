@@ -29,6 +29,7 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
         match args.overflow {
             Overflow::DropHead => "drop-head",
             Overflow::RejectPublish => "reject-publish",
+            Overflow::RejectPublishDlx => "reject-publish-dlx",
         }
         .to_string(),
     );
@@ -79,10 +80,11 @@ pub fn args_from_pairs<'a>(
                 args.overflow = match value {
                     "drop-head" => Overflow::DropHead,
                     "reject-publish" => Overflow::RejectPublish,
+                    "reject-publish-dlx" => Overflow::RejectPublishDlx,
                     other => {
                         return Err(QueueError::Invalid(format!(
-                            "overflow {other:?} is not drop-head or reject-publish"
-                        )))
+                        "overflow {other:?} is not drop-head, reject-publish or reject-publish-dlx"
+                    )))
                     }
                 }
             }

@@ -84,6 +84,8 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message.
     RejectPublish,
+    /// Refuse the new message and dead-letter it (reason `maxlen`).
+    RejectPublishDlx,
 }
 
 /// Limits of a queue.
@@ -313,7 +315,9 @@ impl DeliveryState {
         if let Some(max_length) = self.limits.max_length {
             if self.ready.len() as u64 >= max_length {
                 match self.limits.overflow {
-                    Overflow::RejectPublish => return Err(DeliveryError::QueueFull { max_length }),
+                    Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                        return Err(DeliveryError::QueueFull { max_length })
+                    }
                     Overflow::DropHead => {
                         // Make room: dead-letter the oldest ready messages.
                         while self.ready.len() as u64 >= max_length {

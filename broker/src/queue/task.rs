@@ -34,7 +34,7 @@ use crate::queue::delivery::{
     DeliveryTag, GetMode, MessageMeta, Overflow, QueueLimits, Requeue,
 };
 use crate::queue::manager::QueueManager;
-use crate::queue::publish::{dead_letter_copy, header_number};
+use crate::queue::publish::{dead_letter_copy, header_number, header_value};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
     ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
@@ -315,7 +315,7 @@ impl QueueTask {
         let limits = self.state.limits();
         // With reject-publish, each publish must see the length its predecessors left.
         let merge_publishes =
-            !(limits.max_length.is_some() && limits.overflow == Overflow::RejectPublish);
+            !(limits.max_length.is_some() && limits.overflow != Overflow::DropHead);
         for command in batch {
             match command {
                 Command::Publish(messages, reply) => {
@@ -670,8 +670,15 @@ impl QueueTask {
         let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
         // Check the length limit before storing, so a refused message is never stored.
         let limits = self.state.limits();
-        if let (Some(max_length), Overflow::RejectPublish) = (limits.max_length, limits.overflow) {
+        if let (Some(max_length), Overflow::RejectPublish | Overflow::RejectPublishDlx) =
+            (limits.max_length, limits.overflow)
+        {
             if self.state.ready_count() as u64 >= max_length {
+                if limits.overflow == Overflow::RejectPublishDlx {
+                    for message in &messages {
+                        self.forward_refused(message, now);
+                    }
+                }
                 return Err(QueueError::QueueFull {
                     queue: self.name.clone(),
                     max_length,
@@ -702,8 +709,13 @@ impl QueueTask {
             match self.state.enqueue(meta) {
                 Ok(more) => actions.extend(more),
                 Err(DeliveryError::QueueFull { max_length }) => {
-                    // Stored but refused: settle it so it never comes back.
-                    let _ = self.settle(&[id]).await;
+                    // Stored but refused: dead-lettered with reject-publish-dlx (its copy,
+                    // once stored, settles it), else settled so it never comes back.
+                    if limits.overflow != Overflow::RejectPublishDlx
+                        || !self.forward_dead_letter(id, DeadLetterReason::MaxLength)
+                    {
+                        let _ = self.settle(&[id]).await;
+                    }
                     return Err(QueueError::QueueFull {
                         queue: self.name.clone(),
                         max_length,
@@ -908,10 +920,33 @@ impl QueueTask {
     /// republish was started (it settles the message when the copy is stored), false if
     /// there is nowhere to send it and the caller settles it.
     fn forward_dead_letter(&mut self, id: i64, reason: DeadLetterReason) -> bool {
-        let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
+        let Ok(Some(record)) = self.store.read(id) else {
             return false;
         };
-        let Ok(Some(record)) = self.store.read(id) else {
+        self.forward_copy(id, record, reason)
+    }
+
+    /// Dead-letters a message refused before it was stored (`reject-publish-dlx`): its copy
+    /// goes to the dead-letter exchange with reason `maxlen`, and there is nothing to settle.
+    /// A refused message that is itself a dead-lettered copy is dropped instead, so full
+    /// queues that dead-letter into each other cannot pass a message round for ever.
+    fn forward_refused(&mut self, message: &Message, now: i64) {
+        if header_value(&message.headers, "x-death-reason").is_some() {
+            return;
+        }
+        let record = Record {
+            key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
+            value: Some(message.body.clone()),
+            headers: message.headers.clone(),
+            offset: NOT_STORED,
+            timestamp_ms: now,
+        };
+        self.forward_copy(NOT_STORED, record, DeadLetterReason::MaxLength);
+    }
+
+    /// Hands the dead-lettered copy of `record` (message `id`) to the queue's forwarder.
+    fn forward_copy(&mut self, id: i64, record: Record, reason: DeadLetterReason) -> bool {
+        let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
             return false;
         };
         let message = dead_letter_copy(record, reason, &self.name, routing_key);
@@ -932,6 +967,9 @@ impl QueueTask {
         forwarder.send((id, message)).is_ok()
     }
 }
+
+/// The id of a dead-lettered message that was never stored (refused by `reject-publish-dlx`).
+const NOT_STORED: i64 = -1;
 
 /// Most dead-lettered copies one forwarder round republishes before it settles them.
 const DEAD_LETTER_BATCH_MAX: usize = 1024;
@@ -962,13 +1000,14 @@ async fn forward_dead_letters(
             return;
         };
         let ids: Vec<i64> = round.iter().map(|(id, _)| *id).collect();
+        // A refused message (`NOT_STORED`) has no original to settle.
         let stored = manager
             .republish_dead_letters(&exchange, round.into_iter().map(|(_, copy)| copy))
             .await;
         let settled: Vec<i64> = ids
             .into_iter()
             .zip(stored)
-            .filter_map(|(id, stored)| stored.then_some(id))
+            .filter_map(|(id, stored)| (stored && id != NOT_STORED).then_some(id))
             .collect();
         if settled.is_empty() {
             continue;

@@ -955,15 +955,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
         let core_key = match key.as_str() {
             "x-message-ttl" => "message-ttl-ms",
             "x-max-length" => "max-length",
-            "x-overflow" => {
-                if text == "reject-publish-dlx" {
-                    return Err(Reply::new(
-                        error_code::PRECONDITION_FAILED,
-                        "x-overflow reject-publish-dlx is not supported by wharf; use drop-head or reject-publish",
-                    ));
-                }
-                "overflow"
-            }
+            "x-overflow" => "overflow",
             "x-dead-letter-exchange" => "dead-letter-exchange",
             "x-dead-letter-routing-key" => "dead-letter-routing-key",
             "x-delivery-limit" => "delivery-limit",
