@@ -4,9 +4,9 @@
 #
 #   kcat                     Debian's package (apt-get; needs root or sudo)
 #   confluent-kafka,         PyPI, pinned in tests/clients/requirements.txt, in a venv at
-#   kafka-python             target/test-clients/venv (tests find it there, or at
-#                            $WHARF_TEST_PYTHON)
-#   kafkajs                  npm, pinned in tests/clients/package-lock.json, installed into
+#   kafka-python, pika,      target/test-clients/venv (tests find it there, or at
+#   aio-pika                 $WHARF_TEST_PYTHON)
+#   kafkajs, amqplib         npm, pinned in tests/clients/package-lock.json, installed into
 #                            tests/clients/node_modules (needs node and npm)
 #
 # Extra arguments go to `cargo test` (for example `scripts/test.sh -p integration-tests`).
@@ -26,7 +26,7 @@ fi
 venv=target/test-clients/venv
 stamp="$venv/.requirements"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/clients/requirements.txt "$stamp"; then
-  echo "== installing the Python Kafka clients (PyPI) into $venv"
+  echo "== installing the Python Kafka and AMQP clients (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt
   cp tests/clients/requirements.txt "$stamp"
@@ -38,9 +38,9 @@ if ! command -v npm >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
-if [ ! -d tests/clients/node_modules/kafkajs ] \
+if [ ! -d tests/clients/node_modules/kafkajs ] || [ ! -d tests/clients/node_modules/amqplib ] \
     || ! cmp -s tests/clients/package-lock.json tests/clients/node_modules/.package-lock.json; then
-  echo "== installing the Node.js Kafka client (npm) into tests/clients/node_modules"
+  echo "== installing the Node.js Kafka and AMQP clients (npm) into tests/clients/node_modules"
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

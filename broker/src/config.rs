@@ -37,6 +37,8 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
 /// Default Kafka listener address (Kafka's own default port).
 pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+/// Default AMQP 0-9-1 listener address (RabbitMQ's port).
+pub const AMQP_LISTEN_DEFAULT: &str = "127.0.0.1:5672";
 /// Largest record batch a produce may carry unless the topic's `max.message.bytes` says
 /// otherwise (Kafka's default: 1 MiB plus batch overhead).
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
@@ -58,6 +60,8 @@ pub struct BrokerConfig {
     pub kafka_listen: Option<String>,
     /// What Kafka metadata answers tell clients to connect to (default: the bound address).
     pub kafka_advertised: Option<String>,
+    /// Where the AMQP 0-9-1 listener binds (`None`: off).
+    pub amqp_listen: Option<String>,
     /// Largest accepted frame (length field).
     pub frame_bytes_max: u32,
     /// Create unknown topics on first produce.
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             advertised_address: None,
             kafka_listen: Some(KAFKA_LISTEN_DEFAULT.to_string()),
             kafka_advertised: None,
+            amqp_listen: Some(AMQP_LISTEN_DEFAULT.to_string()),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -153,6 +158,11 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "kafka_advertised",
             "(unset)".to_string(),
             "HOST:PORT that Kafka metadata answers carry; unset: the Kafka listener's bound address",
+        ),
+        key(
+            "amqp_listen",
+            format!("{:?}", config.amqp_listen.as_deref().unwrap_or("off")),
+            "AMQP 0-9-1 listener, HOST:PORT or \"off\" (`--amqp-listen`)",
         ),
         key(
             "frame_bytes_max",
@@ -291,6 +301,7 @@ struct FileConfig {
     advertised_address: Option<String>,
     kafka_listen: Option<String>,
     kafka_advertised: Option<String>,
+    amqp_listen: Option<String>,
     frame_bytes_max: Option<u32>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -344,6 +355,9 @@ impl BrokerConfig {
             self.kafka_listen = listener_address(&listen);
         }
         self.kafka_advertised = file.kafka_advertised;
+        if let Some(listen) = file.amqp_listen {
+            self.amqp_listen = listener_address(&listen);
+        }
         self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
         self.auto_create_topics = file.auto_create_topics.unwrap_or(true);
         self.default_partitions = file.default_partitions.unwrap_or(1);

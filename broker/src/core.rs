@@ -54,6 +54,7 @@ pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{
     AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag,
     Durability, GetMode, GotMessage, Moved, Published, QueueError, QueueStats, Requeue, SessionId,
+    DELAY_HEADER, EXCHANGE_HEADER, EXPIRATION_HEADER,
 };
 pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{

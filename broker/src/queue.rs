@@ -56,6 +56,7 @@ mod task;
 pub mod types;
 
 pub use args::args_from_pairs;
+pub use delay::DELAY_HEADER;
 pub use delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 pub use manager::{QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
 pub use types::{

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
+use crate::frontend::amqp::Amqp;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
 use crate::net::listener;
@@ -52,6 +53,7 @@ pub enum ServerError {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
+    amqp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -65,6 +67,11 @@ impl ServerHandle {
     /// The address the Kafka listener is bound to, if it is on.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka_addr
+    }
+
+    /// The address the AMQP 0-9-1 listener is bound to, if it is on.
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.amqp_addr
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -125,6 +132,18 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         })?),
     };
     let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
+    let amqp_listener = match &config.amqp_listen {
+        None => None,
+        Some(address) => Some(listener::bind(address).await.map_err(|source| {
+            ServerError::Bind {
+                address: address.clone(),
+                listener: "AMQP",
+                remedy: "choose another address with --amqp-listen HOST:PORT, or turn the AMQP listener off with --amqp-listen off (or `amqp_listen` in the config file)",
+                source,
+            }
+        })?),
+    };
+    let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
@@ -153,6 +172,12 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             kafka_listener,
         )),
     };
+    let amqp = amqp_listener.map(|(amqp_listener, _)| {
+        (
+            Amqp::new(broker.clone(), config.frame_bytes_max),
+            amqp_listener,
+        )
+    });
     let task = tokio::spawn(async move {
         // Every connection holds a clone of `done_tx`; when all are dropped, `done_rx`
         // yields None.
@@ -164,11 +189,24 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             shutdown_rx.clone(),
             done_tx.clone(),
         );
-        let kafka_loop = async {
+        let (kafka_shutdown, kafka_done) = (shutdown_rx.clone(), done_tx.clone());
+        let kafka_loop = async move {
             if let Some((kafka, kafka_listener)) = kafka {
                 listener::accept_loop(
                     Arc::new(kafka),
                     kafka_listener,
+                    config.connections_max,
+                    kafka_shutdown,
+                    kafka_done,
+                )
+                .await;
+            }
+        };
+        let amqp_loop = async move {
+            if let Some((amqp, amqp_listener)) = amqp {
+                listener::accept_loop(
+                    Arc::new(amqp),
+                    amqp_listener,
                     config.connections_max,
                     shutdown_rx,
                     done_tx,
@@ -176,7 +214,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                 .await;
             }
         };
-        tokio::join!(native_loop, kafka_loop);
+        tokio::join!(native_loop, kafka_loop, amqp_loop);
         if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
             .await
             .is_err()
@@ -194,9 +232,13 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     if let Some(kafka_addr) = kafka_addr {
         tracing::info!(%kafka_addr, "Kafka listener listening");
     }
+    if let Some(amqp_addr) = amqp_addr {
+        tracing::info!(%amqp_addr, "AMQP listener listening");
+    }
     Ok(ServerHandle {
         local_addr,
         kafka_addr,
+        amqp_addr,
         shutdown,
         task,
     })

@@ -652,3 +652,121 @@ async fn expired_messages_reach_the_dead_letter_queue_in_queue_order() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_to_exchange_bindings_route_once_through_cycles_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routed = |published: Published| match published {
+        Published::Routed(mut queues) => {
+            queues.sort();
+            queues
+        }
+        Published::Unroutable => Vec::new(),
+    };
+    {
+        let manager = QueueManager::open(dir.path(), env()).expect("open");
+        for (name, kind) in [
+            ("src", ExchangeKind::Topic),
+            ("mid", ExchangeKind::Fanout),
+            ("leaf", ExchangeKind::Direct),
+        ] {
+            manager
+                .declare_exchange(name, kind, Durability::Durable)
+                .unwrap();
+        }
+        for queue in ["near", "far"] {
+            manager
+                .declare_queue(queue, QueueArgs::default(), Durability::Durable)
+                .unwrap();
+        }
+        // src -a.#-> mid -> near; mid -> leaf -a.b-> far; and the cycle leaf -a.b-> src.
+        manager.bind_exchange("mid", "src", "a.#", &[]).unwrap();
+        manager.bind("near", "mid", "", &[]).unwrap();
+        manager.bind_exchange("leaf", "mid", "", &[]).unwrap();
+        manager.bind("far", "leaf", "a.b", &[]).unwrap();
+        manager.bind_exchange("src", "leaf", "a.b", &[]).unwrap();
+        let published = manager.publish("src", message("a.b", "1")).await.unwrap();
+        assert_eq!(routed(published), ["far", "near"]);
+        let published = manager.publish("src", message("a.c", "2")).await.unwrap();
+        assert_eq!(routed(published), ["near"]);
+        let published = manager.publish("src", message("b", "3")).await.unwrap();
+        assert!(routed(published).is_empty());
+        assert!(matches!(
+            manager.bind_exchange("mid", "", "x", &[]),
+            Err(QueueError::Invalid(_))
+        ));
+        assert!(matches!(
+            manager.bind_exchange("nowhere", "src", "x", &[]),
+            Err(QueueError::UnknownExchange(_))
+        ));
+        // A queue named as an exchange is another object: deleting it keeps the binding.
+        manager
+            .declare_queue("mid", QueueArgs::default(), Durability::Durable)
+            .unwrap();
+        manager.delete_queue("mid").await.unwrap();
+        manager.shutdown().await;
+    }
+    let manager = QueueManager::open(dir.path(), env()).expect("reopen");
+    let published = manager.publish("src", message("a.b", "4")).await.unwrap();
+    assert_eq!(routed(published), ["far", "near"]);
+    assert!(manager.unbind_exchange("mid", "src", "a.#", &[]).unwrap());
+    let published = manager.publish("src", message("a.c", "5")).await.unwrap();
+    assert!(routed(published).is_empty());
+    // Deleting an exchange drops the bindings to and from it.
+    manager.delete_exchange("leaf").unwrap();
+    manager.bind_exchange("mid", "src", "a.#", &[]).unwrap();
+    let published = manager.publish("src", message("a.b", "6")).await.unwrap();
+    assert_eq!(routed(published), ["near"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_dlx_dead_letters_the_refused_message_once_without_a_cycle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    // Two full queues that dead-letter into each other.
+    for (queue, other) in [("full-a", "full-b"), ("full-b", "full-a")] {
+        let exchange = format!("to-{other}");
+        manager
+            .declare_exchange(&exchange, ExchangeKind::Fanout, Durability::Durable)
+            .unwrap();
+        let args = args_from_pairs([
+            ("max-length", "1"),
+            ("overflow", "reject-publish-dlx"),
+            ("dead-letter-exchange", exchange.as_str()),
+        ])
+        .unwrap();
+        manager
+            .declare_queue(queue, args, Durability::Durable)
+            .unwrap();
+    }
+    manager.bind("full-b", "to-full-b", "", &[]).unwrap();
+    manager.bind("full-a", "to-full-a", "", &[]).unwrap();
+    manager.publish("", message("full-a", "a1")).await.unwrap();
+    manager.publish("", message("full-b", "b1")).await.unwrap();
+    // Refused by the full queue, its copy is refused by the other full queue and dropped
+    // there instead of going round for ever.
+    assert!(matches!(
+        manager.publish("", message("full-a", "a2")).await,
+        Err(QueueError::QueueFull { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts: Vec<(String, u64)> = manager
+        .list()
+        .await
+        .into_iter()
+        .map(|stats| (stats.name, stats.ready))
+        .collect();
+    assert_eq!(
+        counts,
+        [("full-a".to_string(), 1), ("full-b".to_string(), 1)]
+    );
+    // With room in the other queue, the refused message lands there, dead-lettered.
+    let (consumer, got) = take(&manager, "full-b", 1).await;
+    manager
+        .ack("full-b", consumer, got[0].tag, AckScope::Single)
+        .await
+        .unwrap();
+    assert!(manager.publish("", message("full-a", "a3")).await.is_err());
+    let (_, got) = take(&manager, "full-b", 1).await;
+    assert_eq!(body(&got[0]), "a3");
+}

@@ -66,6 +66,8 @@ pub struct BrokerProcess {
     addr: SocketAddr,
     /// The Kafka listener's address (`None`: turned off by the test's arguments).
     kafka_addr: Option<SocketAddr>,
+    /// The AMQP listener's address (`None`: turned off by the test's arguments).
+    amqp_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     extra_args: Vec<String>,
     /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
@@ -121,9 +123,15 @@ impl BrokerProcess {
         if !extra_args.iter().any(|arg| arg == "--kafka-listen") {
             extra_args.extend(["--kafka-listen".to_string(), "127.0.0.1:0".to_string()]);
         }
+        if !extra_args.iter().any(|arg| arg == "--amqp-listen") {
+            extra_args.extend(["--amqp-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let kafka_on = extra_args
             .windows(2)
             .any(|pair| pair[0] == "--kafka-listen" && pair[1] != "off");
+        let amqp_on = extra_args
+            .windows(2)
+            .any(|pair| pair[0] == "--amqp-listen" && pair[1] != "off");
         let filter = match log {
             Some((_, filter)) => filter.to_string(),
             None => std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
@@ -165,6 +173,21 @@ impl BrokerProcess {
             assert!(line.starts_with("kafka listening on "), "{line:?}");
             address_of(&line)
         });
+        let amqp_addr = amqp_on.then(|| {
+            let line = receiver
+                .recv_timeout(START_TIMEOUT)
+                .expect("wharfd did not report its AMQP address in time");
+            assert!(line.starts_with("amqp listening on "), "{line:?}");
+            address_of(&line)
+        });
+        if let (Some(amqp_addr), Some(at)) = (
+            amqp_addr,
+            extra_args
+                .windows(2)
+                .position(|pair| pair == ["--amqp-listen", "127.0.0.1:0"]),
+        ) {
+            extra_args[at + 1] = amqp_addr.to_string();
+        }
         // The test's own arguments, so a restart can pin the Kafka port it got.
         if let (Some(kafka_addr), Some(at)) = (
             kafka_addr,
@@ -178,6 +201,7 @@ impl BrokerProcess {
             child: Some(child),
             addr,
             kafka_addr,
+            amqp_addr,
             data_dir: data_dir.to_path_buf(),
             extra_args,
             log_path: None,
@@ -187,6 +211,15 @@ impl BrokerProcess {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The AMQP 0-9-1 listener's address.
+    ///
+    /// # Panics
+    /// If the test turned the AMQP listener off.
+    pub fn amqp_address(&self) -> SocketAddr {
+        self.amqp_addr
+            .expect("the AMQP listener is off for this broker")
     }
 
     /// `host:port` of the Kafka listener, for Kafka clients' `bootstrap.servers`.

@@ -732,7 +732,14 @@ fn a_busy_kafka_port_is_a_startup_error_that_names_the_flag() {
     let output = std::process::Command::new(integration_tests::wharfd_path())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", &address])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "off",
+            "--kafka-listen",
+            &address,
+        ])
         .output()
         .expect("run wharfd");
     assert!(!output.status.success());

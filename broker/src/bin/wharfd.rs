@@ -1,6 +1,7 @@
 //! `wharfd`: the Wharf broker.
 //!
 //! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--kafka-listen HOST:PORT|off]
+//!        [--amqp-listen HOST:PORT|off]
 //! [--config FILE]`; flags override the file. Prints `wharfd listening on ADDR` on stdout once
 //! it accepts connections, then one `<front end> listening on ADDR` line per other listener
 //! (`kafka listening on ADDR`), and shuts down cleanly on SIGINT or SIGTERM.
@@ -32,6 +33,10 @@ struct Args {
     /// a free port).
     #[arg(long, value_name = "HOST:PORT|off")]
     kafka_listen: Option<String>,
+    /// AMQP 0-9-1 listener (default 127.0.0.1:5672; `off` disables it; port 0 picks a free
+    /// port).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    amqp_listen: Option<String>,
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -66,6 +71,9 @@ fn main() -> ExitCode {
     if let Some(listen) = args.kafka_listen {
         config.kafka_listen = wharf_broker::config::listener_address(&listen);
     }
+    if let Some(listen) = args.amqp_listen {
+        config.amqp_listen = wharf_broker::config::listener_address(&listen);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,6 +102,9 @@ async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     println!("wharfd listening on {}", handle.local_addr());
     if let Some(kafka) = handle.kafka_addr() {
         println!("kafka listening on {kafka}");
+    }
+    if let Some(amqp) = handle.amqp_addr() {
+        println!("amqp listening on {amqp}");
     }
     let _ = std::io::stdout().flush();
     let trigger = handle.shutdown_trigger();

@@ -63,6 +63,8 @@ pub struct SubscribeQuery {
     pub queue: String,
     /// Most unacknowledged deliveries.
     pub prefetch: u32,
+    /// Consumers of a higher priority with room get messages first (0: the default).
+    pub priority: i32,
 }
 
 /// An ack, nack or reject of deliveries.
@@ -146,6 +148,55 @@ impl Broker {
         blocking(move || queues.declare_queue_for(&name, args, durability, Some(owner))).await
     }
 
+    /// Declares a queue named by the broker (`prefix` then random letters and digits, as
+    /// AMQP's server-named `amq.gen-…` queues) for `session`; returns its name.
+    ///
+    /// # Errors
+    /// As [`Broker::declare_queue`].
+    pub async fn declare_server_named_queue(
+        &self,
+        session: &Session,
+        prefix: String,
+        args: Vec<(String, String)>,
+        durability: Durability,
+    ) -> Result<String, QueueError> {
+        let args = args_from_pairs(
+            args.iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )?;
+        let queues = self.queues.clone();
+        let owner = session.id();
+        blocking(move || queues.declare_generated_queue_for(&prefix, args, durability, Some(owner)))
+            .await
+    }
+
+    /// The counts of one queue, or `None` if it does not exist.
+    pub async fn queue_stats(&self, _caller: &Session, name: &str) -> Option<QueueStats> {
+        self.queues
+            .list()
+            .await
+            .into_iter()
+            .find(|stats| stats.name == name)
+    }
+
+    /// Refuses `session` a queue that is exclusive to another connection.
+    ///
+    /// # Errors
+    /// `DeclareMismatch` naming the queue as exclusive to another connection.
+    pub fn check_queue_access(&self, session: &Session, name: &str) -> Result<(), QueueError> {
+        self.queues
+            .check_not_exclusive_elsewhere(name, Some(session.id()))
+    }
+
+    /// One exchange's kind and binding count, or `None` if it does not exist.
+    pub fn exchange_info(&self, _caller: &Session, name: &str) -> Option<(ExchangeKind, usize)> {
+        self.queues
+            .list_exchanges()
+            .into_iter()
+            .find(|(exchange, ..)| exchange == name)
+            .map(|(_, kind, _, bindings)| (kind, bindings))
+    }
+
     /// Binds a queue to an exchange.
     ///
     /// # Errors
@@ -183,6 +234,47 @@ impl Broker {
         .await
     }
 
+    /// Binds exchange `destination` to exchange `source`: messages `source` routes with
+    /// `routing_key` (and `headers`) go on through `destination`.
+    ///
+    /// # Errors
+    /// Unknown exchange; the default exchange; bad headers arguments; storage.
+    pub async fn bind_exchange(
+        &self,
+        _caller: &Session,
+        destination: String,
+        source: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            queues.bind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
+        })
+        .await
+    }
+
+    /// Removes an exchange-to-exchange binding (no error if it did not exist).
+    ///
+    /// # Errors
+    /// Unknown exchange; storage.
+    pub async fn unbind_exchange(
+        &self,
+        _caller: &Session,
+        destination: String,
+        source: String,
+        routing_key: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        blocking(move || {
+            queues
+                .unbind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Deletes a queue with its messages.
     ///
     /// # Errors
@@ -206,10 +298,12 @@ impl Broker {
 
     /// Takes up to `count` ready messages of a queue without a subscription: with
     /// [`GetMode::Requeue`] they stay, marked redelivered; with [`GetMode::Ack`] they are
-    /// removed (durably, before the answer).
+    /// removed (durably, before the answer); with [`GetMode::Hold`] they are delivered to a
+    /// holder of the session ([`new_holder`](Self::new_holder)).
     ///
     /// # Errors
-    /// Unknown queue, an exclusive queue of another session, a bad count, storage.
+    /// Unknown queue, an exclusive queue of another session, a holder of another session, a
+    /// bad count, storage.
     pub async fn queue_get(
         &self,
         session: &Session,
@@ -217,9 +311,21 @@ impl Broker {
         count: u32,
         mode: GetMode,
     ) -> Result<Vec<GotMessage>, QueueError> {
+        if let GetMode::Hold(holder) = mode {
+            check_owner(session, queue, holder)?;
+        }
         self.queues
             .get(queue, count, mode, Some(session.id()))
             .await
+    }
+
+    /// A holder for [`GetMode::Hold`] gets of `queue` by `session`: the messages it takes
+    /// are settled with [`settle`](Self::settle) under its id, return to the queue with
+    /// [`cancel`](Self::cancel), and when the session closes.
+    pub fn new_holder(&self, session: &Session, queue: &str) -> ConsumerId {
+        let holder = self.queues.new_holder();
+        session.add_consumer(queue, holder);
+        holder
     }
 
     /// Every binding, or those of one queue.
@@ -333,7 +439,12 @@ impl Broker {
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         let (consumer, deliveries) = self
             .queues
-            .subscribe_for(&query.queue, query.prefetch, Some(session.id()))
+            .subscribe_for(
+                &query.queue,
+                query.prefetch,
+                query.priority,
+                Some(session.id()),
+            )
             .await?;
         session.add_consumer(&query.queue, consumer);
         Ok((consumer, deliveries))
@@ -390,6 +501,24 @@ impl Broker {
             .cancel(queue, consumer, CancelReason::ClientCancelled)
             .await;
         session.remove_consumer(queue, consumer);
+        Ok(())
+    }
+
+    /// Stops a consumer of `session` that keeps its unacknowledged deliveries (AMQP's
+    /// basic.cancel): no more are delivered, those it holds are still settled with
+    /// [`settle`](Self::settle), and return to the queue with [`cancel`](Self::cancel) or
+    /// when the session closes.
+    ///
+    /// # Errors
+    /// A consumer of another session.
+    pub async fn stop_consumer(
+        &self,
+        session: &Session,
+        queue: &str,
+        consumer: ConsumerId,
+    ) -> Result<(), QueueError> {
+        check_owner(session, queue, consumer)?;
+        self.queues.stop(queue, consumer).await;
         Ok(())
     }
 

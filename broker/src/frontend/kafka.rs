@@ -172,13 +172,17 @@ impl Protocol for Kafka {
     type Request = KafkaRequest;
     type Connection = KafkaConnection;
 
-    fn open(&self, _push: mpsc::Sender<BytesMut>) -> KafkaConnection {
+    fn open(&self, _push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> KafkaConnection {
         KafkaConnection {
             session: Arc::new(Session::new()),
         }
     }
 
-    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<KafkaRequest>, Fatal> {
+    fn decode(
+        &self,
+        _connection: &KafkaConnection,
+        buffer: &mut BytesMut,
+    ) -> Result<Option<KafkaRequest>, Fatal> {
         if buffer.len() < SIZE_BYTES {
             return Ok(None);
         }

@@ -95,14 +95,18 @@ impl Protocol for Native {
     type Request = NativeRequest;
     type Connection = NativeConnection;
 
-    fn open(&self, push: mpsc::Sender<BytesMut>) -> NativeConnection {
+    fn open(&self, push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> NativeConnection {
         NativeConnection {
             session: Arc::new(Session::new()),
             push,
         }
     }
 
-    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<NativeRequest>, Fatal> {
+    fn decode(
+        &self,
+        _connection: &NativeConnection,
+        buffer: &mut BytesMut,
+    ) -> Result<Option<NativeRequest>, Fatal> {
         let frame = match decode_frame(buffer, self.frame_bytes_max) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),

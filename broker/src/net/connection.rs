@@ -59,16 +59,30 @@ pub trait Protocol: Send + Sync + 'static {
     /// What one connection's requests share (its core session, push sender, ...).
     type Connection: Send + Sync + 'static;
 
-    /// State for a new connection; `push` sends frames between responses.
-    fn open(&self, push: mpsc::Sender<BytesMut>) -> Self::Connection;
+    /// State for a new connection from `peer`; `push` sends frames between responses.
+    fn open(&self, push: mpsc::Sender<BytesMut>, peer: SocketAddr) -> Self::Connection;
 
     /// Decodes the next request at the front of `buffer`, consuming its bytes (the driver
     /// counts what was consumed against the in-flight byte budget); `Ok(None)` when more
-    /// bytes are needed.
+    /// bytes are needed. `connection` is there for protocols whose framing depends on
+    /// what was negotiated (AMQP's protocol header and frame max).
     ///
     /// # Errors
     /// [`Fatal`] when the stream cannot be trusted any more.
-    fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Self::Request>, Fatal>;
+    fn decode(
+        &self,
+        connection: &Self::Connection,
+        buffer: &mut BytesMut,
+    ) -> Result<Option<Self::Request>, Fatal>;
+
+    /// Resolves when the front end wants the connection closed although the client has not
+    /// closed it (AMQP: after connection.close-ok, or a missed heartbeat). The driver stops
+    /// reading, lets every in-flight response and queued push out, and closes. Default:
+    /// never.
+    fn until_closed<'a>(&'a self, connection: &'a Self::Connection) -> BoxFuture<'a, ()> {
+        let _ = connection;
+        Box::pin(std::future::pending())
+    }
 
     /// Runs the ordered phase of `request` and returns its completion.
     fn handle<'a>(
@@ -101,14 +115,14 @@ pub async fn serve<P: Protocol>(
     let (mut reader, writer) = socket.into_split();
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT_MAX);
     let (push_tx, push_rx) = mpsc::channel::<BytesMut>(PUSH_QUEUE_MAX);
-    let connection = protocol.open(push_tx);
+    let connection = protocol.open(push_tx, peer);
     let writer_task = tokio::spawn(write_responses(writer, pending_rx, push_rx, peer));
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_MAX));
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     'read: loop {
         loop {
             let buffered_bytes = buffer.len();
-            let request = match protocol.decode(&mut buffer) {
+            let request = match protocol.decode(&connection, &mut buffer) {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(Fatal { response, reason }) => {
@@ -139,6 +153,7 @@ pub async fn serve<P: Protocol>(
         let read = tokio::select! {
             read = reader.read_buf(&mut buffer) => read,
             _ = shutdown.changed() => break 'read,
+            _ = protocol.until_closed(&connection) => break 'read,
         };
         match read {
             Ok(0) => {
@@ -207,7 +222,16 @@ async fn write_responses(
                     continue;
                 }
                 Some(Pending::Fatal(bytes)) => (bytes, true),
-                None => break,
+                None => {
+                    // The reader stopped: pushes already queued (an AMQP close-ok, the
+                    // last deliveries) still go out before the socket closes.
+                    while let Ok(bytes) = push_rx.try_recv() {
+                        if writer.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    break;
+                }
             },
         };
         if let Some(bytes) = bytes {

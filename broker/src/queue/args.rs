@@ -29,6 +29,7 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
         match args.overflow {
             Overflow::DropHead => "drop-head",
             Overflow::RejectPublish => "reject-publish",
+            Overflow::RejectPublishDlx => "reject-publish-dlx",
         }
         .to_string(),
     );
@@ -49,6 +50,9 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
     }
     if args.auto_delete {
         push("auto-delete", "true".to_string());
+    }
+    if let Some(expires) = args.expires_ms {
+        push("expires-ms", expires.to_string());
     }
     pairs
 }
@@ -76,10 +80,11 @@ pub fn args_from_pairs<'a>(
                 args.overflow = match value {
                     "drop-head" => Overflow::DropHead,
                     "reject-publish" => Overflow::RejectPublish,
+                    "reject-publish-dlx" => Overflow::RejectPublishDlx,
                     other => {
                         return Err(QueueError::Invalid(format!(
-                            "overflow {other:?} is not drop-head or reject-publish"
-                        )))
+                        "overflow {other:?} is not drop-head, reject-publish or reject-publish-dlx"
+                    )))
                     }
                 }
             }
@@ -95,6 +100,14 @@ pub fn args_from_pairs<'a>(
             "ack-timeout-ms" => args.ack_timeout_ms = Some(number()?),
             "exclusive" => args.exclusive = value == "true",
             "auto-delete" => args.auto_delete = value == "true",
+            "expires-ms" => match number()? {
+                0 => {
+                    return Err(QueueError::Invalid(
+                        "queue argument expires-ms must be above 0".to_string(),
+                    ))
+                }
+                expires => args.expires_ms = Some(expires),
+            },
             other => {
                 return Err(QueueError::Invalid(format!(
                     "unknown queue argument {other:?}"
@@ -132,6 +145,7 @@ mod tests {
             ack_timeout_ms: Some(5_000),
             exclusive: false,
             auto_delete: true,
+            expires_ms: Some(60_000),
         };
         assert_eq!(round_trip(&every_field), every_field);
         assert_eq!(round_trip(&QueueArgs::default()), QueueArgs::default());

@@ -21,7 +21,8 @@
 //!   `RejectPublish` refuses the new one.
 //! - A get (no consumer) takes ready messages from the head: with [`GetMode::Requeue`] they
 //!   stay at their places with one more delivery counted (as a delivery and a nack with
-//!   requeue), with [`GetMode::Ack`] they leave the queue.
+//!   requeue), with [`GetMode::Ack`] they leave the queue, with [`GetMode::Hold`] they are
+//!   delivered to a holder that is never dispatched to (AMQP's basic.get with an ack).
 //! - A move takes ready messages from the head up to a bound ([`DeliveryState::take_head`]);
 //!   the task holds them until they are stored elsewhere, and puts back those that were not
 //!   ([`DeliveryState::put_back`]).
@@ -84,6 +85,8 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message.
     RejectPublish,
+    /// Refuse the new message and dead-letter it (reason `maxlen`).
+    RejectPublishDlx,
 }
 
 /// Limits of a queue.
@@ -243,6 +246,13 @@ impl std::error::Error for DeliveryError {}
 struct Consumer {
     prefetch: u32,
     tags: BTreeSet<DeliveryTag>,
+    /// Never dispatched to: a holder of messages taken with [`GetMode::Hold`], or a
+    /// stopped consumer that still holds its deliveries.
+    gets_only: bool,
+    /// Stopped ([`DeliveryState::stop_consumer`]): removed once it holds nothing.
+    stopped: bool,
+    /// Consumers of a higher priority with room get messages first.
+    priority: i32,
 }
 
 /// Hashes delivery tags for the unacknowledged map: tags are the broker's own sequence
@@ -329,7 +339,9 @@ impl DeliveryState {
         if let Some(max_length) = self.limits.max_length {
             if self.ready.len() as u64 >= max_length {
                 match self.limits.overflow {
-                    Overflow::RejectPublish => return Err(DeliveryError::QueueFull { max_length }),
+                    Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                        return Err(DeliveryError::QueueFull { max_length })
+                    }
                     Overflow::DropHead => {
                         // Make room: dead-letter the oldest ready messages.
                         while self.ready.len() as u64 >= max_length {
@@ -352,13 +364,46 @@ impl DeliveryState {
 
     /// Subscribes a consumer with a prefetch window (0: unlimited).
     pub fn add_consumer(&mut self, consumer: ConsumerId, prefetch: u32) {
+        self.add_consumer_with_priority(consumer, prefetch, 0);
+    }
+
+    /// Subscribes a consumer with a prefetch window and a priority: messages go to the
+    /// consumers of the highest priority that have room, round-robin among them (AMQP's
+    /// consumer priorities; a single active consumer ignores them).
+    pub fn add_consumer_with_priority(
+        &mut self,
+        consumer: ConsumerId,
+        prefetch: u32,
+        priority: i32,
+    ) {
         self.consumers.insert(
             consumer,
             Consumer {
                 prefetch,
                 tags: BTreeSet::new(),
+                gets_only: false,
+                stopped: false,
+                priority,
             },
         );
+    }
+
+    /// Stops dispatching to a consumer that keeps its unacknowledged deliveries (AMQP's
+    /// basic.cancel): they are still acked or nacked under its id, and return to the queue
+    /// if it is removed. It goes by itself once it holds nothing.
+    pub fn stop_consumer(&mut self, consumer: ConsumerId) {
+        let Some(state) = self.consumers.get_mut(&consumer) else {
+            return;
+        };
+        if state.tags.is_empty() {
+            self.consumers.remove(&consumer);
+        } else {
+            state.gets_only = true;
+            state.stopped = true;
+        }
+        if self.last_consumer == Some(consumer) {
+            self.last_consumer = None;
+        }
     }
 
     /// Removes a consumer (cancelled or disconnected): every delivery it did not ack returns
@@ -436,6 +481,9 @@ impl DeliveryState {
     fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
         if let Some(state) = self.consumers.get_mut(&consumer) {
             state.tags.remove(&tag);
+            if state.stopped && state.tags.is_empty() {
+                self.consumers.remove(&consumer);
+            }
         }
         self.unacked.remove(&tag)
     }
@@ -531,22 +579,31 @@ impl DeliveryState {
     }
 
     fn has_room(&self, consumer: ConsumerId) -> bool {
-        self.consumers
-            .get(&consumer)
-            .is_some_and(|state| state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+        self.consumers.get(&consumer).is_some_and(|state| {
+            !state.gets_only && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+        })
     }
 
     fn next_consumer_with_room(&self) -> Option<ConsumerId> {
         if self.limits.single_active_consumer {
-            let active = *self.consumers.keys().next()?;
+            let (&active, _) = self.consumers.iter().find(|(_, state)| !state.gets_only)?;
             return self.has_room(active).then_some(active);
         }
+        let best = self
+            .consumers
+            .iter()
+            .filter(|(id, _)| self.has_room(**id))
+            .map(|(_, state)| state.priority)
+            .max()?;
         let after = self.last_consumer.unwrap_or(ConsumerId(u64::MIN));
         let ordered = self
             .consumers
             .range(ConsumerId(after.0.saturating_add(1))..)
             .chain(self.consumers.range(..=after));
-        ordered.map(|(id, _)| *id).find(|id| self.has_room(*id))
+        ordered
+            .filter(|(_, state)| state.priority == best)
+            .map(|(id, _)| *id)
+            .find(|id| self.has_room(*id))
     }
 
     /// Returns deliveries unacknowledged past the ack timeout to the queue and cancels their
@@ -579,7 +636,9 @@ impl DeliveryState {
     /// does. With [`GetMode::Requeue`] each message stays at its place with one more
     /// delivery counted, so it is marked redelivered next time (past the delivery limit it
     /// is dead-lettered instead, as after a nack with requeue); with [`GetMode::Ack`] it
-    /// leaves the queue (`Settle`).
+    /// leaves the queue (`Settle`); with [`GetMode::Hold`] it is delivered to the holder
+    /// (registered on first use, never dispatched to) under a new tag, to be acked or nacked
+    /// as a consumer's delivery, and returns to the queue if the holder is removed.
     pub fn get(&mut self, count: usize, now_ms: i64, mode: GetMode) -> (Vec<Got>, Vec<Action>) {
         let mut got = Vec::new();
         let mut actions = Vec::new();
@@ -629,18 +688,53 @@ impl DeliveryState {
                 delivery_count: meta.delivery_count + 1,
                 ..meta
             };
+            let mut tag = None;
             match mode {
                 GetMode::Ack => actions.push(Action::Settle(id)),
                 GetMode::Requeue => self.requeue(counted, &mut actions),
+                GetMode::Hold(holder) => tag = Some(self.hold(holder, counted, now_ms)),
             }
             let got = Got {
                 message: id,
                 redelivered: meta.delivery_count > 0,
                 delivery_count: counted.delivery_count,
                 before: meta,
+                tag,
             };
             return (Some(got), actions);
         }
+    }
+
+    /// Records `meta` as delivered to `holder` (registered as a gets-only consumer if new).
+    fn hold(&mut self, holder: ConsumerId, meta: MessageMeta, now_ms: i64) -> DeliveryTag {
+        let tag = self.next_tag;
+        self.next_tag = DeliveryTag(tag.0 + 1);
+        self.unacked.insert(
+            tag,
+            Unacked {
+                consumer: holder,
+                meta,
+                delivered_ms: now_ms,
+            },
+        );
+        self.consumers
+            .entry(holder)
+            .or_insert_with(|| Consumer {
+                prefetch: 0,
+                tags: BTreeSet::new(),
+                gets_only: true,
+                stopped: false,
+                priority: 0,
+            })
+            .tags
+            .insert(tag);
+        tag
+    }
+
+    /// Forgets a held message without settling or requeueing it (a get that failed puts
+    /// it back with [`put_back`](Self::put_back)).
+    pub fn unhold(&mut self, holder: ConsumerId, tag: DeliveryTag) {
+        self.take(holder, tag);
     }
 
     /// The id of the newest ready message: the bound of a move, so that messages arriving
@@ -675,6 +769,9 @@ pub enum GetMode {
     Requeue,
     /// They leave the queue (settled).
     Ack,
+    /// They are delivered to this holder (a consumer id of the caller's session that is
+    /// never dispatched to), to be acked, nacked or returned with its other deliveries.
+    Hold(ConsumerId),
 }
 
 /// A message a get returns.
@@ -689,6 +786,8 @@ pub struct Got {
     pub delivery_count: u32,
     /// The message as it was before the get (to put it back if the get fails).
     pub before: MessageMeta,
+    /// Its delivery tag, with [`GetMode::Hold`].
+    pub tag: Option<DeliveryTag>,
 }
 
 fn max_length_is_zero(limits: &QueueLimits) -> bool {
@@ -1028,6 +1127,113 @@ mod tests {
             [Action::DeadLetter(0, DeadLetterReason::DeliveryLimit)]
         );
         assert_eq!(state.ready_count(), 0);
+    }
+
+    #[test]
+    fn get_with_hold_delivers_to_a_holder_that_acks_nacks_or_leaves() {
+        let limits = QueueLimits {
+            single_active_consumer: true,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..4);
+        let holder = ConsumerId(7);
+        let (got, actions) = state.get(1, 0, GetMode::Hold(holder));
+        assert!(actions.is_empty());
+        let tag = got[0].tag.expect("held under a tag");
+        assert_eq!(
+            (got[0].message, state.ready_count(), state.unacked_count()),
+            (0, 3, 1)
+        );
+        // Never dispatched to, and not the single active consumer.
+        state.add_consumer(ConsumerId(9), 0);
+        let dispatched = deliveries(&state.dispatch(0));
+        assert!(dispatched.iter().all(|d| d.consumer == ConsumerId(9)));
+        assert_eq!(dispatched.len(), 3);
+        state.remove_consumer(ConsumerId(9));
+        // Rejected without requeue: dead-lettered, as a consumer's delivery.
+        let rejected = state
+            .nack(holder, tag, AckScope::Single, Requeue::No)
+            .unwrap();
+        assert_eq!(
+            rejected,
+            [Action::DeadLetter(0, DeadLetterReason::Rejected)]
+        );
+        // Nacked with requeue: back at its place, redelivered.
+        let (got, _) = state.get(1, 0, GetMode::Hold(holder));
+        let tag = got[0].tag.unwrap();
+        assert_eq!(got[0].message, 1);
+        assert!(state
+            .nack(holder, tag, AckScope::Single, Requeue::Yes)
+            .unwrap()
+            .is_empty());
+        let (again, _) = state.get(1, 0, GetMode::Hold(holder));
+        assert!(again[0].redelivered && again[0].message == 1);
+        assert_eq!(
+            state
+                .ack(holder, again[0].tag.unwrap(), AckScope::Single)
+                .unwrap(),
+            [Action::Settle(1)]
+        );
+        // A holder that goes returns what it holds.
+        state.get(1, 0, GetMode::Hold(holder));
+        state.remove_consumer(holder);
+        assert_eq!((state.ready_count(), state.unacked_count()), (2, 0));
+    }
+
+    #[test]
+    fn stopped_consumer_keeps_its_deliveries_gets_no_more_and_goes_when_empty() {
+        let limits = QueueLimits {
+            single_active_consumer: true,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..4);
+        state.add_consumer(ConsumerId(1), 2);
+        state.add_consumer(ConsumerId(2), 2);
+        let first = deliveries(&state.dispatch(0));
+        assert_eq!(first.len(), 2);
+        state.stop_consumer(ConsumerId(1));
+        // The next consumer takes over; the stopped one still settles what it holds.
+        let next = deliveries(&state.dispatch(0));
+        assert!(next.iter().all(|d| d.consumer == ConsumerId(2)) && next.len() == 2);
+        assert_eq!(
+            state
+                .ack(ConsumerId(1), first[0].tag, AckScope::Single)
+                .unwrap(),
+            [Action::Settle(first[0].message)]
+        );
+        assert_eq!(state.consumer_unacked(ConsumerId(1)), 1);
+        state
+            .nack(ConsumerId(1), first[1].tag, AckScope::Single, Requeue::Yes)
+            .unwrap();
+        // Holding nothing, it is gone: a later ack is an unknown consumer.
+        assert!(state
+            .ack(ConsumerId(1), first[1].tag, AckScope::Single)
+            .is_err());
+        assert_eq!(state.ready_count(), 1);
+        // Stopped while holding nothing: gone at once.
+        state.add_consumer(ConsumerId(3), 1);
+        state.stop_consumer(ConsumerId(3));
+        assert!(state.remove_consumer(ConsumerId(3)).is_empty());
+    }
+
+    #[test]
+    fn higher_priority_consumers_with_room_get_messages_first() {
+        let mut state = queue_with(QueueLimits::default(), 0..7);
+        state.add_consumer_with_priority(ConsumerId(1), 10, 1);
+        state.add_consumer_with_priority(ConsumerId(2), 2, 5);
+        state.add_consumer_with_priority(ConsumerId(3), 2, 5);
+        let got = deliveries(&state.dispatch(0));
+        let to = |consumer: u64| -> Vec<MessageId> {
+            got.iter()
+                .filter(|d| d.consumer == ConsumerId(consumer))
+                .map(|d| d.message)
+                .collect()
+        };
+        // Round-robin between the two of priority 5 until both are full, then the rest.
+        assert_eq!(
+            (to(2), to(3), to(1)),
+            (vec![0, 2], vec![1, 3], vec![4, 5, 6])
+        );
     }
 
     #[test]

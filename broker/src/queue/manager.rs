@@ -25,7 +25,7 @@
 //! The registry lock is held only for short sections with no await and no file write:
 //! definitions are snapshotted under it and written after it is released.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -72,8 +72,12 @@ struct QueueHandle {
 struct Registry {
     exchanges: HashMap<String, (Durability, Bindings)>,
     queues: HashMap<String, QueueHandle>,
-    /// Durable bindings with their headers arguments, for the definitions file.
+    /// Durable bindings with their headers arguments, for the definitions file. A binding
+    /// to an exchange has [`TO_EXCHANGE`] as its first header pair.
     bindings: Vec<StoredBinding>,
+    /// Exchange-to-exchange bindings by source exchange: the "queues" of these bindings
+    /// are destination exchanges, which route the message on in turn.
+    exchange_bindings: HashMap<String, Bindings>,
     /// Exclusive queues and the connection that owns each.
     owners: HashMap<String, SessionId>,
     /// Live consumer ids per queue, for auto-delete.
@@ -163,10 +167,21 @@ impl QueueManager {
             let pairs: Vec<(&str, &str)> = binding
                 .headers
                 .iter()
+                .skip(usize::from(to_exchange(&binding)))
                 .map(|arg| (arg.key.as_str(), arg.value.as_str()))
                 .collect();
             let args = binding_args(&binding.exchange, &pairs)?;
             // Restoring the file it came from: nothing to write back.
+            if to_exchange(&binding) {
+                self.lock().add_exchange_binding(
+                    &binding.queue,
+                    &binding.exchange,
+                    &binding.routing_key,
+                    &args,
+                    &pairs,
+                )?;
+                continue;
+            }
             self.lock().add_binding(
                 &binding.queue,
                 &binding.exchange,
@@ -230,7 +245,13 @@ impl QueueManager {
         if registry.exchanges.remove(name).is_none() {
             return Err(QueueError::UnknownExchange(name.to_string()));
         }
-        registry.bindings.retain(|binding| binding.exchange != name);
+        registry.exchange_bindings.remove(name);
+        for bindings in registry.exchange_bindings.values_mut() {
+            bindings.remove_queue(name);
+        }
+        registry.bindings.retain(|binding| {
+            binding.exchange != name && !(to_exchange(binding) && binding.queue == name)
+        });
         let snapshot = self.snapshot(&registry);
         drop(registry);
         self.definitions.persist(snapshot)
@@ -243,11 +264,15 @@ impl QueueManager {
             .exchanges
             .iter()
             .map(|(name, (durability, bindings))| {
+                let to_exchanges = registry
+                    .exchange_bindings
+                    .get(name)
+                    .map_or(0, |bindings| bindings.list().len());
                 (
                     name.clone(),
                     bindings.kind(),
                     *durability,
-                    bindings.list().len(),
+                    bindings.list().len() + to_exchanges,
                 )
             })
             .collect();
@@ -281,6 +306,37 @@ impl QueueManager {
         session: Option<SessionId>,
     ) -> Result<(), QueueError> {
         check_name(name)?;
+        self.declare_checked(name, args, durability, session)
+    }
+
+    /// Declares a queue whose name the broker picks: `prefix` (which may be reserved to
+    /// the broker, such as `amq.gen-`) followed by 22 random letters and digits. Returns
+    /// the name.
+    ///
+    /// # Errors
+    /// As [`QueueManager::declare_queue_for`]; `Invalid` for a prefix that would make a bad
+    /// name.
+    pub fn declare_generated_queue_for(
+        &self,
+        prefix: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<String, QueueError> {
+        let name = format!("{prefix}{}", random_suffix());
+        // The prefix may be a reserved one: check the rest of the rules on a stand-in.
+        check_name(&name.replacen("amq.", "amq-", 1))?;
+        self.declare_checked(&name, args, durability, session)?;
+        Ok(name)
+    }
+
+    fn declare_checked(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<(), QueueError> {
         if args.exclusive && session.is_none() {
             return Err(QueueError::Invalid(
                 "an exclusive queue needs an owning connection".to_string(),
@@ -310,6 +366,9 @@ impl QueueManager {
                     )));
                 }
                 return if existing.args == args && existing.durability == durability {
+                    // A redeclare counts as a use of the queue (`expires-ms`); a full command
+                    // channel means the queue is busy, and so in use, anyway.
+                    let _ = existing.sender.try_send(Command::Control(Control::Touch));
                     Ok(())
                 } else {
                     Err(QueueError::DeclareMismatch(format!("queue {name:?}")))
@@ -418,7 +477,78 @@ impl QueueManager {
         registry.bindings.retain(|binding| {
             let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
             let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
-            !(binding.exchange == exchange && binding.queue == queue && same_key && same_headers)
+            !(binding.exchange == exchange
+                && binding.queue == queue
+                && same_key
+                && same_headers
+                && !to_exchange(binding))
+        });
+        let snapshot = self.snapshot(&registry);
+        drop(registry);
+        self.definitions.persist(snapshot)?;
+        Ok(removed)
+    }
+
+    /// Binds exchange `destination` to exchange `source`: what `source` routes with
+    /// `routing_key` (and `headers`, for a headers exchange) goes on through `destination`.
+    /// A message reaches each queue once, whatever the paths (cycles included).
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid` (the default exchange, bad header pairs), `Storage`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
+        binding_args(destination, headers)?;
+        let args = binding_args(source, headers)?;
+        let mut registry = self.lock();
+        let added_durable =
+            registry.add_exchange_binding(destination, source, routing_key, &args, headers)?;
+        if added_durable {
+            let snapshot = self.snapshot(&registry);
+            drop(registry);
+            self.definitions.persist(snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an exchange-to-exchange binding; true if it existed.
+    ///
+    /// # Errors
+    /// `UnknownExchange`, `Invalid`, `Storage`.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<bool, QueueError> {
+        let args = HeadersArgs::from_pairs(headers.iter().copied()).map_err(QueueError::Invalid)?;
+        let mut registry = self.lock();
+        if !registry.exchanges.contains_key(destination) {
+            return Err(QueueError::UnknownExchange(destination.to_string()));
+        }
+        let kind = registry
+            .exchanges
+            .get(source)
+            .map(|(_, bindings)| bindings.kind())
+            .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
+        let removed = registry
+            .exchange_bindings
+            .get_mut(source)
+            .is_some_and(|bindings| bindings.unbind(destination, routing_key, Some(&args)));
+        let stored_headers = exchange_pairs(headers);
+        registry.bindings.retain(|binding| {
+            let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
+            let same_headers = kind != ExchangeKind::Headers || binding.headers == stored_headers;
+            !(binding.exchange == source
+                && binding.queue == destination
+                && same_key
+                && same_headers
+                && to_exchange(binding))
         });
         let snapshot = self.snapshot(&registry);
         drop(registry);
@@ -532,7 +662,7 @@ impl QueueManager {
         queue: &str,
         prefetch: u32,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
-        self.subscribe_for(queue, prefetch, None).await
+        self.subscribe_for(queue, prefetch, 0, None).await
     }
 
     /// Subscribes on behalf of connection `session` (refused on another connection's
@@ -544,6 +674,7 @@ impl QueueManager {
         &self,
         queue: &str,
         prefetch: u32,
+        priority: i32,
         session: Option<SessionId>,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         {
@@ -567,7 +698,7 @@ impl QueueManager {
         let (deliveries, receiver) = mpsc::channel(prefetch as usize + 1);
         sender
             .send(Command::Control(Control::Subscribe(
-                consumer, prefetch, deliveries,
+                consumer, prefetch, priority, deliveries,
             )))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
@@ -577,6 +708,24 @@ impl QueueManager {
             .or_default()
             .insert(consumer);
         Ok((consumer, receiver))
+    }
+
+    /// Stops a consumer for the client without returning its deliveries (AMQP's
+    /// basic.cancel): no more are dispatched to it and its channel ends, but the ones it
+    /// holds are still acked or nacked under its id, and return to the queue when it is
+    /// cancelled. An auto-delete queue whose last consumer this was is deleted.
+    pub async fn stop(&self, queue: &str, consumer: ConsumerId) {
+        if let Ok(sender) = self.sender(queue) {
+            let (reply, done) = oneshot::channel();
+            if sender
+                .send(Command::Control(Control::Stop(consumer, reply)))
+                .await
+                .is_ok()
+            {
+                let _ = done.await;
+            }
+        }
+        self.forget_consumer(queue, consumer).await;
     }
 
     /// Cancels a consumer for the client: `reason` is [`CancelReason::ClientCancelled`] or
@@ -762,11 +911,19 @@ impl QueueManager {
         stats
     }
 
+    /// A new consumer id for [`GetMode::Hold`]: the queue registers it on its first get.
+    /// Not a subscription (no deliveries, not counted as a consumer); cancel it with
+    /// [`cancel`](Self::cancel) to return what it holds.
+    pub fn new_holder(&self) -> ConsumerId {
+        ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Takes up to `count` ready messages from the head of `queue` without a subscription,
     /// for connection `session` (another connection's exclusive queue is refused): with
     /// [`GetMode::Requeue`] they stay in the queue, marked redelivered; with
-    /// [`GetMode::Ack`] they are removed, and the answer comes once that is durable. Empty
-    /// when no message is ready.
+    /// [`GetMode::Ack`] they are removed, and the answer comes once that is durable; with
+    /// [`GetMode::Hold`] they are delivered to the holder, under tags. Empty when no message
+    /// is ready.
     ///
     /// # Errors
     /// `Invalid` (a count of 0 or above `GET_COUNT_MAX`), `UnknownQueue`, `DeclareMismatch`
@@ -894,7 +1051,7 @@ impl QueueManager {
     }
 
     /// Refuses a queue that is exclusive to a connection other than `session`.
-    fn check_not_exclusive_elsewhere(
+    pub(crate) fn check_not_exclusive_elsewhere(
         &self,
         queue: &str,
         session: Option<SessionId>,
@@ -925,7 +1082,9 @@ impl QueueManager {
             for (_, bindings) in registry.exchanges.values_mut() {
                 bindings.remove_queue(queue);
             }
-            registry.bindings.retain(|binding| binding.queue != queue);
+            registry
+                .bindings
+                .retain(|binding| binding.queue != queue || to_exchange(binding));
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
             registry.deleting.insert(queue.to_string());
@@ -1241,6 +1400,64 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Binds exchange `destination` to `source`; true if the binding is new and both are
+    /// durable (the definitions file must be written again).
+    fn add_exchange_binding(
+        &mut self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        args: &HeadersArgs,
+        headers: &[(&str, &str)],
+    ) -> Result<bool, QueueError> {
+        let (destination_durability, _) = self
+            .exchanges
+            .get(destination)
+            .ok_or_else(|| QueueError::UnknownExchange(destination.to_string()))?;
+        let destination_durable = *destination_durability == Durability::Durable;
+        let (source_durability, source_bindings) = self
+            .exchanges
+            .get(source)
+            .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
+        let durable = destination_durable && *source_durability == Durability::Durable;
+        let kind = source_bindings.kind();
+        let added = self
+            .exchange_bindings
+            .entry(source.to_string())
+            .or_insert_with(|| Bindings::new(kind))
+            .bind(destination, routing_key, Some(args));
+        if !(added && durable) {
+            return Ok(false);
+        }
+        self.bindings.push(StoredBinding {
+            exchange: source.to_string(),
+            queue: destination.to_string(),
+            routing_key: routing_key.to_string(),
+            headers: exchange_pairs(headers),
+        });
+        Ok(true)
+    }
+}
+
+/// The first header pair of a stored binding whose destination is an exchange.
+const TO_EXCHANGE: (&str, &str) = ("x-wharf-destination", "exchange");
+
+/// True if the stored binding's destination is an exchange.
+fn to_exchange(binding: &StoredBinding) -> bool {
+    binding
+        .headers
+        .first()
+        .is_some_and(|arg| (arg.key.as_str(), arg.value.as_str()) == TO_EXCHANGE)
+}
+
+/// The stored header pairs of an exchange-to-exchange binding: the marker, then `headers`.
+fn exchange_pairs(headers: &[(&str, &str)]) -> Vec<StoredArg> {
+    let mut pairs = stored_pairs(&[TO_EXCHANGE]);
+    pairs.extend(stored_pairs(headers));
+    pairs
+}
+
 /// The headers arguments of a binding to `exchange`.
 ///
 /// # Errors
@@ -1262,6 +1479,28 @@ fn stored_pairs(headers: &[(&str, &str)]) -> Vec<StoredArg> {
             value: value.to_string(),
         })
         .collect()
+}
+
+/// 22 letters and digits (about 130 bits) from the standard library's randomly keyed
+/// hasher, so generated names do not repeat across restarts or processes.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut suffix = String::with_capacity(22);
+    let mut bits = 0u128;
+    for _ in 0..2 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        bits = (bits << 64) | u128::from(hasher.finish());
+    }
+    for _ in 0..22 {
+        let digit = usize::try_from(bits % 62).unwrap_or(0);
+        suffix.push(char::from(ALPHABET[digit]));
+        bits /= 62;
+    }
+    suffix
 }
 
 fn check_name(name: &str) -> Result<(), QueueError> {
@@ -1304,7 +1543,29 @@ fn route_in(
         .exchanges
         .get(exchange)
         .map(|(_, bindings)| bindings);
-    let names = route_names(exchange, bindings, message)?;
+    let mut names = route_names(exchange, bindings, message)?;
+    if !registry.exchange_bindings.is_empty() {
+        // Through exchange-to-exchange bindings, each exchange once (cycles end).
+        let mut seen: BTreeSet<&str> = BTreeSet::from([exchange]);
+        let mut sources = vec![exchange.to_string()];
+        while let Some(source) = sources.pop() {
+            let Some(onward) = registry.exchange_bindings.get(&source) else {
+                continue;
+            };
+            for destination in route_names(&source, Some(onward), message)? {
+                let Some((name, (_, bindings))) = registry.exchanges.get_key_value(&destination)
+                else {
+                    continue;
+                };
+                if seen.insert(name.as_str()) {
+                    names.extend(route_names(name, Some(bindings), message)?);
+                    sources.push(destination);
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+    }
     Ok(names
         .into_iter()
         .filter_map(|name| {

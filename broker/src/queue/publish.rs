@@ -11,7 +11,7 @@ use wharf_protocol::batch::{Header, Record};
 use crate::queue::delay::{DELAY_HEADER, DELAY_MS_MAX, DUE_HEADER};
 use crate::queue::delivery::DeadLetterReason;
 use crate::queue::exchange::Bindings;
-use crate::queue::types::{Message, QueueError, EXCHANGE_HEADER};
+use crate::queue::types::{Message, QueueError, EXCHANGE_HEADER, EXPIRATION_HEADER};
 
 /// Adds the broker's headers: the exchange, and for a delayed message its due time.
 ///
@@ -65,8 +65,10 @@ pub(crate) fn route_names(
 
 /// The copy of a dead-lettered `record` of `queue` to republish: the broker's delay and
 /// exchange headers and any earlier `x-death-*` headers are dropped, and the reason with the
-/// original queue, exchange and routing key are added as `x-death-*` headers. It goes out
-/// with `routing_key`, or the original one.
+/// original queue, exchange and routing key are added as `x-death-*` headers. A per-message
+/// TTL is moved to `x-death-original-expiration`, as RabbitMQ moves `expiration` into the
+/// death record: the copy of a message that expired would otherwise expire again wherever it
+/// is routed. It goes out with `routing_key`, or the original one.
 pub(crate) fn dead_letter_copy(
     record: Record,
     reason: DeadLetterReason,
@@ -81,13 +83,15 @@ pub(crate) fn dead_letter_copy(
     let original_exchange = header_value(&record.headers, EXCHANGE_HEADER)
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
         .unwrap_or_default();
+    let original_expiration =
+        header_value(&record.headers, EXPIRATION_HEADER).map(Bytes::copy_from_slice);
     let mut headers: Vec<Header> = record
         .headers
         .into_iter()
         .filter(|header| {
             !matches!(
                 header.key.as_str(),
-                EXCHANGE_HEADER | DELAY_HEADER | DUE_HEADER
+                EXCHANGE_HEADER | DELAY_HEADER | DUE_HEADER | EXPIRATION_HEADER
             ) && !header.key.starts_with("x-death-")
         })
         .collect();
@@ -100,6 +104,12 @@ pub(crate) fn dead_letter_copy(
         headers.push(Header {
             key: key.to_string(),
             value: Some(Bytes::from(value)),
+        });
+    }
+    if let Some(expiration) = original_expiration {
+        headers.push(Header {
+            key: "x-death-original-expiration".to_string(),
+            value: Some(expiration),
         });
     }
     Message {
@@ -165,6 +175,7 @@ mod tests {
             headers: vec![
                 header(EXCHANGE_HEADER, "work-exchange"),
                 header(DUE_HEADER, "5"),
+                header(EXPIRATION_HEADER, "60000"),
                 header("x-death-reason", "expired"),
                 header("trace", "abc"),
             ],
@@ -182,8 +193,13 @@ mod tests {
                 "x-death-reason",
                 "x-death-queue",
                 "x-death-exchange",
-                "x-death-routing-key"
+                "x-death-routing-key",
+                "x-death-original-expiration"
             ]
+        );
+        assert_eq!(
+            header_value(&copy.headers, "x-death-original-expiration"),
+            Some(&b"60000"[..])
         );
         assert_eq!(
             header_value(&copy.headers, "x-death-reason"),

@@ -34,7 +34,7 @@ use crate::queue::delivery::{
     DeliveryTag, GetMode, MessageMeta, Overflow, QueueLimits, Requeue,
 };
 use crate::queue::manager::QueueManager;
-use crate::queue::publish::{dead_letter_copy, header_number};
+use crate::queue::publish::{dead_letter_copy, header_number, header_value};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
     ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
@@ -90,11 +90,16 @@ pub(crate) enum Command {
 
 /// The commands that neither merge with their neighbours nor stop the task.
 pub(crate) enum Control {
-    /// Adds a consumer with its prefetch window and channel.
-    Subscribe(ConsumerId, u32, mpsc::Sender<ConsumerEvent>),
+    /// Adds a consumer with its prefetch window, priority and channel.
+    Subscribe(ConsumerId, u32, i32, mpsc::Sender<ConsumerEvent>),
     /// Removes a consumer (its deliveries return to the queue); answered before they are
     /// dispatched again.
     Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
+    /// Stops dispatching to a consumer that keeps its unacknowledged deliveries, and ends
+    /// its channel; answered once done.
+    Stop(ConsumerId, oneshot::Sender<()>),
+    /// The queue was redeclared: it counts as used (`expires-ms`).
+    Touch,
     /// Removes every ready and delayed message; answers how many.
     Purge(oneshot::Sender<u64>),
     /// Settles messages whose dead-lettered copies are stored.
@@ -152,6 +157,12 @@ pub(crate) struct QueueTask {
     /// Messages taken by a move, neither ready nor settled until the move round ends (a
     /// crash meanwhile leaves them unsettled in storage, so they come back at start).
     held: HashMap<i64, MessageMeta>,
+    /// `expires-ms`: the queue is deleted once unused this long.
+    expires_ms: Option<u64>,
+    /// When the queue was last used: a consumer, a get, a redeclare.
+    last_used_ms: i64,
+    /// The expiry delete was asked for.
+    expired: bool,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -209,6 +220,9 @@ impl QueueTask {
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
             held: HashMap::new(),
+            expires_ms: args.expires_ms,
+            last_used_ms: clock.now_ms(),
+            expired: false,
             clock,
             manager,
         };
@@ -304,7 +318,7 @@ impl QueueTask {
         let limits = self.state.limits();
         // With reject-publish, each publish must see the length its predecessors left.
         let merge_publishes =
-            !(limits.max_length.is_some() && limits.overflow == Overflow::RejectPublish);
+            !(limits.max_length.is_some() && limits.overflow != Overflow::DropHead);
         for command in batch {
             match command {
                 Command::Publish(messages, reply) => {
@@ -439,10 +453,44 @@ impl QueueTask {
         }
     }
 
+    /// `expires-ms`: a queue unused for that long asks the manager to delete it (spawned:
+    /// the delete stops this very task and waits for it). A consumer keeps it used.
+    fn check_expiry(&mut self, now: i64) {
+        let Some(expires) = self.expires_ms else {
+            return;
+        };
+        if !self.consumers.is_empty() {
+            self.last_used_ms = now;
+            return;
+        }
+        let idle = u64::try_from(now.saturating_sub(self.last_used_ms)).unwrap_or(0);
+        if self.expired || idle < expires {
+            return;
+        }
+        self.expired = true;
+        if let Some(manager) = self.manager.upgrade() {
+            let queue = self.name.clone();
+            tokio::spawn(async move {
+                tracing::info!(
+                    queue,
+                    expires_ms = expires,
+                    "queue unused past its expiry; deleting"
+                );
+                if let Err(error) = manager.delete_queue(&queue).await {
+                    tracing::warn!(queue, %error, "deleting an expired queue failed");
+                }
+            });
+        }
+    }
+
     async fn handle_control(&mut self, control: Control) {
+        if matches!(control, Control::Subscribe(..) | Control::Get(..)) {
+            self.last_used_ms = self.clock.now_ms();
+        }
         match control {
-            Control::Subscribe(consumer, prefetch, sender) => {
-                self.state.add_consumer(consumer, prefetch);
+            Control::Subscribe(consumer, prefetch, priority, sender) => {
+                self.state
+                    .add_consumer_with_priority(consumer, prefetch, priority);
                 self.consumers.insert(consumer, sender);
             }
             Control::Cancel(consumer, reason, reply) => {
@@ -457,6 +505,13 @@ impl QueueTask {
                 if let Err(error) = self.settle(&ids).await {
                     tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
                 }
+            }
+            Control::Touch => self.last_used_ms = self.clock.now_ms(),
+            Control::Stop(consumer, reply) => {
+                self.state.stop_consumer(consumer);
+                // Dropping the sender ends the consumer's channel after what it holds.
+                self.consumers.remove(&consumer);
+                let _ = reply.send(());
             }
             Control::Purge(reply) => {
                 let mut ids = self.state.purge();
@@ -497,9 +552,9 @@ impl QueueTask {
     }
 
     /// Takes up to `count` ready messages from the head for a get (at most `GET_BYTES_MAX`
-    /// bytes, one message at least). With `Requeue` their new delivery counts are recorded
-    /// as deliveries' are, so they come back redelivered after a restart too; with `Ack`
-    /// the answer comes once their settlement is durable.
+    /// bytes, one message at least). With `Requeue` and `Hold` their new delivery counts are
+    /// recorded as deliveries' are, so they come back redelivered after a restart too; with
+    /// `Ack` the answer comes once their settlement is durable.
     async fn get(&mut self, count: usize, mode: GetMode) -> Result<Vec<GotMessage>, QueueError> {
         let now = self.clock.now_ms();
         let mut messages = Vec::new();
@@ -507,6 +562,7 @@ impl QueueTask {
         let mut actions = Vec::new();
         let mut bytes = 0usize;
         let mut taken = Vec::new();
+        let mut held = Vec::new();
         let mut failed = None;
         let mut after = None;
         while messages.len() < count && bytes < GET_BYTES_MAX {
@@ -518,11 +574,13 @@ impl QueueTask {
             after = Some(got.message);
             counts.push((got.message, got.delivery_count));
             taken.push(got.before);
+            held.extend(got.tag);
             match self.store.read(got.message) {
                 Ok(Some(record)) => {
                     bytes += record.value.as_ref().map_or(0, Bytes::len);
                     messages.push(GotMessage {
                         redelivered: got.redelivered,
+                        tag: got.tag,
                         record,
                     });
                 }
@@ -542,7 +600,12 @@ impl QueueTask {
             }
         }
         if let Some(error) = failed {
-            if mode == GetMode::Ack {
+            if let GetMode::Hold(holder) = mode {
+                for tag in held {
+                    self.state.unhold(holder, tag);
+                }
+                self.state.put_back(taken);
+            } else if mode == GetMode::Ack {
                 // Nothing is settled unseen: the taken messages go back untouched.
                 self.state.put_back(taken);
                 actions.retain(|action| !matches!(action, Action::Settle(_)));
@@ -550,7 +613,7 @@ impl QueueTask {
             let _ = self.apply(actions).await;
             return Err(error);
         }
-        if mode == GetMode::Requeue {
+        if mode != GetMode::Ack {
             if let Err(error) = self.store.record_delivery_counts(&counts, now) {
                 tracing::warn!(queue = self.name, %error, "recording got messages failed");
             }
@@ -605,6 +668,23 @@ impl QueueTask {
     /// (or delayed) in the delivery state.
     async fn store_messages(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
+        // Check the length limit before storing, so a refused message is never stored.
+        let limits = self.state.limits();
+        if let (Some(max_length), Overflow::RejectPublish | Overflow::RejectPublishDlx) =
+            (limits.max_length, limits.overflow)
+        {
+            if self.state.ready_count() as u64 >= max_length {
+                if limits.overflow == Overflow::RejectPublishDlx {
+                    for message in &messages {
+                        self.forward_refused(message, now);
+                    }
+                }
+                return Err(QueueError::QueueFull {
+                    queue: self.name.clone(),
+                    max_length,
+                });
+            }
+        }
         let mut builder = BatchBuilder::new(now);
         // What the delivery state needs of each message once it is stored (its due time
         // and TTL); the message itself moves into the batch, not copied.
@@ -627,16 +707,6 @@ impl QueueTask {
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
         let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
-        // Check the length limit before storing, so a refused message is never stored.
-        let limits = self.state.limits();
-        if let (Some(max_length), Overflow::RejectPublish) = (limits.max_length, limits.overflow) {
-            if self.state.ready_count() as u64 >= max_length {
-                return Err(QueueError::QueueFull {
-                    queue: self.name.clone(),
-                    max_length,
-                });
-            }
-        }
         let appended = self.store.append_messages(&mut bytes).map_err(storage)?;
         crate::append::durable(self.store.messages(), appended.next_offset)
             .await
@@ -658,8 +728,13 @@ impl QueueTask {
             match self.state.enqueue(meta) {
                 Ok(more) => actions.extend(more),
                 Err(DeliveryError::QueueFull { max_length }) => {
-                    // Stored but refused: settle it so it never comes back.
-                    let _ = self.settle(&[id]).await;
+                    // Stored but refused: dead-lettered with reject-publish-dlx (its copy,
+                    // once stored, settles it), else settled so it never comes back.
+                    if limits.overflow != Overflow::RejectPublishDlx
+                        || !self.forward_dead_letter(id, DeadLetterReason::MaxLength)
+                    {
+                        let _ = self.settle(&[id]).await;
+                    }
                     return Err(QueueError::QueueFull {
                         queue: self.name.clone(),
                         max_length,
@@ -695,6 +770,7 @@ impl QueueTask {
         actions.extend(self.state.check_ack_timeouts(now));
         actions.extend(self.state.dispatch(now));
         let _ = self.apply(actions).await;
+        self.check_expiry(now);
         if now.saturating_sub(self.last_compaction_ms) >= COMPACTION_INTERVAL_MS {
             self.last_compaction_ms = now;
             self.compact(now).await;
@@ -863,10 +939,33 @@ impl QueueTask {
     /// republish was started (it settles the message when the copy is stored), false if
     /// there is nowhere to send it and the caller settles it.
     fn forward_dead_letter(&mut self, id: i64, reason: DeadLetterReason) -> bool {
-        let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
+        let Ok(Some(record)) = self.store.read(id) else {
             return false;
         };
-        let Ok(Some(record)) = self.store.read(id) else {
+        self.forward_copy(id, record, reason)
+    }
+
+    /// Dead-letters a message refused before it was stored (`reject-publish-dlx`): its copy
+    /// goes to the dead-letter exchange with reason `maxlen`, and there is nothing to settle.
+    /// A refused message that is itself a dead-lettered copy is dropped instead, so full
+    /// queues that dead-letter into each other cannot pass a message round for ever.
+    fn forward_refused(&mut self, message: &Message, now: i64) {
+        if header_value(&message.headers, "x-death-reason").is_some() {
+            return;
+        }
+        let record = Record {
+            key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
+            value: Some(message.body.clone()),
+            headers: message.headers.clone(),
+            offset: NOT_STORED,
+            timestamp_ms: now,
+        };
+        self.forward_copy(NOT_STORED, record, DeadLetterReason::MaxLength);
+    }
+
+    /// Hands the dead-lettered copy of `record` (message `id`) to the queue's forwarder.
+    fn forward_copy(&mut self, id: i64, record: Record, reason: DeadLetterReason) -> bool {
+        let Some((exchange, routing_key)) = self.dead_letter_target.clone() else {
             return false;
         };
         let message = dead_letter_copy(record, reason, &self.name, routing_key);
@@ -887,6 +986,9 @@ impl QueueTask {
         forwarder.send((id, message)).is_ok()
     }
 }
+
+/// The id of a dead-lettered message that was never stored (refused by `reject-publish-dlx`).
+const NOT_STORED: i64 = -1;
 
 /// Most dead-lettered copies one forwarder round republishes before it settles them.
 const DEAD_LETTER_BATCH_MAX: usize = 1024;
@@ -917,13 +1019,14 @@ async fn forward_dead_letters(
             return;
         };
         let ids: Vec<i64> = round.iter().map(|(id, _)| *id).collect();
+        // A refused message (`NOT_STORED`) has no original to settle.
         let stored = manager
             .republish_dead_letters(&exchange, round.into_iter().map(|(_, copy)| copy))
             .await;
         let settled: Vec<i64> = ids
             .into_iter()
             .zip(stored)
-            .filter_map(|(id, stored)| stored.then_some(id))
+            .filter_map(|(id, stored)| (stored && id != NOT_STORED).then_some(id))
             .collect();
         if settled.is_empty() {
             continue;

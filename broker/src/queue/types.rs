@@ -69,6 +69,9 @@ pub struct QueueArgs {
     pub exclusive: bool,
     /// The queue is deleted when its last consumer goes away.
     pub auto_delete: bool,
+    /// The queue is deleted once it has been unused this long: no consumer, no get and no
+    /// redeclare (AMQP's `x-expires`). Counted from the queue's start after a restart.
+    pub expires_ms: Option<u64>,
 }
 
 /// Identifies a client connection (for exclusive queues).
@@ -186,6 +189,9 @@ pub struct QueueStats {
 pub struct GotMessage {
     /// True if it was delivered (or got) before.
     pub redelivered: bool,
+    /// Its delivery tag, with [`GetMode::Hold`](crate::queue::GetMode::Hold): the holder
+    /// settles it as a consumer settles a delivery.
+    pub tag: Option<DeliveryTag>,
     /// The stored record (key = routing key, headers include `x-exchange`).
     pub record: Record,
 }

@@ -1255,6 +1255,7 @@ async fn subscribe(
     let query = SubscribeQuery {
         queue: request.queue,
         prefetch: request.prefetch,
+        priority: 0,
     };
     let queue = query.queue.clone();
     let (consumer_id, deliveries) = match broker.subscribe(&connection.session, query).await {

@@ -1,0 +1,2082 @@
+//! One handler per AMQP method: frame → core calls → reply frames. Connection and channel
+//! state (the negotiation phase, open channels, their publish in progress, consumers,
+//! delivery tags) is translation state; every queue and exchange rule is the core's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::protocol::{
+    access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
+};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error_code::{self, Reply};
+use super::message;
+use super::{
+    connection_close_frame, method_frame, AmqpRequest, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
+    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
+};
+use crate::core::queue_ops::{
+    Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
+};
+use crate::core::{
+    AckScope, ConsumerEvent, ConsumerId, DeliveryTag, Durability, GetMode, QueueError, Requeue,
+};
+
+/// Prefix of server-named queues, as RabbitMQ names them.
+const SERVER_NAMED_PREFIX: &str = "amq.gen-";
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    /// Waiting for the protocol header.
+    #[default]
+    Header,
+    /// connection.start sent.
+    StartSent,
+    /// connection.tune sent.
+    TuneSent,
+    /// connection.tune-ok received, waiting for connection.open.
+    Tuned,
+    /// connection.open-ok sent.
+    Open,
+    /// connection.close sent or received: only close and close-ok count now.
+    Closing,
+}
+
+/// The connection's translation state.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    phase: Phase,
+    channel_max: u16,
+    channels: HashMap<u16, Channel>,
+}
+
+/// One open channel.
+#[derive(Debug, Default)]
+pub(crate) struct Channel {
+    /// channel.close was sent: everything but close and close-ok is dropped.
+    closing: bool,
+    /// A basic.publish waiting for its content.
+    content: Option<Content>,
+    /// confirm.select was received: the sequence number of the last publish.
+    confirms: Option<u64>,
+    /// basic.qos prefetch count for consumers started after it (0: unlimited).
+    prefetch: u16,
+    /// Consumers by tag.
+    consumers: HashMap<String, ConsumerSlot>,
+    /// Per queue, the core holder of the messages basic.get took with an ack to come.
+    holders: HashMap<Arc<str>, ConsumerId>,
+    /// Consumers cancelled with basic.cancel while holding deliveries: stopped in the core
+    /// until the channel settles what they hold.
+    stopped: Vec<(Arc<str>, ConsumerId)>,
+    /// The last delivery tag handed out on this channel.
+    last_tag: u64,
+    /// Unacknowledged deliveries by channel delivery tag.
+    unacked: BTreeMap<u64, Held>,
+    /// tx.select was received: the publishes and settlements of the open transaction.
+    tx: Option<Vec<TxStep>>,
+}
+
+/// What a transaction does at tx.commit, in the order the client sent it.
+#[derive(Debug)]
+enum TxStep {
+    Publish(PublishQuery, Box<AMQPProperties>),
+    Settle {
+        delivery_tag: u64,
+        multiple: bool,
+        how: Settle,
+        method_id: u16,
+    },
+}
+
+#[derive(Debug)]
+struct ConsumerSlot {
+    queue: Arc<str>,
+    id: ConsumerId,
+}
+
+/// A delivery waiting for its ack: to a consumer, or taken by basic.get under the
+/// channel's holder for the queue; either way settled in the core.
+#[derive(Debug)]
+struct Held {
+    queue: Arc<str>,
+    consumer: ConsumerId,
+    tag: DeliveryTag,
+}
+
+#[derive(Debug)]
+struct Content {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<(u64, AMQPProperties)>,
+    body: Body,
+}
+
+/// A message body being reassembled: most fit one frame, kept without a copy.
+#[derive(Debug, Default)]
+enum Body {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::One(bytes) => bytes.len(),
+            Body::Many(bytes) => bytes.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Body::Empty => Body::One(chunk),
+            Body::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+            Body::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(bytes) => bytes,
+            Body::Many(bytes) => bytes.freeze(),
+        }
+    }
+}
+
+/// Handles one frame in the connection's ordered phase.
+pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
+    let phase = shared.state().phase;
+    let outcome = match request {
+        AmqpRequest::ProtocolHeader => {
+            start(shared).await;
+            Ok(())
+        }
+        AmqpRequest::Malformed(reply) => Err(reply),
+        _ if phase == Phase::Closing => closing(shared, request).await,
+        AmqpRequest::Heartbeat(0) => Ok(()),
+        AmqpRequest::Heartbeat(channel) => Err(Reply::frame_error(format!(
+            "heartbeat frame on channel {channel}"
+        ))),
+        AmqpRequest::Method(0, class) => connection_method(shared, phase, *class).await,
+        _ if phase != Phase::Open => Err(Reply::new(
+            error_code::CHANNEL_ERROR,
+            "expected connection negotiation to finish before channel frames",
+        )),
+        AmqpRequest::Method(channel, class) => channel_method(shared, channel, *class).await,
+        AmqpRequest::ContentHeader(channel, header) => {
+            content_header(shared, channel, *header).await
+        }
+        AmqpRequest::Body(channel, body) => content_body(shared, channel, body).await,
+    };
+    if let Err(reply) = outcome {
+        fail(shared, reply).await;
+    }
+}
+
+/// Closes the connection with `reply` (at the connection level even a soft code such as a
+/// refused login closes the connection, as RabbitMQ does).
+async fn fail(shared: &Arc<Shared>, reply: Reply) {
+    tracing::debug!(peer = %shared.peer, code = reply.code, text = reply.text, "closing AMQP connection");
+    fail_hard(shared, reply).await;
+}
+
+async fn fail_hard(shared: &Arc<Shared>, reply: Reply) {
+    shared.state().phase = Phase::Closing;
+    shared.send(connection_close_frame(&reply)).await;
+    shared.close_after(CLOSE_OK_WAIT);
+}
+
+/// Closes one channel with a soft error: the connection and other channels go on.
+async fn fail_channel(shared: &Arc<Shared>, channel: u16, reply: Reply) {
+    if reply.is_hard() {
+        return fail_hard(shared, reply).await;
+    }
+    let released = {
+        let mut state = shared.state();
+        match state.channels.get_mut(&channel) {
+            Some(open) => {
+                open.closing = true;
+                release_channel(open)
+            }
+            None => Released::default(),
+        }
+    };
+    release(shared, released).await;
+    shared
+        .send(method_frame(
+            channel,
+            &AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: reply.code,
+                reply_text: reply.text.as_str().into(),
+                class_id: reply.class_id,
+                method_id: reply.method_id,
+            })),
+        ))
+        .await;
+}
+
+async fn start(shared: &Arc<Shared>) {
+    shared.state().phase = Phase::StartSent;
+    let mut capabilities = FieldTable::default();
+    for (name, on) in [
+        ("publisher_confirms", true),
+        ("basic.nack", true),
+        ("consumer_cancel_notify", true),
+        ("exchange_exchange_bindings", true),
+        ("per_consumer_qos", true),
+        ("connection.blocked", true),
+        ("authentication_failure_close", true),
+        ("consumer_priorities", true),
+        ("direct_reply_to", false),
+    ] {
+        capabilities.insert(name.into(), AMQPValue::Boolean(on));
+    }
+    let mut properties = FieldTable::default();
+    properties.insert("product".into(), long_string("Wharf"));
+    properties.insert("version".into(), long_string(env!("CARGO_PKG_VERSION")));
+    properties.insert("platform".into(), long_string("Rust"));
+    properties.insert(
+        "information".into(),
+        long_string("AMQP 0-9-1 front end of the Wharf broker"),
+    );
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    shared
+        .send(method_frame(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: properties,
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        ))
+        .await;
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+async fn connection_method(
+    shared: &Arc<Shared>,
+    phase: Phase,
+    class: AMQPClass,
+) -> Result<(), Reply> {
+    let AMQPClass::Connection(method) = class else {
+        return Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            "only connection methods are allowed on channel 0",
+        ));
+    };
+    match (phase, method) {
+        (Phase::StartSent, connection::AMQPMethod::StartOk(start_ok)) => {
+            login(shared, &start_ok)?;
+            shared.state().phase = Phase::TuneSent;
+            shared
+                .send(method_frame(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: CHANNELS_MAX,
+                        frame_max: FRAME_BYTES_MAX,
+                        heartbeat: HEARTBEAT_SECONDS,
+                    })),
+                ))
+                .await;
+            Ok(())
+        }
+        (Phase::TuneSent, connection::AMQPMethod::TuneOk(tune_ok)) => {
+            let frame_max = match tune_ok.frame_max {
+                0 => FRAME_BYTES_MAX,
+                asked => asked,
+            };
+            if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&frame_max) {
+                return Err(Reply::new(
+                    error_code::NOT_ALLOWED,
+                    format!(
+                        "negotiated frame_max = {frame_max} is outside {FRAME_BYTES_MIN}..={FRAME_BYTES_MAX}"
+                    ),
+                ));
+            }
+            shared
+                .frame_max
+                .store(frame_max, std::sync::atomic::Ordering::Relaxed);
+            {
+                let mut state = shared.state();
+                state.channel_max = match tune_ok.channel_max {
+                    0 => CHANNELS_MAX,
+                    asked => asked.min(CHANNELS_MAX),
+                };
+                state.phase = Phase::Tuned;
+            }
+            shared.start_heartbeats(tune_ok.heartbeat);
+            Ok(())
+        }
+        (Phase::Tuned, connection::AMQPMethod::Open(open)) => {
+            if open.virtual_host.as_str() != "/" {
+                return Err(Reply::new(
+                    error_code::NOT_ALLOWED,
+                    format!(
+                        "vhost {} not found (wharf serves the one virtual host '/')",
+                        open.virtual_host.as_str()
+                    ),
+                )
+                .on(10, 40));
+            }
+            shared.state().phase = Phase::Open;
+            shared
+                .send(method_frame(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+                ))
+                .await;
+            Ok(())
+        }
+        (_, connection::AMQPMethod::Close(_)) => {
+            shared.state().phase = Phase::Closing;
+            // Exclusive queues are gone and unacknowledged deliveries back in their queues
+            // before the client hears close-ok, so its next connection sees that.
+            close_all_channels(shared).await;
+            shared.broker.close_session(&shared.session).await;
+            shared
+                .send(method_frame(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                ))
+                .await;
+            shared.close_after_flush().await;
+            Ok(())
+        }
+        (
+            Phase::Open,
+            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+        ) => Ok(()),
+        (_, connection::AMQPMethod::UpdateSecret(_)) => Err(Reply::new(
+            error_code::NOT_IMPLEMENTED,
+            "connection.update-secret is not supported",
+        )
+        .on(10, 70)),
+        (_, method) => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("unexpected method {method:?} on channel 0 at this stage"),
+        )),
+    }
+}
+
+/// Checks connection.start-ok's credentials: the default `guest`/`guest` user, from a
+/// loopback address only (as RabbitMQ's `loopback_users`).
+fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Reply> {
+    let mechanism = start_ok.mechanism.as_str();
+    let credentials = match mechanism {
+        "PLAIN" => plain_credentials(start_ok.response.as_bytes()),
+        "AMQPLAIN" => amqplain_credentials(start_ok.response.as_bytes()),
+        other => {
+            return Err(Reply::new(
+                error_code::ACCESS_REFUSED,
+                format!("unsupported authentication mechanism '{other}'; use PLAIN or AMQPLAIN"),
+            )
+            .on(10, 11))
+        }
+    };
+    let refused = || {
+        Reply::new(
+            error_code::ACCESS_REFUSED,
+            format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ),
+        )
+        .on(10, 11)
+    };
+    let Some((user, password)) = credentials else {
+        return Err(refused());
+    };
+    if user != "guest" || password != "guest" {
+        tracing::info!(peer = %shared.peer, user, "AMQP login refused: unknown user or wrong password");
+        return Err(refused());
+    }
+    if !shared.peer.ip().is_loopback() {
+        tracing::info!(peer = %shared.peer, "AMQP login refused: user 'guest' can only connect via localhost");
+        return Err(refused());
+    }
+    Ok(())
+}
+
+fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
+    let mut parts = response.split(|byte| *byte == 0);
+    let _authzid = parts.next()?;
+    let user = parts.next()?;
+    let password = parts.next()?;
+    Some((
+        String::from_utf8(user.to_vec()).ok()?,
+        String::from_utf8(password.to_vec()).ok()?,
+    ))
+}
+
+fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    // The response is a field table without its length prefix.
+    let mut framed = Vec::with_capacity(response.len() + 4);
+    framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
+    framed.extend_from_slice(response);
+    let table =
+        std::panic::catch_unwind(|| amq_protocol::types::parsing::parse_field_table(&framed[..]))
+            .ok()?
+            .ok()?
+            .1;
+    let text = |key: &str| {
+        table
+            .inner()
+            .iter()
+            .find(|(name, _)| name.as_str() == key)
+            .and_then(|(_, value)| message::value_text(value))
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+/// While closing, only close and close-ok count.
+async fn closing(shared: &Arc<Shared>, request: AmqpRequest) -> Result<(), Reply> {
+    let AmqpRequest::Method(0, class) = request else {
+        return Ok(());
+    };
+    match *class {
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+            shared.close_after_flush().await;
+        }
+        AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+            shared
+                .send(method_frame(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                ))
+                .await;
+            shared.close_after_flush().await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn channel_method(shared: &Arc<Shared>, channel: u16, class: AMQPClass) -> Result<(), Reply> {
+    let (class_id, method_id) = ids(&class);
+    // channel.open, and the channel's own state.
+    let opened = {
+        let mut state = shared.state();
+        let channel_max = state.channel_max;
+        match (&class, state.channels.get(&channel)) {
+            (AMQPClass::Channel(channel::AMQPMethod::Open(_)), Some(_)) => {
+                return Err(Reply::new(
+                    error_code::CHANNEL_ERROR,
+                    format!("second 'channel.open' seen on channel {channel}"),
+                )
+                .on(20, 10));
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::Open(_)), None) => {
+                if channel > channel_max {
+                    return Err(Reply::new(
+                        error_code::CHANNEL_ERROR,
+                        format!("channel {channel} is above channel_max {channel_max}"),
+                    )
+                    .on(20, 10));
+                }
+                state.channels.insert(channel, Channel::default());
+                true
+            }
+            (_, None) => {
+                return Err(Reply::new(
+                    error_code::CHANNEL_ERROR,
+                    format!("expected 'channel.open' on channel {channel}"),
+                )
+                .on(class_id, method_id));
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)), Some(open)) if open.closing => {
+                state.channels.remove(&channel);
+                return Ok(());
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::Close(_)), Some(_)) => false,
+            (_, Some(open)) if open.closing => return Ok(()),
+            (_, Some(open)) if open.content.is_some() => {
+                return Err(Reply::new(
+                    error_code::UNEXPECTED_FRAME,
+                    format!(
+                        "expected content header for class 60, got non content header frame instead (method {class_id}.{method_id})"
+                    ),
+                ));
+            }
+            (_, Some(_)) => false,
+        }
+    };
+    if opened {
+        reply(
+            shared,
+            channel,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        )
+        .await;
+        return Ok(());
+    }
+    let outcome = match class {
+        AMQPClass::Channel(method) => channel_class(shared, channel, method).await,
+        AMQPClass::Exchange(method) => exchange_class(shared, channel, method).await,
+        AMQPClass::Queue(method) => queue_class(shared, channel, method).await,
+        AMQPClass::Basic(method) => basic_class(shared, channel, method).await,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+            confirm_select(shared, channel, select).await
+        }
+        AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+            reply(
+                shared,
+                channel,
+                AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+            )
+            .await;
+            Ok(())
+        }
+        AMQPClass::Tx(method) => tx_class(shared, channel, method).await,
+        AMQPClass::Connection(_) => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("connection method on channel {channel}"),
+        )),
+        other => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("method {other:?} is not one a client sends"),
+        )),
+    };
+    finish_channel_method(shared, channel, outcome, (class_id, method_id)).await
+}
+
+/// confirm.select: every later publish of the channel is confirmed (not in a transaction).
+async fn confirm_select(
+    shared: &Arc<Shared>,
+    channel: u16,
+    select: confirm::Select,
+) -> Result<(), Reply> {
+    if let Some(open) = shared.state().channels.get_mut(&channel) {
+        if open.tx.is_some() {
+            return Err(Reply::new(
+                error_code::PRECONDITION_FAILED,
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        open.confirms.get_or_insert(0);
+    }
+    if !select.nowait {
+        reply(
+            shared,
+            channel,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// A channel method's error closes the channel, or for a connection-level code the
+/// connection.
+async fn finish_channel_method(
+    shared: &Arc<Shared>,
+    channel: u16,
+    outcome: Result<(), Reply>,
+    (class_id, method_id): (u16, u16),
+) -> Result<(), Reply> {
+    match outcome {
+        Err(reply) if !reply.is_hard() => {
+            fail_channel(shared, channel, reply.on_default(class_id, method_id)).await;
+            Ok(())
+        }
+        Err(reply) => Err(reply.on_default(class_id, method_id)),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// tx.select, commit and rollback. A transaction's publishes and acks are kept in the
+/// channel and run at commit, in order: each publish is stored (mandatory returns sent)
+/// before the next step, and commit-ok follows the last. Rollback forgets them.
+async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) -> Result<(), Reply> {
+    let not_transactional = || {
+        Reply::new(
+            error_code::PRECONDITION_FAILED,
+            "channel is not transactional",
+        )
+    };
+    let answer = match method {
+        tx::AMQPMethod::Select(_) => {
+            let mut state = shared.state();
+            let Some(open) = state.channels.get_mut(&channel) else {
+                return Ok(());
+            };
+            if open.confirms.is_some() {
+                return Err(Reply::new(
+                    error_code::PRECONDITION_FAILED,
+                    "cannot switch from confirm to tx mode",
+                ));
+            }
+            open.tx.get_or_insert_with(Vec::new);
+            tx::AMQPMethod::SelectOk(tx::SelectOk {})
+        }
+        tx::AMQPMethod::Rollback(_) => {
+            let mut state = shared.state();
+            let Some(open) = state.channels.get_mut(&channel) else {
+                return Ok(());
+            };
+            open.tx.as_mut().ok_or_else(not_transactional)?.clear();
+            tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+        }
+        tx::AMQPMethod::Commit(_) => {
+            let steps = {
+                let mut state = shared.state();
+                let Some(open) = state.channels.get_mut(&channel) else {
+                    return Ok(());
+                };
+                std::mem::take(open.tx.as_mut().ok_or_else(not_transactional)?)
+            };
+            for step in steps {
+                match step {
+                    TxStep::Publish(query, properties) => {
+                        commit_publish(shared, channel, query, *properties).await?;
+                    }
+                    TxStep::Settle {
+                        delivery_tag,
+                        multiple,
+                        how,
+                        method_id,
+                    } => settle(shared, channel, delivery_tag, multiple, how, method_id).await?,
+                }
+            }
+            tx::AMQPMethod::CommitOk(tx::CommitOk {})
+        }
+        other => {
+            return Err(Reply::new(
+                error_code::COMMAND_INVALID,
+                format!("unexpected {other:?}"),
+            ))
+        }
+    };
+    reply(shared, channel, AMQPClass::Tx(answer)).await;
+    Ok(())
+}
+
+/// One publish of a committing transaction: stored before the commit goes on; a mandatory
+/// message no queue took comes back with basic.return.
+async fn commit_publish(
+    shared: &Arc<Shared>,
+    channel: u16,
+    query: PublishQuery,
+    properties: AMQPProperties,
+) -> Result<(), Reply> {
+    let exchange = query.exchange.clone();
+    let routing_key = query.routing_key.clone();
+    let body = query.body.clone();
+    let completion = shared
+        .broker
+        .publish(&shared.session, query)
+        .await
+        .map_err(|error| error_code::queue(&error, 90, 20))?;
+    match completion.await {
+        Ok(PublishOutcome::Returned) => {
+            let mut out = method_frame(
+                channel,
+                &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                })),
+            );
+            let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+            message::encode_content(
+                channel,
+                properties,
+                &body,
+                frame_max,
+                &mut out,
+                &mut Vec::new(),
+            );
+            shared.send(out).await;
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        // A full reject-publish queue drops the message, as without confirms.
+        Err(QueueError::QueueFull { .. }) => Ok(()),
+        Err(error) => Err(error_code::queue(&error, 90, 20)),
+    }
+}
+
+impl Reply {
+    fn on_default(self, class_id: u16, method_id: u16) -> Reply {
+        if self.class_id == 0 && self.method_id == 0 {
+            self.on(class_id, method_id)
+        } else {
+            self
+        }
+    }
+}
+
+fn ids(class: &AMQPClass) -> (u16, u16) {
+    (class.get_amqp_class_id(), class.get_amqp_method_id())
+}
+
+async fn reply(shared: &Shared, channel: u16, class: AMQPClass) {
+    shared.send(method_frame(channel, &class)).await;
+}
+
+async fn channel_class(
+    shared: &Arc<Shared>,
+    channel: u16,
+    method: channel::AMQPMethod,
+) -> Result<(), Reply> {
+    match method {
+        channel::AMQPMethod::Close(_) => {
+            let released = shared
+                .state()
+                .channels
+                .remove(&channel)
+                .map(|mut open| release_channel(&mut open))
+                .unwrap_or_default();
+            release(shared, released).await;
+            reply(
+                shared,
+                channel,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+            )
+            .await;
+            Ok(())
+        }
+        // RabbitMQ does not pause deliveries on a client's request either.
+        channel::AMQPMethod::Flow(flow) if !flow.active => {
+            Err(Reply::new(error_code::NOT_IMPLEMENTED, "active=false"))
+        }
+        channel::AMQPMethod::Flow(flow) => {
+            reply(
+                shared,
+                channel,
+                AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: flow.active,
+                })),
+            )
+            .await;
+            Ok(())
+        }
+        channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::FlowOk(_) => Ok(()),
+        other => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("unexpected {other:?}"),
+        )),
+    }
+}
+
+/// The type of exchange to declare: the declared one, or for the delayed-message plugin's
+/// `x-delayed-message` its `x-delayed-type` (the core delays any message with `x-delay`).
+fn exchange_kind(declare: &exchange::Declare) -> Result<&str, Reply> {
+    let kind = declare.kind.as_str();
+    if kind != "x-delayed-message" || declare.passive {
+        return Ok(kind);
+    }
+    match declare.arguments.inner().get("x-delayed-type") {
+        Some(AMQPValue::LongString(inner)) => std::str::from_utf8(inner.as_bytes()).ok(),
+        Some(AMQPValue::ShortString(inner)) => Some(inner.as_str()),
+        _ => None,
+    }
+    .filter(|inner| matches!(*inner, "direct" | "fanout" | "topic" | "headers"))
+    .ok_or_else(|| {
+        Reply::new(
+            error_code::PRECONDITION_FAILED,
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )
+    })
+}
+
+async fn exchange_class(
+    shared: &Arc<Shared>,
+    channel: u16,
+    method: exchange::AMQPMethod,
+) -> Result<(), Reply> {
+    let broker = &shared.broker;
+    let session = &shared.session;
+    match method {
+        exchange::AMQPMethod::Declare(declare) => {
+            let name = declare.exchange.as_str().to_string();
+            let kind = exchange_kind(&declare)?;
+            if declare.passive {
+                if broker.exchange_info(session, &name).is_none() && !name.is_empty() {
+                    return Err(Reply::new(
+                        error_code::NOT_FOUND,
+                        format!("no exchange '{name}' in vhost '/'"),
+                    ));
+                }
+            } else {
+                if !matches!(kind, "direct" | "fanout" | "topic" | "headers") {
+                    return Err(Reply::new(
+                        error_code::COMMAND_INVALID,
+                        format!("invalid exchange type '{kind}'"),
+                    ));
+                }
+                if let Some((existing, _)) = broker.exchange_info(session, &name) {
+                    if existing.name() != kind {
+                        return Err(Reply::new(
+                            error_code::PRECONDITION_FAILED,
+                            format!(
+                                "inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{kind}' but current is '{}'",
+                                existing.name()
+                            ),
+                        ));
+                    }
+                } else {
+                    let durability = durability(declare.durable);
+                    broker
+                        .declare_exchange(session, name, kind, durability)
+                        .await
+                        .map_err(|error| error_code::queue(&error, 40, 10))?;
+                }
+            }
+            if !declare.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        exchange::AMQPMethod::Delete(delete) => {
+            let name = delete.exchange.as_str().to_string();
+            if let Some((_, bindings)) = broker.exchange_info(session, &name) {
+                if delete.if_unused && bindings > 0 {
+                    return Err(Reply::new(
+                        error_code::PRECONDITION_FAILED,
+                        format!("exchange '{name}' in vhost '/' in use"),
+                    ));
+                }
+                broker
+                    .delete_exchange(session, name)
+                    .await
+                    .map_err(|error| error_code::queue(&error, 40, 20))?;
+            }
+            if !delete.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        exchange::AMQPMethod::Bind(bind) => {
+            if bind.source.as_str().is_empty() || bind.destination.as_str().is_empty() {
+                return Err(Reply::new(
+                    error_code::ACCESS_REFUSED,
+                    "operation not permitted on the default exchange",
+                ));
+            }
+            broker
+                .bind_exchange(
+                    session,
+                    bind.destination.as_str().to_string(),
+                    bind.source.as_str().to_string(),
+                    bind.routing_key.as_str().to_string(),
+                    binding_args(&bind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 40, 30))?;
+            if !bind.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        exchange::AMQPMethod::Unbind(unbind) => {
+            broker
+                .unbind_exchange(
+                    session,
+                    unbind.destination.as_str().to_string(),
+                    unbind.source.as_str().to_string(),
+                    unbind.routing_key.as_str().to_string(),
+                    binding_args(&unbind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 40, 40))?;
+            if !unbind.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        other => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("unexpected {other:?}"),
+        )),
+    }
+}
+
+fn durability(durable: bool) -> Durability {
+    if durable {
+        Durability::Durable
+    } else {
+        Durability::Transient
+    }
+}
+
+/// Queue arguments RabbitMQ clients pass, as the core's `key=value` pairs.
+fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
+    let mut pairs = Vec::new();
+    for (key, value) in arguments {
+        let text = message::value_text(value).ok_or_else(|| {
+            Reply::new(
+                error_code::PRECONDITION_FAILED,
+                format!("invalid arg '{}': value of unsupported type", key.as_str()),
+            )
+        })?;
+        let core_key = match key.as_str() {
+            "x-message-ttl" => "message-ttl-ms",
+            "x-max-length" => "max-length",
+            "x-overflow" => "overflow",
+            "x-dead-letter-exchange" => "dead-letter-exchange",
+            "x-dead-letter-routing-key" => "dead-letter-routing-key",
+            "x-delivery-limit" => "delivery-limit",
+            "x-single-active-consumer" => "single-active-consumer",
+            "x-consumer-timeout" => "ack-timeout-ms",
+            "x-expires" => "expires-ms",
+            "x-queue-type" => match text.as_str() {
+                // Both are durable logs with the same semantics here.
+                "classic" | "quorum" => continue,
+                "stream" => {
+                    return Err(Reply::new(
+                        error_code::PRECONDITION_FAILED,
+                        "x-queue-type 'stream' is not served over AMQP: wharf's streams are topics, reached with the Kafka protocol (port 9092) or `wharf produce`/`wharf consume`",
+                    ))
+                }
+                other => {
+                    return Err(Reply::new(
+                        error_code::PRECONDITION_FAILED,
+                        format!("invalid arg 'x-queue-type': '{other}' is not classic, quorum or stream"),
+                    ))
+                }
+            },
+            unsupported @ ("x-max-length-bytes" | "x-max-priority"
+            | "x-dead-letter-strategy") => {
+                return Err(Reply::new(
+                    error_code::PRECONDITION_FAILED,
+                    format!("queue argument '{unsupported}' is not supported by wharf yet"),
+                ))
+            }
+            // RabbitMQ ignores arguments it does not know (and these tune storage only).
+            _ => continue,
+        };
+        pairs.push((core_key.to_string(), text));
+    }
+    Ok(pairs)
+}
+
+async fn queue_class(
+    shared: &Arc<Shared>,
+    channel: u16,
+    method: queue::AMQPMethod,
+) -> Result<(), Reply> {
+    let broker = &shared.broker;
+    let session = &shared.session;
+    match method {
+        queue::AMQPMethod::Declare(declare) => {
+            let mut name = declare.queue.as_str().to_string();
+            if declare.passive {
+                if name.is_empty() {
+                    return Err(Reply::new(
+                        error_code::NOT_FOUND,
+                        "no queue '' in vhost '/'",
+                    ));
+                }
+            } else {
+                let mut args = queue_args(&declare.arguments)?;
+                if declare.exclusive {
+                    args.push(("exclusive".to_string(), "true".to_string()));
+                }
+                if declare.auto_delete {
+                    args.push(("auto-delete".to_string(), "true".to_string()));
+                }
+                // An exclusive queue dies with its connection: stored transiently.
+                let durability = durability(declare.durable && !declare.exclusive);
+                if name.is_empty() {
+                    name = broker
+                        .declare_server_named_queue(
+                            session,
+                            SERVER_NAMED_PREFIX.to_string(),
+                            args,
+                            durability,
+                        )
+                        .await
+                        .map_err(|error| error_code::queue(&error, 50, 10))?;
+                } else {
+                    broker
+                        .declare_queue(session, name.clone(), args, durability)
+                        .await
+                        .map_err(|error| error_code::queue(&error, 50, 10))?;
+                }
+            }
+            let stats = broker.queue_stats(session, &name).await.ok_or_else(|| {
+                Reply::new(
+                    error_code::NOT_FOUND,
+                    format!("no queue '{name}' in vhost '/'"),
+                )
+            })?;
+            broker
+                .check_queue_access(session, &name)
+                .map_err(|error| error_code::queue(&error, 50, 10))?;
+            if !declare.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: saturate(stats.ready),
+                        consumer_count: saturate(stats.consumers),
+                    })),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        queue::AMQPMethod::Bind(bind) => {
+            broker
+                .check_queue_access(session, bind.queue.as_str())
+                .map_err(|error| error_code::queue(&error, 50, 20))?;
+            if bind.exchange.as_str().is_empty() {
+                return Err(Reply::new(
+                    error_code::ACCESS_REFUSED,
+                    format!(
+                        "operation not permitted on the default exchange (binding queue '{}')",
+                        bind.queue.as_str()
+                    ),
+                ));
+            }
+            broker
+                .bind_queue(
+                    session,
+                    bind.queue.as_str().to_string(),
+                    bind.exchange.as_str().to_string(),
+                    bind.routing_key.as_str().to_string(),
+                    binding_args(&bind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 50, 20))?;
+            if !bind.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        queue::AMQPMethod::Unbind(unbind) => {
+            broker
+                .unbind_queue(
+                    session,
+                    unbind.queue.as_str().to_string(),
+                    unbind.exchange.as_str().to_string(),
+                    unbind.routing_key.as_str().to_string(),
+                    binding_args(&unbind.arguments),
+                )
+                .await
+                .map_err(|error| error_code::queue(&error, 50, 50))?;
+            reply(
+                shared,
+                channel,
+                AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+            )
+            .await;
+            Ok(())
+        }
+        queue::AMQPMethod::Purge(purge) => {
+            broker
+                .check_queue_access(session, purge.queue.as_str())
+                .map_err(|error| error_code::queue(&error, 50, 30))?;
+            let purged = broker
+                .purge_queue(session, purge.queue.as_str())
+                .await
+                .map_err(|error| error_code::queue(&error, 50, 30))?;
+            if !purge.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: saturate(purged),
+                    })),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        queue::AMQPMethod::Delete(delete) => {
+            let name = delete.queue.as_str();
+            broker
+                .check_queue_access(session, name)
+                .map_err(|error| error_code::queue(&error, 50, 40))?;
+            let mut count = 0;
+            // RabbitMQ answers delete-ok for a queue that does not exist.
+            if let Some(stats) = broker.queue_stats(session, name).await {
+                if delete.if_unused && stats.consumers > 0 {
+                    return Err(Reply::new(
+                        error_code::PRECONDITION_FAILED,
+                        format!("queue '{name}' in vhost '/' in use"),
+                    ));
+                }
+                if delete.if_empty && stats.ready + stats.unacked > 0 {
+                    return Err(Reply::new(
+                        error_code::PRECONDITION_FAILED,
+                        format!("queue '{name}' in vhost '/' is not empty"),
+                    ));
+                }
+                count = stats.ready;
+                broker
+                    .delete_queue(session, name)
+                    .await
+                    .map_err(|error| error_code::queue(&error, 50, 40))?;
+            }
+            if !delete.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: saturate(count),
+                    })),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        other => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("unexpected {other:?}"),
+        )),
+    }
+}
+
+fn saturate(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+fn binding_args(arguments: &FieldTable) -> Vec<(String, String)> {
+    arguments
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| Some((key.as_str().to_string(), message::value_text(value)?)))
+        .collect()
+}
+
+async fn basic_class(
+    shared: &Arc<Shared>,
+    channel: u16,
+    method: basic::AMQPMethod,
+) -> Result<(), Reply> {
+    match method {
+        basic::AMQPMethod::Publish(publish) if publish.immediate => {
+            Err(Reply::new(error_code::NOT_IMPLEMENTED, "immediate=true"))
+        }
+        basic::AMQPMethod::Publish(publish) => {
+            if let Some(open) = shared.state().channels.get_mut(&channel) {
+                open.content = Some(Content {
+                    exchange: publish.exchange.as_str().to_string(),
+                    routing_key: publish.routing_key.as_str().to_string(),
+                    mandatory: publish.mandatory,
+                    header: None,
+                    body: Body::Empty,
+                });
+            }
+            Ok(())
+        }
+        basic::AMQPMethod::Qos(qos) => {
+            if let Some(open) = shared.state().channels.get_mut(&channel) {
+                open.prefetch = qos.prefetch_count;
+            }
+            reply(
+                shared,
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+            )
+            .await;
+            Ok(())
+        }
+        basic::AMQPMethod::Consume(consume) => basic_consume(shared, channel, consume).await,
+        basic::AMQPMethod::Cancel(cancel) => {
+            let tag = cancel.consumer_tag.as_str().to_string();
+            // As RabbitMQ, a cancelled consumer's unacknowledged deliveries stay with the
+            // channel, to be acked or nacked; only a consumer holding none is cancelled in
+            // the core at once.
+            let (slot, holds) = {
+                let mut state = shared.state();
+                match state.channels.get_mut(&channel) {
+                    Some(open) => {
+                        let slot = open.consumers.remove(&tag);
+                        let holds = slot.as_ref().is_some_and(|slot| {
+                            open.unacked.values().any(|held| held.consumer == slot.id)
+                        });
+                        if let (Some(slot), true) = (&slot, holds) {
+                            open.stopped.push((slot.queue.clone(), slot.id));
+                        }
+                        (slot, holds)
+                    }
+                    None => (None, false),
+                }
+            };
+            if let Some(slot) = slot {
+                let _ = if holds {
+                    shared
+                        .broker
+                        .stop_consumer(&shared.session, &slot.queue, slot.id)
+                        .await
+                } else {
+                    shared
+                        .broker
+                        .cancel(&shared.session, &slot.queue, slot.id)
+                        .await
+                };
+            }
+            if !cancel.nowait {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: tag.into(),
+                    })),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        basic::AMQPMethod::Get(get) => basic_get(shared, channel, get).await,
+        basic::AMQPMethod::Ack(ack) => {
+            settle_or_defer(
+                shared,
+                channel,
+                ack.delivery_tag,
+                ack.multiple,
+                Settle::Ack,
+                80,
+            )
+            .await
+        }
+        basic::AMQPMethod::Nack(nack) => {
+            settle_or_defer(
+                shared,
+                channel,
+                nack.delivery_tag,
+                nack.multiple,
+                nack_settle(nack.requeue),
+                120,
+            )
+            .await
+        }
+        basic::AMQPMethod::Reject(reject) => {
+            settle_or_defer(
+                shared,
+                channel,
+                reject.delivery_tag,
+                false,
+                nack_settle(reject.requeue),
+                90,
+            )
+            .await
+        }
+        basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
+            let is_sync = matches!(method, basic::AMQPMethod::Recover(_));
+            // Every unacknowledged delivery of the channel goes back to its queue, marked
+            // redelivered (requeue=false is treated as true, as RabbitMQ does).
+            let last = shared
+                .state()
+                .channels
+                .get(&channel)
+                .map_or(0, |open| open.last_tag);
+            if last > 0 {
+                settle(shared, channel, 0, true, Settle::Nack(Requeue::Yes), 110).await?;
+            }
+            if is_sync {
+                reply(
+                    shared,
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        other => Err(Reply::new(
+            error_code::COMMAND_INVALID,
+            format!("unexpected {other:?}"),
+        )),
+    }
+}
+
+fn nack_settle(requeue: bool) -> Settle {
+    Settle::Nack(if requeue { Requeue::Yes } else { Requeue::No })
+}
+
+async fn basic_consume(
+    shared: &Arc<Shared>,
+    channel: u16,
+    consume: basic::Consume,
+) -> Result<(), Reply> {
+    let queue: Arc<str> = Arc::from(consume.queue.as_str());
+    let tag = match consume.consumer_tag.as_str() {
+        "" => format!("amq.ctag-{}", shared.broker_unique()),
+        tag => tag.to_string(),
+    };
+    let prefetch = {
+        let state = shared.state();
+        let Some(open) = state.channels.get(&channel) else {
+            return Ok(());
+        };
+        if open.consumers.contains_key(&tag) {
+            return Err(Reply::new(
+                error_code::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            )
+            .on(60, 20));
+        }
+        if consume.no_ack {
+            0
+        } else {
+            u32::from(open.prefetch)
+        }
+    };
+    let priority = match consume.arguments.inner().get("x-priority") {
+        None => 0,
+        Some(value) => message::value_text(value)
+            .and_then(|text| text.parse::<i32>().ok())
+            .ok_or_else(|| {
+                Reply::new(
+                    error_code::PRECONDITION_FAILED,
+                    "invalid arg 'x-priority': it must be an integer",
+                )
+            })?,
+    };
+    if consume.exclusive {
+        let consumers = shared
+            .broker
+            .queue_stats(&shared.session, &queue)
+            .await
+            .map_or(0, |stats| stats.consumers);
+        if consumers > 0 {
+            return Err(Reply::new(
+                error_code::ACCESS_REFUSED,
+                format!("queue '{queue}' in vhost '/' in exclusive use"),
+            ));
+        }
+    }
+    let (consumer, events) = shared
+        .broker
+        .subscribe(
+            &shared.session,
+            SubscribeQuery {
+                queue: queue.to_string(),
+                prefetch,
+                priority,
+            },
+        )
+        .await
+        .map_err(|error| error_code::queue(&error, 60, 20))?;
+    if let Some(open) = shared.state().channels.get_mut(&channel) {
+        open.consumers.insert(
+            tag.clone(),
+            ConsumerSlot {
+                queue: queue.clone(),
+                id: consumer,
+            },
+        );
+    }
+    if !consume.nowait {
+        reply(
+            shared,
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.as_str().into(),
+            })),
+        )
+        .await;
+    }
+    let started = shared.flushed_signal().await;
+    tokio::spawn(forward_deliveries(
+        shared.clone(),
+        channel,
+        (queue, tag),
+        consumer,
+        consume.no_ack,
+        events,
+        started,
+    ));
+    Ok(())
+}
+
+impl Shared {
+    /// A unique suffix for consumer tags of this process.
+    fn broker_unique(&self) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        format!(
+            "{}-{}",
+            self.session.id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Pushes a consumer's deliveries as basic.deliver frames once its consume-ok is queued,
+/// until the consumer ends; a broker-side cancel (queue deleted, ack timeout) is told to
+/// the client with basic.cancel (consumer_cancel_notify).
+async fn forward_deliveries(
+    shared: Arc<Shared>,
+    channel: u16,
+    (queue, consumer_tag): (Arc<str>, String),
+    consumer: ConsumerId,
+    no_ack: bool,
+    mut events: mpsc::Receiver<ConsumerEvent>,
+    started: oneshot::Receiver<()>,
+) {
+    let _ = started.await;
+    let mut scratch = Vec::new();
+    let tag_short = ShortString::from(consumer_tag.as_str());
+    while let Some(event) = events.recv().await {
+        let delivered = match event {
+            ConsumerEvent::Delivery(delivered) => delivered,
+            ConsumerEvent::Cancelled(_) => {
+                let removed = shared
+                    .state()
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(|open| open.consumers.remove(&consumer_tag));
+                if removed.is_some() {
+                    let frame = method_frame(
+                        channel,
+                        &AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: tag_short.clone(),
+                            nowait: true,
+                        })),
+                    );
+                    let _ = shared.push.send(frame).await;
+                }
+                return;
+            }
+        };
+        let delivery_tag = {
+            let mut state = shared.state();
+            let open = state
+                .channels
+                .get_mut(&channel)
+                .filter(|open| open.consumers.contains_key(&consumer_tag));
+            open.map(|open| {
+                open.last_tag += 1;
+                if !no_ack {
+                    open.unacked.insert(
+                        open.last_tag,
+                        Held {
+                            queue: queue.clone(),
+                            consumer,
+                            tag: delivered.tag,
+                        },
+                    );
+                }
+                open.last_tag
+            })
+        };
+        let Some(delivery_tag) = delivery_tag else {
+            return_undelivered(&shared, &queue, consumer, delivered.tag, events).await;
+            return;
+        };
+        let (properties, exchange) = message::properties_from_headers(
+            &delivered.record.headers,
+            delivered.record.timestamp_ms,
+        );
+        let (routing_key, body) = message::key_and_body(&delivered.record);
+        let mut out = BytesMut::with_capacity(body.len() + 256);
+        super::encode_frame_with(
+            &AMQPFrame::Method(
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: tag_short.clone(),
+                    delivery_tag,
+                    redelivered: delivered.redelivered,
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                })),
+            ),
+            &mut out,
+            &mut scratch,
+        );
+        let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+        message::encode_content(
+            channel,
+            properties,
+            &body,
+            frame_max,
+            &mut out,
+            &mut scratch,
+        );
+        if shared.push.send(out).await.is_err() {
+            return;
+        }
+        if no_ack {
+            let _ = shared
+                .broker
+                .settle(
+                    &shared.session,
+                    SettleQuery {
+                        queue: queue.to_string(),
+                        consumer,
+                        tag: delivered.tag,
+                        scope: AckScope::Single,
+                        settle: Settle::Ack,
+                    },
+                )
+                .await;
+        }
+    }
+}
+
+/// Deliveries that reached a consumer after it was cancelled (or its channel closed) were
+/// never sent: they go back to the queue (counted as delivered once more).
+async fn return_undelivered(
+    shared: &Shared,
+    queue: &str,
+    consumer: ConsumerId,
+    first: DeliveryTag,
+    mut events: mpsc::Receiver<ConsumerEvent>,
+) {
+    let mut tags = vec![first];
+    while let Some(event) = events.recv().await {
+        if let ConsumerEvent::Delivery(delivered) = event {
+            tags.push(delivered.tag);
+        }
+    }
+    for tag in tags {
+        // A consumer cancelled in the core has returned them already.
+        let _ = shared
+            .broker
+            .settle(
+                &shared.session,
+                SettleQuery {
+                    queue: queue.to_string(),
+                    consumer,
+                    tag,
+                    scope: AckScope::Single,
+                    settle: Settle::Nack(Requeue::Yes),
+                },
+            )
+            .await;
+    }
+}
+
+async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Result<(), Reply> {
+    let queue = get.queue.as_str();
+    // With an ack to come the message is delivered to the channel's holder for the queue,
+    // so a reject dead-letters it and a closed channel returns it, as for a consumer.
+    let mode = if get.no_ack {
+        GetMode::Ack
+    } else {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let holder = *open
+            .holders
+            .entry(Arc::from(queue))
+            .or_insert_with(|| shared.broker.new_holder(&shared.session, queue));
+        GetMode::Hold(holder)
+    };
+    let got = shared
+        .broker
+        .queue_get(&shared.session, queue, 1, mode)
+        .await
+        .map_err(|error| error_code::queue(&error, 60, 70))?;
+    let Some(message) = got.into_iter().next() else {
+        reply(
+            shared,
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+        )
+        .await;
+        return Ok(());
+    };
+    let remaining = shared
+        .broker
+        .queue_stats(&shared.session, queue)
+        .await
+        .map_or(0, |stats| saturate(stats.ready));
+    let (properties, exchange) =
+        message::properties_from_headers(&message.record.headers, message.record.timestamp_ms);
+    let (routing_key, body) = message::key_and_body(&message.record);
+    let delivery_tag = {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        open.last_tag += 1;
+        if let (GetMode::Hold(consumer), Some(tag)) = (mode, message.tag) {
+            open.unacked.insert(
+                open.last_tag,
+                Held {
+                    queue: Arc::from(queue),
+                    consumer,
+                    tag,
+                },
+            );
+        }
+        open.last_tag
+    };
+    let mut out = method_frame(
+        channel,
+        &AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+            delivery_tag,
+            redelivered: message.redelivered,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            message_count: remaining,
+        })),
+    );
+    let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+    message::encode_content(
+        channel,
+        properties,
+        &body,
+        frame_max,
+        &mut out,
+        &mut Vec::new(),
+    );
+    shared.send(out).await;
+    Ok(())
+}
+
+/// basic.ack, nack and reject: kept for tx.commit in a transaction, settled now otherwise.
+async fn settle_or_defer(
+    shared: &Arc<Shared>,
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+    how: Settle,
+    method_id: u16,
+) -> Result<(), Reply> {
+    {
+        let mut state = shared.state();
+        if let Some(steps) = state
+            .channels
+            .get_mut(&channel)
+            .and_then(|open| open.tx.as_mut())
+        {
+            steps.push(TxStep::Settle {
+                delivery_tag,
+                multiple,
+                how,
+                method_id,
+            });
+            return Ok(());
+        }
+    }
+    settle(shared, channel, delivery_tag, multiple, how, method_id).await
+}
+
+/// basic.ack, nack and reject: channel delivery tags (one, or every one up to the tag; 0
+/// with `multiple` means all) to the core's per-consumer tags.
+async fn settle(
+    shared: &Arc<Shared>,
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+    how: Settle,
+    method_id: u16,
+) -> Result<(), Reply> {
+    let (held, finished) = {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let held = settled_held(open, delivery_tag, multiple, method_id)?;
+        // Stopped consumers that now hold nothing are done with.
+        let mut finished = Vec::new();
+        open.stopped.retain(|(queue, consumer)| {
+            let holds = open.unacked.values().any(|held| held.consumer == *consumer);
+            if !holds {
+                finished.push((queue.clone(), *consumer));
+            }
+            holds
+        });
+        (held, finished)
+    };
+    settle_in_core(shared, held, multiple, how, method_id).await?;
+    for (queue, consumer) in finished {
+        let _ = shared
+            .broker
+            .cancel(&shared.session, &queue, consumer)
+            .await;
+    }
+    Ok(())
+}
+
+/// Takes the held deliveries a settlement of `delivery_tag` covers out of the channel.
+fn settled_held(
+    open: &mut Channel,
+    delivery_tag: u64,
+    multiple: bool,
+    method_id: u16,
+) -> Result<Vec<Held>, Reply> {
+    Ok({
+        if multiple {
+            let upto = if delivery_tag == 0 {
+                u64::MAX
+            } else {
+                delivery_tag
+            };
+            let tags: Vec<u64> = open.unacked.range(..=upto).map(|(tag, _)| *tag).collect();
+            if tags.is_empty() && delivery_tag != 0 && delivery_tag > open.last_tag {
+                return Err(unknown_tag(delivery_tag, method_id));
+            }
+            tags.into_iter()
+                .filter_map(|tag| open.unacked.remove(&tag))
+                .collect()
+        } else {
+            match open.unacked.remove(&delivery_tag) {
+                Some(held) => vec![held],
+                None => return Err(unknown_tag(delivery_tag, method_id)),
+            }
+        }
+    })
+}
+
+/// Settles held deliveries in the core.
+async fn settle_in_core(
+    shared: &Shared,
+    held: Vec<Held>,
+    multiple: bool,
+    how: Settle,
+    method_id: u16,
+) -> Result<(), Reply> {
+    // Per consumer, the highest core tag settles every earlier one with `Multiple` (a
+    // consumer's tags grow with the channel's).
+    let mut groups: Vec<(Arc<str>, ConsumerId, DeliveryTag, usize)> = Vec::new();
+    for Held {
+        queue,
+        consumer,
+        tag,
+    } in held
+    {
+        match groups
+            .iter_mut()
+            .find(|(q, c, _, _)| *c == consumer && **q == *queue)
+        {
+            Some(group) => {
+                group.2 = tag;
+                group.3 += 1;
+            }
+            None => groups.push((queue, consumer, tag, 1)),
+        }
+    }
+    for (queue, consumer, tag, count) in groups {
+        let query = SettleQuery {
+            queue: queue.to_string(),
+            consumer,
+            tag,
+            scope: if count > 1 || multiple {
+                AckScope::Multiple
+            } else {
+                AckScope::Single
+            },
+            settle: how,
+        };
+        // The durability of a settlement is not awaited: AMQP answers nothing to an ack.
+        if let Err(error) = shared.broker.settle(&shared.session, query).await {
+            if !matches!(
+                error,
+                QueueError::UnknownDeliveryTag(_) | QueueError::Gone(_)
+            ) {
+                return Err(error_code::queue(&error, 60, method_id));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unknown_tag(delivery_tag: u64, method_id: u16) -> Reply {
+    Reply::new(
+        error_code::PRECONDITION_FAILED,
+        format!("unknown delivery tag {delivery_tag}"),
+    )
+    .on(60, method_id)
+}
+
+async fn content_header(
+    shared: &Arc<Shared>,
+    channel: u16,
+    header: AMQPContentHeader,
+) -> Result<(), Reply> {
+    let ready = {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Err(Reply::new(
+                error_code::CHANNEL_ERROR,
+                format!("content header on channel {channel}, which is not open"),
+            ));
+        };
+        if open.closing {
+            return Ok(());
+        }
+        let Some(content) = open
+            .content
+            .as_mut()
+            .filter(|content| content.header.is_none())
+        else {
+            return Err(Reply::new(
+                error_code::UNEXPECTED_FRAME,
+                format!("content header on channel {channel} without a basic.publish"),
+            ));
+        };
+        if header.class_id != 60 {
+            return Err(Reply::new(
+                error_code::FRAME_ERROR,
+                format!("content header of class {} (not basic)", header.class_id),
+            ));
+        }
+        if header.body_size > u64::from(shared.body_bytes_max) {
+            open.content = None;
+            Err(header.body_size)
+        } else {
+            content.header = Some((header.body_size, header.properties));
+            Ok(header.body_size == 0)
+        }
+    };
+    match ready {
+        Ok(true) => publish(shared, channel).await?,
+        Ok(false) => {}
+        Err(size) => {
+            let reply = Reply::new(
+                error_code::PRECONDITION_FAILED,
+                format!(
+                    "message size {size} is larger than configured max size {}",
+                    shared.body_bytes_max
+                ),
+            );
+            fail_channel(shared, channel, reply.on(60, 40)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn content_body(shared: &Arc<Shared>, channel: u16, chunk: Bytes) -> Result<(), Reply> {
+    let complete = {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Err(Reply::new(
+                error_code::CHANNEL_ERROR,
+                format!("content body on channel {channel}, which is not open"),
+            ));
+        };
+        if open.closing {
+            return Ok(());
+        }
+        let Some(content) = open.content.as_mut() else {
+            return Err(Reply::new(
+                error_code::UNEXPECTED_FRAME,
+                format!("content body on channel {channel} without a basic.publish"),
+            ));
+        };
+        let Some((expected, _)) = content.header else {
+            return Err(Reply::new(
+                error_code::UNEXPECTED_FRAME,
+                format!("content body on channel {channel} before its content header"),
+            ));
+        };
+        let total = content.body.len() as u64 + chunk.len() as u64;
+        if total > expected {
+            return Err(Reply::new(
+                error_code::FRAME_ERROR,
+                format!("content body of {total} bytes exceeds the {expected} bytes its header declared"),
+            ));
+        }
+        content.body.push(chunk);
+        total == expected
+    };
+    if complete {
+        publish(shared, channel).await?;
+    }
+    Ok(())
+}
+
+/// A whole message arrived: publish it through the core; confirm and return as RabbitMQ.
+async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
+    let (content, sequence) = {
+        let mut state = shared.state();
+        let Some(open) = state.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let Some(content) = open.content.take() else {
+            return Ok(());
+        };
+        let sequence = open.confirms.as_mut().map(|last| {
+            *last += 1;
+            *last
+        });
+        (content, sequence)
+    };
+    let Content {
+        exchange,
+        routing_key,
+        mandatory,
+        header,
+        body,
+    } = content;
+    let properties = header.map(|(_, properties)| properties).unwrap_or_default();
+    let body = body.into_bytes();
+    let headers = match message::headers_from_properties(&properties) {
+        Ok(headers) => headers,
+        Err(message::BadProperty(detail)) => {
+            fail_channel(
+                shared,
+                channel,
+                Reply::new(error_code::PRECONDITION_FAILED, detail).on(60, 40),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let query = PublishQuery {
+        exchange: exchange.clone(),
+        routing_key: routing_key.clone(),
+        mandatory: if mandatory {
+            Mandatory::Return
+        } else {
+            Mandatory::Drop
+        },
+        headers,
+        body: body.clone(),
+    };
+    {
+        let mut state = shared.state();
+        if let Some(steps) = state
+            .channels
+            .get_mut(&channel)
+            .and_then(|open| open.tx.as_mut())
+        {
+            steps.push(TxStep::Publish(query, Box::new(properties)));
+            return Ok(());
+        }
+    }
+    let completion = match shared.broker.publish(&shared.session, query).await {
+        Ok(completion) => completion,
+        Err(error) => {
+            fail_channel(shared, channel, error_code::queue(&error, 60, 40)).await;
+            return Ok(());
+        }
+    };
+    if sequence.is_none() && !mandatory {
+        // Nothing to answer: the message is in its queues' command channels already.
+        drop(completion);
+        return Ok(());
+    }
+    let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+    shared
+        .send_later(Box::pin(async move {
+            let outcome = completion.await;
+            let mut out = BytesMut::new();
+            if matches!(outcome, Ok(PublishOutcome::Returned)) {
+                out = method_frame(
+                    channel,
+                    &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: 312,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: exchange.into(),
+                        routing_key: routing_key.into(),
+                    })),
+                );
+                message::encode_content(
+                    channel,
+                    properties,
+                    &body,
+                    frame_max,
+                    &mut out,
+                    &mut Vec::new(),
+                );
+            }
+            if let Some(delivery_tag) = sequence {
+                let method = match outcome {
+                    Ok(_) => basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag,
+                        multiple: false,
+                    }),
+                    Err(_) => basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag,
+                        multiple: false,
+                        requeue: false,
+                    }),
+                };
+                out.extend_from_slice(&method_frame(channel, &AMQPClass::Basic(method)));
+            }
+            (!out.is_empty()).then_some(out)
+        }))
+        .await;
+    Ok(())
+}
+
+/// What a closing channel leaves to release: its consumers and basic.get holders.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    consumers: Vec<(Arc<str>, ConsumerId)>,
+}
+
+fn release_channel(open: &mut Channel) -> Released {
+    let consumers = open
+        .consumers
+        .drain()
+        .map(|(_, slot)| (slot.queue, slot.id))
+        .chain(open.holders.drain())
+        .chain(open.stopped.drain(..))
+        .collect();
+    open.unacked.clear();
+    open.content = None;
+    Released { consumers }
+}
+
+/// Cancels the consumers and holders: their unacknowledged deliveries and basic.get
+/// messages return to their queues at their places, marked redelivered.
+async fn release(shared: &Shared, released: Released) {
+    for (queue, consumer) in released.consumers {
+        let _ = shared
+            .broker
+            .cancel(&shared.session, &queue, consumer)
+            .await;
+    }
+}
+
+/// The connection ended: release every channel.
+pub(crate) async fn close_all_channels(shared: &Arc<Shared>) {
+    let released: Vec<Released> = shared
+        .state()
+        .channels
+        .drain()
+        .map(|(_, mut open)| release_channel(&mut open))
+        .collect();
+    for released in released {
+        release(shared, released).await;
+    }
+}
