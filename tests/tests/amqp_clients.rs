@@ -338,6 +338,45 @@ fn garbage_method_arguments_close_the_connection_with_502_syntax_error() {
     assert_eq!(u16::from_be_bytes([close[0], close[1]]), 502, "{answer:?}");
 }
 
+#[test]
+fn deeply_nested_tables_are_refused_with_502_and_the_broker_keeps_serving() {
+    // Goal: a field table nested thousands of levels deep (amq-protocol's parser recurses
+    // once per level) is refused before it is parsed: a stack overflow would abort the whole
+    // broker, and the frame arrives before any login.
+    let (_dir, broker) = broker();
+    let depth = 25_000usize;
+    let mut nested: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut outer = vec![b'A'];
+        outer.extend_from_slice(&u32::try_from(nested.len()).expect("small").to_be_bytes());
+        outer.extend_from_slice(&nested);
+        nested = outer;
+    }
+    // connection.start-ok: client-properties {"x": the nested arrays}, PLAIN, a response,
+    // a locale.
+    let mut table = short_string("x");
+    table.extend_from_slice(&nested);
+    let mut arguments = u32::try_from(table.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    arguments.extend_from_slice(&table);
+    arguments.extend_from_slice(&short_string("PLAIN"));
+    let response = b"\0guest\0guest";
+    arguments.extend_from_slice(&u32::try_from(response.len()).expect("small").to_be_bytes());
+    arguments.extend_from_slice(response);
+    arguments.extend_from_slice(&short_string("en_US"));
+    let mut bytes = b"AMQP\x00\x00\x09\x01".to_vec();
+    bytes.extend_from_slice(&method(10, 11, &arguments));
+    let answer = raw_exchange(&broker, &bytes);
+    let close = find_method(&answer, 10, 50).expect("a connection.close");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 502, "{answer:?}");
+    let text = String::from_utf8_lossy(&close);
+    assert!(text.contains("more than 32 deep"), "{text}");
+    // The broker is still serving.
+    pika(&broker, "channel_error_keeps_connection", &[]);
+}
+
 /// The arguments of the first method frame `class.method` in `frames`.
 fn find_method(frames: &[u8], class: u16, method: u16) -> Option<Vec<u8>> {
     let mut at = 0;

@@ -39,6 +39,7 @@ use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 mod error_code;
 mod handlers;
 mod message;
+mod nesting;
 
 pub use error_code::Reply;
 
@@ -391,6 +392,16 @@ fn decode_method(channel: u16, payload: &[u8]) -> AmqpRequest {
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let method_id = u16::from_be_bytes([payload[2], payload[3]]);
+    if nesting::nesting_bound(payload) > nesting::NESTING_MAX {
+        return AmqpRequest::Malformed(Reply::syntax_error_in(
+            class_id,
+            method_id,
+            format!(
+                "arguments of method {class_id}.{method_id} nest tables or arrays more than {} deep",
+                nesting::NESTING_MAX
+            ),
+        ));
+    }
     let parsed = std::panic::catch_unwind(|| amq_protocol::protocol::parse_class(payload));
     match parsed {
         Ok(Ok(([], class))) => AmqpRequest::Method(channel, Box::new(class)),
@@ -431,6 +442,12 @@ fn known_method(class_id: u16, method_id: u16) -> bool {
 }
 
 fn decode_content_header(channel: u16, payload: &[u8]) -> AmqpRequest {
+    if nesting::nesting_bound(payload) > nesting::NESTING_MAX {
+        return AmqpRequest::Malformed(Reply::frame_error(format!(
+            "content header nests tables or arrays more than {} deep",
+            nesting::NESTING_MAX
+        )));
+    }
     let parsed =
         std::panic::catch_unwind(|| amq_protocol::frame::parsing::parse_content_header(payload));
     match parsed {

@@ -431,6 +431,9 @@ fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
 }
 
 fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    if super::nesting::nesting_bound(response) > super::nesting::NESTING_MAX {
+        return None;
+    }
     // The response is a field table without its length prefix.
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());

@@ -311,6 +311,10 @@ fn encode_table(table: &FieldTable) -> Vec<u8> {
 }
 
 fn decode_table(bytes: &[u8]) -> Option<FieldTable> {
+    // Stored headers may come from any front end: check them as a frame is checked.
+    if super::nesting::nesting_bound(bytes) > super::nesting::NESTING_MAX {
+        return None;
+    }
     std::panic::catch_unwind(|| amq_protocol::types::parsing::parse_field_table(bytes))
         .ok()?
         .ok()
