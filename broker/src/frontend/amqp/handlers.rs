@@ -1523,8 +1523,8 @@ async fn forward_deliveries(
                     consumer_tag: tag_short.clone(),
                     delivery_tag,
                     redelivered: delivered.redelivered,
-                    exchange: exchange.into(),
-                    routing_key: routing_key.into(),
+                    exchange: message::short_string(exchange),
+                    routing_key: message::short_string(routing_key),
                 })),
             ),
             &mut out,
@@ -1655,8 +1655,8 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
         &AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
             delivery_tag,
             redelivered: message.redelivered,
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
+            exchange: message::short_string(exchange),
+            routing_key: message::short_string(routing_key),
             message_count: remaining,
         })),
     );

@@ -199,21 +199,24 @@ pub fn properties_from_headers(headers: &[Header], timestamp_ms: i64) -> (AMQPPr
         }
         let value = entry.value.as_deref().unwrap_or_default();
         let text = || ShortString::from(String::from_utf8_lossy(value).into_owned());
+        // A property is a short string: a longer value (set through another protocol) goes
+        // into the headers table under its name instead, whole.
+        let fits = String::from_utf8_lossy(value).len() <= SHORT_STRING_MAX;
         let number = || {
             std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
         };
         properties = match entry.key.as_str() {
-            "content-type" => properties.with_content_type(text()),
-            "content-encoding" => properties.with_content_encoding(text()),
-            "correlation-id" => properties.with_correlation_id(text()),
-            "reply-to" => properties.with_reply_to(text()),
-            "message-id" => properties.with_message_id(text()),
-            "type" => properties.with_type(text()),
-            "user-id" => properties.with_user_id(text()),
-            "app-id" => properties.with_app_id(text()),
-            "cluster-id" => properties.with_cluster_id(text()),
+            "content-type" if fits => properties.with_content_type(text()),
+            "content-encoding" if fits => properties.with_content_encoding(text()),
+            "correlation-id" if fits => properties.with_correlation_id(text()),
+            "reply-to" if fits => properties.with_reply_to(text()),
+            "message-id" if fits => properties.with_message_id(text()),
+            "type" if fits => properties.with_type(text()),
+            "user-id" if fits => properties.with_user_id(text()),
+            "app-id" if fits => properties.with_app_id(text()),
+            "cluster-id" if fits => properties.with_cluster_id(text()),
             "delivery-mode" => match number().and_then(|n| u8::try_from(n).ok()) {
                 Some(mode) => properties.with_delivery_mode(mode),
                 None => properties,
@@ -226,9 +229,11 @@ pub fn properties_from_headers(headers: &[Header], timestamp_ms: i64) -> (AMQPPr
                 Some(timestamp) => properties.with_timestamp(timestamp),
                 None => properties,
             },
-            key if key == EXPIRATION_HEADER => properties.with_expiration(text()),
+            key if key == EXPIRATION_HEADER && fits => properties.with_expiration(text()),
             key if key == EXCHANGE_HEADER => {
-                exchange = String::from_utf8_lossy(value).into_owned();
+                exchange = short_string(String::from_utf8_lossy(value).into_owned())
+                    .as_str()
+                    .to_owned();
                 properties
             }
             TABLE_HEADER => {
@@ -284,6 +289,23 @@ pub fn encode_content(
 }
 
 /// The routing key and body of a stored record.
+/// Most bytes an AMQP short string holds.
+pub const SHORT_STRING_MAX: usize = 255;
+
+/// `text` as a short string, cut to [`SHORT_STRING_MAX`] bytes at a character boundary:
+/// for names that came in through another protocol (a native publisher's routing key may
+/// be longer; RabbitMQ refuses such keys at publish, an AMQP consumer gets the cut key).
+pub fn short_string(mut text: String) -> ShortString {
+    if text.len() > SHORT_STRING_MAX {
+        let mut cut = SHORT_STRING_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    ShortString::from(text)
+}
+
 pub fn key_and_body(record: &Record) -> (String, Bytes) {
     let key = record
         .key
@@ -424,6 +446,35 @@ mod tests {
                 .and_then(value_text),
             Some("expired".to_string())
         );
+    }
+
+    #[test]
+    fn values_too_long_for_a_short_string_go_to_the_headers_whole() {
+        // Goal: a property or name set through another protocol that an AMQP short string
+        // cannot hold never reaches the encoder as a short string (it asserts in debug
+        // builds and writes a corrupt length byte in release).
+        let long = "c".repeat(300);
+        let headers = vec![
+            header("content-type", long.as_bytes()),
+            header("message-id", b"m1"),
+        ];
+        let (properties, _) = properties_from_headers(&headers, 0);
+        assert_eq!(properties.content_type(), &None);
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some("m1")
+        );
+        let table = properties.headers().as_ref().expect("headers");
+        assert_eq!(
+            table.inner().get("content-type"),
+            Some(&AMQPValue::LongString(LongString::from(long.into_bytes())))
+        );
+        // Invalid UTF-8 grows when made text: 200 bytes become 600.
+        let (properties, _) = properties_from_headers(&[header("type", &[0xff; 200])], 0);
+        assert_eq!(properties.kind(), &None);
+        let cut = short_string("é".repeat(200));
+        assert_eq!(cut.as_str().len(), 254);
+        assert_eq!(short_string("key".to_string()).as_str(), "key");
     }
 
     #[test]
