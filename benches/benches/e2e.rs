@@ -9,40 +9,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wharf_broker::config::BrokerConfig;
 use wharf_client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, TopicPartition,
+    Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 
 const RUN_RECORDS: u64 = 10_000;
 
 fn end_to_end(criterion: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let broker = benches::InProcess::start("wharf-bench-e2e-");
+    let (runtime, client) = (&broker.runtime, &broker.client);
     // The producer spawns its background task on creation.
     let _context = runtime.enter();
-    let base = std::env::var("WHARF_BENCH_DIR").unwrap_or_else(|_| ".".to_string());
-    let dir = tempfile::Builder::new()
-        .prefix("wharf-bench-e2e-")
-        .tempdir_in(base)
-        .expect("bench dir");
-    let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".to_string(),
-        amqp_listen: None,
-        ..BrokerConfig::default()
-    };
-    let server = runtime
-        .block_on(wharf_broker::server::start(config))
-        .expect("broker starts");
-    let address = server.local_addr().to_string();
-    let client = runtime
-        .block_on(Client::connect(ClientConfig::new(address)))
-        .expect("client connects");
 
     let mut group = criterion.benchmark_group("e2e");
     group.sample_size(10);
@@ -51,9 +28,9 @@ fn end_to_end(criterion: &mut Criterion) {
     for size in [100usize, 1024] {
         let topic = format!("bench-{size}");
         let payload = Bytes::from(vec![b'x'; size]);
-        let producer = Producer::new(&client, ProducerConfig::default());
+        let producer = Producer::new(client, ProducerConfig::default());
         let mut consumer = Consumer::new(
-            &client,
+            client,
             ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
         );
         consumer
@@ -90,7 +67,8 @@ fn end_to_end(criterion: &mut Criterion) {
         runtime.block_on(producer.close()).expect("close producer");
     }
     group.finish();
-    runtime.block_on(server.shutdown()).expect("clean shutdown");
+    drop(_context);
+    broker.shutdown();
 }
 
 criterion_group!(benches, end_to_end);

@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wharf_broker::config::BrokerConfig;
 use wharf_broker::queue::delivery::{
     AckScope, Action, ConsumerId, DeliveryState, MessageMeta, QueueLimits,
 };
-use wharf_client::{
-    Admin, Client, ClientConfig, Durability, Publisher, QueueArgs, Routing, Subscriber,
-};
+use wharf_client::{Admin, Client, Durability, Publisher, QueueArgs, Routing, Subscriber};
 
 /// Messages per iteration.
 const RUN: u64 = 10_000;
@@ -82,29 +79,8 @@ fn delivery_state(criterion: &mut Criterion) {
 }
 
 fn end_to_end(criterion: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let _context = runtime.enter();
-    let base = std::env::var("WHARF_BENCH_DIR").unwrap_or_else(|_| ".".to_string());
-    let dir = tempfile::Builder::new()
-        .prefix("wharf-bench-queue-")
-        .tempdir_in(base)
-        .expect("bench dir");
-    let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".to_string(),
-        ..BrokerConfig::default()
-    };
-    let server = runtime
-        .block_on(wharf_broker::server::start(config))
-        .expect("broker starts");
-    let address = server.local_addr().to_string();
-    let client = runtime
-        .block_on(Client::connect(ClientConfig::new(address)))
-        .expect("client connects");
+    let broker = benches::InProcess::start("wharf-bench-queue-");
+    let (runtime, client) = (&broker.runtime, &broker.client);
 
     let mut group = criterion.benchmark_group("queue_e2e");
     group.sample_size(10);
@@ -113,7 +89,7 @@ fn end_to_end(criterion: &mut Criterion) {
     for size in [100usize, 1024] {
         let queue = format!("bench-{size}");
         runtime
-            .block_on(Admin::new(&client).declare_queue(
+            .block_on(Admin::new(client).declare_queue(
                 &queue,
                 Durability::Durable,
                 &QueueArgs::default(),
@@ -126,9 +102,9 @@ fn end_to_end(criterion: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iterations {
                         let started = Instant::now();
-                        publish_run(&client, &queue, &body).await;
+                        publish_run(client, &queue, &body).await;
                         total += started.elapsed();
-                        drain(&client, &queue).await;
+                        drain(client, &queue).await;
                     }
                     total
                 })
@@ -139,9 +115,9 @@ fn end_to_end(criterion: &mut Criterion) {
                 runtime.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iterations {
-                        publish_run(&client, &queue, &body).await;
+                        publish_run(client, &queue, &body).await;
                         let started = Instant::now();
-                        drain(&client, &queue).await;
+                        drain(client, &queue).await;
                         total += started.elapsed();
                     }
                     total
@@ -150,7 +126,7 @@ fn end_to_end(criterion: &mut Criterion) {
         });
     }
     group.finish();
-    runtime.block_on(server.shutdown()).expect("clean shutdown");
+    broker.shutdown();
 }
 
 /// Publishes `RUN` messages with at most 1,000 unconfirmed, then waits for every confirm.
