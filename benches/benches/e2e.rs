@@ -33,6 +33,7 @@ fn end_to_end(criterion: &mut Criterion) {
     let config = BrokerConfig {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".to_string(),
+        http_listen: Some("127.0.0.1:0".to_string()),
         ..BrokerConfig::default()
     };
     let server = runtime

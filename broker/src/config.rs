@@ -37,6 +37,8 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
 /// Default Kafka listener address (Kafka's own default port).
 pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
+/// Default HTTP listener address (metrics, health, admin API; issue #17).
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 /// Largest record batch a produce may carry unless the topic's `max.message.bytes` says
 /// otherwise (Kafka's default: 1 MiB plus batch overhead).
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
@@ -58,6 +60,8 @@ pub struct BrokerConfig {
     pub kafka_listen: Option<String>,
     /// What Kafka metadata answers tell clients to connect to (default: the bound address).
     pub kafka_advertised: Option<String>,
+    /// Where the HTTP listener binds (`None`: off): metrics, health checks, admin API.
+    pub http_listen: Option<String>,
     /// Largest accepted frame (length field).
     pub frame_bytes_max: u32,
     /// Create unknown topics on first produce.
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             advertised_address: None,
             kafka_listen: Some(KAFKA_LISTEN_DEFAULT.to_string()),
             kafka_advertised: None,
+            http_listen: Some(HTTP_LISTEN_DEFAULT.to_string()),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -148,6 +153,11 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "kafka_listen",
             format!("{:?}", config.kafka_listen.as_deref().unwrap_or("off")),
             "Kafka wire protocol listener, HOST:PORT or \"off\" (`--kafka-listen`)",
+        ),
+        key(
+            "http_listen",
+            format!("{:?}", config.http_listen.as_deref().unwrap_or("off")),
+            "HTTP listener (metrics, health, admin API), HOST:PORT or \"off\" (`--http-listen`)",
         ),
         key(
             "kafka_advertised",
@@ -291,6 +301,7 @@ struct FileConfig {
     advertised_address: Option<String>,
     kafka_listen: Option<String>,
     kafka_advertised: Option<String>,
+    http_listen: Option<String>,
     frame_bytes_max: Option<u32>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -344,6 +355,9 @@ impl BrokerConfig {
             self.kafka_listen = listener_address(&listen);
         }
         self.kafka_advertised = file.kafka_advertised;
+        if let Some(listen) = file.http_listen {
+            self.http_listen = listener_address(&listen);
+        }
         self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
         self.auto_create_topics = file.auto_create_topics.unwrap_or(true);
         self.default_partitions = file.default_partitions.unwrap_or(1);

@@ -7,12 +7,16 @@
 //! - [`kafka`]: Kafka's wire protocol (`--kafka-listen`, 127.0.0.1:9092), for Kafka clients
 //!   and tools.
 //!
-//! Later: `amqp`, `http`. Adding a protocol means adding a folder here: its codec,
+//! - [`http`]: HTTP (`--http-listen`, 127.0.0.1:7480): Prometheus metrics, health probes and
+//!   the admin JSON API, on axum.
+//!
+//! Later: `amqp`. Adding a protocol means adding a folder here: its codec,
 //! its translation of each request to one core call, and its mapping from domain errors to
 //! its own error codes (in one place per front end).
 //!
 //! **Architecture invariant:** a front end calls only the core (and `net` for sockets); it
 //! decides nothing a second protocol would have to decide again.
 
+pub mod http;
 pub mod kafka;
 pub mod native;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
+use crate::frontend::http::Http;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
 use crate::net::listener;
@@ -52,6 +53,7 @@ pub enum ServerError {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -65,6 +67,11 @@ impl ServerHandle {
     /// The address the Kafka listener is bound to, if it is on.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka_addr
+    }
+
+    /// The address the HTTP listener is bound to, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -125,14 +132,19 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         })?),
     };
     let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // HTTP serves from before recovery, so the liveness probe answers while it runs (and
+    // the readiness probe says it is recovering); dropping `shutdown` on a failed open
+    // stops it.
+    let (http, http_addr, http_task) = start_http(&config, shutdown_rx.clone()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
     let opened = tokio::task::spawn_blocking(move || Broker::open(&open_config, clock))
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let (broker, background) = opened.start(shutdown_rx.clone());
+    http.set_broker(broker.clone());
     let native = Native::new(
         broker.clone(),
         config.frame_bytes_max,
@@ -177,6 +189,14 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             }
         };
         tokio::join!(native_loop, kafka_loop);
+        if let Some(http_task) = http_task {
+            if tokio::time::timeout(SHUTDOWN_GRACE, http_task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("http requests did not finish within the shutdown grace period");
+            }
+        }
         if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
             .await
             .is_err()
@@ -194,10 +214,35 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     if let Some(kafka_addr) = kafka_addr {
         tracing::info!(%kafka_addr, "Kafka listener listening");
     }
+    if let Some(http_addr) = http_addr {
+        tracing::info!(%http_addr, "HTTP listener listening");
+    }
     Ok(ServerHandle {
         local_addr,
         kafka_addr,
+        http_addr,
         shutdown,
         task,
     })
+}
+
+/// Binds the HTTP listener (if `http_listen` is on) and serves it until shutdown; the core
+/// is handed to the returned [`Http`] once it has recovered.
+async fn start_http(
+    config: &BrokerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
+    let http = Http::new();
+    let Some(address) = &config.http_listen else {
+        return Ok((http, None, None));
+    };
+    let (listener, addr) = listener::bind(address).await.map_err(|source| ServerError::Bind {
+        address: address.clone(),
+        listener: "HTTP",
+        remedy: "choose another address with --http-listen HOST:PORT, or turn the HTTP listener off with --http-listen off (or `http_listen` in the config file)",
+        source,
+    })?;
+    let capped = listener::CappedListener::new(listener, config.connections_max);
+    let task = tokio::spawn(crate::frontend::http::serve(http.clone(), capped, shutdown));
+    Ok((http, Some(addr), Some(task)))
 }

@@ -724,6 +724,7 @@ fn a_busy_kafka_port_is_a_startup_error_that_names_the_flag() {
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--listen", "127.0.0.1:0", "--kafka-listen", &address])
+        .args(["--http-listen", "off"])
         .output()
         .expect("run wharfd");
     assert!(!output.status.success());

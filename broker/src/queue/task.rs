@@ -149,6 +149,18 @@ pub(crate) struct QueueTask {
     /// Messages taken by a move, neither ready nor settled until the move round ends (a
     /// crash meanwhile leaves them unsettled in storage, so they come back at start).
     held: HashMap<i64, MessageMeta>,
+    /// Counts since start for the metrics (issue #17): plain integers, since only this task
+    /// changes them, and reported with the queue's stats.
+    counters: Counters,
+}
+
+/// A queue's message counters since the broker started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    published: u64,
+    delivered: u64,
+    settled: u64,
+    dead_lettered: u64,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -206,6 +218,7 @@ impl QueueTask {
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
             held: HashMap::new(),
+            counters: Counters::default(),
             clock,
             manager,
         };
@@ -391,7 +404,11 @@ impl QueueTask {
             .iter()
             .flat_map(|(messages, _)| messages.iter().cloned())
             .collect();
+        let message_count = messages.len() as u64;
         let outcome = self.store_messages(messages).await;
+        if outcome.is_ok() {
+            self.counters.published += message_count;
+        }
         for (_, reply) in run {
             let _ = reply.send(outcome.clone());
         }
@@ -458,6 +475,10 @@ impl QueueTask {
                     delayed: self.delays.len() as u64,
                     unacked: self.state.unacked_count() as u64,
                     consumers: self.consumers.len() as u64,
+                    published: self.counters.published,
+                    delivered: self.counters.delivered,
+                    settled: self.counters.settled,
+                    dead_lettered: self.counters.dead_lettered,
                     durability: Durability::default(),
                 });
             }
@@ -749,6 +770,9 @@ impl QueueTask {
                         }
                         None => true,
                     };
+                    if !gone {
+                        self.counters.delivered += 1;
+                    }
                     if gone {
                         // The consumer went away: its deliveries return to the queue.
                         self.consumers.remove(&delivery.consumer);
@@ -758,6 +782,7 @@ impl QueueTask {
                 }
                 Action::Settle(id) => settled.push(id),
                 Action::DeadLetter(id, reason) => {
+                    self.counters.dead_lettered += 1;
                     // With a dead-letter exchange the message is settled only once its copy
                     // is stored there (the republish settles it); without one it is dropped.
                     if !self.forward_dead_letter(id, reason) {
@@ -835,6 +860,7 @@ impl QueueTask {
             // durable (else compaction's low-water mark would stick until a restart).
             durable.await.map_err(storage)?;
             self.store.confirm_settled(ids);
+            self.counters.settled += ids.len() as u64;
             delivered?;
         }
         Ok(())

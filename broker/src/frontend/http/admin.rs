@@ -1,0 +1,450 @@
+//! The admin JSON API under `/api/v1` (docs/HTTP.md): topics, consumer groups and queues,
+//! each route one call of the same core operations the native admin apis use, with the same
+//! errors (mapped to statuses in [`super::error`]).
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{
+    ConfigChange, ConfigSource, GroupState, NewTopic, PartitionLag, PartitionStatus, QueueStats,
+    TopicView,
+};
+use crate::frontend::http::error::{ApiError, JsonBody, PathParams};
+use crate::frontend::http::{Http, Shared};
+
+/// The `/api/v1` routes.
+pub fn routes() -> Router<std::sync::Arc<Http>> {
+    Router::new()
+        .route("/topics", get(list_topics).post(create_topic))
+        .route("/topics/{topic}", get(describe_topic).delete(delete_topic))
+        .route(
+            "/topics/{topic}/configs",
+            axum::routing::patch(alter_topic_configs),
+        )
+        .route("/topics/{topic}/partitions", post(add_partitions))
+        .route("/groups", get(list_groups))
+        .route("/groups/{group}", get(describe_group))
+        .route("/queues", get(list_queues))
+        .route("/queues/{queue}", get(describe_queue))
+        .route("/queues/{queue}/purge", post(purge_queue))
+}
+
+/// A topic in a listing.
+#[derive(Debug, Serialize)]
+pub struct TopicSummary {
+    /// Its name.
+    pub name: String,
+    /// Its stable id, 32 hex digits.
+    pub topic_id: String,
+    /// Its partition count.
+    pub partitions: usize,
+}
+
+/// A topic described.
+#[derive(Debug, Serialize)]
+pub struct TopicDetail {
+    /// Its name.
+    pub name: String,
+    /// Its stable id, 32 hex digits.
+    pub topic_id: String,
+    /// Its partitions with their offsets.
+    pub partitions: Vec<PartitionDetail>,
+    /// Its configs in force.
+    pub configs: Vec<ConfigDetail>,
+}
+
+/// One partition of a described topic.
+#[derive(Debug, Serialize)]
+pub struct PartitionDetail {
+    /// The partition.
+    pub partition: u32,
+    /// `serving`, `failed` or `missing`.
+    pub status: &'static str,
+    /// First offset still stored.
+    pub log_start_offset: i64,
+    /// Offset consumers may read up to.
+    pub high_watermark: i64,
+}
+
+/// One config in force.
+#[derive(Debug, Serialize)]
+pub struct ConfigDetail {
+    /// The key (`retention.ms`, ...).
+    pub name: String,
+    /// The value.
+    pub value: String,
+    /// `default` or `topic`.
+    pub source: &'static str,
+}
+
+/// The body of `POST /api/v1/topics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    /// Its name.
+    pub name: String,
+    /// Its partition count (default: the broker's `default_partitions`).
+    pub partitions: Option<u32>,
+    /// Config overrides.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The body of `PATCH /api/v1/topics/{topic}/configs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlterConfigs {
+    /// Overrides to set.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Overrides to remove (back to the broker default).
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+/// The body of `POST /api/v1/topics/{topic}/partitions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPartitions {
+    /// The new partition count (larger than the current one).
+    pub partitions: u32,
+}
+
+async fn list_topics(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let topics: Vec<TopicSummary> = broker
+        .topic_metadata(&http.session, None)
+        .into_iter()
+        .map(|view| TopicSummary {
+            topic_id: hex_id(view.topic_id),
+            partitions: view.partitions.len(),
+            name: view.name,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "topics": topics })).into_response())
+}
+
+async fn create_topic(
+    axum::extract::State(http): Shared,
+    JsonBody(body): JsonBody<CreateTopic>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let topic = NewTopic {
+        name: body.name.clone(),
+        partitions: body
+            .partitions
+            .unwrap_or_else(|| broker.default_partitions()),
+        configs: body.configs.into_iter().collect(),
+    };
+    let (_, outcome) = broker
+        .create_topics(&http.session, vec![topic])
+        .await
+        .pop()
+        .ok_or_else(|| ApiError::bad_request("no topic created"))?;
+    outcome?;
+    let detail = topic_detail(&http, &body.name)?;
+    Ok((StatusCode::CREATED, Json(detail)).into_response())
+}
+
+async fn describe_topic(
+    axum::extract::State(http): Shared,
+    PathParams(topic): PathParams<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(topic_detail(&http, &topic)?).into_response())
+}
+
+async fn delete_topic(
+    axum::extract::State(http): Shared,
+    PathParams(topic): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let (_, outcome) = broker
+        .delete_topics(&http.session, vec![topic])
+        .await
+        .pop()
+        .ok_or_else(|| ApiError::bad_request("no topic deleted"))?;
+    outcome?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn alter_topic_configs(
+    axum::extract::State(http): Shared,
+    PathParams(topic): PathParams<String>,
+    JsonBody(body): JsonBody<AlterConfigs>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let changes = body
+        .set
+        .into_iter()
+        .map(|(key, value)| ConfigChange::Set(key, value))
+        .chain(body.delete.into_iter().map(ConfigChange::Delete))
+        .collect();
+    broker
+        .change_topic_configs(&http.session, &topic, changes, false)
+        .await?;
+    Ok(Json(topic_detail(&http, &topic)?).into_response())
+}
+
+async fn add_partitions(
+    axum::extract::State(http): Shared,
+    PathParams(topic): PathParams<String>,
+    JsonBody(body): JsonBody<AddPartitions>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    broker
+        .add_partitions(&http.session, &topic, body.partitions)
+        .await?;
+    Ok(Json(topic_detail(&http, &topic)?).into_response())
+}
+
+/// A topic's partitions and configs; 404 for an unknown topic.
+fn topic_detail(http: &Http, name: &str) -> Result<TopicDetail, ApiError> {
+    let broker = http.broker()?;
+    let view: TopicView = broker
+        .topic_metadata(&http.session, Some(vec![name.to_string()]))
+        .pop()
+        .filter(|view| view.topic_id.is_some())
+        .ok_or_else(|| ApiError::not_found(format!("unknown topic {name:?}")))?;
+    let configs = broker
+        .describe_topic_configs(&http.session, name)?
+        .into_iter()
+        .map(|config| ConfigDetail {
+            name: config.key,
+            value: config.value,
+            source: match config.source {
+                ConfigSource::Default => "default",
+                ConfigSource::TopicOverride => "topic",
+            },
+        })
+        .collect();
+    Ok(TopicDetail {
+        topic_id: hex_id(view.topic_id),
+        partitions: view
+            .partitions
+            .iter()
+            .map(|partition| PartitionDetail {
+                partition: partition.partition,
+                status: match partition.status {
+                    PartitionStatus::Serving => "serving",
+                    PartitionStatus::Failed => "failed",
+                    PartitionStatus::Missing => "missing",
+                },
+                log_start_offset: partition.log_start_offset,
+                high_watermark: partition.high_watermark,
+            })
+            .collect(),
+        name: view.name,
+        configs,
+    })
+}
+
+/// A group in a listing.
+#[derive(Debug, Serialize)]
+pub struct GroupSummaryJson {
+    /// Its id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: &'static str,
+    /// Its member count.
+    pub members: u32,
+}
+
+/// A group described.
+#[derive(Debug, Serialize)]
+pub struct GroupDetail {
+    /// Its id.
+    pub group_id: String,
+    /// `empty` or `stable`.
+    pub state: &'static str,
+    /// Its generation.
+    pub generation: i32,
+    /// Its assignor.
+    pub assignor: &'static str,
+    /// Its members and their partitions.
+    pub members: Vec<MemberDetail>,
+    /// Committed offsets with lag, by (topic, partition).
+    pub offsets: Vec<LagDetail>,
+}
+
+/// One member of a described group.
+#[derive(Debug, Serialize)]
+pub struct MemberDetail {
+    /// Its id.
+    pub member_id: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+}
+
+/// One committed partition of a group.
+#[derive(Debug, Serialize)]
+pub struct LagDetail {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (next to consume).
+    pub committed_offset: i64,
+    /// The partition's high watermark.
+    pub high_watermark: i64,
+    /// `high_watermark - committed_offset`.
+    pub lag: i64,
+}
+
+impl From<PartitionLag> for LagDetail {
+    fn from(lag: PartitionLag) -> LagDetail {
+        LagDetail {
+            topic: lag.topic,
+            partition: lag.partition,
+            committed_offset: lag.committed_offset,
+            high_watermark: lag.high_watermark,
+            lag: lag.lag,
+        }
+    }
+}
+
+async fn list_groups(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let groups: Vec<GroupSummaryJson> = broker
+        .list_groups(&http.session)
+        .into_iter()
+        .map(|listing| GroupSummaryJson {
+            group_id: listing.group_id,
+            state: state_name(listing.state),
+            members: listing.member_count,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "groups": groups })).into_response())
+}
+
+async fn describe_group(
+    axum::extract::State(http): Shared,
+    PathParams(group_id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let known = broker
+        .list_groups(&http.session)
+        .iter()
+        .any(|listing| listing.group_id == group_id);
+    if !known {
+        return Err(ApiError::not_found(format!("unknown group {group_id:?}")));
+    }
+    let summary = broker
+        .describe_groups(&http.session, vec![group_id.clone()])
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("unknown group {group_id:?}")))?;
+    let detail = GroupDetail {
+        state: state_name(summary.state),
+        generation: summary.generation,
+        assignor: summary.assignor,
+        members: summary
+            .members
+            .into_iter()
+            .map(|member| MemberDetail {
+                member_id: member.member_id,
+                client_id: member.client_id,
+                topics: member.topics,
+            })
+            .collect(),
+        offsets: broker
+            .group_lags(&http.session, &group_id)
+            .into_iter()
+            .map(LagDetail::from)
+            .collect(),
+        group_id,
+    };
+    Ok(Json(detail).into_response())
+}
+
+/// A queue's counts.
+#[derive(Debug, Serialize)]
+pub struct QueueDetail {
+    /// Its name.
+    pub name: String,
+    /// `durable` or `transient`.
+    pub durability: &'static str,
+    /// Ready messages.
+    pub ready: u64,
+    /// Delivered, unacknowledged messages.
+    pub unacked: u64,
+    /// Messages waiting for their delay.
+    pub delayed: u64,
+    /// Subscribed consumers.
+    pub consumers: u64,
+    /// Messages stored since the broker started.
+    pub published: u64,
+    /// Deliveries since the broker started.
+    pub delivered: u64,
+    /// Messages settled since the broker started.
+    pub settled: u64,
+}
+
+impl From<QueueStats> for QueueDetail {
+    fn from(stats: QueueStats) -> QueueDetail {
+        QueueDetail {
+            durability: match stats.durability {
+                crate::core::Durability::Durable => "durable",
+                crate::core::Durability::Transient => "transient",
+            },
+            name: stats.name,
+            ready: stats.ready,
+            unacked: stats.unacked,
+            delayed: stats.delayed,
+            consumers: stats.consumers,
+            published: stats.published,
+            delivered: stats.delivered,
+            settled: stats.settled,
+        }
+    }
+}
+
+async fn list_queues(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let queues: Vec<QueueDetail> = broker
+        .list_queues(&http.session)
+        .await
+        .into_iter()
+        .map(QueueDetail::from)
+        .collect();
+    Ok(Json(serde_json::json!({ "queues": queues })).into_response())
+}
+
+async fn describe_queue(
+    axum::extract::State(http): Shared,
+    PathParams(queue): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let stats = broker
+        .list_queues(&http.session)
+        .await
+        .into_iter()
+        .find(|stats| stats.name == queue)
+        .ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?;
+    Ok(Json(QueueDetail::from(stats)).into_response())
+}
+
+async fn purge_queue(
+    axum::extract::State(http): Shared,
+    PathParams(queue): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let purged = broker.purge_queue(&http.session, &queue).await?;
+    Ok(Json(serde_json::json!({ "queue": queue, "purged": purged })).into_response())
+}
+
+fn state_name(state: GroupState) -> &'static str {
+    state.name()
+}
+
+/// A topic id as 32 lowercase hex digits (empty for none).
+fn hex_id(topic_id: Option<[u8; 16]>) -> String {
+    topic_id
+        .map(|id| id.iter().map(|byte| format!("{byte:02x}")).collect())
+        .unwrap_or_default()
+}
