@@ -4,8 +4,8 @@
 #
 #   kcat                     Debian's package (apt-get; needs root or sudo)
 #   confluent-kafka,         PyPI, pinned in tests/clients/requirements.txt, in a venv at
-#   kafka-python             target/test-clients/venv (tests find it there, or at
-#                            $WHARF_TEST_PYTHON)
+#   kafka-python,            target/test-clients/venv (tests find it there, or at
+#   prometheus-client        $WHARF_TEST_PYTHON); prometheus-client parses /metrics
 #   kafkajs                  npm, pinned in tests/clients/package-lock.json, installed into
 #                            tests/clients/node_modules (needs node and npm)
 #
@@ -26,7 +26,7 @@ fi
 venv=target/test-clients/venv
 stamp="$venv/.requirements"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/clients/requirements.txt "$stamp"; then
-  echo "== installing the Python Kafka clients (PyPI) into $venv"
+  echo "== installing the Python test clients (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt
   cp tests/clients/requirements.txt "$stamp"

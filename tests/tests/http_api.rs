@@ -1,0 +1,625 @@
+//! The HTTP front end (issue #17) against the real `wharfd`: Prometheus metrics after real
+//! traffic (parsed by the official Prometheus Python client's text parser), the Kubernetes
+//! health probes (not ready on a full disk), the admin JSON API's round trips and its JSON
+//! errors. Each test starts its own broker on ephemeral ports with a temp data dir.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use integration_tests::{kcat, run_client_script, wharf, wharf_ok, BrokerProcess};
+use serde_json::{json, Value};
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {:?}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole answer: a minimal
+/// client, so the tests need no HTTP crate. `body` is sent as `application/json`.
+fn http(address: &str, method: &str, path: &str, body: Option<&str>) -> Answer {
+    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read answer");
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+fn get(address: &str, path: &str) -> Answer {
+    http(address, "GET", path, None)
+}
+
+/// Samples of one scrape, parsed by `prometheus_client.parser`: (name, labels) → value.
+struct Scrape {
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// Scrapes `/metrics` with the Prometheus Python client's parser.
+    fn take(http_address: &str) -> Scrape {
+        let url = format!("http://{http_address}/metrics");
+        let output = run_client_script("prometheus_parse.py", &[&url]);
+        assert!(
+            output.status.success(),
+            "the Prometheus parser refused /metrics:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: Value = serde_json::from_slice(&output.stdout).expect("parser output");
+        assert!(
+            parsed["content_type"]
+                .as_str()
+                .is_some_and(|value| value.starts_with("text/plain; version=0.0.4")),
+            "{}",
+            parsed["content_type"]
+        );
+        let types = serde_json::from_value(parsed["types"].clone()).expect("types");
+        let samples = parsed["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|sample| {
+                (
+                    sample[0].as_str().expect("name").to_string(),
+                    serde_json::from_value(sample[1].clone()).expect("labels"),
+                    sample[2].as_f64().expect("value"),
+                )
+            })
+            .collect();
+        Scrape { types, samples }
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    ///
+    /// # Panics
+    /// If there is no such sample, or more than one.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(sample, sample_labels, _)| {
+                sample == name
+                    && labels.iter().all(|(key, value)| {
+                        sample_labels.get(*key).map(String::as_str) == Some(value)
+                    })
+            })
+            .map(|(_, _, value)| *value)
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "one sample {name}{labels:?} expected, found {matching:?}"
+        );
+        matching[0]
+    }
+}
+
+#[test]
+fn metrics_after_real_traffic_equal_what_was_sent() {
+    // Goal: /metrics is valid Prometheus text and its numbers are what the test did.
+    // Method: produce, consume in a group, produce more, publish to and consume from a
+    // queue with the `wharf` CLI, list metadata with kcat over the Kafka listener; then
+    // scrape with the official Prometheus Python parser and compare.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "events", "--partitions", "1"],
+        "",
+    );
+    let first: String = (0..10).map(|index| format!("event-{index}\n")).collect();
+    wharf_ok(&address, &["produce", "events"], &first);
+    let consumed = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "events",
+            "--group",
+            "readers",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "10",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    assert_eq!(consumed.lines().count(), 10, "{consumed}");
+    let second: String = (10..15).map(|index| format!("event-{index}\n")).collect();
+    wharf_ok(&address, &["produce", "events"], &second);
+    wharf_ok(&address, &["queue", "declare", "jobs", "--durable"], "");
+    wharf_ok(&address, &["publish", "", "jobs", "--confirm"], "a\nb\nc\n");
+    let got = wharf_ok(
+        &address,
+        &[
+            "subscribe",
+            "jobs",
+            "--prefetch",
+            "1",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    assert_eq!(got.lines().count(), 2, "{got}");
+    let listed = kcat(&["-L", "-b", &broker.kafka_address(), "-J"], "");
+    assert!(listed.status.success(), "kcat -L failed");
+
+    let scrape = Scrape::take(&broker.http_address());
+    let events = [("topic", "events"), ("partition", "0")];
+    assert_eq!(scrape.types["wharf_partition_records_in"], "counter");
+    assert_eq!(scrape.types["wharf_partition_log_end_offset"], "gauge");
+    assert_eq!(
+        scrape.types["wharf_storage_fsync_duration_seconds"],
+        "histogram"
+    );
+    assert_eq!(
+        scrape.value("wharf_partition_records_in_total", &events),
+        15.0
+    );
+    assert_eq!(
+        scrape.value("wharf_partition_records_out_total", &events),
+        10.0
+    );
+    assert_eq!(
+        scrape.value("wharf_partition_log_start_offset", &events),
+        0.0
+    );
+    assert_eq!(
+        scrape.value("wharf_partition_log_end_offset", &events),
+        15.0
+    );
+    assert_eq!(
+        scrape.value("wharf_partition_high_watermark", &events),
+        15.0
+    );
+    assert_eq!(scrape.value("wharf_partition_segments", &events), 1.0);
+    // Every byte appended is still stored (no retention ran), so bytes in = size on disk.
+    let bytes_in = scrape.value("wharf_partition_bytes_in_total", &events);
+    assert!(bytes_in > 15.0 * 7.0, "{bytes_in}");
+    assert_eq!(
+        scrape.value("wharf_partition_size_bytes", &events),
+        bytes_in
+    );
+    assert!(scrape.value("wharf_partition_bytes_out_total", &events) > 0.0);
+
+    let group = [
+        ("group", "readers"),
+        ("topic", "events"),
+        ("partition", "0"),
+    ];
+    assert_eq!(scrape.value("wharf_group_committed_offset", &group), 10.0);
+    assert_eq!(scrape.value("wharf_group_lag", &group), 5.0);
+    assert_eq!(
+        scrape.value("wharf_group_members", &[("group", "readers")]),
+        0.0
+    );
+
+    let jobs = [("queue", "jobs")];
+    assert_eq!(
+        scrape.value("wharf_queue_messages_published_total", &jobs),
+        3.0
+    );
+    assert_eq!(
+        scrape.value("wharf_queue_messages_settled_total", &jobs),
+        2.0
+    );
+    assert!(scrape.value("wharf_queue_messages_delivered_total", &jobs) >= 2.0);
+    let left = scrape.value("wharf_queue_messages_ready", &jobs)
+        + scrape.value("wharf_queue_messages_unacked", &jobs);
+    assert_eq!(left, 1.0);
+    assert_eq!(scrape.value("wharf_queue_messages_delayed", &jobs), 0.0);
+
+    let native = [("listener", "native")];
+    // Each `wharf` run above opened at least one connection: 8 runs.
+    assert!(scrape.value("wharf_listener_connections_accepted_total", &native) >= 8.0);
+    let produce_requests = scrape.value(
+        "wharf_listener_requests_total",
+        &[("listener", "native"), ("api", "Produce")],
+    );
+    assert!(produce_requests >= 2.0, "{produce_requests}");
+    let kafka_metadata = scrape.value(
+        "wharf_listener_requests_total",
+        &[("listener", "kafka"), ("api", "Metadata")],
+    );
+    assert!(kafka_metadata >= 1.0, "{kafka_metadata}");
+    assert!(scrape.value("wharf_storage_append_duration_seconds_count", &[]) >= 2.0);
+    assert!(scrape.value("wharf_storage_fsync_duration_seconds_count", &[]) >= 1.0);
+    assert!(scrape.value("wharf_storage_group_commit_records_count", &[]) >= 1.0);
+    assert!(scrape.value("process_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert!(scrape.value("process_open_fds", &[]) > 3.0);
+    assert_eq!(scrape.value("wharf_ready", &[]), 1.0);
+}
+
+#[test]
+fn health_probes_answer_as_kubernetes_expects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let live = get(&broker.http_address(), "/health/live");
+    assert_eq!(live.status, 200, "{live:?}");
+    assert_eq!(live.json(), json!({"status": "live"}));
+    let ready = get(&broker.http_address(), "/health/ready");
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.json(), json!({"status": "ready"}));
+}
+
+#[test]
+fn admin_api_round_trips_topics_groups_and_queues_with_the_cli() {
+    // Goal: the admin API and the CLI see the same objects. Method: create and alter with
+    // one, check with the other, then delete.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+
+    let created = http(
+        &web,
+        "POST",
+        "/api/v1/topics",
+        Some(r#"{"name": "orders", "partitions": 3, "configs": {"retention.ms": "60000"}}"#),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let created = created.json();
+    assert_eq!(
+        created["partitions"].as_array().expect("partitions").len(),
+        3
+    );
+    let described = wharf_ok(&address, &["topic", "describe", "orders"], "");
+    assert!(described.contains("retention.ms"), "{described}");
+    let duplicate = http(
+        &web,
+        "POST",
+        "/api/v1/topics",
+        Some(r#"{"name": "orders"}"#),
+    );
+    assert_eq!(duplicate.status, 409, "{duplicate:?}");
+    assert_eq!(duplicate.json()["error"], "already_exists");
+
+    wharf_ok(
+        &address,
+        &["produce", "orders", "--key-separator", ":"],
+        "k:one\nk:two\n",
+    );
+    let topic = get(&web, "/api/v1/topics/orders").json();
+    let records: i64 = topic["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|partition| partition["high_watermark"].as_i64().expect("offset"))
+        .sum();
+    assert_eq!(records, 2, "{topic}");
+    let retention = |topic: &Value| {
+        topic["configs"]
+            .as_array()
+            .expect("configs")
+            .iter()
+            .find(|config| config["name"] == "retention.ms")
+            .cloned()
+            .expect("retention.ms")
+    };
+    assert_eq!(
+        retention(&topic),
+        json!({"name": "retention.ms", "value": "60000", "source": "topic"})
+    );
+    let altered = http(
+        &web,
+        "PATCH",
+        "/api/v1/topics/orders/configs",
+        Some(r#"{"set": {"segment.bytes": "1048576"}, "delete": ["retention.ms"]}"#),
+    );
+    assert_eq!(altered.status, 200, "{altered:?}");
+    assert_eq!(retention(&altered.json())["source"], "default");
+    let grown = http(
+        &web,
+        "POST",
+        "/api/v1/topics/orders/partitions",
+        Some(r#"{"partitions": 4}"#),
+    );
+    assert_eq!(grown.status, 200, "{grown:?}");
+    let listed = get(&web, "/api/v1/topics").json();
+    assert_eq!(listed["topics"][0]["name"], "orders", "{listed}");
+    assert_eq!(listed["topics"][0]["partitions"], 4, "{listed}");
+
+    // Groups: committed offsets and lag as the CLI's consumer left them.
+    wharf_ok(
+        &address,
+        &[
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    let groups = get(&web, "/api/v1/groups").json();
+    assert_eq!(groups["groups"][0]["group_id"], "billing", "{groups}");
+    let group = get(&web, "/api/v1/groups/billing");
+    assert_eq!(group.status, 200, "{group:?}");
+    let group = group.json();
+    let offsets = group["offsets"].as_array().expect("offsets");
+    let committed: i64 = offsets
+        .iter()
+        .map(|entry| entry["committed_offset"].as_i64().expect("offset"))
+        .sum();
+    let lag: i64 = offsets
+        .iter()
+        .map(|entry| entry["lag"].as_i64().expect("lag"))
+        .sum();
+    assert_eq!(committed, 1, "{group}");
+    assert_eq!(lag, 1, "{group}");
+    assert_eq!(get(&web, "/api/v1/groups/nobody").status, 404);
+
+    // Queues: counts, and a purge the CLI sees.
+    wharf_ok(&address, &["queue", "declare", "mail", "--durable"], "");
+    wharf_ok(
+        &address,
+        &["publish", "", "mail", "--confirm"],
+        "m1\nm2\nm3\n",
+    );
+    let queue = get(&web, "/api/v1/queues/mail").json();
+    assert_eq!(queue["ready"], 3, "{queue}");
+    assert_eq!(queue["durability"], "durable", "{queue}");
+    let queues = get(&web, "/api/v1/queues").json();
+    assert_eq!(queues["queues"][0]["name"], "mail", "{queues}");
+    let purged = http(&web, "POST", "/api/v1/queues/mail/purge", None);
+    assert_eq!(purged.status, 200, "{purged:?}");
+    assert_eq!(purged.json()["purged"], 3);
+    let listed = wharf_ok(&address, &["queue", "list"], "");
+    assert!(listed.contains("mail"), "{listed}");
+    assert_eq!(get(&web, "/api/v1/queues/mail").json()["ready"], 0);
+    assert_eq!(
+        http(&web, "POST", "/api/v1/queues/nothing/purge", None).status,
+        404
+    );
+
+    // Delete, then the topic is gone for both.
+    let deleted = http(&web, "DELETE", "/api/v1/topics/orders", None);
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(get(&web, "/api/v1/topics/orders").status, 404);
+    let cli = wharf(&address, &["topic", "describe", "orders"], "");
+    assert!(!cli.status.success());
+}
+
+#[test]
+fn bad_requests_get_json_errors_never_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let web = broker.http_address();
+    let check = |answer: Answer, status: u16, kind: &str| {
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert!(
+            answer.content_type.starts_with("application/json"),
+            "{answer:?}"
+        );
+        let body = answer.json();
+        assert_eq!(body["error"], kind, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|message| !message.is_empty()),
+            "{body}"
+        );
+    };
+    check(
+        http(&web, "POST", "/api/v1/topics", Some("{\"name\": ")),
+        400,
+        "bad_json",
+    );
+    check(
+        http(&web, "POST", "/api/v1/topics", Some("[1, 2]")),
+        400,
+        "bad_json",
+    );
+    check(
+        http(
+            &web,
+            "POST",
+            "/api/v1/topics",
+            Some(r#"{"name": "x", "partitions": -1}"#),
+        ),
+        400,
+        "bad_json",
+    );
+    check(
+        http(
+            &web,
+            "POST",
+            "/api/v1/topics",
+            Some(r#"{"name": "x", "bogus": 1}"#),
+        ),
+        400,
+        "bad_json",
+    );
+    check(
+        http(
+            &web,
+            "POST",
+            "/api/v1/topics",
+            Some(r#"{"name": "x", "partitions": 0}"#),
+        ),
+        400,
+        "bad_request",
+    );
+    check(
+        http(
+            &web,
+            "POST",
+            "/api/v1/topics",
+            Some(r#"{"name": "bad/name"}"#),
+        ),
+        400,
+        "bad_request",
+    );
+    check(get(&web, "/api/v1/topics/missing"), 404, "not_found");
+    check(
+        http(&web, "DELETE", "/api/v1/topics/missing", None),
+        404,
+        "not_found",
+    );
+    check(
+        http(&web, "PATCH", "/api/v1/topics/missing/configs", Some("{}")),
+        404,
+        "not_found",
+    );
+    check(get(&web, "/api/v1/queues/missing"), 404, "not_found");
+    check(get(&web, "/no/such/route"), 404, "not_found");
+    let too_large = format!(r#"{{"name": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    check(
+        http(&web, "POST", "/api/v1/topics", Some(&too_large)),
+        413,
+        "body_too_large",
+    );
+    // Still serving after all of that.
+    assert_eq!(get(&web, "/health/live").status, 200);
+}
+
+#[test]
+fn a_busy_http_port_is_a_startup_error_that_names_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let output = std::process::Command::new(integration_tests::wharfd_path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "off"])
+        .args(["--http-listen", &address])
+        .output()
+        .expect("run wharfd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} for the HTTP listener"))
+            && stderr.contains("--http-listen HOST:PORT")
+            && stderr.contains("--http-listen off"),
+        "{stderr}"
+    );
+}
+
+/// A full disk makes the broker not ready (the readiness probe answers 503 with the reason),
+/// while it stays live and serves reads; once space is freed and a write succeeds, it is
+/// ready again. The disk is an 8 MiB tmpfs in a private mount namespace (`unshare -m`, which
+/// needs root, as CI runs; tests/tests/disk_usage.rs does the same).
+#[test]
+fn a_full_disk_makes_the_broker_not_ready_until_a_write_succeeds_again() {
+    use std::process::{Command, Stdio};
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mount = temp.path().join("tmpfs");
+    std::fs::create_dir(&mount).expect("mount point");
+    let mut child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --http-listen 127.0.0.1:0",
+            "sh",
+        ])
+        .arg(&mount)
+        .arg(integration_tests::wharfd_path())
+        .env("WHARF_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut address_of_next_line = || {
+        let line = lines
+            .next()
+            .expect("wharfd started on the tmpfs (a mount failure ends it without a line)")
+            .expect("a line");
+        line.rsplit(' ').next().expect("an address").to_string()
+    };
+    let address = address_of_next_line();
+    let web = address_of_next_line();
+    let outcome = std::panic::catch_unwind(|| {
+        assert_eq!(get(&web, "/health/ready").status, 200);
+        wharf_ok(
+            &address,
+            &["topic", "create", "events", "--partitions", "1"],
+            "",
+        );
+        let line = "x".repeat(1023);
+        let flood: String = (0..10 * 1024).map(|_| format!("{line}\n")).collect();
+        let full = wharf(&address, &["produce", "events"], &flood);
+        assert!(!full.status.success(), "the produce cannot fit");
+
+        let ready = get(&web, "/health/ready");
+        assert_eq!(ready.status, 503, "{ready:?}");
+        let body = ready.json();
+        assert_eq!(body["status"], "not_ready", "{body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("disk full")),
+            "{body}"
+        );
+        assert_eq!(get(&web, "/health/live").status, 200);
+        assert_eq!(
+            get(&web, "/api/v1/topics").status,
+            200,
+            "reads still served"
+        );
+
+        wharf_ok(&address, &["topic", "delete", "events"], "");
+        wharf_ok(&address, &["produce", "after"], "room again\n");
+        let ready = get(&web, "/health/ready");
+        assert_eq!(ready.status, 200, "{ready:?}");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
