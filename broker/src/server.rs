@@ -232,7 +232,7 @@ async fn start_http(
     config: &BrokerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
-    let http = Http::new();
+    let http = Http::new(shutdown.clone());
     let Some(address) = &config.http_listen else {
         return Ok((http, None, None));
     };

@@ -623,3 +623,140 @@ fn a_full_disk_makes_the_broker_not_ready_until_a_write_succeeds_again() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Opens an SSE stream at `path` and reads `count` events: (id, event name, data as JSON).
+/// `last_event_id` is sent as `Last-Event-ID`, as a reconnecting `EventSource` does.
+/// `while_open` runs once the stream's headers arrived (to produce while it streams).
+fn sse_events(
+    address: &str,
+    path: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+    while_open: impl FnOnce(),
+) -> Vec<(String, String, Value)> {
+    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n");
+    if let Some(id) = last_event_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.contains(" 200 "), "{status}");
+    while_open();
+    // The body is chunked; every event's lines arrive whole, so chunk-size lines are
+    // skipped by only looking at `id:`, `event:` and `data:` lines.
+    let mut events = Vec::new();
+    let (mut id, mut name) = (String::new(), String::new());
+    while events.len() < count {
+        let mut line = String::new();
+        let read = reader
+            .read_line(&mut line)
+            .expect("an event line within 30 s");
+        assert!(read > 0, "the stream ended after {events:?}");
+        let line = line.trim_end();
+        if let Some(value) = line.strip_prefix("id: ") {
+            id = value.to_string();
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            name = value.to_string();
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            let data = serde_json::from_str(value).expect("JSON data");
+            events.push((std::mem::take(&mut id), std::mem::take(&mut name), data));
+        }
+    }
+    events
+}
+
+#[test]
+fn records_posted_over_http_stream_as_server_sent_events_and_meet_the_cli() {
+    // Goal: one partition, three doors: records appended with POST are read by
+    // `wharf consume`, records produced with the CLI arrive on the SSE stream (also while it
+    // is open), and a reconnect with Last-Event-ID resumes after the last event.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "feed", "--partitions", "1"],
+        "",
+    );
+    let posted = http(
+        &web,
+        "POST",
+        "/api/v1/topics/feed/partitions/0/records",
+        Some(
+            r#"{"records": [{"key": "k1", "value": "one", "headers": [{"key": "h", "value": "v"}]}, {"value_base64": "AP8="}]}"#,
+        ),
+    );
+    assert_eq!(posted.status, 201, "{posted:?}");
+    assert_eq!(posted.json()["base_offset"], 0);
+    let consumed = wharf_ok(
+        &address,
+        &[
+            "consume",
+            "feed",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    assert_eq!(consumed.trim(), "one");
+    wharf_ok(&address, &["produce", "feed"], "three\n");
+
+    let events = sse_events(
+        &web,
+        "/api/v1/topics/feed/partitions/0/stream?from=earliest",
+        None,
+        4,
+        || {
+            wharf_ok(&address, &["produce", "feed"], "four\n");
+        },
+    );
+    let ids: Vec<&str> = events.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["0", "1", "2", "3"]);
+    assert!(events.iter().all(|(_, name, _)| name == "record"));
+    assert_eq!(events[0].2["key"], "k1");
+    assert_eq!(events[0].2["value"], "one");
+    assert_eq!(events[0].2["headers"], json!([{"key": "h", "value": "v"}]));
+    assert_eq!(events[1].2["value_base64"], "AP8=");
+    assert_eq!(events[2].2["value"], "three");
+    assert_eq!(events[3].2["value"], "four");
+
+    let resumed = sse_events(
+        &web,
+        "/api/v1/topics/feed/partitions/0/stream",
+        Some("2"),
+        1,
+        || {},
+    );
+    assert_eq!(resumed[0].0, "3");
+    assert_eq!(resumed[0].2["value"], "four");
+
+    let unknown = http(
+        &web,
+        "POST",
+        "/api/v1/topics/feed/partitions/7/records",
+        Some(r#"{"records": [{"value": "x"}]}"#),
+    );
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let unknown = get(&web, "/api/v1/topics/nothing/partitions/0/stream");
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let bad = http(
+        &web,
+        "POST",
+        "/api/v1/topics/feed/partitions/0/records",
+        Some(r#"{"records": [{"value": "x", "value_base64": "eA=="}]}"#),
+    );
+    assert_eq!(bad.status, 400, "{bad:?}");
+}

@@ -11,6 +11,7 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
+//! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //!
 //! Limits: at most `connections_max` connections (the broker's, shared setting), request
 //! bodies of at most [`BODY_BYTES_MAX`], and [`REQUEST_TIMEOUT`] per request.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -48,18 +50,24 @@ pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP front end's shared state: the core once it has recovered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Http {
     broker: OnceLock<Arc<Broker>>,
     /// The caller the admin API acts as (no authentication yet: issue #17 leaves it to the
     /// TLS and users work).
     session: Session,
+    /// Turns true on shutdown: streams end.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Http {
     /// A front end with no core yet (recovery runs): health answers, the rest is 503.
-    pub fn new() -> Arc<Http> {
-        Arc::new(Http::default())
+    pub fn new(shutdown: watch::Receiver<bool>) -> Arc<Http> {
+        Arc::new(Http {
+            broker: OnceLock::new(),
+            session: Session::new(),
+            shutdown,
+        })
     }
 
     /// Hands over the recovered core; from now on the front end is ready.

@@ -32,6 +32,7 @@ pub fn routes() -> Router<std::sync::Arc<Http>> {
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(describe_queue))
         .route("/queues/{queue}/purge", post(purge_queue))
+        .merge(Http::stream_routes())
 }
 
 /// A topic in a listing.

@@ -1,0 +1,368 @@
+//! Records over HTTP, for browsers and languages with no Wharf client (issue #17):
+//!
+//! - `POST /api/v1/topics/{topic}/partitions/{partition}/records` appends records (JSON,
+//!   UTF-8 or base64 keys and values, headers) with acks=all, through the core's produce.
+//! - `GET /api/v1/topics/{topic}/partitions/{partition}/stream?from=earliest|latest|OFFSET`
+//!   streams the partition's records as Server-Sent Events, one `record` event per record,
+//!   whose `id` is the record's offset; a reconnecting `EventSource` sends `Last-Event-ID`
+//!   and the stream resumes after it.
+//!
+//! Backpressure: the stream fetches the next batch only when hyper asks for the next event,
+//! which it does once the previous ones are written to the socket. A slow reader therefore
+//! pauses its own fetches; at most one fetch ([`STREAM_FETCH_BYTES_MAX`]) is held per stream,
+//! never an unbounded buffer. Streams end when the broker shuts down.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::watch;
+use wharf_protocol::batch::{self, BatchBuilder, Header, NewRecord, Record};
+
+use crate::core::{
+    Acks, Broker, FetchQuery, Isolation, OffsetSpec, PartitionQuery, ProduceQuery, Session,
+    TopicQuery,
+};
+use crate::frontend::http::error::{ApiError, JsonBody, PathParams, QueryParams};
+use crate::frontend::http::{Http, Shared};
+
+/// Most bytes one fetch of a stream reads: what a stream holds at most while its reader is
+/// slow.
+pub const STREAM_FETCH_BYTES_MAX: u32 = 1024 * 1024;
+
+/// How long one fetch of a stream waits for new records before it asks again (and the
+/// keep-alive comment keeps proxies from closing an idle stream).
+const STREAM_WAIT: Duration = Duration::from_secs(5);
+
+/// Most records one POST may carry (its body is capped at 1 MiB too).
+pub const PRODUCE_RECORDS_MAX: usize = 10_000;
+
+/// The body of a produce.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceBody {
+    /// The records, appended in order as one batch.
+    pub records: Vec<RecordIn>,
+}
+
+/// One record to append: key and value as UTF-8 text, or as base64 (`key_base64`,
+/// `value_base64`) for binary bytes; both absent means null.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn {
+    /// The key as text.
+    pub key: Option<String>,
+    /// The key as base64.
+    pub key_base64: Option<String>,
+    /// The value as text.
+    pub value: Option<String>,
+    /// The value as base64.
+    pub value_base64: Option<String>,
+    /// Headers, text values.
+    #[serde(default)]
+    pub headers: Vec<HeaderIn>,
+}
+
+/// One record header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderIn {
+    /// Its key.
+    pub key: String,
+    /// Its value as text (absent: null).
+    pub value: Option<String>,
+}
+
+/// `POST /api/v1/topics/{topic}/partitions/{partition}/records`.
+pub async fn produce(
+    State(http): Shared,
+    PathParams((topic, partition)): PathParams<(String, u32)>,
+    JsonBody(body): JsonBody<ProduceBody>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    if body.records.is_empty() || body.records.len() > PRODUCE_RECORDS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "a produce carries 1 to {PRODUCE_RECORDS_MAX} records, not {}",
+            body.records.len()
+        )));
+    }
+    let record_count = body.records.len();
+    let batch = build_batch(body.records, now_ms())?;
+    let query = ProduceQuery {
+        acks: Acks::All,
+        timeout_ms: 30_000,
+        topics: vec![(topic.clone(), vec![(partition, batch)])],
+    };
+    let completion = broker.produce(&http.session, query).await;
+    let outcome = completion
+        .await
+        .and_then(|mut topics| topics.pop())
+        .and_then(|mut topic| topic.partitions.pop())
+        .ok_or_else(|| ApiError::bad_request("the produce had no answer"))?;
+    let produced = outcome.result?;
+    let answer = serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "base_offset": produced.base_offset,
+        "record_count": record_count,
+    });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+fn build_batch(records: Vec<RecordIn>, timestamp_ms: i64) -> Result<Bytes, ApiError> {
+    let mut builder = BatchBuilder::new(timestamp_ms);
+    for record in records {
+        let new = NewRecord {
+            timestamp_ms,
+            key: bytes_of("key", record.key, record.key_base64)?,
+            value: bytes_of("value", record.value, record.value_base64)?,
+            headers: record
+                .headers
+                .into_iter()
+                .map(|header| Header {
+                    key: header.key,
+                    value: header.value.map(Bytes::from),
+                })
+                .collect(),
+        };
+        builder
+            .push(&new)
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    }
+    Ok(builder.build())
+}
+
+fn bytes_of(
+    field: &str,
+    text: Option<String>,
+    base64: Option<String>,
+) -> Result<Option<Bytes>, ApiError> {
+    match (text, base64) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "give {field} or {field}_base64, not both"
+        ))),
+        (Some(text), None) => Ok(Some(Bytes::from(text))),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(|decoded| Some(Bytes::from(decoded)))
+            .map_err(|error| ApiError::bad_request(format!("{field}_base64: {error}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The query of a stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// `earliest`, `latest` (the default) or an offset.
+    pub from: Option<String>,
+}
+
+/// `GET /api/v1/topics/{topic}/partitions/{partition}/stream`.
+pub async fn stream(
+    State(http): Shared,
+    PathParams((topic, partition)): PathParams<(String, u32)>,
+    QueryParams(query): QueryParams<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?.clone();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value.trim().parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("Last-Event-ID {value:?} is not an offset"))
+            })
+        })
+        .transpose()?;
+    let start = match (resume, query.from.as_deref()) {
+        (Some(last), _) => last.saturating_add(1),
+        (None, None | Some("latest")) => broker
+            .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
+            .unwrap_or(0),
+        (None, Some("earliest")) => broker
+            .list_offset(&http.session, &topic, partition, OffsetSpec::Earliest)?
+            .unwrap_or(0),
+        (None, Some(offset)) => offset.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("from={offset:?}: earliest, latest or an offset"))
+        })?,
+    };
+    let reader = StreamReader {
+        broker,
+        session: Arc::new(Session::new()),
+        topic,
+        partition,
+        next_offset: start,
+        pending: VecDeque::new(),
+        shutdown: http.shutdown.clone(),
+        done: false,
+    };
+    let events = futures_util::stream::unfold(reader, |mut reader| async move {
+        let event = reader.next_event().await?;
+        Some((Ok::<Event, Infallible>(event), reader))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(STREAM_WAIT))
+        .into_response())
+}
+
+/// The state of one SSE stream.
+struct StreamReader {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    topic: String,
+    partition: u32,
+    /// The offset of the next record to send.
+    next_offset: i64,
+    /// Events of the last fetch not yet sent.
+    pending: VecDeque<Event>,
+    shutdown: watch::Receiver<bool>,
+    /// An error event was sent: the stream ends.
+    done: bool,
+}
+
+impl StreamReader {
+    /// The next event: a record, or an `error` event before the end. `None` ends the stream
+    /// (after an error, or on shutdown).
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.done || *self.shutdown.borrow() {
+                return None;
+            }
+            let query = FetchQuery {
+                max_wait_ms: u32::try_from(STREAM_WAIT.as_millis()).unwrap_or(u32::MAX),
+                min_bytes: 1,
+                max_bytes: STREAM_FETCH_BYTES_MAX,
+                isolation: Isolation::ReadCommitted,
+                topics: vec![TopicQuery {
+                    topic: self.topic.clone(),
+                    partitions: vec![PartitionQuery {
+                        partition: self.partition,
+                        fetch_offset: self.next_offset,
+                        partition_max_bytes: STREAM_FETCH_BYTES_MAX,
+                    }],
+                }],
+            };
+            let mut shutdown = self.shutdown.clone();
+            let fetched = tokio::select! {
+                fetched = self.broker.fetch(&self.session, &query) => fetched,
+                _ = shutdown.changed() => return None,
+            };
+            let fetched = fetched
+                .into_iter()
+                .next()
+                .and_then(|topic| topic.partitions.into_iter().next())?;
+            if let Some(error) = fetched.error {
+                self.done = true;
+                let message = serde_json::json!({"error": ApiError::from(error).kind, "message": "the partition cannot be read"});
+                return Some(Event::default().event("error").data(message.to_string()));
+            }
+            self.take_records(fetched.records, &fetched.aborted);
+        }
+    }
+
+    /// Turns fetched batches into events, skipping control batches, records before
+    /// `next_offset` and aborted transactions' records.
+    fn take_records(&mut self, records: Bytes, aborted: &[crate::core::AbortedTxn]) {
+        for batch in batch::batches(records) {
+            let Ok(batch) = batch else {
+                break;
+            };
+            let header = *batch.header();
+            let batch_end = header
+                .base_offset
+                .saturating_add(i64::from(header.last_offset_delta))
+                .saturating_add(1);
+            let skipped = header.attributes.is_control()
+                || (header.attributes.is_transactional()
+                    && aborted.iter().any(|txn| {
+                        txn.producer_id == header.producer_id
+                            && (txn.first_offset..=txn.last_offset).contains(&header.base_offset)
+                    }));
+            if !skipped {
+                if let Ok(records) = batch.records_decompressed() {
+                    for record in records.flatten() {
+                        if record.offset >= self.next_offset {
+                            self.pending.push_back(record_event(&record));
+                        }
+                    }
+                }
+            }
+            self.next_offset = self.next_offset.max(batch_end);
+        }
+    }
+}
+
+/// One record as an SSE event: `id` is its offset; the data is JSON with text fields where
+/// the bytes are UTF-8 and `*_base64` fields where they are not.
+fn record_event(record: &Record) -> Event {
+    let mut data = serde_json::json!({
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+    });
+    put_bytes(&mut data, "key", record.key.as_ref());
+    put_bytes(&mut data, "value", record.value.as_ref());
+    let headers: Vec<serde_json::Value> = record
+        .headers
+        .iter()
+        .map(|header| {
+            let mut entry = serde_json::json!({"key": header.key});
+            put_bytes(&mut entry, "value", header.value.as_ref());
+            entry
+        })
+        .collect();
+    data["headers"] = serde_json::Value::from(headers);
+    Event::default()
+        .id(record.offset.to_string())
+        .event("record")
+        .data(data.to_string())
+}
+
+fn put_bytes(object: &mut serde_json::Value, field: &str, bytes: Option<&Bytes>) {
+    match bytes {
+        None => object[field] = serde_json::Value::Null,
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => object[field] = serde_json::Value::from(text),
+            Err(_) => {
+                object[format!("{field}_base64")] = serde_json::Value::from(
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                );
+            }
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+impl Http {
+    /// Routes of this module, for [`super::admin::routes`].
+    pub(crate) fn stream_routes() -> axum::Router<Arc<Http>> {
+        axum::Router::new()
+            .route(
+                "/topics/{topic}/partitions/{partition}/records",
+                axum::routing::post(produce),
+            )
+            .route(
+                "/topics/{topic}/partitions/{partition}/stream",
+                axum::routing::get(stream),
+            )
+    }
+}
