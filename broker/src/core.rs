@@ -61,7 +61,9 @@ pub use crate::streams::fetch::{
     FetchQuery, FetchedPartition, FetchedTopic, Isolation, PartitionQuery, TopicQuery,
 };
 pub use crate::streams::producer::{AbortedTxn, ProducerView, SequenceRefusal};
-pub use crate::streams::topic::{ConfigChange, ConfigSource, TopicConfig, TopicError, TopicInfo};
+pub use crate::streams::topic::{
+    AdminMode, ConfigChange, ConfigSource, TopicConfig, TopicError, TopicInfo,
+};
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};

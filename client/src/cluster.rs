@@ -331,6 +331,7 @@ from_response! {
     TxnOffsetCommit => TxnOffsetCommitResponse,
     EndTxn => EndTxnResponse,
     Publish => PublishResponse,
+    PublishBatch => PublishBatchResponse,
     Subscribe => SubscribeResponse,
     PurgeQueue => PurgeQueueResponse,
     ListQueues => ListQueuesResponse,

@@ -58,11 +58,13 @@ wire_enum! {
         QueueGet = 40,
         ListBindings = 41,
         MoveMessages = 42,
+        /// Many publishes in one request, one confirm each (issue #15).
+        PublishBatch = 43,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 39] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 40] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -102,6 +104,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 39] = [
     (ApiKey::QueueGet, 0, 0),
     (ApiKey::ListBindings, 0, 0),
     (ApiKey::MoveMessages, 0, 0),
+    (ApiKey::PublishBatch, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -269,6 +272,7 @@ api_enums! {
     QueueGet => QueueGetRequest, QueueGetResponse;
     ListBindings => ListBindingsRequest, ListBindingsResponse;
     MoveMessages => MoveMessagesRequest, MoveMessagesResponse;
+    PublishBatch => PublishBatchRequest, PublishBatchResponse;
 }
 
 /// Appends a whole request frame.

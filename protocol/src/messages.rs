@@ -734,6 +734,26 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Many publishes in one request (issue #15): each message is handled exactly as a
+    /// `Publish` of its own, in order, and gets its own confirm in the answer. Messages to
+    /// one queue are stored together, so a batch costs one append and one fsync per queue.
+    pub struct PublishBatchRequest {
+        pub messages: Vec<PublishRequest>,
+    }
+}
+
+wire_struct! {
+    /// PublishBatch answer: one `PublishResponse` per message, in request order, sent once
+    /// every message is confirmed or refused. `error` is for the request as a whole (then
+    /// `results` is empty and nothing was published).
+    pub struct PublishBatchResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub results: Vec<PublishResponse>,
+    }
+}
+
+wire_struct! {
     /// Starts a consumer. Deliveries then arrive as `Deliver` frames carrying this
     /// request's correlation id, until the consumer is cancelled or the connection closes.
     pub struct SubscribeRequest {

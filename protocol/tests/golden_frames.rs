@@ -16,8 +16,8 @@ use wharf_protocol::messages::{
     DeliverPush, EndTxnRequest, GetAckMode, HeaderEntry, InitProducerIdRequest,
     InitProducerIdResponse, ListQueuesResponse, MetadataRequest, MoveMessagesResponse,
     OffsetCommitResponse, OffsetCommitTopicResponse, PartitionError, ProducePartition,
-    ProduceRequest, ProduceTopic, PublishRequest, PublishResponse, QueueGetRequest, QueueListing,
-    TxnResult,
+    ProduceRequest, ProduceTopic, PublishBatchRequest, PublishBatchResponse, PublishRequest,
+    PublishResponse, QueueGetRequest, QueueListing, TxnResult,
 };
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
@@ -323,6 +323,68 @@ fn golden_publish_request_and_response() {
         0xff, 0xff,             //     error_message nullable string = null (-1)
         0x00, 0x00, 0x00, 0x01, //     queues array: count = 1
         0x00, 0x01, b'q',       //       string = "q"
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_publish_batch_request_and_response() {
+    let request = Request::PublishBatch(PublishBatchRequest {
+        messages: vec![PublishRequest {
+            exchange: String::new(),
+            routing_key: "q".to_string(),
+            mandatory: false,
+            headers: Vec::new(),
+            body: Bytes::from_static(b"m"),
+        }],
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x1b, // @0  length u32 = 27 (8 header bytes + 19 body bytes)
+        0x00, 0x2b,             // @4  api_key u16 = 43 (PublishBatch)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7
+        // ---- PublishBatchRequest body, 19 bytes ----
+        0x00, 0x00, 0x00, 0x01, //     messages array: count = 1
+        //   -- PublishRequest --
+        0x00, 0x00,             //       exchange string = ""
+        0x00, 0x01, b'q',       //       routing_key string = "q"
+        0x00,                   //       mandatory bool = false
+        0x00, 0x00, 0x00, 0x00, //       headers array: count = 0
+        0x00, 0x00, 0x00, 0x01, b'm', // body bytes = "m"
+    ];
+    check_request(&request, 7, &golden);
+
+    let response = Response::PublishBatch(PublishBatchResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        results: vec![PublishResponse {
+            error: ErrorCode::Unroutable,
+            error_message: None,
+            queues: Vec::new(),
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::PublishBatch.code(),
+        api_version: 0,
+        correlation_id: 7,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x18, // @0  length u32 = 24 (8 header bytes + 16 body bytes)
+        0x00, 0x2b,             // @4  api_key u16 = 43 (PublishBatch), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7, echoed
+        // ---- PublishBatchResponse body, 16 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x01, //     results array: count = 1
+        //   -- PublishResponse --
+        0x00, 0x21,             //       error u16 = 33 (Unroutable)
+        0xff, 0xff,             //       error_message nullable string = null (-1)
+        0x00, 0x00, 0x00, 0x00, //       queues array: count = 0
     ];
     check_response(&response, header, &golden);
 }

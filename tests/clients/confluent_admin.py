@@ -56,6 +56,29 @@ out["create_compacted"] = error_name(
 )
 out["described"] = describe(topic)
 
+# validate_only: every check runs and nothing changes.
+out["validate_create"] = error_name(
+    admin.create_topics([NewTopic("admin-v", num_partitions=3)], validate_only=True)["admin-v"]
+)
+out["validate_create_bad_config"] = error_name(
+    admin.create_topics([NewTopic("admin-v", num_partitions=1, config={"retention.ms": "soon"})], validate_only=True)[
+        "admin-v"
+    ]
+)
+out["validate_create_existing"] = error_name(
+    admin.create_topics([NewTopic(topic, num_partitions=1)], validate_only=True)[topic]
+)
+out["validated_topic_exists"] = "admin-v" in admin.list_topics(timeout=30).topics
+out["validate_partitions"] = error_name(admin.create_partitions([NewPartitions(topic, 9)], validate_only=True)[topic])
+validated = ConfigResource(
+    ConfigResource.Type.TOPIC,
+    topic,
+    incremental_configs=[ConfigEntry("retention.ms", "1", incremental_operation=AlterConfigOpType.SET)],
+)
+out["validate_alter"] = error_name(admin.incremental_alter_configs([validated], validate_only=True)[validated])
+out["after_validate"] = describe(topic)
+out["partitions_after_validate"] = len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+
 resource = ConfigResource(
     ConfigResource.Type.TOPIC,
     topic,

@@ -530,6 +530,15 @@ fn confluent_kafka_admin_creates_describes_alters_grows_and_deletes_with_kafkas_
         serde_json::json!(["delete", 1])
     );
     assert_eq!(config("described", "retention.bytes")[1], 5);
+    // validate_only runs the checks and changes nothing.
+    assert_eq!(out["validate_create"], Value::Null, "{out}");
+    assert_eq!(out["validate_create_bad_config"], "INVALID_CONFIG");
+    assert_eq!(out["validate_create_existing"], "TOPIC_ALREADY_EXISTS");
+    assert_eq!(out["validated_topic_exists"], false);
+    assert_eq!(out["validate_partitions"], Value::Null, "{out}");
+    assert_eq!(out["validate_alter"], Value::Null, "{out}");
+    assert_eq!(out["after_validate"], out["described"]);
+    assert_eq!(out["partitions_after_validate"], 2);
     assert_eq!(out["incremental"], Value::Null, "{out}");
     assert_eq!(
         config("after_incremental", "retention.bytes"),

@@ -528,3 +528,87 @@ fn messages_delivered_before_a_sigkill_come_back_redelivered() {
         );
     }
 }
+
+#[test]
+fn a_publish_batch_confirms_each_message_as_its_own_publish_in_order() {
+    // Goal: PublishBatch (issue #15) handles each message exactly as a Publish of its own:
+    // per-message answers in request order (stored, unknown exchange, mandatory unroutable
+    // refused, optional unroutable dropped, fanned out to two queues), and each queue gets
+    // its messages in the order of the batch.
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut client = RawClient::connect(broker.addr());
+    for queue in ["batch-a", "batch-b"] {
+        assert_eq!(
+            declare_queue(&mut client, queue, true, &[]),
+            ErrorCode::None
+        );
+    }
+    let declare = Request::DeclareExchange(DeclareExchangeRequest {
+        name: "batch-fan".into(),
+        kind: "fanout".into(),
+        durable: true,
+    });
+    assert_eq!(admin(&mut client, declare), ErrorCode::None);
+    for queue in ["batch-a", "batch-b"] {
+        let bind = Request::BindQueue(BindQueueRequest {
+            queue: queue.into(),
+            exchange: "batch-fan".into(),
+            routing_key: String::new(),
+            headers: Vec::new(),
+        });
+        assert_eq!(admin(&mut client, bind), ErrorCode::None);
+    }
+    let message = |exchange: &str, routing_key: &str, body: &str, mandatory: bool| {
+        let Request::Publish(request) = publish_request(exchange, routing_key, body, mandatory)
+        else {
+            unreachable!()
+        };
+        request
+    };
+    let mut messages = vec![
+        message("", "batch-a", "a0", true),
+        message("no-such-exchange", "batch-a", "lost", true),
+        message("", "nowhere", "refused", true),
+        message("", "nowhere", "dropped", false),
+        message("batch-fan", "", "both", true),
+    ];
+    messages.extend((1..200).map(|index| message("", "batch-a", &format!("a{index}"), true)));
+    let Response::PublishBatch(answer) =
+        client.call(&Request::PublishBatch(PublishBatchRequest { messages }))
+    else {
+        panic!("wrong response")
+    };
+    assert_eq!(answer.error, ErrorCode::None);
+    assert_eq!(answer.results.len(), 204);
+    let outcome = |index: usize| {
+        let result = &answer.results[index];
+        (result.error, result.queues.clone())
+    };
+    assert_eq!(outcome(0), (ErrorCode::None, vec!["batch-a".to_string()]));
+    assert_eq!(outcome(1).0, ErrorCode::UnknownExchange);
+    assert_eq!(outcome(2), (ErrorCode::Unroutable, Vec::new()));
+    assert_eq!(outcome(3), (ErrorCode::None, Vec::new()));
+    assert_eq!(
+        outcome(4),
+        (
+            ErrorCode::None,
+            vec!["batch-a".to_string(), "batch-b".to_string()]
+        )
+    );
+    assert!((5..204).all(|index| outcome(index) == outcome(0)));
+
+    let bodies: Vec<String> = drain(&mut client, "batch-a", 201)
+        .into_iter()
+        .map(|(_, _, body)| body)
+        .collect();
+    let mut expected = vec!["a0".to_string(), "both".to_string()];
+    expected.extend((1..200).map(|index| format!("a{index}")));
+    assert_eq!(bodies, expected);
+    let mut other = RawClient::connect(broker.addr());
+    let only: Vec<String> = drain(&mut other, "batch-b", 1)
+        .into_iter()
+        .map(|(_, _, body)| body)
+        .collect();
+    assert_eq!(only, vec!["both".to_string()]);
+}

@@ -17,8 +17,8 @@ use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
     args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag,
-    Durability, GetMode, GotMessage, Message, Moved, Published, QueueError, QueueStats, Requeue,
-    EXCHANGE_HEADER,
+    Durability, GetMode, GotMessage, Message, Moved, PublishTicket, Published, QueueError,
+    QueueStats, Requeue, EXCHANGE_HEADER,
 };
 
 /// A publish.
@@ -280,22 +280,36 @@ impl Broker {
         _caller: &Session,
         query: PublishQuery,
     ) -> Result<PublishCompletion, QueueError> {
-        let message = Message {
-            routing_key: query.routing_key,
-            body: query.body,
-            headers: query
-                .headers
-                .into_iter()
-                .filter(|header| !is_reserved_header(&header.key))
-                .collect(),
-        };
-        let ticket = self
-            .queues
-            .publish_enqueue(&query.exchange, message)
-            .await?;
-        let queues = self.queues.clone();
         let mandatory = query.mandatory;
-        Ok(Box::pin(async move {
+        let (exchange, message) = publish_message(query);
+        let ticket = self.queues.publish_enqueue(&exchange, message).await?;
+        Ok(self.publish_completion(ticket, mandatory))
+    }
+
+    /// The ordered phase of many publishes at once: each is handled exactly as
+    /// [`Broker::publish`] handles it, in order, with one look at the routing table for
+    /// all; each gets its own completion (or error).
+    pub async fn publish_batch(
+        &self,
+        _caller: &Session,
+        queries: Vec<PublishQuery>,
+    ) -> Vec<Result<PublishCompletion, QueueError>> {
+        let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
+        let tickets = self
+            .queues
+            .publish_enqueue_many(queries.into_iter().map(publish_message).collect())
+            .await;
+        tickets
+            .into_iter()
+            .zip(mandatory)
+            .map(|(ticket, mandatory)| Ok(self.publish_completion(ticket?, mandatory)))
+            .collect()
+    }
+
+    /// What remains of a publish handed to its queues: its confirm, or what became of it.
+    fn publish_completion(&self, ticket: PublishTicket, mandatory: Mandatory) -> PublishCompletion {
+        let queues = self.queues.clone();
+        Box::pin(async move {
             Ok(match ticket.confirmed().await? {
                 Published::Routed(names) => PublishOutcome::Routed(names),
                 Published::Unroutable if mandatory == Mandatory::Return => PublishOutcome::Returned,
@@ -304,7 +318,7 @@ impl Broker {
                     PublishOutcome::Dropped
                 }
             })
-        }))
+        })
     }
 
     /// Starts a consumer of `session` on a queue; its deliveries arrive on the returned
@@ -416,4 +430,19 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(call)
         .await
         .unwrap_or_else(|error| Err(QueueError::Storage(error.to_string())))
+}
+
+/// A publish as the queues take it: the exchange, and the message without the headers the
+/// broker owns.
+fn publish_message(query: PublishQuery) -> (String, Message) {
+    let message = Message {
+        routing_key: query.routing_key,
+        body: query.body,
+        headers: query
+            .headers
+            .into_iter()
+            .filter(|header| !is_reserved_header(&header.key))
+            .collect(),
+    };
+    (query.exchange, message)
 }

@@ -14,7 +14,7 @@ use crate::append::Receipt;
 use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
 use crate::streams::producer::ProducerView;
-use crate::streams::topic::{ConfigChange, TopicConfig, TopicInfo};
+use crate::streams::topic::{AdminMode, ConfigChange, TopicConfig, TopicInfo};
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
 
 /// When a produce is answered.
@@ -170,11 +170,13 @@ impl Broker {
         }
     }
 
-    /// Creates topics one by one on the blocking pool (each creates and fsyncs files).
+    /// Creates topics one by one on the blocking pool (each creates and fsyncs files), or
+    /// under [`AdminMode::ValidateOnly`] only checks that each could be created.
     pub async fn create_topics(
         &self,
         _caller: &Session,
         topics: Vec<NewTopic>,
+        mode: AdminMode,
     ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
         let mut results = Vec::with_capacity(topics.len());
         for NewTopic {
@@ -185,12 +187,20 @@ impl Broker {
         {
             let streams = self.streams.clone();
             let creating = name.clone();
-            let outcome = blocking(move || {
-                streams
-                    .create_topic(&creating, partitions, configs)
-                    .map_err(StreamError::from)
-            })
-            .await;
+            let outcome = match mode {
+                AdminMode::Apply => {
+                    blocking(move || {
+                        streams
+                            .create_topic(&creating, partitions, configs)
+                            .map_err(StreamError::from)
+                    })
+                    .await
+                }
+                AdminMode::ValidateOnly => streams
+                    .topics()
+                    .check_create(&creating, partitions, configs)
+                    .map_err(StreamError::from),
+            };
             results.push((name, outcome));
         }
         results
@@ -253,13 +263,14 @@ impl Broker {
         name: &str,
         changes: Vec<ConfigChange>,
         replace: bool,
+        mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
             streams
                 .topics()
-                .change_configs(&name, changes, replace)
+                .change_configs(&name, changes, replace, mode)
                 .map_err(StreamError::from)
         })
         .await
@@ -275,13 +286,14 @@ impl Broker {
         _caller: &Session,
         name: &str,
         partition_count: u32,
+        mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
             streams
                 .topics()
-                .add_partitions(&name, partition_count)
+                .add_partitions(&name, partition_count, mode)
                 .map_err(StreamError::from)
         })
         .await

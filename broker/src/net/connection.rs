@@ -23,8 +23,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Most requests in flight on one connection.
-pub const IN_FLIGHT_MAX: usize = 64;
+/// Most requests in flight on one connection: enough for a publisher that keeps a thousand
+/// single-message publishes awaiting their confirms (each in flight costs a small task; the
+/// byte budget below bounds the memory their frames hold).
+pub const IN_FLIGHT_MAX: usize = 1024;
 /// Most request bytes in flight on one connection (a few maximal frames).
 pub const IN_FLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Pushed frames buffered per connection before pushers wait: the prefetch windows of its
@@ -160,8 +162,16 @@ pub async fn serve<P: Protocol>(
     tracing::debug!(%peer, requests, "connection closed");
 }
 
+/// Frames at most this large are gathered into one write with the others ready at the
+/// same moment; a larger one (a fetch's records) is written on its own, uncopied.
+const COALESCE_FRAME_BYTES_MAX: usize = 16 * 1024;
+/// Most bytes gathered into one write.
+const COALESCE_BYTES_MAX: usize = 256 * 1024;
+
 /// Writes responses in request order, and pushed frames whenever they come (between
-/// responses, never inside one).
+/// responses, never inside one). Whatever is ready at the same moment (responses already
+/// finished, pushes already queued) goes out in one write, so a pipelining client's many
+/// small answers and a consumer's deliveries cost one system call per round, not one each.
 async fn write_responses(
     mut writer: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
@@ -170,8 +180,9 @@ async fn write_responses(
 ) {
     let mut current: Option<(JoinHandle<Option<BytesMut>>, OwnedSemaphorePermit)> = None;
     let mut pushes_open = true;
-    loop {
-        let (bytes, close) = tokio::select! {
+    let mut out = BytesMut::new();
+    'write: loop {
+        let (bytes, mut close) = tokio::select! {
             pushed = push_rx.recv(), if pushes_open => match pushed {
                 Some(bytes) => (Some(bytes), false),
                 None => {
@@ -200,14 +211,173 @@ async fn write_responses(
             },
         };
         if let Some(bytes) = bytes {
-            if let Err(error) = writer.write_all(&bytes).await {
-                tracing::debug!(%peer, %error, "write failed");
+            if !write_frame(&mut writer, &mut out, bytes, peer).await {
                 break;
             }
+        }
+        // Gather what else is ready now, without waiting.
+        while !close && out.len() < COALESCE_BYTES_MAX {
+            if pushes_open {
+                match push_rx.try_recv() {
+                    Ok(bytes) => {
+                        if !write_frame(&mut writer, &mut out, bytes, peer).await {
+                            break 'write;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => pushes_open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if current.is_none() {
+                match pending_rx.try_recv() {
+                    Ok(Pending::Running(task, permit)) => current = Some((task, permit)),
+                    Ok(Pending::Fatal(bytes)) => {
+                        if let Some(bytes) = bytes {
+                            if !write_frame(&mut writer, &mut out, bytes, peer).await {
+                                break 'write;
+                            }
+                        }
+                        close = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match current.take() {
+                Some((task, permit)) if task.is_finished() => {
+                    drop(permit);
+                    match task.await {
+                        Ok(Some(bytes)) => {
+                            if !write_frame(&mut writer, &mut out, bytes, peer).await {
+                                break 'write;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::error!(%peer, %error, "request handler failed");
+                            close = true;
+                        }
+                    }
+                }
+                still_running => {
+                    current = still_running;
+                    break;
+                }
+            }
+        }
+        if !flush(&mut writer, &mut out, peer).await {
+            break;
         }
         if close {
             break;
         }
     }
+    let _ = flush(&mut writer, &mut out, peer).await;
     let _ = writer.shutdown().await;
+}
+
+/// Adds a frame to the pending write: a small one is copied into `out`; a large one goes
+/// out at once after what `out` holds, uncopied. False if the connection failed.
+async fn write_frame(
+    writer: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    bytes: BytesMut,
+    peer: SocketAddr,
+) -> bool {
+    if bytes.len() <= COALESCE_FRAME_BYTES_MAX {
+        out.extend_from_slice(&bytes);
+        return true;
+    }
+    if !flush(writer, out, peer).await {
+        return false;
+    }
+    write(writer, &bytes, peer).await
+}
+
+/// Writes what `out` holds and empties it. False if the connection failed.
+async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut, peer: SocketAddr) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let written = write(writer, out, peer).await;
+    out.clear();
+    written
+}
+
+async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], peer: SocketAddr) -> bool {
+    match writer.write_all(bytes).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "write failed");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A response that finishes after `delay_ms`.
+    fn running(bytes: Vec<u8>, delay_ms: u64, budget: &Arc<Semaphore>) -> Pending {
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            Some(BytesMut::from(&bytes[..]))
+        });
+        Pending::Running(task, budget.clone().try_acquire_owned().unwrap())
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_keep_request_order_whatever_order_answers_finish_in() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = TcpStream::connect(address).await.unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let (_, writer) = server.into_split();
+        let (pending_tx, pending_rx) = mpsc::channel(IN_FLIGHT_MAX);
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
+        let budget = Arc::new(Semaphore::new(1_000));
+        let large = vec![b'L'; COALESCE_FRAME_BYTES_MAX + 1];
+        let mut expected = Vec::new();
+        let mut boundaries = vec![0];
+        // Later answers finish first; a large frame sits among small ones.
+        for index in 0..200u8 {
+            let bytes = if index == 100 {
+                large.clone()
+            } else {
+                vec![index; 3]
+            };
+            expected.extend_from_slice(&bytes);
+            boundaries.push(expected.len());
+            let delay = u64::from(200 - index) / 20;
+            pending_tx
+                .send(running(bytes, delay, &budget))
+                .await
+                .unwrap();
+        }
+        push_tx.send(BytesMut::from(&b"push"[..])).await.unwrap();
+        let writing = tokio::spawn(write_responses(writer, pending_rx, push_rx, peer));
+        drop(pending_tx);
+        drop(push_tx);
+        writing.await.unwrap();
+        let mut received = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut received).await.unwrap();
+        // The push goes out between two responses, never inside one: removing it leaves
+        // the responses in request order.
+        let at = received
+            .windows(4)
+            .position(|window| window == b"push")
+            .expect("the push is written");
+        assert!(boundaries.contains(&at), "the push splits no response");
+        received.drain(at..at + 4);
+        assert_eq!(received, expected);
+        assert_eq!(
+            budget.available_permits(),
+            1_000,
+            "every permit is released"
+        );
+    }
 }

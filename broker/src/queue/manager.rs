@@ -427,26 +427,8 @@ impl QueueManager {
     }
 
     /// The queues a message goes to, with their task channels.
-    fn route(
-        &self,
-        exchange: &str,
-        message: &Message,
-    ) -> Result<Vec<(String, mpsc::Sender<Command>)>, QueueError> {
-        let registry = self.lock();
-        let bindings = registry
-            .exchanges
-            .get(exchange)
-            .map(|(_, bindings)| bindings);
-        let names = route_names(exchange, bindings, message)?;
-        Ok(names
-            .into_iter()
-            .filter_map(|name| {
-                registry
-                    .queues
-                    .get(&name)
-                    .map(|handle| (name.clone(), handle.sender.clone()))
-            })
-            .collect())
+    fn route(&self, exchange: &str, message: &Message) -> Result<Vec<Target>, QueueError> {
+        route_in(&self.lock(), exchange, message)
     }
 
     /// Publishes one message through `exchange`; resolves once it is durable in every queue
@@ -475,16 +457,37 @@ impl QueueManager {
     ) -> Result<PublishTicket, QueueError> {
         stamp(&mut message, exchange, self.clock.now_ms())?;
         let targets = self.route(exchange, &message)?;
-        let mut confirmations = Vec::with_capacity(targets.len());
-        for (name, sender) in &targets {
-            let (reply, confirmed) = oneshot::channel();
-            sender
-                .send(Command::Publish(vec![message.clone()], reply))
-                .await
-                .map_err(|_| QueueError::Gone(name.clone()))?;
-            confirmations.push((name.clone(), confirmed));
+        enqueue(message, &targets).await
+    }
+
+    /// Routes many messages under one look at the routing table and hands each to its
+    /// queues, in order: each message is handled exactly as [`QueueManager::publish_enqueue`]
+    /// handles it, and gets its own ticket (or error). Messages to one queue wait in its
+    /// command channel together, so its task stores them as one run.
+    pub async fn publish_enqueue_many(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> Vec<Result<PublishTicket, QueueError>> {
+        let now = self.clock.now_ms();
+        let routed: Vec<Result<(Message, Vec<Target>), QueueError>> = {
+            let registry = self.lock();
+            messages
+                .into_iter()
+                .map(|(exchange, mut message)| {
+                    stamp(&mut message, &exchange, now)?;
+                    let targets = route_in(&registry, &exchange, &message)?;
+                    Ok((message, targets))
+                })
+                .collect()
+        };
+        let mut tickets = Vec::with_capacity(routed.len());
+        for routed in routed {
+            tickets.push(match routed {
+                Ok((message, targets)) => enqueue(message, &targets).await,
+                Err(error) => Err(error),
+            });
         }
-        Ok(PublishTicket::new(confirmations))
+        tickets
     }
 
     /// The command channel of `queue`'s task.
@@ -1261,4 +1264,45 @@ fn check_name(name: &str) -> Result<(), QueueError> {
         )));
     }
     Ok(())
+}
+
+/// A queue a message is routed to, with its task's command channel.
+type Target = (String, mpsc::Sender<Command>);
+
+/// The queues `message` published to `exchange` goes to, with their task channels, as the
+/// registry holds them now.
+fn route_in(
+    registry: &Registry,
+    exchange: &str,
+    message: &Message,
+) -> Result<Vec<Target>, QueueError> {
+    let bindings = registry
+        .exchanges
+        .get(exchange)
+        .map(|(_, bindings)| bindings);
+    let names = route_names(exchange, bindings, message)?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| {
+            registry
+                .queues
+                .get(&name)
+                .map(|handle| (name.clone(), handle.sender.clone()))
+        })
+        .collect())
+}
+
+/// Hands a routed message to each of its queues' tasks; the ticket resolves once it is
+/// durable in all of them.
+async fn enqueue(message: Message, targets: &[Target]) -> Result<PublishTicket, QueueError> {
+    let mut confirmations = Vec::with_capacity(targets.len());
+    for (name, sender) in targets {
+        let (reply, confirmed) = oneshot::channel();
+        sender
+            .send(Command::Publish(vec![message.clone()], reply))
+            .await
+            .map_err(|_| QueueError::Gone(name.clone()))?;
+        confirmations.push((name.clone(), confirmed));
+    }
+    Ok(PublishTicket::new(confirmations))
 }

@@ -172,6 +172,17 @@ pub enum ConfigChange {
     Delete(String),
 }
 
+/// Whether an admin change is made or only checked (Kafka's `validate_only`): a check runs
+/// every rule the change would (name, counts, configs, limits, existence) and answers what
+/// the topic would become, with no file, catalog or partition touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminMode {
+    /// Make the change.
+    Apply,
+    /// Run the checks only.
+    ValidateOnly,
+}
+
 impl ConfigChange {
     /// The key it changes.
     pub fn key(&self) -> &str {
@@ -275,7 +286,33 @@ impl Topics {
         partitions: u32,
         overrides: Vec<(String, String)>,
     ) -> Result<TopicInfo, TopicError> {
-        self.create_inner(name, partitions, overrides, TopicKind::User)
+        self.create_inner(
+            name,
+            partitions,
+            overrides,
+            TopicKind::User,
+            AdminMode::Apply,
+        )
+    }
+
+    /// Checks that [`Topics::create`] would succeed, changing nothing: the topic it would
+    /// make (its id is not kept).
+    ///
+    /// # Errors
+    /// As for `create`, but never a storage failure.
+    pub fn check_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: Vec<(String, String)>,
+    ) -> Result<TopicInfo, TopicError> {
+        self.create_inner(
+            name,
+            partitions,
+            overrides,
+            TopicKind::User,
+            AdminMode::ValidateOnly,
+        )
     }
 
     /// Creates an internal topic (name starting with `__`) if it does not exist.
@@ -291,7 +328,13 @@ impl Topics {
         if let Some(info) = self.get(name) {
             return Ok(info);
         }
-        self.create_inner(name, partitions, overrides, TopicKind::Internal)
+        self.create_inner(
+            name,
+            partitions,
+            overrides,
+            TopicKind::Internal,
+            AdminMode::Apply,
+        )
     }
 
     fn create_inner(
@@ -300,6 +343,7 @@ impl Topics {
         partitions: u32,
         overrides: Vec<(String, String)>,
         kind: TopicKind,
+        mode: AdminMode,
     ) -> Result<TopicInfo, TopicError> {
         validate_topic_name(name).map_err(|error| TopicError::InvalidName {
             name: name.to_string(),
@@ -342,6 +386,9 @@ impl Topics {
             return Err(TopicError::InvalidConfig(format!(
                 "{partitions} more partitions would exceed partitions_max {limit} ({existing} exist)"
             )));
+        }
+        if mode == AdminMode::ValidateOnly {
+            return Ok(info);
         }
         for partition in 0..partitions {
             if let Err(error) = self.registry.create(name, partition, log_config.clone()) {
@@ -396,13 +443,14 @@ impl Topics {
             .into_iter()
             .map(|(key, value)| ConfigChange::Set(key, value))
             .collect();
-        self.change_configs(name, changes, false)
+        self.change_configs(name, changes, false, AdminMode::Apply)
     }
 
     /// Changes config overrides of a topic durably and applies them to its open partitions
     /// at once: `Set` replaces a key's override, `Delete` removes it (back to the broker
     /// default); with `replace`, every override not set here is removed too (Kafka's
-    /// AlterConfigs). Validated as at create; nothing changes on an error.
+    /// AlterConfigs). Validated as at create; nothing changes on an error, nor under
+    /// [`AdminMode::ValidateOnly`], which answers what the topic would become.
     ///
     /// # Errors
     /// `InvalidName` for an internal topic, `Unknown`, `InvalidConfig` (a bad key or value,
@@ -412,6 +460,7 @@ impl Topics {
         name: &str,
         changes: Vec<ConfigChange>,
         replace: bool,
+        mode: AdminMode,
     ) -> Result<TopicInfo, TopicError> {
         refuse_internal(name, "altered")?;
         if let Some(key) = changes
@@ -450,6 +499,9 @@ impl Topics {
         let mut log_config = self.base_config.clone();
         apply_topic_overrides(&mut log_config, &override_pairs(&info))
             .map_err(TopicError::InvalidConfig)?;
+        if mode == AdminMode::ValidateOnly {
+            return Ok(info);
+        }
         let mut altered = catalog.clone();
         altered.insert(name.to_string(), info.clone());
         self.write_catalog(&altered)?;
@@ -466,7 +518,9 @@ impl Topics {
 
     /// Grows a topic to `partition_count` partitions in all. The new partitions' directories
     /// are created first and the catalog written last, so a crash in between leaves
-    /// directories that the next start removes (the catalog does not list them).
+    /// directories that the next start removes (the catalog does not list them). Under
+    /// [`AdminMode::ValidateOnly`] only the checks run, and the answer is what the topic
+    /// would become.
     ///
     /// # Errors
     /// `InvalidName` for an internal topic, `Unknown`, `PartitionsNotIncreased`,
@@ -476,6 +530,7 @@ impl Topics {
         &self,
         name: &str,
         partition_count: u32,
+        mode: AdminMode,
     ) -> Result<TopicInfo, TopicError> {
         refuse_internal(name, "altered")?;
         if partition_count > PARTITIONS_MAX {
@@ -506,6 +561,10 @@ impl Topics {
             return Err(TopicError::InvalidConfig(format!(
                 "{added} more partitions would exceed partitions_max {limit} ({existing} exist)"
             )));
+        }
+        if mode == AdminMode::ValidateOnly {
+            info.partitions = partition_count;
+            return Ok(info);
         }
         let log_config = config_for(&self.base_config, &info);
         for partition in current..partition_count {
@@ -883,30 +942,88 @@ mod tests {
     }
 
     #[test]
+    fn validate_only_runs_every_check_and_changes_nothing() {
+        let (env, _, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics.create("t", 2, vec![]).unwrap();
+        let catalog_before = topics.list();
+
+        let would_be = topics
+            .check_create("new", 3, vec![("retention.ms".into(), "5".into())])
+            .unwrap();
+        assert_eq!((would_be.name.as_str(), would_be.partitions), ("new", 3));
+        assert!(topics.get("new").is_none());
+        assert!(topics.partition("new", 0).is_none());
+        assert!(matches!(
+            topics.check_create("t", 1, vec![]),
+            Err(TopicError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            topics.check_create("bad name", 1, vec![]),
+            Err(TopicError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            topics.check_create("x", 1, vec![("retention.ms".into(), "soon".into())]),
+            Err(TopicError::InvalidConfig(_))
+        ));
+
+        let altered = topics
+            .change_configs(
+                "t",
+                vec![ConfigChange::Set("retention.ms".into(), "7".into())],
+                false,
+                AdminMode::ValidateOnly,
+            )
+            .unwrap();
+        assert_eq!(altered.overrides.len(), 1);
+        assert!(topics.get("t").unwrap().overrides.is_empty());
+        assert!(matches!(
+            topics.change_configs(
+                "t",
+                vec![ConfigChange::Set("retention.ms".into(), "-5x".into())],
+                false,
+                AdminMode::ValidateOnly,
+            ),
+            Err(TopicError::InvalidConfig(_))
+        ));
+
+        let grown = topics
+            .add_partitions("t", 5, AdminMode::ValidateOnly)
+            .unwrap();
+        assert_eq!(grown.partitions, 5);
+        assert!(topics.partition("t", 2).is_none());
+        assert!(matches!(
+            topics.add_partitions("t", 2, AdminMode::ValidateOnly),
+            Err(TopicError::PartitionsNotIncreased { .. })
+        ));
+        assert_eq!(topics.list(), catalog_before);
+    }
+
+    #[test]
     fn added_partitions_survive_reopen_and_fewer_are_refused() {
         let (env, _, _) = sim_env(1_000);
         let topics = open(&env);
         let created = topics.create("t", 2, vec![]).unwrap();
         for count in [1, 2] {
             assert!(matches!(
-                topics.add_partitions("t", count),
+                topics.add_partitions("t", count, AdminMode::Apply),
                 Err(TopicError::PartitionsNotIncreased { current: 2, .. })
             ));
         }
         assert!(matches!(
-            topics.add_partitions("missing", 3),
+            topics.add_partitions("missing", 3, AdminMode::Apply),
             Err(TopicError::Unknown(_))
         ));
         assert!(matches!(
-            topics.add_partitions("t", PARTITIONS_MAX + 1),
+            topics.add_partitions("t", PARTITIONS_MAX + 1, AdminMode::Apply),
             Err(TopicError::InvalidPartitions { .. })
         ));
         topics.set_partitions_max(4);
         assert!(matches!(
-            topics.add_partitions("t", 5),
+            topics.add_partitions("t", 5, AdminMode::Apply),
             Err(TopicError::InvalidConfig(_))
         ));
-        let grown = topics.add_partitions("t", 4).unwrap();
+        let grown = topics.add_partitions("t", 4, AdminMode::Apply).unwrap();
         assert_eq!(grown.partitions, 4);
         assert_eq!(grown.topic_id, created.topic_id);
         assert!(topics.partition("t", 3).is_some());

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    ConfigChange, ConfigSource, GroupState, NewTopic, PartitionLag, PartitionStatus, QueueStats,
-    TopicView,
+    AdminMode, ConfigChange, ConfigSource, GroupState, NewTopic, PartitionLag, PartitionStatus,
+    QueueStats, TopicView,
 };
 use crate::frontend::http::error::{ApiError, JsonBody, PathParams};
 use crate::frontend::http::{Http, Shared};
@@ -143,7 +143,7 @@ async fn create_topic(
         configs: body.configs.into_iter().collect(),
     };
     let (_, outcome) = broker
-        .create_topics(&http.session, vec![topic])
+        .create_topics(&http.session, vec![topic], AdminMode::Apply)
         .await
         .pop()
         .ok_or_else(|| ApiError::bad_request("no topic created"))?;
@@ -186,7 +186,7 @@ async fn alter_topic_configs(
         .chain(body.delete.into_iter().map(ConfigChange::Delete))
         .collect();
     broker
-        .change_topic_configs(&http.session, &topic, changes, false)
+        .change_topic_configs(&http.session, &topic, changes, false, AdminMode::Apply)
         .await?;
     Ok(Json(topic_detail(&http, &topic)?).into_response())
 }
@@ -198,7 +198,7 @@ async fn add_partitions(
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     broker
-        .add_partitions(&http.session, &topic, body.partitions)
+        .add_partitions(&http.session, &topic, body.partitions, AdminMode::Apply)
         .await?;
     Ok(Json(topic_detail(&http, &topic)?).into_response())
 }

@@ -23,7 +23,8 @@ use super::error_code;
 use super::handlers::text;
 use super::{Kafka, CLUSTER_ID, NODE_ID};
 use crate::core::{
-    Broker, ConfigChange, ConfigSource, GroupAdminError, OffsetSpec, Session, StreamError,
+    AdminMode, Broker, ConfigChange, ConfigSource, GroupAdminError, OffsetSpec, Session,
+    StreamError,
 };
 
 /// Kafka's config resource type of a topic.
@@ -107,6 +108,15 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// Kafka's `validate_only` flag as the core's mode: run every check, change nothing.
+pub fn mode(validate_only: bool) -> AdminMode {
+    if validate_only {
+        AdminMode::ValidateOnly
+    } else {
+        AdminMode::Apply
+    }
+}
+
 /// What an alter of one resource comes to before the core is called.
 enum Plan {
     /// Change a topic's overrides.
@@ -115,18 +125,7 @@ enum Plan {
     Refuse(ResponseError, String),
 }
 
-fn plan(
-    resource_type: i8,
-    name: &str,
-    changes: Result<Vec<ConfigChange>, String>,
-    validate_only: bool,
-) -> Plan {
-    if validate_only {
-        return Plan::Refuse(
-            ResponseError::InvalidRequest,
-            "validate_only is not supported yet".to_string(),
-        );
-    }
+fn plan(resource_type: i8, name: &str, changes: Result<Vec<ConfigChange>, String>) -> Plan {
     match (resource_type, changes) {
         (RESOURCE_TOPIC, Ok(changes)) => Plan::Topic(name.to_string(), changes),
         (RESOURCE_TOPIC, Err(message)) => Plan::Refuse(ResponseError::InvalidConfig, message),
@@ -148,12 +147,13 @@ async fn run_plan(
     caller: &Session,
     plan: Plan,
     replace: bool,
+    mode: AdminMode,
 ) -> (i16, Option<String>) {
     match plan {
         Plan::Refuse(error, message) => (error.code(), Some(message)),
         Plan::Topic(name, changes) => {
             match broker
-                .change_topic_configs(caller, &name, changes, replace)
+                .change_topic_configs(caller, &name, changes, replace, mode)
                 .await
             {
                 Ok(_) => (0, None),
@@ -183,9 +183,9 @@ pub async fn alter_configs(
             resource.resource_type,
             resource.resource_name.as_str(),
             Ok(changes),
-            request.validate_only,
         );
-        let (code, message) = run_plan(broker, caller, planned, true).await;
+        let (code, message) =
+            run_plan(broker, caller, planned, true, mode(request.validate_only)).await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -225,9 +225,9 @@ pub async fn incremental_alter_configs(
             resource.resource_type,
             resource.resource_name.as_str(),
             changes,
-            request.validate_only,
         );
-        let (code, message) = run_plan(broker, caller, planned, false).await;
+        let (code, message) =
+            run_plan(broker, caller, planned, false, mode(request.validate_only)).await;
         responses.push(
             incremental::AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -247,12 +247,7 @@ pub async fn create_partitions(
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
-        let refusal = if request.validate_only {
-            Some((
-                ResponseError::InvalidRequest,
-                "validate_only is not supported yet".to_string(),
-            ))
-        } else if topic.assignments.is_some() {
+        let refusal = if topic.assignments.is_some() {
             Some((
                 ResponseError::InvalidReplicaAssignment,
                 "replica assignments are not supported: this is a single broker".to_string(),
@@ -267,7 +262,12 @@ pub async fn create_partitions(
                 format!("partition count {} must be positive", topic.count),
             )),
             (None, Ok(count)) => broker
-                .add_partitions(caller, topic.name.0.as_str(), count)
+                .add_partitions(
+                    caller,
+                    topic.name.0.as_str(),
+                    count,
+                    mode(request.validate_only),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|error: StreamError| {

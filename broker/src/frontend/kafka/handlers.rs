@@ -619,12 +619,7 @@ async fn create_topics(
     let mut wanted = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
-        let refusal = if request.validate_only {
-            Some((
-                ResponseError::InvalidRequest,
-                "validate_only is not supported yet".to_string(),
-            ))
-        } else if !topic.assignments.is_empty() {
+        let refusal = if !topic.assignments.is_empty() {
             Some((
                 ResponseError::InvalidReplicaAssignment,
                 "replica assignments are not supported: this is a single broker".to_string(),
@@ -674,7 +669,8 @@ async fn create_topics(
             configs,
         });
     }
-    for (name, outcome) in broker.create_topics(caller, wanted).await {
+    let mode = admin::mode(request.validate_only);
+    for (name, outcome) in broker.create_topics(caller, wanted, mode).await {
         results.push(created_topic(name, outcome));
     }
     CreateTopicsResponse::default().with_topics(results)

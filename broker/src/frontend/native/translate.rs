@@ -19,7 +19,7 @@ use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
-    self, AckScope, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
+    self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
     ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery, GetMode,
     GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry,
     OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome, PublishQuery,
@@ -107,6 +107,7 @@ pub async fn handle(
         )),
         Request::EndTxn(request) => ready(Response::EndTxn(end_txn(broker, caller, request).await)),
         Request::Publish(request) => publish(broker, caller, request).await,
+        Request::PublishBatch(request) => publish_batch(broker, caller, request).await,
         Request::Subscribe(request) => ready(Response::Subscribe(
             subscribe(broker, connection, request, header).await,
         )),
@@ -304,7 +305,7 @@ async fn create_topics(
         .collect();
     CreateTopicsResponse {
         topics: broker
-            .create_topics(caller, topics)
+            .create_topics(caller, topics, AdminMode::Apply)
             .await
             .into_iter()
             .map(topic_result)
@@ -900,7 +901,12 @@ async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> StreamAdminResponse {
     let outcome = broker
-        .add_partitions(caller, &request.topic, request.partition_count)
+        .add_partitions(
+            caller,
+            &request.topic,
+            request.partition_count,
+            AdminMode::Apply,
+        )
         .await;
     stream_admin_answer(outcome.map(|_| ()))
 }
@@ -1167,7 +1173,34 @@ fn admin_answer(outcome: Result<(), QueueError>) -> QueueAdminResponse {
 }
 
 async fn publish(broker: &Broker, caller: &Session, request: PublishRequest) -> Answer {
-    let query = PublishQuery {
+    let completion = match broker.publish(caller, publish_query(request)).await {
+        Ok(completion) => completion,
+        Err(error) => return ready(Response::Publish(publish_failed(error))),
+    };
+    Box::pin(async move { Some(Response::Publish(publish_answer(completion.await))) })
+}
+
+/// Each message as its own publish, in order; one answer once all are confirmed or refused.
+async fn publish_batch(broker: &Broker, caller: &Session, request: PublishBatchRequest) -> Answer {
+    let queries = request.messages.into_iter().map(publish_query).collect();
+    let started = broker.publish_batch(caller, queries).await;
+    Box::pin(async move {
+        let mut results = Vec::with_capacity(started.len());
+        for completion in started {
+            results.push(match completion {
+                Ok(completion) => publish_answer(completion.await),
+                Err(error) => publish_failed(error),
+            });
+        }
+        Some(Response::PublishBatch(PublishBatchResponse {
+            results,
+            ..PublishBatchResponse::default()
+        }))
+    })
+}
+
+fn publish_query(request: PublishRequest) -> PublishQuery {
+    PublishQuery {
         exchange: request.exchange,
         routing_key: request.routing_key,
         mandatory: if request.mandatory {
@@ -1184,33 +1217,33 @@ async fn publish(broker: &Broker, caller: &Session, request: PublishRequest) -> 
             })
             .collect(),
         body: request.body,
-    };
-    let failed = |error: QueueError| PublishResponse {
+    }
+}
+
+fn publish_failed(error: QueueError) -> PublishResponse {
+    PublishResponse {
         error: error_code::queue(&error),
         error_message: Some(error.to_string()),
         queues: Vec::new(),
-    };
-    let completion = match broker.publish(caller, query).await {
-        Ok(completion) => completion,
-        Err(error) => return ready(Response::Publish(failed(error))),
-    };
-    Box::pin(async move {
-        Some(Response::Publish(match completion.await {
-            Ok(PublishOutcome::Routed(queues)) => PublishResponse {
-                queues,
-                ..PublishResponse::default()
-            },
-            Ok(PublishOutcome::Dropped) => PublishResponse::default(),
-            Ok(PublishOutcome::Returned) => PublishResponse {
-                error: ErrorCode::Unroutable,
-                error_message: Some(
-                    "no queue matched the mandatory message; it was not stored".to_string(),
-                ),
-                queues: Vec::new(),
-            },
-            Err(error) => failed(error),
-        }))
-    })
+    }
+}
+
+fn publish_answer(outcome: Result<PublishOutcome, QueueError>) -> PublishResponse {
+    match outcome {
+        Ok(PublishOutcome::Routed(queues)) => PublishResponse {
+            queues,
+            ..PublishResponse::default()
+        },
+        Ok(PublishOutcome::Dropped) => PublishResponse::default(),
+        Ok(PublishOutcome::Returned) => PublishResponse {
+            error: ErrorCode::Unroutable,
+            error_message: Some(
+                "no queue matched the mandatory message; it was not stored".to_string(),
+            ),
+            queues: Vec::new(),
+        },
+        Err(error) => publish_failed(error),
+    }
 }
 
 async fn subscribe(
