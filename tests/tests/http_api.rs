@@ -760,3 +760,154 @@ fn records_posted_over_http_stream_as_server_sent_events_and_meet_the_cli() {
     );
     assert_eq!(bad.status, 400, "{bad:?}");
 }
+
+/// A WebSocket to the HTTP listener at `path` (tungstenite's blocking client on a plain
+/// TCP stream), or the handshake's HTTP answer status when it is refused.
+fn ws_connect(address: &str, path: &str) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
+    let stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    match tungstenite::client(format!("ws://{address}{path}"), stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
+            Err(answer.status().as_u16())
+        }
+        Err(error) => panic!("WebSocket handshake to {path}: {error}"),
+    }
+}
+
+/// The next text message of `socket` as JSON (pings and pongs skipped).
+fn ws_next(socket: &mut tungstenite::WebSocket<TcpStream>) -> Value {
+    loop {
+        match socket.read().expect("a message within 30 s") {
+            tungstenite::Message::Text(text) => {
+                return serde_json::from_str(text.as_str()).expect("JSON text message")
+            }
+            tungstenite::Message::Close(frame) => panic!("the socket closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn ws_send(socket: &mut tungstenite::WebSocket<TcpStream>, message: &Value) {
+    socket
+        .send(tungstenite::Message::text(message.to_string()))
+        .expect("send a message");
+}
+
+#[test]
+fn websockets_stream_a_partition_and_consume_a_queue_with_acks() {
+    // Goal: a topic socket sends the partition's records from the asked offset (also those
+    // produced while it is open); a queue socket delivers what the CLI published, at most
+    // `prefetch` unacknowledged, an ack removes a message, a nack requeues it (redelivered),
+    // and a closed socket returns its unacknowledged deliveries to the queue.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+
+    wharf_ok(
+        &address,
+        &["topic", "create", "feed", "--partitions", "1"],
+        "",
+    );
+    wharf_ok(&address, &["produce", "feed"], "a\nb\n");
+    let mut socket =
+        ws_connect(&web, "/api/v1/topics/feed/partitions/0/ws?from=1").expect("topic socket");
+    let first = ws_next(&mut socket);
+    assert_eq!(first["type"], "record", "{first}");
+    assert_eq!(first["offset"], 1, "{first}");
+    assert_eq!(first["value"], "b", "{first}");
+    wharf_ok(&address, &["produce", "feed"], "c\n");
+    let next = ws_next(&mut socket);
+    assert_eq!(
+        (next["offset"].clone(), next["value"].clone()),
+        (json!(2), json!("c"))
+    );
+    socket.close(None).expect("close");
+    assert_eq!(
+        ws_connect(&web, "/api/v1/topics/nothing/partitions/0/ws").err(),
+        Some(404)
+    );
+    let plain = get(&web, "/api/v1/topics/feed/partitions/0/ws");
+    assert_eq!(plain.status, 400, "{plain:?}");
+    assert_eq!(plain.json()["error"], "not_websocket");
+
+    wharf_ok(&address, &["queue", "declare", "jobs", "--durable"], "");
+    wharf_ok(
+        &address,
+        &["publish", "", "jobs", "--confirm"],
+        "j1\nj2\nj3\n",
+    );
+    let mut socket = ws_connect(&web, "/api/v1/queues/jobs/ws?prefetch=2").expect("queue socket");
+    let one = ws_next(&mut socket);
+    let two = ws_next(&mut socket);
+    assert_eq!(
+        (one["type"].clone(), one["body"].clone()),
+        (json!("delivery"), json!("j1"))
+    );
+    assert_eq!(one["routing_key"], "jobs", "{one}");
+    assert_eq!(one["redelivered"], false, "{one}");
+    assert_eq!(two["body"], "j2", "{two}");
+    // Prefetch 2: j3 waits until one is settled.
+    let queue = get(&web, "/api/v1/queues/jobs").json();
+    assert_eq!(
+        (queue["ready"].clone(), queue["unacked"].clone()),
+        (json!(1), json!(2)),
+        "{queue}"
+    );
+
+    ws_send(&mut socket, &json!({"ack": one["tag"]}));
+    let mut after_ack = [ws_next(&mut socket), ws_next(&mut socket)];
+    after_ack.sort_by_key(|message| message["type"].to_string());
+    assert_eq!(after_ack[0]["type"], "delivery", "{after_ack:?}");
+    assert_eq!(after_ack[0]["body"], "j3", "{after_ack:?}");
+    assert_eq!(after_ack[1], json!({"type": "settled", "tag": one["tag"]}));
+
+    ws_send(&mut socket, &json!({"nack": two["tag"], "requeue": true}));
+    let mut after_nack = [ws_next(&mut socket), ws_next(&mut socket)];
+    after_nack.sort_by_key(|message| message["type"].to_string());
+    assert_eq!(after_nack[0]["body"], "j2", "{after_nack:?}");
+    assert_eq!(after_nack[0]["redelivered"], true, "{after_nack:?}");
+    assert_eq!(after_nack[1], json!({"type": "settled", "tag": two["tag"]}));
+
+    // Bad client messages are answered, the socket stays.
+    ws_send(&mut socket, &json!({"ack": 1, "nack": 2}));
+    assert_eq!(ws_next(&mut socket)["error"], "bad_request");
+    socket
+        .send(tungstenite::Message::text("not json"))
+        .expect("send");
+    assert_eq!(ws_next(&mut socket)["error"], "bad_json");
+    ws_send(&mut socket, &json!({"ack": 999_999}));
+    let unknown = ws_next(&mut socket);
+    assert_eq!(unknown["type"], "error", "{unknown}");
+
+    // Closing returns the two unacknowledged deliveries (j2 again and j3).
+    socket.close(None).expect("close");
+    let mut queue = Value::Null;
+    for _ in 0..100 {
+        queue = get(&web, "/api/v1/queues/jobs").json();
+        if queue["ready"] == 2 && queue["unacked"] == 0 && queue["consumers"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (
+            queue["ready"].clone(),
+            queue["unacked"].clone(),
+            queue["consumers"].clone()
+        ),
+        (json!(2), json!(0), json!(0)),
+        "{queue}"
+    );
+    assert_eq!(
+        ws_connect(&web, "/api/v1/queues/nothing/ws").err(),
+        Some(404)
+    );
+    assert_eq!(
+        ws_connect(&web, "/api/v1/queues/jobs/ws?prefetch=0").err(),
+        Some(400)
+    );
+}

@@ -12,6 +12,7 @@
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
+//! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
 //!
 //! Limits: at most `connections_max` connections (the broker's, shared setting), request
 //! bodies of at most [`BODY_BYTES_MAX`], and [`REQUEST_TIMEOUT`] per request.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod stream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -174,7 +174,6 @@ pub async fn stream(
     QueryParams(query): QueryParams<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let broker = http.broker()?.clone();
     let resume = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -184,30 +183,15 @@ pub async fn stream(
             })
         })
         .transpose()?;
-    let start = match (resume, query.from.as_deref()) {
-        (Some(last), _) => last.saturating_add(1),
-        (None, None | Some("latest")) => broker
-            .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
-            .unwrap_or(0),
-        (None, Some("earliest")) => broker
-            .list_offset(&http.session, &topic, partition, OffsetSpec::Earliest)?
-            .unwrap_or(0),
-        (None, Some(offset)) => offset.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!("from={offset:?}: earliest, latest or an offset"))
-        })?,
-    };
-    let reader = StreamReader {
-        broker,
-        session: Arc::new(Session::new()),
-        topic,
-        partition,
-        next_offset: start,
-        pending: VecDeque::new(),
-        shutdown: http.shutdown.clone(),
-        done: false,
-    };
+    let reader = StreamReader::open(&http, topic, partition, query.from.as_deref(), resume)?;
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
-        let event = reader.next_event().await?;
+        let event = match reader.next_item().await? {
+            StreamItem::Record { offset, data } => Event::default()
+                .id(offset.to_string())
+                .event("record")
+                .data(data.to_string()),
+            StreamItem::Failed(error) => Event::default().event("error").data(error.to_string()),
+        };
         Some((Ok::<Event, Infallible>(event), reader))
     });
     Ok(Sse::new(events)
@@ -215,25 +199,78 @@ pub async fn stream(
         .into_response())
 }
 
-/// The state of one SSE stream.
-struct StreamReader {
+/// What a stream sends next.
+#[derive(Debug)]
+pub(super) enum StreamItem {
+    /// A record: its offset and its JSON form ([`record_json`]).
+    Record {
+        /// The record's offset.
+        offset: i64,
+        /// `{"offset", "timestamp_ms", "key", "value", "headers"}`.
+        data: serde_json::Value,
+    },
+    /// The partition cannot be read: `{"error", "message"}`, then the stream ends.
+    Failed(serde_json::Value),
+}
+
+/// The reading side of one stream (SSE or WebSocket) of a partition.
+pub(super) struct StreamReader {
     broker: Arc<Broker>,
     session: Arc<Session>,
     topic: String,
     partition: u32,
     /// The offset of the next record to send.
     next_offset: i64,
-    /// Events of the last fetch not yet sent.
-    pending: VecDeque<Event>,
+    /// Records of the last fetch not yet sent.
+    pending: VecDeque<StreamItem>,
     shutdown: watch::Receiver<bool>,
     /// An error event was sent: the stream ends.
     done: bool,
 }
 
 impl StreamReader {
-    /// The next event: a record, or an `error` event before the end. `None` ends the stream
-    /// (after an error, or on shutdown).
-    async fn next_event(&mut self) -> Option<Event> {
+    /// A reader of `partition` of `topic` starting after `resume` (a `Last-Event-ID`), else
+    /// at `from`: `earliest`, `latest` (the default) or an offset.
+    ///
+    /// # Errors
+    /// 503 while recovering; 404 for an unknown topic or partition; 400 for a bad `from`.
+    pub(super) fn open(
+        http: &Http,
+        topic: String,
+        partition: u32,
+        from: Option<&str>,
+        resume: Option<i64>,
+    ) -> Result<StreamReader, ApiError> {
+        let broker = http.broker()?.clone();
+        // Also the check that the partition exists, whatever the start.
+        let earliest = broker
+            .list_offset(&http.session, &topic, partition, OffsetSpec::Earliest)?
+            .unwrap_or(0);
+        let start = match (resume, from) {
+            (Some(last), _) => last.saturating_add(1),
+            (None, None | Some("latest")) => broker
+                .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
+                .unwrap_or(0),
+            (None, Some("earliest")) => earliest,
+            (None, Some(offset)) => offset.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("from={offset:?}: earliest, latest or an offset"))
+            })?,
+        };
+        Ok(StreamReader {
+            broker,
+            session: Arc::new(Session::new()),
+            topic,
+            partition,
+            next_offset: start,
+            pending: VecDeque::new(),
+            shutdown: http.shutdown.clone(),
+            done: false,
+        })
+    }
+
+    /// The next item: a record, or an error before the end. `None` ends the stream (after
+    /// an error, or on shutdown). Cancel-safe: a fetch dropped half way loses nothing.
+    pub(super) async fn next_item(&mut self) -> Option<StreamItem> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
@@ -267,7 +304,7 @@ impl StreamReader {
             if let Some(error) = fetched.error {
                 self.done = true;
                 let message = serde_json::json!({"error": ApiError::from(error).kind, "message": "the partition cannot be read"});
-                return Some(Event::default().event("error").data(message.to_string()));
+                return Some(StreamItem::Failed(message));
             }
             self.take_records(fetched.records, &fetched.aborted);
         }
@@ -295,7 +332,10 @@ impl StreamReader {
                 if let Ok(records) = batch.records_decompressed() {
                     for record in records.flatten() {
                         if record.offset >= self.next_offset {
-                            self.pending.push_back(record_event(&record));
+                            self.pending.push_back(StreamItem::Record {
+                                offset: record.offset,
+                                data: record_json(&record),
+                            });
                         }
                     }
                 }
@@ -305,9 +345,9 @@ impl StreamReader {
     }
 }
 
-/// One record as an SSE event: `id` is its offset; the data is JSON with text fields where
-/// the bytes are UTF-8 and `*_base64` fields where they are not.
-fn record_event(record: &Record) -> Event {
+/// One record as JSON, with text fields where the bytes are UTF-8 and `*_base64` fields
+/// where they are not.
+fn record_json(record: &Record) -> serde_json::Value {
     let mut data = serde_json::json!({
         "offset": record.offset,
         "timestamp_ms": record.timestamp_ms,
@@ -324,13 +364,12 @@ fn record_event(record: &Record) -> Event {
         })
         .collect();
     data["headers"] = serde_json::Value::from(headers);
-    Event::default()
-        .id(record.offset.to_string())
-        .event("record")
-        .data(data.to_string())
+    data
 }
 
-fn put_bytes(object: &mut serde_json::Value, field: &str, bytes: Option<&Bytes>) {
+/// Sets `field` of `object` to the bytes as text, or `{field}_base64` when they are not
+/// UTF-8; null when absent.
+pub(super) fn put_bytes(object: &mut serde_json::Value, field: &str, bytes: Option<&Bytes>) {
     match bytes {
         None => object[field] = serde_json::Value::Null,
         Some(bytes) => match std::str::from_utf8(bytes) {
@@ -363,6 +402,14 @@ impl Http {
             .route(
                 "/topics/{topic}/partitions/{partition}/stream",
                 axum::routing::get(stream),
+            )
+            .route(
+                "/topics/{topic}/partitions/{partition}/ws",
+                axum::routing::get(super::websocket::topic_socket),
+            )
+            .route(
+                "/queues/{queue}/ws",
+                axum::routing::get(super::websocket::queue_socket),
             )
     }
 }
