@@ -6,8 +6,11 @@
 #   confluent-kafka,         PyPI, pinned in tests/clients/requirements.txt, in a venv at
 #   kafka-python,            target/test-clients/venv (tests find it there, or at
 #   prometheus-client        $WHARF_TEST_PYTHON); prometheus-client parses /metrics
-#   kafkajs                  npm, pinned in tests/clients/package-lock.json, installed into
-#                            tests/clients/node_modules (needs node and npm)
+#   kafkajs,                 npm, pinned in tests/clients/package-lock.json, installed into
+#   playwright-core          tests/clients/node_modules (needs node and npm); playwright-core
+#                            drives the browser (it downloads no browser of its own)
+#   chromium                 Debian's package: the headless browser the web console's test
+#                            drives
 #
 # Extra arguments go to `cargo test` (for example `scripts/test.sh -p integration-tests`).
 set -euo pipefail
@@ -21,6 +24,12 @@ if ! command -v kcat >/dev/null 2>&1; then
   echo "== installing kcat (Debian package)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium (Debian package) for the web console's browser test"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 venv=target/test-clients/venv
@@ -38,9 +47,9 @@ if ! command -v npm >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
-if [ ! -d tests/clients/node_modules/kafkajs ] \
+if [ ! -d tests/clients/node_modules/kafkajs ] || [ ! -d tests/clients/node_modules/playwright-core ] \
     || ! cmp -s tests/clients/package-lock.json tests/clients/node_modules/.package-lock.json; then
-  echo "== installing the Node.js Kafka client (npm) into tests/clients/node_modules"
+  echo "== installing the Node.js test clients (npm) into tests/clients/node_modules"
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

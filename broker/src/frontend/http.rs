@@ -8,6 +8,7 @@
 //!
 //! | route | module |
 //! |---|---|
+//! | `GET /`, `GET /console/...` | [`console`]: the web console |
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
@@ -22,6 +23,7 @@
 //! an error answer with a JSON body.
 
 pub mod admin;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -89,6 +91,9 @@ type Shared = State<Arc<Http>>;
 /// The routes with their limits.
 pub fn router(http: Arc<Http>) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::scrape))
