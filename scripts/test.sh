@@ -5,7 +5,8 @@
 #   kcat                     Debian's package (apt-get; needs root or sudo)
 #   confluent-kafka,         PyPI, pinned in tests/clients/requirements.txt, in a venv at
 #   kafka-python,            target/test-clients/venv (tests find it there, or at
-#   prometheus-client        $WHARF_TEST_PYTHON); prometheus-client parses /metrics
+#   prometheus-client,       $WHARF_TEST_PYTHON); prometheus-client parses /metrics,
+#   openapi-spec-validator   openapi-spec-validator checks the served OpenAPI document
 #   kafkajs,                 npm, pinned in tests/clients/package-lock.json, installed into
 #   playwright-core          tests/clients/node_modules (needs node and npm); playwright-core
 #                            drives the browser (it downloads no browser of its own)

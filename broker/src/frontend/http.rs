@@ -12,6 +12,7 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
+//! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
 //!
@@ -27,6 +28,7 @@ pub mod console;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod stream;
 pub mod websocket;
 
@@ -88,8 +90,17 @@ impl Http {
 /// The state every handler gets.
 type Shared = State<Arc<Http>>;
 
+/// The documented `/api/v1` routes with their OpenAPI document ([`openapi`]).
+fn api_routes() -> utoipa_axum::router::OpenApiRouter<Arc<Http>> {
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::base())
+        .nest("/api/v1", admin::routes())
+}
+
 /// The routes with their limits.
 pub fn router(http: Arc<Http>) -> Router {
+    let (api, document) = api_routes().split_for_parts();
+    // Rendered once: the document is the same for the broker's whole life.
+    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
     Router::new()
         .route("/", get(console::index))
         .route("/console/console.js", get(console::script))
@@ -97,7 +108,19 @@ pub fn router(http: Arc<Http>) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::scrape))
-        .nest("/api/v1", admin::routes())
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .merge(api)
         .fallback(not_found)
         .layer(middleware::from_fn(time_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

@@ -6,37 +6,38 @@ use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::core::{
     AdminMode, ConfigChange, ConfigSource, GroupState, NewTopic, PartitionLag, PartitionStatus,
     QueueStats, TopicView,
 };
-use crate::frontend::http::error::{ApiError, JsonBody, PathParams};
+use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams};
 use crate::frontend::http::{Http, Shared};
 
-/// The `/api/v1` routes.
-pub fn routes() -> Router<std::sync::Arc<Http>> {
-    Router::new()
-        .route("/topics", get(list_topics).post(create_topic))
-        .route("/topics/{topic}", get(describe_topic).delete(delete_topic))
-        .route(
-            "/topics/{topic}/configs",
-            axum::routing::patch(alter_topic_configs),
-        )
-        .route("/topics/{topic}/partitions", post(add_partitions))
-        .route("/groups", get(list_groups))
-        .route("/groups/{group}", get(describe_group))
-        .route("/queues", get(list_queues))
-        .route("/queues/{queue}", get(describe_queue))
-        .route("/queues/{queue}/purge", post(purge_queue))
-        .merge(Http::stream_routes())
+/// The `/api/v1` routes, each registered with its OpenAPI description
+/// ([`super::openapi`]).
+pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_topics, create_topic))
+        .routes(routes!(describe_topic, delete_topic))
+        .routes(routes!(alter_topic_configs))
+        .routes(routes!(add_partitions))
+        .routes(routes!(list_groups))
+        .routes(routes!(describe_group))
+        .routes(routes!(list_queues))
+        .routes(routes!(describe_queue))
+        .routes(routes!(purge_queue))
+        .merge(super::stream::routes())
+        .merge(super::websocket::routes())
 }
 
 /// A topic in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TopicSummary {
     /// Its name.
     pub name: String,
@@ -46,8 +47,15 @@ pub struct TopicSummary {
     pub partitions: usize,
 }
 
+/// The topics.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopicList {
+    /// Every topic but the internal ones.
+    pub topics: Vec<TopicSummary>,
+}
+
 /// A topic described.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TopicDetail {
     /// Its name.
     pub name: String,
@@ -60,7 +68,7 @@ pub struct TopicDetail {
 }
 
 /// One partition of a described topic.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PartitionDetail {
     /// The partition.
     pub partition: u32,
@@ -73,7 +81,7 @@ pub struct PartitionDetail {
 }
 
 /// One config in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ConfigDetail {
     /// The key (`retention.ms`, ...).
     pub name: String,
@@ -84,7 +92,7 @@ pub struct ConfigDetail {
 }
 
 /// The body of `POST /api/v1/topics`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTopic {
     /// Its name.
@@ -97,7 +105,7 @@ pub struct CreateTopic {
 }
 
 /// The body of `PATCH /api/v1/topics/{topic}/configs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlterConfigs {
     /// Overrides to set.
@@ -109,13 +117,15 @@ pub struct AlterConfigs {
 }
 
 /// The body of `POST /api/v1/topics/{topic}/partitions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPartitions {
     /// The new partition count (larger than the current one).
     pub partitions: u32,
 }
 
+/// Lists the topics (internal topics hidden).
+#[utoipa::path(get, path = "/topics", tag = "topics", responses((status = 200, description = "The topics", body = TopicList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn list_topics(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let topics: Vec<TopicSummary> = broker
@@ -127,9 +137,11 @@ async fn list_topics(axum::extract::State(http): Shared) -> Result<Response, Api
             name: view.name,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "topics": topics })).into_response())
+    Ok(Json(TopicList { topics }).into_response())
 }
 
+/// Creates a topic.
+#[utoipa::path(post, path = "/topics", tag = "topics", request_body = CreateTopic, responses((status = 201, description = "Created: the topic described", body = TopicDetail), (status = 400, description = "A bad name, partition count or config, or bad JSON", body = ErrorBody), (status = 409, description = "The topic exists", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn create_topic(
     axum::extract::State(http): Shared,
     JsonBody(body): JsonBody<CreateTopic>,
@@ -152,6 +164,8 @@ async fn create_topic(
     Ok((StatusCode::CREATED, Json(detail)).into_response())
 }
 
+/// Describes a topic: its partitions with their offsets, and its configs.
+#[utoipa::path(get, path = "/topics/{topic}", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), responses((status = 200, description = "The topic", body = TopicDetail), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_topic(
     axum::extract::State(http): Shared,
     PathParams(topic): PathParams<String>,
@@ -159,6 +173,8 @@ async fn describe_topic(
     Ok(Json(topic_detail(&http, &topic)?).into_response())
 }
 
+/// Deletes a topic with its committed offsets and producer state.
+#[utoipa::path(delete, path = "/topics/{topic}", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), responses((status = 204, description = "Deleted"), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 403, description = "An internal topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn delete_topic(
     axum::extract::State(http): Shared,
     PathParams(topic): PathParams<String>,
@@ -173,6 +189,8 @@ async fn delete_topic(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Sets and removes a topic's config overrides.
+#[utoipa::path(patch, path = "/topics/{topic}/configs", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), request_body = AlterConfigs, responses((status = 200, description = "The topic described", body = TopicDetail), (status = 400, description = "An unknown key or a bad value", body = ErrorBody), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn alter_topic_configs(
     axum::extract::State(http): Shared,
     PathParams(topic): PathParams<String>,
@@ -191,6 +209,8 @@ async fn alter_topic_configs(
     Ok(Json(topic_detail(&http, &topic)?).into_response())
 }
 
+/// Grows a topic to a larger partition count.
+#[utoipa::path(post, path = "/topics/{topic}/partitions", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), request_body = AddPartitions, responses((status = 200, description = "The topic described", body = TopicDetail), (status = 400, description = "Not larger than the current count, or over the limit", body = ErrorBody), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn add_partitions(
     axum::extract::State(http): Shared,
     PathParams(topic): PathParams<String>,
@@ -245,7 +265,7 @@ fn topic_detail(http: &Http, name: &str) -> Result<TopicDetail, ApiError> {
 }
 
 /// A group in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GroupSummaryJson {
     /// Its id.
     pub group_id: String,
@@ -255,8 +275,15 @@ pub struct GroupSummaryJson {
     pub members: u32,
 }
 
+/// The groups.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupList {
+    /// Every group, those with only committed offsets listed as empty.
+    pub groups: Vec<GroupSummaryJson>,
+}
+
 /// A group described.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GroupDetail {
     /// Its id.
     pub group_id: String,
@@ -273,7 +300,7 @@ pub struct GroupDetail {
 }
 
 /// One member of a described group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MemberDetail {
     /// Its id.
     pub member_id: String,
@@ -284,7 +311,7 @@ pub struct MemberDetail {
 }
 
 /// One committed partition of a group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LagDetail {
     /// The topic.
     pub topic: String,
@@ -310,6 +337,8 @@ impl From<PartitionLag> for LagDetail {
     }
 }
 
+/// Lists the consumer groups.
+#[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, description = "The groups", body = GroupList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn list_groups(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let groups: Vec<GroupSummaryJson> = broker
@@ -321,9 +350,11 @@ async fn list_groups(axum::extract::State(http): Shared) -> Result<Response, Api
             members: listing.member_count,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "groups": groups })).into_response())
+    Ok(Json(GroupList { groups }).into_response())
 }
 
+/// Describes a consumer group: members, and committed offsets with lag per partition.
+#[utoipa::path(get, path = "/groups/{group}", tag = "groups", params(("group" = String, Path, description = "The group id")), responses((status = 200, description = "The group", body = GroupDetail), (status = 404, description = "Unknown group", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_group(
     axum::extract::State(http): Shared,
     PathParams(group_id): PathParams<String>,
@@ -364,7 +395,7 @@ async fn describe_group(
 }
 
 /// A queue's counts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QueueDetail {
     /// Its name.
     pub name: String,
@@ -386,6 +417,22 @@ pub struct QueueDetail {
     pub settled: u64,
 }
 
+/// The queues.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    /// Every queue with its counts.
+    pub queues: Vec<QueueDetail>,
+}
+
+/// The outcome of a purge.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Purged {
+    /// The queue.
+    pub queue: String,
+    /// Ready messages removed.
+    pub purged: u64,
+}
+
 impl From<QueueStats> for QueueDetail {
     fn from(stats: QueueStats) -> QueueDetail {
         QueueDetail {
@@ -405,6 +452,8 @@ impl From<QueueStats> for QueueDetail {
     }
 }
 
+/// Lists the queues with their counts.
+#[utoipa::path(get, path = "/queues", tag = "queues", responses((status = 200, description = "The queues", body = QueueList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn list_queues(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let queues: Vec<QueueDetail> = broker
@@ -413,9 +462,11 @@ async fn list_queues(axum::extract::State(http): Shared) -> Result<Response, Api
         .into_iter()
         .map(QueueDetail::from)
         .collect();
-    Ok(Json(serde_json::json!({ "queues": queues })).into_response())
+    Ok(Json(QueueList { queues }).into_response())
 }
 
+/// One queue's counts.
+#[utoipa::path(get, path = "/queues/{queue}", tag = "queues", params(("queue" = String, Path, description = "The queue's name")), responses((status = 200, description = "The queue", body = QueueDetail), (status = 404, description = "Unknown queue", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_queue(
     axum::extract::State(http): Shared,
     PathParams(queue): PathParams<String>,
@@ -430,13 +481,15 @@ async fn describe_queue(
     Ok(Json(QueueDetail::from(stats)).into_response())
 }
 
+/// Removes every ready message of a queue.
+#[utoipa::path(post, path = "/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path, description = "The queue's name")), responses((status = 200, description = "Purged", body = Purged), (status = 404, description = "Unknown queue", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn purge_queue(
     axum::extract::State(http): Shared,
     PathParams(queue): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let purged = broker.purge_queue(&http.session, &queue).await?;
-    Ok(Json(serde_json::json!({ "queue": queue, "purged": purged })).into_response())
+    Ok(Json(Purged { queue, purged }).into_response())
 }
 
 fn state_name(state: GroupState) -> &'static str {

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::core::{QueueError, StreamError, TopicError};
 
@@ -64,9 +65,21 @@ impl ApiError {
     }
 }
 
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable name of the error (`not_found`, `bad_json`, `already_exists`, ...).
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.kind, "message": self.message});
+        let body = ErrorBody {
+            error: self.kind,
+            message: self.message,
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -24,15 +24,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wharf_protocol::batch::{self, BatchBuilder, Header, NewRecord, Record};
 
 use crate::core::{
     Acks, Broker, FetchQuery, Isolation, OffsetSpec, PartitionQuery, ProduceQuery, Session,
     TopicQuery,
 };
-use crate::frontend::http::error::{ApiError, JsonBody, PathParams, QueryParams};
+use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
 use crate::frontend::http::{Http, Shared};
 
 /// Most bytes one fetch of a stream reads: what a stream holds at most while its reader is
@@ -47,7 +50,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(5);
 pub const PRODUCE_RECORDS_MAX: usize = 10_000;
 
 /// The body of a produce.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProduceBody {
     /// The records, appended in order as one batch.
@@ -56,7 +59,7 @@ pub struct ProduceBody {
 
 /// One record to append: key and value as UTF-8 text, or as base64 (`key_base64`,
 /// `value_base64`) for binary bytes; both absent means null.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordIn {
     /// The key as text.
@@ -73,7 +76,7 @@ pub struct RecordIn {
 }
 
 /// One record header.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderIn {
     /// Its key.
@@ -82,7 +85,77 @@ pub struct HeaderIn {
     pub value: Option<String>,
 }
 
-/// `POST /api/v1/topics/{topic}/partitions/{partition}/records`.
+/// The answer to a produce.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProduceAnswer {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The offset of the first record appended.
+    pub base_offset: i64,
+    /// Records appended.
+    pub record_count: usize,
+}
+
+/// One record of a stream (the `data` of an SSE `record` event; a WebSocket `record`
+/// message adds `"type": "record"`). `*_base64` replaces a field whose bytes are not UTF-8.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamRecordDoc {
+    /// Its offset (also the SSE event's `id`).
+    pub offset: i64,
+    /// Its timestamp, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// The key as text (null: none).
+    pub key: Option<String>,
+    /// The key as base64, when not UTF-8.
+    pub key_base64: Option<String>,
+    /// The value as text (null: none).
+    pub value: Option<String>,
+    /// The value as base64, when not UTF-8.
+    pub value_base64: Option<String>,
+    /// Its headers: `{"key", "value"}` or `{"key", "value_base64"}`.
+    pub headers: Vec<HeaderDoc>,
+}
+
+/// A header of a streamed record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeaderDoc {
+    /// Its key.
+    pub key: String,
+    /// Its value as text (null: none).
+    pub value: Option<String>,
+    /// Its value as base64, when not UTF-8.
+    pub value_base64: Option<String>,
+}
+
+/// The routes of this module.
+pub fn routes() -> OpenApiRouter<Arc<Http>> {
+    OpenApiRouter::new()
+        .routes(routes!(produce))
+        .routes(routes!(stream))
+}
+
+/// Appends records to a partition as one batch.
+///
+/// With acks=all: the answer comes once the records are durable.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/partitions/{partition}/records",
+    tag = "records",
+    params(
+        ("topic" = String, Path, description = "The topic's name"),
+        ("partition" = u32, Path, description = "The partition"),
+    ),
+    request_body = ProduceBody,
+    responses(
+        (status = 201, description = "Appended", body = ProduceAnswer),
+        (status = 400, description = "Bad JSON, no records or too many, a field both as text and base64", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody),
+        (status = 413, description = "Body or batch too large", body = ErrorBody),
+        (status = 503, description = "Recovering, or the append timed out", body = ErrorBody),
+    )
+)]
 pub async fn produce(
     State(http): Shared,
     PathParams((topic, partition)): PathParams<(String, u32)>,
@@ -109,12 +182,12 @@ pub async fn produce(
         .and_then(|mut topic| topic.partitions.pop())
         .ok_or_else(|| ApiError::bad_request("the produce had no answer"))?;
     let produced = outcome.result?;
-    let answer = serde_json::json!({
-        "topic": topic,
-        "partition": partition,
-        "base_offset": produced.base_offset,
-        "record_count": record_count,
-    });
+    let answer = ProduceAnswer {
+        topic,
+        partition,
+        base_offset: produced.base_offset,
+        record_count,
+    };
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -160,14 +233,36 @@ fn bytes_of(
 }
 
 /// The query of a stream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// `earliest`, `latest` (the default) or an offset.
     pub from: Option<String>,
 }
 
-/// `GET /api/v1/topics/{topic}/partitions/{partition}/stream`.
+/// Streams a partition's committed records as Server-Sent Events.
+///
+/// One `record` event per record (`id` = its offset, `data` = StreamRecordDoc), resuming
+/// after `Last-Event-ID`; one `error` event (`data` = ErrorBody) before the end when the
+/// partition cannot be read.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/partitions/{partition}/stream",
+    tag = "records",
+    params(
+        ("topic" = String, Path, description = "The topic's name"),
+        ("partition" = u32, Path, description = "The partition"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this offset (what a reconnecting EventSource sends)"),
+        StreamQuery,
+    ),
+    responses(
+        (status = 200, description = "The event stream; each record event's data is a StreamRecordDoc", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad `from` or Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
 pub async fn stream(
     State(http): Shared,
     PathParams((topic, partition)): PathParams<(String, u32)>,
@@ -389,27 +484,4 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| {
             i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
         })
-}
-
-impl Http {
-    /// Routes of this module, for [`super::admin::routes`].
-    pub(crate) fn stream_routes() -> axum::Router<Arc<Http>> {
-        axum::Router::new()
-            .route(
-                "/topics/{topic}/partitions/{partition}/records",
-                axum::routing::post(produce),
-            )
-            .route(
-                "/topics/{topic}/partitions/{partition}/stream",
-                axum::routing::get(stream),
-            )
-            .route(
-                "/topics/{topic}/partitions/{partition}/ws",
-                axum::routing::get(super::websocket::topic_socket),
-            )
-            .route(
-                "/queues/{queue}/ws",
-                axum::routing::get(super::websocket::queue_socket),
-            )
-    }
 }

@@ -25,14 +25,17 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::core::{
     AckScope, Broker, ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Requeue, Session, Settle,
     SettleQuery, SubscribeQuery,
 };
-use crate::frontend::http::error::{ApiError, PathParams, QueryParams};
+use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::frontend::http::stream::{put_bytes, StreamItem, StreamQuery, StreamReader};
-use crate::frontend::http::Shared;
+use crate::frontend::http::{Http, Shared};
 
 /// Largest message a client may send (acks are a few dozen bytes).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 64 * 1024;
@@ -42,6 +45,13 @@ pub const PREFETCH_DEFAULT: u32 = 10;
 
 /// Largest prefetch of a queue socket: what one slow reader can hold out of a queue.
 pub const PREFETCH_MAX: u32 = 1_000;
+
+/// The routes of this module.
+pub fn routes() -> OpenApiRouter<Arc<Http>> {
+    OpenApiRouter::new()
+        .routes(routes!(topic_socket))
+        .routes(routes!(queue_socket))
+}
 
 /// The upgrade, or a JSON 400 when the request is no WebSocket handshake.
 fn upgrade(
@@ -65,7 +75,26 @@ fn upgrade(
         })
 }
 
-/// `GET /api/v1/topics/{topic}/partitions/{partition}/ws`.
+/// A WebSocket of a partition's committed records.
+///
+/// One JSON text message per record (`{"type": "record", ...}`, the fields of StreamRecordDoc), `{"type": "error", "error",
+/// "message"}` then a close when the partition cannot be read.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/partitions/{partition}/ws",
+    tag = "records",
+    params(
+        ("topic" = String, Path, description = "The topic's name"),
+        ("partition" = u32, Path, description = "The partition"),
+        StreamQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "No WebSocket handshake, or a bad `from`", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
 pub async fn topic_socket(
     State(http): Shared,
     PathParams((topic, partition)): PathParams<(String, u32)>,
@@ -119,8 +148,9 @@ fn ended(incoming: Option<&Result<Message, axum::Error>>) -> bool {
 }
 
 /// The query of a queue socket.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QueueSocketQuery {
     /// Most unacknowledged deliveries (1 to [`PREFETCH_MAX`], default
     /// [`PREFETCH_DEFAULT`]).
@@ -147,7 +177,29 @@ impl Drop for QueueConsumer {
     }
 }
 
-/// `GET /api/v1/queues/{queue}/ws`.
+/// A WebSocket consumer of a queue.
+///
+/// Server → client: `{"type": "delivery", "tag",
+/// "redelivered", "timestamp_ms", "routing_key", "body", "headers"}` (`*_base64` for bytes
+/// that are not UTF-8), `{"type": "settled", "tag"}`, `{"type": "error", "error", "message"}`,
+/// `{"type": "cancelled", "reason"}`. Client → server: `{"ack": TAG}` or `{"nack": TAG,
+/// "requeue": BOOL}`, with `"multiple": true` to settle every earlier tag too. Closing returns
+/// the unacknowledged deliveries to the queue.
+#[utoipa::path(
+    get,
+    path = "/queues/{queue}/ws",
+    tag = "queues",
+    params(
+        ("queue" = String, Path, description = "The queue's name"),
+        QueueSocketQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "No WebSocket handshake, or a bad prefetch", body = ErrorBody),
+        (status = 404, description = "Unknown queue", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
 pub async fn queue_socket(
     State(http): Shared,
     PathParams(queue): PathParams<String>,
