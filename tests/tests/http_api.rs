@@ -945,7 +945,7 @@ fn the_openapi_document_is_valid_and_lists_exactly_the_served_routes() {
         "{validated}"
     );
     let operations = validated["operations"].as_array().expect("operations");
-    assert!(operations.len() >= 15, "{validated}");
+    assert!(operations.len() >= 25, "{validated}");
     for operation in operations {
         let method = operation[0].as_str().expect("method").to_uppercase();
         let path = operation[1]
@@ -963,4 +963,279 @@ fn the_openapi_document_is_valid_and_lists_exactly_the_served_routes() {
             "{method} {path} is documented but not served: {answer:?}"
         );
     }
+}
+
+#[test]
+fn exchanges_bindings_publish_get_fetch_and_group_admin_over_http_meet_the_cli() {
+    // Goal: the queue side (declare, bind, publish with confirms, get, unbind, delete), fetch
+    // by offset and the group admin (reset, delete) work over HTTP with the CLI's semantics,
+    // and the CLI sees what HTTP did.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+
+    // Declares.
+    let queue = http(
+        &web,
+        "PUT",
+        "/api/v1/queues/tasks",
+        Some(r#"{"durable": true}"#),
+    );
+    assert_eq!(queue.status, 200, "{queue:?}");
+    assert_eq!(queue.json()["durability"], "durable");
+    let again = http(
+        &web,
+        "PUT",
+        "/api/v1/queues/tasks",
+        Some(r#"{"durable": false}"#),
+    );
+    assert_eq!(again.status, 409, "{again:?}");
+    let exchange = http(
+        &web,
+        "PUT",
+        "/api/v1/exchanges/events",
+        Some(r#"{"kind": "topic"}"#),
+    );
+    assert_eq!(exchange.status, 200, "{exchange:?}");
+    assert_eq!(exchange.json()["kind"], "topic");
+    let bad = http(
+        &web,
+        "PUT",
+        "/api/v1/exchanges/bad",
+        Some(r#"{"kind": "direkt"}"#),
+    );
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(wharf_ok(&address, &["queue", "list"], "").contains("tasks"));
+    assert!(wharf_ok(&address, &["exchange", "list"], "").contains("events"));
+    let binding = r#"{"exchange": "events", "queue": "tasks", "routing_key": "order.*"}"#;
+    let bound = http(&web, "POST", "/api/v1/bindings", Some(binding));
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let bindings = get(&web, "/api/v1/bindings?queue=tasks").json();
+    assert!(
+        bindings["bindings"]
+            .as_array()
+            .expect("bindings")
+            .contains(&json!({"exchange": "events", "queue": "tasks", "routing_key": "order.*", "arguments": {}})),
+        "{bindings}"
+    );
+    let exchanges = get(&web, "/api/v1/exchanges").json();
+    let events = exchanges["exchanges"]
+        .as_array()
+        .expect("exchanges")
+        .iter()
+        .find(|exchange| exchange["name"] == "events")
+        .cloned()
+        .expect("events listed");
+    assert_eq!(events["bindings"], 1, "{exchanges}");
+
+    // Publish with confirms: routed, dropped, returned, unknown exchange.
+    let publish = |body: &str| http(&web, "POST", "/api/v1/publish", Some(body));
+    let routed = publish(
+        r#"{"exchange": "events", "routing_key": "order.created", "body": "o1", "headers": [{"key": "h", "value": "v"}]}"#,
+    );
+    assert_eq!(routed.status, 200, "{routed:?}");
+    assert_eq!(
+        routed.json(),
+        json!({"outcome": "routed", "queues": ["tasks"]})
+    );
+    let dropped = publish(r#"{"exchange": "events", "routing_key": "user.x", "body": "x"}"#);
+    assert_eq!(dropped.json()["outcome"], "dropped", "{dropped:?}");
+    let returned = publish(
+        r#"{"exchange": "events", "routing_key": "user.x", "body": "x", "mandatory": true}"#,
+    );
+    assert_eq!(returned.json()["outcome"], "returned", "{returned:?}");
+    assert_eq!(
+        publish(r#"{"exchange": "nothing", "body": "x"}"#).status,
+        404
+    );
+    assert_eq!(
+        publish(r#"{"body": "x", "body_base64": "eA=="}"#).status,
+        400
+    );
+    wharf_ok(&address, &["publish", "", "tasks", "--confirm"], "o2\n");
+
+    // Get: requeue leaves them (redelivered next time), ack takes them.
+    let peek = http(
+        &web,
+        "POST",
+        "/api/v1/queues/tasks/get",
+        Some(r#"{"count": 10, "mode": "requeue"}"#),
+    );
+    assert_eq!(peek.status, 200, "{peek:?}");
+    let peeked = peek.json();
+    let messages = peeked["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2, "{peeked}");
+    assert_eq!(messages[0]["body"], "o1", "{peeked}");
+    assert_eq!(messages[0]["routing_key"], "order.created", "{peeked}");
+    assert_eq!(messages[0]["redelivered"], false, "{peeked}");
+    assert!(
+        messages[0]["headers"]
+            .as_array()
+            .expect("headers")
+            .contains(&json!({"key": "h", "value": "v"})),
+        "{peeked}"
+    );
+    assert_eq!(messages[1]["body"], "o2", "{peeked}");
+    let taken = http(
+        &web,
+        "POST",
+        "/api/v1/queues/tasks/get",
+        Some(r#"{"count": 10}"#),
+    )
+    .json();
+    let bodies: Vec<&Value> = taken["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|message| &message["body"])
+        .collect();
+    assert_eq!(bodies, [&json!("o1"), &json!("o2")], "{taken}");
+    assert_eq!(taken["messages"][0]["redelivered"], true, "{taken}");
+    assert_eq!(get(&web, "/api/v1/queues/tasks").json()["ready"], 0);
+    assert_eq!(
+        http(
+            &web,
+            "POST",
+            "/api/v1/queues/tasks/get",
+            Some(r#"{"count": 0}"#)
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        http(
+            &web,
+            "POST",
+            "/api/v1/queues/tasks/get",
+            Some(r#"{"mode": "keep"}"#)
+        )
+        .status,
+        400
+    );
+
+    // Unbind and delete.
+    let unbound = http(&web, "POST", "/api/v1/bindings/delete", Some(binding));
+    assert_eq!(unbound.status, 204, "{unbound:?}");
+    let bindings = get(&web, "/api/v1/bindings?queue=tasks").json();
+    assert!(!bindings.to_string().contains("order.*"), "{bindings}");
+    assert_eq!(
+        http(&web, "DELETE", "/api/v1/exchanges/events", None).status,
+        204
+    );
+    assert_eq!(
+        http(&web, "DELETE", "/api/v1/exchanges/events", None).status,
+        404
+    );
+    assert_eq!(
+        http(&web, "DELETE", "/api/v1/queues/tasks", None).status,
+        204
+    );
+    assert_eq!(get(&web, "/api/v1/queues/tasks").status, 404);
+    assert!(!wharf_ok(&address, &["queue", "list"], "").contains("tasks"));
+
+    // Fetch by offset.
+    wharf_ok(
+        &address,
+        &["topic", "create", "log", "--partitions", "1"],
+        "",
+    );
+    wharf_ok(&address, &["produce", "log"], "r0\nr1\nr2\nr3\n");
+    let page = get(
+        &web,
+        "/api/v1/topics/log/partitions/0/records?offset=1&max_records=2",
+    );
+    assert_eq!(page.status, 200, "{page:?}");
+    let page = page.json();
+    let offsets: Vec<(i64, &str)> = page["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|record| {
+            (
+                record["offset"].as_i64().expect("offset"),
+                record["value"].as_str().expect("value"),
+            )
+        })
+        .collect();
+    assert_eq!(offsets, [(1, "r1"), (2, "r2")], "{page}");
+    assert_eq!(
+        (page["next_offset"].clone(), page["high_watermark"].clone()),
+        (json!(3), json!(4))
+    );
+    let rest = get(&web, "/api/v1/topics/log/partitions/0/records?offset=3").json();
+    assert_eq!(rest["records"][0]["value"], "r3", "{rest}");
+    assert_eq!(rest["next_offset"], 4, "{rest}");
+    let end = get(
+        &web,
+        "/api/v1/topics/log/partitions/0/records?offset=latest",
+    )
+    .json();
+    assert_eq!(end["records"], json!([]), "{end}");
+    assert_eq!(
+        get(
+            &web,
+            "/api/v1/topics/log/partitions/0/records?max_records=0"
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        get(&web, "/api/v1/topics/log/partitions/9/records").status,
+        404
+    );
+
+    // Group reset (dry run, then for real) and delete.
+    wharf_ok(
+        &address,
+        &[
+            "consume",
+            "log",
+            "--group",
+            "g",
+            "--from",
+            "earliest",
+            "--max-messages",
+            "4",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    let committed = |group: &Value| group["offsets"][0]["committed_offset"].clone();
+    assert_eq!(committed(&get(&web, "/api/v1/groups/g").json()), 4);
+    let planned = http(
+        &web,
+        "POST",
+        "/api/v1/groups/g/reset",
+        Some(r#"{"topic": "log", "to": "offset", "offset": 1, "dry_run": true}"#),
+    );
+    assert_eq!(planned.status, 200, "{planned:?}");
+    assert_eq!(
+        planned.json()["partitions"],
+        json!([{"partition": 0, "current_offset": 4, "new_offset": 1}])
+    );
+    assert_eq!(committed(&get(&web, "/api/v1/groups/g").json()), 4);
+    let reset = http(
+        &web,
+        "POST",
+        "/api/v1/groups/g/reset",
+        Some(r#"{"topic": "log", "to": "earliest"}"#),
+    );
+    assert_eq!(reset.json()["executed"], true, "{reset:?}");
+    let group = get(&web, "/api/v1/groups/g").json();
+    assert_eq!(committed(&group), 0, "{group}");
+    assert_eq!(group["offsets"][0]["lag"], 4, "{group}");
+    let incomplete = http(
+        &web,
+        "POST",
+        "/api/v1/groups/g/reset",
+        Some(r#"{"topic": "log", "to": "offset"}"#),
+    );
+    assert_eq!(incomplete.status, 400, "{incomplete:?}");
+    let deleted = http(&web, "DELETE", "/api/v1/groups/g", None);
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    assert_eq!(deleted.json()["deleted_partitions"], 1);
+    assert_eq!(get(&web, "/api/v1/groups/g").status, 404);
+    assert_eq!(http(&web, "DELETE", "/api/v1/groups/g", None).status, 404);
 }

@@ -12,6 +12,7 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
+//! | `/api/v1/exchanges`, `/bindings`, `/publish`, `/queues/{queue}` (declare, delete, get) | [`exchanges`] |
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod console;
 pub mod error;
+pub mod exchanges;
 pub mod health;
 pub mod metrics;
 pub mod openapi;

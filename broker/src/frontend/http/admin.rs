@@ -13,8 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::core::{
-    AdminMode, ConfigChange, ConfigSource, GroupState, NewTopic, PartitionLag, PartitionStatus,
-    QueueStats, TopicView,
+    AdminMode, ConfigChange, ConfigSource, Execution, GroupState, NewTopic, PartitionLag,
+    PartitionStatus, QueueStats, ResetTarget, TopicView,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams};
 use crate::frontend::http::{Http, Shared};
@@ -28,12 +28,14 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .routes(routes!(alter_topic_configs))
         .routes(routes!(add_partitions))
         .routes(routes!(list_groups))
-        .routes(routes!(describe_group))
+        .routes(routes!(describe_group, delete_group))
+        .routes(routes!(reset_group_offsets))
         .routes(routes!(list_queues))
         .routes(routes!(describe_queue))
         .routes(routes!(purge_queue))
         .merge(super::stream::routes())
         .merge(super::websocket::routes())
+        .merge(super::exchanges::routes())
 }
 
 /// A topic in a listing.
@@ -392,6 +394,142 @@ async fn describe_group(
         group_id,
     };
     Ok(Json(detail).into_response())
+}
+
+/// The body of an offset reset.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetOffsets {
+    /// The topic whose partitions are reset (all of them).
+    pub topic: String,
+    /// `earliest`, `latest`, `offset` (with `offset`) or `timestamp` (with `timestamp_ms`).
+    pub to: String,
+    /// With `"to": "offset"`: the offset, clamped to each partition's bounds.
+    pub offset: Option<i64>,
+    /// With `"to": "timestamp"`: the first record at or after this time (ms since the epoch).
+    pub timestamp_ms: Option<i64>,
+    /// Plan only, change nothing (default false).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One partition of a reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlannedJson {
+    /// The partition.
+    pub partition: u32,
+    /// Its committed offset before (null: none).
+    pub current_offset: Option<i64>,
+    /// Its committed offset after.
+    pub new_offset: i64,
+}
+
+/// The outcome of a reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResetAnswer {
+    /// The group.
+    pub group_id: String,
+    /// The topic.
+    pub topic: String,
+    /// False for a dry run.
+    pub executed: bool,
+    /// Each partition's plan.
+    pub partitions: Vec<PlannedJson>,
+}
+
+/// The outcome of a group delete.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupDeleted {
+    /// The group.
+    pub group_id: String,
+    /// Partitions whose committed offsets were deleted.
+    pub deleted_partitions: usize,
+}
+
+/// Resets a group's committed offsets on every partition of a topic (as `wharf group
+/// reset`); the group must have no members.
+#[utoipa::path(
+    post,
+    path = "/groups/{group}/reset",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group id")),
+    request_body = ResetOffsets,
+    responses(
+        (status = 200, description = "The plan, committed unless a dry run", body = ResetAnswer),
+        (status = 400, description = "A bad target or group id", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 409, description = "The group has members", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+async fn reset_group_offsets(
+    axum::extract::State(http): Shared,
+    PathParams(group_id): PathParams<String>,
+    JsonBody(body): JsonBody<ResetOffsets>,
+) -> Result<Response, ApiError> {
+    let broker = http.broker()?;
+    let target = match (body.to.as_str(), body.offset, body.timestamp_ms) {
+        ("earliest", None, None) => ResetTarget::Earliest,
+        ("latest", None, None) => ResetTarget::Latest,
+        ("offset", Some(offset), None) => ResetTarget::Offset(offset),
+        ("timestamp", None, Some(timestamp_ms)) => ResetTarget::Timestamp(timestamp_ms),
+        _ => {
+            return Err(ApiError::bad_request(
+                "to is earliest, latest, offset (with offset) or timestamp (with timestamp_ms)",
+            ))
+        }
+    };
+    let execution = if body.dry_run {
+        Execution::DryRun
+    } else {
+        Execution::Execute
+    };
+    let plan = broker
+        .reset_offsets(&http.session, &group_id, &body.topic, target, execution)
+        .await?;
+    Ok(Json(ResetAnswer {
+        group_id,
+        topic: body.topic,
+        executed: !body.dry_run,
+        partitions: plan
+            .into_iter()
+            .map(|planned| PlannedJson {
+                partition: planned.partition,
+                current_offset: planned.current_offset,
+                new_offset: planned.new_offset,
+            })
+            .collect(),
+    })
+    .into_response())
+}
+
+/// Deletes a group's committed offsets (as `wharf group delete`); the group must have no
+/// members.
+#[utoipa::path(
+    delete,
+    path = "/groups/{group}",
+    tag = "groups",
+    params(("group" = String, Path, description = "The group id")),
+    responses(
+        (status = 200, description = "Deleted", body = GroupDeleted),
+        (status = 404, description = "Unknown group (no committed offsets)", body = ErrorBody),
+        (status = 409, description = "The group has members", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+async fn delete_group(
+    axum::extract::State(http): Shared,
+    PathParams(group_id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let deleted_partitions = http
+        .broker()?
+        .delete_group(&http.session, &group_id)
+        .await?;
+    Ok(Json(GroupDeleted {
+        group_id,
+        deleted_partitions,
+    })
+    .into_response())
 }
 
 /// A queue's counts.

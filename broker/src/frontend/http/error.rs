@@ -13,7 +13,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::{QueueError, StreamError, TopicError};
+use crate::core::{GroupAdminError, GroupError, QueueError, StreamError, TopicError};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +124,23 @@ impl From<TopicError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             _ => ApiError::bad_request(message),
+        }
+    }
+}
+
+impl From<GroupAdminError> for ApiError {
+    fn from(error: GroupAdminError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            GroupAdminError::Group(GroupError::GroupNotFound(_)) => ApiError::not_found(message),
+            GroupAdminError::Group(GroupError::NotEmpty { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "group_not_empty", message)
+            }
+            GroupAdminError::Group(_) => ApiError::bad_request(message),
+            GroupAdminError::Stream(error) => ApiError::from(error),
+            GroupAdminError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
         }
     }
 }

@@ -23,7 +23,8 @@ use crate::frontend::http::stream::{HeaderDoc, StreamRecordDoc};
     tags(
         (name = "topics", description = "Create, list, describe, alter and delete topics"),
         (name = "groups", description = "Consumer groups with their lag"),
-        (name = "queues", description = "Queues: counts, purge, WebSocket consumers"),
+        (name = "queues", description = "Queues: declare, counts, purge, get, delete, WebSocket consumers"),
+        (name = "exchanges", description = "Exchanges and bindings; publish with confirms"),
         (name = "records", description = "Produce records; SSE and WebSocket streams of a partition"),
     )
 )]
@@ -101,7 +102,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 13, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",

@@ -132,7 +132,7 @@ pub struct HeaderDoc {
 /// The routes of this module.
 pub fn routes() -> OpenApiRouter<Arc<Http>> {
     OpenApiRouter::new()
-        .routes(routes!(produce))
+        .routes(routes!(produce, fetch_records))
         .routes(routes!(stream))
 }
 
@@ -239,6 +239,91 @@ fn bytes_of(
 pub struct StreamQuery {
     /// `earliest`, `latest` (the default) or an offset.
     pub from: Option<String>,
+}
+
+/// Most records one fetch over HTTP answers.
+pub const FETCH_RECORDS_MAX: u32 = 1_000;
+
+/// The query of a fetch.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FetchParams {
+    /// `earliest` (the default), `latest` or an offset: where to start.
+    pub offset: Option<String>,
+    /// Most records (1 to 1,000; default 100).
+    pub max_records: Option<u32>,
+}
+
+/// Records fetched by offset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FetchAnswer {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The records, in offset order (committed ones only).
+    pub records: Vec<StreamRecordDoc>,
+    /// Where the next fetch starts.
+    pub next_offset: i64,
+    /// The partition's last stable offset: no more records below it than these.
+    pub high_watermark: i64,
+}
+
+/// Reads a partition's committed records from an offset, without waiting.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/partitions/{partition}/records",
+    tag = "records",
+    params(
+        ("topic" = String, Path, description = "The topic's name"),
+        ("partition" = u32, Path, description = "The partition"),
+        FetchParams,
+    ),
+    responses(
+        (status = 200, description = "The records (none at the end of the partition)", body = FetchAnswer),
+        (status = 400, description = "A bad offset or max_records, or an offset out of range", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+pub async fn fetch_records(
+    State(http): Shared,
+    PathParams((topic, partition)): PathParams<(String, u32)>,
+    QueryParams(query): QueryParams<FetchParams>,
+) -> Result<Response, ApiError> {
+    let max_records = query.max_records.unwrap_or(100);
+    if !(1..=FETCH_RECORDS_MAX).contains(&max_records) {
+        return Err(ApiError::bad_request(format!(
+            "max_records is 1 to {FETCH_RECORDS_MAX}, not {max_records}"
+        )));
+    }
+    let from = query.offset.as_deref().unwrap_or("earliest");
+    let mut reader = StreamReader::open(&http, topic.clone(), partition, Some(from), None)?;
+    reader.fetch_once().await?;
+    let mut records = Vec::new();
+    let mut next_offset = reader.next_offset;
+    while let Some(item) = reader.pending.pop_front() {
+        if let StreamItem::Record { offset, data } = item {
+            if records.len() == max_records as usize {
+                next_offset = offset;
+                break;
+            }
+            records.push(data);
+        }
+    }
+    let high_watermark = http
+        .broker()?
+        .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
+        .unwrap_or(0);
+    let answer = serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "records": records,
+        "next_offset": next_offset,
+        "high_watermark": high_watermark,
+    });
+    Ok(Json(answer).into_response())
 }
 
 /// Streams a partition's committed records as Server-Sent Events.
@@ -373,20 +458,7 @@ impl StreamReader {
             if self.done || *self.shutdown.borrow() {
                 return None;
             }
-            let query = FetchQuery {
-                max_wait_ms: u32::try_from(STREAM_WAIT.as_millis()).unwrap_or(u32::MAX),
-                min_bytes: 1,
-                max_bytes: STREAM_FETCH_BYTES_MAX,
-                isolation: Isolation::ReadCommitted,
-                topics: vec![TopicQuery {
-                    topic: self.topic.clone(),
-                    partitions: vec![PartitionQuery {
-                        partition: self.partition,
-                        fetch_offset: self.next_offset,
-                        partition_max_bytes: STREAM_FETCH_BYTES_MAX,
-                    }],
-                }],
-            };
+            let query = self.query(u32::try_from(STREAM_WAIT.as_millis()).unwrap_or(u32::MAX));
             let mut shutdown = self.shutdown.clone();
             let fetched = tokio::select! {
                 fetched = self.broker.fetch(&self.session, &query) => fetched,
@@ -398,11 +470,49 @@ impl StreamReader {
                 .and_then(|topic| topic.partitions.into_iter().next())?;
             if let Some(error) = fetched.error {
                 self.done = true;
-                let message = serde_json::json!({"error": ApiError::from(error).kind, "message": "the partition cannot be read"});
+                let error = ApiError::from(error);
+                let message = serde_json::json!({"error": error.kind, "message": error.message});
                 return Some(StreamItem::Failed(message));
             }
             self.take_records(fetched.records, &fetched.aborted);
         }
+    }
+
+    /// The fetch of the next records, waiting up to `wait_ms` for some.
+    fn query(&self, wait_ms: u32) -> FetchQuery {
+        FetchQuery {
+            max_wait_ms: wait_ms,
+            min_bytes: 1,
+            max_bytes: STREAM_FETCH_BYTES_MAX,
+            isolation: Isolation::ReadCommitted,
+            topics: vec![TopicQuery {
+                topic: self.topic.clone(),
+                partitions: vec![PartitionQuery {
+                    partition: self.partition,
+                    fetch_offset: self.next_offset,
+                    partition_max_bytes: STREAM_FETCH_BYTES_MAX,
+                }],
+            }],
+        }
+    }
+
+    /// One fetch without waiting: up to [`STREAM_FETCH_BYTES_MAX`] of records become
+    /// pending.
+    ///
+    /// # Errors
+    /// The partition cannot be read (an offset out of range, storage).
+    async fn fetch_once(&mut self) -> Result<(), ApiError> {
+        let fetched = self.broker.fetch(&self.session, &self.query(0)).await;
+        let fetched = fetched
+            .into_iter()
+            .next()
+            .and_then(|topic| topic.partitions.into_iter().next())
+            .ok_or_else(|| ApiError::not_found("the partition was not fetched"))?;
+        if let Some(error) = fetched.error {
+            return Err(ApiError::from(error));
+        }
+        self.take_records(fetched.records, &fetched.aborted);
+        Ok(())
     }
 
     /// Turns fetched batches into events, skipping control batches, records before
