@@ -5,7 +5,8 @@
 //   node console_browser.js HTTP_ADDRESS SCREENSHOT_DIR
 //
 // Admin actions done through the UI: create topic `made-in-browser` (2 partitions) with the
-// form, purge queue `jobs` with its button.
+// form, purge queue `jobs` with its button, declare queue `browser-queue`, declare fanout
+// exchange `browser-fanout`, bind `jobs` to it and publish "from the browser" to it.
 "use strict";
 
 const { chromium } = require("playwright-core");
@@ -114,6 +115,30 @@ async function main() {
       return row && row.querySelectorAll("td")[2].textContent === "0";
     });
     out.queue_row_after_purge = await cells(page, '#queues-table tr[data-queue="jobs"]');
+    await page.fill("#declare-queue-name", "browser-queue");
+    await page.click("#declare-queue-submit");
+    await page.waitForSelector('#queues-table tr[data-queue="browser-queue"]');
+    out.declared_queue_message = await page.textContent("#declare-queue-message");
+
+    // Exchanges: the listing, then declare, bind and publish through the forms.
+    await page.goto(base + "/#/exchanges");
+    await page.waitForSelector('#exchanges-table tr[data-exchange="events"]');
+    out.exchange_row = await cells(page, '#exchanges-table tr[data-exchange="events"]');
+    out.binding_row = await cells(page, '#bindings-table tr[data-binding="events jobs order.*"]');
+    await page.fill("#declare-exchange-name", "browser-fanout");
+    await page.selectOption("#declare-exchange-kind", "fanout");
+    await page.click("#declare-exchange-submit");
+    await page.waitForSelector('#exchanges-table tr[data-exchange="browser-fanout"]');
+    await page.fill("#bind-exchange", "browser-fanout");
+    await page.fill("#bind-queue", "jobs");
+    await page.click("#bind-submit");
+    await page.waitForSelector('#bindings-table tr[data-binding="browser-fanout jobs "]');
+    await page.fill("#publish-exchange", "browser-fanout");
+    await page.fill("#publish-body", "from the browser");
+    await page.click("#publish-submit");
+    await page.waitForFunction(() => /^routed/.test(document.getElementById("publish-message").textContent));
+    out.publish_message = await page.textContent("#publish-message");
+    await page.screenshot({ path: path.join(shots, "console-exchanges.png"), fullPage: true });
 
     // Admin action: create a topic with the form.
     await page.goto(base + "/#/topics");

@@ -1,7 +1,7 @@
 //! The web console (issue #17) end to end in headless Chromium: a live `wharfd` with real
 //! traffic, the console loaded from `/`, the numbers it shows checked against what this test
-//! sent, and two admin actions done through the UI (create a topic, purge a queue) checked
-//! with the CLI and the API. The browser is Debian's `chromium`, driven by playwright-core
+//! sent, and admin actions done through the UI (create a topic, purge a queue, declare a
+//! queue and an exchange, bind, publish) checked with the CLI and the API. The browser is Debian's `chromium`, driven by playwright-core
 //! from npm (both installed by scripts/test.sh); screenshots are kept in
 //! `target/test-artifacts/console/`.
 
@@ -103,6 +103,18 @@ fn the_console_shows_what_was_sent_and_its_forms_act_on_the_broker() {
         "",
     );
     wharf_ok(&address, &["queue", "declare", "jobs", "--durable"], "");
+    wharf_ok(
+        &address,
+        &["exchange", "declare", "events", "--type", "topic"],
+        "",
+    );
+    let (status, body) = http(
+        &web,
+        "POST",
+        "/api/v1/bindings",
+        Some(&json!({"exchange": "events", "queue": "jobs", "routing_key": "order.*"})),
+    );
+    assert_eq!(status, 201, "{body}");
     wharf_ok(
         &address,
         &["publish", "", "jobs", "--confirm"],
@@ -225,7 +237,46 @@ fn the_console_shows_what_was_sent_and_its_forms_act_on_the_broker() {
         "{seen}"
     );
     assert_eq!(seen["queue_row_after_purge"][2], "0", "{seen}");
-    assert_eq!(get_json(&web, "/api/v1/queues/jobs")["ready"], 0);
+    // Exchanges: the listing, and what the forms did (the publish went to the purged queue).
+    assert_eq!(
+        seen["exchange_row"].as_array().map(|row| &row[0..4]),
+        Some(
+            &[
+                json!("events"),
+                json!("topic"),
+                json!("durable"),
+                json!("1")
+            ][..]
+        ),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["binding_row"].as_array().map(|row| &row[0..3]),
+        Some(&[json!("events"), json!("jobs"), json!("order.*")][..]),
+        "{seen}"
+    );
+    assert_eq!(seen["publish_message"], "routed to jobs", "{seen}");
+    assert_eq!(
+        seen["declared_queue_message"], "declared browser-queue",
+        "{seen}"
+    );
+    assert!(wharf_ok(&address, &["exchange", "list"], "").contains("browser-fanout"));
+    assert!(wharf_ok(&address, &["queue", "list"], "").contains("browser-queue"));
+    let got = http(
+        &web,
+        "POST",
+        "/api/v1/queues/jobs/get",
+        Some(&json!({"count": 10})),
+    );
+    let got: Value = serde_json::from_str(&got.1).expect("JSON");
+    assert_eq!(
+        got["messages"].as_array().map(|messages| messages
+            .iter()
+            .map(|m| m["body"].clone())
+            .collect::<Vec<_>>()),
+        Some(vec![json!("from the browser")]),
+        "{got}"
+    );
     // The topic the form created, as the CLI sees it; a second create is refused with the
     // broker's message.
     assert_eq!(seen["created_message"], "created made-in-browser", "{seen}");

@@ -392,6 +392,61 @@ async function showQueues() {
   }
 }
 
+async function showExchanges() {
+  const [exchanges, bindings] = await Promise.all([
+    api("GET", "/api/v1/exchanges"), api("GET", "/api/v1/bindings"),
+  ]);
+  const body = tbody("exchanges-table");
+  for (const e of exchanges.exchanges) {
+    const row = document.createElement("tr");
+    row.dataset.exchange = e.name;
+    cell(row, e.name === "" ? "(default)" : e.name);
+    cell(row, e.kind);
+    cell(row, e.durability);
+    cell(row, e.bindings, true);
+    if (e.name === "" || e.name.startsWith("amq.")) cell(row, "");
+    else button(row, "Delete", () => act(() => api("DELETE", "/api/v1/exchanges/" + encodeURIComponent(e.name)),
+      "Delete exchange " + e.name + " and its bindings?"), "danger");
+    body.appendChild(row);
+  }
+  const rows = tbody("bindings-table");
+  for (const b of bindings.bindings) {
+    const row = document.createElement("tr");
+    row.dataset.binding = b.exchange + " " + b.queue + " " + b.routing_key;
+    cell(row, b.exchange === "" ? "(default)" : b.exchange);
+    cell(row, b.queue);
+    cell(row, b.routing_key);
+    cell(row, Object.entries(b.arguments).map(([k, v]) => k + "=" + v).join(", "));
+    if (b.exchange === "") cell(row, "");
+    else button(row, "Unbind", () => act(() => api("POST", "/api/v1/bindings/delete", b)));
+    rows.appendChild(row);
+  }
+}
+
+// Runs an admin action (after a confirmation when `question` is given), then refreshes.
+async function act(action, question) {
+  if (question && !window.confirm(question)) return;
+  try {
+    await action();
+    await refresh();
+  } catch (error) {
+    window.alert(error.message);
+  }
+}
+
+// Wires a form: `submit` returns the sentence shown when it worked.
+function form(id, messageId, submit) {
+  $(id).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      say(messageId, await submit());
+      await refresh();
+    } catch (error) {
+      say(messageId, error.message, true);
+    }
+  });
+}
+
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   return parts[0] ? parts : ["overview"];
@@ -416,6 +471,7 @@ async function refresh() {
     else if (page === "groups" && name !== undefined) { showPage("page-group"); await showGroup(name); }
     else if (page === "groups") { showPage("page-groups"); await showGroups(); }
     else if (page === "queues") { showPage("page-queues"); await showQueues(); }
+    else if (page === "exchanges") { showPage("page-exchanges"); await showExchanges(); }
     else { showPage("page-overview"); await showOverview(metrics); }
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
     $("status").className = "status";
@@ -440,6 +496,37 @@ $("create-topic").addEventListener("submit", async (event) => {
   } catch (error) {
     say("create-topic-message", error.message, true);
   }
+});
+
+form("declare-queue", "declare-queue-message", async () => {
+  const name = $("declare-queue-name").value.trim();
+  await api("PUT", "/api/v1/queues/" + encodeURIComponent(name), { durable: $("declare-queue-durable").checked });
+  return "declared " + name;
+});
+
+form("declare-exchange", "declare-exchange-message", async () => {
+  const name = $("declare-exchange-name").value.trim();
+  await api("PUT", "/api/v1/exchanges/" + encodeURIComponent(name), { kind: $("declare-exchange-kind").value });
+  return "declared " + name;
+});
+
+form("bind", "bind-message", async () => {
+  const binding = {
+    exchange: $("bind-exchange").value.trim(),
+    queue: $("bind-queue").value.trim(),
+    routing_key: $("bind-routing-key").value,
+  };
+  await api("POST", "/api/v1/bindings", binding);
+  return "bound " + binding.queue + " to " + binding.exchange;
+});
+
+form("publish", "publish-message", async () => {
+  const answer = await api("POST", "/api/v1/publish", {
+    exchange: $("publish-exchange").value.trim(),
+    routing_key: $("publish-routing-key").value,
+    body: $("publish-body").value,
+  });
+  return answer.outcome + (answer.queues.length ? " to " + answer.queues.join(", ") : "");
 });
 
 $("browse").addEventListener("submit", (event) => {
