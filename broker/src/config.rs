@@ -120,7 +120,12 @@ pub struct ConfigKey {
 /// [`BrokerConfig::default`] (so the documentation cannot drift from the code; a test
 /// checks that this list and the file's keys are the same, and that README.md shows it).
 pub fn config_keys() -> Vec<ConfigKey> {
-    let config = BrokerConfig::default();
+    config_values(&BrokerConfig::default())
+}
+
+/// Every key of the configuration file with its value in `config` (in `default`, as a TOML
+/// value): what the broker runs with, for `GET /api/v1/broker`.
+pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
     let log = &config.log;
     let optional = |value: Option<u64>| value.unwrap_or(0).to_string();
     let (flush, flush_interval_ms) = match log.flush {
@@ -146,7 +151,10 @@ pub fn config_keys() -> Vec<ConfigKey> {
         ),
         key(
             "advertised_address",
-            "(unset)".to_string(),
+            config
+                .advertised_address
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |address| format!("{address:?}")),
             "HOST:PORT that metadata answers tell clients to connect to; unset: the bound address",
         ),
         key(
@@ -161,7 +169,10 @@ pub fn config_keys() -> Vec<ConfigKey> {
         ),
         key(
             "kafka_advertised",
-            "(unset)".to_string(),
+            config
+                .kafka_advertised
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |address| format!("{address:?}")),
             "HOST:PORT that Kafka metadata answers carry; unset: the Kafka listener's bound address",
         ),
         key(

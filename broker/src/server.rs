@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
+use crate::frontend::http::status::BrokerInfo;
 use crate::frontend::http::Http;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
@@ -136,7 +137,8 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     // HTTP serves from before recovery, so the liveness probe answers while it runs (and
     // the readiness probe says it is recovering); dropping `shutdown` on a failed open
     // stops it.
-    let (http, http_addr, http_task) = start_http(&config, shutdown_rx.clone()).await?;
+    let (http, http_addr, http_task) =
+        start_http(&config, local_addr, kafka_addr, shutdown_rx.clone()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
@@ -230,18 +232,29 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
 /// is handed to the returned [`Http`] once it has recovered.
 async fn start_http(
     config: &BrokerConfig,
+    native_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
-    let http = Http::new(shutdown.clone());
-    let Some(address) = &config.http_listen else {
+    let bound = match &config.http_listen {
+        None => None,
+        Some(address) => Some(listener::bind(address).await.map_err(|source| ServerError::Bind {
+            address: address.clone(),
+            listener: "HTTP",
+            remedy: "choose another address with --http-listen HOST:PORT, or turn the HTTP listener off with --http-listen off (or `http_listen` in the config file)",
+            source,
+        })?),
+    };
+    let info = BrokerInfo::new(
+        config,
+        native_addr,
+        kafka_addr,
+        bound.as_ref().map(|(_, addr)| *addr),
+    );
+    let http = Http::new(shutdown.clone(), info);
+    let Some((listener, addr)) = bound else {
         return Ok((http, None, None));
     };
-    let (listener, addr) = listener::bind(address).await.map_err(|source| ServerError::Bind {
-        address: address.clone(),
-        listener: "HTTP",
-        remedy: "choose another address with --http-listen HOST:PORT, or turn the HTTP listener off with --http-listen off (or `http_listen` in the config file)",
-        source,
-    })?;
     let capped = listener::CappedListener::new(listener, config.connections_max);
     let task = tokio::spawn(crate::frontend::http::serve(http.clone(), capped, shutdown));
     Ok((http, Some(addr), Some(task)))

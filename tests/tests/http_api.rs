@@ -1239,3 +1239,49 @@ fn exchanges_bindings_publish_get_fetch_and_group_admin_over_http_meet_the_cli()
     assert_eq!(get(&web, "/api/v1/groups/g").status, 404);
     assert_eq!(http(&web, "DELETE", "/api/v1/groups/g", None).status, 404);
 }
+
+#[test]
+fn broker_status_shows_readiness_listeners_counts_and_the_configuration_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start_with_config(
+        &dir.path().join("data"),
+        "default_partitions = 3\n[log]\nretention_ms = 60000\n",
+    );
+    let address = broker.address();
+    let web = broker.http_address();
+    // The topic takes default_partitions from the configuration file.
+    let created = http(
+        &web,
+        "POST",
+        "/api/v1/topics",
+        Some(r#"{"name": "orders"}"#),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    wharf_ok(&address, &["queue", "declare", "jobs", "--durable"], "");
+    let status = get(&web, "/api/v1/broker");
+    assert_eq!(status.status, 200, "{status:?}");
+    let status = status.json();
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["not_ready_reason"], Value::Null, "{status}");
+    assert_eq!(status["listeners"]["native"], address, "{status}");
+    assert_eq!(status["listeners"]["http"], web, "{status}");
+    assert_eq!(
+        (
+            status["topics"].clone(),
+            status["partitions"].clone(),
+            status["queues"].clone()
+        ),
+        (json!(1), json!(3), json!(1)),
+        "{status}"
+    );
+    assert_eq!(status["config"]["default_partitions"], "3", "{status}");
+    assert_eq!(status["config"]["log.retention_ms"], "60000", "{status}");
+    assert_eq!(status["config"]["auto_create_topics"], "true", "{status}");
+    assert!(status["uptime_ms"].as_u64().is_some(), "{status}");
+    assert!(
+        status["version"]
+            .as_str()
+            .is_some_and(|version| !version.is_empty()),
+        "{status}"
+    );
+}

@@ -12,6 +12,7 @@
 //! | `GET /health/live`, `GET /health/ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
+//! | `GET /api/v1/broker` | [`status`]: status and configuration |
 //! | `/api/v1/exchanges`, `/bindings`, `/publish`, `/queues/{queue}` (declare, delete, get) | [`exchanges`] |
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
@@ -31,6 +32,7 @@ pub mod exchanges;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod status;
 pub mod stream;
 pub mod websocket;
 
@@ -66,15 +68,18 @@ pub struct Http {
     session: Session,
     /// Turns true on shutdown: streams end.
     shutdown: watch::Receiver<bool>,
+    /// Start time, listeners and configuration, for `GET /api/v1/broker`.
+    info: status::BrokerInfo,
 }
 
 impl Http {
     /// A front end with no core yet (recovery runs): health answers, the rest is 503.
-    pub fn new(shutdown: watch::Receiver<bool>) -> Arc<Http> {
+    pub fn new(shutdown: watch::Receiver<bool>, info: status::BrokerInfo) -> Arc<Http> {
         Arc::new(Http {
             broker: OnceLock::new(),
             session: Session::new(),
             shutdown,
+            info,
         })
     }
 

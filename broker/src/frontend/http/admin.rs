@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .merge(super::stream::routes())
         .merge(super::websocket::routes())
         .merge(super::exchanges::routes())
+        .merge(super::status::routes())
 }
 
 /// A topic in a listing.

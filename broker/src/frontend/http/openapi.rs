@@ -21,6 +21,7 @@ use crate::frontend::http::stream::{HeaderDoc, StreamRecordDoc};
     ),
     components(schemas(ErrorBody, StreamRecordDoc, HeaderDoc)),
     tags(
+        (name = "broker", description = "The broker's status and configuration"),
         (name = "topics", description = "Create, list, describe, alter and delete topics"),
         (name = "groups", description = "Consumer groups with their lag"),
         (name = "queues", description = "Queues: declare, counts, purge, get, delete, WebSocket consumers"),
@@ -102,7 +103,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 21, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",
