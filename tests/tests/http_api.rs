@@ -1285,3 +1285,115 @@ fn broker_status_shows_readiness_listeners_counts_and_the_configuration_in_force
         "{status}"
     );
 }
+
+#[test]
+fn a_group_stream_consumes_as_a_member_commits_and_resumes_where_the_group_left_off() {
+    // Goal: an SSE stream in a group gets every partition's records from the group's position
+    // (`from=earliest` with none committed), is a member while open, commits what it sent and
+    // leaves when closed; a new stream of the same group resumes after the committed offsets.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+    wharf_ok(
+        &address,
+        &["topic", "create", "feed", "--partitions", "2"],
+        "",
+    );
+    let post = |partition: u32, values: &[&str]| {
+        let records: Vec<Value> = values.iter().map(|value| json!({"value": value})).collect();
+        let answer = http(
+            &web,
+            "POST",
+            &format!("/api/v1/topics/feed/partitions/{partition}/records"),
+            Some(&json!({ "records": records }).to_string()),
+        );
+        assert_eq!(answer.status, 201, "{answer:?}");
+    };
+    post(0, &["a0", "a1"]);
+    post(1, &["b0"]);
+
+    let path = "/api/v1/groups/web/topics/feed/stream?from=earliest";
+    let mut members_while_open = Value::Null;
+    let events = sse_events(&web, path, None, 3, || {
+        members_while_open = get(&web, "/api/v1/groups/web").json()["members"].clone();
+    });
+    let mut seen: Vec<(String, i64, String)> = events
+        .iter()
+        .map(|(id, name, data)| {
+            assert_eq!(name, "record");
+            (
+                id.clone(),
+                data["partition"].as_i64().expect("partition"),
+                data["value"].as_str().expect("value").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("0-0".to_string(), 0, "a0".to_string()),
+            ("0-1".to_string(), 0, "a1".to_string()),
+            ("1-0".to_string(), 1, "b0".to_string())
+        ]
+    );
+    assert_eq!(
+        members_while_open.as_array().map(Vec::len),
+        Some(1),
+        "{members_while_open}"
+    );
+    let member = &members_while_open[0];
+    assert_eq!(member["client_id"], "wharf-http", "{member}");
+
+    // Closed: the offsets of what was sent are committed and the member left.
+    let mut group = Value::Null;
+    for _ in 0..100 {
+        group = get(&web, "/api/v1/groups/web").json();
+        let committed: Vec<i64> = group["offsets"]
+            .as_array()
+            .map(|offsets| {
+                offsets
+                    .iter()
+                    .map(|entry| entry["committed_offset"].as_i64().unwrap_or(-1))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if committed == [2, 1] && group["members"] == json!([]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(group["members"], json!([]), "{group}");
+    let committed: Vec<(Value, Value)> = group["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|entry| {
+            (
+                entry["partition"].clone(),
+                entry["committed_offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        committed,
+        [(json!(0), json!(2)), (json!(1), json!(1))],
+        "{group}"
+    );
+
+    // A new stream of the group starts after the committed offsets.
+    post(1, &["b1"]);
+    let resumed = sse_events(&web, path, None, 1, || {});
+    assert_eq!(resumed[0].0, "1-1", "{resumed:?}");
+    assert_eq!(resumed[0].2["value"], "b1", "{resumed:?}");
+
+    assert_eq!(
+        get(&web, "/api/v1/groups/web/topics/nothing/stream").status,
+        404
+    );
+    assert_eq!(
+        get(&web, "/api/v1/groups/web/topics/feed/stream?from=middle").status,
+        400
+    );
+}

@@ -13,6 +13,7 @@
 //! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
 //! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
 //! | `GET /api/v1/broker` | [`status`]: status and configuration |
+//! | `GET /api/v1/groups/{group}/topics/{topic}/stream` | [`group_stream`]: SSE in a consumer group |
 //! | `/api/v1/exchanges`, `/bindings`, `/publish`, `/queues/{queue}` (declare, delete, get) | [`exchanges`] |
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod console;
 pub mod error;
 pub mod exchanges;
+pub mod group_stream;
 pub mod health;
 pub mod metrics;
 pub mod openapi;

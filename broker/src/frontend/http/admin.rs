@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .merge(super::websocket::routes())
         .merge(super::exchanges::routes())
         .merge(super::status::routes())
+        .merge(super::group_stream::routes())
 }
 
 /// A topic in a listing.

@@ -448,6 +448,38 @@ impl StreamReader {
         })
     }
 
+    /// A reader of `partition` of `topic` at `offset`, for a member of a group
+    /// ([`super::group_stream`]), which fetches for all its partitions at once.
+    pub(super) fn at(
+        broker: Arc<Broker>,
+        session: Arc<Session>,
+        topic: String,
+        partition: u32,
+        offset: i64,
+        shutdown: watch::Receiver<bool>,
+    ) -> StreamReader {
+        StreamReader {
+            broker,
+            session,
+            topic,
+            partition,
+            next_offset: offset,
+            pending: VecDeque::new(),
+            shutdown,
+            done: false,
+        }
+    }
+
+    /// The offset of the next record to read.
+    pub(super) fn position(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// The records read and not yet taken.
+    pub(super) fn take_pending(&mut self) -> impl Iterator<Item = StreamItem> + '_ {
+        self.pending.drain(..)
+    }
+
     /// The next item: a record, or an error before the end. `None` ends the stream (after
     /// an error, or on shutdown). Cancel-safe: a fetch dropped half way loses nothing.
     pub(super) async fn next_item(&mut self) -> Option<StreamItem> {
@@ -517,7 +549,7 @@ impl StreamReader {
 
     /// Turns fetched batches into events, skipping control batches, records before
     /// `next_offset` and aborted transactions' records.
-    fn take_records(&mut self, records: Bytes, aborted: &[crate::core::AbortedTxn]) {
+    pub(super) fn take_records(&mut self, records: Bytes, aborted: &[crate::core::AbortedTxn]) {
         for batch in batch::batches(records) {
             let Ok(batch) = batch else {
                 break;
