@@ -84,42 +84,19 @@ pub async fn group_stream(
     PathParams((group_id, topic)): PathParams<(String, String)>,
     QueryParams(query): QueryParams<GroupStreamQuery>,
 ) -> Result<Response, ApiError> {
-    let broker = http.broker()?.clone();
-    let reset = match query.from.as_deref() {
-        None | Some("latest") => OffsetSpec::LastStable,
-        Some("earliest") => OffsetSpec::Earliest,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "from={other:?}: earliest or latest"
-            )))
-        }
-    };
-    // 404 for an unknown topic before joining.
-    broker.list_offset(&http.session, &topic, 0, OffsetSpec::Earliest)?;
-    let session = Arc::new(Session::new());
-    let joined = broker
-        .heartbeat(&session, &heartbeat(&group_id, "", 0, &topic))
-        .map_err(|error| ApiError::from(GroupAdminError::from(error)))?;
-    let mut member = Member {
-        broker,
-        session,
-        group_id,
-        topic,
-        member_id: joined.member_id,
-        generation: joined.generation,
-        heartbeat_interval: Duration::from_millis(u64::from(joined.heartbeat_interval_ms.max(100))),
-        next_heartbeat: Instant::now(),
-        reset,
-        readers: BTreeMap::new(),
-        committed: BTreeMap::new(),
-        pending: VecDeque::new(),
-        shutdown: http.shutdown.clone(),
-        done: false,
-    };
-    member.apply(&joined.assignment);
-    member.next_heartbeat = Instant::now() + member.heartbeat_interval;
+    let member = Member::join(&http, group_id, topic, query.from.as_deref())?;
     let events = futures_util::stream::unfold(member, |mut member| async move {
-        let event = member.next_event().await?;
+        let event = match member.next_item().await? {
+            GroupItem::Record {
+                partition,
+                offset,
+                data,
+            } => Event::default()
+                .id(format!("{partition}-{offset}"))
+                .event("record")
+                .data(data.to_string()),
+            GroupItem::Failed(error) => Event::default().event("error").data(error.to_string()),
+        };
         Some((Ok::<Event, Infallible>(event), member))
     });
     Ok(Sse::new(events)
@@ -141,8 +118,24 @@ fn heartbeat(group_id: &str, member_id: &str, generation: i32, topic: &str) -> H
     }
 }
 
+/// What a group stream sends next.
+#[derive(Debug)]
+pub(super) enum GroupItem {
+    /// A record of `partition` at `offset`: the record JSON with `partition`.
+    Record {
+        /// Its partition.
+        partition: u32,
+        /// Its offset.
+        offset: i64,
+        /// `{"partition", "offset", "timestamp_ms", "key", "value", "headers"}`.
+        data: serde_json::Value,
+    },
+    /// The stream cannot go on: `{"error", "message"}`.
+    Failed(serde_json::Value),
+}
+
 /// One group stream: a member of the group and its partitions' readers.
-struct Member {
+pub(super) struct Member {
     broker: Arc<Broker>,
     session: Arc<Session>,
     group_id: String,
@@ -158,14 +151,68 @@ struct Member {
     readers: BTreeMap<u32, StreamReader>,
     /// The last offset committed per partition.
     committed: BTreeMap<u32, i64>,
-    /// Events read, not yet sent: (partition, offset, event).
-    pending: VecDeque<(u32, i64, Event)>,
+    /// Records read, not yet sent: (partition, offset, record JSON with `partition`).
+    pending: VecDeque<(u32, i64, serde_json::Value)>,
+    /// The record last handed out, until the next is asked for (then it was sent): not
+    /// committed by the drop, which cannot know whether it reached the client.
+    in_flight: Option<(u32, i64)>,
     shutdown: watch::Receiver<bool>,
     /// An error event was sent: the stream ends.
     done: bool,
 }
 
 impl Member {
+    /// Joins `group_id` as a member subscribed to `topic`; partitions without a committed
+    /// offset start at `from` (`earliest` or `latest`, the default).
+    ///
+    /// # Errors
+    /// 503 while recovering, 404 for an unknown topic, 400 for a bad `from` or group id.
+    pub(super) fn join(
+        http: &Http,
+        group_id: String,
+        topic: String,
+        from: Option<&str>,
+    ) -> Result<Member, ApiError> {
+        let broker = http.broker()?.clone();
+        let reset = match from {
+            None | Some("latest") => OffsetSpec::LastStable,
+            Some("earliest") => OffsetSpec::Earliest,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "from={other:?}: earliest or latest"
+                )))
+            }
+        };
+        // 404 for an unknown topic before joining.
+        broker.list_offset(&http.session, &topic, 0, OffsetSpec::Earliest)?;
+        let session = Arc::new(Session::new());
+        let joined = broker
+            .heartbeat(&session, &heartbeat(&group_id, "", 0, &topic))
+            .map_err(|error| ApiError::from(GroupAdminError::from(error)))?;
+        let mut member = Member {
+            broker,
+            session,
+            group_id,
+            topic,
+            member_id: joined.member_id,
+            generation: joined.generation,
+            heartbeat_interval: Duration::from_millis(u64::from(
+                joined.heartbeat_interval_ms.max(100),
+            )),
+            next_heartbeat: Instant::now(),
+            reset,
+            readers: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            pending: VecDeque::new(),
+            in_flight: None,
+            shutdown: http.shutdown.clone(),
+            done: false,
+        };
+        member.apply(&joined.assignment);
+        member.next_heartbeat = Instant::now() + member.heartbeat_interval;
+        Ok(member)
+    }
+
     /// Takes the partitions of `assignment`: new ones start at the committed offset (or
     /// the reset point), released ones are dropped (their positions were committed).
     fn apply(&mut self, assignment: &MemberAssignment) {
@@ -265,17 +312,27 @@ impl Member {
         Ok(())
     }
 
-    fn failed(&mut self, error: ApiError) -> Option<Event> {
+    fn failed(&mut self, error: ApiError) -> Option<GroupItem> {
         self.done = true;
-        let data = serde_json::json!({"error": error.kind, "message": error.message});
-        Some(Event::default().event("error").data(data.to_string()))
+        Some(GroupItem::Failed(
+            serde_json::json!({"error": error.kind, "message": error.message}),
+        ))
     }
 
-    /// The next event; `None` ends the stream.
-    async fn next_event(&mut self) -> Option<Event> {
+    /// The next record, or an error before the end; `None` ends the stream. Cancel-safe:
+    /// a fetch or commit dropped half way loses nothing (positions move only when records
+    /// are read, and an unfinished commit is made again).
+    pub(super) async fn next_item(&mut self) -> Option<GroupItem> {
+        // Asked for the next: the one handed out before was sent.
+        self.in_flight = None;
         loop {
-            if let Some((_, _, event)) = self.pending.pop_front() {
-                return Some(event);
+            if let Some((partition, offset, data)) = self.pending.pop_front() {
+                self.in_flight = Some((partition, offset));
+                return Some(GroupItem::Record {
+                    partition,
+                    offset,
+                    data,
+                });
             }
             if self.done || *self.shutdown.borrow() {
                 return None;
@@ -335,11 +392,7 @@ impl Member {
                     for item in reader.take_pending() {
                         if let StreamItem::Record { offset, mut data } = item {
                             data["partition"] = number.into();
-                            let event = Event::default()
-                                .id(format!("{number}-{offset}"))
-                                .event("record")
-                                .data(data.to_string());
-                            self.pending.push_back((number, offset, event));
+                            self.pending.push_back((number, offset, data));
                         }
                     }
                 }
@@ -360,17 +413,23 @@ impl Drop for Member {
         let group_id = self.group_id.clone();
         let member_id = self.member_id.clone();
         let generation = self.generation;
-        // What was sent: a partition's first unsent record, else its position.
+        // What was sent: up to a partition's record in flight or first unsent one, else its
+        // position.
         let entries: Vec<OffsetEntry> = self
             .readers
             .iter()
             .map(|(partition, reader)| {
-                let sent = self
-                    .pending
-                    .iter()
-                    .find(|(number, ..)| number == partition)
-                    .map_or(reader.position(), |(_, offset, _)| *offset);
-                (*partition, sent)
+                let unsent = self
+                    .in_flight
+                    .filter(|(number, _)| number == partition)
+                    .map(|(_, offset)| offset)
+                    .or_else(|| {
+                        self.pending
+                            .iter()
+                            .find(|(number, ..)| number == partition)
+                            .map(|(_, offset, _)| *offset)
+                    });
+                (*partition, unsent.unwrap_or(reader.position()))
             })
             .filter(|(partition, sent)| self.committed.get(partition) != Some(sent))
             .map(|(partition, sent)| OffsetEntry {

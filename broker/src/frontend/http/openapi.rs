@@ -103,7 +103,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 22, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",

@@ -34,6 +34,7 @@ use crate::core::{
     SettleQuery, SubscribeQuery,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
+use crate::frontend::http::group_stream::{GroupItem, GroupStreamQuery, Member};
 use crate::frontend::http::stream::{put_bytes, StreamItem, StreamQuery, StreamReader};
 use crate::frontend::http::{Http, Shared};
 
@@ -51,6 +52,7 @@ pub fn routes() -> OpenApiRouter<Arc<Http>> {
     OpenApiRouter::new()
         .routes(routes!(topic_socket))
         .routes(routes!(queue_socket))
+        .routes(routes!(group_socket))
 }
 
 /// The upgrade, or a JSON 400 when the request is no WebSocket handshake.
@@ -121,6 +123,74 @@ async fn stream_topic(
                         data
                     }
                     Some(StreamItem::Failed(mut error)) => {
+                        error["type"] = "error".into();
+                        let _ = socket.send(Message::text(error.to_string())).await;
+                        break;
+                    }
+                    None => break,
+                };
+                if socket.send(Message::text(text.to_string())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => {
+                if ended(incoming.as_ref()) {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// A WebSocket of a topic as a member of a consumer group.
+///
+/// The group stream of [`super::group_stream`] over a WebSocket: one `{"type": "record",
+/// "partition", "offset", ...}` text message per record, starting at the group's committed
+/// offsets, committing what was sent before each fetch; closing leaves the group.
+#[utoipa::path(
+    get,
+    path = "/groups/{group}/topics/{topic}/ws",
+    tag = "groups",
+    params(
+        ("group" = String, Path, description = "The group id"),
+        ("topic" = String, Path, description = "The topic's name"),
+        GroupStreamQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "No WebSocket handshake, a bad group id or `from`", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+pub async fn group_socket(
+    State(http): Shared,
+    PathParams((group_id, topic)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<GroupStreamQuery>,
+    handshake: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let handshake = upgrade(handshake)?;
+    let member = Member::join(&http, group_id, topic, query.from.as_deref())?;
+    let shutdown = http.shutdown.clone();
+    Ok(handshake.on_upgrade(move |socket| stream_group(socket, member, shutdown)))
+}
+
+async fn stream_group(
+    mut socket: WebSocket,
+    mut member: Member,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            item = member.next_item() => {
+                let text = match item {
+                    Some(GroupItem::Record { mut data, .. }) => {
+                        data["type"] = "record".into();
+                        data
+                    }
+                    Some(GroupItem::Failed(mut error)) => {
                         error["type"] = "error".into();
                         let _ = socket.send(Message::text(error.to_string())).await;
                         break;
