@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after of `wharf perf produce` (or consume) between two builds, interleaved A B B A
+# Before/after of `wharf perf produce` (or consume, or queue) between two builds, interleaved A B B A
 # so that drift and order effects cancel, with the page cache written back between runs
 # (`sync` and a pause): on this disk-bound workload a run that follows another pays for the
 # other's dirty pages. Prints one line per run: side, size, rep, the broker's CPU ticks
@@ -8,8 +8,10 @@
 #   A=/tmp/before B=target/release benches/scripts/ab-perf.sh
 #
 # Env: A, B (dirs with release wharfd and wharf), SIZES (default "100 1024"), REPS (6),
-# N (1,000,000), WORKLOAD (produce | consume; consume first produces N with the same build),
-# PORT (7498), DATA (/tmp/wharf-ab), SETTLE_SECS (3).
+# N (1,000,000), WORKLOAD (produce | consume | queue; consume first produces N with the same
+# build; queue publishes N with confirms awaited, then consumes them with manual acks),
+# PREFETCH (queue only, 1000: as the peers are measured), PORT (7498), DATA (/tmp/wharf-ab),
+# SETTLE_SECS (3). For queue the line adds the consume rate.
 set -euo pipefail
 A=${A:?dir of build A}
 B=${B:?dir of build B}
@@ -20,6 +22,7 @@ WORKLOAD=${WORKLOAD:-produce}
 PORT=${PORT:-7498}
 DATA=${DATA:-/tmp/wharf-ab}
 SETTLE_SECS=${SETTLE_SECS:-3}
+PREFETCH=${PREFETCH:-1000}
 
 run() { # label bin size rep
   local label=$1 bin=$2 size=$3 rep=$4
@@ -33,13 +36,14 @@ run() { # label bin size rep
   fi
   local args=(--topic t --messages "$N")
   [ "$WORKLOAD" = produce ] && args+=(--size "$size")
+  [ "$WORKLOAD" = queue ] && args=(--queue q --messages "$N" --size "$size" --confirm --prefetch "$PREFETCH")
   local out
   out=$("${perf[@]}" "$WORKLOAD" "${args[@]}" 2>/dev/null | tail -1)
   local ticks
   ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$DATA"; sync; sleep "$SETTLE_SECS"
-  echo "$label $WORKLOAD size=$size rep=$rep ticks=$ticks $(echo "$out" | grep -o '"messages_per_second":[0-9.]*')"
+  echo "$label $WORKLOAD size=$size rep=$rep ticks=$ticks $(echo "$out" | grep -o '"\(consume_\)\?messages_per_second":[0-9.]*' | tr '\n' ' ')"
 }
 
 for rep in $(seq 1 "$REPS"); do

@@ -95,6 +95,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
+    // The signal handlers go in before the broker says it is listening: whoever waits for
+    // that line may send SIGTERM at once, and before the handler exists SIGTERM kills the
+    // process without a clean stop (the next start then recovers every log).
+    let signals = Signals::install();
     let handle = server::start(config).await?;
     println!("wharfd listening on {}", handle.local_addr());
     if let Some(kafka) = handle.kafka_addr() {
@@ -106,24 +110,49 @@ async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     let _ = std::io::stdout().flush();
     let trigger = handle.shutdown_trigger();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutdown requested");
         let _ = trigger.send(true);
     });
     handle.wait().await
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT (Ctrl-C), registered when made.
+struct Signals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            terminate: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    }
+
+    /// Resolves at the first SIGTERM or SIGINT (never, if neither could be registered).
+    async fn wait(mut self) {
+        let terminate = async {
+            match self.terminate.as_mut() {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let interrupt = async {
+            match self.interrupt.as_mut() {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = terminate => {}
+            () = interrupt => {}
+        }
     }
 }

@@ -42,7 +42,7 @@ use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, Ge
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
 use crate::queue::store::QueueStore;
-use crate::queue::task::{Command, Control, MoveRound, QueueTask};
+use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask};
 use crate::queue::types::{
     AckTicket, BindingInfo, ConsumerEvent, Durability, GotMessage, Message, Moved, PublishTicket,
     Published, QueueArgs, QueueError, QueueStats, SessionId,
@@ -480,12 +480,36 @@ impl QueueManager {
                 })
                 .collect()
         };
+        // One command per queue for the whole batch (each message keeps its own confirm),
+        // and a message routed to one queue moves there instead of being copied.
         let mut tickets = Vec::with_capacity(routed.len());
+        let mut per_queue: Vec<(Target, Vec<PendingPublish>)> = Vec::new();
+        let mut slots: HashMap<String, usize> = HashMap::new();
         for routed in routed {
-            tickets.push(match routed {
-                Ok((message, targets)) => enqueue(message, &targets).await,
-                Err(error) => Err(error),
-            });
+            let (message, targets) = match routed {
+                Ok(routed) => routed,
+                Err(error) => {
+                    tickets.push(Err(error));
+                    continue;
+                }
+            };
+            let mut confirmations = Vec::with_capacity(targets.len());
+            let mut copies = std::iter::repeat_n(message, targets.len());
+            for (name, sender) in targets {
+                let Some(copy) = copies.next() else { break };
+                let (reply, confirmed) = oneshot::channel();
+                let slot = *slots.entry(name.clone()).or_insert_with(|| {
+                    per_queue.push(((name.clone(), sender), Vec::new()));
+                    per_queue.len() - 1
+                });
+                per_queue[slot].1.push((vec![copy], reply));
+                confirmations.push((name, confirmed));
+            }
+            tickets.push(Ok(PublishTicket::new(confirmations)));
+        }
+        for ((_, sender), many) in per_queue {
+            // A queue deleted meanwhile drops the command: its confirms answer `Gone`.
+            let _ = sender.send(Command::PublishMany(many)).await;
         }
         tickets
     }

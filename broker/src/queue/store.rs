@@ -127,23 +127,37 @@ pub struct QueueStore {
     acks: Arc<Partition>,
     state: Mutex<AckState>,
     /// The records of the batch read last: deliveries go through a batch in id order, so
-    /// each batch is read, CRC-checked and decoded once rather than once per message.
-    read_cache: Mutex<Vec<Record>>,
+    /// each batch is read, CRC-checked and decoded once rather than once per message. A
+    /// slot is empty once [`QueueStore::take`] handed its record out.
+    read_cache: Mutex<ReadCache>,
     /// Delivery counts found at open (ack log after the checkpoint), for the queue's task.
     recovered_counts: Mutex<std::collections::HashMap<i64, u32>>,
     dir: std::path::PathBuf,
     env: StorageEnv,
 }
 
-/// The record with offset `id` among `records` (one batch's, in offset order).
-fn cached(records: &[Record], id: i64) -> Option<Record> {
-    let first = records.first()?.offset;
-    let index = usize::try_from(id.checked_sub(first)?).ok()?;
-    records
-        .get(index)
-        .filter(|record| record.offset == id)
-        .or_else(|| records.iter().find(|record| record.offset == id))
-        .cloned()
+/// One decoded batch of messages: slot `i` holds the record with offset `base + i`, until
+/// [`QueueStore::take`] hands it out.
+#[derive(Debug, Default)]
+struct ReadCache {
+    base: i64,
+    records: Vec<Option<Record>>,
+}
+
+impl ReadCache {
+    /// The slot holding the record with offset `id`, if it is cached and not taken. Wharf
+    /// writes queue batches without offset gaps, so the slot is found by index; a batch with
+    /// gaps is searched.
+    fn slot(&mut self, id: i64) -> Option<&mut Option<Record>> {
+        let holds = |slot: &Option<Record>| slot.as_ref().is_some_and(|record| record.offset == id);
+        let index = usize::try_from(id.checked_sub(self.base)?)
+            .ok()
+            .filter(|index| self.records.get(*index).is_some_and(holds));
+        match index {
+            Some(index) => self.records.get_mut(index),
+            None => self.records.iter_mut().find(|slot| holds(slot)),
+        }
+    }
 }
 
 impl QueueStore {
@@ -158,7 +172,7 @@ impl QueueStore {
             messages,
             acks,
             state: Mutex::new(AckState::default()),
-            read_cache: Mutex::new(Vec::new()),
+            read_cache: Mutex::new(ReadCache::default()),
             recovered_counts: Mutex::new(std::collections::HashMap::new()),
             dir: dir.to_path_buf(),
             env,
@@ -428,22 +442,42 @@ impl QueueStore {
     /// # Errors
     /// Storage errors, or `Error::OffsetOutOfRange` if it is gone.
     pub fn read(&self, id: i64) -> Result<Option<Record>> {
+        self.read_with(id, |slot| slot.clone())
+    }
+
+    /// Reads one message to deliver it: like [`QueueStore::read`], but the record is moved
+    /// out of the read cache rather than copied (a delivery reads each message once; a
+    /// redelivery reads its batch again).
+    ///
+    /// # Errors
+    /// As [`QueueStore::read`].
+    pub fn take(&self, id: i64) -> Result<Option<Record>> {
+        self.read_with(id, Option::take)
+    }
+
+    fn read_with(
+        &self,
+        id: i64,
+        out: impl Fn(&mut Option<Record>) -> Option<Record>,
+    ) -> Result<Option<Record>> {
         let mut cache = self
             .read_cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(record) = cached(&cache, id) {
-            return Ok(Some(record));
+        if let Some(slot) = cache.slot(id) {
+            return Ok(out(slot));
         }
         // Messages never change once written, so the cache is only ever replaced.
-        cache.clear();
+        cache.records.clear();
         let read = self.messages.read(id, 1)?;
         if let Some(decoded) = batch::batches(read.bytes).next() {
-            for record in decoded?.records() {
-                cache.push(record?);
+            let decoded = decoded?;
+            cache.base = decoded.header().base_offset;
+            for record in decoded.records() {
+                cache.records.push(Some(record?));
             }
         }
-        Ok(cached(&cache, id))
+        Ok(cache.slot(id).and_then(out))
     }
 
     /// Writes an ack-state checkpoint, then deletes ack-log segments it covers and message
@@ -600,6 +634,24 @@ mod tests {
         assert_eq!(body(second + 1), "b-1");
         assert_eq!(body(first), "a-0");
         assert!(store.read(second + 2).unwrap().is_none(), "past the end");
+    }
+
+    #[test]
+    fn take_moves_a_record_out_and_a_second_read_decodes_its_batch_again() {
+        let (env, _fs, _clock) = sim_env(1_000);
+        let store = QueueStore::open(Path::new("/data/queues/take"), config(), env).unwrap();
+        let first = publish_batch(&store, "a", 3);
+        let body = |record: Option<Record>| {
+            String::from_utf8(record.expect("stored").value.unwrap().to_vec()).unwrap()
+        };
+        assert_eq!(body(store.take(first + 1).unwrap()), "a-1");
+        // Taken from the cache, still in the log: a redelivery reads it again.
+        assert_eq!(body(store.read(first + 1).unwrap()), "a-1");
+        assert_eq!(body(store.take(first + 1).unwrap()), "a-1");
+        assert_eq!(body(store.take(first).unwrap()), "a-0");
+        assert_eq!(body(store.read(first + 2).unwrap()), "a-2");
+        assert_eq!(body(store.take(first + 2).unwrap()), "a-2");
+        assert!(store.take(first + 3).unwrap().is_none(), "past the end");
     }
 
     #[test]

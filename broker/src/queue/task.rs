@@ -67,7 +67,7 @@ pub(crate) type Confirm = oneshot::Sender<Result<(), QueueError>>;
 /// The answer to a get.
 pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 /// A publish waiting to be stored with its run.
-type PendingPublish = (Vec<Message>, Confirm);
+pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 
@@ -75,6 +75,9 @@ type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 pub(crate) enum Command {
     /// Store these messages (merged with neighbouring publishes) and confirm once durable.
     Publish(Vec<Message>, Confirm),
+    /// Several publishes in one command (a batch of publishes from one request, in order),
+    /// each with its own confirm: handled exactly as that many `Publish` commands.
+    PublishMany(Vec<PendingPublish>),
     /// Ack a delivery (merged with neighbouring acks and nacks into one settle record).
     Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
     /// Nack a delivery (merged like an ack).
@@ -324,6 +327,15 @@ impl QueueTask {
                         self.flush_publishes(&mut publishes).await;
                     }
                 }
+                Command::PublishMany(many) => {
+                    self.flush_acks(&mut acks).await;
+                    for pending in many {
+                        publishes.push(pending);
+                        if !merge_publishes {
+                            self.flush_publishes(&mut publishes).await;
+                        }
+                    }
+                }
                 Command::Ack(consumer, tag, scope, reply) => {
                     self.flush_publishes(&mut publishes).await;
                     acks.push((
@@ -400,16 +412,18 @@ impl QueueTask {
         if run.is_empty() {
             return;
         }
-        let messages: Vec<Message> = run
-            .iter()
-            .flat_map(|(messages, _)| messages.iter().cloned())
-            .collect();
+        let mut messages = Vec::with_capacity(run.iter().map(|(messages, _)| messages.len()).sum());
+        let mut replies = Vec::with_capacity(run.len());
+        for (batch, reply) in run {
+            messages.extend(batch);
+            replies.push(reply);
+        }
         let message_count = messages.len() as u64;
         let outcome = self.store_messages(messages).await;
         if outcome.is_ok() {
             self.counters.published += message_count;
         }
-        for (_, reply) in run {
+        for reply in replies {
             let _ = reply.send(outcome.clone());
         }
     }
@@ -613,13 +627,21 @@ impl QueueTask {
     async fn store_messages(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
-        for message in &messages {
+        // What the delivery state needs of each message once it is stored (its due time
+        // and TTL); the message itself moves into the batch, not copied.
+        let mut timings = Vec::with_capacity(messages.len());
+        for message in messages {
+            timings.push((
+                header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
+                header_number(&message.headers, EXPIRATION_HEADER)
+                    .and_then(|ttl| u64::try_from(ttl).ok()),
+            ));
             builder
                 .push(&NewRecord {
                     timestamp_ms: now,
-                    key: Some(Bytes::copy_from_slice(message.routing_key.as_bytes())),
-                    value: Some(message.body.clone()),
-                    headers: message.headers.clone(),
+                    key: Some(Bytes::from(message.routing_key.into_bytes())),
+                    value: Some(message.body),
+                    headers: message.headers,
                 })
                 .map_err(|error| QueueError::Invalid(error.to_string()))?;
         }
@@ -641,15 +663,12 @@ impl QueueTask {
             .await
             .map_err(storage)?;
         let mut actions = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
+        for (index, (due, record_ttl)) in timings.into_iter().enumerate() {
             let id = appended.base_offset + index as i64;
-            if let Some(due) = header_number(&message.headers, DUE_HEADER).filter(|due| *due > now)
-            {
+            if let Some(due) = due {
                 self.delays.insert(id, due);
                 continue;
             }
-            let record_ttl = header_number(&message.headers, EXPIRATION_HEADER)
-                .and_then(|ttl| u64::try_from(ttl).ok());
             let meta = MessageMeta {
                 id,
                 expires_at_ms: record_ttl
@@ -752,7 +771,7 @@ impl QueueTask {
         for action in actions {
             match action {
                 Action::Deliver(delivery) => {
-                    let record = match self.store.read(delivery.message) {
+                    let record = match self.store.take(delivery.message) {
                         Ok(Some(record)) => record,
                         _ => continue,
                     };

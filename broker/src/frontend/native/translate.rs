@@ -1280,9 +1280,15 @@ async fn subscribe(
     }
 }
 
+/// Most bytes of pushes [`forward_deliveries`] gathers into one buffer before it hands
+/// them to the connection (one message at least).
+const PUSH_GATHER_BYTES: usize = 256 * 1024;
+
 /// Encodes a consumer's events as Deliver and ConsumerCancelled pushes (with the Subscribe's
 /// correlation id) into the connection's push channel, until the consumer ends or the
-/// connection goes (its consumers are cancelled as it closes).
+/// connection goes (its consumers are cancelled as it closes). Whatever deliveries are
+/// waiting go out together: one buffer of consecutive frames (up to [`PUSH_GATHER_BYTES`]),
+/// one channel send and one write, not one per message.
 async fn forward_deliveries(
     mut deliveries: tokio::sync::mpsc::Receiver<ConsumerEvent>,
     push: tokio::sync::mpsc::Sender<BytesMut>,
@@ -1299,38 +1305,52 @@ async fn forward_deliveries(
         api_key: ApiKey::ConsumerCancelled.code(),
         ..push_header
     };
-    while let Some(event) = deliveries.recv().await {
+    while let Some(first) = deliveries.recv().await {
         let mut out = BytesMut::new();
-        let last = match event {
-            ConsumerEvent::Delivery(delivered) => {
-                let pushed = deliver_push(consumer_id, delivered);
-                wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
-                    pushed.encode(body)
-                });
-                false
-            }
-            ConsumerEvent::Cancelled(reason) => {
-                let pushed = ConsumerCancelledPush {
-                    consumer_id,
-                    queue: queue.clone(),
-                    error: match reason {
+        let mut next = Some(first);
+        let mut last = false;
+        while let Some(event) = next.take() {
+            match event {
+                ConsumerEvent::Delivery(delivered) => {
+                    let pushed = deliver_push(consumer_id, delivered);
+                    wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
+                        pushed.encode(body)
+                    });
+                }
+                ConsumerEvent::Cancelled(reason) => {
+                    let error = match reason {
                         CancelReason::AckTimeout => ErrorCode::AckTimeout,
                         CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
                         // The client asked for these itself (or is gone): nothing to tell.
-                        CancelReason::ClientCancelled | CancelReason::ConnectionClosed => break,
-                    },
-                    error_message: Some(format!(
-                        "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
-                        reason.describe()
-                    )),
-                };
-                wharf_protocol::frame::encode_frame(cancelled_header, &mut out, |body| {
-                    pushed.encode(body)
-                });
-                true
+                        CancelReason::ClientCancelled | CancelReason::ConnectionClosed => {
+                            last = true;
+                            break;
+                        }
+                    };
+                    let pushed = ConsumerCancelledPush {
+                        consumer_id,
+                        queue: queue.clone(),
+                        error,
+                        error_message: Some(format!(
+                            "consumer {consumer_id} of queue {queue:?} was cancelled: {}",
+                            reason.describe()
+                        )),
+                    };
+                    wharf_protocol::frame::encode_frame(cancelled_header, &mut out, |body| {
+                        pushed.encode(body)
+                    });
+                    last = true;
+                    break;
+                }
             }
-        };
-        if push.send(out).await.is_err() || last {
+            if out.len() < PUSH_GATHER_BYTES {
+                next = deliveries.try_recv().ok();
+            }
+        }
+        if !out.is_empty() && push.send(out).await.is_err() {
+            break;
+        }
+        if last {
             break;
         }
     }
