@@ -284,6 +284,37 @@ impl HealthSignals {
     }
 }
 
+/// What happened at start: how long opening (recovering) the logs and queues took.
+#[derive(Debug)]
+pub struct StartupMetrics {
+    /// Microseconds the open took, plus one (0: not finished yet).
+    recovery_micros: AtomicU64,
+}
+
+/// The startup metrics of this process.
+pub static STARTUP: StartupMetrics = StartupMetrics {
+    recovery_micros: AtomicU64::new(0),
+};
+
+impl StartupMetrics {
+    /// Records how long the open at start took.
+    pub fn record_recovery(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX - 1);
+        self.recovery_micros
+            .store(micros.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// How long the open at start took, seconds; `None` while it runs.
+    pub fn recovery_seconds(&self) -> Option<f64> {
+        match self.recovery_micros.load(Ordering::Relaxed) {
+            0 => None,
+            // Micros of a start fit f64's 52-bit mantissa exactly for 142 years.
+            #[allow(clippy::cast_precision_loss)]
+            stored => Some((stored - 1) as f64 / 1_000_000.0),
+        }
+    }
+}
+
 /// The process's memory and file descriptors, from `/proc` (Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProcessSample {

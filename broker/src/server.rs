@@ -142,9 +142,11 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
+    let recovery_started = std::time::Instant::now();
     let opened = tokio::task::spawn_blocking(move || Broker::open(&open_config, clock))
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+    crate::metrics::STARTUP.record_recovery(recovery_started.elapsed());
     let (broker, background) = opened.start(shutdown_rx.clone());
     http.set_broker(broker.clone());
     let native = Native::new(

@@ -27,6 +27,8 @@ struct Scrape {
     listeners: Vec<(&'static str, ListenerSample)>,
     histograms: Vec<(&'static str, &'static str, HistogramSample)>,
     process: ProcessSample,
+    /// How long the open at start took (`None` while recovering).
+    recovery_seconds: Option<f64>,
 }
 
 /// `GET /metrics`.
@@ -63,6 +65,7 @@ pub async fn scrape(axum::extract::State(http): Shared) -> Response {
             ),
         ],
         process,
+        recovery_seconds: metrics::STARTUP.recovery_seconds(),
     };
     match render(scrape) {
         Ok(text) => (
@@ -109,6 +112,15 @@ impl Collector for Scrape {
         for (name, help, sample) in &self.histograms {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             metric.encode_histogram::<NoLabels>(sample.sum, sample.count, &sample.buckets, None)?;
+        }
+        if let Some(seconds) = self.recovery_seconds {
+            let mut metric = encoder.encode_descriptor(
+                "wharf_recovery_duration_seconds",
+                "Time the broker took at start to open and recover its logs, offsets and queues.",
+                None,
+                MetricType::Gauge,
+            )?;
+            metric.encode_gauge(&seconds)?;
         }
         if let Some(resident) = self.process.resident_bytes {
             family(
@@ -509,8 +521,17 @@ mod tests {
                 resident_bytes: Some(4096),
                 open_fds: Some(7),
             },
+            recovery_seconds: Some(0.25),
         };
         let text = render(scrape).expect("renders");
+        assert!(
+            text.contains("# TYPE wharf_recovery_duration_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_recovery_duration_seconds 0.25"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE wharf_storage_fsync_duration_seconds histogram"),
             "{text}"
