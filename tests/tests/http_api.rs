@@ -875,6 +875,13 @@ fn websockets_stream_a_partition_and_consume_a_queue_with_acks() {
     assert_eq!(after_nack[0]["redelivered"], true, "{after_nack:?}");
     assert_eq!(after_nack[1], json!({"type": "settled", "tag": two["tag"]}));
 
+    // The redelivery is counted in /metrics.
+    let scraped = get(&web, "/metrics").body;
+    assert!(
+        scraped.contains("wharf_queue_messages_redelivered_total{queue=\"jobs\"} 1"),
+        "{scraped}"
+    );
+
     // Bad client messages are answered, the socket stays.
     ws_send(&mut socket, &json!({"ack": 1, "nack": 2}));
     assert_eq!(ws_next(&mut socket)["error"], "bad_request");

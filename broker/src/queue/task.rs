@@ -164,6 +164,7 @@ struct Counters {
     delivered: u64,
     settled: u64,
     dead_lettered: u64,
+    redelivered: u64,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -493,6 +494,7 @@ impl QueueTask {
                     delivered: self.counters.delivered,
                     settled: self.counters.settled,
                     dead_lettered: self.counters.dead_lettered,
+                    redelivered: self.counters.redelivered,
                     durability: Durability::default(),
                 });
             }
@@ -791,6 +793,9 @@ impl QueueTask {
                     };
                     if !gone {
                         self.counters.delivered += 1;
+                        if delivery.redelivered {
+                            self.counters.redelivered += 1;
+                        }
                     }
                     if gone {
                         // The consumer went away: its deliveries return to the queue.

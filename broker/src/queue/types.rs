@@ -186,6 +186,9 @@ pub struct QueueStats {
     pub settled: u64,
     /// Messages dead-lettered since the broker started.
     pub dead_lettered: u64,
+    /// Redeliveries pushed to consumers since the broker started (a message delivered
+    /// before: nacked with requeue, or returned by a consumer that went away).
+    pub redelivered: u64,
     /// Durable or transient.
     pub durability: Durability,
 }

@@ -388,6 +388,12 @@ fn encode_queues(
         "Messages dead-lettered since start.",
         dead_lettered
     );
+    queue_family!(
+        Kind::Counter,
+        "wharf_queue_messages_redelivered",
+        "Redeliveries pushed to consumers since start (messages delivered before).",
+        redelivered
+    );
     Ok(())
 }
 
