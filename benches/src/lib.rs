@@ -46,6 +46,7 @@ impl InProcess {
             listen: "127.0.0.1:0".to_string(),
             kafka_listen: None,
             amqp_listen: None,
+            http_listen: None,
             ..BrokerConfig::default()
         };
         let server = runtime

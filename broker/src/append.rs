@@ -16,9 +16,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::storage::{Appended, FlushPolicy, Partition, Result};
+use crate::metrics;
+use crate::storage::{Appended, Error, FlushPolicy, Partition, Result};
 
 /// Where an append landed, and the handle to wait for its durability.
 #[derive(Debug, Clone)]
@@ -33,7 +34,13 @@ pub struct Receipt {
 /// # Errors
 /// The storage error of the append; nothing is appended then.
 pub fn append(log: &Arc<Partition>, batches: &mut [u8]) -> Result<Receipt> {
-    let appended = log.append(batches)?;
+    let started = Instant::now();
+    let byte_count = batches.len() as u64;
+    let outcome = log.append(batches);
+    metrics::STORAGE
+        .append_seconds
+        .observe_duration(started.elapsed());
+    let appended = counted(log, outcome, byte_count)?;
     Ok(Receipt {
         log: log.clone(),
         appended,
@@ -135,4 +142,22 @@ pub fn durable(
 /// `Error::Failed` if the log failed, `Error::TimedOut` after `timeout`.
 pub fn durable_blocking(log: &Partition, next_offset: i64, timeout: Duration) -> Result<()> {
     log.wait_durable_blocking(next_offset, timeout)
+}
+
+/// Counts an append's outcome: records and bytes in on success (one add per append, from the
+/// offsets it was given, never by walking records), and whether the disk was full.
+fn counted(log: &Partition, outcome: Result<Appended>, byte_count: u64) -> Result<Appended> {
+    match &outcome {
+        Ok(appended) => {
+            let record_count = appended.next_offset.saturating_sub(appended.base_offset);
+            log.traffic()
+                .count_in(u64::try_from(record_count).unwrap_or(0), byte_count);
+            metrics::HEALTH.set_disk_full(false);
+        }
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+            metrics::HEALTH.set_disk_full(true);
+        }
+        Err(_) => {}
+    }
+    outcome
 }

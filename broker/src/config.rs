@@ -39,6 +39,8 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
 pub const KAFKA_LISTEN_DEFAULT: &str = "127.0.0.1:9092";
 /// Default AMQP 0-9-1 listener address (RabbitMQ's port).
 pub const AMQP_LISTEN_DEFAULT: &str = "127.0.0.1:5672";
+/// Default HTTP listener address (metrics, health, admin API; issue #17).
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 /// Largest record batch a produce may carry unless the topic's `max.message.bytes` says
 /// otherwise (Kafka's default: 1 MiB plus batch overhead).
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
@@ -62,6 +64,8 @@ pub struct BrokerConfig {
     pub kafka_advertised: Option<String>,
     /// Where the AMQP 0-9-1 listener binds (`None`: off).
     pub amqp_listen: Option<String>,
+    /// Where the HTTP listener binds (`None`: off): metrics, health checks, admin API.
+    pub http_listen: Option<String>,
     /// Largest accepted frame (length field).
     pub frame_bytes_max: u32,
     /// Create unknown topics on first produce.
@@ -92,6 +96,7 @@ impl Default for BrokerConfig {
             kafka_listen: Some(KAFKA_LISTEN_DEFAULT.to_string()),
             kafka_advertised: None,
             amqp_listen: Some(AMQP_LISTEN_DEFAULT.to_string()),
+            http_listen: Some(HTTP_LISTEN_DEFAULT.to_string()),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -120,7 +125,12 @@ pub struct ConfigKey {
 /// [`BrokerConfig::default`] (so the documentation cannot drift from the code; a test
 /// checks that this list and the file's keys are the same, and that README.md shows it).
 pub fn config_keys() -> Vec<ConfigKey> {
-    let config = BrokerConfig::default();
+    config_values(&BrokerConfig::default())
+}
+
+/// Every key of the configuration file with its value in `config` (in `default`, as a TOML
+/// value): what the broker runs with, for `GET /api/v1/broker`.
+pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
     let log = &config.log;
     let optional = |value: Option<u64>| value.unwrap_or(0).to_string();
     let (flush, flush_interval_ms) = match log.flush {
@@ -146,7 +156,10 @@ pub fn config_keys() -> Vec<ConfigKey> {
         ),
         key(
             "advertised_address",
-            "(unset)".to_string(),
+            config
+                .advertised_address
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |address| format!("{address:?}")),
             "HOST:PORT that metadata answers tell clients to connect to; unset: the bound address",
         ),
         key(
@@ -155,8 +168,16 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "Kafka wire protocol listener, HOST:PORT or \"off\" (`--kafka-listen`)",
         ),
         key(
+            "http_listen",
+            format!("{:?}", config.http_listen.as_deref().unwrap_or("off")),
+            "HTTP listener (metrics, health, admin API), HOST:PORT or \"off\" (`--http-listen`)",
+        ),
+        key(
             "kafka_advertised",
-            "(unset)".to_string(),
+            config
+                .kafka_advertised
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |address| format!("{address:?}")),
             "HOST:PORT that Kafka metadata answers carry; unset: the Kafka listener's bound address",
         ),
         key(
@@ -302,6 +323,7 @@ struct FileConfig {
     kafka_listen: Option<String>,
     kafka_advertised: Option<String>,
     amqp_listen: Option<String>,
+    http_listen: Option<String>,
     frame_bytes_max: Option<u32>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -357,6 +379,9 @@ impl BrokerConfig {
         self.kafka_advertised = file.kafka_advertised;
         if let Some(listen) = file.amqp_listen {
             self.amqp_listen = listener_address(&listen);
+        }
+        if let Some(listen) = file.http_listen {
+            self.http_listen = listener_address(&listen);
         }
         self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
         self.auto_create_topics = file.auto_create_topics.unwrap_or(true);

@@ -19,6 +19,7 @@
 //! exceptions still left (FIXME there).
 
 pub mod group_ops;
+pub mod observe_ops;
 pub mod queue_ops;
 pub mod stream_ops;
 pub mod txn_ops;
@@ -67,6 +68,10 @@ pub use crate::streams::topic::{
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
+pub use observe_ops::{
+    GroupObserved, Observed, PartitionLag, PartitionObserved, Readiness, LAG_SERIES_MAX,
+    PARTITION_SERIES_MAX, QUEUE_SERIES_MAX,
+};
 pub use queue_ops::{
     Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,
     SettleQuery, SubscribeQuery,

@@ -9,8 +9,10 @@
 //!
 //! - [`amqp`]: AMQP 0-9-1 (`--amqp-listen`, 127.0.0.1:5672), for RabbitMQ clients (pika,
 //!   aio-pika, amqplib, lapin, ...).
+//! - [`http`]: HTTP (`--http-listen`, 127.0.0.1:7480): Prometheus metrics, health probes and
+//!   the admin JSON API, on axum.
 //!
-//! Later: `http`. Adding a protocol means adding a folder here: its codec,
+//! Adding a protocol means adding a folder here: its codec,
 //! its translation of each request to one core call, and its mapping from domain errors to
 //! its own error codes (in one place per front end).
 //!
@@ -18,5 +20,6 @@
 //! decides nothing a second protocol would have to decide again.
 
 pub mod amqp;
+pub mod http;
 pub mod kafka;
 pub mod native;

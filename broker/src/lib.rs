@@ -17,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod frontend;
 pub mod groups;
+pub mod metrics;
 pub mod net;
 pub mod queue;
 pub mod server;

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 use crate::config::BrokerConfig;
 use crate::core::{Broker, OpenError};
 use crate::frontend::amqp::Amqp;
+use crate::frontend::http::status::BrokerInfo;
+use crate::frontend::http::Http;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
 use crate::net::listener;
@@ -54,6 +56,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -72,6 +75,11 @@ impl ServerHandle {
     /// The address the AMQP 0-9-1 listener is bound to, if it is on.
     pub fn amqp_addr(&self) -> Option<SocketAddr> {
         self.amqp_addr
+    }
+
+    /// The address the HTTP listener is bound to, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -144,14 +152,28 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         })?),
     };
     let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // HTTP serves from before recovery, so the liveness probe answers while it runs (and
+    // the readiness probe says it is recovering); dropping `shutdown` on a failed open
+    // stops it.
+    let (http, http_addr, http_task) = start_http(
+        &config,
+        local_addr,
+        kafka_addr,
+        amqp_addr,
+        shutdown_rx.clone(),
+    )
+    .await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
+    let recovery_started = std::time::Instant::now();
     let opened = tokio::task::spawn_blocking(move || Broker::open(&open_config, clock))
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    crate::metrics::STARTUP.record_recovery(recovery_started.elapsed());
     let (broker, background) = opened.start(shutdown_rx.clone());
+    http.set_broker(broker.clone());
     let native = Native::new(
         broker.clone(),
         config.frame_bytes_max,
@@ -215,6 +237,14 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             }
         };
         tokio::join!(native_loop, kafka_loop, amqp_loop);
+        if let Some(http_task) = http_task {
+            if tokio::time::timeout(SHUTDOWN_GRACE, http_task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("http requests did not finish within the shutdown grace period");
+            }
+        }
         if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
             .await
             .is_err()
@@ -235,11 +265,49 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     if let Some(amqp_addr) = amqp_addr {
         tracing::info!(%amqp_addr, "AMQP listener listening");
     }
+    if let Some(http_addr) = http_addr {
+        tracing::info!(%http_addr, "HTTP listener listening");
+    }
     Ok(ServerHandle {
         local_addr,
         kafka_addr,
         amqp_addr,
+        http_addr,
         shutdown,
         task,
     })
+}
+
+/// Binds the HTTP listener (if `http_listen` is on) and serves it until shutdown; the core
+/// is handed to the returned [`Http`] once it has recovered.
+async fn start_http(
+    config: &BrokerConfig,
+    native_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
+    amqp_addr: Option<SocketAddr>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
+    let bound = match &config.http_listen {
+        None => None,
+        Some(address) => Some(listener::bind(address).await.map_err(|source| ServerError::Bind {
+            address: address.clone(),
+            listener: "HTTP",
+            remedy: "choose another address with --http-listen HOST:PORT, or turn the HTTP listener off with --http-listen off (or `http_listen` in the config file)",
+            source,
+        })?),
+    };
+    let info = BrokerInfo::new(
+        config,
+        native_addr,
+        kafka_addr,
+        amqp_addr,
+        bound.as_ref().map(|(_, addr)| *addr),
+    );
+    let http = Http::new(shutdown.clone(), info);
+    let Some((listener, addr)) = bound else {
+        return Ok((http, None, None));
+    };
+    let capped = listener::CappedListener::new(listener, config.connections_max);
+    let task = tokio::spawn(crate::frontend::http::serve(http.clone(), capped, shutdown));
+    Ok((http, Some(addr), Some(task)))
 }

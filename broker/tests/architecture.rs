@@ -24,26 +24,36 @@ use std::path::{Path, PathBuf};
 
 /// Which top-level modules each top-level module may import.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("server", &["frontend", "net", "core", "config", "storage"]),
-    ("frontend", &["core", "net", "config"]),
+    // `metrics` is plain atomics that every layer updates (issue #17): anyone may call it.
+    (
+        "server",
+        &["frontend", "net", "core", "config", "storage", "metrics"],
+    ),
+    ("frontend", &["core", "net", "config", "metrics"]),
     ("net", &[]),
     (
         "core",
         &[
-            "txn", "groups", "streams", "queue", "append", "storage", "config",
+            "txn", "groups", "streams", "queue", "append", "storage", "config", "metrics",
         ],
     ),
-    ("txn", &["groups", "streams", "append", "storage"]),
-    ("groups", &["streams", "append", "storage"]),
-    ("streams", &["append", "storage", "config"]),
-    ("queue", &["append", "storage"]),
-    ("append", &["storage"]),
+    (
+        "txn",
+        &["groups", "streams", "append", "storage", "metrics"],
+    ),
+    ("groups", &["streams", "append", "storage", "metrics"]),
+    ("streams", &["append", "storage", "config", "metrics"]),
+    ("queue", &["append", "storage", "metrics"]),
+    ("append", &["storage", "metrics"]),
     ("config", &["storage"]),
-    ("storage", &[]),
+    ("storage", &["metrics"]),
+    ("metrics", &[]),
 ];
 
 /// Modules that may use only the protocol crate's storage-format parts.
-const PROTOCOL_NEUTRAL: &[&str] = &["core", "streams", "groups", "txn", "queue", "append"];
+const PROTOCOL_NEUTRAL: &[&str] = &[
+    "core", "streams", "groups", "txn", "queue", "append", "metrics",
+];
 
 /// What protocol-neutral modules may name of `wharf_protocol`.
 const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct"];

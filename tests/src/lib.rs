@@ -68,6 +68,8 @@ pub struct BrokerProcess {
     kafka_addr: Option<SocketAddr>,
     /// The AMQP listener's address (`None`: turned off by the test's arguments).
     amqp_addr: Option<SocketAddr>,
+    /// The HTTP listener's address (`None`: turned off by the test's arguments).
+    http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     extra_args: Vec<String>,
     /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
@@ -132,6 +134,13 @@ impl BrokerProcess {
         let amqp_on = extra_args
             .windows(2)
             .any(|pair| pair[0] == "--amqp-listen" && pair[1] != "off");
+        // Likewise the HTTP listener (default 7480).
+        if !extra_args.iter().any(|arg| arg == "--http-listen") {
+            extra_args.extend(["--http-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        let http_on = extra_args
+            .windows(2)
+            .any(|pair| pair[0] == "--http-listen" && pair[1] != "off");
         let filter = match log {
             Some((_, filter)) => filter.to_string(),
             None => std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string()),
@@ -180,28 +189,32 @@ impl BrokerProcess {
             assert!(line.starts_with("amqp listening on "), "{line:?}");
             address_of(&line)
         });
-        if let (Some(amqp_addr), Some(at)) = (
-            amqp_addr,
-            extra_args
+        let http_addr = http_on.then(|| {
+            let line = receiver
+                .recv_timeout(START_TIMEOUT)
+                .expect("wharfd did not report its HTTP address in time");
+            assert!(line.starts_with("http listening on "), "{line:?}");
+            address_of(&line)
+        });
+        // The test's own arguments, so a restart can pin the ports it got.
+        for (flag, bound) in [
+            ("--kafka-listen", kafka_addr),
+            ("--amqp-listen", amqp_addr),
+            ("--http-listen", http_addr),
+        ] {
+            let at = extra_args
                 .windows(2)
-                .position(|pair| pair == ["--amqp-listen", "127.0.0.1:0"]),
-        ) {
-            extra_args[at + 1] = amqp_addr.to_string();
-        }
-        // The test's own arguments, so a restart can pin the Kafka port it got.
-        if let (Some(kafka_addr), Some(at)) = (
-            kafka_addr,
-            extra_args
-                .windows(2)
-                .position(|pair| pair == ["--kafka-listen", "127.0.0.1:0"]),
-        ) {
-            extra_args[at + 1] = kafka_addr.to_string();
+                .position(|pair| pair == [flag, "127.0.0.1:0"]);
+            if let (Some(bound), Some(at)) = (bound, at) {
+                extra_args[at + 1] = bound.to_string();
+            }
         }
         BrokerProcess {
             child: Some(child),
             addr,
             kafka_addr,
             amqp_addr,
+            http_addr,
             data_dir: data_dir.to_path_buf(),
             extra_args,
             log_path: None,
@@ -229,6 +242,16 @@ impl BrokerProcess {
     pub fn kafka_address(&self) -> String {
         self.kafka_addr
             .expect("the Kafka listener is off for this broker")
+            .to_string()
+    }
+
+    /// `host:port` of the HTTP listener (metrics, health, admin API).
+    ///
+    /// # Panics
+    /// If the test turned the HTTP listener off.
+    pub fn http_address(&self) -> String {
+        self.http_addr
+            .expect("the HTTP listener is off for this broker")
             .to_string()
     }
 

@@ -67,7 +67,7 @@ fn the_quickstart_runs_on_an_8_mib_tmpfs_and_a_full_disk_is_an_error_not_a_crash
             "-m",
             "sh",
             "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off",
+            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
             "sh",
         ])
         .arg(&mount)

@@ -740,6 +740,7 @@ fn a_busy_kafka_port_is_a_startup_error_that_names_the_flag() {
             "--kafka-listen",
             &address,
         ])
+        .args(["--http-listen", "off"])
         .output()
         .expect("run wharfd");
     assert!(!output.status.success());

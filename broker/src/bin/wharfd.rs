@@ -1,10 +1,11 @@
 //! `wharfd`: the Wharf broker.
 //!
 //! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--kafka-listen HOST:PORT|off]
-//!        [--amqp-listen HOST:PORT|off]
-//! [--config FILE]`; flags override the file. Prints `wharfd listening on ADDR` on stdout once
-//! it accepts connections, then one `<front end> listening on ADDR` line per other listener
-//! (`kafka listening on ADDR`), and shuts down cleanly on SIGINT or SIGTERM.
+//!        [--amqp-listen HOST:PORT|off] [--http-listen HOST:PORT|off] [--config FILE]`; flags
+//! override the file. Prints `wharfd listening on ADDR` on stdout once it accepts
+//! connections, then one `<front end> listening on ADDR` line per other listener that is
+//! on, in this order: `kafka listening on ADDR`, `amqp listening on ADDR`, `http listening
+//! on ADDR`; and shuts down cleanly on SIGINT or SIGTERM.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ struct Args {
     /// port).
     #[arg(long, value_name = "HOST:PORT|off")]
     amqp_listen: Option<String>,
+    /// HTTP listener: metrics, health checks, admin API (default 127.0.0.1:7480; `off`
+    /// disables it; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    http_listen: Option<String>,
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -74,6 +79,9 @@ fn main() -> ExitCode {
     if let Some(listen) = args.amqp_listen {
         config.amqp_listen = wharf_broker::config::listener_address(&listen);
     }
+    if let Some(listen) = args.http_listen {
+        config.http_listen = wharf_broker::config::listener_address(&listen);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -105,6 +113,9 @@ async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     }
     if let Some(amqp) = handle.amqp_addr() {
         println!("amqp listening on {amqp}");
+    }
+    if let Some(http) = handle.http_addr() {
+        println!("http listening on {http}");
     }
     let _ = std::io::stdout().flush();
     let trigger = handle.shutdown_trigger();

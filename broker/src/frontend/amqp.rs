@@ -227,6 +227,7 @@ impl Protocol for Amqp {
     type Connection = AmqpConnection;
 
     fn open(&self, push: mpsc::Sender<BytesMut>, peer: SocketAddr) -> AmqpConnection {
+        crate::metrics::AMQP.connection_opened();
         let (out, out_rx) = mpsc::channel(OUTPUT_QUEUE_MAX);
         tokio::spawn(sequence_output(out_rx, push.clone()));
         let (closed, _) = watch::channel(false);
@@ -288,6 +289,7 @@ impl Protocol for Amqp {
 
     fn close<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            crate::metrics::AMQP.connection_closed();
             let shared = &connection.shared;
             let _ = shared.closed.send(true);
             handlers::close_all_channels(shared).await;

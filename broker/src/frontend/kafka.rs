@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::config::parse_host_port;
 use crate::core::{Broker, Session};
+use crate::metrics;
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
 /// Node id of this broker in Kafka metadata answers (one broker for now).
@@ -173,6 +174,7 @@ impl Protocol for Kafka {
     type Connection = KafkaConnection;
 
     fn open(&self, _push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> KafkaConnection {
+        metrics::KAFKA.connection_opened();
         KafkaConnection {
             session: Arc::new(Session::new()),
         }
@@ -226,6 +228,7 @@ impl Protocol for Kafka {
                 correlation_id,
                 body,
             } = request;
+            metrics::KAFKA.request(u16::try_from(api_key as i16).unwrap_or(u16::MAX));
             let answer = match body {
                 Body::Serve(body) => {
                     handlers::handle(self, connection, body, version, client_id).await
@@ -247,6 +250,7 @@ impl Protocol for Kafka {
     }
 
     fn close<'a>(&'a self, connection: &'a KafkaConnection) -> BoxFuture<'a, ()> {
+        metrics::KAFKA.connection_closed();
         Box::pin(self.broker.close_session(&connection.session))
     }
 }

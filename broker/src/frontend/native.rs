@@ -26,6 +26,7 @@ use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
 
 use crate::config::parse_host_port;
 use crate::core::{Broker, Session};
+use crate::metrics;
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
 /// Node id of this broker in metadata answers (one broker for now).
@@ -96,6 +97,7 @@ impl Protocol for Native {
     type Connection = NativeConnection;
 
     fn open(&self, push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> NativeConnection {
+        metrics::NATIVE.connection_opened();
         NativeConnection {
             session: Arc::new(Session::new()),
             push,
@@ -143,6 +145,7 @@ impl Protocol for Native {
     ) -> BoxFuture<'a, Completion> {
         Box::pin(async move {
             let header = request.header;
+            metrics::NATIVE.request(header.api_key);
             let response = translate::handle(self, connection, request.request, header).await;
             let completion: Completion = Box::pin(async move {
                 let response = response.await?;
@@ -157,6 +160,7 @@ impl Protocol for Native {
     fn close<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
         // The connection's consumers go away with it: their unacknowledged deliveries
         // return to their queues, marked redelivered.
+        metrics::NATIVE.connection_closed();
         Box::pin(self.broker.close_session(&connection.session))
     }
 }

@@ -68,3 +68,114 @@ pub async fn accept_loop<P: Protocol>(
         });
     }
 }
+
+/// A listener whose accepted connections each hold a permit of a semaphore: at most
+/// `connections_max` are open at once, and the next accept waits for one to close. For front
+/// ends that bring their own connection driver (HTTP: hyper's), which cannot use
+/// [`accept_loop`].
+#[derive(Debug)]
+pub struct CappedListener {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl CappedListener {
+    /// Caps `listener` at `connections_max` open connections.
+    pub fn new(listener: TcpListener, connections_max: usize) -> CappedListener {
+        CappedListener {
+            listener,
+            permits: Arc::new(Semaphore::new(connections_max)),
+        }
+    }
+
+    /// Waits for a free permit, then for a connection; retries failed accepts after a short
+    /// delay (out of file descriptors and the like), so it returns only with a connection.
+    pub async fn accept(&mut self) -> (CappedStream, std::net::SocketAddr) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed: it lives as long as the listener.
+            Err(_) => std::future::pending().await,
+        };
+        loop {
+            match self.listener.accept().await {
+                Ok((socket, peer)) => {
+                    if let Err(error) = socket.set_nodelay(true) {
+                        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                    }
+                    return (
+                        CappedStream {
+                            socket,
+                            _permit: permit,
+                        },
+                        peer,
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+
+    /// The address it is bound to.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An accepted connection that gives its permit back when dropped.
+#[derive(Debug)]
+pub struct CappedStream {
+    socket: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write(context, bytes)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_shutdown(context)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+}

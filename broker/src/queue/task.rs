@@ -163,6 +163,19 @@ pub(crate) struct QueueTask {
     last_used_ms: i64,
     /// The expiry delete was asked for.
     expired: bool,
+    /// Counts since start for the metrics (issue #17): plain integers, since only this task
+    /// changes them, and reported with the queue's stats.
+    counters: Counters,
+}
+
+/// A queue's message counters since the broker started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    published: u64,
+    delivered: u64,
+    settled: u64,
+    dead_lettered: u64,
+    redelivered: u64,
 }
 
 /// Whether a queue task goes on after a batch.
@@ -223,6 +236,7 @@ impl QueueTask {
             expires_ms: args.expires_ms,
             last_used_ms: clock.now_ms(),
             expired: false,
+            counters: Counters::default(),
             clock,
             manager,
         };
@@ -419,7 +433,11 @@ impl QueueTask {
             messages.extend(batch);
             replies.push(reply);
         }
+        let message_count = messages.len() as u64;
         let outcome = self.store_messages(messages).await;
+        if outcome.is_ok() {
+            self.counters.published += message_count;
+        }
         for reply in replies {
             let _ = reply.send(outcome.clone());
         }
@@ -527,6 +545,11 @@ impl QueueTask {
                     delayed: self.delays.len() as u64,
                     unacked: self.state.unacked_count() as u64,
                     consumers: self.consumers.len() as u64,
+                    published: self.counters.published,
+                    delivered: self.counters.delivered,
+                    settled: self.counters.settled,
+                    dead_lettered: self.counters.dead_lettered,
+                    redelivered: self.counters.redelivered,
                     durability: Durability::default(),
                 });
             }
@@ -844,6 +867,12 @@ impl QueueTask {
                         }
                         None => true,
                     };
+                    if !gone {
+                        self.counters.delivered += 1;
+                        if delivery.redelivered {
+                            self.counters.redelivered += 1;
+                        }
+                    }
                     if gone {
                         // The consumer went away: its deliveries return to the queue.
                         self.consumers.remove(&delivery.consumer);
@@ -853,6 +882,7 @@ impl QueueTask {
                 }
                 Action::Settle(id) => settled.push(id),
                 Action::DeadLetter(id, reason) => {
+                    self.counters.dead_lettered += 1;
                     // With a dead-letter exchange the message is settled only once its copy
                     // is stored there (the republish settles it); without one it is dropped.
                     if !self.forward_dead_letter(id, reason) {
@@ -930,6 +960,7 @@ impl QueueTask {
             // durable (else compaction's low-water mark would stick until a restart).
             durable.await.map_err(storage)?;
             self.store.confirm_settled(ids);
+            self.counters.settled += ids.len() as u64;
             delivered?;
         }
         Ok(())

@@ -180,6 +180,18 @@ pub struct QueueStats {
     pub unacked: u64,
     /// Subscribed consumers.
     pub consumers: u64,
+    /// Messages stored (published and made durable) since the broker started.
+    pub published: u64,
+    /// Deliveries pushed to consumers since the broker started (redeliveries included).
+    pub delivered: u64,
+    /// Messages settled since the broker started: acknowledged by a consumer or a get, or
+    /// dropped (expired, or past the delivery limit with no dead-letter exchange).
+    pub settled: u64,
+    /// Messages dead-lettered since the broker started.
+    pub dead_lettered: u64,
+    /// Redeliveries pushed to consumers since the broker started (a message delivered
+    /// before: nacked with requeue, or returned by a consumer that went away).
+    pub redelivered: u64,
     /// Durable or transient.
     pub durability: Durability,
 }

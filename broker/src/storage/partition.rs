@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wharf_protocol::batch::{self, BatchHeader};
 
+use crate::metrics::{self, LogTraffic};
 use crate::storage::checkpoint;
 use crate::storage::clock::Clock;
 use crate::storage::config::{FlushPolicy, LogConfig};
@@ -172,6 +173,8 @@ pub struct Partition {
     sync_lock: Mutex<()>,
     flush_requested: AtomicBool,
     last_flush: Mutex<Instant>,
+    /// Records and bytes in and out, counted by the append and fetch paths (atomics).
+    traffic: LogTraffic,
 }
 
 /// Whether an append asks the flusher for the fsync that covers it.
@@ -251,6 +254,7 @@ impl Partition {
             sync_lock: Mutex::new(()),
             flush_requested: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
+            traffic: LogTraffic::default(),
             limits: RwLock::new(LiveLimits::of(&config)),
             config,
             env,
@@ -325,6 +329,11 @@ impl Partition {
     /// Every offset below this is fsynced.
     pub fn durable_offset(&self) -> i64 {
         self.durable.value()
+    }
+
+    /// The log's traffic counters (records and bytes in and out; issue #17's metrics).
+    pub fn traffic(&self) -> &LogTraffic {
+        &self.traffic
     }
 
     /// Why the partition refuses writes, if it does.
@@ -711,8 +720,17 @@ impl Partition {
         self.ensure_not_failed()?;
         // Segments rolled before `target` was noted lie below it: they must be durable too.
         self.seal_rolled(&sync)?;
-        match file.sync_data() {
+        let started = Instant::now();
+        let synced = file.sync_data();
+        metrics::STORAGE
+            .fsync_seconds
+            .observe_duration(started.elapsed());
+        match synced {
             Ok(()) => {
+                let covered = target.saturating_sub(self.durable_offset()).max(0);
+                metrics::STORAGE
+                    .group_commit_records
+                    .observe(u64::try_from(covered).unwrap_or(0));
                 self.advance_durable(target);
                 Ok(())
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use wharf_protocol::batch;
 
 use crate::storage::Partition;
 use crate::streams::producer::AbortedTxn;
@@ -226,12 +227,32 @@ impl Streams {
                 answer.log_start_offset = read.log_start_offset;
                 *remaining = remaining.saturating_sub(read.bytes.len());
                 *total += read.bytes.len();
+                log.traffic()
+                    .count_out(record_count(&read.bytes), read.bytes.len() as u64);
                 answer.records = read.bytes;
             }
             Err(error) => answer.error = Some(error.into()),
         }
         (answer, wait_offset)
     }
+}
+
+/// Records in whole batches, from their headers' record counts: one header read per batch,
+/// never a record decoded (the metrics' records out).
+fn record_count(bytes: &[u8]) -> u64 {
+    let mut count = 0u64;
+    let mut position = 0usize;
+    while let Some(rest) = bytes.get(position..) {
+        let Ok(Some(header)) = batch::parse_header(rest) else {
+            break;
+        };
+        count += u64::try_from(header.record_count).unwrap_or(0);
+        let Ok(batch_bytes) = usize::try_from(header.batch_length) else {
+            break;
+        };
+        position += batch::LOG_OVERHEAD_BYTES + batch_bytes;
+    }
+    count
 }
 
 fn unknown(topic: &str, partition: u32) -> FetchedPartition {

@@ -1,0 +1,220 @@
+//! What operators look at: readiness and the state behind the metrics (issue #17).
+//!
+//! Gauges that the broker's state already holds (offsets, sizes, segments, group lag, queue
+//! depths) are read here at scrape time, not counted on the hot path; counters come from
+//! [`crate::metrics`]. Front ends render the result (the HTTP front end as Prometheus text).
+//!
+//! Label cardinality is bounded: at most [`PARTITION_SERIES_MAX`] partitions,
+//! [`LAG_SERIES_MAX`] group lag series and [`QUEUE_SERIES_MAX`] queues are reported, in name
+//! order; the rest are left out and counted in [`Observed::left_out`].
+
+use crate::core::{Broker, Session};
+use crate::metrics::{self, TrafficSample};
+use crate::queue::QueueStats;
+
+/// Most partitions reported per scrape: each is about ten series.
+pub const PARTITION_SERIES_MAX: usize = 10_000;
+/// Most (group, topic, partition) lag series reported per scrape.
+pub const LAG_SERIES_MAX: usize = 10_000;
+/// Most queues reported per scrape.
+pub const QUEUE_SERIES_MAX: usize = 2_000;
+
+/// Whether the broker should receive traffic (Kubernetes' readiness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Recovered and able to write.
+    Ready,
+    /// Serving reads, but writes fail: the disk is full or a log failed.
+    NotReady {
+        /// Why, as a sentence for the operator.
+        reason: String,
+    },
+}
+
+/// One partition of a visible topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionObserved {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// First offset still stored.
+    pub log_start_offset: i64,
+    /// Offset the next append gets.
+    pub log_end_offset: i64,
+    /// Offset consumers may read up to.
+    pub high_watermark: i64,
+    /// Bytes of valid batches on disk.
+    pub size_bytes: u64,
+    /// Segments, the active one included.
+    pub segment_count: u64,
+    /// Records and bytes in and out since start.
+    pub traffic: TrafficSample,
+}
+
+/// One consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupObserved {
+    /// The group.
+    pub group_id: String,
+    /// Members now.
+    pub member_count: u32,
+    /// Current generation (0 for a group with only committed offsets).
+    pub generation: i32,
+    /// Per committed partition, in (topic, partition) order.
+    pub lags: Vec<PartitionLag>,
+}
+
+/// How far a group's committed offset is behind a partition's high watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (the next one to consume).
+    pub committed_offset: i64,
+    /// The partition's high watermark.
+    pub high_watermark: i64,
+    /// `high_watermark - committed_offset`, at least 0.
+    pub lag: i64,
+}
+
+/// Everything a scrape reports from the broker's state.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Partitions of visible topics, by (topic, partition).
+    pub partitions: Vec<PartitionObserved>,
+    /// Groups, by id.
+    pub groups: Vec<GroupObserved>,
+    /// Queues, by name.
+    pub queues: Vec<QueueStats>,
+    /// Series left out by the cardinality bounds.
+    pub left_out: u64,
+    /// Readiness now.
+    pub readiness: Readiness,
+}
+
+impl Broker {
+    /// Whether the broker can take writes: not when the last append found the disk full, nor
+    /// when a partition log failed (an fsync error; storage rule 3).
+    pub fn readiness(&self) -> Readiness {
+        if metrics::HEALTH.disk_full() {
+            return Readiness::NotReady {
+                reason: "disk full: the last append failed with no space left on device"
+                    .to_string(),
+            };
+        }
+        for info in self.streams.topics().list() {
+            for partition in 0..info.partitions {
+                let failure = self
+                    .streams
+                    .partition(&info.name, partition)
+                    .and_then(|log| log.failure());
+                if let Some(failure) = failure {
+                    return Readiness::NotReady {
+                        reason: format!("log {}-{partition} failed: {failure}", info.name),
+                    };
+                }
+            }
+        }
+        Readiness::Ready
+    }
+
+    /// The broker's state for a metrics scrape, within the cardinality bounds.
+    pub async fn observe(&self, caller: &Session) -> Observed {
+        let mut left_out = 0u64;
+        let partitions = self.observe_partitions(&mut left_out);
+        let groups = self.observe_groups(caller, &mut left_out);
+        let mut queues = self.list_queues(caller).await;
+        queues.sort_by(|left, right| left.name.cmp(&right.name));
+        if queues.len() > QUEUE_SERIES_MAX {
+            left_out += (queues.len() - QUEUE_SERIES_MAX) as u64;
+            queues.truncate(QUEUE_SERIES_MAX);
+        }
+        Observed {
+            partitions,
+            groups,
+            queues,
+            left_out,
+            readiness: self.readiness(),
+        }
+    }
+
+    fn observe_partitions(&self, left_out: &mut u64) -> Vec<PartitionObserved> {
+        let mut topics = self.streams.visible_topics();
+        topics.sort_by(|left, right| left.name.cmp(&right.name));
+        let mut partitions = Vec::new();
+        for info in topics {
+            for partition in 0..info.partitions {
+                let Some(log) = self.streams.partition(&info.name, partition) else {
+                    continue;
+                };
+                if partitions.len() >= PARTITION_SERIES_MAX {
+                    *left_out += 1;
+                    continue;
+                }
+                partitions.push(PartitionObserved {
+                    topic: info.name.clone(),
+                    partition,
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: log.log_end_offset(),
+                    high_watermark: log.high_watermark(),
+                    size_bytes: log.size_bytes(),
+                    segment_count: log.segment_count() as u64,
+                    traffic: log.traffic().sample(),
+                });
+            }
+        }
+        partitions
+    }
+
+    fn observe_groups(&self, caller: &Session, left_out: &mut u64) -> Vec<GroupObserved> {
+        let mut lag_series = 0usize;
+        let listings = self.list_groups(caller);
+        let mut groups = Vec::with_capacity(listings.len());
+        for listing in listings {
+            let summary = self.groups.describe(&listing.group_id);
+            let mut lags = self.group_lags(caller, &listing.group_id);
+            let room = LAG_SERIES_MAX.saturating_sub(lag_series);
+            if lags.len() > room {
+                *left_out += (lags.len() - room) as u64;
+                lags.truncate(room);
+            }
+            lag_series += lags.len();
+            groups.push(GroupObserved {
+                group_id: listing.group_id,
+                member_count: listing.member_count,
+                generation: summary.generation,
+                lags,
+            });
+        }
+        groups
+    }
+
+    /// A group's lag per committed partition of an existing topic, by (topic, partition).
+    pub fn group_lags(&self, caller: &Session, group_id: &str) -> Vec<PartitionLag> {
+        let mut lags = Vec::new();
+        for (topic, partitions) in self.fetch_offsets(caller, group_id, None) {
+            for (partition, committed) in partitions {
+                let (Some(committed), Some(log)) =
+                    (committed, self.streams.partition(&topic, partition))
+                else {
+                    continue;
+                };
+                let high_watermark = log.high_watermark();
+                lags.push(PartitionLag {
+                    topic: topic.clone(),
+                    partition,
+                    committed_offset: committed.offset,
+                    high_watermark,
+                    lag: high_watermark.saturating_sub(committed.offset).max(0),
+                });
+            }
+        }
+        lags.sort_by(|left, right| {
+            (&left.topic, left.partition).cmp(&(&right.topic, right.partition))
+        });
+        lags
+    }
+}

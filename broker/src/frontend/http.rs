@@ -1,0 +1,187 @@
+//! The HTTP front end (`--http-listen`, 127.0.0.1:7480; issue #17): Prometheus metrics,
+//! Kubernetes health probes and the admin JSON API, on axum (hyper, tokio).
+//!
+//! Like every front end it only translates: a handler parses the request, makes one core
+//! call (or a few reads), and renders the answer; domain errors become HTTP statuses in one
+//! place ([`error`]). The listener starts before the core has recovered, so the liveness
+//! probe answers during recovery and the readiness probe says why it is not ready yet.
+//!
+//! | route | module |
+//! |---|---|
+//! | `GET /`, `GET /console/...` | [`console`]: the web console |
+//! | `GET /health/live`, `GET /health/ready` | [`health`] |
+//! | `GET /metrics` | [`metrics`] (docs/METRICS.md) |
+//! | `/api/v1/...` | [`admin`] (docs/HTTP.md) |
+//! | `GET /api/v1/broker` | [`status`]: status and configuration |
+//! | `GET /api/v1/groups/{group}/topics/{topic}/stream` | [`group_stream`]: SSE in a consumer group |
+//! | `/api/v1/exchanges`, `/bindings`, `/publish`, `/queues/{queue}` (declare, delete, get) | [`exchanges`] |
+//! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
+//! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
+//! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
+//!
+//! Limits: at most `connections_max` connections (the broker's, shared setting), request
+//! bodies of at most [`BODY_BYTES_MAX`], and [`REQUEST_TIMEOUT`] per request.
+//!
+//! **Architecture invariant:** this module calls only the core (and `net` for its
+//! listener), and it never panics on a request: bad JSON, a bad path or an unknown name is
+//! an error answer with a JSON body.
+
+pub mod admin;
+pub mod console;
+pub mod error;
+pub mod exchanges;
+pub mod group_stream;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod status;
+pub mod stream;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::core::{Broker, Session};
+use crate::net::listener::{CappedListener, CappedStream};
+use error::ApiError;
+
+/// Largest request body: admin requests are small JSON documents; 1 MiB leaves room for a
+/// topic with many config overrides and keeps a client from making the broker buffer more.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Longest a request may take before it is answered 503: admin calls create and delete
+/// topics on the blocking pool (seconds at most on a healthy disk); a scrape reads memory.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP front end's shared state: the core once it has recovered.
+#[derive(Debug)]
+pub struct Http {
+    broker: OnceLock<Arc<Broker>>,
+    /// The caller the admin API acts as (no authentication yet: issue #17 leaves it to the
+    /// TLS and users work).
+    session: Session,
+    /// Turns true on shutdown: streams end.
+    shutdown: watch::Receiver<bool>,
+    /// Start time, listeners and configuration, for `GET /api/v1/broker`.
+    info: status::BrokerInfo,
+}
+
+impl Http {
+    /// A front end with no core yet (recovery runs): health answers, the rest is 503.
+    pub fn new(shutdown: watch::Receiver<bool>, info: status::BrokerInfo) -> Arc<Http> {
+        Arc::new(Http {
+            broker: OnceLock::new(),
+            session: Session::new(),
+            shutdown,
+            info,
+        })
+    }
+
+    /// Hands over the recovered core; from now on the front end is ready.
+    pub fn set_broker(&self, broker: Arc<Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    /// The core, or 503 while it recovers.
+    fn broker(&self) -> Result<&Arc<Broker>, ApiError> {
+        self.broker.get().ok_or_else(ApiError::recovering)
+    }
+}
+
+/// The state every handler gets.
+type Shared = State<Arc<Http>>;
+
+/// The documented `/api/v1` routes with their OpenAPI document ([`openapi`]).
+fn api_routes() -> utoipa_axum::router::OpenApiRouter<Arc<Http>> {
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::base())
+        .nest("/api/v1", admin::routes())
+}
+
+/// The routes with their limits.
+pub fn router(http: Arc<Http>) -> Router {
+    let (api, document) = api_routes().split_for_parts();
+    // Rendered once: the document is the same for the broker's whole life.
+    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
+    Router::new()
+        .route("/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .merge(api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(time_limit))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(http)
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true (or its sender is dropped),
+/// then lets in-flight requests finish.
+pub async fn serve(http: Arc<Http>, listener: CappedListener, mut shutdown: watch::Receiver<bool>) {
+    let stop = async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(error) = axum::serve(Capped(listener), router(http))
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!(%error, "http listener stopped");
+    }
+}
+
+/// [`CappedListener`] as axum's listener.
+struct Capped(CappedListener);
+
+impl axum::serve::Listener for Capped {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Answers 503 with a JSON error when a request takes longer than [`REQUEST_TIMEOUT`].
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timed_out(REQUEST_TIMEOUT).into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}

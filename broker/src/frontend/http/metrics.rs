@@ -1,0 +1,560 @@
+//! `GET /metrics`: the Prometheus text format (version 0.0.4), encoded by the official
+//! `prometheus-client` crate from one collector built per scrape.
+//!
+//! Nothing is counted here: the counters live in [`crate::metrics`] (atomics the broker's
+//! layers update per batch or request), and the gauges are the core's state read at scrape
+//! time ([`Broker::observe`](crate::core::Broker::observe)). docs/METRICS.md lists every name,
+//! type and label; the label sets are bounded (see there).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::core::{Observed, Readiness};
+use crate::frontend::http::Shared;
+use crate::metrics::{self, HistogramSample, ListenerSample, ProcessSample};
+
+/// Everything one scrape renders, copied out of the broker first.
+#[derive(Debug)]
+struct Scrape {
+    observed: Option<Observed>,
+    listeners: Vec<(&'static str, ListenerSample)>,
+    histograms: Vec<(&'static str, &'static str, HistogramSample)>,
+    process: ProcessSample,
+    /// How long the open at start took (`None` while recovering).
+    recovery_seconds: Option<f64>,
+}
+
+/// `GET /metrics`.
+pub async fn scrape(axum::extract::State(http): Shared) -> Response {
+    let observed = match http.broker.get() {
+        Some(broker) => Some(broker.observe(&http.session).await),
+        None => None,
+    };
+    // Procfs reads are quick, but they are file reads: off the runtime's workers.
+    let process = tokio::task::spawn_blocking(metrics::process_sample)
+        .await
+        .unwrap_or_default();
+    let scrape = Scrape {
+        observed,
+        listeners: vec![
+            ("native", metrics::NATIVE.sample()),
+            ("kafka", metrics::KAFKA.sample()),
+            ("amqp", metrics::AMQP.sample()),
+        ],
+        histograms: vec![
+            (
+                "wharf_storage_append_duration_seconds",
+                "Time one append to a log took (validation, offset patching, the write).",
+                metrics::STORAGE.append_seconds.sample(),
+            ),
+            (
+                "wharf_storage_fsync_duration_seconds",
+                "Time one fsync of a log's segment data took.",
+                metrics::STORAGE.fsync_seconds.sample(),
+            ),
+            (
+                "wharf_storage_group_commit_records",
+                "Offsets one fsync made durable (group commit folds many appends into one fsync).",
+                metrics::STORAGE.group_commit_records.sample(),
+            ),
+        ],
+        process,
+        recovery_seconds: metrics::STARTUP.recovery_seconds(),
+    };
+    match render(scrape) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics encoding failed\n",
+        )
+            .into_response(),
+    }
+}
+
+fn render(scrape: Scrape) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Arc::new(scrape)));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(observed) = &self.observed {
+            encode_partitions(&mut encoder, observed)?;
+            encode_groups(&mut encoder, observed)?;
+            encode_queues(&mut encoder, observed)?;
+            let ready = i64::from(observed.readiness == Readiness::Ready);
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "wharf_ready",
+                "1 when the broker takes writes (GET /health/ready is 200), else 0.",
+                [(NO_LABELS, ready)],
+            )?;
+            family(&mut encoder, Kind::Gauge, "wharf_metrics_series_left_out", "Partitions, group lag series and queues left out of this scrape by the cardinality bounds.", [(NO_LABELS, observed.left_out)])?;
+        }
+        self.encode_listeners(&mut encoder)?;
+        for (name, help, sample) in &self.histograms {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            metric.encode_histogram::<NoLabels>(sample.sum, sample.count, &sample.buckets, None)?;
+        }
+        if let Some(seconds) = self.recovery_seconds {
+            let mut metric = encoder.encode_descriptor(
+                "wharf_recovery_duration_seconds",
+                "Time the broker took at start to open and recover its logs, offsets and queues.",
+                None,
+                MetricType::Gauge,
+            )?;
+            metric.encode_gauge(&seconds)?;
+        }
+        if let Some(resident) = self.process.resident_bytes {
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                [(NO_LABELS, resident)],
+            )?;
+        }
+        if let Some(open_fds) = self.process.open_fds {
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                [(NO_LABELS, open_fds)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Scrape {
+    fn encode_listeners(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let listeners = &self.listeners;
+        family(
+            encoder,
+            Kind::Gauge,
+            "wharf_listener_connections",
+            "Connections open now, per listener.",
+            listeners
+                .iter()
+                .map(|(name, sample)| ([("listener", *name)], sample.connections_open)),
+        )?;
+        family(
+            encoder,
+            Kind::Counter,
+            "wharf_listener_connections_accepted",
+            "Connections accepted since start, per listener.",
+            listeners
+                .iter()
+                .map(|(name, sample)| ([("listener", *name)], sample.connections_total)),
+        )?;
+        let requests = listeners.iter().flat_map(|(name, sample)| {
+            sample.requests.iter().map(move |(api_key, count)| {
+                (
+                    [
+                        ("listener", name.to_string()),
+                        ("api", api_name(name, *api_key)),
+                    ],
+                    *count,
+                )
+            })
+        });
+        family(
+            encoder,
+            Kind::Counter,
+            "wharf_listener_requests",
+            "Requests received since start, per listener and api.",
+            requests,
+        )
+    }
+}
+
+fn encode_partitions(
+    encoder: &mut DescriptorEncoder,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let partitions = &observed.partitions;
+    let labels = |topic: &str, partition: u32| {
+        [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ]
+    };
+    macro_rules! partition_family {
+        ($kind:expr, $name:expr, $help:expr, $value:expr) => {
+            family(
+                encoder,
+                $kind,
+                $name,
+                $help,
+                partitions.iter().map(|observed| {
+                    (
+                        labels(&observed.topic, observed.partition),
+                        $value(observed),
+                    )
+                }),
+            )?
+        };
+    }
+    use crate::core::PartitionObserved as P;
+    partition_family!(
+        Kind::Counter,
+        "wharf_partition_records_in",
+        "Offsets appended to the partition since start (records, and transaction markers).",
+        |p: &P| p.traffic.records_in
+    );
+    partition_family!(
+        Kind::Counter,
+        "wharf_partition_bytes_in",
+        "Bytes of record batches appended to the partition since start.",
+        |p: &P| p.traffic.bytes_in
+    );
+    partition_family!(
+        Kind::Counter,
+        "wharf_partition_records_out",
+        "Records in the batches fetches returned from the partition since start.",
+        |p: &P| p.traffic.records_out
+    );
+    partition_family!(
+        Kind::Counter,
+        "wharf_partition_bytes_out",
+        "Bytes of record batches fetches returned from the partition since start.",
+        |p: &P| p.traffic.bytes_out
+    );
+    partition_family!(
+        Kind::Gauge,
+        "wharf_partition_log_start_offset",
+        "First offset the partition still stores.",
+        |p: &P| p.log_start_offset
+    );
+    partition_family!(
+        Kind::Gauge,
+        "wharf_partition_log_end_offset",
+        "Offset the partition's next record gets.",
+        |p: &P| p.log_end_offset
+    );
+    partition_family!(
+        Kind::Gauge,
+        "wharf_partition_high_watermark",
+        "Offset consumers may read up to (exclusive).",
+        |p: &P| p.high_watermark
+    );
+    partition_family!(
+        Kind::Gauge,
+        "wharf_partition_size_bytes",
+        "Bytes of valid record batches the partition holds on disk.",
+        |p: &P| p.size_bytes
+    );
+    partition_family!(
+        Kind::Gauge,
+        "wharf_partition_segments",
+        "Segments of the partition, the active one included.",
+        |p: &P| p.segment_count
+    );
+    Ok(())
+}
+
+fn encode_groups(
+    encoder: &mut DescriptorEncoder,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let groups = &observed.groups;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_group_members",
+        "Members of the consumer group now.",
+        groups
+            .iter()
+            .map(|group| ([("group", group.group_id.as_str())], group.member_count)),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_group_generation",
+        "Generation of the consumer group (bumped on every membership change).",
+        groups
+            .iter()
+            .map(|group| ([("group", group.group_id.as_str())], group.generation)),
+    )?;
+    let lags = || {
+        groups
+            .iter()
+            .flat_map(|group| group.lags.iter().map(move |lag| (group, lag)))
+    };
+    let labels = |group: &str, topic: &str, partition: u32| {
+        [
+            ("group", group.to_string()),
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ]
+    };
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_group_committed_offset",
+        "The group's committed offset (next to consume) per partition.",
+        lags().map(|(group, lag)| {
+            (
+                labels(&group.group_id, &lag.topic, lag.partition),
+                lag.committed_offset,
+            )
+        }),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_group_lag",
+        "Offsets between the partition's high watermark and the group's committed offset.",
+        lags().map(|(group, lag)| (labels(&group.group_id, &lag.topic, lag.partition), lag.lag)),
+    )
+}
+
+fn encode_queues(
+    encoder: &mut DescriptorEncoder,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let queues = &observed.queues;
+    macro_rules! queue_family {
+        ($kind:expr, $name:expr, $help:expr, $field:ident) => {
+            family(
+                encoder,
+                $kind,
+                $name,
+                $help,
+                queues
+                    .iter()
+                    .map(|queue| ([("queue", queue.name.as_str())], queue.$field)),
+            )?
+        };
+    }
+    queue_family!(
+        Kind::Gauge,
+        "wharf_queue_messages_ready",
+        "Messages ready for delivery (delayed ones not included).",
+        ready
+    );
+    queue_family!(
+        Kind::Gauge,
+        "wharf_queue_messages_unacked",
+        "Messages delivered and not yet acknowledged.",
+        unacked
+    );
+    queue_family!(
+        Kind::Gauge,
+        "wharf_queue_messages_delayed",
+        "Messages waiting for their delay (x-delay).",
+        delayed
+    );
+    queue_family!(
+        Kind::Gauge,
+        "wharf_queue_consumers",
+        "Consumers subscribed to the queue.",
+        consumers
+    );
+    queue_family!(
+        Kind::Counter,
+        "wharf_queue_messages_published",
+        "Messages stored in the queue since start.",
+        published
+    );
+    queue_family!(
+        Kind::Counter,
+        "wharf_queue_messages_delivered",
+        "Deliveries pushed to consumers since start (redeliveries included).",
+        delivered
+    );
+    queue_family!(Kind::Counter, "wharf_queue_messages_settled", "Messages settled since start: acknowledged, or dropped (expired, over the delivery limit).", settled);
+    queue_family!(
+        Kind::Counter,
+        "wharf_queue_messages_dead_lettered",
+        "Messages dead-lettered since start.",
+        dead_lettered
+    );
+    queue_family!(
+        Kind::Counter,
+        "wharf_queue_messages_redelivered",
+        "Redeliveries pushed to consumers since start (messages delivered before).",
+        redelivered
+    );
+    Ok(())
+}
+
+/// A metric's type, as this renderer writes it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// The label set of a metric without labels.
+type NoLabels = [(&'static str, &'static str); 0];
+const NO_LABELS: NoLabels = [];
+
+/// Writes one metric family: its descriptor, then one sample per label set. A family with
+/// no samples is left out (Prometheus' parsers accept it, but it says nothing).
+fn family<L, V>(
+    encoder: &mut DescriptorEncoder,
+    kind: Kind,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet,
+    V: Value,
+{
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let metric_type = match kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in samples {
+        let mut sample = metric.encode_family(&labels)?;
+        match kind {
+            Kind::Counter => {
+                sample.encode_counter::<NoLabels, _, u64>(&value.as_counter(), None)?
+            }
+            Kind::Gauge => sample.encode_gauge(&value.as_gauge())?,
+        }
+    }
+    Ok(())
+}
+
+/// The integer types samples come in.
+trait Value: Copy {
+    fn as_counter(self) -> u64;
+    fn as_gauge(self) -> i64;
+}
+
+impl Value for u64 {
+    fn as_counter(self) -> u64 {
+        self
+    }
+    fn as_gauge(self) -> i64 {
+        i64::try_from(self).unwrap_or(i64::MAX)
+    }
+}
+
+impl Value for i64 {
+    fn as_counter(self) -> u64 {
+        u64::try_from(self).unwrap_or(0)
+    }
+    fn as_gauge(self) -> i64 {
+        self
+    }
+}
+
+impl Value for u32 {
+    fn as_counter(self) -> u64 {
+        u64::from(self)
+    }
+    fn as_gauge(self) -> i64 {
+        i64::from(self)
+    }
+}
+
+impl Value for i32 {
+    fn as_counter(self) -> u64 {
+        u64::try_from(self).unwrap_or(0)
+    }
+    fn as_gauge(self) -> i64 {
+        i64::from(self)
+    }
+}
+
+/// The `api` label: the api's name in its protocol, or `key_<n>` for a key the protocol does
+/// not name (a bounded set: keys are counted below [`metrics::API_KEY_SLOTS`]).
+fn api_name(listener: &str, api_key: u16) -> String {
+    let named = match listener {
+        "native" => wharf_protocol::ApiKey::from_code(api_key).map(|key| format!("{key:?}")),
+        "kafka" => i16::try_from(api_key)
+            .ok()
+            .and_then(|key| kafka_protocol::messages::ApiKey::try_from(key).ok())
+            .map(|key| format!("{key:?}")),
+        _ => None,
+    };
+    named.unwrap_or_else(|| {
+        let mut name = String::from("key_");
+        let _ = write!(name, "{api_key}");
+        name
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_names_come_from_each_protocol() {
+        assert_eq!(api_name("native", 0), "ApiVersions");
+        assert_eq!(api_name("kafka", 0), "Produce");
+        assert_eq!(api_name("kafka", 9999), "key_9999");
+    }
+
+    #[test]
+    fn a_scrape_without_the_core_renders_listeners_and_histograms() {
+        let scrape = Scrape {
+            observed: None,
+            listeners: vec![("native", metrics::NATIVE.sample())],
+            histograms: vec![(
+                "wharf_storage_fsync_duration_seconds",
+                "help",
+                metrics::STORAGE.fsync_seconds.sample(),
+            )],
+            process: ProcessSample {
+                resident_bytes: Some(4096),
+                open_fds: Some(7),
+            },
+            recovery_seconds: Some(0.25),
+        };
+        let text = render(scrape).expect("renders");
+        assert!(
+            text.contains("# TYPE wharf_recovery_duration_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_recovery_duration_seconds 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE wharf_storage_fsync_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wharf_storage_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("process_resident_memory_bytes 4096"),
+            "{text}"
+        );
+        assert!(text.contains("process_open_fds 7"), "{text}");
+        assert!(
+            text.contains("wharf_listener_connections{listener=\"native\"}"),
+            "{text}"
+        );
+    }
+}
