@@ -537,7 +537,14 @@ fn a_busy_http_port_is_a_startup_error_that_names_the_flag() {
     let output = std::process::Command::new(integration_tests::wharfd_path())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "off"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "off",
+            "--amqp-listen",
+            "off",
+        ])
         .args(["--http-listen", &address])
         .output()
         .expect("run wharfd");
@@ -566,7 +573,7 @@ fn a_full_disk_makes_the_broker_not_ready_until_a_write_succeeds_again() {
             "-m",
             "sh",
             "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --http-listen 127.0.0.1:0",
+            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen 127.0.0.1:0",
             "sh",
         ])
         .arg(&mount)
