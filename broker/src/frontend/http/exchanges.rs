@@ -20,7 +20,7 @@ use wharf_protocol::batch::Header;
 use crate::core::{Durability, GetMode, GotMessage, Mandatory, PublishOutcome, PublishQuery};
 use crate::frontend::http::admin::QueueDetail;
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
-use crate::frontend::http::stream::{put_bytes, HeaderDoc, HeaderIn};
+use crate::frontend::http::stream::{headers_json, put_bytes, HeaderDoc, HeaderIn};
 use crate::frontend::http::{Http, Shared};
 
 /// Most messages one get takes.
@@ -205,16 +205,7 @@ fn got_json(got: &GotMessage) -> serde_json::Value {
     });
     put_bytes(&mut data, "routing_key", record.key.as_ref());
     put_bytes(&mut data, "body", record.value.as_ref());
-    let headers: Vec<serde_json::Value> = record
-        .headers
-        .iter()
-        .map(|header| {
-            let mut entry = serde_json::json!({"key": header.key});
-            put_bytes(&mut entry, "value", header.value.as_ref());
-            entry
-        })
-        .collect();
-    data["headers"] = serde_json::Value::from(headers);
+    data["headers"] = headers_json(&record.headers);
     data
 }
 

@@ -591,21 +591,25 @@ fn record_json(record: &Record) -> serde_json::Value {
     });
     put_bytes(&mut data, "key", record.key.as_ref());
     put_bytes(&mut data, "value", record.value.as_ref());
-    let headers: Vec<serde_json::Value> = record
-        .headers
+    data["headers"] = headers_json(&record.headers);
+    data
+}
+
+/// Sets `field` of `object` to the bytes as text, or `{field}_base64` when they are not
+/// UTF-8; null when absent.
+/// A record's headers as JSON: `[{"key": ..., "value" or "value_base64": ...}]`.
+pub(super) fn headers_json(headers: &[wharf_protocol::batch::Header]) -> serde_json::Value {
+    headers
         .iter()
         .map(|header| {
             let mut entry = serde_json::json!({"key": header.key});
             put_bytes(&mut entry, "value", header.value.as_ref());
             entry
         })
-        .collect();
-    data["headers"] = serde_json::Value::from(headers);
-    data
+        .collect::<Vec<_>>()
+        .into()
 }
 
-/// Sets `field` of `object` to the bytes as text, or `{field}_base64` when they are not
-/// UTF-8; null when absent.
 pub(super) fn put_bytes(object: &mut serde_json::Value, field: &str, bytes: Option<&Bytes>) {
     match bytes {
         None => object[field] = serde_json::Value::Null,

@@ -35,7 +35,9 @@ use crate::core::{
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::frontend::http::group_stream::{GroupItem, GroupStreamQuery, Member};
-use crate::frontend::http::stream::{put_bytes, StreamItem, StreamQuery, StreamReader};
+use crate::frontend::http::stream::{
+    headers_json, put_bytes, StreamItem, StreamQuery, StreamReader,
+};
 use crate::frontend::http::{Http, Shared};
 
 /// Largest message a client may send (acks are a few dozen bytes).
@@ -430,15 +432,6 @@ fn delivery_json(delivered: &Delivered) -> serde_json::Value {
     });
     put_bytes(&mut data, "routing_key", record.key.as_ref());
     put_bytes(&mut data, "body", record.value.as_ref());
-    let headers: Vec<serde_json::Value> = record
-        .headers
-        .iter()
-        .map(|header| {
-            let mut entry = serde_json::json!({"key": header.key});
-            put_bytes(&mut entry, "value", header.value.as_ref());
-            entry
-        })
-        .collect();
-    data["headers"] = serde_json::Value::from(headers);
+    data["headers"] = headers_json(&record.headers);
     data
 }
