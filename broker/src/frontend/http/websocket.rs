@@ -108,23 +108,51 @@ pub async fn topic_socket(
     let handshake = upgrade(handshake)?;
     let reader = StreamReader::open(&http, topic, partition, query.from.as_deref(), None)?;
     let shutdown = http.shutdown.clone();
-    Ok(handshake.on_upgrade(move |socket| stream_topic(socket, reader, shutdown)))
+    Ok(handshake.on_upgrade(move |socket| {
+        stream_records(socket, RecordSource::Partition(reader), shutdown)
+    }))
 }
 
-async fn stream_topic(
+/// What a record WebSocket reads: one partition, or a topic as a member of a group.
+enum RecordSource {
+    Partition(StreamReader),
+    Group(Member),
+}
+
+impl RecordSource {
+    /// The next record's JSON; `Err` with the error's JSON when the stream cannot go on;
+    /// `None` at its end.
+    async fn next(&mut self) -> Option<Result<serde_json::Value, serde_json::Value>> {
+        match self {
+            RecordSource::Partition(reader) => match reader.next_item().await? {
+                StreamItem::Record { data, .. } => Some(Ok(data)),
+                StreamItem::Failed(error) => Some(Err(error)),
+            },
+            RecordSource::Group(member) => match member.next_item().await? {
+                GroupItem::Record { data, .. } => Some(Ok(data)),
+                GroupItem::Failed(error) => Some(Err(error)),
+            },
+        }
+    }
+}
+
+/// Sends one `{"type": "record", ...}` text message per record of `source` (an
+/// `{"type": "error", ...}` one if it fails) until it ends, the client goes or the broker
+/// shuts down.
+async fn stream_records(
     mut socket: WebSocket,
-    mut reader: StreamReader,
+    mut source: RecordSource,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            item = reader.next_item() => {
+            item = source.next() => {
                 let text = match item {
-                    Some(StreamItem::Record { mut data, .. }) => {
+                    Some(Ok(mut data)) => {
                         data["type"] = "record".into();
                         data
                     }
-                    Some(StreamItem::Failed(mut error)) => {
+                    Some(Err(mut error)) => {
                         error["type"] = "error".into();
                         let _ = socket.send(Message::text(error.to_string())).await;
                         break;
@@ -176,42 +204,8 @@ pub async fn group_socket(
     let handshake = upgrade(handshake)?;
     let member = Member::join(&http, group_id, topic, query.from.as_deref())?;
     let shutdown = http.shutdown.clone();
-    Ok(handshake.on_upgrade(move |socket| stream_group(socket, member, shutdown)))
-}
-
-async fn stream_group(
-    mut socket: WebSocket,
-    mut member: Member,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            item = member.next_item() => {
-                let text = match item {
-                    Some(GroupItem::Record { mut data, .. }) => {
-                        data["type"] = "record".into();
-                        data
-                    }
-                    Some(GroupItem::Failed(mut error)) => {
-                        error["type"] = "error".into();
-                        let _ = socket.send(Message::text(error.to_string())).await;
-                        break;
-                    }
-                    None => break,
-                };
-                if socket.send(Message::text(text.to_string())).await.is_err() {
-                    return;
-                }
-            }
-            incoming = socket.recv() => {
-                if ended(incoming.as_ref()) {
-                    return;
-                }
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    let _ = socket.send(Message::Close(None)).await;
+    Ok(handshake
+        .on_upgrade(move |socket| stream_records(socket, RecordSource::Group(member), shutdown)))
 }
 
 /// True when what the client sent ends the socket: a close, an error or the end.
