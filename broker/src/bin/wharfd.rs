@@ -144,25 +144,19 @@ impl Signals {
 
     /// Resolves at the first SIGTERM or SIGINT (never, if neither could be registered).
     async fn wait(mut self) {
-        let terminate = async {
-            match self.terminate.as_mut() {
-                Some(stream) => {
-                    stream.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let interrupt = async {
-            match self.interrupt.as_mut() {
-                Some(stream) => {
-                    stream.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            () = terminate => {}
-            () = interrupt => {}
+            () = received(self.terminate.as_mut()) => {}
+            () = received(self.interrupt.as_mut()) => {}
         }
+    }
+}
+
+/// Resolves when `signal` arrives (never, for a signal that could not be registered).
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(stream) => {
+            stream.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
