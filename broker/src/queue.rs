@@ -16,6 +16,8 @@
 //!   an exchange routes to, the copy a dead-lettered message is republished as.
 //! - `task`: the task that owns one queue (its store, delivery state, delays and
 //!   consumers) and the commands it takes.
+//! - `pipeline`: a queue task's appends that wait for their fsync, with the confirms and
+//!   ready messages that wait on them, so the task appends the next run meanwhile.
 //! - [`manager`]: the registry (declares, bindings, deletes, exclusive and auto-delete
 //!   queues) and the entry points: publish with confirms, subscribe, cancel, ack, nack,
 //!   get (look without a subscription), list bindings, move (the shovel).
@@ -50,6 +52,7 @@ pub mod delay;
 pub mod delivery;
 pub mod exchange;
 pub mod manager;
+mod pipeline;
 mod publish;
 pub mod store;
 mod task;

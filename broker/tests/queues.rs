@@ -770,3 +770,32 @@ async fn reject_publish_dlx_dead_letters_the_refused_message_once_without_a_cycl
     let (_, got) = take(&manager, "full-b", 1).await;
     assert_eq!(body(&got[0]), "a3");
 }
+
+/// A queue task appends the next publishes while earlier ones wait for their fsync, but a
+/// message becomes deliverable, and its publish confirmed, only once it is durable: with a
+/// flusher that never fsyncs, nothing is confirmed or delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_waiting_for_their_fsync_are_neither_confirmed_nor_delivered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let never_synced = StorageEnv {
+        flusher: Flusher::idle(),
+        ..env()
+    };
+    let manager = QueueManager::open(dir.path(), never_synced).expect("open");
+    manager
+        .declare_queue("q", QueueArgs::default(), Durability::Durable)
+        .expect("declare");
+    let (_consumer, mut deliveries) = manager.subscribe("q", 0).await.expect("subscribe");
+    let publishes: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|text| {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.publish("", message("q", text)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for publish in &publishes {
+        assert!(!publish.is_finished(), "confirmed before its fsync");
+    }
+    assert!(deliveries.try_recv().is_err(), "delivered before its fsync");
+}

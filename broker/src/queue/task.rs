@@ -9,7 +9,11 @@
 //!   (`flush_acks`). With `reject-publish` and a length limit each publish is stored on its
 //!   own, so it sees the length its predecessors left.
 //! - A publish is confirmed only once its messages are durable; an ack is answered only once
-//!   its settle record is durable.
+//!   its settle record is durable. The task does not sleep through those fsyncs: each append
+//!   waits in a [`Pipeline`] (one for the message log, one for the ack log) while the task
+//!   takes the next commands, and published messages become ready (deliverable) when their
+//!   fsync completes. Control commands and the stop first wait for both pipelines, so they
+//!   see every publish and ack before them done.
 //! - A get (`Control::Get`) takes ready messages without a consumer; a move holds a round
 //!   of ready messages out of delivery (`Control::TakeForMove`) until the destination has
 //!   stored them, then settles them or puts them back (`Control::FinishMove`).
@@ -34,6 +38,7 @@ use crate::queue::delivery::{
     DeliveryTag, GetMode, MessageMeta, Overflow, QueueLimits, Requeue,
 };
 use crate::queue::manager::QueueManager;
+use crate::queue::pipeline::Pipeline;
 use crate::queue::publish::{dead_letter_copy, header_number, header_value};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
@@ -70,6 +75,27 @@ pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
+/// What the delivery state needs of a stored message once it is durable: its due time (a
+/// delayed message) and its own TTL.
+type Timing = (Option<i64>, Option<u64>);
+
+/// A run of publishes appended to the message log as one batch. Once durable, its messages
+/// become ready (or delayed) and its publishers are confirmed.
+struct StoredRun {
+    base_offset: i64,
+    /// One per message, in offset order.
+    timings: Vec<Timing>,
+    /// When it was stored (TTLs count from here).
+    now: i64,
+    replies: Vec<Confirm>,
+}
+
+/// A settle record appended to the ack log. Once durable, its ids are confirmed settled
+/// and the acks that wait for it are answered.
+struct Settling {
+    ids: Vec<i64>,
+    replies: Vec<Confirm>,
+}
 
 /// What a queue task is asked to do.
 pub(crate) enum Command {
@@ -166,6 +192,10 @@ pub(crate) struct QueueTask {
     /// Counts since start for the metrics (issue #17): plain integers, since only this task
     /// changes them, and reported with the queue's stats.
     counters: Counters,
+    /// Runs of publishes waiting for the message log's fsync.
+    publishing: Pipeline<StoredRun>,
+    /// Settle records waiting for the ack log's fsync.
+    settling: Pipeline<Settling>,
 }
 
 /// A queue's message counters since the broker started.
@@ -229,7 +259,6 @@ impl QueueTask {
                 .clone()
                 .map(|exchange| (exchange, args.dead_letter_routing_key.clone())),
             dead_letters: None,
-            store: Arc::new(store),
             last_compaction_ms: clock.now_ms(),
             pending_actions: Vec::new(),
             held: HashMap::new(),
@@ -237,6 +266,9 @@ impl QueueTask {
             last_used_ms: clock.now_ms(),
             expired: false,
             counters: Counters::default(),
+            publishing: Pipeline::new(Arc::clone(store.messages())),
+            settling: Pipeline::new(Arc::clone(store.acks())),
+            store: Arc::new(store),
             clock,
             manager,
         };
@@ -303,9 +335,15 @@ impl QueueTask {
                 .next_due_ms()
                 .map(|due| (due - now).max(0) as u64);
             let wake = due.map_or(IDLE_WAKE, |ms| Duration::from_millis(ms).min(IDLE_WAKE));
+            let published = self.publishing.oldest_durable();
+            let settled = self.settling.oldest_durable();
             tokio::select! {
                 command = commands.recv() => {
-                    let Some(command) = command else { return };
+                    let Some(command) = command else {
+                        // Every sender is gone: finish what waits for an fsync, then end.
+                        self.drain().await;
+                        return;
+                    };
                     // Take every command already waiting: publishes and acks among them share
                     // one append and one fsync (group commit for queues).
                     let mut batch = vec![command];
@@ -318,6 +356,12 @@ impl QueueTask {
                     if self.handle_batch(batch).await == Flow::Stop {
                         return;
                     }
+                }
+                outcome = published, if !self.publishing.is_empty() => {
+                    self.finish_published(outcome).await;
+                }
+                outcome = settled, if !self.settling.is_empty() => {
+                    let _ = self.finish_settled(outcome);
                 }
                 _ = tokio::time::sleep(wake) => {}
             }
@@ -370,6 +414,7 @@ impl QueueTask {
                 Command::Stop(reply, reason) => {
                     self.flush_publishes(&mut publishes).await;
                     self.flush_acks(&mut acks).await;
+                    self.drain().await;
                     self.stop(reason);
                     let _ = reply.send(());
                     return Flow::Stop;
@@ -377,6 +422,7 @@ impl QueueTask {
                 Command::Control(control) => {
                     self.flush_publishes(&mut publishes).await;
                     self.flush_acks(&mut acks).await;
+                    self.drain().await;
                     self.handle_control(control).await;
                 }
             }
@@ -433,17 +479,34 @@ impl QueueTask {
             messages.extend(batch);
             replies.push(reply);
         }
-        let message_count = messages.len() as u64;
-        let outcome = self.store_messages(messages).await;
-        if outcome.is_ok() {
-            self.counters.published += message_count;
+        let limits = self.state.limits();
+        if limits.max_length.is_some() && limits.overflow != Overflow::DropHead {
+            // Each publish must see the length the ones before it left: no pipelining.
+            let message_count = messages.len() as u64;
+            let outcome = self.store_messages(messages).await;
+            if outcome.is_ok() {
+                self.counters.published += message_count;
+            }
+            for reply in replies {
+                let _ = reply.send(outcome.clone());
+            }
+            return;
         }
-        for reply in replies {
-            let _ = reply.send(outcome.clone());
+        match self.append_run(messages) {
+            Ok((next_offset, mut run)) => {
+                run.replies = replies;
+                self.publishing.push(next_offset, run);
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
         }
     }
 
-    /// Settles what a run of acks released with one append and one fsync, then answers each.
+    /// Settles what a run of acks released with one append; each ack is answered once the
+    /// newest settle record is durable (at once when nothing waits for an fsync).
     async fn flush_acks(&mut self, acks: &mut Vec<PendingAck>) {
         if acks.is_empty() {
             return;
@@ -465,10 +528,96 @@ impl QueueTask {
             let answer = match (outcome, &applied) {
                 (Err(error), _) => Err(error),
                 (Ok(()), Err(error)) => Err(error.clone()),
-                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Ok(())) => match self.settling.newest_mut() {
+                    // The newest settle record covers this ack's (if it had one).
+                    Some(settling) => {
+                        settling.replies.push(reply);
+                        continue;
+                    }
+                    None => Ok(()),
+                },
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// Waits until every append in both pipelines is durable and finishes their work.
+    async fn drain(&mut self) {
+        while !self.publishing.is_empty() {
+            let outcome = self.publishing.oldest_durable().await;
+            self.finish_published(outcome).await;
+        }
+        let _ = self.drain_settled().await;
+    }
+
+    /// Waits until every settle record is durable and finishes their work.
+    ///
+    /// # Errors
+    /// `Storage` if the ack log failed before they were.
+    async fn drain_settled(&mut self) -> Result<(), QueueError> {
+        let mut drained = Ok(());
+        while !self.settling.is_empty() {
+            let outcome = self.settling.oldest_durable().await;
+            if let Err(error) = self.finish_settled(outcome) {
+                drained = Err(error);
+            }
+        }
+        drained
+    }
+
+    /// After the wait for the oldest run of publishes: makes every durable run's messages
+    /// ready (or delayed) and confirms its publishers; after a failed wait, fails them all.
+    async fn finish_published(&mut self, outcome: Result<(), crate::storage::Error>) {
+        let runs = match outcome {
+            Ok(()) => self.publishing.take_durable(),
+            Err(error) => {
+                let error = QueueError::Storage(error.to_string());
+                for run in self.publishing.take_all() {
+                    for reply in run.replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                return;
+            }
+        };
+        for run in runs {
+            let message_count = run.timings.len() as u64;
+            let outcome = self.make_ready(run.base_offset, run.timings, run.now).await;
+            if outcome.is_ok() {
+                self.counters.published += message_count;
+            }
+            for reply in run.replies {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
+
+    /// After the wait for the oldest settle record: confirms every durable record's ids
+    /// settled and answers its acks; after a failed wait, fails them all.
+    ///
+    /// # Errors
+    /// `Storage` after a failed wait.
+    fn finish_settled(
+        &mut self,
+        outcome: Result<(), crate::storage::Error>,
+    ) -> Result<(), QueueError> {
+        let (records, answer) = match outcome {
+            Ok(()) => (self.settling.take_durable(), Ok(())),
+            Err(error) => (
+                self.settling.take_all(),
+                Err(QueueError::Storage(error.to_string())),
+            ),
+        };
+        for record in records {
+            if answer.is_ok() {
+                self.store.confirm_settled(&record.ids);
+                self.counters.settled += record.ids.len() as u64;
+            }
+            for reply in record.replies {
+                let _ = reply.send(answer.clone());
+            }
+        }
+        answer
     }
 
     /// `expires-ms`: a queue unused for that long asks the manager to delete it (spawned:
@@ -535,7 +684,9 @@ impl QueueTask {
                 let mut ids = self.state.purge();
                 ids.extend(self.delays.clear());
                 let count = ids.len() as u64;
-                let _ = self.settle(&ids).await;
+                if self.settle(&ids).await.is_ok() {
+                    let _ = self.drain_settled().await;
+                }
                 let _ = reply.send(count);
             }
             Control::Stats(reply) => {
@@ -569,7 +720,11 @@ impl QueueTask {
                 for id in &stored {
                     self.held.remove(id);
                 }
-                let _ = reply.send(self.settle(&stored).await);
+                let settled = match self.settle(&stored).await {
+                    Ok(()) => self.drain_settled().await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(settled);
             }
         }
     }
@@ -642,6 +797,10 @@ impl QueueTask {
             }
         }
         self.apply(actions).await?;
+        if mode == GetMode::Ack {
+            // Answered once the settlement of what it took is durable.
+            self.drain_settled().await?;
+        }
         Ok(messages)
     }
 
@@ -688,7 +847,8 @@ impl QueueTask {
     }
 
     /// Stores messages as one batch with one append and one fsync, then makes them ready
-    /// (or delayed) in the delivery state.
+    /// (or delayed) in the delivery state. With `reject-publish` and a length limit a
+    /// publish finding the queue full is refused before it is stored.
     async fn store_messages(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
         // Check the length limit before storing, so a refused message is never stored.
@@ -708,6 +868,21 @@ impl QueueTask {
                 });
             }
         }
+        let (next_offset, run) = self.append_run(messages)?;
+        crate::append::durable(self.store.messages(), next_offset)
+            .await
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        self.make_ready(run.base_offset, run.timings, run.now).await
+    }
+
+    /// Appends messages to the message log as one batch (one write, no fsync wait); returns
+    /// the offset the append must reach to be durable and the run to finish then (its
+    /// replies empty).
+    ///
+    /// # Errors
+    /// `Invalid` for a message the batch cannot hold, `Storage` if the append failed.
+    fn append_run(&mut self, messages: Vec<Message>) -> Result<(i64, StoredRun), QueueError> {
+        let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
         // What the delivery state needs of each message once it is stored (its due time
         // and TTL); the message itself moves into the batch, not copied.
@@ -729,14 +904,31 @@ impl QueueTask {
         }
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
-        let appended = self.store.append_messages(&mut bytes).map_err(storage)?;
-        crate::append::durable(self.store.messages(), appended.next_offset)
-            .await
-            .map_err(storage)?;
+        let appended = self
+            .store
+            .append_messages(&mut bytes)
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let run = StoredRun {
+            base_offset: appended.base_offset,
+            timings,
+            now,
+            replies: Vec::new(),
+        };
+        Ok((appended.next_offset, run))
+    }
+
+    /// Makes durable stored messages ready (or delayed) in the delivery state: the messages
+    /// from `base_offset` on, one per timing.
+    async fn make_ready(
+        &mut self,
+        base_offset: i64,
+        timings: Vec<Timing>,
+        now: i64,
+    ) -> Result<(), QueueError> {
+        let limits = self.state.limits();
         let mut actions = Vec::new();
         for (index, (due, record_ttl)) in timings.into_iter().enumerate() {
-            let id = appended.base_offset + index as i64;
+            let id = base_offset + index as i64;
             if let Some(due) = due {
                 self.delays.insert(id, due);
                 continue;
@@ -796,6 +988,8 @@ impl QueueTask {
         self.check_expiry(now);
         if now.saturating_sub(self.last_compaction_ms) >= COMPACTION_INTERVAL_MS {
             self.last_compaction_ms = now;
+            // Compaction checkpoints the settled state: only what is durable counts.
+            self.drain().await;
             self.compact(now).await;
         }
     }
@@ -841,7 +1035,7 @@ impl QueueTask {
     }
 
     /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages
-    /// are recorded durably.
+    /// are recorded (durable once the settle pipeline's fsync completes).
     async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
         self.record_deliveries(&actions);
         let mut settled = Vec::new();
@@ -942,26 +1136,30 @@ impl QueueTask {
         }
     }
 
+    /// Appends a settle record for `ids` to the ack log. They are confirmed settled (and the
+    /// acks that wait for the record answered) once it is durable, through the settle
+    /// pipeline; callers that answer after the settle wait with `drain_settled`. The room
+    /// the settled messages freed is filled at once: those deliveries are of other, already
+    /// durable messages.
+    ///
+    /// # Errors
+    /// `Storage` if the append failed (nothing is settled then).
     async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
-        let storage = |error: crate::storage::Error| QueueError::Storage(error.to_string());
-        if let Some(appended) = self.store.settle(ids, now).map_err(storage)? {
-            let durable = crate::append::durable(self.store.acks(), appended.next_offset);
-            // The settled messages freed prefetch room: fill it while the settle record is
-            // fsynced, so consumers are not idle for the fsync. Those deliveries are of
-            // other, already durable messages.
-            let more = self.state.dispatch(now);
-            let delivered = if more.is_empty() {
-                Ok(())
-            } else {
-                Box::pin(self.apply(more)).await
+        let appended = self
+            .store
+            .settle(ids, now)
+            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        if let Some(appended) = appended {
+            let settling = Settling {
+                ids: ids.to_vec(),
+                replies: Vec::new(),
             };
-            // Whatever happened to those deliveries, these settlements are confirmed once
-            // durable (else compaction's low-water mark would stick until a restart).
-            durable.await.map_err(storage)?;
-            self.store.confirm_settled(ids);
-            self.counters.settled += ids.len() as u64;
-            delivered?;
+            self.settling.push(appended.next_offset, settling);
+            let more = self.state.dispatch(now);
+            if !more.is_empty() {
+                Box::pin(self.apply(more)).await?;
+            }
         }
         Ok(())
     }
