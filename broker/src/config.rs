@@ -85,6 +85,11 @@ pub struct BrokerConfig {
     pub partitions_max: u32,
     /// Defaults for every partition log.
     pub log: LogConfig,
+    /// `authorization = required`: deny what no ACL allows even while there is no ACL
+    /// (`optional`, the default: with no ACL at all, everything is allowed).
+    pub authorization_required: bool,
+    /// Principals (`User:NAME`) allowed everything whatever the ACLs say.
+    pub super_users: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -106,6 +111,8 @@ impl Default for BrokerConfig {
             producer_expiry_ms: 24 * 3600 * 1000,
             partitions_max: 10_000,
             log: LogConfig::default(),
+            authorization_required: false,
+            super_users: Vec::new(),
         }
     }
 }
@@ -226,6 +233,19 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "most partitions across all topics",
         ),
         key(
+            "authorization",
+            format!(
+                "{:?}",
+                if config.authorization_required { "required" } else { "optional" }
+            ),
+            "\"required\": deny what no ACL allows; \"optional\": with no ACL at all, allow everything",
+        ),
+        key(
+            "super_users",
+            format!("{:?}", config.super_users),
+            "principals (User:NAME) allowed everything whatever the ACLs say",
+        ),
+        key(
             "log.segment_bytes_max",
             log.segment_bytes_max.to_string(),
             "a segment rolls at this size, bytes",
@@ -332,6 +352,8 @@ struct FileConfig {
     connections_max: Option<usize>,
     producer_expiry_ms: Option<i64>,
     partitions_max: Option<u32>,
+    authorization: Option<String>,
+    super_users: Option<Vec<String>>,
     log: Option<FileLogConfig>,
 }
 
@@ -397,6 +419,25 @@ impl BrokerConfig {
             .producer_expiry_ms
             .unwrap_or(defaults.producer_expiry_ms);
         self.partitions_max = file.partitions_max.unwrap_or(defaults.partitions_max);
+        self.authorization_required = match file.authorization.as_deref() {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "authorization {other:?} is neither \"required\" nor \"optional\""
+                )))
+            }
+        };
+        self.super_users = file.super_users.unwrap_or_default();
+        if let Some(user) = self
+            .super_users
+            .iter()
+            .find(|user| !user.starts_with("User:"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "super_users entry {user:?} must be User:NAME"
+            )));
+        }
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }

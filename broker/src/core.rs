@@ -18,6 +18,7 @@
 //! fsyncs of definitions) runs on the blocking pool here; docs/ARCHITECTURE.md lists the
 //! exceptions still left (FIXME there).
 
+pub mod acl_ops;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -32,6 +33,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::acl::store::AclStore;
+use crate::acl::AuthorizerSettings;
 use crate::config::BrokerConfig;
 use crate::groups::offsets::OffsetStore;
 use crate::groups::GroupCoordinator;
@@ -42,6 +45,10 @@ use crate::streams::topic::Topics;
 use crate::streams::{AutoCreate, StreamSettings, Streams};
 use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
+pub use crate::acl::{
+    Access, AclBinding, AclError, AclFilter, Decision, Operation, PatternFilter, PatternType,
+    Permission, ResourceType, ANONYMOUS, ANY_PRINCIPAL, CLUSTER_NAME, WILDCARD,
+};
 pub use crate::groups::classic::{
     ClassicJoin, ClassicMemberSummary, ClassicState, ClassicSummary, Joined,
 };
@@ -111,6 +118,9 @@ pub enum OpenError {
     /// Opening the queues failed.
     #[error("cannot open queues: {0}")]
     Queues(String),
+    /// Reading the ACLs failed.
+    #[error("cannot open ACLs: {0}")]
+    Acls(String),
     /// Closing storage failed.
     #[error("{0}")]
     Close(String),
@@ -124,6 +134,8 @@ pub struct Broker {
     offsets: Arc<OffsetStore>,
     txn: TxnCoordinator,
     queues: Arc<QueueManager>,
+    acls: Arc<AclStore>,
+    authorizer: AuthorizerSettings,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
 }
@@ -182,6 +194,8 @@ impl Broker {
         };
         let queues = QueueManager::open(&config.data_dir.join(QUEUES_DIR), queue_env)
             .map_err(|error| OpenError::Queues(error.to_string()))?;
+        let acls = acl_ops::open_store(Arc::new(RealFs), &config.data_dir)
+            .map_err(|error| OpenError::Acls(error.to_string()))?;
         let settings = StreamSettings {
             auto_create_topics: if config.auto_create_topics {
                 AutoCreate::On
@@ -199,6 +213,11 @@ impl Broker {
             offsets: Arc::new(offsets),
             txn,
             queues,
+            acls,
+            authorizer: AuthorizerSettings {
+                required: config.authorization_required,
+                super_users: config.super_users.clone(),
+            },
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
         };

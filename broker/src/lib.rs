@@ -12,6 +12,7 @@
 //! - [`storage`]: segments, partitions, group commit, recovery (synchronous, no tokio).
 //! - [`config`]: the configuration, read by `server` and `core`.
 
+pub mod acl;
 pub mod append;
 pub mod config;
 pub mod core;

@@ -34,9 +34,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "core",
         &[
-            "txn", "groups", "streams", "queue", "append", "storage", "config", "metrics",
+            "txn", "groups", "streams", "queue", "acl", "append", "storage", "config", "metrics",
         ],
     ),
+    ("acl", &["storage", "metrics"]),
     (
         "txn",
         &["groups", "streams", "append", "storage", "metrics"],
@@ -52,7 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Modules that may use only the protocol crate's storage-format parts.
 const PROTOCOL_NEUTRAL: &[&str] = &[
-    "core", "streams", "groups", "txn", "queue", "append", "metrics",
+    "core", "streams", "groups", "txn", "queue", "acl", "append", "metrics",
 ];
 
 /// What protocol-neutral modules may name of `wharf_protocol`.

@@ -776,3 +776,65 @@ fn kip_848_consumers_joining_and_leaving_process_each_record_once() {
     assert_each_record_processed_once_by_several_members(&output, count);
     assert_eq!(group_lag(&broker, "kip848"), 0);
 }
+
+#[test]
+fn confluent_kafka_admin_creates_describes_and_deletes_acls_that_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut broker = BrokerProcess::start(&data);
+    let output = run_client_script("confluent_acls.py", &[&broker.kafka_address()]);
+    assert_success("confluent-kafka ACL admin", &output);
+    let out: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+    let acl = |fields: [&str; 7]| serde_json::json!(fields);
+    let read_orders = acl([
+        "TOPIC",
+        "orders",
+        "LITERAL",
+        "User:alice",
+        "*",
+        "READ",
+        "ALLOW",
+    ]);
+    let write_prefixed = acl([
+        "TOPIC", "ord", "PREFIXED", "User:bob", "*", "WRITE", "ALLOW",
+    ]);
+    let deny_group = acl([
+        "GROUP", "billing", "LITERAL", "User:bob", "*", "READ", "DENY",
+    ]);
+    let created = out["create"].as_object().expect("create results");
+    assert_eq!(
+        created["TOPIC|orders|LITERAL|User:alice|*|READ|ALLOW"],
+        Value::Null,
+        "{out}"
+    );
+    let refused: Vec<&Value> = created.values().filter(|error| !error.is_null()).collect();
+    assert_eq!(refused, vec![&Value::from("INVALID_REQUEST")], "{out}");
+    assert_eq!(
+        out["all"],
+        serde_json::json!([deny_group, write_prefixed, read_orders]),
+        "{out}"
+    );
+    assert_eq!(
+        out["match_orders"],
+        serde_json::json!([write_prefixed, read_orders]),
+        "{out}"
+    );
+    assert_eq!(
+        out["deleted"],
+        serde_json::json!([deny_group, write_prefixed]),
+        "{out}"
+    );
+    assert_eq!(
+        out["after_delete"],
+        serde_json::json!([read_orders]),
+        "{out}"
+    );
+
+    // The ACLs are durable: after a restart the one left is still there.
+    broker.stop();
+    let broker = BrokerProcess::start(&data);
+    let output = run_client_script("confluent_acls_list.py", &[&broker.kafka_address()]);
+    assert_success("confluent-kafka ACL list", &output);
+    let listed: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON list");
+    assert_eq!(listed, serde_json::json!([read_orders]));
+}

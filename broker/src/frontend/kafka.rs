@@ -10,6 +10,7 @@
 //! schemas); record batches stay `Bytes`, so produce stores and fetch serves the client's
 //! bytes unchanged.
 
+pub mod acls;
 pub mod admin;
 pub mod error_code;
 pub mod groups;
@@ -75,6 +76,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeAcls, 0, 3),
+    (ApiKey::CreateAcls, 0, 3),
+    (ApiKey::DeleteAcls, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeProducers, 0, 0),

@@ -4,9 +4,18 @@
 use kafka_protocol::ResponseError;
 
 use crate::core::{
-    CommitError, EntryRefusal, GroupError, SequenceRefusal, StorageError, StreamError, TopicError,
-    TxnError,
+    AclError, CommitError, EntryRefusal, GroupError, SequenceRefusal, StorageError, StreamError,
+    TopicError, TxnError,
 };
+
+/// An ACL change that failed: a malformed ACL is INVALID_REQUEST, a failed write
+/// KAFKA_STORAGE_ERROR.
+pub fn acl(error: &AclError) -> i16 {
+    match error {
+        AclError::Invalid(_) => ResponseError::InvalidRequest.code(),
+        AclError::Storage(_) => ResponseError::KafkaStorageError.code(),
+    }
+}
 
 /// The Kafka code of a storage error.
 pub fn storage(error: &StorageError) -> i16 {

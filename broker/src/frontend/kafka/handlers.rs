@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{admin, error_code, groups, txn};
+use super::{acls, admin, error_code, groups, txn};
 use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
@@ -143,6 +143,15 @@ pub async fn handle(
                 admin::incremental_alter_configs(broker, caller, request).await,
             ))
         }
+        RequestKind::CreateAcls(request) => ready(ResponseKind::CreateAcls(
+            acls::create_acls(broker, request).await,
+        )),
+        RequestKind::DescribeAcls(request) => ready(ResponseKind::DescribeAcls(
+            acls::describe_acls(broker, request),
+        )),
+        RequestKind::DeleteAcls(request) => ready(ResponseKind::DeleteAcls(
+            acls::delete_acls(broker, request).await,
+        )),
         RequestKind::CreatePartitions(request) => ready(ResponseKind::CreatePartitions(
             admin::create_partitions(broker, caller, request).await,
         )),
