@@ -1414,3 +1414,67 @@ fn a_group_stream_consumes_as_a_member_commits_and_resumes_where_the_group_left_
         400
     );
 }
+
+#[test]
+fn acls_are_added_listed_filtered_and_removed_over_http_and_refused_when_they_mean_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.http_address();
+    let add = |body: &str| http(&address, "POST", "/api/v1/acls", Some(body));
+    let added = add(
+        r#"{"principal":"User:alice","resource_type":"queue","pattern_type":"prefixed","name":"jobs.","operation":"read","permission":"allow"}"#,
+    );
+    assert_eq!(added.status, 201, "{}", added.body);
+    let added: Value = serde_json::from_str(&added.body).expect("JSON");
+    assert_eq!(added["operation"], "Read");
+    assert_eq!(added["host"], "*");
+    let added = add(
+        r#"{"principal":"User:bob","resource_type":"topic","name":"orders","operation":"Write","permission":"deny"}"#,
+    );
+    assert_eq!(added.status, 201, "{}", added.body);
+
+    // A group has no Write; a principal must be User:...; unknown names are named.
+    for (body, expected) in [
+        (
+            r#"{"principal":"User:a","resource_type":"group","name":"g","operation":"Write","permission":"allow"}"#,
+            "means nothing for a group",
+        ),
+        (
+            r#"{"principal":"alice","resource_type":"topic","name":"t","operation":"Read","permission":"allow"}"#,
+            "User:NAME",
+        ),
+        (
+            r#"{"principal":"User:a","resource_type":"table","name":"t","operation":"Read","permission":"allow"}"#,
+            "resource_type",
+        ),
+    ] {
+        let refused = add(body);
+        assert_eq!(refused.status, 400, "{body}: {}", refused.body);
+        assert!(refused.body.contains(expected), "{}", refused.body);
+    }
+
+    let listed: Value = serde_json::from_str(&get(&address, "/api/v1/acls").body).expect("JSON");
+    assert_eq!(
+        listed["acls"].as_array().expect("acls").len(),
+        2,
+        "{listed}"
+    );
+    let matching = get(
+        &address,
+        "/api/v1/acls?resource_type=queue&pattern=match&name=jobs.eu",
+    );
+    let matching: Value = serde_json::from_str(&matching.body).expect("JSON");
+    assert_eq!(matching["acls"][0]["principal"], "User:alice", "{matching}");
+    assert_eq!(matching["acls"].as_array().expect("acls").len(), 1);
+
+    let removed = http(&address, "DELETE", "/api/v1/acls?principal=User:bob", None);
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    let removed: Value = serde_json::from_str(&removed.body).expect("JSON");
+    assert_eq!(removed["acls"][0]["name"], "orders", "{removed}");
+    let listed: Value = serde_json::from_str(&get(&address, "/api/v1/acls").body).expect("JSON");
+    assert_eq!(
+        listed["acls"].as_array().expect("acls").len(),
+        1,
+        "{listed}"
+    );
+}

@@ -15,6 +15,7 @@
 //! | `GET /api/v1/broker` | [`status`]: status and configuration |
 //! | `GET /api/v1/groups/{group}/topics/{topic}/stream` | [`group_stream`]: SSE in a consumer group |
 //! | `/api/v1/exchanges`, `/bindings`, `/publish`, `/queues/{queue}` (declare, delete, get) | [`exchanges`] |
+//! | `GET`, `POST`, `DELETE /api/v1/acls` | [`acls`]: ACLs (issue #18) |
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
@@ -26,6 +27,7 @@
 //! listener), and it never panics on a request: bad JSON, a bad path or an unknown name is
 //! an error answer with a JSON body.
 
+pub mod acls;
 pub mod admin;
 pub mod console;
 pub mod error;

@@ -33,6 +33,7 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .routes(routes!(list_queues))
         .routes(routes!(describe_queue))
         .routes(routes!(purge_queue))
+        .merge(super::acls::routes())
         .merge(super::stream::routes())
         .merge(super::websocket::routes())
         .merge(super::exchanges::routes())

@@ -13,7 +13,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::{GroupAdminError, GroupError, QueueError, StreamError, TopicError};
+use crate::core::{AclError, GroupAdminError, GroupError, QueueError, StreamError, TopicError};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +139,18 @@ impl From<GroupAdminError> for ApiError {
             GroupAdminError::Group(_) => ApiError::bad_request(message),
             GroupAdminError::Stream(error) => ApiError::from(error),
             GroupAdminError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+        }
+    }
+}
+
+impl From<AclError> for ApiError {
+    fn from(error: AclError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            AclError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_acl", message),
+            AclError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
         }

@@ -1,0 +1,241 @@
+//! ACLs over HTTP (issue #18; docs/HTTP.md): add, list and remove the same ACLs as Kafka's
+//! CreateAcls/DescribeAcls/DeleteAcls and `wharf acl`. Each route is one core call; names
+//! are the CLI's (`topic`, `transactional-id`, `literal`, Kafka's operation names).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::core::{
+    AclBinding, AclFilter, Operation, PatternFilter, PatternType, Permission, ResourceType,
+    WILDCARD,
+};
+use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, QueryParams};
+use crate::frontend::http::{Http, Shared};
+
+/// The routes of this module.
+pub fn routes() -> OpenApiRouter<Arc<Http>> {
+    OpenApiRouter::new().routes(routes!(list_acls, add_acl, remove_acls))
+}
+
+/// One ACL.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclJson {
+    /// `User:NAME`, or `User:*` for everyone.
+    pub principal: String,
+    /// The client's IP address; `*` (the default) for every host.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// `topic`, `group`, `transactional-id`, `cluster`, `queue` or `exchange`.
+    pub resource_type: String,
+    /// `literal` (the default: the name, or `*` for every name) or `prefixed`.
+    #[serde(default = "literal")]
+    pub pattern_type: String,
+    /// The resource name or prefix.
+    pub name: String,
+    /// Kafka's operation name: `Read`, `Write`, `Create`, `Delete`, `Alter`, `Describe`,
+    /// `DescribeConfigs`, `AlterConfigs`, `ClusterAction`, `IdempotentWrite` or `All`.
+    pub operation: String,
+    /// `allow` or `deny`.
+    pub permission: String,
+}
+
+fn any_host() -> String {
+    WILDCARD.to_string()
+}
+
+fn literal() -> String {
+    "literal".to_string()
+}
+
+/// ACLs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AclList {
+    pub acls: Vec<AclJson>,
+}
+
+/// A filter over the ACLs: each field given must match; `pattern` is `any` (the default),
+/// `match` (the ACLs that apply to the named resource), `literal` or `prefixed`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AclQuery {
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub resource_type: Option<String>,
+    pub pattern: Option<String>,
+    pub name: Option<String>,
+    pub operation: Option<String>,
+    pub permission: Option<String>,
+}
+
+/// Lists the ACLs a filter selects.
+#[utoipa::path(
+    get,
+    path = "/acls",
+    tag = "acls",
+    params(AclQuery),
+    responses(
+        (status = 200, description = "The ACLs", body = AclList),
+        (status = 400, description = "A malformed filter", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+async fn list_acls(
+    State(http): Shared,
+    QueryParams(query): QueryParams<AclQuery>,
+) -> Result<Response, ApiError> {
+    let filter = filter(query)?;
+    let acls = http
+        .broker()?
+        .describe_acls(&filter)
+        .iter()
+        .map(json)
+        .collect();
+    Ok(Json(AclList { acls }).into_response())
+}
+
+/// Adds an ACL (durable before the answer; adding one that exists changes nothing).
+#[utoipa::path(
+    post,
+    path = "/acls",
+    tag = "acls",
+    request_body = AclJson,
+    responses(
+        (status = 201, description = "Added", body = AclJson),
+        (status = 400, description = "A malformed ACL, or one that means nothing", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+async fn add_acl(
+    State(http): Shared,
+    JsonBody(body): JsonBody<AclJson>,
+) -> Result<Response, ApiError> {
+    let acl = binding(&body)?;
+    http.broker()?.create_acls(vec![acl.clone()]).await?;
+    Ok((StatusCode::CREATED, Json(json(&acl))).into_response())
+}
+
+/// Removes the ACLs a filter selects and lists them.
+#[utoipa::path(
+    delete,
+    path = "/acls",
+    tag = "acls",
+    params(AclQuery),
+    responses(
+        (status = 200, description = "The ACLs removed", body = AclList),
+        (status = 400, description = "A malformed filter", body = ErrorBody),
+        (status = 503, description = "Recovering", body = ErrorBody),
+    )
+)]
+async fn remove_acls(
+    State(http): Shared,
+    QueryParams(query): QueryParams<AclQuery>,
+) -> Result<Response, ApiError> {
+    let filter = filter(query)?;
+    let removed = http.broker()?.delete_acls(vec![filter]).await?;
+    let acls = removed.iter().flatten().map(json).collect();
+    Ok(Json(AclList { acls }).into_response())
+}
+
+fn json(acl: &AclBinding) -> AclJson {
+    AclJson {
+        principal: acl.principal.clone(),
+        host: acl.host.clone(),
+        resource_type: acl.resource_type.name().to_string(),
+        pattern_type: pattern_type_name(acl.pattern_type).to_string(),
+        name: acl.name.clone(),
+        operation: acl.operation.name().to_string(),
+        permission: permission_name(acl.permission).to_string(),
+    }
+}
+
+fn binding(body: &AclJson) -> Result<AclBinding, ApiError> {
+    let acl = AclBinding {
+        principal: body.principal.clone(),
+        host: body.host.clone(),
+        resource_type: resource_type(&body.resource_type)?,
+        pattern_type: pattern_type(&body.pattern_type)?,
+        name: body.name.clone(),
+        operation: operation(&body.operation)?,
+        permission: permission(&body.permission)?,
+    };
+    acl.validate()?;
+    Ok(acl)
+}
+
+fn filter(query: AclQuery) -> Result<AclFilter, ApiError> {
+    let pattern = match query.pattern.as_deref() {
+        None | Some("any") => PatternFilter::Any,
+        Some("match") => PatternFilter::Match,
+        Some(other) => PatternFilter::Exactly(pattern_type(other)?),
+    };
+    Ok(AclFilter {
+        principal: query.principal,
+        host: query.host,
+        resource_type: query
+            .resource_type
+            .as_deref()
+            .map(resource_type)
+            .transpose()?,
+        pattern,
+        name: query.name,
+        operation: query.operation.as_deref().map(operation).transpose()?,
+        permission: query.permission.as_deref().map(permission).transpose()?,
+    })
+}
+
+fn resource_type(text: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(text).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "resource_type {text:?} is none of topic, group, transactional-id, cluster, queue, exchange"
+        ))
+    })
+}
+
+fn pattern_type(text: &str) -> Result<PatternType, ApiError> {
+    match text {
+        "literal" => Ok(PatternType::Literal),
+        "prefixed" => Ok(PatternType::Prefixed),
+        other => Err(ApiError::bad_request(format!(
+            "pattern {other:?} is none of literal, prefixed (or, in a filter, any, match)"
+        ))),
+    }
+}
+
+fn pattern_type_name(pattern_type: PatternType) -> &'static str {
+    match pattern_type {
+        PatternType::Literal => "literal",
+        PatternType::Prefixed => "prefixed",
+    }
+}
+
+fn operation(text: &str) -> Result<Operation, ApiError> {
+    Operation::parse(text)
+        .ok_or_else(|| ApiError::bad_request(format!("operation {text:?} is not one of Kafka's")))
+}
+
+fn permission(text: &str) -> Result<Permission, ApiError> {
+    match text {
+        "allow" => Ok(Permission::Allow),
+        "deny" => Ok(Permission::Deny),
+        other => Err(ApiError::bad_request(format!(
+            "permission {other:?} is neither allow nor deny"
+        ))),
+    }
+}
+
+fn permission_name(permission: Permission) -> &'static str {
+    match permission {
+        Permission::Allow => "allow",
+        Permission::Deny => "deny",
+    }
+}
