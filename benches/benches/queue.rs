@@ -48,6 +48,7 @@ fn delivery_state(criterion: &mut Criterion) {
                         id: next_id,
                         expires_at_ms: None,
                         delivery_count: 0,
+                        bytes: 100,
                     };
                     black_box(state.enqueue(meta).expect("no limit"));
                     next_id += 1;

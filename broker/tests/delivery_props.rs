@@ -110,6 +110,11 @@ fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Each message's body size: varied, so a miscounted message shows.
+fn body_bytes(id: MessageId) -> u32 {
+    (id % 7) as u32 * 10 + 1
+}
+
 fn pick_tag(model: &Model, pick: u8) -> Option<(DeliveryTag, ConsumerId)> {
     if model.outstanding.is_empty() {
         return None;
@@ -135,7 +140,7 @@ proptest! {
                 Op::Publish => {
                     let id = model.next_id;
                     model.next_id += 1;
-                    let actions = state.enqueue(MessageMeta { id, expires_at_ms: None, delivery_count: 0 }).expect("no length limit");
+                    let actions = state.enqueue(MessageMeta { id, expires_at_ms: None, delivery_count: 0, bytes: body_bytes(id) }).expect("no length limit");
                     apply(&mut model, &actions)?;
                 }
                 Op::AddConsumer { consumer, prefetch } => {
@@ -198,6 +203,11 @@ proptest! {
             // Every message is in exactly one place.
             let placed = state.ready_count() + state.unacked_count() + model.settled.len() + model.dead.len();
             prop_assert_eq!(placed as i64, model.next_id);
+            // The ready bytes are the bodies of the messages that are nowhere else.
+            let elsewhere: BTreeSet<MessageId> = model.outstanding.values().map(|(_, id)| *id)
+                .chain(model.settled.iter().copied()).chain(model.dead.iter().copied()).collect();
+            let ready_bytes: u64 = (0..model.next_id).filter(|id| !elsewhere.contains(id)).map(|id| u64::from(body_bytes(id))).sum();
+            prop_assert_eq!(state.ready_bytes(), ready_bytes);
             prop_assert_eq!(state.unacked_count(), model.outstanding.len());
         }
     }

@@ -188,6 +188,12 @@ fn pika_full_reject_publish_queue_nacks_the_publish() {
 }
 
 #[test]
+fn pika_x_max_length_bytes_drops_the_head_or_nacks_by_body_bytes() {
+    let (_dir, broker) = broker();
+    pika(&broker, "max_length_bytes", &[]);
+}
+
+#[test]
 fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
     let (_dir, broker) = broker();
     pika(&broker, "single_active_consumer_and_cancel_notify", &[]);

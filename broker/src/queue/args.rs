@@ -24,6 +24,9 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
     if let Some(max) = args.max_length {
         push("max-length", max.to_string());
     }
+    if let Some(max) = args.max_length_bytes {
+        push("max-length-bytes", max.to_string());
+    }
     push(
         "overflow",
         match args.overflow {
@@ -76,6 +79,7 @@ pub fn args_from_pairs<'a>(
         match key {
             "message-ttl-ms" => args.message_ttl_ms = Some(number()?),
             "max-length" => args.max_length = Some(number()?),
+            "max-length-bytes" => args.max_length_bytes = Some(number()?),
             "overflow" => {
                 args.overflow = match value {
                     "drop-head" => Overflow::DropHead,
@@ -137,6 +141,7 @@ mod tests {
         let every_field = QueueArgs {
             message_ttl_ms: Some(100),
             max_length: Some(2),
+            max_length_bytes: Some(1_000),
             overflow: Overflow::RejectPublish,
             dead_letter_exchange: Some("dlx".to_string()),
             dead_letter_routing_key: Some("dead".to_string()),

@@ -94,7 +94,9 @@ pub enum Overflow {
 pub struct QueueLimits {
     /// Most ready messages (None: unlimited).
     pub max_length: Option<u64>,
-    /// What happens past `max_length`.
+    /// Most body bytes of ready messages (None: unlimited).
+    pub max_length_bytes: Option<u64>,
+    /// What happens past `max_length` or `max_length_bytes`.
     pub overflow: Overflow,
     /// Most times a message may return to the queue before it is dead-lettered.
     pub delivery_limit: Option<u32>,
@@ -170,6 +172,69 @@ pub struct MessageMeta {
     pub expires_at_ms: Option<i64>,
     /// How many times it was delivered.
     pub delivery_count: u32,
+    /// Its body's size in bytes (what `max-length-bytes` counts, as RabbitMQ does).
+    pub bytes: u32,
+}
+
+/// The ready messages in id order, with the sum of their body sizes kept as they come and
+/// go (for `max-length-bytes`).
+#[derive(Debug, Clone, Default)]
+struct Ready {
+    messages: BTreeMap<MessageId, MessageMeta>,
+    bytes: u64,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    fn insert(&mut self, meta: MessageMeta) {
+        if let Some(replaced) = self.messages.insert(meta.id, meta) {
+            self.bytes -= u64::from(replaced.bytes);
+        }
+        self.bytes += u64::from(meta.bytes);
+    }
+
+    fn remove(&mut self, id: MessageId) -> Option<MessageMeta> {
+        let removed = self.messages.remove(&id)?;
+        self.bytes -= u64::from(removed.bytes);
+        Some(removed)
+    }
+
+    fn pop_first(&mut self) -> Option<MessageMeta> {
+        let (_, removed) = self.messages.pop_first()?;
+        self.bytes -= u64::from(removed.bytes);
+        Some(removed)
+    }
+
+    fn first(&self) -> Option<MessageMeta> {
+        self.messages.first_key_value().map(|(_, meta)| *meta)
+    }
+
+    /// The oldest message after `after` (none: the oldest of all).
+    fn first_after(&self, after: Option<MessageId>) -> Option<MessageMeta> {
+        match after {
+            None => self.first(),
+            Some(previous) => self
+                .messages
+                .range((
+                    std::ops::Bound::Excluded(previous),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .map(|(_, meta)| *meta),
+        }
+    }
+
+    fn last_id(&self) -> Option<MessageId> {
+        self.messages.last_key_value().map(|(&id, _)| id)
+    }
+
+    fn take_all(&mut self) -> Vec<MessageId> {
+        self.bytes = 0;
+        std::mem::take(&mut self.messages).into_keys().collect()
+    }
 }
 
 /// One delivery to send to a consumer.
@@ -215,7 +280,10 @@ pub enum DeliveryError {
         tag: DeliveryTag,
     },
     /// The queue is full and refuses new messages.
-    QueueFull { max_length: u64 },
+    QueueFull {
+        /// The limit it is at: "5 messages", "1024 bytes".
+        limit: String,
+    },
 }
 
 impl std::fmt::Display for DeliveryError {
@@ -230,11 +298,8 @@ impl std::fmt::Display for DeliveryError {
                     "delivery tag {tag} is unknown: consumer {consumer} is not subscribed (cancelled?)"
                 )
             }
-            DeliveryError::QueueFull { max_length } => {
-                write!(
-                    formatter,
-                    "queue is full ({max_length} messages) and rejects publishes"
-                )
+            DeliveryError::QueueFull { limit } => {
+                write!(formatter, "queue is full ({limit}) and rejects publishes")
             }
         }
     }
@@ -289,7 +354,7 @@ struct Unacked {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryState {
     limits: QueueLimits,
-    ready: BTreeMap<MessageId, MessageMeta>,
+    ready: Ready,
     unacked: HashMap<DeliveryTag, Unacked, BuildHasherDefault<TagHasher>>,
     consumers: BTreeMap<ConsumerId, Consumer>,
     /// The consumer that got the last delivery (round-robin continues after it).
@@ -336,30 +401,51 @@ impl DeliveryState {
     /// `QueueFull` with `Overflow::RejectPublish` when the queue is at `max_length`.
     pub fn enqueue(&mut self, meta: MessageMeta) -> Result<Vec<Action>, DeliveryError> {
         let mut actions = Vec::new();
-        if let Some(max_length) = self.limits.max_length {
-            if self.ready.len() as u64 >= max_length {
-                match self.limits.overflow {
-                    Overflow::RejectPublish | Overflow::RejectPublishDlx => {
-                        return Err(DeliveryError::QueueFull { max_length })
-                    }
-                    Overflow::DropHead => {
-                        // Make room: dead-letter the oldest ready messages.
-                        while self.ready.len() as u64 >= max_length {
-                            let Some((id, _)) = self.ready.pop_first() else {
-                                break;
-                            };
-                            actions.push(Action::DeadLetter(id, DeadLetterReason::MaxLength));
-                        }
+        if let Some(limit) = self.overflowed_by(u64::from(meta.bytes)) {
+            match self.limits.overflow {
+                Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                    return Err(DeliveryError::QueueFull { limit })
+                }
+                Overflow::DropHead => {
+                    // Make room: dead-letter the oldest ready messages.
+                    while self.overflowed_by(u64::from(meta.bytes)).is_some() {
+                        let Some(oldest) = self.ready.pop_first() else {
+                            break;
+                        };
+                        actions.push(Action::DeadLetter(oldest.id, DeadLetterReason::MaxLength));
                     }
                 }
             }
         }
-        if max_length_is_zero(&self.limits) {
+        if self.overflowed_by(u64::from(meta.bytes)).is_some() {
+            // Larger than the queue may ever hold (or a length limit of 0): the message
+            // itself goes, as RabbitMQ drops it.
             actions.push(Action::DeadLetter(meta.id, DeadLetterReason::MaxLength));
             return Ok(actions);
         }
-        self.ready.insert(meta.id, meta);
+        self.ready.insert(meta);
         Ok(actions)
+    }
+
+    /// The limit (`max-length` or `max-length-bytes`) one more ready message of `bytes`
+    /// would pass, described for an error, if any.
+    pub fn overflowed_by(&self, bytes: u64) -> Option<String> {
+        if let Some(max_length) = self.limits.max_length {
+            if self.ready.len() as u64 >= max_length {
+                return Some(format!("{max_length} messages"));
+            }
+        }
+        if let Some(max_bytes) = self.limits.max_length_bytes {
+            if self.ready.bytes + bytes > max_bytes {
+                return Some(format!("{max_bytes} bytes"));
+            }
+        }
+        None
+    }
+
+    /// The ready messages' body bytes.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready.bytes
     }
 
     /// Subscribes a consumer with a prefetch window (0: unlimited).
@@ -436,7 +522,7 @@ impl DeliveryState {
             if self.limits.delivery_limit.is_some() {
                 actions.push(Action::Returned(meta.id, returned));
             }
-            self.ready.insert(meta.id, meta);
+            self.ready.insert(meta);
         }
     }
 
@@ -447,6 +533,7 @@ impl DeliveryState {
     pub fn delivery_counts(&self) -> Vec<(MessageId, u32)> {
         let ready = self
             .ready
+            .messages
             .values()
             .filter(|meta| meta.delivery_count > 0)
             .map(|meta| (meta.id, meta.delivery_count));
@@ -539,16 +626,17 @@ impl DeliveryState {
     /// dead-letters expired messages it meets at the head.
     pub fn dispatch(&mut self, now_ms: i64) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some((&id, &meta)) = self.ready.first_key_value() {
+        while let Some(meta) = self.ready.first() {
+            let id = meta.id;
             if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-                self.ready.remove(&id);
+                self.ready.remove(id);
                 actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
                 continue;
             }
             let Some(consumer) = self.next_consumer_with_room() else {
                 break;
             };
-            self.ready.remove(&id);
+            self.ready.remove(id);
             let tag = self.next_tag;
             self.next_tag = DeliveryTag(tag.0 + 1);
             let delivered = MessageMeta {
@@ -628,7 +716,7 @@ impl DeliveryState {
 
     /// Removes every ready message (unacknowledged ones stay with their consumers).
     pub fn purge(&mut self) -> Vec<MessageId> {
-        std::mem::take(&mut self.ready).into_keys().collect()
+        self.ready.take_all()
     }
 
     /// Takes up to `count` ready messages from the head for a get, without a consumer.
@@ -666,20 +754,11 @@ impl DeliveryState {
     ) -> (Option<Got>, Vec<Action>) {
         let mut actions = Vec::new();
         loop {
-            let next = match after {
-                None => self.ready.first_key_value(),
-                Some(previous) => self
-                    .ready
-                    .range((
-                        std::ops::Bound::Excluded(previous),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .next(),
-            };
-            let Some((&id, &meta)) = next else {
+            let Some(meta) = self.ready.first_after(after) else {
                 return (None, actions);
             };
-            self.ready.remove(&id);
+            let id = meta.id;
+            self.ready.remove(id);
             if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
                 actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
                 continue;
@@ -740,24 +819,24 @@ impl DeliveryState {
     /// The id of the newest ready message: the bound of a move, so that messages arriving
     /// during the move are not chased.
     pub fn last_ready_id(&self) -> Option<MessageId> {
-        self.ready.last_key_value().map(|(&id, _)| id)
+        self.ready.last_id()
     }
 
     /// Takes the oldest ready message if its id is at most `up_to` (for a move). The caller
     /// holds it until it is stored elsewhere, then settles it or hands it to `put_back`.
     pub fn take_head(&mut self, up_to: MessageId) -> Option<MessageMeta> {
-        let (&id, _) = self.ready.first_key_value()?;
+        let id = self.ready.first()?.id;
         if id > up_to {
             return None;
         }
-        self.ready.remove(&id)
+        self.ready.remove(id)
     }
 
     /// Returns messages taken by `take_head` to their places, unchanged (not redelivered:
     /// nobody saw them).
     pub fn put_back(&mut self, messages: impl IntoIterator<Item = MessageMeta>) {
         for meta in messages {
-            self.ready.insert(meta.id, meta);
+            self.ready.insert(meta);
         }
     }
 }
@@ -790,10 +869,6 @@ pub struct Got {
     pub tag: Option<DeliveryTag>,
 }
 
-fn max_length_is_zero(limits: &QueueLimits) -> bool {
-    limits.max_length == Some(0)
-}
-
 /// Which deliveries an ack or nack covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckScope {
@@ -821,6 +896,7 @@ mod tests {
             id,
             expires_at_ms: None,
             delivery_count: 0,
+            bytes: 10,
         }
     }
 
@@ -988,6 +1064,7 @@ mod tests {
                 id: 0,
                 expires_at_ms: Some(100),
                 delivery_count: 0,
+                bytes: 10,
             })
             .unwrap();
         state
@@ -995,6 +1072,7 @@ mod tests {
                 id: 1,
                 expires_at_ms: Some(500),
                 delivery_count: 0,
+                bytes: 10,
             })
             .unwrap();
         state.add_consumer(ConsumerId(1), 0);
@@ -1023,9 +1101,66 @@ mod tests {
         let mut state = queue_with(limits, 0..2);
         assert_eq!(
             state.enqueue(message(2)),
-            Err(DeliveryError::QueueFull { max_length: 2 })
+            Err(DeliveryError::QueueFull {
+                limit: "2 messages".to_string()
+            })
         );
         assert_eq!(state.ready_count(), 2);
+    }
+
+    #[test]
+    fn max_length_bytes_counts_ready_bodies_as_they_come_and_go() {
+        // Ten-byte bodies under a 25-byte limit: two fit, a third drops the head.
+        let limits = QueueLimits {
+            max_length_bytes: Some(25),
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..2);
+        assert_eq!(state.ready_bytes(), 20);
+        assert_eq!(
+            state.enqueue(message(2)).unwrap(),
+            vec![Action::DeadLetter(0, DeadLetterReason::MaxLength)]
+        );
+        assert_eq!(state.ready_bytes(), 20);
+        // A delivery takes its bytes out of the ready count; a requeue brings them back.
+        state.add_consumer(ConsumerId(1), 1);
+        let delivered = deliveries(&state.dispatch(0))[0];
+        assert_eq!(state.ready_bytes(), 10);
+        state
+            .nack(ConsumerId(1), delivered.tag, AckScope::Single, Requeue::Yes)
+            .unwrap();
+        assert_eq!(state.ready_bytes(), 20);
+        // A body larger than the whole limit is dead-lettered itself.
+        let huge = MessageMeta {
+            bytes: 26,
+            ..message(3)
+        };
+        assert_eq!(
+            state.enqueue(huge).unwrap(),
+            vec![
+                Action::DeadLetter(1, DeadLetterReason::MaxLength),
+                Action::DeadLetter(2, DeadLetterReason::MaxLength),
+                Action::DeadLetter(3, DeadLetterReason::MaxLength),
+            ]
+        );
+        assert_eq!(state.ready_bytes(), 0);
+        assert_eq!(state.purge(), Vec::<MessageId>::new());
+
+        let limits = QueueLimits {
+            max_length_bytes: Some(25),
+            overflow: Overflow::RejectPublish,
+            ..QueueLimits::default()
+        };
+        let mut state = queue_with(limits, 0..2);
+        assert_eq!(
+            state.enqueue(message(2)),
+            Err(DeliveryError::QueueFull {
+                limit: "25 bytes".to_string()
+            })
+        );
+        state.purge();
+        assert_eq!(state.ready_bytes(), 0);
+        assert!(state.enqueue(message(3)).is_ok());
     }
 
     #[test]

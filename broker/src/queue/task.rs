@@ -76,8 +76,8 @@ pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 /// What the delivery state needs of a stored message once it is durable: its due time (a
-/// delayed message) and its own TTL.
-type Timing = (Option<i64>, Option<u64>);
+/// delayed message), its own TTL and its body's size.
+type Timing = (Option<i64>, Option<u64>, u32);
 
 /// A run of publishes appended to the message log as one batch. Once durable, its messages
 /// become ready (or delayed) and its publishers are confirmed.
@@ -243,6 +243,7 @@ impl QueueTask {
     ) -> Result<QueueTask, QueueError> {
         let limits = QueueLimits {
             max_length: args.max_length,
+            max_length_bytes: args.max_length_bytes,
             overflow: args.overflow,
             delivery_limit: args.delivery_limit,
             single_active_consumer: args.single_active_consumer,
@@ -324,6 +325,7 @@ impl QueueTask {
             id,
             expires_at_ms: ttl.map(|ttl| record.timestamp_ms.saturating_add(ttl as i64)),
             delivery_count: 0,
+            bytes: body_bytes(record.value.as_ref().map_or(0, Bytes::len)),
         }
     }
 
@@ -375,8 +377,8 @@ impl QueueTask {
         let mut acks: Vec<PendingAck> = Vec::new();
         let limits = self.state.limits();
         // With reject-publish, each publish must see the length its predecessors left.
-        let merge_publishes =
-            !(limits.max_length.is_some() && limits.overflow != Overflow::DropHead);
+        let limited = limits.max_length.is_some() || limits.max_length_bytes.is_some();
+        let merge_publishes = !(limited && limits.overflow != Overflow::DropHead);
         for command in batch {
             match command {
                 Command::Publish(messages, reply) => {
@@ -480,7 +482,8 @@ impl QueueTask {
             replies.push(reply);
         }
         let limits = self.state.limits();
-        if limits.max_length.is_some() && limits.overflow != Overflow::DropHead {
+        let limited = limits.max_length.is_some() || limits.max_length_bytes.is_some();
+        if limited && limits.overflow != Overflow::DropHead {
             // Each publish must see the length the ones before it left: no pipelining.
             let message_count = messages.len() as u64;
             let outcome = self.store_messages(messages).await;
@@ -853,10 +856,15 @@ impl QueueTask {
         let now = self.clock.now_ms();
         // Check the length limit before storing, so a refused message is never stored.
         let limits = self.state.limits();
-        if let (Some(max_length), Overflow::RejectPublish | Overflow::RejectPublishDlx) =
-            (limits.max_length, limits.overflow)
-        {
-            if self.state.ready_count() as u64 >= max_length {
+        if matches!(
+            limits.overflow,
+            Overflow::RejectPublish | Overflow::RejectPublishDlx
+        ) {
+            let bytes = messages
+                .iter()
+                .map(|message| message.body.len() as u64)
+                .sum();
+            if let Some(limit) = self.state.overflowed_by(bytes) {
                 if limits.overflow == Overflow::RejectPublishDlx {
                     for message in &messages {
                         self.forward_refused(message, now);
@@ -864,7 +872,7 @@ impl QueueTask {
                 }
                 return Err(QueueError::QueueFull {
                     queue: self.name.clone(),
-                    max_length,
+                    limit,
                 });
             }
         }
@@ -892,6 +900,7 @@ impl QueueTask {
                 header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
                 header_number(&message.headers, EXPIRATION_HEADER)
                     .and_then(|ttl| u64::try_from(ttl).ok()),
+                body_bytes(message.body.len()),
             ));
             builder
                 .push(&NewRecord {
@@ -927,7 +936,7 @@ impl QueueTask {
     ) -> Result<(), QueueError> {
         let limits = self.state.limits();
         let mut actions = Vec::new();
-        for (index, (due, record_ttl)) in timings.into_iter().enumerate() {
+        for (index, (due, record_ttl, bytes)) in timings.into_iter().enumerate() {
             let id = base_offset + index as i64;
             if let Some(due) = due {
                 self.delays.insert(id, due);
@@ -939,10 +948,11 @@ impl QueueTask {
                     .or(self.ttl_ms)
                     .map(|ttl| now.saturating_add(ttl as i64)),
                 delivery_count: 0,
+                bytes,
             };
             match self.state.enqueue(meta) {
                 Ok(more) => actions.extend(more),
-                Err(DeliveryError::QueueFull { max_length }) => {
+                Err(DeliveryError::QueueFull { limit }) => {
                     // Stored but refused: dead-lettered with reject-publish-dlx (its copy,
                     // once stored, settles it), else settled so it never comes back.
                     if limits.overflow != Overflow::RejectPublishDlx
@@ -952,7 +962,7 @@ impl QueueTask {
                     }
                     return Err(QueueError::QueueFull {
                         queue: self.name.clone(),
-                        max_length,
+                        limit,
                     });
                 }
                 Err(error) => return Err(delivery_error(error)),
@@ -1278,14 +1288,20 @@ fn message_bytes(message: &Message) -> usize {
     message.body.len() + message.routing_key.len() + headers + 32
 }
 
+/// A body's size as the delivery state counts it (bodies are far below 4 GiB: a frame
+/// holds them).
+fn body_bytes(length: usize) -> u32 {
+    u32::try_from(length).unwrap_or(u32::MAX)
+}
+
 fn delivery_error(error: DeliveryError) -> QueueError {
     match error {
         DeliveryError::UnknownDeliveryTag { tag } => QueueError::UnknownDeliveryTag(tag),
         // A cancelled consumer's deliveries went back to the queue: its tags are unknown.
         DeliveryError::UnknownConsumer { tag, .. } => QueueError::UnknownDeliveryTag(tag),
-        DeliveryError::QueueFull { max_length } => QueueError::QueueFull {
+        DeliveryError::QueueFull { limit } => QueueError::QueueFull {
             queue: String::new(),
-            max_length,
+            limit,
         },
     }
 }

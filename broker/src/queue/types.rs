@@ -32,8 +32,12 @@ pub enum QueueError {
     #[error("{0}")]
     Invalid(String),
     /// The queue is full and rejects publishes.
-    #[error("queue {queue:?} is full ({max_length} messages) and rejects publishes")]
-    QueueFull { queue: String, max_length: u64 },
+    #[error("queue {queue:?} is full ({limit}) and rejects publishes")]
+    QueueFull {
+        queue: String,
+        /// The limit it is at: "5 messages", "1024 bytes".
+        limit: String,
+    },
     /// An ack or nack names an unknown or settled delivery tag.
     #[error("unknown or already settled delivery tag {0}")]
     UnknownDeliveryTag(DeliveryTag),
@@ -52,7 +56,9 @@ pub struct QueueArgs {
     pub message_ttl_ms: Option<u64>,
     /// Most ready messages.
     pub max_length: Option<u64>,
-    /// What happens past `max_length`.
+    /// Most body bytes of ready messages (RabbitMQ's `x-max-length-bytes`).
+    pub max_length_bytes: Option<u64>,
+    /// What happens past `max_length` or `max_length_bytes`.
     pub overflow: Overflow,
     /// Where dead-lettered messages go.
     pub dead_letter_exchange: Option<String>,

@@ -958,6 +958,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
         let core_key = match key.as_str() {
             "x-message-ttl" => "message-ttl-ms",
             "x-max-length" => "max-length",
+            "x-max-length-bytes" => "max-length-bytes",
             "x-overflow" => "overflow",
             "x-dead-letter-exchange" => "dead-letter-exchange",
             "x-dead-letter-routing-key" => "dead-letter-routing-key",
@@ -981,8 +982,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
                     ))
                 }
             },
-            unsupported @ ("x-max-length-bytes" | "x-max-priority"
-            | "x-dead-letter-strategy") => {
+            unsupported @ ("x-max-priority" | "x-dead-letter-strategy") => {
                 return Err(Reply::new(
                     error_code::PRECONDITION_FAILED,
                     format!("queue argument '{unsupported}' is not supported by wharf yet"),
