@@ -5,6 +5,8 @@
 //! The binaries are built once per test process with `cargo build --bins` (a no-op when they
 //! are fresh), so a test never runs a stale `wharf` or `wharfd`.
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,31 @@ impl BrokerProcess {
             BrokerProcess::spawn(data_dir, "127.0.0.1:0", &[], Some((log_path, log_filter)));
         broker.log_path = Some(log_path.to_path_buf());
         broker
+    }
+
+    /// Starts `wharfd` with `--listen listen` (a scheme may lead: `ssl://127.0.0.1:0`) and
+    /// `extra_args`; other listeners not named in them get ephemeral plaintext ports. With
+    /// `log`, its log goes to that file at that filter.
+    pub fn start_listening(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[String],
+        log: Option<(&Path, &str)>,
+    ) -> BrokerProcess {
+        let mut broker = BrokerProcess::spawn(data_dir, listen, extra_args, log);
+        broker.log_path = log.map(|(path, _)| path.to_path_buf());
+        broker
+    }
+
+    /// Sends it SIGHUP (reload the TLS certificate).
+    pub fn hangup(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .expect("running kill");
+            assert!(status.success(), "kill -HUP failed");
+        }
     }
 
     fn start_with(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
