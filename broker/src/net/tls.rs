@@ -393,3 +393,172 @@ fn pem_reason(error: &rustls::pki_types::pem::Error, what: &str) -> String {
         other => format!("invalid PEM: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    use super::*;
+
+    /// A self-signed certificate for 127.0.0.1 named `common_name`: (certificate PEM, key
+    /// PEM, certificate DER).
+    fn self_signed(common_name: &str) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.self_signed(&key).expect("certificate");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        files: TlsFiles,
+    }
+
+    impl Files {
+        fn write(&self, cert_pem: &str, key_pem: &str) {
+            let files = &self.files;
+            std::fs::write(files.cert.as_ref().expect("cert"), cert_pem).expect("write");
+            std::fs::write(files.key.as_ref().expect("key"), key_pem).expect("write");
+        }
+    }
+
+    fn files(cert_pem: &str, key_pem: &str) -> Files {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = Files {
+            files: TlsFiles {
+                cert: Some(dir.path().join("cert.pem")),
+                key: Some(dir.path().join("key.pem")),
+                client_ca: None,
+            },
+            _dir: dir,
+        };
+        files.write(cert_pem, key_pem);
+        files
+    }
+
+    /// Handshakes a client trusting `trusted_der` with `tls` over an in-memory pipe and
+    /// returns the certificate it was served (`None`: the handshake failed).
+    async fn served(tls: &Tls, trusted_der: &[u8]) -> Option<Vec<u8>> {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(trusted_der.to_vec()))
+            .expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let (client, server) = tokio::join!(
+            connector.connect(name, client_end),
+            tls.handshake(server_end, peer)
+        );
+        server?;
+        let client = client.ok()?;
+        let (_, session) = client.get_ref();
+        Some(session.peer_certificates()?.first()?.to_vec())
+    }
+
+    #[tokio::test]
+    async fn reload_serves_the_new_certificate_to_new_connections() {
+        let (cert_pem, key_pem, first_der) = self_signed("first");
+        let files = files(&cert_pem, &key_pem);
+        let tls = Tls::load(&files.files).expect("loads");
+        assert_eq!(served(&tls, &first_der).await, Some(first_der.clone()));
+        let (cert_pem, key_pem, second_der) = self_signed("second, renewed");
+        files.write(&cert_pem, &key_pem);
+        tls.reload().expect("reloads");
+        assert_eq!(served(&tls, &second_der).await, Some(second_der));
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_keeps_the_certificate_served() {
+        let (cert_pem, key_pem, der) = self_signed("kept");
+        let files = files(&cert_pem, &key_pem);
+        let tls = Tls::load(&files.files).expect("loads");
+        let before = tls.server_config();
+        // Bad PEM, then a key that belongs to another certificate.
+        files.write("-----BEGIN CERTIFICATE-----\nnot base64\n", &key_pem);
+        let error = tls.reload().expect_err("bad PEM");
+        assert!(matches!(error, TlsError::Pem { .. }), "{error}");
+        let (_, other_key, _) = self_signed("other");
+        files.write(&cert_pem, &other_key);
+        let error = tls.reload().expect_err("mismatched key");
+        assert!(matches!(error, TlsError::Config { .. }), "{error}");
+        assert!(Arc::ptr_eq(&before, &tls.server_config()));
+        assert_eq!(served(&tls, &der).await, Some(der));
+    }
+
+    #[test]
+    fn reload_if_changed_reloads_only_after_a_file_changed() {
+        let (cert_pem, key_pem, _) = self_signed("a");
+        let files = files(&cert_pem, &key_pem);
+        let tls = Tls::load(&files.files).expect("loads");
+        let before = tls.server_config();
+        tls.reload_if_changed();
+        assert!(
+            Arc::ptr_eq(&before, &tls.server_config()),
+            "nothing changed"
+        );
+        // A longer name makes longer files, so the change shows even within one mtime tick.
+        let (cert_pem, key_pem, _) = self_signed("a much longer common name than before");
+        files.write(&cert_pem, &key_pem);
+        tls.reload_if_changed();
+        assert!(
+            !Arc::ptr_eq(&before, &tls.server_config()),
+            "the files changed"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file_that_is_wrong() {
+        let (cert_pem, _, _) = self_signed("no key");
+        let files = files(&cert_pem, "no key here");
+        let error = Tls::load(&files.files).expect_err("no key");
+        assert!(error.to_string().contains("key.pem"), "{error}");
+        assert!(
+            error.to_string().contains("holds no PEM private key"),
+            "{error}"
+        );
+        let missing = TlsFiles {
+            cert: Some(PathBuf::from("/nonexistent/cert.pem")),
+            key: Some(PathBuf::from("/nonexistent/key.pem")),
+            client_ca: None,
+        };
+        let error = Tls::load(&missing).expect_err("missing file");
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read /nonexistent/cert.pem"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_garbage_fails_the_handshake_without_harm() {
+        let (cert_pem, key_pem, _) = self_signed("garbage");
+        let files = files(&cert_pem, &key_pem);
+        let tls = Tls::load(&files.files).expect("loads");
+        for garbage in [
+            &b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n"[..],
+            &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01][..],
+            &[0x16; 4096][..],
+        ] {
+            let (mut client_end, server_end) = tokio::io::duplex(64 * 1024);
+            tokio::io::AsyncWriteExt::write_all(&mut client_end, garbage)
+                .await
+                .expect("write");
+            tokio::io::AsyncWriteExt::shutdown(&mut client_end)
+                .await
+                .expect("shutdown");
+            let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+            assert!(tls.handshake(server_end, peer).await.is_none());
+        }
+    }
+}
