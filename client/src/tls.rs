@@ -115,7 +115,13 @@ pub(crate) fn io_error(address: &str, error: std::io::Error) -> Error {
     let tls_failure = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map(ToString::to_string);
+        .map(|failure| match failure {
+            // What a plaintext listener's answer (a Wharf frame) looks like to TLS.
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                format!("{failure}: the broker's listener does not seem to speak TLS")
+            }
+            other => other.to_string(),
+        });
     match tls_failure {
         Some(reason) => Error::TlsHandshake {
             address: address.to_string(),

@@ -309,6 +309,14 @@ fn a_plaintext_listener_and_a_tls_listener_serve_side_by_side() {
         "",
     );
     assert_eq!(consumed, "tls-0\ntls-1\ntls-2\n");
+    // A TLS client at the plaintext listener is told so.
+    let mismatched = wharf_tls(&broker, &pki.ca_path, &["topic", "list"], "");
+    assert!(
+        !mismatched.status.success(),
+        "TLS against a plaintext listener"
+    );
+    let message = stderr(&mismatched);
+    assert!(message.contains("does not seem to speak TLS"), "{message}");
 }
 
 #[test]
