@@ -130,10 +130,14 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     // Loaded before any port is bound, so a bad certificate is the error the operator sees.
     // The files are read on the blocking pool, as every file of the broker.
     let tls = if config.listeners().iter().any(|(_, spec)| spec.tls) {
-        let files = config.tls.clone();
-        let loaded = tokio::task::spawn_blocking(move || Tls::load(&files))
-            .await
-            .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+        let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
+            return Err(ServerError::Tls(TlsError::NotConfigured));
+        };
+        let client_ca = config.tls.client_ca.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || Tls::load(&cert, &key, client_ca.as_deref()))
+                .await
+                .map_err(|error| ServerError::Shutdown(error.to_string()))??;
         Some(Arc::new(loaded))
     } else {
         None

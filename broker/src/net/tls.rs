@@ -28,7 +28,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsFiles;
 use crate::net::connection::Transport;
 use crate::net::listener::{CappedListener, CappedStream};
 
@@ -96,21 +95,18 @@ pub struct Tls {
 type FileStamp = Option<(SystemTime, u64)>;
 
 impl Tls {
-    /// Loads the certificate, key and client CA named by `files`.
+    /// Loads the certificate chain `cert`, its key `key` and, for mutual TLS, the client
+    /// CA certificates `client_ca` (PEM files).
     ///
     /// # Errors
     /// [`TlsError`] naming the file and what is wrong with it.
-    pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
-        let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
-            return Err(TlsError::NotConfigured);
-        };
-        let paths = [Some(cert), Some(key), files.client_ca.as_ref()];
-        let stamps = stamps(paths.into_iter().flatten().map(PathBuf::as_path));
-        let config = build(cert, key, files.client_ca.as_deref())?;
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
+        let stamps = stamps([Some(cert), Some(key), client_ca].into_iter().flatten());
+        let config = build(cert, key, client_ca)?;
         Ok(Tls {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: files.client_ca.clone(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
             current: RwLock::new(Arc::new(config)),
             stamps: Mutex::new(stamps),
         })
@@ -414,25 +410,26 @@ mod tests {
 
     struct Files {
         _dir: tempfile::TempDir,
-        files: TlsFiles,
+        cert: PathBuf,
+        key: PathBuf,
     }
 
     impl Files {
         fn write(&self, cert_pem: &str, key_pem: &str) {
-            let files = &self.files;
-            std::fs::write(files.cert.as_ref().expect("cert"), cert_pem).expect("write");
-            std::fs::write(files.key.as_ref().expect("key"), key_pem).expect("write");
+            std::fs::write(&self.cert, cert_pem).expect("write");
+            std::fs::write(&self.key, key_pem).expect("write");
+        }
+
+        fn load(&self) -> Result<Tls, TlsError> {
+            Tls::load(&self.cert, &self.key, None)
         }
     }
 
     fn files(cert_pem: &str, key_pem: &str) -> Files {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = Files {
-            files: TlsFiles {
-                cert: Some(dir.path().join("cert.pem")),
-                key: Some(dir.path().join("key.pem")),
-                client_ca: None,
-            },
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
             _dir: dir,
         };
         files.write(cert_pem, key_pem);
@@ -469,7 +466,7 @@ mod tests {
     async fn reload_serves_the_new_certificate_to_new_connections() {
         let (cert_pem, key_pem, first_der) = self_signed("first");
         let files = files(&cert_pem, &key_pem);
-        let tls = Tls::load(&files.files).expect("loads");
+        let tls = files.load().expect("loads");
         assert_eq!(served(&tls, &first_der).await, Some(first_der.clone()));
         let (cert_pem, key_pem, second_der) = self_signed("second, renewed");
         files.write(&cert_pem, &key_pem);
@@ -481,7 +478,7 @@ mod tests {
     async fn a_failed_reload_keeps_the_certificate_served() {
         let (cert_pem, key_pem, der) = self_signed("kept");
         let files = files(&cert_pem, &key_pem);
-        let tls = Tls::load(&files.files).expect("loads");
+        let tls = files.load().expect("loads");
         let before = tls.server_config();
         // Bad PEM, then a key that belongs to another certificate.
         files.write("-----BEGIN CERTIFICATE-----\nnot base64\n", &key_pem);
@@ -499,7 +496,7 @@ mod tests {
     fn reload_if_changed_reloads_only_after_a_file_changed() {
         let (cert_pem, key_pem, _) = self_signed("a");
         let files = files(&cert_pem, &key_pem);
-        let tls = Tls::load(&files.files).expect("loads");
+        let tls = files.load().expect("loads");
         let before = tls.server_config();
         tls.reload_if_changed();
         assert!(
@@ -520,18 +517,18 @@ mod tests {
     fn load_names_the_file_that_is_wrong() {
         let (cert_pem, _, _) = self_signed("no key");
         let files = files(&cert_pem, "no key here");
-        let error = Tls::load(&files.files).expect_err("no key");
+        let error = files.load().expect_err("no key");
         assert!(error.to_string().contains("key.pem"), "{error}");
         assert!(
             error.to_string().contains("holds no PEM private key"),
             "{error}"
         );
-        let missing = TlsFiles {
-            cert: Some(PathBuf::from("/nonexistent/cert.pem")),
-            key: Some(PathBuf::from("/nonexistent/key.pem")),
-            client_ca: None,
-        };
-        let error = Tls::load(&missing).expect_err("missing file");
+        let error = Tls::load(
+            Path::new("/nonexistent/cert.pem"),
+            Path::new("/nonexistent/key.pem"),
+            None,
+        )
+        .expect_err("missing file");
         assert!(
             error
                 .to_string()
@@ -544,7 +541,7 @@ mod tests {
     async fn a_client_that_sends_garbage_fails_the_handshake_without_harm() {
         let (cert_pem, key_pem, _) = self_signed("garbage");
         let files = files(&cert_pem, &key_pem);
-        let tls = Tls::load(&files.files).expect("loads");
+        let tls = files.load().expect("loads");
         for garbage in [
             &b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n"[..],
             &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01][..],
