@@ -128,20 +128,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         .validate()
         .map_err(|error| ServerError::Config(error.to_string()))?;
     // Loaded before any port is bound, so a bad certificate is the error the operator sees.
-    // The files are read on the blocking pool, as every file of the broker.
-    let tls = if config.listeners().iter().any(|(_, spec)| spec.tls) {
-        let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
-            return Err(ServerError::Tls(TlsError::NotConfigured));
-        };
-        let client_ca = config.tls.client_ca.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || Tls::load(&cert, &key, client_ca.as_deref()))
-                .await
-                .map_err(|error| ServerError::Shutdown(error.to_string()))??;
-        Some(Arc::new(loaded))
-    } else {
-        None
-    };
+    let tls = load_tls(&config).await?;
     let (listener, local_addr) =
         listener::bind(&config.listen.address)
             .await
@@ -318,6 +305,22 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         shutdown,
         task,
     })
+}
+
+/// The TLS certificate if a listener speaks TLS, read on the blocking pool as every file of
+/// the broker.
+async fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, ServerError> {
+    if !config.listeners().iter().any(|(_, spec)| spec.tls) {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
+        return Err(ServerError::Tls(TlsError::NotConfigured));
+    };
+    let client_ca = config.tls.client_ca.clone();
+    let loaded = tokio::task::spawn_blocking(move || Tls::load(&cert, &key, client_ca.as_deref()))
+        .await
+        .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+    Ok(Some(Arc::new(loaded)))
 }
 
 /// Binds the HTTP listener (if `http_listen` is on) and serves it until shutdown; the core
