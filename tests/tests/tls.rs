@@ -259,6 +259,33 @@ fn the_cli_produces_and_consumes_over_tls_and_refuses_plaintext_and_untrusted_br
     );
     let summary: Value = serde_json::from_str(summary.trim()).expect("one JSON summary");
     assert_eq!(summary["messages"], 200, "{summary}");
+
+    // After a restart on the same ports the listeners speak TLS again.
+    let mut broker = broker;
+    broker.restart();
+    let consumed = assert_ok(
+        "consume after a restart",
+        &wharf_tls(
+            &broker,
+            ca,
+            &[
+                "consume",
+                "secure",
+                "--from",
+                "earliest",
+                "--max-messages",
+                "1",
+                "--timeout-ms",
+                "10000",
+            ],
+            "",
+        ),
+    );
+    assert_eq!(consumed, "one\n");
+    let kafka: SocketAddr = broker.kafka_address().parse().expect("address");
+    runtime().block_on(async {
+        assert_eq!(served_certificate(kafka, ca).await, pki.server_cert_der);
+    });
 }
 
 #[test]
