@@ -85,9 +85,10 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
-    /// What new connections are accepted with.
+    /// What new connections are accepted with: read (an `Arc` clone) once per connection.
     current: RwLock<Arc<ServerConfig>>,
-    /// The files' modification times and lengths when they were last loaded (or tried).
+    /// The files' modification times and lengths when they were last loaded (or tried);
+    /// its lock also serializes reloads.
     stamps: Mutex<Vec<FileStamp>>,
 }
 
@@ -118,11 +119,14 @@ impl Tls {
     /// # Errors
     /// [`TlsError`] naming the file and what is wrong with it.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = stamps(self.paths());
-        *self
+        // Held for the whole reload, so a SIGHUP and the file watcher reloading at once
+        // cannot swap in what the slower of them read before the faster one's newer files.
+        // No `.await` runs under it: reloads run on the blocking pool.
+        let mut last_stamps = self
             .stamps
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = stamps;
+            .unwrap_or_else(|poison| poison.into_inner());
+        *last_stamps = stamps(self.paths());
         let config = build(&self.cert, &self.key, self.client_ca.as_deref())?;
         *self
             .current
