@@ -43,7 +43,7 @@ impl InProcess {
             .expect("bench dir");
         let config = BrokerConfig {
             data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".to_string(),
+            listen: wharf_broker::config::ListenerSpec::plaintext("127.0.0.1:0"),
             kafka_listen: None,
             amqp_listen: None,
             http_listen: None,

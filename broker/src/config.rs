@@ -5,7 +5,13 @@
 //!
 //! ```toml
 //! data_dir = "./wharf-data"
-//! listen = "127.0.0.1:7420"
+//! listen = "127.0.0.1:7420"        # or "ssl://0.0.0.0:7421", "sasl_ssl://..."
+//! kafka_listen = "127.0.0.1:9092"  # plaintext | ssl | sasl_plaintext | sasl_ssl, or "off"
+//! amqp_listen = "amqps://0.0.0.0:5671"
+//! http_listen = "https://0.0.0.0:7443"
+//! tls_cert = "/etc/wharf/server.pem"    # PEM certificate chain, leaf first
+//! tls_key = "/etc/wharf/server.key"     # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! tls_client_ca = "/etc/wharf/clients.pem"  # optional: mutual TLS
 //! advertised_address = "broker1.internal:7420"
 //! frame_bytes_max = 16842752
 //! auto_create_topics = true
@@ -54,18 +60,20 @@ pub const PARTITIONS_MAX: u32 = 10_000;
 pub struct BrokerConfig {
     /// Where partitions and metadata live.
     pub data_dir: PathBuf,
-    /// Where the listener binds.
-    pub listen: String,
+    /// Where the native listener binds, and whether it speaks TLS.
+    pub listen: ListenerSpec,
     /// What metadata answers tell clients to connect to (default: the bound address).
     pub advertised_address: Option<String>,
     /// Where the Kafka wire protocol listener binds (`None`: off).
-    pub kafka_listen: Option<String>,
+    pub kafka_listen: Option<ListenerSpec>,
     /// What Kafka metadata answers tell clients to connect to (default: the bound address).
     pub kafka_advertised: Option<String>,
     /// Where the AMQP 0-9-1 listener binds (`None`: off).
-    pub amqp_listen: Option<String>,
+    pub amqp_listen: Option<ListenerSpec>,
     /// Where the HTTP listener binds (`None`: off): metrics, health checks, admin API.
-    pub http_listen: Option<String>,
+    pub http_listen: Option<ListenerSpec>,
+    /// The TLS listeners' certificate and key files, and the client CA of mutual TLS.
+    pub tls: TlsFiles,
     /// Largest accepted frame (length field).
     pub frame_bytes_max: u32,
     /// Create unknown topics on first produce.
@@ -96,12 +104,13 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
-            listen: LISTEN_DEFAULT.to_string(),
+            listen: ListenerSpec::plaintext(LISTEN_DEFAULT),
             advertised_address: None,
-            kafka_listen: Some(KAFKA_LISTEN_DEFAULT.to_string()),
+            kafka_listen: Some(ListenerSpec::plaintext(KAFKA_LISTEN_DEFAULT)),
             kafka_advertised: None,
-            amqp_listen: Some(AMQP_LISTEN_DEFAULT.to_string()),
-            http_listen: Some(HTTP_LISTEN_DEFAULT.to_string()),
+            amqp_listen: Some(ListenerSpec::plaintext(AMQP_LISTEN_DEFAULT)),
+            http_listen: Some(ListenerSpec::plaintext(HTTP_LISTEN_DEFAULT)),
+            tls: TlsFiles::default(),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -158,8 +167,8 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         ),
         key(
             "listen",
-            format!("{:?}", config.listen),
-            "native protocol listener, HOST:PORT (`--listen`)",
+            format!("{:?}", config.listen.setting(ListenerKind::Native)),
+            "native protocol listener, [SCHEME://]HOST:PORT with SCHEME plaintext, ssl, sasl_plaintext or sasl_ssl (`--listen`)",
         ),
         key(
             "advertised_address",
@@ -171,13 +180,13 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         ),
         key(
             "kafka_listen",
-            format!("{:?}", config.kafka_listen.as_deref().unwrap_or("off")),
-            "Kafka wire protocol listener, HOST:PORT or \"off\" (`--kafka-listen`)",
+            listener_value(ListenerKind::Kafka, config.kafka_listen.as_ref()),
+            "Kafka wire protocol listener, [SCHEME://]HOST:PORT with SCHEME plaintext, ssl, sasl_plaintext or sasl_ssl, or \"off\" (`--kafka-listen`)",
         ),
         key(
             "http_listen",
-            format!("{:?}", config.http_listen.as_deref().unwrap_or("off")),
-            "HTTP listener (metrics, health, admin API), HOST:PORT or \"off\" (`--http-listen`)",
+            listener_value(ListenerKind::Http, config.http_listen.as_ref()),
+            "HTTP listener (metrics, health, admin API), [http:// or https://]HOST:PORT or \"off\" (`--http-listen`)",
         ),
         key(
             "kafka_advertised",
@@ -189,8 +198,23 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         ),
         key(
             "amqp_listen",
-            format!("{:?}", config.amqp_listen.as_deref().unwrap_or("off")),
-            "AMQP 0-9-1 listener, HOST:PORT or \"off\" (`--amqp-listen`)",
+            listener_value(ListenerKind::Amqp, config.amqp_listen.as_ref()),
+            "AMQP 0-9-1 listener, [amqp:// or amqps://]HOST:PORT or \"off\" (`--amqp-listen`)",
+        ),
+        key(
+            "tls_cert",
+            path_value(config.tls.cert.as_deref()),
+            "PEM certificate chain (leaf first) of every TLS listener; reloaded on SIGHUP or when the file changes (`--tls-cert`)",
+        ),
+        key(
+            "tls_key",
+            path_value(config.tls.key.as_deref()),
+            "PEM private key of `tls_cert` (`--tls-key`)",
+        ),
+        key(
+            "tls_client_ca",
+            path_value(config.tls.client_ca.as_deref()),
+            "PEM CA certificates that TLS clients must present a certificate from (mutual TLS); unset: no client certificate asked (`--tls-client-ca`)",
         ),
         key(
             "frame_bytes_max",
@@ -293,6 +317,22 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
     ]
 }
 
+/// A listener setting as a TOML value: its `[SCHEME://]HOST:PORT`, or `"off"`.
+fn listener_value(kind: ListenerKind, spec: Option<&ListenerSpec>) -> String {
+    format!(
+        "{:?}",
+        spec.map_or_else(|| "off".to_string(), |spec| spec.setting(kind))
+    )
+}
+
+/// An optional file setting as a TOML value, `(unset)` when absent.
+fn path_value(path: Option<&Path>) -> String {
+    path.map_or_else(
+        || "(unset)".to_string(),
+        |path| format!("{:?}", path.display().to_string()),
+    )
+}
+
 /// A TOML error's message with the line and column it points at (1-based), when it has one.
 fn located(text: &str, error: &toml::de::Error) -> String {
     let Some(span) = error.span() else {
@@ -344,6 +384,9 @@ struct FileConfig {
     kafka_advertised: Option<String>,
     amqp_listen: Option<String>,
     http_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     frame_bytes_max: Option<u32>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -393,18 +436,35 @@ impl BrokerConfig {
     fn apply(&mut self, file: FileConfig) -> Result<(), ConfigError> {
         let defaults = BrokerConfig::default();
         self.data_dir = file.data_dir.unwrap_or(defaults.data_dir);
-        self.listen = file.listen.unwrap_or(defaults.listen);
+        let setting_error = |kind: ListenerKind, error: ListenerError| {
+            ConfigError::Invalid(format!("{}: {error}", kind.config_key()))
+        };
+        self.listen = match file.listen {
+            Some(listen) => ListenerSpec::parse(ListenerKind::Native, &listen)
+                .map_err(|error| setting_error(ListenerKind::Native, error))?,
+            None => defaults.listen,
+        };
         self.advertised_address = file.advertised_address;
-        if let Some(listen) = file.kafka_listen {
-            self.kafka_listen = listener_address(&listen);
+        for (kind, setting, spec) in [
+            (
+                ListenerKind::Kafka,
+                file.kafka_listen,
+                &mut self.kafka_listen,
+            ),
+            (ListenerKind::Amqp, file.amqp_listen, &mut self.amqp_listen),
+            (ListenerKind::Http, file.http_listen, &mut self.http_listen),
+        ] {
+            if let Some(setting) = setting {
+                *spec =
+                    listener_setting(kind, &setting).map_err(|error| setting_error(kind, error))?;
+            }
         }
         self.kafka_advertised = file.kafka_advertised;
-        if let Some(listen) = file.amqp_listen {
-            self.amqp_listen = listener_address(&listen);
-        }
-        if let Some(listen) = file.http_listen {
-            self.http_listen = listener_address(&listen);
-        }
+        self.tls = TlsFiles {
+            cert: file.tls_cert,
+            key: file.tls_key,
+            client_ca: file.tls_client_ca,
+        };
         self.frame_bytes_max = file.frame_bytes_max.unwrap_or(defaults.frame_bytes_max);
         self.auto_create_topics = file.auto_create_topics.unwrap_or(true);
         self.default_partitions = file.default_partitions.unwrap_or(1);
@@ -481,7 +541,303 @@ impl BrokerConfig {
             parse_host_port(advertised)
                 .map_err(|error| ConfigError::Invalid(format!("kafka_advertised: {error}")))?;
         }
-        Ok(())
+        self.validate_tls()
+    }
+
+    /// The listeners that are on, with their kinds.
+    pub fn listeners(&self) -> Vec<(ListenerKind, &ListenerSpec)> {
+        let mut listeners = vec![(ListenerKind::Native, &self.listen)];
+        for (kind, spec) in [
+            (ListenerKind::Kafka, &self.kafka_listen),
+            (ListenerKind::Amqp, &self.amqp_listen),
+            (ListenerKind::Http, &self.http_listen),
+        ] {
+            if let Some(spec) = spec {
+                listeners.push((kind, spec));
+            }
+        }
+        listeners
+    }
+
+    /// A TLS listener needs a certificate and its key; the key needs a certificate and the
+    /// certificate a key; a client CA needs a certificate to ask for client certificates with.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        if let Some((kind, spec)) = self.listeners().into_iter().find(|(_, spec)| spec.tls) {
+            if tls.cert.is_none() || tls.key.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "the {} listener {} ({}) speaks TLS but no certificate is configured: give --tls-cert FILE and --tls-key FILE (or `tls_cert` and `tls_key` in the config file)",
+                    kind.name(),
+                    spec.setting(kind),
+                    kind.flag()
+                )));
+            }
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => Err(ConfigError::Invalid(
+                "--tls-cert (`tls_cert`) is set without --tls-key (`tls_key`)".to_string(),
+            )),
+            (None, Some(_)) => Err(ConfigError::Invalid(
+                "--tls-key (`tls_key`) is set without --tls-cert (`tls_cert`)".to_string(),
+            )),
+            (None, None) if tls.client_ca.is_some() => Err(ConfigError::Invalid(
+                "--tls-client-ca (`tls_client_ca`) is set without --tls-cert and --tls-key: mutual TLS needs the server's own certificate".to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The certificate files of the TLS listeners (PEM). One certificate serves every TLS
+/// listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (`--tls-cert`, `tls_cert`).
+    pub cert: Option<PathBuf>,
+    /// The private key of the leaf certificate (`--tls-key`, `tls_key`).
+    pub key: Option<PathBuf>,
+    /// CA certificates that clients must present a certificate from (`--tls-client-ca`,
+    /// `tls_client_ca`); `None`: no client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Which front end a listener serves: it decides the schemes its address may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// The native protocol (`--listen`).
+    Native,
+    /// The Kafka wire protocol (`--kafka-listen`).
+    Kafka,
+    /// AMQP 0-9-1 (`--amqp-listen`).
+    Amqp,
+    /// HTTP (`--http-listen`).
+    Http,
+}
+
+impl ListenerKind {
+    /// The command-line flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ListenerKind::Native => "--listen",
+            ListenerKind::Kafka => "--kafka-listen",
+            ListenerKind::Amqp => "--amqp-listen",
+            ListenerKind::Http => "--http-listen",
+        }
+    }
+
+    /// The configuration file key that sets it.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            ListenerKind::Native => "listen",
+            ListenerKind::Kafka => "kafka_listen",
+            ListenerKind::Amqp => "amqp_listen",
+            ListenerKind::Http => "http_listen",
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Native => "native",
+            ListenerKind::Kafka => "Kafka",
+            ListenerKind::Amqp => "AMQP",
+            ListenerKind::Http => "HTTP",
+        }
+    }
+
+    /// The schemes it accepts, the plaintext one first.
+    fn schemes(self) -> &'static [Scheme] {
+        match self {
+            ListenerKind::Native | ListenerKind::Kafka => &KAFKA_SCHEMES,
+            ListenerKind::Amqp => &AMQP_SCHEMES,
+            ListenerKind::Http => &HTTP_SCHEMES,
+        }
+    }
+
+    /// Which listener a scheme it does not accept belongs to, for the error message.
+    fn owner_of(scheme: &str) -> Option<ListenerKind> {
+        [ListenerKind::Kafka, ListenerKind::Amqp, ListenerKind::Http]
+            .into_iter()
+            .find(|kind| kind.schemes().iter().any(|known| known.name == scheme))
+    }
+}
+
+/// A listener's address and what it speaks there, parsed once from its setting
+/// (`[SCHEME://]HOST:PORT`, Kafka's listener scheme names).
+///
+/// | scheme | listeners | `tls` | `sasl` |
+/// |---|---|---|---|
+/// | none, `plaintext` | native, Kafka | no | no |
+/// | `ssl` | native, Kafka | yes | no |
+/// | `sasl_plaintext` | native, Kafka | no | yes |
+/// | `sasl_ssl` | native, Kafka | yes | yes |
+/// | none, `amqp` / `amqps` | AMQP | no / yes | no |
+/// | none, `http` / `https` | HTTP | no / yes | no |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// `HOST:PORT` to bind (port 0: the kernel picks one).
+    pub address: String,
+    /// Connections speak TLS (certificate from [`TlsFiles`]).
+    pub tls: bool,
+    /// Clients must authenticate with SASL before anything else (Kafka's `sasl_*`
+    /// schemes). Always false for AMQP and HTTP, whose authentication is their own.
+    pub sasl: bool,
+}
+
+/// One scheme: its name and what it turns on.
+#[derive(Debug)]
+struct Scheme {
+    name: &'static str,
+    tls: bool,
+    sasl: bool,
+}
+
+const KAFKA_SCHEMES: [Scheme; 4] = [
+    Scheme {
+        name: "plaintext",
+        tls: false,
+        sasl: false,
+    },
+    Scheme {
+        name: "ssl",
+        tls: true,
+        sasl: false,
+    },
+    Scheme {
+        name: "sasl_plaintext",
+        tls: false,
+        sasl: true,
+    },
+    Scheme {
+        name: "sasl_ssl",
+        tls: true,
+        sasl: true,
+    },
+];
+const AMQP_SCHEMES: [Scheme; 2] = [
+    Scheme {
+        name: "amqp",
+        tls: false,
+        sasl: false,
+    },
+    Scheme {
+        name: "amqps",
+        tls: true,
+        sasl: false,
+    },
+];
+const HTTP_SCHEMES: [Scheme; 2] = [
+    Scheme {
+        name: "http",
+        tls: false,
+        sasl: false,
+    },
+    Scheme {
+        name: "https",
+        tls: true,
+        sasl: false,
+    },
+];
+
+/// Why a listener setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenerError {
+    /// A scheme no listener knows.
+    #[error("unknown scheme {scheme}:// in {setting:?}; the {listener} listener takes {accepted}")]
+    UnknownScheme {
+        setting: String,
+        scheme: String,
+        listener: &'static str,
+        accepted: String,
+    },
+    /// A scheme of another listener (`amqps://` on the Kafka listener).
+    #[error("scheme {scheme}:// in {setting:?} is for {owner_flag}; the {listener} listener takes {accepted}")]
+    WrongListener {
+        setting: String,
+        scheme: String,
+        owner_flag: &'static str,
+        listener: &'static str,
+        accepted: String,
+    },
+    /// The part after the scheme is not `HOST:PORT`.
+    #[error("{0}")]
+    BadAddress(String),
+}
+
+impl ListenerSpec {
+    /// A plaintext listener on `address` (no scheme).
+    pub fn plaintext(address: impl Into<String>) -> ListenerSpec {
+        ListenerSpec {
+            address: address.into(),
+            tls: false,
+            sasl: false,
+        }
+    }
+
+    /// Parses `[SCHEME://]HOST:PORT` for a listener of `kind`; the scheme is matched
+    /// without regard to case (`SASL_SSL://` as Kafka writes it).
+    ///
+    /// # Errors
+    /// [`ListenerError`] for an unknown scheme, a scheme of another listener, or an address
+    /// that is not `HOST:PORT`.
+    pub fn parse(kind: ListenerKind, setting: &str) -> Result<ListenerSpec, ListenerError> {
+        let (scheme, address) = match setting.split_once("://") {
+            Some((scheme, address)) => (Some(scheme.to_ascii_lowercase()), address),
+            None => (None, setting),
+        };
+        let accepted = || {
+            kind.schemes()
+                .iter()
+                .map(|scheme| format!("{}://", scheme.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (tls, sasl) = match &scheme {
+            None => (false, false),
+            Some(name) => match kind.schemes().iter().find(|known| known.name == name) {
+                Some(known) => (known.tls, known.sasl),
+                None => {
+                    return Err(match ListenerKind::owner_of(name) {
+                        Some(owner) => ListenerError::WrongListener {
+                            setting: setting.to_string(),
+                            scheme: name.clone(),
+                            owner_flag: owner.flag(),
+                            listener: kind.name(),
+                            accepted: accepted(),
+                        },
+                        None => ListenerError::UnknownScheme {
+                            setting: setting.to_string(),
+                            scheme: name.clone(),
+                            listener: kind.name(),
+                            accepted: accepted(),
+                        },
+                    })
+                }
+            },
+        };
+        parse_host_port(address).map_err(ListenerError::BadAddress)?;
+        Ok(ListenerSpec {
+            address: address.to_string(),
+            tls,
+            sasl,
+        })
+    }
+
+    /// The scheme name for a listener of `kind` (`ssl`, `amqps`, ...).
+    pub fn scheme(&self, kind: ListenerKind) -> &'static str {
+        kind.schemes()
+            .iter()
+            .find(|scheme| scheme.tls == self.tls && scheme.sasl == self.sasl)
+            .map_or("plaintext", |scheme| scheme.name)
+    }
+
+    /// The setting that [`ListenerSpec::parse`] reads back for a listener of `kind`: the
+    /// bare `HOST:PORT` for plaintext (as it is usually written), else `SCHEME://HOST:PORT`.
+    pub fn setting(&self, kind: ListenerKind) -> String {
+        if !self.tls && !self.sasl {
+            return self.address.clone();
+        }
+        format!("{}://{}", self.scheme(kind), self.address)
     }
 }
 
@@ -514,9 +870,19 @@ fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError
     Ok(())
 }
 
-/// A listener setting: `off` turns the listener off, anything else is its `HOST:PORT`.
-pub fn listener_address(setting: &str) -> Option<String> {
-    (setting != "off").then(|| setting.to_string())
+/// A listener setting: `off` turns the listener off, anything else is its
+/// `[SCHEME://]HOST:PORT` ([`ListenerSpec::parse`]).
+///
+/// # Errors
+/// As [`ListenerSpec::parse`].
+pub fn listener_setting(
+    kind: ListenerKind,
+    setting: &str,
+) -> Result<Option<ListenerSpec>, ListenerError> {
+    if setting == "off" {
+        return Ok(None);
+    }
+    ListenerSpec::parse(kind, setting).map(Some)
 }
 
 /// Parses a flush policy name.
@@ -679,7 +1045,7 @@ mod tests {
         .unwrap();
         let mut config = BrokerConfig::default();
         config.apply(file).unwrap();
-        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.listen, ListenerSpec::plaintext("0.0.0.0:9000"));
         assert_eq!(config.default_partitions, 3);
         assert_eq!(config.log.flush, FlushPolicy::Interval { interval_ms: 50 });
         assert_eq!(config.log.retention_bytes, None);
@@ -729,7 +1095,7 @@ mod tests {
         let mut top = String::new();
         let mut log = String::from("[log]\n");
         for key in config_keys() {
-            if key.key == "advertised_address" || key.key == "kafka_advertised" {
+            if key.default == "(unset)" {
                 continue;
             }
             match key.key.strip_prefix("log.") {
@@ -789,6 +1155,141 @@ mod tests {
             "config segment.bytes=10 is outside [65536, 2147483647] bytes",
             "named by the key the user wrote, not the storage field"
         );
+    }
+
+    /// Parses `setting` for `kind` and checks what it turns on.
+    fn check_listener(kind: ListenerKind, setting: &str, address: &str, tls: bool, sasl: bool) {
+        let spec = ListenerSpec::parse(kind, setting)
+            .unwrap_or_else(|error| panic!("{setting:?} on {}: {error}", kind.flag()));
+        assert_eq!(
+            spec,
+            ListenerSpec {
+                address: address.to_string(),
+                tls,
+                sasl
+            },
+            "{setting:?}"
+        );
+        // What the configuration documents reads back as the same listener.
+        assert_eq!(ListenerSpec::parse(kind, &spec.setting(kind)), Ok(spec));
+    }
+
+    #[test]
+    fn listener_schemes_parse_for_their_listeners() {
+        for kind in [ListenerKind::Native, ListenerKind::Kafka] {
+            check_listener(kind, "127.0.0.1:9092", "127.0.0.1:9092", false, false);
+            check_listener(kind, "plaintext://h:1", "h:1", false, false);
+            check_listener(kind, "ssl://h:1", "h:1", true, false);
+            check_listener(kind, "sasl_plaintext://h:1", "h:1", false, true);
+            check_listener(kind, "sasl_ssl://[::1]:9093", "[::1]:9093", true, true);
+            check_listener(kind, "SASL_SSL://h:1", "h:1", true, true);
+        }
+        check_listener(ListenerKind::Amqp, "h:5672", "h:5672", false, false);
+        check_listener(ListenerKind::Amqp, "amqp://h:5672", "h:5672", false, false);
+        check_listener(ListenerKind::Amqp, "amqps://h:5671", "h:5671", true, false);
+        check_listener(ListenerKind::Http, "h:80", "h:80", false, false);
+        check_listener(ListenerKind::Http, "http://h:80", "h:80", false, false);
+        check_listener(
+            ListenerKind::Http,
+            "https://0.0.0.0:0",
+            "0.0.0.0:0",
+            true,
+            false,
+        );
+    }
+
+    #[test]
+    fn a_scheme_of_another_listener_names_the_flag_it_belongs_to() {
+        let cases = [
+            (ListenerKind::Kafka, "amqps://h:1", "--amqp-listen"),
+            (ListenerKind::Native, "https://h:1", "--http-listen"),
+            (ListenerKind::Amqp, "ssl://h:1", "--kafka-listen"),
+            (ListenerKind::Amqp, "sasl_ssl://h:1", "--kafka-listen"),
+            (ListenerKind::Http, "amqp://h:1", "--amqp-listen"),
+        ];
+        for (kind, setting, owner) in cases {
+            let error = ListenerSpec::parse(kind, setting).expect_err(setting);
+            assert!(
+                matches!(&error, ListenerError::WrongListener { owner_flag, .. } if *owner_flag == owner),
+                "{setting:?} on {}: {error:?}",
+                kind.flag()
+            );
+        }
+        let message = ListenerSpec::parse(ListenerKind::Kafka, "amqps://h:1")
+            .expect_err("amqps on Kafka")
+            .to_string();
+        assert_eq!(
+            message,
+            "scheme amqps:// in \"amqps://h:1\" is for --amqp-listen; the Kafka listener takes plaintext://, ssl://, sasl_plaintext://, sasl_ssl://"
+        );
+    }
+
+    #[test]
+    fn unknown_schemes_and_bad_addresses_are_refused() {
+        let error = ListenerSpec::parse(ListenerKind::Kafka, "tls://h:1").expect_err("tls://");
+        assert_eq!(
+            error.to_string(),
+            "unknown scheme tls:// in \"tls://h:1\"; the Kafka listener takes plaintext://, ssl://, sasl_plaintext://, sasl_ssl://"
+        );
+        for setting in ["ssl://", "ssl://h", "amqps://:1", "h:port", ""] {
+            let kind = if setting.starts_with("amqps") {
+                ListenerKind::Amqp
+            } else {
+                ListenerKind::Kafka
+            };
+            assert!(
+                matches!(
+                    ListenerSpec::parse(kind, setting),
+                    Err(ListenerError::BadAddress(_))
+                ),
+                "{setting:?}"
+            );
+        }
+        assert_eq!(listener_setting(ListenerKind::Http, "off"), Ok(None));
+    }
+
+    #[test]
+    fn a_bad_listener_in_the_file_names_its_key() {
+        let file: FileConfig = toml::from_str("kafka_listen = \"amqps://h:1\"").unwrap();
+        let error = BrokerConfig::default().apply(file).expect_err("mismatch");
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid config: kafka_listen: scheme amqps://"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_tls_listener_needs_a_certificate_and_key() {
+        let file: FileConfig = toml::from_str("http_listen = \"https://127.0.0.1:0\"").unwrap();
+        let error = BrokerConfig::default()
+            .apply(file)
+            .expect_err("no certificate");
+        let message = error.to_string();
+        assert!(
+            message.contains("--tls-cert FILE and --tls-key FILE"),
+            "{message}"
+        );
+        assert!(
+            message.contains("HTTP listener https://127.0.0.1:0 (--http-listen)"),
+            "{message}"
+        );
+        let file: FileConfig = toml::from_str(
+            "http_listen = \"https://127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+        )
+        .unwrap();
+        let mut config = BrokerConfig::default();
+        config.apply(file).expect("with a certificate");
+        assert!(config.http_listen.as_ref().is_some_and(|spec| spec.tls));
+        let file: FileConfig = toml::from_str("tls_cert = \"c.pem\"").unwrap();
+        let error = BrokerConfig::default().apply(file).expect_err("no key");
+        assert!(error.to_string().contains("without --tls-key"), "{error}");
+        let file: FileConfig = toml::from_str("tls_client_ca = \"ca.pem\"").unwrap();
+        let error = BrokerConfig::default()
+            .apply(file)
+            .expect_err("no certificate");
+        assert!(error.to_string().contains("--tls-client-ca"), "{error}");
     }
 
     #[test]

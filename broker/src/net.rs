@@ -3,9 +3,12 @@
 //! one's ordered phase before reading the next, lets the rest complete concurrently, bounds
 //! what is in flight, and writes responses in request order with pushed frames between
 //! them. A front end supplies only its codec and its translation (a [`connection::Protocol`]).
+//! [`tls`] puts TLS under any listener: the connection driver is generic over its byte
+//! stream ([`connection::Transport`]), so TCP and TLS connections get the same machinery.
 //!
 //! **Architecture invariant:** only `net` touches sockets; it knows no protocol and no
 //! domain rule.
 
 pub mod connection;
 pub mod listener;
+pub mod tls;

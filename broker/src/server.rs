@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ListenerKind, ListenerSpec};
 use crate::core::{Broker, OpenError};
 use crate::frontend::amqp::Amqp;
 use crate::frontend::http::status::BrokerInfo;
@@ -20,6 +20,7 @@ use crate::frontend::http::Http;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
 use crate::net::listener;
+use crate::net::tls::{self, Tls, TlsError};
 use crate::storage::{Clock, SystemClock};
 
 /// How long shutdown waits for in-flight requests before closing storage anyway.
@@ -45,6 +46,9 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(String),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(#[from] TlsError),
     /// A background task panicked or closing storage failed.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -57,6 +61,7 @@ pub struct ServerHandle {
     kafka_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    tls: Option<Arc<Tls>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -80,6 +85,12 @@ impl ServerHandle {
     /// The address the HTTP listener is bound to, if it is on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The TLS certificate of the TLS listeners (`None`: no listener speaks TLS), to reload
+    /// it ([`Tls::reload_logged`], on SIGHUP).
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -116,12 +127,14 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     config
         .validate()
         .map_err(|error| ServerError::Config(error.to_string()))?;
+    // Loaded before any port is bound, so a bad certificate is the error the operator sees.
+    let tls = load_tls(&config).await?;
     let (listener, local_addr) =
-        listener::bind(&config.listen)
+        listener::bind(&config.listen.address)
             .await
             .map_err(|source| {
                 ServerError::Bind {
-            address: config.listen.clone(),
+            address: config.listen.address.clone(),
             listener: "native",
             remedy:
                 "choose another address with --listen HOST:PORT (or `listen` in the config file)",
@@ -130,9 +143,9 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             })?;
     let kafka_listener = match &config.kafka_listen {
         None => None,
-        Some(address) => Some(listener::bind(address).await.map_err(|source| {
+        Some(spec) => Some(listener::bind(&spec.address).await.map_err(|source| {
             ServerError::Bind {
-                address: address.clone(),
+                address: spec.address.clone(),
                 listener: "Kafka",
                 remedy: "choose another address with --kafka-listen HOST:PORT, or turn the Kafka listener off with --kafka-listen off (or `kafka_listen` in the config file)",
                 source,
@@ -142,9 +155,9 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
     let amqp_listener = match &config.amqp_listen {
         None => None,
-        Some(address) => Some(listener::bind(address).await.map_err(|source| {
+        Some(spec) => Some(listener::bind(&spec.address).await.map_err(|source| {
             ServerError::Bind {
-                address: address.clone(),
+                address: spec.address.clone(),
                 listener: "AMQP",
                 remedy: "choose another address with --amqp-listen HOST:PORT, or turn the AMQP listener off with --amqp-listen off (or `amqp_listen` in the config file)",
                 source,
@@ -161,9 +174,19 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         local_addr,
         kafka_addr,
         amqp_addr,
+        tls.clone(),
         shutdown_rx.clone(),
     )
     .await?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
+    }
+    // Each listener's TLS, if its scheme asks for it.
+    let listener_tls =
+        |spec: Option<&ListenerSpec>| tls.clone().filter(|_| spec.is_some_and(|spec| spec.tls));
+    let native_tls = listener_tls(Some(&config.listen));
+    let kafka_tls = listener_tls(config.kafka_listen.as_ref());
+    let amqp_tls = listener_tls(config.amqp_listen.as_ref());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let open_config = config.clone();
     // Opening storage reads and fsyncs many files: keep it off the runtime's workers.
@@ -207,6 +230,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         let native_loop = listener::accept_loop(
             Arc::new(native),
             listener,
+            native_tls,
             config.connections_max,
             shutdown_rx.clone(),
             done_tx.clone(),
@@ -217,6 +241,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                 listener::accept_loop(
                     Arc::new(kafka),
                     kafka_listener,
+                    kafka_tls,
                     config.connections_max,
                     kafka_shutdown,
                     kafka_done,
@@ -229,6 +254,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                 listener::accept_loop(
                     Arc::new(amqp),
                     amqp_listener,
+                    amqp_tls,
                     config.connections_max,
                     shutdown_rx,
                     done_tx,
@@ -258,24 +284,43 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         tracing::info!("wharfd stopped cleanly");
         Ok(())
     });
-    tracing::info!(%local_addr, "wharfd listening");
+    let scheme =
+        |kind, spec: &Option<ListenerSpec>| spec.as_ref().map_or("off", |spec| spec.scheme(kind));
+    tracing::info!(%local_addr, scheme = config.listen.scheme(ListenerKind::Native), "wharfd listening");
     if let Some(kafka_addr) = kafka_addr {
-        tracing::info!(%kafka_addr, "Kafka listener listening");
+        tracing::info!(%kafka_addr, scheme = scheme(ListenerKind::Kafka, &config.kafka_listen), "Kafka listener listening");
     }
     if let Some(amqp_addr) = amqp_addr {
-        tracing::info!(%amqp_addr, "AMQP listener listening");
+        tracing::info!(%amqp_addr, scheme = scheme(ListenerKind::Amqp, &config.amqp_listen), "AMQP listener listening");
     }
     if let Some(http_addr) = http_addr {
-        tracing::info!(%http_addr, "HTTP listener listening");
+        tracing::info!(%http_addr, scheme = scheme(ListenerKind::Http, &config.http_listen), "HTTP listener listening");
     }
     Ok(ServerHandle {
         local_addr,
         kafka_addr,
         amqp_addr,
         http_addr,
+        tls,
         shutdown,
         task,
     })
+}
+
+/// The TLS certificate if a listener speaks TLS, read on the blocking pool as every file of
+/// the broker.
+async fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, ServerError> {
+    if !config.listeners().iter().any(|(_, spec)| spec.tls) {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
+        return Err(ServerError::Tls(TlsError::NotConfigured));
+    };
+    let client_ca = config.tls.client_ca.clone();
+    let loaded = tokio::task::spawn_blocking(move || Tls::load(&cert, &key, client_ca.as_deref()))
+        .await
+        .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+    Ok(Some(Arc::new(loaded)))
 }
 
 /// Binds the HTTP listener (if `http_listen` is on) and serves it until shutdown; the core
@@ -285,12 +330,13 @@ async fn start_http(
     native_addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
+    tls: Option<Arc<Tls>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
     let bound = match &config.http_listen {
         None => None,
-        Some(address) => Some(listener::bind(address).await.map_err(|source| ServerError::Bind {
-            address: address.clone(),
+        Some(spec) => Some(listener::bind(&spec.address).await.map_err(|source| ServerError::Bind {
+            address: spec.address.clone(),
             listener: "HTTP",
             remedy: "choose another address with --http-listen HOST:PORT, or turn the HTTP listener off with --http-listen off (or `http_listen` in the config file)",
             source,
@@ -308,6 +354,12 @@ async fn start_http(
         return Ok((http, None, None));
     };
     let capped = listener::CappedListener::new(listener, config.connections_max);
-    let task = tokio::spawn(crate::frontend::http::serve(http.clone(), capped, shutdown));
+    let tls = tls.filter(|_| config.http_listen.as_ref().is_some_and(|spec| spec.tls));
+    let task = tokio::spawn(crate::frontend::http::serve(
+        http.clone(),
+        capped,
+        tls,
+        shutdown,
+    ));
     Ok((http, Some(addr), Some(task)))
 }

@@ -428,6 +428,7 @@ impl BrokerConnection {
                 request_timeout: config.request_timeout,
                 in_flight_requests_max: config.in_flight_requests_max,
                 frame_bytes_max: config.frame_bytes_max,
+                tls: config.tls.clone(),
             },
             backoff: Backoff::new(config.retry_backoff_base, config.retry_backoff_max),
             bootstrap_timeout: config.bootstrap_timeout,

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::tls::Tls;
+
 /// The address `wharf` and the client use when none is given: `wharfd`'s default listener.
 pub const DEFAULT_BROKER: &str = "127.0.0.1:7420";
 
@@ -55,6 +57,8 @@ pub struct ClientConfig {
     /// maximal batches fits with room to spare; a corrupt length prefix cannot make the
     /// client allocate more).
     pub frame_bytes_max: u32,
+    /// Speak TLS to every broker (default `None`: plaintext), as [`ClientConfig::tls`] sets.
+    pub tls: Option<Tls>,
 }
 
 impl ClientConfig {
@@ -73,6 +77,7 @@ impl ClientConfig {
             breaker_cooldown: Duration::from_secs(2),
             in_flight_requests_max: 64,
             frame_bytes_max: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 
@@ -116,6 +121,14 @@ impl ClientConfig {
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.retry_backoff_base = base;
         self.retry_backoff_max = max;
+        self
+    }
+
+    /// Connects to every broker over TLS: the bootstrap address and the ones metadata
+    /// advertises, each checked against its certificate by its host name or IP address.
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -27,8 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -40,6 +39,7 @@ use wharf_protocol::messages::{
 use wharf_protocol::{ApiKey, Request, Response};
 
 use crate::error::{check_code, Error, Result};
+use crate::tls::{self, Tls};
 
 /// Bytes read from the socket per `read` call at most; frames larger than this are
 /// assembled over several reads.
@@ -56,6 +56,7 @@ pub(crate) struct ConnectionOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) in_flight_requests_max: usize,
     pub(crate) frame_bytes_max: u32,
+    pub(crate) tls: Option<Tls>,
 }
 
 /// A live, handshaken connection.
@@ -273,33 +274,59 @@ impl Connection {
             .map_err(connect_error)?;
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true).map_err(connect_error)?;
-        let broker_apis = tokio::time::timeout(
-            options.connect_timeout,
-            handshake(&mut stream, address, &options),
-        )
-        .await
         // A broker that accepts but never answers is as unreachable as one that refuses.
-        .map_err(|_| {
+        let timed_out = || {
             connect_error(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "handshake timed out",
             ))
-        })??;
+        };
+        let Some(tls) = options.tls.clone() else {
+            let broker_apis = tokio::time::timeout(
+                options.connect_timeout,
+                handshake(&mut stream, address, &options),
+            )
+            .await
+            .map_err(|_| timed_out())??;
+            let (read_half, write_half) = stream.into_split();
+            return Ok(Connection::start(
+                read_half,
+                write_half,
+                address.to_string(),
+                options,
+                broker_apis,
+            ));
+        };
+        // Over TLS the reader and the writer share the session through tokio's `split`.
+        let handshaken = async {
+            let mut stream = tls.connect(address, stream).await?;
+            let broker_apis = handshake(&mut stream, address, &options).await?;
+            Ok::<_, Error>((stream, broker_apis))
+        };
+        let (stream, broker_apis) = tokio::time::timeout(options.connect_timeout, handshaken)
+            .await
+            .map_err(|_| timed_out())??;
+        let (read_half, write_half) = tokio::io::split(stream);
         Ok(Connection::start(
-            stream,
+            read_half,
+            write_half,
             address.to_string(),
             options,
             broker_apis,
         ))
     }
 
-    fn start(
-        stream: TcpStream,
+    fn start<R, W>(
+        read_half: R,
+        write_half: W,
         address: String,
         options: ConnectionOptions,
         broker_apis: Vec<ApiVersionRange>,
-    ) -> Connection {
-        let (read_half, write_half) = stream.into_split();
+    ) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let in_flight_max = options.in_flight_requests_max.max(1);
         let (outgoing, outgoing_rx) = mpsc::channel(in_flight_max);
         let pending = Arc::new(Pending::default());
@@ -501,15 +528,14 @@ impl Drop for Connection {
 }
 
 /// Sends ApiVersions on the bare stream and returns what the broker supports.
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     address: &str,
     options: &ConnectionOptions,
 ) -> Result<Vec<ApiVersionRange>> {
-    let io_error = |source: std::io::Error| Error::Io {
-        address: address.to_string(),
-        source: Arc::new(source),
-    };
+    // Over TLS 1.3 a broker that refuses this client's certificate says so only now, after
+    // the client's side of the TLS handshake finished: a TLS error, not an I/O one.
+    let io_error = |source: std::io::Error| tls::io_error(address, source);
     let request = Request::ApiVersions(ApiVersionsRequest {
         client_name: options.client_id.clone(),
     });
@@ -517,6 +543,7 @@ async fn handshake(
     let mut frame = BytesMut::new();
     encode_request(&request, correlation_id, &mut frame);
     stream.write_all(&frame).await.map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
     let mut buffer = BytesMut::with_capacity(4096);
     let frame = loop {
         match decode_frame(&mut buffer, options.frame_bytes_max) {
@@ -550,8 +577,8 @@ async fn handshake(
     }
 }
 
-async fn write_loop(
-    write_half: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    write_half: W,
     mut outgoing: mpsc::Receiver<Outgoing>,
     pending: Arc<Pending>,
     address: String,
@@ -580,10 +607,7 @@ async fn write_loop(
             result = writer.flush().await;
         }
         if let Err(source) = result {
-            pending.close(Error::Io {
-                address,
-                source: Arc::new(source),
-            });
+            pending.close(tls::io_error(&address, source));
             return;
         }
         for correlation_id in written_without_response.drain(..) {
@@ -594,8 +618,8 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(
-    mut read_half: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut read_half: R,
     pending: Arc<Pending>,
     address: String,
     frame_bytes_max: u32,
@@ -626,10 +650,7 @@ async fn read_loop(
             }
             Ok(_) => {}
             Err(source) => {
-                pending.close(Error::Io {
-                    address,
-                    source: Arc::new(source),
-                });
+                pending.close(tls::io_error(&address, source));
                 return;
             }
         }

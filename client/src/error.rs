@@ -54,6 +54,27 @@ pub enum Error {
         /// printable ASCII escaped.
         answer: String,
     },
+    /// The broker at `address` speaks TLS and this client connected in plaintext: it
+    /// answered the handshake with a TLS alert record.
+    TlsRequired {
+        /// The broker address (`host:port`).
+        address: String,
+    },
+    /// The TLS handshake with `address` failed: its certificate is not trusted (or not for
+    /// that name), it refused this client's certificate, or it does not speak TLS.
+    /// Retrying does not help.
+    TlsHandshake {
+        /// The broker address (`host:port`).
+        address: String,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// The TLS settings cannot be used (a PEM text without a certificate, a key that does
+    /// not match its certificate, no trusted CA).
+    TlsConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// A response or frame from the broker could not be decoded.
     Decode(DecodeError),
     /// Fetched record batches are malformed.
@@ -263,6 +284,12 @@ impl Error {
     /// The error for a server at `address` whose answer to the handshake, starting with
     /// `answer`, is not a Wharf frame.
     pub(crate) fn not_wharf_broker(address: &str, answer: &[u8]) -> Error {
+        // A TLS record header: content type 21 (alert), protocol version 3.x.
+        if answer.starts_with(&[0x15, 0x03]) {
+            return Error::TlsRequired {
+                address: address.to_string(),
+            };
+        }
         let first_line = answer
             .split(|byte| *byte == b'\n')
             .next()
@@ -291,6 +318,9 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Disconnected { .. } => "disconnected",
             Error::NotWharfBroker { .. } => "not_wharf_broker",
+            Error::TlsHandshake { .. } => "tls_handshake",
+            Error::TlsRequired { .. } => "tls_required",
+            Error::TlsConfig { .. } => "tls_config",
             Error::Decode(_) => "decode",
             Error::Batch { .. } => "batch",
             Error::Server { .. } => "server",
@@ -404,6 +434,15 @@ impl fmt::Display for Error {
                 formatter,
                 "not a Wharf broker at {address}: it answered the handshake with \"{answer}\""
             ),
+            Error::TlsHandshake { address, reason } => write!(
+                formatter,
+                "TLS handshake with broker {address} failed: {reason}"
+            ),
+            Error::TlsRequired { address } => write!(
+                formatter,
+                "broker {address} speaks TLS and this client connected in plaintext: connect with TLS (wharf --tls, ClientConfig::tls)"
+            ),
+            Error::TlsConfig { reason } => write!(formatter, "invalid TLS settings: {reason}"),
             Error::Decode(error) => write!(formatter, "cannot decode broker response: {error}"),
             Error::Batch {
                 topic,
@@ -587,6 +626,15 @@ mod tests {
             panic!("not NotWharfBroker");
         };
         assert_eq!(answer.len(), ANSWER_SHOWN_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_tls_alert_answer_says_the_broker_speaks_tls() {
+        // What a TLS listener answers a plaintext handshake with: a fatal decode_error alert.
+        let error = Error::not_wharf_broker("h:1", &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]);
+        assert_eq!(error.kind(), "tls_required");
+        assert!(error.to_string().contains("wharf --tls"), "{error}");
+        assert!(!error.is_retriable());
     }
 
     #[test]

@@ -29,7 +29,9 @@
 //! Layers, top to bottom: [`Producer`] / [`Consumer`] / [`Admin`] → [`Client`] (routing,
 //! metadata, reconnects, circuit breakers) → `connection` (one pipelined TCP connection) →
 //! `wharf_protocol` (bytes). This crate never depends on the broker and never touches
-//! files. Every failure is a typed [`Error`].
+//! files (except the system's trust store when [`Tls`] is given no CA). Every failure is
+//! a typed [`Error`]. Over TLS ([`ClientConfig::tls`]) everything above the connection
+//! is the same.
 
 #![warn(missing_docs)]
 
@@ -49,6 +51,7 @@ mod producer;
 mod publisher;
 mod queue_admin;
 mod subscriber;
+mod tls;
 
 #[cfg(test)]
 mod client_tests;
@@ -80,6 +83,7 @@ pub use queue_admin::{
     MoveOutcome, Overflow, QueueArgs, QueueInfo, QueueMessage,
 };
 pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
+pub use tls::{ClientCertificate, Tls};
 
 pub use wharf_protocol::messages::{Acks, ConfigSource, Isolation, TxnResult};
 pub use wharf_protocol::{ErrorCode, Header};

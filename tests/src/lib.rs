@@ -5,6 +5,8 @@
 //! The binaries are built once per test process with `cargo build --bins` (a no-op when they
 //! are fresh), so a test never runs a stale `wharf` or `wharfd`.
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,8 @@ pub struct BrokerProcess {
     /// The HTTP listener's address (`None`: turned off by the test's arguments).
     http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
+    /// The scheme of `--listen` with its `://` (`ssl://`), or empty: a restart keeps it.
+    listen_scheme: String,
     extra_args: Vec<String>,
     /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
     log_path: Option<PathBuf>,
@@ -97,6 +101,31 @@ impl BrokerProcess {
             BrokerProcess::spawn(data_dir, "127.0.0.1:0", &[], Some((log_path, log_filter)));
         broker.log_path = Some(log_path.to_path_buf());
         broker
+    }
+
+    /// Starts `wharfd` with `--listen listen` (a scheme may lead: `ssl://127.0.0.1:0`) and
+    /// `extra_args`; other listeners not named in them get ephemeral plaintext ports. With
+    /// `log`, its log goes to that file at that filter.
+    pub fn start_listening(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[String],
+        log: Option<(&Path, &str)>,
+    ) -> BrokerProcess {
+        let mut broker = BrokerProcess::spawn(data_dir, listen, extra_args, log);
+        broker.log_path = log.map(|(path, _)| path.to_path_buf());
+        broker
+    }
+
+    /// Sends it SIGHUP (reload the TLS certificate).
+    pub fn hangup(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .expect("running kill");
+            assert!(status.success(), "kill -HUP failed");
+        }
     }
 
     fn start_with(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
@@ -202,11 +231,13 @@ impl BrokerProcess {
             ("--amqp-listen", amqp_addr),
             ("--http-listen", http_addr),
         ] {
+            // A scheme (`ssl://127.0.0.1:0`) stays in front of the pinned port.
             let at = extra_args
                 .windows(2)
-                .position(|pair| pair == [flag, "127.0.0.1:0"]);
+                .position(|pair| pair[0] == flag && scheme_and_rest(&pair[1]).1 == "127.0.0.1:0");
             if let (Some(bound), Some(at)) = (bound, at) {
-                extra_args[at + 1] = bound.to_string();
+                let scheme = scheme_and_rest(&extra_args[at + 1]).0.to_string();
+                extra_args[at + 1] = format!("{scheme}{bound}");
             }
         }
         BrokerProcess {
@@ -216,6 +247,7 @@ impl BrokerProcess {
             amqp_addr,
             http_addr,
             data_dir: data_dir.to_path_buf(),
+            listen_scheme: scheme_and_rest(listen).0.to_string(),
             extra_args,
             log_path: None,
         }
@@ -289,7 +321,7 @@ impl BrokerProcess {
     /// Starts it again on the same port and data directory (after `kill` or `stop`).
     pub fn restart(&mut self) {
         self.kill();
-        let listen = self.addr.to_string();
+        let listen = format!("{}{}", self.listen_scheme, self.addr);
         let deadline = Instant::now() + START_TIMEOUT;
         // The old socket is gone with the process; retry briefly in case the port lingers.
         loop {
@@ -371,6 +403,14 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `ssl://127.0.0.1:0` → (`ssl://`, `127.0.0.1:0`); no scheme → (``, the setting).
+fn scheme_and_rest(setting: &str) -> (&str, &str) {
+    match setting.find("://") {
+        Some(at) => setting.split_at(at + 3),
+        None => ("", setting),
     }
 }
 

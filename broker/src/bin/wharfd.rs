@@ -1,11 +1,13 @@
 //! `wharfd`: the Wharf broker.
 //!
-//! `wharfd [--data-dir DIR] [--listen HOST:PORT] [--kafka-listen HOST:PORT|off]
-//!        [--amqp-listen HOST:PORT|off] [--http-listen HOST:PORT|off] [--config FILE]`; flags
-//! override the file. Prints `wharfd listening on ADDR` on stdout once it accepts
-//! connections, then one `<front end> listening on ADDR` line per other listener that is
-//! on, in this order: `kafka listening on ADDR`, `amqp listening on ADDR`, `http listening
-//! on ADDR`; and shuts down cleanly on SIGINT or SIGTERM.
+//! `wharfd [--data-dir DIR] [--listen [SCHEME://]HOST:PORT] [--kafka-listen ...|off]
+//!        [--amqp-listen ...|off] [--http-listen ...|off] [--tls-cert FILE --tls-key FILE
+//!        [--tls-client-ca FILE]] [--config FILE]`; flags override the file. Prints
+//! `wharfd listening on ADDR` on stdout once it accepts connections, then one `<front end>
+//! listening on ADDR` line per other listener that is on, in this order: `kafka listening
+//! on ADDR`, `amqp listening on ADDR`, `http listening on ADDR` (ADDR is the bound
+//! `HOST:PORT`, without the scheme, whether the listener speaks TLS or not); shuts down
+//! cleanly on SIGINT or SIGTERM, and reloads the TLS certificate on SIGHUP.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use clap::Parser;
 /// buffers freed on another, which glibc's arenas serialize with a lock.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use wharf_broker::config::BrokerConfig;
+use wharf_broker::config::{listener_setting, BrokerConfig, ListenerKind, ListenerSpec};
 use wharf_broker::server;
 
 /// The Wharf message broker.
@@ -27,21 +29,34 @@ struct Args {
     /// Directory for partitions and metadata (default ./wharf-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:7420; port 0 picks a free port).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Native protocol listener (default 127.0.0.1:7420; port 0 picks a free port). SCHEME
+    /// is plaintext (the default), ssl (TLS), sasl_plaintext or sasl_ssl.
+    #[arg(long, value_name = "[SCHEME://]HOST:PORT")]
     listen: Option<String>,
     /// Kafka wire protocol listener (default 127.0.0.1:9092; `off` disables it; port 0 picks
-    /// a free port).
-    #[arg(long, value_name = "HOST:PORT|off")]
+    /// a free port). SCHEME is plaintext (the default), ssl (TLS), sasl_plaintext or
+    /// sasl_ssl, as Kafka names its listeners.
+    #[arg(long, value_name = "[SCHEME://]HOST:PORT|off")]
     kafka_listen: Option<String>,
     /// AMQP 0-9-1 listener (default 127.0.0.1:5672; `off` disables it; port 0 picks a free
-    /// port).
-    #[arg(long, value_name = "HOST:PORT|off")]
+    /// port). amqps:// speaks TLS.
+    #[arg(long, value_name = "[amqp://|amqps://]HOST:PORT|off")]
     amqp_listen: Option<String>,
     /// HTTP listener: metrics, health checks, admin API (default 127.0.0.1:7480; `off`
-    /// disables it; port 0 picks a free port).
-    #[arg(long, value_name = "HOST:PORT|off")]
+    /// disables it; port 0 picks a free port). https:// speaks TLS.
+    #[arg(long, value_name = "[http://|https://]HOST:PORT|off")]
     http_listen: Option<String>,
+    /// PEM certificate chain (leaf first) of every TLS listener; reloaded on SIGHUP and when
+    /// the file changes.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates for mutual TLS: TLS clients must present a certificate signed by
+    /// one of them, or the handshake fails.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -67,20 +82,9 @@ fn main() -> ExitCode {
         },
         None => BrokerConfig::default(),
     };
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(listen) = args.kafka_listen {
-        config.kafka_listen = wharf_broker::config::listener_address(&listen);
-    }
-    if let Some(listen) = args.amqp_listen {
-        config.amqp_listen = wharf_broker::config::listener_address(&listen);
-    }
-    if let Some(listen) = args.http_listen {
-        config.http_listen = wharf_broker::config::listener_address(&listen);
+    if let Err(message) = apply_flags(&mut config, args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +105,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// Applies the flags over the file's settings.
+///
+/// # Errors
+/// A listener setting that does not parse, naming its flag.
+fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
+    let flag_error = |kind: ListenerKind| move |error| format!("{} {error}", kind.flag());
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = ListenerSpec::parse(ListenerKind::Native, &listen)
+            .map_err(flag_error(ListenerKind::Native))?;
+    }
+    for (kind, setting, spec) in [
+        (
+            ListenerKind::Kafka,
+            args.kafka_listen,
+            &mut config.kafka_listen,
+        ),
+        (
+            ListenerKind::Amqp,
+            args.amqp_listen,
+            &mut config.amqp_listen,
+        ),
+        (
+            ListenerKind::Http,
+            args.http_listen,
+            &mut config.http_listen,
+        ),
+    ] {
+        if let Some(setting) = setting {
+            *spec = listener_setting(kind, &setting).map_err(flag_error(kind))?;
+        }
+    }
+    if let Some(path) = args.tls_cert {
+        config.tls.cert = Some(path);
+    }
+    if let Some(path) = args.tls_key {
+        config.tls.key = Some(path);
+    }
+    if let Some(path) = args.tls_client_ca {
+        config.tls.client_ca = Some(path);
+    }
+    Ok(())
+}
+
 async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     // The signal handlers go in before the broker says it is listening: whoever waits for
     // that line may send SIGTERM at once, and before the handler exists SIGTERM kills the
@@ -119,18 +169,44 @@ async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
     }
     let _ = std::io::stdout().flush();
     let trigger = handle.shutdown_trigger();
+    let mut signals = signals;
+    let hangup = signals.hangup.take();
     tokio::spawn(async move {
         signals.wait().await;
         tracing::info!("shutdown requested");
         let _ = trigger.send(true);
     });
+    tokio::spawn(reload_on_hangup(hangup, handle.tls()));
     handle.wait().await
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), registered when made.
+/// Reloads the TLS certificate at every SIGHUP (only logs when no listener speaks TLS).
+async fn reload_on_hangup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    tls: Option<std::sync::Arc<wharf_broker::net::tls::Tls>>,
+) {
+    let Some(mut hangup) = hangup else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no listener speaks TLS, nothing to reload"),
+            Some(tls) => {
+                let tls = tls.clone();
+                // Reading the files is blocking work: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || tls.reload_logged()).await;
+            }
+        }
+    }
+}
+
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, registered when made: SIGHUP's default action
+/// would end the process, so it is caught from the start as well (and taken out for the
+/// reload task once the broker runs).
 struct Signals {
     terminate: Option<tokio::signal::unix::Signal>,
     interrupt: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -139,6 +215,7 @@ impl Signals {
         Signals {
             terminate: signal(SignalKind::terminate()).ok(),
             interrupt: signal(SignalKind::interrupt()).ok(),
+            hangup: signal(SignalKind::hangup()).ok(),
         }
     }
 

@@ -53,6 +53,7 @@ use tokio::sync::watch;
 
 use crate::core::{Broker, Session};
 use crate::net::listener::{CappedListener, CappedStream};
+use crate::net::tls::{Tls, TlsIncoming};
 use error::ApiError;
 
 /// Largest request body: admin requests are small JSON documents; 1 MiB leaves room for a
@@ -138,9 +139,14 @@ pub fn router(http: Arc<Http>) -> Router {
         .with_state(http)
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true (or its sender is dropped),
-/// then lets in-flight requests finish.
-pub async fn serve(http: Arc<Http>, listener: CappedListener, mut shutdown: watch::Receiver<bool>) {
+/// Serves `router` on `listener` (over TLS with `tls`: HTTPS) until `shutdown` turns true
+/// (or its sender is dropped), then lets in-flight requests finish.
+pub async fn serve(
+    http: Arc<Http>,
+    listener: CappedListener,
+    tls: Option<Arc<Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stop = async move {
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
@@ -148,10 +154,22 @@ pub async fn serve(http: Arc<Http>, listener: CappedListener, mut shutdown: watc
             }
         }
     };
-    if let Err(error) = axum::serve(Capped(listener), router(http))
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(Capped(listener), router(http))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(tls) => match TlsIncoming::start(listener, tls) {
+            Ok(incoming) => {
+                axum::serve(CappedTls(incoming), router(http))
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
+    if let Err(error) = served {
         tracing::warn!(%error, "http listener stopped");
     }
 }
@@ -169,6 +187,22 @@ impl axum::serve::Listener for Capped {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.0.local_addr()
+    }
+}
+
+/// [`TlsIncoming`] (handshaken connections of a [`CappedListener`]) as axum's listener.
+struct CappedTls(TlsIncoming);
+
+impl axum::serve::Listener for CappedTls {
+    type Io = tokio_rustls::server::TlsStream<CappedStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
     }
 }
 

@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -95,6 +95,28 @@ pub trait Protocol: Send + Sync + 'static {
     fn close<'a>(&'a self, connection: &'a Self::Connection) -> BoxFuture<'a, ()>;
 }
 
+/// A connection's byte stream, split into the halves that the reading loop and the writer
+/// task own. Plain TCP splits into the socket's own halves (no lock, no copy); TLS
+/// ([`crate::net::tls`]) shares its session between the halves.
+pub trait Transport: Send + 'static {
+    /// What the reading loop reads from.
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    /// What the writer task writes to.
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+
+    /// Splits the stream.
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Transport for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
 /// A response slot, in request order.
 enum Pending {
     /// A running request; `None` output means no response.
@@ -104,15 +126,15 @@ enum Pending {
 }
 
 /// Serves one connection until the client closes it, a fatal frame error, or shutdown.
-pub async fn serve<P: Protocol>(
+pub async fn serve<P: Protocol, T: Transport>(
     protocol: Arc<P>,
-    socket: TcpStream,
+    socket: T,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tracing::debug!(%peer, "connection opened");
     let mut requests: u64 = 0;
-    let (mut reader, writer) = socket.into_split();
+    let (mut reader, writer) = socket.split();
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT_MAX);
     let (push_tx, push_rx) = mpsc::channel::<BytesMut>(PUSH_QUEUE_MAX);
     let connection = protocol.open(push_tx, peer);
@@ -187,8 +209,8 @@ const COALESCE_BYTES_MAX: usize = 256 * 1024;
 /// responses, never inside one). Whatever is ready at the same moment (responses already
 /// finished, pushes already queued) goes out in one write, so a pipelining client's many
 /// small answers and a consumer's deliveries cost one system call per round, not one each.
-async fn write_responses(
-    mut writer: OwnedWriteHalf,
+async fn write_responses<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut pending_rx: mpsc::Receiver<Pending>,
     mut push_rx: mpsc::Receiver<BytesMut>,
     peer: SocketAddr,
@@ -226,7 +248,7 @@ async fn write_responses(
                     // The reader stopped: pushes already queued (an AMQP close-ok, the
                     // last deliveries) still go out before the socket closes.
                     while let Ok(bytes) = push_rx.try_recv() {
-                        if writer.write_all(&bytes).await.is_err() {
+                        if !write(&mut writer, &bytes, peer).await {
                             break;
                         }
                     }
@@ -303,8 +325,8 @@ async fn write_responses(
 
 /// Adds a frame to the pending write: a small one is copied into `out`; a large one goes
 /// out at once after what `out` holds, uncopied. False if the connection failed.
-async fn write_frame(
-    writer: &mut OwnedWriteHalf,
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     out: &mut BytesMut,
     bytes: BytesMut,
     peer: SocketAddr,
@@ -320,7 +342,11 @@ async fn write_frame(
 }
 
 /// Writes what `out` holds and empties it. False if the connection failed.
-async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut, peer: SocketAddr) -> bool {
+async fn flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+    peer: SocketAddr,
+) -> bool {
     if out.is_empty() {
         return true;
     }
@@ -329,8 +355,14 @@ async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut, peer: SocketAddr
     written
 }
 
-async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], peer: SocketAddr) -> bool {
-    match writer.write_all(bytes).await {
+/// Writes `bytes` and flushes them out of the stream's own buffer: a TCP socket has none
+/// (its flush does nothing), but a TLS session may hold the last record until flushed.
+async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8], peer: SocketAddr) -> bool {
+    let written = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    match written.await {
         Ok(()) => true,
         Err(error) => {
             tracing::debug!(%peer, %error, "write failed");

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::net::connection::{self, Protocol};
+use crate::net::tls::Tls;
 
 /// How long to wait after a failed accept (for example out of file descriptors) before
 /// trying again, so the loop does not spin while the condition lasts.
@@ -24,11 +25,14 @@ pub async fn bind(address: &str) -> std::io::Result<(TcpListener, std::net::Sock
 }
 
 /// Accepts until `shutdown` turns true, serving each connection with `protocol`; at most
-/// `connections_max` are open at once. Each connection task holds a clone of `done` so the
-/// caller can wait for all of them to finish.
+/// `connections_max` are open at once. With `tls`, each connection's TLS handshake runs
+/// first, in the connection's own task, so a slow one never holds up the next accept. Each
+/// connection task holds a clone of `done` so the caller can wait for all of them to
+/// finish.
 pub async fn accept_loop<P: Protocol>(
     protocol: Arc<P>,
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     connections_max: usize,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
@@ -59,10 +63,22 @@ pub async fn accept_loop<P: Protocol>(
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
         let protocol = protocol.clone();
-        let shutdown = shutdown.clone();
+        let mut shutdown = shutdown.clone();
         let done = done.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection::serve(protocol, socket, peer, shutdown).await;
+            match tls {
+                None => connection::serve(protocol, socket, peer, shutdown).await,
+                Some(tls) => {
+                    let handshaken = tokio::select! {
+                        handshaken = tls.handshake(socket, peer) => handshaken,
+                        _ = shutdown.changed() => None,
+                    };
+                    if let Some(stream) = handshaken {
+                        connection::serve(protocol, stream, peer, shutdown).await;
+                    }
+                }
+            }
             drop(permit);
             drop(done);
         });

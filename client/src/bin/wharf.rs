@@ -1,7 +1,8 @@
 //! `wharf`: the command line for Wharf, built on the `wharf-client` library.
 //!
 //! ```text
-//! wharf [--broker HOST:PORT] [--json] topic create NAME --partitions N [--config k=v ...]
+//! wharf [--broker HOST:PORT] [--json] [--tls [--ca FILE] [--cert FILE --key FILE]] COMMAND
+//! wharf topic create NAME --partitions N [--config k=v ...]
 //! wharf topic list | topic describe NAME | topic delete NAME
 //! wharf produce TOPIC [--key-separator SEP] [--acks all|leader|none] [--partition P]
 //!                     [--idempotent | --no-idempotent] [--transactional-id ID]
@@ -62,6 +63,7 @@ mod table;
 mod template;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -73,7 +75,10 @@ use encoding::Encoding;
 /// (about a fifth of the CLI's CPU in `perf produce`; docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use wharf_client::{Acks, Client, ClientConfig, Idempotence, Isolation, ResetSpec, DEFAULT_BROKER};
+use wharf_client::{
+    Acks, Client, ClientCertificate, ClientConfig, Idempotence, Isolation, ResetSpec, Tls,
+    DEFAULT_BROKER,
+};
 
 /// Command line for the Wharf message broker.
 // `about` comes from this doc comment, not from the crate's description (which is the
@@ -87,6 +92,20 @@ pub struct Cli {
     /// Print one JSON document instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Connect over TLS (to a broker listener `ssl://` or `sasl_ssl://`); the broker's
+    /// certificate must be valid for the host of --broker.
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// PEM file of the CA certificates to trust with --tls (default: the system's trust
+    /// store).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with --key).
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -543,6 +562,13 @@ pub enum CliError {
         /// The broker's explanation.
         message: String,
     },
+    /// A file named on the command line cannot be read (`--ca`, `--cert`, `--key`).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A line of standard input cannot be read as a record (`produce --encoding`).
     BadInput {
         /// The line, counted from 1.
@@ -574,6 +600,7 @@ impl CliError {
             CliError::UnknownGroup { .. } => "unknown_group",
             CliError::SubscriptionCancelled { .. } => "subscription_cancelled",
             CliError::BadInput { .. } => "bad_input",
+            CliError::File { .. } => "file",
         }
     }
 
@@ -677,6 +704,9 @@ impl fmt::Display for CliError {
                 line_number,
                 reason,
             } => write!(formatter, "line {line_number} of standard input: {reason}"),
+            CliError::File { path, source } => {
+                write!(formatter, "cannot read {}: {source}", path.display())
+            }
         }
     }
 }
@@ -728,10 +758,13 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     // One attempt to reach the broker: a command line should say at once that the broker is
     // down. Once connected, broker restarts are still ridden out (reconnect timeout).
-    let config = ClientConfig::new(cli.broker.clone())
+    let mut config = ClientConfig::new(cli.broker.clone())
         .client_id("wharf-cli")
         .bootstrap_timeout(Duration::ZERO);
-    let client = Client::connect(config).await?;
+    if cli.tls {
+        config = config.tls(tls_settings(&cli)?);
+    }
+    let client = Client::connect(config.clone()).await?;
     match cli.command {
         Command::Topic { command } => admin::topic(&client, command, cli.json).await,
         Command::Group { command } => admin::group(&client, command, cli.json).await,
@@ -741,8 +774,26 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Queue { command } => queue::queue(&client, command, cli.json).await,
         Command::Publish(args) => publish::run(&client, args, cli.json).await,
         Command::Subscribe(args) => subscribe::run(&client, args, cli.json).await,
-        Command::Perf { command } => perf::run(&client, &cli.broker, command).await,
+        Command::Perf { command } => perf::run(&client, &config, command).await,
     }
+}
+
+/// The TLS settings of `--ca`, `--cert` and `--key`, read from their files.
+fn tls_settings(cli: &Cli) -> Result<Tls, CliError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| CliError::File {
+            path: path.clone(),
+            source,
+        })
+    };
+    let ca = cli.ca.as_ref().map(read).transpose()?;
+    let cert = cli.cert.as_ref().map(read).transpose()?;
+    let key = cli.key.as_ref().map(read).transpose()?;
+    let client_certificate = match (&cert, &key) {
+        (Some(cert_pem), Some(key_pem)) => Some(ClientCertificate { cert_pem, key_pem }),
+        _ => None,
+    };
+    Ok(Tls::new(ca.as_deref(), client_certificate)?)
 }
 
 #[cfg(test)]

@@ -321,12 +321,17 @@ fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
     histogram.saturating_record(micros.clamp(1, LATENCY_MAX_US));
 }
 
-/// Runs a `wharf perf` command against `client` (more connections go to `broker`) and
+/// Runs a `wharf perf` command against `client` (more connections are made with `broker`,
+/// the command line's address and TLS settings) and
 /// prints its summary.
 ///
 /// # Errors
 /// The client's errors; writing the summary to stdout.
-pub async fn run(client: &Client, broker: &str, command: PerfCommand) -> Result<(), CliError> {
+pub async fn run(
+    client: &Client,
+    broker: &ClientConfig,
+    command: PerfCommand,
+) -> Result<(), CliError> {
     let summary = match command {
         PerfCommand::Produce(args) => produce(client, broker, args).await?,
         PerfCommand::Consume(args) => consume(client, broker, args).await?,
@@ -339,25 +344,25 @@ pub async fn run(client: &Client, broker: &str, command: PerfCommand) -> Result<
         .map_err(CliError::Stdout)
 }
 
-async fn connect(broker: &str) -> Result<Client, CliError> {
-    let config = ClientConfig::new(broker.to_string())
-        .client_id("wharf-perf")
-        .bootstrap_timeout(Duration::ZERO);
+async fn connect(broker: &ClientConfig) -> Result<Client, CliError> {
+    let config = broker.clone().client_id("wharf-perf");
     Ok(Client::connect(config).await?)
 }
 
 /// A connection for a queue publisher: a request keeps its in-flight slot until its answer
 /// is awaited, so the connection must allow the whole confirm window.
-async fn connect_publisher(broker: &str) -> Result<Client, CliError> {
-    let mut config = ClientConfig::new(broker.to_string())
-        .client_id("wharf-perf")
-        .bootstrap_timeout(Duration::ZERO);
+async fn connect_publisher(broker: &ClientConfig) -> Result<Client, CliError> {
+    let mut config = broker.clone().client_id("wharf-perf");
     config.in_flight_requests_max = PUBLISH_WINDOW + 1;
     Ok(Client::connect(config).await?)
 }
 
 /// The first client is the command's own; each further one is a new connection.
-async fn clients(client: &Client, broker: &str, count: u32) -> Result<Vec<Client>, CliError> {
+async fn clients(
+    client: &Client,
+    broker: &ClientConfig,
+    count: u32,
+) -> Result<Vec<Client>, CliError> {
     let mut clients = vec![client.clone()];
     for _ in 1..count {
         clients.push(connect(broker).await?);
@@ -420,7 +425,7 @@ impl Progress {
 
 async fn produce(
     client: &Client,
-    broker: &str,
+    broker: &ClientConfig,
     args: PerfProduceArgs,
 ) -> Result<Summary, CliError> {
     let config = args.producer_config();
@@ -550,7 +555,7 @@ impl ProduceJob {
 
 async fn consume(
     client: &Client,
-    broker: &str,
+    broker: &ClientConfig,
     args: PerfConsumeArgs,
 ) -> Result<Summary, CliError> {
     let partitions = client.topic(&args.topic).await?.partition_count();
@@ -657,7 +662,11 @@ fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-async fn e2e(client: &Client, broker: &str, args: PerfE2eArgs) -> Result<Summary, CliError> {
+async fn e2e(
+    client: &Client,
+    broker: &ClientConfig,
+    args: PerfE2eArgs,
+) -> Result<Summary, CliError> {
     let config = ProducerConfig::default()
         .acks(Acks::from(args.acks))
         .idempotence(idempotence(args.acks, false, false))
@@ -771,7 +780,11 @@ async fn e2e(client: &Client, broker: &str, args: PerfE2eArgs) -> Result<Summary
     })
 }
 
-async fn queue(client: &Client, broker: &str, args: PerfQueueArgs) -> Result<Summary, CliError> {
+async fn queue(
+    client: &Client,
+    broker: &ClientConfig,
+    args: PerfQueueArgs,
+) -> Result<Summary, CliError> {
     Admin::new(client)
         .declare_queue(&args.queue, Durability::Durable, &QueueArgs::default())
         .await?;
