@@ -50,6 +50,8 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 /// Largest record batch a produce may carry unless the topic's `max.message.bytes` says
 /// otherwise (Kafka's default: 1 MiB plus batch overhead).
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
+/// Free space below which publishers are held (RabbitMQ's default `disk_free_limit`).
+pub const DISK_FREE_LIMIT_BYTES_DEFAULT: u64 = 50_000_000;
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 /// Largest partition count of one topic: each partition is a directory with open files.
@@ -98,6 +100,9 @@ pub struct BrokerConfig {
     pub authorization_required: bool,
     /// Principals (`User:NAME`) allowed everything whatever the ACLs say.
     pub super_users: Vec<String>,
+    /// Publishers are held while the data directory's file system has less free space than
+    /// this (RabbitMQ's `disk_free_limit`; 0: never).
+    pub disk_free_limit_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -122,6 +127,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             authorization_required: false,
             super_users: Vec::new(),
+            disk_free_limit_bytes: DISK_FREE_LIMIT_BYTES_DEFAULT,
         }
     }
 }
@@ -265,6 +271,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "\"required\": deny what no ACL allows; \"optional\": with no ACL at all, allow everything",
         ),
         key(
+            "disk_free_limit_bytes",
+            config.disk_free_limit_bytes.to_string(),
+            "publishers are held (AMQP connection.blocked) while the data directory's disk has less free space than this; 0: never",
+        ),
+        key(
             "super_users",
             format!("{:?}", config.super_users),
             "principals (User:NAME) allowed everything whatever the ACLs say",
@@ -397,6 +408,7 @@ struct FileConfig {
     partitions_max: Option<u32>,
     authorization: Option<String>,
     super_users: Option<Vec<String>>,
+    disk_free_limit_bytes: Option<u64>,
     log: Option<FileLogConfig>,
 }
 
@@ -489,6 +501,9 @@ impl BrokerConfig {
             }
         };
         self.super_users = file.super_users.unwrap_or_default();
+        self.disk_free_limit_bytes = file
+            .disk_free_limit_bytes
+            .unwrap_or(defaults.disk_free_limit_bytes);
         if let Some(user) = self
             .super_users
             .iter()

@@ -19,6 +19,7 @@
 //! exceptions still left (FIXME there).
 
 pub mod acl_ops;
+pub mod alarm;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -136,6 +137,7 @@ pub struct Broker {
     queues: Arc<QueueManager>,
     acls: Arc<AclStore>,
     authorizer: AuthorizerSettings,
+    alarm: alarm::DiskAlarm,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
 }
@@ -218,6 +220,7 @@ impl Broker {
                 required: config.authorization_required,
                 super_users: config.super_users.clone(),
             },
+            alarm: alarm::DiskAlarm::new(config.data_dir.clone(), config.disk_free_limit_bytes),
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
         };
@@ -302,6 +305,12 @@ impl Opened {
                     tracing::error!(%error, "retention failed");
                 }
             },
+        ));
+        tasks.push(every(
+            alarm::DISK_CHECK_INTERVAL,
+            shutdown.clone(),
+            broker.clone(),
+            |broker| async move { broker.check_disk().await },
         ));
         tasks.push(every(
             PRODUCER_SNAPSHOT_INTERVAL,

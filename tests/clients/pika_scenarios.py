@@ -7,6 +7,7 @@ success; any failed assertion or client error exits non-zero with a traceback.
 """
 
 import sys
+import threading
 import time
 
 import pika
@@ -807,6 +808,60 @@ def max_length_bytes():
     print("ok max_length_bytes")
 
 
+def disk_alarm():
+    """The broker's disk alarm, as RabbitMQ's: a publisher filling the disk past the free-space
+    limit gets connection.blocked and its publish is held (not failed, not lost); once space
+    is freed (another connection deletes the queue) it gets connection.unblocked and the held
+    publish completes. pika's blocking adapter runs the blocked callbacks only between its
+    own calls, so the freeing thread watches for the publishes to stall instead."""
+    blocked, unblocked = threading.Event(), threading.Event()
+    publisher = connect()
+    publisher.add_on_connection_blocked_callback(lambda _connection, _method: blocked.set())
+    publisher.add_on_connection_unblocked_callback(lambda _connection, _method: unblocked.set())
+    ch = publisher.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("filler", durable=True)
+    admin = connect()
+    progress, freed = [0], []
+
+    def free_when_stalled():
+        last, stalled_since, deadline = -1, None, time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if progress[0] != last:
+                last, stalled_since = progress[0], None
+            elif stalled_since is None:
+                stalled_since = time.time()
+            elif time.time() - stalled_since > 2:
+                admin.channel().queue_delete("filler")
+                freed.append(progress[0])
+                return
+
+    freer = threading.Thread(target=free_when_stalled)
+    freer.start()
+    body = b"x" * (512 * 1024)
+    sent = 0
+    while not freed and sent < 400:
+        ch.basic_publish("", "filler", body)
+        sent += 1
+        progress[0] = sent
+    deadline = time.time() + 30
+    while not unblocked.is_set() and time.time() < deadline:
+        publisher.process_data_events(time_limit=0.2)
+    freer.join(5)
+    assert freed, "publishes never stalled (%d sent)" % sent
+    assert blocked.is_set(), "the stalled publisher was not told connection.blocked"
+    assert unblocked.is_set(), "never unblocked after the space was freed"
+    # Publishing goes on as before.
+    ch.queue_declare("after-alarm")
+    ch.basic_publish("", "after-alarm", b"room again")
+    method, _, body = ch.basic_get("after-alarm", auto_ack=True)
+    assert body == b"room again", (method, body)
+    admin.close()
+    publisher.close()
+    print("ok disk_alarm after %d publishes" % sent)
+
+
 def single_active_consumer_and_cancel_notify():
     conn = connect()
     ch = conn.channel()
@@ -871,6 +926,7 @@ SCENARIOS = {
     "transactions": transactions,
     "overflow_reject_publish": overflow_reject_publish,
     "max_length_bytes": max_length_bytes,
+    "disk_alarm": disk_alarm,
     "single_active_consumer_and_cancel_notify": single_active_consumer_and_cancel_notify,
     "channel_flow": channel_flow,
     "dead_lettering": dead_lettering,

@@ -377,7 +377,8 @@ impl Broker {
 
     /// The ordered phase of a publish: hands the message to its queues, so one session's
     /// messages are stored in the order sent. The completion waits for the confirm (durable
-    /// in every routed queue), so pipelined publishes share fsyncs.
+    /// in every routed queue), so pipelined publishes share fsyncs. While the disk alarm is
+    /// on it first waits for it to clear.
     ///
     /// # Errors
     /// Unknown exchange or a bad header (nothing stored).
@@ -386,6 +387,9 @@ impl Broker {
         _caller: &Session,
         query: PublishQuery,
     ) -> Result<PublishCompletion, QueueError> {
+        // A publisher is held while the disk alarm is on (RabbitMQ's resource alarm): its
+        // connection reads nothing more until there is room again.
+        self.disk_alarm_cleared().await;
         let mandatory = query.mandatory;
         let (exchange, message) = publish_message(query);
         let ticket = self.queues.publish_enqueue(&exchange, message).await?;
@@ -400,6 +404,7 @@ impl Broker {
         _caller: &Session,
         queries: Vec<PublishQuery>,
     ) -> Vec<Result<PublishCompletion, QueueError>> {
+        self.disk_alarm_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
         let tickets = self
             .queues

@@ -133,6 +133,9 @@ pub(crate) struct Shared {
     pub(crate) frame_max: AtomicU32,
     started: Instant,
     last_read_ms: AtomicU64,
+    /// A publish is held by the disk alarm, so the connection reads nothing: its silence is
+    /// not a missed heartbeat (RabbitMQ suspends the check for blocked connections too).
+    pub(crate) held: AtomicBool,
     closed: watch::Sender<bool>,
     state: Mutex<handlers::State>,
 }
@@ -200,9 +203,11 @@ impl Shared {
                     _ = ticker.tick() => {}
                     _ = closed.wait_for(|closed| *closed) => return,
                 }
-                let silent_ms = shared
-                    .elapsed_ms()
-                    .saturating_sub(shared.last_read_ms.load(Ordering::Relaxed));
+                let now_ms = shared.elapsed_ms();
+                if shared.held.load(Ordering::Relaxed) {
+                    shared.last_read_ms.store(now_ms, Ordering::Relaxed);
+                }
+                let silent_ms = now_ms.saturating_sub(shared.last_read_ms.load(Ordering::Relaxed));
                 if silent_ms >= 2 * interval.as_millis() as u64 {
                     tracing::info!(peer = %shared.peer, silent_ms, "AMQP client missed heartbeats; closing connection");
                     let _ = shared.closed.send(true);
@@ -243,6 +248,7 @@ impl Protocol for Amqp {
                 frame_max: AtomicU32::new(FRAME_BYTES_MAX),
                 started: Instant::now(),
                 last_read_ms: AtomicU64::new(0),
+                held: AtomicBool::new(false),
                 closed,
                 state: Mutex::new(handlers::State::default()),
             }),

@@ -1,5 +1,6 @@
-//! The only module of the broker allowed to use `unsafe`: memory maps of index files and
-//! block preallocation (of mapped index files, and ahead of the active segment's appends).
+//! The only module of the broker allowed to use `unsafe`: memory maps of index files,
+//! block preallocation (of mapped index files, and ahead of the active segment's appends),
+//! and the file system's free space (`statvfs`, for the disk alarm).
 //!
 //! Why mapping is sound here: the broker owns its data directory exclusively (the registry
 //! holds a lock file), so no other process truncates or rewrites a mapped file; inside the
@@ -115,4 +116,25 @@ impl MappedRegion for FileMap {
     fn flush(&self) -> io::Result<()> {
         self.map.flush()
     }
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`
+/// (`statvfs`: available blocks × fragment size), for the disk alarm.
+///
+/// # Errors
+/// The I/O error of `statvfs` (a missing path, a path with a NUL byte).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` points to writable
+    // memory of the right type; statvfs fills it completely when it returns 0.
+    let status = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }

@@ -54,6 +54,10 @@ pub(crate) struct State {
     phase: Phase,
     channel_max: u16,
     channels: HashMap<u16, Channel>,
+    /// The client takes connection.blocked / unblocked (its `capabilities` said so).
+    takes_blocked: bool,
+    /// connection.blocked was sent and connection.unblocked not yet.
+    blocked_sent: bool,
 }
 
 /// One open channel.
@@ -290,7 +294,12 @@ async fn connection_method(
     match (phase, method) {
         (Phase::StartSent, connection::AMQPMethod::StartOk(start_ok)) => {
             login(shared, &start_ok)?;
-            shared.state().phase = Phase::TuneSent;
+            let takes_blocked = takes_blocked(&start_ok.client_properties);
+            {
+                let mut state = shared.state();
+                state.phase = Phase::TuneSent;
+                state.takes_blocked = takes_blocked;
+            }
             shared
                 .send(method_frame(
                     0,
@@ -383,6 +392,49 @@ async fn connection_method(
 
 /// Checks connection.start-ok's credentials: the default `guest`/`guest` user, from a
 /// loopback address only (as RabbitMQ's `loopback_users`).
+/// True if the client's `capabilities` table has `connection.blocked` set.
+fn takes_blocked(client_properties: &FieldTable) -> bool {
+    let Some(AMQPValue::FieldTable(capabilities)) = client_properties.inner().get("capabilities")
+    else {
+        return false;
+    };
+    matches!(
+        capabilities.inner().get("connection.blocked"),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
+/// A publisher is held by the disk alarm (`blocked`) or goes on again: tells a client that
+/// takes it with connection.blocked (reason "low on disk", RabbitMQ's words) and
+/// connection.unblocked, each once, and keeps the heartbeat check from closing a connection
+/// whose reads are held.
+async fn tell_blocked(shared: &Arc<Shared>, blocked: bool) {
+    shared
+        .held
+        .store(blocked, std::sync::atomic::Ordering::Relaxed);
+    let changed = {
+        let mut state = shared.state();
+        let changed = state.takes_blocked && state.blocked_sent != blocked;
+        if changed {
+            state.blocked_sent = blocked;
+        }
+        changed
+    };
+    if !changed {
+        return;
+    }
+    let method = if blocked {
+        connection::AMQPMethod::Blocked(connection::Blocked {
+            reason: ShortString::from("low on disk"),
+        })
+    } else {
+        connection::AMQPMethod::Unblocked(connection::Unblocked {})
+    };
+    shared
+        .send(method_frame(0, &AMQPClass::Connection(method)))
+        .await;
+}
+
 fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Reply> {
     let mechanism = start_ok.mechanism.as_str();
     let credentials = match mechanism {
@@ -1985,7 +2037,15 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             return Ok(());
         }
     }
-    let completion = match shared.broker.publish(&shared.session, query).await {
+    let held = shared.broker.disk_alarm();
+    if held {
+        tell_blocked(shared, true).await;
+    }
+    let published = shared.broker.publish(&shared.session, query).await;
+    if held {
+        tell_blocked(shared, false).await;
+    }
+    let completion = match published {
         Ok(completion) => completion,
         Err(error) => {
             fail_channel(shared, channel, error_code::queue(&error, 60, 40)).await;
