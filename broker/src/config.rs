@@ -83,9 +83,58 @@ pub struct BrokerConfig {
     /// Most partitions across all topics: each costs open files and preallocated index
     /// space, and auto-created topics must not exhaust the disk.
     pub partitions_max: u32,
+    /// Whether connections must log in (`None`: decided from the listeners, see
+    /// [`BrokerConfig::authentication_mode`]).
+    pub authentication: Option<Authentication>,
+    /// An unauthenticated connection that has not logged in after this long is closed.
+    pub authentication_timeout_ms: u64,
+    /// Failed logins one client address may make within a minute before its logins are
+    /// refused unchecked until the oldest failure is a minute old.
+    pub login_failures_per_minute_max: usize,
+    /// Whether the AMQP front end still accepts RabbitMQ's default `guest`/`guest` login
+    /// (from loopback only, as RabbitMQ does) while no user named `guest` exists.
+    pub amqp_default_guest: bool,
     /// Defaults for every partition log.
     pub log: LogConfig,
 }
+
+/// The `authentication` setting (issue #18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// Every request but the login itself (and version negotiation) is refused until the
+    /// connection has logged in.
+    Required,
+    /// A connection that does not log in acts as the anonymous principal.
+    Optional,
+}
+
+impl Authentication {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Authentication::Required => "required",
+            Authentication::Optional => "optional",
+        }
+    }
+
+    /// Parses the config spelling.
+    ///
+    /// # Errors
+    /// A message naming the accepted values.
+    pub fn parse(text: &str) -> Result<Authentication, String> {
+        match text {
+            "required" => Ok(Authentication::Required),
+            "optional" => Ok(Authentication::Optional),
+            other => Err(format!(
+                "authentication {other:?} is not \"required\" or \"optional\""
+            )),
+        }
+    }
+}
+
+/// Default of `authentication_timeout_ms`: long enough for a SCRAM round trip over a slow
+/// link, short enough that idle unauthenticated sockets do not pile up.
+pub const AUTHENTICATION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -105,6 +154,10 @@ impl Default for BrokerConfig {
             connections_max: 1024,
             producer_expiry_ms: 24 * 3600 * 1000,
             partitions_max: 10_000,
+            authentication: None,
+            authentication_timeout_ms: AUTHENTICATION_TIMEOUT_MS_DEFAULT,
+            login_failures_per_minute_max: 10,
+            amqp_default_guest: true,
             log: LogConfig::default(),
         }
     }
@@ -226,6 +279,29 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "most partitions across all topics",
         ),
         key(
+            "authentication",
+            format!(
+                "{:?}",
+                config.authentication.map_or("(unset)", Authentication::name)
+            ),
+            "`required` or `optional` (`--authentication`); unset: optional while every listener binds to loopback, required otherwise",
+        ),
+        key(
+            "authentication_timeout_ms",
+            config.authentication_timeout_ms.to_string(),
+            "a connection that has not logged in after this long is closed, ms",
+        ),
+        key(
+            "login_failures_per_minute_max",
+            config.login_failures_per_minute_max.to_string(),
+            "failed logins one client address may make per minute before its logins are refused",
+        ),
+        key(
+            "amqp_default_guest",
+            config.amqp_default_guest.to_string(),
+            "AMQP accepts guest/guest from loopback while no user `guest` exists (RabbitMQ's default user)",
+        ),
+        key(
             "log.segment_bytes_max",
             log.segment_bytes_max.to_string(),
             "a segment rolls at this size, bytes",
@@ -332,6 +408,10 @@ struct FileConfig {
     connections_max: Option<usize>,
     producer_expiry_ms: Option<i64>,
     partitions_max: Option<u32>,
+    authentication: Option<String>,
+    authentication_timeout_ms: Option<u64>,
+    login_failures_per_minute_max: Option<usize>,
+    amqp_default_guest: Option<bool>,
     log: Option<FileLogConfig>,
 }
 
@@ -397,6 +477,21 @@ impl BrokerConfig {
             .producer_expiry_ms
             .unwrap_or(defaults.producer_expiry_ms);
         self.partitions_max = file.partitions_max.unwrap_or(defaults.partitions_max);
+        self.authentication = file
+            .authentication
+            .as_deref()
+            .map(Authentication::parse)
+            .transpose()
+            .map_err(ConfigError::Invalid)?;
+        self.authentication_timeout_ms = file
+            .authentication_timeout_ms
+            .unwrap_or(defaults.authentication_timeout_ms);
+        self.login_failures_per_minute_max = file
+            .login_failures_per_minute_max
+            .unwrap_or(defaults.login_failures_per_minute_max);
+        self.amqp_default_guest = file
+            .amqp_default_guest
+            .unwrap_or(defaults.amqp_default_guest);
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }
@@ -440,7 +535,34 @@ impl BrokerConfig {
             parse_host_port(advertised)
                 .map_err(|error| ConfigError::Invalid(format!("kafka_advertised: {error}")))?;
         }
+        if self.login_failures_per_minute_max == 0 {
+            return Err(ConfigError::Invalid(
+                "login_failures_per_minute_max must be positive".to_string(),
+            ));
+        }
+        if self.authentication_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "authentication_timeout_ms must be at least 100".to_string(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether connections must log in, given the addresses the listeners are bound to: the
+    /// `authentication` setting when there is one; otherwise optional while every listener
+    /// binds to loopback (the quickstart needs no setup) and required as soon as one binds
+    /// beyond it (reachable by others: issue #18).
+    ///
+    /// This is the one place the decision is made. When listeners get a per-listener SASL
+    /// setting (the `sasl_plaintext://` and `sasl_ssl://` schemes), it plugs in here.
+    pub fn authentication_mode(&self, bound: &[SocketAddr]) -> Authentication {
+        match self.authentication {
+            Some(mode) => mode,
+            None if bound.iter().all(|address| address.ip().is_loopback()) => {
+                Authentication::Optional
+            }
+            None => Authentication::Required,
+        }
     }
 }
 

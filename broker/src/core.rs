@@ -18,6 +18,7 @@
 //! fsyncs of definitions) runs on the blocking pool here; docs/ARCHITECTURE.md lists the
 //! exceptions still left (FIXME there).
 
+pub mod auth_ops;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::groups::offsets::OffsetStore;
 use crate::groups::GroupCoordinator;
@@ -42,6 +44,8 @@ use crate::streams::topic::Topics;
 use crate::streams::{AutoCreate, StreamSettings, Streams};
 use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
+pub use crate::auth::{AuthError, Principal, ScramServer, ScramStep, UserError, UserInfo};
+pub use crate::config::Authentication;
 pub use crate::groups::classic::{
     ClassicJoin, ClassicMemberSummary, ClassicState, ClassicSummary, Joined,
 };
@@ -67,6 +71,7 @@ pub use crate::streams::topic::{
 };
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
+pub use auth_ops::{AuthPolicy, DefaultGuest, Existing, NewCredential, Transport, GUEST_USER};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use observe_ops::{
     GroupObserved, Observed, PartitionLag, PartitionObserved, Readiness, LAG_SERIES_MAX,
@@ -111,6 +116,9 @@ pub enum OpenError {
     /// Opening the queues failed.
     #[error("cannot open queues: {0}")]
     Queues(String),
+    /// Opening the users file failed.
+    #[error("cannot open users: {0}")]
+    Users(String),
     /// Closing storage failed.
     #[error("{0}")]
     Close(String),
@@ -126,6 +134,8 @@ pub struct Broker {
     queues: Arc<QueueManager>,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
+    /// Users, failed logins (issue #18).
+    auth: auth_ops::AuthState,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -182,6 +192,10 @@ impl Broker {
         };
         let queues = QueueManager::open(&config.data_dir.join(QUEUES_DIR), queue_env)
             .map_err(|error| OpenError::Queues(error.to_string()))?;
+        let users = Users::open(Arc::new(RealFs), &config.data_dir)
+            .map_err(|error| OpenError::Users(error.to_string()))?;
+        let auth = auth_ops::AuthState::new(users, config.login_failures_per_minute_max)
+            .map_err(OpenError::Users)?;
         let settings = StreamSettings {
             auto_create_topics: if config.auto_create_topics {
                 AutoCreate::On
@@ -201,6 +215,7 @@ impl Broker {
             queues,
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
+            auth,
         };
         Ok(Opened {
             broker: Arc::new(broker),
@@ -325,6 +340,8 @@ where
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
+    /// Who the caller acts as: anonymous until a login succeeds (issue #18).
+    principal: Mutex<Principal>,
     /// Queue name → consumers started on it by this caller.
     consumers: Mutex<HashMap<String, HashSet<ConsumerId>>>,
 }
@@ -337,6 +354,7 @@ impl Session {
     pub fn new() -> Session {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            principal: Mutex::new(Principal::Anonymous),
             consumers: Mutex::new(HashMap::new()),
         }
     }
@@ -344,6 +362,33 @@ impl Session {
     /// This caller's id (owner of its exclusive queues).
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// Who this caller acts as (what ACL checks will be made against).
+    pub fn principal(&self) -> Principal {
+        self.principal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// True if this caller may make requests under `mode`: it logged in, or authentication
+    /// is optional. Every front end asks this before any request but the login itself.
+    pub fn may_act(&self, mode: Authentication) -> bool {
+        mode == Authentication::Optional
+            || self
+                .principal
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .is_authenticated()
+    }
+
+    /// Records a successful login (only the core's login operations call it).
+    fn set_principal(&self, principal: Principal) {
+        *self
+            .principal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = principal;
     }
 
     fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<ConsumerId>>> {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::core::{Broker, OpenError};
+use crate::core::{AuthPolicy, Authentication, Broker, OpenError};
 use crate::frontend::amqp::Amqp;
 use crate::frontend::http::status::BrokerInfo;
 use crate::frontend::http::Http;
@@ -172,13 +172,37 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     crate::metrics::STARTUP.record_recovery(recovery_started.elapsed());
+    let bound: Vec<SocketAddr> = [Some(local_addr), kafka_addr, amqp_addr, http_addr]
+        .into_iter()
+        .flatten()
+        .collect();
+    let auth = AuthPolicy {
+        mode: config.authentication_mode(&bound),
+        timeout: Duration::from_millis(config.authentication_timeout_ms),
+    };
     let (broker, background) = opened.start(shutdown_rx.clone());
-    http.set_broker(broker.clone());
+    if auth.mode == Authentication::Required && !broker.users_exist() {
+        let _ = shutdown.send(true);
+        let _ = broker.close(background).await;
+        return Err(ServerError::Config(format!(
+            "authentication is required ({}) but no user exists; create one first with \
+             `wharfd user create NAME --data-dir {} --password-stdin`, or set \
+             --authentication optional",
+            match config.authentication {
+                Some(_) => "set by `authentication = \"required\"` or --authentication",
+                None => "a listener binds beyond loopback",
+            },
+            config.data_dir.display()
+        )));
+    }
+    tracing::info!(authentication = auth.mode.name(), "authentication");
+    http.set_broker(broker.clone(), auth);
     let native = Native::new(
         broker.clone(),
         config.frame_bytes_max,
         config.advertised_address.as_deref(),
         local_addr,
+        auth,
     )
     .map_err(ServerError::Config)?;
     let kafka = match kafka_listener {
@@ -189,6 +213,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                 config.frame_bytes_max,
                 config.kafka_advertised.as_deref(),
                 kafka_addr,
+                auth,
             )
             .map_err(ServerError::Config)?,
             kafka_listener,
@@ -196,7 +221,12 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     };
     let amqp = amqp_listener.map(|(amqp_listener, _)| {
         (
-            Amqp::new(broker.clone(), config.frame_bytes_max),
+            Amqp::new(
+                broker.clone(),
+                config.frame_bytes_max,
+                auth,
+                config.amqp_default_guest,
+            ),
             amqp_listener,
         )
     });

@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// maximal batches fits with room to spare; a corrupt length prefix cannot make the
     /// client allocate more).
     pub frame_bytes_max: u32,
+    /// Who every connection logs in as (SCRAM, right after the handshake); `None`: no
+    /// login, which a broker that requires authentication refuses (issue #18).
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl ClientConfig {
@@ -73,7 +76,15 @@ impl ClientConfig {
             breaker_cooldown: Duration::from_secs(2),
             in_flight_requests_max: 64,
             frame_bytes_max: 64 * 1024 * 1024,
+            credentials: None,
         }
+    }
+
+    /// Sets [`ClientConfig::credentials`].
+    #[must_use]
+    pub fn credentials(mut self, credentials: crate::Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Sets [`ClientConfig::client_id`].

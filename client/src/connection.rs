@@ -56,6 +56,8 @@ pub(crate) struct ConnectionOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) in_flight_requests_max: usize,
     pub(crate) frame_bytes_max: u32,
+    /// Who to log in as after the handshake (none: anonymous).
+    pub(crate) credentials: Option<crate::auth::Credentials>,
 }
 
 /// A live, handshaken connection.
@@ -273,10 +275,19 @@ impl Connection {
             .map_err(connect_error)?;
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true).map_err(connect_error)?;
-        let broker_apis = tokio::time::timeout(
-            options.connect_timeout,
-            handshake(&mut stream, address, &options),
-        )
+        let broker_apis = tokio::time::timeout(options.connect_timeout, async {
+            let apis = handshake(&mut stream, address, &options).await?;
+            if let Some(credentials) = &options.credentials {
+                let mut bare = BareStream {
+                    stream: &mut stream,
+                    address,
+                    options: &options,
+                    correlation_id: 0,
+                };
+                crate::auth::login(credentials, &mut bare).await?;
+            }
+            Ok::<_, Error>(apis)
+        })
         .await
         // A broker that accepts but never answers is as unreachable as one that refuses.
         .map_err(|_| {
@@ -506,16 +517,57 @@ async fn handshake(
     address: &str,
     options: &ConnectionOptions,
 ) -> Result<Vec<ApiVersionRange>> {
+    let request = Request::ApiVersions(ApiVersionsRequest {
+        client_name: options.client_id.clone(),
+    });
+    match round_trip(stream, address, options, &request, 0).await? {
+        Response::ApiVersions(response) => {
+            check_code(response.error, response.error_message)?;
+            Ok(response.apis)
+        }
+        _ => unreachable!("decoded as ApiVersions"),
+    }
+}
+
+/// The socket before the reader and writer start, for the login's requests.
+#[derive(Debug)]
+pub(crate) struct BareStream<'a> {
+    stream: &'a mut TcpStream,
+    address: &'a str,
+    options: &'a ConnectionOptions,
+    correlation_id: u32,
+}
+
+impl BareStream<'_> {
+    /// Sends `request` and reads its response.
+    pub(crate) async fn call(&mut self, request: Request) -> Result<Response> {
+        self.correlation_id += 1;
+        round_trip(
+            self.stream,
+            self.address,
+            self.options,
+            &request,
+            self.correlation_id,
+        )
+        .await
+    }
+}
+
+/// Sends one request on the bare stream (before the reader and writer start) and reads its
+/// response: the handshake and the login.
+async fn round_trip(
+    stream: &mut TcpStream,
+    address: &str,
+    options: &ConnectionOptions,
+    request: &Request,
+    correlation_id: u32,
+) -> Result<Response> {
     let io_error = |source: std::io::Error| Error::Io {
         address: address.to_string(),
         source: Arc::new(source),
     };
-    let request = Request::ApiVersions(ApiVersionsRequest {
-        client_name: options.client_id.clone(),
-    });
-    let correlation_id = 0;
     let mut frame = BytesMut::new();
-    encode_request(&request, correlation_id, &mut frame);
+    encode_request(request, correlation_id, &mut frame);
     stream.write_all(&frame).await.map_err(io_error)?;
     let mut buffer = BytesMut::with_capacity(4096);
     let frame = loop {
@@ -533,21 +585,14 @@ async fn handshake(
             });
         }
     };
-    if frame.header.correlation_id != correlation_id
-        || frame.header.api_key != ApiKey::ApiVersions.code()
-    {
+    let api_key = request.api_key();
+    if frame.header.correlation_id != correlation_id || frame.header.api_key != api_key.code() {
         return Err(Error::Decode(wharf_protocol::DecodeError::InvalidValue {
             field: "handshake response header",
             value: i64::from(frame.header.api_key),
         }));
     }
-    match Response::decode(ApiKey::ApiVersions, frame.body)? {
-        Response::ApiVersions(response) => {
-            check_code(response.error, response.error_message)?;
-            Ok(response.apis)
-        }
-        _ => unreachable!("decoded as ApiVersions"),
-    }
+    Ok(Response::decode(api_key, frame.body)?)
 }
 
 async fn write_loop(

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod auth;
 mod backoff;
 mod breaker;
 mod cluster;
@@ -49,6 +50,7 @@ mod producer;
 mod publisher;
 mod queue_admin;
 mod subscriber;
+mod user_admin;
 
 #[cfg(test)]
 mod client_tests;
@@ -61,6 +63,7 @@ pub use admin::{
     Admin, GroupDescription, GroupMemberDescription, GroupSummary, OffsetResetPlan, PartitionLag,
     ResetMode, ResetSpec, TopicConfigValue,
 };
+pub use auth::Credentials;
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use cluster::Client;
@@ -73,6 +76,7 @@ pub use partitioner::{jump_consistent_hash, murmur2, Partitioner};
 pub use producer::{
     DeliveryFuture, Idempotence, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+pub use user_admin::UserDescription;
 
 pub use publisher::{PublishConfirm, Publisher, Routing, DELAY_HEADER, EXPIRATION_HEADER};
 pub use queue_admin::{
@@ -82,4 +86,5 @@ pub use queue_admin::{
 pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 
 pub use wharf_protocol::messages::{Acks, ConfigSource, Isolation, TxnResult};
+pub use wharf_protocol::sasl::ScramMechanism;
 pub use wharf_protocol::{ErrorCode, Header};

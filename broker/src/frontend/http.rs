@@ -27,6 +27,7 @@
 //! an error answer with a JSON body.
 
 pub mod admin;
+pub mod auth;
 pub mod console;
 pub mod error;
 pub mod exchanges;
@@ -49,7 +50,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::core::{Broker, Session};
+use crate::core::{AuthPolicy, Broker, Session};
 use crate::net::listener::{CappedListener, CappedStream};
 use error::ApiError;
 
@@ -65,8 +66,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Http {
     broker: OnceLock<Arc<Broker>>,
-    /// The caller the admin API acts as (no authentication yet: issue #17 leaves it to the
-    /// TLS and users work).
+    /// Whether requests must carry credentials; set with the core.
+    auth: OnceLock<AuthPolicy>,
+    /// The caller the admin API acts as (each request's principal is checked by
+    /// [`auth::authenticate`] and travels as a request extension).
     session: Session,
     /// Turns true on shutdown: streams end.
     shutdown: watch::Receiver<bool>,
@@ -79,14 +82,17 @@ impl Http {
     pub fn new(shutdown: watch::Receiver<bool>, info: status::BrokerInfo) -> Arc<Http> {
         Arc::new(Http {
             broker: OnceLock::new(),
+            auth: OnceLock::new(),
             session: Session::new(),
             shutdown,
             info,
         })
     }
 
-    /// Hands over the recovered core; from now on the front end is ready.
-    pub fn set_broker(&self, broker: Arc<Broker>) {
+    /// Hands over the recovered core and the authentication policy; from now on the front
+    /// end is ready.
+    pub fn set_broker(&self, broker: Arc<Broker>, auth: AuthPolicy) {
+        let _ = self.auth.set(auth);
         let _ = self.broker.set(broker);
     }
 
@@ -131,6 +137,10 @@ pub fn router(http: Arc<Http>) -> Router {
         )
         .merge(api)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            http.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(time_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(http)
@@ -146,11 +156,22 @@ pub async fn serve(http: Arc<Http>, listener: CappedListener, mut shutdown: watc
             }
         }
     };
-    if let Err(error) = axum::serve(Capped(listener), router(http))
+    let app = router(http).into_make_service_with_connect_info::<PeerAddr>();
+    if let Err(error) = axum::serve(Capped(listener), app)
         .with_graceful_shutdown(stop)
         .await
     {
         tracing::warn!(%error, "http listener stopped");
+    }
+}
+
+/// The client's address, for the failed-login limit and logs ([`auth`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
     }
 }
 

@@ -60,6 +60,8 @@ mod subscribe;
 mod table;
 #[path = "wharf/template.rs"]
 mod template;
+#[path = "wharf/user.rs"]
+mod user;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -87,6 +89,17 @@ pub struct Cli {
     /// Print one JSON document instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log in as this user (SCRAM); the password comes from WHARF_PASSWORD, else from the
+    /// first line of standard input with --password-stdin.
+    #[arg(long, env = "WHARF_USER", global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Read a password from the first line of standard input: the new one for `wharf user
+    /// create|passwd`, the login's (with --user, when WHARF_PASSWORD is unset) otherwise.
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+    /// The login's SCRAM mechanism.
+    #[arg(long, env = "WHARF_SASL_MECHANISM", global = true, default_value = "SCRAM-SHA-256", value_parser = user::parse_mechanism, value_name = "SCRAM-SHA-256|SCRAM-SHA-512")]
+    pub sasl_mechanism: wharf_client::ScramMechanism,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -134,6 +147,12 @@ pub enum Command {
         /// The workload.
         #[command(subcommand)]
         command: perf::PerfCommand,
+    },
+    /// Create, list, delete users or change their passwords.
+    User {
+        /// The user command.
+        #[command(subcommand)]
+        command: user::UserCommand,
     },
 }
 
@@ -728,9 +747,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     // One attempt to reach the broker: a command line should say at once that the broker is
     // down. Once connected, broker restarts are still ridden out (reconnect timeout).
-    let config = ClientConfig::new(cli.broker.clone())
+    let mut config = ClientConfig::new(cli.broker.clone())
         .client_id("wharf-cli")
         .bootstrap_timeout(Duration::ZERO);
+    if let Some(name) = &cli.user {
+        config = config.credentials(login_credentials(name, &cli)?);
+    }
     let client = Client::connect(config).await?;
     match cli.command {
         Command::Topic { command } => admin::topic(&client, command, cli.json).await,
@@ -742,7 +764,39 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Publish(args) => publish::run(&client, args, cli.json).await,
         Command::Subscribe(args) => subscribe::run(&client, args, cli.json).await,
         Command::Perf { command } => perf::run(&client, &cli.broker, command).await,
+        Command::User { command } => {
+            user::run(&client, command, cli.password_stdin, cli.json).await
+        }
     }
+}
+
+/// The login password: `WHARF_PASSWORD`, else the first line of standard input when
+/// `--password-stdin` belongs to the login (not to `wharf user create|passwd`, whose
+/// `--password-stdin` is the new password).
+fn login_credentials(name: &str, cli: &Cli) -> Result<wharf_client::Credentials, CliError> {
+    let password = match std::env::var("WHARF_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => match &cli.command {
+            Command::User { command } if user::reads_new_password(command) => {
+                return Err(CliError::BadInput {
+                    line_number: 1,
+                    reason: "standard input holds the new password: give the login's password in WHARF_PASSWORD".to_string(),
+                })
+            }
+            _ if cli.password_stdin => user::read_password()?,
+            _ => {
+                return Err(CliError::BadInput {
+                    line_number: 1,
+                    reason: format!("--user {name} needs a password: set WHARF_PASSWORD or pass --password-stdin"),
+                })
+            }
+        },
+    };
+    Ok(wharf_client::Credentials::new(
+        name,
+        password,
+        cli.sasl_mechanism,
+    ))
 }
 
 #[cfg(test)]
