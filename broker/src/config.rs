@@ -91,8 +91,8 @@ pub struct BrokerConfig {
     /// Failed logins one client address may make within a minute before its logins are
     /// refused unchecked until the oldest failure is a minute old.
     pub login_failures_per_minute_max: usize,
-    /// Whether the AMQP front end still accepts RabbitMQ's default `guest`/`guest` login
-    /// (from loopback only, as RabbitMQ does) while no user named `guest` exists.
+    /// Whether the AMQP front end accepts RabbitMQ's default `guest`/`guest` login (from
+    /// loopback only, as RabbitMQ does) while no user exists.
     pub amqp_default_guest: bool,
     /// Defaults for every partition log.
     pub log: LogConfig,
@@ -117,16 +117,18 @@ impl Authentication {
         }
     }
 
-    /// Parses the config spelling.
+    /// Parses the config spelling; `auto` (`None`) leaves the choice to the listeners
+    /// ([`BrokerConfig::authentication_mode`]).
     ///
     /// # Errors
     /// A message naming the accepted values.
-    pub fn parse(text: &str) -> Result<Authentication, String> {
+    pub fn parse(text: &str) -> Result<Option<Authentication>, String> {
         match text {
-            "required" => Ok(Authentication::Required),
-            "optional" => Ok(Authentication::Optional),
+            "required" => Ok(Some(Authentication::Required)),
+            "optional" => Ok(Some(Authentication::Optional)),
+            "auto" => Ok(None),
             other => Err(format!(
-                "authentication {other:?} is not \"required\" or \"optional\""
+                "authentication {other:?} is not \"required\", \"optional\" or \"auto\""
             )),
         }
     }
@@ -282,9 +284,9 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "authentication",
             format!(
                 "{:?}",
-                config.authentication.map_or("(unset)", Authentication::name)
+                config.authentication.map_or("auto", Authentication::name)
             ),
-            "`required` or `optional` (`--authentication`); unset: optional while every listener binds to loopback, required otherwise",
+            "`required`, `optional`, or `auto`: optional while every listener binds to loopback, required otherwise (`--authentication`)",
         ),
         key(
             "authentication_timeout_ms",
@@ -299,7 +301,7 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         key(
             "amqp_default_guest",
             config.amqp_default_guest.to_string(),
-            "AMQP accepts guest/guest from loopback while no user `guest` exists (RabbitMQ's default user)",
+            "AMQP accepts guest/guest from loopback while no user exists (RabbitMQ's default user)",
         ),
         key(
             "log.segment_bytes_max",
@@ -477,12 +479,10 @@ impl BrokerConfig {
             .producer_expiry_ms
             .unwrap_or(defaults.producer_expiry_ms);
         self.partitions_max = file.partitions_max.unwrap_or(defaults.partitions_max);
-        self.authentication = file
-            .authentication
-            .as_deref()
-            .map(Authentication::parse)
-            .transpose()
-            .map_err(ConfigError::Invalid)?;
+        self.authentication = match file.authentication.as_deref() {
+            None => None,
+            Some(text) => Authentication::parse(text).map_err(ConfigError::Invalid)?,
+        };
         self.authentication_timeout_ms = file
             .authentication_timeout_ms
             .unwrap_or(defaults.authentication_timeout_ms);

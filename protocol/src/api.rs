@@ -60,14 +60,15 @@ wire_enum! {
         MoveMessages = 42,
         /// Many publishes in one request, one confirm each (issue #15).
         PublishBatch = 43,
-        /// Authentication (issue #18): choose a SASL mechanism, then run it.
-        SaslHandshake = 44,
-        SaslAuthenticate = 45,
+        /// Authentication (issue #18): choose a SASL mechanism, then run it. (44 stays
+        /// reserved for a further queue api.)
+        SaslHandshake = 45,
+        SaslAuthenticate = 46,
         /// User management (issue #18).
-        CreateUser = 46,
-        AlterUserCredentials = 47,
-        DeleteUser = 48,
-        ListUsers = 49,
+        CreateUser = 47,
+        AlterUserCredentials = 48,
+        DeleteUser = 49,
+        ListUsers = 50,
     }
 }
 

@@ -53,9 +53,9 @@ struct Args {
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Whether connections must log in: `required` or `optional` (default: optional while
-    /// every listener binds to loopback, required otherwise).
-    #[arg(long, value_name = "required|optional")]
+    /// Whether connections must log in: `required`, `optional`, or `auto` (the default:
+    /// optional while every listener binds to loopback, required otherwise).
+    #[arg(long, value_name = "required|optional|auto")]
     authentication: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
     }
     if let Some(mode) = args.authentication {
         match Authentication::parse(&mode) {
-            Ok(mode) => config.authentication = Some(mode),
+            Ok(mode) => config.authentication = mode,
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::from(2);

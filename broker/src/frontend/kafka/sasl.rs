@@ -41,7 +41,7 @@ pub enum SaslState {
     /// SaslHandshake chose PLAIN; one SaslAuthenticate follows.
     Plain,
     /// SaslHandshake chose a SCRAM mechanism; two SaslAuthenticates follow.
-    Scram(ScramServer),
+    Scram(Box<ScramServer>),
     /// Logged in (or failed): further SASL requests are out of order.
     Done,
 }
@@ -61,7 +61,7 @@ pub fn handshake(
     *state = if name == PLAIN {
         SaslState::Plain
     } else if let Some(mechanism) = ScramMechanism::from_name(name) {
-        SaslState::Scram(broker.scram_start(mechanism))
+        SaslState::Scram(Box::new(broker.scram_start(mechanism)))
     } else {
         return response.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
     };

@@ -35,7 +35,7 @@ pub enum SaslState {
     /// PLAIN chosen.
     Plain,
     /// A SCRAM mechanism chosen.
-    Scram(ScramServer),
+    Scram(Box<ScramServer>),
     /// Over (logged in, or failed: a failed exchange starts again with a handshake).
     Done,
 }
@@ -86,7 +86,7 @@ pub fn handshake(
             "PLAIN sends the password itself and is offered only over TLS; use SCRAM-SHA-256 or SCRAM-SHA-512".to_string(),
         );
     } else if let Some(scram) = ScramMechanism::from_name(mechanism) {
-        SaslState::Scram(native.broker.scram_start(scram))
+        SaslState::Scram(Box::new(native.broker.scram_start(scram)))
     } else {
         return refuse(
             ErrorCode::UnsupportedSaslMechanism,
