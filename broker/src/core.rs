@@ -71,7 +71,9 @@ pub use crate::streams::topic::{
 };
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
-pub use auth_ops::{AuthPolicy, DefaultGuest, Existing, NewCredential, Transport, GUEST_USER};
+pub use auth_ops::{
+    AuthPolicy, DefaultGuest, Existing, NewCredential, NewToken, TokenInfo, Transport, GUEST_USER,
+};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use observe_ops::{
     GroupObserved, Observed, PartitionLag, PartitionObserved, Readiness, LAG_SERIES_MAX,

@@ -76,13 +76,24 @@ fn assert_ok(output: &Output, what: &str) -> String {
     text(&output.stdout)
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the status and the whole answer.
+/// One HTTP/1.1 GET on a fresh connection; returns the status and the whole answer.
 fn http_get(address: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    http_call(address, "GET", path, authorization)
+}
+
+/// One HTTP/1.1 request without a body on a fresh connection; returns the status and the
+/// whole answer.
+fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
     let header = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{header}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("write request");
     let mut answer = String::new();
@@ -258,13 +269,66 @@ fn offline_user_then_every_protocol_logs_in_and_refuses_bad_passwords() {
         assert_eq!(http_get(&http, probe, None).0, 200, "{probe}");
     }
 
-    // The user survives a restart.
+    // HTTP bearer tokens: made by a logged-in user, usable, revocable; anonymous callers get
+    // none.
+    let alice = basic("alice", PASSWORD);
+    let (kept_id, kept) = create_token(&http, &alice);
+    let (revoked_id, revoked) = create_token(&http, &alice);
+    assert_eq!(
+        http_get(&http, "/api/v1/topics", Some(&format!("Bearer {kept}"))).0,
+        200
+    );
+    let (status, listing) = http_get(&http, "/api/v1/tokens", Some(&format!("Bearer {kept}")));
+    assert_eq!(status, 200, "{listing}");
+    assert!(
+        listing.contains(&kept_id) && listing.contains(&revoked_id),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&kept),
+        "a listing shows the token itself: {listing}"
+    );
+    let path = format!("/api/v1/tokens/{revoked_id}");
+    assert_eq!(http_call(&http, "DELETE", &path, Some(&alice)).0, 204);
+    assert_eq!(
+        http_get(&http, "/api/v1/topics", Some(&format!("Bearer {revoked}"))).0,
+        401
+    );
+    assert_eq!(
+        http_get(&http, "/api/v1/topics", Some("Bearer wharf_00_nope")).0,
+        401
+    );
+    let users_file = std::fs::read(data_dir.join("users")).expect("users file");
+    assert!(
+        !users_file
+            .windows(kept.len())
+            .any(|window| window == kept.as_bytes()),
+        "the users file holds a token"
+    );
+
+    // The user and its token survive a restart.
     broker.restart();
     let address = broker.address();
     assert_ok(
         &wharf_as(&address, Some(("alice", PASSWORD)), &["topic", "list"], ""),
         "wharf after a restart",
     );
+    let http = broker.http_address();
+    assert_eq!(
+        http_get(&http, "/api/v1/topics", Some(&format!("Bearer {kept}"))).0,
+        200
+    );
+}
+
+/// `POST /api/v1/tokens` as `authorization`; returns the token's id and the token.
+fn create_token(http: &str, authorization: &str) -> (String, String) {
+    let (status, answer) = http_call(http, "POST", "/api/v1/tokens", Some(authorization));
+    assert_eq!(status, 201, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    let value: serde_json::Value = serde_json::from_str(body.trim()).expect("json");
+    let field = |name: &str| value[name].as_str().expect("a string field").to_string();
+    assert!(field("token").starts_with("wharf_"), "{body}");
+    (field("id"), field("token"))
 }
 
 /// Sends a Kafka Metadata v1 request before any login and expects the broker to close.

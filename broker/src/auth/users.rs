@@ -14,8 +14,15 @@
 //! | 1 + n | salt | u8 length |
 //! | 1 + n | stored_key | u8 length, the hash's size |
 //! | 1 + n | server_key | u8 length, the hash's size |
+//! | 4 | token_count | u32, after the last user |
+//! | per token: 1 + n | id | u8 length, ASCII hex |
+//! | 2 + n | user | u16 length, UTF-8 |
+//! | 1 + n | token_hash | u8 length, SHA-256 of the whole token (32 bytes) |
+//! | 8 | created_ms | i64, Unix milliseconds |
 //!
-//! Passwords are never stored: only what RFC 5802 section 3 says a server keeps.
+//! Passwords are never stored: only what RFC 5802 section 3 says a server keeps. Bearer
+//! tokens (HTTP) are stored as the SHA-256 of the token: a token is 256 random bits, so a
+//! fast hash suffices (nothing to guess), and the file never holds a usable token.
 //!
 //! **Invariants:** the file and memory change together, under one writer lock, file first; a
 //! user has at least one credential (removing the last removes the user).
@@ -39,6 +46,28 @@ const USERS_MAGIC: [u8; 4] = *b"WUSR";
 const USERS_VERSION: u16 = 1;
 /// Most users: each costs a line in every listing and bytes in every rewrite of the file.
 pub const USERS_MAX: usize = 100_000;
+/// Most bearer tokens across all users, for the same reason.
+pub const TOKENS_MAX: usize = 10_000;
+
+/// A bearer token as stored: its id, owner and hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Public id (hex), part of the token, shown in listings.
+    pub id: String,
+    /// The user the token logs in as.
+    pub user: String,
+    /// SHA-256 of the whole token string.
+    pub hash: Vec<u8>,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// Everything the users file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Stored {
+    users: BTreeMap<String, Vec<ScramCredential>>,
+    tokens: Vec<StoredToken>,
+}
 
 /// One user as listings show it: never a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +124,8 @@ pub enum UserError {
 pub struct Users {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    /// Users by name; read by every login.
-    users: Mutex<BTreeMap<String, Vec<ScramCredential>>>,
+    /// Users by name and tokens; read by every login.
+    stored: Mutex<Stored>,
     /// Held across a whole change (file write included), so changes apply in one order and
     /// the file never goes back to an older state. Only on the blocking pool.
     writer: Mutex<u64>,
@@ -110,8 +139,8 @@ impl Users {
     /// silently treated as empty: that would drop every credential).
     pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> Result<Users, crate::storage::Error> {
         let path = data_dir.join(USERS_FILE);
-        let (sequence, users) = match checkpoint::read(fs.as_ref(), &path, USERS_MAGIC)? {
-            None => (0, BTreeMap::new()),
+        let (sequence, stored) = match checkpoint::read(fs.as_ref(), &path, USERS_MAGIC)? {
+            None => (0, Stored::default()),
             Some(file) => {
                 if file.version != USERS_VERSION {
                     return Err(crate::storage::Error::corrupt(
@@ -120,15 +149,15 @@ impl Users {
                         format!("users file version {} is not {USERS_VERSION}", file.version),
                     ));
                 }
-                let users = decode_payload(&file.payload)
+                let stored = decode_payload(&file.payload)
                     .map_err(|reason| crate::storage::Error::corrupt(&path, 0, reason))?;
-                (file.sequence, users)
+                (file.sequence, stored)
             }
         };
         Ok(Users {
             fs,
             dir: data_dir.to_path_buf(),
-            users: Mutex::new(users),
+            stored: Mutex::new(stored),
             writer: Mutex::new(sequence),
         })
     }
@@ -158,12 +187,13 @@ impl Users {
 
     /// True when no user exists.
     pub fn is_empty(&self) -> bool {
-        self.users().is_empty()
+        self.stored().users.is_empty()
     }
 
     /// Every user, by name.
     pub fn list(&self) -> Vec<UserInfo> {
-        self.users()
+        self.stored()
+            .users
             .iter()
             .map(|(name, credentials)| UserInfo {
                 name: name.clone(),
@@ -177,7 +207,8 @@ impl Users {
 
     /// The user's credential for `mechanism`, if any.
     pub fn credential(&self, name: &str, mechanism: ScramMechanism) -> Option<ScramCredential> {
-        self.users()
+        self.stored()
+            .users
             .get(name)?
             .iter()
             .find(|credential| credential.mechanism == mechanism)
@@ -186,7 +217,7 @@ impl Users {
 
     /// Every credential of the user (PLAIN checks against the first).
     pub fn credentials(&self, name: &str) -> Vec<ScramCredential> {
-        self.users().get(name).cloned().unwrap_or_default()
+        self.stored().users.get(name).cloned().unwrap_or_default()
     }
 
     /// Applies `change` to `name`, durably (blocking: writes and fsyncs the users file;
@@ -214,22 +245,23 @@ impl Users {
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let mut next = self.users().clone();
+        let mut stored = self.stored().clone();
+        let next = &mut stored.users;
         match change {
-            CredentialChange::Set(credential) => set(&mut next, name, vec![credential])?,
+            CredentialChange::Set(credential) => set(next, name, vec![credential])?,
             CredentialChange::Create(credentials) => {
                 if next.contains_key(name) {
                     return Err(UserError::AlreadyExists {
                         name: name.to_string(),
                     });
                 }
-                set(&mut next, name, credentials)?;
+                set(next, name, credentials)?;
             }
             CredentialChange::Update(credentials) => {
                 if !next.contains_key(name) {
                     return Err(not_found(name));
                 }
-                set(&mut next, name, credentials)?;
+                set(next, name, credentials)?;
             }
             CredentialChange::Remove(mechanism) => {
                 let credentials = next.get_mut(name).ok_or_else(|| not_found(name))?;
@@ -246,7 +278,82 @@ impl Users {
                 next.remove(name).ok_or_else(|| not_found(name))?;
             }
         }
-        let payload = encode_payload(&next);
+        // A user's tokens go with the user.
+        let users = &stored.users;
+        stored
+            .tokens
+            .retain(|token| users.contains_key(&token.user));
+        self.commit(&mut sequence, stored)
+    }
+
+    /// Adds a bearer token of an existing user, durably (blocking).
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`] for an unknown user, [`UserError::TooMany`] at
+    /// [`TOKENS_MAX`], storage errors.
+    pub fn add_token(&self, token: StoredToken) -> Result<(), UserError> {
+        let mut sequence = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut stored = self.stored().clone();
+        if !stored.users.contains_key(&token.user) {
+            return Err(not_found(&token.user));
+        }
+        if stored.tokens.len() >= TOKENS_MAX {
+            return Err(UserError::TooMany {
+                count: stored.tokens.len(),
+                max: TOKENS_MAX,
+            });
+        }
+        stored.tokens.push(token);
+        self.commit(&mut sequence, stored)
+    }
+
+    /// Removes `user`'s token `id`, durably (blocking).
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`] if the user has no such token, storage errors.
+    pub fn remove_token(&self, user: &str, id: &str) -> Result<(), UserError> {
+        let mut sequence = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut stored = self.stored().clone();
+        let before = stored.tokens.len();
+        stored
+            .tokens
+            .retain(|token| !(token.user == user && token.id == id));
+        if stored.tokens.len() == before {
+            return Err(UserError::NotFound {
+                name: format!("token {id} of {user}"),
+            });
+        }
+        self.commit(&mut sequence, stored)
+    }
+
+    /// The token with public id `id`, if any.
+    pub fn token(&self, id: &str) -> Option<StoredToken> {
+        self.stored()
+            .tokens
+            .iter()
+            .find(|token| token.id == id)
+            .cloned()
+    }
+
+    /// `user`'s tokens.
+    pub fn tokens_of(&self, user: &str) -> Vec<StoredToken> {
+        self.stored()
+            .tokens
+            .iter()
+            .filter(|token| token.user == user)
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `stored` durably, then makes it current (the writer lock is held).
+    fn commit(&self, sequence: &mut u64, stored: Stored) -> Result<(), UserError> {
+        let payload = encode_payload(&stored);
         checkpoint::write(
             self.fs.as_ref(),
             &self.dir,
@@ -257,12 +364,12 @@ impl Users {
             &payload,
         )?;
         *sequence += 1;
-        *self.users() = next;
+        *self.stored() = stored;
         Ok(())
     }
 
-    fn users(&self) -> MutexGuard<'_, BTreeMap<String, Vec<ScramCredential>>> {
-        self.users
+    fn stored(&self) -> MutexGuard<'_, Stored> {
+        self.stored
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
@@ -346,7 +453,8 @@ fn mechanism_code(mechanism: ScramMechanism) -> u8 {
     }
 }
 
-fn encode_payload(users: &BTreeMap<String, Vec<ScramCredential>>) -> Vec<u8> {
+fn encode_payload(stored: &Stored) -> Vec<u8> {
+    let users = &stored.users;
     let mut out = Vec::new();
     let count = u32::try_from(users.len()).expect("users are at most USERS_MAX");
     out.extend_from_slice(&count.to_be_bytes());
@@ -367,6 +475,18 @@ fn encode_payload(users: &BTreeMap<String, Vec<ScramCredential>>) -> Vec<u8> {
                 out.extend_from_slice(field);
             }
         }
+    }
+    let token_count = u32::try_from(stored.tokens.len()).expect("tokens are at most TOKENS_MAX");
+    out.extend_from_slice(&token_count.to_be_bytes());
+    for token in &stored.tokens {
+        out.push(u8::try_from(token.id.len()).expect("ids are 16 hex digits"));
+        out.extend_from_slice(token.id.as_bytes());
+        let user_bytes = u16::try_from(token.user.len()).expect("names are at most 255 bytes");
+        out.extend_from_slice(&user_bytes.to_be_bytes());
+        out.extend_from_slice(token.user.as_bytes());
+        out.push(u8::try_from(token.hash.len()).expect("a SHA-256 is 32 bytes"));
+        out.extend_from_slice(&token.hash);
+        out.extend_from_slice(&token.created_ms.to_be_bytes());
     }
     out
 }
@@ -409,7 +529,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_payload(payload: &[u8]) -> Result<BTreeMap<String, Vec<ScramCredential>>, String> {
+fn decode_payload(payload: &[u8]) -> Result<Stored, String> {
     let mut cursor = Cursor { bytes: payload };
     let count = cursor.u32("user_count")?;
     if usize::try_from(count).map_or(true, |count| count > USERS_MAX) {
@@ -441,10 +561,33 @@ fn decode_payload(payload: &[u8]) -> Result<BTreeMap<String, Vec<ScramCredential
         }
         users.insert(name, credentials);
     }
-    if !cursor.bytes.is_empty() {
-        return Err(format!("{} bytes after the last user", cursor.bytes.len()));
+    let token_count = cursor.u32("token_count")?;
+    if usize::try_from(token_count).map_or(true, |count| count > TOKENS_MAX) {
+        return Err(format!("{token_count} tokens exceed max {TOKENS_MAX}"));
     }
-    Ok(users)
+    let mut tokens = Vec::new();
+    for _ in 0..token_count {
+        let id = String::from_utf8(cursor.short_bytes("token id")?)
+            .map_err(|_| "token id is not utf-8".to_string())?;
+        let user_bytes = usize::from(cursor.u16("token user")?);
+        let user = std::str::from_utf8(cursor.take(user_bytes, "token user")?)
+            .map_err(|_| "token user is not utf-8".to_string())?
+            .to_string();
+        let hash = cursor.short_bytes("token hash")?;
+        let created = cursor.take(8, "token created_ms")?;
+        let mut created_bytes = [0u8; 8];
+        created_bytes.copy_from_slice(created);
+        tokens.push(StoredToken {
+            id,
+            user,
+            hash,
+            created_ms: i64::from_be_bytes(created_bytes),
+        });
+    }
+    if !cursor.bytes.is_empty() {
+        return Err(format!("{} bytes after the last token", cursor.bytes.len()));
+    }
+    Ok(Stored { users, tokens })
 }
 
 #[cfg(test)]
@@ -542,13 +685,19 @@ mod tests {
 
     #[test]
     fn corrupt_payload_is_an_error_not_an_empty_store() {
-        let mut users = BTreeMap::new();
-        users.insert(
+        let mut stored = Stored::default();
+        stored.users.insert(
             "eve".to_string(),
             vec![credential(ScramMechanism::Sha256, "x")],
         );
-        let payload = encode_payload(&users);
-        assert_eq!(decode_payload(&payload).expect("decode"), users);
+        stored.tokens.push(StoredToken {
+            id: "0011223344556677".to_string(),
+            user: "eve".to_string(),
+            hash: vec![7; 32],
+            created_ms: 1_700_000_000_000,
+        });
+        let payload = encode_payload(&stored);
+        assert_eq!(decode_payload(&payload).expect("decode"), stored);
         for cut in 0..payload.len() {
             assert!(decode_payload(&payload[..cut]).is_err(), "cut at {cut}");
         }
@@ -563,5 +712,41 @@ mod tests {
             Users::open_offline(fs, dir.path()),
             Err(UserError::Locked { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use crate::storage::RealFs;
+
+    #[test]
+    fn tokens_survive_reopen_and_go_with_their_user() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: Arc<dyn Fs> = Arc::new(RealFs);
+        let users = Users::open(fs.clone(), dir.path()).expect("open");
+        let token = StoredToken {
+            id: "00aa".to_string(),
+            user: "frank".to_string(),
+            hash: vec![1; 32],
+            created_ms: 5,
+        };
+        assert!(matches!(
+            users.add_token(token.clone()),
+            Err(UserError::NotFound { .. })
+        ));
+        let credential = ScramMechanism::Sha256.credential(b"pw", b"salt", 4096);
+        users
+            .change("frank", CredentialChange::Set(credential))
+            .expect("user");
+        users.add_token(token.clone()).expect("token");
+        drop(users);
+        let users = Users::open(fs, dir.path()).expect("reopen");
+        assert_eq!(users.token("00aa"), Some(token));
+        assert!(users.remove_token("someone-else", "00aa").is_err());
+        users
+            .change("frank", CredentialChange::RemoveUser)
+            .expect("delete");
+        assert_eq!(users.token("00aa"), None);
     }
 }

@@ -8,11 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
 use wharf_protocol::sasl::{
     ScramCredential, ScramMechanism, SCRAM_ITERATIONS_DEFAULT, SCRAM_SALT_BYTES,
 };
 
 use crate::auth::scram::SERVER_NONCE_BYTES;
+use crate::auth::users::StoredToken;
 use crate::auth::{
     AuthError, CredentialChange, FailedLogins, Principal, ScramServer, ScramStep, UserError,
     UserInfo, Users,
@@ -374,5 +377,140 @@ impl AuthPolicy {
             timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             "closing a connection that did not authenticate in time"
         );
+    }
+}
+
+/// Prefix of every bearer token, so a leaked one is recognisable (secret scanners).
+pub const TOKEN_PREFIX: &str = "wharf_";
+/// Random bytes of a token's public id.
+const TOKEN_ID_BYTES: usize = 8;
+/// Random bytes of a token's secret: 256 bits, so the stored SHA-256 cannot be reversed by
+/// guessing.
+const TOKEN_SECRET_BYTES: usize = 32;
+
+/// A new bearer token: shown once, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// The public id (also inside the token).
+    pub id: String,
+    /// `wharf_<id>_<secret>`.
+    pub token: String,
+}
+
+/// A token as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The public id.
+    pub id: String,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+impl Broker {
+    /// Makes a bearer token that logs in as `principal`'s user, stored hashed, durably.
+    ///
+    /// # Errors
+    /// [`UserError`]: the anonymous principal, a deleted user, too many tokens, storage.
+    pub async fn create_token(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<NewToken, UserError> {
+        let Principal::User(user) = principal else {
+            return Err(UserError::InvalidName {
+                reason: "the anonymous principal cannot own tokens",
+            });
+        };
+        let mut id_bytes = [0u8; TOKEN_ID_BYTES];
+        let mut secret = [0u8; TOKEN_SECRET_BYTES];
+        getrandom::fill(&mut id_bytes)
+            .and_then(|()| getrandom::fill(&mut secret))
+            .map_err(|error| UserError::InvalidCredential {
+                reason: format!("cannot read the system's random source: {error}"),
+            })?;
+        let id: String = id_bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let token = format!(
+            "{TOKEN_PREFIX}{id}_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let stored = StoredToken {
+            id: id.clone(),
+            user: user.clone(),
+            hash: Sha256::digest(token.as_bytes()).to_vec(),
+            created_ms: self.clock.now_ms(),
+        };
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || broker.auth.users.add_token(stored))
+            .await
+            .map_err(|error| UserError::InvalidCredential {
+                reason: error.to_string(),
+            })??;
+        tracing::info!(%principal, token_id = id, "bearer token created");
+        Ok(NewToken { id, token })
+    }
+
+    /// `principal`'s tokens (none for the anonymous principal).
+    pub fn list_tokens(&self, principal: &Principal) -> Vec<TokenInfo> {
+        let Principal::User(user) = principal else {
+            return Vec::new();
+        };
+        self.auth
+            .users
+            .tokens_of(user)
+            .into_iter()
+            .map(|token| TokenInfo {
+                id: token.id,
+                created_ms: token.created_ms,
+            })
+            .collect()
+    }
+
+    /// Revokes `principal`'s token `id`, durably.
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`] unless `principal` owns such a token; storage errors.
+    pub async fn delete_token(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), UserError> {
+        let user = principal.name().to_string();
+        let id = id.to_string();
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || broker.auth.users.remove_token(&user, &id))
+            .await
+            .map_err(|error| UserError::InvalidCredential {
+                reason: error.to_string(),
+            })?
+    }
+
+    /// Checks a bearer token from `peer`: its hash is compared in constant time with the
+    /// stored one of its id. Failures count against the address like wrong passwords.
+    ///
+    /// # Errors
+    /// [`AuthError::BadCredentials`] for an unknown, malformed or revoked token;
+    /// [`AuthError::TooManyFailures`] when `peer` is over the limit.
+    pub fn login_bearer(&self, token: &str, peer: SocketAddr) -> Result<Principal, AuthError> {
+        if !self.auth.failures.allows(peer.ip(), self.clock.now_ms()) {
+            return Err(AuthError::TooManyFailures {
+                address: peer.ip().to_string(),
+            });
+        }
+        let id = token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(id, _)| id);
+        let stored = id.and_then(|id| self.auth.users.token(id));
+        let hash = Sha256::digest(token.as_bytes());
+        match stored {
+            Some(stored) if constant_time_eq(&hash, &stored.hash) => {
+                self.auth.failures.record_success(peer.ip());
+                Ok(Principal::User(stored.user))
+            }
+            _ => {
+                let error = AuthError::BadCredentials;
+                self.login_failed(peer, "?", "BEARER", &error);
+                Err(error)
+            }
+        }
     }
 }

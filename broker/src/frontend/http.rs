@@ -18,6 +18,8 @@
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
+//! | `/api/v1/tokens` (create, list), `/api/v1/tokens/{id}` (revoke) | [`tokens`]: bearer tokens |
+//! | every route | [`auth`]: Basic and Bearer credentials, 401 |
 //!
 //! Limits: at most `connections_max` connections (the broker's, shared setting), request
 //! bodies of at most [`BODY_BYTES_MAX`], and [`REQUEST_TIMEOUT`] per request.
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod status;
 pub mod stream;
+pub mod tokens;
 pub mod websocket;
 
 use std::net::SocketAddr;

@@ -763,7 +763,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Queue { command } => queue::queue(&client, command, cli.json).await,
         Command::Publish(args) => publish::run(&client, args, cli.json).await,
         Command::Subscribe(args) => subscribe::run(&client, args, cli.json).await,
-        Command::Perf { command } => perf::run(&client, &cli.broker, command).await,
+        Command::Perf { command } => perf::run(&client, command).await,
         Command::User { command } => {
             user::run(&client, command, cli.password_stdin, cli.json).await
         }

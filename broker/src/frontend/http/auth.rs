@@ -1,5 +1,6 @@
 //! HTTP authentication (issue #18): `Authorization: Basic` checked against the broker's users
-//! (the core's PLAIN login: the same users and per-address failure limit as every protocol).
+//! (the core's PLAIN login: the same users and per-address failure limit as every protocol),
+//! and `Authorization: Bearer <token>` with a token a user made ([`super::tokens`]).
 //!
 //! - `/health/live` and `/health/ready` are always open (Kubernetes probes carry no
 //!   credentials).
@@ -17,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -32,6 +33,8 @@ const OPEN_PATHS: [&str; 2] = ["/health/live", "/health/ready"];
 const OPEN_WHEN_OPTIONAL: [&str; 1] = ["/metrics"];
 /// The challenge of a 401.
 const CHALLENGE: &str = "Basic realm=\"wharf\", charset=\"UTF-8\"";
+/// The second challenge of a 401: tokens are accepted too.
+const BEARER_CHALLENGE: &str = "Bearer realm=\"wharf\"";
 /// Longest Authorization header looked at: a user name, a password and base64's growth.
 const AUTHORIZATION_BYTES_MAX: usize = 4096;
 
@@ -57,11 +60,20 @@ pub async fn authenticate(
     let header = request.headers().get(header::AUTHORIZATION).cloned();
     let principal = match header {
         None if policy.mode == Authentication::Optional => Principal::Anonymous,
-        None => return unauthorized("authentication required: send Authorization: Basic"),
+        None => {
+            return unauthorized("authentication required: send Authorization: Basic or Bearer")
+        }
+        Some(value) if bearer_token(&value).is_some() => {
+            let token = bearer_token(&value).unwrap_or_default();
+            match broker.login_bearer(token, peer) {
+                Ok(principal) => principal,
+                Err(error) => return unauthorized(&error.to_string()),
+            }
+        }
         Some(value) => {
             let Some((user, password)) = basic_credentials(&value) else {
                 return unauthorized(
-                    "malformed Authorization header: expected Basic base64(user:password)",
+                    "malformed Authorization header: expected Basic base64(user:password) or Bearer TOKEN",
                 );
             };
             let session = Session::new();
@@ -84,6 +96,16 @@ pub async fn authenticate(
     next.run(request).await
 }
 
+/// `Bearer TOKEN` → the token.
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    if text.len() > AUTHORIZATION_BYTES_MAX {
+        return None;
+    }
+    let (scheme, token) = text.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// `Basic base64(user:password)` → user and password.
 fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
     let bytes = value.as_bytes();
@@ -104,11 +126,15 @@ fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    response.headers_mut().insert(
+    let mut response = ApiError::unauthorized(message).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(CHALLENGE),
+    );
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(BEARER_CHALLENGE),
     );
     response
 }
@@ -124,6 +150,11 @@ mod tests {
             basic_credentials(&value),
             Some(("alice".to_string(), "s3cr3t:".to_string()))
         );
+        assert_eq!(
+            bearer_token(&HeaderValue::from_static("Bearer wharf_ab_cd")),
+            Some("wharf_ab_cd")
+        );
+        assert_eq!(bearer_token(&HeaderValue::from_static("Basic abc")), None);
         for bad in ["Bearer abc", "Basic !!!", "Basic", "Basic YWxpY2U="] {
             assert_eq!(
                 basic_credentials(&HeaderValue::from_static(bad)),

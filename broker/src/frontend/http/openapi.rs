@@ -27,6 +27,7 @@ use crate::frontend::http::stream::{HeaderDoc, StreamRecordDoc};
         (name = "queues", description = "Queues: declare, counts, purge, get, delete, WebSocket consumers"),
         (name = "exchanges", description = "Exchanges and bindings; publish with confirms"),
         (name = "records", description = "Produce records; SSE and WebSocket streams of a partition"),
+        (name = "security", description = "Bearer tokens of the logged-in user (docs/SECURITY-auth.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -90,6 +91,9 @@ mod tests {
                 "get",
             ),
             ("/api/v1/queues/{queue}/ws", "get"),
+            ("/api/v1/tokens", "get"),
+            ("/api/v1/tokens", "post"),
+            ("/api/v1/tokens/{id}", "delete"),
         ] {
             let item = paths
                 .get(path)
@@ -103,7 +107,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 25, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",
