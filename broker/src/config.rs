@@ -731,6 +731,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn authentication_is_optional_on_loopback_only_and_required_beyond_unless_set() {
+        let loopback: SocketAddr = "127.0.0.1:7420".parse().expect("address");
+        let ipv6_loopback: SocketAddr = "[::1]:9092".parse().expect("address");
+        let everywhere: SocketAddr = "0.0.0.0:5672".parse().expect("address");
+        let mut config = BrokerConfig::default();
+        assert_eq!(
+            config.authentication_mode(&[loopback, ipv6_loopback]),
+            Authentication::Optional
+        );
+        assert_eq!(
+            config.authentication_mode(&[loopback, everywhere]),
+            Authentication::Required
+        );
+        config.authentication = Some(Authentication::Optional);
+        assert_eq!(
+            config.authentication_mode(&[everywhere]),
+            Authentication::Optional
+        );
+        config.authentication = Some(Authentication::Required);
+        assert_eq!(
+            config.authentication_mode(&[loopback]),
+            Authentication::Required
+        );
+        assert_eq!(Authentication::parse("auto"), Ok(None));
+        assert!(Authentication::parse("sometimes").is_err());
+    }
+
+    #[test]
     fn topic_config_values_name_every_key_and_apply_back_unchanged() {
         for flush in [FlushPolicy::Always, FlushPolicy::Never] {
             let base = LogConfig {

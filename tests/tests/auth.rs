@@ -536,3 +536,50 @@ fn failed_logins_are_limited_per_address() {
         text(&limited.stderr)
     );
 }
+
+#[test]
+fn native_plain_is_refused_over_plaintext_and_requests_before_login_get_a_clear_code() {
+    // Goal: the native protocol offers PLAIN only over TLS (this listener is plaintext), says
+    // so with UnsupportedSaslMechanism, and answers requests before a required login with
+    // AuthenticationRequired rather than closing. Method: raw frames.
+    use wharf_protocol::messages::{
+        MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    };
+    use wharf_protocol::{ErrorCode, Request, Response};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    assert_ok(
+        &wharfd_user_create(&data_dir, "alice", PASSWORD, &[]),
+        "create",
+    );
+    let broker = start_required(&data_dir, "");
+    let mut client = integration_tests::RawClient::connect(broker.addr());
+    let Response::Metadata(metadata) =
+        client.call(&Request::Metadata(MetadataRequest { topics: None }))
+    else {
+        panic!("a Metadata answer expected");
+    };
+    assert_eq!(metadata.error, ErrorCode::AuthenticationRequired);
+    let Response::SaslHandshake(handshake) =
+        client.call(&Request::SaslHandshake(SaslHandshakeRequest {
+            mechanism: "PLAIN".to_string(),
+        }))
+    else {
+        panic!("a SaslHandshake answer expected");
+    };
+    assert_eq!(handshake.error, ErrorCode::UnsupportedSaslMechanism);
+    assert_eq!(handshake.mechanisms, vec!["SCRAM-SHA-256", "SCRAM-SHA-512"]);
+    assert!(
+        handshake.error_message.unwrap_or_default().contains("TLS"),
+        "the refusal says why"
+    );
+    let Response::SaslAuthenticate(out_of_order) =
+        client.call(&Request::SaslAuthenticate(SaslAuthenticateRequest {
+            auth_bytes: bytes::Bytes::from_static(b"n,,n=alice,r=abc"),
+        }))
+    else {
+        panic!("a SaslAuthenticate answer expected");
+    };
+    assert_eq!(out_of_order.error, ErrorCode::IllegalSaslState);
+}
