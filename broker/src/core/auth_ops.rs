@@ -363,9 +363,15 @@ pub struct AuthPolicy {
 }
 
 impl AuthPolicy {
-    /// Resolves when a connection opened at `opened` should be closed for not logging in:
-    /// authentication is required and `timeout` passed without a login. Never otherwise.
-    pub async fn until_timed_out(self, session: &Session, opened: tokio::time::Instant) {
+    /// Resolves when a connection from `peer` opened at `opened` should be closed for not
+    /// logging in: authentication is required and `timeout` passed without a login. Never
+    /// otherwise.
+    pub async fn until_timed_out(
+        self,
+        session: &Session,
+        peer: SocketAddr,
+        opened: tokio::time::Instant,
+    ) {
         if self.mode == crate::config::Authentication::Optional {
             return std::future::pending().await;
         }
@@ -374,6 +380,7 @@ impl AuthPolicy {
             return std::future::pending().await;
         }
         tracing::info!(
+            %peer,
             timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             "closing a connection that did not authenticate in time"
         );

@@ -311,7 +311,7 @@ impl Protocol for Amqp {
         Box::pin(async move {
             tokio::select! {
                 _ = closed.wait_for(|closed| *closed) => {}
-                () = self.auth.until_timed_out(&shared.session, opened) => {}
+                () = self.auth.until_timed_out(&shared.session, shared.peer, opened) => {}
             }
         })
     }

@@ -209,7 +209,7 @@ impl Protocol for Kafka {
     fn until_closed<'a>(&'a self, connection: &'a KafkaConnection) -> BoxFuture<'a, ()> {
         Box::pin(
             self.auth
-                .until_timed_out(&connection.session, connection.opened),
+                .until_timed_out(&connection.session, connection.peer, connection.opened),
         )
     }
 

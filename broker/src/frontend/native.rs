@@ -123,7 +123,7 @@ impl Protocol for Native {
     fn until_closed<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
         Box::pin(
             self.auth
-                .until_timed_out(&connection.session, connection.opened),
+                .until_timed_out(&connection.session, connection.peer, connection.opened),
         )
     }
 
