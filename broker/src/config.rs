@@ -93,6 +93,17 @@ pub struct BrokerConfig {
     /// Most partitions across all topics: each costs open files and preallocated index
     /// space, and auto-created topics must not exhaust the disk.
     pub partitions_max: u32,
+    /// Whether connections must log in (`None`: decided from the listeners, see
+    /// [`BrokerConfig::authentication_mode`]).
+    pub authentication: Option<Authentication>,
+    /// An unauthenticated connection that has not logged in after this long is closed.
+    pub authentication_timeout_ms: u64,
+    /// Failed logins one client address may make within a minute before its logins are
+    /// refused unchecked until the oldest failure is a minute old.
+    pub login_failures_per_minute_max: usize,
+    /// Whether the AMQP front end accepts RabbitMQ's default `guest`/`guest` login (from
+    /// loopback only, as RabbitMQ does) while no user exists.
+    pub amqp_default_guest: bool,
     /// Defaults for every partition log.
     pub log: LogConfig,
     /// `authorization = required`: deny what no ACL allows even while there is no ACL
@@ -104,6 +115,46 @@ pub struct BrokerConfig {
     /// this (RabbitMQ's `disk_free_limit`; 0: never).
     pub disk_free_limit_bytes: u64,
 }
+
+/// The `authentication` setting (issue #18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// Every request but the login itself (and version negotiation) is refused until the
+    /// connection has logged in.
+    Required,
+    /// A connection that does not log in acts as the anonymous principal.
+    Optional,
+}
+
+impl Authentication {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Authentication::Required => "required",
+            Authentication::Optional => "optional",
+        }
+    }
+
+    /// Parses the config spelling; `auto` (`None`) leaves the choice to the listeners
+    /// ([`BrokerConfig::authentication_mode`]).
+    ///
+    /// # Errors
+    /// A message naming the accepted values.
+    pub fn parse(text: &str) -> Result<Option<Authentication>, String> {
+        match text {
+            "required" => Ok(Some(Authentication::Required)),
+            "optional" => Ok(Some(Authentication::Optional)),
+            "auto" => Ok(None),
+            other => Err(format!(
+                "authentication {other:?} is not \"required\", \"optional\" or \"auto\""
+            )),
+        }
+    }
+}
+
+/// Default of `authentication_timeout_ms`: long enough for a SCRAM round trip over a slow
+/// link, short enough that idle unauthenticated sockets do not pile up.
+pub const AUTHENTICATION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -124,6 +175,10 @@ impl Default for BrokerConfig {
             connections_max: 1024,
             producer_expiry_ms: 24 * 3600 * 1000,
             partitions_max: 10_000,
+            authentication: None,
+            authentication_timeout_ms: AUTHENTICATION_TIMEOUT_MS_DEFAULT,
+            login_failures_per_minute_max: 10,
+            amqp_default_guest: true,
             log: LogConfig::default(),
             authorization_required: false,
             super_users: Vec::new(),
@@ -281,6 +336,29 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "principals (User:NAME) allowed everything whatever the ACLs say",
         ),
         key(
+            "authentication",
+            format!(
+                "{:?}",
+                config.authentication.map_or("auto", Authentication::name)
+            ),
+            "`required`, `optional`, or `auto`: optional while every listener binds to loopback, required otherwise (`--authentication`)",
+        ),
+        key(
+            "authentication_timeout_ms",
+            config.authentication_timeout_ms.to_string(),
+            "a connection that has not logged in after this long is closed, ms",
+        ),
+        key(
+            "login_failures_per_minute_max",
+            config.login_failures_per_minute_max.to_string(),
+            "failed logins one client address may make per minute before its logins are refused",
+        ),
+        key(
+            "amqp_default_guest",
+            config.amqp_default_guest.to_string(),
+            "AMQP accepts guest/guest from loopback while no user exists (RabbitMQ's default user)",
+        ),
+        key(
             "log.segment_bytes_max",
             log.segment_bytes_max.to_string(),
             "a segment rolls at this size, bytes",
@@ -409,6 +487,10 @@ struct FileConfig {
     authorization: Option<String>,
     super_users: Option<Vec<String>>,
     disk_free_limit_bytes: Option<u64>,
+    authentication: Option<String>,
+    authentication_timeout_ms: Option<u64>,
+    login_failures_per_minute_max: Option<usize>,
+    amqp_default_guest: Option<bool>,
     log: Option<FileLogConfig>,
 }
 
@@ -513,6 +595,19 @@ impl BrokerConfig {
                 "super_users entry {user:?} must be User:NAME"
             )));
         }
+        self.authentication = match file.authentication.as_deref() {
+            None => None,
+            Some(text) => Authentication::parse(text).map_err(ConfigError::Invalid)?,
+        };
+        self.authentication_timeout_ms = file
+            .authentication_timeout_ms
+            .unwrap_or(defaults.authentication_timeout_ms);
+        self.login_failures_per_minute_max = file
+            .login_failures_per_minute_max
+            .unwrap_or(defaults.login_failures_per_minute_max);
+        self.amqp_default_guest = file
+            .amqp_default_guest
+            .unwrap_or(defaults.amqp_default_guest);
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }
@@ -555,6 +650,16 @@ impl BrokerConfig {
         if let Some(advertised) = &self.kafka_advertised {
             parse_host_port(advertised)
                 .map_err(|error| ConfigError::Invalid(format!("kafka_advertised: {error}")))?;
+        }
+        if self.login_failures_per_minute_max == 0 {
+            return Err(ConfigError::Invalid(
+                "login_failures_per_minute_max must be positive".to_string(),
+            ));
+        }
+        if self.authentication_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "authentication_timeout_ms must be at least 100".to_string(),
+            ));
         }
         self.validate_tls()
     }
@@ -856,6 +961,25 @@ impl ListenerSpec {
     }
 }
 
+impl BrokerConfig {
+    /// Whether connections must log in, given the addresses the listeners are bound to: the
+    /// `authentication` setting when there is one; otherwise optional while every listener
+    /// binds to loopback (the quickstart needs no setup) and required as soon as one binds
+    /// beyond it (reachable by others: issue #18).
+    ///
+    /// This is the one place the decision is made. When listeners get a per-listener SASL
+    /// setting (the `sasl_plaintext://` and `sasl_ssl://` schemes), it plugs in here.
+    pub fn authentication_mode(&self, bound: &[SocketAddr]) -> Authentication {
+        match self.authentication {
+            Some(mode) => mode,
+            None if bound.iter().all(|address| address.ip().is_loopback()) => {
+                Authentication::Optional
+            }
+            None => Authentication::Required,
+        }
+    }
+}
+
 fn apply_log(log: &mut LogConfig, file: FileLogConfig) -> Result<(), ConfigError> {
     if let Some(bytes) = file.segment_bytes_max {
         log.segment_bytes_max = bytes;
@@ -1029,6 +1153,34 @@ pub fn topic_config_values(log: &LogConfig) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authentication_is_optional_on_loopback_only_and_required_beyond_unless_set() {
+        let loopback: SocketAddr = "127.0.0.1:7420".parse().expect("address");
+        let ipv6_loopback: SocketAddr = "[::1]:9092".parse().expect("address");
+        let everywhere: SocketAddr = "0.0.0.0:5672".parse().expect("address");
+        let mut config = BrokerConfig::default();
+        assert_eq!(
+            config.authentication_mode(&[loopback, ipv6_loopback]),
+            Authentication::Optional
+        );
+        assert_eq!(
+            config.authentication_mode(&[loopback, everywhere]),
+            Authentication::Required
+        );
+        config.authentication = Some(Authentication::Optional);
+        assert_eq!(
+            config.authentication_mode(&[everywhere]),
+            Authentication::Optional
+        );
+        config.authentication = Some(Authentication::Required);
+        assert_eq!(
+            config.authentication_mode(&[loopback]),
+            Authentication::Required
+        );
+        assert_eq!(Authentication::parse("auto"), Ok(None));
+        assert!(Authentication::parse("sometimes").is_err());
+    }
 
     #[test]
     fn topic_config_values_name_every_key_and_apply_back_unchanged() {

@@ -20,6 +20,7 @@
 
 pub mod acl_ops;
 pub mod alarm;
+pub mod auth_ops;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::acl::store::AclStore;
 use crate::acl::AuthorizerSettings;
+use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::groups::offsets::OffsetStore;
 use crate::groups::GroupCoordinator;
@@ -50,6 +52,8 @@ pub use crate::acl::{
     Access, AclBinding, AclError, AclFilter, Decision, Operation, PatternFilter, PatternType,
     Permission, ResourceType, ANONYMOUS, ANY_PRINCIPAL, CLUSTER_NAME, WILDCARD,
 };
+pub use crate::auth::{AuthError, Principal, ScramServer, ScramStep, UserError, UserInfo};
+pub use crate::config::Authentication;
 pub use crate::groups::classic::{
     ClassicJoin, ClassicMemberSummary, ClassicState, ClassicSummary, Joined,
 };
@@ -75,6 +79,9 @@ pub use crate::streams::topic::{
 };
 pub use crate::streams::{OffsetSpec, StreamError};
 pub use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnState, TxnSummary};
+pub use auth_ops::{
+    AuthPolicy, DefaultGuest, Existing, NewCredential, NewToken, TokenInfo, Transport, GUEST_USER,
+};
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use observe_ops::{
     GroupObserved, Observed, PartitionLag, PartitionObserved, Readiness, LAG_SERIES_MAX,
@@ -122,6 +129,9 @@ pub enum OpenError {
     /// Reading the ACLs failed.
     #[error("cannot open ACLs: {0}")]
     Acls(String),
+    /// Opening the users file failed.
+    #[error("cannot open users: {0}")]
+    Users(String),
     /// Closing storage failed.
     #[error("{0}")]
     Close(String),
@@ -140,6 +150,8 @@ pub struct Broker {
     alarm: alarm::DiskAlarm,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
+    /// Users, failed logins (issue #18).
+    auth: auth_ops::AuthState,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -198,6 +210,10 @@ impl Broker {
             .map_err(|error| OpenError::Queues(error.to_string()))?;
         let acls = acl_ops::open_store(Arc::new(RealFs), &config.data_dir)
             .map_err(|error| OpenError::Acls(error.to_string()))?;
+        let users = Users::open(Arc::new(RealFs), &config.data_dir)
+            .map_err(|error| OpenError::Users(error.to_string()))?;
+        let auth = auth_ops::AuthState::new(users, config.login_failures_per_minute_max)
+            .map_err(OpenError::Users)?;
         let settings = StreamSettings {
             auto_create_topics: if config.auto_create_topics {
                 AutoCreate::On
@@ -223,6 +239,7 @@ impl Broker {
             alarm: alarm::DiskAlarm::new(config.data_dir.clone(), config.disk_free_limit_bytes),
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
+            auth,
         };
         Ok(Opened {
             broker: Arc::new(broker),
@@ -353,6 +370,8 @@ where
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
+    /// Who the caller acts as: anonymous until a login succeeds (issue #18).
+    principal: Mutex<Principal>,
     /// Queue name → consumers started on it by this caller.
     consumers: Mutex<HashMap<String, HashSet<ConsumerId>>>,
 }
@@ -365,6 +384,7 @@ impl Session {
     pub fn new() -> Session {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            principal: Mutex::new(Principal::Anonymous),
             consumers: Mutex::new(HashMap::new()),
         }
     }
@@ -372,6 +392,33 @@ impl Session {
     /// This caller's id (owner of its exclusive queues).
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// Who this caller acts as (what ACL checks will be made against).
+    pub fn principal(&self) -> Principal {
+        self.principal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// True if this caller may make requests under `mode`: it logged in, or authentication
+    /// is optional. Every front end asks this before any request but the login itself.
+    pub fn may_act(&self, mode: Authentication) -> bool {
+        mode == Authentication::Optional
+            || self
+                .principal
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .is_authenticated()
+    }
+
+    /// Records a successful login (only the core's login operations call it).
+    fn set_principal(&self, principal: Principal) {
+        *self
+            .principal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = principal;
     }
 
     fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<ConsumerId>>> {

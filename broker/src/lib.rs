@@ -7,13 +7,15 @@
 //! - [`frontend`]: one folder per protocol (`native` today), a thin translation to the core.
 //! - [`net`]: the accept loop and connection driver every front end shares.
 //! - [`core`]: the protocol-neutral [`core::Broker`] API and its caller context.
-//! - domain: [`txn`] over [`groups`] over [`streams`]; [`queue`] beside them.
+//! - domain: [`txn`] over [`groups`] over [`streams`]; [`queue`] and [`auth`] (users,
+//!   SCRAM, logins) beside them.
 //! - [`append`]: the one append path to partition logs.
 //! - [`storage`]: segments, partitions, group commit, recovery (synchronous, no tokio).
 //! - [`config`]: the configuration, read by `server` and `core`.
 
 pub mod acl;
 pub mod append;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod frontend;

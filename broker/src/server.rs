@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, ListenerKind, ListenerSpec};
-use crate::core::{Broker, OpenError};
+use crate::core::{AuthPolicy, Authentication, Broker, OpenError, Transport};
 use crate::frontend::amqp::Amqp;
 use crate::frontend::http::status::BrokerInfo;
 use crate::frontend::http::Http;
@@ -195,15 +195,58 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     crate::metrics::STARTUP.record_recovery(recovery_started.elapsed());
+    let bound: Vec<SocketAddr> = [Some(local_addr), kafka_addr, amqp_addr, http_addr]
+        .into_iter()
+        .flatten()
+        .collect();
+    let auth = AuthPolicy {
+        mode: config.authentication_mode(&bound),
+        timeout: Duration::from_millis(config.authentication_timeout_ms),
+    };
+    // A `sasl_plaintext://` or `sasl_ssl://` listener requires a login whatever the
+    // broker-wide mode (Kafka's listener security protocols).
+    let listener_auth = |spec: &ListenerSpec| AuthPolicy {
+        mode: if spec.sasl {
+            Authentication::Required
+        } else {
+            auth.mode
+        },
+        ..auth
+    };
+    let any_required = auth.mode == Authentication::Required
+        || config.listeners().iter().any(|(_, spec)| spec.sasl);
     let (broker, background) = opened.start(shutdown_rx.clone());
-    http.set_broker(broker.clone());
+    if any_required && !broker.users_exist() {
+        let _ = shutdown.send(true);
+        let _ = broker.close(background).await;
+        return Err(ServerError::Config(format!(
+            "authentication is required ({}) but no user exists; create one first with \
+             `wharfd user create NAME --data-dir {} --password-stdin`, or set \
+             --authentication optional",
+            match config.authentication {
+                _ if auth.mode != Authentication::Required =>
+                    "a listener's scheme is sasl_plaintext:// or sasl_ssl://",
+                Some(_) => "set by `authentication = \"required\"` or --authentication",
+                None => "a listener binds beyond loopback",
+            },
+            config.data_dir.display()
+        )));
+    }
+    tracing::info!(authentication = auth.mode.name(), "authentication");
+    http.set_broker(broker.clone(), auth);
     let native = Native::new(
         broker.clone(),
         config.frame_bytes_max,
         config.advertised_address.as_deref(),
         local_addr,
+        listener_auth(&config.listen),
     )
-    .map_err(ServerError::Config)?;
+    .map_err(ServerError::Config)?
+    .over(if config.listen.tls {
+        Transport::Tls
+    } else {
+        Transport::Plaintext
+    });
     let kafka = match kafka_listener {
         None => None,
         Some((kafka_listener, kafka_addr)) => Some((
@@ -212,6 +255,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                 config.frame_bytes_max,
                 config.kafka_advertised.as_deref(),
                 kafka_addr,
+                config.kafka_listen.as_ref().map_or(auth, listener_auth),
             )
             .map_err(ServerError::Config)?,
             kafka_listener,
@@ -219,7 +263,12 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     };
     let amqp = amqp_listener.map(|(amqp_listener, _)| {
         (
-            Amqp::new(broker.clone(), config.frame_bytes_max),
+            Amqp::new(
+                broker.clone(),
+                config.frame_bytes_max,
+                auth,
+                config.amqp_default_guest,
+            ),
             amqp_listener,
         )
     });

@@ -34,7 +34,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "core",
         &[
-            "txn", "groups", "streams", "queue", "acl", "append", "storage", "config", "metrics",
+            "txn", "groups", "streams", "queue", "acl", "auth", "append", "storage", "config",
+            "metrics",
         ],
     ),
     ("acl", &["storage", "metrics"]),
@@ -45,6 +46,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("groups", &["streams", "append", "storage", "metrics"]),
     ("streams", &["append", "storage", "config", "metrics"]),
     ("queue", &["append", "storage", "metrics"]),
+    // Users and logins (issue #18): their file goes through storage's checkpoints.
+    ("auth", &["storage", "metrics"]),
     ("append", &["storage", "metrics"]),
     ("config", &["storage"]),
     ("storage", &["metrics"]),
@@ -53,11 +56,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Modules that may use only the protocol crate's storage-format parts.
 const PROTOCOL_NEUTRAL: &[&str] = &[
-    "core", "streams", "groups", "txn", "queue", "acl", "append", "metrics",
+    "core", "streams", "groups", "txn", "queue", "acl", "auth", "append", "metrics",
 ];
 
 /// What protocol-neutral modules may name of `wharf_protocol`.
-const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct"];
+/// `sasl` is the SASL mechanism bytes (SCRAM, PLAIN) and SCRAM's computations: the same
+/// bytes in every protocol that carries them (native, Kafka, AMQP), so the one login rule in
+/// the core parses them; no wire message or wire error code is in it.
+const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct", "sasl"];
 
 /// Calls only the append path (and storage, below it) may make.
 const APPEND_CALLS: &[&str] = &[

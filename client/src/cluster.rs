@@ -341,6 +341,22 @@ from_response! {
     QueueGet => QueueGetResponse,
     ListBindings => ListBindingsResponse,
     MoveMessages => MoveMessagesResponse,
+    ListUsers => ListUsersResponse,
+}
+
+/// One body type answers the user admin apis (issue #18).
+impl FromResponse for UserAdminResponse {
+    fn from_response(response: Response) -> Option<Self> {
+        match response {
+            Response::CreateUser(body)
+            | Response::AlterUserCredentials(body)
+            | Response::DeleteUser(body) => Some(body),
+            _ => None,
+        }
+    }
+    fn top_error(&self) -> (ErrorCode, Option<String>) {
+        (self.error, self.error_message.clone())
+    }
 }
 
 /// One body type answers the stream and group admin apis that carry only an error.
@@ -429,6 +445,7 @@ impl BrokerConnection {
                 in_flight_requests_max: config.in_flight_requests_max,
                 frame_bytes_max: config.frame_bytes_max,
                 tls: config.tls.clone(),
+                credentials: config.credentials.clone(),
             },
             backoff: Backoff::new(config.retry_backoff_base, config.retry_backoff_max),
             bootstrap_timeout: config.bootstrap_timeout,

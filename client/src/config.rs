@@ -59,6 +59,9 @@ pub struct ClientConfig {
     pub frame_bytes_max: u32,
     /// Speak TLS to every broker (default `None`: plaintext), as [`ClientConfig::tls`] sets.
     pub tls: Option<Tls>,
+    /// Who every connection logs in as (SCRAM, right after the handshake); `None`: no
+    /// login, which a broker that requires authentication refuses (issue #18).
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl ClientConfig {
@@ -78,7 +81,15 @@ impl ClientConfig {
             in_flight_requests_max: 64,
             frame_bytes_max: 64 * 1024 * 1024,
             tls: None,
+            credentials: None,
         }
+    }
+
+    /// Sets [`ClientConfig::credentials`].
+    #[must_use]
+    pub fn credentials(mut self, credentials: crate::Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Sets [`ClientConfig::client_id`].

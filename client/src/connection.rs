@@ -57,6 +57,8 @@ pub(crate) struct ConnectionOptions {
     pub(crate) in_flight_requests_max: usize,
     pub(crate) frame_bytes_max: u32,
     pub(crate) tls: Option<Tls>,
+    /// Who to log in as after the handshake (none: anonymous).
+    pub(crate) credentials: Option<crate::auth::Credentials>,
 }
 
 /// A live, handshaken connection.
@@ -527,21 +529,87 @@ impl Drop for Connection {
     }
 }
 
-/// Sends ApiVersions on the bare stream and returns what the broker supports.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// Sends ApiVersions on the bare stream, then logs in if the options carry credentials;
+/// returns what the broker supports.
+async fn handshake<S: BareIo>(
     stream: &mut S,
     address: &str,
     options: &ConnectionOptions,
 ) -> Result<Vec<ApiVersionRange>> {
-    // Over TLS 1.3 a broker that refuses this client's certificate says so only now, after
-    // the client's side of the TLS handshake finished: a TLS error, not an I/O one.
-    let io_error = |source: std::io::Error| tls::io_error(address, source);
     let request = Request::ApiVersions(ApiVersionsRequest {
         client_name: options.client_id.clone(),
     });
-    let correlation_id = 0;
+    let apis = match round_trip(stream, address, options, &request, 0).await? {
+        Response::ApiVersions(response) => {
+            check_code(response.error, response.error_message)?;
+            response.apis
+        }
+        _ => unreachable!("decoded as ApiVersions"),
+    };
+    if let Some(credentials) = &options.credentials {
+        let mut bare = BareStream {
+            stream,
+            address,
+            options,
+            correlation_id: 0,
+        };
+        crate::auth::login(credentials, &mut bare).await?;
+    }
+    Ok(apis)
+}
+
+/// A connection's byte stream before the reader and writer start: TCP, or TLS over it.
+pub(crate) trait BareIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> BareIo for S {}
+
+/// The socket before the reader and writer start, for the login's requests.
+pub(crate) struct BareStream<'a> {
+    stream: &'a mut dyn BareIo,
+    address: &'a str,
+    options: &'a ConnectionOptions,
+    correlation_id: u32,
+}
+
+impl std::fmt::Debug for BareStream<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BareStream")
+            .field("address", &self.address)
+            .field("correlation_id", &self.correlation_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BareStream<'_> {
+    /// Sends `request` and reads its response.
+    pub(crate) async fn call(&mut self, request: Request) -> Result<Response> {
+        self.correlation_id += 1;
+        round_trip(
+            self.stream,
+            self.address,
+            self.options,
+            &request,
+            self.correlation_id,
+        )
+        .await
+    }
+}
+
+/// Sends one request on the bare stream (before the reader and writer start) and reads its
+/// response: the handshake and the login.
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    address: &str,
+    options: &ConnectionOptions,
+    request: &Request,
+    correlation_id: u32,
+) -> Result<Response> {
+    // Over TLS 1.3 a broker that refuses this client's certificate says so only now, after
+    // the client's side of the TLS handshake finished: a TLS error, not an I/O one.
+    let io_error = |source: std::io::Error| tls::io_error(address, source);
     let mut frame = BytesMut::new();
-    encode_request(&request, correlation_id, &mut frame);
+    encode_request(request, correlation_id, &mut frame);
     stream.write_all(&frame).await.map_err(io_error)?;
     stream.flush().await.map_err(io_error)?;
     let mut buffer = BytesMut::with_capacity(4096);
@@ -560,21 +628,14 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     };
-    if frame.header.correlation_id != correlation_id
-        || frame.header.api_key != ApiKey::ApiVersions.code()
-    {
+    let api_key = request.api_key();
+    if frame.header.correlation_id != correlation_id || frame.header.api_key != api_key.code() {
         return Err(Error::Decode(wharf_protocol::DecodeError::InvalidValue {
             field: "handshake response header",
             value: i64::from(frame.header.api_key),
         }));
     }
-    match Response::decode(ApiKey::ApiVersions, frame.body)? {
-        Response::ApiVersions(response) => {
-            check_code(response.error, response.error_message)?;
-            Ok(response.apis)
-        }
-        _ => unreachable!("decoded as ApiVersions"),
-    }
+    Ok(Response::decode(api_key, frame.body)?)
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(

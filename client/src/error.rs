@@ -218,6 +218,12 @@ pub enum Error {
         /// The tag.
         delivery_tag: u64,
     },
+    /// The server's SCRAM messages were malformed or its signature wrong: it does not hold
+    /// the user's credential, so it is not the broker it claims to be.
+    ServerAuthentication {
+        /// What was wrong.
+        reason: String,
+    },
     /// The broker cancelled the subscriber: a delivery stayed unacknowledged past the
     /// queue's ack timeout (`code` `AckTimeout`: its unacknowledged deliveries went back to
     /// the queue), or the queue was deleted (`UnknownQueue`: they went with it).
@@ -345,6 +351,7 @@ impl Error {
             Error::QueueFull { .. } => "queue_full",
             Error::UnknownDeliveryTag { .. } => "unknown_delivery_tag",
             Error::ConsumerCancelled { .. } => "consumer_cancelled",
+            Error::ServerAuthentication { .. } => "server_authentication",
         }
     }
 
@@ -543,6 +550,10 @@ impl fmt::Display for Error {
                 "unknown or already settled delivery tag {delivery_tag} on queue \"{queue}\""
             ),
             Error::ConsumerCancelled { message, .. } => formatter.write_str(message),
+            Error::ServerAuthentication { reason } => write!(
+                formatter,
+                "the server failed scram authentication ({reason}): it does not hold this user's credential"
+            ),
         }
     }
 }

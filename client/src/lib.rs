@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod auth;
 mod backoff;
 mod breaker;
 mod cluster;
@@ -52,6 +53,7 @@ mod publisher;
 mod queue_admin;
 mod subscriber;
 mod tls;
+mod user_admin;
 
 #[cfg(test)]
 mod client_tests;
@@ -64,6 +66,7 @@ pub use admin::{
     Admin, GroupDescription, GroupMemberDescription, GroupSummary, OffsetResetPlan, PartitionLag,
     ResetMode, ResetSpec, TopicConfigValue,
 };
+pub use auth::Credentials;
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use cluster::Client;
@@ -76,6 +79,7 @@ pub use partitioner::{jump_consistent_hash, murmur2, Partitioner};
 pub use producer::{
     DeliveryFuture, Idempotence, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+pub use user_admin::UserDescription;
 
 pub use publisher::{PublishConfirm, Publisher, Routing, DELAY_HEADER, EXPIRATION_HEADER};
 pub use queue_admin::{
@@ -86,4 +90,5 @@ pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 pub use tls::{ClientCertificate, Tls};
 
 pub use wharf_protocol::messages::{Acks, ConfigSource, Isolation, TxnResult};
+pub use wharf_protocol::sasl::ScramMechanism;
 pub use wharf_protocol::{ErrorCode, Header};

@@ -60,11 +60,20 @@ wire_enum! {
         MoveMessages = 42,
         /// Many publishes in one request, one confirm each (issue #15).
         PublishBatch = 43,
+        /// Authentication (issue #18): choose a SASL mechanism, then run it. (44 stays
+        /// reserved for a further queue api.)
+        SaslHandshake = 45,
+        SaslAuthenticate = 46,
+        /// User management (issue #18).
+        CreateUser = 47,
+        AlterUserCredentials = 48,
+        DeleteUser = 49,
+        ListUsers = 50,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 40] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 46] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -105,6 +114,12 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 40] = [
     (ApiKey::ListBindings, 0, 0),
     (ApiKey::MoveMessages, 0, 0),
     (ApiKey::PublishBatch, 0, 0),
+    (ApiKey::SaslHandshake, 0, 0),
+    (ApiKey::SaslAuthenticate, 0, 0),
+    (ApiKey::CreateUser, 0, 0),
+    (ApiKey::AlterUserCredentials, 0, 0),
+    (ApiKey::DeleteUser, 0, 0),
+    (ApiKey::ListUsers, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -273,6 +288,12 @@ api_enums! {
     ListBindings => ListBindingsRequest, ListBindingsResponse;
     MoveMessages => MoveMessagesRequest, MoveMessagesResponse;
     PublishBatch => PublishBatchRequest, PublishBatchResponse;
+    SaslHandshake => SaslHandshakeRequest, SaslHandshakeResponse;
+    SaslAuthenticate => SaslAuthenticateRequest, SaslAuthenticateResponse;
+    CreateUser => UserCredentialsRequest, UserAdminResponse;
+    AlterUserCredentials => UserCredentialsRequest, UserAdminResponse;
+    DeleteUser => DeleteUserRequest, UserAdminResponse;
+    ListUsers => ListUsersRequest, ListUsersResponse;
 }
 
 /// Appends a whole request frame.

@@ -89,6 +89,22 @@ crate::wire_enum! {
         /// The group has active members; the operation needs it empty (Kafka's
         /// GROUP_NOT_EMPTY).
         GroupNotEmpty = 37,
+        /// Authentication is required on this listener and the connection has not logged in
+        /// (SaslHandshake, SaslAuthenticate; issue #18).
+        AuthenticationRequired = 38,
+        /// The login failed: unknown user, wrong password or proof, malformed SASL message,
+        /// or too many failed logins from this address (the message says which).
+        AuthenticationFailed = 39,
+        /// The SASL mechanism is not offered (or not over this transport: PLAIN needs TLS).
+        UnsupportedSaslMechanism = 40,
+        /// A SASL request out of order (SaslAuthenticate before SaslHandshake, after the end).
+        IllegalSaslState = 41,
+        /// The user does not exist.
+        UnknownUser = 42,
+        /// A user of that name already exists.
+        UserAlreadyExists = 43,
+        /// A user name or credential outside the accepted bounds.
+        InvalidCredential = 44,
     }
 }
 
@@ -152,6 +168,13 @@ impl ErrorCode {
             ErrorCode::UnknownDeliveryTag => "unknown or already settled delivery tag",
             ErrorCode::AckTimeout => "delivery not acknowledged within the ack timeout",
             ErrorCode::GroupNotEmpty => "the group has active members",
+            ErrorCode::AuthenticationRequired => "authentication required",
+            ErrorCode::AuthenticationFailed => "authentication failed",
+            ErrorCode::UnsupportedSaslMechanism => "unsupported sasl mechanism",
+            ErrorCode::IllegalSaslState => "sasl request out of order",
+            ErrorCode::UnknownUser => "unknown user",
+            ErrorCode::UserAlreadyExists => "user already exists",
+            ErrorCode::InvalidCredential => "invalid user name or credential",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod error_code;
 pub mod frame;
 pub mod messages;
+pub mod sasl;
 pub mod varint;
 pub mod wire;
 

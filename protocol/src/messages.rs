@@ -1127,3 +1127,104 @@ wire_struct! {
         pub moved: u64,
     }
 }
+
+wire_struct! {
+    /// Chooses the SASL mechanism of the SaslAuthenticates that follow (issue #18):
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512`, or `PLAIN` (over TLS only).
+    pub struct SaslHandshakeRequest {
+        pub mechanism: String,
+    }
+}
+
+wire_struct! {
+    /// The mechanisms the listener offers; an error if the chosen one is not among them.
+    pub struct SaslHandshakeResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub mechanisms: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// One SASL message of the chosen mechanism (SCRAM: client-first, then client-final;
+    /// PLAIN: the one message).
+    pub struct SaslAuthenticateRequest {
+        pub auth_bytes: Bytes,
+    }
+}
+
+wire_struct! {
+    /// The server's SASL message (SCRAM: server-first, then server-final; PLAIN: empty).
+    pub struct SaslAuthenticateResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub auth_bytes: Bytes,
+    }
+}
+
+wire_struct! {
+    /// A SCRAM credential as the client salted it (Kafka's AlterUserScramCredentials shape):
+    /// the password itself never travels.
+    pub struct ScramCredentialUpsert {
+        /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+        pub mechanism: String,
+        pub iterations: u32,
+        pub salt: Bytes,
+        /// `Hi(password, salt, iterations)`.
+        pub salted_password: Bytes,
+    }
+}
+
+wire_struct! {
+    /// CreateUser (fails if the user exists) and AlterUserCredentials (fails if not): sets
+    /// the listed credentials; the user's other mechanisms are left as they are.
+    pub struct UserCredentialsRequest {
+        pub name: String,
+        pub credentials: Vec<ScramCredentialUpsert>,
+    }
+}
+
+wire_struct! {
+    /// Deletes a user and all its credentials.
+    pub struct DeleteUserRequest {
+        pub name: String,
+    }
+}
+
+wire_struct! {
+    /// Lists every user.
+    pub struct ListUsersRequest {}
+}
+
+wire_struct! {
+    /// An answer that carries only the error (user admin).
+    pub struct UserAdminResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// One user's credential: never a key.
+    pub struct UserCredentialInfo {
+        pub mechanism: String,
+        pub iterations: u32,
+    }
+}
+
+wire_struct! {
+    /// One user.
+    pub struct UserListing {
+        pub name: String,
+        pub credentials: Vec<UserCredentialInfo>,
+    }
+}
+
+wire_struct! {
+    /// Every user, by name.
+    pub struct ListUsersResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub users: Vec<UserListing>,
+    }
+}

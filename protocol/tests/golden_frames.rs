@@ -24,6 +24,9 @@ use wharf_protocol::messages::{
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
     ResetTo, TopicConfigEntry,
 };
+use wharf_protocol::messages::{
+    SaslAuthenticateResponse, SaslHandshakeRequest, ScramCredentialUpsert, UserCredentialsRequest,
+};
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 /// Encodes `request` as a frame and compares it with `golden`; then splits `golden` into a
@@ -803,4 +806,81 @@ fn golden_move_messages_response() {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, // moved u64 = 5
     ];
     check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_sasl_handshake_request_and_authenticate_response() {
+    let request = Request::SaslHandshake(SaslHandshakeRequest {
+        mechanism: "SCRAM-SHA-256".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x17, // @0  length u32 = 23 (8 header bytes + 15 body bytes)
+        0x00, 0x2d,             // @4  api_key u16 = 45 (SaslHandshake)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x01, // @8  correlation_id u32 = 1
+        // ---- SaslHandshakeRequest body, 15 bytes ----
+        0x00, 0x0d,             //     mechanism string: u16 length = 13
+        b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'2', b'5', b'6',
+    ];
+    check_request(&request, 1, &golden);
+
+    let response = Response::SaslAuthenticate(SaslAuthenticateResponse {
+        error: ErrorCode::AuthenticationFailed,
+        error_message: Some("no".to_string()),
+        auth_bytes: Bytes::from_static(b"v=x"),
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::SaslAuthenticate.code(),
+        api_version: 0,
+        correlation_id: 2,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x15, // @0  length u32 = 21 (8 header bytes + 13 body bytes)
+        0x00, 0x2e,             // @4  api_key u16 = 46 (SaslAuthenticate), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x02, // @8  correlation_id u32 = 2, echoed
+        // ---- SaslAuthenticateResponse body, 13 bytes ----
+        0x00, 0x27,             //     error u16 = 39 (AuthenticationFailed)
+        0x00, 0x02, b'n', b'o', //     error_message nullable string = "no"
+        0x00, 0x00, 0x00, 0x03, //     auth_bytes bytes: i32 length = 3
+        b'v', b'=', b'x',       //     the SASL message
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_create_user_request() {
+    let request = Request::CreateUser(UserCredentialsRequest {
+        name: "al".to_string(),
+        credentials: vec![ScramCredentialUpsert {
+            mechanism: "SCRAM-SHA-512".to_string(),
+            iterations: 4096,
+            salt: Bytes::from_static(&[0xaa, 0xbb]),
+            salted_password: Bytes::from_static(&[0x01]),
+        }],
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x2e, // @0  length u32 = 46 (8 header bytes + 38 body bytes)
+        0x00, 0x2f,             // @4  api_key u16 = 47 (CreateUser)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x03, // @8  correlation_id u32 = 3
+        // ---- UserCredentialsRequest body, 38 bytes ----
+        0x00, 0x02, b'a', b'l', //     name string = "al"
+        0x00, 0x00, 0x00, 0x01, //     credentials array: count = 1
+        //   -- ScramCredentialUpsert --
+        0x00, 0x0d,             //       mechanism string: u16 length = 13
+        b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'5', b'1', b'2',
+        0x00, 0x00, 0x10, 0x00, //       iterations u32 = 4096
+        0x00, 0x00, 0x00, 0x02, //       salt bytes: i32 length = 2
+        0xaa, 0xbb,             //       the salt
+        0x00, 0x00, 0x00, 0x01, //       salted_password bytes: i32 length = 1
+        0x01,                   //       Hi(password, salt, iterations) (1 byte here)
+    ];
+    check_request(&request, 3, &golden);
 }

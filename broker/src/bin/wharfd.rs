@@ -2,12 +2,16 @@
 //!
 //! `wharfd [--data-dir DIR] [--listen [SCHEME://]HOST:PORT] [--kafka-listen ...|off]
 //!        [--amqp-listen ...|off] [--http-listen ...|off] [--tls-cert FILE --tls-key FILE
-//!        [--tls-client-ca FILE]] [--config FILE]`; flags override the file. Prints
-//! `wharfd listening on ADDR` on stdout once it accepts connections, then one `<front end>
-//! listening on ADDR` line per other listener that is on, in this order: `kafka listening
-//! on ADDR`, `amqp listening on ADDR`, `http listening on ADDR` (ADDR is the bound
-//! `HOST:PORT`, without the scheme, whether the listener speaks TLS or not); shuts down
-//! cleanly on SIGINT or SIGTERM, and reloads the TLS certificate on SIGHUP.
+//!        [--tls-client-ca FILE]] [--authentication MODE] [--config FILE]`; flags override
+//! the file. Prints `wharfd listening on ADDR` on stdout once it accepts connections, then
+//! one `<front end> listening on ADDR` line per other listener that is on, in this order:
+//! `kafka listening on ADDR`, `amqp listening on ADDR`, `http listening on ADDR` (ADDR is
+//! the bound `HOST:PORT`, without the scheme, whether the listener speaks TLS or not);
+//! shuts down cleanly on SIGINT or SIGTERM, and reloads the TLS certificate on SIGHUP.
+//!
+//! `wharfd user create NAME --data-dir DIR --password-stdin [--mechanism M]` creates a user
+//! in a data directory no broker is running on (the first user, before any listener
+//! requires authentication; issue #18).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,8 +23,14 @@ use clap::Parser;
 /// buffers freed on another, which glibc's arenas serialize with a lock.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use wharf_broker::config::{listener_setting, BrokerConfig, ListenerKind, ListenerSpec};
+use wharf_broker::auth::Users;
+use wharf_broker::config::{
+    listener_setting, Authentication, BrokerConfig, ListenerKind, ListenerSpec,
+};
+use wharf_broker::core::auth_ops::set_credentials_blocking;
+use wharf_broker::core::{Existing, NewCredential};
 use wharf_broker::server;
+use wharf_protocol::sasl::ScramMechanism;
 
 /// The Wharf message broker.
 #[derive(Debug, Parser)]
@@ -60,10 +70,95 @@ struct Args {
     /// TOML configuration file for everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Whether connections must log in: `required`, `optional`, or `auto` (the default:
+    /// optional while every listener binds to loopback, required otherwise).
+    #[arg(long, value_name = "required|optional|auto")]
+    authentication: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Users of a stopped broker's data directory.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UserCommand {
+    /// Creates a user (refused while a broker runs on the directory: use `wharf user create`).
+    Create {
+        /// The user name.
+        name: String,
+        /// The broker's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Only this mechanism's credential (default: both SCRAM-SHA-256 and SCRAM-SHA-512).
+        #[arg(long, value_name = "SCRAM-SHA-256|SCRAM-SHA-512")]
+        mechanism: Option<String>,
+    },
+}
+
+/// `wharfd user create`: salts and stores the password's SCRAM credentials under the data
+/// directory's lock.
+fn user_command(command: UserCommand) -> ExitCode {
+    let UserCommand::Create {
+        name,
+        data_dir,
+        password_stdin: _,
+        mechanism,
+    } = command;
+    let mechanisms = match mechanism.as_deref() {
+        None => ScramMechanism::ALL.to_vec(),
+        Some(text) => match ScramMechanism::from_name(text) {
+            Some(mechanism) => vec![mechanism],
+            None => {
+                eprintln!("error: mechanism {text:?} is not SCRAM-SHA-256 or SCRAM-SHA-512");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut password = String::new();
+    if let Err(error) = std::io::stdin().read_line(&mut password) {
+        eprintln!("error: cannot read the password from standard input: {error}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\n', '\r']).to_string();
+    let fs: std::sync::Arc<dyn wharf_broker::storage::Fs> =
+        std::sync::Arc::new(wharf_broker::storage::RealFs);
+    let (users, _lock) = match Users::open_offline(fs, &data_dir) {
+        Ok(opened) => opened,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let credentials = mechanisms
+        .iter()
+        .map(|mechanism| (*mechanism, NewCredential::Password(password.clone())))
+        .collect();
+    match set_credentials_blocking(&users, &name, Existing::MustNotExist, credentials) {
+        Ok(()) => {
+            let names: Vec<&str> = mechanisms
+                .iter()
+                .map(|mechanism| mechanism.name())
+                .collect();
+            println!("created user {name} ({})", names.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
@@ -72,6 +167,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::User(command)) = args.command.take() {
+        return user_command(command);
+    }
     let mut config = match &args.config {
         Some(path) => match BrokerConfig::from_file(path) {
             Ok(config) => config,
@@ -108,7 +206,7 @@ fn main() -> ExitCode {
 /// Applies the flags over the file's settings.
 ///
 /// # Errors
-/// A listener setting that does not parse, naming its flag.
+/// A listener setting that does not parse, naming its flag; an unknown `--authentication`.
 fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     let flag_error = |kind: ListenerKind| move |error| format!("{} {error}", kind.flag());
     if let Some(dir) = args.data_dir {
@@ -147,6 +245,9 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     }
     if let Some(path) = args.tls_client_ca {
         config.tls.client_ca = Some(path);
+    }
+    if let Some(mode) = args.authentication {
+        config.authentication = Authentication::parse(&mode)?;
     }
     Ok(())
 }

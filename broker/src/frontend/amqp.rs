@@ -33,7 +33,7 @@ use amq_protocol::protocol::{connection, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::core::{Broker, Session};
+use crate::core::{AuthPolicy, Authentication, Broker, DefaultGuest, Session};
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
 mod error_code;
@@ -71,14 +71,36 @@ pub struct Amqp {
     /// Largest message body accepted (the native frame limit, so a message published here
     /// can be delivered through every front end).
     body_bytes_max: u32,
+    /// How long a connection may take to log in (AMQP always needs a login, so the timeout
+    /// applies whatever the authentication setting).
+    auth: AuthPolicy,
+    /// Whether RabbitMQ's default `guest`/`guest` login works (from loopback, while no user
+    /// exists).
+    default_guest: DefaultGuest,
 }
 
 impl Amqp {
-    /// The front end over `broker`; bodies above `body_bytes_max` are refused.
-    pub fn new(broker: Arc<Broker>, body_bytes_max: u32) -> Amqp {
+    /// The front end over `broker`; bodies above `body_bytes_max` are refused; `auth` gives
+    /// the login timeout; `default_guest` keeps RabbitMQ's default login (`guest`/`guest`
+    /// from loopback while no user exists).
+    pub fn new(
+        broker: Arc<Broker>,
+        body_bytes_max: u32,
+        auth: AuthPolicy,
+        default_guest: bool,
+    ) -> Amqp {
         Amqp {
             broker,
             body_bytes_max,
+            auth: AuthPolicy {
+                mode: Authentication::Required,
+                timeout: auth.timeout,
+            },
+            default_guest: if default_guest {
+                DefaultGuest::LoopbackOnly
+            } else {
+                DefaultGuest::Off
+            },
         }
     }
 }
@@ -124,6 +146,7 @@ pub(crate) struct Shared {
     pub(crate) session: Arc<Session>,
     pub(crate) peer: SocketAddr,
     pub(crate) body_bytes_max: u32,
+    pub(crate) default_guest: DefaultGuest,
     /// Into the sequencer (replies, confirms).
     out: mpsc::Sender<Output>,
     /// Straight into the connection's writer (deliveries, heartbeats).
@@ -242,6 +265,7 @@ impl Protocol for Amqp {
                 session: Arc::new(Session::new()),
                 peer,
                 body_bytes_max: self.body_bytes_max,
+                default_guest: self.default_guest,
                 out,
                 push,
                 header_seen: AtomicBool::new(false),
@@ -288,8 +312,13 @@ impl Protocol for Amqp {
 
     fn until_closed<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {
         let mut closed = connection.shared.closed.subscribe();
+        let shared = &connection.shared;
+        let opened = tokio::time::Instant::from_std(shared.started);
         Box::pin(async move {
-            let _ = closed.wait_for(|closed| *closed).await;
+            tokio::select! {
+                _ = closed.wait_for(|closed| *closed) => {}
+                () = self.auth.until_timed_out(&shared.session, shared.peer, opened) => {}
+            }
         })
     }
 

@@ -19,6 +19,8 @@
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
+//! | `/api/v1/tokens` (create, list), `/api/v1/tokens/{id}` (revoke) | [`tokens`]: bearer tokens |
+//! | every route | [`auth`]: Basic and Bearer credentials, 401 |
 //!
 //! Limits: at most `connections_max` connections (the broker's, shared setting), request
 //! bodies of at most [`BODY_BYTES_MAX`], and [`REQUEST_TIMEOUT`] per request.
@@ -29,6 +31,7 @@
 
 pub mod acls;
 pub mod admin;
+pub mod auth;
 pub mod console;
 pub mod error;
 pub mod exchanges;
@@ -38,6 +41,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod status;
 pub mod stream;
+pub mod tokens;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -51,7 +55,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::core::{Broker, Session};
+use crate::core::{AuthPolicy, Broker, Session};
 use crate::net::listener::{CappedListener, CappedStream};
 use crate::net::tls::{Tls, TlsIncoming};
 use error::ApiError;
@@ -68,8 +72,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Http {
     broker: OnceLock<Arc<Broker>>,
-    /// The caller the admin API acts as (no authentication yet: issue #17 leaves it to the
-    /// TLS and users work).
+    /// Whether requests must carry credentials; set with the core.
+    auth: OnceLock<AuthPolicy>,
+    /// The caller the admin API acts as (each request's principal is checked by
+    /// [`auth::authenticate`] and travels as a request extension).
     session: Session,
     /// Turns true on shutdown: streams end.
     shutdown: watch::Receiver<bool>,
@@ -82,14 +88,17 @@ impl Http {
     pub fn new(shutdown: watch::Receiver<bool>, info: status::BrokerInfo) -> Arc<Http> {
         Arc::new(Http {
             broker: OnceLock::new(),
+            auth: OnceLock::new(),
             session: Session::new(),
             shutdown,
             info,
         })
     }
 
-    /// Hands over the recovered core; from now on the front end is ready.
-    pub fn set_broker(&self, broker: Arc<Broker>) {
+    /// Hands over the recovered core and the authentication policy; from now on the front
+    /// end is ready.
+    pub fn set_broker(&self, broker: Arc<Broker>, auth: AuthPolicy) {
+        let _ = self.auth.set(auth);
         let _ = self.broker.set(broker);
     }
 
@@ -134,6 +143,10 @@ pub fn router(http: Arc<Http>) -> Router {
         )
         .merge(api)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            http.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(time_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(http)
@@ -154,15 +167,16 @@ pub async fn serve(
             }
         }
     };
+    let app = router(http).into_make_service_with_connect_info::<PeerAddr>();
     let served = match tls {
         None => {
-            axum::serve(Capped(listener), router(http))
+            axum::serve(Capped(listener), app)
                 .with_graceful_shutdown(stop)
                 .await
         }
         Some(tls) => match TlsIncoming::start(listener, tls) {
             Ok(incoming) => {
-                axum::serve(CappedTls(incoming), router(http))
+                axum::serve(CappedTls(incoming), app)
                     .with_graceful_shutdown(stop)
                     .await
             }
@@ -171,6 +185,24 @@ pub async fn serve(
     };
     if let Err(error) = served {
         tracing::warn!(%error, "http listener stopped");
+    }
+}
+
+/// The client's address, for the failed-login limit and logs ([`auth`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CappedTls>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CappedTls>) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
     }
 }
 

@@ -15,11 +15,12 @@ pub mod admin;
 pub mod error_code;
 pub mod groups;
 pub mod handlers;
+pub mod sasl;
 pub mod txn;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -30,7 +31,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::mpsc;
 
 use crate::config::parse_host_port;
-use crate::core::{Broker, Session};
+use crate::core::{AuthPolicy, Broker, Session};
 use crate::metrics;
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
@@ -87,6 +88,20 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // Authentication (issue #18): v1 only (v0 frames the SASL tokens without Kafka headers).
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
+];
+
+/// What a connection may send before it has logged in when authentication is required:
+/// version negotiation and the login. Anything else closes the connection, as Kafka's SASL
+/// authenticator does (the client reports the broker closed it during authentication).
+const BEFORE_LOGIN: [ApiKey; 3] = [
+    ApiKey::ApiVersions,
+    ApiKey::SaslHandshake,
+    ApiKey::SaslAuthenticate,
 ];
 
 /// Room reserved for a response's fields besides its record batches.
@@ -110,6 +125,8 @@ pub struct Kafka {
     frame_bytes_max: u32,
     /// What metadata answers tell clients to connect to.
     advertised: (String, u16),
+    /// Whether connections must log in (issue #18).
+    auth: AuthPolicy,
 }
 
 impl Kafka {
@@ -124,6 +141,7 @@ impl Kafka {
         frame_bytes_max: u32,
         advertised_address: Option<&str>,
         local_addr: SocketAddr,
+        auth: AuthPolicy,
     ) -> Result<Kafka, String> {
         let advertised = match advertised_address {
             Some(address) => {
@@ -140,14 +158,19 @@ impl Kafka {
             broker,
             frame_bytes_max,
             advertised,
+            auth,
         })
     }
 }
 
-/// What a Kafka connection's requests share: its core session.
+/// What a Kafka connection's requests share: its core session and its SASL exchange.
 #[derive(Debug)]
 pub struct KafkaConnection {
     session: Arc<Session>,
+    peer: SocketAddr,
+    opened: tokio::time::Instant,
+    /// Only the ordered phase touches it, one request at a time: never contended.
+    sasl: Mutex<sasl::SaslState>,
 }
 
 /// A decoded Kafka request with what its response needs.
@@ -177,16 +200,26 @@ impl Protocol for Kafka {
     type Request = KafkaRequest;
     type Connection = KafkaConnection;
 
-    fn open(&self, _push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> KafkaConnection {
+    fn open(&self, _push: mpsc::Sender<BytesMut>, peer: std::net::SocketAddr) -> KafkaConnection {
         metrics::KAFKA.connection_opened();
         KafkaConnection {
             session: Arc::new(Session::new()),
+            peer,
+            opened: tokio::time::Instant::now(),
+            sasl: Mutex::new(sasl::SaslState::Start),
         }
+    }
+
+    fn until_closed<'a>(&'a self, connection: &'a KafkaConnection) -> BoxFuture<'a, ()> {
+        Box::pin(
+            self.auth
+                .until_timed_out(&connection.session, connection.peer, connection.opened),
+        )
     }
 
     fn decode(
         &self,
-        _connection: &KafkaConnection,
+        connection: &KafkaConnection,
         buffer: &mut BytesMut,
     ) -> Result<Option<KafkaRequest>, Fatal> {
         if buffer.len() < SIZE_BYTES {
@@ -213,7 +246,14 @@ impl Protocol for Kafka {
         }
         buffer.advance(SIZE_BYTES);
         let frame = buffer.split_to(size).freeze();
-        decode_request(frame).map(Some)
+        let request = decode_request(frame)?;
+        if !BEFORE_LOGIN.contains(&request.api_key) && !connection.session.may_act(self.auth.mode) {
+            return Err(fatal(format!(
+                "{:?} request before authentication on a listener that requires it",
+                request.api_key
+            )));
+        }
+        Ok(Some(request))
     }
 
     // The ordered phase yields the completion on purpose: the connection awaits the first

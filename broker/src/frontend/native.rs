@@ -9,10 +9,11 @@
 //! what cannot be decoded.
 
 pub mod error_code;
+pub mod sasl;
 pub mod translate;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use tokio::sync::mpsc;
@@ -25,7 +26,7 @@ use wharf_protocol::wire::Wire;
 use wharf_protocol::{DecodeError, ErrorCode, Request, Response};
 
 use crate::config::parse_host_port;
-use crate::core::{Broker, Session};
+use crate::core::{AuthPolicy, Broker, Session, Transport};
 use crate::metrics;
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
@@ -41,6 +42,11 @@ pub struct Native {
     frame_bytes_max: u32,
     /// What metadata answers tell clients to connect to.
     advertised: BrokerInfo,
+    /// Whether connections must log in (issue #18).
+    auth: AuthPolicy,
+    /// Whether this listener's connections are TLS, for the mechanism rules (PLAIN only
+    /// over TLS): [`Native::over`] sets it for an `ssl://` or `sasl_ssl://` listener.
+    transport: Transport,
 }
 
 impl Native {
@@ -55,6 +61,7 @@ impl Native {
         frame_bytes_max: u32,
         advertised_address: Option<&str>,
         local_addr: SocketAddr,
+        auth: AuthPolicy,
     ) -> Result<Native, String> {
         let (host, port) = match advertised_address {
             Some(address) => parse_host_port(address)?,
@@ -73,7 +80,14 @@ impl Native {
                 host,
                 port,
             },
+            auth,
+            transport: Transport::Plaintext,
         })
+    }
+
+    /// The same front end on a listener whose connections use `transport`.
+    pub fn over(self, transport: Transport) -> Native {
+        Native { transport, ..self }
     }
 }
 
@@ -83,6 +97,10 @@ impl Native {
 pub struct NativeConnection {
     session: Arc<Session>,
     push: mpsc::Sender<BytesMut>,
+    peer: SocketAddr,
+    opened: tokio::time::Instant,
+    /// Only the ordered phase touches it, one request at a time: never contended.
+    sasl: Mutex<sasl::SaslState>,
 }
 
 /// A decoded native request with its frame header (for the response's correlation id).
@@ -96,12 +114,22 @@ impl Protocol for Native {
     type Request = NativeRequest;
     type Connection = NativeConnection;
 
-    fn open(&self, push: mpsc::Sender<BytesMut>, _peer: std::net::SocketAddr) -> NativeConnection {
+    fn open(&self, push: mpsc::Sender<BytesMut>, peer: std::net::SocketAddr) -> NativeConnection {
         metrics::NATIVE.connection_opened();
         NativeConnection {
             session: Arc::new(Session::new()),
             push,
+            peer,
+            opened: tokio::time::Instant::now(),
+            sasl: Mutex::new(sasl::SaslState::Start),
         }
+    }
+
+    fn until_closed<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
+        Box::pin(
+            self.auth
+                .until_timed_out(&connection.session, connection.peer, connection.opened),
+        )
     }
 
     fn decode(

@@ -61,6 +61,8 @@ mod subscribe;
 mod table;
 #[path = "wharf/template.rs"]
 mod template;
+#[path = "wharf/user.rs"]
+mod user;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -106,6 +108,17 @@ pub struct Cli {
     /// PEM private key of --cert.
     #[arg(long, value_name = "FILE", global = true, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Log in as this user (SCRAM); the password comes from WHARF_PASSWORD, else from the
+    /// first line of standard input with --password-stdin.
+    #[arg(long, env = "WHARF_USER", global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Read a password from the first line of standard input: the new one for `wharf user
+    /// create|passwd`, the login's (with --user, when WHARF_PASSWORD is unset) otherwise.
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+    /// The login's SCRAM mechanism.
+    #[arg(long, env = "WHARF_SASL_MECHANISM", global = true, default_value = "SCRAM-SHA-256", value_parser = user::parse_mechanism, value_name = "SCRAM-SHA-256|SCRAM-SHA-512")]
+    pub sasl_mechanism: wharf_client::ScramMechanism,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -153,6 +166,12 @@ pub enum Command {
         /// The workload.
         #[command(subcommand)]
         command: perf::PerfCommand,
+    },
+    /// Create, list, delete users or change their passwords.
+    User {
+        /// The user command.
+        #[command(subcommand)]
+        command: user::UserCommand,
     },
 }
 
@@ -764,7 +783,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if cli.tls {
         config = config.tls(tls_settings(&cli)?);
     }
-    let client = Client::connect(config.clone()).await?;
+    if let Some(name) = &cli.user {
+        config = config.credentials(login_credentials(name, &cli)?);
+    }
+    let client = Client::connect(config).await?;
     match cli.command {
         Command::Topic { command } => admin::topic(&client, command, cli.json).await,
         Command::Group { command } => admin::group(&client, command, cli.json).await,
@@ -774,8 +796,40 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Queue { command } => queue::queue(&client, command, cli.json).await,
         Command::Publish(args) => publish::run(&client, args, cli.json).await,
         Command::Subscribe(args) => subscribe::run(&client, args, cli.json).await,
-        Command::Perf { command } => perf::run(&client, &config, command).await,
+        Command::Perf { command } => perf::run(&client, command).await,
+        Command::User { command } => {
+            user::run(&client, command, cli.password_stdin, cli.json).await
+        }
     }
+}
+
+/// The login password: `WHARF_PASSWORD`, else the first line of standard input when
+/// `--password-stdin` belongs to the login (not to `wharf user create|passwd`, whose
+/// `--password-stdin` is the new password).
+fn login_credentials(name: &str, cli: &Cli) -> Result<wharf_client::Credentials, CliError> {
+    let password = match std::env::var("WHARF_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => match &cli.command {
+            Command::User { command } if user::reads_new_password(command) => {
+                return Err(CliError::BadInput {
+                    line_number: 1,
+                    reason: "standard input holds the new password: give the login's password in WHARF_PASSWORD".to_string(),
+                })
+            }
+            _ if cli.password_stdin => user::read_password()?,
+            _ => {
+                return Err(CliError::BadInput {
+                    line_number: 1,
+                    reason: format!("--user {name} needs a password: set WHARF_PASSWORD or pass --password-stdin"),
+                })
+            }
+        },
+    };
+    Ok(wharf_client::Credentials::new(
+        name,
+        password,
+        cli.sasl_mechanism,
+    ))
 }
 
 /// The TLS settings of `--ca`, `--cert` and `--key`, read from their files.

@@ -24,7 +24,8 @@ use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
 };
 use crate::core::{
-    AckScope, ConsumerEvent, ConsumerId, DeliveryTag, Durability, GetMode, QueueError, Requeue,
+    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeliveryTag, Durability, GetMode,
+    QueueError, Requeue,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -293,7 +294,7 @@ async fn connection_method(
     };
     match (phase, method) {
         (Phase::StartSent, connection::AMQPMethod::StartOk(start_ok)) => {
-            login(shared, &start_ok)?;
+            login(shared, &start_ok).await?;
             let takes_blocked = takes_blocked(&start_ok.client_properties);
             {
                 let mut state = shared.state();
@@ -390,8 +391,6 @@ async fn connection_method(
     }
 }
 
-/// Checks connection.start-ok's credentials: the default `guest`/`guest` user, from a
-/// loopback address only (as RabbitMQ's `loopback_users`).
 /// True if the client's `capabilities` table has `connection.blocked` set.
 fn takes_blocked(client_properties: &FieldTable) -> bool {
     let Some(AMQPValue::FieldTable(capabilities)) = client_properties.inner().get("capabilities")
@@ -435,7 +434,12 @@ async fn tell_blocked(shared: &Arc<Shared>, blocked: bool) {
         .await;
 }
 
-fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Reply> {
+/// Checks connection.start-ok's credentials against the broker's users (the core's PLAIN
+/// login: the same users and failure limit as every protocol). RabbitMQ's default
+/// `guest`/`guest` works from a loopback address while no user exists, unless
+/// `amqp_default_guest = false`. A refusal is 403 ACCESS_REFUSED on connection.close
+/// (authentication_failure_close), which clients report as an authentication error.
+async fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Reply> {
     let mechanism = start_ok.mechanism.as_str();
     let credentials = match mechanism {
         "PLAIN" => plain_credentials(start_ok.response.as_bytes()),
@@ -448,38 +452,35 @@ fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Reply> {
             .on(10, 11))
         }
     };
-    let refused = || {
+    let refused = |reason: &str| {
         Reply::new(
             error_code::ACCESS_REFUSED,
             format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                "Login was refused using authentication mechanism {mechanism}: {reason}. For details see the broker logfile."
             ),
         )
         .on(10, 11)
     };
     let Some((user, password)) = credentials else {
-        return Err(refused());
+        tracing::info!(peer = %shared.peer, mechanism, "AMQP login refused: malformed credentials");
+        return Err(refused("malformed credentials"));
     };
-    if user != "guest" || password != "guest" {
-        tracing::info!(peer = %shared.peer, user, "AMQP login refused: unknown user or wrong password");
-        return Err(refused());
-    }
-    if !shared.peer.ip().is_loopback() {
-        tracing::info!(peer = %shared.peer, "AMQP login refused: user 'guest' can only connect via localhost");
-        return Err(refused());
-    }
-    Ok(())
+    let guest = if shared.broker.users_exist() {
+        DefaultGuest::Off
+    } else {
+        shared.default_guest
+    };
+    shared
+        .broker
+        .login_plain(&shared.session, &user, &password, shared.peer, guest)
+        .await
+        .map(|_| ())
+        .map_err(|error| refused(&error.to_string()))
 }
 
 fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
-    let mut parts = response.split(|byte| *byte == 0);
-    let _authzid = parts.next()?;
-    let user = parts.next()?;
-    let password = parts.next()?;
-    Some((
-        String::from_utf8(user.to_vec()).ok()?,
-        String::from_utf8(password.to_vec()).ok()?,
-    ))
+    let plain = wharf_protocol::sasl::parse_plain(response).ok()?;
+    Some((plain.user, plain.password))
 }
 
 fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {

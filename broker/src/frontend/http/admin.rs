@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .merge(super::exchanges::routes())
         .merge(super::status::routes())
         .merge(super::group_stream::routes())
+        .merge(super::tokens::routes())
 }
 
 /// A topic in a listing.

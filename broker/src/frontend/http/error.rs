@@ -13,7 +13,9 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::{AclError, GroupAdminError, GroupError, QueueError, StreamError, TopicError};
+use crate::core::{
+    AclError, GroupAdminError, GroupError, QueueError, StreamError, TopicError, UserError,
+};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,11 @@ impl ApiError {
     /// 404: no such thing.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 401: no valid credentials (with the challenge added by the authentication layer).
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
     /// 503 while the core recovers.
@@ -151,6 +158,27 @@ impl From<AclError> for ApiError {
         match error {
             AclError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_acl", message),
             AclError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(error: UserError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            UserError::NotFound { .. } => ApiError::not_found(message),
+            UserError::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            UserError::TooMany { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "too_many", message)
+            }
+            UserError::InvalidName { .. } | UserError::InvalidCredential { .. } => {
+                ApiError::bad_request(message)
+            }
+            UserError::Locked { .. } | UserError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
         }

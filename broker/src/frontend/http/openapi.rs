@@ -28,6 +28,7 @@ use crate::frontend::http::stream::{HeaderDoc, StreamRecordDoc};
         (name = "exchanges", description = "Exchanges and bindings; publish with confirms"),
         (name = "records", description = "Produce records; SSE and WebSocket streams of a partition"),
         (name = "acls", description = "Access control lists: add, list and remove (the same ACLs as Kafka's CreateAcls and wharf acl)"),
+        (name = "security", description = "Bearer tokens of the logged-in user (docs/SECURITY.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -94,6 +95,9 @@ mod tests {
             ("/api/v1/acls", "get"),
             ("/api/v1/acls", "post"),
             ("/api/v1/acls", "delete"),
+            ("/api/v1/tokens", "get"),
+            ("/api/v1/tokens", "post"),
+            ("/api/v1/tokens/{id}", "delete"),
         ] {
             let item = paths
                 .get(path)
@@ -107,7 +111,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 24, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",

@@ -145,6 +145,35 @@ pub fn txn(error: &TxnError) -> i16 {
     kind.code()
 }
 
+/// The Kafka code of a failed login, as Kafka's SASL authenticator answers.
+pub fn auth(error: &crate::core::AuthError) -> ResponseError {
+    use crate::core::AuthError;
+    match error {
+        AuthError::UnsupportedMechanism(_) => ResponseError::UnsupportedSaslMechanism,
+        AuthError::IllegalState(_) => ResponseError::IllegalSaslState,
+        // Kafka answers every other failure (bad proof, malformed message, throttled) with
+        // SASL_AUTHENTICATION_FAILED, which clients report as an authentication failure.
+        AuthError::BadCredentials
+        | AuthError::Malformed(_)
+        | AuthError::TooManyFailures { .. }
+        | AuthError::Storage(_) => ResponseError::SaslAuthenticationFailed,
+    }
+}
+
+/// The Kafka code of a refused user change (AlterUserScramCredentials).
+pub fn user(error: &crate::core::UserError) -> ResponseError {
+    use crate::core::UserError;
+    match error {
+        UserError::NotFound { .. } => ResponseError::ResourceNotFound,
+        UserError::AlreadyExists { .. } => ResponseError::DuplicateResource,
+        UserError::InvalidName { .. } | UserError::InvalidCredential { .. } => {
+            ResponseError::UnacceptableCredential
+        }
+        UserError::TooMany { .. } => ResponseError::PolicyViolation,
+        UserError::Locked { .. } | UserError::Storage(_) => ResponseError::KafkaStorageError,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

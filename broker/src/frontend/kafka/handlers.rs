@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{acls, admin, error_code, groups, txn};
+use super::{acls, admin, error_code, groups, sasl, txn};
 use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
@@ -187,12 +187,54 @@ pub async fn handle(
         RequestKind::ConsumerGroupDescribe(request) => ready(ResponseKind::ConsumerGroupDescribe(
             groups::consumer_group_describe(broker, caller, request),
         )),
+        RequestKind::SaslHandshake(request) => {
+            let mut state = sasl_state(connection);
+            ready(ResponseKind::SaslHandshake(sasl::handshake(
+                broker, &mut state, &request,
+            )))
+        }
+        RequestKind::SaslAuthenticate(request) => {
+            let step = sasl::authenticate(
+                broker,
+                caller,
+                &mut sasl_state(connection),
+                &request,
+                connection.peer,
+            );
+            match step {
+                sasl::Authenticate::Answer(response) => {
+                    ready(ResponseKind::SaslAuthenticate(response))
+                }
+                // Checked in the ordered phase: nothing of this connection is read until
+                // the login is decided.
+                sasl::Authenticate::Plain(message) => ready(ResponseKind::SaslAuthenticate(
+                    sasl::authenticate_plain(&kafka.broker, caller, message, connection.peer).await,
+                )),
+            }
+        }
+        RequestKind::DescribeUserScramCredentials(request) => {
+            ready(ResponseKind::DescribeUserScramCredentials(
+                sasl::describe_user_scram_credentials(broker, &request),
+            ))
+        }
+        RequestKind::AlterUserScramCredentials(request) => {
+            ready(ResponseKind::AlterUserScramCredentials(
+                sasl::alter_user_scram_credentials(&kafka.broker, request).await,
+            ))
+        }
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "Kafka request without a handler");
             Box::pin(std::future::ready(None))
         }
     }
+}
+
+fn sasl_state(connection: &KafkaConnection) -> std::sync::MutexGuard<'_, sasl::SaslState> {
+    connection
+        .sasl
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// A Kafka string of `value`.

@@ -148,3 +148,30 @@ pub fn queue(error: &QueueError) -> ErrorCode {
         QueueError::Storage(_) => ErrorCode::StorageFailed,
     }
 }
+
+/// The wire code of a failed login.
+pub fn auth(error: &crate::core::AuthError) -> ErrorCode {
+    use crate::core::AuthError;
+    match error {
+        AuthError::UnsupportedMechanism(_) => ErrorCode::UnsupportedSaslMechanism,
+        AuthError::IllegalState(_) => ErrorCode::IllegalSaslState,
+        AuthError::BadCredentials | AuthError::Malformed(_) | AuthError::TooManyFailures { .. } => {
+            ErrorCode::AuthenticationFailed
+        }
+        AuthError::Storage(_) => ErrorCode::Unknown,
+    }
+}
+
+/// The wire code of a refused user change.
+pub fn user(error: &crate::core::UserError) -> ErrorCode {
+    use crate::core::UserError;
+    match error {
+        UserError::NotFound { .. } => ErrorCode::UnknownUser,
+        UserError::AlreadyExists { .. } => ErrorCode::UserAlreadyExists,
+        UserError::InvalidName { .. }
+        | UserError::InvalidCredential { .. }
+        | UserError::TooMany { .. } => ErrorCode::InvalidCredential,
+        UserError::Locked { .. } => ErrorCode::Unknown,
+        UserError::Storage(error) => storage(error),
+    }
+}

@@ -20,13 +20,14 @@ use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
     self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
-    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, FetchQuery, GetMode,
-    GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic, OffsetEntry,
-    OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome, PublishQuery,
-    QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery, StreamError, SubscribeQuery,
-    TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer, REQUEST_NAMES_MAX,
+    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, Existing, FetchQuery,
+    GetMode, GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
+    OffsetEntry, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome,
+    PublishQuery, QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery, StreamError,
+    SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer,
+    REQUEST_NAMES_MAX,
 };
-use crate::frontend::native::error_code;
+use crate::frontend::native::{error_code, sasl};
 use crate::frontend::native::{Native, NativeConnection};
 
 /// What remains of a request after its ordered phase; `None`: no response (acks = none).
@@ -56,8 +57,31 @@ pub async fn handle(
     }
     let broker: &Broker = &native.broker;
     let caller: &Session = &connection.session;
+    if !sasl::BEFORE_LOGIN.contains(&request.api_key()) && !caller.may_act(native.auth.mode) {
+        return ready(Response::error_only(
+            request.api_key(),
+            ErrorCode::AuthenticationRequired,
+            "this listener requires authentication: log in with SaslHandshake and SaslAuthenticate first (wharf --user NAME)".to_string(),
+        ));
+    }
     match request {
         Request::ApiVersions(_) => ready(Response::ApiVersions(api_versions())),
+        Request::SaslHandshake(request) => ready(Response::SaslHandshake(sasl::handshake(
+            native, connection, &request,
+        ))),
+        Request::SaslAuthenticate(request) => ready(Response::SaslAuthenticate(
+            sasl::authenticate(native, connection, request).await,
+        )),
+        Request::CreateUser(request) => ready(Response::CreateUser(
+            sasl::set_credentials(&native.broker, request, Existing::MustNotExist).await,
+        )),
+        Request::AlterUserCredentials(request) => ready(Response::AlterUserCredentials(
+            sasl::set_credentials(&native.broker, request, Existing::MustExist).await,
+        )),
+        Request::DeleteUser(request) => ready(Response::DeleteUser(
+            sasl::delete_user(&native.broker, request).await,
+        )),
+        Request::ListUsers(_) => ready(Response::ListUsers(sasl::list_users(broker))),
         Request::Metadata(request) => ready(Response::Metadata(metadata(
             &native.advertised,
             broker,

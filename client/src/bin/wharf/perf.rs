@@ -29,9 +29,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wharf_client::{
-    Acks, Admin, Client, ClientConfig, CommitPolicy, Consumer, ConsumerConfig, DeliveryFuture,
-    Durability, Error, ErrorCode, Idempotence, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, PublishConfirm, Publisher, QueueArgs, Routing, Subscriber, TopicPartition,
+    Acks, Admin, Client, CommitPolicy, Consumer, ConsumerConfig, DeliveryFuture, Durability, Error,
+    ErrorCode, Idempotence, OffsetReset, Producer, ProducerConfig, ProducerRecord, PublishConfirm,
+    Publisher, QueueArgs, Routing, Subscriber, TopicPartition,
 };
 
 use crate::table::counted;
@@ -321,22 +321,17 @@ fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
     histogram.saturating_record(micros.clamp(1, LATENCY_MAX_US));
 }
 
-/// Runs a `wharf perf` command against `client` (more connections are made with `broker`,
-/// the command line's address and TLS settings) and
+/// Runs a `wharf perf` command against `client` (more connections are made like it) and
 /// prints its summary.
 ///
 /// # Errors
 /// The client's errors; writing the summary to stdout.
-pub async fn run(
-    client: &Client,
-    broker: &ClientConfig,
-    command: PerfCommand,
-) -> Result<(), CliError> {
+pub async fn run(client: &Client, command: PerfCommand) -> Result<(), CliError> {
     let summary = match command {
-        PerfCommand::Produce(args) => produce(client, broker, args).await?,
-        PerfCommand::Consume(args) => consume(client, broker, args).await?,
-        PerfCommand::E2e(args) => e2e(client, broker, args).await?,
-        PerfCommand::Queue(args) => queue(client, broker, args).await?,
+        PerfCommand::Produce(args) => produce(client, args).await?,
+        PerfCommand::Consume(args) => consume(client, args).await?,
+        PerfCommand::E2e(args) => e2e(client, args).await?,
+        PerfCommand::Queue(args) => queue(client, args).await?,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", summary.to_json())
@@ -344,28 +339,33 @@ pub async fn run(
         .map_err(CliError::Stdout)
 }
 
-async fn connect(broker: &ClientConfig) -> Result<Client, CliError> {
-    let config = broker.clone().client_id("wharf-perf");
+/// Another connection like the command's own `client` (same broker and login).
+async fn connect(client: &Client) -> Result<Client, CliError> {
+    let config = client
+        .config()
+        .clone()
+        .client_id("wharf-perf")
+        .bootstrap_timeout(Duration::ZERO);
     Ok(Client::connect(config).await?)
 }
 
 /// A connection for a queue publisher: a request keeps its in-flight slot until its answer
 /// is awaited, so the connection must allow the whole confirm window.
-async fn connect_publisher(broker: &ClientConfig) -> Result<Client, CliError> {
-    let mut config = broker.clone().client_id("wharf-perf");
+async fn connect_publisher(client: &Client) -> Result<Client, CliError> {
+    let mut config = client
+        .config()
+        .clone()
+        .client_id("wharf-perf")
+        .bootstrap_timeout(Duration::ZERO);
     config.in_flight_requests_max = PUBLISH_WINDOW + 1;
     Ok(Client::connect(config).await?)
 }
 
 /// The first client is the command's own; each further one is a new connection.
-async fn clients(
-    client: &Client,
-    broker: &ClientConfig,
-    count: u32,
-) -> Result<Vec<Client>, CliError> {
+async fn clients(client: &Client, count: u32) -> Result<Vec<Client>, CliError> {
     let mut clients = vec![client.clone()];
     for _ in 1..count {
-        clients.push(connect(broker).await?);
+        clients.push(connect(client).await?);
     }
     Ok(clients)
 }
@@ -423,15 +423,11 @@ impl Progress {
     }
 }
 
-async fn produce(
-    client: &Client,
-    broker: &ClientConfig,
-    args: PerfProduceArgs,
-) -> Result<Summary, CliError> {
+async fn produce(client: &Client, args: PerfProduceArgs) -> Result<Summary, CliError> {
     let config = args.producer_config();
     config.validate()?;
     ensure_topic(client, &args.topic, args.partitions).await?;
-    let clients = clients(client, broker, args.producers).await?;
+    let clients = clients(client, args.producers).await?;
     let payload = Bytes::from(
         (0..args.size)
             .map(|index| b'a' + (index % 26) as u8)
@@ -553,13 +549,9 @@ impl ProduceJob {
     }
 }
 
-async fn consume(
-    client: &Client,
-    broker: &ClientConfig,
-    args: PerfConsumeArgs,
-) -> Result<Summary, CliError> {
+async fn consume(client: &Client, args: PerfConsumeArgs) -> Result<Summary, CliError> {
     let partitions = client.topic(&args.topic).await?.partition_count();
-    let clients = clients(client, broker, args.consumers).await?;
+    let clients = clients(client, args.consumers).await?;
     let progress = Progress::start("consume", args.messages);
     let received = progress.counter();
     let consumers = args.consumers;
@@ -662,11 +654,7 @@ fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-async fn e2e(
-    client: &Client,
-    broker: &ClientConfig,
-    args: PerfE2eArgs,
-) -> Result<Summary, CliError> {
+async fn e2e(client: &Client, args: PerfE2eArgs) -> Result<Summary, CliError> {
     let config = ProducerConfig::default()
         .acks(Acks::from(args.acks))
         .idempotence(idempotence(args.acks, false, false))
@@ -679,7 +667,7 @@ async fn e2e(
 
     // The consumer reads from the end of each partition on its own connection, and is
     // positioned (one poll) before the first record is sent.
-    let consumer_client = connect(broker).await?;
+    let consumer_client = connect(client).await?;
     let mut consumer = Consumer::new(
         &consumer_client,
         ConsumerConfig::default().auto_offset_reset(OffsetReset::Latest),
@@ -780,11 +768,7 @@ async fn e2e(
     })
 }
 
-async fn queue(
-    client: &Client,
-    broker: &ClientConfig,
-    args: PerfQueueArgs,
-) -> Result<Summary, CliError> {
+async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError> {
     Admin::new(client)
         .declare_queue(&args.queue, Durability::Durable, &QueueArgs::default())
         .await?;
@@ -793,7 +777,7 @@ async fn queue(
     // Publish.
     let mut clients = Vec::new();
     for _ in 0..args.publishers {
-        clients.push(connect_publisher(broker).await?);
+        clients.push(connect_publisher(client).await?);
     }
     let progress = Progress::start("queue publish", args.messages);
     let started = Instant::now();
