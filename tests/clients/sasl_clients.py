@@ -1,11 +1,12 @@
 """Logs in to wharfd with real clients (issue #18) and reports what happened.
 
-    sasl_clients.py kafka BOOTSTRAP MECHANISM USER PASSWORD TOPIC
+    sasl_clients.py kafka BOOTSTRAP MECHANISM USER PASSWORD TOPIC [CA_FILE]
     sasl_clients.py kafka-admin BOOTSTRAP MECHANISM USER PASSWORD NEW_USER NEW_PASSWORD
     sasl_clients.py amqp HOST PORT USER PASSWORD QUEUE
 
-kafka: confluent-kafka (librdkafka) with security.protocol=SASL_PLAINTEXT and
-sasl.mechanism=MECHANISM produces three records to TOPIC and reads them back.
+kafka: confluent-kafka (librdkafka) with security.protocol=SASL_PLAINTEXT (SASL_SSL trusting
+CA_FILE when it is given) and sasl.mechanism=MECHANISM produces three records to TOPIC and
+reads them back.
 kafka-admin: the admin client's alter_user_scram_credentials creates NEW_USER
 (SCRAM-SHA-512) and describe_user_scram_credentials lists it.
 amqp: pika logs in with PLAIN, publishes one message to QUEUE and gets it back.
@@ -17,7 +18,7 @@ when the client reports an authentication failure; anything else exits 1.
 import sys
 
 
-def kafka(bootstrap, mechanism, user, password, topic):
+def kafka(bootstrap, mechanism, user, password, topic, ca_file=None):
     from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
     errors = []
@@ -27,12 +28,14 @@ def kafka(bootstrap, mechanism, user, password, topic):
 
     common = {
         "bootstrap.servers": bootstrap,
-        "security.protocol": "SASL_PLAINTEXT",
+        "security.protocol": "SASL_SSL" if ca_file else "SASL_PLAINTEXT",
         "sasl.mechanism": mechanism,
         "sasl.username": user,
         "sasl.password": password,
         "error_cb": on_error,
     }
+    if ca_file:
+        common["ssl.ca.location"] = ca_file
     producer = Producer(dict(common, acks="all"))
     delivered = []
     try:

@@ -638,3 +638,145 @@ fn tls_settings_that_cannot_work_are_startup_errors_naming_the_flag() {
     );
     assert!(message.contains("missing.pem"), "{message}");
 }
+
+/// Runs `wharfd user create NAME --data-dir DIR --password-stdin` with `password`.
+fn create_user_offline(data_dir: &Path, name: &str, password: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(wharfd_path())
+        .args(["user", "create", name, "--data-dir"])
+        .arg(data_dir)
+        .arg("--password-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wharfd user create");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    assert_ok(
+        "wharfd user create",
+        &child.wait_with_output().expect("wait"),
+    );
+}
+
+/// `wharf --tls --ca CA [--user NAME with WHARF_PASSWORD] args` against `broker`.
+fn wharf_tls_as(
+    broker: &BrokerProcess,
+    ca: &Path,
+    login: Option<(&str, &str)>,
+    args: &[&str],
+) -> Output {
+    let mut command = std::process::Command::new(integration_tests::wharf_path());
+    command
+        .arg("--broker")
+        .arg(broker.address())
+        .args(["--tls", "--ca"])
+        .arg(ca)
+        .env_remove("WHARF_PASSWORD")
+        .env_remove("WHARF_USER");
+    if let Some((user, password)) = login {
+        command
+            .args(["--user", user])
+            .env("WHARF_PASSWORD", password);
+    }
+    command.args(args).output().expect("wharf runs")
+}
+
+#[test]
+fn sasl_ssl_listeners_take_scram_logins_over_tls_and_refuse_bad_passwords() {
+    // The contract: `--kafka-listen sasl_ssl://…` with SCRAM-SHA-512 users, driven by
+    // confluent-kafka with security.protocol=SASL_SSL; the native listener likewise with the
+    // CLI. A sasl_* listener requires a login even on loopback.
+    const PASSWORD: &str = "tls and scram";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(&dir.path().join("pki"), "Wharf test CA");
+    let data = dir.path().join("data");
+    create_user_offline(&data, "alice", PASSWORD);
+    let mut args: Vec<String> = [
+        "--kafka-listen",
+        "sasl_ssl://127.0.0.1:0",
+        "--amqp-listen",
+        "off",
+        "--http-listen",
+        "off",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(pki.wharfd_args());
+    let broker = BrokerProcess::start_listening(&data, "sasl_ssl://127.0.0.1:0", &args, None);
+    let ca = pki.ca_path.display().to_string();
+
+    let kafka = broker.kafka_address();
+    let good = run_client_script(
+        "sasl_clients.py",
+        &[
+            "kafka",
+            &kafka,
+            "SCRAM-SHA-512",
+            "alice",
+            PASSWORD,
+            "sasl-ssl",
+            &ca,
+        ],
+    );
+    let stdout = assert_ok("confluent-kafka SASL_SSL SCRAM-SHA-512", &good);
+    assert!(stdout.starts_with("ok v0,v1,v2"), "{stdout}");
+    // The native listener: SCRAM over TLS works; no login is refused.
+    let listed = assert_ok(
+        "wharf --tls --user alice topic list",
+        &wharf_tls_as(
+            &broker,
+            &pki.ca_path,
+            Some(("alice", PASSWORD)),
+            &["topic", "list"],
+        ),
+    );
+    assert!(listed.contains("sasl-ssl"), "{listed}");
+    let anonymous = wharf_tls_as(&broker, &pki.ca_path, None, &["topic", "list"]);
+    assert!(!anonymous.status.success());
+    assert!(
+        stderr(&anonymous).contains("requires authentication"),
+        "{}",
+        stderr(&anonymous)
+    );
+    let wrong = wharf_tls_as(
+        &broker,
+        &pki.ca_path,
+        Some(("alice", "wrong")),
+        &["topic", "list"],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("authentication failed"),
+        "{}",
+        stderr(&wrong)
+    );
+    // Last: librdkafka retries a refused login, which spends this address's failed-login
+    // allowance for the minute.
+    let bad = run_client_script(
+        "sasl_clients.py",
+        &[
+            "kafka",
+            &kafka,
+            "SCRAM-SHA-512",
+            "alice",
+            "wrong",
+            "sasl-ssl-bad",
+            &ca,
+        ],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(3),
+        "a wrong password over SASL_SSL: {}\n{}",
+        String::from_utf8_lossy(&bad.stdout),
+        stderr(&bad)
+    );
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("_AUTHENTICATION"));
+}
