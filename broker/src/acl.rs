@@ -432,6 +432,128 @@ impl Operation {
     }
 }
 
+impl PatternType {
+    /// The name used by the CLI and the HTTP API.
+    pub fn name(self) -> &'static str {
+        match self {
+            PatternType::Literal => "literal",
+            PatternType::Prefixed => "prefixed",
+        }
+    }
+
+    /// Parses [`PatternType::name`].
+    pub fn parse(text: &str) -> Option<PatternType> {
+        [PatternType::Literal, PatternType::Prefixed]
+            .into_iter()
+            .find(|kind| kind.name() == text)
+    }
+}
+
+impl Permission {
+    /// The name used by the CLI and the HTTP API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Allow => "allow",
+            Permission::Deny => "deny",
+        }
+    }
+
+    /// Parses [`Permission::name`].
+    pub fn parse(text: &str) -> Option<Permission> {
+        [Permission::Allow, Permission::Deny]
+            .into_iter()
+            .find(|permission| permission.name() == text)
+    }
+}
+
+impl PatternFilter {
+    /// Parses a filter's pattern: `any`, `match`, `literal` or `prefixed`.
+    pub fn parse(text: &str) -> Option<PatternFilter> {
+        match text {
+            "any" => Some(PatternFilter::Any),
+            "match" => Some(PatternFilter::Match),
+            other => PatternType::parse(other).map(PatternFilter::Exactly),
+        }
+    }
+}
+
+/// An ACL from its names (the CLI's, the HTTP API's and the native protocol's), checked with
+/// [`AclBinding::validate`].
+///
+/// # Errors
+/// `Invalid` naming the field that does not parse or what the ACL would mean nothing for.
+pub fn binding_from_names(
+    principal: &str,
+    host: &str,
+    resource_type: &str,
+    pattern_type: &str,
+    name: &str,
+    operation: &str,
+    permission: &str,
+) -> Result<AclBinding, AclError> {
+    let acl = AclBinding {
+        principal: principal.to_string(),
+        host: host.to_string(),
+        resource_type: parse_resource_type(resource_type)?,
+        pattern_type: PatternType::parse(pattern_type).ok_or_else(|| {
+            AclError::Invalid(format!(
+                "pattern type {pattern_type:?} is neither literal nor prefixed"
+            ))
+        })?,
+        name: name.to_string(),
+        operation: parse_operation(operation)?,
+        permission: parse_permission(permission)?,
+    };
+    acl.validate()?;
+    Ok(acl)
+}
+
+/// A filter from its names; `None` fields match anything.
+///
+/// # Errors
+/// `Invalid` naming the field that does not parse.
+pub fn filter_from_names(
+    principal: Option<String>,
+    host: Option<String>,
+    resource_type: Option<&str>,
+    pattern: &str,
+    name: Option<String>,
+    operation: Option<&str>,
+    permission: Option<&str>,
+) -> Result<AclFilter, AclError> {
+    Ok(AclFilter {
+        principal,
+        host,
+        resource_type: resource_type.map(parse_resource_type).transpose()?,
+        pattern: PatternFilter::parse(pattern).ok_or_else(|| {
+            AclError::Invalid(format!(
+                "pattern {pattern:?} is none of any, match, literal, prefixed"
+            ))
+        })?,
+        name,
+        operation: operation.map(parse_operation).transpose()?,
+        permission: permission.map(parse_permission).transpose()?,
+    })
+}
+
+fn parse_resource_type(text: &str) -> Result<ResourceType, AclError> {
+    ResourceType::parse(text).ok_or_else(|| {
+        AclError::Invalid(format!(
+            "resource type {text:?} is none of topic, group, transactional-id, cluster, queue, exchange"
+        ))
+    })
+}
+
+fn parse_operation(text: &str) -> Result<Operation, AclError> {
+    Operation::parse(text)
+        .ok_or_else(|| AclError::Invalid(format!("operation {text:?} is not one of Kafka's")))
+}
+
+fn parse_permission(text: &str) -> Result<Permission, AclError> {
+    Permission::parse(text)
+        .ok_or_else(|| AclError::Invalid(format!("permission {text:?} is neither allow nor deny")))
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.name())

@@ -49,8 +49,9 @@ use crate::streams::{AutoCreate, StreamSettings, Streams};
 use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
 pub use crate::acl::{
-    Access, AclBinding, AclError, AclFilter, Decision, Operation, PatternFilter, PatternType,
-    Permission, ResourceType, ANONYMOUS, ANY_PRINCIPAL, CLUSTER_NAME, WILDCARD,
+    binding_from_names, filter_from_names, Access, AclBinding, AclError, AclFilter, Decision,
+    Operation, PatternFilter, PatternType, Permission, ResourceType, ANONYMOUS, ANY_PRINCIPAL,
+    CLUSTER_NAME, WILDCARD,
 };
 pub use crate::auth::{AuthError, Principal, ScramServer, ScramStep, UserError, UserInfo};
 pub use crate::config::Authentication;

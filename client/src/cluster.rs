@@ -342,6 +342,20 @@ from_response! {
     ListBindings => ListBindingsResponse,
     MoveMessages => MoveMessagesResponse,
     ListUsers => ListUsersResponse,
+    CreateAcls => AclAdminResponse,
+}
+
+/// One body type answers DescribeAcls and DeleteAcls (issue #18).
+impl FromResponse for AclListResponse {
+    fn from_response(response: Response) -> Option<Self> {
+        match response {
+            Response::DescribeAcls(body) | Response::DeleteAcls(body) => Some(body),
+            _ => None,
+        }
+    }
+    fn top_error(&self) -> (ErrorCode, Option<String>) {
+        (self.error, self.error_message.clone())
+    }
 }
 
 /// One body type answers the user admin apis (issue #18).

@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod acl_admin;
 mod admin;
 mod auth;
 mod backoff;
@@ -89,6 +90,8 @@ pub use queue_admin::{
 pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 pub use tls::{ClientCertificate, Tls};
 
-pub use wharf_protocol::messages::{Acks, ConfigSource, Isolation, TxnResult};
+pub use wharf_protocol::messages::{
+    Acks, AclEntry, AclFilterRequest, ConfigSource, Isolation, TxnResult,
+};
 pub use wharf_protocol::sasl::ScramMechanism;
 pub use wharf_protocol::{ErrorCode, Header};

@@ -69,11 +69,16 @@ wire_enum! {
         AlterUserCredentials = 48,
         DeleteUser = 49,
         ListUsers = 50,
+        /// ACL management (issue #18): the same ACLs as Kafka's CreateAcls, DescribeAcls and
+        /// DeleteAcls and the HTTP API.
+        CreateAcls = 51,
+        DescribeAcls = 52,
+        DeleteAcls = 53,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 46] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 49] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -120,6 +125,9 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 46] = [
     (ApiKey::AlterUserCredentials, 0, 0),
     (ApiKey::DeleteUser, 0, 0),
     (ApiKey::ListUsers, 0, 0),
+    (ApiKey::CreateAcls, 0, 0),
+    (ApiKey::DescribeAcls, 0, 0),
+    (ApiKey::DeleteAcls, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -294,6 +302,9 @@ api_enums! {
     AlterUserCredentials => UserCredentialsRequest, UserAdminResponse;
     DeleteUser => DeleteUserRequest, UserAdminResponse;
     ListUsers => ListUsersRequest, ListUsersResponse;
+    CreateAcls => CreateAclsRequest, AclAdminResponse;
+    DescribeAcls => AclFilterRequest, AclListResponse;
+    DeleteAcls => AclFilterRequest, AclListResponse;
 }
 
 /// Appends a whole request frame.

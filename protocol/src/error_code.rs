@@ -105,6 +105,8 @@ crate::wire_enum! {
         UserAlreadyExists = 43,
         /// A user name or credential outside the accepted bounds.
         InvalidCredential = 44,
+        /// An ACL or ACL filter that is malformed or means nothing (issue #18).
+        InvalidAcl = 45,
     }
 }
 
@@ -175,6 +177,7 @@ impl ErrorCode {
             ErrorCode::UnknownUser => "unknown user",
             ErrorCode::UserAlreadyExists => "user already exists",
             ErrorCode::InvalidCredential => "invalid user name or credential",
+            ErrorCode::InvalidAcl => "invalid ACL",
         }
     }
 }

@@ -1228,3 +1228,58 @@ wire_struct! {
         pub users: Vec<UserListing>,
     }
 }
+
+wire_struct! {
+    /// One ACL (issue #18), its enums as the names `wharf acl` and the HTTP API use:
+    /// `resource_type` is `topic`, `group`, `transactional-id`, `cluster`, `queue` or
+    /// `exchange`; `pattern_type` `literal` or `prefixed`; `operation` one of Kafka's names
+    /// (`Read`, `DescribeConfigs`, ...); `permission` `allow` or `deny`.
+    pub struct AclEntry {
+        pub principal: String,
+        pub host: String,
+        pub resource_type: String,
+        pub pattern_type: String,
+        pub name: String,
+        pub operation: String,
+        pub permission: String,
+    }
+}
+
+wire_struct! {
+    /// Adds ACLs, all or none: one malformed ACL refuses the request (InvalidAcl).
+    pub struct CreateAclsRequest {
+        pub acls: Vec<AclEntry>,
+    }
+}
+
+wire_struct! {
+    /// A filter over the ACLs (DescribeAcls lists, DeleteAcls removes what it selects): each
+    /// field given must match; `pattern` is `any`, `match` (the ACLs that apply to `name`),
+    /// `literal` or `prefixed`.
+    pub struct AclFilterRequest {
+        pub principal: Option<String>,
+        pub host: Option<String>,
+        pub resource_type: Option<String>,
+        pub pattern: String,
+        pub name: Option<String>,
+        pub operation: Option<String>,
+        pub permission: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// An answer that carries only the error (CreateAcls).
+    pub struct AclAdminResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// The ACLs a filter selected (DescribeAcls) or removed (DeleteAcls).
+    pub struct AclListResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub acls: Vec<AclEntry>,
+    }
+}

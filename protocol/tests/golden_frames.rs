@@ -19,6 +19,7 @@ use wharf_protocol::messages::{
     ProduceRequest, ProduceTopic, PublishBatchRequest, PublishBatchResponse, PublishRequest,
     PublishResponse, QueueGetRequest, QueueListing, TxnResult,
 };
+use wharf_protocol::messages::{AclEntry, AclFilterRequest, CreateAclsRequest};
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
@@ -883,4 +884,68 @@ fn golden_create_user_request() {
         0x01,                   //       Hi(password, salt, iterations) (1 byte here)
     ];
     check_request(&request, 3, &golden);
+}
+
+#[test]
+fn golden_create_acls_request() {
+    let request = Request::CreateAcls(CreateAclsRequest {
+        acls: vec![AclEntry {
+            principal: "User:a".to_string(),
+            host: "*".to_string(),
+            resource_type: "queue".to_string(),
+            pattern_type: "prefixed".to_string(),
+            name: "j.".to_string(),
+            operation: "Read".to_string(),
+            permission: "allow".to_string(),
+        }],
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x39, // @0  length u32 = 57 (8 header bytes + 49 body bytes)
+        0x00, 0x33,             // @4  api_key u16 = 51 (CreateAcls)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x04, // @8  correlation_id u32 = 4
+        // ---- CreateAclsRequest body, 49 bytes ----
+        0x00, 0x00, 0x00, 0x01, //     acls array: count = 1
+        //   -- AclEntry: seven strings (u16 length, UTF-8) --
+        0x00, 0x06, b'U', b's', b'e', b'r', b':', b'a', // principal
+        0x00, 0x01, b'*',                               // host
+        0x00, 0x05, b'q', b'u', b'e', b'u', b'e',       // resource_type
+        0x00, 0x08, b'p', b'r', b'e', b'f', b'i', b'x', b'e', b'd', // pattern_type
+        0x00, 0x02, b'j', b'.',                         // name
+        0x00, 0x04, b'R', b'e', b'a', b'd',             // operation
+        0x00, 0x05, b'a', b'l', b'l', b'o', b'w',       // permission
+    ];
+    check_request(&request, 4, &golden);
+}
+
+#[test]
+fn golden_describe_acls_request() {
+    let request = Request::DescribeAcls(AclFilterRequest {
+        principal: Some("User:a".to_string()),
+        host: None,
+        resource_type: Some("topic".to_string()),
+        pattern: "match".to_string(),
+        name: Some("t".to_string()),
+        operation: None,
+        permission: None,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x27, // @0  length u32 = 39 (8 header bytes + 31 body bytes)
+        0x00, 0x34,             // @4  api_key u16 = 52 (DescribeAcls)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5
+        // ---- AclFilterRequest body, 31 bytes ----
+        0x00, 0x06, b'U', b's', b'e', b'r', b':', b'a', // principal: nullable string
+        0xff, 0xff,                                     // host: null (i16 -1)
+        0x00, 0x05, b't', b'o', b'p', b'i', b'c',       // resource_type
+        0x00, 0x05, b'm', b'a', b't', b'c', b'h',       // pattern string
+        0x00, 0x01, b't',                               // name
+        0xff, 0xff,                                     // operation: null
+        0xff, 0xff,                                     // permission: null
+    ];
+    check_request(&request, 5, &golden);
 }

@@ -196,18 +196,10 @@ fn to_stored(acl: &AclBinding) -> StoredAcl {
         principal: acl.principal.clone(),
         host: acl.host.clone(),
         resource_type: acl.resource_type.name().to_string(),
-        pattern_type: match acl.pattern_type {
-            PatternType::Literal => "literal",
-            PatternType::Prefixed => "prefixed",
-        }
-        .to_string(),
+        pattern_type: acl.pattern_type.name().to_string(),
         name: acl.name.clone(),
         operation: acl.operation.name().to_string(),
-        permission: match acl.permission {
-            Permission::Allow => "allow",
-            Permission::Deny => "deny",
-        }
-        .to_string(),
+        permission: acl.permission.name().to_string(),
     }
 }
 
@@ -215,27 +207,17 @@ fn from_stored(stored: StoredAcl) -> Result<AclBinding, AclError> {
     let bad = |field: &str, value: &str| {
         AclError::Storage(format!("ACL file holds an unknown {field} {value:?}"))
     };
-    let resource_type = ResourceType::parse(&stored.resource_type)
-        .ok_or_else(|| bad("resource type", &stored.resource_type))?;
-    let pattern_type = match stored.pattern_type.as_str() {
-        "literal" => PatternType::Literal,
-        "prefixed" => PatternType::Prefixed,
-        other => return Err(bad("pattern type", other)),
-    };
-    let operation =
-        Operation::parse(&stored.operation).ok_or_else(|| bad("operation", &stored.operation))?;
-    let permission = match stored.permission.as_str() {
-        "allow" => Permission::Allow,
-        "deny" => Permission::Deny,
-        other => return Err(bad("permission", other)),
-    };
     Ok(AclBinding {
+        resource_type: ResourceType::parse(&stored.resource_type)
+            .ok_or_else(|| bad("resource type", &stored.resource_type))?,
+        pattern_type: PatternType::parse(&stored.pattern_type)
+            .ok_or_else(|| bad("pattern type", &stored.pattern_type))?,
+        operation: Operation::parse(&stored.operation)
+            .ok_or_else(|| bad("operation", &stored.operation))?,
+        permission: Permission::parse(&stored.permission)
+            .ok_or_else(|| bad("permission", &stored.permission))?,
         principal: stored.principal,
         host: stored.host,
-        resource_type,
-        pattern_type,
         name: stored.name,
-        operation,
-        permission,
     })
 }

@@ -8,6 +8,7 @@
 //! This file is the codec side: frame decoding with the header checks, and error frames for
 //! what cannot be decoded.
 
+pub mod acls;
 pub mod error_code;
 pub mod sasl;
 pub mod translate;

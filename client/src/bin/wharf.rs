@@ -41,6 +41,8 @@
 
 // The crate root is `src/bin/wharf.rs` (the path the workspace fixes), so its modules live in
 // `src/bin/wharf/` and are named explicitly.
+#[path = "wharf/acl.rs"]
+mod acl;
 #[path = "wharf/admin.rs"]
 mod admin;
 #[path = "wharf/consume.rs"]
@@ -166,6 +168,12 @@ pub enum Command {
         /// The workload.
         #[command(subcommand)]
         command: perf::PerfCommand,
+    },
+    /// Add, list and remove ACLs (who may do what to which resource).
+    Acl {
+        /// The ACL command.
+        #[command(subcommand)]
+        command: acl::AclCommand,
     },
     /// Create, list, delete users or change their passwords.
     User {
@@ -800,6 +808,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User { command } => {
             user::run(&client, command, cli.password_stdin, cli.json).await
         }
+        Command::Acl { command } => acl::run(&client, command, cli.json).await,
     }
 }
 

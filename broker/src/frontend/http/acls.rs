@@ -13,10 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::core::{
-    AclBinding, AclFilter, Operation, PatternFilter, PatternType, Permission, ResourceType,
-    WILDCARD,
-};
+use crate::core::{binding_from_names, filter_from_names, AclBinding, AclFilter, WILDCARD};
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, QueryParams};
 use crate::frontend::http::{Http, Shared};
 
@@ -151,91 +148,33 @@ fn json(acl: &AclBinding) -> AclJson {
         principal: acl.principal.clone(),
         host: acl.host.clone(),
         resource_type: acl.resource_type.name().to_string(),
-        pattern_type: pattern_type_name(acl.pattern_type).to_string(),
+        pattern_type: acl.pattern_type.name().to_string(),
         name: acl.name.clone(),
         operation: acl.operation.name().to_string(),
-        permission: permission_name(acl.permission).to_string(),
+        permission: acl.permission.name().to_string(),
     }
 }
 
 fn binding(body: &AclJson) -> Result<AclBinding, ApiError> {
-    let acl = AclBinding {
-        principal: body.principal.clone(),
-        host: body.host.clone(),
-        resource_type: resource_type(&body.resource_type)?,
-        pattern_type: pattern_type(&body.pattern_type)?,
-        name: body.name.clone(),
-        operation: operation(&body.operation)?,
-        permission: permission(&body.permission)?,
-    };
-    acl.validate()?;
-    Ok(acl)
+    Ok(binding_from_names(
+        &body.principal,
+        &body.host,
+        &body.resource_type,
+        &body.pattern_type,
+        &body.name,
+        &body.operation,
+        &body.permission,
+    )?)
 }
 
 fn filter(query: AclQuery) -> Result<AclFilter, ApiError> {
-    let pattern = match query.pattern.as_deref() {
-        None | Some("any") => PatternFilter::Any,
-        Some("match") => PatternFilter::Match,
-        Some(other) => PatternFilter::Exactly(pattern_type(other)?),
-    };
-    Ok(AclFilter {
-        principal: query.principal,
-        host: query.host,
-        resource_type: query
-            .resource_type
-            .as_deref()
-            .map(resource_type)
-            .transpose()?,
-        pattern,
-        name: query.name,
-        operation: query.operation.as_deref().map(operation).transpose()?,
-        permission: query.permission.as_deref().map(permission).transpose()?,
-    })
-}
-
-fn resource_type(text: &str) -> Result<ResourceType, ApiError> {
-    ResourceType::parse(text).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "resource_type {text:?} is none of topic, group, transactional-id, cluster, queue, exchange"
-        ))
-    })
-}
-
-fn pattern_type(text: &str) -> Result<PatternType, ApiError> {
-    match text {
-        "literal" => Ok(PatternType::Literal),
-        "prefixed" => Ok(PatternType::Prefixed),
-        other => Err(ApiError::bad_request(format!(
-            "pattern {other:?} is none of literal, prefixed (or, in a filter, any, match)"
-        ))),
-    }
-}
-
-fn pattern_type_name(pattern_type: PatternType) -> &'static str {
-    match pattern_type {
-        PatternType::Literal => "literal",
-        PatternType::Prefixed => "prefixed",
-    }
-}
-
-fn operation(text: &str) -> Result<Operation, ApiError> {
-    Operation::parse(text)
-        .ok_or_else(|| ApiError::bad_request(format!("operation {text:?} is not one of Kafka's")))
-}
-
-fn permission(text: &str) -> Result<Permission, ApiError> {
-    match text {
-        "allow" => Ok(Permission::Allow),
-        "deny" => Ok(Permission::Deny),
-        other => Err(ApiError::bad_request(format!(
-            "permission {other:?} is neither allow nor deny"
-        ))),
-    }
-}
-
-fn permission_name(permission: Permission) -> &'static str {
-    match permission {
-        Permission::Allow => "allow",
-        Permission::Deny => "deny",
-    }
+    Ok(filter_from_names(
+        query.principal,
+        query.host,
+        query.resource_type.as_deref(),
+        query.pattern.as_deref().unwrap_or("any"),
+        query.name,
+        query.operation.as_deref(),
+        query.permission.as_deref(),
+    )?)
 }

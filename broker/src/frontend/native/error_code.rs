@@ -162,6 +162,14 @@ pub fn auth(error: &crate::core::AuthError) -> ErrorCode {
     }
 }
 
+/// An ACL change that failed: a malformed ACL is InvalidAcl, a failed write StorageFailed.
+pub fn acl(error: &crate::core::AclError) -> ErrorCode {
+    match error {
+        crate::core::AclError::Invalid(_) => ErrorCode::InvalidAcl,
+        crate::core::AclError::Storage(_) => ErrorCode::StorageFailed,
+    }
+}
+
 /// The wire code of a refused user change.
 pub fn user(error: &crate::core::UserError) -> ErrorCode {
     use crate::core::UserError;

@@ -27,7 +27,7 @@ use crate::core::{
     SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer,
     REQUEST_NAMES_MAX,
 };
-use crate::frontend::native::{error_code, sasl};
+use crate::frontend::native::{acls, error_code, sasl};
 use crate::frontend::native::{Native, NativeConnection};
 
 /// What remains of a request after its ordered phase; `None`: no response (acks = none).
@@ -82,6 +82,15 @@ pub async fn handle(
             sasl::delete_user(&native.broker, request).await,
         )),
         Request::ListUsers(_) => ready(Response::ListUsers(sasl::list_users(broker))),
+        Request::CreateAcls(request) => ready(Response::CreateAcls(
+            acls::create_acls(broker, request).await,
+        )),
+        Request::DescribeAcls(request) => {
+            ready(Response::DescribeAcls(acls::describe_acls(broker, request)))
+        }
+        Request::DeleteAcls(request) => ready(Response::DeleteAcls(
+            acls::delete_acls(broker, request).await,
+        )),
         Request::Metadata(request) => ready(Response::Metadata(metadata(
             &native.advertised,
             broker,
