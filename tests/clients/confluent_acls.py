@@ -1,9 +1,10 @@
 """ACL admin with confluent-kafka's AdminClient against wharfd's Kafka listener: create,
 describe with filters, delete, and the errors of malformed ACLs.
 
-    confluent_acls.py BOOTSTRAP
+    confluent_acls.py BOOTSTRAP          the steps below, as one JSON document
+    confluent_acls.py BOOTSTRAP list     every ACL, as JSON rows sorted
 
-Each step's outcome goes into one JSON document; a step that fails unexpectedly raises.
+A step that fails unexpectedly raises.
 """
 
 import json
@@ -23,6 +24,10 @@ from confluent_kafka.admin import (
 bootstrap = sys.argv[1]
 admin = AdminClient({"bootstrap.servers": bootstrap})
 out = {}
+everything = AclBindingFilter(
+    ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+    AclOperation.ANY, AclPermissionType.ANY,
+)
 
 
 def error_name(future):
@@ -45,6 +50,10 @@ def plain(binding):
     ]
 
 
+if sys.argv[2:] == ["list"]:
+    print(json.dumps(sorted(plain(binding) for binding in admin.describe_acls(everything).result(30))))
+    sys.exit(0)
+
 read_orders = AclBinding(
     ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL,
     "User:alice", "*", AclOperation.READ, AclPermissionType.ALLOW,
@@ -65,10 +74,6 @@ bad = AclBinding(
 created = admin.create_acls([read_orders, write_prefixed, deny_group, bad])
 out["create"] = {"|".join(plain(binding)): error_name(future) for binding, future in created.items()}
 
-everything = AclBindingFilter(
-    ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
-    AclOperation.ANY, AclPermissionType.ANY,
-)
 out["all"] = sorted(plain(binding) for binding in admin.describe_acls(everything).result(30))
 
 # MATCH: the ACLs that apply to topic "orders" (the literal one and the prefix "ord").
