@@ -93,6 +93,11 @@ pub struct Observed {
     pub left_out: u64,
     /// Readiness now.
     pub readiness: Readiness,
+    /// The disk alarm is on: publishers are held (issue #16).
+    pub disk_alarm: bool,
+    /// Free bytes of the data directory's file system at the alarm's last sample (`None`
+    /// before the first, or with the alarm off).
+    pub disk_free_bytes: Option<u64>,
 }
 
 impl Broker {
@@ -138,6 +143,8 @@ impl Broker {
             queues,
             left_out,
             readiness: self.readiness(),
+            disk_alarm: self.disk_alarm(),
+            disk_free_bytes: Some(self.free_disk_bytes()).filter(|free| *free != u64::MAX),
         }
     }
 

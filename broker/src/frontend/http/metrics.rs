@@ -107,6 +107,22 @@ impl Collector for Scrape {
                 "1 when the broker takes writes (GET /health/ready is 200), else 0.",
                 [(NO_LABELS, ready)],
             )?;
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "wharf_disk_alarm",
+                "1 while the data directory's free space is below disk_free_limit_bytes and publishers are held, else 0.",
+                [(NO_LABELS, i64::from(observed.disk_alarm))],
+            )?;
+            if let Some(free) = observed.disk_free_bytes {
+                family(
+                    &mut encoder,
+                    Kind::Gauge,
+                    "wharf_disk_free_bytes",
+                    "Free bytes of the data directory's file system at the disk alarm's last sample.",
+                    [(NO_LABELS, free)],
+                )?;
+            }
             family(&mut encoder, Kind::Gauge, "wharf_metrics_series_left_out", "Partitions, group lag series and queues left out of this scrape by the cardinality bounds.", [(NO_LABELS, observed.left_out)])?;
         }
         self.encode_listeners(&mut encoder)?;
