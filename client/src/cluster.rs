@@ -95,6 +95,22 @@ impl Client {
         &self.inner.config
     }
 
+    /// True while a broker holds this client's publishes: its disk alarm is on (the free
+    /// space of its data directory is below `disk_free_limit_bytes`). Held publishes are not
+    /// refused; they complete once the broker has room again (issue #16).
+    pub fn publishes_held(&self) -> bool {
+        let connections = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        connections.values().any(|broker| {
+            broker
+                .live_connection()
+                .is_some_and(|connection| connection.is_blocked())
+        })
+    }
+
     /// Describes `topic`, from the cache if it is there, else from the broker.
     ///
     /// # Errors

@@ -94,6 +94,9 @@ struct Waiter {
 #[derive(Debug, Default)]
 struct Pending {
     state: Mutex<PendingState>,
+    /// The broker's last ConnectionBlocked push said its disk alarm holds this
+    /// connection's publishes.
+    blocked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +363,12 @@ impl Connection {
     /// True once the connection failed or the broker closed it.
     pub(crate) fn is_closed(&self) -> bool {
         self.pending.is_closed()
+    }
+
+    /// True while the broker holds this connection's publishes (its disk alarm is on; a
+    /// ConnectionBlocked push said so).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.pending.blocked.load(Ordering::Relaxed)
     }
 
     /// Sends `request` and waits for its response. Produce requests with `Acks::None` get
@@ -724,6 +733,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// # Errors
 /// An undecodable push, or a push beyond the prefetch window: the connection must close.
 fn deliver(pending: &Pending, frame: wharf_protocol::Frame) -> Result<()> {
+    if frame.header.api_key == ApiKey::ConnectionBlocked.code() {
+        let Request::ConnectionBlocked(pushed) =
+            Request::decode(ApiKey::ConnectionBlocked, frame.body)?
+        else {
+            unreachable!("decoded as ConnectionBlocked")
+        };
+        pending.blocked.store(pushed.blocked, Ordering::Relaxed);
+        return Ok(());
+    }
     if frame.header.api_key == ApiKey::Deliver.code() {
         let correlation_id = frame.header.correlation_id;
         let Request::Deliver(pushed) = Request::decode(ApiKey::Deliver, frame.body)? else {

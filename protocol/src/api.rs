@@ -74,6 +74,10 @@ wire_enum! {
         CreateAcls = 51,
         DescribeAcls = 52,
         DeleteAcls = 53,
+        /// Server push: the disk alarm holds this connection's publishes (`blocked`) or let
+        /// them go (issue #16, AMQP's connection.blocked/unblocked); never sent by clients,
+        /// never answered.
+        ConnectionBlocked = 54,
     }
 }
 
@@ -305,6 +309,7 @@ api_enums! {
     CreateAcls => CreateAclsRequest, AclAdminResponse;
     DescribeAcls => AclFilterRequest, AclListResponse;
     DeleteAcls => AclFilterRequest, AclListResponse;
+    ConnectionBlocked => ConnectionBlockedPush, QueueAdminResponse;
 }
 
 /// Appends a whole request frame.

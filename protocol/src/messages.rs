@@ -1283,3 +1283,14 @@ wire_struct! {
         pub acls: Vec<AclEntry>,
     }
 }
+
+wire_struct! {
+    /// The broker holds this connection's publishes (`blocked`: the disk alarm is on; the
+    /// held publish waits, nothing is refused) or lets them go again (api key
+    /// `ConnectionBlocked`, a push with correlation id 0, never answered).
+    pub struct ConnectionBlockedPush {
+        pub blocked: bool,
+        /// Why (`low on disk`); null when unblocked.
+        pub reason: Option<String>,
+    }
+}

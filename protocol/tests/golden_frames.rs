@@ -19,7 +19,9 @@ use wharf_protocol::messages::{
     ProduceRequest, ProduceTopic, PublishBatchRequest, PublishBatchResponse, PublishRequest,
     PublishResponse, QueueGetRequest, QueueListing, TxnResult,
 };
-use wharf_protocol::messages::{AclEntry, AclFilterRequest, CreateAclsRequest};
+use wharf_protocol::messages::{
+    AclEntry, AclFilterRequest, ConnectionBlockedPush, CreateAclsRequest,
+};
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
@@ -948,4 +950,24 @@ fn golden_describe_acls_request() {
         0xff, 0xff,                                     // permission: null
     ];
     check_request(&request, 5, &golden);
+}
+
+#[test]
+fn golden_connection_blocked_push() {
+    let push = Request::ConnectionBlocked(ConnectionBlockedPush {
+        blocked: true,
+        reason: Some("low on disk".to_string()),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x16, // @0  length u32 = 22 (8 header bytes + 14 body bytes)
+        0x00, 0x36,             // @4  api_key u16 = 54 (ConnectionBlocked, push)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x00, // @8  correlation_id u32 = 0 (not an answer to a request)
+        // ---- ConnectionBlockedPush body, 14 bytes ----
+        0x01,                   //     blocked bool = true
+        0x00, 0x0b, b'l', b'o', b'w', b' ', b'o', b'n', b' ', b'd', b'i', b's', b'k', // reason
+    ];
+    check_push(&push, 0, &golden);
 }

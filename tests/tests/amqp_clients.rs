@@ -504,8 +504,9 @@ fn client_that_stops_sending_heartbeats_is_disconnected() {
 
 #[test]
 fn pika_publisher_is_blocked_by_the_disk_alarm_and_unblocked_when_space_is_freed() {
-    // wharfd on a 64 MiB tmpfs of its own mount namespace (unshare, util-linux), holding
-    // publishers below 32 MB free: the scenario publishes until it is blocked, then frees
+    // wharfd on a 128 MiB tmpfs of its own mount namespace (unshare, util-linux), holding
+    // publishers below 96 MB free (the alarm samples every 250 ms: a wide margin, so a
+    // loaded machine cannot fill the disk between two samples): the scenario publishes until it is blocked, then frees
     // the space from another connection.
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -513,13 +514,13 @@ fn pika_publisher_is_blocked_by_the_disk_alarm_and_unblocked_when_space_is_freed
     let mount = temp.path().join("tmpfs");
     std::fs::create_dir(&mount).expect("mount point");
     let config = temp.path().join("wharf.toml");
-    std::fs::write(&config, "disk_free_limit_bytes = 32000000\n").expect("config");
+    std::fs::write(&config, "disk_free_limit_bytes = 96000000\n").expect("config");
     let mut child = Command::new("unshare")
         .args([
             "-m",
             "sh",
             "-c",
-            "mount -t tmpfs -o size=64m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen 127.0.0.1:0 --http-listen off",
+            "mount -t tmpfs -o size=128m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen 127.0.0.1:0 --http-listen off",
             "sh",
         ])
         .arg(&mount)

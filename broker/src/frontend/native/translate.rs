@@ -139,8 +139,18 @@ pub async fn handle(
             txn_offset_commit(broker, caller, request).await,
         )),
         Request::EndTxn(request) => ready(Response::EndTxn(end_txn(broker, caller, request).await)),
-        Request::Publish(request) => publish(broker, caller, request).await,
-        Request::PublishBatch(request) => publish_batch(broker, caller, request).await,
+        Request::Publish(request) => {
+            let held = tell_blocked(broker, connection).await;
+            let answer = publish(broker, caller, request).await;
+            tell_unblocked(held, connection).await;
+            answer
+        }
+        Request::PublishBatch(request) => {
+            let held = tell_blocked(broker, connection).await;
+            let answer = publish_batch(broker, caller, request).await;
+            tell_unblocked(held, connection).await;
+            answer
+        }
         Request::Subscribe(request) => ready(Response::Subscribe(
             subscribe(broker, connection, request, header).await,
         )),
@@ -234,7 +244,45 @@ pub async fn handle(
             ErrorCode::InvalidRequest,
             "clients cannot send ConsumerCancelled".to_string(),
         )),
+        Request::ConnectionBlocked(_) => ready(Response::error_only(
+            ApiKey::ConnectionBlocked,
+            ErrorCode::InvalidRequest,
+            "clients cannot send ConnectionBlocked".to_string(),
+        )),
     }
+}
+
+/// Before a publish: if the disk alarm is on (the core will hold the publish until it
+/// clears), tells the client with a ConnectionBlocked push, as AMQP's connection.blocked.
+/// Returns whether it did.
+async fn tell_blocked(broker: &Broker, connection: &NativeConnection) -> bool {
+    if !broker.disk_alarm() {
+        return false;
+    }
+    push_blocked(connection, true).await;
+    true
+}
+
+/// After a publish the alarm held: the ConnectionBlocked push that lets the client go.
+async fn tell_unblocked(held: bool, connection: &NativeConnection) {
+    if held {
+        push_blocked(connection, false).await;
+    }
+}
+
+async fn push_blocked(connection: &NativeConnection, blocked: bool) {
+    let pushed = ConnectionBlockedPush {
+        blocked,
+        reason: blocked.then(|| "low on disk".to_string()),
+    };
+    let header = FrameHeader {
+        api_key: ApiKey::ConnectionBlocked.code(),
+        api_version: 0,
+        correlation_id: 0,
+    };
+    let mut out = BytesMut::new();
+    wharf_protocol::frame::encode_frame(header, &mut out, |body| pushed.encode(body));
+    let _ = connection.push.send(out).await;
 }
 
 /// How many names (or partitions) a list-bearing request carries.

@@ -1,0 +1,120 @@
+//! The disk alarm over the native protocol (issue #16): `wharfd` on a 128 MiB tmpfs of its
+//! own mount namespace (unshare, util-linux) holds a publisher once the free space is below
+//! `disk_free_limit_bytes` (96 MB: the alarm samples every 250 ms, and the margin keeps a
+//! loaded machine from filling the disk between two samples), tells it with a ConnectionBlocked push (the client's
+//! `publishes_held`), and lets it go, with nothing refused or lost, once space is freed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wharf_client::{Admin, Client, ClientConfig, Durability, Publisher, QueueArgs, Routing};
+
+/// Polls `condition` every 50 ms for up to `limit`.
+async fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_publisher_is_held_told_so_and_let_go_when_space_is_freed() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mount = temp.path().join("tmpfs");
+    std::fs::create_dir(&mount).expect("mount point");
+    let config = temp.path().join("wharf.toml");
+    std::fs::write(&config, "disk_free_limit_bytes = 96000000\n").expect("config");
+    let mut child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=128m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
+            "sh",
+        ])
+        .arg(&mount)
+        .arg(integration_tests::wharfd_path())
+        .arg(&config)
+        .env("WHARF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
+    let line = BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("wharfd started on the tmpfs")
+        .expect("a line");
+    let address = line.rsplit(' ').next().expect("an address").to_string();
+
+    let client = Client::connect(ClientConfig::new(address.clone()))
+        .await
+        .expect("connect");
+    Admin::new(&client)
+        .declare_queue("filler", Durability::Durable, &QueueArgs::default())
+        .await
+        .expect("declare");
+    let stop = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let publishing = {
+        let (client, stop, confirmed) = (client.clone(), stop.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            let publisher = Publisher::new(&client);
+            let body = Bytes::from(vec![b'x'; 512 * 1024]);
+            while !stop.load(Ordering::Relaxed) && confirmed.load(Ordering::Relaxed) < 400 {
+                let pending = publisher
+                    .start("", "filler", body.clone(), Vec::new(), Routing::Optional)
+                    .await?;
+                pending.await?;
+                confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, wharf_client::Error>(())
+        })
+    };
+    let held = eventually(Duration::from_secs(60), || client.publishes_held()).await;
+    assert!(
+        held,
+        "never told its publishes are held ({} confirmed)",
+        confirmed.load(Ordering::Relaxed)
+    );
+    let at_hold = confirmed.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        confirmed.load(Ordering::Relaxed),
+        at_hold,
+        "a publish was confirmed while held"
+    );
+
+    // Another connection frees the space; the held publish goes on.
+    let freer = Client::connect(ClientConfig::new(address))
+        .await
+        .expect("connect");
+    Admin::new(&freer)
+        .delete_queue("filler")
+        .await
+        .expect("delete");
+    let released = eventually(Duration::from_secs(30), || !client.publishes_held()).await;
+    assert!(released, "never told its publishes go on");
+    assert!(
+        eventually(Duration::from_secs(30), || confirmed
+            .load(Ordering::Relaxed)
+            > at_hold)
+        .await,
+        "the held publish was not confirmed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("the publisher stops");
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.expect("task").expect("no publish failed");
+}
