@@ -1448,7 +1448,7 @@ fn acls_are_added_listed_filtered_and_removed_over_http_and_refused_when_they_me
         ),
         (
             r#"{"principal":"User:a","resource_type":"table","name":"t","operation":"Read","permission":"allow"}"#,
-            "resource type \"table\"",
+            "is none of topic, group, transactional-id",
         ),
     ] {
         let refused = add(body);
