@@ -242,6 +242,9 @@ impl Broker {
             retention_check_interval_ms: config.retention_check_interval_ms,
             auth,
         };
+        // The first sample of the free space now (open runs on the blocking pool), so the
+        // alarm and its gauge are right from the start, not one period later.
+        broker.alarm.check();
         Ok(Opened {
             broker: Arc::new(broker),
             txn: txn_loaded,
