@@ -62,16 +62,22 @@ fn the_quickstart_runs_on_an_8_mib_tmpfs_and_a_full_disk_is_an_error_not_a_crash
     std::fs::create_dir(&mount).expect("mount point");
     let log_path = temp.path().join("wharfd.log");
     let log = std::fs::File::create(&log_path).expect("log file");
+    // The disk alarm off: an 8 MiB disk is always below its default limit (50 MB), which
+    // would hold every publish (tests/tests/disk_alarm.rs tests the alarm); this test is
+    // about what a full disk does to the storage engine.
+    let config = temp.path().join("wharf.toml");
+    std::fs::write(&config, "disk_free_limit_bytes = 0\n").expect("config");
     let mut child = Command::new("unshare")
         .args([
             "-m",
             "sh",
             "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
+            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
             "sh",
         ])
         .arg(&mount)
         .arg(integration_tests::wharfd_path())
+        .arg(&config)
         .env("WHARF_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(log)
