@@ -143,6 +143,29 @@ pub fn authorize(acls: &[AclBinding], settings: &AuthorizerSettings, access: &Ac
     }
 }
 
+/// True if `access.operation` may be allowed on some resource of `access.resource_type`
+/// (`access.name` is ignored): Kafka's by-resource-type check, which lets an idempotent
+/// producer with `Write` on any topic start without `IdempotentWrite` on the cluster.
+/// Simplified: a deny of one name does not count here; the per-resource check that follows
+/// still refuses it.
+pub fn allows_some(acls: &[AclBinding], settings: &AuthorizerSettings, access: &Access) -> bool {
+    if settings
+        .super_users
+        .iter()
+        .any(|user| user == access.principal)
+        || (acls.is_empty() && !settings.required)
+    {
+        return true;
+    }
+    acls.iter().any(|acl| {
+        acl.permission == Permission::Allow
+            && acl.resource_type == access.resource_type
+            && (acl.principal == access.principal || acl.principal == ANY_PRINCIPAL)
+            && (acl.host == access.host || acl.host == WILDCARD)
+            && allows(acl.operation, access.operation)
+    })
+}
+
 /// True if `acl` is about the resource, principal and host of `access` (whatever the
 /// operation).
 fn applies(acl: &AclBinding, access: &Access) -> bool {
@@ -234,6 +257,22 @@ impl AclFilter {
     }
 }
 
+/// A refused operation: what was asked, by whom, of which resource. Every domain error has
+/// an `Unauthorized` variant carrying it, and each front end answers it with its protocol's
+/// authorization error (chosen by `resource_type` where the protocol tells them apart).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{principal} is not authorized to {operation} {resource_type} {name:?}")]
+pub struct Denied {
+    /// The caller's principal (`User:NAME`).
+    pub principal: String,
+    /// What it asked to do.
+    pub operation: Operation,
+    /// Of what kind of resource.
+    pub resource_type: ResourceType,
+    /// Of which one.
+    pub name: String,
+}
+
 /// Why an ACL cannot be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AclError {
@@ -243,6 +282,9 @@ pub enum AclError {
     /// The ACL file could not be written or read.
     #[error("ACL storage failed: {0}")]
     Storage(String),
+    /// The caller may not manage ACLs.
+    #[error(transparent)]
+    Unauthorized(#[from] Denied),
 }
 
 impl AclBinding {

@@ -28,6 +28,7 @@ pub mod stream_ops;
 pub mod txn_ops;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,8 +51,8 @@ use crate::txn::{TxnCoordinator, TxnDeps, TxnLoaded};
 
 pub use crate::acl::{
     binding_from_names, filter_from_names, Access, AclBinding, AclError, AclFilter, Decision,
-    Operation, PatternFilter, PatternType, Permission, ResourceType, ANONYMOUS, ANY_PRINCIPAL,
-    CLUSTER_NAME, WILDCARD,
+    Denied, Operation, PatternFilter, PatternType, Permission, ResourceType, ANONYMOUS,
+    ANY_PRINCIPAL, CLUSTER_NAME, WILDCARD,
 };
 pub use crate::auth::{AuthError, Principal, ScramServer, ScramStep, UserError, UserInfo};
 pub use crate::config::Authentication;
@@ -376,6 +377,9 @@ pub struct Session {
     id: SessionId,
     /// Who the caller acts as: anonymous until a login succeeds (issue #18).
     principal: Mutex<Principal>,
+    /// The client's IP address as ACL hosts name it (empty when unknown: only `*` ACLs
+    /// apply then).
+    host: String,
     /// Queue name → consumers started on it by this caller.
     consumers: Mutex<HashMap<String, HashSet<ConsumerId>>>,
 }
@@ -384,11 +388,41 @@ pub struct Session {
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
-    /// A new caller with a process-unique id.
+    /// A new caller with a process-unique id and no known address (in-process callers).
     pub fn new() -> Session {
+        Session::acting(Principal::Anonymous, None)
+    }
+
+    /// A new caller connected from `peer`: ACLs with that host apply to it.
+    pub fn at(peer: SocketAddr) -> Session {
+        Session::acting(Principal::Anonymous, Some(peer))
+    }
+
+    /// A caller already authenticated as `principal` (a front end that checks credentials
+    /// on every request, as HTTP does, makes one per request).
+    pub fn acting(principal: Principal, peer: Option<SocketAddr>) -> Session {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-            principal: Mutex::new(Principal::Anonymous),
+            principal: Mutex::new(principal),
+            host: peer
+                .map(|peer| peer.ip().to_canonical().to_string())
+                .unwrap_or_default(),
+            consumers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client's IP address (empty when unknown).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A new caller acting as this one (same principal and address, its own id and
+    /// consumers): a stream a request opens lives on in it.
+    pub fn like(&self) -> Session {
+        Session {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            principal: Mutex::new(self.principal()),
+            host: self.host.clone(),
             consumers: Mutex::new(HashMap::new()),
         }
     }

@@ -100,6 +100,9 @@ pub enum GroupError {
     /// The operation needs a group without members (Kafka: the group must be inactive).
     #[error("group {group:?} has {members} active member(s); stop its consumers first")]
     NotEmpty { group: String, members: usize },
+    /// The caller may not do this (ACLs, issue #18).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
 }
 
 /// One join or heartbeat of a member.
@@ -169,6 +172,8 @@ pub struct GroupSummary {
     pub assignor: &'static str,
     /// Its members.
     pub members: Vec<MemberSummary>,
+    /// Set when the caller may not describe the group (the rest is then empty).
+    pub denied: Option<crate::acl::Denied>,
 }
 
 /// Where a group is.
@@ -540,6 +545,7 @@ impl GroupCoordinator {
                 generation: 0,
                 assignor: Assignor::default().name(),
                 members: Vec::new(),
+                denied: None,
             };
         };
         GroupSummary {
@@ -557,6 +563,7 @@ impl GroupCoordinator {
                     assignment: member.assignment.clone(),
                 })
                 .collect(),
+            denied: None,
         }
     }
 

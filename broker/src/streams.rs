@@ -125,6 +125,9 @@ pub enum StreamError {
     /// A blocking task failed (a bug or shutdown).
     #[error("{0}")]
     Internal(String),
+    /// The caller may not do this (ACLs, issue #18).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
 }
 
 /// Topics, their partition logs and producer state.

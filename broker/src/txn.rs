@@ -245,6 +245,9 @@ pub enum TxnError {
     /// A blocking task failed (a bug or shutdown).
     #[error("{0}")]
     Internal(String),
+    /// The caller may not do this (ACLs, issue #18).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
 }
 
 /// A transactional producer as a request names it.

@@ -107,6 +107,8 @@ crate::wire_enum! {
         InvalidCredential = 44,
         /// An ACL or ACL filter that is malformed or means nothing (issue #18).
         InvalidAcl = 45,
+        /// The caller's principal may not do this to the resource (ACLs, issue #18).
+        Unauthorized = 46,
     }
 }
 
@@ -178,6 +180,7 @@ impl ErrorCode {
             ErrorCode::UserAlreadyExists => "user already exists",
             ErrorCode::InvalidCredential => "invalid user name or credential",
             ErrorCode::InvalidAcl => "invalid ACL",
+            ErrorCode::Unauthorized => "not authorized",
         }
     }
 }

@@ -1417,10 +1417,14 @@ fn a_group_stream_consumes_as_a_member_commits_and_resumes_where_the_group_left_
     );
 }
 
+/// The anonymous caller may manage ACLs: once an ACL exists, only super users and callers
+/// with Alter on the cluster may add or remove more.
+const ADMIN_ANONYMOUS: &str = "super_users = [\"User:ANONYMOUS\"]\n";
+
 #[test]
 fn acls_are_added_listed_filtered_and_removed_over_http_and_refused_when_they_mean_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let broker = BrokerProcess::start_with_config(&dir.path().join("data"), ADMIN_ANONYMOUS);
     let address = broker.http_address();
     let add = |body: &str| http(&address, "POST", "/api/v1/acls", Some(body));
     let added = add(

@@ -96,6 +96,9 @@ pub enum CredentialChange {
 /// Why a user change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
+    /// The caller may not do this (ACLs, issue #18).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
     /// The name is empty, too long, or has control characters.
     #[error("invalid user name: {reason}")]
     InvalidName { reason: &'static str },

@@ -5,34 +5,140 @@
 use std::sync::Arc;
 
 use crate::acl::store::AclStore;
-use crate::acl::{self, Access, AclBinding, AclError, AclFilter, AuthorizerSettings, Decision};
-use crate::core::Broker;
+use crate::acl::{
+    self, Access, AclBinding, AclError, AclFilter, AuthorizerSettings, Decision, Denied, Operation,
+    ResourceType, CLUSTER_NAME,
+};
+use crate::core::{Broker, Session};
 
 impl Broker {
-    /// Adds ACLs (durable when it returns; the file is written on the blocking pool).
+    /// Refuses `operation` on a resource unless the caller may do it: the one authorization
+    /// check every core operation makes before it acts (`crate::acl` gives the rule).
+    /// Refusals are logged at INFO, as Kafka's authorizer log does.
     ///
     /// # Errors
-    /// `Invalid` naming the first ACL that means nothing (none is added), `Storage` if the
-    /// file cannot be written.
-    pub async fn create_acls(&self, acls: Vec<AclBinding>) -> Result<(), AclError> {
+    /// `Denied` naming the caller, the operation and the resource.
+    pub fn check(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Result<(), Denied> {
+        if self.permits(caller, operation, resource_type, name) {
+            return Ok(());
+        }
+        let principal = caller.principal().to_string();
+        tracing::info!(
+            principal,
+            host = caller.host(),
+            operation = operation.name(),
+            resource_type = resource_type.name(),
+            resource = name,
+            "request denied by ACLs"
+        );
+        Err(Denied {
+            principal,
+            operation,
+            resource_type,
+            name: name.to_string(),
+        })
+    }
+
+    /// [`Broker::check`] of an operation on the cluster itself.
+    ///
+    /// # Errors
+    /// `Denied`.
+    pub fn check_cluster(&self, caller: &Session, operation: Operation) -> Result<(), Denied> {
+        self.check(caller, operation, ResourceType::Cluster, CLUSTER_NAME)
+    }
+
+    /// True if the caller may do `operation` on the resource (no log: listings use it to
+    /// leave out what the caller may not see). With no ACL and authorization optional it
+    /// answers at once, without looking at the caller.
+    pub fn permits(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        let acls = self.acls.current();
+        if acls.is_empty() && !self.authorizer.required {
+            return true;
+        }
+        let principal = caller.principal().to_string();
+        let access = Access {
+            principal: &principal,
+            host: caller.host(),
+            operation,
+            resource_type,
+            name,
+        };
+        acl::authorize(&acls, &self.authorizer, &access) == Decision::Allow
+    }
+
+    /// True if the caller may do `operation` on some resource of `resource_type`
+    /// ([`acl::allows_some`]).
+    pub fn permits_some(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+    ) -> bool {
+        let acls = self.acls.current();
+        let principal = caller.principal().to_string();
+        let access = Access {
+            principal: &principal,
+            host: caller.host(),
+            operation,
+            resource_type,
+            name: "",
+        };
+        acl::allows_some(&acls, &self.authorizer, &access)
+    }
+
+    /// Adds ACLs (durable when it returns; the file is written on the blocking pool). The
+    /// caller needs `Alter` on the cluster.
+    ///
+    /// # Errors
+    /// `Unauthorized`, `Invalid` naming the first ACL that means nothing (none is added),
+    /// `Storage` if the file cannot be written.
+    pub async fn create_acls(
+        &self,
+        caller: &Session,
+        acls: Vec<AclBinding>,
+    ) -> Result<(), AclError> {
+        self.check_cluster(caller, Operation::Alter)?;
         let store = Arc::clone(&self.acls);
         blocking(move || store.add(&acls)).await
     }
 
-    /// The ACLs `filter` selects, in a stable order.
-    pub fn describe_acls(&self, filter: &AclFilter) -> Vec<AclBinding> {
-        self.acls.list(filter)
+    /// The ACLs `filter` selects, in a stable order. The caller needs `Describe` on the
+    /// cluster.
+    ///
+    /// # Errors
+    /// `Unauthorized`.
+    pub fn describe_acls(
+        &self,
+        caller: &Session,
+        filter: &AclFilter,
+    ) -> Result<Vec<AclBinding>, AclError> {
+        self.check_cluster(caller, Operation::Describe)?;
+        Ok(self.acls.list(filter))
     }
 
     /// Removes the ACLs each filter selects; answers what each removed (durable when it
-    /// returns).
+    /// returns). The caller needs `Alter` on the cluster.
     ///
     /// # Errors
-    /// `Storage` if the file cannot be written (nothing is removed).
+    /// `Unauthorized`, or `Storage` if the file cannot be written (nothing is removed).
     pub async fn delete_acls(
         &self,
+        caller: &Session,
         filters: Vec<AclFilter>,
     ) -> Result<Vec<Vec<AclBinding>>, AclError> {
+        self.check_cluster(caller, Operation::Alter)?;
         let store = Arc::clone(&self.acls);
         blocking(move || store.remove(&filters)).await
     }

@@ -14,6 +14,7 @@ use wharf_protocol::sasl::{
     ScramCredential, ScramMechanism, SCRAM_ITERATIONS_DEFAULT, SCRAM_SALT_BYTES,
 };
 
+use crate::acl::Operation;
 use crate::auth::scram::SERVER_NONCE_BYTES;
 use crate::auth::users::StoredToken;
 use crate::auth::{
@@ -94,9 +95,14 @@ impl Broker {
         !self.auth.users.is_empty()
     }
 
-    /// Every user with the mechanisms they have credentials for.
-    pub fn list_users(&self) -> Vec<UserInfo> {
-        self.auth.users.list()
+    /// Every user with the mechanisms they have credentials for. Needs `Describe` on the
+    /// cluster.
+    ///
+    /// # Errors
+    /// `Unauthorized`.
+    pub fn list_users(&self, caller: &Session) -> Result<Vec<UserInfo>, UserError> {
+        self.check_cluster(caller, Operation::Describe)?;
+        Ok(self.auth.users.list())
     }
 
     /// True if PLAIN may be used over `transport` by the native protocol: only over TLS,
@@ -218,17 +224,24 @@ impl Broker {
     }
 
     /// Sets `user`'s credentials, durably (on the blocking pool): each `(mechanism,
-    /// credential)` pair adds or replaces that mechanism's credential, in one write.
+    /// credential)` pair adds or replaces that mechanism's credential, in one write. Needs
+    /// `Alter` on the cluster, except that a logged-in user may change their own password.
     ///
     /// # Errors
-    /// [`UserError`]: a bad name or credential, the user exists (`Existing::MustNotExist`)
-    /// or not (`Existing::MustExist`), or storage.
+    /// [`UserError`]: `Unauthorized`, a bad name or credential, the user exists
+    /// (`Existing::MustNotExist`) or not (`Existing::MustExist`), or storage.
     pub async fn set_credentials(
         self: &Arc<Self>,
+        caller: &Session,
         user: &str,
         existing: Existing,
         credentials: Vec<(ScramMechanism, NewCredential)>,
     ) -> Result<(), UserError> {
+        let own_password =
+            existing == Existing::MustExist && caller.principal() == Principal::User(user.into());
+        if !own_password {
+            self.check_cluster(caller, Operation::Alter)?;
+        }
         let broker = self.clone();
         let user = user.to_string();
         tokio::task::spawn_blocking(move || {
@@ -240,15 +253,18 @@ impl Broker {
         })?
     }
 
-    /// Removes `user`, or only its credential of one mechanism, durably.
+    /// Removes `user`, or only its credential of one mechanism, durably. Needs `Alter` on
+    /// the cluster.
     ///
     /// # Errors
-    /// [`UserError::NotFound`] or storage.
+    /// `Unauthorized`, [`UserError::NotFound`] or storage.
     pub async fn delete_credentials(
         self: &Arc<Self>,
+        caller: &Session,
         user: &str,
         mechanism: Option<ScramMechanism>,
     ) -> Result<(), UserError> {
+        self.check_cluster(caller, Operation::Alter)?;
         let broker = self.clone();
         let user = user.to_string();
         let change = match mechanism {

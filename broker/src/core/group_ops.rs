@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::acl::{Operation, ResourceType};
 use crate::core::stream_ops::dedupe;
 use crate::core::{Broker, Session};
 use crate::groups::classic::{ClassicJoin, ClassicSummary, JoinWait, Joined, SyncWait};
@@ -64,9 +65,10 @@ impl Broker {
     /// The group's refusal.
     pub fn heartbeat(
         &self,
-        _caller: &Session,
+        caller: &Session,
         heartbeat: &Heartbeat,
     ) -> Result<MemberState, GroupError> {
+        self.check_group(caller, Operation::Read, &heartbeat.group_id)?;
         let streams = &self.streams;
         self.groups
             .heartbeat(heartbeat, |topic| streams.partition_count(topic))
@@ -78,26 +80,40 @@ impl Broker {
     /// Unknown group or member.
     pub fn leave_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         member_id: &str,
     ) -> Result<(), GroupError> {
+        self.check_group(caller, Operation::Read, group_id)?;
         let streams = &self.streams;
         self.groups
             .leave(group_id, member_id, |topic| streams.partition_count(topic))
     }
 
-    /// Describes groups (unknown ones as empty), without repeats.
-    pub fn describe_groups(&self, _caller: &Session, group_ids: Vec<String>) -> Vec<GroupSummary> {
+    /// Describes groups (unknown ones as empty), without repeats. Needs `Describe` on each;
+    /// one the caller may not describe comes back empty and `denied`.
+    pub fn describe_groups(&self, caller: &Session, group_ids: Vec<String>) -> Vec<GroupSummary> {
         dedupe(group_ids)
-            .iter()
-            .map(|group_id| self.groups.describe(group_id))
+            .into_iter()
+            .map(|group_id| {
+                match self.check(caller, Operation::Describe, ResourceType::Group, &group_id) {
+                    Ok(()) => self.groups.describe(&group_id),
+                    Err(denied) => GroupSummary {
+                        group_id,
+                        state: GroupState::Empty,
+                        generation: 0,
+                        assignor: "",
+                        members: Vec::new(),
+                        denied: Some(denied),
+                    },
+                }
+            })
             .collect()
     }
 
     /// Every group with members, and every group that only has committed offsets (as
-    /// empty), sorted by id.
-    pub fn list_groups(&self, _caller: &Session) -> Vec<GroupListing> {
+    /// empty), sorted by id; only those the caller may describe.
+    pub fn list_groups(&self, caller: &Session) -> Vec<GroupListing> {
         let mut groups = self.groups.list();
         for group_id in self.offsets.groups() {
             if !groups.iter().any(|listing| listing.group_id == group_id) {
@@ -108,6 +124,14 @@ impl Broker {
                 });
             }
         }
+        groups.retain(|listing| {
+            self.permits(
+                caller,
+                Operation::Describe,
+                ResourceType::Group,
+                &listing.group_id,
+            )
+        });
         groups.sort_by(|left, right| left.group_id.cmp(&right.group_id));
         groups
     }
@@ -121,14 +145,15 @@ impl Broker {
     /// The member check's refusal (nothing stored), or the storage error (nothing visible).
     pub async fn commit_offsets(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         member_id: &str,
         generation: i32,
         entries: Vec<OffsetEntry>,
     ) -> Result<Vec<Result<(), EntryRefusal>>, CommitError> {
+        self.check_group(caller, Operation::Read, group_id)?;
         let streams = &self.streams;
-        let outcomes = commit::check(
+        let mut outcomes = commit::check(
             &self.groups,
             group_id,
             member_id,
@@ -136,6 +161,13 @@ impl Broker {
             &entries,
             |topic| streams.partition_count(topic),
         )?;
+        for (entry, outcome) in entries.iter().zip(outcomes.iter_mut()) {
+            if let Err(denied) =
+                self.check(caller, Operation::Read, ResourceType::Topic, &entry.topic)
+            {
+                *outcome = Err(denied.into());
+            }
+        }
         let accepted = entries
             .into_iter()
             .zip(&outcomes)
@@ -147,20 +179,32 @@ impl Broker {
     }
 
     /// A group's committed offsets: of the named partitions (`None` where nothing is
-    /// committed), or of every partition it has committed, grouped by topic.
+    /// committed), or of every partition it has committed, grouped by topic. Needs
+    /// `Describe` on the group; topics the caller may not describe are left out of a whole
+    /// group's answer and show nothing committed when named.
+    ///
+    /// # Errors
+    /// `Unauthorized` for the group.
     pub fn fetch_offsets(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<u32>)>>,
-    ) -> Vec<(String, Vec<PartitionOffset>)> {
-        match wanted {
+    ) -> Result<Vec<(String, Vec<PartitionOffset>)>, GroupError> {
+        self.check_group(caller, Operation::Describe, group_id)?;
+        let visible =
+            |topic: &str| self.permits(caller, Operation::Describe, ResourceType::Topic, topic);
+        Ok(match wanted {
             Some(wanted) => wanted
                 .into_iter()
                 .map(|(topic, partitions)| {
+                    let shown = visible(&topic);
                     let committed = partitions
                         .into_iter()
-                        .map(|partition| (partition, self.offsets.get(group_id, &topic, partition)))
+                        .map(|partition| {
+                            let committed = self.offsets.get(group_id, &topic, partition);
+                            (partition, committed.filter(|_| shown))
+                        })
                         .collect();
                     (topic, committed)
                 })
@@ -168,6 +212,9 @@ impl Broker {
             None => {
                 let mut by_topic: BTreeMap<String, Vec<(u32, Option<Committed>)>> = BTreeMap::new();
                 for (topic, partition, committed) in self.offsets.group(group_id) {
+                    if !visible(&topic) {
+                        continue;
+                    }
                     by_topic
                         .entry(topic)
                         .or_default()
@@ -175,7 +222,17 @@ impl Broker {
                 }
                 by_topic.into_iter().collect()
             }
-        }
+        })
+    }
+
+    /// [`Broker::check`] of an operation on a group, as the group's error.
+    fn check_group(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        group_id: &str,
+    ) -> Result<(), GroupError> {
+        Ok(self.check(caller, operation, ResourceType::Group, group_id)?)
     }
 }
 
@@ -191,9 +248,10 @@ impl Broker {
     /// The group's refusal, or `RebalanceInProgress` if the barrier did not complete in time.
     pub async fn join_classic_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         join: ClassicJoin,
     ) -> Result<Joined, GroupError> {
+        self.check_group(caller, Operation::Read, &join.group_id)?;
         let limit = Duration::from_millis(u64::try_from(join.rebalance_timeout_ms).unwrap_or(0))
             + CLASSIC_WAIT_SLACK;
         let group_id = join.group_id.clone();
@@ -210,12 +268,13 @@ impl Broker {
     /// The group's refusal.
     pub async fn sync_classic_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         member_id: &str,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Bytes, GroupError> {
+        self.check_group(caller, Operation::Read, group_id)?;
         match self
             .groups
             .classic()
@@ -235,11 +294,12 @@ impl Broker {
     /// `UnknownMember`, `IllegalGeneration` or `RebalanceInProgress` (rejoin).
     pub fn heartbeat_classic_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         member_id: &str,
         generation: i32,
     ) -> Result<(), GroupError> {
+        self.check_group(caller, Operation::Read, group_id)?;
         self.groups
             .classic()
             .heartbeat(group_id, member_id, generation)
@@ -248,20 +308,27 @@ impl Broker {
     /// Members of a classic group leave; each answer in request order.
     pub fn leave_classic_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         member_ids: &[String],
     ) -> Vec<Result<(), GroupError>> {
+        if let Err(refused) = self.check_group(caller, Operation::Read, group_id) {
+            return member_ids.iter().map(|_| Err(refused.clone())).collect();
+        }
         self.groups.classic().leave(group_id, member_ids)
     }
 
     /// A classic group as DescribeGroups shows it (`None`: no such classic group).
+    ///
+    /// # Errors
+    /// `Unauthorized` without `Describe` on the group.
     pub fn describe_classic_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
-    ) -> Option<ClassicSummary> {
-        self.groups.classic().describe(group_id)
+    ) -> Result<Option<ClassicSummary>, GroupError> {
+        self.check_group(caller, Operation::Describe, group_id)?;
+        Ok(self.groups.classic().describe(group_id))
     }
 }
 
@@ -296,12 +363,15 @@ impl Broker {
     /// read, or the storage error of the commit (nothing visible then).
     pub async fn reset_offsets(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         topic: &str,
         target: ResetTarget,
         execution: Execution,
     ) -> Result<Vec<PlannedOffset>, GroupAdminError> {
+        self.check_group(caller, Operation::Read, group_id)?;
+        self.check(caller, Operation::Read, ResourceType::Topic, topic)
+            .map_err(StreamError::from)?;
         self.groups.check_empty(group_id)?;
         let partitions = self
             .streams
@@ -357,10 +427,15 @@ impl Broker {
     /// committed offsets, or the storage error of the tombstones (nothing deleted then).
     pub async fn delete_offsets(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
         partitions: &[(String, u32)],
     ) -> Result<usize, GroupAdminError> {
+        self.check_group(caller, Operation::Delete, group_id)?;
+        for (topic, _) in partitions {
+            self.check(caller, Operation::Read, ResourceType::Topic, topic)
+                .map_err(StreamError::from)?;
+        }
         self.groups.check_empty(group_id)?;
         if self.offsets.group(group_id).is_empty() {
             return Err(GroupError::GroupNotFound(group_id.to_string()).into());
@@ -376,9 +451,10 @@ impl Broker {
     /// committed offsets, or the storage error of the tombstones (nothing deleted then).
     pub async fn delete_group(
         &self,
-        _caller: &Session,
+        caller: &Session,
         group_id: &str,
     ) -> Result<usize, GroupAdminError> {
+        self.check_group(caller, Operation::Delete, group_id)?;
         self.groups.check_empty(group_id)?;
         let deleted = self.offsets.delete_group(group_id).await?;
         if deleted == 0 {

@@ -202,7 +202,10 @@ impl Broker {
     /// A group's lag per committed partition of an existing topic, by (topic, partition).
     pub fn group_lags(&self, caller: &Session, group_id: &str) -> Vec<PartitionLag> {
         let mut lags = Vec::new();
-        for (topic, partitions) in self.fetch_offsets(caller, group_id, None) {
+        for (topic, partitions) in self
+            .fetch_offsets(caller, group_id, None)
+            .unwrap_or_default()
+        {
             for (partition, committed) in partitions {
                 let (Some(committed), Some(log)) =
                     (committed, self.streams.partition(&topic, partition))

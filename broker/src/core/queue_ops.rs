@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use wharf_protocol::batch::Header;
 
+use crate::acl::{Operation, ResourceType};
 use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
@@ -113,11 +114,12 @@ impl Broker {
     /// `Invalid` for an unknown kind; the queue layer's refusal.
     pub async fn declare_exchange(
         &self,
-        _caller: &Session,
+        caller: &Session,
         name: String,
         kind: &str,
         durability: Durability,
     ) -> Result<(), QueueError> {
+        self.check_exchange(caller, Operation::Create, &name)?;
         let kind = ExchangeKind::parse(kind).ok_or_else(|| {
             QueueError::Invalid(format!(
                 "exchange type {kind:?} is not direct, fanout, topic or headers"
@@ -138,6 +140,7 @@ impl Broker {
         args: Vec<(String, String)>,
         durability: Durability,
     ) -> Result<(), QueueError> {
+        self.check_queue(session, Operation::Create, &name)?;
         let args = args_from_pairs(
             args.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
@@ -160,6 +163,9 @@ impl Broker {
         args: Vec<(String, String)>,
         durability: Durability,
     ) -> Result<String, QueueError> {
+        // The name is not known before it is made: the prefix stands for it (an ACL on
+        // `amq.gen-` prefixed queues allows AMQP's server-named queues).
+        self.check_queue(session, Operation::Create, &prefix)?;
         let args = args_from_pairs(
             args.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
@@ -170,13 +176,22 @@ impl Broker {
             .await
     }
 
-    /// The counts of one queue, or `None` if it does not exist.
-    pub async fn queue_stats(&self, _caller: &Session, name: &str) -> Option<QueueStats> {
-        self.queues
+    /// The counts of one queue, or `None` if it does not exist. Needs `Describe` on it.
+    ///
+    /// # Errors
+    /// `Unauthorized`.
+    pub async fn queue_stats(
+        &self,
+        caller: &Session,
+        name: &str,
+    ) -> Result<Option<QueueStats>, QueueError> {
+        self.check_queue(caller, Operation::Describe, name)?;
+        Ok(self
+            .queues
             .list()
             .await
             .into_iter()
-            .find(|stats| stats.name == name)
+            .find(|stats| stats.name == name))
     }
 
     /// Refuses `session` a queue that is exclusive to another connection.
@@ -188,13 +203,23 @@ impl Broker {
             .check_not_exclusive_elsewhere(name, Some(session.id()))
     }
 
-    /// One exchange's kind and binding count, or `None` if it does not exist.
-    pub fn exchange_info(&self, _caller: &Session, name: &str) -> Option<(ExchangeKind, usize)> {
-        self.queues
+    /// One exchange's kind and binding count, or `None` if it does not exist. Needs
+    /// `Describe` on it.
+    ///
+    /// # Errors
+    /// `Unauthorized`.
+    pub fn exchange_info(
+        &self,
+        caller: &Session,
+        name: &str,
+    ) -> Result<Option<(ExchangeKind, usize)>, QueueError> {
+        self.check_exchange(caller, Operation::Describe, name)?;
+        Ok(self
+            .queues
             .list_exchanges()
             .into_iter()
             .find(|(exchange, ..)| exchange == name)
-            .map(|(_, kind, _, bindings)| (kind, bindings))
+            .map(|(_, kind, _, bindings)| (kind, bindings)))
     }
 
     /// Binds a queue to an exchange.
@@ -203,12 +228,14 @@ impl Broker {
     /// Unknown queue or exchange; bad headers arguments; storage.
     pub async fn bind_queue(
         &self,
-        _caller: &Session,
+        caller: &Session,
         queue: String,
         exchange: String,
         routing_key: String,
         headers: Vec<(String, String)>,
     ) -> Result<(), QueueError> {
+        self.check_queue(caller, Operation::Write, &queue)?;
+        self.check_exchange(caller, Operation::Read, &exchange)?;
         let queues = self.queues.clone();
         blocking(move || queues.bind(&queue, &exchange, &routing_key, &borrowed(&headers))).await
     }
@@ -219,12 +246,14 @@ impl Broker {
     /// Unknown queue or exchange; storage.
     pub async fn unbind_queue(
         &self,
-        _caller: &Session,
+        caller: &Session,
         queue: String,
         exchange: String,
         routing_key: String,
         headers: Vec<(String, String)>,
     ) -> Result<(), QueueError> {
+        self.check_queue(caller, Operation::Write, &queue)?;
+        self.check_exchange(caller, Operation::Read, &exchange)?;
         let queues = self.queues.clone();
         blocking(move || {
             queues
@@ -241,12 +270,14 @@ impl Broker {
     /// Unknown exchange; the default exchange; bad headers arguments; storage.
     pub async fn bind_exchange(
         &self,
-        _caller: &Session,
+        caller: &Session,
         destination: String,
         source: String,
         routing_key: String,
         headers: Vec<(String, String)>,
     ) -> Result<(), QueueError> {
+        self.check_exchange(caller, Operation::Write, &destination)?;
+        self.check_exchange(caller, Operation::Read, &source)?;
         let queues = self.queues.clone();
         blocking(move || {
             queues.bind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
@@ -260,12 +291,14 @@ impl Broker {
     /// Unknown exchange; storage.
     pub async fn unbind_exchange(
         &self,
-        _caller: &Session,
+        caller: &Session,
         destination: String,
         source: String,
         routing_key: String,
         headers: Vec<(String, String)>,
     ) -> Result<(), QueueError> {
+        self.check_exchange(caller, Operation::Write, &destination)?;
+        self.check_exchange(caller, Operation::Read, &source)?;
         let queues = self.queues.clone();
         blocking(move || {
             queues
@@ -279,21 +312,32 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown queue; storage.
-    pub async fn delete_queue(&self, _caller: &Session, name: &str) -> Result<(), QueueError> {
+    pub async fn delete_queue(&self, caller: &Session, name: &str) -> Result<(), QueueError> {
+        self.check_queue(caller, Operation::Delete, name)?;
         self.queues.delete_queue(name).await
     }
 
-    /// Drops a queue's ready messages; returns how many.
+    /// Drops a queue's ready messages; returns how many. Needs `Delete` on the queue.
     ///
     /// # Errors
     /// Unknown queue.
-    pub async fn purge_queue(&self, _caller: &Session, name: &str) -> Result<u64, QueueError> {
+    pub async fn purge_queue(&self, caller: &Session, name: &str) -> Result<u64, QueueError> {
+        self.check_queue(caller, Operation::Delete, name)?;
         self.queues.purge(name).await
     }
 
-    /// Every queue with its counts.
-    pub async fn list_queues(&self, _caller: &Session) -> Vec<QueueStats> {
-        self.queues.list().await
+    /// Every queue the caller may describe, with its counts.
+    pub async fn list_queues(&self, caller: &Session) -> Vec<QueueStats> {
+        let mut queues = self.queues.list().await;
+        queues.retain(|stats| {
+            self.permits(
+                caller,
+                Operation::Describe,
+                ResourceType::Queue,
+                &stats.name,
+            )
+        });
+        queues
     }
 
     /// Takes up to `count` ready messages of a queue without a subscription: with
@@ -311,6 +355,7 @@ impl Broker {
         count: u32,
         mode: GetMode,
     ) -> Result<Vec<GotMessage>, QueueError> {
+        self.check_queue(session, Operation::Read, queue)?;
         if let GetMode::Hold(holder) = mode {
             check_owner(session, queue, holder)?;
         }
@@ -334,10 +379,22 @@ impl Broker {
     /// Unknown queue.
     pub fn list_bindings(
         &self,
-        _caller: &Session,
+        caller: &Session,
         queue: Option<&str>,
     ) -> Result<Vec<BindingInfo>, QueueError> {
-        self.queues.list_bindings(queue)
+        if let Some(queue) = queue {
+            self.check_queue(caller, Operation::Describe, queue)?;
+        }
+        let mut bindings = self.queues.list_bindings(queue)?;
+        bindings.retain(|binding| {
+            self.permits(
+                caller,
+                Operation::Describe,
+                ResourceType::Queue,
+                &binding.queue,
+            )
+        });
+        Ok(bindings)
     }
 
     /// Moves every ready message of `source` to `destination` (at-least-once: each is
@@ -349,6 +406,17 @@ impl Broker {
         source: String,
         destination: String,
     ) -> MoveCompletion {
+        let allowed = self
+            .check_queue(session, Operation::Read, &source)
+            .and_then(|()| self.check_queue(session, Operation::Write, &destination));
+        if let Err(refused) = allowed {
+            return Box::pin(async move {
+                Moved {
+                    moved: 0,
+                    stopped: Some(refused),
+                }
+            });
+        }
         let queues = self.queues.clone();
         let owner = session.id();
         Box::pin(async move {
@@ -362,7 +430,8 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown or built-in exchange; storage.
-    pub async fn delete_exchange(&self, _caller: &Session, name: String) -> Result<(), QueueError> {
+    pub async fn delete_exchange(&self, caller: &Session, name: String) -> Result<(), QueueError> {
+        self.check_exchange(caller, Operation::Delete, &name)?;
         let queues = self.queues.clone();
         blocking(move || queues.delete_exchange(&name)).await
     }
@@ -370,9 +439,13 @@ impl Broker {
     /// Every exchange: name, kind, durability and binding count.
     pub fn list_exchanges(
         &self,
-        _caller: &Session,
+        caller: &Session,
     ) -> Vec<(String, ExchangeKind, Durability, usize)> {
-        self.queues.list_exchanges()
+        let mut exchanges = self.queues.list_exchanges();
+        exchanges.retain(|(name, ..)| {
+            self.permits(caller, Operation::Describe, ResourceType::Exchange, name)
+        });
+        exchanges
     }
 
     /// The ordered phase of a publish: hands the message to its queues, so one session's
@@ -384,9 +457,10 @@ impl Broker {
     /// Unknown exchange or a bad header (nothing stored).
     pub async fn publish(
         &self,
-        _caller: &Session,
+        caller: &Session,
         query: PublishQuery,
     ) -> Result<PublishCompletion, QueueError> {
+        self.check_publish(caller, &query)?;
         // A publisher is held while the disk alarm is on (RabbitMQ's resource alarm): its
         // connection reads nothing more until there is room again.
         self.disk_alarm_cleared().await;
@@ -401,9 +475,25 @@ impl Broker {
     /// all; each gets its own completion (or error).
     pub async fn publish_batch(
         &self,
-        _caller: &Session,
+        caller: &Session,
         queries: Vec<PublishQuery>,
     ) -> Vec<Result<PublishCompletion, QueueError>> {
+        let refusals: Vec<Result<(), QueueError>> = queries
+            .iter()
+            .map(|query| self.check_publish(caller, query))
+            .collect();
+        if refusals.iter().any(Result::is_err) {
+            // A batch with a refused publish is handled one by one, so the others keep
+            // their order and each refusal its place.
+            let mut outcomes = Vec::with_capacity(queries.len());
+            for (query, refusal) in queries.into_iter().zip(refusals) {
+                outcomes.push(match refusal {
+                    Ok(()) => self.publish(caller, query).await,
+                    Err(error) => Err(error),
+                });
+            }
+            return outcomes;
+        }
         self.disk_alarm_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
         let tickets = self
@@ -442,6 +532,7 @@ impl Broker {
         session: &Session,
         query: SubscribeQuery,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
+        self.check_queue(session, Operation::Read, &query.queue)?;
         let (consumer, deliveries) = self
             .queues
             .subscribe_for(
@@ -525,6 +616,36 @@ impl Broker {
         check_owner(session, queue, consumer)?;
         self.queues.stop(queue, consumer).await;
         Ok(())
+    }
+
+    /// Refuses a publish the caller may not make: `Write` on the exchange, or on the queue
+    /// the routing key names for the default exchange (which has no name to put in an ACL).
+    fn check_publish(&self, caller: &Session, query: &PublishQuery) -> Result<(), QueueError> {
+        if query.exchange.is_empty() {
+            self.check_queue(caller, Operation::Write, &query.routing_key)
+        } else {
+            self.check_exchange(caller, Operation::Write, &query.exchange)
+        }
+    }
+
+    /// [`Broker::check`] of an operation on a queue.
+    fn check_queue(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        name: &str,
+    ) -> Result<(), QueueError> {
+        Ok(self.check(caller, operation, ResourceType::Queue, name)?)
+    }
+
+    /// [`Broker::check`] of an operation on an exchange.
+    fn check_exchange(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        name: &str,
+    ) -> Result<(), QueueError> {
+        Ok(self.check(caller, operation, ResourceType::Exchange, name)?)
     }
 
     /// The session ends: its consumers are cancelled (their unacknowledged deliveries

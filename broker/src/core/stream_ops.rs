@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::acl::{Denied, Operation, ResourceType};
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
 use crate::streams::fetch::{FetchQuery, FetchedTopic};
@@ -114,30 +115,57 @@ pub struct TopicView {
     pub topic_id: Option<[u8; 16]>,
     /// Its partitions.
     pub partitions: Vec<PartitionView>,
+    /// Set when the caller may not describe the topic (nothing else is told then).
+    pub denied: Option<Denied>,
 }
 
 impl Broker {
     /// Metadata of the named topics (unknown ones have no id), or of every visible topic.
-    pub fn topic_metadata(&self, _caller: &Session, names: Option<Vec<String>>) -> Vec<TopicView> {
+    /// Needs `Describe` on each topic: a listing leaves out the others, a named one the
+    /// caller may not describe comes back `denied` (whether it exists is not told).
+    pub fn topic_metadata(&self, caller: &Session, names: Option<Vec<String>>) -> Vec<TopicView> {
         match names {
             None => self
                 .streams
                 .visible_topics()
                 .iter()
+                .filter(|info| {
+                    self.permits(caller, Operation::Describe, ResourceType::Topic, &info.name)
+                })
                 .map(|info| self.topic_view(info))
                 .collect(),
             Some(names) => dedupe(names)
                 .into_iter()
-                .map(|name| match self.streams.topics().get(&name) {
-                    Some(info) => self.topic_view(&info),
-                    None => TopicView {
-                        name,
-                        topic_id: None,
-                        partitions: Vec::new(),
-                    },
+                .map(|name| {
+                    let denied = self
+                        .check(caller, Operation::Describe, ResourceType::Topic, &name)
+                        .err();
+                    match self.streams.topics().get(&name) {
+                        Some(info) if denied.is_none() => self.topic_view(&info),
+                        _ => TopicView {
+                            name,
+                            topic_id: None,
+                            partitions: Vec::new(),
+                            denied,
+                        },
+                    }
                 })
                 .collect(),
         }
+    }
+
+    /// Refuses creating topic `name` unless the caller may `Create` on the cluster or on
+    /// the topic (Kafka's rule).
+    fn check_create_topic(&self, caller: &Session, name: &str) -> Result<(), Denied> {
+        if self.permits(
+            caller,
+            Operation::Create,
+            ResourceType::Cluster,
+            crate::acl::CLUSTER_NAME,
+        ) {
+            return Ok(());
+        }
+        self.check(caller, Operation::Create, ResourceType::Topic, name)
     }
 
     fn topic_view(&self, info: &TopicInfo) -> TopicView {
@@ -167,6 +195,7 @@ impl Broker {
             name: info.name.clone(),
             topic_id: Some(info.topic_id),
             partitions,
+            denied: None,
         }
     }
 
@@ -174,7 +203,7 @@ impl Broker {
     /// under [`AdminMode::ValidateOnly`] only checks that each could be created.
     pub async fn create_topics(
         &self,
-        _caller: &Session,
+        caller: &Session,
         topics: Vec<NewTopic>,
         mode: AdminMode,
     ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
@@ -185,6 +214,10 @@ impl Broker {
             configs,
         } in topics
         {
+            if let Err(denied) = self.check_create_topic(caller, &name) {
+                results.push((name, Err(denied.into())));
+                continue;
+            }
             let streams = self.streams.clone();
             let creating = name.clone();
             let outcome = match mode {
@@ -210,11 +243,15 @@ impl Broker {
     /// of the same name is a new topic and must not inherit them).
     pub async fn delete_topics(
         &self,
-        _caller: &Session,
+        caller: &Session,
         names: Vec<String>,
     ) -> Vec<(String, Result<TopicInfo, StreamError>)> {
         let mut results = Vec::with_capacity(names.len());
         for name in names {
+            if let Err(denied) = self.check(caller, Operation::Delete, ResourceType::Topic, &name) {
+                results.push((name, Err(denied.into())));
+                continue;
+            }
             let streams = self.streams.clone();
             let deleting = name.clone();
             let outcome =
@@ -236,10 +273,11 @@ impl Broker {
     /// As [`crate::streams::topic::Topics::alter_configs`].
     pub async fn alter_topic_configs(
         &self,
-        _caller: &Session,
+        caller: &Session,
         name: &str,
         configs: Vec<(String, String)>,
     ) -> Result<TopicInfo, StreamError> {
+        self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
@@ -259,12 +297,13 @@ impl Broker {
     /// As [`crate::streams::topic::Topics::change_configs`].
     pub async fn change_topic_configs(
         &self,
-        _caller: &Session,
+        caller: &Session,
         name: &str,
         changes: Vec<ConfigChange>,
         replace: bool,
         mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
+        self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
@@ -283,11 +322,12 @@ impl Broker {
     /// As [`crate::streams::topic::Topics::add_partitions`].
     pub async fn add_partitions(
         &self,
-        _caller: &Session,
+        caller: &Session,
         name: &str,
         partition_count: u32,
         mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
+        self.check(caller, Operation::Alter, ResourceType::Topic, name)?;
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
@@ -306,22 +346,32 @@ impl Broker {
     /// An unknown topic.
     pub fn describe_topic_configs(
         &self,
-        _caller: &Session,
+        caller: &Session,
         name: &str,
     ) -> Result<Vec<TopicConfig>, StreamError> {
+        self.check(
+            caller,
+            Operation::DescribeConfigs,
+            ResourceType::Topic,
+            name,
+        )?;
         Ok(self.streams.topics().configs(name)?)
     }
 
     /// The ordered phase of a produce: finds (or creates) each topic and appends each
     /// partition's batches, in request order. The returned completion waits for durability
     /// (acks = all) so that all partitions and pipelined requests share the flusher's fsyncs.
-    pub async fn produce(&self, _caller: &Session, query: ProduceQuery) -> ProduceCompletion {
+    pub async fn produce(&self, caller: &Session, query: ProduceQuery) -> ProduceCompletion {
         let timeout_ms = query.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut topics = Vec::with_capacity(query.topics.len());
         let mut receipts: Vec<(usize, usize, Receipt)> = Vec::new();
         for (topic, produced) in query.topics {
-            let info = self.topic_for_produce(&topic).await.map_err(Arc::new);
+            let info = match self.check(caller, Operation::Write, ResourceType::Topic, &topic) {
+                Ok(()) => self.topic_for_produce(caller, &topic).await,
+                Err(denied) => Err(denied.into()),
+            }
+            .map_err(Arc::new);
             let mut partitions = Vec::with_capacity(produced.len());
             for (partition, records) in produced {
                 let outcome = match &info {
@@ -363,18 +413,59 @@ impl Broker {
 
     /// Finds a topic, creating it on the blocking pool when it does not exist (and may be
     /// created).
-    async fn topic_for_produce(&self, name: &str) -> Result<TopicInfo, StreamError> {
+    async fn topic_for_produce(
+        &self,
+        caller: &Session,
+        name: &str,
+    ) -> Result<TopicInfo, StreamError> {
         if let Some(info) = self.streams.find_for_produce(name)? {
             return Ok(info);
         }
+        self.check_create_topic(caller, name)?;
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || streams.create_for_produce(&name)).await
     }
 
-    /// Reads what `query` asks for, long-polling up to its wait.
-    pub async fn fetch(&self, _caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
-        self.streams.fetch(query).await
+    /// Reads what `query` asks for, long-polling up to its wait. Each topic needs `Read`;
+    /// the partitions of a refused one come back with `Unauthorized` and no records.
+    pub async fn fetch(&self, caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
+        let refused: Vec<Option<Denied>> = query
+            .topics
+            .iter()
+            .map(|wanted| {
+                self.check(caller, Operation::Read, ResourceType::Topic, &wanted.topic)
+                    .err()
+            })
+            .collect();
+        if refused.iter().all(Option::is_none) {
+            return self.streams.fetch(query).await;
+        }
+        let allowed = FetchQuery {
+            topics: query
+                .topics
+                .iter()
+                .zip(&refused)
+                .filter(|(_, denied)| denied.is_none())
+                .map(|(wanted, _)| wanted.clone())
+                .collect(),
+            ..query.clone()
+        };
+        let mut fetched = if allowed.topics.is_empty() {
+            Vec::new()
+        } else {
+            self.streams.fetch(&allowed).await
+        }
+        .into_iter();
+        query
+            .topics
+            .iter()
+            .zip(refused)
+            .filter_map(|(wanted, denied)| match denied {
+                None => fetched.next(),
+                Some(denied) => Some(FetchedTopic::refused(wanted, &denied)),
+            })
+            .collect()
     }
 
     /// Metadata of the named topics, first creating those that do not exist when topics may
@@ -388,7 +479,7 @@ impl Broker {
         let names = dedupe(names);
         for name in &names {
             if self.streams.topics().get(name).is_none() {
-                if let Err(error) = self.topic_for_produce(name).await {
+                if let Err(error) = self.topic_for_produce(caller, name).await {
                     tracing::debug!(topic = name, %error, "metadata did not auto-create the topic");
                 }
             }
@@ -402,10 +493,16 @@ impl Broker {
     /// blocking pool.
     pub async fn delete_records(
         &self,
-        _caller: &Session,
+        caller: &Session,
         topic: &str,
         offsets: Vec<(u32, i64)>,
     ) -> Vec<(u32, Result<i64, StreamError>)> {
+        if let Err(denied) = self.check(caller, Operation::Delete, ResourceType::Topic, topic) {
+            return offsets
+                .into_iter()
+                .map(|(partition, _)| (partition, Err(denied.clone().into())))
+                .collect();
+        }
         let streams = self.streams.clone();
         let topic = topic.to_string();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -426,10 +523,11 @@ impl Broker {
     /// An unknown topic or partition.
     pub fn describe_producers(
         &self,
-        _caller: &Session,
+        caller: &Session,
         topic: &str,
         partition: u32,
     ) -> Result<Vec<ProducerView>, StreamError> {
+        self.check(caller, Operation::Read, ResourceType::Topic, topic)?;
         self.streams.describe_producers(topic, partition)
     }
 
@@ -445,11 +543,12 @@ impl Broker {
     /// `UnknownPartition`, or the storage error of a time-index lookup.
     pub fn list_offset(
         &self,
-        _caller: &Session,
+        caller: &Session,
         topic: &str,
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<Option<i64>, StreamError> {
+        self.check(caller, Operation::Describe, ResourceType::Topic, topic)?;
         self.streams.list_offset(topic, partition, spec)
     }
 }

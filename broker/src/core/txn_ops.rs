@@ -1,5 +1,6 @@
 //! Core operations on producer ids and transactions.
 
+use crate::acl::{Denied, Operation, ResourceType};
 use crate::core::{Broker, Session};
 use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnSummary};
 
@@ -13,12 +14,16 @@ impl Broker {
     /// Storage errors; the coordinator's refusal.
     pub async fn init_producer_id(
         &self,
-        _caller: &Session,
+        caller: &Session,
         transactional_id: Option<String>,
         timeout_ms: u32,
     ) -> Result<(i64, i16), TxnError> {
         if let Some(transactional_id) = transactional_id {
+            self.check_txn_id(caller, &transactional_id)?;
             return self.txn.init(transactional_id, timeout_ms).await;
+        }
+        if !self.permits_some(caller, Operation::Write, ResourceType::Topic) {
+            self.check_cluster(caller, Operation::IdempotentWrite)?;
         }
         let streams = self.streams.clone();
         tokio::task::spawn_blocking(move || streams.allocate_producer_id())
@@ -34,10 +39,14 @@ impl Broker {
     /// As the coordinator decides.
     pub async fn add_partitions_to_txn(
         &self,
-        _caller: &Session,
+        caller: &Session,
         producer: TxnProducer,
         partitions: Vec<(String, Vec<u32>)>,
     ) -> Result<(), TxnError> {
+        self.check_txn_id(caller, &producer.transactional_id)?;
+        for (topic, _) in &partitions {
+            self.check(caller, Operation::Write, ResourceType::Topic, topic)?;
+        }
         self.txn.add_partitions(producer, partitions).await
     }
 
@@ -47,10 +56,12 @@ impl Broker {
     /// As the coordinator decides.
     pub async fn add_offsets_to_txn(
         &self,
-        _caller: &Session,
+        caller: &Session,
         producer: TxnProducer,
         group_id: String,
     ) -> Result<(), TxnError> {
+        self.check_txn_id(caller, &producer.transactional_id)?;
+        self.check(caller, Operation::Read, ResourceType::Group, &group_id)?;
         self.txn.add_offsets(producer, group_id).await
     }
 
@@ -60,9 +71,19 @@ impl Broker {
     /// As the coordinator decides.
     pub async fn txn_offset_commit(
         &self,
-        _caller: &Session,
+        caller: &Session,
         offsets: TxnOffsets,
     ) -> Result<(), TxnError> {
+        self.check_txn_id(caller, &offsets.producer.transactional_id)?;
+        self.check(
+            caller,
+            Operation::Read,
+            ResourceType::Group,
+            &offsets.group_id,
+        )?;
+        for entry in &offsets.entries {
+            self.check(caller, Operation::Read, ResourceType::Topic, &entry.topic)?;
+        }
         self.txn.offset_commit(offsets).await
     }
 
@@ -72,23 +93,44 @@ impl Broker {
     /// As the coordinator decides.
     pub async fn end_txn(
         &self,
-        _caller: &Session,
+        caller: &Session,
         producer: TxnProducer,
         end: TxnEnd,
     ) -> Result<(), TxnError> {
+        self.check_txn_id(caller, &producer.transactional_id)?;
         self.txn.end(producer, end).await
     }
 
     /// The state of the named transactional ids (unknown ones left out), or of every one
-    /// (Kafka's DescribeTransactions and ListTransactions).
+    /// (Kafka's DescribeTransactions and ListTransactions); only those the caller may
+    /// `Describe`.
     ///
     /// # Errors
     /// `NotRunning` when the coordinator has stopped.
     pub async fn describe_transactions(
         &self,
-        _caller: &Session,
+        caller: &Session,
         transactional_ids: Option<Vec<String>>,
     ) -> Result<Vec<TxnSummary>, TxnError> {
-        self.txn.describe(transactional_ids).await
+        let mut summaries = self.txn.describe(transactional_ids).await?;
+        summaries.retain(|summary| {
+            self.permits(
+                caller,
+                Operation::Describe,
+                ResourceType::TransactionalId,
+                &summary.transactional_id,
+            )
+        });
+        Ok(summaries)
+    }
+
+    /// Refuses a transactional id the caller may not `Write`.
+    fn check_txn_id(&self, caller: &Session, transactional_id: &str) -> Result<(), Denied> {
+        self.check(
+            caller,
+            Operation::Write,
+            ResourceType::TransactionalId,
+            transactional_id,
+        )
     }
 }

@@ -262,7 +262,7 @@ impl Protocol for Amqp {
         AmqpConnection {
             shared: Arc::new(Shared {
                 broker: self.broker.clone(),
-                session: Arc::new(Session::new()),
+                session: Arc::new(Session::at(peer)),
                 peer,
                 body_bytes_max: self.body_bytes_max,
                 default_guest: self.default_guest,

@@ -74,9 +74,6 @@ pub struct Http {
     broker: OnceLock<Arc<Broker>>,
     /// Whether requests must carry credentials; set with the core.
     auth: OnceLock<AuthPolicy>,
-    /// The caller the admin API acts as (each request's principal is checked by
-    /// [`auth::authenticate`] and travels as a request extension).
-    session: Session,
     /// Turns true on shutdown: streams end.
     shutdown: watch::Receiver<bool>,
     /// Start time, listeners and configuration, for `GET /api/v1/broker`.
@@ -89,7 +86,6 @@ impl Http {
         Arc::new(Http {
             broker: OnceLock::new(),
             auth: OnceLock::new(),
-            session: Session::new(),
             shutdown,
             info,
         })
@@ -105,6 +101,35 @@ impl Http {
     /// The core, or 503 while it recovers.
     fn broker(&self) -> Result<&Arc<Broker>, ApiError> {
         self.broker.get().ok_or_else(ApiError::recovering)
+    }
+}
+
+/// The core caller of one request: its principal (checked by [`auth::authenticate`]) and
+/// the client's address, so the core's ACL checks see who asks. A handler takes it as an
+/// argument; a request that bypassed the middleware (none should) acts as anonymous.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Session>);
+
+impl std::ops::Deref for Caller {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Caller, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| Caller(Arc::new(Session::new()))))
     }
 }
 

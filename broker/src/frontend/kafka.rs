@@ -203,7 +203,7 @@ impl Protocol for Kafka {
     fn open(&self, _push: mpsc::Sender<BytesMut>, peer: std::net::SocketAddr) -> KafkaConnection {
         metrics::KAFKA.connection_opened();
         KafkaConnection {
-            session: Arc::new(Session::new()),
+            session: Arc::new(Session::at(peer)),
             peer,
             opened: tokio::time::Instant::now(),
             sasl: Mutex::new(sasl::SaslState::Start),

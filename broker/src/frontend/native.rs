@@ -118,7 +118,7 @@ impl Protocol for Native {
     fn open(&self, push: mpsc::Sender<BytesMut>, peer: std::net::SocketAddr) -> NativeConnection {
         metrics::NATIVE.connection_opened();
         NativeConnection {
-            session: Arc::new(Session::new()),
+            session: Arc::new(Session::at(peer)),
             push,
             peer,
             opened: tokio::time::Instant::now(),

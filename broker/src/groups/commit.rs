@@ -40,6 +40,9 @@ pub enum EntryRefusal {
     /// The metadata is longer than [`OFFSET_METADATA_BYTES_MAX`].
     #[error("offset metadata of {metadata_bytes} bytes exceeds max {OFFSET_METADATA_BYTES_MAX}")]
     MetadataTooLarge { metadata_bytes: usize },
+    /// The caller may not read the topic (ACLs).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
 }
 
 /// The commit rule: the member must be current in its group, then each entry is checked on

@@ -19,6 +19,9 @@ pub const EXCHANGE_HEADER: &str = "x-exchange";
 /// Everything that can go wrong in the queue layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
+    /// The caller may not do this (ACLs, issue #18).
+    #[error(transparent)]
+    Unauthorized(#[from] crate::acl::Denied),
     /// No such exchange.
     #[error("unknown exchange {0:?}")]
     UnknownExchange(String),

@@ -133,8 +133,25 @@ pub fn queue(error: &QueueError, class_id: u16, method_id: u16) -> Reply {
             Reply::new(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
         }
         QueueError::Storage(message) => Reply::new(INTERNAL_ERROR, message),
+        QueueError::Unauthorized(refused) => denied(refused),
     };
     reply.on(class_id, method_id)
+}
+
+/// RabbitMQ's words for a refusal by ACLs (a channel error, 403), with the operation the
+/// ACLs did not allow.
+pub fn denied(refused: &crate::core::Denied) -> Reply {
+    let user = refused
+        .principal
+        .strip_prefix("User:")
+        .unwrap_or(&refused.principal);
+    Reply::new(
+        ACCESS_REFUSED,
+        format!(
+            "access to {} '{}' in vhost '/' refused for user '{user}' ({} is not allowed)",
+            refused.resource_type, refused.name, refused.operation
+        ),
+    )
 }
 
 #[cfg(test)]

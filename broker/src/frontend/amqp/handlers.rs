@@ -25,7 +25,7 @@ use crate::core::queue_ops::{
 };
 use crate::core::{
     AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeliveryTag, Durability, GetMode,
-    QueueError, Requeue,
+    QueueError, QueueStats, Requeue,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -870,7 +870,10 @@ async fn exchange_class(
             let name = declare.exchange.as_str().to_string();
             let kind = exchange_kind(&declare)?;
             if declare.passive {
-                if broker.exchange_info(session, &name).is_none() && !name.is_empty() {
+                let info = broker
+                    .exchange_info(session, &name)
+                    .map_err(|error| error_code::queue(&error, 40, 10))?;
+                if info.is_none() && !name.is_empty() {
                     return Err(Reply::new(
                         error_code::NOT_FOUND,
                         format!("no exchange '{name}' in vhost '/'"),
@@ -883,7 +886,8 @@ async fn exchange_class(
                         format!("invalid exchange type '{kind}'"),
                     ));
                 }
-                if let Some((existing, _)) = broker.exchange_info(session, &name) {
+                // Without Describe the core's declare still refuses another kind.
+                if let Ok(Some((existing, _))) = broker.exchange_info(session, &name) {
                     if existing.name() != kind {
                         return Err(Reply::new(
                             error_code::PRECONDITION_FAILED,
@@ -913,7 +917,10 @@ async fn exchange_class(
         }
         exchange::AMQPMethod::Delete(delete) => {
             let name = delete.exchange.as_str().to_string();
-            if let Some((_, bindings)) = broker.exchange_info(session, &name) {
+            let info = broker
+                .exchange_info(session, &name)
+                .map_err(|error| error_code::queue(&error, 40, 20))?;
+            if let Some((_, bindings)) = info {
                 if delete.if_unused && bindings > 0 {
                     return Err(Reply::new(
                         error_code::PRECONDITION_FAILED,
@@ -1093,12 +1100,18 @@ async fn queue_class(
                         .map_err(|error| error_code::queue(&error, 50, 10))?;
                 }
             }
-            let stats = broker.queue_stats(session, &name).await.ok_or_else(|| {
-                Reply::new(
-                    error_code::NOT_FOUND,
-                    format!("no queue '{name}' in vhost '/'"),
-                )
-            })?;
+            let stats = match broker.queue_stats(session, &name).await {
+                Ok(Some(stats)) => stats,
+                Ok(None) => {
+                    return Err(Reply::new(
+                        error_code::NOT_FOUND,
+                        format!("no queue '{name}' in vhost '/'"),
+                    ))
+                }
+                // A caller who may create the queue but not describe it sees no counts.
+                Err(QueueError::Unauthorized(_)) if !declare.passive => QueueStats::default(),
+                Err(error) => return Err(error_code::queue(&error, 50, 10)),
+            };
             broker
                 .check_queue_access(session, &name)
                 .map_err(|error| error_code::queue(&error, 50, 10))?;
@@ -1195,7 +1208,11 @@ async fn queue_class(
                 .map_err(|error| error_code::queue(&error, 50, 40))?;
             let mut count = 0;
             // RabbitMQ answers delete-ok for a queue that does not exist.
-            if let Some(stats) = broker.queue_stats(session, name).await {
+            let stats = broker
+                .queue_stats(session, name)
+                .await
+                .map_err(|error| error_code::queue(&error, 50, 40))?;
+            if let Some(stats) = stats {
                 if delete.if_unused && stats.consumers > 0 {
                     return Err(Reply::new(
                         error_code::PRECONDITION_FAILED,
@@ -1436,6 +1453,7 @@ async fn basic_consume(
             .broker
             .queue_stats(&shared.session, &queue)
             .await
+            .map_err(|error| error_code::queue(&error, 60, 20))?
             .map_or(0, |stats| stats.consumers);
         if consumers > 0 {
             return Err(Reply::new(
@@ -1681,6 +1699,8 @@ async fn basic_get(shared: &Arc<Shared>, channel: u16, get: basic::Get) -> Resul
         .broker
         .queue_stats(&shared.session, queue)
         .await
+        .ok()
+        .flatten()
         .map_or(0, |stats| saturate(stats.ready));
     let (properties, exchange) =
         message::properties_from_headers(&message.record.headers, message.record.timestamp_ms);

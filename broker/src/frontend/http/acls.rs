@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::core::{binding_from_names, filter_from_names, AclBinding, AclFilter, WILDCARD};
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, QueryParams};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// The routes of this module.
 pub fn routes() -> OpenApiRouter<Arc<Http>> {
@@ -88,12 +88,13 @@ pub struct AclQuery {
 )]
 async fn list_acls(
     State(http): Shared,
+    caller: Caller,
     QueryParams(query): QueryParams<AclQuery>,
 ) -> Result<Response, ApiError> {
     let filter = filter(query)?;
     let acls = http
         .broker()?
-        .describe_acls(&filter)
+        .describe_acls(&caller, &filter)?
         .iter()
         .map(json)
         .collect();
@@ -114,10 +115,13 @@ async fn list_acls(
 )]
 async fn add_acl(
     State(http): Shared,
+    caller: Caller,
     JsonBody(body): JsonBody<AclJson>,
 ) -> Result<Response, ApiError> {
     let acl = binding(&body)?;
-    http.broker()?.create_acls(vec![acl.clone()]).await?;
+    http.broker()?
+        .create_acls(&caller, vec![acl.clone()])
+        .await?;
     Ok((StatusCode::CREATED, Json(json(&acl))).into_response())
 }
 
@@ -135,10 +139,11 @@ async fn add_acl(
 )]
 async fn remove_acls(
     State(http): Shared,
+    caller: Caller,
     QueryParams(query): QueryParams<AclQuery>,
 ) -> Result<Response, ApiError> {
     let filter = filter(query)?;
-    let removed = http.broker()?.delete_acls(vec![filter]).await?;
+    let removed = http.broker()?.delete_acls(&caller, vec![filter]).await?;
     let acls = removed.iter().flatten().map(json).collect();
     Ok(Json(AclList { acls }).into_response())
 }

@@ -17,7 +17,7 @@ use crate::core::{
     PartitionStatus, QueueStats, ResetTarget, TopicView,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// The `/api/v1` routes, each registered with its OpenAPI description
 /// ([`super::openapi`]).
@@ -132,10 +132,13 @@ pub struct AddPartitions {
 
 /// Lists the topics (internal topics hidden).
 #[utoipa::path(get, path = "/topics", tag = "topics", responses((status = 200, description = "The topics", body = TopicList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
-async fn list_topics(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+async fn list_topics(
+    axum::extract::State(http): Shared,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let topics: Vec<TopicSummary> = broker
-        .topic_metadata(&http.session, None)
+        .topic_metadata(&caller, None)
         .into_iter()
         .map(|view| TopicSummary {
             topic_id: hex_id(view.topic_id),
@@ -150,6 +153,7 @@ async fn list_topics(axum::extract::State(http): Shared) -> Result<Response, Api
 #[utoipa::path(post, path = "/topics", tag = "topics", request_body = CreateTopic, responses((status = 201, description = "Created: the topic described", body = TopicDetail), (status = 400, description = "A bad name, partition count or config, or bad JSON", body = ErrorBody), (status = 409, description = "The topic exists", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn create_topic(
     axum::extract::State(http): Shared,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateTopic>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
@@ -161,12 +165,12 @@ async fn create_topic(
         configs: body.configs.into_iter().collect(),
     };
     let (_, outcome) = broker
-        .create_topics(&http.session, vec![topic], AdminMode::Apply)
+        .create_topics(&caller, vec![topic], AdminMode::Apply)
         .await
         .pop()
         .ok_or_else(|| ApiError::bad_request("no topic created"))?;
     outcome?;
-    let detail = topic_detail(&http, &body.name)?;
+    let detail = topic_detail(&http, &caller, &body.name)?;
     Ok((StatusCode::CREATED, Json(detail)).into_response())
 }
 
@@ -174,20 +178,22 @@ async fn create_topic(
 #[utoipa::path(get, path = "/topics/{topic}", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), responses((status = 200, description = "The topic", body = TopicDetail), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_topic(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(topic): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(topic_detail(&http, &topic)?).into_response())
+    Ok(Json(topic_detail(&http, &caller, &topic)?).into_response())
 }
 
 /// Deletes a topic with its committed offsets and producer state.
 #[utoipa::path(delete, path = "/topics/{topic}", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), responses((status = 204, description = "Deleted"), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 403, description = "An internal topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn delete_topic(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(topic): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let (_, outcome) = broker
-        .delete_topics(&http.session, vec![topic])
+        .delete_topics(&caller, vec![topic])
         .await
         .pop()
         .ok_or_else(|| ApiError::bad_request("no topic deleted"))?;
@@ -199,6 +205,7 @@ async fn delete_topic(
 #[utoipa::path(patch, path = "/topics/{topic}/configs", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), request_body = AlterConfigs, responses((status = 200, description = "The topic described", body = TopicDetail), (status = 400, description = "An unknown key or a bad value", body = ErrorBody), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn alter_topic_configs(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(topic): PathParams<String>,
     JsonBody(body): JsonBody<AlterConfigs>,
 ) -> Result<Response, ApiError> {
@@ -210,35 +217,41 @@ async fn alter_topic_configs(
         .chain(body.delete.into_iter().map(ConfigChange::Delete))
         .collect();
     broker
-        .change_topic_configs(&http.session, &topic, changes, false, AdminMode::Apply)
+        .change_topic_configs(&caller, &topic, changes, false, AdminMode::Apply)
         .await?;
-    Ok(Json(topic_detail(&http, &topic)?).into_response())
+    Ok(Json(topic_detail(&http, &caller, &topic)?).into_response())
 }
 
 /// Grows a topic to a larger partition count.
 #[utoipa::path(post, path = "/topics/{topic}/partitions", tag = "topics", params(("topic" = String, Path, description = "The topic's name")), request_body = AddPartitions, responses((status = 200, description = "The topic described", body = TopicDetail), (status = 400, description = "Not larger than the current count, or over the limit", body = ErrorBody), (status = 404, description = "Unknown topic", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn add_partitions(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(topic): PathParams<String>,
     JsonBody(body): JsonBody<AddPartitions>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     broker
-        .add_partitions(&http.session, &topic, body.partitions, AdminMode::Apply)
+        .add_partitions(&caller, &topic, body.partitions, AdminMode::Apply)
         .await?;
-    Ok(Json(topic_detail(&http, &topic)?).into_response())
+    Ok(Json(topic_detail(&http, &caller, &topic)?).into_response())
 }
 
 /// A topic's partitions and configs; 404 for an unknown topic.
-fn topic_detail(http: &Http, name: &str) -> Result<TopicDetail, ApiError> {
+fn topic_detail(http: &Http, caller: &Caller, name: &str) -> Result<TopicDetail, ApiError> {
     let broker = http.broker()?;
     let view: TopicView = broker
-        .topic_metadata(&http.session, Some(vec![name.to_string()]))
+        .topic_metadata(caller, Some(vec![name.to_string()]))
         .pop()
+        .map(|view| match view.denied {
+            Some(denied) => Err(ApiError::from(denied)),
+            None => Ok(view),
+        })
+        .transpose()?
         .filter(|view| view.topic_id.is_some())
         .ok_or_else(|| ApiError::not_found(format!("unknown topic {name:?}")))?;
     let configs = broker
-        .describe_topic_configs(&http.session, name)?
+        .describe_topic_configs(caller, name)?
         .into_iter()
         .map(|config| ConfigDetail {
             name: config.key,
@@ -345,10 +358,13 @@ impl From<PartitionLag> for LagDetail {
 
 /// Lists the consumer groups.
 #[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, description = "The groups", body = GroupList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
-async fn list_groups(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+async fn list_groups(
+    axum::extract::State(http): Shared,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let groups: Vec<GroupSummaryJson> = broker
-        .list_groups(&http.session)
+        .list_groups(&caller)
         .into_iter()
         .map(|listing| GroupSummaryJson {
             group_id: listing.group_id,
@@ -363,20 +379,24 @@ async fn list_groups(axum::extract::State(http): Shared) -> Result<Response, Api
 #[utoipa::path(get, path = "/groups/{group}", tag = "groups", params(("group" = String, Path, description = "The group id")), responses((status = 200, description = "The group", body = GroupDetail), (status = 404, description = "Unknown group", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_group(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(group_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
+    let summary = broker
+        .describe_groups(&caller, vec![group_id.clone()])
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("unknown group {group_id:?}")))?;
+    if let Some(denied) = summary.denied {
+        return Err(ApiError::from(denied));
+    }
     let known = broker
-        .list_groups(&http.session)
+        .list_groups(&caller)
         .iter()
         .any(|listing| listing.group_id == group_id);
     if !known {
         return Err(ApiError::not_found(format!("unknown group {group_id:?}")));
     }
-    let summary = broker
-        .describe_groups(&http.session, vec![group_id.clone()])
-        .pop()
-        .ok_or_else(|| ApiError::not_found(format!("unknown group {group_id:?}")))?;
     let detail = GroupDetail {
         state: state_name(summary.state),
         generation: summary.generation,
@@ -391,7 +411,7 @@ async fn describe_group(
             })
             .collect(),
         offsets: broker
-            .group_lags(&http.session, &group_id)
+            .group_lags(&caller, &group_id)
             .into_iter()
             .map(LagDetail::from)
             .collect(),
@@ -468,6 +488,7 @@ pub struct GroupDeleted {
 )]
 async fn reset_group_offsets(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(group_id): PathParams<String>,
     JsonBody(body): JsonBody<ResetOffsets>,
 ) -> Result<Response, ApiError> {
@@ -489,7 +510,7 @@ async fn reset_group_offsets(
         Execution::Execute
     };
     let plan = broker
-        .reset_offsets(&http.session, &group_id, &body.topic, target, execution)
+        .reset_offsets(&caller, &group_id, &body.topic, target, execution)
         .await?;
     Ok(Json(ResetAnswer {
         group_id,
@@ -523,12 +544,10 @@ async fn reset_group_offsets(
 )]
 async fn delete_group(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(group_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let deleted_partitions = http
-        .broker()?
-        .delete_group(&http.session, &group_id)
-        .await?;
+    let deleted_partitions = http.broker()?.delete_group(&caller, &group_id).await?;
     Ok(Json(GroupDeleted {
         group_id,
         deleted_partitions,
@@ -596,10 +615,13 @@ impl From<QueueStats> for QueueDetail {
 
 /// Lists the queues with their counts.
 #[utoipa::path(get, path = "/queues", tag = "queues", responses((status = 200, description = "The queues", body = QueueList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
-async fn list_queues(axum::extract::State(http): Shared) -> Result<Response, ApiError> {
+async fn list_queues(
+    axum::extract::State(http): Shared,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let queues: Vec<QueueDetail> = broker
-        .list_queues(&http.session)
+        .list_queues(&caller)
         .await
         .into_iter()
         .map(QueueDetail::from)
@@ -611,11 +633,12 @@ async fn list_queues(axum::extract::State(http): Shared) -> Result<Response, Api
 #[utoipa::path(get, path = "/queues/{queue}", tag = "queues", params(("queue" = String, Path, description = "The queue's name")), responses((status = 200, description = "The queue", body = QueueDetail), (status = 404, description = "Unknown queue", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn describe_queue(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let stats = broker
-        .list_queues(&http.session)
+        .list_queues(&caller)
         .await
         .into_iter()
         .find(|stats| stats.name == queue)
@@ -627,10 +650,11 @@ async fn describe_queue(
 #[utoipa::path(post, path = "/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path, description = "The queue's name")), responses((status = 200, description = "Purged", body = Purged), (status = 404, description = "Unknown queue", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
 async fn purge_queue(
     axum::extract::State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
-    let purged = broker.purge_queue(&http.session, &queue).await?;
+    let purged = broker.purge_queue(&caller, &queue).await?;
     Ok(Json(Purged { queue, purged }).into_response())
 }
 

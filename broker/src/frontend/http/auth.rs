@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
 use super::error::ApiError;
-use super::{Http, PeerAddr};
+use super::{Caller, Http, PeerAddr};
 use crate::core::{Authentication, DefaultGuest, Principal, Session};
 
 /// Routes that never ask for credentials.
@@ -92,7 +92,9 @@ pub async fn authenticate(
     {
         return unauthorized("authentication required");
     }
+    let caller = Caller(Arc::new(Session::acting(principal.clone(), Some(peer))));
     request.extensions_mut().insert(principal);
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 

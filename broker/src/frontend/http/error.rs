@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::core::{
-    AclError, GroupAdminError, GroupError, QueueError, StreamError, TopicError, UserError,
+    AclError, Denied, GroupAdminError, GroupError, QueueError, StreamError, TopicError, UserError,
 };
 
 /// An error answer.
@@ -91,10 +91,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "unauthorized", denied.to_string())
+    }
+}
+
 impl From<StreamError> for ApiError {
     fn from(error: StreamError) -> ApiError {
         let message = error.to_string();
         match error {
+            StreamError::Unauthorized(denied) => ApiError::from(denied),
             StreamError::UnknownTopic(_)
             | StreamError::UnknownPartition { .. }
             | StreamError::AutoCreateDisabled(_) => ApiError::not_found(message),
@@ -140,6 +147,7 @@ impl From<GroupAdminError> for ApiError {
         let message = error.to_string();
         match error {
             GroupAdminError::Group(GroupError::GroupNotFound(_)) => ApiError::not_found(message),
+            GroupAdminError::Group(GroupError::Unauthorized(denied)) => ApiError::from(denied),
             GroupAdminError::Group(GroupError::NotEmpty { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "group_not_empty", message)
             }
@@ -160,6 +168,7 @@ impl From<AclError> for ApiError {
             AclError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            AclError::Unauthorized(denied) => ApiError::from(denied),
         }
     }
 }
@@ -181,6 +190,7 @@ impl From<UserError> for ApiError {
             UserError::Locked { .. } | UserError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            UserError::Unauthorized(denied) => ApiError::from(denied),
         }
     }
 }
@@ -199,6 +209,7 @@ impl From<QueueError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             QueueError::Gone(_) => ApiError::new(StatusCode::GONE, "gone", message),
+            QueueError::Unauthorized(denied) => ApiError::from(denied),
             _ => ApiError::bad_request(message),
         }
     }

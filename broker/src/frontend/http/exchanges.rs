@@ -21,7 +21,7 @@ use crate::core::{Durability, GetMode, GotMessage, Mandatory, PublishOutcome, Pu
 use crate::frontend::http::admin::QueueDetail;
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
 use crate::frontend::http::stream::{headers_json, put_bytes, HeaderDoc, HeaderIn};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// Most messages one get takes.
 pub const GET_COUNT_MAX: u32 = 1_000;
@@ -81,20 +81,21 @@ pub struct DeclareQueue {
 )]
 pub async fn declare_queue(
     State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
     JsonBody(body): JsonBody<DeclareQueue>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     broker
         .declare_queue(
-            &http.session,
+            &caller,
             queue.clone(),
             body.arguments.into_iter().collect(),
             durability(body.durable.unwrap_or(true)),
         )
         .await?;
     let stats = broker
-        .list_queues(&http.session)
+        .list_queues(&caller)
         .await
         .into_iter()
         .find(|stats| stats.name == queue)
@@ -116,9 +117,10 @@ pub async fn declare_queue(
 )]
 pub async fn delete_queue(
     State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    http.broker()?.delete_queue(&http.session, &queue).await?;
+    http.broker()?.delete_queue(&caller, &queue).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -171,6 +173,7 @@ pub struct GotList {
 )]
 pub async fn get_messages(
     State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
     JsonBody(body): JsonBody<GetBody>,
 ) -> Result<Response, ApiError> {
@@ -190,7 +193,7 @@ pub async fn get_messages(
             )))
         }
     };
-    let got = broker.queue_get(&http.session, &queue, count, mode).await?;
+    let got = broker.queue_get(&caller, &queue, count, mode).await?;
     let messages: Vec<serde_json::Value> = got.iter().map(got_json).collect();
     Ok(Json(serde_json::json!({ "messages": messages })).into_response())
 }
@@ -239,10 +242,10 @@ pub struct ExchangeList {
         (status = 503, description = "Recovering", body = ErrorBody),
     )
 )]
-pub async fn list_exchanges(State(http): Shared) -> Result<Response, ApiError> {
+pub async fn list_exchanges(State(http): Shared, caller: Caller) -> Result<Response, ApiError> {
     let exchanges = http
         .broker()?
-        .list_exchanges(&http.session)
+        .list_exchanges(&caller)
         .into_iter()
         .map(|(name, kind, durability, bindings)| ExchangeJson {
             name,
@@ -280,20 +283,21 @@ pub struct DeclareExchange {
 )]
 pub async fn declare_exchange(
     State(http): Shared,
+    caller: Caller,
     PathParams(exchange): PathParams<String>,
     JsonBody(body): JsonBody<DeclareExchange>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     broker
         .declare_exchange(
-            &http.session,
+            &caller,
             exchange.clone(),
             &body.kind,
             durability(body.durable.unwrap_or(true)),
         )
         .await?;
     let declared = broker
-        .list_exchanges(&http.session)
+        .list_exchanges(&caller)
         .into_iter()
         .find(|(name, ..)| *name == exchange)
         .map(|(name, kind, durability, bindings)| ExchangeJson {
@@ -321,11 +325,10 @@ pub async fn declare_exchange(
 )]
 pub async fn delete_exchange(
     State(http): Shared,
+    caller: Caller,
     PathParams(exchange): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    http.broker()?
-        .delete_exchange(&http.session, exchange)
-        .await?;
+    http.broker()?.delete_exchange(&caller, exchange).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -375,11 +378,12 @@ pub struct BindingsQuery {
 )]
 pub async fn list_bindings(
     State(http): Shared,
+    caller: Caller,
     QueryParams(query): QueryParams<BindingsQuery>,
 ) -> Result<Response, ApiError> {
     let bindings = http
         .broker()?
-        .list_bindings(&http.session, query.queue.as_deref())?
+        .list_bindings(&caller, query.queue.as_deref())?
         .into_iter()
         .map(|binding| BindingJson {
             exchange: binding.exchange,
@@ -406,11 +410,12 @@ pub async fn list_bindings(
 )]
 pub async fn bind(
     State(http): Shared,
+    caller: Caller,
     JsonBody(body): JsonBody<BindingJson>,
 ) -> Result<Response, ApiError> {
     http.broker()?
         .bind_queue(
-            &http.session,
+            &caller,
             body.queue.clone(),
             body.exchange.clone(),
             body.routing_key.clone(),
@@ -434,11 +439,12 @@ pub async fn bind(
 )]
 pub async fn unbind(
     State(http): Shared,
+    caller: Caller,
     JsonBody(body): JsonBody<BindingJson>,
 ) -> Result<Response, ApiError> {
     http.broker()?
         .unbind_queue(
-            &http.session,
+            &caller,
             body.queue,
             body.exchange,
             body.routing_key,
@@ -497,6 +503,7 @@ pub struct PublishAnswer {
 )]
 pub async fn publish(
     State(http): Shared,
+    caller: Caller,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
@@ -529,7 +536,7 @@ pub async fn publish(
             .collect(),
         body: payload,
     };
-    let confirmed = broker.publish(&http.session, query).await?.await?;
+    let confirmed = broker.publish(&caller, query).await?.await?;
     let answer = match confirmed {
         PublishOutcome::Routed(queues) => PublishAnswer {
             outcome: "routed",

@@ -35,7 +35,7 @@ use crate::core::{
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::frontend::http::stream::{StreamItem, StreamReader, STREAM_FETCH_BYTES_MAX};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// Longest one fetch waits for records (shorter when the next heartbeat is due sooner).
 const FETCH_WAIT: Duration = Duration::from_secs(5);
@@ -81,10 +81,11 @@ pub struct GroupStreamQuery {
 )]
 pub async fn group_stream(
     State(http): Shared,
+    caller: Caller,
     PathParams((group_id, topic)): PathParams<(String, String)>,
     QueryParams(query): QueryParams<GroupStreamQuery>,
 ) -> Result<Response, ApiError> {
-    let member = Member::join(&http, group_id, topic, query.from.as_deref())?;
+    let member = Member::join(&http, &caller, group_id, topic, query.from.as_deref())?;
     let events = futures_util::stream::unfold(member, |mut member| async move {
         let event = match member.next_item().await? {
             GroupItem::Record {
@@ -169,6 +170,7 @@ impl Member {
     /// 503 while recovering, 404 for an unknown topic, 400 for a bad `from` or group id.
     pub(super) fn join(
         http: &Http,
+        caller: &Caller,
         group_id: String,
         topic: String,
         from: Option<&str>,
@@ -184,8 +186,8 @@ impl Member {
             }
         };
         // 404 for an unknown topic before joining.
-        broker.list_offset(&http.session, &topic, 0, OffsetSpec::Earliest)?;
-        let session = Arc::new(Session::new());
+        broker.list_offset(caller, &topic, 0, OffsetSpec::Earliest)?;
+        let session = Arc::new(caller.like());
         let joined = broker
             .heartbeat(&session, &heartbeat(&group_id, "", 0, &topic))
             .map_err(|error| ApiError::from(GroupAdminError::from(error)))?;
@@ -225,6 +227,7 @@ impl Member {
         let committed: BTreeMap<u32, Option<Committed>> = self
             .broker
             .fetch_offsets(&self.session, &self.group_id, Some(wanted))
+            .unwrap_or_default()
             .into_iter()
             .flat_map(|(_, partitions)| partitions)
             .collect();

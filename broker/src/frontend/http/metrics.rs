@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::core::{Observed, Readiness};
-use crate::frontend::http::Shared;
+use crate::frontend::http::{Caller, Shared};
 use crate::metrics::{self, HistogramSample, ListenerSample, ProcessSample};
 
 /// Everything one scrape renders, copied out of the broker first.
@@ -32,9 +32,9 @@ struct Scrape {
 }
 
 /// `GET /metrics`.
-pub async fn scrape(axum::extract::State(http): Shared) -> Response {
+pub async fn scrape(axum::extract::State(http): Shared, caller: Caller) -> Response {
     let observed = match http.broker.get() {
-        Some(broker) => Some(broker.observe(&http.session).await),
+        Some(broker) => Some(broker.observe(&caller).await),
         None => None,
     };
     // Procfs reads are quick, but they are file reads: off the runtime's workers.

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::config::{config_values, BrokerConfig};
 use crate::core::Readiness;
 use crate::frontend::http::error::{ApiError, ErrorBody};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// What the server knows at start that the status shows.
 #[derive(Debug, Clone)]
@@ -114,14 +114,14 @@ pub fn routes() -> OpenApiRouter<Arc<Http>> {
         (status = 503, description = "Recovering", body = ErrorBody),
     )
 )]
-pub async fn broker_status(State(http): Shared) -> Result<Response, ApiError> {
+pub async fn broker_status(State(http): Shared, caller: Caller) -> Result<Response, ApiError> {
     let broker = http.broker()?;
     let info = &http.info;
     let (ready, not_ready_reason) = match broker.readiness() {
         Readiness::Ready => (true, None),
         Readiness::NotReady { reason } => (false, Some(reason)),
     };
-    let topics = broker.topic_metadata(&http.session, None);
+    let topics = broker.topic_metadata(&caller, None);
     let status = BrokerStatus {
         version: env!("CARGO_PKG_VERSION"),
         ready,
@@ -131,8 +131,8 @@ pub async fn broker_status(State(http): Shared) -> Result<Response, ApiError> {
         listeners: info.listeners.clone(),
         partitions: topics.iter().map(|topic| topic.partitions.len()).sum(),
         topics: topics.len(),
-        groups: broker.list_groups(&http.session).len(),
-        queues: broker.list_queues(&http.session).await.len(),
+        groups: broker.list_groups(&caller).len(),
+        queues: broker.list_queues(&caller).await.len(),
         config: info.config.clone(),
     };
     Ok(Json(status).into_response())

@@ -36,7 +36,7 @@ use crate::core::{
     TopicQuery,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// Most bytes one fetch of a stream reads: what a stream holds at most while its reader is
 /// slow.
@@ -158,6 +158,7 @@ pub fn routes() -> OpenApiRouter<Arc<Http>> {
 )]
 pub async fn produce(
     State(http): Shared,
+    caller: Caller,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     JsonBody(body): JsonBody<ProduceBody>,
 ) -> Result<Response, ApiError> {
@@ -175,7 +176,7 @@ pub async fn produce(
         timeout_ms: 30_000,
         topics: vec![(topic.clone(), vec![(partition, batch)])],
     };
-    let completion = broker.produce(&http.session, query).await;
+    let completion = broker.produce(&caller, query).await;
     let outcome = completion
         .await
         .and_then(|mut topics| topics.pop())
@@ -289,6 +290,7 @@ pub struct FetchAnswer {
 )]
 pub async fn fetch_records(
     State(http): Shared,
+    caller: Caller,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     QueryParams(query): QueryParams<FetchParams>,
 ) -> Result<Response, ApiError> {
@@ -299,7 +301,8 @@ pub async fn fetch_records(
         )));
     }
     let from = query.offset.as_deref().unwrap_or("earliest");
-    let mut reader = StreamReader::open(&http, topic.clone(), partition, Some(from), None)?;
+    let mut reader =
+        StreamReader::open(&http, &caller, topic.clone(), partition, Some(from), None)?;
     reader.fetch_once().await?;
     let mut records = Vec::new();
     let mut next_offset = reader.next_offset;
@@ -314,7 +317,7 @@ pub async fn fetch_records(
     }
     let high_watermark = http
         .broker()?
-        .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
+        .list_offset(&caller, &topic, partition, OffsetSpec::LastStable)?
         .unwrap_or(0);
     let answer = serde_json::json!({
         "topic": topic,
@@ -350,6 +353,7 @@ pub async fn fetch_records(
 )]
 pub async fn stream(
     State(http): Shared,
+    caller: Caller,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     QueryParams(query): QueryParams<StreamQuery>,
     headers: HeaderMap,
@@ -363,7 +367,14 @@ pub async fn stream(
             })
         })
         .transpose()?;
-    let reader = StreamReader::open(&http, topic, partition, query.from.as_deref(), resume)?;
+    let reader = StreamReader::open(
+        &http,
+        &caller,
+        topic,
+        partition,
+        query.from.as_deref(),
+        resume,
+    )?;
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
         let event = match reader.next_item().await? {
             StreamItem::Record { offset, data } => Event::default()
@@ -416,6 +427,7 @@ impl StreamReader {
     /// 503 while recovering; 404 for an unknown topic or partition; 400 for a bad `from`.
     pub(super) fn open(
         http: &Http,
+        caller: &Caller,
         topic: String,
         partition: u32,
         from: Option<&str>,
@@ -424,12 +436,12 @@ impl StreamReader {
         let broker = http.broker()?.clone();
         // Also the check that the partition exists, whatever the start.
         let earliest = broker
-            .list_offset(&http.session, &topic, partition, OffsetSpec::Earliest)?
+            .list_offset(caller, &topic, partition, OffsetSpec::Earliest)?
             .unwrap_or(0);
         let start = match (resume, from) {
             (Some(last), _) => last.saturating_add(1),
             (None, None | Some("latest")) => broker
-                .list_offset(&http.session, &topic, partition, OffsetSpec::LastStable)?
+                .list_offset(caller, &topic, partition, OffsetSpec::LastStable)?
                 .unwrap_or(0),
             (None, Some("earliest")) => earliest,
             (None, Some(offset)) => offset.parse::<i64>().map_err(|_| {
@@ -438,7 +450,7 @@ impl StreamReader {
         };
         Ok(StreamReader {
             broker,
-            session: Arc::new(Session::new()),
+            session: Arc::new(caller.like()),
             topic,
             partition,
             next_offset: start,

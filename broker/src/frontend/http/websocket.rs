@@ -38,7 +38,7 @@ use crate::frontend::http::group_stream::{GroupItem, GroupStreamQuery, Member};
 use crate::frontend::http::stream::{
     headers_json, put_bytes, StreamItem, StreamQuery, StreamReader,
 };
-use crate::frontend::http::{Http, Shared};
+use crate::frontend::http::{Caller, Http, Shared};
 
 /// Largest message a client may send (acks are a few dozen bytes).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 64 * 1024;
@@ -101,12 +101,20 @@ fn upgrade(
 )]
 pub async fn topic_socket(
     State(http): Shared,
+    caller: Caller,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     QueryParams(query): QueryParams<StreamQuery>,
     handshake: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let handshake = upgrade(handshake)?;
-    let reader = StreamReader::open(&http, topic, partition, query.from.as_deref(), None)?;
+    let reader = StreamReader::open(
+        &http,
+        &caller,
+        topic,
+        partition,
+        query.from.as_deref(),
+        None,
+    )?;
     let shutdown = http.shutdown.clone();
     Ok(handshake.on_upgrade(move |socket| {
         stream_records(socket, RecordSource::Partition(reader), shutdown)
@@ -197,12 +205,13 @@ async fn stream_records(
 )]
 pub async fn group_socket(
     State(http): Shared,
+    caller: Caller,
     PathParams((group_id, topic)): PathParams<(String, String)>,
     QueryParams(query): QueryParams<GroupStreamQuery>,
     handshake: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let handshake = upgrade(handshake)?;
-    let member = Member::join(&http, group_id, topic, query.from.as_deref())?;
+    let member = Member::join(&http, &caller, group_id, topic, query.from.as_deref())?;
     let shutdown = http.shutdown.clone();
     Ok(handshake
         .on_upgrade(move |socket| stream_records(socket, RecordSource::Group(member), shutdown)))
@@ -268,6 +277,7 @@ impl Drop for QueueConsumer {
 )]
 pub async fn queue_socket(
     State(http): Shared,
+    caller: Caller,
     PathParams(queue): PathParams<String>,
     QueryParams(query): QueryParams<QueueSocketQuery>,
     handshake: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -280,7 +290,7 @@ pub async fn queue_socket(
             "prefetch is 1 to {PREFETCH_MAX}, not {prefetch}"
         )));
     }
-    let session = Arc::new(Session::new());
+    let session = Arc::new(caller.like());
     let (consumer, deliveries) = broker
         .subscribe(
             &session,

@@ -21,6 +21,7 @@ use super::error_code;
 use super::handlers::text;
 use crate::core::{
     AclBinding, AclFilter, Broker, Operation, PatternFilter, PatternType, Permission, ResourceType,
+    Session,
 };
 
 /// Kafka's filter code "any" (resource type, pattern type, operation, permission).
@@ -30,7 +31,11 @@ const MATCH: i8 = 2;
 
 /// CreateAcls: each creation is checked on its own; the valid ones are added together
 /// (durable before the answer), an invalid one gets INVALID_REQUEST with the reason.
-pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> CreateAclsResponse {
+pub async fn create_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: CreateAclsRequest,
+) -> CreateAclsResponse {
     let parsed: Vec<Result<AclBinding, String>> = request
         .creations
         .iter()
@@ -44,7 +49,7 @@ pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> CreateA
     let stored = if valid.is_empty() {
         Ok(())
     } else {
-        broker.create_acls(valid).await
+        broker.create_acls(caller, valid).await
     };
     let results = parsed
         .into_iter()
@@ -58,7 +63,11 @@ pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> CreateA
 }
 
 /// DescribeAcls: the ACLs the filter selects, grouped by resource pattern.
-pub fn describe_acls(broker: &Broker, request: DescribeAclsRequest) -> DescribeAclsResponse {
+pub fn describe_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: DescribeAclsRequest,
+) -> DescribeAclsResponse {
     let filter = match filter(
         request.resource_type_filter,
         request
@@ -79,7 +88,15 @@ pub fn describe_acls(broker: &Broker, request: DescribeAclsRequest) -> DescribeA
         }
     };
     let mut resources: BTreeMap<(i8, String, i8), Vec<AclDescription>> = BTreeMap::new();
-    for acl in broker.describe_acls(&filter) {
+    let acls = match broker.describe_acls(caller, &filter) {
+        Ok(acls) => acls,
+        Err(error) => {
+            return DescribeAclsResponse::default()
+                .with_error_code(error_code::acl(&error))
+                .with_error_message(Some(text(&error.to_string())))
+        }
+    };
+    for acl in acls {
         let Some(resource_type) = resource_type_code(acl.resource_type) else {
             continue;
         };
@@ -113,14 +130,18 @@ pub fn describe_acls(broker: &Broker, request: DescribeAclsRequest) -> DescribeA
 
 /// DeleteAcls: removes what each filter selects (durable before the answer) and lists it
 /// per filter; a malformed filter gets INVALID_REQUEST and removes nothing.
-pub async fn delete_acls(broker: &Broker, request: DeleteAclsRequest) -> DeleteAclsResponse {
+pub async fn delete_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: DeleteAclsRequest,
+) -> DeleteAclsResponse {
     let parsed: Vec<Result<AclFilter, String>> =
         request.filters.iter().map(delete_filter).collect();
     let valid: Vec<AclFilter> = parsed
         .iter()
         .filter_map(|filter| filter.clone().ok())
         .collect();
-    let removed = broker.delete_acls(valid).await;
+    let removed = broker.delete_acls(caller, valid).await;
     let mut removed_each = match &removed {
         Ok(lists) => lists.clone().into_iter(),
         Err(_) => Vec::new().into_iter(),

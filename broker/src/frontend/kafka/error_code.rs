@@ -4,9 +4,24 @@
 use kafka_protocol::ResponseError;
 
 use crate::core::{
-    AclError, CommitError, EntryRefusal, GroupError, SequenceRefusal, StorageError, StreamError,
-    TopicError, TxnError,
+    AclError, CommitError, Denied, EntryRefusal, GroupError, ResourceType, SequenceRefusal,
+    StorageError, StreamError, TopicError, TxnError,
 };
+
+/// A refusal by ACLs: Kafka's authorization code of the resource's type.
+pub fn denied(denied: &Denied) -> i16 {
+    let kind = match denied.resource_type {
+        ResourceType::Topic => ResponseError::TopicAuthorizationFailed,
+        ResourceType::Group => ResponseError::GroupAuthorizationFailed,
+        ResourceType::TransactionalId => ResponseError::TransactionalIdAuthorizationFailed,
+        // Queues and exchanges are not reached through Kafka; the cluster code is the
+        // nearest should they ever be.
+        ResourceType::Cluster | ResourceType::Queue | ResourceType::Exchange => {
+            ResponseError::ClusterAuthorizationFailed
+        }
+    };
+    kind.code()
+}
 
 /// An ACL change that failed: a malformed ACL is INVALID_REQUEST, a failed write
 /// KAFKA_STORAGE_ERROR.
@@ -14,6 +29,7 @@ pub fn acl(error: &AclError) -> i16 {
     match error {
         AclError::Invalid(_) => ResponseError::InvalidRequest.code(),
         AclError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        AclError::Unauthorized(refused) => denied(refused),
     }
 }
 
@@ -79,6 +95,7 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::Storage(error) => return storage(error),
         StreamError::TopicUnavailable(error) => return stream(error),
         StreamError::Internal(_) => ResponseError::UnknownServerError,
+        StreamError::Unauthorized(refused) => return denied(refused),
     };
     kind.code()
 }
@@ -103,6 +120,7 @@ pub fn group(error: &GroupError) -> i16 {
         GroupError::InconsistentProtocol(_) => ResponseError::InconsistentGroupProtocol,
         GroupError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
         GroupError::NotEmpty { .. } => ResponseError::NonEmptyGroup,
+        GroupError::Unauthorized(refused) => return denied(refused),
     };
     kind.code()
 }
@@ -113,6 +131,7 @@ pub fn entry(refusal: &EntryRefusal) -> i16 {
         EntryRefusal::UnknownTopicOrPartition { .. } => ResponseError::UnknownTopicOrPartition,
         EntryRefusal::NegativeOffset { .. } => ResponseError::InvalidRequest,
         EntryRefusal::MetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
+        EntryRefusal::Unauthorized(refused) => return denied(refused),
     };
     kind.code()
 }
@@ -141,6 +160,7 @@ pub fn txn(error: &TxnError) -> i16 {
         TxnError::Storage(error) => return storage(error),
         TxnError::NotRunning => ResponseError::CoordinatorNotAvailable,
         TxnError::Internal(_) => ResponseError::UnknownServerError,
+        TxnError::Unauthorized(refused) => return denied(refused),
     };
     kind.code()
 }
@@ -171,12 +191,47 @@ pub fn user(error: &crate::core::UserError) -> ResponseError {
         }
         UserError::TooMany { .. } => ResponseError::PolicyViolation,
         UserError::Locked { .. } | UserError::Storage(_) => ResponseError::KafkaStorageError,
+        UserError::Unauthorized(_) => ResponseError::ClusterAuthorizationFailed,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_get_the_authorization_code_of_their_resource_type() {
+        let refused = |resource_type| Denied {
+            principal: "User:bob".to_string(),
+            operation: crate::core::Operation::Read,
+            resource_type,
+            name: "x".to_string(),
+        };
+        assert_eq!(
+            denied(&refused(ResourceType::Topic)),
+            29,
+            "TOPIC_AUTHORIZATION_FAILED"
+        );
+        assert_eq!(
+            denied(&refused(ResourceType::Group)),
+            30,
+            "GROUP_AUTHORIZATION_FAILED"
+        );
+        assert_eq!(
+            denied(&refused(ResourceType::Cluster)),
+            31,
+            "CLUSTER_AUTHORIZATION_FAILED"
+        );
+        assert_eq!(
+            denied(&refused(ResourceType::TransactionalId)),
+            53,
+            "TRANSACTIONAL_ID_AUTHORIZATION_FAILED"
+        );
+        assert_eq!(
+            stream(&StreamError::Unauthorized(refused(ResourceType::Topic))),
+            29
+        );
+    }
 
     #[test]
     fn produce_errors_get_the_codes_kafka_clients_act_on() {

@@ -279,8 +279,13 @@ pub fn offset_fetch(
             })
             .collect()
     });
-    let topics = broker
-        .fetch_offsets(caller, &group_id, wanted)
+    let committed = match broker.fetch_offsets(caller, &group_id, wanted) {
+        Ok(committed) => committed,
+        Err(error) => {
+            return OffsetFetchResponse::default().with_error_code(error_code::group(&error))
+        }
+    };
+    let topics = committed
         .into_iter()
         .map(|(topic, partitions)| {
             OffsetFetchResponseTopic::default()
@@ -317,7 +322,10 @@ pub fn list_groups(broker: &Broker, caller: &Session) -> ListGroupsResponse {
             .list_groups(caller)
             .into_iter()
             .map(|listing| {
-                let classic = broker.describe_classic_group(caller, &listing.group_id);
+                let classic = broker
+                    .describe_classic_group(caller, &listing.group_id)
+                    .ok()
+                    .flatten();
                 ListedGroup::default()
                     .with_group_id(GroupId(text(&listing.group_id)))
                     .with_protocol_type(text(
@@ -352,7 +360,8 @@ pub fn describe_groups(
             .map(|group_id| {
                 let described = DescribedGroup::default().with_group_id(group_id.clone());
                 match broker.describe_classic_group(caller, group_id.0.as_str()) {
-                    Some(group) => described
+                    Err(error) => described.with_error_code(error_code::group(&error)),
+                    Ok(Some(group)) => described
                         .with_group_state(text(group.state.name()))
                         .with_protocol_type(text(&group.protocol_type))
                         .with_protocol_data(text(&group.protocol))
@@ -369,7 +378,7 @@ pub fn describe_groups(
                                 })
                                 .collect(),
                         ),
-                    None => described
+                    Ok(None) => described
                         .with_group_state(text("Dead"))
                         .with_protocol_type(text("")),
                 }
@@ -621,10 +630,16 @@ pub fn consumer_group_describe(
         .map(|group| {
             let described = consumer_group_describe_response::DescribedGroup::default()
                 .with_group_id(GroupId(text(&group.group_id)));
+            if let Some(refused) = &group.denied {
+                return described
+                    .with_error_code(error_code::denied(refused))
+                    .with_error_message(Some(text(&refused.to_string())));
+            }
             if group.members.is_empty()
-                && broker
-                    .describe_classic_group(caller, &group.group_id)
-                    .is_some()
+                && matches!(
+                    broker.describe_classic_group(caller, &group.group_id),
+                    Ok(Some(_))
+                )
             {
                 return described
                     .with_error_code(ResponseError::GroupIdNotFound.code())

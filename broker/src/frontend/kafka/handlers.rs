@@ -144,13 +144,13 @@ pub async fn handle(
             ))
         }
         RequestKind::CreateAcls(request) => ready(ResponseKind::CreateAcls(
-            acls::create_acls(broker, request).await,
+            acls::create_acls(broker, caller, request).await,
         )),
         RequestKind::DescribeAcls(request) => ready(ResponseKind::DescribeAcls(
-            acls::describe_acls(broker, request),
+            acls::describe_acls(broker, caller, request),
         )),
         RequestKind::DeleteAcls(request) => ready(ResponseKind::DeleteAcls(
-            acls::delete_acls(broker, request).await,
+            acls::delete_acls(broker, caller, request).await,
         )),
         RequestKind::CreatePartitions(request) => ready(ResponseKind::CreatePartitions(
             admin::create_partitions(broker, caller, request).await,
@@ -214,12 +214,12 @@ pub async fn handle(
         }
         RequestKind::DescribeUserScramCredentials(request) => {
             ready(ResponseKind::DescribeUserScramCredentials(
-                sasl::describe_user_scram_credentials(broker, &request),
+                sasl::describe_user_scram_credentials(broker, caller, &request),
             ))
         }
         RequestKind::AlterUserScramCredentials(request) => {
             ready(ResponseKind::AlterUserScramCredentials(
-                sasl::alter_user_scram_credentials(&kafka.broker, request).await,
+                sasl::alter_user_scram_credentials(&kafka.broker, caller, request).await,
             ))
         }
         // Not in SUPPORTED_APIS, so never decoded; answered defensively all the same.
@@ -336,6 +336,9 @@ async fn metadata(
 
 fn topic_metadata(view: TopicView) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default().with_name(Some(topic_name(&view.name)));
+    if let Some(refused) = &view.denied {
+        return topic.with_error_code(error_code::denied(refused));
+    }
     let Some(topic_id) = view.topic_id else {
         return topic.with_error_code(ResponseError::UnknownTopicOrPartition.code());
     };

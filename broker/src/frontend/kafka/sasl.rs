@@ -185,9 +185,17 @@ fn mechanism_code(mechanism: ScramMechanism) -> i8 {
 /// DescribeUserScramCredentials: every user (a null list) or the named ones; never a key.
 pub fn describe_user_scram_credentials(
     broker: &Broker,
+    caller: &Session,
     request: &DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
-    let users = broker.list_users();
+    let users = match broker.list_users(caller) {
+        Ok(users) => users,
+        Err(error) => {
+            return DescribeUserScramCredentialsResponse::default()
+                .with_error_code(error_code::user(&error).code())
+                .with_error_message(Some(text(&error.to_string())))
+        }
+    };
     let describe = |user: &UserInfo| {
         DescribeUserScramCredentialsResult::default()
             .with_user(text(&user.name))
@@ -227,6 +235,7 @@ pub fn describe_user_scram_credentials(
 /// admin clients send them), one result per user.
 pub async fn alter_user_scram_credentials(
     broker: &Arc<Broker>,
+    caller: &Session,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
     let mut results: Vec<AlterUserScramCredentialsResult> = Vec::new();
@@ -246,7 +255,7 @@ pub async fn alter_user_scram_credentials(
         let outcome = match mechanism_of(deletion.mechanism) {
             None => Err(unsupported_mechanism(deletion.mechanism)),
             Some(mechanism) => broker
-                .delete_credentials(&deletion.name, Some(mechanism))
+                .delete_credentials(caller, &deletion.name, Some(mechanism))
                 .await
                 .map_err(|error| (error_code::user(&error), error.to_string())),
         };
@@ -257,6 +266,7 @@ pub async fn alter_user_scram_credentials(
             None => Err(unsupported_mechanism(upsertion.mechanism)),
             Some(mechanism) => broker
                 .set_credentials(
+                    caller,
                     &upsertion.name,
                     Existing::Either,
                     vec![(

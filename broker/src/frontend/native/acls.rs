@@ -6,12 +6,18 @@ use wharf_protocol::messages::{
     AclAdminResponse, AclEntry, AclFilterRequest, AclListResponse, CreateAclsRequest,
 };
 
-use crate::core::{binding_from_names, filter_from_names, AclBinding, AclError, AclFilter, Broker};
+use crate::core::{
+    binding_from_names, filter_from_names, AclBinding, AclError, AclFilter, Broker, Session,
+};
 use crate::frontend::native::error_code;
 
 /// CreateAcls: every ACL is checked first; one that does not parse or means nothing refuses
 /// the request (InvalidAcl) and adds none. Durable before the answer.
-pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> AclAdminResponse {
+pub async fn create_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: CreateAclsRequest,
+) -> AclAdminResponse {
     let parsed: Result<Vec<AclBinding>, AclError> = request
         .acls
         .iter()
@@ -28,7 +34,7 @@ pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> AclAdmi
         })
         .collect();
     let outcome = match parsed {
-        Ok(acls) => broker.create_acls(acls).await,
+        Ok(acls) => broker.create_acls(caller, acls).await,
         Err(error) => Err(error),
     };
     match outcome {
@@ -41,20 +47,28 @@ pub async fn create_acls(broker: &Broker, request: CreateAclsRequest) -> AclAdmi
 }
 
 /// DescribeAcls: the ACLs the filter selects.
-pub fn describe_acls(broker: &Broker, request: AclFilterRequest) -> AclListResponse {
-    match filter(request) {
-        Ok(filter) => listed(broker.describe_acls(&filter)),
+pub fn describe_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: AclFilterRequest,
+) -> AclListResponse {
+    match filter(request).and_then(|filter| broker.describe_acls(caller, &filter)) {
+        Ok(acls) => listed(acls),
         Err(error) => refused(&error),
     }
 }
 
 /// DeleteAcls: removes the ACLs the filter selects (durable before the answer) and lists them.
-pub async fn delete_acls(broker: &Broker, request: AclFilterRequest) -> AclListResponse {
+pub async fn delete_acls(
+    broker: &Broker,
+    caller: &Session,
+    request: AclFilterRequest,
+) -> AclListResponse {
     let filter = match filter(request) {
         Ok(filter) => filter,
         Err(error) => return refused(&error),
     };
-    match broker.delete_acls(vec![filter]).await {
+    match broker.delete_acls(caller, vec![filter]).await {
         Ok(removed) => listed(removed.into_iter().flatten().collect()),
         Err(error) => refused(&error),
     }

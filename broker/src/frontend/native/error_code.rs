@@ -63,6 +63,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::Storage(error) => storage(error),
         StreamError::TopicUnavailable(error) => stream(error),
         StreamError::Internal(_) => ErrorCode::Unknown,
+        StreamError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -87,6 +88,7 @@ pub fn group(error: &GroupError) -> ErrorCode {
         | GroupError::InconsistentProtocol(_)
         | GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidRequest,
         GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
+        GroupError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -106,6 +108,7 @@ pub fn entry(refusal: &EntryRefusal) -> ErrorCode {
         EntryRefusal::NegativeOffset { .. } | EntryRefusal::MetadataTooLarge { .. } => {
             ErrorCode::InvalidRequest
         }
+        EntryRefusal::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -133,6 +136,7 @@ pub fn txn(error: &TxnError) -> ErrorCode {
         TxnError::Storage(error) => storage(error),
         TxnError::NotRunning => ErrorCode::ShuttingDown,
         TxnError::Internal(_) => ErrorCode::Unknown,
+        TxnError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -146,6 +150,7 @@ pub fn queue(error: &QueueError) -> ErrorCode {
         QueueError::QueueFull { .. } => ErrorCode::QueueFull,
         QueueError::UnknownDeliveryTag(_) => ErrorCode::UnknownDeliveryTag,
         QueueError::Storage(_) => ErrorCode::StorageFailed,
+        QueueError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -167,6 +172,7 @@ pub fn acl(error: &crate::core::AclError) -> ErrorCode {
     match error {
         crate::core::AclError::Invalid(_) => ErrorCode::InvalidAcl,
         crate::core::AclError::Storage(_) => ErrorCode::StorageFailed,
+        crate::core::AclError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
 
@@ -181,5 +187,6 @@ pub fn user(error: &crate::core::UserError) -> ErrorCode {
         | UserError::TooMany { .. } => ErrorCode::InvalidCredential,
         UserError::Locked { .. } => ErrorCode::Unknown,
         UserError::Storage(error) => storage(error),
+        UserError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }

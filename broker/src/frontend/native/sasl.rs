@@ -181,6 +181,7 @@ async fn plain(
 /// CreateUser (`existing` = must not exist) and AlterUserCredentials (must exist).
 pub async fn set_credentials(
     broker: &Arc<Broker>,
+    caller: &Session,
     request: UserCredentialsRequest,
     existing: Existing,
 ) -> UserAdminResponse {
@@ -206,21 +207,34 @@ pub async fn set_credentials(
     }
     user_answer(
         broker
-            .set_credentials(&request.name, existing, credentials)
+            .set_credentials(caller, &request.name, existing, credentials)
             .await,
     )
 }
 
 /// DeleteUser.
-pub async fn delete_user(broker: &Arc<Broker>, request: DeleteUserRequest) -> UserAdminResponse {
-    user_answer(broker.delete_credentials(&request.name, None).await)
+pub async fn delete_user(
+    broker: &Arc<Broker>,
+    caller: &Session,
+    request: DeleteUserRequest,
+) -> UserAdminResponse {
+    user_answer(broker.delete_credentials(caller, &request.name, None).await)
 }
 
 /// ListUsers: names and mechanisms, never a key.
-pub fn list_users(broker: &Broker) -> ListUsersResponse {
+pub fn list_users(broker: &Broker, caller: &Session) -> ListUsersResponse {
+    let users = match broker.list_users(caller) {
+        Ok(users) => users,
+        Err(error) => {
+            return ListUsersResponse {
+                error: error_code::user(&error),
+                error_message: Some(error.to_string()),
+                ..Default::default()
+            }
+        }
+    };
     ListUsersResponse {
-        users: broker
-            .list_users()
+        users: users
             .into_iter()
             .map(|user| UserListing {
                 name: user.name,

@@ -73,23 +73,23 @@ pub async fn handle(
             sasl::authenticate(native, connection, request).await,
         )),
         Request::CreateUser(request) => ready(Response::CreateUser(
-            sasl::set_credentials(&native.broker, request, Existing::MustNotExist).await,
+            sasl::set_credentials(&native.broker, caller, request, Existing::MustNotExist).await,
         )),
         Request::AlterUserCredentials(request) => ready(Response::AlterUserCredentials(
-            sasl::set_credentials(&native.broker, request, Existing::MustExist).await,
+            sasl::set_credentials(&native.broker, caller, request, Existing::MustExist).await,
         )),
         Request::DeleteUser(request) => ready(Response::DeleteUser(
-            sasl::delete_user(&native.broker, request).await,
+            sasl::delete_user(&native.broker, caller, request).await,
         )),
-        Request::ListUsers(_) => ready(Response::ListUsers(sasl::list_users(broker))),
+        Request::ListUsers(_) => ready(Response::ListUsers(sasl::list_users(broker, caller))),
         Request::CreateAcls(request) => ready(Response::CreateAcls(
-            acls::create_acls(broker, request).await,
+            acls::create_acls(broker, caller, request).await,
         )),
-        Request::DescribeAcls(request) => {
-            ready(Response::DescribeAcls(acls::describe_acls(broker, request)))
-        }
+        Request::DescribeAcls(request) => ready(Response::DescribeAcls(acls::describe_acls(
+            broker, caller, request,
+        ))),
         Request::DeleteAcls(request) => ready(Response::DeleteAcls(
-            acls::delete_acls(broker, request).await,
+            acls::delete_acls(broker, caller, request).await,
         )),
         Request::Metadata(request) => ready(Response::Metadata(metadata(
             &native.advertised,
@@ -331,6 +331,11 @@ fn metadata(
         .topic_metadata(caller, request.topics)
         .into_iter()
         .map(|view| match view.topic_id {
+            None if view.denied.is_some() => TopicMetadata {
+                error: ErrorCode::Unauthorized,
+                name: view.name,
+                ..TopicMetadata::default()
+            },
             None => TopicMetadata {
                 error: ErrorCode::UnknownTopicOrPartition,
                 name: view.name,
@@ -663,7 +668,11 @@ fn assignment_to_wire(
 fn group_description(summary: GroupSummary) -> GroupDescription {
     GroupDescription {
         group_id: summary.group_id,
-        error: ErrorCode::None,
+        error: if summary.denied.is_some() {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::None
+        },
         state: summary.state.name().to_string(),
         generation: summary.generation,
         assignor: summary.assignor.to_string(),
@@ -809,9 +818,17 @@ fn offset_fetch(
             .map(|topic| (topic.topic, topic.partitions))
             .collect()
     });
+    let committed = match broker.fetch_offsets(caller, &request.group_id, wanted) {
+        Ok(committed) => committed,
+        Err(error) => {
+            return OffsetFetchResponse {
+                error: error_code::group(&error),
+                ..OffsetFetchResponse::default()
+            }
+        }
+    };
     OffsetFetchResponse {
-        topics: broker
-            .fetch_offsets(caller, &request.group_id, wanted)
+        topics: committed
             .into_iter()
             .map(|(name, partitions)| OffsetFetchTopic {
                 name,
