@@ -663,3 +663,123 @@ pub fn run_node_script(script: &str, args: &[&str]) -> Output {
         Duration::from_secs(180),
     )
 }
+
+/// Runs `wharfd user create NAME --data-dir DIR --password-stdin [extra]` with `password`.
+pub fn wharfd_user_create(data_dir: &Path, name: &str, password: &str, extra: &[&str]) -> Output {
+    let mut child = Command::new(wharfd_path())
+        .args(["user", "create", name, "--data-dir"])
+        .arg(data_dir)
+        .arg("--password-stdin")
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting wharfd user create");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("writing the password");
+    drop(stdin);
+    child.wait_with_output().expect("waiting for wharfd")
+}
+
+/// Runs `wharf --broker ADDR [--user USER with WHARF_PASSWORD] args` with `stdin`.
+pub fn wharf_as(broker: &str, login: Option<(&str, &str)>, args: &[&str], stdin: &str) -> Output {
+    let mut command = Command::new(wharf_path());
+    command.arg("--broker").arg(broker);
+    command
+        .env_remove("WHARF_PASSWORD")
+        .env_remove("WHARF_USER");
+    if let Some((user, password)) = login {
+        command
+            .arg("--user")
+            .arg(user)
+            .env("WHARF_PASSWORD", password);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting wharf");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin.as_bytes()).expect("writing stdin");
+    drop(input);
+    child.wait_with_output().expect("waiting for wharf")
+}
+
+/// One HTTP/1.1 GET on a fresh connection; returns the status and the whole answer.
+pub fn http_get(address: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    http_call(address, "GET", path, authorization)
+}
+
+/// One HTTP/1.1 request without a body on a fresh connection; returns the status and the
+/// whole answer.
+pub fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    http_send(address, method, path, authorization, None)
+}
+
+/// One HTTP/1.1 request on a fresh connection, with an optional JSON body; returns the
+/// status and the whole answer.
+pub fn http_send(
+    address: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    json_body: Option<&str>,
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let header = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
+    let body = json_body.unwrap_or("");
+    let content_type = if json_body.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{header}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("read answer");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// Base64 of `user:password`, as HTTP basic auth sends it.
+pub fn basic(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = format!("{user}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in bytes.chunks(3) {
+        let triple = (u32::from(chunk[0]) << 16)
+            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(char::from(
+                    ALPHABET[((triple >> (18 - 6 * index)) & 63) as usize],
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -8,58 +8,15 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use integration_tests::{run_client_script, wharf_path, wharfd_path, BrokerProcess};
+use integration_tests::{
+    basic, http_call, http_get, run_client_script, wharf_as, wharfd_path, wharfd_user_create,
+    BrokerProcess,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
-
-/// Runs `wharfd user create NAME --data-dir DIR --password-stdin [extra]` with `password`.
-fn wharfd_user_create(data_dir: &Path, name: &str, password: &str, extra: &[&str]) -> Output {
-    let mut child = Command::new(wharfd_path())
-        .args(["user", "create", name, "--data-dir"])
-        .arg(data_dir)
-        .arg("--password-stdin")
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting wharfd user create");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("writing the password");
-    drop(stdin);
-    child.wait_with_output().expect("waiting for wharfd")
-}
-
-/// Runs `wharf --broker ADDR [--user USER with WHARF_PASSWORD] args` with `stdin`.
-fn wharf_as(broker: &str, login: Option<(&str, &str)>, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(wharf_path());
-    command.arg("--broker").arg(broker);
-    command
-        .env_remove("WHARF_PASSWORD")
-        .env_remove("WHARF_USER");
-    if let Some((user, password)) = login {
-        command
-            .arg("--user")
-            .arg(user)
-            .env("WHARF_PASSWORD", password);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting wharf");
-    let mut input = child.stdin.take().expect("piped stdin");
-    input.write_all(stdin.as_bytes()).expect("writing stdin");
-    drop(input);
-    child.wait_with_output().expect("waiting for wharf")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -74,58 +31,6 @@ fn assert_ok(output: &Output, what: &str) -> String {
         text(&output.stderr)
     );
     text(&output.stdout)
-}
-
-/// One HTTP/1.1 GET on a fresh connection; returns the status and the whole answer.
-fn http_get(address: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    http_call(address, "GET", path, authorization)
-}
-
-/// One HTTP/1.1 request without a body on a fresh connection; returns the status and the
-/// whole answer.
-fn http_call(
-    address: &str,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
-    let header = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read answer");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
-}
-
-/// Base64 of `user:password`, as HTTP basic auth sends it.
-fn basic(user: &str, password: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = format!("{user}:{password}").into_bytes();
-    let mut out = String::from("Basic ");
-    for chunk in bytes.chunks(3) {
-        let triple = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        for index in 0..4 {
-            if index <= chunk.len() {
-                out.push(char::from(
-                    ALPHABET[((triple >> (18 - 6 * index)) & 63) as usize],
-                ));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Starts a broker on `data_dir` that requires authentication.

@@ -102,6 +102,13 @@ impl From<StreamError> for ApiError {
         let message = error.to_string();
         match error {
             StreamError::Unauthorized(denied) => ApiError::from(denied),
+            StreamError::TopicUnavailable(cause) => match &*cause {
+                StreamError::Unauthorized(denied) => ApiError::from(denied.clone()),
+                StreamError::UnknownTopic(_) | StreamError::AutoCreateDisabled(_) => {
+                    ApiError::not_found(message)
+                }
+                _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message),
+            },
             StreamError::UnknownTopic(_)
             | StreamError::UnknownPartition { .. }
             | StreamError::AutoCreateDisabled(_) => ApiError::not_found(message),
@@ -116,9 +123,7 @@ impl From<StreamError> for ApiError {
             StreamError::TimedOut { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timed_out", message)
             }
-            StreamError::Storage(_)
-            | StreamError::TopicUnavailable(_)
-            | StreamError::Internal(_) => {
+            StreamError::Storage(_) | StreamError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             _ => ApiError::bad_request(message),

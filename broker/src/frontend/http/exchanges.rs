@@ -17,7 +17,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wharf_protocol::batch::Header;
 
-use crate::core::{Durability, GetMode, GotMessage, Mandatory, PublishOutcome, PublishQuery};
+use crate::core::{
+    Durability, ExchangeKind, GetMode, GotMessage, Mandatory, PublishOutcome, PublishQuery,
+    QueueError, QueueStats,
+};
 use crate::frontend::http::admin::QueueDetail;
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
 use crate::frontend::http::stream::{headers_json, put_bytes, HeaderDoc, HeaderIn};
@@ -94,12 +97,17 @@ pub async fn declare_queue(
             durability(body.durable.unwrap_or(true)),
         )
         .await?;
-    let stats = broker
-        .list_queues(&caller)
-        .await
-        .into_iter()
-        .find(|stats| stats.name == queue)
-        .ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?;
+    // A caller who may create the queue but not describe it gets its name without counts.
+    let stats = match broker.queue_stats(&caller, &queue).await {
+        Ok(stats) => {
+            stats.ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?
+        }
+        Err(QueueError::Unauthorized(_)) => QueueStats {
+            name: queue,
+            ..QueueStats::default()
+        },
+        Err(error) => return Err(error.into()),
+    };
     Ok(Json(QueueDetail::from(stats)).into_response())
 }
 
@@ -296,7 +304,7 @@ pub async fn declare_exchange(
             durability(body.durable.unwrap_or(true)),
         )
         .await?;
-    let declared = broker
+    let described = broker
         .list_exchanges(&caller)
         .into_iter()
         .find(|(name, ..)| *name == exchange)
@@ -305,8 +313,18 @@ pub async fn declare_exchange(
             kind: kind.name(),
             durability: durability_name(durability),
             bindings,
-        })
-        .ok_or_else(|| ApiError::not_found(format!("unknown exchange {exchange:?}")))?;
+        });
+    // A caller who may create the exchange but not describe it gets it as declared, without
+    // its bindings count (shown as 0).
+    let declared = match described {
+        Some(described) => described,
+        None => ExchangeJson {
+            kind: ExchangeKind::parse(&body.kind).map_or("direct", ExchangeKind::name),
+            durability: durability_name(durability(body.durable.unwrap_or(true))),
+            name: exchange,
+            bindings: 0,
+        },
+    };
     Ok(Json(declared).into_response())
 }
 
