@@ -384,9 +384,10 @@ impl Broker {
     /// Unknown exchange or a bad header (nothing stored).
     pub async fn publish(
         &self,
-        _caller: &Session,
+        caller: &Session,
         query: PublishQuery,
     ) -> Result<PublishCompletion, QueueError> {
+        self.charge_quota(caller, super::QuotaKind::Produce, query.body.len() as u64);
         // A publisher is held while the disk alarm is on (RabbitMQ's resource alarm): its
         // connection reads nothing more until there is room again.
         self.disk_alarm_cleared().await;
@@ -401,9 +402,11 @@ impl Broker {
     /// all; each gets its own completion (or error).
     pub async fn publish_batch(
         &self,
-        _caller: &Session,
+        caller: &Session,
         queries: Vec<PublishQuery>,
     ) -> Vec<Result<PublishCompletion, QueueError>> {
+        let bytes: usize = queries.iter().map(|query| query.body.len()).sum();
+        self.charge_quota(caller, super::QuotaKind::Produce, bytes as u64);
         self.disk_alarm_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
         let tickets = self

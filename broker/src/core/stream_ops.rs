@@ -315,7 +315,11 @@ impl Broker {
     /// The ordered phase of a produce: finds (or creates) each topic and appends each
     /// partition's batches, in request order. The returned completion waits for durability
     /// (acks = all) so that all partitions and pipelined requests share the flusher's fsyncs.
-    pub async fn produce(&self, _caller: &Session, query: ProduceQuery) -> ProduceCompletion {
+    pub async fn produce(&self, caller: &Session, query: ProduceQuery) -> ProduceCompletion {
+        self.charge_produced(
+            caller,
+            query.topics.iter().flat_map(|(_, p)| p).map(|(_, b)| b),
+        );
         let timeout_ms = query.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut topics = Vec::with_capacity(query.topics.len());
@@ -373,8 +377,10 @@ impl Broker {
     }
 
     /// Reads what `query` asks for, long-polling up to its wait.
-    pub async fn fetch(&self, _caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
-        self.streams.fetch(query).await
+    pub async fn fetch(&self, caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
+        let fetched = self.streams.fetch(query).await;
+        self.charge_fetched(caller, &fetched);
+        fetched
     }
 
     /// Metadata of the named topics, first creating those that do not exist when topics may

@@ -310,6 +310,18 @@ impl Protocol for Amqp {
         })
     }
 
+    fn muted_until(&self, connection: &AmqpConnection) -> Option<tokio::time::Instant> {
+        let until = connection.shared.session.throttled_until();
+        if until.is_some() {
+            // Its silence while muted is not a missed heartbeat.
+            let shared = &connection.shared;
+            shared
+                .last_read_ms
+                .store(shared.elapsed_ms(), Ordering::Relaxed);
+        }
+        until
+    }
+
     fn until_closed<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {
         let mut closed = connection.shared.closed.subscribe();
         let shared = &connection.shared;

@@ -126,6 +126,10 @@ impl Protocol for Native {
         }
     }
 
+    fn muted_until(&self, connection: &NativeConnection) -> Option<tokio::time::Instant> {
+        connection.session.throttled_until()
+    }
+
     fn until_closed<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
         Box::pin(
             self.auth

@@ -84,6 +84,14 @@ pub trait Protocol: Send + Sync + 'static {
         Box::pin(std::future::pending())
     }
 
+    /// When the connection is muted (a quota throttles it: KIP-219), the moment it ends: the
+    /// driver decodes and reads nothing from the connection before then, while responses
+    /// and pushes still go out. Asked before each request. Default: never muted.
+    fn muted_until(&self, connection: &Self::Connection) -> Option<tokio::time::Instant> {
+        let _ = connection;
+        None
+    }
+
     /// Runs the ordered phase of `request` and returns its completion.
     fn handle<'a>(
         &'a self,
@@ -143,6 +151,13 @@ pub async fn serve<P: Protocol, T: Transport>(
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     'read: loop {
         loop {
+            if let Some(until) = protocol.muted_until(&connection) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.changed() => break 'read,
+                    _ = protocol.until_closed(&connection) => break 'read,
+                }
+            }
             let buffered_bytes = buffer.len();
             let request = match protocol.decode(&connection, &mut buffer) {
                 Ok(Some(request)) => request,

@@ -1610,6 +1610,16 @@ async fn forward_deliveries(
                 )
                 .await;
         }
+        // The consumer's byte rate (issue #18): the next delivery waits out the delay,
+        // while the connection keeps reading acks and heartbeats.
+        let delay = shared.broker.charge_delivered(
+            &shared.session,
+            crate::core::QuotaKind::Fetch,
+            body.len() as u64,
+        );
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 

@@ -76,7 +76,7 @@ pub async fn authenticate(
                     "malformed Authorization header: expected Basic base64(user:password) or Bearer TOKEN",
                 );
             };
-            let session = Session::new();
+            let session = Session::for_request(Principal::Anonymous);
             match broker
                 .login_plain(&session, &user, &password, peer, DefaultGuest::Off)
                 .await

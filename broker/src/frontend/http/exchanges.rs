@@ -497,6 +497,7 @@ pub struct PublishAnswer {
 )]
 pub async fn publish(
     State(http): Shared,
+    principal: Option<axum::extract::Extension<crate::core::Principal>>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
@@ -529,7 +530,9 @@ pub async fn publish(
             .collect(),
         body: payload,
     };
-    let confirmed = broker.publish(&http.session, query).await?.await?;
+    let session = crate::frontend::http::stream::request_session(principal);
+    let confirmed = broker.publish(&session, query).await?.await?;
+    crate::frontend::http::stream::hold_for_quota(&session).await;
     let answer = match confirmed {
         PublishOutcome::Routed(queues) => PublishAnswer {
             outcome: "routed",

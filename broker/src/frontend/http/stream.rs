@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,8 +32,8 @@ use utoipa_axum::routes;
 use wharf_protocol::batch::{self, BatchBuilder, Header, NewRecord, Record};
 
 use crate::core::{
-    Acks, Broker, FetchQuery, Isolation, OffsetSpec, PartitionQuery, ProduceQuery, Session,
-    TopicQuery,
+    Acks, Broker, FetchQuery, Isolation, OffsetSpec, PartitionQuery, Principal, ProduceQuery,
+    Session, TopicQuery,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, JsonBody, PathParams, QueryParams};
 use crate::frontend::http::{Http, Shared};
@@ -158,6 +158,7 @@ pub fn routes() -> OpenApiRouter<Arc<Http>> {
 )]
 pub async fn produce(
     State(http): Shared,
+    principal: Option<Extension<Principal>>,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     JsonBody(body): JsonBody<ProduceBody>,
 ) -> Result<Response, ApiError> {
@@ -175,7 +176,8 @@ pub async fn produce(
         timeout_ms: 30_000,
         topics: vec![(topic.clone(), vec![(partition, batch)])],
     };
-    let completion = broker.produce(&http.session, query).await;
+    let session = request_session(principal);
+    let completion = broker.produce(&session, query).await;
     let outcome = completion
         .await
         .and_then(|mut topics| topics.pop())
@@ -188,7 +190,24 @@ pub async fn produce(
         base_offset: produced.base_offset,
         record_count,
     };
+    hold_for_quota(&session).await;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// The core session of one request, acting as the principal its credentials proved (the
+/// authentication middleware sets it on every route that needs one), so quotas count the
+/// request against that principal.
+pub(super) fn request_session(principal: Option<Extension<Principal>>) -> Session {
+    Session::for_request(principal.map_or(Principal::Anonymous, |Extension(principal)| principal))
+}
+
+/// HTTP has no throttle field: a request that a quota throttles is answered after the
+/// delay instead (issue #18), so the client, which waits for the answer, keeps the rate.
+pub(super) async fn hold_for_quota(session: &Session) {
+    let delay = session.throttle_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn build_batch(records: Vec<RecordIn>, timestamp_ms: i64) -> Result<Bytes, ApiError> {
@@ -289,6 +308,7 @@ pub struct FetchAnswer {
 )]
 pub async fn fetch_records(
     State(http): Shared,
+    principal: Option<Extension<Principal>>,
     PathParams((topic, partition)): PathParams<(String, u32)>,
     QueryParams(query): QueryParams<FetchParams>,
 ) -> Result<Response, ApiError> {
@@ -300,7 +320,9 @@ pub async fn fetch_records(
     }
     let from = query.offset.as_deref().unwrap_or("earliest");
     let mut reader = StreamReader::open(&http, topic.clone(), partition, Some(from), None)?;
+    reader.session = Arc::new(request_session(principal));
     reader.fetch_once().await?;
+    hold_for_quota(&reader.session).await;
     let mut records = Vec::new();
     let mut next_offset = reader.next_offset;
     while let Some(item) = reader.pending.pop_front() {
