@@ -217,6 +217,17 @@ impl Protocol for Kafka {
         )
     }
 
+    fn open_refused(
+        &self,
+        _push: mpsc::Sender<BytesMut>,
+        _peer: std::net::SocketAddr,
+        _refusal: &crate::net::limits::Refusal,
+    ) -> Option<Self::Connection> {
+        // Closed without a byte, as Kafka closes a connection over max.connections.per.ip.
+        metrics::KAFKA.connection_refused();
+        None
+    }
+
     fn muted_until(&self, connection: &KafkaConnection) -> Option<tokio::time::Instant> {
         connection.session.throttled_until()
     }
