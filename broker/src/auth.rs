@@ -79,4 +79,7 @@ pub enum AuthError {
     /// Storage failed while checking (the user file).
     #[error("{0}")]
     Storage(String),
+    /// The user already has `connections_per_user_max` connections (issue #18's limits).
+    #[error("connection refused for user '{user}': user connection limit ({max}) is reached")]
+    ConnectionLimit { user: String, max: usize },
 }

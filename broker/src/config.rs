@@ -28,8 +28,14 @@
 //! flush_interval_ms = 1000       # with flush = "interval"
 //! preallocate_ahead_bytes = 4194304  # 0: no blocks reserved ahead of appends
 //! index_bytes_max = 10485760     # most bytes an index file grows to (a segment rolls there)
+//!
+//! [quotas]                       # per-principal byte rates (Kafka's names), 0: unlimited
+//! producer_byte_rate = 1048576
+//! consumer_byte_rate = 2097152
+//! users = { alice = { producer_byte_rate = 10485760 }, ANONYMOUS = { consumer_byte_rate = 0 } }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +94,14 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// Most client connections at once.
     pub connections_max: usize,
+    /// Most connections open at once from one client IP address, over all listeners
+    /// (Kafka's `max.connections.per.ip`; 0: no limit).
+    pub connections_per_ip_max: usize,
+    /// Most connections logged in as one user at once, over the native, Kafka and AMQP
+    /// listeners (0: no limit).
+    pub connections_per_user_max: usize,
+    /// Per-principal produce and fetch byte rates (issue #18).
+    pub quotas: QuotaConfig,
     /// Idle idempotent producers are forgotten after this long (Kafka's default: 1 day).
     pub producer_expiry_ms: i64,
     /// Most partitions across all topics: each costs open files and preallocated index
@@ -173,6 +187,9 @@ impl Default for BrokerConfig {
             group_session_timeout_ms: 10_000,
             retention_check_interval_ms: 60_000,
             connections_max: 1024,
+            connections_per_ip_max: 0,
+            connections_per_user_max: 0,
+            quotas: QuotaConfig::default(),
             producer_expiry_ms: 24 * 3600 * 1000,
             partitions_max: 10_000,
             authentication: None,
@@ -185,6 +202,56 @@ impl Default for BrokerConfig {
             disk_free_limit_bytes: DISK_FREE_LIMIT_BYTES_DEFAULT,
         }
     }
+}
+
+/// Kafka's byte-rate quotas (KIP-13): bytes per second that one principal (every
+/// connection of one user together, or every anonymous connection together) may produce
+/// and fetch, measured over a sliding window of `window_count` samples of `window_ms`
+/// (Kafka's `quota.window.num` and `quota.window.size.seconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Default produce (and publish) rate of a principal, bytes per second (0: unlimited).
+    pub producer_byte_rate: u64,
+    /// Default fetch (and delivery) rate of a principal, bytes per second (0: unlimited).
+    pub consumer_byte_rate: u64,
+    /// Length of one sample of the rate window, ms.
+    pub window_ms: u64,
+    /// Samples in the rate window; the rate is measured over at least `window_count - 1`
+    /// of them, so a new principal may send a burst of that many windows' worth at first.
+    pub window_count: u32,
+    /// Overrides by user name (`ANONYMOUS` for unauthenticated connections).
+    pub users: BTreeMap<String, UserQuota>,
+}
+
+/// Kafka's defaults: 11 samples of 1 s.
+pub const QUOTA_WINDOW_MS_DEFAULT: u64 = 1000;
+/// Kafka's `quota.window.num` default.
+pub const QUOTA_WINDOW_COUNT_DEFAULT: u32 = 11;
+/// Shortest sample: below 10 ms the timer's resolution is most of the sample.
+pub const QUOTA_WINDOW_MS_MIN: u64 = 10;
+/// Most samples in the window: the rate sums them per request.
+pub const QUOTA_WINDOW_COUNT_MAX: u32 = 100;
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            producer_byte_rate: 0,
+            consumer_byte_rate: 0,
+            window_ms: QUOTA_WINDOW_MS_DEFAULT,
+            window_count: QUOTA_WINDOW_COUNT_DEFAULT,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// One user's quota overrides; `None` takes the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuota {
+    /// Produce rate, bytes per second (0: unlimited).
+    pub producer_byte_rate: Option<u64>,
+    /// Fetch rate, bytes per second (0: unlimited).
+    pub consumer_byte_rate: Option<u64>,
 }
 
 /// One key of the TOML configuration file, for the documentation.
@@ -308,6 +375,16 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "most client connections at once",
         ),
         key(
+            "connections_per_ip_max",
+            config.connections_per_ip_max.to_string(),
+            "most connections open at once from one client IP address, all listeners together (0: no limit)",
+        ),
+        key(
+            "connections_per_user_max",
+            config.connections_per_user_max.to_string(),
+            "most connections logged in as one user at once, native, Kafka and AMQP together (0: no limit)",
+        ),
+        key(
             "producer_expiry_ms",
             config.producer_expiry_ms.to_string(),
             "idle idempotent producers are forgotten after this long, ms",
@@ -403,6 +480,31 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             log.preallocate_ahead_bytes.to_string(),
             "disk blocks reserved ahead of appends, bytes (0: none)",
         ),
+        key(
+            "quotas.producer_byte_rate",
+            config.quotas.producer_byte_rate.to_string(),
+            "bytes per second one principal may produce and publish, all its connections together (0: unlimited)",
+        ),
+        key(
+            "quotas.consumer_byte_rate",
+            config.quotas.consumer_byte_rate.to_string(),
+            "bytes per second one principal may fetch and be delivered, all its connections together (0: unlimited)",
+        ),
+        key(
+            "quotas.window_ms",
+            config.quotas.window_ms.to_string(),
+            "one sample of the quota's rate window, ms (Kafka's quota.window.size.seconds)",
+        ),
+        key(
+            "quotas.window_count",
+            config.quotas.window_count.to_string(),
+            "samples in the quota's rate window (Kafka's quota.window.num)",
+        ),
+        key(
+            "quotas.users",
+            quota_users_value(&config.quotas.users),
+            "per-user overrides: `{ NAME = { producer_byte_rate = N, consumer_byte_rate = N } }` (`ANONYMOUS`: unauthenticated)",
+        ),
     ]
 }
 
@@ -412,6 +514,28 @@ fn listener_value(kind: ListenerKind, spec: Option<&ListenerSpec>) -> String {
         "{:?}",
         spec.map_or_else(|| "off".to_string(), |spec| spec.setting(kind))
     )
+}
+
+/// The per-user quota overrides as a TOML inline table.
+fn quota_users_value(users: &BTreeMap<String, UserQuota>) -> String {
+    let entries: Vec<String> = users
+        .iter()
+        .map(|(user, quota)| {
+            let mut fields = Vec::new();
+            if let Some(rate) = quota.producer_byte_rate {
+                fields.push(format!("producer_byte_rate = {rate}"));
+            }
+            if let Some(rate) = quota.consumer_byte_rate {
+                fields.push(format!("consumer_byte_rate = {rate}"));
+            }
+            format!("{user:?} = {{ {} }}", fields.join(", "))
+        })
+        .collect();
+    if entries.is_empty() {
+        "{}".to_string()
+    } else {
+        format!("{{ {} }}", entries.join(", "))
+    }
 }
 
 /// An optional file setting as a TOML value, `(unset)` when absent.
@@ -482,6 +606,8 @@ struct FileConfig {
     group_session_timeout_ms: Option<u32>,
     retention_check_interval_ms: Option<u64>,
     connections_max: Option<usize>,
+    connections_per_ip_max: Option<usize>,
+    connections_per_user_max: Option<usize>,
     producer_expiry_ms: Option<i64>,
     partitions_max: Option<u32>,
     authorization: Option<String>,
@@ -492,6 +618,17 @@ struct FileConfig {
     login_failures_per_minute_max: Option<usize>,
     amqp_default_guest: Option<bool>,
     log: Option<FileLogConfig>,
+    quotas: Option<FileQuotaConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuotaConfig {
+    producer_byte_rate: Option<u64>,
+    consumer_byte_rate: Option<u64>,
+    window_ms: Option<u64>,
+    window_count: Option<u32>,
+    users: Option<BTreeMap<String, UserQuota>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -569,6 +706,22 @@ impl BrokerConfig {
             .retention_check_interval_ms
             .unwrap_or(defaults.retention_check_interval_ms);
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
+        self.connections_per_ip_max = file
+            .connections_per_ip_max
+            .unwrap_or(defaults.connections_per_ip_max);
+        self.connections_per_user_max = file
+            .connections_per_user_max
+            .unwrap_or(defaults.connections_per_user_max);
+        if let Some(quotas) = file.quotas {
+            let base = QuotaConfig::default();
+            self.quotas = QuotaConfig {
+                producer_byte_rate: quotas.producer_byte_rate.unwrap_or(base.producer_byte_rate),
+                consumer_byte_rate: quotas.consumer_byte_rate.unwrap_or(base.consumer_byte_rate),
+                window_ms: quotas.window_ms.unwrap_or(base.window_ms),
+                window_count: quotas.window_count.unwrap_or(base.window_count),
+                users: quotas.users.unwrap_or_default(),
+            };
+        }
         self.producer_expiry_ms = file
             .producer_expiry_ms
             .unwrap_or(defaults.producer_expiry_ms);
@@ -650,6 +803,18 @@ impl BrokerConfig {
         if let Some(advertised) = &self.kafka_advertised {
             parse_host_port(advertised)
                 .map_err(|error| ConfigError::Invalid(format!("kafka_advertised: {error}")))?;
+        }
+        if self.quotas.window_ms < QUOTA_WINDOW_MS_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "quotas.window_ms {} is below {QUOTA_WINDOW_MS_MIN}",
+                self.quotas.window_ms
+            )));
+        }
+        if !(2..=QUOTA_WINDOW_COUNT_MAX).contains(&self.quotas.window_count) {
+            return Err(ConfigError::Invalid(format!(
+                "quotas.window_count {} outside [2, {QUOTA_WINDOW_COUNT_MAX}]",
+                self.quotas.window_count
+            )));
         }
         if self.login_failures_per_minute_max == 0 {
             return Err(ConfigError::Invalid(
@@ -1244,12 +1409,17 @@ mod tests {
     fn documented_keys_are_exactly_the_accepted_keys_and_parse_with_their_defaults() {
         let mut accepted: Vec<String> = accepted_keys::<FileConfig>("no_such_key = 1")
             .into_iter()
-            .filter(|key| key != "log")
+            .filter(|key| key != "log" && key != "quotas")
             .collect();
         accepted.extend(
             accepted_keys::<FileConfig>("[log]\nno_such_key = 1")
                 .into_iter()
                 .map(|key| format!("log.{key}")),
+        );
+        accepted.extend(
+            accepted_keys::<FileConfig>("[quotas]\nno_such_key = 1")
+                .into_iter()
+                .map(|key| format!("quotas.{key}")),
         );
         accepted.sort();
         let mut documented: Vec<String> = config_keys()
@@ -1261,8 +1431,13 @@ mod tests {
         // Every documented default is valid TOML of the right type, and applies.
         let mut top = String::new();
         let mut log = String::from("[log]\n");
+        let mut quotas = String::from("[quotas]\n");
         for key in config_keys() {
             if key.default == "(unset)" {
+                continue;
+            }
+            if let Some(name) = key.key.strip_prefix("quotas.") {
+                quotas.push_str(&format!("{name} = {}\n", key.default));
                 continue;
             }
             match key.key.strip_prefix("log.") {
@@ -1270,7 +1445,8 @@ mod tests {
                 None => top.push_str(&format!("{} = {}\n", key.key, key.default)),
             }
         }
-        let file: FileConfig = toml::from_str(&format!("{top}{log}")).expect("defaults parse");
+        let file: FileConfig =
+            toml::from_str(&format!("{top}{log}{quotas}")).expect("defaults parse");
         let mut config = BrokerConfig::default();
         config.apply(file).expect("defaults apply");
         assert_eq!(config, BrokerConfig::default());

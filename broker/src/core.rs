@@ -24,6 +24,7 @@ pub mod auth_ops;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
+pub mod quota;
 pub mod stream_ops;
 pub mod txn_ops;
 
@@ -93,6 +94,7 @@ pub use queue_ops::{
     Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,
     SettleQuery, SubscribeQuery,
 };
+pub use quota::QuotaKind;
 pub use stream_ops::ProduceCompletion;
 pub use stream_ops::{
     Acks, NewTopic, PartitionStatus, PartitionView, ProduceQuery, Produced, ProducedPartition,
@@ -154,6 +156,10 @@ pub struct Broker {
     retention_check_interval_ms: u64,
     /// Users, failed logins (issue #18).
     auth: auth_ops::AuthState,
+    /// Per-principal byte rates (issue #18).
+    quotas: quota::Quotas,
+    /// Connections per logged-in user (issue #18).
+    user_connections: Arc<quota::UserConnections>,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -242,6 +248,8 @@ impl Broker {
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
             auth,
+            quotas: quota::Quotas::new(&config.quotas),
+            user_connections: quota::UserConnections::new(config.connections_per_user_max),
         };
         // The first sample of the free space now (open runs on the blocking pool), so the
         // alarm and its gauge are right from the start, not one period later.
@@ -382,6 +390,20 @@ pub struct Session {
     host: String,
     /// Queue name → consumers started on it by this caller.
     consumers: Mutex<HashMap<String, HashSet<ConsumerId>>>,
+    /// Until when a quota holds this caller back (issue #18): the connection reads nothing
+    /// more before then.
+    throttled_until: Mutex<Option<tokio::time::Instant>>,
+    /// This connection's place in its user's connection count (`connections_per_user_max`),
+    /// given back when the session is dropped.
+    user_slot: Mutex<Option<quota::UserSlot>>,
+    /// Made for one request of a protocol that logs in per request (HTTP), not for a
+    /// connection: it counts against no connection limit.
+    per_request: bool,
+}
+
+/// An address as ACL hosts name it (IPv4-mapped IPv6 addresses as IPv4).
+fn host_of(peer: SocketAddr) -> String {
+    peer.ip().to_canonical().to_string()
 }
 
 /// Connection ids, unique within the process.
@@ -390,24 +412,30 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 impl Session {
     /// A new caller with a process-unique id and no known address (in-process callers).
     pub fn new() -> Session {
-        Session::acting(Principal::Anonymous, None)
+        Session::build(Principal::Anonymous, String::new(), false)
     }
 
     /// A new caller connected from `peer`: ACLs with that host apply to it.
     pub fn at(peer: SocketAddr) -> Session {
-        Session::acting(Principal::Anonymous, Some(peer))
+        Session::build(Principal::Anonymous, host_of(peer), false)
     }
 
-    /// A caller already authenticated as `principal` (a front end that checks credentials
-    /// on every request, as HTTP does, makes one per request).
-    pub fn acting(principal: Principal, peer: Option<SocketAddr>) -> Session {
+    /// A caller for one request of a protocol that proves who it is on every request
+    /// (HTTP): `principal` is what the request's credentials proved, `peer` where it came
+    /// from. It counts against no connection limit (it is not a connection).
+    pub fn for_request(principal: Principal, peer: Option<SocketAddr>) -> Session {
+        Session::build(principal, peer.map(host_of).unwrap_or_default(), true)
+    }
+
+    fn build(principal: Principal, host: String, per_request: bool) -> Session {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             principal: Mutex::new(principal),
-            host: peer
-                .map(|peer| peer.ip().to_canonical().to_string())
-                .unwrap_or_default(),
+            host,
             consumers: Mutex::new(HashMap::new()),
+            throttled_until: Mutex::new(None),
+            user_slot: Mutex::new(None),
+            per_request,
         }
     }
 
@@ -416,14 +444,52 @@ impl Session {
         &self.host
     }
 
-    /// A new caller acting as this one (same principal and address, its own id and
-    /// consumers): a stream a request opens lives on in it.
+    /// A new caller acting as this one (same principal and address, its own id, consumers
+    /// and throttle): a stream a request opens lives on in it.
     pub fn like(&self) -> Session {
-        Session {
-            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-            principal: Mutex::new(self.principal()),
-            host: self.host.clone(),
-            consumers: Mutex::new(HashMap::new()),
+        Session::build(self.principal(), self.host.clone(), self.per_request)
+    }
+
+    /// True for a session made for one request ([`Session::for_request`]).
+    pub fn is_per_request(&self) -> bool {
+        self.per_request
+    }
+
+    /// When a quota holds this caller back until a moment still to come, that moment. The
+    /// connection driver reads nothing from the connection before it (KIP-219's mute).
+    pub fn throttled_until(&self) -> Option<tokio::time::Instant> {
+        let until = *self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        until.filter(|until| *until > tokio::time::Instant::now())
+    }
+
+    /// What is left of this caller's throttle, ms (Kafka's `throttle_time_ms`; 0: none).
+    pub fn throttle_time_ms(&self) -> i32 {
+        self.throttled_until().map_or(0, |until| {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
+        })
+    }
+
+    /// What is left of this caller's throttle (zero: none).
+    pub fn throttle_delay(&self) -> Duration {
+        self.throttled_until().map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
+    /// Holds this caller back for `delay` from now (the later of this and any throttle
+    /// already running).
+    fn throttle(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        let mut current = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if current.is_none_or(|current| current < until) {
+            *current = Some(until);
         }
     }
 
@@ -451,12 +517,17 @@ impl Session {
                 .is_authenticated()
     }
 
-    /// Records a successful login (only the core's login operations call it).
-    fn set_principal(&self, principal: Principal) {
+    /// Records a successful login (only the core's login operations call it), with the
+    /// connection's place in its user's count.
+    fn set_principal(&self, principal: Principal, slot: Option<quota::UserSlot>) {
         *self
             .principal
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = principal;
+        *self
+            .user_slot
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = slot;
     }
 
     fn consumers(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<ConsumerId>>> {

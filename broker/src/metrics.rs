@@ -186,6 +186,7 @@ pub const API_KEY_SLOTS: usize = 128;
 pub struct ListenerMetrics {
     connections_open: AtomicU64,
     connections_total: AtomicU64,
+    connections_refused: AtomicU64,
     requests: [AtomicU64; API_KEY_SLOTS],
 }
 
@@ -196,6 +197,8 @@ pub struct ListenerSample {
     pub connections_open: u64,
     /// Connections accepted since start.
     pub connections_total: u64,
+    /// Connections refused since start for a connection limit (per address or per user).
+    pub connections_refused: u64,
     /// `(api key, requests)` for every api key that has had a request.
     pub requests: Vec<(u16, u64)>,
 }
@@ -205,6 +208,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             requests: [const { AtomicU64::new(0) }; API_KEY_SLOTS],
         }
     }
@@ -223,6 +227,11 @@ impl ListenerMetrics {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
                 Some(open.saturating_sub(1))
             });
+    }
+
+    /// Counts a connection refused for a connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one request of `api_key`.
@@ -246,6 +255,7 @@ impl ListenerMetrics {
         ListenerSample {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
             requests,
         }
     }

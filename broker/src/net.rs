@@ -5,10 +5,12 @@
 //! them. A front end supplies only its codec and its translation (a [`connection::Protocol`]).
 //! [`tls`] puts TLS under any listener: the connection driver is generic over its byte
 //! stream ([`connection::Transport`]), so TCP and TLS connections get the same machinery.
+//! [`limits`] counts connections per client address for every listener.
 //!
 //! **Architecture invariant:** only `net` touches sockets; it knows no protocol and no
 //! domain rule.
 
 pub mod connection;
+pub mod limits;
 pub mod listener;
 pub mod tls;

@@ -19,6 +19,7 @@ use crate::frontend::http::status::BrokerInfo;
 use crate::frontend::http::Http;
 use crate::frontend::kafka::Kafka;
 use crate::frontend::native::Native;
+use crate::net::limits::AddressLimits;
 use crate::net::listener;
 use crate::net::tls::{self, Tls, TlsError};
 use crate::storage::{Clock, SystemClock};
@@ -166,15 +167,16 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     };
     let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // One count of connections per client address over every listener.
+    let address_limits = AddressLimits::new(config.connections_per_ip_max);
     // HTTP serves from before recovery, so the liveness probe answers while it runs (and
     // the readiness probe says it is recovering); dropping `shutdown` on a failed open
     // stops it.
     let (http, http_addr, http_task) = start_http(
         &config,
-        local_addr,
-        kafka_addr,
-        amqp_addr,
+        (local_addr, kafka_addr, amqp_addr),
         tls.clone(),
+        address_limits.clone(),
         shutdown_rx.clone(),
     )
     .await?;
@@ -280,18 +282,19 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             Arc::new(native),
             listener,
             native_tls,
-            config.connections_max,
+            (config.connections_max, address_limits.clone()),
             shutdown_rx.clone(),
             done_tx.clone(),
         );
         let (kafka_shutdown, kafka_done) = (shutdown_rx.clone(), done_tx.clone());
+        let (kafka_limits, amqp_limits) = (address_limits.clone(), address_limits.clone());
         let kafka_loop = async move {
             if let Some((kafka, kafka_listener)) = kafka {
                 listener::accept_loop(
                     Arc::new(kafka),
                     kafka_listener,
                     kafka_tls,
-                    config.connections_max,
+                    (config.connections_max, kafka_limits),
                     kafka_shutdown,
                     kafka_done,
                 )
@@ -304,7 +307,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
                     Arc::new(amqp),
                     amqp_listener,
                     amqp_tls,
-                    config.connections_max,
+                    (config.connections_max, amqp_limits),
                     shutdown_rx,
                     done_tx,
                 )
@@ -376,10 +379,9 @@ async fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, ServerError
 /// is handed to the returned [`Http`] once it has recovered.
 async fn start_http(
     config: &BrokerConfig,
-    native_addr: SocketAddr,
-    kafka_addr: Option<SocketAddr>,
-    amqp_addr: Option<SocketAddr>,
+    (native_addr, kafka_addr, amqp_addr): (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
     tls: Option<Arc<Tls>>,
+    address_limits: Arc<AddressLimits>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Http>, Option<SocketAddr>, Option<JoinHandle<()>>), ServerError> {
     let bound = match &config.http_listen {
@@ -402,7 +404,17 @@ async fn start_http(
     let Some((listener, addr)) = bound else {
         return Ok((http, None, None));
     };
-    let capped = listener::CappedListener::new(listener, config.connections_max);
+    let mut capped =
+        listener::CappedListener::new(listener, config.connections_max, address_limits);
+    // HTTP logs in per request; a socket that never sends one is closed after the
+    // authentication timeout when authentication is required (issue #18).
+    let bound: Vec<SocketAddr> = [Some(native_addr), kafka_addr, amqp_addr, Some(addr)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if config.authentication_mode(&bound) == Authentication::Required {
+        capped = capped.close_silent_after(Duration::from_millis(config.authentication_timeout_ms));
+    }
     let tls = tls.filter(|_| config.http_listen.as_ref().is_some_and(|spec| spec.tls));
     let task = tokio::spawn(crate::frontend::http::serve(
         http.clone(),

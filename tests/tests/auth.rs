@@ -396,9 +396,10 @@ fn offline_create_refuses_a_running_broker_and_required_needs_a_user() {
 }
 
 #[test]
-fn the_authentication_timeout_closes_an_idle_unauthenticated_socket() {
-    // Goal: a connection that never logs in is closed after `authentication_timeout_ms`.
-    // Method: connect to the native port, send nothing, and wait (bounded) for the EOF.
+fn the_authentication_timeout_closes_an_idle_unauthenticated_socket_on_every_listener() {
+    // Goal: a connection that never logs in is closed after `authentication_timeout_ms`, on
+    // every listener. Method: connect to the native, Kafka, AMQP and HTTP ports, send
+    // nothing, and wait (bounded) for each EOF.
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     assert_ok(
@@ -406,15 +407,30 @@ fn the_authentication_timeout_closes_an_idle_unauthenticated_socket() {
         "create",
     );
     let broker = start_required(&data_dir, "authentication_timeout_ms = 300\n");
-    let mut stream = TcpStream::connect(broker.addr()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    let started = Instant::now();
-    let mut byte = [0u8; 1];
-    let read = stream.read(&mut byte);
-    assert!(matches!(read, Ok(0)), "expected a close, got {read:?}");
-    assert!(started.elapsed() < Duration::from_secs(9));
+    let addresses = [
+        ("native", broker.address()),
+        ("kafka", broker.kafka_address()),
+        ("amqp", broker.amqp_address().to_string()),
+        ("http", broker.http_address()),
+    ];
+    for (listener, address) in addresses {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let read = stream.read(&mut byte);
+        assert!(
+            matches!(read, Ok(0)),
+            "{listener}: expected a close, got {read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "{listener}: closed after {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]

@@ -142,8 +142,9 @@ impl Broker {
         match &step {
             Ok(ScramStep::Done { principal, .. }) => {
                 self.auth.failures.record_success(peer.ip());
+                let slot = self.admit_connection(session, principal, peer)?;
                 tracing::info!(%peer, %principal, %mechanism, "login");
-                session.set_principal(principal.clone());
+                session.set_principal(principal.clone(), slot);
             }
             Ok(ScramStep::Continue(_)) => {}
             Err(error) => self.login_failed(
@@ -208,9 +209,27 @@ impl Broker {
         }
         self.auth.failures.record_success(peer.ip());
         let principal = Principal::User(user.to_string());
+        let slot = self.admit_connection(session, &principal, peer)?;
         tracing::info!(%peer, %principal, mechanism = "PLAIN", "login");
-        session.set_principal(principal.clone());
+        session.set_principal(principal.clone(), slot);
         Ok(principal)
+    }
+
+    /// Counts a connection that just logged in as `principal` against
+    /// `connections_per_user_max` (a per-request session of HTTP counts against nothing);
+    /// a refusal is logged at WARN.
+    fn admit_connection(
+        &self,
+        session: &Session,
+        principal: &Principal,
+        peer: SocketAddr,
+    ) -> Result<Option<crate::core::quota::UserSlot>, AuthError> {
+        if session.is_per_request() {
+            return Ok(None);
+        }
+        self.admit_user(principal).inspect_err(|error| {
+            tracing::warn!(%peer, %principal, %error, "connection refused: too many connections for this user");
+        })
     }
 
     fn login_failed(&self, peer: SocketAddr, user: &str, mechanism: &str, error: &AuthError) {

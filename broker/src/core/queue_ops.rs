@@ -461,6 +461,7 @@ impl Broker {
         query: PublishQuery,
     ) -> Result<PublishCompletion, QueueError> {
         self.check_publish(caller, &query)?;
+        self.charge_quota(caller, super::QuotaKind::Produce, query.body.len() as u64);
         // A publisher is held while the disk alarm is on (RabbitMQ's resource alarm): its
         // connection reads nothing more until there is room again.
         self.disk_alarm_cleared().await;
@@ -494,6 +495,8 @@ impl Broker {
             }
             return outcomes;
         }
+        let bytes: usize = queries.iter().map(|query| query.body.len()).sum();
+        self.charge_quota(caller, super::QuotaKind::Produce, bytes as u64);
         self.disk_alarm_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
         let tickets = self

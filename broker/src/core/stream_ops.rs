@@ -362,6 +362,10 @@ impl Broker {
     /// partition's batches, in request order. The returned completion waits for durability
     /// (acks = all) so that all partitions and pipelined requests share the flusher's fsyncs.
     pub async fn produce(&self, caller: &Session, query: ProduceQuery) -> ProduceCompletion {
+        self.charge_produced(
+            caller,
+            query.topics.iter().flat_map(|(_, p)| p).map(|(_, b)| b),
+        );
         let timeout_ms = query.timeout_ms.min(PRODUCE_TIMEOUT_MS_MAX);
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut topics = Vec::with_capacity(query.topics.len());
@@ -439,7 +443,9 @@ impl Broker {
             })
             .collect();
         if refused.iter().all(Option::is_none) {
-            return self.streams.fetch(query).await;
+            let fetched = self.streams.fetch(query).await;
+            self.charge_fetched(caller, &fetched);
+            return fetched;
         }
         let allowed = FetchQuery {
             topics: query
@@ -451,12 +457,13 @@ impl Broker {
                 .collect(),
             ..query.clone()
         };
-        let mut fetched = if allowed.topics.is_empty() {
+        let fetched = if allowed.topics.is_empty() {
             Vec::new()
         } else {
             self.streams.fetch(&allowed).await
-        }
-        .into_iter();
+        };
+        self.charge_fetched(caller, &fetched);
+        let mut fetched = fetched.into_iter();
         query
             .topics
             .iter()

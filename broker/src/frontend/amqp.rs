@@ -161,9 +161,28 @@ pub(crate) struct Shared {
     pub(crate) held: AtomicBool,
     closed: watch::Sender<bool>,
     state: Mutex<handlers::State>,
+    /// Why the connection is refused at connection.open (530 NOT_ALLOWED, as RabbitMQ
+    /// refuses over a connection limit): its address or its user has too many connections.
+    pub(crate) refused: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// Marks the connection to be refused at connection.open with `reason`.
+    pub(crate) fn refuse(&self, reason: String) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(reason);
+    }
+
+    /// Why the connection is refused, if it is.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
     pub(crate) fn state(&self) -> MutexGuard<'_, handlers::State> {
         self.state
             .lock()
@@ -275,8 +294,22 @@ impl Protocol for Amqp {
                 held: AtomicBool::new(false),
                 closed,
                 state: Mutex::new(handlers::State::default()),
+                refused: Mutex::new(None),
             }),
         }
+    }
+
+    fn open_refused(
+        &self,
+        push: mpsc::Sender<BytesMut>,
+        peer: SocketAddr,
+        refusal: &crate::net::limits::Refusal,
+    ) -> Option<AmqpConnection> {
+        // Served through the handshake, then refused at connection.open in AMQP's terms.
+        crate::metrics::AMQP.connection_refused();
+        let connection = self.open(push, peer);
+        connection.shared.refuse(refusal.to_string());
+        Some(connection)
     }
 
     fn decode(
@@ -308,6 +341,18 @@ impl Protocol for Amqp {
             handlers::handle(&connection.shared, request).await;
             Box::pin(std::future::ready(None)) as Completion
         })
+    }
+
+    fn muted_until(&self, connection: &AmqpConnection) -> Option<tokio::time::Instant> {
+        let until = connection.shared.session.throttled_until();
+        if until.is_some() {
+            // Its silence while muted is not a missed heartbeat.
+            let shared = &connection.shared;
+            shared
+                .last_read_ms
+                .store(shared.elapsed_ms(), Ordering::Relaxed);
+        }
+        until
     }
 
     fn until_closed<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {

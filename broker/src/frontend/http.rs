@@ -173,6 +173,7 @@ pub fn router(http: Arc<Http>) -> Router {
             auth::authenticate,
         ))
         .layer(middleware::from_fn(time_limit))
+        .layer(middleware::from_fn(refuse_over_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(http)
 }
@@ -214,12 +215,16 @@ pub async fn serve(
 }
 
 /// The client's address, for the failed-login limit and logs ([`auth`]).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+#[derive(Debug, Clone)]
+pub struct PeerAddr(pub SocketAddr, pub Option<Arc<str>>);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for PeerAddr {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> PeerAddr {
-        PeerAddr(*stream.remote_addr())
+        let refusal = stream
+            .io()
+            .refusal()
+            .map(|refusal| refusal.to_string().into());
+        PeerAddr(*stream.remote_addr(), refusal)
     }
 }
 
@@ -227,8 +232,37 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, CappedTls>) -> PeerAddr {
-        PeerAddr(*stream.remote_addr())
+        let refusal = stream
+            .io()
+            .get_ref()
+            .0
+            .refusal()
+            .map(|refusal| refusal.to_string().into());
+        PeerAddr(*stream.remote_addr(), refusal)
     }
+}
+
+/// A connection whose address is over `connections_per_ip_max` gets 429 Too Many Requests
+/// with `Connection: close` on its first request, and nothing else (issue #18).
+async fn refuse_over_limit(request: Request, next: Next) -> Response {
+    let refusal = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .and_then(|info| info.0 .1.clone());
+    let Some(refusal) = refusal else {
+        return next.run(request).await;
+    };
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        refusal.to_string(),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// [`CappedListener`] as axum's listener.

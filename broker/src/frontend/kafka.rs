@@ -217,6 +217,21 @@ impl Protocol for Kafka {
         )
     }
 
+    fn open_refused(
+        &self,
+        _push: mpsc::Sender<BytesMut>,
+        _peer: std::net::SocketAddr,
+        _refusal: &crate::net::limits::Refusal,
+    ) -> Option<Self::Connection> {
+        // Closed without a byte, as Kafka closes a connection over max.connections.per.ip.
+        metrics::KAFKA.connection_refused();
+        None
+    }
+
+    fn muted_until(&self, connection: &KafkaConnection) -> Option<tokio::time::Instant> {
+        connection.session.throttled_until()
+    }
+
     fn decode(
         &self,
         connection: &KafkaConnection,
@@ -285,8 +300,10 @@ impl Protocol for Kafka {
                     return Box::pin(std::future::ready(Some(frame))) as Completion;
                 }
             };
+            let session = connection.session.clone();
             let completion: Completion = Box::pin(async move {
-                let response = answer.await?;
+                let mut response = answer.await?;
+                set_throttle_time(&mut response, &session);
                 encode_response(api_key, version, correlation_id, &response)
             });
             completion
@@ -296,6 +313,16 @@ impl Protocol for Kafka {
     fn close<'a>(&'a self, connection: &'a KafkaConnection) -> BoxFuture<'a, ()> {
         metrics::KAFKA.connection_closed();
         Box::pin(self.broker.close_session(&connection.session))
+    }
+}
+
+/// A quota's throttle in the responses whose bytes count against one (KIP-219): the client
+/// waits that long before its next request, and the connection reads nothing meanwhile.
+fn set_throttle_time(response: &mut ResponseKind, session: &Session) {
+    match response {
+        ResponseKind::Produce(produce) => produce.throttle_time_ms = session.throttle_time_ms(),
+        ResponseKind::Fetch(fetch) => fetch.throttle_time_ms = session.throttle_time_ms(),
+        _ => {}
     }
 }
 

@@ -126,6 +126,21 @@ impl Protocol for Native {
         }
     }
 
+    fn open_refused(
+        &self,
+        _push: mpsc::Sender<BytesMut>,
+        _peer: std::net::SocketAddr,
+        _refusal: &crate::net::limits::Refusal,
+    ) -> Option<Self::Connection> {
+        // Closed without a byte, as Kafka closes a connection over max.connections.per.ip.
+        metrics::NATIVE.connection_refused();
+        None
+    }
+
+    fn muted_until(&self, connection: &NativeConnection) -> Option<tokio::time::Instant> {
+        connection.session.throttled_until()
+    }
+
     fn until_closed<'a>(&'a self, connection: &'a NativeConnection) -> BoxFuture<'a, ()> {
         Box::pin(
             self.auth

@@ -62,6 +62,21 @@ pub trait Protocol: Send + Sync + 'static {
     /// State for a new connection from `peer`; `push` sends frames between responses.
     fn open(&self, push: mpsc::Sender<BytesMut>, peer: SocketAddr) -> Self::Connection;
 
+    /// State for a new connection from `peer` that is over a connection limit
+    /// (`refusal`), or `None` to close it at once without a byte (the default, what Kafka
+    /// does for `max.connections.per.ip`). A front end whose protocol can say why returns
+    /// a connection that refuses in its own terms (AMQP: connection.close 530 at
+    /// connection.open, as RabbitMQ refuses over its limits).
+    fn open_refused(
+        &self,
+        push: mpsc::Sender<BytesMut>,
+        peer: SocketAddr,
+        refusal: &crate::net::limits::Refusal,
+    ) -> Option<Self::Connection> {
+        let _ = (push, peer, refusal);
+        None
+    }
+
     /// Decodes the next request at the front of `buffer`, consuming its bytes (the driver
     /// counts what was consumed against the in-flight byte budget); `Ok(None)` when more
     /// bytes are needed. `connection` is there for protocols whose framing depends on
@@ -82,6 +97,14 @@ pub trait Protocol: Send + Sync + 'static {
     fn until_closed<'a>(&'a self, connection: &'a Self::Connection) -> BoxFuture<'a, ()> {
         let _ = connection;
         Box::pin(std::future::pending())
+    }
+
+    /// When the connection is muted (a quota throttles it: KIP-219), the moment it ends: the
+    /// driver decodes and reads nothing from the connection before then, while responses
+    /// and pushes still go out. Asked before each request. Default: never muted.
+    fn muted_until(&self, connection: &Self::Connection) -> Option<tokio::time::Instant> {
+        let _ = connection;
+        None
     }
 
     /// Runs the ordered phase of `request` and returns its completion.
@@ -126,23 +149,38 @@ enum Pending {
 }
 
 /// Serves one connection until the client closes it, a fatal frame error, or shutdown.
+/// `refusal`: the connection is over a connection limit ([`Protocol::open_refused`]).
 pub async fn serve<P: Protocol, T: Transport>(
     protocol: Arc<P>,
     socket: T,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
+    refusal: Option<crate::net::limits::Refusal>,
 ) {
     tracing::debug!(%peer, "connection opened");
     let mut requests: u64 = 0;
-    let (mut reader, writer) = socket.split();
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT_MAX);
     let (push_tx, push_rx) = mpsc::channel::<BytesMut>(PUSH_QUEUE_MAX);
-    let connection = protocol.open(push_tx, peer);
+    let connection = match &refusal {
+        None => protocol.open(push_tx, peer),
+        Some(refusal) => match protocol.open_refused(push_tx, peer, refusal) {
+            Some(connection) => connection,
+            None => return,
+        },
+    };
+    let (mut reader, writer) = socket.split();
     let writer_task = tokio::spawn(write_responses(writer, pending_rx, push_rx, peer));
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_MAX));
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     'read: loop {
         loop {
+            if let Some(until) = protocol.muted_until(&connection) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.changed() => break 'read,
+                    _ = protocol.until_closed(&connection) => break 'read,
+                }
+            }
             let buffered_bytes = buffer.len();
             let request = match protocol.decode(&connection, &mut buffer) {
                 Ok(Some(request)) => request,

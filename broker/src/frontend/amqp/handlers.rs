@@ -341,6 +341,10 @@ async fn connection_method(
             Ok(())
         }
         (Phase::Tuned, connection::AMQPMethod::Open(open)) => {
+            if let Some(reason) = shared.refusal() {
+                // RabbitMQ refuses a connection over a connection limit here, with 530.
+                return Err(Reply::new(error_code::NOT_ALLOWED, reason).on(10, 40));
+            }
             if open.virtual_host.as_str() != "/" {
                 return Err(Reply::new(
                     error_code::NOT_ALLOWED,
@@ -470,12 +474,20 @@ async fn login(shared: &Shared, start_ok: &connection::StartOk) -> Result<(), Re
     } else {
         shared.default_guest
     };
-    shared
+    match shared
         .broker
         .login_plain(&shared.session, &user, &password, shared.peer, guest)
         .await
-        .map(|_| ())
-        .map_err(|error| refused(&error.to_string()))
+    {
+        Ok(_) => Ok(()),
+        // Over the user's connection limit: refused at connection.open, as RabbitMQ does.
+        Err(error @ crate::core::AuthError::ConnectionLimit { .. }) => {
+            crate::metrics::AMQP.connection_refused();
+            shared.refuse(error.to_string());
+            Ok(())
+        }
+        Err(error) => Err(refused(&error.to_string())),
+    }
 }
 
 fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
@@ -1627,6 +1639,16 @@ async fn forward_deliveries(
                     },
                 )
                 .await;
+        }
+        // The consumer's byte rate (issue #18): the next delivery waits out the delay,
+        // while the connection keeps reading acks and heartbeats.
+        let delay = shared.broker.charge_delivered(
+            &shared.session,
+            crate::core::QuotaKind::Fetch,
+            body.len() as u64,
+        );
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -76,7 +76,7 @@ pub async fn authenticate(
                     "malformed Authorization header: expected Basic base64(user:password) or Bearer TOKEN",
                 );
             };
-            let session = Session::new();
+            let session = Session::for_request(Principal::Anonymous, Some(peer));
             match broker
                 .login_plain(&session, &user, &password, peer, DefaultGuest::Off)
                 .await
@@ -92,7 +92,10 @@ pub async fn authenticate(
     {
         return unauthorized("authentication required");
     }
-    let caller = Caller(Arc::new(Session::acting(principal.clone(), Some(peer))));
+    let caller = Caller(Arc::new(Session::for_request(
+        principal.clone(),
+        Some(peer),
+    )));
     request.extensions_mut().insert(principal);
     request.extensions_mut().insert(caller);
     next.run(request).await

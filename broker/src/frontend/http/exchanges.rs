@@ -555,6 +555,7 @@ pub async fn publish(
         body: payload,
     };
     let confirmed = broker.publish(&caller, query).await?.await?;
+    crate::frontend::http::stream::hold_for_quota(&caller).await;
     let answer = match confirmed {
         PublishOutcome::Routed(queues) => PublishAnswer {
             outcome: "routed",

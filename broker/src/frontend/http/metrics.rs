@@ -182,6 +182,15 @@ impl Scrape {
                 .iter()
                 .map(|(name, sample)| ([("listener", *name)], sample.connections_total)),
         )?;
+        family(
+            encoder,
+            Kind::Counter,
+            "wharf_listener_connections_refused",
+            "Connections refused for a connection limit (per address or per user), per listener.",
+            listeners
+                .iter()
+                .map(|(name, sample)| ([("listener", *name)], sample.connections_refused)),
+        )?;
         let requests = listeners.iter().flat_map(|(name, sample)| {
             sample.requests.iter().map(move |(api_key, count)| {
                 (

@@ -189,7 +189,17 @@ pub async fn produce(
         base_offset: produced.base_offset,
         record_count,
     };
+    hold_for_quota(&caller).await;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// HTTP has no throttle field: a request that a quota throttles is answered after the
+/// delay instead (issue #18), so the client, which waits for the answer, keeps the rate.
+pub(super) async fn hold_for_quota(session: &Session) {
+    let delay = session.throttle_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn build_batch(records: Vec<RecordIn>, timestamp_ms: i64) -> Result<Bytes, ApiError> {
@@ -304,6 +314,7 @@ pub async fn fetch_records(
     let mut reader =
         StreamReader::open(&http, &caller, topic.clone(), partition, Some(from), None)?;
     reader.fetch_once().await?;
+    hold_for_quota(&reader.session).await;
     let mut records = Vec::new();
     let mut next_offset = reader.next_offset;
     while let Some(item) = reader.pending.pop_front() {

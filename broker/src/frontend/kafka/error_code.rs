@@ -176,6 +176,7 @@ pub fn auth(error: &crate::core::AuthError) -> ResponseError {
         AuthError::BadCredentials
         | AuthError::Malformed(_)
         | AuthError::TooManyFailures { .. }
+        | AuthError::ConnectionLimit { .. }
         | AuthError::Storage(_) => ResponseError::SaslAuthenticationFailed,
     }
 }

@@ -160,9 +160,10 @@ pub fn auth(error: &crate::core::AuthError) -> ErrorCode {
     match error {
         AuthError::UnsupportedMechanism(_) => ErrorCode::UnsupportedSaslMechanism,
         AuthError::IllegalState(_) => ErrorCode::IllegalSaslState,
-        AuthError::BadCredentials | AuthError::Malformed(_) | AuthError::TooManyFailures { .. } => {
-            ErrorCode::AuthenticationFailed
-        }
+        AuthError::BadCredentials
+        | AuthError::Malformed(_)
+        | AuthError::TooManyFailures { .. }
+        | AuthError::ConnectionLimit { .. } => ErrorCode::AuthenticationFailed,
         AuthError::Storage(_) => ErrorCode::Unknown,
     }
 }

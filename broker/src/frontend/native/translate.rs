@@ -152,7 +152,7 @@ pub async fn handle(
             answer
         }
         Request::Subscribe(request) => ready(Response::Subscribe(
-            subscribe(broker, connection, request, header).await,
+            subscribe(&native.broker, connection, request, header).await,
         )),
         Request::Ack(request) => ack(broker, caller, request).await,
         Request::Cancel(request) => ready(Response::Cancel(admin_answer(
@@ -1345,7 +1345,7 @@ fn publish_answer(outcome: Result<PublishOutcome, QueueError>) -> PublishRespons
 }
 
 async fn subscribe(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     connection: &NativeConnection,
     request: SubscribeRequest,
     header: FrameHeader,
@@ -1368,6 +1368,7 @@ async fn subscribe(
     };
     tokio::spawn(forward_deliveries(
         deliveries,
+        (broker.clone(), connection.session.clone()),
         connection.push.clone(),
         consumer_id,
         queue,
@@ -1390,6 +1391,7 @@ const PUSH_GATHER_BYTES: usize = 256 * 1024;
 /// one channel send and one write, not one per message.
 async fn forward_deliveries(
     mut deliveries: tokio::sync::mpsc::Receiver<ConsumerEvent>,
+    (broker, session): (Arc<Broker>, Arc<Session>),
     push: tokio::sync::mpsc::Sender<BytesMut>,
     consumer_id: u64,
     queue: String,
@@ -1446,11 +1448,17 @@ async fn forward_deliveries(
                 next = deliveries.try_recv().ok();
             }
         }
+        let pushed_bytes = out.len() as u64;
         if !out.is_empty() && push.send(out).await.is_err() {
             break;
         }
         if last {
             break;
+        }
+        // The consumer's byte rate (issue #18): the next deliveries wait out the delay.
+        let delay = broker.charge_delivered(&session, core::QuotaKind::Fetch, pushed_bytes);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
     }
 }
