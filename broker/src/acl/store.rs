@@ -4,6 +4,7 @@
 //! never waits for a change being written.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -47,6 +48,9 @@ pub struct AclStore {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     current: RwLock<Arc<Vec<AclBinding>>>,
+    /// True while `current` is empty: the hot paths (every publish and produce) ask this
+    /// one load before any lock.
+    empty: AtomicBool,
     /// Held while a change is written, so changes apply one at a time, in order.
     writing: Mutex<()>,
 }
@@ -83,9 +87,15 @@ impl AclStore {
         Ok(AclStore {
             fs,
             dir: dir.to_path_buf(),
+            empty: AtomicBool::new(acls.is_empty()),
             current: RwLock::new(Arc::new(acls)),
             writing: Mutex::new(()),
         })
+    }
+
+    /// True when no ACL exists (one atomic load).
+    pub fn is_empty(&self) -> bool {
+        self.empty.load(Ordering::Acquire)
     }
 
     /// The ACLs now in force.
@@ -182,10 +192,12 @@ impl AclStore {
                 &bytes,
             )
             .map_err(|error| AclError::Storage(error.to_string()))?;
-            *self
+            let mut current = self
                 .current
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.empty.store(next.is_empty(), Ordering::Release);
+            *current = Arc::new(next);
         }
         Ok(answer)
     }

@@ -398,6 +398,7 @@ fn names_parse_back() {
 fn the_store_keeps_acls_across_a_reopen_and_removes_by_filter() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = AclStore::open(Arc::new(RealFs), dir.path()).expect("open");
+    assert!(store.is_empty(), "a new data directory has no ACL");
     let read = acl(
         "User:a",
         ResourceType::Queue,
@@ -418,6 +419,7 @@ fn the_store_keeps_acls_across_a_reopen_and_removes_by_filter() {
         .add(&[read.clone(), write.clone(), read.clone()])
         .expect("add");
     assert_eq!(store.current().len(), 2, "duplicates are added once");
+    assert!(!store.is_empty());
     let invalid = AclBinding {
         principal: "nobody".to_string(),
         ..read.clone()
@@ -437,6 +439,9 @@ fn the_store_keeps_acls_across_a_reopen_and_removes_by_filter() {
     drop(store);
     let store = AclStore::open(Arc::new(RealFs), dir.path()).expect("reopen");
     assert_eq!(*store.current(), vec![read]);
+    assert!(!store.is_empty(), "a reopen sees the ACL left");
+    store.remove(&[AclFilter::default()]).expect("remove all");
+    assert!(store.is_empty(), "removing the last ACL empties the store");
 }
 
 // The model: a small universe of principals, hosts and names; every ACL is expanded into
