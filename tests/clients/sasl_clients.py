@@ -12,7 +12,8 @@ kafka-admin: the admin client's alter_user_scram_credentials creates NEW_USER
 amqp: pika logs in with PLAIN, publishes one message to QUEUE and gets it back.
 
 Prints one line: `ok ...` and exits 0; `auth-failed <what the client reported>` and exits 3
-when the client reports an authentication failure; anything else exits 1.
+when the client reports an authentication failure; `authz-failed <error>` and exits 4 when a
+produce is refused by ACLs (TOPIC_AUTHORIZATION_FAILED); anything else exits 1.
 """
 
 import sys
@@ -48,6 +49,10 @@ def kafka(bootstrap, mechanism, user, password, topic, ca_file=None):
     if auth:
         print(f"auth-failed {auth[0].name()}: {auth[0].str()}")
         sys.exit(3)
+    refused = [e for e in delivered if e is not None and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    if refused:
+        print(f"authz-failed {refused[0].name()}: {refused[0].str()}")
+        sys.exit(4)
     if len(delivered) != 3 or any(error is not None for error in delivered):
         print(f"produce failed: {delivered} {[str(e) for e in errors]}")
         sys.exit(1)

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use integration_tests::tls::TestPki;
-use integration_tests::{run_client_script, wharf, wharf_ok, wharfd_path, BrokerProcess};
+use integration_tests::{
+    run_client_script, wharf, wharf_ok, wharfd_path, wharfd_user_create, BrokerProcess,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_protocol::messages::ApiVersionsRequest;
@@ -641,26 +643,9 @@ fn tls_settings_that_cannot_work_are_startup_errors_naming_the_flag() {
 
 /// Runs `wharfd user create NAME --data-dir DIR --password-stdin` with `password`.
 fn create_user_offline(data_dir: &Path, name: &str, password: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(wharfd_path())
-        .args(["user", "create", name, "--data-dir"])
-        .arg(data_dir)
-        .arg("--password-stdin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wharfd user create");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password");
     assert_ok(
         "wharfd user create",
-        &child.wait_with_output().expect("wait"),
+        &wharfd_user_create(data_dir, name, password, &[]),
     );
 }
 
@@ -691,13 +676,23 @@ fn wharf_tls_as(
 fn sasl_ssl_listeners_take_scram_logins_over_tls_and_refuse_bad_passwords() {
     // The contract: `--kafka-listen sasl_ssl://…` with SCRAM-SHA-512 users, driven by
     // confluent-kafka with security.protocol=SASL_SSL; the native listener likewise with the
-    // CLI. A sasl_* listener requires a login even on loopback.
+    // CLI. A sasl_* listener requires a login even on loopback. Authorization is required:
+    // alice is a super user, bob has no ACL and is refused with Kafka's error.
     const PASSWORD: &str = "tls and scram";
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::create(&dir.path().join("pki"), "Wharf test CA");
     let data = dir.path().join("data");
     create_user_offline(&data, "alice", PASSWORD);
+    create_user_offline(&data, "bob", PASSWORD);
+    let config = dir.path().join("wharfd.toml");
+    std::fs::write(
+        &config,
+        "authorization = \"required\"\nsuper_users = [\"User:alice\"]\n",
+    )
+    .unwrap();
     let mut args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
         "--kafka-listen",
         "sasl_ssl://127.0.0.1:0",
         "--amqp-listen",
@@ -727,6 +722,31 @@ fn sasl_ssl_listeners_take_scram_logins_over_tls_and_refuse_bad_passwords() {
     );
     let stdout = assert_ok("confluent-kafka SASL_SSL SCRAM-SHA-512", &good);
     assert!(stdout.starts_with("ok v0,v1,v2"), "{stdout}");
+    // A user with the right password but no ACL: logged in, refused the produce.
+    let unallowed = run_client_script(
+        "sasl_clients.py",
+        &[
+            "kafka",
+            &kafka,
+            "SCRAM-SHA-512",
+            "bob",
+            PASSWORD,
+            "sasl-ssl",
+            &ca,
+        ],
+    );
+    assert_eq!(
+        unallowed.status.code(),
+        Some(4),
+        "bob without an ACL over SASL_SSL: {}\n{}",
+        String::from_utf8_lossy(&unallowed.stdout),
+        stderr(&unallowed)
+    );
+    assert!(
+        String::from_utf8_lossy(&unallowed.stdout).contains("TOPIC_AUTHORIZATION_FAILED"),
+        "{}",
+        String::from_utf8_lossy(&unallowed.stdout)
+    );
     // The native listener: SCRAM over TLS works; no login is refused.
     let listed = assert_ok(
         "wharf --tls --user alice topic list",
