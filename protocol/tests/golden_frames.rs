@@ -20,7 +20,8 @@ use wharf_protocol::messages::{
     PublishResponse, QueueGetRequest, QueueListing, TxnResult,
 };
 use wharf_protocol::messages::{
-    AclEntry, AclFilterRequest, ConnectionBlockedPush, CreateAclsRequest,
+    AclEntry, AclFilterRequest, ConnectionBlockedPush, CreateAclsRequest, DeleteUserRequest,
+    ListUsersRequest, ListUsersResponse, UserAdminResponse, UserCredentialInfo, UserListing,
 };
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
@@ -970,4 +971,114 @@ fn golden_connection_blocked_push() {
         0x00, 0x0b, b'l', b'o', b'w', b' ', b'o', b'n', b' ', b'd', b'i', b's', b'k', // reason
     ];
     check_push(&push, 0, &golden);
+}
+
+#[test]
+fn golden_alter_user_credentials_and_delete_user_requests() {
+    // AlterUserCredentials carries CreateUser's body under its own key.
+    let request = Request::AlterUserCredentials(UserCredentialsRequest {
+        name: "al".to_string(),
+        credentials: Vec::new(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x10, // @0  length u32 = 16 (8 header bytes + 8 body bytes)
+        0x00, 0x30,             // @4  api_key u16 = 48 (AlterUserCredentials)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5
+        // ---- UserCredentialsRequest body, 8 bytes ----
+        0x00, 0x02, b'a', b'l', //     name string = "al"
+        0x00, 0x00, 0x00, 0x00, //     credentials array: count = 0
+    ];
+    check_request(&request, 5, &golden);
+
+    let request = Request::DeleteUser(DeleteUserRequest {
+        name: "al".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0c, // @0  length u32 = 12 (8 header bytes + 4 body bytes)
+        0x00, 0x31,             // @4  api_key u16 = 49 (DeleteUser)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6
+        // ---- DeleteUserRequest body, 4 bytes ----
+        0x00, 0x02, b'a', b'l', //     name string = "al"
+    ];
+    check_request(&request, 6, &golden);
+
+    // A refusal by ACLs: error code 46 (Unauthorized) with the broker's words.
+    let response = Response::DeleteUser(UserAdminResponse {
+        error: ErrorCode::Unauthorized,
+        error_message: Some("no".to_string()),
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::DeleteUser.code(),
+        api_version: 0,
+        correlation_id: 6,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0e, // @0  length u32 = 14 (8 header bytes + 6 body bytes)
+        0x00, 0x31,             // @4  api_key u16 = 49 (DeleteUser), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6, echoed
+        // ---- UserAdminResponse body, 6 bytes ----
+        0x00, 0x2e,             //     error u16 = 46 (Unauthorized)
+        0x00, 0x02, b'n', b'o', //     error_message nullable string = "no"
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_list_users_request_and_response() {
+    let request = Request::ListUsers(ListUsersRequest {});
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes; the body is empty ----
+        0x00, 0x00, 0x00, 0x08, // @0  length u32 = 8 (8 header bytes + 0 body bytes)
+        0x00, 0x32,             // @4  api_key u16 = 50 (ListUsers)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7
+    ];
+    check_request(&request, 7, &golden);
+
+    let response = Response::ListUsers(ListUsersResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        users: vec![UserListing {
+            name: "al".to_string(),
+            credentials: vec![UserCredentialInfo {
+                mechanism: "SCRAM-SHA-256".to_string(),
+                iterations: 4096,
+            }],
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::ListUsers.code(),
+        api_version: 0,
+        correlation_id: 7,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x2b, // @0  length u32 = 43 (8 header bytes + 35 body bytes)
+        0x00, 0x32,             // @4  api_key u16 = 50 (ListUsers), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7, echoed
+        // ---- ListUsersResponse body, 35 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null
+        0x00, 0x00, 0x00, 0x01, //     users array: count = 1
+        //   -- UserListing --
+        0x00, 0x02, b'a', b'l', //       name string = "al"
+        0x00, 0x00, 0x00, 0x01, //       credentials array: count = 1
+        //     -- UserCredentialInfo: a mechanism and its iterations, never a key --
+        0x00, 0x0d,             //         mechanism string: u16 length = 13
+        b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'2', b'5', b'6',
+        0x00, 0x00, 0x10, 0x00, //         iterations u32 = 4096
+    ];
+    check_response(&response, header, &golden);
 }
