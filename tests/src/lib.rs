@@ -783,3 +783,96 @@ pub fn basic(user: &str, password: &str) -> String {
     }
     out
 }
+
+/// `wharfd` with its data directory on a tmpfs of its own (`size` as `mount -o size=`
+/// takes it: `8m`, `128m`), mounted in a private mount namespace (`unshare -m`, util-linux;
+/// it needs root, as CI runs): a small disk for full-disk and disk-alarm tests that nothing
+/// outside the broker sees. Killed when dropped.
+#[derive(Debug)]
+pub struct TmpfsBroker {
+    child: Child,
+    lines: Vec<String>,
+    /// Kept open: a later line from wharfd must not meet a closed pipe.
+    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    _temp: tempfile::TempDir,
+}
+
+impl TmpfsBroker {
+    /// Starts it with `config_toml` as its config file and `listeners` (wharfd's listener
+    /// flags, space-separated), and waits for its first `listening` lines. Its log
+    /// (`WHARF_LOG=log_filter`) goes to `log`, or nowhere.
+    pub fn start(
+        size: &str,
+        config_toml: &str,
+        listeners: &str,
+        listening: usize,
+        log: Option<&Path>,
+        log_filter: &str,
+    ) -> TmpfsBroker {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mount = temp.path().join("tmpfs");
+        std::fs::create_dir(&mount).expect("mount point");
+        let config = temp.path().join("wharf.toml");
+        std::fs::write(&config, config_toml).expect("config");
+        let script = format!(
+            "mount -t tmpfs -o size={size} tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" {listeners}"
+        );
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
+        let mut child = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, "sh"])
+            .arg(&mount)
+            .arg(wharfd_path())
+            .arg(&config)
+            .env("WHARF_LOG", log_filter)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("unshare (util-linux) runs wharfd in its own mount namespace");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let lines: Vec<String> = stdout
+            .by_ref()
+            .take(listening)
+            .map(|line| line.expect("a line"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            listening,
+            "wharfd started on the tmpfs (a mount failure ends it without a line): {lines:?}"
+        );
+        TmpfsBroker {
+            child,
+            lines,
+            _stdout: stdout,
+            _temp: temp,
+        }
+    }
+
+    /// The address of the `index`th listening line (0: the first printed).
+    pub fn address(&self, index: usize) -> String {
+        self.lines[index]
+            .rsplit(' ')
+            .next()
+            .expect("an address")
+            .to_string()
+    }
+
+    /// The address of the listening line that starts with `prefix` (`amqp listening on`).
+    pub fn address_of(&self, prefix: &str) -> String {
+        let line = self
+            .lines
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}: {:?}", self.lines));
+        line.rsplit(' ').next().expect("an address").to_string()
+    }
+}
+
+impl Drop for TmpfsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

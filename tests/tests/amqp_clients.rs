@@ -508,52 +508,22 @@ fn pika_publisher_is_blocked_by_the_disk_alarm_and_unblocked_when_space_is_freed
     // publishers below 96 MB free (the alarm samples every 250 ms: a wide margin, so a
     // loaded machine cannot fill the disk between two samples): the scenario publishes until it is blocked, then frees
     // the space from another connection.
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let temp = tempfile::tempdir().expect("temp dir");
-    let mount = temp.path().join("tmpfs");
-    std::fs::create_dir(&mount).expect("mount point");
-    let config = temp.path().join("wharf.toml");
-    std::fs::write(&config, "disk_free_limit_bytes = 96000000\n").expect("config");
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=128m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen 127.0.0.1:0 --http-listen off",
-            "sh",
-        ])
-        .arg(&mount)
-        .arg(integration_tests::wharfd_path())
-        .arg(&config)
-        .env("WHARF_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut amqp = None;
-    for line in lines.by_ref().take(2) {
-        let line = line.expect("a line");
-        if line.starts_with("amqp listening on") {
-            amqp = line.rsplit(' ').next().map(str::to_string);
-        }
-    }
-    let outcome = std::panic::catch_unwind(|| {
-        let amqp = amqp.expect("wharfd started on the tmpfs with an AMQP listener");
-        let (host, port) = amqp.rsplit_once(':').expect("HOST:PORT");
-        let output = run_client_script("pika_scenarios.py", &[host, port, "disk_alarm"]);
-        assert!(
-            output.status.success() && stdout(&output).contains("ok disk_alarm"),
-            "pika disk_alarm failed ({}):\nstdout: {}\nstderr: {}",
-            output.status,
-            stdout(&output),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let broker = integration_tests::TmpfsBroker::start(
+        "128m",
+        "disk_free_limit_bytes = 96000000\n",
+        "--listen 127.0.0.1:0 --kafka-listen off --amqp-listen 127.0.0.1:0 --http-listen off",
+        2,
+        None,
+        "warn",
+    );
+    let amqp = broker.address_of("amqp listening on");
+    let (host, port) = amqp.rsplit_once(':').expect("HOST:PORT");
+    let output = run_client_script("pika_scenarios.py", &[host, port, "disk_alarm"]);
+    assert!(
+        output.status.success() && stdout(&output).contains("ok disk_alarm"),
+        "pika disk_alarm failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -4,8 +4,6 @@
 //! loaded machine from filling the disk between two samples), tells it with a ConnectionBlocked push (the client's
 //! `publishes_held`), and lets it go, with nothing refused or lost, once space is freed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,33 +25,15 @@ async fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_publisher_is_held_told_so_and_let_go_when_space_is_freed() {
-    let temp = tempfile::tempdir().expect("temp dir");
-    let mount = temp.path().join("tmpfs");
-    std::fs::create_dir(&mount).expect("mount point");
-    let config = temp.path().join("wharf.toml");
-    std::fs::write(&config, "disk_free_limit_bytes = 96000000\n").expect("config");
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=128m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
-            "sh",
-        ])
-        .arg(&mount)
-        .arg(integration_tests::wharfd_path())
-        .arg(&config)
-        .env("WHARF_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
-    let line = BufReader::new(child.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("wharfd started on the tmpfs")
-        .expect("a line");
-    let address = line.rsplit(' ').next().expect("an address").to_string();
+    let broker = integration_tests::TmpfsBroker::start(
+        "128m",
+        "disk_free_limit_bytes = 96000000\n",
+        "--listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
+        1,
+        None,
+        "warn",
+    );
+    let address = broker.address(0);
 
     let client = Client::connect(ClientConfig::new(address.clone()))
         .await
@@ -114,7 +94,6 @@ async fn a_native_publisher_is_held_told_so_and_let_go_when_space_is_freed() {
     let outcome = tokio::time::timeout(Duration::from_secs(30), publishing)
         .await
         .expect("the publisher stops");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(broker);
     outcome.expect("task").expect("no publish failed");
 }

@@ -54,42 +54,21 @@ fn empty_partitions_and_queues_cost_kilobytes_not_megabytes() {
 /// nothing outside the broker sees it.
 #[test]
 fn the_quickstart_runs_on_an_8_mib_tmpfs_and_a_full_disk_is_an_error_not_a_crash() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let temp = tempfile::tempdir().expect("temp dir");
-    let mount = temp.path().join("tmpfs");
-    std::fs::create_dir(&mount).expect("mount point");
     let log_path = temp.path().join("wharfd.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
     // The disk alarm off: an 8 MiB disk is always below its default limit (50 MB), which
     // would hold every publish (tests/tests/disk_alarm.rs tests the alarm); this test is
     // about what a full disk does to the storage engine.
-    let config = temp.path().join("wharf.toml");
-    std::fs::write(&config, "disk_free_limit_bytes = 0\n").expect("config");
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --config \"$3\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
-            "sh",
-        ])
-        .arg(&mount)
-        .arg(integration_tests::wharfd_path())
-        .arg(&config)
-        .env("WHARF_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines
-        .next()
-        .expect("wharfd started on the tmpfs (a mount failure ends it without a line)")
-        .expect("a line");
-    let address = first.rsplit(' ').next().expect("an address").to_string();
-    let outcome = std::panic::catch_unwind(|| {
+    let broker = integration_tests::TmpfsBroker::start(
+        "8m",
+        "disk_free_limit_bytes = 0\n",
+        "--listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen off",
+        1,
+        Some(&log_path),
+        "warn",
+    );
+    let address = broker.address(0);
+    {
         wharf_ok(
             &address,
             &["topic", "create", "events", "--partitions", "3"],
@@ -136,10 +115,5 @@ fn the_quickstart_runs_on_an_8_mib_tmpfs_and_a_full_disk_is_an_error_not_a_crash
         assert!(listed.contains("events"), "{listed}");
         wharf_ok(&address, &["topic", "delete", "events"], "");
         wharf_ok(&address, &["produce", "after"], "room again\n");
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
     }
 }

@@ -566,36 +566,17 @@ fn a_busy_http_port_is_a_startup_error_that_names_the_flag() {
 /// needs root, as CI runs; tests/tests/disk_usage.rs does the same).
 #[test]
 fn a_full_disk_makes_the_broker_not_ready_until_a_write_succeeds_again() {
-    use std::process::{Command, Stdio};
-    let temp = tempfile::tempdir().expect("temp dir");
-    let mount = temp.path().join("tmpfs");
-    std::fs::create_dir(&mount).expect("mount point");
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\" --data-dir \"$1/data\" --listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen 127.0.0.1:0",
-            "sh",
-        ])
-        .arg(&mount)
-        .arg(integration_tests::wharfd_path())
-        .env("WHARF_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unshare (util-linux) runs wharfd in its own mount namespace");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut address_of_next_line = || {
-        let line = lines
-            .next()
-            .expect("wharfd started on the tmpfs (a mount failure ends it without a line)")
-            .expect("a line");
-        line.rsplit(' ').next().expect("an address").to_string()
-    };
-    let address = address_of_next_line();
-    let web = address_of_next_line();
-    let outcome = std::panic::catch_unwind(|| {
+    let broker = integration_tests::TmpfsBroker::start(
+        "8m",
+        "",
+        "--listen 127.0.0.1:0 --kafka-listen off --amqp-listen off --http-listen 127.0.0.1:0",
+        2,
+        None,
+        "error",
+    );
+    let address = broker.address(0);
+    let web = broker.address(1);
+    {
         assert_eq!(get(&web, "/health/ready").status, 200);
         wharf_ok(
             &address,
@@ -628,11 +609,6 @@ fn a_full_disk_makes_the_broker_not_ready_until_a_write_succeeds_again() {
         wharf_ok(&address, &["produce", "after"], "room again\n");
         let ready = get(&web, "/health/ready");
         assert_eq!(ready.status, 200, "{ready:?}");
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
     }
 }
 
