@@ -120,6 +120,7 @@ fn api_routes() -> utoipa_axum::router::OpenApiRouter<Arc<Http>> {
 /// The routes with their limits.
 pub fn router(http: Arc<Http>) -> Router {
     let (api, document) = api_routes().split_for_parts();
+    metrics::set_routes(&document, UNDOCUMENTED_ROUTES);
     // Rendered once: the document is the same for the broker's whole life.
     let document = Arc::new(document.to_pretty_json().unwrap_or_default());
     Router::new()
@@ -149,8 +150,21 @@ pub fn router(http: Arc<Http>) -> Router {
         ))
         .layer(middleware::from_fn(time_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(metrics::observe))
         .with_state(http)
 }
+
+/// The routes [`router`] serves beside the documented `/api/v1` ones, as the request
+/// metrics name them (`METHOD /path`).
+const UNDOCUMENTED_ROUTES: &[&str] = &[
+    "GET /",
+    "GET /console/console.js",
+    "GET /console/console.css",
+    "GET /health/live",
+    "GET /health/ready",
+    "GET /metrics",
+    "GET /api/v1/openapi.json",
+];
 
 /// Serves `router` on `listener` (over TLS with `tls`: HTTPS) until `shutdown` turns true
 /// (or its sender is dropped), then lets in-flight requests finish.
