@@ -125,7 +125,7 @@ impl RecordSource {
     async fn next(&mut self) -> Option<Result<serde_json::Value, serde_json::Value>> {
         match self {
             RecordSource::Partition(reader) => match reader.next_item().await? {
-                StreamItem::Record { data, .. } => Some(Ok(data)),
+                StreamItem::Record { data, .. } | StreamItem::Skipped(data) => Some(Ok(data)),
                 StreamItem::Failed(error) => Some(Err(error)),
             },
             RecordSource::Group(member) => match member.next_item().await? {
