@@ -182,7 +182,7 @@ impl Protocol for Native {
                 // acks = none has none and counts as a success).
                 let error = response
                     .as_ref()
-                    .map(Response::error)
+                    .map(error_code::first_error)
                     .filter(|code| !code.is_ok());
                 metrics::NATIVE.request(
                     header.api_key,
