@@ -149,7 +149,9 @@ async fn stream_records(
             item = source.next() => {
                 let text = match item {
                     Some(Ok(mut data)) => {
-                        data["type"] = "record".into();
+                        // A batch the stream could not send says so as `skipped`.
+                        let kind = if data.get("skipped").is_some() { "skipped" } else { "record" };
+                        data["type"] = kind.into();
                         data
                     }
                     Some(Err(mut error)) => {

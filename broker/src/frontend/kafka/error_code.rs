@@ -174,46 +174,6 @@ pub fn user(error: &crate::core::UserError) -> ResponseError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn produce_errors_get_the_codes_kafka_clients_act_on() {
-        assert_eq!(
-            stream(&StreamError::UnknownTopic("t".to_string())),
-            3,
-            "UNKNOWN_TOPIC_OR_PARTITION"
-        );
-        assert_eq!(
-            stream(&StreamError::Sequence {
-                refusal: SequenceRefusal::OutOfOrder,
-                producer_id: 1,
-                epoch: 0,
-                first_sequence: 5,
-                last_sequence: 5,
-                topic: "t".to_string(),
-                partition: 0,
-            }),
-            45,
-            "OUT_OF_ORDER_SEQUENCE_NUMBER"
-        );
-        assert_eq!(
-            stream(&StreamError::TxnFenced {
-                producer_id: 1,
-                epoch: 0
-            }),
-            47,
-            "INVALID_PRODUCER_EPOCH"
-        );
-        assert_eq!(
-            topic(&TopicError::AlreadyExists("t".to_string())),
-            36,
-            "TOPIC_ALREADY_EXISTS"
-        );
-    }
-}
-
 /// The error a response answers with, for the request metrics: its top-level error code if
 /// set, else the first partition's, topic's or resource's that is set (one walk over the
 /// response's entries, never its records); 0 when everything succeeded. A response with
@@ -367,5 +327,69 @@ pub fn code_of_metrics_slot(slot: u16) -> i16 {
         -1
     } else {
         i16::try_from(slot).unwrap_or(i16::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_errors_get_the_codes_kafka_clients_act_on() {
+        assert_eq!(
+            stream(&StreamError::UnknownTopic("t".to_string())),
+            3,
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(
+            stream(&StreamError::Sequence {
+                refusal: SequenceRefusal::OutOfOrder,
+                producer_id: 1,
+                epoch: 0,
+                first_sequence: 5,
+                last_sequence: 5,
+                topic: "t".to_string(),
+                partition: 0,
+            }),
+            45,
+            "OUT_OF_ORDER_SEQUENCE_NUMBER"
+        );
+        assert_eq!(
+            stream(&StreamError::TxnFenced {
+                producer_id: 1,
+                epoch: 0
+            }),
+            47,
+            "INVALID_PRODUCER_EPOCH"
+        );
+        assert_eq!(
+            topic(&TopicError::AlreadyExists("t".to_string())),
+            36,
+            "TOPIC_ALREADY_EXISTS"
+        );
+    }
+
+    #[test]
+    fn first_error_finds_a_partitions_code_and_slots_round_trip() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::{ProduceResponse, ResponseKind};
+        let partition = |code: i16| PartitionProduceResponse::default().with_error_code(code);
+        let response = ResponseKind::Produce(ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default().with_partition_responses(vec![
+                partition(0),
+                partition(3),
+                partition(6),
+            ]),
+        ]));
+        assert_eq!(first_error(&response), 3);
+        let fine = ResponseKind::Produce(ProduceResponse::default());
+        assert_eq!(first_error(&fine), 0);
+        assert_eq!(metrics_slot(0), None);
+        for code in [-1i16, 1, 3, 35, 127] {
+            let slot = metrics_slot(code).expect("an error");
+            assert_eq!(code_of_metrics_slot(slot), code);
+        }
     }
 }

@@ -231,3 +231,35 @@ pub fn first_error(response: &wharf_protocol::Response) -> ErrorCode {
         _ => ErrorCode::None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wharf_protocol::messages::{CreateTopicsResponse, TopicResult};
+    use wharf_protocol::Response;
+
+    use super::*;
+
+    #[test]
+    fn first_error_is_the_top_level_one_else_the_first_entrys() {
+        let result = |error| TopicResult {
+            error,
+            ..TopicResult::default()
+        };
+        let mut created = CreateTopicsResponse {
+            topics: vec![
+                result(ErrorCode::None),
+                result(ErrorCode::TopicAlreadyExists),
+            ],
+            ..CreateTopicsResponse::default()
+        };
+        let response = Response::CreateTopics(created.clone());
+        assert_eq!(first_error(&response), ErrorCode::TopicAlreadyExists);
+        created.error = ErrorCode::ShuttingDown;
+        assert_eq!(
+            first_error(&Response::CreateTopics(created)),
+            ErrorCode::ShuttingDown
+        );
+        let fine = Response::CreateTopics(CreateTopicsResponse::default());
+        assert_eq!(first_error(&fine), ErrorCode::None);
+    }
+}
