@@ -331,8 +331,7 @@ pub static NATIVE: ListenerMetrics = ListenerMetrics::new();
 pub static KAFKA: ListenerMetrics = ListenerMetrics::new();
 /// The AMQP 0-9-1 listener's counters (api: the method; see `frontend/amqp`).
 pub static AMQP: ListenerMetrics = ListenerMetrics::new();
-/// The HTTP listener's counters (api: the route; connections are not counted, hyper owns
-/// them).
+/// The HTTP listener's counters (api: the route; connections from accept to close).
 pub static HTTP: ListenerMetrics = ListenerMetrics::new();
 
 /// Health signals that no state of the core holds: whether the last append failed for lack

@@ -456,6 +456,11 @@ fn check_request_metrics(before: &Scrape, after: &Scrape) {
         1.0
     );
     assert_eq!(errors(after, "http", "other", "404"), 1.0);
+    // Each of the test's HTTP requests (Connection: close) and the scrape before this one
+    // had its own connection; this scrape's is open.
+    let http = [("listener", "http")];
+    assert!(after.value("wharf_listener_connections_accepted_total", &http) >= 6.0);
+    assert!(after.value("wharf_listener_connections", &http) >= 1.0);
     // The scrape before this one was answered (the one in progress is not yet).
     assert!(requests(after, "http", "GET /metrics") >= 1.0);
 }

@@ -224,11 +224,12 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
 struct Capped(CappedListener);
 
 impl axum::serve::Listener for Capped {
-    type Io = CappedStream;
+    type Io = Counted<CappedStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.0.accept().await
+        let (stream, peer) = self.0.accept().await;
+        (Counted::new(stream), peer)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -240,15 +241,82 @@ impl axum::serve::Listener for Capped {
 struct CappedTls(TlsIncoming);
 
 impl axum::serve::Listener for CappedTls {
-    type Io = tokio_rustls::server::TlsStream<CappedStream>;
+    type Io = Counted<tokio_rustls::server::TlsStream<CappedStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.0.accept().await
+        let (stream, peer) = self.0.accept().await;
+        (Counted::new(stream), peer)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.0.local_addr())
+    }
+}
+
+/// A connection of the HTTP listener, counted in its metrics (`wharf_listener_connections`
+/// and `..._accepted_total` with `listener="http"`) from accept to drop.
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Counted<T> {
+        crate::metrics::HTTP.connection_opened();
+        Counted { inner }
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        crate::metrics::HTTP.connection_closed();
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(context, buffer)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(context, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(context)
     }
 }
 
