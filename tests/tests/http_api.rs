@@ -1685,3 +1685,64 @@ fn acls_are_added_listed_filtered_and_removed_over_http_and_refused_when_they_me
         "{listed}"
     );
 }
+
+#[test]
+fn a_queue_streams_as_server_sent_events_acknowledged_as_written() {
+    // Goal: GET /api/v1/queues/{queue}/stream delivers a queue's messages in order as SSE
+    // `delivery` events and acknowledges each once the connection took it (no client acks
+    // over SSE). Method: publish three with the CLI, read three events, close, and watch
+    // the queue settle them (the one handed out last may come back, marked redelivered).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+    wharf_ok(&address, &["queue", "declare", "feed", "--durable"], "");
+    wharf_ok(
+        &address,
+        &["publish", "", "feed", "--confirm"],
+        "m1\nm2\nm3\n",
+    );
+    let events = sse_events(
+        &web,
+        "/api/v1/queues/feed/stream?prefetch=2",
+        None,
+        3,
+        || {},
+    );
+    let bodies: Vec<&Value> = events.iter().map(|(_, _, data)| &data["body"]).collect();
+    assert_eq!(
+        bodies,
+        [&json!("m1"), &json!("m2"), &json!("m3")],
+        "{events:?}"
+    );
+    let tags: Vec<u64> = events
+        .iter()
+        .map(|(id, _, data)| {
+            assert_eq!(id, &data["tag"].to_string(), "the event id is the tag");
+            data["tag"].as_u64().expect("a tag")
+        })
+        .collect();
+    assert!(tags.windows(2).all(|pair| pair[0] < pair[1]), "{tags:?}");
+    assert!(
+        events.iter().all(|(_, name, _)| name == "delivery"),
+        "{events:?}"
+    );
+    // The connection is closed: the consumer goes, nothing stays unacknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let queue = loop {
+        let queue = get(&web, "/api/v1/queues/feed").json();
+        if queue["unacked"] == 0 && queue["consumers"] == 0 {
+            break queue;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let settled = queue["settled"].as_u64().expect("settled");
+    let ready = queue["ready"].as_u64().expect("ready");
+    assert!(settled >= 2 && settled + ready == 3, "{queue}");
+    assert_eq!(
+        get(&web, "/api/v1/queues/feed/stream?prefetch=0").status,
+        400
+    );
+    assert_eq!(get(&web, "/api/v1/queues/missing/stream").status, 404);
+}

@@ -19,6 +19,7 @@
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
+//! | `GET /api/v1/queues/{queue}/stream` | [`queue_stream`]: SSE consumer of a queue |
 //! | `/api/v1/tokens` (create, list), `/api/v1/tokens/{id}` (revoke) | [`tokens`]: bearer tokens |
 //! | every route | [`auth`]: Basic and Bearer credentials, 401 |
 //!
@@ -39,6 +40,7 @@ pub mod group_stream;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod queue_stream;
 pub mod status;
 pub mod stream;
 pub mod tokens;

@@ -228,11 +228,11 @@ pub struct QueueSocketQuery {
 /// A consumer started for a queue socket. Dropping it (the socket ended, or its handshake
 /// never finished) closes its session, which cancels the consumer and returns its
 /// unacknowledged deliveries to the queue.
-struct QueueConsumer {
-    broker: Arc<Broker>,
-    session: Arc<Session>,
-    queue: String,
-    consumer: ConsumerId,
+pub(super) struct QueueConsumer {
+    pub(super) broker: Arc<Broker>,
+    pub(super) session: Arc<Session>,
+    pub(super) queue: String,
+    pub(super) consumer: ConsumerId,
 }
 
 impl Drop for QueueConsumer {
@@ -418,7 +418,7 @@ fn error_json(error: &ApiError) -> serde_json::Value {
 }
 
 /// A delivery as JSON: the routing key, the body (text, or `body_base64`) and the headers.
-fn delivery_json(delivered: &Delivered) -> serde_json::Value {
+pub(super) fn delivery_json(delivered: &Delivered) -> serde_json::Value {
     let record = &delivered.record;
     let mut data = serde_json::json!({
         "type": "delivery",
