@@ -70,7 +70,7 @@ pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{
     AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, Delivered, DeliveryTag,
     Durability, GetMode, GotMessage, Moved, Published, QueueError, QueueStats, Requeue, SessionId,
-    DELAY_HEADER, EXCHANGE_HEADER, EXPIRATION_HEADER,
+    DELAY_HEADER, EXCHANGE_HEADER, EXPIRATION_HEADER, GET_BYTES_MAX,
 };
 pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{

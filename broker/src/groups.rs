@@ -216,7 +216,16 @@ pub struct GroupCoordinator {
     clock: Arc<dyn Clock>,
     default_session_timeout_ms: u32,
     next_member: AtomicU64,
+    /// Rebalances (generation bumps) per broker-side group since start, kept after the
+    /// group empties (it is then removed) so the metric stays a counter; at most
+    /// [`REBALANCE_GROUPS_MAX`] groups. Taken after `groups` when both are held.
+    rebalances: Mutex<HashMap<String, u64>>,
 }
+
+/// Most broker-side groups whose rebalances are counted (a group id first seen after the
+/// table is full is not counted): bounds the table, and the `group` label of
+/// `wharf_group_rebalances_total`, whatever group ids clients make up.
+pub const REBALANCE_GROUPS_MAX: usize = 10_000;
 
 impl GroupCoordinator {
     /// A coordinator with no groups.
@@ -227,6 +236,40 @@ impl GroupCoordinator {
             clock,
             default_session_timeout_ms,
             next_member: AtomicU64::new(1),
+            rebalances: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Rebalances (generation bumps) of `group_id` since start, of either protocol.
+    pub fn rebalances(&self, group_id: &str) -> u64 {
+        let broker_side = self
+            .rebalances
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(group_id)
+            .copied()
+            .unwrap_or(0);
+        broker_side + self.classic.rebalances(group_id)
+    }
+
+    /// Forgets the rebalance count of a deleted group.
+    pub fn forget_rebalances(&self, group_id: &str) {
+        self.rebalances
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(group_id);
+    }
+
+    /// Counts one generation bump of the broker-side group `group_id`.
+    fn count_rebalance(&self, group_id: &str) {
+        let mut rebalances = self
+            .rebalances
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = rebalances.get_mut(group_id) {
+            *count += 1;
+        } else if rebalances.len() < REBALANCE_GROUPS_MAX {
+            rebalances.insert(group_id.to_string(), 1);
         }
     }
 
@@ -387,6 +430,7 @@ impl GroupCoordinator {
         // Recompute on every heartbeat: topics may have been created or grown since.
         if rebalance(group, &partition_count, now) || changed {
             group.generation += 1;
+            self.count_rebalance(&request.group_id);
             tracing::info!(
                 group = request.group_id,
                 generation = group.generation,
@@ -425,6 +469,7 @@ impl GroupCoordinator {
         }
         rebalance(group, &partition_count, self.clock.now_ms());
         group.generation += 1;
+        self.count_rebalance(group_id);
         tracing::info!(
             group = group_id,
             member = member_id,
@@ -448,6 +493,7 @@ impl GroupCoordinator {
                 removed += before - group.members.len();
                 rebalance(group, &partition_count, now);
                 group.generation += 1;
+                self.count_rebalance(group_id);
                 tracing::info!(
                     group = group_id,
                     generation = group.generation,
@@ -843,6 +889,27 @@ mod tests {
         assert!(views
             .iter()
             .all(|view| view.generation == views[0].generation));
+    }
+
+    #[test]
+    fn rebalances_count_generation_bumps_and_outlive_the_emptied_group() {
+        let (coordinator, clock) = coordinator();
+        let first = join(&coordinator, "a");
+        let second = join(&coordinator, "b");
+        assert_eq!(
+            coordinator.rebalances("g"),
+            u64::try_from(second.generation).unwrap(),
+            "every bump so far is a rebalance"
+        );
+        let before = coordinator.rebalances("g");
+        assert_eq!(coordinator.leave("g", &second.member_id, six), Ok(()));
+        assert_eq!(coordinator.rebalances("g"), before + 1);
+        clock.advance_ms(10_000);
+        assert_eq!(coordinator.expire_sessions(six), 1, "{first:?} expires");
+        // The group is gone; its count stays until the group is deleted.
+        assert_eq!(coordinator.rebalances("g"), before + 2);
+        coordinator.forget_rebalances("g");
+        assert_eq!(coordinator.rebalances("g"), 0);
     }
 
     #[test]

@@ -140,6 +140,13 @@ impl Histogram {
         self.observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// True while nothing was observed.
+    pub fn is_empty(&self) -> bool {
+        self.counts
+            .iter()
+            .all(|count| count.load(Ordering::Relaxed) == 0)
+    }
+
     /// The histogram now. Concurrent observations may land between the reads of two
     /// buckets; each bucket and the count are still each monotonic, and the count is made
     /// at least the last cumulative bucket so the sample is self-consistent.
@@ -168,6 +175,8 @@ pub struct StorageMetrics {
     pub fsync_seconds: Histogram,
     /// Offsets one fsync made durable: how many appends group commit folded together.
     pub group_commit_records: Histogram,
+    /// Bytes of segment data that fsyncs made durable.
+    pub bytes_flushed: AtomicU64,
 }
 
 /// The storage histograms of this process.
@@ -175,23 +184,46 @@ pub static STORAGE: StorageMetrics = StorageMetrics {
     append_seconds: Histogram::new(&LATENCY_BOUNDS_NS, 1e-9),
     fsync_seconds: Histogram::new(&LATENCY_BOUNDS_NS, 1e-9),
     group_commit_records: Histogram::new(&COUNT_BOUNDS, 1.0),
+    bytes_flushed: AtomicU64::new(0),
 };
 
-/// Request counters are kept per api key below this bound; a key at or above it (no
+impl StorageMetrics {
+    /// Counts `byte_count` bytes of segment data made durable by one fsync.
+    pub fn count_flushed(&self, byte_count: u64) {
+        self.bytes_flushed.fetch_add(byte_count, Ordering::Relaxed);
+    }
+
+    /// Bytes of segment data made durable since start.
+    pub fn bytes_flushed(&self) -> u64 {
+        self.bytes_flushed.load(Ordering::Relaxed)
+    }
+}
+
+/// Request counters are kept per api slot below this bound; a slot at or above it (no
 /// protocol Wharf speaks has one) is counted in the last slot. This bounds the `api` label.
+/// A front end's api slot is its api key (native, Kafka), its method's index in a fixed
+/// table (AMQP) or its route's index in the route table (HTTP).
 pub const API_KEY_SLOTS: usize = 128;
 
-/// Connections and requests of one listener.
+/// Error code slots per api, which bound the `code` label: a front end maps each error code
+/// of its protocol to one slot below this (native codes are below 64, Kafka's below 128
+/// with -1 in slot 0, AMQP's 18 reply codes by index, HTTP's statuses 400–527 as status −
+/// 400); a larger slot is counted in the last one.
+pub const ERROR_CODE_SLOTS: usize = 128;
+
+/// Connections of one listener, and its requests: per api a latency histogram (whose count
+/// is the api's requests) and per (api, error code) the requests answered with that error.
 #[derive(Debug)]
 pub struct ListenerMetrics {
     connections_open: AtomicU64,
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
-    requests: [AtomicU64; API_KEY_SLOTS],
+    requests: [Histogram; API_KEY_SLOTS],
+    errors: [[AtomicU64; ERROR_CODE_SLOTS]; API_KEY_SLOTS],
 }
 
 /// A point-in-time copy of a [`ListenerMetrics`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerSample {
     /// Connections open now.
     pub connections_open: u64,
@@ -199,8 +231,19 @@ pub struct ListenerSample {
     pub connections_total: u64,
     /// Connections refused since start for a connection limit (per address or per user).
     pub connections_refused: u64,
-    /// `(api key, requests)` for every api key that has had a request.
-    pub requests: Vec<(u16, u64)>,
+    /// Every api slot that has had a request, in slot order.
+    pub apis: Vec<ApiSample>,
+}
+
+/// The requests of one api of a listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSample {
+    /// The api slot (see [`API_KEY_SLOTS`]).
+    pub api: u16,
+    /// Request latency, seconds; its count is the api's requests.
+    pub latency: HistogramSample,
+    /// `(error code slot, requests answered with it)` for every error seen, in slot order.
+    pub errors: Vec<(u16, u64)>,
 }
 
 impl ListenerMetrics {
@@ -209,7 +252,8 @@ impl ListenerMetrics {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
-            requests: [const { AtomicU64::new(0) }; API_KEY_SLOTS],
+            requests: [const { Histogram::new(&LATENCY_BOUNDS_NS, 1e-9) }; API_KEY_SLOTS],
+            errors: [const { [const { AtomicU64::new(0) }; ERROR_CODE_SLOTS] }; API_KEY_SLOTS],
         }
     }
 
@@ -234,29 +278,59 @@ impl ListenerMetrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one request of `api_key`.
-    pub fn request(&self, api_key: u16) {
-        let slot = usize::from(api_key).min(API_KEY_SLOTS - 1);
-        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+    /// Counts one request of `api` answered after `took`, with the error code in slot
+    /// `error` (`None`: it succeeded). One call per request, when its answer is ready: two
+    /// or three relaxed atomic adds.
+    pub fn request(&self, api: u16, error: Option<u16>, took: Duration) {
+        let api = usize::from(api).min(API_KEY_SLOTS - 1);
+        self.requests[api].observe_duration(took);
+        if let Some(error) = error {
+            let error = usize::from(error).min(ERROR_CODE_SLOTS - 1);
+            self.errors[api][error].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one error answered for `api` outside [`ListenerMetrics::request`] (an AMQP
+    /// channel or connection closed by the broker, which is not the answer of one request
+    /// the driver timed).
+    pub fn error(&self, api: u16, error: u16) {
+        let api = usize::from(api).min(API_KEY_SLOTS - 1);
+        let error = usize::from(error).min(ERROR_CODE_SLOTS - 1);
+        self.errors[api][error].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters now.
     pub fn sample(&self) -> ListenerSample {
-        let requests = self
+        let apis = self
             .requests
             .iter()
+            .zip(&self.errors)
             .enumerate()
-            .filter_map(|(slot, count)| {
-                let count = count.load(Ordering::Relaxed);
-                let api_key = u16::try_from(slot).expect("API_KEY_SLOTS fits in u16");
-                (count > 0).then_some((api_key, count))
+            .filter_map(|(slot, (latency, errors))| {
+                let errors: Vec<(u16, u64)> = errors
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(code, count)| {
+                        let count = count.load(Ordering::Relaxed);
+                        let code = u16::try_from(code).expect("ERROR_CODE_SLOTS fits in u16");
+                        (count > 0).then_some((code, count))
+                    })
+                    .collect();
+                if latency.is_empty() && errors.is_empty() {
+                    return None;
+                }
+                Some(ApiSample {
+                    api: u16::try_from(slot).expect("API_KEY_SLOTS fits in u16"),
+                    latency: latency.sample(),
+                    errors,
+                })
             })
             .collect();
         ListenerSample {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
-            requests,
+            apis,
         }
     }
 }
@@ -265,8 +339,10 @@ impl ListenerMetrics {
 pub static NATIVE: ListenerMetrics = ListenerMetrics::new();
 /// The Kafka listener's counters.
 pub static KAFKA: ListenerMetrics = ListenerMetrics::new();
-/// The AMQP 0-9-1 listener's counters (connections; its requests are not counted by api).
+/// The AMQP 0-9-1 listener's counters (api: the method; see `frontend/amqp`).
 pub static AMQP: ListenerMetrics = ListenerMetrics::new();
+/// The HTTP listener's counters (api: the route; connections from accept to close).
+pub static HTTP: ListenerMetrics = ListenerMetrics::new();
 
 /// Health signals that no state of the core holds: whether the last append failed for lack
 /// of space (a full disk makes the broker not ready, but it keeps serving reads).
@@ -400,18 +476,48 @@ mod tests {
     }
 
     #[test]
-    fn listener_counts_requests_by_api_and_clamps_unknown_keys() {
+    fn listener_counts_requests_by_api_and_error_and_clamps_unknown_slots() {
         let listener = ListenerMetrics::new();
         listener.connection_opened();
-        listener.request(0);
-        listener.request(0);
-        listener.request(9000);
+        listener.request(0, None, Duration::from_micros(5));
+        listener.request(0, Some(3), Duration::from_millis(2));
+        listener.request(9000, Some(9000), Duration::from_secs(9));
+        listener.error(5, 4);
         listener.connection_closed();
         listener.connection_closed();
         let sample = listener.sample();
         assert_eq!(sample.connections_open, 0);
         assert_eq!(sample.connections_total, 1);
-        assert_eq!(sample.requests, vec![(0, 2), (127, 1)]);
+        let apis: Vec<u16> = sample.apis.iter().map(|api| api.api).collect();
+        assert_eq!(apis, vec![0, 5, 127]);
+        let first = &sample.apis[0];
+        assert_eq!(first.latency.count, 2);
+        assert_eq!(first.latency.buckets[0].1, 1, "5 us in the first bucket");
+        assert_eq!(first.errors, vec![(3, 1)]);
+        // An error counted outside a timed request shows with no request.
+        assert_eq!(sample.apis[1].latency.count, 0);
+        assert_eq!(sample.apis[1].errors, vec![(4, 1)]);
+        let last = &sample.apis[2];
+        assert_eq!(last.latency.count, 1);
+        assert_eq!(
+            last.latency.buckets[HISTOGRAM_BUCKETS - 1].1,
+            0,
+            "9 s is above 2.5 s"
+        );
+        assert_eq!(last.errors, vec![(127, 1)]);
+    }
+
+    #[test]
+    fn bytes_flushed_accumulate() {
+        let storage = StorageMetrics {
+            append_seconds: Histogram::new(&LATENCY_BOUNDS_NS, 1e-9),
+            fsync_seconds: Histogram::new(&LATENCY_BOUNDS_NS, 1e-9),
+            group_commit_records: Histogram::new(&COUNT_BOUNDS, 1.0),
+            bytes_flushed: AtomicU64::new(0),
+        };
+        storage.count_flushed(100);
+        storage.count_flushed(23);
+        assert_eq!(storage.bytes_flushed(), 123);
     }
 
     #[test]

@@ -351,12 +351,23 @@ impl Batch {
     /// [`BatchError::Decompression`] when the records do not decompress, and
     /// [`BatchError::UnsupportedCompression`] for an undefined codec.
     pub fn records_decompressed(&self) -> Result<Records, BatchError> {
+        self.records_decompressed_within(compression::DECOMPRESSED_BYTES_MAX)
+    }
+
+    /// Like [`Batch::records_decompressed`], refusing a compressed batch whose records
+    /// decompress to more than `bytes_max` (an uncompressed batch is never copied, so it
+    /// is never refused).
+    ///
+    /// # Errors
+    /// As [`Batch::records_decompressed`]; [`BatchError::Decompression`] past `bytes_max`.
+    pub fn records_decompressed_within(&self, bytes_max: usize) -> Result<Records, BatchError> {
         let attributes = self.header.attributes;
         let codec = attributes.compression()?;
         if codec == Compression::None {
             return Ok(self.records());
         }
-        let decompressed = compression::decompress(codec, &self.bytes[BATCH_HEADER_BYTES..])?;
+        let decompressed =
+            compression::decompress_within(codec, &self.bytes[BATCH_HEADER_BYTES..], bytes_max)?;
         let log_append_time_ms = match attributes.timestamp_type() {
             TimestampType::CreateTime => None,
             TimestampType::LogAppendTime => Some(self.header.max_timestamp),

@@ -921,7 +921,30 @@ def channel_flow():
     print("ok channel_flow")
 
 
+def metrics_traffic(count):
+    """Known AMQP traffic for the /metrics test: `count` publishes (two with a body in
+    several frames) to a new queue, one basic.get, then a passive declare of a missing queue,
+    which the broker answers by closing the channel with 404 NOT_FOUND."""
+    count = int(count)
+    connection = connect(frame_max=4096)
+    channel = connection.channel()
+    channel.queue_declare("metrics-q")
+    for index in range(count):
+        body = b"x" * (10_000 if index < 2 else 10)
+        channel.basic_publish("", "metrics-q", body)
+    method, _properties, body = channel.basic_get("metrics-q", auto_ack=True)
+    assert method is not None and len(body) == 10_000, (method, len(body))
+    try:
+        channel.queue_declare("metrics-missing", passive=True)
+        raise AssertionError("a passive declare of a missing queue must fail")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    connection.close()
+    print("ok metrics_traffic")
+
+
 SCENARIOS = {
+    "metrics_traffic": metrics_traffic,
     "delayed_exchange": delayed_exchange,
     "transactions": transactions,
     "overflow_reject_publish": overflow_reject_publish,

@@ -191,8 +191,81 @@ fn metrics_after_real_traffic_equal_what_was_sent() {
     assert_eq!(got.lines().count(), 2, "{got}");
     let listed = kcat(&["-L", "-b", &broker.kafka_address(), "-J"], "");
     assert!(listed.status.success(), "kcat -L failed");
+    // A classic Kafka group: one join completes one rebalance (on a topic of its own, so
+    // the counts of `events` stay what the test sent there).
+    wharf_ok(&address, &["produce", "kevents"], "k1\nk2\nk3\nk4\nk5\n");
+    let kafka_group = kcat(
+        &[
+            "-b",
+            &broker.kafka_address(),
+            "-G",
+            "kreaders",
+            "-X",
+            "auto.offset.reset=earliest",
+            "-c",
+            "5",
+            "-q",
+            "kevents",
+        ],
+        "",
+    );
+    assert!(
+        kafka_group.status.success(),
+        "kcat -G failed: {}",
+        String::from_utf8_lossy(&kafka_group.stderr)
+    );
+    // Deliberate errors: a topic that exists, over the native protocol, and a topic
+    // and a path that do not, over HTTP.
+    let again = wharf(
+        &address,
+        &["topic", "create", "events", "--partitions", "1"],
+        "",
+    );
+    assert!(!again.status.success(), "a second create must fail");
+    let web = broker.http_address();
+    assert_eq!(get(&web, "/api/v1/topics/missing").status, 404);
+    assert_eq!(get(&web, "/no/such/route").status, 404);
+    assert_eq!(get(&web, "/health/live").status, 200);
+    assert_eq!(get(&web, "/health/live").status, 200);
+    // AMQP: 5 publishes (two of them bodies in several frames), a get, a 404.
+    let amqp = broker.amqp_address();
+    let output = run_client_script(
+        "pika_scenarios.py",
+        &[
+            &amqp.ip().to_string(),
+            &amqp.port().to_string(),
+            "metrics_traffic",
+            "5",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "pika metrics_traffic failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Kafka: 5 ApiVersions v0 and one at a version no broker speaks (answered with
+    // UNSUPPORTED_VERSION), counted between two scrapes so kcat's requests do not count.
+    let before = Scrape::take(&web);
+    kafka_api_versions(&broker.kafka_address(), &[0, 0, 0, 0, 0, 99]);
 
     let scrape = Scrape::take(&broker.http_address());
+    check_request_metrics(&before, &scrape);
+    // Every byte appended was fsynced before its acks=all answer (flush = always).
+    assert_eq!(scrape.types["wharf_storage_flushed_bytes"], "counter");
+    assert!(
+        scrape.value("wharf_storage_flushed_bytes_total", &[])
+            >= scrape.value("wharf_partition_bytes_in_total", &[("topic", "events")])
+    );
+    // `wharf consume --group readers` joined (a rebalance) and left (another).
+    assert_eq!(scrape.types["wharf_group_rebalances"], "counter");
+    assert_eq!(
+        scrape.value("wharf_group_rebalances_total", &[("group", "readers")]),
+        2.0
+    );
+    assert_eq!(
+        scrape.value("wharf_group_rebalances_total", &[("group", "kreaders")]),
+        1.0
+    );
     let events = [("topic", "events"), ("partition", "0")];
     assert_eq!(scrape.types["wharf_partition_records_in"], "counter");
     assert_eq!(scrape.types["wharf_partition_log_end_offset"], "gauge");
@@ -281,6 +354,115 @@ fn metrics_after_real_traffic_equal_what_was_sent() {
     assert_eq!(scrape.types["wharf_recovery_duration_seconds"], "gauge");
     let recovery = scrape.value("wharf_recovery_duration_seconds", &[]);
     assert!(recovery > 0.0 && recovery < 60.0, "{recovery}");
+}
+
+/// Sends one ApiVersions request per version in `versions` (v0 header, null client id) on one
+/// connection to the Kafka listener at `address`, reading each answer.
+fn kafka_api_versions(address: &str, versions: &[i16]) {
+    let mut stream = TcpStream::connect(address).expect("connect to the Kafka listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    for (correlation_id, version) in versions.iter().enumerate() {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&18i16.to_be_bytes());
+        frame.extend_from_slice(&version.to_be_bytes());
+        frame.extend_from_slice(&(correlation_id as i32).to_be_bytes());
+        frame.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut request = (frame.len() as i32).to_be_bytes().to_vec();
+        request.extend_from_slice(&frame);
+        stream.write_all(&request).expect("send ApiVersions");
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).expect("answer size");
+        let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut answer).expect("answer");
+        assert_eq!(answer[..4], (correlation_id as i32).to_be_bytes());
+    }
+}
+
+/// Checks the per-listener request metrics against the traffic of
+/// `metrics_after_real_traffic_equal_what_was_sent`: `before` was scraped just before the
+/// raw Kafka requests, `after` after them.
+fn check_request_metrics(before: &Scrape, after: &Scrape) {
+    let requests = |scrape: &Scrape, listener: &str, api: &str| {
+        scrape.value(
+            "wharf_listener_requests_total",
+            &[("listener", listener), ("api", api)],
+        )
+    };
+    let timed = |scrape: &Scrape, listener: &str, api: &str| {
+        scrape.value(
+            "wharf_listener_request_duration_seconds_count",
+            &[("listener", listener), ("api", api)],
+        )
+    };
+    let errors = |scrape: &Scrape, listener: &str, api: &str, code: &str| {
+        scrape.value(
+            "wharf_listener_request_errors_total",
+            &[("listener", listener), ("api", api), ("code", code)],
+        )
+    };
+    assert_eq!(
+        after.types["wharf_listener_request_duration_seconds"],
+        "histogram"
+    );
+    assert_eq!(after.types["wharf_listener_request_errors"], "counter");
+    // Native: every request timed once; two creates, the second refused.
+    for api in ["Produce", "Fetch", "CreateTopics"] {
+        assert_eq!(
+            requests(after, "native", api),
+            timed(after, "native", api),
+            "{api}"
+        );
+    }
+    assert_eq!(requests(after, "native", "CreateTopics"), 2.0);
+    assert_eq!(
+        errors(after, "native", "CreateTopics", "TOPIC_ALREADY_EXISTS"),
+        1.0
+    );
+    // Kafka: the six raw requests, one refused.
+    assert_eq!(
+        requests(after, "kafka", "ApiVersions") - requests(before, "kafka", "ApiVersions"),
+        6.0
+    );
+    assert_eq!(
+        timed(after, "kafka", "ApiVersions") - timed(before, "kafka", "ApiVersions"),
+        6.0
+    );
+    let unsupported = |scrape: &Scrape| {
+        scrape
+            .samples
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == "wharf_listener_request_errors_total"
+                    && labels.get("listener").map(String::as_str) == Some("kafka")
+                    && labels.get("code").map(String::as_str) == Some("UNSUPPORTED_VERSION")
+            })
+            .map(|(_, _, value)| *value)
+            .sum::<f64>()
+    };
+    assert_eq!(unsupported(after) - unsupported(before), 1.0);
+    assert!(requests(after, "kafka", "Metadata") >= 1.0);
+    // AMQP: the pika scenario's methods, publishes counted once each whatever their frames.
+    assert_eq!(requests(after, "amqp", "basic.publish"), 5.0);
+    assert_eq!(timed(after, "amqp", "basic.publish"), 5.0);
+    assert_eq!(requests(after, "amqp", "basic.get"), 1.0);
+    assert_eq!(requests(after, "amqp", "queue.declare"), 2.0);
+    assert_eq!(errors(after, "amqp", "queue.declare", "NOT_FOUND"), 1.0);
+    // HTTP: routes by template, statuses of 400 and above by number.
+    assert_eq!(requests(after, "http", "GET /health/live"), 2.0);
+    assert_eq!(
+        errors(after, "http", "GET /api/v1/topics/{topic}", "404"),
+        1.0
+    );
+    assert_eq!(errors(after, "http", "other", "404"), 1.0);
+    // Each of the test's HTTP requests (Connection: close) and the scrape before this one
+    // had its own connection; this scrape's is open.
+    let http = [("listener", "http")];
+    assert!(after.value("wharf_listener_connections_accepted_total", &http) >= 6.0);
+    assert!(after.value("wharf_listener_connections", &http) >= 1.0);
+    // The scrape before this one was answered (the one in progress is not yet).
+    assert!(requests(after, "http", "GET /metrics") >= 1.0);
 }
 
 #[test]
@@ -1072,6 +1254,28 @@ fn exchanges_bindings_publish_get_fetch_and_group_admin_over_http_meet_the_cli()
         "{peeked}"
     );
     assert_eq!(messages[1]["body"], "o2", "{peeked}");
+    assert_eq!(peeked["bytes_limited"], false, "{peeked}");
+    // A byte budget smaller than one message still takes one, and says it stopped there.
+    let limited = http(
+        &web,
+        "POST",
+        "/api/v1/queues/tasks/get",
+        Some(r#"{"count": 10, "mode": "requeue", "bytes_max": 1}"#),
+    );
+    assert_eq!(limited.status, 200, "{limited:?}");
+    let limited = limited.json();
+    assert_eq!(
+        limited["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{limited}"
+    );
+    assert_eq!(limited["messages"][0]["body"], "o1", "{limited}");
+    assert_eq!(limited["bytes_limited"], true, "{limited}");
+    for bad in [r#"{"bytes_max": 0}"#, r#"{"bytes_max": 4194305}"#] {
+        let refused = http(&web, "POST", "/api/v1/queues/tasks/get", Some(bad));
+        assert_eq!(refused.status, 400, "{bad}: {refused:?}");
+        assert!(refused.body.contains("bytes_max"), "{refused:?}");
+    }
     let taken = http(
         &web,
         "POST",
@@ -1086,6 +1290,7 @@ fn exchanges_bindings_publish_get_fetch_and_group_admin_over_http_meet_the_cli()
         .map(|message| &message["body"])
         .collect();
     assert_eq!(bodies, [&json!("o1"), &json!("o2")], "{taken}");
+    assert_eq!(taken["bytes_limited"], false, "{taken}");
     assert_eq!(taken["messages"][0]["redelivered"], true, "{taken}");
     assert_eq!(get(&web, "/api/v1/queues/tasks").json()["ready"], 0);
     assert_eq!(
@@ -1459,4 +1664,65 @@ fn acls_are_added_listed_filtered_and_removed_over_http_and_refused_when_they_me
         1,
         "{listed}"
     );
+}
+
+#[test]
+fn a_queue_streams_as_server_sent_events_acknowledged_as_written() {
+    // Goal: GET /api/v1/queues/{queue}/stream delivers a queue's messages in order as SSE
+    // `delivery` events and acknowledges each once the connection took it (no client acks
+    // over SSE). Method: publish three with the CLI, read three events, close, and watch
+    // the queue settle them (the one handed out last may come back, marked redelivered).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let address = broker.address();
+    let web = broker.http_address();
+    wharf_ok(&address, &["queue", "declare", "feed", "--durable"], "");
+    wharf_ok(
+        &address,
+        &["publish", "", "feed", "--confirm"],
+        "m1\nm2\nm3\n",
+    );
+    let events = sse_events(
+        &web,
+        "/api/v1/queues/feed/stream?prefetch=2",
+        None,
+        3,
+        || {},
+    );
+    let bodies: Vec<&Value> = events.iter().map(|(_, _, data)| &data["body"]).collect();
+    assert_eq!(
+        bodies,
+        [&json!("m1"), &json!("m2"), &json!("m3")],
+        "{events:?}"
+    );
+    let tags: Vec<u64> = events
+        .iter()
+        .map(|(id, _, data)| {
+            assert_eq!(id, &data["tag"].to_string(), "the event id is the tag");
+            data["tag"].as_u64().expect("a tag")
+        })
+        .collect();
+    assert!(tags.windows(2).all(|pair| pair[0] < pair[1]), "{tags:?}");
+    assert!(
+        events.iter().all(|(_, name, _)| name == "delivery"),
+        "{events:?}"
+    );
+    // The connection is closed: the consumer goes, nothing stays unacknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let queue = loop {
+        let queue = get(&web, "/api/v1/queues/feed").json();
+        if queue["unacked"] == 0 && queue["consumers"] == 0 {
+            break queue;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let settled = queue["settled"].as_u64().expect("settled");
+    let ready = queue["ready"].as_u64().expect("ready");
+    assert!(settled >= 2 && settled + ready == 3, "{queue}");
+    assert_eq!(
+        get(&web, "/api/v1/queues/feed/stream?prefetch=0").status,
+        400
+    );
+    assert_eq!(get(&web, "/api/v1/queues/missing/stream").status, 404);
 }

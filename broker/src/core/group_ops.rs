@@ -460,6 +460,7 @@ impl Broker {
         if deleted == 0 {
             return Err(GroupError::GroupNotFound(group_id.to_string()).into());
         }
+        self.groups.forget_rebalances(group_id);
         tracing::info!(group = group_id, partitions = deleted, "group deleted");
         Ok(deleted)
     }

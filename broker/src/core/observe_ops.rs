@@ -5,7 +5,8 @@
 //! [`crate::metrics`]. Front ends render the result (the HTTP front end as Prometheus text).
 //!
 //! Label cardinality is bounded: at most [`PARTITION_SERIES_MAX`] partitions,
-//! [`LAG_SERIES_MAX`] group lag series and [`QUEUE_SERIES_MAX`] queues are reported, in name
+//! [`GROUP_SERIES_MAX`] groups, [`LAG_SERIES_MAX`] group lag series and [`QUEUE_SERIES_MAX`]
+//! queues are reported, in name
 //! order; the rest are left out and counted in [`Observed::left_out`].
 
 use crate::core::{Broker, Session};
@@ -16,6 +17,8 @@ use crate::queue::QueueStats;
 pub const PARTITION_SERIES_MAX: usize = 10_000;
 /// Most (group, topic, partition) lag series reported per scrape.
 pub const LAG_SERIES_MAX: usize = 10_000;
+/// Most groups reported per scrape (members, generation and rebalances: three series each).
+pub const GROUP_SERIES_MAX: usize = 10_000;
 /// Most queues reported per scrape.
 pub const QUEUE_SERIES_MAX: usize = 2_000;
 
@@ -61,6 +64,8 @@ pub struct GroupObserved {
     pub member_count: u32,
     /// Current generation (0 for a group with only committed offsets).
     pub generation: i32,
+    /// Rebalances (generation bumps) since start, of either group protocol.
+    pub rebalances: u64,
     /// Per committed partition, in (topic, partition) order.
     pub lags: Vec<PartitionLag>,
 }
@@ -181,6 +186,10 @@ impl Broker {
         let listings = self.list_groups(caller);
         let mut groups = Vec::with_capacity(listings.len());
         for listing in listings {
+            if groups.len() >= GROUP_SERIES_MAX {
+                *left_out += 1;
+                continue;
+            }
             let summary = self.groups.describe(&listing.group_id);
             let mut lags = self.group_lags(caller, &listing.group_id);
             let room = LAG_SERIES_MAX.saturating_sub(lag_series);
@@ -189,10 +198,12 @@ impl Broker {
                 lags.truncate(room);
             }
             lag_series += lags.len();
+            let rebalances = self.groups.rebalances(&listing.group_id);
             groups.push(GroupObserved {
                 group_id: listing.group_id,
                 member_count: listing.member_count,
                 generation: summary.generation,
+                rebalances,
                 lags,
             });
         }

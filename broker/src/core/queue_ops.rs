@@ -19,7 +19,7 @@ use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
     args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag,
     Durability, GetMode, GotMessage, Message, Moved, PublishTicket, Published, QueueError,
-    QueueStats, Requeue, EXCHANGE_HEADER,
+    QueueStats, Requeue, EXCHANGE_HEADER, GET_BYTES_MAX,
 };
 
 /// A publish.
@@ -355,12 +355,30 @@ impl Broker {
         count: u32,
         mode: GetMode,
     ) -> Result<Vec<GotMessage>, QueueError> {
+        self.queue_get_within(session, queue, count, GET_BYTES_MAX, mode)
+            .await
+    }
+
+    /// Like [`queue_get`](Self::queue_get), taking messages only while their bytes (keys,
+    /// bodies and headers) are below `bytes_max` (at most [`GET_BYTES_MAX`]); one message at
+    /// least, so a get always makes progress.
+    ///
+    /// # Errors
+    /// As [`queue_get`](Self::queue_get).
+    pub async fn queue_get_within(
+        &self,
+        session: &Session,
+        queue: &str,
+        count: u32,
+        bytes_max: usize,
+        mode: GetMode,
+    ) -> Result<Vec<GotMessage>, QueueError> {
         self.check_queue(session, Operation::Read, queue)?;
         if let GetMode::Hold(holder) = mode {
             check_owner(session, queue, holder)?;
         }
         self.queues
-            .get(queue, count, mode, Some(session.id()))
+            .get_within(queue, count, bytes_max, mode, Some(session.id()))
             .await
     }
 

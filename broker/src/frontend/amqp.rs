@@ -39,6 +39,7 @@ use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 mod error_code;
 mod handlers;
 mod message;
+pub mod methods;
 mod nesting;
 
 pub use error_code::Reply;
@@ -338,7 +339,34 @@ impl Protocol for Amqp {
         request: AmqpRequest,
     ) -> BoxFuture<'a, Completion> {
         Box::pin(async move {
-            handlers::handle(&connection.shared, request).await;
+            let shared = &connection.shared;
+            // One observation per method (docs/METRICS.md): basic.publish at the frame that
+            // completes its content.
+            let observed = match &request {
+                AmqpRequest::Method(_, class) => {
+                    let (class_id, method_id) =
+                        (class.get_amqp_class_id(), class.get_amqp_method_id());
+                    let slot = methods::method_slot(class_id, method_id);
+                    (slot != methods::PUBLISH_SLOT).then_some(Observed::Method(slot))
+                }
+                AmqpRequest::ContentHeader(channel, _) | AmqpRequest::Body(channel, _) => {
+                    handlers::awaits_content(shared, *channel)
+                        .then_some(Observed::Content(*channel))
+                }
+                _ => None,
+            };
+            let started = Instant::now();
+            handlers::handle(shared, request).await;
+            let api = match observed {
+                Some(Observed::Method(slot)) => Some(slot),
+                Some(Observed::Content(channel)) => {
+                    (!handlers::awaits_content(shared, channel)).then_some(methods::PUBLISH_SLOT)
+                }
+                None => None,
+            };
+            if let Some(api) = api {
+                crate::metrics::AMQP.request(api, None, started.elapsed());
+            }
             Box::pin(std::future::ready(None)) as Completion
         })
     }
@@ -376,6 +404,16 @@ impl Protocol for Amqp {
             shared.broker.close_session(&shared.session).await;
         })
     }
+}
+
+/// What a frame counts as in the request metrics, once handled.
+#[derive(Debug, Clone, Copy)]
+enum Observed {
+    /// A method (the api slot), basic.publish aside.
+    Method(u16),
+    /// A content frame of a publish on this channel: the publish is counted if the frame
+    /// completed its content.
+    Content(u16),
 }
 
 /// Forwards replies and confirms to the push channel in the order they were queued.

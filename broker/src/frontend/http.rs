@@ -19,6 +19,7 @@
 //! | `GET /api/v1/openapi.json` | [`openapi`]: the OpenAPI document, generated from the handlers |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/records`, `.../stream` | [`stream`]: produce, Server-Sent Events |
 //! | `/api/v1/topics/{topic}/partitions/{partition}/ws`, `/api/v1/queues/{queue}/ws` | [`websocket`] |
+//! | `GET /api/v1/queues/{queue}/stream` | [`queue_stream`]: SSE consumer of a queue |
 //! | `/api/v1/tokens` (create, list), `/api/v1/tokens/{id}` (revoke) | [`tokens`]: bearer tokens |
 //! | every route | [`auth`]: Basic and Bearer credentials, 401 |
 //!
@@ -39,6 +40,7 @@ pub mod group_stream;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod queue_stream;
 pub mod status;
 pub mod stream;
 pub mod tokens;
@@ -145,6 +147,7 @@ fn api_routes() -> utoipa_axum::router::OpenApiRouter<Arc<Http>> {
 /// The routes with their limits.
 pub fn router(http: Arc<Http>) -> Router {
     let (api, document) = api_routes().split_for_parts();
+    metrics::set_routes(&document, UNDOCUMENTED_ROUTES);
     // Rendered once: the document is the same for the broker's whole life.
     let document = Arc::new(document.to_pretty_json().unwrap_or_default());
     Router::new()
@@ -175,8 +178,21 @@ pub fn router(http: Arc<Http>) -> Router {
         .layer(middleware::from_fn(time_limit))
         .layer(middleware::from_fn(refuse_over_limit))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(metrics::observe))
         .with_state(http)
 }
+
+/// The routes [`router`] serves beside the documented `/api/v1` ones, as the request
+/// metrics name them (`METHOD /path`).
+const UNDOCUMENTED_ROUTES: &[&str] = &[
+    "GET /",
+    "GET /console/console.js",
+    "GET /console/console.css",
+    "GET /health/live",
+    "GET /health/ready",
+    "GET /metrics",
+    "GET /api/v1/openapi.json",
+];
 
 /// Serves `router` on `listener` (over TLS with `tls`: HTTPS) until `shutdown` turns true
 /// (or its sender is dropped), then lets in-flight requests finish.
@@ -222,6 +238,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
     fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> PeerAddr {
         let refusal = stream
             .io()
+            .get_ref()
             .refusal()
             .map(|refusal| refusal.to_string().into());
         PeerAddr(*stream.remote_addr(), refusal)
@@ -234,6 +251,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
     fn connect_info(stream: axum::serve::IncomingStream<'_, CappedTls>) -> PeerAddr {
         let refusal = stream
             .io()
+            .get_ref()
             .get_ref()
             .0
             .refusal()
@@ -269,11 +287,12 @@ async fn refuse_over_limit(request: Request, next: Next) -> Response {
 struct Capped(CappedListener);
 
 impl axum::serve::Listener for Capped {
-    type Io = CappedStream;
+    type Io = Counted<CappedStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.0.accept().await
+        let (stream, peer) = self.0.accept().await;
+        (Counted::new(stream), peer)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -285,15 +304,87 @@ impl axum::serve::Listener for Capped {
 struct CappedTls(TlsIncoming);
 
 impl axum::serve::Listener for CappedTls {
-    type Io = tokio_rustls::server::TlsStream<CappedStream>;
+    type Io = Counted<tokio_rustls::server::TlsStream<CappedStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.0.accept().await
+        let (stream, peer) = self.0.accept().await;
+        (Counted::new(stream), peer)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.0.local_addr())
+    }
+}
+
+/// A connection of the HTTP listener, counted in its metrics (`wharf_listener_connections`
+/// and `..._accepted_total` with `listener="http"`) from accept to drop.
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Counted<T> {
+        crate::metrics::HTTP.connection_opened();
+        Counted { inner }
+    }
+
+    /// The stream it counts.
+    fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        crate::metrics::HTTP.connection_closed();
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(context, buffer)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(context, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(context)
     }
 }
 

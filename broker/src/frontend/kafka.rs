@@ -287,7 +287,8 @@ impl Protocol for Kafka {
                 correlation_id,
                 body,
             } = request;
-            metrics::KAFKA.request(u16::try_from(api_key as i16).unwrap_or(u16::MAX));
+            let api_slot = u16::try_from(api_key as i16).unwrap_or(u16::MAX);
+            let started = std::time::Instant::now();
             let answer = match body {
                 Body::Serve(body) => {
                     handlers::handle(self, connection, body, version, client_id).await
@@ -297,12 +298,26 @@ impl Protocol for Kafka {
                 }
                 Body::ProduceTooOld(body) => {
                     let frame = refuse_old_produce(&body, version, correlation_id);
+                    metrics::KAFKA.request(
+                        api_slot,
+                        error_code::metrics_slot(ResponseError::UnsupportedVersion.code()),
+                        started.elapsed(),
+                    );
                     return Box::pin(std::future::ready(Some(frame))) as Completion;
                 }
             };
             let session = connection.session.clone();
             let completion: Completion = Box::pin(async move {
-                let mut response = answer.await?;
+                let response = answer.await;
+                // One observation per request, when its answer is ready (a produce with
+                // acks = 0 has none and counts as a success).
+                let error = response.as_ref().map_or(0, error_code::first_error);
+                metrics::KAFKA.request(
+                    api_slot,
+                    error_code::metrics_slot(error),
+                    started.elapsed(),
+                );
+                let mut response = response?;
                 set_throttle_time(&mut response, &session);
                 encode_response(api_key, version, correlation_id, &response)
             });

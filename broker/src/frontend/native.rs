@@ -189,10 +189,22 @@ impl Protocol for Native {
     ) -> BoxFuture<'a, Completion> {
         Box::pin(async move {
             let header = request.header;
-            metrics::NATIVE.request(header.api_key);
+            let started = std::time::Instant::now();
             let response = translate::handle(self, connection, request.request, header).await;
             let completion: Completion = Box::pin(async move {
-                let response = response.await?;
+                let response = response.await;
+                // One observation per request, when its answer is ready (a produce with
+                // acks = none has none and counts as a success).
+                let error = response
+                    .as_ref()
+                    .map(error_code::first_error)
+                    .filter(|code| !code.is_ok());
+                metrics::NATIVE.request(
+                    header.api_key,
+                    error.map(ErrorCode::code),
+                    started.elapsed(),
+                );
+                let response = response?;
                 let mut out = BytesMut::new();
                 encode_response(&response, header, &mut out);
                 Some(out)

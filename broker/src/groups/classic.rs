@@ -166,6 +166,8 @@ struct Group {
     members: BTreeMap<String, Member>,
     /// When the current rebalance completes whoever has rejoined.
     rebalance_deadline_ms: i64,
+    /// Rebalances completed (generation bumps) since start.
+    rebalances: u64,
 }
 
 /// Every classic group.
@@ -206,6 +208,14 @@ impl ClassicGroups {
             .map_or(0, |group| group.members.len())
     }
 
+    /// Rebalances (generation bumps) of `group_id` since start; 0 for a group of the other
+    /// protocol or none.
+    pub fn rebalances(&self, group_id: &str) -> u64 {
+        self.lock()
+            .get(group_id)
+            .map_or(0, |group| group.rebalances)
+    }
+
     /// A member joins (or rejoins); the answer comes when the rebalance completes.
     pub fn join(&self, request: ClassicJoin) -> JoinWait {
         if let Err(error) = check_join(&request) {
@@ -232,6 +242,7 @@ impl ClassicGroups {
                     leader: String::new(),
                     members: BTreeMap::new(),
                     rebalance_deadline_ms: 0,
+                    rebalances: 0,
                 },
             );
         }
@@ -644,6 +655,7 @@ fn complete(group: &mut Group) {
         return;
     }
     group.generation = group.generation.wrapping_add(1).max(1);
+    group.rebalances += 1;
     group.protocol = choose_protocol(&group.members);
     if !group.members.contains_key(&group.leader) {
         group.leader = group.members.keys().next().cloned().unwrap_or_default();
@@ -753,6 +765,12 @@ mod tests {
         let first = first.try_recv().expect("joined").expect("ok");
         let second = second.try_recv().expect("joined").expect("ok");
         assert_eq!(first.generation, 1);
+        assert_eq!(
+            groups.rebalances("g"),
+            1,
+            "one generation bump, one rebalance"
+        );
+        assert_eq!(groups.rebalances("other"), 0);
         assert_eq!(first.protocol, "roundrobin", "the only common protocol");
         let (leader, follower) = if first.leader == first.member_id {
             (first, second)

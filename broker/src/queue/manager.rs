@@ -42,7 +42,7 @@ use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, Ge
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
 use crate::queue::store::QueueStore;
-use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask};
+use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
 use crate::queue::types::{
     AckTicket, BindingInfo, ConsumerEvent, Durability, GotMessage, Message, Moved, PublishTicket,
     Published, QueueArgs, QueueError, QueueStats, SessionId,
@@ -935,6 +935,23 @@ impl QueueManager {
         mode: GetMode,
         session: Option<SessionId>,
     ) -> Result<Vec<GotMessage>, QueueError> {
+        self.get_within(queue, count, GET_BYTES_MAX, mode, session)
+            .await
+    }
+
+    /// Like [`get`](Self::get), taking messages only while their bytes (keys, bodies and
+    /// headers) are below `bytes_max` (and [`GET_BYTES_MAX`]); one message at least.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_within(
+        &self,
+        queue: &str,
+        count: u32,
+        bytes_max: usize,
+        mode: GetMode,
+        session: Option<SessionId>,
+    ) -> Result<Vec<GotMessage>, QueueError> {
         if count == 0 || count > GET_COUNT_MAX {
             return Err(QueueError::Invalid(format!(
                 "a get takes 1 to {GET_COUNT_MAX} messages, not {count}"
@@ -943,7 +960,12 @@ impl QueueManager {
         self.check_not_exclusive_elsewhere(queue, session)?;
         let (reply, answer) = oneshot::channel();
         self.sender(queue)?
-            .send(Command::Control(Control::Get(count as usize, mode, reply)))
+            .send(Command::Control(Control::Get(
+                count as usize,
+                bytes_max.min(GET_BYTES_MAX),
+                mode,
+                reply,
+            )))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
         answer

@@ -60,7 +60,7 @@ const COMMAND_BATCH_MAX: usize = 1024;
 const IDLE_WAKE: Duration = Duration::from_millis(100);
 /// Most message bytes one get returns (one message at least): half the default frame
 /// maximum (16 MiB), so the answer fits one frame with room for its headers.
-pub(crate) const GET_BYTES_MAX: usize = 8 * 1024 * 1024;
+pub const GET_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most messages a move takes from its source per round (each round is one fsync in the
 /// destination and one in the source).
 pub(crate) const MOVE_ROUND_MESSAGES_MAX: usize = 1024;
@@ -133,7 +133,8 @@ pub(crate) enum Control {
     /// Answers the queue's counts.
     Stats(oneshot::Sender<QueueStats>),
     /// Takes up to this many ready messages from the head without a consumer.
-    Get(usize, GetMode, GetReply),
+    /// A get: most messages, most bytes, mode.
+    Get(usize, usize, GetMode, GetReply),
     /// Holds the oldest ready messages with ids up to the bound (none: the newest ready
     /// message now) for a move, and answers them with the bound used.
     TakeForMove(Option<i64>, oneshot::Sender<Result<MoveRound, QueueError>>),
@@ -707,8 +708,8 @@ impl QueueTask {
                     durability: Durability::default(),
                 });
             }
-            Control::Get(count, mode, reply) => {
-                let _ = reply.send(self.get(count, mode).await);
+            Control::Get(count, bytes_max, mode, reply) => {
+                let _ = reply.send(self.get(count, bytes_max, mode).await);
             }
             Control::TakeForMove(up_to, reply) => {
                 let _ = reply.send(self.take_for_move(up_to));
@@ -732,11 +733,17 @@ impl QueueTask {
         }
     }
 
-    /// Takes up to `count` ready messages from the head for a get (at most `GET_BYTES_MAX`
-    /// bytes, one message at least). With `Requeue` and `Hold` their new delivery counts are
+    /// Takes up to `count` ready messages from the head for a get (while their keys, bodies
+    /// and headers are below `bytes_max`, itself at most `GET_BYTES_MAX`; one message at
+    /// least). With `Requeue` and `Hold` their new delivery counts are
     /// recorded as deliveries' are, so they come back redelivered after a restart too; with
     /// `Ack` the answer comes once their settlement is durable.
-    async fn get(&mut self, count: usize, mode: GetMode) -> Result<Vec<GotMessage>, QueueError> {
+    async fn get(
+        &mut self,
+        count: usize,
+        bytes_max: usize,
+        mode: GetMode,
+    ) -> Result<Vec<GotMessage>, QueueError> {
         let now = self.clock.now_ms();
         let mut messages = Vec::new();
         let mut counts = Vec::new();
@@ -746,7 +753,8 @@ impl QueueTask {
         let mut held = Vec::new();
         let mut failed = None;
         let mut after = None;
-        while messages.len() < count && bytes < GET_BYTES_MAX {
+        let bytes_max = bytes_max.min(GET_BYTES_MAX);
+        while messages.len() < count && bytes < bytes_max {
             let (got, more) = self.state.get_after(after, now, mode);
             actions.extend(more);
             let Some(got) = got else {
@@ -758,7 +766,14 @@ impl QueueTask {
             held.extend(got.tag);
             match self.store.read(got.message) {
                 Ok(Some(record)) => {
-                    bytes += record.value.as_ref().map_or(0, Bytes::len);
+                    let field = |bytes: Option<&Bytes>| bytes.map_or(0, Bytes::len);
+                    bytes += field(record.key.as_ref())
+                        + field(record.value.as_ref())
+                        + record
+                            .headers
+                            .iter()
+                            .map(|header| header.key.len() + field(header.value.as_ref()))
+                            .sum::<usize>();
                     messages.push(GotMessage {
                         redelivered: got.redelivered,
                         tag: got.tag,

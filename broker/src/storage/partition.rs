@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,8 @@ pub struct RetentionReport {
 struct Writer {
     active: Arc<Segment>,
     closed: bool,
+    /// Bytes appended since the partition was opened (for the bytes-flushed metric).
+    appended_bytes: u64,
 }
 
 /// Segments rolled but not yet sealed, and the recovery point as written.
@@ -175,6 +177,8 @@ pub struct Partition {
     last_flush: Mutex<Instant>,
     /// Records and bytes in and out, counted by the append and fetch paths (atomics).
     traffic: LogTraffic,
+    /// `Writer::appended_bytes` as of the last successful fsync of `flush`.
+    flushed_bytes: AtomicU64,
 }
 
 /// Whether an append asks the flusher for the fsync that covers it.
@@ -240,6 +244,7 @@ impl Partition {
             writer: Mutex::new(Writer {
                 active,
                 closed: false,
+                appended_bytes: 0,
             }),
             segments: RwLock::new(segments),
             rolled: Mutex::new(Rolled {
@@ -255,6 +260,7 @@ impl Partition {
             flush_requested: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
             traffic: LogTraffic::default(),
+            flushed_bytes: AtomicU64::new(0),
             limits: RwLock::new(LiveLimits::of(&config)),
             config,
             env,
@@ -472,6 +478,7 @@ impl Partition {
             );
             return Err(error);
         }
+        writer.appended_bytes += incoming_bytes;
         self.log_end.store(next, Ordering::Release);
         if self.config.flush != FlushPolicy::Always {
             self.high_watermark.advance(next);
@@ -697,11 +704,12 @@ impl Partition {
     /// `Error::Failed` if the fsync fails (the partition then refuses writes for good) or
     /// failed before.
     pub fn flush(&self) -> Result<()> {
-        let (target, file, segment_path) = {
+        let (target, target_bytes, file, segment_path) = {
             let writer = self.lock_writer();
             self.ensure_not_failed()?;
             (
                 writer.active.next_offset(),
+                writer.appended_bytes,
                 writer.active.file(),
                 writer.active.log_path().to_path_buf(),
             )
@@ -731,6 +739,11 @@ impl Partition {
                 metrics::STORAGE
                     .group_commit_records
                     .observe(u64::try_from(covered).unwrap_or(0));
+                // Under the sync lock, so flushes record their marks in order.
+                let before = self
+                    .flushed_bytes
+                    .fetch_max(target_bytes, Ordering::Relaxed);
+                metrics::STORAGE.count_flushed(target_bytes.saturating_sub(before));
                 self.advance_durable(target);
                 Ok(())
             }

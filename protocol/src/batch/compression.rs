@@ -30,6 +30,22 @@ const XERIAL_HEADER_BYTES: usize = 16;
 /// [`BatchError::Decompression`] when the bytes are not valid for the codec or exceed
 /// [`DECOMPRESSED_BYTES_MAX`].
 pub fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    decompress_within(codec, data, DECOMPRESSED_BYTES_MAX)
+}
+
+/// Like [`decompress`], with a smaller cap: a reader that keeps less in memory than
+/// [`DECOMPRESSED_BYTES_MAX`] (the HTTP streams) refuses a batch past `bytes_max` before
+/// allocating more than `bytes_max` (plus one byte) for it.
+///
+/// # Errors
+/// [`BatchError::Decompression`] when the bytes are not valid for the codec or exceed
+/// `bytes_max` (or [`DECOMPRESSED_BYTES_MAX`], whichever is smaller).
+pub fn decompress_within(
+    codec: Compression,
+    data: &[u8],
+    bytes_max: usize,
+) -> Result<Vec<u8>, BatchError> {
+    let bytes_max = bytes_max.min(DECOMPRESSED_BYTES_MAX);
     let code = codec.code();
     let failed = |reason: &'static str| BatchError::Decompression {
         codec: code,
@@ -37,12 +53,12 @@ pub fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError
     };
     match codec {
         Compression::None => Ok(data.to_vec()),
-        Compression::Gzip => read_capped(flate2::read::GzDecoder::new(data), code),
-        Compression::Lz4 => read_capped(lz4_flex::frame::FrameDecoder::new(data), code),
+        Compression::Gzip => read_capped(flate2::read::GzDecoder::new(data), code, bytes_max),
+        Compression::Lz4 => read_capped(lz4_flex::frame::FrameDecoder::new(data), code, bytes_max),
         Compression::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::new(data).map_err(|_| failed("bad zstd frame"))?;
-            read_capped(decoder, code)
+            read_capped(decoder, code, bytes_max)
         }
         Compression::Snappy => {
             if data.len() >= XERIAL_HEADER_BYTES && data.starts_with(XERIAL_MAGIC) {
@@ -56,26 +72,31 @@ pub fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError
                     let Some(block) = tail.get(..length) else {
                         return Err(failed("truncated xerial block"));
                     };
-                    snappy_block(block, &mut out, code)?;
+                    snappy_block(block, &mut out, code, bytes_max)?;
                     rest = &tail[length..];
                 }
                 Ok(out)
             } else {
                 let mut out = Vec::new();
-                snappy_block(data, &mut out, code)?;
+                snappy_block(data, &mut out, code, bytes_max)?;
                 Ok(out)
             }
         }
     }
 }
 
-fn snappy_block(block: &[u8], out: &mut Vec<u8>, code: u8) -> Result<(), BatchError> {
+fn snappy_block(
+    block: &[u8],
+    out: &mut Vec<u8>,
+    code: u8,
+    bytes_max: usize,
+) -> Result<(), BatchError> {
     let failed = |reason: &'static str| BatchError::Decompression {
         codec: code,
         reason,
     };
     let length = snap::raw::decompress_len(block).map_err(|_| failed("bad snappy block"))?;
-    if out.len() + length > DECOMPRESSED_BYTES_MAX {
+    if out.len() + length > bytes_max {
         return Err(failed("decompresses past the limit"));
     }
     let start = out.len();
@@ -86,9 +107,9 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>, code: u8) -> Result<(), BatchEr
     Ok(())
 }
 
-fn read_capped(reader: impl Read, code: u8) -> Result<Vec<u8>, BatchError> {
+fn read_capped(reader: impl Read, code: u8, bytes_max: usize) -> Result<Vec<u8>, BatchError> {
     let mut out = Vec::new();
-    let limit = DECOMPRESSED_BYTES_MAX as u64 + 1;
+    let limit = bytes_max as u64 + 1;
     reader
         .take(limit)
         .read_to_end(&mut out)
@@ -96,7 +117,7 @@ fn read_capped(reader: impl Read, code: u8) -> Result<Vec<u8>, BatchError> {
             codec: code,
             reason: "bad compressed data",
         })?;
-    if out.len() > DECOMPRESSED_BYTES_MAX {
+    if out.len() > bytes_max {
         return Err(BatchError::Decompression {
             codec: code,
             reason: "decompresses past the limit",
@@ -142,6 +163,18 @@ mod tests {
             (Compression::Zstd, zstd),
         ] {
             assert_eq!(decompress(codec, &bytes).expect("decompresses"), TEXT);
+            // A cap of exactly the output passes; one byte less refuses the batch.
+            assert_eq!(
+                decompress_within(codec, &bytes, TEXT.len()).expect("fits"),
+                TEXT
+            );
+            assert!(matches!(
+                decompress_within(codec, &bytes, TEXT.len() - 1),
+                Err(BatchError::Decompression {
+                    reason: "decompresses past the limit",
+                    ..
+                })
+            ));
         }
     }
 

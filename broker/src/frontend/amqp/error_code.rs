@@ -81,7 +81,8 @@ impl Reply {
 }
 
 /// The constant name of a reply code, as RabbitMQ puts it before the detail.
-fn code_name(code: u16) -> &'static str {
+/// RabbitMQ's name of a reply code (`NOT_FOUND`).
+pub(super) fn code_name(code: u16) -> &'static str {
     match code {
         200 => "OK",
         311 => "CONTENT_TOO_LARGE",

@@ -166,6 +166,15 @@ impl Body {
     }
 }
 
+/// True while `channel` waits for the content of a basic.publish.
+pub(crate) fn awaits_content(shared: &Shared, channel: u16) -> bool {
+    shared
+        .state()
+        .channels
+        .get(&channel)
+        .is_some_and(|open| open.content.is_some())
+}
+
 /// Handles one frame in the connection's ordered phase.
 pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
     let phase = shared.state().phase;
@@ -204,6 +213,7 @@ async fn fail(shared: &Arc<Shared>, reply: Reply) {
 }
 
 async fn fail_hard(shared: &Arc<Shared>, reply: Reply) {
+    super::methods::count_error(reply.code, reply.class_id, reply.method_id);
     shared.state().phase = Phase::Closing;
     shared.send(connection_close_frame(&reply)).await;
     shared.close_after(CLOSE_OK_WAIT);
@@ -214,6 +224,7 @@ async fn fail_channel(shared: &Arc<Shared>, channel: u16, reply: Reply) {
     if reply.is_hard() {
         return fail_hard(shared, reply).await;
     }
+    super::methods::count_error(reply.code, reply.class_id, reply.method_id);
     let released = {
         let mut state = shared.state();
         match state.channels.get_mut(&channel) {

@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<std::sync::Arc<Http>> {
         .merge(super::acls::routes())
         .merge(super::stream::routes())
         .merge(super::websocket::routes())
+        .merge(super::queue_stream::routes())
         .merge(super::exchanges::routes())
         .merge(super::status::routes())
         .merge(super::group_stream::routes())

@@ -29,6 +29,13 @@ use crate::frontend::http::{Caller, Http, Shared};
 /// Most messages one get takes.
 pub const GET_COUNT_MAX: u32 = 1_000;
 
+/// Most bytes of messages (routing keys, bodies, headers) one get answers with, and the
+/// default: a get stops taking messages once they pass it (one message at least, so a get
+/// always makes progress) and says so (`bytes_limited`). As JSON the answer is at most
+/// about a third larger (base64 of binary bodies), or up to six times for text made of
+/// control characters (`\u0000` escapes).
+pub const GET_ANSWER_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
 /// The routes of this module.
 pub fn routes() -> OpenApiRouter<Arc<Http>> {
     OpenApiRouter::new()
@@ -138,6 +145,10 @@ pub async fn delete_queue(
 pub struct GetBody {
     /// Most messages to take (1 to 1,000; default 1).
     pub count: Option<u32>,
+    /// Most bytes of messages (routing keys, bodies, headers) to take: 1 to 4 MiB
+    /// (4194304, the default). The get stops once the messages taken pass it; one message
+    /// is taken whatever its size.
+    pub bytes_max: Option<u32>,
     /// `ack` (the default): they leave the queue, durably, before the answer. `requeue`:
     /// they stay, marked redelivered.
     pub mode: Option<String>,
@@ -163,6 +174,8 @@ pub struct GotJson {
 pub struct GotList {
     /// Up to `count` ready messages, oldest first.
     pub messages: Vec<GotJson>,
+    /// True when the get stopped at `bytes_max` before `count` messages: more may be ready.
+    pub bytes_limited: bool,
 }
 
 /// Takes ready messages from a queue without a subscription.
@@ -174,7 +187,7 @@ pub struct GotList {
     request_body = GetBody,
     responses(
         (status = 200, description = "The messages (none when the queue has no ready message)", body = GotList),
-        (status = 400, description = "A bad count or mode", body = ErrorBody),
+        (status = 400, description = "A bad count, bytes_max or mode", body = ErrorBody),
         (status = 404, description = "Unknown queue", body = ErrorBody),
         (status = 503, description = "Recovering", body = ErrorBody),
     )
@@ -192,6 +205,12 @@ pub async fn get_messages(
             "count is 1 to {GET_COUNT_MAX}, not {count}"
         )));
     }
+    let bytes_max = body.bytes_max.unwrap_or(GET_ANSWER_BYTES_MAX);
+    if !(1..=GET_ANSWER_BYTES_MAX).contains(&bytes_max) {
+        return Err(ApiError::bad_request(format!(
+            "bytes_max is 1 to {GET_ANSWER_BYTES_MAX}, not {bytes_max}"
+        )));
+    }
     let mode = match body.mode.as_deref() {
         None | Some("ack") => GetMode::Ack,
         Some("requeue") => GetMode::Requeue,
@@ -201,9 +220,29 @@ pub async fn get_messages(
             )))
         }
     };
-    let got = broker.queue_get(&caller, &queue, count, mode).await?;
+    let got = broker
+        .queue_get_within(&caller, &queue, count, bytes_max as usize, mode)
+        .await?;
+    let taken_bytes: usize = got.iter().map(got_bytes).sum();
+    let bytes_limited = got.len() < count as usize && taken_bytes >= bytes_max as usize;
     let messages: Vec<serde_json::Value> = got.iter().map(got_json).collect();
-    Ok(Json(serde_json::json!({ "messages": messages })).into_response())
+    Ok(
+        Json(serde_json::json!({ "messages": messages, "bytes_limited": bytes_limited }))
+            .into_response(),
+    )
+}
+
+/// The bytes of a got message that a get's byte budget counts (as the queue counts them).
+fn got_bytes(got: &GotMessage) -> usize {
+    let record = &got.record;
+    let field = |bytes: Option<&bytes::Bytes>| bytes.map_or(0, bytes::Bytes::len);
+    field(record.key.as_ref())
+        + field(record.value.as_ref())
+        + record
+            .headers
+            .iter()
+            .map(|header| header.key.len() + field(header.value.as_ref()))
+            .sum::<usize>()
 }
 
 /// A got message as JSON (the shape of [`GotJson`], with `*_base64` fields where the bytes

@@ -92,6 +92,14 @@ pub async fn group_stream(
                 partition,
                 offset,
                 data,
+            } if data.get("skipped").is_some() => Event::default()
+                .id(format!("{partition}-{offset}"))
+                .event("skipped")
+                .data(data.to_string()),
+            GroupItem::Record {
+                partition,
+                offset,
+                data,
             } => Event::default()
                 .id(format!("{partition}-{offset}"))
                 .event("record")
@@ -393,9 +401,19 @@ impl Member {
                     reader.take_records(partition.records, &partition.aborted);
                     let number = partition.partition;
                     for item in reader.take_pending() {
-                        if let StreamItem::Record { offset, mut data } = item {
-                            data["partition"] = number.into();
-                            self.pending.push_back((number, offset, data));
+                        match item {
+                            StreamItem::Record { offset, mut data } => {
+                                data["partition"] = number.into();
+                                self.pending.push_back((number, offset, data));
+                            }
+                            // Sent as a `skipped` event; once sent, the group's position
+                            // moves past it like past a record.
+                            StreamItem::Skipped(mut data) => {
+                                let last = data["last_offset"].as_i64().unwrap_or_default();
+                                data["partition"] = number.into();
+                                self.pending.push_back((number, last, data));
+                            }
+                            StreamItem::Failed(_) => {}
                         }
                     }
                 }

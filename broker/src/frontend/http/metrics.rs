@@ -7,7 +7,8 @@
 //! type and label; the label sets are bounded (see there).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::core::{Observed, Readiness};
+use crate::frontend::amqp::methods as amqp_methods;
 use crate::frontend::http::{Caller, Shared};
+use crate::frontend::kafka::error_code as kafka_error_code;
 use crate::metrics::{self, HistogramSample, ListenerSample, ProcessSample};
 
 /// Everything one scrape renders, copied out of the broker first.
@@ -47,6 +50,7 @@ pub async fn scrape(axum::extract::State(http): Shared, caller: Caller) -> Respo
             ("native", metrics::NATIVE.sample()),
             ("kafka", metrics::KAFKA.sample()),
             ("amqp", metrics::AMQP.sample()),
+            ("http", metrics::HTTP.sample()),
         ],
         histograms: vec![
             (
@@ -123,6 +127,13 @@ impl Collector for Scrape {
                     [(NO_LABELS, free)],
                 )?;
             }
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_storage_flushed_bytes",
+                "Bytes of segment data that fsyncs of the flusher (group commit, interval flushes, close) made durable since start.",
+                [(NO_LABELS, metrics::STORAGE.bytes_flushed())],
+            )?;
             family(&mut encoder, Kind::Gauge, "wharf_metrics_series_left_out", "Partitions, group lag series and queues left out of this scrape by the cardinality bounds.", [(NO_LABELS, observed.left_out)])?;
         }
         self.encode_listeners(&mut encoder)?;
@@ -191,24 +202,69 @@ impl Scrape {
                 .iter()
                 .map(|(name, sample)| ([("listener", *name)], sample.connections_refused)),
         )?;
-        let requests = listeners.iter().flat_map(|(name, sample)| {
-            sample.requests.iter().map(move |(api_key, count)| {
-                (
-                    [
-                        ("listener", name.to_string()),
-                        ("api", api_name(name, *api_key)),
-                    ],
-                    *count,
-                )
-            })
-        });
+        let apis = || {
+            listeners
+                .iter()
+                .flat_map(|(listener, sample)| sample.apis.iter().map(move |api| (*listener, api)))
+        };
         family(
             encoder,
             Kind::Counter,
             "wharf_listener_requests",
-            "Requests received since start, per listener and api.",
-            requests,
-        )
+            "Requests answered since start, per listener and api.",
+            apis().map(|(listener, api)| {
+                (
+                    [
+                        ("listener", listener.to_string()),
+                        ("api", api_name(listener, api.api)),
+                    ],
+                    api.latency.count,
+                )
+            }),
+        )?;
+        family(
+            encoder,
+            Kind::Counter,
+            "wharf_listener_request_errors",
+            "Requests answered with an error since start, per listener, api and error code.",
+            apis().flat_map(|(listener, api)| {
+                api.errors.iter().map(move |(code, count)| {
+                    (
+                        [
+                            ("listener", listener.to_string()),
+                            ("api", api_name(listener, api.api)),
+                            ("code", code_name(listener, *code)),
+                        ],
+                        *count,
+                    )
+                })
+            }),
+        )?;
+        let mut timed = apis().filter(|(_, api)| api.latency.count > 0).peekable();
+        if timed.peek().is_some() {
+            let mut metric = encoder.encode_descriptor(
+                "wharf_listener_request_duration_seconds",
+                "Time from a request's arrival to its answer, per listener and api.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (listener, api) in timed {
+                let labels = [
+                    ("listener", listener.to_string()),
+                    ("api", api_name(listener, api.api)),
+                ];
+                let latency = &api.latency;
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabels>(
+                        latency.sum,
+                        latency.count,
+                        &latency.buckets,
+                        None,
+                    )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -319,6 +375,15 @@ fn encode_groups(
         groups
             .iter()
             .map(|group| ([("group", group.group_id.as_str())], group.generation)),
+    )?;
+    family(
+        encoder,
+        Kind::Counter,
+        "wharf_group_rebalances",
+        "Rebalances of the consumer group since start (generation bumps; classic Kafka and broker-side groups).",
+        groups
+            .iter()
+            .map(|group| ([("group", group.group_id.as_str())], group.rebalances)),
     )?;
     let lags = || {
         groups
@@ -510,8 +575,9 @@ impl Value for i32 {
     }
 }
 
-/// The `api` label: the api's name in its protocol, or `key_<n>` for a key the protocol does
-/// not name (a bounded set: keys are counted below [`metrics::API_KEY_SLOTS`]).
+/// The `api` label: the api's name in its protocol (the Kafka or native api, the AMQP
+/// method, the HTTP route), or `key_<n>` for a key the protocol does not name (a bounded set:
+/// keys are counted below [`metrics::API_KEY_SLOTS`]).
 fn api_name(listener: &str, api_key: u16) -> String {
     let named = match listener {
         "native" => wharf_protocol::ApiKey::from_code(api_key).map(|key| format!("{key:?}")),
@@ -519,6 +585,8 @@ fn api_name(listener: &str, api_key: u16) -> String {
             .ok()
             .and_then(|key| kafka_protocol::messages::ApiKey::try_from(key).ok())
             .map(|key| format!("{key:?}")),
+        "amqp" => Some(amqp_methods::method_name(api_key).to_string()),
+        "http" => Some(route_name(api_key).to_string()),
         _ => None,
     };
     named.unwrap_or_else(|| {
@@ -526,6 +594,113 @@ fn api_name(listener: &str, api_key: u16) -> String {
         let _ = write!(name, "{api_key}");
         name
     })
+}
+
+/// The `code` label: the error's name as its protocol writes it (Kafka's and Wharf's codes
+/// in upper snake case, `UNKNOWN_TOPIC_OR_PARTITION`; AMQP's reply codes by RabbitMQ's names,
+/// `NOT_FOUND`), the HTTP status as a number (`404`), or `code_<n>` for a code the
+/// protocol does not name. Bounded by [`metrics::ERROR_CODE_SLOTS`].
+fn code_name(listener: &str, slot: u16) -> String {
+    let named = match listener {
+        "native" => {
+            wharf_protocol::ErrorCode::from_code(slot).map(|code| upper_snake(&format!("{code:?}")))
+        }
+        "kafka" => {
+            let code = kafka_error_code::code_of_metrics_slot(slot);
+            match kafka_protocol::ResponseError::try_from_code(code) {
+                Some(kafka_protocol::ResponseError::Unknown(_)) | None => None,
+                Some(error) => Some(upper_snake(&format!("{error:?}"))),
+            }
+        }
+        "amqp" => Some(amqp_methods::reply_name(slot).to_string()),
+        "http" => Some((400 + u32::from(slot)).to_string()),
+        _ => None,
+    };
+    named.unwrap_or_else(|| format!("code_{slot}"))
+}
+
+/// `UnknownTopicOrPartition` → `UNKNOWN_TOPIC_OR_PARTITION`.
+fn upper_snake(camel: &str) -> String {
+    let mut snake = String::with_capacity(camel.len() + 8);
+    for (index, character) in camel.chars().enumerate() {
+        if character.is_ascii_uppercase() && index > 0 {
+            snake.push('_');
+        }
+        snake.push(character.to_ascii_uppercase());
+    }
+    snake
+}
+
+/// The HTTP routes, `METHOD /path` in sorted order: a route's index is its api slot. Set
+/// once from the served routes ([`set_routes`]); the same for the broker's whole life.
+static ROUTES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Records the routes the router serves: the documented `/api/v1` routes of `document`
+/// and the undocumented ones (`fixed`, as `METHOD /path`). Only the first call counts (every
+/// router of the process serves the same routes).
+pub(super) fn set_routes(document: &utoipa::openapi::OpenApi, fixed: &[&str]) {
+    ROUTES.get_or_init(|| {
+        let mut routes: Vec<String> = fixed.iter().map(|route| route.to_string()).collect();
+        for (path, item) in &document.paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("HEAD", item.head.is_some()),
+            ];
+            for (method, served) in methods {
+                if served {
+                    routes.push(format!("{method} {path}"));
+                }
+            }
+        }
+        routes.sort();
+        routes.dedup();
+        routes.truncate(metrics::API_KEY_SLOTS - 1);
+        routes
+    });
+}
+
+/// The api slot of a request: its route's index, or the last slot (`other`: no route
+/// matched, or a method the route does not serve).
+fn route_slot(method: &axum::http::Method, path: Option<&str>) -> u16 {
+    let other = (metrics::API_KEY_SLOTS - 1) as u16;
+    let (Some(routes), Some(path)) = (ROUTES.get(), path) else {
+        return other;
+    };
+    routes
+        .binary_search_by(|route| {
+            let (route_method, route_path) = route.split_once(' ').unwrap_or((route, ""));
+            (route_method, route_path).cmp(&(method.as_str(), path))
+        })
+        .map_or(other, |index| index as u16)
+}
+
+/// The `api` label of an HTTP api slot.
+fn route_name(slot: u16) -> &'static str {
+    ROUTES
+        .get()
+        .and_then(|routes| routes.get(usize::from(slot)))
+        .map_or("other", String::as_str)
+}
+
+/// Middleware of every route: one observation per request, when the answer's head is ready
+/// (a stream's duration is the time to its first byte, not its life): the route, the
+/// status (400 and above count as errors by status) and the time taken.
+pub async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|matched| matched.as_str());
+    let api = route_slot(request.method(), path);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let error = (status >= 400).then(|| status - 400);
+    metrics::HTTP.request(api, error, started.elapsed());
+    response
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ mod tests {
                 "get",
             ),
             ("/api/v1/queues/{queue}/ws", "get"),
+            ("/api/v1/queues/{queue}/stream", "get"),
             ("/api/v1/acls", "get"),
             ("/api/v1/acls", "post"),
             ("/api/v1/acls", "delete"),
@@ -111,7 +112,7 @@ mod tests {
             };
             assert!(operation.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
         let schemas = &document.components.as_ref().expect("components").schemas;
         for schema in [
             "ErrorBody",

@@ -42,6 +42,18 @@ use crate::frontend::http::{Caller, Http, Shared};
 /// slow.
 pub const STREAM_FETCH_BYTES_MAX: u32 = 1024 * 1024;
 
+/// Most bytes one compressed batch may decompress to in a stream (or a fetch over HTTP): a
+/// batch past it is not sent; a `skipped` item says which offsets and why, so a reader can
+/// take them with a Kafka or native consumer. 16 MiB holds any batch a producer with the
+/// default limits sends (1 MiB compressed rarely grows past a few MiB).
+pub const STREAM_DECOMPRESSED_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most bytes of record keys, values and headers a stream holds waiting to be sent (one
+/// record at least): the records of one fetch past it are left for the next fetch, which
+/// starts at the first record not taken. With the JSON around them (base64 makes binary
+/// values a third larger) a stream so holds a few MiB at most, whatever the batches.
+pub const STREAM_PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// How long one fetch of a stream waits for new records before it asks again (and the
 /// keep-alive comment keeps proxies from closing an idle stream).
 const STREAM_WAIT: Duration = Duration::from_secs(5);
@@ -279,6 +291,23 @@ pub struct FetchAnswer {
     pub next_offset: i64,
     /// The partition's last stable offset: no more records below it than these.
     pub high_watermark: i64,
+    /// Batches in the range read that are not sent over HTTP (they decompress past 16 MiB,
+    /// or not at all); usually empty.
+    pub skipped: Vec<SkippedDoc>,
+}
+
+/// Records not sent over HTTP: the `skipped` entries of a fetch, and the data of a stream's
+/// `skipped` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkippedDoc {
+    /// Always true.
+    pub skipped: bool,
+    /// The first offset not sent.
+    pub first_offset: i64,
+    /// The last offset not sent.
+    pub last_offset: i64,
+    /// Why, and how to read them instead.
+    pub message: String,
 }
 
 /// Reads a partition's committed records from an offset, without waiting.
@@ -316,14 +345,25 @@ pub async fn fetch_records(
     reader.fetch_once().await?;
     hold_for_quota(&reader.session).await;
     let mut records = Vec::new();
+    let mut skipped = Vec::new();
     let mut next_offset = reader.next_offset;
     while let Some(item) = reader.pending.pop_front() {
-        if let StreamItem::Record { offset, data } = item {
-            if records.len() == max_records as usize {
-                next_offset = offset;
-                break;
+        match item {
+            StreamItem::Record { offset, data } => {
+                if records.len() == max_records as usize {
+                    next_offset = offset;
+                    break;
+                }
+                records.push(data);
             }
-            records.push(data);
+            StreamItem::Skipped(data) => {
+                if records.len() == max_records as usize {
+                    next_offset = data["first_offset"].as_i64().unwrap_or(next_offset);
+                    break;
+                }
+                skipped.push(data);
+            }
+            StreamItem::Failed(_) => {}
         }
     }
     let high_watermark = http
@@ -336,6 +376,7 @@ pub async fn fetch_records(
         "records": records,
         "next_offset": next_offset,
         "high_watermark": high_watermark,
+        "skipped": skipped,
     });
     Ok(Json(answer).into_response())
 }
@@ -393,6 +434,9 @@ pub async fn stream(
                 .event("record")
                 .data(data.to_string()),
             StreamItem::Failed(error) => Event::default().event("error").data(error.to_string()),
+            StreamItem::Skipped(skipped) => {
+                Event::default().event("skipped").data(skipped.to_string())
+            }
         };
         Some((Ok::<Event, Infallible>(event), reader))
     });
@@ -413,6 +457,10 @@ pub(super) enum StreamItem {
     },
     /// The partition cannot be read: `{"error", "message"}`, then the stream ends.
     Failed(serde_json::Value),
+    /// A batch that is not sent (it decompresses past [`STREAM_DECOMPRESSED_BYTES_MAX`], or
+    /// not at all): `{"skipped": true, "first_offset", "last_offset", "message"}`; the
+    /// stream goes on after it.
+    Skipped(serde_json::Value),
 }
 
 /// The reading side of one stream (SSE or WebSocket) of a partition.
@@ -573,34 +621,98 @@ impl StreamReader {
     /// Turns fetched batches into events, skipping control batches, records before
     /// `next_offset` and aborted transactions' records.
     pub(super) fn take_records(&mut self, records: Bytes, aborted: &[crate::core::AbortedTxn]) {
-        for batch in batch::batches(records) {
-            let Ok(batch) = batch else {
-                break;
-            };
-            let header = *batch.header();
-            let batch_end = header
-                .base_offset
-                .saturating_add(i64::from(header.last_offset_delta))
-                .saturating_add(1);
-            let skipped = header.attributes.is_control()
-                || (header.attributes.is_transactional()
-                    && aborted.iter().any(|txn| {
-                        txn.producer_id == header.producer_id
-                            && (txn.first_offset..=txn.last_offset).contains(&header.base_offset)
-                    }));
-            if !skipped {
-                if let Ok(records) = batch.records_decompressed() {
+        take_batches(records, aborted, &mut self.next_offset, &mut self.pending);
+    }
+}
+
+/// [`StreamReader::take_records`]: turns the fetched `records` into items at the end of
+/// `pending` and moves `next_offset` past what was taken, within the byte budgets
+/// ([`STREAM_PENDING_BYTES_MAX`], [`STREAM_DECOMPRESSED_BYTES_MAX`]).
+fn take_batches(
+    records: Bytes,
+    aborted: &[crate::core::AbortedTxn],
+    next_offset: &mut i64,
+    pending: &mut VecDeque<StreamItem>,
+) {
+    let mut pending_bytes: usize = pending.iter().map(StreamItem::bytes).sum();
+    for batch in batch::batches(records) {
+        let Ok(batch) = batch else {
+            break;
+        };
+        let header = *batch.header();
+        let batch_end = header
+            .base_offset
+            .saturating_add(i64::from(header.last_offset_delta))
+            .saturating_add(1);
+        let skipped = header.attributes.is_control()
+            || (header.attributes.is_transactional()
+                && aborted.iter().any(|txn| {
+                    txn.producer_id == header.producer_id
+                        && (txn.first_offset..=txn.last_offset).contains(&header.base_offset)
+                }));
+        if !skipped {
+            match batch.records_decompressed_within(STREAM_DECOMPRESSED_BYTES_MAX) {
+                Ok(records) => {
                     for record in records.flatten() {
-                        if record.offset >= self.next_offset {
-                            self.pending.push_back(StreamItem::Record {
-                                offset: record.offset,
-                                data: record_json(&record),
-                            });
+                        if record.offset < *next_offset {
+                            continue;
                         }
+                        if pending_bytes >= STREAM_PENDING_BYTES_MAX && !pending.is_empty() {
+                            // The budget is spent: the next fetch starts here.
+                            *next_offset = record.offset;
+                            return;
+                        }
+                        pending_bytes += record_bytes(&record);
+                        pending.push_back(StreamItem::Record {
+                            offset: record.offset,
+                            data: record_json(&record),
+                        });
                     }
                 }
+                Err(error) if header.base_offset.max(*next_offset) < batch_end => {
+                    let first_offset = header.base_offset.max(*next_offset);
+                    pending.push_back(StreamItem::Skipped(serde_json::json!({
+                        "skipped": true,
+                        "first_offset": first_offset,
+                        "last_offset": batch_end - 1,
+                        "message": format!(
+                            "records {first_offset} to {} are not sent over HTTP: {error} (at most {STREAM_DECOMPRESSED_BYTES_MAX} bytes decompressed per batch); read them with a Kafka or native consumer",
+                            batch_end - 1
+                        ),
+                    })));
+                }
+                Err(_) => {}
             }
-            self.next_offset = self.next_offset.max(batch_end);
+        }
+        *next_offset = (*next_offset).max(batch_end);
+    }
+}
+
+/// The bytes of a record's key, value and headers: what [`STREAM_PENDING_BYTES_MAX`] counts.
+fn record_bytes(record: &Record) -> usize {
+    let field = |bytes: Option<&Bytes>| bytes.map_or(0, Bytes::len);
+    field(record.key.as_ref())
+        + field(record.value.as_ref())
+        + record
+            .headers
+            .iter()
+            .map(|header| header.key.len() + field(header.value.as_ref()))
+            .sum::<usize>()
+}
+
+impl StreamItem {
+    /// About the bytes it holds (a record's key, value and headers).
+    fn bytes(&self) -> usize {
+        match self {
+            StreamItem::Record { data, .. } => {
+                let text = |field: &str| {
+                    data.get(field)
+                        .and_then(serde_json::Value::as_str)
+                        .map_or(0, str::len)
+                };
+                text("key") + text("key_base64") + text("value") + text("value_base64")
+            }
+            StreamItem::Failed(_) | StreamItem::Skipped(_) => 0,
         }
     }
 }
@@ -653,4 +765,87 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| {
             i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// One batch at `base_offset` of `count` records of `value_bytes` bytes each.
+    fn batch_of(base_offset: i64, count: usize, value_bytes: usize) -> Bytes {
+        let mut builder = BatchBuilder::new(0).base_offset(base_offset);
+        for _ in 0..count {
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: 0,
+                    key: None,
+                    value: Some(Bytes::from(vec![b'v'; value_bytes])),
+                    headers: Vec::new(),
+                })
+                .expect("fits a batch");
+        }
+        builder.build()
+    }
+
+    fn offsets(pending: &VecDeque<StreamItem>) -> Vec<i64> {
+        pending
+            .iter()
+            .filter_map(|item| match item {
+                StreamItem::Record { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fetch_larger_than_the_pending_budget_is_taken_over_several_rounds() {
+        // Goal: a stream holds at most STREAM_PENDING_BYTES_MAX (plus one record) of records
+        // whatever a fetch returns, and loses none. Method: 8 records of 1 MiB in one batch;
+        // take, drain, take the same bytes again (as the next fetch from next_offset would
+        // return them), until every record came through once, in order.
+        let value_bytes = 1024 * 1024;
+        let records = batch_of(100, 8, value_bytes);
+        let mut next_offset = 100;
+        let mut pending = VecDeque::new();
+        let mut seen = Vec::new();
+        for _round in 0..8 {
+            take_batches(records.clone(), &[], &mut next_offset, &mut pending);
+            let taken = offsets(&pending);
+            assert!(
+                taken.len() * value_bytes <= STREAM_PENDING_BYTES_MAX + value_bytes,
+                "{taken:?}"
+            );
+            seen.extend(taken);
+            pending.clear();
+            if next_offset == 108 {
+                break;
+            }
+        }
+        assert_eq!(seen, (100..108).collect::<Vec<_>>());
+        assert_eq!(next_offset, 108);
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decompress_is_reported_as_skipped_and_passed() {
+        // A batch claiming gzip whose records are not gzip data (CRC made valid again).
+        let mut broken = BytesMut::from(&batch_of(5, 3, 10)[..]);
+        broken[21..23].copy_from_slice(&1i16.to_be_bytes());
+        let crc = batch::compute_crc(&broken);
+        broken[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut fetched = BytesMut::from(&broken[..]);
+        fetched.extend_from_slice(&batch_of(8, 1, 10));
+        let mut next_offset = 6;
+        let mut pending = VecDeque::new();
+        take_batches(fetched.freeze(), &[], &mut next_offset, &mut pending);
+        assert_eq!(pending.len(), 2, "a skipped item, then the next record");
+        let StreamItem::Skipped(skipped) = &pending[0] else {
+            panic!("first the skipped batch");
+        };
+        assert_eq!(skipped["first_offset"], 6, "from where the reader was");
+        assert_eq!(skipped["last_offset"], 7);
+        assert_eq!(offsets(&pending), vec![8]);
+        assert_eq!(next_offset, 9);
+    }
 }

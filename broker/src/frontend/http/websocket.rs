@@ -133,7 +133,7 @@ impl RecordSource {
     async fn next(&mut self) -> Option<Result<serde_json::Value, serde_json::Value>> {
         match self {
             RecordSource::Partition(reader) => match reader.next_item().await? {
-                StreamItem::Record { data, .. } => Some(Ok(data)),
+                StreamItem::Record { data, .. } | StreamItem::Skipped(data) => Some(Ok(data)),
                 StreamItem::Failed(error) => Some(Err(error)),
             },
             RecordSource::Group(member) => match member.next_item().await? {
@@ -157,7 +157,9 @@ async fn stream_records(
             item = source.next() => {
                 let text = match item {
                     Some(Ok(mut data)) => {
-                        data["type"] = "record".into();
+                        // A batch the stream could not send says so as `skipped`.
+                        let kind = if data.get("skipped").is_some() { "skipped" } else { "record" };
+                        data["type"] = kind.into();
                         data
                     }
                     Some(Err(mut error)) => {
@@ -235,11 +237,11 @@ pub struct QueueSocketQuery {
 /// A consumer started for a queue socket. Dropping it (the socket ended, or its handshake
 /// never finished) closes its session, which cancels the consumer and returns its
 /// unacknowledged deliveries to the queue.
-struct QueueConsumer {
-    broker: Arc<Broker>,
-    session: Arc<Session>,
-    queue: String,
-    consumer: ConsumerId,
+pub(super) struct QueueConsumer {
+    pub(super) broker: Arc<Broker>,
+    pub(super) session: Arc<Session>,
+    pub(super) queue: String,
+    pub(super) consumer: ConsumerId,
 }
 
 impl Drop for QueueConsumer {
@@ -426,7 +428,7 @@ fn error_json(error: &ApiError) -> serde_json::Value {
 }
 
 /// A delivery as JSON: the routing key, the body (text, or `body_base64`) and the headers.
-fn delivery_json(delivered: &Delivered) -> serde_json::Value {
+pub(super) fn delivery_json(delivered: &Delivered) -> serde_json::Value {
     let record = &delivered.record;
     let mut data = serde_json::json!({
         "type": "delivery",

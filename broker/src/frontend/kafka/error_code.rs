@@ -196,6 +196,162 @@ pub fn user(error: &crate::core::UserError) -> ResponseError {
     }
 }
 
+/// The error a response answers with, for the request metrics: its top-level error code if
+/// set, else the first partition's, topic's or resource's that is set (one walk over the
+/// response's entries, never its records); 0 when everything succeeded. A response with
+/// entries that failed in different ways reports the first.
+pub fn first_error(response: &kafka_protocol::messages::ResponseKind) -> i16 {
+    use kafka_protocol::messages::ResponseKind as R;
+    /// The first non-zero code of `codes`, else 0.
+    fn first(codes: impl IntoIterator<Item = i16>) -> i16 {
+        codes.into_iter().find(|code| *code != 0).unwrap_or(0)
+    }
+    match response {
+        R::Produce(r) => first(
+            r.responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code)),
+        ),
+        R::Fetch(r) => first(
+            std::iter::once(r.error_code).chain(
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            ),
+        ),
+        R::ListOffsets(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::Metadata(r) => first(
+            std::iter::once(r.error_code).chain(r.topics.iter().flat_map(|t| {
+                std::iter::once(t.error_code).chain(t.partitions.iter().map(|p| p.error_code))
+            })),
+        ),
+        R::CreateTopics(r) => first(r.topics.iter().map(|t| t.error_code)),
+        R::DeleteTopics(r) => first(r.responses.iter().map(|t| t.error_code)),
+        R::FindCoordinator(r) => {
+            first(std::iter::once(r.error_code).chain(r.coordinators.iter().map(|c| c.error_code)))
+        }
+        R::JoinGroup(r) => r.error_code,
+        R::SyncGroup(r) => r.error_code,
+        R::Heartbeat(r) => r.error_code,
+        R::LeaveGroup(r) => r.error_code,
+        R::ListGroups(r) => r.error_code,
+        R::DescribeGroups(r) => first(r.groups.iter().map(|g| g.error_code)),
+        R::DeleteGroups(r) => first(r.results.iter().map(|g| g.error_code)),
+        R::OffsetCommit(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::OffsetFetch(r) => first(
+            std::iter::once(r.error_code)
+                .chain(
+                    r.topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+                )
+                .chain(r.groups.iter().flat_map(|g| {
+                    std::iter::once(g.error_code).chain(
+                        g.topics
+                            .iter()
+                            .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+                    )
+                })),
+        ),
+        R::OffsetDelete(r) => first(
+            std::iter::once(r.error_code).chain(
+                r.topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            ),
+        ),
+        R::ConsumerGroupHeartbeat(r) => r.error_code,
+        R::ConsumerGroupDescribe(r) => first(r.groups.iter().map(|g| g.error_code)),
+        R::InitProducerId(r) => r.error_code,
+        R::AddPartitionsToTxn(r) => first(
+            std::iter::once(r.error_code)
+                .chain(r.results_by_topic_v3_and_below.iter().flat_map(|t| {
+                    t.results_by_partition
+                        .iter()
+                        .map(|p| p.partition_error_code)
+                }))
+                .chain(r.results_by_transaction.iter().flat_map(|x| {
+                    x.topic_results.iter().flat_map(|t| {
+                        t.results_by_partition
+                            .iter()
+                            .map(|p| p.partition_error_code)
+                    })
+                })),
+        ),
+        R::AddOffsetsToTxn(r) => r.error_code,
+        R::TxnOffsetCommit(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::EndTxn(r) => r.error_code,
+        R::DescribeTransactions(r) => first(r.transaction_states.iter().map(|t| t.error_code)),
+        R::ListTransactions(r) => r.error_code,
+        R::DescribeProducers(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::DescribeConfigs(r) => first(r.results.iter().map(|c| c.error_code)),
+        R::AlterConfigs(r) => first(r.responses.iter().map(|c| c.error_code)),
+        R::IncrementalAlterConfigs(r) => first(r.responses.iter().map(|c| c.error_code)),
+        R::CreatePartitions(r) => first(r.results.iter().map(|t| t.error_code)),
+        R::DeleteRecords(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::OffsetForLeaderEpoch(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        R::DescribeCluster(r) => r.error_code,
+        R::ApiVersions(r) => r.error_code,
+        R::SaslHandshake(r) => r.error_code,
+        R::SaslAuthenticate(r) => r.error_code,
+        R::CreateAcls(r) => first(r.results.iter().map(|a| a.error_code)),
+        R::DescribeAcls(r) => r.error_code,
+        R::DeleteAcls(r) => first(r.filter_results.iter().flat_map(|f| {
+            std::iter::once(f.error_code).chain(f.matching_acls.iter().map(|a| a.error_code))
+        })),
+        R::AlterUserScramCredentials(r) => first(r.results.iter().map(|u| u.error_code)),
+        R::DescribeUserScramCredentials(r) => {
+            first(std::iter::once(r.error_code).chain(r.results.iter().map(|u| u.error_code)))
+        }
+        // An api Wharf does not serve has no response of its own.
+        _ => 0,
+    }
+}
+
+/// The metrics' error slot of a Kafka error code ([`crate::metrics::ERROR_CODE_SLOTS`]):
+/// UNKNOWN_SERVER_ERROR (-1) in slot 0 (NONE, 0, is never an error), the others at their
+/// code; `None` for success.
+pub fn metrics_slot(code: i16) -> Option<u16> {
+    match code {
+        0 => None,
+        -1 => Some(0),
+        code => Some(u16::try_from(code).unwrap_or(u16::MAX)),
+    }
+}
+
+/// The Kafka error code of a metrics slot ([`metrics_slot`] backwards).
+pub fn code_of_metrics_slot(slot: u16) -> i16 {
+    if slot == 0 {
+        -1
+    } else {
+        i16::try_from(slot).unwrap_or(i16::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +423,29 @@ mod tests {
             36,
             "TOPIC_ALREADY_EXISTS"
         );
+    }
+
+    #[test]
+    fn first_error_finds_a_partitions_code_and_slots_round_trip() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::{ProduceResponse, ResponseKind};
+        let partition = |code: i16| PartitionProduceResponse::default().with_error_code(code);
+        let response = ResponseKind::Produce(ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default().with_partition_responses(vec![
+                partition(0),
+                partition(3),
+                partition(6),
+            ]),
+        ]));
+        assert_eq!(first_error(&response), 3);
+        let fine = ResponseKind::Produce(ProduceResponse::default());
+        assert_eq!(first_error(&fine), 0);
+        assert_eq!(metrics_slot(0), None);
+        for code in [-1i16, 1, 3, 35, 127] {
+            let slot = metrics_slot(code).expect("an error");
+            assert_eq!(code_of_metrics_slot(slot), code);
+        }
     }
 }

@@ -191,3 +191,83 @@ pub fn user(error: &crate::core::UserError) -> ErrorCode {
         UserError::Unauthorized(_) => ErrorCode::Unauthorized,
     }
 }
+
+/// The error a response answers with, for the request metrics: its top-level error if set,
+/// else the first error of its topics, partitions or messages (one walk over the response's
+/// entries, never its records); `ErrorCode::None` when everything succeeded.
+pub fn first_error(response: &wharf_protocol::Response) -> ErrorCode {
+    use wharf_protocol::Response as R;
+    fn first(codes: impl IntoIterator<Item = ErrorCode>) -> ErrorCode {
+        codes
+            .into_iter()
+            .find(|code| !code.is_ok())
+            .unwrap_or(ErrorCode::None)
+    }
+    let top = response.error();
+    if !top.is_ok() {
+        return top;
+    }
+    match response {
+        R::Metadata(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| std::iter::once(t.error).chain(t.partitions.iter().map(|p| p.error))),
+        ),
+        R::CreateTopics(r) => first(r.topics.iter().map(|t| t.error)),
+        R::DeleteTopics(r) => first(r.topics.iter().map(|t| t.error)),
+        R::Produce(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error)),
+        ),
+        R::Fetch(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error)),
+        ),
+        R::ListOffsets(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error)),
+        ),
+        R::OffsetCommit(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error)),
+        ),
+        R::PublishBatch(r) => first(r.results.iter().map(|p| p.error)),
+        _ => ErrorCode::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wharf_protocol::messages::{CreateTopicsResponse, TopicResult};
+    use wharf_protocol::Response;
+
+    use super::*;
+
+    #[test]
+    fn first_error_is_the_top_level_one_else_the_first_entrys() {
+        let result = |error| TopicResult {
+            error,
+            ..TopicResult::default()
+        };
+        let mut created = CreateTopicsResponse {
+            topics: vec![
+                result(ErrorCode::None),
+                result(ErrorCode::TopicAlreadyExists),
+            ],
+            ..CreateTopicsResponse::default()
+        };
+        let response = Response::CreateTopics(created.clone());
+        assert_eq!(first_error(&response), ErrorCode::TopicAlreadyExists);
+        created.error = ErrorCode::ShuttingDown;
+        assert_eq!(
+            first_error(&Response::CreateTopics(created)),
+            ErrorCode::ShuttingDown
+        );
+        let fine = Response::CreateTopics(CreateTopicsResponse::default());
+        assert_eq!(first_error(&fine), ErrorCode::None);
+    }
+}
