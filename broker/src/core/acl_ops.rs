@@ -66,16 +66,13 @@ impl Broker {
         if self.acls.is_empty() && !self.authorizer.required {
             return true;
         }
-        let acls = self.acls.current();
-        let principal = caller.principal().to_string();
-        let access = Access {
-            principal: &principal,
-            host: caller.host(),
+        self.decide(
+            caller,
             operation,
             resource_type,
             name,
-        };
-        acl::authorize(&acls, &self.authorizer, &access) == Decision::Allow
+            |acls, settings, access| acl::authorize(acls, settings, access) == Decision::Allow,
+        )
     }
 
     /// True if the caller may do `operation` on some resource of `resource_type`
@@ -86,6 +83,18 @@ impl Broker {
         operation: Operation,
         resource_type: ResourceType,
     ) -> bool {
+        self.decide(caller, operation, resource_type, "", acl::allows_some)
+    }
+
+    /// Runs `rule` over the ACLs in force for the caller's access.
+    fn decide(
+        &self,
+        caller: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+        rule: impl FnOnce(&[AclBinding], &AuthorizerSettings, &Access) -> bool,
+    ) -> bool {
         let acls = self.acls.current();
         let principal = caller.principal().to_string();
         let access = Access {
@@ -93,9 +102,9 @@ impl Broker {
             host: caller.host(),
             operation,
             resource_type,
-            name: "",
+            name,
         };
-        acl::allows_some(&acls, &self.authorizer, &access)
+        rule(&acls, &self.authorizer, &access)
     }
 
     /// Adds ACLs (durable when it returns; the file is written on the blocking pool). The

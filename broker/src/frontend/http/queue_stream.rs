@@ -25,11 +25,9 @@ use tokio::sync::{mpsc, watch};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::core::{AckScope, ConsumerEvent, DeliveryTag, Settle, SettleQuery, SubscribeQuery};
+use crate::core::{AckScope, ConsumerEvent, DeliveryTag, Settle, SettleQuery};
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
-use crate::frontend::http::websocket::{
-    delivery_json, QueueConsumer, QueueSocketQuery, PREFETCH_DEFAULT, PREFETCH_MAX,
-};
+use crate::frontend::http::websocket::{delivery_json, QueueConsumer, QueueSocketQuery};
 use crate::frontend::http::{Caller, Http, Shared};
 
 /// How often an idle stream sends a comment line, so proxies keep it open.
@@ -65,31 +63,9 @@ pub async fn queue_stream(
     PathParams(queue): PathParams<String>,
     QueryParams(query): QueryParams<QueueSocketQuery>,
 ) -> Result<Response, ApiError> {
-    let broker = http.broker()?.clone();
-    let prefetch = query.prefetch.unwrap_or(PREFETCH_DEFAULT);
-    if !(1..=PREFETCH_MAX).contains(&prefetch) {
-        return Err(ApiError::bad_request(format!(
-            "prefetch is 1 to {PREFETCH_MAX}, not {prefetch}"
-        )));
-    }
-    let session = Arc::new(caller.like());
-    let (consumer, deliveries) = broker
-        .subscribe(
-            &session,
-            SubscribeQuery {
-                queue: queue.clone(),
-                prefetch,
-                priority: 0,
-            },
-        )
-        .await?;
+    let (consumer, deliveries) = QueueConsumer::start(&http, &caller, queue, &query).await?;
     let reader = QueueReader {
-        consumer: QueueConsumer {
-            broker,
-            session,
-            queue,
-            consumer,
-        },
+        consumer,
         deliveries,
         shutdown: http.shutdown.clone(),
         handed_out: None,

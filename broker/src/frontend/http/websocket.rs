@@ -244,6 +244,44 @@ pub(super) struct QueueConsumer {
     pub(super) consumer: ConsumerId,
 }
 
+impl QueueConsumer {
+    /// Subscribes to `queue` as the request's caller (in a session of its own, closed when
+    /// the consumer is dropped) with the query's prefetch; 400 for a prefetch out of
+    /// bounds.
+    pub(super) async fn start(
+        http: &Http,
+        caller: &Caller,
+        queue: String,
+        query: &QueueSocketQuery,
+    ) -> Result<(QueueConsumer, mpsc::Receiver<ConsumerEvent>), ApiError> {
+        let broker = http.broker()?.clone();
+        let prefetch = query.prefetch.unwrap_or(PREFETCH_DEFAULT);
+        if !(1..=PREFETCH_MAX).contains(&prefetch) {
+            return Err(ApiError::bad_request(format!(
+                "prefetch is 1 to {PREFETCH_MAX}, not {prefetch}"
+            )));
+        }
+        let session = Arc::new(caller.like());
+        let (consumer, deliveries) = broker
+            .subscribe(
+                &session,
+                SubscribeQuery {
+                    queue: queue.clone(),
+                    prefetch,
+                    priority: 0,
+                },
+            )
+            .await?;
+        let consumer = QueueConsumer {
+            broker,
+            session,
+            queue,
+            consumer,
+        };
+        Ok((consumer, deliveries))
+    }
+}
+
 impl Drop for QueueConsumer {
     fn drop(&mut self) {
         let broker = self.broker.clone();
@@ -285,30 +323,7 @@ pub async fn queue_socket(
     handshake: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let handshake = upgrade(handshake)?;
-    let broker = http.broker()?.clone();
-    let prefetch = query.prefetch.unwrap_or(PREFETCH_DEFAULT);
-    if !(1..=PREFETCH_MAX).contains(&prefetch) {
-        return Err(ApiError::bad_request(format!(
-            "prefetch is 1 to {PREFETCH_MAX}, not {prefetch}"
-        )));
-    }
-    let session = Arc::new(caller.like());
-    let (consumer, deliveries) = broker
-        .subscribe(
-            &session,
-            SubscribeQuery {
-                queue: queue.clone(),
-                prefetch,
-                priority: 0,
-            },
-        )
-        .await?;
-    let consumer = QueueConsumer {
-        broker,
-        session,
-        queue,
-        consumer,
-    };
+    let (consumer, deliveries) = QueueConsumer::start(&http, &caller, queue, &query).await?;
     let shutdown = http.shutdown.clone();
     Ok(handshake.on_upgrade(move |socket| consume_queue(socket, consumer, deliveries, shutdown)))
 }
