@@ -597,6 +597,17 @@ fn kafka_cases(bootstrap: &str) -> Vec<Case> {
             nothing(),
             request(bootstrap, "topic-describe", |_| "kx-data".into()),
         ),
+        // Auto-creation by a produce (Metadata with allow_auto_topic_creation): Write on
+        // the names is standing, Create is what is tested.
+        case(
+            "--topic",
+            "kx-auto-",
+            true,
+            "Create",
+            topic,
+            nothing(),
+            request(bootstrap, "topic-write", |step| format!("kx-auto-{step}")),
+        ),
         case(
             "--topic",
             "kx-create-",
@@ -1078,6 +1089,20 @@ fn every_protocol_refuses_what_no_acl_allows_allows_what_one_does_and_lets_a_den
         ];
         admin(&native, &args, "");
     }
+
+    let auto_write = [
+        "acl",
+        "add",
+        "--principal",
+        "User:alice",
+        "--topic",
+        "kx-auto-",
+        "--prefixed",
+        "--operation",
+        "Write",
+        "--allow",
+    ];
+    admin(&native, &auto_write, "");
 
     let amqp = broker.amqp_address();
     let mut cases = native_cases(&native);

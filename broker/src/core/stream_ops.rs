@@ -484,14 +484,26 @@ impl Broker {
         names: Vec<String>,
     ) -> Vec<TopicView> {
         let names = dedupe(names);
+        let mut refused = Vec::new();
         for name in &names {
             if self.streams.topics().get(name).is_none() {
-                if let Err(error) = self.topic_for_produce(caller, name).await {
-                    tracing::debug!(topic = name, %error, "metadata did not auto-create the topic");
+                match self.topic_for_produce(caller, name).await {
+                    Ok(_) => {}
+                    // A caller who may not create it hears so, as Kafka answers.
+                    Err(StreamError::Unauthorized(denied)) => refused.push(denied),
+                    Err(error) => {
+                        tracing::debug!(topic = name, %error, "metadata did not auto-create the topic");
+                    }
                 }
             }
         }
-        self.topic_metadata(caller, Some(names))
+        let mut views = self.topic_metadata(caller, Some(names));
+        for view in views.iter_mut().filter(|view| view.denied.is_none()) {
+            if let Some(index) = refused.iter().position(|denied| denied.name == view.name) {
+                view.denied = Some(refused.swap_remove(index));
+            }
+        }
+        views
     }
 
     /// Moves partitions' log starts up (Kafka's DeleteRecords): records below each new start
