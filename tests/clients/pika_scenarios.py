@@ -460,7 +460,7 @@ def refused_arguments():
     conn = connect()
     for arguments, text in [
         ({"x-queue-type": "stream"}, "stream"),
-        ({"x-max-priority": 5}, "x-max-priority"),
+        ({"x-dead-letter-strategy": "at-least-once"}, "x-dead-letter-strategy"),
     ]:
         ch = conn.channel()
         try:
@@ -921,7 +921,90 @@ def channel_flow():
     print("ok channel_flow")
 
 
+def priority_queue():
+    """x-max-priority as RabbitMQ's classic queues: higher priorities first, FIFO within one,
+    no priority is 0, above the max counts as the max; a requeued message keeps its place;
+    drop-head drops the head (the highest priority's oldest), even the newcomer; an
+    x-max-priority above 255 is refused."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("prio-q", durable=True, arguments={"x-max-priority": 5}).method.queue
+    published = [("none", None), ("a3", 3), ("nine", 9), ("b3", 3), ("five", 5), ("one", 1)]
+    for body, priority in published:
+        ch.basic_publish("", q, body.encode(), pika.BasicProperties(priority=priority))
+    assert ch.queue_declare(q, passive=True).method.message_count == 6
+    # The head, got and requeued, comes back first and redelivered.
+    method, properties, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"nine" and properties.priority == 9, (body, properties)
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"nine" and method.redelivered, (body, method)
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    ch.basic_qos(prefetch_count=1)
+    got = []
+    for method, properties, body in ch.consume(q, inactivity_timeout=5):
+        assert method is not None, "timed out after %r" % got
+        got.append((body.decode(), properties.priority))
+        ch.basic_ack(method.delivery_tag)
+        if len(got) == 6:
+            break
+    ch.cancel()
+    expected = [("nine", 9), ("five", 5), ("a3", 3), ("b3", 3), ("one", 1), ("none", None)]
+    assert got == expected, got
+
+    ch.exchange_declare("prio-dlx", "fanout")
+    dead = ch.queue_declare("prio-dead").method.queue
+    ch.queue_bind(dead, "prio-dlx")
+    arguments = {"x-max-priority": 9, "x-max-length": 2, "x-dead-letter-exchange": "prio-dlx"}
+    full = ch.queue_declare("prio-full", arguments=arguments).method.queue
+    for body, priority in [("low-a", 1), ("high", 5), ("low-b", 1), ("top", 7)]:
+        ch.basic_publish("", full, body.encode(), pika.BasicProperties(priority=priority))
+    left = [body for _, _, body in drain(ch, full, 2)]
+    assert left == [b"low-a", b"low-b"], left
+    died = []
+    deadline = time.time() + 5
+    while len(died) < 2 and time.time() < deadline:
+        method, properties, body = ch.basic_get(dead, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+        else:
+            died.append(body)
+            assert death_of(properties)["reason"] == "maxlen", properties
+    assert died == [b"high", b"top"], died
+
+    try:
+        ch.queue_declare("prio-too-high", arguments={"x-max-priority": 256})
+        raise AssertionError("x-max-priority 256 accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    conn.close()
+    print("ok priority_queue")
+
+
+def priority_order(queue, mode, *bodies):
+    """`declare`: declares a durable queue with x-max-priority 9 and, if bodies are given,
+    publishes each `BODY:PRIORITY` (`-` for none). `check`: consumes len(bodies) messages and
+    asserts they come in the order given (a restart or another protocol in between)."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare(queue, durable=True, arguments={"x-max-priority": 9})
+    if mode == "declare":
+        for item in bodies:
+            body, priority = item.split(":")
+            priority = None if priority == "-" else int(priority)
+            ch.basic_publish("", queue, body.encode(), pika.BasicProperties(priority=priority))
+    else:
+        got = [body.decode() for _, _, body in drain(ch, queue, len(bodies))]
+        assert got == list(bodies), got
+    conn.close()
+    print("ok priority_order", mode)
+
+
 SCENARIOS = {
+    "priority_queue": priority_queue,
+    "priority_order": priority_order,
     "delayed_exchange": delayed_exchange,
     "transactions": transactions,
     "overflow_reject_publish": overflow_reject_publish,

@@ -39,7 +39,7 @@ use crate::queue::delivery::{
 };
 use crate::queue::manager::QueueManager;
 use crate::queue::pipeline::Pipeline;
-use crate::queue::publish::{dead_letter_copy, header_number, header_value};
+use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
     ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
@@ -75,9 +75,18 @@ pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
-/// What the delivery state needs of a stored message once it is durable: its due time (a
-/// delayed message), its own TTL and its body's size.
-type Timing = (Option<i64>, Option<u64>, u32);
+/// What the delivery state needs of a stored message once it is durable.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// When a delayed message falls due.
+    due_ms: Option<i64>,
+    /// Its own TTL.
+    ttl_ms: Option<u64>,
+    /// Its body's size.
+    bytes: u32,
+    /// Its priority as published.
+    priority: u8,
+}
 
 /// A run of publishes appended to the message log as one batch. Once durable, its messages
 /// become ready (or delayed) and its publishers are confirmed.
@@ -248,6 +257,7 @@ impl QueueTask {
             delivery_limit: args.delivery_limit,
             single_active_consumer: args.single_active_consumer,
             ack_timeout_ms: args.ack_timeout_ms,
+            max_priority: args.max_priority,
         };
         let mut task = QueueTask {
             name: name.to_string(),
@@ -326,6 +336,7 @@ impl QueueTask {
             expires_at_ms: ttl.map(|ttl| record.timestamp_ms.saturating_add(ttl as i64)),
             delivery_count: 0,
             bytes: body_bytes(record.value.as_ref().map_or(0, Bytes::len)),
+            priority: message_priority(&record.headers),
         }
     }
 
@@ -747,12 +758,12 @@ impl QueueTask {
         let mut failed = None;
         let mut after = None;
         while messages.len() < count && bytes < GET_BYTES_MAX {
-            let (got, more) = self.state.get_after(after, now, mode);
+            let (got, more) = self.state.get_after(after.as_ref(), now, mode);
             actions.extend(more);
             let Some(got) = got else {
                 break;
             };
-            after = Some(got.message);
+            after = Some(got.before);
             counts.push((got.message, got.delivery_count));
             taken.push(got.before);
             held.extend(got.tag);
@@ -896,12 +907,13 @@ impl QueueTask {
         // and TTL); the message itself moves into the batch, not copied.
         let mut timings = Vec::with_capacity(messages.len());
         for message in messages {
-            timings.push((
-                header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
-                header_number(&message.headers, EXPIRATION_HEADER)
+            timings.push(Timing {
+                due_ms: header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
+                ttl_ms: header_number(&message.headers, EXPIRATION_HEADER)
                     .and_then(|ttl| u64::try_from(ttl).ok()),
-                body_bytes(message.body.len()),
-            ));
+                bytes: body_bytes(message.body.len()),
+                priority: message_priority(&message.headers),
+            });
             builder
                 .push(&NewRecord {
                     timestamp_ms: now,
@@ -936,19 +948,21 @@ impl QueueTask {
     ) -> Result<(), QueueError> {
         let limits = self.state.limits();
         let mut actions = Vec::new();
-        for (index, (due, record_ttl, bytes)) in timings.into_iter().enumerate() {
+        for (index, timing) in timings.into_iter().enumerate() {
             let id = base_offset + index as i64;
-            if let Some(due) = due {
+            if let Some(due) = timing.due_ms {
                 self.delays.insert(id, due);
                 continue;
             }
             let meta = MessageMeta {
                 id,
-                expires_at_ms: record_ttl
+                expires_at_ms: timing
+                    .ttl_ms
                     .or(self.ttl_ms)
                     .map(|ttl| now.saturating_add(ttl as i64)),
                 delivery_count: 0,
-                bytes,
+                bytes: timing.bytes,
+                priority: timing.priority,
             };
             match self.state.enqueue(meta) {
                 Ok(more) => actions.extend(more),

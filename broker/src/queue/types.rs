@@ -81,7 +81,19 @@ pub struct QueueArgs {
     /// The queue is deleted once it has been unused this long: no consumer, no get and no
     /// redeclare (AMQP's `x-expires`). Counted from the queue's start after a restart.
     pub expires_ms: Option<u64>,
+    /// The highest message priority the queue orders by (AMQP's `x-max-priority`, at most
+    /// [`PRIORITY_MAX`]); a message's priority is its [`PRIORITY_HEADER`]. None: FIFO.
+    pub max_priority: Option<u8>,
 }
+
+/// The header holding a message's priority as decimal text (AMQP's `priority` property
+/// maps to it; native and HTTP publishers set it by name). Missing or not a number: 0;
+/// above 255: 255.
+pub const PRIORITY_HEADER: &str = "priority";
+
+/// The highest `max-priority` a queue may have: AMQP's priority is an octet, and RabbitMQ
+/// refuses a larger `x-max-priority` too.
+pub const PRIORITY_MAX: u64 = 255;
 
 /// Identifies a client connection (for exclusive queues).
 pub type SessionId = u64;

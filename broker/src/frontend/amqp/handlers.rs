@@ -1038,6 +1038,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
             "x-single-active-consumer" => "single-active-consumer",
             "x-consumer-timeout" => "ack-timeout-ms",
             "x-expires" => "expires-ms",
+            "x-max-priority" => "max-priority",
             "x-queue-type" => match text.as_str() {
                 // Both are durable logs with the same semantics here.
                 "classic" | "quorum" => continue,
@@ -1054,7 +1055,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
                     ))
                 }
             },
-            unsupported @ ("x-max-priority" | "x-dead-letter-strategy") => {
+            unsupported @ "x-dead-letter-strategy" => {
                 return Err(Reply::new(
                     error_code::PRECONDITION_FAILED,
                     format!("queue argument '{unsupported}' is not supported by wharf yet"),
