@@ -27,7 +27,7 @@ wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_prec
 queue_expires exchange_to_exchange consumer_priorities dead_letter_counts_when_republished
 delayed_exchange transactions
 overflow_reject_publish max_length_bytes single_active_consumer_and_cancel_notify channel_flow
-priority_queue
+priority_queue global_prefetch exclusive_consumer
 aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify
 amqplib:roundtrip amqplib:channel_error"
 if [ "$#" -gt 0 ]; then SCENARIOS="$*"; fi

@@ -1002,7 +1002,104 @@ def priority_order(queue, mode, *bodies):
     print("ok priority_order", mode)
 
 
+def wait_for(conn, condition, timeout=5.0):
+    """Processes events until `condition()` holds (or the timeout), then half a second more
+    so that a delivery beyond a limit would show."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    conn.process_data_events(time_limit=0.5)
+
+
+def global_prefetch():
+    """basic.qos with global=true: one window for the channel's consumers together (RabbitMQ
+    3.x), whatever their queues; with a per-consumer prefetch too, both apply."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queues = ["global-a", "global-b", "global-c", "global-d"]
+    for q in queues:
+        ch.queue_declare(q)
+        ch.queue_purge(q)
+        for i in range(10):
+            ch.basic_publish("", q, b"m%d" % i)
+    held = {}
+
+    def on_message(channel, method, properties, body):
+        held.setdefault(method.consumer_tag, []).append(method.delivery_tag)
+
+    def total():
+        return sum(len(tags) for tags in held.values())
+
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    for q in queues[:2]:
+        ch.basic_consume(q, on_message, auto_ack=False, consumer_tag="global-" + q)
+    wait_for(conn, lambda: total() >= 3)
+    assert total() == 3, held
+    # Acking one frees one slot of the channel's window, for either consumer.
+    first_tag = next(iter(held.values()))[0]
+    ch.basic_ack(first_tag)
+    wait_for(conn, lambda: total() >= 4)
+    assert total() == 4, held
+    conn.close()
+
+    conn = connect()
+    ch = conn.channel()
+    held.clear()
+    ch.basic_qos(prefetch_count=2)
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    for q in queues[2:]:
+        ch.basic_consume(q, on_message, auto_ack=False, consumer_tag="both-" + q)
+    wait_for(conn, lambda: total() >= 3)
+    counts = sorted(len(tags) for tags in held.values())
+    assert counts == [1, 2], held
+    for tags in held.values():
+        ch.basic_ack(tags[-1], multiple=True)
+    wait_for(conn, lambda: total() >= 6)
+    assert total() == 6, held
+    assert all(len(tags) <= 4 for tags in held.values()), held
+    conn.close()
+    print("ok global_prefetch")
+
+
+def exclusive_consumer():
+    """basic.consume exclusive: refused (403) on a queue with consumers, and while it lasts
+    every other consume is refused (403); queue.delete if-unused with a consumer is 406."""
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("excl-consumer-q").method.queue
+    tag = ch.basic_consume(q, lambda *args: None, exclusive=True)
+    for exclusive in [False, True]:
+        other = conn.channel()
+        try:
+            other.basic_consume(q, lambda *args: None, exclusive=exclusive)
+            raise AssertionError("a second consumer of an exclusive one's queue")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            assert error.reply_code == 403 and "in exclusive use" in error.reply_text, error
+    other = conn.channel()
+    try:
+        other.queue_delete(q, if_unused=True)
+        raise AssertionError("if-unused delete of a queue with a consumer")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406 and "in use" in error.reply_text, error
+    ch.basic_cancel(tag)
+    ch.basic_consume(q, lambda *args: None)
+    other = conn.channel()
+    try:
+        other.basic_consume(q, lambda *args: None, exclusive=True)
+        raise AssertionError("an exclusive consumer of a queue with consumers")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 403 and "in exclusive use" in error.reply_text, error
+    ch.close()
+    other = conn.channel()
+    other.queue_delete(q, if_unused=True)
+    conn.close()
+    print("ok exclusive_consumer")
+
+
 SCENARIOS = {
+    "global_prefetch": global_prefetch,
+    "exclusive_consumer": exclusive_consumer,
     "priority_queue": priority_queue,
     "priority_order": priority_order,
     "delayed_exchange": delayed_exchange,

@@ -239,6 +239,18 @@ fn priority_order_survives_a_restart_and_native_publishers_set_it_with_a_header(
 }
 
 #[test]
+fn pika_global_qos_is_one_window_for_the_channels_consumers_across_queues() {
+    let (_dir, broker) = broker();
+    pika(&broker, "global_prefetch", &[]);
+}
+
+#[test]
+fn pika_exclusive_consumers_and_if_unused_deletes_are_refused_as_rabbitmq() {
+    let (_dir, broker) = broker();
+    pika(&broker, "exclusive_consumer", &[]);
+}
+
+#[test]
 fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
     let (_dir, broker) = broker();
     pika(&broker, "single_active_consumer_and_cancel_notify", &[]);

@@ -15,7 +15,9 @@
 //!   ready set is keyed by both, so every rule below that speaks of "the head" or "the
 //!   oldest" means the oldest message of the highest priority, as in RabbitMQ's priority
 //!   queues (TTL expiry and drop-head act on that head).
-//! - A consumer never holds more unacknowledged deliveries than its prefetch (0: unlimited).
+//! - A consumer never holds more unacknowledged deliveries than its prefetch (0: unlimited),
+//!   and consumers sharing a [`SharedPrefetch`] (AMQP's basic.qos with `global`: one
+//!   channel's consumers, of any queues) never hold more together than its limit.
 //! - Ready messages go round-robin to consumers with room; with single-active-consumer only
 //!   the oldest consumer receives.
 //! - Acking or nacking an unknown (or already settled) delivery tag is an error, not a no-op.
@@ -34,6 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// A message's id: its offset in the queue's log.
 pub type MessageId = i64;
@@ -382,9 +386,72 @@ impl std::fmt::Display for DeliveryError {
 
 impl std::error::Error for DeliveryError {}
 
+/// A prefetch window shared by several consumers, whatever their queues: AMQP's basic.qos
+/// with `global=true`, the channel's limit across its consumers (RabbitMQ 3.x).
+///
+/// Each queue task takes a slot for every delivery to a consumer that shares the window
+/// and gives it back when the delivery is settled or returns to its queue. The queues run
+/// on different tasks, so the count is atomic and a slot is taken with a compare-and-swap:
+/// the limit is never passed, even by two queues delivering at once.
+#[derive(Debug, Default)]
+pub struct SharedPrefetch {
+    /// Most deliveries held together (0: unlimited).
+    limit: AtomicU32,
+    /// Deliveries held now by the consumers that share it.
+    held: AtomicU32,
+}
+
+impl SharedPrefetch {
+    /// Sets the limit (0: unlimited). Deliveries already held above a lowered limit stay;
+    /// no more are made until the count is below it.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// Deliveries held now.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        limit == 0 || self.held() < limit
+    }
+
+    /// Takes a slot if one is free.
+    fn try_take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let limit = self.limit.load(Ordering::Acquire);
+                (limit == 0 || held < limit).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(count))
+            });
+    }
+}
+
+/// Two handles are equal when they are the same window.
+impl PartialEq for SharedPrefetch {
+    fn eq(&self, other: &SharedPrefetch) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for SharedPrefetch {}
+
 #[derive(Debug, Clone)]
 struct Consumer {
     prefetch: u32,
+    /// The window it shares with other consumers, if any.
+    shared: Option<Arc<SharedPrefetch>>,
     tags: BTreeSet<DeliveryTag>,
     /// Never dispatched to: a holder of messages taken with [`GetMode::Hold`], or a
     /// stopped consumer that still holds its deliveries.
@@ -546,10 +613,23 @@ impl DeliveryState {
         prefetch: u32,
         priority: i32,
     ) {
+        self.add_consumer_sharing(consumer, prefetch, priority, None);
+    }
+
+    /// Subscribes a consumer as [`add_consumer_with_priority`](Self::add_consumer_with_priority)
+    /// does, which also counts its deliveries in a window it shares with other consumers.
+    pub fn add_consumer_sharing(
+        &mut self,
+        consumer: ConsumerId,
+        prefetch: u32,
+        priority: i32,
+        shared: Option<Arc<SharedPrefetch>>,
+    ) {
         self.consumers.insert(
             consumer,
             Consumer {
                 prefetch,
+                shared,
                 tags: BTreeSet::new(),
                 gets_only: false,
                 stopped: false,
@@ -584,6 +664,9 @@ impl DeliveryState {
         };
         if self.last_consumer == Some(consumer) {
             self.last_consumer = None;
+        }
+        if let Some(shared) = &state.shared {
+            shared.give_back(state.tags.len());
         }
         let mut actions = Vec::new();
         for tag in state.tags {
@@ -651,7 +734,11 @@ impl DeliveryState {
 
     fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
         if let Some(state) = self.consumers.get_mut(&consumer) {
-            state.tags.remove(&tag);
+            if state.tags.remove(&tag) {
+                if let Some(shared) = &state.shared {
+                    shared.give_back(1);
+                }
+            }
             if state.stopped && state.tags.is_empty() {
                 self.consumers.remove(&consumer);
             }
@@ -720,6 +807,15 @@ impl DeliveryState {
             let Some(consumer) = self.next_consumer_with_room() else {
                 break;
             };
+            let shared = self
+                .consumers
+                .get(&consumer)
+                .and_then(|state| state.shared.as_ref());
+            if shared.is_some_and(|shared| !shared.try_take()) {
+                // Another queue took the window's last slot since `has_room` looked; the
+                // next dispatch (at the latest the queue's next tick) tries again.
+                break;
+            }
             self.ready.remove(&meta);
             let tag = self.next_tag;
             self.next_tag = DeliveryTag(tag.0 + 1);
@@ -752,7 +848,9 @@ impl DeliveryState {
 
     fn has_room(&self, consumer: ConsumerId) -> bool {
         self.consumers.get(&consumer).is_some_and(|state| {
-            !state.gets_only && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+            !state.gets_only
+                && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+                && state.shared.as_ref().is_none_or(|shared| shared.has_room())
         })
     }
 
@@ -796,6 +894,18 @@ impl DeliveryState {
             actions.push(Action::Cancel(consumer, CancelReason::AckTimeout));
         }
         actions
+    }
+
+    /// Gives back the shared-window slots of every delivery still held: the queue is
+    /// deleted or the broker stops, so those deliveries will never be settled here.
+    pub fn close(&mut self) {
+        for state in self.consumers.values() {
+            if let Some(shared) = &state.shared {
+                shared.give_back(state.tags.len());
+            }
+        }
+        self.consumers.clear();
+        self.unacked.clear();
     }
 
     /// Removes every ready message (unacknowledged ones stay with their consumers).
@@ -884,6 +994,7 @@ impl DeliveryState {
             .entry(holder)
             .or_insert_with(|| Consumer {
                 prefetch: 0,
+                shared: None,
                 tags: BTreeSet::new(),
                 gets_only: true,
                 stopped: false,
@@ -1569,6 +1680,36 @@ mod tests {
         }
         assert_eq!(taken, [1, 2, 0], "the newer message 3 is not chased");
         assert_eq!(state.ready_count(), 1);
+    }
+
+    #[test]
+    fn consumers_of_two_queues_sharing_a_window_never_hold_more_than_it() {
+        // Goal: a channel-wide prefetch (basic.qos global) spans queues. Method: two queues'
+        // states, one consumer each, sharing a window of 3.
+        let shared = Arc::new(SharedPrefetch::default());
+        shared.set_limit(3);
+        let mut first = queue_with(QueueLimits::default(), 0..5);
+        let mut second = queue_with(QueueLimits::default(), 0..5);
+        first.add_consumer_sharing(ConsumerId(1), 10, 0, Some(Arc::clone(&shared)));
+        second.add_consumer_sharing(ConsumerId(2), 10, 0, Some(Arc::clone(&shared)));
+        let from_first = deliveries(&first.dispatch(0));
+        let from_second = deliveries(&second.dispatch(0));
+        assert_eq!((from_first.len(), from_second.len()), (3, 0));
+        assert_eq!(shared.held(), 3);
+        // An ack in the first queue frees a slot the second one takes.
+        first
+            .ack(ConsumerId(1), from_first[0].tag, AckScope::Single)
+            .unwrap();
+        assert_eq!(deliveries(&second.dispatch(0)).len(), 1);
+        assert!(first.dispatch(0).is_empty());
+        // A per-consumer prefetch still applies within the window.
+        shared.set_limit(0);
+        assert_eq!(deliveries(&second.dispatch(0)).len(), 4);
+        // Deliveries returned by a departing consumer give their slots back.
+        second.remove_consumer(ConsumerId(2));
+        assert_eq!(shared.held(), 2);
+        first.close();
+        assert_eq!(shared.held(), 0);
     }
 
     #[test]

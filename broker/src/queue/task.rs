@@ -42,8 +42,8 @@ use crate::queue::pipeline::Pipeline;
 use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
-    ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
-    EXPIRATION_HEADER,
+    ConsumerEvent, ConsumerOptions, DeleteConditions, Delivered, Durability, GotMessage, Message,
+    Precondition, QueueArgs, QueueError, QueueStats, EXPIRATION_HEADER,
 };
 use crate::storage::Clock;
 
@@ -125,8 +125,19 @@ pub(crate) enum Command {
 
 /// The commands that neither merge with their neighbours nor stop the task.
 pub(crate) enum Control {
-    /// Adds a consumer with its prefetch window, priority and channel.
-    Subscribe(ConsumerId, u32, i32, mpsc::Sender<ConsumerEvent>),
+    /// Adds a consumer with its options and channel; answers whether it was taken (an
+    /// exclusive consumer, a retiring queue).
+    Subscribe(
+        ConsumerId,
+        ConsumerOptions,
+        mpsc::Sender<ConsumerEvent>,
+        oneshot::Sender<Result<(), QueueError>>,
+    ),
+    /// Checks a delete's conditions and, if they hold, retires the queue (no consumer is
+    /// taken any more) in the same step; answers the ready count.
+    Retire(DeleteConditions, oneshot::Sender<Result<u64, QueueError>>),
+    /// The delete after a `Retire` failed: the queue takes consumers again.
+    Reopen,
     /// Removes a consumer (its deliveries return to the queue); answered before they are
     /// dispatched again.
     Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
@@ -198,6 +209,10 @@ pub(crate) struct QueueTask {
     last_used_ms: i64,
     /// The expiry delete was asked for.
     expired: bool,
+    /// A conditional delete passed its check: no consumer is taken any more.
+    retiring: bool,
+    /// The consumer that subscribed `exclusive`, while it is subscribed.
+    exclusive_consumer: Option<ConsumerId>,
     /// Counts since start for the metrics (issue #17): plain integers, since only this task
     /// changes them, and reported with the queue's stats.
     counters: Counters,
@@ -276,6 +291,8 @@ impl QueueTask {
             expires_ms: args.expires_ms,
             last_used_ms: clock.now_ms(),
             expired: false,
+            retiring: false,
+            exclusive_consumer: None,
             counters: Counters::default(),
             publishing: Pipeline::new(Arc::clone(store.messages())),
             settling: Pipeline::new(Arc::clone(store.acks())),
@@ -445,6 +462,57 @@ impl QueueTask {
         Flow::Continue
     }
 
+    /// Adds a consumer unless the queue is retiring or an exclusive consumer forbids it.
+    /// Checked and done in one step of the task, so two subscribes cannot both pass.
+    fn subscribe(
+        &mut self,
+        consumer: ConsumerId,
+        options: ConsumerOptions,
+        sender: mpsc::Sender<ConsumerEvent>,
+    ) -> Result<(), QueueError> {
+        if self.retiring {
+            return Err(QueueError::UnknownQueue(self.name.clone()));
+        }
+        let exclusive_held = self
+            .exclusive_consumer
+            .is_some_and(|holder| self.consumers.contains_key(&holder));
+        if exclusive_held || (options.exclusive && !self.consumers.is_empty()) {
+            return Err(QueueError::Precondition {
+                queue: self.name.clone(),
+                failed: Precondition::ExclusiveUse,
+            });
+        }
+        self.state.add_consumer_sharing(
+            consumer,
+            options.prefetch,
+            options.priority,
+            options.shared_prefetch,
+        );
+        self.consumers.insert(consumer, sender);
+        if options.exclusive {
+            self.exclusive_consumer = Some(consumer);
+        }
+        Ok(())
+    }
+
+    /// Checks a delete's conditions; if they hold, the queue takes no consumer from now
+    /// on. Answers the ready count.
+    fn retire(&mut self, conditions: DeleteConditions) -> Result<u64, QueueError> {
+        let refused = |failed| QueueError::Precondition {
+            queue: self.name.clone(),
+            failed,
+        };
+        if conditions.if_unused && !self.consumers.is_empty() {
+            return Err(refused(Precondition::InUse));
+        }
+        let held = self.state.ready_count() + self.state.unacked_count() + self.delays.len();
+        if conditions.if_empty && held > 0 {
+            return Err(refused(Precondition::NotEmpty));
+        }
+        self.retiring = true;
+        Ok(self.state.ready_count() as u64)
+    }
+
     /// Cancels every consumer with `reason` (none: at shutdown, they are not told) and
     /// closes the store.
     fn stop(&mut self, reason: Option<CancelReason>) {
@@ -454,6 +522,9 @@ impl QueueTask {
                 self.cancel_consumer(consumer, reason);
             }
         }
+        // Deliveries still held will never be settled here: give their shared-window
+        // slots back, or the channel sharing them would stall.
+        self.state.close();
         if let Err(error) = self.store.close() {
             tracing::warn!(queue = self.name, %error, "closing queue storage failed");
         }
@@ -669,11 +740,13 @@ impl QueueTask {
             self.last_used_ms = self.clock.now_ms();
         }
         match control {
-            Control::Subscribe(consumer, prefetch, priority, sender) => {
-                self.state
-                    .add_consumer_with_priority(consumer, prefetch, priority);
-                self.consumers.insert(consumer, sender);
+            Control::Subscribe(consumer, options, sender, accepted) => {
+                let _ = accepted.send(self.subscribe(consumer, options, sender));
             }
+            Control::Retire(conditions, reply) => {
+                let _ = reply.send(self.retire(conditions));
+            }
+            Control::Reopen => self.retiring = false,
             Control::Cancel(consumer, reason, reply) => {
                 self.cancel_consumer(consumer, reason);
                 let _ = reply.send(());

@@ -50,6 +50,50 @@ pub enum QueueError {
     /// The queue was deleted or the broker is stopping.
     #[error("queue {0:?} is gone")]
     Gone(String),
+    /// A condition the queue checked, atomically with the operation, refused it.
+    #[error("queue {queue:?} {failed}")]
+    Precondition { queue: String, failed: Precondition },
+}
+
+/// Why a conditional operation was refused (decided in the queue's task, so no other
+/// operation comes between the check and the act).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Precondition {
+    /// A delete `if_unused` found consumers.
+    #[error("is in use (it has consumers)")]
+    InUse,
+    /// A delete `if_empty` found messages (ready, unacknowledged or delayed).
+    #[error("is not empty")]
+    NotEmpty,
+    /// An exclusive subscribe found consumers, or any subscribe found an exclusive one.
+    #[error("is in exclusive use by a consumer")]
+    ExclusiveUse,
+}
+
+/// The conditions of a queue delete (AMQP's queue.delete `if-unused`, `if-empty`); the
+/// default has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeleteConditions {
+    /// Refuse ([`Precondition::InUse`]) while the queue has consumers.
+    pub if_unused: bool,
+    /// Refuse ([`Precondition::NotEmpty`]) while it holds messages.
+    pub if_empty: bool,
+}
+
+/// How a consumer takes its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerOptions {
+    /// Most unacknowledged deliveries (0: the broker's maximum).
+    pub prefetch: u32,
+    /// Consumers of a higher priority with room get messages first (0: the default).
+    pub priority: i32,
+    /// The only consumer of the queue while it lasts: refused
+    /// ([`Precondition::ExclusiveUse`]) if the queue has consumers, and later subscribes
+    /// are refused (AMQP's basic.consume `exclusive`).
+    pub exclusive: bool,
+    /// A window shared with other consumers (AMQP's basic.qos `global`), besides
+    /// `prefetch`.
+    pub shared_prefetch: Option<std::sync::Arc<crate::queue::delivery::SharedPrefetch>>,
 }
 
 /// Arguments of a queue.

@@ -24,8 +24,8 @@ use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
 };
 use crate::core::{
-    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeliveryTag, Durability, GetMode,
-    QueueError, QueueStats, Requeue,
+    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, DeliveryTag, Durability,
+    GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -72,6 +72,10 @@ pub(crate) struct Channel {
     confirms: Option<u64>,
     /// basic.qos prefetch count for consumers started after it (0: unlimited).
     prefetch: u16,
+    /// basic.qos with `global=true`: the window the channel's consumers share, whatever
+    /// their queues (limit 0, unlimited, until a global qos sets one). Every consumer with
+    /// acks counts in it, those started before the qos too, as RabbitMQ's channel limiter.
+    shared_prefetch: Arc<SharedPrefetch>,
     /// Consumers by tag.
     consumers: HashMap<String, ConsumerSlot>,
     /// Per queue, the core holder of the messages basic.get took with an ack to come.
@@ -1219,31 +1223,17 @@ async fn queue_class(
             broker
                 .check_queue_access(session, name)
                 .map_err(|error| error_code::queue(&error, 50, 40))?;
-            let mut count = 0;
-            // RabbitMQ answers delete-ok for a queue that does not exist.
-            let stats = broker
-                .queue_stats(session, name)
-                .await
-                .map_err(|error| error_code::queue(&error, 50, 40))?;
-            if let Some(stats) = stats {
-                if delete.if_unused && stats.consumers > 0 {
-                    return Err(Reply::new(
-                        error_code::PRECONDITION_FAILED,
-                        format!("queue '{name}' in vhost '/' in use"),
-                    ));
-                }
-                if delete.if_empty && stats.ready + stats.unacked > 0 {
-                    return Err(Reply::new(
-                        error_code::PRECONDITION_FAILED,
-                        format!("queue '{name}' in vhost '/' is not empty"),
-                    ));
-                }
-                count = stats.ready;
-                broker
-                    .delete_queue(session, name)
-                    .await
-                    .map_err(|error| error_code::queue(&error, 50, 40))?;
-            }
+            // The conditions are decided in the queue's task (406 "in use", "is not
+            // empty"); RabbitMQ answers delete-ok for a queue that does not exist.
+            let conditions = DeleteConditions {
+                if_unused: delete.if_unused,
+                if_empty: delete.if_empty,
+            };
+            let count = match broker.delete_queue_if(session, name, conditions).await {
+                Ok(count) => count,
+                Err(QueueError::UnknownQueue(_) | QueueError::Gone(_)) => 0,
+                Err(error) => return Err(error_code::queue(&error, 50, 40)),
+            };
             if !delete.nowait {
                 reply(
                     shared,
@@ -1298,7 +1288,12 @@ async fn basic_class(
         }
         basic::AMQPMethod::Qos(qos) => {
             if let Some(open) = shared.state().channels.get_mut(&channel) {
-                open.prefetch = qos.prefetch_count;
+                if qos.global {
+                    open.shared_prefetch
+                        .set_limit(u32::from(qos.prefetch_count));
+                } else {
+                    open.prefetch = qos.prefetch_count;
+                }
             }
             reply(
                 shared,
@@ -1432,7 +1427,7 @@ async fn basic_consume(
         "" => format!("amq.ctag-{}", shared.broker_unique()),
         tag => tag.to_string(),
     };
-    let prefetch = {
+    let (prefetch, shared_prefetch) = {
         let state = shared.state();
         let Some(open) = state.channels.get(&channel) else {
             return Ok(());
@@ -1445,9 +1440,12 @@ async fn basic_consume(
             .on(60, 20));
         }
         if consume.no_ack {
-            0
+            (0, None)
         } else {
-            u32::from(open.prefetch)
+            (
+                u32::from(open.prefetch),
+                Some(Arc::clone(&open.shared_prefetch)),
+            )
         }
     };
     let priority = match consume.arguments.inner().get("x-priority") {
@@ -1461,20 +1459,6 @@ async fn basic_consume(
                 )
             })?,
     };
-    if consume.exclusive {
-        let consumers = shared
-            .broker
-            .queue_stats(&shared.session, &queue)
-            .await
-            .map_err(|error| error_code::queue(&error, 60, 20))?
-            .map_or(0, |stats| stats.consumers);
-        if consumers > 0 {
-            return Err(Reply::new(
-                error_code::ACCESS_REFUSED,
-                format!("queue '{queue}' in vhost '/' in exclusive use"),
-            ));
-        }
-    }
     let (consumer, events) = shared
         .broker
         .subscribe(
@@ -1483,6 +1467,9 @@ async fn basic_consume(
                 queue: queue.to_string(),
                 prefetch,
                 priority,
+                // Decided in the queue's task (403 "in exclusive use").
+                exclusive: consume.exclusive,
+                shared_prefetch,
             },
         )
         .await

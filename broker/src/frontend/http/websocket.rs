@@ -298,6 +298,8 @@ pub async fn queue_socket(
                 queue: queue.clone(),
                 prefetch,
                 priority: 0,
+                exclusive: false,
+                shared_prefetch: None,
             },
         )
         .await?;
