@@ -1097,7 +1097,41 @@ def exclusive_consumer():
     print("ok exclusive_consumer")
 
 
+def connection_buffer_cap(cap):
+    """A connection may make the broker hold at most `cap` body bytes across its channels
+    (open transactions, partly received bodies): past it, connection.close 506
+    RESOURCE_ERROR; within it, transactions commit; nothing uncommitted is stored."""
+    cap = int(cap)
+    part = cap * 2 // 5
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("buffer-cap-q").method.queue
+    ch.queue_purge(q)
+    ch.tx_select()
+    for _ in range(2):
+        ch.basic_publish("", q, b"x" * part)
+    ch.tx_commit()
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    # Two channels' open transactions together pass the cap.
+    other = conn.channel()
+    other.tx_select()
+    for channel in [ch, other]:
+        for _ in range(2):
+            channel.basic_publish("", q, b"y" * (part * 3 // 4))
+    try:
+        ch.tx_commit()
+        raise AssertionError("a connection buffered more than the cap")
+    except pika.exceptions.ConnectionClosedByBroker as error:
+        assert error.reply_code == 506 and "RESOURCE_ERROR" in error.reply_text, error
+    conn = connect()
+    ch = conn.channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    conn.close()
+    print("ok connection_buffer_cap")
+
+
 SCENARIOS = {
+    "connection_buffer_cap": connection_buffer_cap,
     "global_prefetch": global_prefetch,
     "exclusive_consumer": exclusive_consumer,
     "priority_queue": priority_queue,

@@ -251,6 +251,20 @@ fn pika_exclusive_consumers_and_if_unused_deletes_are_refused_as_rabbitmq() {
 }
 
 #[test]
+fn a_connection_buffering_more_than_its_cap_is_closed_with_506() {
+    // Goal: one connection cannot make the broker hold unbounded bodies across channels.
+    // Method: a 1 MiB cap; two transactions within it commit, open transactions on two
+    // channels that pass it together close the connection with 506 and store nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 1024 * 1024;
+    let broker = BrokerProcess::start_with_config(
+        &dir.path().join("data"),
+        &format!("amqp_connection_buffer_bytes_max = {cap}\n"),
+    );
+    pika(&broker, "connection_buffer_cap", &[&cap.to_string()]);
+}
+
+#[test]
 fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
     let (_dir, broker) = broker();
     pika(&broker, "single_active_consumer_and_cancel_notify", &[]);

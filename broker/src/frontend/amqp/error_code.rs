@@ -27,6 +27,8 @@ pub const SYNTAX_ERROR: u16 = 502;
 pub const COMMAND_INVALID: u16 = 503;
 pub const CHANNEL_ERROR: u16 = 504;
 pub const UNEXPECTED_FRAME: u16 = 505;
+/// A connection error: the client made the broker hold more than a limit allows.
+pub const RESOURCE_ERROR: u16 = 506;
 pub const NOT_ALLOWED: u16 = 530;
 pub const NOT_IMPLEMENTED: u16 = 540;
 pub const INTERNAL_ERROR: u16 = 541;
@@ -98,7 +100,7 @@ fn code_name(code: u16) -> &'static str {
         COMMAND_INVALID => "COMMAND_INVALID",
         CHANNEL_ERROR => "CHANNEL_ERROR",
         UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        506 => "RESOURCE_ERROR",
+        RESOURCE_ERROR => "RESOURCE_ERROR",
         NOT_ALLOWED => "NOT_ALLOWED",
         NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
         _ => "INTERNAL_ERROR",

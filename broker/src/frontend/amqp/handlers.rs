@@ -89,6 +89,31 @@ pub(crate) struct Channel {
     unacked: BTreeMap<u64, Held>,
     /// tx.select was received: the publishes and settlements of the open transaction.
     tx: Option<Vec<TxStep>>,
+    /// Body bytes of the publishes in `tx`.
+    tx_bytes: u64,
+}
+
+impl Channel {
+    /// Body bytes this channel has the broker hold: the declared size of a body being
+    /// received and the publishes of its open transaction.
+    fn buffered_bytes(&self) -> u64 {
+        let receiving = self
+            .content
+            .as_ref()
+            .and_then(|content| content.header.as_ref())
+            .map_or(0, |(declared, _)| *declared);
+        receiving.saturating_add(self.tx_bytes)
+    }
+}
+
+impl State {
+    /// Body bytes the connection has the broker hold, over all its channels.
+    fn buffered_bytes(&self) -> u64 {
+        self.channels
+            .values()
+            .map(Channel::buffered_bytes)
+            .fold(0, u64::saturating_add)
+    }
 }
 
 /// What a transaction does at tx.commit, in the order the client sent it.
@@ -708,6 +733,7 @@ async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) ->
                 return Ok(());
             };
             open.tx.as_mut().ok_or_else(not_transactional)?.clear();
+            open.tx_bytes = 0;
             tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
         }
         tx::AMQPMethod::Commit(_) => {
@@ -730,6 +756,11 @@ async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) ->
                         method_id,
                     } => settle(shared, channel, delivery_tag, multiple, how, method_id).await?,
                 }
+            }
+            // The committed publishes are stored: their bodies no longer count (until
+            // then they did, as they were still held).
+            if let Some(open) = shared.state().channels.get_mut(&channel) {
+                open.tx_bytes = 0;
             }
             tx::AMQPMethod::CommitOk(tx::CommitOk {})
         }
@@ -1919,6 +1950,8 @@ async fn content_header(
 ) -> Result<(), Reply> {
     let ready = {
         let mut state = shared.state();
+        // This channel's body is not counted yet: it has no header.
+        let buffered = state.buffered_bytes();
         let Some(open) = state.channels.get_mut(&channel) else {
             return Err(Reply::new(
                 error_code::CHANNEL_ERROR,
@@ -1947,6 +1980,16 @@ async fn content_header(
         if header.body_size > u64::from(shared.body_bytes_max) {
             open.content = None;
             Err(header.body_size)
+        } else if buffered.saturating_add(header.body_size) > shared.buffer_bytes_max {
+            // Counted at the declared size, before a byte of the body is held, so the
+            // connection never makes the broker hold more than the cap.
+            return Err(Reply::new(
+                error_code::RESOURCE_ERROR,
+                format!(
+                    "connection buffers {buffered} body bytes across its channels (partly received messages and open transactions); a body of {} would pass amqp_connection_buffer_bytes_max {}",
+                    header.body_size, shared.buffer_bytes_max
+                ),
+            ));
         } else {
             content.header = Some((header.body_size, header.properties));
             Ok(header.body_size == 0)
@@ -2059,12 +2102,15 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     };
     {
         let mut state = shared.state();
-        if let Some(steps) = state
+        if let Some(open) = state
             .channels
             .get_mut(&channel)
-            .and_then(|open| open.tx.as_mut())
+            .filter(|open| open.tx.is_some())
         {
-            steps.push(TxStep::Publish(query, Box::new(properties)));
+            open.tx_bytes = open.tx_bytes.saturating_add(query.body.len() as u64);
+            if let Some(steps) = open.tx.as_mut() {
+                steps.push(TxStep::Publish(query, Box::new(properties)));
+            }
             return Ok(());
         }
     }
