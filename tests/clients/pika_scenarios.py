@@ -929,7 +929,7 @@ def priority_queue():
     conn = connect()
     ch = conn.channel()
     ch.confirm_delivery()
-    q = ch.queue_declare("prio-q", durable=True, arguments={"x-max-priority": 5}).method.queue
+    q = ch.queue_declare("msg-prio-q", durable=True, arguments={"x-max-priority": 5}).method.queue
     published = [("none", None), ("a3", 3), ("nine", 9), ("b3", 3), ("five", 5), ("one", 1)]
     for body, priority in published:
         ch.basic_publish("", q, body.encode(), pika.BasicProperties(priority=priority))
