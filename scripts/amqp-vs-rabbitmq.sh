@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # refused_arguments: wharf refuses x-queue-type stream (its streams speak Kafka), and
-# x-max-priority, which RabbitMQ serves.
+# x-dead-letter-strategy, which RabbitMQ accepts.
 # delayed_exchange: the delayed-message plugin is not in Debian's package.
 EXPECTED_DIFFERENCES="refused_arguments delayed_exchange"
 SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory_return
@@ -27,6 +27,7 @@ wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_prec
 queue_expires exchange_to_exchange consumer_priorities dead_letter_counts_when_republished
 delayed_exchange transactions
 overflow_reject_publish max_length_bytes single_active_consumer_and_cancel_notify channel_flow
+priority_queue global_prefetch exclusive_consumer
 aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify
 amqplib:roundtrip amqplib:channel_error"
 if [ "$#" -gt 0 ]; then SCENARIOS="$*"; fi

@@ -49,6 +49,7 @@ fn delivery_state(criterion: &mut Criterion) {
                         expires_at_ms: None,
                         delivery_count: 0,
                         bytes: 100,
+                        priority: 0,
                     };
                     black_box(state.enqueue(meta).expect("no limit"));
                     next_id += 1;

@@ -8,6 +8,7 @@
 //! listen = "127.0.0.1:7420"        # or "ssl://0.0.0.0:7421", "sasl_ssl://..."
 //! kafka_listen = "127.0.0.1:9092"  # plaintext | ssl | sasl_plaintext | sasl_ssl, or "off"
 //! amqp_listen = "amqps://0.0.0.0:5671"
+//! amqp_connection_buffer_bytes_max = 134217728  # body bytes one AMQP connection may buffer
 //! http_listen = "https://0.0.0.0:7443"
 //! tls_cert = "/etc/wharf/server.pem"    # PEM certificate chain, leaf first
 //! tls_key = "/etc/wharf/server.key"     # PEM private key (PKCS#8, PKCS#1 or SEC1)
@@ -58,6 +59,11 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
 /// Free space below which publishers are held (RabbitMQ's default `disk_free_limit`).
 pub const DISK_FREE_LIMIT_BYTES_DEFAULT: u64 = 50_000_000;
+/// Default `amqp_connection_buffer_bytes_max`: 128 MiB, room for eight bodies of the
+/// default frame maximum (16 MiB) in flight or in open transactions on one connection,
+/// while bounding what one connection of 2047 channels can make the broker hold (without
+/// it, 2047 partial bodies of 16 MiB each, plus transactions without end).
+pub const AMQP_CONNECTION_BUFFER_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 /// Default data directory.
 pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 /// Largest partition count of one topic: each partition is a directory with open files.
@@ -118,6 +124,11 @@ pub struct BrokerConfig {
     /// Whether the AMQP front end accepts RabbitMQ's default `guest`/`guest` login (from
     /// loopback only, as RabbitMQ does) while no user exists.
     pub amqp_default_guest: bool,
+    /// Most message body bytes one AMQP connection may have the broker hold at once,
+    /// across its channels: bodies being received (counted at their declared size from the
+    /// content header on) and publishes buffered by open transactions. A content header
+    /// that would pass it closes the connection with 506 RESOURCE_ERROR.
+    pub amqp_connection_buffer_bytes_max: u64,
     /// Defaults for every partition log.
     pub log: LogConfig,
     /// `authorization = required`: deny what no ACL allows even while there is no ACL
@@ -196,6 +207,7 @@ impl Default for BrokerConfig {
             authentication_timeout_ms: AUTHENTICATION_TIMEOUT_MS_DEFAULT,
             login_failures_per_minute_max: 10,
             amqp_default_guest: true,
+            amqp_connection_buffer_bytes_max: AMQP_CONNECTION_BUFFER_BYTES_MAX_DEFAULT,
             log: LogConfig::default(),
             authorization_required: false,
             super_users: Vec::new(),
@@ -436,6 +448,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "AMQP accepts guest/guest from loopback while no user exists (RabbitMQ's default user)",
         ),
         key(
+            "amqp_connection_buffer_bytes_max",
+            config.amqp_connection_buffer_bytes_max.to_string(),
+            "most body bytes one AMQP connection may have buffered (partly received messages and open transactions, all channels); past it the connection is closed with 506",
+        ),
+        key(
             "log.segment_bytes_max",
             log.segment_bytes_max.to_string(),
             "a segment rolls at this size, bytes",
@@ -617,6 +634,7 @@ struct FileConfig {
     authentication_timeout_ms: Option<u64>,
     login_failures_per_minute_max: Option<usize>,
     amqp_default_guest: Option<bool>,
+    amqp_connection_buffer_bytes_max: Option<u64>,
     log: Option<FileLogConfig>,
     quotas: Option<FileQuotaConfig>,
 }
@@ -761,6 +779,14 @@ impl BrokerConfig {
         self.amqp_default_guest = file
             .amqp_default_guest
             .unwrap_or(defaults.amqp_default_guest);
+        self.amqp_connection_buffer_bytes_max = match file.amqp_connection_buffer_bytes_max {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "amqp_connection_buffer_bytes_max must be above 0".to_string(),
+                ))
+            }
+            other => other.unwrap_or(defaults.amqp_connection_buffer_bytes_max),
+        };
         if let Some(log) = file.log {
             apply_log(&mut self.log, log)?;
         }

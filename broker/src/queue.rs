@@ -60,11 +60,13 @@ pub mod types;
 
 pub use args::args_from_pairs;
 pub use delay::DELAY_HEADER;
-pub use delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
+pub use delivery::{
+    AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue, SharedPrefetch,
+};
 pub use manager::{QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
 pub use task::GET_BYTES_MAX;
 pub use types::{
-    AckTicket, BindingInfo, ConsumerEvent, Delivered, Durability, GotMessage, Message, Moved,
-    PublishTicket, Published, QueueArgs, QueueError, QueueStats, SessionId, EXCHANGE_HEADER,
-    EXPIRATION_HEADER,
+    AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, DeleteConditions, Delivered,
+    Durability, GotMessage, Message, Moved, Precondition, PublishTicket, Published, QueueArgs,
+    QueueError, QueueStats, SessionId, EXCHANGE_HEADER, EXPIRATION_HEADER,
 };

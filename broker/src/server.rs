@@ -267,7 +267,10 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         (
             Amqp::new(
                 broker.clone(),
-                config.frame_bytes_max,
+                (
+                    config.frame_bytes_max,
+                    config.amqp_connection_buffer_bytes_max,
+                ),
                 auth,
                 config.amqp_default_guest,
             ),

@@ -3,19 +3,23 @@
 //! timeouts. After every step: no consumer holds more than its prefetch, every message is in
 //! exactly one place (ready, unacknowledged, settled, dead-lettered), a settled message is
 //! never delivered again, `redelivered` is set exactly when the message was delivered before,
-//! and each dispatch hands out messages in id order.
+//! and every delivery (and every drop-head of a full queue) takes the model's head: the
+//! oldest ready message of the highest priority, a priority counting as at most the queue's
+//! `max_priority` (none: every message is priority 0, so the head is the oldest).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use wharf_broker::queue::delivery::{
-    AckScope, Action, ConsumerId, DeliveryState, DeliveryTag, MessageId, MessageMeta, QueueLimits,
-    Requeue,
+    AckScope, Action, ConsumerId, DeadLetterReason, DeliveryState, DeliveryTag, MessageId,
+    MessageMeta, QueueLimits, Requeue,
 };
 
 #[derive(Debug, Clone)]
 enum Op {
-    Publish,
+    Publish {
+        priority: u8,
+    },
     AddConsumer {
         consumer: u8,
         prefetch: u8,
@@ -40,7 +44,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => Just(Op::Publish),
+        4 => (0u8..7).prop_map(|priority| Op::Publish { priority }),
         1 => (0u8..4, 0u8..4).prop_map(|(consumer, prefetch)| Op::AddConsumer { consumer, prefetch }),
         1 => (0u8..4).prop_map(|consumer| Op::RemoveConsumer { consumer }),
         3 => Just(Op::Dispatch),
@@ -59,10 +63,28 @@ struct Model {
     settled: BTreeSet<MessageId>,
     dead: BTreeSet<MessageId>,
     delivered_before: BTreeSet<MessageId>,
+    /// Each message's effective priority (capped at the queue's maximum).
+    priority: HashMap<MessageId, u8>,
+}
+
+impl Model {
+    /// The message the queue must hand out next: the oldest ready message of the highest
+    /// priority (ready: published and nowhere else).
+    fn head(&self) -> Option<MessageId> {
+        let elsewhere: BTreeSet<MessageId> = self
+            .outstanding
+            .values()
+            .map(|(_, id)| *id)
+            .chain(self.settled.iter().copied())
+            .chain(self.dead.iter().copied())
+            .collect();
+        (0..self.next_id)
+            .filter(|id| !elsewhere.contains(id))
+            .min_by_key(|id| (std::cmp::Reverse(self.priority[id]), *id))
+    }
 }
 
 fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
-    let mut last_in_dispatch: Option<MessageId> = None;
     for action in actions {
         match *action {
             Action::Deliver(delivery) => {
@@ -76,15 +98,11 @@ fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
                     delivery.redelivered,
                     model.delivered_before.contains(&delivery.message)
                 );
-                if let Some(last) = last_in_dispatch {
-                    prop_assert!(
-                        delivery.message > last,
-                        "out of order: {} after {}",
-                        delivery.message,
-                        last
-                    );
-                }
-                last_in_dispatch = Some(delivery.message);
+                prop_assert_eq!(
+                    Some(delivery.message),
+                    model.head(),
+                    "delivered out of priority-then-id order"
+                );
                 model.delivered_before.insert(delivery.message);
                 model
                     .outstanding
@@ -92,6 +110,14 @@ fn apply(model: &mut Model, actions: &[Action]) -> Result<(), TestCaseError> {
             }
             Action::Settle(id) => {
                 prop_assert!(model.settled.insert(id), "settled twice: {}", id);
+            }
+            Action::DeadLetter(id, DeadLetterReason::MaxLength) => {
+                prop_assert_eq!(
+                    Some(id),
+                    model.head(),
+                    "drop-head dropped another than the head"
+                );
+                prop_assert!(model.dead.insert(id), "dead-lettered twice: {}", id);
             }
             Action::DeadLetter(id, _) => {
                 prop_assert!(model.dead.insert(id), "dead-lettered twice: {}", id);
@@ -130,18 +156,28 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn delivery_invariants_hold(ops in prop::collection::vec(op(), 1..120), delivery_limit in prop::option::of(0u32..3)) {
-        let limits = QueueLimits { delivery_limit, ack_timeout_ms: Some(2000), ..QueueLimits::default() };
+    fn delivery_invariants_hold(
+        ops in prop::collection::vec(op(), 1..120),
+        delivery_limit in prop::option::of(0u32..3),
+        max_priority in prop::option::of(0u8..5),
+        max_length in prop::option::of(1u64..8),
+    ) {
+        let limits = QueueLimits { delivery_limit, ack_timeout_ms: Some(2000), max_priority, max_length, ..QueueLimits::default() };
         let mut state = DeliveryState::new(limits);
         let mut model = Model::default();
         let mut now_ms = 0i64;
         for op in ops {
             match op {
-                Op::Publish => {
+                Op::Publish { priority } => {
                     let id = model.next_id;
                     model.next_id += 1;
-                    let actions = state.enqueue(MessageMeta { id, expires_at_ms: None, delivery_count: 0, bytes: body_bytes(id) }).expect("no length limit");
+                    model.priority.insert(id, priority.min(max_priority.unwrap_or(0)));
+                    let actions = state.enqueue(MessageMeta { id, expires_at_ms: None, delivery_count: 0, bytes: body_bytes(id), priority }).expect("drop-head never refuses");
                     apply(&mut model, &actions)?;
+                    // A publish leaves the queue within its length (requeues may pass it).
+                    if let Some(max_length) = max_length {
+                        prop_assert!(state.ready_count() as u64 <= max_length);
+                    }
                 }
                 Op::AddConsumer { consumer, prefetch } => {
                     let consumer = ConsumerId(u64::from(consumer));

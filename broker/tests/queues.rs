@@ -10,8 +10,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use wharf_broker::queue::exchange::ExchangeKind;
 use wharf_broker::queue::{
-    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, Delivered, Durability,
-    Message, Published, QueueArgs, QueueError, QueueManager, Requeue,
+    args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, ConsumerOptions,
+    DeleteConditions, Delivered, Durability, Message, Precondition, Published, QueueArgs,
+    QueueError, QueueManager, Requeue,
 };
 use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
 use wharf_protocol::batch::Header;
@@ -798,4 +799,127 @@ async fn publishes_waiting_for_their_fsync_are_neither_confirmed_nor_delivered()
         assert!(!publish.is_finished(), "confirmed before its fsync");
     }
     assert!(deliveries.try_recv().is_err(), "delivered before its fsync");
+}
+
+fn exclusive() -> ConsumerOptions {
+    ConsumerOptions {
+        prefetch: 1,
+        exclusive: true,
+        ..ConsumerOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exclusive_subscribes_let_exactly_one_in() {
+    // Goal: the exclusive-consumer rule is decided atomically in the queue's task (a front
+    // end reading the consumer count and then subscribing would let several in). Method:
+    // race eight exclusive subscribes (and then a plain one) on two worker threads, for
+    // many rounds.
+    for round in 0..20 {
+        let name = format!("solo-{round}");
+        let (_dir, manager) =
+            manager_with_queue(&name, QueueArgs::default(), Durability::Transient);
+        let mut racers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (manager, name) = (Arc::clone(&manager), name.clone());
+            racers.spawn(async move { manager.subscribe_for(&name, exclusive(), None).await });
+        }
+        let mut admitted = 0;
+        let mut kept = Vec::new();
+        while let Some(outcome) = racers.join_next().await {
+            match outcome.expect("no panic") {
+                Ok(consumer) => {
+                    admitted += 1;
+                    kept.push(consumer);
+                }
+                Err(QueueError::Precondition {
+                    failed: Precondition::ExclusiveUse,
+                    ..
+                }) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(admitted, 1, "round {round}");
+        // While it lasts, a plain consumer is refused too (RabbitMQ's "in exclusive use").
+        assert!(matches!(
+            manager.subscribe(&name, 1).await,
+            Err(QueueError::Precondition {
+                failed: Precondition::ExclusiveUse,
+                ..
+            })
+        ));
+        let (holder, _) = kept.pop().expect("one admitted");
+        manager
+            .cancel(&name, holder, CancelReason::ClientCancelled)
+            .await;
+        manager.subscribe(&name, 1).await.expect("free again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_if_unused_and_a_subscribe_never_both_succeed() {
+    // Goal: queue.delete if-unused decides in the queue's task, so a consumer cannot
+    // subscribe between the check and the delete. Method: race the two, many rounds; a
+    // delete that succeeded means the subscribe was refused, and the other way round.
+    for round in 0..40 {
+        let name = format!("maybe-{round}");
+        let (_dir, manager) =
+            manager_with_queue(&name, QueueArgs::default(), Durability::Transient);
+        let unused = DeleteConditions {
+            if_unused: true,
+            if_empty: false,
+        };
+        let deleter = {
+            let (manager, name) = (Arc::clone(&manager), name.clone());
+            tokio::spawn(async move { manager.delete_queue_if(&name, unused).await })
+        };
+        let subscriber = {
+            let (manager, name) = (Arc::clone(&manager), name.clone());
+            tokio::spawn(async move { manager.subscribe(&name, 1).await })
+        };
+        let deleted = deleter.await.expect("no panic");
+        let subscribed = subscriber.await.expect("no panic");
+        match (&deleted, &subscribed) {
+            (Ok(_), Err(QueueError::UnknownQueue(_) | QueueError::Gone(_))) => {}
+            (
+                Err(QueueError::Precondition {
+                    failed: Precondition::InUse,
+                    ..
+                }),
+                Ok(_),
+            ) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_if_empty_counts_ready_and_unacknowledged_messages() {
+    let (_dir, manager) = manager_with_queue("full", QueueArgs::default(), Durability::Durable);
+    let empty = DeleteConditions {
+        if_unused: false,
+        if_empty: true,
+    };
+    manager.publish("", message("full", "m")).await.unwrap();
+    let (consumer, mut deliveries) = manager.subscribe("full", 1).await.unwrap();
+    let delivered = next(&mut deliveries).await;
+    // Unacknowledged: still not empty.
+    assert!(matches!(
+        manager.delete_queue_if("full", empty).await,
+        Err(QueueError::Precondition {
+            failed: Precondition::NotEmpty,
+            ..
+        })
+    ));
+    manager
+        .ack("full", consumer, delivered.tag, AckScope::Single)
+        .await
+        .unwrap();
+    assert_eq!(manager.delete_queue_if("full", empty).await.unwrap(), 0);
+    assert!(matches!(
+        manager
+            .delete_queue_if("full", DeleteConditions::default())
+            .await,
+        Err(QueueError::UnknownQueue(_))
+    ));
 }

@@ -460,7 +460,7 @@ def refused_arguments():
     conn = connect()
     for arguments, text in [
         ({"x-queue-type": "stream"}, "stream"),
-        ({"x-max-priority": 5}, "x-max-priority"),
+        ({"x-dead-letter-strategy": "at-least-once"}, "x-dead-letter-strategy"),
     ]:
         ch = conn.channel()
         try:
@@ -943,8 +943,222 @@ def metrics_traffic(count):
     print("ok metrics_traffic")
 
 
+def priority_queue():
+    """x-max-priority as RabbitMQ's classic queues: higher priorities first, FIFO within one,
+    no priority is 0, above the max counts as the max; a requeued message keeps its place;
+    drop-head drops the head (the highest priority's oldest), even the newcomer; an
+    x-max-priority above 255 is refused."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("msg-prio-q", durable=True, arguments={"x-max-priority": 5}).method.queue
+    published = [("none", None), ("a3", 3), ("nine", 9), ("b3", 3), ("five", 5), ("one", 1)]
+    for body, priority in published:
+        ch.basic_publish("", q, body.encode(), pika.BasicProperties(priority=priority))
+    assert ch.queue_declare(q, passive=True).method.message_count == 6
+    # The head, got and requeued, comes back first and redelivered.
+    method, properties, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"nine" and properties.priority == 9, (body, properties)
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = ch.basic_get(q, auto_ack=False)
+    assert body == b"nine" and method.redelivered, (body, method)
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    ch.basic_qos(prefetch_count=1)
+    got = []
+    for method, properties, body in ch.consume(q, inactivity_timeout=5):
+        assert method is not None, "timed out after %r" % got
+        got.append((body.decode(), properties.priority))
+        ch.basic_ack(method.delivery_tag)
+        if len(got) == 6:
+            break
+    ch.cancel()
+    expected = [("nine", 9), ("five", 5), ("a3", 3), ("b3", 3), ("one", 1), ("none", None)]
+    assert got == expected, got
+
+    ch.exchange_declare("prio-dlx", "fanout")
+    dead = ch.queue_declare("prio-dead").method.queue
+    ch.queue_bind(dead, "prio-dlx")
+    arguments = {"x-max-priority": 9, "x-max-length": 2, "x-dead-letter-exchange": "prio-dlx"}
+    full = ch.queue_declare("prio-full", arguments=arguments).method.queue
+    for body, priority in [("low-a", 1), ("high", 5), ("low-b", 1), ("top", 7)]:
+        ch.basic_publish("", full, body.encode(), pika.BasicProperties(priority=priority))
+    left = [body for _, _, body in drain(ch, full, 2)]
+    assert left == [b"low-a", b"low-b"], left
+    died = []
+    deadline = time.time() + 5
+    while len(died) < 2 and time.time() < deadline:
+        method, properties, body = ch.basic_get(dead, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+        else:
+            died.append(body)
+            assert death_of(properties)["reason"] == "maxlen", properties
+    assert died == [b"high", b"top"], died
+
+    try:
+        ch.queue_declare("prio-too-high", arguments={"x-max-priority": 256})
+        raise AssertionError("x-max-priority 256 accepted")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+    conn.close()
+    print("ok priority_queue")
+
+
+def priority_order(queue, mode, *bodies):
+    """`declare`: declares a durable queue with x-max-priority 9 and, if bodies are given,
+    publishes each `BODY:PRIORITY` (`-` for none). `check`: consumes len(bodies) messages and
+    asserts they come in the order given (a restart or another protocol in between)."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare(queue, durable=True, arguments={"x-max-priority": 9})
+    if mode == "declare":
+        for item in bodies:
+            body, priority = item.split(":")
+            priority = None if priority == "-" else int(priority)
+            ch.basic_publish("", queue, body.encode(), pika.BasicProperties(priority=priority))
+    else:
+        got = [body.decode() for _, _, body in drain(ch, queue, len(bodies))]
+        assert got == list(bodies), got
+    conn.close()
+    print("ok priority_order", mode)
+
+
+def wait_for(conn, condition, timeout=5.0):
+    """Processes events until `condition()` holds (or the timeout), then half a second more
+    so that a delivery beyond a limit would show."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    conn.process_data_events(time_limit=0.5)
+
+
+def global_prefetch():
+    """basic.qos with global=true: one window for the channel's consumers together (RabbitMQ
+    3.x), whatever their queues; with a per-consumer prefetch too, both apply."""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queues = ["global-a", "global-b", "global-c", "global-d"]
+    for q in queues:
+        ch.queue_declare(q)
+        ch.queue_purge(q)
+        for i in range(10):
+            ch.basic_publish("", q, b"m%d" % i)
+    held = {}
+
+    def on_message(channel, method, properties, body):
+        held.setdefault(method.consumer_tag, []).append(method.delivery_tag)
+
+    def total():
+        return sum(len(tags) for tags in held.values())
+
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    for q in queues[:2]:
+        ch.basic_consume(q, on_message, auto_ack=False, consumer_tag="global-" + q)
+    wait_for(conn, lambda: total() >= 3)
+    assert total() == 3, held
+    # Acking one frees one slot of the channel's window, for either consumer.
+    first_tag = next(iter(held.values()))[0]
+    ch.basic_ack(first_tag)
+    wait_for(conn, lambda: total() >= 4)
+    assert total() == 4, held
+    conn.close()
+
+    conn = connect()
+    ch = conn.channel()
+    held.clear()
+    ch.basic_qos(prefetch_count=2)
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    for q in queues[2:]:
+        ch.basic_consume(q, on_message, auto_ack=False, consumer_tag="both-" + q)
+    wait_for(conn, lambda: total() >= 3)
+    counts = sorted(len(tags) for tags in held.values())
+    assert counts == [1, 2], held
+    for tags in held.values():
+        ch.basic_ack(tags[-1], multiple=True)
+    wait_for(conn, lambda: total() >= 6)
+    assert total() == 6, held
+    assert all(len(tags) <= 4 for tags in held.values()), held
+    conn.close()
+    print("ok global_prefetch")
+
+
+def exclusive_consumer():
+    """basic.consume exclusive: refused (403) on a queue with consumers, and while it lasts
+    every other consume is refused (403); queue.delete if-unused with a consumer is 406."""
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("excl-consumer-q").method.queue
+    tag = ch.basic_consume(q, lambda *args: None, exclusive=True)
+    for exclusive in [False, True]:
+        other = conn.channel()
+        try:
+            other.basic_consume(q, lambda *args: None, exclusive=exclusive)
+            raise AssertionError("a second consumer of an exclusive one's queue")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            assert error.reply_code == 403 and "in exclusive use" in error.reply_text, error
+    other = conn.channel()
+    try:
+        other.queue_delete(q, if_unused=True)
+        raise AssertionError("if-unused delete of a queue with a consumer")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406 and "in use" in error.reply_text, error
+    ch.basic_cancel(tag)
+    ch.basic_consume(q, lambda *args: None)
+    other = conn.channel()
+    try:
+        other.basic_consume(q, lambda *args: None, exclusive=True)
+        raise AssertionError("an exclusive consumer of a queue with consumers")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 403 and "in exclusive use" in error.reply_text, error
+    ch.close()
+    other = conn.channel()
+    other.queue_delete(q, if_unused=True)
+    conn.close()
+    print("ok exclusive_consumer")
+
+
+def connection_buffer_cap(cap):
+    """A connection may make the broker hold at most `cap` body bytes across its channels
+    (open transactions, partly received bodies): past it, connection.close 506
+    RESOURCE_ERROR; within it, transactions commit; nothing uncommitted is stored."""
+    cap = int(cap)
+    part = cap * 2 // 5
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("buffer-cap-q").method.queue
+    ch.queue_purge(q)
+    ch.tx_select()
+    for _ in range(2):
+        ch.basic_publish("", q, b"x" * part)
+    ch.tx_commit()
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    # Two channels' open transactions together pass the cap.
+    other = conn.channel()
+    other.tx_select()
+    for channel in [ch, other]:
+        for _ in range(2):
+            channel.basic_publish("", q, b"y" * (part * 3 // 4))
+    try:
+        ch.tx_commit()
+        raise AssertionError("a connection buffered more than the cap")
+    except pika.exceptions.ConnectionClosedByBroker as error:
+        assert error.reply_code == 506 and "RESOURCE_ERROR" in error.reply_text, error
+    conn = connect()
+    ch = conn.channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    conn.close()
+    print("ok connection_buffer_cap")
+
+
 SCENARIOS = {
     "metrics_traffic": metrics_traffic,
+    "connection_buffer_cap": connection_buffer_cap,
+    "global_prefetch": global_prefetch,
+    "exclusive_consumer": exclusive_consumer,
+    "priority_queue": priority_queue,
+    "priority_order": priority_order,
     "delayed_exchange": delayed_exchange,
     "transactions": transactions,
     "overflow_reject_publish": overflow_reject_publish,

@@ -194,6 +194,77 @@ fn pika_x_max_length_bytes_drops_the_head_or_nacks_by_body_bytes() {
 }
 
 #[test]
+fn pika_priority_queue_orders_by_priority_requeues_in_place_and_drops_the_head() {
+    let (_dir, broker) = broker();
+    pika(&broker, "priority_queue", &[]);
+}
+
+#[test]
+fn priority_order_survives_a_restart_and_native_publishers_set_it_with_a_header() {
+    // Goal: the priority order is the queue's, whoever publishes and across a restart.
+    // Method: pika publishes with priorities, `wharf publish` adds messages with a
+    // `priority` header (one above 255, one not a number), the broker is SIGKILLed and
+    // restarted, and pika consumes them in priority order.
+    let (_dir, mut broker) = broker();
+    let queue = "prio-order";
+    pika(
+        &broker,
+        "priority_order",
+        &[queue, "declare", "p0:-", "p4:4", "p9:9", "p4b:4"],
+    );
+    for (body, priority) in [("n7", "7"), ("n300", "300"), ("nbad", "high")] {
+        wharf_ok(
+            &broker.address(),
+            &[
+                "publish",
+                "",
+                queue,
+                "--confirm",
+                "--header",
+                &format!("priority={priority}"),
+            ],
+            &format!("{body}\n"),
+        );
+    }
+    broker.kill();
+    broker.restart();
+    // 300 counts as 255, then as the queue's max of 9, after p9 (published earlier).
+    pika(
+        &broker,
+        "priority_order",
+        &[
+            queue, "check", "p9", "n300", "n7", "p4", "p4b", "p0", "nbad",
+        ],
+    );
+}
+
+#[test]
+fn pika_global_qos_is_one_window_for_the_channels_consumers_across_queues() {
+    let (_dir, broker) = broker();
+    pika(&broker, "global_prefetch", &[]);
+}
+
+#[test]
+fn pika_exclusive_consumers_and_if_unused_deletes_are_refused_as_rabbitmq() {
+    let (_dir, broker) = broker();
+    pika(&broker, "exclusive_consumer", &[]);
+}
+
+#[test]
+fn a_connection_buffering_more_than_its_cap_is_closed_with_506() {
+    // Goal: one connection cannot make the broker hold unbounded bodies across channels.
+    // Method: a 1 MiB cap; two transactions within it commit, open transactions on two
+    // channels that pass it together close the connection with 506 and store nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 1024 * 1024;
+    let broker = BrokerProcess::start_with_config(
+        &dir.path().join("data"),
+        &format!("amqp_connection_buffer_bytes_max = {cap}\n"),
+    );
+    pika(&broker, "connection_buffer_cap", &[&cap.to_string()]);
+}
+
+#[test]
 fn pika_single_active_consumer_and_cancel_notification_on_queue_delete() {
     let (_dir, broker) = broker();
     pika(&broker, "single_active_consumer_and_cancel_notify", &[]);

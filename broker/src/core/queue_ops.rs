@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -17,9 +18,10 @@ use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
-    args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, DeliveryTag,
-    Durability, GetMode, GotMessage, Message, Moved, PublishTicket, Published, QueueError,
-    QueueStats, Requeue, EXCHANGE_HEADER, GET_BYTES_MAX,
+    args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId,
+    ConsumerOptions, DeleteConditions, DeliveryTag, Durability, GetMode, GotMessage, Message,
+    Moved, PublishTicket, Published, QueueError, QueueStats, Requeue, SharedPrefetch,
+    EXCHANGE_HEADER, GET_BYTES_MAX,
 };
 
 /// A publish.
@@ -66,6 +68,12 @@ pub struct SubscribeQuery {
     pub prefetch: u32,
     /// Consumers of a higher priority with room get messages first (0: the default).
     pub priority: i32,
+    /// The queue's only consumer (refused with [`crate::queue::Precondition::ExclusiveUse`] if it has
+    /// consumers; later subscribes are refused the same way), decided in the queue's task.
+    pub exclusive: bool,
+    /// A window shared with other consumers, besides `prefetch` (AMQP's basic.qos
+    /// `global`: the channel's consumers together).
+    pub shared_prefetch: Option<Arc<SharedPrefetch>>,
 }
 
 /// An ack, nack or reject of deliveries.
@@ -317,6 +325,23 @@ impl Broker {
         self.queues.delete_queue(name).await
     }
 
+    /// Deletes a queue if `conditions` hold, decided in the queue's task at one point in
+    /// its order of operations (no consumer or message can slip in between the check and
+    /// the delete); answers how many ready messages it deleted. Needs `Delete` on the
+    /// queue.
+    ///
+    /// # Errors
+    /// `Precondition` (`InUse`, `NotEmpty`) when a condition fails; unknown queue; storage.
+    pub async fn delete_queue_if(
+        &self,
+        caller: &Session,
+        name: &str,
+        conditions: DeleteConditions,
+    ) -> Result<u64, QueueError> {
+        self.check_queue(caller, Operation::Delete, name)?;
+        self.queues.delete_queue_if(name, conditions).await
+    }
+
     /// Drops a queue's ready messages; returns how many. Needs `Delete` on the queue.
     ///
     /// # Errors
@@ -558,8 +583,12 @@ impl Broker {
             .queues
             .subscribe_for(
                 &query.queue,
-                query.prefetch,
-                query.priority,
+                ConsumerOptions {
+                    prefetch: query.prefetch,
+                    priority: query.priority,
+                    exclusive: query.exclusive,
+                    shared_prefetch: query.shared_prefetch,
+                },
                 Some(session.id()),
             )
             .await?;

@@ -72,6 +72,9 @@ pub struct Amqp {
     /// Largest message body accepted (the native frame limit, so a message published here
     /// can be delivered through every front end).
     body_bytes_max: u32,
+    /// Most body bytes one connection may have buffered across its channels (bodies being
+    /// received, publishes of open transactions): `amqp_connection_buffer_bytes_max`.
+    buffer_bytes_max: u64,
     /// How long a connection may take to log in (AMQP always needs a login, so the timeout
     /// applies whatever the authentication setting).
     auth: AuthPolicy,
@@ -81,18 +84,20 @@ pub struct Amqp {
 }
 
 impl Amqp {
-    /// The front end over `broker`; bodies above `body_bytes_max` are refused; `auth` gives
+    /// The front end over `broker`; bodies above `body_bytes_max` are refused, and a
+    /// connection buffering more than `buffer_bytes_max` body bytes is closed; `auth` gives
     /// the login timeout; `default_guest` keeps RabbitMQ's default login (`guest`/`guest`
     /// from loopback while no user exists).
     pub fn new(
         broker: Arc<Broker>,
-        body_bytes_max: u32,
+        (body_bytes_max, buffer_bytes_max): (u32, u64),
         auth: AuthPolicy,
         default_guest: bool,
     ) -> Amqp {
         Amqp {
             broker,
             body_bytes_max,
+            buffer_bytes_max,
             auth: AuthPolicy {
                 mode: Authentication::Required,
                 timeout: auth.timeout,
@@ -147,6 +152,7 @@ pub(crate) struct Shared {
     pub(crate) session: Arc<Session>,
     pub(crate) peer: SocketAddr,
     pub(crate) body_bytes_max: u32,
+    pub(crate) buffer_bytes_max: u64,
     pub(crate) default_guest: DefaultGuest,
     /// Into the sequencer (replies, confirms).
     out: mpsc::Sender<Output>,
@@ -285,6 +291,7 @@ impl Protocol for Amqp {
                 session: Arc::new(Session::at(peer)),
                 peer,
                 body_bytes_max: self.body_bytes_max,
+                buffer_bytes_max: self.buffer_bytes_max,
                 default_guest: self.default_guest,
                 out,
                 push,

@@ -7,7 +7,7 @@
 
 use crate::queue::definitions::StoredArg;
 use crate::queue::delivery::Overflow;
-use crate::queue::types::{QueueArgs, QueueError};
+use crate::queue::types::{QueueArgs, QueueError, PRIORITY_MAX};
 
 /// The arguments as stored pairs, for the definitions file.
 pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
@@ -56,6 +56,9 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
     }
     if let Some(expires) = args.expires_ms {
         push("expires-ms", expires.to_string());
+    }
+    if let Some(max_priority) = args.max_priority {
+        push("max-priority", max_priority.to_string());
     }
     pairs
 }
@@ -112,6 +115,14 @@ pub fn args_from_pairs<'a>(
                 }
                 expires => args.expires_ms = Some(expires),
             },
+            "max-priority" => match u8::try_from(number()?) {
+                Ok(max_priority) => args.max_priority = Some(max_priority),
+                Err(_) => {
+                    return Err(QueueError::Invalid(format!(
+                        "queue argument max-priority={value} is above the maximum {PRIORITY_MAX}"
+                    )))
+                }
+            },
             other => {
                 return Err(QueueError::Invalid(format!(
                     "unknown queue argument {other:?}"
@@ -151,6 +162,7 @@ mod tests {
             exclusive: false,
             auto_delete: true,
             expires_ms: Some(60_000),
+            max_priority: Some(10),
         };
         assert_eq!(round_trip(&every_field), every_field);
         assert_eq!(round_trip(&QueueArgs::default()), QueueArgs::default());
@@ -166,5 +178,15 @@ mod tests {
             args_from_pairs([("max-length", "-1")]),
             Err(QueueError::Invalid(_))
         ));
+        assert!(matches!(
+            args_from_pairs([("max-priority", "256")]),
+            Err(QueueError::Invalid(_))
+        ));
+        assert_eq!(
+            args_from_pairs([("max-priority", "255")])
+                .unwrap()
+                .max_priority,
+            Some(255)
+        );
     }
 }

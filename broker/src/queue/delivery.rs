@@ -10,15 +10,22 @@
 //! Rules:
 //! - Messages are delivered in id order (ids are log offsets); a message that returns to the
 //!   queue goes back to its original position and is delivered with `redelivered = true`.
-//! - A consumer never holds more unacknowledged deliveries than its prefetch (0: unlimited).
+//! - With a `max_priority` (RabbitMQ's `x-max-priority`) the order is priority first
+//!   (highest first, a priority above the maximum counting as the maximum), then id: the
+//!   ready set is keyed by both, so every rule below that speaks of "the head" or "the
+//!   oldest" means the oldest message of the highest priority, as in RabbitMQ's priority
+//!   queues (TTL expiry and drop-head act on that head).
+//! - A consumer never holds more unacknowledged deliveries than its prefetch (0: unlimited),
+//!   and consumers sharing a [`SharedPrefetch`] (AMQP's basic.qos with `global`: one
+//!   channel's consumers, of any queues) never hold more together than its limit.
 //! - Ready messages go round-robin to consumers with room; with single-active-consumer only
 //!   the oldest consumer receives.
 //! - Acking or nacking an unknown (or already settled) delivery tag is an error, not a no-op.
 //! - A message returned to the queue more than `delivery_limit` times is dead-lettered
 //!   instead (poison message).
 //! - A message whose TTL passed is dead-lettered when it reaches the head of the queue.
-//! - Past `max_length` ready messages, `DropHead` dead-letters the oldest ready message and
-//!   `RejectPublish` refuses the new one.
+//! - Past `max_length` ready messages, `DropHead` dead-letters the head (after the new
+//!   message joined) and `RejectPublish` refuses the new one.
 //! - A get (no consumer) takes ready messages from the head: with [`GetMode::Requeue`] they
 //!   stay at their places with one more delivery counted (as a delivery and a nack with
 //!   requeue), with [`GetMode::Ack`] they leave the queue, with [`GetMode::Hold`] they are
@@ -29,6 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// A message's id: its offset in the queue's log.
 pub type MessageId = i64;
@@ -105,6 +114,10 @@ pub struct QueueLimits {
     /// A delivery unacknowledged for longer returns to the queue and its consumer is
     /// cancelled.
     pub ack_timeout_ms: Option<u64>,
+    /// The highest message priority the queue orders by (RabbitMQ's `x-max-priority`):
+    /// higher priorities are delivered first, FIFO within one; a message above it counts
+    /// as this priority. None: every message counts as priority 0 (a plain FIFO queue).
+    pub max_priority: Option<u8>,
 }
 
 /// Why a message was dead-lettered (recorded in its headers).
@@ -174,13 +187,35 @@ pub struct MessageMeta {
     pub delivery_count: u32,
     /// Its body's size in bytes (what `max-length-bytes` counts, as RabbitMQ does).
     pub bytes: u32,
+    /// Its priority as published (0 without one); [`DeliveryState::enqueue`] caps it at the
+    /// queue's `max_priority` (0 in a queue without priorities).
+    pub priority: u8,
 }
 
-/// The ready messages in id order, with the sum of their body sizes kept as they come and
-/// go (for `max-length-bytes`).
+/// Where a ready message sits: higher priorities first, then id order (FIFO within a
+/// priority). In a queue without priorities every message has priority 0, so this is id
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct ReadyKey {
+    /// `u8::MAX - priority`, so that the highest priority sorts first.
+    rank: u8,
+    id: MessageId,
+}
+
+impl ReadyKey {
+    fn of(meta: &MessageMeta) -> ReadyKey {
+        ReadyKey {
+            rank: u8::MAX - meta.priority,
+            id: meta.id,
+        }
+    }
+}
+
+/// The ready messages in delivery order (priority, then id), with the sum of their body
+/// sizes kept as they come and go (for `max-length-bytes`).
 #[derive(Debug, Clone, Default)]
 struct Ready {
-    messages: BTreeMap<MessageId, MessageMeta>,
+    messages: BTreeMap<ReadyKey, MessageMeta>,
     bytes: u64,
 }
 
@@ -190,14 +225,14 @@ impl Ready {
     }
 
     fn insert(&mut self, meta: MessageMeta) {
-        if let Some(replaced) = self.messages.insert(meta.id, meta) {
+        if let Some(replaced) = self.messages.insert(ReadyKey::of(&meta), meta) {
             self.bytes -= u64::from(replaced.bytes);
         }
         self.bytes += u64::from(meta.bytes);
     }
 
-    fn remove(&mut self, id: MessageId) -> Option<MessageMeta> {
-        let removed = self.messages.remove(&id)?;
+    fn remove(&mut self, meta: &MessageMeta) -> Option<MessageMeta> {
+        let removed = self.messages.remove(&ReadyKey::of(meta))?;
         self.bytes -= u64::from(removed.bytes);
         Some(removed)
     }
@@ -208,18 +243,19 @@ impl Ready {
         Some(removed)
     }
 
+    /// The head: the oldest message of the highest priority.
     fn first(&self) -> Option<MessageMeta> {
         self.messages.first_key_value().map(|(_, meta)| *meta)
     }
 
-    /// The oldest message after `after` (none: the oldest of all).
-    fn first_after(&self, after: Option<MessageId>) -> Option<MessageMeta> {
+    /// The next message in delivery order after `after` (none: the head).
+    fn first_after(&self, after: Option<&MessageMeta>) -> Option<MessageMeta> {
         match after {
             None => self.first(),
             Some(previous) => self
                 .messages
                 .range((
-                    std::ops::Bound::Excluded(previous),
+                    std::ops::Bound::Excluded(ReadyKey::of(previous)),
                     std::ops::Bound::Unbounded,
                 ))
                 .next()
@@ -227,13 +263,56 @@ impl Ready {
         }
     }
 
-    fn last_id(&self) -> Option<MessageId> {
-        self.messages.last_key_value().map(|(&id, _)| id)
+    /// The first message of each priority present, highest priority first: at most 256
+    /// lookups, however many messages are ready.
+    fn heads_by_priority(&self) -> impl Iterator<Item = MessageMeta> + '_ {
+        let mut from = Some(0u8);
+        std::iter::from_fn(move || {
+            let rank = from?;
+            let (key, meta) = self
+                .messages
+                .range(
+                    ReadyKey {
+                        rank,
+                        id: MessageId::MIN,
+                    }..,
+                )
+                .next()?;
+            from = key.rank.checked_add(1);
+            Some(*meta)
+        })
     }
 
+    /// The newest message's id, whatever its priority.
+    fn last_id(&self) -> Option<MessageId> {
+        self.heads_by_priority()
+            .filter_map(|head| {
+                let last_of_priority = ReadyKey {
+                    rank: u8::MAX - head.priority,
+                    id: MessageId::MAX,
+                };
+                self.messages
+                    .range(..=last_of_priority)
+                    .next_back()
+                    .map(|(key, _)| key.id)
+            })
+            .max()
+    }
+
+    /// The first message in delivery order whose id is at most `up_to` (a move's bound).
+    fn first_up_to(&self, up_to: MessageId) -> Option<MessageMeta> {
+        self.heads_by_priority().find(|head| head.id <= up_to)
+    }
+
+    /// Every ready message, in id order.
     fn take_all(&mut self) -> Vec<MessageId> {
         self.bytes = 0;
-        std::mem::take(&mut self.messages).into_keys().collect()
+        let mut ids: Vec<MessageId> = std::mem::take(&mut self.messages)
+            .into_values()
+            .map(|meta| meta.id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
@@ -307,9 +386,72 @@ impl std::fmt::Display for DeliveryError {
 
 impl std::error::Error for DeliveryError {}
 
+/// A prefetch window shared by several consumers, whatever their queues: AMQP's basic.qos
+/// with `global=true`, the channel's limit across its consumers (RabbitMQ 3.x).
+///
+/// Each queue task takes a slot for every delivery to a consumer that shares the window
+/// and gives it back when the delivery is settled or returns to its queue. The queues run
+/// on different tasks, so the count is atomic and a slot is taken with a compare-and-swap:
+/// the limit is never passed, even by two queues delivering at once.
+#[derive(Debug, Default)]
+pub struct SharedPrefetch {
+    /// Most deliveries held together (0: unlimited).
+    limit: AtomicU32,
+    /// Deliveries held now by the consumers that share it.
+    held: AtomicU32,
+}
+
+impl SharedPrefetch {
+    /// Sets the limit (0: unlimited). Deliveries already held above a lowered limit stay;
+    /// no more are made until the count is below it.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// Deliveries held now.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        limit == 0 || self.held() < limit
+    }
+
+    /// Takes a slot if one is free.
+    fn try_take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let limit = self.limit.load(Ordering::Acquire);
+                (limit == 0 || held < limit).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(count))
+            });
+    }
+}
+
+/// Two handles are equal when they are the same window.
+impl PartialEq for SharedPrefetch {
+    fn eq(&self, other: &SharedPrefetch) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for SharedPrefetch {}
+
 #[derive(Debug, Clone)]
 struct Consumer {
     prefetch: u32,
+    /// The window it shares with other consumers, if any.
+    shared: Option<Arc<SharedPrefetch>>,
     tags: BTreeSet<DeliveryTag>,
     /// Never dispatched to: a holder of messages taken with [`GetMode::Hold`], or a
     /// stopped consumer that still holds its deliveries.
@@ -400,31 +542,40 @@ impl DeliveryState {
     /// # Errors
     /// `QueueFull` with `Overflow::RejectPublish` when the queue is at `max_length`.
     pub fn enqueue(&mut self, meta: MessageMeta) -> Result<Vec<Action>, DeliveryError> {
-        let mut actions = Vec::new();
+        let meta = MessageMeta {
+            priority: meta.priority.min(self.limits.max_priority.unwrap_or(0)),
+            ..meta
+        };
         if let Some(limit) = self.overflowed_by(u64::from(meta.bytes)) {
-            match self.limits.overflow {
-                Overflow::RejectPublish | Overflow::RejectPublishDlx => {
-                    return Err(DeliveryError::QueueFull { limit })
-                }
-                Overflow::DropHead => {
-                    // Make room: dead-letter the oldest ready messages.
-                    while self.overflowed_by(u64::from(meta.bytes)).is_some() {
-                        let Some(oldest) = self.ready.pop_first() else {
-                            break;
-                        };
-                        actions.push(Action::DeadLetter(oldest.id, DeadLetterReason::MaxLength));
-                    }
-                }
+            if self.limits.overflow != Overflow::DropHead {
+                return Err(DeliveryError::QueueFull { limit });
             }
         }
-        if self.overflowed_by(u64::from(meta.bytes)).is_some() {
-            // Larger than the queue may ever hold (or a length limit of 0): the message
-            // itself goes, as RabbitMQ drops it.
-            actions.push(Action::DeadLetter(meta.id, DeadLetterReason::MaxLength));
-            return Ok(actions);
-        }
+        // Drop-head as RabbitMQ does it: the message joins the queue, then heads are
+        // dead-lettered while the queue is over its limit. The head is the oldest message
+        // of the highest priority, so in a priority queue a newcomer of the highest
+        // priority can be the one that goes (RabbitMQ's documented behaviour), and a
+        // message larger than the limit goes itself, after everything older.
         self.ready.insert(meta);
+        let mut actions = Vec::new();
+        while self.over_limit() {
+            let Some(head) = self.ready.pop_first() else {
+                break;
+            };
+            actions.push(Action::DeadLetter(head.id, DeadLetterReason::MaxLength));
+        }
         Ok(actions)
+    }
+
+    /// True if the ready messages are past `max-length` or `max-length-bytes`.
+    fn over_limit(&self) -> bool {
+        self.limits
+            .max_length
+            .is_some_and(|max_length| self.ready.len() as u64 > max_length)
+            || self
+                .limits
+                .max_length_bytes
+                .is_some_and(|max_bytes| self.ready.bytes > max_bytes)
     }
 
     /// The limit (`max-length` or `max-length-bytes`) one more ready message of `bytes`
@@ -462,10 +613,23 @@ impl DeliveryState {
         prefetch: u32,
         priority: i32,
     ) {
+        self.add_consumer_sharing(consumer, prefetch, priority, None);
+    }
+
+    /// Subscribes a consumer as [`add_consumer_with_priority`](Self::add_consumer_with_priority)
+    /// does, which also counts its deliveries in a window it shares with other consumers.
+    pub fn add_consumer_sharing(
+        &mut self,
+        consumer: ConsumerId,
+        prefetch: u32,
+        priority: i32,
+        shared: Option<Arc<SharedPrefetch>>,
+    ) {
         self.consumers.insert(
             consumer,
             Consumer {
                 prefetch,
+                shared,
                 tags: BTreeSet::new(),
                 gets_only: false,
                 stopped: false,
@@ -500,6 +664,9 @@ impl DeliveryState {
         };
         if self.last_consumer == Some(consumer) {
             self.last_consumer = None;
+        }
+        if let Some(shared) = &state.shared {
+            shared.give_back(state.tags.len());
         }
         let mut actions = Vec::new();
         for tag in state.tags {
@@ -567,7 +734,11 @@ impl DeliveryState {
 
     fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
         if let Some(state) = self.consumers.get_mut(&consumer) {
-            state.tags.remove(&tag);
+            if state.tags.remove(&tag) {
+                if let Some(shared) = &state.shared {
+                    shared.give_back(1);
+                }
+            }
             if state.stopped && state.tags.is_empty() {
                 self.consumers.remove(&consumer);
             }
@@ -629,14 +800,23 @@ impl DeliveryState {
         while let Some(meta) = self.ready.first() {
             let id = meta.id;
             if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-                self.ready.remove(id);
+                self.ready.remove(&meta);
                 actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
                 continue;
             }
             let Some(consumer) = self.next_consumer_with_room() else {
                 break;
             };
-            self.ready.remove(id);
+            let shared = self
+                .consumers
+                .get(&consumer)
+                .and_then(|state| state.shared.as_ref());
+            if shared.is_some_and(|shared| !shared.try_take()) {
+                // Another queue took the window's last slot since `has_room` looked; the
+                // next dispatch (at the latest the queue's next tick) tries again.
+                break;
+            }
+            self.ready.remove(&meta);
             let tag = self.next_tag;
             self.next_tag = DeliveryTag(tag.0 + 1);
             let delivered = MessageMeta {
@@ -668,7 +848,9 @@ impl DeliveryState {
 
     fn has_room(&self, consumer: ConsumerId) -> bool {
         self.consumers.get(&consumer).is_some_and(|state| {
-            !state.gets_only && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+            !state.gets_only
+                && (state.prefetch == 0 || (state.tags.len() as u32) < state.prefetch)
+                && state.shared.as_ref().is_none_or(|shared| shared.has_room())
         })
     }
 
@@ -714,6 +896,18 @@ impl DeliveryState {
         actions
     }
 
+    /// Gives back the shared-window slots of every delivery still held: the queue is
+    /// deleted or the broker stops, so those deliveries will never be settled here.
+    pub fn close(&mut self) {
+        for state in self.consumers.values() {
+            if let Some(shared) = &state.shared {
+                shared.give_back(state.tags.len());
+            }
+        }
+        self.consumers.clear();
+        self.unacked.clear();
+    }
+
     /// Removes every ready message (unacknowledged ones stay with their consumers).
     pub fn purge(&mut self) -> Vec<MessageId> {
         self.ready.take_all()
@@ -732,23 +926,23 @@ impl DeliveryState {
         let mut actions = Vec::new();
         let mut after = None;
         while got.len() < count {
-            let (next, more) = self.get_after(after, now_ms, mode);
+            let (next, more) = self.get_after(after.as_ref(), now_ms, mode);
             actions.extend(more);
             let Some(next) = next else {
                 break;
             };
-            after = Some(next.message);
+            after = Some(next.before);
             got.push(next);
         }
         (got, actions)
     }
 
-    /// One step of [`get`](Self::get): the oldest ready message after `after` (none: from
-    /// the head), so a caller can stop between messages (a byte bound) without getting a
+    /// One step of [`get`](Self::get): the next ready message in delivery order after
+    /// `after` (a previous step's `Got::before`; none: from the head), so a caller can stop between messages (a byte bound) without getting a
     /// requeued message twice.
     pub fn get_after(
         &mut self,
-        after: Option<MessageId>,
+        after: Option<&MessageMeta>,
         now_ms: i64,
         mode: GetMode,
     ) -> (Option<Got>, Vec<Action>) {
@@ -758,7 +952,7 @@ impl DeliveryState {
                 return (None, actions);
             };
             let id = meta.id;
-            self.ready.remove(id);
+            self.ready.remove(&meta);
             if meta.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
                 actions.push(Action::DeadLetter(id, DeadLetterReason::Expired));
                 continue;
@@ -800,6 +994,7 @@ impl DeliveryState {
             .entry(holder)
             .or_insert_with(|| Consumer {
                 prefetch: 0,
+                shared: None,
                 tags: BTreeSet::new(),
                 gets_only: true,
                 stopped: false,
@@ -825,11 +1020,8 @@ impl DeliveryState {
     /// Takes the oldest ready message if its id is at most `up_to` (for a move). The caller
     /// holds it until it is stored elsewhere, then settles it or hands it to `put_back`.
     pub fn take_head(&mut self, up_to: MessageId) -> Option<MessageMeta> {
-        let id = self.ready.first()?.id;
-        if id > up_to {
-            return None;
-        }
-        self.ready.remove(id)
+        let head = self.ready.first_up_to(up_to)?;
+        self.ready.remove(&head)
     }
 
     /// Returns messages taken by `take_head` to their places, unchanged (not redelivered:
@@ -897,6 +1089,7 @@ mod tests {
             expires_at_ms: None,
             delivery_count: 0,
             bytes: 10,
+            priority: 0,
         }
     }
 
@@ -1065,6 +1258,7 @@ mod tests {
                 expires_at_ms: Some(100),
                 delivery_count: 0,
                 bytes: 10,
+                priority: 0,
             })
             .unwrap();
         state
@@ -1073,6 +1267,7 @@ mod tests {
                 expires_at_ms: Some(500),
                 delivery_count: 0,
                 bytes: 10,
+                priority: 0,
             })
             .unwrap();
         state.add_consumer(ConsumerId(1), 0);
@@ -1369,6 +1564,152 @@ mod tests {
             (to(2), to(3), to(1)),
             (vec![0, 2], vec![1, 3], vec![4, 5, 6])
         );
+    }
+
+    fn prioritised(id: MessageId, priority: u8) -> MessageMeta {
+        MessageMeta {
+            priority,
+            ..message(id)
+        }
+    }
+
+    fn priority_queue(max_priority: u8, messages: &[(MessageId, u8)]) -> DeliveryState {
+        let mut state = DeliveryState::new(QueueLimits {
+            max_priority: Some(max_priority),
+            ..QueueLimits::default()
+        });
+        for &(id, priority) in messages {
+            state.enqueue(prioritised(id, priority)).unwrap();
+        }
+        state
+    }
+
+    fn delivered_ids(state: &mut DeliveryState) -> Vec<MessageId> {
+        deliveries(&state.dispatch(0))
+            .iter()
+            .map(|delivery| delivery.message)
+            .collect()
+    }
+
+    #[test]
+    fn higher_priorities_are_delivered_first_fifo_within_one_and_capped_at_the_max() {
+        // 7 and 9 are above the max of 5, so they count as 5, in publish order.
+        let mut state = priority_queue(5, &[(0, 0), (1, 3), (2, 9), (3, 3), (4, 5), (5, 7)]);
+        state.add_consumer(ConsumerId(1), 0);
+        assert_eq!(delivered_ids(&mut state), [2, 4, 5, 1, 3, 0]);
+    }
+
+    #[test]
+    fn without_max_priority_every_message_is_fifo() {
+        let mut state = queue_with(QueueLimits::default(), 0..0);
+        for (id, priority) in [(0, 0), (1, 9), (2, 4)] {
+            state.enqueue(prioritised(id, priority)).unwrap();
+        }
+        state.add_consumer(ConsumerId(1), 0);
+        assert_eq!(delivered_ids(&mut state), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_requeued_message_returns_to_its_place_within_its_priority() {
+        let mut state = priority_queue(9, &[(0, 1), (1, 5), (2, 5)]);
+        state.add_consumer(ConsumerId(1), 1);
+        let first = deliveries(&state.dispatch(0))[0];
+        assert_eq!(first.message, 1);
+        state.enqueue(prioritised(3, 5)).unwrap();
+        state
+            .nack(ConsumerId(1), first.tag, AckScope::Single, Requeue::Yes)
+            .unwrap();
+        state.remove_consumer(ConsumerId(1));
+        state.add_consumer(ConsumerId(2), 0);
+        assert_eq!(delivered_ids(&mut state), [1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn drop_head_in_a_priority_queue_drops_the_highest_priority_oldest() {
+        // RabbitMQ's documented behaviour: the queue drops from its head, so a higher
+        // priority message may go to make room for a lower one, the newcomer included.
+        let mut state = DeliveryState::new(QueueLimits {
+            max_priority: Some(9),
+            max_length: Some(2),
+            ..QueueLimits::default()
+        });
+        assert!(state.enqueue(prioritised(0, 1)).unwrap().is_empty());
+        assert!(state.enqueue(prioritised(1, 5)).unwrap().is_empty());
+        assert_eq!(
+            state.enqueue(prioritised(2, 1)).unwrap(),
+            [Action::DeadLetter(1, DeadLetterReason::MaxLength)]
+        );
+        assert_eq!(
+            state.enqueue(prioritised(3, 7)).unwrap(),
+            [Action::DeadLetter(3, DeadLetterReason::MaxLength)]
+        );
+        state.add_consumer(ConsumerId(1), 0);
+        assert_eq!(delivered_ids(&mut state), [0, 2]);
+    }
+
+    #[test]
+    fn expiry_and_gets_follow_priority_order() {
+        let mut state = priority_queue(9, &[(0, 0), (1, 2)]);
+        state
+            .enqueue(MessageMeta {
+                expires_at_ms: Some(5),
+                ..prioritised(2, 9)
+            })
+            .unwrap();
+        let (got, actions) = state.get(3, 10, GetMode::Requeue);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|action| matches!(action, Action::DeadLetter(2, DeadLetterReason::Expired)))
+                .count(),
+            1
+        );
+        let got: Vec<MessageId> = got.iter().map(|got| got.message).collect();
+        assert_eq!(got, [1, 0], "each requeued message is got once, in order");
+    }
+
+    #[test]
+    fn a_move_takes_in_priority_order_up_to_its_bound() {
+        let mut state = priority_queue(9, &[(0, 0), (1, 4), (2, 2)]);
+        let bound = state.last_ready_id().unwrap();
+        assert_eq!(bound, 2);
+        state.enqueue(prioritised(3, 9)).unwrap();
+        let mut taken = Vec::new();
+        while let Some(meta) = state.take_head(bound) {
+            taken.push(meta.id);
+        }
+        assert_eq!(taken, [1, 2, 0], "the newer message 3 is not chased");
+        assert_eq!(state.ready_count(), 1);
+    }
+
+    #[test]
+    fn consumers_of_two_queues_sharing_a_window_never_hold_more_than_it() {
+        // Goal: a channel-wide prefetch (basic.qos global) spans queues. Method: two queues'
+        // states, one consumer each, sharing a window of 3.
+        let shared = Arc::new(SharedPrefetch::default());
+        shared.set_limit(3);
+        let mut first = queue_with(QueueLimits::default(), 0..5);
+        let mut second = queue_with(QueueLimits::default(), 0..5);
+        first.add_consumer_sharing(ConsumerId(1), 10, 0, Some(Arc::clone(&shared)));
+        second.add_consumer_sharing(ConsumerId(2), 10, 0, Some(Arc::clone(&shared)));
+        let from_first = deliveries(&first.dispatch(0));
+        let from_second = deliveries(&second.dispatch(0));
+        assert_eq!((from_first.len(), from_second.len()), (3, 0));
+        assert_eq!(shared.held(), 3);
+        // An ack in the first queue frees a slot the second one takes.
+        first
+            .ack(ConsumerId(1), from_first[0].tag, AckScope::Single)
+            .unwrap();
+        assert_eq!(deliveries(&second.dispatch(0)).len(), 1);
+        assert!(first.dispatch(0).is_empty());
+        // A per-consumer prefetch still applies within the window.
+        shared.set_limit(0);
+        assert_eq!(deliveries(&second.dispatch(0)).len(), 4);
+        // Deliveries returned by a departing consumer give their slots back.
+        second.remove_consumer(ConsumerId(2));
+        assert_eq!(shared.held(), 2);
+        first.close();
+        assert_eq!(shared.held(), 0);
     }
 
     #[test]

@@ -44,8 +44,9 @@ use crate::queue::publish::{route_names, stamp};
 use crate::queue::store::QueueStore;
 use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
 use crate::queue::types::{
-    AckTicket, BindingInfo, ConsumerEvent, Durability, GotMessage, Message, Moved, PublishTicket,
-    Published, QueueArgs, QueueError, QueueStats, SessionId,
+    AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, DeleteConditions, Durability,
+    GotMessage, Message, Moved, PublishTicket, Published, QueueArgs, QueueError, QueueStats,
+    SessionId,
 };
 use crate::storage::{Clock, FlushPolicy, LogConfig, StorageEnv};
 
@@ -662,19 +663,23 @@ impl QueueManager {
         queue: &str,
         prefetch: u32,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
-        self.subscribe_for(queue, prefetch, 0, None).await
+        let options = ConsumerOptions {
+            prefetch,
+            ..ConsumerOptions::default()
+        };
+        self.subscribe_for(queue, options, None).await
     }
 
     /// Subscribes on behalf of connection `session` (refused on another connection's
     /// exclusive queue).
     ///
     /// # Errors
-    /// `UnknownQueue`, `DeclareMismatch` (exclusive elsewhere), `Gone`.
+    /// `UnknownQueue`, `DeclareMismatch` (exclusive elsewhere), `Precondition`
+    /// (`ExclusiveUse`: decided by the queue's task), `Gone`.
     pub async fn subscribe_for(
         &self,
         queue: &str,
-        prefetch: u32,
-        priority: i32,
+        options: ConsumerOptions,
         session: Option<SessionId>,
     ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
         {
@@ -689,19 +694,28 @@ impl QueueManager {
         }
         let sender = self.sender(queue)?;
         let consumer = ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed));
-        let prefetch = if prefetch == 0 {
+        let prefetch = if options.prefetch == 0 {
             PREFETCH_MAX
         } else {
-            prefetch.min(PREFETCH_MAX)
+            options.prefetch.min(PREFETCH_MAX)
         };
         // One slot beyond the window for the Cancelled event, so it always fits.
         let (deliveries, receiver) = mpsc::channel(prefetch as usize + 1);
+        let (accepted, answer) = oneshot::channel();
+        let options = ConsumerOptions {
+            prefetch,
+            ..options
+        };
         sender
             .send(Command::Control(Control::Subscribe(
-                consumer, prefetch, priority, deliveries,
+                consumer, options, deliveries, accepted,
             )))
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))?;
+        // The task decides (an exclusive consumer), so the answer is awaited.
+        answer
+            .await
+            .map_err(|_| QueueError::Gone(queue.to_string()))??;
         self.lock()
             .consumer_ids
             .entry(queue.to_string())
@@ -1083,6 +1097,39 @@ impl QueueManager {
                 "queue {queue:?} is exclusive to another connection"
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// Deletes a queue if `conditions` hold: the queue's task checks them and, if they
+    /// hold, retires (refuses new consumers) in the same step, so nothing comes between the
+    /// check and the delete that would have failed it; then the queue is deleted as
+    /// [`delete_queue`](Self::delete_queue) does. Answers how many ready messages it held.
+    /// A publish routed to the queue just before it is unregistered is deleted with it, as
+    /// with any delete (RabbitMQ's too).
+    ///
+    /// # Errors
+    /// `Precondition` (`InUse`, `NotEmpty`), `UnknownQueue`, `Storage`.
+    pub async fn delete_queue_if(
+        &self,
+        queue: &str,
+        conditions: DeleteConditions,
+    ) -> Result<u64, QueueError> {
+        let sender = self.sender(queue)?;
+        let gone = || QueueError::UnknownQueue(queue.to_string());
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Command::Control(Control::Retire(conditions, reply)))
+            .await
+            .map_err(|_| gone())?;
+        let ready = answer.await.map_err(|_| gone())??;
+        match self.delete_queue(queue).await {
+            Ok(()) => Ok(ready),
+            Err(QueueError::UnknownQueue(_)) => Err(gone()),
+            Err(error) => {
+                // Still registered: it takes consumers again.
+                let _ = sender.send(Command::Control(Control::Reopen)).await;
+                Err(error)
+            }
         }
     }
 

@@ -11,7 +11,9 @@ use wharf_protocol::batch::{Header, Record};
 use crate::queue::delay::{DELAY_HEADER, DELAY_MS_MAX, DUE_HEADER};
 use crate::queue::delivery::DeadLetterReason;
 use crate::queue::exchange::Bindings;
-use crate::queue::types::{Message, QueueError, EXCHANGE_HEADER, EXPIRATION_HEADER};
+use crate::queue::types::{
+    Message, QueueError, EXCHANGE_HEADER, EXPIRATION_HEADER, PRIORITY_HEADER,
+};
 
 /// Adds the broker's headers: the exchange, and for a delayed message its due time.
 ///
@@ -134,9 +136,28 @@ pub(crate) fn header_number(headers: &[Header], key: &str) -> Option<i64> {
         .and_then(|bytes| std::str::from_utf8(bytes).ok()?.trim().parse().ok())
 }
 
+/// A message's priority: its `priority` header as a decimal integer, 0 when missing or not
+/// a number, capped to 0..=255 (AMQP's octet). The queue caps it again at its own
+/// `max-priority`.
+pub(crate) fn message_priority(headers: &[Header]) -> u8 {
+    header_number(headers, PRIORITY_HEADER).map_or(0, |priority| {
+        u8::try_from(priority.clamp(0, i64::from(u8::MAX))).unwrap_or(u8::MAX)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priority_header_is_read_as_a_capped_number() {
+        let priority = |value: &str| message_priority(&[header(PRIORITY_HEADER, value)]);
+        assert_eq!(priority("7"), 7);
+        assert_eq!(priority("300"), 255);
+        assert_eq!(priority("-2"), 0);
+        assert_eq!(priority("high"), 0);
+        assert_eq!(message_priority(&[]), 0);
+    }
 
     fn header(key: &str, value: &str) -> Header {
         Header {

@@ -39,11 +39,11 @@ use crate::queue::delivery::{
 };
 use crate::queue::manager::QueueManager;
 use crate::queue::pipeline::Pipeline;
-use crate::queue::publish::{dead_letter_copy, header_number, header_value};
+use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
 use crate::queue::store::QueueStore;
 use crate::queue::types::{
-    ConsumerEvent, Delivered, Durability, GotMessage, Message, QueueArgs, QueueError, QueueStats,
-    EXPIRATION_HEADER,
+    ConsumerEvent, ConsumerOptions, DeleteConditions, Delivered, Durability, GotMessage, Message,
+    Precondition, QueueArgs, QueueError, QueueStats, EXPIRATION_HEADER,
 };
 use crate::storage::Clock;
 
@@ -75,9 +75,18 @@ pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 pub(crate) type PendingPublish = (Vec<Message>, Confirm);
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
-/// What the delivery state needs of a stored message once it is durable: its due time (a
-/// delayed message), its own TTL and its body's size.
-type Timing = (Option<i64>, Option<u64>, u32);
+/// What the delivery state needs of a stored message once it is durable.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// When a delayed message falls due.
+    due_ms: Option<i64>,
+    /// Its own TTL.
+    ttl_ms: Option<u64>,
+    /// Its body's size.
+    bytes: u32,
+    /// Its priority as published.
+    priority: u8,
+}
 
 /// A run of publishes appended to the message log as one batch. Once durable, its messages
 /// become ready (or delayed) and its publishers are confirmed.
@@ -116,8 +125,19 @@ pub(crate) enum Command {
 
 /// The commands that neither merge with their neighbours nor stop the task.
 pub(crate) enum Control {
-    /// Adds a consumer with its prefetch window, priority and channel.
-    Subscribe(ConsumerId, u32, i32, mpsc::Sender<ConsumerEvent>),
+    /// Adds a consumer with its options and channel; answers whether it was taken (an
+    /// exclusive consumer, a retiring queue).
+    Subscribe(
+        ConsumerId,
+        ConsumerOptions,
+        mpsc::Sender<ConsumerEvent>,
+        oneshot::Sender<Result<(), QueueError>>,
+    ),
+    /// Checks a delete's conditions and, if they hold, retires the queue (no consumer is
+    /// taken any more) in the same step; answers the ready count.
+    Retire(DeleteConditions, oneshot::Sender<Result<u64, QueueError>>),
+    /// The delete after a `Retire` failed: the queue takes consumers again.
+    Reopen,
     /// Removes a consumer (its deliveries return to the queue); answered before they are
     /// dispatched again.
     Cancel(ConsumerId, CancelReason, oneshot::Sender<()>),
@@ -190,6 +210,10 @@ pub(crate) struct QueueTask {
     last_used_ms: i64,
     /// The expiry delete was asked for.
     expired: bool,
+    /// A conditional delete passed its check: no consumer is taken any more.
+    retiring: bool,
+    /// The consumer that subscribed `exclusive`, while it is subscribed.
+    exclusive_consumer: Option<ConsumerId>,
     /// Counts since start for the metrics (issue #17): plain integers, since only this task
     /// changes them, and reported with the queue's stats.
     counters: Counters,
@@ -249,6 +273,7 @@ impl QueueTask {
             delivery_limit: args.delivery_limit,
             single_active_consumer: args.single_active_consumer,
             ack_timeout_ms: args.ack_timeout_ms,
+            max_priority: args.max_priority,
         };
         let mut task = QueueTask {
             name: name.to_string(),
@@ -267,6 +292,8 @@ impl QueueTask {
             expires_ms: args.expires_ms,
             last_used_ms: clock.now_ms(),
             expired: false,
+            retiring: false,
+            exclusive_consumer: None,
             counters: Counters::default(),
             publishing: Pipeline::new(Arc::clone(store.messages())),
             settling: Pipeline::new(Arc::clone(store.acks())),
@@ -327,6 +354,7 @@ impl QueueTask {
             expires_at_ms: ttl.map(|ttl| record.timestamp_ms.saturating_add(ttl as i64)),
             delivery_count: 0,
             bytes: body_bytes(record.value.as_ref().map_or(0, Bytes::len)),
+            priority: message_priority(&record.headers),
         }
     }
 
@@ -435,6 +463,57 @@ impl QueueTask {
         Flow::Continue
     }
 
+    /// Adds a consumer unless the queue is retiring or an exclusive consumer forbids it.
+    /// Checked and done in one step of the task, so two subscribes cannot both pass.
+    fn subscribe(
+        &mut self,
+        consumer: ConsumerId,
+        options: ConsumerOptions,
+        sender: mpsc::Sender<ConsumerEvent>,
+    ) -> Result<(), QueueError> {
+        if self.retiring {
+            return Err(QueueError::UnknownQueue(self.name.clone()));
+        }
+        let exclusive_held = self
+            .exclusive_consumer
+            .is_some_and(|holder| self.consumers.contains_key(&holder));
+        if exclusive_held || (options.exclusive && !self.consumers.is_empty()) {
+            return Err(QueueError::Precondition {
+                queue: self.name.clone(),
+                failed: Precondition::ExclusiveUse,
+            });
+        }
+        self.state.add_consumer_sharing(
+            consumer,
+            options.prefetch,
+            options.priority,
+            options.shared_prefetch,
+        );
+        self.consumers.insert(consumer, sender);
+        if options.exclusive {
+            self.exclusive_consumer = Some(consumer);
+        }
+        Ok(())
+    }
+
+    /// Checks a delete's conditions; if they hold, the queue takes no consumer from now
+    /// on. Answers the ready count.
+    fn retire(&mut self, conditions: DeleteConditions) -> Result<u64, QueueError> {
+        let refused = |failed| QueueError::Precondition {
+            queue: self.name.clone(),
+            failed,
+        };
+        if conditions.if_unused && !self.consumers.is_empty() {
+            return Err(refused(Precondition::InUse));
+        }
+        let held = self.state.ready_count() + self.state.unacked_count() + self.delays.len();
+        if conditions.if_empty && held > 0 {
+            return Err(refused(Precondition::NotEmpty));
+        }
+        self.retiring = true;
+        Ok(self.state.ready_count() as u64)
+    }
+
     /// Cancels every consumer with `reason` (none: at shutdown, they are not told) and
     /// closes the store.
     fn stop(&mut self, reason: Option<CancelReason>) {
@@ -444,6 +523,9 @@ impl QueueTask {
                 self.cancel_consumer(consumer, reason);
             }
         }
+        // Deliveries still held will never be settled here: give their shared-window
+        // slots back, or the channel sharing them would stall.
+        self.state.close();
         if let Err(error) = self.store.close() {
             tracing::warn!(queue = self.name, %error, "closing queue storage failed");
         }
@@ -659,11 +741,13 @@ impl QueueTask {
             self.last_used_ms = self.clock.now_ms();
         }
         match control {
-            Control::Subscribe(consumer, prefetch, priority, sender) => {
-                self.state
-                    .add_consumer_with_priority(consumer, prefetch, priority);
-                self.consumers.insert(consumer, sender);
+            Control::Subscribe(consumer, options, sender, accepted) => {
+                let _ = accepted.send(self.subscribe(consumer, options, sender));
             }
+            Control::Retire(conditions, reply) => {
+                let _ = reply.send(self.retire(conditions));
+            }
+            Control::Reopen => self.retiring = false,
             Control::Cancel(consumer, reason, reply) => {
                 self.cancel_consumer(consumer, reason);
                 let _ = reply.send(());
@@ -755,12 +839,12 @@ impl QueueTask {
         let mut after = None;
         let bytes_max = bytes_max.min(GET_BYTES_MAX);
         while messages.len() < count && bytes < bytes_max {
-            let (got, more) = self.state.get_after(after, now, mode);
+            let (got, more) = self.state.get_after(after.as_ref(), now, mode);
             actions.extend(more);
             let Some(got) = got else {
                 break;
             };
-            after = Some(got.message);
+            after = Some(got.before);
             counts.push((got.message, got.delivery_count));
             taken.push(got.before);
             held.extend(got.tag);
@@ -911,12 +995,13 @@ impl QueueTask {
         // and TTL); the message itself moves into the batch, not copied.
         let mut timings = Vec::with_capacity(messages.len());
         for message in messages {
-            timings.push((
-                header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
-                header_number(&message.headers, EXPIRATION_HEADER)
+            timings.push(Timing {
+                due_ms: header_number(&message.headers, DUE_HEADER).filter(|due| *due > now),
+                ttl_ms: header_number(&message.headers, EXPIRATION_HEADER)
                     .and_then(|ttl| u64::try_from(ttl).ok()),
-                body_bytes(message.body.len()),
-            ));
+                bytes: body_bytes(message.body.len()),
+                priority: message_priority(&message.headers),
+            });
             builder
                 .push(&NewRecord {
                     timestamp_ms: now,
@@ -951,19 +1036,21 @@ impl QueueTask {
     ) -> Result<(), QueueError> {
         let limits = self.state.limits();
         let mut actions = Vec::new();
-        for (index, (due, record_ttl, bytes)) in timings.into_iter().enumerate() {
+        for (index, timing) in timings.into_iter().enumerate() {
             let id = base_offset + index as i64;
-            if let Some(due) = due {
+            if let Some(due) = timing.due_ms {
                 self.delays.insert(id, due);
                 continue;
             }
             let meta = MessageMeta {
                 id,
-                expires_at_ms: record_ttl
+                expires_at_ms: timing
+                    .ttl_ms
                     .or(self.ttl_ms)
                     .map(|ttl| now.saturating_add(ttl as i64)),
                 delivery_count: 0,
-                bytes,
+                bytes: timing.bytes,
+                priority: timing.priority,
             };
             match self.state.enqueue(meta) {
                 Ok(more) => actions.extend(more),

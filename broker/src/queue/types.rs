@@ -50,6 +50,50 @@ pub enum QueueError {
     /// The queue was deleted or the broker is stopping.
     #[error("queue {0:?} is gone")]
     Gone(String),
+    /// A condition the queue checked, atomically with the operation, refused it.
+    #[error("queue {queue:?} {failed}")]
+    Precondition { queue: String, failed: Precondition },
+}
+
+/// Why a conditional operation was refused (decided in the queue's task, so no other
+/// operation comes between the check and the act).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Precondition {
+    /// A delete `if_unused` found consumers.
+    #[error("is in use (it has consumers)")]
+    InUse,
+    /// A delete `if_empty` found messages (ready, unacknowledged or delayed).
+    #[error("is not empty")]
+    NotEmpty,
+    /// An exclusive subscribe found consumers, or any subscribe found an exclusive one.
+    #[error("is in exclusive use by a consumer")]
+    ExclusiveUse,
+}
+
+/// The conditions of a queue delete (AMQP's queue.delete `if-unused`, `if-empty`); the
+/// default has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeleteConditions {
+    /// Refuse ([`Precondition::InUse`]) while the queue has consumers.
+    pub if_unused: bool,
+    /// Refuse ([`Precondition::NotEmpty`]) while it holds messages.
+    pub if_empty: bool,
+}
+
+/// How a consumer takes its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerOptions {
+    /// Most unacknowledged deliveries (0: the broker's maximum).
+    pub prefetch: u32,
+    /// Consumers of a higher priority with room get messages first (0: the default).
+    pub priority: i32,
+    /// The only consumer of the queue while it lasts: refused
+    /// ([`Precondition::ExclusiveUse`]) if the queue has consumers, and later subscribes
+    /// are refused (AMQP's basic.consume `exclusive`).
+    pub exclusive: bool,
+    /// A window shared with other consumers (AMQP's basic.qos `global`), besides
+    /// `prefetch`.
+    pub shared_prefetch: Option<std::sync::Arc<crate::queue::delivery::SharedPrefetch>>,
 }
 
 /// Arguments of a queue.
@@ -81,7 +125,19 @@ pub struct QueueArgs {
     /// The queue is deleted once it has been unused this long: no consumer, no get and no
     /// redeclare (AMQP's `x-expires`). Counted from the queue's start after a restart.
     pub expires_ms: Option<u64>,
+    /// The highest message priority the queue orders by (AMQP's `x-max-priority`, at most
+    /// [`PRIORITY_MAX`]); a message's priority is its [`PRIORITY_HEADER`]. None: FIFO.
+    pub max_priority: Option<u8>,
 }
+
+/// The header holding a message's priority as decimal text (AMQP's `priority` property
+/// maps to it; native and HTTP publishers set it by name). Missing or not a number: 0;
+/// above 255: 255.
+pub const PRIORITY_HEADER: &str = "priority";
+
+/// The highest `max-priority` a queue may have: AMQP's priority is an octet, and RabbitMQ
+/// refuses a larger `x-max-priority` too.
+pub const PRIORITY_MAX: u64 = 255;
 
 /// Identifies a client connection (for exclusive queues).
 pub type SessionId = u64;

@@ -3,7 +3,7 @@
 //! A reply with a soft code (403, 404, 405, 406) closes the channel; a hard code (5xx, 320,
 //! 530, 540) closes the connection, as the AMQP 0-9-1 spec and RabbitMQ do.
 
-use crate::core::QueueError;
+use crate::core::{Precondition, QueueError};
 
 /// A channel.close or connection.close to send: code, text, and the method it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,8 @@ pub const SYNTAX_ERROR: u16 = 502;
 pub const COMMAND_INVALID: u16 = 503;
 pub const CHANNEL_ERROR: u16 = 504;
 pub const UNEXPECTED_FRAME: u16 = 505;
+/// A connection error: the client made the broker hold more than a limit allows.
+pub const RESOURCE_ERROR: u16 = 506;
 pub const NOT_ALLOWED: u16 = 530;
 pub const NOT_IMPLEMENTED: u16 = 540;
 pub const INTERNAL_ERROR: u16 = 541;
@@ -99,7 +101,7 @@ pub(super) fn code_name(code: u16) -> &'static str {
         COMMAND_INVALID => "COMMAND_INVALID",
         CHANNEL_ERROR => "CHANNEL_ERROR",
         UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        506 => "RESOURCE_ERROR",
+        RESOURCE_ERROR => "RESOURCE_ERROR",
         NOT_ALLOWED => "NOT_ALLOWED",
         NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
         _ => "INTERNAL_ERROR",
@@ -135,6 +137,20 @@ pub fn queue(error: &QueueError, class_id: u16, method_id: u16) -> Reply {
         }
         QueueError::Storage(message) => Reply::new(INTERNAL_ERROR, message),
         QueueError::Unauthorized(refused) => denied(refused),
+        QueueError::Precondition { queue, failed } => match failed {
+            Precondition::InUse => Reply::new(
+                PRECONDITION_FAILED,
+                format!("queue '{queue}' in vhost '/' in use"),
+            ),
+            Precondition::NotEmpty => Reply::new(
+                PRECONDITION_FAILED,
+                format!("queue '{queue}' in vhost '/' is not empty"),
+            ),
+            Precondition::ExclusiveUse => Reply::new(
+                ACCESS_REFUSED,
+                format!("queue '{queue}' in vhost '/' in exclusive use"),
+            ),
+        },
     };
     reply.on(class_id, method_id)
 }
@@ -165,6 +181,41 @@ mod tests {
         assert_eq!(reply.code, 404);
         assert_eq!(reply.text, "NOT_FOUND - no queue 'q' in vhost '/'");
         assert!(!reply.is_hard());
+    }
+
+    #[test]
+    fn refused_conditions_get_rabbitmqs_codes_and_texts() {
+        let refused = |failed| {
+            queue(
+                &QueueError::Precondition {
+                    queue: "q".to_string(),
+                    failed,
+                },
+                50,
+                40,
+            )
+        };
+        let in_use = refused(Precondition::InUse);
+        assert_eq!(
+            (in_use.code, in_use.text.as_str()),
+            (406, "PRECONDITION_FAILED - queue 'q' in vhost '/' in use")
+        );
+        let not_empty = refused(Precondition::NotEmpty);
+        assert_eq!(
+            (not_empty.code, not_empty.text.as_str()),
+            (
+                406,
+                "PRECONDITION_FAILED - queue 'q' in vhost '/' is not empty"
+            )
+        );
+        let exclusive = refused(Precondition::ExclusiveUse);
+        assert_eq!(
+            (exclusive.code, exclusive.text.as_str()),
+            (
+                403,
+                "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use"
+            )
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
 };
 use crate::core::{
-    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeliveryTag, Durability, GetMode,
-    QueueError, QueueStats, Requeue,
+    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, DeliveryTag, Durability,
+    GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -72,6 +72,10 @@ pub(crate) struct Channel {
     confirms: Option<u64>,
     /// basic.qos prefetch count for consumers started after it (0: unlimited).
     prefetch: u16,
+    /// basic.qos with `global=true`: the window the channel's consumers share, whatever
+    /// their queues (limit 0, unlimited, until a global qos sets one). Every consumer with
+    /// acks counts in it, those started before the qos too, as RabbitMQ's channel limiter.
+    shared_prefetch: Arc<SharedPrefetch>,
     /// Consumers by tag.
     consumers: HashMap<String, ConsumerSlot>,
     /// Per queue, the core holder of the messages basic.get took with an ack to come.
@@ -85,6 +89,31 @@ pub(crate) struct Channel {
     unacked: BTreeMap<u64, Held>,
     /// tx.select was received: the publishes and settlements of the open transaction.
     tx: Option<Vec<TxStep>>,
+    /// Body bytes of the publishes in `tx`.
+    tx_bytes: u64,
+}
+
+impl Channel {
+    /// Body bytes this channel has the broker hold: the declared size of a body being
+    /// received and the publishes of its open transaction.
+    fn buffered_bytes(&self) -> u64 {
+        let receiving = self
+            .content
+            .as_ref()
+            .and_then(|content| content.header.as_ref())
+            .map_or(0, |(declared, _)| *declared);
+        receiving.saturating_add(self.tx_bytes)
+    }
+}
+
+impl State {
+    /// Body bytes the connection has the broker hold, over all its channels.
+    fn buffered_bytes(&self) -> u64 {
+        self.channels
+            .values()
+            .map(Channel::buffered_bytes)
+            .fold(0, u64::saturating_add)
+    }
 }
 
 /// What a transaction does at tx.commit, in the order the client sent it.
@@ -715,6 +744,7 @@ async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) ->
                 return Ok(());
             };
             open.tx.as_mut().ok_or_else(not_transactional)?.clear();
+            open.tx_bytes = 0;
             tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
         }
         tx::AMQPMethod::Commit(_) => {
@@ -737,6 +767,11 @@ async fn tx_class(shared: &Arc<Shared>, channel: u16, method: tx::AMQPMethod) ->
                         method_id,
                     } => settle(shared, channel, delivery_tag, multiple, how, method_id).await?,
                 }
+            }
+            // The committed publishes are stored: their bodies no longer count (until
+            // then they did, as they were still held).
+            if let Some(open) = shared.state().channels.get_mut(&channel) {
+                open.tx_bytes = 0;
             }
             tx::AMQPMethod::CommitOk(tx::CommitOk {})
         }
@@ -1049,6 +1084,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
             "x-single-active-consumer" => "single-active-consumer",
             "x-consumer-timeout" => "ack-timeout-ms",
             "x-expires" => "expires-ms",
+            "x-max-priority" => "max-priority",
             "x-queue-type" => match text.as_str() {
                 // Both are durable logs with the same semantics here.
                 "classic" | "quorum" => continue,
@@ -1065,7 +1101,7 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
                     ))
                 }
             },
-            unsupported @ ("x-max-priority" | "x-dead-letter-strategy") => {
+            unsupported @ "x-dead-letter-strategy" => {
                 return Err(Reply::new(
                     error_code::PRECONDITION_FAILED,
                     format!("queue argument '{unsupported}' is not supported by wharf yet"),
@@ -1229,31 +1265,17 @@ async fn queue_class(
             broker
                 .check_queue_access(session, name)
                 .map_err(|error| error_code::queue(&error, 50, 40))?;
-            let mut count = 0;
-            // RabbitMQ answers delete-ok for a queue that does not exist.
-            let stats = broker
-                .queue_stats(session, name)
-                .await
-                .map_err(|error| error_code::queue(&error, 50, 40))?;
-            if let Some(stats) = stats {
-                if delete.if_unused && stats.consumers > 0 {
-                    return Err(Reply::new(
-                        error_code::PRECONDITION_FAILED,
-                        format!("queue '{name}' in vhost '/' in use"),
-                    ));
-                }
-                if delete.if_empty && stats.ready + stats.unacked > 0 {
-                    return Err(Reply::new(
-                        error_code::PRECONDITION_FAILED,
-                        format!("queue '{name}' in vhost '/' is not empty"),
-                    ));
-                }
-                count = stats.ready;
-                broker
-                    .delete_queue(session, name)
-                    .await
-                    .map_err(|error| error_code::queue(&error, 50, 40))?;
-            }
+            // The conditions are decided in the queue's task (406 "in use", "is not
+            // empty"); RabbitMQ answers delete-ok for a queue that does not exist.
+            let conditions = DeleteConditions {
+                if_unused: delete.if_unused,
+                if_empty: delete.if_empty,
+            };
+            let count = match broker.delete_queue_if(session, name, conditions).await {
+                Ok(count) => count,
+                Err(QueueError::UnknownQueue(_) | QueueError::Gone(_)) => 0,
+                Err(error) => return Err(error_code::queue(&error, 50, 40)),
+            };
             if !delete.nowait {
                 reply(
                     shared,
@@ -1308,7 +1330,12 @@ async fn basic_class(
         }
         basic::AMQPMethod::Qos(qos) => {
             if let Some(open) = shared.state().channels.get_mut(&channel) {
-                open.prefetch = qos.prefetch_count;
+                if qos.global {
+                    open.shared_prefetch
+                        .set_limit(u32::from(qos.prefetch_count));
+                } else {
+                    open.prefetch = qos.prefetch_count;
+                }
             }
             reply(
                 shared,
@@ -1442,7 +1469,7 @@ async fn basic_consume(
         "" => format!("amq.ctag-{}", shared.broker_unique()),
         tag => tag.to_string(),
     };
-    let prefetch = {
+    let (prefetch, shared_prefetch) = {
         let state = shared.state();
         let Some(open) = state.channels.get(&channel) else {
             return Ok(());
@@ -1455,9 +1482,12 @@ async fn basic_consume(
             .on(60, 20));
         }
         if consume.no_ack {
-            0
+            (0, None)
         } else {
-            u32::from(open.prefetch)
+            (
+                u32::from(open.prefetch),
+                Some(Arc::clone(&open.shared_prefetch)),
+            )
         }
     };
     let priority = match consume.arguments.inner().get("x-priority") {
@@ -1471,20 +1501,6 @@ async fn basic_consume(
                 )
             })?,
     };
-    if consume.exclusive {
-        let consumers = shared
-            .broker
-            .queue_stats(&shared.session, &queue)
-            .await
-            .map_err(|error| error_code::queue(&error, 60, 20))?
-            .map_or(0, |stats| stats.consumers);
-        if consumers > 0 {
-            return Err(Reply::new(
-                error_code::ACCESS_REFUSED,
-                format!("queue '{queue}' in vhost '/' in exclusive use"),
-            ));
-        }
-    }
     let (consumer, events) = shared
         .broker
         .subscribe(
@@ -1493,6 +1509,9 @@ async fn basic_consume(
                 queue: queue.to_string(),
                 prefetch,
                 priority,
+                // Decided in the queue's task (403 "in exclusive use").
+                exclusive: consume.exclusive,
+                shared_prefetch,
             },
         )
         .await
@@ -1942,6 +1961,8 @@ async fn content_header(
 ) -> Result<(), Reply> {
     let ready = {
         let mut state = shared.state();
+        // This channel's body is not counted yet: it has no header.
+        let buffered = state.buffered_bytes();
         let Some(open) = state.channels.get_mut(&channel) else {
             return Err(Reply::new(
                 error_code::CHANNEL_ERROR,
@@ -1970,6 +1991,16 @@ async fn content_header(
         if header.body_size > u64::from(shared.body_bytes_max) {
             open.content = None;
             Err(header.body_size)
+        } else if buffered.saturating_add(header.body_size) > shared.buffer_bytes_max {
+            // Counted at the declared size, before a byte of the body is held, so the
+            // connection never makes the broker hold more than the cap.
+            return Err(Reply::new(
+                error_code::RESOURCE_ERROR,
+                format!(
+                    "connection buffers {buffered} body bytes across its channels (partly received messages and open transactions); a body of {} would pass amqp_connection_buffer_bytes_max {}",
+                    header.body_size, shared.buffer_bytes_max
+                ),
+            ));
         } else {
             content.header = Some((header.body_size, header.properties));
             Ok(header.body_size == 0)
@@ -2082,12 +2113,15 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     };
     {
         let mut state = shared.state();
-        if let Some(steps) = state
+        if let Some(open) = state
             .channels
             .get_mut(&channel)
-            .and_then(|open| open.tx.as_mut())
+            .filter(|open| open.tx.is_some())
         {
-            steps.push(TxStep::Publish(query, Box::new(properties)));
+            open.tx_bytes = open.tx_bytes.saturating_add(query.body.len() as u64);
+            if let Some(steps) = open.tx.as_mut() {
+                steps.push(TxStep::Publish(query, Box::new(properties)));
+            }
             return Ok(());
         }
     }

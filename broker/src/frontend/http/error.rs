@@ -210,6 +210,9 @@ impl From<QueueError> for ApiError {
             QueueError::DeclareMismatch(_) => {
                 ApiError::new(StatusCode::CONFLICT, "declare_mismatch", message)
             }
+            QueueError::Precondition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "precondition_failed", message)
+            }
             QueueError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }

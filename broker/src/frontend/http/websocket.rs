@@ -269,6 +269,8 @@ impl QueueConsumer {
                     queue: queue.clone(),
                     prefetch,
                     priority: 0,
+                    exclusive: false,
+                    shared_prefetch: None,
                 },
             )
             .await?;

@@ -1354,6 +1354,8 @@ async fn subscribe(
         queue: request.queue,
         prefetch: request.prefetch,
         priority: 0,
+        exclusive: false,
+        shared_prefetch: None,
     };
     let queue = query.queue.clone();
     let (consumer_id, deliveries) = match broker.subscribe(&connection.session, query).await {
