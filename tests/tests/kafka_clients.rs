@@ -836,7 +836,7 @@ fn confluent_kafka_admin_creates_describes_and_deletes_acls_that_survive_a_resta
 
     // The ACLs are durable: after a restart the one left is still there.
     broker.stop();
-    let broker = BrokerProcess::start(&data);
+    let broker = BrokerProcess::start_with_config(&data, ADMIN_ANONYMOUS);
     let output = run_client_script("confluent_acls.py", &[&broker.kafka_address(), "list"]);
     assert_success("confluent-kafka ACL list", &output);
     let listed: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON list");
