@@ -234,15 +234,7 @@ pub async fn get_messages(
 
 /// The bytes of a got message that a get's byte budget counts (as the queue counts them).
 fn got_bytes(got: &GotMessage) -> usize {
-    let record = &got.record;
-    let field = |bytes: Option<&bytes::Bytes>| bytes.map_or(0, bytes::Bytes::len);
-    field(record.key.as_ref())
-        + field(record.value.as_ref())
-        + record
-            .headers
-            .iter()
-            .map(|header| header.key.len() + field(header.value.as_ref()))
-            .sum::<usize>()
+    crate::frontend::http::stream::record_bytes(&got.record)
 }
 
 /// A got message as JSON (the shape of [`GotJson`], with `*_base64` fields where the bytes

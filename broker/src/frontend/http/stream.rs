@@ -689,7 +689,7 @@ fn take_batches(
 }
 
 /// The bytes of a record's key, value and headers: what [`STREAM_PENDING_BYTES_MAX`] counts.
-fn record_bytes(record: &Record) -> usize {
+pub(super) fn record_bytes(record: &Record) -> usize {
     let field = |bytes: Option<&Bytes>| bytes.map_or(0, Bytes::len);
     field(record.key.as_ref())
         + field(record.value.as_ref())
