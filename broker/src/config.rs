@@ -59,6 +59,9 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 1_048_588;
 /// Free space below which publishers are held (RabbitMQ's default `disk_free_limit`).
 pub const DISK_FREE_LIMIT_BYTES_DEFAULT: u64 = 50_000_000;
+/// Fraction of the machine's memory above which publishers are held (RabbitMQ's default
+/// `vm_memory_high_watermark.relative`).
+pub const MEMORY_HIGH_WATERMARK_DEFAULT: f64 = 0.4;
 /// Default `amqp_connection_buffer_bytes_max`: 128 MiB, room for eight bodies of the
 /// default frame maximum (16 MiB) in flight or in open transactions on one connection,
 /// while bounding what one connection of 2047 channels can make the broker hold (without
@@ -70,7 +73,7 @@ pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 pub const PARTITIONS_MAX: u32 = 10_000;
 
 /// Everything `wharfd` is configured with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     /// Where partitions and metadata live.
     pub data_dir: PathBuf,
@@ -139,6 +142,13 @@ pub struct BrokerConfig {
     /// Publishers are held while the data directory's file system has less free space than
     /// this (RabbitMQ's `disk_free_limit`; 0: never).
     pub disk_free_limit_bytes: u64,
+    /// Publishers are held while the broker's memory is above this fraction of the
+    /// machine's (or its cgroup's) memory (RabbitMQ's `vm_memory_high_watermark.relative`;
+    /// 0: never).
+    pub memory_high_watermark: f64,
+    /// The same watermark in bytes; overrides `memory_high_watermark` when above 0
+    /// (RabbitMQ's `vm_memory_high_watermark.absolute`).
+    pub memory_high_watermark_bytes: u64,
 }
 
 /// The `authentication` setting (issue #18).
@@ -212,6 +222,8 @@ impl Default for BrokerConfig {
             authorization_required: false,
             super_users: Vec::new(),
             disk_free_limit_bytes: DISK_FREE_LIMIT_BYTES_DEFAULT,
+            memory_high_watermark: MEMORY_HIGH_WATERMARK_DEFAULT,
+            memory_high_watermark_bytes: 0,
         }
     }
 }
@@ -418,6 +430,16 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "disk_free_limit_bytes",
             config.disk_free_limit_bytes.to_string(),
             "publishers are held (AMQP connection.blocked) while the data directory's disk has less free space than this; 0: never",
+        ),
+        key(
+            "memory_high_watermark",
+            config.memory_high_watermark.to_string(),
+            "publishers are held (AMQP connection.blocked) while the broker's memory is above this fraction of the machine's (or cgroup's); 0: never",
+        ),
+        key(
+            "memory_high_watermark_bytes",
+            config.memory_high_watermark_bytes.to_string(),
+            "the memory watermark in bytes; above 0 it overrides memory_high_watermark",
         ),
         key(
             "super_users",
@@ -630,6 +652,8 @@ struct FileConfig {
     authorization: Option<String>,
     super_users: Option<Vec<String>>,
     disk_free_limit_bytes: Option<u64>,
+    memory_high_watermark: Option<f64>,
+    memory_high_watermark_bytes: Option<u64>,
     authentication: Option<String>,
     authentication_timeout_ms: Option<u64>,
     login_failures_per_minute_max: Option<usize>,
@@ -757,6 +781,12 @@ impl BrokerConfig {
         self.disk_free_limit_bytes = file
             .disk_free_limit_bytes
             .unwrap_or(defaults.disk_free_limit_bytes);
+        self.memory_high_watermark = file
+            .memory_high_watermark
+            .unwrap_or(defaults.memory_high_watermark);
+        self.memory_high_watermark_bytes = file
+            .memory_high_watermark_bytes
+            .unwrap_or(defaults.memory_high_watermark_bytes);
         if let Some(user) = self
             .super_users
             .iter()
@@ -819,6 +849,12 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(
                 "connections_max must be positive".to_string(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.memory_high_watermark) {
+            return Err(ConfigError::Invalid(format!(
+                "memory_high_watermark {} is not a fraction of the memory between 0 and 1 (use memory_high_watermark_bytes for a size)",
+                self.memory_high_watermark
+            )));
         }
         self.log
             .validate()
@@ -1510,6 +1546,14 @@ mod tests {
         assert!(BrokerConfig::default().apply(file).is_err());
         let file: FileConfig = toml::from_str("[log]\nflush = \"sometimes\"").unwrap();
         assert!(BrokerConfig::default().apply(file).is_err());
+        let mut config = BrokerConfig {
+            memory_high_watermark: 1.5,
+            ..BrokerConfig::default()
+        };
+        let error = config.validate().expect_err("not a fraction").to_string();
+        assert!(error.contains("memory_high_watermark 1.5"), "{error}");
+        config.memory_high_watermark = 0.6;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

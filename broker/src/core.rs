@@ -152,7 +152,7 @@ pub struct Broker {
     queues: Arc<QueueManager>,
     acls: Arc<AclStore>,
     authorizer: AuthorizerSettings,
-    alarm: alarm::DiskAlarm,
+    alarm: alarm::Alarms,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
     /// Users, failed logins (issue #18).
@@ -245,15 +245,20 @@ impl Broker {
                 required: config.authorization_required,
                 super_users: config.super_users.clone(),
             },
-            alarm: alarm::DiskAlarm::new(config.data_dir.clone(), config.disk_free_limit_bytes),
+            alarm: alarm::Alarms::new(
+                config.data_dir.clone(),
+                config.disk_free_limit_bytes,
+                alarm::memory_limit_bytes(config),
+            ),
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
             auth,
             quotas: quota::Quotas::new(&config.quotas),
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
         };
-        // The first sample of the free space now (open runs on the blocking pool), so the
-        // alarm and its gauge are right from the start, not one period later.
+        // The first sample of the free space and memory now (open runs on the blocking
+        // pool), so the alarms and their gauges are right from the start, not one period
+        // later.
         broker.alarm.check();
         Ok(Opened {
             broker: Arc::new(broker),
@@ -338,10 +343,10 @@ impl Opened {
             },
         ));
         tasks.push(every(
-            alarm::DISK_CHECK_INTERVAL,
+            alarm::CHECK_INTERVAL,
             shutdown.clone(),
             broker.clone(),
-            |broker| async move { broker.check_disk().await },
+            |broker| async move { broker.check_alarms().await },
         ));
         tasks.push(every(
             PRODUCER_SNAPSHOT_INTERVAL,

@@ -434,15 +434,41 @@ pub fn process_sample() -> ProcessSample {
 
 /// The `VmRSS:   1234 kB` line of `/proc/self/status`, in bytes.
 fn resident_from_status(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    status_bytes(status, "VmRSS:")
+}
+
+/// A `Key:   1234 kB` line of a procfs status or meminfo text, in bytes.
+fn status_bytes(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(key))?;
     let kilobytes: u64 = line
-        .trim_start_matches("VmRSS:")
+        .trim_start_matches(key)
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     kilobytes.checked_mul(1024)
+}
+
+/// The process's anonymous resident memory (`RssAnon` of `/proc/self/status`; `VmRSS` on
+/// kernels without it), what the memory alarm compares with its watermark: the pages of
+/// mapped segment files are page cache the kernel reclaims, so they do not count. `None`
+/// without `/proc`. Blocking (a procfs read): call it off the runtime.
+pub fn anonymous_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_bytes(&status, "RssAnon:").or_else(|| resident_from_status(&status))
+}
+
+/// The memory the broker may use: the machine's (`MemTotal` of `/proc/meminfo`), or its
+/// cgroup's limit (`memory.max`, cgroup v2) when that is smaller. `None` without `/proc`.
+pub fn memory_total_bytes() -> Option<u64> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| status_bytes(&meminfo, "MemTotal:"))?;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|limit| limit.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(machine, |cgroup| cgroup.min(machine)))
 }
 
 #[cfg(test)]
@@ -522,7 +548,9 @@ mod tests {
 
     #[test]
     fn resident_bytes_come_from_the_vmrss_line() {
-        let status = "Name:\twharfd\nVmPeak:\t  9000 kB\nVmRSS:\t  2048 kB\n";
+        let status = "Name:\twharfd\nVmPeak:\t  9000 kB\nVmRSS:\t  2048 kB\nRssAnon:\t  1024 kB\n";
+        assert_eq!(status_bytes(status, "RssAnon:"), Some(1024 * 1024));
+        assert_eq!(status_bytes(status, "RssFile:"), None);
         assert_eq!(resident_from_status(status), Some(2048 * 1024));
         assert_eq!(resident_from_status("Name: x\n"), None);
     }

@@ -63,6 +63,7 @@ pub struct ServerHandle {
     amqp_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     tls: Option<Arc<Tls>>,
+    broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -92,6 +93,12 @@ impl ServerHandle {
     /// it ([`Tls::reload_logged`], on SIGHUP).
     pub fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.clone()
+    }
+
+    /// The running broker, for what changes while it runs (`wharfd` sets the resource
+    /// alarms' limits on SIGHUP: [`Broker::set_alarm_limits`]).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
     }
 
     /// Stops accepting, finishes in-flight requests, flushes and closes storage cleanly.
@@ -277,6 +284,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             amqp_listener,
         )
     });
+    let handle_broker = broker.clone();
     let task = tokio::spawn(async move {
         // Every connection holds a clone of `done_tx`; when all are dropped, `done_rx`
         // yields None.
@@ -357,6 +365,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         amqp_addr,
         http_addr,
         tls,
+        broker: handle_broker,
         shutdown,
         task,
     })

@@ -862,6 +862,76 @@ def disk_alarm():
     print("ok disk_alarm after %d publishes" % sent)
 
 
+def memory_alarm(config_path, pid):
+    """The broker's memory alarm, as RabbitMQ's: with the watermark lowered below what the
+    broker uses (here by rewriting wharfd's config file and sending it SIGHUP, where
+    RabbitMQ has `rabbitmqctl set_vm_memory_high_watermark`), a publisher gets
+    connection.blocked with reason "low on memory" and its confirmed publish is held (not
+    failed, not lost) while a consumer on another connection still gets its messages; once
+    the watermark is raised again it gets connection.unblocked and every publish lands."""
+    import os
+    import signal
+
+    def set_watermark(watermark_bytes):
+        with open(config_path, "w") as config:
+            config.write("memory_high_watermark_bytes = %d\n" % watermark_bytes)
+        os.kill(int(pid), signal.SIGHUP)
+
+    reasons, unblocked = [], threading.Event()
+    publisher = connect()
+    publisher.add_on_connection_blocked_callback(
+        lambda _connection, method: reasons.append(method.method.reason)
+    )
+    publisher.add_on_connection_unblocked_callback(lambda _connection, _method: unblocked.set())
+    ch = publisher.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("mem-held", durable=True)
+    ch.queue_declare("mem-drain", durable=True)
+    persistent = pika.BasicProperties(delivery_mode=2)
+    ch.basic_publish("", "mem-drain", b"before the alarm", properties=persistent)
+    set_watermark(1)
+    progress, lifted, drained = [0], [], []
+
+    def lift_when_stalled():
+        last, stalled_since, deadline = -1, None, time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if progress[0] != last:
+                last, stalled_since = progress[0], None
+            elif stalled_since is None:
+                stalled_since = time.time()
+            elif time.time() - stalled_since > 2:
+                # Consumers go on while publishers are held.
+                consumer = connect()
+                method, _, body = consumer.channel().basic_get("mem-drain", auto_ack=True)
+                drained.append(body)
+                consumer.close()
+                lifted.append(progress[0])
+                set_watermark(0)
+                return
+
+    lifter = threading.Thread(target=lift_when_stalled)
+    lifter.start()
+    sent = 0
+    while not lifted and sent < 100000:
+        ch.basic_publish("", "mem-held", b"m%d" % sent, properties=persistent)
+        sent += 1
+        progress[0] = sent
+    deadline = time.time() + 30
+    while not unblocked.is_set() and time.time() < deadline:
+        publisher.process_data_events(time_limit=0.2)
+    lifter.join(5)
+    assert lifted, "publishes never stalled (%d sent)" % sent
+    assert reasons == ["low on memory"], reasons
+    assert unblocked.is_set(), "never unblocked after the watermark was raised"
+    assert drained == [b"before the alarm"], drained
+    # Every publish was confirmed and stored: the held one too.
+    assert ch.queue_declare("mem-held", passive=True).method.message_count == sent
+    ch.basic_publish("", "mem-held", b"after", properties=persistent)
+    publisher.close()
+    print("ok memory_alarm after %d publishes" % sent)
+
+
 def single_active_consumer_and_cancel_notify():
     conn = connect()
     ch = conn.channel()
@@ -1164,6 +1234,7 @@ SCENARIOS = {
     "overflow_reject_publish": overflow_reject_publish,
     "max_length_bytes": max_length_bytes,
     "disk_alarm": disk_alarm,
+    "memory_alarm": memory_alarm,
     "single_active_consumer_and_cancel_notify": single_active_consumer_and_cancel_notify,
     "channel_flow": channel_flow,
     "dead_lettering": dead_lettering,

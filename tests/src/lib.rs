@@ -117,7 +117,18 @@ impl BrokerProcess {
         broker
     }
 
-    /// Sends it SIGHUP (reload the TLS certificate).
+    /// Its process id (for a test that signals it from a client script).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The config file [`BrokerProcess::start_with_config`] wrote (rewrite it, then
+    /// [`BrokerProcess::hangup`], to change what a SIGHUP reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self.data_dir.with_extension("toml")
+    }
+
+    /// Sends it SIGHUP (reload the TLS certificate and the resource alarms' limits).
     pub fn hangup(&self) {
         if let Some(child) = &self.child {
             let status = Command::new("kill")

@@ -574,6 +574,38 @@ fn client_that_stops_sending_heartbeats_is_disconnected() {
 }
 
 #[test]
+fn pika_publisher_is_blocked_by_the_memory_alarm_and_unblocked_when_the_watermark_is_raised() {
+    // The scenario lowers the watermark below what wharfd uses (rewrites the config file,
+    // then SIGHUP), checks that the publisher is held with "low on memory" while a consumer
+    // still reads, then raises it again.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start_with_config(
+        &dir.path().join("data"),
+        "memory_high_watermark_bytes = 0\n",
+    );
+    let amqp = broker.amqp_address();
+    let config = broker.config_path();
+    let pid = broker.pid().to_string();
+    let output = run_client_script(
+        "pika_scenarios.py",
+        &[
+            &amqp.ip().to_string(),
+            &amqp.port().to_string(),
+            "memory_alarm",
+            &config.display().to_string(),
+            &pid,
+        ],
+    );
+    assert!(
+        output.status.success() && stdout(&output).contains("ok memory_alarm"),
+        "pika memory_alarm failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn pika_publisher_is_blocked_by_the_disk_alarm_and_unblocked_when_space_is_freed() {
     // wharfd on a 128 MiB tmpfs of its own mount namespace (unshare, util-linux), holding
     // publishers below 96 MB free (the alarm samples every 250 ms: a wide margin, so a

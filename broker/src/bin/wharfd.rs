@@ -7,7 +7,8 @@
 //! one `<front end> listening on ADDR` line per other listener that is on, in this order:
 //! `kafka listening on ADDR`, `amqp listening on ADDR`, `http listening on ADDR` (ADDR is
 //! the bound `HOST:PORT`, without the scheme, whether the listener speaks TLS or not);
-//! shuts down cleanly on SIGINT or SIGTERM, and reloads the TLS certificate on SIGHUP.
+//! shuts down cleanly on SIGINT or SIGTERM; on SIGHUP reloads the TLS certificate and the
+//! resource alarms' limits from the config file.
 //!
 //! `wharfd user create NAME --data-dir DIR --password-stdin [--mechanism M]` creates a user
 //! in a data directory no broker is running on (the first user, before any listener
@@ -180,6 +181,9 @@ fn main() -> ExitCode {
         },
         None => BrokerConfig::default(),
     };
+    let reload = Reload {
+        config_path: args.config.clone(),
+    };
     if let Err(message) = apply_flags(&mut config, args) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
@@ -194,7 +198,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -252,7 +256,7 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
+async fn run(config: BrokerConfig, reload: Reload) -> Result<(), server::ServerError> {
     // The signal handlers go in before the broker says it is listening: whoever waits for
     // that line may send SIGTERM at once, and before the handler exists SIGTERM kills the
     // process without a clean stop (the next start then recovers every log).
@@ -277,14 +281,31 @@ async fn run(config: BrokerConfig) -> Result<(), server::ServerError> {
         tracing::info!("shutdown requested");
         let _ = trigger.send(true);
     });
-    tokio::spawn(reload_on_hangup(hangup, handle.tls()));
+    tokio::spawn(reload_on_hangup(
+        hangup,
+        handle.tls(),
+        handle.broker(),
+        reload,
+    ));
     handle.wait().await
 }
 
-/// Reloads the TLS certificate at every SIGHUP (only logs when no listener speaks TLS).
+/// What a SIGHUP re-reads besides the certificate: the config file, if one was given, for
+/// the settings that change while the broker runs.
+struct Reload {
+    config_path: Option<std::path::PathBuf>,
+}
+
+/// At every SIGHUP: reloads the TLS certificate (only logs when no listener speaks TLS)
+/// and re-reads the resource alarms' limits (`disk_free_limit_bytes`,
+/// `memory_high_watermark`, `memory_high_watermark_bytes`) from the config file, as
+/// `rabbitmqctl set_vm_memory_high_watermark` changes RabbitMQ's. A file that no longer
+/// loads is logged and changes nothing.
 async fn reload_on_hangup(
     hangup: Option<tokio::signal::unix::Signal>,
     tls: Option<std::sync::Arc<wharf_broker::net::tls::Tls>>,
+    broker: std::sync::Arc<wharf_broker::core::Broker>,
+    reload: Reload,
 ) {
     let Some(mut hangup) = hangup else {
         return;
@@ -297,6 +318,21 @@ async fn reload_on_hangup(
                 // Reading the files is blocking work: off the runtime's workers.
                 let _ = tokio::task::spawn_blocking(move || tls.reload_logged()).await;
             }
+        }
+        if let Some(path) = reload.config_path.clone() {
+            let broker = broker.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                match BrokerConfig::from_file(&path).and_then(|config| {
+                    config.validate()?;
+                    Ok(config)
+                }) {
+                    Ok(config) => broker.set_alarm_limits(&config),
+                    Err(error) => {
+                        tracing::warn!(%error, "SIGHUP: config not reloaded");
+                    }
+                }
+            })
+            .await;
         }
     }
 }

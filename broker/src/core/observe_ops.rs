@@ -103,6 +103,11 @@ pub struct Observed {
     /// Free bytes of the data directory's file system at the alarm's last sample (`None`
     /// before the first, or with the alarm off).
     pub disk_free_bytes: Option<u64>,
+    /// The memory alarm is on: publishers are held (issue #16).
+    pub memory_alarm: bool,
+    /// The broker's anonymous resident memory at the alarm's last sample, and the memory
+    /// high watermark (0: no memory alarm).
+    pub memory_bytes: (u64, u64),
 }
 
 impl Broker {
@@ -150,6 +155,8 @@ impl Broker {
             readiness: self.readiness(),
             disk_alarm: self.disk_alarm(),
             disk_free_bytes: Some(self.free_disk_bytes()).filter(|free| *free != u64::MAX),
+            memory_alarm: self.memory_alarm(),
+            memory_bytes: self.memory_bytes(),
         }
     }
 

@@ -493,8 +493,8 @@ impl Broker {
 
     /// The ordered phase of a publish: hands the message to its queues, so one session's
     /// messages are stored in the order sent. The completion waits for the confirm (durable
-    /// in every routed queue), so pipelined publishes share fsyncs. While the disk alarm is
-    /// on it first waits for it to clear.
+    /// in every routed queue), so pipelined publishes share fsyncs. While a resource alarm
+    /// (disk or memory) is on it first waits for it to clear.
     ///
     /// # Errors
     /// Unknown exchange or a bad header (nothing stored).
@@ -505,9 +505,9 @@ impl Broker {
     ) -> Result<PublishCompletion, QueueError> {
         self.check_publish(caller, &query)?;
         self.charge_quota(caller, super::QuotaKind::Produce, query.body.len() as u64);
-        // A publisher is held while the disk alarm is on (RabbitMQ's resource alarm): its
-        // connection reads nothing more until there is room again.
-        self.disk_alarm_cleared().await;
+        // A publisher is held while a resource alarm is on (RabbitMQ's memory and disk
+        // alarms): its connection reads nothing more until there is room again.
+        self.alarms_cleared().await;
         let mandatory = query.mandatory;
         let (exchange, message) = publish_message(query);
         let ticket = self.queues.publish_enqueue(&exchange, message).await?;
@@ -540,7 +540,7 @@ impl Broker {
         }
         let bytes: usize = queries.iter().map(|query| query.body.len()).sum();
         self.charge_quota(caller, super::QuotaKind::Produce, bytes as u64);
-        self.disk_alarm_cleared().await;
+        self.alarms_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
         let tickets = self
             .queues

@@ -447,11 +447,13 @@ fn takes_blocked(client_properties: &FieldTable) -> bool {
     )
 }
 
-/// A publisher is held by the disk alarm (`blocked`) or goes on again: tells a client that
-/// takes it with connection.blocked (reason "low on disk", RabbitMQ's words) and
-/// connection.unblocked, each once, and keeps the heartbeat check from closing a connection
-/// whose reads are held.
-async fn tell_blocked(shared: &Arc<Shared>, blocked: bool) {
+/// A publisher is held by a resource alarm (`blocked` says why, in RabbitMQ's words: "low on
+/// disk", "low on memory") or goes on again (`None`): tells a client that takes it with
+/// connection.blocked and connection.unblocked, each once, and keeps the heartbeat check
+/// from closing a connection whose reads are held.
+async fn tell_blocked(shared: &Arc<Shared>, blocked: Option<&'static str>) {
+    let reason = blocked;
+    let blocked = reason.is_some();
     shared
         .held
         .store(blocked, std::sync::atomic::Ordering::Relaxed);
@@ -466,12 +468,11 @@ async fn tell_blocked(shared: &Arc<Shared>, blocked: bool) {
     if !changed {
         return;
     }
-    let method = if blocked {
-        connection::AMQPMethod::Blocked(connection::Blocked {
-            reason: ShortString::from("low on disk"),
-        })
-    } else {
-        connection::AMQPMethod::Unblocked(connection::Unblocked {})
+    let method = match reason {
+        Some(reason) => connection::AMQPMethod::Blocked(connection::Blocked {
+            reason: ShortString::from(reason),
+        }),
+        None => connection::AMQPMethod::Unblocked(connection::Unblocked {}),
     };
     shared
         .send(method_frame(0, &AMQPClass::Connection(method)))
@@ -2125,13 +2126,13 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             return Ok(());
         }
     }
-    let held = shared.broker.disk_alarm();
-    if held {
-        tell_blocked(shared, true).await;
+    let held = shared.broker.alarms().reason();
+    if held.is_some() {
+        tell_blocked(shared, held).await;
     }
     let published = shared.broker.publish(&shared.session, query).await;
-    if held {
-        tell_blocked(shared, false).await;
+    if held.is_some() {
+        tell_blocked(shared, None).await;
     }
     let completion = match published {
         Ok(completion) => completion,

@@ -118,6 +118,28 @@ impl Collector for Scrape {
                 "1 while the data directory's free space is below disk_free_limit_bytes and publishers are held, else 0.",
                 [(NO_LABELS, i64::from(observed.disk_alarm))],
             )?;
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "wharf_memory_alarm",
+                "1 while the broker's memory is above its high watermark and publishers are held, else 0.",
+                [(NO_LABELS, i64::from(observed.memory_alarm))],
+            )?;
+            let (memory_used, memory_watermark) = observed.memory_bytes;
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "wharf_memory_used_bytes",
+                "The broker's anonymous resident memory (heap and stacks, not mapped files) at the memory alarm's last sample.",
+                [(NO_LABELS, memory_used)],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Gauge,
+                "wharf_memory_high_watermark_bytes",
+                "Memory above which the memory alarm holds publishers (0: no memory alarm).",
+                [(NO_LABELS, memory_watermark)],
+            )?;
             if let Some(free) = observed.disk_free_bytes {
                 family(
                     &mut encoder,

@@ -252,28 +252,28 @@ pub async fn handle(
     }
 }
 
-/// Before a publish: if the disk alarm is on (the core will hold the publish until it
+/// Before a publish: if a resource alarm is on (the core will hold the publish until it
 /// clears), tells the client with a ConnectionBlocked push, as AMQP's connection.blocked.
 /// Returns whether it did.
 async fn tell_blocked(broker: &Broker, connection: &NativeConnection) -> bool {
-    if !broker.disk_alarm() {
+    let Some(reason) = broker.alarms().reason() else {
         return false;
-    }
-    push_blocked(connection, true).await;
+    };
+    push_blocked(connection, Some(reason)).await;
     true
 }
 
 /// After a publish the alarm held: the ConnectionBlocked push that lets the client go.
 async fn tell_unblocked(held: bool, connection: &NativeConnection) {
     if held {
-        push_blocked(connection, false).await;
+        push_blocked(connection, None).await;
     }
 }
 
-async fn push_blocked(connection: &NativeConnection, blocked: bool) {
+async fn push_blocked(connection: &NativeConnection, reason: Option<&str>) {
     let pushed = ConnectionBlockedPush {
-        blocked,
-        reason: blocked.then(|| "low on disk".to_string()),
+        blocked: reason.is_some(),
+        reason: reason.map(str::to_string),
     };
     let header = FrameHeader {
         api_key: ApiKey::ConnectionBlocked.code(),
