@@ -134,9 +134,60 @@ pub(crate) enum Output {
     /// Encoded frames.
     Frames(BytesMut),
     /// Frames known later (a confirm after the message is stored); `None`: nothing.
-    Later(Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>),
+    Later(Pin<Box<dyn Future<Output = Option<Later>> + Send>>),
     /// Fired once everything queued before it is in the push channel.
     Signal(oneshot::Sender<()>),
+}
+
+/// What a [`Output::Later`] turns out to be.
+pub(crate) enum Later {
+    /// Encoded frames (a basic.return, a nack).
+    Frames(BytesMut),
+    /// A publisher confirm (basic.ack) of one delivery tag on a channel: the sequencer
+    /// merges a run of them that is ready at once into one basic.ack with `multiple` set,
+    /// as RabbitMQ does, so a pipelining publisher reads one frame per round, not one per
+    /// message.
+    Ack { channel: u16, delivery_tag: u64 },
+}
+
+/// A run of consecutive confirms on one channel, not yet sent.
+#[derive(Debug, Default)]
+struct AckRun {
+    /// Channel, first and last delivery tag.
+    run: Option<(u16, u64, u64)>,
+}
+
+impl AckRun {
+    /// Adds a confirm; `false` (and nothing added) when it does not continue the run.
+    fn extend(&mut self, channel: u16, delivery_tag: u64) -> bool {
+        match &mut self.run {
+            None => {
+                self.run = Some((channel, delivery_tag, delivery_tag));
+                true
+            }
+            Some((on, _, last)) if *on == channel && delivery_tag == *last + 1 => {
+                *last = delivery_tag;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// The basic.ack frame of the run (`multiple` when it holds more than one tag: every
+    /// earlier tag of the channel has been confirmed before it, since confirms go out in
+    /// publish order), and the run emptied.
+    fn take_frame(&mut self) -> Option<BytesMut> {
+        let (channel, first, last) = self.run.take()?;
+        Some(method_frame(
+            channel,
+            &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(
+                amq_protocol::protocol::basic::Ack {
+                    delivery_tag: last,
+                    multiple: last > first,
+                },
+            )),
+        ))
+    }
 }
 
 /// What one AMQP connection's frames share.
@@ -204,7 +255,7 @@ impl Shared {
     /// Queues frames known later behind every earlier reply.
     pub(crate) async fn send_later(
         &self,
-        later: Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>,
+        later: Pin<Box<dyn Future<Output = Option<Later>> + Send>>,
     ) {
         let _ = self.out.send(Output::Later(later)).await;
     }
@@ -425,20 +476,88 @@ enum Observed {
 
 /// Forwards replies and confirms to the push channel in the order they were queued.
 async fn sequence_output(mut out: mpsc::Receiver<Output>, push: mpsc::Sender<BytesMut>) {
-    while let Some(item) = out.recv().await {
+    let mut acks = AckRun::default();
+    loop {
+        // While confirms wait to be merged, only what is already queued may join them.
+        let item = if acks.run.is_none() {
+            match out.recv().await {
+                Some(item) => item,
+                None => return,
+            }
+        } else {
+            match out.try_recv() {
+                Ok(item) => item,
+                Err(error) => {
+                    if !send_acks(&mut acks, &push).await
+                        || error == mpsc::error::TryRecvError::Disconnected
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        };
         let frames = match item {
             Output::Frames(frames) => Some(frames),
-            Output::Later(later) => later.await,
+            Output::Later(mut later) => {
+                let ready = if acks.run.is_none() {
+                    Some((&mut later).await)
+                } else {
+                    // Joins the run only if ready now: a confirm is never held back
+                    // waiting for a later one.
+                    tokio::select! {
+                        biased;
+                        value = &mut later => Some(value),
+                        () = std::future::ready(()) => None,
+                    }
+                };
+                let value = match ready {
+                    Some(value) => value,
+                    None => {
+                        if !send_acks(&mut acks, &push).await {
+                            return;
+                        }
+                        later.await
+                    }
+                };
+                match value {
+                    None => None,
+                    Some(Later::Frames(frames)) => Some(frames),
+                    Some(Later::Ack {
+                        channel,
+                        delivery_tag,
+                    }) => {
+                        if !acks.extend(channel, delivery_tag) {
+                            if !send_acks(&mut acks, &push).await {
+                                return;
+                            }
+                            acks.extend(channel, delivery_tag);
+                        }
+                        None
+                    }
+                }
+            }
             Output::Signal(signal) => {
+                if !send_acks(&mut acks, &push).await {
+                    return;
+                }
                 let _ = signal.send(());
                 None
             }
         };
         if let Some(frames) = frames {
-            if push.send(frames).await.is_err() {
+            if !send_acks(&mut acks, &push).await || push.send(frames).await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// Sends the run of confirms, if any; `false` when the connection's writer is gone.
+async fn send_acks(acks: &mut AckRun, push: &mpsc::Sender<BytesMut>) -> bool {
+    match acks.take_frame() {
+        Some(frame) => push.send(frame).await.is_ok(),
+        None => true,
     }
 }
 
@@ -655,6 +774,41 @@ pub(crate) fn encode_body(channel: u16, body: &[u8], frame_max: u32, out: &mut B
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn ack_of(frame: &BytesMut) -> (u16, u64, bool) {
+        let mut buffer = frame.clone();
+        match decode_frame(&mut buffer, FRAME_BYTES_MAX) {
+            Ok(Some(AmqpRequest::Method(
+                channel,
+                method,
+            ))) => match *method {
+                AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(ack)) => {
+                    (channel, ack.delivery_tag, ack.multiple)
+                }
+                other => panic!("not an ack: {other:?}"),
+            },
+            other => panic!("not a method frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_run_of_confirms_is_one_ack_with_multiple_and_a_gap_or_another_channel_ends_it() {
+        let mut acks = AckRun::default();
+        assert!(acks.take_frame().is_none());
+        assert!(acks.extend(1, 5));
+        let single = acks.take_frame().expect("one");
+        assert_eq!(ack_of(&single), (1, 5, false), "one tag: multiple unset");
+        for tag in 6..=9 {
+            assert!(acks.extend(1, tag));
+        }
+        assert!(!acks.extend(1, 11), "a gap ends the run");
+        assert!(!acks.extend(2, 10), "another channel ends the run");
+        assert_eq!(ack_of(&acks.take_frame().expect("run")), (1, 9, true));
+        assert!(acks.extend(2, 10));
+        assert_eq!(ack_of(&acks.take_frame().expect("next")), (2, 10, false));
+    }
+
     use super::*;
 
     fn decode(bytes: &[u8]) -> Result<Option<AmqpRequest>, Fatal> {

@@ -144,6 +144,9 @@ impl Transport for TcpStream {
 enum Pending {
     /// A running request; `None` output means no response.
     Running(JoinHandle<Option<BytesMut>>, OwnedSemaphorePermit),
+    /// A request whose completion was ready as soon as its ordered phase ended (most AMQP
+    /// frames, a Kafka acks=0 produce): its response, with no task spawned for it.
+    Done(BytesMut),
     /// An error response, after which the connection closes.
     Fatal(Option<BytesMut>),
 }
@@ -200,13 +203,15 @@ pub async fn serve<P: Protocol, T: Transport>(
             // The ordered phase runs here, before the next request is read; the rest runs as
             // its own task so slow requests (long polls, fsync waits) overlap.
             requests += 1;
-            let completion = protocol.handle(&connection, request).await;
-            let task = tokio::spawn(completion);
-            if pending_tx
-                .send(Pending::Running(task, permit))
-                .await
-                .is_err()
-            {
+            let mut completion = protocol.handle(&connection, request).await;
+            // A completion that is ready at once costs no task: no response at all (an AMQP
+            // content frame, a publish outside confirm mode) needs nothing from the writer.
+            let pending = match futures_util::FutureExt::now_or_never(&mut completion) {
+                Some(None) => continue,
+                Some(Some(bytes)) => Pending::Done(bytes),
+                None => Pending::Running(tokio::spawn(completion), permit),
+            };
+            if pending_tx.send(pending).await.is_err() {
                 break 'read;
             }
         }
@@ -281,6 +286,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
                     current = Some((task, permit));
                     continue;
                 }
+                Some(Pending::Done(bytes)) => (Some(bytes), false),
                 Some(Pending::Fatal(bytes)) => (bytes, true),
                 None => {
                     // The reader stopped: pushes already queued (an AMQP close-ok, the
@@ -316,6 +322,12 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             if current.is_none() {
                 match pending_rx.try_recv() {
                     Ok(Pending::Running(task, permit)) => current = Some((task, permit)),
+                    Ok(Pending::Done(bytes)) => {
+                        if !write_frame(&mut writer, &mut out, bytes, peer).await {
+                            break 'write;
+                        }
+                        continue;
+                    }
                     Ok(Pending::Fatal(bytes)) => {
                         if let Some(bytes) = bytes {
                             if !write_frame(&mut writer, &mut out, bytes, peer).await {

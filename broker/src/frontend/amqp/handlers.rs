@@ -18,7 +18,7 @@ use super::error_code::{self, Reply};
 use super::message;
 use super::{
     connection_close_frame, method_frame, AmqpRequest, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
-    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
+    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS, Later,
 };
 use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
@@ -2150,6 +2150,14 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     shared
         .send_later(Box::pin(async move {
             let outcome = completion.await;
+            if let (Some(delivery_tag), Ok(PublishOutcome::Routed(_) | PublishOutcome::Dropped)) =
+                (sequence, &outcome)
+            {
+                return Some(Later::Ack {
+                    channel,
+                    delivery_tag,
+                });
+            }
             let mut out = BytesMut::new();
             if matches!(outcome, Ok(PublishOutcome::Returned)) {
                 out = method_frame(
@@ -2184,7 +2192,7 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
                 };
                 out.extend_from_slice(&method_frame(channel, &AMQPClass::Basic(method)));
             }
-            (!out.is_empty()).then_some(out)
+            (!out.is_empty()).then_some(Later::Frames(out))
         }))
         .await;
     Ok(())
