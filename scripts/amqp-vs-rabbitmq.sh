@@ -32,66 +32,13 @@ aio_pika:confirms_prefetch_and_acks aio_pika:dead_letter_and_cancel_notify
 amqplib:roundtrip amqplib:channel_error"
 if [ "$#" -gt 0 ]; then SCENARIOS="$*"; fi
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
-  echo "== installing rabbitmq-server (Debian package)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
-fi
-# Debian starts a system node on install; this script uses its own.
-PATH="/usr/sbin:/usr/lib/rabbitmq/bin:$PATH"
-
 python="${WHARF_TEST_PYTHON:-target/test-clients/venv/bin/python}"
 [ -x "$python" ] || { echo "no $python: run scripts/test.sh once to create the venv" >&2; exit 2; }
 
 port="${RABBITMQ_PORT:-5682}"
-base="$(mktemp -d)"
-export RABBITMQ_NODENAME="wharf-compare-$$@localhost"
-export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-export RABBITMQ_NODE_PORT="$port"
-export RABBITMQ_DIST_PORT="$((port + 20000))"
-export RABBITMQ_MNESIA_BASE="$base/mnesia"
-export RABBITMQ_LOG_BASE="$base/log"
-export RABBITMQ_CONFIG_FILE="$base/rabbitmq"
-export RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins"
-export RABBITMQ_PID_FILE="$base/node.pid"
-mkdir -p "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
-echo "[]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
-: >"$base/rabbitmq.conf"
-# Run as root, Debian's wrapper starts the node as the rabbitmq user.
-if [ "$(id -u)" -eq 0 ] && id rabbitmq >/dev/null 2>&1; then
-  chown -R rabbitmq: "$base"
-fi
-
-(cd "$base" && exec rabbitmq-server) >"$base/server.out" 2>&1 &
-server=$!
-stop() {
-  if ! rabbitmqctl -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1; then
-    # Not up (yet): end the Erlang VM by the pid it wrote, then the wrapper.
-    [ -s "$RABBITMQ_PID_FILE" ] && kill "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null
-    kill "$server" 2>/dev/null
-  fi
-  wait "$server" 2>/dev/null || true
-  rm -rf "$base"
-}
-trap stop EXIT
-started=""
-for _ in $(seq 60); do
-  if rabbitmqctl -n "$RABBITMQ_NODENAME" -q await_startup --timeout 5 >/dev/null 2>&1; then
-    started=yes
-    break
-  fi
-  kill -0 "$server" 2>/dev/null || break
-  sleep 1
-done
-if [ -z "$started" ]; then
-  echo "RabbitMQ did not start:" >&2
-  tail -n 20 "$base/server.out" >&2
-  exit 2
-fi
-rabbitmqctl -n "$RABBITMQ_NODENAME" -q version | sed 's/^/== RabbitMQ /'
+. scripts/rabbitmq-node.sh
+trap rabbitmq_stop EXIT
+rabbitmq_start "$port"
 
 unexpected=0
 for scenario in $SCENARIOS; do

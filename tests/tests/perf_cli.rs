@@ -154,3 +154,66 @@ fn queue_publishes_with_confirms_and_consumes_with_acks() {
     assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
     assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
 }
+
+#[test]
+fn perf_amqp_publishes_and_consumes_over_the_amqp_listener_on_the_same_queues() {
+    let (_data, broker) = start_broker();
+    let amqp = broker.amqp_address();
+    let url = format!("amqp://guest:guest@{amqp}/%2f");
+    let summary = perf(
+        &broker,
+        &[
+            "amqp",
+            "--url",
+            &url,
+            "--queue",
+            "qa",
+            "--messages",
+            "3000",
+            "--size",
+            "64",
+            "--queue-type",
+            "classic",
+        ],
+    );
+    check_throughput(&summary, "amqp", 3_000, 64);
+    assert_eq!(
+        summary["consume_messages"].as_u64(),
+        Some(3_000),
+        "{summary}"
+    );
+    // Confirmed and then acknowledged: the queue, as the native listing sees it, is empty.
+    let listing: Value = serde_json::from_str(&wharf_ok(
+        &broker.address(),
+        &["--json", "queue", "list"],
+        "",
+    ))
+    .expect("json listing");
+    let entry = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|entry| entry["name"] == "qa")
+        .unwrap_or_else(|| panic!("qa not listed in {listing}"));
+    assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
+    assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
+
+    // A server that refuses the login is a clear error, not a hang.
+    let refused = integration_tests::wharf(
+        &broker.address(),
+        &[
+            "perf",
+            "amqp",
+            "--url",
+            &format!("amqp://guest:wrong@{amqp}/%2f"),
+            "--queue",
+            "qa",
+            "--messages",
+            "1",
+        ],
+        "",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("AMQP"), "{stderr}");
+}

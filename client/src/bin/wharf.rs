@@ -51,6 +51,8 @@ mod consume;
 mod encoding;
 #[path = "wharf/perf.rs"]
 mod perf;
+#[path = "wharf/perf_amqp.rs"]
+mod perf_amqp;
 #[path = "wharf/produce.rs"]
 mod produce;
 #[path = "wharf/publish.rs"]
@@ -596,6 +598,8 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `perf amqp` failed: the AMQP server refused, closed or went silent.
+    Amqp(String),
     /// A line of standard input cannot be read as a record (`produce --encoding`).
     BadInput {
         /// The line, counted from 1.
@@ -628,6 +632,7 @@ impl CliError {
             CliError::SubscriptionCancelled { .. } => "subscription_cancelled",
             CliError::BadInput { .. } => "bad_input",
             CliError::File { .. } => "file",
+            CliError::Amqp(_) => "amqp",
         }
     }
 
@@ -734,6 +739,7 @@ impl fmt::Display for CliError {
             CliError::File { path, source } => {
                 write!(formatter, "cannot read {}: {source}", path.display())
             }
+            CliError::Amqp(message) => write!(formatter, "AMQP: {message}"),
         }
     }
 }
@@ -793,6 +799,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     if let Some(name) = &cli.user {
         config = config.credentials(login_credentials(name, &cli)?);
+    }
+    if let Command::Perf {
+        command: perf::PerfCommand::Amqp(args),
+    } = &cli.command
+    {
+        // Speaks AMQP to its own --url: no native connection.
+        return perf::print(&perf_amqp::run(args).await?);
     }
     let client = Client::connect(config).await?;
     match cli.command {

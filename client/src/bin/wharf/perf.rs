@@ -69,6 +69,9 @@ pub enum PerfCommand {
     E2e(PerfE2eArgs),
     /// Publish N messages to a durable queue, then consume them with manual acks.
     Queue(PerfQueueArgs),
+    /// The same over AMQP 0-9-1 to `--url` (wharfd's AMQP listener or RabbitMQ), as
+    /// RabbitMQ's PerfTest does it.
+    Amqp(crate::perf_amqp::PerfAmqpArgs),
 }
 
 /// `wharf perf queue`.
@@ -304,7 +307,7 @@ impl Summary {
     }
 }
 
-fn round(value: f64, scale: f64) -> f64 {
+pub(crate) fn round(value: f64, scale: f64) -> f64 {
     (value * scale).round() / scale
 }
 
@@ -332,7 +335,16 @@ pub async fn run(client: &Client, command: PerfCommand) -> Result<(), CliError> 
         PerfCommand::Consume(args) => consume(client, args).await?,
         PerfCommand::E2e(args) => e2e(client, args).await?,
         PerfCommand::Queue(args) => queue(client, args).await?,
+        PerfCommand::Amqp(args) => crate::perf_amqp::run(&args).await?,
     };
+    print(&summary)
+}
+
+/// Prints a run's summary: one JSON line on stdout.
+///
+/// # Errors
+/// Writing to stdout.
+pub fn print(summary: &Summary) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", summary.to_json())
         .and_then(|()| stdout.flush())
