@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 # x-dead-letter-strategy, which RabbitMQ accepts.
 # delayed_exchange: the delayed-message plugin is not in Debian's package.
 EXPECTED_DIFFERENCES="refused_arguments delayed_exchange"
-SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory_return
+SCENARIOS="confirms_and_properties prefetch_manual_acks exchange_types mandatory_return pipelined_publishes
 nack_requeue_reject basic_get server_named_exclusive channel_error_keeps_connection
 wrong_vhost bad_login dead_lettering refused_arguments redeclare_and_delete_preconditions
 queue_expires exchange_to_exchange consumer_priorities dead_letter_counts_when_republished

@@ -180,6 +180,42 @@ def mandatory_return():
     print("ok mandatory_return")
 
 
+def pipelined_publishes():
+    """Publishes a client sends without waiting (no confirms: pika's blocking channel
+    writes them straight out) arrive together; each is handled as if alone: stored in
+    order, an unroutable mandatory one among them returned with its own body, a basic.get
+    right behind them sees all of them, and a publish to a missing exchange after them
+    closes the channel (404) without losing the ones before it."""
+    conn = connect()
+    ch = conn.channel()
+    q = ch.queue_declare("pika-pipelined", durable=True).method.queue
+    returned = []
+    ch.add_on_return_callback(lambda _ch, method, _props, body: returned.append((method.reply_code, body)))
+    for i in range(500):
+        ch.basic_publish("", q, b"m%03d" % i)
+        if i == 250:
+            ch.basic_publish("", "pika-no-such-queue", b"back to me", mandatory=True)
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"m000", (method, body)
+    assert method.message_count == 499, method
+    got = [body] + [b for _, _, b in drain(ch, q, 499)]
+    assert got == [b"m%03d" % i for i in range(500)], got[:5]
+    conn.process_data_events(time_limit=0.2)
+    assert returned == [(312, b"back to me")], returned
+    for i in range(10):
+        ch.basic_publish("", q, b"before %d" % i)
+    try:
+        ch.basic_publish("pika-no-such-exchange", "k", b"refused")
+        ch.queue_declare(q, passive=True)
+        raise AssertionError("a publish to a missing exchange did not close the channel")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+    ch = conn.channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 10
+    conn.close()
+    print("ok pipelined_publishes")
+
+
 def nack_requeue_reject():
     conn = connect()
     ch = conn.channel()
@@ -1249,6 +1285,7 @@ SCENARIOS = {
     "prefetch_manual_acks": prefetch_manual_acks,
     "exchange_types": exchange_types,
     "mandatory_return": mandatory_return,
+    "pipelined_publishes": pipelined_publishes,
     "nack_requeue_reject": nack_requeue_reject,
     "basic_get": basic_get,
     "server_named_exclusive": server_named_exclusive,

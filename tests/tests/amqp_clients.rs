@@ -94,6 +94,13 @@ fn pika_unroutable_mandatory_message_comes_back_with_312_no_route() {
 }
 
 #[test]
+fn pika_pipelined_publishes_are_stored_in_order_returned_and_refused_each_as_if_alone() {
+    // The listener hands a run of default-exchange publishes to the core together.
+    let (_dir, broker) = broker();
+    pika(&broker, "pipelined_publishes", &[]);
+}
+
+#[test]
 fn pika_nack_requeues_redelivered_and_reject_drops() {
     let (_dir, broker) = broker();
     pika(&broker, "nack_requeue_reject", &[]);

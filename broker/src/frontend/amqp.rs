@@ -453,10 +453,16 @@ impl Protocol for Amqp {
         })
     }
 
+    fn drained<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {
+        Box::pin(handlers::flush_publishes(&connection.shared))
+    }
+
     fn close<'a>(&'a self, connection: &'a AmqpConnection) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             crate::metrics::AMQP.connection_closed();
             let shared = &connection.shared;
+            // Publishes the client sent before it went are stored, as RabbitMQ stores them.
+            handlers::flush_publishes(shared).await;
             let _ = shared.closed.send(true);
             handlers::close_all_channels(shared).await;
             shared.broker.close_session(&shared.session).await;
@@ -779,10 +785,7 @@ mod tests {
     fn ack_of(frame: &BytesMut) -> (u16, u64, bool) {
         let mut buffer = frame.clone();
         match decode_frame(&mut buffer, FRAME_BYTES_MAX) {
-            Ok(Some(AmqpRequest::Method(
-                channel,
-                method,
-            ))) => match *method {
+            Ok(Some(AmqpRequest::Method(channel, method))) => match *method {
                 AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(ack)) => {
                     (channel, ack.delivery_tag, ack.multiple)
                 }
@@ -808,8 +811,6 @@ mod tests {
         assert!(acks.extend(2, 10));
         assert_eq!(ack_of(&acks.take_frame().expect("next")), (2, 10, false));
     }
-
-    use super::*;
 
     fn decode(bytes: &[u8]) -> Result<Option<AmqpRequest>, Fatal> {
         decode_frame(&mut BytesMut::from(bytes), FRAME_BYTES_MAX)

@@ -107,6 +107,15 @@ pub trait Protocol: Send + Sync + 'static {
         None
     }
 
+    /// The read buffer holds no whole request any more and the driver is about to wait for
+    /// bytes: a front end that holds requests back to handle them together (AMQP's
+    /// publishes to the default exchange) hands them over here, so nothing waits on the
+    /// client's next write. Default: nothing.
+    fn drained<'a>(&'a self, connection: &'a Self::Connection) -> BoxFuture<'a, ()> {
+        let _ = connection;
+        Box::pin(std::future::ready(()))
+    }
+
     /// Runs the ordered phase of `request` and returns its completion.
     fn handle<'a>(
         &'a self,
@@ -187,7 +196,10 @@ pub async fn serve<P: Protocol, T: Transport>(
             let buffered_bytes = buffer.len();
             let request = match protocol.decode(&connection, &mut buffer) {
                 Ok(Some(request)) => request,
-                Ok(None) => break,
+                Ok(None) => {
+                    protocol.drained(&connection).await;
+                    break;
+                }
                 Err(Fatal { response, reason }) => {
                     tracing::warn!(%peer, reason, "bad frame; closing connection");
                     let _ = pending_tx.send(Pending::Fatal(response)).await;

@@ -17,12 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::error_code::{self, Reply};
 use super::message;
 use super::{
-    connection_close_frame, method_frame, AmqpRequest, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
-    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS, Later,
+    connection_close_frame, method_frame, AmqpRequest, Later, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
+    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
 };
 use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
 };
+use crate::core::PublishCompletion;
 use crate::core::{
     AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, DeliveryTag, Durability,
     GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
@@ -59,6 +60,22 @@ pub(crate) struct State {
     takes_blocked: bool,
     /// connection.blocked was sent and connection.unblocked not yet.
     blocked_sent: bool,
+    /// Publishes to the default exchange whose content is complete, not yet handed to the
+    /// core: handed over together ([`flush_publishes`]) when the read buffer is drained,
+    /// before any other frame, or at [`PENDING_PUBLISHES_MAX`].
+    pending: Vec<PendingPublish>,
+}
+
+/// Most complete publishes a connection holds back before handing them to the core.
+const PENDING_PUBLISHES_MAX: usize = 256;
+
+/// A publish whose content is complete, waiting to be handed to the core with others.
+#[derive(Debug)]
+pub(crate) struct PendingPublish {
+    channel: u16,
+    sequence: Option<u64>,
+    query: PublishQuery,
+    properties: AMQPProperties,
 }
 
 /// One open channel.
@@ -206,6 +223,17 @@ pub(crate) fn awaits_content(shared: &Shared, channel: u16) -> bool {
 
 /// Handles one frame in the connection's ordered phase.
 pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
+    // Publishes held back go to the core before any frame that is not part of a further
+    // publish, so every other method sees them done in order (a basic.get, a queue.purge,
+    // a channel.close, a confirm.select ...).
+    let continues_publishing = matches!(
+        &request,
+        AmqpRequest::ContentHeader(..) | AmqpRequest::Body(..) | AmqpRequest::Heartbeat(_)
+    ) || matches!(&request, AmqpRequest::Method(_, class)
+        if matches!(**class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))));
+    if !continues_publishing {
+        flush_publishes(shared).await;
+    }
     let phase = shared.state().phase;
     let outcome = match request {
         AmqpRequest::ProtocolHeader => {
@@ -2126,6 +2154,27 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             return Ok(());
         }
     }
+    if exchange.is_empty() {
+        // The default exchange routes to the queue the key names or drops (or returns) the
+        // message, it never refuses it: such publishes can go to the core together (one
+        // routing pass, one command per queue for the run) without a later one being stored
+        // after an earlier one closed its channel.
+        let full = {
+            let mut state = shared.state();
+            state.pending.push(PendingPublish {
+                channel,
+                sequence,
+                query,
+                properties,
+            });
+            state.pending.len() >= PENDING_PUBLISHES_MAX
+        };
+        if full {
+            flush_publishes(shared).await;
+        }
+        return Ok(());
+    }
+    flush_publishes(shared).await;
     let held = shared.broker.alarms().reason();
     if held.is_some() {
         tell_blocked(shared, held).await;
@@ -2134,17 +2183,98 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     if held.is_some() {
         tell_blocked(shared, None).await;
     }
-    let completion = match published {
-        Ok(completion) => completion,
-        Err(error) => {
-            fail_channel(shared, channel, error_code::queue(&error, 60, 40)).await;
-            return Ok(());
-        }
+    let answer = Answer {
+        channel,
+        sequence,
+        mandatory,
+        exchange,
+        routing_key,
+        properties,
+        body,
     };
+    match published {
+        Ok(completion) => answer_publish(shared, answer, completion).await,
+        Err(error) => fail_channel(shared, channel, error_code::queue(&error, 60, 40)).await,
+    }
+    Ok(())
+}
+
+/// What a publish's answer needs besides its completion.
+struct Answer {
+    channel: u16,
+    sequence: Option<u64>,
+    mandatory: bool,
+    exchange: String,
+    routing_key: String,
+    properties: AMQPProperties,
+    body: Bytes,
+}
+
+/// Hands the publishes held back to the core together (one [`Broker::publish_batch`]), in
+/// order, and queues their answers; a refused one closes its channel.
+pub(crate) async fn flush_publishes(shared: &Arc<Shared>) {
+    let pending = std::mem::take(&mut shared.state().pending);
+    if pending.is_empty() {
+        return;
+    }
+    let held = shared.broker.alarms().reason();
+    if held.is_some() {
+        tell_blocked(shared, held).await;
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    let mut queries = Vec::with_capacity(pending.len());
+    for publish in pending {
+        let mandatory = publish.query.mandatory == Mandatory::Return;
+        answers.push(Answer {
+            channel: publish.channel,
+            sequence: publish.sequence,
+            mandatory,
+            // Only a returned message needs these, and only mandatory ones can be.
+            exchange: String::new(),
+            routing_key: if mandatory {
+                publish.query.routing_key.clone()
+            } else {
+                String::new()
+            },
+            properties: publish.properties,
+            body: if mandatory {
+                publish.query.body.clone()
+            } else {
+                Bytes::new()
+            },
+        });
+        queries.push(publish.query);
+    }
+    let published = shared.broker.publish_batch(&shared.session, queries).await;
+    if held.is_some() {
+        tell_blocked(shared, None).await;
+    }
+    for (answer, published) in answers.into_iter().zip(published) {
+        match published {
+            Ok(completion) => answer_publish(shared, answer, completion).await,
+            Err(error) => {
+                fail_channel(shared, answer.channel, error_code::queue(&error, 60, 40)).await;
+            }
+        }
+    }
+}
+
+/// Queues the answer a stored (or returned) publish gets: nothing outside confirm mode
+/// unless it was returned, else its basic.return and its ack or nack, in publish order.
+async fn answer_publish(shared: &Arc<Shared>, answer: Answer, completion: PublishCompletion) {
+    let Answer {
+        channel,
+        sequence,
+        mandatory,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    } = answer;
     if sequence.is_none() && !mandatory {
         // Nothing to answer: the message is in its queues' command channels already.
         drop(completion);
-        return Ok(());
+        return;
     }
     let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
     shared
@@ -2195,7 +2325,6 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             (!out.is_empty()).then_some(Later::Frames(out))
         }))
         .await;
-    Ok(())
 }
 
 /// What a closing channel leaves to release: its consumers and basic.get holders.
