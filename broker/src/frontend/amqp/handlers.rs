@@ -1605,86 +1605,108 @@ async fn forward_deliveries(
     let _ = started.await;
     let mut scratch = Vec::new();
     let tag_short = ShortString::from(consumer_tag.as_str());
-    while let Some(event) = events.recv().await {
-        let delivered = match event {
-            ConsumerEvent::Delivery(delivered) => delivered,
-            ConsumerEvent::Cancelled(_) => {
-                let removed = shared
-                    .state()
+    while let Some(first) = events.recv().await {
+        // The deliveries already waiting go out in one push (one wake-up of the writer),
+        // up to DELIVERY_PUSH_BYTES_MAX.
+        let mut out = BytesMut::new();
+        let mut bytes = 0u64;
+        let mut settle_tags = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            let delivered = match event {
+                ConsumerEvent::Delivery(delivered) => delivered,
+                ConsumerEvent::Cancelled(_) => {
+                    if !out.is_empty() && shared.push.send(out).await.is_err() {
+                        return;
+                    }
+                    let removed = shared
+                        .state()
+                        .channels
+                        .get_mut(&channel)
+                        .and_then(|open| open.consumers.remove(&consumer_tag));
+                    if removed.is_some() {
+                        let frame = method_frame(
+                            channel,
+                            &AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                                consumer_tag: tag_short.clone(),
+                                nowait: true,
+                            })),
+                        );
+                        let _ = shared.push.send(frame).await;
+                    }
+                    return;
+                }
+            };
+            let delivery_tag = {
+                let mut state = shared.state();
+                let open = state
                     .channels
                     .get_mut(&channel)
-                    .and_then(|open| open.consumers.remove(&consumer_tag));
-                if removed.is_some() {
-                    let frame = method_frame(
-                        channel,
-                        &AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag: tag_short.clone(),
-                            nowait: true,
-                        })),
-                    );
-                    let _ = shared.push.send(frame).await;
+                    .filter(|open| open.consumers.contains_key(&consumer_tag));
+                open.map(|open| {
+                    open.last_tag += 1;
+                    if !no_ack {
+                        open.unacked.insert(
+                            open.last_tag,
+                            Held {
+                                queue: queue.clone(),
+                                consumer,
+                                tag: delivered.tag,
+                            },
+                        );
+                    }
+                    open.last_tag
+                })
+            };
+            let Some(delivery_tag) = delivery_tag else {
+                // Those already encoded were registered before the consumer went: they go.
+                if !out.is_empty() {
+                    let _ = shared.push.send(out).await;
                 }
+                return_undelivered(&shared, &queue, consumer, delivered.tag, events).await;
                 return;
-            }
-        };
-        let delivery_tag = {
-            let mut state = shared.state();
-            let open = state
-                .channels
-                .get_mut(&channel)
-                .filter(|open| open.consumers.contains_key(&consumer_tag));
-            open.map(|open| {
-                open.last_tag += 1;
-                if !no_ack {
-                    open.unacked.insert(
-                        open.last_tag,
-                        Held {
-                            queue: queue.clone(),
-                            consumer,
-                            tag: delivered.tag,
-                        },
-                    );
-                }
-                open.last_tag
-            })
-        };
-        let Some(delivery_tag) = delivery_tag else {
-            return_undelivered(&shared, &queue, consumer, delivered.tag, events).await;
-            return;
-        };
-        let (properties, exchange) = message::properties_from_headers(
-            &delivered.record.headers,
-            delivered.record.timestamp_ms,
-        );
-        let (routing_key, body) = message::key_and_body(&delivered.record);
-        let mut out = BytesMut::with_capacity(body.len() + 256);
-        super::encode_frame_with(
-            &AMQPFrame::Method(
+            };
+            let (properties, exchange) = message::properties_from_headers(
+                &delivered.record.headers,
+                delivered.record.timestamp_ms,
+            );
+            let (routing_key, body) = message::key_and_body(&delivered.record);
+            out.reserve(body.len() + 256);
+            super::encode_frame_with(
+                &AMQPFrame::Method(
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                        consumer_tag: tag_short.clone(),
+                        delivery_tag,
+                        redelivered: delivered.redelivered,
+                        exchange: message::short_string(exchange),
+                        routing_key: message::short_string(routing_key),
+                    })),
+                ),
+                &mut out,
+                &mut scratch,
+            );
+            let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+            message::encode_content(
                 channel,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: tag_short.clone(),
-                    delivery_tag,
-                    redelivered: delivered.redelivered,
-                    exchange: message::short_string(exchange),
-                    routing_key: message::short_string(routing_key),
-                })),
-            ),
-            &mut out,
-            &mut scratch,
-        );
-        let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-        message::encode_content(
-            channel,
-            properties,
-            &body,
-            frame_max,
-            &mut out,
-            &mut scratch,
-        );
+                properties,
+                &body,
+                frame_max,
+                &mut out,
+                &mut scratch,
+            );
+            bytes += body.len() as u64;
+            if no_ack {
+                settle_tags.push(delivered.tag);
+            }
+            if out.len() < DELIVERY_PUSH_BYTES_MAX {
+                next = events.try_recv().ok();
+            }
+        }
         if shared.push.send(out).await.is_err() {
             return;
         }
-        if no_ack {
+        for tag in settle_tags {
             let _ = shared
                 .broker
                 .settle(
@@ -1692,25 +1714,27 @@ async fn forward_deliveries(
                     SettleQuery {
                         queue: queue.to_string(),
                         consumer,
-                        tag: delivered.tag,
+                        tag,
                         scope: AckScope::Single,
                         settle: Settle::Ack,
                     },
                 )
                 .await;
         }
-        // The consumer's byte rate (issue #18): the next delivery waits out the delay,
+        // The consumer's byte rate (issue #18): the next deliveries wait out the delay,
         // while the connection keeps reading acks and heartbeats.
-        let delay = shared.broker.charge_delivered(
-            &shared.session,
-            crate::core::QuotaKind::Fetch,
-            body.len() as u64,
-        );
+        let delay =
+            shared
+                .broker
+                .charge_delivered(&shared.session, crate::core::QuotaKind::Fetch, bytes);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
     }
 }
+
+/// Most bytes of deliveries gathered into one push to the connection's writer.
+const DELIVERY_PUSH_BYTES_MAX: usize = 64 * 1024;
 
 /// Deliveries that reached a consumer after it was cancelled (or its channel closed) were
 /// never sent: they go back to the queue (counted as delivered once more).
