@@ -42,6 +42,24 @@ fn check_throughput(summary: &Value, workload: &str, messages: u64, size: u64) {
     assert!(number(summary, "megabytes_per_second") > 0.0, "{summary}");
 }
 
+/// The durable queue `name` is listed with nothing ready and nothing unacknowledged.
+fn assert_queue_empty(broker: &BrokerProcess, name: &str) {
+    let listing: Value = serde_json::from_str(&wharf_ok(
+        &broker.address(),
+        &["--json", "queue", "list"],
+        "",
+    ))
+    .expect("json listing");
+    let entry = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|entry| entry["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed in {listing}"));
+    assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
+    assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
+}
+
 /// Latency fields are present and ordered.
 fn check_latency(summary: &Value) {
     let p50 = number(summary, "p50_us");
@@ -139,20 +157,7 @@ fn queue_publishes_with_confirms_and_consumes_with_acks() {
         "{summary}"
     );
     // Every message was acked: the durable queue is empty afterwards.
-    let listing: Value = serde_json::from_str(&wharf_ok(
-        &broker.address(),
-        &["--json", "queue", "list"],
-        "",
-    ))
-    .expect("json listing");
-    let entry = listing
-        .as_array()
-        .expect("an array")
-        .iter()
-        .find(|entry| entry["name"] == "q")
-        .unwrap_or_else(|| panic!("q not listed in {listing}"));
-    assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
-    assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
+    assert_queue_empty(&broker, "q");
 }
 
 #[test]
@@ -183,20 +188,7 @@ fn perf_amqp_publishes_and_consumes_over_the_amqp_listener_on_the_same_queues() 
         "{summary}"
     );
     // Confirmed and then acknowledged: the queue, as the native listing sees it, is empty.
-    let listing: Value = serde_json::from_str(&wharf_ok(
-        &broker.address(),
-        &["--json", "queue", "list"],
-        "",
-    ))
-    .expect("json listing");
-    let entry = listing
-        .as_array()
-        .expect("an array")
-        .iter()
-        .find(|entry| entry["name"] == "qa")
-        .unwrap_or_else(|| panic!("qa not listed in {listing}"));
-    assert_eq!(entry["ready"].as_u64(), Some(0), "{listing}");
-    assert_eq!(entry["unacked"].as_u64(), Some(0), "{listing}");
+    assert_queue_empty(&broker, "qa");
 
     // A server that refuses the login is a clear error, not a hang.
     let refused = integration_tests::wharf(

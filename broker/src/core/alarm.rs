@@ -66,6 +66,9 @@ pub struct Alarms {
     free_bytes: AtomicU64,
     memory_bytes: AtomicU64,
     held: watch::Sender<Held>,
+    /// One check at a time (the background task and a SIGHUP's new limits), so a check
+    /// that read the old limits cannot finish after one that read the new ones.
+    checking: std::sync::Mutex<()>,
 }
 
 /// The memory high watermark `config` asks for, in bytes (0: no memory alarm):
@@ -103,12 +106,17 @@ impl Alarms {
             free_bytes: AtomicU64::new(u64::MAX),
             memory_bytes: AtomicU64::new(0),
             held: watch::channel(Held::default()).0,
+            checking: std::sync::Mutex::new(()),
         }
     }
 
     /// Samples the free space (one `statvfs`) and the memory (one procfs read), both
     /// blocking, and turns each alarm on or off.
     pub fn check(&self) {
+        let _one_at_a_time = self
+            .checking
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let mut held = *self.held.borrow();
         let disk_limit = self.disk_limit_bytes.load(Ordering::Relaxed);
         if disk_limit == 0 {

@@ -514,6 +514,20 @@ impl Broker {
         Ok(self.publish_completion(ticket, mandatory))
     }
 
+    /// Whether `query` can only be stored (or dropped, or returned) and never refused, as
+    /// far as can be known before it is routed: the default exchange, a caller allowed to
+    /// write to the queue, no `x-delay` to validate. A front end may hold such publishes
+    /// back and hand them over together with [`Broker::publish_batch`] without a later one
+    /// being stored after an earlier one's refusal.
+    pub fn publish_batchable(&self, caller: &Session, query: &PublishQuery) -> bool {
+        query.exchange.is_empty()
+            && !query
+                .headers
+                .iter()
+                .any(|header| header.key == crate::queue::delay::DELAY_HEADER)
+            && self.check_publish(caller, query).is_ok()
+    }
+
     /// The ordered phase of many publishes at once: each is handled exactly as
     /// [`Broker::publish`] handles it, in order, with one look at the routing table for
     /// all; each gets its own completion (or error).

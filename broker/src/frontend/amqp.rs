@@ -461,8 +461,11 @@ impl Protocol for Amqp {
         Box::pin(async move {
             crate::metrics::AMQP.connection_closed();
             let shared = &connection.shared;
-            // Publishes the client sent before it went are stored, as RabbitMQ stores them.
-            handlers::flush_publishes(shared).await;
+            // Publishes the client sent before it went are stored, as RabbitMQ stores them
+            // (unless a resource alarm holds publishers: the channels are released now).
+            if !shared.broker.alarms().any() {
+                handlers::flush_publishes(shared).await;
+            }
             let _ = shared.closed.send(true);
             handlers::close_all_channels(shared).await;
             shared.broker.close_session(&shared.session).await;

@@ -187,6 +187,8 @@ pub async fn serve<P: Protocol, T: Transport>(
     'read: loop {
         loop {
             if let Some(until) = protocol.muted_until(&connection) {
+                // What the front end holds back goes before the connection sleeps.
+                protocol.drained(&connection).await;
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => {}
                     _ = shutdown.changed() => break 'read,

@@ -270,6 +270,12 @@ async fn fail(shared: &Arc<Shared>, reply: Reply) {
 }
 
 async fn fail_hard(shared: &Arc<Shared>, reply: Reply) {
+    // Publishes held back before the error are answered before the close, as if alone.
+    if !shared.broker.alarms().any() {
+        for (channel, reply) in publish_pending(shared).await {
+            close_channel(shared, channel, reply).await;
+        }
+    }
     super::methods::count_error(reply.code, reply.class_id, reply.method_id);
     shared.state().phase = Phase::Closing;
     shared.send(connection_close_frame(&reply)).await;
@@ -277,14 +283,27 @@ async fn fail_hard(shared: &Arc<Shared>, reply: Reply) {
 }
 
 /// Closes one channel with a soft error: the connection and other channels go on.
+/// Publishes held back before the error are handed over and answered first.
 async fn fail_channel(shared: &Arc<Shared>, channel: u16, reply: Reply) {
     if reply.is_hard() {
         return fail_hard(shared, reply).await;
     }
-    super::methods::count_error(reply.code, reply.class_id, reply.method_id);
+    for (refused, refusal) in publish_pending(shared).await {
+        close_channel(shared, refused, refusal).await;
+    }
+    close_channel(shared, channel, reply).await;
+}
+
+/// Sends channel.close with `reply` and releases the channel, unless it is closing already
+/// (a second error on a closing channel is ignored, as RabbitMQ ignores it).
+async fn close_channel(shared: &Arc<Shared>, channel: u16, reply: Reply) {
+    if reply.is_hard() {
+        return Box::pin(fail_hard(shared, reply)).await;
+    }
     let released = {
         let mut state = shared.state();
         match state.channels.get_mut(&channel) {
+            Some(open) if open.closing => return,
             Some(open) => {
                 open.closing = true;
                 release_channel(open)
@@ -292,6 +311,7 @@ async fn fail_channel(shared: &Arc<Shared>, channel: u16, reply: Reply) {
             None => Released::default(),
         }
     };
+    super::methods::count_error(reply.code, reply.class_id, reply.method_id);
     release(shared, released).await;
     shared
         .send(method_frame(
@@ -1610,14 +1630,24 @@ async fn forward_deliveries(
         // up to DELIVERY_PUSH_BYTES_MAX.
         let mut out = BytesMut::new();
         let mut bytes = 0u64;
-        let mut settle_tags = Vec::new();
+        // (channel delivery tag, core tag) of each delivery encoded into `out`.
+        let mut encoded: Vec<(u64, DeliveryTag)> = Vec::new();
         let mut next = Some(first);
         while let Some(event) = next.take() {
             let delivered = match event {
                 ConsumerEvent::Delivery(delivered) => delivered,
                 ConsumerEvent::Cancelled(_) => {
-                    if !out.is_empty() && shared.push.send(out).await.is_err() {
-                        return;
+                    if !encoded.is_empty() {
+                        let pushed =
+                            push_deliveries(&shared, channel, &consumer_tag, out, &encoded).await;
+                        if pushed == Pushed::Sent && no_ack {
+                            settle_no_ack(&shared, &queue, consumer, &encoded).await;
+                        }
+                        if pushed == Pushed::Gone {
+                            let back: Vec<DeliveryTag> =
+                                encoded.iter().map(|(_, tag)| *tag).collect();
+                            requeue(&shared, &queue, consumer, back).await;
+                        }
                     }
                     let removed = shared
                         .state()
@@ -1659,11 +1689,11 @@ async fn forward_deliveries(
                 })
             };
             let Some(delivery_tag) = delivery_tag else {
-                // Those already encoded were registered before the consumer went: they go.
-                if !out.is_empty() {
-                    let _ = shared.push.send(out).await;
-                }
-                return_undelivered(&shared, &queue, consumer, delivered.tag, events).await;
+                // The consumer went: what was encoded for it and not sent goes back too.
+                let mut back: Vec<DeliveryTag> = encoded.iter().map(|(_, tag)| *tag).collect();
+                forget_unsent(&shared, channel, &encoded);
+                back.push(delivered.tag);
+                return_undelivered(&shared, &queue, consumer, back, events).await;
                 return;
             };
             let (properties, exchange) = message::properties_from_headers(
@@ -1696,30 +1726,22 @@ async fn forward_deliveries(
                 &mut scratch,
             );
             bytes += body.len() as u64;
-            if no_ack {
-                settle_tags.push(delivered.tag);
-            }
+            encoded.push((delivery_tag, delivered.tag));
             if out.len() < DELIVERY_PUSH_BYTES_MAX {
                 next = events.try_recv().ok();
             }
         }
-        if shared.push.send(out).await.is_err() {
-            return;
+        match push_deliveries(&shared, channel, &consumer_tag, out, &encoded).await {
+            Pushed::Sent => {}
+            Pushed::Closed => return,
+            Pushed::Gone => {
+                let back = encoded.iter().map(|(_, tag)| *tag).collect();
+                return_undelivered(&shared, &queue, consumer, back, events).await;
+                return;
+            }
         }
-        for tag in settle_tags {
-            let _ = shared
-                .broker
-                .settle(
-                    &shared.session,
-                    SettleQuery {
-                        queue: queue.to_string(),
-                        consumer,
-                        tag,
-                        scope: AckScope::Single,
-                        settle: Settle::Ack,
-                    },
-                )
-                .await;
+        if no_ack {
+            settle_no_ack(&shared, &queue, consumer, &encoded).await;
         }
         // The consumer's byte rate (issue #18): the next deliveries wait out the delay,
         // while the connection keeps reading acks and heartbeats.
@@ -1736,21 +1758,106 @@ async fn forward_deliveries(
 /// Most bytes of deliveries gathered into one push to the connection's writer.
 const DELIVERY_PUSH_BYTES_MAX: usize = 64 * 1024;
 
+/// What became of a run of encoded deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// In the connection's push queue.
+    Sent,
+    /// Not sent: the consumer was cancelled (or its channel closed) since they were
+    /// encoded; their channel tags are forgotten.
+    Gone,
+    /// The connection is gone.
+    Closed,
+}
+
+/// Pushes a run of deliveries if their consumer is still subscribed, checked under the
+/// state lock and pushed before it is released (a basic.cancel-ok or channel.close-ok
+/// then always follows them); only when the push queue is full is the push awaited after
+/// the check.
+async fn push_deliveries(
+    shared: &Shared,
+    channel: u16,
+    consumer_tag: &str,
+    out: BytesMut,
+    encoded: &[(u64, DeliveryTag)],
+) -> Pushed {
+    let attempt = {
+        let state = shared.state();
+        let subscribed = state
+            .channels
+            .get(&channel)
+            .is_some_and(|open| !open.closing && open.consumers.contains_key(consumer_tag));
+        subscribed.then(|| shared.push.try_send(out))
+    };
+    match attempt {
+        None => {
+            forget_unsent(shared, channel, encoded);
+            Pushed::Gone
+        }
+        Some(Ok(())) => Pushed::Sent,
+        Some(Err(mpsc::error::TrySendError::Full(out))) => {
+            if shared.push.send(out).await.is_ok() {
+                Pushed::Sent
+            } else {
+                Pushed::Closed
+            }
+        }
+        Some(Err(mpsc::error::TrySendError::Closed(_))) => Pushed::Closed,
+    }
+}
+
+/// Removes the channel tags of deliveries that were never sent.
+fn forget_unsent(shared: &Shared, channel: u16, encoded: &[(u64, DeliveryTag)]) {
+    if let Some(open) = shared.state().channels.get_mut(&channel) {
+        for (delivery_tag, _) in encoded {
+            open.unacked.remove(delivery_tag);
+        }
+    }
+}
+
+/// Settles deliveries sent to a no-ack consumer.
+async fn settle_no_ack(
+    shared: &Shared,
+    queue: &str,
+    consumer: ConsumerId,
+    encoded: &[(u64, DeliveryTag)],
+) {
+    for (_, tag) in encoded {
+        let _ = shared
+            .broker
+            .settle(
+                &shared.session,
+                SettleQuery {
+                    queue: queue.to_string(),
+                    consumer,
+                    tag: *tag,
+                    scope: AckScope::Single,
+                    settle: Settle::Ack,
+                },
+            )
+            .await;
+    }
+}
+
 /// Deliveries that reached a consumer after it was cancelled (or its channel closed) were
 /// never sent: they go back to the queue (counted as delivered once more).
 async fn return_undelivered(
     shared: &Shared,
     queue: &str,
     consumer: ConsumerId,
-    first: DeliveryTag,
+    mut tags: Vec<DeliveryTag>,
     mut events: mpsc::Receiver<ConsumerEvent>,
 ) {
-    let mut tags = vec![first];
     while let Some(event) = events.recv().await {
         if let ConsumerEvent::Delivery(delivered) = event {
             tags.push(delivered.tag);
         }
     }
+    requeue(shared, queue, consumer, tags).await;
+}
+
+/// Puts deliveries that were never sent back in their queue, at their places.
+async fn requeue(shared: &Shared, queue: &str, consumer: ConsumerId, tags: Vec<DeliveryTag>) {
     for tag in tags {
         // A consumer cancelled in the core has returned them already.
         let _ = shared
@@ -2178,11 +2285,11 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             return Ok(());
         }
     }
-    if exchange.is_empty() {
+    if shared.broker.publish_batchable(&shared.session, &query) {
         // The default exchange routes to the queue the key names or drops (or returns) the
-        // message, it never refuses it: such publishes can go to the core together (one
-        // routing pass, one command per queue for the run) without a later one being stored
-        // after an earlier one closed its channel.
+        // message; with the write allowed and no delay to check it is not refused: such
+        // publishes go to the core together (one routing pass, one command per queue for
+        // the run) without a later one being stored after an earlier one closed its channel.
         let full = {
             let mut state = shared.state();
             state.pending.push(PendingPublish {
@@ -2235,11 +2342,20 @@ struct Answer {
 }
 
 /// Hands the publishes held back to the core together (one [`Broker::publish_batch`]), in
-/// order, and queues their answers; a refused one closes its channel.
+/// order, and queues their answers; a refused one (a race: an ACL or the queue changed
+/// since it was held back) closes its channel, and the rest of its channel's run gets no
+/// answer.
 pub(crate) async fn flush_publishes(shared: &Arc<Shared>) {
+    for (channel, reply) in publish_pending(shared).await {
+        close_channel(shared, channel, reply).await;
+    }
+}
+
+/// [`flush_publishes`] but the channel closes: returned, for the caller to send.
+async fn publish_pending(shared: &Arc<Shared>) -> Vec<(u16, Reply)> {
     let pending = std::mem::take(&mut shared.state().pending);
     if pending.is_empty() {
-        return;
+        return Vec::new();
     }
     let held = shared.broker.alarms().reason();
     if held.is_some() {
@@ -2273,14 +2389,20 @@ pub(crate) async fn flush_publishes(shared: &Arc<Shared>) {
     if held.is_some() {
         tell_blocked(shared, None).await;
     }
+    let mut refused: Vec<(u16, Reply)> = Vec::new();
     for (answer, published) in answers.into_iter().zip(published) {
+        if refused
+            .iter()
+            .any(|(channel, _)| *channel == answer.channel)
+        {
+            continue;
+        }
         match published {
             Ok(completion) => answer_publish(shared, answer, completion).await,
-            Err(error) => {
-                fail_channel(shared, answer.channel, error_code::queue(&error, 60, 40)).await;
-            }
+            Err(error) => refused.push((answer.channel, error_code::queue(&error, 60, 40))),
         }
     }
+    refused
 }
 
 /// Queues the answer a stored (or returned) publish gets: nothing outside confirm mode

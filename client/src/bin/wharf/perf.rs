@@ -307,7 +307,7 @@ impl Summary {
     }
 }
 
-pub(crate) fn round(value: f64, scale: f64) -> f64 {
+fn round(value: f64, scale: f64) -> f64 {
     (value * scale).round() / scale
 }
 
@@ -902,30 +902,36 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
             counted(args.messages, "message")
         );
     }
-    let consume_rate = if consume_seconds > 0.0 {
-        consumed as f64 / consume_seconds
-    } else {
-        0.0
-    };
     Ok(Summary {
         workload: "queue",
         messages: args.messages,
         bytes: args.messages * args.size as u64,
         seconds: publish_seconds,
         latency: Latency::of(&histogram),
-        extra: vec![
-            ("consume_messages", consumed.into()),
-            ("consume_seconds", round(consume_seconds, 1e3).into()),
-            (
-                "consume_messages_per_second",
-                round(consume_rate, 10.0).into(),
-            ),
-            (
-                "consume_megabytes_per_second",
-                round(consume_rate * args.size as f64 / 1e6, 100.0).into(),
-            ),
-        ],
+        extra: consume_fields(consumed, consume_seconds, args.size),
     })
+}
+
+/// The `consume_*` fields of a publish-then-consume summary (`perf queue`, `perf amqp`).
+pub(crate) fn consume_fields(
+    consumed: u64,
+    seconds: f64,
+    size: usize,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let rate = if seconds > 0.0 {
+        consumed as f64 / seconds
+    } else {
+        0.0
+    };
+    vec![
+        ("consume_messages", consumed.into()),
+        ("consume_seconds", round(seconds, 1e3).into()),
+        ("consume_messages_per_second", round(rate, 10.0).into()),
+        (
+            "consume_megabytes_per_second",
+            round(rate * size as f64 / 1e6, 100.0).into(),
+        ),
+    ]
 }
 
 #[cfg(test)]

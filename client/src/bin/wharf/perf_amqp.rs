@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::perf::{round, Summary};
+use crate::perf::{consume_fields, Summary};
 use crate::CliError;
 
 /// A consumer or a confirm wait that hears nothing for this long gives up.
@@ -89,29 +89,13 @@ pub async fn run(args: &PerfAmqpArgs) -> Result<Summary, CliError> {
     let target = Target::parse(&args.url)?;
     let (confirmed, publish_seconds) = publish(&target, args).await?;
     let (consumed, consume_seconds) = consume(&target, args, confirmed).await?;
-    let consume_rate = if consume_seconds > 0.0 {
-        consumed as f64 / consume_seconds
-    } else {
-        0.0
-    };
     Ok(Summary {
         workload: "amqp",
         messages: confirmed,
         bytes: confirmed * args.size as u64,
         seconds: publish_seconds,
         latency: None,
-        extra: vec![
-            ("consume_messages", consumed.into()),
-            ("consume_seconds", round(consume_seconds, 1e3).into()),
-            (
-                "consume_messages_per_second",
-                round(consume_rate, 10.0).into(),
-            ),
-            (
-                "consume_megabytes_per_second",
-                round(consume_rate * args.size as f64 / 1e6, 100.0).into(),
-            ),
-        ],
+        extra: consume_fields(consumed, consume_seconds, args.size),
     })
 }
 
