@@ -284,6 +284,56 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     }
 }
 
+/// A batch with `header`'s fields and new records: `records` is the uncompressed records
+/// section (encoded records, such as [`Records::next_with_bytes`] yields) holding
+/// `record_count` records, compressed here with the header's codec (snappy in the framing of
+/// `original_records`, the section it replaces). Base offset, last offset delta,
+/// timestamps, producer fields and attributes stay as they were, so the batch keeps its place
+/// in the log and its producer's sequence range (Kafka's cleaner does the same). An emptied
+/// batch (`record_count` 0) is stored uncompressed.
+///
+/// # Errors
+/// An undefined codec in the header, a compressor failure, or a batch that would exceed
+/// [`BATCH_BYTES_MAX`].
+pub fn rewrite_records(
+    header: &BatchHeader,
+    records: &[u8],
+    record_count: i32,
+    original_records: &[u8],
+) -> Result<Bytes, BatchError> {
+    let mut codec = header.attributes.compression()?;
+    if record_count == 0 {
+        codec = Compression::None;
+    }
+    let section = compression::compress(codec, records, original_records)?;
+    let total = BATCH_HEADER_BYTES + section.len();
+    if total > BATCH_BYTES_MAX {
+        return Err(BatchError::LengthOutOfRange {
+            batch_length: i64::try_from(total - LOG_OVERHEAD_BYTES).unwrap_or(i64::MAX),
+            bytes_max: BATCH_BYTES_MAX,
+        });
+    }
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&header.base_offset.to_be_bytes());
+    out.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+    out.extend_from_slice(&header.partition_leader_epoch.to_be_bytes());
+    out.push(MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&header.attributes.with_compression(codec).0.to_be_bytes());
+    out.extend_from_slice(&header.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&header.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.producer_id.to_be_bytes());
+    out.extend_from_slice(&header.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&header.base_sequence.to_be_bytes());
+    out.extend_from_slice(&record_count.to_be_bytes());
+    debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
+    out.extend_from_slice(&section);
+    let crc = compute_crc(&out);
+    out[CRC_POS..ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
+    Ok(Bytes::from(out))
+}
+
 /// One validated record batch, holding its bytes without copying them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -1019,5 +1069,85 @@ mod tests {
                 reason: "control batch must hold exactly one record"
             })
         );
+    }
+
+    /// Rewrites a three-record batch keeping `keep`, through `codec` (snappy in the framing
+    /// `like` has), and returns the rewritten batch.
+    fn rewritten(codec: Compression, keep: &[usize], like: &[u8]) -> Batch {
+        let mut builder = BatchBuilder::new(1_000).producer(7, 1, 40);
+        for index in 0..3u8 {
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: 1_000 + i64::from(index),
+                    key: Some(Bytes::from(vec![b'k', index])),
+                    value: Some(Bytes::from(vec![index; 50])),
+                    headers: Vec::new(),
+                })
+                .expect("push");
+        }
+        let original = Batch::decode(builder.build()).expect("batch");
+        let mut records = original.records();
+        let mut section = Vec::new();
+        let mut count = 0;
+        let mut index = 0;
+        while let Some(next) = records.next_with_bytes() {
+            let (_, bytes) = next.expect("record");
+            if keep.contains(&index) {
+                section.extend_from_slice(&bytes);
+                count += 1;
+            }
+            index += 1;
+        }
+        let mut header = *original.header();
+        header.attributes = header.attributes.with_compression(codec);
+        Batch::decode(rewrite_records(&header, &section, count, like).expect("rewrite"))
+            .expect("a valid batch")
+    }
+
+    #[test]
+    fn rewritten_batches_keep_their_offsets_codec_and_producer_fields() {
+        let xerial = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+        for (codec, like) in [
+            (Compression::None, &b""[..]),
+            (Compression::Gzip, b""),
+            (Compression::Snappy, b""),
+            (Compression::Snappy, xerial),
+            (Compression::Lz4, b""),
+            (Compression::Zstd, b""),
+        ] {
+            let batch = rewritten(codec, &[0, 2], like);
+            let header = batch.header();
+            assert_eq!(header.attributes.compression().expect("codec"), codec);
+            assert_eq!((header.base_offset, header.last_offset_delta), (0, 2));
+            assert_eq!((header.producer_id, header.base_sequence), (7, 40));
+            assert_eq!(header.record_count, 2);
+            if !like.is_empty() {
+                assert!(batch.as_bytes()[BATCH_HEADER_BYTES..].starts_with(&like[..8]));
+            }
+            let kept: Vec<(i64, Option<Bytes>)> = batch
+                .records_decompressed()
+                .expect("decompress")
+                .map(|record| {
+                    let record = record.expect("record");
+                    (record.offset, record.key)
+                })
+                .collect();
+            assert_eq!(
+                kept,
+                vec![
+                    (0, Some(Bytes::from_static(b"k\x00"))),
+                    (2, Some(Bytes::from_static(b"k\x02")))
+                ],
+                "{codec:?}"
+            );
+        }
+        let emptied = rewritten(Compression::Zstd, &[], b"");
+        assert_eq!(emptied.header().record_count, 0);
+        assert_eq!(emptied.header().last_offset_delta, 2);
+        assert_eq!(
+            emptied.header().attributes.compression().expect("codec"),
+            Compression::None
+        );
+        assert_eq!(emptied.records().count(), 0);
     }
 }

@@ -40,6 +40,87 @@ pub enum ReadVerify {
     Headers,
 }
 
+/// What happens to old records (Kafka's `cleanup.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Whole segments are deleted by age and size (`retention.ms`, `retention.bytes`).
+    #[default]
+    Delete,
+    /// The cleaner keeps the latest record of every key; nothing is deleted by age or size.
+    Compact,
+    /// Both: compacted, and whole segments still deleted by age and size.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether retention deletes segments by age and size.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether the cleaner compacts the log.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Kafka's spelling: `delete`, `compact` or `compact,delete`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Parses Kafka's spellings (a comma list of `delete` and `compact`, in any order).
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let mut delete = false;
+        let mut compact = false;
+        for part in value.split(',') {
+            match part.trim() {
+                "delete" => delete = true,
+                "compact" => compact = true,
+                _ => return None,
+            }
+        }
+        match (compact, delete) {
+            (false, true) => Some(CleanupPolicy::Delete),
+            (true, false) => Some(CleanupPolicy::Compact),
+            (true, true) => Some(CleanupPolicy::CompactDelete),
+            (false, false) => None,
+        }
+    }
+}
+
+/// A compacted log's knobs, under Kafka's meanings (topic configs of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// `min.cleanable.dirty.ratio` in thousandths (Kafka's default 0.5 = 500): the cleaner
+    /// takes a log once the records not yet cleaned are at least this share of its cleanable
+    /// bytes.
+    pub min_cleanable_dirty_ratio_permille: u32,
+    /// `min.compaction.lag.ms`: a record stays uncompacted at least this long after it was
+    /// written (its segment's newest timestamp is at least this old).
+    pub min_compaction_lag_ms: u64,
+    /// `max.compaction.lag.ms`: a log whose oldest uncleaned segment is older than this is
+    /// cleaned whatever its dirty ratio (None: no bound, Kafka's default).
+    pub max_compaction_lag_ms: Option<u64>,
+    /// `delete.retention.ms`: a tombstone (a null value) is kept this long after its
+    /// timestamp, so consumers that read the log slowly still see the delete.
+    pub delete_retention_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            min_cleanable_dirty_ratio_permille: 500,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: None,
+            delete_retention_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
 /// Configuration of one partition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -67,6 +148,10 @@ pub struct LogConfig {
     /// not use. In all, a broker pins up to this much per partition written to since its
     /// segment rolled: plan free disk for it, or set 0 on disks that run nearly full.
     pub preallocate_ahead_bytes: u64,
+    /// Delete old segments, compact, or both.
+    pub cleanup: CleanupPolicy,
+    /// How a compacted log is cleaned.
+    pub compaction: CompactionConfig,
 }
 
 impl Default for LogConfig {
@@ -81,6 +166,8 @@ impl Default for LogConfig {
             flush: FlushPolicy::Always,
             read_verify: ReadVerify::Crc,
             preallocate_ahead_bytes: PREALLOCATE_AHEAD_BYTES_DEFAULT,
+            cleanup: CleanupPolicy::Delete,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -111,6 +198,12 @@ impl LogConfig {
             return fail(format!(
                 "preallocate_ahead_bytes {} is above {}",
                 self.preallocate_ahead_bytes, SEGMENT_BYTES_MAX_LIMIT
+            ));
+        }
+        if self.compaction.min_cleanable_dirty_ratio_permille > 1000 {
+            return fail(format!(
+                "min_cleanable_dirty_ratio {} is above 1",
+                f64::from(self.compaction.min_cleanable_dirty_ratio_permille) / 1000.0
             ));
         }
         if let FlushPolicy::Interval { interval_ms: 0 } = self.flush {

@@ -27,12 +27,18 @@ use wharf_protocol::batch::{self, BatchHeader};
 use crate::metrics::{self, LogTraffic};
 use crate::storage::checkpoint;
 use crate::storage::clock::Clock;
-use crate::storage::config::{FlushPolicy, LogConfig};
+use crate::storage::config::{CleanupPolicy, CompactionConfig, FlushPolicy, LogConfig};
 use crate::storage::error::{Error, Result};
 use crate::storage::flusher::Flusher;
 use crate::storage::fs::Fs;
 use crate::storage::segment::{self, Segment};
 use crate::storage::watch::{WaitError, Watch};
+
+mod cleaner;
+pub use cleaner::{
+    CleanInputs, CleanReport, DirtyView, CLEANER_POINT_FILE, CLEANING_DIR,
+    MAP_ENTRY_OVERHEAD_BYTES, SWAP_FILE,
+};
 
 /// Name of the clean-shutdown marker in a partition directory.
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -133,6 +139,10 @@ pub struct LiveLimits {
     pub retention_ms: Option<u64>,
     /// As `LogConfig::retention_bytes`.
     pub retention_bytes: Option<u64>,
+    /// As `LogConfig::cleanup`.
+    pub cleanup: CleanupPolicy,
+    /// As `LogConfig::compaction`.
+    pub compaction: CompactionConfig,
 }
 
 impl LiveLimits {
@@ -142,6 +152,8 @@ impl LiveLimits {
             segment_age_ms_max: config.segment_age_ms_max,
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
+            cleanup: config.cleanup,
+            compaction: config.compaction,
         }
     }
 }
@@ -179,6 +191,14 @@ pub struct Partition {
     traffic: LogTraffic,
     /// `Writer::appended_bytes` as of the last successful fsync of `flush`.
     flushed_bytes: AtomicU64,
+    /// Held by whoever removes or replaces sealed segments (retention, DeleteRecords, the
+    /// cleaner's swap), never across a cleaner's reads and writes. Taken after the writer
+    /// lock when both are held; the cleaner never takes the writer lock.
+    maintenance: Mutex<()>,
+    /// Offsets below it were cleaned against every later key (the cleaner point).
+    cleaner_point: AtomicI64,
+    /// Set by `close`: the cleaner swaps nothing in from then on.
+    closing: AtomicBool,
 }
 
 /// Whether an append asks the flusher for the fsync that covers it.
@@ -203,6 +223,8 @@ impl Partition {
             crate::storage::fs::create_dir_durable(fs, dir)?;
         }
         let started = Instant::now();
+        cleaner::recover(fs, dir)?;
+        let cleaner_point = cleaner::read_cleaner_point(fs, dir)?;
         let marker = take_clean_marker(fs, dir)?;
         let clean = marker.is_some();
         let recovery_point = read_recovery_point(fs, dir)?;
@@ -261,6 +283,9 @@ impl Partition {
             last_flush: Mutex::new(Instant::now()),
             traffic: LogTraffic::default(),
             flushed_bytes: AtomicU64::new(0),
+            maintenance: Mutex::new(()),
+            cleaner_point: AtomicI64::new(cleaner_point),
+            closing: AtomicBool::new(false),
             limits: RwLock::new(LiveLimits::of(&config)),
             config,
             env,
@@ -385,6 +410,12 @@ impl Partition {
 
     fn lock_sync(&self) -> MutexGuard<'_, ()> {
         self.sync_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn lock_maintenance(&self) -> MutexGuard<'_, ()> {
+        self.maintenance
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
@@ -919,6 +950,12 @@ impl Partition {
         let mut remaining_bytes: u64 = segments.iter().map(|segment| segment.valid_bytes()).sum();
         let mut doomed = Vec::new();
         let limits = self.limits();
+        if !limits.cleanup.deletes() {
+            return Ok(RetentionReport {
+                log_start_offset: self.log_start_offset(),
+                ..RetentionReport::default()
+            });
+        }
         for segment in sealed {
             let expired = limits.retention_ms.is_some_and(|retention| {
                 let newest = segment.max_timestamp_ms();
@@ -1001,6 +1038,7 @@ impl Partition {
         let Some(last) = doomed.last() else {
             return Ok(report);
         };
+        let _maintenance = self.lock_maintenance();
         // Never below a start DeleteRecords set inside a segment.
         let new_start = last.next_offset().max(self.log_start_offset());
         {
@@ -1043,6 +1081,7 @@ impl Partition {
             return Ok(());
         }
         writer.closed = true;
+        self.closing.store(true, Ordering::Release);
         let active = writer.active.clone();
         drop(writer);
         self.high_watermark.fail("partition closed");

@@ -360,7 +360,7 @@ impl Segment {
             if let Err(error) = batch::validate(&bytes) {
                 break Some(format!("batch at {position}: {error}"));
             }
-            if header.base_offset != expected {
+            if header.base_offset < expected || (position == 0 && header.base_offset != expected) {
                 break Some(format!(
                     "batch at {position} has base offset {} but {expected} was expected",
                     header.base_offset
@@ -455,7 +455,9 @@ impl Segment {
                     if let Err(error) = batch::validate(&bytes) {
                         return Err((position, format!("batch at {position}: {error}")));
                     }
-                    if header.base_offset != expected {
+                    if header.base_offset < expected
+                        || (position == start && header.base_offset != expected)
+                    {
                         let reason = format!(
                             "batch at {position} has base offset {} but {expected} was expected",
                             header.base_offset
@@ -697,6 +699,7 @@ impl Segment {
         let mut scanner = BatchScanner::new(self, start, end, window);
         // The first collected batch's window, and the collected range inside it.
         let mut collected: Option<(Bytes, usize, usize, u64)> = None;
+        let mut first = true;
         loop {
             let (position, header, bytes, window_id) = match scanner.next()? {
                 Step::End => break,
@@ -713,7 +716,10 @@ impl Segment {
                     window_id,
                 } => (position, header, bytes, window_id),
             };
-            if header.base_offset != expected {
+            // The batch the scan starts at (an index entry's, or the segment's first) has
+            // exactly the expected base offset; a later one starts at or after the end of
+            // the one before it (after it exactly unless the cleaner removed batches).
+            if header.base_offset < expected || (first && header.base_offset != expected) {
                 if collected.is_some() {
                     // Serve the good batches before the break; the next read reports it.
                     break;
@@ -725,6 +731,7 @@ impl Segment {
                 return Err(self.corrupt_error(position, reason));
             }
             expected = header.next_offset();
+            first = false;
             if header.base_offset >= end_offset {
                 break;
             }

@@ -1,6 +1,8 @@
 //! Decompression of the records section of compressed batches (gzip, snappy, lz4, zstd), as
-//! Kafka clients write them, for readers that need the records (the client; never the
-//! broker's produce or fetch path, which moves batches as bytes).
+//! Kafka clients write them, for readers that need the records (the client and the log
+//! cleaner; never the broker's produce or fetch path, which moves batches as bytes), and
+//! compression with the same codecs for the log cleaner, which rewrites a compacted batch
+//! with the codec it arrived with.
 //!
 //! - gzip: RFC 1952 (flate2).
 //! - snappy: either one raw snappy block (librdkafka) or Xerial's framing, which the Java
@@ -81,6 +83,60 @@ pub fn decompress_within(
                 snappy_block(data, &mut out, code, bytes_max)?;
                 Ok(out)
             }
+        }
+    }
+}
+
+/// Compresses a records section with `codec`. Snappy is written in the framing `like` uses
+/// (Xerial's when `like` starts with its magic, as the Java client writes it; else one raw
+/// block, as librdkafka writes it), so a rewritten batch reads as the original did.
+///
+/// # Errors
+/// [`BatchError::Decompression`] (carrying the codec) if an encoder fails, which for these
+/// in-memory encoders means an input larger than the format allows.
+pub fn compress(codec: Compression, data: &[u8], like: &[u8]) -> Result<Vec<u8>, BatchError> {
+    use std::io::Write;
+    let code = codec.code();
+    let failed = |_| BatchError::Decompression {
+        codec: code,
+        reason: "cannot compress",
+    };
+    match codec {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).map_err(failed)?;
+            encoder.finish().map_err(failed)
+        }
+        Compression::Lz4 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            encoder.write_all(data).map_err(failed)?;
+            encoder.finish().map_err(|_| BatchError::Decompression {
+                codec: code,
+                reason: "cannot compress",
+            })
+        }
+        Compression::Zstd => zstd::bulk::compress(data, 0).map_err(failed),
+        Compression::Snappy => {
+            let block = snap::raw::Encoder::new().compress_vec(data).map_err(|_| {
+                BatchError::Decompression {
+                    codec: code,
+                    reason: "cannot compress",
+                }
+            })?;
+            if !(like.len() >= XERIAL_HEADER_BYTES && like.starts_with(XERIAL_MAGIC)) {
+                return Ok(block);
+            }
+            let length = u32::try_from(block.len()).map_err(|_| BatchError::Decompression {
+                codec: code,
+                reason: "cannot compress",
+            })?;
+            // The magic, then the two version fields as the original carries them.
+            let mut out = like[..XERIAL_HEADER_BYTES].to_vec();
+            out.extend_from_slice(&length.to_be_bytes());
+            out.extend_from_slice(&block);
+            Ok(out)
         }
     }
 }

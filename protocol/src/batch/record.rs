@@ -169,6 +169,17 @@ impl Records {
     }
 }
 
+impl Records {
+    /// The next record together with its encoded bytes (length prefix included, a slice of
+    /// the records section), so a rewriter can copy the records it keeps unchanged. Same
+    /// sequence and errors as [`Iterator::next`].
+    pub fn next_with_bytes(&mut self) -> Option<Result<(Record, Bytes), BatchError>> {
+        let start = self.position;
+        let record = self.next()?;
+        Some(record.map(|record| (record, self.bytes.slice(start..self.position))))
+    }
+}
+
 impl Iterator for Records {
     type Item = Result<Record, BatchError>;
 
