@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use wharf_protocol::frame::FRAME_BYTES_MAX_DEFAULT;
 
-use crate::storage::config::{SEGMENT_BYTES_MAX_LIMIT, SEGMENT_BYTES_MIN_LIMIT};
+use crate::storage::config::{CleanupPolicy, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_BYTES_MIN_LIMIT};
 use crate::storage::{FlushPolicy, LogConfig};
 
 /// Default listen address.
@@ -101,6 +101,14 @@ pub struct BrokerConfig {
     pub group_session_timeout_ms: u32,
     /// How often retention runs.
     pub retention_check_interval_ms: u64,
+    /// The log cleaner (issue #19): its pause between rounds over the compacted partitions
+    /// (Kafka's `log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
+    /// Most bytes one pass's key map takes (Kafka's `log.cleaner.dedupe.buffer.size`).
+    pub cleaner_dedupe_buffer_bytes: u64,
+    /// The cleaner's read plus write rate limit, bytes per second (0: none; Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`).
+    pub cleaner_io_bytes_per_second: u64,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -207,6 +215,9 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             group_session_timeout_ms: 10_000,
             retention_check_interval_ms: 60_000,
+            cleaner_backoff_ms: 15_000,
+            cleaner_dedupe_buffer_bytes: 128 * 1024 * 1024,
+            cleaner_io_bytes_per_second: 0,
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -392,6 +403,21 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "retention_check_interval_ms",
             config.retention_check_interval_ms.to_string(),
             "how often retention runs, ms",
+        ),
+        key(
+            "cleaner_backoff_ms",
+            config.cleaner_backoff_ms.to_string(),
+            "pause of the log cleaner between rounds over the compacted partitions, ms",
+        ),
+        key(
+            "cleaner_dedupe_buffer_bytes",
+            config.cleaner_dedupe_buffer_bytes.to_string(),
+            "most memory one cleaner pass's key map takes, bytes",
+        ),
+        key(
+            "cleaner_io_bytes_per_second",
+            config.cleaner_io_bytes_per_second.to_string(),
+            "the log cleaner's read plus write rate limit, bytes/s (0: none)",
         ),
         key(
             "connections_max",
@@ -644,6 +670,9 @@ struct FileConfig {
     default_partitions: Option<u32>,
     group_session_timeout_ms: Option<u32>,
     retention_check_interval_ms: Option<u64>,
+    cleaner_backoff_ms: Option<u64>,
+    cleaner_dedupe_buffer_bytes: Option<u64>,
+    cleaner_io_bytes_per_second: Option<u64>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -747,6 +776,15 @@ impl BrokerConfig {
         self.retention_check_interval_ms = file
             .retention_check_interval_ms
             .unwrap_or(defaults.retention_check_interval_ms);
+        self.cleaner_backoff_ms = file
+            .cleaner_backoff_ms
+            .unwrap_or(defaults.cleaner_backoff_ms);
+        self.cleaner_dedupe_buffer_bytes = file
+            .cleaner_dedupe_buffer_bytes
+            .unwrap_or(defaults.cleaner_dedupe_buffer_bytes);
+        self.cleaner_io_bytes_per_second = file
+            .cleaner_io_bytes_per_second
+            .unwrap_or(defaults.cleaner_io_bytes_per_second);
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
         self.connections_per_ip_max = file
             .connections_per_ip_max
@@ -1326,15 +1364,35 @@ pub fn apply_topic_overrides(
                     ));
                 }
             }
+            "cleanup.policy" => {
+                log.cleanup = CleanupPolicy::parse(value).ok_or_else(|| {
+                    format!(
+                        "config cleanup.policy={value:?} is not one of \"delete\", \"compact\", \"compact,delete\""
+                    )
+                })?;
+            }
+            "min.cleanable.dirty.ratio" => {
+                let ratio = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|ratio| (0.0..=1.0).contains(ratio))
+                    .ok_or_else(|| {
+                        format!("config {key}={value:?} is not a number between 0 and 1")
+                    })?;
+                log.compaction.min_cleanable_dirty_ratio_permille = (ratio * 1000.0).round() as u32;
+            }
+            "min.compaction.lag.ms" => log.compaction.min_compaction_lag_ms = number()?,
+            // Kafka's default is Long.MAX_VALUE: no bound.
+            "max.compaction.lag.ms" => {
+                let ms = number()?;
+                if ms == 0 {
+                    return Err(format!("config {key}={value:?} must be positive"));
+                }
+                log.compaction.max_compaction_lag_ms = (ms < i64::MAX as u64).then_some(ms);
+            }
+            "delete.retention.ms" => log.compaction.delete_retention_ms = number()?,
             // Kafka's names for what Wharf does one way only (so far): accepted with that
             // value, so Kafka tools that set them explicitly keep working.
-            "cleanup.policy" => {
-                if value != "delete" {
-                    return Err(format!(
-                        "config cleanup.policy={value:?} is not supported: only \"delete\" (compaction is not built yet)"
-                    ));
-                }
-            }
             "message.timestamp.type" => {
                 if value != "CreateTime" {
                     return Err(format!(
@@ -1364,11 +1422,29 @@ pub fn topic_config_values(log: &LogConfig) -> Vec<(&'static str, String)> {
         FlushPolicy::Interval { .. } => "interval",
         FlushPolicy::Never => "never",
     };
+    let compaction = &log.compaction;
+    let ratio = f64::from(compaction.min_cleanable_dirty_ratio_permille) / 1000.0;
     vec![
-        ("cleanup.policy", "delete".to_string()),
+        ("cleanup.policy", log.cleanup.name().to_string()),
+        (
+            "delete.retention.ms",
+            compaction.delete_retention_ms.to_string(),
+        ),
         ("flush", flush.to_string()),
+        (
+            "max.compaction.lag.ms",
+            compaction
+                .max_compaction_lag_ms
+                .unwrap_or(i64::MAX as u64)
+                .to_string(),
+        ),
         ("max.message.bytes", MESSAGE_BYTES_MAX_DEFAULT.to_string()),
         ("message.timestamp.type", "CreateTime".to_string()),
+        ("min.cleanable.dirty.ratio", ratio.to_string()),
+        (
+            "min.compaction.lag.ms",
+            compaction.min_compaction_lag_ms.to_string(),
+        ),
         ("min.insync.replicas", "1".to_string()),
         ("retention.bytes", limit(log.retention_bytes)),
         ("retention.ms", limit(log.retention_ms)),

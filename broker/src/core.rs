@@ -155,6 +155,7 @@ pub struct Broker {
     alarm: alarm::Alarms,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
+    cleaner: crate::streams::compaction::CleanerSettings,
     /// Users, failed logins (issue #18).
     auth: auth_ops::AuthState,
     /// Per-principal byte rates (issue #18).
@@ -175,6 +176,8 @@ pub struct Opened {
 #[derive(Debug)]
 pub struct Background {
     tasks: Vec<JoinHandle<()>>,
+    /// The log cleaner's thread (issue #19), stopped before storage closes.
+    cleaner: Option<crate::streams::compaction::CleanerThread>,
 }
 
 impl Broker {
@@ -252,6 +255,12 @@ impl Broker {
             ),
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
+            cleaner: crate::streams::compaction::CleanerSettings {
+                backoff: Duration::from_millis(config.cleaner_backoff_ms.max(10)),
+                dedupe_buffer_bytes: usize::try_from(config.cleaner_dedupe_buffer_bytes)
+                    .unwrap_or(usize::MAX),
+                io_bytes_per_second: config.cleaner_io_bytes_per_second,
+            },
             auth,
             quotas: quota::Quotas::new(&config.quotas),
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
@@ -274,6 +283,10 @@ impl Broker {
     pub async fn close(self: &Arc<Self>, background: Background) -> Result<(), OpenError> {
         for task in background.tasks {
             task.abort();
+        }
+        if let Some(cleaner) = background.cleaner {
+            // Joins a thread that may be inside a group's rewrite: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || cleaner.stop()).await;
         }
         let snapshotting = self.clone();
         let _ = tokio::task::spawn_blocking(move || snapshotting.snapshot_producers()).await;
@@ -356,7 +369,17 @@ impl Opened {
                 let _ = tokio::task::spawn_blocking(move || broker.snapshot_producers()).await;
             },
         ));
-        (broker, Background { tasks })
+        let cleaner = crate::streams::compaction::CleanerThread::spawn(
+            broker.streams.clone(),
+            broker.cleaner,
+        );
+        (
+            broker,
+            Background {
+                tasks,
+                cleaner: Some(cleaner),
+            },
+        )
     }
 }
 

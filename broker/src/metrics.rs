@@ -187,6 +187,70 @@ pub static STORAGE: StorageMetrics = StorageMetrics {
     bytes_flushed: AtomicU64::new(0),
 };
 
+/// The log cleaner's counters (issue #19).
+#[derive(Debug)]
+pub struct CleanerMetrics {
+    /// Passes run.
+    pub runs: AtomicU64,
+    /// Passes that failed.
+    pub failures: AtomicU64,
+    /// Bytes of segments rewritten, before and after.
+    pub bytes_before: AtomicU64,
+    /// As above.
+    pub bytes_after: AtomicU64,
+    /// Records the cleaner removed.
+    pub records_removed: AtomicU64,
+    /// Pass durations.
+    pub run_seconds: Histogram,
+    /// The highest dirty ratio among compacted partitions at the last round, in millionths.
+    pub max_dirty_ratio_millionths: AtomicU64,
+}
+
+/// The cleaner's counters of this process.
+pub static CLEANER: CleanerMetrics = CleanerMetrics {
+    runs: AtomicU64::new(0),
+    failures: AtomicU64::new(0),
+    bytes_before: AtomicU64::new(0),
+    bytes_after: AtomicU64::new(0),
+    records_removed: AtomicU64::new(0),
+    run_seconds: Histogram::new(&LATENCY_BOUNDS_NS, 1e-9),
+    max_dirty_ratio_millionths: AtomicU64::new(0),
+};
+
+impl CleanerMetrics {
+    /// Counts one finished pass.
+    pub fn count_run(
+        &self,
+        bytes_before: u64,
+        bytes_after: u64,
+        records_removed: u64,
+        took: Duration,
+    ) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.bytes_before.fetch_add(bytes_before, Ordering::Relaxed);
+        self.bytes_after.fetch_add(bytes_after, Ordering::Relaxed);
+        self.records_removed
+            .fetch_add(records_removed, Ordering::Relaxed);
+        self.run_seconds.observe_duration(took);
+    }
+
+    /// Counts one failed pass.
+    pub fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the highest dirty ratio seen in the last round.
+    pub fn set_max_dirty_ratio(&self, ratio: f64) {
+        self.max_dirty_ratio_millionths
+            .store((ratio.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The highest dirty ratio seen in the last round.
+    pub fn max_dirty_ratio(&self) -> f64 {
+        self.max_dirty_ratio_millionths.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
 impl StorageMetrics {
     /// Counts `byte_count` bytes of segment data made durable by one fsync.
     pub fn count_flushed(&self, byte_count: u64) {

@@ -11,6 +11,7 @@
 //! **Layer rule:** speaks domain types only: no wire messages, no wire error codes. Errors
 //! are [`StreamError`]; each front end maps them to its own codes.
 
+pub mod compaction;
 pub mod fetch;
 pub mod produce;
 pub mod producer;

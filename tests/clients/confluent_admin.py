@@ -54,6 +54,9 @@ out["create_again"] = error_name(admin.create_topics([NewTopic(topic, num_partit
 out["create_compacted"] = error_name(
     admin.create_topics([NewTopic("admin-c", num_partitions=1, config={"cleanup.policy": "compact"})])["admin-c"]
 )
+out["create_bad_policy"] = error_name(
+    admin.create_topics([NewTopic("admin-p", num_partitions=1, config={"cleanup.policy": "shrink"})])["admin-p"]
+)
 out["described"] = describe(topic)
 
 # validate_only: every check runs and nothing changes.

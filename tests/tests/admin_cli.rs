@@ -138,9 +138,13 @@ fn topic_alter_sets_overrides_that_describe_shows_and_a_restart_keeps() {
         keys,
         [
             "cleanup.policy",
+            "delete.retention.ms",
             "flush",
+            "max.compaction.lag.ms",
             "max.message.bytes",
             "message.timestamp.type",
+            "min.cleanable.dirty.ratio",
+            "min.compaction.lag.ms",
             "min.insync.replicas",
             "retention.bytes",
             "retention.ms",

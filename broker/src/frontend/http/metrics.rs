@@ -68,6 +68,11 @@ pub async fn scrape(axum::extract::State(http): Shared, caller: Caller) -> Respo
                 "Offsets one fsync made durable (group commit folds many appends into one fsync).",
                 metrics::STORAGE.group_commit_records.sample(),
             ),
+            (
+                "wharf_cleaner_run_duration_seconds",
+                "Time one log cleaner pass over a compacted partition took.",
+                metrics::CLEANER.run_seconds.sample(),
+            ),
         ],
         process,
         recovery_seconds: metrics::STARTUP.recovery_seconds(),
@@ -156,6 +161,52 @@ impl Collector for Scrape {
                 "Bytes of segment data that fsyncs of the flusher (group commit, interval flushes, close) made durable since start.",
                 [(NO_LABELS, metrics::STORAGE.bytes_flushed())],
             )?;
+            let cleaner = &metrics::CLEANER;
+            let count = |counter: &std::sync::atomic::AtomicU64| {
+                counter.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_cleaner_runs",
+                "Log cleaner passes over compacted partitions since start.",
+                [(NO_LABELS, count(&cleaner.runs))],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_cleaner_failures",
+                "Log cleaner passes that failed since start.",
+                [(NO_LABELS, count(&cleaner.failures))],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_cleaner_cleaned_bytes",
+                "Bytes of segments the log cleaner rewrote (their size before the pass).",
+                [(NO_LABELS, count(&cleaner.bytes_before))],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_cleaner_written_bytes",
+                "Bytes of the segments the log cleaner wrote in their place.",
+                [(NO_LABELS, count(&cleaner.bytes_after))],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "wharf_cleaner_removed_records",
+                "Records the log cleaner removed (superseded, expired tombstones, aborted).",
+                [(NO_LABELS, count(&cleaner.records_removed))],
+            )?;
+            let mut dirty = encoder.encode_descriptor(
+                "wharf_cleaner_max_dirty_ratio",
+                "The highest dirty ratio (uncleaned bytes over cleanable bytes) among compacted partitions at the cleaner's last round.",
+                None,
+                MetricType::Gauge,
+            )?;
+            dirty.encode_gauge(&cleaner.max_dirty_ratio())?;
             family(&mut encoder, Kind::Gauge, "wharf_metrics_series_left_out", "Partitions, group lag series and queues left out of this scrape by the cardinality bounds.", [(NO_LABELS, observed.left_out)])?;
         }
         self.encode_listeners(&mut encoder)?;

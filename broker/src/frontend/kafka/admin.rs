@@ -39,11 +39,20 @@ const SOURCE_DEFAULT: i8 = 5;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-/// Kafka's type of a config (DescribeConfigs v3+): STRING 2, INT 3, LONG 5.
+/// Kafka's type of a config (DescribeConfigs v3+): STRING 2, INT 3, LONG 5, DOUBLE 6,
+/// LIST 7.
 fn config_type(key: &str) -> i8 {
     match key {
         "max.message.bytes" | "min.insync.replicas" => 3,
-        "retention.ms" | "retention.bytes" | "segment.bytes" | "segment.ms" => 5,
+        "retention.ms"
+        | "retention.bytes"
+        | "segment.bytes"
+        | "segment.ms"
+        | "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms" => 5,
+        "min.cleanable.dirty.ratio" => 6,
+        "cleanup.policy" => 7,
         _ => 2,
     }
 }

@@ -320,6 +320,28 @@ impl Partition {
         view
     }
 
+    /// Whether a pass would run: the partition is compacted and its dirty bytes are at least
+    /// `min.cleanable.dirty.ratio` of the cleanable bytes, or its oldest dirty segment is
+    /// past `max.compaction.lag.ms`.
+    pub fn wants_cleaning(&self, stable_offset: i64) -> bool {
+        let limits = self.limits();
+        if !limits.cleanup.compacts() {
+            return false;
+        }
+        let now = self.env.clock.now_ms();
+        let view = self.dirty_view(stable_offset);
+        let ratio_met = view.dirty_bytes > 0
+            && view.dirty_bytes * 1000
+                >= view.cleanable_bytes
+                    * u64::from(limits.compaction.min_cleanable_dirty_ratio_permille);
+        let overdue = view.dirty_bytes > 0
+            && limits.compaction.max_compaction_lag_ms.is_some_and(|max| {
+                view.oldest_dirty_ms != i64::MIN
+                    && now.saturating_sub(view.oldest_dirty_ms) > max as i64
+            });
+        ratio_met || overdue
+    }
+
     /// The sealed segments the cleaner may rewrite, oldest first: below `stable_offset`,
     /// below every rolled segment not yet fsynced, each at least `min.compaction.lag.ms` old.
     fn cleanable_segments(&self, stable_offset: i64) -> Vec<Arc<Segment>> {
@@ -357,17 +379,7 @@ impl Partition {
             return Ok(None);
         }
         let now = self.env.clock.now_ms();
-        let view = self.dirty_view(inputs.stable_offset);
-        let ratio_met = view.dirty_bytes > 0
-            && view.dirty_bytes * 1000
-                >= view.cleanable_bytes
-                    * u64::from(limits.compaction.min_cleanable_dirty_ratio_permille);
-        let overdue = view.dirty_bytes > 0
-            && limits.compaction.max_compaction_lag_ms.is_some_and(|max| {
-                view.oldest_dirty_ms != i64::MIN
-                    && now.saturating_sub(view.oldest_dirty_ms) > max as i64
-            });
-        if !(ratio_met || overdue) {
+        if !self.wants_cleaning(inputs.stable_offset) {
             return Ok(None);
         }
         let cleanable = self.cleanable_segments(inputs.stable_offset);
