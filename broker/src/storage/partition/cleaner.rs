@@ -100,6 +100,9 @@ pub struct CleanReport {
     pub cleaned_up_to: i64,
     /// Distinct keys in the map.
     pub map_entries: usize,
+    /// Bytes the map was charged (keys plus `MAP_ENTRY_OVERHEAD_BYTES` each): at most the
+    /// budget plus one batch's keys.
+    pub map_bytes: usize,
     /// Segments rewritten, and the segments they became.
     pub segments_before: usize,
     /// As above.
@@ -390,6 +393,7 @@ impl Partition {
         };
         let map = self.build_map(&cleanable, first_dirty, inputs, &mut report.bytes_read)?;
         report.map_entries = map.latest.len();
+        report.map_bytes = map.bytes;
         let doomed: Vec<Arc<Segment>> = cleanable
             .iter()
             .filter(|segment| segment.base_offset() < map.end)

@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use wharf_protocol::batch::{self, Attributes, BatchBuilder, NewRecord};
 
 use super::*;
+use crate::storage::checkpoint;
 use crate::storage::clock::Clock;
 use crate::storage::config::{CleanupPolicy, CompactionConfig, LogConfig};
 use crate::storage::partition::{Appended, StorageEnv};
@@ -406,6 +407,121 @@ fn tombstones_go_after_the_horizon_and_aborted_records_always() {
     assert!(!read_view(&partition)
         .iter()
         .any(|(_, key, _)| [30, 40, 41].contains(key)));
+}
+
+#[test]
+fn cleaner_files_are_pinned() {
+    let hex = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    // cleaner-swap: the group based at 5 replacing segments 5 and 9 (docs/STORAGE.md).
+    let swap = checkpoint::encode(SWAP_MAGIC, SWAP_VERSION, 0, &encode_swap(5, &[5, 9]));
+    assert_eq!(
+        hex(&swap[..18 + 28]),
+        concat!(
+            "57435357",         // magic WCSW
+            "0001",             // version 1
+            "0000000000000000", // sequence 0
+            "0000001c",         // payload bytes: 28
+            "0000000000000005", // base
+            "00000002",         // replaced count
+            "0000000000000005", // replaced bases
+            "0000000000000009",
+        )
+    );
+    assert_eq!(decode_swap(&swap[18..18 + 28]), Some((5, vec![5, 9])));
+    assert_eq!(decode_swap(&swap[18..18 + 27]), None);
+    // cleaner-point: offset 4096.
+    let point = checkpoint::encode(
+        CLEANER_POINT_MAGIC,
+        CLEANER_POINT_VERSION,
+        0,
+        &4096i64.to_be_bytes(),
+    );
+    assert_eq!(
+        hex(&point[..18 + 8]),
+        concat!(
+            "57434c50",         // magic WCLP
+            "0001",             // version 1
+            "0000000000000000", // sequence 0
+            "00000008",         // payload bytes
+            "0000000000001000", // the offset
+        )
+    );
+}
+
+#[test]
+fn a_large_topic_keeps_the_key_map_within_its_budget() {
+    let (env, _, _) = sim_env(NOW_MS);
+    let partition = open(&env);
+    // 20,000 distinct four-byte keys in batches of 100, then each rewritten once.
+    for round in 0..2u32 {
+        for chunk in 0..200u32 {
+            let mut builder = BatchBuilder::new(NOW_MS);
+            for index in 0..100u32 {
+                let key = (chunk * 100 + index).to_be_bytes();
+                builder
+                    .push(&NewRecord {
+                        timestamp_ms: NOW_MS,
+                        key: Some(Bytes::copy_from_slice(&key)),
+                        value: Some(Bytes::from(format!("{round}-{}", "v".repeat(40)))),
+                        headers: Vec::new(),
+                    })
+                    .unwrap();
+            }
+            let mut out = BytesMut::new();
+            builder.build_into(&mut out);
+            append(&partition, &mut out);
+        }
+    }
+    let budget = 64 * 1024;
+    let one_batch = 100 * (4 + MAP_ENTRY_OVERHEAD_BYTES);
+    let mut cleaner = Cleaner::new();
+    cleaner.map_bytes_max = budget;
+    let mut passes = 0;
+    while let Some(report) = cleaner.run(&partition).unwrap() {
+        assert!(report.map_bytes <= budget + one_batch, "{report:?}");
+        passes += 1;
+    }
+    assert!(
+        passes >= 20,
+        "40,000 records of 20,000 keys in a 64 KiB map need many passes, ran {passes}"
+    );
+    // Every key's first value is gone below the cleaner point.
+    let remaining = partition.dirty_view(i64::MAX);
+    assert_eq!(remaining.dirty_bytes, 0);
+    let mut offset = partition.log_start_offset();
+    let mut first_round_left = 0;
+    while offset < partition.high_watermark() {
+        let read = partition.read(offset, 1024 * 1024).unwrap();
+        for decoded in batch::batches(read.bytes) {
+            let decoded = decoded.unwrap();
+            offset = decoded.header().next_offset();
+            for record in decoded.records() {
+                let record = record.unwrap();
+                if record
+                    .value
+                    .as_deref()
+                    .is_some_and(|value| value.starts_with(b"0-"))
+                {
+                    first_round_left += 1;
+                }
+            }
+        }
+    }
+    let active_records = (partition.high_watermark()
+        - partition
+            .segment_base_offsets()
+            .last()
+            .copied()
+            .unwrap_or(0)) as usize;
+    assert!(
+        first_round_left <= active_records,
+        "{first_round_left} stale records left"
+    );
 }
 
 #[derive(Debug, Clone)]
