@@ -452,4 +452,61 @@ mod tests {
         assert!(store.group("doomed").is_empty());
         assert_eq!(store.get("kept", "a", 0), Some(committed(7)));
     }
+
+    #[test]
+    fn the_offsets_topic_is_compacted_and_replays_to_the_same_offsets() {
+        let (env, _, clock) = sim_env(1_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let committed = |offset| Committed {
+            offset,
+            metadata: None,
+        };
+        {
+            let topics = Topics::open(Path::new("/d"), env.clone(), LogConfig::default()).unwrap();
+            let store = OffsetStore::open(&topics, clock.clone()).unwrap();
+            for round in 0..200 {
+                for partition in 0..4 {
+                    runtime
+                        .block_on(
+                            store.commit("g", vec![("t".into(), partition, committed(round))]),
+                        )
+                        .unwrap();
+                }
+                runtime
+                    .block_on(store.commit("gone", vec![("t".into(), 0, committed(round))]))
+                    .unwrap();
+            }
+            runtime.block_on(store.delete_group("gone")).unwrap();
+            let log = topics.partition(OFFSETS_TOPIC, 0).unwrap();
+            assert!(
+                log.limits().cleanup.compacts(),
+                "internal overrides compact it"
+            );
+            log.roll_now().unwrap();
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let report = log
+                .clean(&crate::storage::partition::CleanInputs {
+                    stable_offset: i64::MAX,
+                    aborted: &|_, _| false,
+                    map_bytes_max: 1 << 20,
+                    throttle: &|_| {},
+                    stop: &stop,
+                })
+                .unwrap()
+                .expect("a pass ran");
+            // 1,000 commits and a tombstone over 5 keys: the latest of each stays (the
+            // tombstone of the deleted group too, within
+            // delete.retention.ms).
+            assert_eq!(report.records_removed, 1_001 - 5);
+            topics.registry().close().unwrap();
+        }
+        let topics = Topics::open(Path::new("/d"), env, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(&topics, clock).unwrap();
+        for partition in 0..4 {
+            assert_eq!(store.get("g", "t", partition), Some(committed(199)));
+        }
+        assert_eq!(store.groups(), vec!["g".to_string()]);
+    }
 }

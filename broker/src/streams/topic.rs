@@ -57,12 +57,17 @@ wire_struct! {
     }
 }
 
-/// Config overrides of internal topics: kept forever (no time or size retention) and
-/// fsynced before anything they record is answered.
+/// Config overrides of internal topics: never deleted by age or size, compacted (issue
+/// #19: each holds state by key, the latest record of a key winning on replay, and a null
+/// value deleting it, so the cleaner keeps exactly what replay needs; before, they grew
+/// forever), in 100 MiB segments so that sealed segments become cleanable (Kafka's
+/// `offsets.topic.segment.bytes`), and fsynced before anything they record is answered.
 pub fn internal_overrides() -> Vec<(String, String)> {
     vec![
         ("retention.ms".to_string(), "0".to_string()),
         ("retention.bytes".to_string(), "0".to_string()),
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (100 * 1024 * 1024).to_string()),
         ("flush".to_string(), "always".to_string()),
     ]
 }
