@@ -87,6 +87,10 @@ pub enum StreamError {
     /// A batch fails its checksum or header checks.
     #[error("{0}")]
     CorruptBatch(String),
+    /// A record without a key for a compacted topic (the cleaner keeps the latest record
+    /// per key; Kafka refuses these too).
+    #[error("compacted topic {topic:?} cannot accept a record without a key (offset delta {offset_delta})")]
+    KeylessRecord { topic: String, offset_delta: i64 },
     /// The producer id was never handed out.
     #[error("producer id {0} was never handed out (InitProducerId first)")]
     UnknownProducerId(i64),

@@ -5,8 +5,9 @@
 
 produce: creates TOPIC (one partition, cleanup.policy=compact, 64 KiB segments, dirty
 ratio 0.01) with the admin client and produces COUNT records over KEYS keys with an
-idempotent producer, every tenth key deleted by a tombstone (a null value) at the end.
-Prints {"latest": {key: value or null}, "described": {config: value}}.
+idempotent producer, every tenth key deleted by a tombstone (a null value) at the end, then
+tries one record without a key. Prints {"latest": {key: value or null}, "described":
+{config: value}, "keyless": [the keyless record's error name]}.
 
 read: reads the partition from the beginning with an assigned consumer to the end offset.
 Prints [[offset, key, value or null], ...]. Any client error exits 1.
@@ -68,7 +69,20 @@ if mode == "produce":
     if remaining or errors:
         print(json.dumps({"unflushed": remaining, "errors": errors}))
         sys.exit(1)
-    print(json.dumps({"latest": latest, "described": {name: entry.value for name, entry in described.items()}}))
+    # A record without a key is refused on a compacted topic, as Kafka does.
+    keyless = []
+    plain = Producer({"bootstrap.servers": bootstrap, "acks": "all", "retries": 0})
+    plain.produce(topic, value=b"no key", on_delivery=lambda error, _m: keyless.append(error and error.name()))
+    plain.flush(30)
+    print(
+        json.dumps(
+            {
+                "latest": latest,
+                "described": {name: entry.value for name, entry in described.items()},
+                "keyless": keyless,
+            }
+        )
+    )
 elif mode == "read":
     consumer = Consumer(
         {

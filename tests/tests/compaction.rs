@@ -118,6 +118,11 @@ fn a_compacted_topic_keeps_the_latest_value_per_key_for_kafka_clients_and_the_na
         let summary: Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
         assert_eq!(summary["described"]["cleanup.policy"], "compact");
         assert_eq!(summary["described"]["min.cleanable.dirty.ratio"], "0.01");
+        assert_eq!(
+            summary["keyless"],
+            serde_json::json!(["INVALID_RECORD"]),
+            "{summary}"
+        );
         let latest: BTreeMap<String, Option<String>> = summary["latest"]
             .as_object()
             .expect("latest")
@@ -155,6 +160,18 @@ fn a_compacted_topic_keeps_the_latest_value_per_key_for_kafka_clients_and_the_na
         .parse()
         .expect("a number");
     assert!(runs >= 2.0, "cleaner runs: {runs}");
+    // The native CLI is refused a keyless record too, with the reason.
+    let keyless = wharf(
+        &broker.address(),
+        &["produce", "compacted-none"],
+        "no key\n",
+    );
+    assert!(!keyless.status.success(), "a keyless record was accepted");
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("without a key"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
     // A SIGKILL and restart: the cleaned segments are what the log holds.
     let before = native_rows(&broker, "compacted-zstd");
     broker.kill();

@@ -14,7 +14,8 @@
 //! checked, appended and recorded under the partition's producer lock, taken before the
 //! storage writer lock (markers take the same lock, so no transactional batch slips in
 //! after its transaction's marker); a retry of a stored batch is answered with the
-//! original offsets and appends nothing.
+//! original offsets and appends nothing. A compacted topic takes only records with a key
+//! (the one produce check that reads records, so it costs only compacted topics).
 
 use std::sync::Arc;
 
@@ -107,6 +108,9 @@ impl Streams {
             return Ok(append::append(&log, &mut batches)?);
         };
         self.check_batches(&headers, header)?;
+        if log.limits().cleanup.compacts() {
+            check_keyed(&info.name, &batches)?;
+        }
         if header.producer_id == NO_PRODUCER_ID {
             return Ok(append::append(&log, &mut batches)?);
         }
@@ -254,4 +258,26 @@ fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
         }
     }
     headers
+}
+
+/// Refuses a batch of a compacted topic that holds a record without a key: the cleaner keeps
+/// the latest record per key, so a keyless one could never be superseded (Kafka refuses it
+/// with INVALID_RECORD too). Compressed batches are decompressed to look.
+fn check_keyed(topic: &str, batches: &[u8]) -> Result<(), StreamError> {
+    for decoded in batch::batches(bytes::Bytes::copy_from_slice(batches)) {
+        let decoded = decoded.map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+        let records = decoded
+            .records_decompressed()
+            .map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+        for record in records {
+            let record = record.map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+            if record.key.is_none() {
+                return Err(StreamError::KeylessRecord {
+                    topic: topic.to_string(),
+                    offset_delta: record.offset - decoded.header().base_offset,
+                });
+            }
+        }
+    }
+    Ok(())
 }

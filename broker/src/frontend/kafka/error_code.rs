@@ -85,6 +85,7 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::SeveralIdempotentBatches => ResponseError::InvalidRequest,
         StreamError::TimestampAhead { .. } => ResponseError::InvalidTimestamp,
         StreamError::CorruptBatch(_) => ResponseError::CorruptMessage,
+        StreamError::KeylessRecord { .. } => ResponseError::InvalidRecord,
         StreamError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         StreamError::TxnFenced { .. } => ResponseError::InvalidProducerEpoch,

@@ -51,7 +51,8 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::ControlBatch
         | StreamError::SeveralIdempotentBatches
         | StreamError::TimestampAhead { .. }
-        | StreamError::TransactionalWithoutProducerId => ErrorCode::InvalidRequest,
+        | StreamError::TransactionalWithoutProducerId
+        | StreamError::KeylessRecord { .. } => ErrorCode::InvalidRequest,
         StreamError::CorruptBatch(_) => ErrorCode::CorruptRecordBatch,
         StreamError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
