@@ -10,7 +10,9 @@
 #   PYTHON=target/test-clients/venv/bin/python BIN=target/release benches/scripts/compaction-bench.sh
 #
 # Env: BIN (wharfd and wharf), PYTHON (with confluent-kafka), RECORDS (1048576), KEYS (104858),
-# SIZE (1024), PERF_N (4000000 records of 100 B, long enough to cover the pass), DATA (/tmp/wharf-compaction-bench),
+# SIZE (1024), PERF_N (4000000 records of 100 B), IO_RATE (cleaner_io_bytes_per_second, 0: none;
+# a limit that stretches the pass over the whole produce run measures the overlap fully),
+# DATA (/tmp/wharf-compaction-bench),
 # PORT (7497), KAFKA_PORT (9497).
 set -euo pipefail
 BIN=${BIN:-target/release}
@@ -19,16 +21,17 @@ RECORDS=${RECORDS:-1048576}
 KEYS=${KEYS:-104858}
 SIZE=${SIZE:-1024}
 PERF_N=${PERF_N:-4000000}
+IO_RATE=${IO_RATE:-0}
 DATA=${DATA:-/tmp/wharf-compaction-bench}
 PORT=${PORT:-7497}
 KAFKA_PORT=${KAFKA_PORT:-9497}
 
 rm -rf "$DATA"; mkdir -p "$DATA"
-printf 'cleaner_backoff_ms = 500\n' > "$DATA.toml"
+printf 'cleaner_backoff_ms = 500\ncleaner_io_bytes_per_second = %s\n' "$IO_RATE" > "$DATA.toml"
 RUST_LOG=info "$BIN/wharfd" --config "$DATA.toml" --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
   --kafka-listen "127.0.0.1:$KAFKA_PORT" --amqp-listen off --http-listen off > "$DATA.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 wharf() { "$BIN/wharf" --broker "127.0.0.1:$PORT" "$@"; }
 wharf topic create kv --partitions 1 --config segment.bytes=67108864 > /dev/null
@@ -60,7 +63,10 @@ perf() { wharf --json perf produce --topic "$1" --messages "$PERF_N" --size 100 
 echo "produce alone:          $(perf other-alone)"
 wharf topic alter kv --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.5 > /dev/null
 # Started at once: the cleaner picks the topic up within cleaner_backoff_ms (500 ms).
+beside_started=$(date +%s.%N)
 echo "produce beside cleaner: $(perf other-beside)"
+echo "the produce run took $(echo "$(date +%s.%N) - $beside_started" | bc) s from the alter"
+
 for _ in $(seq 1 600); do grep -aq 'log cleaner pass' "$DATA.log" && break; sleep 0.5; done
 grep -a 'log cleaner pass' "$DATA.log" | sed 's/.*log cleaner pass/log cleaner pass/'
 grep -a 'log cleaner pass' "$DATA.log" | head -1 | awk '{
