@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use integration_tests::{http_get, run_client_script, wharf, BrokerProcess};
+use integration_tests::{http_get, http_send, run_client_script, wharf, wharf_ok, BrokerProcess};
 use serde_json::Value;
 
 fn stdout(output: &std::process::Output) -> String {
@@ -160,6 +160,58 @@ fn a_compacted_topic_keeps_the_latest_value_per_key_for_kafka_clients_and_the_na
         .parse()
         .expect("a number");
     assert!(runs >= 2.0, "cleaner runs: {runs}");
+    // The policy and its knobs through the HTTP API and the native CLI too.
+    let (status, created) = http_send(
+        &broker.http_address(),
+        "POST",
+        "/api/v1/topics",
+        None,
+        Some(r#"{"name": "http-compacted", "configs": {"cleanup.policy": "compact,delete"}}"#),
+    );
+    assert!(status == 201 || status == 200, "{status} {created}");
+    let (status, altered) = http_send(
+        &broker.http_address(),
+        "PATCH",
+        "/api/v1/topics/http-compacted/configs",
+        None,
+        Some(r#"{"set": {"min.compaction.lag.ms": "60000", "delete.retention.ms": "1000"}}"#),
+    );
+    assert_eq!(status, 200, "{altered}");
+    let described = wharf_ok(
+        &broker.address(),
+        &["topic", "describe", "http-compacted"],
+        "",
+    );
+    for line in ["compact,delete", "60000", "1000"] {
+        assert!(described.contains(line), "{line} in {described}");
+    }
+    let (status, refused) = http_send(
+        &broker.http_address(),
+        "PATCH",
+        "/api/v1/topics/http-compacted/configs",
+        None,
+        Some(r#"{"set": {"min.cleanable.dirty.ratio": "1.5"}}"#),
+    );
+    assert_eq!(status, 400, "{refused}");
+    wharf_ok(
+        &broker.address(),
+        &[
+            "topic",
+            "create",
+            "cli-compacted",
+            "--partitions",
+            "1",
+            "--config",
+            "cleanup.policy=compact",
+        ],
+        "",
+    );
+    let described = wharf_ok(
+        &broker.address(),
+        &["topic", "describe", "cli-compacted"],
+        "",
+    );
+    assert!(described.contains("compact"), "{described}");
     // The native CLI is refused a keyless record too, with the reason.
     let keyless = wharf(
         &broker.address(),
