@@ -16,7 +16,8 @@
 //! 3. Every cleanable segment below `map_end` is rewritten, consecutive segments merged into
 //!    groups of at most `segment.bytes`: a record goes when a later record has its key, a
 //!    tombstone also once it is older than `delete.retention.ms`, and a record of an aborted
-//!    transaction always. Control batches stay. Kept records keep their offsets and bytes;
+//!    transaction always. A transaction marker goes once no record of its transaction is
+//!    left and it is older than `delete.retention.ms`. Kept records keep their offsets and bytes;
 //!    a batch that loses records is re-encoded with its codec and header fields. Each group
 //!    keeps its first and last batch (emptied if need be), so it spans the same offsets as
 //!    the segments it replaces.
@@ -281,6 +282,15 @@ fn for_each_batch(
     Ok(())
 }
 
+/// Per producer, whether the cleaner kept any record of its current transaction in this
+/// pass: a transaction marker goes once no record of its transaction is left (and it is past
+/// the delete horizon), as Kafka's cleaner removes markers; until then read_committed
+/// readers and producer-state replay need it.
+#[derive(Debug, Default)]
+struct Transactions {
+    kept_any: HashMap<i64, bool>,
+}
+
 /// The latest offset of each key in the dirty part, and where the map ends.
 struct KeyMap {
     latest: HashMap<Bytes, i64>,
@@ -399,11 +409,14 @@ impl Partition {
             .filter(|segment| segment.base_offset() < map.end)
             .cloned()
             .collect();
+        // Groups go in offset order from the first cleanable segment, so a transaction's
+        // data batches are seen before its marker.
+        let mut transactions = Transactions::default();
         for group in self.groups(&doomed) {
             if inputs.stop.load(Ordering::Acquire) || self.closing.load(Ordering::Acquire) {
                 break;
             }
-            self.clean_group(&group, &map, now, inputs, &mut report)?;
+            self.clean_group(&group, &map, now, inputs, &mut transactions, &mut report)?;
         }
         report.cleaned_up_to = map.end;
         if map.end > first_dirty {
@@ -526,6 +539,7 @@ impl Partition {
         map: &KeyMap,
         now_ms: i64,
         inputs: &CleanInputs<'_>,
+        transactions: &mut Transactions,
         report: &mut CleanReport,
     ) -> Result<()> {
         let fs = self.env.fs.as_ref();
@@ -564,8 +578,15 @@ impl Partition {
                 inputs,
                 &mut report.bytes_read,
                 |batch| {
-                    let (kept, removed) =
-                        self.clean_batch(&batch, map, horizon, base, end, inputs, &path)?;
+                    let (kept, removed) = self.clean_batch(
+                        &batch,
+                        map,
+                        horizon,
+                        (base, end),
+                        inputs,
+                        transactions,
+                        &path,
+                    )?;
                     report.records_removed += removed;
                     if let Some(kept) = kept {
                         let header = batch::parse_header(&kept)
@@ -599,14 +620,27 @@ impl Partition {
         batch: &Batch,
         map: &KeyMap,
         horizon_ms: i64,
-        group_base: i64,
-        group_end: i64,
+        (group_base, group_end): (i64, i64),
         inputs: &CleanInputs<'_>,
+        transactions: &mut Transactions,
         path: &Path,
     ) -> Result<(Option<Bytes>, u64)> {
         let header = *batch.header();
         let pinned = header.base_offset == group_base || header.next_offset() == group_end;
-        if header.attributes.is_control() || header.base_offset >= map.end {
+        if header.base_offset >= map.end {
+            return Ok((Some(batch.as_bytes().clone()), 0));
+        }
+        if header.attributes.is_control() {
+            // A marker ends its producer's transaction: it goes when nothing of the
+            // transaction is left and it is past the delete horizon (never at a group's
+            // edge, which keeps the group's offset range).
+            let kept_any = transactions
+                .kept_any
+                .remove(&header.producer_id)
+                .unwrap_or(false);
+            if !kept_any && !pinned && header.max_timestamp < horizon_ms {
+                return Ok((None, 1));
+            }
             return Ok((Some(batch.as_bytes().clone()), 0));
         }
         let aborted = is_aborted(&header, inputs);
@@ -638,6 +672,12 @@ impl Partition {
             } else {
                 removed += 1;
             }
+        }
+        if header.attributes.is_transactional() {
+            *transactions
+                .kept_any
+                .entry(header.producer_id)
+                .or_insert(false) |= kept > 0;
         }
         if removed == 0 {
             return Ok((Some(batch.as_bytes().clone()), 0));

@@ -559,6 +559,73 @@ fn readers_during_swaps_see_the_old_or_the_new_segments() {
     assert!(passes > 5 && reads >= 3, "passes {passes}, reads {reads}");
 }
 
+/// The producer ids of the transaction markers in the log, in offset order.
+fn markers(partition: &Partition) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut offset = partition.log_start_offset();
+    while offset < partition.high_watermark() {
+        let read = partition.read(offset, 1024 * 1024).unwrap();
+        for decoded in batch::batches(read.bytes) {
+            let decoded = decoded.unwrap();
+            offset = decoded.header().next_offset();
+            if decoded.header().attributes.is_control() {
+                out.push(decoded.header().producer_id);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_marker_goes_once_nothing_of_its_transaction_is_left_and_the_horizon_passed() {
+    let (env, _, clock) = sim_env(NOW_MS);
+    let partition = open(&env);
+    let mut model = BTreeMap::new();
+    fill(&partition, &mut model, 10);
+    let mut cleaner = Cleaner::new();
+    let marker = |producer_id: i64, kind: batch::ControlKind| {
+        let mut bytes = BytesMut::from(&batch::control_batch(NOW_MS, producer_id, 0, kind, 0)[..]);
+        append(&partition, &mut bytes);
+    };
+    // 501 commits a value that a later record supersedes; 502 commits the latest value of
+    // its key; 503 aborts.
+    append(
+        &partition,
+        &mut batch_with(&[(50, Some(b"a".to_vec()))], NOW_MS, Some(501)),
+    );
+    marker(501, batch::ControlKind::Commit);
+    append(
+        &partition,
+        &mut batch_with(&[(51, Some(b"x".to_vec()))], NOW_MS, Some(502)),
+    );
+    marker(502, batch::ControlKind::Commit);
+    let aborted = append(
+        &partition,
+        &mut batch_with(&[(52, Some(b"y".to_vec()))], NOW_MS, Some(503)),
+    );
+    cleaner.aborted.insert((503, aborted.base_offset));
+    marker(503, batch::ControlKind::Abort);
+    append(
+        &partition,
+        &mut batch_with(&[(50, Some(b"b".to_vec()))], NOW_MS, None),
+    );
+    fill(&partition, &mut model, 60);
+    // Within the delete horizon every marker stays.
+    cleaner.run(&partition).unwrap().expect("a pass ran");
+    assert_eq!(markers(&partition), vec![501, 502, 503]);
+    // Past it, the markers of 501 (its record superseded) and 503 (aborted) go; 502's
+    // record is still there, so its marker stays.
+    clock.advance_ms(61_000);
+    fill(&partition, &mut model, 60);
+    cleaner.run(&partition).unwrap().expect("a pass ran");
+    assert_eq!(markers(&partition), vec![502]);
+    let view = read_view(&partition);
+    assert!(view
+        .iter()
+        .any(|(_, key, value)| *key == 51 && value.as_deref() == Some(&b"x"[..])));
+    assert!(!view.iter().any(|(_, key, _)| *key == 52));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<Entry>),
