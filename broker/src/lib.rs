@@ -16,6 +16,7 @@
 pub mod acl;
 pub mod append;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod frontend;

@@ -27,18 +27,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // `metrics` is plain atomics that every layer updates (issue #17): anyone may call it.
     (
         "server",
-        &["frontend", "net", "core", "config", "storage", "metrics"],
+        &[
+            "frontend", "net", "core", "cluster", "config", "storage", "metrics",
+        ],
     ),
     ("frontend", &["core", "net", "config", "metrics"]),
     ("net", &[]),
     (
         "core",
         &[
-            "txn", "groups", "streams", "queue", "acl", "auth", "append", "storage", "config",
-            "metrics",
+            "txn", "groups", "streams", "queue", "acl", "auth", "cluster", "append", "storage",
+            "config", "metrics",
         ],
     ),
     ("acl", &["storage", "metrics"]),
+    // The cluster's control plane (issue #20): the metadata log on openraft over storage's
+    // files; the core and the server call it, it calls no domain module.
+    ("cluster", &["storage", "metrics"]),
     // The domain modules below may name `acl` for its refusal type only (`acl::Denied`,
     // carried by each domain error's Unauthorized variant, issue #18); `acl` imports none
     // of them, so no cycle can form.

@@ -1,0 +1,491 @@
+//! The cluster's metadata state machine (issue #20): every definition that is cluster-wide,
+//! changed only by [`MetadataCommand`]s that the metadata log (openraft, `cluster/raft.rs`)
+//! has committed, applied in log order by [`MetadataState::apply`].
+//!
+//! `apply` is a pure function of the state and the command: every node applies the same
+//! commands in the same order and ends with the same state, placement included (the
+//! placement rule reads only the state). It never fails as a whole: a command that breaks a
+//! rule (a topic that exists, an unknown queue) leaves the state unchanged and returns the
+//! reason as its [`MetadataResult`], which the proposer gets back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::placement;
+
+/// A node's id in the cluster (`--node-id`).
+pub type NodeId = u64;
+
+/// A node as the metadata knows it: where its listeners are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The internal (broker-to-broker) address, `HOST:PORT`.
+    pub cluster_addr: String,
+    /// The advertised listener addresses by name (`native`, `kafka`, `amqp`, `http`).
+    pub listeners: BTreeMap<String, String>,
+}
+
+/// One partition's (or queue's) replicas, the first of which is the preferred leader, and
+/// its current leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicas {
+    /// The nodes holding a replica; `replicas[0]` is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// The node that leads it now.
+    pub leader: NodeId,
+}
+
+/// A topic's cluster-wide definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Config overrides under Kafka's names, sorted by key.
+    pub configs: BTreeMap<String, String>,
+    /// One entry per partition, by partition number.
+    pub partitions: Vec<Replicas>,
+}
+
+/// A queue's cluster-wide definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueMeta {
+    /// Its arguments as declared (`x-message-ttl` and the like), as text.
+    pub arguments: BTreeMap<String, String>,
+    /// Where it lives.
+    pub placement: Replicas,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BindingMeta {
+    /// The exchange.
+    pub exchange: String,
+    /// The queue.
+    pub queue: String,
+    /// The binding key.
+    pub key: String,
+}
+
+/// A change to the metadata. Every variant names what it changes; see [`MetadataState::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// Records (or updates) a node's addresses; the node takes replicas from then on.
+    RegisterNode { node_id: NodeId, info: NodeInfo },
+    /// Forgets a node; its replicas move to the others (as [`MetadataCommand::Rebalance`]).
+    RemoveNode { node_id: NodeId },
+    /// Creates a topic, placing `replication_factor` replicas of each partition.
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+    },
+    /// Deletes a topic.
+    DeleteTopic { name: String },
+    /// Replaces a topic's config overrides.
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// Grows a topic to `total` partitions.
+    AddPartitions { name: String, total: u32 },
+    /// Declares a queue (idempotent when the arguments are the same).
+    DeclareQueue {
+        name: String,
+        replication_factor: u32,
+        arguments: BTreeMap<String, String>,
+    },
+    /// Deletes a queue and its bindings.
+    DeleteQueue { name: String },
+    /// Declares an exchange of `kind` (idempotent for the same kind).
+    DeclareExchange { name: String, kind: String },
+    /// Deletes an exchange and its bindings.
+    DeleteExchange { name: String },
+    /// Binds a queue to an exchange.
+    Bind(BindingMeta),
+    /// Removes a binding.
+    Unbind(BindingMeta),
+    /// Moves replicas so every node holds a fair share, and leaders to preferred replicas.
+    Rebalance,
+    /// A register for tests: sets `key` to `value` and answers the previous value.
+    #[doc(hidden)]
+    TestPut { key: String, value: u64 },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("queue {0:?} does not exist")]
+    UnknownQueue(String),
+    #[error("queue {0:?} exists with other arguments")]
+    QueueDiffers(String),
+    #[error("exchange {0:?} does not exist")]
+    UnknownExchange(String),
+    #[error("exchange {name:?} exists with kind {kind:?}")]
+    ExchangeDiffers { name: String, kind: String },
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(NodeId),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What applying a command gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataResult {
+    /// Applied.
+    Done,
+    /// A topic was created or grown: its partitions' placement.
+    Placed(Vec<Replicas>),
+    /// A test register's previous value.
+    Previous(Option<u64>),
+    /// Nothing changed, for this reason.
+    Refused(MetadataError),
+}
+
+/// Every cluster-wide definition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    /// The nodes, by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Topics, by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// Queues, by name.
+    pub queues: BTreeMap<String, QueueMeta>,
+    /// Exchanges, by name: their kind.
+    pub exchanges: BTreeMap<String, String>,
+    /// Bindings, sorted.
+    pub bindings: Vec<BindingMeta>,
+    /// The test register.
+    #[doc(hidden)]
+    pub test_register: BTreeMap<String, u64>,
+}
+
+impl MetadataState {
+    /// Applies one committed command (see the module documentation).
+    pub fn apply(&mut self, command: &MetadataCommand) -> MetadataResult {
+        match self.try_apply(command) {
+            Ok(result) => result,
+            Err(error) => MetadataResult::Refused(error),
+        }
+    }
+
+    fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataResult, MetadataError> {
+        match command {
+            MetadataCommand::RegisterNode { node_id, info } => {
+                self.nodes.insert(*node_id, info.clone());
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::RemoveNode { node_id } => {
+                if self.nodes.remove(node_id).is_none() {
+                    return Err(MetadataError::UnknownNode(*node_id));
+                }
+                self.rebalance();
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            } => {
+                if self.topics.contains_key(name) {
+                    return Err(MetadataError::TopicExists(name.clone()));
+                }
+                if *partitions == 0 {
+                    return Err(MetadataError::Invalid(
+                        "a topic needs at least one partition".to_string(),
+                    ));
+                }
+                let factor = self.check_factor(*replication_factor)?;
+                let mut load = placement::Load::of(self);
+                let placed: Vec<Replicas> = (0..*partitions).map(|_| load.place(factor)).collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicMeta {
+                        configs: configs.clone(),
+                        partitions: placed.clone(),
+                    },
+                );
+                Ok(MetadataResult::Placed(placed))
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                self.topics
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::AlterTopicConfigs { name, configs } => {
+                let topic = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                topic.configs = configs.clone();
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::AddPartitions { name, total } => {
+                let (existing, factor) = match self.topics.get(name) {
+                    Some(topic) => (
+                        topic.partitions.len(),
+                        topic.partitions.first().map_or(1, |p| p.replicas.len()),
+                    ),
+                    None => return Err(MetadataError::UnknownTopic(name.clone())),
+                };
+                if (*total as usize) <= existing {
+                    return Err(MetadataError::Invalid(format!(
+                        "topic {name:?} has {existing} partitions; the new total must be more"
+                    )));
+                }
+                let mut load = placement::Load::of(self);
+                let added: Vec<Replicas> = (existing..*total as usize)
+                    .map(|_| load.place(factor))
+                    .collect();
+                let topic = self.topics.get_mut(name).expect("checked above");
+                topic.partitions.extend(added.iter().cloned());
+                Ok(MetadataResult::Placed(added))
+            }
+            MetadataCommand::DeclareQueue {
+                name,
+                replication_factor,
+                arguments,
+            } => {
+                if let Some(queue) = self.queues.get(name) {
+                    if &queue.arguments == arguments {
+                        return Ok(MetadataResult::Placed(vec![queue.placement.clone()]));
+                    }
+                    return Err(MetadataError::QueueDiffers(name.clone()));
+                }
+                let factor = self.check_factor(*replication_factor)?;
+                let placed = placement::Load::of(self).place(factor);
+                self.queues.insert(
+                    name.clone(),
+                    QueueMeta {
+                        arguments: arguments.clone(),
+                        placement: placed.clone(),
+                    },
+                );
+                Ok(MetadataResult::Placed(vec![placed]))
+            }
+            MetadataCommand::DeleteQueue { name } => {
+                self.queues
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownQueue(name.clone()))?;
+                self.bindings.retain(|binding| &binding.queue != name);
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::DeclareExchange { name, kind } => match self.exchanges.get(name) {
+                Some(existing) if existing != kind => Err(MetadataError::ExchangeDiffers {
+                    name: name.clone(),
+                    kind: existing.clone(),
+                }),
+                Some(_) => Ok(MetadataResult::Done),
+                None => {
+                    self.exchanges.insert(name.clone(), kind.clone());
+                    Ok(MetadataResult::Done)
+                }
+            },
+            MetadataCommand::DeleteExchange { name } => {
+                self.exchanges
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownExchange(name.clone()))?;
+                self.bindings.retain(|binding| &binding.exchange != name);
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::Bind(binding) => {
+                if !self.exchanges.contains_key(&binding.exchange) {
+                    return Err(MetadataError::UnknownExchange(binding.exchange.clone()));
+                }
+                if !self.queues.contains_key(&binding.queue) {
+                    return Err(MetadataError::UnknownQueue(binding.queue.clone()));
+                }
+                if let Err(at) = self.bindings.binary_search(binding) {
+                    self.bindings.insert(at, binding.clone());
+                }
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::Unbind(binding) => {
+                if let Ok(at) = self.bindings.binary_search(binding) {
+                    self.bindings.remove(at);
+                }
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::Rebalance => {
+                self.rebalance();
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::TestPut { key, value } => Ok(MetadataResult::Previous(
+                self.test_register.insert(key.clone(), *value),
+            )),
+        }
+    }
+
+    /// The replication factor to place with: 1 to the node count (a cluster with no
+    /// registered node places on node 1, the lone broker).
+    fn check_factor(&self, requested: u32) -> Result<usize, MetadataError> {
+        let nodes = self.nodes.len().max(1);
+        match requested as usize {
+            0 => Ok(nodes.min(3)),
+            factor if factor <= nodes => Ok(factor),
+            factor => Err(MetadataError::Invalid(format!(
+                "replication factor {factor} is more than the {nodes} nodes of the cluster"
+            ))),
+        }
+    }
+
+    fn rebalance(&mut self) {
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut all: Vec<&mut Replicas> = self
+            .topics
+            .values_mut()
+            .flat_map(|topic| topic.partitions.iter_mut())
+            .chain(self.queues.values_mut().map(|queue| &mut queue.placement))
+            .collect();
+        placement::rebalance(&nodes, &mut all);
+    }
+
+    /// Every replica set, topics' partitions then queues, for checks and status.
+    pub fn replica_sets(&self) -> impl Iterator<Item = &Replicas> {
+        self.topics
+            .values()
+            .flat_map(|topic| topic.partitions.iter())
+            .chain(self.queues.values().map(|queue| &queue.placement))
+    }
+
+    /// The node that coordinates consumer group or transactional id `key`: the leader of
+    /// the internal topic's partition that `key` hashes to (Kafka's rule), or `None` while
+    /// that topic is not in the metadata.
+    pub fn coordinator(&self, internal_topic: &str, key: &str) -> Option<NodeId> {
+        let topic = self.topics.get(internal_topic)?;
+        if topic.partitions.is_empty() {
+            return None;
+        }
+        let index = placement::key_hash(key) as usize % topic.partitions.len();
+        Some(topic.partitions[index].leader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> NodeInfo {
+        NodeInfo {
+            cluster_addr: format!("127.0.0.1:{port}"),
+            listeners: BTreeMap::new(),
+        }
+    }
+
+    fn three_nodes() -> MetadataState {
+        let mut state = MetadataState::default();
+        for id in 1..=3 {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id: id,
+                info: node(7000 + id as u16),
+            });
+        }
+        state
+    }
+
+    fn create(name: &str, partitions: u32, factor: u32) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: factor,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_topic_is_placed_across_the_nodes_and_refused_twice() {
+        let mut state = three_nodes();
+        let MetadataResult::Placed(placed) = state.apply(&create("t", 6, 3)) else {
+            panic!("placed");
+        };
+        assert_eq!(placed.len(), 6);
+        for replicas in &placed {
+            let mut nodes = replicas.replicas.clone();
+            nodes.sort_unstable();
+            nodes.dedup();
+            assert_eq!(nodes.len(), 3, "three distinct replicas: {replicas:?}");
+            assert_eq!(replicas.leader, replicas.replicas[0]);
+        }
+        let mut leaders = BTreeMap::new();
+        for replicas in &placed {
+            *leaders.entry(replicas.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(
+            state.apply(&create("t", 1, 1)),
+            MetadataResult::Refused(MetadataError::TopicExists("t".to_string()))
+        );
+        assert!(matches!(
+            state.apply(&create("u", 1, 4)),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn deleting_a_queue_or_exchange_removes_its_bindings() {
+        let mut state = three_nodes();
+        state.apply(&MetadataCommand::DeclareExchange {
+            name: "x".into(),
+            kind: "direct".into(),
+        });
+        state.apply(&MetadataCommand::DeclareQueue {
+            name: "q".into(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+        });
+        let binding = BindingMeta {
+            exchange: "x".into(),
+            queue: "q".into(),
+            key: "k".into(),
+        };
+        assert_eq!(
+            state.apply(&MetadataCommand::Bind(binding.clone())),
+            MetadataResult::Done
+        );
+        assert_eq!(state.bindings, vec![binding]);
+        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        assert!(state.bindings.is_empty());
+        assert_eq!(
+            state.apply(&MetadataCommand::DeclareExchange {
+                name: "x".into(),
+                kind: "fanout".into()
+            }),
+            MetadataResult::Refused(MetadataError::ExchangeDiffers {
+                name: "x".into(),
+                kind: "direct".into()
+            })
+        );
+    }
+
+    #[test]
+    fn removing_a_node_moves_its_replicas_to_the_others() {
+        let mut state = three_nodes();
+        state.apply(&create("t", 9, 2));
+        state.apply(&MetadataCommand::RemoveNode { node_id: 3 });
+        for replicas in state.replica_sets() {
+            assert!(!replicas.replicas.contains(&3), "{replicas:?}");
+            assert!(replicas.replicas.contains(&replicas.leader));
+            assert_eq!(replicas.replicas.len(), 2);
+        }
+    }
+
+    #[test]
+    fn the_coordinator_is_the_leader_of_the_partition_the_key_hashes_to() {
+        let mut state = three_nodes();
+        assert_eq!(state.coordinator("__consumer_offsets", "g"), None);
+        state.apply(&create("__consumer_offsets", 50, 3));
+        let leader = state
+            .coordinator("__consumer_offsets", "g")
+            .expect("placed");
+        let index = placement::key_hash("g") as usize % 50;
+        assert_eq!(
+            leader,
+            state.topics["__consumer_offsets"].partitions[index].leader
+        );
+    }
+}

@@ -1,0 +1,534 @@
+//! The metadata log on openraft (issue #20), behind Wharf's own seam: the rest of the
+//! broker calls [`Cluster`] (propose a [`MetadataCommand`], read the applied state, add or
+//! remove a node, status) and never names an openraft type.
+//!
+//! openraft 0.9 (the stable line; 0.10 is still in alpha and changes the storage traits)
+//! runs the election, replication and commit rules; Wharf supplies the storage
+//! (`cluster/store.rs`), the state machine (`cluster/metadata.rs`) and the transport: a
+//! [`Transport`] carries [`RaftRpc`]s to another node and [`serve`] answers them, so the same
+//! code runs over TCP between processes (`cluster/transport.rs`) and over the simulated
+//! network of the tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::metadata::{MetadataCommand, MetadataResult, NodeId};
+use super::store::{Applied, LogStore, MachineStore};
+
+openraft::declare_raft_types!(
+    /// The metadata log's types for openraft.
+    pub TypeConfig:
+        D = MetadataCommand,
+        R = MetadataResult,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Vec<u8>,
+);
+
+/// A request from one node to another over the internal listener.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// openraft's AppendEntries.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// openraft's RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// A whole snapshot (metadata snapshots are small).
+    Snapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    },
+    /// A metadata change forwarded to the leader.
+    Propose(MetadataCommand),
+    /// Which cluster the node is in, if any (bootstrap).
+    Hello,
+}
+
+/// The answer to a [`RaftRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    /// To `Append`.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Snapshot`.
+    Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// To `Propose`: the log index it was applied at and its result.
+    Propose(Result<Proposed, ClusterError>),
+    /// To `Hello`: the node's id and its cluster id (None: not in a cluster yet).
+    Hello {
+        node_id: NodeId,
+        cluster_id: Option<String>,
+    },
+    /// The node refused the request (another cluster's, say).
+    Refused(String),
+}
+
+/// A committed and applied metadata change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    /// The log index it was applied at.
+    pub index: u64,
+    /// What applying it gave.
+    pub result: MetadataResult,
+}
+
+/// Why a metadata operation did not happen (or may not have).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known (an election is under way, or this node is cut off from a
+    /// majority): nothing was changed; retry.
+    #[error("no leader is known (an election is under way or this node cannot reach a majority); nothing was changed")]
+    NoLeader,
+    /// The leader could not be reached or did not answer in time: the change may or may not
+    /// have been made.
+    #[error("the leader (node {leader}) did not answer: {reason}; the change may or may not have been made")]
+    Unavailable { leader: NodeId, reason: String },
+    /// openraft stopped (a storage failure, or shutdown).
+    #[error("the metadata log stopped: {0}")]
+    Stopped(String),
+    /// A membership change was refused.
+    #[error("{0}")]
+    Membership(String),
+}
+
+/// Carries RPCs to other nodes.
+pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
+    /// Sends `rpc` to node `target` at `addr` and waits for its reply.
+    fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        rpc: RaftRpc,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>>;
+}
+
+/// openraft's network factory over a [`Transport`].
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    transport: Arc<dyn Transport>,
+}
+
+/// openraft's connection to one node.
+#[derive(Debug)]
+pub struct Connection {
+    transport: Arc<dyn Transport>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            transport: self.transport.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+type RpcResult<T> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId>>>;
+
+impl Connection {
+    async fn call(&self, rpc: RaftRpc, timeout: Duration) -> Result<RaftReply, Unreachable> {
+        self.transport
+            .call(self.target, &self.addr, rpc, timeout)
+            .await
+            .map_err(|reason| Unreachable::new(&TransportError(reason)))
+    }
+}
+
+fn unexpected(reply: &RaftReply) -> NetworkError {
+    NetworkError::new(&TransportError(format!("unexpected reply {reply:?}")))
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+            RaftReply::Append(Ok(response)) => Ok(response),
+            RaftReply::Append(Err(error)) => Err(RemoteError::new(self.target, error).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(RaftRpc::Vote(rpc), option.hard_ttl()).await? {
+            RaftReply::Vote(Ok(response)) => Ok(response),
+            RaftReply::Vote(Err(error)) => Err(RemoteError::new(self.target, error).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let rpc = RaftRpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        };
+        match self.call(rpc, option.hard_ttl()).await? {
+            RaftReply::Snapshot(Ok(response)) => Ok(response),
+            RaftReply::Snapshot(Err(fatal)) => Err(RemoteError::new(self.target, fatal).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+}
+
+/// The timeouts of the metadata log (openraft's `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// A follower starts an election after a random time in this range without a leader.
+    pub election_min: Duration,
+    /// As above.
+    pub election_max: Duration,
+    /// A snapshot is taken after this many applied entries since the last one.
+    pub snapshot_every: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+            snapshot_every: 1_000,
+        }
+    }
+}
+
+/// One node's metadata log: the seam the broker calls.
+#[derive(Clone)]
+pub struct Cluster {
+    node_id: NodeId,
+    raft: Raft<TypeConfig>,
+    applied: watch::Receiver<Applied>,
+    transport: Arc<dyn Transport>,
+    cluster_id: Arc<std::sync::Mutex<Option<String>>>,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &self.cluster_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `wharf cluster status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// The cluster's id (None before it has one).
+    pub cluster_id: Option<String>,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// Voting members and their internal addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Non-voting members (catching up before they vote).
+    pub learners: BTreeMap<NodeId, String>,
+    /// The last log index this node has, and the last it applied.
+    pub last_log_index: u64,
+    /// As above.
+    pub last_applied_index: u64,
+}
+
+impl Cluster {
+    /// Starts node `node_id`'s metadata log over `log` and `machine`, talking to the others
+    /// through `transport`.
+    ///
+    /// # Errors
+    /// openraft's, for a bad config or a storage failure while starting.
+    pub async fn start(
+        node_id: NodeId,
+        cluster_id: Option<String>,
+        log: LogStore,
+        machine: MachineStore,
+        transport: Arc<dyn Transport>,
+        timing: Timing,
+    ) -> Result<Cluster, ClusterError> {
+        let config = openraft::Config {
+            cluster_name: "wharf".to_string(),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_min.as_millis() as u64,
+            election_timeout_max: timing.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|error| ClusterError::Stopped(error.to_string()))?;
+        let applied = machine.subscribe();
+        let network = NetworkFactory {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
+            .await
+            .map_err(|error| ClusterError::Stopped(error.to_string()))?;
+        Ok(Cluster {
+            node_id,
+            raft,
+            applied,
+            transport,
+            cluster_id: Arc::new(std::sync::Mutex::new(cluster_id)),
+            timing,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The cluster id, once known.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Sets the cluster id (bootstrap, or adopted from the first peer that has one).
+    pub fn set_cluster_id(&self, id: String) {
+        *self
+            .cluster_id
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(id);
+    }
+
+    /// Makes this node the first member of a new cluster of `members` (id → internal
+    /// address). Only for a node with an empty log.
+    ///
+    /// # Errors
+    /// `Membership` when the log is not empty.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), ClusterError> {
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        self.raft
+            .initialize(nodes)
+            .await
+            .map_err(|error| ClusterError::Membership(error.to_string()))
+    }
+
+    /// Whether this node's log has been initialized (it is or was in a cluster).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// The state as last applied on this node.
+    pub fn applied(&self) -> Applied {
+        self.applied.borrow().clone()
+    }
+
+    /// Waits until this node has applied `index` (after a proposal answered elsewhere).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(timeout, applied.wait_for(|now| now.index >= index))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+
+    /// Commits `command` through the leader (forwarding it when this node is not the
+    /// leader) and answers once it is applied on the leader.
+    ///
+    /// # Errors
+    /// `NoLeader` (nothing changed), `Unavailable` (unknown), `Stopped`.
+    pub async fn propose(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
+        match self.raft.client_write(command.clone()).await {
+            Ok(response) => Ok(Proposed {
+                index: response.log_id.index,
+                result: response.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
+                    return Err(ClusterError::NoLeader);
+                };
+                if leader == self.node_id {
+                    return Err(ClusterError::NoLeader);
+                }
+                let reply = self
+                    .transport
+                    .call(
+                        leader,
+                        &node.addr,
+                        RaftRpc::Propose(command),
+                        self.timing.election_max * 4,
+                    )
+                    .await
+                    .map_err(|reason| ClusterError::Unavailable { leader, reason })?;
+                match reply {
+                    RaftReply::Propose(result) => result,
+                    other => Err(ClusterError::Unavailable {
+                        leader,
+                        reason: format!("unexpected reply {other:?}"),
+                    }),
+                }
+            }
+            Err(RaftError::APIError(other)) => Err(ClusterError::Membership(other.to_string())),
+            Err(RaftError::Fatal(fatal)) => Err(ClusterError::Stopped(fatal.to_string())),
+        }
+    }
+
+    /// Adds node `id` at internal address `addr`: first as a learner that catches up, then
+    /// as a voter. Must run on the leader (the caller forwards otherwise).
+    ///
+    /// # Errors
+    /// `Membership` with openraft's reason (not the leader, a change in progress).
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
+        let node = BasicNode { addr };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|error| ClusterError::Membership(error.to_string()))?;
+        let mut voters = self.voters().await;
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|error| ClusterError::Membership(error.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes node `id` from the voters and the cluster. Must run on the leader.
+    ///
+    /// # Errors
+    /// `Membership` with openraft's reason.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        let mut voters = self.voters().await;
+        if !voters.remove(&id) {
+            return Err(ClusterError::Membership(format!(
+                "node {id} is not a voting member"
+            )));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|error| ClusterError::Membership(error.to_string()))?;
+        Ok(())
+    }
+
+    async fn voters(&self) -> BTreeSet<NodeId> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.addr.clone());
+            } else {
+                learners.insert(*id, node.addr.clone());
+            }
+        }
+        let role = match metrics.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id(),
+            leader: metrics.current_leader,
+            role: role.to_string(),
+            term: metrics.current_term,
+            voters,
+            learners,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_applied_index: metrics.last_applied.map_or(0, |id| id.index),
+        }
+    }
+
+    /// Stops openraft (before the process exits or a test "crashes" the node).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Answers one RPC from another node (the server half of [`Transport`]).
+    pub async fn serve(&self, rpc: RaftRpc) -> RaftReply {
+        match rpc {
+            RaftRpc::Append(request) => RaftReply::Append(self.raft.append_entries(request).await),
+            RaftRpc::Vote(request) => RaftReply::Vote(self.raft.vote(request).await),
+            RaftRpc::Snapshot { vote, meta, data } => {
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: Box::new(data),
+                };
+                RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+            }
+            RaftRpc::Propose(command) => {
+                // Only the leader takes a forwarded proposal; no second hop.
+                let result = match self.raft.client_write(command).await {
+                    Ok(response) => Ok(Proposed {
+                        index: response.log_id.index,
+                        result: response.data,
+                    }),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        Err(ClusterError::NoLeader)
+                    }
+                    Err(RaftError::APIError(other)) => {
+                        Err(ClusterError::Membership(other.to_string()))
+                    }
+                    Err(RaftError::Fatal(fatal)) => Err(ClusterError::Stopped(fatal.to_string())),
+                };
+                RaftReply::Propose(result)
+            }
+            RaftRpc::Hello => RaftReply::Hello {
+                node_id: self.node_id,
+                cluster_id: self.cluster_id(),
+            },
+        }
+    }
+}
