@@ -114,8 +114,9 @@ impl Registry {
                 continue;
             }
             let Some((topic, partition)) = parse_partition_dir_name(&name) else {
-                // The queues live beside the partitions in their own directory.
-                if name != "queues" {
+                // The queues and the cluster's metadata log live beside the partitions in
+                // their own directories.
+                if name != "queues" && name != "cluster" {
                     tracing::warn!(dir = %path.display(), "ignoring directory that is not a partition");
                 }
                 continue;

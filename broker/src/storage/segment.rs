@@ -127,6 +127,14 @@ pub struct Segment {
 /// 64 MiB.
 const PREALLOCATE_AHEAD_BYTES_MIN: u64 = 64 * 1024;
 
+/// Whether a scan accepts a batch that starts after the end of the one before it: yes in
+/// sealed segments (the log cleaner removes whole batches), no where unsynced data may lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    Allowed,
+    Refused,
+}
+
 impl Segment {
     /// Creates a new, empty segment whose first offset will be `base_offset`. The caller
     /// fsyncs the directory before acknowledging data in it.
@@ -262,7 +270,7 @@ impl Segment {
         if problem.is_none() && (indexes_missing || segment.indexes_need_rebuild()) {
             tracing::warn!(segment = %segment.log_path.display(), "index missing or damaged; rebuilding from the log");
             segment.reactivate(config)?;
-            let scan = segment.rebuild_indexes(config)?;
+            let scan = segment.rebuild_indexes(config, Gaps::Allowed)?;
             if let Some(reason) = scan.stop_reason {
                 // Damage before the tail that `check_tail` covered. Report it like a failed
                 // tail check and keep the segment's full extent: the caller decides, and a
@@ -316,7 +324,10 @@ impl Segment {
             base_offset,
             now_ms,
         );
-        let scan = segment.rebuild_indexes(config)?;
+        // Strict: a segment that may hold unsynced data is never one the cleaner wrote (the
+        // cleaner only rewrites segments below the recovery point), so a forward jump of
+        // offsets here is damage (a base offset is outside the batch CRC).
+        let scan = segment.rebuild_indexes(config, Gaps::Refused)?;
         // Cuts the torn tail, and releases blocks the crashed process reserved past the end
         // (setting the length does that even when it does not change).
         segment
@@ -340,7 +351,7 @@ impl Segment {
 
     /// Scans the whole log from position 0, rebuilding both indexes, and publishes the valid
     /// prefix as the segment's contents.
-    fn rebuild_indexes(&self, config: &LogConfig) -> Result<ScanEnd> {
+    fn rebuild_indexes(&self, config: &LogConfig, gaps: Gaps) -> Result<ScanEnd> {
         let mut indexes = self.indexes_write();
         indexes.clear();
         let end = self.valid_bytes();
@@ -360,7 +371,8 @@ impl Segment {
             if let Err(error) = batch::validate(&bytes) {
                 break Some(format!("batch at {position}: {error}"));
             }
-            if header.base_offset < expected || (position == 0 && header.base_offset != expected) {
+            let gap_refused = gaps == Gaps::Refused || position == 0;
+            if header.base_offset < expected || (gap_refused && header.base_offset != expected) {
                 break Some(format!(
                     "batch at {position} has base offset {} but {expected} was expected",
                     header.base_offset

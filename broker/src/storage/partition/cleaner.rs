@@ -360,11 +360,16 @@ impl Partition {
     fn cleanable_segments(&self, stable_offset: i64) -> Vec<Arc<Segment>> {
         let now = self.env.clock.now_ms();
         let lag = self.limits().compaction.min_compaction_lag_ms;
-        let unsealed_from = self
-            .lock_rolled()
-            .segments
-            .first()
-            .map_or(i64::MAX, |segment| segment.base_offset());
+        // Below the recovery point too: a segment at or past it is scanned strictly after a
+        // crash (its seal may have finished before the point moved), and must not have gaps.
+        let unsealed_from = {
+            let rolled = self.lock_rolled();
+            let first = rolled
+                .segments
+                .first()
+                .map_or(i64::MAX, |segment| segment.base_offset());
+            first.min(rolled.recovery_point.unwrap_or(i64::MAX))
+        };
         let segments: Vec<Arc<Segment>> = self.segments_read().values().cloned().collect();
         let sealed = &segments[..segments.len() - 1];
         sealed
