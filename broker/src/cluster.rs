@@ -5,11 +5,17 @@
 //! - [`placement`]: where replicas and leaders go, a pure function of the state.
 //! - [`store`]: the log and state-machine storage under the storage engine's rules.
 //! - [`raft`]: the seam ([`raft::Cluster`]) over openraft, and the RPCs between nodes.
+//! - [`transport`]: those RPCs over TCP, the internal listener.
+//! - [`identity`]: the node and cluster ids stamped in the data directory.
+//! - [`node`]: starting a node: bootstrap, joining, registering its addresses.
 
+pub mod identity;
 pub mod metadata;
+pub mod node;
 pub mod placement;
 pub mod raft;
 pub mod store;
+pub mod transport;
 
 #[cfg(test)]
 mod sim_tests;

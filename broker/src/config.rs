@@ -109,6 +109,11 @@ pub struct BrokerConfig {
     /// The cleaner's read plus write rate limit, bytes per second (0: none; Kafka's
     /// `log.cleaner.io.max.bytes.per.second`).
     pub cleaner_io_bytes_per_second: u64,
+    /// This node's id in the cluster (issue #20; 1 for a lone broker).
+    pub node_id: u64,
+    /// Every node's internal (broker-to-broker) address, this node's included; empty: a
+    /// cluster of one, with no internal listener.
+    pub cluster_peers: std::collections::BTreeMap<u64, String>,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -218,6 +223,8 @@ impl Default for BrokerConfig {
             cleaner_backoff_ms: 15_000,
             cleaner_dedupe_buffer_bytes: 128 * 1024 * 1024,
             cleaner_io_bytes_per_second: 0,
+            node_id: 1,
+            cluster_peers: std::collections::BTreeMap::new(),
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -418,6 +425,20 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "cleaner_io_bytes_per_second",
             config.cleaner_io_bytes_per_second.to_string(),
             "the log cleaner's read plus write rate limit, bytes/s (0: none)",
+        ),
+        key(
+            "node_id",
+            config.node_id.to_string(),
+            "this node's id in the cluster, 1 or more (`--node-id`)",
+        ),
+        key(
+            "cluster_peers",
+            if config.cluster_peers.is_empty() {
+                "(unset)".to_string()
+            } else {
+                format!("{:?}", peers_text(&config.cluster_peers))
+            },
+            "every node of the cluster as ID@HOST:PORT (its internal listener), this one included, comma-separated; unset: a cluster of one (`--cluster-peers`)",
         ),
         key(
             "connections_max",
@@ -673,6 +694,8 @@ struct FileConfig {
     cleaner_backoff_ms: Option<u64>,
     cleaner_dedupe_buffer_bytes: Option<u64>,
     cleaner_io_bytes_per_second: Option<u64>,
+    node_id: Option<u64>,
+    cluster_peers: Option<String>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -785,6 +808,12 @@ impl BrokerConfig {
         self.cleaner_io_bytes_per_second = file
             .cleaner_io_bytes_per_second
             .unwrap_or(defaults.cleaner_io_bytes_per_second);
+        self.node_id = file.node_id.unwrap_or(defaults.node_id);
+        self.cluster_peers = match file.cluster_peers {
+            Some(text) => parse_peers(&text)
+                .map_err(|error| ConfigError::Invalid(format!("cluster_peers: {error}")))?,
+            None => defaults.cluster_peers,
+        };
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
         self.connections_per_ip_max = file
             .connections_per_ip_max
@@ -866,6 +895,17 @@ impl BrokerConfig {
     /// # Errors
     /// `ConfigError::Invalid` naming the first bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::Invalid(
+                "node_id (--node-id) must be 1 or more".to_string(),
+            ));
+        }
+        if !self.cluster_peers.is_empty() && !self.cluster_peers.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_peers (--cluster-peers) must list this node, {}, with its own HOST:PORT",
+                self.node_id
+            )));
+        }
         if self.frame_bytes_max < 1024 {
             return Err(ConfigError::Invalid(format!(
                 "frame_bytes_max {} is below 1024",
@@ -1453,6 +1493,48 @@ pub fn topic_config_values(log: &LogConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Parses `--cluster-peers`: `ID@HOST:PORT` entries separated by commas.
+///
+/// # Errors
+/// A message naming the bad entry.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("cluster peer {entry:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("cluster peer {entry:?}: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err(format!("cluster peer {entry:?}: node ids start at 1"));
+        }
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(format!("cluster peer {entry:?}: {addr:?} is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("cluster peer {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+/// `--cluster-peers` as it is written: `ID@HOST:PORT` entries joined by commas.
+pub fn peers_text(peers: &std::collections::BTreeMap<u64, String>) -> String {
+    peers
+        .iter()
+        .map(|(id, addr)| format!("{id}@{addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1609,6 +1691,20 @@ mod tests {
         let error = toml::from_str::<FileConfig>(text).expect_err("flush is not a string");
         let message = located(text, &error);
         assert!(message.starts_with("line 3, column 9: "), "{message}");
+    }
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_named() {
+        let peers = parse_peers("1@127.0.0.1:7001, 2@localhost:7002").unwrap();
+        assert_eq!(peers[&2], "localhost:7002");
+        assert_eq!(peers_text(&peers), "1@127.0.0.1:7001,2@localhost:7002");
+        assert!(parse_peers("1@x:1,1@y:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("one@x:1")
+            .unwrap_err()
+            .contains("not a node id"));
+        assert!(parse_peers("1@x").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_peers("0@x:1").unwrap_err().contains("start at 1"));
+        assert!(parse_peers("1:x:1").unwrap_err().contains("ID@HOST:PORT"));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 pub mod acl_ops;
 pub mod alarm;
 pub mod auth_ops;
+pub mod cluster_ops;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -162,6 +163,8 @@ pub struct Broker {
     quotas: quota::Quotas,
     /// Connections per logged-in user (issue #18).
     user_connections: Arc<quota::UserConnections>,
+    /// This node's metadata log (issue #20), attached by the server once it started.
+    cluster: std::sync::OnceLock<crate::cluster::raft::Cluster>,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -264,6 +267,7 @@ impl Broker {
             auth,
             quotas: quota::Quotas::new(&config.quotas),
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
+            cluster: std::sync::OnceLock::new(),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period
@@ -281,6 +285,9 @@ impl Broker {
     /// # Errors
     /// [`OpenError::Close`] if storage could not be closed cleanly.
     pub async fn close(self: &Arc<Self>, background: Background) -> Result<(), OpenError> {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.shutdown().await;
+        }
         for task in background.tasks {
             task.abort();
         }

@@ -241,6 +241,49 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             config.data_dir.display()
         )));
     }
+    // The cluster's metadata log (issue #20): a lone node forms a cluster of one.
+    let mut listeners = std::collections::BTreeMap::new();
+    listeners.insert(
+        "native".to_string(),
+        config
+            .advertised_address
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string()),
+    );
+    for (name, addr) in [
+        ("kafka", kafka_addr),
+        ("amqp", amqp_addr),
+        ("http", http_addr),
+    ] {
+        if let Some(addr) = addr {
+            listeners.insert(name.to_string(), addr.to_string());
+        }
+    }
+    if let Some(kafka) = &config.kafka_advertised {
+        listeners.insert("kafka".to_string(), kafka.clone());
+    }
+    let node_settings = crate::cluster::node::NodeSettings {
+        node_id: config.node_id,
+        peers: config.cluster_peers.clone(),
+        listeners,
+        timing: crate::cluster::raft::Timing::default(),
+    };
+    let fs: Arc<dyn crate::storage::fs::Fs> = Arc::new(crate::storage::fs::RealFs);
+    match crate::cluster::node::start(node_settings, &config.data_dir, fs, shutdown_rx.clone())
+        .await
+    {
+        Ok(node) => {
+            if let Some(addr) = node.listen_addr {
+                tracing::info!(%addr, node_id = config.node_id, "cluster listener listening");
+            }
+            broker.attach_cluster(node.cluster);
+        }
+        Err(error) => {
+            let _ = shutdown.send(true);
+            let _ = broker.close(background).await;
+            return Err(ServerError::Config(error.to_string()));
+        }
+    }
     tracing::info!(authentication = auth.mode.name(), "authentication");
     http.set_broker(broker.clone(), auth);
     let native = Native::new(

@@ -359,6 +359,7 @@ from_response! {
     MoveMessages => MoveMessagesResponse,
     ListUsers => ListUsersResponse,
     CreateAcls => AclAdminResponse,
+    DescribeCluster => DescribeClusterResponse,
 }
 
 /// One body type answers DescribeAcls and DeleteAcls (issue #18).
@@ -395,7 +396,9 @@ impl FromResponse for StreamAdminResponse {
         match response {
             Response::AlterTopicConfigs(body)
             | Response::CreatePartitions(body)
-            | Response::DeleteGroup(body) => Some(body),
+            | Response::DeleteGroup(body)
+            | Response::AddNode(body)
+            | Response::RemoveNode(body) => Some(body),
             _ => None,
         }
     }

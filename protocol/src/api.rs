@@ -78,11 +78,17 @@ wire_enum! {
         /// them go (issue #16, AMQP's connection.blocked/unblocked); never sent by clients,
         /// never answered.
         ConnectionBlocked = 54,
+        /// This node's view of the cluster (issue #20).
+        DescribeCluster = 55,
+        /// Adds a node to the cluster.
+        AddNode = 56,
+        /// Removes a node from the cluster.
+        RemoveNode = 57,
     }
 }
 
 /// Every api with the versions this build speaks (all at version 0 so far).
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 49] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 52] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -132,6 +138,9 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 49] = [
     (ApiKey::CreateAcls, 0, 0),
     (ApiKey::DescribeAcls, 0, 0),
     (ApiKey::DeleteAcls, 0, 0),
+    (ApiKey::DescribeCluster, 0, 0),
+    (ApiKey::AddNode, 0, 0),
+    (ApiKey::RemoveNode, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -310,6 +319,9 @@ api_enums! {
     DescribeAcls => AclFilterRequest, AclListResponse;
     DeleteAcls => AclFilterRequest, AclListResponse;
     ConnectionBlocked => ConnectionBlockedPush, QueueAdminResponse;
+    DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
+    AddNode => AddNodeRequest, StreamAdminResponse;
+    RemoveNode => RemoveNodeRequest, StreamAdminResponse;
 }
 
 /// Appends a whole request frame.

@@ -109,6 +109,12 @@ crate::wire_enum! {
         InvalidAcl = 45,
         /// The caller's principal may not do this to the resource (ACLs, issue #18).
         Unauthorized = 46,
+        /// The cluster's metadata log has no leader this node can reach (an election, or a
+        /// node cut off from a majority); nothing changed (issue #20).
+        NoClusterLeader = 47,
+        /// A cluster membership change was refused (a node of another cluster, a node that
+        /// is not a member, a change already under way).
+        MembershipRefused = 48,
     }
 }
 
@@ -126,6 +132,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::DiskFull
                 | ErrorCode::ConcurrentTransactions
+                | ErrorCode::NoClusterLeader
         )
     }
 
@@ -181,6 +188,8 @@ impl ErrorCode {
             ErrorCode::InvalidCredential => "invalid user name or credential",
             ErrorCode::InvalidAcl => "invalid ACL",
             ErrorCode::Unauthorized => "not authorized",
+            ErrorCode::NoClusterLeader => "no cluster leader",
+            ErrorCode::MembershipRefused => "membership change refused",
         }
     }
 }

@@ -1294,3 +1294,57 @@ wire_struct! {
         pub reason: Option<String>,
     }
 }
+
+wire_struct! {
+    /// DescribeCluster: this node's view of the cluster (issue #20). Empty body.
+    pub struct DescribeClusterRequest {}
+}
+
+wire_struct! {
+    /// One member of the cluster.
+    pub struct ClusterNodeEntry {
+        pub node_id: u64,
+        /// Its internal (broker-to-broker) listener, `HOST:PORT` (empty for a lone node).
+        pub address: String,
+        /// True for a voter, false for a learner still catching up.
+        pub voter: bool,
+    }
+}
+
+wire_struct! {
+    /// DescribeCluster answer.
+    pub struct DescribeClusterResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        /// The node that answered.
+        pub node_id: u64,
+        /// The cluster's id (None before the cluster has formed).
+        pub cluster_id: Option<String>,
+        /// The leader the node knows of, -1 for none.
+        pub leader_id: i64,
+        /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+        pub role: String,
+        /// The metadata log's current term.
+        pub term: u64,
+        /// The last index in the node's metadata log, and the last it applied.
+        pub last_log_index: u64,
+        pub last_applied_index: u64,
+        /// The members, by node id.
+        pub nodes: Vec<ClusterNodeEntry>,
+    }
+}
+
+wire_struct! {
+    /// AddNode: node `node_id`, whose internal listener is at `address`, joins the cluster.
+    pub struct AddNodeRequest {
+        pub node_id: u64,
+        pub address: String,
+    }
+}
+
+wire_struct! {
+    /// RemoveNode: node `node_id` leaves the cluster.
+    pub struct RemoveNodeRequest {
+        pub node_id: u64,
+    }
+}

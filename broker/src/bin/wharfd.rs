@@ -75,6 +75,13 @@ struct Args {
     /// optional while every listener binds to loopback, required otherwise).
     #[arg(long, value_name = "required|optional|auto")]
     authentication: Option<String>,
+    /// This node's id in the cluster (default 1).
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    /// Every node of the cluster as ID@HOST:PORT, this one included, comma-separated: the
+    /// address of each node's internal (broker-to-broker) listener. Unset: a cluster of one.
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    cluster_peers: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -163,7 +170,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -252,6 +259,13 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     }
     if let Some(mode) = args.authentication {
         config.authentication = Authentication::parse(&mode)?;
+    }
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(peers) = args.cluster_peers {
+        config.cluster_peers = wharf_broker::config::parse_peers(&peers)
+            .map_err(|error| format!("--cluster-peers {error}"))?;
     }
     Ok(())
 }

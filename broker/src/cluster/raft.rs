@@ -55,6 +55,10 @@ pub enum RaftRpc {
     },
     /// A metadata change forwarded to the leader.
     Propose(MetadataCommand),
+    /// A node to add, forwarded to the leader.
+    AddNode { id: NodeId, addr: String },
+    /// A node to remove, forwarded to the leader.
+    RemoveNode { id: NodeId },
     /// Which cluster the node is in, if any (bootstrap).
     Hello,
 }
@@ -70,6 +74,8 @@ pub enum RaftReply {
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// To `Propose`: the log index it was applied at and its result.
     Propose(Result<Proposed, ClusterError>),
+    /// To `AddNode` and `RemoveNode`.
+    Membership(Result<(), ClusterError>),
     /// To `Hello`: the node's id and its cluster id (None: not in a cluster yet).
     Hello {
         node_id: NodeId,
@@ -415,17 +421,53 @@ impl Cluster {
     }
 
     /// Adds node `id` at internal address `addr`: first as a learner that catches up, then
-    /// as a voter. Must run on the leader (the caller forwards otherwise).
+    /// as a voter. Runs on the leader (forwarded there from another node). The new node is
+    /// asked first which cluster it is in: one of another cluster, or that answers as
+    /// another node id, is refused.
     ///
     /// # Errors
-    /// `Membership` with openraft's reason (not the leader, a change in progress).
+    /// `Membership` with the reason, `NoLeader`, `Unavailable`.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
+        if let Some((leader, leader_addr)) = self.leader_elsewhere()? {
+            return self
+                .forward_membership(leader, &leader_addr, RaftRpc::AddNode { id, addr })
+                .await;
+        }
+        let hello = self
+            .transport
+            .call(id, &addr, RaftRpc::Hello, Duration::from_secs(3))
+            .await
+            .map_err(|reason| {
+                ClusterError::Membership(format!("cannot reach node {id} at {addr}: {reason}"))
+            })?;
+        match hello {
+            RaftReply::Hello { node_id, .. } if node_id != id => {
+                return Err(ClusterError::Membership(format!(
+                    "the node at {addr} is node {node_id}, not node {id}"
+                )))
+            }
+            RaftReply::Hello {
+                cluster_id: Some(theirs),
+                ..
+            } if Some(&theirs) != self.cluster_id().as_ref() => {
+                return Err(ClusterError::Membership(format!(
+                    "node {id} at {addr} belongs to another cluster ({theirs}); \
+                     a node joins with an empty data directory"
+                )))
+            }
+            RaftReply::Hello { .. } => {}
+            other => {
+                return Err(ClusterError::Membership(format!(
+                    "node {id} at {addr} answered {other:?}"
+                )))
+            }
+        }
         let node = BasicNode { addr };
         self.raft
             .add_learner(id, node, true)
             .await
             .map_err(|error| ClusterError::Membership(error.to_string()))?;
-        let mut voters = self.voters().await;
+        let mut voters = self.voters();
         voters.insert(id);
         self.raft
             .change_membership(voters, false)
@@ -434,16 +476,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes node `id` from the voters and the cluster. Must run on the leader.
+    /// Removes node `id` from the voters and the cluster. Runs on the leader (forwarded
+    /// there from another node).
     ///
     /// # Errors
-    /// `Membership` with openraft's reason.
+    /// `Membership` with the reason, `NoLeader`, `Unavailable`.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
-        let mut voters = self.voters().await;
+        if let Some((leader, leader_addr)) = self.leader_elsewhere()? {
+            return self
+                .forward_membership(leader, &leader_addr, RaftRpc::RemoveNode { id })
+                .await;
+        }
+        let mut voters = self.voters();
         if !voters.remove(&id) {
             return Err(ClusterError::Membership(format!(
                 "node {id} is not a voting member"
             )));
+        }
+        if voters.is_empty() {
+            return Err(ClusterError::Membership(
+                "the last node cannot be removed".to_string(),
+            ));
         }
         self.raft
             .change_membership(voters, false)
@@ -452,7 +505,43 @@ impl Cluster {
         Ok(())
     }
 
-    async fn voters(&self) -> BTreeSet<NodeId> {
+    /// The leader and its address when it is another node; `None` when this node leads.
+    fn leader_elsewhere(&self) -> Result<Option<(NodeId, String)>, ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.ok_or(ClusterError::NoLeader)?;
+        if leader == self.node_id {
+            return Ok(None);
+        }
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .ok_or(ClusterError::NoLeader)?;
+        Ok(Some((leader, addr)))
+    }
+
+    async fn forward_membership(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        rpc: RaftRpc,
+    ) -> Result<(), ClusterError> {
+        let reply = self
+            .transport
+            .call(leader, addr, rpc, Duration::from_secs(60))
+            .await
+            .map_err(|reason| ClusterError::Unavailable { leader, reason })?;
+        match reply {
+            RaftReply::Membership(result) => result,
+            other => Err(ClusterError::Unavailable {
+                leader,
+                reason: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.membership_config.membership().voter_ids().collect()
     }
@@ -525,6 +614,14 @@ impl Cluster {
                 };
                 RaftReply::Propose(result)
             }
+            RaftRpc::AddNode { id, addr } => RaftReply::Membership(match self.leader_elsewhere() {
+                Ok(None) => self.add_node(id, addr).await,
+                Ok(Some(_)) | Err(_) => Err(ClusterError::NoLeader),
+            }),
+            RaftRpc::RemoveNode { id } => RaftReply::Membership(match self.leader_elsewhere() {
+                Ok(None) => self.remove_node(id).await,
+                Ok(Some(_)) | Err(_) => Err(ClusterError::NoLeader),
+            }),
             RaftRpc::Hello => RaftReply::Hello {
                 node_id: self.node_id,
                 cluster_id: self.cluster_id(),

@@ -9,6 +9,7 @@
 //! what cannot be decoded.
 
 pub mod acls;
+pub mod cluster;
 pub mod error_code;
 pub mod sasl;
 pub mod translate;

@@ -45,6 +45,8 @@
 mod acl;
 #[path = "wharf/admin.rs"]
 mod admin;
+#[path = "wharf/cluster.rs"]
+mod cluster;
 #[path = "wharf/consume.rs"]
 mod consume;
 #[path = "wharf/encoding.rs"]
@@ -182,6 +184,12 @@ pub enum Command {
         /// The user command.
         #[command(subcommand)]
         command: user::UserCommand,
+    },
+    /// The cluster's members: status, add and remove nodes.
+    Cluster {
+        /// The cluster command.
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
 }
 
@@ -822,6 +830,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             user::run(&client, command, cli.password_stdin, cli.json).await
         }
         Command::Acl { command } => acl::run(&client, command, cli.json).await,
+        Command::Cluster { command } => cluster::run(&client, command, cli.json).await,
     }
 }
 

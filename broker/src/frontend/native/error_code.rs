@@ -26,6 +26,20 @@ pub fn storage(error: &StorageError) -> ErrorCode {
     }
 }
 
+/// The wire code of a cluster operation's error (issue #20).
+pub fn cluster(error: &crate::core::cluster_ops::ClusterOpError) -> ErrorCode {
+    use crate::core::cluster_ops::{ClusterError, ClusterOpError};
+    match error {
+        ClusterOpError::Unauthorized(_) => ErrorCode::Unauthorized,
+        ClusterOpError::Starting
+        | ClusterOpError::Cluster(ClusterError::NoLeader | ClusterError::Unavailable { .. }) => {
+            ErrorCode::NoClusterLeader
+        }
+        ClusterOpError::Cluster(ClusterError::Membership(_)) => ErrorCode::MembershipRefused,
+        ClusterOpError::Cluster(ClusterError::Stopped(_)) => ErrorCode::ShuttingDown,
+    }
+}
+
 /// The wire code of a topic catalog error.
 pub fn topic(error: &TopicError) -> ErrorCode {
     match error {

@@ -27,7 +27,7 @@ use crate::core::{
     SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer,
     REQUEST_NAMES_MAX,
 };
-use crate::frontend::native::{acls, error_code, sasl};
+use crate::frontend::native::{acls, cluster, error_code, sasl};
 use crate::frontend::native::{Native, NativeConnection};
 
 /// What remains of a request after its ordered phase; `None`: no response (acks = none).
@@ -82,6 +82,15 @@ pub async fn handle(
             sasl::delete_user(&native.broker, caller, request).await,
         )),
         Request::ListUsers(_) => ready(Response::ListUsers(sasl::list_users(broker, caller))),
+        Request::DescribeCluster(_) => {
+            ready(Response::DescribeCluster(cluster::describe(broker, caller)))
+        }
+        Request::AddNode(request) => ready(Response::AddNode(
+            cluster::add_node(broker, caller, request).await,
+        )),
+        Request::RemoveNode(request) => ready(Response::RemoveNode(
+            cluster::remove_node(broker, caller, request).await,
+        )),
         Request::CreateAcls(request) => ready(Response::CreateAcls(
             acls::create_acls(broker, caller, request).await,
         )),

@@ -1,0 +1,254 @@
+//! Starting one node of the cluster (issue #20): its identity, its metadata log, its
+//! internal listener, the bootstrap of a new cluster, and its registration in the metadata.
+//!
+//! - No `--cluster-peers`: a cluster of one. The node forms a cluster with itself on first
+//!   start; no internal listener.
+//! - `--cluster-peers ID@HOST:PORT,...` (this node among them): the node listens on its own
+//!   entry's address. A node whose log is empty asks the others which cluster they are in;
+//!   the lowest id among the peers forms the cluster (a new cluster id, the peers as
+//!   voters) once a majority answers and none is in a cluster yet. The others join when the
+//!   leader first writes to them. A node that finds its peers in a cluster waits to be
+//!   written to (a restarted node whose disk was replaced catches up from a snapshot).
+//! - Every node records its addresses in the metadata (`RegisterNode`) once a leader is
+//!   elected, and again whenever they change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::identity::{new_cluster_id, Identity};
+use super::metadata::{MetadataCommand, NodeId, NodeInfo};
+use super::raft::{Cluster, RaftReply, RaftRpc, Timing, Transport};
+use super::store::{Io, LogStore, MachineStore};
+use super::transport::{serve, TcpTransport};
+use crate::storage::fs::Fs;
+
+/// The subdirectory of the data directory the cluster's files live in.
+pub const CLUSTER_DIR: &str = "cluster";
+
+/// How this node is configured.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `--node-id`.
+    pub node_id: NodeId,
+    /// `--cluster-peers`: every node's internal address, this one's included (empty: a
+    /// cluster of one).
+    pub peers: BTreeMap<NodeId, String>,
+    /// The client listeners' advertised addresses, by name, for the metadata.
+    pub listeners: BTreeMap<String, String>,
+    /// The metadata log's timeouts.
+    pub timing: Timing,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A setting or the data directory does not fit.
+    #[error("{0}")]
+    Config(String),
+    /// The internal listener's address is taken.
+    #[error("cannot bind the cluster listener on {address}: {source}; give this node another HOST:PORT in --cluster-peers (or `cluster_peers` in the config file)")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage or openraft failed while starting.
+    #[error("cannot start the metadata log: {0}")]
+    Start(String),
+}
+
+/// A started node: its metadata log and background tasks.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// The metadata log.
+    pub cluster: Cluster,
+    /// The internal listener's bound address, if any.
+    pub listen_addr: Option<std::net::SocketAddr>,
+}
+
+/// Starts the node over `data_dir` (see the module documentation); its tasks stop when
+/// `shutdown` turns true.
+///
+/// # Errors
+/// `NodeError` with what to change.
+pub async fn start(
+    settings: NodeSettings,
+    data_dir: &Path,
+    fs: Arc<dyn Fs>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ClusterNode, NodeError> {
+    let dir = data_dir.join(CLUSTER_DIR);
+    let node_id = settings.node_id;
+    let own_addr = if settings.peers.is_empty() {
+        None
+    } else {
+        Some(settings.peers.get(&node_id).cloned().ok_or_else(|| {
+            NodeError::Config(format!(
+                "--cluster-peers must list this node (--node-id {node_id}) with its own HOST:PORT"
+            ))
+        })?)
+    };
+    let (identity, log, machine) = {
+        let (fs, dir) = (fs.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let identity = Identity::open(fs.clone(), &dir, node_id).map_err(NodeError::Config)?;
+            let log = LogStore::open(fs.clone(), &dir, Io::Blocking)
+                .map_err(|error| NodeError::Start(error.to_string()))?;
+            let machine = MachineStore::open(fs, &dir, Io::Blocking)
+                .map_err(|error| NodeError::Start(error.to_string()))?;
+            Ok((Arc::new(identity), log, machine))
+        })
+        .await
+        .map_err(|error| NodeError::Start(error.to_string()))??
+    };
+    let listener = match &own_addr {
+        None => None,
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        address: address.clone(),
+                        source,
+                    })?,
+            )
+        }
+    };
+    let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(identity.clone()));
+    let cluster = Cluster::start(
+        node_id,
+        identity.cluster_id(),
+        log,
+        machine,
+        transport.clone(),
+        settings.timing,
+    )
+    .await
+    .map_err(|error| NodeError::Start(error.to_string()))?;
+    if let Some(listener) = listener {
+        tokio::spawn(serve(
+            listener,
+            cluster.clone(),
+            identity.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if !cluster.is_initialized().await {
+        if settings.peers.is_empty() {
+            form(
+                &cluster,
+                &identity,
+                BTreeMap::from([(node_id, String::new())]),
+            )
+            .await?;
+        } else {
+            tokio::spawn(bootstrap(
+                cluster.clone(),
+                identity.clone(),
+                transport,
+                settings.peers.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    let info = NodeInfo {
+        cluster_addr: own_addr.unwrap_or_default(),
+        listeners: settings.listeners.clone(),
+    };
+    tokio::spawn(register(cluster.clone(), info, shutdown));
+    Ok(ClusterNode {
+        cluster,
+        listen_addr,
+    })
+}
+
+/// Forms a new cluster of `members` with this node in it.
+async fn form(
+    cluster: &Cluster,
+    identity: &Arc<Identity>,
+    members: BTreeMap<NodeId, String>,
+) -> Result<(), NodeError> {
+    let id = new_cluster_id().map_err(NodeError::Start)?;
+    let stamping = identity.clone();
+    let stamped = id.clone();
+    tokio::task::spawn_blocking(move || stamping.adopt(&stamped))
+        .await
+        .map_err(|error| NodeError::Start(error.to_string()))?
+        .map_err(NodeError::Config)?;
+    cluster.set_cluster_id(id.clone());
+    cluster
+        .initialize(members)
+        .await
+        .map_err(|error| NodeError::Start(error.to_string()))?;
+    tracing::info!(cluster_id = id, "formed a new cluster");
+    Ok(())
+}
+
+/// Asks the peers until the cluster forms (see the module documentation).
+async fn bootstrap(
+    cluster: Cluster,
+    identity: Arc<Identity>,
+    transport: Arc<dyn Transport>,
+    peers: BTreeMap<NodeId, String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let node_id = identity.node_id();
+    let lowest = peers.keys().next().copied() == Some(node_id);
+    loop {
+        if identity.cluster_id().is_some() || cluster.is_initialized().await {
+            return;
+        }
+        let mut answered = 1;
+        let mut in_a_cluster = false;
+        for (peer, addr) in &peers {
+            if *peer == node_id {
+                continue;
+            }
+            if let Ok(RaftReply::Hello { cluster_id, .. }) = transport
+                .call(*peer, addr, RaftRpc::Hello, Duration::from_secs(1))
+                .await
+            {
+                answered += 1;
+                in_a_cluster |= cluster_id.is_some();
+            }
+        }
+        if lowest && !in_a_cluster && answered * 2 > peers.len() {
+            match form(&cluster, &identity, peers.clone()).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, "could not form the cluster yet"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Records this node's addresses in the metadata once a leader takes it.
+async fn register(cluster: Cluster, info: NodeInfo, mut shutdown: watch::Receiver<bool>) {
+    let node_id = cluster.node_id();
+    loop {
+        if cluster.applied().state.nodes.get(&node_id) == Some(&info) {
+            return;
+        }
+        let command = MetadataCommand::RegisterNode {
+            node_id,
+            info: info.clone(),
+        };
+        match cluster.propose(command).await {
+            Ok(_) => return,
+            Err(error) => tracing::debug!(%error, "registering this node in the metadata"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

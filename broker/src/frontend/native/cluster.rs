@@ -1,0 +1,98 @@
+//! The native front end's cluster requests (issue #20): DescribeCluster, AddNode,
+//! RemoveNode, each → a core call.
+
+use wharf_protocol::messages::{
+    AddNodeRequest, ClusterNodeEntry, DescribeClusterResponse, RemoveNodeRequest,
+    StreamAdminResponse,
+};
+use wharf_protocol::ErrorCode;
+
+use super::error_code;
+use crate::core::{Broker, Session};
+
+/// DescribeCluster: the answering node's view.
+pub fn describe(broker: &Broker, caller: &Session) -> DescribeClusterResponse {
+    match broker.cluster_status(caller) {
+        Ok(status) => {
+            let mut nodes: Vec<ClusterNodeEntry> = status
+                .voters
+                .iter()
+                .map(|(id, address)| ClusterNodeEntry {
+                    node_id: *id,
+                    address: address.clone(),
+                    voter: true,
+                })
+                .chain(
+                    status
+                        .learners
+                        .iter()
+                        .map(|(id, address)| ClusterNodeEntry {
+                            node_id: *id,
+                            address: address.clone(),
+                            voter: false,
+                        }),
+                )
+                .collect();
+            nodes.sort_by_key(|node| node.node_id);
+            DescribeClusterResponse {
+                error: ErrorCode::None,
+                error_message: None,
+                node_id: status.node_id,
+                cluster_id: status.cluster_id,
+                leader_id: status.leader.map_or(-1, |leader| leader as i64),
+                role: status.role,
+                term: status.term,
+                last_log_index: status.last_log_index,
+                last_applied_index: status.last_applied_index,
+                nodes,
+            }
+        }
+        Err(error) => DescribeClusterResponse {
+            error: error_code::cluster(&error),
+            error_message: Some(error.to_string()),
+            node_id: 0,
+            cluster_id: None,
+            leader_id: -1,
+            role: String::new(),
+            term: 0,
+            last_log_index: 0,
+            last_applied_index: 0,
+            nodes: Vec::new(),
+        },
+    }
+}
+
+fn answer(result: Result<(), crate::core::cluster_ops::ClusterOpError>) -> StreamAdminResponse {
+    match result {
+        Ok(()) => StreamAdminResponse {
+            error: ErrorCode::None,
+            error_message: None,
+        },
+        Err(error) => StreamAdminResponse {
+            error: error_code::cluster(&error),
+            error_message: Some(error.to_string()),
+        },
+    }
+}
+
+/// AddNode.
+pub async fn add_node(
+    broker: &Broker,
+    caller: &Session,
+    request: AddNodeRequest,
+) -> StreamAdminResponse {
+    answer(
+        broker
+            .add_node(caller, request.node_id, request.address)
+            .await,
+    )
+}
+
+/// RemoveNode.
+pub async fn remove_node(
+    broker: &Broker,
+    caller: &Session,
+    request: RemoveNodeRequest,
+) -> StreamAdminResponse {
+    answer(broker.remove_node(caller, request.node_id).await)
+}

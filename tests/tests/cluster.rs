@@ -1,0 +1,221 @@
+//! A cluster of `wharfd` processes (issue #20, the control plane so far): three nodes given
+//! the same `--cluster-peers` form one cluster with one leader; the metadata log survives a
+//! SIGKILL of the leader (another is elected) and the killed node catches up when it comes
+//! back; a node is added and removed with `wharf cluster add-node|remove-node`; a node of
+//! another cluster is refused, and so is a data directory of another node id.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration_tests::{wharf, wharfd_path, BrokerProcess};
+use serde_json::Value;
+
+/// A free port on 127.0.0.1 (bound then released: the node binds it again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn start_node(data_dir: &Path, node_id: u64, peers: &str) -> BrokerProcess {
+    let args: Vec<String> = [
+        "--node-id",
+        &node_id.to_string(),
+        "--cluster-peers",
+        peers,
+        "--amqp-listen",
+        "off",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    BrokerProcess::start_listening(data_dir, "127.0.0.1:0", &args, None)
+}
+
+/// `wharf cluster status --json` of the node at `broker`, or None while it cannot answer.
+fn status(broker: &str) -> Option<Value> {
+    let output = wharf(broker, &["--json", "cluster", "status"], "");
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Waits until every node in `brokers` reports the same cluster and leader, `voters` voting
+/// members, and the same applied index; returns the statuses.
+fn converged(brokers: &[String], voters: usize, what: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        let statuses: Vec<Option<Value>> = brokers.iter().map(|broker| status(broker)).collect();
+        if let Some(statuses) = statuses.into_iter().collect::<Option<Vec<Value>>>() {
+            let same = |key: &str| {
+                statuses
+                    .iter()
+                    .all(|status| status[key] == statuses[0][key])
+            };
+            let voting = |status: &Value| {
+                status["nodes"].as_array().map_or(0, |nodes| {
+                    nodes.iter().filter(|node| node["voter"] == true).count()
+                })
+            };
+            // The leader is one of the nodes asked, and says so itself.
+            let leading: Vec<&Value> = statuses
+                .iter()
+                .filter(|status| status["role"] == "leader")
+                .collect();
+            if leading.len() == 1
+                && leading[0]["node_id"] == statuses[0]["leader_id"]
+                && statuses[0]["cluster_id"].is_string()
+                && same("leader_id")
+                && same("cluster_id")
+                && same("last_applied_index")
+                && statuses.iter().all(|status| voting(status) == voters)
+            {
+                return statuses;
+            }
+            last = statuses;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: the nodes did not converge within 60 s; last statuses: {last:#?}");
+}
+
+#[test]
+fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch_up() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<BrokerProcess> = (1..=3)
+        .map(|id| start_node(&root.path().join(format!("node-{id}")), id, &peers))
+        .collect();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let first = converged(&addresses, 3, "after start");
+    let cluster_id = first[0]["cluster_id"].clone();
+    let leader = first[0]["leader_id"].as_u64().expect("a leader");
+    let term = first[0]["term"].as_u64().expect("a term");
+    assert_eq!(
+        first
+            .iter()
+            .filter(|status| status["role"] == "leader")
+            .count(),
+        1,
+        "exactly one node says it leads: {first:#?}"
+    );
+
+    // SIGKILL the leader: the other two elect one of themselves.
+    let killed = (leader - 1) as usize;
+    nodes[killed].kill();
+    let survivors: Vec<String> = (0..3)
+        .filter(|at| *at != killed)
+        .map(|at| addresses[at].clone())
+        .collect();
+    let after = converged(&survivors, 3, "after the leader's SIGKILL");
+    let new_leader = after[0]["leader_id"].as_u64().expect("a new leader");
+    assert_ne!(new_leader, leader, "the killed node cannot lead");
+    assert!(
+        after[0]["term"].as_u64() > Some(term),
+        "a new term: {after:#?}"
+    );
+    assert_eq!(after[0]["cluster_id"], cluster_id);
+
+    // The killed node comes back with its disk and catches up.
+    nodes[killed].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let rejoined = converged(&addresses, 3, "after the restart");
+    assert_eq!(rejoined[killed]["cluster_id"], cluster_id);
+    assert!(
+        rejoined[killed]["last_applied_index"].as_u64() >= after[0]["last_applied_index"].as_u64(),
+        "the restarted node applied what the others had: {rejoined:#?}"
+    );
+
+    // A fourth node joins with `wharf cluster add-node`, then leaves.
+    let port4 = free_port();
+    let peers4 = format!("{peers},4@127.0.0.1:{port4}");
+    let fourth = start_node(&root.path().join("node-4"), 4, &peers4);
+    let added = wharf(
+        &addresses[0],
+        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
+        "",
+    );
+    assert!(
+        added.status.success(),
+        "add-node failed: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut four = addresses.clone();
+    four.push(fourth.address());
+    let grown = converged(&four, 4, "after add-node");
+    assert_eq!(
+        grown[3]["cluster_id"], cluster_id,
+        "the new node joined this cluster"
+    );
+    let removed = wharf(&addresses[1], &["cluster", "remove-node", "4"], "");
+    assert!(
+        removed.status.success(),
+        "remove-node failed: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    converged(&addresses, 3, "after remove-node");
+
+    // A node that formed a cluster of its own is refused, with the reason.
+    let port5 = free_port();
+    let stranger = start_node(
+        &root.path().join("node-5"),
+        5,
+        &format!("5@127.0.0.1:{port5}"),
+    );
+    let theirs = converged(&[stranger.address()], 1, "the stranger's own cluster");
+    assert_ne!(theirs[0]["cluster_id"], cluster_id);
+    let refused = wharf(
+        &addresses[0],
+        &["cluster", "add-node", "5", &format!("127.0.0.1:{port5}")],
+        "",
+    );
+    assert!(
+        !refused.status.success(),
+        "a node of another cluster was added"
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("another cluster"), "{message}");
+    converged(&addresses, 3, "after the refusal");
+}
+
+#[test]
+fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data_dir = root.path().join("data");
+    let mut lone = BrokerProcess::start(&data_dir);
+    let statuses = converged(&[lone.address()], 1, "a lone node");
+    assert_eq!(statuses[0]["node_id"], 1);
+    assert_eq!(statuses[0]["leader_id"], 1);
+    assert_eq!(statuses[0]["role"], "leader");
+    lone.stop();
+
+    let output = Command::new(wharfd_path())
+        .args(["--data-dir", &data_dir.display().to_string()])
+        .args(["--node-id", "2", "--listen", "127.0.0.1:0"])
+        .args([
+            "--kafka-listen",
+            "off",
+            "--amqp-listen",
+            "off",
+            "--http-listen",
+            "off",
+        ])
+        .output()
+        .expect("running wharfd");
+    assert!(
+        !output.status.success(),
+        "wharfd started on node 1's directory as node 2"
+    );
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("belongs to node 1"), "{message}");
+    assert!(message.contains("--node-id 1"), "{message}");
+}
