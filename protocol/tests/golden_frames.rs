@@ -24,6 +24,10 @@ use wharf_protocol::messages::{
     ListUsersRequest, ListUsersResponse, UserAdminResponse, UserCredentialInfo, UserListing,
 };
 use wharf_protocol::messages::{
+    AddNodeRequest, ClusterNodeEntry, DescribeClusterRequest, DescribeClusterResponse,
+    RemoveNodeRequest, StreamAdminResponse,
+};
+use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
     ResetTo, TopicConfigEntry,
@@ -1079,6 +1083,121 @@ fn golden_list_users_request_and_response() {
         0x00, 0x0d,             //         mechanism string: u16 length = 13
         b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'2', b'5', b'6',
         0x00, 0x00, 0x10, 0x00, //         iterations u32 = 4096
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_describe_cluster_request_and_response() {
+    let request = Request::DescribeCluster(DescribeClusterRequest {});
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes; the body is empty ----
+        0x00, 0x00, 0x00, 0x08, // @0  length u32 = 8 (8 header bytes + 0 body bytes)
+        0x00, 0x37,             // @4  api_key u16 = 55 (DescribeCluster)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5
+    ];
+    check_request(&request, 5, &golden);
+
+    let response = Response::DescribeCluster(DescribeClusterResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        node_id: 2,
+        cluster_id: Some("ab".to_string()),
+        leader_id: 1,
+        role: "leader".to_string(),
+        term: 3,
+        last_log_index: 9,
+        last_applied_index: 9,
+        nodes: vec![ClusterNodeEntry {
+            node_id: 1,
+            address: "h:1".to_string(),
+            voter: true,
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::DescribeCluster.code(),
+        api_version: 0,
+        correlation_id: 5,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x52, // @0  length u32 = 82 (8 header bytes + 74 body bytes)
+        0x00, 0x37,             // @4  api_key u16 = 55 (DescribeCluster), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5, echoed
+        // ---- DescribeClusterResponse body, 74 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null
+        0, 0, 0, 0, 0, 0, 0, 2, //     node_id u64 = 2
+        0x00, 0x02, b'a', b'b', //     cluster_id nullable string = "ab"
+        0, 0, 0, 0, 0, 0, 0, 1, //     leader_id i64 = 1 (-1: none)
+        0x00, 0x06, b'l', b'e', b'a', b'd', b'e', b'r', // role string = "leader"
+        0, 0, 0, 0, 0, 0, 0, 3, //     term u64 = 3
+        0, 0, 0, 0, 0, 0, 0, 9, //     last_log_index u64 = 9
+        0, 0, 0, 0, 0, 0, 0, 9, //     last_applied_index u64 = 9
+        0x00, 0x00, 0x00, 0x01, //     nodes array: count = 1
+        //   -- ClusterNodeEntry --
+        0, 0, 0, 0, 0, 0, 0, 1, //       node_id u64 = 1
+        0x00, 0x03, b'h', b':', b'1', // address string = "h:1"
+        0x01,                   //       voter bool = true
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_add_node_and_remove_node_requests_and_a_refusal() {
+    let request = Request::AddNode(AddNodeRequest {
+        node_id: 4,
+        address: "h:9".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x15, // @0  length u32 = 21 (8 header bytes + 13 body bytes)
+        0x00, 0x38,             // @4  api_key u16 = 56 (AddNode)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6
+        // ---- AddNodeRequest body, 13 bytes ----
+        0, 0, 0, 0, 0, 0, 0, 4, //     node_id u64 = 4
+        0x00, 0x03, b'h', b':', b'9', // address string = "h:9"
+    ];
+    check_request(&request, 6, &golden);
+
+    let request = Request::RemoveNode(RemoveNodeRequest { node_id: 4 });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x10, // @0  length u32 = 16 (8 header bytes + 8 body bytes)
+        0x00, 0x39,             // @4  api_key u16 = 57 (RemoveNode)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6
+        // ---- RemoveNodeRequest body, 8 bytes ----
+        0, 0, 0, 0, 0, 0, 0, 4, //     node_id u64 = 4
+    ];
+    check_request(&request, 6, &golden);
+
+    let response = Response::AddNode(StreamAdminResponse {
+        error: ErrorCode::MembershipRefused,
+        error_message: Some("no".to_string()),
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::AddNode.code(),
+        api_version: 0,
+        correlation_id: 6,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0e, // @0  length u32 = 14 (8 header bytes + 6 body bytes)
+        0x00, 0x38,             // @4  api_key u16 = 56 (AddNode), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x06, // @8  correlation_id u32 = 6, echoed
+        // ---- StreamAdminResponse body, 6 bytes ----
+        0x00, 0x30,             //     error u16 = 48 (MembershipRefused)
+        0x00, 0x02, b'n', b'o', //     error_message nullable string = "no"
     ];
     check_response(&response, header, &golden);
 }

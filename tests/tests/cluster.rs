@@ -67,6 +67,19 @@ fn converged(brokers: &[String], voters: usize, what: &str) -> Vec<Value> {
                 .iter()
                 .filter(|status| status["role"] == "leader")
                 .collect();
+            if std::env::var("WHARF_TEST_TRACE").is_ok() {
+                eprintln!(
+                    "{what}: {:?}",
+                    statuses
+                        .iter()
+                        .map(|s| (
+                            s["node_id"].clone(),
+                            s["role"].clone(),
+                            s["leader_id"].clone()
+                        ))
+                        .collect::<Vec<_>>()
+                );
+            }
             if leading.len() == 1
                 && leading[0]["node_id"] == statuses[0]["leader_id"]
                 && statuses[0]["cluster_id"].is_string()

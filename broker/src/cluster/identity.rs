@@ -47,6 +47,13 @@ impl Identity {
             .map_err(|error| error.to_string())?;
         let (cluster_id, sequence) = match found {
             Some(found) => {
+                if found.version != 1 {
+                    return Err(format!(
+                        "{} has version {}; this build reads version 1 only",
+                        dir.join(IDENTITY_FILE).display(),
+                        found.version
+                    ));
+                }
                 let stamp: Stamp = serde_json::from_slice(&found.payload)
                     .map_err(|error| format!("{}: {error}", dir.join(IDENTITY_FILE).display()))?;
                 if stamp.node_id != node_id {

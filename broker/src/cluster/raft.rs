@@ -111,7 +111,17 @@ pub enum ClusterError {
     /// A membership change was refused.
     #[error("{0}")]
     Membership(String),
+    /// No answer in time: the change may or may not be made.
+    #[error("{0}")]
+    TimedOut(String),
+    /// A command too large for the metadata log.
+    #[error("a metadata command of {bytes} bytes exceeds the {COMMAND_BYTES_MAX} bytes the metadata log takes")]
+    TooLarge { bytes: usize },
 }
+
+/// Largest metadata command, as JSON: far below the log's record limit
+/// (`store::RECORD_PAYLOAD_BYTES_MAX`), which also holds openraft's entry fields.
+pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
 
 /// Carries RPCs to other nodes.
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
@@ -385,6 +395,23 @@ impl Cluster {
     /// # Errors
     /// `NoLeader` (nothing changed), `Unavailable` (unknown), `Stopped`.
     pub async fn propose(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
+        let bytes = serde_json::to_vec(&command).map_or(usize::MAX, |json| json.len());
+        if bytes > COMMAND_BYTES_MAX {
+            return Err(ClusterError::TooLarge { bytes });
+        }
+        // A leader cut off from the majority does not step down by itself (openraft 0.9):
+        // bound the wait, and say the outcome is unknown.
+        let limit = self.timing.election_max * 10;
+        match tokio::time::timeout(limit, self.propose_unbounded(command)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClusterError::TimedOut(format!(
+                "the metadata change was not committed within {} ms; it may still be",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    async fn propose_unbounded(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
         match self.raft.client_write(command.clone()).await {
             Ok(response) => Ok(Proposed {
                 index: response.log_id.index,
@@ -502,6 +529,9 @@ impl Cluster {
             .change_membership(voters, false)
             .await
             .map_err(|error| ClusterError::Membership(error.to_string()))?;
+        // Its replicas move to the others; a node never registered is no error.
+        self.propose(MetadataCommand::RemoveNode { node_id: id })
+            .await?;
         Ok(())
     }
 

@@ -71,6 +71,17 @@ async fn run_io<T: Send + 'static>(
     }
 }
 
+/// Refuses a file version this build does not know (docs/STORAGE.md: readers never guess).
+fn check_version(name: &str, version: u16) -> std::io::Result<()> {
+    if version == 1 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{name} has version {version}; this build reads version 1 only"
+        )))
+    }
+}
+
 fn io_error(error: crate::storage::Error) -> std::io::Error {
     std::io::Error::other(error.to_string())
 }
@@ -145,10 +156,13 @@ impl LogStore {
             match checkpoint::read(fs.as_ref(), &dir.join(STATE_FILE), STATE_MAGIC)
                 .map_err(io_error)?
             {
-                Some(found) => (
-                    serde_json::from_slice(&found.payload).map_err(std::io::Error::other)?,
-                    found.sequence,
-                ),
+                Some(found) => {
+                    check_version(STATE_FILE, found.version)?;
+                    (
+                        serde_json::from_slice(&found.payload).map_err(std::io::Error::other)?,
+                        found.sequence,
+                    )
+                }
                 None => (HardState::default(), 0),
             };
         let path = dir.join(LOG_FILE);
@@ -435,6 +449,9 @@ impl MachineStore {
         crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
         let found = checkpoint::read(fs.as_ref(), &dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC)
             .map_err(io_error)?;
+        if let Some(found) = &found {
+            check_version(SNAPSHOT_FILE, found.version)?;
+        }
         let (snapshot, sequence) = match found {
             Some(found) => (
                 Some(

@@ -52,6 +52,15 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io
     stream.write_all(&frame).await
 }
 
+/// Decodes a request's JSON (the listener's decoder of untrusted bytes; fuzzed by
+/// `fuzz/fuzz_targets/decode_cluster_envelope.rs`).
+///
+/// # Errors
+/// serde's description of what does not parse.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, String> {
+    serde_json::from_slice(bytes).map_err(|error| error.to_string())
+}
+
 async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).await?;

@@ -63,7 +63,7 @@ impl Broker {
         tokio::time::timeout(MEMBERSHIP_TIMEOUT, cluster.add_node(id, addr))
             .await
             .map_err(|_| {
-                ClusterError::Membership(format!(
+                ClusterError::TimedOut(format!(
                     "node {id} did not catch up within {} s; it may still join",
                     MEMBERSHIP_TIMEOUT.as_secs()
                 ))
@@ -81,7 +81,7 @@ impl Broker {
         tokio::time::timeout(MEMBERSHIP_TIMEOUT, cluster.remove_node(id))
             .await
             .map_err(|_| {
-                ClusterError::Membership(format!(
+                ClusterError::TimedOut(format!(
                     "removing node {id} did not finish within {} s; it may still happen",
                     MEMBERSHIP_TIMEOUT.as_secs()
                 ))

@@ -31,10 +31,14 @@ pub fn cluster(error: &crate::core::cluster_ops::ClusterOpError) -> ErrorCode {
     use crate::core::cluster_ops::{ClusterError, ClusterOpError};
     match error {
         ClusterOpError::Unauthorized(_) => ErrorCode::Unauthorized,
-        ClusterOpError::Starting
-        | ClusterOpError::Cluster(ClusterError::NoLeader | ClusterError::Unavailable { .. }) => {
+        ClusterOpError::Starting | ClusterOpError::Cluster(ClusterError::NoLeader) => {
             ErrorCode::NoClusterLeader
         }
+        // The outcome is unknown: the change may still be made.
+        ClusterOpError::Cluster(ClusterError::Unavailable { .. } | ClusterError::TimedOut(_)) => {
+            ErrorCode::RequestTimedOut
+        }
+        ClusterOpError::Cluster(ClusterError::TooLarge { .. }) => ErrorCode::InvalidRequest,
         ClusterOpError::Cluster(ClusterError::Membership(_)) => ErrorCode::MembershipRefused,
         ClusterOpError::Cluster(ClusterError::Stopped(_)) => ErrorCode::ShuttingDown,
     }
