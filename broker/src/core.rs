@@ -69,10 +69,10 @@ pub use crate::groups::{
 };
 pub use crate::queue::exchange::ExchangeKind;
 pub use crate::queue::{
-    AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, DeleteConditions, Delivered,
-    DeliveryTag, Durability, GetMode, GotMessage, Moved, Precondition, Published, QueueError,
-    QueueStats, Requeue, SessionId, SharedPrefetch, DELAY_HEADER, EXCHANGE_HEADER,
-    EXPIRATION_HEADER, GET_BYTES_MAX,
+    AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, ConsumerPush, DeleteConditions,
+    Delivered, DeliveredRun, Deliveries, DeliveryTag, Durability, GetMode, GotMessage, Moved,
+    Precondition, Published, QueueError, QueueStats, Requeue, SessionId, SharedPrefetch,
+    DELAY_HEADER, EXCHANGE_HEADER, EXPIRATION_HEADER, GET_BYTES_MAX,
 };
 pub use crate::storage::Error as StorageError;
 pub use crate::streams::fetch::{

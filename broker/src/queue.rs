@@ -66,7 +66,8 @@ pub use delivery::{
 pub use manager::{QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
 pub use task::GET_BYTES_MAX;
 pub use types::{
-    AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, DeleteConditions, Delivered,
-    Durability, GotMessage, Message, Moved, Precondition, PublishTicket, Published, QueueArgs,
-    QueueError, QueueStats, SessionId, EXCHANGE_HEADER, EXPIRATION_HEADER,
+    AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, ConsumerPush, DeleteConditions,
+    Delivered, DeliveredRun, Deliveries, Durability, GotMessage, Message, Moved, Precondition,
+    PublishTicket, Published, QueueArgs, QueueError, QueueStats, SessionId, EXCHANGE_HEADER,
+    EXPIRATION_HEADER,
 };

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use wharf_broker::queue::exchange::ExchangeKind;
 use wharf_broker::queue::{
     args_from_pairs, AckScope, CancelReason, ConsumerEvent, ConsumerId, ConsumerOptions,
-    DeleteConditions, Delivered, Durability, Message, Precondition, Published, QueueArgs,
-    QueueError, QueueManager, Requeue,
+    ConsumerPush, DeleteConditions, Delivered, Deliveries, Durability, Message, Precondition,
+    Published, QueueArgs, QueueError, QueueManager, Requeue,
 };
 use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
 use wharf_protocol::batch::Header;
@@ -41,14 +40,14 @@ fn with_header(mut message: Message, key: &str, value: &str) -> Message {
     message
 }
 
-async fn next(receiver: &mut mpsc::Receiver<ConsumerEvent>) -> Delivered {
+async fn next(receiver: &mut Deliveries) -> Delivered {
     match next_event(receiver).await {
         ConsumerEvent::Delivery(delivered) => delivered,
         ConsumerEvent::Cancelled(reason) => panic!("consumer cancelled: {reason:?}"),
     }
 }
 
-async fn next_event(receiver: &mut mpsc::Receiver<ConsumerEvent>) -> ConsumerEvent {
+async fn next_event(receiver: &mut Deliveries) -> ConsumerEvent {
     tokio::time::timeout(Duration::from_secs(10), receiver.recv())
         .await
         .expect("an event in time")
@@ -922,4 +921,60 @@ async fn delete_if_empty_counts_ready_and_unacknowledged_messages() {
             .await,
         Err(QueueError::UnknownQueue(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_carry_each_consumers_share_of_a_stored_batch_as_its_record_bytes() {
+    // Goal: issue #15's runs. 100 messages stored as one batch and dealt round-robin to two
+    // consumers reach each as runs (far fewer than its 50 deliveries) whose records are
+    // every other record of the batch, copied together; decoded, each consumer sees its
+    // messages in order with their tags and ids, and together they see every message once.
+    let (_dir, manager) = manager_with_queue("dealt", QueueArgs::default(), Durability::Durable);
+    let (_, mut first) = manager.subscribe("dealt", 1000).await.expect("subscribe");
+    let (_, mut second) = manager.subscribe("dealt", 1000).await.expect("subscribe");
+    let messages = (0..100)
+        .map(|index| (String::new(), message("dealt", &format!("m{index}"))))
+        .collect();
+    for ticket in manager.publish_enqueue_many(messages).await {
+        ticket
+            .expect("routed")
+            .confirmed()
+            .await
+            .expect("confirmed");
+    }
+    let mut seen = Vec::new();
+    for deliveries in [&mut first, &mut second] {
+        let mut runs = 0;
+        let mut taken = Vec::new();
+        while taken.len() < 50 {
+            let push = tokio::time::timeout(Duration::from_secs(10), deliveries.recv_push())
+                .await
+                .expect("a run in time")
+                .expect("alive");
+            let ConsumerPush::Run(run) = push else {
+                panic!("cancelled")
+            };
+            runs += 1;
+            for delivered in run.deliveries() {
+                let delivered = delivered.expect("records decode");
+                taken.push((delivered.tag.0, delivered.record.offset, body(&delivered)));
+            }
+        }
+        assert!(runs < 10, "50 deliveries came in {runs} runs");
+        assert!(taken
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1));
+        assert!(
+            taken.windows(2).all(|pair| pair[1].1 - pair[0].1 == 2),
+            "round robin deals every other message: {taken:?}"
+        );
+        seen.extend(taken.into_iter().map(|(_, id, body)| (id, body)));
+    }
+    seen.sort();
+    let bodies: Vec<String> = seen.into_iter().map(|(_, body)| body).collect();
+    let mut wanted: Vec<String> = (0..100).map(|index| format!("m{index}")).collect();
+    wanted.sort();
+    let mut got = bodies;
+    got.sort();
+    assert_eq!(got, wanted);
 }

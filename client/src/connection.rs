@@ -34,7 +34,8 @@ use tokio::task::JoinHandle;
 use wharf_protocol::api::encode_request;
 use wharf_protocol::frame::decode_frame;
 use wharf_protocol::messages::{
-    Acks, ApiVersionRange, ApiVersionsRequest, ConsumerCancelledPush, DeliverPush, ProduceRequest,
+    Acks, ApiVersionRange, ApiVersionsRequest, ConsumerCancelledPush, DeliverBatchPush,
+    DeliverPush, DeliveryMark, ProduceRequest,
 };
 use wharf_protocol::{ApiKey, Request, Response};
 
@@ -112,7 +113,7 @@ struct PendingState {
 /// [`PushReceiver::cancelled`] says why) or the connection closes.
 #[derive(Debug)]
 pub(crate) struct PushReceiver {
-    deliveries: mpsc::Receiver<DeliverPush>,
+    deliveries: mpsc::Receiver<Pushed>,
     /// Set once, by the broker's ConsumerCancelled push; the sender goes with the
     /// subscription's entry, so a waiter also learns when no reason can come any more.
     cancelled: watch::Receiver<Option<ConsumerCancelledPush>>,
@@ -121,8 +122,38 @@ pub(crate) struct PushReceiver {
 /// The connection's end of a [`PushReceiver`].
 #[derive(Debug)]
 struct PushSender {
-    deliveries: mpsc::Sender<DeliverPush>,
+    deliveries: mpsc::Sender<Pushed>,
     cancelled: watch::Sender<Option<ConsumerCancelledPush>>,
+}
+
+/// What a subscription's channel carries: one delivery (a `Deliver` push) or several (a
+/// `DeliverBatch` push, from a Subscribe at version 1).
+#[derive(Debug)]
+pub(crate) enum Pushed {
+    One(DeliverPush),
+    /// The records of a `DeliverBatch`, decoded by the connection's reader, with their marks.
+    Batch(Vec<(DeliveryMark, wharf_protocol::batch::Record)>),
+}
+
+/// Decodes a `DeliverBatch` push's records, one per mark.
+///
+/// # Errors
+/// [`Error::Decode`] when the records do not match the marks or one is malformed: the push
+/// is undecodable and the connection must close.
+fn batch_deliveries(
+    pushed: DeliverBatchPush,
+) -> Result<Vec<(DeliveryMark, wharf_protocol::batch::Record)>> {
+    let refused = |_| {
+        Error::Decode(wharf_protocol::DecodeError::InvalidLength {
+            field: "DeliverBatch records",
+            length: i64::try_from(pushed.records.len()).unwrap_or(i64::MAX),
+        })
+    };
+    let records = pushed
+        .records()
+        .collect::<std::result::Result<Vec<wharf_protocol::batch::Record>, _>>()
+        .map_err(refused)?;
+    Ok(pushed.marks.into_iter().zip(records).collect())
 }
 
 /// A push channel whose delivery part holds `capacity` (at least 1).
@@ -143,14 +174,12 @@ fn push_channel(capacity: usize) -> (PushSender, PushReceiver) {
 
 impl PushReceiver {
     /// The next delivery; `None` once the channel ended and is drained.
-    pub(crate) async fn recv(&mut self) -> Option<DeliverPush> {
+    pub(crate) async fn recv(&mut self) -> Option<Pushed> {
         self.deliveries.recv().await
     }
 
     /// A delivery already received, if any.
-    pub(crate) fn try_recv(
-        &mut self,
-    ) -> std::result::Result<DeliverPush, mpsc::error::TryRecvError> {
+    pub(crate) fn try_recv(&mut self) -> std::result::Result<Pushed, mpsc::error::TryRecvError> {
         self.deliveries.try_recv()
     }
 
@@ -202,7 +231,7 @@ impl Pending {
     /// # Errors
     /// [`Error::InvalidState`] if the subscription's channel is full: its capacity is the
     /// prefetch window, so the broker pushed more unacknowledged deliveries than allowed.
-    fn push(&self, correlation_id: u32, pushed: DeliverPush) -> Result<()> {
+    fn push(&self, correlation_id: u32, pushed: Pushed) -> Result<()> {
         let mut state = self.lock();
         let Some(sender) = state.pushes.get(&correlation_id) else {
             return Ok(());
@@ -747,7 +776,15 @@ fn deliver(pending: &Pending, frame: wharf_protocol::Frame) -> Result<()> {
         let Request::Deliver(pushed) = Request::decode(ApiKey::Deliver, frame.body)? else {
             unreachable!("decoded as Deliver")
         };
-        return pending.push(correlation_id, pushed);
+        return pending.push(correlation_id, Pushed::One(pushed));
+    }
+    if frame.header.api_key == ApiKey::DeliverBatch.code() {
+        let correlation_id = frame.header.correlation_id;
+        let Request::DeliverBatch(pushed) = Request::decode(ApiKey::DeliverBatch, frame.body)?
+        else {
+            unreachable!("decoded as DeliverBatch")
+        };
+        return pending.push(correlation_id, Pushed::Batch(batch_deliveries(pushed)?));
     }
     if frame.header.api_key == ApiKey::ConsumerCancelled.code() {
         let correlation_id = frame.header.correlation_id;
@@ -853,19 +890,111 @@ mod tests {
         (answer, pushes)
     }
 
+    /// The tag of a push's first delivery.
+    fn first_tag(pushed: Pushed) -> u64 {
+        match pushed {
+            Pushed::One(pushed) => pushed.delivery_tag,
+            Pushed::Batch(batch) => batch.first().expect("one delivery at least").0.delivery_tag,
+        }
+    }
+
+    fn batch_frame(
+        correlation_id: u32,
+        tags: &[u64],
+        records: bytes::Bytes,
+    ) -> wharf_protocol::Frame {
+        let mut body = BytesMut::new();
+        Request::DeliverBatch(DeliverBatchPush {
+            consumer_id: 1,
+            base_offset: 100,
+            base_timestamp: 5_000,
+            marks: tags
+                .iter()
+                .map(|&delivery_tag| DeliveryMark {
+                    delivery_tag,
+                    redelivered: delivery_tag % 2 == 0,
+                })
+                .collect(),
+            records,
+        })
+        .encode_body(&mut body);
+        wharf_protocol::Frame {
+            header: FrameHeader {
+                api_key: ApiKey::DeliverBatch.code(),
+                api_version: 0,
+                correlation_id,
+            },
+            body: body.freeze(),
+        }
+    }
+
+    /// Goal: a DeliverBatch push reaches its subscription as its decoded records, each with
+    /// its mark; records that do not match the marks make the push undecodable (the
+    /// connection then closes), never a partial hand-out.
+    #[test]
+    fn a_deliver_batch_push_reaches_the_subscription_as_its_records() {
+        use wharf_protocol::batch::{Batch, BatchBuilder, NewRecord, BATCH_HEADER_BYTES};
+        let mut builder = BatchBuilder::new(5_000).base_offset(100);
+        for (key, value) in [("k0", "v0"), ("k1", "v1")] {
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: 5_007,
+                    key: Some(bytes::Bytes::from(key)),
+                    value: Some(bytes::Bytes::from(value)),
+                    headers: Vec::new(),
+                })
+                .expect("small");
+        }
+        let batch = Batch::decode(builder.build()).expect("valid");
+        let section = batch.as_bytes().slice(BATCH_HEADER_BYTES..);
+        let pending = Pending::default();
+        let (_answer, mut pushes) = subscribed(&pending, 4);
+        deliver(&pending, batch_frame(7, &[3, 4], section.clone())).expect("routed");
+        let Pushed::Batch(batch) = pushes.try_recv().expect("pushed") else {
+            panic!("a batch push stays a batch")
+        };
+        let seen: Vec<(u64, bool, i64, i64, &[u8])> = batch
+            .iter()
+            .map(|(mark, record)| {
+                (
+                    mark.delivery_tag,
+                    mark.redelivered,
+                    record.offset,
+                    record.timestamp_ms,
+                    record.value.as_deref().expect("a body"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (3, false, 100, 5_007, b"v0".as_slice()),
+                (4, true, 101, 5_007, b"v1".as_slice())
+            ]
+        );
+        // Three marks for two records, or a record cut short: undecodable.
+        assert!(deliver(&pending, batch_frame(7, &[5, 6, 7], section.clone())).is_err());
+        let cut = section.slice(..section.len() - 1);
+        assert!(deliver(&pending, batch_frame(7, &[5, 6], cut)).is_err());
+        assert!(
+            pushes.try_recv().is_err(),
+            "nothing of a refused push is handed out"
+        );
+    }
+
     #[test]
     fn pushes_that_overtake_the_subscribe_response_reach_the_subscription() {
         let pending = Pending::default();
         let (mut answer, mut pushes) = subscribed(&pending, 2);
         deliver(&pending, push_frame(7, 1)).expect("routed");
-        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 1);
+        assert_eq!(first_tag(pushes.try_recv().expect("pushed")), 1);
         assert!(answer.try_recv().is_err(), "a push is not the response");
         deliver(&pending, subscribe_response_frame(7)).expect("answered");
         let response = answer.try_recv().expect("answered").expect("ok");
         assert!(matches!(response, Some(Response::Subscribe(_))));
         // Pushes keep flowing after the response, and stop once the subscription stops.
         deliver(&pending, push_frame(7, 2)).expect("routed");
-        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 2);
+        assert_eq!(first_tag(pushes.try_recv().expect("pushed")), 2);
         pending.stop_pushes(7);
         deliver(&pending, push_frame(7, 3)).expect("dropped quietly");
         assert!(pushes.try_recv().is_err());
@@ -878,7 +1007,7 @@ mod tests {
         deliver(&pending, push_frame(7, 1)).expect("routed");
         deliver(&pending, cancelled_frame(7)).expect("routed");
         // The delivery before the cancel is still readable, then the channel ends.
-        assert_eq!(pushes.try_recv().expect("pushed").delivery_tag, 1);
+        assert_eq!(first_tag(pushes.try_recv().expect("pushed")), 1);
         assert!(matches!(
             pushes.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)

@@ -16,6 +16,7 @@
 //! ack can always be sent while a delivery exists; after [`Subscriber::cancel`] no further
 //! delivery is handed out.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +24,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use wharf_protocol::messages::{
     AckRequest, CancelRequest, ConfigEntry, ConsumerCancelledPush, DeclareQueueRequest,
-    DeliverPush, QueueAdminResponse, SubscribeRequest, SubscribeResponse,
+    DeliverPush, DeliveryMark, QueueAdminResponse, SubscribeRequest, SubscribeResponse,
 };
 use wharf_protocol::{ApiKey, Header, Request};
 
 use crate::cluster::{response_as, Client};
-use crate::connection::{Connection, PushReceiver};
+use crate::connection::{Connection, PushReceiver, Pushed};
 use crate::error::{check_queue_code, Error, QueueSubject, Result};
 use crate::queue_admin::QueueArgs;
 
@@ -79,6 +80,8 @@ enum Scope {
 pub struct Subscriber {
     shared: Arc<Shared>,
     pushes: PushReceiver,
+    /// Deliveries of a `DeliverBatch` push not handed out yet.
+    received: VecDeque<Delivery>,
     correlation_id: u32,
     cancelled: bool,
     /// How to subscribe again after a lost connection: `None` for an exclusive queue, which
@@ -193,6 +196,7 @@ impl Subscriber {
                 consumer_id: response.consumer_id,
             }),
             pushes,
+            received: VecDeque::new(),
             correlation_id,
             cancelled: false,
             resubscribe: None,
@@ -214,8 +218,12 @@ impl Subscriber {
     /// resubscribe: its queue went with its connection.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
         loop {
+            if let Some(delivery) = self.received.pop_front() {
+                return Ok(Some(delivery));
+            }
             match self.pushes.recv().await {
-                Some(pushed) => return Ok(Some(self.delivery(pushed))),
+                Some(Pushed::One(pushed)) => return Ok(Some(self.delivery(pushed))),
+                Some(Pushed::Batch(batch)) => self.take_batch(batch),
                 None if self.cancelled => return Ok(None),
                 None => {
                     if let Some(cancelled) = self.pushes.cancelled() {
@@ -226,6 +234,27 @@ impl Subscriber {
                 }
             }
         }
+    }
+
+    /// The next delivery if one has already arrived, without waiting; `None` otherwise
+    /// (then [`Subscriber::next`] waits, and reports a cancel or a lost connection).
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.received.is_empty() {
+            match self.pushes.try_recv().ok()? {
+                Pushed::One(pushed) => return Some(self.delivery(pushed)),
+                Pushed::Batch(batch) => self.take_batch(batch),
+            }
+        }
+        self.received.pop_front()
+    }
+
+    fn take_batch(&mut self, batch: Vec<(DeliveryMark, wharf_protocol::batch::Record)>) {
+        let shared = &self.shared;
+        self.received.extend(
+            batch
+                .into_iter()
+                .map(|(mark, record)| batch_delivery(shared, mark, record)),
+        );
     }
 
     /// Connects and subscribes again after `lost`, retrying with backoff within the
@@ -246,6 +275,7 @@ impl Subscriber {
                 Ok(fresh) => {
                     self.shared = fresh.shared;
                     self.pushes = fresh.pushes;
+                    self.received.clear();
                     self.correlation_id = fresh.correlation_id;
                     return Ok(());
                 }
@@ -316,6 +346,7 @@ impl Subscriber {
         self.shared.connection.stop_pushes(self.correlation_id);
         self.pushes.close();
         while self.pushes.try_recv().is_ok() {}
+        self.received.clear();
         result
     }
 
@@ -346,6 +377,27 @@ impl Subscriber {
             timestamp_ms: pushed.timestamp_ms,
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+/// The [`Delivery`] of one record of a `DeliverBatch` push: the record's key is the
+/// routing key and its value the body.
+fn batch_delivery(
+    shared: &Arc<Shared>,
+    mark: DeliveryMark,
+    record: wharf_protocol::batch::Record,
+) -> Delivery {
+    Delivery {
+        tag: mark.delivery_tag,
+        redelivered: mark.redelivered,
+        routing_key: record
+            .key
+            .map(|key| String::from_utf8_lossy(&key).into_owned())
+            .unwrap_or_default(),
+        headers: record.headers,
+        body: record.value.unwrap_or_default(),
+        timestamp_ms: record.timestamp_ms,
+        shared: Arc::clone(shared),
     }
 }
 

@@ -60,8 +60,11 @@ wire_enum! {
         MoveMessages = 42,
         /// Many publishes in one request, one confirm each (issue #15).
         PublishBatch = 43,
-        /// Authentication (issue #18): choose a SASL mechanism, then run it. (44 stays
-        /// reserved for a further queue api.)
+        /// Server push of several deliveries to one consumer as their stored record bytes
+        /// (issue #15), to subscribers that subscribed at version 1; never sent by clients,
+        /// never answered.
+        DeliverBatch = 44,
+        /// Authentication (issue #18): choose a SASL mechanism, then run it.
         SaslHandshake = 45,
         SaslAuthenticate = 46,
         /// User management (issue #18).
@@ -87,7 +90,8 @@ wire_enum! {
     }
 }
 
-/// Every api with the versions this build speaks (all at version 0 so far).
+/// Every api with the versions this build speaks. Subscribe v1 asks for deliveries as
+/// `DeliverBatch` pushes; v0 gets one `Deliver` push per message.
 pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 52] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
@@ -113,7 +117,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 52] = [
     (ApiKey::BindQueue, 0, 0),
     (ApiKey::UnbindQueue, 0, 0),
     (ApiKey::Publish, 0, 0),
-    (ApiKey::Subscribe, 0, 0),
+    (ApiKey::Subscribe, 0, 1),
     (ApiKey::Ack, 0, 0),
     (ApiKey::Cancel, 0, 0),
     (ApiKey::PurgeQueue, 0, 0),
@@ -309,6 +313,7 @@ api_enums! {
     ListBindings => ListBindingsRequest, ListBindingsResponse;
     MoveMessages => MoveMessagesRequest, MoveMessagesResponse;
     PublishBatch => PublishBatchRequest, PublishBatchResponse;
+    DeliverBatch => DeliverBatchPush, QueueAdminResponse;
     SaslHandshake => SaslHandshakeRequest, SaslHandshakeResponse;
     SaslAuthenticate => SaslAuthenticateRequest, SaslAuthenticateResponse;
     CreateUser => UserCredentialsRequest, UserAdminResponse;
@@ -324,11 +329,17 @@ api_enums! {
     RemoveNode => RemoveNodeRequest, StreamAdminResponse;
 }
 
-/// Appends a whole request frame.
+/// The version this build sends `api_key` at: the newest it speaks (0 for a push).
+pub fn sent_version(api_key: ApiKey) -> u16 {
+    supported_range(api_key.code()).map_or(0, |(_, _, max_version)| max_version)
+}
+
+/// Appends a whole request frame, at the version [`sent_version`] gives.
 pub fn encode_request(request: &Request, correlation_id: u32, out: &mut BytesMut) {
+    let api_key = request.api_key();
     let header = FrameHeader {
-        api_key: request.api_key().code(),
-        api_version: 0,
+        api_key: api_key.code(),
+        api_version: sent_version(api_key),
         correlation_id,
     };
     encode_frame(header, out, |body| request.encode_body(body));
@@ -377,6 +388,10 @@ mod tests {
         assert!(
             supported_range(ApiKey::Deliver.code()).is_err(),
             "clients never send Deliver"
+        );
+        assert!(
+            supported_range(ApiKey::DeliverBatch.code()).is_err(),
+            "clients never send DeliverBatch"
         );
         assert!(
             supported_range(ApiKey::ConsumerCancelled.code()).is_err(),

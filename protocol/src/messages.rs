@@ -786,6 +786,45 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// One delivery of a [`DeliverBatchPush`]: its tag and whether it was delivered before.
+    pub struct DeliveryMark {
+        pub delivery_tag: u64,
+        pub redelivered: bool,
+    }
+}
+
+wire_struct! {
+    /// Several messages pushed to one consumer (api key `DeliverBatch`, never answered),
+    /// sent instead of `Deliver` pushes to a consumer that subscribed at version 1. The
+    /// messages are the queue's stored records, unchanged: `records` holds one record per
+    /// mark, in order, in the record encoding of a RecordBatch v2 (docs/STORAGE.md), whose
+    /// offset and timestamp deltas count from `base_offset` and `base_timestamp`. A record's
+    /// key is the routing key and its value the body; its headers are the message's.
+    pub struct DeliverBatchPush {
+        pub consumer_id: u64,
+        pub base_offset: i64,
+        pub base_timestamp: i64,
+        pub marks: Vec<DeliveryMark>,
+        pub records: Bytes,
+    }
+}
+
+impl DeliverBatchPush {
+    /// The records, one per mark, decoded as they are iterated (keys, values and header
+    /// values are slices of `records`). A record count other than the marks' or a malformed
+    /// record is the iterator's error.
+    pub fn records(&self) -> crate::batch::Records {
+        let count = i32::try_from(self.marks.len()).unwrap_or(i32::MAX);
+        crate::batch::Records::of_run(
+            self.records.clone(),
+            count,
+            self.base_offset,
+            self.base_timestamp,
+        )
+    }
+}
+
+wire_struct! {
     /// The broker cancelled a consumer on its own (api key `ConsumerCancelled`, a push
     /// carrying the Subscribe's correlation id, never answered). No further `Deliver`
     /// follows for it. After an ack timeout its unacknowledged deliveries are back in the

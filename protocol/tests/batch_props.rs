@@ -11,9 +11,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use wharf_protocol::batch::{
-    batches, compute_crc, parse_header, set_base_offset, set_partition_leader_epoch, validate,
-    Attributes, Batch, BatchBuilder, BatchError, BatchHeader, Header, NewRecord, Record,
-    TimestampType, ATTRIBUTES_POS, BATCH_HEADER_BYTES, BATCH_LENGTH_POS, CRC_POS,
+    batches, compute_crc, parse_header, record_starts, set_base_offset, set_partition_leader_epoch,
+    validate, Attributes, Batch, BatchBuilder, BatchError, BatchHeader, Header, NewRecord, Record,
+    Records, TimestampType, ATTRIBUTES_POS, BATCH_HEADER_BYTES, BATCH_LENGTH_POS, CRC_POS,
     LAST_OFFSET_DELTA_POS, LOG_OVERHEAD_BYTES, MAGIC_POS, RECORD_COUNT_POS,
 };
 use wharf_protocol::varint::{decode_varint, decode_varlong, encode_varint, encode_varlong};
@@ -297,6 +297,52 @@ proptest! {
         let split: Vec<_> = batches(bytes.slice(..kept_bytes)).collect();
         prop_assert!(split.len() <= 1);
         prop_assert!(split.iter().all(Result::is_err));
+    }
+
+    /// A run of deliveries (issue #15) is a selection of a batch's records cut out with
+    /// `record_starts` and concatenated: it decodes to exactly those records, offsets and
+    /// timestamps included, from the batch's base offset and base timestamp.
+    #[test]
+    fn a_selection_of_records_cut_by_their_starts_decodes_to_those_records(
+        input in batch_input_strategy(),
+        keep in proptest::collection::vec(any::<bool>(), 0..40),
+    ) {
+        prop_assume!(input.attributes.timestamp_type() == TimestampType::CreateTime);
+        prop_assume!(input.attributes.compression_code() == 0);
+        let batch = Batch::decode(input.build()).map_err(fail)?;
+        let section = batch.as_bytes().slice(BATCH_HEADER_BYTES..);
+        let starts = record_starts(&section, batch.header().record_count).map_err(fail)?;
+        prop_assert_eq!(starts.len(), input.records.len() + 1);
+        prop_assert_eq!(*starts.last().expect("one start at least") as usize, section.len());
+        let all: Vec<Record> = batch.records().collect::<Result<_, _>>().map_err(fail)?;
+        let mut run = Vec::new();
+        let mut wanted = Vec::new();
+        for (index, record) in all.iter().enumerate() {
+            if keep.get(index).copied().unwrap_or(true) {
+                run.extend_from_slice(&section[starts[index] as usize..starts[index + 1] as usize]);
+                wanted.push(record.clone());
+            }
+        }
+        let count = i32::try_from(wanted.len()).expect("small");
+        let header = batch.header();
+        let decoded: Vec<Record> =
+            Records::of_run(Bytes::from(run), count, header.base_offset, header.base_timestamp)
+                .collect::<Result<_, _>>()
+                .map_err(fail)?;
+        prop_assert_eq!(decoded, wanted);
+    }
+
+    #[test]
+    fn record_starts_never_panics_and_refuses_a_wrong_count(
+        bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        count in -2i32..50,
+    ) {
+        let bytes = Bytes::from(bytes);
+        if let Ok(starts) = record_starts(&bytes, count) {
+            prop_assert_eq!(starts.len(), usize::try_from(count).unwrap_or(0) + 1);
+            prop_assert_eq!(*starts.last().expect("one start") as usize, bytes.len());
+        }
+        let _ = Records::of_run(bytes, count, 0, 0).count();
     }
 
     #[test]

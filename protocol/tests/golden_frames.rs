@@ -32,6 +32,7 @@ use wharf_protocol::messages::{
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
     ResetTo, TopicConfigEntry,
 };
+use wharf_protocol::messages::{DeliverBatchPush, DeliveryMark, SubscribeRequest};
 use wharf_protocol::messages::{
     SaslAuthenticateResponse, SaslHandshakeRequest, ScramCredentialUpsert, UserCredentialsRequest,
 };
@@ -53,7 +54,10 @@ fn check_request(request: &Request, correlation_id: u32, golden: &[u8]) {
         .expect("the golden frame is well-formed")
         .expect("the golden frame is complete");
     assert!(buffer.is_empty(), "the golden bytes are exactly one frame");
-    assert_eq!(frame.header.api_version, 0);
+    assert_eq!(
+        frame.header.api_version,
+        wharf_protocol::api::sent_version(request.api_key())
+    );
     assert_eq!(frame.header.correlation_id, correlation_id);
     let api_key = check_header(&frame.header).expect("a known api at a supported version");
     assert_eq!(api_key, request.api_key());
@@ -461,6 +465,70 @@ fn golden_deliver_push() {
         0x00, 0x00, 0x00, 0x02, b'h', b'i', // body bytes = "hi"
     ];
     check_push(&push, 7, &golden);
+}
+
+#[test]
+fn golden_subscribe_request_is_sent_at_version_1() {
+    // Version 1 asks for deliveries as DeliverBatch pushes; the body is version 0's.
+    let request = Request::Subscribe(SubscribeRequest {
+        queue: "q".to_string(),
+        prefetch: 100,
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0f, // @0  length u32 = 15 (8 header bytes + 7 body bytes)
+        0x00, 0x1a,             // @4  api_key u16 = 26 (Subscribe)
+        0x00, 0x01,             // @6  api_version u16 = 1 (DeliverBatch pushes)
+        0x00, 0x00, 0x00, 0x03, // @8  correlation_id u32 = 3
+        // ---- SubscribeRequest body, 7 bytes ----
+        0x00, 0x01, b'q',       //     queue string = "q"
+        0x00, 0x00, 0x00, 0x64, //     prefetch u32 = 100
+    ];
+    check_request(&request, 3, &golden);
+}
+
+#[test]
+fn golden_deliver_batch_push() {
+    let push = DeliverBatchPush {
+        consumer_id: 1,
+        base_offset: 100,
+        base_timestamp: 1_700_000_000_000,
+        marks: vec![DeliveryMark {
+            delivery_tag: 6,
+            redelivered: true,
+        }],
+        records: Bytes::from_static(&[0x12, 0x00, 0x00, 0x02, 0x02, b'k', 0x04, b'h', b'i', 0x00]),
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x3b, // @0  length u32 = 59 (8 header bytes + 51 body bytes)
+        0x00, 0x2c,             // @4  api_key u16 = 44 (DeliverBatch, push)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7 (the Subscribe's)
+        // ---- DeliverBatchPush body, 51 bytes ----
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // consumer_id u64 = 1
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x64, // base_offset i64 = 100
+        0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, // base_timestamp i64 = 1_700_000_000_000
+        0x00, 0x00, 0x00, 0x01, //     marks array: count = 1
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06, // delivery_tag u64 = 6
+        0x01,                   //       redelivered bool = true
+        0x00, 0x00, 0x00, 0x0a, //     records bytes: length = 10, one record:
+        0x12,                   //       length varint = 9
+        0x00,                   //       attributes i8 = 0
+        0x00,                   //       timestamp_delta varlong = 0
+        0x02,                   //       offset_delta varint = 1
+        0x02, b'k',             //       key: length varint 1, "k" (the routing key)
+        0x04, b'h', b'i',       //       value: length varint 2, "hi" (the body)
+        0x00,                   //       header count varint = 0
+    ];
+    let record = push.records().next().expect("one record").expect("decodes");
+    assert_eq!(record.offset, 101);
+    assert_eq!(record.timestamp_ms, 1_700_000_000_000);
+    assert_eq!(record.key.as_deref(), Some(b"k".as_slice()));
+    assert_eq!(record.value.as_deref(), Some(b"hi".as_slice()));
+    check_push(&Request::DeliverBatch(push), 7, &golden);
 }
 
 #[test]

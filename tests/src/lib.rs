@@ -473,6 +473,10 @@ pub struct RawClient {
     next_correlation_id: u32,
     sent: std::collections::VecDeque<(u32, wharf_protocol::ApiKey)>,
     pushed: std::collections::VecDeque<(u32, wharf_protocol::messages::DeliverPush)>,
+    /// Frames of deliveries received so far: `Deliver` ones, and per `DeliverBatch` frame
+    /// how many deliveries it carried.
+    pub deliver_frames: usize,
+    pub batch_frames: Vec<usize>,
 }
 
 impl RawClient {
@@ -488,15 +492,28 @@ impl RawClient {
             next_correlation_id: 1,
             sent: Default::default(),
             pushed: Default::default(),
+            deliver_frames: 0,
+            batch_frames: Vec::new(),
         }
     }
 
     /// Sends a request without waiting; returns its correlation id.
     pub fn send(&mut self, request: &wharf_protocol::Request) -> u32 {
+        let version = wharf_protocol::api::sent_version(request.api_key());
+        self.send_at(request, version)
+    }
+
+    /// Sends a request at api version `version` without waiting; returns its correlation id.
+    pub fn send_at(&mut self, request: &wharf_protocol::Request, version: u16) -> u32 {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
         let mut out = bytes::BytesMut::new();
-        wharf_protocol::api::encode_request(request, correlation_id, &mut out);
+        let header = wharf_protocol::FrameHeader {
+            api_key: request.api_key().code(),
+            api_version: version,
+            correlation_id,
+        };
+        wharf_protocol::frame::encode_frame(header, &mut out, |body| request.encode_body(body));
         self.stream.write_all(&out).expect("write");
         self.sent.push_back((correlation_id, request.api_key()));
         correlation_id
@@ -520,15 +537,52 @@ impl RawClient {
         }
     }
 
+    /// Stashes a pushed delivery frame: a `Deliver` as it is, a `DeliverBatch` as one
+    /// `DeliverPush` per delivery it carries (so tests read both shapes alike).
     fn stash_if_push(&mut self, frame: &wharf_protocol::Frame) -> bool {
         use wharf_protocol::wire::Wire;
-        if frame.header.api_key != wharf_protocol::ApiKey::Deliver.code() {
+        let correlation_id = frame.header.correlation_id;
+        let mut reader = wharf_protocol::wire::Reader::new(frame.body.clone());
+        if frame.header.api_key == wharf_protocol::ApiKey::Deliver.code() {
+            let push = wharf_protocol::messages::DeliverPush::decode(&mut reader, "deliver")
+                .expect("push decodes");
+            self.deliver_frames += 1;
+            self.pushed.push_back((correlation_id, push));
+            return true;
+        }
+        if frame.header.api_key != wharf_protocol::ApiKey::DeliverBatch.code() {
             return false;
         }
-        let mut reader = wharf_protocol::wire::Reader::new(frame.body.clone());
-        let push = wharf_protocol::messages::DeliverPush::decode(&mut reader, "deliver")
-            .expect("push decodes");
-        self.pushed.push_back((frame.header.correlation_id, push));
+        let batch = wharf_protocol::messages::DeliverBatchPush::decode(&mut reader, "batch")
+            .expect("batch push decodes");
+        let records: Vec<wharf_protocol::batch::Record> = batch
+            .records()
+            .collect::<Result<_, _>>()
+            .expect("batch records decode");
+        assert_eq!(records.len(), batch.marks.len(), "one record per mark");
+        self.batch_frames.push(records.len());
+        for (mark, record) in batch.marks.iter().zip(records) {
+            let push = wharf_protocol::messages::DeliverPush {
+                consumer_id: batch.consumer_id,
+                delivery_tag: mark.delivery_tag,
+                redelivered: mark.redelivered,
+                routing_key: record
+                    .key
+                    .map(|key| String::from_utf8(key.to_vec()).expect("utf-8 routing key"))
+                    .unwrap_or_default(),
+                timestamp_ms: record.timestamp_ms,
+                headers: record
+                    .headers
+                    .into_iter()
+                    .map(|header| wharf_protocol::messages::HeaderEntry {
+                        key: header.key,
+                        value: header.value,
+                    })
+                    .collect(),
+                body: record.value.unwrap_or_default(),
+            };
+            self.pushed.push_back((correlation_id, push));
+        }
         true
     }
 

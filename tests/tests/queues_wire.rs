@@ -612,3 +612,112 @@ fn a_publish_batch_confirms_each_message_as_its_own_publish_in_order() {
         .collect();
     assert_eq!(only, vec!["both".to_string()]);
 }
+
+#[test]
+fn a_version_1_subscriber_gets_runs_as_deliver_batch_and_a_version_0_one_a_frame_each() {
+    // Goal: issue #15's DeliverBatch. 300 messages published in one PublishBatch are stored
+    // as one record batch; a consumer that subscribed at version 1 receives them as
+    // DeliverBatch frames carrying several deliveries each, a version 0 consumer as one
+    // Deliver frame per message, and both see the same bodies, routing keys, headers,
+    // timestamps and increasing tags. After a requeue the redelivered flags travel in the
+    // batch's marks.
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = BrokerProcess::start(&data.path().join("data"));
+    let mut publisher = RawClient::connect(broker.addr());
+    for queue in ["runs-v0", "runs-v1"] {
+        assert_eq!(
+            declare_queue(&mut publisher, queue, true, &[]),
+            ErrorCode::None
+        );
+    }
+    let count = 300;
+    for queue in ["runs-v0", "runs-v1"] {
+        let messages = (0..count)
+            .map(|index| PublishRequest {
+                exchange: String::new(),
+                routing_key: queue.to_string(),
+                mandatory: true,
+                headers: vec![HeaderEntry {
+                    key: "n".into(),
+                    value: Some(Bytes::from(format!("{index}"))),
+                }],
+                body: Bytes::from(format!("m{index}")),
+            })
+            .collect();
+        let Response::PublishBatch(answer) =
+            publisher.call(&Request::PublishBatch(PublishBatchRequest { messages }))
+        else {
+            panic!("wrong response")
+        };
+        assert!(answer
+            .results
+            .iter()
+            .all(|result| result.error == ErrorCode::None));
+    }
+    let receive = |version: u16, queue: &str| {
+        let mut client = RawClient::connect(broker.addr());
+        client.send_at(
+            &Request::Subscribe(SubscribeRequest {
+                queue: queue.to_string(),
+                prefetch: 1000,
+            }),
+            version,
+        );
+        let (_, response) = client.receive();
+        let Response::Subscribe(answer) = response else {
+            panic!("wrong response")
+        };
+        assert_eq!(answer.error, ErrorCode::None, "{:?}", answer.error_message);
+        let pushes: Vec<DeliverPush> = (0..count).map(|_| client.next_push().1).collect();
+        (client, answer.consumer_id, pushes)
+    };
+    let (old, _, per_message) = receive(0, "runs-v0");
+    let (mut new, consumer, batched) = receive(1, "runs-v1");
+    assert_eq!(old.deliver_frames, count);
+    assert!(
+        old.batch_frames.is_empty(),
+        "a version 0 subscriber gets no DeliverBatch"
+    );
+    assert_eq!(
+        new.deliver_frames, 0,
+        "a version 1 subscriber gets no Deliver"
+    );
+    assert_eq!(new.batch_frames.iter().sum::<usize>(), count);
+    assert!(
+        new.batch_frames.len() < count / 10,
+        "deliveries travel in runs: {:?}",
+        new.batch_frames
+    );
+    let view = |push: &DeliverPush| {
+        let header = push.headers.iter().find(|header| header.key == "n");
+        (
+            body(push),
+            header.and_then(|header| header.value.clone()),
+            push.redelivered,
+        )
+    };
+    for (index, (old, new)) in per_message.iter().zip(&batched).enumerate() {
+        assert_eq!(view(old), view(new), "message {index}");
+        assert_eq!(body(new), format!("m{index}"));
+        assert_eq!(new.routing_key, "runs-v1");
+        assert_eq!(old.routing_key, "runs-v0");
+        assert!(new.timestamp_ms > 0 && old.timestamp_ms > 0);
+    }
+    let tags: Vec<u64> = batched.iter().map(|push| push.delivery_tag).collect();
+    assert!(
+        tags.windows(2).all(|pair| pair[0] < pair[1]),
+        "tags increase"
+    );
+    // Requeue two (one from each end): they come back marked redelivered.
+    for tag in [tags[0], tags[count - 1]] {
+        assert_eq!(
+            ack(&mut new, "runs-v1", consumer, tag, true, true),
+            ErrorCode::None
+        );
+    }
+    let again: Vec<DeliverPush> = (0..2).map(|_| new.next_push().1).collect();
+    assert!(again.iter().all(|push| push.redelivered));
+    let mut bodies: Vec<String> = again.iter().map(body).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["m0".to_string(), format!("m{}", count - 1)]);
+}

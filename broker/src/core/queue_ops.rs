@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use wharf_protocol::batch::Header;
 
 use crate::acl::{Operation, ResourceType};
@@ -18,10 +17,10 @@ use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
-    args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId,
-    ConsumerOptions, DeleteConditions, DeliveryTag, Durability, GetMode, GotMessage, Message,
-    Moved, PublishTicket, Published, QueueError, QueueStats, Requeue, SharedPrefetch,
-    EXCHANGE_HEADER, GET_BYTES_MAX,
+    args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerId, ConsumerOptions,
+    DeleteConditions, Deliveries, DeliveryTag, Durability, GetMode, GotMessage, Message, Moved,
+    PublishTicket, Published, QueueError, QueueStats, Requeue, SharedPrefetch, EXCHANGE_HEADER,
+    GET_BYTES_MAX,
 };
 
 /// A publish.
@@ -591,7 +590,7 @@ impl Broker {
         &self,
         session: &Session,
         query: SubscribeQuery,
-    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
+    ) -> Result<(ConsumerId, Deliveries), QueueError> {
         self.check_queue(session, Operation::Read, &query.queue)?;
         let (consumer, deliveries) = self
             .queues

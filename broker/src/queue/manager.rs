@@ -44,9 +44,8 @@ use crate::queue::publish::{route_names, stamp};
 use crate::queue::store::QueueStore;
 use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
 use crate::queue::types::{
-    AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, DeleteConditions, Durability,
-    GotMessage, Message, Moved, PublishTicket, Published, QueueArgs, QueueError, QueueStats,
-    SessionId,
+    AckTicket, BindingInfo, ConsumerOptions, DeleteConditions, Deliveries, Durability, GotMessage,
+    Message, Moved, PublishTicket, Published, QueueArgs, QueueError, QueueStats, SessionId,
 };
 use crate::storage::{Clock, FlushPolicy, LogConfig, StorageEnv};
 
@@ -662,7 +661,7 @@ impl QueueManager {
         &self,
         queue: &str,
         prefetch: u32,
-    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
+    ) -> Result<(ConsumerId, Deliveries), QueueError> {
         let options = ConsumerOptions {
             prefetch,
             ..ConsumerOptions::default()
@@ -681,7 +680,7 @@ impl QueueManager {
         queue: &str,
         options: ConsumerOptions,
         session: Option<SessionId>,
-    ) -> Result<(ConsumerId, mpsc::Receiver<ConsumerEvent>), QueueError> {
+    ) -> Result<(ConsumerId, Deliveries), QueueError> {
         {
             let registry = self.lock();
             if let Some(owner) = registry.owners.get(queue) {
@@ -721,7 +720,7 @@ impl QueueManager {
             .entry(queue.to_string())
             .or_default()
             .insert(consumer);
-        Ok((consumer, receiver))
+        Ok((consumer, Deliveries::new(receiver)))
     }
 
     /// Stops a consumer for the client without returning its deliveries (AMQP's

@@ -136,26 +136,110 @@ pub struct QueueStore {
     env: StorageEnv,
 }
 
-/// One decoded batch of messages: slot `i` holds the record with offset `base + i`, until
-/// [`QueueStore::take`] hands it out.
+/// The batch read last, as bytes: deliveries go through a batch in id order, so each batch
+/// is read and CRC-checked once, and its records are found by their length prefixes alone
+/// (a delivery hands out the stored record bytes; nothing is decoded).
 #[derive(Debug, Default)]
 struct ReadCache {
-    base: i64,
-    records: Vec<Option<Record>>,
+    base_offset: i64,
+    base_timestamp: i64,
+    /// The batch's records section (uncompressed).
+    section: Bytes,
+    /// Where each record starts in `section`, plus its end (`record_count + 1` entries).
+    starts: Vec<u32>,
+    /// Each record's offset, for a batch whose offsets are not `base_offset + index` (Wharf
+    /// writes queue batches without gaps, so this is `None` for all of its own).
+    offsets: Option<Vec<i64>>,
 }
 
 impl ReadCache {
-    /// The slot holding the record with offset `id`, if it is cached and not taken. Wharf
-    /// writes queue batches without offset gaps, so the slot is found by index; a batch with
-    /// gaps is searched.
-    fn slot(&mut self, id: i64) -> Option<&mut Option<Record>> {
-        let holds = |slot: &Option<Record>| slot.as_ref().is_some_and(|record| record.offset == id);
-        let index = usize::try_from(id.checked_sub(self.base)?)
-            .ok()
-            .filter(|index| self.records.get(*index).is_some_and(holds));
-        match index {
-            Some(index) => self.records.get_mut(index),
-            None => self.records.iter_mut().find(|slot| holds(slot)),
+    /// The index of the record with offset `id`, if this batch holds it.
+    fn index(&self, id: i64) -> Option<usize> {
+        let records = self.starts.len().saturating_sub(1);
+        match &self.offsets {
+            None => usize::try_from(id.checked_sub(self.base_offset)?)
+                .ok()
+                .filter(|index| *index < records),
+            Some(offsets) => offsets.binary_search(&id).ok(),
+        }
+    }
+
+    /// Replaces the cache with `decoded`'s records.
+    fn fill(&mut self, decoded: &batch::Batch, log: &Path) -> Result<()> {
+        let header = decoded.header();
+        if header.attributes.compression_code() != 0 {
+            // Queue batches are written by the broker, uncompressed.
+            return Err(Error::corrupt(
+                log,
+                u64::try_from(header.base_offset).unwrap_or(0),
+                "a queue batch is compressed; the broker writes them uncompressed".to_string(),
+            ));
+        }
+        let section = decoded.as_bytes().slice(batch::BATCH_HEADER_BYTES..);
+        let starts = batch::record_starts(&section, header.record_count)?;
+        let offsets = if i64::from(header.last_offset_delta) + 1 == i64::from(header.record_count) {
+            None
+        } else {
+            Some(
+                decoded
+                    .records()
+                    .map(|record| record.map(|record| record.offset))
+                    .collect::<std::result::Result<Vec<i64>, _>>()?,
+            )
+        };
+        *self = ReadCache {
+            base_offset: header.base_offset,
+            base_timestamp: header.base_timestamp,
+            section,
+            starts,
+            offsets,
+        };
+        Ok(())
+    }
+
+    fn stored(&self, index: usize) -> StoredRecord {
+        StoredRecord {
+            base_offset: self.base_offset,
+            base_timestamp: self.base_timestamp,
+            section: self.section.clone(),
+            range: self.starts[index]..self.starts[index + 1],
+        }
+    }
+}
+
+/// One stored message as bytes: its record (length prefix included) is
+/// `section[range]`, and its offset and timestamp deltas count from `base_offset` and
+/// `base_timestamp`. `section` is shared with the read cache (no copy).
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub base_offset: i64,
+    pub base_timestamp: i64,
+    pub section: Bytes,
+    pub range: std::ops::Range<u32>,
+}
+
+impl StoredRecord {
+    /// The record's bytes, length prefix included.
+    pub fn bytes(&self) -> Bytes {
+        self.section
+            .slice(self.range.start as usize..self.range.end as usize)
+    }
+
+    /// The record, decoded.
+    ///
+    /// # Errors
+    /// A malformed record.
+    pub fn decode(&self) -> Result<Record> {
+        let mut records =
+            batch::Records::of_run(self.bytes(), 1, self.base_offset, self.base_timestamp);
+        match records.next() {
+            Some(record) => Ok(record?),
+            None => Err(Error::InvalidBatch(
+                batch::BatchError::RecordCountMismatch {
+                    declared: 1,
+                    actual: 0,
+                },
+            )),
         }
     }
 }
@@ -442,42 +526,28 @@ impl QueueStore {
     /// # Errors
     /// Storage errors, or `Error::OffsetOutOfRange` if it is gone.
     pub fn read(&self, id: i64) -> Result<Option<Record>> {
-        self.read_with(id, |slot| slot.clone())
+        self.stored(id)?.map(|stored| stored.decode()).transpose()
     }
 
-    /// Reads one message to deliver it: like [`QueueStore::read`], but the record is moved
-    /// out of the read cache rather than copied (a delivery reads each message once; a
-    /// redelivery reads its batch again).
+    /// One message as its stored record bytes, to deliver it without decoding it.
     ///
     /// # Errors
     /// As [`QueueStore::read`].
-    pub fn take(&self, id: i64) -> Result<Option<Record>> {
-        self.read_with(id, Option::take)
-    }
-
-    fn read_with(
-        &self,
-        id: i64,
-        out: impl Fn(&mut Option<Record>) -> Option<Record>,
-    ) -> Result<Option<Record>> {
+    pub fn stored(&self, id: i64) -> Result<Option<StoredRecord>> {
         let mut cache = self
             .read_cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(slot) = cache.slot(id) {
-            return Ok(out(slot));
+        if let Some(index) = cache.index(id) {
+            return Ok(Some(cache.stored(index)));
         }
         // Messages never change once written, so the cache is only ever replaced.
-        cache.records.clear();
         let read = self.messages.read(id, 1)?;
-        if let Some(decoded) = batch::batches(read.bytes).next() {
-            let decoded = decoded?;
-            cache.base = decoded.header().base_offset;
-            for record in decoded.records() {
-                cache.records.push(Some(record?));
-            }
-        }
-        Ok(cache.slot(id).and_then(out))
+        let Some(decoded) = batch::batches(read.bytes).next() else {
+            return Ok(None);
+        };
+        cache.fill(&decoded?, &self.dir.join("messages"))?;
+        Ok(cache.index(id).map(|index| cache.stored(index)))
     }
 
     /// Writes an ack-state checkpoint, then deletes ack-log segments it covers and message
@@ -637,21 +707,32 @@ mod tests {
     }
 
     #[test]
-    fn take_moves_a_record_out_and_a_second_read_decodes_its_batch_again() {
+    fn stored_records_are_slices_of_their_batch_that_decode_to_the_message() {
         let (env, _fs, _clock) = sim_env(1_000);
-        let store = QueueStore::open(Path::new("/data/queues/take"), config(), env).unwrap();
+        let store = QueueStore::open(Path::new("/data/queues/stored"), config(), env).unwrap();
         let first = publish_batch(&store, "a", 3);
-        let body = |record: Option<Record>| {
-            String::from_utf8(record.expect("stored").value.unwrap().to_vec()).unwrap()
+        let second = publish_batch(&store, "b", 2);
+        let stored = |id: i64| store.stored(id).unwrap().expect("stored");
+        let body = |stored: &StoredRecord| {
+            String::from_utf8(stored.decode().unwrap().value.unwrap().to_vec()).unwrap()
         };
-        assert_eq!(body(store.take(first + 1).unwrap()), "a-1");
-        // Taken from the cache, still in the log: a redelivery reads it again.
-        assert_eq!(body(store.read(first + 1).unwrap()), "a-1");
-        assert_eq!(body(store.take(first + 1).unwrap()), "a-1");
-        assert_eq!(body(store.take(first).unwrap()), "a-0");
-        assert_eq!(body(store.read(first + 2).unwrap()), "a-2");
-        assert_eq!(body(store.take(first + 2).unwrap()), "a-2");
-        assert!(store.take(first + 3).unwrap().is_none(), "past the end");
+        let (a0, a1, a2) = (stored(first), stored(first + 1), stored(first + 2));
+        assert_eq!(
+            (body(&a0), body(&a1), body(&a2)),
+            ("a-0".into(), "a-1".into(), "a-2".into())
+        );
+        // One batch: the same base, adjacent ranges covering the records section.
+        assert_eq!((a0.base_offset, a1.base_offset), (first, first));
+        assert_eq!(a0.range.end, a1.range.start);
+        assert_eq!(a1.range.end, a2.range.start);
+        assert_eq!(a2.range.end as usize, a2.section.len());
+        assert_eq!(a1.decode().unwrap().offset, first + 1);
+        // Another batch, then back: the first batch is read again, same bytes.
+        let b1 = stored(second + 1);
+        assert_eq!((b1.base_offset, body(&b1)), (second, "b-1".to_string()));
+        assert_eq!(stored(first + 1).bytes(), a1.bytes());
+        assert_eq!(store.read(second).unwrap().unwrap().offset, second);
+        assert!(store.stored(second + 2).unwrap().is_none(), "past the end");
     }
 
     #[test]

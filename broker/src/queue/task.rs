@@ -40,9 +40,9 @@ use crate::queue::delivery::{
 use crate::queue::manager::QueueManager;
 use crate::queue::pipeline::Pipeline;
 use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
-use crate::queue::store::QueueStore;
+use crate::queue::store::{QueueStore, StoredRecord};
 use crate::queue::types::{
-    ConsumerEvent, ConsumerOptions, DeleteConditions, Delivered, Durability, GotMessage, Message,
+    ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Durability, GotMessage, Message,
     Precondition, QueueArgs, QueueError, QueueStats, EXPIRATION_HEADER,
 };
 use crate::storage::Clock;
@@ -130,7 +130,7 @@ pub(crate) enum Control {
     Subscribe(
         ConsumerId,
         ConsumerOptions,
-        mpsc::Sender<ConsumerEvent>,
+        mpsc::Sender<ConsumerPush>,
         oneshot::Sender<Result<(), QueueError>>,
     ),
     /// Checks a delete's conditions and, if they hold, retires the queue (no consumer is
@@ -189,7 +189,7 @@ pub(crate) struct QueueTask {
     store: Arc<QueueStore>,
     state: DeliveryState,
     delays: DelayQueue,
-    consumers: HashMap<ConsumerId, mpsc::Sender<ConsumerEvent>>,
+    consumers: HashMap<ConsumerId, mpsc::Sender<ConsumerPush>>,
     ttl_ms: Option<u64>,
     /// The dead-letter exchange and routing key, if the queue has one.
     dead_letter_target: Option<(String, Option<String>)>,
@@ -469,7 +469,7 @@ impl QueueTask {
         &mut self,
         consumer: ConsumerId,
         options: ConsumerOptions,
-        sender: mpsc::Sender<ConsumerEvent>,
+        sender: mpsc::Sender<ConsumerPush>,
     ) -> Result<(), QueueError> {
         if self.retiring {
             return Err(QueueError::UnknownQueue(self.name.clone()));
@@ -1148,42 +1148,48 @@ impl QueueTask {
 
     /// Carries out actions: deliveries go to consumers, settled and dead-lettered messages
     /// are recorded (durable once the settle pipeline's fsync completes).
+    ///
+    /// Deliveries leave as runs (issue #15): a consumer's deliveries of messages stored in
+    /// one batch become one [`DeliveredRun`] holding their stored record bytes, one channel
+    /// send for the lot. Each consumer's runs leave in tag order; a consumer found gone has
+    /// its deliveries returned to the queue after all runs are out, so that redispatching
+    /// them never overtakes another consumer's run still being built.
     async fn apply(&mut self, actions: Vec<Action>) -> Result<(), QueueError> {
         self.record_deliveries(&actions);
         let mut settled = Vec::new();
         let mut returned = Vec::new();
+        let mut runs: Vec<RunBuilder> = Vec::new();
+        let mut gone: Vec<ConsumerId> = Vec::new();
         for action in actions {
             match action {
                 Action::Deliver(delivery) => {
-                    let record = match self.store.take(delivery.message) {
-                        Ok(Some(record)) => record,
-                        _ => continue,
-                    };
-                    let delivered = Delivered {
-                        consumer: delivery.consumer,
-                        tag: delivery.tag,
-                        redelivered: delivery.redelivered,
-                        record,
-                    };
-                    // The channel holds the consumer's prefetch window plus one, so it is never
-                    // full here; an error means the consumer is gone.
-                    let gone = match self.consumers.get(&delivery.consumer) {
-                        Some(sender) => {
-                            sender.try_send(ConsumerEvent::Delivery(delivered)).is_err()
+                    let stored = match self.store.stored(delivery.message) {
+                        Ok(Some(stored)) => stored,
+                        Ok(None) => continue,
+                        Err(error) => {
+                            tracing::warn!(
+                                queue = self.name,
+                                id = delivery.message,
+                                %error,
+                                "cannot read a message to deliver"
+                            );
+                            continue;
                         }
-                        None => true,
                     };
-                    if !gone {
-                        self.counters.delivered += 1;
-                        if delivery.redelivered {
-                            self.counters.redelivered += 1;
+                    let mark = (delivery.tag, delivery.redelivered);
+                    match runs
+                        .iter_mut()
+                        .find(|run| run.consumer == delivery.consumer)
+                    {
+                        Some(run) if run.takes(&stored) => run.push(mark, &stored),
+                        Some(run) => {
+                            let full = std::mem::replace(
+                                run,
+                                RunBuilder::start(delivery.consumer, mark, &stored),
+                            );
+                            self.send_run(full, &mut gone);
                         }
-                    }
-                    if gone {
-                        // The consumer went away: its deliveries return to the queue.
-                        self.consumers.remove(&delivery.consumer);
-                        let returned = self.state.remove_consumer(delivery.consumer);
-                        Box::pin(self.apply(returned)).await?;
+                        None => runs.push(RunBuilder::start(delivery.consumer, mark, &stored)),
                     }
                 }
                 Action::Settle(id) => settled.push(id),
@@ -1208,6 +1214,16 @@ impl QueueTask {
                 Action::Returned(id, deliveries) => returned.push((id, deliveries)),
             }
         }
+        for run in runs {
+            self.send_run(run, &mut gone);
+        }
+        for consumer in gone {
+            // The consumer went away: its deliveries (those just sent included) return to
+            // the queue.
+            self.consumers.remove(&consumer);
+            let returned = self.state.remove_consumer(consumer);
+            Box::pin(self.apply(returned)).await?;
+        }
         if let Err(error) = self
             .store
             .record_delivery_counts(&returned, self.clock.now_ms())
@@ -1219,16 +1235,39 @@ impl QueueTask {
         self.settle(&settled).await
     }
 
+    /// Hands a run to its consumer; notes the consumer in `gone` if it went away.
+    fn send_run(&mut self, run: RunBuilder, gone: &mut Vec<ConsumerId>) {
+        let consumer = run.consumer;
+        if gone.contains(&consumer) {
+            return;
+        }
+        let run = run.finish();
+        let count = run.marks.len() as u64;
+        let redelivered = run.marks.iter().filter(|(_, again)| *again).count() as u64;
+        // The channel holds the consumer's prefetch window plus one and a run holds one
+        // delivery at least, so it is never full here; an error means the consumer is gone.
+        let sent = self
+            .consumers
+            .get(&consumer)
+            .is_some_and(|sender| sender.try_send(ConsumerPush::Run(run)).is_ok());
+        if sent {
+            self.counters.delivered += count;
+            self.counters.redelivered += redelivered;
+        } else {
+            gone.push(consumer);
+        }
+    }
+
     /// Ends a consumer's channel here, whoever cancelled it (its deliveries are back in the
     /// queue, or about to be). The broker's own cancels tell the consumer why; after an ack
     /// timeout the manager's registry forgets it too.
     fn cancel_consumer(&mut self, consumer: ConsumerId, reason: CancelReason) {
         let sender = self.consumers.remove(&consumer);
-        let tell = |sender: Option<mpsc::Sender<ConsumerEvent>>| {
+        let tell = |sender: Option<mpsc::Sender<ConsumerPush>>| {
             if let Some(sender) = sender {
                 // The channel keeps a slot beyond the window for this; a closed channel means
                 // the consumer is gone and there is nobody to tell.
-                let _ = sender.try_send(ConsumerEvent::Cancelled(reason));
+                let _ = sender.try_send(ConsumerPush::Cancelled(reason));
             }
         };
         match reason {
@@ -1405,5 +1444,65 @@ fn delivery_error(error: DeliveryError) -> QueueError {
             queue: String::new(),
             limit,
         },
+    }
+}
+
+/// A [`DeliveredRun`] being gathered: one consumer's deliveries of messages from one stored
+/// batch, as ranges of that batch's records section (adjacent ones merged, so a run of
+/// consecutive messages is one slice of the stored bytes and is never copied).
+struct RunBuilder {
+    consumer: ConsumerId,
+    base_offset: i64,
+    base_timestamp: i64,
+    section: Bytes,
+    ranges: Vec<std::ops::Range<u32>>,
+    marks: Vec<(DeliveryTag, bool)>,
+}
+
+impl RunBuilder {
+    fn start(consumer: ConsumerId, mark: (DeliveryTag, bool), stored: &StoredRecord) -> RunBuilder {
+        RunBuilder {
+            consumer,
+            base_offset: stored.base_offset,
+            base_timestamp: stored.base_timestamp,
+            section: stored.section.clone(),
+            ranges: vec![stored.range.clone()],
+            marks: vec![mark],
+        }
+    }
+
+    /// Whether `stored` comes from this run's batch (a stored batch never changes, so
+    /// its base offset names its bytes, whichever read of them `stored` slices).
+    fn takes(&self, stored: &StoredRecord) -> bool {
+        stored.base_offset == self.base_offset
+    }
+
+    fn push(&mut self, mark: (DeliveryTag, bool), stored: &StoredRecord) {
+        self.marks.push(mark);
+        match self.ranges.last_mut() {
+            Some(last) if last.end == stored.range.start => last.end = stored.range.end,
+            _ => self.ranges.push(stored.range.clone()),
+        }
+    }
+
+    fn finish(self) -> DeliveredRun {
+        let records = match self.ranges.as_slice() {
+            [only] => self.section.slice(only.start as usize..only.end as usize),
+            ranges => {
+                let bytes = ranges.iter().map(|range| range.len()).sum();
+                let mut out = BytesMut::with_capacity(bytes);
+                for range in ranges {
+                    out.extend_from_slice(&self.section[range.start as usize..range.end as usize]);
+                }
+                out.freeze()
+            }
+        };
+        DeliveredRun {
+            consumer: self.consumer,
+            base_offset: self.base_offset,
+            base_timestamp: self.base_timestamp,
+            marks: self.marks,
+            records,
+        }
     }
 }

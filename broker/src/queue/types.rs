@@ -6,8 +6,8 @@
 //! dispatch share them. Must never depend on the manager or the task.
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
-use wharf_protocol::batch::{Header, Record};
+use tokio::sync::{mpsc, oneshot};
+use wharf_protocol::batch::{BatchError, Header, Record, Records};
 
 use crate::queue::delivery::{CancelReason, ConsumerId, DeliveryTag, Overflow};
 
@@ -152,7 +152,8 @@ pub enum Durability {
     Transient,
 }
 
-/// What a consumer's channel carries: deliveries, then possibly why the broker cancelled it.
+/// What a consumer receives, one message at a time ([`Deliveries::recv`]): deliveries,
+/// then possibly why the broker cancelled it.
 #[derive(Debug, Clone)]
 pub enum ConsumerEvent {
     /// A message for the consumer.
@@ -160,6 +161,16 @@ pub enum ConsumerEvent {
     /// The broker cancelled the consumer; nothing follows. After an ack timeout its
     /// unacknowledged deliveries (those still in the channel included) are back in the
     /// queue; after a queue delete they are gone with the queue.
+    Cancelled(CancelReason),
+}
+
+/// What a consumer's channel carries, as the queue task sends it: runs of deliveries as
+/// stored bytes ([`Deliveries::recv_push`]), then possibly why the broker cancelled it.
+#[derive(Debug, Clone)]
+pub enum ConsumerPush {
+    /// Messages for the consumer.
+    Run(DeliveredRun),
+    /// As [`ConsumerEvent::Cancelled`].
     Cancelled(CancelReason),
 }
 
@@ -174,6 +185,130 @@ pub struct Delivered {
     pub redelivered: bool,
     /// The stored record (key = routing key, headers include `x-exchange`).
     pub record: Record,
+}
+
+/// Deliveries to one consumer of messages stored in one batch, as the stored record bytes
+/// (issue #15): the queue task hands them out without decoding them, and a front end that
+/// ships bytes (the native `DeliverBatch` push) sends them as they are. `records` holds one
+/// record per mark, in order, in the RecordBatch v2 record encoding, with offset and
+/// timestamp deltas counted from `base_offset` and `base_timestamp`.
+#[derive(Debug, Clone)]
+pub struct DeliveredRun {
+    /// The consumer they are for.
+    pub consumer: ConsumerId,
+    pub base_offset: i64,
+    pub base_timestamp: i64,
+    /// Per delivery: its tag and whether it was delivered before.
+    pub marks: Vec<(DeliveryTag, bool)>,
+    pub records: Bytes,
+}
+
+impl DeliveredRun {
+    /// The deliveries, decoded one by one (keys, values and header values are slices of
+    /// `records`); a malformed record is an error, and nothing follows it.
+    pub fn deliveries(&self) -> impl Iterator<Item = Result<Delivered, BatchError>> + '_ {
+        let count = i32::try_from(self.marks.len()).unwrap_or(i32::MAX);
+        let records = Records::of_run(
+            self.records.clone(),
+            count,
+            self.base_offset,
+            self.base_timestamp,
+        );
+        self.marks
+            .iter()
+            .zip(records)
+            .map(|(&(tag, redelivered), record)| {
+                record.map(|record| Delivered {
+                    consumer: self.consumer,
+                    tag,
+                    redelivered,
+                    record,
+                })
+            })
+    }
+}
+
+/// A consumer's end of its channel. Take either whole runs ([`Deliveries::recv_push`]) or
+/// one message at a time ([`Deliveries::recv`]), not both: a run `recv` started is finished
+/// by `recv` only.
+#[derive(Debug)]
+pub struct Deliveries {
+    receiver: mpsc::Receiver<ConsumerPush>,
+    /// The deliveries `recv` took out of a run and has not handed out yet.
+    pending: std::collections::VecDeque<Delivered>,
+}
+
+impl Deliveries {
+    pub(crate) fn new(receiver: mpsc::Receiver<ConsumerPush>) -> Deliveries {
+        Deliveries {
+            receiver,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next message (or the cancel); `None` once the consumer ended and all is taken.
+    pub async fn recv(&mut self) -> Option<ConsumerEvent> {
+        loop {
+            if let Some(delivered) = self.pending.pop_front() {
+                return Some(ConsumerEvent::Delivery(delivered));
+            }
+            let push = self.receiver.recv().await?;
+            if let Some(event) = self.unpack(push) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Like [`Deliveries::recv`], without waiting.
+    ///
+    /// # Errors
+    /// `Empty` when nothing is waiting, `Disconnected` once the consumer ended.
+    pub fn try_recv(&mut self) -> Result<ConsumerEvent, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(delivered) = self.pending.pop_front() {
+                return Ok(ConsumerEvent::Delivery(delivered));
+            }
+            let push = self.receiver.try_recv()?;
+            if let Some(event) = self.unpack(push) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next run of deliveries as stored bytes (or the cancel).
+    pub async fn recv_push(&mut self) -> Option<ConsumerPush> {
+        self.receiver.recv().await
+    }
+
+    /// Like [`Deliveries::recv_push`], without waiting.
+    ///
+    /// # Errors
+    /// As [`Deliveries::try_recv`].
+    pub fn try_recv_push(&mut self) -> Result<ConsumerPush, mpsc::error::TryRecvError> {
+        self.receiver.try_recv()
+    }
+
+    /// Decodes a run into `pending`; returns the cancel, if that is what came.
+    fn unpack(&mut self, push: ConsumerPush) -> Option<ConsumerEvent> {
+        match push {
+            ConsumerPush::Cancelled(reason) => Some(ConsumerEvent::Cancelled(reason)),
+            ConsumerPush::Run(run) => {
+                for delivered in run.deliveries() {
+                    match delivered {
+                        Ok(delivered) => self.pending.push_back(delivered),
+                        Err(error) => {
+                            // The store found the record's bounds, so this is damage
+                            // inside one record; it stays unacknowledged at this consumer
+                            // and comes back when the consumer goes.
+                            tracing::warn!(%error, "a stored queue message does not decode");
+                            break;
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
 }
 
 /// The outcome of a publish.

@@ -170,6 +170,81 @@ impl Records {
 }
 
 impl Records {
+    /// The records of a run: `count` encoded records taken out of a batch (its records
+    /// section, or a selection of its records, each with its length prefix), whose deltas
+    /// count from `base_offset` and `base_timestamp` (create time). Errors as for a batch's
+    /// records: a malformed record, fewer records or trailing bytes.
+    pub fn of_run(bytes: Bytes, count: i32, base_offset: i64, base_timestamp: i64) -> Records {
+        Records::new(
+            bytes,
+            RecordsContext {
+                record_count: count,
+                base_offset,
+                base_timestamp,
+                log_append_time_ms: None,
+                refusal: None,
+            },
+        )
+    }
+}
+
+/// Where each of the `count` records of an (uncompressed) records section starts, plus
+/// the end of the last: `count + 1` positions, found from the length prefixes alone
+/// (nothing inside a record is decoded). Record `i` is `records[starts[i]..starts[i + 1]]`,
+/// length prefix included.
+///
+/// # Errors
+/// [`BatchError::Truncated`] for a record that runs past the end, a negative length,
+/// [`BatchError::RecordCountMismatch`] or [`BatchError::TrailingBytes`] for a section that
+/// holds another number of records.
+pub fn record_starts(records: &Bytes, count: i32) -> Result<Vec<u32>, BatchError> {
+    if u32::try_from(records.len()).is_err() {
+        return Err(BatchError::TrailingBytes {
+            field: "records",
+            extra_bytes: records.len() - u32::MAX as usize,
+        });
+    }
+    let expected = usize::try_from(count).unwrap_or(0);
+    // Every record takes at least 7 bytes, so a count the bytes cannot hold cannot size a
+    // larger allocation than the bytes themselves.
+    let mut starts = Vec::with_capacity(expected.min(records.len() / 7) + 1);
+    let mut reader = Reader {
+        bytes: records,
+        position: 0,
+        end: records.len(),
+    };
+    starts.push(0);
+    for read in 0..expected {
+        if reader.position == reader.end {
+            return Err(BatchError::RecordCountMismatch {
+                declared: count,
+                actual: i32::try_from(read).unwrap_or(i32::MAX),
+            });
+        }
+        let length = reader.varint("record length")?;
+        let body_bytes = non_negative(length, "record length")?;
+        let body_end = reader.position.saturating_add(body_bytes);
+        if body_end > reader.end {
+            return Err(BatchError::Truncated {
+                field: "record",
+                need_bytes: body_bytes,
+                have_bytes: reader.end - reader.position,
+            });
+        }
+        reader.position = body_end;
+        // Within the u32 range checked above.
+        starts.push(body_end as u32);
+    }
+    if reader.position != reader.end {
+        return Err(BatchError::TrailingBytes {
+            field: "records",
+            extra_bytes: reader.end - reader.position,
+        });
+    }
+    Ok(starts)
+}
+
+impl Records {
     /// The next record together with its encoded bytes (length prefix included, a slice of
     /// the records section), so a rewriter can copy the records it keeps unchanged. Same
     /// sequence and errors as [`Iterator::next`].

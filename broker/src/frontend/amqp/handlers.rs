@@ -25,8 +25,8 @@ use crate::core::queue_ops::{
 };
 use crate::core::PublishCompletion;
 use crate::core::{
-    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, DeliveryTag, Durability,
-    GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
+    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, Deliveries, DeliveryTag,
+    Durability, GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -1619,7 +1619,7 @@ async fn forward_deliveries(
     (queue, consumer_tag): (Arc<str>, String),
     consumer: ConsumerId,
     no_ack: bool,
-    mut events: mpsc::Receiver<ConsumerEvent>,
+    mut events: Deliveries,
     started: oneshot::Receiver<()>,
 ) {
     let _ = started.await;
@@ -1846,7 +1846,7 @@ async fn return_undelivered(
     queue: &str,
     consumer: ConsumerId,
     mut tags: Vec<DeliveryTag>,
-    mut events: mpsc::Receiver<ConsumerEvent>,
+    mut events: Deliveries,
 ) {
     while let Some(event) = events.recv().await {
         if let ConsumerEvent::Delivery(delivered) = event {

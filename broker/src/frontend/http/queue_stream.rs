@@ -21,11 +21,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::core::{AckScope, ConsumerEvent, DeliveryTag, Settle, SettleQuery};
+use crate::core::{AckScope, ConsumerEvent, Deliveries, DeliveryTag, Settle, SettleQuery};
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::frontend::http::websocket::{delivery_json, QueueConsumer, QueueSocketQuery};
 use crate::frontend::http::{Caller, Http, Shared};
@@ -84,7 +84,7 @@ pub async fn queue_stream(
 /// the consumer is cancelled and what it holds unacknowledged returns to the queue.
 struct QueueReader {
     consumer: QueueConsumer,
-    deliveries: mpsc::Receiver<ConsumerEvent>,
+    deliveries: Deliveries,
     shutdown: watch::Receiver<bool>,
     /// The tag of the delivery handed to the connection last, not yet acknowledged.
     handed_out: Option<u64>,

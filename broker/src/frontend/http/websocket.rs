@@ -24,14 +24,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::core::{
-    AckScope, Broker, ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Requeue, Session, Settle,
-    SettleQuery, SubscribeQuery,
+    AckScope, Broker, ConsumerEvent, ConsumerId, Delivered, Deliveries, DeliveryTag, Requeue,
+    Session, Settle, SettleQuery, SubscribeQuery,
 };
 use crate::frontend::http::error::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::frontend::http::group_stream::{GroupItem, GroupStreamQuery, Member};
@@ -253,7 +253,7 @@ impl QueueConsumer {
         caller: &Caller,
         queue: String,
         query: &QueueSocketQuery,
-    ) -> Result<(QueueConsumer, mpsc::Receiver<ConsumerEvent>), ApiError> {
+    ) -> Result<(QueueConsumer, Deliveries), ApiError> {
         let broker = http.broker()?.clone();
         let prefetch = query.prefetch.unwrap_or(PREFETCH_DEFAULT);
         if !(1..=PREFETCH_MAX).contains(&prefetch) {
@@ -333,7 +333,7 @@ pub async fn queue_socket(
 async fn consume_queue(
     mut socket: WebSocket,
     consumer: QueueConsumer,
-    mut deliveries: mpsc::Receiver<ConsumerEvent>,
+    mut deliveries: Deliveries,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

@@ -20,11 +20,11 @@ use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
 use crate::core::{
     self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
-    ConsumerEvent, ConsumerId, Delivered, DeliveryTag, Durability, Execution, Existing, FetchQuery,
-    GetMode, GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState, NewTopic,
-    OffsetEntry, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery, PublishOutcome,
-    PublishQuery, QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery, StreamError,
-    SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer,
+    ConsumerId, ConsumerPush, Delivered, Deliveries, DeliveryTag, Durability, Execution, Existing,
+    FetchQuery, GetMode, GroupAdminError, GroupSummary, Heartbeat, Mandatory, MemberState,
+    NewTopic, OffsetEntry, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
+    PublishOutcome, PublishQuery, QueueError, Requeue, ResetTarget, Session, Settle, SettleQuery,
+    StreamError, SubscribeQuery, TopicInfo, TopicQuery, TxnEnd, TxnError, TxnOffsets, TxnProducer,
     REQUEST_NAMES_MAX,
 };
 use crate::frontend::native::{acls, cluster, error_code, sasl};
@@ -247,6 +247,11 @@ pub async fn handle(
             ApiKey::Deliver,
             ErrorCode::InvalidRequest,
             "clients cannot send Deliver".to_string(),
+        )),
+        Request::DeliverBatch(_) => ready(Response::error_only(
+            ApiKey::DeliverBatch,
+            ErrorCode::InvalidRequest,
+            "clients cannot send DeliverBatch".to_string(),
         )),
         Request::ConsumerCancelled(_) => ready(Response::error_only(
             ApiKey::ConsumerCancelled,
@@ -1377,11 +1382,17 @@ async fn subscribe(
             }
         }
     };
+    // Subscribe v1 takes deliveries as runs of stored records (issue #15).
+    let shape = if header.api_version >= 1 {
+        PushShape::Runs
+    } else {
+        PushShape::PerMessage
+    };
     tokio::spawn(forward_deliveries(
         deliveries,
         (broker.clone(), connection.session.clone()),
         connection.push.clone(),
-        consumer_id,
+        (consumer_id, shape),
         queue,
         header.correlation_id,
     ));
@@ -1395,16 +1406,25 @@ async fn subscribe(
 /// them to the connection (one message at least).
 const PUSH_GATHER_BYTES: usize = 256 * 1024;
 
-/// Encodes a consumer's events as Deliver and ConsumerCancelled pushes (with the Subscribe's
-/// correlation id) into the connection's push channel, until the consumer ends or the
-/// connection goes (its consumers are cancelled as it closes). Whatever deliveries are
-/// waiting go out together: one buffer of consecutive frames (up to [`PUSH_GATHER_BYTES`]),
-/// one channel send and one write, not one per message.
+/// How a consumer's deliveries are pushed: as they are stored (`DeliverBatch`, to a
+/// Subscribe at version 1) or one `Deliver` frame each (version 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PushShape {
+    Runs,
+    PerMessage,
+}
+
+/// Encodes a consumer's pushes (with the Subscribe's correlation id) into the connection's
+/// push channel, until the consumer ends or the connection goes (its consumers are
+/// cancelled as it closes). Whatever is waiting goes out together: one buffer of
+/// consecutive frames (up to [`PUSH_GATHER_BYTES`]), one channel send and one write. A run
+/// of deliveries becomes one `DeliverBatch` frame carrying the stored record bytes as they
+/// are, or one `Deliver` frame per message for a version 0 subscriber.
 async fn forward_deliveries(
-    mut deliveries: tokio::sync::mpsc::Receiver<ConsumerEvent>,
+    mut deliveries: Deliveries,
     (broker, session): (Arc<Broker>, Arc<Session>),
     push: tokio::sync::mpsc::Sender<BytesMut>,
-    consumer_id: u64,
+    (consumer_id, shape): (u64, PushShape),
     queue: String,
     correlation_id: u32,
 ) {
@@ -1413,23 +1433,58 @@ async fn forward_deliveries(
         api_version: 0,
         correlation_id,
     };
+    let batch_header = FrameHeader {
+        api_key: ApiKey::DeliverBatch.code(),
+        ..push_header
+    };
     let cancelled_header = FrameHeader {
         api_key: ApiKey::ConsumerCancelled.code(),
         ..push_header
     };
-    while let Some(first) = deliveries.recv().await {
-        let mut out = BytesMut::new();
+    while let Some(first) = deliveries.recv_push().await {
+        // Sized for the first run as a DeliverBatch (frame, fixed fields, 9 bytes a mark),
+        // so encoding it never regrows the buffer.
+        let first_bytes = match &first {
+            ConsumerPush::Run(run) => run.records.len() + 9 * run.marks.len() + 64,
+            ConsumerPush::Cancelled(_) => 256,
+        };
+        let mut out = BytesMut::with_capacity(first_bytes.min(PUSH_GATHER_BYTES));
         let mut next = Some(first);
         let mut last = false;
-        while let Some(event) = next.take() {
-            match event {
-                ConsumerEvent::Delivery(delivered) => {
-                    let pushed = deliver_push(consumer_id, delivered);
-                    wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
+        while let Some(pushed) = next.take() {
+            match pushed {
+                ConsumerPush::Run(run) if shape == PushShape::Runs => {
+                    let pushed = DeliverBatchPush {
+                        consumer_id,
+                        base_offset: run.base_offset,
+                        base_timestamp: run.base_timestamp,
+                        marks: run
+                            .marks
+                            .iter()
+                            .map(|&(tag, redelivered)| DeliveryMark {
+                                delivery_tag: tag.0,
+                                redelivered,
+                            })
+                            .collect(),
+                        records: run.records,
+                    };
+                    wharf_protocol::frame::encode_frame(batch_header, &mut out, |body| {
                         pushed.encode(body)
                     });
                 }
-                ConsumerEvent::Cancelled(reason) => {
+                ConsumerPush::Run(run) => {
+                    for delivered in run.deliveries() {
+                        let Ok(delivered) = delivered else {
+                            tracing::warn!(queue, "a stored queue message does not decode");
+                            break;
+                        };
+                        let pushed = deliver_push(consumer_id, delivered);
+                        wharf_protocol::frame::encode_frame(push_header, &mut out, |body| {
+                            pushed.encode(body)
+                        });
+                    }
+                }
+                ConsumerPush::Cancelled(reason) => {
                     let error = match reason {
                         CancelReason::AckTimeout => ErrorCode::AckTimeout,
                         CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
@@ -1456,7 +1511,7 @@ async fn forward_deliveries(
                 }
             }
             if out.len() < PUSH_GATHER_BYTES {
-                next = deliveries.try_recv().ok();
+                next = deliveries.try_recv_push().ok();
             }
         }
         let pushed_bytes = out.len() as u64;

@@ -852,17 +852,34 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
             let mut unacked = 0u64;
             let mut last = None;
             let mut last_record = Instant::now();
+            let mut progressed = false;
             // Acks in flight, oldest first: the consumer goes on while the broker fsyncs.
             let mut acks = std::collections::VecDeque::new();
             while received.load(Ordering::Relaxed) < target {
-                let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await else {
-                    if last_record.elapsed() >= CONSUMER_IDLE_TIMEOUT {
-                        break;
+                // What has arrived is taken without a timer; only an empty subscriber waits,
+                // and then at most POLL_TIMEOUT before checking whether the run is over.
+                let delivery = match subscriber.try_next() {
+                    Some(delivery) => {
+                        progressed = true;
+                        delivery
                     }
-                    continue;
+                    None => {
+                        if progressed {
+                            last_record = Instant::now();
+                            progressed = false;
+                        }
+                        let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await
+                        else {
+                            if last_record.elapsed() >= CONSUMER_IDLE_TIMEOUT {
+                                break;
+                            }
+                            continue;
+                        };
+                        let Some(delivery) = next? else { break };
+                        last_record = Instant::now();
+                        delivery
+                    }
                 };
-                let Some(delivery) = next? else { break };
-                last_record = Instant::now();
                 received.fetch_add(1, Ordering::Relaxed);
                 unacked += 1;
                 if unacked >= ack_every {
