@@ -75,11 +75,17 @@ pub struct AckState {
 impl AckState {
     /// Marks `id` settled; false if it already was.
     pub fn settle(&mut self, id: i64) -> bool {
+        if id == self.low_water {
+            // The usual case, acks in id order: no set insert and remove per message.
+            self.low_water += 1;
+            while self.settled_above.first() == Some(&self.low_water) {
+                self.settled_above.pop_first();
+                self.low_water += 1;
+            }
+            return true;
+        }
         if id < self.low_water || !self.settled_above.insert(id) {
             return false;
-        }
-        while self.settled_above.remove(&self.low_water) {
-            self.low_water += 1;
         }
         true
     }
