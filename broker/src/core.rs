@@ -22,6 +22,7 @@ pub mod acl_ops;
 pub mod alarm;
 pub mod auth_ops;
 pub mod cluster_ops;
+mod cluster_sync;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -165,6 +166,8 @@ pub struct Broker {
     user_connections: Arc<quota::UserConnections>,
     /// This node's metadata log (issue #20), attached by the server once it started.
     cluster: std::sync::OnceLock<crate::cluster::raft::Cluster>,
+    /// Definitions go through the metadata log (a node started with peers, issue #20).
+    cluster_replicated: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -268,6 +271,7 @@ impl Broker {
             quotas: quota::Quotas::new(&config.quotas),
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
             cluster: std::sync::OnceLock::new(),
+            cluster_replicated: std::sync::atomic::AtomicBool::new(false),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period

@@ -276,7 +276,8 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             if let Some(addr) = node.listen_addr {
                 tracing::info!(%addr, node_id = config.node_id, "cluster listener listening");
             }
-            broker.attach_cluster(node.cluster);
+            broker.attach_cluster(node.cluster, !config.cluster_peers.is_empty());
+            tokio::spawn(broker.clone().follow_metadata(shutdown_rx.clone()));
         }
         Err(error) => {
             let _ = shutdown.send(true);

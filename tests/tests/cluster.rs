@@ -232,3 +232,121 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
     assert!(message.contains("belongs to node 1"), "{message}");
     assert!(message.contains("--node-id 1"), "{message}");
 }
+
+/// The topics (name and partition count) and queues (name) `broker` lists.
+fn catalog(broker: &str) -> (Vec<(String, u64)>, Vec<String>) {
+    let listed = |args: &[&str]| -> Vec<Value> {
+        let output = wharf(broker, args, "");
+        assert!(
+            output.status.success(),
+            "{args:?} on {broker}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("a JSON list")
+    };
+    let mut topics: Vec<(String, u64)> = listed(&["--json", "topic", "list"])
+        .iter()
+        .map(|topic| {
+            (
+                topic["name"].as_str().expect("a name").to_string(),
+                topic["partitions"].as_u64().expect("a count"),
+            )
+        })
+        .collect();
+    topics.sort();
+    let mut queues: Vec<String> = listed(&["--json", "queue", "list"])
+        .iter()
+        .map(|queue| queue["name"].as_str().expect("a name").to_string())
+        .collect();
+    queues.sort();
+    (topics, queues)
+}
+
+/// Waits until every node in `brokers` lists exactly `topics` and `queues`.
+fn catalogs_agree(brokers: &[String], topics: &[(&str, u64)], queues: &[&str], what: &str) {
+    let wanted = (
+        topics
+            .iter()
+            .map(|(name, partitions)| (name.to_string(), *partitions))
+            .collect::<Vec<_>>(),
+        queues.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<_> = brokers.iter().map(|broker| catalog(broker)).collect();
+        if seen.iter().all(|catalog| *catalog == wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the nodes did not all list {wanted:?} within 30 s: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was_down() {
+    // Goal: issue #20's replicated definitions. A topic created on one node and a durable
+    // queue declared on another go through the metadata log and appear on every node; the
+    // log decides a conflicting create (TopicExists on another node); a node SIGKILLed while
+    // a topic is created gets it when it comes back; deletes reach every node.
+    let root = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<BrokerProcess> = (1..=3)
+        .map(|id| start_node(&root.path().join(format!("node-{id}")), id, &peers))
+        .collect();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    let ok = |broker: &str, args: &[&str]| {
+        let output = wharf(broker, args, "");
+        assert!(
+            output.status.success(),
+            "{args:?} on {broker}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+
+    ok(
+        &addresses[0],
+        &["topic", "create", "orders", "--partitions", "3"],
+    );
+    ok(&addresses[1], &["queue", "declare", "jobs", "--durable"]);
+    catalogs_agree(&addresses, &[("orders", 3)], &["jobs"], "after the creates");
+
+    let again = wharf(
+        &addresses[2],
+        &["topic", "create", "orders", "--partitions", "1"],
+        "",
+    );
+    assert!(
+        !again.status.success(),
+        "a second create of orders succeeded"
+    );
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("already exists"), "{message}");
+
+    // A node down while a topic is created gets it when it comes back.
+    nodes[2].kill();
+    ok(
+        &addresses[0],
+        &["topic", "create", "late", "--partitions", "2"],
+    );
+    nodes[2].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after the restart");
+    catalogs_agree(
+        &addresses,
+        &[("late", 2), ("orders", 3)],
+        &["jobs"],
+        "after the restart",
+    );
+
+    ok(&addresses[2], &["queue", "delete", "jobs"]);
+    ok(&addresses[1], &["topic", "delete", "orders"]);
+    catalogs_agree(&addresses, &[("late", 2)], &[], "after the deletes");
+}

@@ -381,6 +381,11 @@ impl Cluster {
         self.applied.borrow().clone()
     }
 
+    /// The applied state, to watch for changes.
+    pub fn applied_changes(&self) -> watch::Receiver<Applied> {
+        self.applied.clone()
+    }
+
     /// Waits until this node has applied `index` (after a proposal answered elsewhere).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut applied = self.applied.clone();

@@ -30,8 +30,13 @@ pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Broker {
     /// Attaches this node's metadata log (once; the server calls it after starting it).
-    pub fn attach_cluster(&self, cluster: Cluster) {
-        let _ = self.cluster.set(cluster);
+    /// With `replicated` (a node started with peers) topics and durable queues are defined
+    /// through it ([`Broker::follow_metadata`]); a lone node decides alone.
+    pub fn attach_cluster(&self, cluster: Cluster, replicated: bool) {
+        if self.cluster.set(cluster).is_ok() {
+            self.cluster_replicated
+                .store(replicated, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// This node's metadata log, once attached.

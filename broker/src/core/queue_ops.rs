@@ -148,10 +148,20 @@ impl Broker {
         durability: Durability,
     ) -> Result<(), QueueError> {
         self.check_queue(session, Operation::Create, &name)?;
+        let pairs = args;
         let args = args_from_pairs(
-            args.iter()
+            pairs
+                .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
+        // A durable queue any connection may use is cluster-wide (issue #20); exclusive and
+        // transient ones belong to a connection on this node.
+        if let Some(cluster) = self.replicated() {
+            if durability == Durability::Durable && !args.exclusive {
+                self.declare_queue_replicated(cluster, &name, &pairs)
+                    .await?;
+            }
+        }
         let queues = self.queues.clone();
         let owner = session.id();
         // Opening a queue's storage creates and fsyncs files.
@@ -321,7 +331,10 @@ impl Broker {
     /// Unknown queue; storage.
     pub async fn delete_queue(&self, caller: &Session, name: &str) -> Result<(), QueueError> {
         self.check_queue(caller, Operation::Delete, name)?;
-        self.queues.delete_queue(name).await
+        match self.replicated() {
+            Some(cluster) => self.delete_queue_replicated(cluster, name).await,
+            None => self.queues.delete_queue(name).await,
+        }
     }
 
     /// Deletes a queue if `conditions` hold, decided in the queue's task at one point in
@@ -742,7 +755,7 @@ fn check_owner(session: &Session, queue: &str, consumer: ConsumerId) -> Result<(
 
 /// Runs a queue call that rewrites (and fsyncs) the definitions file or creates a queue's
 /// files on the blocking pool, not on a runtime worker (STYLE.md section 4).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, QueueError> {
     tokio::task::spawn_blocking(call)

@@ -220,8 +220,12 @@ impl Broker {
             }
             let streams = self.streams.clone();
             let creating = name.clone();
-            let outcome = match mode {
-                AdminMode::Apply => {
+            let outcome = match (mode, self.replicated()) {
+                (AdminMode::Apply, Some(cluster)) => {
+                    self.create_topic_replicated(cluster, &creating, partitions, configs)
+                        .await
+                }
+                (AdminMode::Apply, None) => {
                     blocking(move || {
                         streams
                             .create_topic(&creating, partitions, configs)
@@ -229,7 +233,7 @@ impl Broker {
                     })
                     .await
                 }
-                AdminMode::ValidateOnly => streams
+                (AdminMode::ValidateOnly, _) => streams
                     .topics()
                     .check_create(&creating, partitions, configs)
                     .map_err(StreamError::from),
@@ -254,8 +258,15 @@ impl Broker {
             }
             let streams = self.streams.clone();
             let deleting = name.clone();
-            let outcome =
-                blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await;
+            let outcome = match self.replicated() {
+                Some(cluster) if streams.topics().get(&name).is_some() => {
+                    self.delete_topic_replicated(cluster, &name).await
+                }
+                _ => {
+                    blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from))
+                        .await
+                }
+            };
             if outcome.is_ok() {
                 if let Err(error) = self.offsets.forget_topic(&name).await {
                     tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
@@ -573,7 +584,7 @@ impl Broker {
 }
 
 /// Runs blocking stream work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StreamError> + Send + 'static,
 ) -> Result<T, StreamError> {
     tokio::task::spawn_blocking(work)

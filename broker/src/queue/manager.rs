@@ -139,6 +139,11 @@ impl QueueManager {
         Ok(manager)
     }
 
+    /// Whether queue `name` exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.lock().queues.contains_key(name)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry
             .lock()

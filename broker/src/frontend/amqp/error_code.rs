@@ -136,6 +136,7 @@ pub fn queue(error: &QueueError, class_id: u16, method_id: u16) -> Reply {
             Reply::new(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
         }
         QueueError::Storage(message) => Reply::new(INTERNAL_ERROR, message),
+        QueueError::Cluster { .. } => Reply::new(INTERNAL_ERROR, error.to_string()),
         QueueError::Unauthorized(refused) => denied(refused),
         QueueError::Precondition { queue, failed } => match failed {
             Precondition::InUse => Reply::new(

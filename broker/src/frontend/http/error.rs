@@ -123,6 +123,9 @@ impl From<StreamError> for ApiError {
             StreamError::TimedOut { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timed_out", message)
             }
+            StreamError::Cluster { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", message)
+            }
             StreamError::Storage(_) | StreamError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
@@ -217,6 +220,9 @@ impl From<QueueError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             QueueError::Gone(_) => ApiError::new(StatusCode::GONE, "gone", message),
+            QueueError::Cluster { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", message)
+            }
             QueueError::Unauthorized(denied) => ApiError::from(denied),
             _ => ApiError::bad_request(message),
         }

@@ -97,6 +97,11 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::TopicUnavailable(error) => return stream(error),
         StreamError::Internal(_) => ResponseError::UnknownServerError,
         StreamError::Unauthorized(refused) => return denied(refused),
+        // No leader: nothing changed, and clients retry (as when Kafka's controller moves).
+        StreamError::Cluster {
+            no_leader: true, ..
+        } => ResponseError::NotController,
+        StreamError::Cluster { .. } => ResponseError::RequestTimedOut,
     };
     kind.code()
 }

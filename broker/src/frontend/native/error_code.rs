@@ -28,19 +28,33 @@ pub fn storage(error: &StorageError) -> ErrorCode {
 
 /// The wire code of a cluster operation's error (issue #20).
 pub fn cluster(error: &crate::core::cluster_ops::ClusterOpError) -> ErrorCode {
-    use crate::core::cluster_ops::{ClusterError, ClusterOpError};
+    use crate::core::cluster_ops::ClusterOpError;
     match error {
         ClusterOpError::Unauthorized(_) => ErrorCode::Unauthorized,
-        ClusterOpError::Starting | ClusterOpError::Cluster(ClusterError::NoLeader) => {
-            ErrorCode::NoClusterLeader
-        }
+        ClusterOpError::Starting => ErrorCode::NoClusterLeader,
+        ClusterOpError::Cluster(error) => cluster_error(error),
+    }
+}
+
+/// The wire code of a definition the metadata log did not take (issue #20).
+fn definition(no_leader: bool) -> ErrorCode {
+    if no_leader {
+        ErrorCode::NoClusterLeader
+    } else {
+        ErrorCode::RequestTimedOut
+    }
+}
+
+/// The wire code of the metadata log's error (issue #20).
+pub fn cluster_error(error: &crate::core::cluster_ops::ClusterError) -> ErrorCode {
+    use crate::core::cluster_ops::ClusterError;
+    match error {
+        ClusterError::NoLeader => ErrorCode::NoClusterLeader,
         // The outcome is unknown: the change may still be made.
-        ClusterOpError::Cluster(ClusterError::Unavailable { .. } | ClusterError::TimedOut(_)) => {
-            ErrorCode::RequestTimedOut
-        }
-        ClusterOpError::Cluster(ClusterError::TooLarge { .. }) => ErrorCode::InvalidRequest,
-        ClusterOpError::Cluster(ClusterError::Membership(_)) => ErrorCode::MembershipRefused,
-        ClusterOpError::Cluster(ClusterError::Stopped(_)) => ErrorCode::ShuttingDown,
+        ClusterError::Unavailable { .. } | ClusterError::TimedOut(_) => ErrorCode::RequestTimedOut,
+        ClusterError::TooLarge { .. } => ErrorCode::InvalidRequest,
+        ClusterError::Membership(_) => ErrorCode::MembershipRefused,
+        ClusterError::Stopped(_) => ErrorCode::ShuttingDown,
     }
 }
 
@@ -83,6 +97,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::TopicUnavailable(error) => stream(error),
         StreamError::Internal(_) => ErrorCode::Unknown,
         StreamError::Unauthorized(_) => ErrorCode::Unauthorized,
+        StreamError::Cluster { no_leader, .. } => definition(*no_leader),
     }
 }
 
@@ -172,6 +187,7 @@ pub fn queue(error: &QueueError) -> ErrorCode {
         QueueError::UnknownDeliveryTag(_) => ErrorCode::UnknownDeliveryTag,
         QueueError::Storage(_) => ErrorCode::StorageFailed,
         QueueError::Unauthorized(_) => ErrorCode::Unauthorized,
+        QueueError::Cluster { no_leader, .. } => definition(*no_leader),
     }
 }
 

@@ -1,0 +1,325 @@
+//! Cluster-wide definitions (issue #20): on a node started with peers, creating or deleting
+//! a topic or a durable queue goes through the cluster's metadata log, and every node makes
+//! its own catalog follow what the log applied. A lone `wharfd` (a cluster of one, no
+//! peers) decides alone, as before.
+//!
+//! Write path: the front end's call reaches the core as on a lone node; the core checks the
+//! request locally first (names, configs, arguments: the same refusals as a lone node's),
+//! proposes the definition to the metadata log, and once it is committed creates it in this
+//! node's catalog at once, so the caller sees it here when answered. Other nodes create it
+//! when [`Broker::follow_metadata`] sees the applied change (within a heartbeat or two).
+//!
+//! Invariants: a definition is in a node's catalog only after the log committed it; the log
+//! decides conflicts (two nodes creating one topic: one gets TopicExists); following is
+//! idempotent (creating what exists or deleting what is gone changes nothing). Only the
+//! definitions are cluster-wide so far: each node keeps its own copy of every partition and
+//! queue, and records are not replicated (issue #21).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::cluster::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState};
+use crate::cluster::raft::{Cluster, ClusterError};
+use crate::queue::{args_from_pairs, Durability, QueueError};
+use crate::streams::topic::TopicError;
+use crate::streams::StreamError;
+
+use super::queue_ops::blocking as queue_blocking;
+use super::stream_ops::blocking;
+use super::Broker;
+
+/// Replicas per partition and queue recorded in the metadata: 1 until the data itself is
+/// replicated (issue #21).
+const REPLICATION_FACTOR: u32 = 1;
+
+/// What this node's catalog took from the metadata log: what it deletes when the log drops
+/// it (a topic or queue the log never held is left alone).
+#[derive(Debug, Default)]
+struct Followed {
+    topics: BTreeSet<String>,
+    queues: BTreeSet<String>,
+}
+
+impl Broker {
+    /// The metadata log, when definitions go through it: a node started with peers.
+    pub(crate) fn replicated(&self) -> Option<&Cluster> {
+        if self
+            .cluster_replicated
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.cluster.get()
+        } else {
+            None
+        }
+    }
+
+    /// Commits `command` to the metadata log; its result as applied.
+    async fn propose_definition(
+        cluster: &Cluster,
+        command: MetadataCommand,
+    ) -> Result<MetadataResult, ClusterError> {
+        Ok(cluster.propose(command).await?.result)
+    }
+
+    /// Creates a topic through the metadata log, then in this node's catalog.
+    pub(crate) async fn create_topic_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
+        // The same refusals as a lone node's (name, partitions, configs, exists here).
+        self.streams
+            .topics()
+            .check_create(name, partitions, configs.clone())?;
+        let command = MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: REPLICATION_FACTOR,
+            configs: configs.iter().cloned().collect::<BTreeMap<_, _>>(),
+        };
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::TopicExists(name))) => {
+                return Err(TopicError::AlreadyExists(name).into())
+            }
+            Ok(MetadataResult::Refused(refused)) => {
+                return Err(TopicError::InvalidConfig(refused.to_string()).into())
+            }
+            Ok(_) => {}
+            Err(error) => return Err(stream_refusal(error)),
+        }
+        self.create_topic_locally(name, partitions, configs).await
+    }
+
+    /// Deletes a topic through the metadata log, then from this node's catalog.
+    pub(crate) async fn delete_topic_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
+        let existing = self.streams.topics().get(name);
+        let command = MetadataCommand::DeleteTopic {
+            name: name.to_string(),
+        };
+        // A topic only this node has (created before it joined) is still deleted here.
+        let in_metadata = match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(_)) => false,
+            Ok(_) => true,
+            Err(error) => return Err(stream_refusal(error)),
+        };
+        let streams = self.streams.clone();
+        let deleting = name.to_string();
+        match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {
+            // Following the log deleted it here first.
+            Err(StreamError::Topic(TopicError::Unknown(_))) if in_metadata => {
+                existing.ok_or_else(|| StreamError::UnknownTopic(name.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    /// Declares a durable queue through the metadata log (its arguments as given), then in
+    /// this node's catalog. Exclusive and transient queues belong to one connection and stay
+    /// on its node.
+    pub(crate) async fn declare_queue_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        args: &[(String, String)],
+    ) -> Result<(), QueueError> {
+        let command = MetadataCommand::DeclareQueue {
+            name: name.to_string(),
+            replication_factor: REPLICATION_FACTOR,
+            arguments: args.iter().cloned().collect(),
+        };
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => Err(
+                QueueError::DeclareMismatch(format!("queue {name:?} (declared on another node)")),
+            ),
+            Ok(MetadataResult::Refused(refused)) => Err(QueueError::Invalid(refused.to_string())),
+            Ok(_) => Ok(()),
+            Err(error) => Err(queue_refusal(error)),
+        }
+    }
+
+    /// Deletes a queue through the metadata log, then from this node's catalog (a queue the
+    /// log does not hold is only this node's, and is deleted here all the same).
+    pub(crate) async fn delete_queue_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<(), QueueError> {
+        let command = MetadataCommand::DeleteQueue {
+            name: name.to_string(),
+        };
+        let in_metadata = match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(_)) => false,
+            Ok(_) => true,
+            Err(error) => return Err(queue_refusal(error)),
+        };
+        match self.queues.delete_queue(name).await {
+            // Following the log deleted it here first.
+            Err(QueueError::UnknownQueue(_)) if in_metadata => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn create_topic_locally(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let creating = name.to_string();
+        blocking(
+            move || match streams.create_topic(&creating, partitions, configs) {
+                // Following the log got there first.
+                Err(TopicError::AlreadyExists(_)) => streams
+                    .topics()
+                    .get(&creating)
+                    .ok_or_else(|| StreamError::UnknownTopic(creating.clone())),
+                other => other.map_err(StreamError::from),
+            },
+        )
+        .await
+    }
+
+    /// Makes this node's catalog follow the metadata log until `shutdown`: every applied
+    /// change to the topics and queues is carried out here (run by the server as a task on
+    /// a node with peers).
+    pub async fn follow_metadata(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(cluster) = self.replicated().cloned() else {
+            return;
+        };
+        let mut applied = cluster.applied_changes();
+        let mut followed = Followed::default();
+        loop {
+            let state = Arc::clone(&applied.borrow_and_update().state);
+            self.follow(&state, &mut followed).await;
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass: creates what the log holds and this node lacks, deletes what the log
+    /// dropped since this node followed it.
+    async fn follow(&self, state: &MetadataState, followed: &mut Followed) {
+        for (name, topic) in &state.topics {
+            followed.topics.insert(name.clone());
+            if self.streams.topics().get(name).is_some() {
+                continue;
+            }
+            let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+            let configs = topic.configs.clone().into_iter().collect();
+            match self.create_topic_locally(name, partitions, configs).await {
+                Ok(_) => tracing::info!(
+                    topic = name,
+                    partitions,
+                    "created topic from the cluster's metadata"
+                ),
+                Err(error) => {
+                    tracing::warn!(topic = name, %error, "cannot create a topic the cluster's metadata holds")
+                }
+            }
+        }
+        let dropped: Vec<String> = followed
+            .topics
+            .iter()
+            .filter(|name| !state.topics.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            followed.topics.remove(&name);
+            if self.streams.topics().get(&name).is_none() {
+                continue;
+            }
+            let streams = self.streams.clone();
+            let deleting = name.clone();
+            match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await
+            {
+                Ok(_) => {
+                    // As a delete here does: a re-created topic must not inherit offsets.
+                    if let Err(error) = self.offsets.forget_topic(&name).await {
+                        tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
+                    }
+                    tracing::info!(topic = name, "deleted topic as the cluster's metadata did")
+                }
+                Err(error) => {
+                    tracing::warn!(topic = name, %error, "cannot delete a topic the cluster's metadata dropped")
+                }
+            }
+        }
+        for (name, queue) in &state.queues {
+            followed.queues.insert(name.clone());
+            if self.queues.exists(name) {
+                continue;
+            }
+            let outcome = match args_from_pairs(
+                queue
+                    .arguments
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            ) {
+                Ok(args) => {
+                    let queues = self.queues.clone();
+                    let declaring = name.clone();
+                    queue_blocking(move || {
+                        queues.declare_queue_for(&declaring, args, Durability::Durable, None)
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(queue = name, "declared queue from the cluster's metadata")
+                }
+                Err(error) => {
+                    tracing::warn!(queue = name, %error, "cannot declare a queue the cluster's metadata holds")
+                }
+            }
+        }
+        let dropped: Vec<String> = followed
+            .queues
+            .iter()
+            .filter(|name| !state.queues.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            followed.queues.remove(&name);
+            if !self.queues.exists(&name) {
+                continue;
+            }
+            match self.queues.delete_queue(&name).await {
+                Ok(()) | Err(QueueError::UnknownQueue(_)) => {
+                    tracing::info!(queue = name, "deleted queue as the cluster's metadata did")
+                }
+                Err(error) => {
+                    tracing::warn!(queue = name, %error, "cannot delete a queue the cluster's metadata dropped")
+                }
+            }
+        }
+    }
+}
+
+/// A failure of the metadata log as a stream error.
+fn stream_refusal(error: ClusterError) -> StreamError {
+    StreamError::Cluster {
+        no_leader: error == ClusterError::NoLeader,
+        message: error.to_string(),
+    }
+}
+
+/// A failure of the metadata log as a queue error.
+fn queue_refusal(error: ClusterError) -> QueueError {
+    QueueError::Cluster {
+        no_leader: error == ClusterError::NoLeader,
+        message: error.to_string(),
+    }
+}
