@@ -168,6 +168,8 @@ pub struct Broker {
     cluster: std::sync::OnceLock<crate::cluster::raft::Cluster>,
     /// Definitions go through the metadata log (a node started with peers, issue #20).
     cluster_replicated: std::sync::atomic::AtomicBool,
+    /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20).
+    cluster_follow: tokio::sync::Mutex<()>,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -272,6 +274,7 @@ impl Broker {
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
             cluster: std::sync::OnceLock::new(),
             cluster_replicated: std::sync::atomic::AtomicBool::new(false),
+            cluster_follow: tokio::sync::Mutex::new(()),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period

@@ -978,3 +978,46 @@ async fn runs_carry_each_consumers_share_of_a_stored_batch_as_its_record_bytes()
     got.sort();
     assert_eq!(got, wanted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_batch_larger_than_a_run_leaves_in_several_runs_of_at_most_a_mebibyte() {
+    // Goal: a DeliverBatch frame never grows with the stored batch. 300 messages of 10 KB
+    // published together are stored as one batch of about 3 MB; the consumer gets them as
+    // several runs of at most 1 MiB of records each, in order, none lost.
+    let (_dir, manager) = manager_with_queue("big", QueueArgs::default(), Durability::Durable);
+    let (_, mut deliveries) = manager.subscribe("big", 1000).await.expect("subscribe");
+    let body = "x".repeat(10_000);
+    let messages = (0..300)
+        .map(|index| (String::new(), message("big", &format!("{index:03}{body}"))))
+        .collect();
+    for ticket in manager.publish_enqueue_many(messages).await {
+        ticket
+            .expect("routed")
+            .confirmed()
+            .await
+            .expect("confirmed");
+    }
+    let mut runs = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < 300 {
+        let push = tokio::time::timeout(Duration::from_secs(10), deliveries.recv_push())
+            .await
+            .expect("a run in time")
+            .expect("alive");
+        let ConsumerPush::Run(run) = push else {
+            panic!("cancelled")
+        };
+        runs.push(run.records.len());
+        for delivered in run.deliveries() {
+            seen.push(body_prefix(&delivered.expect("records decode")));
+        }
+    }
+    assert!(runs.len() >= 3, "3 MB in runs of {runs:?} bytes");
+    assert!(runs.iter().all(|bytes| *bytes <= 1024 * 1024), "{runs:?}");
+    let wanted: Vec<String> = (0..300).map(|index| format!("{index:03}")).collect();
+    assert_eq!(seen, wanted);
+}
+
+fn body_prefix(delivered: &Delivered) -> String {
+    body(delivered)[..3].to_string()
+}

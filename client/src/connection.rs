@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use wharf_protocol::api::encode_request;
+use wharf_protocol::api::{encode_request, encode_request_at, sent_version};
 use wharf_protocol::frame::decode_frame;
 use wharf_protocol::messages::{
     Acks, ApiVersionRange, ApiVersionsRequest, ConsumerCancelledPush, DeliverBatchPush,
@@ -447,7 +447,7 @@ impl Connection {
 
     async fn begin_inner(&self, request: &Request, push: Option<PushSender>) -> Result<InFlight> {
         let api_key = request.api_key();
-        self.check_api(api_key)?;
+        let version = self.check_api(api_key)?;
         let permit = Arc::clone(&self.in_flight)
             .acquire_owned()
             .await
@@ -464,7 +464,7 @@ impl Connection {
         self.pending
             .insert(correlation_id, Waiter { api_key, reply }, push)?;
         let mut frame = BytesMut::new();
-        encode_request(request, correlation_id, &mut frame);
+        encode_request_at(request, version, correlation_id, &mut frame);
         let outgoing = Outgoing {
             frame: frame.freeze(),
             correlation_id,
@@ -486,20 +486,18 @@ impl Connection {
         })
     }
 
-    fn check_api(&self, api_key: ApiKey) -> Result<()> {
-        // Every request this client sends is version 0.
-        let supported = self
-            .broker_apis
+    /// The version to send `api_key` at: the newest both this client and the broker speak
+    /// (every api exists at version 0; Subscribe v1 asks for DeliverBatch pushes, so an
+    /// older broker gets v0 and pushes one Deliver per message).
+    fn check_api(&self, api_key: ApiKey) -> Result<u16> {
+        self.broker_apis
             .iter()
-            .any(|range| range.api_key == api_key.code() && range.min_version == 0);
-        if supported {
-            Ok(())
-        } else {
-            Err(Error::UnsupportedApi {
+            .find(|range| range.api_key == api_key.code() && range.min_version == 0)
+            .map(|range| range.max_version.min(sent_version(api_key)))
+            .ok_or_else(|| Error::UnsupportedApi {
                 address: self.address.clone(),
                 api_key,
             })
-        }
     }
 
     /// Why the connection closed (or `Disconnected` if it recorded no reason).

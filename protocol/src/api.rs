@@ -336,10 +336,20 @@ pub fn sent_version(api_key: ApiKey) -> u16 {
 
 /// Appends a whole request frame, at the version [`sent_version`] gives.
 pub fn encode_request(request: &Request, correlation_id: u32, out: &mut BytesMut) {
-    let api_key = request.api_key();
+    encode_request_at(
+        request,
+        sent_version(request.api_key()),
+        correlation_id,
+        out,
+    );
+}
+
+/// Appends a whole request frame at `version` (one both sides speak: every body this
+/// build encodes is the same at each version it speaks).
+pub fn encode_request_at(request: &Request, version: u16, correlation_id: u32, out: &mut BytesMut) {
     let header = FrameHeader {
-        api_key: api_key.code(),
-        api_version: sent_version(api_key),
+        api_key: request.api_key().code(),
+        api_version: version,
         correlation_id,
     };
     encode_frame(header, out, |body| request.encode_body(body));

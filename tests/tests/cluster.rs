@@ -35,6 +35,20 @@ fn start_node(data_dir: &Path, node_id: u64, peers: &str) -> BrokerProcess {
     BrokerProcess::start_listening(data_dir, "127.0.0.1:0", &args, None)
 }
 
+/// Nodes 1, 2 and 3 under `root` (`node-N`), each given all three as `--cluster-peers`;
+/// returns the peers text and the nodes.
+fn three_nodes(root: &Path) -> (String, Vec<BrokerProcess>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = (1..=3)
+        .map(|id| start_node(&root.join(format!("node-{id}")), id, &peers))
+        .collect();
+    (peers, nodes)
+}
+
 /// `wharf cluster status --json` of the node at `broker`, or None while it cannot answer.
 fn status(broker: &str) -> Option<Value> {
     let output = wharf(broker, &["--json", "cluster", "status"], "");
@@ -100,14 +114,7 @@ fn converged(brokers: &[String], voters: usize, what: &str) -> Vec<Value> {
 #[test]
 fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch_up() {
     let root = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<BrokerProcess> = (1..=3)
-        .map(|id| start_node(&root.path().join(format!("node-{id}")), id, &peers))
-        .collect();
+    let (peers, mut nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     let first = converged(&addresses, 3, "after start");
     let cluster_id = first[0]["cluster_id"].clone();
@@ -292,14 +299,7 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     // log decides a conflicting create (TopicExists on another node); a node SIGKILLed while
     // a topic is created gets it when it comes back; deletes reach every node.
     let root = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<BrokerProcess> = (1..=3)
-        .map(|id| start_node(&root.path().join(format!("node-{id}")), id, &peers))
-        .collect();
+    let (_, mut nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after start");
     let ok = |broker: &str, args: &[&str]| {

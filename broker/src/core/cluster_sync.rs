@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::cluster::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState};
 use crate::cluster::raft::{Cluster, ClusterError};
-use crate::queue::{args_from_pairs, Durability, QueueError};
+use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError};
 use crate::streams::topic::TopicError;
 use crate::streams::StreamError;
 
@@ -33,9 +33,12 @@ use super::Broker;
 /// Replicas per partition and queue recorded in the metadata: 1 until the data itself is
 /// replicated (issue #21).
 const REPLICATION_FACTOR: u32 = 1;
+/// How long a proposer waits for its committed definition to be applied on its own node.
+const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What this node's catalog took from the metadata log: what it deletes when the log drops
-/// it (a topic or queue the log never held is left alone).
+/// The definitions of the metadata log this node has followed since it started: what it
+/// deletes when the log drops it (a topic or queue the log never held is left alone), and
+/// what it does not create again.
 #[derive(Debug, Default)]
 struct Followed {
     topics: BTreeSet<String>,
@@ -55,12 +58,22 @@ impl Broker {
         }
     }
 
-    /// Commits `command` to the metadata log; its result as applied.
+    /// Commits `command` to the metadata log and waits until this node applied it too, so
+    /// that the local step that follows comes after it in this node's view; its result as
+    /// applied.
     async fn propose_definition(
         cluster: &Cluster,
         command: MetadataCommand,
     ) -> Result<MetadataResult, ClusterError> {
-        Ok(cluster.propose(command).await?.result)
+        let proposed = cluster.propose(command).await?;
+        if !cluster.wait_applied(proposed.index, LOCAL_APPLY_WAIT).await {
+            // Committed; this node lags. Following the log brings it level.
+            tracing::warn!(
+                index = proposed.index,
+                "a committed definition is not applied on this node yet"
+            );
+        }
+        Ok(proposed.result)
     }
 
     /// Creates a topic through the metadata log, then in this node's catalog.
@@ -91,6 +104,7 @@ impl Broker {
             Ok(_) => {}
             Err(error) => return Err(stream_refusal(error)),
         }
+        let _following = self.cluster_follow.lock().await;
         self.create_topic_locally(name, partitions, configs).await
     }
 
@@ -110,6 +124,7 @@ impl Broker {
             Ok(_) => true,
             Err(error) => return Err(stream_refusal(error)),
         };
+        let _following = self.cluster_follow.lock().await;
         let streams = self.streams.clone();
         let deleting = name.to_string();
         match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {
@@ -128,20 +143,45 @@ impl Broker {
         &self,
         cluster: &Cluster,
         name: &str,
-        args: &[(String, String)],
+        pairs: &[(String, String)],
+        args: QueueArgs,
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareQueue {
             name: name.to_string(),
             replication_factor: REPLICATION_FACTOR,
-            arguments: args.iter().cloned().collect(),
+            arguments: pairs.iter().cloned().collect(),
         };
         match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => Err(
-                QueueError::DeclareMismatch(format!("queue {name:?} (declared on another node)")),
-            ),
-            Ok(MetadataResult::Refused(refused)) => Err(QueueError::Invalid(refused.to_string())),
-            Ok(_) => Ok(()),
-            Err(error) => Err(queue_refusal(error)),
+            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => {
+                return Err(QueueError::DeclareMismatch(format!(
+                    "queue {name:?} (declared on another node)"
+                )))
+            }
+            Ok(MetadataResult::Refused(refused)) => {
+                return Err(QueueError::Invalid(refused.to_string()))
+            }
+            Ok(_) => {}
+            Err(error) => return Err(queue_refusal(error)),
+        }
+        let _following = self.cluster_follow.lock().await;
+        let queues = self.queues.clone();
+        let declaring = name.to_string();
+        queue_blocking(move || {
+            queues.declare_queue_for(&declaring, args, Durability::Durable, None)
+        })
+        .await
+    }
+
+    /// Tells the metadata log that a durable queue was deleted here by a conditional delete
+    /// (decided by the queue's task on this node, so after the fact): the other nodes
+    /// delete their copies. A failure is logged; the queue stays in the log then, and the
+    /// other nodes keep it.
+    pub(crate) async fn queue_deleted_here(&self, cluster: &Cluster, name: &str) {
+        let command = MetadataCommand::DeleteQueue {
+            name: name.to_string(),
+        };
+        if let Err(error) = Self::propose_definition(cluster, command).await {
+            tracing::warn!(queue = name, %error, "a deleted queue stays in the cluster's metadata");
         }
     }
 
@@ -160,6 +200,7 @@ impl Broker {
             Ok(_) => true,
             Err(error) => return Err(queue_refusal(error)),
         };
+        let _following = self.cluster_follow.lock().await;
         match self.queues.delete_queue(name).await {
             // Following the log deleted it here first.
             Err(QueueError::UnknownQueue(_)) if in_metadata => Ok(()),
@@ -198,8 +239,14 @@ impl Broker {
         let mut applied = cluster.applied_changes();
         let mut followed = Followed::default();
         loop {
-            let state = Arc::clone(&applied.borrow_and_update().state);
-            self.follow(&state, &mut followed).await;
+            {
+                // A proposer's local step and a pass exclude each other, and a pass reads
+                // the state only once it holds the lock: it never acts on a state older
+                // than a local step already made.
+                let _following = self.cluster_follow.lock().await;
+                let state = Arc::clone(&applied.borrow_and_update().state);
+                self.follow(&state, &mut followed).await;
+            }
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
@@ -211,8 +258,9 @@ impl Broker {
     /// dropped since this node followed it.
     async fn follow(&self, state: &MetadataState, followed: &mut Followed) {
         for (name, topic) in &state.topics {
-            followed.topics.insert(name.clone());
-            if self.streams.topics().get(name).is_some() {
+            // Only a definition new to this pass's follower is created: one deleted here
+            // since (by a node-local path) is not brought back.
+            if !followed.topics.insert(name.clone()) || self.streams.topics().get(name).is_some() {
                 continue;
             }
             let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
@@ -256,8 +304,7 @@ impl Broker {
             }
         }
         for (name, queue) in &state.queues {
-            followed.queues.insert(name.clone());
-            if self.queues.exists(name) {
+            if !followed.queues.insert(name.clone()) || self.queues.exists(name) {
                 continue;
             }
             let outcome = match args_from_pairs(

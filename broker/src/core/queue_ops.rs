@@ -158,8 +158,9 @@ impl Broker {
         // transient ones belong to a connection on this node.
         if let Some(cluster) = self.replicated() {
             if durability == Durability::Durable && !args.exclusive {
-                self.declare_queue_replicated(cluster, &name, &pairs)
-                    .await?;
+                return self
+                    .declare_queue_replicated(cluster, &name, &pairs, args)
+                    .await;
             }
         }
         let queues = self.queues.clone();
@@ -351,7 +352,11 @@ impl Broker {
         conditions: DeleteConditions,
     ) -> Result<u64, QueueError> {
         self.check_queue(caller, Operation::Delete, name)?;
-        self.queues.delete_queue_if(name, conditions).await
+        let deleted = self.queues.delete_queue_if(name, conditions).await?;
+        if let Some(cluster) = self.replicated() {
+            self.queue_deleted_here(cluster, name).await;
+        }
+        Ok(deleted)
     }
 
     /// Drops a queue's ready messages; returns how many. Needs `Delete` on the queue.

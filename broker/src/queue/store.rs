@@ -132,9 +132,9 @@ pub struct QueueStore {
     messages: Arc<Partition>,
     acks: Arc<Partition>,
     state: Mutex<AckState>,
-    /// The records of the batch read last: deliveries go through a batch in id order, so
-    /// each batch is read, CRC-checked and decoded once rather than once per message. A
-    /// slot is empty once [`QueueStore::take`] handed its record out.
+    /// The batch read last, as bytes with its record boundaries: deliveries go through a
+    /// batch in id order, so each batch is read and CRC-checked once rather than once per
+    /// message ([`QueueStore::stored`]).
     read_cache: Mutex<ReadCache>,
     /// Delivery counts found at open (ack log after the checkpoint), for the queue's task.
     recovered_counts: Mutex<std::collections::HashMap<i64, u32>>,

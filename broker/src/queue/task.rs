@@ -56,6 +56,9 @@ const COMPACTION_INTERVAL_MS: i64 = 30_000;
 const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most commands a queue task takes in one batch (bounds the work between ticks).
 const COMMAND_BATCH_MAX: usize = 1024;
+/// Most record bytes one delivery run carries (a run of one message may hold more): a
+/// DeliverBatch frame stays far below the native frame limit whatever the stored batch.
+const RUN_BYTES_MAX: usize = 1024 * 1024;
 /// Longest a queue task sleeps when nothing is due (bounds TTL and ack-timeout checks).
 const IDLE_WAKE: Duration = Duration::from_millis(100);
 /// Most message bytes one get returns (one message at least): half the default frame
@@ -1457,6 +1460,8 @@ struct RunBuilder {
     section: Bytes,
     ranges: Vec<std::ops::Range<u32>>,
     marks: Vec<(DeliveryTag, bool)>,
+    /// Record bytes so far.
+    bytes: usize,
 }
 
 impl RunBuilder {
@@ -1468,17 +1473,20 @@ impl RunBuilder {
             section: stored.section.clone(),
             ranges: vec![stored.range.clone()],
             marks: vec![mark],
+            bytes: stored.range.len(),
         }
     }
 
-    /// Whether `stored` comes from this run's batch (a stored batch never changes, so
-    /// its base offset names its bytes, whichever read of them `stored` slices).
+    /// Whether `stored` joins this run: it comes from the run's batch (a stored batch never
+    /// changes, so its base offset names its bytes, whichever read of them `stored`
+    /// slices) and keeps the run within [`RUN_BYTES_MAX`].
     fn takes(&self, stored: &StoredRecord) -> bool {
-        stored.base_offset == self.base_offset
+        stored.base_offset == self.base_offset && self.bytes + stored.range.len() <= RUN_BYTES_MAX
     }
 
     fn push(&mut self, mark: (DeliveryTag, bool), stored: &StoredRecord) {
         self.marks.push(mark);
+        self.bytes += stored.range.len();
         match self.ranges.last_mut() {
             Some(last) if last.end == stored.range.start => last.end = stored.range.end,
             _ => self.ranges.push(stored.range.clone()),

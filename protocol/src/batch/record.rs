@@ -134,16 +134,7 @@ impl Records {
             position: self.position,
             end: self.bytes.len(),
         };
-        let length = reader.varint("record length")?;
-        let body_bytes = non_negative(length, "record length")?;
-        let body_end = reader.position.saturating_add(body_bytes);
-        if body_end > reader.end {
-            return Err(BatchError::Truncated {
-                field: "record",
-                need_bytes: body_bytes,
-                have_bytes: reader.end - reader.position,
-            });
-        }
+        let body_end = reader.record_end()?;
         reader.end = body_end;
         let fields = decode_body(&mut reader)?;
         if reader.position != body_end {
@@ -221,16 +212,7 @@ pub fn record_starts(records: &Bytes, count: i32) -> Result<Vec<u32>, BatchError
                 actual: i32::try_from(read).unwrap_or(i32::MAX),
             });
         }
-        let length = reader.varint("record length")?;
-        let body_bytes = non_negative(length, "record length")?;
-        let body_end = reader.position.saturating_add(body_bytes);
-        if body_end > reader.end {
-            return Err(BatchError::Truncated {
-                field: "record",
-                need_bytes: body_bytes,
-                have_bytes: reader.end - reader.position,
-            });
-        }
+        let body_end = reader.record_end()?;
         reader.position = body_end;
         // Within the u32 range checked above.
         starts.push(body_end as u32);
@@ -427,6 +409,22 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Reads a record's length prefix; where the record's body ends, checked to be within
+    /// the bytes present.
+    fn record_end(&mut self) -> Result<usize, BatchError> {
+        let length = self.varint("record length")?;
+        let body_bytes = non_negative(length, "record length")?;
+        let body_end = self.position.saturating_add(body_bytes);
+        if body_end > self.end {
+            return Err(BatchError::Truncated {
+                field: "record",
+                need_bytes: body_bytes,
+                have_bytes: self.end - self.position,
+            });
+        }
+        Ok(body_end)
+    }
+
     fn remaining_bytes(&self) -> usize {
         self.end - self.position
     }
