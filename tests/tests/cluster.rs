@@ -346,7 +346,98 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         "after the restart",
     );
 
+    // An exchange declared on one node and bindings made on another reach all three, a
+    // binding to a built-in exchange included; an unbind and an exchange delete too.
+    ok(
+        &addresses[0],
+        &["exchange", "declare", "events", "--type", "topic"],
+    );
+    ok(
+        &addresses[1],
+        &["queue", "bind", "jobs", "events", "--routing-key", "job.*"],
+    );
+    ok(
+        &addresses[2],
+        &[
+            "queue",
+            "bind",
+            "jobs",
+            "amq.topic",
+            "--routing-key",
+            "all.#",
+        ],
+    );
+    let both = [("amq.topic", "all.#"), ("events", "job.*")];
+    bindings_agree(&addresses, &both, "after the binds");
+    ok(
+        &addresses[0],
+        &[
+            "queue",
+            "unbind",
+            "jobs",
+            "amq.topic",
+            "--routing-key",
+            "all.#",
+        ],
+    );
+    bindings_agree(&addresses, &[("events", "job.*")], "after the unbind");
+    ok(&addresses[2], &["exchange", "delete", "events"]);
+    bindings_agree(&addresses, &[], "after the exchange delete");
+
     ok(&addresses[2], &["queue", "delete", "jobs"]);
     ok(&addresses[1], &["topic", "delete", "orders"]);
     catalogs_agree(&addresses, &[("late", 2)], &[], "after the deletes");
+}
+
+/// Waits until every node in `brokers` lists exactly `wanted` (exchange, key) as the
+/// bindings of queue `jobs` (its default-exchange binding aside) and has the exchange
+/// `events` exactly when a binding names it.
+fn bindings_agree(brokers: &[String], wanted: &[(&str, &str)], what: &str) {
+    let wanted: Vec<(String, String)> = wanted
+        .iter()
+        .map(|(exchange, key)| (exchange.to_string(), key.to_string()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<(Vec<(String, String)>, bool)> = brokers
+            .iter()
+            .map(|broker| {
+                let bindings = wharf(broker, &["--json", "queue", "bindings", "jobs"], "");
+                let exchanges = wharf(broker, &["--json", "exchange", "list"], "");
+                let parse = |output: &std::process::Output| -> Vec<Value> {
+                    serde_json::from_slice(&output.stdout).unwrap_or_default()
+                };
+                let mut listed: Vec<(String, String)> = parse(&bindings)
+                    .iter()
+                    .filter(|binding| binding["exchange"] != "")
+                    .map(|binding| {
+                        (
+                            binding["exchange"].as_str().unwrap_or_default().to_string(),
+                            binding["routing_key"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        )
+                    })
+                    .collect();
+                listed.sort();
+                let has_events = parse(&exchanges)
+                    .iter()
+                    .any(|exchange| exchange["name"] == "events");
+                (listed, has_events)
+            })
+            .collect();
+        let events_wanted = wanted.iter().any(|(exchange, _)| exchange == "events");
+        if seen
+            .iter()
+            .all(|(listed, has_events)| *listed == wanted && *has_events == events_wanted)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the nodes did not all list {wanted:?} within 30 s: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -63,6 +63,15 @@ pub struct BindingMeta {
     pub queue: String,
     /// The binding key.
     pub key: String,
+    /// A headers exchange's binding arguments (`x-match` and the headers to match).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, String>,
+}
+
+/// Whether `name` is an exchange every node has built in (`amq.direct` and the like): a
+/// binding to it needs no declare in the metadata.
+pub fn is_builtin_exchange(name: &str) -> bool {
+    name.starts_with("amq.")
 }
 
 /// A change to the metadata. Every variant names what it changes; see [`MetadataState::apply`].
@@ -294,7 +303,9 @@ impl MetadataState {
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::Bind(binding) => {
-                if !self.exchanges.contains_key(&binding.exchange) {
+                if !self.exchanges.contains_key(&binding.exchange)
+                    && !is_builtin_exchange(&binding.exchange)
+                {
                     return Err(MetadataError::UnknownExchange(binding.exchange.clone()));
                 }
                 if !self.queues.contains_key(&binding.queue) {
@@ -442,11 +453,29 @@ mod tests {
             exchange: "x".into(),
             queue: "q".into(),
             key: "k".into(),
+            arguments: BTreeMap::new(),
         };
         assert_eq!(
             state.apply(&MetadataCommand::Bind(binding.clone())),
             MetadataResult::Done
         );
+        // A built-in exchange needs no declare; an unknown one is refused.
+        let builtin = BindingMeta {
+            exchange: "amq.topic".into(),
+            ..binding.clone()
+        };
+        assert_eq!(
+            state.apply(&MetadataCommand::Bind(builtin.clone())),
+            MetadataResult::Done
+        );
+        assert_eq!(
+            state.apply(&MetadataCommand::Bind(BindingMeta {
+                exchange: "nowhere".into(),
+                ..binding.clone()
+            })),
+            MetadataResult::Refused(MetadataError::UnknownExchange("nowhere".into()))
+        );
+        state.apply(&MetadataCommand::Unbind(builtin));
         assert_eq!(state.bindings, vec![binding]);
         state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
         assert!(state.bindings.is_empty());

@@ -20,8 +20,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::cluster::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState};
+use crate::cluster::metadata::{
+    BindingMeta, MetadataCommand, MetadataError, MetadataResult, MetadataState,
+};
 use crate::cluster::raft::{Cluster, ClusterError};
+use crate::queue::exchange::ExchangeKind;
 use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError};
 use crate::streams::topic::TopicError;
 use crate::streams::StreamError;
@@ -43,6 +46,15 @@ const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 struct Followed {
     topics: BTreeSet<String>,
     queues: BTreeSet<String>,
+    exchanges: BTreeSet<String>,
+    bindings: BTreeSet<BindingMeta>,
+}
+
+/// Whether a binding is made or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindingChange {
+    Bind,
+    Unbind,
 }
 
 impl Broker {
@@ -208,6 +220,108 @@ impl Broker {
         }
     }
 
+    /// Declares a durable exchange through the metadata log, then in this node's catalog.
+    pub(crate) async fn declare_exchange_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        kind: ExchangeKind,
+    ) -> Result<(), QueueError> {
+        let command = MetadataCommand::DeclareExchange {
+            name: name.to_string(),
+            kind: kind.name().to_string(),
+        };
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind })) => {
+                return Err(QueueError::DeclareMismatch(format!(
+                    "exchange {name:?} (declared as {kind} on another node)"
+                )))
+            }
+            Ok(MetadataResult::Refused(refused)) => {
+                return Err(QueueError::Invalid(refused.to_string()))
+            }
+            Ok(_) => {}
+            Err(error) => return Err(queue_refusal(error)),
+        }
+        let _following = self.cluster_follow.lock().await;
+        let queues = self.queues.clone();
+        let declaring = name.to_string();
+        queue_blocking(move || queues.declare_exchange(&declaring, kind, Durability::Durable)).await
+    }
+
+    /// Deletes an exchange through the metadata log (with its bindings), then here; one the
+    /// log does not hold is only this node's and is deleted here all the same.
+    pub(crate) async fn delete_exchange_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<(), QueueError> {
+        let command = MetadataCommand::DeleteExchange {
+            name: name.to_string(),
+        };
+        let in_metadata = match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(_)) => false,
+            Ok(_) => true,
+            Err(error) => return Err(queue_refusal(error)),
+        };
+        let _following = self.cluster_follow.lock().await;
+        let queues = self.queues.clone();
+        let deleting = name.to_string();
+        match queue_blocking(move || queues.delete_exchange(&deleting)).await {
+            // Following the log deleted it here first.
+            Err(QueueError::UnknownExchange(_)) if in_metadata => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Binds (or with `bind` false, unbinds) a queue through the metadata log when the log
+    /// holds the queue, then here. A binding of a queue only this node has stays here.
+    pub(crate) async fn binding_replicated(
+        &self,
+        cluster: &Cluster,
+        binding: BindingMeta,
+        change: BindingChange,
+    ) -> Result<(), QueueError> {
+        if cluster.applied().state.queues.contains_key(&binding.queue) {
+            let command = match change {
+                BindingChange::Bind => MetadataCommand::Bind(binding.clone()),
+                BindingChange::Unbind => MetadataCommand::Unbind(binding.clone()),
+            };
+            match Self::propose_definition(cluster, command).await {
+                // An exchange only this node has: the binding stays here.
+                Ok(MetadataResult::Refused(MetadataError::UnknownExchange(_))) | Ok(_) => {}
+                Err(error) => return Err(queue_refusal(error)),
+            }
+        }
+        let _following = self.cluster_follow.lock().await;
+        self.bind_locally(&binding, change).await
+    }
+
+    async fn bind_locally(
+        &self,
+        binding: &BindingMeta,
+        change: BindingChange,
+    ) -> Result<(), QueueError> {
+        let queues = self.queues.clone();
+        let binding = binding.clone();
+        queue_blocking(move || {
+            let arguments: Vec<(&str, &str)> = binding
+                .arguments
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .collect();
+            match change {
+                BindingChange::Bind => {
+                    queues.bind(&binding.queue, &binding.exchange, &binding.key, &arguments)
+                }
+                BindingChange::Unbind => queues
+                    .unbind(&binding.queue, &binding.exchange, &binding.key, &arguments)
+                    .map(|_| ()),
+            }
+        })
+        .await
+    }
+
     async fn create_topic_locally(
         &self,
         name: &str,
@@ -349,6 +463,72 @@ impl Broker {
                 }
                 Err(error) => {
                     tracing::warn!(queue = name, %error, "cannot delete a queue the cluster's metadata dropped")
+                }
+            }
+        }
+        self.follow_exchanges(state, followed).await;
+    }
+}
+
+impl Broker {
+    /// As [`Broker::follow`] for exchanges and bindings: exchanges first (a binding needs
+    /// its exchange), bindings after, dropped bindings before dropped exchanges.
+    async fn follow_exchanges(&self, state: &MetadataState, followed: &mut Followed) {
+        for (name, kind) in &state.exchanges {
+            if !followed.exchanges.insert(name.clone()) {
+                continue;
+            }
+            let Some(kind) = ExchangeKind::parse(kind) else {
+                tracing::warn!(
+                    exchange = name,
+                    kind,
+                    "the cluster's metadata holds an exchange of an unknown kind"
+                );
+                continue;
+            };
+            let queues = self.queues.clone();
+            let declaring = name.clone();
+            let declared = queue_blocking(move || {
+                queues.declare_exchange(&declaring, kind, Durability::Durable)
+            })
+            .await;
+            if let Err(error) = declared {
+                tracing::warn!(exchange = name, %error, "cannot declare an exchange the cluster's metadata holds");
+            }
+        }
+        for binding in &state.bindings {
+            if !followed.bindings.insert(binding.clone()) {
+                continue;
+            }
+            if let Err(error) = self.bind_locally(binding, BindingChange::Bind).await {
+                tracing::warn!(queue = binding.queue, exchange = binding.exchange, %error, "cannot make a binding the cluster's metadata holds");
+            }
+        }
+        let dropped: Vec<BindingMeta> = followed
+            .bindings
+            .iter()
+            .filter(|binding| state.bindings.binary_search(binding).is_err())
+            .cloned()
+            .collect();
+        for binding in dropped {
+            followed.bindings.remove(&binding);
+            // Gone with its queue or exchange already, or removed now.
+            let _ = self.bind_locally(&binding, BindingChange::Unbind).await;
+        }
+        let dropped: Vec<String> = followed
+            .exchanges
+            .iter()
+            .filter(|name| !state.exchanges.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            followed.exchanges.remove(&name);
+            let queues = self.queues.clone();
+            let deleting = name.clone();
+            match queue_blocking(move || queues.delete_exchange(&deleting)).await {
+                Ok(()) | Err(QueueError::UnknownExchange(_)) => {}
+                Err(error) => {
+                    tracing::warn!(exchange = name, %error, "cannot delete an exchange the cluster's metadata dropped")
                 }
             }
         }

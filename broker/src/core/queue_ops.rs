@@ -12,7 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wharf_protocol::batch::Header;
 
+use super::cluster_sync::BindingChange;
 use crate::acl::{Operation, ResourceType};
+use crate::cluster::metadata::BindingMeta;
 use crate::core::{Broker, Session};
 use crate::queue::delay::DUE_HEADER;
 use crate::queue::exchange::ExchangeKind;
@@ -132,6 +134,11 @@ impl Broker {
                 "exchange type {kind:?} is not direct, fanout, topic or headers"
             ))
         })?;
+        if let Some(cluster) = self.replicated() {
+            if durability == Durability::Durable {
+                return self.declare_exchange_replicated(cluster, &name, kind).await;
+            }
+        }
         let queues = self.queues.clone();
         blocking(move || queues.declare_exchange(&name, kind, durability)).await
     }
@@ -254,6 +261,17 @@ impl Broker {
     ) -> Result<(), QueueError> {
         self.check_queue(caller, Operation::Write, &queue)?;
         self.check_exchange(caller, Operation::Read, &exchange)?;
+        if let Some(cluster) = self.replicated() {
+            let binding = BindingMeta {
+                exchange,
+                queue,
+                key: routing_key,
+                arguments: headers.into_iter().collect(),
+            };
+            return self
+                .binding_replicated(cluster, binding, BindingChange::Bind)
+                .await;
+        }
         let queues = self.queues.clone();
         blocking(move || queues.bind(&queue, &exchange, &routing_key, &borrowed(&headers))).await
     }
@@ -272,6 +290,17 @@ impl Broker {
     ) -> Result<(), QueueError> {
         self.check_queue(caller, Operation::Write, &queue)?;
         self.check_exchange(caller, Operation::Read, &exchange)?;
+        if let Some(cluster) = self.replicated() {
+            let binding = BindingMeta {
+                exchange,
+                queue,
+                key: routing_key,
+                arguments: headers.into_iter().collect(),
+            };
+            return self
+                .binding_replicated(cluster, binding, BindingChange::Unbind)
+                .await;
+        }
         let queues = self.queues.clone();
         blocking(move || {
             queues
@@ -492,6 +521,9 @@ impl Broker {
     /// Unknown or built-in exchange; storage.
     pub async fn delete_exchange(&self, caller: &Session, name: String) -> Result<(), QueueError> {
         self.check_exchange(caller, Operation::Delete, &name)?;
+        if let Some(cluster) = self.replicated() {
+            return self.delete_exchange_replicated(cluster, &name).await;
+        }
         let queues = self.queues.clone();
         blocking(move || queues.delete_exchange(&name)).await
     }
