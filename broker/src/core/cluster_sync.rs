@@ -88,6 +88,16 @@ impl Broker {
         Ok(proposed.result)
     }
 
+    /// Proposes a delete; answers whether the log held what it names (refused: only this
+    /// node has it, and the caller deletes it here all the same).
+    async fn propose_delete(
+        cluster: &Cluster,
+        command: MetadataCommand,
+    ) -> Result<bool, ClusterError> {
+        let result = Self::propose_definition(cluster, command).await?;
+        Ok(!matches!(result, MetadataResult::Refused(_)))
+    }
+
     /// Creates a topic through the metadata log, then in this node's catalog.
     pub(crate) async fn create_topic_replicated(
         &self,
@@ -131,11 +141,9 @@ impl Broker {
             name: name.to_string(),
         };
         // A topic only this node has (created before it joined) is still deleted here.
-        let in_metadata = match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(_)) => false,
-            Ok(_) => true,
-            Err(error) => return Err(stream_refusal(error)),
-        };
+        let in_metadata = Self::propose_delete(cluster, command)
+            .await
+            .map_err(stream_refusal)?;
         let _following = self.cluster_follow.lock().await;
         let streams = self.streams.clone();
         let deleting = name.to_string();
@@ -207,11 +215,9 @@ impl Broker {
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
         };
-        let in_metadata = match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(_)) => false,
-            Ok(_) => true,
-            Err(error) => return Err(queue_refusal(error)),
-        };
+        let in_metadata = Self::propose_delete(cluster, command)
+            .await
+            .map_err(queue_refusal)?;
         let _following = self.cluster_follow.lock().await;
         match self.queues.delete_queue(name).await {
             // Following the log deleted it here first.
@@ -259,11 +265,9 @@ impl Broker {
         let command = MetadataCommand::DeleteExchange {
             name: name.to_string(),
         };
-        let in_metadata = match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(_)) => false,
-            Ok(_) => true,
-            Err(error) => return Err(queue_refusal(error)),
-        };
+        let in_metadata = Self::propose_delete(cluster, command)
+            .await
+            .map_err(queue_refusal)?;
         let _following = self.cluster_follow.lock().await;
         let queues = self.queues.clone();
         let deleting = name.to_string();

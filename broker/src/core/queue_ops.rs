@@ -262,12 +262,7 @@ impl Broker {
         self.check_queue(caller, Operation::Write, &queue)?;
         self.check_exchange(caller, Operation::Read, &exchange)?;
         if let Some(cluster) = self.replicated() {
-            let binding = BindingMeta {
-                exchange,
-                queue,
-                key: routing_key,
-                arguments: headers.into_iter().collect(),
-            };
+            let binding = binding_meta(queue, exchange, routing_key, headers);
             return self
                 .binding_replicated(cluster, binding, BindingChange::Bind)
                 .await;
@@ -291,12 +286,7 @@ impl Broker {
         self.check_queue(caller, Operation::Write, &queue)?;
         self.check_exchange(caller, Operation::Read, &exchange)?;
         if let Some(cluster) = self.replicated() {
-            let binding = BindingMeta {
-                exchange,
-                queue,
-                key: routing_key,
-                arguments: headers.into_iter().collect(),
-            };
+            let binding = binding_meta(queue, exchange, routing_key, headers);
             return self
                 .binding_replicated(cluster, binding, BindingChange::Unbind)
                 .await;
@@ -788,6 +778,21 @@ fn check_owner(session: &Session, queue: &str, consumer: ConsumerId) -> Result<(
     Err(QueueError::Invalid(format!(
         "consumer {consumer} of queue {queue:?} was not started on this connection"
     )))
+}
+
+/// A queue binding as the metadata log records it.
+fn binding_meta(
+    queue: String,
+    exchange: String,
+    key: String,
+    headers: Vec<(String, String)>,
+) -> BindingMeta {
+    BindingMeta {
+        exchange,
+        queue,
+        key,
+        arguments: headers.into_iter().collect(),
+    }
 }
 
 /// Runs a queue call that rewrites (and fsyncs) the definitions file or creates a queue's
