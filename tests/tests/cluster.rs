@@ -346,6 +346,20 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         "after the restart",
     );
 
+    // A topic a produce creates (auto-create) goes through the log too.
+    let produced = wharf(&addresses[1], &["produce", "auto"], "one record\n");
+    assert!(
+        produced.status.success(),
+        "produce to a new topic: {}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    catalogs_agree(
+        &addresses,
+        &[("auto", 1), ("late", 2), ("orders", 3)],
+        &["jobs"],
+        "after the auto-create",
+    );
+
     // An exchange declared on one node and bindings made on another reach all three, a
     // binding to a built-in exchange included; an unbind and an exchange delete too.
     ok(
@@ -386,7 +400,12 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
 
     ok(&addresses[2], &["queue", "delete", "jobs"]);
     ok(&addresses[1], &["topic", "delete", "orders"]);
-    catalogs_agree(&addresses, &[("late", 2)], &[], "after the deletes");
+    catalogs_agree(
+        &addresses,
+        &[("auto", 1), ("late", 2)],
+        &[],
+        "after the deletes",
+    );
 }
 
 /// Waits until every node in `brokers` lists exactly `wanted` (exchange, key) as the

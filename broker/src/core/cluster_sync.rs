@@ -130,6 +130,35 @@ impl Broker {
         self.create_topic_locally(name, partitions, configs).await
     }
 
+    /// Creates a topic a produce or a Kafka Metadata request named (default partition
+    /// count, no overrides) through the metadata log. Another node creating it first is no
+    /// error: this node takes the log's definition.
+    pub(crate) async fn auto_create_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
+        let partitions = self.default_partitions();
+        match self
+            .create_topic_replicated(cluster, name, partitions, Vec::new())
+            .await
+        {
+            Err(StreamError::Topic(TopicError::AlreadyExists(_))) => {
+                if let Some(info) = self.streams.topics().get(name) {
+                    return Ok(info);
+                }
+                let Some(topic) = cluster.applied().state.topics.get(name).cloned() else {
+                    return Err(StreamError::UnknownTopic(name.to_string()));
+                };
+                let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+                let _following = self.cluster_follow.lock().await;
+                self.create_topic_locally(name, partitions, topic.configs.into_iter().collect())
+                    .await
+            }
+            other => other,
+        }
+    }
+
     /// Deletes a topic through the metadata log, then from this node's catalog.
     pub(crate) async fn delete_topic_replicated(
         &self,

@@ -437,6 +437,9 @@ impl Broker {
             return Ok(info);
         }
         self.check_create_topic(caller, name)?;
+        if let Some(cluster) = self.replicated() {
+            return self.auto_create_replicated(cluster, name).await;
+        }
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || streams.create_for_produce(&name)).await
