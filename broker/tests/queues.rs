@@ -935,13 +935,7 @@ async fn runs_carry_each_consumers_share_of_a_stored_batch_as_its_record_bytes()
     let messages = (0..100)
         .map(|index| (String::new(), message("dealt", &format!("m{index}"))))
         .collect();
-    for ticket in manager.publish_enqueue_many(messages).await {
-        ticket
-            .expect("routed")
-            .confirmed()
-            .await
-            .expect("confirmed");
-    }
+    publish_confirmed(&manager, messages).await;
     let mut seen = Vec::new();
     for deliveries in [&mut first, &mut second] {
         let mut runs = 0;
@@ -990,13 +984,7 @@ async fn a_stored_batch_larger_than_a_run_leaves_in_several_runs_of_at_most_a_me
     let messages = (0..300)
         .map(|index| (String::new(), message("big", &format!("{index:03}{body}"))))
         .collect();
-    for ticket in manager.publish_enqueue_many(messages).await {
-        ticket
-            .expect("routed")
-            .confirmed()
-            .await
-            .expect("confirmed");
-    }
+    publish_confirmed(&manager, messages).await;
     let mut runs = Vec::new();
     let mut seen = Vec::new();
     while seen.len() < 300 {
@@ -1020,4 +1008,15 @@ async fn a_stored_batch_larger_than_a_run_leaves_in_several_runs_of_at_most_a_me
 
 fn body_prefix(delivered: &Delivered) -> String {
     body(delivered)[..3].to_string()
+}
+
+/// Publishes `messages` together (stored as one batch per queue) and waits for every confirm.
+async fn publish_confirmed(manager: &QueueManager, messages: Vec<(String, Message)>) {
+    for ticket in manager.publish_enqueue_many(messages).await {
+        ticket
+            .expect("routed")
+            .confirmed()
+            .await
+            .expect("confirmed");
+    }
 }

@@ -88,6 +88,27 @@ impl Broker {
         Ok(proposed.result)
     }
 
+    /// Proposes a queue or exchange declare; a declare that differs from the log's
+    /// definition is a mismatch, any other refusal invalid.
+    async fn propose_declare(
+        cluster: &Cluster,
+        command: MetadataCommand,
+    ) -> Result<(), QueueError> {
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => Err(
+                QueueError::DeclareMismatch(format!("queue {name:?} (declared on another node)")),
+            ),
+            Ok(MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind })) => {
+                Err(QueueError::DeclareMismatch(format!(
+                    "exchange {name:?} (declared as {kind} on another node)"
+                )))
+            }
+            Ok(MetadataResult::Refused(refused)) => Err(QueueError::Invalid(refused.to_string())),
+            Ok(_) => Ok(()),
+            Err(error) => Err(queue_refusal(error)),
+        }
+    }
+
     /// Proposes a delete; answers whether the log held what it names (refused: only this
     /// node has it, and the caller deletes it here all the same).
     async fn propose_delete(
@@ -200,18 +221,7 @@ impl Broker {
             replication_factor: REPLICATION_FACTOR,
             arguments: pairs.iter().cloned().collect(),
         };
-        match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => {
-                return Err(QueueError::DeclareMismatch(format!(
-                    "queue {name:?} (declared on another node)"
-                )))
-            }
-            Ok(MetadataResult::Refused(refused)) => {
-                return Err(QueueError::Invalid(refused.to_string()))
-            }
-            Ok(_) => {}
-            Err(error) => return Err(queue_refusal(error)),
-        }
+        Self::propose_declare(cluster, command).await?;
         let _following = self.cluster_follow.lock().await;
         let queues = self.queues.clone();
         let declaring = name.to_string();
@@ -266,18 +276,7 @@ impl Broker {
             name: name.to_string(),
             kind: kind.name().to_string(),
         };
-        match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind })) => {
-                return Err(QueueError::DeclareMismatch(format!(
-                    "exchange {name:?} (declared as {kind} on another node)"
-                )))
-            }
-            Ok(MetadataResult::Refused(refused)) => {
-                return Err(QueueError::Invalid(refused.to_string()))
-            }
-            Ok(_) => {}
-            Err(error) => return Err(queue_refusal(error)),
-        }
+        Self::propose_declare(cluster, command).await?;
         let _following = self.cluster_follow.lock().await;
         let queues = self.queues.clone();
         let declaring = name.to_string();
