@@ -71,6 +71,8 @@ pub const AMQP_CONNECTION_BUFFER_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 pub const DATA_DIR_DEFAULT: &str = "./wharf-data";
 /// Largest partition count of one topic: each partition is a directory with open files.
 pub const PARTITIONS_MAX: u32 = 10_000;
+/// The largest node id: Kafka's broker ids are 32-bit signed (issue #20).
+pub const NODE_ID_MAX: u64 = i32::MAX as u64;
 
 /// Everything `wharfd` is configured with.
 #[derive(Debug, Clone, PartialEq)]
@@ -895,10 +897,12 @@ impl BrokerConfig {
     /// # Errors
     /// `ConfigError::Invalid` naming the first bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node_id == 0 {
-            return Err(ConfigError::Invalid(
-                "node_id (--node-id) must be 1 or more".to_string(),
-            ));
+        // Kafka broker ids are 32-bit signed; a node's producer ids start at its id << 31.
+        if self.node_id == 0 || self.node_id > NODE_ID_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "node_id (--node-id) must be between 1 and {NODE_ID_MAX}, not {}",
+                self.node_id
+            )));
         }
         if !self.cluster_peers.is_empty() && !self.cluster_peers.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!(

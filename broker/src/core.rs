@@ -27,6 +27,7 @@ pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
 pub mod quota;
+pub mod routing;
 pub mod stream_ops;
 pub mod txn_ops;
 
@@ -211,6 +212,13 @@ impl Broker {
         let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
         let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)
             .map_err(|error| wrap(error.into()))?;
+        if !config.cluster_peers.is_empty() {
+            // Node N hands out producer ids from N × 2³¹ (N ≤ i32::MAX, so no overflow).
+            producers.hand_out_from(
+                i64::try_from(config.node_id).unwrap_or(0)
+                    * crate::streams::producer::CLUSTER_ID_RANGE,
+            );
+        }
         for info in topics.list() {
             for partition in 0..info.partitions {
                 if let Some(log) = topics.partition(&info.name, partition) {

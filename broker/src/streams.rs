@@ -137,6 +137,14 @@ pub enum StreamError {
     /// `no_leader` nothing changed and a retry may succeed, else the outcome is unknown.
     #[error("the cluster's metadata log: {message}")]
     Cluster { no_leader: bool, message: String },
+    /// Another node leads the partition (issue #20): the client asks again where it is
+    /// and sends there. `leader` is `None` while the metadata names no reachable leader.
+    #[error("{topic}-{partition} is led by {}", match leader { Some(node) => format!("node {node}"), None => "no node right now".to_string() })]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<u64>,
+    },
 }
 
 /// Topics, their partition logs and producer state.

@@ -227,6 +227,16 @@ pub enum TxnError {
     /// No such topic or partition.
     #[error("unknown topic or partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: u32 },
+    /// The partition is led by another node than the transaction's coordinator: until the
+    /// data is replicated (issue #21), a transaction's partitions must be led by the node
+    /// that writes its markers.
+    #[error("{topic}-{partition} is led by node {leader}, not by the transaction coordinator (node {coordinator}): a transaction spans the partitions of one node until issue #21")]
+    SpansNodes {
+        topic: String,
+        partition: u32,
+        leader: u64,
+        coordinator: u64,
+    },
     /// The group id is empty.
     #[error("group id is empty")]
     InvalidGroupId,

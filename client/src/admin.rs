@@ -213,7 +213,10 @@ impl Admin {
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
         let response: ListGroupsResponse = self
             .client
-            .call(Target::Any, Request::ListGroups(ListGroupsRequest {}))
+            .call(
+                Target::Coordinator,
+                Request::ListGroups(ListGroupsRequest {}),
+            )
             .await?;
         let mut groups: Vec<GroupSummary> = response
             .groups
@@ -236,7 +239,8 @@ impl Admin {
         let request = Request::DescribeGroups(DescribeGroupsRequest {
             group_ids: vec![group_id.to_string()],
         });
-        let response: DescribeGroupsResponse = self.client.call(Target::Any, request).await?;
+        let response: DescribeGroupsResponse =
+            self.client.call(Target::Coordinator, request).await?;
         let group = response
             .groups
             .into_iter()
@@ -427,8 +431,10 @@ impl Admin {
             value,
             execute: mode == ResetMode::Execute,
         });
-        let response: ResetOffsetsResponse =
-            self.client.call_unchecked(Target::Any, request).await?;
+        let response: ResetOffsetsResponse = self
+            .client
+            .call_unchecked(Target::Coordinator, request)
+            .await?;
         topic_answer(response.error, response.error_message, topic)?;
         Ok(response
             .partitions
@@ -450,8 +456,10 @@ impl Admin {
         let request = Request::DeleteGroup(DeleteGroupRequest {
             group_id: group.to_string(),
         });
-        let response: StreamAdminResponse =
-            self.client.call_unchecked(Target::Any, request).await?;
+        let response: StreamAdminResponse = self
+            .client
+            .call_unchecked(Target::Coordinator, request)
+            .await?;
         match response.error {
             ErrorCode::GroupIdNotFound => Err(Error::UnknownGroup {
                 group: group.to_string(),

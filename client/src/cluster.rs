@@ -66,8 +66,14 @@ struct MetadataCache {
 /// Which broker a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// Any broker: the lowest node id known, or the bootstrap address before metadata.
+    /// The broker the client was pointed at (the bootstrap address): requests about that
+    /// node (cluster status), or served by whichever node gets them (topic and queue
+    /// admin, publishes, queue consumers).
     Any,
+    /// The node coordinating groups and transactions: the lowest node id known (the
+    /// broker's rule in a cluster, docs/CLUSTER.md "Routing"), or the bootstrap address
+    /// before metadata.
+    Coordinator,
     /// The broker with this node id (a partition leader).
     Node(i32),
 }
@@ -275,7 +281,8 @@ impl Client {
         let address = {
             let cache = self.metadata();
             match target {
-                Target::Any => cache
+                Target::Any => self.inner.config.bootstrap.clone(),
+                Target::Coordinator => cache
                     .brokers
                     .iter()
                     .min_by_key(|(node_id, _)| **node_id)

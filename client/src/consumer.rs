@@ -757,7 +757,8 @@ impl Consumer {
                 ));
                 return Ok(());
             }
-            ErrorCode::UnknownTopicOrPartition => {
+            // The leader moved or the topic changed: ask the metadata again next round.
+            ErrorCode::UnknownTopicOrPartition | ErrorCode::NotLeaderOrFollower => {
                 self.client.invalidate_topic(topic);
                 return Ok(());
             }
@@ -850,7 +851,7 @@ impl Heartbeat {
             assignor: self.assignor.clone(),
             session_timeout_ms: self.session_timeout_ms,
         });
-        self.client.call(Target::Any, request).await
+        self.client.call(Target::Coordinator, request).await
     }
 
     /// Heartbeats until told to stop (or the consumer is dropped), then leaves the group.
@@ -918,7 +919,7 @@ impl Heartbeat {
             // Best effort: if it is lost, the session timeout removes the member.
             let _ = self
                 .client
-                .call::<LeaveGroupResponse>(Target::Any, leave)
+                .call::<LeaveGroupResponse>(Target::Coordinator, leave)
                 .await;
         }
     }

@@ -71,6 +71,10 @@ pub(crate) async fn list_offsets(
                 if partition.error == ErrorCode::UnknownTopicOrPartition {
                     return Err(Error::UnknownTopic { topic: topic.name });
                 }
+                if partition.error == ErrorCode::NotLeaderOrFollower {
+                    // The leader moved: the retry asks the metadata again.
+                    client.invalidate_topic(&topic.name);
+                }
                 crate::error::check_code(partition.error, None)?;
                 offsets.insert(
                     TopicPartition::new(topic.name.clone(), partition.partition),
@@ -102,7 +106,7 @@ pub(crate) async fn fetch_committed(
         group_id: group.to_string(),
         topics,
     });
-    let response: OffsetFetchResponse = match client.call(Target::Any, request).await {
+    let response: OffsetFetchResponse = match client.call(Target::Coordinator, request).await {
         // A group nobody has joined or committed to yet has committed nothing.
         Err(error) if error.code() == Some(ErrorCode::GroupIdNotFound) => return Ok(HashMap::new()),
         other => other?,
@@ -153,7 +157,7 @@ pub(crate) async fn commit(
             .map(|(name, partitions)| OffsetCommitTopic { name, partitions })
             .collect(),
     });
-    let response: OffsetCommitResponse = client.call(Target::Any, request).await?;
+    let response: OffsetCommitResponse = client.call(Target::Coordinator, request).await?;
     for topic in response.topics {
         for partition in topic.partitions {
             crate::error::check_code(partition.error, None)?;

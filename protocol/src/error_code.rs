@@ -115,6 +115,9 @@ crate::wire_enum! {
         /// A cluster membership change was refused (a node of another cluster, a node that
         /// is not a member, a change already under way).
         MembershipRefused = 48,
+        /// Another node of the cluster leads the partition: refresh metadata and send there
+        /// (issue #20).
+        NotLeaderOrFollower = 49,
     }
 }
 
@@ -133,6 +136,7 @@ impl ErrorCode {
                 | ErrorCode::DiskFull
                 | ErrorCode::ConcurrentTransactions
                 | ErrorCode::NoClusterLeader
+                | ErrorCode::NotLeaderOrFollower
         )
     }
 
@@ -190,6 +194,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "not authorized",
             ErrorCode::NoClusterLeader => "no cluster leader",
             ErrorCode::MembershipRefused => "membership change refused",
+            ErrorCode::NotLeaderOrFollower => "another node leads the partition",
         }
     }
 }

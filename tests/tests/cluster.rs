@@ -460,3 +460,217 @@ fn bindings_agree(brokers: &[String], wanted: &[(&str, &str)], what: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The native metadata answer of the node at `broker` for `topics`.
+fn native_metadata(
+    broker: &str,
+    topics: Vec<String>,
+) -> wharf_protocol::messages::MetadataResponse {
+    use wharf_protocol::messages::MetadataRequest;
+    use wharf_protocol::{Request, Response};
+    let address = broker.parse().expect("a socket address");
+    let mut client = integration_tests::RawClient::connect(address);
+    let Response::Metadata(metadata) = client.call(&Request::Metadata(MetadataRequest {
+        topics: Some(topics),
+    })) else {
+        panic!("not a metadata answer")
+    };
+    metadata
+}
+
+/// The partition leaders of `topic` as the native metadata of the node at `broker` reports
+/// them, by partition.
+fn native_leaders(broker: &str, topic: &str) -> Vec<i32> {
+    native_metadata(broker, vec![topic.to_string()]).topics[0]
+        .partitions
+        .iter()
+        .map(|partition| partition.leader)
+        .collect()
+}
+
+/// Waits until every node's metadata lists all of `brokers` (each node registered its
+/// listeners through the metadata log, so placement counts it).
+fn registered(brokers: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Vec<Vec<String>> = brokers
+            .iter()
+            .map(|broker| {
+                let mut listed: Vec<String> = native_metadata(broker, Vec::new())
+                    .brokers
+                    .iter()
+                    .map(|info| format!("{}:{}", info.host, info.port))
+                    .collect();
+                listed.sort();
+                listed
+            })
+            .collect();
+        let mut wanted = brokers.to_vec();
+        wanted.sort();
+        if listed.iter().all(|seen| *seen == wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes not all registered within 30 s: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leader() {
+    // Goal: issue #20's routing. Each partition of a topic is led by one node (placement
+    // spreads three partitions over three nodes) and served there only: Kafka metadata from
+    // any node lists all three brokers and each partition's leader, librdkafka routes
+    // produce and fetch to the leaders itself, its group finds the coordinator, the native
+    // client routes by its metadata the same way, and a request sent to a node that does
+    // not lead the partition is refused NotLeaderOrFollower.
+    use wharf_protocol::messages::{FetchPartition, FetchRequest, FetchTopic, Isolation};
+    use wharf_protocol::{ErrorCode, Request, Response};
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+
+    let count = 300;
+    let output = integration_tests::run_client_script(
+        "confluent_cluster.py",
+        &[
+            &kafka[0],
+            &kafka[1],
+            &kafka[2],
+            "routed",
+            &count.to_string(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "confluent_cluster.py: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+
+    let brokers: Vec<(u64, String)> = report["brokers"]
+        .as_array()
+        .expect("brokers")
+        .iter()
+        .map(|broker| {
+            (
+                broker[0].as_u64().expect("id"),
+                broker[1].as_str().expect("address").to_string(),
+            )
+        })
+        .collect();
+    let wanted: Vec<(u64, String)> = (1..=3).zip(kafka.iter().cloned()).collect();
+    assert_eq!(brokers, wanted, "the brokers librdkafka was told of");
+    let mut leaders: Vec<u64> = (0..3)
+        .map(|partition| {
+            report["leaders"][partition.to_string()]
+                .as_u64()
+                .expect("a leader")
+        })
+        .collect();
+    let by_partition = leaders.clone();
+    leaders.sort_unstable();
+    assert_eq!(leaders, vec![1, 2, 3], "one partition led by each node");
+
+    // Each leader stored its partition's records from offset 0, in order: one copy each.
+    let acked = report["acked"].as_array().expect("acked");
+    assert_eq!(acked.len(), count, "acknowledged records");
+    for partition in 0..3 {
+        let offsets: Vec<u64> = acked
+            .iter()
+            .filter(|entry| entry[0] == partition)
+            .map(|entry| entry[1].as_u64().expect("offset"))
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..100).collect::<Vec<u64>>(),
+            "offsets of partition {partition}"
+        );
+    }
+    assert_eq!(
+        report["read"], report["acked"],
+        "the group read what was acked"
+    );
+    assert_eq!(
+        report["leftover"],
+        serde_json::json!([]),
+        "a second member of the group found records the first had committed"
+    );
+
+    // The native metadata of every node names the same leaders.
+    for address in &addresses {
+        let native: Vec<u64> = native_leaders(address, "routed")
+            .into_iter()
+            .map(|leader| u64::try_from(leader).expect("a leader"))
+            .collect();
+        assert_eq!(native, by_partition, "native leaders reported by {address}");
+    }
+
+    // The native client bootstrapped on node 3 reads every partition from its leader.
+    let printed = wharf(
+        &addresses[2],
+        &[
+            "consume",
+            "routed",
+            "--from",
+            "earliest",
+            "--max-messages",
+            &count.to_string(),
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    );
+    assert!(
+        printed.status.success(),
+        "wharf consume: {}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let mut values: Vec<String> = String::from_utf8_lossy(&printed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        values, expected,
+        "what wharf consume printed through node 3"
+    );
+
+    // A fetch sent to a node that does not lead the partition is refused.
+    let led_elsewhere = by_partition
+        .iter()
+        .position(|leader| *leader != 1)
+        .expect("a partition node 1 does not lead");
+    let mut client = integration_tests::RawClient::connect(nodes[0].addr());
+    let Response::Fetch(fetched) = client.call(&Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1024 * 1024,
+        isolation: Isolation::ReadUncommitted,
+        topics: vec![FetchTopic {
+            name: "routed".to_string(),
+            partitions: vec![FetchPartition {
+                partition: u32::try_from(led_elsewhere).expect("partition"),
+                fetch_offset: 0,
+                partition_max_bytes: 1024 * 1024,
+            }],
+        }],
+    })) else {
+        panic!("not a fetch answer")
+    };
+    let answer = &fetched.topics[0].partitions[0];
+    assert_eq!(answer.error, ErrorCode::NotLeaderOrFollower, "{answer:?}");
+    assert!(
+        answer.records.is_empty(),
+        "records from a copy that is not served"
+    );
+}

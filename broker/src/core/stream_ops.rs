@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::acl::{Denied, Operation, ResourceType};
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
-use crate::streams::fetch::{FetchQuery, FetchedTopic};
+use crate::streams::fetch::{FetchQuery, FetchedPartition, FetchedTopic, TopicQuery};
 use crate::streams::producer::ProducerView;
 use crate::streams::topic::{AdminMode, ConfigChange, TopicConfig, TopicInfo};
 use crate::streams::{OffsetSpec, StreamError, PRODUCE_TIMEOUT_MS_MAX};
@@ -387,11 +387,20 @@ impl Broker {
                 Err(denied) => Err(denied.into()),
             }
             .map_err(Arc::new);
+            // Read after the topic is found or created, so a topic this produce created
+            // through the metadata log is placed already.
+            let routing = self.routing();
             let mut partitions = Vec::with_capacity(produced.len());
             for (partition, records) in produced {
                 let outcome = match &info {
                     Err(error) => Err(StreamError::TopicUnavailable(error.clone())),
-                    Ok(info) => self.streams.append_produced(info, partition, &records),
+                    Ok(info) => match routing
+                        .as_ref()
+                        .and_then(|routing| routing.refusal(&topic, partition))
+                    {
+                        Some(refusal) => Err(refusal),
+                        None => self.streams.append_produced(info, partition, &records),
+                    },
                 };
                 let result = outcome.map(|receipt| {
                     let answer = Produced {
@@ -446,17 +455,30 @@ impl Broker {
     }
 
     /// Reads what `query` asks for, long-polling up to its wait. Each topic needs `Read`;
-    /// the partitions of a refused one come back with `Unauthorized` and no records.
+    /// the partitions of a refused one come back with `Unauthorized` and no records, and a
+    /// partition another node leads with `NotLeader` (issue #20).
     pub async fn fetch(&self, caller: &Session, query: &FetchQuery) -> Vec<FetchedTopic> {
-        let refused: Vec<Option<Denied>> = query
+        let routing = self.routing();
+        let refusals: Vec<Vec<Option<StreamError>>> = query
             .topics
             .iter()
             .map(|wanted| {
-                self.check(caller, Operation::Read, ResourceType::Topic, &wanted.topic)
-                    .err()
+                let denied = self
+                    .check(caller, Operation::Read, ResourceType::Topic, &wanted.topic)
+                    .err();
+                wanted
+                    .partitions
+                    .iter()
+                    .map(|asked| match &denied {
+                        Some(denied) => Some(StreamError::Unauthorized(denied.clone())),
+                        None => routing
+                            .as_ref()
+                            .and_then(|routing| routing.refusal(&wanted.topic, asked.partition)),
+                    })
+                    .collect()
             })
             .collect();
-        if refused.iter().all(Option::is_none) {
+        if refusals.iter().flatten().all(Option::is_none) {
             let fetched = self.streams.fetch(query).await;
             self.charge_fetched(caller, &fetched);
             return fetched;
@@ -465,9 +487,20 @@ impl Broker {
             topics: query
                 .topics
                 .iter()
-                .zip(&refused)
-                .filter(|(_, denied)| denied.is_none())
-                .map(|(wanted, _)| wanted.clone())
+                .zip(&refusals)
+                .filter_map(|(wanted, refused)| {
+                    let partitions: Vec<_> = wanted
+                        .partitions
+                        .iter()
+                        .zip(refused)
+                        .filter(|(_, refusal)| refusal.is_none())
+                        .map(|(asked, _)| asked.clone())
+                        .collect();
+                    (!partitions.is_empty()).then(|| TopicQuery {
+                        topic: wanted.topic.clone(),
+                        partitions,
+                    })
+                })
                 .collect(),
             ..query.clone()
         };
@@ -477,14 +510,30 @@ impl Broker {
             self.streams.fetch(&allowed).await
         };
         self.charge_fetched(caller, &fetched);
+        // Put the refusals back in the query's order, between what was read.
         let mut fetched = fetched.into_iter();
         query
             .topics
             .iter()
-            .zip(refused)
-            .filter_map(|(wanted, denied)| match denied {
-                None => fetched.next(),
-                Some(denied) => Some(FetchedTopic::refused(wanted, &denied)),
+            .zip(refusals)
+            .map(|(wanted, refused)| {
+                let mut read = if refused.iter().any(Option::is_none) {
+                    fetched.next().map(|topic| topic.partitions.into_iter())
+                } else {
+                    None
+                };
+                FetchedTopic {
+                    topic: wanted.topic.clone(),
+                    partitions: wanted
+                        .partitions
+                        .iter()
+                        .zip(refused)
+                        .filter_map(|(asked, refusal)| match refusal {
+                            Some(error) => Some(FetchedPartition::failed(asked.partition, error)),
+                            None => read.as_mut().and_then(Iterator::next),
+                        })
+                        .collect(),
+                }
             })
             .collect()
     }
@@ -538,11 +587,20 @@ impl Broker {
         }
         let streams = self.streams.clone();
         let topic = topic.to_string();
+        let refusals: Vec<Option<StreamError>> = match self.routing() {
+            Some(routing) => offsets
+                .iter()
+                .map(|(partition, _)| routing.refusal(&topic, *partition))
+                .collect(),
+            None => Vec::new(),
+        };
         let outcome = tokio::task::spawn_blocking(move || {
+            let mut refusals = refusals.into_iter();
             offsets
                 .into_iter()
-                .map(|(partition, offset)| {
-                    (partition, streams.delete_records(&topic, partition, offset))
+                .map(|(partition, offset)| match refusals.next().flatten() {
+                    Some(refusal) => (partition, Err(refusal)),
+                    None => (partition, streams.delete_records(&topic, partition, offset)),
                 })
                 .collect::<Vec<_>>()
         })
@@ -582,6 +640,7 @@ impl Broker {
         spec: OffsetSpec,
     ) -> Result<Option<i64>, StreamError> {
         self.check(caller, Operation::Describe, ResourceType::Topic, topic)?;
+        self.check_leader(topic, partition)?;
         self.streams.list_offset(topic, partition, spec)
     }
 }

@@ -47,6 +47,22 @@ impl Broker {
         for (topic, _) in &partitions {
             self.check(caller, Operation::Write, ResourceType::Topic, topic)?;
         }
+        if let Some(routing) = self.routing() {
+            for (topic, indexes) in &partitions {
+                for partition in indexes {
+                    if let Some(placed) = routing.partition(topic, *partition) {
+                        if placed.leader != routing.this_node() {
+                            return Err(TxnError::SpansNodes {
+                                topic: topic.clone(),
+                                partition: *partition,
+                                leader: placed.leader,
+                                coordinator: routing.this_node(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
         self.txn.add_partitions(producer, partitions).await
     }
 

@@ -12,6 +12,7 @@
 
 pub mod acls;
 pub mod admin;
+pub mod cluster;
 pub mod error_code;
 pub mod groups;
 pub mod handlers;

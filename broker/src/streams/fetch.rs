@@ -98,24 +98,17 @@ pub struct FetchedTopic {
     pub partitions: Vec<FetchedPartition>,
 }
 
-impl FetchedTopic {
-    /// The answer to a topic the caller may not read: each partition refused, no records.
-    pub fn refused(wanted: &TopicQuery, denied: &crate::acl::Denied) -> FetchedTopic {
-        FetchedTopic {
-            topic: wanted.topic.clone(),
-            partitions: wanted
-                .partitions
-                .iter()
-                .map(|query| FetchedPartition {
-                    partition: query.partition,
-                    error: Some(StreamError::Unauthorized(denied.clone())),
-                    high_watermark: -1,
-                    last_stable_offset: -1,
-                    log_start_offset: -1,
-                    aborted: Vec::new(),
-                    records: Bytes::new(),
-                })
-                .collect(),
+impl FetchedPartition {
+    /// The answer to a partition that is not read: `error`, no records.
+    pub fn failed(partition: u32, error: StreamError) -> FetchedPartition {
+        FetchedPartition {
+            partition,
+            error: Some(error),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            aborted: Vec::new(),
+            records: Bytes::new(),
         }
     }
 }

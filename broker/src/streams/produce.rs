@@ -161,7 +161,7 @@ impl Streams {
         batch::validate(batches).map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
         let first = header.base_sequence;
         let last = last_sequence(&header);
-        if header.producer_id >= self.producers.next_id() || header.producer_id < 0 {
+        if !self.producers.may_be_handed_out(header.producer_id) {
             return Err(StreamError::UnknownProducerId(header.producer_id));
         }
         let shared = self.producers.partition(&info.name, partition);

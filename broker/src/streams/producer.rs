@@ -36,6 +36,8 @@ use crate::storage::{checkpoint, Error as StorageError, Fs, Partition};
 pub const RETAINED_BATCHES: usize = 5;
 /// Producer ids reserved per durable write of the id block.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
+/// Producer ids per cluster node: node N hands out ids from N × 2³¹ (issue #20).
+pub const CLUSTER_ID_RANGE: i64 = 1 << 31;
 /// File name of the per-partition snapshot.
 pub const SNAPSHOT_FILE: &str = "producer-state";
 /// File name of the producer id block in the data directory.
@@ -427,6 +429,8 @@ pub struct Producers {
 struct IdBlock {
     next: i64,
     end: i64,
+    /// The first id of this cluster node's range (`None` on a lone node).
+    range_first: Option<i64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -464,7 +468,11 @@ impl Producers {
             data_dir: data_dir.to_path_buf(),
             partitions: Mutex::new(BTreeMap::new()),
             // Nothing reserved yet: the first allocation reserves a block starting at `next`.
-            ids: Mutex::new(IdBlock { next, end: next }),
+            ids: Mutex::new(IdBlock {
+                next,
+                end: next,
+                range_first: None,
+            }),
             expiry_ms,
         };
         Ok(producers)
@@ -495,9 +503,36 @@ impl Producers {
         Ok(id)
     }
 
+    /// Makes every id handed out from now on at least `first`: a cluster node hands out
+    /// ids from its own range (issue #20), so producers of two nodes never share an id on a
+    /// partition. Ids already at or above `first` are left as they are.
+    pub fn hand_out_from(&self, first: i64) {
+        let mut ids = lock(&self.ids);
+        if ids.next < first {
+            ids.next = first;
+            ids.end = first;
+        }
+        ids.range_first = Some(first);
+    }
+
     /// The id the next allocation hands out: every id below it was handed out at some time.
     pub fn next_id(&self) -> i64 {
         lock(&self.ids).next
+    }
+
+    /// Whether `id` may be a producer id some node handed out: on a lone node, one below
+    /// [`Producers::next_id`]; in a cluster, one this node handed out within its own range,
+    /// or any id outside that range (another node's to vouch for).
+    pub fn may_be_handed_out(&self, id: i64) -> bool {
+        let ids = lock(&self.ids);
+        if id < 0 {
+            return false;
+        }
+        match ids.range_first {
+            Some(first) if id >= first && id - first < CLUSTER_ID_RANGE => id < ids.next,
+            Some(_) => true,
+            None => id < ids.next,
+        }
     }
 
     /// Loads a partition's state: its snapshot, then a replay of the log after it (blocking:
@@ -775,6 +810,36 @@ mod tests {
             base_offset,
             last_offset: base_offset + i64::from(last_sequence - first_sequence),
         }
+    }
+
+    #[test]
+    fn a_cluster_node_hands_out_ids_from_its_range_and_keeps_them_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::RealFs);
+        let first = 3 * CLUSTER_ID_RANGE;
+        let producers = Producers::open(fs.clone(), dir.path(), 60_000).unwrap();
+        assert_eq!(
+            producers.allocate_id().unwrap(),
+            0,
+            "a lone node starts at 0"
+        );
+        producers.hand_out_from(first);
+        assert_eq!(producers.allocate_id().unwrap(), first);
+        assert_eq!(producers.allocate_id().unwrap(), first + 1);
+        drop(producers);
+        let reopened = Producers::open(fs, dir.path(), 60_000).unwrap();
+        reopened.hand_out_from(first);
+        let next = reopened.allocate_id().unwrap();
+        assert!(
+            next > first + 1,
+            "{next} repeats an id handed out before the restart"
+        );
+        // Its own range: only what it handed out; another node's: not its to refuse.
+        assert!(reopened.may_be_handed_out(first + 1));
+        assert!(!reopened.may_be_handed_out(next + 1));
+        assert!(reopened.may_be_handed_out(2 * CLUSTER_ID_RANGE));
+        assert!(reopened.may_be_handed_out(5 * CLUSTER_ID_RANGE));
+        assert!(!reopened.may_be_handed_out(-1));
     }
 
     #[test]

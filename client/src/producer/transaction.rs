@@ -116,7 +116,7 @@ pub(super) async fn call_with_retries<T: FromResponse>(
     let mut jitter = Jitter::from_entropy();
     let mut attempt = 0u32;
     loop {
-        let error = match client.call::<T>(Target::Any, request.clone()).await {
+        let error = match client.call::<T>(Target::Coordinator, request.clone()).await {
             Ok(response) => return Ok(response),
             Err(error) => error,
         };

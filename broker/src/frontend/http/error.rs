@@ -126,6 +126,9 @@ impl From<StreamError> for ApiError {
             StreamError::Cluster { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", message)
             }
+            StreamError::NotLeader { .. } => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message)
+            }
             StreamError::Storage(_) | StreamError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }

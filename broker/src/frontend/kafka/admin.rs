@@ -19,9 +19,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
+use super::cluster::KafkaCluster;
 use super::error_code;
 use super::handlers::text;
-use super::{Kafka, CLUSTER_ID, NODE_ID};
+use super::Kafka;
 use crate::core::{
     AdminMode, Broker, ConfigChange, ConfigSource, GroupAdminError, OffsetSpec, Session,
     StreamError,
@@ -322,16 +323,25 @@ pub async fn delete_groups(
     DeleteGroupsResponse::default().with_results(results)
 }
 
-/// DescribeCluster: this one broker, which is also the controller.
+/// DescribeCluster: every node with a Kafka listener and the controller (this one broker
+/// on a lone node).
 pub fn describe_cluster(kafka: &Kafka) -> DescribeClusterResponse {
-    let (host, port) = &kafka.advertised;
+    let cluster = KafkaCluster::of(kafka);
     DescribeClusterResponse::default()
-        .with_cluster_id(text(CLUSTER_ID))
-        .with_controller_id(BrokerId(NODE_ID))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(NODE_ID))
-            .with_host(text(host))
-            .with_port(i32::from(*port))])
+        .with_cluster_id(text(&cluster.cluster_id))
+        .with_controller_id(BrokerId(cluster.controller))
+        .with_brokers(
+            cluster
+                .brokers
+                .iter()
+                .map(|broker| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(broker.node_id))
+                        .with_host(text(&broker.host))
+                        .with_port(i32::from(broker.port))
+                })
+                .collect(),
+        )
 }
 
 /// OffsetForLeaderEpoch: one leader epoch (0) has ever led each partition, so its end is the

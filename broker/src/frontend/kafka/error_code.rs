@@ -102,6 +102,7 @@ pub fn stream(error: &StreamError) -> i16 {
             no_leader: true, ..
         } => ResponseError::NotController,
         StreamError::Cluster { .. } => ResponseError::RequestTimedOut,
+        StreamError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
     };
     kind.code()
 }
@@ -160,6 +161,7 @@ pub fn txn(error: &TxnError) -> i16 {
         TxnError::Concurrent(_) => ResponseError::ConcurrentTransactions,
         TxnError::InternalTopic(_) => ResponseError::InvalidTopicException,
         TxnError::UnknownPartition { .. } => ResponseError::UnknownTopicOrPartition,
+        TxnError::SpansNodes { .. } => ResponseError::InvalidTxnState,
         TxnError::InvalidGroupId => ResponseError::InvalidGroupId,
         TxnError::Group(error) => return group(error),
         TxnError::Offset(refusal) => return entry(refusal),
@@ -402,6 +404,15 @@ mod tests {
             stream(&StreamError::UnknownTopic("t".to_string())),
             3,
             "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(
+            stream(&StreamError::NotLeader {
+                topic: "t".to_string(),
+                partition: 0,
+                leader: Some(2),
+            }),
+            6,
+            "NOT_LEADER_OR_FOLLOWER: clients refresh metadata and go to the leader"
         );
         assert_eq!(
             stream(&StreamError::Sequence {

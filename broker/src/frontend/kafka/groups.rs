@@ -20,9 +20,10 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
+use super::cluster::KafkaCluster;
 use super::error_code;
 use super::handlers::text;
-use super::{Kafka, NODE_ID};
+use super::Kafka;
 use std::collections::HashMap;
 
 use uuid::Uuid;
@@ -31,13 +32,25 @@ use crate::core::{
     Broker, ClassicJoin, Committed, GroupAdminError, GroupError, Heartbeat, OffsetEntry, Session,
 };
 
-/// FindCoordinator: this broker coordinates every group and transactional id.
+/// FindCoordinator: the node that coordinates every group and transactional id (this
+/// broker on a lone node; docs/CLUSTER.md, Routing); COORDINATOR_NOT_AVAILABLE while that
+/// node has no known Kafka listener.
 pub fn find_coordinator(
     kafka: &Kafka,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = &kafka.advertised;
+    let cluster = KafkaCluster::of(kafka);
+    let found = cluster.coordinator();
+    let (node_id, host, port, error) = match found {
+        Some(broker) => (
+            broker.node_id,
+            broker.host.as_str(),
+            i32::from(broker.port),
+            0,
+        ),
+        None => (-1, "", -1, ResponseError::CoordinatorNotAvailable.code()),
+    };
     if version >= 4 {
         // v4 batches the keys; the top-level fields are gone.
         return FindCoordinatorResponse::default().with_coordinators(
@@ -47,17 +60,19 @@ pub fn find_coordinator(
                 .map(|key| {
                     Coordinator::default()
                         .with_key(key)
-                        .with_node_id(BrokerId(NODE_ID))
+                        .with_node_id(BrokerId(node_id))
                         .with_host(text(host))
-                        .with_port(i32::from(*port))
+                        .with_port(port)
+                        .with_error_code(error)
                 })
                 .collect(),
         );
     }
     FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(NODE_ID))
+        .with_node_id(BrokerId(node_id))
         .with_host(text(host))
-        .with_port(i32::from(*port))
+        .with_port(port)
+        .with_error_code(error)
 }
 
 /// JoinGroup, answered when the group's rebalance completes.

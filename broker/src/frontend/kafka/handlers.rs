@@ -28,8 +28,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use super::cluster::KafkaCluster;
 use super::{acls, admin, error_code, groups, sasl, txn};
-use super::{Kafka, KafkaConnection, CLUSTER_ID, NODE_ID, SUPPORTED_APIS};
+use super::{Kafka, KafkaConnection, SUPPORTED_APIS};
 use crate::core::{
     self, Broker, FetchQuery, NewTopic, OffsetSpec, PartitionQuery, PartitionStatus, ProduceQuery,
     Session, StreamError, TopicInfo, TopicQuery, TopicView,
@@ -313,18 +314,26 @@ async fn metadata(
         Some(names) if may_create => broker.topic_metadata_creating(caller, names).await,
         Some(names) => broker.topic_metadata(caller, Some(names)),
     };
-    let (host, port) = &kafka.advertised;
+    let cluster = KafkaCluster::of(kafka);
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(NODE_ID))
-            .with_host(text(host))
-            .with_port(i32::from(*port))])
-        .with_cluster_id(Some(text(CLUSTER_ID)))
-        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(
+            cluster
+                .brokers
+                .iter()
+                .map(|broker| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(broker.node_id))
+                        .with_host(text(&broker.host))
+                        .with_port(i32::from(broker.port))
+                })
+                .collect(),
+        )
+        .with_cluster_id(Some(text(&cluster.cluster_id)))
+        .with_controller_id(BrokerId(cluster.controller))
         .with_topics(
             views
                 .into_iter()
-                .map(topic_metadata)
+                .map(|view| topic_metadata(&cluster, view))
                 .chain(unknown_ids.into_iter().map(|id| {
                     MetadataResponseTopic::default()
                         .with_topic_id(id)
@@ -334,7 +343,7 @@ async fn metadata(
         )
 }
 
-fn topic_metadata(view: TopicView) -> MetadataResponseTopic {
+fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default().with_name(Some(topic_name(&view.name)));
     if let Some(refused) = &view.denied {
         return topic.with_error_code(error_code::denied(refused));
@@ -348,7 +357,10 @@ fn topic_metadata(view: TopicView) -> MetadataResponseTopic {
             view.partitions
                 .into_iter()
                 .map(|partition| {
-                    let serving = partition.status == PartitionStatus::Serving;
+                    let (leader, replicas) = cluster.partition(&view.name, partition.partition);
+                    // A partition led elsewhere is that node's to report on.
+                    let serving =
+                        partition.status == PartitionStatus::Serving || leader != cluster.this_node;
                     MetadataResponsePartition::default()
                         .with_error_code(if serving {
                             0
@@ -358,14 +370,14 @@ fn topic_metadata(view: TopicView) -> MetadataResponseTopic {
                         .with_partition_index(
                             i32::try_from(partition.partition).unwrap_or(i32::MAX),
                         )
-                        .with_leader_id(BrokerId(if serving { NODE_ID } else { -1 }))
+                        .with_leader_id(BrokerId(if serving { leader } else { -1 }))
                         .with_leader_epoch(0)
-                        .with_replica_nodes(vec![BrokerId(NODE_ID)])
                         .with_isr_nodes(if serving {
-                            vec![BrokerId(NODE_ID)]
+                            replicas.iter().copied().map(BrokerId).collect()
                         } else {
                             Vec::new()
                         })
+                        .with_replica_nodes(replicas.into_iter().map(BrokerId).collect())
                 })
                 .collect(),
         )

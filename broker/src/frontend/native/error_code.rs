@@ -98,6 +98,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::Internal(_) => ErrorCode::Unknown,
         StreamError::Unauthorized(_) => ErrorCode::Unauthorized,
         StreamError::Cluster { no_leader, .. } => definition(*no_leader),
+        StreamError::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
     }
 }
 
@@ -164,6 +165,7 @@ pub fn txn(error: &TxnError) -> ErrorCode {
         TxnError::Concurrent(_) => ErrorCode::ConcurrentTransactions,
         TxnError::InternalTopic(_) => ErrorCode::InvalidTopicName,
         TxnError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        TxnError::SpansNodes { .. } => ErrorCode::InvalidTxnState,
         TxnError::InvalidGroupId => ErrorCode::InvalidGroupId,
         TxnError::Group(error) => group(error),
         TxnError::Offset(refusal) => entry(refusal),

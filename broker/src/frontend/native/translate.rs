@@ -18,6 +18,8 @@ use wharf_protocol::messages::*;
 use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
+use crate::config::parse_host_port;
+use crate::core::routing::Routing;
 use crate::core::{
     self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
     ConsumerId, ConsumerPush, Delivered, Deliveries, DeliveryTag, Durability, Execution, Existing,
@@ -334,13 +336,48 @@ fn api_versions() -> ApiVersionsResponse {
     }
 }
 
+/// A Wharf node id as a native broker id (-1 if it does not fit).
+fn broker_id(node: u64) -> i32 {
+    i32::try_from(node).unwrap_or(-1)
+}
+
+/// The brokers a metadata answer lists: every node with a native listener (issue #20), or
+/// this one on a lone node; and this node's id among them.
+fn brokers(advertised: &BrokerInfo, routing: Option<&Routing<'_>>) -> (Vec<BrokerInfo>, i32) {
+    let Some(routing) = routing else {
+        return (vec![advertised.clone()], advertised.node_id);
+    };
+    let this_node = broker_id(routing.this_node());
+    let mut brokers: Vec<BrokerInfo> = routing
+        .nodes()
+        .into_iter()
+        .filter_map(|node| {
+            let (host, port) = parse_host_port(node.listeners.get("native")?).ok()?;
+            Some(BrokerInfo {
+                node_id: broker_id(node.id),
+                host,
+                port,
+            })
+        })
+        .collect();
+    // This node answers even before its registration is applied.
+    if !brokers.iter().any(|broker| broker.node_id == this_node) {
+        brokers.push(BrokerInfo {
+            node_id: this_node,
+            ..advertised.clone()
+        });
+    }
+    (brokers, this_node)
+}
+
 fn metadata(
     advertised: &BrokerInfo,
     broker: &Broker,
     caller: &Session,
     request: MetadataRequest,
 ) -> MetadataResponse {
-    let node_id = advertised.node_id;
+    let routing = broker.routing();
+    let (brokers, this_node) = brokers(advertised, routing.as_ref());
     let topics = broker
         .topic_metadata(caller, request.topics)
         .into_iter()
@@ -357,34 +394,51 @@ fn metadata(
             },
             Some(topic_id) => TopicMetadata {
                 error: ErrorCode::None,
-                name: view.name,
                 topic_id,
                 partitions: view
                     .partitions
                     .into_iter()
-                    .map(|partition| PartitionMetadata {
-                        partition: partition.partition,
-                        error: match partition.status {
-                            PartitionStatus::Serving => ErrorCode::None,
-                            PartitionStatus::Failed => ErrorCode::StorageFailed,
-                            PartitionStatus::Missing => ErrorCode::UnknownTopicOrPartition,
-                        },
-                        leader: if partition.status == PartitionStatus::Missing {
-                            -1
-                        } else {
-                            node_id
-                        },
-                        log_start_offset: partition.log_start_offset,
-                        high_watermark: partition.high_watermark,
+                    .map(|partition| {
+                        let placed = routing
+                            .as_ref()
+                            .and_then(|routing| routing.partition(&view.name, partition.partition))
+                            .map(|placed| broker_id(placed.leader))
+                            .filter(|leader| *leader != this_node);
+                        match placed {
+                            // Led elsewhere: that node reports its offsets.
+                            Some(leader) => PartitionMetadata {
+                                partition: partition.partition,
+                                error: ErrorCode::None,
+                                leader,
+                                log_start_offset: -1,
+                                high_watermark: -1,
+                            },
+                            None => PartitionMetadata {
+                                partition: partition.partition,
+                                error: match partition.status {
+                                    PartitionStatus::Serving => ErrorCode::None,
+                                    PartitionStatus::Failed => ErrorCode::StorageFailed,
+                                    PartitionStatus::Missing => ErrorCode::UnknownTopicOrPartition,
+                                },
+                                leader: if partition.status == PartitionStatus::Missing {
+                                    -1
+                                } else {
+                                    this_node
+                                },
+                                log_start_offset: partition.log_start_offset,
+                                high_watermark: partition.high_watermark,
+                            },
+                        }
                     })
                     .collect(),
+                name: view.name,
             },
         })
         .collect();
     MetadataResponse {
         error: ErrorCode::None,
         error_message: None,
-        brokers: vec![advertised.clone()],
+        brokers,
         topics,
     }
 }

@@ -1,0 +1,114 @@
+//! The cluster as Kafka clients see it (issue #20): the broker list, the controller, each
+//! partition's leader and replicas, and the coordinator, translated from the core's
+//! [`Routing`]. A lone node is broker 0 of cluster `wharf`, as it always was.
+
+use crate::config::parse_host_port;
+use crate::core::routing::{ClusterNode, Routing};
+
+use super::{Kafka, CLUSTER_ID, NODE_ID};
+
+/// A broker Kafka clients may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaBroker {
+    /// Its Kafka node id (Wharf's node id).
+    pub node_id: i32,
+    /// Its advertised Kafka listener.
+    pub host: String,
+    /// As above.
+    pub port: u16,
+}
+
+/// The cluster for one answer.
+#[derive(Debug)]
+pub struct KafkaCluster<'a> {
+    /// This node's Kafka id.
+    pub this_node: i32,
+    /// The cluster id metadata answers carry.
+    pub cluster_id: String,
+    /// The controller (the metadata log's leader), -1 while none is known.
+    pub controller: i32,
+    /// Every node with a Kafka listener.
+    pub brokers: Vec<KafkaBroker>,
+    routing: Option<Routing<'a>>,
+}
+
+/// A Wharf node id as a Kafka broker id (-1 if it does not fit).
+fn broker_id(node: u64) -> i32 {
+    i32::try_from(node).unwrap_or(-1)
+}
+
+/// A node's Kafka listener, if it has one that parses.
+fn kafka_broker(node: &ClusterNode) -> Option<KafkaBroker> {
+    let address = node.listeners.get("kafka")?;
+    let (host, port) = parse_host_port(address).ok()?;
+    Some(KafkaBroker {
+        node_id: broker_id(node.id),
+        host,
+        port,
+    })
+}
+
+impl KafkaCluster<'_> {
+    /// The cluster as `kafka`'s broker sees it now.
+    pub fn of(kafka: &Kafka) -> KafkaCluster<'_> {
+        let (host, port) = &kafka.advertised;
+        let Some(routing) = kafka.broker.routing() else {
+            return KafkaCluster {
+                this_node: NODE_ID,
+                cluster_id: CLUSTER_ID.to_string(),
+                controller: NODE_ID,
+                brokers: vec![KafkaBroker {
+                    node_id: NODE_ID,
+                    host: host.clone(),
+                    port: *port,
+                }],
+                routing: None,
+            };
+        };
+        let this_node = broker_id(routing.this_node());
+        let mut brokers: Vec<KafkaBroker> =
+            routing.nodes().iter().filter_map(kafka_broker).collect();
+        // This node answers even before its registration is applied.
+        if !brokers.iter().any(|broker| broker.node_id == this_node) {
+            brokers.push(KafkaBroker {
+                node_id: this_node,
+                host: host.clone(),
+                port: *port,
+            });
+        }
+        KafkaCluster {
+            this_node,
+            cluster_id: routing
+                .cluster_id()
+                .unwrap_or_else(|| CLUSTER_ID.to_string()),
+            controller: routing.controller().map_or(-1, broker_id),
+            brokers,
+            routing: Some(routing),
+        }
+    }
+
+    /// The leader and replicas of `topic`'s `partition`: this node for a partition the
+    /// cluster does not place.
+    pub fn partition(&self, topic: &str, partition: u32) -> (i32, Vec<i32>) {
+        match self
+            .routing
+            .as_ref()
+            .and_then(|routing| routing.partition(topic, partition))
+        {
+            Some(placed) => (
+                broker_id(placed.leader),
+                placed.replicas.into_iter().map(broker_id).collect(),
+            ),
+            None => (self.this_node, vec![self.this_node]),
+        }
+    }
+
+    /// The broker coordinating groups and transactions, if it has a Kafka listener.
+    pub fn coordinator(&self) -> Option<&KafkaBroker> {
+        let id = self
+            .routing
+            .as_ref()
+            .map_or(self.this_node, |routing| broker_id(routing.coordinator()));
+        self.brokers.iter().find(|broker| broker.node_id == id)
+    }
+}
