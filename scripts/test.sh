@@ -13,6 +13,8 @@
 #                            drives the browser (it downloads no browser of its own)
 #   chromium                 Debian's package: the headless browser the web console's test
 #                            drives
+#   iproute2                 Debian's package: `ip netns`, veth and bridges for the cluster's
+#                            network-partition test (tests/tests/cluster_partition.rs, root)
 #
 # Extra arguments go to `cargo test` (for example `scripts/test.sh -p integration-tests`).
 set -euo pipefail
@@ -32,6 +34,12 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing chromium (Debian package) for the web console's browser test"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if ! command -v ip >/dev/null 2>&1; then
+  echo "== installing iproute2 (Debian package) for the network-partition test"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
 
 venv=target/test-clients/venv
