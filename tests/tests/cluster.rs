@@ -297,7 +297,8 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     // Goal: issue #20's replicated definitions. A topic created on one node and a durable
     // queue declared on another go through the metadata log and appear on every node; the
     // log decides a conflicting create (TopicExists on another node); a node SIGKILLed while
-    // a topic is created gets it when it comes back; deletes reach every node.
+    // a topic is created gets it when it comes back, and loses a topic and a queue deleted
+    // while it was down; deletes reach every node.
     let root = tempfile::tempdir().expect("temp dir");
     let (_, mut nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
@@ -330,12 +331,29 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     let message = String::from_utf8_lossy(&again.stderr);
     assert!(message.contains("already exists"), "{message}");
 
-    // A node down while a topic is created gets it when it comes back.
+    // A node down while a topic is created gets it when it comes back, and loses the
+    // topic and queue deleted meanwhile.
+    ok(
+        &addresses[0],
+        &["topic", "create", "doomed", "--partitions", "1"],
+    );
+    ok(
+        &addresses[0],
+        &["queue", "declare", "doomed-q", "--durable"],
+    );
+    catalogs_agree(
+        &addresses,
+        &[("doomed", 1), ("orders", 3)],
+        &["doomed-q", "jobs"],
+        "before the kill",
+    );
     nodes[2].kill();
     ok(
         &addresses[0],
         &["topic", "create", "late", "--partitions", "2"],
     );
+    ok(&addresses[0], &["topic", "delete", "doomed"]);
+    ok(&addresses[1], &["queue", "delete", "doomed-q"]);
     nodes[2].restart();
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after the restart");

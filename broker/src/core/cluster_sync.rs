@@ -23,9 +23,11 @@ use tokio::sync::watch;
 use crate::cluster::metadata::{
     BindingMeta, MetadataCommand, MetadataError, MetadataResult, MetadataState,
 };
+use crate::cluster::node::CLUSTER_DIR;
 use crate::cluster::raft::{Cluster, ClusterError};
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError};
+use crate::storage::{checkpoint, RealFs};
 use crate::streams::topic::TopicError;
 use crate::streams::StreamError;
 
@@ -39,15 +41,70 @@ const REPLICATION_FACTOR: u32 = 1;
 /// How long a proposer waits for its committed definition to be applied on its own node.
 const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The definitions of the metadata log this node has followed since it started: what it
-/// deletes when the log drops it (a topic or queue the log never held is left alone), and
-/// what it does not create again.
-#[derive(Debug, Default)]
+/// The definitions of the metadata log this node has followed: what it deletes when the
+/// log drops it (a topic or queue the log never held is left alone), and what it does not
+/// create again. Kept in `<data-dir>/cluster/followed` across restarts, so that a delete
+/// committed while this node was down reaches it when it comes back.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Followed {
+    /// The applied index of the state these sets were last changed at: a pass over an
+    /// older state (a restarted node replaying its log) is skipped, so it never deletes
+    /// what a newer state it followed before holds.
+    index: u64,
     topics: BTreeSet<String>,
     queues: BTreeSet<String>,
     exchanges: BTreeSet<String>,
     bindings: BTreeSet<BindingMeta>,
+}
+
+/// The file of [`Followed`] in `<data-dir>/cluster/`: a checkpoint (header, JSON, CRC-32),
+/// replaced atomically.
+const FOLLOWED_FILE: &str = "followed";
+const FOLLOWED_MAGIC: [u8; 4] = *b"WCFL";
+const FOLLOWED_VERSION: u16 = 1;
+
+impl Followed {
+    /// What this node followed before it stopped, and the file's sequence number; nothing
+    /// (and a warning) if the file is missing or unreadable.
+    fn load(dir: &std::path::Path) -> (Followed, u64) {
+        let path = dir.join(FOLLOWED_FILE);
+        match checkpoint::read(&RealFs, &path, FOLLOWED_MAGIC) {
+            Ok(Some(found)) if found.version == FOLLOWED_VERSION => {
+                match serde_json::from_slice(&found.payload) {
+                    Ok(followed) => (followed, found.sequence),
+                    Err(error) => {
+                        tracing::warn!(file = %path.display(), %error, "ignoring an unreadable record of followed definitions");
+                        (Followed::default(), found.sequence)
+                    }
+                }
+            }
+            Ok(Some(found)) => {
+                tracing::warn!(file = %path.display(), version = found.version, "ignoring a record of followed definitions of an unknown version");
+                (Followed::default(), found.sequence)
+            }
+            Ok(None) => (Followed::default(), 0),
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "ignoring a damaged record of followed definitions");
+                (Followed::default(), 0)
+            }
+        }
+    }
+
+    /// Replaces the file with this record (write, fsync, rename).
+    fn save(&self, dir: &std::path::Path, sequence: u64) -> Result<(), String> {
+        let payload = serde_json::to_vec(self).map_err(|error| error.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|error| error.to_string())?;
+        checkpoint::write(
+            &RealFs,
+            dir,
+            FOLLOWED_FILE,
+            FOLLOWED_MAGIC,
+            FOLLOWED_VERSION,
+            sequence,
+            &payload,
+        )
+        .map_err(|error| error.to_string())
+    }
 }
 
 /// Whether a binding is made or removed.
@@ -383,15 +440,35 @@ impl Broker {
             return;
         };
         let mut applied = cluster.applied_changes();
-        let mut followed = Followed::default();
+        let dir = self.streams.topics().data_dir().join(CLUSTER_DIR);
+        let loading = dir.clone();
+        let (mut followed, mut sequence) =
+            tokio::task::spawn_blocking(move || Followed::load(&loading))
+                .await
+                .unwrap_or_default();
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads
                 // the state only once it holds the lock: it never acts on a state older
                 // than a local step already made.
                 let _following = self.cluster_follow.lock().await;
-                let state = Arc::clone(&applied.borrow_and_update().state);
-                self.follow(&state, &mut followed).await;
+                let now = applied.borrow_and_update().clone();
+                if now.index >= followed.index {
+                    let before = followed.clone();
+                    self.follow(&now.state, &mut followed).await;
+                    if followed != before {
+                        followed.index = now.index;
+                        sequence += 1;
+                        let (record, saving) = (followed.clone(), dir.clone());
+                        let saved =
+                            tokio::task::spawn_blocking(move || record.save(&saving, sequence))
+                                .await
+                                .unwrap_or_else(|error| Err(error.to_string()));
+                        if let Err(error) = saved {
+                            tracing::warn!(%error, "cannot record the followed definitions: a delete made while this node is down may not reach it");
+                        }
+                    }
+                }
             }
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
