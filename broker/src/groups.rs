@@ -103,6 +103,9 @@ pub enum GroupError {
     /// The caller may not do this (ACLs, issue #18).
     #[error(transparent)]
     Unauthorized(#[from] crate::acl::Denied),
+    /// Another node of the cluster coordinates groups (issue #20): ask the metadata again.
+    #[error("node {coordinator} coordinates consumer groups, not this node")]
+    NotCoordinator { coordinator: u64 },
 }
 
 /// One join or heartbeat of a member.

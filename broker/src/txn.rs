@@ -237,6 +237,9 @@ pub enum TxnError {
         leader: u64,
         coordinator: u64,
     },
+    /// Another node of the cluster coordinates transactions (issue #20).
+    #[error("node {coordinator} coordinates transactions, not this node")]
+    NotCoordinator { coordinator: u64 },
     /// The group id is empty.
     #[error("group id is empty")]
     InvalidGroupId,

@@ -209,6 +209,11 @@ impl Client {
     ) -> Result<T> {
         let response: T = self.call_unchecked(target, request).await?;
         let (code, message) = response.top_error();
+        if code == ErrorCode::NotCoordinator {
+            // The coordinator is another node than the cache says: learn the brokers again
+            // so the retry goes to it.
+            let _ = self.fetch_metadata(Some(Vec::new())).await;
+        }
         check_code(code, message)?;
         Ok(response)
     }
@@ -230,8 +235,9 @@ impl Client {
         topics: Option<Vec<String>>,
     ) -> Result<MetadataResponse> {
         let response: MetadataResponse = self
-            .call(Target::Any, Request::Metadata(MetadataRequest { topics }))
+            .call_unchecked(Target::Any, Request::Metadata(MetadataRequest { topics }))
             .await?;
+        check_code(response.error, response.error_message.clone())?;
         let mut cache = self.metadata();
         if !response.brokers.is_empty() {
             cache.brokers = response

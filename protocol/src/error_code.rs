@@ -118,6 +118,9 @@ crate::wire_enum! {
         /// Another node of the cluster leads the partition: refresh metadata and send there
         /// (issue #20).
         NotLeaderOrFollower = 49,
+        /// Another node of the cluster coordinates groups and transactions: refresh
+        /// metadata and send to the lowest node id it lists (issue #20).
+        NotCoordinator = 50,
     }
 }
 
@@ -137,6 +140,7 @@ impl ErrorCode {
                 | ErrorCode::ConcurrentTransactions
                 | ErrorCode::NoClusterLeader
                 | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::NotCoordinator
         )
     }
 
@@ -195,6 +199,7 @@ impl ErrorCode {
             ErrorCode::NoClusterLeader => "no cluster leader",
             ErrorCode::MembershipRefused => "membership change refused",
             ErrorCode::NotLeaderOrFollower => "another node leads the partition",
+            ErrorCode::NotCoordinator => "another node coordinates groups and transactions",
         }
     }
 }

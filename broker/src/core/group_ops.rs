@@ -232,7 +232,13 @@ impl Broker {
         operation: Operation,
         group_id: &str,
     ) -> Result<(), GroupError> {
-        Ok(self.check(caller, operation, ResourceType::Group, group_id)?)
+        self.check(caller, operation, ResourceType::Group, group_id)?;
+        match self.routing() {
+            Some(routing) if !routing.coordinates_here() => Err(GroupError::NotCoordinator {
+                coordinator: routing.coordinator(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Core operations on producer ids and transactions.
 
-use crate::acl::{Denied, Operation, ResourceType};
+use crate::acl::{Operation, ResourceType};
 use crate::core::{Broker, Session};
 use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnSummary};
 
@@ -141,12 +141,20 @@ impl Broker {
     }
 
     /// Refuses a transactional id the caller may not `Write`.
-    fn check_txn_id(&self, caller: &Session, transactional_id: &str) -> Result<(), Denied> {
+    /// Write on the transactional id, and (in a cluster) this node coordinating
+    /// transactions (docs/CLUSTER.md, "Routing").
+    fn check_txn_id(&self, caller: &Session, transactional_id: &str) -> Result<(), TxnError> {
         self.check(
             caller,
             Operation::Write,
             ResourceType::TransactionalId,
             transactional_id,
-        )
+        )?;
+        match self.routing() {
+            Some(routing) if !routing.coordinates_here() => Err(TxnError::NotCoordinator {
+                coordinator: routing.coordinator(),
+            }),
+            _ => Ok(()),
+        }
     }
 }

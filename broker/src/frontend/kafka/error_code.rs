@@ -128,6 +128,7 @@ pub fn group(error: &GroupError) -> i16 {
         GroupError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
         GroupError::NotEmpty { .. } => ResponseError::NonEmptyGroup,
         GroupError::Unauthorized(refused) => return denied(refused),
+        GroupError::NotCoordinator { .. } => ResponseError::NotCoordinator,
     };
     kind.code()
 }
@@ -169,6 +170,7 @@ pub fn txn(error: &TxnError) -> i16 {
         TxnError::NotRunning => ResponseError::CoordinatorNotAvailable,
         TxnError::Internal(_) => ResponseError::UnknownServerError,
         TxnError::Unauthorized(refused) => return denied(refused),
+        TxnError::NotCoordinator { .. } => ResponseError::NotCoordinator,
     };
     kind.code()
 }

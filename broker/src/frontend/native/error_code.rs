@@ -124,6 +124,7 @@ pub fn group(error: &GroupError) -> ErrorCode {
         | GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidRequest,
         GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
         GroupError::Unauthorized(_) => ErrorCode::Unauthorized,
+        GroupError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
     }
 }
 
@@ -166,6 +167,7 @@ pub fn txn(error: &TxnError) -> ErrorCode {
         TxnError::InternalTopic(_) => ErrorCode::InvalidTopicName,
         TxnError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
         TxnError::SpansNodes { .. } => ErrorCode::InvalidTxnState,
+        TxnError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
         TxnError::InvalidGroupId => ErrorCode::InvalidGroupId,
         TxnError::Group(error) => group(error),
         TxnError::Offset(refusal) => entry(refusal),
