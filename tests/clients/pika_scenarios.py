@@ -936,7 +936,9 @@ def memory_alarm(config_path, pid):
                 last, stalled_since = progress[0], None
             elif stalled_since is None:
                 stalled_since = time.time()
-            elif time.time() - stalled_since > 2:
+            elif time.time() - stalled_since > 5:
+                # 5 s, not 2: on a loaded machine a confirm alone can take over 2 s, and a
+                # stall that is not the alarm's would lift it before it was seen.
                 # Consumers go on while publishers are held.
                 consumer = connect()
                 method, _, body = consumer.channel().basic_get("mem-drain", auto_ack=True)
