@@ -171,6 +171,8 @@ pub struct Broker {
     cluster_replicated: std::sync::atomic::AtomicBool,
     /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20).
     cluster_follow: tokio::sync::Mutex<()>,
+    /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
+    followed_topics: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -283,6 +285,7 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             cluster_replicated: std::sync::atomic::AtomicBool::new(false),
             cluster_follow: tokio::sync::Mutex::new(()),
+            followed_topics: std::sync::RwLock::new(Arc::default()),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period

@@ -544,7 +544,9 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     // produce and fetch to the leaders itself, its group finds the coordinator, the native
     // client routes by its metadata the same way, and a request sent to a node that does
     // not lead the partition is refused NotLeaderOrFollower.
-    use wharf_protocol::messages::{FetchPartition, FetchRequest, FetchTopic, Isolation};
+    use wharf_protocol::messages::{
+        FetchPartition, FetchRequest, FetchTopic, Isolation, OffsetFetchRequest,
+    };
     use wharf_protocol::{ErrorCode, Request, Response};
 
     let root = tempfile::tempdir().expect("temp dir");
@@ -691,4 +693,31 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         answer.records.is_empty(),
         "records from a copy that is not served"
     );
+
+    // Node 1 (the lowest id) coordinates groups: another node refuses a group call, and
+    // the coordinator has the offsets the Kafka group committed.
+    let offsets_of = |node: &BrokerProcess| {
+        let mut client = integration_tests::RawClient::connect(node.addr());
+        let Response::OffsetFetch(offsets) =
+            client.call(&Request::OffsetFetch(OffsetFetchRequest {
+                group_id: "routed-readers".to_string(),
+                topics: None,
+            }))
+        else {
+            panic!("not an offset fetch answer")
+        };
+        offsets
+    };
+    let refused = offsets_of(&nodes[1]);
+    assert_eq!(refused.error, ErrorCode::NotCoordinator, "{refused:?}");
+    let committed = offsets_of(&nodes[0]);
+    assert_eq!(committed.error, ErrorCode::None, "{committed:?}");
+    let mut at: Vec<(u32, i64)> = committed
+        .topics
+        .iter()
+        .flat_map(|topic| topic.partitions.iter())
+        .map(|partition| (partition.partition, partition.offset))
+        .collect();
+    at.sort_unstable();
+    assert_eq!(at, vec![(0, 100), (1, 100), (2, 100)], "committed offsets");
 }

@@ -446,6 +446,7 @@ impl Broker {
             tokio::task::spawn_blocking(move || Followed::load(&loading))
                 .await
                 .unwrap_or_default();
+        self.publish_followed(&followed);
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads
@@ -457,6 +458,7 @@ impl Broker {
                     let before = followed.clone();
                     self.follow(&now.state, &mut followed).await;
                     if followed != before {
+                        self.publish_followed(&followed);
                         followed.index = now.index;
                         sequence += 1;
                         let (record, saving) = (followed.clone(), dir.clone());
@@ -477,23 +479,39 @@ impl Broker {
         }
     }
 
+    /// Shows routing the topics this node created from the log.
+    fn publish_followed(&self, followed: &Followed) {
+        *self
+            .followed_topics
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(followed.topics.clone());
+    }
+
     /// One pass: creates what the log holds and this node lacks, deletes what the log
     /// dropped since this node followed it.
     async fn follow(&self, state: &MetadataState, followed: &mut Followed) {
         for (name, topic) in &state.topics {
-            // Only a definition new to this pass's follower is created: one deleted here
-            // since (by a node-local path) is not brought back.
-            if !followed.topics.insert(name.clone()) || self.streams.topics().get(name).is_some() {
+            // Only a definition new to this node's follower is created: one deleted here
+            // since (by a node-local path) is not brought back. One whose create failed is
+            // not recorded, so the next pass tries again.
+            if followed.topics.contains(name) {
+                continue;
+            }
+            if self.streams.topics().get(name).is_some() {
+                followed.topics.insert(name.clone());
                 continue;
             }
             let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
             let configs = topic.configs.clone().into_iter().collect();
             match self.create_topic_locally(name, partitions, configs).await {
-                Ok(_) => tracing::info!(
-                    topic = name,
-                    partitions,
-                    "created topic from the cluster's metadata"
-                ),
+                Ok(_) => {
+                    followed.topics.insert(name.clone());
+                    tracing::info!(
+                        topic = name,
+                        partitions,
+                        "created topic from the cluster's metadata"
+                    );
+                }
                 Err(error) => {
                     tracing::warn!(topic = name, %error, "cannot create a topic the cluster's metadata holds")
                 }
@@ -527,7 +545,11 @@ impl Broker {
             }
         }
         for (name, queue) in &state.queues {
-            if !followed.queues.insert(name.clone()) || self.queues.exists(name) {
+            if followed.queues.contains(name) {
+                continue;
+            }
+            if self.queues.exists(name) {
+                followed.queues.insert(name.clone());
                 continue;
             }
             let outcome = match args_from_pairs(
@@ -548,7 +570,8 @@ impl Broker {
             };
             match outcome {
                 Ok(()) => {
-                    tracing::info!(queue = name, "declared queue from the cluster's metadata")
+                    followed.queues.insert(name.clone());
+                    tracing::info!(queue = name, "declared queue from the cluster's metadata");
                 }
                 Err(error) => {
                     tracing::warn!(queue = name, %error, "cannot declare a queue the cluster's metadata holds")
@@ -584,7 +607,7 @@ impl Broker {
     /// its exchange), bindings after, dropped bindings before dropped exchanges.
     async fn follow_exchanges(&self, state: &MetadataState, followed: &mut Followed) {
         for (name, kind) in &state.exchanges {
-            if !followed.exchanges.insert(name.clone()) {
+            if followed.exchanges.contains(name) {
                 continue;
             }
             let Some(kind) = ExchangeKind::parse(kind) else {
@@ -601,16 +624,26 @@ impl Broker {
                 queues.declare_exchange(&declaring, kind, Durability::Durable)
             })
             .await;
-            if let Err(error) = declared {
-                tracing::warn!(exchange = name, %error, "cannot declare an exchange the cluster's metadata holds");
+            match declared {
+                Ok(_) => {
+                    followed.exchanges.insert(name.clone());
+                }
+                Err(error) => {
+                    tracing::warn!(exchange = name, %error, "cannot declare an exchange the cluster's metadata holds");
+                }
             }
         }
         for binding in &state.bindings {
-            if !followed.bindings.insert(binding.clone()) {
+            if followed.bindings.contains(binding) {
                 continue;
             }
-            if let Err(error) = self.bind_locally(binding, BindingChange::Bind).await {
-                tracing::warn!(queue = binding.queue, exchange = binding.exchange, %error, "cannot make a binding the cluster's metadata holds");
+            match self.bind_locally(binding, BindingChange::Bind).await {
+                Ok(()) => {
+                    followed.bindings.insert(binding.clone());
+                }
+                Err(error) => {
+                    tracing::warn!(queue = binding.queue, exchange = binding.exchange, %error, "cannot make a binding the cluster's metadata holds");
+                }
             }
         }
         let dropped: Vec<BindingMeta> = followed

@@ -386,6 +386,8 @@ impl Broker {
             .ok_or_else(|| StreamError::UnknownTopic(topic.to_string()))?;
         let mut plan = Vec::new();
         for partition in 0..partitions {
+            // Another node's partition: its bounds are there, not in this node's copy.
+            self.check_leader(topic, partition)?;
             let bound = |spec| self.streams.list_offset(topic, partition, spec);
             let bounds = PartitionBounds {
                 log_start: bound(OffsetSpec::Earliest)?.unwrap_or(0),

@@ -225,6 +225,10 @@ impl Broker {
             .unwrap_or_default()
         {
             for (partition, committed) in partitions {
+                // Another node's partition: this node's copy says nothing of its lag.
+                if self.check_leader(&topic, partition).is_err() {
+                    continue;
+                }
                 let (Some(committed), Some(log)) =
                     (committed, self.streams.partition(&topic, partition))
                 else {

@@ -17,7 +17,7 @@
 //! - A lone node (no peers) has no routing: it leads and coordinates everything, and none of
 //!   these checks runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::cluster::metadata::MetadataState;
@@ -49,6 +49,8 @@ pub struct PartitionPlacement {
 pub struct Routing<'a> {
     cluster: &'a Cluster,
     state: Arc<MetadataState>,
+    /// The topics this node created from the log (its follower's record).
+    followed: Arc<BTreeSet<String>>,
 }
 
 impl Routing<'_> {
@@ -95,23 +97,29 @@ impl Routing<'_> {
     }
 
     /// The refusal of a request for `topic`'s `partition` on this node, when another node
-    /// leads it.
+    /// leads it, or when the topic came from the log and the state this node applied does
+    /// not hold it (a restarted node still replaying, or a delete not carried out yet):
+    /// then no leader is named.
     pub fn refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
-        let placed = self.partition(topic, partition)?;
-        (placed.leader != self.this_node()).then(|| StreamError::NotLeader {
-            topic: topic.to_string(),
+        refusal(
+            &self.state,
+            &self.followed,
+            self.this_node(),
+            topic,
             partition,
-            leader: Some(placed.leader),
-        })
+        )
     }
 
-    /// The node coordinating every consumer group and transactional id: the registered
-    /// node with the lowest id (this node before any has registered).
+    /// The node coordinating every consumer group and transactional id: the voting member
+    /// with the lowest id (the membership is known from the start, before the nodes have
+    /// registered their addresses), else the lowest registered node, else this one.
     pub fn coordinator(&self) -> u64 {
-        self.state
-            .nodes
+        self.cluster
+            .status()
+            .voters
             .keys()
             .next()
+            .or_else(|| self.state.nodes.keys().next())
             .copied()
             .unwrap_or_else(|| self.this_node())
     }
@@ -122,6 +130,27 @@ impl Routing<'_> {
     }
 }
 
+/// [`Routing::refusal`] over a state, the followed topics and this node's id.
+fn refusal(
+    state: &MetadataState,
+    followed: &BTreeSet<String>,
+    this_node: u64,
+    topic: &str,
+    partition: u32,
+) -> Option<StreamError> {
+    let refused = |leader| StreamError::NotLeader {
+        topic: topic.to_string(),
+        partition,
+        leader,
+    };
+    let Some(placed) = state.topics.get(topic) else {
+        // Not in the log: served here, unless it came from the log (this node is behind).
+        return followed.contains(topic).then(|| refused(None));
+    };
+    let replicas = placed.partitions.get(usize::try_from(partition).ok()?)?;
+    (replicas.leader != this_node).then(|| refused(Some(replicas.leader)))
+}
+
 impl Broker {
     /// The cluster's placement as this node last applied it; `None` on a lone node (which
     /// leads and coordinates everything).
@@ -130,6 +159,12 @@ impl Broker {
         Some(Routing {
             cluster,
             state: cluster.applied().state,
+            followed: Arc::clone(
+                &self
+                    .followed_topics
+                    .read()
+                    .unwrap_or_else(|poison| poison.into_inner()),
+            ),
         })
     }
 
@@ -145,5 +180,69 @@ impl Broker {
             Some(refusal) => Err(refusal),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cluster::metadata::{MetadataCommand, NodeInfo};
+
+    /// Three registered nodes and topic `t` of three partitions, one led by each.
+    fn placed() -> MetadataState {
+        let mut state = MetadataState::default();
+        for node_id in 1..=3 {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id,
+                info: NodeInfo {
+                    cluster_addr: format!("127.0.0.1:{}", 7700 + node_id),
+                    listeners: BTreeMap::new(),
+                },
+            });
+        }
+        state.apply(&MetadataCommand::CreateTopic {
+            name: "t".to_string(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        });
+        state
+    }
+
+    #[test]
+    fn only_the_leader_serves_a_placed_partition() {
+        let state = placed();
+        let followed = BTreeSet::from(["t".to_string()]);
+        for partition in 0..3 {
+            let leader = state.topics["t"].partitions[partition as usize].leader;
+            for this_node in 1..=3 {
+                let refused = refusal(&state, &followed, this_node, "t", partition);
+                if this_node == leader {
+                    assert!(refused.is_none(), "node {this_node} leads t-{partition}");
+                } else {
+                    assert!(
+                        matches!(refused, Some(StreamError::NotLeader { leader: Some(named), .. }) if named == leader),
+                        "node {this_node} on t-{partition}: {refused:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unplaced_topics_are_served_here_unless_they_came_from_the_log() {
+        let state = placed();
+        let nothing = BTreeSet::new();
+        assert!(refusal(&state, &nothing, 1, "__consumer_offsets", 0).is_none());
+        // A partition beyond the placed ones (added on this node only) is served here.
+        assert!(refusal(&state, &nothing, 1, "t", 7).is_none());
+        // Followed from the log and not in the applied state: this node is behind.
+        let followed = BTreeSet::from(["gone".to_string()]);
+        assert!(matches!(
+            refusal(&state, &followed, 1, "gone", 0),
+            Some(StreamError::NotLeader { leader: None, .. })
+        ));
     }
 }

@@ -619,6 +619,7 @@ impl Broker {
         partition: u32,
     ) -> Result<Vec<ProducerView>, StreamError> {
         self.check(caller, Operation::Read, ResourceType::Topic, topic)?;
+        self.check_leader(topic, partition)?;
         self.streams.describe_producers(topic, partition)
     }
 

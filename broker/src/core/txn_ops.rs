@@ -140,7 +140,6 @@ impl Broker {
         Ok(summaries)
     }
 
-    /// Refuses a transactional id the caller may not `Write`.
     /// Write on the transactional id, and (in a cluster) this node coordinating
     /// transactions (docs/CLUSTER.md, "Routing").
     fn check_txn_id(&self, caller: &Session, transactional_id: &str) -> Result<(), TxnError> {

@@ -485,6 +485,17 @@ impl Producers {
     /// Storage errors writing the block.
     pub fn allocate_id(&self) -> Result<i64, StorageError> {
         let mut ids = lock(&self.ids);
+        if let Some(first) = ids.range_first {
+            // Past its range a node would hand out the next node's ids.
+            if ids.next - first >= CLUSTER_ID_RANGE {
+                return Err(StorageError::Failed {
+                    partition: self.data_dir.join(PRODUCER_IDS_FILE),
+                    reason: format!(
+                        "this node handed out all {CLUSTER_ID_RANGE} producer ids of its range"
+                    ),
+                });
+            }
+        }
         if ids.next >= ids.end {
             let end = ids.next + PRODUCER_ID_BLOCK;
             checkpoint::write(
