@@ -1064,6 +1064,16 @@ impl ListenerKind {
         }
     }
 
+    /// Its name among a node's registered addresses in the cluster's metadata (issue #20).
+    pub fn registered_name(self) -> &'static str {
+        match self {
+            ListenerKind::Native => "native",
+            ListenerKind::Kafka => "kafka",
+            ListenerKind::Amqp => "amqp",
+            ListenerKind::Http => "http",
+        }
+    }
+
     /// Its name in messages.
     pub fn name(self) -> &'static str {
         match self {

@@ -244,23 +244,26 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     // The cluster's metadata log (issue #20): a lone node forms a cluster of one.
     let mut listeners = std::collections::BTreeMap::new();
     listeners.insert(
-        "native".to_string(),
+        ListenerKind::Native.registered_name().to_string(),
         config
             .advertised_address
             .clone()
             .unwrap_or_else(|| local_addr.to_string()),
     );
-    for (name, addr) in [
-        ("kafka", kafka_addr),
-        ("amqp", amqp_addr),
-        ("http", http_addr),
+    for (kind, addr) in [
+        (ListenerKind::Kafka, kafka_addr),
+        (ListenerKind::Amqp, amqp_addr),
+        (ListenerKind::Http, http_addr),
     ] {
         if let Some(addr) = addr {
-            listeners.insert(name.to_string(), addr.to_string());
+            listeners.insert(kind.registered_name().to_string(), addr.to_string());
         }
     }
     if let Some(kafka) = &config.kafka_advertised {
-        listeners.insert("kafka".to_string(), kafka.clone());
+        listeners.insert(
+            ListenerKind::Kafka.registered_name().to_string(),
+            kafka.clone(),
+        );
     }
     let node_settings = crate::cluster::node::NodeSettings {
         node_id: config.node_id,

@@ -610,3 +610,40 @@ async fn raw_produce_with_acks_none_completes_once_written() {
     });
     assert!(client.request(&request).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn metadata_is_asked_of_another_known_broker_when_the_bootstrap_one_is_gone() {
+    // The client bootstraps through a forwarding port (a node that later dies); the
+    // metadata lists the broker at its own address, which is asked once the port is gone.
+    let broker = FakeBroker::start().await;
+    broker.create_topic("t", 2);
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_address = front.local_addr().unwrap().to_string();
+    let target = broker.address;
+    let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = std::sync::Arc::clone(&links);
+    let forwarding = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            accepted.lock().unwrap().push(tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            }));
+        }
+    });
+    let config = ClientConfig::new(front_address)
+        .request_timeout(Duration::from_secs(2))
+        .reconnect_timeout(Duration::from_millis(500))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20));
+    let client = Client::connect(config).await.unwrap();
+    assert_eq!(client.refresh_topic("t").await.unwrap().partitions.len(), 2);
+    // The node dies: its port closes and so does every connection through it.
+    forwarding.abort();
+    let _ = forwarding.await;
+    for link in links.lock().unwrap().drain(..) {
+        link.abort();
+    }
+    broker.create_topic("u", 3);
+    let described = client.refresh_topic("u").await.unwrap();
+    assert_eq!(described.partitions.len(), 3);
+}

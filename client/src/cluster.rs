@@ -234,9 +234,31 @@ impl Client {
         &self,
         topics: Option<Vec<String>>,
     ) -> Result<MetadataResponse> {
-        let response: MetadataResponse = self
-            .call_unchecked(Target::Any, Request::Metadata(MetadataRequest { topics }))
-            .await?;
+        let request = Request::Metadata(MetadataRequest { topics });
+        let mut answer = self
+            .call_unchecked::<MetadataResponse>(Target::Any, request.clone())
+            .await;
+        // The bootstrap broker is gone: ask the other brokers the cache knows of, as Kafka
+        // clients do, so a client outlives the node it started on.
+        if answer
+            .as_ref()
+            .is_err_and(|error| error.is_connection_error())
+        {
+            let others: Vec<i32> = self.metadata().brokers.keys().copied().collect();
+            for node_id in others {
+                let tried = self
+                    .call_unchecked::<MetadataResponse>(Target::Node(node_id), request.clone())
+                    .await;
+                let reached = !tried
+                    .as_ref()
+                    .is_err_and(|error| error.is_connection_error());
+                answer = tried;
+                if reached {
+                    break;
+                }
+            }
+        }
+        let response = answer?;
         check_code(response.error, response.error_message.clone())?;
         let mut cache = self.metadata();
         if !response.brokers.is_empty() {

@@ -29,6 +29,13 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// A node's link to the bridge.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    Up,
+    Down,
+}
+
 /// Three node namespaces and a hub namespace with a bridge, torn down on drop (with the
 /// processes in them).
 struct Network {
@@ -145,15 +152,18 @@ impl Network {
         self.nodes[node - 1] = Some(child);
     }
 
-    /// Takes node `node`'s link to the bridge down (`up` false) or up again.
-    fn link(&self, node: usize, up: bool) {
+    /// Sets node `node`'s link to the bridge up or down.
+    fn link(&self, node: usize, state: Link) {
         ip(&[
             "-n",
             &self.hub(),
             "link",
             "set",
             &format!("b{node}"),
-            if up { "up" } else { "down" },
+            match state {
+                Link::Up => "up",
+                Link::Down => "down",
+            },
         ]);
     }
 
@@ -284,7 +294,7 @@ fn an_isolated_leader_commits_nothing_while_the_majority_elects_another_and_goes
 
     let isolated = usize::try_from(leader).expect("a node id");
     let majority: Vec<usize> = (1..=3).filter(|node| *node != isolated).collect();
-    network.link(isolated, false);
+    network.link(isolated, Link::Down);
     let new_leader = network.converged(&majority, "after the cut");
     assert_ne!(
         new_leader, leader,
@@ -316,7 +326,7 @@ fn an_isolated_leader_commits_nothing_while_the_majority_elects_another_and_goes
         String::from_utf8_lossy(&refused.stdout)
     );
 
-    network.link(isolated, true);
+    network.link(isolated, Link::Up);
     let healed = network.converged(&[1, 2, 3], "after the heal");
     assert_eq!(
         healed, new_leader,

@@ -91,9 +91,12 @@ impl Followed {
     }
 
     /// Replaces the file with this record (write, fsync, rename).
-    fn save(&self, dir: &std::path::Path, sequence: u64) -> Result<(), String> {
-        let payload = serde_json::to_vec(self).map_err(|error| error.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|error| error.to_string())?;
+    fn save(&self, dir: &std::path::Path, sequence: u64) -> Result<(), RecordError> {
+        let payload = serde_json::to_vec(self)?;
+        std::fs::create_dir_all(dir).map_err(|source| RecordError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         checkpoint::write(
             &RealFs,
             dir,
@@ -102,9 +105,25 @@ impl Followed {
             FOLLOWED_VERSION,
             sequence,
             &payload,
-        )
-        .map_err(|error| error.to_string())
+        )?;
+        Ok(())
     }
+}
+
+/// Why the record of followed definitions could not be written.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error("cannot encode the record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot create {}: {source}", dir.display())]
+    Dir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    #[error("the writing task stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
 }
 
 /// Whether a binding is made or removed.
@@ -465,7 +484,7 @@ impl Broker {
                         let saved =
                             tokio::task::spawn_blocking(move || record.save(&saving, sequence))
                                 .await
-                                .unwrap_or_else(|error| Err(error.to_string()));
+                                .unwrap_or_else(|error| Err(RecordError::from(error)));
                         if let Err(error) = saved {
                             tracing::warn!(%error, "cannot record the followed definitions: a delete made while this node is down may not reach it");
                         }

@@ -17,22 +17,25 @@
 //! - A lone node (no peers) has no routing: it leads and coordinates everything, and none of
 //!   these checks runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::cluster::metadata::MetadataState;
 use crate::cluster::raft::Cluster;
+use crate::config::{parse_host_port, ListenerKind};
 use crate::streams::StreamError;
 
 use super::Broker;
 
-/// A node's client addresses, by listener name (`native`, `kafka`, `amqp`, `http`).
+/// A node's advertised address for one kind of listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterNode {
+pub struct ClusterAddress {
     /// The node id.
     pub id: u64,
-    /// Advertised `HOST:PORT` by listener name; a listener that is off is missing.
-    pub listeners: BTreeMap<String, String>,
+    /// The advertised host.
+    pub host: String,
+    /// The advertised port.
+    pub port: u16,
 }
 
 /// Where a partition lives.
@@ -69,16 +72,37 @@ impl Routing<'_> {
         self.cluster.status().leader
     }
 
-    /// Every registered node, by id.
-    pub fn nodes(&self) -> Vec<ClusterNode> {
-        self.state
+    /// Every registered node's advertised address for `listener`, by id (a node with that
+    /// listener off is left out); this node's is `this_address` when its registration is
+    /// not applied yet.
+    pub fn addresses(
+        &self,
+        listener: ListenerKind,
+        this_address: (&str, u16),
+    ) -> Vec<ClusterAddress> {
+        let this_node = self.this_node();
+        let mut found: Vec<ClusterAddress> = self
+            .state
             .nodes
             .iter()
-            .map(|(id, info)| ClusterNode {
-                id: *id,
-                listeners: info.listeners.clone(),
+            .filter_map(|(id, info)| {
+                let address = info.listeners.get(listener.registered_name())?;
+                let (host, port) = parse_host_port(address).ok()?;
+                Some(ClusterAddress {
+                    id: *id,
+                    host,
+                    port,
+                })
             })
-            .collect()
+            .collect();
+        if !found.iter().any(|address| address.id == this_node) {
+            found.push(ClusterAddress {
+                id: this_node,
+                host: this_address.0.to_string(),
+                port: this_address.1,
+            });
+        }
+        found
     }
 
     /// Where the log places `topic`'s `partition`; `None` when it does not (the partition

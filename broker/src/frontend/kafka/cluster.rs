@@ -2,8 +2,8 @@
 //! partition's leader and replicas, and the coordinator, translated from the core's
 //! [`Routing`]. A lone node is broker 0 of cluster `wharf`, as it always was.
 
-use crate::config::parse_host_port;
-use crate::core::routing::{ClusterNode, Routing};
+use crate::config::ListenerKind;
+use crate::core::routing::Routing;
 
 use super::{Kafka, CLUSTER_ID, NODE_ID};
 
@@ -37,17 +37,6 @@ fn broker_id(node: u64) -> i32 {
     i32::try_from(node).unwrap_or(-1)
 }
 
-/// A node's Kafka listener, if it has one that parses.
-fn kafka_broker(node: &ClusterNode) -> Option<KafkaBroker> {
-    let address = node.listeners.get("kafka")?;
-    let (host, port) = parse_host_port(address).ok()?;
-    Some(KafkaBroker {
-        node_id: broker_id(node.id),
-        host,
-        port,
-    })
-}
-
 impl KafkaCluster<'_> {
     /// The cluster as `kafka`'s broker sees it now.
     pub fn of(kafka: &Kafka) -> KafkaCluster<'_> {
@@ -66,16 +55,15 @@ impl KafkaCluster<'_> {
             };
         };
         let this_node = broker_id(routing.this_node());
-        let mut brokers: Vec<KafkaBroker> =
-            routing.nodes().iter().filter_map(kafka_broker).collect();
-        // This node answers even before its registration is applied.
-        if !brokers.iter().any(|broker| broker.node_id == this_node) {
-            brokers.push(KafkaBroker {
-                node_id: this_node,
-                host: host.clone(),
-                port: *port,
-            });
-        }
+        let brokers = routing
+            .addresses(ListenerKind::Kafka, (host, *port))
+            .into_iter()
+            .map(|address| KafkaBroker {
+                node_id: broker_id(address.id),
+                host: address.host,
+                port: address.port,
+            })
+            .collect();
         KafkaCluster {
             this_node,
             cluster_id: routing

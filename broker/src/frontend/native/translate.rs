@@ -18,7 +18,7 @@ use wharf_protocol::messages::*;
 use wharf_protocol::wire::Wire;
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
 
-use crate::config::parse_host_port;
+use crate::config::ListenerKind;
 use crate::core::routing::Routing;
 use crate::core::{
     self, AckScope, AdminMode, Broker, CancelReason, Committed, ConfigSource as CoreConfigSource,
@@ -347,27 +347,16 @@ fn brokers(advertised: &BrokerInfo, routing: Option<&Routing<'_>>) -> (Vec<Broke
     let Some(routing) = routing else {
         return (vec![advertised.clone()], advertised.node_id);
     };
-    let this_node = broker_id(routing.this_node());
-    let mut brokers: Vec<BrokerInfo> = routing
-        .nodes()
+    let brokers = routing
+        .addresses(ListenerKind::Native, (&advertised.host, advertised.port))
         .into_iter()
-        .filter_map(|node| {
-            let (host, port) = parse_host_port(node.listeners.get("native")?).ok()?;
-            Some(BrokerInfo {
-                node_id: broker_id(node.id),
-                host,
-                port,
-            })
+        .map(|address| BrokerInfo {
+            node_id: broker_id(address.id),
+            host: address.host,
+            port: address.port,
         })
         .collect();
-    // This node answers even before its registration is applied.
-    if !brokers.iter().any(|broker| broker.node_id == this_node) {
-        brokers.push(BrokerInfo {
-            node_id: this_node,
-            ..advertised.clone()
-        });
-    }
-    (brokers, this_node)
+    (brokers, broker_id(routing.this_node()))
 }
 
 fn metadata(
