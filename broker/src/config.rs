@@ -431,7 +431,7 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         key(
             "node_id",
             config.node_id.to_string(),
-            "this node's id in the cluster, 1 or more (`--node-id`)",
+            "this node's id in the cluster, 1 to 2147483647 (`--node-id`; Kafka broker ids are 32-bit)",
         ),
         key(
             "cluster_peers",
