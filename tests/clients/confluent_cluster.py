@@ -11,8 +11,9 @@ bootstrapped on CONSUMER_BOOTSTRAP reads everything back and commits; a second m
 the same group, started after the first closed, must find nothing left (the committed
 offsets are at the coordinator FindCoordinator names).
 
-Prints one JSON document: brokers, leaders, what was acknowledged and what was read. Any
-client error exits 1.
+Prints one JSON document: brokers, DescribeCluster's nodes, controller and cluster id
+(asked of CONSUMER_BOOTSTRAP), leaders, what was acknowledged and what was read. Any client
+error exits 1.
 """
 
 import json
@@ -42,6 +43,15 @@ while True:
         sys.exit(1)
     time.sleep(0.2)
 brokers = sorted([broker.id, f"{broker.host}:{broker.port}"] for broker in metadata.brokers.values())
+# DescribeCluster through the consumer's node: every node and the controller.
+# (The client is kept in a variable: a collected AdminClient fails its pending futures.)
+cluster_admin = AdminClient({"bootstrap.servers": consumer_bootstrap})
+described_cluster = cluster_admin.describe_cluster().result(timeout=30)
+cluster = {
+    "nodes": sorted(node.id for node in described_cluster.nodes),
+    "controller": described_cluster.controller.id if described_cluster.controller else None,
+    "cluster_id": described_cluster.cluster_id,
+}
 leaders = {str(index): partition.leader for index, partition in described.partitions.items()}
 
 producer = Producer(
@@ -115,6 +125,7 @@ print(
     json.dumps(
         {
             "brokers": brokers,
+            "cluster": cluster,
             "leaders": leaders,
             "acked": sorted(acked),
             "read": sorted(read),
