@@ -589,7 +589,11 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     let wanted: Vec<(u64, String)> = (1..=3).zip(kafka.iter().cloned()).collect();
     assert_eq!(brokers, wanted, "the brokers librdkafka was told of");
     let described = &report["cluster"];
-    assert_eq!(described["nodes"], serde_json::json!([1, 2, 3]), "{described}");
+    assert_eq!(
+        described["nodes"],
+        serde_json::json!([1, 2, 3]),
+        "{described}"
+    );
     let controller = described["controller"].as_u64().expect("a controller");
     assert!((1..=3).contains(&controller), "{described}");
     let cluster_id = status(&addresses[0]).expect("a status")["cluster_id"].clone();
