@@ -18,6 +18,8 @@
 //!   consumers) and the commands it takes.
 //! - `pipeline`: a queue task's appends that wait for their fsync, with the confirms and
 //!   ready messages that wait on them, so the task appends the next run meanwhile.
+//! - [`remote`]: queues another node of the cluster leads: the proxy that forwards their
+//!   commands, and the leader's side that serves them.
 //! - [`manager`]: the registry (declares, bindings, deletes, exclusive and auto-delete
 //!   queues) and the entry points: publish with confirms, subscribe, cancel, ack, nack,
 //!   get (look without a subscription), list bindings, move (the shovel).
@@ -54,6 +56,7 @@ pub mod exchange;
 pub mod manager;
 mod pipeline;
 mod publish;
+pub mod remote;
 pub mod store;
 mod task;
 pub mod types;

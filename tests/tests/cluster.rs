@@ -21,17 +21,10 @@ fn free_port() -> u16 {
 }
 
 fn start_node(data_dir: &Path, node_id: u64, peers: &str) -> BrokerProcess {
-    let args: Vec<String> = [
-        "--node-id",
-        &node_id.to_string(),
-        "--cluster-peers",
-        peers,
-        "--amqp-listen",
-        "off",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
+    let args: Vec<String> = ["--node-id", &node_id.to_string(), "--cluster-peers", peers]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     BrokerProcess::start_listening(data_dir, "127.0.0.1:0", &args, None)
 }
 
@@ -730,4 +723,130 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         .collect();
     at.sort_unstable();
     assert_eq!(at, vec![(0, 100), (1, 100), (2, 100)], "committed offsets");
+}
+
+/// The JSON body of an HTTP answer.
+fn http_json(answer: &str) -> Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {answer}"))
+}
+
+/// `ready` of `queue` in the HTTP queue list of the node at `http`.
+fn http_ready(http: &str, queue: &str) -> u64 {
+    let (status, answer) = integration_tests::http_get(http, "/api/v1/queues", None);
+    assert_eq!(status, 200, "{answer}");
+    let listed = http_json(&answer);
+    listed["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|entry| entry["name"] == queue)
+        .unwrap_or_else(|| panic!("{queue} not listed by {http}: {listed}"))["ready"]
+        .as_u64()
+        .expect("ready")
+}
+
+#[test]
+fn amqp_and_http_clients_use_a_queue_through_any_node() {
+    // Goal: issue #20's queue routing. The metadata log places a durable queue on one
+    // node, which alone stores and delivers its messages; an AMQP or HTTP client may use
+    // any node, and the node it reached hands the operation to the leader. So messages
+    // published through all three nodes (default exchange and a direct exchange) are one
+    // queue: every node counts all of them, a get, a nack with requeue, a get with
+    // auto-ack and consumers on two different nodes take each message exactly once (the
+    // nacked one again, marked redelivered; those the first consumer was sent but did not
+    // take come again to the second, marked redelivered), and afterwards every node counts
+    // none.
+    // Before queue routing each node kept its own copy, and a consumer saw only what was
+    // published through its node.
+    let started = Instant::now();
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    eprintln!("cluster up after {:?}", started.elapsed());
+    let amqp: Vec<String> = nodes
+        .iter()
+        .map(|node| node.amqp_address().to_string())
+        .collect();
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    let count = 20;
+    let run = |phase: &[&str]| -> Value {
+        let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], "routed-q", "20"];
+        args.extend_from_slice(phase);
+        let output = integration_tests::run_client_script("pika_cluster.py", &args);
+        assert!(
+            output.status.success(),
+            "pika_cluster.py {phase:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("one JSON document")
+    };
+
+    let published = run(&["publish"]);
+    eprintln!("published after {:?}", started.elapsed());
+    assert_eq!(
+        published["counts"],
+        serde_json::json!([3 * count, 3 * count, 3 * count]),
+        "each node's passive declare counts every message published through any node"
+    );
+
+    // One more through node 3's HTTP publish (the core's publish, confirmed by the leader).
+    let (status, answer) = integration_tests::http_send(
+        &http[2],
+        "POST",
+        "/api/v1/publish",
+        None,
+        Some(r#"{"routing_key": "routed-q", "body": "http-1"}"#),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(http_json(&answer)["outcome"], "routed", "{answer}");
+    let total = 3 * count + 1;
+    for address in &http {
+        assert_eq!(
+            http_ready(address, "routed-q"),
+            total,
+            "ready through {address}"
+        );
+    }
+
+    eprintln!("counted after {:?}", started.elapsed());
+    let consumed = run(&["consume", &total.to_string()]);
+    eprintln!("consumed after {:?}", started.elapsed());
+    let nacked = consumed["nacked"].as_str().expect("nacked").to_string();
+    let got_acked = &consumed["got_acked"];
+    assert_eq!(
+        got_acked,
+        &serde_json::json!([nacked, true]),
+        "the get through node 3 takes the message nacked through node 1, redelivered"
+    );
+    let mut bodies: Vec<String> = vec![nacked.clone()];
+    let mut redelivered = Vec::new();
+    for entry in consumed["consumed"].as_array().expect("consumed") {
+        let body = entry[0].as_str().expect("body").to_string();
+        if entry[1] == true {
+            redelivered.push(body.clone());
+        }
+        bodies.push(body);
+    }
+    bodies.sort();
+    let mut expected: Vec<String> = (1..=3)
+        .flat_map(|node| (0..count).map(move |i| format!("n{node}-{i}")))
+        .chain(std::iter::once("http-1".to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "every message taken exactly once");
+    // The first consumer's cancel returned what it had been sent and not taken: at most
+    // its prefetch of 10, each taken by the second consumer.
+    assert!(
+        redelivered.len() <= 10 && !redelivered.contains(&nacked),
+        "redelivered to a consumer: {redelivered:?}"
+    );
+    assert_eq!(
+        consumed["counts"],
+        serde_json::json!([0, 0, 0]),
+        "no node counts a message after all were acked"
+    );
 }

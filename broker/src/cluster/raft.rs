@@ -61,6 +61,10 @@ pub enum RaftRpc {
     RemoveNode { id: NodeId },
     /// Which cluster the node is in, if any (bootstrap).
     Hello,
+    /// A request of the broker's own (a queue operation forwarded to the queue's leader),
+    /// as JSON the broker defines; the metadata log only carries it to the
+    /// [`ForwardHandler`].
+    Forward(String),
 }
 
 /// The answer to a [`RaftRpc`].
@@ -81,9 +85,16 @@ pub enum RaftReply {
         node_id: NodeId,
         cluster_id: Option<String>,
     },
+    /// To `Forward`: the broker's answer, as JSON it defines.
+    Forward(String),
     /// The node refused the request (another cluster's, say).
     Refused(String),
 }
+
+/// Serves a [`RaftRpc::Forward`] on the node that receives it: the broker's request in,
+/// its answer out (both JSON of the broker's own types).
+pub type ForwardHandler =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 /// A committed and applied metadata change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +269,8 @@ pub struct Cluster {
     transport: Arc<dyn Transport>,
     cluster_id: Arc<std::sync::Mutex<Option<String>>>,
     timing: Timing,
+    /// Who answers [`RaftRpc::Forward`] here, once the broker set it.
+    forward_handler: Arc<std::sync::OnceLock<ForwardHandler>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -331,12 +344,50 @@ impl Cluster {
             transport,
             cluster_id: Arc::new(std::sync::Mutex::new(cluster_id)),
             timing,
+            forward_handler: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// Sets who answers the broker's forwarded requests on this node (once; a second call
+    /// changes nothing). Until then a `Forward` is answered `Refused`.
+    pub fn set_forward_handler(&self, handler: ForwardHandler) {
+        let _ = self.forward_handler.set(handler);
+    }
+
+    /// Sends one of the broker's requests (`body`, JSON) to node `node` over the internal
+    /// wire and waits up to `timeout` for its answer. The node's internal address comes
+    /// from the applied metadata.
+    ///
+    /// # Errors
+    /// A node the metadata does not know, one that cannot be reached or does not answer
+    /// in time, or that refused the request: a sentence naming the node.
+    pub async fn forward(
+        &self,
+        node: NodeId,
+        body: String,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let addr = self
+            .applied()
+            .state
+            .nodes
+            .get(&node)
+            .map(|info| info.cluster_addr.clone())
+            .filter(|addr| !addr.is_empty())
+            .ok_or_else(|| format!("node {node} is not a registered member"))?;
+        match self
+            .transport
+            .call(node, &addr, RaftRpc::Forward(body), timeout)
+            .await?
+        {
+            RaftReply::Forward(answer) => Ok(answer),
+            other => Err(format!("node {node} answered {other:?}")),
+        }
     }
 
     /// The cluster id, once known.
@@ -660,6 +711,13 @@ impl Cluster {
             RaftRpc::Hello => RaftReply::Hello {
                 node_id: self.node_id,
                 cluster_id: self.cluster_id(),
+            },
+            RaftRpc::Forward(body) => match self.forward_handler.get() {
+                Some(handler) => RaftReply::Forward(handler(body).await),
+                None => RaftReply::Refused(format!(
+                    "node {} is starting and serves no forwarded requests yet",
+                    self.node_id
+                )),
             },
         }
     }

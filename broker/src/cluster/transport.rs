@@ -247,5 +247,6 @@ fn rpc_name(rpc: &RaftRpc) -> &'static str {
         RaftRpc::AddNode { .. } => "AddNode",
         RaftRpc::RemoveNode { .. } => "RemoveNode",
         RaftRpc::Hello => "Hello",
+        RaftRpc::Forward(_) => "Forward",
     }
 }

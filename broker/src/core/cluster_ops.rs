@@ -2,6 +2,7 @@
 //! the cluster, and adding and removing nodes. The metadata log itself is
 //! `crate::cluster`; the server attaches it once started.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::acl::{Denied, Operation};
@@ -32,10 +33,24 @@ impl Broker {
     /// Attaches this node's metadata log (once; the server calls it after starting it).
     /// With `replicated` (a node started with peers) topics and durable queues are defined
     /// through it ([`Broker::follow_metadata`]); a lone node decides alone.
+    ///
+    /// A replicated node also serves the queues the metadata log places on it to the other
+    /// nodes, and hands its operations on queues placed elsewhere to their leaders
+    /// (`queue/remote.rs`).
     pub fn attach_cluster(&self, cluster: Cluster, replicated: bool) {
-        if self.cluster.set(cluster).is_ok() {
-            self.cluster_replicated
-                .store(replicated, std::sync::atomic::Ordering::Release);
+        if self.cluster.set(cluster.clone()).is_err() {
+            return;
+        }
+        self.cluster_replicated
+            .store(replicated, std::sync::atomic::Ordering::Release);
+        if replicated {
+            let queues = self.queues.clone();
+            cluster.set_forward_handler(Arc::new(move |request| {
+                let queues = queues.clone();
+                Box::pin(async move { queues.serve_remote(request).await })
+            }));
+            self.queues
+                .attach_cluster(Arc::new(super::routing::QueuePlacement::new(cluster)));
         }
     }
 

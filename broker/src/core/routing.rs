@@ -14,6 +14,11 @@
 //! - Every consumer group and transactional id is coordinated by one node, the registered
 //!   node with the lowest id: the native client sends group calls to the lowest node id it
 //!   knows, so both protocols meet the same coordinator (see docs/CLUSTER.md, Routing).
+//! - A queue the metadata log places is served by its leader: the other nodes hand its
+//!   operations (publish, consume, ack, get, purge, counts, conditional delete) to the
+//!   leader over the internal wire ([`QueuePlacement`], `queue/remote.rs`), so an AMQP,
+//!   HTTP or native client may use any node. Exclusive, auto-delete and transient queues
+//!   are not in the log and stay on the node that made them.
 //! - A lone node (no peers) has no routing: it leads and coordinates everything, and none of
 //!   these checks runs.
 
@@ -23,6 +28,7 @@ use std::sync::Arc;
 use crate::cluster::metadata::MetadataState;
 use crate::cluster::raft::Cluster;
 use crate::config::{parse_host_port, ListenerKind};
+use crate::queue::remote::{CallFuture, QueueCluster};
 use crate::streams::StreamError;
 
 use super::Broker;
@@ -204,6 +210,41 @@ impl Broker {
             Some(refusal) => Err(refusal),
             None => Ok(()),
         }
+    }
+}
+
+/// The queues' view of the cluster: the leader of each queue as this node last applied the
+/// metadata log, and the internal wire to reach it.
+#[derive(Debug)]
+pub(crate) struct QueuePlacement {
+    cluster: Cluster,
+}
+
+impl QueuePlacement {
+    pub(crate) fn new(cluster: Cluster) -> QueuePlacement {
+        QueuePlacement { cluster }
+    }
+}
+
+impl QueueCluster for QueuePlacement {
+    fn node_id(&self) -> u64 {
+        self.cluster.node_id()
+    }
+
+    fn leader_elsewhere(&self, queue: &str) -> Option<u64> {
+        let leader = self
+            .cluster
+            .applied()
+            .state
+            .queues
+            .get(queue)?
+            .placement
+            .leader;
+        (leader != self.cluster.node_id()).then_some(leader)
+    }
+
+    fn call(&self, node: u64, request: String, timeout: std::time::Duration) -> CallFuture<'_> {
+        Box::pin(self.cluster.forward(node, request, timeout))
     }
 }
 

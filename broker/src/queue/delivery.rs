@@ -150,7 +150,7 @@ impl DeadLetterReason {
 /// Only the broker's own cancels ([`CancelReason::AckTimeout`],
 /// [`CancelReason::QueueDeleted`]) reach the consumer as `ConsumerEvent::Cancelled`; after
 /// the others its channel just ends, since the client asked for it or is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CancelReason {
     /// A delivery stayed unacknowledged past the queue's ack timeout.
     AckTimeout,
@@ -160,6 +160,9 @@ pub enum CancelReason {
     ClientCancelled,
     /// The connection that started the consumer closed.
     ConnectionClosed,
+    /// The node that leads the queue (in a cluster) could not be reached, or stopped
+    /// serving the consumer; its unacknowledged deliveries return to the queue there.
+    Unreachable,
 }
 
 impl CancelReason {
@@ -172,6 +175,9 @@ impl CancelReason {
             CancelReason::QueueDeleted => "the queue was deleted",
             CancelReason::ClientCancelled => "the client cancelled it",
             CancelReason::ConnectionClosed => "its connection closed",
+            CancelReason::Unreachable => {
+                "the node that leads the queue could not be reached; its unacknowledged deliveries return to the queue"
+            }
         }
     }
 }

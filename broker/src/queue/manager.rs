@@ -28,7 +28,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::batch::Record;
@@ -41,6 +41,7 @@ use crate::queue::definitions::{
 use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
+use crate::queue::remote::{self, PulledConsumers, QueueCluster};
 use crate::queue::store::QueueStore;
 use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
 use crate::queue::types::{
@@ -102,6 +103,13 @@ pub struct QueueManager {
     /// Messages published that no queue took (not mandatory).
     pub dropped_unroutable: AtomicU64,
     myself: Weak<QueueManager>,
+    /// The cluster, on a node started with peers: queues it places on another node are
+    /// served there, through proxies (`queue/remote.rs`).
+    cluster: OnceLock<Arc<dyn QueueCluster>>,
+    /// The proxies of queues led elsewhere, by queue and leader.
+    proxies: Mutex<HashMap<(String, u64), mpsc::Sender<Command>>>,
+    /// This node's consumers that other nodes pull.
+    pulled: PulledConsumers,
 }
 
 impl QueueManager {
@@ -132,6 +140,9 @@ impl QueueManager {
             next_consumer: AtomicU64::new(1),
             dropped_unroutable: AtomicU64::new(0),
             myself: myself.clone(),
+            cluster: OnceLock::new(),
+            proxies: Mutex::new(HashMap::new()),
+            pulled: PulledConsumers::default(),
         });
         if let Some(stored) = manager.definitions.read()? {
             manager.restore(stored)?;
@@ -148,6 +159,54 @@ impl QueueManager {
         self.registry
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Joins the queues to a cluster (once, at start on a node started with peers): a queue
+    /// the cluster places on another node is served by that node from then on, and this
+    /// node numbers its consumers from `node_id << 40` so their ids are unique in the
+    /// cluster. Starts the task that cancels consumers other nodes stopped pulling.
+    pub fn attach_cluster(&self, cluster: Arc<dyn QueueCluster>) {
+        let base = cluster.node_id() << 40;
+        if self.cluster.set(cluster).is_err() {
+            return;
+        }
+        self.next_consumer.fetch_max(base, Ordering::Relaxed);
+        let manager = self.myself.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(remote::PULL_LEASE / 6).await;
+                let Some(manager) = manager.upgrade() else {
+                    return;
+                };
+                manager.expire_pulled().await;
+            }
+        });
+    }
+
+    /// The consumers other nodes pull from this one.
+    pub(crate) fn pulled(
+        &self,
+    ) -> MutexGuard<'_, HashMap<ConsumerId, Arc<remote::PulledConsumer>>> {
+        self.pulled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Where `queue`'s commands go: its task here (`local`), or the proxy to the node that
+    /// leads it.
+    fn redirect(&self, queue: &str, local: mpsc::Sender<Command>) -> mpsc::Sender<Command> {
+        let Some(cluster) = self.cluster.get() else {
+            return local;
+        };
+        let Some(node) = cluster.leader_elsewhere(queue) else {
+            return local;
+        };
+        self.proxies
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry((queue.to_string(), node))
+            .or_insert_with(|| remote::spawn_proxy(queue.to_string(), node, cluster.clone()))
+            .clone()
     }
 
     fn restore(&self, definitions: StoredDefinitions) -> Result<(), QueueError> {
@@ -592,6 +651,7 @@ impl QueueManager {
     ) -> Result<PublishTicket, QueueError> {
         stamp(&mut message, exchange, self.clock.now_ms())?;
         let targets = self.route(exchange, &message)?;
+        let targets = self.redirect_all(targets);
         enqueue(message, &targets).await
     }
 
@@ -615,6 +675,10 @@ impl QueueManager {
                 })
                 .collect()
         };
+        let routed: Vec<Result<(Message, Vec<Target>), QueueError>> = routed
+            .into_iter()
+            .map(|routed| routed.map(|(message, targets)| (message, self.redirect_all(targets))))
+            .collect();
         // One command per queue for the whole batch (each message keeps its own confirm),
         // and a message routed to one queue moves there instead of being copied.
         let mut tickets = Vec::with_capacity(routed.len());
@@ -649,13 +713,33 @@ impl QueueManager {
         tickets
     }
 
-    /// The command channel of `queue`'s task.
+    /// Where `queue`'s commands go: its task, or the proxy to the node that leads it.
     pub(crate) fn sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
+        let local = self.local_sender(queue)?;
+        Ok(self.redirect(queue, local))
+    }
+
+    /// The command channel of `queue`'s task on this node.
+    pub(crate) fn local_sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
         self.lock()
             .queues
             .get(queue)
             .map(|handle| handle.sender.clone())
             .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))
+    }
+
+    /// Routed targets with each queue led elsewhere going to its proxy.
+    fn redirect_all(&self, targets: Vec<Target>) -> Vec<Target> {
+        if self.cluster.get().is_none() {
+            return targets;
+        }
+        targets
+            .into_iter()
+            .map(|(name, local)| {
+                let sender = self.redirect(&name, local);
+                (name, sender)
+            })
+            .collect()
     }
 
     /// Subscribes to a queue with a prefetch window; deliveries arrive on the receiver.
@@ -698,6 +782,18 @@ impl QueueManager {
         }
         let sender = self.sender(queue)?;
         let consumer = ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed));
+        let deliveries = self.subscribe_as(queue, consumer, options, sender).await?;
+        Ok((consumer, deliveries))
+    }
+
+    /// Subscribes `consumer` through `sender` (the queue's task or its proxy).
+    pub(crate) async fn subscribe_as(
+        &self,
+        queue: &str,
+        consumer: ConsumerId,
+        options: ConsumerOptions,
+        sender: mpsc::Sender<Command>,
+    ) -> Result<Deliveries, QueueError> {
         let prefetch = if options.prefetch == 0 {
             PREFETCH_MAX
         } else {
@@ -725,7 +821,7 @@ impl QueueManager {
             .entry(queue.to_string())
             .or_default()
             .insert(consumer);
-        Ok((consumer, Deliveries::new(receiver)))
+        Ok(Deliveries::new(receiver))
     }
 
     /// Stops a consumer for the client without returning its deliveries (AMQP's
@@ -901,6 +997,13 @@ impl QueueManager {
             .queues
             .iter()
             .map(|(name, handle)| (name.clone(), handle.durability, handle.sender.clone()))
+            .collect();
+        let handles: Vec<(String, Durability, mpsc::Sender<Command>)> = handles
+            .into_iter()
+            .map(|(name, durability, local)| {
+                let sender = self.redirect(&name, local);
+                (name, durability, sender)
+            })
             .collect();
         let mut stats = Vec::new();
         for (name, durability, sender) in handles {
@@ -1167,6 +1270,11 @@ impl QueueManager {
             self.lock().deleting.remove(queue);
             return Err(error);
         }
+        // A proxy of the queue ends once the commands it holds are forwarded.
+        self.proxies
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|(name, _), _| name != queue);
         // 2. Stop the task, 3. remove the files, 4. release the name.
         let (reply, stopped) = oneshot::channel();
         let deleted = Some(CancelReason::QueueDeleted);

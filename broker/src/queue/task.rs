@@ -1286,7 +1286,9 @@ impl QueueTask {
             CancelReason::QueueDeleted => tell(sender),
             // The client asked for this or is gone: dropping the sender ends its channel, and
             // `QueueManager::cancel` forgets the consumer once this task answers.
-            CancelReason::ClientCancelled | CancelReason::ConnectionClosed => drop(sender),
+            CancelReason::ClientCancelled
+            | CancelReason::ConnectionClosed
+            | CancelReason::Unreachable => drop(sender),
         }
     }
 

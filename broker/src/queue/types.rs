@@ -61,7 +61,9 @@ pub enum QueueError {
 
 /// Why a conditional operation was refused (decided in the queue's task, so no other
 /// operation comes between the check and the act).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum Precondition {
     /// A delete `if_unused` found consumers.
     #[error("is in use (it has consumers)")]
@@ -147,7 +149,7 @@ pub const PRIORITY_MAX: u64 = 255;
 pub type SessionId = u64;
 
 /// Durability of a queue or exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Durability {
     /// Survives restarts (definition, messages and ack state).
     Durable,
@@ -372,7 +374,7 @@ impl PublishTicket {
 pub type AckTicket = oneshot::Receiver<Result<(), QueueError>>;
 
 /// Counts of one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     /// The queue.
     pub name: String,

@@ -1531,6 +1531,7 @@ async fn forward_deliveries(
                     let error = match reason {
                         CancelReason::AckTimeout => ErrorCode::AckTimeout,
                         CancelReason::QueueDeleted => ErrorCode::UnknownQueue,
+                        CancelReason::Unreachable => ErrorCode::RequestTimedOut,
                         // The client asked for these itself (or is gone): nothing to tell.
                         CancelReason::ClientCancelled | CancelReason::ConnectionClosed => {
                             last = true;

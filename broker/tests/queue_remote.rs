@@ -1,0 +1,237 @@
+//! A queue led by another node (issue #20), in-process: two queue managers, "node 1" and
+//! "node 2", each with its own copy of a queue the cluster places on node 2. Node 1's
+//! manager is joined to a fake cluster whose wire calls node 2's `serve_remote` directly
+//! (as JSON, the way the internal listener carries it). Everything done through node 1 must
+//! happen in node 2's queue: publishes (default exchange and a fanout), subscriptions with
+//! their deliveries and acks, nacks, gets and the counts; node 1's own copy stays empty. A
+//! leader that cannot be reached fails the publish's confirm and cancels the consumer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wharf_broker::queue::exchange::ExchangeKind;
+use wharf_broker::queue::remote::{CallFuture, QueueCluster};
+use wharf_broker::queue::{
+    AckScope, CancelReason, ConsumerEvent, Delivered, Deliveries, Durability, GetMode, Message,
+    Published, QueueArgs, QueueError, QueueManager, Requeue,
+};
+use wharf_broker::storage::{Flusher, RealFs, StorageEnv, SystemClock};
+
+fn env() -> StorageEnv {
+    StorageEnv {
+        fs: Arc::new(RealFs),
+        clock: Arc::new(SystemClock),
+        flusher: Flusher::spawn(1),
+    }
+}
+
+/// Node 1's view: queue `remote-q` is led by node 2, reached by calling its manager.
+#[derive(Debug)]
+struct Loopback {
+    leader: Arc<QueueManager>,
+    down: AtomicBool,
+    /// False: the queue counts as this node's own (to look at node 1's copy).
+    placed_elsewhere: AtomicBool,
+}
+
+impl QueueCluster for Loopback {
+    fn node_id(&self) -> u64 {
+        1
+    }
+
+    fn leader_elsewhere(&self, queue: &str) -> Option<u64> {
+        (queue == "remote-q" && self.placed_elsewhere.load(Ordering::SeqCst)).then_some(2)
+    }
+
+    fn call(&self, node: u64, request: String, _timeout: Duration) -> CallFuture<'_> {
+        assert_eq!(node, 2, "only node 2 leads anything");
+        let leader = self.leader.clone();
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err("connection refused".to_string());
+            }
+            Ok(leader.serve_remote(request).await)
+        })
+    }
+}
+
+fn message(routing_key: &str, body: &str) -> Message {
+    Message {
+        routing_key: routing_key.to_string(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+fn body(delivered: &Delivered) -> String {
+    String::from_utf8(delivered.record.value.clone().expect("body").to_vec()).expect("utf-8")
+}
+
+async fn next_event(deliveries: &mut Deliveries) -> ConsumerEvent {
+    tokio::time::timeout(Duration::from_secs(10), deliveries.recv())
+        .await
+        .expect("an event in time")
+        .expect("the consumer is alive")
+}
+
+async fn next(deliveries: &mut Deliveries) -> Delivered {
+    match next_event(deliveries).await {
+        ConsumerEvent::Delivery(delivered) => delivered,
+        ConsumerEvent::Cancelled(reason) => panic!("consumer cancelled: {reason:?}"),
+    }
+}
+
+/// Node 1 (joined to the loopback) and node 2, each with the queue and a fanout `fan`
+/// bound to it, as the metadata log would define them on both.
+fn two_nodes() -> (
+    Vec<tempfile::TempDir>,
+    Arc<QueueManager>,
+    Arc<QueueManager>,
+    Arc<Loopback>,
+) {
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let managers: Vec<Arc<QueueManager>> = dirs
+        .iter()
+        .map(|dir| {
+            let manager = QueueManager::open(dir.path(), env()).expect("open");
+            manager
+                .declare_queue("remote-q", QueueArgs::default(), Durability::Durable)
+                .expect("declare");
+            manager
+                .declare_exchange("fan", ExchangeKind::Fanout, Durability::Durable)
+                .expect("declare fan");
+            manager.bind("remote-q", "fan", "", &[]).expect("bind");
+            manager
+        })
+        .collect();
+    let cluster = Arc::new(Loopback {
+        leader: managers[1].clone(),
+        down: AtomicBool::new(false),
+        placed_elsewhere: AtomicBool::new(true),
+    });
+    managers[0].attach_cluster(cluster.clone());
+    (dirs, managers[0].clone(), managers[1].clone(), cluster)
+}
+
+async fn ready(manager: &QueueManager) -> u64 {
+    let listed = manager.list().await;
+    listed
+        .iter()
+        .find(|stats| stats.name == "remote-q")
+        .expect("listed")
+        .ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_led_elsewhere_is_served_by_its_leader() {
+    let (_dirs, node1, node2, cluster) = two_nodes();
+
+    // Publishes through node 1 are stored and confirmed by node 2.
+    for i in 0..4 {
+        let exchange = if i % 2 == 0 { "" } else { "fan" };
+        let published = node1
+            .publish(exchange, message("remote-q", &format!("m{i}")))
+            .await
+            .expect("published");
+        assert_eq!(published, Published::Routed(vec!["remote-q".to_string()]));
+    }
+    assert_eq!(
+        ready(&node1).await,
+        4,
+        "node 1 counts the leader's messages"
+    );
+    assert_eq!(ready(&node2).await, 4, "the leader holds them");
+    assert_eq!(
+        node1
+            .get("remote-q", 1, GetMode::Requeue, None)
+            .await
+            .unwrap()[0]
+            .record
+            .value
+            .as_deref(),
+        Some(&b"m0"[..]),
+        "a get through node 1 looks at the leader's head"
+    );
+
+    // A consumer on node 1 gets the leader's deliveries and acks them there.
+    let (consumer, mut deliveries) = node1.subscribe("remote-q", 2).await.expect("subscribe");
+    assert!(
+        consumer.0 >= 1 << 40,
+        "node 1 numbers its consumers from 1 << 40, not {consumer}"
+    );
+    let first = next(&mut deliveries).await;
+    let second = next(&mut deliveries).await;
+    assert_eq!((body(&first), body(&second)), ("m0".into(), "m1".into()));
+    assert!(first.redelivered, "m0 was looked at by the requeueing get");
+    node1
+        .ack("remote-q", consumer, second.tag, AckScope::Single)
+        .await
+        .expect("ack through node 1");
+    node1
+        .nack(
+            "remote-q",
+            consumer,
+            first.tag,
+            AckScope::Single,
+            Requeue::Yes,
+        )
+        .await
+        .expect("nack through node 1");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let delivered = next(&mut deliveries).await;
+        seen.push((body(&delivered), delivered.redelivered));
+        node1
+            .ack("remote-q", consumer, delivered.tag, AckScope::Single)
+            .await
+            .expect("ack");
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("m0".to_string(), true),
+            ("m2".to_string(), false),
+            ("m3".to_string(), false)
+        ]
+    );
+    let stats = node2.list().await;
+    assert_eq!(
+        (stats[0].ready, stats[0].unacked, stats[0].consumers),
+        (0, 0, 1)
+    );
+    node1
+        .cancel("remote-q", consumer, CancelReason::ClientCancelled)
+        .await;
+    assert_eq!(
+        node2.list().await[0].consumers,
+        0,
+        "the cancel reached the leader"
+    );
+
+    // Node 1's own copy was never used.
+    cluster.placed_elsewhere.store(false, Ordering::SeqCst);
+    let own = node1.list().await;
+    assert_eq!((own[0].published, own[0].delivered), (0, 0), "{own:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_leader_fails_confirms_and_cancels_consumers() {
+    let (_dirs, node1, _node2, cluster) = two_nodes();
+    let (_, mut deliveries) = node1.subscribe("remote-q", 10).await.expect("subscribe");
+    cluster.down.store(true, Ordering::SeqCst);
+    let refused = node1.publish("", message("remote-q", "lost")).await;
+    assert!(
+        matches!(&refused, Err(QueueError::Cluster { no_leader: false, message }) if message.contains("node 2")),
+        "{refused:?}"
+    );
+    match next_event(&mut deliveries).await {
+        ConsumerEvent::Cancelled(CancelReason::Unreachable) => {}
+        other => panic!("not cancelled as unreachable: {other:?}"),
+    }
+}

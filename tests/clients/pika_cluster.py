@@ -1,0 +1,139 @@
+"""pika against a three-node wharfd cluster: any node serves any queue (issue #20).
+
+    pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT publish
+    pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT consume EXPECTED
+
+AMQPn is HOST:PORT of node n's AMQP listener. The metadata log places QUEUE on one node,
+which stores and delivers its messages; the other nodes hand their operations on it to
+that node.
+
+publish: declares QUEUE (durable) through node 2 and a direct exchange `cx` bound to it
+with key `k` through node 3, then publishes COUNT persistent messages through each node
+with confirms (mandatory, so an unroutable one fails): `n{node}-{i}`, odd i through the
+default exchange, even i through `cx`. Prints {"counts": [message count each node's
+passive declare reports]}.
+
+consume: through node 1, basic.get one message and nack it with requeue; through node 3,
+basic.get one with auto-ack (the nacked one again); then consumes through node 1 (prefetch
+10, manual acks) until half of what is left has come, and through node 2 until EXPECTED
+messages were taken in all (the cancel of the first consumer returns up to 10 it was sent
+but had not taken, marked redelivered). Prints {"nacked": body, "got_acked": [body,
+redelivered], "consumed": [[body, redelivered], ...], "counts": [each node's passive count
+afterwards]}. Any client error exits 1.
+"""
+
+import json
+import sys
+import time
+
+import pika
+
+amqp = sys.argv[1:4]
+queue, count, phase = sys.argv[4], int(sys.argv[5]), sys.argv[6]
+
+
+def connect(address):
+    host, port = address.rsplit(":", 1)
+    params = pika.ConnectionParameters(
+        host=host,
+        port=int(port),
+        credentials=pika.PlainCredentials("guest", "guest"),
+        connection_attempts=3,
+        retry_delay=1,
+        blocked_connection_timeout=30,
+    )
+    return pika.BlockingConnection(params)
+
+
+def counts():
+    found = []
+    for address in amqp:
+        connection = connect(address)
+        declared = connection.channel().queue_declare(queue, passive=True)
+        found.append(declared.method.message_count)
+        connection.close()
+    return found
+
+
+def publish():
+    connection = connect(amqp[1])
+    connection.channel().queue_declare(queue, durable=True)
+    connection.close()
+    connection = connect(amqp[2])
+    channel = connection.channel()
+    channel.exchange_declare("cx", exchange_type="direct", durable=True)
+    channel.queue_bind(queue, "cx", routing_key="k")
+    connection.close()
+    # Every node applies the definitions from the metadata log a heartbeat or so after
+    # the node that proposed them.
+    time.sleep(1.5)
+    for node, address in enumerate(amqp, start=1):
+        connection = connect(address)
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for i in range(count):
+            exchange, key = ("cx", "k") if i % 2 == 0 else ("", queue)
+            channel.basic_publish(
+                exchange,
+                key,
+                b"n%d-%d" % (node, i),
+                pika.BasicProperties(delivery_mode=2),
+                mandatory=True,
+            )
+        connection.close()
+    print(json.dumps({"counts": counts()}))
+
+
+def consume_through(address, wanted, consumed):
+    connection = connect(address)
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=10)
+    taken = 0
+    deadline = time.time() + 30
+    for method, properties, body in channel.consume(queue, inactivity_timeout=1.0):
+        if method is not None:
+            consumed.append([body.decode(), method.redelivered])
+            channel.basic_ack(method.delivery_tag)
+            taken += 1
+            if taken == wanted:
+                break
+        if time.time() > deadline:
+            break
+    channel.cancel()
+    connection.close()
+
+
+def consume(expected):
+    connection = connect(amqp[0])
+    channel = connection.channel()
+    method, _, nacked = channel.basic_get(queue, auto_ack=False)
+    assert method is not None, "basic.get through node 1 found nothing"
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    connection.close()
+
+    connection = connect(amqp[2])
+    method, _, got_acked = connection.channel().basic_get(queue, auto_ack=True)
+    assert method is not None, "basic.get through node 3 found nothing"
+    got_redelivered = method.redelivered
+    connection.close()
+
+    consumed = []
+    left = expected - 1
+    consume_through(amqp[0], left // 2, consumed)
+    consume_through(amqp[1], left - len(consumed), consumed)
+    print(
+        json.dumps(
+            {
+                "nacked": nacked.decode(),
+                "got_acked": [got_acked.decode(), got_redelivered],
+                "consumed": consumed,
+                "counts": counts(),
+            }
+        )
+    )
+
+
+if phase == "publish":
+    publish()
+else:
+    consume(int(sys.argv[7]))
