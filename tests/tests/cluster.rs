@@ -262,6 +262,23 @@ fn catalog(broker: &str) -> (Vec<(String, u64)>, Vec<String>) {
     (topics, queues)
 }
 
+/// The override of `key` that `wharf topic describe` shows for `topic` on `broker`.
+fn topic_override(broker: &str, topic: &str, key: &str) -> Option<String> {
+    let output = wharf(broker, &["--json", "topic", "describe", topic], "");
+    assert!(
+        output.status.success(),
+        "describe {topic} on {broker}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let described: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    described["configs"]
+        .as_array()
+        .expect("configs")
+        .iter()
+        .find(|config| config["key"] == key && config["source"] != "default")
+        .map(|config| config["value"].as_str().expect("a value").to_string())
+}
+
 /// Waits until every node in `brokers` lists exactly `topics` and `queues`.
 fn catalogs_agree(brokers: &[String], topics: &[(&str, u64)], queues: &[&str], what: &str) {
     let wanted = (
@@ -291,7 +308,8 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     // queue declared on another go through the metadata log and appear on every node; the
     // log decides a conflicting create (TopicExists on another node); a node SIGKILLed while
     // a topic is created gets it when it comes back, and loses a topic and a queue deleted
-    // while it was down; deletes reach every node.
+    // while it was down; a config override set and partitions added while it was down
+    // reach it too (and every other node); deletes reach every node.
     let root = tempfile::tempdir().expect("temp dir");
     let (_, mut nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
@@ -347,15 +365,36 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     );
     ok(&addresses[0], &["topic", "delete", "doomed"]);
     ok(&addresses[1], &["queue", "delete", "doomed-q"]);
+    ok(
+        &addresses[0],
+        &[
+            "topic",
+            "alter",
+            "orders",
+            "--config",
+            "retention.ms=3600000",
+        ],
+    );
+    ok(
+        &addresses[1],
+        &["topic", "add-partitions", "orders", "--count", "5"],
+    );
     nodes[2].restart();
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after the restart");
     catalogs_agree(
         &addresses,
-        &[("late", 2), ("orders", 3)],
+        &[("late", 2), ("orders", 5)],
         &["jobs"],
         "after the restart",
     );
+    for address in &addresses {
+        assert_eq!(
+            topic_override(address, "orders", "retention.ms").as_deref(),
+            Some("3600000"),
+            "orders' retention.ms on {address}"
+        );
+    }
 
     // A topic a produce creates (auto-create) goes through the log too.
     let produced = wharf(&addresses[1], &["produce", "auto"], "one record\n");
@@ -366,7 +405,7 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     );
     catalogs_agree(
         &addresses,
-        &[("auto", 1), ("late", 2), ("orders", 3)],
+        &[("auto", 1), ("late", 2), ("orders", 5)],
         &["jobs"],
         "after the auto-create",
     );

@@ -28,7 +28,9 @@ use crate::cluster::raft::{Cluster, ClusterError};
 use crate::queue::exchange::ExchangeKind;
 use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError};
 use crate::storage::{checkpoint, RealFs};
-use crate::streams::topic::TopicError;
+use crate::streams::topic::{
+    AdminMode, ConfigChange, TopicError, TopicInfo, CONFIGS_FIXED_AT_CREATE,
+};
 use crate::streams::StreamError;
 
 use super::queue_ops::blocking as queue_blocking;
@@ -430,6 +432,185 @@ impl Broker {
         .await
     }
 
+    /// Whether `name` is a topic the metadata log defines (changes to it go through the
+    /// log); None on a lone node.
+    pub(crate) fn placed_topic(&self, name: &str) -> Option<Cluster> {
+        self.replicated()
+            .filter(|cluster| cluster.applied().state.topics.contains_key(name))
+            .cloned()
+    }
+
+    /// Changes a placed topic's config overrides through the metadata log (the whole set
+    /// the topic ends with, checked here first as a lone node checks it), then here.
+    pub(crate) async fn change_configs_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let checking = name.to_string();
+        let would = blocking(move || {
+            streams
+                .topics()
+                .change_configs(&checking, changes, replace, AdminMode::ValidateOnly)
+                .map_err(StreamError::from)
+        })
+        .await?;
+        let configs = override_map(&would);
+        let command = MetadataCommand::AlterTopicConfigs {
+            name: name.to_string(),
+            configs: configs.clone(),
+        };
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::UnknownTopic(name))) => {
+                return Err(StreamError::UnknownTopic(name))
+            }
+            Ok(MetadataResult::Refused(refused)) => {
+                return Err(TopicError::InvalidConfig(refused.to_string()).into())
+            }
+            Ok(_) => {}
+            Err(error) => return Err(stream_refusal(error)),
+        }
+        let _following = self.cluster_follow.lock().await;
+        self.set_overrides_locally(name, configs).await
+    }
+
+    /// Grows a placed topic through the metadata log (which places the new partitions),
+    /// checked here first as a lone node checks it, then here.
+    pub(crate) async fn add_partitions_replicated(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        total: u32,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let checking = name.to_string();
+        blocking(move || {
+            streams
+                .topics()
+                .add_partitions(&checking, total, AdminMode::ValidateOnly)
+                .map_err(StreamError::from)
+        })
+        .await?;
+        let command = MetadataCommand::AddPartitions {
+            name: name.to_string(),
+            total,
+        };
+        match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Refused(MetadataError::UnknownTopic(name))) => {
+                return Err(StreamError::UnknownTopic(name))
+            }
+            Ok(MetadataResult::Refused(_)) => {
+                // Another node grew it meanwhile, to `total` or more.
+                let current = cluster.applied().state.topics.get(name).map_or(0, |topic| {
+                    u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX)
+                });
+                return Err(TopicError::PartitionsNotIncreased {
+                    topic: name.to_string(),
+                    current,
+                    requested: total,
+                }
+                .into());
+            }
+            Ok(_) => {}
+            Err(error) => return Err(stream_refusal(error)),
+        }
+        let _following = self.cluster_follow.lock().await;
+        self.add_partitions_locally(name, total).await
+    }
+
+    /// Sets a topic's overrides here to exactly `configs` (a key fixed at create keeps its
+    /// value: the log never changes it).
+    async fn set_overrides_locally(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StreamError> {
+        let changes: Vec<ConfigChange> = configs
+            .into_iter()
+            .filter(|(key, _)| !CONFIGS_FIXED_AT_CREATE.contains(&key.as_str()))
+            .map(|(key, value)| ConfigChange::Set(key, value))
+            .collect();
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || {
+            streams
+                .topics()
+                .change_configs(&name, changes, true, AdminMode::Apply)
+                .map_err(StreamError::from)
+        })
+        .await
+    }
+
+    /// Grows a topic here to `total` partitions; one that has them already is left as is.
+    async fn add_partitions_locally(
+        &self,
+        name: &str,
+        total: u32,
+    ) -> Result<TopicInfo, StreamError> {
+        let streams = self.streams.clone();
+        let name = name.to_string();
+        blocking(move || {
+            match streams
+                .topics()
+                .add_partitions(&name, total, AdminMode::Apply)
+            {
+                // Following the log got there first.
+                Err(TopicError::PartitionsNotIncreased { .. }) => streams
+                    .topics()
+                    .get(&name)
+                    .ok_or_else(|| StreamError::UnknownTopic(name.clone())),
+                other => other.map_err(StreamError::from),
+            }
+        })
+        .await
+    }
+
+    /// A pass's part for topics this node has: grows them to the log's partition count
+    /// and sets their overrides to the log's.
+    async fn follow_topic_changes(&self, state: &MetadataState) {
+        for (name, topic) in &state.topics {
+            let Some(local) = self.streams.topics().get(name) else {
+                continue;
+            };
+            let total = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+            if total > local.partitions {
+                match self.add_partitions_locally(name, total).await {
+                    Ok(_) => tracing::info!(
+                        topic = name,
+                        total,
+                        "added partitions as the cluster's metadata did"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(topic = name, %error, "cannot add the partitions the cluster's metadata holds")
+                    }
+                }
+            }
+            let changeable = |configs: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+                configs
+                    .iter()
+                    .filter(|(key, _)| !CONFIGS_FIXED_AT_CREATE.contains(&key.as_str()))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect()
+            };
+            if changeable(&override_map(&local)) != changeable(&topic.configs) {
+                match self
+                    .set_overrides_locally(name, topic.configs.clone())
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(topic = name, configs = ?topic.configs, "altered topic configs as the cluster's metadata did")
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = name, %error, "cannot set the topic configs the cluster's metadata holds")
+                    }
+                }
+            }
+        }
+    }
+
     async fn create_topic_locally(
         &self,
         name: &str,
@@ -536,6 +717,7 @@ impl Broker {
                 }
             }
         }
+        self.follow_topic_changes(state).await;
         let dropped: Vec<String> = followed
             .topics
             .iter()
@@ -697,6 +879,14 @@ impl Broker {
 }
 
 /// A failure of the metadata log as a stream error.
+/// A topic's overrides as the metadata log records them.
+fn override_map(info: &TopicInfo) -> BTreeMap<String, String> {
+    info.overrides
+        .iter()
+        .map(|entry| (entry.key.clone(), entry.value.clone()))
+        .collect()
+}
+
 fn stream_refusal(error: ClusterError) -> StreamError {
     StreamError::Cluster {
         no_leader: error == ClusterError::NoLeader,

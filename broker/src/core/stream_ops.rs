@@ -289,6 +289,15 @@ impl Broker {
         configs: Vec<(String, String)>,
     ) -> Result<TopicInfo, StreamError> {
         self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
+        if let (Some(cluster), false) = (self.placed_topic(name), configs.is_empty()) {
+            let changes = configs
+                .into_iter()
+                .map(|(key, value)| ConfigChange::Set(key, value))
+                .collect();
+            return self
+                .change_configs_replicated(&cluster, name, changes, false)
+                .await;
+        }
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
@@ -315,6 +324,11 @@ impl Broker {
         mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
         self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
+        if let (Some(cluster), AdminMode::Apply) = (self.placed_topic(name), mode) {
+            return self
+                .change_configs_replicated(&cluster, name, changes, replace)
+                .await;
+        }
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
@@ -339,6 +353,11 @@ impl Broker {
         mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
         self.check(caller, Operation::Alter, ResourceType::Topic, name)?;
+        if let (Some(cluster), AdminMode::Apply) = (self.placed_topic(name), mode) {
+            return self
+                .add_partitions_replicated(&cluster, name, partition_count)
+                .await;
+        }
         let streams = self.streams.clone();
         let name = name.to_string();
         blocking(move || {
