@@ -889,3 +889,106 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         "no node counts a message after all were acked"
     );
 }
+
+#[test]
+fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_back() {
+    // Goal: issue #20's queue routing when the queue's leader dies (no failover until
+    // issue #21). A consumer through another node ends with an error saying the leader
+    // could not be reached, a publish through another node is refused (not
+    // confirmed) naming the leader, and once the leader is back the queue works through
+    // every node again, with what it had stored.
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let ok = |broker: &str, args: &[&str], stdin: &str| {
+        let output = wharf(broker, args, stdin);
+        assert!(
+            output.status.success(),
+            "{args:?} on {broker}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // The first queue of a fresh cluster is placed on node 1 (fewest replicas, then fewest
+    // led, then the lowest id: docs/CLUSTER.md, Placement).
+    ok(&addresses[1], &["queue", "declare", "lq", "--durable"], "");
+    ok(&addresses[2], &["publish", "", "lq"], "a\n");
+
+    let mut subscriber = Command::new(integration_tests::wharf_path())
+        .args([
+            "--broker",
+            &addresses[1],
+            "subscribe",
+            "lq",
+            "--prefetch",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wharf subscribe");
+    let mut lines = BufReader::new(subscriber.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    assert_eq!(first, "a", "the first message through node 2");
+
+    nodes[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = subscriber.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber through node 2 was not cancelled within 20 s of the leader's death"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut subscriber.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "the cancelled subscriber exited 0");
+    // Cancelled by its node (the pull failed), or its ack of "a" failed first: either way
+    // the error names the leader that could not be reached.
+    assert!(
+        stderr.contains("the node that leads the queue could not be reached")
+            || stderr.contains("led by node 1, which did not answer"),
+        "the subscriber's error: {stderr}"
+    );
+
+    let refused = wharf(&addresses[2], &["publish", "", "lq"], "lost\n");
+    assert!(
+        !refused.status.success(),
+        "a publish was confirmed while the queue's leader is down"
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("led by node 1"), "{message}");
+
+    nodes[0].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after the leader's restart");
+    ok(&addresses[2], &["publish", "", "lq"], "after\n");
+    let printed = ok(
+        &addresses[1],
+        &[
+            "subscribe",
+            "lq",
+            "--max-messages",
+            "2",
+            "--timeout-ms",
+            "3000",
+        ],
+        "",
+    );
+    // "a" comes again if its ack was refused with the leader down (at-least-once); the
+    // refused publish never appears.
+    let lines: Vec<&str> = printed.lines().collect();
+    assert!(
+        lines == ["after"] || lines == ["a", "after"],
+        "through node 2 after the leader is back: {lines:?}"
+    );
+}

@@ -24,7 +24,7 @@ pub enum QueueError {
     Unauthorized(#[from] crate::acl::Denied),
     /// The cluster's metadata log did not take a queue definition (issue #20); with
     /// `no_leader` nothing changed and a retry may succeed, else the outcome is unknown.
-    #[error("the cluster's metadata log: {message}")]
+    #[error("cluster: {message}")]
     Cluster { no_leader: bool, message: String },
     /// No such exchange.
     #[error("unknown exchange {0:?}")]
