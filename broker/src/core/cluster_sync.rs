@@ -878,7 +878,6 @@ impl Broker {
     }
 }
 
-/// A failure of the metadata log as a stream error.
 /// A topic's overrides as the metadata log records them.
 fn override_map(info: &TopicInfo) -> BTreeMap<String, String> {
     info.overrides
@@ -887,6 +886,7 @@ fn override_map(info: &TopicInfo) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A failure of the metadata log as a stream error.
 fn stream_refusal(error: ClusterError) -> StreamError {
     StreamError::Cluster {
         no_leader: error == ClusterError::NoLeader,

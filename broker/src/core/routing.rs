@@ -17,8 +17,8 @@
 //! - A queue the metadata log places is served by its leader: the other nodes hand its
 //!   operations (publish, consume, ack, get, purge, counts, conditional delete) to the
 //!   leader over the internal wire ([`QueuePlacement`], `queue/remote.rs`), so an AMQP,
-//!   HTTP or native client may use any node. Exclusive, auto-delete and transient queues
-//!   are not in the log and stay on the node that made them.
+//!   HTTP or native client may use any node. Exclusive and transient queues are not in
+//!   the log and stay on the node that made them.
 //! - A lone node (no peers) has no routing: it leads and coordinates everything, and none of
 //!   these checks runs.
 

@@ -41,7 +41,7 @@ use crate::queue::definitions::{
 use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
-use crate::queue::remote::{self, PulledConsumers, QueueCluster};
+use crate::queue::remote::{self, Origins, PulledConsumers, QueueCluster};
 use crate::queue::store::QueueStore;
 use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
 use crate::queue::types::{
@@ -110,6 +110,12 @@ pub struct QueueManager {
     proxies: Mutex<HashMap<(String, u64), mpsc::Sender<Command>>>,
     /// This node's consumers that other nodes pull.
     pulled: PulledConsumers,
+    /// The nodes that forward to this one, each with its start and the consumers and
+    /// holders it made here.
+    origins: Origins,
+    /// This start of the node (unique per start), sent with every forwarded command so a
+    /// leader can tell a restarted node from the one before.
+    epoch: AtomicU64,
 }
 
 impl QueueManager {
@@ -143,6 +149,8 @@ impl QueueManager {
             cluster: OnceLock::new(),
             proxies: Mutex::new(HashMap::new()),
             pulled: PulledConsumers::default(),
+            origins: Origins::default(),
+            epoch: AtomicU64::new(0),
         });
         if let Some(stored) = manager.definitions.read()? {
             manager.restore(stored)?;
@@ -163,14 +171,16 @@ impl QueueManager {
 
     /// Joins the queues to a cluster (once, at start on a node started with peers): a queue
     /// the cluster places on another node is served by that node from then on, and this
-    /// node numbers its consumers from `node_id << 40` so their ids are unique in the
+    /// node numbers its consumers from `node_id << 32` so their ids are unique in the
     /// cluster. Starts the task that cancels consumers other nodes stopped pulling.
     pub fn attach_cluster(&self, cluster: Arc<dyn QueueCluster>) {
-        let base = cluster.node_id() << 40;
+        // Node ids are at most 2^31 - 1, so the base fits; 2^32 ids per node.
+        let base = cluster.node_id() << 32;
         if self.cluster.set(cluster).is_err() {
             return;
         }
         self.next_consumer.fetch_max(base, Ordering::Relaxed);
+        self.epoch.store(remote::new_epoch(), Ordering::Relaxed);
         let manager = self.myself.clone();
         tokio::spawn(async move {
             loop {
@@ -183,6 +193,13 @@ impl QueueManager {
         });
     }
 
+    /// The nodes that forward to this one.
+    pub(crate) fn origins(&self) -> MutexGuard<'_, HashMap<u64, remote::Origin>> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// The consumers other nodes pull from this one.
     pub(crate) fn pulled(
         &self,
@@ -190,6 +207,13 @@ impl QueueManager {
         self.pulled
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Whether the cluster places `queue` on another node (its copy here is not used).
+    pub(crate) fn led_elsewhere(&self, queue: &str) -> bool {
+        self.cluster
+            .get()
+            .is_some_and(|cluster| cluster.leader_elsewhere(queue).is_some())
     }
 
     /// Where `queue`'s commands go: its task here (`local`), or the proxy to the node that
@@ -205,7 +229,10 @@ impl QueueManager {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .entry((queue.to_string(), node))
-            .or_insert_with(|| remote::spawn_proxy(queue.to_string(), node, cluster.clone()))
+            .or_insert_with(|| {
+                let epoch = self.epoch.load(Ordering::Relaxed);
+                remote::spawn_proxy(queue.to_string(), node, cluster.clone(), epoch)
+            })
             .clone()
     }
 

@@ -11,11 +11,18 @@
 //!   the publishes waiting for it in one request, and each confirm is answered with the
 //!   leader's (stored and fsynced there).
 //! - A subscription is made on the leader under the consumer's id (ids are unique in the
-//!   cluster: each node numbers its consumers from `node_id << 40`), and a pump task pulls
+//!   cluster: each node numbers its consumers from `node_id << 32`), and a pump task pulls
 //!   its deliveries (long polls of [`PULL_WAIT`]) into the local consumer's channel. Acks,
 //!   nacks, cancels and stops go through the proxy with the leader's delivery tags.
 //! - The leader cancels a pulled consumer whose node stopped pulling for
 //!   [`PULL_LEASE`] (that node died or was cut off): its deliveries return to the queue.
+//!   Every forwarded command carries its node's id and *epoch* (one per start): the first
+//!   command of a node's new start cancels every consumer and holder its previous start
+//!   made here, so a restarted node neither strands their deliveries nor meets its old
+//!   consumer ids.
+//! - A node serves a forwarded command only for a queue it leads in its own view (a node
+//!   that applied a leader change later than the sender refuses, nothing done); it never
+//!   forwards again.
 //! - A consumer whose leader cannot be reached is cancelled with
 //!   [`CancelReason::Unreachable`].
 //!
@@ -38,8 +45,8 @@ use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
 use wharf_protocol::batch::{Header, Record};
 
 use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
-use crate::queue::manager::QueueManager;
-use crate::queue::task::{Command, Control, PendingPublish};
+use crate::queue::manager::{QueueManager, GET_COUNT_MAX};
+use crate::queue::task::{Command, Control, PendingPublish, GET_BYTES_MAX};
 use crate::queue::types::{
     ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Deliveries, GotMessage, Message,
     Precondition, QueueError, QueueStats,
@@ -80,6 +87,10 @@ pub trait QueueCluster: Send + Sync + Debug + 'static {
 pub struct RemoteCall {
     /// The queue.
     pub queue: String,
+    /// The node that forwards it.
+    pub origin: u64,
+    /// That node's start ([`new_epoch`]).
+    pub epoch: u64,
     /// What to do.
     pub op: RemoteOp,
 }
@@ -411,12 +422,34 @@ pub fn decode_call(request: &str) -> Result<RemoteCall, String> {
     serde_json::from_str(request).map_err(|error| error.to_string())
 }
 
+/// A number for this start of the node: the wall clock in nanoseconds (a restart never
+/// reuses one).
+pub(crate) fn new_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+/// A node that forwards to this one: its start, and the consumers and holders (queue, id)
+/// that start made here.
+#[derive(Debug, Default)]
+pub(crate) struct Origin {
+    epoch: u64,
+    owned: std::collections::HashSet<(String, ConsumerId)>,
+}
+
+/// The nodes that forward to this one, by node id.
+pub(crate) type Origins = std::sync::Mutex<HashMap<u64, Origin>>;
+
 /// A proxy's way to the leader of one queue.
 #[derive(Debug, Clone)]
 struct Link {
     queue: String,
     node: u64,
     cluster: Arc<dyn QueueCluster>,
+    epoch: u64,
 }
 
 impl Link {
@@ -424,6 +457,8 @@ impl Link {
     async fn call(&self, op: RemoteOp, timeout: Duration) -> Result<RemoteAnswer, QueueError> {
         let request = serde_json::to_string(&RemoteCall {
             queue: self.queue.clone(),
+            origin: self.cluster.node_id(),
+            epoch: self.epoch,
             op,
         })
         .map_err(|error| QueueError::Storage(error.to_string()))?;
@@ -469,12 +504,14 @@ pub(crate) fn spawn_proxy(
     queue: String,
     node: u64,
     cluster: Arc<dyn QueueCluster>,
+    epoch: u64,
 ) -> mpsc::Sender<Command> {
     let (sender, receiver) = mpsc::channel(1_024);
     let link = Link {
         queue,
         node,
         cluster,
+        epoch,
     };
     tokio::spawn(proxy(link, receiver));
     sender
@@ -689,6 +726,18 @@ fn move_refused(link: &Link) -> QueueError {
 /// consumer ends there, the leader cancels it, or the leader cannot be reached.
 async fn pump(link: Link, consumer: ConsumerId, push: mpsc::Sender<ConsumerPush>) {
     loop {
+        if push.is_closed() {
+            // The local consumer is gone (its cancel may have failed): end it at the
+            // leader too, or its lease would be renewed by pulls forever.
+            let op = RemoteOp::Cancel {
+                consumer: consumer.0,
+                reason: CancelReason::ConnectionClosed,
+            };
+            if let Err(error) = link.done(op).await {
+                tracing::debug!(queue = link.queue, %consumer, %error, "cancelling a consumer whose channel closed");
+            }
+            return;
+        }
         let op = RemoteOp::Pull {
             consumer: consumer.0,
             wait_ms: PULL_WAIT.as_millis() as u64,
@@ -750,7 +799,23 @@ impl QueueManager {
     /// this node's task of the queue and answers with the outcome, as JSON.
     pub async fn serve_remote(self: &Arc<Self>, request: String) -> String {
         let answer = match decode_call(&request) {
-            Ok(call) => self.serve_call(call).await,
+            Ok(call) => {
+                self.check_origin(call.origin, call.epoch).await;
+                if self.led_elsewhere(&call.queue) {
+                    refusal(
+                        &call.op,
+                        QueueError::Cluster {
+                            no_leader: true,
+                            message: format!(
+                                "this node no longer leads queue {:?}; nothing was done, ask again",
+                                call.queue
+                            ),
+                        },
+                    )
+                } else {
+                    self.serve_call(call).await
+                }
+            }
             Err(error) => RemoteAnswer::Done(Err(WireError::Invalid(format!(
                 "a forwarded queue request does not parse: {error}"
             )))),
@@ -763,8 +828,54 @@ impl QueueManager {
         })
     }
 
+    /// The first command of a node's new start cancels what its previous start made here.
+    async fn check_origin(&self, origin: u64, epoch: u64) {
+        let stale: Vec<(String, ConsumerId)> = {
+            let mut origins = self.origins();
+            let known = origins.entry(origin).or_default();
+            if known.epoch == epoch {
+                return;
+            }
+            known.epoch = epoch;
+            known.owned.drain().collect()
+        };
+        for (queue, consumer) in stale {
+            tracing::info!(queue, %consumer, origin, "the node that made this consumer restarted; cancelled, its deliveries return to the queue");
+            self.end_remote_consumer(&queue, consumer, CancelReason::ConnectionClosed)
+                .await;
+        }
+    }
+
+    /// Cancels a consumer or holder another node made here: its deliveries return.
+    async fn end_remote_consumer(&self, queue: &str, consumer: ConsumerId, reason: CancelReason) {
+        self.pulled().remove(&consumer);
+        if let Ok(sender) = self.local_sender(queue) {
+            ask(&sender, |reply| {
+                Command::Control(Control::Cancel(consumer, reason, reply))
+            })
+            .await;
+        }
+        self.forget_consumer(queue, consumer).await;
+    }
+
+    /// Records a consumer or holder `origin` made here (cancelled when it restarts).
+    fn own(&self, origin: u64, queue: &str, consumer: ConsumerId) {
+        if let Some(known) = self.origins().get_mut(&origin) {
+            known.owned.insert((queue.to_string(), consumer));
+        }
+    }
+
+    /// Forgets a consumer or holder `origin` cancelled.
+    fn disown(&self, origin: u64, queue: &str, consumer: ConsumerId) {
+        if let Some(known) = self.origins().get_mut(&origin) {
+            known.owned.remove(&(queue.to_string(), consumer));
+        }
+    }
+
     async fn serve_call(self: &Arc<Self>, call: RemoteCall) -> RemoteAnswer {
-        let RemoteCall { queue, op } = call;
+        let RemoteCall {
+            queue, origin, op, ..
+        } = call;
         if let RemoteOp::Pull { consumer, wait_ms } = op {
             let wait = Duration::from_millis(wait_ms.min(5_000));
             return self.serve_pull(ConsumerId(consumer), wait).await;
@@ -811,17 +922,19 @@ impl QueueManager {
                     exclusive,
                     shared_prefetch: None,
                 };
+                let consumer = ConsumerId(consumer);
                 let subscribed = self
-                    .serve_subscribe(&queue, ConsumerId(consumer), options, sender)
+                    .serve_subscribe(&queue, consumer, options, sender)
                     .await;
+                if subscribed.is_ok() {
+                    self.own(origin, &queue, consumer);
+                }
                 RemoteAnswer::Done(subscribed.map_err(WireError::from))
             }
             RemoteOp::Cancel { consumer, reason } => {
                 let consumer = ConsumerId(consumer);
-                self.pulled().remove(&consumer);
-                let command = |reply| Command::Control(Control::Cancel(consumer, reason, reply));
-                ask(&sender, command).await;
-                self.forget_consumer(&queue, consumer).await;
+                self.disown(origin, &queue, consumer);
+                self.end_remote_consumer(&queue, consumer, reason).await;
                 RemoteAnswer::Done(Ok(()))
             }
             RemoteOp::Stop { consumer } => {
@@ -843,8 +956,16 @@ impl QueueManager {
                 let mode = match mode {
                     WireGetMode::Requeue => GetMode::Requeue,
                     WireGetMode::Ack => GetMode::Ack,
-                    WireGetMode::Hold(holder) => GetMode::Hold(ConsumerId(holder)),
+                    WireGetMode::Hold(holder) => {
+                        self.own(origin, &queue, ConsumerId(holder));
+                        GetMode::Hold(ConsumerId(holder))
+                    }
                 };
+                // The forwarding node checked these; the leader holds to its own limits.
+                let (count, bytes) = (
+                    count.clamp(1, GET_COUNT_MAX as usize),
+                    bytes.min(GET_BYTES_MAX),
+                );
                 let command = |reply| Command::Control(Control::Get(count, bytes, mode, reply));
                 RemoteAnswer::Got(ask(&sender, command).await.map_or(Err(gone()), |got| {
                     got.map(|got| got.into_iter().map(WireGot::from).collect())
@@ -1101,6 +1222,8 @@ mod tests {
         };
         let call = RemoteCall {
             queue: "q".to_string(),
+            origin: 1,
+            epoch: 7,
             op: RemoteOp::Publish(vec![vec![WireMessage::from(message.clone())]]),
         };
         let decoded = decode_call(&serde_json::to_string(&call).unwrap()).unwrap();

@@ -723,8 +723,17 @@ impl QueueTask {
         if self.expired || idle < expires {
             return;
         }
+        let Some(manager) = self.manager.upgrade() else {
+            return;
+        };
+        if manager.led_elsewhere(&self.name) {
+            // This node's copy of a queue another node leads sees no use: the leader's
+            // copy decides expiry.
+            self.last_used_ms = now;
+            return;
+        }
         self.expired = true;
-        if let Some(manager) = self.manager.upgrade() {
+        {
             let queue = self.name.clone();
             tokio::spawn(async move {
                 tracing::info!(
