@@ -905,15 +905,7 @@ fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after start");
     registered(&addresses);
-    let ok = |broker: &str, args: &[&str], stdin: &str| {
-        let output = wharf(broker, args, stdin);
-        assert!(
-            output.status.success(),
-            "{args:?} on {broker}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let ok = integration_tests::wharf_ok;
     // The first queue of a fresh cluster is placed on node 1 (fewest replicas, then fewest
     // led, then the lowest id: docs/CLUSTER.md, Placement).
     ok(&addresses[1], &["queue", "declare", "lq", "--durable"], "");

@@ -180,7 +180,8 @@ impl QueueManager {
             return;
         }
         self.next_consumer.fetch_max(base, Ordering::Relaxed);
-        self.epoch.store(remote::new_epoch(), Ordering::Relaxed);
+        self.epoch
+            .store(remote::new_epoch(self.clock.now_ms()), Ordering::Relaxed);
         let manager = self.myself.clone();
         tokio::spawn(async move {
             loop {

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
+use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::batch::{Header, Record};
 
 use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
@@ -422,14 +422,17 @@ pub fn decode_call(request: &str) -> Result<RemoteCall, String> {
     serde_json::from_str(request).map_err(|error| error.to_string())
 }
 
-/// A number for this start of the node: the wall clock in nanoseconds (a restart never
-/// reuses one).
-pub(crate) fn new_epoch() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |since| {
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-        })
+/// A number for this start of the node: the injected clock's milliseconds when the queues
+/// joined the cluster, times 1,000, plus a count of the managers this process joined (a
+/// restart takes longer than a millisecond, and two managers in one process, as in tests,
+/// differ by the count).
+pub(crate) fn new_epoch(now_ms: i64) -> u64 {
+    static JOINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let joined = JOINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000;
+    u64::try_from(now_ms)
+        .unwrap_or(0)
+        .saturating_mul(1_000)
+        .saturating_add(joined)
 }
 
 /// A node that forwards to this one: its start, and the consumers and holders (queue, id)
@@ -644,19 +647,13 @@ async fn forward_control(link: &Link, control: Control) {
                 consumer: consumer.0,
                 reason,
             };
-            if let Err(error) = link.done(op).await {
-                tracing::warn!(queue = link.queue, %consumer, %error, "cancelling a consumer on the queue's leader failed");
-            }
-            let _ = reply.send(());
+            end_consumer(link, consumer, op, reply).await;
         }
         Control::Stop(consumer, reply) => {
             let op = RemoteOp::Stop {
                 consumer: consumer.0,
             };
-            if let Err(error) = link.done(op).await {
-                tracing::warn!(queue = link.queue, %consumer, %error, "stopping a consumer on the queue's leader failed");
-            }
-            let _ = reply.send(());
+            end_consumer(link, consumer, op, reply).await;
         }
         Control::Touch => {
             let _ = link.done(RemoteOp::Touch).await;
@@ -684,20 +681,7 @@ async fn forward_control(link: &Link, control: Control) {
             }
         },
         Control::Get(count, bytes, mode, reply) => {
-            let mode = match mode {
-                GetMode::Requeue => WireGetMode::Requeue,
-                GetMode::Ack => WireGetMode::Ack,
-                GetMode::Hold(holder) => WireGetMode::Hold(holder.0),
-            };
-            let op = RemoteOp::Get { count, bytes, mode };
-            let got = match link.call(op, CALL_TIMEOUT).await {
-                Ok(RemoteAnswer::Got(got)) => got
-                    .map(|got| got.into_iter().map(GotMessage::from).collect())
-                    .map_err(QueueError::from),
-                Ok(other) => Err(link.unexpected(&other)),
-                Err(error) => Err(error),
-            };
-            let _ = reply.send(got);
+            let _ = reply.send(forward_get(link, count, bytes, mode).await);
         }
         Control::TakeForMove(_, reply) => {
             let _ = reply.send(Err(move_refused(link)));
@@ -712,6 +696,36 @@ async fn forward_control(link: &Link, control: Control) {
                 "a settle reached a queue's proxy; ignored"
             );
         }
+    }
+}
+
+/// Cancels or stops a consumer at the leader; answered either way (a leader that does not
+/// answer cancels it itself once its lease runs out).
+async fn end_consumer(link: &Link, consumer: ConsumerId, op: RemoteOp, reply: oneshot::Sender<()>) {
+    if let Err(error) = link.done(op).await {
+        tracing::warn!(queue = link.queue, %consumer, %error, "ending a consumer on the queue's leader failed");
+    }
+    let _ = reply.send(());
+}
+
+/// A get at the leader.
+async fn forward_get(
+    link: &Link,
+    count: usize,
+    bytes: usize,
+    mode: GetMode,
+) -> Result<Vec<GotMessage>, QueueError> {
+    let mode = match mode {
+        GetMode::Requeue => WireGetMode::Requeue,
+        GetMode::Ack => WireGetMode::Ack,
+        GetMode::Hold(holder) => WireGetMode::Hold(holder.0),
+    };
+    let op = RemoteOp::Get { count, bytes, mode };
+    match link.call(op, CALL_TIMEOUT).await? {
+        RemoteAnswer::Got(got) => got
+            .map(|got| got.into_iter().map(GotMessage::from).collect())
+            .map_err(QueueError::from),
+        other => Err(link.unexpected(&other)),
     }
 }
 
@@ -786,7 +800,9 @@ async fn pump(link: Link, consumer: ConsumerId, push: mpsc::Sender<ConsumerPush>
 #[derive(Debug)]
 pub(crate) struct PulledConsumer {
     queue: String,
-    deliveries: AsyncMutex<Deliveries>,
+    /// Its channel; a pull takes it out while it waits (no lock across the wait) and puts
+    /// it back. `None` while a pull has it.
+    deliveries: std::sync::Mutex<Option<Deliveries>>,
     /// When it was last pulled (start or end of a pull).
     last_pull: std::sync::Mutex<Instant>,
 }
@@ -1010,7 +1026,7 @@ impl QueueManager {
         let deliveries = self.subscribe_as(queue, consumer, options, sender).await?;
         let pulled = Arc::new(PulledConsumer {
             queue: queue.to_string(),
-            deliveries: AsyncMutex::new(deliveries),
+            deliveries: std::sync::Mutex::new(Some(deliveries)),
             last_pull: std::sync::Mutex::new(Instant::now()),
         });
         self.pulled().insert(consumer, pulled);
@@ -1028,7 +1044,14 @@ impl QueueManager {
             };
         };
         pulled.touch();
-        let mut deliveries = pulled.deliveries.lock().await;
+        let Some(mut deliveries) = pulled.take_deliveries() else {
+            // Another pull of this consumer is under way (the node retried): nothing here.
+            return RemoteAnswer::Pulled {
+                runs: Vec::new(),
+                cancelled: None,
+                ended: false,
+            };
+        };
         let mut runs = Vec::new();
         let mut cancelled = None;
         let mut ended = false;
@@ -1065,7 +1088,7 @@ impl QueueManager {
                 }
             };
         }
-        drop(deliveries);
+        pulled.put_back(deliveries);
         pulled.touch();
         if ended || cancelled.is_some() {
             self.pulled().remove(&consumer);
@@ -1124,6 +1147,20 @@ impl QueueManager {
 }
 
 impl PulledConsumer {
+    fn take_deliveries(&self) -> Option<Deliveries> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
+
+    fn put_back(&self, deliveries: Deliveries) {
+        *self
+            .deliveries
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(deliveries);
+    }
+
     fn touch(&self) {
         *self
             .last_pull
