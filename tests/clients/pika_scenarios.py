@@ -251,6 +251,28 @@ def nack_requeue_reject():
     print("ok nack_requeue_reject")
 
 
+def no_ack_cancel_delivers_once():
+    """A no-ack consumer cancelled as soon as it has its messages: what was pushed to it is
+    settled, never put back in the queue, so no message reaches a client twice. (The race
+    this guards against, a cancel handled between a push and its settle, shows under load:
+    many short rounds.)"""
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("no-ack-cancel").method.queue
+    ch.queue_purge(q)
+    for round in range(300):
+        bodies = [b"r%d-%d" % (round, i) for i in range(3)]
+        for body in bodies:
+            ch.basic_publish("", q, body)
+        got = [body for _, _, body in drain(ch, q, len(bodies), timeout=5)]
+        assert got == bodies, ("round", round, got)
+        method, _, body = ch.basic_get(q, auto_ack=True)
+        assert method is None, ("round", round, body, "delivered twice")
+    conn.close()
+    print("ok no_ack_cancel_delivers_once")
+
+
 def basic_get():
     conn = connect()
     ch = conn.channel()
@@ -1290,6 +1312,7 @@ SCENARIOS = {
     "pipelined_publishes": pipelined_publishes,
     "nack_requeue_reject": nack_requeue_reject,
     "basic_get": basic_get,
+    "no_ack_cancel_delivers_once": no_ack_cancel_delivers_once,
     "server_named_exclusive": server_named_exclusive,
     "channel_error_keeps_connection": channel_error_keeps_connection,
     "publish": publish,

@@ -88,6 +88,12 @@ fn pika_routes_through_direct_fanout_topic_and_headers_exchanges() {
 }
 
 #[test]
+fn pika_no_ack_consumer_cancelled_mid_flight_gets_no_message_twice() {
+    let (_dir, broker) = broker();
+    pika(&broker, "no_ack_cancel_delivers_once", &[]);
+}
+
+#[test]
 fn pika_unroutable_mandatory_message_comes_back_with_312_no_route() {
     let (_dir, broker) = broker();
     pika(&broker, "mandatory_return", &[]);

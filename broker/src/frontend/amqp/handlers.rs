@@ -149,6 +149,9 @@ enum TxStep {
 struct ConsumerSlot {
     queue: Arc<str>,
     id: ConsumerId,
+    /// A no-ack consumer: its deliveries are settled in the core by its forwarding task
+    /// after they are pushed, so the task, not the canceller, ends it in the core.
+    no_ack: bool,
 }
 
 /// A delivery waiting for its ack: to a consumer, or taken by basic.get under the
@@ -1417,7 +1420,10 @@ async fn basic_class(
                 }
             };
             if let Some(slot) = slot {
-                let _ = if holds {
+                // A no-ack consumer is only stopped: deliveries pushed to the client and
+                // not yet settled must not go back to the queue; its forwarding task
+                // cancels it once its deliveries are settled.
+                let _ = if holds || slot.no_ack {
                     shared
                         .broker
                         .stop_consumer(&shared.session, &slot.queue, slot.id)
@@ -1571,6 +1577,7 @@ async fn basic_consume(
             ConsumerSlot {
                 queue: queue.clone(),
                 id: consumer,
+                no_ack: consume.no_ack,
             },
         );
     }
@@ -1612,19 +1619,47 @@ impl Shared {
 
 /// Pushes a consumer's deliveries as basic.deliver frames once its consume-ok is queued,
 /// until the consumer ends; a broker-side cancel (queue deleted, ack timeout) is told to
-/// the client with basic.cancel (consumer_cancel_notify).
+/// the client with basic.cancel (consumer_cancel_notify). A no-ack consumer is cancelled
+/// in the core here, after the last of its pushed deliveries is settled: cancelling it
+/// earlier would put pushed deliveries back in the queue (delivered twice).
 async fn forward_deliveries(
     shared: Arc<Shared>,
     channel: u16,
     (queue, consumer_tag): (Arc<str>, String),
     consumer: ConsumerId,
     no_ack: bool,
-    mut events: Deliveries,
+    events: Deliveries,
     started: oneshot::Receiver<()>,
 ) {
     let _ = started.await;
+    push_until_end(
+        &shared,
+        channel,
+        (&queue, &consumer_tag),
+        consumer,
+        no_ack,
+        events,
+    )
+    .await;
+    if no_ack {
+        let _ = shared
+            .broker
+            .cancel(&shared.session, &queue, consumer)
+            .await;
+    }
+}
+
+/// The loop of [`forward_deliveries`].
+async fn push_until_end(
+    shared: &Arc<Shared>,
+    channel: u16,
+    (queue, consumer_tag): (&Arc<str>, &str),
+    consumer: ConsumerId,
+    no_ack: bool,
+    mut events: Deliveries,
+) {
     let mut scratch = Vec::new();
-    let tag_short = ShortString::from(consumer_tag.as_str());
+    let tag_short = ShortString::from(consumer_tag);
     while let Some(first) = events.recv().await {
         // The deliveries already waiting go out in one push (one wake-up of the writer),
         // up to DELIVERY_PUSH_BYTES_MAX.
@@ -1639,21 +1674,21 @@ async fn forward_deliveries(
                 ConsumerEvent::Cancelled(_) => {
                     if !encoded.is_empty() {
                         let pushed =
-                            push_deliveries(&shared, channel, &consumer_tag, out, &encoded).await;
+                            push_deliveries(shared, channel, consumer_tag, out, &encoded).await;
                         if pushed == Pushed::Sent && no_ack {
-                            settle_no_ack(&shared, &queue, consumer, &encoded).await;
+                            settle_no_ack(shared, queue, consumer, &encoded).await;
                         }
                         if pushed == Pushed::Gone {
                             let back: Vec<DeliveryTag> =
                                 encoded.iter().map(|(_, tag)| *tag).collect();
-                            requeue(&shared, &queue, consumer, back).await;
+                            requeue(shared, queue, consumer, back).await;
                         }
                     }
                     let removed = shared
                         .state()
                         .channels
                         .get_mut(&channel)
-                        .and_then(|open| open.consumers.remove(&consumer_tag));
+                        .and_then(|open| open.consumers.remove(consumer_tag));
                     if removed.is_some() {
                         let frame = method_frame(
                             channel,
@@ -1672,7 +1707,7 @@ async fn forward_deliveries(
                 let open = state
                     .channels
                     .get_mut(&channel)
-                    .filter(|open| open.consumers.contains_key(&consumer_tag));
+                    .filter(|open| open.consumers.contains_key(consumer_tag));
                 open.map(|open| {
                     open.last_tag += 1;
                     if !no_ack {
@@ -1691,9 +1726,9 @@ async fn forward_deliveries(
             let Some(delivery_tag) = delivery_tag else {
                 // The consumer went: what was encoded for it and not sent goes back too.
                 let mut back: Vec<DeliveryTag> = encoded.iter().map(|(_, tag)| *tag).collect();
-                forget_unsent(&shared, channel, &encoded);
+                forget_unsent(shared, channel, &encoded);
                 back.push(delivered.tag);
-                return_undelivered(&shared, &queue, consumer, back, events).await;
+                return_undelivered(shared, queue, consumer, back, events).await;
                 return;
             };
             let (properties, exchange) = message::properties_from_headers(
@@ -1731,17 +1766,17 @@ async fn forward_deliveries(
                 next = events.try_recv().ok();
             }
         }
-        match push_deliveries(&shared, channel, &consumer_tag, out, &encoded).await {
+        match push_deliveries(shared, channel, consumer_tag, out, &encoded).await {
             Pushed::Sent => {}
             Pushed::Closed => return,
             Pushed::Gone => {
                 let back = encoded.iter().map(|(_, tag)| *tag).collect();
-                return_undelivered(&shared, &queue, consumer, back, events).await;
+                return_undelivered(shared, queue, consumer, back, events).await;
                 return;
             }
         }
         if no_ack {
-            settle_no_ack(&shared, &queue, consumer, &encoded).await;
+            settle_no_ack(shared, queue, consumer, &encoded).await;
         }
         // The consumer's byte rate (issue #18): the next deliveries wait out the delay,
         // while the connection keeps reading acks and heartbeats.
@@ -2477,28 +2512,45 @@ async fn answer_publish(shared: &Arc<Shared>, answer: Answer, completion: Publis
 #[derive(Debug, Default)]
 pub(crate) struct Released {
     consumers: Vec<(Arc<str>, ConsumerId)>,
+    /// No-ack consumers: stopped here, ended by their forwarding tasks.
+    no_ack: Vec<(Arc<str>, ConsumerId)>,
 }
 
 fn release_channel(open: &mut Channel) -> Released {
-    let consumers = open
+    let (no_ack, acking): (Vec<ConsumerSlot>, Vec<ConsumerSlot>) = open
         .consumers
         .drain()
-        .map(|(_, slot)| (slot.queue, slot.id))
+        .map(|(_, slot)| slot)
+        .partition(|slot| slot.no_ack);
+    let consumers = acking
+        .into_iter()
+        .map(|slot| (slot.queue, slot.id))
         .chain(open.holders.drain())
         .chain(open.stopped.drain(..))
         .collect();
+    let no_ack = no_ack
+        .into_iter()
+        .map(|slot| (slot.queue, slot.id))
+        .collect();
     open.unacked.clear();
     open.content = None;
-    Released { consumers }
+    Released { consumers, no_ack }
 }
 
 /// Cancels the consumers and holders: their unacknowledged deliveries and basic.get
-/// messages return to their queues at their places, marked redelivered.
+/// messages return to their queues at their places, marked redelivered. No-ack consumers
+/// are stopped instead; their forwarding tasks end them after settling what they pushed.
 async fn release(shared: &Shared, released: Released) {
     for (queue, consumer) in released.consumers {
         let _ = shared
             .broker
             .cancel(&shared.session, &queue, consumer)
+            .await;
+    }
+    for (queue, consumer) in released.no_ack {
+        let _ = shared
+            .broker
+            .stop_consumer(&shared.session, &queue, consumer)
             .await;
     }
 }
