@@ -375,6 +375,18 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
             "retention.ms=3600000",
         ],
     );
+    // Another key changed through another node keeps the first change (the log carries
+    // the change, not the proposer's whole set).
+    ok(
+        &addresses[1],
+        &[
+            "topic",
+            "alter",
+            "orders",
+            "--config",
+            "retention.bytes=1073741824",
+        ],
+    );
     ok(
         &addresses[1],
         &["topic", "add-partitions", "orders", "--count", "5"],
@@ -393,6 +405,11 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
             topic_override(address, "orders", "retention.ms").as_deref(),
             Some("3600000"),
             "orders' retention.ms on {address}"
+        );
+        assert_eq!(
+            topic_override(address, "orders", "retention.bytes").as_deref(),
+            Some("1073741824"),
+            "orders' retention.bytes on {address}"
         );
     }
 

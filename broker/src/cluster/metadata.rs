@@ -8,7 +8,7 @@
 //! rule (a topic that exists, an unknown queue) leaves the state unchanged and returns the
 //! reason as its [`MetadataResult`], which the proposer gets back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +95,18 @@ pub enum MetadataCommand {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// Changes some of a topic's config overrides: each key of `set` is overridden with its
+    /// value, each key of `delete` goes back to the default, and with `replace` every other
+    /// override not named in `keep` is removed too (Kafka's AlterConfigs). Applied to the
+    /// overrides the log holds when it commits, so changes of different keys made at once
+    /// through different nodes all land. Answers `Configs` with the resulting overrides.
+    ChangeTopicConfigs {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: BTreeSet<String>,
+        replace: bool,
+        keep: BTreeSet<String>,
+    },
     /// Grows a topic to `total` partitions.
     AddPartitions { name: String, total: u32 },
     /// Declares a queue (idempotent when the arguments are the same).
@@ -148,6 +160,8 @@ pub enum MetadataResult {
     Done,
     /// A topic was created or grown: its partitions' placement.
     Placed(Vec<Replicas>),
+    /// A topic's config overrides after a change.
+    Configs(BTreeMap<String, String>),
     /// A test register's previous value.
     Previous(Option<u64>),
     /// Nothing changed, for this reason.
@@ -233,6 +247,28 @@ impl MetadataState {
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 topic.configs = configs.clone();
                 Ok(MetadataResult::Done)
+            }
+            MetadataCommand::ChangeTopicConfigs {
+                name,
+                set,
+                delete,
+                replace,
+                keep,
+            } => {
+                let topic = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                if *replace {
+                    topic.configs.retain(|key, _| keep.contains(key));
+                }
+                for key in delete {
+                    topic.configs.remove(key);
+                }
+                for (key, value) in set {
+                    topic.configs.insert(key.clone(), value.clone());
+                }
+                Ok(MetadataResult::Configs(topic.configs.clone()))
             }
             MetadataCommand::AddPartitions { name, total } => {
                 let (existing, factor) = match self.topics.get(name) {
@@ -488,6 +524,55 @@ mod tests {
                 name: "x".into(),
                 kind: "direct".into()
             })
+        );
+    }
+
+    fn change(name: &str, set: &[(&str, &str)], delete: &[&str], replace: bool) -> MetadataCommand {
+        MetadataCommand::ChangeTopicConfigs {
+            name: name.to_string(),
+            set: set
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            delete: delete.iter().map(|key| key.to_string()).collect(),
+            replace,
+            keep: ["flush".to_string()].into(),
+        }
+    }
+
+    #[test]
+    fn config_changes_apply_to_the_overrides_the_log_holds() {
+        let mut state = three_nodes();
+        state.apply(&create("t", 1, 1));
+        // Two changes of different keys, each made from a copy without the other: both land.
+        state.apply(&change(
+            "t",
+            &[("retention.ms", "1000"), ("flush", "always")],
+            &[],
+            false,
+        ));
+        let answer = state.apply(&change("t", &[("segment.bytes", "4096")], &[], false));
+        let both: BTreeMap<String, String> = [
+            ("flush", "always"),
+            ("retention.ms", "1000"),
+            ("segment.bytes", "4096"),
+        ]
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        assert_eq!(answer, MetadataResult::Configs(both));
+        // A delete removes one key; a replace keeps only what it sets and the kept keys.
+        state.apply(&change("t", &[], &["retention.ms"], false));
+        assert!(!state.topics["t"].configs.contains_key("retention.ms"));
+        let answer = state.apply(&change("t", &[("retention.bytes", "10")], &[], true));
+        let replaced: BTreeMap<String, String> = [("flush", "always"), ("retention.bytes", "10")]
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        assert_eq!(answer, MetadataResult::Configs(replaced));
+        assert_eq!(
+            state.apply(&change("missing", &[], &[], false)),
+            MetadataResult::Refused(MetadataError::UnknownTopic("missing".to_string()))
         );
     }
 

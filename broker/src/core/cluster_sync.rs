@@ -440,8 +440,9 @@ impl Broker {
             .cloned()
     }
 
-    /// Changes a placed topic's config overrides through the metadata log (the whole set
-    /// the topic ends with, checked here first as a lone node checks it), then here.
+    /// Changes a placed topic's config overrides through the metadata log: checked here
+    /// first as a lone node checks it, then proposed as the change itself (applied to the
+    /// overrides the log holds when it commits), then the resulting set is made here.
     pub(crate) async fn change_configs_replicated(
         &self,
         cluster: &Cluster,
@@ -451,28 +452,54 @@ impl Broker {
     ) -> Result<TopicInfo, StreamError> {
         let streams = self.streams.clone();
         let checking = name.to_string();
-        let would = blocking(move || {
+        let checked = changes.clone();
+        blocking(move || {
             streams
                 .topics()
-                .change_configs(&checking, changes, replace, AdminMode::ValidateOnly)
+                .change_configs(&checking, checked, replace, AdminMode::ValidateOnly)
                 .map_err(StreamError::from)
         })
         .await?;
-        let configs = override_map(&would);
-        let command = MetadataCommand::AlterTopicConfigs {
+        let mut set = BTreeMap::new();
+        let mut delete = BTreeSet::new();
+        for change in changes {
+            match change {
+                ConfigChange::Set(key, value) => {
+                    delete.remove(&key);
+                    set.insert(key, value);
+                }
+                ConfigChange::Delete(key) => {
+                    set.remove(&key);
+                    delete.insert(key);
+                }
+            }
+        }
+        let command = MetadataCommand::ChangeTopicConfigs {
             name: name.to_string(),
-            configs: configs.clone(),
+            set,
+            delete,
+            replace,
+            keep: CONFIGS_FIXED_AT_CREATE
+                .iter()
+                .map(|key| (*key).to_string())
+                .collect(),
         };
-        match Self::propose_definition(cluster, command).await {
+        let configs = match Self::propose_definition(cluster, command).await {
+            Ok(MetadataResult::Configs(configs)) => configs,
             Ok(MetadataResult::Refused(MetadataError::UnknownTopic(name))) => {
                 return Err(StreamError::UnknownTopic(name))
             }
             Ok(MetadataResult::Refused(refused)) => {
                 return Err(TopicError::InvalidConfig(refused.to_string()).into())
             }
-            Ok(_) => {}
+            Ok(other) => {
+                return Err(StreamError::Cluster {
+                    no_leader: false,
+                    message: format!("unexpected answer to a config change: {other:?}"),
+                })
+            }
             Err(error) => return Err(stream_refusal(error)),
-        }
+        };
         let _following = self.cluster_follow.lock().await;
         self.set_overrides_locally(name, configs).await
     }
