@@ -7,7 +7,7 @@
 //! leader that cannot be reached fails the publish's confirm and cancels the consumer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +42,8 @@ impl QueueCluster for Loopback {
     }
 
     fn leader_elsewhere(&self, queue: &str) -> Option<u64> {
-        (queue == "remote-q" && self.placed_elsewhere.load(Ordering::SeqCst)).then_some(2)
+        (PLACED_ON_NODE_2.contains(&queue) && self.placed_elsewhere.load(Ordering::SeqCst))
+            .then_some(2)
     }
 
     fn call(&self, node: u64, request: String, _timeout: Duration) -> CallFuture<'_> {
@@ -55,6 +56,37 @@ impl QueueCluster for Loopback {
             }
             Ok(leader.serve_remote(request).await)
         })
+    }
+
+    fn deleted_by_rule(&self, queue: &str) {
+        panic!("node 1 deleted {queue:?}, which node 2 leads");
+    }
+}
+
+/// The queues the cluster places on node 2.
+const PLACED_ON_NODE_2: [&str; 2] = ["remote-q", "auto-q"];
+
+/// Node 2's view: it leads everything; the queues it deletes by their own rules are noted.
+#[derive(Debug, Default)]
+struct LeaderSide {
+    deleted: Mutex<Vec<String>>,
+}
+
+impl QueueCluster for LeaderSide {
+    fn node_id(&self) -> u64 {
+        2
+    }
+
+    fn leader_elsewhere(&self, _queue: &str) -> Option<u64> {
+        None
+    }
+
+    fn call(&self, node: u64, _request: String, _timeout: Duration) -> CallFuture<'_> {
+        panic!("node 2 forwards nothing, yet called node {node}");
+    }
+
+    fn deleted_by_rule(&self, queue: &str) {
+        self.deleted.lock().expect("lock").push(queue.to_string());
     }
 }
 
@@ -269,5 +301,47 @@ async fn a_restarted_node_s_old_consumers_are_cancelled_and_their_deliveries_ret
     assert_eq!(
         (stats[0].ready, stats[0].unacked, stats[0].consumers),
         (0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_delete_queue_is_deleted_by_its_leader_and_dropped_from_the_log() {
+    let (_dirs, node1, node2, _cluster) = two_nodes();
+    let leader_side = Arc::new(LeaderSide::default());
+    node2.attach_cluster(leader_side.clone());
+    let args = QueueArgs {
+        auto_delete: true,
+        ..QueueArgs::default()
+    };
+    for node in [&node1, &node2] {
+        node.declare_queue("auto-q", args.clone(), Durability::Durable)
+            .expect("declare auto-q");
+    }
+    // Two consumers through node 1 and one on node 2, all at the leader.
+    let (first, _a) = node1.subscribe("auto-q", 1).await.expect("subscribe");
+    let (second, _b) = node1.subscribe("auto-q", 1).await.expect("subscribe");
+    let (local, _c) = node2.subscribe("auto-q", 1).await.expect("subscribe");
+    node1
+        .cancel("auto-q", first, CancelReason::ClientCancelled)
+        .await;
+    node1
+        .cancel("auto-q", second, CancelReason::ClientCancelled)
+        .await;
+    // Node 1's last consumer is gone, but not the leader's: nothing is deleted anywhere.
+    assert!(node2.exists("auto-q"), "the leader keeps it");
+    assert!(
+        node1.exists("auto-q"),
+        "node 1 keeps its copy: the leader decides"
+    );
+    assert!(leader_side.deleted.lock().expect("lock").is_empty());
+
+    // The leader's last consumer goes: it deletes the queue and tells the cluster.
+    node2
+        .cancel("auto-q", local, CancelReason::ClientCancelled)
+        .await;
+    assert!(!node2.exists("auto-q"), "the leader deleted it");
+    assert_eq!(
+        *leader_side.deleted.lock().expect("lock"),
+        vec!["auto-q".to_string()]
     );
 }

@@ -2,6 +2,7 @@
 
     pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT publish
     pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT consume EXPECTED
+    pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT auto-delete
 
 AMQPn is HOST:PORT of node n's AMQP listener. The metadata log places QUEUE on one node,
 which stores and delivers its messages; the other nodes hand their operations on it to
@@ -19,7 +20,14 @@ basic.get one with auto-ack (the nacked one again); then consumes through node 1
 messages were taken in all (the cancel of the first consumer returns up to 10 it was sent
 but had not taken, marked redelivered). Prints {"nacked": body, "got_acked": [body,
 redelivered], "consumed": [[body, redelivered], ...], "counts": [each node's passive count
-afterwards]}. Any client error exits 1.
+afterwards]}.
+
+auto-delete: declares QUEUE durable and auto-delete through node 1, consumes it through
+node 2 and node 3, cancels node 2's consumer, then node 3's. Prints {"after_first":
+[whether each node still has QUEUE after the first cancel], "after_last": [whether each
+node has it after the last cancel, waited for up to 10 s]}.
+
+Any client error exits 1.
 """
 
 import json
@@ -133,7 +141,52 @@ def consume(expected):
     )
 
 
+def exists(address):
+    connection = connect(address)
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404, error
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def auto_delete():
+    connection = connect(amqp[0])
+    connection.channel().queue_declare(queue, durable=True, auto_delete=True)
+    connection.close()
+    time.sleep(1.5)
+    consumers = []
+    for address in amqp[1:]:
+        connection = connect(address)
+        channel = connection.channel()
+        channel.basic_consume(queue, lambda *args: None)
+        consumers.append((connection, channel))
+    for connection, channel in consumers:
+        # A round trip: the consume is registered at the leader.
+        connection.process_data_events(time_limit=0.2)
+    connection, channel = consumers[0]
+    channel.cancel()
+    connection.close()
+    time.sleep(1.5)
+    after_first = [exists(address) for address in amqp]
+    connection, channel = consumers[1]
+    channel.cancel()
+    connection.close()
+    deadline = time.time() + 10
+    after_last = [exists(address) for address in amqp]
+    while any(after_last) and time.time() < deadline:
+        time.sleep(0.3)
+        after_last = [exists(address) for address in amqp]
+    print(json.dumps({"after_first": after_first, "after_last": after_last}))
+
+
 if phase == "publish":
     publish()
+elif phase == "auto-delete":
+    auto_delete()
 else:
     consume(int(sys.argv[7]))

@@ -905,6 +905,29 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         serde_json::json!([0, 0, 0]),
         "no node counts a message after all were acked"
     );
+
+    // A durable auto-delete queue is deleted by its leader when its last consumer, on any
+    // node, is gone, and then by every node (not by a node whose own consumers left).
+    let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], "auto-q", "0"];
+    args.push("auto-delete");
+    let output = integration_tests::run_client_script("pika_cluster.py", &args);
+    assert!(
+        output.status.success(),
+        "pika_cluster.py auto-delete: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deleted: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        deleted["after_first"],
+        serde_json::json!([true, true, true]),
+        "one consumer left: every node still has the queue"
+    );
+    assert_eq!(
+        deleted["after_last"],
+        serde_json::json!([false, false, false]),
+        "the last consumer left: no node has the queue"
+    );
 }
 
 #[test]

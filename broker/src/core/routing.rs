@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::cluster::metadata::MetadataState;
+use crate::cluster::metadata::{MetadataCommand, MetadataState};
 use crate::cluster::raft::Cluster;
 use crate::config::{parse_host_port, ListenerKind};
 use crate::queue::remote::{CallFuture, QueueCluster};
@@ -246,6 +246,27 @@ impl QueueCluster for QueuePlacement {
     fn call(&self, node: u64, request: String, timeout: std::time::Duration) -> CallFuture<'_> {
         Box::pin(self.cluster.forward(node, request, timeout))
     }
+
+    fn deleted_by_rule(&self, queue: &str) {
+        if !self.cluster.applied().state.queues.contains_key(queue) {
+            // Exclusive and transient queues are this node's alone.
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let name = queue.to_string();
+        tokio::spawn(async move {
+            let command = MetadataCommand::DeleteQueue { name: name.clone() };
+            match cluster.propose(command).await {
+                Ok(_) => tracing::info!(
+                    queue = name,
+                    "a queue deleted by its own rule is dropped from the cluster's metadata"
+                ),
+                Err(error) => {
+                    tracing::warn!(queue = name, %error, "a queue deleted by its own rule stays in the cluster's metadata; the other nodes keep their copies")
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -253,7 +274,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cluster::metadata::{MetadataCommand, NodeInfo};
+    use crate::cluster::metadata::NodeInfo;
 
     /// Three registered nodes and topic `t` of three partitions, one led by each.
     fn placed() -> MetadataState {

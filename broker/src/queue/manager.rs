@@ -886,8 +886,11 @@ impl QueueManager {
     }
 
     /// Drops a cancelled consumer from the registry; the last consumer of an auto-delete
-    /// queue deletes it. Serves cancels by the client and by the broker (ack timeout).
+    /// queue deletes it (at the queue's leader only, in a cluster: a node that forwards to
+    /// it does not see the leader's other consumers). Serves cancels by the client and by
+    /// the broker (ack timeout).
     pub(crate) async fn forget_consumer(&self, queue: &str, consumer: ConsumerId) {
+        let led_elsewhere = self.led_elsewhere(queue);
         let auto_delete = {
             let mut registry = self.lock();
             let removed = registry
@@ -897,6 +900,7 @@ impl QueueManager {
             let remaining = registry.consumer_ids.get(queue).map_or(0, |ids| ids.len());
             removed
                 && remaining == 0
+                && !led_elsewhere
                 && registry
                     .queues
                     .get(queue)
@@ -904,10 +908,20 @@ impl QueueManager {
         };
         if auto_delete {
             tracing::info!(queue, "last consumer gone; deleting auto-delete queue");
-            if let Err(error) = self.delete_queue(queue).await {
+            if let Err(error) = self.delete_by_rule(queue).await {
                 tracing::warn!(queue, %error, "auto-delete failed");
             }
         }
+    }
+
+    /// Deletes a queue by its own rule (auto-delete, `x-expires`) and tells the cluster, if
+    /// any, so a queue its metadata log holds is dropped on every node.
+    pub(crate) async fn delete_by_rule(&self, queue: &str) -> Result<(), QueueError> {
+        self.delete_queue(queue).await?;
+        if let Some(cluster) = self.cluster.get() {
+            cluster.deleted_by_rule(queue);
+        }
+        Ok(())
     }
 
     /// A connection closed: its exclusive queues are deleted.

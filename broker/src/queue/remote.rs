@@ -80,6 +80,10 @@ pub trait QueueCluster: Send + Sync + Debug + 'static {
     fn leader_elsewhere(&self, queue: &str) -> Option<u64>;
     /// Sends `request` (JSON of a [`RemoteCall`]) to `node` and waits for its answer.
     fn call(&self, node: u64, request: String, timeout: Duration) -> CallFuture<'_>;
+    /// `queue` was deleted on this node by its own rule (auto-delete after its last
+    /// consumer, `x-expires`): a queue the metadata log holds is to be dropped from it, so
+    /// the other nodes delete their copies. Returns at once; the change is made behind.
+    fn deleted_by_rule(&self, queue: &str);
 }
 
 /// A queue command for the queue's leader.

@@ -741,7 +741,7 @@ impl QueueTask {
                     expires_ms = expires,
                     "queue unused past its expiry; deleting"
                 );
-                if let Err(error) = manager.delete_queue(&queue).await {
+                if let Err(error) = manager.delete_by_rule(&queue).await {
                     tracing::warn!(queue, %error, "deleting an expired queue failed");
                 }
             });
