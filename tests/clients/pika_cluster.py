@@ -3,6 +3,7 @@
     pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT publish
     pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT consume EXPECTED
     pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT auto-delete
+    pika_cluster.py AMQP1 AMQP2 AMQP3 QUEUE COUNT exchange-binding
 
 AMQPn is HOST:PORT of node n's AMQP listener. The metadata log places QUEUE on one node,
 which stores and delivers its messages; the other nodes hand their operations on it to
@@ -26,6 +27,14 @@ auto-delete: declares QUEUE durable and auto-delete through node 1, consumes it 
 node 2 and node 3, cancels node 2's consumer, then node 3's. Prints {"after_first":
 [whether each node still has QUEUE after the first cancel], "after_last": [whether each
 node has it after the last cancel, waited for up to 10 s]}.
+
+exchange-binding: declares a topic exchange `e2e-src` through node 1, a fanout `e2e-dst`
+through node 2, QUEUE (durable) bound to `e2e-dst` through node 2, and binds `e2e-dst` to
+`e2e-src` with `a.#` through node 3; publishes one mandatory message with key `a.b` to
+`e2e-src` through each node, with confirms; unbinds `e2e-dst` from `e2e-src` through node
+1, then publishes one more mandatory message through each node. Prints {"routed":
+[counts each node reports after the first round], "returned": [whether each node returned
+its message of the second round as unroutable]}.
 
 Any client error exits 1.
 """
@@ -184,9 +193,53 @@ def auto_delete():
     print(json.dumps({"after_first": after_first, "after_last": after_last}))
 
 
+def publish_mandatory(address, key, body):
+    """True if the message was routed, False if it came back unroutable."""
+    connection = connect(address)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    try:
+        channel.basic_publish("e2e-src", key, body, mandatory=True)
+        return True
+    except pika.exceptions.UnroutableError:
+        return False
+    finally:
+        connection.close()
+
+
+def exchange_binding():
+    connection = connect(amqp[0])
+    connection.channel().exchange_declare("e2e-src", exchange_type="topic", durable=True)
+    connection.close()
+    connection = connect(amqp[1])
+    channel = connection.channel()
+    channel.exchange_declare("e2e-dst", exchange_type="fanout", durable=True)
+    channel.queue_declare(queue, durable=True)
+    channel.queue_bind(queue, "e2e-dst")
+    connection.close()
+    time.sleep(1.5)
+    connection = connect(amqp[2])
+    connection.channel().exchange_bind("e2e-dst", "e2e-src", routing_key="a.#")
+    connection.close()
+    time.sleep(1.5)
+    for node, address in enumerate(amqp, start=1):
+        assert publish_mandatory(address, "a.b", b"e2e-%d" % node), (
+            "unroutable through node %d" % node
+        )
+    routed = counts()
+    connection = connect(amqp[0])
+    connection.channel().exchange_unbind("e2e-dst", "e2e-src", routing_key="a.#")
+    connection.close()
+    time.sleep(1.5)
+    returned = [not publish_mandatory(address, "a.b", b"late") for address in amqp]
+    print(json.dumps({"routed": routed, "returned": returned}))
+
+
 if phase == "publish":
     publish()
 elif phase == "auto-delete":
     auto_delete()
+elif phase == "exchange-binding":
+    exchange_binding()
 else:
     consume(int(sys.argv[7]))

@@ -928,6 +928,35 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         serde_json::json!([false, false, false]),
         "the last consumer left: no node has the queue"
     );
+
+    // An exchange-to-exchange binding made through one node routes through every node, and
+    // its removal through another node stops it everywhere.
+    let args: Vec<&str> = vec![
+        &amqp[0],
+        &amqp[1],
+        &amqp[2],
+        "e2e-q",
+        "0",
+        "exchange-binding",
+    ];
+    let output = integration_tests::run_client_script("pika_cluster.py", &args);
+    assert!(
+        output.status.success(),
+        "pika_cluster.py exchange-binding: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bound: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        bound["routed"],
+        serde_json::json!([3, 3, 3]),
+        "a message through each node reached the queue through the exchange binding"
+    );
+    assert_eq!(
+        bound["returned"],
+        serde_json::json!([true, true, true]),
+        "after the unbind no node routes through it"
+    );
 }
 
 #[test]

@@ -54,18 +54,27 @@ pub struct QueueMeta {
     pub placement: Replicas,
 }
 
-/// A binding of a queue to an exchange.
+/// A binding of a queue, or of another exchange, to an exchange.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BindingMeta {
-    /// The exchange.
+    /// The exchange (the source).
     pub exchange: String,
-    /// The queue.
+    /// The queue; with `to_exchange`, the destination exchange.
     pub queue: String,
     /// The binding key.
     pub key: String,
     /// A headers exchange's binding arguments (`x-match` and the headers to match).
     #[serde(default)]
     pub arguments: BTreeMap<String, String>,
+    /// An exchange-to-exchange binding: `queue` names the destination exchange. Absent
+    /// (false) in the JSON of a queue binding.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub to_exchange: bool,
+}
+
+/// Serde's test for leaving out a false flag.
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// Whether `name` is an exchange every node has built in (`amq.direct` and the like): a
@@ -317,7 +326,8 @@ impl MetadataState {
                 self.queues
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownQueue(name.clone()))?;
-                self.bindings.retain(|binding| &binding.queue != name);
+                self.bindings
+                    .retain(|binding| binding.to_exchange || &binding.queue != name);
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::DeclareExchange { name, kind } => match self.exchanges.get(name) {
@@ -335,7 +345,9 @@ impl MetadataState {
                 self.exchanges
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownExchange(name.clone()))?;
-                self.bindings.retain(|binding| &binding.exchange != name);
+                self.bindings.retain(|binding| {
+                    &binding.exchange != name && !(binding.to_exchange && &binding.queue == name)
+                });
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::Bind(binding) => {
@@ -344,7 +356,13 @@ impl MetadataState {
                 {
                     return Err(MetadataError::UnknownExchange(binding.exchange.clone()));
                 }
-                if !self.queues.contains_key(&binding.queue) {
+                if binding.to_exchange {
+                    if !self.exchanges.contains_key(&binding.queue)
+                        && !is_builtin_exchange(&binding.queue)
+                    {
+                        return Err(MetadataError::UnknownExchange(binding.queue.clone()));
+                    }
+                } else if !self.queues.contains_key(&binding.queue) {
                     return Err(MetadataError::UnknownQueue(binding.queue.clone()));
                 }
                 if let Err(at) = self.bindings.binary_search(binding) {
@@ -490,6 +508,7 @@ mod tests {
             queue: "q".into(),
             key: "k".into(),
             arguments: BTreeMap::new(),
+            to_exchange: false,
         };
         assert_eq!(
             state.apply(&MetadataCommand::Bind(binding.clone())),
@@ -525,6 +544,63 @@ mod tests {
                 kind: "direct".into()
             })
         );
+    }
+
+    #[test]
+    fn exchange_to_exchange_bindings_need_both_exchanges_and_go_with_either() {
+        let mut state = three_nodes();
+        for name in ["src", "dst"] {
+            state.apply(&MetadataCommand::DeclareExchange {
+                name: name.into(),
+                kind: "topic".into(),
+            });
+        }
+        // A queue of the destination's name is not an exchange.
+        state.apply(&MetadataCommand::DeclareQueue {
+            name: "dst".into(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+        });
+        let binding = BindingMeta {
+            exchange: "src".into(),
+            queue: "dst".into(),
+            key: "a.#".into(),
+            arguments: BTreeMap::new(),
+            to_exchange: true,
+        };
+        assert_eq!(
+            state.apply(&MetadataCommand::Bind(binding.clone())),
+            MetadataResult::Done
+        );
+        assert_eq!(
+            state.apply(&MetadataCommand::Bind(BindingMeta {
+                queue: "nowhere".into(),
+                ..binding.clone()
+            })),
+            MetadataResult::Refused(MetadataError::UnknownExchange("nowhere".into()))
+        );
+        // The queue named like the destination going takes no exchange binding with it.
+        state.apply(&MetadataCommand::DeleteQueue { name: "dst".into() });
+        assert_eq!(state.bindings, vec![binding.clone()]);
+        // A queue binding's JSON has no flag; an exchange binding's has it.
+        let json = serde_json::to_string(&binding).expect("json");
+        assert!(json.contains("\"to_exchange\":true"), "{json}");
+        let queue_binding = BindingMeta {
+            to_exchange: false,
+            ..binding.clone()
+        };
+        let json = serde_json::to_string(&queue_binding).expect("json");
+        assert!(!json.contains("to_exchange"), "{json}");
+        // Deleting the destination, or the source, removes it.
+        state.apply(&MetadataCommand::DeleteExchange { name: "dst".into() });
+        assert!(state.bindings.is_empty());
+        state.apply(&MetadataCommand::DeclareExchange {
+            name: "dst".into(),
+            kind: "topic".into(),
+        });
+        state.apply(&MetadataCommand::Bind(binding));
+        state.apply(&MetadataCommand::DeleteExchange { name: "src".into() });
+        assert!(state.bindings.is_empty());
     }
 
     fn change(name: &str, set: &[(&str, &str)], delete: &[&str], replace: bool) -> MetadataCommand {

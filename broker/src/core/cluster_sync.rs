@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::cluster::metadata::{
-    BindingMeta, MetadataCommand, MetadataError, MetadataResult, MetadataState,
+    is_builtin_exchange, BindingMeta, MetadataCommand, MetadataError, MetadataResult, MetadataState,
 };
 use crate::cluster::node::CLUSTER_DIR;
 use crate::cluster::raft::{Cluster, ClusterError};
@@ -384,15 +384,24 @@ impl Broker {
         }
     }
 
-    /// Binds (or with `bind` false, unbinds) a queue through the metadata log when the log
-    /// holds the queue, then here. A binding of a queue only this node has stays here.
+    /// Binds (or unbinds) a queue, or an exchange to an exchange, through the metadata log
+    /// when the log holds the destination, then here. A binding whose destination or
+    /// source only this node has (a transient exchange or queue) stays here.
     pub(crate) async fn binding_replicated(
         &self,
         cluster: &Cluster,
         binding: BindingMeta,
         change: BindingChange,
     ) -> Result<(), QueueError> {
-        if cluster.applied().state.queues.contains_key(&binding.queue) {
+        let in_log = {
+            let state = &cluster.applied().state;
+            if binding.to_exchange {
+                state.exchanges.contains_key(&binding.queue) || is_builtin_exchange(&binding.queue)
+            } else {
+                state.queues.contains_key(&binding.queue)
+            }
+        };
+        if in_log {
             let command = match change {
                 BindingChange::Bind => MetadataCommand::Bind(binding.clone()),
                 BindingChange::Unbind => MetadataCommand::Unbind(binding.clone()),
@@ -420,12 +429,17 @@ impl Broker {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str()))
                 .collect();
-            match change {
-                BindingChange::Bind => {
-                    queues.bind(&binding.queue, &binding.exchange, &binding.key, &arguments)
+            let (destination, source, key) = (&binding.queue, &binding.exchange, &binding.key);
+            match (change, binding.to_exchange) {
+                (BindingChange::Bind, false) => queues.bind(destination, source, key, &arguments),
+                (BindingChange::Unbind, false) => queues
+                    .unbind(destination, source, key, &arguments)
+                    .map(|_| ()),
+                (BindingChange::Bind, true) => {
+                    queues.bind_exchange(destination, source, key, &arguments)
                 }
-                BindingChange::Unbind => queues
-                    .unbind(&binding.queue, &binding.exchange, &binding.key, &arguments)
+                (BindingChange::Unbind, true) => queues
+                    .unbind_exchange(destination, source, key, &arguments)
                     .map(|_| ()),
             }
         })

@@ -315,6 +315,12 @@ impl Broker {
     ) -> Result<(), QueueError> {
         self.check_exchange(caller, Operation::Write, &destination)?;
         self.check_exchange(caller, Operation::Read, &source)?;
+        if let Some(cluster) = self.replicated() {
+            let binding = exchange_binding_meta(destination, source, routing_key, headers);
+            return self
+                .binding_replicated(cluster, binding, BindingChange::Bind)
+                .await;
+        }
         let queues = self.queues.clone();
         blocking(move || {
             queues.bind_exchange(&destination, &source, &routing_key, &borrowed(&headers))
@@ -336,6 +342,12 @@ impl Broker {
     ) -> Result<(), QueueError> {
         self.check_exchange(caller, Operation::Write, &destination)?;
         self.check_exchange(caller, Operation::Read, &source)?;
+        if let Some(cluster) = self.replicated() {
+            let binding = exchange_binding_meta(destination, source, routing_key, headers);
+            return self
+                .binding_replicated(cluster, binding, BindingChange::Unbind)
+                .await;
+        }
         let queues = self.queues.clone();
         blocking(move || {
             queues
@@ -792,6 +804,20 @@ fn binding_meta(
         queue,
         key,
         arguments: headers.into_iter().collect(),
+        to_exchange: false,
+    }
+}
+
+/// An exchange-to-exchange binding as the metadata log records it.
+fn exchange_binding_meta(
+    destination: String,
+    source: String,
+    key: String,
+    headers: Vec<(String, String)>,
+) -> BindingMeta {
+    BindingMeta {
+        to_exchange: true,
+        ..binding_meta(destination, source, key, headers)
     }
 }
 
