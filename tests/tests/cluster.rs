@@ -594,7 +594,9 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     // client routes by its metadata the same way, and a request sent to a node that does
     // not lead the partition is refused NotLeaderOrFollower.
     use wharf_protocol::messages::{
-        FetchPartition, FetchRequest, FetchTopic, Isolation, OffsetFetchRequest,
+        AddPartitionsToTxnRequest, FetchPartition, FetchRequest, FetchTopic, InitProducerIdRequest,
+        Isolation, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, OffsetFetchRequest,
+        TopicPartitions,
     };
     use wharf_protocol::{ErrorCode, Request, Response};
 
@@ -752,6 +754,68 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         answer.records.is_empty(),
         "records from a copy that is not served"
     );
+    // So is a ListOffsets, and an HTTP produce is answered 421 Misdirected Request.
+    let Response::ListOffsets(listed) = client.call(&Request::ListOffsets(ListOffsetsRequest {
+        topics: vec![ListOffsetsTopic {
+            name: "routed".to_string(),
+            partitions: vec![ListOffsetsPartition {
+                partition: u32::try_from(led_elsewhere).expect("partition"),
+                timestamp: -1,
+            }],
+        }],
+    })) else {
+        panic!("not a list offsets answer")
+    };
+    let answer = &listed.topics[0].partitions[0];
+    assert_eq!(answer.error, ErrorCode::NotLeaderOrFollower, "{answer:?}");
+    let (status, body) = integration_tests::http_send(
+        &nodes[0].http_address(),
+        "POST",
+        &format!("/api/v1/topics/routed/partitions/{led_elsewhere}/records"),
+        None,
+        Some(r#"{"records": [{"value": "misdirected"}]}"#),
+    );
+    assert_eq!(
+        status, 421,
+        "HTTP produce to a partition led elsewhere: {body}"
+    );
+    assert_eq!(http_json(&body)["error"], "not_leader", "{body}");
+
+    // A transaction (coordinated by node 1) may not take a partition another node leads.
+    let Response::InitProducerId(producer) =
+        client.call(&Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: Some("spanning".to_string()),
+            transaction_timeout_ms: 60_000,
+        }))
+    else {
+        panic!("not an init producer id answer")
+    };
+    assert_eq!(producer.error, ErrorCode::None, "{producer:?}");
+    let add = |partition: usize| {
+        let mut client = integration_tests::RawClient::connect(nodes[0].addr());
+        let Response::AddPartitionsToTxn(added) =
+            client.call(&Request::AddPartitionsToTxn(AddPartitionsToTxnRequest {
+                transactional_id: "spanning".to_string(),
+                producer_id: producer.producer_id,
+                producer_epoch: producer.producer_epoch,
+                topics: vec![TopicPartitions {
+                    topic: "routed".to_string(),
+                    partitions: vec![u32::try_from(partition).expect("partition")],
+                }],
+            }))
+        else {
+            panic!("not an add partitions answer")
+        };
+        added
+    };
+    let refused = add(led_elsewhere);
+    assert_eq!(refused.error, ErrorCode::InvalidTxnState, "{refused:?}");
+    let led_here = by_partition
+        .iter()
+        .position(|leader| *leader == 1)
+        .expect("a partition node 1 leads");
+    let added = add(led_here);
+    assert_eq!(added.error, ErrorCode::None, "{added:?}");
 
     // Node 1 (the lowest id) coordinates groups: another node refuses a group call, and
     // the coordinator has the offsets the Kafka group committed.
