@@ -19,12 +19,17 @@ peers=${peers%,}
 up() {
   cargo build --release --bin wharfd --bin wharf
   mkdir -p "$dir"
+  # One secret for the three nodes' internal wire (--cluster-secret-file), made once.
+  if [[ ! -f "$dir/cluster-secret" ]]; then
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$dir/cluster-secret")
+  fi
   for n in "${nodes[@]}"; do
     if [[ -f "$dir/node-$n.pid" ]] && kill -0 "$(cat "$dir/node-$n.pid")" 2>/dev/null; then
       echo "node $n is already running (pid $(cat "$dir/node-$n.pid"))"
       continue
     fi
     ./target/release/wharfd --data-dir "$dir/node-$n" --node-id "$n" --cluster-peers "$peers" \
+      --cluster-secret-file "$dir/cluster-secret" \
       --listen "127.0.0.1:$((7420 + n))" --kafka-listen "127.0.0.1:$((9092 + n))" \
       --amqp-listen "127.0.0.1:$((5672 + n))" --http-listen "127.0.0.1:$((7480 + n))" \
       >>"$dir/node-$n.log" 2>&1 &

@@ -116,6 +116,9 @@ pub struct BrokerConfig {
     /// Every node's internal (broker-to-broker) address, this node's included; empty: a
     /// cluster of one, with no internal listener.
     pub cluster_peers: std::collections::BTreeMap<u64, String>,
+    /// A file holding the secret every node of the cluster shares (at least 16 bytes):
+    /// the internal listener serves only frames sealed with it. None: no sealing.
+    pub cluster_secret_file: Option<PathBuf>,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -227,6 +230,7 @@ impl Default for BrokerConfig {
             cleaner_io_bytes_per_second: 0,
             node_id: 1,
             cluster_peers: std::collections::BTreeMap::new(),
+            cluster_secret_file: None,
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -441,6 +445,14 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
                 format!("{:?}", peers_text(&config.cluster_peers))
             },
             "every node of the cluster as ID@HOST:PORT (its internal listener), this one included, comma-separated; unset: a cluster of one (`--cluster-peers`)",
+        ),
+        key(
+            "cluster_secret_file",
+            config
+                .cluster_secret_file
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |path| path.display().to_string()),
+            "a file with the secret all nodes share (16 bytes or more): the internal listener serves only frames sealed with it (HMAC-SHA256); unset: unsealed (`--cluster-secret-file`)",
         ),
         key(
             "connections_max",
@@ -698,6 +710,7 @@ struct FileConfig {
     cleaner_io_bytes_per_second: Option<u64>,
     node_id: Option<u64>,
     cluster_peers: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -816,6 +829,7 @@ impl BrokerConfig {
                 .map_err(|error| ConfigError::Invalid(format!("cluster_peers: {error}")))?,
             None => defaults.cluster_peers,
         };
+        self.cluster_secret_file = file.cluster_secret_file.or(defaults.cluster_secret_file);
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
         self.connections_per_ip_max = file
             .connections_per_ip_max

@@ -270,6 +270,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         peers: config.cluster_peers.clone(),
         listeners,
         timing: crate::cluster::raft::Timing::default(),
+        secret_file: config.cluster_secret_file.clone(),
     };
     let fs: Arc<dyn crate::storage::fs::Fs> = Arc::new(crate::storage::fs::RealFs);
     match crate::cluster::node::start(node_settings, &config.data_dir, fs, shutdown_rx.clone())

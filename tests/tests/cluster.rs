@@ -21,10 +21,28 @@ fn free_port() -> u16 {
 }
 
 fn start_node(data_dir: &Path, node_id: u64, peers: &str) -> BrokerProcess {
-    let args: Vec<String> = ["--node-id", &node_id.to_string(), "--cluster-peers", peers]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    start_node_sealed(data_dir, node_id, peers, "wharf-cluster-test-secret")
+}
+
+/// A node whose internal frames are sealed with `secret` (a file beside its data directory;
+/// the nodes of these tests share one, so their internal wire is always sealed).
+fn start_node_sealed(data_dir: &Path, node_id: u64, peers: &str, secret: &str) -> BrokerProcess {
+    let parent = data_dir
+        .parent()
+        .expect("a data directory inside the test's root");
+    let secret_file = parent.join(format!("{secret}.txt"));
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write the secret");
+    let args: Vec<String> = [
+        "--node-id",
+        &node_id.to_string(),
+        "--cluster-peers",
+        peers,
+        "--cluster-secret-file",
+        &secret_file.display().to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
     BrokerProcess::start_listening(data_dir, "127.0.0.1:0", &args, None)
 }
 
@@ -198,6 +216,26 @@ fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("another cluster"), "{message}");
     converged(&addresses, 3, "after the refusal");
+
+    // A new node with another cluster secret is not served and cannot be added.
+    let port6 = free_port();
+    let _intruder = start_node_sealed(
+        &root.path().join("node-6"),
+        6,
+        &format!("{peers},6@127.0.0.1:{port6}"),
+        "another-secret-of-some-length",
+    );
+    let refused = wharf(
+        &addresses[0],
+        &["cluster", "add-node", "6", &format!("127.0.0.1:{port6}")],
+        "",
+    );
+    assert!(
+        !refused.status.success(),
+        "a node with another secret was added: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    converged(&addresses, 3, "after refusing the other secret");
 }
 
 #[test]

@@ -82,6 +82,11 @@ struct Args {
     /// address of each node's internal (broker-to-broker) listener. Unset: a cluster of one.
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     cluster_peers: Option<String>,
+    /// A file holding the secret every node of the cluster shares (16 bytes or more): the
+    /// internal listener then serves only frames sealed with it (HMAC-SHA256), and this
+    /// node seals its own. Give every node the same secret.
+    #[arg(long, value_name = "PATH")]
+    cluster_secret_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -262,6 +267,9 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     }
     if let Some(node_id) = args.node_id {
         config.node_id = node_id;
+    }
+    if let Some(path) = args.cluster_secret_file {
+        config.cluster_secret_file = Some(path);
     }
     if let Some(peers) = args.cluster_peers {
         config.cluster_peers = wharf_broker::config::parse_peers(&peers)

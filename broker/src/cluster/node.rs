@@ -24,7 +24,7 @@ use super::identity::{new_cluster_id, Identity};
 use super::metadata::{MetadataCommand, NodeId, NodeInfo};
 use super::raft::{Cluster, RaftReply, RaftRpc, Timing, Transport};
 use super::store::{Io, LogStore, MachineStore};
-use super::transport::{serve, TcpTransport};
+use super::transport::{serve, Secret, TcpTransport};
 use crate::storage::fs::Fs;
 
 /// The subdirectory of the data directory the cluster's files live in.
@@ -42,6 +42,9 @@ pub struct NodeSettings {
     pub listeners: BTreeMap<String, String>,
     /// The metadata log's timeouts.
     pub timing: Timing,
+    /// `--cluster-secret-file`: the file holding the internal listener's shared secret
+    /// (None: frames are not sealed).
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// Why the node could not start.
@@ -120,7 +123,29 @@ pub async fn start(
         }
     };
     let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(identity.clone()));
+    let secret = match &settings.secret_file {
+        None => None,
+        Some(path) => {
+            let reading = path.clone();
+            let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(reading))
+                .await
+                .map_err(|error| NodeError::Start(error.to_string()))?;
+            let text = read.map_err(|error| {
+                NodeError::Config(format!(
+                    "cannot read the cluster secret from {} (--cluster-secret-file): {error}",
+                    path.display()
+                ))
+            })?;
+            Some(Secret::from_text(&text).map_err(|error| {
+                NodeError::Config(format!(
+                    "{error} ({}, --cluster-secret-file)",
+                    path.display()
+                ))
+            })?)
+        }
+    };
+    let transport: Arc<dyn Transport> =
+        Arc::new(TcpTransport::new(identity.clone(), secret.clone()));
     let cluster = Cluster::start(
         node_id,
         identity.cluster_id(),
@@ -136,6 +161,7 @@ pub async fn start(
             listener,
             cluster.clone(),
             identity.clone(),
+            secret,
             shutdown.clone(),
         ));
     }

@@ -6,6 +6,13 @@
 //! [`RaftRpc`]); the answer is one [`RaftReply`]. The listener refuses a request meant for
 //! another node id or coming from another cluster; a node not yet in a cluster adopts the
 //! cluster id of the first member that writes to it.
+//!
+//! With a shared secret (`cluster_secret_file`), the listener first sends a 16-byte nonce
+//! of its own on each connection, and every frame's body, both ways, starts with a 32-byte
+//! HMAC-SHA256 under the secret of `[nonce][direction u8: 0 request, 1 reply][sequence u64
+//! BE, counted per direction from 0][JSON]`. A frame whose MAC does not verify closes the
+//! connection: a node without the secret, or with another one, cannot be served, and a
+//! recorded frame cannot be replayed on another connection or out of order.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +20,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -38,18 +47,157 @@ pub struct Envelope {
     pub rpc: RaftRpc,
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    if body.len() > FRAME_BYTES_MAX {
-        return Err(std::io::Error::other(format!(
-            "frame of {} bytes exceeds {FRAME_BYTES_MAX}",
-            body.len()
-        )));
+/// The internal listener's shared secret (`cluster_secret_file`); never printed.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+/// Fewest bytes a secret may have.
+pub const SECRET_BYTES_MIN: usize = 16;
+
+impl Secret {
+    /// A secret from a file's text (surrounding whitespace dropped).
+    ///
+    /// # Errors
+    /// Fewer than [`SECRET_BYTES_MIN`] bytes.
+    pub fn from_text(text: &str) -> Result<Secret, String> {
+        let text = text.trim();
+        if text.len() < SECRET_BYTES_MIN {
+            return Err(format!(
+                "the cluster secret has {} bytes; it needs at least {SECRET_BYTES_MIN}",
+                text.len()
+            ));
+        }
+        Ok(Secret(Arc::from(text.as_bytes())))
     }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await
+
+    fn mac(&self, nonce: &[u8; NONCE_BYTES], direction: u8, sequence: u64) -> Hmac<Sha256> {
+        // An HMAC takes a key of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(nonce);
+        mac.update(&[direction]);
+        mac.update(&sequence.to_be_bytes());
+        mac
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
+}
+
+/// Bytes of the listener's per-connection nonce.
+const NONCE_BYTES: usize = 16;
+/// Bytes of a frame's MAC.
+const MAC_BYTES: usize = 32;
+/// The direction byte of a request (client to listener) and of a reply.
+const REQUEST: u8 = 0;
+const REPLY: u8 = 1;
+
+/// One connection's framing: plain, or sealed under a secret with the listener's nonce
+/// and a sequence number per direction.
+struct Link {
+    stream: TcpStream,
+    seal: Option<(Secret, [u8; NONCE_BYTES])>,
+    sent: u64,
+    received: u64,
+}
+
+impl Link {
+    /// The listener's side of a new connection: sends the nonce when there is a secret.
+    async fn accept(mut stream: TcpStream, secret: Option<Secret>) -> std::io::Result<Link> {
+        let seal = match secret {
+            None => None,
+            Some(secret) => {
+                let mut nonce = [0u8; NONCE_BYTES];
+                getrandom::fill(&mut nonce)
+                    .map_err(|error| std::io::Error::other(error.to_string()))?;
+                stream.write_all(&nonce).await?;
+                Some((secret, nonce))
+            }
+        };
+        Ok(Link {
+            stream,
+            seal,
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    /// The client's side of a new connection: reads the nonce when there is a secret.
+    async fn connect(mut stream: TcpStream, secret: Option<Secret>) -> std::io::Result<Link> {
+        let seal = match secret {
+            None => None,
+            Some(secret) => {
+                let mut nonce = [0u8; NONCE_BYTES];
+                stream.read_exact(&mut nonce).await?;
+                Some((secret, nonce))
+            }
+        };
+        Ok(Link {
+            stream,
+            seal,
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    async fn write<T: Serialize>(&mut self, direction: u8, value: &T) -> std::io::Result<()> {
+        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        let mac = self.seal.as_ref().map(|(secret, nonce)| {
+            let mut mac = secret.mac(nonce, direction, self.sent);
+            mac.update(&body);
+            mac.finalize().into_bytes()
+        });
+        let length = body.len() + mac.as_ref().map_or(0, |mac| mac.len());
+        if length > FRAME_BYTES_MAX {
+            return Err(std::io::Error::other(format!(
+                "frame of {length} bytes exceeds {FRAME_BYTES_MAX}"
+            )));
+        }
+        let mut frame = Vec::with_capacity(4 + length);
+        frame.extend_from_slice(&(length as u32).to_be_bytes());
+        if let Some(mac) = &mac {
+            frame.extend_from_slice(mac);
+        }
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame).await?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    async fn read<T: for<'de> Deserialize<'de>>(&mut self, direction: u8) -> std::io::Result<T> {
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length).await?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length > FRAME_BYTES_MAX {
+            return Err(std::io::Error::other(format!(
+                "frame of {length} bytes exceeds {FRAME_BYTES_MAX}"
+            )));
+        }
+        let mut frame = vec![0u8; length];
+        self.stream.read_exact(&mut frame).await?;
+        let body = match &self.seal {
+            None => &frame[..],
+            Some((secret, nonce)) => {
+                if frame.len() < MAC_BYTES {
+                    return Err(std::io::Error::other("a frame too short to carry its MAC"));
+                }
+                let (mac, body) = frame.split_at(MAC_BYTES);
+                let mut expected = secret.mac(nonce, direction, self.received);
+                expected.update(body);
+                expected.verify_slice(mac).map_err(|_| {
+                    std::io::Error::other(
+                        "a frame's MAC does not verify: the peer has another cluster secret (or none)",
+                    )
+                })?;
+                body
+            }
+        };
+        self.received += 1;
+        serde_json::from_slice(body).map_err(std::io::Error::other)
+    }
 }
 
 /// Decodes a request's JSON (the listener's decoder of untrusted bytes; fuzzed by
@@ -61,32 +209,29 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, String> {
     serde_json::from_slice(bytes).map_err(|error| error.to_string())
 }
 
-async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).await?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > FRAME_BYTES_MAX {
-        return Err(std::io::Error::other(format!(
-            "frame of {length} bytes exceeds {FRAME_BYTES_MAX}"
-        )));
-    }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(std::io::Error::other)
-}
-
 /// The client side: one pooled connection set per address.
 #[derive(Debug)]
 pub struct TcpTransport {
     identity: Arc<Identity>,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    secret: Option<Secret>,
+    idle: Mutex<HashMap<String, Vec<Link>>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Link")
+            .field("sealed", &self.seal.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TcpTransport {
-    /// A transport sending as `identity`'s node.
-    pub fn new(identity: Arc<Identity>) -> TcpTransport {
+    /// A transport sending as `identity`'s node, sealing its frames under `secret` if any.
+    pub fn new(identity: Arc<Identity>, secret: Option<Secret>) -> TcpTransport {
         TcpTransport {
             identity,
+            secret,
             idle: Mutex::new(HashMap::new()),
         }
     }
@@ -103,23 +248,29 @@ impl TcpTransport {
             .unwrap_or_else(|poison| poison.into_inner())
             .get_mut(addr)
             .and_then(Vec::pop);
-        let mut stream = match pooled {
-            Some(stream) => stream,
-            None => TcpStream::connect(addr)
-                .await
-                .map_err(|error| format!("connect to node {target} at {addr}: {error}"))?,
+        let mut link = match pooled {
+            Some(link) => link,
+            None => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|error| format!("connect to node {target} at {addr}: {error}"))?;
+                let _ = stream.set_nodelay(true);
+                Link::connect(stream, self.secret.clone())
+                    .await
+                    .map_err(|error| format!("connect to node {target} at {addr}: {error}"))?
+            }
         };
-        let _ = stream.set_nodelay(true);
         let envelope = Envelope {
             cluster_id: self.identity.cluster_id(),
             from: self.identity.node_id(),
             to: target,
             rpc,
         };
-        write_frame(&mut stream, &envelope)
+        link.write(REQUEST, &envelope)
             .await
             .map_err(|error| format!("send to node {target} at {addr}: {error}"))?;
-        let reply: RaftReply = read_frame(&mut stream)
+        let reply: RaftReply = link
+            .read(REPLY)
             .await
             .map_err(|error| format!("answer of node {target} at {addr}: {error}"))?;
         self.idle
@@ -127,7 +278,7 @@ impl TcpTransport {
             .unwrap_or_else(|poison| poison.into_inner())
             .entry(addr.to_string())
             .or_default()
-            .push(stream);
+            .push(link);
         match reply {
             RaftReply::Refused(reason) => Err(reason),
             reply => Ok(reply),
@@ -157,6 +308,7 @@ pub async fn serve(
     listener: TcpListener,
     cluster: Cluster,
     identity: Arc<Identity>,
+    secret: Option<Secret>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -169,8 +321,9 @@ pub async fn serve(
             continue;
         };
         let (cluster, identity, shutdown) = (cluster.clone(), identity.clone(), shutdown.clone());
+        let secret = secret.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection(stream, cluster, identity, shutdown).await {
+            if let Err(error) = connection(stream, cluster, identity, secret, shutdown).await {
                 tracing::debug!(%peer, %error, "cluster connection closed");
             }
         });
@@ -178,15 +331,26 @@ pub async fn serve(
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     cluster: Cluster,
     identity: Arc<Identity>,
+    secret: Option<Secret>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let sealed = secret.is_some();
+    let mut link = Link::accept(stream, secret).await?;
     loop {
         let envelope: Envelope = tokio::select! {
-            read = read_frame(&mut stream) => read?,
+            read = link.read(REQUEST) => match read {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    if sealed && error.to_string().contains("MAC") {
+                        tracing::warn!(%error, "refused a cluster connection");
+                    }
+                    return Err(error);
+                }
+            },
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
         let reply = match admit(&envelope, &identity, &cluster).await {
@@ -196,7 +360,7 @@ async fn connection(
             }
             Ok(()) => cluster.serve(envelope.rpc).await,
         };
-        write_frame(&mut stream, &reply).await?;
+        link.write(REPLY, &reply).await?;
     }
 }
 
@@ -248,5 +412,83 @@ fn rpc_name(rpc: &RaftRpc) -> &'static str {
         RaftRpc::RemoveNode { .. } => "RemoveNode",
         RaftRpc::Hello => "Hello",
         RaftRpc::Forward(_) => "Forward",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected (client, listener) pair of links under the given secrets.
+    async fn pair(client: Option<&str>, listener: Option<&str>) -> (Link, Link) {
+        let secret = |text: Option<&str>| text.map(|text| Secret::from_text(text).expect("secret"));
+        let bound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = bound.local_addr().expect("addr");
+        let listener_secret = secret(listener);
+        let accepting = tokio::spawn(async move {
+            let (stream, _) = bound.accept().await.expect("accept");
+            Link::accept(stream, listener_secret)
+                .await
+                .expect("accept link")
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        // A client without a secret does not wait for the nonce.
+        let client = Link::connect(stream, secret(client))
+            .await
+            .expect("connect link");
+        (client, accepting.await.expect("accepted"))
+    }
+
+    #[tokio::test]
+    async fn sealed_frames_pass_under_one_secret_both_ways_and_in_order() {
+        let shared = "a secret of some length";
+        let (mut client, mut server) = pair(Some(shared), Some(shared)).await;
+        for round in 0..3u64 {
+            client.write(REQUEST, &round).await.expect("request");
+            assert_eq!(server.read::<u64>(REQUEST).await.expect("read"), round);
+            server.write(REPLY, &(round * 10)).await.expect("reply");
+            assert_eq!(client.read::<u64>(REPLY).await.expect("read"), round * 10);
+        }
+        // Unsealed links speak the plain framing.
+        let (mut client, mut server) = pair(None, None).await;
+        client.write(REQUEST, &7u64).await.expect("request");
+        assert_eq!(server.read::<u64>(REQUEST).await.expect("read"), 7);
+    }
+
+    #[tokio::test]
+    async fn another_secret_or_none_is_refused() {
+        let (mut client, mut server) =
+            pair(Some("the client's secret"), Some("the listener's secret")).await;
+        client.write(REQUEST, &1u64).await.expect("request");
+        let error = server.read::<u64>(REQUEST).await.expect_err("refused");
+        assert!(error.to_string().contains("MAC does not verify"), "{error}");
+
+        let (mut client, mut server) = pair(None, Some("the listener's secret")).await;
+        client
+            .write(REQUEST, &"a long enough plain request to pass the MAC size")
+            .await
+            .expect("request");
+        let error = server.read::<String>(REQUEST).await.expect_err("refused");
+        assert!(error.to_string().contains("MAC"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_sent_out_of_its_place_is_refused() {
+        let shared = "a secret of some length";
+        let (mut client, mut server) = pair(Some(shared), Some(shared)).await;
+        // A request sealed as a reply (direction), or as the second (sequence), fails.
+        client.write(REPLY, &1u64).await.expect("request");
+        assert!(server.read::<u64>(REQUEST).await.is_err());
+        let (mut client, mut server) = pair(Some(shared), Some(shared)).await;
+        client.sent = 1;
+        client.write(REQUEST, &1u64).await.expect("request");
+        assert!(server.read::<u64>(REQUEST).await.is_err());
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_and_none_is_printed() {
+        assert!(Secret::from_text("  short \n").is_err());
+        let secret = Secret::from_text("sixteen bytes ok\n").expect("secret");
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
     }
 }
