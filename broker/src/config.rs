@@ -119,6 +119,13 @@ pub struct BrokerConfig {
     /// A file holding the secret every node of the cluster shares (at least 16 bytes):
     /// the internal listener serves only frames sealed with it. None: no sealing.
     pub cluster_secret_file: Option<PathBuf>,
+    /// The metadata log leader's heartbeat interval, ms.
+    pub cluster_heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between this and twice this
+    /// starts an election, ms.
+    pub cluster_election_timeout_ms: u64,
+    /// The metadata log is snapshotted after this many applied entries.
+    pub cluster_snapshot_entries: u64,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -231,6 +238,9 @@ impl Default for BrokerConfig {
             node_id: 1,
             cluster_peers: std::collections::BTreeMap::new(),
             cluster_secret_file: None,
+            cluster_heartbeat_ms: 100,
+            cluster_election_timeout_ms: 400,
+            cluster_snapshot_entries: 1_000,
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -453,6 +463,21 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
                 .as_ref()
                 .map_or_else(|| "(unset)".to_string(), |path| path.display().to_string()),
             "a file with the secret all nodes share (16 bytes or more): the internal listener serves only frames sealed with it (HMAC-SHA256); unset: unsealed (`--cluster-secret-file`)",
+        ),
+        key(
+            "cluster_heartbeat_ms",
+            config.cluster_heartbeat_ms.to_string(),
+            "the metadata log leader's heartbeat interval, ms (at least 10)",
+        ),
+        key(
+            "cluster_election_timeout_ms",
+            config.cluster_election_timeout_ms.to_string(),
+            "a follower hearing no leader for a random time between this and twice this starts an election, ms (at least 3 heartbeats)",
+        ),
+        key(
+            "cluster_snapshot_entries",
+            config.cluster_snapshot_entries.to_string(),
+            "the metadata log is snapshotted after this many applied entries (at least 1)",
         ),
         key(
             "connections_max",
@@ -711,6 +736,9 @@ struct FileConfig {
     node_id: Option<u64>,
     cluster_peers: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    cluster_heartbeat_ms: Option<u64>,
+    cluster_election_timeout_ms: Option<u64>,
+    cluster_snapshot_entries: Option<u64>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -830,6 +858,15 @@ impl BrokerConfig {
             None => defaults.cluster_peers,
         };
         self.cluster_secret_file = file.cluster_secret_file.or(defaults.cluster_secret_file);
+        self.cluster_heartbeat_ms = file
+            .cluster_heartbeat_ms
+            .unwrap_or(defaults.cluster_heartbeat_ms);
+        self.cluster_election_timeout_ms = file
+            .cluster_election_timeout_ms
+            .unwrap_or(defaults.cluster_election_timeout_ms);
+        self.cluster_snapshot_entries = file
+            .cluster_snapshot_entries
+            .unwrap_or(defaults.cluster_snapshot_entries);
         self.connections_max = file.connections_max.unwrap_or(defaults.connections_max);
         self.connections_per_ip_max = file
             .connections_per_ip_max
@@ -917,6 +954,25 @@ impl BrokerConfig {
                 "node_id (--node-id) must be between 1 and {NODE_ID_MAX}, not {}",
                 self.node_id
             )));
+        }
+        if self.cluster_heartbeat_ms < 10 {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_heartbeat_ms must be at least 10, not {}",
+                self.cluster_heartbeat_ms
+            )));
+        }
+        if self.cluster_election_timeout_ms / 3 < self.cluster_heartbeat_ms
+            || self.cluster_election_timeout_ms > u64::MAX / 2
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_election_timeout_ms ({}) must be at least 3 heartbeats (cluster_heartbeat_ms {} × 3): a follower must miss several before it calls an election",
+                self.cluster_election_timeout_ms, self.cluster_heartbeat_ms
+            )));
+        }
+        if self.cluster_snapshot_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster_snapshot_entries must be at least 1".to_string(),
+            ));
         }
         if !self.cluster_peers.is_empty() && !self.cluster_peers.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!(
@@ -1754,6 +1810,36 @@ mod tests {
         assert!(error.contains("memory_high_watermark 1.5"), "{error}");
         config.memory_high_watermark = 0.6;
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_metadata_log_timing_is_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "cluster_heartbeat_ms = 50\ncluster_election_timeout_ms = 300\ncluster_snapshot_entries = 10",
+        )
+        .expect("parse");
+        let mut config = BrokerConfig::default();
+        config.apply(file).expect("valid timing");
+        assert_eq!(
+            (
+                config.cluster_heartbeat_ms,
+                config.cluster_election_timeout_ms,
+                config.cluster_snapshot_entries
+            ),
+            (50, 300, 10)
+        );
+        for (text, named) in [
+            ("cluster_heartbeat_ms = 5", "cluster_heartbeat_ms"),
+            ("cluster_election_timeout_ms = 250", "at least 3 heartbeats"),
+            ("cluster_snapshot_entries = 0", "cluster_snapshot_entries"),
+        ] {
+            let file: FileConfig = toml::from_str(text).expect("parse");
+            let error = BrokerConfig::default()
+                .apply(file)
+                .expect_err(text)
+                .to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]

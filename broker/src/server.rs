@@ -269,7 +269,12 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         node_id: config.node_id,
         peers: config.cluster_peers.clone(),
         listeners,
-        timing: crate::cluster::raft::Timing::default(),
+        timing: crate::cluster::raft::Timing {
+            heartbeat: std::time::Duration::from_millis(config.cluster_heartbeat_ms),
+            election_min: std::time::Duration::from_millis(config.cluster_election_timeout_ms),
+            election_max: std::time::Duration::from_millis(config.cluster_election_timeout_ms * 2),
+            snapshot_every: config.cluster_snapshot_entries,
+        },
         secret_file: config.cluster_secret_file.clone(),
     };
     let fs: Arc<dyn crate::storage::fs::Fs> = Arc::new(crate::storage::fs::RealFs);
