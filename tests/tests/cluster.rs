@@ -930,8 +930,9 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         .collect();
     let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
     let count = 20;
-    let run = |phase: &[&str]| -> Value {
-        let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], "routed-q", "20"];
+    // pika_cluster.py with QUEUE and COUNT, then the phase and its arguments.
+    let run = |queue: &str, count: &str, phase: &[&str]| -> Value {
+        let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], queue, count];
         args.extend_from_slice(phase);
         let output = integration_tests::run_client_script("pika_cluster.py", &args);
         assert!(
@@ -943,7 +944,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         serde_json::from_slice(&output.stdout).expect("one JSON document")
     };
 
-    let published = run(&["publish"]);
+    let published = run("routed-q", "20", &["publish"]);
     eprintln!("published after {:?}", started.elapsed());
     assert_eq!(
         published["counts"],
@@ -971,7 +972,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
     }
 
     eprintln!("counted after {:?}", started.elapsed());
-    let consumed = run(&["consume", &total.to_string()]);
+    let consumed = run("routed-q", "20", &["consume", &total.to_string()]);
     eprintln!("consumed after {:?}", started.elapsed());
     let nacked = consumed["nacked"].as_str().expect("nacked").to_string();
     let got_acked = &consumed["got_acked"];
@@ -1010,16 +1011,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
 
     // A durable auto-delete queue is deleted by its leader when its last consumer, on any
     // node, is gone, and then by every node (not by a node whose own consumers left).
-    let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], "auto-q", "0"];
-    args.push("auto-delete");
-    let output = integration_tests::run_client_script("pika_cluster.py", &args);
-    assert!(
-        output.status.success(),
-        "pika_cluster.py auto-delete: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let deleted: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let deleted = run("auto-q", "0", &["auto-delete"]);
     assert_eq!(
         deleted["after_first"],
         serde_json::json!([true, true, true]),
@@ -1033,22 +1025,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
 
     // An exchange-to-exchange binding made through one node routes through every node, and
     // its removal through another node stops it everywhere.
-    let args: Vec<&str> = vec![
-        &amqp[0],
-        &amqp[1],
-        &amqp[2],
-        "e2e-q",
-        "0",
-        "exchange-binding",
-    ];
-    let output = integration_tests::run_client_script("pika_cluster.py", &args);
-    assert!(
-        output.status.success(),
-        "pika_cluster.py exchange-binding: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let bound: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let bound = run("e2e-q", "0", &["exchange-binding"]);
     assert_eq!(
         bound["routed"],
         serde_json::json!([3, 3, 3]),

@@ -117,12 +117,7 @@ impl Link {
                 Some((secret, nonce))
             }
         };
-        Ok(Link {
-            stream,
-            seal,
-            sent: 0,
-            received: 0,
-        })
+        Ok(Link::new(stream, seal))
     }
 
     /// The client's side of a new connection: reads the nonce when there is a secret.
@@ -135,12 +130,16 @@ impl Link {
                 Some((secret, nonce))
             }
         };
-        Ok(Link {
+        Ok(Link::new(stream, seal))
+    }
+
+    fn new(stream: TcpStream, seal: Option<(Secret, [u8; NONCE_BYTES])>) -> Link {
+        Link {
             stream,
             seal,
             sent: 0,
             received: 0,
-        })
+        }
     }
 
     async fn write<T: Serialize>(&mut self, direction: u8, value: &T) -> std::io::Result<()> {
