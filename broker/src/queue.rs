@@ -56,8 +56,10 @@ pub mod exchange;
 pub mod manager;
 mod pipeline;
 mod publish;
+mod ready;
 pub mod remote;
 pub mod store;
+mod tag_set;
 mod task;
 pub mod types;
 

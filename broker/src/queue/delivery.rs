@@ -39,6 +39,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::queue::ready::Ready;
+use crate::queue::tag_set::TagSet;
+
 /// A message's id: its offset in the queue's log.
 pub type MessageId = i64;
 
@@ -198,130 +201,6 @@ pub struct MessageMeta {
     pub priority: u8,
 }
 
-/// Where a ready message sits: higher priorities first, then id order (FIFO within a
-/// priority). In a queue without priorities every message has priority 0, so this is id
-/// order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct ReadyKey {
-    /// `u8::MAX - priority`, so that the highest priority sorts first.
-    rank: u8,
-    id: MessageId,
-}
-
-impl ReadyKey {
-    fn of(meta: &MessageMeta) -> ReadyKey {
-        ReadyKey {
-            rank: u8::MAX - meta.priority,
-            id: meta.id,
-        }
-    }
-}
-
-/// The ready messages in delivery order (priority, then id), with the sum of their body
-/// sizes kept as they come and go (for `max-length-bytes`).
-#[derive(Debug, Clone, Default)]
-struct Ready {
-    messages: BTreeMap<ReadyKey, MessageMeta>,
-    bytes: u64,
-}
-
-impl Ready {
-    fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    fn insert(&mut self, meta: MessageMeta) {
-        if let Some(replaced) = self.messages.insert(ReadyKey::of(&meta), meta) {
-            self.bytes -= u64::from(replaced.bytes);
-        }
-        self.bytes += u64::from(meta.bytes);
-    }
-
-    fn remove(&mut self, meta: &MessageMeta) -> Option<MessageMeta> {
-        let removed = self.messages.remove(&ReadyKey::of(meta))?;
-        self.bytes -= u64::from(removed.bytes);
-        Some(removed)
-    }
-
-    fn pop_first(&mut self) -> Option<MessageMeta> {
-        let (_, removed) = self.messages.pop_first()?;
-        self.bytes -= u64::from(removed.bytes);
-        Some(removed)
-    }
-
-    /// The head: the oldest message of the highest priority.
-    fn first(&self) -> Option<MessageMeta> {
-        self.messages.first_key_value().map(|(_, meta)| *meta)
-    }
-
-    /// The next message in delivery order after `after` (none: the head).
-    fn first_after(&self, after: Option<&MessageMeta>) -> Option<MessageMeta> {
-        match after {
-            None => self.first(),
-            Some(previous) => self
-                .messages
-                .range((
-                    std::ops::Bound::Excluded(ReadyKey::of(previous)),
-                    std::ops::Bound::Unbounded,
-                ))
-                .next()
-                .map(|(_, meta)| *meta),
-        }
-    }
-
-    /// The first message of each priority present, highest priority first: at most 256
-    /// lookups, however many messages are ready.
-    fn heads_by_priority(&self) -> impl Iterator<Item = MessageMeta> + '_ {
-        let mut from = Some(0u8);
-        std::iter::from_fn(move || {
-            let rank = from?;
-            let (key, meta) = self
-                .messages
-                .range(
-                    ReadyKey {
-                        rank,
-                        id: MessageId::MIN,
-                    }..,
-                )
-                .next()?;
-            from = key.rank.checked_add(1);
-            Some(*meta)
-        })
-    }
-
-    /// The newest message's id, whatever its priority.
-    fn last_id(&self) -> Option<MessageId> {
-        self.heads_by_priority()
-            .filter_map(|head| {
-                let last_of_priority = ReadyKey {
-                    rank: u8::MAX - head.priority,
-                    id: MessageId::MAX,
-                };
-                self.messages
-                    .range(..=last_of_priority)
-                    .next_back()
-                    .map(|(key, _)| key.id)
-            })
-            .max()
-    }
-
-    /// The first message in delivery order whose id is at most `up_to` (a move's bound).
-    fn first_up_to(&self, up_to: MessageId) -> Option<MessageMeta> {
-        self.heads_by_priority().find(|head| head.id <= up_to)
-    }
-
-    /// Every ready message, in id order.
-    fn take_all(&mut self) -> Vec<MessageId> {
-        self.bytes = 0;
-        let mut ids: Vec<MessageId> = std::mem::take(&mut self.messages)
-            .into_values()
-            .map(|meta| meta.id)
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-}
-
 /// One delivery to send to a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -458,7 +337,7 @@ struct Consumer {
     prefetch: u32,
     /// The window it shares with other consumers, if any.
     shared: Option<Arc<SharedPrefetch>>,
-    tags: BTreeSet<DeliveryTag>,
+    tags: TagSet,
     /// Never dispatched to: a holder of messages taken with [`GetMode::Hold`], or a
     /// stopped consumer that still holds its deliveries.
     gets_only: bool,
@@ -581,7 +460,7 @@ impl DeliveryState {
             || self
                 .limits
                 .max_length_bytes
-                .is_some_and(|max_bytes| self.ready.bytes > max_bytes)
+                .is_some_and(|max_bytes| self.ready.bytes() > max_bytes)
     }
 
     /// The limit (`max-length` or `max-length-bytes`) one more ready message of `bytes`
@@ -593,7 +472,7 @@ impl DeliveryState {
             }
         }
         if let Some(max_bytes) = self.limits.max_length_bytes {
-            if self.ready.bytes + bytes > max_bytes {
+            if self.ready.bytes() + bytes > max_bytes {
                 return Some(format!("{max_bytes} bytes"));
             }
         }
@@ -602,7 +481,7 @@ impl DeliveryState {
 
     /// The ready messages' body bytes.
     pub fn ready_bytes(&self) -> u64 {
-        self.ready.bytes
+        self.ready.bytes()
     }
 
     /// Subscribes a consumer with a prefetch window (0: unlimited).
@@ -636,7 +515,7 @@ impl DeliveryState {
             Consumer {
                 prefetch,
                 shared,
-                tags: BTreeSet::new(),
+                tags: TagSet::default(),
                 gets_only: false,
                 stopped: false,
                 priority,
@@ -675,7 +554,7 @@ impl DeliveryState {
             shared.give_back(state.tags.len());
         }
         let mut actions = Vec::new();
-        for tag in state.tags {
+        for tag in state.tags.iter() {
             if let Some(unacked) = self.unacked.remove(&tag) {
                 self.requeue(unacked.meta, &mut actions);
             }
@@ -706,8 +585,7 @@ impl DeliveryState {
     pub fn delivery_counts(&self) -> Vec<(MessageId, u32)> {
         let ready = self
             .ready
-            .messages
-            .values()
+            .iter()
             .filter(|meta| meta.delivery_count > 0)
             .map(|meta| (meta.id, meta.delivery_count));
         let unacked = self
@@ -728,11 +606,11 @@ impl DeliveryState {
             .consumers
             .get(&consumer)
             .ok_or(DeliveryError::UnknownConsumer { consumer, tag })?;
-        if !state.tags.contains(&tag) {
+        if !state.tags.contains(tag) {
             return Err(DeliveryError::UnknownDeliveryTag { tag });
         }
         Ok(if scope == AckScope::Multiple {
-            state.tags.range(..=tag).copied().collect()
+            state.tags.up_to(tag).collect()
         } else {
             vec![tag]
         })
@@ -740,7 +618,7 @@ impl DeliveryState {
 
     fn take(&mut self, consumer: ConsumerId, tag: DeliveryTag) -> Option<Unacked> {
         if let Some(state) = self.consumers.get_mut(&consumer) {
-            if state.tags.remove(&tag) {
+            if state.tags.remove(tag) {
                 if let Some(shared) = &state.shared {
                     shared.give_back(1);
                 }
@@ -1001,7 +879,7 @@ impl DeliveryState {
             .or_insert_with(|| Consumer {
                 prefetch: 0,
                 shared: None,
-                tags: BTreeSet::new(),
+                tags: TagSet::default(),
                 gets_only: true,
                 stopped: false,
                 priority: 0,
