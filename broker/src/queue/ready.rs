@@ -63,6 +63,10 @@ impl Ready {
         if ReadyKey::of(front).rank != key.rank {
             return None;
         }
+        if front.id == key.id {
+            // The head, nearly always: no search.
+            return Some(0);
+        }
         self.run.binary_search_by_key(&key.id, |meta| meta.id).ok()
     }
 

@@ -31,6 +31,10 @@ impl TagSet {
     }
 
     fn find(&self, tag: DeliveryTag) -> Result<usize, usize> {
+        if self.entries.front().is_some_and(|(first, _)| *first == tag) {
+            // The oldest, nearly always: no search.
+            return Ok(0);
+        }
         self.entries.binary_search_by_key(&tag, |(tag, _)| *tag)
     }
 
