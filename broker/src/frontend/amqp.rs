@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::{AuthPolicy, Authentication, Broker, DefaultGuest, Session};
 use crate::net::connection::{BoxFuture, Completion, Fatal, Protocol};
 
+mod deliver;
 mod error_code;
 mod handlers;
 mod message;

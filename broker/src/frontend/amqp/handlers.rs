@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{
     access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
@@ -1658,7 +1658,7 @@ async fn push_until_end(
     no_ack: bool,
     mut events: Deliveries,
 ) {
-    let mut scratch = Vec::new();
+    let mut frames = super::deliver::DeliverEncoder::new(channel, consumer_tag);
     let tag_short = ShortString::from(consumer_tag);
     while let Some(first) = events.recv().await {
         // The deliveries already waiting go out in one push (one wake-up of the writer),
@@ -1731,36 +1731,15 @@ async fn push_until_end(
                 return_undelivered(shared, queue, consumer, back, events).await;
                 return;
             };
-            let (properties, exchange) = message::properties_from_headers(
-                &delivered.record.headers,
-                delivered.record.timestamp_ms,
-            );
-            let (routing_key, body) = message::key_and_body(&delivered.record);
-            out.reserve(body.len() + 256);
-            super::encode_frame_with(
-                &AMQPFrame::Method(
-                    channel,
-                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                        consumer_tag: tag_short.clone(),
-                        delivery_tag,
-                        redelivered: delivered.redelivered,
-                        exchange: message::short_string(exchange),
-                        routing_key: message::short_string(routing_key),
-                    })),
-                ),
-                &mut out,
-                &mut scratch,
-            );
             let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-            message::encode_content(
-                channel,
-                properties,
-                &body,
+            frames.encode(
+                delivery_tag,
+                &delivered.record,
+                delivered.redelivered,
                 frame_max,
                 &mut out,
-                &mut scratch,
             );
-            bytes += body.len() as u64;
+            bytes += delivered.record.value.as_ref().map_or(0, |body| body.len()) as u64;
             encoded.push((delivery_tag, delivered.tag));
             if out.len() < DELIVERY_PUSH_BYTES_MAX {
                 next = events.try_recv().ok();
