@@ -1020,3 +1020,84 @@ async fn publish_confirmed(manager: &QueueManager, messages: Vec<(String, Messag
             .expect("confirmed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_routes_each_message_as_it_would_be_routed_alone() {
+    // Goal: a batch of publishes shares routing between messages that route alike, and
+    // only between those. Method: one batch mixing the default exchange, a direct and a
+    // headers exchange, runs of equal messages, neighbours that differ only in routing key
+    // or in a header, and an unknown exchange; every queue must get exactly its messages in
+    // order, and the unknown exchange's message alone an error.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    for queue in ["a", "b", "c"] {
+        manager
+            .declare_queue(queue, QueueArgs::default(), Durability::Durable)
+            .expect("declare");
+    }
+    manager
+        .declare_exchange("direct", ExchangeKind::Direct, Durability::Durable)
+        .expect("direct");
+    manager
+        .declare_exchange("match", ExchangeKind::Headers, Durability::Durable)
+        .expect("headers");
+    manager.bind("b", "direct", "k", &[]).expect("bind b");
+    manager.bind("c", "direct", "k", &[]).expect("bind c");
+    manager
+        .bind("c", "match", "", &[("color", "red")])
+        .expect("bind c to match");
+    let batch = vec![
+        (String::new(), message("a", "1")),
+        (String::new(), message("a", "2")),
+        (String::new(), message("b", "3")),
+        ("direct".to_string(), message("k", "4")),
+        ("direct".to_string(), message("k", "5")),
+        ("direct".to_string(), message("other", "6")),
+        (
+            "match".to_string(),
+            with_header(message("", "7"), "color", "red"),
+        ),
+        (
+            "match".to_string(),
+            with_header(message("", "8"), "color", "blue"),
+        ),
+        (
+            "match".to_string(),
+            with_header(message("", "9"), "color", "red"),
+        ),
+        ("nowhere".to_string(), message("a", "10")),
+        (String::new(), message("a", "11")),
+    ];
+    let tickets = manager.publish_enqueue_many(batch).await;
+    assert_eq!(tickets.len(), 11);
+    for (index, ticket) in tickets.into_iter().enumerate() {
+        match (index, ticket) {
+            (9, Err(QueueError::UnknownExchange(name))) => assert_eq!(name, "nowhere"),
+            (9, other) => panic!("the unknown exchange's message: {other:?}"),
+            (_, Ok(ticket)) => {
+                ticket.confirmed().await.expect("confirmed");
+            }
+            (index, Err(error)) => panic!("message {index}: {error}"),
+        }
+    }
+    for (queue, wanted) in [
+        ("a", vec!["1", "2", "11"]),
+        ("b", vec!["3", "4", "5"]),
+        ("c", vec!["4", "5", "7", "9"]),
+    ] {
+        let (_, got) = take(&manager, queue, wanted.len()).await;
+        let bodies: Vec<String> = got.iter().map(body).collect();
+        assert_eq!(bodies, wanted, "queue {queue}");
+        let stats = manager
+            .list()
+            .await
+            .into_iter()
+            .find(|stats| stats.name == queue)
+            .expect("listed");
+        assert_eq!(
+            (stats.published, stats.ready),
+            (wanted.len() as u64, 0),
+            "queue {queue} got nothing more: {stats:?}"
+        );
+    }
+}

@@ -692,45 +692,80 @@ impl QueueManager {
         messages: Vec<(String, Message)>,
     ) -> Vec<Result<PublishTicket, QueueError>> {
         let now = self.clock.now_ms();
-        let routed: Vec<Result<(Message, Vec<Target>), QueueError>> = {
+        // Each message with the index of its route in `routes`. A message that routes as the
+        // one before it (same exchange, routing key and headers: all that routing reads)
+        // shares that route instead of being routed again.
+        let mut routes: Vec<Vec<Target>> = Vec::new();
+        let mut routed: Vec<Result<(Message, usize), QueueError>> =
+            Vec::with_capacity(messages.len());
+        {
             let registry = self.lock();
-            messages
-                .into_iter()
-                .map(|(exchange, mut message)| {
-                    stamp(&mut message, &exchange, now)?;
-                    let targets = route_in(&registry, &exchange, &message)?;
-                    Ok((message, targets))
-                })
-                .collect()
-        };
-        let routed: Vec<Result<(Message, Vec<Target>), QueueError>> = routed
-            .into_iter()
-            .map(|routed| routed.map(|(message, targets)| (message, self.redirect_all(targets))))
-            .collect();
-        // One command per queue for the whole batch (each message keeps its own confirm),
-        // and a message routed to one queue moves there instead of being copied.
-        let mut tickets = Vec::with_capacity(routed.len());
+            let mut last_exchange = String::new();
+            for (exchange, mut message) in messages {
+                if let Err(error) = stamp(&mut message, &exchange, now) {
+                    routed.push(Err(error));
+                    continue;
+                }
+                let same_route = match routed.last() {
+                    Some(Ok((previous, route))) => (last_exchange == exchange
+                        && previous.routing_key == message.routing_key
+                        && previous.headers == message.headers)
+                        .then_some(*route),
+                    _ => None,
+                };
+                if let Some(route) = same_route {
+                    routed.push(Ok((message, route)));
+                    continue;
+                }
+                match route_in(&registry, &exchange, &message) {
+                    Ok(targets) => {
+                        routes.push(targets);
+                        routed.push(Ok((message, routes.len() - 1)));
+                        last_exchange = exchange;
+                    }
+                    Err(error) => routed.push(Err(error)),
+                }
+            }
+        }
+        // One command per queue for the whole batch (each message keeps its own confirm):
+        // each route's queues as places in `per_queue`.
         let mut per_queue: Vec<(Target, Vec<PendingPublish>)> = Vec::new();
         let mut slots: HashMap<String, usize> = HashMap::new();
+        let route_slots: Vec<Vec<usize>> = routes
+            .into_iter()
+            .map(|targets| {
+                self.redirect_all(targets)
+                    .into_iter()
+                    .map(|(name, sender)| match slots.get(&name) {
+                        Some(slot) => *slot,
+                        None => {
+                            per_queue.push(((name.clone(), sender), Vec::new()));
+                            slots.insert(name, per_queue.len() - 1);
+                            per_queue.len() - 1
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut tickets = Vec::with_capacity(routed.len());
         for routed in routed {
-            let (message, targets) = match routed {
+            let (message, route) = match routed {
                 Ok(routed) => routed,
                 Err(error) => {
                     tickets.push(Err(error));
                     continue;
                 }
             };
-            let mut confirmations = Vec::with_capacity(targets.len());
-            let mut copies = std::iter::repeat_n(message, targets.len());
-            for (name, sender) in targets {
+            let queues = &route_slots[route];
+            let mut confirmations = Vec::with_capacity(queues.len());
+            // A message routed to one queue moves there instead of being copied.
+            let mut copies = std::iter::repeat_n(message, queues.len());
+            for &slot in queues {
                 let Some(copy) = copies.next() else { break };
                 let (reply, confirmed) = oneshot::channel();
-                let slot = *slots.entry(name.clone()).or_insert_with(|| {
-                    per_queue.push(((name.clone(), sender), Vec::new()));
-                    per_queue.len() - 1
-                });
-                per_queue[slot].1.push((vec![copy], reply));
-                confirmations.push((name, confirmed));
+                let ((name, _), pending) = &mut per_queue[slot];
+                pending.push((vec![copy], reply));
+                confirmations.push((name.clone(), confirmed));
             }
             tickets.push(Ok(PublishTicket::new(confirmations)));
         }
