@@ -52,11 +52,12 @@ wait_port() {
 start() { # side
   rm -rf "$DATA"; mkdir -p "$DATA"
   if [ "$1" = tansu ]; then
-    # Tansu's local storage engine: SQLite (libSQL) in a file of the data dir.
-    "$TANSU" broker --kafka-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    # Tansu's local storage engine: SQLite (libSQL) in a file of the data dir. Tansu 0.6.0
+    # reads the path after sqlite:// relative to its working directory (a leading / is
+    # dropped), so it runs in the data dir.
+    (cd "$DATA" && exec "$TANSU" broker --kafka-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
       --kafka-advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-      --storage-engine "sqlite://$DATA/tansu.db" \
-      --prometheus-listener-url "tcp://127.0.0.1:0" > "$DATA.log" 2>&1 &
+      --storage-engine "sqlite://tansu.db") > "$DATA.log" 2>&1 &
     BROKER_PID=$!
     wait_port "$TANSU_PORT"
   else
