@@ -74,17 +74,19 @@ impl Ready {
     pub(crate) fn insert(&mut self, meta: MessageMeta) {
         let key = ReadyKey::of(&meta);
         self.bytes += u64::from(meta.bytes);
-        if let Some(index) = self.run_index(key) {
-            let replaced = std::mem::replace(&mut self.run[index], meta);
-            self.bytes -= u64::from(replaced.bytes);
-            return;
-        }
+        // A message newer than the run's last, of its priority, extends it (every publish
+        // of a queue without priorities): it cannot be in the run, so no search.
         let extends_run = self.run.back().is_none_or(|last| {
             let last = ReadyKey::of(last);
             last.rank == key.rank && last.id < key.id
         });
         if extends_run && !self.others.contains_key(&key) {
             self.run.push_back(meta);
+            return;
+        }
+        if let Some(index) = self.run_index(key) {
+            let replaced = std::mem::replace(&mut self.run[index], meta);
+            self.bytes -= u64::from(replaced.bytes);
         } else if let Some(replaced) = self.others.insert(key, meta) {
             self.bytes -= u64::from(replaced.bytes);
         }
