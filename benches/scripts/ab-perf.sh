@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after of `wharf perf produce` (or consume, or queue) between two builds, interleaved A B B A
+# Before/after of `wharf perf produce` (or consume, queue, amqp) between two builds, interleaved A B B A
 # so that drift and order effects cancel, with the page cache written back between runs
 # (`sync` and a pause): on this disk-bound workload a run that follows another pays for the
 # other's dirty pages. Prints one line per run: side, size, rep, the broker's CPU ticks
@@ -9,9 +9,10 @@
 #
 # Env: A, B (dirs with release wharfd and wharf), SIZES (default "100 1024"), REPS (6),
 # N (1,000,000), WORKLOAD (produce | consume | queue; consume first produces N with the same
-# build; queue publishes N with confirms awaited, then consumes them with manual acks),
-# PREFETCH (queue only, 1000: as the peers are measured), PORT (7498), DATA (/tmp/wharf-ab),
-# SETTLE_SECS (3). For queue the line adds the consume rate.
+# build; queue publishes N with confirms awaited, then consumes them with manual acks;
+# amqp does the same through the AMQP listener with `wharf perf amqp`, acks every 100),
+# PREFETCH (queue and amqp, 1000: as the peers are measured), PORT (7498), AMQP_PORT (5698),
+# DATA (/tmp/wharf-ab), SETTLE_SECS (3). For queue and amqp the line adds the consume rate.
 set -euo pipefail
 A=${A:?dir of build A}
 B=${B:?dir of build B}
@@ -23,11 +24,13 @@ PORT=${PORT:-7498}
 DATA=${DATA:-/tmp/wharf-ab}
 SETTLE_SECS=${SETTLE_SECS:-3}
 PREFETCH=${PREFETCH:-1000}
+AMQP_PORT=${AMQP_PORT:-5698}
 
 run() { # label bin size rep
   local label=$1 bin=$2 size=$3 rep=$4
   rm -rf "$DATA"; mkdir -p "$DATA"
-  "$bin/wharfd" --data-dir "$DATA" --listen "127.0.0.1:$PORT" > "$DATA.log" 2>&1 &
+  "$bin/wharfd" --data-dir "$DATA" --listen "127.0.0.1:$PORT" --amqp-listen "127.0.0.1:$AMQP_PORT" \
+    > "$DATA.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
   local perf=("$bin/wharf" --broker "127.0.0.1:$PORT" --json perf)
@@ -37,6 +40,8 @@ run() { # label bin size rep
   local args=(--topic t --messages "$N")
   [ "$WORKLOAD" = produce ] && args+=(--size "$size")
   [ "$WORKLOAD" = queue ] && args=(--queue q --messages "$N" --size "$size" --confirm --prefetch "$PREFETCH")
+  [ "$WORKLOAD" = amqp ] && args=(--url "amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f" --queue qa
+    --messages "$N" --size "$size" --prefetch "$PREFETCH" --ack-every 100)
   local out
   out=$("${perf[@]}" "$WORKLOAD" "${args[@]}" 2>/dev/null | tail -1)
   local ticks

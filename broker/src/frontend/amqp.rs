@@ -124,10 +124,49 @@ pub enum AmqpRequest {
     ContentHeader(u16, Box<amq_protocol::frame::AMQPContentHeader>),
     /// A content body frame (a slice of the read buffer, not a copy).
     Body(u16, Bytes),
+    /// A basic.publish with its content header and its one body frame (none for an empty
+    /// body), decoded together because all of them were in the read buffer: the usual
+    /// shape of a publish, handled as one request instead of three. Anything else (a body
+    /// in several frames, frames not yet read, a frame that does not decode) comes frame
+    /// by frame.
+    Publish(u16, Box<PublishFrames>),
     /// A heartbeat frame (on channel 0; another channel is a frame error).
     Heartbeat(u16),
     /// A frame whose payload does not decode: the connection is closed with this reply.
     Malformed(Reply),
+}
+
+/// The three frames of a publish, decoded.
+#[derive(Debug)]
+pub struct PublishFrames {
+    /// The basic.publish method.
+    pub publish: amq_protocol::protocol::basic::Publish,
+    /// Its content header.
+    pub header: amq_protocol::frame::AMQPContentHeader,
+    /// Its body (a slice of the read buffer; empty when the header declared 0 bytes).
+    pub body: Bytes,
+}
+
+impl PublishFrames {
+    /// The frames one by one, as they would have been decoded apart.
+    pub(crate) fn into_frames(self, channel: u16) -> [Option<AmqpRequest>; 3] {
+        let PublishFrames {
+            publish,
+            header,
+            body,
+        } = self;
+        let body = (!body.is_empty()).then_some(AmqpRequest::Body(channel, body));
+        [
+            Some(AmqpRequest::Method(
+                channel,
+                Box::new(AMQPClass::Basic(
+                    amq_protocol::protocol::basic::AMQPMethod::Publish(publish),
+                )),
+            )),
+            Some(AmqpRequest::ContentHeader(channel, Box::new(header))),
+            body,
+        ]
+    }
 }
 
 /// What the sequencer task sends, in order, into the connection's push channel.
@@ -408,6 +447,8 @@ impl Protocol for Amqp {
                     let slot = methods::method_slot(class_id, method_id);
                     (slot != methods::PUBLISH_SLOT).then_some(Observed::Method(slot))
                 }
+                // A whole publish counts once, as basic.publish.
+                AmqpRequest::Publish(..) => Some(Observed::Method(methods::PUBLISH_SLOT)),
                 AmqpRequest::ContentHeader(channel, _) | AmqpRequest::Body(channel, _) => {
                     handlers::awaits_content(shared, *channel)
                         .then_some(Observed::Content(*channel))
@@ -477,7 +518,7 @@ impl Protocol for Amqp {
 /// What a frame counts as in the request metrics, once handled.
 #[derive(Debug, Clone, Copy)]
 enum Observed {
-    /// A method (the api slot), basic.publish aside.
+    /// A method (the api slot); basic.publish only when it came with its content.
     Method(u16),
     /// A content frame of a publish on this channel: the publish is counted if the frame
     /// completed its content.
@@ -623,6 +664,11 @@ pub fn decode_frame(buffer: &mut BytesMut, frame_max: u32) -> Result<Option<Amqp
         buffer.reserve(frame_bytes - buffer.len());
         return Ok(None);
     }
+    if frame_type == 1 && channel != 0 && buffer[FRAME_HEADER_BYTES..].starts_with(&PUBLISH_IDS) {
+        if let Some(publish) = decode_publish(buffer, channel, frame_bytes, frame_max) {
+            return Ok(Some(publish));
+        }
+    }
     let frame = buffer.split_to(frame_bytes).freeze();
     if frame[frame_bytes - 1] != FRAME_END {
         return Err(frame_error(format!(
@@ -637,6 +683,86 @@ pub fn decode_frame(buffer: &mut BytesMut, frame_max: u32) -> Result<Option<Amqp
         3 => AmqpRequest::Body(channel, payload),
         _ => AmqpRequest::Heartbeat(channel),
     }))
+}
+
+/// Class and method id of basic.publish, as a method frame's payload starts.
+const PUBLISH_IDS: [u8; 4] = [0, 60, 0, 40];
+
+/// A whole frame at `at` in `buffer`: its type, channel and payload range, and where it
+/// ends; `None` when it is not all buffered or breaks a framing rule (the frame-by-frame
+/// path then reports it, or waits for it).
+fn peek_frame(
+    buffer: &[u8],
+    at: usize,
+    frame_max: u32,
+) -> Option<(u8, u16, std::ops::Range<usize>, usize)> {
+    let header = buffer.get(at..at + FRAME_HEADER_BYTES)?;
+    let payload_bytes = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+    let frame_bytes = u64::from(payload_bytes) + FRAME_HEADER_BYTES as u64 + 1;
+    if frame_bytes > u64::from(frame_max) {
+        return None;
+    }
+    // Bounded by frame_max above.
+    let end = at + frame_bytes as usize;
+    if *buffer.get(end - 1)? != FRAME_END {
+        return None;
+    }
+    let channel = u16::from_be_bytes([header[1], header[2]]);
+    Some((header[0], channel, at + FRAME_HEADER_BYTES..end - 1, end))
+}
+
+/// The basic.publish method frame at the front of `buffer` (`method_end` bytes, channel
+/// `channel`, not 0) with the content header and the one body frame that follow it on the
+/// same channel, cut off `buffer` as one request; `None` (and `buffer` untouched) when
+/// they are not all there, the body takes more than one frame, or a frame does not decode.
+fn decode_publish(
+    buffer: &mut BytesMut,
+    channel: u16,
+    method_end: usize,
+    frame_max: u32,
+) -> Option<AmqpRequest> {
+    if buffer[method_end - 1] != FRAME_END {
+        return None;
+    }
+    let (kind, on, header_payload, header_end) = peek_frame(buffer, method_end, frame_max)?;
+    if kind != 2 || on != channel || header_payload.len() < 12 {
+        return None;
+    }
+    let at = header_payload.start;
+    let body_size = u64::from_be_bytes(buffer[at + 4..at + 12].try_into().ok()?);
+    let (body, end) = if body_size == 0 {
+        (None, header_end)
+    } else {
+        let (kind, on, body, body_end) = peek_frame(buffer, header_end, frame_max)?;
+        if kind != 3 || on != channel || body.len() as u64 != body_size {
+            return None;
+        }
+        (Some(body), body_end)
+    };
+    let AmqpRequest::Method(_, method) =
+        decode_method(channel, &buffer[FRAME_HEADER_BYTES..method_end - 1])
+    else {
+        return None;
+    };
+    let AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish)) = *method
+    else {
+        return None;
+    };
+    let AmqpRequest::ContentHeader(_, header) =
+        decode_content_header(channel, &buffer[header_payload])
+    else {
+        return None;
+    };
+    let frames = buffer.split_to(end).freeze();
+    let body = body.map_or_else(Bytes::new, |body| frames.slice(body));
+    Some(AmqpRequest::Publish(
+        channel,
+        Box::new(PublishFrames {
+            publish,
+            header: *header,
+            body,
+        }),
+    ))
 }
 
 fn decode_method(channel: u16, payload: &[u8]) -> AmqpRequest {
@@ -857,22 +983,157 @@ mod tests {
         }
     }
 
+    /// Every request decoded from `buffer` with `frame_max`, a whole publish taken apart
+    /// into its frames, as Debug text (the decoded types compare by their fields there).
+    fn frames_of(buffer: &mut BytesMut, frame_max: u32) -> (Vec<String>, usize) {
+        let mut frames = Vec::new();
+        let mut publishes = 0;
+        while let Ok(Some(request)) = decode_frame(buffer, frame_max) {
+            match request {
+                AmqpRequest::Publish(channel, whole) => {
+                    publishes += 1;
+                    for frame in whole.into_frames(channel).into_iter().flatten() {
+                        frames.push(format!("{frame:?}"));
+                    }
+                }
+                other => frames.push(format!("{other:?}")),
+            }
+        }
+        (frames, publishes)
+    }
+
     #[test]
     fn frames_pika_sends_decode() {
         // Recorded with pika's own encoder (fuzz/seeds/decode_amqp_frame).
         let publish = include_bytes!("../../../fuzz/seeds/decode_amqp_frame/publish");
         let mut buffer = BytesMut::from(&publish[..]);
+        match decode_frame(&mut buffer, FRAME_BYTES_MAX) {
+            Ok(Some(AmqpRequest::Publish(1, whole))) => {
+                assert_eq!(&whole.body[..], b"hello");
+                assert_eq!(whole.header.body_size, 5);
+            }
+            other => panic!("not one whole publish: {other:?}"),
+        }
+        assert!(buffer.is_empty());
+        // Read a byte at a time, the same bytes come frame by frame.
+        let mut buffer = BytesMut::new();
         let mut kinds = Vec::new();
-        while let Ok(Some(request)) = decode_frame(&mut buffer, FRAME_BYTES_MAX) {
+        for byte in publish {
+            buffer.extend_from_slice(&[*byte]);
+            while let Ok(Some(request)) = decode_frame(&mut buffer, FRAME_BYTES_MAX) {
+                kinds.push(match request {
+                    AmqpRequest::Method(1, _) => "method",
+                    AmqpRequest::ContentHeader(1, _) => "header",
+                    AmqpRequest::Body(1, body) if &body[..] == b"hello" => "body",
+                    other => panic!("{other:?}"),
+                });
+            }
+        }
+        assert_eq!(kinds, ["method", "header", "body"]);
+    }
+
+    /// A basic.publish on `channel` with its content, encoded as a client sends it.
+    fn publish_bytes(channel: u16, key: &str, body: &[u8], frame_max: u32, out: &mut BytesMut) {
+        use amq_protocol::protocol::basic;
+        encode_frame(
+            &AMQPFrame::Method(
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                    exchange: "".into(),
+                    routing_key: key.into(),
+                    mandatory: key.len().is_multiple_of(2),
+                    immediate: false,
+                })),
+            ),
+            out,
+        );
+        let properties = basic::AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(key.into());
+        message::encode_content(channel, properties, body, frame_max, out, &mut Vec::new());
+    }
+
+    #[test]
+    fn a_publish_is_whole_only_when_its_frames_are_all_there_on_its_channel() {
+        let frame_max = 4096;
+        let mut buffer = BytesMut::new();
+        publish_bytes(1, "a", b"", frame_max, &mut buffer); // no body frame
+        publish_bytes(2, "b", &[7; 5000], frame_max, &mut buffer); // body in two frames
+        publish_bytes(3, "c", b"xyz", frame_max, &mut buffer);
+        let cut = buffer.len() - 2; // the last body frame not all read yet
+        let mut partial = BytesMut::from(&buffer[..cut]);
+        let mut kinds = Vec::new();
+        while let Ok(Some(request)) = decode_frame(&mut partial, frame_max) {
             kinds.push(match request {
-                AmqpRequest::Method(1, _) => "method",
-                AmqpRequest::ContentHeader(1, _) => "header",
-                AmqpRequest::Body(1, body) if &body[..] == b"hello" => "body",
+                AmqpRequest::Publish(channel, whole) => {
+                    format!("publish {channel} {}", whole.body.len())
+                }
+                AmqpRequest::Method(channel, _) => format!("method {channel}"),
+                AmqpRequest::ContentHeader(channel, _) => format!("header {channel}"),
+                AmqpRequest::Body(channel, body) => format!("body {channel} {}", body.len()),
                 other => panic!("{other:?}"),
             });
         }
-        assert_eq!(kinds, ["method", "header", "body"]);
-        assert!(buffer.is_empty());
+        assert_eq!(
+            kinds,
+            [
+                "publish 1 0",
+                "method 2",
+                "header 2",
+                &format!("body 2 {}", frame_max - 8),
+                &format!("body 2 {}", 5000 - (frame_max - 8)),
+                "method 3",
+                "header 3",
+            ]
+        );
+        partial.extend_from_slice(&buffer[cut..]);
+        assert!(matches!(
+            decode_frame(&mut partial, frame_max),
+            Ok(Some(AmqpRequest::Body(3, body))) if &body[..] == b"xyz"
+        ));
+
+        // Another channel's frame between a publish's frames: frame by frame.
+        let mut buffer = BytesMut::new();
+        publish_bytes(1, "a", b"x", frame_max, &mut buffer);
+        let method_bytes = 7 + 4 + 2 + 1 + 2 + 1 + 1;
+        let mut interleaved = BytesMut::from(&buffer[..method_bytes]);
+        interleaved.extend_from_slice(&HEARTBEAT_FRAME);
+        interleaved.extend_from_slice(&buffer[method_bytes..]);
+        let (frames, publishes) = frames_of(&mut interleaved, frame_max);
+        assert_eq!((frames.len(), publishes), (4, 0), "{frames:?}");
+    }
+
+    proptest::proptest! {
+        /// Decoding a buffer of publishes (and heartbeats) whole gives the same frames, in the
+        /// same order, as decoding it as it trickles in a few bytes at a time.
+        #[test]
+        fn whole_publishes_are_the_frames_they_replace(
+            messages in proptest::collection::vec(
+                (1u16..4, "[a-z]{0,12}", proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), proptest::prelude::any::<bool>()),
+                1..12,
+            ),
+            chunk in 1usize..40,
+        ) {
+            let frame_max = FRAME_BYTES_MIN;
+            let mut bytes = BytesMut::new();
+            for (channel, key, body, beat) in &messages {
+                let body: Vec<u8> = body.iter().copied().cycle().take(body.len() * 20).collect();
+                publish_bytes(*channel, key, &body, frame_max, &mut bytes);
+                if *beat {
+                    bytes.extend_from_slice(&HEARTBEAT_FRAME);
+                }
+            }
+            let (whole, _) = frames_of(&mut bytes.clone(), frame_max);
+            let mut trickled = Vec::new();
+            let mut buffer = BytesMut::new();
+            for piece in bytes.chunks(chunk) {
+                buffer.extend_from_slice(piece);
+                let (frames, _) = frames_of(&mut buffer, frame_max);
+                trickled.extend(frames);
+            }
+            proptest::prop_assert!(buffer.is_empty());
+            proptest::prop_assert_eq!(whole, trickled);
+        }
     }
 
     proptest::proptest! {

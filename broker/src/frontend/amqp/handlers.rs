@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::error_code::{self, Reply};
 use super::message;
 use super::{
-    connection_close_frame, method_frame, AmqpRequest, Later, Shared, CHANNELS_MAX, CLOSE_OK_WAIT,
-    FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
+    connection_close_frame, method_frame, AmqpRequest, Later, PublishFrames, Shared, CHANNELS_MAX,
+    CLOSE_OK_WAIT, FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
 };
 use crate::core::queue_ops::{
     Mandatory, PublishOutcome, PublishQuery, Settle, SettleQuery, SubscribeQuery,
@@ -224,14 +224,87 @@ pub(crate) fn awaits_content(shared: &Shared, channel: u16) -> bool {
         .is_some_and(|open| open.content.is_some())
 }
 
-/// Handles one frame in the connection's ordered phase.
+/// Handles one request in the connection's ordered phase: a whole publish at once when
+/// nothing about it is unusual, else frame by frame.
 pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
+    let AmqpRequest::Publish(channel, frames) = request else {
+        return handle_frame(shared, request).await;
+    };
+    match start_publish(shared, channel, frames) {
+        Ok(()) => {
+            if let Err(reply) = publish(shared, channel).await {
+                fail(shared, reply).await;
+            }
+        }
+        Err(frames) => {
+            // Exactly as if the frames had been decoded apart.
+            for frame in frames.into_frames(channel).into_iter().flatten() {
+                handle_frame(shared, frame).await;
+            }
+        }
+    }
+}
+
+/// Takes a whole publish's method and content as one step when the frame-by-frame path
+/// would accept each of its frames and complete the message: the connection is open, the
+/// channel open, not closing and not inside another publish's content, the body within
+/// the size and buffer caps. Anything else gets the frames back for that path (which
+/// answers each case with its error).
+fn start_publish(
+    shared: &Shared,
+    channel: u16,
+    frames: Box<PublishFrames>,
+) -> Result<(), Box<PublishFrames>> {
+    let size = frames.header.body_size;
+    if frames.publish.immediate
+        || frames.header.class_id != 60
+        || size > u64::from(shared.body_bytes_max)
+    {
+        return Err(frames);
+    }
+    let mut state = shared.state();
+    if state.phase != Phase::Open {
+        return Err(frames);
+    }
+    let buffered = state.buffered_bytes();
+    if buffered.saturating_add(size) > shared.buffer_bytes_max {
+        return Err(frames);
+    }
+    match state.channels.get_mut(&channel) {
+        Some(open) if !open.closing && open.content.is_none() => {
+            let PublishFrames {
+                publish,
+                header,
+                body,
+            } = *frames;
+            open.content = Some(Content {
+                exchange: publish.exchange.as_str().to_string(),
+                routing_key: publish.routing_key.as_str().to_string(),
+                mandatory: publish.mandatory,
+                header: Some((size, header.properties)),
+                body: if body.is_empty() {
+                    Body::Empty
+                } else {
+                    Body::One(body)
+                },
+            });
+            Ok(())
+        }
+        _ => Err(frames),
+    }
+}
+
+/// Handles one frame in the connection's ordered phase.
+async fn handle_frame(shared: &Arc<Shared>, request: AmqpRequest) {
     // Publishes held back go to the core before any frame that is not part of a further
     // publish, so every other method sees them done in order (a basic.get, a queue.purge,
     // a channel.close, a confirm.select ...).
     let continues_publishing = matches!(
         &request,
-        AmqpRequest::ContentHeader(..) | AmqpRequest::Body(..) | AmqpRequest::Heartbeat(_)
+        AmqpRequest::ContentHeader(..)
+            | AmqpRequest::Body(..)
+            | AmqpRequest::Heartbeat(_)
+            | AmqpRequest::Publish(..)
     ) || matches!(&request, AmqpRequest::Method(_, class)
         if matches!(**class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))));
     if !continues_publishing {
@@ -259,6 +332,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
             content_header(shared, channel, *header).await
         }
         AmqpRequest::Body(channel, body) => content_body(shared, channel, body).await,
+        // `handle` takes these apart before they get here.
+        AmqpRequest::Publish(channel, _) => Err(Reply::new(
+            error_code::INTERNAL_ERROR,
+            format!("a whole publish on channel {channel} reached the frame-by-frame path"),
+        )),
     };
     if let Err(reply) = outcome {
         fail(shared, reply).await;
