@@ -56,6 +56,128 @@ wire_struct! {
     }
 }
 
+/// Key of an ack-log record settling runs of consecutive ids ([`SettleRunsRecord`]).
+pub const SETTLE_RUNS_KEY: &[u8] = b"settle-runs";
+
+wire_struct! {
+    /// Settled ids as runs: `lens[i]` ids from `firsts[i]` on. Consumers ack in id order,
+    /// so a run of thousands of acks is 12 bytes here against 8 bytes per id in a
+    /// [`SettleRecord`]. `firsts` and `lens` are parallel.
+    pub struct SettleRunsRecord {
+        pub firsts: Vec<i64>,
+        pub lens: Vec<u32>,
+    }
+}
+
+/// Key of an ack-log record holding delivery counts as runs ([`DeliveryCountRunsRecord`]).
+pub const DELIVERY_COUNT_RUNS_KEY: &[u8] = b"delivery-count-runs";
+
+wire_struct! {
+    /// Delivery counts as runs: the `lens[i]` ids from `firsts[i]` on were each delivered
+    /// `counts[i]` times so far (a later count of an id replaces an earlier one). The three
+    /// vectors are parallel.
+    pub struct DeliveryCountRunsRecord {
+        pub firsts: Vec<i64>,
+        pub lens: Vec<u32>,
+        pub counts: Vec<u32>,
+    }
+}
+
+/// The record of delivery-count runs.
+fn count_runs_record(runs: &[(i64, u32, u32)]) -> DeliveryCountRunsRecord {
+    DeliveryCountRunsRecord {
+        firsts: runs.iter().map(|(first, _, _)| *first).collect(),
+        lens: runs.iter().map(|(_, len, _)| *len).collect(),
+        counts: runs.iter().map(|(_, _, count)| *count).collect(),
+    }
+}
+
+/// `(first, len, value)` runs of consecutive ids with equal values, in the order given.
+fn runs<T: Copy + PartialEq>(items: impl IntoIterator<Item = (i64, T)>) -> Vec<(i64, u32, T)> {
+    let mut runs: Vec<(i64, u32, T)> = Vec::new();
+    for (id, value) in items {
+        match runs.last_mut() {
+            Some((first, len, run_value))
+                if *run_value == value
+                    && *len < u32::MAX
+                    && first.checked_add(i64::from(*len)) == Some(id) =>
+            {
+                *len += 1;
+            }
+            _ => runs.push((id, 1, value)),
+        }
+    }
+    runs
+}
+
+/// The ids of a run read back from the ack log, cut at `end` (the message log's end: an id
+/// there names no stored message, and settling it would settle a message published later).
+fn run_ids(first: i64, len: u32, end: i64) -> std::ops::Range<i64> {
+    let last = first.saturating_add(i64::from(len)).min(end);
+    let first = first.max(0);
+    first..last.max(first)
+}
+
+/// Decodes one ack-log record by its key and applies it to the ack state or the delivery
+/// counts; `end` is the message log's end.
+fn replay_ack_record(
+    key: Option<&[u8]>,
+    value: Bytes,
+    end: i64,
+    state: &mut AckState,
+    counts: &mut std::collections::HashMap<i64, u32>,
+) -> std::result::Result<(), String> {
+    match key {
+        Some(DELIVERY_COUNTS_KEY) => {
+            let returned: DeliveryCountsRecord = decode(value)?;
+            if returned.ids.len() != returned.counts.len() {
+                return Err("delivery-counts record with unequal ids and counts".to_string());
+            }
+            counts.extend(returned.ids.into_iter().zip(returned.counts));
+        }
+        Some(DELIVERY_COUNT_RUNS_KEY) => {
+            let returned: DeliveryCountRunsRecord = decode(value)?;
+            if returned.firsts.len() != returned.lens.len()
+                || returned.firsts.len() != returned.counts.len()
+            {
+                return Err("delivery-count-runs record with unequal vectors".to_string());
+            }
+            for ((first, len), count) in returned
+                .firsts
+                .into_iter()
+                .zip(returned.lens)
+                .zip(returned.counts)
+            {
+                counts.extend(run_ids(first, len, end).map(|id| (id, count)));
+            }
+        }
+        Some(SETTLE_RUNS_KEY) => {
+            let settled: SettleRunsRecord = decode(value)?;
+            if settled.firsts.len() != settled.lens.len() {
+                return Err("settle-runs record with unequal vectors".to_string());
+            }
+            for (first, len) in settled.firsts.into_iter().zip(settled.lens) {
+                for id in run_ids(first, len, end) {
+                    state.settle(id);
+                }
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "ack-log record with unknown key {:?}",
+                String::from_utf8_lossy(other)
+            ))
+        }
+        None => {
+            let settled: SettleRecord = decode(value)?;
+            for id in settled.ids {
+                state.settle(id);
+            }
+        }
+    }
+    Ok(())
+}
+
 wire_struct! {
     /// The ack-state checkpoint: state covering the ack log below `ack_log_offset`.
     pub struct AckCheckpoint {
@@ -317,6 +439,7 @@ impl QueueStore {
             from = from.max(saved.ack_log_offset);
         }
         let end = self.acks.high_watermark();
+        let messages_end = self.messages.high_watermark();
         while from < end {
             let read = self.acks.read(from, SCAN_READ_BYTES)?;
             if read.bytes.is_empty() {
@@ -331,20 +454,18 @@ impl QueueStore {
                 for record in decoded.records() {
                     let record = record?;
                     let Some(value) = record.value else { continue };
-                    let corrupt = |reason| Error::Corrupt {
+                    replay_ack_record(
+                        record.key.as_deref(),
+                        value,
+                        messages_end,
+                        &mut state,
+                        &mut counts,
+                    )
+                    .map_err(|reason| Error::Corrupt {
                         segment: self.acks.dir().to_path_buf(),
                         position: 0,
                         reason,
-                    };
-                    if record.key.as_deref() == Some(DELIVERY_COUNTS_KEY) {
-                        let returned: DeliveryCountsRecord = decode(value).map_err(corrupt)?;
-                        counts.extend(returned.ids.into_iter().zip(returned.counts));
-                        continue;
-                    }
-                    let settled: SettleRecord = decode(value).map_err(corrupt)?;
-                    for id in settled.ids {
-                        state.settle(id);
-                    }
+                    })?;
                 }
             }
         }
@@ -368,13 +489,9 @@ impl QueueStore {
         if counts.is_empty() {
             return Ok(None);
         }
-        let records = counts
-            .chunks(SETTLE_IDS_MAX)
-            .map(|chunk| DeliveryCountsRecord {
-                ids: chunk.iter().map(|(id, _)| *id).collect(),
-                counts: chunk.iter().map(|(_, count)| *count).collect(),
-            });
-        self.append_ack_records(Some(DELIVERY_COUNTS_KEY), records, now_ms)
+        let runs = runs(counts.iter().copied());
+        let records = runs.chunks(SETTLE_IDS_MAX).map(count_runs_record);
+        self.append_ack_records(Some(DELIVERY_COUNT_RUNS_KEY), records, now_ms)
             .map(Some)
     }
 
@@ -389,16 +506,12 @@ impl QueueStore {
             return Ok(());
         }
         let mut builder = BatchBuilder::new(now_ms);
-        for chunk in counts.chunks(SETTLE_IDS_MAX) {
+        for chunk in runs(counts.iter().copied()).chunks(SETTLE_IDS_MAX) {
             let mut value = BytesMut::new();
-            DeliveryCountsRecord {
-                ids: chunk.iter().map(|(id, _)| *id).collect(),
-                counts: chunk.iter().map(|(_, count)| *count).collect(),
-            }
-            .encode(&mut value);
+            count_runs_record(chunk).encode(&mut value);
             builder.push(&NewRecord {
                 timestamp_ms: now_ms,
-                key: Some(Bytes::from_static(DELIVERY_COUNTS_KEY)),
+                key: Some(Bytes::from_static(DELIVERY_COUNT_RUNS_KEY)),
                 value: Some(value.freeze()),
                 headers: Vec::new(),
             })?;
@@ -451,10 +564,13 @@ impl QueueStore {
         if ids.is_empty() {
             return Ok(None);
         }
-        let records = ids.chunks(SETTLE_IDS_MAX).map(|chunk| SettleRecord {
-            ids: chunk.to_vec(),
+        let runs = runs(ids.iter().map(|id| (*id, ())));
+        let records = runs.chunks(SETTLE_IDS_MAX).map(|chunk| SettleRunsRecord {
+            firsts: chunk.iter().map(|(first, _, ())| *first).collect(),
+            lens: chunk.iter().map(|(_, len, ())| *len).collect(),
         });
-        self.append_ack_records(None, records, now_ms).map(Some)
+        self.append_ack_records(Some(SETTLE_RUNS_KEY), records, now_ms)
+            .map(Some)
     }
 
     /// Marks `ids` settled once their settle record is durable.
@@ -739,6 +855,126 @@ mod tests {
         assert_eq!(stored(first + 1).bytes(), a1.bytes());
         assert_eq!(store.read(second).unwrap().unwrap().offset, second);
         assert!(store.stored(second + 2).unwrap().is_none(), "past the end");
+    }
+
+    #[test]
+    fn ack_log_run_records_have_the_documented_bytes() {
+        // docs/STORAGE.md, "Ack log": pinned here.
+        let mut value = BytesMut::new();
+        SettleRunsRecord {
+            firsts: vec![5, 0x0102],
+            lens: vec![3, 1],
+        }
+        .encode(&mut value);
+        assert_eq!(
+            &value[..],
+            [
+                &[0, 0, 0, 2][..],
+                &[0, 0, 0, 0, 0, 0, 0, 5],
+                &[0, 0, 0, 0, 0, 0, 1, 2],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 3],
+                &[0, 0, 0, 1],
+            ]
+            .concat()
+        );
+        let mut value = BytesMut::new();
+        DeliveryCountRunsRecord {
+            firsts: vec![7],
+            lens: vec![2],
+            counts: vec![4],
+        }
+        .encode(&mut value);
+        assert_eq!(
+            &value[..],
+            [
+                &[0, 0, 0, 1][..],
+                &[0, 0, 0, 0, 0, 0, 0, 7],
+                &[0, 0, 0, 1],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 1],
+                &[0, 0, 0, 4],
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn runs_cover_exactly_the_ids_given_in_their_order() {
+        let ids = [4, 5, 6, 9, 3, 4, 10, 11];
+        let found = runs(ids.iter().map(|id| (*id, ())));
+        assert_eq!(found, [(4, 3, ()), (9, 1, ()), (3, 2, ()), (10, 2, ())]);
+        let counted = runs([(1, 1u32), (2, 1), (3, 2), (4, 2), (6, 2)]);
+        assert_eq!(counted, [(1, 2, 1), (3, 2, 2), (6, 1, 2)]);
+        assert_eq!(run_ids(-3, 5, 100), 0..2, "no negative ids");
+        assert_eq!(run_ids(98, 5, 100), 98..100, "cut at the message log's end");
+        assert_eq!(run_ids(120, 5, 100), 120..120);
+        assert_eq!(
+            run_ids(i64::MAX - 1, u32::MAX, i64::MAX),
+            i64::MAX - 1..i64::MAX
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn runs_expand_to_the_ids_and_values_they_came_from(
+            items in proptest::collection::vec((0i64..40, 0u32..3), 0..60),
+        ) {
+            let expanded: Vec<(i64, u32)> = runs(items.iter().copied())
+                .into_iter()
+                .flat_map(|(first, len, value)| (first..first + i64::from(len)).map(move |id| (id, value)))
+                .collect();
+            proptest::prop_assert_eq!(expanded, items);
+        }
+    }
+
+    #[test]
+    fn ack_logs_written_as_single_ids_by_earlier_brokers_still_replay() {
+        let (env, _fs, _clock) = sim_env(1_000);
+        let dir = Path::new("/data/queues/older");
+        let store = QueueStore::open(dir, config(), env.clone()).unwrap();
+        let first = publish_batch(&store, "m", 6);
+        // What a broker before the run records wrote: a keyless SettleRecord and a
+        // DeliveryCountsRecord, beside the run records this one writes.
+        let old_settle = [SettleRecord {
+            ids: vec![first + 1, first],
+        }];
+        let appended = store.append_ack_records(None, old_settle, 1_000).unwrap();
+        store
+            .wait_settled(appended, Duration::from_secs(10))
+            .unwrap();
+        let old_counts = [DeliveryCountsRecord {
+            ids: vec![first + 3, first + 4],
+            counts: vec![2, 5],
+        }];
+        store
+            .append_ack_records(Some(DELIVERY_COUNTS_KEY), old_counts, 1_000)
+            .unwrap();
+        settle(&store, &[first + 2]);
+        store
+            .record_delivery_counts(&[(first + 4, 6), (first + 5, 6)], 1_000)
+            .unwrap();
+        let appended = store
+            .settle(&[first + 99], 1_000)
+            .unwrap()
+            .expect("appended");
+        store
+            .wait_settled(appended, Duration::from_secs(10))
+            .unwrap();
+        store.close().unwrap();
+        drop(store);
+        let reopened = QueueStore::open(dir, config(), env).unwrap();
+        assert_eq!(unsettled_ids(&reopened), [first + 3, first + 4, first + 5]);
+        assert!(
+            !reopened.ack_state().is_settled(first + 99),
+            "an id past the message log's end settles nothing a later publish gets"
+        );
+        let counts = reopened.take_recovered_counts();
+        let expected: std::collections::HashMap<i64, u32> =
+            [(first + 3, 2), (first + 4, 6), (first + 5, 6)]
+                .into_iter()
+                .collect();
+        assert_eq!(counts, expected);
     }
 
     #[test]
