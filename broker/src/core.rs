@@ -380,12 +380,20 @@ impl Opened {
                 }
             },
         ));
-        tasks.push(every(
-            alarm::CHECK_INTERVAL,
-            shutdown.clone(),
-            broker.clone(),
-            |broker| async move { broker.check_alarms().await },
-        ));
+        tasks.push({
+            // Not `every`: the period shortens as the free space nears its limit.
+            let (broker, mut shutdown) = (broker.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(broker.alarm.next_check_in()) => {
+                            broker.check_alarms().await;
+                        }
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            })
+        });
         tasks.push(every(
             PRODUCER_SNAPSHOT_INTERVAL,
             shutdown,

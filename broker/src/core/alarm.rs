@@ -3,7 +3,8 @@
 //! broker's own memory passes its high watermark (`memory_high_watermark`, a fraction of
 //! the machine's memory, or `memory_high_watermark_bytes`), publishers are held instead of
 //! filling the disk until writes fail or the memory until the kernel kills the process.
-//! A background task samples both every [`CHECK_INTERVAL`]; [`Broker::publish`] waits
+//! A background task samples both every [`CHECK_INTERVAL`], and more often while the free
+//! space is close to the limit ([`Alarms::next_check_in`]); [`Broker::publish`] waits
 //! while an alarm is on, and front ends tell their clients (AMQP `connection.blocked`/
 //! `unblocked`, the native `ConnectionBlocked` push) so they know why their publishes
 //! stall. Consumers go on, so the queues drain.
@@ -27,6 +28,17 @@ use crate::core::Broker;
 
 /// How often the free space and the memory are sampled.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The shortest time between two samples, when the free space is just above the limit.
+pub const CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
+/// The fastest the data directory's file system is assumed to fill (a tmpfs, a fast NVMe
+/// disk): samples are spaced so that a writer this fast cannot use up the space between
+/// the limit and the free space of the last sample before the next one (RabbitMQ's disk
+/// monitor spaces its checks by the same reasoning). A single sample per
+/// [`CHECK_INTERVAL`] let a publisher on a tmpfs fill 96 MB past the limit, to a full
+/// disk, between two samples.
+const FILL_BYTES_PER_SECOND: u64 = 2 << 30;
 
 /// Which alarms are on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,6 +120,20 @@ impl Alarms {
             held: watch::channel(Held::default()).0,
             checking: std::sync::Mutex::new(()),
         }
+    }
+
+    /// How long until the next sample: [`CHECK_INTERVAL`], or less (down to
+    /// [`CHECK_INTERVAL_MIN`]) while the free space above `disk_free_limit_bytes` is what
+    /// [`FILL_BYTES_PER_SECOND`] would use up sooner.
+    pub fn next_check_in(&self) -> Duration {
+        let limit = self.disk_limit_bytes.load(Ordering::Relaxed);
+        let free = self.free_bytes.load(Ordering::Relaxed);
+        if limit == 0 || free < limit {
+            // No disk alarm, or it is on: publishers are held, nothing fills the disk.
+            return CHECK_INTERVAL;
+        }
+        let headroom_ms = (free - limit).saturating_mul(1000) / FILL_BYTES_PER_SECOND;
+        Duration::from_millis(headroom_ms).clamp(CHECK_INTERVAL_MIN, CHECK_INTERVAL)
     }
 
     /// Samples the free space (one `statvfs`) and the memory (one procfs read), both
@@ -237,6 +263,35 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_come_sooner_as_the_free_space_nears_the_limit() {
+        let alarms = Alarms::new(PathBuf::from("/"), 100_000_000, 0);
+        assert_eq!(
+            alarms.next_check_in(),
+            CHECK_INTERVAL,
+            "before the first sample"
+        );
+        let after = |free: u64| {
+            alarms.free_bytes.store(free, Ordering::Relaxed);
+            alarms.next_check_in()
+        };
+        assert_eq!(after(100_000_000_000), CHECK_INTERVAL, "far from the limit");
+        let near = after(100_000_000 + 64 * 1024 * 1024);
+        assert!(
+            near < CHECK_INTERVAL && near > CHECK_INTERVAL_MIN,
+            "64 MiB above the limit: {near:?}"
+        );
+        // What a writer at the assumed fill rate writes before the next sample is less
+        // than the headroom.
+        let written = FILL_BYTES_PER_SECOND as f64 * near.as_secs_f64();
+        assert!(written <= (64 * 1024 * 1024) as f64, "{written}");
+        assert_eq!(after(100_000_001), CHECK_INTERVAL_MIN, "just above");
+        assert_eq!(after(99_000_000), CHECK_INTERVAL, "the alarm is on");
+        let off = Alarms::new(PathBuf::from("/"), 0, 0);
+        off.free_bytes.store(1, Ordering::Relaxed);
+        assert_eq!(off.next_check_in(), CHECK_INTERVAL, "no disk alarm");
+    }
 
     #[test]
     fn the_reason_names_each_alarm_that_is_on_in_rabbitmq_words() {
