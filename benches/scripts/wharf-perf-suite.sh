@@ -10,7 +10,8 @@
 # Env: BIN (dir with release wharfd and wharf; default $CARGO_TARGET_DIR/release or
 # target/release), DATA (default /tmp/wharf-perf-data), PORT (7499), SIZES, REPS, N
 # (1,000,000 per throughput run), MAX_SECS (15), RATE (5000), LAT_SECS (10), QUEUE_N
-# (200,000), WORKLOADS (default "produce consume e2e e2e-leader queue").
+# (200,000), PREFETCH (queue consumer's window, 1,000: as the peers are measured),
+# WORKLOADS (default "produce consume e2e e2e-leader queue").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
@@ -24,6 +25,7 @@ RATE=${RATE:-5000}
 LAT_SECS=${LAT_SECS:-10}
 QUEUE_N=${QUEUE_N:-200000}
 WORKLOADS=${WORKLOADS:-"produce consume e2e e2e-leader queue"}
+PREFETCH=${PREFETCH:-1000}
 ADDR=127.0.0.1:$PORT
 BROKER_PID=
 
@@ -84,7 +86,8 @@ for size in $SIZES; do
           ;;
         queue)
           start
-          run queue "$size" "$rep" queue --queue q --messages "$QUEUE_N" --size "$size" --confirm
+          run queue "$size" "$rep" queue --queue q --messages "$QUEUE_N" --size "$size" --confirm \
+            --prefetch "$PREFETCH"
           stop
           ;;
       esac
