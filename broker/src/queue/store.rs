@@ -83,6 +83,28 @@ wire_struct! {
     }
 }
 
+/// One ack-log batch: a record with key `key` per value.
+fn ack_batch<T: Wire>(
+    key: Option<&'static [u8]>,
+    values: impl IntoIterator<Item = T>,
+    now_ms: i64,
+) -> Result<BytesMut> {
+    let mut builder = BatchBuilder::new(now_ms);
+    for record in values {
+        let mut value = BytesMut::new();
+        record.encode(&mut value);
+        builder.push(&NewRecord {
+            timestamp_ms: now_ms,
+            key: key.map(Bytes::from_static),
+            value: Some(value.freeze()),
+            headers: Vec::new(),
+        })?;
+    }
+    let mut bytes = BytesMut::new();
+    builder.build_into(&mut bytes);
+    Ok(bytes)
+}
+
 /// The record of delivery-count runs.
 fn count_runs_record(runs: &[(i64, u32, u32)]) -> DeliveryCountRunsRecord {
     DeliveryCountRunsRecord {
@@ -505,19 +527,9 @@ impl QueueStore {
         if counts.is_empty() {
             return Ok(());
         }
-        let mut builder = BatchBuilder::new(now_ms);
-        for chunk in runs(counts.iter().copied()).chunks(SETTLE_IDS_MAX) {
-            let mut value = BytesMut::new();
-            count_runs_record(chunk).encode(&mut value);
-            builder.push(&NewRecord {
-                timestamp_ms: now_ms,
-                key: Some(Bytes::from_static(DELIVERY_COUNT_RUNS_KEY)),
-                value: Some(value.freeze()),
-                headers: Vec::new(),
-            })?;
-        }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
+        let runs = runs(counts.iter().copied());
+        let records = runs.chunks(SETTLE_IDS_MAX).map(count_runs_record);
+        let mut bytes = ack_batch(Some(DELIVERY_COUNT_RUNS_KEY), records, now_ms)?;
         crate::append::append_without_fsync(&self.acks, &mut bytes).map(|_| ())
     }
 
@@ -528,19 +540,7 @@ impl QueueStore {
         values: impl IntoIterator<Item = T>,
         now_ms: i64,
     ) -> Result<Appended> {
-        let mut builder = BatchBuilder::new(now_ms);
-        for record in values {
-            let mut value = BytesMut::new();
-            record.encode(&mut value);
-            builder.push(&NewRecord {
-                timestamp_ms: now_ms,
-                key: key.map(Bytes::from_static),
-                value: Some(value.freeze()),
-                headers: Vec::new(),
-            })?;
-        }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
+        let mut bytes = ack_batch(key, values, now_ms)?;
         crate::append::append(&self.acks, &mut bytes).map(|receipt| receipt.appended())
     }
 
