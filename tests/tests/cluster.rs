@@ -12,8 +12,34 @@ use std::time::{Duration, Instant};
 use integration_tests::{wharf, wharfd_path, BrokerProcess};
 use serde_json::Value;
 
-/// A free port on 127.0.0.1 (bound then released: the node binds it again at once).
+/// Ports handed out by [`free_port`] so far in this process.
+static PORTS_HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A free port on 127.0.0.1 for a node's cluster listener (bound then released: the node
+/// binds it again at once), taken below the kernel's ephemeral port range. A port the
+/// kernel hands out for `bind(0)` comes from that range, where any outgoing connection of
+/// the tests running beside this one may take it as its local port before the node binds
+/// it (a CI run failed so: "cannot bind the cluster listener ... Address already in use").
+/// Below the range only an explicit bind takes a port; successive calls probe different
+/// ports, so the tests of this file do not pick the same one.
 fn free_port() -> u16 {
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span >= 1_000 {
+        let seed = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span {
+            let next = PORTS_HANDED_OUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = LOWEST + seed.wrapping_add(next) % span;
+            let port = u16::try_from(port).expect("below the ephemeral range");
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
