@@ -109,8 +109,9 @@ pub struct Histogram {
 /// A point-in-time copy of a [`Histogram`], in the rendered unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSample {
-    /// `(upper bound, cumulative count)` per bucket, in increasing bound order (without the
-    /// `+Inf` bucket, which is `count`).
+    /// `(upper bound, count)` per bucket, in increasing bound order: the observations above
+    /// the bucket before and at most this bound, not cumulative (the Prometheus encoder
+    /// sums them into `le` buckets). The last is `(f64::INFINITY, those above every bound)`.
     pub buckets: Vec<(f64, u64)>,
     /// Observations.
     pub count: u64,
@@ -148,16 +149,19 @@ impl Histogram {
     }
 
     /// The histogram now. Concurrent observations may land between the reads of two
-    /// buckets; each bucket and the count are still each monotonic, and the count is made
-    /// at least the last cumulative bucket so the sample is self-consistent.
+    /// buckets; each bucket is still monotonic, and the count is the buckets' sum so the
+    /// sample is self-consistent.
     pub fn sample(&self) -> HistogramSample {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(HISTOGRAM_BUCKETS);
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((*bound as f64 * self.scale, cumulative));
-        }
-        let count = cumulative + self.counts[HISTOGRAM_BUCKETS].load(Ordering::Relaxed);
+        let bounds = self
+            .bounds
+            .iter()
+            .map(|bound| *bound as f64 * self.scale)
+            .chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
         HistogramSample {
             buckets,
             count,
@@ -540,7 +544,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_count_values_above_every_bound() {
+    fn histogram_buckets_count_each_range_once_and_values_above_every_bound() {
         let histogram = Histogram::new(&COUNT_BOUNDS, 1.0);
         histogram.observe(1);
         histogram.observe(3);
@@ -550,9 +554,10 @@ mod tests {
         assert_eq!(sample.count, 4);
         assert_eq!(sample.sum, 1_000_007.0);
         assert_eq!(sample.buckets[0], (1.0, 1));
-        assert_eq!(sample.buckets[1], (2.0, 1));
-        assert_eq!(sample.buckets[2], (4.0, 3));
-        assert_eq!(sample.buckets[HISTOGRAM_BUCKETS - 1], (65536.0, 3));
+        assert_eq!(sample.buckets[1], (2.0, 0));
+        assert_eq!(sample.buckets[2], (4.0, 2));
+        assert_eq!(sample.buckets[HISTOGRAM_BUCKETS - 1], (65536.0, 0));
+        assert_eq!(sample.buckets[HISTOGRAM_BUCKETS], (f64::INFINITY, 1));
     }
 
     #[test]
@@ -594,6 +599,7 @@ mod tests {
             0,
             "9 s is above 2.5 s"
         );
+        assert_eq!(last.latency.buckets[HISTOGRAM_BUCKETS].1, 1);
         assert_eq!(last.errors, vec![(127, 1)]);
     }
 

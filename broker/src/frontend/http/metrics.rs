@@ -788,6 +788,42 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_render_cumulative_once() {
+        // Two observations up to 1 ms, one up to 10 ms, one above every bound: each `le`
+        // bucket counts what is at most its bound, and `+Inf` is the count.
+        let sample = HistogramSample {
+            buckets: vec![(0.001, 2), (0.01, 1), (f64::INFINITY, 1)],
+            count: 4,
+            sum: 9.0,
+        };
+        let scrape = Scrape {
+            observed: None,
+            listeners: Vec::new(),
+            histograms: vec![("wharf_test_seconds", "help", sample)],
+            process: ProcessSample {
+                resident_bytes: None,
+                open_fds: None,
+            },
+            recovery_seconds: None,
+        };
+        let text = render(scrape).expect("renders");
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("wharf_test_seconds_bucket"))
+            .collect();
+        assert_eq!(
+            buckets,
+            vec![
+                "wharf_test_seconds_bucket{le=\"0.001\"} 2",
+                "wharf_test_seconds_bucket{le=\"0.01\"} 3",
+                "wharf_test_seconds_bucket{le=\"+Inf\"} 4",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("wharf_test_seconds_count 4"), "{text}");
+    }
+
+    #[test]
     fn a_scrape_without_the_core_renders_listeners_and_histograms() {
         let scrape = Scrape {
             observed: None,
