@@ -95,8 +95,8 @@ pub use observe_ops::{
     PARTITION_SERIES_MAX, QUEUE_SERIES_MAX,
 };
 pub use queue_ops::{
-    Mandatory, PublishCompletion, PublishOutcome, PublishQuery, Settle, SettleCompletion,
-    SettleQuery, SubscribeQuery,
+    BatchCompletion, Mandatory, PublishCompletion, PublishOutcome, PublishQuery, PublishedBatch,
+    Settle, SettleCompletion, SettleQuery, SubscribeQuery,
 };
 pub use quota::QuotaKind;
 pub use stream_ops::ProduceCompletion;

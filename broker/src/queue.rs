@@ -68,7 +68,7 @@ pub use delay::DELAY_HEADER;
 pub use delivery::{
     AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue, SharedPrefetch,
 };
-pub use manager::{QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
+pub use manager::{BatchTicket, QueueManager, NAME_BYTES_MAX, PREFETCH_MAX};
 pub use task::GET_BYTES_MAX;
 pub use types::{
     AckTicket, BindingInfo, ConsumerEvent, ConsumerOptions, ConsumerPush, DeleteConditions,

@@ -1012,12 +1012,13 @@ fn body_prefix(delivered: &Delivered) -> String {
 
 /// Publishes `messages` together (stored as one batch per queue) and waits for every confirm.
 async fn publish_confirmed(manager: &QueueManager, messages: Vec<(String, Message)>) {
-    for ticket in manager.publish_enqueue_many(messages).await {
-        ticket
-            .expect("routed")
-            .confirmed()
-            .await
-            .expect("confirmed");
+    let outcomes = manager
+        .publish_enqueue_many(messages)
+        .await
+        .confirmed()
+        .await;
+    for outcome in outcomes {
+        outcome.expect("confirmed");
     }
 }
 
@@ -1068,15 +1069,35 @@ async fn a_batch_routes_each_message_as_it_would_be_routed_alone() {
         ("nowhere".to_string(), message("a", "10")),
         (String::new(), message("a", "11")),
     ];
-    let tickets = manager.publish_enqueue_many(batch).await;
-    assert_eq!(tickets.len(), 11);
-    for (index, ticket) in tickets.into_iter().enumerate() {
-        match (index, ticket) {
-            (9, Err(QueueError::UnknownExchange(name))) => assert_eq!(name, "nowhere"),
+    let ticket = manager.publish_enqueue_many(batch).await;
+    for index in 0..11 {
+        match (index, ticket.refusal(index)) {
+            (9, Some(QueueError::UnknownExchange(name))) => assert_eq!(name, "nowhere"),
             (9, other) => panic!("the unknown exchange's message: {other:?}"),
-            (_, Ok(ticket)) => {
-                ticket.confirmed().await.expect("confirmed");
-            }
+            (_, None) => {}
+            (index, Some(error)) => panic!("message {index}: {error}"),
+        }
+    }
+    let outcomes = ticket.confirmed().await;
+    assert_eq!(outcomes.len(), 11);
+    // Each message's queues, as one publish of it would name them.
+    let routed = |names: &[&str]| Published::Routed(names.iter().map(|n| n.to_string()).collect());
+    let wanted = [
+        routed(&["a"]),
+        routed(&["a"]),
+        routed(&["b"]),
+        routed(&["b", "c"]),
+        routed(&["b", "c"]),
+        Published::Unroutable,
+        routed(&["c"]),
+        Published::Unroutable,
+        routed(&["c"]),
+    ];
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        match (index, outcome) {
+            (9, Err(QueueError::UnknownExchange(name))) => assert_eq!(name, "nowhere"),
+            (10, Ok(published)) => assert_eq!(published, routed(&["a"])),
+            (index, Ok(published)) => assert_eq!(published, wanted[index], "message {index}"),
             (index, Err(error)) => panic!("message {index}: {error}"),
         }
     }
@@ -1100,4 +1121,87 @@ async fn a_batch_routes_each_message_as_it_would_be_routed_alone() {
             "queue {queue} got nothing more: {stats:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_to_a_queue_that_refuses_past_its_length_answers_each_message() {
+    // Goal: a batch shares one reply per queue, yet a queue with `reject-publish` still
+    // decides each message on its own. Method: max-length 2, a batch of four to it (and
+    // one to a plain queue between them); the first two are stored, the last two refused
+    // as full, the plain queue's message stored.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    let strict = args_from_pairs([("max-length", "2"), ("overflow", "reject-publish")]).unwrap();
+    manager
+        .declare_queue("strict", strict, Durability::Durable)
+        .expect("declare strict");
+    manager
+        .declare_queue("plain", QueueArgs::default(), Durability::Durable)
+        .expect("declare plain");
+    let batch = vec![
+        (String::new(), message("strict", "1")),
+        (String::new(), message("strict", "2")),
+        (String::new(), message("plain", "p")),
+        (String::new(), message("strict", "3")),
+        (String::new(), message("strict", "4")),
+    ];
+    let outcomes = manager.publish_enqueue_many(batch).await.confirmed().await;
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(Published::Routed(names)) => names.join(","),
+            Ok(Published::Unroutable) => "unroutable".to_string(),
+            Err(QueueError::QueueFull { queue, .. }) => format!("full:{queue}"),
+            Err(error) => format!("error:{error}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        ["strict", "strict", "plain", "full:strict", "full:strict"]
+    );
+    let (_, got) = take(&manager, "strict", 2).await;
+    let bodies: Vec<String> = got.iter().map(body).collect();
+    assert_eq!(bodies, ["1", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_run_is_stored_in_several_and_confirmed_in_order() {
+    // Goal: a batch holding more bytes than one stored run may is cut into runs (one reply
+    // each), and every message's outcome still lines up with it. Method: twelve 1 MiB
+    // messages (more than one 8 MiB run) with a small one to another queue between each;
+    // every outcome names its queue, and both queues hold their messages in order.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = QueueManager::open(dir.path(), env()).expect("open");
+    for queue in ["big", "small"] {
+        manager
+            .declare_queue(queue, QueueArgs::default(), Durability::Durable)
+            .expect("declare");
+    }
+    let mut batch = Vec::new();
+    for index in 0..12 {
+        let mut big = message("big", &format!("{index:02}"));
+        let mut body = big.body.to_vec();
+        body.resize(1024 * 1024, b'.');
+        big.body = bytes::Bytes::from(body);
+        batch.push((String::new(), big));
+        batch.push((String::new(), message("small", &format!("{index:02}"))));
+    }
+    let outcomes = manager.publish_enqueue_many(batch).await.confirmed().await;
+    assert_eq!(outcomes.len(), 24);
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let queue = if index % 2 == 0 { "big" } else { "small" };
+        assert_eq!(
+            outcome.expect("confirmed"),
+            Published::Routed(vec![queue.to_string()]),
+            "message {index}"
+        );
+    }
+    let (_, small) = take(&manager, "small", 12).await;
+    let bodies: Vec<String> = small.iter().map(body).collect();
+    let wanted: Vec<String> = (0..12).map(|index| format!("{index:02}")).collect();
+    assert_eq!(bodies, wanted);
+    let (_, big) = take(&manager, "big", 12).await;
+    let prefixes: Vec<String> = big.iter().map(body_prefix).collect();
+    let wanted: Vec<String> = (0..12).map(|index| format!("{index:02}.")).collect();
+    assert_eq!(prefixes, wanted);
 }

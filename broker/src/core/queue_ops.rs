@@ -21,8 +21,8 @@ use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
     args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerId, ConsumerOptions,
     DeleteConditions, Deliveries, DeliveryTag, Durability, GetMode, GotMessage, Message, Moved,
-    PublishTicket, Published, QueueError, QueueStats, Requeue, SharedPrefetch, EXCHANGE_HEADER,
-    GET_BYTES_MAX,
+    PublishTicket, Published, QueueError, QueueManager, QueueStats, Requeue, SharedPrefetch,
+    EXCHANGE_HEADER, GET_BYTES_MAX,
 };
 
 /// A publish.
@@ -104,6 +104,27 @@ pub enum Settle {
 /// The confirm of a publish, awaited after the ordered phase.
 pub type PublishCompletion =
     Pin<Box<dyn Future<Output = Result<PublishOutcome, QueueError>> + Send>>;
+/// The confirms of a batch of publishes, awaited after the ordered phase: per publish, in
+/// order, what its [`PublishCompletion`] would give.
+pub type BatchCompletion =
+    Pin<Box<dyn Future<Output = Vec<Result<PublishOutcome, QueueError>>> + Send>>;
+
+/// A batch of publishes after the ordered phase ([`Broker::publish_batch`]).
+pub struct PublishedBatch {
+    /// Per publish, in order: why it was refused before it reached a queue, if it was.
+    pub refused: Vec<Option<QueueError>>,
+    /// Every publish's outcome, the refused ones' refusals included.
+    pub completion: BatchCompletion,
+}
+
+impl std::fmt::Debug for PublishedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedBatch")
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The durability of a settlement, awaited after the ordered phase.
 pub type SettleCompletion = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>;
 
@@ -581,12 +602,12 @@ impl Broker {
 
     /// The ordered phase of many publishes at once: each is handled exactly as
     /// [`Broker::publish`] handles it, in order, with one look at the routing table for
-    /// all; each gets its own completion (or error).
+    /// all; their confirms come back together, one reply per queue for the batch.
     pub async fn publish_batch(
         &self,
         caller: &Session,
         queries: Vec<PublishQuery>,
-    ) -> Vec<Result<PublishCompletion, QueueError>> {
+    ) -> PublishedBatch {
         let refusals: Vec<Result<(), QueueError>> = queries
             .iter()
             .map(|query| self.check_publish(caller, query))
@@ -594,42 +615,68 @@ impl Broker {
         if refusals.iter().any(Result::is_err) {
             // A batch with a refused publish is handled one by one, so the others keep
             // their order and each refusal its place.
-            let mut outcomes = Vec::with_capacity(queries.len());
+            let mut started = Vec::with_capacity(queries.len());
             for (query, refusal) in queries.into_iter().zip(refusals) {
-                outcomes.push(match refusal {
+                started.push(match refusal {
                     Ok(()) => self.publish(caller, query).await,
                     Err(error) => Err(error),
                 });
             }
-            return outcomes;
+            let refused = started
+                .iter()
+                .map(|started| started.as_ref().err().cloned())
+                .collect();
+            return PublishedBatch {
+                refused,
+                completion: Box::pin(async move {
+                    let mut outcomes = Vec::with_capacity(started.len());
+                    for started in started {
+                        outcomes.push(match started {
+                            Ok(completion) => completion.await,
+                            Err(error) => Err(error),
+                        });
+                    }
+                    outcomes
+                }),
+            };
         }
         let bytes: usize = queries.iter().map(|query| query.body.len()).sum();
         self.charge_quota(caller, super::QuotaKind::Produce, bytes as u64);
         self.alarms_cleared().await;
         let mandatory: Vec<Mandatory> = queries.iter().map(|query| query.mandatory).collect();
-        let tickets = self
+        let ticket = self
             .queues
             .publish_enqueue_many(queries.into_iter().map(publish_message).collect())
             .await;
-        tickets
-            .into_iter()
-            .zip(mandatory)
-            .map(|(ticket, mandatory)| Ok(self.publish_completion(ticket?, mandatory)))
-            .collect()
+        let refused = (0..mandatory.len())
+            .map(|index| ticket.refusal(index).cloned())
+            .collect();
+        let queues = self.queues.clone();
+        PublishedBatch {
+            refused,
+            completion: Box::pin(async move {
+                ticket
+                    .confirmed()
+                    .await
+                    .into_iter()
+                    .zip(mandatory)
+                    .map(|(published, mandatory)| {
+                        Ok(publish_outcome(&queues, published?, mandatory))
+                    })
+                    .collect()
+            }),
+        }
     }
 
     /// What remains of a publish handed to its queues: its confirm, or what became of it.
     fn publish_completion(&self, ticket: PublishTicket, mandatory: Mandatory) -> PublishCompletion {
         let queues = self.queues.clone();
         Box::pin(async move {
-            Ok(match ticket.confirmed().await? {
-                Published::Routed(names) => PublishOutcome::Routed(names),
-                Published::Unroutable if mandatory == Mandatory::Return => PublishOutcome::Returned,
-                Published::Unroutable => {
-                    queues.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-                    PublishOutcome::Dropped
-                }
-            })
+            Ok(publish_outcome(
+                &queues,
+                ticket.confirmed().await?,
+                mandatory,
+            ))
         })
     }
 
@@ -844,4 +891,21 @@ fn publish_message(query: PublishQuery) -> (String, Message) {
             .collect(),
     };
     (query.exchange, message)
+}
+
+/// What a confirmed publish became: stored, or (unroutable) returned or dropped and
+/// counted.
+fn publish_outcome(
+    queues: &QueueManager,
+    published: Published,
+    mandatory: Mandatory,
+) -> PublishOutcome {
+    match published {
+        Published::Routed(names) => PublishOutcome::Routed(names),
+        Published::Unroutable if mandatory == Mandatory::Return => PublishOutcome::Returned,
+        Published::Unroutable => {
+            queues.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            PublishOutcome::Dropped
+        }
+    }
 }

@@ -188,6 +188,8 @@ pub(crate) enum Later {
     /// as RabbitMQ does, so a pipelining publisher reads one frame per round, not one per
     /// message.
     Ack { channel: u16, delivery_tag: u64 },
+    /// The answers of a batch of publishes, in order (frames and confirms, never `Many`).
+    Many(Vec<Later>),
 }
 
 /// A run of consecutive confirms on one channel, not yet sent.
@@ -571,22 +573,37 @@ async fn sequence_output(mut out: mpsc::Receiver<Output>, push: mpsc::Sender<Byt
                         later.await
                     }
                 };
-                match value {
-                    None => None,
-                    Some(Later::Frames(frames)) => Some(frames),
-                    Some(Later::Ack {
-                        channel,
-                        delivery_tag,
-                    }) => {
-                        if !acks.extend(channel, delivery_tag) {
-                            if !send_acks(&mut acks, &push).await {
-                                return;
-                            }
-                            acks.extend(channel, delivery_tag);
+                let mut frames = None;
+                let laters = match value {
+                    None => Vec::new(),
+                    Some(Later::Many(laters)) => laters,
+                    Some(later) => vec![later],
+                };
+                for later in laters {
+                    // Frames wait behind the confirms before them; only the last frames
+                    // of the batch are left for the write below.
+                    if let Some(earlier) = frames.take() {
+                        if !send_acks(&mut acks, &push).await || push.send(earlier).await.is_err() {
+                            return;
                         }
-                        None
+                    }
+                    match later {
+                        Later::Frames(out) => frames = Some(out),
+                        Later::Ack {
+                            channel,
+                            delivery_tag,
+                        } => {
+                            if !acks.extend(channel, delivery_tag) {
+                                if !send_acks(&mut acks, &push).await {
+                                    return;
+                                }
+                                acks.extend(channel, delivery_tag);
+                            }
+                        }
+                        Later::Many(_) => {}
                     }
                 }
+                frames
             }
             Output::Signal(signal) => {
                 if !send_acks(&mut acks, &push).await {

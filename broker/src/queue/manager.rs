@@ -43,7 +43,10 @@ use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
 use crate::queue::remote::{self, Origins, PulledConsumers, QueueCluster};
 use crate::queue::store::QueueStore;
-use crate::queue::task::{Command, Control, MoveRound, PendingPublish, QueueTask, GET_BYTES_MAX};
+use crate::queue::task::{
+    message_bytes, Command, Control, MoveRound, Outcomes, QueueTask, GET_BYTES_MAX,
+    PUBLISH_RUN_BYTES_MAX,
+};
 use crate::queue::types::{
     AckTicket, BindingInfo, ConsumerOptions, DeleteConditions, Deliveries, Durability, GotMessage,
     Message, Moved, PublishTicket, Published, QueueArgs, QueueError, QueueStats, SessionId,
@@ -685,12 +688,10 @@ impl QueueManager {
 
     /// Routes many messages under one look at the routing table and hands each to its
     /// queues, in order: each message is handled exactly as [`QueueManager::publish_enqueue`]
-    /// handles it, and gets its own ticket (or error). Messages to one queue wait in its
-    /// command channel together, so its task stores them as one run.
-    pub async fn publish_enqueue_many(
-        &self,
-        messages: Vec<(String, Message)>,
-    ) -> Vec<Result<PublishTicket, QueueError>> {
+    /// handles it. Messages to one queue go to its task as one command with one reply
+    /// (several when they are more bytes than one run holds), so its task stores them as
+    /// one run and answers them together; the ticket resolves to each message's outcome.
+    pub async fn publish_enqueue_many(&self, messages: Vec<(String, Message)>) -> BatchTicket {
         let now = self.clock.now_ms();
         // Each message with the index of its route in `routes`. A message that routes as the
         // one before it (same exchange, routing key and headers: all that routing reads)
@@ -727,53 +728,52 @@ impl QueueManager {
                 }
             }
         }
-        // One command per queue for the whole batch (each message keeps its own confirm):
-        // each route's queues as places in `per_queue`.
-        let mut per_queue: Vec<(Target, Vec<PendingPublish>)> = Vec::new();
-        let mut slots: HashMap<String, usize> = HashMap::new();
-        let route_slots: Vec<Vec<usize>> = routes
+        // Each route's queues as places in `queues`.
+        let mut queues: Vec<QueueRuns> = Vec::new();
+        let mut places: HashMap<String, usize> = HashMap::new();
+        let route_places: Vec<Vec<usize>> = routes
             .into_iter()
             .map(|targets| {
                 self.redirect_all(targets)
                     .into_iter()
-                    .map(|(name, sender)| match slots.get(&name) {
-                        Some(slot) => *slot,
+                    .map(|(name, sender)| match places.get(&name) {
+                        Some(place) => *place,
                         None => {
-                            per_queue.push(((name.clone(), sender), Vec::new()));
-                            slots.insert(name, per_queue.len() - 1);
-                            per_queue.len() - 1
+                            places.insert(name.clone(), queues.len());
+                            queues.push(QueueRuns::new(name, sender));
+                            queues.len() - 1
                         }
                     })
                     .collect()
             })
             .collect();
-        let mut tickets = Vec::with_capacity(routed.len());
+        let mut fates = Vec::with_capacity(routed.len());
         for routed in routed {
             let (message, route) = match routed {
                 Ok(routed) => routed,
                 Err(error) => {
-                    tickets.push(Err(error));
+                    fates.push(Err(error));
                     continue;
                 }
             };
-            let queues = &route_slots[route];
-            let mut confirmations = Vec::with_capacity(queues.len());
+            let places = &route_places[route];
             // A message routed to one queue moves there instead of being copied.
-            let mut copies = std::iter::repeat_n(message, queues.len());
-            for &slot in queues {
+            let mut copies = std::iter::repeat_n(message, places.len());
+            for &place in places {
                 let Some(copy) = copies.next() else { break };
-                let (reply, confirmed) = oneshot::channel();
-                let ((name, _), pending) = &mut per_queue[slot];
-                pending.push((vec![copy], reply));
-                confirmations.push((name.clone(), confirmed));
+                queues[place].add(copy);
             }
-            tickets.push(Ok(PublishTicket::new(confirmations)));
+            fates.push(Ok(route));
         }
-        for ((_, sender), many) in per_queue {
-            // A queue deleted meanwhile drops the command: its confirms answer `Gone`.
-            let _ = sender.send(Command::PublishMany(many)).await;
+        let mut runs = Vec::with_capacity(queues.len());
+        for queue in queues {
+            runs.push(queue.send().await);
         }
-        tickets
+        BatchTicket {
+            fates,
+            routes: route_places,
+            queues: runs,
+        }
     }
 
     /// Where `queue`'s commands go: its task, or the proxy to the node that leads it.
@@ -1789,6 +1789,151 @@ fn check_name(name: &str) -> Result<(), QueueError> {
 
 /// A queue a message is routed to, with its task's command channel.
 type Target = (String, mpsc::Sender<Command>);
+
+/// The messages of one batch bound for one queue, cut into runs of at most
+/// [`PUBLISH_RUN_BYTES_MAX`] bytes: one command and one reply per run.
+struct QueueRuns {
+    name: String,
+    sender: mpsc::Sender<Command>,
+    /// Runs cut so far, each with its message count.
+    runs: Vec<(Vec<Message>, usize)>,
+    bytes: usize,
+}
+
+impl QueueRuns {
+    fn new(name: String, sender: mpsc::Sender<Command>) -> QueueRuns {
+        QueueRuns {
+            name,
+            sender,
+            runs: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, message: Message) {
+        let bytes = message_bytes(&message);
+        match self.runs.last_mut() {
+            Some((messages, count)) if self.bytes + bytes <= PUBLISH_RUN_BYTES_MAX => {
+                messages.push(message);
+                *count += 1;
+                self.bytes += bytes;
+            }
+            _ => {
+                self.runs.push((vec![message], 1));
+                self.bytes = bytes;
+            }
+        }
+    }
+
+    /// Hands each run to the queue (a queue deleted meanwhile drops the command: its
+    /// reply answers `Gone`).
+    async fn send(self) -> QueueReplies {
+        let mut replies = Vec::with_capacity(self.runs.len());
+        for (messages, count) in self.runs {
+            let (reply, answer) = oneshot::channel();
+            let _ = self
+                .sender
+                .send(Command::PublishMany(messages, reply))
+                .await;
+            replies.push((answer, count));
+        }
+        QueueReplies {
+            name: self.name,
+            replies,
+        }
+    }
+}
+
+/// The replies one queue owes a batch, one per run in order, each with its message count.
+#[derive(Debug)]
+struct QueueReplies {
+    name: String,
+    replies: Vec<(oneshot::Receiver<Outcomes>, usize)>,
+}
+
+/// A batch of publishes handed to their queues, not yet confirmed
+/// ([`QueueManager::publish_enqueue_many`]).
+#[derive(Debug)]
+pub struct BatchTicket {
+    /// Per message, in order: its route (an index into `routes`), or why it was refused.
+    fates: Vec<Result<usize, QueueError>>,
+    /// Per route, its queues as indexes into `queues`.
+    routes: Vec<Vec<usize>>,
+    queues: Vec<QueueReplies>,
+}
+
+impl BatchTicket {
+    /// Whether message `index` was refused before it reached a queue, and why.
+    pub fn refusal(&self, index: usize) -> Option<&QueueError> {
+        self.fates.get(index).and_then(|fate| fate.as_ref().err())
+    }
+
+    /// Waits until every message is durable in every queue it routed to (or failed): per
+    /// message, in order, what [`PublishTicket::confirmed`] gives for one.
+    pub async fn confirmed(self) -> Vec<Result<Published, QueueError>> {
+        // Per queue, the outcomes of its runs in order.
+        let mut outcomes: Vec<(String, Vec<(Outcomes, usize)>)> =
+            Vec::with_capacity(self.queues.len());
+        for queue in self.queues {
+            let mut runs = Vec::with_capacity(queue.replies.len());
+            for (answer, count) in queue.replies {
+                let outcome = answer
+                    .await
+                    .unwrap_or_else(|_| Outcomes::All(Err(QueueError::Gone(queue.name.clone()))));
+                runs.push((outcome, count));
+            }
+            outcomes.push((queue.name, runs));
+        }
+        // Each queue's messages are its runs' messages in order: a cursor per queue (run,
+        // place in the run) walks them as the batch's messages are walked.
+        let mut cursors = vec![(0usize, 0usize); outcomes.len()];
+        let mut results = Vec::with_capacity(self.fates.len());
+        for fate in self.fates {
+            let route = match fate {
+                Ok(route) => &self.routes[route],
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            };
+            if route.is_empty() {
+                results.push(Ok(Published::Unroutable));
+                continue;
+            }
+            let mut names = Vec::with_capacity(route.len());
+            let mut failed = None;
+            for &queue in route {
+                let (name, runs) = &outcomes[queue];
+                let (run, place) = &mut cursors[queue];
+                let outcome = match runs.get(*run) {
+                    Some((outcomes, count)) => {
+                        let outcome = outcomes.get(*place, name);
+                        *place += 1;
+                        if *place == *count {
+                            *run += 1;
+                            *place = 0;
+                        }
+                        outcome
+                    }
+                    None => Err(QueueError::Gone(name.clone())),
+                };
+                match outcome {
+                    Ok(()) => names.push(name.clone()),
+                    Err(error) => {
+                        // The first queue's error, as for one publish; the cursors of
+                        // the other queues still move past this message.
+                        failed.get_or_insert(error);
+                    }
+                }
+            }
+            results.push(match failed {
+                Some(error) => Err(error),
+                None => Ok(Published::Routed(names)),
+            });
+        }
+        results
+    }
+}
 
 /// The queues `message` published to `exchange` goes to, with their task channels, as the
 /// registry holds them now.

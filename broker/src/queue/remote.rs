@@ -46,7 +46,7 @@ use wharf_protocol::batch::{Header, Record};
 
 use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, GetMode, Requeue};
 use crate::queue::manager::{QueueManager, GET_COUNT_MAX};
-use crate::queue::task::{Command, Control, PendingPublish, GET_BYTES_MAX};
+use crate::queue::task::{Command, Control, Outcomes, PendingPublish, PublishReply, GET_BYTES_MAX};
 use crate::queue::types::{
     ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Deliveries, GotMessage, Message,
     Precondition, QueueError, QueueStats,
@@ -538,10 +538,12 @@ async fn proxy(link: Link, mut commands: mpsc::Receiver<Command>) {
         };
         match command {
             Command::Publish(messages, confirm) => {
-                next = forward_publishes(&link, vec![(messages, confirm)], &mut commands).await;
+                let pending = vec![(messages, PublishReply::One(confirm))];
+                next = forward_publishes(&link, pending, &mut commands).await;
             }
-            Command::PublishMany(many) => {
-                next = forward_publishes(&link, many, &mut commands).await;
+            Command::PublishMany(messages, reply) => {
+                let pending = vec![(messages, PublishReply::Many(reply))];
+                next = forward_publishes(&link, pending, &mut commands).await;
             }
             Command::Ack(consumer, tag, scope, confirm) => {
                 let op = RemoteOp::Ack {
@@ -571,7 +573,9 @@ async fn proxy(link: Link, mut commands: mpsc::Receiver<Command>) {
 }
 
 /// Sends `pending` and the publishes waiting behind them as one request; answers each
-/// confirm. Returns the command that ended the run of publishes, if any.
+/// confirm. Returns the command that ended the run of publishes, if any. A
+/// [`Command::PublishMany`]'s messages travel as publishes of their own, each with its own
+/// outcome, as the queue's task would answer them.
 async fn forward_publishes(
     link: &Link,
     mut pending: Vec<PendingPublish>,
@@ -587,8 +591,12 @@ async fn forward_publishes(
     let mut next = None;
     while body_bytes(&pending) < PUBLISH_BYTES_MAX {
         match commands.try_recv() {
-            Ok(Command::Publish(messages, confirm)) => pending.push((messages, confirm)),
-            Ok(Command::PublishMany(many)) => pending.extend(many),
+            Ok(Command::Publish(messages, confirm)) => {
+                pending.push((messages, PublishReply::One(confirm)));
+            }
+            Ok(Command::PublishMany(messages, reply)) => {
+                pending.push((messages, PublishReply::Many(reply)));
+            }
             Ok(other) => {
                 next = Some(other);
                 break;
@@ -596,25 +604,46 @@ async fn forward_publishes(
             Err(_) => break,
         }
     }
-    let (batches, confirms): (Vec<Vec<WireMessage>>, Vec<_>) = pending
-        .into_iter()
-        .map(|(messages, confirm)| {
-            (
-                messages.into_iter().map(WireMessage::from).collect(),
-                confirm,
-            )
-        })
-        .unzip();
-    let outcomes = match link.call(RemoteOp::Publish(batches), CALL_TIMEOUT).await {
-        Ok(RemoteAnswer::Published(outcomes)) if outcomes.len() == confirms.len() => outcomes
-            .into_iter()
-            .map(|outcome| outcome.map_err(QueueError::from))
-            .collect(),
-        Ok(other) => vec![Err(link.unexpected(&other)); confirms.len()],
-        Err(error) => vec![Err(error); confirms.len()],
-    };
-    for (confirm, outcome) in confirms.into_iter().zip(outcomes) {
-        let _ = confirm.send(outcome);
+    let mut batches: Vec<Vec<WireMessage>> = Vec::new();
+    let mut replies = Vec::with_capacity(pending.len());
+    for (messages, reply) in pending {
+        match reply {
+            PublishReply::One(_) => {
+                batches.push(messages.into_iter().map(WireMessage::from).collect());
+                replies.push((reply, 1));
+            }
+            PublishReply::Many(_) => {
+                let count = messages.len();
+                batches.extend(
+                    messages
+                        .into_iter()
+                        .map(|message| vec![WireMessage::from(message)]),
+                );
+                replies.push((reply, count));
+            }
+        }
+    }
+    let expected = batches.len();
+    let outcomes: Vec<Result<(), QueueError>> =
+        match link.call(RemoteOp::Publish(batches), CALL_TIMEOUT).await {
+            Ok(RemoteAnswer::Published(outcomes)) if outcomes.len() == expected => outcomes
+                .into_iter()
+                .map(|outcome| outcome.map_err(QueueError::from))
+                .collect(),
+            Ok(other) => vec![Err(link.unexpected(&other)); expected],
+            Err(error) => vec![Err(error); expected],
+        };
+    let mut outcomes = outcomes.into_iter();
+    for (reply, count) in replies {
+        match reply {
+            PublishReply::One(confirm) => {
+                let missing = || Err(QueueError::Invalid("no outcome for a publish".into()));
+                let _ = confirm.send(outcomes.next().unwrap_or_else(missing));
+            }
+            PublishReply::Many(reply) => {
+                let _ = reply.send(Outcomes::Each(outcomes.by_ref().take(count).collect()));
+            }
+        }
     }
     next
 }
@@ -1207,13 +1236,19 @@ async fn serve_publish(
     gone: WireError,
 ) -> RemoteAnswer {
     let mut answers = Vec::with_capacity(batches.len());
-    let mut many = Vec::with_capacity(batches.len());
+    let mut sent = true;
     for batch in batches {
         let (confirm, answer) = oneshot::channel();
-        many.push((batch.into_iter().map(Message::from).collect(), confirm));
+        let messages = batch.into_iter().map(Message::from).collect();
+        // Sent one after the other, they wait in the task's channel together and are
+        // stored as one run.
+        sent = sent
+            && sender
+                .send(Command::Publish(messages, confirm))
+                .await
+                .is_ok();
         answers.push(answer);
     }
-    let sent = sender.send(Command::PublishMany(many)).await.is_ok();
     let mut outcomes = Vec::with_capacity(answers.len());
     for answer in answers {
         outcomes.push(match (sent, answer.await) {

@@ -53,7 +53,7 @@ pub const QUEUE_COMMANDS_MAX: usize = 4096;
 const COMPACTION_INTERVAL_MS: i64 = 30_000;
 /// Most message bytes stored as one record batch: well below `BATCH_BYTES_MAX` so that a
 /// run of publishes always fits one batch (record overhead included).
-const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
+pub(crate) const PUBLISH_RUN_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most commands a queue task takes in one batch (bounds the work between ticks).
 const COMMAND_BATCH_MAX: usize = 1024;
 /// Most record bytes one delivery run carries (a run of one message may hold more): a
@@ -75,7 +75,48 @@ pub(crate) type Confirm = oneshot::Sender<Result<(), QueueError>>;
 /// The answer to a get.
 pub(crate) type GetReply = oneshot::Sender<Result<Vec<GotMessage>, QueueError>>;
 /// A publish waiting to be stored with its run.
-pub(crate) type PendingPublish = (Vec<Message>, Confirm);
+pub(crate) type PendingPublish = (Vec<Message>, PublishReply);
+
+/// The outcomes of the messages of a [`Command::PublishMany`], sent once for all of them.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcomes {
+    /// The same for every message: they were stored in one run, or all failed.
+    All(Result<(), QueueError>),
+    /// One per message, in order: a queue that refuses publishes past its length limit
+    /// stores each on its own.
+    Each(Vec<Result<(), QueueError>>),
+}
+
+impl Outcomes {
+    /// The outcome of the message at `index` (`Gone` past the end: never sent so).
+    pub(crate) fn get(&self, index: usize, queue: &str) -> Result<(), QueueError> {
+        match self {
+            Outcomes::All(outcome) => outcome.clone(),
+            Outcomes::Each(outcomes) => outcomes
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| Err(QueueError::Gone(queue.to_string()))),
+        }
+    }
+}
+
+/// How a stored publish is answered: the run's one outcome, to one reply however many
+/// messages the publish held.
+pub(crate) enum PublishReply {
+    /// A [`Command::Publish`]'s confirm.
+    One(Confirm),
+    /// A [`Command::PublishMany`]'s reply.
+    Many(oneshot::Sender<Outcomes>),
+}
+
+impl PublishReply {
+    fn send(self, outcome: Result<(), QueueError>) {
+        let _ = match self {
+            PublishReply::One(confirm) => confirm.send(outcome).is_ok(),
+            PublishReply::Many(reply) => reply.send(Outcomes::All(outcome)).is_ok(),
+        };
+    }
+}
 /// An ack already applied to the delivery state, waiting for its settle record.
 type PendingAck = (Result<Vec<Action>, QueueError>, Confirm);
 /// What the delivery state needs of a stored message once it is durable.
@@ -99,7 +140,7 @@ struct StoredRun {
     timings: Vec<Timing>,
     /// When it was stored (TTLs count from here).
     now: i64,
-    replies: Vec<Confirm>,
+    replies: Vec<PublishReply>,
 }
 
 /// A settle record appended to the ack log. Once durable, its ids are confirmed settled
@@ -114,8 +155,9 @@ pub(crate) enum Command {
     /// Store these messages (merged with neighbouring publishes) and confirm once durable.
     Publish(Vec<Message>, Confirm),
     /// Several publishes in one command (a batch of publishes from one request, in order),
-    /// each with its own confirm: handled exactly as that many `Publish` commands.
-    PublishMany(Vec<PendingPublish>),
+    /// each handled exactly as a `Publish` of its own, and all answered with one reply: the
+    /// same outcome for all when they are stored as one run, else one each.
+    PublishMany(Vec<Message>, oneshot::Sender<Outcomes>),
     /// Ack a delivery (merged with neighbouring acks and nacks into one settle record).
     Ack(ConsumerId, DeliveryTag, AckScope, Confirm),
     /// Nack a delivery (merged like an ack).
@@ -415,18 +457,23 @@ impl QueueTask {
             match command {
                 Command::Publish(messages, reply) => {
                     self.flush_acks(&mut acks).await;
-                    publishes.push((messages, reply));
+                    publishes.push((messages, PublishReply::One(reply)));
                     if !merge_publishes {
                         self.flush_publishes(&mut publishes).await;
                     }
                 }
-                Command::PublishMany(many) => {
+                Command::PublishMany(messages, reply) => {
                     self.flush_acks(&mut acks).await;
-                    for pending in many {
-                        publishes.push(pending);
-                        if !merge_publishes {
-                            self.flush_publishes(&mut publishes).await;
+                    if merge_publishes {
+                        publishes.push((messages, PublishReply::Many(reply)));
+                    } else {
+                        // Each message sees the length the ones before it left.
+                        self.flush_publishes(&mut publishes).await;
+                        let mut outcomes = Vec::with_capacity(messages.len());
+                        for message in messages {
+                            outcomes.push(self.store_limited(vec![message]).await);
                         }
+                        let _ = reply.send(Outcomes::Each(outcomes));
                     }
                 }
                 Command::Ack(consumer, tag, scope, reply) => {
@@ -571,13 +618,9 @@ impl QueueTask {
         let limited = limits.max_length.is_some() || limits.max_length_bytes.is_some();
         if limited && limits.overflow != Overflow::DropHead {
             // Each publish must see the length the ones before it left: no pipelining.
-            let message_count = messages.len() as u64;
-            let outcome = self.store_messages(messages).await;
-            if outcome.is_ok() {
-                self.counters.published += message_count;
-            }
+            let outcome = self.store_limited(messages).await;
             for reply in replies {
-                let _ = reply.send(outcome.clone());
+                reply.send(outcome.clone());
             }
             return;
         }
@@ -588,10 +631,21 @@ impl QueueTask {
             }
             Err(error) => {
                 for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                    reply.send(Err(error.clone()));
                 }
             }
         }
+    }
+
+    /// Stores one publish of a queue with a length limit that refuses publishes, once
+    /// every earlier one is settled: it is stored whole or refused.
+    async fn store_limited(&mut self, messages: Vec<Message>) -> Result<(), QueueError> {
+        let message_count = messages.len() as u64;
+        let outcome = self.store_messages(messages).await;
+        if outcome.is_ok() {
+            self.counters.published += message_count;
+        }
+        outcome
     }
 
     /// Settles what a run of acks released with one append; each ack is answered once the
@@ -663,7 +717,7 @@ impl QueueTask {
                 let error = QueueError::Storage(error.to_string());
                 for run in self.publishing.take_all() {
                     for reply in run.replies {
-                        let _ = reply.send(Err(error.clone()));
+                        reply.send(Err(error.clone()));
                     }
                 }
                 return;
@@ -676,7 +730,7 @@ impl QueueTask {
                 self.counters.published += message_count;
             }
             for reply in run.replies {
-                let _ = reply.send(outcome.clone());
+                reply.send(outcome.clone());
             }
         }
     }
@@ -1434,7 +1488,7 @@ async fn forward_dead_letters(
 }
 
 /// Bytes a message takes in a record batch, roughly (body, key, headers).
-fn message_bytes(message: &Message) -> usize {
+pub(crate) fn message_bytes(message: &Message) -> usize {
     let headers: usize = message
         .headers
         .iter()

@@ -2482,17 +2482,39 @@ async fn publish_pending(shared: &Arc<Shared>) -> Vec<(u16, Reply)> {
         tell_blocked(shared, None).await;
     }
     let mut refused: Vec<(u16, Reply)> = Vec::new();
-    for (answer, published) in answers.into_iter().zip(published) {
+    // The publishes to answer, with their places in the batch.
+    let mut answered = Vec::with_capacity(answers.len());
+    for (place, (answer, refusal)) in answers.into_iter().zip(published.refused).enumerate() {
         if refused
             .iter()
             .any(|(channel, _)| *channel == answer.channel)
         {
             continue;
         }
-        match published {
-            Ok(completion) => answer_publish(shared, answer, completion).await,
-            Err(error) => refused.push((answer.channel, error_code::queue(&error, 60, 40))),
+        match refusal {
+            None if answer.sequence.is_some() || answer.mandatory => answered.push((place, answer)),
+            // Nothing to answer: the message is in its queues' command channels already.
+            None => {}
+            Some(error) => refused.push((answer.channel, error_code::queue(&error, 60, 40))),
         }
+    }
+    if !answered.is_empty() {
+        let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
+        let completion = published.completion;
+        shared
+            .send_later(Box::pin(async move {
+                let mut outcomes: Vec<Option<Result<PublishOutcome, QueueError>>> =
+                    completion.await.into_iter().map(Some).collect();
+                let laters: Vec<Later> = answered
+                    .into_iter()
+                    .filter_map(|(place, answer)| {
+                        let outcome = outcomes.get_mut(place).and_then(Option::take)?;
+                        publish_later(answer, outcome, frame_max)
+                    })
+                    .collect();
+                (!laters.is_empty()).then_some(Later::Many(laters))
+            }))
+            .await;
     }
     refused
 }
@@ -2500,16 +2522,7 @@ async fn publish_pending(shared: &Arc<Shared>) -> Vec<(u16, Reply)> {
 /// Queues the answer a stored (or returned) publish gets: nothing outside confirm mode
 /// unless it was returned, else its basic.return and its ack or nack, in publish order.
 async fn answer_publish(shared: &Arc<Shared>, answer: Answer, completion: PublishCompletion) {
-    let Answer {
-        channel,
-        sequence,
-        mandatory,
-        exchange,
-        routing_key,
-        properties,
-        body,
-    } = answer;
-    if sequence.is_none() && !mandatory {
+    if answer.sequence.is_none() && !answer.mandatory {
         // Nothing to answer: the message is in its queues' command channels already.
         drop(completion);
         return;
@@ -2517,52 +2530,70 @@ async fn answer_publish(shared: &Arc<Shared>, answer: Answer, completion: Publis
     let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
     shared
         .send_later(Box::pin(async move {
-            let outcome = completion.await;
-            if let (Some(delivery_tag), Ok(PublishOutcome::Routed(_) | PublishOutcome::Dropped)) =
-                (sequence, &outcome)
-            {
-                return Some(Later::Ack {
-                    channel,
-                    delivery_tag,
-                });
-            }
-            let mut out = BytesMut::new();
-            if matches!(outcome, Ok(PublishOutcome::Returned)) {
-                out = method_frame(
-                    channel,
-                    &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                        reply_code: 312,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
-                    })),
-                );
-                message::encode_content(
-                    channel,
-                    properties,
-                    &body,
-                    frame_max,
-                    &mut out,
-                    &mut Vec::new(),
-                );
-            }
-            if let Some(delivery_tag) = sequence {
-                let method = match outcome {
-                    Ok(_) => basic::AMQPMethod::Ack(basic::Ack {
-                        delivery_tag,
-                        multiple: false,
-                    }),
-                    Err(_) => basic::AMQPMethod::Nack(basic::Nack {
-                        delivery_tag,
-                        multiple: false,
-                        requeue: false,
-                    }),
-                };
-                out.extend_from_slice(&method_frame(channel, &AMQPClass::Basic(method)));
-            }
-            (!out.is_empty()).then_some(Later::Frames(out))
+            publish_later(answer, completion.await, frame_max)
         }))
         .await;
+}
+
+/// The answer a publish gets once `outcome` is known: its confirm (merged with its
+/// neighbours' by the sequencer), or its basic.return and its ack or nack; `None`: nothing.
+fn publish_later(
+    answer: Answer,
+    outcome: Result<PublishOutcome, QueueError>,
+    frame_max: u32,
+) -> Option<Later> {
+    let Answer {
+        channel,
+        sequence,
+        mandatory: _,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    } = answer;
+    if let (Some(delivery_tag), Ok(PublishOutcome::Routed(_) | PublishOutcome::Dropped)) =
+        (sequence, &outcome)
+    {
+        return Some(Later::Ack {
+            channel,
+            delivery_tag,
+        });
+    }
+    let mut out = BytesMut::new();
+    if matches!(outcome, Ok(PublishOutcome::Returned)) {
+        out = method_frame(
+            channel,
+            &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            })),
+        );
+        message::encode_content(
+            channel,
+            properties,
+            &body,
+            frame_max,
+            &mut out,
+            &mut Vec::new(),
+        );
+    }
+    if let Some(delivery_tag) = sequence {
+        let method = match outcome {
+            Ok(_) => basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple: false,
+            }),
+            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag,
+                multiple: false,
+                requeue: false,
+            }),
+        };
+        out.extend_from_slice(&method_frame(channel, &AMQPClass::Basic(method)));
+    }
+    (!out.is_empty()).then_some(Later::Frames(out))
 }
 
 /// What a closing channel leaves to release: its consumers and basic.get holders.

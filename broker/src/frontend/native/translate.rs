@@ -1338,15 +1338,14 @@ async fn publish(broker: &Broker, caller: &Session, request: PublishRequest) -> 
 /// Each message as its own publish, in order; one answer once all are confirmed or refused.
 async fn publish_batch(broker: &Broker, caller: &Session, request: PublishBatchRequest) -> Answer {
     let queries = request.messages.into_iter().map(publish_query).collect();
-    let started = broker.publish_batch(caller, queries).await;
+    let published = broker.publish_batch(caller, queries).await;
     Box::pin(async move {
-        let mut results = Vec::with_capacity(started.len());
-        for completion in started {
-            results.push(match completion {
-                Ok(completion) => publish_answer(completion.await),
-                Err(error) => publish_failed(error),
-            });
-        }
+        let results = published
+            .completion
+            .await
+            .into_iter()
+            .map(publish_answer)
+            .collect();
         Some(Response::PublishBatch(PublishBatchResponse {
             results,
             ..PublishBatchResponse::default()
