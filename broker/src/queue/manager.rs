@@ -707,10 +707,11 @@ impl QueueManager {
                     routed.push(Err(error));
                     continue;
                 }
+                // The default exchange routes by the key alone.
                 let same_route = match routed.last() {
                     Some(Ok((previous, route))) => (last_exchange == exchange
                         && previous.routing_key == message.routing_key
-                        && previous.headers == message.headers)
+                        && (exchange.is_empty() || previous.headers == message.headers))
                         .then_some(*route),
                     _ => None,
                 };

@@ -1057,6 +1057,7 @@ impl QueueTask {
     fn append_run(&mut self, messages: Vec<Message>) -> Result<(i64, StoredRun), QueueError> {
         let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
+        builder.reserve(messages.iter().map(message_bytes).sum());
         // What the delivery state needs of each message once it is stored (its due time
         // and TTL); the message itself moves into the batch, not copied.
         let mut timings = Vec::with_capacity(messages.len());
@@ -1077,8 +1078,7 @@ impl QueueTask {
                 })
                 .map_err(|error| QueueError::Invalid(error.to_string()))?;
         }
-        let mut bytes = BytesMut::new();
-        builder.build_into(&mut bytes);
+        let mut bytes = builder.build_mut();
         let appended = self
             .store
             .append_messages(&mut bytes)

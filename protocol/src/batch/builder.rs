@@ -125,15 +125,27 @@ impl BatchBuilder {
         usize::try_from(self.record_count).expect("record count never goes negative")
     }
 
+    /// Makes room for `bytes` more bytes of records, so that pushing them does not grow
+    /// (and copy) the buffer again and again.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.records.reserve(bytes);
+    }
+
     /// Encodes the batch and returns its bytes.
-    pub fn build(mut self) -> Bytes {
+    pub fn build(self) -> Bytes {
+        self.build_mut().freeze()
+    }
+
+    /// Encodes the batch in the buffer the records were pushed into and returns it, still
+    /// mutable (an append path patches offsets in place).
+    pub fn build_mut(mut self) -> BytesMut {
         // The header goes into the room left for it: the records are not copied again.
         let header = self.header();
         self.records[..BATCH_HEADER_BYTES].copy_from_slice(&header);
         let crc = compute_crc(&self.records);
         self.records[CRC_POS..ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
         debug_assert!(crate::batch::validate(&self.records).is_ok());
-        self.records.freeze()
+        self.records
     }
 
     /// Appends the encoded batch to `out`.
@@ -206,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn build_and_build_into_write_the_same_bytes() {
+    fn build_build_mut_and_build_into_write_the_same_bytes() {
         let filled = || {
             let mut builder = BatchBuilder::new(1_000).producer(7, 1, 3);
             for index in 0..5u8 {
@@ -225,6 +237,9 @@ mod tests {
         filled().build_into(&mut into);
         assert_eq!(&into[..6], b"prefix");
         assert_eq!(&into[6..], &built[..]);
+        let mut reserved = filled();
+        reserved.reserve(4096);
+        assert_eq!(&reserved.build_mut()[..], &built[..]);
         let header = validate(&built).expect("valid");
         assert_eq!(header.record_count, 5);
         assert_eq!(built.len(), filled().encoded_bytes());
