@@ -91,6 +91,18 @@ impl std::fmt::Debug for Secret {
 const NONCE_BYTES: usize = 16;
 /// Bytes of a frame's MAC.
 const MAC_BYTES: usize = 32;
+
+/// A sealed frame that does not pass its check: the peer has another cluster secret (or
+/// none). Carried inside the `io::Error` a read returns, so the listener can tell it from
+/// a broken connection by its type ([`is_unsealed`]), not its text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unsealed(&'static str);
+
+/// Whether `error` is a frame that failed its seal check.
+fn is_unsealed(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<Unsealed>())
+}
 /// The direction byte of a request (client to listener) and of a reply.
 const REQUEST: u8 = 0;
 const REPLY: u8 = 1;
@@ -181,15 +193,17 @@ impl Link {
             None => &frame[..],
             Some((secret, nonce)) => {
                 if frame.len() < MAC_BYTES {
-                    return Err(std::io::Error::other("a frame too short to carry its MAC"));
+                    return Err(std::io::Error::other(Unsealed(
+                        "a frame too short to carry its MAC",
+                    )));
                 }
                 let (mac, body) = frame.split_at(MAC_BYTES);
                 let mut expected = secret.mac(nonce, direction, self.received);
                 expected.update(body);
                 expected.verify_slice(mac).map_err(|_| {
-                    std::io::Error::other(
+                    std::io::Error::other(Unsealed(
                         "a frame's MAC does not verify: the peer has another cluster secret (or none)",
-                    )
+                    ))
                 })?;
                 body
             }
@@ -344,7 +358,7 @@ async fn connection(
             read = link.read(REQUEST) => match read {
                 Ok(envelope) => envelope,
                 Err(error) => {
-                    if sealed && error.to_string().contains("MAC") {
+                    if sealed && is_unsealed(&error) {
                         tracing::warn!(%error, "refused a cluster connection");
                     }
                     return Err(error);
@@ -461,6 +475,7 @@ mod tests {
         client.write(REQUEST, &1u64).await.expect("request");
         let error = server.read::<u64>(REQUEST).await.expect_err("refused");
         assert!(error.to_string().contains("MAC does not verify"), "{error}");
+        assert!(is_unsealed(&error), "{error:?}");
 
         let (mut client, mut server) = pair(None, Some("the listener's secret")).await;
         client
@@ -469,6 +484,7 @@ mod tests {
             .expect("request");
         let error = server.read::<String>(REQUEST).await.expect_err("refused");
         assert!(error.to_string().contains("MAC"), "{error}");
+        assert!(is_unsealed(&error), "{error:?}");
     }
 
     #[tokio::test]
