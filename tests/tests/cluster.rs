@@ -907,6 +907,66 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         .collect();
     at.sort_unstable();
     assert_eq!(at, vec![(0, 100), (1, 100), (2, 100)], "committed offsets");
+
+    // Kafka's DeleteRecords is a leader's call too: node 1 refuses it for a partition it
+    // does not lead (and deletes nothing there), the leader moves the log start.
+    let leader_kafka = &kafka[usize::try_from(by_partition[led_elsewhere] - 1).expect("node")];
+    let partition = i32::try_from(led_elsewhere).expect("partition");
+    let refused = kafka_delete_records(&kafka[0], "routed", partition, 10);
+    assert_eq!(refused, (6, -1), "NOT_LEADER_OR_FOLLOWER from node 1");
+    let deleted = kafka_delete_records(leader_kafka, "routed", partition, 10);
+    assert_eq!(deleted, (0, 10), "the leader's new low watermark");
+}
+
+/// Sends a Kafka DeleteRecords v0 for one partition to `address` and returns the
+/// partition's (error code, low watermark). Encoded by hand from Kafka's schema (request
+/// header v1; body: topics [name, partitions [index, offset]], timeout) so the request
+/// goes to exactly this broker, as a client with stale metadata would send it.
+fn kafka_delete_records(address: &str, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    use std::io::{Read, Write};
+    let mut body = Vec::new();
+    body.extend_from_slice(&21i16.to_be_bytes()); // DeleteRecords
+    body.extend_from_slice(&0i16.to_be_bytes()); // version 0
+    body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
+    body.extend_from_slice(&1i32.to_be_bytes()); // one topic
+    let name = i16::try_from(topic.len()).expect("short name");
+    body.extend_from_slice(&name.to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes()); // one partition
+    body.extend_from_slice(&partition.to_be_bytes());
+    body.extend_from_slice(&offset.to_be_bytes());
+    body.extend_from_slice(&10_000i32.to_be_bytes()); // timeout ms
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to Kafka");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let length = u32::try_from(body.len()).expect("small request");
+    stream.write_all(&length.to_be_bytes()).expect("write");
+    stream.write_all(&body).expect("write");
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("answer length");
+    let mut answer = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut answer).expect("answer");
+    // correlation id, throttle ms, topics [name, partitions [index, low watermark, error]]
+    let mut at = 0;
+    let mut take = |bytes: usize| {
+        let field = answer[at..at + bytes].to_vec();
+        at += bytes;
+        field
+    };
+    let word = |field: Vec<u8>| i64::from_be_bytes(field.try_into().expect("8 bytes"));
+    let int = |field: Vec<u8>| i32::from_be_bytes(field.try_into().expect("4 bytes"));
+    let short = |field: Vec<u8>| i16::from_be_bytes(field.try_into().expect("2 bytes"));
+    assert_eq!(int(take(4)), 7, "correlation id");
+    take(4);
+    assert_eq!(int(take(4)), 1, "one topic");
+    let name = usize::try_from(short(take(2))).expect("a name");
+    assert_eq!(take(name), topic.as_bytes());
+    assert_eq!(int(take(4)), 1, "one partition");
+    assert_eq!(int(take(4)), partition);
+    let low_watermark = word(take(8));
+    (short(take(2)), low_watermark)
 }
 
 /// The JSON body of an HTTP answer.
