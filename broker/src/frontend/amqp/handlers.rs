@@ -934,25 +934,15 @@ async fn commit_publish(
         .map_err(|error| error_code::queue(&error, 90, 20))?;
     match completion.await {
         Ok(PublishOutcome::Returned) => {
-            let mut out = method_frame(
-                channel,
-                &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: exchange.into(),
-                    routing_key: routing_key.into(),
-                })),
-            );
             let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-            message::encode_content(
+            let returned = Returned {
                 channel,
+                exchange,
+                routing_key,
                 properties,
-                &body,
-                frame_max,
-                &mut out,
-                &mut Vec::new(),
-            );
-            shared.send(out).await;
+                body,
+            };
+            shared.send(returned.frames(frame_max)).await;
             Ok(())
         }
         Ok(_) => Ok(()),
@@ -2561,23 +2551,14 @@ fn publish_later(
     }
     let mut out = BytesMut::new();
     if matches!(outcome, Ok(PublishOutcome::Returned)) {
-        out = method_frame(
+        let returned = Returned {
             channel,
-            &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                reply_code: 312,
-                reply_text: "NO_ROUTE".into(),
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            })),
-        );
-        message::encode_content(
-            channel,
+            exchange,
+            routing_key,
             properties,
-            &body,
-            frame_max,
-            &mut out,
-            &mut Vec::new(),
-        );
+            body,
+        };
+        out = returned.frames(frame_max);
     }
     if let Some(delivery_tag) = sequence {
         let method = match outcome {
@@ -2594,6 +2575,39 @@ fn publish_later(
         out.extend_from_slice(&method_frame(channel, &AMQPClass::Basic(method)));
     }
     (!out.is_empty()).then_some(Later::Frames(out))
+}
+
+/// A mandatory message no queue took, to hand back.
+struct Returned {
+    channel: u16,
+    exchange: String,
+    routing_key: String,
+    properties: AMQPProperties,
+    body: Bytes,
+}
+
+impl Returned {
+    /// Its basic.return (312 NO_ROUTE, as RabbitMQ) and content frames.
+    fn frames(self, frame_max: u32) -> BytesMut {
+        let mut out = method_frame(
+            self.channel,
+            &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: self.exchange.into(),
+                routing_key: self.routing_key.into(),
+            })),
+        );
+        message::encode_content(
+            self.channel,
+            self.properties,
+            &self.body,
+            frame_max,
+            &mut out,
+            &mut Vec::new(),
+        );
+        out
+    }
 }
 
 /// What a closing channel leaves to release: its consumers and basic.get holders.
