@@ -35,6 +35,6 @@ pub use config::{FlushPolicy, LogConfig, ReadVerify};
 pub use error::{Error, Result};
 pub use flusher::Flusher;
 pub use fs::{Fs, RealFs};
-pub use mmap::free_space;
+pub use mmap::{disable_transparent_huge_pages, free_space};
 pub use partition::{Appended, Partition, ReadResult, StorageEnv};
 pub use registry::Registry;

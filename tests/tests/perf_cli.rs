@@ -209,3 +209,25 @@ fn perf_amqp_publishes_and_consumes_over_the_amqp_listener_on_the_same_queues() 
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("AMQP"), "{stderr}");
 }
+
+/// The broker turns transparent huge pages off for itself (issue #15): with them on, the
+/// first touch of each fresh 2 MiB of heap zeroed a whole huge page inside a produce or fetch
+/// and held the request for 35–200 ms on this machine class (docs/BENCHMARKS.md). The
+/// kernel reports the process flag as `THP_enabled: 0` in /proc/PID/status.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_broker_runs_without_transparent_huge_pages() {
+    let (_data, broker) = start_broker();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid()))
+        .expect("the broker's /proc status");
+    let Some(line) = status.lines().find(|line| line.starts_with("THP_enabled:")) else {
+        // Kernels before 5.0 do not report it; nothing to check there.
+        eprintln!("this kernel reports no THP_enabled line; not checked");
+        return;
+    };
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("0"),
+        "wharfd keeps transparent huge pages on: {line}"
+    );
+}
