@@ -183,7 +183,8 @@ fn main() -> ExitCode {
     if let Some(Command::User(command)) = args.command.take() {
         return user_command(command);
     }
-    // Before the heap grows: see the function's doc (latency stalls on huge-page faults).
+    // Before storage and listeners start: see the function's doc (latency stalls on
+    // huge-page faults).
     if let Err(error) = wharf_broker::storage::disable_transparent_huge_pages() {
         tracing::warn!(%error, "could not turn transparent huge pages off for this process");
     }

@@ -141,7 +141,8 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), as
-/// Redis does at start-up. With them on, the first touch of a fresh 2 MiB region of the
+/// Redis does at start-up; it holds for every later fault, on mappings made before or
+/// after the call (Linux 5.0 and later; before that only for mappings made after it). With them on, the first touch of a fresh 2 MiB region of the
 /// heap (a produce request's buffer, a fetch response) faults in and zeroes a whole huge page
 /// at once: 40 ms on this project's VMs, where the host backs fresh memory lazily (issue #15's
 /// e2e stalls), and still a fraction of a millisecond on bare metal, on the request path. Small
@@ -152,8 +153,10 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
 /// The `prctl` error (none is expected: the call only sets a flag of the calling process).
 #[cfg(target_os = "linux")]
 pub fn disable_transparent_huge_pages() -> io::Result<bool> {
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
-    let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours;
+    // prctl is variadic and reads them as unsigned longs, so they are passed as such.
+    let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) };
     if status == 0 {
         Ok(true)
     } else {
