@@ -6,7 +6,8 @@
 
 `keep` first reserves 1 GiB with fallocate(FALLOC_FL_KEEP_SIZE), as the broker reserves
 blocks ahead of a segment's appends. The file is written under DIR (env, default
-/tmp/fsync-latency) and removed at the end.
+/tmp/fsync-latency: set it to a directory on the disk to measure; a tmpfs measures
+nothing) and removed at the end.
 """
 import ctypes
 import os
@@ -26,18 +27,20 @@ if reserve:
         sys.exit(f"fallocate: {os.strerror(ctypes.get_errno())}")
 payload = b"x" * size
 latencies = []
-due = time.perf_counter()
-for _ in range(count):
-    due += 0.001
-    wait = due - time.perf_counter()
-    if wait > 0:
-        time.sleep(wait)
-    os.write(fd, payload)
-    started = time.perf_counter()
-    os.fdatasync(fd)
-    latencies.append((time.perf_counter() - started) * 1e6)
-os.close(fd)
-os.unlink(path)
+try:
+    due = time.perf_counter()
+    for _ in range(count):
+        due += 0.001
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        os.write(fd, payload)
+        started = time.perf_counter()
+        os.fdatasync(fd)
+        latencies.append((time.perf_counter() - started) * 1e6)
+finally:
+    os.close(fd)
+    os.unlink(path)
 latencies.sort()
 
 
