@@ -410,17 +410,37 @@ impl Topics {
         Ok(info)
     }
 
-    /// Deletes a topic and all its data.
+    /// Deletes a topic and all its data: the catalog that no longer lists it first, then
+    /// the partitions. On a full disk there is no room for the new catalog, and deleting a
+    /// topic is how an operator makes room: the partitions then go first, and a crash
+    /// before the catalog is written back leaves the topic listed with empty partitions
+    /// (recovery recreates them), never a catalog naming data that is half gone.
     ///
     /// # Errors
-    /// `TopicError::Unknown`, or storage failure.
+    /// `TopicError::Unknown`, or storage failure (the topic is still listed then).
     pub fn delete(&self, name: &str) -> Result<TopicInfo, TopicError> {
         refuse_internal(name, "deleted")?;
         let mut catalog = self.lock();
         let info = catalog
             .remove(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        self.write_catalog(&catalog)?;
+        let mut written = self.write_catalog(&catalog);
+        if matches!(&written, Err(TopicError::Storage(error)) if error.is_disk_full()) {
+            tracing::warn!(
+                topic = name,
+                "disk full: deleting the topic's partitions before the catalog that drops it"
+            );
+            written = (0..info.partitions)
+                .try_for_each(|partition| self.registry.delete(name, partition).map(|_| ()))
+                .map_err(TopicError::from)
+                .and_then(|()| self.write_catalog(&catalog));
+        }
+        if let Err(error) = written {
+            // Still listed on disk, so still listed here (its partitions, if they went,
+            // come back empty at the next start).
+            catalog.insert(name.to_string(), info);
+            return Err(error);
+        }
         drop(catalog);
         for partition in 0..info.partitions {
             self.registry.delete(name, partition)?;
@@ -830,6 +850,45 @@ mod tests {
         assert!(topics.partition("t", 0).is_none());
         let second = topics.create("t", 1, vec![]).unwrap();
         assert_ne!(first.topic_id, second.topic_id);
+    }
+
+    #[test]
+    fn a_topic_is_deleted_on_a_full_disk_and_its_space_is_free_again() {
+        let (env, fs, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics.create("kept", 1, vec![]).unwrap();
+        topics.create("big", 2, vec![]).unwrap();
+        // Not a byte to spare: the catalog without "big" cannot be written first.
+        fs.set_space_bytes(Some(fs.used_bytes()));
+        assert!(matches!(
+            topics.create("more", 1, vec![]),
+            Err(TopicError::Storage(error)) if error.is_disk_full()
+        ));
+        let deleted = topics
+            .delete("big")
+            .expect("deleting frees the room it needs");
+        assert_eq!(deleted.partitions, 2);
+        assert!(topics.get("big").is_none() && topics.partition("big", 0).is_none());
+        topics.create("after", 1, vec![]).expect("room again");
+        topics.registry().close().unwrap();
+        drop(topics);
+        let reopened = open(&env);
+        assert!(
+            reopened.get("big").is_none(),
+            "the catalog on disk dropped it"
+        );
+        assert!(reopened.get("kept").is_some() && reopened.get("after").is_some());
+    }
+
+    #[test]
+    fn a_delete_that_cannot_write_the_catalog_keeps_the_topic() {
+        let (env, fs, _) = sim_env(1_000);
+        let topics = open(&env);
+        topics.create("t", 1, vec![]).unwrap();
+        fs.fail_next_write(libc::EIO);
+        assert!(matches!(topics.delete("t"), Err(TopicError::Storage(_))));
+        assert!(topics.get("t").is_some() && topics.partition("t", 0).is_some());
+        topics.delete("t").expect("the next delete works");
     }
 
     #[test]
