@@ -756,23 +756,9 @@ fn decode_publish(
         }
         (Some(body), body_end)
     };
-    let method_payload = &buffer[FRAME_HEADER_BYTES..method_end - 1];
-    let publish = match publish_arguments(method_payload) {
-        Some(publish) => publish,
-        None => {
-            // Anything unusual (bytes that are not UTF-8, bytes after the flags) goes frame by
-            // frame, where amq-protocol decides it and an error keeps its reply.
-            let AmqpRequest::Method(_, method) = decode_method(channel, method_payload) else {
-                return None;
-            };
-            let AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish)) =
-                *method
-            else {
-                return None;
-            };
-            publish
-        }
-    };
+    // Anything unusual (bytes that are not UTF-8, bytes after the flags) goes frame by frame,
+    // where decode_method leaves it to amq-protocol and an error keeps its reply.
+    let publish = publish_arguments(&buffer[FRAME_HEADER_BYTES..method_end - 1])?;
     let AmqpRequest::ContentHeader(_, header) =
         decode_content_header(channel, &buffer[header_payload])
     else {
