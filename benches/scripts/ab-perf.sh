@@ -11,7 +11,9 @@
 # N (1,000,000), WORKLOAD (produce | consume | queue; consume first produces N with the same
 # build; queue publishes N with confirms awaited, then consumes them with manual acks;
 # amqp does the same through the AMQP listener with `wharf perf amqp`, acks every 100),
-# PREFETCH (queue and amqp, 1000: as the peers are measured), PORT (7498), AMQP_PORT (5698),
+# PREFETCH (queue and amqp, 1000: as the peers are measured), ACK_EVERY (queue and amqp: the
+# consumer's cumulative ack every K deliveries; unset: amqp 100, queue half the prefetch;
+# set it to compare the two paths at one cadence), PORT (7498), AMQP_PORT (5698),
 # DATA (/tmp/wharf-ab), SETTLE_SECS (3). For queue and amqp the line adds the consume rate.
 set -euo pipefail
 A=${A:?dir of build A}
@@ -25,6 +27,7 @@ DATA=${DATA:-/tmp/wharf-ab}
 SETTLE_SECS=${SETTLE_SECS:-3}
 PREFETCH=${PREFETCH:-1000}
 AMQP_PORT=${AMQP_PORT:-5698}
+ACK_EVERY=${ACK_EVERY:-}
 
 run() { # label bin size rep
   local label=$1 bin=$2 size=$3 rep=$4
@@ -39,9 +42,10 @@ run() { # label bin size rep
   fi
   local args=(--topic t --messages "$N")
   [ "$WORKLOAD" = produce ] && args+=(--size "$size")
-  [ "$WORKLOAD" = queue ] && args=(--queue q --messages "$N" --size "$size" --confirm --prefetch "$PREFETCH")
+  [ "$WORKLOAD" = queue ] && args=(--queue q --messages "$N" --size "$size" --confirm --prefetch "$PREFETCH"
+    ${ACK_EVERY:+--ack-every "$ACK_EVERY"})
   [ "$WORKLOAD" = amqp ] && args=(--url "amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f" --queue qa
-    --messages "$N" --size "$size" --prefetch "$PREFETCH" --ack-every 100)
+    --messages "$N" --size "$size" --prefetch "$PREFETCH" --ack-every "${ACK_EVERY:-100}")
   local out
   out=$("${perf[@]}" "$WORKLOAD" "${args[@]}" 2>/dev/null | tail -1)
   local ticks

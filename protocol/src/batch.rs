@@ -32,7 +32,7 @@ pub use control::{
     control_batch, ControlKind, ControlMarker, CONTROL_KEY_BYTES, CONTROL_VALUE_BYTES,
 };
 pub use error::BatchError;
-pub use record::{record_starts, Header, NewRecord, Record, Records};
+pub use record::{record_starts, Header, NewRecord, Record, RecordView, RecordViews, Records};
 
 use record::RecordsContext;
 

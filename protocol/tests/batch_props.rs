@@ -13,8 +13,9 @@ use proptest::test_runner::FileFailurePersistence;
 use wharf_protocol::batch::{
     batches, compute_crc, parse_header, record_starts, set_base_offset, set_partition_leader_epoch,
     validate, Attributes, Batch, BatchBuilder, BatchError, BatchHeader, Header, NewRecord, Record,
-    Records, TimestampType, ATTRIBUTES_POS, BATCH_HEADER_BYTES, BATCH_LENGTH_POS, CRC_POS,
-    LAST_OFFSET_DELTA_POS, LOG_OVERHEAD_BYTES, MAGIC_POS, RECORD_COUNT_POS,
+    RecordView, RecordViews, Records, TimestampType, ATTRIBUTES_POS, BATCH_HEADER_BYTES,
+    BATCH_LENGTH_POS, CRC_POS, LAST_OFFSET_DELTA_POS, LOG_OVERHEAD_BYTES, MAGIC_POS,
+    RECORD_COUNT_POS,
 };
 use wharf_protocol::varint::{decode_varint, decode_varlong, encode_varint, encode_varlong};
 
@@ -219,12 +220,51 @@ fn exercise_decoders(bytes: &Bytes) {
     let _ = compute_crc(bytes);
     if let Ok(batch) = Batch::decode(bytes.clone()) {
         let _ = batch.records().count();
+        for view in batch.records().views().flatten() {
+            let _ = view.headers();
+        }
         let _ = batch.control_marker();
     }
     for batch in batches(bytes.clone()).flatten() {
         let _ = batch.records().count();
         let _ = batch.control_kind();
     }
+}
+
+/// Reading records in place (`Records::views`, issue #16) agrees with decoding them: the
+/// same fields record for record, the same headers once decoded, and the same error at the
+/// same place (for a record whose headers are damaged, from `RecordView::headers`).
+fn views_agree_with_records(records: &Records) -> Result<(), TestCaseError> {
+    let mut views = records.views();
+    for decoded in records.clone() {
+        let viewed: Option<Result<RecordView<'_>, BatchError>> = views.next();
+        let viewed = viewed.ok_or_else(|| TestCaseError::fail("fewer views than records"))?;
+        match (decoded, viewed) {
+            (Ok(record), Ok(view)) => {
+                prop_assert_eq!(view.offset, record.offset);
+                prop_assert_eq!(view.timestamp_ms, record.timestamp_ms);
+                prop_assert_eq!(view.key, record.key.as_deref());
+                prop_assert_eq!(view.value, record.value.as_deref());
+                prop_assert_eq!(view.headers(), Ok(record.headers));
+            }
+            (Err(error), Ok(view)) => {
+                // Only the headers are left unchecked by a view; the iterators end here.
+                prop_assert_eq!(view.headers(), Err(error));
+                return Ok(());
+            }
+            (Err(record_error), Err(view_error)) => {
+                prop_assert_eq!(view_error, record_error);
+                prop_assert!(views.next().is_none(), "nothing follows an error");
+            }
+            (Ok(record), Err(error)) => {
+                return Err(TestCaseError::fail(format!(
+                    "decoded {record:?} where the view failed: {error}"
+                )));
+            }
+        }
+    }
+    prop_assert!(views.next().is_none(), "more views than records");
+    Ok(())
 }
 
 proptest! {
@@ -325,11 +365,31 @@ proptest! {
         }
         let count = i32::try_from(wanted.len()).expect("small");
         let header = batch.header();
-        let decoded: Vec<Record> =
-            Records::of_run(Bytes::from(run), count, header.base_offset, header.base_timestamp)
-                .collect::<Result<_, _>>()
-                .map_err(fail)?;
+        let run = Bytes::from(run);
+        let records = Records::of_run(run.clone(), count, header.base_offset, header.base_timestamp);
+        let decoded: Vec<Record> = records.clone().collect::<Result<_, _>>().map_err(fail)?;
         prop_assert_eq!(decoded, wanted);
+        views_agree_with_records(&records)?;
+        let views: Vec<_> =
+            RecordViews::of_run(&run, count, header.base_offset, header.base_timestamp).collect();
+        prop_assert_eq!(views, records.views().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn views_of_built_batches_agree_with_their_records(input in batch_input_strategy()) {
+        let batch = Batch::decode(input.build()).map_err(fail)?;
+        views_agree_with_records(&batch.records())?;
+    }
+
+    #[test]
+    fn views_of_garbage_records_agree_with_their_records(
+        record_count in prop_oneof![0i32..4, any::<i32>()],
+        records_region in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let bytes = frame_records(record_count, 0, &records_region);
+        if let Ok(batch) = Batch::decode(bytes) {
+            views_agree_with_records(&batch.records())?;
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ mod handlers;
 mod message;
 pub mod methods;
 mod nesting;
+mod unacked;
 
 pub use error_code::Reply;
 

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use wharf_protocol::batch::{BatchError, Header, Record, Records};
+use wharf_protocol::batch::{BatchError, Header, Record, RecordView, RecordViews, Records};
 
 use crate::queue::delivery::{CancelReason, ConsumerId, DeliveryTag, Overflow};
 
@@ -231,6 +231,20 @@ impl DeliveredRun {
                     record,
                 })
             })
+    }
+}
+
+impl DeliveredRun {
+    /// The deliveries read in place (no allocation per message, headers left encoded):
+    /// each mark with its record, in order. A malformed record is an error, and nothing
+    /// follows it.
+    pub fn views(
+        &self,
+    ) -> impl Iterator<Item = ((DeliveryTag, bool), Result<RecordView<'_>, BatchError>)> + '_ {
+        let count = i32::try_from(self.marks.len()).unwrap_or(i32::MAX);
+        let records =
+            RecordViews::of_run(&self.records, count, self.base_offset, self.base_timestamp);
+        self.marks.iter().copied().zip(records)
     }
 }
 

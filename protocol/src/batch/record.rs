@@ -69,13 +69,10 @@ pub struct Record {
 pub struct Records {
     /// The bytes after the 61-byte batch header.
     bytes: Bytes,
-    position: usize,
-    record_count: i32,
-    records_read: i32,
+    cursor: Cursor,
     base_offset: i64,
     base_timestamp: i64,
     log_append_time_ms: Option<i64>,
-    pending_error: Option<BatchError>,
     finished: bool,
 }
 
@@ -94,22 +91,79 @@ impl Records {
     pub(crate) fn new(bytes: Bytes, context: RecordsContext) -> Self {
         Records {
             bytes,
-            position: 0,
-            record_count: context.record_count,
-            records_read: 0,
+            cursor: Cursor {
+                position: 0,
+                record_count: context.record_count,
+                records_read: 0,
+                pending_error: context.refusal,
+            },
             base_offset: context.base_offset,
             base_timestamp: context.base_timestamp,
             log_append_time_ms: context.log_append_time_ms,
-            pending_error: context.refusal,
             finished: false,
         }
     }
 
     fn next_result(&mut self) -> Option<Result<Record, BatchError>> {
+        let fields = match self.cursor.step(&self.bytes)? {
+            Ok(fields) => fields,
+            Err(error) => return Some(Err(error)),
+        };
+        let mut reader = Reader {
+            bytes: &self.bytes,
+            position: fields.headers.start,
+            end: fields.headers.end,
+        };
+        let headers = match decode_headers(&mut reader) {
+            Ok(headers) => headers,
+            Err(error) => return Some(Err(error)),
+        };
+        let timestamp_ms = self
+            .log_append_time_ms
+            .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta));
+        Some(Ok(Record {
+            offset: self
+                .base_offset
+                .wrapping_add(i64::from(fields.offset_delta)),
+            timestamp_ms,
+            key: fields.key.map(|range| self.bytes.slice(range)),
+            value: fields.value.map(|range| self.bytes.slice(range)),
+            headers,
+        }))
+    }
+
+    /// The records not read yet, read in place ([`RecordView`]): nothing is allocated or
+    /// reference-counted per record, and the headers are left encoded. Same sequence and
+    /// errors as [`Iterator::next`], except that a record's headers are only checked when
+    /// [`RecordView::headers`] decodes them.
+    pub fn views(&self) -> RecordViews<'_> {
+        RecordViews {
+            bytes: &self.bytes,
+            cursor: self.cursor.clone(),
+            base_offset: self.base_offset,
+            base_timestamp: self.base_timestamp,
+            log_append_time_ms: self.log_append_time_ms,
+        }
+    }
+}
+
+/// Where an iterator over a records section is, and the checks of its framing: each record
+/// ends where its length says, there are exactly `record_count` of them and nothing after.
+#[derive(Debug, Clone)]
+struct Cursor {
+    position: usize,
+    record_count: i32,
+    records_read: i32,
+    pending_error: Option<BatchError>,
+}
+
+impl Cursor {
+    /// The next record's fields (`None` after the last), advancing past it.
+    fn step(&mut self, bytes: &Bytes) -> Option<Result<BodyFields, BatchError>> {
         if let Some(error) = self.pending_error.take() {
             return Some(Err(error));
         }
-        let remaining_bytes = self.bytes.len() - self.position;
+        let remaining_bytes = bytes.len() - self.position;
         if self.records_read >= self.record_count {
             if remaining_bytes == 0 {
                 return None;
@@ -125,40 +179,118 @@ impl Records {
                 actual: self.records_read,
             }));
         }
-        Some(self.decode_next())
-    }
-
-    fn decode_next(&mut self) -> Result<Record, BatchError> {
         let mut reader = Reader {
-            bytes: &self.bytes,
+            bytes,
             position: self.position,
-            end: self.bytes.len(),
+            end: bytes.len(),
         };
-        let body_end = reader.record_end()?;
-        reader.end = body_end;
-        let fields = decode_body(&mut reader)?;
-        if reader.position != body_end {
-            return Err(BatchError::TrailingBytes {
-                field: "record",
-                extra_bytes: body_end - reader.position,
-            });
+        let fields = reader.record_end().and_then(|body_end| {
+            reader.end = body_end;
+            decode_body(&mut reader)
+        });
+        if fields.is_ok() {
+            self.position = reader.end;
+            self.records_read += 1;
         }
-        self.position = body_end;
-        self.records_read += 1;
-        let timestamp_ms = self
-            .log_append_time_ms
-            .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta));
-        Ok(Record {
+        Some(fields)
+    }
+}
+
+/// A record read in place from a records section (issue #16): key and value borrowed, the
+/// headers as stored (their count and entries), for a reader that only copies bytes out or
+/// compares headers with ones it decoded before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// As [`Record::offset`].
+    pub offset: i64,
+    /// As [`Record::timestamp_ms`].
+    pub timestamp_ms: i64,
+    /// The key, or `None` for length -1.
+    pub key: Option<&'a [u8]>,
+    /// The value, or `None` for length -1.
+    pub value: Option<&'a [u8]>,
+    /// The header count varint and the headers, as stored.
+    pub raw_headers: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// The headers, decoded (their values copied out).
+    ///
+    /// # Errors
+    /// As for a [`Record`]'s headers: a malformed header, or bytes after the last one.
+    pub fn headers(&self) -> Result<Vec<Header>, BatchError> {
+        let bytes = Bytes::copy_from_slice(self.raw_headers);
+        let mut reader = Reader {
+            bytes: &bytes,
+            position: 0,
+            end: bytes.len(),
+        };
+        decode_headers(&mut reader)
+    }
+}
+
+/// Iterator over records read in place ([`Records::views`]).
+#[derive(Debug, Clone)]
+pub struct RecordViews<'a> {
+    bytes: &'a Bytes,
+    cursor: Cursor,
+    base_offset: i64,
+    base_timestamp: i64,
+    log_append_time_ms: Option<i64>,
+}
+
+impl<'a> RecordViews<'a> {
+    /// The records of a run read in place: as [`Records::of_run`], borrowing `bytes`.
+    pub fn of_run(
+        bytes: &'a Bytes,
+        count: i32,
+        base_offset: i64,
+        base_timestamp: i64,
+    ) -> RecordViews<'a> {
+        RecordViews {
+            bytes,
+            cursor: Cursor {
+                position: 0,
+                record_count: count,
+                records_read: 0,
+                pending_error: None,
+            },
+            base_offset,
+            base_timestamp,
+            log_append_time_ms: None,
+        }
+    }
+}
+
+impl<'a> Iterator for RecordViews<'a> {
+    type Item = Result<RecordView<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let bytes: &'a Bytes = self.bytes;
+        let fields = match self.cursor.step(bytes)? {
+            Ok(fields) => fields,
+            Err(error) => {
+                // Nothing follows an error.
+                self.cursor.records_read = self.cursor.record_count;
+                self.cursor.position = bytes.len();
+                return Some(Err(error));
+            }
+        };
+        Some(Ok(RecordView {
             offset: self
                 .base_offset
                 .wrapping_add(i64::from(fields.offset_delta)),
-            timestamp_ms,
-            key: fields.key,
-            value: fields.value,
-            headers: fields.headers,
-        })
+            timestamp_ms: self
+                .log_append_time_ms
+                .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta)),
+            key: fields.key.map(|range| &bytes[range]),
+            value: fields.value.map(|range| &bytes[range]),
+            raw_headers: &bytes[fields.headers],
+        }))
     }
 }
+
+impl FusedIterator for RecordViews<'_> {}
 
 impl Records {
     /// The records of a run: `count` encoded records taken out of a batch (its records
@@ -231,9 +363,9 @@ impl Records {
     /// the records section), so a rewriter can copy the records it keeps unchanged. Same
     /// sequence and errors as [`Iterator::next`].
     pub fn next_with_bytes(&mut self) -> Option<Result<(Record, Bytes), BatchError>> {
-        let start = self.position;
+        let start = self.cursor.position;
         let record = self.next()?;
-        Some(record.map(|record| (record, self.bytes.slice(start..self.position))))
+        Some(record.map(|record| (record, self.bytes.slice(start..self.cursor.position))))
     }
 }
 
@@ -295,22 +427,35 @@ pub(crate) fn encode_record(
     debug_assert!(out.len() - start <= i32::MAX as usize);
 }
 
-/// The decoded fields of a record body, before offsets and timestamps are made absolute.
+/// Where the fields of a record body are, before offsets and timestamps are made absolute.
 struct BodyFields {
     timestamp_delta: i64,
     offset_delta: i32,
-    key: Option<Bytes>,
-    value: Option<Bytes>,
-    headers: Vec<Header>,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    /// The header count and the headers, to the record's end.
+    headers: Range<usize>,
 }
 
+/// Reads a record body up to its headers, which are only located.
 fn decode_body(reader: &mut Reader<'_>) -> Result<BodyFields, BatchError> {
     // The record attributes byte is unused in v2; it is read and ignored, as Kafka does.
     reader.take(1, "record attributes")?;
     let timestamp_delta = reader.varlong("record timestamp delta")?;
     let offset_delta = reader.varint("record offset delta")?;
-    let key = reader.nullable("record key")?;
-    let value = reader.nullable("record value")?;
+    let key = reader.nullable_range("record key")?;
+    let value = reader.nullable_range("record value")?;
+    Ok(BodyFields {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers: reader.position..reader.end,
+    })
+}
+
+/// Reads the header count and the headers, which must end exactly at the reader's end.
+fn decode_headers(reader: &mut Reader<'_>) -> Result<Vec<Header>, BatchError> {
     let header_count = reader.varint("record header count")?;
     let header_count = non_negative(header_count, "record header count")?;
     // Every header takes at least two bytes (two one-byte lengths), so the remaining bytes
@@ -320,13 +465,13 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<BodyFields, BatchError> {
     for _ in 0..header_count {
         headers.push(decode_header(reader)?);
     }
-    Ok(BodyFields {
-        timestamp_delta,
-        offset_delta,
-        key,
-        value,
-        headers,
-    })
+    if reader.position != reader.end {
+        return Err(BatchError::TrailingBytes {
+            field: "record",
+            extra_bytes: reader.end - reader.position,
+        });
+    }
+    Ok(headers)
 }
 
 fn decode_header(reader: &mut Reader<'_>) -> Result<Header, BatchError> {
@@ -470,13 +615,19 @@ impl Reader<'_> {
 
     /// Reads a varint length (-1 = null) and the bytes it announces, without copying them.
     fn nullable(&mut self, field: &'static str) -> Result<Option<Bytes>, BatchError> {
+        Ok(self
+            .nullable_range(field)?
+            .map(|range| self.bytes.slice(range)))
+    }
+
+    /// Reads a varint length (-1 = null) and returns where the bytes it announces are.
+    fn nullable_range(&mut self, field: &'static str) -> Result<Option<Range<usize>>, BatchError> {
         let length = self.varint(field)?;
         if length == -1 {
             return Ok(None);
         }
         let length = non_negative(length, field)?;
-        let range = self.take(length, field)?;
-        Ok(Some(self.bytes.slice(range)))
+        Ok(Some(self.take(length, field)?))
     }
 }
 

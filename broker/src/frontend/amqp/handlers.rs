@@ -2,7 +2,7 @@
 //! state (the negotiation phase, open channels, their publish in progress, consumers,
 //! delivery tags) is translation state; every queue and exchange rule is the core's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use amq_protocol::frame::AMQPContentHeader;
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error_code::{self, Reply};
 use super::message;
+use super::unacked::Unacked;
 use super::{
     connection_close_frame, method_frame, AmqpRequest, Later, PublishFrames, Shared, CHANNELS_MAX,
     CLOSE_OK_WAIT, FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
@@ -25,8 +26,8 @@ use crate::core::queue_ops::{
 };
 use crate::core::PublishCompletion;
 use crate::core::{
-    AckScope, ConsumerEvent, ConsumerId, DefaultGuest, DeleteConditions, Deliveries, DeliveryTag,
-    Durability, GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
+    AckScope, ConsumerId, ConsumerPush, DefaultGuest, DeleteConditions, DeliveredRun, Deliveries,
+    DeliveryTag, Durability, GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -103,7 +104,7 @@ pub(crate) struct Channel {
     /// The last delivery tag handed out on this channel.
     last_tag: u64,
     /// Unacknowledged deliveries by channel delivery tag.
-    unacked: BTreeMap<u64, Held>,
+    unacked: Unacked<Held>,
     /// tx.select was received: the publishes and settlements of the open transaction.
     tx: Option<Vec<TxStep>>,
     /// Body bytes of the publishes in `tx`.
@@ -1728,18 +1729,18 @@ async fn push_until_end(
 ) {
     let mut frames = super::deliver::DeliverEncoder::new(channel, consumer_tag);
     let tag_short = ShortString::from(consumer_tag);
-    while let Some(first) = events.recv().await {
-        // The deliveries already waiting go out in one push (one wake-up of the writer),
-        // up to DELIVERY_PUSH_BYTES_MAX.
+    while let Some(first) = events.recv_push().await {
+        // The runs already waiting go out in one push (one wake-up of the writer), up to
+        // DELIVERY_PUSH_BYTES_MAX.
         let mut out = BytesMut::new();
         let mut bytes = 0u64;
         // (channel delivery tag, core tag) of each delivery encoded into `out`.
         let mut encoded: Vec<(u64, DeliveryTag)> = Vec::new();
         let mut next = Some(first);
-        while let Some(event) = next.take() {
-            let delivered = match event {
-                ConsumerEvent::Delivery(delivered) => delivered,
-                ConsumerEvent::Cancelled(_) => {
+        while let Some(push) = next.take() {
+            let run = match push {
+                ConsumerPush::Run(run) => run,
+                ConsumerPush::Cancelled(_) => {
                     if !encoded.is_empty() {
                         let pushed =
                             push_deliveries(shared, channel, consumer_tag, out, &encoded).await;
@@ -1770,47 +1771,47 @@ async fn push_until_end(
                     return;
                 }
             };
-            let delivery_tag = {
-                let mut state = shared.state();
-                let open = state
-                    .channels
-                    .get_mut(&channel)
-                    .filter(|open| open.consumers.contains_key(consumer_tag));
-                open.map(|open| {
-                    open.last_tag += 1;
-                    if !no_ack {
-                        open.unacked.insert(
-                            open.last_tag,
-                            Held {
-                                queue: queue.clone(),
-                                consumer,
-                                tag: delivered.tag,
-                            },
-                        );
-                    }
-                    open.last_tag
-                })
-            };
-            let Some(delivery_tag) = delivery_tag else {
+            // The run's channel tags, taken together under one lock.
+            let Some(first_tag) = hold_run(shared, channel, consumer_tag, queue, no_ack, &run)
+            else {
                 // The consumer went: what was encoded for it and not sent goes back too.
                 let mut back: Vec<DeliveryTag> = encoded.iter().map(|(_, tag)| *tag).collect();
                 forget_unsent(shared, channel, &encoded);
-                back.push(delivered.tag);
+                back.extend(run.marks.iter().map(|(tag, _)| *tag));
                 return_undelivered(shared, queue, consumer, back, events).await;
                 return;
             };
             let frame_max = shared.frame_max.load(std::sync::atomic::Ordering::Relaxed);
-            frames.encode(
-                delivery_tag,
-                &delivered.record,
-                delivered.redelivered,
-                frame_max,
-                &mut out,
-            );
-            bytes += delivered.record.value.as_ref().map_or(0, |body| body.len()) as u64;
-            encoded.push((delivery_tag, delivered.tag));
+            let mut delivery_tag = first_tag;
+            for ((tag, redelivered), record) in run.views() {
+                let written = record.and_then(|record| {
+                    frames.encode(delivery_tag, &record, redelivered, frame_max, &mut out)?;
+                    Ok(record.value.map_or(0, <[u8]>::len))
+                });
+                match written {
+                    Ok(body_bytes) => {
+                        bytes += body_bytes as u64;
+                        encoded.push((delivery_tag, tag));
+                        delivery_tag += 1;
+                    }
+                    Err(error) => {
+                        // The store found the record's bounds, so this is damage inside
+                        // one record; it and the rest of its run stay unacknowledged at
+                        // this consumer and come back when the consumer goes.
+                        tracing::warn!(%error, queue = &**queue, "a stored queue message does not decode");
+                        break;
+                    }
+                }
+            }
+            let unsent = first_tag + run.marks.len() as u64;
+            if delivery_tag < unsent {
+                let tags: Vec<(u64, DeliveryTag)> = (delivery_tag..unsent)
+                    .map(|tag| (tag, DeliveryTag(0)))
+                    .collect();
+                forget_unsent(shared, channel, &tags);
+            }
             if out.len() < DELIVERY_PUSH_BYTES_MAX {
-                next = events.try_recv().ok();
+                next = events.try_recv_push().ok();
             }
         }
         match push_deliveries(shared, channel, consumer_tag, out, &encoded).await {
@@ -1835,6 +1836,39 @@ async fn push_until_end(
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Gives the deliveries of `run` the channel's next delivery tags (consecutive, the first
+/// returned) and, unless the consumer acks nothing, holds them as unacknowledged: one
+/// lock of the connection's state for the run. `None` if the consumer is gone.
+fn hold_run(
+    shared: &Shared,
+    channel: u16,
+    consumer_tag: &str,
+    queue: &Arc<str>,
+    no_ack: bool,
+    run: &DeliveredRun,
+) -> Option<u64> {
+    let mut state = shared.state();
+    let open = state
+        .channels
+        .get_mut(&channel)
+        .filter(|open| open.consumers.contains_key(consumer_tag))?;
+    let first_tag = open.last_tag + 1;
+    open.last_tag += run.marks.len() as u64;
+    if !no_ack {
+        for (delivery_tag, (tag, _)) in (first_tag..).zip(&run.marks) {
+            open.unacked.insert(
+                delivery_tag,
+                Held {
+                    queue: queue.clone(),
+                    consumer: run.consumer,
+                    tag: *tag,
+                },
+            );
+        }
+    }
+    Some(first_tag)
 }
 
 /// Most bytes of deliveries gathered into one push to the connection's writer.
@@ -1892,7 +1926,7 @@ async fn push_deliveries(
 fn forget_unsent(shared: &Shared, channel: u16, encoded: &[(u64, DeliveryTag)]) {
     if let Some(open) = shared.state().channels.get_mut(&channel) {
         for (delivery_tag, _) in encoded {
-            open.unacked.remove(delivery_tag);
+            open.unacked.remove(*delivery_tag);
         }
     }
 }
@@ -1930,9 +1964,9 @@ async fn return_undelivered(
     mut tags: Vec<DeliveryTag>,
     mut events: Deliveries,
 ) {
-    while let Some(event) = events.recv().await {
-        if let ConsumerEvent::Delivery(delivered) = event {
-            tags.push(delivered.tag);
+    while let Some(push) = events.recv_push().await {
+        if let ConsumerPush::Run(run) = push {
+            tags.extend(run.marks.iter().map(|(tag, _)| *tag));
         }
     }
     requeue(shared, queue, consumer, tags).await;
@@ -2119,15 +2153,13 @@ fn settled_held(
             } else {
                 delivery_tag
             };
-            let tags: Vec<u64> = open.unacked.range(..=upto).map(|(tag, _)| *tag).collect();
-            if tags.is_empty() && delivery_tag != 0 && delivery_tag > open.last_tag {
+            let held = open.unacked.take_up_to(upto);
+            if held.is_empty() && delivery_tag != 0 && delivery_tag > open.last_tag {
                 return Err(unknown_tag(delivery_tag, method_id));
             }
-            tags.into_iter()
-                .filter_map(|tag| open.unacked.remove(&tag))
-                .collect()
+            held
         } else {
-            match open.unacked.remove(&delivery_tag) {
+            match open.unacked.remove(delivery_tag) {
                 Some(held) => vec![held],
                 None => return Err(unknown_tag(delivery_tag, method_id)),
             }

@@ -93,6 +93,10 @@ pub struct PerfQueueArgs {
     /// Unacknowledged deliveries each consumer may hold.
     #[arg(long, value_name = "P", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub prefetch: u32,
+    /// Each consumer acknowledges (cumulatively) every this many deliveries; half the
+    /// prefetch by default.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ack_every: Option<u32>,
     /// Publishers, each with its own connection.
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub publishers: u32,
@@ -841,7 +845,7 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
     // Consume.
     let progress = Progress::start("queue consume", args.messages);
     let received = progress.counter();
-    let ack_every = u64::from((args.prefetch / 2).max(1));
+    let ack_every = u64::from(args.ack_every.unwrap_or((args.prefetch / 2).max(1)));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.consumers {

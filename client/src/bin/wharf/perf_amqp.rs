@@ -171,6 +171,9 @@ fn cut_frame(buffer: &mut BytesMut) -> Result<Option<AMQPFrame>, CliError> {
     }
 }
 
+/// Free bytes the read buffer has before each read from the server.
+const READ_BYTES_MIN: usize = 64 * 1024;
+
 /// Reads until a whole frame is in `buffer`, then returns it.
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -180,6 +183,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if let Some(frame) = cut_frame(buffer)? {
             return Ok(frame);
         }
+        // Room for a large read: a full buffer would otherwise be refilled 64 bytes at a
+        // time (read_buf's minimum), one system call each.
+        buffer.reserve(READ_BYTES_MIN);
         let read = tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(buffer))
             .await
             .map_err(|_| failed(format!("the server sent nothing for {IDLE_TIMEOUT:?}")))?
