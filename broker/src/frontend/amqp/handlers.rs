@@ -76,7 +76,8 @@ pub(crate) struct PendingPublish {
     channel: u16,
     sequence: Option<u64>,
     query: PublishQuery,
-    properties: AMQPProperties,
+    /// A mandatory publish's properties, for its return.
+    properties: Option<Box<AMQPProperties>>,
 }
 
 /// One open channel.
@@ -2339,7 +2340,7 @@ async fn content_body(shared: &Arc<Shared>, channel: u16, chunk: Bytes) -> Resul
 
 /// A whole message arrived: publish it through the core; confirm and return as RabbitMQ.
 async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
-    let (content, sequence) = {
+    let (content, sequence, in_tx) = {
         let mut state = shared.state();
         let Some(open) = state.channels.get_mut(&channel) else {
             return Ok(());
@@ -2351,7 +2352,7 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
             *last += 1;
             *last
         });
-        (content, sequence)
+        (content, sequence, open.tx.is_some())
     };
     let Content {
         exchange,
@@ -2361,7 +2362,6 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
         body,
     } = content;
     let properties = header.map(|(_, properties)| properties).unwrap_or_default();
-    let body = body.into_bytes();
     let headers = match message::headers_from_properties(&properties) {
         Ok(headers) => headers,
         Err(message::BadProperty(detail)) => {
@@ -2375,30 +2375,28 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
         }
     };
     let query = PublishQuery {
-        exchange: exchange.clone(),
-        routing_key: routing_key.clone(),
+        exchange,
+        routing_key,
         mandatory: if mandatory {
             Mandatory::Return
         } else {
             Mandatory::Drop
         },
         headers,
-        body: body.clone(),
+        body: body.into_bytes(),
     };
-    {
+    if in_tx {
         let mut state = shared.state();
-        if let Some(open) = state
-            .channels
-            .get_mut(&channel)
-            .filter(|open| open.tx.is_some())
-        {
+        if let Some(open) = state.channels.get_mut(&channel) {
             open.tx_bytes = open.tx_bytes.saturating_add(query.body.len() as u64);
             if let Some(steps) = open.tx.as_mut() {
                 steps.push(TxStep::Publish(query, Box::new(properties)));
             }
-            return Ok(());
         }
+        return Ok(());
     }
+    // Only a returned message needs its properties again, and only a mandatory one can be.
+    let properties = mandatory.then(|| Box::new(properties));
     if shared.broker.publish_batchable(&shared.session, &query) {
         // The default exchange routes to the queue the key names or drops (or returns) the
         // message; with the write allowed and no delay to check it is not refused: such
@@ -2420,6 +2418,7 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
         return Ok(());
     }
     flush_publishes(shared).await;
+    let answer = Answer::of(channel, sequence, &query, properties);
     let held = shared.broker.alarms().reason();
     if held.is_some() {
         tell_blocked(shared, held).await;
@@ -2428,15 +2427,6 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
     if held.is_some() {
         tell_blocked(shared, None).await;
     }
-    let answer = Answer {
-        channel,
-        sequence,
-        mandatory,
-        exchange,
-        routing_key,
-        properties,
-        body,
-    };
     match published {
         Ok(completion) => answer_publish(shared, answer, completion).await,
         Err(error) => fail_channel(shared, channel, error_code::queue(&error, 60, 40)).await,
@@ -2451,8 +2441,42 @@ struct Answer {
     mandatory: bool,
     exchange: String,
     routing_key: String,
-    properties: AMQPProperties,
+    /// A mandatory publish's properties (nothing else can be returned).
+    properties: Option<Box<AMQPProperties>>,
     body: Bytes,
+}
+
+impl Answer {
+    /// The answer `query` gets; what only a return needs is kept for a mandatory one only.
+    fn of(
+        channel: u16,
+        sequence: Option<u64>,
+        query: &PublishQuery,
+        properties: Option<Box<AMQPProperties>>,
+    ) -> Answer {
+        let mandatory = query.mandatory == Mandatory::Return;
+        Answer {
+            channel,
+            sequence,
+            mandatory,
+            exchange: if mandatory {
+                query.exchange.clone()
+            } else {
+                String::new()
+            },
+            routing_key: if mandatory {
+                query.routing_key.clone()
+            } else {
+                String::new()
+            },
+            properties,
+            body: if mandatory {
+                query.body.clone()
+            } else {
+                Bytes::new()
+            },
+        }
+    }
 }
 
 /// Hands the publishes held back to the core together (one [`Broker::publish_batch`]), in
@@ -2478,25 +2502,12 @@ async fn publish_pending(shared: &Arc<Shared>) -> Vec<(u16, Reply)> {
     let mut answers = Vec::with_capacity(pending.len());
     let mut queries = Vec::with_capacity(pending.len());
     for publish in pending {
-        let mandatory = publish.query.mandatory == Mandatory::Return;
-        answers.push(Answer {
-            channel: publish.channel,
-            sequence: publish.sequence,
-            mandatory,
-            // Only a returned message needs these, and only mandatory ones can be.
-            exchange: String::new(),
-            routing_key: if mandatory {
-                publish.query.routing_key.clone()
-            } else {
-                String::new()
-            },
-            properties: publish.properties,
-            body: if mandatory {
-                publish.query.body.clone()
-            } else {
-                Bytes::new()
-            },
-        });
+        answers.push(Answer::of(
+            publish.channel,
+            publish.sequence,
+            &publish.query,
+            publish.properties,
+        ));
         queries.push(publish.query);
     }
     let published = shared.broker.publish_batch(&shared.session, queries).await;
@@ -2587,7 +2598,7 @@ fn publish_later(
             channel,
             exchange,
             routing_key,
-            properties,
+            properties: properties.map(|properties| *properties).unwrap_or_default(),
             body,
         };
         out = returned.frames(frame_max);
