@@ -1326,28 +1326,40 @@ impl QueueManager {
         // 1. Forget the queue durably first: a crash part-way through must not reopen a
         //    half-deleted queue (its leftover directory is removed by the next declare).
         //    The name stays reserved until the files are gone, so a declare meanwhile is
-        //    refused rather than created and then wiped.
-        let (sender, durability, snapshot) = {
+        //    refused rather than created and then wiped. Only what the definitions file
+        //    holds is taken out before it is written; if it cannot be written (a full
+        //    disk), that goes back and the queue stays as it was, in memory as on disk.
+        let (handle, stored, snapshot) = {
             let mut registry = self.lock();
             let handle = registry
                 .queues
                 .remove(queue)
                 .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
+            let (stored, kept): (Vec<StoredBinding>, Vec<StoredBinding>) =
+                std::mem::take(&mut registry.bindings)
+                    .into_iter()
+                    .partition(|binding| binding.queue == queue && !to_exchange(binding));
+            registry.bindings = kept;
+            registry.deleting.insert(queue.to_string());
+            let snapshot = self.snapshot(&registry);
+            (handle, stored, snapshot)
+        };
+        if let Err(error) = self.definitions.persist(snapshot) {
+            let mut registry = self.lock();
+            registry.queues.insert(queue.to_string(), handle);
+            registry.bindings.extend(stored);
+            registry.deleting.remove(queue);
+            return Err(error);
+        }
+        let (sender, durability) = {
+            let mut registry = self.lock();
             for (_, bindings) in registry.exchanges.values_mut() {
                 bindings.remove_queue(queue);
             }
-            registry
-                .bindings
-                .retain(|binding| binding.queue != queue || to_exchange(binding));
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
-            registry.deleting.insert(queue.to_string());
-            (handle.sender, handle.durability, self.snapshot(&registry))
+            (handle.sender, handle.durability)
         };
-        if let Err(error) = self.definitions.persist(snapshot) {
-            self.lock().deleting.remove(queue);
-            return Err(error);
-        }
         // A proxy of the queue ends once the commands it holds are forwarded.
         self.proxies
             .lock()
@@ -1994,4 +2006,66 @@ async fn enqueue(message: Message, targets: &[Target]) -> Result<PublishTicket, 
         confirmations.push((name.clone(), confirmed));
     }
     Ok(PublishTicket::new(confirmations))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::sim_env;
+    use bytes::Bytes;
+
+    fn message(body: &'static str) -> Message {
+        Message {
+            routing_key: String::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            headers: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_cannot_write_the_definitions_keeps_the_queue_and_its_bindings() {
+        let (env, fs, _) = sim_env(1_000);
+        let dir = Path::new("/data");
+        let manager = QueueManager::open(dir, env.clone()).expect("opens");
+        manager
+            .declare_exchange("fan", ExchangeKind::Fanout, Durability::Durable)
+            .expect("exchange");
+        manager
+            .declare_queue("q", QueueArgs::default(), Durability::Durable)
+            .expect("queue");
+        manager.bind("q", "fan", "", &[]).expect("binding");
+        fs.fail_next_write(libc::ENOSPC);
+        assert!(matches!(
+            manager.delete_queue("q").await,
+            Err(QueueError::Storage(_))
+        ));
+        // Still declared, bound and reachable, and declarable again as it was.
+        assert!(manager.exists("q"));
+        assert_eq!(manager.list_bindings(Some("q")).expect("bindings").len(), 2);
+        assert_eq!(
+            manager
+                .publish("fan", message("kept"))
+                .await
+                .expect("routed"),
+            Published::Routed(vec!["q".to_string()])
+        );
+        manager
+            .declare_queue("q", QueueArgs::default(), Durability::Durable)
+            .expect("the same declare is idempotent");
+        // A later delete works and sticks across a restart.
+        manager.delete_queue("q").await.expect("deleted");
+        assert!(!manager.exists("q"));
+        assert_eq!(
+            manager
+                .publish("fan", message("gone"))
+                .await
+                .expect("publish"),
+            Published::Unroutable
+        );
+        manager.shutdown().await;
+        drop(manager);
+        let reopened = QueueManager::open(dir, env).expect("reopens");
+        assert!(!reopened.exists("q"));
+        assert!(reopened.list_bindings(Some("q")).is_err());
+    }
 }
