@@ -12,16 +12,17 @@
 # - `wharf perf amqp` (RabbitMQ PerfTest's method): one publisher publishes N persistent
 #   messages (delivery mode 2) with confirms, at most 1,000 unconfirmed, to a durable queue
 #   declared afresh with `x-queue-type`; then one consumer on a new connection reads them
-#   back with prefetch 1,000, acking cumulatively every 100.
+#   back with prefetch 1,000, acking cumulatively every ACK_EVERY (100).
 # - ../shared/peerbench's lapin loadgen (when built or buildable), the same method on lapin.
-# - `wharf perf queue --prefetch 1000` for the native path (acks every 500, half its
-#   prefetch; its publisher batches messages into PublishBatch requests).
+# - `wharf perf queue --prefetch 1000 --ack-every ACK_EVERY` for the native path, at the
+#   same ack cadence (runs before 2026-12-05 had it ack every 500, half its prefetch); its
+#   publisher batches messages into PublishBatch requests.
 # Wharf's queues are one kind (durable, fsynced before the confirm) whatever x-queue-type
 # says; RabbitMQ's quorum queues fsync their Raft log, its classic queues do not fsync per
 # confirm batch the same way.
 #
 # Env: BIN (release wharfd and wharf; default $CARGO_TARGET_DIR/release or target/release),
-# SIZES, REPS (2), N (200,000 per run), PEERBENCH (../shared/peerbench; LAPIN=0 skips the
+# SIZES, REPS (2), N (200,000 per run), ACK_EVERY (100), PEERBENCH (../shared/peerbench; LAPIN=0 skips the
 # lapin loadgen), RABBIT=0 skips RabbitMQ (scripts/rabbitmq-node.sh starts a throwaway node).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,6 +30,7 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 SIZES=${SIZES:-"100 1024"}
 REPS=${REPS:-2}
 N=${N:-200000}
+ACK_EVERY=${ACK_EVERY:-100}
 PEERBENCH=${PEERBENCH:-../shared/peerbench}
 LAPIN=${LAPIN:-1}
 RABBIT=${RABBIT:-1}
@@ -92,7 +94,7 @@ lapin() { # peer url kind size
 }
 perf_amqp() { # peer url kind size
   results "$1" wharf-perf-amqp "$4" "$("$BIN/wharf" --json perf amqp --url "$2" --queue perf \
-    --queue-type "$3" --messages "$N" --size "$4")"
+    --queue-type "$3" --messages "$N" --size "$4" --ack-every "$ACK_EVERY")"
 }
 
 for size in $SIZES; do
@@ -109,7 +111,8 @@ for size in $SIZES; do
     done
     start_wharf
     results wharf-native wharf-perf-queue "$size" "$("$BIN/wharf" --broker "127.0.0.1:$NATIVE_PORT" \
-      --json perf queue --queue q --messages "$N" --size "$size" --prefetch 1000)"
+      --json perf queue --queue q --messages "$N" --size "$size" --prefetch 1000 \
+      --ack-every "$ACK_EVERY")"
     stop_wharf
   done
 done
