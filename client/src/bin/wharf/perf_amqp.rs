@@ -563,38 +563,123 @@ async fn consume(target: &Target, args: &PerfAmqpArgs, count: u64) -> Result<(u6
             },
         )))
         .await?;
+    // As the publisher's confirms, the frames are read and parsed by a task of their own,
+    // so parsing overlaps with the acks (a client library's reader does the same).
+    let Session {
+        stream,
+        buffer,
+        frame_max,
+    } = session;
+    let (reader, mut writer) = stream.into_split();
+    let (tags, mut delivered) = tokio::sync::mpsc::channel(64);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let reading = tokio::spawn(read_deliveries(reader, buffer, tags, stopped));
     let mut got = 0u64;
     let mut ack = Vec::new();
+    let mut failure = None;
     while got < count {
-        let frame = read_frame(&mut session.stream, &mut session.buffer).await?;
-        let AMQPFrame::Method(_, class) = frame else {
-            continue;
-        };
-        match class {
-            AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => {
-                got += 1;
-                if got.is_multiple_of(args.ack_every) || got == count {
-                    ack.clear();
-                    encode(
-                        &method(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                            delivery_tag: deliver.delivery_tag,
-                            multiple: true,
-                        }))),
-                        &mut ack,
-                    )?;
-                    session.write(&ack).await?;
-                }
+        let run = match delivered.recv().await {
+            Some(Ok(run)) => run,
+            Some(Err(error)) => {
+                failure = Some(error);
+                break;
             }
-            other => {
-                if let Some(error) = closed_by_server(&other) {
-                    return Err(error);
+            None => {
+                failure = Some(failed("the connection's reader stopped"));
+                break;
+            }
+        };
+        for delivery_tag in run {
+            got += 1;
+            if got.is_multiple_of(args.ack_every) || got == count {
+                ack.clear();
+                encode(
+                    &method(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag,
+                        multiple: true,
+                    }))),
+                    &mut ack,
+                )?;
+                if let Err(error) = writer.write_all(&ack).await {
+                    failure = Some(failed(format!("writing to the server: {error}")));
+                    break;
                 }
             }
         }
+        if failure.is_some() {
+            break;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
-    session.close().await;
+    let _ = stop.send(());
+    drop(delivered);
+    let (reader, buffer) = reading
+        .await
+        .map_err(|error| failed(format!("the connection's reader failed: {error}")))?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let stream = reader
+        .reunite(writer)
+        .map_err(|error| failed(format!("rejoining the connection: {error}")))?;
+    Session {
+        stream,
+        buffer,
+        frame_max,
+    }
+    .close()
+    .await;
     Ok((got, seconds))
+}
+
+/// Reads and parses the consumer's frames, sending the delivery tags of each read's
+/// deliveries to the consume loop, until told to stop (or the connection fails, which is
+/// sent as an error). Gives the read half and the buffer back.
+async fn read_deliveries(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut buffer: BytesMut,
+    tags: tokio::sync::mpsc::Sender<Result<Vec<u64>, CliError>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (tokio::net::tcp::OwnedReadHalf, BytesMut) {
+    loop {
+        let mut run = Vec::new();
+        let parsed = loop {
+            match cut_frame(&mut buffer) {
+                Ok(Some(AMQPFrame::Method(
+                    _,
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+                ))) => run.push(deliver.delivery_tag),
+                Ok(Some(AMQPFrame::Method(_, other))) => {
+                    if let Some(error) = closed_by_server(&other) {
+                        break Err(error);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        if !run.is_empty() && tags.send(Ok(run)).await.is_err() {
+            return (reader, buffer);
+        }
+        if let Err(error) = parsed {
+            let _ = tags.send(Err(error)).await;
+            return (reader, buffer);
+        }
+        buffer.reserve(READ_BYTES_MIN);
+        let read = tokio::select! {
+            _ = &mut stop => return (reader, buffer),
+            read = tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(&mut buffer)) => read,
+        };
+        let error = match read {
+            Ok(Ok(0)) => failed("the server closed the connection"),
+            Ok(Ok(_)) => continue,
+            Ok(Err(error)) => failed(format!("reading from the server: {error}")),
+            Err(_) => failed(format!("the server sent nothing for {IDLE_TIMEOUT:?}")),
+        };
+        let _ = tags.send(Err(error)).await;
+        return (reader, buffer);
+    }
 }
 
 #[cfg(test)]
