@@ -1777,7 +1777,7 @@ async fn push_until_end(
             else {
                 // The consumer went: what was encoded for it and not sent goes back too.
                 let mut back: Vec<DeliveryTag> = encoded.iter().map(|(_, tag)| *tag).collect();
-                forget_unsent(shared, channel, &encoded);
+                forget_unsent(shared, channel, encoded.iter().map(|(tag, _)| *tag));
                 back.extend(run.marks.iter().map(|(tag, _)| *tag));
                 return_undelivered(shared, queue, consumer, back, events).await;
                 return;
@@ -1804,12 +1804,10 @@ async fn push_until_end(
                     }
                 }
             }
-            let unsent = first_tag + run.marks.len() as u64;
-            if delivery_tag < unsent {
-                let tags: Vec<(u64, DeliveryTag)> = (delivery_tag..unsent)
-                    .map(|tag| (tag, DeliveryTag(0)))
-                    .collect();
-                forget_unsent(shared, channel, &tags);
+            // The tags of a damaged record and the rest of its run were never sent.
+            let unsent = delivery_tag..first_tag + run.marks.len() as u64;
+            if !unsent.is_empty() {
+                forget_unsent(shared, channel, unsent);
             }
             if out.len() < DELIVERY_PUSH_BYTES_MAX {
                 next = events.try_recv_push().ok();
@@ -1908,7 +1906,7 @@ async fn push_deliveries(
     };
     match attempt {
         None => {
-            forget_unsent(shared, channel, encoded);
+            forget_unsent(shared, channel, encoded.iter().map(|(tag, _)| *tag));
             Pushed::Gone
         }
         Some(Ok(())) => Pushed::Sent,
@@ -1924,10 +1922,10 @@ async fn push_deliveries(
 }
 
 /// Removes the channel tags of deliveries that were never sent.
-fn forget_unsent(shared: &Shared, channel: u16, encoded: &[(u64, DeliveryTag)]) {
+fn forget_unsent(shared: &Shared, channel: u16, delivery_tags: impl IntoIterator<Item = u64>) {
     if let Some(open) = shared.state().channels.get_mut(&channel) {
-        for (delivery_tag, _) in encoded {
-            open.unacked.remove(*delivery_tag);
+        for delivery_tag in delivery_tags {
+            open.unacked.remove(delivery_tag);
         }
     }
 }

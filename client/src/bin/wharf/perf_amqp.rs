@@ -338,6 +338,26 @@ impl Session {
     }
 
     /// Closes the connection politely (waits a moment for close-ok).
+    /// Puts a connection split for reading and writing back together and closes it.
+    async fn close_halves(
+        reader: tokio::net::tcp::OwnedReadHalf,
+        writer: tokio::net::tcp::OwnedWriteHalf,
+        buffer: BytesMut,
+        frame_max: u32,
+    ) -> Result<(), CliError> {
+        let stream = reader
+            .reunite(writer)
+            .map_err(|error| failed(format!("rejoining the connection: {error}")))?;
+        Session {
+            stream,
+            buffer,
+            frame_max,
+        }
+        .close()
+        .await;
+        Ok(())
+    }
+
     async fn close(mut self) {
         let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
             reply_code: 200,
@@ -528,16 +548,7 @@ async fn publish(target: &Target, args: &PerfAmqpArgs) -> Result<(u64, f64), Cli
         .await
         .map_err(|error| failed(format!("the confirm reader failed: {error}")))??;
     let seconds = started.elapsed().as_secs_f64();
-    let stream = reader
-        .reunite(writer)
-        .map_err(|error| failed(format!("rejoining the connection: {error}")))?;
-    Session {
-        stream,
-        buffer,
-        frame_max,
-    }
-    .close()
-    .await;
+    Session::close_halves(reader, writer, buffer, frame_max).await?;
     Ok((sent, seconds))
 }
 
@@ -619,16 +630,7 @@ async fn consume(target: &Target, args: &PerfAmqpArgs, count: u64) -> Result<(u6
     if let Some(error) = failure {
         return Err(error);
     }
-    let stream = reader
-        .reunite(writer)
-        .map_err(|error| failed(format!("rejoining the connection: {error}")))?;
-    Session {
-        stream,
-        buffer,
-        frame_max,
-    }
-    .close()
-    .await;
+    Session::close_halves(reader, writer, buffer, frame_max).await?;
     Ok((got, seconds))
 }
 
