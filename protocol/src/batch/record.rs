@@ -70,9 +70,6 @@ pub struct Records {
     /// The bytes after the 61-byte batch header.
     bytes: Bytes,
     cursor: Cursor,
-    base_offset: i64,
-    base_timestamp: i64,
-    log_append_time_ms: Option<i64>,
     finished: bool,
 }
 
@@ -91,15 +88,7 @@ impl Records {
     pub(crate) fn new(bytes: Bytes, context: RecordsContext) -> Self {
         Records {
             bytes,
-            cursor: Cursor {
-                position: 0,
-                record_count: context.record_count,
-                records_read: 0,
-                pending_error: context.refusal,
-            },
-            base_offset: context.base_offset,
-            base_timestamp: context.base_timestamp,
-            log_append_time_ms: context.log_append_time_ms,
+            cursor: Cursor::new(context),
             finished: false,
         }
     }
@@ -118,14 +107,9 @@ impl Records {
             Ok(headers) => headers,
             Err(error) => return Some(Err(error)),
         };
-        let timestamp_ms = self
-            .log_append_time_ms
-            .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta));
         Some(Ok(Record {
-            offset: self
-                .base_offset
-                .wrapping_add(i64::from(fields.offset_delta)),
-            timestamp_ms,
+            offset: fields.offset,
+            timestamp_ms: fields.timestamp_ms,
             key: fields.key.map(|range| self.bytes.slice(range)),
             value: fields.value.map(|range| self.bytes.slice(range)),
             headers,
@@ -140,24 +124,49 @@ impl Records {
         RecordViews {
             bytes: &self.bytes,
             cursor: self.cursor.clone(),
-            base_offset: self.base_offset,
-            base_timestamp: self.base_timestamp,
-            log_append_time_ms: self.log_append_time_ms,
         }
     }
 }
 
 /// Where an iterator over a records section is, and the checks of its framing: each record
 /// ends where its length says, there are exactly `record_count` of them and nothing after.
+/// Offsets and timestamps are made absolute here, from the batch's fields.
 #[derive(Debug, Clone)]
 struct Cursor {
     position: usize,
     record_count: i32,
     records_read: i32,
     pending_error: Option<BatchError>,
+    base_offset: i64,
+    base_timestamp: i64,
+    log_append_time_ms: Option<i64>,
 }
 
 impl Cursor {
+    fn new(context: RecordsContext) -> Cursor {
+        Cursor {
+            position: 0,
+            record_count: context.record_count,
+            records_read: 0,
+            pending_error: context.refusal,
+            base_offset: context.base_offset,
+            base_timestamp: context.base_timestamp,
+            log_append_time_ms: context.log_append_time_ms,
+        }
+    }
+
+    /// The context of a run: `count` records whose deltas count from `base_offset` and
+    /// `base_timestamp` (create time).
+    fn of_run(count: i32, base_offset: i64, base_timestamp: i64) -> Cursor {
+        Cursor::new(RecordsContext {
+            record_count: count,
+            base_offset,
+            base_timestamp,
+            log_append_time_ms: None,
+            refusal: None,
+        })
+    }
+
     /// The next record's fields (`None` after the last), advancing past it.
     fn step(&mut self, bytes: &Bytes) -> Option<Result<BodyFields, BatchError>> {
         if let Some(error) = self.pending_error.take() {
@@ -186,7 +195,7 @@ impl Cursor {
         };
         let fields = reader.record_end().and_then(|body_end| {
             reader.end = body_end;
-            decode_body(&mut reader)
+            decode_body(&mut reader, self)
         });
         if fields.is_ok() {
             self.position = reader.end;
@@ -234,9 +243,6 @@ impl RecordView<'_> {
 pub struct RecordViews<'a> {
     bytes: &'a Bytes,
     cursor: Cursor,
-    base_offset: i64,
-    base_timestamp: i64,
-    log_append_time_ms: Option<i64>,
 }
 
 impl<'a> RecordViews<'a> {
@@ -249,15 +255,7 @@ impl<'a> RecordViews<'a> {
     ) -> RecordViews<'a> {
         RecordViews {
             bytes,
-            cursor: Cursor {
-                position: 0,
-                record_count: count,
-                records_read: 0,
-                pending_error: None,
-            },
-            base_offset,
-            base_timestamp,
-            log_append_time_ms: None,
+            cursor: Cursor::of_run(count, base_offset, base_timestamp),
         }
     }
 }
@@ -277,12 +275,8 @@ impl<'a> Iterator for RecordViews<'a> {
             }
         };
         Some(Ok(RecordView {
-            offset: self
-                .base_offset
-                .wrapping_add(i64::from(fields.offset_delta)),
-            timestamp_ms: self
-                .log_append_time_ms
-                .unwrap_or(self.base_timestamp.wrapping_add(fields.timestamp_delta)),
+            offset: fields.offset,
+            timestamp_ms: fields.timestamp_ms,
             key: fields.key.map(|range| &bytes[range]),
             value: fields.value.map(|range| &bytes[range]),
             raw_headers: &bytes[fields.headers],
@@ -298,16 +292,11 @@ impl Records {
     /// count from `base_offset` and `base_timestamp` (create time). Errors as for a batch's
     /// records: a malformed record, fewer records or trailing bytes.
     pub fn of_run(bytes: Bytes, count: i32, base_offset: i64, base_timestamp: i64) -> Records {
-        Records::new(
+        Records {
             bytes,
-            RecordsContext {
-                record_count: count,
-                base_offset,
-                base_timestamp,
-                log_append_time_ms: None,
-                refusal: None,
-            },
-        )
+            cursor: Cursor::of_run(count, base_offset, base_timestamp),
+            finished: false,
+        }
     }
 }
 
@@ -427,18 +416,19 @@ pub(crate) fn encode_record(
     debug_assert!(out.len() - start <= i32::MAX as usize);
 }
 
-/// Where the fields of a record body are, before offsets and timestamps are made absolute.
+/// A record body's offset and timestamp, made absolute, and where its fields are.
 struct BodyFields {
-    timestamp_delta: i64,
-    offset_delta: i32,
+    offset: i64,
+    timestamp_ms: i64,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
     /// The header count and the headers, to the record's end.
     headers: Range<usize>,
 }
 
-/// Reads a record body up to its headers, which are only located.
-fn decode_body(reader: &mut Reader<'_>) -> Result<BodyFields, BatchError> {
+/// Reads a record body up to its headers, which are only located; its deltas count from
+/// `cursor`'s batch fields.
+fn decode_body(reader: &mut Reader<'_>, cursor: &Cursor) -> Result<BodyFields, BatchError> {
     // The record attributes byte is unused in v2; it is read and ignored, as Kafka does.
     reader.take(1, "record attributes")?;
     let timestamp_delta = reader.varlong("record timestamp delta")?;
@@ -446,8 +436,12 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<BodyFields, BatchError> {
     let key = reader.nullable_range("record key")?;
     let value = reader.nullable_range("record value")?;
     Ok(BodyFields {
-        timestamp_delta,
-        offset_delta,
+        // `base_offset + offset_delta` and `base_timestamp + timestamp_delta`, wrapping; the
+        // batch's max timestamp under log-append time, as Kafka readers do.
+        offset: cursor.base_offset.wrapping_add(i64::from(offset_delta)),
+        timestamp_ms: cursor
+            .log_append_time_ms
+            .unwrap_or(cursor.base_timestamp.wrapping_add(timestamp_delta)),
         key,
         value,
         headers: reader.position..reader.end,
