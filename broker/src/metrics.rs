@@ -131,14 +131,25 @@ impl Histogram {
 
     /// Records one value, in the histogram's base unit.
     pub fn observe(&self, value: u64) {
+        self.observe_times(value, 1);
+    }
+
+    /// Records `count` observations of `value`.
+    fn observe_times(&self, value: u64, count: u64) {
         let slot = self.bounds.partition_point(|bound| *bound < value);
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.counts[slot].fetch_add(count, Ordering::Relaxed);
+        self.sum
+            .fetch_add(value.saturating_mul(count), Ordering::Relaxed);
     }
 
     /// Records a duration (for histograms in seconds).
     pub fn observe_duration(&self, elapsed: Duration) {
         self.observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Records `count` observations of the same duration.
+    pub fn observe_durations(&self, count: u64, each: Duration) {
+        self.observe_times(u64::try_from(each.as_nanos()).unwrap_or(u64::MAX), count);
     }
 
     /// True while nothing was observed.
@@ -356,6 +367,13 @@ impl ListenerMetrics {
             let error = usize::from(error).min(ERROR_CODE_SLOTS - 1);
             self.errors[api][error].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records `count` requests for `api` handled together, each taking `each` (its share
+    /// of the time they took together).
+    pub fn requests(&self, api: u16, count: u64, each: Duration) {
+        let api = usize::from(api).min(API_KEY_SLOTS - 1);
+        self.requests[api].observe_durations(count, each);
     }
 
     /// Counts one error answered for `api` outside [`ListenerMetrics::request`] (an AMQP
@@ -601,6 +619,22 @@ mod tests {
         );
         assert_eq!(last.latency.buckets[HISTOGRAM_BUCKETS].1, 1);
         assert_eq!(last.errors, vec![(127, 1)]);
+    }
+
+    #[test]
+    fn requests_handled_together_count_each_with_its_share() {
+        let listener = ListenerMetrics::new();
+        listener.requests(60, 4, Duration::from_micros(5));
+        listener.request(60, None, Duration::from_millis(2));
+        let sample = listener.sample();
+        let api = &sample.apis[0];
+        assert_eq!(api.api, 60);
+        assert_eq!(api.latency.count, 5);
+        assert_eq!(
+            api.latency.buckets[0].1, 4,
+            "four of 5 us in the first bucket"
+        );
+        assert!((api.latency.sum - (20e-6 + 2e-3)).abs() < 1e-12);
     }
 
     #[test]

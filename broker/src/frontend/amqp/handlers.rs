@@ -113,6 +113,14 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
+    /// The next publisher-confirm sequence number, in confirm mode.
+    fn next_confirm(&mut self) -> Option<u64> {
+        self.confirms.as_mut().map(|last| {
+            *last += 1;
+            *last
+        })
+    }
+
     /// Body bytes this channel has the broker hold: the declared size of a body being
     /// received and the publishes of its open transaction.
     fn buffered_bytes(&self) -> u64 {
@@ -226,15 +234,25 @@ pub(crate) fn awaits_content(shared: &Shared, channel: u16) -> bool {
         .is_some_and(|open| open.content.is_some())
 }
 
-/// Handles one request in the connection's ordered phase: a whole publish at once when
-/// nothing about it is unusual, else frame by frame.
+/// Handles one request in the connection's ordered phase: a whole publish (or a run of
+/// them, one by one) at once when nothing about it is unusual, else frame by frame.
 pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
-    let AmqpRequest::Publish(channel, frames) = request else {
-        return handle_frame(shared, request).await;
-    };
+    match request {
+        AmqpRequest::Publish(channel, frames) => whole_publish(shared, channel, frames).await,
+        AmqpRequest::Publishes(run) => {
+            for (channel, frames) in run {
+                whole_publish(shared, channel, frames).await;
+            }
+        }
+        other => handle_frame(shared, other).await,
+    }
+}
+
+/// Handles a publish whose frames were decoded together.
+async fn whole_publish(shared: &Arc<Shared>, channel: u16, frames: Box<PublishFrames>) {
     match start_publish(shared, channel, frames) {
-        Ok(()) => {
-            if let Err(reply) = publish(shared, channel).await {
+        Ok(started) => {
+            if let Err(reply) = publish_content(shared, channel, started).await {
                 fail(shared, reply).await;
             }
         }
@@ -247,16 +265,26 @@ pub(crate) async fn handle(shared: &Arc<Shared>, request: AmqpRequest) {
     }
 }
 
+/// A publish whose content is complete, taken off its channel: what [`publish_content`]
+/// stores.
+struct Started {
+    content: Content,
+    /// Its publisher-confirm sequence number, in confirm mode.
+    sequence: Option<u64>,
+    /// The channel is in a transaction.
+    in_tx: bool,
+}
+
 /// Takes a whole publish's method and content as one step when the frame-by-frame path
 /// would accept each of its frames and complete the message: the connection is open, the
 /// channel open, not closing and not inside another publish's content, the body within
 /// the size and buffer caps. Anything else gets the frames back for that path (which
-/// answers each case with its error).
+/// answers each case with its error). One lock of the connection state for all of it.
 fn start_publish(
     shared: &Shared,
     channel: u16,
     frames: Box<PublishFrames>,
-) -> Result<(), Box<PublishFrames>> {
+) -> Result<Started, Box<PublishFrames>> {
     let size = frames.header.body_size;
     if frames.publish.immediate
         || frames.header.class_id != 60
@@ -279,18 +307,21 @@ fn start_publish(
                 header,
                 body,
             } = *frames;
-            open.content = Some(Content {
-                exchange: publish.exchange.as_str().to_string(),
-                routing_key: publish.routing_key.as_str().to_string(),
-                mandatory: publish.mandatory,
-                header: Some((size, header.properties)),
-                body: if body.is_empty() {
-                    Body::Empty
-                } else {
-                    Body::One(body)
+            Ok(Started {
+                content: Content {
+                    exchange: publish.exchange.as_str().to_string(),
+                    routing_key: publish.routing_key.as_str().to_string(),
+                    mandatory: publish.mandatory,
+                    header: Some((size, header.properties)),
+                    body: if body.is_empty() {
+                        Body::Empty
+                    } else {
+                        Body::One(body)
+                    },
                 },
-            });
-            Ok(())
+                sequence: open.next_confirm(),
+                in_tx: open.tx.is_some(),
+            })
         }
         _ => Err(frames),
     }
@@ -307,6 +338,7 @@ async fn handle_frame(shared: &Arc<Shared>, request: AmqpRequest) {
             | AmqpRequest::Body(..)
             | AmqpRequest::Heartbeat(_)
             | AmqpRequest::Publish(..)
+            | AmqpRequest::Publishes(_)
     ) || matches!(&request, AmqpRequest::Method(_, class)
         if matches!(**class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))));
     if !continues_publishing {
@@ -338,6 +370,10 @@ async fn handle_frame(shared: &Arc<Shared>, request: AmqpRequest) {
         AmqpRequest::Publish(channel, _) => Err(Reply::new(
             error_code::INTERNAL_ERROR,
             format!("a whole publish on channel {channel} reached the frame-by-frame path"),
+        )),
+        AmqpRequest::Publishes(_) => Err(Reply::new(
+            error_code::INTERNAL_ERROR,
+            "a run of whole publishes reached the frame-by-frame path",
         )),
     };
     if let Err(reply) = outcome {
@@ -2338,7 +2374,7 @@ async fn content_body(shared: &Arc<Shared>, channel: u16, chunk: Bytes) -> Resul
 
 /// A whole message arrived: publish it through the core; confirm and return as RabbitMQ.
 async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
-    let (content, sequence, in_tx) = {
+    let started = {
         let mut state = shared.state();
         let Some(open) = state.channels.get_mut(&channel) else {
             return Ok(());
@@ -2346,12 +2382,27 @@ async fn publish(shared: &Arc<Shared>, channel: u16) -> Result<(), Reply> {
         let Some(content) = open.content.take() else {
             return Ok(());
         };
-        let sequence = open.confirms.as_mut().map(|last| {
-            *last += 1;
-            *last
-        });
-        (content, sequence, open.tx.is_some())
+        Started {
+            content,
+            sequence: open.next_confirm(),
+            in_tx: open.tx.is_some(),
+        }
     };
+    publish_content(shared, channel, started).await
+}
+
+/// Stores (or holds back for the next flush, or adds to the open transaction) a publish
+/// whose content is complete.
+async fn publish_content(
+    shared: &Arc<Shared>,
+    channel: u16,
+    started: Started,
+) -> Result<(), Reply> {
+    let Started {
+        content,
+        sequence,
+        in_tx,
+    } = started;
     let Content {
         exchange,
         routing_key,

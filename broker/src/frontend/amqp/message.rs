@@ -64,7 +64,16 @@ pub fn headers_from_properties(properties: &AMQPProperties) -> Result<Vec<Header
     text("app-id", properties.app_id());
     text("cluster-id", properties.cluster_id());
     if let Some(mode) = properties.delivery_mode() {
-        headers.push(header("delivery-mode", mode.to_string().as_bytes()));
+        // Nearly every message is 1 (transient) or 2 (persistent): no copy for those.
+        let value = match mode {
+            1 => Bytes::from_static(b"1"),
+            2 => Bytes::from_static(b"2"),
+            other => Bytes::from(other.to_string()),
+        };
+        headers.push(Header {
+            key: "delivery-mode".to_string(),
+            value: Some(value),
+        });
     }
     if let Some(priority) = properties.priority() {
         headers.push(header("priority", priority.to_string().as_bytes()));
