@@ -15,7 +15,10 @@
 #     benches/scripts/kafka-vs-native.sh
 #
 # Env: BIN (dir with release wharfd and wharf), KAFKA_PERF (the kafka-perf binary), SIDES
-# ("native kafka"; add kafka-noidemp for librdkafka without idempotence), TANSU
+# ("native kafka"; add kafka-noidemp for librdkafka without idempotence), RDKAFKA_PERF
+# (librdkafka's own rdkafka_performance, built by build-rdkafka-performance.sh; set = the
+# side `rdkafka` too, for produce and consume: the same librdkafka through its C API, with
+# kafka-perf's producer settings), TANSU
 # (the tansu binary, built with `--features libsql`; unset = no Tansu runs), SIZES
 # ("100 1024"), REPS (2), N (1,000,000 per throughput run), MAX_SECS (30: a produce run
 # stops sending after this and counts what was acknowledged; consume reads what the
@@ -27,6 +30,7 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 KAFKA_PERF=${KAFKA_PERF:-benches/kafka-perf/target/release/kafka-perf}
 TANSU=${TANSU:-}
+RDKAFKA_PERF=${RDKAFKA_PERF:-}
 SIZES=${SIZES:-"100 1024"}
 REPS=${REPS:-2}
 N=${N:-1000000}
@@ -84,6 +88,40 @@ perf() { # side args... (wharf perf's and kafka-perf's arguments are the same wo
     # in flight (docs/BENCHMARKS.md, issue #14, says why that matters on 2 cores).
     kafka-noidemp) "$KAFKA_PERF" --broker "127.0.0.1:$KAFKA_PORT" -X enable.idempotence=false "$@" ;;
     tansu) "$KAFKA_PERF" --broker "127.0.0.1:$TANSU_PORT" "$@" ;;
+    rdkafka) rdkafka_perf "$@" ;;
+  esac
+}
+
+# rdkafka_performance given kafka-perf's words (produce|consume --topic T --messages N
+# [--size S]; the rest ignored), its summary line printed as kafka-perf's JSON fields.
+# Produce: kafka-perf's producer settings (acks=all, idempotence, linger 5 ms, 1 MiB
+# batches, its queue sizes) on partition 0; the rate is delivered messages over the time to
+# the last delivery report. Consume: partition 0 from the beginning (the topics here have
+# one partition), with kafka-perf's consumer queue settings.
+rdkafka_perf() {
+  local workload=$1 topic= messages= size=100
+  shift
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --topic) topic=$2; shift 2 ;;
+      --messages) messages=$2; shift 2 ;;
+      --size) size=$2; shift 2 ;;
+      *) shift ;;
+    esac
+  done
+  local broker="127.0.0.1:$KAFKA_PORT"
+  case $workload in
+    produce)
+      "$RDKAFKA_PERF" -P -t "$topic" -p 0 -s "$size" -c "$messages" -b "$broker" -q \
+        -X acks=all -X enable.idempotence=true -X linger.ms=5 -X batch.size=1048576 \
+        -X batch.num.messages=1000000 -X message.max.bytes=2097152 \
+        -X queue.buffering.max.messages=2000000 -X queue.buffering.max.kbytes=2097151 \
+        2> >(grep -v CONFWARN >&2) | sed -n 's/^% [0-9]* messages produced ([0-9]* bytes), \([0-9]*\) delivered .* in \([0-9]*\)ms: \([0-9]*\) msgs\/s.*/{"workload":"produce","messages":\1,"ms":\2,"messages_per_second":\3,"client":"rdkafka_performance"}/p' ;;
+    consume)
+      "$RDKAFKA_PERF" -C -t "$topic" -p 0 -o beginning -c "$messages" -b "$broker" -q \
+        -X queued.min.messages=1000000 -X fetch.queue.backoff.ms=10 \
+        2> >(grep -v CONFWARN >&2) | sed -n 's/^% \([0-9]*\) messages ([0-9]* bytes) consumed in \([0-9]*\)ms: \([0-9]*\) msgs\/s.*/{"workload":"consume","messages":\1,"ms":\2,"messages_per_second":\3,"client":"rdkafka_performance"}/p' ;;
+    *) echo "rdkafka_performance: no $workload here" >&2; return 1 ;;
   esac
 }
 
@@ -109,6 +147,7 @@ run() { # side workload size rep
 }
 
 SIDES=${SIDES:-"native kafka"}
+[ -n "$RDKAFKA_PERF" ] && SIDES="$SIDES rdkafka"
 [ -n "$TANSU" ] && SIDES="$SIDES tansu"
 for workload in $WORKLOADS; do
   for size in $SIZES; do
@@ -116,7 +155,11 @@ for workload in $WORKLOADS; do
       # Odd reps run the sides in order, even reps in reverse (A B / B A).
       order=$SIDES
       [ $((rep % 2)) = 0 ] && order=$(echo "$SIDES" | tr ' ' '\n' | tac | tr '\n' ' ')
-      for side in $order; do run "$side" "$workload" "$size" "$rep"; done
+      for side in $order; do
+        # rdkafka_performance's latency mode is another method than the e2e of the others.
+        [ "$side" = rdkafka ] && [ "$workload" = e2e ] && continue
+        run "$side" "$workload" "$size" "$rep"
+      done
     done
   done
 done
