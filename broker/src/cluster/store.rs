@@ -46,6 +46,11 @@ const SNAPSHOT_MAGIC: [u8; 4] = *b"WRSN";
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Largest log record accepted when reading.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The layout of a log record's payload: this octet, then one openraft 0.9 `Entry` as JSON.
+/// Records written before the octet existed hold the JSON alone, which starts with `{`
+/// (0x7b), so they are still told apart and read; any other leading octet is a layout this
+/// build does not know, and the node does not start.
+pub const ENTRY_VERSION: u8 = 1;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 type ClusterEntry = Entry<TypeConfig>;
@@ -124,6 +129,36 @@ pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A log entry as a record's payload: [`ENTRY_VERSION`], then the entry as JSON.
+///
+/// # Errors
+/// An entry serde cannot write.
+pub(crate) fn encode_entry(entry: &ClusterEntry) -> serde_json::Result<Vec<u8>> {
+    let mut payload = vec![ENTRY_VERSION];
+    serde_json::to_writer(&mut payload, entry)?;
+    Ok(payload)
+}
+
+/// The entry of a record's payload: of [`ENTRY_VERSION`], or of the layout before it (the
+/// JSON alone).
+///
+/// # Errors
+/// Another version, an empty payload, or JSON that is not an entry.
+pub(crate) fn decode_entry(payload: &[u8]) -> std::io::Result<ClusterEntry> {
+    let json = match payload.first() {
+        Some(&ENTRY_VERSION) => &payload[1..],
+        Some(b'{') => payload,
+        Some(other) => {
+            return Err(std::io::Error::other(format!(
+                "a {LOG_FILE} record of layout version {other}, which this build does not read \
+                 (it reads version {ENTRY_VERSION} and the unversioned records before it)"
+            )))
+        }
+        None => return Err(std::io::Error::other(format!("an empty {LOG_FILE} record"))),
+    };
+    serde_json::from_slice(json).map_err(std::io::Error::other)
+}
+
 /// Decodes the records of a log file: the payloads of the longest valid prefix and its
 /// length in bytes.
 pub fn decode_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
@@ -173,8 +208,7 @@ impl LogStore {
         let (payloads, valid) = decode_records(&bytes);
         let mut entries = BTreeMap::new();
         for payload in payloads {
-            let entry: ClusterEntry =
-                serde_json::from_slice(payload).map_err(std::io::Error::other)?;
+            let entry = decode_entry(payload)?;
             let purged = hard.purged.is_some_and(|id| entry.log_id.index <= id.index);
             if !purged {
                 entries.insert(entry.log_id.index, entry);
@@ -240,7 +274,7 @@ impl LogStore {
             let inner = lock(&self.inner);
             let mut bytes = Vec::new();
             for entry in inner.entries.values() {
-                let payload = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+                let payload = encode_entry(entry).map_err(std::io::Error::other)?;
                 encode_record(&payload, &mut bytes);
             }
             (inner.fs.clone(), inner.dir.clone(), inner.io, bytes)
@@ -330,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut bytes = Vec::new();
         for entry in &entries {
             let payload =
-                serde_json::to_vec(entry).map_err(|error| StorageIOError::write_logs(&error))?;
+                encode_entry(entry).map_err(|error| StorageIOError::write_logs(&error))?;
             encode_record(&payload, &mut bytes);
         }
         let (file, position, io) = {
@@ -665,5 +699,51 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         huge.extend_from_slice(&[0; 8]);
         assert_eq!(decode_records(&huge).1, whole);
+    }
+
+    /// A new leader's blank entry at term 1, node 1, index 1, as openraft 0.9's JSON.
+    const BLANK_JSON: &str =
+        r#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":"Blank"}"#;
+
+    #[test]
+    fn a_record_is_the_version_octet_and_the_entry_as_json() {
+        // docs/CLUSTER.md, `raft-log`: length, CRC-32 of the payload, version 1, JSON.
+        let entry: ClusterEntry = serde_json::from_str(BLANK_JSON).expect("an entry");
+        let payload = encode_entry(&entry).expect("encodes");
+        assert_eq!(payload[0], ENTRY_VERSION);
+        assert_eq!(&payload[1..], BLANK_JSON.as_bytes());
+        let mut record = Vec::new();
+        encode_record(&payload, &mut record);
+        assert_eq!(
+            record[..8],
+            [0x00, 0x00, 0x00, 0x4c, 0x87, 0x52, 0x4b, 0xcc]
+        );
+        assert_eq!(record[8..], payload[..]);
+        assert_eq!(decode_entry(&payload).expect("decodes"), entry);
+        // Records from before the version octet hold the JSON alone.
+        assert_eq!(decode_entry(BLANK_JSON.as_bytes()).expect("decodes"), entry);
+    }
+
+    #[test]
+    fn a_log_holding_an_unknown_record_version_does_not_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bytes = Vec::new();
+        encode_record(BLANK_JSON.as_bytes(), &mut bytes);
+        let mut future = vec![ENTRY_VERSION + 1];
+        future.extend_from_slice(BLANK_JSON.as_bytes());
+        encode_record(&future, &mut bytes);
+        std::fs::write(dir.path().join(LOG_FILE), &bytes).expect("written");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+        let Err(error) = LogStore::open(fs.clone(), dir.path(), Io::Inline) else {
+            panic!("a record of an unknown version was read");
+        };
+        assert!(error.to_string().contains("layout version 2"), "{error}");
+
+        // The old record alone opens, and the log then appends version-1 records after it.
+        let mut old = Vec::new();
+        encode_record(BLANK_JSON.as_bytes(), &mut old);
+        std::fs::write(dir.path().join(LOG_FILE), &old).expect("written");
+        let store = LogStore::open(fs, dir.path(), Io::Inline).expect("opens");
+        assert_eq!(lock(&store.inner).entries.len(), 1);
     }
 }
