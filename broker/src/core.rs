@@ -70,6 +70,9 @@ pub use crate::groups::{
     GroupError, GroupListing, GroupState, GroupSummary, Heartbeat, MemberAssignment, MemberState,
 };
 pub use crate::queue::exchange::ExchangeKind;
+/// Unacknowledged deliveries by tag, as the queues keep them; a front end that numbers
+/// deliveries itself (an AMQP channel) keeps its own in the same structure.
+pub(crate) use crate::queue::tag_map::TagMap;
 pub use crate::queue::{
     AckScope, BindingInfo, CancelReason, ConsumerEvent, ConsumerId, ConsumerPush, DeleteConditions,
     Delivered, DeliveredRun, Deliveries, DeliveryTag, Durability, GetMode, GotMessage, Moved,

@@ -59,6 +59,7 @@ mod publish;
 mod ready;
 pub mod remote;
 pub mod store;
+pub(crate) mod tag_map;
 mod tag_set;
 mod task;
 pub mod types;

@@ -42,7 +42,6 @@ mod handlers;
 mod message;
 pub mod methods;
 mod nesting;
-mod unacked;
 
 pub use error_code::Reply;
 

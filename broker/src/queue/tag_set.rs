@@ -1,99 +1,45 @@
-//! One consumer's unacknowledged delivery tags.
-//!
-//! Tags are handed out in increasing order, and acks mostly take them from the oldest end
-//! (an ack with `multiple`, or single acks in delivery order), so the set is a deque in tag
-//! order: a delivery appends, an ack of the oldest tag pops, both O(1) with nothing to
-//! allocate per message. An ack out of order only marks its entry gone (found by binary
-//! search); gone entries leave from the ends as acks reach them, and the deque is compacted
-//! when they outnumber the held ones, so its length stays within twice the held count.
-
-use std::collections::VecDeque;
+//! One consumer's unacknowledged delivery tags: a [`TagMap`] of tags alone (its deque in
+//! tag order, O(1) for deliveries and for acks from the oldest end).
 
 use crate::queue::delivery::DeliveryTag;
-
-/// Gone entries tolerated beyond the held ones before a compaction.
-const GONE_SLACK: usize = 32;
+use crate::queue::tag_map::TagMap;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TagSet {
-    /// In increasing tag order, each with whether it is still held.
-    entries: VecDeque<(DeliveryTag, bool)>,
-    held: usize,
+    tags: TagMap<DeliveryTag, ()>,
 }
 
 impl TagSet {
     pub(crate) fn len(&self) -> usize {
-        self.held
+        self.tags.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.held == 0
-    }
-
-    fn find(&self, tag: DeliveryTag) -> Result<usize, usize> {
-        if self.entries.front().is_some_and(|(first, _)| *first == tag) {
-            // The oldest, nearly always: no search.
-            return Ok(0);
-        }
-        self.entries.binary_search_by_key(&tag, |(tag, _)| *tag)
+        self.tags.is_empty()
     }
 
     pub(crate) fn contains(&self, tag: DeliveryTag) -> bool {
-        self.find(tag).is_ok_and(|index| self.entries[index].1)
+        self.tags.contains(tag)
     }
 
     /// Adds `tag`; false if it was already held.
     pub(crate) fn insert(&mut self, tag: DeliveryTag) -> bool {
-        if self.entries.back().is_none_or(|(last, _)| *last < tag) {
-            self.entries.push_back((tag, true));
-        } else {
-            match self.find(tag) {
-                Ok(index) if self.entries[index].1 => return false,
-                Ok(index) => self.entries[index].1 = true,
-                Err(index) => self.entries.insert(index, (tag, true)),
-            }
-        }
-        self.held += 1;
-        true
+        self.tags.insert(tag, ()).is_none()
     }
 
     /// Removes `tag`; false if it was not held.
     pub(crate) fn remove(&mut self, tag: DeliveryTag) -> bool {
-        let Ok(index) = self.find(tag) else {
-            return false;
-        };
-        if !self.entries[index].1 {
-            return false;
-        }
-        self.entries[index].1 = false;
-        self.held -= 1;
-        while self.entries.front().is_some_and(|(_, held)| !held) {
-            self.entries.pop_front();
-        }
-        while self.entries.back().is_some_and(|(_, held)| !held) {
-            self.entries.pop_back();
-        }
-        if self.entries.len() > 2 * self.held + GONE_SLACK {
-            self.entries.retain(|(_, held)| *held);
-        }
-        true
+        self.tags.remove(tag).is_some()
     }
 
     /// The held tags up to and including `tag`, oldest first.
     pub(crate) fn up_to(&self, tag: DeliveryTag) -> impl Iterator<Item = DeliveryTag> + '_ {
-        self.entries
-            .iter()
-            .take_while(move |(entry, _)| *entry <= tag)
-            .filter(|(_, held)| *held)
-            .map(|(tag, _)| *tag)
+        self.tags.tags_up_to(tag)
     }
 
     /// The held tags, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = DeliveryTag> + '_ {
-        self.entries
-            .iter()
-            .filter(|(_, held)| *held)
-            .map(|(tag, _)| *tag)
+        self.tags.tags()
     }
 }
 
@@ -161,7 +107,6 @@ mod tests {
                 for probe in 0..next + 1 {
                     prop_assert_eq!(tags.contains(DeliveryTag(probe)), model.contains(&DeliveryTag(probe)));
                 }
-                prop_assert!(tags.entries.len() <= 2 * tags.held + GONE_SLACK);
             }
         }
     }

@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error_code::{self, Reply};
 use super::message;
-use super::unacked::Unacked;
 use super::{
     connection_close_frame, method_frame, AmqpRequest, Later, PublishFrames, Shared, CHANNELS_MAX,
     CLOSE_OK_WAIT, FRAME_BYTES_MAX, FRAME_BYTES_MIN, HEARTBEAT_SECONDS,
@@ -27,7 +26,7 @@ use crate::core::queue_ops::{
 use crate::core::PublishCompletion;
 use crate::core::{
     AckScope, ConsumerId, ConsumerPush, DefaultGuest, DeleteConditions, DeliveredRun, Deliveries,
-    DeliveryTag, Durability, GetMode, QueueError, QueueStats, Requeue, SharedPrefetch,
+    DeliveryTag, Durability, GetMode, QueueError, QueueStats, Requeue, SharedPrefetch, TagMap,
 };
 
 /// Prefix of server-named queues, as RabbitMQ names them.
@@ -105,7 +104,7 @@ pub(crate) struct Channel {
     /// The last delivery tag handed out on this channel.
     last_tag: u64,
     /// Unacknowledged deliveries by channel delivery tag.
-    unacked: Unacked<Held>,
+    unacked: TagMap<u64, Held>,
     /// tx.select was received: the publishes and settlements of the open transaction.
     tx: Option<Vec<TxStep>>,
     /// Body bytes of the publishes in `tx`.
