@@ -231,6 +231,26 @@ impl Streams {
         self.topics.create(name, partitions, configs)
     }
 
+    /// [`Streams::create_topic`] with the id the cluster's metadata log gave the topic
+    /// (`None`: a fresh one, for a topic the log recorded without an id).
+    ///
+    /// # Errors
+    /// As for [`Topics::create`].
+    pub fn create_topic_with_id(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+        topic_id: Option<[u8; 16]>,
+    ) -> Result<TopicInfo, TopicError> {
+        match topic_id {
+            Some(topic_id) => self
+                .topics
+                .create_with_id(name, partitions, configs, topic_id),
+            None => self.topics.create(name, partitions, configs),
+        }
+    }
+
     /// Deletes a topic and its partitions' producer state (blocking: removes files).
     ///
     /// # Errors

@@ -4,6 +4,7 @@
 //! back; a node is added and removed with `wharf cluster add-node|remove-node`; a node of
 //! another cluster is refused, and so is a data directory of another node id.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -343,6 +344,43 @@ fn topic_override(broker: &str, topic: &str, key: &str) -> Option<String> {
         .map(|config| config["value"].as_str().expect("a value").to_string())
 }
 
+/// The id `broker` lists for each topic, by name.
+fn topic_ids(broker: &str) -> BTreeMap<String, String> {
+    let output = wharf(broker, &["--json", "topic", "list"], "");
+    assert!(
+        output.status.success(),
+        "topic list on {broker}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&output.stdout).expect("a JSON list");
+    listed
+        .iter()
+        .map(|topic| {
+            (
+                topic["name"].as_str().expect("a name").to_string(),
+                topic["topic_id"].as_str().expect("an id").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every node in `brokers` lists the same id for each topic (each node's copy
+/// of a topic takes the id the metadata log gave it); returns them.
+fn topic_ids_agree(brokers: &[String], what: &str) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<_> = brokers.iter().map(|broker| topic_ids(broker)).collect();
+        if seen.iter().all(|ids| *ids == seen[0]) {
+            return seen[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the nodes list different topic ids after 30 s: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until every node in `brokers` lists exactly `topics` and `queues`.
 fn catalogs_agree(brokers: &[String], topics: &[(&str, u64)], queues: &[&str], what: &str) {
     let wanted = (
@@ -373,7 +411,9 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     // log decides a conflicting create (TopicExists on another node); a node SIGKILLed while
     // a topic is created gets it when it comes back, and loses a topic and a queue deleted
     // while it was down; a config override set and partitions added while it was down
-    // reach it too (and every other node); deletes reach every node.
+    // reach it too (and every other node); deletes reach every node. Every node's copy of a
+    // topic has the id the log gave it, and a topic deleted and created again while a node
+    // was down replaces that node's copy of the old one (a new id there too).
     let root = tempfile::tempdir().expect("temp dir");
     let (_, mut nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
@@ -393,6 +433,7 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     );
     ok(&addresses[1], &["queue", "declare", "jobs", "--durable"]);
     catalogs_agree(&addresses, &[("orders", 3)], &["jobs"], "after the creates");
+    topic_ids_agree(&addresses, "after the creates");
 
     let again = wharf(
         &addresses[2],
@@ -416,13 +457,25 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         &addresses[0],
         &["queue", "declare", "doomed-q", "--durable"],
     );
+    ok(
+        &addresses[1],
+        &["topic", "create", "recycled", "--partitions", "1"],
+    );
     catalogs_agree(
         &addresses,
-        &[("doomed", 1), ("orders", 3)],
+        &[("doomed", 1), ("orders", 3), ("recycled", 1)],
         &["doomed-q", "jobs"],
         "before the kill",
     );
+    let first_recycled = topic_ids_agree(&addresses, "before the kill")["recycled"].clone();
     nodes[2].kill();
+    // Deleted and created again while node 2 is down: it comes back to a state where the
+    // name exists, and must replace its copy of the old topic rather than keep it.
+    ok(&addresses[0], &["topic", "delete", "recycled"]);
+    ok(
+        &addresses[1],
+        &["topic", "create", "recycled", "--partitions", "2"],
+    );
     ok(
         &addresses[0],
         &["topic", "create", "late", "--partitions", "2"],
@@ -460,9 +513,14 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     converged(&addresses, 3, "after the restart");
     catalogs_agree(
         &addresses,
-        &[("late", 2), ("orders", 5)],
+        &[("late", 2), ("orders", 5), ("recycled", 2)],
         &["jobs"],
         "after the restart",
+    );
+    let ids = topic_ids_agree(&addresses, "after the restart");
+    assert_ne!(
+        ids["recycled"], first_recycled,
+        "the re-created topic kept the deleted one's id"
     );
     for address in &addresses {
         assert_eq!(
@@ -486,10 +544,11 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     );
     catalogs_agree(
         &addresses,
-        &[("auto", 1), ("late", 2), ("orders", 5)],
+        &[("auto", 1), ("late", 2), ("orders", 5), ("recycled", 2)],
         &["jobs"],
         "after the auto-create",
     );
+    topic_ids_agree(&addresses, "after the auto-create");
 
     // An exchange declared on one node and bindings made on another reach all three, a
     // binding to a built-in exchange included; an unbind and an exchange delete too.
@@ -533,7 +592,7 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     ok(&addresses[1], &["topic", "delete", "orders"]);
     catalogs_agree(
         &addresses,
-        &[("auto", 1), ("late", 2)],
+        &[("auto", 1), ("late", 2), ("recycled", 2)],
         &[],
         "after the deletes",
     );

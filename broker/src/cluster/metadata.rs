@@ -43,6 +43,11 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
     /// One entry per partition, by partition number.
     pub partitions: Vec<Replicas>,
+    /// Its id (every node's copy has it); `None` for a topic created before ids went
+    /// through the log. A delete and a create of the same name give a new one, so a node
+    /// that missed both still tells the new topic from its old copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<[u8; 16]>,
 }
 
 /// A queue's cluster-wide definition.
@@ -96,6 +101,10 @@ pub enum MetadataCommand {
         partitions: u32,
         replication_factor: u32,
         configs: BTreeMap<String, String>,
+        /// The topic's id, chosen by the proposer: every node's copy takes it. Absent from
+        /// entries written before ids went through the log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic_id: Option<[u8; 16]>,
     },
     /// Deletes a topic.
     DeleteTopic { name: String },
@@ -222,6 +231,7 @@ impl MetadataState {
                 partitions,
                 replication_factor,
                 configs,
+                topic_id,
             } => {
                 if self.topics.contains_key(name) {
                     return Err(MetadataError::TopicExists(name.clone()));
@@ -239,6 +249,7 @@ impl MetadataState {
                     TopicMeta {
                         configs: configs.clone(),
                         partitions: placed.clone(),
+                        topic_id: *topic_id,
                     },
                 );
                 Ok(MetadataResult::Placed(placed))
@@ -459,7 +470,45 @@ mod tests {
             partitions,
             replication_factor: factor,
             configs: BTreeMap::new(),
+            topic_id: None,
         }
+    }
+
+    #[test]
+    fn a_topic_keeps_the_id_its_create_carried_and_older_entries_read_without_one() {
+        let mut state = three_nodes();
+        let id = [7u8; 16];
+        let command = MetadataCommand::CreateTopic {
+            name: "t".to_string(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            topic_id: Some(id),
+        };
+        state.apply(&command);
+        assert_eq!(state.topics["t"].topic_id, Some(id));
+        // The command and the state round-trip through the log's and the snapshot's JSON.
+        let json = serde_json::to_string(&command).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<MetadataCommand>(&json).expect("decodes"),
+            command
+        );
+        let again: MetadataState =
+            serde_json::from_str(&serde_json::to_string(&state).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(again, state);
+        // An entry and a state written before ids went through the log.
+        let old =
+            r#"{"CreateTopic":{"name":"u","partitions":1,"replication_factor":1,"configs":{}}}"#;
+        let MetadataCommand::CreateTopic { topic_id, .. } =
+            serde_json::from_str::<MetadataCommand>(old).expect("an older entry decodes")
+        else {
+            panic!("not a create");
+        };
+        assert_eq!(topic_id, None);
+        let old_meta = r#"{"configs":{},"partitions":[{"replicas":[1],"leader":1}]}"#;
+        let meta: TopicMeta = serde_json::from_str(old_meta).expect("an older topic decodes");
+        assert_eq!(meta.topic_id, None);
     }
 
     #[test]

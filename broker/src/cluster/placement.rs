@@ -284,6 +284,7 @@ mod tests {
                     partitions: *partitions,
                     replication_factor: (*factor).min(nodes as u32),
                     configs: BTreeMap::new(),
+                    topic_id: None,
                 });
             }
             for set in state.replica_sets() {

@@ -209,11 +209,14 @@ impl Broker {
         self.streams
             .topics()
             .check_create(name, partitions, configs.clone())?;
+        // The id every node's copy takes (Kafka's topic ids are cluster-wide too).
+        let topic_id = crate::streams::topic::new_uuid();
         let command = MetadataCommand::CreateTopic {
             name: name.to_string(),
             partitions,
             replication_factor: REPLICATION_FACTOR,
             configs: configs.iter().cloned().collect::<BTreeMap<_, _>>(),
+            topic_id: Some(topic_id),
         };
         match Self::propose_definition(cluster, command).await {
             Ok(MetadataResult::Refused(MetadataError::TopicExists(name))) => {
@@ -226,7 +229,8 @@ impl Broker {
             Err(error) => return Err(stream_refusal(error)),
         }
         let _following = self.cluster_follow.lock().await;
-        self.create_topic_locally(name, partitions, configs).await
+        self.create_topic_locally(name, partitions, configs, Some(topic_id))
+            .await
     }
 
     /// Creates a topic a produce or a Kafka Metadata request named (default partition
@@ -251,8 +255,13 @@ impl Broker {
                 };
                 let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
                 let _following = self.cluster_follow.lock().await;
-                self.create_topic_locally(name, partitions, topic.configs.into_iter().collect())
-                    .await
+                self.create_topic_locally(
+                    name,
+                    partitions,
+                    topic.configs.into_iter().collect(),
+                    topic.topic_id,
+                )
+                .await
             }
             other => other,
         }
@@ -652,25 +661,48 @@ impl Broker {
         }
     }
 
+    /// Creates this node's copy of a topic of the metadata log, with the log's id for it
+    /// (`None`: a topic the log recorded without one gets a fresh id).
     async fn create_topic_locally(
         &self,
         name: &str,
         partitions: u32,
         configs: Vec<(String, String)>,
+        topic_id: Option<[u8; 16]>,
     ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
         let streams = self.streams.clone();
         let creating = name.to_string();
-        blocking(
-            move || match streams.create_topic(&creating, partitions, configs) {
+        blocking(move || {
+            match streams.create_topic_with_id(&creating, partitions, configs, topic_id) {
                 // Following the log got there first.
                 Err(TopicError::AlreadyExists(_)) => streams
                     .topics()
                     .get(&creating)
                     .ok_or_else(|| StreamError::UnknownTopic(creating.clone())),
                 other => other.map_err(StreamError::from),
-            },
-        )
+            }
+        })
         .await
+    }
+
+    /// Deletes this node's copy of a topic the metadata log dropped (or replaced), and its
+    /// committed offsets, as a delete here does (a re-created topic must not inherit
+    /// them); false (and a warning) when the copy could not be deleted.
+    async fn delete_topic_locally(&self, name: &str) -> bool {
+        let streams = self.streams.clone();
+        let deleting = name.to_string();
+        match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {
+            Ok(_) => {
+                if let Err(error) = self.offsets.forget_topic(name).await {
+                    tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(topic = name, %error, "cannot delete a topic the cluster's metadata dropped");
+                false
+            }
+        }
     }
 
     /// Makes this node's catalog follow the metadata log until `shutdown`: every applied
@@ -732,19 +764,40 @@ impl Broker {
     /// dropped since this node followed it.
     async fn follow(&self, state: &MetadataState, followed: &mut Followed) {
         for (name, topic) in &state.topics {
+            let mut local = self.streams.topics().get(name);
+            // A followed topic whose copy here has another id than the log's was deleted
+            // and created again while this node saw only the state after both (it was
+            // down, or the two changes came in one pass): the copy is the old topic's, and
+            // goes, records and committed offsets with it, before the new one is made.
+            let stale = followed.topics.contains(name)
+                && matches!((&local, topic.topic_id), (Some(copy), Some(id)) if copy.topic_id != id);
+            if stale {
+                if !self.delete_topic_locally(name).await {
+                    continue;
+                }
+                tracing::info!(
+                    topic = name,
+                    "replaced this node's copy of a topic the cluster's metadata deleted and created again"
+                );
+                followed.topics.remove(name);
+                local = None;
+            }
             // Only a definition new to this node's follower is created: one deleted here
             // since (by a node-local path) is not brought back. One whose create failed is
             // not recorded, so the next pass tries again.
             if followed.topics.contains(name) {
                 continue;
             }
-            if self.streams.topics().get(name).is_some() {
+            if local.is_some() {
                 followed.topics.insert(name.clone());
                 continue;
             }
             let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
             let configs = topic.configs.clone().into_iter().collect();
-            match self.create_topic_locally(name, partitions, configs).await {
+            match self
+                .create_topic_locally(name, partitions, configs, topic.topic_id)
+                .await
+            {
                 Ok(_) => {
                     followed.topics.insert(name.clone());
                     tracing::info!(
@@ -767,23 +820,9 @@ impl Broker {
             .collect();
         for name in dropped {
             followed.topics.remove(&name);
-            if self.streams.topics().get(&name).is_none() {
-                continue;
-            }
-            let streams = self.streams.clone();
-            let deleting = name.clone();
-            match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await
+            if self.streams.topics().get(&name).is_some() && self.delete_topic_locally(&name).await
             {
-                Ok(_) => {
-                    // As a delete here does: a re-created topic must not inherit offsets.
-                    if let Err(error) = self.offsets.forget_topic(&name).await {
-                        tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
-                    }
-                    tracing::info!(topic = name, "deleted topic as the cluster's metadata did")
-                }
-                Err(error) => {
-                    tracing::warn!(topic = name, %error, "cannot delete a topic the cluster's metadata dropped")
-                }
+                tracing::info!(topic = name, "deleted topic as the cluster's metadata did");
             }
         }
         for (name, queue) in &state.queues {

@@ -293,6 +293,7 @@ mod tests {
             partitions: 3,
             replication_factor: 1,
             configs: BTreeMap::new(),
+            topic_id: None,
         });
         state
     }

@@ -297,6 +297,29 @@ impl Topics {
             overrides,
             TopicKind::User,
             AdminMode::Apply,
+            None,
+        )
+    }
+
+    /// Creates a topic with the id a cluster's metadata log gave it, so that every node's
+    /// copy of the topic has the same id (and a re-created topic a new one on every node).
+    ///
+    /// # Errors
+    /// As for [`Topics::create`].
+    pub fn create_with_id(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: Vec<(String, String)>,
+        topic_id: [u8; 16],
+    ) -> Result<TopicInfo, TopicError> {
+        self.create_inner(
+            name,
+            partitions,
+            overrides,
+            TopicKind::User,
+            AdminMode::Apply,
+            Some(topic_id),
         )
     }
 
@@ -317,6 +340,7 @@ impl Topics {
             overrides,
             TopicKind::User,
             AdminMode::ValidateOnly,
+            None,
         )
     }
 
@@ -339,6 +363,7 @@ impl Topics {
             overrides,
             TopicKind::Internal,
             AdminMode::Apply,
+            None,
         )
     }
 
@@ -349,6 +374,7 @@ impl Topics {
         overrides: Vec<(String, String)>,
         kind: TopicKind,
         mode: AdminMode,
+        topic_id: Option<[u8; 16]>,
     ) -> Result<TopicInfo, TopicError> {
         validate_topic_name(name).map_err(|error| TopicError::InvalidName {
             name: name.to_string(),
@@ -368,7 +394,7 @@ impl Topics {
         }
         let info = TopicInfo {
             name: name.to_string(),
-            topic_id: new_uuid(),
+            topic_id: topic_id.unwrap_or_else(new_uuid),
             partitions,
             overrides: overrides
                 .into_iter()
