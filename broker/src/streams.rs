@@ -243,12 +243,8 @@ impl Streams {
         configs: Vec<(String, String)>,
         topic_id: Option<[u8; 16]>,
     ) -> Result<TopicInfo, TopicError> {
-        match topic_id {
-            Some(topic_id) => self
-                .topics
-                .create_with_id(name, partitions, configs, topic_id),
-            None => self.topics.create(name, partitions, configs),
-        }
+        self.topics
+            .create_with_id(name, partitions, configs, topic_id)
     }
 
     /// Deletes a topic and its partitions' producer state (blocking: removes files).

@@ -291,18 +291,12 @@ impl Topics {
         partitions: u32,
         overrides: Vec<(String, String)>,
     ) -> Result<TopicInfo, TopicError> {
-        self.create_inner(
-            name,
-            partitions,
-            overrides,
-            TopicKind::User,
-            AdminMode::Apply,
-            None,
-        )
+        self.create_with_id(name, partitions, overrides, None)
     }
 
-    /// Creates a topic with the id a cluster's metadata log gave it, so that every node's
-    /// copy of the topic has the same id (and a re-created topic a new one on every node).
+    /// [`Topics::create`] with the id a cluster's metadata log gave the topic, so that every
+    /// node's copy of it has the same id (and a re-created topic a new one on every node);
+    /// `None`: a fresh one.
     ///
     /// # Errors
     /// As for [`Topics::create`].
@@ -311,7 +305,7 @@ impl Topics {
         name: &str,
         partitions: u32,
         overrides: Vec<(String, String)>,
-        topic_id: [u8; 16],
+        topic_id: Option<[u8; 16]>,
     ) -> Result<TopicInfo, TopicError> {
         self.create_inner(
             name,
@@ -319,7 +313,7 @@ impl Topics {
             overrides,
             TopicKind::User,
             AdminMode::Apply,
-            Some(topic_id),
+            topic_id,
         )
     }
 
