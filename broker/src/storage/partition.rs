@@ -35,10 +35,12 @@ use crate::storage::segment::{self, Segment};
 use crate::storage::watch::{WaitError, Watch};
 
 mod cleaner;
+mod truncate;
 pub use cleaner::{
     CleanInputs, CleanReport, DirtyView, CLEANER_POINT_FILE, CLEANING_DIR,
     MAP_ENTRY_OVERHEAD_BYTES, SWAP_FILE,
 };
+pub use truncate::truncate_closed;
 
 /// Name of the clean-shutdown marker in a partition directory.
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
