@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod node;
 pub mod placement;
 pub mod raft;
+pub mod replica;
 pub mod store;
 pub mod transport;
 

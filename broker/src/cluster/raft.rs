@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::metadata::{MetadataCommand, MetadataResult, NodeId};
+use super::replica::{ReplicaReply, ReplicaRpc, Replicas};
 use super::store::{Applied, LogStore, MachineStore};
 
 openraft::declare_raft_types!(
@@ -65,6 +66,8 @@ pub enum RaftRpc {
     /// as JSON the broker defines; the metadata log only carries it to the
     /// [`ForwardHandler`].
     Forward(String),
+    /// An RPC of a replicated log's group (`cluster/replica.rs`), for this node's member.
+    Replica { group: String, rpc: Box<ReplicaRpc> },
 }
 
 /// The answer to a [`RaftRpc`].
@@ -87,6 +90,8 @@ pub enum RaftReply {
     },
     /// To `Forward`: the broker's answer, as JSON it defines.
     Forward(String),
+    /// To `Replica`.
+    Replica(Box<ReplicaReply>),
     /// The node refused the request (another cluster's, say).
     Refused(String),
 }
@@ -271,6 +276,8 @@ pub struct Cluster {
     timing: Timing,
     /// Who answers [`RaftRpc::Forward`] here, once the broker set it.
     forward_handler: Arc<std::sync::OnceLock<ForwardHandler>>,
+    /// This node's members of replicated logs, who answer [`RaftRpc::Replica`].
+    replicas: Replicas,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -345,12 +352,23 @@ impl Cluster {
             cluster_id: Arc::new(std::sync::Mutex::new(cluster_id)),
             timing,
             forward_handler: Arc::new(std::sync::OnceLock::new()),
+            replicas: Replicas::default(),
         })
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// This node's members of replicated logs (issue #21).
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    /// The transport the metadata log talks over, which replicated logs share.
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        self.transport.clone()
     }
 
     /// Sets who answers the broker's forwarded requests on this node (once; a second call
@@ -719,6 +737,9 @@ impl Cluster {
                     self.node_id
                 )),
             },
+            RaftRpc::Replica { group, rpc } => {
+                RaftReply::Replica(Box::new(self.replicas.serve(&group, *rpc).await))
+            }
         }
     }
 }

@@ -53,7 +53,23 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const ENTRY_VERSION: u8 = 1;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
-type ClusterEntry = Entry<TypeConfig>;
+
+/// What a raft log store needs of its openraft type config: Wharf's node ids and nodes, and
+/// openraft's own entry type (serde-encoded in the records).
+pub trait LogConfig:
+    openraft::RaftTypeConfig<NodeId = NodeId, Node = openraft::BasicNode, Entry = Entry<Self>, D: Clone>
+{
+}
+
+impl<C> LogConfig for C where
+    C: openraft::RaftTypeConfig<
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = Entry<C>,
+        D: Clone,
+    >
+{
+}
 
 /// How file I/O runs: on the blocking pool (a broker), or inline (simulation tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,21 +116,30 @@ struct HardState {
 }
 
 #[derive(Debug)]
-struct LogInner {
+struct LogInner<C: LogConfig> {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     io: Io,
-    entries: BTreeMap<u64, ClusterEntry>,
+    entries: BTreeMap<u64, Entry<C>>,
     file: Arc<dyn FileHandle>,
     file_bytes: u64,
     hard: HardState,
     state_sequence: u64,
 }
 
-/// The raft log (`raft-log` and `raft-state`); clones share it.
-#[derive(Debug, Clone)]
-pub struct LogStore {
-    inner: Arc<Mutex<LogInner>>,
+/// A raft log (`raft-log` and `raft-state` in one directory): the metadata log's by
+/// default, or a replicated partition's (`cluster/replica.rs`); clones share it.
+#[derive(Debug)]
+pub struct LogStore<C: LogConfig = TypeConfig> {
+    inner: Arc<Mutex<LogInner<C>>>,
+}
+
+impl<C: LogConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,7 +158,7 @@ pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
 ///
 /// # Errors
 /// An entry serde cannot write.
-pub(crate) fn encode_entry(entry: &ClusterEntry) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn encode_entry<C: LogConfig>(entry: &Entry<C>) -> serde_json::Result<Vec<u8>> {
     let mut payload = vec![ENTRY_VERSION];
     serde_json::to_writer(&mut payload, entry)?;
     Ok(payload)
@@ -144,7 +169,7 @@ pub(crate) fn encode_entry(entry: &ClusterEntry) -> serde_json::Result<Vec<u8>> 
 ///
 /// # Errors
 /// Another version, an empty payload, or JSON that is not an entry.
-pub(crate) fn decode_entry(payload: &[u8]) -> std::io::Result<ClusterEntry> {
+pub(crate) fn decode_entry<C: LogConfig>(payload: &[u8]) -> std::io::Result<Entry<C>> {
     let json = match payload.first() {
         Some(&ENTRY_VERSION) => &payload[1..],
         Some(b'{') => payload,
@@ -180,12 +205,12 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     (payloads, at)
 }
 
-impl LogStore {
+impl<C: LogConfig> LogStore<C> {
     /// Opens (or creates) the log in `dir`, cutting a torn tail.
     ///
     /// # Errors
     /// I/O errors, or a damaged `raft-state`.
-    pub fn open(fs: Arc<dyn Fs>, dir: &Path, io: Io) -> std::io::Result<LogStore> {
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, io: Io) -> std::io::Result<LogStore<C>> {
         crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
         let (hard, state_sequence) =
             match checkpoint::read(fs.as_ref(), &dir.join(STATE_FILE), STATE_MAGIC)
@@ -208,7 +233,7 @@ impl LogStore {
         let (payloads, valid) = decode_records(&bytes);
         let mut entries = BTreeMap::new();
         for payload in payloads {
-            let entry = decode_entry(payload)?;
+            let entry = decode_entry::<C>(payload)?;
             let purged = hard.purged.is_some_and(|id| entry.log_id.index <= id.index);
             if !purged {
                 entries.insert(entry.log_id.index, entry);
@@ -219,7 +244,7 @@ impl LogStore {
                 path = %path.display(),
                 valid,
                 length,
-                "cutting the metadata log's torn tail"
+                "cutting a raft log's torn tail"
             );
             file.set_len(valid as u64)?;
             file.sync_data()?;
@@ -299,11 +324,11 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: LogConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<ClusterEntry>> {
+    ) -> Result<Vec<Entry<C>>> {
         let inner = lock(&self.inner);
         Ok(inner
             .entries
@@ -313,10 +338,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: LogConfig> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>> {
         let inner = lock(&self.inner);
         let last = inner
             .entries
@@ -355,12 +380,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(lock(&self.inner).hard.committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<()>
     where
-        I: IntoIterator<Item = ClusterEntry> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<ClusterEntry> = entries.into_iter().collect();
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
         let mut bytes = Vec::new();
         for entry in &entries {
             let payload =
@@ -615,7 +640,7 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetadataResult>>
     where
-        I: IntoIterator<Item = ClusterEntry> + Send,
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut inner = lock(&self.inner);
@@ -708,7 +733,7 @@ mod tests {
     #[test]
     fn a_record_is_the_version_octet_and_the_entry_as_json() {
         // docs/CLUSTER.md, `raft-log`: length, CRC-32 of the payload, version 1, JSON.
-        let entry: ClusterEntry = serde_json::from_str(BLANK_JSON).expect("an entry");
+        let entry: Entry<TypeConfig> = serde_json::from_str(BLANK_JSON).expect("an entry");
         let payload = encode_entry(&entry).expect("encodes");
         assert_eq!(payload[0], ENTRY_VERSION);
         assert_eq!(&payload[1..], BLANK_JSON.as_bytes());
@@ -719,9 +744,15 @@ mod tests {
             [0x00, 0x00, 0x00, 0x4c, 0x87, 0x52, 0x4b, 0xcc]
         );
         assert_eq!(record[8..], payload[..]);
-        assert_eq!(decode_entry(&payload).expect("decodes"), entry);
+        assert_eq!(
+            decode_entry::<TypeConfig>(&payload).expect("decodes"),
+            entry
+        );
         // Records from before the version octet hold the JSON alone.
-        assert_eq!(decode_entry(BLANK_JSON.as_bytes()).expect("decodes"), entry);
+        assert_eq!(
+            decode_entry::<TypeConfig>(BLANK_JSON.as_bytes()).expect("decodes"),
+            entry
+        );
     }
 
     #[test]
@@ -734,7 +765,7 @@ mod tests {
         encode_record(&future, &mut bytes);
         std::fs::write(dir.path().join(LOG_FILE), &bytes).expect("written");
         let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let Err(error) = LogStore::open(fs.clone(), dir.path(), Io::Inline) else {
+        let Err(error) = LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline) else {
             panic!("a record of an unknown version was read");
         };
         assert!(error.to_string().contains("layout version 2"), "{error}");
@@ -743,7 +774,7 @@ mod tests {
         let mut old = Vec::new();
         encode_record(BLANK_JSON.as_bytes(), &mut old);
         std::fs::write(dir.path().join(LOG_FILE), &old).expect("written");
-        let store = LogStore::open(fs, dir.path(), Io::Inline).expect("opens");
+        let store = LogStore::<TypeConfig>::open(fs, dir.path(), Io::Inline).expect("opens");
         assert_eq!(lock(&store.inner).entries.len(), 1);
     }
 }

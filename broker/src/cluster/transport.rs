@@ -425,6 +425,7 @@ fn rpc_name(rpc: &RaftRpc) -> &'static str {
         RaftRpc::RemoveNode { .. } => "RemoveNode",
         RaftRpc::Hello => "Hello",
         RaftRpc::Forward(_) => "Forward",
+        RaftRpc::Replica { .. } => "Replica",
     }
 }
 

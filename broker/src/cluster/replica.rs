@@ -1,0 +1,838 @@
+//! Replicated logs (issue #21, the foundation): one openraft group per replicated log (a
+//! partition, later a durable queue), the log's own storage as its state machine.
+//!
+//! openraft runs the election, the replication and the commit rule of each group; Wharf
+//! supplies, per group:
+//! - the raft log: [`LogStore`] over `ReplicaConfig`, in the group's own directory (the same
+//!   record format and fsync rules as the metadata log, docs/CLUSTER.md);
+//! - the state machine: [`ReplicaMachine`] hands each committed command to an [`Applier`]
+//!   (the core's, for a partition: the produce rules and the append path), so every replica
+//!   applies the same commands in the same order to the same state and gets the same result;
+//!   a command is applied only once it is committed, so what readers of the applied state see
+//!   never goes away in a failover;
+//! - the network: RPCs tagged with the group's name over the metadata log's [`Transport`].
+//!
+//! **Durability of the applied state.** Applying appends without an fsync of its own: the
+//! raft log already holds each command durably on a majority. A snapshot (every
+//! `snapshot_every` applied entries, openraft's policy) fsyncs the applier
+//! ([`Applier::persist`]) and then writes the checkpoint `replica-applied`: the last applied
+//! log id and the applier's position then. openraft purges the raft log up to it. After a
+//! restart the applier's state must be cut back to the checkpoint's position
+//! ([`ReplicaMachine::checkpointed_position`]; for a partition
+//! `storage::partition::truncate_closed`) before the group starts, and openraft applies the
+//! entries after it again, so nothing is applied twice or lost.
+//!
+//! **Catching up past the purged log.** A follower whose next entry was purged gets a
+//! snapshot. A snapshot holds no state of its own: when the leader sends one it asks the
+//! follower for its position ([`ReplicaRpc::Position`]) and sends the stored bytes from
+//! there to the snapshot's position ([`Applier::read_range`]), which the follower appends
+//! ([`Applier::append_range`]). A follower's applied state is always a prefix of the
+//! leader's (only committed entries are applied), so the bytes continue it. One message
+//! carries them (at most the internal wire's frame); chunking is not built yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    ClientWriteError, Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, Raft, RaftNetwork, RaftNetworkFactory, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use super::metadata::NodeId;
+use super::raft::{RaftReply, RaftRpc, Timing, Transport};
+use super::store::{Io, LogStore};
+use crate::storage::checkpoint;
+use crate::storage::fs::Fs;
+
+openraft::declare_raft_types!(
+    /// A replicated log's types for openraft.
+    pub ReplicaConfig:
+        D = ReplicaCommand,
+        R = ReplicaOutcome,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = ReplicaSnapshot,
+);
+
+/// The checkpoint of the applied state: the last applied log id and the applier's position.
+pub const APPLIED_FILE: &str = "replica-applied";
+const APPLIED_MAGIC: [u8; 4] = *b"WRAP";
+
+/// One command of a replicated log: bytes only its [`Applier`] reads (for a partition, a
+/// produce's batches and what the produce rules need).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCommand(#[serde(with = "base64_bytes")] pub Bytes);
+
+/// What applying a command gave, as its [`Applier`] encodes it (only the leader's copy goes
+/// back to the writer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaOutcome(#[serde(with = "base64_bytes")] pub Bytes);
+
+/// A snapshot of a replicated log: the position its state reaches and, on the way to a
+/// follower, the stored bytes from the follower's position (`from`) to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSnapshot {
+    /// The applier's position after the snapshot's last entry.
+    pub position: i64,
+    /// Where `records` start.
+    pub from: i64,
+    /// Stored bytes from `from` to `position` ([`Applier::read_range`]); empty at rest.
+    #[serde(with = "base64_bytes")]
+    pub records: Bytes,
+}
+
+/// The state a replicated log applies its committed commands to. Every replica applies the
+/// same commands in the same order, so `apply` must be deterministic: the same state and
+/// command give the same result and the same next state on every node (no clock, no
+/// randomness, no node-local facts).
+pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies one committed command; the outcome goes back to the writer on the leader.
+    /// A refusal (a duplicate, a bad batch) is an outcome, not an error.
+    ///
+    /// # Errors
+    /// A storage failure: the group stops on this node (nothing can be applied after a
+    /// command that was not).
+    fn apply(&self, command: &Bytes) -> std::io::Result<Bytes>;
+
+    /// Where the state ends (for a partition, the next offset).
+    fn position(&self) -> i64;
+
+    /// Makes everything applied so far durable (an fsync); returns the position it covers.
+    ///
+    /// # Errors
+    /// The fsync's.
+    fn persist(&self) -> std::io::Result<i64>;
+
+    /// The stored bytes from position `from` to `to`, for a follower behind the purged log.
+    ///
+    /// # Errors
+    /// A read failure, or a range this replica no longer holds.
+    fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes>;
+
+    /// Appends bytes another replica's `read_range(from, ..)` returned; returns the
+    /// position reached.
+    ///
+    /// # Errors
+    /// `from` is not this replica's position, or a storage failure.
+    fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64>;
+}
+
+/// A request of one replicated log's group to another node's member.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReplicaRpc {
+    /// openraft's AppendEntries.
+    Append(AppendEntriesRequest<ReplicaConfig>),
+    /// openraft's RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// A snapshot, with the bytes the follower lacks.
+    Snapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        data: ReplicaSnapshot,
+    },
+    /// The member's applier position (before a snapshot is sent to it).
+    Position,
+}
+
+/// The answer to a [`ReplicaRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReplicaReply {
+    /// To `Append`.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Snapshot`.
+    Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// To `Position`.
+    Position(i64),
+    /// The node has no member of the group (not started yet, or not a replica).
+    Unknown(String),
+}
+
+/// Why a write to a replicated log did not happen (or may not have).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// This node does not lead the group: nothing was written; `leader` is the leader it
+    /// knows of, if any.
+    #[error(
+        "this node does not lead the replicated log (leader: {leader:?}); nothing was written"
+    )]
+    NotLeader { leader: Option<NodeId> },
+    /// Not committed in time: it may still be.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The group stopped on this node (a storage failure, or shutdown).
+    #[error("the replicated log stopped: {0}")]
+    Stopped(String),
+}
+
+type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn io_error(error: crate::storage::Error) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+async fn run_io<T: Send + 'static>(
+    io: Io,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    match io {
+        Io::Inline => work(),
+        Io::Blocking => tokio::task::spawn_blocking(work)
+            .await
+            .map_err(std::io::Error::other)?,
+    }
+}
+
+/// The checkpoint `replica-applied`: the applied state up to `meta.last_log_id` is durable
+/// in the applier, which then ended at `position`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    position: i64,
+}
+
+#[derive(Debug)]
+struct MachineInner {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    io: Io,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    checkpoint: Option<Checkpoint>,
+    sequence: u64,
+}
+
+/// A replicated log's state machine: committed commands to its [`Applier`]; clones share it.
+#[derive(Debug, Clone)]
+pub struct ReplicaMachine {
+    inner: Arc<Mutex<MachineInner>>,
+    applier: Arc<dyn Applier>,
+}
+
+fn read_checkpoint(fs: &dyn Fs, dir: &Path) -> std::io::Result<Option<(Checkpoint, u64)>> {
+    let Some(found) =
+        checkpoint::read(fs, &dir.join(APPLIED_FILE), APPLIED_MAGIC).map_err(io_error)?
+    else {
+        return Ok(None);
+    };
+    if found.version != 1 {
+        return Err(std::io::Error::other(format!(
+            "{APPLIED_FILE} has version {}; this build reads version 1 only",
+            found.version
+        )));
+    }
+    let checkpoint = serde_json::from_slice(&found.payload).map_err(std::io::Error::other)?;
+    Ok(Some((checkpoint, found.sequence)))
+}
+
+impl ReplicaMachine {
+    /// The position the applier's state must be cut back to before the group starts in
+    /// `dir`: that of the last checkpoint, or 0 when there is none (everything is applied
+    /// again from the raft log).
+    ///
+    /// # Errors
+    /// I/O errors, or a damaged checkpoint.
+    pub fn checkpointed_position(fs: &dyn Fs, dir: &Path) -> std::io::Result<i64> {
+        Ok(read_checkpoint(fs, dir)?.map_or(0, |(checkpoint, _)| checkpoint.position))
+    }
+
+    /// Opens the state machine in `dir` over `applier`, whose state must end at the
+    /// checkpointed position.
+    ///
+    /// # Errors
+    /// I/O errors, a damaged checkpoint, or an applier at another position.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        io: Io,
+        applier: Arc<dyn Applier>,
+    ) -> std::io::Result<ReplicaMachine> {
+        crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
+        let found = read_checkpoint(fs.as_ref(), dir)?;
+        let position = found
+            .as_ref()
+            .map_or(0, |(checkpoint, _)| checkpoint.position);
+        if applier.position() != position {
+            return Err(std::io::Error::other(format!(
+                "the replicated log in {} was checkpointed at position {position}, but its \
+                 state ends at {}: cut it back before starting the group",
+                dir.display(),
+                applier.position()
+            )));
+        }
+        let (checkpoint, sequence) = match found {
+            Some((checkpoint, sequence)) => (Some(checkpoint), sequence),
+            None => (None, 0),
+        };
+        let (last_applied, membership) = checkpoint.as_ref().map_or_else(
+            || (None, StoredMembership::default()),
+            |checkpoint| {
+                (
+                    checkpoint.meta.last_log_id,
+                    checkpoint.meta.last_membership.clone(),
+                )
+            },
+        );
+        Ok(ReplicaMachine {
+            inner: Arc::new(Mutex::new(MachineInner {
+                fs,
+                dir: dir.to_path_buf(),
+                io,
+                last_applied,
+                membership,
+                checkpoint,
+                sequence,
+            })),
+            applier,
+        })
+    }
+
+    /// Writes the checkpoint (fsynced, atomic) and keeps it as the current snapshot.
+    async fn store_checkpoint(&self, checkpoint: Checkpoint) -> std::io::Result<()> {
+        let (fs, dir, io, sequence) = {
+            let mut inner = lock(&self.inner);
+            inner.sequence += 1;
+            (
+                inner.fs.clone(),
+                inner.dir.clone(),
+                inner.io,
+                inner.sequence,
+            )
+        };
+        let payload = serde_json::to_vec(&checkpoint).map_err(std::io::Error::other)?;
+        run_io(io, move || {
+            checkpoint::write(
+                fs.as_ref(),
+                &dir,
+                APPLIED_FILE,
+                APPLIED_MAGIC,
+                1,
+                sequence,
+                &payload,
+            )
+            .map_err(io_error)
+        })
+        .await?;
+        lock(&self.inner).checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    fn snapshot_of(checkpoint: &Checkpoint) -> Snapshot<ReplicaConfig> {
+        Snapshot {
+            meta: checkpoint.meta.clone(),
+            snapshot: Box::new(ReplicaSnapshot {
+                position: checkpoint.position,
+                from: checkpoint.position,
+                records: Bytes::new(),
+            }),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<ReplicaConfig>> {
+        // The applied id and the position are read together (apply holds the lock), then
+        // made durable: the fsync covers at least that position.
+        let (meta, position, io) = {
+            let inner = lock(&self.inner);
+            let snapshot_id = match inner.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, inner.sequence + 1),
+                None => format!("none-{}", inner.sequence + 1),
+            };
+            (
+                SnapshotMeta {
+                    last_log_id: inner.last_applied,
+                    last_membership: inner.membership.clone(),
+                    snapshot_id,
+                },
+                self.applier.position(),
+                inner.io,
+            )
+        };
+        let applier = self.applier.clone();
+        run_io(io, move || applier.persist())
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        let checkpoint = Checkpoint { meta, position };
+        self.store_checkpoint(checkpoint.clone())
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        Ok(ReplicaMachine::snapshot_of(&checkpoint))
+    }
+}
+
+impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
+    type SnapshotBuilder = ReplicaMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let inner = lock(&self.inner);
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<ReplicaOutcome>>
+    where
+        I: IntoIterator<Item = Entry<ReplicaConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = lock(&self.inner);
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            let outcome = match entry.payload {
+                EntryPayload::Blank => ReplicaOutcome::default(),
+                EntryPayload::Normal(command) => ReplicaOutcome(
+                    self.applier
+                        .apply(&command.0)
+                        .map_err(|error| StorageIOError::apply(entry.log_id, &error))?,
+                ),
+                EntryPayload::Membership(membership) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    ReplicaOutcome::default()
+                }
+            };
+            inner.last_applied = Some(entry.log_id);
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<ReplicaSnapshot>> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<ReplicaSnapshot>,
+    ) -> StorageResult<()> {
+        let io = lock(&self.inner).io;
+        let applier = self.applier.clone();
+        let ReplicaSnapshot {
+            position,
+            from,
+            records,
+        } = *snapshot;
+        let reached = run_io(io, move || {
+            let here = applier.position();
+            if here < position {
+                if here != from {
+                    return Err(std::io::Error::other(format!(
+                        "a snapshot's records start at {from}, but this replica ends at {here}"
+                    )));
+                }
+                applier.append_range(from, &records)?;
+            }
+            applier.persist()
+        })
+        .await
+        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        if reached != position {
+            tracing::warn!(
+                reached,
+                position,
+                "a replica installing a snapshot ends past it (it had applied more)"
+            );
+        }
+        // The checkpoint after the records are durable: a crash before it cuts them again.
+        let checkpoint = Checkpoint {
+            meta: meta.clone(),
+            position: reached,
+        };
+        self.store_checkpoint(checkpoint)
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        let mut inner = lock(&self.inner);
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<ReplicaConfig>>> {
+        let inner = lock(&self.inner);
+        Ok(inner.checkpoint.as_ref().map(ReplicaMachine::snapshot_of))
+    }
+}
+
+/// openraft's network factory for one group.
+#[derive(Debug, Clone)]
+struct ReplicaNetwork {
+    group: String,
+    transport: Arc<dyn Transport>,
+    applier: Arc<dyn Applier>,
+    io: Io,
+}
+
+/// openraft's connection to one member of a group.
+#[derive(Debug)]
+struct ReplicaConnection {
+    network: ReplicaNetwork,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<ReplicaConfig> for ReplicaNetwork {
+    type Network = ReplicaConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> ReplicaConnection {
+        ReplicaConnection {
+            network: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+type RpcResult<T> = std::result::Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId>>>;
+
+impl ReplicaConnection {
+    async fn call(
+        &self,
+        rpc: ReplicaRpc,
+        timeout: Duration,
+    ) -> std::result::Result<ReplicaReply, Unreachable> {
+        let rpc = RaftRpc::Replica {
+            group: self.network.group.clone(),
+            rpc: Box::new(rpc),
+        };
+        match self
+            .network
+            .transport
+            .call(self.target, &self.addr, rpc, timeout)
+            .await
+        {
+            Ok(RaftReply::Replica(reply)) => match *reply {
+                ReplicaReply::Unknown(reason) => Err(Unreachable::new(&TransportError(reason))),
+                reply => Ok(reply),
+            },
+            Ok(other) => Err(Unreachable::new(&TransportError(format!(
+                "unexpected reply {other:?}"
+            )))),
+            Err(reason) => Err(Unreachable::new(&TransportError(reason))),
+        }
+    }
+}
+
+fn unexpected(reply: &ReplicaReply) -> NetworkError {
+    NetworkError::new(&TransportError(format!("unexpected reply {reply:?}")))
+}
+
+impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ReplicaConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(ReplicaRpc::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            ReplicaReply::Append(Ok(response)) => Ok(response),
+            ReplicaReply::Append(Err(error)) => Err(RemoteError::new(self.target, error).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(ReplicaRpc::Vote(rpc), option.hard_ttl()).await? {
+            ReplicaReply::Vote(Ok(response)) => Ok(response),
+            ReplicaReply::Vote(Err(error)) => Err(RemoteError::new(self.target, error).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<ReplicaConfig>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> std::result::Result<SnapshotResponse<NodeId>, StreamingError<ReplicaConfig, Fatal<NodeId>>>
+    {
+        let from = match self.call(ReplicaRpc::Position, option.hard_ttl()).await? {
+            ReplicaReply::Position(position) => position,
+            other => return Err(unexpected(&other).into()),
+        };
+        let position = snapshot.snapshot.position;
+        let records = if from < position {
+            let applier = self.network.applier.clone();
+            run_io(self.network.io, move || applier.read_range(from, position))
+                .await
+                .map_err(|error| NetworkError::new(&error))?
+        } else {
+            Bytes::new()
+        };
+        let rpc = ReplicaRpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: ReplicaSnapshot {
+                position,
+                from,
+                records,
+            },
+        };
+        match self.call(rpc, option.hard_ttl()).await? {
+            ReplicaReply::Snapshot(Ok(response)) => Ok(response),
+            ReplicaReply::Snapshot(Err(fatal)) => Err(RemoteError::new(self.target, fatal).into()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+}
+
+/// One node's member of a replicated log's group: the seam the broker calls.
+#[derive(Clone)]
+pub struct Replica {
+    group: String,
+    node_id: NodeId,
+    raft: Raft<ReplicaConfig>,
+    applier: Arc<dyn Applier>,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("group", &self.group)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Starts node `node_id`'s member of group `group`, its raft log and checkpoint in
+    /// `dir`, applying to `applier` (whose state must end at
+    /// [`ReplicaMachine::checkpointed_position`]).
+    ///
+    /// # Errors
+    /// Storage errors opening the log or the checkpoint, or openraft's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node_id: NodeId,
+        group: String,
+        dir: &Path,
+        fs: Arc<dyn Fs>,
+        io: Io,
+        applier: Arc<dyn Applier>,
+        transport: Arc<dyn Transport>,
+        timing: Timing,
+    ) -> std::result::Result<Replica, ReplicaError> {
+        let stopped = |error: &dyn std::fmt::Display| ReplicaError::Stopped(error.to_string());
+        let log = LogStore::<ReplicaConfig>::open(fs.clone(), dir, io).map_err(|e| stopped(&e))?;
+        let machine =
+            ReplicaMachine::open(fs, dir, io, applier.clone()).map_err(|e| stopped(&e))?;
+        let config = openraft::Config {
+            cluster_name: format!("wharf-{group}"),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_min.as_millis() as u64,
+            election_timeout_max: timing.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| stopped(&e))?;
+        let network = ReplicaNetwork {
+            group: group.clone(),
+            transport,
+            applier: applier.clone(),
+            io,
+        };
+        let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
+            .await
+            .map_err(|e| stopped(&e))?;
+        Ok(Replica {
+            group,
+            node_id,
+            raft,
+            applier,
+            timing,
+        })
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Makes `members` (node id → internal address) the group's first voters. Only one
+    /// member initializes a group (the placement's preferred leader); a group already
+    /// initialized here is left as it is.
+    ///
+    /// # Errors
+    /// openraft's refusal.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, String>,
+    ) -> std::result::Result<(), ReplicaError> {
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(error) => Err(ReplicaError::Stopped(error.to_string())),
+        }
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The applied state's position on this node.
+    pub fn position(&self) -> i64 {
+        self.applier.position()
+    }
+
+    /// Commits `command` and answers with the leader's outcome of applying it, once a
+    /// majority of the group has it durably and the leader applied it.
+    ///
+    /// # Errors
+    /// `NotLeader` (nothing written), `TimedOut` (unknown), `Stopped`.
+    pub async fn write(&self, command: Bytes) -> std::result::Result<Bytes, ReplicaError> {
+        let limit = self.timing.election_max * 10;
+        let written = self.raft.client_write(ReplicaCommand(command));
+        match tokio::time::timeout(limit, written).await {
+            Ok(Ok(response)) => Ok(response.data.0),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(ReplicaError::NotLeader {
+                    leader: forward.leader_id.filter(|&leader| leader != self.node_id),
+                })
+            }
+            Ok(Err(RaftError::APIError(other))) => Err(ReplicaError::Stopped(other.to_string())),
+            Ok(Err(RaftError::Fatal(fatal))) => Err(ReplicaError::Stopped(fatal.to_string())),
+            Err(_) => Err(ReplicaError::TimedOut(format!(
+                "the write was not committed within {} ms; it may still be",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// Answers one RPC of this group from another member.
+    pub async fn serve(&self, rpc: ReplicaRpc) -> ReplicaReply {
+        match rpc {
+            ReplicaRpc::Append(request) => {
+                ReplicaReply::Append(self.raft.append_entries(request).await)
+            }
+            ReplicaRpc::Vote(request) => ReplicaReply::Vote(self.raft.vote(request).await),
+            ReplicaRpc::Snapshot { vote, meta, data } => {
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: Box::new(data),
+                };
+                ReplicaReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+            }
+            ReplicaRpc::Position => ReplicaReply::Position(self.applier.position()),
+        }
+    }
+
+    /// Stops this member.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// The replicated logs this node is a member of, by group name: who answers a
+/// [`RaftRpc::Replica`].
+#[derive(Debug, Clone, Default)]
+pub struct Replicas {
+    groups: Arc<RwLock<HashMap<String, Replica>>>,
+}
+
+impl Replicas {
+    /// Registers `replica` (replacing one of the same group).
+    pub fn insert(&self, replica: Replica) {
+        self.groups
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(replica.group.clone(), replica);
+    }
+
+    /// Unregisters and returns group `group`'s member.
+    pub fn remove(&self, group: &str) -> Option<Replica> {
+        self.groups
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(group)
+    }
+
+    /// This node's member of `group`.
+    pub fn get(&self, group: &str) -> Option<Replica> {
+        self.groups
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// Answers an RPC for `group`.
+    pub async fn serve(&self, group: &str, rpc: ReplicaRpc) -> ReplicaReply {
+        match self.get(group) {
+            Some(replica) => replica.serve(rpc).await,
+            None => ReplicaReply::Unknown(format!("no member of replicated log {group} here")),
+        }
+    }
+}
+
+/// Bytes as base64 text in JSON (the internal wire's and the raft log's encoding).
+pub(crate) mod base64_bytes {
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

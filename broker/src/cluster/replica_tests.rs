@@ -1,0 +1,406 @@
+//! Replicated logs over an in-process network, on a paused clock: tests of
+//! `cluster/replica.rs`. Each node has its own simulated disk; RPCs are serialized and
+//! parsed as on the internal wire. The applier is a model (a list of applied commands with
+//! a durable prefix), so what is checked is the group's rules: only committed commands are
+//! applied, every member applies the same ones in the same order, a failover keeps every
+//! acknowledged write, a restarted member cut back to its checkpoint applies nothing twice,
+//! and a member behind the purged log catches up from a snapshot's records.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{Applier, Replica, ReplicaError, ReplicaMachine, Replicas};
+use crate::cluster::metadata::NodeId;
+use crate::cluster::raft::{RaftReply, RaftRpc, Timing, Transport};
+use crate::cluster::store::Io;
+use crate::storage::sim::{SimFs, Torn};
+
+const DIR: &str = "/data/topic-0/raft";
+const GROUP: &str = "topic-0";
+
+/// The applied commands, and how many of them [`Applier::persist`] made durable.
+#[derive(Debug, Default)]
+struct Model {
+    applied: Vec<Bytes>,
+    durable: usize,
+    /// Commands taken from a snapshot's records rather than applied one by one.
+    from_snapshots: usize,
+}
+
+#[derive(Debug, Default)]
+struct ModelApplier {
+    model: Mutex<Model>,
+}
+
+impl ModelApplier {
+    fn with(applied: Vec<Bytes>) -> ModelApplier {
+        let durable = applied.len();
+        ModelApplier {
+            model: Mutex::new(Model {
+                applied,
+                durable,
+                from_snapshots: 0,
+            }),
+        }
+    }
+
+    fn applied(&self) -> Vec<Bytes> {
+        self.model.lock().unwrap().applied.clone()
+    }
+
+    /// What survives a crash: the durable prefix.
+    fn durable(&self) -> Vec<Bytes> {
+        let model = self.model.lock().unwrap();
+        model.applied[..model.durable].to_vec()
+    }
+}
+
+impl Applier for ModelApplier {
+    fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        let mut model = self.model.lock().unwrap();
+        let position = model.applied.len() as u64;
+        model.applied.push(command.clone());
+        Ok(Bytes::copy_from_slice(&position.to_be_bytes()))
+    }
+
+    fn position(&self) -> i64 {
+        self.model.lock().unwrap().applied.len() as i64
+    }
+
+    fn persist(&self) -> std::io::Result<i64> {
+        let mut model = self.model.lock().unwrap();
+        model.durable = model.applied.len();
+        Ok(model.durable as i64)
+    }
+
+    fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes> {
+        let model = self.model.lock().unwrap();
+        let mut out = BytesMut::new();
+        for command in &model.applied[from as usize..to as usize] {
+            out.put_u32(command.len() as u32);
+            out.put_slice(command);
+        }
+        Ok(out.freeze())
+    }
+
+    fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
+        let mut model = self.model.lock().unwrap();
+        if model.applied.len() as i64 != from {
+            return Err(std::io::Error::other("not at the range's start"));
+        }
+        let mut records = records.clone();
+        while records.has_remaining() {
+            let length = records.get_u32() as usize;
+            model.applied.push(records.split_to(length));
+            model.from_snapshots += 1;
+        }
+        Ok(model.applied.len() as i64)
+    }
+}
+
+/// The nodes' members by id, and which nodes are down.
+#[derive(Debug, Default)]
+struct Net {
+    nodes: Mutex<HashMap<NodeId, Replicas>>,
+    down: Mutex<HashSet<NodeId>>,
+}
+
+impl Transport for Net {
+    fn call(
+        &self,
+        target: NodeId,
+        _addr: &str,
+        rpc: RaftRpc,
+        timeout: Duration,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<RaftReply, String>> + Send + '_>> {
+        Box::pin(async move {
+            if self.down.lock().unwrap().contains(&target) {
+                return Err(format!("node {target} is down"));
+            }
+            let replicas = self.nodes.lock().unwrap().get(&target).cloned();
+            let Some(replicas) = replicas else {
+                return Err(format!("node {target} is not running"));
+            };
+            // As on the wire: JSON both ways.
+            let bytes = serde_json::to_vec(&rpc).map_err(|error| error.to_string())?;
+            let RaftRpc::Replica { group, rpc } =
+                serde_json::from_slice(&bytes).map_err(|error| error.to_string())?
+            else {
+                return Err("not a replica rpc".to_string());
+            };
+            let reply = tokio::time::timeout(timeout, replicas.serve(&group, *rpc))
+                .await
+                .map_err(|_| "timed out".to_string())?;
+            let reply = RaftReply::Replica(Box::new(reply));
+            let bytes = serde_json::to_vec(&reply).map_err(|error| error.to_string())?;
+            serde_json::from_slice(&bytes).map_err(|error| error.to_string())
+        })
+    }
+}
+
+fn timing() -> Timing {
+    Timing {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+        snapshot_every: 10,
+    }
+}
+
+struct Node {
+    fs: SimFs,
+    applier: Arc<ModelApplier>,
+    replica: Replica,
+}
+
+async fn start(id: NodeId, fs: SimFs, applier: Arc<ModelApplier>, net: &Arc<Net>) -> Node {
+    let shared: Arc<dyn crate::storage::fs::Fs> = Arc::new(fs.clone());
+    let replica = Replica::start(
+        id,
+        GROUP.to_string(),
+        Path::new(DIR),
+        shared,
+        Io::Inline,
+        applier.clone(),
+        net.clone(),
+        timing(),
+    )
+    .await
+    .expect("start");
+    let replicas = Replicas::default();
+    replicas.insert(replica.clone());
+    net.nodes.lock().unwrap().insert(id, replicas);
+    net.down.lock().unwrap().remove(&id);
+    Node {
+        fs,
+        applier,
+        replica,
+    }
+}
+
+/// Stops node `id` as a crash does: the member stops, the disk keeps what was written
+/// (`power_loss`: only what was fsynced) and the applier its durable prefix.
+async fn crash(node: Node, id: NodeId, net: &Arc<Net>, power_loss: bool) -> (SimFs, Vec<Bytes>) {
+    net.down.lock().unwrap().insert(id);
+    net.nodes.lock().unwrap().remove(&id);
+    node.replica.shutdown().await;
+    let image = if power_loss {
+        node.fs.crash_image(Torn::Random { seed: id })
+    } else {
+        node.fs.process_crash_image()
+    };
+    (image, node.applier.durable())
+}
+
+/// Restarts a crashed node: its applier cut back to the checkpoint first.
+async fn restart(id: NodeId, image: SimFs, mut state: Vec<Bytes>, net: &Arc<Net>) -> Node {
+    let position = ReplicaMachine::checkpointed_position(&image, Path::new(DIR)).expect("read");
+    assert!(
+        position as usize <= state.len(),
+        "the checkpoint covers more than the applier made durable"
+    );
+    state.truncate(position as usize);
+    start(id, image, Arc::new(ModelApplier::with(state)), net).await
+}
+
+async fn wait_for_leader(nodes: &BTreeMap<NodeId, Node>) -> NodeId {
+    for _ in 0..200 {
+        let leaders: HashSet<NodeId> = nodes
+            .iter()
+            .filter(|(_, node)| node.replica.is_leader())
+            .map(|(id, _)| *id)
+            .collect();
+        if leaders.len() == 1 {
+            return *leaders.iter().next().expect("one");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no single leader elected");
+}
+
+/// Writes `values` through the leader, retrying through a new leader on NotLeader;
+/// returns each write's position as the leader answered it.
+async fn write_all(nodes: &BTreeMap<NodeId, Node>, values: &[String]) -> Vec<u64> {
+    let mut positions = Vec::new();
+    for value in values {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts < 50, "the write of {value} never committed");
+            let leader = wait_for_leader(nodes).await;
+            match nodes[&leader]
+                .replica
+                .write(Bytes::from(value.clone()))
+                .await
+            {
+                Ok(outcome) => {
+                    positions.push(u64::from_be_bytes(outcome[..8].try_into().expect("8")));
+                    break;
+                }
+                Err(ReplicaError::NotLeader { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("write of {value} failed: {other}"),
+            }
+        }
+    }
+    positions
+}
+
+/// Waits until every node applied exactly `expected`.
+async fn converge(nodes: &BTreeMap<NodeId, Node>, expected: &[Bytes]) {
+    for _ in 0..400 {
+        if nodes
+            .values()
+            .all(|node| node.applier.applied() == expected)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, node) in nodes {
+        let applied = node.applier.applied();
+        assert_eq!(
+            applied.len(),
+            expected.len(),
+            "node {id} applied {} commands, the leader {}",
+            applied.len(),
+            expected.len()
+        );
+        assert_eq!(applied, expected, "node {id} applied other commands");
+    }
+}
+
+fn values(prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("{prefix}-{index}"))
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_replicated_log_keeps_every_acknowledged_write_through_failover_restart_and_catch_up() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            let node = start(id, SimFs::new(), Arc::default(), &net).await;
+            nodes.insert(id, node);
+        }
+        let members: BTreeMap<NodeId, String> =
+            (1..=3).map(|id| (id, format!("node-{id}"))).collect();
+        nodes[&1]
+            .replica
+            .initialize(members.clone())
+            .await
+            .expect("initialize");
+        // A second initialize (another member, or a restart) changes nothing.
+        nodes[&2]
+            .replica
+            .initialize(members)
+            .await
+            .expect("initialize again");
+
+        // Writes through the leader are applied everywhere, in order; a follower refuses
+        // a write and names the leader.
+        let first = values("a", 25);
+        let positions = write_all(&nodes, &first).await;
+        assert_eq!(positions, (0..25).collect::<Vec<u64>>());
+        let mut expected: Vec<Bytes> = first.iter().cloned().map(Bytes::from).collect();
+        converge(&nodes, &expected).await;
+        let leader = wait_for_leader(&nodes).await;
+        let follower = *nodes.keys().find(|&&id| id != leader).expect("a follower");
+        assert_eq!(
+            nodes[&follower].replica.write(Bytes::from("refused")).await,
+            Err(ReplicaError::NotLeader {
+                leader: Some(leader)
+            })
+        );
+
+        // The leader dies: the other two elect one and go on; nothing acknowledged is lost.
+        let old = nodes.remove(&leader).expect("leader");
+        let (image, state) = crash(old, leader, &net, false).await;
+        let second = values("b", 25);
+        let positions = write_all(&nodes, &second).await;
+        assert_eq!(positions, (25..50).collect::<Vec<u64>>());
+        expected.extend(second.iter().cloned().map(Bytes::from));
+        converge(&nodes, &expected).await;
+
+        // The old leader comes back, cut to its checkpoint: it re-applies from its log and
+        // catches up past the purged entries from a snapshot's records.
+        nodes.insert(leader, restart(leader, image, state, &net).await);
+        converge(&nodes, &expected).await;
+        let caught_up = nodes[&leader].applier.model.lock().unwrap().from_snapshots;
+        assert!(
+            caught_up > 0,
+            "the restarted node was behind the purged log but took no snapshot records"
+        );
+
+        // A follower loses power (only fsynced bytes survive) and comes back.
+        let leader = wait_for_leader(&nodes).await;
+        let victim = *nodes.keys().find(|&&id| id != leader).expect("a follower");
+        let third = values("c", 7);
+        write_all(&nodes, &third).await;
+        expected.extend(third.iter().cloned().map(Bytes::from));
+        let down = nodes.remove(&victim).expect("victim");
+        let (image, state) = crash(down, victim, &net, true).await;
+        let fourth = values("d", 30);
+        write_all(&nodes, &fourth).await;
+        expected.extend(fourth.iter().cloned().map(Bytes::from));
+        nodes.insert(victim, restart(victim, image, state, &net).await);
+        converge(&nodes, &expected).await;
+
+        for node in nodes.values() {
+            node.replica.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn a_group_with_no_majority_acknowledges_nothing() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            nodes.insert(id, start(id, SimFs::new(), Arc::default(), &net).await);
+        }
+        let members: BTreeMap<NodeId, String> =
+            (1..=3).map(|id| (id, format!("node-{id}"))).collect();
+        nodes[&1]
+            .replica
+            .initialize(members)
+            .await
+            .expect("initialize");
+        write_all(&nodes, &values("a", 3)).await;
+        let leader = wait_for_leader(&nodes).await;
+        // Both followers go: the leader cannot commit, so it never answers Ok and never
+        // applies the write.
+        for id in nodes.keys().copied().filter(|&id| id != leader) {
+            net.down.lock().unwrap().insert(id);
+        }
+        let outcome = nodes[&leader]
+            .replica
+            .write(Bytes::from("not committed"))
+            .await;
+        assert!(
+            matches!(outcome, Err(ReplicaError::TimedOut(_))),
+            "a write without a majority answered {outcome:?}"
+        );
+        assert_eq!(nodes[&leader].applier.applied().len(), 3);
+        for node in nodes.values() {
+            node.replica.shutdown().await;
+        }
+    });
+}
