@@ -27,6 +27,7 @@ pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
 pub mod quota;
+mod replication;
 pub mod routing;
 pub mod stream_ops;
 pub mod txn_ops;

@@ -1277,3 +1277,104 @@ fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_
         "through node 2 after the leader is back: {lines:?}"
     );
 }
+
+/// Runs `confluent_replicated.py` and returns its JSON answer.
+fn replicated_client(args: &[&str]) -> Value {
+    let output = integration_tests::run_client_script("confluent_replicated.py", args);
+    assert!(
+        output.status.success(),
+        "confluent_replicated.py {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON document")
+}
+
+/// `(offset, value)` pairs of a client's answer under `key`.
+fn offsets_and_values(answer: &Value, key: &str) -> Vec<(u64, String)> {
+    answer[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {answer}"))
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_u64().expect("offset"),
+                pair[1].as_str().expect("value").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// What a run of `produce START COUNT` must have acknowledged: each value once, at the
+/// offset equal to its number (one partition, written in order from 0).
+fn assert_acked_in_order(answer: &Value, start: u64, count: u64, what: &str) {
+    assert_eq!(answer["failed"], serde_json::json!([]), "{what}: {answer}");
+    let mut acked = offsets_and_values(answer, "acked");
+    acked.sort();
+    let wanted: Vec<(u64, String)> = (start..start + count)
+        .map(|index| (index, format!("v{index}")))
+        .collect();
+    assert_eq!(acked, wanted, "{what}: acknowledged offsets and values");
+}
+
+#[test]
+fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_killed() {
+    // Goal: issue #21's first promise for streams. A partition with replication factor 3
+    // answers acks=all only once a majority of its replicas has the records; when its
+    // leader is SIGKILLed, another replica is elected, the metadata routes librdkafka to
+    // it, and every acknowledged record is still there, once, in order. Method: an
+    // idempotent confluent-kafka producer writes 200 records, the leader is killed, 200
+    // more go through another node, a consumer reads all 400 back; the killed node comes
+    // back and the second leader is killed too, and 50 more records and a full read go
+    // through the two that are left.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+
+    let topic = "replicated";
+    let placed = replicated_client(&["create", &kafka[0], topic]);
+    assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    let first_leader = placed["leader"].as_u64().expect("a leader");
+
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
+    assert_acked_in_order(&written, 0, 200, "before the failover");
+
+    let killed = usize::try_from(first_leader - 1).expect("a node index");
+    nodes[killed].kill();
+    let survivor = (killed + 1) % 3;
+    let written = replicated_client(&["produce", &kafka[survivor], topic, "200", "200"]);
+    assert_acked_in_order(&written, 200, 200, "after the leader was killed");
+    let read = replicated_client(&["consume", &kafka[survivor], topic, "400"]);
+    let second_leader = read["leader"].as_u64().expect("a leader");
+    assert_ne!(
+        second_leader, first_leader,
+        "a killed node cannot lead: {read}"
+    );
+    let wanted: Vec<(u64, String)> = (0..400).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted,
+        "every acknowledged record, once, in order, after the failover"
+    );
+
+    // The first leader comes back and catches up; then the second leader is killed, and
+    // the first leader and the third node go on.
+    nodes[killed].restart();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let second = usize::try_from(second_leader - 1).expect("a node index");
+    nodes[second].kill();
+    let left = (0..3).find(|&at| at != second).expect("a node left");
+    let written = replicated_client(&["produce", &kafka[left], topic, "400", "50"]);
+    assert_acked_in_order(&written, 400, 50, "after the second leader was killed");
+    let read = replicated_client(&["consume", &kafka[left], topic, "450"]);
+    let wanted: Vec<(u64, String)> = (0..450).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted,
+        "every acknowledged record on the two nodes left"
+    );
+}

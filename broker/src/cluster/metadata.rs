@@ -127,6 +127,13 @@ pub enum MetadataCommand {
     },
     /// Grows a topic to `total` partitions.
     AddPartitions { name: String, total: u32 },
+    /// Records that `leader` leads partition `partition` of topic `name` now: its replicated
+    /// log elected it (issue #21), and clients are routed to it from then on.
+    SetPartitionLeader {
+        name: String,
+        partition: u32,
+        leader: NodeId,
+    },
     /// Declares a queue (idempotent when the arguments are the same).
     DeclareQueue {
         name: String,
@@ -310,6 +317,30 @@ impl MetadataState {
                 let topic = self.topics.get_mut(name).expect("checked above");
                 topic.partitions.extend(added.iter().cloned());
                 Ok(MetadataResult::Placed(added))
+            }
+            MetadataCommand::SetPartitionLeader {
+                name,
+                partition,
+                leader,
+            } => {
+                let set = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?
+                    .partitions
+                    .get_mut(*partition as usize)
+                    .ok_or_else(|| {
+                        MetadataError::Invalid(format!(
+                            "topic {name:?} has no partition {partition}"
+                        ))
+                    })?;
+                if !set.replicas.contains(leader) {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {leader} holds no replica of {name}-{partition}"
+                    )));
+                }
+                set.leader = *leader;
+                Ok(MetadataResult::Done)
             }
             MetadataCommand::DeclareQueue {
                 name,

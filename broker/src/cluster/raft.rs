@@ -366,6 +366,11 @@ impl Cluster {
         &self.replicas
     }
 
+    /// The metadata log's timeouts, which replicated logs share.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     /// The transport the metadata log talks over, which replicated logs share.
     pub fn transport(&self) -> Arc<dyn Transport> {
         self.transport.clone()

@@ -15,10 +15,11 @@
 //! **Durability of the applied state.** Applying appends without an fsync of its own: the
 //! raft log already holds each command durably on a majority. A snapshot (every
 //! `snapshot_every` applied entries, openraft's policy) fsyncs the applier
-//! ([`Applier::persist`]) and then writes the checkpoint `replica-applied`: the last applied
-//! log id and the applier's position then. openraft purges the raft log up to it. After a
+//! ([`Applier::persist`]) and then writes the checkpoint `replica-applied` in the log's
+//! directory (`storage::partition::ReplicaCheckpoint`): the last applied log id and the
+//! applier's position then. openraft purges the raft log up to it. After a
 //! restart the applier's state must be cut back to the checkpoint's position
-//! ([`ReplicaMachine::checkpointed_position`]; for a partition
+//! ([`ReplicaMachine::checkpointed_position`]; a partition's open does it, with
 //! `storage::partition::truncate_closed`) before the group starts, and openraft applies the
 //! entries after it again, so nothing is applied twice or lost.
 //!
@@ -55,8 +56,8 @@ use serde::{Deserialize, Serialize};
 use super::metadata::NodeId;
 use super::raft::{RaftReply, RaftRpc, Timing, Transport};
 use super::store::{Io, LogStore};
-use crate::storage::checkpoint;
 use crate::storage::fs::Fs;
+use crate::storage::partition::{read_replica_checkpoint, write_replica_checkpoint};
 
 openraft::declare_raft_types!(
     /// A replicated log's types for openraft.
@@ -68,9 +69,8 @@ openraft::declare_raft_types!(
         SnapshotData = ReplicaSnapshot,
 );
 
-/// The checkpoint of the applied state: the last applied log id and the applier's position.
-pub const APPLIED_FILE: &str = "replica-applied";
-const APPLIED_MAGIC: [u8; 4] = *b"WRAP";
+/// Where a group keeps its raft log, under the directory of the log it replicates.
+pub const RAFT_DIR: &str = "raft";
 
 /// One command of a replicated log: bytes only its [`Applier`] reads (for a partition, a
 /// produce's batches and what the produce rules need).
@@ -202,11 +202,13 @@ async fn run_io<T: Send + 'static>(
     }
 }
 
-/// The checkpoint `replica-applied`: the applied state up to `meta.last_log_id` is durable
-/// in the applier, which then ended at `position`.
+/// The replica's part of the checkpoint (`storage::partition::ReplicaCheckpoint`, which
+/// stores the position beside it): the applied state up to `meta.last_log_id` is durable in
+/// the applier, which then ended at `position`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Checkpoint {
     meta: SnapshotMeta<NodeId, BasicNode>,
+    #[serde(skip)]
     position: i64,
 }
 
@@ -229,18 +231,12 @@ pub struct ReplicaMachine {
 }
 
 fn read_checkpoint(fs: &dyn Fs, dir: &Path) -> std::io::Result<Option<(Checkpoint, u64)>> {
-    let Some(found) =
-        checkpoint::read(fs, &dir.join(APPLIED_FILE), APPLIED_MAGIC).map_err(io_error)?
-    else {
+    let Some(found) = read_replica_checkpoint(fs, dir).map_err(io_error)? else {
         return Ok(None);
     };
-    if found.version != 1 {
-        return Err(std::io::Error::other(format!(
-            "{APPLIED_FILE} has version {}; this build reads version 1 only",
-            found.version
-        )));
-    }
-    let checkpoint = serde_json::from_slice(&found.payload).map_err(std::io::Error::other)?;
+    let mut checkpoint: Checkpoint =
+        serde_json::from_slice(&found.replica).map_err(std::io::Error::other)?;
+    checkpoint.position = found.position;
     Ok(Some((checkpoint, found.sequence)))
 }
 
@@ -280,8 +276,23 @@ impl ReplicaMachine {
             )));
         }
         let (checkpoint, sequence) = match found {
+            // A checkpoint of nothing applied yet is no snapshot.
+            Some((checkpoint, sequence)) if checkpoint.meta.last_log_id.is_none() => {
+                (None, sequence)
+            }
             Some((checkpoint, sequence)) => (Some(checkpoint), sequence),
-            None => (None, 0),
+            None => {
+                // The first checkpoint, of nothing applied, marks the log as replicated:
+                // from now on its open cuts what a restart re-applies.
+                let empty = Checkpoint {
+                    meta: SnapshotMeta::default(),
+                    position,
+                };
+                let payload = serde_json::to_vec(&empty).map_err(std::io::Error::other)?;
+                write_replica_checkpoint(fs.as_ref(), dir, 1, position, &payload)
+                    .map_err(io_error)?;
+                (None, 1)
+            }
         };
         let (last_applied, membership) = checkpoint.as_ref().map_or_else(
             || (None, StoredMembership::default()),
@@ -319,17 +330,10 @@ impl ReplicaMachine {
             )
         };
         let payload = serde_json::to_vec(&checkpoint).map_err(std::io::Error::other)?;
+        let position = checkpoint.position;
         run_io(io, move || {
-            checkpoint::write(
-                fs.as_ref(),
-                &dir,
-                APPLIED_FILE,
-                APPLIED_MAGIC,
-                1,
-                sequence,
-                &payload,
-            )
-            .map_err(io_error)
+            write_replica_checkpoint(fs.as_ref(), &dir, sequence, position, &payload)
+                .map_err(io_error)
         })
         .await?;
         lock(&self.inner).checkpoint = Some(checkpoint);
@@ -630,8 +634,9 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// Starts node `node_id`'s member of group `group`, its raft log and checkpoint in
-    /// `dir`, applying to `applier` (whose state must end at
+    /// Starts node `node_id`'s member of group `group` for the log in `dir` (its raft log
+    /// in `dir/raft`, its checkpoint `replica-applied` in `dir`, where the partition's open
+    /// reads it), applying to `applier` (whose state must end at
     /// [`ReplicaMachine::checkpointed_position`]).
     ///
     /// # Errors
@@ -648,7 +653,8 @@ impl Replica {
         timing: Timing,
     ) -> std::result::Result<Replica, ReplicaError> {
         let stopped = |error: &dyn std::fmt::Display| ReplicaError::Stopped(error.to_string());
-        let log = LogStore::<ReplicaConfig>::open(fs.clone(), dir, io).map_err(|e| stopped(&e))?;
+        let log = LogStore::<ReplicaConfig>::open(fs.clone(), &dir.join(RAFT_DIR), io)
+            .map_err(|e| stopped(&e))?;
         let machine =
             ReplicaMachine::open(fs, dir, io, applier.clone()).map_err(|e| stopped(&e))?;
         let config = openraft::Config {
@@ -730,22 +736,46 @@ impl Replica {
     /// # Errors
     /// `NotLeader` (nothing written), `TimedOut` (unknown), `Stopped`.
     pub async fn write(&self, command: Bytes) -> std::result::Result<Bytes, ReplicaError> {
+        self.submit(command).await?.await
+    }
+
+    /// Hands `command` to the group (writes submitted one after another are in the log in
+    /// that order) and returns the wait for its outcome, as [`Replica::write`] answers it.
+    ///
+    /// # Errors
+    /// `Stopped` when the group stopped on this node.
+    pub async fn submit(
+        &self,
+        command: Bytes,
+    ) -> std::result::Result<
+        impl Future<Output = std::result::Result<Bytes, ReplicaError>> + Send + 'static,
+        ReplicaError,
+    > {
         let limit = self.timing.election_max * 10;
-        let written = self.raft.client_write(ReplicaCommand(command));
-        match tokio::time::timeout(limit, written).await {
-            Ok(Ok(response)) => Ok(response.data.0),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(ReplicaError::NotLeader {
-                    leader: forward.leader_id.filter(|&leader| leader != self.node_id),
-                })
+        let node_id = self.node_id;
+        let answer = self
+            .raft
+            .client_write_ff(ReplicaCommand(command))
+            .await
+            .map_err(|fatal| ReplicaError::Stopped(fatal.to_string()))?;
+        Ok(async move {
+            match tokio::time::timeout(limit, answer).await {
+                Ok(Ok(Ok(response))) => Ok(response.data.0),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => {
+                    Err(ReplicaError::NotLeader {
+                        leader: forward.leader_id.filter(|&leader| leader != node_id),
+                    })
+                }
+                Ok(Ok(Err(other))) => Err(ReplicaError::Stopped(other.to_string())),
+                Ok(Err(_)) => Err(ReplicaError::Stopped(
+                    "the group stopped before the write was answered".to_string(),
+                )),
+                Err(_) => Err(ReplicaError::TimedOut(format!(
+                    "the write was not committed within {} ms; it may still be",
+                    limit.as_millis()
+                ))),
             }
-            Ok(Err(RaftError::APIError(other))) => Err(ReplicaError::Stopped(other.to_string())),
-            Ok(Err(RaftError::Fatal(fatal))) => Err(ReplicaError::Stopped(fatal.to_string())),
-            Err(_) => Err(ReplicaError::TimedOut(format!(
-                "the write was not committed within {} ms; it may still be",
-                limit.as_millis()
-            ))),
-        }
+        })
     }
 
     /// Answers one RPC of this group from another member.
@@ -803,6 +833,16 @@ impl Replicas {
             .unwrap_or_else(|poison| poison.into_inner())
             .get(group)
             .cloned()
+    }
+
+    /// Every group with a member here, by name.
+    pub fn all(&self) -> Vec<Replica> {
+        self.groups
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Answers an RPC for `group`.

@@ -20,7 +20,7 @@ use crate::cluster::raft::{RaftReply, RaftRpc, Timing, Transport};
 use crate::cluster::store::Io;
 use crate::storage::sim::{SimFs, Torn};
 
-const DIR: &str = "/data/topic-0/raft";
+const DIR: &str = "/data/topic-0";
 const GROUP: &str = "topic-0";
 
 /// The applied commands, and how many of them [`Applier::persist`] made durable.

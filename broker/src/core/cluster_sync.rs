@@ -204,6 +204,7 @@ impl Broker {
         name: &str,
         partitions: u32,
         configs: Vec<(String, String)>,
+        replication_factor: Option<u32>,
     ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
         // The same refusals as a lone node's (name, partitions, configs, exists here).
         self.streams
@@ -214,7 +215,7 @@ impl Broker {
         let command = MetadataCommand::CreateTopic {
             name: name.to_string(),
             partitions,
-            replication_factor: REPLICATION_FACTOR,
+            replication_factor: replication_factor.unwrap_or(REPLICATION_FACTOR),
             configs: configs.iter().cloned().collect::<BTreeMap<_, _>>(),
             topic_id: Some(topic_id),
         };
@@ -243,7 +244,7 @@ impl Broker {
     ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
         let partitions = self.default_partitions();
         match self
-            .create_topic_replicated(cluster, name, partitions, Vec::new())
+            .create_topic_replicated(cluster, name, partitions, Vec::new(), None)
             .await
         {
             Err(StreamError::Topic(TopicError::AlreadyExists(_))) => {
@@ -720,6 +721,10 @@ impl Broker {
                 .await
                 .unwrap_or_default();
         self.publish_followed(&followed);
+        tokio::spawn(
+            self.clone()
+                .publish_partition_leaders(cluster.clone(), shutdown.clone()),
+        );
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads
@@ -743,6 +748,7 @@ impl Broker {
                             tracing::warn!(%error, "cannot record the followed definitions: a delete made while this node is down may not reach it");
                         }
                     }
+                    self.sync_replicas(&cluster, &now.state).await;
                 }
             }
             tokio::select! {

@@ -182,6 +182,14 @@ fn refusal(
 }
 
 impl Broker {
+    /// How many brokers hold replicas: the cluster's registered nodes (at least this one),
+    /// 1 on a lone node.
+    pub fn broker_count(&self) -> u32 {
+        self.replicated().map_or(1, |cluster| {
+            u32::try_from(cluster.applied().state.nodes.len().max(1)).unwrap_or(u32::MAX)
+        })
+    }
+
     /// The cluster's placement as this node last applied it; `None` on a lone node (which
     /// leads and coordinates everything).
     pub fn routing(&self) -> Option<Routing<'_>> {

@@ -80,7 +80,14 @@ pub struct NewTopic {
     pub partitions: u32,
     /// Config overrides (`retention.ms`, ...).
     pub configs: Vec<(String, String)>,
+    /// Replicas per partition in a cluster (`None`: the default, 1 until queues and
+    /// transactions are replicated too); a lone node has one.
+    pub replication_factor: Option<u32>,
 }
+
+/// The answer of a produce to a replicated partition, once its group committed it.
+type ReplicatedAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Produced, StreamError>> + Send>>;
 
 /// One partition as metadata shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +219,7 @@ impl Broker {
             name,
             partitions,
             configs,
+            replication_factor,
         } in topics
         {
             if let Err(denied) = self.check_create_topic(caller, &name) {
@@ -222,8 +230,20 @@ impl Broker {
             let creating = name.clone();
             let outcome = match (mode, self.replicated()) {
                 (AdminMode::Apply, Some(cluster)) => {
-                    self.create_topic_replicated(cluster, &creating, partitions, configs)
-                        .await
+                    self.create_topic_replicated(
+                        cluster,
+                        &creating,
+                        partitions,
+                        configs,
+                        replication_factor,
+                    )
+                    .await
+                }
+                (AdminMode::Apply, None) if replication_factor.is_some_and(|factor| factor > 1) => {
+                    Err(StreamError::Topic(crate::streams::topic::TopicError::InvalidConfig(format!(
+                        "replication factor {} needs a cluster of that many nodes; this node runs alone",
+                        replication_factor.unwrap_or(1)
+                    ))))
                 }
                 (AdminMode::Apply, None) => {
                     blocking(move || {
@@ -400,6 +420,8 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut topics = Vec::with_capacity(query.topics.len());
         let mut receipts: Vec<(usize, usize, Receipt)> = Vec::new();
+        // Produces to replicated partitions, submitted in order, answered once committed.
+        let mut replicated: Vec<(usize, usize, ReplicatedAnswer)> = Vec::new();
         for (topic, produced) in query.topics {
             let info = match self.check(caller, Operation::Write, ResourceType::Topic, &topic) {
                 Ok(()) => self.topic_for_produce(caller, &topic).await,
@@ -418,7 +440,58 @@ impl Broker {
                         .and_then(|routing| routing.refusal(&topic, partition))
                     {
                         Some(refusal) => Err(refusal),
-                        None => self.streams.append_produced(info, partition, &records),
+                        None => match self.partition_replica(&topic, partition) {
+                            // Placed on several nodes but its group is not running here
+                            // (yet): never written outside it.
+                            None if routing.as_ref().is_some_and(|routing| {
+                                routing
+                                    .partition(&topic, partition)
+                                    .is_some_and(|placed| placed.replicas.len() > 1)
+                            }) =>
+                            {
+                                Err(StreamError::NotLeader {
+                                    topic: topic.clone(),
+                                    partition,
+                                    leader: None,
+                                })
+                            }
+                            None => self.streams.append_produced(info, partition, &records),
+                            Some(replica) => {
+                                match self
+                                    .submit_replicated(&replica, info, partition, &records)
+                                    .await
+                                {
+                                    Ok(pending) => {
+                                        let log_start = self
+                                            .streams
+                                            .produced_log(info, partition)
+                                            .map_or(0, |log| log.log_start_offset());
+                                        let (topic, at) = (topic.clone(), topics.len());
+                                        let answer: ReplicatedAnswer =
+                                            Box::pin(async move {
+                                                super::replication::produce_answer(
+                                                    pending, &topic, partition, timeout_ms,
+                                                )
+                                                .await
+                                                .map(|base_offset| Produced {
+                                                    base_offset,
+                                                    log_start_offset: log_start,
+                                                })
+                                            });
+                                        replicated.push((at, partitions.len(), answer));
+                                        partitions.push(ProducedPartition {
+                                            partition,
+                                            result: Ok(Produced {
+                                                base_offset: -1,
+                                                log_start_offset: log_start,
+                                            }),
+                                        });
+                                        continue;
+                                    }
+                                    Err(error) => Err(error),
+                                }
+                            }
+                        },
                     },
                 };
                 let result = outcome.map(|receipt| {
@@ -435,6 +508,17 @@ impl Broker {
         }
         let acks = query.acks;
         Box::pin(async move {
+            // A replicated produce is answered once a majority has it, at acks=1 too (the
+            // leader learns its offsets only then); with acks=0 nobody waits.
+            if acks != Acks::None {
+                for (topic_index, partition_index, answer) in replicated {
+                    let result = match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(result) => result,
+                        Err(_) => Err(StreamError::TimedOut { timeout_ms }),
+                    };
+                    topics[topic_index].partitions[partition_index].result = result;
+                }
+            }
             match acks {
                 Acks::None => return None,
                 Acks::Leader => {}

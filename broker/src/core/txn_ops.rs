@@ -51,6 +51,12 @@ impl Broker {
             for (topic, indexes) in &partitions {
                 for partition in indexes {
                     if let Some(placed) = routing.partition(topic, *partition) {
+                        if placed.replicas.len() > 1 {
+                            return Err(TxnError::InvalidRequest(format!(
+                                "{topic}-{partition} is replicated; transactions on \
+                                 replicated topics are not supported yet"
+                            )));
+                        }
                         if placed.leader != routing.this_node() {
                             return Err(TxnError::SpansNodes {
                                 topic: topic.clone(),

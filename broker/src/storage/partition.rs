@@ -40,7 +40,10 @@ pub use cleaner::{
     CleanInputs, CleanReport, DirtyView, CLEANER_POINT_FILE, CLEANING_DIR,
     MAP_ENTRY_OVERHEAD_BYTES, SWAP_FILE,
 };
-pub use truncate::truncate_closed;
+pub use truncate::{
+    read_replica_checkpoint, truncate_closed, write_replica_checkpoint, ReplicaCheckpoint,
+    REPLICA_CHECKPOINT_FILE,
+};
 
 /// Name of the clean-shutdown marker in a partition directory.
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -225,6 +228,11 @@ impl Partition {
             crate::storage::fs::create_dir_durable(fs, dir)?;
         }
         let started = Instant::now();
+        // A replicated log holds only what its checkpoint proves applied: the rest is
+        // applied again from the raft log (cluster/replica.rs).
+        if let Some(checkpoint) = read_replica_checkpoint(fs, dir)? {
+            truncate_closed(dir, checkpoint.position, &config, &env)?;
+        }
         cleaner::recover(fs, dir)?;
         let cleaner_point = cleaner::read_cleaner_point(fs, dir)?;
         let marker = take_clean_marker(fs, dir)?;

@@ -82,16 +82,43 @@ impl Streams {
         partition: u32,
         records: &[u8],
     ) -> Result<Receipt, StreamError> {
-        let log = self
-            .topics
-            .partition(&info.name, partition)
-            .ok_or_else(|| StreamError::PartitionOutOfRange {
+        let log = self.produced_log(info, partition)?;
+        let batches = self.check_produced(info, &log, records)?;
+        self.apply_produced(&info.name, partition, &log, batches, self.clock.now_ms())
+    }
+
+    /// The log of a partition a produce names.
+    ///
+    /// # Errors
+    /// `PartitionOutOfRange`.
+    pub fn produced_log(
+        &self,
+        info: &TopicInfo,
+        partition: u32,
+    ) -> Result<Arc<Partition>, StreamError> {
+        self.topics.partition(&info.name, partition).ok_or_else(|| {
+            StreamError::PartitionOutOfRange {
                 topic: info.name.clone(),
                 partition,
                 partitions: info.partitions,
-            })?;
+            }
+        })
+    }
+
+    /// The rules of a produce that depend on this node (its clock, the topic's configs as
+    /// this node has them, the producer ids it handed out): checked once, where the produce
+    /// arrives. Returns the batches, copied, for [`Streams::apply_produced`].
+    ///
+    /// # Errors
+    /// The [`StreamError`] of the first rule the batches break.
+    pub fn check_produced(
+        &self,
+        info: &TopicInfo,
+        log: &Arc<Partition>,
+        records: &[u8],
+    ) -> Result<BytesMut, StreamError> {
         // The broker patches offsets in place; the request's bytes are shared, so copy once.
-        let mut batches = BytesMut::from(records);
+        let batches = BytesMut::from(records);
         let headers = batch_headers(&batches);
         let bytes_max = message_bytes_max(info);
         if let Some(batch) = headers
@@ -105,16 +132,96 @@ impl Streams {
         }
         let Some(header) = headers.first().copied() else {
             // Storage validates and reports what is wrong.
-            return Ok(append::append(&log, &mut batches)?);
+            return Ok(batches);
         };
         self.check_batches(&headers, header)?;
         if log.limits().cleanup.compacts() {
             check_keyed(&info.name, &batches)?;
         }
-        if header.producer_id == NO_PRODUCER_ID {
-            return Ok(append::append(&log, &mut batches)?);
+        if header.producer_id != NO_PRODUCER_ID {
+            if header.total_bytes() != batches.len() {
+                return Err(StreamError::SeveralIdempotentBatches);
+            }
+            // Check the CRC before the batch can touch producer state.
+            batch::validate(&batches)
+                .map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+            if !self.producers.may_be_handed_out(header.producer_id) {
+                return Err(StreamError::UnknownProducerId(header.producer_id));
+            }
         }
-        self.append_idempotent(info, partition, &log, &mut batches, header)
+        Ok(batches)
+    }
+
+    /// Appends checked batches (the second half of [`Streams::append_produced`]): an
+    /// idempotent batch unless it is a retry of one stored, recording its sequence with
+    /// `now_ms`. Deterministic for replicas: the same batches and `now_ms` on the same log
+    /// and producer state give the same offsets, verdict and state on every node (a
+    /// transactional batch also asks this node's transaction membership).
+    ///
+    /// # Errors
+    /// A sequence refusal, or the append's storage error.
+    pub fn apply_produced(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &Arc<Partition>,
+        mut batches: BytesMut,
+        now_ms: i64,
+    ) -> Result<Receipt, StreamError> {
+        match batch::parse_header(&batches) {
+            Ok(Some(header)) if header.producer_id != NO_PRODUCER_ID => {
+                self.append_idempotent(topic, partition, log, &mut batches, header, now_ms)
+            }
+            _ => Ok(append::append(log, &mut batches)?),
+        }
+    }
+
+    /// Appends whole batches another replica of the partition stored (a follower catching
+    /// up past its group's purged log, issue #21), keeping their offsets, and records each
+    /// idempotent batch in the producer state as a replay of the log does. Returns the log
+    /// end after them.
+    ///
+    /// # Errors
+    /// `CorruptBatch` when the batches do not continue this log offset for offset (a range
+    /// the cleaner compacted), or the append's storage error.
+    pub fn append_stored(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &Arc<Partition>,
+        mut batches: BytesMut,
+    ) -> Result<i64, StreamError> {
+        let headers = batch_headers(&batches);
+        let mut expected = log.log_end_offset();
+        for header in &headers {
+            if header.base_offset != expected {
+                return Err(StreamError::CorruptBatch(format!(
+                    "stored records from offset {} do not continue {topic}-{partition} at {expected}",
+                    header.base_offset
+                )));
+            }
+            expected = header.last_offset() + 1;
+        }
+        let receipt = append::append(log, &mut batches)?;
+        let shared = self.producers.partition(topic, partition);
+        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+        for header in headers.iter().filter(|header| {
+            header.producer_id != NO_PRODUCER_ID && !header.attributes.is_control()
+        }) {
+            let metadata = BatchMetadata {
+                first_sequence: header.base_sequence,
+                last_sequence: last_sequence(header),
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            };
+            state.record(
+                header.producer_id,
+                header.producer_epoch,
+                metadata,
+                header.max_timestamp,
+            );
+        }
+        Ok(receipt.appended().next_offset)
     }
 
     /// The rules every produced batch follows, before any is appended.
@@ -148,28 +255,24 @@ impl Streams {
     /// and recording its sequence under the partition's producer lock.
     fn append_idempotent(
         &self,
-        info: &TopicInfo,
+        topic: &str,
         partition: u32,
         log: &Arc<Partition>,
         batches: &mut BytesMut,
         header: BatchHeader,
+        now_ms: i64,
     ) -> Result<Receipt, StreamError> {
-        if header.total_bytes() != batches.len() {
-            return Err(StreamError::SeveralIdempotentBatches);
-        }
-        // Check the CRC before the batch can touch producer state.
-        batch::validate(batches).map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
         let first = header.base_sequence;
         let last = last_sequence(&header);
         if !self.producers.may_be_handed_out(header.producer_id) {
             return Err(StreamError::UnknownProducerId(header.producer_id));
         }
-        let shared = self.producers.partition(&info.name, partition);
+        let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         // Checked under the producer lock, which markers also take: a late transactional
         // batch cannot slip in after its transaction's marker.
         if header.attributes.is_transactional() {
-            self.check_membership(info, partition, &header)?;
+            self.check_membership(topic, partition, &header)?;
         }
         match state.check(header.producer_id, header.producer_epoch, first, last) {
             Verdict::Append => {
@@ -181,12 +284,7 @@ impl Streams {
                     base_offset: appended.base_offset,
                     last_offset: appended.last_offset,
                 };
-                state.record(
-                    header.producer_id,
-                    header.producer_epoch,
-                    metadata,
-                    self.clock.now_ms(),
-                );
+                state.record(header.producer_id, header.producer_epoch, metadata, now_ms);
                 if header.attributes.is_transactional() {
                     state.record_transactional(header.producer_id, appended.base_offset);
                 }
@@ -203,7 +301,7 @@ impl Streams {
                 epoch: header.producer_epoch,
                 first_sequence: first,
                 last_sequence: last,
-                topic: info.name.clone(),
+                topic: topic.to_string(),
                 partition,
             }),
         }
@@ -211,14 +309,14 @@ impl Streams {
 
     fn check_membership(
         &self,
-        info: &TopicInfo,
+        topic: &str,
         partition: u32,
         header: &BatchHeader,
     ) -> Result<(), StreamError> {
         match self.txn_members.membership(
             header.producer_id,
             header.producer_epoch,
-            &info.name,
+            topic,
             partition,
         ) {
             Membership::Member => Ok(()),
@@ -227,7 +325,7 @@ impl Streams {
                 epoch: header.producer_epoch,
             }),
             Membership::NotAdded => Err(StreamError::NotInTransaction {
-                topic: info.name.clone(),
+                topic: topic.to_string(),
                 partition,
                 producer_id: header.producer_id,
             }),

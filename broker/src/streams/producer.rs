@@ -83,7 +83,9 @@ pub enum Verdict {
 }
 
 /// Why an idempotent batch is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum SequenceRefusal {
     /// The partition knows nothing of the producer and the batch does not start at sequence
     /// 0 (its state expired or was never there).

@@ -164,6 +164,7 @@ async fn create_topic(
             .partitions
             .unwrap_or_else(|| broker.default_partitions()),
         configs: body.configs.into_iter().collect(),
+        replication_factor: None,
     };
     let (_, outcome) = broker
         .create_topics(&caller, vec![topic], AdminMode::Apply)

@@ -690,12 +690,16 @@ async fn create_topics(
                 ResponseError::InvalidReplicaAssignment,
                 "replica assignments are not supported: this is a single broker".to_string(),
             ))
-        } else if topic.replication_factor != -1 && topic.replication_factor != 1 {
+        } else if topic.replication_factor == 0
+            || topic.replication_factor < -1
+            || i64::from(topic.replication_factor) > i64::from(broker.broker_count())
+        {
             Some((
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    topic.replication_factor
+                    "replication factor {} is not between 1 and the {} available broker(s)",
+                    topic.replication_factor,
+                    broker.broker_count()
                 ),
             ))
         } else if topic.num_partitions == 0 || topic.num_partitions < -1 {
@@ -733,6 +737,7 @@ async fn create_topics(
             name,
             partitions,
             configs,
+            replication_factor: u32::try_from(topic.replication_factor).ok(),
         });
     }
     let mode = admin::mode(request.validate_only);

@@ -444,6 +444,7 @@ async fn create_topics(
             name: topic.name,
             partitions: topic.partitions,
             configs: pairs(topic.configs),
+            replication_factor: None,
         })
         .collect();
     CreateTopicsResponse {

@@ -20,6 +20,84 @@ use wharf_protocol::batch::BATCH_HEADER_BYTES;
 /// batch.
 const STEP_BYTES: usize = 12;
 
+/// The checkpoint of a replicated log's applied state, in the log's directory: written by
+/// the replica (`cluster/replica.rs`) once everything it applied is fsynced, read by
+/// [`super::Partition::open`], which first cuts the log back to its position.
+pub const REPLICA_CHECKPOINT_FILE: &str = "replica-applied";
+const REPLICA_CHECKPOINT_MAGIC: [u8; 4] = *b"WRAP";
+const REPLICA_CHECKPOINT_VERSION: u16 = 1;
+
+/// A replica checkpoint: the position (next offset) the applied state ends at, durably,
+/// and the replica's own bytes (its last applied log id and membership), kept in one file
+/// so the two are replaced together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaCheckpoint {
+    /// Where the applied state ends.
+    pub position: i64,
+    /// The replica's payload, opaque to storage.
+    pub replica: Vec<u8>,
+    /// The file's rewrite sequence.
+    pub sequence: u64,
+}
+
+/// Reads the replica checkpoint in `dir`, if there is one.
+///
+/// # Errors
+/// `Error::Io`, or `Error::Corrupt` for a damaged file or an unknown version.
+pub fn read_replica_checkpoint(
+    fs: &dyn crate::storage::fs::Fs,
+    dir: &Path,
+) -> Result<Option<ReplicaCheckpoint>> {
+    let path = dir.join(REPLICA_CHECKPOINT_FILE);
+    let Some(found) = crate::storage::checkpoint::read(fs, &path, REPLICA_CHECKPOINT_MAGIC)? else {
+        return Ok(None);
+    };
+    if found.version != REPLICA_CHECKPOINT_VERSION || found.payload.len() < 8 {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!(
+                "a replica checkpoint of version {} and {} bytes; this build reads version \
+                 {REPLICA_CHECKPOINT_VERSION} of at least 8",
+                found.version,
+                found.payload.len()
+            ),
+        ));
+    }
+    let position = i64::from_be_bytes(found.payload[..8].try_into().expect("8 bytes"));
+    Ok(Some(ReplicaCheckpoint {
+        position,
+        replica: found.payload[8..].to_vec(),
+        sequence: found.sequence,
+    }))
+}
+
+/// Writes (fsynced, atomically replaced) the replica checkpoint in `dir`: `position`, then
+/// the replica's bytes.
+///
+/// # Errors
+/// `Error::Io`.
+pub fn write_replica_checkpoint(
+    fs: &dyn crate::storage::fs::Fs,
+    dir: &Path,
+    sequence: u64,
+    position: i64,
+    replica: &[u8],
+) -> Result<()> {
+    let mut payload = Vec::with_capacity(8 + replica.len());
+    payload.extend_from_slice(&position.to_be_bytes());
+    payload.extend_from_slice(replica);
+    crate::storage::checkpoint::write(
+        fs,
+        dir,
+        REPLICA_CHECKPOINT_FILE,
+        REPLICA_CHECKPOINT_MAGIC,
+        REPLICA_CHECKPOINT_VERSION,
+        sequence,
+        &payload,
+    )
+}
+
 /// Cuts the closed log in `dir` so that it ends before `next_offset`: every batch whose base
 /// offset is `next_offset` or more is removed (whole segments deleted, the segment holding
 /// the cut truncated at the batch boundary) and the next append gets `next_offset` (or the
@@ -55,11 +133,7 @@ pub fn truncate_closed(
     let Some(&last_base) = bases.last() else {
         return Ok(0);
     };
-    let cut_base = bases
-        .iter()
-        .copied()
-        .filter(|&base| base < next_offset)
-        .next_back();
+    let cut_base = bases.iter().copied().rfind(|&base| base < next_offset);
     // Where the log ends now, and where the cut goes in the segment that holds it.
     let (end, cut_at) = match cut_base {
         Some(base) => scan_to(fs, dir, base, next_offset)?,
@@ -79,7 +153,7 @@ pub fn truncate_closed(
         Err(source) => {
             return Err(Error::io(
                 "remove clean-shutdown marker",
-                &dir.join(CLEAN_SHUTDOWN_FILE),
+                dir.join(CLEAN_SHUTDOWN_FILE),
                 source,
             ))
         }

@@ -1,0 +1,461 @@
+//! Replicated partitions (issue #21, first part): a partition the metadata log places on
+//! more than one node is written through its replicated log (`cluster/replica.rs`), one
+//! openraft group per partition among its replicas.
+//!
+//! - **Write path.** A produce reaches the partition's leader as before (routing). The
+//!   leader checks what depends on it ([`Streams::check_produced`]: sizes, the clock, the
+//!   producer ids it handed out), then submits the batches and its clock reading to the
+//!   group in request order. Once a majority has the command durably it is applied on every
+//!   replica by [`PartitionApplier`]: the produce rules that decide offsets and idempotent
+//!   verdicts ([`Streams::apply_produced`]) and the append path. The leader's outcome is the
+//!   produce's answer: acks=all and acks=1 alike are answered after the majority commit.
+//! - **Read path.** A replica's partition holds only applied, so committed, records: a
+//!   consumer of the leader never reads a record that a failover removes.
+//! - **Leaders.** A node whose member becomes the group's leader proposes
+//!   `SetPartitionLeader` to the metadata log, and routing (Kafka Metadata, native
+//!   Metadata, the NotLeader refusals) follows it.
+//!
+//! Not yet: transactional batches on replicated partitions (refused), queues, the
+//! replication factor of internal topics, snapshot transfer in chunks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cluster::metadata::{MetadataCommand, MetadataState, NodeId};
+use crate::cluster::raft::{Cluster, Timing};
+use crate::cluster::replica::{Applier, Replica, ReplicaError};
+use crate::cluster::store::Io;
+use crate::storage::{Partition, RealFs};
+use crate::streams::producer::SequenceRefusal;
+use crate::streams::{StreamError, Streams};
+
+use super::Broker;
+
+/// Layout version of a replicated produce command.
+const COMMAND_VERSION: u8 = 1;
+/// Applied entries between two checkpoints of a replicated partition: bounds the raft log
+/// held in memory and the entries applied again after a restart.
+const SNAPSHOT_EVERY: u64 = 128;
+/// How often a node looks for groups it now leads that the metadata does not name yet.
+const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The replicated log's name for partition `partition` of `topic` (unambiguous: the
+/// partition is the text after the last `-`, as in partition directory names).
+pub(crate) fn group_name(topic: &str, partition: u32) -> String {
+    format!("{topic}-{partition}")
+}
+
+/// A produce's command: the leader's clock reading and the checked batches.
+fn encode_command(now_ms: i64, batches: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(9 + batches.len());
+    out.put_u8(COMMAND_VERSION);
+    out.put_i64(now_ms);
+    out.put_slice(batches);
+    out.freeze()
+}
+
+fn decode_command(command: &Bytes) -> Option<(i64, BytesMut)> {
+    let mut body = command.clone();
+    if body.remaining() < 9 || body.get_u8() != COMMAND_VERSION {
+        return None;
+    }
+    let now_ms = body.get_i64();
+    Some((now_ms, BytesMut::from(&body[..])))
+}
+
+/// What applying a produce gave, as the leader hands it back to the producer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum AppliedProduce {
+    Appended {
+        base_offset: i64,
+        last_offset: i64,
+    },
+    Sequence {
+        refusal: SequenceRefusal,
+        producer_id: i64,
+        epoch: i16,
+        first_sequence: i32,
+        last_sequence: i32,
+    },
+    Refused(String),
+}
+
+/// Applies a replicated partition's committed produces to its log on this node.
+#[derive(Debug)]
+pub(crate) struct PartitionApplier {
+    streams: Arc<Streams>,
+    topic: String,
+    partition: u32,
+    log: Arc<Partition>,
+}
+
+/// A storage failure that stops the group here (the disk, not the bytes): every replica
+/// refuses bad bytes alike, but only this one failed to write good ones.
+fn is_fatal(error: &crate::storage::Error) -> bool {
+    matches!(
+        error,
+        crate::storage::Error::Io { .. }
+            | crate::storage::Error::Failed { .. }
+            | crate::storage::Error::Closed { .. }
+    )
+}
+
+impl Applier for PartitionApplier {
+    fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        let outcome = match decode_command(command) {
+            None => AppliedProduce::Refused("a replicated command this build does not read".into()),
+            Some((now_ms, batches)) => match self.streams.apply_produced(
+                &self.topic,
+                self.partition,
+                &self.log,
+                batches,
+                now_ms,
+            ) {
+                Ok(receipt) => AppliedProduce::Appended {
+                    base_offset: receipt.appended().base_offset,
+                    last_offset: receipt.appended().last_offset,
+                },
+                Err(StreamError::Sequence {
+                    refusal,
+                    producer_id,
+                    epoch,
+                    first_sequence,
+                    last_sequence,
+                    ..
+                }) => AppliedProduce::Sequence {
+                    refusal,
+                    producer_id,
+                    epoch,
+                    first_sequence,
+                    last_sequence,
+                },
+                Err(StreamError::Storage(error)) if is_fatal(&error) => {
+                    return Err(std::io::Error::other(error.to_string()))
+                }
+                Err(other) => AppliedProduce::Refused(other.to_string()),
+            },
+        };
+        serde_json::to_vec(&outcome)
+            .map(Bytes::from)
+            .map_err(std::io::Error::other)
+    }
+
+    fn position(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+
+    fn persist(&self) -> std::io::Result<i64> {
+        let end = self.log.log_end_offset();
+        self.log
+            .flush()
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        Ok(end)
+    }
+
+    fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes> {
+        let mut out = BytesMut::new();
+        let mut at = from;
+        while at < to {
+            let read = self
+                .log
+                .read(at, 1024 * 1024)
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            let mut bytes = read.bytes;
+            if bytes.is_empty() {
+                return Err(std::io::Error::other(format!(
+                    "{}-{} holds nothing at {at} (below {to})",
+                    self.topic, self.partition
+                )));
+            }
+            while let Ok(Some(header)) = wharf_protocol::batch::parse_header(&bytes) {
+                if header.base_offset >= to || header.total_bytes() > bytes.len() {
+                    break;
+                }
+                if header.base_offset != at {
+                    return Err(std::io::Error::other(format!(
+                        "{}-{} has no batch at {at} (a compacted range cannot be copied)",
+                        self.topic, self.partition
+                    )));
+                }
+                out.put_slice(&bytes[..header.total_bytes()]);
+                at = header.last_offset() + 1;
+                bytes.advance(header.total_bytes());
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
+        if self.log.log_end_offset() != from {
+            return Err(std::io::Error::other(format!(
+                "{}-{} ends at {}, not at {from}",
+                self.topic,
+                self.partition,
+                self.log.log_end_offset()
+            )));
+        }
+        self.streams
+            .append_stored(
+                &self.topic,
+                self.partition,
+                &self.log,
+                BytesMut::from(&records[..]),
+            )
+            .map_err(|error| std::io::Error::other(error.to_string()))
+    }
+}
+
+/// The answer to a replicated produce: its base offset, or why it was refused.
+pub(crate) async fn produce_answer(
+    pending: impl std::future::Future<Output = Result<Bytes, ReplicaError>>,
+    topic: &str,
+    partition: u32,
+    timeout_ms: u32,
+) -> Result<i64, StreamError> {
+    let outcome = match pending.await {
+        Ok(outcome) => outcome,
+        Err(error) => return Err(replica_refusal(error, topic, partition, timeout_ms)),
+    };
+    match serde_json::from_slice::<AppliedProduce>(&outcome) {
+        Ok(AppliedProduce::Appended { base_offset, .. }) => Ok(base_offset),
+        Ok(AppliedProduce::Sequence {
+            refusal,
+            producer_id,
+            epoch,
+            first_sequence,
+            last_sequence,
+        }) => Err(StreamError::Sequence {
+            refusal,
+            producer_id,
+            epoch,
+            first_sequence,
+            last_sequence,
+            topic: topic.to_string(),
+            partition,
+        }),
+        Ok(AppliedProduce::Refused(reason)) => Err(StreamError::CorruptBatch(reason)),
+        Err(error) => Err(StreamError::CorruptBatch(format!(
+            "an unreadable outcome of a replicated produce: {error}"
+        ))),
+    }
+}
+
+/// A replicated log's refusal as the produce's error.
+fn replica_refusal(
+    error: ReplicaError,
+    topic: &str,
+    partition: u32,
+    timeout_ms: u32,
+) -> StreamError {
+    match error {
+        ReplicaError::NotLeader { leader } => StreamError::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader,
+        },
+        ReplicaError::TimedOut(_) => StreamError::TimedOut { timeout_ms },
+        ReplicaError::Stopped(_) => StreamError::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader: None,
+        },
+    }
+}
+
+impl Broker {
+    /// This node's member of partition `partition` of `topic`'s replicated log, if the
+    /// partition is replicated and has one here.
+    pub(crate) fn partition_replica(&self, topic: &str, partition: u32) -> Option<Replica> {
+        self.replicated()?
+            .replicas()
+            .get(&group_name(topic, partition))
+    }
+
+    /// Submits a checked produce to a replicated partition (in request order) and returns
+    /// the wait for its answer.
+    ///
+    /// # Errors
+    /// The produce rules' refusal, a transactional batch (not replicated yet), or a group
+    /// that stopped here.
+    pub(crate) async fn submit_replicated(
+        &self,
+        replica: &Replica,
+        info: &crate::streams::topic::TopicInfo,
+        partition: u32,
+        records: &[u8],
+    ) -> Result<
+        impl std::future::Future<Output = Result<Bytes, ReplicaError>> + Send + 'static,
+        StreamError,
+    > {
+        let log = self.streams.produced_log(info, partition)?;
+        let batches = self.streams.check_produced(info, &log, records)?;
+        if let Ok(Some(header)) = wharf_protocol::batch::parse_header(&batches) {
+            if header.attributes.is_transactional() {
+                return Err(StreamError::CorruptBatch(format!(
+                    "{}-{partition} is replicated; transactions on replicated topics are not \
+                     supported yet",
+                    info.name
+                )));
+            }
+        }
+        let command = encode_command(self.clock.now_ms(), &batches);
+        replica
+            .submit(command)
+            .await
+            .map_err(|error| replica_refusal(error, &info.name, partition, 0))
+    }
+
+    /// Starts this node's member of every replicated partition the metadata places here
+    /// and this node has a log of; stops the members of partitions no longer placed here.
+    pub(crate) async fn sync_replicas(&self, cluster: &Cluster, state: &MetadataState) {
+        let this = cluster.node_id();
+        let mut placed = std::collections::BTreeSet::new();
+        for (name, topic) in &state.topics {
+            for (index, set) in topic.partitions.iter().enumerate() {
+                let Ok(partition) = u32::try_from(index) else {
+                    continue;
+                };
+                if set.replicas.len() < 2 || !set.replicas.contains(&this) {
+                    continue;
+                }
+                let group = group_name(name, partition);
+                placed.insert(group.clone());
+                if cluster.replicas().get(&group).is_some() {
+                    continue;
+                }
+                let Some(log) = self.streams.topics().partition(name, partition) else {
+                    continue;
+                };
+                let members: BTreeMap<NodeId, String> = set
+                    .replicas
+                    .iter()
+                    .filter_map(|id| {
+                        let addr = &state.nodes.get(id)?.cluster_addr;
+                        (!addr.is_empty()).then(|| (*id, addr.clone()))
+                    })
+                    .collect();
+                if members.len() != set.replicas.len() {
+                    continue; // a replica's address is not registered yet
+                }
+                let applier = Arc::new(PartitionApplier {
+                    streams: self.streams.clone(),
+                    topic: name.clone(),
+                    partition,
+                    log: log.clone(),
+                });
+                let timing = Timing {
+                    snapshot_every: SNAPSHOT_EVERY,
+                    ..cluster.timing()
+                };
+                let started = Replica::start(
+                    this,
+                    group.clone(),
+                    log.dir(),
+                    Arc::new(RealFs),
+                    Io::Blocking,
+                    applier,
+                    cluster.transport(),
+                    timing,
+                )
+                .await;
+                match started {
+                    Ok(replica) => {
+                        cluster.replicas().insert(replica.clone());
+                        // Every member initializes with the same members: openraft takes
+                        // the first and ignores the rest.
+                        if let Err(error) = replica.initialize(members).await {
+                            tracing::warn!(%group, %error, "cannot initialize a replicated partition");
+                        }
+                        tracing::info!(%group, "replicated partition started");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%group, %error, "cannot start a replicated partition")
+                    }
+                }
+            }
+        }
+        for replica in cluster.replicas().all() {
+            if !placed.contains(replica.group()) {
+                if let Some(stopped) = cluster.replicas().remove(replica.group()) {
+                    stopped.shutdown().await;
+                    tracing::info!(group = stopped.group(), "replicated partition stopped");
+                }
+            }
+        }
+    }
+
+    /// Proposes `SetPartitionLeader` for each replicated partition this node's member
+    /// leads while the metadata names another node, until shut down.
+    pub(crate) async fn publish_partition_leaders(
+        self: Arc<Self>,
+        cluster: Cluster,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let state = cluster.applied().state;
+            let this = cluster.node_id();
+            for (name, topic) in &state.topics {
+                for (index, set) in topic.partitions.iter().enumerate() {
+                    let Ok(partition) = u32::try_from(index) else {
+                        continue;
+                    };
+                    if set.leader == this || set.replicas.len() < 2 {
+                        continue;
+                    }
+                    let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {
+                        continue;
+                    };
+                    if !replica.is_leader() {
+                        continue;
+                    }
+                    let command = MetadataCommand::SetPartitionLeader {
+                        name: name.clone(),
+                        partition,
+                        leader: this,
+                    };
+                    match cluster.propose(command).await {
+                        Ok(_) => {
+                            tracing::info!(topic = %name, partition, "now leads the replicated partition")
+                        }
+                        Err(error) => {
+                            tracing::debug!(topic = %name, partition, %error, "cannot record the partition's new leader yet")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LEADER_CHECK_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_carries_the_clock_and_the_batches_and_refuses_another_layout() {
+        let command = encode_command(1_234, b"batches");
+        assert_eq!(command[0], COMMAND_VERSION);
+        let (now_ms, batches) = decode_command(&command).expect("decodes");
+        assert_eq!(now_ms, 1_234);
+        assert_eq!(&batches[..], b"batches");
+        let mut other = command.to_vec();
+        other[0] = 2;
+        assert!(decode_command(&Bytes::from(other)).is_none());
+        assert!(decode_command(&Bytes::from_static(b"\x01short")).is_none());
+    }
+
+    #[test]
+    fn group_names_are_the_partition_directory_names() {
+        assert_eq!(group_name("orders", 3), "orders-3");
+        assert_eq!(group_name("a-1", 0), "a-1-0");
+    }
+}
