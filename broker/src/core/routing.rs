@@ -138,6 +138,33 @@ impl Routing<'_> {
             topic,
             partition,
         )
+        .or_else(|| self.replica_refusal(topic, partition))
+    }
+
+    /// A replicated partition (issue #21) is served by the node the metadata names only
+    /// while that node's member of its group leads it: a member that is not running yet,
+    /// or lost its leadership (a new leader not recorded yet, or this node just restarted
+    /// and is catching up), refuses with no leader named, and the client asks again.
+    fn replica_refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
+        let placed = self
+            .state
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        if placed.replicas.len() < 2 {
+            return None;
+        }
+        let leads = self
+            .cluster
+            .replicas()
+            .get(&super::replication::group_name(topic, partition))
+            .is_some_and(|replica| replica.is_leader());
+        (!leads).then(|| StreamError::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader: None,
+        })
     }
 
     /// The node coordinating every consumer group and transactional id: the voting member

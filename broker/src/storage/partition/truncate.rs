@@ -278,6 +278,50 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_checkpoint_is_the_position_then_the_replicas_bytes() {
+        use crate::storage::fs::{Fs, OpenMode};
+        let (env, fs, _) = sim_env(1_000);
+        let dir = Path::new(DIR);
+        fs.create_dir_all(dir).unwrap();
+        super::write_replica_checkpoint(env.fs.as_ref(), dir, 7, 0x0102, b"{}").unwrap();
+        let file = fs
+            .open_file(&dir.join(super::REPLICA_CHECKPOINT_FILE), OpenMode::Existing)
+            .unwrap();
+        let mut bytes = vec![0u8; file.len_bytes().unwrap() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let payload = [0, 0, 0, 0, 0, 0, 0x01, 0x02, b'{', b'}'];
+        assert_eq!(
+            bytes,
+            crate::storage::checkpoint::encode(*b"WRAP", 1, 7, &payload)
+        );
+        let read = super::read_replica_checkpoint(env.fs.as_ref(), dir)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (read.position, read.replica.as_slice(), read.sequence),
+            (0x0102, &b"{}"[..], 7)
+        );
+    }
+
+    #[test]
+    fn a_replicated_log_is_cut_back_to_its_checkpoint_when_opened() {
+        let (env, _fs, _) = sim_env(1_000);
+        let dir = Path::new(DIR);
+        let partition = Partition::open(dir, config(), env.clone()).unwrap();
+        let mut ends = Vec::new();
+        for round in 0..10u32 {
+            let value = format!("{round}");
+            let mut batch = batch_of(&[value.as_bytes()], 1_000);
+            ends.push(partition.append(&mut batch).unwrap().next_offset);
+        }
+        super::write_replica_checkpoint(env.fs.as_ref(), dir, 1, ends[3], b"{}").unwrap();
+        partition.close().unwrap();
+        drop(partition);
+        let reopened = Partition::open(dir, config(), env.clone()).unwrap();
+        assert_eq!(reopened.log_end_offset(), ends[3]);
+    }
+
+    #[test]
     fn a_closed_log_is_cut_at_a_batch_boundary_and_appends_go_on_from_there() {
         let (env, _fs, _) = sim_env(1_000);
         let partition = Partition::open(Path::new(DIR), config(), env.clone()).unwrap();
