@@ -69,6 +69,9 @@ openraft::declare_raft_types!(
         SnapshotData = ReplicaSnapshot,
 );
 
+/// Entries per AppendEntries of a replicated log.
+const MAX_PAYLOAD_ENTRIES: u64 = 1;
+
 /// Where a group keeps its raft log, under the directory of the log it replicates.
 pub const RAFT_DIR: &str = "raft";
 
@@ -663,7 +666,14 @@ impl Replica {
             election_timeout_min: timing.election_min.as_millis() as u64,
             election_timeout_max: timing.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
-            max_in_snapshot_log_to_keep: 0,
+            // A follower a little behind catches up from the log, not a snapshot.
+            max_in_snapshot_log_to_keep: timing.snapshot_every,
+            // An entry is a produce's batches for the partition (1–3 MiB from a busy
+            // producer, a third more as base64). openraft 0.9 gives an AppendEntries one
+            // heartbeat interval to be answered, the follower's fsync included, and backs
+            // off 500 ms after a miss: one entry per message keeps it inside that on this
+            // machine class, and far below the internal wire's 64 MiB frame.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..openraft::Config::default()
         }
         .validate()

@@ -41,8 +41,23 @@ const COMMAND_VERSION: u8 = 1;
 /// Applied entries between two checkpoints of a replicated partition: bounds the raft log
 /// held in memory and the entries applied again after a restart.
 const SNAPSHOT_EVERY: u64 = 128;
+/// The shortest heartbeat of a replicated partition's group.
+const REPLICA_HEARTBEAT_MIN: Duration = Duration::from_millis(200);
 /// How often a node looks for groups it now leads that the metadata does not name yet.
 const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// A replicated partition's timeouts: the metadata log's, but a heartbeat of at least
+/// 200 ms (openraft 0.9 gives an AppendEntries one heartbeat to be answered, and a
+/// partition's entries are large) and elections after 4–8 heartbeats.
+fn replica_timing(metadata: Timing) -> Timing {
+    let heartbeat = metadata.heartbeat.max(REPLICA_HEARTBEAT_MIN);
+    Timing {
+        heartbeat,
+        election_min: metadata.election_min.max(heartbeat * 4),
+        election_max: metadata.election_max.max(heartbeat * 8),
+        snapshot_every: SNAPSHOT_EVERY,
+    }
+}
 
 /// The replicated log's name for partition `partition` of `topic` (unambiguous: the
 /// partition is the text after the last `-`, as in partition directory names).
@@ -348,10 +363,7 @@ impl Broker {
                     partition,
                     log: log.clone(),
                 });
-                let timing = Timing {
-                    snapshot_every: SNAPSHOT_EVERY,
-                    ..cluster.timing()
-                };
+                let timing = replica_timing(cluster.timing());
                 let started = Replica::start(
                     this,
                     group.clone(),
