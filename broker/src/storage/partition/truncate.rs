@@ -285,7 +285,10 @@ mod tests {
         fs.create_dir_all(dir).unwrap();
         super::write_replica_checkpoint(env.fs.as_ref(), dir, 7, 0x0102, b"{}").unwrap();
         let file = fs
-            .open_file(&dir.join(super::REPLICA_CHECKPOINT_FILE), OpenMode::Existing)
+            .open_file(
+                &dir.join(super::REPLICA_CHECKPOINT_FILE),
+                OpenMode::Existing,
+            )
             .unwrap();
         let mut bytes = vec![0u8; file.len_bytes().unwrap() as usize];
         file.read_exact_at(&mut bytes, 0).unwrap();
