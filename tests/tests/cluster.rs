@@ -1337,14 +1337,38 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     let topic = "replicated";
     let placed = replicated_client(&["create", &kafka[0], topic]);
     assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
-    let first_leader = placed["leader"].as_u64().expect("a leader");
 
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
     assert_acked_in_order(&written, 0, 200, "before the failover");
+    // The leader now: the group's election may have picked another replica than the
+    // placement's first, which then recorded itself in the metadata.
+    let first_leader = u64::try_from(native_leaders(&addresses[0], topic)[0]).expect("a leader");
 
     let killed = usize::try_from(first_leader - 1).expect("a node index");
     nodes[killed].kill();
     let survivor = (killed + 1) % 3;
+    // Failover time: from the SIGKILL until the metadata names another leader (the group
+    // elected one and it recorded itself), as a client refreshing its metadata sees it.
+    let killed_at = Instant::now();
+    let failover = loop {
+        let leader = native_leaders(&addresses[survivor], topic)[0];
+        if leader >= 1 && i64::from(leader) != i64::try_from(first_leader).expect("an id") {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no new leader named within 30 s of the SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "failover: metadata named a new leader {} ms after the leader's SIGKILL",
+        failover.as_millis()
+    );
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
     let written = replicated_client(&["produce", &kafka[survivor], topic, "200", "200"]);
     assert_acked_in_order(&written, 200, 200, "after the leader was killed");
     let read = replicated_client(&["consume", &kafka[survivor], topic, "400"]);
