@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metadata::NodeId;
 use super::raft::{RaftReply, RaftRpc, Timing, Transport};
-use super::store::{Io, LogStore};
+use super::store::{io_error, lock, run_io, Io, LogStore};
 use crate::storage::fs::Fs;
 use crate::storage::partition::{read_replica_checkpoint, write_replica_checkpoint};
 
@@ -184,26 +184,6 @@ pub enum ReplicaError {
 }
 
 type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-fn io_error(error: crate::storage::Error) -> std::io::Error {
-    std::io::Error::other(error.to_string())
-}
-
-async fn run_io<T: Send + 'static>(
-    io: Io,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    match io {
-        Io::Inline => work(),
-        Io::Blocking => tokio::task::spawn_blocking(work)
-            .await
-            .map_err(std::io::Error::other)?,
-    }
-}
 
 /// The replica's part of the checkpoint (`storage::partition::ReplicaCheckpoint`, which
 /// stores the position beside it): the applied state up to `meta.last_log_id` is durable in

@@ -80,7 +80,7 @@ pub enum Io {
     Inline,
 }
 
-async fn run_io<T: Send + 'static>(
+pub(crate) async fn run_io<T: Send + 'static>(
     io: Io,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
@@ -103,7 +103,7 @@ fn check_version(name: &str, version: u16) -> std::io::Result<()> {
     }
 }
 
-fn io_error(error: crate::storage::Error) -> std::io::Error {
+pub(crate) fn io_error(error: crate::storage::Error) -> std::io::Error {
     std::io::Error::other(error.to_string())
 }
 
@@ -142,7 +142,7 @@ impl<C: LogConfig> Clone for LogStore<C> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
