@@ -5,6 +5,7 @@
 //! The binaries are built once per test process with `cargo build --bins` (a no-op when they
 //! are fresh), so a test never runs a stale `wharf` or `wharfd`.
 
+pub mod cluster;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Write};
@@ -78,12 +79,14 @@ pub struct BrokerProcess {
     extra_args: Vec<String>,
     /// Where its log (stderr) goes, appended across restarts; inherited when `None`.
     log_path: Option<PathBuf>,
+    /// Environment variables set for it beyond the test's own (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl BrokerProcess {
     /// Starts `wharfd` on 127.0.0.1 with an ephemeral port and `data_dir`.
     pub fn start(data_dir: &Path) -> BrokerProcess {
-        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &[])
+        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &[], &[])
     }
 
     /// Starts `wharfd` with a config file (TOML text written next to the data dir).
@@ -91,14 +94,19 @@ impl BrokerProcess {
         let config_path = data_dir.with_extension("toml");
         std::fs::write(&config_path, config_toml).expect("writing the config file");
         let args = vec!["--config".to_string(), config_path.display().to_string()];
-        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &args)
+        BrokerProcess::start_with(data_dir, "127.0.0.1:0", &args, &[])
     }
 
     /// Starts `wharfd` with `WHARF_LOG=log_filter`, its log appended to `log_path` (for tests
     /// of what an operator reads).
     pub fn start_logging(data_dir: &Path, log_path: &Path, log_filter: &str) -> BrokerProcess {
-        let mut broker =
-            BrokerProcess::spawn(data_dir, "127.0.0.1:0", &[], Some((log_path, log_filter)));
+        let mut broker = BrokerProcess::spawn(
+            data_dir,
+            "127.0.0.1:0",
+            &[],
+            Some((log_path, log_filter)),
+            &[],
+        );
         broker.log_path = Some(log_path.to_path_buf());
         broker
     }
@@ -112,9 +120,20 @@ impl BrokerProcess {
         extra_args: &[String],
         log: Option<(&Path, &str)>,
     ) -> BrokerProcess {
-        let mut broker = BrokerProcess::spawn(data_dir, listen, extra_args, log);
+        let mut broker = BrokerProcess::spawn(data_dir, listen, extra_args, log, &[]);
         broker.log_path = log.map(|(path, _)| path.to_path_buf());
         broker
+    }
+
+    /// As [`BrokerProcess::start_listening`] with no log file, and `env` set in its
+    /// environment (and again at each restart).
+    pub fn start_listening_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[String],
+        env: &[(String, String)],
+    ) -> BrokerProcess {
+        BrokerProcess::spawn(data_dir, listen, extra_args, None, env)
     }
 
     /// Its process id (for a test that signals it from a client script).
@@ -139,8 +158,13 @@ impl BrokerProcess {
         }
     }
 
-    fn start_with(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
-        BrokerProcess::spawn(data_dir, listen, extra_args, None)
+    fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[String],
+        env: &[(String, String)],
+    ) -> BrokerProcess {
+        BrokerProcess::spawn(data_dir, listen, extra_args, None, env)
     }
 
     fn spawn(
@@ -148,6 +172,7 @@ impl BrokerProcess {
         listen: &str,
         extra_args: &[String],
         log: Option<(&Path, &str)>,
+        env: &[(String, String)],
     ) -> BrokerProcess {
         let stderr = match log {
             Some((path, _)) => Stdio::from(
@@ -192,6 +217,7 @@ impl BrokerProcess {
             .arg(listen)
             .args(&extra_args)
             .env("WHARF_LOG", filter)
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -261,6 +287,7 @@ impl BrokerProcess {
             listen_scheme: scheme_and_rest(listen).0.to_string(),
             extra_args,
             log_path: None,
+            env: env.to_vec(),
         }
     }
 
@@ -337,7 +364,7 @@ impl BrokerProcess {
         // The old socket is gone with the process; retry briefly in case the port lingers.
         loop {
             let attempt = std::panic::catch_unwind(|| {
-                BrokerProcess::start_with(&self.data_dir, &listen, &self.extra_args)
+                BrokerProcess::start_with(&self.data_dir, &listen, &self.extra_args, &self.env)
             });
             match attempt {
                 Ok(started) => {
