@@ -48,15 +48,40 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// A replicated partition's timeouts: the metadata log's, but a heartbeat of at least
 /// 200 ms (openraft 0.9 gives an AppendEntries one heartbeat to be answered, and a
-/// partition's entries are large) and elections after 4–8 heartbeats.
+/// partition's entries are large) and an election timeout of 2.5–3.5 heartbeats. openraft
+/// 0.9 starts an election only after the leader's lease (the longest election timeout)
+/// plus the election timeout without hearing from the leader, so a dead leader is
+/// replaced 1.2–1.4 s after its last heartbeat (heartbeat 200 ms): six heartbeats missed.
 fn replica_timing(metadata: Timing) -> Timing {
     let heartbeat = metadata.heartbeat.max(REPLICA_HEARTBEAT_MIN);
+    let election_min = metadata.election_min.max(heartbeat * 5 / 2);
     Timing {
         heartbeat,
-        election_min: metadata.election_min.max(heartbeat * 4),
-        election_max: metadata.election_max.max(heartbeat * 8),
+        election_min,
+        election_max: election_min + heartbeat,
         snapshot_every: SNAPSHOT_EVERY,
     }
+}
+
+/// The environment switch of the fault loop's control run (`tests/tests/fault_loop.rs`):
+/// with `WHARF_UNSAFE_ACK_BEFORE_COMMIT=1` a replicated produce is acknowledged as soon as
+/// the leader submitted it (base offset -1), before any replica has it durably — the "no
+/// quorum" broker the control run must catch losing acknowledged records. Never for
+/// production; the broker warns once when it is on.
+pub(crate) fn acks_before_commit() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on =
+            std::env::var_os("WHARF_UNSAFE_ACK_BEFORE_COMMIT").is_some_and(|value| value == "1");
+        if on {
+            tracing::warn!(
+                "WHARF_UNSAFE_ACK_BEFORE_COMMIT=1: replicated produces are acknowledged before \
+                 a majority has them, so acknowledged records can be lost (a test's control \
+                 run only)"
+            );
+        }
+        on
+    })
 }
 
 /// The replicated log's name for partition `partition` of `topic` (unambiguous: the

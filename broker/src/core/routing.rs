@@ -120,10 +120,33 @@ impl Routing<'_> {
             .get(topic)?
             .partitions
             .get(usize::try_from(partition).ok()?)?;
+        // A replicated partition's leader as this node's member of its group knows it: the
+        // metadata's record of it follows only once the new leader proposed it.
+        let leader = self
+            .member(topic, partition)
+            .and_then(|member| member.leader())
+            .unwrap_or(replicas.leader);
         Some(PartitionPlacement {
-            leader: replicas.leader,
+            leader,
             replicas: replicas.replicas.clone(),
         })
+    }
+
+    /// This node's member of `topic`'s `partition`'s replicated log, when the log places
+    /// the partition on several nodes, this one among them, and the member runs.
+    fn member(&self, topic: &str, partition: u32) -> Option<crate::cluster::replica::Replica> {
+        let placed = self
+            .state
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        if placed.replicas.len() < 2 {
+            return None;
+        }
+        self.cluster
+            .replicas()
+            .get(&super::replication::group_name(topic, partition))
     }
 
     /// The refusal of a request for `topic`'s `partition` on this node, when another node
@@ -131,6 +154,17 @@ impl Routing<'_> {
     /// not hold it (a restarted node still replaying, or a delete not carried out yet):
     /// then no leader is named.
     pub fn refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
+        // A replicated partition with a member here: served while the member leads (the
+        // metadata may still name the previous leader), else refused naming the leader the
+        // member knows.
+        if let Some(member) = self.member(topic, partition) {
+            let leader = member.leader();
+            return (leader != Some(self.this_node())).then(|| StreamError::NotLeader {
+                topic: topic.to_string(),
+                partition,
+                leader,
+            });
+        }
         refusal(
             &self.state,
             &self.followed,
@@ -141,10 +175,9 @@ impl Routing<'_> {
         .or_else(|| self.replica_refusal(topic, partition))
     }
 
-    /// A replicated partition (issue #21) is served by the node the metadata names only
-    /// while that node's member of its group leads it: a member that is not running yet,
-    /// or lost its leadership (a new leader not recorded yet, or this node just restarted
-    /// and is catching up), refuses with no leader named, and the client asks again.
+    /// A replicated partition (issue #21) the metadata says this node leads while no
+    /// member of its group runs here (not started yet): refused with no leader named, and
+    /// the client asks again.
     fn replica_refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
         let placed = self
             .state
@@ -152,15 +185,7 @@ impl Routing<'_> {
             .get(topic)?
             .partitions
             .get(usize::try_from(partition).ok()?)?;
-        if placed.replicas.len() < 2 {
-            return None;
-        }
-        let leads = self
-            .cluster
-            .replicas()
-            .get(&super::replication::group_name(topic, partition))
-            .is_some_and(|replica| replica.is_leader());
-        (!leads).then(|| StreamError::NotLeader {
+        (placed.replicas.len() > 1).then(|| StreamError::NotLeader {
             topic: topic.to_string(),
             partition,
             leader: None,

@@ -509,8 +509,9 @@ impl Broker {
         let acks = query.acks;
         Box::pin(async move {
             // A replicated produce is answered once a majority has it, at acks=1 too (the
-            // leader learns its offsets only then); with acks=0 nobody waits.
-            if acks != Acks::None {
+            // leader learns its offsets only then); with acks=0 nobody waits, nor does the
+            // fault loop's control run (`acks_before_commit`).
+            if acks != Acks::None && !super::replication::acks_before_commit() {
                 for (topic_index, partition_index, answer) in replicated {
                     let result = match tokio::time::timeout_at(deadline, answer).await {
                         Ok(result) => result,
