@@ -6,6 +6,7 @@ reader of a replicated topic on a three-node wharfd cluster, driven by confluent
     confluent_faults.py write BOOTSTRAP TOPIC PARTITIONS ACKS RATE STOPFILE OUT
     confluent_faults.py read BOOTSTRAP TOPIC PARTITIONS STOPFILE OUT
     confluent_faults.py readall BOOTSTRAP TOPIC PARTITIONS
+    confluent_faults.py leaders BOOTSTRAP TOPIC PARTITIONS
 
 create: makes TOPIC with PARTITIONS partitions and replication factor 3 and waits until every
 partition has a leader; prints {"partitions": N}.
@@ -19,6 +20,7 @@ read: a consumer assigned every partition from the earliest offset writes one li
 "S PARTITION OFFSET VALUE" to OUT for each record it receives, until STOPFILE exists.
 readall: reads every partition from the earliest offset to its high watermark; prints
 {"PARTITION": [[offset, value], ...]}.
+leaders: prints each partition's leader as the metadata names it ([id, ...], -1: none).
 """
 
 import json
@@ -31,10 +33,31 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def create(bootstrap, topic, partitions):
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=3)])[
-        topic
-    ].result(timeout=30)
+    # Until every node registered its listeners the cluster may refuse three replicas, or
+    # the metadata may not list the controller yet: ask again, with a new client (librdkafka
+    # keeps the metadata it first saw), for up to 60 s.
+    deadline = time.time() + 60
+    while True:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        listed = admin.list_topics(timeout=10)
+        if len(listed.brokers) < 3 or listed.controller_id not in listed.brokers:
+            if time.time() > deadline:
+                raise SystemExit(f"the metadata lists {listed.brokers} in 60 s")
+            time.sleep(0.5)
+            continue
+        future = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=3)],
+            request_timeout=10,
+        )[topic]
+        try:
+            future.result(timeout=15)
+            break
+        except Exception as error:  # noqa: BLE001 - any refusal is retried until the deadline
+            if "TOPIC_ALREADY_EXISTS" in str(error):
+                break
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
     deadline = time.time() + 60
     while True:
         described = admin.list_topics(topic=topic, timeout=30).topics.get(topic)
@@ -167,6 +190,15 @@ def readall(bootstrap, topic, partitions):
     return stored
 
 
+def leaders(bootstrap, topic, partitions):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    described = admin.list_topics(topic=topic, timeout=30).topics[topic]
+    return [
+        described.partitions[p].leader if p in described.partitions else -1
+        for p in range(partitions)
+    ]
+
+
 def main():
     mode, bootstrap, topic, partitions = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     rest = sys.argv[5:]
@@ -179,6 +211,8 @@ def main():
         result = read(bootstrap, topic, partitions, rest[0], rest[1])
     elif mode == "readall":
         result = readall(bootstrap, topic, partitions)
+    elif mode == "leaders":
+        result = leaders(bootstrap, topic, partitions)
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))

@@ -6,6 +6,7 @@
 //! are fresh), so a test never runs a stale `wharf` or `wharfd`.
 
 pub mod cluster;
+pub mod netns;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Write};
@@ -710,7 +711,8 @@ pub fn kcat(args: &[&str], stdin: &str) -> Output {
     wait_with_deadline(child, Duration::from_secs(120))
 }
 
-fn run_with_deadline(command: &mut Command, limit: Duration) -> Output {
+/// Runs `command` with no stdin and its output captured, killing it after `limit`.
+pub fn run_with_deadline(command: &mut Command, limit: Duration) -> Output {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
