@@ -705,14 +705,38 @@ impl Replica {
         }
     }
 
-    /// The leader this node knows of.
+    /// The leader this node knows of. This node counts as leader only while a majority
+    /// acknowledged it within the leader's lease (the longest election timeout): a leader
+    /// cut off from its followers stops serving before they elect another, and its clients
+    /// go looking for the new one instead of waiting on writes that cannot commit.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader != self.node_id {
+            return Some(leader);
+        }
+        let lease = u64::try_from(self.timing.election_max.as_millis()).unwrap_or(u64::MAX);
+        metrics
+            .millis_since_quorum_ack
+            .is_some_and(|since| since <= lease)
+            .then_some(leader)
     }
 
-    /// Whether this node leads the group now.
+    /// Whether this node leads the group now (see [`Replica::leader`]).
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.node_id)
+    }
+
+    /// Resolves once this node no longer leads the group (it stepped down, or lost its
+    /// majority's acknowledgements for longer than the lease).
+    pub async fn deposed(&self) {
+        let mut metrics = self.raft.metrics();
+        while self.is_leader() {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The applied state's position on this node.

@@ -251,13 +251,24 @@ impl Applier for PartitionApplier {
 }
 
 /// The answer to a replicated produce: its base offset, or why it was refused.
+///
+/// A leader that loses its majority while the produce waits answers NotLeader at once (the
+/// entry may still commit through the next leader: an idempotent producer's retry is then
+/// recognised as a duplicate), so the producer finds the new leader instead of waiting out
+/// its timeout on a leader cut off from its followers.
 pub(crate) async fn produce_answer(
     pending: impl std::future::Future<Output = Result<Bytes, ReplicaError>>,
+    replica: Replica,
     topic: &str,
     partition: u32,
     timeout_ms: u32,
 ) -> Result<i64, StreamError> {
-    let outcome = match pending.await {
+    let answered = tokio::select! {
+        biased;
+        answered = pending => answered,
+        () = replica.deposed() => Err(ReplicaError::NotLeader { leader: replica.leader() }),
+    };
+    let outcome = match answered {
         Ok(outcome) => outcome,
         Err(error) => return Err(replica_refusal(error, topic, partition, timeout_ms)),
     };

@@ -47,8 +47,9 @@ pub struct ClusterAddress {
 /// Where a partition lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPlacement {
-    /// The node that serves it.
-    pub leader: u64,
+    /// The node that serves it; `None` while this node's member of a replicated
+    /// partition's group knows no leader (an election, or this node cut off).
+    pub leader: Option<u64>,
     /// The nodes holding a replica (the leader first when it is the preferred one).
     pub replicas: Vec<u64>,
 }
@@ -122,14 +123,33 @@ impl Routing<'_> {
             .get(usize::try_from(partition).ok()?)?;
         // A replicated partition's leader as this node's member of its group knows it: the
         // metadata's record of it follows only once the new leader proposed it.
-        let leader = self
-            .member(topic, partition)
-            .and_then(|member| member.leader())
-            .unwrap_or(replicas.leader);
+        let leader = match self.member(topic, partition) {
+            Some(member) => member
+                .leader()
+                .or_else(|| self.another_replica(&replicas.replicas)),
+            None => Some(replicas.leader),
+        };
         Some(PartitionPlacement {
             leader,
             replicas: replicas.replicas.clone(),
         })
+    }
+
+    /// Another replica than this node, a different one on each call: named as the leader
+    /// while this node's member knows none (an election, or this node cut off from the
+    /// others). A Kafka client asks the brokers it is connected to for metadata, often only
+    /// the one it produced to; naming no leader would keep a client of a cut-off node
+    /// asking that node alone, while a named replica refuses with NOT_LEADER and answers
+    /// the client's next metadata request with the leader it knows.
+    fn another_replica(&self, replicas: &[u64]) -> Option<u64> {
+        static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let others: Vec<u64> = replicas
+            .iter()
+            .copied()
+            .filter(|replica| *replica != self.this_node())
+            .collect();
+        let turn = TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        others.get(turn % others.len().max(1)).copied()
     }
 
     /// This node's member of `topic`'s `partition`'s replicated log, when the log places

@@ -470,7 +470,7 @@ impl Broker {
                                         let answer: ReplicatedAnswer =
                                             Box::pin(async move {
                                                 super::replication::produce_answer(
-                                                    pending, &topic, partition, timeout_ms,
+                                                    pending, replica, &topic, partition, timeout_ms,
                                                 )
                                                 .await
                                                 .map(|base_offset| Produced {

@@ -57,11 +57,14 @@ impl Broker {
                                  replicated topics are not supported yet"
                             )));
                         }
-                        if placed.leader != routing.this_node() {
+                        if let Some(leader) = placed
+                            .leader
+                            .filter(|leader| *leader != routing.this_node())
+                        {
                             return Err(TxnError::SpansNodes {
                                 topic: topic.clone(),
                                 partition: *partition,
-                                leader: placed.leader,
+                                leader,
                                 coordinator: routing.this_node(),
                             });
                         }

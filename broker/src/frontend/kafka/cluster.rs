@@ -75,8 +75,8 @@ impl KafkaCluster<'_> {
         }
     }
 
-    /// The leader and replicas of `topic`'s `partition`: this node for a partition the
-    /// cluster does not place.
+    /// The leader (-1: none known) and replicas of `topic`'s `partition`: this node for a
+    /// partition the cluster does not place.
     pub fn partition(&self, topic: &str, partition: u32) -> (i32, Vec<i32>) {
         match self
             .routing
@@ -84,7 +84,7 @@ impl KafkaCluster<'_> {
             .and_then(|routing| routing.partition(topic, partition))
         {
             Some(placed) => (
-                broker_id(placed.leader),
+                placed.leader.map_or(-1, broker_id),
                 placed.replicas.into_iter().map(broker_id).collect(),
             ),
             None => (self.this_node, vec![self.this_node]),

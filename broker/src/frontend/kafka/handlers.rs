@@ -362,10 +362,13 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
                     let serving =
                         partition.status == PartitionStatus::Serving || leader != cluster.this_node;
                     MetadataResponsePartition::default()
-                        .with_error_code(if serving {
-                            0
-                        } else {
+                        .with_error_code(if !serving {
                             ResponseError::KafkaStorageError.code()
+                        } else if leader < 0 {
+                            // A replicated partition between leaders: the client asks again.
+                            ResponseError::LeaderNotAvailable.code()
+                        } else {
+                            0
                         })
                         .with_partition_index(
                             i32::try_from(partition.partition).unwrap_or(i32::MAX),

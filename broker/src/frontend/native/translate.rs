@@ -391,7 +391,7 @@ fn metadata(
                         let placed = routing
                             .as_ref()
                             .and_then(|routing| routing.partition(&view.name, partition.partition))
-                            .map(|placed| broker_id(placed.leader))
+                            .and_then(|placed| placed.leader.map(broker_id))
                             .filter(|leader| *leader != this_node);
                         match placed {
                             // Led elsewhere: that node reports its offsets.
