@@ -392,6 +392,8 @@ trait Nodes {
     /// Cuts the links between `a` and `b` (panics where the network cannot be cut).
     fn cut(&self, a: usize, b: usize);
     fn mend(&self, a: usize, b: usize);
+    /// Each node's HTTP listener, where the test reaches it (empty: it does not).
+    fn http(&self) -> Vec<String>;
 }
 
 /// Nodes on 127.0.0.1: kills and pauses only.
@@ -438,6 +440,10 @@ impl Nodes for Loopback {
     }
 
     fn mend(&self, _: usize, _: usize) {}
+
+    fn http(&self) -> Vec<String> {
+        self.nodes.iter().map(BrokerProcess::http_address).collect()
+    }
 }
 
 /// Nodes in network namespaces (`integration_tests::netns`); the clients run in the hub.
@@ -496,6 +502,10 @@ impl Nodes for Namespaced {
     fn mend(&self, a: usize, b: usize) {
         self.network.mend(a, b);
     }
+
+    fn http(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The seed of this run: `WHARF_FAULT_SEED`, or the clock's.
@@ -550,6 +560,59 @@ fn longest_pause(acked: &[Acked], from: f64, to: f64) -> f64 {
         }
     }
     longest
+}
+
+/// The `name{labels} value` samples of the node at `http`'s `/metrics` whose name is
+/// `name`: (labels as `key="value"` text, value).
+fn samples(http: &str, name: &str) -> Vec<(String, f64)> {
+    let (status, body) = integration_tests::http_get(http, "/metrics", None);
+    assert_eq!(status, 200, "GET /metrics on {http}: {body}");
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// After the faults: every node's replica of each partition names the same leader, and
+/// that leader reports both other replicas in sync with no lag (the metrics of issue #21),
+/// within 30 s.
+fn replicas_settle(http: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders: Vec<Vec<(String, f64)>> = http
+            .iter()
+            .map(|address| samples(address, "wharf_replica_leader"))
+            .collect();
+        let agreed = leaders[0].len() == PARTITIONS as usize
+            && leaders.iter().all(|seen| *seen == leaders[0])
+            && leaders[0].iter().all(|(_, leader)| *leader >= 1.0);
+        let settled = agreed
+            && leaders[0].iter().all(|(labels, leader)| {
+                let on_leader = &http[*leader as usize - 1];
+                let in_sync: Vec<f64> = samples(on_leader, "wharf_replica_in_sync")
+                    .into_iter()
+                    .filter(|(seen, _)| seen.starts_with(labels.as_str()))
+                    .map(|(_, value)| value)
+                    .collect();
+                let lag: Vec<f64> = samples(on_leader, "wharf_replica_lag_entries")
+                    .into_iter()
+                    .filter(|(seen, _)| seen.starts_with(labels.as_str()))
+                    .map(|(_, value)| value)
+                    .collect();
+                in_sync == [1.0, 1.0] && lag == [0.0, 0.0]
+            });
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas' metrics did not settle within 30 s: leaders per node {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Starts the three nodes: on 127.0.0.1, or each in its network namespace.
@@ -738,6 +801,10 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
     let (acked, failed) = read_writes(&writes);
     let seen = read_seen(&reads);
     let verdict = check(&acked, &failed, &seen, &stored);
+    let http = nodes.http();
+    if !http.is_empty() {
+        replicas_settle(&http);
+    }
     let ends: Vec<f64> = faults
         .iter()
         .skip(1)

@@ -597,6 +597,32 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
     }
 }
 
+/// A member's view of its group (see [`Replica::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The leader it knows (see [`Replica::leader`]).
+    pub leader: Option<NodeId>,
+    /// Its current term (the group's leader epoch once a leader of that term is elected).
+    pub term: u64,
+    /// On the leader, each other member's replication; empty elsewhere.
+    pub followers: Vec<FollowerStatus>,
+}
+
+/// How far one member is behind its group's leader, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The member's node.
+    pub node: NodeId,
+    /// Entries of the leader's log it does not have yet.
+    pub lag_entries: u64,
+    /// It has every entry the leader applied (every record a consumer can read).
+    pub in_sync: bool,
+}
+
+/// How long a snapshot (the records a follower lacks, in one message) may take to be
+/// read, sent and installed, in milliseconds.
+const SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+
 /// One node's member of a replicated log's group: the seam the broker calls.
 #[derive(Clone)]
 pub struct Replica {
@@ -654,6 +680,13 @@ impl Replica {
             // off 500 ms after a miss: one entry per message keeps it inside that on this
             // machine class, and far below the internal wire's 64 MiB frame.
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // A snapshot carries the records a follower lacks in one message (MiBs), read,
+            // sent, appended and fsynced within this time. With openraft's default (200 ms)
+            // a follower whose snapshot takes longer under load is sent the same snapshot
+            // again and again and never catches up; with another replica down the
+            // partition then cannot commit (the likely cause of a 60 s stall in the fault
+            // loop, seed 20261205, fault 91, whose logs were off).
+            install_snapshot_timeout: SNAPSHOT_TIMEOUT_MS,
             ..openraft::Config::default()
         }
         .validate()
@@ -681,28 +714,41 @@ impl Replica {
         &self.group
     }
 
-    /// Makes `members` (node id → internal address) the group's first voters. Only one
-    /// member initializes a group (the placement's preferred leader); a group already
-    /// initialized here is left as it is.
+    /// Makes `members` (node id → internal address) the group's first voters; true when
+    /// this call initialized the group here (false: it already was, here or by a vote or
+    /// entries from another member).
     ///
     /// # Errors
     /// openraft's refusal.
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, String>,
-    ) -> std::result::Result<(), ReplicaError> {
+    ) -> std::result::Result<bool, ReplicaError> {
         if self.raft.is_initialized().await.unwrap_or(false) {
-            return Ok(());
+            return Ok(false);
         }
         let nodes: BTreeMap<NodeId, BasicNode> = members
             .into_iter()
             .map(|(id, addr)| (id, BasicNode { addr }))
             .collect();
         match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
             Err(error) => Err(ReplicaError::Stopped(error.to_string())),
         }
+    }
+
+    /// Starts an election with this member as candidate now, rather than when its election
+    /// timer fires (it wins only with a log as up to date as a majority's).
+    ///
+    /// # Errors
+    /// The group stopped here.
+    pub async fn campaign(&self) -> std::result::Result<(), ReplicaError> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|error| ReplicaError::Stopped(error.to_string()))
     }
 
     /// The leader this node knows of. This node counts as leader only while a majority
@@ -721,6 +767,38 @@ impl Replica {
             .millis_since_quorum_ack
             .is_some_and(|since| since <= lease)
             .then_some(leader)
+    }
+
+    /// This member's view of its group, for metrics.
+    pub fn status(&self) -> ReplicaStatus {
+        let leader = self.leader();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
+        let followers = if leader == Some(self.node_id) {
+            metrics
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, matched)| {
+                    let matched = matched.as_ref().map_or(0, |log_id| log_id.index);
+                    FollowerStatus {
+                        node: *id,
+                        lag_entries: last_log_index.saturating_sub(matched),
+                        in_sync: matched >= applied,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ReplicaStatus {
+            leader,
+            term: metrics.current_term,
+            followers,
+        }
     }
 
     /// Whether this node leads the group now (see [`Replica::leader`]).

@@ -85,11 +85,29 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// This node's member of a replicated partition's group (issue #21).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaObserved {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The leader this node's member knows, -1 for none.
+    pub leader: i64,
+    /// The member's current term.
+    pub term: u64,
+    /// On the leader: each other replica's node id, entries behind, and whether it has
+    /// every record consumers can read.
+    pub followers: Vec<(u64, u64, bool)>,
+}
+
 /// Everything a scrape reports from the broker's state.
 #[derive(Debug, Clone)]
 pub struct Observed {
     /// Partitions of visible topics, by (topic, partition).
     pub partitions: Vec<PartitionObserved>,
+    /// This node's members of replicated partitions, by (topic, partition).
+    pub replicas: Vec<ReplicaObserved>,
     /// Groups, by id.
     pub groups: Vec<GroupObserved>,
     /// Queues, by name.
@@ -140,6 +158,7 @@ impl Broker {
     pub async fn observe(&self, caller: &Session) -> Observed {
         let mut left_out = 0u64;
         let partitions = self.observe_partitions(&mut left_out);
+        let replicas = self.observe_replicas(&mut left_out);
         let groups = self.observe_groups(caller, &mut left_out);
         let mut queues = self.list_queues(caller).await;
         queues.sort_by(|left, right| left.name.cmp(&right.name));
@@ -149,6 +168,7 @@ impl Broker {
         }
         Observed {
             partitions,
+            replicas,
             groups,
             queues,
             left_out,
@@ -186,6 +206,41 @@ impl Broker {
             }
         }
         partitions
+    }
+
+    fn observe_replicas(&self, left_out: &mut u64) -> Vec<ReplicaObserved> {
+        let Some(cluster) = self.replicated() else {
+            return Vec::new();
+        };
+        let mut replicas: Vec<ReplicaObserved> = cluster
+            .replicas()
+            .all()
+            .into_iter()
+            .filter_map(|replica| {
+                // Group names are `<topic>-<partition>`, as partition directories.
+                let (topic, partition) = replica.group().rsplit_once('-')?;
+                let status = replica.status();
+                Some(ReplicaObserved {
+                    topic: topic.to_string(),
+                    partition: partition.parse().ok()?,
+                    leader: status.leader.map_or(-1, |leader| leader as i64),
+                    term: status.term,
+                    followers: status
+                        .followers
+                        .iter()
+                        .map(|follower| (follower.node, follower.lag_entries, follower.in_sync))
+                        .collect(),
+                })
+            })
+            .collect();
+        replicas.sort_by(|left, right| {
+            (&left.topic, left.partition).cmp(&(&right.topic, right.partition))
+        });
+        if replicas.len() > PARTITION_SERIES_MAX {
+            *left_out += (replicas.len() - PARTITION_SERIES_MAX) as u64;
+            replicas.truncate(PARTITION_SERIES_MAX);
+        }
+        replicas
     }
 
     fn observe_groups(&self, caller: &Session, left_out: &mut u64) -> Vec<GroupObserved> {

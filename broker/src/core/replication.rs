@@ -414,10 +414,20 @@ impl Broker {
                 match started {
                     Ok(replica) => {
                         cluster.replicas().insert(replica.clone());
-                        // Every member initializes with the same members: openraft takes
-                        // the first and ignores the rest.
-                        if let Err(error) = replica.initialize(members).await {
-                            tracing::warn!(%group, %error, "cannot initialize a replicated partition");
+                        // Every member initializes with the same members (the same first
+                        // entry everywhere). On a new group the placement's leader campaigns
+                        // at once, so leaders start spread as placement put them rather
+                        // than on whichever member's timer fires first.
+                        match replica.initialize(members).await {
+                            Ok(true) if set.leader == this => {
+                                if let Err(error) = replica.campaign().await {
+                                    tracing::debug!(%group, %error, "cannot campaign");
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(%group, %error, "cannot initialize a replicated partition")
+                            }
                         }
                         tracing::info!(%group, "replicated partition started");
                     }

@@ -106,6 +106,7 @@ impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(observed) = &self.observed {
             encode_partitions(&mut encoder, observed)?;
+            encode_replicas(&mut encoder, observed)?;
             encode_groups(&mut encoder, observed)?;
             encode_queues(&mut encoder, observed)?;
             let ready = i64::from(observed.readiness == Readiness::Ready);
@@ -423,6 +424,65 @@ fn encode_partitions(
         "Segments of the partition, the active one included.",
         |p: &P| p.segment_count
     );
+    Ok(())
+}
+
+/// The replicated partitions' groups as this node's members see them (issue #21): the
+/// leader and term everywhere, each follower's lag and whether it is in sync on the leader.
+fn encode_replicas(
+    encoder: &mut DescriptorEncoder,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let replicas = &observed.replicas;
+    let labels = |topic: &str, partition: u32| {
+        [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ]
+    };
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_replica_leader",
+        "Node leading the replicated partition as this node's replica knows it (-1: none).",
+        replicas
+            .iter()
+            .map(|replica| (labels(&replica.topic, replica.partition), replica.leader)),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_replica_term",
+        "Raft term of this node's replica of the partition (each election raises it).",
+        replicas
+            .iter()
+            .map(|replica| (labels(&replica.topic, replica.partition), replica.term)),
+    )?;
+    let followers = || {
+        replicas.iter().flat_map(|replica| {
+            replica.followers.iter().map(move |(node, lag, in_sync)| {
+                let [topic, partition] = labels(&replica.topic, replica.partition);
+                (
+                    [topic, partition, ("replica", node.to_string())],
+                    (*lag, *in_sync),
+                )
+            })
+        })
+    };
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_replica_lag_entries",
+        "On the partition's leader: entries of its log a replica does not have yet.",
+        followers().map(|(labels, (lag, _))| (labels, lag)),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_replica_in_sync",
+        "On the partition's leader: 1 when a replica has every record consumers can read.",
+        followers().map(|(labels, (_, in_sync))| (labels, i64::from(in_sync))),
+    )?;
     Ok(())
 }
 
