@@ -74,6 +74,7 @@ pub(crate) fn acks_before_commit() -> bool {
         let on =
             std::env::var_os("WHARF_UNSAFE_ACK_BEFORE_COMMIT").is_some_and(|value| value == "1");
         if on {
+            crate::cluster::replica::check_leases(false);
             tracing::warn!(
                 "WHARF_UNSAFE_ACK_BEFORE_COMMIT=1: replicated produces are acknowledged before \
                  a majority has them, so acknowledged records can be lost (a test's control \
@@ -231,23 +232,62 @@ impl Applier for PartitionApplier {
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
-        if self.log.log_end_offset() != from {
-            return Err(std::io::Error::other(format!(
-                "{}-{} ends at {}, not at {from}",
-                self.topic,
-                self.partition,
-                self.log.log_end_offset()
-            )));
+        let end = self.log.log_end_offset();
+        let missing = records_from(records, from, end).map_err(|reason| {
+            std::io::Error::other(format!("{}-{}: {reason}", self.topic, self.partition))
+        })?;
+        if missing.is_empty() {
+            return Ok(end);
         }
         self.streams
             .append_stored(
                 &self.topic,
                 self.partition,
                 &self.log,
-                BytesMut::from(&records[..]),
+                BytesMut::from(missing),
             )
             .map_err(|error| std::io::Error::other(error.to_string()))
     }
+}
+
+/// The part of `records` (whole batches from offset `from`) at and after offset `end`, the
+/// end of a replica's log. The replica may have applied entries since it told the leader
+/// where it ended (a snapshot and entries from the log race), so it can already hold a
+/// prefix of the records: its log is a prefix of the leader's, as the same batches, so that
+/// prefix is whole batches and is skipped.
+fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8], String> {
+    if end < from {
+        return Err(format!(
+            "the records start at {from}, past the log's end {end}"
+        ));
+    }
+    let mut at = 0usize;
+    while at < records.len() {
+        let header = match wharf_protocol::batch::parse_header(&records[at..]) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Err("the records end in a torn batch header".to_string()),
+            Err(error) => return Err(format!("unreadable records: {error}")),
+        };
+        if header.base_offset >= end {
+            if header.base_offset != end {
+                return Err(format!(
+                    "the records skip from {end} to {}",
+                    header.base_offset
+                ));
+            }
+            break;
+        }
+        let last = header.base_offset + i64::from(header.last_offset_delta);
+        if last >= end {
+            return Err(format!(
+                "a batch of offsets {}..={last} straddles the log's end {end}",
+                header.base_offset
+            ));
+        }
+        let size = usize::try_from(header.batch_length).unwrap_or(usize::MAX);
+        at = at.saturating_add(12).saturating_add(size);
+    }
+    Ok(records.get(at..).unwrap_or_default())
 }
 
 /// The answer to a replicated produce: its base offset, or why it was refused.
@@ -364,6 +404,8 @@ impl Broker {
     /// Starts this node's member of every replicated partition the metadata places here
     /// and this node has a log of; stops the members of partitions no longer placed here.
     pub(crate) async fn sync_replicas(&self, cluster: &Cluster, state: &MetadataState) {
+        // The control run's switch takes effect (and warns) before any member starts.
+        acks_before_commit();
         let this = cluster.node_id();
         let mut placed = std::collections::BTreeSet::new();
         for (name, topic) in &state.topics {
@@ -509,6 +551,31 @@ mod tests {
         other[0] = 2;
         assert!(decode_command(&Bytes::from(other)).is_none());
         assert!(decode_command(&Bytes::from_static(b"\x01short")).is_none());
+    }
+
+    /// A batch of `count` offsets from `base` (header fields only; the bytes after the
+    /// header are zeros).
+    fn batch(base: i64, count: i32) -> Vec<u8> {
+        let mut bytes = vec![0u8; 61];
+        bytes[0..8].copy_from_slice(&base.to_be_bytes());
+        bytes[8..12].copy_from_slice(&49i32.to_be_bytes());
+        bytes[16] = 2;
+        bytes[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn snapshot_records_a_replica_already_has_are_skipped_whole_batches() {
+        let records: Vec<u8> = [batch(108, 2), batch(110, 3), batch(113, 1)].concat();
+        // The replica ends where the records start: all of them.
+        assert_eq!(records_from(&records, 108, 108), Ok(&records[..]));
+        // It applied the first batch meanwhile (the race the fault loop found).
+        assert_eq!(records_from(&records, 108, 110), Ok(&records[61..]));
+        assert_eq!(records_from(&records, 108, 114), Ok(&records[183..]));
+        assert!(records_from(&records, 108, 114).is_ok_and(<[u8]>::is_empty));
+        // An end inside a batch, or before the records, is not a prefix of the leader's log.
+        assert!(records_from(&records, 108, 111).is_err());
+        assert!(records_from(&records, 108, 100).is_err());
     }
 
     #[test]
