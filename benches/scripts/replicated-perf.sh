@@ -9,6 +9,10 @@
 # Kafka CreateTopics with confluent-kafka, the only way to ask for a factor today). Prints
 # one line per run: setup, size, msgs/s, p50/p99 ack latency (us), and the ratio
 # replicated/single of the medians per size.
+#
+# BEFORE=DIR (optional) names a directory with an older build's wharfd and wharf: each
+# repetition then also runs the replicated setup with it ("before" lines, and the ratio
+# after/before per size), so a change is measured against its base in one run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -34,7 +38,7 @@ wait_port() {
 }
 
 perf() { # broker topic size
-  "$BIN/wharf" --broker "$1" perf produce --topic "$2" --messages "$MESSAGES" --size "$3" \
+  "$WHARF_BIN/wharf" --broker "$1" perf produce --topic "$2" --messages "$MESSAGES" --size "$3" \
     --acks all --json | tail -1
 }
 
@@ -58,11 +62,12 @@ single() { # size rep
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-replicated() { # size rep
-  local dir="$work/cluster-$1-$2" peers="1@127.0.0.1:27521,2@127.0.0.1:27522,3@127.0.0.1:27523"
+replicated() { # size rep [label]
+  local label=${3:-replicated}
+  local dir="$work/$label-$1-$2" peers="1@127.0.0.1:27521,2@127.0.0.1:27522,3@127.0.0.1:27523"
   local started=()
   for n in 1 2 3; do
-    "$BIN/wharfd" --data-dir "$dir/node-$n" --node-id "$n" --cluster-peers "$peers" \
+    "$WHARF_BIN/wharfd" --data-dir "$dir/node-$n" --node-id "$n" --cluster-peers "$peers" \
       --listen "127.0.0.1:$((27420 + n))" --kafka-listen "127.0.0.1:$((29092 + n))" \
       --amqp-listen off --http-listen off >"$dir-node-$n.log" 2>&1 &
     started+=($!)
@@ -92,9 +97,9 @@ while True:
     time.sleep(0.2)
 EOF
   # Until the group has elected its leader, produce is refused (retriable): warm up first.
-  "$BIN/wharf" --broker 127.0.0.1:27421 perf produce --topic "replicated-$1" --messages 1000 \
+  "$WHARF_BIN/wharf" --broker 127.0.0.1:27421 perf produce --topic "replicated-$1" --messages 1000 \
     --size "$1" --acks all --json >/dev/null 2>&1 || sleep 2
-  summary replicated "$1" "$(perf 127.0.0.1:27421 "replicated-$1" "$1")"
+  summary "$label" "$1" "$(perf 127.0.0.1:27421 "replicated-$1" "$1")"
   for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
@@ -102,11 +107,16 @@ EOF
 results="$work/results"
 for size in $SIZES; do
   for rep in $(seq 1 "$REPS"); do
-    mkdir -p "$work/single-$size-$rep" "$work/cluster-$size-$rep"
+    mkdir -p "$work/single-$size-$rep" "$work/replicated-$size-$rep" "$work/before-$size-$rep"
     # Not in a pipeline: the started pids must reach this shell's cleanup.
-    single "$size" "$rep" >>"$results"
-    replicated "$size" "$rep" >>"$results"
-    tail -2 "$results"
+    WHARF_BIN=$BIN single "$size" "$rep" >>"$results"
+    WHARF_BIN=$BIN replicated "$size" "$rep" >>"$results"
+    if [[ -n "${BEFORE:-}" ]]; then
+      WHARF_BIN=$BEFORE replicated "$size" "$rep" before >>"$results"
+      tail -3 "$results"
+    else
+      tail -2 "$results"
+    fi
   done
 done
 "$PYTHON" - "$results" <<'EOF'
@@ -115,4 +125,7 @@ rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 for size in sorted({row[1] for row in rows}, key=int):
     med = lambda setup: statistics.median(float(r[2]) for r in rows if r[0] == setup and r[1] == size)
     print(f"size {size}: replicated/single = {med('replicated') / med('single'):.2f}")
+    if any(r[0] == "before" and r[1] == size for r in rows):
+        print(f"size {size}: before/single = {med('before') / med('single'):.2f}, "
+              f"replicated/before = {med('replicated') / med('before'):.2f}")
 EOF

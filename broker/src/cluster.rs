@@ -6,9 +6,11 @@
 //! - [`store`]: the log and state-machine storage under the storage engine's rules.
 //! - [`raft`]: the seam ([`raft::Cluster`]) over openraft, and the RPCs between nodes.
 //! - [`transport`]: those RPCs over TCP, the internal listener.
+//! - [`codec`]: the binary encoding (MessagePack) of those RPCs and of the raft logs' entries.
 //! - [`identity`]: the node and cluster ids stamped in the data directory.
 //! - [`node`]: starting a node: bootstrap, joining, registering its addresses.
 
+pub mod codec;
 pub mod identity;
 pub mod metadata;
 pub mod node;

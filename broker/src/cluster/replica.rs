@@ -53,6 +53,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::codec::bytes_field;
 use super::metadata::NodeId;
 use super::raft::{RaftReply, RaftRpc, Timing, Transport};
 use super::store::{io_error, lock, run_io, Io, LogStore};
@@ -78,12 +79,12 @@ pub const RAFT_DIR: &str = "raft";
 /// One command of a replicated log: bytes only its [`Applier`] reads (for a partition, a
 /// produce's batches and what the produce rules need).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaCommand(#[serde(with = "base64_bytes")] pub Bytes);
+pub struct ReplicaCommand(#[serde(with = "bytes_field")] pub Bytes);
 
 /// What applying a command gave, as its [`Applier`] encodes it (only the leader's copy goes
 /// back to the writer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaOutcome(#[serde(with = "base64_bytes")] pub Bytes);
+pub struct ReplicaOutcome(#[serde(with = "bytes_field")] pub Bytes);
 
 /// A snapshot of a replicated log: the position its state reaches and, on the way to a
 /// follower, the stored bytes from the follower's position (`from`) to it.
@@ -94,7 +95,7 @@ pub struct ReplicaSnapshot {
     /// Where `records` start.
     pub from: i64,
     /// Stored bytes from `from` to `position` ([`Applier::read_range`]); empty at rest.
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "bytes_field")]
     pub records: Bytes,
 }
 
@@ -691,7 +692,7 @@ impl Replica {
             // A follower a little behind catches up from the log, not a snapshot.
             max_in_snapshot_log_to_keep: timing.snapshot_every,
             // An entry is a produce's batches for the partition (1–3 MiB from a busy
-            // producer, a third more as base64). openraft 0.9 gives an AppendEntries one
+            // producer). openraft 0.9 gives an AppendEntries one
             // heartbeat interval to be answered, the follower's fsync included, and backs
             // off 500 ms after a miss: one entry per message keeps it inside that on this
             // machine class, and far below the internal wire's 64 MiB frame.
@@ -959,25 +960,6 @@ impl Replicas {
             Some(replica) => replica.serve(rpc).await,
             None => ReplicaReply::Unknown(format!("no member of replicated log {group} here")),
         }
-    }
-}
-
-/// Bytes as base64 text in JSON (the internal wire's and the raft log's encoding).
-pub(crate) mod base64_bytes {
-    use base64::Engine as _;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
     }
 }
 

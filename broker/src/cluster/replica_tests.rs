@@ -132,10 +132,11 @@ impl Transport for Net {
             let Some(replicas) = replicas else {
                 return Err(format!("node {target} is not running"));
             };
-            // As on the wire: JSON both ways.
-            let bytes = serde_json::to_vec(&rpc).map_err(|error| error.to_string())?;
-            let RaftRpc::Replica { group, rpc } =
-                serde_json::from_slice(&bytes).map_err(|error| error.to_string())?
+            // As on the wire: frame bodies both ways.
+            let bytes =
+                crate::cluster::transport::encode_body(&rpc).map_err(|error| error.to_string())?;
+            let RaftRpc::Replica { group, rpc } = crate::cluster::transport::decode_body(&bytes)
+                .map_err(|error| error.to_string())?
             else {
                 return Err("not a replica rpc".to_string());
             };
@@ -143,8 +144,9 @@ impl Transport for Net {
                 .await
                 .map_err(|_| "timed out".to_string())?;
             let reply = RaftReply::Replica(Box::new(reply));
-            let bytes = serde_json::to_vec(&reply).map_err(|error| error.to_string())?;
-            serde_json::from_slice(&bytes).map_err(|error| error.to_string())
+            let bytes = crate::cluster::transport::encode_body(&reply)
+                .map_err(|error| error.to_string())?;
+            crate::cluster::transport::decode_body(&bytes).map_err(|error| error.to_string())
         })
     }
 }

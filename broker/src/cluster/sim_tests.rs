@@ -78,8 +78,10 @@ impl Transport for SimTransport {
             }
             tokio::time::sleep(delay).await;
             // As on the wire: the request is serialized and parsed.
-            let bytes = serde_json::to_vec(&rpc).map_err(|error| error.to_string())?;
-            let rpc: RaftRpc = serde_json::from_slice(&bytes).map_err(|error| error.to_string())?;
+            let bytes =
+                crate::cluster::transport::encode_body(&rpc).map_err(|error| error.to_string())?;
+            let rpc: RaftRpc = crate::cluster::transport::decode_body(&bytes)
+                .map_err(|error| error.to_string())?;
             let node = self.router.nodes.lock().unwrap().get(&target).cloned();
             let Some(node) = node else {
                 tokio::time::sleep(timeout).await;
@@ -93,8 +95,9 @@ impl Transport for SimTransport {
             if !delivered {
                 return Err("reply lost".to_string());
             }
-            let bytes = serde_json::to_vec(&reply).map_err(|error| error.to_string())?;
-            serde_json::from_slice(&bytes).map_err(|error| error.to_string())
+            let bytes = crate::cluster::transport::encode_body(&reply)
+                .map_err(|error| error.to_string())?;
+            crate::cluster::transport::decode_body(&bytes).map_err(|error| error.to_string())
         })
     }
 }

@@ -1,13 +1,18 @@
-//! The metadata log's storage for openraft (issue #20), under the storage engine's rules
+//! The raft logs' storage for openraft (the metadata log, issue #20, and each replicated
+//! partition's group, issue #21), under the storage engine's rules
 //! (docs/STORAGE.md, "Cluster metadata"): every record checksummed, nothing acknowledged
 //! before its fsync, snapshots and small state replaced atomically (checkpoint files).
 //!
 //! Files in `<data-dir>/cluster/`:
-//! - `raft-log`: the log entries, each `[payload length u32 BE][CRC-32 u32 BE][payload]`,
-//!   the payload an entry as JSON. Appended, then fsynced, then acknowledged. A truncate or
-//!   a purge rewrites the file (temp file, fsync, rename, directory fsync): the metadata log
-//!   is small. Opening it keeps the longest prefix of whole, valid records and cuts the rest
-//!   (only an unacknowledged tail can be torn).
+//! - `raft-log`, then `raft-log.<first index, 20 digits>`: the log entries in segment files,
+//!   each record `[payload length u32 BE][CRC-32 u32 BE][payload]`, the payload the entry
+//!   version octet and the entry as MessagePack. Appended, then fsynced, then acknowledged;
+//!   an append to a segment of [`SEGMENT_BYTES`] or more starts a new one. A purge deletes
+//!   the segments holding only purged entries (after `raft-state` names the purged id); a
+//!   truncate deletes the later segments, last first, and cuts the one holding its entry.
+//!   Nothing is rewritten. Opening keeps the longest prefix of whole, valid records of the
+//!   last segment and cuts the rest (only an unacknowledged tail can be torn); damage in an
+//!   earlier segment stops the open.
 //! - `raft-state` (checkpoint `WRST` v1, JSON): the vote, the committed log id, the purged
 //!   log id. Written before the call that changes it returns.
 //! - `raft-snapshot` (checkpoint `WRSN` v1, JSON): the last snapshot, its meta and the state.
@@ -29,6 +34,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::codec;
 use super::metadata::{MetadataResult, MetadataState, NodeId};
 use super::raft::TypeConfig;
 use crate::storage::checkpoint;
@@ -46,11 +52,14 @@ const SNAPSHOT_MAGIC: [u8; 4] = *b"WRSN";
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Largest log record accepted when reading.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// The layout of a log record's payload: this octet, then one openraft 0.9 `Entry` as JSON.
-/// Records written before the octet existed hold the JSON alone, which starts with `{`
-/// (0x7b), so they are still told apart and read; any other leading octet is a layout this
-/// build does not know, and the node does not start.
-pub const ENTRY_VERSION: u8 = 1;
+/// The layout of a log record's payload: this octet, then one openraft 0.9 `Entry` as
+/// MessagePack ([`super::codec`]). Version 1 records hold the entry as JSON after the octet
+/// ([`ENTRY_VERSION_JSON`]), and records written before the octet existed hold the JSON
+/// alone, which starts with `{` (0x7b); both are still read. Any other leading octet is a
+/// layout this build does not know, and the node does not start.
+pub const ENTRY_VERSION: u8 = 2;
+/// The version of records holding the entry as JSON (written until 2026-12-05).
+pub const ENTRY_VERSION_JSON: u8 = 1;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -115,16 +124,68 @@ struct HardState {
     purged: Option<LogId<NodeId>>,
 }
 
+/// One file of a raft log: `raft-log` (the first; the whole log of a directory that never
+/// rolled) or `raft-log.<index>`, whose records start at that index.
+#[derive(Debug)]
+struct LogSegment {
+    /// The first index it may hold (0 for `raft-log`).
+    first: u64,
+    path: PathBuf,
+    file: Arc<dyn FileHandle>,
+    /// Bytes of whole records in it.
+    bytes: u64,
+}
+
+/// Where an entry's record is: the segment's `first`, and the record's byte offset in it.
+type Location = (u64, u64);
+
 #[derive(Debug)]
 struct LogInner<C: LogConfig> {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     io: Io,
     entries: BTreeMap<u64, Entry<C>>,
-    file: Arc<dyn FileHandle>,
-    file_bytes: u64,
+    locations: BTreeMap<u64, Location>,
+    /// Oldest first; the last one is appended to.
+    segments: Vec<LogSegment>,
+    /// An append to a segment holding at least this many bytes goes to a new one.
+    segment_bytes: u64,
     hard: HardState,
     state_sequence: u64,
+}
+
+impl<C: LogConfig> LogInner<C> {
+    fn active(&self) -> &LogSegment {
+        self.segments
+            .last()
+            .unwrap_or_else(|| unreachable!("a raft log always has a segment"))
+    }
+}
+
+/// Bytes after which a raft log starts a new segment file ([`LogStore`]): a purge deletes
+/// whole segments, never rewriting the entries it keeps.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The file name of the segment whose records start at `first` (0: `raft-log`).
+fn segment_name(first: u64) -> String {
+    if first == 0 {
+        LOG_FILE.to_string()
+    } else {
+        format!("{LOG_FILE}.{first:020}")
+    }
+}
+
+/// The `first` of a segment file's name, or None for another file.
+fn segment_first(name: &str) -> Option<u64> {
+    if name == LOG_FILE {
+        return Some(0);
+    }
+    let digits = name.strip_prefix(LOG_FILE)?.strip_prefix('.')?;
+    if digits.len() == 20 && digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        digits.parse().ok().filter(|first| *first > 0)
+    } else {
+        None
+    }
 }
 
 /// A raft log (`raft-log` and `raft-state` in one directory): the metadata log's by
@@ -154,29 +215,31 @@ pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// A log entry as a record's payload: [`ENTRY_VERSION`], then the entry as JSON.
+/// A log entry as a record's payload: [`ENTRY_VERSION`], then the entry as MessagePack.
 ///
 /// # Errors
 /// An entry serde cannot write.
-pub(crate) fn encode_entry<C: LogConfig>(entry: &Entry<C>) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn encode_entry<C: LogConfig>(entry: &Entry<C>) -> std::io::Result<Vec<u8>> {
     let mut payload = vec![ENTRY_VERSION];
-    serde_json::to_writer(&mut payload, entry)?;
+    codec::encode_into(entry, &mut payload)?;
     Ok(payload)
 }
 
-/// The entry of a record's payload: of [`ENTRY_VERSION`], or of the layout before it (the
-/// JSON alone).
+/// The entry of a record's payload: of [`ENTRY_VERSION`], [`ENTRY_VERSION_JSON`], or the
+/// layout before the octet (the JSON alone).
 ///
 /// # Errors
-/// Another version, an empty payload, or JSON that is not an entry.
+/// Another version, an empty payload, or bytes that are not an entry.
 pub(crate) fn decode_entry<C: LogConfig>(payload: &[u8]) -> std::io::Result<Entry<C>> {
     let json = match payload.first() {
-        Some(&ENTRY_VERSION) => &payload[1..],
+        Some(&ENTRY_VERSION) => return codec::decode(&payload[1..]),
+        Some(&ENTRY_VERSION_JSON) => &payload[1..],
         Some(b'{') => payload,
         Some(other) => {
             return Err(std::io::Error::other(format!(
                 "a {LOG_FILE} record of layout version {other}, which this build does not read \
-                 (it reads version {ENTRY_VERSION} and the unversioned records before it)"
+                 (it reads versions {ENTRY_VERSION_JSON} and {ENTRY_VERSION}, and the \
+                 unversioned records before them)"
             )))
         }
         None => return Err(std::io::Error::other(format!("an empty {LOG_FILE} record"))),
@@ -225,42 +288,169 @@ impl<C: LogConfig> LogStore<C> {
                 }
                 None => (HardState::default(), 0),
             };
-        let path = dir.join(LOG_FILE);
-        let file = fs.open_file(&path, OpenMode::CreateOrOpen)?;
-        let length = file.len_bytes()?;
-        let mut bytes = vec![0u8; length as usize];
-        file.read_exact_at(&mut bytes, 0)?;
-        let (payloads, valid) = decode_records(&bytes);
-        let mut entries = BTreeMap::new();
-        for payload in payloads {
-            let entry = decode_entry::<C>(payload)?;
-            let purged = hard.purged.is_some_and(|id| entry.log_id.index <= id.index);
-            if !purged {
-                entries.insert(entry.log_id.index, entry);
-            }
+        let mut firsts: Vec<u64> = fs
+            .list_dir(dir)?
+            .iter()
+            .filter_map(|name| segment_first(name))
+            .collect();
+        firsts.sort_unstable();
+        if firsts.is_empty() {
+            firsts.push(0);
         }
-        if valid as u64 != length {
-            tracing::warn!(
-                path = %path.display(),
-                valid,
-                length,
-                "cutting a raft log's torn tail"
-            );
-            file.set_len(valid as u64)?;
-            file.sync_data()?;
+        let last_first = firsts[firsts.len() - 1];
+        let mut entries = BTreeMap::new();
+        let mut locations = BTreeMap::new();
+        let mut segments = Vec::new();
+        for first in firsts {
+            let path = dir.join(segment_name(first));
+            let file = fs.open_file(&path, OpenMode::CreateOrOpen)?;
+            let length = file.len_bytes()?;
+            let mut bytes = vec![0u8; length as usize];
+            file.read_exact_at(&mut bytes, 0)?;
+            let (payloads, valid) = decode_records(&bytes);
+            let mut offset = 0u64;
+            for payload in payloads {
+                let entry = decode_entry::<C>(payload)?;
+                let index = entry.log_id.index;
+                if index < first {
+                    return Err(std::io::Error::other(format!(
+                        "{} holds entry {index}, before its first index {first}",
+                        path.display()
+                    )));
+                }
+                let purged = hard.purged.is_some_and(|id| index <= id.index);
+                if !purged {
+                    entries.insert(index, entry);
+                    locations.insert(index, (first, offset));
+                }
+                offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
+            }
+            if valid as u64 != length {
+                if first != last_first {
+                    // Only the segment being appended to can be torn: a new one is started
+                    // after the previous one's records were fsynced.
+                    return Err(std::io::Error::other(format!(
+                        "{} is damaged at byte {valid} of {length}, and it is not the last \
+                         segment of the raft log",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    path = %path.display(),
+                    valid,
+                    length,
+                    "cutting a raft log's torn tail"
+                );
+                file.set_len(valid as u64)?;
+                file.sync_data()?;
+            }
+            segments.push(LogSegment {
+                first,
+                path,
+                file,
+                bytes: valid as u64,
+            });
+        }
+        let mut inner = LogInner {
+            fs,
+            dir: dir.to_path_buf(),
+            io,
+            entries,
+            locations,
+            segments,
+            segment_bytes: SEGMENT_BYTES,
+            hard,
+            state_sequence,
+        };
+        // Segments a purge had not deleted yet when the node stopped.
+        if let Some(purged) = inner.hard.purged {
+            for segment in Self::take_purged(&mut inner, purged.index) {
+                inner.fs.remove_file(&segment.path)?;
+            }
+            inner.fs.sync_dir(dir)?;
         }
         Ok(LogStore {
-            inner: Arc::new(Mutex::new(LogInner {
-                fs,
-                dir: dir.to_path_buf(),
-                io,
-                entries,
-                file,
-                file_bytes: valid as u64,
-                hard,
-                state_sequence,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
         })
+    }
+
+    /// Sets the segment size (tests roll segments after a few records).
+    #[cfg(test)]
+    fn set_segment_bytes(&self, bytes: u64) {
+        lock(&self.inner).segment_bytes = bytes;
+    }
+
+    /// Removes from `inner` the segments that hold only entries at or below `purged` (never
+    /// the last one), and returns them for their files to be deleted.
+    fn take_purged(inner: &mut LogInner<C>, purged: u64) -> Vec<LogSegment> {
+        let mut keep_from = 0;
+        while keep_from + 1 < inner.segments.len()
+            && inner.segments[keep_from + 1].first <= purged + 1
+        {
+            keep_from += 1;
+        }
+        inner.segments.drain(..keep_from).collect()
+    }
+
+    /// Appends `entries` (indexes following the log's) to the last segment, or to a new
+    /// one when it is full, and fsyncs them.
+    async fn write_entries(&self, entries: Vec<Entry<C>>) -> std::io::Result<()> {
+        let Some(first_index) = entries.first().map(|entry| entry.log_id.index) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let payload = encode_entry(entry)?;
+            offsets.push(bytes.len() as u64);
+            encode_record(&payload, &mut bytes);
+        }
+        // A full segment is followed by a new one starting at this append's first entry
+        // (openraft appends one call at a time, so nothing appends in between).
+        let roll = {
+            let inner = lock(&self.inner);
+            let active = inner.active();
+            (active.bytes >= inner.segment_bytes && active.bytes > 0)
+                .then(|| (inner.fs.clone(), inner.dir.clone(), inner.io))
+        };
+        if let Some((fs, dir, io)) = roll {
+            let path = dir.join(segment_name(first_index));
+            let created = path.clone();
+            let file = run_io(io, move || {
+                let file = fs.open_file(&created, OpenMode::CreateOrOpen)?;
+                fs.sync_dir(&dir)?;
+                Ok(file)
+            })
+            .await?;
+            lock(&self.inner).segments.push(LogSegment {
+                first: first_index,
+                path,
+                file,
+                bytes: 0,
+            });
+        }
+        let (file, position, io) = {
+            let mut inner = lock(&self.inner);
+            let io = inner.io;
+            let active = inner
+                .segments
+                .last_mut()
+                .unwrap_or_else(|| unreachable!("a raft log always has a segment"));
+            let position = active.bytes;
+            active.bytes += bytes.len() as u64;
+            let (segment, file) = (active.first, active.file.clone());
+            for (entry, offset) in entries.into_iter().zip(offsets) {
+                let index = entry.log_id.index;
+                inner.entries.insert(index, entry);
+                inner.locations.insert(index, (segment, position + offset));
+            }
+            (file, position, io)
+        };
+        run_io(io, move || {
+            file.write_all_at(&bytes, position)?;
+            file.sync_data()
+        })
+        .await
     }
 
     /// Writes `raft-state` with `change` applied (fsynced, atomic).
@@ -291,36 +481,6 @@ impl<C: LogConfig> LogStore<C> {
             .map_err(io_error)
         })
         .await
-    }
-
-    /// Rewrites the log file with the entries in memory (after a truncate or purge).
-    async fn rewrite(&self) -> std::io::Result<()> {
-        let (fs, dir, io, bytes) = {
-            let inner = lock(&self.inner);
-            let mut bytes = Vec::new();
-            for entry in inner.entries.values() {
-                let payload = encode_entry(entry).map_err(std::io::Error::other)?;
-                encode_record(&payload, &mut bytes);
-            }
-            (inner.fs.clone(), inner.dir.clone(), inner.io, bytes)
-        };
-        let length = bytes.len() as u64;
-        let file = run_io(io, move || {
-            let temp = dir.join(format!("{LOG_FILE}.tmp"));
-            let path = dir.join(LOG_FILE);
-            let file = fs.open_file(&temp, OpenMode::CreateOrOpen)?;
-            file.set_len(0)?;
-            file.write_all_at(&bytes, 0)?;
-            file.sync_data()?;
-            fs.rename(&temp, &path)?;
-            fs.sync_dir(&dir)?;
-            fs.open_file(&path, OpenMode::Existing)
-        })
-        .await?;
-        let mut inner = lock(&self.inner);
-        inner.file = file;
-        inner.file_bytes = length;
-        Ok(())
     }
 }
 
@@ -385,29 +545,8 @@ impl<C: LogConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<C>> = entries.into_iter().collect();
-        let mut bytes = Vec::new();
-        for entry in &entries {
-            let payload =
-                encode_entry(entry).map_err(|error| StorageIOError::write_logs(&error))?;
-            encode_record(&payload, &mut bytes);
-        }
-        let (file, position, io) = {
-            let mut inner = lock(&self.inner);
-            let position = inner.file_bytes;
-            inner.file_bytes += bytes.len() as u64;
-            for entry in entries {
-                inner.entries.insert(entry.log_id.index, entry);
-            }
-            (inner.file.clone(), position, inner.io)
-        };
         // Acknowledged (the callback) only once the bytes are fsynced.
-        let written = run_io(io, move || {
-            file.write_all_at(&bytes, position)?;
-            file.sync_data()
-        })
-        .await;
-        match written {
+        match self.write_entries(entries.into_iter().collect()).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -421,41 +560,73 @@ impl<C: LogConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        {
+        // Entries from `log_id` on go: the segments after the one holding it are deleted
+        // (the last first, so a crash never leaves a gap), and that one is cut at its record.
+        let (fs, dir, io, cut, deleted) = {
             let mut inner = lock(&self.inner);
-            let removed: Vec<u64> = inner
-                .entries
-                .range(log_id.index..)
-                .map(|(index, _)| *index)
-                .collect();
-            for index in removed {
-                inner.entries.remove(&index);
+            let at = log_id.index;
+            inner.entries.split_off(&at);
+            let Some(&(segment, offset)) = inner.locations.get(&at) else {
+                return Ok(());
+            };
+            inner.locations.split_off(&at);
+            let keep = inner
+                .segments
+                .iter()
+                .position(|kept| kept.first == segment)
+                .unwrap_or_else(|| unreachable!("a location names a segment of the log"));
+            let deleted: Vec<LogSegment> = inner.segments.drain(keep + 1..).rev().collect();
+            let active = &mut inner.segments[keep];
+            active.bytes = offset;
+            let cut = active.file.clone();
+            (
+                inner.fs.clone(),
+                inner.dir.clone(),
+                inner.io,
+                (cut, offset),
+                deleted,
+            )
+        };
+        run_io(io, move || {
+            for segment in &deleted {
+                fs.remove_file(&segment.path)?;
             }
-        }
-        self.rewrite()
-            .await
-            .map_err(|error| StorageIOError::write_logs(&error).into())
+            if !deleted.is_empty() {
+                fs.sync_dir(&dir)?;
+            }
+            let (file, offset) = cut;
+            file.set_len(offset)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        // The purged id first: a crash before the rewrite leaves entries that opening drops.
+        // The purged id first: a crash before the segments are deleted leaves entries that
+        // opening drops (and segments it deletes).
         self.save_hard(move |hard| hard.purged = Some(log_id))
             .await
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        {
+        let (fs, dir, io, deleted) = {
             let mut inner = lock(&self.inner);
-            let removed: Vec<u64> = inner
-                .entries
-                .range(..=log_id.index)
-                .map(|(index, _)| *index)
-                .collect();
-            for index in removed {
-                inner.entries.remove(&index);
-            }
+            let after = log_id.index + 1;
+            inner.entries = inner.entries.split_off(&after);
+            inner.locations = inner.locations.split_off(&after);
+            let deleted = Self::take_purged(&mut inner, log_id.index);
+            (inner.fs.clone(), inner.dir.clone(), inner.io, deleted)
+        };
+        if deleted.is_empty() {
+            return Ok(());
         }
-        self.rewrite()
-            .await
-            .map_err(|error| StorageIOError::write_logs(&error).into())
+        run_io(io, move || {
+            for segment in &deleted {
+                fs.remove_file(&segment.path)?;
+            }
+            fs.sync_dir(&dir)
+        })
+        .await
+        .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 }
 
@@ -703,6 +874,8 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
 
 #[cfg(test)]
 mod tests {
+    use openraft::testing::log_id;
+
     use super::*;
 
     #[test]
@@ -730,30 +903,46 @@ mod tests {
     const BLANK_JSON: &str =
         r#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":"Blank"}"#;
 
+    /// The same entry as MessagePack: a map of `log_id` (a map of `leader_id`, itself a map
+    /// of `term` and `node_id`, and `index`) and `payload`, the unit variant's name.
+    const BLANK_MSGPACK: &[u8] = &[
+        0x82, 0xa6, b'l', b'o', b'g', b'_', b'i', b'd', 0x82, 0xa9, b'l', b'e', b'a', b'd', b'e',
+        b'r', b'_', b'i', b'd', 0x82, 0xa4, b't', b'e', b'r', b'm', 0x01, 0xa7, b'n', b'o', b'd',
+        b'e', b'_', b'i', b'd', 0x01, 0xa5, b'i', b'n', b'd', b'e', b'x', 0x01, 0xa7, b'p', b'a',
+        b'y', b'l', b'o', b'a', b'd', 0xa5, b'B', b'l', b'a', b'n', b'k',
+    ];
+
     #[test]
-    fn a_record_is_the_version_octet_and_the_entry_as_json() {
-        // docs/CLUSTER.md, `raft-log`: length, CRC-32 of the payload, version 1, JSON.
+    fn a_record_is_the_version_octet_and_the_entry_as_messagepack() {
+        // docs/CLUSTER.md, `raft-log`: length, CRC-32 of the payload, version 2, MessagePack.
         let entry: Entry<TypeConfig> = serde_json::from_str(BLANK_JSON).expect("an entry");
         let payload = encode_entry(&entry).expect("encodes");
         assert_eq!(payload[0], ENTRY_VERSION);
-        assert_eq!(&payload[1..], BLANK_JSON.as_bytes());
+        assert_eq!(&payload[1..], BLANK_MSGPACK);
         let mut record = Vec::new();
         encode_record(&payload, &mut record);
-        assert_eq!(
-            record[..8],
-            [0x00, 0x00, 0x00, 0x4c, 0x87, 0x52, 0x4b, 0xcc]
-        );
+        assert_eq!(record[..8], RECORD_HEADER_GOLDEN);
         assert_eq!(record[8..], payload[..]);
         assert_eq!(
             decode_entry::<TypeConfig>(&payload).expect("decodes"),
             entry
         );
-        // Records from before the version octet hold the JSON alone.
+        // Version 1 records hold the JSON after the octet; records from before the octet
+        // hold the JSON alone.
+        let mut version_1 = vec![ENTRY_VERSION_JSON];
+        version_1.extend_from_slice(BLANK_JSON.as_bytes());
+        assert_eq!(
+            decode_entry::<TypeConfig>(&version_1).expect("decodes"),
+            entry
+        );
         assert_eq!(
             decode_entry::<TypeConfig>(BLANK_JSON.as_bytes()).expect("decodes"),
             entry
         );
     }
+
+    /// The header of the blank entry's record: payload length 57, its CRC-32.
+    const RECORD_HEADER_GOLDEN: [u8; 8] = [0x00, 0x00, 0x00, 0x39, 0xdf, 0x19, 0x56, 0x5f];
 
     #[test]
     fn a_log_holding_an_unknown_record_version_does_not_open() {
@@ -761,20 +950,179 @@ mod tests {
         let mut bytes = Vec::new();
         encode_record(BLANK_JSON.as_bytes(), &mut bytes);
         let mut future = vec![ENTRY_VERSION + 1];
-        future.extend_from_slice(BLANK_JSON.as_bytes());
+        future.extend_from_slice(BLANK_MSGPACK);
         encode_record(&future, &mut bytes);
         std::fs::write(dir.path().join(LOG_FILE), &bytes).expect("written");
         let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
         let Err(error) = LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline) else {
             panic!("a record of an unknown version was read");
         };
-        assert!(error.to_string().contains("layout version 2"), "{error}");
+        assert!(error.to_string().contains("layout version 3"), "{error}");
 
-        // The old record alone opens, and the log then appends version-1 records after it.
+        // The old record alone opens, and the log then appends version-2 records after it.
         let mut old = Vec::new();
         encode_record(BLANK_JSON.as_bytes(), &mut old);
         std::fs::write(dir.path().join(LOG_FILE), &old).expect("written");
         let store = LogStore::<TypeConfig>::open(fs, dir.path(), Io::Inline).expect("opens");
         assert_eq!(lock(&store.inner).entries.len(), 1);
+    }
+
+    fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+        openraft::testing::blank_ent::<TypeConfig>(term, 1, index)
+    }
+
+    fn log_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .filter(|name| segment_first(name).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn held(store: &LogStore) -> Vec<(u64, u64)> {
+        lock(&store.inner)
+            .entries
+            .values()
+            .map(|entry| (entry.log_id.leader_id.term, entry.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_log_rolls_segments_a_purge_deletes_whole_ones_and_a_truncate_cuts_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let mut store = open().expect("opens");
+        // Every append after the first starts a new segment.
+        store.set_segment_bytes(1);
+        for index in 1..=10 {
+            store
+                .write_entries(vec![blank(1, index)])
+                .await
+                .expect("append");
+        }
+        let mut expected = vec!["raft-log".to_string()];
+        expected.extend((2..=10).map(|first| format!("raft-log.{first:020}")));
+        assert_eq!(log_files(dir.path()), expected);
+        let kept = std::fs::read(dir.path().join(segment_name(5))).expect("segment 5");
+
+        // A purge deletes the segments holding only purged entries, keeps the others as
+        // they were, and a reopened log holds what the store held.
+        store.purge(log_id(1, 1, 4)).await.expect("purge");
+        assert_eq!(log_files(dir.path()), expected[4..].to_vec());
+        assert_eq!(
+            std::fs::read(dir.path().join(segment_name(5))).expect("segment 5"),
+            kept
+        );
+        let after_purge: Vec<(u64, u64)> = (5..=10).map(|index| (1, index)).collect();
+        assert_eq!(held(&store), after_purge);
+        assert_eq!(held(&open().expect("reopens")), after_purge);
+
+        // A truncate deletes the later segments and cuts the one holding its entry.
+        store.truncate(log_id(1, 1, 7)).await.expect("truncate");
+        assert_eq!(log_files(dir.path()), expected[4..7].to_vec());
+        let cut = std::fs::metadata(dir.path().join(segment_name(7))).expect("segment 7");
+        assert_eq!(cut.len(), 0);
+        // The cut segment is appended to again (it is empty), then the next one rolls.
+        store
+            .write_entries(vec![blank(2, 7), blank(2, 8)])
+            .await
+            .expect("append");
+        store
+            .write_entries(vec![blank(2, 9)])
+            .await
+            .expect("append");
+        assert_eq!(
+            log_files(dir.path()).last().map(String::as_str),
+            Some("raft-log.00000000000000000009")
+        );
+        let reopened = open().expect("reopens");
+        assert_eq!(
+            held(&reopened),
+            vec![(1, 5), (1, 6), (2, 7), (2, 8), (2, 9)]
+        );
+        let state = lock(&reopened.inner).hard.purged;
+        assert_eq!(state, Some(log_id(1, 1, 4)));
+    }
+
+    #[tokio::test]
+    async fn only_the_last_segment_may_be_torn() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let store = open().expect("opens");
+        store.set_segment_bytes(1);
+        for index in 1..=3 {
+            store
+                .write_entries(vec![blank(1, index)])
+                .await
+                .expect("append");
+        }
+        drop(store);
+        // A torn tail of the last segment is cut at open.
+        let last = dir.path().join(segment_name(3));
+        let mut bytes = std::fs::read(&last).expect("last");
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        std::fs::write(&last, &bytes).expect("torn");
+        assert_eq!(held(&open().expect("opens")), vec![(1, 1), (1, 2), (1, 3)]);
+        assert_eq!(std::fs::read(&last).expect("last").len(), whole);
+        // Damage in an earlier one stops the open, naming the file.
+        let middle = dir.path().join(segment_name(2));
+        let mut bytes = std::fs::read(&middle).expect("middle");
+        let at = bytes.len() - 1;
+        bytes[at] ^= 1;
+        std::fs::write(&middle, &bytes).expect("damaged");
+        let Err(error) = open() else {
+            panic!("a damaged middle segment was read");
+        };
+        assert!(
+            error.to_string().contains("not the last segment"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn segment_names_sort_by_their_first_index() {
+        assert_eq!(segment_first("raft-log"), Some(0));
+        assert_eq!(segment_first(&segment_name(42)), Some(42));
+        assert_eq!(segment_name(42), "raft-log.00000000000000000042");
+        assert_eq!(segment_first("raft-log.tmp"), None);
+        assert_eq!(segment_first("raft-log.42"), None);
+        assert_eq!(segment_first("raft-log.00000000000000000000"), None);
+        assert_eq!(segment_first("raft-state"), None);
+    }
+
+    /// openraft's storage suite over the log (with a segment per append, so its purges and
+    /// truncates cross segments) and the metadata state machine.
+    struct SuiteBuilder;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, MachineStore, tempfile::TempDir>
+        for SuiteBuilder
+    {
+        async fn build(
+            &self,
+        ) -> std::result::Result<(tempfile::TempDir, LogStore, MachineStore), StorageError<NodeId>>
+        {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+            let log = LogStore::open(fs.clone(), dir.path(), Io::Inline).expect("log");
+            log.set_segment_bytes(1);
+            let machine = MachineStore::open(fs, dir.path(), Io::Inline).expect("machine");
+            Ok((dir, log, machine))
+        }
+    }
+
+    #[test]
+    fn the_stores_pass_openraft_s_storage_suite() {
+        openraft::testing::Suite::test_all(SuiteBuilder).expect("suite");
     }
 }

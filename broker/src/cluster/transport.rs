@@ -1,16 +1,17 @@
 //! RPCs between nodes over TCP (issue #20): the internal listener (`--cluster-peers` gives
 //! each node's `HOST:PORT`) and the client side openraft's connections use.
 //!
-//! A frame is `[length u32 BE][JSON]`, at most [`FRAME_BYTES_MAX`]. A request is an
-//! [`Envelope`] (the sender's cluster id, the sender, the intended receiver, the
-//! [`RaftRpc`]); the answer is one [`RaftReply`]. The listener refuses a request meant for
-//! another node id or coming from another cluster; a node not yet in a cluster adopts the
-//! cluster id of the first member that writes to it.
+//! A frame is `[length u32 BE][body]`, at most [`FRAME_BYTES_MAX`], the body
+//! `[BODY_ENCODING = 1][MessagePack]` ([`codec`]). A request is an [`Envelope`] (the
+//! sender's cluster id, the sender, the intended receiver, the [`RaftRpc`]); the answer is
+//! one [`RaftReply`]. The listener refuses a request meant for another node id or coming
+//! from another cluster; a node not yet in a cluster adopts the cluster id of the first
+//! member that writes to it.
 //!
 //! With a shared secret (`cluster_secret_file`), the listener first sends a 16-byte nonce
 //! of its own on each connection, and every frame's body, both ways, starts with a 32-byte
 //! HMAC-SHA256 under the secret of `[nonce][direction u8: 0 request, 1 reply][sequence u64
-//! BE, counted per direction from 0][JSON]`. A frame whose MAC does not verify closes the
+//! BE, counted per direction from 0][body]`. A frame whose MAC does not verify closes the
 //! connection: a node without the secret, or with another one, cannot be served, and a
 //! recorded frame cannot be replayed on another connection or out of order.
 
@@ -27,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::codec;
 use super::identity::Identity;
 use super::metadata::NodeId;
 use super::raft::{Cluster, RaftReply, RaftRpc, Transport};
@@ -155,24 +157,23 @@ impl Link {
     }
 
     async fn write<T: Serialize>(&mut self, direction: u8, value: &T) -> std::io::Result<()> {
-        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-        let mac = self.seal.as_ref().map(|(secret, nonce)| {
-            let mut mac = secret.mac(nonce, direction, self.sent);
-            mac.update(&body);
-            mac.finalize().into_bytes()
-        });
-        let length = body.len() + mac.as_ref().map_or(0, |mac| mac.len());
+        // Length and MAC first as placeholders, so the body is encoded in place.
+        let head = 4 + if self.seal.is_some() { MAC_BYTES } else { 0 };
+        let mut frame = vec![0u8; head];
+        frame.push(BODY_ENCODING);
+        codec::encode_into(value, &mut frame)?;
+        let length = frame.len() - 4;
         if length > FRAME_BYTES_MAX {
             return Err(std::io::Error::other(format!(
                 "frame of {length} bytes exceeds {FRAME_BYTES_MAX}"
             )));
         }
-        let mut frame = Vec::with_capacity(4 + length);
-        frame.extend_from_slice(&(length as u32).to_be_bytes());
-        if let Some(mac) = &mac {
-            frame.extend_from_slice(mac);
+        frame[..4].copy_from_slice(&(length as u32).to_be_bytes());
+        if let Some((secret, nonce)) = &self.seal {
+            let mut mac = secret.mac(nonce, direction, self.sent);
+            mac.update(&frame[head..]);
+            frame[4..head].copy_from_slice(&mac.finalize().into_bytes());
         }
-        frame.extend_from_slice(&body);
         self.stream.write_all(&frame).await?;
         self.sent += 1;
         Ok(())
@@ -209,17 +210,49 @@ impl Link {
             }
         };
         self.received += 1;
-        serde_json::from_slice(body).map_err(std::io::Error::other)
+        decode_body(body)
     }
 }
 
-/// Decodes a request's JSON (the listener's decoder of untrusted bytes; fuzzed by
-/// `fuzz/fuzz_targets/decode_cluster_envelope.rs`).
+/// The first byte of a frame's body: its encoding, MessagePack ([`codec`]).
+pub const BODY_ENCODING: u8 = 1;
+
+/// A frame's body: [`BODY_ENCODING`], then the value.
 ///
 /// # Errors
-/// serde's description of what does not parse.
+/// Another first byte (a JSON body, `{`, comes from a build before the binary wire), or
+/// bytes that do not decode as a `T`.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> std::io::Result<T> {
+    match body.split_first() {
+        Some((&BODY_ENCODING, value)) => codec::decode(value),
+        Some((b'{', _)) => Err(std::io::Error::other(
+            "a frame in JSON: the peer runs a Wharf build from before the binary internal wire \
+             (2026-12-05); run one build on every node",
+        )),
+        Some((other, _)) => Err(std::io::Error::other(format!(
+            "a frame of body encoding {other}; this build reads {BODY_ENCODING} (MessagePack)"
+        ))),
+        None => Err(std::io::Error::other("an empty frame")),
+    }
+}
+
+/// The body of a request frame to an [`Envelope`] (the listener's decoder of untrusted
+/// bytes; fuzzed by `fuzz/fuzz_targets/decode_cluster_envelope.rs`).
+///
+/// # Errors
+/// What [`decode_body`] says does not decode.
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, String> {
-    serde_json::from_slice(bytes).map_err(|error| error.to_string())
+    decode_body(bytes).map_err(|error| error.to_string())
+}
+
+/// A request's frame body (the inverse of [`decode_envelope`]).
+///
+/// # Errors
+/// A value serde cannot encode.
+pub fn encode_body<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let mut body = vec![BODY_ENCODING];
+    codec::encode_into(value, &mut body)?;
+    Ok(body)
 }
 
 /// The client side: one pooled connection set per address.
@@ -506,5 +539,71 @@ mod tests {
         assert!(Secret::from_text("  short \n").is_err());
         let secret = Secret::from_text("sixteen bytes ok\n").expect("secret");
         assert_eq!(format!("{secret:?}"), "Secret(..)");
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_its_length_the_encoding_octet_and_messagepack() {
+        let bound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = bound.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut raw, _) = bound.accept().await.expect("accept");
+        let mut client = Link::new(stream, None);
+        let envelope = Envelope {
+            cluster_id: None,
+            from: 1,
+            to: 2,
+            rpc: RaftRpc::Hello,
+        };
+        client.write(REQUEST, &envelope).await.expect("write");
+        let mut frame = vec![0u8; 64];
+        let read = raw.read(&mut frame).await.expect("read");
+        let mut expected = vec![0, 0, 0, 0, BODY_ENCODING];
+        // fixmap of 4: "cluster_id" nil, "from" 1, "to" 2, "rpc" "Hello".
+        expected.push(0x84);
+        expected.push(0xa0 | 10);
+        expected.extend_from_slice(b"cluster_id");
+        expected.push(0xc0);
+        expected.extend_from_slice(&[0xa4, b'f', b'r', b'o', b'm', 1]);
+        expected.extend_from_slice(&[0xa2, b't', b'o', 2]);
+        expected.extend_from_slice(&[0xa3, b'r', b'p', b'c', 0xa5]);
+        expected.extend_from_slice(b"Hello");
+        let length = (expected.len() - 4) as u32;
+        expected[..4].copy_from_slice(&length.to_be_bytes());
+        assert_eq!(&frame[..read], &expected[..]);
+        let decoded = decode_envelope(&expected[4..]).expect("decodes");
+        assert_eq!((decoded.from, decoded.to), (1, 2));
+        assert!(matches!(decoded.rpc, RaftRpc::Hello));
+        assert_eq!(encode_body(&envelope).expect("encodes"), &expected[4..]);
+    }
+
+    #[test]
+    fn a_json_body_or_an_unknown_encoding_is_refused_by_name() {
+        let json = br#"{"cluster_id":null,"from":1,"to":2,"rpc":"Hello"}"#;
+        let error = decode_envelope(json).expect_err("JSON refused");
+        assert!(error.contains("a frame in JSON"), "{error}");
+        let error = decode_envelope(&[9, 0x80]).expect_err("unknown refused");
+        assert!(error.contains("body encoding 9"), "{error}");
+        assert!(decode_envelope(&[]).is_err());
+        assert!(decode_envelope(&[BODY_ENCODING, 0x80]).is_err());
+    }
+
+    #[test]
+    fn the_fuzz_seeds_decode() {
+        // fuzz/seeds/decode_cluster_envelope: each `.msgpack` seed is a valid request body,
+        // so the fuzzer starts from inputs that reach deep into the decoder.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds/decode_cluster_envelope");
+        let mut decoded = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|ext| ext == "msgpack") {
+                let bytes = std::fs::read(&path).expect("seed");
+                let envelope = decode_envelope(&bytes)
+                    .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                assert_eq!(encode_body(&envelope).expect("encodes"), bytes);
+                decoded += 1;
+            }
+        }
+        assert!(decoded >= 4, "{decoded} seeds");
     }
 }
