@@ -5,8 +5,9 @@
     confluent_replicated.py produce BOOTSTRAP TOPIC START COUNT
     confluent_replicated.py consume BOOTSTRAP TOPIC COUNT
 
-create: makes TOPIC, one partition with replication factor 3, and waits until BOOTSTRAP's
-metadata lists it with three replicas; prints {"leader": id, "replicas": [ids]}.
+create: makes TOPIC, one partition with the broker's default replication factor (none
+asked for: Kafka's -1), and waits until BOOTSTRAP's metadata lists it with three replicas
+(the default of a cluster of three); prints {"leader": id, "replicas": [ids]}.
 produce: an idempotent acks=all producer writes values "vSTART" .. "v(START+COUNT-1)" in
 order; it retries through a failover (message.timeout.ms 60 s); prints {"acked": [[offset,
 value], ...], "failed": [errors]} in delivery order.
@@ -28,9 +29,8 @@ def metadata(bootstrap, topic):
 
 def create(bootstrap, topic):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result(
-        timeout=30
-    )
+    # No replication_factor: the cluster's default (3 from three nodes on) is what is tested.
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(timeout=30)
     deadline = time.time() + 30
     while True:
         described = metadata(bootstrap, topic).topics.get(topic)

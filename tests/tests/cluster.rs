@@ -1128,8 +1128,10 @@ fn assert_acked_in_order(answer: &Value, start: u64, count: u64, what: &str) {
 
 #[test]
 fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_killed() {
-    // Goal: issue #21's first promise for streams. A partition with replication factor 3
-    // answers acks=all only once a majority of its replicas has the records; when its
+    // Goal: issue #21's first promise for streams. A topic created with no replication
+    // factor in a cluster of three gets the default, 3 (registered nodes first, so the
+    // metadata applies the create with three nodes). Its partition answers acks=all only
+    // once a majority of its replicas has the records; when its
     // leader is SIGKILLed, another replica is elected, the metadata routes librdkafka to
     // it, and every acknowledged record is still there, once, in order. Method: an
     // idempotent confluent-kafka producer writes 200 records, the leader is killed, 200

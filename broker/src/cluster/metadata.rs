@@ -17,6 +17,11 @@ use super::placement;
 /// A node's id in the cluster (`--node-id`).
 pub type NodeId = u64;
 
+/// The replication factor of a topic created without one (Kafka's `replication_factor`
+/// -1, a native create, an auto-created topic) in a cluster of at least this many nodes;
+/// a smaller cluster gives such a topic 1.
+pub const DEFAULT_FACTOR: u32 = 3;
+
 /// A node as the metadata knows it: where its listeners are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -95,7 +100,8 @@ pub enum MetadataCommand {
     RegisterNode { node_id: NodeId, info: NodeInfo },
     /// Forgets a node; its replicas move to the others (as [`MetadataCommand::Rebalance`]).
     RemoveNode { node_id: NodeId },
-    /// Creates a topic, placing `replication_factor` replicas of each partition.
+    /// Creates a topic, placing `replication_factor` replicas of each partition (0: the
+    /// cluster's default, [`DEFAULT_FACTOR`] once it has that many nodes, else 1).
     CreateTopic {
         name: String,
         partitions: u32,
@@ -429,11 +435,14 @@ impl MetadataState {
     }
 
     /// The replication factor to place with: 1 to the node count (a cluster with no
-    /// registered node places on node 1, the lone broker).
+    /// registered node places on node 1, the lone broker); 0 asks for the default, decided
+    /// here, when the command is applied, so every node places alike.
     fn check_factor(&self, requested: u32) -> Result<usize, MetadataError> {
         let nodes = self.nodes.len().max(1);
         match requested as usize {
-            0 => Ok(nodes.min(3)),
+            // Two replicas would make a majority of both: a cluster of two keeps one.
+            0 if nodes >= DEFAULT_FACTOR as usize => Ok(DEFAULT_FACTOR as usize),
+            0 => Ok(1),
             factor if factor <= nodes => Ok(factor),
             factor => Err(MetadataError::Invalid(format!(
                 "replication factor {factor} is more than the {nodes} nodes of the cluster"
@@ -503,6 +512,39 @@ mod tests {
             configs: BTreeMap::new(),
             topic_id: None,
         }
+    }
+
+    #[test]
+    fn a_topic_without_a_factor_gets_three_replicas_from_three_nodes_on_and_one_below() {
+        let factors = |state: &MetadataState, name: &str| -> Vec<usize> {
+            state.topics[name]
+                .partitions
+                .iter()
+                .map(|placed| placed.replicas.len())
+                .collect()
+        };
+        let mut state = MetadataState::default();
+        state.apply(&create("alone", 2, 0));
+        assert_eq!(factors(&state, "alone"), vec![1, 1]);
+        for id in 1..=2 {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id: id,
+                info: node(7000 + id as u16),
+            });
+        }
+        state.apply(&create("two", 2, 0));
+        assert_eq!(factors(&state, "two"), vec![1, 1]);
+        for id in 3..=5 {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id: id,
+                info: node(7000 + id as u16),
+            });
+        }
+        state.apply(&create("five", 3, 0));
+        assert_eq!(factors(&state, "five"), vec![3, 3, 3]);
+        // A factor asked for is kept (up to the node count).
+        state.apply(&create("asked", 1, 5));
+        assert_eq!(factors(&state, "asked"), vec![5]);
     }
 
     #[test]

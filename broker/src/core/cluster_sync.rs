@@ -37,9 +37,12 @@ use super::queue_ops::blocking as queue_blocking;
 use super::stream_ops::blocking;
 use super::Broker;
 
-/// Replicas per partition and queue recorded in the metadata: 1 until the data itself is
-/// replicated (issue #21).
-const REPLICATION_FACTOR: u32 = 1;
+/// Replicas per queue recorded in the metadata: 1 until queues are replicated (issue #21).
+const QUEUE_REPLICATION_FACTOR: u32 = 1;
+/// The factor a topic created without one is proposed with: 0, the cluster's default
+/// (`cluster::metadata::DEFAULT_FACTOR` replicas once it has that many nodes, else 1),
+/// decided when the metadata log applies the create.
+const TOPIC_DEFAULT_FACTOR: u32 = 0;
 /// How long a proposer waits for its committed definition to be applied on its own node.
 const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -215,7 +218,7 @@ impl Broker {
         let command = MetadataCommand::CreateTopic {
             name: name.to_string(),
             partitions,
-            replication_factor: replication_factor.unwrap_or(REPLICATION_FACTOR),
+            replication_factor: replication_factor.unwrap_or(TOPIC_DEFAULT_FACTOR),
             configs: configs.iter().cloned().collect::<BTreeMap<_, _>>(),
             topic_id: Some(topic_id),
         };
@@ -306,7 +309,7 @@ impl Broker {
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareQueue {
             name: name.to_string(),
-            replication_factor: REPLICATION_FACTOR,
+            replication_factor: QUEUE_REPLICATION_FACTOR,
             arguments: pairs.iter().cloned().collect(),
         };
         Self::propose_declare(cluster, command).await?;

@@ -745,18 +745,27 @@ async fn create_topics(
     }
     let mode = admin::mode(request.validate_only);
     for (name, outcome) in broker.create_topics(caller, wanted, mode).await {
-        results.push(created_topic(name, outcome));
+        // The factor the metadata placed it with (the cluster's default when not asked).
+        let factor = broker
+            .routing()
+            .and_then(|routing| routing.partition(&name, 0))
+            .map_or(1, |placed| placed.replicas.len());
+        results.push(created_topic(name, outcome, factor));
     }
     CreateTopicsResponse::default().with_topics(results)
 }
 
-fn created_topic(name: String, outcome: Result<TopicInfo, StreamError>) -> CreatableTopicResult {
+fn created_topic(
+    name: String,
+    outcome: Result<TopicInfo, StreamError>,
+    factor: usize,
+) -> CreatableTopicResult {
     let result = CreatableTopicResult::default().with_name(topic_name(&name));
     match outcome {
         Ok(info) => result
             .with_topic_id(Uuid::from_bytes(info.topic_id))
             .with_num_partitions(i32::try_from(info.partitions).unwrap_or(i32::MAX))
-            .with_replication_factor(1),
+            .with_replication_factor(i16::try_from(factor).unwrap_or(i16::MAX)),
         Err(error) => result
             .with_error_code(error_code::stream(&error))
             .with_error_message(Some(text(&error.to_string())))
