@@ -95,8 +95,8 @@ pub use auth_ops::{
 };
 pub use group_ops::{CommitError, GroupAdminError, PlannedOffset};
 pub use observe_ops::{
-    GroupObserved, Observed, PartitionLag, PartitionObserved, Readiness, LAG_SERIES_MAX,
-    PARTITION_SERIES_MAX, QUEUE_SERIES_MAX,
+    GroupObserved, Observed, PartitionLag, PartitionObserved, PartitionReplicas, Readiness,
+    LAG_SERIES_MAX, PARTITION_SERIES_MAX, QUEUE_SERIES_MAX,
 };
 pub use queue_ops::{
     BatchCompletion, Mandatory, PublishCompletion, PublishOutcome, PublishQuery, PublishedBatch,

@@ -395,6 +395,7 @@ from_response! {
     ListUsers => ListUsersResponse,
     CreateAcls => AclAdminResponse,
     DescribeCluster => DescribeClusterResponse,
+    DescribeReplicas => DescribeReplicasResponse,
 }
 
 /// One body type answers DescribeAcls and DeleteAcls (issue #18).

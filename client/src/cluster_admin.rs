@@ -1,4 +1,5 @@
-//! The cluster calls on [`Admin`] (issue #20): DescribeCluster, AddNode and RemoveNode.
+//! The cluster calls on [`Admin`] (issues #20 and #21): DescribeCluster, AddNode,
+//! RemoveNode and DescribeReplicas.
 
 use wharf_protocol::messages::*;
 use wharf_protocol::Request;
@@ -28,7 +29,96 @@ pub struct ClusterDescription {
     pub nodes: Vec<(u64, String, bool)>,
 }
 
+/// One partition's replicas ([`Admin::describe_replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    /// The partition number.
+    pub partition: u32,
+    /// The nodes holding a replica.
+    pub replicas: Vec<u64>,
+    /// The leader, if one is known.
+    pub leader: Option<u64>,
+    /// The term of the partition's group (0: not replicated).
+    pub term: u64,
+    /// As the leader sees them: each follower's node, entries behind, and whether it is in
+    /// sync. Empty when the leader could not be asked, or for an unreplicated partition.
+    pub followers: Vec<(u64, u64, bool)>,
+}
+
 impl Admin {
+    /// Where `topic`'s partitions are replicated, with each follower's lag as the
+    /// partition's leader reports it: the bootstrap node answers first, then each other
+    /// node leading a replicated partition is asked for its view (a leader that cannot be
+    /// reached leaves that partition's followers empty).
+    ///
+    /// # Errors
+    /// The bootstrap node's refusal (an unknown topic, a denied Describe), or a connection
+    /// error to it.
+    pub async fn describe_replicas(&self, topic: &str) -> Result<Vec<PartitionReplicas>> {
+        let ask = |target: Target| async move {
+            let response: DescribeReplicasResponse = self
+                .client
+                .call_unchecked(
+                    target,
+                    Request::DescribeReplicas(DescribeReplicasRequest {
+                        topic: topic.to_string(),
+                    }),
+                )
+                .await?;
+            check_code(response.error, response.error_message.clone())?;
+            Ok::<_, crate::Error>(response)
+        };
+        let first = ask(Target::Any).await?;
+        let mut partitions: Vec<PartitionReplicas> = first
+            .partitions
+            .into_iter()
+            .map(|entry| PartitionReplicas {
+                partition: entry.partition,
+                replicas: entry.replicas,
+                leader: u64::try_from(entry.leader).ok(),
+                term: entry.term,
+                followers: entry
+                    .followers
+                    .into_iter()
+                    .map(|follower| (follower.node_id, follower.lag_entries, follower.in_sync))
+                    .collect(),
+            })
+            .collect();
+        let others: std::collections::BTreeSet<u64> = partitions
+            .iter()
+            .filter(|partition| partition.replicas.len() > 1)
+            .filter_map(|partition| partition.leader)
+            .filter(|leader| *leader != first.node_id)
+            .collect();
+        for leader in others {
+            let Ok(node) = i32::try_from(leader) else {
+                continue;
+            };
+            let Ok(answer) = ask(Target::Node(node)).await else {
+                continue;
+            };
+            for entry in answer.partitions {
+                // Only the leader's own view of a partition it leads has the followers.
+                if entry.leader != answer.node_id as i64 {
+                    continue;
+                }
+                if let Some(partition) = partitions
+                    .iter_mut()
+                    .find(|partition| partition.partition == entry.partition)
+                {
+                    partition.leader = Some(answer.node_id);
+                    partition.term = entry.term;
+                    partition.followers = entry
+                        .followers
+                        .into_iter()
+                        .map(|follower| (follower.node_id, follower.lag_entries, follower.in_sync))
+                        .collect();
+                }
+            }
+        }
+        Ok(partitions)
+    }
+
     /// The answering node's view of the cluster.
     ///
     /// # Errors

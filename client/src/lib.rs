@@ -72,7 +72,7 @@ pub use auth::Credentials;
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use cluster::Client;
-pub use cluster_admin::ClusterDescription;
+pub use cluster_admin::{ClusterDescription, PartitionReplicas};
 pub use config::{ClientConfig, DEFAULT_BROKER};
 pub use consumer::{CommitPolicy, Consumer, ConsumerConfig, ConsumerGroupMetadata, OffsetReset};
 pub use error::{Error, Result};

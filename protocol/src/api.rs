@@ -87,12 +87,14 @@ wire_enum! {
         AddNode = 56,
         /// Removes a node from the cluster.
         RemoveNode = 57,
+        /// A topic's replicas and their lag (issue #21).
+        DescribeReplicas = 58,
     }
 }
 
 /// Every api with the versions this build speaks. Subscribe v1 asks for deliveries as
 /// `DeliverBatch` pushes; v0 gets one `Deliver` push per message.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 52] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 53] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -145,6 +147,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 52] = [
     (ApiKey::DescribeCluster, 0, 0),
     (ApiKey::AddNode, 0, 0),
     (ApiKey::RemoveNode, 0, 0),
+    (ApiKey::DescribeReplicas, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -327,6 +330,7 @@ api_enums! {
     DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
     AddNode => AddNodeRequest, StreamAdminResponse;
     RemoveNode => RemoveNodeRequest, StreamAdminResponse;
+    DescribeReplicas => DescribeReplicasRequest, DescribeReplicasResponse;
 }
 
 /// The version this build sends `api_key` at: the newest it speaks (0 for a push).

@@ -1387,3 +1387,50 @@ wire_struct! {
         pub node_id: u64,
     }
 }
+
+wire_struct! {
+    /// DescribeReplicas: where `topic`'s partitions are replicated and how far each replica
+    /// is behind, as the answering node knows it (issue #21).
+    pub struct DescribeReplicasRequest {
+        pub topic: String,
+    }
+}
+
+wire_struct! {
+    /// One follower of a replicated partition, as its leader sees it.
+    pub struct ReplicaFollowerEntry {
+        pub node_id: u64,
+        /// Entries of the leader's log it does not have yet.
+        pub lag_entries: u64,
+        /// It has every entry the leader applied (every record a consumer can read).
+        pub in_sync: bool,
+    }
+}
+
+wire_struct! {
+    /// One partition's replicas.
+    pub struct ReplicaPartitionEntry {
+        pub partition: u32,
+        /// The nodes holding a replica (the metadata's placement); one for an unreplicated
+        /// partition.
+        pub replicas: Vec<u64>,
+        /// The leader the answering node knows, -1 for none.
+        pub leader: i64,
+        /// The answering node's term of the partition's group (0: not replicated).
+        pub term: u64,
+        /// Each follower's lag, when the answering node leads the partition; empty
+        /// otherwise (ask the leader).
+        pub followers: Vec<ReplicaFollowerEntry>,
+    }
+}
+
+wire_struct! {
+    /// DescribeReplicas answer.
+    pub struct DescribeReplicasResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        /// The node that answered.
+        pub node_id: u64,
+        pub partitions: Vec<ReplicaPartitionEntry>,
+    }
+}

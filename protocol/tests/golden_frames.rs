@@ -34,6 +34,9 @@ use wharf_protocol::messages::{
 };
 use wharf_protocol::messages::{DeliverBatchPush, DeliveryMark, SubscribeRequest};
 use wharf_protocol::messages::{
+    DescribeReplicasRequest, DescribeReplicasResponse, ReplicaFollowerEntry, ReplicaPartitionEntry,
+};
+use wharf_protocol::messages::{
     SaslAuthenticateResponse, SaslHandshakeRequest, ScramCredentialUpsert, UserCredentialsRequest,
 };
 use wharf_protocol::{ApiKey, ErrorCode, Request, Response};
@@ -1211,6 +1214,71 @@ fn golden_describe_cluster_request_and_response() {
         0, 0, 0, 0, 0, 0, 0, 1, //       node_id u64 = 1
         0x00, 0x03, b'h', b':', b'1', // address string = "h:1"
         0x01,                   //       voter bool = true
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_describe_replicas_request_and_response() {
+    let request = Request::DescribeReplicas(DescribeReplicasRequest {
+        topic: "t".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0b, // @0  length u32 = 11 (8 header bytes + 3 body bytes)
+        0x00, 0x3a,             // @4  api_key u16 = 58 (DescribeReplicas)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7
+        // ---- DescribeReplicasRequest body, 3 bytes ----
+        0x00, 0x01, b't',       //     topic string = "t"
+    ];
+    check_request(&request, 7, &golden);
+
+    let response = Response::DescribeReplicas(DescribeReplicasResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        node_id: 1,
+        partitions: vec![ReplicaPartitionEntry {
+            partition: 0,
+            replicas: vec![1, 2],
+            leader: 1,
+            term: 3,
+            followers: vec![ReplicaFollowerEntry {
+                node_id: 2,
+                lag_entries: 5,
+                in_sync: false,
+            }],
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::DescribeReplicas.code(),
+        api_version: 0,
+        correlation_id: 7,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x55, // @0  length u32 = 85 (8 header bytes + 77 body bytes)
+        0x00, 0x3a,             // @4  api_key u16 = 58 (DescribeReplicas), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x07, // @8  correlation_id u32 = 7, echoed
+        // ---- DescribeReplicasResponse body, 77 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null
+        0, 0, 0, 0, 0, 0, 0, 1, //     node_id u64 = 1
+        0x00, 0x00, 0x00, 0x01, //     partitions array count u32 = 1
+        // partitions[0]: ReplicaPartitionEntry, 61 bytes
+        0x00, 0x00, 0x00, 0x00, //     partition u32 = 0
+        0x00, 0x00, 0x00, 0x02, //     replicas array count u32 = 2
+        0, 0, 0, 0, 0, 0, 0, 1, //     replicas[0] u64 = 1
+        0, 0, 0, 0, 0, 0, 0, 2, //     replicas[1] u64 = 2
+        0, 0, 0, 0, 0, 0, 0, 1, //     leader i64 = 1
+        0, 0, 0, 0, 0, 0, 0, 3, //     term u64 = 3
+        0x00, 0x00, 0x00, 0x01, //     followers array count u32 = 1
+        0, 0, 0, 0, 0, 0, 0, 2, //     followers[0].node_id u64 = 2
+        0, 0, 0, 0, 0, 0, 0, 5, //     followers[0].lag_entries u64 = 5
+        0x00,                   //     followers[0].in_sync bool = false
     ];
     check_response(&response, header, &golden);
 }

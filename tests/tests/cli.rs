@@ -74,6 +74,31 @@ fn topics_are_listed_described_and_deleted() {
         3,
         "{described}"
     );
+    // A lone broker's partitions each have one replica, itself, in sync (DescribeReplicas).
+    for partition in json["partitions"].as_array().expect("partitions") {
+        let leader = partition["leader"].clone();
+        assert_eq!(
+            partition["replicas"],
+            serde_json::json!([leader]),
+            "{described}"
+        );
+        assert_eq!(
+            partition["in_sync"],
+            serde_json::json!([leader]),
+            "{described}"
+        );
+        assert_eq!(partition["term"], 0, "{described}");
+        assert_eq!(partition["followers"], serde_json::json!([]), "{described}");
+    }
+    let text = wharf_ok(&address, &["topic", "describe", "alpha"], "");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|_| text.contains("REPLICAS")
+                && text.contains("IN-SYNC")
+                && text.contains("MAX-LAG")),
+        "{text}"
+    );
     wharf_ok(&address, &["topic", "delete", "beta"], "");
     let listed = wharf_ok(&address, &["topic", "list"], "");
     assert!(!listed.contains("beta"), "{listed}");

@@ -193,6 +193,34 @@ fn catalog(broker: &str) -> (Vec<(String, u64)>, Vec<String>) {
     (topics, queues)
 }
 
+/// Partition 0 of `topic` as `wharf --json topic describe` on `broker` shows it, once its
+/// in-sync nodes are `in_sync` and each of them has no lag (within 20 s).
+fn replicas_settled(broker: &str, topic: &str, in_sync: &[u64]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = wharf(broker, &["--json", "topic", "describe", topic], "");
+        let described: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(
+            |_| serde_json::json!({ "stderr": String::from_utf8_lossy(&output.stderr) }),
+        );
+        let partition = described["partitions"][0].clone();
+        let settled = partition["in_sync"] == serde_json::json!(in_sync)
+            && partition["followers"].as_array().is_some_and(|followers| {
+                followers
+                    .iter()
+                    .filter(|follower| follower["in_sync"] == true)
+                    .all(|follower| follower["lag_entries"] == 0)
+            });
+        if settled {
+            return partition;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} never showed in-sync replicas {in_sync:?} on {broker}: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The override of `key` that `wharf topic describe` shows for `topic` on `broker`.
 fn topic_override(broker: &str, topic: &str, key: &str) -> Option<String> {
     let output = wharf(broker, &["--json", "topic", "describe", topic], "");
@@ -1151,6 +1179,18 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
 
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
     assert_acked_in_order(&written, 0, 200, "before the failover");
+    // `wharf topic describe` (DescribeReplicas) shows the three replicas, all in sync with
+    // no lag once the followers applied what the leader did.
+    let described = replicas_settled(&addresses[0], topic, &[1, 2, 3]);
+    assert_eq!(
+        described["replicas"],
+        serde_json::json!([1, 2, 3]),
+        "{described}"
+    );
+    assert!(
+        described["term"].as_u64().is_some_and(|term| term >= 1),
+        "{described}"
+    );
     // The leader now: the group's election may have picked another replica than the
     // placement's first, which then recorded itself in the metadata.
     let first_leader = u64::try_from(native_leaders(&addresses[0], topic)[0]).expect("a leader");
@@ -1182,6 +1222,21 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     );
     let written = replicated_client(&["produce", &kafka[survivor], topic, "200", "200"]);
     assert_acked_in_order(&written, 200, 200, "after the leader was killed");
+    // The new leader reports the killed node behind and out of sync, the other in sync.
+    let in_sync: Vec<u64> = (1..=3).filter(|node| *node != first_leader).collect();
+    let described = replicas_settled(&addresses[survivor], topic, &in_sync);
+    let dead = described["followers"]
+        .as_array()
+        .expect("followers")
+        .iter()
+        .find(|follower| follower["node"] == first_leader)
+        .cloned()
+        .expect("the killed node is a follower");
+    assert_eq!(dead["in_sync"], false, "{described}");
+    assert!(
+        dead["lag_entries"].as_u64().is_some_and(|lag| lag > 0),
+        "{described}"
+    );
     let read = replicated_client(&["consume", &kafka[survivor], topic, "400"]);
     let second_leader = read["leader"].as_u64().expect("a leader");
     assert_ne!(

@@ -22,6 +22,20 @@ pub const GROUP_SERIES_MAX: usize = 10_000;
 /// Most queues reported per scrape.
 pub const QUEUE_SERIES_MAX: usize = 2_000;
 
+/// One partition's replicas as this node knows them ([`Broker::describe_replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    pub partition: u32,
+    /// The nodes holding a replica (the metadata's placement).
+    pub replicas: Vec<u64>,
+    /// The leader this node knows.
+    pub leader: Option<u64>,
+    /// This node's term of the partition's group (0: not replicated).
+    pub term: u64,
+    /// On the leader: each follower's node, lag in entries, and whether it is in sync.
+    pub followers: Vec<(u64, u64, bool)>,
+}
+
 /// Whether the broker should receive traffic (Kubernetes' readiness).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -206,6 +220,71 @@ impl Broker {
             }
         }
         partitions
+    }
+
+    /// Where each of `topic`'s partitions is replicated and how far each follower is behind,
+    /// as this node knows it (Describe on the topic). A partition this node's member leads
+    /// carries its followers' lag; elsewhere the followers are empty (its leader has them).
+    /// Without a cluster, or for a partition with one replica, the replica is this node
+    /// (`this_node`) at term 0.
+    ///
+    /// # Errors
+    /// `Unauthorized`, or an unknown topic.
+    pub fn describe_replicas(
+        &self,
+        caller: &Session,
+        topic: &str,
+        this_node: u64,
+    ) -> Result<Vec<PartitionReplicas>, crate::streams::StreamError> {
+        self.check(
+            caller,
+            crate::acl::Operation::Describe,
+            crate::acl::ResourceType::Topic,
+            topic,
+        )?;
+        let info = self
+            .streams
+            .topics()
+            .get(topic)
+            .ok_or_else(|| crate::streams::StreamError::UnknownTopic(topic.to_string()))?;
+        let routing = self.routing();
+        Ok((0..info.partitions)
+            .map(|partition| {
+                let placed = routing
+                    .as_ref()
+                    .and_then(|routing| routing.partition(topic, partition));
+                let status = routing
+                    .as_ref()
+                    .and_then(|routing| routing.replica_status(topic, partition));
+                match (placed, status) {
+                    (Some(placed), Some(status)) => PartitionReplicas {
+                        partition,
+                        replicas: placed.replicas,
+                        leader: status.leader,
+                        term: status.term,
+                        followers: status
+                            .followers
+                            .iter()
+                            .map(|follower| (follower.node, follower.lag_entries, follower.in_sync))
+                            .collect(),
+                    },
+                    (Some(placed), None) => PartitionReplicas {
+                        partition,
+                        replicas: placed.replicas,
+                        leader: placed.leader,
+                        term: 0,
+                        followers: Vec::new(),
+                    },
+                    (None, _) => PartitionReplicas {
+                        partition,
+                        replicas: vec![this_node],
+                        leader: Some(this_node),
+                        term: 0,
+                        followers: Vec::new(),
+                    },
+                }
+            })
+            .collect())
     }
 
     fn observe_replicas(&self, left_out: &mut u64) -> Vec<ReplicaObserved> {

@@ -130,6 +130,16 @@ impl Routing<'_> {
         })
     }
 
+    /// This node's member's view of `topic`'s `partition`'s group (None for a partition
+    /// that is not replicated, or whose member is not running here).
+    pub fn replica_status(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Option<crate::cluster::replica::ReplicaStatus> {
+        Some(self.member(topic, partition)?.status())
+    }
+
     /// The metadata log's record of `topic`'s `partition`.
     fn placed(&self, topic: &str, partition: u32) -> Option<&crate::cluster::metadata::Replicas> {
         self.state

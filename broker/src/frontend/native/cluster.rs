@@ -1,8 +1,9 @@
-//! The native front end's cluster requests (issue #20): DescribeCluster, AddNode,
-//! RemoveNode, each → a core call.
+//! The native front end's cluster requests (issues #20 and #21): DescribeCluster, AddNode,
+//! RemoveNode, DescribeReplicas, each → a core call.
 
 use wharf_protocol::messages::{
-    AddNodeRequest, ClusterNodeEntry, DescribeClusterResponse, RemoveNodeRequest,
+    AddNodeRequest, ClusterNodeEntry, DescribeClusterResponse, DescribeReplicasRequest,
+    DescribeReplicasResponse, RemoveNodeRequest, ReplicaFollowerEntry, ReplicaPartitionEntry,
     StreamAdminResponse,
 };
 use wharf_protocol::ErrorCode;
@@ -95,4 +96,44 @@ pub async fn remove_node(
     request: RemoveNodeRequest,
 ) -> StreamAdminResponse {
     answer(broker.remove_node(caller, request.node_id).await)
+}
+
+/// DescribeReplicas: the topic's replicas as this node knows them.
+pub fn describe_replicas(
+    broker: &Broker,
+    caller: &Session,
+    request: DescribeReplicasRequest,
+    this_node: u64,
+) -> DescribeReplicasResponse {
+    match broker.describe_replicas(caller, &request.topic, this_node) {
+        Ok(partitions) => DescribeReplicasResponse {
+            error: ErrorCode::None,
+            error_message: None,
+            node_id: this_node,
+            partitions: partitions
+                .into_iter()
+                .map(|partition| ReplicaPartitionEntry {
+                    partition: partition.partition,
+                    replicas: partition.replicas,
+                    leader: partition.leader.map_or(-1, |leader| leader as i64),
+                    term: partition.term,
+                    followers: partition
+                        .followers
+                        .into_iter()
+                        .map(|(node_id, lag_entries, in_sync)| ReplicaFollowerEntry {
+                            node_id,
+                            lag_entries,
+                            in_sync,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        },
+        Err(error) => DescribeReplicasResponse {
+            error: error_code::stream(&error),
+            error_message: Some(error.to_string()),
+            node_id: this_node,
+            partitions: Vec::new(),
+        },
+    }
 }

@@ -93,6 +93,16 @@ pub async fn handle(
         Request::RemoveNode(request) => ready(Response::RemoveNode(
             cluster::remove_node(broker, caller, request).await,
         )),
+        Request::DescribeReplicas(request) => {
+            let this_node = broker
+                .routing()
+                .map_or(native.advertised.node_id as u64, |routing| {
+                    routing.this_node()
+                });
+            ready(Response::DescribeReplicas(cluster::describe_replicas(
+                broker, caller, request, this_node,
+            )))
+        }
         Request::CreateAcls(request) => ready(Response::CreateAcls(
             acls::create_acls(broker, caller, request).await,
         )),

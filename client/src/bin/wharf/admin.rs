@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 use wharf_client::{
-    Admin, Client, ConfigSource, GroupDescription, OffsetResetPlan, PartitionLag, ResetMode,
-    TopicConfigValue, TopicDescription,
+    Admin, Client, ConfigSource, GroupDescription, OffsetResetPlan, PartitionLag,
+    PartitionReplicas, ResetMode, TopicConfigValue, TopicDescription,
 };
 
 use crate::table::{counted, or_dash, Table};
@@ -58,10 +58,13 @@ pub async fn topic(client: &Client, command: TopicCommand, json: bool) -> Result
         TopicCommand::Describe { name } => {
             let topic = admin.describe_topic(&name).await?;
             let configs = admin.describe_topic_configs(&name).await?;
+            // A broker from before DescribeReplicas (or one that refuses it) leaves the
+            // replica columns out rather than failing the describe.
+            let replicas = admin.describe_replicas(&name).await.unwrap_or_default();
             if json {
-                println!("{}", topic_json(&topic, &configs));
+                println!("{}", topic_json(&topic, &configs, &replicas));
             } else {
-                print!("{}", describe_topic_text(&topic, &configs));
+                print!("{}", describe_topic_text(&topic, &configs, &replicas));
             }
         }
         TopicCommand::Alter { name, configs } => {
@@ -247,17 +250,61 @@ fn topic_summary_json(topic: &TopicDescription) -> Value {
     })
 }
 
-fn topic_json(topic: &TopicDescription, configs: &[TopicConfigValue]) -> Value {
+/// The nodes of a partition that have every record it serves: the leader and each
+/// follower it reports in sync (None when the leader's view is not known).
+fn in_sync(replicas: &PartitionReplicas) -> Option<Vec<u64>> {
+    let leader = replicas.leader?;
+    if replicas.replicas.len() > 1 && replicas.followers.is_empty() {
+        return None;
+    }
+    let mut nodes = vec![leader];
+    nodes.extend(
+        replicas
+            .followers
+            .iter()
+            .filter(|(_, _, in_sync)| *in_sync)
+            .map(|(node, _, _)| *node),
+    );
+    nodes.sort_unstable();
+    Some(nodes)
+}
+
+fn node_list(nodes: &[u64]) -> String {
+    let listed: Vec<String> = nodes.iter().map(u64::to_string).collect();
+    listed.join(",")
+}
+
+fn topic_json(
+    topic: &TopicDescription,
+    configs: &[TopicConfigValue],
+    replicas: &[PartitionReplicas],
+) -> Value {
     let partitions: Vec<Value> = topic
         .partitions
         .iter()
         .map(|partition| {
-            json!({
+            let mut described = json!({
                 "partition": partition.partition,
                 "leader": partition.leader,
                 "log_start_offset": partition.log_start_offset,
                 "end_offset": partition.high_watermark,
-            })
+            });
+            if let Some(placed) = replicas
+                .iter()
+                .find(|placed| placed.partition == partition.partition)
+            {
+                described["replicas"] = json!(placed.replicas);
+                described["term"] = json!(placed.term);
+                described["in_sync"] = json!(in_sync(placed));
+                described["followers"] = placed
+                    .followers
+                    .iter()
+                    .map(|(node, lag, in_sync)| {
+                        json!({ "node": node, "lag_entries": lag, "in_sync": in_sync })
+                    })
+                    .collect();
+            }
+            described
         })
         .collect();
     let configs: Vec<Value> = configs
@@ -278,14 +325,45 @@ fn topic_json(topic: &TopicDescription, configs: &[TopicConfigValue]) -> Value {
     })
 }
 
-fn describe_topic_text(topic: &TopicDescription, configs: &[TopicConfigValue]) -> String {
-    let mut table = Table::new(&["PARTITION", "LEADER", "LOG-START-OFFSET", "END-OFFSET"]);
+fn describe_topic_text(
+    topic: &TopicDescription,
+    configs: &[TopicConfigValue],
+    replicas: &[PartitionReplicas],
+) -> String {
+    let mut table = Table::new(&[
+        "PARTITION",
+        "LEADER",
+        "LOG-START-OFFSET",
+        "END-OFFSET",
+        "REPLICAS",
+        "IN-SYNC",
+        "MAX-LAG",
+    ]);
     for partition in &topic.partitions {
+        let placed = replicas
+            .iter()
+            .find(|placed| placed.partition == partition.partition);
+        let max_lag = placed
+            .filter(|placed| !placed.followers.is_empty())
+            .map(|placed| {
+                placed
+                    .followers
+                    .iter()
+                    .map(|(_, lag, _)| *lag)
+                    .max()
+                    .unwrap_or(0)
+                    .to_string()
+            });
         table.row(vec![
             partition.partition.to_string(),
             partition.leader.to_string(),
             partition.log_start_offset.to_string(),
             partition.high_watermark.to_string(),
+            placed.map_or_else(|| "-".to_string(), |placed| node_list(&placed.replicas)),
+            placed
+                .and_then(in_sync)
+                .map_or_else(|| "-".to_string(), |nodes| node_list(&nodes)),
+            max_lag.unwrap_or_else(|| "-".to_string()),
         ]);
     }
     format!(
