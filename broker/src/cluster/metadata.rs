@@ -523,23 +523,21 @@ mod tests {
                 .map(|placed| placed.replicas.len())
                 .collect()
         };
+        let register = |state: &mut MetadataState, ids: std::ops::RangeInclusive<u64>| {
+            for id in ids {
+                state.apply(&MetadataCommand::RegisterNode {
+                    node_id: id,
+                    info: node(7000 + id as u16),
+                });
+            }
+        };
         let mut state = MetadataState::default();
         state.apply(&create("alone", 2, 0));
         assert_eq!(factors(&state, "alone"), vec![1, 1]);
-        for id in 1..=2 {
-            state.apply(&MetadataCommand::RegisterNode {
-                node_id: id,
-                info: node(7000 + id as u16),
-            });
-        }
+        register(&mut state, 1..=2);
         state.apply(&create("two", 2, 0));
         assert_eq!(factors(&state, "two"), vec![1, 1]);
-        for id in 3..=5 {
-            state.apply(&MetadataCommand::RegisterNode {
-                node_id: id,
-                info: node(7000 + id as u16),
-            });
-        }
+        register(&mut state, 3..=5);
         state.apply(&create("five", 3, 0));
         assert_eq!(factors(&state, "five"), vec![3, 3, 3]);
         // A factor asked for is kept (up to the node count).

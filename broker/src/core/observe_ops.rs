@@ -36,6 +36,15 @@ pub struct PartitionReplicas {
     pub followers: Vec<(u64, u64, bool)>,
 }
 
+/// A leader's view of its followers as (node, entries behind, in sync) rows.
+fn follower_rows(status: &crate::cluster::replica::ReplicaStatus) -> Vec<(u64, u64, bool)> {
+    status
+        .followers
+        .iter()
+        .map(|follower| (follower.node, follower.lag_entries, follower.in_sync))
+        .collect()
+}
+
 /// Whether the broker should receive traffic (Kubernetes' readiness).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -262,11 +271,7 @@ impl Broker {
                         replicas: placed.replicas,
                         leader: status.leader,
                         term: status.term,
-                        followers: status
-                            .followers
-                            .iter()
-                            .map(|follower| (follower.node, follower.lag_entries, follower.in_sync))
-                            .collect(),
+                        followers: follower_rows(&status),
                     },
                     (Some(placed), None) => PartitionReplicas {
                         partition,
@@ -304,11 +309,7 @@ impl Broker {
                     partition: partition.parse().ok()?,
                     leader: status.leader.map_or(-1, |leader| leader as i64),
                     term: status.term,
-                    followers: status
-                        .followers
-                        .iter()
-                        .map(|follower| (follower.node, follower.lag_entries, follower.in_sync))
-                        .collect(),
+                    followers: follower_rows(&status),
                 })
             })
             .collect();
