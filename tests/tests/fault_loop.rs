@@ -380,6 +380,19 @@ trait Nodes {
     fn mend(&self, a: usize, b: usize);
     /// Each node's HTTP listener, where the test reaches it (empty: it does not).
     fn http(&self) -> Vec<String>;
+    /// Each node's `wharf --json topic describe` of the topic (its replicas as that node
+    /// sees them), for the message of a stalled run.
+    fn replicas(&self) -> String;
+}
+
+/// What `wharf topic describe` printed (or said when it failed), on one line.
+fn described(node: usize, output: &std::process::Output) -> String {
+    let text = if output.status.success() {
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    } else {
+        format!("failed: {}", String::from_utf8_lossy(&output.stderr).trim())
+    };
+    format!("node {node}: {text}\n")
 }
 
 /// Nodes on 127.0.0.1: kills and pauses only.
@@ -429,6 +442,18 @@ impl Nodes for Loopback {
 
     fn http(&self) -> Vec<String> {
         self.nodes.iter().map(BrokerProcess::http_address).collect()
+    }
+
+    fn replicas(&self) -> String {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(at, address)| {
+                let output =
+                    integration_tests::wharf(address, &["--json", "topic", "describe", TOPIC], "");
+                described(at + 1, &output)
+            })
+            .collect()
     }
 }
 
@@ -492,6 +517,17 @@ impl Nodes for Namespaced {
     fn http(&self) -> Vec<String> {
         Vec::new()
     }
+
+    fn replicas(&self) -> String {
+        (1..=3)
+            .map(|node| {
+                let output = self
+                    .network
+                    .wharf(node, &["--json", "topic", "describe", TOPIC]);
+                described(node, &output)
+            })
+            .collect()
+    }
 }
 
 /// The seed of this run: `WHARF_FAULT_SEED`, or the clock's.
@@ -507,8 +543,9 @@ fn seed() -> u64 {
         })
 }
 
-/// Waits until every partition gained [`PROGRESS`] acknowledgements over `before`.
-fn wait_for_progress(writes: &Path, before: &[usize], what: &str) {
+/// Waits until every partition gained [`PROGRESS`] acknowledgements over `before`; a stall
+/// fails with each node's view of the partitions' replicas.
+fn wait_for_progress(nodes: &dyn Nodes, writes: &Path, before: &[usize], what: &str) {
     let deadline = Instant::now() + RECOVERY_LIMIT;
     loop {
         let counts = acked_per_partition(writes);
@@ -519,11 +556,13 @@ fn wait_for_progress(writes: &Path, before: &[usize], what: &str) {
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no progress within {RECOVERY_LIMIT:?} (acknowledged per partition: {before:?} \
-             then {counts:?})"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: no progress within {RECOVERY_LIMIT:?} (acknowledged per partition: \
+                 {before:?} then {counts:?}); the replicas as each node sees them:\n{}",
+                nodes.replicas()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -715,7 +754,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         &root.path().join("reader.json"),
     );
     let zero = vec![0; PARTITIONS as usize];
-    wait_for_progress(&writes, &zero, "before the first fault");
+    wait_for_progress(nodes.as_ref(), &writes, &zero, "before the first fault");
 
     let mut rng = SplitMix(settings.seed);
     let mut faults = Vec::new();
@@ -748,6 +787,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         eprintln!("fault {number}: {fault:?}, partition leaders before {leaders:?}");
         faults.push(fault);
         wait_for_progress(
+            nodes.as_ref(),
             &writes,
             &before,
             &format!("seed {}, after fault {number}", settings.seed),
