@@ -88,6 +88,10 @@ def write(bootstrap, topic, partitions, acks, rate, stopfile, out_path):
     }
     if acks == "all":
         config["enable.idempotence"] = True
+    # WHARF_FAULT_CLIENT_DEBUG=eos,msg (librdkafka's debug contexts) logs the writer's
+    # idempotence and retries into writer.log, for a stalled run kept with WHARF_FAULT_KEEP.
+    if os.environ.get("WHARF_FAULT_CLIENT_DEBUG"):
+        config["debug"] = os.environ["WHARF_FAULT_CLIENT_DEBUG"]
     producer = Producer(config)
     out = open(out_path, "w", buffering=1)
 

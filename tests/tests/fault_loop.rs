@@ -706,7 +706,16 @@ fn inject(
 /// Runs the loop and returns the faults, the checker's verdict and, per fault, the longest
 /// pause between acknowledgements after it.
 fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
-    let root = tempfile::tempdir().expect("temp dir");
+    // WHARF_FAULT_KEEP keeps the files of a failed run too (the brokers' data, the clients'
+    // logs): the directory is not removed when a stall or the checker panics.
+    let keep = std::env::var_os("WHARF_FAULT_KEEP").is_some();
+    let root = tempfile::Builder::new()
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("temp dir");
+    if keep {
+        eprintln!("the run's files are kept in {}", root.path().display());
+    }
     // Quiet brokers (every fault makes openraft report unreachable peers) unless the
     // run asks for their logs with WHARF_LOG.
     let log = std::env::var("WHARF_LOG").unwrap_or_else(|_| "error,openraft=off".to_string());
@@ -843,9 +852,6 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         .map(|(fault, end)| longest_pause(&acked, fault.at, end))
         .collect();
     drop(nodes);
-    if std::env::var_os("WHARF_FAULT_KEEP").is_some() {
-        eprintln!("the run's files are kept in {}", root.keep().display());
-    }
     (faults, verdict, pauses)
 }
 
