@@ -117,11 +117,13 @@ impl Routing<'_> {
     pub fn partition(&self, topic: &str, partition: u32) -> Option<PartitionPlacement> {
         let replicas = self.placed(topic, partition)?;
         // A replicated partition's leader as this node's member of its group knows it: the
-        // metadata's record of it follows only once the new leader proposed it.
+        // metadata's record of it follows only once the new leader proposed it. None while
+        // the member knows no leader: naming another replica as a guess (tried on
+        // 2026-12-05 to move clients off a cut-off node) sent librdkafka's idempotent
+        // producer back and forth between a guess and the leader until it stayed on a
+        // node that refused it (docs/CLUSTER.md, "Stalls the loop found", 4).
         let leader = match self.member(topic, partition) {
-            Some(member) => member
-                .leader()
-                .or_else(|| self.another_replica(&replicas.replicas)),
+            Some(member) => member.leader(),
             None => Some(replicas.leader),
         };
         Some(PartitionPlacement {
@@ -147,23 +149,6 @@ impl Routing<'_> {
             .get(topic)?
             .partitions
             .get(usize::try_from(partition).ok()?)
-    }
-
-    /// Another replica than this node, a different one on each call: named as the leader
-    /// while this node's member knows none (an election, or this node cut off from the
-    /// others). A Kafka client asks the brokers it is connected to for metadata, often only
-    /// the one it produced to; naming no leader would keep a client of a cut-off node
-    /// asking that node alone, while a named replica refuses with NOT_LEADER and answers
-    /// the client's next metadata request with the leader it knows.
-    fn another_replica(&self, replicas: &[u64]) -> Option<u64> {
-        static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let others: Vec<u64> = replicas
-            .iter()
-            .copied()
-            .filter(|replica| *replica != self.this_node())
-            .collect();
-        let turn = TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        others.get(turn % others.len().max(1)).copied()
     }
 
     /// This node's member of `topic`'s `partition`'s replicated log, when the log places
