@@ -34,9 +34,27 @@ pub struct Receipt {
 /// # Errors
 /// The storage error of the append; nothing is appended then.
 pub fn append(log: &Arc<Partition>, batches: &mut [u8]) -> Result<Receipt> {
+    append_with(log, batches, Partition::append)
+}
+
+/// Appends whole batches another replica of the partition stored (a follower catching up,
+/// issue #21): like [`append`], but each batch keeps the partition leader epoch it carries
+/// (see [`Partition::append_keeping_epochs`]).
+///
+/// # Errors
+/// The storage error of the append; nothing is appended then.
+pub fn append_keeping_epochs(log: &Arc<Partition>, batches: &mut [u8]) -> Result<Receipt> {
+    append_with(log, batches, Partition::append_keeping_epochs)
+}
+
+fn append_with(
+    log: &Arc<Partition>,
+    batches: &mut [u8],
+    append: impl FnOnce(&Arc<Partition>, &mut [u8]) -> Result<Appended>,
+) -> Result<Receipt> {
     let started = Instant::now();
     let byte_count = batches.len() as u64;
-    let outcome = log.append(batches);
+    let outcome = append(log, batches);
     metrics::STORAGE
         .append_seconds
         .observe_duration(started.elapsed());

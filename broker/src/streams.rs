@@ -145,6 +145,26 @@ pub enum StreamError {
         partition: u32,
         leader: Option<u64>,
     },
+    /// The client names an older leader epoch than the partition's leader has (issue
+    /// #21): its metadata is stale, and it refreshes it.
+    #[error("{topic}-{partition}: leader epoch {client} is older than the leader's {leader}")]
+    FencedLeaderEpoch {
+        topic: String,
+        partition: u32,
+        client: i32,
+        leader: i32,
+    },
+    /// The client names a newer leader epoch than this node knows: this node is behind,
+    /// and the client asks again.
+    #[error(
+        "{topic}-{partition}: leader epoch {client} is newer than the {leader} this node knows"
+    )]
+    UnknownLeaderEpoch {
+        topic: String,
+        partition: u32,
+        client: i32,
+        leader: i32,
+    },
 }
 
 /// Topics, their partition logs and producer state.

@@ -83,6 +83,7 @@ const NEUTRAL_PROTOCOL_ITEMS: &[&str] = &["batch", "wire", "wire_struct", "sasl"
 const APPEND_CALLS: &[&str] = &[
     ".append(",
     ".append_without_fsync(",
+    ".append_keeping_epochs(",
     "wait_durable(",
     "wait_durable_blocking(",
 ];

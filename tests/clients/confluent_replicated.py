@@ -12,7 +12,7 @@ produce: an idempotent acks=all producer writes values "vSTART" .. "v(START+COUN
 order; it retries through a failover (message.timeout.ms 60 s); prints {"acked": [[offset,
 value], ...], "failed": [errors]} in delivery order.
 consume: reads the partition from the earliest offset until COUNT records or 60 s; prints
-{"read": [[offset, value], ...], "leader": id}.
+{"read": [[offset, value], ...], "epochs": [leader epoch of each record], "leader": id}.
 """
 
 import json
@@ -82,15 +82,18 @@ def consume(bootstrap, topic, count):
     )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     read = []
+    epochs = []
     deadline = time.time() + 60
     while len(read) < count and time.time() < deadline:
         message = consumer.poll(0.5)
         if message is None or message.error() is not None:
             continue
         read.append([message.offset(), message.value().decode()])
+        # The partition leader epoch of the record's batch (None: the batch carries -1).
+        epochs.append(message.leader_epoch())
     consumer.close()
     leader = metadata(bootstrap, topic).topics[topic].partitions[0].leader
-    return {"read": read, "leader": leader}
+    return {"read": read, "epochs": epochs, "leader": leader}
 
 
 def main():

@@ -196,12 +196,10 @@ fn catalog(broker: &str) -> (Vec<(String, u64)>, Vec<String>) {
 /// Partition 0 of `topic` as `wharf --json topic describe` on `broker` shows it, once its
 /// in-sync nodes are `in_sync` and each of them has no lag (within 20 s).
 fn replicas_settled(broker: &str, topic: &str, in_sync: &[u64]) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: CI runs this file's seven clusters at once on two cores.
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let output = wharf(broker, &["--json", "topic", "describe", topic], "");
-        let described: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(
-            |_| serde_json::json!({ "stderr": String::from_utf8_lossy(&output.stderr) }),
-        );
+        let described = described(broker, topic);
         let partition = described["partitions"][0].clone();
         let settled = partition["in_sync"] == serde_json::json!(in_sync)
             && partition["followers"].as_array().is_some_and(|followers| {
@@ -219,6 +217,14 @@ fn replicas_settled(broker: &str, topic: &str, in_sync: &[u64]) -> serde_json::V
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `wharf --json topic describe topic` on `broker` (its stderr under "stderr" if it fails).
+fn described(broker: &str, topic: &str) -> serde_json::Value {
+    let output = wharf(broker, &["--json", "topic", "describe", topic], "");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(
+        |_| serde_json::json!({ "stderr": String::from_utf8_lossy(&output.stderr) }),
+    )
 }
 
 /// The override of `key` that `wharf topic describe` shows for `topic` on `broker`.
@@ -814,25 +820,17 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     assert_eq!(deleted, (0, 10), "the leader's new low watermark");
 }
 
-/// Sends a Kafka DeleteRecords v0 for one partition to `address` and returns the
-/// partition's (error code, low watermark). Encoded by hand from Kafka's schema (request
-/// header v1; body: topics [name, partitions [index, offset]], timeout) so the request
-/// goes to exactly this broker, as a client with stale metadata would send it.
-fn kafka_delete_records(address: &str, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+/// Sends one Kafka request (`api_key`, `version`, body after the request header v1) to
+/// exactly `address`, as a client with stale metadata would, and returns the answer's body
+/// after its correlation id. Encoded by hand from Kafka's schemas.
+fn kafka_exchange(address: &str, api_key: i16, version: i16, request: &[u8]) -> KafkaReader {
     use std::io::{Read, Write};
     let mut body = Vec::new();
-    body.extend_from_slice(&21i16.to_be_bytes()); // DeleteRecords
-    body.extend_from_slice(&0i16.to_be_bytes()); // version 0
+    body.extend_from_slice(&api_key.to_be_bytes());
+    body.extend_from_slice(&version.to_be_bytes());
     body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
     body.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
-    body.extend_from_slice(&1i32.to_be_bytes()); // one topic
-    let name = i16::try_from(topic.len()).expect("short name");
-    body.extend_from_slice(&name.to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&1i32.to_be_bytes()); // one partition
-    body.extend_from_slice(&partition.to_be_bytes());
-    body.extend_from_slice(&offset.to_be_bytes());
-    body.extend_from_slice(&10_000i32.to_be_bytes()); // timeout ms
+    body.extend_from_slice(request);
     let mut stream = std::net::TcpStream::connect(address).expect("connect to Kafka");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -844,25 +842,101 @@ fn kafka_delete_records(address: &str, topic: &str, partition: i32, offset: i64)
     stream.read_exact(&mut length).expect("answer length");
     let mut answer = vec![0u8; u32::from_be_bytes(length) as usize];
     stream.read_exact(&mut answer).expect("answer");
-    // correlation id, throttle ms, topics [name, partitions [index, low watermark, error]]
-    let mut at = 0;
-    let mut take = |bytes: usize| {
-        let field = answer[at..at + bytes].to_vec();
-        at += bytes;
+    let mut reader = KafkaReader { answer, at: 0 };
+    assert_eq!(reader.int(), 7, "correlation id");
+    reader
+}
+
+/// Reads a Kafka answer's fields in order.
+struct KafkaReader {
+    answer: Vec<u8>,
+    at: usize,
+}
+
+impl KafkaReader {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let field = self.answer[self.at..self.at + N]
+            .try_into()
+            .expect("a field");
+        self.at += N;
         field
-    };
-    let word = |field: Vec<u8>| i64::from_be_bytes(field.try_into().expect("8 bytes"));
-    let int = |field: Vec<u8>| i32::from_be_bytes(field.try_into().expect("4 bytes"));
-    let short = |field: Vec<u8>| i16::from_be_bytes(field.try_into().expect("2 bytes"));
-    assert_eq!(int(take(4)), 7, "correlation id");
-    take(4);
-    assert_eq!(int(take(4)), 1, "one topic");
-    let name = usize::try_from(short(take(2))).expect("a name");
-    assert_eq!(take(name), topic.as_bytes());
-    assert_eq!(int(take(4)), 1, "one partition");
-    assert_eq!(int(take(4)), partition);
-    let low_watermark = word(take(8));
-    (short(take(2)), low_watermark)
+    }
+    fn short(&mut self) -> i16 {
+        i16::from_be_bytes(self.take())
+    }
+    fn int(&mut self) -> i32 {
+        i32::from_be_bytes(self.take())
+    }
+    fn long(&mut self) -> i64 {
+        i64::from_be_bytes(self.take())
+    }
+    fn name(&mut self) -> String {
+        let length = usize::try_from(self.short()).expect("a name");
+        let name =
+            String::from_utf8(self.answer[self.at..self.at + length].to_vec()).expect("utf-8");
+        self.at += length;
+        name
+    }
+}
+
+/// A request body's topic array of one topic with one partition entry (`partition` then
+/// `fields`), as DeleteRecords and OffsetForLeaderEpoch lay them out.
+fn one_partition(topic: &str, partition: i32, fields: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&1i32.to_be_bytes()); // one topic
+    let name = i16::try_from(topic.len()).expect("short name");
+    body.extend_from_slice(&name.to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes()); // one partition
+    body.extend_from_slice(&partition.to_be_bytes());
+    for field in fields {
+        body.extend_from_slice(field);
+    }
+    body
+}
+
+/// Sends a Kafka DeleteRecords v0 for one partition to `address` and returns the
+/// partition's (error code, low watermark). Body: topics [name, partitions [index,
+/// offset]], timeout.
+fn kafka_delete_records(address: &str, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    let mut body = one_partition(topic, partition, &[&offset.to_be_bytes()]);
+    body.extend_from_slice(&10_000i32.to_be_bytes()); // timeout ms
+    let mut answer = kafka_exchange(address, 21, 0, &body);
+    // throttle ms, topics [name, partitions [index, low watermark, error]]
+    answer.int();
+    assert_eq!(answer.int(), 1, "one topic");
+    assert_eq!(answer.name(), topic);
+    assert_eq!(answer.int(), 1, "one partition");
+    assert_eq!(answer.int(), partition);
+    let low_watermark = answer.long();
+    (answer.short(), low_watermark)
+}
+
+/// Sends a Kafka OffsetForLeaderEpoch v3 for one partition to `address` (a consumer's:
+/// replica id -1) and returns its (error code, leader epoch, end offset). Body: replica
+/// id, topics [name, partitions [index, current leader epoch, leader epoch]].
+fn kafka_epoch_end(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    current_epoch: i32,
+    epoch: i32,
+) -> (i16, i32, i64) {
+    let mut body = (-1i32).to_be_bytes().to_vec();
+    body.extend(one_partition(
+        topic,
+        partition,
+        &[&current_epoch.to_be_bytes(), &epoch.to_be_bytes()],
+    ));
+    let mut answer = kafka_exchange(address, 23, 3, &body);
+    // throttle ms, topics [name, partitions [error, index, leader epoch, end offset]]
+    answer.int();
+    assert_eq!(answer.int(), 1, "one topic");
+    assert_eq!(answer.name(), topic);
+    assert_eq!(answer.int(), 1, "one partition");
+    let error = answer.short();
+    assert_eq!(answer.int(), partition);
+    (error, answer.int(), answer.long())
 }
 
 /// The JSON body of an HTTP answer.
@@ -1249,6 +1323,7 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
         wanted,
         "every acknowledged record, once, in order, after the failover"
     );
+    leader_epochs_are_the_terms_that_appended(&read, &addresses, &kafka, second_leader, topic);
 
     // The first leader comes back and catches up; then the second leader is killed, and
     // the first leader and the third node go on.
@@ -1266,5 +1341,86 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
         offsets_and_values(&read, "read"),
         wanted,
         "every acknowledged record on the two nodes left"
+    );
+}
+
+/// Issue #21's leader epochs, after the first failover of
+/// `a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_killed`:
+/// records 0..200 were appended under the first leader's term, 200..400 under the second's.
+/// Each record's batch carries its leader's term, and OffsetForLeaderEpoch on the leader
+/// says where each ended, fencing a client that names an old epoch.
+fn leader_epochs_are_the_terms_that_appended(
+    read: &Value,
+    addresses: &[String],
+    kafka: &[String],
+    leader: u64,
+    topic: &str,
+) {
+    let epochs: Vec<i64> = read["epochs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no epochs in {read}"))
+        .iter()
+        .map(|epoch| {
+            epoch
+                .as_i64()
+                .unwrap_or_else(|| panic!("a record without an epoch: {read}"))
+        })
+        .collect();
+    let (first, second) = (epochs[0], epochs[200]);
+    assert!(first >= 1, "{epochs:?}");
+    assert!(
+        epochs[..200].iter().all(|&epoch| epoch == first)
+            && epochs[200..].iter().all(|&epoch| epoch == second),
+        "one epoch per leader: {epochs:?}"
+    );
+    assert!(
+        second > first,
+        "the second leader's term is later: {epochs:?}"
+    );
+    let at = usize::try_from(leader - 1).expect("a node index");
+    let current = described(&addresses[at], topic)["partitions"][0]["term"]
+        .as_i64()
+        .and_then(|term| i32::try_from(term).ok())
+        .expect("the leader's term");
+    let (first, second) = (
+        i32::try_from(first).expect("an epoch"),
+        i32::try_from(second).expect("an epoch"),
+    );
+    // The first epoch ends where the second leader's records start; the current one at the
+    // log end; an epoch between them that appended nothing answers as the one below it.
+    assert_eq!(
+        kafka_epoch_end(&kafka[at], topic, 0, current, first),
+        (0, first, 200)
+    );
+    if second > first + 1 {
+        assert_eq!(
+            kafka_epoch_end(&kafka[at], topic, 0, current, first + 1),
+            (0, first, 200)
+        );
+    }
+    let (error, epoch, end) = kafka_epoch_end(&kafka[at], topic, 0, current, second);
+    assert_eq!((error, epoch), (0, second));
+    assert_eq!(end, 400, "no record was appended after the 400 read");
+    // An epoch newer than any: unknown, as Kafka answers.
+    assert_eq!(
+        kafka_epoch_end(&kafka[at], topic, 0, current, current + 1),
+        (0, -1, -1)
+    );
+    // A client naming an older leader epoch is fenced (FENCED_LEADER_EPOCH, 74); a newer
+    // one than the leader knows is UNKNOWN_LEADER_EPOCH (75).
+    assert_eq!(kafka_epoch_end(&kafka[at], topic, 0, first, first).0, 74);
+    assert_eq!(
+        kafka_epoch_end(&kafka[at], topic, 0, current + 5, first).0,
+        75
+    );
+    // A follower (the node that is up besides the leader) sends the client to the leader:
+    // NOT_LEADER_OR_FOLLOWER (6).
+    let follower = (0..3)
+        .filter(|&node| node != at)
+        .find(|&node| std::net::TcpStream::connect(&kafka[node]).is_ok())
+        .expect("the third node is up");
+    assert_eq!(
+        kafka_epoch_end(&kafka[follower], topic, 0, current, second).0,
+        6
     );
 }

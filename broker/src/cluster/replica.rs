@@ -112,6 +112,17 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     /// command that was not).
     fn apply(&self, command: &Bytes) -> std::io::Result<Bytes>;
 
+    /// Called before each entry of raft term `term` is applied (its blank entry first: a
+    /// leader's term opens with one), in log order on every replica, so terms only grow.
+    /// A partition starts leader epoch `term` at its log end on the first call of a term.
+    ///
+    /// # Errors
+    /// A storage failure, as for [`Applier::apply`].
+    fn enter_term(&self, term: u64) -> std::io::Result<()> {
+        let _ = term;
+        Ok(())
+    }
+
     /// Where the state ends (for a partition, the next offset).
     fn position(&self) -> i64;
 
@@ -389,6 +400,9 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         let mut inner = lock(&self.inner);
         let mut outcomes = Vec::new();
         for entry in entries {
+            self.applier
+                .enter_term(entry.log_id.leader_id.term)
+                .map_err(|error| StorageIOError::apply(entry.log_id, &error))?;
             let outcome = match entry.payload {
                 EntryPayload::Blank => ReplicaOutcome::default(),
                 EntryPayload::Normal(command) => ReplicaOutcome(
@@ -784,6 +798,14 @@ impl Replica {
             .millis_since_quorum_ack
             .is_some_and(|since| since <= lease)
             .then_some(leader)
+    }
+
+    /// The leader this node knows of (see [`Replica::leader`]) and the term it leads: the
+    /// leader epoch Kafka's clients see for the group's partition.
+    pub fn leader_and_term(&self) -> Option<(NodeId, u64)> {
+        let leader = self.leader()?;
+        let term = self.raft.metrics().borrow().current_term;
+        Some((leader, term))
     }
 
     /// This member's view of its group, for metrics.

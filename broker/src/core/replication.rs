@@ -147,6 +147,15 @@ fn is_fatal(error: &crate::storage::Error) -> bool {
 }
 
 impl Applier for PartitionApplier {
+    fn enter_term(&self, term: u64) -> std::io::Result<()> {
+        self.log
+            .start_epoch(super::routing::epoch_of(term))
+            .map(|_| ())
+            .map_err(|error| {
+                std::io::Error::other(format!("{}-{}: {error}", self.topic, self.partition))
+            })
+    }
+
     fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
         let outcome = match decode_command(command) {
             None => AppliedProduce::Refused("a replicated command this build does not read".into()),

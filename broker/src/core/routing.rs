@@ -52,6 +52,14 @@ pub struct PartitionPlacement {
     pub leader: Option<u64>,
     /// The nodes holding a replica (the leader first when it is the preferred one).
     pub replicas: Vec<u64>,
+    /// The leader's epoch as Kafka's clients see it: the raft term of a replicated
+    /// partition's leader (-1 while no leader is known), 0 for one that is not replicated.
+    pub leader_epoch: i32,
+}
+
+/// A raft term as a Kafka leader epoch.
+pub(crate) fn epoch_of(term: u64) -> i32 {
+    i32::try_from(term).unwrap_or(i32::MAX)
 }
 
 /// This node's view of the cluster's placement, read once per request.
@@ -122,13 +130,16 @@ impl Routing<'_> {
         // 2026-12-05 to move clients off a cut-off node) sent librdkafka's idempotent
         // producer back and forth between a guess and the leader until it stayed on a
         // node that refused it (docs/CLUSTER.md, "Stalls the loop found", 4).
-        let leader = match self.member(topic, partition) {
-            Some(member) => member.leader(),
-            None => Some(replicas.leader),
+        let (leader, leader_epoch) = match self.member(topic, partition) {
+            Some(member) => member
+                .leader_and_term()
+                .map_or((None, -1), |(leader, term)| (Some(leader), epoch_of(term))),
+            None => (Some(replicas.leader), 0),
         };
         Some(PartitionPlacement {
             leader,
             replicas: replicas.replicas.clone(),
+            leader_epoch,
         })
     }
 

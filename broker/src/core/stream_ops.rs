@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::acl::{Denied, Operation, ResourceType};
 use crate::append::Receipt;
 use crate::core::{Broker, Session};
+use crate::storage::partition::LeaderEpochs;
 use crate::streams::fetch::{FetchQuery, FetchedPartition, FetchedTopic, TopicQuery};
 use crate::streams::producer::ProducerView;
 use crate::streams::topic::{AdminMode, ConfigChange, TopicConfig, TopicInfo};
@@ -748,6 +749,89 @@ impl Broker {
         self.check_leader(topic, partition)?;
         self.streams.list_offset(topic, partition, spec)
     }
+
+    /// The leader epoch Kafka's clients see for `topic`'s `partition`: its group leader's
+    /// raft term for a replicated partition (-1 while this node knows no leader), 0 for
+    /// one that is not replicated (docs/KAFKA.md).
+    pub fn leader_epoch(&self, topic: &str, partition: u32) -> i32 {
+        self.routing()
+            .and_then(|routing| routing.partition(topic, partition))
+            .map_or(0, |placed| placed.leader_epoch)
+    }
+
+    /// The leader epoch of the record at `offset` (what its batch header carries, issue
+    /// #21; for the log end, the current epoch): -1 for an unknown partition, 0 on one that
+    /// is not replicated.
+    pub fn epoch_at(&self, topic: &str, partition: u32, offset: i64) -> i32 {
+        self.streams
+            .partition(topic, partition)
+            .map_or(-1, |log| epochs_or_zero(&log).epoch_at(offset))
+    }
+
+    /// Kafka's OffsetForLeaderEpoch on `topic`'s `partition`'s leader: the largest epoch at
+    /// or below `requested` and where the epoch after it starts (the log end for the
+    /// current one), so a client can tell whether records it read were truncated.
+    /// `current` is the epoch the client takes the leader's to be (-1: not checked).
+    ///
+    /// # Errors
+    /// ACLs and routing as for [`Broker::list_offset`]; `FencedLeaderEpoch` or
+    /// `UnknownLeaderEpoch` when `current` is not the leader's; `NotLeader` (no leader
+    /// named) while a new leader has not applied its term's first entry yet.
+    pub fn epoch_end_offset(
+        &self,
+        caller: &Session,
+        topic: &str,
+        partition: u32,
+        current: i32,
+        requested: i32,
+    ) -> Result<(i32, i64), StreamError> {
+        self.check(caller, Operation::Describe, ResourceType::Topic, topic)?;
+        self.check_leader(topic, partition)?;
+        let log = self.streams.partition(topic, partition).ok_or_else(|| {
+            StreamError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            }
+        })?;
+        let leader = self.leader_epoch(topic, partition);
+        if current >= 0 && current != leader {
+            let (topic, client) = (topic.to_string(), current);
+            return Err(if current < leader {
+                StreamError::FencedLeaderEpoch {
+                    topic,
+                    partition,
+                    client,
+                    leader,
+                }
+            } else {
+                StreamError::UnknownLeaderEpoch {
+                    topic,
+                    partition,
+                    client,
+                    leader,
+                }
+            });
+        }
+        let epochs = epochs_or_zero(&log);
+        if leader > epochs.current() {
+            return Err(StreamError::NotLeader {
+                topic: topic.to_string(),
+                partition,
+                leader: None,
+            });
+        }
+        Ok(epochs.end_offset_for(requested, log.log_end_offset()))
+    }
+}
+
+/// `log`'s leader epochs; for a log that never started one (not replicated), the one epoch
+/// 0 from its start, which Kafka's clients see in Metadata.
+fn epochs_or_zero(log: &crate::storage::Partition) -> LeaderEpochs {
+    let mut epochs = log.leader_epochs();
+    if epochs.starts().is_empty() {
+        epochs.start(0, log.log_start_offset());
+    }
+    epochs
 }
 
 /// Runs blocking stream work on the blocking pool.

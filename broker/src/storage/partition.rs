@@ -31,15 +31,17 @@ use crate::storage::config::{CleanupPolicy, CompactionConfig, FlushPolicy, LogCo
 use crate::storage::error::{Error, Result};
 use crate::storage::flusher::Flusher;
 use crate::storage::fs::Fs;
-use crate::storage::segment::{self, Segment};
+use crate::storage::segment::{self, KnownEpochs, Segment};
 use crate::storage::watch::{WaitError, Watch};
 
 mod cleaner;
+mod epochs;
 mod truncate;
 pub use cleaner::{
     CleanInputs, CleanReport, DirtyView, CLEANER_POINT_FILE, CLEANING_DIR,
     MAP_ENTRY_OVERHEAD_BYTES, SWAP_FILE,
 };
+pub use epochs::{EpochStart, LeaderEpochs, LEADER_EPOCHS_FILE};
 pub use truncate::{
     read_replica_checkpoint, truncate_closed, write_replica_checkpoint, ReplicaCheckpoint,
     REPLICA_CHECKPOINT_FILE,
@@ -66,7 +68,7 @@ const LOG_START_MAGIC: [u8; 4] = *b"WLST";
 const LOG_START_VERSION: u16 = 1;
 const LOG_START_PAYLOAD_BYTES: usize = 8;
 
-/// The partition leader epoch written into every stored batch until replication exists.
+/// The partition leader epoch of every batch of a partition that is not replicated.
 pub use wharf_protocol::batch::NO_PARTITION_LEADER_EPOCH;
 
 /// The services a partition uses: file system, clock and the shared flusher.
@@ -204,6 +206,9 @@ pub struct Partition {
     cleaner_point: AtomicI64,
     /// Set by `close`: the cleaner swaps nothing in from then on.
     closing: AtomicBool,
+    /// Where each leader epoch starts; appends stamp the current one. A leaf lock: taken
+    /// last (after the writer lock when an append changes it) and held only briefly.
+    epochs: Mutex<LeaderEpochs>,
 }
 
 /// Whether an append asks the flusher for the fsync that covers it.
@@ -213,6 +218,15 @@ enum FlushRequest {
     Now,
     /// No request of its own: the next fsync covers it.
     WithNextFsync,
+}
+
+/// The partition leader epoch an append writes into its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// The current epoch (`LeaderEpochs::current`).
+    Current,
+    /// Each batch's own (records another replica stored); newer epochs start where they do.
+    Kept,
 }
 
 impl Partition {
@@ -238,7 +252,16 @@ impl Partition {
         let marker = take_clean_marker(fs, dir)?;
         let clean = marker.is_some();
         let recovery_point = read_recovery_point(fs, dir)?;
-        let segments = open_segments(fs, dir, &config, env.clock.now_ms(), marker, recovery_point)?;
+        let mut epochs = LeaderEpochs::read(fs, dir)?;
+        let known: Vec<i32> = epochs.starts().iter().map(|start| start.epoch).collect();
+        let segments = open_segments(
+            fs,
+            dir,
+            &config,
+            (env.clock.now_ms(), KnownEpochs(&known)),
+            marker,
+            recovery_point,
+        )?;
         let stored_first = segments
             .values()
             .next()
@@ -255,6 +278,9 @@ impl Partition {
             Some(deleted_below) => deleted_below.clamp(stored_first, end),
             None => stored_first,
         };
+        if epochs.cut(end) {
+            epochs.write(fs, dir)?;
+        }
         let active_base = active.base_offset();
         // Recovery sealed every segment below the active one: say so, if the file says less.
         // Under `flush = always` (rolls seal inline) a file left from a run under another
@@ -278,6 +304,7 @@ impl Partition {
                 closed: false,
                 appended_bytes: 0,
             }),
+            epochs: Mutex::new(epochs),
             segments: RwLock::new(segments),
             rolled: Mutex::new(Rolled {
                 segments: Vec::new(),
@@ -468,7 +495,57 @@ impl Partition {
     /// published; the log stays readable), `Error::Failed` after an fsync failure,
     /// `Error::Closed` after close.
     pub fn append(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
-        self.append_requesting(batches, FlushRequest::Now)
+        self.append_requesting(batches, FlushRequest::Now, Stamp::Current)
+    }
+
+    /// Like [`Partition::append`] for batches another replica of the partition stored:
+    /// each keeps the leader epoch it carries, and an epoch newer than the current one
+    /// starts at its first batch (recorded before the batches are written).
+    ///
+    /// # Errors
+    /// As for [`Partition::append`], and the epoch file's write.
+    pub fn append_keeping_epochs(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
+        self.append_requesting(batches, FlushRequest::Now, Stamp::Kept)
+    }
+
+    /// Starts leader epoch `epoch` at the log end (a replica applying the first entry of a
+    /// raft term): later appends carry it. Returns false, writing nothing, when it is not
+    /// newer than the current epoch. The epoch file is rewritten (fsynced) first.
+    ///
+    /// # Errors
+    /// The partition is closed or failed, or the epoch file's write failed.
+    pub fn start_epoch(&self, epoch: i32) -> Result<bool> {
+        let writer = self.lock_writer();
+        self.check_writable(&writer)?;
+        let at = writer.active.next_offset();
+        let mut epochs = self.lock_epochs();
+        if epoch <= epochs.current() {
+            return Ok(false);
+        }
+        let mut started = epochs.clone();
+        started.start(epoch, at);
+        started.write(self.env.fs.as_ref(), &self.dir)?;
+        *epochs = started;
+        Ok(true)
+    }
+
+    /// Where each leader epoch starts (empty for a partition that is not replicated).
+    pub fn leader_epochs(&self) -> LeaderEpochs {
+        self.lock_epochs().clone()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer for `requested` (`LeaderEpochs::end_offset_for`
+    /// against the log end).
+    pub fn epoch_end_offset(&self, requested: i32) -> (i32, i64) {
+        let writer = self.lock_writer();
+        let end = writer.active.next_offset();
+        self.lock_epochs().end_offset_for(requested, end)
+    }
+
+    fn lock_epochs(&self) -> MutexGuard<'_, LeaderEpochs> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Like [`Partition::append`], but asks the flusher for no fsync under
@@ -480,13 +557,14 @@ impl Partition {
     /// # Errors
     /// As for [`Partition::append`].
     pub fn append_without_fsync(self: &Arc<Self>, batches: &mut [u8]) -> Result<Appended> {
-        self.append_requesting(batches, FlushRequest::WithNextFsync)
+        self.append_requesting(batches, FlushRequest::WithNextFsync, Stamp::Current)
     }
 
     fn append_requesting(
         self: &Arc<Self>,
         batches: &mut [u8],
         flush: FlushRequest,
+        stamp: Stamp,
     ) -> Result<Appended> {
         let mut headers = split_batches(batches)?;
         let incoming_bytes = batches.len() as u64;
@@ -494,14 +572,31 @@ impl Partition {
         self.check_writable(&writer)?;
         let base_offset = writer.active.next_offset();
         let mut next = base_offset;
+        let mut epochs = self.lock_epochs();
+        let current_epoch = epochs.current();
+        let mut kept = None::<LeaderEpochs>;
         for (within, header) in headers.iter_mut() {
             let slice = &mut batches[*within..*within + header.total_bytes()];
             batch::set_base_offset(slice, next);
-            batch::set_partition_leader_epoch(slice, NO_PARTITION_LEADER_EPOCH);
             header.base_offset = next;
-            header.partition_leader_epoch = NO_PARTITION_LEADER_EPOCH;
+            match stamp {
+                Stamp::Current => {
+                    batch::set_partition_leader_epoch(slice, current_epoch);
+                    header.partition_leader_epoch = current_epoch;
+                }
+                Stamp::Kept => {
+                    let known = kept.get_or_insert_with(|| (*epochs).clone());
+                    known.start(header.partition_leader_epoch, next);
+                }
+            }
             next = header.next_offset();
         }
+        if let Some(mut started) = kept.filter(|kept| kept.starts() != epochs.starts()) {
+            // Before the batches: the file never misses an epoch a stored batch carries.
+            started.write(self.env.fs.as_ref(), &self.dir)?;
+            *epochs = started;
+        }
+        drop(epochs);
         let last_offset = next - 1;
         let mut deferred_seal = false;
         if self.should_roll(&writer.active, incoming_bytes, last_offset) {
@@ -1306,7 +1401,7 @@ fn open_segments(
     fs: &dyn Fs,
     dir: &Path,
     config: &LogConfig,
-    now_ms: i64,
+    (now_ms, epochs): (i64, KnownEpochs<'_>),
     marker: Option<CleanMarker>,
     recovery_point: Option<i64>,
 ) -> Result<BTreeMap<i64, Arc<Segment>>> {
@@ -1339,7 +1434,7 @@ fn open_segments(
     for (window_index, window) in bases.windows(2).enumerate() {
         let (base, next_base) = (window[0], window[1]);
         if base >= unsealed_from && marker.is_none() {
-            let (segment, report) = Segment::recover(fs, dir, base, config, now_ms)?;
+            let (segment, report) = Segment::recover(fs, dir, base, config, now_ms, epochs)?;
             if segment.next_offset() == next_base {
                 // Whole (recovery cut only garbage after its last batch, if any): seal it
                 // now (fsync, trimmed indexes), as its roll would have.
@@ -1362,7 +1457,8 @@ fn open_segments(
             segments.insert(base, Arc::new(segment));
             return Ok(segments);
         }
-        let (sealed, problem) = Segment::open(fs, dir, base, Some(next_base), config, now_ms)?;
+        let (sealed, problem) =
+            Segment::open(fs, dir, base, Some(next_base), config, now_ms, epochs)?;
         if let Some((position, reason)) = problem {
             // Rule 5: a sealed segment is never truncated; the range is refused on read.
             tracing::error!(segment = %sealed.log_path().display(), position, reason, "corruption in a sealed segment; refusing reads from there");
@@ -1370,7 +1466,7 @@ fn open_segments(
         }
         segments.insert(base, Arc::new(sealed));
     }
-    let active = open_active(fs, dir, active_base, config, now_ms, marker)?;
+    let active = open_active(fs, dir, active_base, config, (now_ms, epochs), marker)?;
     active.reactivate(config)?;
     segments.insert(active_base, Arc::new(active));
     Ok(segments)
@@ -1397,18 +1493,25 @@ fn open_active(
     dir: &Path,
     base: i64,
     config: &LogConfig,
-    now_ms: i64,
+    (now_ms, epochs): (i64, KnownEpochs<'_>),
     marker: Option<CleanMarker>,
 ) -> Result<Segment> {
     if let Some(marker) = marker.filter(|marker| marker.active_base == base) {
-        let (segment, problem) =
-            Segment::open(fs, dir, base, Some(marker.next_offset), config, now_ms)?;
+        let (segment, problem) = Segment::open(
+            fs,
+            dir,
+            base,
+            Some(marker.next_offset),
+            config,
+            now_ms,
+            epochs,
+        )?;
         if problem.is_none() && segment.valid_bytes() == marker.valid_bytes {
             return Ok(segment);
         }
         tracing::warn!(partition = %dir.display(), ?problem, "active segment does not match the clean-shutdown marker; recovering");
     }
-    let (segment, report) = Segment::recover(fs, dir, base, config, now_ms)?;
+    let (segment, report) = Segment::recover(fs, dir, base, config, now_ms, epochs)?;
     if report.truncated_bytes > 0 {
         tracing::warn!(
             segment = %segment.log_path().display(),

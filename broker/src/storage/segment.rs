@@ -101,6 +101,19 @@ impl Indexes {
     }
 }
 
+/// The partition leader epochs a partition's batches may carry, for recovery's scans: the
+/// field is outside the CRC, so this is its only check. -1 (every batch of a partition that
+/// is not replicated), or an epoch the partition started (`leader-epochs`, written before
+/// the first batch of an epoch, issue #21).
+#[derive(Debug, Clone, Copy)]
+pub struct KnownEpochs<'a>(pub &'a [i32]);
+
+impl KnownEpochs<'_> {
+    fn accepts(&self, epoch: i32) -> bool {
+        epoch == NO_PARTITION_LEADER_EPOCH || self.0.contains(&epoch)
+    }
+}
+
 /// One segment: a log file and its two indexes.
 #[derive(Debug)]
 pub struct Segment {
@@ -240,6 +253,7 @@ impl Segment {
         next_offset: Option<i64>,
         config: &LogConfig,
         now_ms: i64,
+        epochs: KnownEpochs<'_>,
     ) -> Result<(Segment, Option<(u64, String)>)> {
         let paths = Segment::paths(dir, base_offset);
         let file = fs
@@ -262,7 +276,7 @@ impl Segment {
             base_offset,
             now_ms,
         );
-        let mut problem = segment.check_tail(file_bytes, next_offset).err();
+        let mut problem = segment.check_tail(file_bytes, next_offset, epochs).err();
         if let Some(next) = next_offset {
             // The next segment's base is the truth about where this one ends.
             segment.next_offset.store(next, Ordering::Release);
@@ -270,7 +284,7 @@ impl Segment {
         if problem.is_none() && (indexes_missing || segment.indexes_need_rebuild()) {
             tracing::warn!(segment = %segment.log_path.display(), "index missing or damaged; rebuilding from the log");
             segment.reactivate(config)?;
-            let scan = segment.rebuild_indexes(config, Gaps::Allowed)?;
+            let scan = segment.rebuild_indexes(config, Gaps::Allowed, epochs)?;
             if let Some(reason) = scan.stop_reason {
                 // Damage before the tail that `check_tail` covered. Report it like a failed
                 // tail check and keep the segment's full extent: the caller decides, and a
@@ -300,6 +314,7 @@ impl Segment {
         base_offset: i64,
         config: &LogConfig,
         now_ms: i64,
+        epochs: KnownEpochs<'_>,
     ) -> Result<(Segment, RecoveryReport)> {
         let paths = Segment::paths(dir, base_offset);
         let file = fs
@@ -327,7 +342,7 @@ impl Segment {
         // Strict: a segment that may hold unsynced data is never one the cleaner wrote (the
         // cleaner only rewrites segments below the recovery point), so a forward jump of
         // offsets here is damage (a base offset is outside the batch CRC).
-        let scan = segment.rebuild_indexes(config, Gaps::Refused)?;
+        let scan = segment.rebuild_indexes(config, Gaps::Refused, epochs)?;
         // Cuts the torn tail, and releases blocks the crashed process reserved past the end
         // (setting the length does that even when it does not change).
         segment
@@ -351,11 +366,16 @@ impl Segment {
 
     /// Scans the whole log from position 0, rebuilding both indexes, and publishes the valid
     /// prefix as the segment's contents.
-    fn rebuild_indexes(&self, config: &LogConfig, gaps: Gaps) -> Result<ScanEnd> {
+    fn rebuild_indexes(
+        &self,
+        config: &LogConfig,
+        gaps: Gaps,
+        epochs: KnownEpochs<'_>,
+    ) -> Result<ScanEnd> {
         let mut indexes = self.indexes_write();
         indexes.clear();
         let end = self.valid_bytes();
-        let mut scanner = BatchScanner::new(self, 0, end, SCAN_WINDOW_BYTES);
+        let mut scanner = BatchScanner::new(self, 0, end, SCAN_WINDOW_BYTES).checking(epochs);
         let mut expected = self.base_offset;
         let stop_reason = loop {
             let (position, header, bytes) = match scanner.next()? {
@@ -441,7 +461,12 @@ impl Segment {
     /// Checks the log from its last index entry to `file_bytes`: whole valid batches with
     /// continuous offsets ending exactly at the end of the file (and at `next_offset` when
     /// known). On success publishes the end offset.
-    fn check_tail(&self, file_bytes: u64, next_offset: Option<i64>) -> Result<(), (u64, String)> {
+    fn check_tail(
+        &self,
+        file_bytes: u64,
+        next_offset: Option<i64>,
+        epochs: KnownEpochs<'_>,
+    ) -> Result<(), (u64, String)> {
         let (start, mut expected) = {
             let indexes = self.indexes_read();
             match indexes.offset.last_entry() {
@@ -452,7 +477,8 @@ impl Segment {
                 None => (0, self.base_offset),
             }
         };
-        let mut scanner = BatchScanner::new(self, start, file_bytes, SCAN_WINDOW_BYTES);
+        let mut scanner =
+            BatchScanner::new(self, start, file_bytes, SCAN_WINDOW_BYTES).checking(epochs);
         loop {
             match scanner.next() {
                 Err(error) => return Err((scanner.position(), error.to_string())),
@@ -990,6 +1016,9 @@ enum Step {
 /// window instead of one per batch. Bytes handed out are zero-copy slices of the window.
 struct BatchScanner<'a> {
     segment: &'a Segment,
+    /// Recovery's scans check each header's epoch against these; other scans only that it
+    /// is not below -1 (an epoch may have started since the partition opened).
+    epochs: Option<KnownEpochs<'a>>,
     window: Bytes,
     window_start: u64,
     window_id: u64,
@@ -1002,6 +1031,7 @@ impl<'a> BatchScanner<'a> {
     fn new(segment: &'a Segment, start: u64, end: u64, window_bytes: usize) -> Self {
         BatchScanner {
             segment,
+            epochs: None,
             window: Bytes::new(),
             window_start: start,
             window_id: 0,
@@ -1009,6 +1039,11 @@ impl<'a> BatchScanner<'a> {
             end,
             window_bytes,
         }
+    }
+
+    fn checking(mut self, epochs: KnownEpochs<'a>) -> Self {
+        self.epochs = Some(epochs);
+        self
     }
 
     fn position(&self) -> u64 {
@@ -1063,14 +1098,16 @@ impl<'a> BatchScanner<'a> {
                 })
             }
         };
-        if header.partition_leader_epoch != NO_PARTITION_LEADER_EPOCH {
-            // Outside the CRC, so checked here: every stored batch carries -1 until
-            // replication exists, and anything else is damage.
+        let epoch = header.partition_leader_epoch;
+        let epoch_fits = match self.epochs {
+            Some(known) => known.accepts(epoch),
+            None => epoch >= NO_PARTITION_LEADER_EPOCH,
+        };
+        if !epoch_fits {
             return Ok(Step::Bad {
                 position,
                 reason: format!(
-                    "batch at {position} has partition leader epoch {} but {NO_PARTITION_LEADER_EPOCH} was written",
-                    header.partition_leader_epoch
+                    "batch at {position} has partition leader epoch {epoch}, which the partition never started"
                 ),
             });
         }

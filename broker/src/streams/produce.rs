@@ -202,7 +202,7 @@ impl Streams {
             }
             expected = header.last_offset() + 1;
         }
-        let receipt = append::append(log, &mut batches)?;
+        let receipt = append::append_keeping_epochs(log, &mut batches)?;
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         for header in headers.iter().filter(|header| {

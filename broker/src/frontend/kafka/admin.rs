@@ -24,8 +24,7 @@ use super::error_code;
 use super::handlers::text;
 use super::Kafka;
 use crate::core::{
-    AdminMode, Broker, ConfigChange, ConfigSource, GroupAdminError, OffsetSpec, Session,
-    StreamError,
+    AdminMode, Broker, ConfigChange, ConfigSource, GroupAdminError, Session, StreamError,
 };
 
 /// Kafka's config resource type of a topic.
@@ -344,8 +343,9 @@ pub fn describe_cluster(kafka: &Kafka) -> DescribeClusterResponse {
         )
 }
 
-/// OffsetForLeaderEpoch: one leader epoch (0) has ever led each partition, so its end is the
-/// log end; a later epoch is unknown, and no record is ever truncated.
+/// OffsetForLeaderEpoch: where each asked epoch ends on the partition's leader (the core's
+/// `Broker::epoch_end_offset`: a replicated partition's epochs are its raft terms; one that
+/// is not replicated has had the one epoch 0).
 pub fn offset_for_leader_epoch(
     broker: &Broker,
     caller: &Session,
@@ -361,23 +361,20 @@ pub fn offset_for_leader_epoch(
                 .into_iter()
                 .map(|wanted| {
                     let answer = EpochEndOffset::default().with_partition(wanted.partition);
-                    if wanted.current_leader_epoch > 0 {
-                        return answer
-                            .with_error_code(ResponseError::UnknownLeaderEpoch.code())
-                            .with_leader_epoch(-1)
-                            .with_end_offset(-1);
-                    }
                     let Ok(partition) = u32::try_from(wanted.partition) else {
                         return answer
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1);
                     };
-                    match broker.list_offset(caller, &name, partition, OffsetSpec::Latest) {
-                        Ok(end) if wanted.leader_epoch >= 0 => answer
-                            .with_leader_epoch(0)
-                            .with_end_offset(end.unwrap_or(0)),
-                        Ok(_) => answer.with_leader_epoch(-1).with_end_offset(-1),
+                    match broker.epoch_end_offset(
+                        caller,
+                        &name,
+                        partition,
+                        wanted.current_leader_epoch,
+                        wanted.leader_epoch,
+                    ) {
+                        Ok((epoch, end)) => answer.with_leader_epoch(epoch).with_end_offset(end),
                         Err(error) => answer
                             .with_error_code(error_code::stream(&error))
                             .with_leader_epoch(-1)

@@ -75,9 +75,9 @@ impl KafkaCluster<'_> {
         }
     }
 
-    /// The leader (-1: none known) and replicas of `topic`'s `partition`: this node for a
-    /// partition the cluster does not place.
-    pub fn partition(&self, topic: &str, partition: u32) -> (i32, Vec<i32>) {
+    /// The leader (-1: none known), its leader epoch and the replicas of `topic`'s
+    /// `partition`: this node, epoch 0, for a partition the cluster does not place.
+    pub fn partition(&self, topic: &str, partition: u32) -> (i32, i32, Vec<i32>) {
         match self
             .routing
             .as_ref()
@@ -85,9 +85,10 @@ impl KafkaCluster<'_> {
         {
             Some(placed) => (
                 placed.leader.map_or(-1, broker_id),
+                placed.leader_epoch,
                 placed.replicas.into_iter().map(broker_id).collect(),
             ),
-            None => (self.this_node, vec![self.this_node]),
+            None => (self.this_node, 0, vec![self.this_node]),
         }
     }
 

@@ -103,6 +103,8 @@ pub fn stream(error: &StreamError) -> i16 {
         } => ResponseError::NotController,
         StreamError::Cluster { .. } => ResponseError::RequestTimedOut,
         StreamError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        StreamError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        StreamError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
     };
     kind.code()
 }

@@ -357,7 +357,8 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
             view.partitions
                 .into_iter()
                 .map(|partition| {
-                    let (leader, replicas) = cluster.partition(&view.name, partition.partition);
+                    let (leader, leader_epoch, replicas) =
+                        cluster.partition(&view.name, partition.partition);
                     // A partition led elsewhere is that node's to report on.
                     let serving =
                         partition.status == PartitionStatus::Serving || leader != cluster.this_node;
@@ -374,7 +375,7 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
                             i32::try_from(partition.partition).unwrap_or(i32::MAX),
                         )
                         .with_leader_id(BrokerId(if serving { leader } else { -1 }))
-                        .with_leader_epoch(0)
+                        .with_leader_epoch(if serving { leader_epoch } else { -1 })
                         .with_isr_nodes(if serving {
                             replicas.iter().copied().map(BrokerId).collect()
                         } else {
@@ -636,7 +637,7 @@ fn list_offsets(
     version: i16,
 ) -> ListOffsetsResponse {
     // The codec refuses a leader epoch in versions without the field (before v4).
-    let leader_epoch = if version >= 4 { 0 } else { -1 };
+    let with_epochs = version >= 4;
     // A read_committed consumer's "latest" is the last stable offset (v2+), as in Kafka.
     let read_committed = request.isolation_level == 1;
     let topics = request
@@ -657,13 +658,18 @@ fn list_offsets(
                     let answer = ListOffsetsPartitionResponse::default()
                         .with_partition_index(wanted.partition_index)
                         .with_timestamp(-1)
-                        .with_leader_epoch(leader_epoch);
+                        .with_leader_epoch(-1);
                     let Ok(partition) = u32::try_from(wanted.partition_index) else {
                         return answer
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_offset(-1);
                     };
                     match broker.list_offset(caller, &name, partition, spec) {
+                        // The epoch of the record found (the current one at the log end):
+                        // a client validates its position against it after a failover.
+                        Ok(Some(offset)) if with_epochs => answer
+                            .with_offset(offset)
+                            .with_leader_epoch(broker.epoch_at(&name, partition, offset)),
                         Ok(offset) => answer.with_offset(offset.unwrap_or(-1)),
                         Err(error) => answer
                             .with_error_code(error_code::stream(&error))

@@ -42,7 +42,7 @@ use crate::storage::checkpoint;
 use crate::storage::config::ReadVerify;
 use crate::storage::error::{Error, Result};
 use crate::storage::fs::Fs;
-use crate::storage::segment::{self, Segment};
+use crate::storage::segment::{self, KnownEpochs, Segment};
 
 /// Directory inside a partition where the cleaner writes new segments before the swap.
 pub const CLEANING_DIR: &str = "cleaning";
@@ -737,6 +737,12 @@ impl Partition {
             0,
             &encode_swap(base, &replaced),
         )?;
+        let known: Vec<i32> = self
+            .leader_epochs()
+            .starts()
+            .iter()
+            .map(|start| start.epoch)
+            .collect();
         let installed = install(fs, &self.dir, base, &replaced).and_then(|()| {
             let (segment, problem) = Segment::open(
                 fs,
@@ -745,6 +751,7 @@ impl Partition {
                 Some(end),
                 &self.config,
                 self.env.clock.now_ms(),
+                KnownEpochs(&known),
             )?;
             match problem {
                 None => Ok(segment),
