@@ -145,6 +145,11 @@ pub enum StreamError {
         partition: u32,
         leader: Option<u64>,
     },
+    /// A topic asked for more replicas than the cluster has nodes, or none.
+    #[error(
+        "replication factor {factor} is not between 1 and the {brokers} node(s) of the cluster"
+    )]
+    InvalidReplicationFactor { factor: u32, brokers: u32 },
     /// The client names an older leader epoch than the partition's leader has (issue
     /// #21): its metadata is stale, and it refreshes it.
     #[error("{topic}-{partition}: leader epoch {client} is older than the leader's {leader}")]

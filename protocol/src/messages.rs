@@ -13,6 +13,11 @@ pub const LIST_OFFSETS_LATEST: i64 = -1;
 /// The earliest stored offset (the log start offset).
 pub const LIST_OFFSETS_EARLIEST: i64 = -2;
 
+/// The `CreateTopic` config entry that carries the topic's replication factor (a whole
+/// number from 1; issue #21) instead of a config of the topic: the broker takes it out of
+/// the configs. Without it the cluster's default applies (3 from three nodes, else 1).
+pub const REPLICATION_FACTOR_KEY: &str = "replication.factor";
+
 wire_enum! {
     /// How many acknowledgements a produce request waits for.
     #[derive(Default)]

@@ -534,3 +534,63 @@ fn consume_from_an_offset_past_the_end_warns() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn a_lone_node_takes_replication_factor_one_and_refuses_more() {
+    // Goal: `--replication-factor` reaches the broker (the native CreateTopics'
+    // `replication.factor` entry) and a lone node refuses a factor it cannot place with a
+    // message naming it, creating nothing; 0 never leaves the CLI.
+    let (_data, broker) = start();
+    let address = broker.address();
+    wharf_ok(
+        &address,
+        &[
+            "topic",
+            "create",
+            "single",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+        ],
+        "",
+    );
+    let refused = wharf(
+        &address,
+        &[
+            "topic",
+            "create",
+            "triple",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("replication factor 3 is not between 1 and the 1 node(s)"),
+        "{stderr}"
+    );
+    let zero = wharf(
+        &address,
+        &[
+            "topic",
+            "create",
+            "none",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "0",
+        ],
+        "",
+    );
+    assert_eq!(zero.status.code(), Some(2), "a usage error");
+    let listed = wharf_ok(&address, &["topic", "list"], "");
+    assert!(listed.contains("single") && !listed.contains("triple") && !listed.contains("none"));
+    // The config entry is taken out: the topic's configs do not list it.
+    let described = wharf_ok(&address, &["topic", "describe", "single"], "");
+    assert!(!described.contains("replication.factor"), "{described}");
+}

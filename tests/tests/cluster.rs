@@ -1250,6 +1250,7 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     let topic = "replicated";
     let placed = replicated_client(&["create", &kafka[0], topic]);
     assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    factors_asked_through_the_cli_and_http_are_placed(&addresses, &nodes[1].http_address());
 
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
     assert_acked_in_order(&written, 0, 200, "before the failover");
@@ -1422,5 +1423,222 @@ fn leader_epochs_are_the_terms_that_appended(
     assert_eq!(
         kafka_epoch_end(&kafka[follower], topic, 0, current, second).0,
         6
+    );
+    // KIP-951: a produce (v10) refused there names the leader and its epoch, and carries the
+    // leader's address, so librdkafka moves without a Metadata round trip.
+    let refused = kafka_produce_v10(&kafka[follower], topic, 0);
+    assert_eq!(refused.error, 6, "{refused:?}");
+    let leader_id = i32::try_from(leader).expect("an id");
+    assert_eq!(
+        refused.current_leader,
+        Some((leader_id, current)),
+        "{refused:?}"
+    );
+    let (host, port) = kafka[at].rsplit_once(':').expect("host:port");
+    assert_eq!(
+        refused.endpoints,
+        [(
+            leader_id,
+            host.to_string(),
+            port.parse::<i32>().expect("a port")
+        )],
+        "{refused:?}"
+    );
+}
+
+/// What a Produce v10 answer said about its one partition.
+#[derive(Debug)]
+struct ProduceAnswer {
+    error: i16,
+    /// KIP-951's tagged `current_leader`: (leader id, leader epoch).
+    current_leader: Option<(i32, i32)>,
+    /// KIP-951's tagged `node_endpoints`: (node id, host, port).
+    endpoints: Vec<(i32, String, i32)>,
+}
+
+/// Sends one record to `topic`'s `partition` at `address` as a Produce v10 (flexible:
+/// compact arrays and strings, tagged fields; request header v2, response header v1),
+/// acks=-1, encoded by hand from Kafka's schema.
+fn kafka_produce_v10(address: &str, topic: &str, partition: i32) -> ProduceAnswer {
+    use wharf_protocol::batch::{BatchBuilder, NewRecord};
+    let varint = |out: &mut Vec<u8>, mut value: u32| loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    builder
+        .push(&NewRecord {
+            timestamp_ms: 1_700_000_000_000,
+            value: Some(bytes::Bytes::from_static(b"misdirected")),
+            ..NewRecord::default()
+        })
+        .expect("fits");
+    let records = builder.build();
+    let mut body = vec![0]; // request header v2's tagged fields: none
+    body.push(0); // transactional id: null
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // acks
+    body.extend_from_slice(&10_000i32.to_be_bytes()); // timeout ms
+    varint(&mut body, 2); // one topic
+    varint(&mut body, u32::try_from(topic.len() + 1).expect("short"));
+    body.extend_from_slice(topic.as_bytes());
+    varint(&mut body, 2); // one partition
+    body.extend_from_slice(&partition.to_be_bytes());
+    varint(&mut body, u32::try_from(records.len() + 1).expect("small"));
+    body.extend_from_slice(&records);
+    body.extend_from_slice(&[0, 0, 0]); // tagged fields of the partition, topic, request
+    let mut answer = kafka_exchange(address, 0, 10, &body);
+    let varint = |answer: &mut KafkaReader| {
+        let (mut value, mut shift) = (0u32, 0);
+        loop {
+            let [byte] = answer.take::<1>();
+            value |= u32::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return value;
+            }
+            shift += 7;
+        }
+    };
+    let compact = |answer: &mut KafkaReader| -> Option<String> {
+        let length = varint(answer);
+        let length = usize::try_from(length.checked_sub(1)?).expect("a length");
+        let text = String::from_utf8(answer.answer[answer.at..answer.at + length].to_vec())
+            .expect("utf-8");
+        answer.at += length;
+        Some(text)
+    };
+    assert_eq!(
+        varint(&mut answer),
+        0,
+        "response header v1: no tagged fields"
+    );
+    assert_eq!(varint(&mut answer), 2, "one topic");
+    assert_eq!(compact(&mut answer).as_deref(), Some(topic));
+    assert_eq!(varint(&mut answer), 2, "one partition");
+    assert_eq!(answer.int(), partition);
+    let error = answer.short();
+    answer.long(); // base offset
+    answer.long(); // log append time
+    answer.long(); // log start offset
+    assert_eq!(varint(&mut answer), 1, "no record errors");
+    compact(&mut answer); // error message
+    let mut current_leader = None;
+    for _ in 0..varint(&mut answer) {
+        let (tag, size) = (varint(&mut answer), varint(&mut answer));
+        if tag == 0 {
+            current_leader = Some((answer.int(), answer.int()));
+            assert_eq!(varint(&mut answer), 0);
+        } else {
+            answer.at += usize::try_from(size).expect("a size");
+        }
+    }
+    assert_eq!(varint(&mut answer), 0, "the topic's tagged fields");
+    answer.int(); // throttle ms
+    let mut endpoints = Vec::new();
+    for _ in 0..varint(&mut answer) {
+        let (tag, size) = (varint(&mut answer), varint(&mut answer));
+        if tag != 0 {
+            answer.at += usize::try_from(size).expect("a size");
+            continue;
+        }
+        for _ in 1..varint(&mut answer) {
+            let node = answer.int();
+            let host = compact(&mut answer).expect("a host");
+            let port = answer.int();
+            compact(&mut answer); // rack
+            assert_eq!(varint(&mut answer), 0);
+            endpoints.push((node, host, port));
+        }
+    }
+    ProduceAnswer {
+        error,
+        current_leader,
+        endpoints,
+    }
+}
+
+/// `wharf topic create --replication-factor` (the native CreateTopics' `replication.factor`
+/// entry) and HTTP's `replication_factor` place each partition on that many nodes; a factor
+/// above the node count and a malformed one are refused, creating nothing.
+fn factors_asked_through_the_cli_and_http_are_placed(addresses: &[String], http: &str) {
+    let replicas = |topic: &str| -> Vec<u64> {
+        let described = described(&addresses[2], topic);
+        described["partitions"][0]["replicas"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no replicas for {topic}: {described}"))
+            .iter()
+            .map(|node| node.as_u64().expect("a node id"))
+            .collect()
+    };
+    for (topic, factor) in [("factor-one", "1"), ("factor-two", "2")] {
+        let created = wharf(
+            &addresses[0],
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                "1",
+                "--replication-factor",
+                factor,
+            ],
+            "",
+        );
+        assert!(created.status.success(), "{topic}: {created:?}");
+        let wanted = factor.parse::<usize>().expect("a number");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while replicas(topic).len() != wanted {
+            assert!(Instant::now() < deadline, "{topic}: {:?}", replicas(topic));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (status, body) = integration_tests::http_send(
+        http,
+        "POST",
+        "/api/v1/topics",
+        None,
+        Some(r#"{"name": "factor-two-http", "partitions": 1, "replication_factor": 2}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas("factor-two-http").len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            replicas("factor-two-http")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = wharf(
+        &addresses[0],
+        &[
+            "topic",
+            "create",
+            "factor-four",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "4",
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "{refused:?}");
+    let (status, body) = integration_tests::http_send(
+        http,
+        "POST",
+        "/api/v1/topics",
+        None,
+        Some(r#"{"name": "factor-zero", "partitions": 1, "replication_factor": 0}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    let listed =
+        String::from_utf8_lossy(&wharf(&addresses[0], &["topic", "list"], "").stdout).to_string();
+    assert!(
+        !listed.contains("factor-four") && !listed.contains("factor-zero"),
+        "{listed}"
     );
 }

@@ -227,6 +227,16 @@ impl Broker {
                 results.push((name, Err(denied.into())));
                 continue;
             }
+            let brokers = self.broker_count();
+            if let Some(factor) =
+                replication_factor.filter(|&factor| factor == 0 || factor > brokers)
+            {
+                results.push((
+                    name,
+                    Err(StreamError::InvalidReplicationFactor { factor, brokers }),
+                ));
+                continue;
+            }
             let streams = self.streams.clone();
             let creating = name.clone();
             let outcome = match (mode, self.replicated()) {
@@ -239,12 +249,6 @@ impl Broker {
                         replication_factor,
                     )
                     .await
-                }
-                (AdminMode::Apply, None) if replication_factor.is_some_and(|factor| factor > 1) => {
-                    Err(StreamError::Topic(crate::streams::topic::TopicError::InvalidConfig(format!(
-                        "replication factor {} needs a cluster of that many nodes; this node runs alone",
-                        replication_factor.unwrap_or(1)
-                    ))))
                 }
                 (AdminMode::Apply, None) => {
                     blocking(move || {

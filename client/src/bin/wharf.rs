@@ -203,6 +203,10 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long)]
         partitions: u32,
+        /// How many nodes hold each partition (default: 3 in a cluster of three or more
+        /// nodes, else 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        replication_factor: Option<u32>,
         /// A topic config override, KEY=VALUE (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
@@ -914,6 +918,7 @@ mod tests {
                     name,
                     partitions,
                     configs,
+                    replication_factor,
                 },
         } = cli.command
         else {
@@ -923,6 +928,7 @@ mod tests {
         assert_eq!(partitions, 6);
         assert_eq!(configs[0], ("retention.ms".to_string(), "1000".to_string()));
         assert_eq!(configs.len(), 2);
+        assert_eq!(replication_factor, None);
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct CreateTopic {
     /// Config overrides.
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// How many nodes hold each partition (default: 3 in a cluster of three or more
+    /// nodes, else 1; more than 1 needs a cluster of that many nodes).
+    #[schema(minimum = 1)]
+    pub replication_factor: Option<u32>,
 }
 
 /// The body of `PATCH /api/v1/topics/{topic}/configs`.
@@ -164,7 +168,7 @@ async fn create_topic(
             .partitions
             .unwrap_or_else(|| broker.default_partitions()),
         configs: body.configs.into_iter().collect(),
-        replication_factor: None,
+        replication_factor: body.replication_factor,
     };
     let (_, outcome) = broker
         .create_topics(&caller, vec![topic], AdminMode::Apply)

@@ -4,6 +4,7 @@
 
 use crate::config::ListenerKind;
 use crate::core::routing::Routing;
+use crate::core::Broker;
 
 use super::{Kafka, CLUSTER_ID, NODE_ID};
 
@@ -100,4 +101,13 @@ impl KafkaCluster<'_> {
             .map_or(self.this_node, |routing| broker_id(routing.coordinator()));
         self.brokers.iter().find(|broker| broker.node_id == id)
     }
+}
+
+/// The leader and leader epoch this node knows for `topic`'s `partition`, when it knows one
+/// (KIP-951's `current_leader` in a refusal): `None` on a lone node, for a partition the
+/// cluster does not place, and while no leader is known.
+pub fn current_leader(broker: &Broker, topic: &str, partition: u32) -> Option<(i32, i32)> {
+    let placed = broker.routing()?.partition(topic, partition)?;
+    let leader = broker_id(placed.leader?);
+    (leader >= 0 && placed.leader_epoch >= 0).then_some((leader, placed.leader_epoch))
 }

@@ -103,6 +103,7 @@ pub fn stream(error: &StreamError) -> i16 {
         } => ResponseError::NotController,
         StreamError::Cluster { .. } => ResponseError::RequestTimedOut,
         StreamError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        StreamError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
         StreamError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         StreamError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
     };

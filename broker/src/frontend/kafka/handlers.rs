@@ -22,13 +22,15 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::cluster::KafkaCluster;
+use super::cluster::{current_leader, KafkaCluster};
 use super::{acls, admin, error_code, groups, sasl, txn};
 use super::{Kafka, KafkaConnection, SUPPORTED_APIS};
 use crate::core::{
@@ -64,7 +66,7 @@ pub async fn handle(
         RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
             metadata(kafka, caller, request, version).await,
         )),
-        RequestKind::Produce(request) => produce(broker, caller, request).await,
+        RequestKind::Produce(request) => produce(kafka, caller, request).await,
         RequestKind::Fetch(request) => {
             fetch(kafka.broker.clone(), connection.session.clone(), request)
         }
@@ -387,7 +389,8 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
         )
 }
 
-async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> Answer {
+async fn produce(kafka: &Kafka, caller: &Session, request: ProduceRequest) -> Answer {
+    let broker: &Broker = &kafka.broker;
     let acks = match request.acks {
         0 => core::Acks::None,
         1 => core::Acks::Leader,
@@ -426,8 +429,14 @@ async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> 
         topics,
     };
     let completion = broker.produce(caller, query).await;
+    // KIP-951: a partition refused because another node leads it names that leader and its
+    // epoch, and the answer carries the leaders' addresses (Produce v10+), so librdkafka
+    // moves to the leader without waiting for a Metadata refresh.
+    let brokers = KafkaCluster::of(kafka).brokers;
+    let router = kafka.broker.clone();
     Box::pin(async move {
         let topics = completion.await?;
+        let mut named: Vec<i32> = Vec::new();
         let mut responses: Vec<TopicProduceResponse> = topics
             .into_iter()
             .map(|topic| {
@@ -445,13 +454,32 @@ async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> 
                                         .with_base_offset(produced.base_offset)
                                         .with_log_append_time_ms(-1)
                                         .with_log_start_offset(produced.log_start_offset),
-                                    Err(error) => PartitionProduceResponse::default()
-                                        .with_index(index)
-                                        .with_error_code(error_code::stream(&error))
-                                        .with_error_message(Some(text(&error.to_string())))
-                                        .with_base_offset(-1)
-                                        .with_log_append_time_ms(-1)
-                                        .with_log_start_offset(-1),
+                                    Err(error) => {
+                                        let refused = PartitionProduceResponse::default()
+                                            .with_index(index)
+                                            .with_error_code(error_code::stream(&error))
+                                            .with_error_message(Some(text(&error.to_string())))
+                                            .with_base_offset(-1)
+                                            .with_log_append_time_ms(-1)
+                                            .with_log_start_offset(-1);
+                                        let leader = match &error {
+                                            StreamError::NotLeader {
+                                                topic, partition, ..
+                                            } => current_leader(&router, topic, *partition),
+                                            _ => None,
+                                        };
+                                        match leader {
+                                            Some((leader, epoch)) => {
+                                                named.push(leader);
+                                                refused.with_current_leader(
+                                                    LeaderIdAndEpoch::default()
+                                                        .with_leader_id(BrokerId(leader))
+                                                        .with_leader_epoch(epoch),
+                                                )
+                                            }
+                                            None => refused,
+                                        }
+                                    }
                                 }
                             })
                             .collect(),
@@ -477,8 +505,20 @@ async fn produce(broker: &Broker, caller: &Session, request: ProduceRequest) -> 
                 ),
             }
         }
+        let endpoints = brokers
+            .into_iter()
+            .filter(|broker| named.contains(&broker.node_id))
+            .map(|broker| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(broker.node_id))
+                    .with_host(text(&broker.host))
+                    .with_port(i32::from(broker.port))
+            })
+            .collect();
         Some(ResponseKind::Produce(
-            ProduceResponse::default().with_responses(responses),
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(endpoints),
         ))
     })
 }
@@ -699,14 +739,12 @@ async fn create_topics(
                 ResponseError::InvalidReplicaAssignment,
                 "replica assignments are not supported: this is a single broker".to_string(),
             ))
-        } else if topic.replication_factor == 0
-            || topic.replication_factor < -1
-            || i64::from(topic.replication_factor) > i64::from(broker.broker_count())
-        {
+        } else if topic.replication_factor < -1 {
+            // -1 is the default; 0 and more than the cluster's nodes are the core's to refuse.
             Some((
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "replication factor {} is not between 1 and the {} available broker(s)",
+                    "replication factor {} is not between 1 and the {} node(s) of the cluster",
                     topic.replication_factor,
                     broker.broker_count()
                 ),

@@ -98,6 +98,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::Internal(_) => ErrorCode::Unknown,
         StreamError::Unauthorized(_) => ErrorCode::Unauthorized,
         StreamError::Cluster { no_leader, .. } => definition(*no_leader),
+        StreamError::InvalidReplicationFactor { .. } => ErrorCode::InvalidConfig,
         // Only Kafka's requests carry leader epochs; a stale view either way is the
         // client's to refresh.
         StreamError::NotLeader { .. }

@@ -447,23 +447,49 @@ async fn create_topics(
     caller: &Session,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
+    let mut refused = Vec::new();
     let topics = request
         .topics
         .into_iter()
-        .map(|topic| NewTopic {
-            name: topic.name,
-            partitions: topic.partitions,
-            configs: pairs(topic.configs),
-            replication_factor: None,
+        .filter_map(|topic| {
+            // The replication factor travels as a config entry (`REPLICATION_FACTOR_KEY`).
+            let (factor, configs): (Vec<_>, Vec<_>) = pairs(topic.configs)
+                .into_iter()
+                .partition(|(key, _)| key == REPLICATION_FACTOR_KEY);
+            let replication_factor = match factor.last() {
+                None => None,
+                Some((_, value)) => match value.parse::<u32>() {
+                    Ok(factor) if factor >= 1 => Some(factor),
+                    _ => {
+                        refused.push(TopicResult {
+                            error: ErrorCode::InvalidConfig,
+                            error_message: Some(format!(
+                                "{REPLICATION_FACTOR_KEY}={value:?}: a replication factor is a whole number from 1"
+                            )),
+                            name: topic.name,
+                            ..TopicResult::default()
+                        });
+                        return None;
+                    }
+                },
+            };
+            Some(NewTopic {
+                name: topic.name,
+                partitions: topic.partitions,
+                configs,
+                replication_factor,
+            })
         })
         .collect();
+    let mut results: Vec<TopicResult> = broker
+        .create_topics(caller, topics, AdminMode::Apply)
+        .await
+        .into_iter()
+        .map(topic_result)
+        .collect();
+    results.extend(refused);
     CreateTopicsResponse {
-        topics: broker
-            .create_topics(caller, topics, AdminMode::Apply)
-            .await
-            .into_iter()
-            .map(topic_result)
-            .collect(),
+        topics: results,
         ..CreateTopicsResponse::default()
     }
 }

@@ -7,6 +7,8 @@ use wharf_client::{
     PartitionReplicas, ResetMode, TopicConfigValue, TopicDescription,
 };
 
+use wharf_protocol::messages::REPLICATION_FACTOR_KEY;
+
 use crate::table::{counted, or_dash, Table};
 use crate::{CliError, GroupCommand, TopicCommand};
 
@@ -17,11 +19,18 @@ pub async fn topic(client: &Client, command: TopicCommand, json: bool) -> Result
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } => {
+            let factor = replication_factor.map(|factor| factor.to_string());
             let configs: Vec<(&str, &str)> = configs
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str()))
+                .chain(
+                    factor
+                        .as_deref()
+                        .map(|factor| (REPLICATION_FACTOR_KEY, factor)),
+                )
                 .collect();
             let topic_id = admin.create_topic(&name, partitions, &configs).await?;
             if json {
