@@ -10,10 +10,13 @@
 //! records (`WHARF_UNSAFE_ACK_BEFORE_COMMIT=1`) with an acks=1 producer: the checker must
 //! find lost records, so a green run of the real loop means something.
 //!
+//! Wharf's own client (`tests/src/bin/native_faults.rs`, idempotent, acks=all) writes beside
+//! librdkafka in the real loops; the checker keeps each writer's order.
+//!
 //! `WHARF_FAULT_SEED` replays a run (each run prints its seed); `WHARF_FAULTS` sets the
 //! number of faults of the real loop (CI runs a short one; docs/CLUSTER.md records a long
-//! one). Not in this loop yet: network partitions (see `cluster_partition.rs` for the
-//! metadata log under a partition), queues and transactions (not replicated yet).
+//! one). The network-partition loop runs its nodes in network namespaces. Not in this loop
+//! yet: queues and transactions (not replicated yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -31,8 +34,10 @@ use serde_json::Value;
 
 const TOPIC: &str = "faults";
 const PARTITIONS: u32 = 2;
-/// Records a second the writer aims at.
+/// Records a second the Kafka writer aims at.
 const RATE: u32 = 400;
+/// Records a second the native writer aims at.
+const NATIVE_RATE: u32 = 200;
 /// Acknowledgements each partition must gain after a fault before the next one: the
 /// cluster recovered, not just survived.
 const PROGRESS: usize = 40;
@@ -102,6 +107,8 @@ struct Settings {
     unsafe_acks: bool,
     /// Each node in its network namespace (needed for cuts), else all on 127.0.0.1.
     namespaces: bool,
+    /// Wharf's own client writes too (`native_faults`, idempotent, acks=all).
+    native: bool,
 }
 
 /// One acknowledged write.
@@ -155,10 +162,14 @@ impl Verdict {
     }
 }
 
-/// `P-SEQ` → (P, SEQ).
-fn parse_value(value: &str) -> Option<(u32, u64)> {
-    let (partition, sequence) = value.split_once('-')?;
-    Some((partition.parse().ok()?, sequence.parse().ok()?))
+/// `P-SEQ` (the Kafka writer's) or `nP-SEQ` (the native writer's) → (writer, P, SEQ).
+fn parse_value(value: &str) -> Option<(&'static str, u32, u64)> {
+    let (head, sequence) = value.split_once('-')?;
+    let (writer, partition) = match head.strip_prefix('n') {
+        Some(partition) => ("native", partition),
+        None => ("kafka", head),
+    };
+    Some((writer, partition.parse().ok()?, sequence.parse().ok()?))
 }
 
 /// Checks the writer's acknowledgements and the live reader's records against what is
@@ -177,7 +188,8 @@ fn check(
     let mut where_stored: HashMap<&str, Vec<(u32, i64)>> = HashMap::new();
     let mut at: HashMap<(u32, i64), &str> = HashMap::new();
     for (partition, records) in stored {
-        let mut previous: Option<(i64, u64)> = None;
+        // Each writer's order, by writer: their records interleave.
+        let mut previous: HashMap<&str, (i64, u64)> = HashMap::new();
         for (offset, value) in records {
             where_stored
                 .entry(value.as_str())
@@ -185,16 +197,16 @@ fn check(
                 .push((*partition, *offset));
             at.insert((*partition, *offset), value.as_str());
             match parse_value(value) {
-                Some((from, sequence)) if from == *partition => {
-                    if let Some((before, last)) = previous {
-                        if sequence <= last {
+                Some((writer, from, sequence)) if from == *partition => {
+                    if let Some((before, last)) = previous.get(writer) {
+                        if sequence <= *last {
                             verdict.disordered.push(format!(
-                                "partition {partition}: sequence {last} at offset {before}, \
-                                 then {sequence} at {offset}"
+                                "partition {partition}: the {writer} writer's sequence {last} \
+                                 at offset {before}, then {sequence} at {offset}"
                             ));
                         }
                     }
-                    previous = Some((*offset, sequence));
+                    previous.insert(writer, (*offset, sequence));
                 }
                 _ => verdict.moved.push(format!(
                     "{value} stored in partition {partition} at offset {offset}"
@@ -279,11 +291,13 @@ fn read_seen(path: &Path) -> Vec<(u32, i64, String)> {
         .collect()
 }
 
-/// Acknowledgements so far per partition.
-fn acked_per_partition(path: &Path) -> Vec<usize> {
-    let mut counts = vec![0; PARTITIONS as usize];
-    for record in read_writes(path).0 {
-        counts[record.partition as usize] += 1;
+/// Acknowledgements so far per writer's file (in `paths` order) and partition.
+fn acked_per_partition(paths: &[PathBuf]) -> Vec<usize> {
+    let mut counts = vec![0; PARTITIONS as usize * paths.len()];
+    for (index, path) in paths.iter().enumerate() {
+        for record in read_writes(path).0 {
+            counts[index * PARTITIONS as usize + record.partition as usize] += 1;
+        }
     }
     counts
 }
@@ -297,19 +311,17 @@ fn script() -> PathBuf {
 struct Background(Child);
 
 impl Background {
-    /// Starts `command` (the clients' Python, maybe inside a namespace) on the script with
-    /// `args`, its output in `output` and its log (librdkafka reports each refused
-    /// connection) beside it.
+    /// Starts `command` (a client, maybe inside a namespace) with `args`, its output in
+    /// `output` and its log (librdkafka reports each refused connection) beside it.
     fn start(mut command: Command, args: &[&str], output: &Path) -> Background {
         let child = command
-            .arg(script())
             .args(args)
             .stdout(Stdio::from(File::create(output).expect("client output")))
             .stderr(Stdio::from(
                 File::create(output.with_extension("log")).expect("client log"),
             ))
             .spawn()
-            .expect("starting confluent_faults.py");
+            .expect("starting a client of the fault loop");
         Background(child)
     }
 
@@ -351,7 +363,7 @@ fn now() -> f64 {
 
 /// Runs the clients' script with `args` through `command` and returns its JSON answer.
 fn run_client(mut command: Command, args: &[&str]) -> Value {
-    let output = run_with_deadline(command.arg(script()).args(args), Duration::from_secs(180));
+    let output = run_with_deadline(command.args(args), Duration::from_secs(180));
     assert!(
         output.status.success(),
         "confluent_faults.py {args:?}: {}\n{}",
@@ -365,8 +377,16 @@ fn run_client(mut command: Command, args: &[&str]) -> Value {
 trait Nodes {
     /// `bootstrap.servers` for the clients.
     fn bootstrap(&self) -> String;
-    /// A command running the clients' Python where the clients reach the brokers.
-    fn python(&self) -> Command;
+    /// A command running `program` where the clients reach the brokers.
+    fn client(&self, program: &Path) -> Command;
+    /// A command running the clients' Python script (`confluent_faults.py`) there.
+    fn python(&self) -> Command {
+        let mut command = self.client(&client_python());
+        command.arg(script());
+        command
+    }
+    /// The native listener the native writer bootstraps from.
+    fn native_bootstrap(&self) -> String;
     /// Each partition's leader as a node that is up names it (-1: none).
     fn leaders(&self) -> Vec<i32>;
     /// Partition `partition`'s leader as node `witness` names it, when a lookup is quick
@@ -410,8 +430,12 @@ impl Nodes for Loopback {
             .join(",")
     }
 
-    fn python(&self) -> Command {
-        Command::new(client_python())
+    fn client(&self, program: &Path) -> Command {
+        Command::new(program)
+    }
+
+    fn native_bootstrap(&self) -> String {
+        self.addresses[0].clone()
     }
 
     fn leaders(&self) -> Vec<i32> {
@@ -467,8 +491,12 @@ impl Nodes for Namespaced {
         (1..=3).map(Network::kafka).collect::<Vec<_>>().join(",")
     }
 
-    fn python(&self) -> Command {
-        self.network.in_hub(&client_python())
+    fn client(&self, program: &Path) -> Command {
+        self.network.in_hub(program)
+    }
+
+    fn native_bootstrap(&self) -> String {
+        Network::broker(1)
     }
 
     fn leaders(&self) -> Vec<i32> {
@@ -545,7 +573,7 @@ fn seed() -> u64 {
 
 /// Waits until every partition gained [`PROGRESS`] acknowledgements over `before`; a stall
 /// fails with each node's view of the partitions' replicas.
-fn wait_for_progress(nodes: &dyn Nodes, writes: &Path, before: &[usize], what: &str) {
+fn wait_for_progress(nodes: &dyn Nodes, writes: &[PathBuf], before: &[usize], what: &str) {
     let deadline = Instant::now() + RECOVERY_LIMIT;
     loop {
         let counts = acked_per_partition(writes);
@@ -558,8 +586,9 @@ fn wait_for_progress(nodes: &dyn Nodes, writes: &Path, before: &[usize], what: &
         }
         if Instant::now() >= deadline {
             panic!(
-                "{what}: no progress within {RECOVERY_LIMIT:?} (acknowledged per partition: \
-                 {before:?} then {counts:?}); the replicas as each node sees them:\n{}",
+                "{what}: no progress within {RECOVERY_LIMIT:?} (acknowledged per writer and \
+                 partition, Kafka's first: {before:?} then {counts:?}); the replicas as each \
+                 node sees them:\n{}",
                 nodes.replicas()
             );
         }
@@ -733,6 +762,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
 
     let stop: PathBuf = root.path().join("stop");
     let writes = root.path().join("writes.txt");
+    let native_writes = root.path().join("native-writes.txt");
     let reads = root.path().join("reads.txt");
     let path = |path: &Path| path.display().to_string();
     let rate = RATE.to_string();
@@ -762,8 +792,34 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         ],
         &root.path().join("reader.json"),
     );
-    let zero = vec![0; PARTITIONS as usize];
-    wait_for_progress(nodes.as_ref(), &writes, &zero, "before the first fault");
+    // Wharf's own client writes beside librdkafka, idempotent with acks=all too (not in
+    // the control run, whose point is the acks=1 writer's losses).
+    let native_writer = settings.native.then(|| {
+        Background::start(
+            nodes.client(Path::new(env!("CARGO_BIN_EXE_native_faults"))),
+            &[
+                &nodes.native_bootstrap(),
+                TOPIC,
+                &partitions,
+                &NATIVE_RATE.to_string(),
+                &path(&stop),
+                &path(&native_writes),
+            ],
+            &root.path().join("native-writer.json"),
+        )
+    });
+    let writes_files: Vec<PathBuf> = if settings.native {
+        vec![writes.clone(), native_writes.clone()]
+    } else {
+        vec![writes.clone()]
+    };
+    let zero = vec![0; PARTITIONS as usize * writes_files.len()];
+    wait_for_progress(
+        nodes.as_ref(),
+        &writes_files,
+        &zero,
+        "before the first fault",
+    );
 
     let mut rng = SplitMix(settings.seed);
     let mut faults = Vec::new();
@@ -783,7 +839,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             Kind::KillLeader | Kind::KillAny => millis(&mut rng, 200, 3_000),
             _ => millis(&mut rng, 500, 4_000),
         };
-        let before = acked_per_partition(&writes);
+        let before = acked_per_partition(&writes_files);
         let at = now();
         let failover = inject(nodes.as_mut(), kind, node, partition, outage);
         let fault = Fault {
@@ -797,7 +853,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         faults.push(fault);
         wait_for_progress(
             nodes.as_ref(),
-            &writes,
+            &writes_files,
             &before,
             &format!("seed {}, after fault {number}", settings.seed),
         );
@@ -809,6 +865,12 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         writer.finish(Duration::from_secs(150)),
         "the writer did not finish"
     );
+    if let Some(mut native_writer) = native_writer {
+        assert!(
+            native_writer.finish(Duration::from_secs(150)),
+            "the native writer did not finish (its log: native-writer.log)"
+        );
+    }
     assert!(
         reader.finish(Duration::from_secs(60)),
         "the reader did not finish"
@@ -833,7 +895,13 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             (partition.parse().expect("a partition"), records)
         })
         .collect();
-    let (acked, failed) = read_writes(&writes);
+    let (mut acked, mut failed) = read_writes(&writes);
+    if settings.native {
+        let (native_acked, native_failed) = read_writes(&native_writes);
+        eprintln!("the native writer: {} acknowledged", native_acked.len());
+        acked.extend(native_acked);
+        failed.extend(native_failed);
+    }
     let seen = read_seen(&reads);
     let verdict = check(&acked, &failed, &seen, &stored);
     let http = nodes.http();
@@ -873,6 +941,7 @@ fn real_loop(namespaces: bool, kinds: &'static [Kind], default_faults: usize) {
         acks: "all",
         unsafe_acks: false,
         namespaces,
+        native: true,
     };
     let (injected, verdict, pauses) = run(&settings);
     for (fault, pause) in injected.iter().zip(&pauses) {
@@ -920,27 +989,24 @@ fn real_loop(namespaces: bool, kinds: &'static [Kind], default_faults: usize) {
 }
 
 #[test]
-fn acknowledged_records_survive_a_seeded_loop_of_kills() {
+fn acknowledged_records_survive_a_seeded_loop_of_kills_and_pauses() {
     // Goal: issue #21's promise under faults: with acks=all an acknowledged record
-    // survives any single failed (and, with WHARF_FAULT_PAUSES=1, paused) broker, exactly
-    // once, in order, and no consumer sees a record that later disappears. Method: the
-    // seeded loop above with an idempotent acks=all producer; the checker's findings must
-    // all be empty.
-    // Pauses are not in CI: after a paused leader resumes, librdkafka's idempotent
-    // producer sometimes keeps a partition on the old leader for over 60 s although every
-    // node names the new one (docs/CLUSTER.md, "Stalls the loop found", 4); the loop then
-    // fails on liveness (safety held in every such run). WHARF_FAULT_PAUSES=1 adds them.
-    let kinds: &'static [Kind] = if std::env::var_os("WHARF_FAULT_PAUSES").is_some() {
+    // survives any single failed or paused broker, exactly once, in order, and no consumer
+    // sees a record that later disappears. Method: the seeded loop above with an idempotent
+    // acks=all librdkafka producer and one of Wharf's own client; the checker's findings
+    // must all be empty. (Until 2026-12-06 CI ran SIGKILLs only: librdkafka's producer
+    // could stay on a paused leader after it resumed, docs/CLUSTER.md, "Stalls the loop
+    // found", 4 and 5.)
+    real_loop(
+        false,
         &[
             Kind::KillLeader,
             Kind::KillAny,
             Kind::PauseLeader,
             Kind::PauseAny,
-        ]
-    } else {
-        &[Kind::KillLeader, Kind::KillAny]
-    };
-    real_loop(false, kinds, 8);
+        ],
+        8,
+    );
 }
 
 #[test]
@@ -949,17 +1015,8 @@ fn acknowledged_records_survive_network_partitions_isolated_leaders_and_bridges(
     // from both followers while clients still reach it (the minority side), any node cut
     // off, and a bridge (two nodes cut apart, the third reaching both), mixed with kills
     // and pauses. Method: the nodes in network namespaces (integration_tests::netns), the
-    // clients in the hub; blackhole routes cut the links between nodes.
-    // Not in CI yet: after a paused leader resumes, librdkafka sometimes keeps sending a
-    // partition to it for over 60 s although every node names the new leader (docs/
-    // CLUSTER.md, "Stalls the loop found", 4). Safety held in every run.
-    if std::env::var_os("WHARF_FAULT_NAMESPACES").is_none() {
-        eprintln!(
-            "skipped: set WHARF_FAULT_NAMESPACES=1 to run the network-partition loop (the \
-             writer can stall after a paused leader resumes: docs/CLUSTER.md)"
-        );
-        return;
-    }
+    // clients in the hub; blackhole routes cut the links between nodes. Skipped, with the
+    // reason printed, only where this process may not make network namespaces.
     if !namespaces_allowed() {
         return;
     }
@@ -1017,6 +1074,7 @@ fn the_checker_catches_the_loss_of_a_broker_that_acknowledges_before_the_quorum(
         acks: "1",
         unsafe_acks: true,
         namespaces: false,
+        native: false,
     };
     let (injected, verdict, _) = run(&settings);
     eprintln!(
