@@ -1524,10 +1524,12 @@ pub fn apply_topic_overrides(
                     ));
                 }
             }
+            // Checked against the topic's replication factor by the core
+            // (`Broker::check_min_insync`): at most the majority of its replicas.
             "min.insync.replicas" => {
-                if value != "1" {
+                if !matches!(value.parse::<u32>(), Ok(1..)) {
                     return Err(format!(
-                        "config min.insync.replicas={value:?} is not supported: only 1 (a single broker holds one replica)"
+                        "config min.insync.replicas={value:?} must be a whole number from 1"
                     ));
                 }
             }

@@ -593,4 +593,24 @@ fn a_lone_node_takes_replication_factor_one_and_refuses_more() {
     // The config entry is taken out: the topic's configs do not list it.
     let described = wharf_ok(&address, &["topic", "describe", "single"], "");
     assert!(!described.contains("replication.factor"), "{described}");
+    // min.insync.replicas can be at most the majority of the replicas: 1 here.
+    let insync = wharf(
+        &address,
+        &[
+            "topic",
+            "create",
+            "insync",
+            "--partitions",
+            "1",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        "",
+    );
+    assert!(!insync.status.success());
+    let stderr = String::from_utf8_lossy(&insync.stderr);
+    assert!(
+        stderr.contains("min.insync.replicas=2 is more than the majority (1)"),
+        "{stderr}"
+    );
 }

@@ -1613,6 +1613,44 @@ fn factors_asked_through_the_cli_and_http_are_placed(addresses: &[String], http:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // min.insync.replicas up to the majority of the replicas (2 of 3), as a create's
+    // config; 3 of 3 cannot be promised and an alter to it is refused.
+    let insync = wharf(
+        &addresses[0],
+        &[
+            "topic",
+            "create",
+            "insync-two",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        "",
+    );
+    assert!(insync.status.success(), "{insync:?}");
+    assert_eq!(
+        topic_override(&addresses[0], "insync-two", "min.insync.replicas").as_deref(),
+        Some("2")
+    );
+    let all_three = wharf(
+        &addresses[0],
+        &[
+            "topic",
+            "alter",
+            "insync-two",
+            "--config",
+            "min.insync.replicas=3",
+        ],
+        "",
+    );
+    assert!(!all_three.status.success(), "{all_three:?}");
+    assert!(
+        String::from_utf8_lossy(&all_three.stderr).contains("more than the majority (2)"),
+        "{all_three:?}"
+    );
     let refused = wharf(
         &addresses[0],
         &[

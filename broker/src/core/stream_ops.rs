@@ -237,6 +237,13 @@ impl Broker {
                 ));
                 continue;
             }
+            // The factor the metadata will place it with (its default rule: 3 from three
+            // registered nodes, else 1).
+            let factor = replication_factor.unwrap_or(if brokers >= 3 { 3 } else { 1 });
+            if let Err(refused) = check_min_insync(&configs, factor) {
+                results.push((name, Err(refused)));
+                continue;
+            }
             let streams = self.streams.clone();
             let creating = name.clone();
             let outcome = match (mode, self.replicated()) {
@@ -314,6 +321,7 @@ impl Broker {
         configs: Vec<(String, String)>,
     ) -> Result<TopicInfo, StreamError> {
         self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
+        check_min_insync(&configs, self.placed_factor(name))?;
         if let (Some(cluster), false) = (self.placed_topic(name), configs.is_empty()) {
             let changes = configs
                 .into_iter()
@@ -349,6 +357,14 @@ impl Broker {
         mode: AdminMode,
     ) -> Result<TopicInfo, StreamError> {
         self.check(caller, Operation::AlterConfigs, ResourceType::Topic, name)?;
+        let set: Vec<(String, String)> = changes
+            .iter()
+            .filter_map(|change| match change {
+                ConfigChange::Set(key, value) => Some((key.clone(), value.clone())),
+                ConfigChange::Delete(_) => None,
+            })
+            .collect();
+        check_min_insync(&set, self.placed_factor(name))?;
         if let (Some(cluster), AdminMode::Apply) = (self.placed_topic(name), mode) {
             return self
                 .change_configs_replicated(&cluster, name, changes, replace)
@@ -828,6 +844,41 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// How many replicas `topic`'s partitions have (1 for a topic the cluster does not
+    /// place, and on a lone node).
+    fn placed_factor(&self, topic: &str) -> u32 {
+        self.routing()
+            .and_then(|routing| routing.partition(topic, 0))
+            .map_or(1, |placed| {
+                u32::try_from(placed.replicas.len()).unwrap_or(u32::MAX)
+            })
+    }
+}
+
+/// `min.insync.replicas` among `configs` must not exceed the majority of `factor` replicas:
+/// a replicated partition answers acks=all once a majority of its replicas has the record
+/// durably (its raft group's commit), so that is how many replicas an acknowledged record
+/// is on at least; more cannot be promised (Kafka's ISR rule is not Wharf's).
+fn check_min_insync(configs: &[(String, String)], factor: u32) -> Result<(), StreamError> {
+    let majority = factor / 2 + 1;
+    let wanted = configs
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "min.insync.replicas")
+        .and_then(|(_, value)| value.parse::<u32>().ok());
+    match wanted {
+        Some(wanted) if wanted > majority => Err(StreamError::Topic(
+            crate::streams::topic::TopicError::InvalidConfig(format!(
+                "config min.insync.replicas={wanted} is more than the majority ({majority}) of \
+                 the topic's {factor} replica(s): an acks=all produce is acknowledged once a \
+                 majority has the record, so at most {majority} can be promised"
+            )),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `log`'s leader epochs; for a log that never started one (not replicated), the one epoch
 /// 0 from its start, which Kafka's clients see in Metadata.
 fn epochs_or_zero(log: &crate::storage::Partition) -> LeaderEpochs {
@@ -854,4 +905,35 @@ pub(crate) fn dedupe(names: Vec<String>) -> Vec<String> {
         .into_iter()
         .filter(|name| seen.insert(name.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_min_insync;
+
+    fn configs(value: &str) -> Vec<(String, String)> {
+        vec![
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("min.insync.replicas".to_string(), value.to_string()),
+        ]
+    }
+
+    #[test]
+    fn min_insync_replicas_may_be_at_most_the_majority_of_the_replicas() {
+        assert!(check_min_insync(&configs("1"), 1).is_ok());
+        assert!(check_min_insync(&configs("2"), 1).is_err(), "one replica");
+        assert!(check_min_insync(&configs("2"), 3).is_ok());
+        let refused = check_min_insync(&configs("3"), 3).expect_err("all three");
+        assert!(
+            refused
+                .to_string()
+                .contains("more than the majority (2) of the topic's 3 replica(s)"),
+            "{refused}"
+        );
+        assert!(check_min_insync(&configs("3"), 5).is_ok());
+        assert!(
+            check_min_insync(&[], 1).is_ok(),
+            "not set: Kafka's default, 1"
+        );
+    }
 }
