@@ -7,7 +7,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use wharf_broker::storage::fs::{Fs, OpenMode};
-use wharf_broker::storage::segment::{file_name, Segment};
+use wharf_broker::storage::segment::{file_name, KnownEpochs, Segment};
 use wharf_broker::storage::sim::SimFs;
 use wharf_broker::storage::LogConfig;
 
@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         index_bytes_max: 1024,
         ..LogConfig::default()
     };
-    let (segment, report) = Segment::recover(&fs, dir, 0, &config, 0).expect("sim fs");
+    // As a replicated partition with three leader epochs started: -1 and these pass the
+    // header check, any other epoch is damage.
+    let (segment, report) =
+        Segment::recover(&fs, dir, 0, &config, 0, KnownEpochs(&[0, 1, 7])).expect("sim fs");
     assert_eq!(
         report.valid_bytes + report.truncated_bytes,
         data.len() as u64
