@@ -6,7 +6,8 @@
 # Per size and repetition: a lone wharfd takes `wharf perf produce --acks all` on a topic of
 # one partition; then three wharfd processes (a cluster on this machine, sharing its cores)
 # take the same run on a topic of one partition with replication factor 3 (created through
-# Kafka CreateTopics with confluent-kafka, the only way to ask for a factor today). Prints
+# Kafka CreateTopics with confluent-kafka, which builds from before `wharf topic create
+# --replication-factor` (2026-12-06) take too, so BEFORE= can name one). Prints
 # one line per run: setup, size, msgs/s, p50/p99 ack latency (us), and the ratio
 # replicated/single of the medians per size.
 #
