@@ -22,6 +22,17 @@ pub type NodeId = u64;
 /// a smaller cluster gives such a topic 1.
 pub const DEFAULT_FACTOR: u32 = 3;
 
+/// The factor a topic created without one gets in a cluster of `nodes` registered nodes:
+/// [`DEFAULT_FACTOR`] once there are that many, else 1 (two replicas would need both for a
+/// majority: a cluster of two keeps one).
+pub fn default_factor(nodes: usize) -> u32 {
+    if nodes >= DEFAULT_FACTOR as usize {
+        DEFAULT_FACTOR
+    } else {
+        1
+    }
+}
+
 /// A node as the metadata knows it: where its listeners are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -440,9 +451,7 @@ impl MetadataState {
     fn check_factor(&self, requested: u32) -> Result<usize, MetadataError> {
         let nodes = self.nodes.len().max(1);
         match requested as usize {
-            // Two replicas would make a majority of both: a cluster of two keeps one.
-            0 if nodes >= DEFAULT_FACTOR as usize => Ok(DEFAULT_FACTOR as usize),
-            0 => Ok(1),
+            0 => Ok(default_factor(nodes) as usize),
             factor if factor <= nodes => Ok(factor),
             factor => Err(MetadataError::Invalid(format!(
                 "replication factor {factor} is more than the {nodes} nodes of the cluster"

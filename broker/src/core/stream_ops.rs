@@ -237,9 +237,9 @@ impl Broker {
                 ));
                 continue;
             }
-            // The factor the metadata will place it with (its default rule: 3 from three
-            // registered nodes, else 1).
-            let factor = replication_factor.unwrap_or(if brokers >= 3 { 3 } else { 1 });
+            // The factor the metadata will place it with (its default rule).
+            let factor = replication_factor
+                .unwrap_or_else(|| crate::cluster::metadata::default_factor(brokers as usize));
             if let Err(refused) = check_min_insync(&configs, factor) {
                 results.push((name, Err(refused)));
                 continue;
@@ -847,7 +847,7 @@ impl Broker {
 impl Broker {
     /// How many replicas `topic`'s partitions have (1 for a topic the cluster does not
     /// place, and on a lone node).
-    fn placed_factor(&self, topic: &str) -> u32 {
+    pub fn placed_factor(&self, topic: &str) -> u32 {
         self.routing()
             .and_then(|routing| routing.partition(topic, 0))
             .map_or(1, |placed| {

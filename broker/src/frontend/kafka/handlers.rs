@@ -790,10 +790,7 @@ async fn create_topics(
     let mode = admin::mode(request.validate_only);
     for (name, outcome) in broker.create_topics(caller, wanted, mode).await {
         // The factor the metadata placed it with (the cluster's default when not asked).
-        let factor = broker
-            .routing()
-            .and_then(|routing| routing.partition(&name, 0))
-            .map_or(1, |placed| placed.replicas.len());
+        let factor = broker.placed_factor(&name);
         results.push(created_topic(name, outcome, factor));
     }
     CreateTopicsResponse::default().with_topics(results)
@@ -802,7 +799,7 @@ async fn create_topics(
 fn created_topic(
     name: String,
     outcome: Result<TopicInfo, StreamError>,
-    factor: usize,
+    factor: u32,
 ) -> CreatableTopicResult {
     let result = CreatableTopicResult::default().with_name(topic_name(&name));
     match outcome {
