@@ -26,6 +26,7 @@ mod cluster_sync;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
+mod queue_replication;
 pub mod quota;
 mod replication;
 pub mod routing;

@@ -18,6 +18,8 @@
 //!   consumers) and the commands it takes.
 //! - `pipeline`: a queue task's appends that wait for their fsync, with the confirms and
 //!   ready messages that wait on them, so the task appends the next run meanwhile.
+//! - [`replicated`]: a replicated queue's writes as commands of its replicated log, and
+//!   how every replica applies them to its store.
 //! - [`remote`]: queues another node of the cluster leads: the proxy that forwards their
 //!   commands, and the leader's side that serves them.
 //! - [`manager`]: the registry (declares, bindings, deletes, exclusive and auto-delete
@@ -58,6 +60,7 @@ mod pipeline;
 mod publish;
 mod ready;
 pub mod remote;
+pub mod replicated;
 pub mod store;
 pub(crate) mod tag_map;
 mod tag_set;

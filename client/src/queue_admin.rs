@@ -97,6 +97,12 @@ pub struct QueueArgs {
     pub ack_timeout_ms: Option<u64>,
     /// Delete the queue when its last consumer cancels or disconnects.
     pub auto_delete: bool,
+    /// A quorum queue: in a cluster, replicated on three nodes (or every node of a smaller
+    /// one) unless `replication_factor` says how many.
+    pub quorum: bool,
+    /// How many nodes of a cluster hold the queue; above 1 every write goes through its
+    /// replicated log.
+    pub replication_factor: Option<u32>,
 }
 
 impl QueueArgs {
@@ -135,6 +141,12 @@ impl QueueArgs {
         }
         if self.auto_delete {
             push("auto-delete", "true".to_string());
+        }
+        if self.quorum {
+            push("queue-type", "quorum".to_string());
+        }
+        if let Some(factor) = self.replication_factor {
+            push("replication-factor", factor.to_string());
         }
         entries
     }
@@ -621,6 +633,8 @@ mod tests {
             single_active_consumer: true,
             ack_timeout_ms: Some(1000),
             auto_delete: true,
+            quorum: true,
+            replication_factor: Some(3),
         };
         let pairs: Vec<(String, String)> = args
             .to_entries()
@@ -637,6 +651,8 @@ mod tests {
             ("single-active-consumer", "true"),
             ("ack-timeout-ms", "1000"),
             ("auto-delete", "true"),
+            ("queue-type", "quorum"),
+            ("replication-factor", "3"),
         ];
         let expected: Vec<(String, String)> = expected
             .iter()

@@ -845,6 +845,22 @@ impl Replica {
         self.leader() == Some(self.node_id)
     }
 
+    /// Whether this node leads the group and has applied every entry of its log, its own
+    /// term's first entry included: everything committed before its term is in the applied
+    /// state, and nothing it submitted waits. A writer that predicts where its writes land
+    /// (a replicated queue's task) starts only then.
+    pub fn leads_caught_up(&self) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.last_applied.is_some_and(|applied| {
+            applied.leader_id.term == metrics.current_term
+                && Some(applied.index) == metrics.last_log_index
+        })
+    }
+
     /// Resolves once this node no longer leads the group (it stepped down, or lost its
     /// majority's acknowledgements for longer than the lease).
     pub async fn deposed(&self) {

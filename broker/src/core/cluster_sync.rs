@@ -37,8 +37,6 @@ use super::queue_ops::blocking as queue_blocking;
 use super::stream_ops::blocking;
 use super::Broker;
 
-/// Replicas per queue recorded in the metadata: 1 until queues are replicated (issue #21).
-const QUEUE_REPLICATION_FACTOR: u32 = 1;
 /// The factor a topic created without one is proposed with: 0, the cluster's default
 /// (`cluster::metadata::DEFAULT_FACTOR` replicas once it has that many nodes, else 1),
 /// decided when the metadata log applies the create.
@@ -309,7 +307,9 @@ impl Broker {
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareQueue {
             name: name.to_string(),
-            replication_factor: QUEUE_REPLICATION_FACTOR,
+            // Resolved by the core's rule (`queue_ops::resolve_replicas`): the arguments
+            // name it when above 1.
+            replication_factor: args.replication_factor.unwrap_or(1),
             arguments: pairs.iter().cloned().collect(),
         };
         Self::propose_declare(cluster, command).await?;
@@ -349,6 +349,7 @@ impl Broker {
             .await
             .map_err(queue_refusal)?;
         let _following = self.cluster_follow.lock().await;
+        self.stop_queue_replica(name).await;
         match self.queues.delete_queue(name).await {
             // Following the log deleted it here first.
             Err(QueueError::UnknownQueue(_)) if in_metadata => Ok(()),
@@ -879,6 +880,7 @@ impl Broker {
             if !self.queues.exists(&name) {
                 continue;
             }
+            self.stop_queue_replica(&name).await;
             match self.queues.delete_queue(&name).await {
                 Ok(()) | Err(QueueError::UnknownQueue(_)) => {
                     tracing::info!(queue = name, "deleted queue as the cluster's metadata did")

@@ -124,6 +124,20 @@ pub struct ReplicaObserved {
     pub followers: Vec<(u64, u64, bool)>,
 }
 
+/// This node's member of a replicated queue's group (issue #21).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReplicaObserved {
+    /// The queue.
+    pub queue: String,
+    /// The leader this node's member knows, -1 for none.
+    pub leader: i64,
+    /// The member's current term.
+    pub term: u64,
+    /// On the leader: each other replica's node id, entries behind, and whether it has
+    /// every entry the leader applied.
+    pub followers: Vec<(u64, u64, bool)>,
+}
+
 /// Everything a scrape reports from the broker's state.
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -131,6 +145,8 @@ pub struct Observed {
     pub partitions: Vec<PartitionObserved>,
     /// This node's members of replicated partitions, by (topic, partition).
     pub replicas: Vec<ReplicaObserved>,
+    /// This node's members of replicated queues, by queue.
+    pub queue_replicas: Vec<QueueReplicaObserved>,
     /// Groups, by id.
     pub groups: Vec<GroupObserved>,
     /// Queues, by name.
@@ -182,6 +198,7 @@ impl Broker {
         let mut left_out = 0u64;
         let partitions = self.observe_partitions(&mut left_out);
         let replicas = self.observe_replicas(&mut left_out);
+        let queue_replicas = self.observe_queue_replicas(&mut left_out);
         let groups = self.observe_groups(caller, &mut left_out);
         let mut queues = self.list_queues(caller).await;
         queues.sort_by(|left, right| left.name.cmp(&right.name));
@@ -192,6 +209,7 @@ impl Broker {
         Observed {
             partitions,
             replicas,
+            queue_replicas,
             groups,
             queues,
             left_out,
@@ -301,7 +319,11 @@ impl Broker {
             .all()
             .into_iter()
             .filter_map(|replica| {
-                // Group names are `<topic>-<partition>`, as partition directories.
+                // Group names are `<topic>-<partition>`, as partition directories; a
+                // queue's is `queue:<name>` (topic names hold no `:`).
+                if replica.group().contains(':') {
+                    return None;
+                }
                 let (topic, partition) = replica.group().rsplit_once('-')?;
                 let status = replica.status();
                 Some(ReplicaObserved {
@@ -319,6 +341,33 @@ impl Broker {
         if replicas.len() > PARTITION_SERIES_MAX {
             *left_out += (replicas.len() - PARTITION_SERIES_MAX) as u64;
             replicas.truncate(PARTITION_SERIES_MAX);
+        }
+        replicas
+    }
+
+    fn observe_queue_replicas(&self, left_out: &mut u64) -> Vec<QueueReplicaObserved> {
+        let Some(cluster) = self.replicated() else {
+            return Vec::new();
+        };
+        let mut replicas: Vec<QueueReplicaObserved> = cluster
+            .replicas()
+            .all()
+            .into_iter()
+            .filter_map(|replica| {
+                let queue = replica.group().strip_prefix("queue:")?.to_string();
+                let status = replica.status();
+                Some(QueueReplicaObserved {
+                    queue,
+                    leader: status.leader.map_or(-1, |leader| leader as i64),
+                    term: status.term,
+                    followers: follower_rows(&status),
+                })
+            })
+            .collect();
+        replicas.sort_by(|left, right| left.queue.cmp(&right.queue));
+        if replicas.len() > QUEUE_SERIES_MAX {
+            *left_out += (replicas.len() - QUEUE_SERIES_MAX) as u64;
+            replicas.truncate(QUEUE_SERIES_MAX);
         }
         replicas
     }

@@ -21,8 +21,8 @@ use crate::queue::exchange::ExchangeKind;
 use crate::queue::{
     args_from_pairs, AckScope, BindingInfo, CancelReason, ConsumerId, ConsumerOptions,
     DeleteConditions, Deliveries, DeliveryTag, Durability, GetMode, GotMessage, Message, Moved,
-    PublishTicket, Published, QueueError, QueueManager, QueueStats, Requeue, SharedPrefetch,
-    EXCHANGE_HEADER, GET_BYTES_MAX,
+    PublishTicket, Published, QueueArgs, QueueError, QueueManager, QueueStats, Requeue,
+    SharedPrefetch, EXCHANGE_HEADER, GET_BYTES_MAX,
 };
 
 /// A publish.
@@ -184,8 +184,14 @@ impl Broker {
         )?;
         // A durable queue any connection may use is cluster-wide (issue #20); exclusive and
         // transient ones belong to a connection on this node.
+        let shared = durability == Durability::Durable && !args.exclusive;
+        let nodes = match self.replicated() {
+            Some(cluster) if shared => cluster.applied().state.nodes.len().max(1),
+            _ => 1,
+        };
+        let (args, pairs) = resolve_replicas(args, pairs, nodes, shared)?;
         if let Some(cluster) = self.replicated() {
-            if durability == Durability::Durable && !args.exclusive {
+            if shared {
                 return self
                     .declare_queue_replicated(cluster, &name, &pairs, args)
                     .await;
@@ -216,6 +222,7 @@ impl Broker {
             args.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
+        let (args, _) = resolve_replicas(args, Vec::new(), 1, false)?;
         let queues = self.queues.clone();
         let owner = session.id();
         blocking(move || queues.declare_generated_queue_for(&prefix, args, durability, Some(owner)))
@@ -908,4 +915,49 @@ fn publish_outcome(
             PublishOutcome::Dropped
         }
     }
+}
+
+/// Replicas a quorum queue gets when it names no factor: three, or every node of a smaller
+/// cluster (RabbitMQ's default quorum-queue group size is three).
+const QUORUM_FACTOR: usize = 3;
+
+/// The core's rule for a queue's replicas (issue #21): an explicit `replication-factor`
+/// holds, a quorum queue gets [`QUORUM_FACTOR`] (at most the `nodes`), any other queue 1.
+/// A factor above 1 needs a queue all connections share (durable, not exclusive) and at
+/// most `nodes` (1 on a lone node). Returns the arguments with the factor resolved (the
+/// quorum flag gone, the factor present only above 1, so every node reads the same) and
+/// the given `pairs` changed to match, as the metadata log records them.
+///
+/// # Errors
+/// `Invalid` for a factor the queue or the cluster cannot have.
+pub(crate) fn resolve_replicas(
+    mut args: QueueArgs,
+    mut pairs: Vec<(String, String)>,
+    nodes: usize,
+    shared: bool,
+) -> Result<(QueueArgs, Vec<(String, String)>), QueueError> {
+    let factor = match (args.replication_factor, args.quorum) {
+        (Some(factor), _) => factor as usize,
+        (None, true) if shared => QUORUM_FACTOR.min(nodes),
+        (None, _) => 1,
+    };
+    if factor > 1 && !shared {
+        return Err(QueueError::Invalid(
+            "a replicated queue must be durable and not exclusive".to_string(),
+        ));
+    }
+    if factor > nodes.max(1) {
+        return Err(QueueError::Invalid(format!(
+            "replication-factor {factor} is more than the {} node{} of the cluster",
+            nodes.max(1),
+            if nodes > 1 { "s" } else { "" }
+        )));
+    }
+    args.quorum = false;
+    args.replication_factor = (factor > 1).then(|| u32::try_from(factor).unwrap_or(u32::MAX));
+    pairs.retain(|(key, _)| key != "queue-type" && key != "replication-factor");
+    if let Some(factor) = args.replication_factor {
+        pairs.push(("replication-factor".to_string(), factor.to_string()));
+    }
+    Ok((args, pairs))
 }

@@ -52,7 +52,7 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// 0.9 starts an election only after the leader's lease (the longest election timeout)
 /// plus the election timeout without hearing from the leader, so a dead leader is
 /// replaced 1.2–1.4 s after its last heartbeat (heartbeat 200 ms): six heartbeats missed.
-fn replica_timing(metadata: Timing) -> Timing {
+pub(crate) fn replica_timing(metadata: Timing) -> Timing {
     let heartbeat = metadata.heartbeat.max(REPLICA_HEARTBEAT_MIN);
     let election_min = metadata.election_min.max(heartbeat * 5 / 2);
     Timing {
@@ -208,36 +208,12 @@ impl Applier for PartitionApplier {
     }
 
     fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes> {
-        let mut out = BytesMut::new();
-        let mut at = from;
-        while at < to {
-            let read = self
-                .log
-                .read(at, 1024 * 1024)
-                .map_err(|error| std::io::Error::other(error.to_string()))?;
-            let mut bytes = read.bytes;
-            if bytes.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{}-{} holds nothing at {at} (below {to})",
-                    self.topic, self.partition
-                )));
-            }
-            while let Ok(Some(header)) = wharf_protocol::batch::parse_header(&bytes) {
-                if header.base_offset >= to || header.total_bytes() > bytes.len() {
-                    break;
-                }
-                if header.base_offset != at {
-                    return Err(std::io::Error::other(format!(
-                        "{}-{} has no batch at {at} (a compacted range cannot be copied)",
-                        self.topic, self.partition
-                    )));
-                }
-                out.put_slice(&bytes[..header.total_bytes()]);
-                at = header.last_offset() + 1;
-                bytes.advance(header.total_bytes());
-            }
-        }
-        Ok(out.freeze())
+        read_batches(
+            &self.log,
+            from,
+            to,
+            &format!("{}-{}", self.topic, self.partition),
+        )
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
@@ -259,12 +235,52 @@ impl Applier for PartitionApplier {
     }
 }
 
+/// The stored batches of `log` from offset `from` to `to` (whole batches, for a follower
+/// behind the purged raft log); `what` names the log in errors.
+///
+/// # Errors
+/// A read failure, or a range the log no longer holds whole (deleted, or compacted).
+pub(crate) fn read_batches(
+    log: &Partition,
+    from: i64,
+    to: i64,
+    what: &str,
+) -> std::io::Result<Bytes> {
+    let mut out = BytesMut::new();
+    let mut at = from;
+    while at < to {
+        let read = log
+            .read(at, 1024 * 1024)
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let mut bytes = read.bytes;
+        if bytes.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{what} holds nothing at {at} (below {to})"
+            )));
+        }
+        while let Ok(Some(header)) = wharf_protocol::batch::parse_header(&bytes) {
+            if header.base_offset >= to || header.total_bytes() > bytes.len() {
+                break;
+            }
+            if header.base_offset != at {
+                return Err(std::io::Error::other(format!(
+                    "{what} has no batch at {at} (a compacted range cannot be copied)"
+                )));
+            }
+            out.put_slice(&bytes[..header.total_bytes()]);
+            at = header.last_offset() + 1;
+            bytes.advance(header.total_bytes());
+        }
+    }
+    Ok(out.freeze())
+}
+
 /// The part of `records` (whole batches from offset `from`) at and after offset `end`, the
 /// end of a replica's log. The replica may have applied entries since it told the leader
 /// where it ended (a snapshot and entries from the log race), so it can already hold a
 /// prefix of the records: its log is a prefix of the leader's, as the same batches, so that
 /// prefix is whole batches and is skipped.
-fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8], String> {
+pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8], String> {
     if end < from {
         return Err(format!(
             "the records start at {from}, past the log's end {end}"
@@ -410,9 +426,10 @@ impl Broker {
             .map_err(|error| replica_refusal(error, &info.name, partition, 0))
     }
 
-    /// Starts this node's member of every replicated partition the metadata places here
-    /// and this node has a log of; stops the members of partitions no longer placed here.
-    pub(crate) async fn sync_replicas(&self, cluster: &Cluster, state: &MetadataState) {
+    /// Starts this node's member of every replicated partition and queue the metadata
+    /// places here and this node has a log or a store of; stops the members of those no
+    /// longer placed here.
+    pub(crate) async fn sync_replicas(self: &Arc<Self>, cluster: &Cluster, state: &MetadataState) {
         // The control run's switch takes effect (and warns) before any member starts.
         acks_before_commit();
         let this = cluster.node_id();
@@ -487,6 +504,15 @@ impl Broker {
                     }
                 }
             }
+        }
+        for (name, queue) in &state.queues {
+            let set = &queue.placement;
+            if set.replicas.len() < 2 || !set.replicas.contains(&this) {
+                continue;
+            }
+            placed.insert(super::queue_replication::queue_group_name(name));
+            self.start_queue_replica(cluster, state, name, &set.replicas, set.leader)
+                .await;
         }
         for replica in cluster.replicas().all() {
             if !placed.contains(replica.group()) {

@@ -312,6 +312,15 @@ impl QueueCluster for QueuePlacement {
     }
 
     fn leader_elsewhere(&self, queue: &str) -> Option<u64> {
+        // A replicated queue with a member here: the leader that member knows (none while
+        // it knows none: then the queue has no task here either, and its callers are told
+        // no leader serves it).
+        let group = super::queue_replication::queue_group_name(queue);
+        if let Some(replica) = self.cluster.replicas().get(&group) {
+            return replica
+                .leader()
+                .filter(|leader| *leader != self.cluster.node_id());
+        }
         let leader = self
             .cluster
             .applied()

@@ -60,6 +60,12 @@ pub(crate) fn args_to_pairs(args: &QueueArgs) -> Vec<StoredArg> {
     if let Some(max_priority) = args.max_priority {
         push("max-priority", max_priority.to_string());
     }
+    if args.quorum {
+        push("queue-type", "quorum".to_string());
+    }
+    if let Some(factor) = args.replication_factor {
+        push("replication-factor", factor.to_string());
+    }
     pairs
 }
 
@@ -123,6 +129,24 @@ pub fn args_from_pairs<'a>(
                     )))
                 }
             },
+            "queue-type" => match value {
+                "classic" => args.quorum = false,
+                "quorum" => args.quorum = true,
+                other => {
+                    return Err(QueueError::Invalid(format!(
+                        "queue-type {other:?} is not classic or quorum"
+                    )))
+                }
+            },
+            "replication-factor" => match u32::try_from(number()?) {
+                Ok(factor) if factor > 0 => args.replication_factor = Some(factor),
+                _ => {
+                    return Err(QueueError::Invalid(format!(
+                        "queue argument replication-factor={value} must be from 1 to the \
+                         cluster's node count"
+                    )))
+                }
+            },
             other => {
                 return Err(QueueError::Invalid(format!(
                     "unknown queue argument {other:?}"
@@ -163,6 +187,8 @@ mod tests {
             auto_delete: true,
             expires_ms: Some(60_000),
             max_priority: Some(10),
+            quorum: true,
+            replication_factor: Some(3),
         };
         assert_eq!(round_trip(&every_field), every_field);
         assert_eq!(round_trip(&QueueArgs::default()), QueueArgs::default());
@@ -180,6 +206,14 @@ mod tests {
         ));
         assert!(matches!(
             args_from_pairs([("max-priority", "256")]),
+            Err(QueueError::Invalid(_))
+        ));
+        assert!(matches!(
+            args_from_pairs([("replication-factor", "0")]),
+            Err(QueueError::Invalid(_))
+        ));
+        assert!(matches!(
+            args_from_pairs([("queue-type", "stream")]),
             Err(QueueError::Invalid(_))
         ));
         assert_eq!(

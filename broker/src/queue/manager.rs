@@ -42,6 +42,7 @@ use crate::queue::delivery::{AckScope, CancelReason, ConsumerId, DeliveryTag, Ge
 use crate::queue::exchange::{Bindings, ExchangeKind, HeadersArgs};
 use crate::queue::publish::{route_names, stamp};
 use crate::queue::remote::{self, Origins, PulledConsumers, QueueCluster};
+use crate::queue::replicated::QueueLog;
 use crate::queue::store::QueueStore;
 use crate::queue::task::{
     message_bytes, Command, Control, MoveRound, Outcomes, QueueTask, GET_BYTES_MAX,
@@ -69,7 +70,16 @@ pub const GET_COUNT_MAX: u32 = 10_000;
 struct QueueHandle {
     args: QueueArgs,
     durability: Durability,
+    /// The queue's task. A replicated queue that this node does not lead has none: its
+    /// sender is closed ([`QueueManager::sender`] then answers that no leader is here).
     sender: mpsc::Sender<Command>,
+    /// A replicated queue's store, shared with its replicated log's member here.
+    replicated: Option<Arc<QueueStore>>,
+}
+
+/// A sender whose task never runs: a replicated queue this node does not lead.
+fn closed_sender() -> mpsc::Sender<Command> {
+    mpsc::channel(1).0
 }
 
 #[derive(Debug, Default)]
@@ -508,23 +518,114 @@ impl QueueManager {
             Durability::Durable => (self.dir.join("durable").join(name), FlushPolicy::Always),
             Durability::Transient => (self.dir.join("transient").join(name), FlushPolicy::Never),
         };
+        let replicated = durability == Durability::Durable && args.is_replicated();
         let config = LogConfig {
-            flush,
+            // A replicated queue's store is its applied state: the raft log holds each write
+            // durably, and the replica's checkpoints fsync the store.
+            flush: if replicated {
+                FlushPolicy::Never
+            } else {
+                flush
+            },
             retention_ms: None,
             ..LogConfig::default()
         };
-        let store = QueueStore::open(&dir, config, self.env.clone())
-            .map_err(|error| QueueError::Storage(error.to_string()))?;
-        let sender = QueueTask::spawn(name, &args, store, self.clock.clone(), self.myself.clone())?;
+        let store = Arc::new(
+            QueueStore::open(&dir, config, self.env.clone())
+                .map_err(|error| QueueError::Storage(error.to_string()))?,
+        );
+        let (sender, replicated) = if replicated {
+            // Its task starts when this node's member of its log leads
+            // ([`QueueManager::lead_replicated`]).
+            (closed_sender(), Some(store))
+        } else {
+            let sender = QueueTask::spawn(
+                name,
+                &args,
+                store,
+                None,
+                self.clock.clone(),
+                self.myself.clone(),
+            )?;
+            (sender, None)
+        };
         self.lock().queues.insert(
             name.to_string(),
             QueueHandle {
                 args,
                 durability,
                 sender,
+                replicated,
             },
         );
         Ok(())
+    }
+
+    /// The store of replicated queue `name` on this node, for its replicated log's member.
+    pub fn replicated_store(&self, name: &str) -> Option<Arc<QueueStore>> {
+        self.lock().queues.get(name)?.replicated.clone()
+    }
+
+    /// Starts replicated queue `name`'s task on this node, whose member of the queue's log
+    /// now leads it with everything committed before applied: the task recovers the queue
+    /// from the store (what may have been delivered comes back `redelivered`) and writes
+    /// through `log`. Does nothing if the task runs already.
+    ///
+    /// # Errors
+    /// `UnknownQueue`, or the store's messages cannot be read back.
+    pub fn lead_replicated(&self, name: &str, log: Arc<dyn QueueLog>) -> Result<(), QueueError> {
+        let (args, store) = {
+            let registry = self.lock();
+            let handle = registry
+                .queues
+                .get(name)
+                .ok_or_else(|| QueueError::UnknownQueue(name.to_string()))?;
+            let Some(store) = handle.replicated.clone() else {
+                return Err(QueueError::Invalid(format!(
+                    "queue {name:?} is not replicated"
+                )));
+            };
+            if !handle.sender.is_closed() {
+                return Ok(());
+            }
+            (handle.args.clone(), store)
+        };
+        let sender = QueueTask::spawn(
+            name,
+            &args,
+            store,
+            Some(log),
+            self.clock.clone(),
+            self.myself.clone(),
+        )?;
+        if let Some(handle) = self.lock().queues.get_mut(name) {
+            handle.sender = sender;
+        }
+        Ok(())
+    }
+
+    /// Stops replicated queue `name`'s task on this node, which no longer leads it: its
+    /// consumers are cancelled (their clients subscribe again, on the new leader) and what
+    /// waited for a commit is answered with the error the wait ends with.
+    pub async fn follow_replicated(&self, name: &str) {
+        let sender = {
+            let mut registry = self.lock();
+            let Some(handle) = registry.queues.get_mut(name) else {
+                return;
+            };
+            if handle.replicated.is_none() {
+                return;
+            }
+            std::mem::replace(&mut handle.sender, closed_sender())
+        };
+        let (reply, stopped) = oneshot::channel();
+        if sender
+            .send(Command::Stop(reply, Some(CancelReason::Unreachable)))
+            .await
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
     }
 
     /// Binds a queue to an exchange. Headers exchanges take `x-match` and header pairs.
@@ -780,7 +881,24 @@ impl QueueManager {
     /// Where `queue`'s commands go: its task, or the proxy to the node that leads it.
     pub(crate) fn sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
         let local = self.local_sender(queue)?;
-        Ok(self.redirect(queue, local))
+        let sender = self.redirect(queue, local);
+        if sender.is_closed() && self.is_replicated(queue) {
+            return Err(QueueError::Cluster {
+                no_leader: true,
+                message: format!(
+                    "replicated queue {queue:?} has no leader serving it right now (an \
+                     election); try again"
+                ),
+            });
+        }
+        Ok(sender)
+    }
+
+    fn is_replicated(&self, queue: &str) -> bool {
+        self.lock()
+            .queues
+            .get(queue)
+            .is_some_and(|handle| handle.replicated.is_some())
     }
 
     /// The command channel of `queue`'s task on this node.

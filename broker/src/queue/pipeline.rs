@@ -6,18 +6,37 @@
 //! A log's durable offset only grows, so the entries become durable in the order they were
 //! appended: the pipeline waits for its oldest entry and then takes every entry that the
 //! durable offset has passed.
+//!
+//! A replicated queue's writes wait for their commit instead (`queue/replicated.rs`):
+//! commands submitted in order are committed and applied in that order, so the same holds.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::storage::{Error, Partition};
+use futures_util::future::{FutureExt, Shared};
+
+use crate::queue::replicated::{self, CommitFuture};
+use crate::queue::types::QueueError;
+use crate::storage::Partition;
+
+/// A replicated write's commit, as many may wait for it.
+type CommitWait = Shared<Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>>>;
+
+/// What one append waits for.
+enum Wait {
+    /// Everything below this offset of the log fsynced.
+    Fsync(i64),
+    /// A replicated write committed and applied.
+    Commit(CommitWait),
+}
 
 /// The appends to one log that wait for their fsync, oldest first.
 pub(crate) struct Pipeline<T> {
     log: Arc<Partition>,
-    /// The offset each append must reach (its next offset) and what waits for it.
-    waiting: VecDeque<(i64, T)>,
+    /// What each append waits for and what waits for it.
+    waiting: VecDeque<(Wait, T)>,
 }
 
 impl<T> Pipeline<T> {
@@ -36,7 +55,14 @@ impl<T> Pipeline<T> {
 
     /// Adds the work that waits for everything below `next_offset` to be durable.
     pub(crate) fn push(&mut self, next_offset: i64, work: T) {
-        self.waiting.push_back((next_offset, work));
+        self.waiting.push_back((Wait::Fsync(next_offset), work));
+    }
+
+    /// Adds the work that waits for a replicated write's commit.
+    pub(crate) fn push_commit(&mut self, commit: CommitFuture, work: T) {
+        let wait: Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send>> =
+            Box::pin(async move { replicated::outcome(&commit.await?) });
+        self.waiting.push_back((Wait::Commit(wait.shared()), work));
     }
 
     /// The newest waiting work: what was appended last.
@@ -49,14 +75,25 @@ impl<T> Pipeline<T> {
     /// can go on changing the pipeline while it waits.
     pub(crate) fn oldest_durable(
         &self,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let wait = self
-            .waiting
-            .front()
-            .map(|(next_offset, _)| crate::append::durable(&self.log, *next_offset));
+    ) -> impl Future<Output = Result<(), QueueError>> + Send + 'static {
+        let fsync = match self.waiting.front() {
+            Some((Wait::Fsync(next_offset), _)) => {
+                Some(crate::append::durable(&self.log, *next_offset))
+            }
+            _ => None,
+        };
+        let commit = match self.waiting.front() {
+            Some((Wait::Commit(commit), _)) => Some(commit.clone()),
+            _ => None,
+        };
         async move {
-            match wait {
-                Some(wait) => wait.await,
+            if let Some(fsync) = fsync {
+                return fsync
+                    .await
+                    .map_err(|error| QueueError::Storage(error.to_string()));
+            }
+            match commit {
+                Some(commit) => commit.await,
                 None => Ok(()),
             }
         }
@@ -74,11 +111,10 @@ impl<T> Pipeline<T> {
             .map(|(_, work)| work)
             .into_iter()
             .collect();
-        while self
-            .waiting
-            .front()
-            .is_some_and(|(next_offset, _)| *next_offset <= durable)
-        {
+        while self.waiting.front().is_some_and(|(wait, _)| match wait {
+            Wait::Fsync(next_offset) => *next_offset <= durable,
+            Wait::Commit(commit) => matches!(commit.peek(), Some(Ok(()))),
+        }) {
             if let Some((_, work)) = self.waiting.pop_front() {
                 done.push(work);
             }

@@ -244,6 +244,11 @@ impl AckState {
         self.low_water
     }
 
+    /// The settled ids above the low-water mark.
+    pub fn settled_above(&self) -> &BTreeSet<i64> {
+        &self.settled_above
+    }
+
     /// Settled ids above the low-water mark (bounded by the unacked window of the queue).
     pub fn settled_above_count(&self) -> usize {
         self.settled_above.len()
@@ -699,6 +704,133 @@ impl QueueStore {
             .durable_offset()
             .min(self.acks.high_watermark())
             .min(counts_at);
+        self.write_ack_checkpoint(ack_log_offset, &state)?;
+        self.acks.delete_segments_below(ack_log_offset)?;
+        self.messages.delete_segments_below(state.low_water)?;
+        Ok(())
+    }
+
+    /// Applies a replicated queue's committed publish (`queue/replicated.rs`): appends the
+    /// batch if the message log ends at `expected_base`, where the leader placed it (every
+    /// replica applies the same commands in the same order, so they all end there; anything
+    /// else refuses the batch alike on every replica). No fsync: the raft log holds it.
+    ///
+    /// # Errors
+    /// Storage errors; `Ok(Err(reason))` when the log ends elsewhere.
+    pub fn apply_messages(
+        &self,
+        expected_base: i64,
+        batch: &mut [u8],
+    ) -> Result<std::result::Result<Appended, String>> {
+        let end = self.messages.log_end_offset();
+        if end != expected_base {
+            return Ok(Err(format!(
+                "the leader placed the messages at {expected_base}, but the queue's log ends at {end}"
+            )));
+        }
+        crate::append::append_without_fsync(&self.messages, batch).map(Ok)
+    }
+
+    /// Applies a replicated queue's committed settlement: recorded in the ack log (no fsync:
+    /// the raft log holds it) and settled at once.
+    ///
+    /// # Errors
+    /// Storage errors; nothing is settled then.
+    pub fn apply_settle(&self, ids: &[i64], now_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let runs = runs(ids.iter().map(|id| (*id, ())));
+        let records = runs.chunks(SETTLE_IDS_MAX).map(|chunk| SettleRunsRecord {
+            firsts: chunk.iter().map(|(first, _, ())| *first).collect(),
+            lens: chunk.iter().map(|(_, len, ())| *len).collect(),
+        });
+        let mut bytes = ack_batch(Some(SETTLE_RUNS_KEY), records, now_ms)?;
+        crate::append::append_without_fsync(&self.acks, &mut bytes)?;
+        self.confirm_settled(ids);
+        let mut counts = self.counts();
+        for id in ids {
+            counts.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Applies a replicated queue's committed delivery counts: recorded in the ack log and
+    /// kept for the task a new leader starts ([`QueueStore::delivery_counts`]).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn apply_counts(&self, counts: &[(i64, u32)], now_ms: i64) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        self.record_deliveries(counts, now_ms)?;
+        let state = self.lock();
+        let mut kept = self.counts();
+        kept.extend(
+            counts
+                .iter()
+                .copied()
+                .filter(|(id, _)| !state.is_settled(*id)),
+        );
+        Ok(())
+    }
+
+    /// The delivery counts of unsettled messages a replicated queue applied (and found at
+    /// open), for the task a new leader starts: a message delivered before a failover comes
+    /// back with `redelivered` set.
+    pub fn delivery_counts(&self) -> std::collections::HashMap<i64, u32> {
+        self.counts().clone()
+    }
+
+    fn counts(&self) -> MutexGuard<'_, std::collections::HashMap<i64, u32>> {
+        self.recovered_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes a replicated queue's applied state durable (its logs are written without
+    /// fsyncs of their own) and compacts it as [`QueueStore::compact`] does, deleting
+    /// message segments only below `messages_below` as well (a replica's message log may be
+    /// cut back to its last checkpoint at a restart: what it still needs must stay).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn persist_replicated(&self, now_ms: i64, messages_below: i64) -> Result<i64> {
+        let end = self.messages.log_end_offset();
+        let counts: Vec<(i64, u32)> = {
+            let mut counts: Vec<(i64, u32)> = self
+                .counts()
+                .iter()
+                .map(|(id, count)| (*id, *count))
+                .collect();
+            counts.sort_unstable();
+            counts
+        };
+        let counts_at = if counts.is_empty() {
+            i64::MAX
+        } else {
+            let mut bytes = ack_batch(
+                Some(DELIVERY_COUNT_RUNS_KEY),
+                runs(counts.iter().copied())
+                    .chunks(SETTLE_IDS_MAX)
+                    .map(count_runs_record),
+                now_ms,
+            )?;
+            crate::append::append_without_fsync(&self.acks, &mut bytes)?.base_offset
+        };
+        self.messages.flush()?;
+        self.acks.flush()?;
+        let state = self.ack_state();
+        let ack_log_offset = self.acks.log_end_offset().min(counts_at);
+        self.write_ack_checkpoint(ack_log_offset, &state)?;
+        self.acks.delete_segments_below(ack_log_offset)?;
+        self.messages
+            .delete_segments_below(state.low_water.min(messages_below))?;
+        Ok(end)
+    }
+
+    fn write_ack_checkpoint(&self, ack_log_offset: i64, state: &AckState) -> Result<()> {
         let saved = AckCheckpoint {
             ack_log_offset,
             low_water: state.low_water,
@@ -714,10 +846,7 @@ impl QueueStore {
             1,
             ack_log_offset as u64,
             &bytes,
-        )?;
-        self.acks.delete_segments_below(ack_log_offset)?;
-        self.messages.delete_segments_below(state.low_water)?;
-        Ok(())
+        )
     }
 
     /// Closes both logs cleanly.

@@ -40,6 +40,7 @@ use crate::queue::delivery::{
 use crate::queue::manager::QueueManager;
 use crate::queue::pipeline::Pipeline;
 use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
+use crate::queue::replicated::{self, CommitFuture, QueueCommand, QueueLog};
 use crate::queue::store::{QueueStore, StoredRecord};
 use crate::queue::types::{
     ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Durability, GotMessage, Message,
@@ -266,6 +267,29 @@ pub(crate) struct QueueTask {
     publishing: Pipeline<StoredRun>,
     /// Settle records waiting for the ack log's fsync.
     settling: Pipeline<Settling>,
+    /// Where the task's writes go.
+    writes: Writes,
+}
+
+/// Where a queue task's writes go.
+enum Writes {
+    /// To its store, each waiting for its log's fsync.
+    Local,
+    /// Through the queue's replicated log (`queue/replicated.rs`), each waiting for its
+    /// commit; the store is written by applying them. `next_id` is where the next publish
+    /// lands.
+    Replicated {
+        log: Arc<dyn QueueLog>,
+        next_id: i64,
+    },
+}
+
+/// Where a run of publishes waits to be durable.
+enum Written {
+    /// Its message log's fsync up to this offset.
+    Fsync(i64),
+    /// Its replicated write's commit.
+    Commit(CommitFuture),
 }
 
 /// A queue's message counters since the broker started.
@@ -291,15 +315,18 @@ impl QueueTask {
     ///
     /// # Errors
     /// `Storage` if the unsettled messages cannot be read back.
+    /// With `replicated`, the queue's writes go through that log and its store is written
+    /// by applying them (the task then leaves the store open when it stops).
     pub(crate) fn spawn(
         name: &str,
         args: &QueueArgs,
-        store: QueueStore,
+        store: Arc<QueueStore>,
+        replicated: Option<Arc<dyn QueueLog>>,
         clock: Arc<dyn Clock>,
         manager: Weak<QueueManager>,
     ) -> Result<mpsc::Sender<Command>, QueueError> {
         let (sender, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        let task = QueueTask::new(name, args, store, clock, manager)?;
+        let task = QueueTask::new(name, args, store, replicated, clock, manager)?;
         tokio::spawn(task.run(receiver));
         Ok(sender)
     }
@@ -307,10 +334,18 @@ impl QueueTask {
     fn new(
         name: &str,
         args: &QueueArgs,
-        store: QueueStore,
+        store: Arc<QueueStore>,
+        replicated: Option<Arc<dyn QueueLog>>,
         clock: Arc<dyn Clock>,
         manager: Weak<QueueManager>,
     ) -> Result<QueueTask, QueueError> {
+        let writes = match replicated {
+            Some(log) => Writes::Replicated {
+                log,
+                next_id: store.messages().log_end_offset(),
+            },
+            None => Writes::Local,
+        };
         let limits = QueueLimits {
             max_length: args.max_length,
             max_length_bytes: args.max_length_bytes,
@@ -342,7 +377,8 @@ impl QueueTask {
             counters: Counters::default(),
             publishing: Pipeline::new(Arc::clone(store.messages())),
             settling: Pipeline::new(Arc::clone(store.acks())),
-            store: Arc::new(store),
+            store,
+            writes,
             clock,
             manager,
         };
@@ -358,8 +394,12 @@ impl QueueTask {
             .store
             .unsettled()
             .map_err(|error| QueueError::Storage(error.to_string()))?;
-        // Deliveries before the restart still count toward the delivery limit.
-        let counts = self.store.take_recovered_counts();
+        // Deliveries before the restart (or the failover) still count toward the delivery
+        // limit.
+        let counts = match self.writes {
+            Writes::Local => self.store.take_recovered_counts(),
+            Writes::Replicated { .. } => self.store.delivery_counts(),
+        };
         let mut overflowed = Vec::new();
         for message in recovered {
             let due = header_number(&message.record.headers, DUE_HEADER);
@@ -576,6 +616,10 @@ impl QueueTask {
         // Deliveries still held will never be settled here: give their shared-window
         // slots back, or the channel sharing them would stall.
         self.state.close();
+        if matches!(self.writes, Writes::Replicated { .. }) {
+            // The replicated log's member goes on applying to the store.
+            return;
+        }
         if let Err(error) = self.store.close() {
             tracing::warn!(queue = self.name, %error, "closing queue storage failed");
         }
@@ -625,9 +669,12 @@ impl QueueTask {
             return;
         }
         match self.append_run(messages) {
-            Ok((next_offset, mut run)) => {
+            Ok((written, mut run)) => {
                 run.replies = replies;
-                self.publishing.push(next_offset, run);
+                match written {
+                    Written::Fsync(next_offset) => self.publishing.push(next_offset, run),
+                    Written::Commit(commit) => self.publishing.push_commit(commit, run),
+                }
             }
             Err(error) => {
                 for reply in replies {
@@ -710,11 +757,10 @@ impl QueueTask {
 
     /// After the wait for the oldest run of publishes: makes every durable run's messages
     /// ready (or delayed) and confirms its publishers; after a failed wait, fails them all.
-    async fn finish_published(&mut self, outcome: Result<(), crate::storage::Error>) {
+    async fn finish_published(&mut self, outcome: Result<(), QueueError>) {
         let runs = match outcome {
             Ok(()) => self.publishing.take_durable(),
             Err(error) => {
-                let error = QueueError::Storage(error.to_string());
                 for run in self.publishing.take_all() {
                     for reply in run.replies {
                         reply.send(Err(error.clone()));
@@ -740,16 +786,10 @@ impl QueueTask {
     ///
     /// # Errors
     /// `Storage` after a failed wait.
-    fn finish_settled(
-        &mut self,
-        outcome: Result<(), crate::storage::Error>,
-    ) -> Result<(), QueueError> {
+    fn finish_settled(&mut self, outcome: Result<(), QueueError>) -> Result<(), QueueError> {
         let (records, answer) = match outcome {
             Ok(()) => (self.settling.take_durable(), Ok(())),
-            Err(error) => (
-                self.settling.take_all(),
-                Err(QueueError::Storage(error.to_string())),
-            ),
+            Err(error) => (self.settling.take_all(), Err(error)),
         };
         for record in records {
             if answer.is_ok() {
@@ -960,7 +1000,7 @@ impl QueueTask {
             return Err(error);
         }
         if mode != GetMode::Ack {
-            if let Err(error) = self.store.record_delivery_counts(&counts, now) {
+            if let Err(error) = self.record_counts(&counts, now) {
                 tracing::warn!(queue = self.name, %error, "recording got messages failed");
             }
         }
@@ -1041,10 +1081,15 @@ impl QueueTask {
                 });
             }
         }
-        let (next_offset, run) = self.append_run(messages)?;
-        crate::append::durable(self.store.messages(), next_offset)
-            .await
-            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let (written, run) = self.append_run(messages)?;
+        match written {
+            Written::Fsync(next_offset) => {
+                crate::append::durable(self.store.messages(), next_offset)
+                    .await
+                    .map_err(|error| QueueError::Storage(error.to_string()))?
+            }
+            Written::Commit(commit) => replicated::outcome(&commit.await?)?,
+        }
         self.make_ready(run.base_offset, run.timings, run.now).await
     }
 
@@ -1054,7 +1099,7 @@ impl QueueTask {
     ///
     /// # Errors
     /// `Invalid` for a message the batch cannot hold, `Storage` if the append failed.
-    fn append_run(&mut self, messages: Vec<Message>) -> Result<(i64, StoredRun), QueueError> {
+    fn append_run(&mut self, messages: Vec<Message>) -> Result<(Written, StoredRun), QueueError> {
         let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
         builder.reserve(messages.iter().map(message_bytes).sum());
@@ -1079,17 +1124,33 @@ impl QueueTask {
                 .map_err(|error| QueueError::Invalid(error.to_string()))?;
         }
         let mut bytes = builder.build_mut();
-        let appended = self
-            .store
-            .append_messages(&mut bytes)
-            .map_err(|error| QueueError::Storage(error.to_string()))?;
+        let count = timings.len() as i64;
+        let (written, base_offset) = match &mut self.writes {
+            Writes::Local => {
+                let appended = self
+                    .store
+                    .append_messages(&mut bytes)
+                    .map_err(|error| QueueError::Storage(error.to_string()))?;
+                (Written::Fsync(appended.next_offset), appended.base_offset)
+            }
+            Writes::Replicated { log, next_id } => {
+                let base = *next_id;
+                let command = QueueCommand::Messages {
+                    base,
+                    now_ms: now,
+                    batch: bytes.freeze(),
+                };
+                *next_id += count;
+                (Written::Commit(log.submit(command.encode())), base)
+            }
+        };
         let run = StoredRun {
-            base_offset: appended.base_offset,
+            base_offset,
             timings,
             now,
             replies: Vec::new(),
         };
-        Ok((appended.next_offset, run))
+        Ok((written, run))
     }
 
     /// Makes durable stored messages ready (or delayed) in the delivery state: the messages
@@ -1185,17 +1246,35 @@ impl QueueTask {
                 _ => None,
             })
             .collect();
-        if let Err(error) = self
-            .store
-            .record_delivery_counts(&counts, self.clock.now_ms())
-        {
+        if let Err(error) = self.record_counts(&counts, self.clock.now_ms()) {
             tracing::warn!(queue = self.name, %error, "recording deliveries failed");
         }
     }
 
+    /// Records delivery counts in the ack log, or through the replicated log (not waited
+    /// for either way: a lost count only loses a `redelivered` mark).
+    fn record_counts(&self, counts: &[(i64, u32)], now: i64) -> crate::storage::Result<()> {
+        match &self.writes {
+            Writes::Local => self.store.record_delivery_counts(counts, now).map(|_| ()),
+            Writes::Replicated { .. } if counts.is_empty() => Ok(()),
+            Writes::Replicated { log, .. } => {
+                let command = QueueCommand::Counts {
+                    now_ms: now,
+                    counts: counts.to_vec(),
+                };
+                drop(log.submit(command.encode()));
+                Ok(())
+            }
+        }
+    }
+
     /// Deletes segments whose messages are all settled ("fully settled segments are
-    /// deleted") and ack-log segments the checkpoint covers.
+    /// deleted") and ack-log segments the checkpoint covers. A replicated queue's replicas
+    /// compact at their checkpoints instead (`QueueStore::persist_replicated`).
     async fn compact(&mut self, now: i64) {
+        if matches!(self.writes, Writes::Replicated { .. }) {
+            return;
+        }
         // A checkpoint write with fsync and file deletes: on the blocking pool, while this
         // queue waits (STYLE.md §4).
         let store = Arc::clone(&self.store);
@@ -1290,10 +1369,7 @@ impl QueueTask {
             let returned = self.state.remove_consumer(consumer);
             Box::pin(self.apply(returned)).await?;
         }
-        if let Err(error) = self
-            .store
-            .record_delivery_counts(&returned, self.clock.now_ms())
-        {
+        if let Err(error) = self.record_counts(&returned, self.clock.now_ms()) {
             // The counts only tighten the delivery limit after a restart; the messages
             // themselves are safe.
             tracing::warn!(queue = self.name, %error, "recording delivery counts failed");
@@ -1365,16 +1441,30 @@ impl QueueTask {
     /// `Storage` if the append failed (nothing is settled then).
     async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
         let now = self.clock.now_ms();
-        let appended = self
-            .store
-            .settle(ids, now)
-            .map_err(|error| QueueError::Storage(error.to_string()))?;
-        if let Some(appended) = appended {
+        let written = match &self.writes {
+            Writes::Local => self
+                .store
+                .settle(ids, now)
+                .map_err(|error| QueueError::Storage(error.to_string()))?
+                .map(|appended| Written::Fsync(appended.next_offset)),
+            Writes::Replicated { log, .. } if !ids.is_empty() => {
+                let command = QueueCommand::Settle {
+                    now_ms: now,
+                    ids: ids.to_vec(),
+                };
+                Some(Written::Commit(log.submit(command.encode())))
+            }
+            Writes::Replicated { .. } => None,
+        };
+        if let Some(written) = written {
             let settling = Settling {
                 ids: ids.to_vec(),
                 replies: Vec::new(),
             };
-            self.settling.push(appended.next_offset, settling);
+            match written {
+                Written::Fsync(next_offset) => self.settling.push(next_offset, settling),
+                Written::Commit(commit) => self.settling.push_commit(commit, settling),
+            }
             let more = self.state.dispatch(now);
             if !more.is_empty() {
                 Box::pin(self.apply(more)).await?;

@@ -134,6 +134,22 @@ pub struct QueueArgs {
     /// The highest message priority the queue orders by (AMQP's `x-max-priority`, at most
     /// [`PRIORITY_MAX`]); a message's priority is its [`PRIORITY_HEADER`]. None: FIFO.
     pub max_priority: Option<u8>,
+    /// Asked for as a quorum queue (AMQP's `x-queue-type: quorum`, pair
+    /// `queue-type=quorum`): in a cluster, replicated on three nodes (or every node of a
+    /// smaller cluster) unless `replication_factor` says how many. The core resolves it into
+    /// `replication_factor` when it declares the queue in the cluster.
+    pub quorum: bool,
+    /// How many nodes hold the queue (pair `replication-factor`, AMQP's
+    /// `x-quorum-initial-group-size`): above 1, every write goes through the queue's
+    /// replicated log (`queue/replicated.rs`). Only in a cluster.
+    pub replication_factor: Option<u32>,
+}
+
+impl QueueArgs {
+    /// Whether the queue's writes go through a replicated log (more than one replica).
+    pub fn is_replicated(&self) -> bool {
+        self.replication_factor.is_some_and(|factor| factor > 1)
+    }
 }
 
 /// The header holding a message's priority as decimal text (AMQP's `priority` property

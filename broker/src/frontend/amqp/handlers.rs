@@ -1242,9 +1242,12 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
             "x-consumer-timeout" => "ack-timeout-ms",
             "x-expires" => "expires-ms",
             "x-max-priority" => "max-priority",
+            // RabbitMQ's quorum queues: in a cluster, replicated through a replicated log
+            // (three replicas, or the group size asked for); on a lone node a durable queue.
+            "x-quorum-initial-group-size" => "replication-factor",
             "x-queue-type" => match text.as_str() {
-                // Both are durable logs with the same semantics here.
-                "classic" | "quorum" => continue,
+                "classic" => continue,
+                "quorum" => "queue-type",
                 "stream" => {
                     return Err(Reply::new(
                         error_code::PRECONDITION_FAILED,

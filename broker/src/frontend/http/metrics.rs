@@ -107,6 +107,7 @@ impl Collector for Scrape {
         if let Some(observed) = &self.observed {
             encode_partitions(&mut encoder, observed)?;
             encode_replicas(&mut encoder, observed)?;
+            encode_queue_replicas(&mut encoder, observed)?;
             encode_groups(&mut encoder, observed)?;
             encode_queues(&mut encoder, observed)?;
             let ready = i64::from(observed.readiness == Readiness::Ready);
@@ -481,6 +482,60 @@ fn encode_replicas(
         Kind::Gauge,
         "wharf_replica_in_sync",
         "On the partition's leader: 1 when a replica has every record consumers can read.",
+        followers().map(|(labels, (_, in_sync))| (labels, i64::from(in_sync))),
+    )?;
+    Ok(())
+}
+
+/// The replicated queues' groups as this node's members see them (issue #21).
+fn encode_queue_replicas(
+    encoder: &mut DescriptorEncoder,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let replicas = &observed.queue_replicas;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_queue_replica_leader",
+        "Node leading the replicated queue as this node's replica knows it (-1: none).",
+        replicas
+            .iter()
+            .map(|replica| ([("queue", replica.queue.as_str())], replica.leader)),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_queue_replica_term",
+        "Raft term of this node's replica of the queue (each election raises it).",
+        replicas
+            .iter()
+            .map(|replica| ([("queue", replica.queue.as_str())], replica.term)),
+    )?;
+    let followers = || {
+        replicas.iter().flat_map(|replica| {
+            replica.followers.iter().map(move |(node, lag, in_sync)| {
+                (
+                    [
+                        ("queue", replica.queue.clone()),
+                        ("replica", node.to_string()),
+                    ],
+                    (*lag, *in_sync),
+                )
+            })
+        })
+    };
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_queue_replica_lag_entries",
+        "On the queue's leader: entries of its log a replica does not have yet.",
+        followers().map(|(labels, (lag, _))| (labels, lag)),
+    )?;
+    family(
+        encoder,
+        Kind::Gauge,
+        "wharf_queue_replica_in_sync",
+        "On the queue's leader: 1 when a replica has every entry the leader applied.",
         followers().map(|(labels, (_, in_sync))| (labels, i64::from(in_sync))),
     )?;
     Ok(())

@@ -119,6 +119,16 @@ pub struct DeclareQueueArgs {
     /// Delete the queue when its last consumer cancels or disconnects.
     #[arg(long)]
     pub auto_delete: bool,
+    /// A quorum queue (RabbitMQ's x-queue-type quorum): in a cluster, replicated on three
+    /// nodes (every node of a smaller cluster) unless --replication-factor says how many;
+    /// on a lone node a durable queue. Needs --durable.
+    #[arg(long)]
+    pub quorum: bool,
+    /// How many nodes of the cluster hold the queue: above 1, every publish, delivery and
+    /// ack goes through the queue's replicated log, and the queue goes on with the same
+    /// messages on another node when its leader fails. Needs --durable.
+    #[arg(long, value_name = "N")]
+    pub replication_factor: Option<u32>,
 }
 
 /// `wharf queue get`.
@@ -216,6 +226,8 @@ impl DeclareQueueArgs {
             single_active_consumer: self.single_active_consumer,
             ack_timeout_ms: self.ack_timeout_ms,
             auto_delete: self.auto_delete,
+            quorum: self.quorum,
+            replication_factor: self.replication_factor,
         }
     }
 }

@@ -1,0 +1,312 @@
+//! Replicated queues (issue #21): a durable queue declared with more than one replica
+//! (`x-queue-type: quorum`, or a `replication-factor`) has one openraft group among its
+//! replicas (`cluster/replica.rs`), whose state machine is each replica's copy of the
+//! queue's store (`queue/replicated.rs` says what the commands are and how they apply).
+//!
+//! - **Members.** The follower pass starts this node's member of each replicated queue the
+//!   metadata places here, with the queue's store as its applier, in the store's message
+//!   directory (its raft log in `messages/raft`, its checkpoint `replica-applied` there,
+//!   where the message log's open finds it and cuts the log back to it).
+//! - **The task follows the leader.** A watcher per member starts the queue's task on this
+//!   node once its member leads with every entry of its log applied (so the task's
+//!   prediction of where its publishes land holds), and stops it as soon as the member no
+//!   longer leads: consumers are cancelled and what waited for a commit is answered with
+//!   an error. Nodes whose member follows hand the queue's operations to the leader their
+//!   member knows (`core/routing.rs`, `queue/remote.rs`).
+//! - **Writes.** The task submits each write through [`ReplicaLog`], one submitter task per
+//!   leadership, in the task's order; a write is answered once committed and applied here.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::metadata::{MetadataState, NodeId};
+use crate::cluster::raft::Cluster;
+use crate::cluster::replica::{Applier, Replica, ReplicaError};
+use crate::cluster::store::Io;
+use crate::queue::replicated::{self, CommitFuture, QueueLog};
+use crate::queue::store::QueueStore;
+use crate::queue::QueueError;
+use crate::storage::{Clock, RealFs};
+
+use super::Broker;
+use crate::core::replication::{read_batches, records_from, replica_timing};
+
+/// How often a member's watcher checks whether its node should run the queue's task.
+const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// The replicated log's name for queue `queue` (topic names cannot hold `:`, so it names
+/// no partition's group).
+pub(crate) fn queue_group_name(queue: &str) -> String {
+    format!("queue:{queue}")
+}
+
+/// Applies a replicated queue's committed commands to this node's copy of its store.
+#[derive(Debug)]
+struct QueueApplier {
+    queue: String,
+    store: Arc<QueueStore>,
+    clock: Arc<dyn Clock>,
+    /// The position the previous checkpoint covered: message segments below it only may
+    /// go (a restart cuts the log back to the last checkpoint, never below it).
+    persisted: AtomicI64,
+}
+
+fn io_error(queue: &str, error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("queue {queue}: {error}"))
+}
+
+impl Applier for QueueApplier {
+    fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        replicated::apply(&self.store, command).map_err(|error| io_error(&self.queue, error))
+    }
+
+    fn position(&self) -> i64 {
+        self.store.messages().log_end_offset()
+    }
+
+    fn persist(&self) -> std::io::Result<i64> {
+        let below = self.persisted.load(Ordering::Acquire);
+        let end = self
+            .store
+            .persist_replicated(self.clock.now_ms(), below)
+            .map_err(|error| io_error(&self.queue, error))?;
+        self.persisted.store(end, Ordering::Release);
+        Ok(end)
+    }
+
+    fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes> {
+        let mut out = replicated::snapshot_state(&self.store);
+        let batches = read_batches(self.store.messages(), from, to, &self.queue)?;
+        out.reserve(batches.len());
+        out.put_slice(&batches);
+        Ok(out.freeze())
+    }
+
+    fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
+        let snapshot =
+            replicated::read_snapshot(records).map_err(|error| io_error(&self.queue, error))?;
+        let end = self.store.messages().log_end_offset();
+        let missing = records_from(&snapshot.batches, from, end)
+            .map_err(|error| io_error(&self.queue, error))?;
+        if !missing.is_empty() {
+            let mut missing = BytesMut::from(missing);
+            crate::append::append_without_fsync(self.store.messages(), &mut missing)
+                .map_err(|error| io_error(&self.queue, error))?;
+        }
+        replicated::install_state(&self.store, &snapshot, self.clock.now_ms())
+            .map_err(|error| io_error(&self.queue, error))?;
+        let reached = self.store.messages().log_end_offset();
+        tracing::info!(
+            queue = self.queue,
+            from,
+            reached,
+            low_water = snapshot.low_water,
+            "a replica of the queue caught up from the leader's snapshot"
+        );
+        Ok(reached)
+    }
+}
+
+/// One write waiting for the submitter: its command and where its outcome goes.
+type Submission = (Bytes, oneshot::Sender<Result<Bytes, QueueError>>);
+
+/// A replicated queue's log as its task on the leader sees it: writes go, in order, to the
+/// member's group; `closed` refuses the ones not handed over yet once the leadership ends.
+#[derive(Debug)]
+struct ReplicaLog {
+    queue: String,
+    submissions: mpsc::UnboundedSender<Submission>,
+}
+
+fn no_leader(queue: &str, error: &ReplicaError) -> QueueError {
+    QueueError::Cluster {
+        no_leader: !matches!(error, ReplicaError::TimedOut(_)),
+        message: format!("replicated queue {queue:?}: {error}"),
+    }
+}
+
+impl QueueLog for ReplicaLog {
+    fn submit(&self, command: Bytes) -> CommitFuture {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.submissions.send((command, reply)).is_ok();
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            let stopped = || {
+                no_leader(
+                    &queue,
+                    &ReplicaError::Stopped("this node no longer leads the queue".to_string()),
+                )
+            };
+            if !sent {
+                return Err(stopped());
+            }
+            answer.await.unwrap_or_else(|_| Err(stopped()))
+        })
+    }
+}
+
+/// Starts the submitter of one leadership: it hands each write to `replica` in order until
+/// `closed` is set, then refuses the rest.
+fn spawn_submitter(replica: Replica, queue: String, closed: Arc<AtomicBool>) -> ReplicaLog {
+    let (submissions, mut waiting) = mpsc::unbounded_channel::<Submission>();
+    let name = queue.clone();
+    tokio::spawn(async move {
+        while let Some((command, reply)) = waiting.recv().await {
+            if closed.load(Ordering::Acquire) {
+                let error = ReplicaError::Stopped("this node no longer leads the queue".into());
+                let _ = reply.send(Err(no_leader(&name, &error)));
+                continue;
+            }
+            match replica.submit(command).await {
+                Ok(wait) => {
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(wait.await.map_err(|error| no_leader(&name, &error)));
+                    });
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(no_leader(&name, &error)));
+                }
+            }
+        }
+    });
+    ReplicaLog { queue, submissions }
+}
+
+impl Broker {
+    /// Starts this node's member of replicated queue `name` (placed on `replicas`, led at
+    /// first by `leader`), unless it runs or the queue's copy here is not made yet.
+    pub(crate) async fn start_queue_replica(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        state: &MetadataState,
+        name: &str,
+        replicas: &[NodeId],
+        leader: NodeId,
+    ) {
+        let group = queue_group_name(name);
+        if cluster.replicas().get(&group).is_some() {
+            return;
+        }
+        let Some(store) = self.queues.replicated_store(name) else {
+            return; // not declared here yet, or declared before this build replicated it
+        };
+        let members: std::collections::BTreeMap<NodeId, String> = replicas
+            .iter()
+            .filter_map(|id| {
+                let addr = &state.nodes.get(id)?.cluster_addr;
+                (!addr.is_empty()).then(|| (*id, addr.clone()))
+            })
+            .collect();
+        if members.len() != replicas.len() {
+            return; // a replica's address is not registered yet
+        }
+        let applier = Arc::new(QueueApplier {
+            queue: name.to_string(),
+            persisted: AtomicI64::new(store.messages().log_end_offset()),
+            store: store.clone(),
+            clock: self.clock.clone(),
+        });
+        let started = Replica::start(
+            cluster.node_id(),
+            group.clone(),
+            store.messages().dir(),
+            Arc::new(RealFs),
+            Io::Blocking,
+            applier,
+            cluster.transport(),
+            replica_timing(cluster.timing()),
+        )
+        .await;
+        let replica = match started {
+            Ok(replica) => replica,
+            Err(error) => {
+                tracing::warn!(%group, %error, "cannot start a replicated queue");
+                return;
+            }
+        };
+        cluster.replicas().insert(replica.clone());
+        match replica.initialize(members).await {
+            Ok(true) if leader == cluster.node_id() => {
+                if let Err(error) = replica.campaign().await {
+                    tracing::debug!(%group, %error, "cannot campaign");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%group, %error, "cannot initialize a replicated queue"),
+        }
+        tracing::info!(%group, "replicated queue started");
+        tokio::spawn(self.clone().run_queue_while_leading(
+            cluster.clone(),
+            replica,
+            name.to_string(),
+        ));
+    }
+
+    /// Runs queue `queue`'s task on this node while its member `replica` leads (see the
+    /// module docs), until the member is stopped.
+    async fn run_queue_while_leading(
+        self: Arc<Self>,
+        cluster: Cluster,
+        replica: Replica,
+        queue: String,
+    ) {
+        let group = replica.group().to_string();
+        // The submitter of the current leadership, closed when it ends.
+        let mut leading: Option<Arc<AtomicBool>> = None;
+        loop {
+            let member = cluster.replicas().get(&group).is_some();
+            if leading.is_none() && member && replica.leads_caught_up() {
+                let closed = Arc::new(AtomicBool::new(false));
+                let log = spawn_submitter(replica.clone(), queue.clone(), closed.clone());
+                match self.queues.lead_replicated(&queue, Arc::new(log)) {
+                    Ok(()) => {
+                        tracing::info!(queue, "now leads the replicated queue");
+                        leading = Some(closed);
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue, %error, "cannot start the replicated queue's task")
+                    }
+                }
+            } else if leading.is_some() && (!member || !replica.is_leader()) {
+                if let Some(closed) = leading.take() {
+                    closed.store(true, Ordering::Release);
+                }
+                self.queues.follow_replicated(&queue).await;
+                tracing::info!(queue, "no longer leads the replicated queue");
+            }
+            if !member {
+                return;
+            }
+            tokio::time::sleep(LEAD_CHECK_EVERY).await;
+        }
+    }
+
+    /// Stops this node's member of replicated queue `name` (before its files go).
+    pub(crate) async fn stop_queue_replica(&self, name: &str) {
+        if let Some(cluster) = self.replicated() {
+            if let Some(stopped) = cluster.replicas().remove(&queue_group_name(name)) {
+                stopped.shutdown().await;
+                tracing::info!(group = stopped.group(), "replicated queue stopped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_groups_are_named_apart_from_partitions() {
+        assert_eq!(queue_group_name("orders"), "queue:orders");
+        assert_ne!(
+            queue_group_name("orders-0"),
+            crate::core::replication::group_name("orders", 0)
+        );
+    }
+}

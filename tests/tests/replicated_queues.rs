@@ -1,0 +1,254 @@
+//! Replicated queues on three `wharfd` processes (issue #21): a durable queue declared with
+//! a replication factor has every publish, delivery count and ack committed through its
+//! replicated log, so when its leader is SIGKILLed another replica goes on with the same
+//! messages: every confirmed message is delivered, none that was acked comes back, and
+//! what may have been delivered before the failover comes back marked redelivered. A
+//! replica that was down catches up (past the purged raft log, from a snapshot) and can
+//! lead in turn.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::cluster::{converged, registered, three_nodes};
+use integration_tests::{wharf, wharf_ok, BrokerProcess};
+use serde_json::Value;
+
+/// `name{labels} value` lines of `/metrics` at `http` whose name and labels match.
+fn metric(http: &str, name: &str, labels: &str) -> Option<i64> {
+    let (status, body) = integration_tests::http_get(http, "/metrics", None);
+    if status != 200 {
+        return None;
+    }
+    let wanted = format!("{name}{{{labels}}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&wanted))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Waits until every node in `http` names the same leader of `queue`'s log, that leader
+/// is one of `http`'s nodes (by index + 1) and it reports each replica in `in_sync` in sync;
+/// returns the leader's node id.
+fn queue_leader(http: &[(u64, String)], queue: &str, in_sync: &[u64], what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let labels = format!("queue=\"{queue}\"");
+    loop {
+        let seen: Vec<Option<i64>> = http
+            .iter()
+            .map(|(_, address)| metric(address, "wharf_queue_replica_leader", &labels))
+            .collect();
+        let agreed = seen.windows(2).all(|pair| pair[0] == pair[1]);
+        if let (true, Some(Some(leader))) = (agreed, seen.first()) {
+            if let Some((_, address)) = http.iter().find(|(id, _)| *id as i64 == *leader) {
+                let synced = in_sync.iter().all(|replica| {
+                    *replica as i64 == *leader
+                        || metric(
+                            address,
+                            "wharf_queue_replica_in_sync",
+                            &format!("{labels},replica=\"{replica}\""),
+                        ) == Some(1)
+                });
+                if synced {
+                    return *leader as u64;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the nodes did not agree on a leader of {queue} with {in_sync:?} in sync: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Publishes `lines` (one message each) to `queue` through `broker`, retrying the whole
+/// call while no leader serves the queue (a failover); returns the attempts it took.
+fn publish_retrying(broker: &str, queue: &str, lines: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let output = wharf(broker, &["publish", "", queue], lines);
+        if output.status.success() {
+            return attempts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish to {queue} through {broker} was confirmed within 30 s: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every message left in `queue`, through `broker`, acked: (body, redelivered) in order.
+fn drain(broker: &str, queue: &str) -> Vec<(String, bool)> {
+    let printed = wharf_ok(
+        broker,
+        &["--json", "subscribe", queue, "--timeout-ms", "3000"],
+        "",
+    );
+    printed
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let message: Value = serde_json::from_str(line).expect("one JSON message a line");
+            (
+                message["body"].as_str().expect("a text body").to_string(),
+                message["redelivered"].as_bool().expect("redelivered"),
+            )
+        })
+        .collect()
+}
+
+fn lines(prefix: &str, range: std::ops::Range<u32>) -> String {
+    range.map(|i| format!("{prefix}{i}\n")).collect()
+}
+
+#[test]
+fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed() {
+    let started = Instant::now();
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let http: Vec<(u64, String)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (index as u64 + 1, node.http_address()))
+        .collect();
+
+    wharf_ok(
+        &addresses[1],
+        &[
+            "queue",
+            "declare",
+            "rq",
+            "--durable",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    let first = queue_leader(&http, "rq", &[1, 2, 3], "after the declare");
+    eprintln!("rq led by node {first} after {:?}", started.elapsed());
+    let other = |leader: u64| (1..=3).find(|id| *id != leader).expect("another node") as usize;
+    let via = addresses[other(first) - 1].clone();
+
+    // 100 confirmed, 30 taken and acked (a prefetch of 10: ten more were sent to that
+    // consumer and returned unacked when it left).
+    wharf_ok(&via, &["publish", "", "rq"], &lines("m", 0..100));
+    let taken = wharf_ok(
+        &via,
+        &[
+            "subscribe",
+            "rq",
+            "--max-messages",
+            "30",
+            "--prefetch",
+            "10",
+        ],
+        "",
+    );
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(taken.lines().collect::<Vec<_>>(), expected);
+
+    nodes[first as usize - 1].kill();
+    let killed = Instant::now();
+    let survivors: Vec<(u64, String)> = http
+        .iter()
+        .filter(|(id, _)| *id != first)
+        .cloned()
+        .collect();
+    let attempts = publish_retrying(&via, "rq", "n0\n");
+    eprintln!(
+        "a publish confirmed {:?} after the leader's SIGKILL ({attempts} attempts)",
+        killed.elapsed()
+    );
+    wharf_ok(&via, &["publish", "", "rq"], &lines("n", 1..50));
+    let survivor_ids: Vec<u64> = survivors.iter().map(|(id, _)| *id).collect();
+    let second = queue_leader(&survivors, "rq", &survivor_ids, "after the SIGKILL");
+    assert_ne!(second, first, "a new leader");
+
+    // Every confirmed message not acked comes once, in order; only those the first
+    // consumer was sent and did not ack are marked redelivered.
+    let drained = drain(&addresses[second as usize - 1], "rq");
+    let bodies: Vec<&str> = drained.iter().map(|(body, _)| body.as_str()).collect();
+    let mut wanted: Vec<String> = (30..100).map(|i| format!("m{i}")).collect();
+    wanted.extend((0..50).map(|i| format!("n{i}")));
+    assert_eq!(bodies, wanted, "after the failover");
+    for (body, redelivered) in &drained {
+        let sent_before = (30..40).any(|i| *body == format!("m{i}"));
+        assert!(
+            !*redelivered || sent_before,
+            "{body} is marked redelivered but was never sent before"
+        );
+    }
+    assert!(
+        drained.iter().take(10).filter(|(_, again)| *again).count() > 0,
+        "none of the messages sent to the first consumer and not acked is marked redelivered: {drained:?}"
+    );
+
+    // The killed node comes back and catches up; with another follower down and more than
+    // the raft log keeps written meanwhile, that one catches up from a snapshot. Then the
+    // leader is killed and the two that were behind go on with every message.
+    nodes[first as usize - 1].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let http: Vec<(u64, String)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (index as u64 + 1, node.http_address()))
+        .collect();
+    converged(&addresses, 3, "after the old leader's restart");
+    let leader = queue_leader(&http, "rq", &[1, 2, 3], "after the old leader's restart");
+    let behind = other(leader) as u64;
+    nodes[behind as usize - 1].kill();
+    let up = (1..=3u64)
+        .find(|id| *id != leader && *id != behind)
+        .expect("the third node");
+    let via = addresses[up as usize - 1].clone();
+    // Each publish and each ack (prefetch 1) is an entry of the queue's log: far more than
+    // the 256 it keeps.
+    for round in 0..3 {
+        wharf_ok(
+            &via,
+            &["publish", "", "rq"],
+            &lines(&format!("r{round}-"), 0..100),
+        );
+        let taken = wharf_ok(
+            &via,
+            &[
+                "subscribe",
+                "rq",
+                "--max-messages",
+                "100",
+                "--prefetch",
+                "1",
+            ],
+            "",
+        );
+        assert_eq!(taken.lines().count(), 100, "round {round}");
+    }
+    wharf_ok(&via, &["publish", "", "rq"], &lines("k", 0..20));
+    nodes[behind as usize - 1].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let http: Vec<(u64, String)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (index as u64 + 1, node.http_address()))
+        .collect();
+    converged(&addresses, 3, "after the follower's restart");
+    let again = queue_leader(&http, "rq", &[1, 2, 3], "after the follower caught up");
+    nodes[again as usize - 1].kill();
+    let rest: Vec<(u64, String)> = http
+        .iter()
+        .filter(|(id, _)| *id != again)
+        .cloned()
+        .collect();
+    let rest_ids: Vec<u64> = rest.iter().map(|(id, _)| *id).collect();
+    let last = queue_leader(&rest, "rq", &rest_ids, "after the second SIGKILL");
+    let drained = drain(&addresses[last as usize - 1], "rq");
+    let bodies: Vec<&str> = drained.iter().map(|(body, _)| body.as_str()).collect();
+    let wanted: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    assert_eq!(bodies, wanted, "after the second failover");
+    eprintln!("done after {:?}", started.elapsed());
+}
