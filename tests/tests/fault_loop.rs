@@ -13,10 +13,17 @@
 //! Wharf's own client (`tests/src/bin/native_faults.rs`, idempotent, acks=all) writes beside
 //! librdkafka in the real loops; the checker keeps each writer's order.
 //!
+//! In the loop on 127.0.0.1 a replicated quorum queue takes traffic too: pika publishes with
+//! confirms and consumes with manual acks through whichever node answers
+//! (`tests/clients/pika_queue_faults.py`), the faults hit the queue's leader as well as the
+//! partitions', and the checker verifies that every confirmed message was delivered (the
+//! consumer goes on until the queue stays empty).
+//!
 //! `WHARF_FAULT_SEED` replays a run (each run prints its seed); `WHARF_FAULTS` sets the
 //! number of faults of the real loop (CI runs a short one; docs/CLUSTER.md records a long
 //! one). The network-partition loop runs its nodes in network namespaces. Not in this loop
-//! yet: queues and transactions (not replicated yet).
+//! yet: queues in the network-partition loop (its nodes have no AMQP listener) and
+//! transactions (not replicated yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -43,6 +50,12 @@ const NATIVE_RATE: u32 = 200;
 const PROGRESS: usize = 40;
 /// How long a recovery may take before the run fails as stuck.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+/// The replicated queue of the loop on 127.0.0.1.
+const QUEUE: &str = "fault-q";
+/// Messages a second the queue's publisher aims at.
+const QUEUE_RATE: u32 = 100;
+/// Confirms the queue's publisher must gain after a fault before the next one.
+const QUEUE_PROGRESS: usize = 20;
 
 /// One loop at a time in this process: three brokers and two clients fill two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -109,6 +122,8 @@ struct Settings {
     namespaces: bool,
     /// Wharf's own client writes too (`native_faults`, idempotent, acks=all).
     native: bool,
+    /// A replicated queue takes traffic too (where the nodes have AMQP listeners).
+    queues: bool,
 }
 
 /// One acknowledged write.
@@ -135,11 +150,31 @@ struct Verdict {
     disordered: Vec<String>,
     /// Records a consumer saw that are not stored where it saw them.
     vanished: Vec<String>,
+    /// The queue's findings, when it took traffic.
+    queue: Option<QueueVerdict>,
+}
+
+/// The checker's findings on the replicated queue.
+#[derive(Debug, Default)]
+struct QueueVerdict {
+    confirmed: usize,
+    delivered: usize,
+    /// Confirmed messages no consumer received.
+    lost: Vec<String>,
+    /// Deliveries of messages never published.
+    unknown: Vec<String>,
+    /// Messages delivered more than once (allowed: at-least-once).
+    repeated: usize,
+    /// Deliveries marked redelivered.
+    redelivered: usize,
 }
 
 impl Verdict {
     fn clean(&self) -> bool {
-        self.failed.is_empty()
+        self.queue
+            .as_ref()
+            .is_none_or(|queue| queue.lost.is_empty() && queue.unknown.is_empty())
+            && self.failed.is_empty()
             && self.lost.is_empty()
             && self.duplicated.is_empty()
             && self.moved.is_empty()
@@ -148,9 +183,21 @@ impl Verdict {
     }
 
     fn summary(&self) -> String {
+        let queue = self.queue.as_ref().map_or_else(String::new, |queue| {
+            format!(
+                "; queue: {} confirmed, {} lost, {} delivered ({} more than once, {} marked \
+                 redelivered), {} never published",
+                queue.confirmed,
+                queue.lost.len(),
+                queue.delivered,
+                queue.repeated,
+                queue.redelivered,
+                queue.unknown.len()
+            )
+        });
         format!(
             "{} acknowledged, {} lost, {} duplicated, {} moved, {} out of order, {} seen then \
-             gone, {} failed",
+             gone, {} failed{queue}",
             self.acknowledged,
             self.lost.len(),
             self.duplicated.len(),
@@ -247,6 +294,51 @@ fn check(
     }
     verdict.lost.sort();
     verdict.duplicated.sort();
+    verdict
+}
+
+/// Checks the queue's history: every confirmed message (`C` lines of the publisher's file)
+/// was delivered (`D` lines of the consumer's), and nothing delivered was never published
+/// (`C` or `F`: a publish that failed may still have been stored).
+fn check_queue(published: &str, consumed: &str) -> QueueVerdict {
+    let mut confirmed = Vec::new();
+    let mut attempted = std::collections::HashSet::new();
+    for line in published.lines() {
+        let fields: Vec<&str> = line.splitn(4, ' ').collect();
+        match fields.as_slice() {
+            ["C", _, value] => {
+                confirmed.push((*value).to_string());
+                attempted.insert((*value).to_string());
+            }
+            ["F", _, value, ..] => {
+                attempted.insert((*value).to_string());
+            }
+            _ => {}
+        }
+    }
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    let mut verdict = QueueVerdict {
+        confirmed: confirmed.len(),
+        ..QueueVerdict::default()
+    };
+    for line in consumed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if let ["D", _, value, again] = fields.as_slice() {
+            verdict.delivered += 1;
+            *delivered.entry((*value).to_string()).or_default() += 1;
+            if *again == "1" {
+                verdict.redelivered += 1;
+            }
+            if !attempted.contains(*value) {
+                verdict.unknown.push((*value).to_string());
+            }
+        }
+    }
+    verdict.repeated = delivered.values().filter(|count| **count > 1).count();
+    verdict.lost = confirmed
+        .into_iter()
+        .filter(|value| !delivered.contains_key(value))
+        .collect();
     verdict
 }
 
@@ -403,6 +495,22 @@ trait Nodes {
     /// Each node's `wharf --json topic describe` of the topic (its replicas as that node
     /// sees them), for the message of a stalled run.
     fn replicas(&self) -> String;
+    /// Each node's AMQP listener, where the clients reach it (empty: they do not).
+    fn amqp(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The leader of the replicated queue as the first node that knows one names it.
+fn queue_leader(http: &[String]) -> Option<usize> {
+    http.iter().find_map(|address| {
+        // A node just started again may not listen yet.
+        std::net::TcpStream::connect(address).ok()?;
+        samples(address, "wharf_queue_replica_leader")
+            .into_iter()
+            .find(|(labels, _)| *labels == format!("queue=\"{QUEUE}\""))
+            .and_then(|(_, leader)| (leader >= 1.0).then_some(leader as usize))
+    })
 }
 
 /// What `wharf topic describe` printed (or said when it failed), on one line.
@@ -466,6 +574,13 @@ impl Nodes for Loopback {
 
     fn http(&self) -> Vec<String> {
         self.nodes.iter().map(BrokerProcess::http_address).collect()
+    }
+
+    fn amqp(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| node.amqp_address().to_string())
+            .collect()
     }
 
     fn replicas(&self) -> String {
@@ -710,7 +825,7 @@ fn inject(
     // Through the outage a node that is up is asked who leads the partition.
     let mut failover = None;
     while began.elapsed() < outage {
-        if kind.of_leader() && failover.is_none() {
+        if kind.of_leader() && failover.is_none() && partition < PARTITIONS as usize {
             if let Some(leader) = nodes.leader_by(others[0], partition) {
                 if leader >= 1 && usize::try_from(leader).ok() != Some(node) {
                     failover = Some(began.elapsed());
@@ -808,6 +923,49 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             &root.path().join("native-writer.json"),
         )
     });
+    // The replicated queue's clients, where the nodes have AMQP listeners.
+    let amqp = nodes.amqp().join(",");
+    let queue_published = root.path().join("queue-published.txt");
+    let queue_consumed = root.path().join("queue-consumed.txt");
+    let queue_clients = (settings.queues && !amqp.is_empty()).then(|| {
+        let pika = || {
+            let mut command = nodes.client(&client_python());
+            command.arg(workspace_root().join("tests/clients/pika_queue_faults.py"));
+            command
+        };
+        run_client(pika(), &["declare", &amqp, QUEUE]);
+        let publisher = Background::start(
+            pika(),
+            &[
+                "publish",
+                &amqp,
+                QUEUE,
+                &QUEUE_RATE.to_string(),
+                &path(&stop),
+                &path(&queue_published),
+            ],
+            &root.path().join("queue-publisher.json"),
+        );
+        let consumer = Background::start(
+            pika(),
+            &[
+                "consume",
+                &amqp,
+                QUEUE,
+                &path(&stop),
+                &path(&queue_consumed),
+            ],
+            &root.path().join("queue-consumer.json"),
+        );
+        (publisher, consumer)
+    });
+    let queue_confirms = || {
+        std::fs::read_to_string(&queue_published)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.starts_with("C "))
+            .count()
+    };
     let writes_files: Vec<PathBuf> = if settings.native {
         vec![writes.clone(), native_writes.clone()]
     } else {
@@ -823,18 +981,24 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
 
     let mut rng = SplitMix(settings.seed);
     let mut faults = Vec::new();
+    // A leader fault picks one of the partitions or, with the queue running, the queue
+    // (index PARTITIONS).
+    let targets = u64::from(PARTITIONS) + u64::from(queue_clients.is_some());
     for number in 0..settings.faults {
         let kind = settings.kinds[rng.below(settings.kinds.len() as u64) as usize];
-        let partition = rng.below(u64::from(PARTITIONS)) as usize;
+        let partition = rng.below(targets) as usize;
         let any = rng.below(3) as usize + 1;
         let leaders = nodes.leaders();
-        let node = if kind.of_leader() {
+        let node = if !kind.of_leader() {
+            any
+        } else if partition < PARTITIONS as usize {
             usize::try_from(leaders[partition])
                 .unwrap_or(any)
                 .clamp(1, 3)
         } else {
-            any
+            queue_leader(&nodes.http()).unwrap_or(any)
         };
+        let queue_before = queue_confirms();
         let outage = match kind {
             Kind::KillLeader | Kind::KillAny => millis(&mut rng, 200, 3_000),
             _ => millis(&mut rng, 500, 4_000),
@@ -857,6 +1021,20 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             &before,
             &format!("seed {}, after fault {number}", settings.seed),
         );
+        if queue_clients.is_some() {
+            let deadline = Instant::now() + RECOVERY_LIMIT;
+            while queue_confirms() < queue_before + QUEUE_PROGRESS {
+                assert!(
+                    Instant::now() < deadline,
+                    "seed {}, after fault {number}: the queue's publisher got no {QUEUE_PROGRESS} \
+                     confirms within {RECOVERY_LIMIT:?} ({queue_before} before, {} now; its \
+                     log: queue-publisher.log)",
+                    settings.seed,
+                    queue_confirms()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         std::thread::sleep(millis(&mut rng, 0, 1_000));
     }
 
@@ -875,6 +1053,21 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         reader.finish(Duration::from_secs(60)),
         "the reader did not finish"
     );
+    let queue_verdict = queue_clients.map(|(mut publisher, mut consumer)| {
+        assert!(
+            publisher.finish(Duration::from_secs(60)),
+            "the queue's publisher did not finish (its log: queue-publisher.log)"
+        );
+        // The consumer goes on until the queue stayed empty for 8 s.
+        assert!(
+            consumer.finish(Duration::from_secs(180)),
+            "the queue's consumer did not finish (its log: queue-consumer.log)"
+        );
+        check_queue(
+            &std::fs::read_to_string(&queue_published).unwrap_or_default(),
+            &std::fs::read_to_string(&queue_consumed).unwrap_or_default(),
+        )
+    });
     let stored_json = run_client(nodes.python(), &["readall", &bootstrap, TOPIC, &partitions]);
     let stored: BTreeMap<u32, Vec<(i64, String)>> = stored_json
         .as_object()
@@ -903,7 +1096,8 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         failed.extend(native_failed);
     }
     let seen = read_seen(&reads);
-    let verdict = check(&acked, &failed, &seen, &stored);
+    let mut verdict = check(&acked, &failed, &seen, &stored);
+    verdict.queue = queue_verdict;
     let http = nodes.http();
     if !http.is_empty() {
         replicas_settle(&http);
@@ -942,6 +1136,7 @@ fn real_loop(namespaces: bool, kinds: &'static [Kind], default_faults: usize) {
         unsafe_acks: false,
         namespaces,
         native: true,
+        queues: true,
     };
     let (injected, verdict, pauses) = run(&settings);
     for (fault, pause) in injected.iter().zip(&pauses) {
@@ -1087,6 +1282,7 @@ fn the_checker_catches_the_loss_of_a_broker_that_acknowledges_before_the_quorum(
         unsafe_acks: true,
         namespaces: false,
         native: false,
+        queues: false,
     };
     let (injected, verdict, _) = run(&settings);
     eprintln!(
@@ -1142,4 +1338,27 @@ fn the_checker_finds_each_kind_of_violation() {
     assert_eq!(verdict.duplicated.len(), 1, "{verdict:#?}");
     assert_eq!(verdict.disordered.len(), 1, "{verdict:#?}");
     assert!(!verdict.clean());
+
+    // The queue: a confirmed message delivered (twice is allowed), one failed publish that
+    // was stored after all, and one confirmed message never delivered.
+    let published = "C 1.0 q-0\nF 1.1 q-1 connection lost\nC 1.2 q-2\n";
+    let consumed = "D 2.0 q-0 0\nD 2.1 q-1 0\nD 2.2 q-0 1\n";
+    let queue = check_queue(published, consumed);
+    assert_eq!(queue.lost, ["q-2"], "{queue:#?}");
+    assert_eq!(
+        (queue.confirmed, queue.delivered, queue.repeated),
+        (2, 3, 1)
+    );
+    assert_eq!(queue.redelivered, 1);
+    let unknown = check_queue(published, "D 2.0 q-9 0\nD 2.0 q-0 0\nD 2.0 q-2 0\n");
+    assert_eq!(unknown.unknown, ["q-9"], "{unknown:#?}");
+    assert!(unknown.lost.is_empty());
+    let with_queue = Verdict {
+        queue: Some(unknown),
+        ..Verdict::default()
+    };
+    assert!(
+        !with_queue.clean(),
+        "a delivery never published is a finding"
+    );
 }

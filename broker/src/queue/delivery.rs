@@ -151,8 +151,9 @@ impl DeadLetterReason {
 /// Why a consumer was cancelled.
 ///
 /// Only the broker's own cancels ([`CancelReason::AckTimeout`],
-/// [`CancelReason::QueueDeleted`]) reach the consumer as `ConsumerEvent::Cancelled`; after
-/// the others its channel just ends, since the client asked for it or is gone.
+/// [`CancelReason::QueueDeleted`], [`CancelReason::Unreachable`]) reach the consumer as
+/// `ConsumerEvent::Cancelled`; after the others its channel just ends, since the client
+/// asked for it or is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CancelReason {
     /// A delivery stayed unacknowledged past the queue's ack timeout.

@@ -1421,13 +1421,14 @@ impl QueueTask {
                     tokio::spawn(async move { manager.forget_consumer(&queue, consumer).await });
                 }
             }
-            // The delete already dropped the queue's consumers from the registry.
-            CancelReason::QueueDeleted => tell(sender),
+            // The delete already dropped the queue's consumers from the registry. A
+            // replicated queue's task stopping on a node that no longer leads it cancels
+            // with `Unreachable`: its clients must hear it to subscribe again (through the
+            // new leader); a pulled consumer hears it through its next pull.
+            CancelReason::QueueDeleted | CancelReason::Unreachable => tell(sender),
             // The client asked for this or is gone: dropping the sender ends its channel, and
             // `QueueManager::cancel` forgets the consumer once this task answers.
-            CancelReason::ClientCancelled
-            | CancelReason::ConnectionClosed
-            | CancelReason::Unreachable => drop(sender),
+            CancelReason::ClientCancelled | CancelReason::ConnectionClosed => drop(sender),
         }
     }
 
