@@ -1096,8 +1096,8 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
 
 #[test]
 fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_back() {
-    // Goal: issue #20's queue routing when the queue's leader dies (no failover until
-    // issue #21). A consumer through another node ends with an error saying the leader
+    // Goal: issue #20's queue routing when the leader of a queue with one copy dies (a
+    // replicated queue fails over instead: tests/tests/replicated_queues.rs). A consumer through another node ends with an error saying the leader
     // could not be reached, a publish through another node is refused (not
     // confirmed) naming the leader, and once the leader is back the queue works through
     // every node again, with what it had stored.
@@ -1112,7 +1112,20 @@ fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_
     let ok = integration_tests::wharf_ok;
     // The first queue of a fresh cluster is placed on node 1 (fewest replicas, then fewest
     // led, then the lowest id: docs/CLUSTER.md, Placement).
-    ok(&addresses[1], &["queue", "declare", "lq", "--durable"], "");
+    // Factor 1: one copy, on its leader (a durable queue gets three replicas by default in
+    // a cluster of three: tests/tests/replicated_queues.rs).
+    ok(
+        &addresses[1],
+        &[
+            "queue",
+            "declare",
+            "lq",
+            "--durable",
+            "--replication-factor",
+            "1",
+        ],
+        "",
+    );
     ok(&addresses[2], &["publish", "", "lq"], "a\n");
 
     let mut subscriber = Command::new(integration_tests::wharf_path())

@@ -4,7 +4,7 @@
 //! messages: every confirmed message is delivered, none that was acked comes back, and
 //! what may have been delivered before the failover comes back marked redelivered. A
 //! replica that was down catches up (past the purged raft log, from a snapshot) and can
-//! lead in turn.
+//! lead in turn. A durable queue is replicated by default in a cluster of three.
 
 use std::time::{Duration, Instant};
 
@@ -81,11 +81,25 @@ fn publish_retrying(broker: &str, queue: &str, lines: &str) -> u32 {
 
 /// Every message left in `queue`, through `broker`, acked: (body, redelivered) in order.
 fn drain(broker: &str, queue: &str) -> Vec<(String, bool)> {
-    let printed = wharf_ok(
-        broker,
-        &["--json", "subscribe", queue, "--timeout-ms", "3000"],
-        "",
-    );
+    // The member that won the election starts the queue's task once it applied its whole
+    // log: until then a subscribe is told no leader serves the queue, and tries again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let printed = loop {
+        let output = wharf(
+            broker,
+            &["--json", "subscribe", queue, "--timeout-ms", "3000"],
+            "",
+        );
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        if output.status.success() {
+            break String::from_utf8(output.stdout).expect("text");
+        }
+        assert!(
+            said.contains("no_cluster_leader") && Instant::now() < deadline,
+            "subscribe to {queue} through {broker}: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     printed
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -130,6 +144,54 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
         "",
     );
     let first = queue_leader(&http, "rq", &[1, 2, 3], "after the declare");
+
+    // The factor's rule: a durable queue gets three replicas by default in a cluster of
+    // three, factor 1 opts out, and more replicas than nodes is refused.
+    wharf_ok(
+        &addresses[0],
+        &["queue", "declare", "plain", "--durable"],
+        "",
+    );
+    queue_leader(
+        &http,
+        "plain",
+        &[1, 2, 3],
+        "a durable queue without a factor",
+    );
+    wharf_ok(
+        &addresses[2],
+        &[
+            "queue",
+            "declare",
+            "single",
+            "--durable",
+            "--replication-factor",
+            "1",
+        ],
+        "",
+    );
+    let refused = wharf(
+        &addresses[2],
+        &[
+            "queue",
+            "declare",
+            "wide",
+            "--durable",
+            "--replication-factor",
+            "4",
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "four replicas on three nodes");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("more than the 3 nodes"), "{said}");
+    for (_, address) in &http {
+        assert_eq!(
+            metric(address, "wharf_queue_replica_leader", "queue=\"single\""),
+            None,
+            "a queue of factor 1 has no replicated log"
+        );
+    }
     eprintln!("rq led by node {first} after {:?}", started.elapsed());
     let other = |leader: u64| (1..=3).find(|id| *id != leader).expect("another node") as usize;
     let via = addresses[other(first) - 1].clone();

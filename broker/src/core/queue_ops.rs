@@ -922,7 +922,9 @@ fn publish_outcome(
 const QUORUM_FACTOR: usize = 3;
 
 /// The core's rule for a queue's replicas (issue #21): an explicit `replication-factor`
-/// holds, a quorum queue gets [`QUORUM_FACTOR`] (at most the `nodes`), any other queue 1.
+/// holds (1 opts out: AMQP's `x-queue-type: classic` asks for it), a quorum queue gets
+/// [`QUORUM_FACTOR`] (at most the `nodes`), and any other durable queue all connections
+/// share gets the cluster's default, as a topic does (three from three nodes on, else 1).
 /// A factor above 1 needs a queue all connections share (durable, not exclusive) and at
 /// most `nodes` (1 on a lone node). Returns the arguments with the factor resolved (the
 /// quorum flag gone, the factor present only above 1, so every node reads the same) and
@@ -939,6 +941,7 @@ pub(crate) fn resolve_replicas(
     let factor = match (args.replication_factor, args.quorum) {
         (Some(factor), _) => factor as usize,
         (None, true) if shared => QUORUM_FACTOR.min(nodes),
+        (None, false) if shared => crate::cluster::metadata::default_factor(nodes) as usize,
         (None, _) => 1,
     };
     if factor > 1 && !shared {
@@ -960,4 +963,83 @@ pub(crate) fn resolve_replicas(
         pairs.push(("replication-factor".to_string(), factor.to_string()));
     }
     Ok((args, pairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pairs = Vec<(String, String)>;
+
+    fn resolved(
+        pairs: &[(&str, &str)],
+        nodes: usize,
+        shared: bool,
+    ) -> Result<(Option<u32>, Pairs), QueueError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let args = args_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        resolve_replicas(args, pairs, nodes, shared)
+            .map(|(args, pairs)| (args.replication_factor, pairs))
+    }
+
+    #[test]
+    fn a_queue_gets_the_factor_asked_for_quorum_three_or_the_clusters_default() {
+        // A durable shared queue: the cluster's default (3 from three nodes, else 1).
+        assert_eq!(resolved(&[], 3, true).unwrap().0, Some(3));
+        assert_eq!(resolved(&[], 5, true).unwrap().0, Some(3));
+        assert_eq!(resolved(&[], 2, true).unwrap().0, None);
+        assert_eq!(resolved(&[], 1, true).unwrap().0, None);
+        // Quorum: three, or every node of a smaller cluster; a lone node's is one copy.
+        assert_eq!(
+            resolved(&[("queue-type", "quorum")], 2, true).unwrap().0,
+            Some(2)
+        );
+        assert_eq!(
+            resolved(&[("queue-type", "quorum")], 1, true).unwrap().0,
+            None
+        );
+        // Explicit: held, 1 opts out; more than the nodes is refused.
+        assert_eq!(
+            resolved(&[("replication-factor", "1")], 3, true).unwrap().0,
+            None
+        );
+        assert_eq!(
+            resolved(&[("replication-factor", "2")], 3, true).unwrap().0,
+            Some(2)
+        );
+        assert!(matches!(
+            resolved(&[("replication-factor", "4")], 3, true),
+            Err(QueueError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolved(&[("replication-factor", "2")], 1, true),
+            Err(QueueError::Invalid(_))
+        ));
+        // Transient or exclusive queues are one connection's: never replicated.
+        assert_eq!(
+            resolved(&[("queue-type", "quorum")], 3, false).unwrap().0,
+            None
+        );
+        assert_eq!(resolved(&[], 3, false).unwrap().0, None);
+        assert!(matches!(
+            resolved(&[("replication-factor", "3")], 3, false),
+            Err(QueueError::Invalid(_))
+        ));
+        // The recorded pairs name the factor only above 1, and never the quorum flag, so
+        // every node reads the same arguments.
+        let (_, pairs) =
+            resolved(&[("queue-type", "quorum"), ("max-length", "9")], 3, true).unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("max-length".to_string(), "9".to_string()),
+                ("replication-factor".to_string(), "3".to_string())
+            ]
+        );
+        let (_, pairs) = resolved(&[("replication-factor", "1")], 3, true).unwrap();
+        assert!(pairs.is_empty());
+    }
 }

@@ -1246,7 +1246,11 @@ fn queue_args(arguments: &FieldTable) -> Result<Vec<(String, String)>, Reply> {
             // (three replicas, or the group size asked for); on a lone node a durable queue.
             "x-quorum-initial-group-size" => "replication-factor",
             "x-queue-type" => match text.as_str() {
-                "classic" => continue,
+                // Not replicated: one copy, on its placed node.
+                "classic" => {
+                    pairs.push(("replication-factor".to_string(), "1".to_string()));
+                    continue;
+                }
                 "quorum" => "queue-type",
                 "stream" => {
                     return Err(Reply::new(
