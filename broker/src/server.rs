@@ -274,6 +274,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             election_min: std::time::Duration::from_millis(config.cluster_election_timeout_ms),
             election_max: std::time::Duration::from_millis(config.cluster_election_timeout_ms * 2),
             snapshot_every: config.cluster_snapshot_entries,
+            ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
     };

@@ -19,7 +19,8 @@ A message that failed is not sent again. Prints {"confirmed": n, "failed": n}.
 consume: consumes QUEUE (prefetch 20, manual acks) and writes `D TIME VALUE REDELIVERED`
 (1 or 0) for each delivery before acking it; a consumer the broker cancels (its queue's
 leader went away) subscribes again. Once STOPFILE exists it goes on until nothing came for
-8 s. Prints {"delivered": n}.
+15 s: longer than the queue's leader keeps the deliveries of a subscription whose node
+died (10 s, PULL_LEASE) before it returns them. Prints {"delivered": n}.
 """
 
 import json
@@ -154,7 +155,7 @@ def consume(stop, out):
 
     while True:
         stopping = os.path.exists(stop)
-        if stopping and time.time() - last > 8:
+        if stopping and time.time() - last > 15:
             break
         try:
             if channel is None:

@@ -1058,7 +1058,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
             publisher.finish(Duration::from_secs(60)),
             "the queue's publisher did not finish (its log: queue-publisher.log)"
         );
-        // The consumer goes on until the queue stayed empty for 8 s.
+        // The consumer goes on until the queue stayed empty for 15 s.
         assert!(
             consumer.finish(Duration::from_secs(180)),
             "the queue's consumer did not finish (its log: queue-consumer.log)"

@@ -159,6 +159,9 @@ pub enum MetadataCommand {
     },
     /// Deletes a queue and its bindings.
     DeleteQueue { name: String },
+    /// Records that `leader` leads replicated queue `name` now: its replicated log elected
+    /// it (issue #21), and nodes holding no replica route the queue's operations to it.
+    SetQueueLeader { name: String, leader: NodeId },
     /// Declares an exchange of `kind` (idempotent for the same kind).
     DeclareExchange { name: String, kind: String },
     /// Deletes an exchange and its bindings.
@@ -381,6 +384,20 @@ impl MetadataState {
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
             }
+            MetadataCommand::SetQueueLeader { name, leader } => {
+                let placement = &mut self
+                    .queues
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownQueue(name.clone()))?
+                    .placement;
+                if !placement.replicas.contains(leader) {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {leader} holds no replica of queue {name:?}"
+                    )));
+                }
+                placement.leader = *leader;
+                Ok(MetadataResult::Done)
+            }
             MetadataCommand::DeleteQueue { name } => {
                 self.queues
                     .remove(name)
@@ -511,6 +528,51 @@ mod tests {
             });
         }
         state
+    }
+
+    #[test]
+    fn a_replicated_queues_leader_is_recorded_only_among_its_replicas() {
+        let mut state = three_nodes();
+        let placed = state.apply(&MetadataCommand::DeclareQueue {
+            name: "q".into(),
+            replication_factor: 2,
+            arguments: BTreeMap::from([("replication-factor".into(), "2".into())]),
+        });
+        let MetadataResult::Placed(sets) = placed else {
+            panic!("placed: {placed:?}");
+        };
+        let replicas = sets[0].replicas.clone();
+        assert_eq!(replicas.len(), 2);
+        let other = replicas[1];
+        assert_eq!(
+            state.apply(&MetadataCommand::SetQueueLeader {
+                name: "q".into(),
+                leader: other,
+            }),
+            MetadataResult::Done
+        );
+        assert_eq!(state.queues["q"].placement.leader, other);
+        let outsider = (1..=3)
+            .find(|id| !replicas.contains(id))
+            .expect("a third node");
+        assert!(matches!(
+            state.apply(&MetadataCommand::SetQueueLeader {
+                name: "q".into(),
+                leader: outsider,
+            }),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+        assert_eq!(
+            state.apply(&MetadataCommand::SetQueueLeader {
+                name: "gone".into(),
+                leader: other,
+            }),
+            MetadataResult::Refused(MetadataError::UnknownQueue("gone".into()))
+        );
+        assert_eq!(
+            state.queues["q"].placement.leader, other,
+            "refusals change nothing"
+        );
     }
 
     fn create(name: &str, partitions: u32, factor: u32) -> MetadataCommand {

@@ -252,6 +252,8 @@ pub struct Timing {
     pub election_max: Duration,
     /// A snapshot is taken after this many applied entries since the last one.
     pub snapshot_every: u64,
+    /// Most entries one AppendEntries carries (openraft's `max_payload_entries`).
+    pub entries_per_append: u64,
 }
 
 impl Default for Timing {
@@ -261,6 +263,7 @@ impl Default for Timing {
             election_min: Duration::from_millis(400),
             election_max: Duration::from_millis(800),
             snapshot_every: 1_000,
+            entries_per_append: 300,
         }
     }
 }

@@ -70,9 +70,6 @@ openraft::declare_raft_types!(
         SnapshotData = ReplicaSnapshot,
 );
 
-/// Entries per AppendEntries of a replicated log.
-const MAX_PAYLOAD_ENTRIES: u64 = 1;
-
 /// Where a group keeps its raft log, under the directory of the log it replicates.
 pub const RAFT_DIR: &str = "raft";
 
@@ -662,6 +659,9 @@ pub struct Replica {
     raft: Raft<ReplicaConfig>,
     applier: Arc<dyn Applier>,
     timing: Timing,
+    /// This start of the member: clones share it, a later start of the same group has
+    /// another ([`Replica::is_same`]).
+    start: Arc<()>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -705,12 +705,13 @@ impl Replica {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
             // A follower a little behind catches up from the log, not a snapshot.
             max_in_snapshot_log_to_keep: timing.snapshot_every,
-            // An entry is a produce's batches for the partition (1–3 MiB from a busy
-            // producer). openraft 0.9 gives an AppendEntries one
-            // heartbeat interval to be answered, the follower's fsync included, and backs
-            // off 500 ms after a miss: one entry per message keeps it inside that on this
-            // machine class, and far below the internal wire's 64 MiB frame.
-            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // The group's choice (`Timing::entries_per_append`): a partition's entry is a
+            // produce's batches (1–3 MiB from a busy producer), and openraft 0.9 gives an
+            // AppendEntries one heartbeat interval to be answered, the follower's fsync
+            // included, backing off 500 ms after a miss: one entry per message keeps it
+            // inside that on this machine class, and far below the internal wire's 64 MiB
+            // frame. A queue's entries are small (a run of publishes, acks, counts).
+            max_payload_entries: timing.entries_per_append.max(1),
             // A snapshot carries the records a follower lacks in one message (MiBs), read,
             // sent, appended and fsynced within this time. With openraft's default (200 ms)
             // a follower whose snapshot takes longer under load is sent the same snapshot
@@ -737,12 +738,18 @@ impl Replica {
             raft,
             applier,
             timing,
+            start: Arc::new(()),
         })
     }
 
     /// The group's name.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Whether `other` is this very member (a clone of it), not a later start of its group.
+    pub fn is_same(&self, other: &Replica) -> bool {
+        Arc::ptr_eq(&self.start, &other.start)
     }
 
     /// Makes `members` (node id → internal address) the group's first voters; true when

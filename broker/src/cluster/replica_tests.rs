@@ -157,6 +157,7 @@ fn timing() -> Timing {
         election_min: Duration::from_millis(300),
         election_max: Duration::from_millis(600),
         snapshot_every: 10,
+        entries_per_append: 1,
     }
 }
 

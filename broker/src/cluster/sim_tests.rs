@@ -108,6 +108,7 @@ fn timing() -> Timing {
         election_min: Duration::from_millis(300),
         election_max: Duration::from_millis(600),
         snapshot_every: 20,
+        ..Timing::default()
     }
 }
 

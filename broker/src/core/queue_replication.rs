@@ -37,6 +37,11 @@ use crate::core::replication::{read_batches, records_from, replica_timing};
 
 /// How often a member's watcher checks whether its node should run the queue's task.
 const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Entries one AppendEntries of a queue's group carries at most: a queue's entries are
+/// mostly small (acks, delivery counts, runs of small publishes), and a run of publishes is
+/// at most 8 MiB (`PUBLISH_RUN_BYTES_MAX`), so six stay below the internal wire's 64 MiB
+/// frame.
+const QUEUE_ENTRIES_PER_APPEND: u64 = 6;
 
 /// The replicated log's name for queue `queue` (topic names cannot hold `:`, so it names
 /// no partition's group).
@@ -219,7 +224,10 @@ impl Broker {
             Io::Blocking,
             applier,
             cluster.transport(),
-            replica_timing(cluster.timing()),
+            crate::cluster::raft::Timing {
+                entries_per_append: QUEUE_ENTRIES_PER_APPEND,
+                ..replica_timing(cluster.timing())
+            },
         )
         .await;
         let replica = match started {
@@ -256,28 +264,33 @@ impl Broker {
         queue: String,
     ) {
         let group = replica.group().to_string();
-        // The submitter of the current leadership, closed when it ends.
-        let mut leading: Option<Arc<AtomicBool>> = None;
+        // The current leadership's token and its submitter's switch, closed when it ends.
+        let mut leading: Option<(u64, Arc<AtomicBool>)> = None;
         loop {
-            let member = cluster.replicas().get(&group).is_some();
+            // This member, not a later one of the same group (the queue deleted and
+            // declared again): a stale watcher must never stop the new member's task.
+            let member = cluster
+                .replicas()
+                .get(&group)
+                .is_some_and(|current| current.is_same(&replica));
             if leading.is_none() && member && replica.leads_caught_up() {
                 let closed = Arc::new(AtomicBool::new(false));
                 let log = spawn_submitter(replica.clone(), queue.clone(), closed.clone());
                 match self.queues.lead_replicated(&queue, Arc::new(log)) {
-                    Ok(()) => {
+                    Ok(token) => {
                         tracing::info!(queue, "now leads the replicated queue");
-                        leading = Some(closed);
+                        leading = Some((token, closed));
                     }
                     Err(error) => {
                         tracing::warn!(queue, %error, "cannot start the replicated queue's task")
                     }
                 }
             } else if leading.is_some() && (!member || !replica.is_leader()) {
-                if let Some(closed) = leading.take() {
+                if let Some((token, closed)) = leading.take() {
                     closed.store(true, Ordering::Release);
+                    self.queues.follow_replicated(&queue, token).await;
+                    tracing::info!(queue, "no longer leads the replicated queue");
                 }
-                self.queues.follow_replicated(&queue).await;
-                tracing::info!(queue, "no longer leads the replicated queue");
             }
             if !member {
                 return;

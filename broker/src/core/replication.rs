@@ -60,6 +60,8 @@ pub(crate) fn replica_timing(metadata: Timing) -> Timing {
         election_min,
         election_max: election_min + heartbeat,
         snapshot_every: SNAPSHOT_EVERY,
+        // A produce's batches are MiBs: one entry per AppendEntries (see Replica::start).
+        entries_per_append: 1,
     }
 }
 
@@ -524,8 +526,9 @@ impl Broker {
         }
     }
 
-    /// Proposes `SetPartitionLeader` for each replicated partition this node's member
-    /// leads while the metadata names another node, until shut down.
+    /// Proposes `SetPartitionLeader` (`SetQueueLeader`) for each replicated partition
+    /// (queue) this node's member leads while the metadata names another node, until shut
+    /// down.
     pub(crate) async fn publish_partition_leaders(
         self: Arc<Self>,
         cluster: Cluster,
@@ -560,6 +563,31 @@ impl Broker {
                         Err(error) => {
                             tracing::debug!(topic = %name, partition, %error, "cannot record the partition's new leader yet")
                         }
+                    }
+                }
+            }
+            for (name, queue) in &state.queues {
+                let set = &queue.placement;
+                if set.leader == this || set.replicas.len() < 2 {
+                    continue;
+                }
+                let group = super::queue_replication::queue_group_name(name);
+                let Some(replica) = cluster.replicas().get(&group) else {
+                    continue;
+                };
+                if !replica.is_leader() {
+                    continue;
+                }
+                let command = MetadataCommand::SetQueueLeader {
+                    name: name.clone(),
+                    leader: this,
+                };
+                match cluster.propose(command).await {
+                    Ok(_) => {
+                        tracing::info!(queue = %name, "recorded as the replicated queue's leader")
+                    }
+                    Err(error) => {
+                        tracing::debug!(queue = %name, %error, "cannot record the queue's new leader yet")
                     }
                 }
             }

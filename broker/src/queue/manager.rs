@@ -75,7 +75,13 @@ struct QueueHandle {
     sender: mpsc::Sender<Command>,
     /// A replicated queue's store, shared with its replicated log's member here.
     replicated: Option<Arc<QueueStore>>,
+    /// The leadership whose task runs now ([`QueueManager::lead_replicated`]'s token; 0:
+    /// none).
+    leadership: u64,
 }
+
+/// Tokens of replicated queues' leaderships on this node.
+static LEADERSHIPS: AtomicU64 = AtomicU64::new(1);
 
 /// A sender whose task never runs: a replicated queue this node does not lead.
 fn closed_sender() -> mpsc::Sender<Command> {
@@ -556,6 +562,7 @@ impl QueueManager {
                 durability,
                 sender,
                 replicated,
+                leadership: 0,
             },
         );
         Ok(())
@@ -569,11 +576,12 @@ impl QueueManager {
     /// Starts replicated queue `name`'s task on this node, whose member of the queue's log
     /// now leads it with everything committed before applied: the task recovers the queue
     /// from the store (what may have been delivered comes back `redelivered`) and writes
-    /// through `log`. Does nothing if the task runs already.
+    /// through `log`. Returns the leadership's token, for [`QueueManager::follow_replicated`].
     ///
     /// # Errors
-    /// `UnknownQueue`, or the store's messages cannot be read back.
-    pub fn lead_replicated(&self, name: &str, log: Arc<dyn QueueLog>) -> Result<(), QueueError> {
+    /// `UnknownQueue`; `Invalid` if the queue is not replicated or its task runs already;
+    /// or the store's messages cannot be read back.
+    pub fn lead_replicated(&self, name: &str, log: Arc<dyn QueueLog>) -> Result<u64, QueueError> {
         let (args, store) = {
             let registry = self.lock();
             let handle = registry
@@ -586,7 +594,9 @@ impl QueueManager {
                 )));
             };
             if !handle.sender.is_closed() {
-                return Ok(());
+                return Err(QueueError::Invalid(format!(
+                    "queue {name:?}'s task runs already"
+                )));
             }
             (handle.args.clone(), store)
         };
@@ -598,24 +608,33 @@ impl QueueManager {
             self.clock.clone(),
             self.myself.clone(),
         )?;
-        if let Some(handle) = self.lock().queues.get_mut(name) {
-            handle.sender = sender;
+        let token = LEADERSHIPS.fetch_add(1, Ordering::Relaxed);
+        match self.lock().queues.get_mut(name) {
+            Some(handle) => {
+                handle.sender = sender;
+                handle.leadership = token;
+            }
+            // Deleted meanwhile: the task ends with its last sender.
+            None => return Err(QueueError::UnknownQueue(name.to_string())),
         }
-        Ok(())
+        Ok(token)
     }
 
-    /// Stops replicated queue `name`'s task on this node, which no longer leads it: its
-    /// consumers are cancelled (their clients subscribe again, on the new leader) and what
-    /// waited for a commit is answered with the error the wait ends with.
-    pub async fn follow_replicated(&self, name: &str) {
+    /// Stops replicated queue `name`'s task of leadership `token` on this node, which no
+    /// longer leads it (a task of another leadership, or of a queue of the same name
+    /// declared again, is left alone): its consumers are cancelled (their clients
+    /// subscribe again, on the new leader) and what waited for a commit is answered with
+    /// the error the wait ends with.
+    pub async fn follow_replicated(&self, name: &str, token: u64) {
         let sender = {
             let mut registry = self.lock();
             let Some(handle) = registry.queues.get_mut(name) else {
                 return;
             };
-            if handle.replicated.is_none() {
+            if handle.replicated.is_none() || handle.leadership != token {
                 return;
             }
+            handle.leadership = 0;
             std::mem::replace(&mut handle.sender, closed_sender())
         };
         let (reply, stopped) = oneshot::channel();

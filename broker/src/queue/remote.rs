@@ -55,7 +55,12 @@ use crate::queue::types::{
 /// How long the leader holds a pull open when the consumer has nothing waiting.
 pub const PULL_WAIT: Duration = Duration::from_millis(1_000);
 /// A pulled consumer whose node did not pull for this long is cancelled by the leader.
-pub const PULL_LEASE: Duration = Duration::from_secs(60);
+/// A live pump pulls at least every [`PULL_WAIT`] plus a round trip; ten seconds outlast a
+/// paused or briefly cut-off node, and bound how long a dead node's consumer holds its
+/// unacknowledged deliveries (60 s until 2026-12-06: the fault loop's consumer, moving to
+/// another node after a SIGKILL, waited that long for the messages its old subscription
+/// held).
+pub const PULL_LEASE: Duration = Duration::from_secs(10);
 /// How long a forwarded command may take before the caller gives up on the leader.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a listing waits for a queue's counts from its leader (a listing asks every
