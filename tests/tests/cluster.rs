@@ -939,6 +939,77 @@ fn kafka_epoch_end(
     (error, answer.int(), answer.long())
 }
 
+/// Sends a Kafka ListOffsets v4 for one partition's latest offset to `address` (a
+/// consumer's: replica id -1, read uncommitted) naming `current_epoch` as the leader's, and
+/// returns its (error code, offset, leader epoch). Body: replica id, isolation, topics
+/// [name, partitions [index, current leader epoch, timestamp]].
+fn kafka_latest_offset(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    current_epoch: i32,
+) -> (i16, i64, i32) {
+    let mut body = (-1i32).to_be_bytes().to_vec();
+    body.push(0); // read uncommitted
+    body.extend(one_partition(
+        topic,
+        partition,
+        &[&current_epoch.to_be_bytes(), &(-1i64).to_be_bytes()],
+    ));
+    let mut answer = kafka_exchange(address, 2, 4, &body);
+    // throttle ms, topics [name, partitions [index, error, timestamp, offset, epoch]]
+    answer.int();
+    assert_eq!(answer.int(), 1, "one topic");
+    assert_eq!(answer.name(), topic);
+    assert_eq!(answer.int(), 1, "one partition");
+    assert_eq!(answer.int(), partition);
+    let error = answer.short();
+    answer.long();
+    (error, answer.long(), answer.int())
+}
+
+/// Sends a Kafka Fetch v9 (the first with `current_leader_epoch`, not flexible yet) for
+/// one partition from `offset`, naming `current_epoch` as the leader's, and returns the
+/// partition's error code. Body: replica id, max wait, min bytes, max bytes, isolation,
+/// session id, session epoch, topics [name, partitions [index, current leader epoch,
+/// fetch offset, log start offset, max bytes]], forgotten topics [].
+fn kafka_fetch_error(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    current_epoch: i32,
+    offset: i64,
+) -> i16 {
+    let mut body = Vec::new();
+    for field in [-1i32, 0, 0, 1 << 20] {
+        body.extend_from_slice(&field.to_be_bytes());
+    }
+    body.push(0); // read uncommitted
+    body.extend_from_slice(&0i32.to_be_bytes()); // no session
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // a full fetch, no session kept
+    body.extend(one_partition(
+        topic,
+        partition,
+        &[
+            &current_epoch.to_be_bytes(),
+            &offset.to_be_bytes(),
+            &(-1i64).to_be_bytes(),
+            &(1i32 << 20).to_be_bytes(),
+        ],
+    ));
+    body.extend_from_slice(&0i32.to_be_bytes()); // no forgotten topics
+    let mut answer = kafka_exchange(address, 1, 9, &body);
+    // throttle ms, error, session id, responses [name, partitions [index, error, ...]]
+    answer.int();
+    assert_eq!(answer.short(), 0, "the fetch's own error");
+    answer.int();
+    assert_eq!(answer.int(), 1, "one topic");
+    assert_eq!(answer.name(), topic);
+    assert_eq!(answer.int(), 1, "one partition");
+    assert_eq!(answer.int(), partition);
+    answer.short()
+}
+
 /// The JSON body of an HTTP answer.
 fn http_json(answer: &str) -> Value {
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -1427,6 +1498,20 @@ fn leader_epochs_are_the_terms_that_appended(
         kafka_epoch_end(&kafka[at], topic, 0, current + 5, first).0,
         75
     );
+    // ListOffsets (v4+) and Fetch (v9+) fence by the epoch the client names, as Kafka does:
+    // the leader's epoch (or -1, not checked) is served, an older one is fenced and a newer
+    // one unknown.
+    assert_eq!(
+        kafka_latest_offset(&kafka[at], topic, 0, current),
+        (0, 400, current)
+    );
+    assert_eq!(kafka_latest_offset(&kafka[at], topic, 0, -1).0, 0);
+    assert_eq!(kafka_latest_offset(&kafka[at], topic, 0, first).0, 74);
+    assert_eq!(kafka_latest_offset(&kafka[at], topic, 0, current + 5).0, 75);
+    assert_eq!(kafka_fetch_error(&kafka[at], topic, 0, current, 0), 0);
+    assert_eq!(kafka_fetch_error(&kafka[at], topic, 0, -1, 0), 0);
+    assert_eq!(kafka_fetch_error(&kafka[at], topic, 0, first, 0), 74);
+    assert_eq!(kafka_fetch_error(&kafka[at], topic, 0, current + 5, 0), 75);
     // A follower (the node that is up besides the leader) sends the client to the leader:
     // NOT_LEADER_OR_FOLLOWER (6).
     let follower = (0..3)

@@ -598,7 +598,15 @@ impl Broker {
                         Some(denied) => Some(StreamError::Unauthorized(denied.clone())),
                         None => routing
                             .as_ref()
-                            .and_then(|routing| routing.refusal(&wanted.topic, asked.partition)),
+                            .and_then(|routing| routing.refusal(&wanted.topic, asked.partition))
+                            .or_else(|| {
+                                self.check_leader_epoch(
+                                    &wanted.topic,
+                                    asked.partition,
+                                    asked.current_leader_epoch,
+                                )
+                                .err()
+                            }),
                     })
                     .collect()
             })
@@ -765,9 +773,66 @@ impl Broker {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<Option<i64>, StreamError> {
+        self.list_offset_at_epoch(caller, topic, partition, spec, -1)
+    }
+
+    /// [`Broker::list_offset`] for a client that names the leader epoch it takes the
+    /// partition's leader to have (Kafka ListOffsets v4+'s `current_leader_epoch`; -1: not
+    /// checked).
+    ///
+    /// # Errors
+    /// As [`Broker::list_offset`]; `FencedLeaderEpoch` or `UnknownLeaderEpoch` when
+    /// `current` is not the leader's epoch.
+    pub fn list_offset_at_epoch(
+        &self,
+        caller: &Session,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+        current: i32,
+    ) -> Result<Option<i64>, StreamError> {
         self.check(caller, Operation::Describe, ResourceType::Topic, topic)?;
         self.check_leader(topic, partition)?;
+        self.check_leader_epoch(topic, partition, current)?;
         self.streams.list_offset(topic, partition, spec)
+    }
+
+    /// Kafka's fencing by leader epoch: a client that names an epoch (`current` >= 0) other
+    /// than the leader's is refused, with `FencedLeaderEpoch` when it is older (the client
+    /// missed a leader change) and `UnknownLeaderEpoch` when it is newer (this node has not
+    /// seen the change yet). -1 is not checked.
+    ///
+    /// # Errors
+    /// Those two.
+    pub(crate) fn check_leader_epoch(
+        &self,
+        topic: &str,
+        partition: u32,
+        current: i32,
+    ) -> Result<(), StreamError> {
+        if current < 0 {
+            return Ok(());
+        }
+        let leader = self.leader_epoch(topic, partition);
+        if current == leader {
+            return Ok(());
+        }
+        let (topic, client) = (topic.to_string(), current);
+        Err(if current < leader {
+            StreamError::FencedLeaderEpoch {
+                topic,
+                partition,
+                client,
+                leader,
+            }
+        } else {
+            StreamError::UnknownLeaderEpoch {
+                topic,
+                partition,
+                client,
+                leader,
+            }
+        })
     }
 
     /// The leader epoch Kafka's clients see for `topic`'s `partition`: its group leader's
@@ -813,25 +878,8 @@ impl Broker {
                 partition,
             }
         })?;
+        self.check_leader_epoch(topic, partition, current)?;
         let leader = self.leader_epoch(topic, partition);
-        if current >= 0 && current != leader {
-            let (topic, client) = (topic.to_string(), current);
-            return Err(if current < leader {
-                StreamError::FencedLeaderEpoch {
-                    topic,
-                    partition,
-                    client,
-                    leader,
-                }
-            } else {
-                StreamError::UnknownLeaderEpoch {
-                    topic,
-                    partition,
-                    client,
-                    leader,
-                }
-            });
-        }
         let epochs = epochs_or_zero(&log);
         if leader > epochs.current() {
             return Err(StreamError::NotLeader {

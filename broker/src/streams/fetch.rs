@@ -44,6 +44,10 @@ pub struct PartitionQuery {
     pub fetch_offset: i64,
     /// Most bytes from this partition.
     pub partition_max_bytes: u32,
+    /// The leader epoch the client takes the partition's leader to have (Kafka Fetch v9+'s
+    /// `current_leader_epoch`): another one is fenced (`FencedLeaderEpoch`,
+    /// `UnknownLeaderEpoch`); -1 is not checked.
+    pub current_leader_epoch: i32,
 }
 
 /// The partitions of one topic a fetch asks for.

@@ -382,6 +382,7 @@ impl Member {
                             partition: *partition,
                             fetch_offset: reader.position(),
                             partition_max_bytes: STREAM_FETCH_BYTES_MAX,
+                            current_leader_epoch: -1,
                         })
                         .collect(),
                 }],

@@ -594,6 +594,7 @@ impl StreamReader {
                     partition: self.partition,
                     fetch_offset: self.next_offset,
                     partition_max_bytes: STREAM_FETCH_BYTES_MAX,
+                    current_leader_epoch: -1,
                 }],
             }],
         }

@@ -579,6 +579,7 @@ async fn fetch_answer(broker: &Broker, caller: &Session, request: FetchRequest) 
                         partition: index,
                         fetch_offset: partition.fetch_offset,
                         partition_max_bytes: non_negative(partition.partition_max_bytes),
+                        current_leader_epoch: partition.current_leader_epoch,
                     }),
                     Err(_) => {
                         refused.push((name.clone(), partition.partition));
@@ -704,7 +705,10 @@ fn list_offsets(
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_offset(-1);
                     };
-                    match broker.list_offset(caller, &name, partition, spec) {
+                    // ListOffsets v4+ names the epoch the client takes the leader's to be
+                    // (-1 before v4, not checked).
+                    let current = wanted.current_leader_epoch;
+                    match broker.list_offset_at_epoch(caller, &name, partition, spec, current) {
                         // The epoch of the record found (the current one at the log end):
                         // a client validates its position against it after a failover.
                         Ok(Some(offset)) if with_epochs => answer

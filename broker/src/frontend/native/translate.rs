@@ -615,6 +615,7 @@ async fn fetch_answer(broker: &Broker, caller: &Session, request: FetchRequest) 
                         partition: partition.partition,
                         fetch_offset: partition.fetch_offset,
                         partition_max_bytes: partition.partition_max_bytes,
+                        current_leader_epoch: -1,
                     })
                     .collect(),
             })
