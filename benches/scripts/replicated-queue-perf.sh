@@ -5,9 +5,10 @@
 #
 # Per size and repetition: a lone wharfd takes `wharf perf queue --confirm` (publish with
 # confirms, then consume with manual acks) on a durable queue; then three wharfd processes
-# (a cluster on this machine, sharing its cores) take the same run on a durable queue,
-# which a cluster of three replicates on all three nodes by default, through the node that
-# leads it (found in /metrics). Prints one line per run: setup, size, publish msgs/s,
+# (a cluster on this machine, sharing its cores) take the same run on a durable queue
+# replicated on all three (declared with --replication-factor 3, so a BEFORE= build from
+# before the default factor takes it too), through the node that leads it (found in
+# /metrics). Prints one line per run: setup, size, publish msgs/s,
 # consume msgs/s; then the ratios replicated/single of the medians per size.
 #
 # BEFORE=DIR (optional) names a directory with an older build's wharfd and wharf: each
@@ -78,8 +79,9 @@ replicated() { # size rep [label]
   for n in 1 2 3; do wait_port $((27420 + n)); done
   local queue="$label-$1"
   for _ in $(seq 1 100); do
+    # Refused until all three nodes registered (a factor above the node count).
     if "$WHARF_BIN/wharf" --broker 127.0.0.1:27421 queue declare "$queue" --durable \
-      >/dev/null 2>&1; then break; fi
+      --replication-factor 3 >/dev/null 2>&1; then break; fi
     sleep 0.2
   done
   # The node whose member leads the queue's log, once all three agree.
