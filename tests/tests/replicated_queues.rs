@@ -113,6 +113,18 @@ fn drain(broker: &str, queue: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Each node's native address, and its id with its HTTP address (ports stay the same
+/// across a restart; read again after one all the same).
+fn endpoints(nodes: &[BrokerProcess]) -> (Vec<String>, Vec<(u64, String)>) {
+    let addresses = nodes.iter().map(BrokerProcess::address).collect();
+    let http = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (index as u64 + 1, node.http_address()))
+        .collect();
+    (addresses, http)
+}
+
 fn lines(prefix: &str, range: std::ops::Range<u32>) -> String {
     range.map(|i| format!("{prefix}{i}\n")).collect()
 }
@@ -122,14 +134,9 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
     let started = Instant::now();
     let root = tempfile::tempdir().expect("temp dir");
     let (_, mut nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let (addresses, http) = endpoints(&nodes);
     converged(&addresses, 3, "after start");
     registered(&addresses);
-    let http: Vec<(u64, String)> = nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| (index as u64 + 1, node.http_address()))
-        .collect();
 
     wharf_ok(
         &addresses[1],
@@ -254,12 +261,7 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
     // the raft log keeps written meanwhile, that one catches up from a snapshot. Then the
     // leader is killed and the two that were behind go on with every message.
     nodes[first as usize - 1].restart();
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let http: Vec<(u64, String)> = nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| (index as u64 + 1, node.http_address()))
-        .collect();
+    let (addresses, http) = endpoints(&nodes);
     converged(&addresses, 3, "after the old leader's restart");
     let leader = queue_leader(&http, "rq", &[1, 2, 3], "after the old leader's restart");
     let behind = other(leader) as u64;
@@ -292,12 +294,7 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
     }
     wharf_ok(&via, &["publish", "", "rq"], &lines("k", 0..20));
     nodes[behind as usize - 1].restart();
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let http: Vec<(u64, String)> = nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| (index as u64 + 1, node.http_address()))
-        .collect();
+    let (addresses, http) = endpoints(&nodes);
     converged(&addresses, 3, "after the follower's restart");
     let again = queue_leader(&http, "rq", &[1, 2, 3], "after the follower caught up");
     nodes[again as usize - 1].kill();
