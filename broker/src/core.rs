@@ -310,6 +310,11 @@ impl Broker {
     pub async fn close(self: &Arc<Self>, background: Background) -> Result<(), OpenError> {
         if let Some(cluster) = self.cluster.get() {
             cluster.shutdown().await;
+            // The replicated logs' members stop applying before the logs and stores they
+            // apply to are closed below.
+            for replica in cluster.replicas().all() {
+                replica.shutdown().await;
+            }
         }
         for task in background.tasks {
             task.abort();

@@ -309,5 +309,26 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
     let bodies: Vec<&str> = drained.iter().map(|(body, _)| body.as_str()).collect();
     let wanted: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     assert_eq!(bodies, wanted, "after the second failover");
+
+    // A clean stop (SIGTERM) of the whole cluster, the killed node included, keeps what was
+    // confirmed and not acked.
+    wharf_ok(
+        &addresses[last as usize - 1],
+        &["publish", "", "rq"],
+        &lines("s", 0..10),
+    );
+    for node in &mut nodes {
+        node.stop();
+    }
+    for node in &mut nodes {
+        node.restart();
+    }
+    let (addresses, http) = endpoints(&nodes);
+    converged(&addresses, 3, "after the whole cluster's restart");
+    let after = queue_leader(&http, "rq", &[1, 2, 3], "after the whole cluster's restart");
+    let drained = drain(&addresses[after as usize - 1], "rq");
+    let bodies: Vec<&str> = drained.iter().map(|(body, _)| body.as_str()).collect();
+    let wanted: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+    assert_eq!(bodies, wanted, "after a clean stop and start of every node");
     eprintln!("done after {:?}", started.elapsed());
 }

@@ -1521,18 +1521,34 @@ impl QueueManager {
         removed
     }
 
-    /// Stops every queue task, closing durable queues cleanly.
+    /// Stops every queue task, closing durable queues cleanly (a replicated queue's store
+    /// too, which its task leaves open: the caller stopped the replicated logs' members
+    /// first).
     pub async fn shutdown(&self) {
-        let senders: Vec<mpsc::Sender<Command>> = self
-            .lock()
-            .queues
-            .values()
-            .map(|handle| handle.sender.clone())
-            .collect();
+        let (senders, replicated): (Vec<mpsc::Sender<Command>>, Vec<Arc<QueueStore>>) = {
+            let registry = self.lock();
+            (
+                registry
+                    .queues
+                    .values()
+                    .map(|handle| handle.sender.clone())
+                    .collect(),
+                registry
+                    .queues
+                    .values()
+                    .filter_map(|handle| handle.replicated.clone())
+                    .collect(),
+            )
+        };
         for sender in senders {
             let (reply, stopped) = oneshot::channel();
             if sender.send(Command::Stop(reply, None)).await.is_ok() {
                 let _ = stopped.await;
+            }
+        }
+        for store in replicated {
+            if let Err(error) = store.close() {
+                tracing::warn!(%error, "closing a replicated queue's storage failed");
             }
         }
     }
