@@ -189,7 +189,11 @@ impl Broker {
             Some(cluster) if shared => cluster.applied().state.nodes.len().max(1),
             _ => 1,
         };
-        let (args, pairs) = resolve_replicas(args, pairs, nodes, shared)?;
+        let existing = self
+            .queues
+            .args_of(&name)
+            .map(|args| args.replication_factor);
+        let (args, pairs) = resolve_replicas(args, pairs, nodes, shared, existing)?;
         if let Some(cluster) = self.replicated() {
             if shared {
                 return self
@@ -222,7 +226,7 @@ impl Broker {
             args.iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
-        let (args, _) = resolve_replicas(args, Vec::new(), 1, false)?;
+        let (args, _) = resolve_replicas(args, Vec::new(), 1, false, None)?;
         let queues = self.queues.clone();
         let owner = session.id();
         blocking(move || queues.declare_generated_queue_for(&prefix, args, durability, Some(owner)))
@@ -926,7 +930,10 @@ const QUORUM_FACTOR: usize = 3;
 /// [`QUORUM_FACTOR`] (at most the `nodes`), and any other durable queue all connections
 /// share gets the cluster's default, as a topic does (three from three nodes on, else 1).
 /// A factor above 1 needs a queue all connections share (durable, not exclusive) and at
-/// most `nodes` (1 on a lone node). Returns the arguments with the factor resolved (the
+/// most `nodes` (1 on a lone node). A redeclare of an existing queue (`existing`: its
+/// factor) that names no factor keeps the queue's, so a client that redeclares with the
+/// arguments it declared with is not refused after the cluster grew, nor one that leaves
+/// out `x-queue-type`. Returns the arguments with the factor resolved (the
 /// quorum flag gone, the factor present only above 1, so every node reads the same) and
 /// the given `pairs` changed to match, as the metadata log records them.
 ///
@@ -937,9 +944,11 @@ pub(crate) fn resolve_replicas(
     mut pairs: Vec<(String, String)>,
     nodes: usize,
     shared: bool,
+    existing: Option<Option<u32>>,
 ) -> Result<(QueueArgs, Vec<(String, String)>), QueueError> {
     let factor = match (args.replication_factor, args.quorum) {
         (Some(factor), _) => factor as usize,
+        (None, _) if existing.is_some() => existing.flatten().map_or(1, |factor| factor as usize),
         (None, true) if shared => QUORUM_FACTOR.min(nodes),
         (None, false) if shared => crate::cluster::metadata::default_factor(nodes) as usize,
         (None, _) => 1,
@@ -981,7 +990,7 @@ mod tests {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         let args = args_from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        resolve_replicas(args, pairs, nodes, shared)
+        resolve_replicas(args, pairs, nodes, shared, None)
             .map(|(args, pairs)| (args.replication_factor, pairs))
     }
 
@@ -1041,5 +1050,30 @@ mod tests {
         );
         let (_, pairs) = resolved(&[("replication-factor", "1")], 3, true).unwrap();
         assert!(pairs.is_empty());
+        // A redeclare naming no factor keeps the queue's: one declared with a single copy
+        // (before this rule, or as classic) stays so, and one replicated stays replicated
+        // even if the cluster shrank.
+        let again = |existing: Option<u32>, pairs: &[(&str, &str)], nodes: usize| {
+            let owned: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
+            let args =
+                args_from_pairs(owned.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+            resolve_replicas(args, owned, nodes, true, Some(existing))
+                .map(|(args, _)| args.replication_factor)
+        };
+        assert_eq!(again(None, &[], 3).unwrap(), None);
+        assert_eq!(again(Some(3), &[], 3).unwrap(), Some(3));
+        assert_eq!(
+            again(Some(3), &[("queue-type", "quorum")], 3).unwrap(),
+            Some(3)
+        );
+        assert_eq!(again(None, &[("queue-type", "quorum")], 3).unwrap(), None);
+        // An explicit factor is what the client asks for (compared with the queue's).
+        assert_eq!(
+            again(None, &[("replication-factor", "3")], 3).unwrap(),
+            Some(3)
+        );
     }
 }

@@ -157,6 +157,11 @@ impl QueueLog for ReplicaLog {
 /// Starts the submitter of one leadership: it hands each write to `replica` in order until
 /// `closed` is set, then refuses the rest.
 fn spawn_submitter(replica: Replica, queue: String, closed: Arc<AtomicBool>) -> ReplicaLog {
+    // Unbounded (STYLE.md §4 asks why): the queue's task hands writes over without waiting
+    // (it must not await while it holds its delivery state between two steps), and what it
+    // submits is bounded elsewhere: publishes and acks by its own command channel
+    // (QUEUE_COMMANDS_MAX) and the confirms they wait for, delivery counts by the
+    // consumers' prefetch windows; openraft takes each write at once (client_write_ff).
     let (submissions, mut waiting) = mpsc::unbounded_channel::<Submission>();
     let name = queue.clone();
     tokio::spawn(async move {
@@ -264,8 +269,9 @@ impl Broker {
         queue: String,
     ) {
         let group = replica.group().to_string();
-        // The current leadership's token and its submitter's switch, closed when it ends.
-        let mut leading: Option<(u64, Arc<AtomicBool>)> = None;
+        // The current leadership: its token, its term, and its submitter's switch (closed
+        // when it ends).
+        let mut leading: Option<(u64, u64, Arc<AtomicBool>)> = None;
         loop {
             // This member, not a later one of the same group (the queue deleted and
             // declared again): a stale watcher must never stop the new member's task.
@@ -273,21 +279,33 @@ impl Broker {
                 .replicas()
                 .get(&group)
                 .is_some_and(|current| current.is_same(&replica));
+            let term = replica.leader_and_term().map(|(_, term)| term);
             if leading.is_none() && member && replica.leads_caught_up() {
                 let closed = Arc::new(AtomicBool::new(false));
                 let log = spawn_submitter(replica.clone(), queue.clone(), closed.clone());
                 match self.queues.lead_replicated(&queue, Arc::new(log)) {
                     Ok(token) => {
                         tracing::info!(queue, "now leads the replicated queue");
-                        leading = Some((token, closed));
+                        leading = Some((token, term.unwrap_or(0), closed));
                     }
                     Err(error) => {
                         tracing::warn!(queue, %error, "cannot start the replicated queue's task")
                     }
                 }
-            } else if leading.is_some() && (!member || !replica.is_leader()) {
-                if let Some((token, closed)) = leading.take() {
-                    closed.store(true, Ordering::Release);
+            } else if let Some((token, started, _)) = &leading {
+                // Leadership ended, moved to another term between two checks (the task's
+                // view predates entries it did not write), or the task stopped on a write
+                // that did not commit: stop it; it starts again from the store once this
+                // member leads caught up.
+                let ended = !member
+                    || !replica.is_leader()
+                    || term != Some(*started)
+                    || !self.queues.leads_replicated(&queue);
+                if ended {
+                    let token = *token;
+                    if let Some((_, _, closed)) = leading.take() {
+                        closed.store(true, Ordering::Release);
+                    }
                     self.queues.follow_replicated(&queue, token).await;
                     tracing::info!(queue, "no longer leads the replicated queue");
                 }

@@ -45,7 +45,7 @@ use crate::queue::remote::{self, Origins, PulledConsumers, QueueCluster};
 use crate::queue::replicated::QueueLog;
 use crate::queue::store::QueueStore;
 use crate::queue::task::{
-    message_bytes, Command, Control, MoveRound, Outcomes, QueueTask, GET_BYTES_MAX,
+    message_bytes, spawn_refuser, Command, Control, MoveRound, Outcomes, QueueTask, GET_BYTES_MAX,
     PUBLISH_RUN_BYTES_MAX,
 };
 use crate::queue::types::{
@@ -70,8 +70,9 @@ pub const GET_COUNT_MAX: u32 = 10_000;
 struct QueueHandle {
     args: QueueArgs,
     durability: Durability,
-    /// The queue's task. A replicated queue that this node does not lead has none: its
-    /// sender is closed ([`QueueManager::sender`] then answers that no leader is here).
+    /// The queue's task. A replicated queue that this node does not lead has a stand-in
+    /// that refuses every command, saying no leader serves the queue here
+    /// (`task::spawn_refuser`).
     sender: mpsc::Sender<Command>,
     /// A replicated queue's store, shared with its replicated log's member here.
     replicated: Option<Arc<QueueStore>>,
@@ -83,9 +84,15 @@ struct QueueHandle {
 /// Tokens of replicated queues' leaderships on this node.
 static LEADERSHIPS: AtomicU64 = AtomicU64::new(1);
 
-/// A sender whose task never runs: a replicated queue this node does not lead.
-fn closed_sender() -> mpsc::Sender<Command> {
-    mpsc::channel(1).0
+/// The stand-in task of replicated queue `name` while this node does not lead it.
+fn refuser(name: &str) -> mpsc::Sender<Command> {
+    spawn_refuser(QueueError::Cluster {
+        no_leader: true,
+        message: format!(
+            "replicated queue {name:?} has no leader serving it here right now (an election, \
+             or this node was just deposed); try again"
+        ),
+    })
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +187,14 @@ impl QueueManager {
     /// Whether queue `name` exists.
     pub fn exists(&self, name: &str) -> bool {
         self.lock().queues.contains_key(name)
+    }
+
+    /// The arguments queue `name` was declared with, if it exists here.
+    pub fn args_of(&self, name: &str) -> Option<QueueArgs> {
+        self.lock()
+            .queues
+            .get(name)
+            .map(|handle| handle.args.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -543,7 +558,7 @@ impl QueueManager {
         let (sender, replicated) = if replicated {
             // Its task starts when this node's member of its log leads
             // ([`QueueManager::lead_replicated`]).
-            (closed_sender(), Some(store))
+            (refuser(name), Some(store))
         } else {
             let sender = QueueTask::spawn(
                 name,
@@ -593,7 +608,7 @@ impl QueueManager {
                     "queue {name:?} is not replicated"
                 )));
             };
-            if !handle.sender.is_closed() {
+            if handle.leadership != 0 {
                 return Err(QueueError::Invalid(format!(
                     "queue {name:?}'s task runs already"
                 )));
@@ -635,7 +650,7 @@ impl QueueManager {
                 return;
             }
             handle.leadership = 0;
-            std::mem::replace(&mut handle.sender, closed_sender())
+            std::mem::replace(&mut handle.sender, refuser(name))
         };
         let (reply, stopped) = oneshot::channel();
         if sender
@@ -900,24 +915,16 @@ impl QueueManager {
     /// Where `queue`'s commands go: its task, or the proxy to the node that leads it.
     pub(crate) fn sender(&self, queue: &str) -> Result<mpsc::Sender<Command>, QueueError> {
         let local = self.local_sender(queue)?;
-        let sender = self.redirect(queue, local);
-        if sender.is_closed() && self.is_replicated(queue) {
-            return Err(QueueError::Cluster {
-                no_leader: true,
-                message: format!(
-                    "replicated queue {queue:?} has no leader serving it right now (an \
-                     election); try again"
-                ),
-            });
-        }
-        Ok(sender)
+        Ok(self.redirect(queue, local))
     }
 
-    fn is_replicated(&self, queue: &str) -> bool {
+    /// Whether replicated queue `name`'s task runs on this node (its leadership there is
+    /// on): false once the task stopped on its own (a write that did not commit).
+    pub fn leads_replicated(&self, name: &str) -> bool {
         self.lock()
             .queues
-            .get(queue)
-            .is_some_and(|handle| handle.replicated.is_some())
+            .get(name)
+            .is_some_and(|handle| handle.leadership != 0 && !handle.sender.is_closed())
     }
 
     /// The command channel of `queue`'s task on this node.
@@ -1056,6 +1063,16 @@ impl QueueManager {
             }
         }
         self.forget_consumer(queue, consumer).await;
+    }
+
+    /// Forgets a consumer the broker cancelled because the queue's leader went away here
+    /// (its task stopped): its client subscribes again, elsewhere. Unlike
+    /// [`QueueManager::forget_consumer`] this never auto-deletes the queue, which lives on
+    /// with its new leader.
+    pub(crate) fn drop_consumer_id(&self, queue: &str, consumer: ConsumerId) {
+        if let Some(ids) = self.lock().consumer_ids.get_mut(queue) {
+            ids.remove(&consumer);
+        }
     }
 
     /// Drops a cancelled consumer from the registry; the last consumer of an auto-delete

@@ -20,7 +20,7 @@
 //!   marks what may have been delivered `redelivered` and counts it toward a delivery limit.
 //!   Not waited for: a count lost with its leader only loses the mark.
 //! - **Durability.** The store's logs are written without fsyncs of their own: the raft log
-//!   has each command durably on a majority. A checkpoint (every few hundred entries)
+//!   has each command durably on a majority. A checkpoint (every 128 applied entries)
 //!   fsyncs both logs and compacts the ack log ([`QueueStore::persist_replicated`]); after
 //!   a restart the message log is cut back to the checkpoint and the commands after it are
 //!   applied again. Settling and counting again what is already settled or counted changes

@@ -41,7 +41,7 @@ use crate::queue::manager::QueueManager;
 use crate::queue::pipeline::Pipeline;
 use crate::queue::publish::{dead_letter_copy, header_number, header_value, message_priority};
 use crate::queue::replicated::{self, CommitFuture, QueueCommand, QueueLog};
-use crate::queue::store::{QueueStore, StoredRecord};
+use crate::queue::store::{QueueStore, StoredRecord, SETTLE_IDS_MAX};
 use crate::queue::types::{
     ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Durability, GotMessage, Message,
     Precondition, QueueArgs, QueueError, QueueStats, EXPIRATION_HEADER,
@@ -213,6 +213,59 @@ pub(crate) enum Control {
     },
 }
 
+/// The stand-in for the task of a replicated queue this node does not lead (issue #21, the
+/// leader's member is elsewhere or none is elected): answers every command that carries an
+/// error with `error`, so callers say that no leader serves the queue here; the others
+/// (a purge's count, a listing's stats, a stop) are answered as for an empty queue or
+/// dropped, which their callers report as they report a queue being deleted.
+pub(crate) fn spawn_refuser(error: QueueError) -> mpsc::Sender<Command> {
+    let (sender, mut receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
+    tokio::spawn(async move {
+        while let Some(command) = receiver.recv().await {
+            let refused = || Err(error.clone());
+            match command {
+                Command::Publish(_, confirm)
+                | Command::Ack(_, _, _, confirm)
+                | Command::Nack(_, _, _, _, confirm) => {
+                    let _ = confirm.send(refused());
+                }
+                Command::PublishMany(_, reply) => {
+                    let _ = reply.send(Outcomes::All(refused()));
+                }
+                Command::Stop(reply, _) => {
+                    let _ = reply.send(());
+                }
+                Command::Control(control) => match control {
+                    Control::Subscribe(_, _, _, reply) => {
+                        let _ = reply.send(refused());
+                    }
+                    Control::Retire(_, reply) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Control::Get(_, _, _, reply) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Control::TakeForMove(_, reply) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Control::FinishMove { reply, .. } => {
+                        let _ = reply.send(refused());
+                    }
+                    Control::Cancel(_, _, reply) | Control::Stop(_, reply) => {
+                        let _ = reply.send(());
+                    }
+                    Control::Reopen
+                    | Control::Touch
+                    | Control::Settle(_)
+                    | Control::Purge(_)
+                    | Control::Stats(_) => {}
+                },
+            }
+        }
+    });
+    sender
+}
+
 /// The messages one move round takes from its source, in id order.
 pub(crate) struct MoveRound {
     /// The bound of the move (the newest message it may take); none when the queue had no
@@ -269,6 +322,11 @@ pub(crate) struct QueueTask {
     settling: Pipeline<Settling>,
     /// Where the task's writes go.
     writes: Writes,
+    /// A replicated write did not commit (the leadership ended, or its commit timed out and
+    /// may still happen): the task's view (its next id, its delivery state) may no longer
+    /// be the store's, so it stops; its leader starts it again from the store once its log
+    /// is applied (`core/queue_replication.rs`).
+    broken: bool,
 }
 
 /// Where a queue task's writes go.
@@ -379,6 +437,7 @@ impl QueueTask {
             settling: Pipeline::new(Arc::clone(store.acks())),
             store,
             writes,
+            broken: false,
             clock,
             manager,
         };
@@ -481,7 +540,45 @@ impl QueueTask {
                 }
                 _ = tokio::time::sleep(wake) => {}
             }
+            if self.broken {
+                self.stop_broken();
+                return;
+            }
             self.tick().await;
+        }
+    }
+
+    /// Ends a replicated queue's task after a write that did not commit: everything waiting
+    /// for a commit fails, consumers are told (they subscribe again).
+    fn stop_broken(&mut self) {
+        let error = QueueError::Cluster {
+            no_leader: true,
+            message: format!(
+                "a write to replicated queue {:?} did not commit; its leader starts it again",
+                self.name
+            ),
+        };
+        tracing::warn!(
+            queue = self.name,
+            "a replicated write did not commit; the queue's task stops"
+        );
+        for run in self.publishing.take_all() {
+            for reply in run.replies {
+                reply.send(Err(error.clone()));
+            }
+        }
+        for record in self.settling.take_all() {
+            for reply in record.replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        self.stop(Some(CancelReason::Unreachable));
+    }
+
+    /// Notes a failed commit of a replicated write (see [`QueueTask::broken`]).
+    fn note_failure(&mut self) {
+        if matches!(self.writes, Writes::Replicated { .. }) {
+            self.broken = true;
         }
     }
 
@@ -761,6 +858,7 @@ impl QueueTask {
         let runs = match outcome {
             Ok(()) => self.publishing.take_durable(),
             Err(error) => {
+                self.note_failure();
                 for run in self.publishing.take_all() {
                     for reply in run.replies {
                         reply.send(Err(error.clone()));
@@ -789,7 +887,10 @@ impl QueueTask {
     fn finish_settled(&mut self, outcome: Result<(), QueueError>) -> Result<(), QueueError> {
         let (records, answer) = match outcome {
             Ok(()) => (self.settling.take_durable(), Ok(())),
-            Err(error) => (self.settling.take_all(), Err(error)),
+            Err(error) => {
+                self.note_failure();
+                (self.settling.take_all(), Err(error))
+            }
         };
         for record in records {
             if answer.is_ok() {
@@ -1088,7 +1189,15 @@ impl QueueTask {
                     .await
                     .map_err(|error| QueueError::Storage(error.to_string()))?
             }
-            Written::Commit(commit) => replicated::outcome(&commit.await?)?,
+            Written::Commit(commit) => {
+                if let Err(error) = commit
+                    .await
+                    .and_then(|outcome| replicated::outcome(&outcome))
+                {
+                    self.note_failure();
+                    return Err(error);
+                }
+            }
         }
         self.make_ready(run.base_offset, run.timings, run.now).await
     }
@@ -1425,7 +1534,13 @@ impl QueueTask {
             // replicated queue's task stopping on a node that no longer leads it cancels
             // with `Unreachable`: its clients must hear it to subscribe again (through the
             // new leader); a pulled consumer hears it through its next pull.
-            CancelReason::QueueDeleted | CancelReason::Unreachable => tell(sender),
+            CancelReason::QueueDeleted => tell(sender),
+            CancelReason::Unreachable => {
+                tell(sender);
+                if let Some(manager) = self.manager.upgrade() {
+                    manager.drop_consumer_id(&self.name, consumer);
+                }
+            }
             // The client asked for this or is gone: dropping the sender ends its channel, and
             // `QueueManager::cancel` forgets the consumer once this task answers.
             CancelReason::ClientCancelled | CancelReason::ConnectionClosed => drop(sender),
@@ -1441,35 +1556,46 @@ impl QueueTask {
     /// # Errors
     /// `Storage` if the append failed (nothing is settled then).
     async fn settle(&mut self, ids: &[i64]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let now = self.clock.now_ms();
-        let written = match &self.writes {
-            Writes::Local => self
-                .store
-                .settle(ids, now)
-                .map_err(|error| QueueError::Storage(error.to_string()))?
-                .map(|appended| Written::Fsync(appended.next_offset)),
-            Writes::Replicated { log, .. } if !ids.is_empty() => {
-                let command = QueueCommand::Settle {
-                    now_ms: now,
-                    ids: ids.to_vec(),
+        match &self.writes {
+            Writes::Local => {
+                let appended = self
+                    .store
+                    .settle(ids, now)
+                    .map_err(|error| QueueError::Storage(error.to_string()))?;
+                let Some(appended) = appended else {
+                    return Ok(());
                 };
-                Some(Written::Commit(log.submit(command.encode())))
+                let settling = Settling {
+                    ids: ids.to_vec(),
+                    replies: Vec::new(),
+                };
+                self.settling.push(appended.next_offset, settling);
             }
-            Writes::Replicated { .. } => None,
-        };
-        if let Some(written) = written {
-            let settling = Settling {
-                ids: ids.to_vec(),
-                replies: Vec::new(),
-            };
-            match written {
-                Written::Fsync(next_offset) => self.settling.push(next_offset, settling),
-                Written::Commit(commit) => self.settling.push_commit(commit, settling),
+            Writes::Replicated { log, .. } => {
+                // A purge settles every ready message at once: commands of at most
+                // SETTLE_IDS_MAX ids (512 KiB) keep each raft entry far below a frame. The
+                // acks waiting wait for the last.
+                for chunk in ids.chunks(SETTLE_IDS_MAX) {
+                    let command = QueueCommand::Settle {
+                        now_ms: now,
+                        ids: chunk.to_vec(),
+                    };
+                    let settling = Settling {
+                        ids: chunk.to_vec(),
+                        replies: Vec::new(),
+                    };
+                    self.settling
+                        .push_commit(log.submit(command.encode()), settling);
+                }
             }
-            let more = self.state.dispatch(now);
-            if !more.is_empty() {
-                Box::pin(self.apply(more)).await?;
-            }
+        }
+        let more = self.state.dispatch(now);
+        if !more.is_empty() {
+            Box::pin(self.apply(more)).await?;
         }
         Ok(())
     }
