@@ -137,17 +137,6 @@ pub(crate) struct PartitionApplier {
     log: Arc<Partition>,
 }
 
-/// A storage failure that stops the group here (the disk, not the bytes): every replica
-/// refuses bad bytes alike, but only this one failed to write good ones.
-fn is_fatal(error: &crate::storage::Error) -> bool {
-    matches!(
-        error,
-        crate::storage::Error::Io { .. }
-            | crate::storage::Error::Failed { .. }
-            | crate::storage::Error::Closed { .. }
-    )
-}
-
 impl Applier for PartitionApplier {
     fn enter_term(&self, term: u64) -> std::io::Result<()> {
         self.log
@@ -186,7 +175,7 @@ impl Applier for PartitionApplier {
                     first_sequence,
                     last_sequence,
                 },
-                Err(StreamError::Storage(error)) if is_fatal(&error) => {
+                Err(StreamError::Storage(error)) if error.is_local_failure() => {
                     return Err(std::io::Error::other(error.to_string()))
                 }
                 Err(other) => AppliedProduce::Refused(other.to_string()),

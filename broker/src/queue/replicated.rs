@@ -204,7 +204,7 @@ pub fn apply(store: &QueueStore, command: &Bytes) -> Result<Bytes, StorageError>
             match store.apply_messages(base, &mut batch) {
                 Ok(Ok(_)) => Ok(Bytes::new()),
                 Ok(Err(reason)) => refused(reason),
-                Err(error) if is_fatal(&error) => Err(error),
+                Err(error) if error.is_local_failure() => Err(error),
                 Err(error) => refused(error.to_string()),
             }
         }
@@ -215,14 +215,6 @@ pub fn apply(store: &QueueStore, command: &Bytes) -> Result<Bytes, StorageError>
             store.apply_counts(&counts, now_ms).map(|()| Bytes::new())
         }
     }
-}
-
-/// A storage failure of this replica's disk, as opposed to bytes every replica refuses.
-fn is_fatal(error: &StorageError) -> bool {
-    matches!(
-        error,
-        StorageError::Io { .. } | StorageError::Failed { .. } | StorageError::Closed { .. }
-    )
 }
 
 /// The leader's task's view of an outcome: `Ok` when applied, the refusal otherwise.

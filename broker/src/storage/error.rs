@@ -62,6 +62,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is a failure of this node's disk or log (I/O, a failed or closed log),
+    /// as opposed to bytes any node would refuse alike: a replica that meets one stops
+    /// applying (issue #21), since every other replica wrote what it could not.
+    pub fn is_local_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Failed { .. } | Error::Closed { .. }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             op,
