@@ -31,6 +31,7 @@ pub mod quota;
 mod replication;
 pub mod routing;
 pub mod stream_ops;
+mod txn_markers;
 pub mod txn_ops;
 
 use std::collections::{HashMap, HashSet};
@@ -178,6 +179,9 @@ pub struct Broker {
     cluster_follow: tokio::sync::Mutex<()>,
     /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
     followed_topics: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
+    /// Each partition's gate for transactional batches and markers (issue #21,
+    /// `core/txn_markers.rs`).
+    txn_gates: txn_markers::TxnGates,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -291,6 +295,7 @@ impl Broker {
             cluster_replicated: std::sync::atomic::AtomicBool::new(false),
             cluster_follow: tokio::sync::Mutex::new(()),
             followed_topics: std::sync::RwLock::new(Arc::default()),
+            txn_gates: txn_markers::TxnGates::default(),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period
@@ -358,6 +363,7 @@ impl Opened {
             streams: broker.streams.clone(),
             groups: broker.groups.clone(),
             offsets: broker.offsets.clone(),
+            markers: Arc::new(txn_markers::BrokerMarkers(Arc::downgrade(&broker))),
         };
         let mut tasks = vec![TxnCoordinator::spawn(self.txn, deps)];
         tasks.push(every(

@@ -137,6 +137,11 @@ pub enum StreamError {
     /// `no_leader` nothing changed and a retry may succeed, else the outcome is unknown.
     #[error("the cluster's metadata log: {message}")]
     Cluster { no_leader: bool, message: String },
+    /// A transactional batch's transaction could not be verified with the coordinator
+    /// (another node, unreachable or changing; `core/txn_markers.rs`): nothing written,
+    /// retry.
+    #[error("the transaction coordinator could not verify the batch's transaction: {0}")]
+    TxnUnverified(String),
     /// Another node leads the partition (issue #20): the client asks again where it is
     /// and sends there. `leader` is `None` while the metadata names no reachable leader.
     #[error("{topic}-{partition} is led by {}", match leader { Some(node) => format!("node {node}"), None => "no node right now".to_string() })]

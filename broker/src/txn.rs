@@ -6,7 +6,9 @@
 //! groups (`AddOffsetsToTxn`, `TxnOffsetCommit`), and `EndTxn` commits or aborts it:
 //!
 //! 1. log `PrepareCommit` / `PrepareAbort` (durable);
-//! 2. write a marker (control batch) to every partition of the transaction (durable);
+//! 2. write a marker (control batch) to every partition of the transaction (durable), through
+//!    the [`MarkerSink`]: each partition's leader writes it, through the partition's
+//!    replicated log where it has one;
 //! 3. on commit, store the transaction's consumer offsets;
 //! 4. log `CompleteCommit` / `CompleteAbort`.
 //!
@@ -24,12 +26,14 @@
 //! through the [`crate::append`] path.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
-use wharf_protocol::batch::{self, BatchBuilder, ControlKind, NewRecord};
+use wharf_protocol::batch::{BatchBuilder, ControlKind, NewRecord};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
@@ -227,16 +231,6 @@ pub enum TxnError {
     /// No such topic or partition.
     #[error("unknown topic or partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: u32 },
-    /// The partition is led by another node than the transaction's coordinator: until the
-    /// data is replicated (issue #21), a transaction's partitions must be led by the node
-    /// that writes its markers.
-    #[error("{topic}-{partition} is led by node {leader}, not by the transaction coordinator (node {coordinator}): a transaction spans the partitions of one node until issue #21")]
-    SpansNodes {
-        topic: String,
-        partition: u32,
-        leader: u64,
-        coordinator: u64,
-    },
     /// Another node of the cluster coordinates transactions (issue #20).
     #[error("node {coordinator} coordinates transactions, not this node")]
     NotCoordinator { coordinator: u64 },
@@ -338,6 +332,41 @@ pub struct TxnDeps {
     pub groups: Arc<GroupCoordinator>,
     /// Committed offsets, written when a transaction commits.
     pub offsets: Arc<OffsetStore>,
+    /// Where the markers go.
+    pub markers: Arc<dyn MarkerSink>,
+}
+
+/// One transaction marker: the partition, the producer and epoch whose transaction it
+/// ends, how it ended, and the coordinator's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The producer id.
+    pub producer_id: i64,
+    /// The epoch the marker carries (one above the producer's when an abort fences it).
+    pub epoch: i16,
+    /// Commit or abort.
+    pub kind: ControlKind,
+    /// The coordinator's clock, the marker's timestamp.
+    pub now_ms: i64,
+}
+
+/// The wait for one marker.
+pub type MarkerWrite = Pin<Box<dyn Future<Output = Result<(), TxnError>> + Send>>;
+
+/// Writes markers where they belong: the partition's leader, which may be another node
+/// and may write through the partition's replicated log (`core/txn_markers.rs`).
+pub trait MarkerSink: Send + Sync + std::fmt::Debug {
+    /// Writes `marker`; resolves once it is durable (fsynced, or committed by a majority
+    /// of the partition's replicas). A partition that no longer exists needs no marker.
+    ///
+    /// # Errors
+    /// A marker not written (its leader unreachable or changing, storage failing): the
+    /// coordinator keeps the transaction prepared and writes the markers again.
+    fn write(&self, marker: Marker) -> MarkerWrite;
 }
 
 /// Handle to the coordinator task.
@@ -499,6 +528,10 @@ struct Task {
     deps: TxnDeps,
     log: Arc<Partition>,
     txns: HashMap<String, TxnMeta>,
+    /// The partitions a completing transaction already has its marker on, by producer id
+    /// and epoch: a completion tried again writes only the others (held in memory only;
+    /// after a restart every marker is written again, which is harmless).
+    marked: HashMap<(i64, i16), BTreeSet<(String, u32)>>,
 }
 
 type Outcome = Result<(), TxnError>;
@@ -509,7 +542,12 @@ async fn run(loaded: TxnLoaded, deps: TxnDeps) {
         txns,
         mut receiver,
     } = loaded;
-    let mut task = Task { deps, log, txns };
+    let mut task = Task {
+        deps,
+        log,
+        txns,
+        marked: HashMap::new(),
+    };
     task.recover().await;
     let mut ticker = tokio::time::interval(TIMEOUT_CHECK_INTERVAL);
     loop {
@@ -818,6 +856,7 @@ impl Task {
             ControlKind::Abort
         };
         self.write_markers(&prepared, kind).await?;
+        self.marked.remove(&(prepared.producer_id, prepared.epoch));
         if commit {
             let mut by_group: HashMap<&str, Vec<(String, u32, Committed)>> = HashMap::new();
             for pending in &prepared.offsets {
@@ -974,39 +1013,41 @@ impl Task {
             .map_err(TxnError::from)
     }
 
-    /// Appends a marker to every partition of the transaction and waits until all are
-    /// fsynced, whatever their flush policy: otherwise a power loss could leave the last
-    /// stable offset stuck behind a transaction no one will finish.
-    async fn write_markers(&self, meta: &TxnMeta, kind: ControlKind) -> Outcome {
-        let streams = &self.deps.streams;
-        let now = self.now_ms();
-        let mut receipts = Vec::new();
-        for (topic, partition) in &meta.partitions {
-            let Some(log) = streams.partition(topic, *partition) else {
-                // The topic was deleted since: nothing to mark.
-                continue;
-            };
-            let marker = batch::control_batch(now, meta.producer_id, meta.epoch, kind, 0);
-            let mut bytes = BytesMut::from(&marker[..]);
-            let shared = streams.producers().partition(topic, *partition);
-            let receipt = {
-                let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-                let receipt = append::append(&log, &mut bytes)?;
-                state.record_marker(
-                    meta.producer_id,
-                    meta.epoch,
-                    kind,
-                    receipt.appended().base_offset,
-                    now,
-                );
-                receipt
-            };
-            receipts.push(receipt);
+    /// Writes a marker to every partition of the transaction, all at once, and waits until
+    /// every one is durable, whatever the partition's flush policy: otherwise a power loss
+    /// could leave the last stable offset stuck behind a transaction no one will finish.
+    async fn write_markers(&mut self, meta: &TxnMeta, kind: ControlKind) -> Outcome {
+        let now_ms = self.now_ms();
+        let marked = self
+            .marked
+            .entry((meta.producer_id, meta.epoch))
+            .or_default();
+        let pending: Vec<&(String, u32)> = meta
+            .partitions
+            .iter()
+            .filter(|partition| !marked.contains(*partition))
+            .collect();
+        let writes = pending.iter().map(|(topic, partition)| {
+            self.deps.markers.write(Marker {
+                topic: topic.clone(),
+                partition: *partition,
+                producer_id: meta.producer_id,
+                epoch: meta.epoch,
+                kind,
+                now_ms,
+            })
+        });
+        let outcomes = futures_util::future::join_all(writes).await;
+        let mut failed = None;
+        for (partition, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    marked.insert(partition.clone());
+                }
+                Err(error) => failed = failed.or(Some(error)),
+            }
         }
-        for receipt in receipts {
-            receipt.synced().await?;
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 

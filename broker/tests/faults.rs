@@ -23,6 +23,7 @@ use wharf_broker::storage::testing::{batch_of, env_with, sim_env, Seed};
 use wharf_broker::storage::{
     Appended, Error, FlushPolicy, Flusher, Fs, LogConfig, ManualClock, Partition,
 };
+use wharf_broker::streams::produce::TxnCheck;
 use wharf_protocol::batch;
 
 const DIR: &str = "/data/topic-0";
@@ -1695,14 +1696,14 @@ fn produce_path_acks_only_after_the_fsync_and_a_retry_waits_for_its_original() {
     let mut acked = Vec::new();
     let (plain, plain_records) = next_batch(&partition, 3, 300);
     let plain_receipt = streams
-        .append_produced(&info, 0, &plain)
+        .append_produced(&info, 0, &plain, TxnCheck::Here)
         .expect("plain append");
     let (idempotent, idempotent_records) = idempotent_batch(&partition, producer_id, 0, 2);
     let original = streams
-        .append_produced(&info, 0, &idempotent)
+        .append_produced(&info, 0, &idempotent, TxnCheck::Here)
         .expect("idempotent append");
     let retry = streams
-        .append_produced(&info, 0, &idempotent)
+        .append_produced(&info, 0, &idempotent, TxnCheck::Here)
         .expect("a retry is answered, not refused");
     assert_eq!(
         retry.appended(),

@@ -1,13 +1,13 @@
 """Transactions with confluent-kafka against wharfd's Kafka listener.
 
-    confluent_transactions.py BOOTSTRAP COUNT
+    confluent_transactions.py BOOTSTRAP COUNT [REPLICATION_FACTOR [PARTITIONS]]
 
 A read-process-write loop: COUNT records in topic `tx-in` are consumed by group `tx-group`
 (read_committed, no auto commit) and written, upper-cased, to `tx-out` in transactions that
 also commit the consumed offsets; every third transaction is aborted and its input read
 again. Then `tx-out` is read with read_committed and with read_uncommitted, and a second
-producer with the same transactional id fences the first (a zombie). Prints one JSON
-document.
+producer with the same transactional id fences the first (a zombie). Both topics have
+PARTITIONS partitions (2) of REPLICATION_FACTOR replicas (1). Prints one JSON document.
 """
 
 import json
@@ -18,10 +18,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, count = sys.argv[1], int(sys.argv[2])
+# In a cluster: replicated topics whose partitions several nodes lead.
+factor = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+partitions = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 
 admin = AdminClient({"bootstrap.servers": bootstrap})
 for future in admin.create_topics(
-    [NewTopic("tx-in", num_partitions=2, replication_factor=1), NewTopic("tx-out", num_partitions=2, replication_factor=1)]
+    [
+        NewTopic("tx-in", num_partitions=partitions, replication_factor=factor),
+        NewTopic("tx-out", num_partitions=partitions, replication_factor=factor),
+    ]
 ).values():
     future.result(30)
 
@@ -84,7 +90,7 @@ def read_all(isolation):
             "isolation.level": isolation,
         }
     )
-    reader.assign([TopicPartition("tx-out", 0, 0), TopicPartition("tx-out", 1, 0)])
+    reader.assign([TopicPartition("tx-out", partition, 0) for partition in range(partitions)])
     values = []
     idle_since = time.time()
     while time.time() - idle_since < 3:

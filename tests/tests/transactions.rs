@@ -547,3 +547,224 @@ fn internal_topics_cannot_join_a_transaction_and_the_broker_still_restarts() {
     let again = init(&mut client, "sneaky", 0);
     assert!(again.epoch > txn.epoch);
 }
+
+/// The leaders of `topic`'s partitions as node `via` sees them, once each names a node in
+/// `alive` (a failover done).
+fn leaders_among(via: &str, topic: &str, alive: &[u64]) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leaders: Vec<u64> = integration_tests::cluster::native_leaders(via, topic)
+            .into_iter()
+            .map(|leader| u64::try_from(leader).unwrap_or(0))
+            .collect();
+        if leaders.iter().all(|leader| alive.contains(leader)) {
+            return leaders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}'s leaders {leaders:?} are not all among {alive:?} after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Produces `records` to `topic`'s `partition` at its leader as node 1 names it, asking
+/// again while the answer is NOT_LEADER (a group still electing); returns the error.
+fn produce_at_leader(
+    nodes: &[BrokerProcess],
+    topic: &str,
+    partition: u32,
+    records: &Bytes,
+) -> ErrorCode {
+    let alive: Vec<u64> = (1..=3)
+        .filter(|node| std::net::TcpStream::connect(nodes[*node as usize - 1].addr()).is_ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = leaders_among(&nodes[0].address(), topic, &alive);
+        let leader = usize::try_from(leaders[partition as usize] - 1).expect("node index");
+        let mut client = RawClient::connect(nodes[leader].addr());
+        match produce(&mut client, topic, partition, records.clone()).0 {
+            ErrorCode::NotLeaderOrFollower if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            error => return error,
+        }
+    }
+}
+
+/// A transaction across three nodes (issue #21): node 1 coordinates it, its three
+/// replicated partitions are led by the three nodes. Each leader verifies the
+/// transactional batch with the coordinator (a partition not added is refused there); the
+/// leader of one partition is SIGKILLed while the transaction is open, and the commit's
+/// marker reaches the new leader (EndTxn answers CONCURRENT_TRANSACTIONS until every marker
+/// is written); read_committed then sees the whole transaction on every partition. After
+/// the commit, a batch of the ended transaction is refused at the gate; an aborted one is
+/// listed for read_committed on the new leader's replicated log.
+#[test]
+fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = integration_tests::cluster::three_nodes(root.path());
+    let brokers: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    integration_tests::cluster::converged(&brokers, 3, "three nodes");
+    integration_tests::cluster::registered(&brokers);
+    let mut coordinator = RawClient::connect(nodes[0].addr());
+    create(&mut coordinator, "spread", 3);
+    create(&mut coordinator, "aside", 3);
+    // The groups elect the leaders placement spread (node 1's view names node 1 until
+    // they have).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = leaders_among(&brokers[0], "spread", &[1, 2, 3]);
+        if leaders.iter().any(|leader| *leader != 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partition of spread is led away from node 1: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let leader_of = |leaders: &[u64], partition: u32| -> usize {
+        usize::try_from(leaders[partition as usize] - 1).expect("node index")
+    };
+
+    let txn = init(&mut coordinator, "spanning", 60_000);
+    assert_eq!(
+        add_partitions(&mut coordinator, &txn, "spread", &[0, 1, 2]),
+        ErrorCode::None
+    );
+    for partition in 0..3 {
+        let batch = txn_batch(&txn, 0, &[&format!("committed-{partition}")]);
+        let error = produce_at_leader(&nodes, "spread", partition, &batch);
+        assert_eq!(error, ErrorCode::None, "spread-{partition}");
+    }
+    // A partition the transaction did not add is refused by its leader, wherever it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let elsewhere = loop {
+        let aside = leaders_among(&brokers[0], "aside", &[1, 2, 3]);
+        if let Some(partition) = (0..3).find(|partition| aside[*partition as usize] != 1) {
+            break partition;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partition of aside led away from node 1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        produce_at_leader(&nodes, "aside", elsewhere, &txn_batch(&txn, 0, &["stray"])),
+        ErrorCode::InvalidTxnState
+    );
+
+    // The open transaction holds every partition's last stable offset back.
+    let leaders = leaders_among(&brokers[0], "spread", &[1, 2, 3]);
+    for partition in 0..3 {
+        let mut client = RawClient::connect(nodes[leader_of(&leaders, partition)].addr());
+        let view = fetch(&mut client, "spread", partition, Isolation::ReadCommitted);
+        assert!(
+            view.records.is_empty(),
+            "spread-{partition}: {:?}",
+            view.records
+        );
+        assert_eq!(view.last_stable_offset, 0, "spread-{partition}");
+        assert_eq!(view.high_watermark, 1, "spread-{partition}");
+    }
+
+    // Kill the leader of a partition led away from the coordinator, then commit.
+    let victim_partition = (0..3)
+        .find(|partition| leaders[*partition as usize] != 1)
+        .expect("a partition led away from node 1");
+    let victim = leaders[victim_partition as usize];
+    nodes[usize::try_from(victim - 1).expect("index")].kill();
+    let alive: Vec<u64> = (1..=3).filter(|node| *node != victim).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut concurrent = 0;
+    loop {
+        match end(&mut coordinator, &txn, TxnResult::Commit) {
+            ErrorCode::None => break,
+            ErrorCode::ConcurrentTransactions => concurrent += 1,
+            other => panic!("EndTxn answered {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit did not complete within 60 s of the leader's kill"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("commit completed after {concurrent} CONCURRENT_TRANSACTIONS answers");
+    let leaders = leaders_among(&brokers[0], "spread", &alive);
+    for partition in 0..3 {
+        let mut client = RawClient::connect(nodes[leader_of(&leaders, partition)].addr());
+        let view = fetch(&mut client, "spread", partition, Isolation::ReadCommitted);
+        assert_eq!(
+            view.records,
+            vec![(0, format!("committed-{partition}"))],
+            "spread-{partition} after the commit"
+        );
+        assert_eq!(view.last_stable_offset, view.high_watermark);
+        assert_eq!(view.high_watermark, 2, "the record and its marker");
+    }
+
+    // A batch of the ended transaction is refused: its partition must be added again.
+    assert_eq!(
+        produce_at_leader(
+            &nodes,
+            "spread",
+            victim_partition,
+            &txn_batch(&txn, 1, &["late"])
+        ),
+        ErrorCode::InvalidTxnState
+    );
+    // An aborted transaction on the new leader is hidden from read_committed.
+    assert_eq!(
+        add_partitions(&mut coordinator, &txn, "spread", &[victim_partition]),
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce_at_leader(
+            &nodes,
+            "spread",
+            victim_partition,
+            &txn_batch(&txn, 1, &["aborted"])
+        ),
+        ErrorCode::None
+    );
+    assert_eq!(
+        end(&mut coordinator, &txn, TxnResult::Abort),
+        ErrorCode::None
+    );
+    let leaders = leaders_among(&brokers[0], "spread", &alive);
+    let mut client = RawClient::connect(nodes[leader_of(&leaders, victim_partition)].addr());
+    let view = fetch(
+        &mut client,
+        "spread",
+        victim_partition,
+        Isolation::ReadCommitted,
+    );
+    // The committed record, the commit marker, the aborted record and its marker; the
+    // aborted record is listed so read_committed clients skip it.
+    assert_eq!(
+        view.records,
+        vec![
+            (0, format!("committed-{victim_partition}")),
+            (2, "aborted".to_string())
+        ]
+    );
+    assert_eq!(
+        view.aborted,
+        vec![AbortedTransaction {
+            producer_id: txn.producer_id,
+            first_offset: 2
+        }]
+    );
+    assert_eq!(view.last_stable_offset, 4);
+    assert_eq!(view.high_watermark, 4);
+    let everything = fetch(
+        &mut client,
+        "spread",
+        victim_partition,
+        Isolation::ReadUncommitted,
+    );
+    assert_eq!(everything.records.len(), 2, "{:?}", everything.records);
+}

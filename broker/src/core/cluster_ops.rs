@@ -5,10 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use wharf_protocol::batch::ControlKind;
+
 use crate::acl::{Denied, Operation};
 use crate::cluster::metadata::NodeId;
 use crate::cluster::raft::Cluster;
 pub use crate::cluster::raft::{ClusterError, ClusterStatus};
+use crate::core::txn_markers::TxnAnswer;
+use crate::txn::Marker;
 
 use super::{Broker, Session};
 
@@ -26,6 +31,50 @@ pub enum ClusterOpError {
     Starting,
 }
 
+/// A request one node forwards to another over the internal listener
+/// (`RaftRpc::Forward`), as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    /// A queue operation for the queue's leader (`queue/remote.rs` defines the JSON inside).
+    Queue(String),
+    /// A partition's leader asks the transaction coordinator whether the producer's open
+    /// transaction holds the partition (`core/txn_markers.rs`).
+    TxnVerify {
+        producer_id: i64,
+        epoch: i16,
+        topic: String,
+        partition: u32,
+    },
+    /// The transaction coordinator asks a partition's leader to write a marker.
+    TxnMarker {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        now_ms: i64,
+    },
+}
+
+/// Sends `request` to node `node` and returns its answer (JSON).
+///
+/// # Errors
+/// The node could not be reached or did not answer in time.
+pub(crate) async fn forward_call(
+    cluster: &Cluster,
+    node: NodeId,
+    request: &Forwarded,
+    timeout: Duration,
+) -> Result<String, String> {
+    let body = serde_json::to_string(request).map_err(|error| error.to_string())?;
+    cluster.forward(node, body, timeout).await
+}
+
+fn answer(answer: &TxnAnswer) -> String {
+    serde_json::to_string(answer)
+        .unwrap_or_else(|error| format!("{{\"Failed\":{:?}}}", error.to_string()))
+}
+
 /// How long a membership change may take before the caller is told it may still happen.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,20 +86,67 @@ impl Broker {
     /// A replicated node also serves the queues the metadata log places on it to the other
     /// nodes, and hands its operations on queues placed elsewhere to their leaders
     /// (`queue/remote.rs`).
-    pub fn attach_cluster(&self, cluster: Cluster, replicated: bool) {
+    pub fn attach_cluster(self: &Arc<Self>, cluster: Cluster, replicated: bool) {
         if self.cluster.set(cluster.clone()).is_err() {
             return;
         }
         self.cluster_replicated
             .store(replicated, std::sync::atomic::Ordering::Release);
         if replicated {
-            let queues = self.queues.clone();
+            // Weak: the cluster (held by the broker) holds the handler.
+            let broker = Arc::downgrade(self);
             cluster.set_forward_handler(Arc::new(move |request| {
-                let queues = queues.clone();
-                Box::pin(async move { queues.serve_remote(request).await })
+                let broker = broker.clone();
+                Box::pin(async move {
+                    match broker.upgrade() {
+                        Some(broker) => broker.serve_forwarded(request).await,
+                        None => answer(&TxnAnswer::Failed("the broker is stopping".to_string())),
+                    }
+                })
             }));
             self.queues
                 .attach_cluster(Arc::new(super::routing::QueuePlacement::new(cluster)));
+        }
+    }
+
+    /// Serves a request another node forwarded here.
+    async fn serve_forwarded(&self, request: String) -> String {
+        match serde_json::from_str::<Forwarded>(&request) {
+            Ok(Forwarded::Queue(call)) => self.queues.serve_remote(call).await,
+            Ok(Forwarded::TxnVerify {
+                producer_id,
+                epoch,
+                topic,
+                partition,
+            }) => answer(&self.serve_txn_verify(producer_id, epoch, &topic, partition)),
+            Ok(Forwarded::TxnMarker {
+                topic,
+                partition,
+                producer_id,
+                epoch,
+                commit,
+                now_ms,
+            }) => {
+                let marker = Marker {
+                    topic,
+                    partition,
+                    producer_id,
+                    epoch,
+                    kind: if commit {
+                        ControlKind::Commit
+                    } else {
+                        ControlKind::Abort
+                    },
+                    now_ms,
+                };
+                answer(&match self.write_marker_here(&marker).await {
+                    Ok(()) => TxnAnswer::Written,
+                    Err(reason) => TxnAnswer::Failed(reason),
+                })
+            }
+            Err(error) => answer(&TxnAnswer::Failed(format!(
+                "a forwarded request does not parse: {error}"
+            ))),
         }
     }
 

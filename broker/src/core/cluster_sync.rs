@@ -698,6 +698,7 @@ impl Broker {
         let deleting = name.to_string();
         match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {
             Ok(_) => {
+                self.txn_gates.forget_topic(name);
                 if let Err(error) = self.offsets.forget_topic(name).await {
                     tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
                 }

@@ -15,8 +15,13 @@
 //!   `SetPartitionLeader` to the metadata log, and routing (Kafka Metadata, native
 //!   Metadata, the NotLeader refusals) follows it.
 //!
-//! Not yet: transactional batches on replicated partitions (refused), queues, the
-//! replication factor of internal topics, snapshot transfer in chunks.
+//! - **Transactions.** A transactional batch is checked against its transaction by the
+//!   leader (`core/txn_markers.rs`) before it is submitted, and a transaction's marker is a
+//!   command of its own ([`MARKER_COMMAND`]) that every replica applies with
+//!   [`Streams::append_marker`], so the last stable offset and the aborted transactions
+//!   are the same on every replica.
+//!
+//! Not yet: the replication factor of internal topics, snapshot transfer in chunks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,13 +36,19 @@ use crate::cluster::raft::{Cluster, Timing};
 use crate::cluster::replica::{Applier, Replica, ReplicaError};
 use crate::cluster::store::Io;
 use crate::storage::{Partition, RealFs};
+use crate::streams::produce::TxnCheck;
 use crate::streams::producer::SequenceRefusal;
 use crate::streams::{StreamError, Streams};
+use wharf_protocol::batch::ControlKind;
 
 use super::Broker;
 
-/// Layout version of a replicated produce command.
+/// Layout version of a replicated produce command (its first byte).
 const COMMAND_VERSION: u8 = 1;
+/// First byte of a replicated transaction marker command.
+pub(crate) const MARKER_COMMAND: u8 = 2;
+/// Bytes of a marker command: kind, clock, producer id, epoch, commit.
+const MARKER_COMMAND_BYTES: usize = 1 + 8 + 8 + 2 + 1;
 /// Applied entries between two checkpoints of a replicated partition: bounds the raft log
 /// held in memory and the entries applied again after a restart.
 const SNAPSHOT_EVERY: u64 = 128;
@@ -111,6 +122,37 @@ fn decode_command(command: &Bytes) -> Option<(i64, BytesMut)> {
     Some((now_ms, BytesMut::from(&body[..])))
 }
 
+/// A transaction marker's command: the coordinator's clock reading, the producer id and
+/// epoch whose transaction it ends, and whether it committed.
+pub(crate) fn encode_marker(now_ms: i64, producer_id: i64, epoch: i16, kind: ControlKind) -> Bytes {
+    let mut out = BytesMut::with_capacity(MARKER_COMMAND_BYTES);
+    out.put_u8(MARKER_COMMAND);
+    out.put_i64(now_ms);
+    out.put_i64(producer_id);
+    out.put_i16(epoch);
+    out.put_u8(u8::from(kind == ControlKind::Commit));
+    out.freeze()
+}
+
+/// A decoded marker command: clock, producer id, epoch, kind.
+type MarkerFields = (i64, i64, i16, ControlKind);
+
+fn decode_marker(command: &Bytes) -> Option<MarkerFields> {
+    let mut body = command.clone();
+    if body.remaining() != MARKER_COMMAND_BYTES || body.get_u8() != MARKER_COMMAND {
+        return None;
+    }
+    let now_ms = body.get_i64();
+    let producer_id = body.get_i64();
+    let epoch = body.get_i16();
+    let kind = match body.get_u8() {
+        0 => ControlKind::Abort,
+        1 => ControlKind::Commit,
+        _ => return None,
+    };
+    Some((now_ms, producer_id, epoch, kind))
+}
+
 /// What applying a produce gave, as the leader hands it back to the producer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum AppliedProduce {
@@ -137,6 +179,36 @@ pub(crate) struct PartitionApplier {
     log: Arc<Partition>,
 }
 
+impl PartitionApplier {
+    /// Applies a transaction marker's command.
+    fn apply_marker(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        let outcome = match decode_marker(command) {
+            None => AppliedProduce::Refused("a marker command this build does not read".into()),
+            Some((now_ms, producer_id, epoch, kind)) => match self.streams.append_marker(
+                &self.topic,
+                self.partition,
+                &self.log,
+                producer_id,
+                epoch,
+                kind,
+                now_ms,
+            ) {
+                Ok(receipt) => AppliedProduce::Appended {
+                    base_offset: receipt.appended().base_offset,
+                    last_offset: receipt.appended().last_offset,
+                },
+                Err(StreamError::Storage(error)) if error.is_local_failure() => {
+                    return Err(std::io::Error::other(error.to_string()))
+                }
+                Err(other) => AppliedProduce::Refused(other.to_string()),
+            },
+        };
+        serde_json::to_vec(&outcome)
+            .map(Bytes::from)
+            .map_err(std::io::Error::other)
+    }
+}
+
 impl Applier for PartitionApplier {
     fn enter_term(&self, term: u64) -> std::io::Result<()> {
         self.log
@@ -148,6 +220,9 @@ impl Applier for PartitionApplier {
     }
 
     fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        if command.first() == Some(&MARKER_COMMAND) {
+            return self.apply_marker(command);
+        }
         let outcome = match decode_command(command) {
             None => AppliedProduce::Refused("a replicated command this build does not read".into()),
             Some((now_ms, batches)) => match self.streams.apply_produced(
@@ -156,6 +231,7 @@ impl Applier for PartitionApplier {
                 &self.log,
                 batches,
                 now_ms,
+                TxnCheck::Verified,
             ) {
                 Ok(receipt) => AppliedProduce::Appended {
                     base_offset: receipt.appended().base_offset,
@@ -384,11 +460,11 @@ impl Broker {
     }
 
     /// Submits a checked produce to a replicated partition (in request order) and returns
-    /// the wait for its answer.
+    /// the wait for its answer. A transactional batch's transaction was verified by the
+    /// caller, under the partition's gate (`core/txn_markers.rs`).
     ///
     /// # Errors
-    /// The produce rules' refusal, a transactional batch (not replicated yet), or a group
-    /// that stopped here.
+    /// The produce rules' refusal, or a group that stopped here.
     pub(crate) async fn submit_replicated(
         &self,
         replica: &Replica,
@@ -401,20 +477,38 @@ impl Broker {
     > {
         let log = self.streams.produced_log(info, partition)?;
         let batches = self.streams.check_produced(info, &log, records)?;
-        if let Ok(Some(header)) = wharf_protocol::batch::parse_header(&batches) {
-            if header.attributes.is_transactional() {
-                return Err(StreamError::CorruptBatch(format!(
-                    "{}-{partition} is replicated; transactions on replicated topics are not \
-                     supported yet",
-                    info.name
-                )));
-            }
-        }
         let command = encode_command(self.clock.now_ms(), &batches);
         replica
             .submit(command)
             .await
             .map_err(|error| replica_refusal(error, &info.name, partition, 0))
+    }
+
+    /// Submits a transaction's marker to a replicated partition this node leads (under the
+    /// partition's gate) and returns the wait for its commit.
+    ///
+    /// # Errors
+    /// Why it was not submitted, or (the wait) not committed.
+    pub(crate) async fn submit_marker(
+        &self,
+        replica: &Replica,
+        marker: &crate::txn::Marker,
+    ) -> Result<impl std::future::Future<Output = Result<(), String>> + Send + 'static, String>
+    {
+        let command = encode_marker(marker.now_ms, marker.producer_id, marker.epoch, marker.kind);
+        let pending = replica
+            .submit(command)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(async move {
+            let outcome = pending.await.map_err(|error| error.to_string())?;
+            match serde_json::from_slice::<AppliedProduce>(&outcome) {
+                Ok(AppliedProduce::Appended { .. }) => Ok(()),
+                Ok(AppliedProduce::Refused(reason)) => Err(reason),
+                Ok(other) => Err(format!("a marker applied as {other:?}")),
+                Err(error) => Err(format!("an unreadable outcome of a marker: {error}")),
+            }
+        })
     }
 
     /// Starts this node's member of every replicated partition and queue the metadata
@@ -628,6 +722,27 @@ mod tests {
         // An end inside a batch, or before the records, is not a prefix of the leader's log.
         assert!(records_from(&records, 108, 111).is_err());
         assert!(records_from(&records, 108, 100).is_err());
+    }
+
+    #[test]
+    fn a_marker_command_is_its_kind_then_the_clock_producer_epoch_and_outcome() {
+        let command = encode_marker(0x0102, 7, 3, ControlKind::Commit);
+        assert_eq!(
+            &command[..],
+            &[2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 3, 1][..]
+        );
+        assert_eq!(
+            decode_marker(&command),
+            Some((0x0102, 7, 3, ControlKind::Commit))
+        );
+        let abort = encode_marker(5, 9, -1, ControlKind::Abort);
+        assert_eq!(abort[MARKER_COMMAND_BYTES - 1], 0);
+        assert_eq!(decode_marker(&abort), Some((5, 9, -1, ControlKind::Abort)));
+        // A produce command is not a marker, nor is a marker with another outcome byte.
+        assert!(decode_marker(&encode_command(1, b"batches")).is_none());
+        let mut other = command.to_vec();
+        other[MARKER_COMMAND_BYTES - 1] = 2;
+        assert!(decode_marker(&Bytes::from(other)).is_none());
     }
 
     #[test]

@@ -333,7 +333,10 @@ impl QueueCluster for QueuePlacement {
     }
 
     fn call(&self, node: u64, request: String, timeout: std::time::Duration) -> CallFuture<'_> {
-        Box::pin(self.cluster.forward(node, request, timeout))
+        let request = crate::core::cluster_ops::Forwarded::Queue(request);
+        Box::pin(async move {
+            crate::core::cluster_ops::forward_call(&self.cluster, node, &request, timeout).await
+        })
     }
 
     fn deleted_by_rule(&self, queue: &str) {

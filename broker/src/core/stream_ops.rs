@@ -300,6 +300,7 @@ impl Broker {
                 }
             };
             if outcome.is_ok() {
+                self.txn_gates.forget_topic(&name);
                 if let Err(error) = self.offsets.forget_topic(&name).await {
                     tracing::warn!(topic = name, %error, "cannot forget the deleted topic's committed offsets");
                 }
@@ -476,12 +477,27 @@ impl Broker {
                                     leader: None,
                                 })
                             }
-                            None => self.streams.append_produced(info, partition, &records),
+                            None => match self.txn_gate(&topic, partition, &records, None).await {
+                                // The gate (if any) stays shut until the batch is appended.
+                                Ok((txn_check, _gate)) => self
+                                    .streams
+                                    .append_produced(info, partition, &records, txn_check),
+                                Err(error) => Err(error),
+                            },
                             Some(replica) => {
-                                match self
-                                    .submit_replicated(&replica, info, partition, &records)
+                                let submitted = match self
+                                    .txn_gate(&topic, partition, &records, Some(&replica))
                                     .await
                                 {
+                                    // The gate (if any) stays shut until the batch is
+                                    // submitted.
+                                    Ok((_, _gate)) => {
+                                        self.submit_replicated(&replica, info, partition, &records)
+                                            .await
+                                    }
+                                    Err(error) => Err(error),
+                                };
+                                match submitted {
                                     Ok(pending) => {
                                         let log_start = self
                                             .streams

@@ -47,31 +47,6 @@ impl Broker {
         for (topic, _) in &partitions {
             self.check(caller, Operation::Write, ResourceType::Topic, topic)?;
         }
-        if let Some(routing) = self.routing() {
-            for (topic, indexes) in &partitions {
-                for partition in indexes {
-                    if let Some(placed) = routing.partition(topic, *partition) {
-                        if placed.replicas.len() > 1 {
-                            return Err(TxnError::InvalidRequest(format!(
-                                "{topic}-{partition} is replicated; transactions on \
-                                 replicated topics are not supported yet"
-                            )));
-                        }
-                        if let Some(leader) = placed
-                            .leader
-                            .filter(|leader| *leader != routing.this_node())
-                        {
-                            return Err(TxnError::SpansNodes {
-                                topic: topic.clone(),
-                                partition: *partition,
-                                leader,
-                                coordinator: routing.this_node(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
         self.txn.add_partitions(producer, partitions).await
     }
 

@@ -336,7 +336,12 @@ mod tests {
 
     fn produce(streams: &Streams, info: &TopicInfo, name: &str, txn: Option<(i64, i32)>) {
         streams
-            .append_produced(info, 0, &record(name, txn))
+            .append_produced(
+                info,
+                0,
+                &record(name, txn),
+                crate::streams::produce::TxnCheck::Here,
+            )
             .unwrap();
     }
 

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use wharf_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
+use wharf_protocol::batch::{self, BatchHeader, ControlKind, NO_PRODUCER_ID};
 
 use crate::append::{self, Receipt};
 use crate::config::MESSAGE_BYTES_MAX_DEFAULT;
@@ -28,6 +28,19 @@ use crate::storage::Partition;
 use crate::streams::producer::{last_sequence, BatchMetadata, Membership, Verdict};
 use crate::streams::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
 use crate::streams::{AutoCreate, StreamError, Streams, TIMESTAMP_AHEAD_MS_MAX};
+
+/// Who checks that a transactional batch's partition is in its producer's open
+/// transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnCheck {
+    /// This node's transaction membership table, under the partition's producer lock (the
+    /// coordinator runs here and the partition is not replicated).
+    Here,
+    /// The partition's leader asked the coordinator before handing the batch on (a
+    /// replicated partition, or one led away from the coordinator: `core/txn_markers.rs`);
+    /// applying it asks nothing, so every replica applies the same batches alike.
+    Verified,
+}
 
 impl Streams {
     /// Finds a topic for a produce without ever creating it: `Ok(None)` when it does not
@@ -81,10 +94,18 @@ impl Streams {
         info: &TopicInfo,
         partition: u32,
         records: &[u8],
+        txn_check: TxnCheck,
     ) -> Result<Receipt, StreamError> {
         let log = self.produced_log(info, partition)?;
         let batches = self.check_produced(info, &log, records)?;
-        self.apply_produced(&info.name, partition, &log, batches, self.clock.now_ms())
+        self.apply_produced(
+            &info.name,
+            partition,
+            &log,
+            batches,
+            self.clock.now_ms(),
+            txn_check,
+        )
     }
 
     /// The log of a partition a produce names.
@@ -155,8 +176,9 @@ impl Streams {
     /// Appends checked batches (the second half of [`Streams::append_produced`]): an
     /// idempotent batch unless it is a retry of one stored, recording its sequence with
     /// `now_ms`. Deterministic for replicas: the same batches and `now_ms` on the same log
-    /// and producer state give the same offsets, verdict and state on every node (a
-    /// transactional batch also asks this node's transaction membership).
+    /// and producer state give the same offsets, verdict and state on every node (with
+    /// [`TxnCheck::Here`] a transactional batch also asks this node's transaction
+    /// membership).
     ///
     /// # Errors
     /// A sequence refusal, or the append's storage error.
@@ -167,11 +189,18 @@ impl Streams {
         log: &Arc<Partition>,
         mut batches: BytesMut,
         now_ms: i64,
+        txn_check: TxnCheck,
     ) -> Result<Receipt, StreamError> {
         match batch::parse_header(&batches) {
-            Ok(Some(header)) if header.producer_id != NO_PRODUCER_ID => {
-                self.append_idempotent(topic, partition, log, &mut batches, header, now_ms)
-            }
+            Ok(Some(header)) if header.producer_id != NO_PRODUCER_ID => self.append_idempotent(
+                topic,
+                partition,
+                log,
+                &mut batches,
+                header,
+                now_ms,
+                txn_check,
+            ),
             _ => Ok(append::append(log, &mut batches)?),
         }
     }
@@ -224,6 +253,40 @@ impl Streams {
         Ok(receipt.appended().next_offset)
     }
 
+    /// Appends the marker (control batch) that ends `producer_id`'s transaction on a
+    /// partition and notes it in the partition's producer state, under the producer lock
+    /// that transactional batches take: the one marker rule of the coordinator's own
+    /// partitions and of a replicated partition's replicas. Deterministic for replicas, as
+    /// [`Streams::apply_produced`] is.
+    ///
+    /// # Errors
+    /// The append's storage error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &Arc<Partition>,
+        producer_id: i64,
+        epoch: i16,
+        kind: ControlKind,
+        now_ms: i64,
+    ) -> Result<Receipt, StreamError> {
+        let marker = batch::control_batch(now_ms, producer_id, epoch, kind, 0);
+        let mut bytes = BytesMut::from(&marker[..]);
+        let shared = self.producers.partition(topic, partition);
+        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
+        let receipt = append::append(log, &mut bytes)?;
+        state.record_marker(
+            producer_id,
+            epoch,
+            kind,
+            receipt.appended().base_offset,
+            now_ms,
+        );
+        Ok(receipt)
+    }
+
     /// The rules every produced batch follows, before any is appended.
     fn check_batches(
         &self,
@@ -253,6 +316,7 @@ impl Streams {
 
     /// Appends one idempotent batch unless it is a retry of a batch already stored, checking
     /// and recording its sequence under the partition's producer lock.
+    #[allow(clippy::too_many_arguments)]
     fn append_idempotent(
         &self,
         topic: &str,
@@ -261,6 +325,7 @@ impl Streams {
         batches: &mut BytesMut,
         header: BatchHeader,
         now_ms: i64,
+        txn_check: TxnCheck,
     ) -> Result<Receipt, StreamError> {
         let first = header.base_sequence;
         let last = last_sequence(&header);
@@ -271,7 +336,7 @@ impl Streams {
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         // Checked under the producer lock, which markers also take: a late transactional
         // batch cannot slip in after its transaction's marker.
-        if header.attributes.is_transactional() {
+        if header.attributes.is_transactional() && txn_check == TxnCheck::Here {
             self.check_membership(topic, partition, &header)?;
         }
         match state.check(header.producer_id, header.producer_epoch, first, last) {
