@@ -7,6 +7,8 @@ reader of a replicated topic on a three-node wharfd cluster, driven by confluent
     confluent_faults.py read BOOTSTRAP TOPIC PARTITIONS STOPFILE OUT
     confluent_faults.py readall BOOTSTRAP TOPIC PARTITIONS
     confluent_faults.py leaders BOOTSTRAP TOPIC PARTITIONS
+    confluent_faults.py txn BOOTSTRAP TOPIC PARTITIONS STOPFILE OUT
+    confluent_faults.py readcommitted BOOTSTRAP TOPIC PARTITIONS
 
 create: makes TOPIC with PARTITIONS partitions and replication factor 3 and waits until every
 partition has a leader; prints {"partitions": N}.
@@ -21,6 +23,13 @@ read: a consumer assigned every partition from the earliest offset writes one li
 readall: reads every partition from the earliest offset to its high watermark; prints
 {"PARTITION": [[offset, value], ...]}.
 leaders: prints each partition's leader as the metadata names it ([id, ...], -1: none).
+txn: a transactional producer (transactional.id "fault-txn") runs transactions of
+TXN_RECORDS records "tN-I/TXN_RECORDS" spread over the partitions, committing two in three
+and aborting the third, until STOPFILE exists. Each outcome is one line of OUT: "C TIME N"
+committed, "A TIME N" aborted, "U TIME N ERROR" unknown (the producer failed fatally while
+ending it: a new producer, whose init completes or aborts it, takes over).
+readcommitted: reads every partition from the earliest offset with read_committed until
+its position reaches the last stable offset; prints {"PARTITION": [[offset, value], ...]}.
 """
 
 import json
@@ -205,6 +214,124 @@ def readall(bootstrap, topic, partitions):
     return stored
 
 
+TXN_RECORDS = 4
+
+
+def txn(bootstrap, topic, partitions, stopfile, out_path):
+    config = {
+        "bootstrap.servers": bootstrap,
+        "transactional.id": "fault-txn",
+        "transaction.timeout.ms": 30000,
+        "message.timeout.ms": 30000,
+        "topic.metadata.refresh.interval.ms": 500,
+        "reconnect.backoff.max.ms": 500,
+        "linger.ms": 5,
+    }
+    if os.environ.get("WHARF_FAULT_CLIENT_DEBUG"):
+        config["debug"] = os.environ["WHARF_FAULT_CLIENT_DEBUG"]
+    out = open(out_path, "w", buffering=1)
+
+    def started():
+        # init_transactions completes or aborts what a previous producer of the id left.
+        while True:
+            producer = Producer(config)
+            try:
+                producer.init_transactions(30)
+                return producer
+            except KafkaException as error:
+                print(f"txn: init: {error}", file=sys.stderr)
+                time.sleep(0.5)
+
+    def retrying(call):
+        # Retriable errors (a coordinator or leader changing) are tried again; the others
+        # go to the caller.
+        deadline = time.time() + 60
+        while True:
+            try:
+                return call()
+            except KafkaException as error:
+                if not error.args[0].retriable() or time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    producer = started()
+    number = 0
+    outcomes = {"C": 0, "A": 0, "U": 0}
+    while not os.path.exists(stopfile):
+        commit = number % 3 != 2
+        try:
+            producer.begin_transaction()
+            for index in range(TXN_RECORDS):
+                producer.produce(
+                    topic, value=f"t{number}-{index}/{TXN_RECORDS}".encode(), partition=index % partitions
+                )
+            producer.flush(30)
+            if commit:
+                retrying(lambda: producer.commit_transaction(30))
+                outcome = "C"
+            else:
+                retrying(lambda: producer.abort_transaction(30))
+                outcome = "A"
+            out.write(f"{outcome} {time.time():.3f} {number}\n")
+        except KafkaException as error:
+            reason = str(error).replace(chr(10), " ")
+            if error.args[0].txn_requires_abort():
+                try:
+                    retrying(lambda: producer.abort_transaction(30))
+                    out.write(f"A {time.time():.3f} {number}\n")
+                    outcome = "A"
+                except KafkaException as abort_error:
+                    out.write(f"U {time.time():.3f} {number} {reason}; abort: {abort_error}\n")
+                    outcome = "U"
+                    producer = started()
+            else:
+                out.write(f"U {time.time():.3f} {number} {reason}\n")
+                outcome = "U"
+                producer = started()
+        outcomes[outcome] += 1
+        number += 1
+        time.sleep(0.05)
+    out.close()
+    return {"transactions": number, "outcomes": outcomes}
+
+
+def readcommitted(bootstrap, topic, partitions):
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fault-txn-checker-{time.time()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    # With read_committed the watermark asked is the last stable offset.
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    stored = {str(p): [] for p in range(partitions)}
+    deadline = time.time() + 120
+
+    idle_since = time.time()
+
+    def done():
+        # The position counts the records returned: one past the last committed record,
+        # short of the end when aborted records and markers close the partition; so a
+        # partition is also done when nothing came for 8 s.
+        positions = consumer.position([TopicPartition(topic, p) for p in range(partitions)])
+        reached = all(ends[pos.partition] == 0 or pos.offset >= ends[pos.partition] for pos in positions)
+        return reached or time.time() - idle_since > 8
+
+    while not done():
+        if time.time() > deadline:
+            raise SystemExit(f"readcommitted: not at the last stable offsets {ends} within 120 s")
+        message = consumer.poll(0.5)
+        if message is None or message.error() is not None:
+            continue
+        idle_since = time.time()
+        stored[str(message.partition())].append([message.offset(), message.value().decode()])
+    consumer.close()
+    return stored
+
+
 def leaders(bootstrap, topic, partitions):
     admin = AdminClient({"bootstrap.servers": bootstrap})
     described = admin.list_topics(topic=topic, timeout=30).topics[topic]
@@ -228,6 +355,10 @@ def main():
         result = readall(bootstrap, topic, partitions)
     elif mode == "leaders":
         result = leaders(bootstrap, topic, partitions)
+    elif mode == "txn":
+        result = txn(bootstrap, topic, partitions, rest[0], rest[1])
+    elif mode == "readcommitted":
+        result = readcommitted(bootstrap, topic, partitions)
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
