@@ -1430,6 +1430,88 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     );
 }
 
+#[test]
+fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
+    // Goal: issue #21's "a replica that lost its disk rebuilds from the others". Method: a
+    // follower is stopped, its whole data directory deleted, and started again with the
+    // same node id: it adopts the cluster's id, gets the metadata and the replicated
+    // partition back from the others, and reports in sync. Then the third node is killed,
+    // so 50 more records are acknowledged by the leader and the rebuilt node alone; the
+    // leader is killed and the third node restarted: only the rebuilt node has those 50,
+    // so it must be elected, and a read through it returns all 350 records in order.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let topic = "rebuilt";
+    let placed = replicated_client(&["create", &kafka[0], topic]);
+    assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "300"]);
+    assert_acked_in_order(&written, 0, 300, "before the disk is lost");
+    replicas_settled(&addresses[0], topic, &[1, 2, 3]);
+    let leader = u64::try_from(native_leaders(&addresses[0], topic)[0]).expect("a leader");
+    let leader_at = usize::try_from(leader - 1).expect("a node index");
+    let wiped_at = (leader_at + 1) % 3;
+    let third_at = (leader_at + 2) % 3;
+    let wiped = u64::try_from(wiped_at + 1).expect("an id");
+
+    nodes[wiped_at].stop();
+    let dir = root.path().join(format!("node-{wiped}"));
+    std::fs::remove_dir_all(&dir).expect("delete the follower's data directory");
+    nodes[wiped_at].restart();
+    // The leader's view of the follower is stale until an append to it fails, so ask the
+    // rebuilt node itself: its own log of the partition ends at 300 again.
+    let http = nodes[wiped_at].http_address();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = integration_tests::http_get(&http, "/metrics", None);
+        let end = metrics.lines().find(|line| {
+            line.starts_with("wharf_partition_log_end_offset{")
+                && line.contains(&format!("topic=\"{topic}\""))
+                && line.contains("partition=\"0\"")
+        });
+        if end.is_some_and(|line| line.ends_with(" 300")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node's log did not reach 300 again within 60 s: {end:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        dir.join(format!("{topic}-0")).is_dir(),
+        "the rebuilt node has the partition again"
+    );
+
+    nodes[third_at].kill();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let written = replicated_client(&["produce", &kafka[leader_at], topic, "300", "50"]);
+    assert_acked_in_order(
+        &written,
+        300,
+        50,
+        "acknowledged by the leader and the rebuilt node",
+    );
+    nodes[leader_at].kill();
+    nodes[third_at].restart();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let read = replicated_client(&["consume", &kafka[wiped_at], topic, "350"]);
+    assert_eq!(
+        read["leader"].as_u64(),
+        Some(wiped),
+        "only the rebuilt node has the last 50 records: it must lead: {read}"
+    );
+    let wanted: Vec<(u64, String)> = (0..350).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted,
+        "every acknowledged record, from the rebuilt node"
+    );
+}
+
 /// Issue #21's leader epochs, after the first failover of
 /// `a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_killed`:
 /// records 0..200 were appended under the first leader's term, 200..400 under the second's.
