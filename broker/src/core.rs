@@ -364,6 +364,7 @@ impl Opened {
             groups: broker.groups.clone(),
             offsets: broker.offsets.clone(),
             markers: Arc::new(txn_markers::BrokerMarkers(Arc::downgrade(&broker))),
+            ids: Arc::new(txn_markers::BrokerIds(Arc::downgrade(&broker))),
         };
         let mut tasks = vec![TxnCoordinator::spawn(self.txn, deps)];
         tasks.push(every(

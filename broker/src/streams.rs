@@ -308,9 +308,7 @@ impl Streams {
         partition: u32,
         offset: i64,
     ) -> Result<i64, StreamError> {
-        if topic.starts_with(topic::INTERNAL_TOPIC_PREFIX) {
-            return Err(StreamError::InternalTopic(topic.to_string()));
-        }
+        self.check_delete_records(topic, partition)?;
         let log =
             self.partition(topic, partition)
                 .ok_or_else(|| StreamError::UnknownPartition {
@@ -318,6 +316,24 @@ impl Streams {
                     partition,
                 })?;
         Ok(log.delete_records_before(offset)?)
+    }
+
+    /// Whether records of `topic`'s `partition` may be deleted: not an internal topic's, and
+    /// the partition exists.
+    ///
+    /// # Errors
+    /// `InternalTopic`, `UnknownPartition`.
+    pub fn check_delete_records(&self, topic: &str, partition: u32) -> Result<(), StreamError> {
+        if topic.starts_with(topic::INTERNAL_TOPIC_PREFIX) {
+            return Err(StreamError::InternalTopic(topic.to_string()));
+        }
+        if self.partition(topic, partition).is_none() {
+            return Err(StreamError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        Ok(())
     }
 
     /// The producers with state on a partition (Kafka's DescribeProducers).

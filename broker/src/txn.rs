@@ -334,6 +334,18 @@ pub struct TxnDeps {
     pub offsets: Arc<OffsetStore>,
     /// Where the markers go.
     pub markers: Arc<dyn MarkerSink>,
+    /// Where new producer ids come from.
+    pub ids: Arc<dyn ProducerIdSource>,
+}
+
+/// Hands out producer ids: this node's own reservations on a lone node, blocks the
+/// cluster's metadata log reserves in a cluster (`core/txn_markers.rs`).
+pub trait ProducerIdSource: Send + Sync + std::fmt::Debug {
+    /// A producer id never handed out before.
+    ///
+    /// # Errors
+    /// Storage errors; the cluster could not reserve a block.
+    fn allocate(&self) -> Pin<Box<dyn Future<Output = Result<i64, TxnError>> + Send>>;
 }
 
 /// One transaction marker: the partition, the producer and epoch whose transaction it
@@ -1003,14 +1015,9 @@ impl Task {
         }
     }
 
-    /// A new producer id (off the runtime: reserving a block of ids writes and fsyncs a
-    /// file).
+    /// A new producer id.
     async fn allocate(&self) -> Result<i64, TxnError> {
-        let streams = self.deps.streams.clone();
-        tokio::task::spawn_blocking(move || streams.allocate_producer_id())
-            .await
-            .map_err(|error| TxnError::Internal(error.to_string()))?
-            .map_err(TxnError::from)
+        self.deps.ids.allocate().await
     }
 
     /// Writes a marker to every partition of the transaction, all at once, and waits until

@@ -172,6 +172,15 @@ pub enum MetadataCommand {
     Unbind(BindingMeta),
     /// Moves replicas so every node holds a fair share, and leaders to preferred replicas.
     Rebalance,
+    /// Reserves `count` producer ids for node `node_id` (issue #21): a block from `from` or
+    /// from the end of the node's last reservation, whichever is higher. The cluster
+    /// remembers each node's reservations, so a node that lost its disk never hands out an
+    /// id again.
+    ReserveProducerIds {
+        node_id: NodeId,
+        from: i64,
+        count: i64,
+    },
     /// A register for tests: sets `key` to `value` and answers the previous value.
     #[doc(hidden)]
     TestPut { key: String, value: u64 },
@@ -209,6 +218,8 @@ pub enum MetadataResult {
     Configs(BTreeMap<String, String>),
     /// A test register's previous value.
     Previous(Option<u64>),
+    /// Producer ids reserved: `start..end`.
+    ProducerIds { start: i64, end: i64 },
     /// Nothing changed, for this reason.
     Refused(MetadataError),
 }
@@ -226,6 +237,10 @@ pub struct MetadataState {
     pub exchanges: BTreeMap<String, String>,
     /// Bindings, sorted.
     pub bindings: Vec<BindingMeta>,
+    /// Each node's producer-id reservations: every id of its range below this may have
+    /// been handed out (absent from snapshots written before 2026-12-06).
+    #[serde(default)]
+    pub producer_ids: BTreeMap<NodeId, i64>,
     /// The test register.
     #[doc(hidden)]
     pub test_register: BTreeMap<String, u64>,
@@ -455,6 +470,24 @@ impl MetadataState {
             MetadataCommand::Rebalance => {
                 self.rebalance();
                 Ok(MetadataResult::Done)
+            }
+            MetadataCommand::ReserveProducerIds {
+                node_id,
+                from,
+                count,
+            } => {
+                if !(1..=1_000_000).contains(count) || *from < 0 {
+                    return Err(MetadataError::Invalid(format!(
+                        "cannot reserve {count} producer ids from {from}"
+                    )));
+                }
+                let start = self
+                    .producer_ids
+                    .get(node_id)
+                    .map_or(*from, |reserved| (*reserved).max(*from));
+                let end = start.saturating_add(*count);
+                self.producer_ids.insert(*node_id, end);
+                Ok(MetadataResult::ProducerIds { start, end })
             }
             MetadataCommand::TestPut { key, value } => Ok(MetadataResult::Previous(
                 self.test_register.insert(key.clone(), *value),
@@ -853,6 +886,57 @@ mod tests {
             assert!(replicas.replicas.contains(&replicas.leader));
             assert_eq!(replicas.replicas.len(), 2);
         }
+    }
+
+    #[test]
+    fn producer_id_reservations_never_go_back() {
+        let mut state = MetadataState::default();
+        let reserve = |state: &mut MetadataState, node_id, from| {
+            state.apply(&MetadataCommand::ReserveProducerIds {
+                node_id,
+                from,
+                count: 1000,
+            })
+        };
+        assert_eq!(
+            reserve(&mut state, 1, 100),
+            MetadataResult::ProducerIds {
+                start: 100,
+                end: 1100
+            }
+        );
+        // A node that lost its disk asks from the start of its range again: it gets ids
+        // past what it reserved before.
+        assert_eq!(
+            reserve(&mut state, 1, 0),
+            MetadataResult::ProducerIds {
+                start: 1100,
+                end: 2100
+            }
+        );
+        assert_eq!(
+            reserve(&mut state, 1, 5000),
+            MetadataResult::ProducerIds {
+                start: 5000,
+                end: 6000
+            }
+        );
+        // Another node's reservations are its own.
+        assert_eq!(
+            reserve(&mut state, 2, 7),
+            MetadataResult::ProducerIds {
+                start: 7,
+                end: 1007
+            }
+        );
+        assert!(matches!(
+            state.apply(&MetadataCommand::ReserveProducerIds {
+                node_id: 1,
+                from: 0,
+                count: 0
+            }),
+            MetadataResult::Refused(_)
+        ));
     }
 
     #[test]

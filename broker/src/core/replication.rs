@@ -21,7 +21,11 @@
 //!   [`Streams::append_marker`], so the last stable offset and the aborted transactions
 //!   are the same on every replica.
 //!
-//! Not yet: the replication factor of internal topics, snapshot transfer in chunks.
+//! - **DeleteRecords** is a command too ([`DELETE_RECORDS_COMMAND`]): every replica moves its
+//!   log start at the same point of the log, so a new leader keeps it.
+//!
+//! Not yet: the replication factor of internal topics, snapshot transfer in chunks;
+//! retention and compaction still act on each replica on its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +53,10 @@ const COMMAND_VERSION: u8 = 1;
 pub(crate) const MARKER_COMMAND: u8 = 2;
 /// Bytes of a marker command: kind, clock, producer id, epoch, commit.
 const MARKER_COMMAND_BYTES: usize = 1 + 8 + 8 + 2 + 1;
+/// First byte of a replicated DeleteRecords command (Kafka's: the log start moves up).
+const DELETE_RECORDS_COMMAND: u8 = 3;
+/// Bytes of a DeleteRecords command: kind, offset.
+const DELETE_RECORDS_COMMAND_BYTES: usize = 1 + 8;
 /// Applied entries between two checkpoints of a replicated partition: bounds the raft log
 /// held in memory and the entries applied again after a restart.
 const SNAPSHOT_EVERY: u64 = 128;
@@ -134,6 +142,23 @@ pub(crate) fn encode_marker(now_ms: i64, producer_id: i64, epoch: i16, kind: Con
     out.freeze()
 }
 
+/// A DeleteRecords command: the offset the log start moves up to (-1: the log end when it
+/// is applied, the same on every replica).
+fn encode_delete_records(offset: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(DELETE_RECORDS_COMMAND_BYTES);
+    out.put_u8(DELETE_RECORDS_COMMAND);
+    out.put_i64(offset);
+    out.freeze()
+}
+
+fn decode_delete_records(command: &Bytes) -> Option<i64> {
+    let mut body = command.clone();
+    if body.remaining() != DELETE_RECORDS_COMMAND_BYTES || body.get_u8() != DELETE_RECORDS_COMMAND {
+        return None;
+    }
+    Some(body.get_i64())
+}
+
 /// A decoded marker command: clock, producer id, epoch, kind.
 type MarkerFields = (i64, i64, i16, ControlKind);
 
@@ -168,6 +193,16 @@ enum AppliedProduce {
         last_sequence: i32,
     },
     Refused(String),
+    /// A DeleteRecords applied: the new log start.
+    Deleted {
+        log_start: i64,
+    },
+    /// A DeleteRecords past the log end (Kafka's OFFSET_OUT_OF_RANGE).
+    DeleteOutOfRange {
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
 }
 
 /// Applies a replicated partition's committed produces to its log on this node.
@@ -180,6 +215,32 @@ pub(crate) struct PartitionApplier {
 }
 
 impl PartitionApplier {
+    /// Applies a DeleteRecords command: every replica moves its log start alike.
+    fn apply_delete_records(&self, command: &Bytes) -> std::io::Result<Bytes> {
+        let outcome = match decode_delete_records(command) {
+            None => AppliedProduce::Refused("a delete command this build does not read".into()),
+            Some(offset) => match self.log.delete_records_before(offset) {
+                Ok(log_start) => AppliedProduce::Deleted { log_start },
+                Err(crate::storage::Error::OffsetOutOfRange {
+                    offset,
+                    log_start,
+                    high_watermark,
+                }) => AppliedProduce::DeleteOutOfRange {
+                    offset,
+                    log_start,
+                    high_watermark,
+                },
+                Err(error) if error.is_local_failure() => {
+                    return Err(std::io::Error::other(error.to_string()))
+                }
+                Err(other) => AppliedProduce::Refused(other.to_string()),
+            },
+        };
+        serde_json::to_vec(&outcome)
+            .map(Bytes::from)
+            .map_err(std::io::Error::other)
+    }
+
     /// Applies a transaction marker's command.
     fn apply_marker(&self, command: &Bytes) -> std::io::Result<Bytes> {
         let outcome = match decode_marker(command) {
@@ -220,8 +281,10 @@ impl Applier for PartitionApplier {
     }
 
     fn apply(&self, command: &Bytes) -> std::io::Result<Bytes> {
-        if command.first() == Some(&MARKER_COMMAND) {
-            return self.apply_marker(command);
+        match command.first() {
+            Some(&MARKER_COMMAND) => return self.apply_marker(command),
+            Some(&DELETE_RECORDS_COMMAND) => return self.apply_delete_records(command),
+            _ => {}
         }
         let outcome = match decode_command(command) {
             None => AppliedProduce::Refused("a replicated command this build does not read".into()),
@@ -422,6 +485,9 @@ pub(crate) async fn produce_answer(
             partition,
         }),
         Ok(AppliedProduce::Refused(reason)) => Err(StreamError::CorruptBatch(reason)),
+        Ok(other) => Err(StreamError::Internal(format!(
+            "a produce applied as {other:?}"
+        ))),
         Err(error) => Err(StreamError::CorruptBatch(format!(
             "an unreadable outcome of a replicated produce: {error}"
         ))),
@@ -509,6 +575,48 @@ impl Broker {
                 Err(error) => Err(format!("an unreadable outcome of a marker: {error}")),
             }
         })
+    }
+
+    /// Moves a replicated partition's log start up through its group (Kafka's DeleteRecords
+    /// on the leader): every replica applies it at the same point of the log, so a new
+    /// leader keeps the start. Returns the new log start.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` past the log end, or why the group did not take it.
+    pub(crate) async fn delete_records_replicated(
+        &self,
+        replica: &Replica,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<i64, StreamError> {
+        let pending = replica
+            .submit(encode_delete_records(offset))
+            .await
+            .map_err(|error| replica_refusal(error, topic, partition, 0))?;
+        let outcome = pending
+            .await
+            .map_err(|error| replica_refusal(error, topic, partition, 0))?;
+        match serde_json::from_slice::<AppliedProduce>(&outcome) {
+            Ok(AppliedProduce::Deleted { log_start }) => Ok(log_start),
+            Ok(AppliedProduce::DeleteOutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            }) => Err(StreamError::Storage(
+                crate::storage::Error::OffsetOutOfRange {
+                    offset,
+                    log_start,
+                    high_watermark,
+                },
+            )),
+            Ok(other) => Err(StreamError::Internal(format!(
+                "a delete of records applied as {other:?}"
+            ))),
+            Err(error) => Err(StreamError::Internal(format!(
+                "an unreadable outcome of a delete of records: {error}"
+            ))),
+        }
     }
 
     /// Starts this node's member of every replicated partition and queue the metadata
@@ -743,6 +851,16 @@ mod tests {
         let mut other = command.to_vec();
         other[MARKER_COMMAND_BYTES - 1] = 2;
         assert!(decode_marker(&Bytes::from(other)).is_none());
+    }
+
+    #[test]
+    fn a_delete_records_command_is_its_kind_then_the_offset() {
+        let command = encode_delete_records(0x0102);
+        assert_eq!(&command[..], &[3, 0, 0, 0, 0, 0, 0, 1, 2][..]);
+        assert_eq!(decode_delete_records(&command), Some(0x0102));
+        assert_eq!(decode_delete_records(&encode_delete_records(-1)), Some(-1));
+        assert!(decode_delete_records(&encode_marker(1, 2, 3, ControlKind::Abort)).is_none());
+        assert!(decode_delete_records(&Bytes::from_static(&[3, 0])).is_none());
     }
 
     #[test]

@@ -721,7 +721,8 @@ impl Broker {
     /// Moves partitions' log starts up (Kafka's DeleteRecords): records below each new start
     /// are gone for readers, also after a restart. `offsets` are (partition, offset), -1
     /// meaning the high watermark; each answer is the new log start. Blocking work on the
-    /// blocking pool.
+    /// blocking pool; a replicated partition's delete goes through its group, so every
+    /// replica moves its log start alike.
     pub async fn delete_records(
         &self,
         caller: &Session,
@@ -734,27 +735,46 @@ impl Broker {
                 .map(|(partition, _)| (partition, Err(denied.clone().into())))
                 .collect();
         }
-        let streams = self.streams.clone();
-        let topic = topic.to_string();
-        let refusals: Vec<Option<StreamError>> = match self.routing() {
-            Some(routing) => offsets
-                .iter()
-                .map(|(partition, _)| routing.refusal(&topic, *partition))
-                .collect(),
-            None => Vec::new(),
-        };
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut refusals = refusals.into_iter();
-            offsets
-                .into_iter()
-                .map(|(partition, offset)| match refusals.next().flatten() {
-                    Some(refusal) => (partition, Err(refusal)),
-                    None => (partition, streams.delete_records(&topic, partition, offset)),
+        let mut answers = Vec::with_capacity(offsets.len());
+        for (partition, offset) in offsets {
+            let replica = self.partition_replica(topic, partition);
+            let refusal = self.routing().and_then(|routing| {
+                routing.refusal(topic, partition).or_else(|| {
+                    // Placed on several nodes but its group is not running here (yet).
+                    (replica.is_none()
+                        && routing
+                            .partition(topic, partition)
+                            .is_some_and(|placed| placed.replicas.len() > 1))
+                    .then(|| StreamError::NotLeader {
+                        topic: topic.to_string(),
+                        partition,
+                        leader: None,
+                    })
                 })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        outcome.unwrap_or_default()
+            });
+            let answer = match (refusal, replica) {
+                (Some(refusal), _) => Err(refusal),
+                (None, Some(replica)) => {
+                    match self.streams.check_delete_records(topic, partition) {
+                        Ok(()) => {
+                            self.delete_records_replicated(&replica, topic, partition, offset)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+                (None, None) => {
+                    let (streams, topic) = (self.streams.clone(), topic.to_string());
+                    tokio::task::spawn_blocking(move || {
+                        streams.delete_records(&topic, partition, offset)
+                    })
+                    .await
+                    .unwrap_or_else(|error| Err(StreamError::Internal(error.to_string())))
+                }
+            };
+            answers.push((partition, answer));
+        }
+        answers
     }
 
     /// The producers with state on a partition (Kafka's DescribeProducers).

@@ -37,13 +37,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 use wharf_protocol::batch::{self, ControlKind, NO_PRODUCER_ID};
 
+use crate::cluster::metadata::{MetadataCommand, MetadataResult};
 use crate::cluster::replica::Replica;
 use crate::core::cluster_ops::{forward_call, Forwarded};
 use crate::core::Broker;
 use crate::streams::produce::TxnCheck;
 use crate::streams::producer::Membership;
+use crate::streams::producer::PRODUCER_ID_BLOCK;
 use crate::streams::StreamError;
-use crate::txn::{Marker, MarkerSink, MarkerWrite, TxnError};
+use crate::txn::{Marker, MarkerSink, MarkerWrite, ProducerIdSource, TxnError};
 
 /// How long a forwarded verification or marker may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,6 +114,47 @@ impl TxnGates {
 }
 
 impl Broker {
+    /// A producer id never handed out before. A lone node reserves blocks of ids in a file
+    /// of its own (written and fsynced on the blocking pool); a node with peers reserves
+    /// each block through the metadata log (`ReserveProducerIds`), which remembers every
+    /// node's reservations, so a node that lost its disk never hands out an id again (its
+    /// producers' sequences would clash with the partitions' producer state).
+    ///
+    /// # Errors
+    /// Storage errors; the metadata log did not take the reservation.
+    pub(crate) async fn allocate_producer_id(&self) -> Result<i64, TxnError> {
+        let Some(cluster) = self.replicated() else {
+            let streams = self.streams.clone();
+            return tokio::task::spawn_blocking(move || streams.allocate_producer_id())
+                .await
+                .map_err(|error| TxnError::Internal(error.to_string()))?
+                .map_err(TxnError::from);
+        };
+        loop {
+            if let Some(id) = self.streams.producers().take_reserved() {
+                return Ok(id);
+            }
+            let command = MetadataCommand::ReserveProducerIds {
+                node_id: cluster.node_id(),
+                from: self.streams.producers().next_id(),
+                count: PRODUCER_ID_BLOCK,
+            };
+            let reserved = cluster.propose(command).await.map_err(|error| {
+                TxnError::Internal(format!("the cluster did not reserve producer ids: {error}"))
+            })?;
+            let MetadataResult::ProducerIds { start, end } = reserved.result else {
+                return Err(TxnError::Internal(format!(
+                    "a producer id reservation answered {:?}",
+                    reserved.result
+                )));
+            };
+            let streams = self.streams.clone();
+            tokio::task::spawn_blocking(move || streams.producers().adopt_block(start, end))
+                .await
+                .map_err(|error| TxnError::Internal(error.to_string()))??;
+        }
+    }
+
     /// Whether transactional ids are coordinated on this node (a lone node coordinates
     /// everything).
     fn coordinates_txns_here(&self) -> bool {
@@ -350,6 +393,23 @@ impl Broker {
                 marker.topic, marker.partition
             )),
         }
+    }
+}
+
+/// The coordinator's [`ProducerIdSource`]: [`Broker::allocate_producer_id`]. Holds the
+/// broker weakly (the broker holds the coordinator).
+#[derive(Debug)]
+pub(crate) struct BrokerIds(pub(crate) Weak<Broker>);
+
+impl ProducerIdSource for BrokerIds {
+    fn allocate(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, TxnError>> + Send>> {
+        let broker = self.0.clone();
+        Box::pin(async move {
+            let broker = broker.upgrade().ok_or(TxnError::NotRunning)?;
+            broker.allocate_producer_id().await
+        })
     }
 }
 

@@ -6,8 +6,7 @@ use crate::txn::{TxnEnd, TxnError, TxnOffsets, TxnProducer, TxnSummary};
 
 impl Broker {
     /// A producer id and epoch. Without a transactional id: a new id for an idempotent
-    /// producer (epoch 0; reserving a block of ids writes and fsyncs a file, so this runs on
-    /// the blocking pool). With one: the coordinator fences earlier producers of the id
+    /// producer (epoch 0; see [`Broker::allocate_producer_id`]). With one: the coordinator fences earlier producers of the id
     /// (see [`crate::txn::TxnCoordinator::init`]); `timeout_ms` 0 asks for the default.
     ///
     /// # Errors
@@ -25,12 +24,9 @@ impl Broker {
         if !self.permits_some(caller, Operation::Write, ResourceType::Topic) {
             self.check_cluster(caller, Operation::IdempotentWrite)?;
         }
-        let streams = self.streams.clone();
-        tokio::task::spawn_blocking(move || streams.allocate_producer_id())
+        self.allocate_producer_id()
             .await
-            .map_err(|error| TxnError::Internal(error.to_string()))?
             .map(|producer_id| (producer_id, 0))
-            .map_err(TxnError::from)
     }
 
     /// AddPartitionsToTxn.

@@ -29,16 +29,19 @@ use crate::streams::producer::{last_sequence, BatchMetadata, Membership, Verdict
 use crate::streams::topic::{TopicError, TopicInfo, INTERNAL_TOPIC_PREFIX};
 use crate::streams::{AutoCreate, StreamError, Streams, TIMESTAMP_AHEAD_MS_MAX};
 
-/// Who checks that a transactional batch's partition is in its producer's open
-/// transaction.
+/// Who checks what depends on a node's own state: that a transactional batch's partition
+/// is in its producer's open transaction, and that its producer id was handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnCheck {
-    /// This node's transaction membership table, under the partition's producer lock (the
-    /// coordinator runs here and the partition is not replicated).
+    /// Applying the batch asks this node: its transaction membership table, under the
+    /// partition's producer lock (the coordinator runs here and the partition is not
+    /// replicated), and the producer ids it handed out.
     Here,
-    /// The partition's leader asked the coordinator before handing the batch on (a
-    /// replicated partition, or one led away from the coordinator: `core/txn_markers.rs`);
-    /// applying it asks nothing, so every replica applies the same batches alike.
+    /// The partition's leader checked before handing the batch on (the producer id in
+    /// [`Streams::check_produced`]; the transaction with the coordinator, for a replicated
+    /// partition or one led away from the coordinator: `core/txn_markers.rs`); applying it
+    /// asks nothing of this node, so every replica applies the same batches alike, a
+    /// replica rebuilt after losing its disk included.
     Verified,
 }
 
@@ -329,7 +332,9 @@ impl Streams {
     ) -> Result<Receipt, StreamError> {
         let first = header.base_sequence;
         let last = last_sequence(&header);
-        if !self.producers.may_be_handed_out(header.producer_id) {
+        // The ids this node handed out are its own knowledge (lost with its disk): checked
+        // where the produce arrived ([`Streams::check_produced`]), never by a replica.
+        if txn_check == TxnCheck::Here && !self.producers.may_be_handed_out(header.producer_id) {
             return Err(StreamError::UnknownProducerId(header.producer_id));
         }
         let shared = self.producers.partition(topic, partition);

@@ -528,6 +528,50 @@ impl Producers {
         ids.range_first = Some(first);
     }
 
+    /// The next id of the block reserved through the cluster's metadata log, if it has one
+    /// left (no I/O).
+    pub fn take_reserved(&self) -> Option<i64> {
+        let mut ids = lock(&self.ids);
+        if ids.next >= ids.end {
+            return None;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Some(id)
+    }
+
+    /// Adopts the block `start..end` the cluster's metadata log reserved for this node,
+    /// recording its end durably here too (so a restart knows every id below it may have
+    /// been handed out; blocking file I/O).
+    ///
+    /// # Errors
+    /// A block past this node's range, or the storage error writing its end.
+    pub fn adopt_block(&self, start: i64, end: i64) -> Result<(), StorageError> {
+        let mut ids = lock(&self.ids);
+        if let Some(first) = ids.range_first {
+            if end - first > CLUSTER_ID_RANGE {
+                return Err(StorageError::Failed {
+                    partition: self.data_dir.join(PRODUCER_IDS_FILE),
+                    reason: format!(
+                        "this node handed out all {CLUSTER_ID_RANGE} producer ids of its range"
+                    ),
+                });
+            }
+        }
+        checkpoint::write(
+            self.fs.as_ref(),
+            &self.data_dir,
+            PRODUCER_IDS_FILE,
+            IDS_MAGIC,
+            1,
+            end as u64,
+            &end.to_be_bytes(),
+        )?;
+        ids.next = ids.next.max(start);
+        ids.end = end;
+        Ok(())
+    }
+
     /// The id the next allocation hands out: every id below it was handed out at some time.
     pub fn next_id(&self) -> i64 {
         lock(&self.ids).next
