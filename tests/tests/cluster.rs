@@ -1313,6 +1313,28 @@ fn assert_acked_in_order(answer: &Value, start: u64, count: u64, what: &str) {
     assert_eq!(acked, wanted, "{what}: acknowledged offsets and values");
 }
 
+/// Three nodes (converged, every one registered) and `topic`, created through librdkafka
+/// with no replication factor: placed on all three. Returns the test's root directory, the
+/// nodes, their native and their Kafka addresses.
+fn three_nodes_and_a_replicated_topic(
+    topic: &str,
+) -> (
+    tempfile::TempDir,
+    Vec<BrokerProcess>,
+    Vec<String>,
+    Vec<String>,
+) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let placed = replicated_client(&["create", &kafka[0], topic]);
+    assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    (root, nodes, addresses, kafka)
+}
+
 #[test]
 fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_killed() {
     // Goal: issue #21's first promise for streams. A topic created with no replication
@@ -1325,16 +1347,8 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     // more go through another node, a consumer reads all 400 back; the killed node comes
     // back and the second leader is killed too, and 50 more records and a full read go
     // through the two that are left.
-    let root = tempfile::tempdir().expect("temp dir");
-    let (_, mut nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
-
     let topic = "replicated";
-    let placed = replicated_client(&["create", &kafka[0], topic]);
-    assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    let (_root, mut nodes, addresses, kafka) = three_nodes_and_a_replicated_topic(topic);
     factors_asked_through_the_cli_and_http_are_placed(&addresses, &nodes[1].http_address());
 
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
@@ -1440,15 +1454,8 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     // leader is killed and the third node restarted: only the rebuilt node has those 50,
     // so it must be elected, and a read through it returns all 350 records in order.
     // Last, a Kafka DeleteRecords on it moves the other replica's log start as well.
-    let root = tempfile::tempdir().expect("temp dir");
-    let (_, mut nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
     let topic = "rebuilt";
-    let placed = replicated_client(&["create", &kafka[0], topic]);
-    assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+    let (root, mut nodes, addresses, kafka) = three_nodes_and_a_replicated_topic(topic);
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "300"]);
     assert_acked_in_order(&written, 0, 300, "before the disk is lost");
     replicas_settled(&addresses[0], topic, &[1, 2, 3]);

@@ -214,6 +214,24 @@ pub(crate) struct PartitionApplier {
     log: Arc<Partition>,
 }
 
+/// A command's refusal as its outcome, or the local storage failure that must stop this
+/// member (the others applied the command; this replica cannot go on without it).
+fn refused(error: StreamError) -> std::io::Result<AppliedProduce> {
+    match error {
+        StreamError::Storage(error) if error.is_local_failure() => {
+            Err(std::io::Error::other(error.to_string()))
+        }
+        other => Ok(AppliedProduce::Refused(other.to_string())),
+    }
+}
+
+/// An applied command's outcome as the bytes the leader hands back to the caller.
+fn outcome_bytes(outcome: &AppliedProduce) -> std::io::Result<Bytes> {
+    serde_json::to_vec(outcome)
+        .map(Bytes::from)
+        .map_err(std::io::Error::other)
+}
+
 impl PartitionApplier {
     /// Applies a DeleteRecords command: every replica moves its log start alike.
     fn apply_delete_records(&self, command: &Bytes) -> std::io::Result<Bytes> {
@@ -236,9 +254,7 @@ impl PartitionApplier {
                 Err(other) => AppliedProduce::Refused(other.to_string()),
             },
         };
-        serde_json::to_vec(&outcome)
-            .map(Bytes::from)
-            .map_err(std::io::Error::other)
+        outcome_bytes(&outcome)
     }
 
     /// Applies a transaction marker's command.
@@ -258,15 +274,10 @@ impl PartitionApplier {
                     base_offset: receipt.appended().base_offset,
                     last_offset: receipt.appended().last_offset,
                 },
-                Err(StreamError::Storage(error)) if error.is_local_failure() => {
-                    return Err(std::io::Error::other(error.to_string()))
-                }
-                Err(other) => AppliedProduce::Refused(other.to_string()),
+                Err(error) => refused(error)?,
             },
         };
-        serde_json::to_vec(&outcome)
-            .map(Bytes::from)
-            .map_err(std::io::Error::other)
+        outcome_bytes(&outcome)
     }
 }
 
@@ -314,15 +325,10 @@ impl Applier for PartitionApplier {
                     first_sequence,
                     last_sequence,
                 },
-                Err(StreamError::Storage(error)) if error.is_local_failure() => {
-                    return Err(std::io::Error::other(error.to_string()))
-                }
-                Err(other) => AppliedProduce::Refused(other.to_string()),
+                Err(error) => refused(error)?,
             },
         };
-        serde_json::to_vec(&outcome)
-            .map(Bytes::from)
-            .map_err(std::io::Error::other)
+        outcome_bytes(&outcome)
     }
 
     fn position(&self) -> i64 {

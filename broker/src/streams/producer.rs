@@ -487,28 +487,11 @@ impl Producers {
     /// Storage errors writing the block.
     pub fn allocate_id(&self) -> Result<i64, StorageError> {
         let mut ids = lock(&self.ids);
-        if let Some(first) = ids.range_first {
-            // Past its range a node would hand out the next node's ids.
-            if ids.next - first >= CLUSTER_ID_RANGE {
-                return Err(StorageError::Failed {
-                    partition: self.data_dir.join(PRODUCER_IDS_FILE),
-                    reason: format!(
-                        "this node handed out all {CLUSTER_ID_RANGE} producer ids of its range"
-                    ),
-                });
-            }
-        }
+        // Past its range a node would hand out the next node's ids.
+        self.check_in_range(&ids, ids.next + 1)?;
         if ids.next >= ids.end {
             let end = ids.next + PRODUCER_ID_BLOCK;
-            checkpoint::write(
-                self.fs.as_ref(),
-                &self.data_dir,
-                PRODUCER_IDS_FILE,
-                IDS_MAGIC,
-                1,
-                end as u64,
-                &end.to_be_bytes(),
-            )?;
+            self.write_block_end(end)?;
             ids.end = end;
         }
         let id = ids.next;
@@ -548,16 +531,28 @@ impl Producers {
     /// A block past this node's range, or the storage error writing its end.
     pub fn adopt_block(&self, start: i64, end: i64) -> Result<(), StorageError> {
         let mut ids = lock(&self.ids);
-        if let Some(first) = ids.range_first {
-            if end - first > CLUSTER_ID_RANGE {
-                return Err(StorageError::Failed {
-                    partition: self.data_dir.join(PRODUCER_IDS_FILE),
-                    reason: format!(
-                        "this node handed out all {CLUSTER_ID_RANGE} producer ids of its range"
-                    ),
-                });
-            }
+        self.check_in_range(&ids, end)?;
+        self.write_block_end(end)?;
+        ids.next = ids.next.max(start);
+        ids.end = end;
+        Ok(())
+    }
+
+    /// Refuses ids up to `end` (exclusive) past this cluster node's range.
+    fn check_in_range(&self, ids: &IdBlock, end: i64) -> Result<(), StorageError> {
+        match ids.range_first {
+            Some(first) if end - first > CLUSTER_ID_RANGE => Err(StorageError::Failed {
+                partition: self.data_dir.join(PRODUCER_IDS_FILE),
+                reason: format!(
+                    "this node handed out all {CLUSTER_ID_RANGE} producer ids of its range"
+                ),
+            }),
+            _ => Ok(()),
         }
+    }
+
+    /// Records durably that every id below `end` may have been handed out.
+    fn write_block_end(&self, end: i64) -> Result<(), StorageError> {
         checkpoint::write(
             self.fs.as_ref(),
             &self.data_dir,
@@ -566,10 +561,7 @@ impl Producers {
             1,
             end as u64,
             &end.to_be_bytes(),
-        )?;
-        ids.next = ids.next.max(start);
-        ids.end = end;
-        Ok(())
+        )
     }
 
     /// The id the next allocation hands out: every id below it was handed out at some time.
