@@ -175,6 +175,9 @@ pub struct Broker {
     cluster: std::sync::OnceLock<crate::cluster::raft::Cluster>,
     /// Definitions go through the metadata log (a node started with peers, issue #20).
     cluster_replicated: std::sync::atomic::AtomicBool,
+    /// Started with peers: until the metadata log is attached, nothing that must go to a
+    /// partition's leader (a transaction's marker) is written here.
+    cluster_expected: bool,
     /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20).
     cluster_follow: tokio::sync::Mutex<()>,
     /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
@@ -293,6 +296,7 @@ impl Broker {
             user_connections: quota::UserConnections::new(config.connections_per_user_max),
             cluster: std::sync::OnceLock::new(),
             cluster_replicated: std::sync::atomic::AtomicBool::new(false),
+            cluster_expected: !config.cluster_peers.is_empty(),
             cluster_follow: tokio::sync::Mutex::new(()),
             followed_topics: std::sync::RwLock::new(Arc::default()),
             txn_gates: txn_markers::TxnGates::default(),

@@ -1470,24 +1470,15 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     std::fs::remove_dir_all(&dir).expect("delete the follower's data directory");
     nodes[wiped_at].restart();
     // The leader's view of the follower is stale until an append to it fails, so ask the
-    // rebuilt node itself: its own log of the partition ends at 300 again.
-    // The leader's view of the follower is stale until an append to it fails, so ask the
     // rebuilt node itself: its own log of the partition ends at 300 again. (It did not in
     // about one run of five until the replicas stopped checking producer ids against
     // their own, lost, reservations: the rebuilt node refused the idempotent batch.)
-    let http = nodes[wiped_at].http_address();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let end = partition_gauge(&http, "wharf_partition_log_end_offset", topic);
-        if end == Some(300) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the wiped node's log did not reach 300 again within 60 s: {end:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_gauge(
+        &nodes[wiped_at].http_address(),
+        "wharf_partition_log_end_offset",
+        topic,
+        300,
+    );
     assert!(
         dir.join(format!("{topic}-0")).is_dir(),
         "the rebuilt node has the partition again"
@@ -1524,16 +1515,26 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     // start moves too, so a later leader keeps it.
     let deleted = kafka_delete_records(&kafka[wiped_at], topic, 0, 100);
     assert_eq!(deleted, (0, 100), "the new low watermark");
-    let follower_http = nodes[third_at].http_address();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for_gauge(
+        &nodes[third_at].http_address(),
+        "wharf_partition_log_start_offset",
+        topic,
+        100,
+    );
+}
+
+/// Waits up to 60 s until partition 0 of `topic`'s `name` gauge on the node at `http` is
+/// `wanted`.
+fn wait_for_gauge(http: &str, name: &str, topic: &str, wanted: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let start = partition_gauge(&follower_http, "wharf_partition_log_start_offset", topic);
-        if start == Some(100) {
-            break;
+        let seen = partition_gauge(http, name, topic);
+        if seen == Some(wanted) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "the follower's log start did not move to 100: {start:?}"
+            "{name} of {topic}-0 at {http} is {seen:?}, not {wanted}, after 60 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

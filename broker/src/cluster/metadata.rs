@@ -476,6 +476,8 @@ impl MetadataState {
                 from,
                 count,
             } => {
+                // A node asks for 1,000 at a time; a million bounds a bad request's waste of
+                // the node's 2^31 ids.
                 if !(1..=1_000_000).contains(count) || *from < 0 {
                     return Err(MetadataError::Invalid(format!(
                         "cannot reserve {count} producer ids from {from}"

@@ -237,7 +237,14 @@ impl PartitionApplier {
     fn apply_delete_records(&self, command: &Bytes) -> std::io::Result<Bytes> {
         let outcome = match decode_delete_records(command) {
             None => AppliedProduce::Refused("a delete command this build does not read".into()),
-            Some(offset) => match self.log.delete_records_before(offset) {
+            // The log's high watermark (what the range is checked against, and -1 means)
+            // moves with each replica's own fsyncs: fsync first, so it is the log end,
+            // the same on every replica at this point of the log.
+            Some(offset) => match self
+                .log
+                .flush()
+                .and_then(|()| self.log.delete_records_before(offset))
+            {
                 Ok(log_start) => AppliedProduce::Deleted { log_start },
                 Err(crate::storage::Error::OffsetOutOfRange {
                     offset,
@@ -632,6 +639,9 @@ impl Broker {
         // The control run's switch takes effect (and warns) before any member starts.
         acks_before_commit();
         let this = cluster.node_id();
+        if let Some(end) = state.producer_ids.get(&this) {
+            self.streams.producers().note_reserved(*end);
+        }
         let mut placed = std::collections::BTreeSet::new();
         for (name, topic) in &state.topics {
             for (index, set) in topic.partitions.iter().enumerate() {

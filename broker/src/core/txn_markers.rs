@@ -47,7 +47,8 @@ use crate::streams::producer::PRODUCER_ID_BLOCK;
 use crate::streams::StreamError;
 use crate::txn::{Marker, MarkerSink, MarkerWrite, ProducerIdSource, TxnError};
 
-/// How long a forwarded verification or marker may take.
+/// How long a forwarded verification or marker may take: well past a failover (about
+/// 1.5 s), short enough that a produce refused for it is retried within its own timeout.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The answer to a forwarded transaction request.
@@ -85,10 +86,41 @@ pub(crate) struct Gate {
 #[derive(Debug)]
 pub(crate) struct GateGuard(OwnedMutexGuard<Gate>);
 
+impl GateGuard {
+    /// Notes the term this node leads the partition in, read after the gate was entered:
+    /// what was verified in another term is forgotten (a leader again after another one
+    /// wrote markers).
+    fn in_term(&mut self, term: u64) {
+        if self.0.term != term {
+            self.0.term = term;
+            self.0.verified.clear();
+        }
+    }
+}
+
+/// The term this node leads `replica`'s group in, read now.
+///
+/// # Errors
+/// `NotLeader` when it does not lead it.
+fn leading_term(
+    replica: &Replica,
+    this: u64,
+    topic: &str,
+    partition: u32,
+) -> Result<u64, StreamError> {
+    match replica.leader_and_term() {
+        Some((leader, term)) if leader == this => Ok(term),
+        other => Err(StreamError::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader: other.map(|(leader, _)| leader),
+        }),
+    }
+}
+
 impl TxnGates {
-    /// Waits for `topic`-`partition`'s gate; what it verified in another term is
-    /// forgotten (a leader again after another one wrote markers).
-    async fn enter(&self, topic: &str, partition: u32, term: u64) -> GateGuard {
+    /// Waits for `topic`-`partition`'s gate.
+    async fn enter(&self, topic: &str, partition: u32) -> GateGuard {
         let gate = self
             .gates
             .lock()
@@ -96,12 +128,7 @@ impl TxnGates {
             .entry((topic.to_string(), partition))
             .or_default()
             .clone();
-        let mut guard = gate.lock_owned().await;
-        if guard.term != term {
-            guard.term = term;
-            guard.verified.clear();
-        }
-        GateGuard(guard)
+        GateGuard(gate.lock_owned().await)
     }
 
     /// Forgets the gates of a deleted topic.
@@ -139,8 +166,10 @@ impl Broker {
                 from: self.streams.producers().next_id(),
                 count: PRODUCER_ID_BLOCK,
             };
+            // No leader, a timeout: the client asks again (COORDINATOR_NOT_AVAILABLE).
             let reserved = cluster.propose(command).await.map_err(|error| {
-                TxnError::Internal(format!("the cluster did not reserve producer ids: {error}"))
+                tracing::warn!(%error, "the cluster did not reserve producer ids");
+                TxnError::NotRunning
             })?;
             let MetadataResult::ProducerIds { start, end } = reserved.result else {
                 return Err(TxnError::Internal(format!(
@@ -190,10 +219,14 @@ impl Broker {
         if replica.is_none() && coordinator_here {
             return Ok((TxnCheck::Here, None));
         }
-        let term = replica
-            .and_then(Replica::leader_and_term)
-            .map_or(0, |(_, term)| term);
-        let mut gate = self.txn_gates.enter(topic, partition, term).await;
+        let this = self.cluster().map_or(0, |cluster| cluster.node_id());
+        let mut gate = self.txn_gates.enter(topic, partition).await;
+        // The term is read once the gate is held: a term read before waiting could be stale.
+        let term = match replica {
+            Some(replica) => leading_term(replica, this, topic, partition)?,
+            None => 0,
+        };
+        gate.in_term(term);
         let key = (header.producer_id, header.producer_epoch);
         if !gate.0.verified.contains(&key) {
             let membership = if coordinator_here {
@@ -207,6 +240,17 @@ impl Broker {
                 self.ask_coordinator(header.producer_id, header.producer_epoch, topic, partition)
                     .await?
             };
+            // The coordinator's answer holds for this term only: a leader that lost and won
+            // back leadership meanwhile may have seen the transaction's marker go by.
+            if let Some(replica) = replica {
+                if leading_term(replica, this, topic, partition)? != term {
+                    return Err(StreamError::NotLeader {
+                        topic: topic.to_string(),
+                        partition,
+                        leader: None,
+                    });
+                }
+            }
             match membership {
                 Membership::Member => {
                     gate.0.verified.insert(key);
@@ -303,15 +347,11 @@ impl Broker {
         let partition = *partition;
         if let Some(replica) = self.partition_replica(topic, partition) {
             let this = self.cluster().map_or(0, |cluster| cluster.node_id());
-            let term = match replica.leader_and_term() {
-                Some((leader, term)) if leader == this => term,
-                Some((leader, _)) => {
-                    return Err(format!("node {leader} leads {topic}-{partition}"))
-                }
-                None => return Err(format!("{topic}-{partition} has no leader right now")),
-            };
             let pending = {
-                let mut gate = self.txn_gates.enter(topic, partition, term).await;
+                let mut gate = self.txn_gates.enter(topic, partition).await;
+                let term = leading_term(&replica, this, topic, partition)
+                    .map_err(|refusal| refusal.to_string())?;
+                gate.in_term(term);
                 gate.0
                     .verified
                     .retain(|(producer_id, _)| *producer_id != marker.producer_id);
@@ -336,7 +376,8 @@ impl Broker {
             return Ok(());
         };
         let receipt = {
-            let mut gate = self.txn_gates.enter(topic, partition, 0).await;
+            let mut gate = self.txn_gates.enter(topic, partition).await;
+            gate.in_term(0);
             gate.0
                 .verified
                 .retain(|(producer_id, _)| *producer_id != marker.producer_id);
@@ -357,6 +398,11 @@ impl Broker {
 
     /// Writes `marker` through its partition's leader: here, or forwarded.
     async fn route_marker(&self, marker: Marker) -> Result<(), String> {
+        if self.cluster_expected && self.cluster().is_none() {
+            // Recovery runs at start, before the metadata log is attached: a marker written
+            // now would bypass the partition's group.
+            return Err("the cluster is still starting".to_string());
+        }
         let Some(routing) = self.routing() else {
             return self.write_marker_here(&marker).await;
         };

@@ -433,6 +433,8 @@ struct IdBlock {
     end: i64,
     /// The first id of this cluster node's range (`None` on a lone node).
     range_first: Option<i64>,
+    /// The end of this node's reservations as the cluster's metadata log recorded them.
+    reserved: i64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -474,6 +476,7 @@ impl Producers {
                 next,
                 end: next,
                 range_first: None,
+                reserved: 0,
             }),
             expiry_ms,
         };
@@ -531,11 +534,24 @@ impl Producers {
     /// A block past this node's range, or the storage error writing its end.
     pub fn adopt_block(&self, start: i64, end: i64) -> Result<(), StorageError> {
         let mut ids = lock(&self.ids);
+        if end <= ids.next.max(ids.end) {
+            // An older block adopted after a newer one (concurrent reservations): the
+            // recorded end never goes back.
+            return Ok(());
+        }
         self.check_in_range(&ids, end)?;
         self.write_block_end(end)?;
         ids.next = ids.next.max(start);
         ids.end = end;
         Ok(())
+    }
+
+    /// Notes the end of this node's reservations as the cluster's metadata log recorded
+    /// them: every id below it may have been handed out, also by this node before it lost
+    /// its disk ([`Producers::may_be_handed_out`]).
+    pub fn note_reserved(&self, end: i64) {
+        let mut ids = lock(&self.ids);
+        ids.reserved = ids.reserved.max(end);
     }
 
     /// Refuses ids up to `end` (exclusive) past this cluster node's range.
@@ -578,7 +594,9 @@ impl Producers {
             return false;
         }
         match ids.range_first {
-            Some(first) if id >= first && id - first < CLUSTER_ID_RANGE => id < ids.next,
+            Some(first) if id >= first && id - first < CLUSTER_ID_RANGE => {
+                id < ids.next.max(ids.reserved)
+            }
             Some(_) => true,
             None => id < ids.next,
         }
