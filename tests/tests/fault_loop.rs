@@ -901,7 +901,7 @@ fn samples(http: &str, name: &str) -> Vec<(String, f64)> {
 /// that leader reports both other replicas in sync with no lag (the metrics of issue #21),
 /// within 60 s (30 s until 2026-12-06, when one run of ten missed it with the queue's
 /// clients just finished; its message did not say which replica lagged, it does now).
-fn replicas_settle(http: &[String], partitions: usize) {
+fn replicas_settle(http: &[String], partitions: usize, seed: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let leaders: Vec<Vec<(String, f64)>> = http
@@ -931,7 +931,7 @@ fn replicas_settle(http: &[String], partitions: usize) {
         }
         assert!(
             Instant::now() < deadline,
-            "the replicas' metrics did not settle within 60 s: leaders per node {leaders:?}; \
+            "seed {seed}: the replicas' metrics did not settle within 60 s: leaders per node {leaders:?}; \
              in sync and lag per node: {:?}",
             http.iter()
                 .map(|address| (
@@ -1304,7 +1304,7 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
     let http = nodes.http();
     if !http.is_empty() {
         let topics = if settings.transactions { 2 } else { 1 };
-        replicas_settle(&http, PARTITIONS as usize * topics);
+        replicas_settle(&http, PARTITIONS as usize * topics, settings.seed);
     }
     let ends: Vec<f64> = faults
         .iter()
