@@ -15,8 +15,11 @@
 //! (`broker/tests/architecture.rs` checks it).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
 
 use crate::metrics;
 use crate::storage::{Appended, Error, FlushPolicy, Partition, Result};
@@ -113,6 +116,38 @@ impl Receipt {
         tokio::task::spawn_blocking(move || flushing.flush())
             .await
             .unwrap_or(Err(crate::storage::Error::Closed { partition: dir }))
+    }
+}
+
+/// The wait for one [`RecordLog`] append.
+pub type LogAppend = Pin<Box<dyn Future<Output = Result<Appended>> + Send>>;
+
+/// Where a coordinator's records go: committed offsets and the transaction log. On a lone
+/// node that is a log of this node ([`LocalLog`]); in a cluster it is the replicated
+/// `__consumer_offsets` partition, written by the node that leads it (`core/coordination.rs`),
+/// so the state survives the loss of any minority of nodes.
+pub trait RecordLog: Send + Sync + std::fmt::Debug {
+    /// Appends whole built batches and resolves once they are durable (fsynced here, or
+    /// committed by a majority of the log's replicas), with where they landed.
+    ///
+    /// # Errors
+    /// The storage error of the append; `Error::NotReplicated` when a replicated log did
+    /// not take the write (this node no longer leads it, or the commit timed out).
+    fn append(&self, batches: BytesMut) -> LogAppend;
+}
+
+/// A [`RecordLog`] on this node: [`append`], then [`Receipt::durable`].
+#[derive(Debug, Clone)]
+pub struct LocalLog(pub Arc<Partition>);
+
+impl RecordLog for LocalLog {
+    fn append(&self, mut batches: BytesMut) -> LogAppend {
+        let log = self.0.clone();
+        Box::pin(async move {
+            let receipt = append(&log, &mut batches)?;
+            receipt.durable().await?;
+            Ok(receipt.appended())
+        })
     }
 }
 

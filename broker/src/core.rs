@@ -23,6 +23,7 @@ pub mod alarm;
 pub mod auth_ops;
 pub mod cluster_ops;
 mod cluster_sync;
+mod coordination;
 pub mod group_ops;
 pub mod observe_ops;
 pub mod queue_ops;
@@ -185,6 +186,9 @@ pub struct Broker {
     /// Each partition's gate for transactional batches and markers (issue #21,
     /// `core/txn_markers.rs`).
     txn_gates: txn_markers::TxnGates,
+    /// Whether this node coordinates groups and transactions (a cluster, issue #21,
+    /// `core/coordination.rs`).
+    coordination: coordination::Coordination,
 }
 
 /// What [`Broker::open`] leaves for [`Broker::start`]: the transaction coordinator's
@@ -223,6 +227,11 @@ impl Broker {
         let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
         topics.set_partitions_max(config.partitions_max);
         let offsets = OffsetStore::open(&topics, clock.clone()).map_err(wrap)?;
+        if !config.cluster_peers.is_empty() {
+            // A node of a cluster serves offsets only while it coordinates
+            // (`core/coordination.rs`).
+            offsets.stop_serving();
+        }
         let fs: Arc<dyn crate::storage::Fs> = Arc::new(RealFs);
         let producers = Producers::open(fs, &config.data_dir, config.producer_expiry_ms)
             .map_err(|error| wrap(error.into()))?;
@@ -300,6 +309,7 @@ impl Broker {
             cluster_follow: tokio::sync::Mutex::new(()),
             followed_topics: std::sync::RwLock::new(Arc::default()),
             txn_gates: txn_markers::TxnGates::default(),
+            coordination: coordination::Coordination::default(),
         };
         // The first sample of the free space and memory now (open runs on the blocking
         // pool), so the alarms and their gauges are right from the start, not one period
@@ -370,7 +380,15 @@ impl Opened {
             markers: Arc::new(txn_markers::BrokerMarkers(Arc::downgrade(&broker))),
             ids: Arc::new(txn_markers::BrokerIds(Arc::downgrade(&broker))),
         };
-        let mut tasks = vec![TxnCoordinator::spawn(self.txn, deps)];
+        let mut tasks = Vec::new();
+        if broker.cluster_expected {
+            // In a cluster the coordinator runs where the coordinator's partition is led
+            // (`core/coordination.rs`), on the records that partition holds.
+            broker.txn.stop();
+            broker.coordination.set_deps(deps);
+        } else {
+            tasks.push(TxnCoordinator::spawn(self.txn, deps));
+        }
         tasks.push(every(
             SESSION_CHECK_INTERVAL,
             shutdown.clone(),

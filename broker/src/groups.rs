@@ -104,8 +104,8 @@ pub enum GroupError {
     #[error(transparent)]
     Unauthorized(#[from] crate::acl::Denied),
     /// Another node of the cluster coordinates groups (issue #20): ask the metadata again.
-    #[error("node {coordinator} coordinates consumer groups, not this node")]
-    NotCoordinator { coordinator: u64 },
+    #[error("this node does not coordinate consumer groups ({})", crate::txn::coordinator_named(*.coordinator))]
+    NotCoordinator { coordinator: Option<u64> },
 }
 
 /// One join or heartbeat of a member.

@@ -13,7 +13,11 @@
 //! 4. log `CompleteCommit` / `CompleteAbort`.
 //!
 //! Every state change is a record in the internal topic `__transaction_state`, fsynced before
-//! it takes effect, and replayed on start. Recovery then finishes what a crash interrupted:
+//! it takes effect, and replayed on start. In a cluster the records go to the replicated
+//! `__consumer_offsets` partition instead, beside the committed offsets (tagged with
+//! [`TXN_RECORD_HEADER`]), and the coordinator runs where that partition is led
+//! ([`TxnCoordinator::lead`], `core/coordination.rs`): a new leader replays them and
+//! recovers as a restarted node does. Recovery then finishes what a crash interrupted:
 //! a prepared transaction is completed as logged, and an open one is aborted (its producer's
 //! epoch goes up, fencing it). Open transactions older than their timeout are aborted the
 //! same way.
@@ -37,9 +41,9 @@ use wharf_protocol::batch::{BatchBuilder, ControlKind, NewRecord};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
-use crate::append;
+use crate::append::{LocalLog, RecordLog};
 use crate::groups::commit::{self, EntryRefusal, OffsetEntry};
-use crate::groups::offsets::{Committed, OffsetStore};
+use crate::groups::offsets::{is_txn_record, Committed, OffsetStore, TXN_RECORD_HEADER};
 use crate::groups::{GroupCoordinator, GroupError};
 use crate::storage::{Error as StorageError, Partition};
 use crate::streams::topic::{
@@ -232,8 +236,8 @@ pub enum TxnError {
     #[error("unknown topic or partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: u32 },
     /// Another node of the cluster coordinates transactions (issue #20).
-    #[error("node {coordinator} coordinates transactions, not this node")]
-    NotCoordinator { coordinator: u64 },
+    #[error("this node does not coordinate transactions ({})", coordinator_named(*.coordinator))]
+    NotCoordinator { coordinator: Option<u64> },
     /// The group id is empty.
     #[error("group id is empty")]
     InvalidGroupId,
@@ -255,6 +259,14 @@ pub enum TxnError {
     /// The caller may not do this (ACLs, issue #18).
     #[error(transparent)]
     Unauthorized(#[from] crate::acl::Denied),
+}
+
+/// Which node coordinates, as a refusal names it.
+pub(crate) fn coordinator_named(coordinator: Option<u64>) -> String {
+    match coordinator {
+        Some(node) => format!("node {node} does"),
+        None => "no node does right now; try again".to_string(),
+    }
 }
 
 /// A transactional producer as a request names it.
@@ -381,18 +393,32 @@ pub trait MarkerSink: Send + Sync + std::fmt::Debug {
     fn write(&self, marker: Marker) -> MarkerWrite;
 }
 
-/// Handle to the coordinator task.
+/// Handle to the coordinator task (none runs on a node of a cluster that does not lead the
+/// coordinator's log: calls answer `NotRunning`).
 #[derive(Debug, Clone)]
 pub struct TxnCoordinator {
-    sender: mpsc::Sender<Command>,
+    sender: Arc<std::sync::RwLock<Option<mpsc::Sender<Command>>>>,
 }
 
 /// The coordinator's state loaded at start, before its task runs.
 #[derive(Debug)]
 pub struct TxnLoaded {
-    log: Arc<Partition>,
+    log: Arc<dyn RecordLog>,
     txns: HashMap<String, TxnMeta>,
     receiver: mpsc::Receiver<Command>,
+}
+
+/// A transaction log replayed from the offsets log a cluster shares ([`replay_shared`]).
+#[derive(Debug)]
+pub struct TxnReplayed(HashMap<String, TxnMeta>);
+
+/// Replays the transaction records of `log`, the offsets log they share in a cluster
+/// (blocking). The caller flushed it and made sure it holds every committed record.
+///
+/// # Errors
+/// Storage errors; a record that does not decode is corruption.
+pub fn replay_shared(log: &Partition) -> Result<TxnReplayed, StorageError> {
+    replay(log, true).map(TxnReplayed)
 }
 
 impl std::fmt::Debug for Command {
@@ -411,16 +437,51 @@ impl TxnCoordinator {
         let log = topics
             .partition(TXN_TOPIC, 0)
             .ok_or_else(|| TopicError::Unknown(TXN_TOPIC.to_string()))?;
-        let txns = replay(&log)?;
+        let txns = replay(&log, false)?;
         let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
         Ok((
-            TxnCoordinator { sender },
+            TxnCoordinator {
+                sender: Arc::new(std::sync::RwLock::new(Some(sender))),
+            },
             TxnLoaded {
-                log,
+                log: Arc::new(LocalLog(log)),
                 txns,
                 receiver,
             },
         ))
+    }
+
+    /// Starts a coordinator task on `replayed` writing through `log` (this node leads the
+    /// cluster's coordinator log now), answering the calls from then on. Its first step is
+    /// recovery: prepared transactions are completed, open ones aborted.
+    pub fn lead(
+        &self,
+        replayed: TxnReplayed,
+        log: Arc<dyn RecordLog>,
+        deps: TxnDeps,
+    ) -> tokio::task::JoinHandle<()> {
+        let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
+        *self
+            .sender
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(sender);
+        Self::spawn(
+            TxnLoaded {
+                log,
+                txns: replayed.0,
+                receiver,
+            },
+            deps,
+        )
+    }
+
+    /// Stops answering calls (this node no longer leads the coordinator's log); the caller
+    /// stops the task [`TxnCoordinator::lead`] returned.
+    pub fn stop(&self) {
+        *self
+            .sender
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
     }
 
     /// Starts the coordinator task: it first completes or aborts what a crash left open.
@@ -438,7 +499,15 @@ impl TxnCoordinator {
 
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, TxnError> {
         let (reply, answer) = oneshot::channel();
-        if self.sender.send(command(reply)).await.is_err() {
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let Some(sender) = sender else {
+            return Err(TxnError::NotRunning);
+        };
+        if sender.send(command(reply)).await.is_err() {
             return Err(TxnError::NotRunning);
         }
         answer.await.unwrap_or(Err(TxnError::NotRunning))
@@ -511,9 +580,14 @@ impl TxnCoordinator {
     }
 }
 
-fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
+/// Replays a transaction log: every record of `log`, or only those tagged as transaction
+/// records (`tagged_only`: the offsets log a cluster shares).
+fn replay(log: &Partition, tagged_only: bool) -> Result<HashMap<String, TxnMeta>, StorageError> {
     let mut txns = HashMap::new();
     replay_records(log, |record| {
+        if tagged_only && !is_txn_record(&record) {
+            return Ok(());
+        }
         let (Some(key), Some(value)) = (record.key, record.value) else {
             return Ok(());
         };
@@ -538,7 +612,7 @@ fn replay(log: &Partition) -> Result<HashMap<String, TxnMeta>, StorageError> {
 
 struct Task {
     deps: TxnDeps,
-    log: Arc<Partition>,
+    log: Arc<dyn RecordLog>,
     txns: HashMap<String, TxnMeta>,
     /// The partitions a completing transaction already has its marker on, by producer id
     /// and epoch: a completion tried again writes only the others (held in memory only;
@@ -637,12 +711,15 @@ impl Task {
                 timestamp_ms: now,
                 key: Some(Bytes::copy_from_slice(transactional_id.as_bytes())),
                 value: Some(value.freeze()),
-                headers: Vec::new(),
+                headers: vec![wharf_protocol::batch::Header {
+                    key: TXN_RECORD_HEADER.to_string(),
+                    value: Some(Bytes::new()),
+                }],
             })
             .map_err(|error| TxnError::Internal(error.to_string()))?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        append::append(&self.log, &mut bytes)?.durable().await?;
+        self.log.append(bytes).await?;
         // Every transactional producer keeps its epoch in the membership table (for
         // fencing); only an open transaction has partitions.
         let partitions = if meta.state == TxnState::Ongoing {

@@ -61,6 +61,9 @@ struct MetadataCache {
     /// Advertised `host:port` by node id.
     brokers: HashMap<i32, String>,
     topics: HashMap<String, TopicDescription>,
+    /// The node group and transaction calls go to: the lowest node id until one refuses
+    /// with NotCoordinator or cannot be reached, then the next one.
+    coordinator: Option<i32>,
 }
 
 /// Which broker a request goes to.
@@ -70,9 +73,9 @@ pub(crate) enum Target {
     /// node (cluster status), or served by whichever node gets them (topic and queue
     /// admin, publishes, queue consumers).
     Any,
-    /// The node coordinating groups and transactions: the lowest node id known (the
-    /// broker's rule in a cluster, docs/CLUSTER.md "Routing"), or the bootstrap address
-    /// before metadata.
+    /// The node coordinating groups and transactions: at first the lowest node id known
+    /// (where a cluster's coordinator starts, docs/CLUSTER.md "Routing"), the next one
+    /// after each refusal or failure to reach it; the bootstrap address before metadata.
     Coordinator,
     /// The broker with this node id (a partition leader).
     Node(i32),
@@ -209,23 +212,46 @@ impl Client {
     ) -> Result<T> {
         let response: T = self.call_unchecked(target, request).await?;
         let (code, message) = response.top_error();
-        if code == ErrorCode::NotCoordinator {
-            // The coordinator is another node than the cache says: learn the brokers again
-            // so the retry goes to it.
-            let _ = self.fetch_metadata(Some(Vec::new())).await;
-        }
         check_code(code, message)?;
         Ok(response)
     }
 
     /// Like [`Client::call`], leaving the top-level error code to the caller (the queue
     /// apis turn their codes into typed errors).
+    ///
+    /// A call to the coordinator that another node refuses (NotCoordinator) or that cannot
+    /// reach it goes on to the next node, at most once per known broker: a cluster's
+    /// coordinator moves when its node fails (docs/CLUSTER.md, "Coordinators").
     pub(crate) async fn call_unchecked<T: FromResponse>(
         &self,
         target: Target,
         request: Request,
     ) -> Result<T> {
-        let response = self.send(target, &request).await?;
+        let mut answered = self.call_once::<T>(target, &request).await;
+        if target != Target::Coordinator {
+            return answered;
+        }
+        let tries = self.metadata().brokers.len();
+        for _ in 0..tries {
+            let refused = match &answered {
+                Ok(response) => response.top_error().0 == ErrorCode::NotCoordinator,
+                Err(error) if error.is_connection_error() => false,
+                Err(_) => return answered,
+            };
+            if refused {
+                // Learn the brokers again: the coordinator may be one this client never saw.
+                let _ = self.fetch_metadata(Some(Vec::new())).await;
+            } else if answered.is_ok() {
+                return answered;
+            }
+            self.next_coordinator();
+            answered = self.call_once::<T>(target, &request).await;
+        }
+        answered
+    }
+
+    async fn call_once<T: FromResponse>(&self, target: Target, request: &Request) -> Result<T> {
+        let response = self.send(target, request).await?;
         response_as(response, request.api_key())
     }
 
@@ -236,7 +262,7 @@ impl Client {
     ) -> Result<MetadataResponse> {
         let request = Request::Metadata(MetadataRequest { topics });
         let mut answer = self
-            .call_unchecked::<MetadataResponse>(Target::Any, request.clone())
+            .call_once::<MetadataResponse>(Target::Any, &request)
             .await;
         // The bootstrap broker is gone: ask the other brokers the cache knows of, as Kafka
         // clients do, so a client outlives the node it started on.
@@ -247,7 +273,7 @@ impl Client {
             let others: Vec<i32> = self.metadata().brokers.keys().copied().collect();
             for node_id in others {
                 let tried = self
-                    .call_unchecked::<MetadataResponse>(Target::Node(node_id), request.clone())
+                    .call_once::<MetadataResponse>(Target::Node(node_id), &request)
                     .await;
                 let reached = !tried
                     .as_ref()
@@ -292,6 +318,24 @@ impl Client {
         Connection::open(&broker.address, broker.options.clone()).await
     }
 
+    /// Moves group and transaction calls on to the next node id after the current
+    /// coordinator's (wrapping around).
+    fn next_coordinator(&self) {
+        let mut cache = self.metadata();
+        let mut ids: Vec<i32> = cache.brokers.keys().copied().collect();
+        ids.sort_unstable();
+        let Some(first) = ids.first().copied() else {
+            return;
+        };
+        let current = cache.coordinator.unwrap_or(first);
+        cache.coordinator = Some(
+            ids.iter()
+                .copied()
+                .find(|id| *id > current)
+                .unwrap_or(first),
+        );
+    }
+
     /// Drops `topic` from the cache so the next lookup asks the broker.
     pub(crate) fn invalidate_topic(&self, topic: &str) {
         self.metadata().topics.remove(topic);
@@ -311,10 +355,16 @@ impl Client {
             match target {
                 Target::Any => self.inner.config.bootstrap.clone(),
                 Target::Coordinator => cache
-                    .brokers
-                    .iter()
-                    .min_by_key(|(node_id, _)| **node_id)
-                    .map(|(_, address)| address.clone())
+                    .coordinator
+                    .and_then(|node_id| cache.brokers.get(&node_id))
+                    .or_else(|| {
+                        cache
+                            .brokers
+                            .iter()
+                            .min_by_key(|(node_id, _)| **node_id)
+                            .map(|(_, address)| address)
+                    })
+                    .cloned()
                     .unwrap_or_else(|| self.inner.config.bootstrap.clone()),
                 // A broker that lists no brokers at all is reached where it was found.
                 Target::Node(_) if cache.brokers.is_empty() => self.inner.config.bootstrap.clone(),

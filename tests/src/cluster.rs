@@ -199,8 +199,45 @@ pub fn native_leaders(broker: &str, topic: &str) -> Vec<i32> {
 }
 
 /// Waits until every node's metadata lists all of `brokers` (each node registered its
-/// listeners through the metadata log, so placement counts it).
+/// listeners through the metadata log, so placement counts it), then until one of them
+/// coordinates groups (the coordinators' partition is placed before anything the test
+/// places, so placements are the same in every run).
 pub fn registered(brokers: &[String]) {
+    registered_only(brokers);
+    coordinating(brokers);
+}
+
+/// Waits until one of `brokers` answers a native OffsetFetch without NotCoordinator:
+/// the cluster has placed `__consumer_offsets` and its leader took over coordination
+/// (`core/coordination.rs`). Returns the index of that broker.
+pub fn coordinating(brokers: &[String]) -> usize {
+    use wharf_protocol::messages::OffsetFetchRequest;
+    use wharf_protocol::{ErrorCode, Request, Response};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (index, broker) in brokers.iter().enumerate() {
+            let address = broker.parse().expect("a socket address");
+            let mut client = crate::RawClient::connect(address);
+            let answer = client.call(&Request::OffsetFetch(OffsetFetchRequest {
+                group_id: "coordinator-probe".to_string(),
+                topics: Some(Vec::new()),
+            }));
+            if let Response::OffsetFetch(fetched) = answer {
+                if fetched.error != ErrorCode::NotCoordinator {
+                    return index;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node coordinates groups within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`registered`] without waiting for a coordinator.
+pub fn registered_only(brokers: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let listed: Vec<Vec<String>> = brokers

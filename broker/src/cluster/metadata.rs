@@ -285,7 +285,22 @@ impl MetadataState {
                 }
                 let factor = self.check_factor(*replication_factor)?;
                 let mut load = placement::Load::of(self);
-                let placed: Vec<Replicas> = (0..*partitions).map(|_| load.place(factor)).collect();
+                let mut placed: Vec<Replicas> =
+                    (0..*partitions).map(|_| load.place(factor)).collect();
+                if name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX) {
+                    // An internal topic (the coordinators' log) is led first by the lowest
+                    // node id among its replicas: where a client that knows no better
+                    // sends its group calls.
+                    if let Some(lowest) = self.nodes.keys().next().copied() {
+                        for set in &mut placed {
+                            if let Some(at) = set.replicas.iter().position(|id| *id == lowest) {
+                                set.replicas.remove(at);
+                                set.replicas.insert(0, lowest);
+                                set.leader = lowest;
+                            }
+                        }
+                    }
+                }
                 self.topics.insert(
                     name.clone(),
                     TopicMeta {
@@ -939,6 +954,21 @@ mod tests {
             }),
             MetadataResult::Refused(_)
         ));
+    }
+
+    #[test]
+    fn an_internal_topic_is_led_first_by_the_lowest_node_whatever_the_load() {
+        let mut state = three_nodes();
+        // Nodes 1 and 2 lead one partition each: a user topic would be led by node 3.
+        state.apply(&create("busy", 1, 3));
+        state.apply(&create("more", 1, 3));
+        assert_eq!(state.topics["busy"].partitions[0].leader, 1);
+        assert_eq!(state.topics["more"].partitions[0].leader, 2);
+        state.apply(&create("__consumer_offsets", 1, 3));
+        let placed = &state.topics["__consumer_offsets"].partitions[0];
+        assert_eq!(placed.leader, 1);
+        assert_eq!(placed.replicas[0], 1);
+        assert_eq!(placed.replicas.len(), 3);
     }
 
     #[test]

@@ -730,6 +730,7 @@ impl Broker {
             self.clone()
                 .publish_partition_leaders(cluster.clone(), shutdown.clone()),
         );
+        tokio::spawn(self.clone().coordinate(cluster.clone(), shutdown.clone()));
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads

@@ -233,12 +233,12 @@ impl Broker {
         group_id: &str,
     ) -> Result<(), GroupError> {
         self.check(caller, operation, ResourceType::Group, group_id)?;
-        match self.routing() {
-            Some(routing) if !routing.coordinates_here() => Err(GroupError::NotCoordinator {
-                coordinator: routing.coordinator(),
-            }),
-            _ => Ok(()),
+        if self.coordinates_here() {
+            return Ok(());
         }
+        Err(GroupError::NotCoordinator {
+            coordinator: self.coordinator_elsewhere(),
+        })
     }
 }
 

@@ -157,6 +157,9 @@ pub struct Observed {
     pub readiness: Readiness,
     /// The disk alarm is on: publishers are held (issue #16).
     pub disk_alarm: bool,
+    /// This node coordinates consumer groups and transactions now (always on a lone node;
+    /// in a cluster the leader of `__consumer_offsets`, issue #21).
+    pub coordinator: bool,
     /// Free bytes of the data directory's file system at the alarm's last sample (`None`
     /// before the first, or with the alarm off).
     pub disk_free_bytes: Option<u64>,
@@ -215,6 +218,7 @@ impl Broker {
             left_out,
             readiness: self.readiness(),
             disk_alarm: self.disk_alarm(),
+            coordinator: self.coordinates_here(),
             disk_free_bytes: Some(self.free_disk_bytes()).filter(|free| *free != u64::MAX),
             memory_alarm: self.memory_alarm(),
             memory_bytes: self.memory_bytes(),

@@ -458,6 +458,37 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
     Ok(records.get(at..).unwrap_or_default())
 }
 
+/// Appends broker-built batches (no producer id: a coordinator's records) through a
+/// replicated partition's group this node leads and waits for the commit. Returns the
+/// first and last offset they landed at. A leader deposed while it waits answers at once.
+///
+/// # Errors
+/// Why the group did not take them, or (`TimedOut`) did not confirm them in time.
+pub(crate) async fn append_through(
+    replica: &Replica,
+    now_ms: i64,
+    batches: &[u8],
+) -> Result<(i64, i64), String> {
+    let pending = replica
+        .submit(encode_command(now_ms, batches))
+        .await
+        .map_err(|error| error.to_string())?;
+    let answered = tokio::select! {
+        biased;
+        answered = pending => answered,
+        () = replica.deposed() => Err(ReplicaError::NotLeader { leader: replica.leader() }),
+    };
+    let outcome = answered.map_err(|error| error.to_string())?;
+    match serde_json::from_slice::<AppliedProduce>(&outcome) {
+        Ok(AppliedProduce::Appended {
+            base_offset,
+            last_offset,
+        }) => Ok((base_offset, last_offset)),
+        Ok(other) => Err(format!("an append applied as {other:?}")),
+        Err(error) => Err(format!("an unreadable outcome of an append: {error}")),
+    }
+}
+
 /// The answer to a replicated produce: its base offset, or why it was refused.
 ///
 /// A leader that loses its majority while the produce waits answers NotLeader at once (the

@@ -11,9 +11,9 @@
 //! - A partition the log does not place (an internal topic, a topic that existed before
 //!   the node joined a cluster, partitions added on one node only) is served where it is,
 //!   as on a lone node.
-//! - Every consumer group and transactional id is coordinated by one node, the registered
-//!   node with the lowest id: the native client sends group calls to the lowest node id it
-//!   knows, so both protocols meet the same coordinator (see docs/CLUSTER.md, Routing).
+//! - Every consumer group and transactional id is coordinated by one node, the leader of
+//!   the replicated `__consumer_offsets` partition (`core/coordination.rs`); calls on
+//!   another node are refused, naming it (see docs/CLUSTER.md, Routing).
 //! - A queue the metadata log places is served by its leader: the other nodes hand its
 //!   operations (publish, consume, ack, get, purge, counts, conditional delete) to the
 //!   leader over the internal wire ([`QueuePlacement`], `queue/remote.rs`), so an AMQP,
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crate::cluster::metadata::{MetadataCommand, MetadataState};
 use crate::cluster::raft::Cluster;
 use crate::config::{parse_host_port, ListenerKind};
+use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::queue::remote::{CallFuture, QueueCluster};
 use crate::streams::StreamError;
 
@@ -69,6 +70,8 @@ pub struct Routing<'a> {
     state: Arc<MetadataState>,
     /// The topics this node created from the log (its follower's record).
     followed: Arc<BTreeSet<String>>,
+    /// This node coordinates groups and transactions now.
+    coordinating: bool,
 }
 
 impl Routing<'_> {
@@ -212,23 +215,24 @@ impl Routing<'_> {
         })
     }
 
-    /// The node coordinating every consumer group and transactional id: the voting member
-    /// with the lowest id (the membership is known from the start, before the nodes have
-    /// registered their addresses), else the lowest registered node, else this one.
-    pub fn coordinator(&self) -> u64 {
-        self.cluster
-            .status()
-            .voters
-            .keys()
-            .next()
-            .or_else(|| self.state.nodes.keys().next())
-            .copied()
-            .unwrap_or_else(|| self.this_node())
+    /// The node coordinating every consumer group and transactional id: this one while it
+    /// does, else the leader of the coordinator's partition as this node's member of its
+    /// group knows it (the placement's, for a partition not replicated); `None` while the
+    /// partition is not placed yet or no leader is known.
+    pub fn coordinator(&self) -> Option<u64> {
+        if self.coordinating {
+            return Some(self.this_node());
+        }
+        let placed = self.placed(OFFSETS_TOPIC, 0)?;
+        match self.member(OFFSETS_TOPIC, 0) {
+            Some(member) => member.leader(),
+            None => Some(placed.leader),
+        }
     }
 
-    /// Whether this node coordinates groups and transactions.
+    /// Whether this node coordinates groups and transactions now.
     pub fn coordinates_here(&self) -> bool {
-        self.coordinator() == self.this_node()
+        self.coordinating
     }
 }
 
@@ -275,6 +279,7 @@ impl Broker {
                     .read()
                     .unwrap_or_else(|poison| poison.into_inner()),
             ),
+            coordinating: self.coordination.active(),
         })
     }
 

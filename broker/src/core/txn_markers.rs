@@ -187,8 +187,7 @@ impl Broker {
     /// Whether transactional ids are coordinated on this node (a lone node coordinates
     /// everything).
     fn coordinates_txns_here(&self) -> bool {
-        self.routing()
-            .is_none_or(|routing| routing.coordinates_here())
+        self.coordinates_here()
     }
 
     /// Passes `records` (one produce's batches for `topic`-`partition`) through the
@@ -284,7 +283,7 @@ impl Broker {
     ) -> Result<Membership, StreamError> {
         let (Some(cluster), Some(coordinator)) = (
             self.cluster(),
-            self.routing().map(|routing| routing.coordinator()),
+            self.routing().and_then(|routing| routing.coordinator()),
         ) else {
             return Err(StreamError::TxnUnverified(
                 "no coordinator is known yet".to_string(),

@@ -129,11 +129,11 @@ impl Broker {
             ResourceType::TransactionalId,
             transactional_id,
         )?;
-        match self.routing() {
-            Some(routing) if !routing.coordinates_here() => Err(TxnError::NotCoordinator {
-                coordinator: routing.coordinator(),
-            }),
-            _ => Ok(()),
+        if self.coordinates_here() {
+            return Ok(());
         }
+        Err(TxnError::NotCoordinator {
+            coordinator: self.coordinator_elsewhere(),
+        })
     }
 }

@@ -9,6 +9,13 @@
 //! offset from there on (a deleted topic, a deleted group); a group whose every key is
 //! tombstoned is gone, on replay as in memory.
 //!
+//! In a cluster the log is the replicated partition 0 of `__consumer_offsets`, written only
+//! by the node that leads it (the coordinator, `core/coordination.rs`): a store serves
+//! (holds offsets in memory and writes) only while [`OffsetStore::serve`] made it, and
+//! replays the log then, so a new coordinator starts from every committed offset. The
+//! transaction log's records share that log there; they carry the [`TXN_RECORD_HEADER`]
+//! header and are skipped here.
+//!
 //! TODO(#3): the log is never compacted; a long-lived broker with many commits replays a
 //! growing log on start. Compaction or snapshots come later.
 
@@ -20,11 +27,23 @@ use wharf_protocol::batch::{BatchBuilder, NewRecord};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
+use crate::append::{LocalLog, RecordLog};
 use crate::storage::{Appended, Clock, Error as StorageError, Partition};
 use crate::streams::topic::{replay_records, TopicError, Topics};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The header key a transaction-log record carries, so it can share the offsets log in a
+/// cluster (its value is empty).
+pub const TXN_RECORD_HEADER: &str = "wharf.txn";
+
+/// Whether `record` belongs to the transaction log (see [`TXN_RECORD_HEADER`]).
+pub fn is_txn_record(record: &wharf_protocol::batch::Record) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|header| header.key == TXN_RECORD_HEADER)
+}
 
 wire_struct! {
     /// Key of an offset record.
@@ -63,6 +82,9 @@ pub struct OffsetStore {
     log: Arc<Partition>,
     clock: Arc<dyn Clock>,
     offsets: Mutex<HashMap<String, GroupOffsets>>,
+    /// Where commits are written while this store serves; `None`: it does not (another
+    /// node of the cluster coordinates groups).
+    writer: std::sync::RwLock<Option<Arc<dyn RecordLog>>>,
 }
 
 impl OffsetStore {
@@ -82,10 +104,52 @@ impl OffsetStore {
             .ok_or_else(|| TopicError::Unknown(OFFSETS_TOPIC.to_string()))?;
         let offsets = replay(&log)?;
         Ok(OffsetStore {
+            writer: std::sync::RwLock::new(Some(Arc::new(LocalLog(log.clone())))),
             log,
             clock,
             offsets: Mutex::new(offsets),
         })
+    }
+
+    /// This node's copy of the offsets log (in a cluster the transaction log shares it).
+    pub fn log(&self) -> &Arc<Partition> {
+        &self.log
+    }
+
+    /// Serves from now on, writing through `writer`: flushes this node's copy of the log
+    /// and replays it into memory first (blocking), so every offset committed before is
+    /// there. The caller makes sure the copy holds every committed record (the replicated
+    /// log's leader with its whole log applied).
+    ///
+    /// # Errors
+    /// Storage errors; the store does not serve then.
+    pub fn serve(&self, writer: Arc<dyn RecordLog>) -> Result<(), StorageError> {
+        self.log.flush()?;
+        let replayed = replay(&self.log)?;
+        *self.lock() = replayed;
+        *self
+            .writer
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(writer);
+        Ok(())
+    }
+
+    /// Stops serving: commits are refused and the offsets in memory forgotten (the next
+    /// [`OffsetStore::serve`] replays them).
+    pub fn stop_serving(&self) {
+        *self
+            .writer
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
+        self.lock().clear();
+    }
+
+    /// Whether this store serves (see [`OffsetStore::serve`]).
+    pub fn serving(&self) -> bool {
+        self.writer
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
@@ -273,11 +337,18 @@ impl OffsetStore {
 
     /// Appends the built batch through the append path and waits until it is durable.
     async fn append_durably(&self, builder: BatchBuilder) -> Result<Appended, StorageError> {
+        let writer = self
+            .writer
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or_else(|| StorageError::NotReplicated {
+                log: OFFSETS_TOPIC.to_string(),
+                reason: "this node does not coordinate consumer groups now".to_string(),
+            })?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        let receipt = crate::append::append(&self.log, &mut bytes)?;
-        receipt.durable().await?;
-        Ok(receipt.appended())
+        writer.append(bytes).await
     }
 
     /// The committed offset of one partition.
@@ -312,6 +383,9 @@ impl OffsetStore {
 fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError> {
     let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
     replay_records(log, |record| {
+        if is_txn_record(&record) {
+            return Ok(());
+        }
         let Some(key) = record.key else {
             return Ok(());
         };

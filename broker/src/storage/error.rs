@@ -59,6 +59,10 @@ pub enum Error {
     /// Waiting for durability or data took longer than allowed.
     #[error("timed out after {waited_ms} ms")]
     TimedOut { waited_ms: u64 },
+    /// A replicated log did not take a write (issue #21): this node no longer leads it,
+    /// or the commit was not confirmed in time (it may still be).
+    #[error("the replicated log {log} did not take the write: {reason}")]
+    NotReplicated { log: String, reason: String },
 }
 
 impl Error {

@@ -121,6 +121,13 @@ impl Collector for Scrape {
             family(
                 &mut encoder,
                 Kind::Gauge,
+                "wharf_coordinator",
+                "1 while this node coordinates consumer groups and transactions (a lone node always does; in a cluster the leader of __consumer_offsets), else 0.",
+                [(NO_LABELS, i64::from(observed.coordinator))],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Gauge,
                 "wharf_disk_alarm",
                 "1 while the data directory's free space is below disk_free_limit_bytes and publishers are held, else 0.",
                 [(NO_LABELS, i64::from(observed.disk_alarm))],

@@ -95,10 +95,10 @@ impl KafkaCluster<'_> {
 
     /// The broker coordinating groups and transactions, if it has a Kafka listener.
     pub fn coordinator(&self) -> Option<&KafkaBroker> {
-        let id = self
-            .routing
-            .as_ref()
-            .map_or(self.this_node, |routing| broker_id(routing.coordinator()));
+        let id = match self.routing.as_ref() {
+            None => self.this_node,
+            Some(routing) => broker_id(routing.coordinator()?),
+        };
         self.brokers.iter().find(|broker| broker.node_id == id)
     }
 }

@@ -43,7 +43,10 @@ pub fn storage(error: &StorageError) -> i16 {
         }
         // Retriable: the client tries again (and finds the broker back after a restart).
         StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
-        StorageError::TimedOut { .. } => ResponseError::RequestTimedOut,
+        // Retriable: the write did not commit through its replicated log (yet).
+        StorageError::TimedOut { .. } | StorageError::NotReplicated { .. } => {
+            ResponseError::RequestTimedOut
+        }
         StorageError::InvalidName { .. } => ResponseError::InvalidTopicException,
         StorageError::AlreadyExists { .. } => ResponseError::TopicAlreadyExists,
         error if error.is_disk_full() => ResponseError::KafkaStorageError,

@@ -16,7 +16,9 @@ pub fn storage(error: &StorageError) -> ErrorCode {
         StorageError::Corrupt { .. } => ErrorCode::CorruptStoredData,
         StorageError::Failed { .. } => ErrorCode::StorageFailed,
         StorageError::Closed { .. } => ErrorCode::ShuttingDown,
-        StorageError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+        StorageError::TimedOut { .. } | StorageError::NotReplicated { .. } => {
+            ErrorCode::RequestTimedOut
+        }
         StorageError::InvalidName { .. } => ErrorCode::InvalidTopicName,
         StorageError::AlreadyExists { .. } => ErrorCode::TopicAlreadyExists,
         error if error.is_disk_full() => ErrorCode::DiskFull,
