@@ -1304,7 +1304,8 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
     let http = nodes.http();
     if !http.is_empty() {
         let topics = if settings.transactions { 2 } else { 1 };
-        replicas_settle(&http, PARTITIONS as usize * topics, settings.seed);
+        // And the coordinators' partition, __consumer_offsets-0 (replicated too).
+        replicas_settle(&http, PARTITIONS as usize * topics + 1, settings.seed);
     }
     let ends: Vec<f64> = faults
         .iter()
