@@ -1275,6 +1275,110 @@ fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_
     );
 }
 
+#[test]
+fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
+    // Goal: issue #21's "consumer offsets replicated with the data they refer to", and
+    // transactions that either commit or abort everywhere when their coordinator dies.
+    // The coordinator (node 1, the first leader of the replicated __consumer_offsets-0)
+    // loses its process and its disk; another node takes over from the replicated log.
+    // Method: librdkafka's consumer group reads 60 of 100 records and commits; a
+    // transactional producer commits one transaction and dies with a second one open;
+    // node 1 is SIGKILLed and its data directory deleted. Then, through node 2: a member of
+    // the same group resumes at record 60 (and the native `wharf group describe` finds the
+    // committed offset on the new coordinator), and the transactional id is initialised
+    // again and commits, while read_committed shows the first transaction and the new one
+    // and not the open one, which the new coordinator aborted. Before this was built the
+    // lowest-id voter coordinated with the offsets and the transaction log on its disk
+    // only: no node took over while node 1 was down, and its lost disk took both along.
+    let topic = "coordinated";
+    let (root, mut nodes, addresses, kafka) = three_nodes_and_a_replicated_topic(topic);
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    assert_eq!(
+        http.iter()
+            .map(|address| coordinator_gauge(address))
+            .collect::<Vec<_>>(),
+        [Some(1), Some(0), Some(0)],
+        "node 1 coordinates first"
+    );
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
+    assert_acked_in_order(&written, 0, 100, "before the coordinator is lost");
+
+    let first = coordinator_client(&["group", &kafka[0], topic, "g", "60"]);
+    let wanted: Vec<String> = (0..60).map(|index| format!("v{index}")).collect();
+    assert_eq!(first["read"], serde_json::json!(wanted), "{first}");
+    assert_eq!(first["committed"], 60, "{first}");
+    let open = coordinator_client(&["txn-open", &kafka[0], topic, "tx"]);
+    assert_eq!(open["committed"], 5, "{open}");
+
+    nodes[0].kill();
+    std::fs::remove_dir_all(root.path().join("node-1"))
+        .expect("delete the coordinator's data directory");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ![&http[1], &http[2]]
+        .iter()
+        .any(|address| coordinator_gauge(address) == Some(1))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "neither node 2 nor node 3 coordinates 30 s after node 1 was lost"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let resumed = coordinator_client(&["group", &kafka[1], topic, "g", "40"]);
+    let wanted: Vec<String> = (60..100).map(|index| format!("v{index}")).collect();
+    assert_eq!(
+        resumed["read"],
+        serde_json::json!(wanted),
+        "the group resumes where it committed: {resumed}"
+    );
+    assert_eq!(resumed["committed"], 100, "{resumed}");
+    // The native client finds the new coordinator by itself (node 1 is gone, and it would
+    // try the lowest id first).
+    let described =
+        integration_tests::wharf_ok(&addresses[1], &["--json", "group", "describe", "g"], "");
+    let described: Value = serde_json::from_str(&described).expect("JSON");
+    assert_eq!(
+        described["partitions"][0]["committed_offset"], 100,
+        "{described}"
+    );
+
+    let after = coordinator_client(&["txn-after", &kafka[1], topic, "tx"]);
+    let values: Vec<String> = after["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .filter_map(|value| value.as_str().map(str::to_string))
+        .filter(|value| !value.starts_with('v'))
+        .collect();
+    assert_eq!(
+        values,
+        ["c0", "c1", "c2", "c3", "c4", "a0", "a1", "a2", "a3", "a4"],
+        "read_committed: the committed transactions, not the one open when node 1 died"
+    );
+}
+
+/// The `wharf_coordinator` gauge of the node at `http` (`None`: not in its metrics).
+fn coordinator_gauge(http: &str) -> Option<i64> {
+    let (_, metrics) = integration_tests::http_get(http, "/metrics", None);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wharf_coordinator "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Runs `confluent_coordinator.py` and returns its JSON answer.
+fn coordinator_client(args: &[&str]) -> Value {
+    let output = integration_tests::run_client_script("confluent_coordinator.py", args);
+    assert!(
+        output.status.success(),
+        "confluent_coordinator.py {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON document")
+}
+
 /// Runs `confluent_replicated.py` and returns its JSON answer.
 fn replicated_client(args: &[&str]) -> Value {
     let output = integration_tests::run_client_script("confluent_replicated.py", args);

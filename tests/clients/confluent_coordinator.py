@@ -1,0 +1,138 @@
+"""Drives a three-node wharfd cluster's group and transaction coordinator with
+confluent-kafka (librdkafka), issue #21: committed offsets and transactions must outlive the
+coordinator's node.
+
+    confluent_coordinator.py group BOOTSTRAP TOPIC GROUP COUNT
+    confluent_coordinator.py txn-open BOOTSTRAP TOPIC TRANSACTIONAL_ID
+    confluent_coordinator.py txn-after BOOTSTRAP TOPIC TRANSACTIONAL_ID
+
+group: a member of GROUP (subscribed to TOPIC, auto.offset.reset earliest, no auto commit)
+reads COUNT records, commits synchronously, and reads the committed offset back; prints
+{"read": [values], "committed": offset}.
+txn-open: a transactional producer commits a transaction of "c0".."c4" to partition 0,
+then leaves a second one ("o0".."o4") open and exits without ending it (its process dies,
+as with a crash); prints {"committed": 5}.
+txn-after: a producer of the same transactional id (its init retried for up to 60 s while
+the coordinator moves) commits "a0".."a4"; a read_committed consumer then reads partition
+0 from the start until it is quiet; prints {"values": [values]}.
+"""
+
+import json
+import os
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition, OFFSET_BEGINNING
+
+
+def group(bootstrap, topic, group_id, count):
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "topic.metadata.refresh.interval.ms": 500,
+        }
+    )
+    consumer.subscribe([topic])
+    read = []
+    deadline = time.time() + 90
+    while len(read) < count and time.time() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error() is not None:
+            continue
+        read.append(message.value().decode())
+    while True:
+        try:
+            consumer.commit(asynchronous=False)
+            break
+        except KafkaException as error:
+            # The coordinator may be moving: librdkafka finds the new one; try again.
+            if time.time() > deadline:
+                raise SystemExit(f"commit failed: {error}")
+            time.sleep(0.5)
+    committed = consumer.committed([TopicPartition(topic, 0)], timeout=30)[0].offset
+    consumer.close()
+    return {"read": read, "committed": committed}
+
+
+def transactional(bootstrap, transactional_id):
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 60000,
+            "topic.metadata.refresh.interval.ms": 500,
+        }
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            producer.init_transactions(10)
+            return producer
+        except KafkaException as error:
+            if not error.args[0].retriable() or time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def txn_open(bootstrap, topic, transactional_id):
+    producer = transactional(bootstrap, transactional_id)
+    producer.begin_transaction()
+    for index in range(5):
+        producer.produce(topic, f"c{index}".encode(), partition=0)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for index in range(5):
+        producer.produce(topic, f"o{index}".encode(), partition=0)
+    producer.flush(30)
+    print(json.dumps({"committed": 5}), flush=True)
+    # Dies with the transaction open: no EndTxn, no clean close.
+    os._exit(0)
+
+
+def txn_after(bootstrap, topic, transactional_id):
+    producer = transactional(bootstrap, transactional_id)
+    producer.begin_transaction()
+    for index in range(5):
+        producer.produce(topic, f"a{index}".encode(), partition=0)
+    producer.commit_transaction(30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"coordinator-reader-{time.time()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    values = []
+    quiet_since = time.time()
+    deadline = time.time() + 60
+    while time.time() - quiet_since < 5 and time.time() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error() is not None:
+            continue
+        values.append(message.value().decode())
+        quiet_since = time.time()
+    consumer.close()
+    return {"values": values}
+
+
+def main():
+    mode, bootstrap, topic = sys.argv[1:4]
+    if mode == "group":
+        result = group(bootstrap, topic, sys.argv[4], int(sys.argv[5]))
+    elif mode == "txn-open":
+        txn_open(bootstrap, topic, sys.argv[4])
+        return
+    elif mode == "txn-after":
+        result = txn_after(bootstrap, topic, sys.argv[4])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
