@@ -121,6 +121,8 @@ impl Receipt {
 
 /// The wait for one [`RecordLog`] append.
 pub type LogAppend = Pin<Box<dyn Future<Output = Result<Appended>> + Send>>;
+/// The wait for [`RecordLog::confirm_writer`].
+pub type WriterCheck = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Where a coordinator's records go: committed offsets and the transaction log. On a lone
 /// node that is a log of this node ([`LocalLog`]); in a cluster it is the replicated
@@ -134,6 +136,14 @@ pub trait RecordLog: Send + Sync + std::fmt::Debug {
     /// The storage error of the append; `Error::NotReplicated` when a replicated log did
     /// not take the write (this node no longer leads it, or the commit timed out).
     fn append(&self, batches: BytesMut) -> LogAppend;
+
+    /// Whether this node still is the log's one writer: a replicated log's leader
+    /// confirmed by a majority just now (a coordinator checks it before an effect outside
+    /// the log, such as a transaction marker, that a deposed one must not have); a log of
+    /// this node always is.
+    fn confirm_writer(&self) -> WriterCheck {
+        Box::pin(async { true })
+    }
 }
 
 /// A [`RecordLog`] on this node: [`append`], then [`Receipt::durable`].

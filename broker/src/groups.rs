@@ -243,6 +243,17 @@ impl GroupCoordinator {
         }
     }
 
+    /// Forgets every group's members of both protocols (this node stopped coordinating, issue
+    /// #21: its members rejoin on the new coordinator, and come back to no stale generation
+    /// if coordination returns here).
+    pub fn forget_all(&self) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
+        self.classic.forget_all();
+    }
+
     /// Rebalances (generation bumps) of `group_id` since start, of either protocol.
     pub fn rebalances(&self, group_id: &str) -> u64 {
         let broker_side = self

@@ -404,8 +404,34 @@ pub struct TxnCoordinator {
 #[derive(Debug)]
 pub struct TxnLoaded {
     log: Arc<dyn RecordLog>,
+    kind: TxnLog,
     txns: HashMap<String, TxnMeta>,
     receiver: mpsc::Receiver<Command>,
+}
+
+/// Which log a transaction coordinator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnLog {
+    /// `__transaction_state`, its own (a lone node): every record is a transaction record,
+    /// keyed by the transactional id.
+    Own,
+    /// The offsets log a cluster shares: transaction records carry the
+    /// [`TXN_RECORD_HEADER`] and are keyed by [`SHARED_TXN_KEY_PREFIX`] and the id.
+    Shared,
+}
+
+/// The start of a transaction record's key in the shared offsets log: a group name of one
+/// byte that is not UTF-8, which no committed offset's key (`OffsetKey`) can start with, so
+/// the log cleaner never takes a transaction record and an offset for one key.
+pub const SHARED_TXN_KEY_PREFIX: [u8; 3] = [0x00, 0x01, 0xFF];
+
+impl TxnLog {
+    fn key_prefix(self) -> &'static [u8] {
+        match self {
+            TxnLog::Own => &[],
+            TxnLog::Shared => &SHARED_TXN_KEY_PREFIX,
+        }
+    }
 }
 
 /// A transaction log replayed from the offsets log a cluster shares ([`replay_shared`]).
@@ -418,7 +444,7 @@ pub struct TxnReplayed(HashMap<String, TxnMeta>);
 /// # Errors
 /// Storage errors; a record that does not decode is corruption.
 pub fn replay_shared(log: &Partition) -> Result<TxnReplayed, StorageError> {
-    replay(log, true).map(TxnReplayed)
+    replay(log, TxnLog::Shared).map(TxnReplayed)
 }
 
 impl std::fmt::Debug for Command {
@@ -437,7 +463,7 @@ impl TxnCoordinator {
         let log = topics
             .partition(TXN_TOPIC, 0)
             .ok_or_else(|| TopicError::Unknown(TXN_TOPIC.to_string()))?;
-        let txns = replay(&log, false)?;
+        let txns = replay(&log, TxnLog::Own)?;
         let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
         Ok((
             TxnCoordinator {
@@ -445,6 +471,7 @@ impl TxnCoordinator {
             },
             TxnLoaded {
                 log: Arc::new(LocalLog(log)),
+                kind: TxnLog::Own,
                 txns,
                 receiver,
             },
@@ -468,6 +495,7 @@ impl TxnCoordinator {
         Self::spawn(
             TxnLoaded {
                 log,
+                kind: TxnLog::Shared,
                 txns: replayed.0,
                 receiver,
             },
@@ -580,12 +608,12 @@ impl TxnCoordinator {
     }
 }
 
-/// Replays a transaction log: every record of `log`, or only those tagged as transaction
-/// records (`tagged_only`: the offsets log a cluster shares).
-fn replay(log: &Partition, tagged_only: bool) -> Result<HashMap<String, TxnMeta>, StorageError> {
+/// Replays a transaction log: every record of its own log, or the transaction records of
+/// the offsets log a cluster shares.
+fn replay(log: &Partition, kind: TxnLog) -> Result<HashMap<String, TxnMeta>, StorageError> {
     let mut txns = HashMap::new();
     replay_records(log, |record| {
-        if tagged_only && !is_txn_record(&record) {
+        if kind == TxnLog::Shared && !is_txn_record(&record) {
             return Ok(());
         }
         let (Some(key), Some(value)) = (record.key, record.value) else {
@@ -596,8 +624,11 @@ fn replay(log: &Partition, tagged_only: bool) -> Result<HashMap<String, TxnMeta>
             position: 0,
             reason: format!("transaction record does not decode: {reason}"),
         };
+        let id = key
+            .strip_prefix(kind.key_prefix())
+            .ok_or_else(|| corrupt("a key without the shared log's prefix".to_string()))?;
         let transactional_id =
-            String::from_utf8(key.to_vec()).map_err(|error| corrupt(error.to_string()))?;
+            String::from_utf8(id.to_vec()).map_err(|error| corrupt(error.to_string()))?;
         let mut reader = Reader::new(value);
         let decoded = TxnRecord::decode(&mut reader, "txn record")
             .and_then(|decoded| reader.finish().map(|()| decoded))
@@ -613,6 +644,8 @@ fn replay(log: &Partition, tagged_only: bool) -> Result<HashMap<String, TxnMeta>
 struct Task {
     deps: TxnDeps,
     log: Arc<dyn RecordLog>,
+    /// Which log it is (how its keys start).
+    kind: TxnLog,
     txns: HashMap<String, TxnMeta>,
     /// The partitions a completing transaction already has its marker on, by producer id
     /// and epoch: a completion tried again writes only the others (held in memory only;
@@ -625,12 +658,14 @@ type Outcome = Result<(), TxnError>;
 async fn run(loaded: TxnLoaded, deps: TxnDeps) {
     let TxnLoaded {
         log,
+        kind,
         txns,
         mut receiver,
     } = loaded;
     let mut task = Task {
         deps,
         log,
+        kind,
         txns,
         marked: HashMap::new(),
     };
@@ -703,19 +738,9 @@ impl Task {
     /// Logs `meta` as the state of `transactional_id` and waits until it is durable.
     async fn log_state(&mut self, transactional_id: &str, meta: TxnMeta) -> Outcome {
         let now = self.now_ms();
-        let mut value = BytesMut::new();
-        meta.to_record().encode(&mut value);
         let mut builder = BatchBuilder::new(now);
         builder
-            .push(&NewRecord {
-                timestamp_ms: now,
-                key: Some(Bytes::copy_from_slice(transactional_id.as_bytes())),
-                value: Some(value.freeze()),
-                headers: vec![wharf_protocol::batch::Header {
-                    key: TXN_RECORD_HEADER.to_string(),
-                    value: Some(Bytes::new()),
-                }],
-            })
+            .push(&txn_record(self.kind, transactional_id, &meta, now))
             .map_err(|error| TxnError::Internal(error.to_string()))?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
@@ -1111,6 +1136,13 @@ impl Task {
             .iter()
             .filter(|partition| !marked.contains(*partition))
             .collect();
+        // A coordinator deposed since it logged the transaction prepared (a paused process
+        // resumed, its task a step ahead of its watcher) must not write markers: its
+        // successor completes the transaction, and the producer may have opened the next
+        // one on these partitions with the same epoch.
+        if !pending.is_empty() && !self.log.confirm_writer().await {
+            return Err(TxnError::NotCoordinator { coordinator: None });
+        }
         let writes = pending.iter().map(|(topic, partition)| {
             self.deps.markers.write(Marker {
                 topic: topic.clone(),
@@ -1137,4 +1169,104 @@ impl Task {
 
 fn unknown_id() -> TxnError {
     TxnError::ProducerIdMismatch("unknown transactional id".to_string())
+}
+
+/// The record of `meta` as the state of `transactional_id` in a log of `kind`.
+fn txn_record(kind: TxnLog, transactional_id: &str, meta: &TxnMeta, now_ms: i64) -> NewRecord {
+    let mut value = BytesMut::new();
+    meta.to_record().encode(&mut value);
+    NewRecord {
+        timestamp_ms: now_ms,
+        key: Some(Bytes::from(
+            [kind.key_prefix(), transactional_id.as_bytes()].concat(),
+        )),
+        value: Some(value.freeze()),
+        headers: vec![wharf_protocol::batch::Header {
+            key: TXN_RECORD_HEADER.to_string(),
+            value: Some(Bytes::new()),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::offsets::{OffsetKey, OFFSETS_TOPIC};
+    use crate::storage::testing::sim_env;
+    use crate::storage::LogConfig;
+    use std::path::Path;
+
+    fn meta(state: TxnState) -> TxnMeta {
+        TxnMeta {
+            producer_id: 7,
+            epoch: 2,
+            state,
+            timeout_ms: 60_000,
+            started_ms: 1_000,
+            partitions: [("t".to_string(), 0)].into_iter().collect(),
+            groups: BTreeSet::new(),
+            offsets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_shared_log_holds_offsets_and_transaction_records_apart() {
+        let (env, _, clock) = sim_env(1_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let topics = Topics::open(Path::new("/d"), env, LogConfig::default()).unwrap();
+        let offsets = OffsetStore::open(&topics, clock).unwrap();
+        runtime
+            .block_on(offsets.commit(
+                "g",
+                vec![(
+                    "t".to_string(),
+                    0,
+                    Committed {
+                        offset: 5,
+                        metadata: None,
+                    },
+                )],
+            ))
+            .unwrap();
+        // The coordinator's records, as a cluster's coordinator writes them there.
+        let mut builder = BatchBuilder::new(1_000);
+        builder
+            .push(&txn_record(
+                TxnLog::Shared,
+                "tx",
+                &meta(TxnState::Ongoing),
+                1_000,
+            ))
+            .unwrap();
+        let mut bytes = BytesMut::new();
+        builder.build_into(&mut bytes);
+        let log = topics.partition(OFFSETS_TOPIC, 0).unwrap();
+        let shared = LocalLog(log.clone());
+        runtime.block_on(shared.append(bytes)).unwrap();
+
+        // The key: the prefix, then the id; the header marks the record.
+        let read = log.read(1, 1 << 20).unwrap();
+        let batch = wharf_protocol::batch::batches(read.bytes)
+            .next()
+            .unwrap()
+            .unwrap();
+        let record = batch.records().next().unwrap().unwrap();
+        assert_eq!(record.key.as_deref(), Some(&b"\x00\x01\xfftx"[..]));
+        assert!(is_txn_record(&record));
+        // No committed offset's key starts so (a one-byte group that is not UTF-8).
+        let mut reader = Reader::new(record.key.clone().unwrap());
+        assert!(OffsetKey::decode(&mut reader, "key").is_err());
+
+        // Each side replays its own records only.
+        let replayed = replay_shared(&log).unwrap();
+        assert_eq!(replayed.0.len(), 1);
+        assert_eq!(replayed.0["tx"].producer_id, 7);
+        assert_eq!(replayed.0["tx"].state, TxnState::Ongoing);
+        offsets.serve(Arc::new(shared)).unwrap();
+        assert_eq!(offsets.get("g", "t", 0).map(|c| c.offset), Some(5));
+        assert_eq!(offsets.groups(), vec!["g".to_string()]);
+        topics.registry().close().unwrap();
+    }
 }

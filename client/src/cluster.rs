@@ -227,24 +227,24 @@ impl Client {
         target: Target,
         request: Request,
     ) -> Result<T> {
-        let mut answered = self.call_once::<T>(target, &request).await;
         if target != Target::Coordinator {
-            return answered;
+            return self.call_once::<T>(target, &request).await;
         }
+        let mut tried = self.metadata().coordinator;
+        let mut answered = self.call_once::<T>(target, &request).await;
         let tries = self.metadata().brokers.len();
         for _ in 0..tries {
-            let refused = match &answered {
-                Ok(response) => response.top_error().0 == ErrorCode::NotCoordinator,
-                Err(error) if error.is_connection_error() => false,
-                Err(_) => return answered,
-            };
-            if refused {
-                // Learn the brokers again: the coordinator may be one this client never saw.
-                let _ = self.fetch_metadata(Some(Vec::new())).await;
-            } else if answered.is_ok() {
-                return answered;
+            match &answered {
+                Ok(response) if response.top_error().0 == ErrorCode::NotCoordinator => {
+                    // Learn the brokers again: the coordinator may be one never seen yet.
+                    let _ = self.fetch_metadata(Some(Vec::new())).await;
+                }
+                // Unreachable (a node down). A slow answer is not a reason to move on.
+                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => {}
+                _ => return answered,
             }
-            self.next_coordinator();
+            self.next_coordinator(tried);
+            tried = self.metadata().coordinator;
             answered = self.call_once::<T>(target, &request).await;
         }
         answered
@@ -318,10 +318,13 @@ impl Client {
         Connection::open(&broker.address, broker.options.clone()).await
     }
 
-    /// Moves group and transaction calls on to the next node id after the current
-    /// coordinator's (wrapping around).
-    fn next_coordinator(&self) {
+    /// Moves group and transaction calls on to the next node id after `tried`, the
+    /// coordinator a call went to (wrapping around), unless another caller moved on already.
+    fn next_coordinator(&self, tried: Option<i32>) {
         let mut cache = self.metadata();
+        if cache.coordinator != tried {
+            return;
+        }
         let mut ids: Vec<i32> = cache.brokers.keys().copied().collect();
         ids.sort_unstable();
         let Some(first) = ids.first().copied() else {

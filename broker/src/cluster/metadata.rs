@@ -256,6 +256,18 @@ impl MetadataState {
     }
 
     fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataResult, MetadataError> {
+        if let MetadataCommand::DeleteTopic { name }
+        | MetadataCommand::AlterTopicConfigs { name, .. }
+        | MetadataCommand::ChangeTopicConfigs { name, .. }
+        | MetadataCommand::AddPartitions { name, .. } = command
+        {
+            // The coordinators' partition (`__consumer_offsets`) is placed once and kept.
+            if name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX) {
+                return Err(MetadataError::Invalid(format!(
+                    "internal topic {name:?} cannot be deleted or changed"
+                )));
+            }
+        }
         match command {
             MetadataCommand::RegisterNode { node_id, info } => {
                 self.nodes.insert(*node_id, info.clone());
@@ -969,6 +981,44 @@ mod tests {
         assert_eq!(placed.leader, 1);
         assert_eq!(placed.replicas[0], 1);
         assert_eq!(placed.replicas.len(), 3);
+    }
+
+    #[test]
+    fn the_coordinators_partition_does_not_move_where_topics_go() {
+        let mut state = three_nodes();
+        state.apply(&create("__consumer_offsets", 1, 3));
+        // Placed as in a cluster without it: the first topic is led by node 1.
+        state.apply(&create("first", 1, 1));
+        assert_eq!(state.topics["first"].partitions[0].replicas, vec![1]);
+    }
+
+    #[test]
+    fn an_internal_topic_is_neither_deleted_nor_changed() {
+        let mut state = three_nodes();
+        state.apply(&create("__consumer_offsets", 1, 3));
+        let before = state.topics["__consumer_offsets"].clone();
+        for command in [
+            MetadataCommand::DeleteTopic {
+                name: "__consumer_offsets".to_string(),
+            },
+            MetadataCommand::AddPartitions {
+                name: "__consumer_offsets".to_string(),
+                total: 4,
+            },
+            MetadataCommand::AlterTopicConfigs {
+                name: "__consumer_offsets".to_string(),
+                configs: BTreeMap::new(),
+            },
+        ] {
+            assert!(
+                matches!(
+                    state.apply(&command),
+                    MetadataResult::Refused(MetadataError::Invalid(_))
+                ),
+                "{command:?}"
+            );
+        }
+        assert_eq!(state.topics["__consumer_offsets"], before);
     }
 
     #[test]

@@ -25,15 +25,23 @@ pub struct Load {
 }
 
 impl Load {
-    /// The counts over every replica set of `state`, for its registered nodes (or node 1
-    /// alone, a cluster of one before it registered).
+    /// The counts over the replica sets of `state`'s topics and queues, for its registered
+    /// nodes (or node 1 alone, a cluster of one before it registered). Internal topics (the
+    /// coordinators' partition) are not counted: where topics and queues go does not depend
+    /// on which node won that partition's election.
     pub fn of(state: &MetadataState) -> Load {
         let mut nodes: BTreeMap<NodeId, (usize, usize)> =
             state.nodes.keys().map(|id| (*id, (0, 0))).collect();
         if nodes.is_empty() {
             nodes.insert(1, (0, 0));
         }
-        for set in state.replica_sets() {
+        let sets = state
+            .topics
+            .iter()
+            .filter(|(name, _)| !name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX))
+            .flat_map(|(_, topic)| topic.partitions.iter())
+            .chain(state.queues.values().map(|queue| &queue.placement));
+        for set in sets {
             for replica in &set.replicas {
                 if let Some(counts) = nodes.get_mut(replica) {
                     counts.0 += 1;

@@ -879,6 +879,17 @@ impl Replica {
         }
     }
 
+    /// Whether this node leads the group, confirmed just now by a majority's answers to a
+    /// heartbeat (not the metrics' last view, which a process paused and resumed still
+    /// shows as leading): no other member can be elected for an election timeout after.
+    /// False when the confirmation fails or takes longer than the longest election timeout.
+    pub async fn confirm_leader(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.timing.election_max, self.raft.get_read_log_id()).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The applied state's position on this node.
     pub fn position(&self) -> i64 {
         self.applier.position()

@@ -275,6 +275,9 @@ impl Broker {
         cluster: &Cluster,
         name: &str,
     ) -> Result<crate::streams::topic::TopicInfo, StreamError> {
+        // The same refusal as a lone node's, before the log hears of it: the log holds the
+        // coordinators' partition (`core/coordination.rs`).
+        crate::streams::topic::refuse_internal(name, "deleted")?;
         let existing = self.streams.topics().get(name);
         let command = MetadataCommand::DeleteTopic {
             name: name.to_string(),

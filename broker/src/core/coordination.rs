@@ -24,7 +24,7 @@
 //! when this node is its placed leader, as on a lone node; a lone node (no peers) keeps
 //! its own `__consumer_offsets` and `__transaction_state` and none of this runs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::append::{LocalLog, LogAppend, RecordLog};
+use crate::append::{LocalLog, LogAppend, RecordLog, WriterCheck};
 use crate::cluster::metadata::{MetadataCommand, MetadataState};
 use crate::cluster::raft::Cluster;
 use crate::cluster::replica::Replica;
@@ -55,6 +55,8 @@ const PLACE_RETRY_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct Coordination {
     /// This node coordinates groups and transactions now.
     active: AtomicBool,
+    /// The term of the leadership it coordinates in (0: a partition placed here alone).
+    term: AtomicU64,
     /// The transaction coordinator's task while this node coordinates.
     txn_task: Mutex<Option<JoinHandle<()>>>,
     /// What a transaction coordinator started here works on (set when the broker starts).
@@ -104,6 +106,11 @@ impl RecordLog for ReplicatedRecordLog {
             })
         })
     }
+
+    fn confirm_writer(&self) -> WriterCheck {
+        let replica = self.replica.clone();
+        Box::pin(async move { replica.confirm_leader().await })
+    }
 }
 
 /// Where this node would write the coordinator's records if it coordinated.
@@ -118,7 +125,18 @@ impl Broker {
     /// Whether this node coordinates groups and transactions now (a lone node always does;
     /// a node started with peers only while [`Broker::coordinate`] says so).
     pub(crate) fn coordinates_here(&self) -> bool {
-        !self.cluster_expected || self.coordination.active()
+        if !self.cluster_expected {
+            return true;
+        }
+        if !self.coordination.active() {
+            return false;
+        }
+        // The watcher looks every 50 ms: between two looks the seat may be gone already.
+        let Some(cluster) = self.replicated() else {
+            return false;
+        };
+        Self::seat_term(cluster, &cluster.applied().state)
+            == Some(self.coordination.term.load(Ordering::Acquire))
     }
 
     /// The node a call refused here should go to, as far as this node knows.
@@ -170,7 +188,7 @@ impl Broker {
                         self.coordinator_seat(&cluster, &state),
                         Self::seat_term(&cluster, &state),
                     ) {
-                        match self.start_coordinating(seat).await {
+                        match self.start_coordinating(seat, term).await {
                             Ok(()) => {
                                 tracing::info!(
                                     term,
@@ -180,6 +198,9 @@ impl Broker {
                             }
                             Err(error) => {
                                 tracing::warn!(%error, "cannot start coordinating groups and transactions");
+                                // Not again at once: a failing start would warn 20 times a
+                                // second.
+                                tokio::time::sleep(PLACE_RETRY_EVERY).await;
                             }
                         }
                     }
@@ -212,7 +233,7 @@ impl Broker {
     }
 
     /// Starts the offset store and the transaction coordinator on `seat`.
-    async fn start_coordinating(&self, seat: Seat) -> Result<(), String> {
+    async fn start_coordinating(&self, seat: Seat, term: u64) -> Result<(), String> {
         let deps = self
             .coordination
             .deps
@@ -239,6 +260,7 @@ impl Broker {
         if let Some(earlier) = self.coordination.task().replace(task) {
             earlier.abort();
         }
+        self.coordination.term.store(term, Ordering::Release);
         self.coordination.active.store(true, Ordering::Release);
         Ok(())
     }
@@ -253,6 +275,7 @@ impl Broker {
             task.abort();
         }
         self.offsets.stop_serving();
+        self.groups.forget_all();
     }
 
     /// Proposes the coordinator's partition to the metadata log, when this node leads the

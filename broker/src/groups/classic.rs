@@ -194,6 +194,12 @@ impl ClassicGroups {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// Forgets every group (this node stopped coordinating: the members rejoin on the new
+    /// coordinator; a join waiting here is told to rejoin).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     /// Whether `group_id` has members of this protocol.
     pub fn has_members(&self, group_id: &str) -> bool {
         self.lock()

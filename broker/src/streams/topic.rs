@@ -723,7 +723,7 @@ impl Topics {
 }
 
 /// Refuses an operation on an internal topic: `action` says what cannot be done.
-fn refuse_internal(name: &str, action: &str) -> Result<(), TopicError> {
+pub(crate) fn refuse_internal(name: &str, action: &str) -> Result<(), TopicError> {
     if name.starts_with(INTERNAL_TOPIC_PREFIX) {
         return Err(TopicError::InvalidName {
             name: name.to_string(),

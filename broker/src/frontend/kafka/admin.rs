@@ -311,7 +311,7 @@ pub async fn delete_groups(
             Ok(_) => 0,
             Err(GroupAdminError::Group(error)) => error_code::group(&error),
             Err(GroupAdminError::Stream(error)) => error_code::stream(&error),
-            Err(GroupAdminError::Storage(error)) => error_code::storage(&error),
+            Err(GroupAdminError::Storage(error)) => error_code::coordinator_storage(&error),
         };
         results.push(
             DeletableGroupResult::default()

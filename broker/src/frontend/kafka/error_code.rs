@@ -57,6 +57,17 @@ pub fn storage(error: &StorageError) -> i16 {
     kind.code()
 }
 
+/// The Kafka code of a storage error behind a coordinator's write (an offset commit, a
+/// transaction's state): a write the replicated coordinator log did not take means this
+/// node no longer coordinates, NOT_COORDINATOR, so the client looks the coordinator up
+/// again (Kafka answers a coordinator log append that fails so too).
+pub fn coordinator_storage(error: &StorageError) -> i16 {
+    match error {
+        StorageError::NotReplicated { .. } => ResponseError::NotCoordinator.code(),
+        other => storage(other),
+    }
+}
+
 /// The Kafka code of a topic catalog error.
 pub fn topic(error: &TopicError) -> i16 {
     let kind = match error {
@@ -155,7 +166,7 @@ pub fn entry(refusal: &EntryRefusal) -> i16 {
 pub fn commit(error: &CommitError) -> i16 {
     match error {
         CommitError::Group(error) => group(error),
-        CommitError::Storage(error) => storage(error),
+        CommitError::Storage(error) => coordinator_storage(error),
     }
 }
 
@@ -172,7 +183,7 @@ pub fn txn(error: &TxnError) -> i16 {
         TxnError::InvalidGroupId => ResponseError::InvalidGroupId,
         TxnError::Group(error) => return group(error),
         TxnError::Offset(refusal) => return entry(refusal),
-        TxnError::Storage(error) => return storage(error),
+        TxnError::Storage(error) => return coordinator_storage(error),
         TxnError::NotRunning => ResponseError::CoordinatorNotAvailable,
         TxnError::Internal(_) => ResponseError::UnknownServerError,
         TxnError::Unauthorized(refused) => return denied(refused),

@@ -28,6 +28,15 @@ pub fn storage(error: &StorageError) -> ErrorCode {
     }
 }
 
+/// The wire code of a storage error behind a coordinator's write: NotCoordinator when the
+/// replicated coordinator log did not take it (the client goes on to the next node).
+pub fn coordinator_storage(error: &StorageError) -> ErrorCode {
+    match error {
+        StorageError::NotReplicated { .. } => ErrorCode::NotCoordinator,
+        other => storage(other),
+    }
+}
+
 /// The wire code of a cluster operation's error (issue #20).
 pub fn cluster(error: &crate::core::cluster_ops::ClusterOpError) -> ErrorCode {
     use crate::core::cluster_ops::ClusterOpError;
@@ -141,7 +150,7 @@ pub fn group_admin(error: &GroupAdminError) -> ErrorCode {
     match error {
         GroupAdminError::Group(error) => group(error),
         GroupAdminError::Stream(error) => stream(error),
-        GroupAdminError::Storage(error) => storage(error),
+        GroupAdminError::Storage(error) => coordinator_storage(error),
     }
 }
 
@@ -160,7 +169,7 @@ pub fn entry(refusal: &EntryRefusal) -> ErrorCode {
 pub fn commit(error: &CommitError) -> ErrorCode {
     match error {
         CommitError::Group(error) => group(error),
-        CommitError::Storage(error) => storage(error),
+        CommitError::Storage(error) => coordinator_storage(error),
     }
 }
 
@@ -178,7 +187,7 @@ pub fn txn(error: &TxnError) -> ErrorCode {
         TxnError::InvalidGroupId => ErrorCode::InvalidGroupId,
         TxnError::Group(error) => group(error),
         TxnError::Offset(refusal) => entry(refusal),
-        TxnError::Storage(error) => storage(error),
+        TxnError::Storage(error) => coordinator_storage(error),
         TxnError::NotRunning => ErrorCode::ShuttingDown,
         TxnError::Internal(_) => ErrorCode::Unknown,
         TxnError::Unauthorized(_) => ErrorCode::Unauthorized,
