@@ -135,7 +135,7 @@ pub trait RecordLog: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The storage error of the append; `Error::NotReplicated` when a replicated log did
     /// not take the write (this node no longer leads it, or the commit timed out).
-    fn append(&self, batches: BytesMut) -> LogAppend;
+    fn write_batches(&self, batches: BytesMut) -> LogAppend;
 
     /// Whether this node still is the log's one writer: a replicated log's leader
     /// confirmed by a majority just now (a coordinator checks it before an effect outside
@@ -151,7 +151,7 @@ pub trait RecordLog: Send + Sync + std::fmt::Debug {
 pub struct LocalLog(pub Arc<Partition>);
 
 impl RecordLog for LocalLog {
-    fn append(&self, mut batches: BytesMut) -> LogAppend {
+    fn write_batches(&self, mut batches: BytesMut) -> LogAppend {
         let log = self.0.clone();
         Box::pin(async move {
             let receipt = append(&log, &mut batches)?;

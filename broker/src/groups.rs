@@ -104,8 +104,16 @@ pub enum GroupError {
     #[error(transparent)]
     Unauthorized(#[from] crate::acl::Denied),
     /// Another node of the cluster coordinates groups (issue #20): ask the metadata again.
-    #[error("this node does not coordinate consumer groups ({})", crate::txn::coordinator_named(*.coordinator))]
+    #[error("this node does not coordinate consumer groups ({})", coordinator_named(*.coordinator))]
     NotCoordinator { coordinator: Option<u64> },
+}
+
+/// Which node coordinates, as a refusal names it.
+pub(crate) fn coordinator_named(coordinator: Option<u64>) -> String {
+    match coordinator {
+        Some(node) => format!("node {node} does"),
+        None => "no node does right now; try again".to_string(),
+    }
 }
 
 /// One join or heartbeat of a member.

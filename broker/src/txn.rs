@@ -236,7 +236,7 @@ pub enum TxnError {
     #[error("unknown topic or partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: u32 },
     /// Another node of the cluster coordinates transactions (issue #20).
-    #[error("this node does not coordinate transactions ({})", coordinator_named(*.coordinator))]
+    #[error("this node does not coordinate transactions ({})", crate::groups::coordinator_named(*.coordinator))]
     NotCoordinator { coordinator: Option<u64> },
     /// The group id is empty.
     #[error("group id is empty")]
@@ -259,14 +259,6 @@ pub enum TxnError {
     /// The caller may not do this (ACLs, issue #18).
     #[error(transparent)]
     Unauthorized(#[from] crate::acl::Denied),
-}
-
-/// Which node coordinates, as a refusal names it.
-pub(crate) fn coordinator_named(coordinator: Option<u64>) -> String {
-    match coordinator {
-        Some(node) => format!("node {node} does"),
-        None => "no node does right now; try again".to_string(),
-    }
 }
 
 /// A transactional producer as a request names it.
@@ -514,13 +506,18 @@ impl TxnCoordinator {
 
     /// Starts the coordinator task: it first completes or aborts what a crash left open.
     pub fn spawn(loaded: TxnLoaded, deps: TxnDeps) -> tokio::task::JoinHandle<()> {
-        {
-            // Recovery aborts open transactions before serving; only epochs matter here.
-            for meta in loaded.txns.values() {
-                deps.streams
-                    .txn_members()
-                    .set(meta.producer_id, meta.epoch, BTreeSet::new());
-            }
+        for meta in loaded.txns.values() {
+            // A restarted node's recovery aborts open transactions before serving: only
+            // epochs matter. A new coordinator of a cluster goes on with them: their
+            // partitions are members again.
+            let partitions = if loaded.kind == TxnLog::Shared && meta.state == TxnState::Ongoing {
+                meta.partitions.clone()
+            } else {
+                BTreeSet::new()
+            };
+            deps.streams
+                .txn_members()
+                .set(meta.producer_id, meta.epoch, partitions);
         }
         tokio::spawn(run(loaded, deps))
     }
@@ -669,7 +666,7 @@ async fn run(loaded: TxnLoaded, deps: TxnDeps) {
         txns,
         marked: HashMap::new(),
     };
-    task.recover().await;
+    task.recover(kind).await;
     let mut ticker = tokio::time::interval(TIMEOUT_CHECK_INTERVAL);
     loop {
         tokio::select! {
@@ -744,7 +741,7 @@ impl Task {
             .map_err(|error| TxnError::Internal(error.to_string()))?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        self.log.append(bytes).await?;
+        self.log.write_batches(bytes).await?;
         // Every transactional producer keeps its epoch in the membership table (for
         // fencing); only an open transaction has partitions.
         let partitions = if meta.state == TxnState::Ongoing {
@@ -1023,16 +1020,19 @@ impl Task {
         self.complete(transactional_id, prepared).await
     }
 
-    /// Recovery after a restart: finish prepared transactions, abort open ones.
-    async fn recover(&mut self) {
+    /// Recovery after a restart: finish prepared transactions, abort open ones. A new
+    /// coordinator of a cluster (`kind` Shared: the previous one's node failed or lost its
+    /// leadership) finishes the prepared ones and goes on with the open ones, as Kafka's
+    /// does: their producers are not fenced, and one that went away is aborted at its
+    /// transaction's timeout.
+    async fn recover(&mut self, kind: TxnLog) {
         let pending: Vec<(String, TxnMeta)> = self
             .txns
             .iter()
-            .filter(|(_, meta)| {
-                matches!(
-                    meta.state,
-                    TxnState::Ongoing | TxnState::PrepareCommit | TxnState::PrepareAbort
-                )
+            .filter(|(_, meta)| match meta.state {
+                TxnState::Ongoing => kind == TxnLog::Own,
+                TxnState::PrepareCommit | TxnState::PrepareAbort => true,
+                _ => false,
             })
             .map(|(id, meta)| (id.clone(), meta.clone()))
             .collect();
@@ -1244,7 +1244,7 @@ mod tests {
         builder.build_into(&mut bytes);
         let log = topics.partition(OFFSETS_TOPIC, 0).unwrap();
         let shared = LocalLog(log.clone());
-        runtime.block_on(shared.append(bytes)).unwrap();
+        runtime.block_on(shared.write_batches(bytes)).unwrap();
 
         // The key: the prefix, then the id; the header marks the record.
         let read = log.read(1, 1 << 20).unwrap();

@@ -5,6 +5,7 @@ coordinator's node.
     confluent_coordinator.py group BOOTSTRAP TOPIC GROUP COUNT
     confluent_coordinator.py txn-open BOOTSTRAP TOPIC TRANSACTIONAL_ID
     confluent_coordinator.py txn-after BOOTSTRAP TOPIC TRANSACTIONAL_ID
+    confluent_coordinator.py txn-across BOOTSTRAP TOPIC TRANSACTIONAL_ID
 
 group: a member of GROUP (subscribed to TOPIC, auto.offset.reset earliest, no auto commit)
 reads COUNT records, commits synchronously, and reads the committed offset back; prints
@@ -15,6 +16,10 @@ as with a crash); prints {"committed": 5}.
 txn-after: a producer of the same transactional id (its init retried for up to 60 s while
 the coordinator moves) commits "a0".."a4"; a read_committed consumer then reads partition
 0 from the start until it is quiet; prints {"values": [values]}.
+txn-across: a transactional producer opens a transaction with "s0".."s4" on partition 0,
+prints {"open": true}, waits for a line on its standard input (the test moves the
+coordinator meanwhile), writes "s5".."s9" and commits; prints {"committed": true} or
+{"committed": false, "error": text}.
 """
 
 import json
@@ -120,6 +125,23 @@ def txn_after(bootstrap, topic, transactional_id):
     return {"values": values}
 
 
+def txn_across(bootstrap, topic, transactional_id):
+    producer = transactional(bootstrap, transactional_id)
+    producer.begin_transaction()
+    for index in range(5):
+        producer.produce(topic, f"s{index}".encode(), partition=0)
+    producer.flush(30)
+    print(json.dumps({"open": True}), flush=True)
+    sys.stdin.readline()
+    try:
+        for index in range(5, 10):
+            producer.produce(topic, f"s{index}".encode(), partition=0)
+        producer.commit_transaction(60)
+        return {"committed": True}
+    except KafkaException as error:
+        return {"committed": False, "error": str(error)}
+
+
 def main():
     mode, bootstrap, topic = sys.argv[1:4]
     if mode == "group":
@@ -129,6 +151,8 @@ def main():
         return
     elif mode == "txn-after":
         result = txn_after(bootstrap, topic, sys.argv[4])
+    elif mode == "txn-across":
+        result = txn_across(bootstrap, topic, sys.argv[4])
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))

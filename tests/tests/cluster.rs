@@ -1287,7 +1287,9 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
     // the same group resumes at record 60 (and the native `wharf group describe` finds the
     // committed offset on the new coordinator), and the transactional id is initialised
     // again and commits, while read_committed shows the first transaction and the new one
-    // and not the open one, which the new coordinator aborted. Before this was built the
+    // and not the one whose producer died, which the new coordinator aborted when the id
+    // was initialised again. A transaction open across the handover, whose producer
+    // stayed up, commits through the new coordinator. Before this was built the
     // lowest-id voter coordinated with the offsets and the transaction log on its disk
     // only: no node took over while node 1 was down, and its lost disk took both along.
     let topic = "coordinated";
@@ -1311,6 +1313,19 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
     let (other, third) = ((lost + 1) % 3, (lost + 2) % 3);
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
     assert_acked_in_order(&written, 0, 100, "before the coordinator is lost");
+    // A transaction open across the handover: its producer stays up and commits after it.
+    let mut across = std::process::Command::new(integration_tests::client_python())
+        .arg(integration_tests::workspace_root().join("tests/clients/confluent_coordinator.py"))
+        .args(["txn-across", &kafka[lost], topic, "tx-across"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start confluent_coordinator.py txn-across");
+    let mut across_out =
+        std::io::BufReader::new(across.stdout.take().expect("the script's stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut across_out, &mut line).expect("read the script");
+    assert_eq!(line.trim(), r#"{"open": true}"#, "{line}");
 
     let first = coordinator_client(&["group", &kafka[lost], topic, "g", "60"]);
     let wanted: Vec<String> = (0..60).map(|index| format!("v{index}")).collect();
@@ -1334,6 +1349,18 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The transaction open across the handover goes on with the new coordinator: its
+    // producer was not fenced (before, a new coordinator aborted every open transaction).
+    std::io::Write::write_all(across.stdin.as_mut().expect("stdin"), b"go\n").expect("write");
+    line.clear();
+    std::io::BufRead::read_line(&mut across_out, &mut line).expect("read the script");
+    assert!(across.wait().expect("wait").success());
+    assert_eq!(
+        line.trim(),
+        r#"{"committed": true}"#,
+        "the transaction open across the handover: {line}"
+    );
 
     let resumed = coordinator_client(&["group", &kafka[other], topic, "g", "40"]);
     let wanted: Vec<String> = (60..100).map(|index| format!("v{index}")).collect();
@@ -1361,10 +1388,15 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
         .filter_map(|value| value.as_str().map(str::to_string))
         .filter(|value| !value.starts_with('v'))
         .collect();
+    let wanted: Vec<String> = ["s0", "s1", "s2", "s3", "s4", "c0", "c1", "c2", "c3", "c4"]
+        .into_iter()
+        .chain(["s5", "s6", "s7", "s8", "s9", "a0", "a1", "a2", "a3", "a4"])
+        .map(str::to_string)
+        .collect();
     assert_eq!(
-        values,
-        ["c0", "c1", "c2", "c3", "c4", "a0", "a1", "a2", "a3", "a4"],
-        "read_committed: the committed transactions, not the one open when node 1 died"
+        values, wanted,
+        "read_committed: the committed transactions in offset order, not the one whose \
+         producer died (aborted when its id was initialised again)"
     );
 }
 

@@ -21,6 +21,10 @@ pub type NodeId = u64;
 /// -1, a native create, an auto-created topic) in a cluster of at least this many nodes;
 /// a smaller cluster gives such a topic 1.
 pub const DEFAULT_FACTOR: u32 = 3;
+/// How an internal topic's name starts (the streams catalog's rule,
+/// `streams::topic::INTERNAL_TOPIC_PREFIX`, which this module may not import; a test in
+/// `core/coordination.rs` keeps the two equal).
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
 
 /// The factor a topic created without one gets in a cluster of `nodes` registered nodes:
 /// [`DEFAULT_FACTOR`] once there are that many, else 1 (two replicas would need both for a
@@ -262,7 +266,7 @@ impl MetadataState {
         | MetadataCommand::AddPartitions { name, .. } = command
         {
             // The coordinators' partition (`__consumer_offsets`) is placed once and kept.
-            if name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX) {
+            if name.starts_with(INTERNAL_TOPIC_PREFIX) {
                 return Err(MetadataError::Invalid(format!(
                     "internal topic {name:?} cannot be deleted or changed"
                 )));
@@ -299,7 +303,7 @@ impl MetadataState {
                 let mut load = placement::Load::of(self);
                 let mut placed: Vec<Replicas> =
                     (0..*partitions).map(|_| load.place(factor)).collect();
-                if name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX) {
+                if name.starts_with(INTERNAL_TOPIC_PREFIX) {
                     // An internal topic (the coordinators' log) is led first by the lowest
                     // node id among its replicas: where a client that knows no better
                     // sends its group calls.

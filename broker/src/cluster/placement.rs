@@ -38,7 +38,7 @@ impl Load {
         let sets = state
             .topics
             .iter()
-            .filter(|(name, _)| !name.starts_with(crate::streams::topic::INTERNAL_TOPIC_PREFIX))
+            .filter(|(name, _)| !name.starts_with(super::metadata::INTERNAL_TOPIC_PREFIX))
             .flat_map(|(_, topic)| topic.partitions.iter())
             .chain(state.queues.values().map(|queue| &queue.placement));
         for set in sets {

@@ -14,7 +14,7 @@
 //!   partition's group leads with its whole log applied: the offset store replays this
 //!   node's copy ([`OffsetStore::serve`](crate::groups::offsets::OffsetStore::serve)), the
 //!   transaction coordinator replays its records and recovers (prepared transactions
-//!   completed, open ones aborted) and serves. It stops as soon as the member no longer
+//!   completed, open ones go on) and serves. It stops as soon as the member no longer
 //!   leads or its term changed: calls are refused (NOT_COORDINATOR) and the clients find the
 //!   new coordinator.
 //! - **Writes** go through the group ([`ReplicatedRecordLog`]): an offset commit or a
@@ -89,7 +89,7 @@ struct ReplicatedRecordLog {
 }
 
 impl RecordLog for ReplicatedRecordLog {
-    fn append(&self, batches: BytesMut) -> LogAppend {
+    fn write_batches(&self, batches: BytesMut) -> LogAppend {
         let replica = self.replica.clone();
         let now_ms = self.clock.now_ms();
         Box::pin(async move {
@@ -305,5 +305,16 @@ impl Broker {
                 tracing::debug!(%error, "cannot place the coordinator's partition yet")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cluster_and_the_catalog_agree_on_internal_topic_names() {
+        assert_eq!(
+            crate::cluster::metadata::INTERNAL_TOPIC_PREFIX,
+            crate::streams::topic::INTERNAL_TOPIC_PREFIX
+        );
     }
 }

@@ -348,7 +348,7 @@ impl OffsetStore {
             })?;
         let mut bytes = BytesMut::new();
         builder.build_into(&mut bytes);
-        writer.append(bytes).await
+        writer.write_batches(bytes).await
     }
 
     /// The committed offset of one partition.
