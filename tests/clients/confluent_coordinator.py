@@ -82,15 +82,19 @@ def transactional(bootstrap, transactional_id):
             time.sleep(0.5)
 
 
+def write(producer, topic, prefix, indexes):
+    """Produces PREFIX0.. (one value per index) to partition 0 of TOPIC."""
+    for index in indexes:
+        producer.produce(topic, f"{prefix}{index}".encode(), partition=0)
+
+
 def txn_open(bootstrap, topic, transactional_id):
     producer = transactional(bootstrap, transactional_id)
     producer.begin_transaction()
-    for index in range(5):
-        producer.produce(topic, f"c{index}".encode(), partition=0)
+    write(producer, topic, "c", range(5))
     producer.commit_transaction(30)
     producer.begin_transaction()
-    for index in range(5):
-        producer.produce(topic, f"o{index}".encode(), partition=0)
+    write(producer, topic, "o", range(5))
     producer.flush(30)
     print(json.dumps({"committed": 5}), flush=True)
     # Dies with the transaction open: no EndTxn, no clean close.
@@ -100,8 +104,7 @@ def txn_open(bootstrap, topic, transactional_id):
 def txn_after(bootstrap, topic, transactional_id):
     producer = transactional(bootstrap, transactional_id)
     producer.begin_transaction()
-    for index in range(5):
-        producer.produce(topic, f"a{index}".encode(), partition=0)
+    write(producer, topic, "a", range(5))
     producer.commit_transaction(30)
     consumer = Consumer(
         {
@@ -128,14 +131,12 @@ def txn_after(bootstrap, topic, transactional_id):
 def txn_across(bootstrap, topic, transactional_id):
     producer = transactional(bootstrap, transactional_id)
     producer.begin_transaction()
-    for index in range(5):
-        producer.produce(topic, f"s{index}".encode(), partition=0)
+    write(producer, topic, "s", range(5))
     producer.flush(30)
     print(json.dumps({"open": True}), flush=True)
     sys.stdin.readline()
     try:
-        for index in range(5, 10):
-            producer.produce(topic, f"s{index}".encode(), partition=0)
+        write(producer, topic, "s", range(5, 10))
         producer.commit_transaction(60)
         return {"committed": True}
     except KafkaException as error:
