@@ -689,6 +689,22 @@ pub fn run_client_script(script: &str, args: &[&str]) -> Output {
     )
 }
 
+/// Runs `tests/clients/<script>` as [`run_client_script`] does and returns the one JSON
+/// document it prints.
+///
+/// # Panics
+/// If the script fails or prints no JSON.
+pub fn run_client_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let output = run_client_script(script, args);
+    assert!(
+        output.status.success(),
+        "{script} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON document")
+}
+
 /// Runs `kcat` (Debian's package, installed by `scripts/test.sh`) with `args` and `stdin`.
 ///
 /// # Panics

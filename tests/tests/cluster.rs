@@ -574,7 +574,7 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     registered(&addresses);
 
     let count = 300;
-    let output = integration_tests::run_client_script(
+    let report = integration_tests::run_client_json(
         "confluent_cluster.py",
         &[
             &kafka[0],
@@ -584,13 +584,6 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
             &count.to_string(),
         ],
     );
-    assert!(
-        output.status.success(),
-        "confluent_cluster.py: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
 
     let brokers: Vec<(u64, String)> = report["brokers"]
         .as_array()
@@ -1062,14 +1055,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
     let run = |queue: &str, count: &str, phase: &[&str]| -> Value {
         let mut args: Vec<&str> = vec![&amqp[0], &amqp[1], &amqp[2], queue, count];
         args.extend_from_slice(phase);
-        let output = integration_tests::run_client_script("pika_cluster.py", &args);
-        assert!(
-            output.status.success(),
-            "pika_cluster.py {phase:?}: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("one JSON document")
+        integration_tests::run_client_json("pika_cluster.py", &args)
     };
 
     let published = run("routed-q", "20", &["publish"]);
@@ -1411,26 +1397,12 @@ fn coordinator_gauge(http: &str) -> Option<i64> {
 
 /// Runs `confluent_coordinator.py` and returns its JSON answer.
 fn coordinator_client(args: &[&str]) -> Value {
-    let output = integration_tests::run_client_script("confluent_coordinator.py", args);
-    assert!(
-        output.status.success(),
-        "confluent_coordinator.py {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON document")
+    integration_tests::run_client_json("confluent_coordinator.py", args)
 }
 
 /// Runs `confluent_replicated.py` and returns its JSON answer.
 fn replicated_client(args: &[&str]) -> Value {
-    let output = integration_tests::run_client_script("confluent_replicated.py", args);
-    assert!(
-        output.status.success(),
-        "confluent_replicated.py {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON document")
+    integration_tests::run_client_json("confluent_replicated.py", args)
 }
 
 /// `(offset, value)` pairs of a client's answer under `key`.
