@@ -782,9 +782,11 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     assert_eq!(everything.records.len(), 2, "{:?}", everything.records);
 
     // The coordinator (node 1) is SIGKILLed with a transaction open on the three
-    // partitions: back, its recovery aborts it, and each abort marker goes through its
-    // partition's group once the node rejoined the cluster (not into node 1's own copies
-    // while it starts), so every partition's last stable offset catches up again.
+    // partitions. Another node takes over from the replicated coordinators' log with the
+    // transaction still open (its producer is not fenced), the producer aborts it there,
+    // and each abort marker goes through its partition's group (node 1, restarted, writes
+    // none into its own copies while it starts), so every partition's last stable offset
+    // catches up again.
     nodes[usize::try_from(victim - 1).expect("index")].restart();
     assert_eq!(
         add_partitions(&mut coordinator, &txn, "spread", &[0, 1, 2]),
@@ -798,6 +800,26 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     }
     nodes[0].kill();
     nodes[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'aborted: loop {
+        // Whichever node coordinates now; the others refuse with NOT_COORDINATOR.
+        for node in &nodes {
+            let mut client = RawClient::connect(node.addr());
+            match end(&mut client, &txn, TxnResult::Abort) {
+                ErrorCode::None => break 'aborted,
+                ErrorCode::NotCoordinator
+                | ErrorCode::ConcurrentTransactions
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::ShuttingDown => {}
+                other => panic!("EndTxn after the coordinator's kill answered {other:?}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node ended the transaction open when the coordinator was killed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for partition in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -823,8 +845,8 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
             }
             assert!(
                 Instant::now() < deadline,
-                "spread-{partition}: the open transaction was not aborted after the \
-                 coordinator's restart: last stable {} of {}, aborted {:?}",
+                "spread-{partition}: the open transaction was not aborted through the new \
+                 coordinator: last stable {} of {}, aborted {:?}",
                 view.last_stable_offset,
                 view.high_watermark,
                 view.aborted
