@@ -229,11 +229,6 @@ impl Routing<'_> {
             None => Some(placed.leader),
         }
     }
-
-    /// Whether this node coordinates groups and transactions now.
-    pub fn coordinates_here(&self) -> bool {
-        self.coordinating
-    }
 }
 
 /// [`Routing::refusal`] over a state, the followed topics and this node's id.

@@ -144,14 +144,6 @@ impl OffsetStore {
         self.lock().clear();
     }
 
-    /// Whether this store serves (see [`OffsetStore::serve`]).
-    pub fn serving(&self) -> bool {
-        self.writer
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .is_some()
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
         self.offsets
             .lock()
