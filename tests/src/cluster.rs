@@ -201,10 +201,11 @@ pub fn native_leaders(broker: &str, topic: &str) -> Vec<i32> {
 /// Waits until every node's metadata lists all of `brokers` (each node registered its
 /// listeners through the metadata log, so placement counts it), then until one of them
 /// coordinates groups (the coordinators' partition is placed before anything the test
-/// places, so placements are the same in every run).
-pub fn registered(brokers: &[String]) {
+/// places, so placements are the same in every run). Returns the index of the node that
+/// coordinates (node 1 as a rule, but another when its first election was lost).
+pub fn registered(brokers: &[String]) -> usize {
     registered_only(brokers);
-    coordinating(brokers);
+    coordinating(brokers)
 }
 
 /// Waits until one of `brokers` answers a native OffsetFetch without NotCoordinator:

@@ -571,7 +571,9 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
     converged(&addresses, 3, "after start");
-    registered(&addresses);
+    // Node 1 as a rule; another node when node 1 lost the coordinators' first election.
+    let coordinator = registered(&addresses);
+    let coordinator_id = u64::try_from(coordinator + 1).expect("a node id");
 
     let count = 300;
     let report = integration_tests::run_client_json(
@@ -740,8 +742,9 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     );
     assert_eq!(http_json(&body)["error"], "not_leader", "{body}");
 
-    // A transaction (coordinated by node 1) takes partitions other nodes lead as well as
-    // its own (their leaders verify its batches and write its markers, issue #21).
+    // A transaction takes partitions other nodes lead as well as its coordinator's own
+    // (their leaders verify its batches and write its markers, issue #21).
+    let mut client = integration_tests::RawClient::connect(nodes[coordinator].addr());
     let Response::InitProducerId(producer) =
         client.call(&Request::InitProducerId(InitProducerIdRequest {
             transactional_id: Some("spanning".to_string()),
@@ -752,7 +755,7 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
     };
     assert_eq!(producer.error, ErrorCode::None, "{producer:?}");
     let add = |partition: usize| {
-        let mut client = integration_tests::RawClient::connect(nodes[0].addr());
+        let mut client = integration_tests::RawClient::connect(nodes[coordinator].addr());
         let Response::AddPartitionsToTxn(added) =
             client.call(&Request::AddPartitionsToTxn(AddPartitionsToTxnRequest {
                 transactional_id: "spanning".to_string(),
@@ -768,17 +771,21 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         };
         added
     };
-    let elsewhere = add(led_elsewhere);
+    let led_away = by_partition
+        .iter()
+        .position(|leader| *leader != coordinator_id)
+        .expect("a partition the coordinator does not lead");
+    let elsewhere = add(led_away);
     assert_eq!(elsewhere.error, ErrorCode::None, "{elsewhere:?}");
     let led_here = by_partition
         .iter()
-        .position(|leader| *leader == 1)
-        .expect("a partition node 1 leads");
+        .position(|leader| *leader == coordinator_id)
+        .expect("a partition the coordinator leads");
     let added = add(led_here);
     assert_eq!(added.error, ErrorCode::None, "{added:?}");
 
-    // Node 1 (the lowest id) coordinates groups: another node refuses a group call, and
-    // the coordinator has the offsets the Kafka group committed.
+    // The coordinator alone answers group calls: another node refuses one, and the
+    // coordinator has the offsets the Kafka group committed.
     let offsets_of = |node: &BrokerProcess| {
         let mut client = integration_tests::RawClient::connect(node.addr());
         let Response::OffsetFetch(offsets) =
@@ -791,9 +798,9 @@ fn kafka_and_native_clients_bootstrapped_on_any_node_reach_each_partitions_leade
         };
         offsets
     };
-    let refused = offsets_of(&nodes[1]);
+    let refused = offsets_of(&nodes[(coordinator + 1) % nodes.len()]);
     assert_eq!(refused.error, ErrorCode::NotCoordinator, "{refused:?}");
-    let committed = offsets_of(&nodes[0]);
+    let committed = offsets_of(&nodes[coordinator]);
     assert_eq!(committed.error, ErrorCode::None, "{committed:?}");
     let mut at: Vec<(u32, i64)> = committed
         .topics

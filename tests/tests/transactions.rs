@@ -606,7 +606,8 @@ fn produce_at_leader(
     }
 }
 
-/// A transaction across three nodes (issue #21): node 1 coordinates it, its three
+/// A transaction across three nodes (issue #21): one node (node 1 as a rule) coordinates
+/// it, its three
 /// replicated partitions are led by the three nodes. Each leader verifies the
 /// transactional batch with the coordinator (a partition not added is refused there); the
 /// leader of one partition is SIGKILLed while the transaction is open, and the commit's
@@ -620,8 +621,10 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     let (_, mut nodes) = integration_tests::cluster::three_nodes(root.path());
     let brokers: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     integration_tests::cluster::converged(&brokers, 3, "three nodes");
-    integration_tests::cluster::registered(&brokers);
-    let mut coordinator = RawClient::connect(nodes[0].addr());
+    // Node 1 as a rule; another node when node 1 lost the coordinators' first election.
+    let coordinating = integration_tests::cluster::registered(&brokers);
+    let coordinator_id = u64::try_from(coordinating + 1).expect("a node id");
+    let mut coordinator = RawClient::connect(nodes[coordinating].addr());
     create(&mut coordinator, "spread", 3);
     create(&mut coordinator, "aside", 3);
     // The groups elect the leaders placement spread (node 1's view names node 1 until
@@ -656,12 +659,14 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     let deadline = Instant::now() + Duration::from_secs(30);
     let elsewhere = loop {
         let aside = leaders_among(&brokers[0], "aside", &[1, 2, 3]);
-        if let Some(partition) = (0..3).find(|partition| aside[*partition as usize] != 1) {
+        if let Some(partition) =
+            (0..3).find(|partition| aside[*partition as usize] != coordinator_id)
+        {
             break partition;
         }
         assert!(
             Instant::now() < deadline,
-            "no partition of aside led away from node 1"
+            "no partition of aside led away from the coordinator"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -686,8 +691,8 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
 
     // Kill the leader of a partition led away from the coordinator, then commit.
     let victim_partition = (0..3)
-        .find(|partition| leaders[*partition as usize] != 1)
-        .expect("a partition led away from node 1");
+        .find(|partition| leaders[*partition as usize] != coordinator_id)
+        .expect("a partition led away from the coordinator");
     let victim = leaders[victim_partition as usize];
     nodes[usize::try_from(victim - 1).expect("index")].kill();
     let alive: Vec<u64> = (1..=3).filter(|node| *node != victim).collect();
@@ -781,10 +786,10 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     );
     assert_eq!(everything.records.len(), 2, "{:?}", everything.records);
 
-    // The coordinator (node 1) is SIGKILLed with a transaction open on the three
-    // partitions. Another node takes over from the replicated coordinators' log with the
+    // The coordinator is SIGKILLed with a transaction open on the three partitions.
+    // Another node takes over from the replicated coordinators' log with the
     // transaction still open (its producer is not fenced), the producer aborts it there,
-    // and each abort marker goes through its partition's group (node 1, restarted, writes
+    // and each abort marker goes through its partition's group (the old one, restarted, writes
     // none into its own copies while it starts), so every partition's last stable offset
     // catches up again.
     nodes[usize::try_from(victim - 1).expect("index")].restart();
@@ -798,8 +803,8 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
         let error = produce_at_leader(&nodes, "spread", partition, &batch);
         assert_eq!(error, ErrorCode::None, "spread-{partition}, open");
     }
-    nodes[0].kill();
-    nodes[0].restart();
+    nodes[coordinating].kill();
+    nodes[coordinating].restart();
     let deadline = Instant::now() + Duration::from_secs(60);
     'aborted: loop {
         // Whichever node coordinates now; the others refuse with NOT_COORDINATOR.
@@ -823,7 +828,7 @@ fn a_transaction_spans_replicated_partitions_of_three_nodes_and_a_leader_kill() 
     for partition in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let leaders = leaders_among(&brokers[1], "spread", &[1, 2, 3]);
+            let leaders = leaders_among(&brokers[(coordinating + 1) % 3], "spread", &[1, 2, 3]);
             let mut client = RawClient::connect(nodes[leader_of(&leaders, partition)].addr());
             let Ok(view) = try_fetch(&mut client, "spread", partition, Isolation::ReadCommitted)
             else {
