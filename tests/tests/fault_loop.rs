@@ -27,8 +27,8 @@
 //!
 //! In the loop on 127.0.0.1 a transactional confluent-kafka producer also runs transactions
 //! of four records over both partitions of a topic of its own (RF 3), committing two in
-//! three and aborting the rest, while node 1 (which coordinates them) is faulted like any
-//! other; the checker reads that topic with read_committed and verifies that every
+//! three and aborting the rest, while the node that coordinates them (the leader of
+//! `__consumer_offsets`-0, which moves with the faults) is faulted like any other; the checker reads that topic with read_committed and verifies that every
 //! committed transaction is there whole, no aborted record is visible, and a transaction
 //! whose producer failed while ending it is whole or absent.
 
@@ -1126,8 +1126,8 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         );
         (publisher, consumer)
     });
-    // The transactional producer, on a topic of its own (node 1 coordinates its
-    // transactions; the faults hit it as any other node).
+    // The transactional producer, on a topic of its own (its coordinator is the leader of
+    // the coordinators' partition; the faults hit that node as any other).
     let txn_outcomes = root.path().join("txn-outcomes.txt");
     let txn_client = settings.transactions.then(|| {
         Background::start(
