@@ -449,6 +449,7 @@ from_response! {
     CreateAcls => AclAdminResponse,
     DescribeCluster => DescribeClusterResponse,
     DescribeReplicas => DescribeReplicasResponse,
+    Rebalance => RebalanceResponse,
 }
 
 /// One body type answers DescribeAcls and DeleteAcls (issue #18).

@@ -1,4 +1,4 @@
-//! The cluster calls on [`Admin`] (issues #20 and #21): DescribeCluster, AddNode,
+//! The cluster calls on [`Admin`] (issues #20 and #21): DescribeCluster, AddNode, Rebalance,
 //! RemoveNode and DescribeReplicas.
 
 use wharf_protocol::messages::*;
@@ -165,6 +165,22 @@ impl Admin {
             )
             .await?;
         check_code(response.error, response.error_message)
+    }
+
+    /// Rebalances the cluster's replicas (`start`; without it, only asks): answers the
+    /// moves of replicated partitions and queues under way after it, each with the nodes
+    /// its group runs on and the nodes it moves to.
+    ///
+    /// # Errors
+    /// [`crate::Error::Server`] with `Unauthorized` or `NoClusterLeader`, or a connection
+    /// error.
+    pub async fn rebalance(&self, start: bool) -> Result<Vec<ReplicaMoveEntry>> {
+        let response: RebalanceResponse = self
+            .client
+            .call_unchecked(Target::Any, Request::Rebalance(RebalanceRequest { start }))
+            .await?;
+        check_code(response.error, response.error_message)?;
+        Ok(response.moves)
     }
 
     /// Removes node `node_id` from the cluster.

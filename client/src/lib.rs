@@ -93,7 +93,7 @@ pub use subscriber::{Delivery, Requeue, Subscriber, PREFETCH_MAX};
 pub use tls::{ClientCertificate, Tls};
 
 pub use wharf_protocol::messages::{
-    Acks, AclEntry, AclFilterRequest, ConfigSource, Isolation, TxnResult,
+    Acks, AclEntry, AclFilterRequest, ConfigSource, Isolation, ReplicaMoveEntry, TxnResult,
 };
 pub use wharf_protocol::sasl::ScramMechanism;
 pub use wharf_protocol::{ErrorCode, Header};

@@ -89,12 +89,14 @@ wire_enum! {
         RemoveNode = 57,
         /// A topic's replicas and their lag (issue #21).
         DescribeReplicas = 58,
+        /// Moves replicas onto the nodes holding fewest (issue #20).
+        Rebalance = 59,
     }
 }
 
 /// Every api with the versions this build speaks. Subscribe v1 asks for deliveries as
 /// `DeliverBatch` pushes; v0 gets one `Deliver` push per message.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 53] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 54] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -148,6 +150,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 53] = [
     (ApiKey::AddNode, 0, 0),
     (ApiKey::RemoveNode, 0, 0),
     (ApiKey::DescribeReplicas, 0, 0),
+    (ApiKey::Rebalance, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -331,6 +334,7 @@ api_enums! {
     AddNode => AddNodeRequest, StreamAdminResponse;
     RemoveNode => RemoveNodeRequest, StreamAdminResponse;
     DescribeReplicas => DescribeReplicasRequest, DescribeReplicasResponse;
+    Rebalance => RebalanceRequest, RebalanceResponse;
 }
 
 /// The version this build sends `api_key` at: the newest it speaks (0 for a push).

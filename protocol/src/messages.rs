@@ -1439,3 +1439,35 @@ wire_struct! {
         pub partitions: Vec<ReplicaPartitionEntry>,
     }
 }
+
+wire_struct! {
+    /// Rebalance: with `start`, moves replicated partitions and queues onto the nodes
+    /// holding fewest replicas (`wharf cluster rebalance`); without, only lists the moves
+    /// under way.
+    pub struct RebalanceRequest {
+        pub start: bool,
+    }
+}
+
+wire_struct! {
+    /// One replicated partition or queue being moved.
+    pub struct ReplicaMoveEntry {
+        /// The topic's or the queue's name.
+        pub name: String,
+        /// The partition; -1 for a queue.
+        pub partition: i64,
+        /// The nodes its group runs on.
+        pub from: Vec<u64>,
+        /// The nodes it moves to.
+        pub to: Vec<u64>,
+    }
+}
+
+wire_struct! {
+    /// Rebalance answer: the moves under way once the request was applied.
+    pub struct RebalanceResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub moves: Vec<ReplicaMoveEntry>,
+    }
+}

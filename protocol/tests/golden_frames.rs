@@ -34,7 +34,8 @@ use wharf_protocol::messages::{
 };
 use wharf_protocol::messages::{DeliverBatchPush, DeliveryMark, SubscribeRequest};
 use wharf_protocol::messages::{
-    DescribeReplicasRequest, DescribeReplicasResponse, ReplicaFollowerEntry, ReplicaPartitionEntry,
+    DescribeReplicasRequest, DescribeReplicasResponse, RebalanceRequest, RebalanceResponse,
+    ReplicaFollowerEntry, ReplicaMoveEntry, ReplicaPartitionEntry,
 };
 use wharf_protocol::messages::{
     SaslAuthenticateResponse, SaslHandshakeRequest, ScramCredentialUpsert, UserCredentialsRequest,
@@ -1334,6 +1335,60 @@ fn golden_add_node_and_remove_node_requests_and_a_refusal() {
         // ---- StreamAdminResponse body, 6 bytes ----
         0x00, 0x30,             //     error u16 = 48 (MembershipRefused)
         0x00, 0x02, b'n', b'o', //     error_message nullable string = "no"
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_rebalance_request_and_response() {
+    let request = Request::Rebalance(RebalanceRequest { start: true });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x09, // @0  length u32 = 9 (8 header bytes + 1 body byte)
+        0x00, 0x3b,             // @4  api_key u16 = 59 (Rebalance)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x08, // @8  correlation_id u32 = 8
+        // ---- RebalanceRequest body, 1 byte ----
+        0x01,                   //     start bool = true
+    ];
+    check_request(&request, 8, &golden);
+
+    let response = Response::Rebalance(RebalanceResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        moves: vec![ReplicaMoveEntry {
+            name: "t".to_string(),
+            partition: 2,
+            from: vec![1, 3],
+            to: vec![1, 4],
+        }],
+    });
+    let header = FrameHeader {
+        api_key: ApiKey::Rebalance.code(),
+        api_version: 0,
+        correlation_id: 8,
+    };
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x43, // @0  length u32 = 67 (8 header bytes + 59 body bytes)
+        0x00, 0x3b,             // @4  api_key u16 = 59 (Rebalance), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x08, // @8  correlation_id u32 = 8, echoed
+        // ---- RebalanceResponse body, 59 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null
+        0x00, 0x00, 0x00, 0x01, //     moves array count u32 = 1
+        // moves[0]: ReplicaMoveEntry, 51 bytes
+        0x00, 0x01, b't',       //     name string = "t"
+        0, 0, 0, 0, 0, 0, 0, 2, //     partition i64 = 2 (-1: a queue)
+        0x00, 0x00, 0x00, 0x02, //     from array count u32 = 2
+        0, 0, 0, 0, 0, 0, 0, 1, //     from[0] u64 = 1
+        0, 0, 0, 0, 0, 0, 0, 3, //     from[1] u64 = 3
+        0x00, 0x00, 0x00, 0x02, //     to array count u32 = 2
+        0, 0, 0, 0, 0, 0, 0, 1, //     to[0] u64 = 1
+        0, 0, 0, 0, 0, 0, 0, 4, //     to[1] u64 = 4
     ];
     check_response(&response, header, &golden);
 }

@@ -2,15 +2,15 @@
 (librdkafka), issue #21.
 
     confluent_replicated.py create BOOTSTRAP TOPIC
-    confluent_replicated.py produce BOOTSTRAP TOPIC START COUNT
+    confluent_replicated.py produce BOOTSTRAP TOPIC START COUNT [PAUSE_MS]
     confluent_replicated.py consume BOOTSTRAP TOPIC COUNT
 
 create: makes TOPIC, one partition with the broker's default replication factor (none
 asked for: Kafka's -1), and waits until BOOTSTRAP's metadata lists it with three replicas
 (the default of a cluster of three); prints {"leader": id, "replicas": [ids]}.
 produce: an idempotent acks=all producer writes values "vSTART" .. "v(START+COUNT-1)" in
-order; it retries through a failover (message.timeout.ms 60 s); prints {"acked": [[offset,
-value], ...], "failed": [errors]} in delivery order.
+order, PAUSE_MS (default 0) apart; it retries through a failover (message.timeout.ms 60 s);
+prints {"acked": [[offset, value], ...], "failed": [errors]} in delivery order.
 consume: reads the partition from the earliest offset until COUNT records or 60 s; prints
 {"read": [[offset, value], ...], "epochs": [leader epoch of each record], "leader": id}.
 """
@@ -43,7 +43,7 @@ def create(bootstrap, topic):
         time.sleep(0.2)
 
 
-def produce(bootstrap, topic, start, count):
+def produce(bootstrap, topic, start, count, pause_ms=0):
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -65,6 +65,8 @@ def produce(bootstrap, topic, start, count):
     for index in range(start, start + count):
         producer.produce(topic, value=f"v{index}".encode(), partition=0, on_delivery=delivered)
         producer.poll(0)
+        if pause_ms:
+            time.sleep(pause_ms / 1000.0)
     left = producer.flush(90)
     if left:
         failed.append(f"{left} records not delivered")
@@ -101,7 +103,8 @@ def main():
     if mode == "create":
         result = create(bootstrap, topic)
     elif mode == "produce":
-        result = produce(bootstrap, topic, int(sys.argv[4]), int(sys.argv[5]))
+        pause_ms = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        result = produce(bootstrap, topic, int(sys.argv[4]), int(sys.argv[5]), pause_ms)
     elif mode == "consume":
         result = consume(bootstrap, topic, int(sys.argv[4]))
     else:

@@ -2030,3 +2030,138 @@ fn factors_asked_through_the_cli_and_http_are_placed(addresses: &[String], http:
         "{listed}"
     );
 }
+
+#[test]
+fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers_write() {
+    // Goal: issue #20's `wharf cluster rebalance`, which "moves replicas with no downtime
+    // when nodes are added". Method: four one-partition topics are replicated on nodes 1–3
+    // (200 records each); node 4 joins empty. While an idempotent librdkafka producer
+    // writes 300 more records to every topic, 10 ms apart, `wharf cluster rebalance` moves
+    // three replicas onto node 4 (four sets of three on four nodes) and waits until each
+    // group's leader added node 4, let it catch up and changed the voters. Every record is
+    // acknowledged once and in order through the move. Then node 4 is shown to hold a
+    // moved partition whole: one other replica of it is killed, 50 records are
+    // acknowledged by node 4 and the third, the third is killed and the first restarted —
+    // only node 4 has those 50, so it must lead, and a read through it returns all 550.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (peers, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let topics = ["moving-a", "moving-b", "moving-c", "moving-d"];
+    for topic in topics {
+        let placed = replicated_client(&["create", &kafka[0], topic]);
+        assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
+        let written = replicated_client(&["produce", &kafka[0], topic, "0", "200"]);
+        assert_acked_in_order(&written, 0, 200, &format!("{topic} before the move"));
+    }
+
+    let port4 = free_port();
+    let fourth = start_node(
+        &root.path().join("node-4"),
+        4,
+        &format!("{peers},4@127.0.0.1:{port4}"),
+    );
+    let added = wharf(
+        &addresses[0],
+        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
+        "",
+    );
+    assert!(
+        added.status.success(),
+        "add-node failed: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut four = addresses.clone();
+    four.push(fourth.address());
+    converged(&four, 4, "after add-node");
+    integration_tests::cluster::registered_only(&four);
+    nodes.push(fourth);
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+
+    let producers: Vec<_> = topics
+        .iter()
+        .map(|topic| {
+            let bootstrap = kafka[..3].join(",");
+            let topic = (*topic).to_string();
+            std::thread::spawn(move || {
+                replicated_client(&["produce", &bootstrap, &topic, "200", "300", "10"])
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rebalanced = wharf(&addresses[1], &["--json", "cluster", "rebalance"], "");
+    assert!(
+        rebalanced.status.success(),
+        "wharf cluster rebalance failed: {}",
+        String::from_utf8_lossy(&rebalanced.stderr)
+    );
+    let report: Value = serde_json::from_slice(&rebalanced.stdout).expect("JSON");
+    assert_eq!(report["done"], true, "{report}");
+    let moves = report["moves"].as_array().expect("moves").clone();
+    assert_eq!(moves.len(), 3, "three replicas move to node 4: {report}");
+    for (topic, producer) in topics.iter().zip(producers) {
+        let written = producer.join().expect("the producer thread");
+        assert_acked_in_order(&written, 200, 300, &format!("{topic} during the move"));
+    }
+
+    // Each moved topic now runs on the nodes it moved to, node 4 among them, in sync.
+    let ids = |value: &Value| -> Vec<u64> {
+        let mut ids: Vec<u64> = value
+            .as_array()
+            .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    };
+    for moved in &moves {
+        let topic = moved["name"].as_str().expect("a topic");
+        let to = ids(&moved["to"]);
+        assert!(to.contains(&4), "{moved}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let partition = described(&addresses[0], topic)["partitions"][0].clone();
+            if ids(&partition["replicas"]) == to && ids(&partition["in_sync"]) == to {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} did not settle on {to:?}: {partition}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Again: nothing is left to move.
+    let again = wharf(&addresses[2], &["--json", "cluster", "rebalance"], "");
+    let again: Value = serde_json::from_slice(&again.stdout).expect("JSON");
+    assert_eq!(again["moves"], serde_json::json!([]), "{again}");
+
+    // Node 4 holds a moved partition whole.
+    let moved = &moves[0];
+    let topic = moved["name"].as_str().expect("a topic");
+    let others: Vec<usize> = ids(&moved["to"])
+        .into_iter()
+        .filter(|id| *id != 4)
+        .map(|id| usize::try_from(id - 1).expect("an index"))
+        .collect();
+    let (first, second) = (others[0], others[1]);
+    nodes[first].kill();
+    let written = replicated_client(&["produce", &kafka[second], topic, "500", "50"]);
+    assert_acked_in_order(&written, 500, 50, "acknowledged by node 4 and one other");
+    nodes[second].kill();
+    nodes[first].restart();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let read = replicated_client(&["consume", &kafka[3], topic, "550"]);
+    assert_eq!(
+        read["leader"].as_u64(),
+        Some(4),
+        "only node 4 has the last 50 records: it must lead: {read}"
+    );
+    let wanted: Vec<(u64, String)> = (0..550).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted,
+        "every acknowledged record, from the node the partition moved to"
+    );
+}

@@ -54,6 +54,51 @@ pub struct Replicas {
     pub replicas: Vec<NodeId>,
     /// The node that leads it now.
     pub leader: NodeId,
+    /// A replicated set being moved (`wharf cluster rebalance`, a node's removal): the
+    /// nodes its group moves to. Its leader adds each new one as a learner, waits until it
+    /// caught up, changes the group's voters, then records [`MetadataCommand::ReplicasMoved`].
+    /// Until then `replicas` is where it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<Vec<NodeId>>,
+    /// How many moves the set has completed. A group whose voters changed is initialized
+    /// by none of its members: only the first `replicas` of a set never moved may write the
+    /// group's first membership ([`Replicas::initializes`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moves: u32,
+}
+
+impl Replicas {
+    /// A set of `replicas` led by the first, never moved.
+    pub fn new(replicas: Vec<NodeId>) -> Replicas {
+        Replicas {
+            leader: replicas.first().copied().unwrap_or(1),
+            replicas,
+            moving_to: None,
+            moves: 0,
+        }
+    }
+
+    /// Whether `node` holds (or is taking) a member of the set's replicated log.
+    pub fn hosts(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node)
+            || self
+                .moving_to
+                .as_ref()
+                .is_some_and(|target| target.contains(&node))
+    }
+
+    /// Whether `node` starts the group with the first membership (`replicas`): only a
+    /// first replica of a set that never moved. A node taking a replica in a move starts
+    /// empty and is brought in by the group's leader; writing a first membership of its own
+    /// would give it a log whose first entry differs from the group's.
+    pub fn initializes(&self, node: NodeId) -> bool {
+        self.moves == 0 && self.replicas.contains(&node)
+    }
+}
+
+/// Serde's test for leaving out a zero count.
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// A topic's cluster-wide definition.
@@ -113,7 +158,9 @@ pub fn is_builtin_exchange(name: &str) -> bool {
 pub enum MetadataCommand {
     /// Records (or updates) a node's addresses; the node takes replicas from then on.
     RegisterNode { node_id: NodeId, info: NodeInfo },
-    /// Forgets a node; its replicas move to the others (as [`MetadataCommand::Rebalance`]).
+    /// Forgets a node; its replicas move to the others (as [`MetadataCommand::Rebalance`];
+    /// an unreplicated partition or queue it held is placed again, empty: its data was on
+    /// that node's disk).
     RemoveNode { node_id: NodeId },
     /// Creates a topic, placing `replication_factor` replicas of each partition (0: the
     /// cluster's default, [`DEFAULT_FACTOR`] once it has that many nodes, else 1).
@@ -174,8 +221,19 @@ pub enum MetadataCommand {
     Bind(BindingMeta),
     /// Removes a binding.
     Unbind(BindingMeta),
-    /// Moves replicas so every node holds a fair share, and leaders to preferred replicas.
+    /// Moves replicas so every node holds a fair share (`wharf cluster rebalance`): each
+    /// replicated set whose nodes change gets a `moving_to`, which its group's leader
+    /// carries out. Unreplicated sets on registered nodes stay (their data is on one disk);
+    /// internal topics stay. Answers `Moves` with the sets moving after it.
     Rebalance,
+    /// Records that the replicated log of partition `partition` of topic `name` (of queue
+    /// `name` when `partition` is `None`) runs on `replicas` now: its leader changed the
+    /// group's voters to the set's `moving_to`. Refused unless that move is under way.
+    ReplicasMoved {
+        name: String,
+        partition: Option<u32>,
+        replicas: Vec<NodeId>,
+    },
     /// Reserves `count` producer ids for node `node_id` (issue #21): a block from `from` or
     /// from the end of the node's last reservation, whichever is higher. The cluster
     /// remembers each node's reservations, so a node that lost its disk never hands out an
@@ -224,8 +282,23 @@ pub enum MetadataResult {
     Previous(Option<u64>),
     /// Producer ids reserved: `start..end`.
     ProducerIds { start: i64, end: i64 },
+    /// The replica moves under way after a rebalance.
+    Moves(Vec<ReplicaMove>),
     /// Nothing changed, for this reason.
     Refused(MetadataError),
+}
+
+/// A replicated set being moved (see [`Replicas::moving_to`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    /// The topic's or the queue's name.
+    pub name: String,
+    /// The partition; `None` for a queue.
+    pub partition: Option<u32>,
+    /// Where the group runs.
+    pub from: Vec<NodeId>,
+    /// Where it moves.
+    pub to: Vec<NodeId>,
 }
 
 /// Every cluster-wide definition.
@@ -281,7 +354,7 @@ impl MetadataState {
                 if self.nodes.remove(node_id).is_none() {
                     return Err(MetadataError::UnknownNode(*node_id));
                 }
-                self.rebalance();
+                self.rebalance(true);
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::CreateTopic {
@@ -400,7 +473,7 @@ impl MetadataState {
                             "topic {name:?} has no partition {partition}"
                         ))
                     })?;
-                if !set.replicas.contains(leader) {
+                if !set.hosts(*leader) {
                     return Err(MetadataError::Invalid(format!(
                         "node {leader} holds no replica of {name}-{partition}"
                     )));
@@ -436,7 +509,7 @@ impl MetadataState {
                     .get_mut(name)
                     .ok_or_else(|| MetadataError::UnknownQueue(name.clone()))?
                     .placement;
-                if !placement.replicas.contains(leader) {
+                if !placement.hosts(*leader) {
                     return Err(MetadataError::Invalid(format!(
                         "node {leader} holds no replica of queue {name:?}"
                     )));
@@ -499,7 +572,29 @@ impl MetadataState {
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::Rebalance => {
-                self.rebalance();
+                self.rebalance(false);
+                Ok(MetadataResult::Moves(self.moves()))
+            }
+            MetadataCommand::ReplicasMoved {
+                name,
+                partition,
+                replicas,
+            } => {
+                let set = match partition {
+                    Some(partition) => self
+                        .topics
+                        .get_mut(name)
+                        .and_then(|topic| topic.partitions.get_mut(*partition as usize)),
+                    None => self.queues.get_mut(name).map(|queue| &mut queue.placement),
+                };
+                let Some(set) = set.filter(|set| set.moving_to.as_ref() == Some(replicas)) else {
+                    return Err(MetadataError::Invalid(format!(
+                        "no move of {name} {partition:?} to {replicas:?} is under way"
+                    )));
+                };
+                set.replicas = replicas.clone();
+                set.moving_to = None;
+                set.moves += 1;
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::ReserveProducerIds {
@@ -542,15 +637,86 @@ impl MetadataState {
         }
     }
 
-    fn rebalance(&mut self) {
+    /// Plans where every set goes ([`placement::rebalance`]) and applies the plan: a
+    /// replicated set whose nodes change gets a `moving_to` (its group's leader moves it;
+    /// its `replicas` and elected leader stay until then), an unreplicated one on a node
+    /// that is gone is placed again at once. Unreplicated sets on registered nodes are left
+    /// out (their data cannot follow them), and so are internal topics unless a node was
+    /// removed (they are led first by the lowest id; only a lost replica is replaced).
+    fn rebalance(&mut self, node_removed: bool) {
         let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let mut all: Vec<&mut Replicas> = self
+        let registered = self.nodes.clone();
+        let mut sets: Vec<&mut Replicas> = self
             .topics
-            .values_mut()
-            .flat_map(|topic| topic.partitions.iter_mut())
+            .iter_mut()
+            .filter(|(name, _)| node_removed || !name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .flat_map(|(_, topic)| topic.partitions.iter_mut())
             .chain(self.queues.values_mut().map(|queue| &mut queue.placement))
+            .filter(|set| {
+                set.replicas.len() >= 2
+                    || set.replicas.iter().any(|id| !registered.contains_key(id))
+            })
             .collect();
-        placement::rebalance(&nodes, &mut all);
+        // Plan from where each set is going (a move under way counts as done).
+        let mut plans: Vec<Replicas> = sets
+            .iter()
+            .map(|set| {
+                let mut plan = (**set).clone();
+                if let Some(target) = plan.moving_to.take() {
+                    plan.replicas = target;
+                }
+                plan
+            })
+            .collect();
+        let mut planned: Vec<&mut Replicas> = plans.iter_mut().collect();
+        placement::rebalance(&nodes, &mut planned);
+        for (set, plan) in sets.iter_mut().zip(plans) {
+            if set.replicas.len() < 2 {
+                // Unreplicated: nothing to copy; it goes where the plan puts it.
+                set.replicas = plan.replicas;
+                set.leader = plan.leader;
+                continue;
+            }
+            let mut now: Vec<NodeId> = set.replicas.clone();
+            now.sort_unstable();
+            let mut then: Vec<NodeId> = plan.replicas.clone();
+            then.sort_unstable();
+            if now == then {
+                // Staying (or back where it runs): the plan's order names the preferred
+                // leader; the elected one stays.
+                set.replicas = plan.replicas;
+                set.moving_to = None;
+            } else {
+                set.moving_to = Some(plan.replicas);
+            }
+        }
+    }
+
+    /// Every replicated set being moved, partitions by topic then queues.
+    pub fn moves(&self) -> Vec<ReplicaMove> {
+        let partitions = self.topics.iter().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .filter_map(move |(index, set)| {
+                    Some(ReplicaMove {
+                        name: name.clone(),
+                        partition: Some(u32::try_from(index).ok()?),
+                        from: set.replicas.clone(),
+                        to: set.moving_to.clone()?,
+                    })
+                })
+        });
+        let queues = self.queues.iter().filter_map(|(name, queue)| {
+            Some(ReplicaMove {
+                name: name.clone(),
+                partition: None,
+                from: queue.placement.replicas.clone(),
+                to: queue.placement.moving_to.clone()?,
+            })
+        });
+        partitions.chain(queues).collect()
     }
 
     /// Every replica set, topics' partitions then queues, for checks and status.
@@ -913,12 +1079,109 @@ mod tests {
     fn removing_a_node_moves_its_replicas_to_the_others() {
         let mut state = three_nodes();
         state.apply(&create("t", 9, 2));
+        state.apply(&create("one", 3, 1));
+        let before = state.clone();
         state.apply(&MetadataCommand::RemoveNode { node_id: 3 });
-        for replicas in state.replica_sets() {
-            assert!(!replicas.replicas.contains(&3), "{replicas:?}");
-            assert!(replicas.replicas.contains(&replicas.leader));
-            assert_eq!(replicas.replicas.len(), 2);
+        // An unreplicated partition on the removed node is placed again at once (its data
+        // went with the node); the others stay.
+        for (at, set) in state.topics["one"].partitions.iter().enumerate() {
+            let was = &before.topics["one"].partitions[at];
+            if was.replicas == vec![3] {
+                assert_ne!(set.replicas, vec![3]);
+                assert_eq!(set.leader, set.replicas[0]);
+            } else {
+                assert_eq!(set, was);
+            }
         }
+        // A replicated set holding a replica there runs where it was until its group's
+        // leader moved it to the set's `moving_to`; the others do not move.
+        let moves = state.moves();
+        assert!(!moves.is_empty());
+        for moved in &moves {
+            assert!(moved.from.contains(&3), "{moved:?}");
+            assert!(!moved.to.contains(&3), "{moved:?}");
+            assert_eq!(moved.to.len(), 2);
+            assert_eq!(
+                state.apply(&MetadataCommand::ReplicasMoved {
+                    name: moved.name.clone(),
+                    partition: moved.partition,
+                    replicas: moved.to.clone(),
+                }),
+                MetadataResult::Done
+            );
+        }
+        for (at, set) in state.topics["t"].partitions.iter().enumerate() {
+            assert!(!set.replicas.contains(&3), "{set:?}");
+            assert_eq!(set.replicas.len(), 2);
+            let was = &before.topics["t"].partitions[at];
+            assert_eq!(set.moves, u32::from(was.replicas.contains(&3)));
+            // Only the first replicas of a set that never moved initialize its group.
+            for node in 1..=3 {
+                assert_eq!(
+                    set.initializes(node),
+                    set.moves == 0 && set.replicas.contains(&node)
+                );
+            }
+        }
+        // A move that is not under way (again, or elsewhere) is refused.
+        let again = &moves[0];
+        assert!(matches!(
+            state.apply(&MetadataCommand::ReplicasMoved {
+                name: again.name.clone(),
+                partition: again.partition,
+                replicas: again.to.clone(),
+            }),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_rebalance_moves_replicated_sets_onto_a_new_node_through_their_groups() {
+        let mut state = three_nodes();
+        state.apply(&create("t", 4, 3));
+        state.apply(&create("one", 4, 1));
+        state.apply(&MetadataCommand::RegisterNode {
+            node_id: 4,
+            info: node(7004),
+        });
+        let before = state.clone();
+        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
+            panic!("a rebalance answers its moves")
+        };
+        // Four sets of three on four nodes: three replicas move to node 4; nothing else
+        // changes until the groups moved (unreplicated partitions never move: their data
+        // is on one disk).
+        assert_eq!(moves.len(), 3, "{moves:?}");
+        assert!(moves.iter().all(|moved| moved.to.contains(&4)));
+        assert_eq!(before.topics["one"], state.topics["one"]);
+        for (at, set) in state.topics["t"].partitions.iter().enumerate() {
+            let sorted = |replicas: &[NodeId]| {
+                let mut sorted = replicas.to_vec();
+                sorted.sort_unstable();
+                sorted
+            };
+            let was = &before.topics["t"].partitions[at];
+            assert_eq!(sorted(&set.replicas), sorted(&was.replicas));
+            assert_eq!(set.leader, was.leader);
+            // Node 4 hosts a member of each moving set (it starts it empty, not
+            // initializing), and may be recorded as its leader once elected.
+            assert_eq!(set.hosts(4), set.moving_to.is_some());
+            assert!(!set.initializes(4));
+        }
+        // Asked again, the same plan: nothing new moves.
+        assert_eq!(
+            state.apply(&MetadataCommand::Rebalance),
+            MetadataResult::Moves(moves.clone())
+        );
+        let moving = moves[0].partition.expect("a partition");
+        assert_eq!(
+            state.apply(&MetadataCommand::SetPartitionLeader {
+                name: "t".to_string(),
+                partition: moving,
+                leader: 4,
+            }),
+            MetadataResult::Done
+        );
     }
 
     #[test]

@@ -890,6 +890,96 @@ impl Replica {
         )
     }
 
+    /// The voters of the group's membership as this member knows it (both sides of a
+    /// joint configuration while a change is under way).
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Moves the group onto `voters` (node id → internal address), on its leader: each node
+    /// that is not a voter yet is added as a learner and given until `catch_up` to have
+    /// every entry the leader had when it was added, then the voters become `voters`
+    /// (openraft's joint consensus; a voter left out is removed from the group). Done again
+    /// after a failure it picks up where it stopped: a node already voting is not added
+    /// again, and a change to the voters the group has changes nothing.
+    ///
+    /// # Errors
+    /// `NotLeader` on a member that does not lead; `TimedOut` when a new node did not catch
+    /// up in time (it stays a learner; the voters are unchanged); `Stopped` for openraft's
+    /// refusal of the change.
+    pub async fn move_to(
+        &self,
+        voters: BTreeMap<NodeId, String>,
+        catch_up: Duration,
+    ) -> std::result::Result<(), ReplicaError> {
+        let node_id = self.node_id;
+        let refused = |error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                ReplicaError::NotLeader {
+                    leader: forward.leader_id.filter(|&leader| leader != node_id),
+                }
+            }
+            other => ReplicaError::Stopped(other.to_string()),
+        };
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let current = self.voters();
+        for (id, addr) in voters.iter().filter(|(id, _)| !current.contains(id)) {
+            let added = self
+                .raft
+                .add_learner(*id, BasicNode { addr: addr.clone() }, false)
+                .await
+                .map_err(refused)?;
+            // Caught up: the learner matched the leader's log as it was once it was added.
+            let wanted = self
+                .raft
+                .metrics()
+                .borrow()
+                .last_log_index
+                .unwrap_or(added.log_id.index);
+            let learner = *id;
+            let waited = self
+                .raft
+                .wait(Some(catch_up))
+                .metrics(
+                    move |metrics| {
+                        metrics
+                            .replication
+                            .as_ref()
+                            .and_then(|replication| replication.get(&learner))
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|matched| matched.index >= wanted)
+                    },
+                    "a new replica caught up",
+                )
+                .await;
+            if waited.is_err() {
+                return Err(ReplicaError::TimedOut(format!(
+                    "node {learner} did not catch up with group {} within {} ms",
+                    self.group,
+                    catch_up.as_millis()
+                )));
+            }
+        }
+        let wanted: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
+        if self.voters() != wanted {
+            self.raft
+                .change_membership(wanted, false)
+                .await
+                .map_err(refused)?;
+        }
+        Ok(())
+    }
+
     /// The applied state's position on this node.
     pub fn position(&self) -> i64 {
         self.applier.position()

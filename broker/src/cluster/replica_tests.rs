@@ -413,3 +413,87 @@ fn a_group_with_no_majority_acknowledges_nothing() {
         }
     });
 }
+
+/// A group moves from nodes {1, 2, 3} to {leader, other follower, 4} (`wharf cluster
+/// rebalance`): node 4 starts empty without initializing, its leader adds it as a learner,
+/// it catches up past the purged log from a snapshot's records, and the voters change. The
+/// group then commits with node 4 and without the removed follower (which could no longer
+/// form a majority with anyone), and doing the move again changes nothing.
+#[test]
+fn a_group_moves_onto_a_new_node_that_catches_up_before_it_votes() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3 {
+            nodes.insert(id, start(id, SimFs::new(), Arc::default(), &net).await);
+        }
+        let members: BTreeMap<NodeId, String> =
+            (1..=3).map(|id| (id, format!("node-{id}"))).collect();
+        nodes[&1]
+            .replica
+            .initialize(members)
+            .await
+            .expect("initialize");
+        let first = values("a", 40);
+        write_all(&nodes, &first).await;
+        let mut expected: Vec<Bytes> = first.iter().cloned().map(Bytes::from).collect();
+        converge(&nodes, &expected).await;
+
+        let leader = wait_for_leader(&nodes).await;
+        let removed = *nodes.keys().find(|&&id| id != leader).expect("a follower");
+        let kept = *nodes
+            .keys()
+            .find(|&&id| id != leader && id != removed)
+            .expect("another follower");
+        nodes.insert(4, start(4, SimFs::new(), Arc::default(), &net).await);
+        let target: BTreeMap<NodeId, String> = [leader, kept, 4]
+            .iter()
+            .map(|id| (*id, format!("node-{id}")))
+            .collect();
+        nodes[&leader]
+            .replica
+            .move_to(target.clone(), Duration::from_secs(30))
+            .await
+            .expect("the move");
+        let voters: std::collections::BTreeSet<NodeId> = target.keys().copied().collect();
+        assert_eq!(nodes[&leader].replica.voters(), voters);
+        assert!(
+            nodes[&4].applier.model.lock().unwrap().from_snapshots > 0,
+            "node 4 joined behind the purged log but took no snapshot records"
+        );
+        // A follower refuses to move the group; a second move on the leader is a no-op.
+        assert!(matches!(
+            nodes[&kept]
+                .replica
+                .move_to(target.clone(), Duration::from_secs(1))
+                .await,
+            Err(ReplicaError::NotLeader { .. })
+        ));
+        nodes[&leader]
+            .replica
+            .move_to(target, Duration::from_secs(1))
+            .await
+            .expect("the same move again");
+
+        // The removed member goes; the new voters commit (node 4 counts for the majority:
+        // the kept follower is down too for a while) and every one applies the same.
+        let gone = nodes.remove(&removed).expect("removed");
+        gone.replica.shutdown().await;
+        net.down.lock().unwrap().insert(removed);
+        net.nodes.lock().unwrap().remove(&removed);
+        net.down.lock().unwrap().insert(kept);
+        let second = values("b", 10);
+        let answered = nodes[&leader]
+            .replica
+            .write(Bytes::from(second[0].clone()))
+            .await;
+        assert!(answered.is_ok(), "leader and node 4 commit: {answered:?}");
+        net.down.lock().unwrap().remove(&kept);
+        write_all(&nodes, &second[1..]).await;
+        expected.extend(second.iter().cloned().map(Bytes::from));
+        converge(&nodes, &expected).await;
+        for node in nodes.values() {
+            node.replica.shutdown().await;
+        }
+    });
+}

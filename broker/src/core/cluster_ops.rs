@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use wharf_protocol::batch::ControlKind;
 
 use crate::acl::{Denied, Operation};
-use crate::cluster::metadata::NodeId;
+use crate::cluster::metadata::{MetadataCommand, MetadataResult, NodeId, ReplicaMove};
 use crate::cluster::raft::Cluster;
 pub use crate::cluster::raft::{ClusterError, ClusterStatus};
 use crate::core::txn_markers::TxnAnswer;
@@ -185,6 +185,32 @@ impl Broker {
                 ))
             })??;
         Ok(())
+    }
+
+    /// Rebalances the cluster's replicas (Alter on the cluster; `wharf cluster
+    /// rebalance`): with `start`, proposes `Rebalance` (replicated partitions and queues
+    /// move onto the nodes holding fewest, each through its group's leader); either way
+    /// answers the moves under way as the metadata log has them then.
+    ///
+    /// # Errors
+    /// `Unauthorized`, `Starting`, or the metadata log's refusal.
+    pub async fn rebalance(
+        &self,
+        caller: &Session,
+        start: bool,
+    ) -> Result<Vec<ReplicaMove>, ClusterOpError> {
+        self.check_cluster(caller, Operation::Alter)?;
+        let cluster = self.cluster.get().ok_or(ClusterOpError::Starting)?;
+        if !start {
+            return Ok(cluster.applied().state.moves());
+        }
+        match cluster.propose(MetadataCommand::Rebalance).await?.result {
+            MetadataResult::Moves(moves) => Ok(moves),
+            other => Err(ClusterError::Membership(format!(
+                "the metadata log answered a rebalance with {other:?}"
+            ))
+            .into()),
+        }
     }
 
     /// Removes node `id` (Alter on the cluster).

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::metadata::{MetadataState, NodeId};
+use crate::cluster::metadata::{MetadataState, NodeId, Replicas};
 use crate::cluster::raft::Cluster;
 use crate::cluster::replica::{Applier, Replica, ReplicaError};
 use crate::cluster::store::Io;
@@ -195,9 +195,9 @@ impl Broker {
         cluster: &Cluster,
         state: &MetadataState,
         name: &str,
-        replicas: &[NodeId],
-        leader: NodeId,
+        set: &Replicas,
     ) {
+        let replicas = &set.replicas;
         let group = queue_group_name(name);
         if cluster.replicas().get(&group).is_some() {
             return;
@@ -243,8 +243,15 @@ impl Broker {
             }
         };
         cluster.replicas().insert(replica.clone());
-        match replica.initialize(members).await {
-            Ok(true) if leader == cluster.node_id() => {
+        // A node taking the queue's replica in a move starts empty and is brought in by the
+        // group's leader (`Replicas::initializes`).
+        let initialized = if set.initializes(cluster.node_id()) {
+            replica.initialize(members).await
+        } else {
+            Ok(false)
+        };
+        match initialized {
+            Ok(true) if set.leader == cluster.node_id() => {
                 if let Err(error) = replica.campaign().await {
                     tracing::debug!(%group, %error, "cannot campaign");
                 }

@@ -35,7 +35,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::cluster::metadata::{MetadataCommand, MetadataState, NodeId};
+use crate::cluster::metadata::{MetadataCommand, MetadataResult, MetadataState, NodeId};
 use crate::cluster::raft::{Cluster, Timing};
 use crate::cluster::replica::{Applier, Replica, ReplicaError};
 use crate::cluster::store::Io;
@@ -679,7 +679,7 @@ impl Broker {
                 let Ok(partition) = u32::try_from(index) else {
                     continue;
                 };
-                if set.replicas.len() < 2 || !set.replicas.contains(&this) {
+                if set.replicas.len() < 2 || !set.hosts(this) {
                     continue;
                 }
                 let group = group_name(name, partition);
@@ -722,11 +722,18 @@ impl Broker {
                 match started {
                     Ok(replica) => {
                         cluster.replicas().insert(replica.clone());
-                        // Every member initializes with the same members (the same first
-                        // entry everywhere). On a new group the placement's leader campaigns
-                        // at once, so leaders start spread as placement put them rather
-                        // than on whichever member's timer fires first.
-                        match replica.initialize(members).await {
+                        // Every first member initializes with the same members (the same
+                        // first entry everywhere); a node taking a replica in a move starts
+                        // empty and is brought in by the group's leader
+                        // (`Replicas::initializes`). On a new group the placement's leader
+                        // campaigns at once, so leaders start spread as placement put them
+                        // rather than on whichever member's timer fires first.
+                        let initialized = if set.initializes(this) {
+                            replica.initialize(members).await
+                        } else {
+                            Ok(false)
+                        };
+                        match initialized {
                             Ok(true) if set.leader == this => {
                                 if let Err(error) = replica.campaign().await {
                                     tracing::debug!(%group, %error, "cannot campaign");
@@ -747,12 +754,11 @@ impl Broker {
         }
         for (name, queue) in &state.queues {
             let set = &queue.placement;
-            if set.replicas.len() < 2 || !set.replicas.contains(&this) {
+            if set.replicas.len() < 2 || !set.hosts(this) {
                 continue;
             }
             placed.insert(super::queue_replication::queue_group_name(name));
-            self.start_queue_replica(cluster, state, name, &set.replicas, set.leader)
-                .await;
+            self.start_queue_replica(cluster, state, name, set).await;
         }
         for replica in cluster.replicas().all() {
             if !placed.contains(replica.group()) {
@@ -772,9 +778,11 @@ impl Broker {
         cluster: Cluster,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let moving: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
+            drive_moves(&cluster, &state, &moving);
             for (name, topic) in &state.topics {
                 for (index, set) in topic.partitions.iter().enumerate() {
                     let Ok(partition) = u32::try_from(index) else {
@@ -834,6 +842,98 @@ impl Broker {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// How long a node taking a replica in a move has to catch up with its group before the
+/// leader gives up this attempt (and tries again on its next check).
+const MOVE_CATCH_UP: Duration = Duration::from_secs(120);
+
+/// Starts carrying out each move of a replicated set (`Replicas::moving_to`, from
+/// `wharf cluster rebalance` or a node's removal) whose group this node leads and that no
+/// task here is moving yet: the new nodes join as learners and catch up, the voters change
+/// (`Replica::move_to`), then `ReplicasMoved` records it. A failed attempt is tried again
+/// on a later check; a leader that changes picks the move up where it stopped.
+fn drive_moves(
+    cluster: &Cluster,
+    state: &MetadataState,
+    moving: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) {
+    let partitions = state.topics.iter().flat_map(|(name, topic)| {
+        topic
+            .partitions
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, set)| {
+                let partition = u32::try_from(index).ok()?;
+                Some((group_name(name, partition), name, Some(partition), set))
+            })
+    });
+    let queues = state.queues.iter().map(|(name, queue)| {
+        (
+            super::queue_replication::queue_group_name(name),
+            name,
+            None,
+            &queue.placement,
+        )
+    });
+    for (group, name, partition, set) in partitions.chain(queues) {
+        let Some(target) = set.moving_to.clone() else {
+            continue;
+        };
+        let Some(replica) = cluster.replicas().get(&group) else {
+            continue;
+        };
+        if !replica.is_leader() {
+            continue;
+        }
+        let voters: BTreeMap<NodeId, String> = target
+            .iter()
+            .filter_map(|id| {
+                let addr = &state.nodes.get(id)?.cluster_addr;
+                (!addr.is_empty()).then(|| (*id, addr.clone()))
+            })
+            .collect();
+        if voters.len() != target.len() {
+            continue; // a node moved to is not registered (yet)
+        }
+        if !moving
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(group.clone())
+        {
+            continue; // this node's task for it is still at work
+        }
+        let cluster = cluster.clone();
+        let moving = moving.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            match replica.move_to(voters, MOVE_CATCH_UP).await {
+                Ok(()) => {
+                    let command = MetadataCommand::ReplicasMoved {
+                        name: name.clone(),
+                        partition,
+                        replicas: target.clone(),
+                    };
+                    match cluster.propose(command).await {
+                        Ok(proposed) if proposed.result == MetadataResult::Done => {
+                            tracing::info!(%group, ?target, "replicas moved")
+                        }
+                        Ok(proposed) => {
+                            tracing::debug!(%group, result = ?proposed.result, "move not recorded")
+                        }
+                        Err(error) => {
+                            tracing::debug!(%group, %error, "cannot record the move yet")
+                        }
+                    }
+                }
+                Err(error) => tracing::info!(%group, ?target, %error, "replica move not done yet"),
+            }
+            moving
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .remove(&group);
+        });
     }
 }
 

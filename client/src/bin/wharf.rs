@@ -612,6 +612,8 @@ pub enum CliError {
     },
     /// `perf amqp` failed: the AMQP server refused, closed or went silent.
     Amqp(String),
+    /// `cluster rebalance` did not see its moves finish in time.
+    Unfinished(String),
     /// A line of standard input cannot be read as a record (`produce --encoding`).
     BadInput {
         /// The line, counted from 1.
@@ -645,6 +647,7 @@ impl CliError {
             CliError::BadInput { .. } => "bad_input",
             CliError::File { .. } => "file",
             CliError::Amqp(_) => "amqp",
+            CliError::Unfinished(_) => "unfinished",
         }
     }
 
@@ -752,6 +755,7 @@ impl fmt::Display for CliError {
                 write!(formatter, "cannot read {}: {source}", path.display())
             }
             CliError::Amqp(message) => write!(formatter, "AMQP: {message}"),
+            CliError::Unfinished(message) => write!(formatter, "{message}"),
         }
     }
 }

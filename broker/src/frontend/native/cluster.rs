@@ -1,10 +1,10 @@
 //! The native front end's cluster requests (issues #20 and #21): DescribeCluster, AddNode,
-//! RemoveNode, DescribeReplicas, each → a core call.
+//! RemoveNode, DescribeReplicas, Rebalance, each → a core call.
 
 use wharf_protocol::messages::{
     AddNodeRequest, ClusterNodeEntry, DescribeClusterResponse, DescribeReplicasRequest,
-    DescribeReplicasResponse, RemoveNodeRequest, ReplicaFollowerEntry, ReplicaPartitionEntry,
-    StreamAdminResponse,
+    DescribeReplicasResponse, RebalanceRequest, RebalanceResponse, RemoveNodeRequest,
+    ReplicaFollowerEntry, ReplicaMoveEntry, ReplicaPartitionEntry, StreamAdminResponse,
 };
 use wharf_protocol::ErrorCode;
 
@@ -134,6 +134,34 @@ pub fn describe_replicas(
             error_message: Some(error.to_string()),
             node_id: this_node,
             partitions: Vec::new(),
+        },
+    }
+}
+
+/// Rebalance: the moves under way after it.
+pub async fn rebalance(
+    broker: &Broker,
+    caller: &Session,
+    request: RebalanceRequest,
+) -> RebalanceResponse {
+    match broker.rebalance(caller, request.start).await {
+        Ok(moves) => RebalanceResponse {
+            error: ErrorCode::None,
+            error_message: None,
+            moves: moves
+                .into_iter()
+                .map(|moved| ReplicaMoveEntry {
+                    name: moved.name,
+                    partition: moved.partition.map_or(-1, i64::from),
+                    from: moved.from,
+                    to: moved.to,
+                })
+                .collect(),
+        },
+        Err(error) => RebalanceResponse {
+            error: error_code::cluster(&error),
+            error_message: Some(error.to_string()),
+            moves: Vec::new(),
         },
     }
 }

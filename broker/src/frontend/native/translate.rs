@@ -93,6 +93,9 @@ pub async fn handle(
         Request::RemoveNode(request) => ready(Response::RemoveNode(
             cluster::remove_node(broker, caller, request).await,
         )),
+        Request::Rebalance(request) => ready(Response::Rebalance(
+            cluster::rebalance(broker, caller, request).await,
+        )),
         Request::DescribeReplicas(request) => {
             let this_node = broker
                 .routing()

@@ -1,5 +1,6 @@
-//! `wharf cluster status|add-node|remove-node` (issue #20): the cluster's membership through
-//! the native cluster apis of the broker `--broker` names.
+//! `wharf cluster status|add-node|remove-node|rebalance` (issue #20): the cluster's
+//! membership and replica placement through the native cluster apis of the broker
+//! `--broker` names.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -25,6 +26,18 @@ pub enum ClusterCommand {
     RemoveNode {
         /// The node's id.
         node_id: u64,
+    },
+    /// Move replicated partitions and queues onto the nodes holding fewest replicas (after
+    /// nodes were added): each group's leader adds the new node, waits until it caught up,
+    /// then changes the group's voters; the partition or queue stays available throughout.
+    /// Unreplicated partitions and queues stay where their data is.
+    Rebalance {
+        /// Print the moves started and return, without waiting for them.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for every move to finish, in milliseconds.
+        #[arg(long, default_value_t = 300_000)]
+        timeout_ms: u64,
     },
 }
 
@@ -91,6 +104,88 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
             admin.remove_node(node_id).await?;
             report(json, "removed", node_id);
         }
+        ClusterCommand::Rebalance {
+            no_wait,
+            timeout_ms,
+        } => rebalance(&admin, json, no_wait, timeout_ms).await?,
+    }
+    Ok(())
+}
+
+/// `wharf cluster rebalance`: starts the rebalance, prints its moves, then (unless
+/// `no_wait`) asks every half second until none is left or `timeout_ms` passed.
+async fn rebalance(
+    admin: &Admin,
+    json: bool,
+    no_wait: bool,
+    timeout_ms: u64,
+) -> Result<(), CliError> {
+    let started = std::time::Instant::now();
+    let moves = admin.rebalance(true).await?;
+    let described = |moves: &[wharf_client::ReplicaMoveEntry]| -> Vec<serde_json::Value> {
+        moves
+            .iter()
+            .map(|moved| {
+                json!({
+                    "name": moved.name,
+                    "partition": (moved.partition >= 0).then_some(moved.partition),
+                    "from": moved.from,
+                    "to": moved.to,
+                })
+            })
+            .collect()
+    };
+    if !json {
+        if moves.is_empty() {
+            println!("nothing to move: every replicated set is where it belongs");
+        } else {
+            let mut table = Table::new(&["TOPIC/QUEUE", "PARTITION", "FROM", "TO"]);
+            for moved in &moves {
+                let nodes =
+                    |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                table.row(vec![
+                    moved.name.clone(),
+                    if moved.partition >= 0 {
+                        moved.partition.to_string()
+                    } else {
+                        "(queue)".to_string()
+                    },
+                    nodes(&moved.from),
+                    nodes(&moved.to),
+                ]);
+            }
+            print!("{}", table.render());
+        }
+    }
+    let mut left = moves.len();
+    if !no_wait {
+        let deadline = started + std::time::Duration::from_millis(timeout_ms);
+        while left > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(CliError::Unfinished(format!(
+                    "{left} replica move(s) still under way after {timeout_ms} ms; they go on \
+                     (wharf cluster rebalance --no-wait lists them)"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            left = admin.rebalance(false).await?.len();
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            json!({
+                "moves": described(&moves),
+                "done": left == 0,
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    } else if !moves.is_empty() && left == 0 {
+        println!(
+            "moved {} replicated set(s) in {:.1} s",
+            moves.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
