@@ -332,3 +332,103 @@ fn a_replicated_queue_goes_on_with_the_same_messages_when_its_leader_is_killed()
     assert_eq!(bodies, wanted, "after a clean stop and start of every node");
     eprintln!("done after {:?}", started.elapsed());
 }
+
+/// A replicated queue moves off a node that is removed while it leads the queue (issue
+/// #20's `remove-node`, docs/CLUSTER.md "Moving replicas"): the other members refuse the
+/// removed node's RPCs, elect one of themselves, and that leader adds the new node 4 as a
+/// learner, lets it catch up and changes the voters. The queue keeps its 100 confirmed
+/// messages: with the removed node and one more killed, the two left (node 4 among them, so
+/// it counts for the majority) deliver every one through node 4.
+#[test]
+fn a_replicated_queue_moves_off_a_removed_leader_onto_a_new_node_with_its_messages() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (peers, mut nodes) = three_nodes(root.path());
+    let (addresses, http) = endpoints(&nodes);
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    wharf_ok(
+        &addresses[1],
+        &[
+            "queue",
+            "declare",
+            "mq",
+            "--durable",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    let leader = queue_leader(&http, "mq", &[1, 2, 3], "after the declare");
+    publish_retrying(&addresses[1], "mq", &lines("m", 0..100));
+
+    let port4 = integration_tests::cluster::free_port();
+    let fourth = integration_tests::cluster::start_node(
+        &root.path().join("node-4"),
+        4,
+        &format!("{peers},4@127.0.0.1:{port4}"),
+    );
+    wharf_ok(
+        &addresses[0],
+        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
+        "",
+    );
+    let mut four = addresses.clone();
+    four.push(fourth.address());
+    converged(&four, 4, "after add-node");
+    integration_tests::cluster::registered_only(&four);
+    nodes.push(fourth);
+
+    let removed_at = usize::try_from(leader - 1).expect("an index");
+    let kept: Vec<usize> = (0..3).filter(|at| *at != removed_at).collect();
+    wharf_ok(
+        &addresses[kept[0]],
+        &["cluster", "remove-node", &leader.to_string()],
+        "",
+    );
+    // The move ends: the metadata has no move under way (a rebalance asked now starts
+    // none), and the queue's log runs on the two kept nodes and node 4, all in sync.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let output = wharf(
+            &addresses[kept[0]],
+            &["--json", "cluster", "rebalance", "--no-wait"],
+            "",
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if report["moves"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue's move off node {leader} did not finish: {report} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let in_sync: Vec<u64> = kept.iter().map(|at| *at as u64 + 1).chain([4]).collect();
+    let http_left: Vec<(u64, String)> = in_sync
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                nodes[usize::try_from(id - 1).expect("index")].http_address(),
+            )
+        })
+        .collect();
+    queue_leader(&http_left, "mq", &in_sync, "after the move");
+
+    // The removed node and one kept node go: node 4 and the other kept node are a
+    // majority of the queue's group and deliver every confirmed message.
+    nodes[removed_at].kill();
+    nodes[kept[1]].kill();
+    let survivors: Vec<(u64, String)> = [kept[0], 3]
+        .iter()
+        .map(|at| (*at as u64 + 1, nodes[*at].http_address()))
+        .collect();
+    let ids: Vec<u64> = survivors.iter().map(|(id, _)| *id).collect();
+    queue_leader(&survivors, "mq", &ids, "with node 4 and one kept node left");
+    let delivered = drain(&nodes[3].address(), "mq");
+    let bodies: Vec<String> = delivered.into_iter().map(|(body, _)| body).collect();
+    let wanted: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, wanted, "every confirmed message, once, in order");
+}

@@ -64,7 +64,7 @@ pub struct Replicas {
     /// by none of its members: only the first `replicas` of a set never moved may write the
     /// group's first membership ([`Replicas::initializes`]).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub moves: u32,
+    pub move_count: u32,
 }
 
 impl Replicas {
@@ -74,7 +74,7 @@ impl Replicas {
             leader: replicas.first().copied().unwrap_or(1),
             replicas,
             moving_to: None,
-            moves: 0,
+            move_count: 0,
         }
     }
 
@@ -92,7 +92,7 @@ impl Replicas {
     /// empty and is brought in by the group's leader; writing a first membership of its own
     /// would give it a log whose first entry differs from the group's.
     pub fn initializes(&self, node: NodeId) -> bool {
-        self.moves == 0 && self.replicas.contains(&node)
+        self.move_count == 0 && self.replicas.contains(&node)
     }
 }
 
@@ -594,7 +594,7 @@ impl MetadataState {
                 };
                 set.replicas = replicas.clone();
                 set.moving_to = None;
-                set.moves += 1;
+                set.move_count += 1;
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::ReserveProducerIds {
@@ -642,7 +642,8 @@ impl MetadataState {
     /// its `replicas` and elected leader stay until then), an unreplicated one on a node
     /// that is gone is placed again at once. Unreplicated sets on registered nodes are left
     /// out (their data cannot follow them), and so are internal topics unless a node was
-    /// removed (they are led first by the lowest id; only a lost replica is replaced).
+    /// removed (they are led first by the lowest id; after a removal the plan evens them
+    /// out with the rest).
     fn rebalance(&mut self, node_removed: bool) {
         let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
         let registered = self.nodes.clone();
@@ -681,12 +682,15 @@ impl MetadataState {
             now.sort_unstable();
             let mut then: Vec<NodeId> = plan.replicas.clone();
             then.sort_unstable();
-            if now == then {
-                // Staying (or back where it runs): the plan's order names the preferred
-                // leader; the elected one stays.
+            if now == then && set.moving_to.is_none() {
+                // Staying: the plan's order names the preferred leader; the elected one
+                // stays.
                 set.replicas = plan.replicas;
-                set.moving_to = None;
             } else {
+                // A move under way is never cancelled, only redirected (back to where the
+                // set runs, perhaps): its group's voters may have changed already, and only
+                // a completed move (`ReplicasMoved` of exactly the group's voters) lets the
+                // metadata say where the group runs.
                 set.moving_to = Some(plan.replicas);
             }
         }
@@ -1114,12 +1118,12 @@ mod tests {
             assert!(!set.replicas.contains(&3), "{set:?}");
             assert_eq!(set.replicas.len(), 2);
             let was = &before.topics["t"].partitions[at];
-            assert_eq!(set.moves, u32::from(was.replicas.contains(&3)));
+            assert_eq!(set.move_count, u32::from(was.replicas.contains(&3)));
             // Only the first replicas of a set that never moved initialize its group.
             for node in 1..=3 {
                 assert_eq!(
                     set.initializes(node),
-                    set.moves == 0 && set.replicas.contains(&node)
+                    set.move_count == 0 && set.replicas.contains(&node)
                 );
             }
         }
@@ -1182,6 +1186,26 @@ mod tests {
             }),
             MetadataResult::Done
         );
+        // Node 4 goes before the moves completed: each move is redirected back to the
+        // nodes its set runs on, never cancelled (its group's voters may have changed), so
+        // the group's leader changes them back and records it.
+        state.apply(&MetadataCommand::RemoveNode { node_id: 4 });
+        let back = state.moves();
+        assert_eq!(back.len(), moves.len(), "{back:?}");
+        for moved in &back {
+            let mut to = moved.to.clone();
+            to.sort_unstable();
+            assert_eq!(to, vec![1, 2, 3], "{moved:?}");
+            assert_eq!(
+                state.apply(&MetadataCommand::ReplicasMoved {
+                    name: moved.name.clone(),
+                    partition: moved.partition,
+                    replicas: moved.to.clone(),
+                }),
+                MetadataResult::Done
+            );
+        }
+        assert!(state.moves().is_empty());
     }
 
     #[test]

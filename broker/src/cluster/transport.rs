@@ -6,7 +6,10 @@
 //! sender's cluster id, the sender, the intended receiver, the [`RaftRpc`]); the answer is
 //! one [`RaftReply`]. The listener refuses a request meant for another node id or coming
 //! from another cluster; a node not yet in a cluster adopts the cluster id of the first
-//! member that writes to it.
+//! member that writes to it. A replicated log's RPC from a node the applied metadata no
+//! longer lists (`wharf cluster remove-node`) is refused too: the node keeps running until
+//! it is stopped, and a group it led must elect another member to move off it (docs/CLUSTER.md,
+//! "Moving replicas").
 //!
 //! With a shared secret (`cluster_secret_file`), the listener first sends a 16-byte nonce
 //! of its own on each connection, and every frame's body, both ways, starts with a 32-byte
@@ -422,6 +425,15 @@ async fn admit(
             identity.node_id(),
             envelope.to
         ));
+    }
+    if matches!(envelope.rpc, RaftRpc::Replica { .. }) {
+        let nodes = &cluster.applied().state.nodes;
+        if !nodes.is_empty() && !nodes.contains_key(&envelope.from) {
+            return Err(format!(
+                "node {} was removed from the cluster; its replicated logs are not served",
+                envelope.from
+            ));
+        }
     }
     match (&envelope.cluster_id, identity.cluster_id()) {
         (_, _) if matches!(envelope.rpc, RaftRpc::Hello) => Ok(()),

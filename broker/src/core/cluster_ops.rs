@@ -187,10 +187,11 @@ impl Broker {
         Ok(())
     }
 
-    /// Rebalances the cluster's replicas (Alter on the cluster; `wharf cluster
-    /// rebalance`): with `start`, proposes `Rebalance` (replicated partitions and queues
-    /// move onto the nodes holding fewest, each through its group's leader); either way
-    /// answers the moves under way as the metadata log has them then.
+    /// Rebalances the cluster's replicas (`wharf cluster rebalance`): with `start` (Alter
+    /// on the cluster), proposes `Rebalance` (replicated partitions and queues move onto
+    /// the nodes holding fewest, each through its group's leader); without (Describe),
+    /// changes nothing. Either way answers the moves under way as the metadata log has them
+    /// then.
     ///
     /// # Errors
     /// `Unauthorized`, `Starting`, or the metadata log's refusal.
@@ -199,7 +200,12 @@ impl Broker {
         caller: &Session,
         start: bool,
     ) -> Result<Vec<ReplicaMove>, ClusterOpError> {
-        self.check_cluster(caller, Operation::Alter)?;
+        let operation = if start {
+            Operation::Alter
+        } else {
+            Operation::Describe
+        };
+        self.check_cluster(caller, operation)?;
         let cluster = self.cluster.get().ok_or(ClusterOpError::Starting)?;
         if !start {
             return Ok(cluster.applied().state.moves());

@@ -212,8 +212,8 @@ impl Broker {
                 (!addr.is_empty()).then(|| (*id, addr.clone()))
             })
             .collect();
-        if members.len() != replicas.len() {
-            return; // a replica's address is not registered yet
+        if set.initializes(cluster.node_id()) && members.len() != replicas.len() {
+            return; // a first replica's address is not registered yet
         }
         let applier = Arc::new(QueueApplier {
             queue: name.to_string(),

@@ -698,8 +698,8 @@ impl Broker {
                         (!addr.is_empty()).then(|| (*id, addr.clone()))
                     })
                     .collect();
-                if members.len() != set.replicas.len() {
-                    continue; // a replica's address is not registered yet
+                if set.initializes(this) && members.len() != set.replicas.len() {
+                    continue; // a first replica's address is not registered yet
                 }
                 let applier = Arc::new(PartitionApplier {
                     streams: self.streams.clone(),
@@ -849,6 +849,9 @@ impl Broker {
 /// leader gives up this attempt (and tries again on its next check).
 const MOVE_CATCH_UP: Duration = Duration::from_secs(120);
 
+/// How long the voters' change of a move may take after the new nodes caught up.
+const MOVE_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts carrying out each move of a replicated set (`Replicas::moving_to`, from
 /// `wharf cluster rebalance` or a node's removal) whose group this node leads and that no
 /// task here is moving yet: the new nodes join as learners and catch up, the voters change
@@ -908,7 +911,19 @@ fn drive_moves(
         let moving = moving.clone();
         let name = name.clone();
         tokio::spawn(async move {
-            match replica.move_to(voters, MOVE_CATCH_UP).await {
+            // Bounded as a whole: openraft's membership calls wait while the group has no
+            // majority, and a task stuck there would keep this group from being tried again.
+            let moved = tokio::time::timeout(
+                MOVE_CATCH_UP + MOVE_CHANGE_TIMEOUT,
+                replica.move_to(voters, MOVE_CATCH_UP),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReplicaError::TimedOut(
+                    "the group's membership change did not finish in time".to_string(),
+                ))
+            });
+            match moved {
                 Ok(()) => {
                     let command = MetadataCommand::ReplicasMoved {
                         name: name.clone(),

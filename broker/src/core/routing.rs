@@ -139,9 +139,18 @@ impl Routing<'_> {
                 .map_or((None, -1), |(leader, term)| (Some(leader), epoch_of(term))),
             None => (Some(replicas.leader), 0),
         };
+        // While the set moves, its replicas are those it runs on and those it moves to
+        // (Kafka lists the adding replicas during a reassignment too): a node moved to may
+        // already lead.
+        let mut listed = replicas.replicas.clone();
+        for node in replicas.moving_to.iter().flatten() {
+            if !listed.contains(node) {
+                listed.push(*node);
+            }
+        }
         Some(PartitionPlacement {
             leader,
-            replicas: replicas.replicas.clone(),
+            replicas: listed,
             leader_epoch,
         })
     }

@@ -613,7 +613,12 @@ pub enum CliError {
     /// `perf amqp` failed: the AMQP server refused, closed or went silent.
     Amqp(String),
     /// `cluster rebalance` did not see its moves finish in time.
-    Unfinished(String),
+    Unfinished {
+        /// Moves still under way.
+        moves_left: usize,
+        /// How long it waited.
+        timeout_ms: u64,
+    },
     /// A line of standard input cannot be read as a record (`produce --encoding`).
     BadInput {
         /// The line, counted from 1.
@@ -647,7 +652,7 @@ impl CliError {
             CliError::BadInput { .. } => "bad_input",
             CliError::File { .. } => "file",
             CliError::Amqp(_) => "amqp",
-            CliError::Unfinished(_) => "unfinished",
+            CliError::Unfinished { .. } => "unfinished",
         }
     }
 
@@ -755,7 +760,14 @@ impl fmt::Display for CliError {
                 write!(formatter, "cannot read {}: {source}", path.display())
             }
             CliError::Amqp(message) => write!(formatter, "AMQP: {message}"),
-            CliError::Unfinished(message) => write!(formatter, "{message}"),
+            CliError::Unfinished {
+                moves_left,
+                timeout_ms,
+            } => write!(
+                formatter,
+                "{moves_left} replica move(s) still under way after {timeout_ms} ms; they go on \
+                 (wharf cluster rebalance --no-wait lists them)"
+            ),
         }
     }
 }

@@ -162,10 +162,10 @@ async fn rebalance(
         let deadline = started + std::time::Duration::from_millis(timeout_ms);
         while left > 0 {
             if std::time::Instant::now() >= deadline {
-                return Err(CliError::Unfinished(format!(
-                    "{left} replica move(s) still under way after {timeout_ms} ms; they go on \
-                     (wharf cluster rebalance --no-wait lists them)"
-                )));
+                return Err(CliError::Unfinished {
+                    moves_left: left,
+                    timeout_ms,
+                });
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             left = admin.rebalance(false).await?.len();
