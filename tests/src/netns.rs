@@ -84,7 +84,10 @@ impl Network {
 
     /// Makes the namespaces, the bridge and each node's link (needs root).
     pub fn build() -> Network {
-        let prefix = format!("wh{}", std::process::id());
+        // Unique per network: the tests of one binary run at once in one process.
+        static BUILT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let built = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("wh{}x{built}", std::process::id());
         let network = Network {
             prefix,
             nodes: Vec::new(),
