@@ -1591,6 +1591,36 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     let wiped_at = (leader_at + 1) % 3;
     let third_at = (leader_at + 2) % 3;
     let wiped = u64::try_from(wiped_at + 1).expect("an id");
+    // A second topic holds more than one message of records (16 MiB, the replicated log's
+    // STAGE_PIECE_BYTES) in over 256 raft entries, so its log is purged and the rebuilt
+    // node gets it from a snapshot whose records go in pieces.
+    let bulk = wharf(
+        &addresses[0],
+        &[
+            "perf",
+            "produce",
+            "--topic",
+            "bulk",
+            "--partitions",
+            "1",
+            "--messages",
+            "20000",
+            "--size",
+            "1024",
+            "--batch-bytes",
+            "16384",
+            "--linger-ms",
+            "0",
+            "--acks",
+            "all",
+        ],
+        "",
+    );
+    assert!(
+        bulk.status.success(),
+        "wharf perf produce: {}",
+        String::from_utf8_lossy(&bulk.stderr)
+    );
 
     nodes[wiped_at].stop();
     let dir = root.path().join(format!("node-{wiped}"));
@@ -1609,6 +1639,12 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     assert!(
         dir.join(format!("{topic}-0")).is_dir(),
         "the rebuilt node has the partition again"
+    );
+    wait_for_gauge(
+        &nodes[wiped_at].http_address(),
+        "wharf_partition_log_end_offset",
+        "bulk",
+        20_000,
     );
 
     nodes[third_at].kill();

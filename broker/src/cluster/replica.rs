@@ -28,8 +28,13 @@
 //! follower for its position ([`ReplicaRpc::Position`]) and sends the stored bytes from
 //! there to the snapshot's position ([`Applier::read_range`]), which the follower appends
 //! ([`Applier::append_range`]). A follower's applied state is always a prefix of the
-//! leader's (only committed entries are applied), so the bytes continue it. One message
-//! carries them (at most the internal wire's frame); chunking is not built yet.
+//! leader's (only committed entries are applied), so the bytes continue it. Bytes beyond
+//! one message ([`STAGE_PIECE_BYTES`], well inside the internal wire's frame) go first in
+//! pieces ([`ReplicaRpc::Stage`], [`Applier::read_range_bounded`]) that the follower keeps
+//! in a staging file beside the log (`staged/records`) without touching its state, and the
+//! snapshot's own message carries the last piece: installing it appends the staged pieces
+//! and then that one. Staged pieces that no snapshot installs (the leader changed, the
+//! node restarted) are dropped; the state never holds records its raft state does not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -91,9 +96,37 @@ pub struct ReplicaSnapshot {
     pub position: i64,
     /// Where `records` start.
     pub from: i64,
-    /// Stored bytes from `from` to `position` ([`Applier::read_range`]); empty at rest.
+    /// Stored bytes from `staged_to` (or `from`) to `position` ([`Applier::read_range`]);
+    /// empty at rest.
     #[serde(with = "bytes_field")]
     pub records: Bytes,
+    /// When the bytes from `from` went ahead in [`ReplicaRpc::Stage`] pieces: where the
+    /// staged pieces end and `records` start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_to: Option<i64>,
+}
+
+/// How many bytes of records one message carries when a follower catches up past the
+/// purged log: a snapshot's bytes beyond it go ahead in [`ReplicaRpc::Stage`] pieces.
+#[cfg(not(test))]
+pub const STAGE_PIECE_BYTES: usize = 16 * 1024 * 1024;
+/// Small in unit tests, so their snapshots go in pieces.
+#[cfg(test)]
+pub const STAGE_PIECE_BYTES: usize = 64;
+
+/// The directory, in a replicated log's directory, of the pieces staged for a snapshot.
+const STAGED_DIR: &str = "staged";
+/// The file of staged pieces in [`STAGED_DIR`].
+const STAGED_FILE: &str = "records";
+
+/// One piece staged for a snapshot: the records from `from` to `to`, `len` bytes at
+/// `offset` in the staging file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StagedPiece {
+    from: i64,
+    to: i64,
+    offset: u64,
+    len: usize,
 }
 
 /// The state a replicated log applies its committed commands to. Every replica applies the
@@ -135,6 +168,22 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     /// A read failure, or a range this replica no longer holds.
     fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes>;
 
+    /// As [`Applier::read_range`], stopping once about `max_bytes` are read (at least one
+    /// whole batch): the bytes, and the position they end at. A log whose snapshot bytes
+    /// cannot be cut (a queue's carry its state) reads the whole range: the default.
+    ///
+    /// # Errors
+    /// As for [`Applier::read_range`].
+    fn read_range_bounded(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+    ) -> std::io::Result<(Bytes, i64)> {
+        let _ = max_bytes;
+        Ok((self.read_range(from, to)?, to))
+    }
+
     /// Appends bytes another replica's `read_range(from, ..)` returned; returns the
     /// position reached. This replica may have applied entries since it reported its
     /// position: what it already has of the bytes (from `from` up to its position) is
@@ -161,6 +210,14 @@ pub enum ReplicaRpc {
     },
     /// The member's applier position (before a snapshot is sent to it).
     Position,
+    /// A piece of a snapshot's records, from position `from` to `to`, to keep until the
+    /// snapshot installs it (see the module documentation).
+    Stage {
+        from: i64,
+        to: i64,
+        #[serde(with = "bytes_field")]
+        records: Bytes,
+    },
 }
 
 /// The answer to a [`ReplicaRpc`].
@@ -174,6 +231,8 @@ pub enum ReplicaReply {
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// To `Position`.
     Position(i64),
+    /// To `Stage`: kept, or why not.
+    Staged(Result<(), String>),
     /// The node has no member of the group (not started yet, or not a replica).
     Unknown(String),
 }
@@ -216,6 +275,8 @@ struct MachineInner {
     membership: StoredMembership<NodeId, BasicNode>,
     checkpoint: Option<Checkpoint>,
     sequence: u64,
+    /// Pieces staged for a snapshot, in order (see the module documentation).
+    staged: Vec<StagedPiece>,
 }
 
 /// A replicated log's state machine: committed commands to its [`Applier`]; clones share it.
@@ -307,9 +368,62 @@ impl ReplicaMachine {
                 membership,
                 checkpoint,
                 sequence,
+                staged: Vec::new(),
             })),
             applier,
         })
+    }
+
+    /// Whether the staged pieces cover exactly the records from `from` to `to`, in order.
+    fn staged_cover(&self, from: i64, to: i64) -> bool {
+        let inner = lock(&self.inner);
+        inner.staged.first().is_some_and(|first| first.from == from)
+            && inner.staged.last().is_some_and(|last| last.to == to)
+            && inner
+                .staged
+                .windows(2)
+                .all(|pair| pair[0].to == pair[1].from)
+    }
+
+    /// Keeps the records from `from` to `to` in the staging file for a snapshot to install.
+    /// A piece that does not continue the staged ones starts them again.
+    ///
+    /// # Errors
+    /// The staging file's I/O errors.
+    pub async fn stage(&self, from: i64, to: i64, records: Bytes) -> std::io::Result<()> {
+        let (fs, dir, io, offset) = {
+            let inner = lock(&self.inner);
+            let offset = match inner.staged.last() {
+                Some(last) if last.to == from => Some(last.offset + last.len as u64),
+                _ => None,
+            };
+            (inner.fs.clone(), inner.dir.clone(), inner.io, offset)
+        };
+        let len = records.len();
+        run_io(io, move || {
+            let staged = dir.join(STAGED_DIR);
+            fs.create_dir_all(&staged)?;
+            let file = fs.open_file(
+                &staged.join(STAGED_FILE),
+                crate::storage::fs::OpenMode::CreateOrOpen,
+            )?;
+            if offset.is_none() {
+                file.set_len(0)?;
+            }
+            file.write_all_at(&records, offset.unwrap_or(0))
+        })
+        .await?;
+        let mut inner = lock(&self.inner);
+        if offset.is_none() {
+            inner.staged.clear();
+        }
+        inner.staged.push(StagedPiece {
+            from,
+            to,
+            offset: offset.unwrap_or(0),
+            len,
+        });
+        Ok(())
     }
 
     /// Writes the checkpoint (fsynced, atomic) and keeps it as the current snapshot.
@@ -342,6 +456,7 @@ impl ReplicaMachine {
                 position: checkpoint.position,
                 from: checkpoint.position,
                 records: Bytes::new(),
+                staged_to: None,
             }),
         }
     }
@@ -431,13 +546,38 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<ReplicaSnapshot>,
     ) -> StorageResult<()> {
-        let io = lock(&self.inner).io;
+        let (io, fs, dir, staged) = {
+            let inner = lock(&self.inner);
+            (
+                inner.io,
+                inner.fs.clone(),
+                inner.dir.clone(),
+                inner.staged.clone(),
+            )
+        };
         let applier = self.applier.clone();
         let ReplicaSnapshot {
             position,
             from,
             records,
+            staged_to,
         } = *snapshot;
+        let pieces = match staged_to {
+            None => Vec::new(),
+            Some(to) => {
+                if !self.staged_cover(from, to) {
+                    return Err(StorageIOError::write_snapshot(
+                        Some(meta.signature()),
+                        &std::io::Error::other(format!(
+                            "the snapshot's staged records from {from} to {to} are not all                              here (staged: {staged:?})"
+                        )),
+                    )
+                    .into());
+                }
+                staged
+            }
+        };
+        let tail_from = staged_to.unwrap_or(from);
         let reached = run_io(io, move || {
             // The replica may have applied entries since it told the leader its position:
             // the applier skips the records it already has.
@@ -448,9 +588,37 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                         "a snapshot's records start at {from}, but this replica ends at {here}"
                     )));
                 }
-                applier.append_range(from, &records)?;
+                if !pieces.is_empty() {
+                    let file = fs.open_file(
+                        &dir.join(STAGED_DIR).join(STAGED_FILE),
+                        crate::storage::fs::OpenMode::Existing,
+                    )?;
+                    for piece in &pieces {
+                        if applier.position() >= piece.to {
+                            continue;
+                        }
+                        let mut bytes = vec![0u8; piece.len];
+                        file.read_exact_at(&mut bytes, piece.offset)?;
+                        applier.append_range(piece.from, &Bytes::from(bytes))?;
+                    }
+                }
+                if applier.position() < position {
+                    applier.append_range(tail_from, &records)?;
+                }
             }
-            applier.persist()
+            let reached = applier.persist()?;
+            if !pieces.is_empty() {
+                // Installed: the staged copy is not needed again.
+                let _ = fs.remove_file(&dir.join(STAGED_DIR).join(STAGED_FILE));
+                tracing::info!(
+                    dir = %dir.display(),
+                    pieces = pieces.len(),
+                    from,
+                    position,
+                    "installed a snapshot's records sent in pieces"
+                );
+            }
+            Ok(reached)
         })
         .await
         .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
@@ -472,6 +640,7 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         let mut inner = lock(&self.inner);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        inner.staged.clear();
         Ok(())
     }
 
@@ -589,14 +758,36 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
             other => return Err(unexpected(&other).into()),
         };
         let position = snapshot.snapshot.position;
-        let records = if from < position {
+        // Pieces of at most STAGE_PIECE_BYTES go ahead; the last travels with the snapshot.
+        let mut at = from;
+        let mut staged_to = None;
+        let mut records = Bytes::new();
+        while at < position {
             let applier = self.network.applier.clone();
-            run_io(self.network.io, move || applier.read_range(from, position))
-                .await
-                .map_err(|error| NetworkError::new(&error))?
-        } else {
-            Bytes::new()
-        };
+            let (bytes, end) = run_io(self.network.io, move || {
+                applier.read_range_bounded(at, position, STAGE_PIECE_BYTES)
+            })
+            .await
+            .map_err(|error| NetworkError::new(&error))?;
+            if end >= position {
+                records = bytes;
+                break;
+            }
+            let piece = ReplicaRpc::Stage {
+                from: at,
+                to: end,
+                records: bytes,
+            };
+            match self.call(piece, option.hard_ttl()).await? {
+                ReplicaReply::Staged(Ok(())) => {}
+                ReplicaReply::Staged(Err(reason)) => {
+                    return Err(NetworkError::new(&std::io::Error::other(reason)).into())
+                }
+                other => return Err(unexpected(&other).into()),
+            }
+            at = end;
+            staged_to = Some(end);
+        }
         let rpc = ReplicaRpc::Snapshot {
             vote,
             meta: snapshot.meta,
@@ -604,6 +795,7 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
                 position,
                 from,
                 records,
+                staged_to,
             },
         };
         match self.call(rpc, option.hard_ttl()).await? {
@@ -658,6 +850,11 @@ pub struct Replica {
     node_id: NodeId,
     raft: Raft<ReplicaConfig>,
     applier: Arc<dyn Applier>,
+    /// The state machine openraft runs, for the pieces a snapshot stages.
+    machine: ReplicaMachine,
+    /// Held while a piece is staged and while a snapshot is checked and installed, so a
+    /// piece of another leader's stream never changes the pieces an install reads.
+    staging: Arc<tokio::sync::Mutex<()>>,
     timing: Timing,
     /// This start of the member: clones share it, a later start of the same group has
     /// another ([`Replica::is_same`]).
@@ -729,6 +926,7 @@ impl Replica {
             applier: applier.clone(),
             io,
         };
+        let staging = machine.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| stopped(&e))?;
@@ -737,6 +935,8 @@ impl Replica {
             node_id,
             raft,
             applier,
+            machine: staging,
+            staging: Arc::default(),
             timing,
             start: Arc::new(()),
         })
@@ -1041,6 +1241,17 @@ impl Replica {
             }
             ReplicaRpc::Vote(request) => ReplicaReply::Vote(self.raft.vote(request).await),
             ReplicaRpc::Snapshot { vote, meta, data } => {
+                let _staging = self.staging.lock().await;
+                if let Some(to) = data.staged_to {
+                    if !self.machine.staged_cover(data.from, to) {
+                        // Another stream's pieces came in between: the leader sends it
+                        // again (a network error to openraft, which retries).
+                        return ReplicaReply::Staged(Err(format!(
+                            "the snapshot's staged records from {} to {to} are not all here",
+                            data.from
+                        )));
+                    }
+                }
                 let snapshot = Snapshot {
                     meta,
                     snapshot: Box::new(data),
@@ -1048,6 +1259,15 @@ impl Replica {
                 ReplicaReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
             }
             ReplicaRpc::Position => ReplicaReply::Position(self.applier.position()),
+            ReplicaRpc::Stage { from, to, records } => {
+                let _staging = self.staging.lock().await;
+                ReplicaReply::Staged(
+                    self.machine
+                        .stage(from, to, records)
+                        .await
+                        .map_err(|error| error.to_string()),
+                )
+            }
         }
     }
 

@@ -30,6 +30,8 @@ struct Model {
     durable: usize,
     /// Commands taken from a snapshot's records rather than applied one by one.
     from_snapshots: usize,
+    /// Bounded reads made for snapshots sent from here (each one message's records).
+    pieces_read: std::cell::Cell<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,7 @@ impl ModelApplier {
                 applied,
                 durable,
                 from_snapshots: 0,
+                pieces_read: std::cell::Cell::new(0),
             }),
         }
     }
@@ -86,6 +89,25 @@ impl Applier for ModelApplier {
             out.put_slice(command);
         }
         Ok(out.freeze())
+    }
+
+    fn read_range_bounded(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+    ) -> std::io::Result<(Bytes, i64)> {
+        let model = self.model.lock().unwrap();
+        let mut out = BytesMut::new();
+        let mut at = from;
+        while at < to && out.len() < max_bytes {
+            let command = &model.applied[at as usize];
+            out.put_u32(command.len() as u32);
+            out.put_slice(command);
+            at += 1;
+        }
+        model.pieces_read.set(model.pieces_read.get() + 1);
+        Ok((out.freeze(), at))
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
@@ -355,6 +377,15 @@ fn a_replicated_log_keeps_every_acknowledged_write_through_failover_restart_and_
         assert!(
             caught_up > 0,
             "the restarted node was behind the purged log but took no snapshot records"
+        );
+        // Its records (far more than STAGE_PIECE_BYTES) went in several pieces.
+        let pieces: usize = nodes
+            .values()
+            .map(|node| node.applier.model.lock().unwrap().pieces_read.get())
+            .sum();
+        assert!(
+            pieces > 1,
+            "the snapshot's records went in {pieces} piece(s)"
         );
 
         // A follower loses power (only fsynced bytes survive) and comes back.

@@ -359,6 +359,21 @@ impl Applier for PartitionApplier {
         )
     }
 
+    fn read_range_bounded(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+    ) -> std::io::Result<(Bytes, i64)> {
+        read_batches_bounded(
+            &self.log,
+            from,
+            to,
+            max_bytes,
+            &format!("{}-{}", self.topic, self.partition),
+        )
+    }
+
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
         let end = self.log.log_end_offset();
         let missing = records_from(records, from, end).map_err(|reason| {
@@ -389,9 +404,24 @@ pub(crate) fn read_batches(
     to: i64,
     what: &str,
 ) -> std::io::Result<Bytes> {
+    Ok(read_batches_bounded(log, from, to, usize::MAX, what)?.0)
+}
+
+/// As [`read_batches`], stopping after the batch that brings the bytes read to
+/// `max_bytes` or more: the bytes and the offset they end at (`to` when they reach it).
+///
+/// # Errors
+/// As for [`read_batches`].
+pub(crate) fn read_batches_bounded(
+    log: &Partition,
+    from: i64,
+    to: i64,
+    max_bytes: usize,
+    what: &str,
+) -> std::io::Result<(Bytes, i64)> {
     let mut out = BytesMut::new();
     let mut at = from;
-    while at < to {
+    while at < to && out.len() < max_bytes {
         let read = log
             .read(at, 1024 * 1024)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
@@ -413,9 +443,12 @@ pub(crate) fn read_batches(
             out.put_slice(&bytes[..header.total_bytes()]);
             at = header.last_offset() + 1;
             bytes.advance(header.total_bytes());
+            if out.len() >= max_bytes {
+                break;
+            }
         }
     }
-    Ok(out.freeze())
+    Ok((out.freeze(), at.min(to)))
 }
 
 /// The part of `records` (whole batches from offset `from`) at and after offset `end`, the
