@@ -31,10 +31,12 @@
 //! leader's (only committed entries are applied), so the bytes continue it. Bytes beyond
 //! one message ([`STAGE_PIECE_BYTES`], well inside the internal wire's frame) go first in
 //! pieces ([`ReplicaRpc::Stage`], [`Applier::read_range_bounded`]) that the follower keeps
-//! in a staging file beside the log (`staged/records`) without touching its state, and the
-//! snapshot's own message carries the last piece: installing it appends the staged pieces
-//! and then that one. Staged pieces that no snapshot installs (the leader changed, the
-//! node restarted) are dropped; the state never holds records its raft state does not.
+//! in a staging file beside the log (`staged/records-<stream>`, one per run of pieces)
+//! without touching its state, and the snapshot's own message carries the last piece:
+//! the member hands the staged pieces to the install, which appends them and then that one
+//! (and removes the file). Pieces that no snapshot installs (the leader changed, the node
+//! restarted) are dropped with their file; an install that fails part way leaves records
+//! past the checkpoint only until the partition reopens and is cut back to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -104,6 +106,10 @@ pub struct ReplicaSnapshot {
     /// staged pieces end and `records` start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_to: Option<i64>,
+    /// On the receiving member, the staged pieces it checked and hands to the install
+    /// (never on the wire).
+    #[serde(skip)]
+    pieces: Vec<StagedPiece>,
 }
 
 /// How many bytes of records one message carries when a follower catches up past the
@@ -116,13 +122,16 @@ pub const STAGE_PIECE_BYTES: usize = 64;
 
 /// The directory, in a replicated log's directory, of the pieces staged for a snapshot.
 const STAGED_DIR: &str = "staged";
-/// The file of staged pieces in [`STAGED_DIR`].
-const STAGED_FILE: &str = "records";
+/// The staging file of run `stream` of pieces in [`STAGED_DIR`].
+fn staged_file(dir: &Path, stream: u64) -> PathBuf {
+    dir.join(STAGED_DIR).join(format!("records-{stream}"))
+}
 
 /// One piece staged for a snapshot: the records from `from` to `to`, `len` bytes at
-/// `offset` in the staging file.
+/// `offset` in run `stream`'s staging file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StagedPiece {
+    stream: u64,
     from: i64,
     to: i64,
     offset: u64,
@@ -277,6 +286,8 @@ struct MachineInner {
     sequence: u64,
     /// Pieces staged for a snapshot, in order (see the module documentation).
     staged: Vec<StagedPiece>,
+    /// The number of the last run of staged pieces (each has its own file).
+    streams: u64,
 }
 
 /// A replicated log's state machine: committed commands to its [`Applier`]; clones share it.
@@ -319,6 +330,10 @@ impl ReplicaMachine {
         applier: Arc<dyn Applier>,
     ) -> std::io::Result<ReplicaMachine> {
         crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
+        // Pieces staged before a restart are never installed (their bounds were in memory).
+        if fs.is_dir(&dir.join(STAGED_DIR)) {
+            fs.remove_dir_all(&dir.join(STAGED_DIR))?;
+        }
         let found = read_checkpoint(fs.as_ref(), dir)?;
         let position = found
             .as_ref()
@@ -369,20 +384,40 @@ impl ReplicaMachine {
                 checkpoint,
                 sequence,
                 staged: Vec::new(),
+                streams: 0,
             })),
             applier,
         })
     }
 
-    /// Whether the staged pieces cover exactly the records from `from` to `to`, in order.
-    fn staged_cover(&self, from: i64, to: i64) -> bool {
-        let inner = lock(&self.inner);
-        inner.staged.first().is_some_and(|first| first.from == from)
+    /// Takes the staged pieces if they cover exactly the records from `from` to `to`, in
+    /// order (leaving them staged otherwise).
+    fn take_staged(&self, from: i64, to: i64) -> Option<Vec<StagedPiece>> {
+        let mut inner = lock(&self.inner);
+        let whole = inner.staged.first().is_some_and(|first| first.from == from)
             && inner.staged.last().is_some_and(|last| last.to == to)
             && inner
                 .staged
                 .windows(2)
-                .all(|pair| pair[0].to == pair[1].from)
+                .all(|pair| pair[0].to == pair[1].from);
+        whole.then(|| std::mem::take(&mut inner.staged))
+    }
+
+    /// Removes the staging files of `pieces` (after their install, or its failure).
+    async fn drop_staged(&self, pieces: &[StagedPiece]) {
+        let (fs, dir, io) = {
+            let inner = lock(&self.inner);
+            (inner.fs.clone(), inner.dir.clone(), inner.io)
+        };
+        let mut streams: Vec<u64> = pieces.iter().map(|piece| piece.stream).collect();
+        streams.dedup();
+        let _ = run_io(io, move || {
+            for stream in streams {
+                let _ = fs.remove_file(&staged_file(&dir, stream));
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Keeps the records from `from` to `to` in the staging file for a snapshot to install.
@@ -391,39 +426,65 @@ impl ReplicaMachine {
     /// # Errors
     /// The staging file's I/O errors.
     pub async fn stage(&self, from: i64, to: i64, records: Bytes) -> std::io::Result<()> {
-        let (fs, dir, io, offset) = {
-            let inner = lock(&self.inner);
-            let offset = match inner.staged.last() {
-                Some(last) if last.to == from => Some(last.offset + last.len as u64),
+        let (fs, dir, io, piece, abandoned) = {
+            let mut inner = lock(&self.inner);
+            let continued = match inner.staged.last() {
+                Some(last) if last.to == from => Some((last.stream, last.offset + last.len as u64)),
                 _ => None,
             };
-            (inner.fs.clone(), inner.dir.clone(), inner.io, offset)
+            let (stream, offset, abandoned) = match continued {
+                Some((stream, offset)) => (stream, offset, Vec::new()),
+                None => {
+                    // A new run of pieces, in a file of its own: the pieces of the one it
+                    // replaces (another stream, or one no snapshot came for) go.
+                    inner.streams += 1;
+                    (inner.streams, 0, std::mem::take(&mut inner.staged))
+                }
+            };
+            let piece = StagedPiece {
+                stream,
+                from,
+                to,
+                offset,
+                len: records.len(),
+            };
+            (
+                inner.fs.clone(),
+                inner.dir.clone(),
+                inner.io,
+                piece,
+                abandoned,
+            )
         };
-        let len = records.len();
-        run_io(io, move || {
-            let staged = dir.join(STAGED_DIR);
-            fs.create_dir_all(&staged)?;
+        self.drop_staged(&abandoned).await;
+        let written = run_io(io, move || {
+            fs.create_dir_all(&dir.join(STAGED_DIR))?;
             let file = fs.open_file(
-                &staged.join(STAGED_FILE),
+                &staged_file(&dir, piece.stream),
                 crate::storage::fs::OpenMode::CreateOrOpen,
             )?;
-            if offset.is_none() {
-                file.set_len(0)?;
-            }
-            file.write_all_at(&records, offset.unwrap_or(0))
+            file.write_all_at(&records, piece.offset)
         })
-        .await?;
+        .await;
         let mut inner = lock(&self.inner);
-        if offset.is_none() {
-            inner.staged.clear();
+        match written {
+            Ok(()) => {
+                // Unless another run started meanwhile (then this piece is not part of it).
+                if inner
+                    .staged
+                    .last()
+                    .is_none_or(|last| last.stream == piece.stream && last.to == piece.from)
+                    && (piece.offset == 0) == inner.staged.is_empty()
+                {
+                    inner.staged.push(piece);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                inner.staged.clear();
+                Err(error)
+            }
         }
-        inner.staged.push(StagedPiece {
-            from,
-            to,
-            offset: offset.unwrap_or(0),
-            len,
-        });
-        Ok(())
     }
 
     /// Writes the checkpoint (fsynced, atomic) and keeps it as the current snapshot.
@@ -457,6 +518,7 @@ impl ReplicaMachine {
                 from: checkpoint.position,
                 records: Bytes::new(),
                 staged_to: None,
+                pieces: Vec::new(),
             }),
         }
     }
@@ -546,14 +608,9 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<ReplicaSnapshot>,
     ) -> StorageResult<()> {
-        let (io, fs, dir, staged) = {
+        let (io, fs, dir) = {
             let inner = lock(&self.inner);
-            (
-                inner.io,
-                inner.fs.clone(),
-                inner.dir.clone(),
-                inner.staged.clone(),
-            )
+            (inner.io, inner.fs.clone(), inner.dir.clone())
         };
         let applier = self.applier.clone();
         let ReplicaSnapshot {
@@ -561,22 +618,9 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             from,
             records,
             staged_to,
+            pieces,
         } = *snapshot;
-        let pieces = match staged_to {
-            None => Vec::new(),
-            Some(to) => {
-                if !self.staged_cover(from, to) {
-                    return Err(StorageIOError::write_snapshot(
-                        Some(meta.signature()),
-                        &std::io::Error::other(format!(
-                            "the snapshot's staged records from {from} to {to} are not all                              here (staged: {staged:?})"
-                        )),
-                    )
-                    .into());
-                }
-                staged
-            }
-        };
+        // `Replica::serve` took the staged pieces, checked, into the snapshot.
         let tail_from = staged_to.unwrap_or(from);
         let reached = run_io(io, move || {
             // The replica may have applied entries since it told the leader its position:
@@ -588,19 +632,17 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                         "a snapshot's records start at {from}, but this replica ends at {here}"
                     )));
                 }
-                if !pieces.is_empty() {
+                for piece in &pieces {
+                    if applier.position() >= piece.to {
+                        continue;
+                    }
                     let file = fs.open_file(
-                        &dir.join(STAGED_DIR).join(STAGED_FILE),
+                        &staged_file(&dir, piece.stream),
                         crate::storage::fs::OpenMode::Existing,
                     )?;
-                    for piece in &pieces {
-                        if applier.position() >= piece.to {
-                            continue;
-                        }
-                        let mut bytes = vec![0u8; piece.len];
-                        file.read_exact_at(&mut bytes, piece.offset)?;
-                        applier.append_range(piece.from, &Bytes::from(bytes))?;
-                    }
+                    let mut bytes = vec![0u8; piece.len];
+                    file.read_exact_at(&mut bytes, piece.offset)?;
+                    applier.append_range(piece.from, &Bytes::from(bytes))?;
                 }
                 if applier.position() < position {
                     applier.append_range(tail_from, &records)?;
@@ -608,8 +650,6 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             }
             let reached = applier.persist()?;
             if !pieces.is_empty() {
-                // Installed: the staged copy is not needed again.
-                let _ = fs.remove_file(&dir.join(STAGED_DIR).join(STAGED_FILE));
                 tracing::info!(
                     dir = %dir.display(),
                     pieces = pieces.len(),
@@ -640,7 +680,6 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         let mut inner = lock(&self.inner);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
-        inner.staged.clear();
         Ok(())
     }
 
@@ -761,6 +800,7 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
         // Pieces of at most STAGE_PIECE_BYTES go ahead; the last travels with the snapshot.
         let mut at = from;
         let mut staged_to = None;
+        let mut staged_bytes = 0u64;
         let mut records = Bytes::new();
         while at < position {
             let applier = self.network.applier.clone();
@@ -769,10 +809,17 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
             })
             .await
             .map_err(|error| NetworkError::new(&error))?;
+            if end <= at {
+                return Err(NetworkError::new(&std::io::Error::other(format!(
+                    "reading the records from {at} for a snapshot made no progress"
+                )))
+                .into());
+            }
             if end >= position {
                 records = bytes;
                 break;
             }
+            staged_bytes += bytes.len() as u64;
             let piece = ReplicaRpc::Stage {
                 from: at,
                 to: end,
@@ -796,9 +843,13 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
                 from,
                 records,
                 staged_to,
+                pieces: Vec::new(),
             },
         };
-        match self.call(rpc, option.hard_ttl()).await? {
+        // Installing appends the staged pieces too: a second more for each 16 MiB of them.
+        let install_ttl =
+            option.hard_ttl() + Duration::from_secs(staged_bytes / STAGE_PIECE_BYTES.max(1) as u64);
+        match self.call(rpc, install_ttl).await? {
             ReplicaReply::Snapshot(Ok(response)) => Ok(response),
             ReplicaReply::Snapshot(Err(fatal)) => Err(RemoteError::new(self.target, fatal).into()),
             other => Err(unexpected(&other).into()),
@@ -839,8 +890,9 @@ pub fn check_leases(on: bool) {
     LEASE_CHECKED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// How long a snapshot (the records a follower lacks, in one message) may take to be
-/// read, sent and installed, in milliseconds.
+/// How long one snapshot message (a staged piece, or the snapshot with its last piece) may
+/// take to be read, sent and handled, in milliseconds; the snapshot's own message gets a
+/// second more per staged piece, which its install appends.
 const SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 
 /// One node's member of a replicated log's group: the seam the broker calls.
@@ -1241,22 +1293,29 @@ impl Replica {
             }
             ReplicaRpc::Vote(request) => ReplicaReply::Vote(self.raft.vote(request).await),
             ReplicaRpc::Snapshot { vote, meta, data } => {
-                let _staging = self.staging.lock().await;
+                let mut data = data;
                 if let Some(to) = data.staged_to {
-                    if !self.machine.staged_cover(data.from, to) {
+                    let _staging = self.staging.lock().await;
+                    let Some(pieces) = self.machine.take_staged(data.from, to) else {
                         // Another stream's pieces came in between: the leader sends it
                         // again (a network error to openraft, which retries).
                         return ReplicaReply::Staged(Err(format!(
                             "the snapshot's staged records from {} to {to} are not all here",
                             data.from
                         )));
-                    }
+                    };
+                    data.pieces = pieces;
                 }
+                let pieces = data.pieces.clone();
                 let snapshot = Snapshot {
                     meta,
                     snapshot: Box::new(data),
                 };
-                ReplicaReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+                let installed = self.raft.install_full_snapshot(vote, snapshot).await;
+                // Installed or not, these pieces are not used again (the leader stages
+                // anew): their files go.
+                self.machine.drop_staged(&pieces).await;
+                ReplicaReply::Snapshot(installed)
             }
             ReplicaRpc::Position => ReplicaReply::Position(self.applier.position()),
             ReplicaRpc::Stage { from, to, records } => {
