@@ -137,6 +137,11 @@ impl Routing<'_> {
             Some(member) => member
                 .leader_and_term()
                 .map_or((None, -1), |(leader, term)| (Some(leader), epoch_of(term))),
+            // No member here: the metadata's leader. Of a replicated partition, with no
+            // epoch (-1): this node does not know the group's term, and an epoch of 0 made
+            // librdkafka, which knew a higher one, ignore the update as outdated and stay
+            // on a leader that had left (seen after a rebalance moved the leader off).
+            None if replicas.replicas.len() > 1 => (Some(replicas.leader), -1),
             None => (Some(replicas.leader), 0),
         };
         // While the set moves, its replicas are those it runs on and those it moves to
