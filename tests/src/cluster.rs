@@ -44,6 +44,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts node 4 (data in `root/node-4`, peers `peers` and itself) and adds it with
+/// `wharf cluster add-node` through `via`; waits until all four nodes converge and list
+/// each other (`addresses` are the first three). Returns the node and the statuses.
+pub fn add_fourth_node(
+    root: &Path,
+    peers: &str,
+    addresses: &[String],
+    via: &str,
+) -> (BrokerProcess, Vec<Value>) {
+    let port4 = free_port();
+    let fourth = start_node(
+        &root.join("node-4"),
+        4,
+        &format!("{peers},4@127.0.0.1:{port4}"),
+    );
+    let added = wharf(
+        via,
+        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
+        "",
+    );
+    assert!(
+        added.status.success(),
+        "add-node failed: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut four = addresses.to_vec();
+    four.push(fourth.address());
+    let statuses = converged(&four, 4, "after add-node");
+    registered_only(&four);
+    (fourth, statuses)
+}
+
 /// Node `node_id` of the cluster `peers` with its data in `data_dir`.
 pub fn start_node(data_dir: &Path, node_id: u64, peers: &str) -> BrokerProcess {
     start_node_sealed(data_dir, node_id, peers, "wharf-cluster-test-secret")

@@ -60,22 +60,8 @@ fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch
     );
 
     // A fourth node joins with `wharf cluster add-node`, then leaves.
-    let port4 = free_port();
-    let peers4 = format!("{peers},4@127.0.0.1:{port4}");
-    let fourth = start_node(&root.path().join("node-4"), 4, &peers4);
-    let added = wharf(
-        &addresses[0],
-        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
-        "",
-    );
-    assert!(
-        added.status.success(),
-        "add-node failed: {}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let mut four = addresses.clone();
-    four.push(fourth.address());
-    let grown = converged(&four, 4, "after add-node");
+    let (_fourth, grown) =
+        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
     assert_eq!(
         grown[3]["cluster_id"], cluster_id,
         "the new node joined this cluster"
@@ -2093,26 +2079,8 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
         assert_acked_in_order(&written, 0, 200, &format!("{topic} before the move"));
     }
 
-    let port4 = free_port();
-    let fourth = start_node(
-        &root.path().join("node-4"),
-        4,
-        &format!("{peers},4@127.0.0.1:{port4}"),
-    );
-    let added = wharf(
-        &addresses[0],
-        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
-        "",
-    );
-    assert!(
-        added.status.success(),
-        "add-node failed: {}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let mut four = addresses.clone();
-    four.push(fourth.address());
-    converged(&four, 4, "after add-node");
-    integration_tests::cluster::registered_only(&four);
+    let (fourth, _) =
+        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
     nodes.push(fourth);
     let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
 

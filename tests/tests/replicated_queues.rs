@@ -361,21 +361,8 @@ fn a_replicated_queue_moves_off_a_removed_leader_onto_a_new_node_with_its_messag
     let leader = queue_leader(&http, "mq", &[1, 2, 3], "after the declare");
     publish_retrying(&addresses[1], "mq", &lines("m", 0..100));
 
-    let port4 = integration_tests::cluster::free_port();
-    let fourth = integration_tests::cluster::start_node(
-        &root.path().join("node-4"),
-        4,
-        &format!("{peers},4@127.0.0.1:{port4}"),
-    );
-    wharf_ok(
-        &addresses[0],
-        &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
-        "",
-    );
-    let mut four = addresses.clone();
-    four.push(fourth.address());
-    converged(&four, 4, "after add-node");
-    integration_tests::cluster::registered_only(&four);
+    let (fourth, _) =
+        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
     nodes.push(fourth);
 
     let removed_at = usize::try_from(leader - 1).expect("an index");

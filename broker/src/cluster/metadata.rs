@@ -1105,14 +1105,7 @@ mod tests {
             assert!(moved.from.contains(&3), "{moved:?}");
             assert!(!moved.to.contains(&3), "{moved:?}");
             assert_eq!(moved.to.len(), 2);
-            assert_eq!(
-                state.apply(&MetadataCommand::ReplicasMoved {
-                    name: moved.name.clone(),
-                    partition: moved.partition,
-                    replicas: moved.to.clone(),
-                }),
-                MetadataResult::Done
-            );
+            assert_eq!(complete(&mut state, moved), MetadataResult::Done);
         }
         for (at, set) in state.topics["t"].partitions.iter().enumerate() {
             assert!(!set.replicas.contains(&3), "{set:?}");
@@ -1128,15 +1121,19 @@ mod tests {
             }
         }
         // A move that is not under way (again, or elsewhere) is refused.
-        let again = &moves[0];
         assert!(matches!(
-            state.apply(&MetadataCommand::ReplicasMoved {
-                name: again.name.clone(),
-                partition: again.partition,
-                replicas: again.to.clone(),
-            }),
+            complete(&mut state, &moves[0]),
             MetadataResult::Refused(MetadataError::Invalid(_))
         ));
+    }
+
+    /// Records `moved` as done (its group's leader changed the voters).
+    fn complete(state: &mut MetadataState, moved: &ReplicaMove) -> MetadataResult {
+        state.apply(&MetadataCommand::ReplicasMoved {
+            name: moved.name.clone(),
+            partition: moved.partition,
+            replicas: moved.to.clone(),
+        })
     }
 
     #[test]
@@ -1196,14 +1193,7 @@ mod tests {
             let mut to = moved.to.clone();
             to.sort_unstable();
             assert_eq!(to, vec![1, 2, 3], "{moved:?}");
-            assert_eq!(
-                state.apply(&MetadataCommand::ReplicasMoved {
-                    name: moved.name.clone(),
-                    partition: moved.partition,
-                    replicas: moved.to.clone(),
-                }),
-                MetadataResult::Done
-            );
+            assert_eq!(complete(&mut state, moved), MetadataResult::Done);
         }
         assert!(state.moves().is_empty());
     }
