@@ -646,7 +646,6 @@ impl MetadataState {
     /// out with the rest).
     fn rebalance(&mut self, node_removed: bool) {
         let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let registered = self.nodes.clone();
         let mut sets: Vec<&mut Replicas> = self
             .topics
             .iter_mut()
@@ -654,8 +653,7 @@ impl MetadataState {
             .flat_map(|(_, topic)| topic.partitions.iter_mut())
             .chain(self.queues.values_mut().map(|queue| &mut queue.placement))
             .filter(|set| {
-                set.replicas.len() >= 2
-                    || set.replicas.iter().any(|id| !registered.contains_key(id))
+                set.replicas.len() >= 2 || set.replicas.iter().any(|id| !nodes.contains(id))
             })
             .collect();
         // Plan from where each set is going (a move under way counts as done).

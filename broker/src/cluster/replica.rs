@@ -469,13 +469,13 @@ impl ReplicaMachine {
         let mut inner = lock(&self.inner);
         match written {
             Ok(()) => {
-                // Unless another run started meanwhile (then this piece is not part of it).
-                if inner
-                    .staged
-                    .last()
-                    .is_none_or(|last| last.stream == piece.stream && last.to == piece.from)
-                    && (piece.offset == 0) == inner.staged.is_empty()
-                {
+                // Unless another run started meanwhile, or the run was taken by a snapshot
+                // (then this piece is not part of what is staged).
+                let continues = match inner.staged.last() {
+                    Some(last) => last.stream == piece.stream && last.to == piece.from,
+                    None => piece.offset == 0,
+                };
+                if continues {
                     inner.staged.push(piece);
                 }
                 Ok(())

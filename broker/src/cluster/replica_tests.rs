@@ -315,6 +315,21 @@ fn values(prefix: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Three members over `net`, started on fresh disks, the group initialized with all three.
+async fn three_members(net: &Arc<Net>) -> BTreeMap<NodeId, Node> {
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(id, SimFs::new(), Arc::default(), net).await);
+    }
+    let members: BTreeMap<NodeId, String> = (1..=3).map(|id| (id, format!("node-{id}"))).collect();
+    nodes[&1]
+        .replica
+        .initialize(members)
+        .await
+        .expect("initialize");
+    nodes
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -408,17 +423,7 @@ fn a_replicated_log_keeps_every_acknowledged_write_through_failover_restart_and_
 fn a_group_with_no_majority_acknowledges_nothing() {
     runtime().block_on(async {
         let net = Arc::new(Net::default());
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3 {
-            nodes.insert(id, start(id, SimFs::new(), Arc::default(), &net).await);
-        }
-        let members: BTreeMap<NodeId, String> =
-            (1..=3).map(|id| (id, format!("node-{id}"))).collect();
-        nodes[&1]
-            .replica
-            .initialize(members)
-            .await
-            .expect("initialize");
+        let nodes = three_members(&net).await;
         write_all(&nodes, &values("a", 3)).await;
         let leader = wait_for_leader(&nodes).await;
         // Both followers go: the leader cannot commit, so it never answers Ok and never
@@ -450,17 +455,7 @@ fn a_group_with_no_majority_acknowledges_nothing() {
 fn a_group_moves_onto_a_new_node_that_catches_up_before_it_votes() {
     runtime().block_on(async {
         let net = Arc::new(Net::default());
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3 {
-            nodes.insert(id, start(id, SimFs::new(), Arc::default(), &net).await);
-        }
-        let members: BTreeMap<NodeId, String> =
-            (1..=3).map(|id| (id, format!("node-{id}"))).collect();
-        nodes[&1]
-            .replica
-            .initialize(members)
-            .await
-            .expect("initialize");
+        let mut nodes = three_members(&net).await;
         let first = values("a", 40);
         write_all(&nodes, &first).await;
         let mut expected: Vec<Bytes> = first.iter().cloned().map(Bytes::from).collect();
