@@ -11,7 +11,9 @@
 # target/release), DATA (default /tmp/wharf-perf-data), PORT (7499), SIZES, REPS, N
 # (1,000,000 per throughput run), MAX_SECS (15), RATE (5000), LAT_SECS (10), QUEUE_N
 # (200,000), PREFETCH (queue consumer's window, 1,000: as the peers are measured),
-# WORKLOADS (default "produce consume e2e e2e-leader queue"), SETTLE_SECS (1: after a
+# WORKLOADS (default "produce consume e2e e2e-leader queue queue-e2e"; queue-e2e is
+# peerbench's latency case for a durable queue: publish with confirms at RATE, push
+# delivery, cumulative acks every 100, prefetch PREFETCH), SETTLE_SECS (1: after a
 # `sync` before each broker start, so one run's dirty pages do not land on the next's fsyncs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +27,7 @@ MAX_SECS=${MAX_SECS:-15}
 RATE=${RATE:-5000}
 LAT_SECS=${LAT_SECS:-10}
 QUEUE_N=${QUEUE_N:-200000}
-WORKLOADS=${WORKLOADS:-"produce consume e2e e2e-leader queue"}
+WORKLOADS=${WORKLOADS:-"produce consume e2e e2e-leader queue queue-e2e"}
 PREFETCH=${PREFETCH:-1000}
 SETTLE_SECS=${SETTLE_SECS:-1}
 ADDR=127.0.0.1:$PORT
@@ -94,6 +96,12 @@ for size in $SIZES; do
           start
           run queue "$size" "$rep" queue --queue q --messages "$QUEUE_N" --size "$size" --confirm \
             --prefetch "$PREFETCH"
+          stop
+          ;;
+        queue-e2e)
+          start
+          run queue-e2e "$size" "$rep" queue-e2e --queue q --rate "$RATE" --seconds "$LAT_SECS" \
+            --size "$size" --prefetch "$PREFETCH" --ack-every 100
           stop
           ;;
       esac

@@ -161,6 +161,46 @@ fn queue_publishes_with_confirms_and_consumes_with_acks() {
 }
 
 #[test]
+fn queue_e2e_measures_publish_to_delivery_latency_and_acks_everything() {
+    let (_data, broker) = start_broker();
+    // Messages of an earlier run are in the queue: acked with the rest, not measured.
+    wharf_ok(
+        &broker.address(),
+        &["queue", "declare", "qe", "--durable"],
+        "",
+    );
+    wharf_ok(
+        &broker.address(),
+        &["publish", "", "qe"],
+        "stale 1\nstale 2\nstale 3\n",
+    );
+    let summary = perf(
+        &broker,
+        &[
+            "queue-e2e",
+            "--queue",
+            "qe",
+            "--rate",
+            "1000",
+            "--seconds",
+            "1",
+            "--size",
+            "64",
+            "--ack-every",
+            "7",
+        ],
+    );
+    assert_eq!(summary["workload"], "queue-e2e", "{summary}");
+    // A queue delivers every confirmed message: all 1,000 of this run, whatever the pace.
+    assert_eq!(summary["messages"].as_u64(), Some(1000), "{summary}");
+    assert_eq!(summary["bytes"].as_u64(), Some(64_000), "{summary}");
+    check_latency(&summary);
+    // The stale three and the run's 1,000 were all acknowledged (1,003 is no multiple of 7:
+    // the last, partial run of acks went out too).
+    assert_queue_empty(&broker, "qe");
+}
+
+#[test]
 fn perf_amqp_publishes_and_consumes_over_the_amqp_listener_on_the_same_queues() {
     let (_data, broker) = start_broker();
     let amqp = broker.amqp_address();

@@ -13,6 +13,11 @@
 //!   (cumulative, every half prefetch). Confirms are always awaited (the client cancels a
 //!   publish whose confirm is dropped); `--confirm` also records their latency. The
 //!   summary's rate fields are the publish phase's; `consume_*` fields the consume phase's.
+//! - `perf queue-e2e`: a consumer subscribed to a durable queue first, then one publisher
+//!   paced at `--rate` (confirms awaited off the pacing path); each body carries the run id
+//!   and the send time as `perf e2e`'s, so the consumer measures publish-to-delivery
+//!   latency. Acks are cumulative, every `--ack-every` deliveries (peerbench's latency case
+//!   for RabbitMQ and JetStream, the same method).
 //!
 //! Each prints a live progress line on stderr when stderr is a terminal and, last, one JSON
 //! line on stdout ([`Summary::to_json`]).
@@ -69,6 +74,9 @@ pub enum PerfCommand {
     E2e(PerfE2eArgs),
     /// Publish N messages to a durable queue, then consume them with manual acks.
     Queue(PerfQueueArgs),
+    /// Publish to a durable queue at a fixed rate while a consumer takes deliveries;
+    /// publish-to-delivery latency.
+    QueueE2e(PerfQueueE2eArgs),
     /// The same over AMQP 0-9-1 to `--url` (wharfd's AMQP listener or RabbitMQ), as
     /// RabbitMQ's PerfTest does it.
     Amqp(crate::perf_amqp::PerfAmqpArgs),
@@ -103,6 +111,29 @@ pub struct PerfQueueArgs {
     /// Consumers, each with its own connection.
     #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub consumers: u32,
+}
+
+/// `wharf perf queue-e2e`.
+#[derive(Debug, clap::Args)]
+pub struct PerfQueueE2eArgs {
+    /// The queue (declared durable if missing; messages go through the default exchange).
+    #[arg(long)]
+    pub queue: String,
+    /// Messages per second the publisher sends.
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+    /// How long the publisher sends.
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// Bytes of each message body (at least 16: run id and send time).
+    #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = parse_e2e_size)]
+    pub size: usize,
+    /// Unacknowledged deliveries the consumer may hold.
+    #[arg(long, value_name = "P", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub prefetch: u32,
+    /// The consumer acknowledges (cumulatively) every this many deliveries.
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ack_every: u32,
 }
 
 /// `wharf perf produce`.
@@ -339,6 +370,7 @@ pub async fn run(client: &Client, command: PerfCommand) -> Result<(), CliError> 
         PerfCommand::Consume(args) => consume(client, args).await?,
         PerfCommand::E2e(args) => e2e(client, args).await?,
         PerfCommand::Queue(args) => queue(client, args).await?,
+        PerfCommand::QueueE2e(args) => queue_e2e(client, args).await?,
         PerfCommand::Amqp(args) => crate::perf_amqp::run(&args).await?,
     };
     print(&summary)
@@ -933,6 +965,128 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
     })
 }
 
+async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, CliError> {
+    Admin::new(client)
+        .declare_queue(&args.queue, Durability::Durable, &QueueArgs::default())
+        .await?;
+    let run = run_id();
+    let epoch = Instant::now();
+    let total = args.rate * args.seconds;
+
+    // The consumer is subscribed (on its own connection) before the first publish. Messages
+    // of earlier runs left in the queue are acknowledged and not measured.
+    let mut subscriber = Subscriber::subscribe(client, &args.queue, args.prefetch).await?;
+    let progress = Progress::start("queue-e2e", total);
+    let received = progress.counter();
+    let publisher_done = Arc::new(AtomicBool::new(false));
+    let ack_every = u64::from(args.ack_every);
+    let consumer_task = {
+        let received = Arc::clone(&received);
+        let publisher_done = Arc::clone(&publisher_done);
+        tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let mut bytes = 0u64;
+            let mut unacked = 0u64;
+            let mut last = None;
+            let mut acks = VecDeque::new();
+            let mut last_delivery = Instant::now();
+            while received.load(Ordering::Relaxed) < total {
+                let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await else {
+                    if publisher_done.load(Ordering::Relaxed)
+                        && last_delivery.elapsed() >= CONSUMER_IDLE_TIMEOUT
+                    {
+                        break;
+                    }
+                    continue;
+                };
+                let Some(delivery) = next? else { break };
+                let now_ns = nanos_since(epoch);
+                last_delivery = Instant::now();
+                if let Some(sent_ns) = e2e_sent_ns(run, &delivery.body) {
+                    record_latency(
+                        &mut histogram,
+                        Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
+                    );
+                    bytes += delivery.body.len() as u64;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                unacked += 1;
+                if unacked >= ack_every {
+                    acks.push_back(delivery.ack_multiple_sent().await?);
+                    if acks.len() > ACKS_IN_FLIGHT_MAX {
+                        if let Some(oldest) = acks.pop_front() {
+                            oldest.await?;
+                        }
+                    }
+                    unacked = 0;
+                    last = None;
+                } else {
+                    last = Some(delivery);
+                }
+            }
+            if let Some(delivery) = last {
+                acks.push_back(delivery.ack_multiple_sent().await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            subscriber.cancel().await?;
+            Ok::<_, CliError>((histogram, bytes))
+        })
+    };
+
+    // Confirms are awaited by a task of their own, so the pacing never waits for one.
+    let publisher_client = connect_publisher(client).await?;
+    let publisher = Publisher::new(&publisher_client);
+    let (confirms, mut pending) = mpsc::channel::<PublishConfirm>(OUTSTANDING_RECORDS_MAX);
+    let collector = tokio::spawn(async move {
+        while let Some(confirm) = pending.recv().await {
+            confirm.await?;
+        }
+        Ok::<_, CliError>(())
+    });
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = started;
+    'pacing: while sent < total {
+        tick += E2E_TICK;
+        tokio::time::sleep_until(tick.into()).await;
+        let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while sent < due {
+            let body = e2e_payload(run, nanos_since(epoch), args.size);
+            let confirm = publisher
+                .start("", &args.queue, body, Vec::new(), Routing::Mandatory)
+                .await?;
+            if confirms.send(confirm).await.is_err() {
+                break 'pacing; // A confirm failed; the collector returns its error.
+            }
+            sent += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(confirms);
+    let published = joined(collector.await);
+    publisher_done.store(true, Ordering::Relaxed);
+    published?;
+    let (histogram, bytes) = joined(consumer_task.await)?;
+    progress.finish();
+    let messages = received.load(Ordering::Relaxed);
+    if messages < total {
+        eprintln!(
+            "warning: received {messages} of {} sent",
+            counted(total, "message")
+        );
+    }
+    Ok(Summary {
+        workload: "queue-e2e",
+        messages,
+        bytes,
+        seconds,
+        latency: Latency::of(&histogram),
+        extra: Vec::new(),
+    })
+}
+
 /// The `consume_*` fields of a publish-then-consume summary (`perf queue`, `perf amqp`).
 pub(crate) fn consume_fields(
     consumed: u64,
@@ -1157,6 +1311,32 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn queue_e2e_flags() {
+        let PerfCommand::QueueE2e(args) = perf(&[
+            "queue-e2e",
+            "--queue",
+            "q",
+            "--rate",
+            "5000",
+            "--seconds",
+            "10",
+            "--size",
+            "1024",
+        ])
+        .unwrap() else {
+            panic!("not queue-e2e");
+        };
+        assert_eq!(
+            (args.queue.as_str(), args.rate, args.seconds, args.size),
+            ("q", 5000, 10, 1024)
+        );
+        assert_eq!((args.prefetch, args.ack_every), (1000, 100));
+        let too_small = ["queue-e2e", "--queue", "q", "--rate", "1", "--seconds", "1"];
+        assert!(perf(&[&too_small[..], &["--size", "15"]].concat()).is_err());
+        assert!(perf(&[&too_small[..], &["--ack-every", "0"]].concat()).is_err());
     }
 
     #[test]
