@@ -33,7 +33,7 @@ use crate::queue::QueueError;
 use crate::storage::{Clock, RealFs};
 
 use super::Broker;
-use crate::core::replication::{read_batches, records_from, replica_timing};
+use crate::core::replication::{read_batches_bounded, records_from, replica_timing};
 
 /// How often a member's watcher checks whether its node should run the queue's task.
 const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -84,24 +84,38 @@ impl Applier for QueueApplier {
     }
 
     fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes> {
-        let mut out = replicated::snapshot_state(&self.store);
-        let batches = read_batches(self.store.messages(), from, to, &self.queue)?;
+        Ok(self.read_range_bounded(from, to, usize::MAX)?.0)
+    }
+
+    /// Batches from `from` up to about `max_bytes`: the ack state goes first only in the
+    /// piece that reaches `to` (the last), the others are batches only.
+    fn read_range_bounded(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+    ) -> std::io::Result<(Bytes, i64)> {
+        // The state is read before the batches, as a whole snapshot always read it.
+        let state = replicated::snapshot_state(&self.store);
+        let (batches, end) =
+            read_batches_bounded(self.store.messages(), from, to, max_bytes, &self.queue)?;
+        if end < to {
+            return Ok((replicated::snapshot_piece(&batches), end));
+        }
+        let mut out = state;
         out.reserve(batches.len());
         out.put_slice(&batches);
-        Ok(out.freeze())
+        Ok((out.freeze(), end))
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
+        if let Some(batches) = replicated::piece_batches(records) {
+            self.append_missing(from, &batches)?;
+            return Ok(self.store.messages().log_end_offset());
+        }
         let snapshot =
             replicated::read_snapshot(records).map_err(|error| io_error(&self.queue, error))?;
-        let end = self.store.messages().log_end_offset();
-        let missing = records_from(&snapshot.batches, from, end)
-            .map_err(|error| io_error(&self.queue, error))?;
-        if !missing.is_empty() {
-            let mut missing = BytesMut::from(missing);
-            crate::append::append_without_fsync(self.store.messages(), &mut missing)
-                .map_err(|error| io_error(&self.queue, error))?;
-        }
+        self.append_missing(from, &snapshot.batches)?;
         replicated::install_state(&self.store, &snapshot, self.clock.now_ms())
             .map_err(|error| io_error(&self.queue, error))?;
         let reached = self.store.messages().log_end_offset();
@@ -113,6 +127,21 @@ impl Applier for QueueApplier {
             "a replica of the queue caught up from the leader's snapshot"
         );
         Ok(reached)
+    }
+}
+
+impl QueueApplier {
+    /// Appends what this replica lacks of `batches` (whole batches from message id `from`).
+    fn append_missing(&self, from: i64, batches: &[u8]) -> std::io::Result<()> {
+        let end = self.store.messages().log_end_offset();
+        let missing =
+            records_from(batches, from, end).map_err(|error| io_error(&self.queue, error))?;
+        if !missing.is_empty() {
+            let mut missing = BytesMut::from(missing);
+            crate::append::append_without_fsync(self.store.messages(), &mut missing)
+                .map_err(|error| io_error(&self.queue, error))?;
+        }
+        Ok(())
     }
 }
 
@@ -338,6 +367,124 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::replicated::QueueCommand;
+    use crate::storage::testing::sim_env;
+    use crate::storage::{FlushPolicy, LogConfig};
+    use wharf_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn applier(dir: &str) -> QueueApplier {
+        let (env, _fs, clock) = sim_env(1_000);
+        let config = LogConfig {
+            flush: FlushPolicy::Never,
+            segment_bytes_max: 64 * 1024,
+            index_bytes_max: 4096,
+            ..LogConfig::default()
+        };
+        let store = QueueStore::open(std::path::Path::new(dir), config, env).unwrap();
+        QueueApplier {
+            queue: dir.to_string(),
+            store: Arc::new(store),
+            clock,
+            persisted: AtomicI64::new(0),
+        }
+    }
+
+    fn publish(base: i64, count: usize) -> Bytes {
+        let mut builder = BatchBuilder::new(1_000);
+        for index in 0..count {
+            let value = format!("m{}-{}", base + index as i64, "x".repeat(300));
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: 1_000,
+                    value: Some(Bytes::from(value)),
+                    ..NewRecord::default()
+                })
+                .unwrap();
+        }
+        let mut batch = BytesMut::new();
+        builder.build_into(&mut batch);
+        QueueCommand::Messages {
+            base,
+            now_ms: 1_000,
+            batch: batch.freeze(),
+        }
+        .encode()
+    }
+
+    /// What a task starting from the replica would serve: unsettled ids, their delivery
+    /// counts, the end of the message log.
+    fn view(applier: &QueueApplier) -> (Vec<i64>, Vec<(i64, u32)>, i64) {
+        let store = &applier.store;
+        let unsettled: Vec<i64> = store.unsettled().unwrap().iter().map(|m| m.id).collect();
+        let mut counts: Vec<(i64, u32)> = store
+            .delivery_counts()
+            .into_iter()
+            .filter(|(id, _)| unsettled.contains(id))
+            .collect();
+        counts.sort_unstable();
+        (unsettled, counts, applier.position())
+    }
+
+    #[test]
+    fn a_queue_snapshot_in_pieces_brings_a_replica_level_with_the_leader() {
+        // Goal: a replicated queue's snapshot can be cut into pieces (the replicated log
+        // stages those beyond STAGE_PIECE_BYTES): every piece but the last holds message
+        // batches only, the last the leader's ack state too, and a replica behind that
+        // appends them in order serves what the leader serves.
+        let leader = applier("/data/queues/leader");
+        let behind = applier("/data/queues/behind");
+        let mut commands: Vec<Bytes> = (0..12).map(|run| publish(run * 3, 3)).collect();
+        commands.push(
+            QueueCommand::Settle {
+                now_ms: 2_000,
+                ids: vec![0, 1, 4, 30],
+            }
+            .encode(),
+        );
+        commands.push(
+            QueueCommand::Counts {
+                now_ms: 2_000,
+                counts: vec![(2, 1), (5, 2), (31, 1)],
+            }
+            .encode(),
+        );
+        for (index, command) in commands.iter().enumerate() {
+            assert_eq!(leader.apply(command).unwrap(), Bytes::new(), "{index}");
+            if index < 2 {
+                behind.apply(command).unwrap();
+            }
+        }
+        let (from, to) = (behind.position(), leader.position());
+        assert_eq!((from, to), (6, 36));
+
+        // About a batch (3 messages of 300 B) a piece.
+        let mut at = from;
+        let mut pieces = 0;
+        while at < to {
+            let (bytes, end) = leader.read_range_bounded(at, to, 1_000).unwrap();
+            assert!(end > at, "a piece moves on");
+            let only_batches = replicated::piece_batches(&bytes).is_some();
+            assert_eq!(
+                only_batches,
+                end < to,
+                "the state travels with the last piece only"
+            );
+            assert_eq!(behind.append_range(at, &bytes).unwrap(), end);
+            pieces += 1;
+            at = end;
+        }
+        assert!(pieces >= 3, "{pieces} pieces");
+        assert_eq!(view(&behind), view(&leader));
+        assert_eq!(behind.persist().unwrap(), to);
+
+        // The whole range at once is one snapshot with the state, as before.
+        let again = applier("/data/queues/again");
+        again.apply(&commands[0]).unwrap();
+        let whole = leader.read_range(3, to).unwrap();
+        assert!(replicated::piece_batches(&whole).is_none());
+        assert_eq!(again.append_range(3, &whole).unwrap(), to);
+        assert_eq!(view(&again), view(&leader));
+    }
 
     #[test]
     fn queue_groups_are_named_apart_from_partitions() {

@@ -26,8 +26,9 @@
 //!   applied again. Settling and counting again what is already settled or counted changes
 //!   nothing, and the message log's cut makes the publishes land where they did.
 //! - **Catching up.** A replica behind the leader's purged raft log gets the leader's ack
-//!   state and the message batches it lacks in one snapshot ([`snapshot_state`],
-//!   [`install_snapshot`]).
+//!   state and the message batches it lacks in a snapshot ([`snapshot_state`],
+//!   [`install_state`]); batches beyond one piece of the replicated log go ahead in
+//!   pieces that hold batches only ([`snapshot_piece`]), the state travels with the last.
 //!
 //! Layer rule: this module knows the store and the bytes of a command, nothing of openraft
 //! or the cluster; the core adapts [`apply`] to the replicated log's `Applier`.
@@ -229,6 +230,24 @@ pub fn outcome(applied: &Bytes) -> Result<(), QueueError> {
         "the replicated queue refused a write: {}",
         String::from_utf8_lossy(applied)
     )))
+}
+
+/// The first byte of a snapshot piece that holds message batches only: the ones before the
+/// last piece of a snapshot sent in pieces, whose state travels with the last.
+const PIECE_VERSION: u8 = 0x80;
+
+/// A snapshot piece of `batches` only (see [`PIECE_VERSION`]).
+pub fn snapshot_piece(batches: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + batches.len());
+    out.put_u8(PIECE_VERSION);
+    out.put_slice(batches);
+    out.freeze()
+}
+
+/// The batches of a piece [`snapshot_piece`] made, or `None` for a whole snapshot (state
+/// first, [`read_snapshot`]).
+pub fn piece_batches(bytes: &Bytes) -> Option<Bytes> {
+    (bytes.first() == Some(&PIECE_VERSION)).then(|| bytes.slice(1..))
 }
 
 /// A snapshot's state part: the leader's ack state and delivery counts, then (appended by
