@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::batch::Record;
 
@@ -97,20 +98,77 @@ fn refuser(name: &str) -> mpsc::Sender<Command> {
 
 #[derive(Debug, Default)]
 struct Registry {
-    exchanges: HashMap<String, (Durability, Bindings)>,
+    /// Each exchange's bindings behind an `Arc` that the routing snapshot ([`Routes`])
+    /// shares; a change copies them only while a publish still reads the old snapshot.
+    exchanges: HashMap<String, (Durability, Arc<Bindings>)>,
     queues: HashMap<String, QueueHandle>,
     /// Durable bindings with their headers arguments, for the definitions file. A binding
     /// to an exchange has [`TO_EXCHANGE`] as its first header pair.
     bindings: Vec<StoredBinding>,
     /// Exchange-to-exchange bindings by source exchange: the "queues" of these bindings
     /// are destination exchanges, which route the message on in turn.
-    exchange_bindings: HashMap<String, Bindings>,
+    exchange_bindings: HashMap<String, Arc<Bindings>>,
     /// Exclusive queues and the connection that owns each.
     owners: HashMap<String, SessionId>,
     /// Live consumer ids per queue, for auto-delete.
     consumer_ids: HashMap<String, HashSet<ConsumerId>>,
     /// Queues being deleted: a declare of the name waits for the delete to finish.
     deleting: HashSet<String>,
+}
+
+/// What routing reads of the registry, as one snapshot that publishes read without a lock
+/// (issue #15): exchanges and their bindings (shared with the registry), exchange-to-exchange
+/// bindings, and each queue's task channel.
+#[derive(Debug)]
+struct Routes {
+    exchanges: HashMap<String, Arc<Bindings>>,
+    exchange_bindings: HashMap<String, Arc<Bindings>>,
+    queues: HashMap<String, mpsc::Sender<Command>>,
+}
+
+impl Routes {
+    fn of(registry: &Registry) -> Routes {
+        Routes {
+            exchanges: registry
+                .exchanges
+                .iter()
+                .map(|(name, (_, bindings))| (name.clone(), Arc::clone(bindings)))
+                .collect(),
+            exchange_bindings: registry.exchange_bindings.clone(),
+            queues: registry
+                .queues
+                .iter()
+                .map(|(name, handle)| (name.clone(), handle.sender.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The registry, locked; a change through it drops the routing snapshot (before the first
+/// change, so that the registry's bindings are no longer shared with it and change in
+/// place), and the next publish builds another under the lock.
+struct RegistryGuard<'a> {
+    registry: MutexGuard<'a, Registry>,
+    routes: &'a ArcSwapOption<Routes>,
+    changed: bool,
+}
+
+impl std::ops::Deref for RegistryGuard<'_> {
+    type Target = Registry;
+
+    fn deref(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl std::ops::DerefMut for RegistryGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Registry {
+        if !self.changed {
+            self.changed = true;
+            self.routes.store(None);
+        }
+        &mut self.registry
+    }
 }
 
 /// The queue manager.
@@ -120,6 +178,9 @@ pub struct QueueManager {
     env: StorageEnv,
     clock: Arc<dyn Clock>,
     registry: Mutex<Registry>,
+    /// The routing snapshot of the registry, `None` after a change until a publish needs
+    /// it; only built and stored under the registry's lock.
+    routes: ArcSwapOption<Routes>,
     /// Serializes queue declares: checking for a queue and starting it must be one step, or
     /// two declares could open two writers on one queue's files.
     declaring: Mutex<()>,
@@ -167,6 +228,7 @@ impl QueueManager {
             env,
             clock,
             registry: Mutex::new(Registry::with_builtin_exchanges()),
+            routes: ArcSwapOption::empty(),
             declaring: Mutex::new(()),
             definitions,
             next_consumer: AtomicU64::new(1),
@@ -197,10 +259,35 @@ impl QueueManager {
             .map(|handle| handle.args.clone())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Registry> {
+    fn lock(&self) -> RegistryGuard<'_> {
+        RegistryGuard {
+            registry: self.lock_unchanged(),
+            routes: &self.routes,
+            changed: false,
+        }
+    }
+
+    /// The registry, for reading only (the routing snapshot stays).
+    fn lock_unchanged(&self) -> MutexGuard<'_, Registry> {
         self.registry
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The routing snapshot: read without a lock, or built under the registry's lock after
+    /// a change (a change holds that lock and drops the snapshot, so none built before a
+    /// change is stored after it).
+    fn routes(&self) -> Arc<Routes> {
+        if let Some(routes) = self.routes.load_full() {
+            return routes;
+        }
+        let registry = self.lock_unchanged();
+        if let Some(routes) = self.routes.load_full() {
+            return routes;
+        }
+        let routes = Arc::new(Routes::of(&registry));
+        self.routes.store(Some(Arc::clone(&routes)));
+        routes
     }
 
     /// Joins the queues to a cluster (once, at start on a node started with peers): a queue
@@ -276,9 +363,10 @@ impl QueueManager {
             let kind = ExchangeKind::parse(&exchange.kind).ok_or_else(|| {
                 QueueError::Storage(format!("unknown exchange kind {:?}", exchange.kind))
             })?;
-            self.lock()
-                .exchanges
-                .insert(exchange.name, (Durability::Durable, Bindings::new(kind)));
+            self.lock().exchanges.insert(
+                exchange.name,
+                (Durability::Durable, Arc::new(Bindings::new(kind))),
+            );
         }
         for queue in definitions.queues {
             let args = args_from_pairs(
@@ -346,9 +434,10 @@ impl QueueManager {
                 Err(QueueError::DeclareMismatch(format!("exchange {name:?}")))
             };
         }
-        registry
-            .exchanges
-            .insert(name.to_string(), (durability, Bindings::new(kind)));
+        registry.exchanges.insert(
+            name.to_string(),
+            (durability, Arc::new(Bindings::new(kind))),
+        );
         if durability == Durability::Durable {
             let snapshot = self.snapshot(&registry);
             drop(registry);
@@ -373,7 +462,7 @@ impl QueueManager {
         }
         registry.exchange_bindings.remove(name);
         for bindings in registry.exchange_bindings.values_mut() {
-            bindings.remove_queue(name);
+            Arc::make_mut(bindings).remove_queue(name);
         }
         registry.bindings.retain(|binding| {
             binding.exchange != name && !(to_exchange(binding) && binding.queue == name)
@@ -701,7 +790,7 @@ impl QueueManager {
             .exchanges
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
-        let removed = bindings.unbind(queue, routing_key, Some(&args));
+        let removed = Arc::make_mut(bindings).unbind(queue, routing_key, Some(&args));
         let kind = bindings.kind();
         let stored_headers = stored_pairs(headers);
         registry.bindings.retain(|binding| {
@@ -769,7 +858,9 @@ impl QueueManager {
         let removed = registry
             .exchange_bindings
             .get_mut(source)
-            .is_some_and(|bindings| bindings.unbind(destination, routing_key, Some(&args)));
+            .is_some_and(|bindings| {
+                Arc::make_mut(bindings).unbind(destination, routing_key, Some(&args))
+            });
         let stored_headers = exchange_pairs(headers);
         registry.bindings.retain(|binding| {
             let same_key = kind == ExchangeKind::Fanout || binding.routing_key == routing_key;
@@ -788,7 +879,7 @@ impl QueueManager {
 
     /// The queues a message goes to, with their task channels.
     fn route(&self, exchange: &str, message: &Message) -> Result<Vec<Target>, QueueError> {
-        route_in(&self.lock(), exchange, message)
+        route_in(&self.routes(), exchange, message)
     }
 
     /// Publishes one message through `exchange`; resolves once it is durable in every queue
@@ -835,7 +926,7 @@ impl QueueManager {
         let mut routed: Vec<Result<(Message, usize), QueueError>> =
             Vec::with_capacity(messages.len());
         {
-            let registry = self.lock();
+            let table = self.routes();
             let mut last_exchange = String::new();
             for (exchange, mut message) in messages {
                 if let Err(error) = stamp(&mut message, &exchange, now) {
@@ -854,7 +945,7 @@ impl QueueManager {
                     routed.push(Ok((message, route)));
                     continue;
                 }
-                match route_in(&registry, &exchange, &message) {
+                match route_in(&table, &exchange, &message) {
                     Ok(targets) => {
                         routes.push(targets);
                         routed.push(Ok((message, routes.len() - 1)));
@@ -1508,7 +1599,7 @@ impl QueueManager {
         let (sender, durability) = {
             let mut registry = self.lock();
             for (_, bindings) in registry.exchanges.values_mut() {
-                bindings.remove_queue(queue);
+                Arc::make_mut(bindings).remove_queue(queue);
             }
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
@@ -1760,7 +1851,10 @@ impl Registry {
         let mut registry = Registry::default();
         registry.exchanges.insert(
             String::new(),
-            (Durability::Durable, Bindings::new(ExchangeKind::Direct)),
+            (
+                Durability::Durable,
+                Arc::new(Bindings::new(ExchangeKind::Direct)),
+            ),
         );
         for kind in [
             ExchangeKind::Direct,
@@ -1770,7 +1864,7 @@ impl Registry {
         ] {
             registry.exchanges.insert(
                 format!("amq.{}", kind.name()),
-                (Durability::Durable, Bindings::new(kind)),
+                (Durability::Durable, Arc::new(Bindings::new(kind))),
             );
         }
         registry
@@ -1827,7 +1921,7 @@ impl Registry {
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
         let exchange_durable = *exchange_durability == Durability::Durable;
-        let added = bindings.bind(queue, routing_key, Some(args));
+        let added = Arc::make_mut(bindings).bind(queue, routing_key, Some(args));
         if !(added && queue_durable && exchange_durable) {
             return Ok(false);
         }
@@ -1863,11 +1957,12 @@ impl Registry {
             .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
         let durable = destination_durable && *source_durability == Durability::Durable;
         let kind = source_bindings.kind();
-        let added = self
-            .exchange_bindings
-            .entry(source.to_string())
-            .or_insert_with(|| Bindings::new(kind))
-            .bind(destination, routing_key, Some(args));
+        let added = Arc::make_mut(
+            self.exchange_bindings
+                .entry(source.to_string())
+                .or_insert_with(|| Arc::new(Bindings::new(kind))),
+        )
+        .bind(destination, routing_key, Some(args));
         if !(added && durable) {
             return Ok(false);
         }
@@ -2120,31 +2215,23 @@ impl BatchTicket {
 
 /// The queues `message` published to `exchange` goes to, with their task channels, as the
 /// registry holds them now.
-fn route_in(
-    registry: &Registry,
-    exchange: &str,
-    message: &Message,
-) -> Result<Vec<Target>, QueueError> {
-    let bindings = registry
-        .exchanges
-        .get(exchange)
-        .map(|(_, bindings)| bindings);
+fn route_in(routes: &Routes, exchange: &str, message: &Message) -> Result<Vec<Target>, QueueError> {
+    let bindings = routes.exchanges.get(exchange).map(|bindings| &**bindings);
     let mut names = route_names(exchange, bindings, message)?;
-    if !registry.exchange_bindings.is_empty() {
+    if !routes.exchange_bindings.is_empty() {
         // Through exchange-to-exchange bindings, each exchange once (cycles end).
         let mut seen: BTreeSet<&str> = BTreeSet::from([exchange]);
         let mut sources = vec![exchange.to_string()];
         while let Some(source) = sources.pop() {
-            let Some(onward) = registry.exchange_bindings.get(&source) else {
+            let Some(onward) = routes.exchange_bindings.get(&source) else {
                 continue;
             };
-            for destination in route_names(&source, Some(onward), message)? {
-                let Some((name, (_, bindings))) = registry.exchanges.get_key_value(&destination)
-                else {
+            for destination in route_names(&source, Some(&**onward), message)? {
+                let Some((name, bindings)) = routes.exchanges.get_key_value(&destination) else {
                     continue;
                 };
                 if seen.insert(name.as_str()) {
-                    names.extend(route_names(name, Some(bindings), message)?);
+                    names.extend(route_names(name, Some(&**bindings), message)?);
                     sources.push(destination);
                 }
             }
@@ -2155,10 +2242,10 @@ fn route_in(
     Ok(names
         .into_iter()
         .filter_map(|name| {
-            registry
+            routes
                 .queues
                 .get(&name)
-                .map(|handle| (name.clone(), handle.sender.clone()))
+                .map(|sender| (name.clone(), sender.clone()))
         })
         .collect())
 }
@@ -2190,6 +2277,78 @@ mod tests {
             body: Bytes::from_static(body.as_bytes()),
             headers: Vec::new(),
         }
+    }
+
+    /// The queues a publish of `key` to `exchange` reached (sorted), `None` if unroutable.
+    async fn reached(manager: &QueueManager, exchange: &str, key: &str) -> Option<Vec<String>> {
+        let mut sent = message("m");
+        sent.routing_key = key.to_string();
+        match manager.publish(exchange, sent).await.expect("published") {
+            Published::Routed(mut queues) => {
+                queues.sort();
+                Some(queues)
+            }
+            Published::Unroutable => None,
+        }
+    }
+
+    fn names(queues: &[&str]) -> Option<Vec<String>> {
+        Some(queues.iter().map(|queue| queue.to_string()).collect())
+    }
+
+    #[tokio::test]
+    async fn the_publish_after_each_routing_change_routes_by_it() {
+        // Goal: publishes read a snapshot of the routing table without taking the registry's
+        // lock (issue #15); every change must drop that snapshot, so the first publish after
+        // a change already routes by it.
+        let (env, _fs, _) = sim_env(1_000);
+        let manager = QueueManager::open(Path::new("/data"), env).expect("opens");
+        manager
+            .declare_exchange("x", ExchangeKind::Fanout, Durability::Durable)
+            .expect("exchange");
+        assert_eq!(reached(&manager, "x", "").await, None);
+        manager
+            .declare_queue("a", QueueArgs::default(), Durability::Durable)
+            .expect("queue a");
+        assert_eq!(reached(&manager, "", "a").await, names(&["a"]));
+        manager.bind("a", "x", "", &[]).expect("bind a");
+        assert_eq!(reached(&manager, "x", "").await, names(&["a"]));
+        manager
+            .declare_queue("b", QueueArgs::default(), Durability::Transient)
+            .expect("queue b");
+        manager.bind("b", "x", "", &[]).expect("bind b");
+        assert_eq!(reached(&manager, "x", "").await, names(&["a", "b"]));
+        assert!(manager.unbind("a", "x", "", &[]).expect("unbind a"));
+        assert_eq!(reached(&manager, "x", "").await, names(&["b"]));
+        manager
+            .declare_exchange("y", ExchangeKind::Fanout, Durability::Durable)
+            .expect("exchange y");
+        assert_eq!(reached(&manager, "y", "").await, None);
+        manager.bind_exchange("x", "y", "", &[]).expect("y to x");
+        assert_eq!(reached(&manager, "y", "").await, names(&["b"]));
+        assert!(manager.unbind_exchange("x", "y", "", &[]).expect("unbound"));
+        assert_eq!(reached(&manager, "y", "").await, None);
+        manager
+            .bind_exchange("x", "y", "", &[])
+            .expect("y to x again");
+        manager.delete_queue("b").await.expect("b deleted");
+        assert_eq!(reached(&manager, "x", "").await, None);
+        assert_eq!(reached(&manager, "y", "").await, None);
+        manager.delete_exchange("x").expect("x deleted");
+        assert!(matches!(
+            manager.publish("x", message("m")).await,
+            Err(QueueError::UnknownExchange(_))
+        ));
+        // A batch of publishes reads the same snapshot rules.
+        manager.bind("a", "y", "", &[]).expect("bind a to y");
+        let ticket = manager
+            .publish_enqueue_many(vec![
+                ("y".to_string(), message("1")),
+                (String::new(), message("2")),
+            ])
+            .await;
+        assert_eq!(ticket.routes, vec![vec![0usize], vec![]]);
+        manager.shutdown().await;
     }
 
     #[tokio::test]
