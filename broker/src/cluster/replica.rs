@@ -626,7 +626,7 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             // The replica may have applied entries since it told the leader its position:
             // the applier skips the records it already has.
             let here = applier.position();
-            if here < position {
+            if here <= position {
                 if here < from {
                     return Err(std::io::Error::other(format!(
                         "a snapshot's records start at {from}, but this replica ends at {here}"
@@ -644,7 +644,10 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                     file.read_exact_at(&mut bytes, piece.offset)?;
                     applier.append_range(piece.from, &Bytes::from(bytes))?;
                 }
-                if applier.position() < position {
+                // The last piece also when the replica has every record already: a log whose
+                // snapshot carries state besides its records (a queue's ack state) installs
+                // it from there.
+                if applier.position() < position || !records.is_empty() {
                     applier.append_range(tail_from, &records)?;
                 }
             }
@@ -802,22 +805,24 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
         let mut staged_to = None;
         let mut staged_bytes = 0u64;
         let mut records = Bytes::new();
-        while at < position {
+        // The last piece is read also when the follower has every record (`from ==
+        // position`): a queue's carries its ack state, which the follower may lack.
+        while at <= position {
             let applier = self.network.applier.clone();
             let (bytes, end) = run_io(self.network.io, move || {
                 applier.read_range_bounded(at, position, STAGE_PIECE_BYTES)
             })
             .await
             .map_err(|error| NetworkError::new(&error))?;
+            if end >= position {
+                records = bytes;
+                break;
+            }
             if end <= at {
                 return Err(NetworkError::new(&std::io::Error::other(format!(
                     "reading the records from {at} for a snapshot made no progress"
                 )))
                 .into());
-            }
-            if end >= position {
-                records = bytes;
-                break;
             }
             staged_bytes += bytes.len() as u64;
             let piece = ReplicaRpc::Stage {

@@ -95,14 +95,14 @@ impl Applier for QueueApplier {
         to: i64,
         max_bytes: usize,
     ) -> std::io::Result<(Bytes, i64)> {
-        // The state is read before the batches, as a whole snapshot always read it.
-        let state = replicated::snapshot_state(&self.store);
         let (batches, end) =
             read_batches_bounded(self.store.messages(), from, to, max_bytes, &self.queue)?;
         if end < to {
             return Ok((replicated::snapshot_piece(&batches), end));
         }
-        let mut out = state;
+        // The batches below `to` are committed and never change: the state may be read
+        // after them (it is the leader's current state either way).
+        let mut out = replicated::snapshot_state(&self.store);
         out.reserve(batches.len());
         out.put_slice(&batches);
         Ok((out.freeze(), end))
@@ -476,6 +476,26 @@ mod tests {
         assert!(pieces >= 3, "{pieces} pieces");
         assert_eq!(view(&behind), view(&leader));
         assert_eq!(behind.persist().unwrap(), to);
+        // A piece the replica already holds (it applied entries after telling the leader
+        // where it ended) is skipped.
+        let (first, _) = leader.read_range_bounded(from, to, 1_000).unwrap();
+        assert_eq!(behind.append_range(from, &first).unwrap(), to);
+        assert_eq!(view(&behind), view(&leader));
+
+        // A replica with every message but not the settles and counts after them (entries
+        // it missed behind the purged raft log): the last piece of an empty range still
+        // carries the leader's state.
+        let settled = applier("/data/queues/settled");
+        for command in &commands[..12] {
+            settled.apply(command).unwrap();
+        }
+        assert_eq!(settled.position(), to);
+        assert_ne!(view(&settled), view(&leader));
+        let (state_only, end) = leader.read_range_bounded(to, to, 1_000).unwrap();
+        assert_eq!(end, to);
+        assert!(replicated::piece_batches(&state_only).is_none());
+        assert_eq!(settled.append_range(to, &state_only).unwrap(), to);
+        assert_eq!(view(&settled), view(&leader));
 
         // The whole range at once is one snapshot with the state, as before.
         let again = applier("/data/queues/again");

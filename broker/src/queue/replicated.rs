@@ -511,6 +511,25 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_bytes_are_as_docs_cluster_md_says() {
+        // Golden bytes of the two layouts a queue's snapshot pieces have (docs/CLUSTER.md,
+        // Replicated queues): a piece of batches only, and the state that begins the last.
+        let piece = snapshot_piece(b"batches");
+        assert_eq!(&piece[..], b"\x80batches");
+        assert_eq!(piece_batches(&piece).as_deref(), Some(&b"batches"[..]));
+        let store = open("/data/queues/golden");
+        let state = snapshot_state(&store).freeze();
+        assert_eq!(
+            &state[..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            "version 1, low-water mark 0 (i64), no settled ids (u32), no counts (u32)"
+        );
+        assert_eq!(piece_batches(&state), None);
+        let read = read_snapshot(&state).unwrap();
+        assert_eq!((read.low_water, read.batches.len()), (0, 0));
+    }
+
+    #[test]
     fn a_publish_the_leader_placed_elsewhere_is_refused_alike() {
         let store = open("/data/queues/misplaced");
         let first = QueueCommand::Messages {
