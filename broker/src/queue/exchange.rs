@@ -315,6 +315,39 @@ impl Bindings {
         added
     }
 
+    /// Whether [`Bindings::bind`] with these arguments would change nothing (the binding
+    /// exists), so a caller sharing these bindings need not copy them first.
+    pub fn is_bound(&self, queue: &str, routing_key: &str, headers: Option<&HeadersArgs>) -> bool {
+        let listed = self
+            .listed
+            .contains(&(queue.to_string(), routing_key.to_string()));
+        listed
+            && match self.kind {
+                ExchangeKind::Direct => self
+                    .direct
+                    .get(routing_key)
+                    .is_some_and(|queues| queues.contains(queue)),
+                ExchangeKind::Fanout => self.fanout.contains(queue),
+                ExchangeKind::Topic => true,
+                ExchangeKind::Headers => {
+                    let args = headers.cloned().unwrap_or(HeadersArgs {
+                        mode: HeadersMatch::All,
+                        values: BTreeMap::new(),
+                    });
+                    self.headers.contains(&(args, queue.to_string()))
+                }
+            }
+    }
+
+    /// Whether `queue` has any binding here.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.listed
+            .range((queue.to_string(), String::new())..)
+            .next()
+            .is_some_and(|(bound, _)| bound == queue)
+            || self.headers.iter().any(|(_, bound)| bound == queue)
+    }
+
     /// Removes one binding. Returns false if it did not exist.
     pub fn unbind(
         &mut self,

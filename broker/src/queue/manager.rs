@@ -261,14 +261,15 @@ impl QueueManager {
 
     fn lock(&self) -> RegistryGuard<'_> {
         RegistryGuard {
-            registry: self.lock_unchanged(),
+            registry: self.lock_unrouted(),
             routes: &self.routes,
             changed: false,
         }
     }
 
-    /// The registry, for reading only (the routing snapshot stays).
-    fn lock_unchanged(&self) -> MutexGuard<'_, Registry> {
+    /// The registry for reading, or for changes that routing does not read (consumer ids,
+    /// exclusive owners, deletions in progress): the routing snapshot stays.
+    fn lock_unrouted(&self) -> MutexGuard<'_, Registry> {
         self.registry
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -277,17 +278,26 @@ impl QueueManager {
     /// The routing snapshot: read without a lock, or built under the registry's lock after
     /// a change (a change holds that lock and drops the snapshot, so none built before a
     /// change is stored after it).
-    fn routes(&self) -> Arc<Routes> {
-        if let Some(routes) = self.routes.load_full() {
-            return routes;
+    fn with_routes<R>(&self, route: impl FnOnce(&Routes) -> R) -> R {
+        {
+            // arc-swap's guard: no reference count touched on this path.
+            let current = self.routes.load();
+            if let Some(routes) = current.as_deref() {
+                return route(routes);
+            }
         }
-        let registry = self.lock_unchanged();
-        if let Some(routes) = self.routes.load_full() {
-            return routes;
-        }
-        let routes = Arc::new(Routes::of(&registry));
-        self.routes.store(Some(Arc::clone(&routes)));
-        routes
+        let routes = {
+            let registry = self.lock_unrouted();
+            match self.routes.load_full() {
+                Some(routes) => routes,
+                None => {
+                    let routes = Arc::new(Routes::of(&registry));
+                    self.routes.store(Some(Arc::clone(&routes)));
+                    routes
+                }
+            }
+        };
+        route(&routes)
     }
 
     /// Joins the queues to a cluster (once, at start on a node started with peers): a queue
@@ -462,7 +472,9 @@ impl QueueManager {
         }
         registry.exchange_bindings.remove(name);
         for bindings in registry.exchange_bindings.values_mut() {
-            Arc::make_mut(bindings).remove_queue(name);
+            if bindings.has_queue(name) {
+                Arc::make_mut(bindings).remove_queue(name);
+            }
         }
         registry.bindings.retain(|binding| {
             binding.exchange != name && !(to_exchange(binding) && binding.queue == name)
@@ -602,7 +614,7 @@ impl QueueManager {
         }
         self.start_queue(name, args, durability)?;
         if let Some(owner) = exclusive_owner {
-            self.lock().owners.insert(name.to_string(), owner);
+            self.lock_unrouted().owners.insert(name.to_string(), owner);
         }
         if durability == Durability::Durable {
             let snapshot = self.snapshot(&self.lock());
@@ -790,7 +802,8 @@ impl QueueManager {
             .exchanges
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
-        let removed = Arc::make_mut(bindings).unbind(queue, routing_key, Some(&args));
+        let removed = bindings.is_bound(queue, routing_key, Some(&args))
+            && Arc::make_mut(bindings).unbind(queue, routing_key, Some(&args));
         let kind = bindings.kind();
         let stored_headers = stored_pairs(headers);
         registry.bindings.retain(|binding| {
@@ -859,7 +872,8 @@ impl QueueManager {
             .exchange_bindings
             .get_mut(source)
             .is_some_and(|bindings| {
-                Arc::make_mut(bindings).unbind(destination, routing_key, Some(&args))
+                bindings.is_bound(destination, routing_key, Some(&args))
+                    && Arc::make_mut(bindings).unbind(destination, routing_key, Some(&args))
             });
         let stored_headers = exchange_pairs(headers);
         registry.bindings.retain(|binding| {
@@ -879,7 +893,7 @@ impl QueueManager {
 
     /// The queues a message goes to, with their task channels.
     fn route(&self, exchange: &str, message: &Message) -> Result<Vec<Target>, QueueError> {
-        route_in(&self.routes(), exchange, message)
+        self.with_routes(|routes| route_in(routes, exchange, message))
     }
 
     /// Publishes one message through `exchange`; resolves once it is durable in every queue
@@ -925,8 +939,7 @@ impl QueueManager {
         let mut routes: Vec<Vec<Target>> = Vec::new();
         let mut routed: Vec<Result<(Message, usize), QueueError>> =
             Vec::with_capacity(messages.len());
-        {
-            let table = self.routes();
+        self.with_routes(|table| {
             let mut last_exchange = String::new();
             for (exchange, mut message) in messages {
                 if let Err(error) = stamp(&mut message, &exchange, now) {
@@ -945,7 +958,7 @@ impl QueueManager {
                     routed.push(Ok((message, route)));
                     continue;
                 }
-                match route_in(&table, &exchange, &message) {
+                match route_in(table, &exchange, &message) {
                     Ok(targets) => {
                         routes.push(targets);
                         routed.push(Ok((message, routes.len() - 1)));
@@ -954,7 +967,7 @@ impl QueueManager {
                     Err(error) => routed.push(Err(error)),
                 }
             }
-        }
+        });
         // Each route's queues as places in `queues`.
         let mut queues: Vec<QueueRuns> = Vec::new();
         let mut places: HashMap<String, usize> = HashMap::new();
@@ -1115,7 +1128,7 @@ impl QueueManager {
         answer
             .await
             .map_err(|_| QueueError::Gone(queue.to_string()))??;
-        self.lock()
+        self.lock_unrouted()
             .consumer_ids
             .entry(queue.to_string())
             .or_default()
@@ -1161,7 +1174,7 @@ impl QueueManager {
     /// [`QueueManager::forget_consumer`] this never auto-deletes the queue, which lives on
     /// with its new leader.
     pub(crate) fn drop_consumer_id(&self, queue: &str, consumer: ConsumerId) {
-        if let Some(ids) = self.lock().consumer_ids.get_mut(queue) {
+        if let Some(ids) = self.lock_unrouted().consumer_ids.get_mut(queue) {
             ids.remove(&consumer);
         }
     }
@@ -1173,7 +1186,7 @@ impl QueueManager {
     pub(crate) async fn forget_consumer(&self, queue: &str, consumer: ConsumerId) {
         let led_elsewhere = self.led_elsewhere(queue);
         let auto_delete = {
-            let mut registry = self.lock();
+            let mut registry = self.lock_unrouted();
             let removed = registry
                 .consumer_ids
                 .get_mut(queue)
@@ -1599,7 +1612,9 @@ impl QueueManager {
         let (sender, durability) = {
             let mut registry = self.lock();
             for (_, bindings) in registry.exchanges.values_mut() {
-                Arc::make_mut(bindings).remove_queue(queue);
+                if bindings.has_queue(queue) {
+                    Arc::make_mut(bindings).remove_queue(queue);
+                }
             }
             registry.owners.remove(queue);
             registry.consumer_ids.remove(queue);
@@ -1625,7 +1640,7 @@ impl QueueManager {
         } else {
             Ok(())
         };
-        self.lock().deleting.remove(queue);
+        self.lock_unrouted().deleting.remove(queue);
         removed
     }
 
@@ -1921,7 +1936,8 @@ impl Registry {
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
         let exchange_durable = *exchange_durability == Durability::Durable;
-        let added = Arc::make_mut(bindings).bind(queue, routing_key, Some(args));
+        let added = !bindings.is_bound(queue, routing_key, Some(args))
+            && Arc::make_mut(bindings).bind(queue, routing_key, Some(args));
         if !(added && queue_durable && exchange_durable) {
             return Ok(false);
         }
@@ -1957,12 +1973,12 @@ impl Registry {
             .ok_or_else(|| QueueError::UnknownExchange(source.to_string()))?;
         let durable = destination_durable && *source_durability == Durability::Durable;
         let kind = source_bindings.kind();
-        let added = Arc::make_mut(
-            self.exchange_bindings
-                .entry(source.to_string())
-                .or_insert_with(|| Arc::new(Bindings::new(kind))),
-        )
-        .bind(destination, routing_key, Some(args));
+        let bindings = self
+            .exchange_bindings
+            .entry(source.to_string())
+            .or_insert_with(|| Arc::new(Bindings::new(kind)));
+        let added = !bindings.is_bound(destination, routing_key, Some(args))
+            && Arc::make_mut(bindings).bind(destination, routing_key, Some(args));
         if !(added && durable) {
             return Ok(false);
         }
@@ -2313,6 +2329,16 @@ mod tests {
         assert_eq!(reached(&manager, "", "a").await, names(&["a"]));
         manager.bind("a", "x", "", &[]).expect("bind a");
         assert_eq!(reached(&manager, "x", "").await, names(&["a"]));
+        // Consumers coming and going change nothing routing reads: the snapshot stays.
+        let (consumer, _deliveries) = manager.subscribe("a", 10).await.expect("subscribed");
+        manager.forget_consumer("a", consumer).await;
+        assert!(manager.routes.load().is_some(), "the snapshot was kept");
+        // Binding again what is bound changes nothing either, and copies no bindings.
+        let before = manager.with_routes(|routes| Arc::clone(&routes.exchanges["x"]));
+        manager.bind("a", "x", "", &[]).expect("bound again");
+        let after = manager.with_routes(|routes| Arc::clone(&routes.exchanges["x"]));
+        assert!(Arc::ptr_eq(&before, &after), "the bindings were not copied");
+        drop((before, after));
         manager
             .declare_queue("b", QueueArgs::default(), Durability::Transient)
             .expect("queue b");
