@@ -191,6 +191,31 @@ fn queue_e2e_measures_publish_to_delivery_latency_and_acks_everything() {
         ],
     );
     assert_eq!(summary["workload"], "queue-e2e", "{summary}");
+    // A consumer acking less often than its prefetch allows would stall: refused up front.
+    let stalled = integration_tests::wharf(
+        &broker.address(),
+        &[
+            "perf",
+            "queue-e2e",
+            "--queue",
+            "qe",
+            "--rate",
+            "10",
+            "--seconds",
+            "1",
+            "--prefetch",
+            "10",
+            "--ack-every",
+            "20",
+        ],
+        "",
+    );
+    assert!(!stalled.status.success());
+    let stderr = String::from_utf8_lossy(&stalled.stderr);
+    assert!(
+        stderr.contains("--ack-every must not exceed --prefetch"),
+        "{stderr}"
+    );
     // A queue delivers every confirmed message: all 1,000 of this run, whatever the pace.
     assert_eq!(summary["messages"].as_u64(), Some(1000), "{summary}");
     assert_eq!(summary["bytes"].as_u64(), Some(64_000), "{summary}");

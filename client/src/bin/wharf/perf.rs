@@ -711,7 +711,7 @@ async fn e2e(client: &Client, args: PerfE2eArgs) -> Result<Summary, CliError> {
     let partitions = client.topic(&args.topic).await?.partition_count();
     let run = run_id();
     let epoch = Instant::now();
-    let total = args.rate * args.seconds;
+    let total = paced_total(args.rate, args.seconds)?;
 
     // The consumer reads from the end of each partition on its own connection, and is
     // positioned (one poll) before the first record is sent.
@@ -817,6 +817,8 @@ async fn e2e(client: &Client, args: PerfE2eArgs) -> Result<Summary, CliError> {
 }
 
 async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError> {
+    let ack_every = args.ack_every.unwrap_or((args.prefetch / 2).max(1));
+    check_ack_every(ack_every, args.prefetch)?;
     Admin::new(client)
         .declare_queue(&args.queue, Durability::Durable, &QueueArgs::default())
         .await?;
@@ -877,7 +879,7 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
     // Consume.
     let progress = Progress::start("queue consume", args.messages);
     let received = progress.counter();
-    let ack_every = u64::from(args.ack_every.unwrap_or((args.prefetch / 2).max(1)));
+    let ack_every = u64::from(ack_every);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.consumers {
@@ -965,13 +967,33 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
     })
 }
 
+/// A consumer that acks every `ack_every` deliveries must be allowed to hold that many, or
+/// the broker stops delivering before it acks.
+fn check_ack_every(ack_every: u32, prefetch: u32) -> Result<(), CliError> {
+    if ack_every > prefetch {
+        return Err(CliError::Client(Error::InvalidState {
+            reason: "--ack-every must not exceed --prefetch: the broker stops delivering at the prefetch, before the consumer acks",
+        }));
+    }
+    Ok(())
+}
+
+/// How many messages `rate` per second for `seconds` is.
+fn paced_total(rate: u64, seconds: u64) -> Result<u64, CliError> {
+    rate.checked_mul(seconds)
+        .ok_or(CliError::Client(Error::InvalidState {
+            reason: "--rate times --seconds is more messages than can be counted",
+        }))
+}
+
 async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, CliError> {
+    check_ack_every(args.ack_every, args.prefetch)?;
+    let total = paced_total(args.rate, args.seconds)?;
     Admin::new(client)
         .declare_queue(&args.queue, Durability::Durable, &QueueArgs::default())
         .await?;
     let run = run_id();
     let epoch = Instant::now();
-    let total = args.rate * args.seconds;
 
     // The consumer is subscribed (on its own connection) before the first publish. Messages
     // of earlier runs left in the queue are acknowledged and not measured.
@@ -985,21 +1007,29 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
         let publisher_done = Arc::clone(&publisher_done);
         tokio::spawn(async move {
             let mut histogram = new_histogram();
-            let mut bytes = 0u64;
+            let (mut bytes, mut stale) = (0u64, 0u64);
             let mut unacked = 0u64;
             let mut last = None;
             let mut acks = VecDeque::new();
             let mut last_delivery = Instant::now();
             while received.load(Ordering::Relaxed) < total {
-                let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await else {
-                    if publisher_done.load(Ordering::Relaxed)
-                        && last_delivery.elapsed() >= CONSUMER_IDLE_TIMEOUT
-                    {
-                        break;
+                // What has arrived is taken without a timer.
+                let delivery = match subscriber.try_next() {
+                    Some(delivery) => delivery,
+                    None => {
+                        let Ok(next) = tokio::time::timeout(POLL_TIMEOUT, subscriber.next()).await
+                        else {
+                            if publisher_done.load(Ordering::Relaxed)
+                                && last_delivery.elapsed() >= CONSUMER_IDLE_TIMEOUT
+                            {
+                                break;
+                            }
+                            continue;
+                        };
+                        let Some(delivery) = next? else { break };
+                        delivery
                     }
-                    continue;
                 };
-                let Some(delivery) = next? else { break };
                 let now_ns = nanos_since(epoch);
                 last_delivery = Instant::now();
                 if let Some(sent_ns) = e2e_sent_ns(run, &delivery.body) {
@@ -1009,6 +1039,8 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
                     );
                     bytes += delivery.body.len() as u64;
                     received.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stale += 1;
                 }
                 unacked += 1;
                 if unacked >= ack_every {
@@ -1031,6 +1063,13 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
                 ack.await?;
             }
             subscriber.cancel().await?;
+            if stale > 0 {
+                eprintln!(
+                    "warning: {} of earlier runs were in the queue first (acked, not measured; \
+                     this run's first messages waited behind them)",
+                    counted(stale, "message")
+                );
+            }
             Ok::<_, CliError>((histogram, bytes))
         })
     };
