@@ -178,8 +178,9 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     fn read_range(&self, from: i64, to: i64) -> std::io::Result<Bytes>;
 
     /// As [`Applier::read_range`], stopping once about `max_bytes` are read (at least one
-    /// whole batch): the bytes, and the position they end at. A log whose snapshot bytes
-    /// cannot be cut (a queue's carry its state) reads the whole range: the default.
+    /// whole batch): the bytes, and the position they end at (`to` for the last piece,
+    /// which is also read for an empty range: a queue's last piece carries its ack state).
+    /// A log whose snapshot bytes cannot be cut reads the whole range: the default.
     ///
     /// # Errors
     /// As for [`Applier::read_range`].
@@ -196,7 +197,8 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     /// Appends bytes another replica's `read_range(from, ..)` returned; returns the
     /// position reached. This replica may have applied entries since it reported its
     /// position: what it already has of the bytes (from `from` up to its position) is
-    /// skipped.
+    /// skipped, also all of them (the last piece of a snapshot is applied for the state it
+    /// may carry).
     ///
     /// # Errors
     /// `from` is past this replica's position, the bytes do not continue its log, or a

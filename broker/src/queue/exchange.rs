@@ -339,6 +339,34 @@ impl Bindings {
             }
     }
 
+    /// Whether [`Bindings::unbind`] with these arguments would remove a binding (it looks
+    /// at what routing holds, as `unbind` does: a fanout or headers binding whatever key it
+    /// is listed under).
+    pub fn would_unbind(
+        &self,
+        queue: &str,
+        routing_key: &str,
+        headers: Option<&HeadersArgs>,
+    ) -> bool {
+        match self.kind {
+            ExchangeKind::Direct => self
+                .direct
+                .get(routing_key)
+                .is_some_and(|queues| queues.contains(queue)),
+            ExchangeKind::Fanout => self.fanout.contains(queue),
+            ExchangeKind::Topic => self
+                .listed
+                .contains(&(queue.to_string(), routing_key.to_string())),
+            ExchangeKind::Headers => {
+                let args = headers.cloned().unwrap_or(HeadersArgs {
+                    mode: HeadersMatch::All,
+                    values: BTreeMap::new(),
+                });
+                self.headers.contains(&(args, queue.to_string()))
+            }
+        }
+    }
+
     /// Whether `queue` has any binding here.
     pub fn has_queue(&self, queue: &str) -> bool {
         self.listed
@@ -480,6 +508,54 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn would_unbind_and_is_bound_agree_with_unbind_and_bind() {
+        // Goal: the manager calls unbind (bind) only when would_unbind (not is_bound) says
+        // it changes something, so the predicates must say exactly what the calls do.
+        let headers_a = HeadersArgs::from_pairs([("x-match", "all"), ("a", "1")]).unwrap();
+        let headers_b = HeadersArgs::from_pairs([("x-match", "all"), ("b", "1")]).unwrap();
+        for kind in [
+            ExchangeKind::Direct,
+            ExchangeKind::Fanout,
+            ExchangeKind::Topic,
+            ExchangeKind::Headers,
+        ] {
+            let steps: [(bool, &str, &HeadersArgs); 8] = [
+                (true, "k", &headers_a),
+                (true, "k", &headers_a),
+                (true, "k", &headers_b),
+                (true, "other", &headers_a),
+                (false, "", &headers_a),
+                (false, "k", &headers_b),
+                (false, "k", &headers_a),
+                (false, "other", &headers_b),
+            ];
+            let mut bindings = Bindings::new(kind);
+            for (bind, key, args) in steps {
+                if bind {
+                    let no_op = bindings.is_bound("q", key, Some(args));
+                    let before = (bindings.list(), bindings.describe().len());
+                    let added = bindings.bind("q", key, Some(args));
+                    if no_op {
+                        assert!(!added, "{kind:?} bind {key}");
+                        assert_eq!((bindings.list(), bindings.describe().len()), before);
+                    }
+                    assert!(
+                        bindings.is_bound("q", key, Some(args)),
+                        "{kind:?} bound {key}"
+                    );
+                } else {
+                    let predicted = bindings.would_unbind("q", key, Some(args));
+                    assert_eq!(
+                        bindings.unbind("q", key, Some(args)),
+                        predicted,
+                        "{kind:?} unbind {key}"
+                    );
+                }
+            }
+        }
+    }
 
     fn topic(bindings: &[(&str, &str)]) -> Bindings {
         let mut exchange = Bindings::new(ExchangeKind::Topic);

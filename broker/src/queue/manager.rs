@@ -776,6 +776,16 @@ impl QueueManager {
     ) -> Result<(), QueueError> {
         let args = binding_args(exchange, headers)?;
         let mut registry = self.lock();
+        // A binding that exists already changes nothing: checked before the first change,
+        // so the routing snapshot stays (clients declare their bindings on every connect).
+        let exists = registry.queues.contains_key(queue)
+            && registry
+                .exchanges
+                .get(exchange)
+                .is_some_and(|(_, bindings)| bindings.is_bound(queue, routing_key, Some(&args)));
+        if exists {
+            return Ok(());
+        }
         let added_durable = registry.add_binding(queue, exchange, routing_key, &args, headers)?;
         if added_durable {
             let snapshot = self.snapshot(&registry);
@@ -802,7 +812,7 @@ impl QueueManager {
             .exchanges
             .get_mut(exchange)
             .ok_or_else(|| QueueError::UnknownExchange(exchange.to_string()))?;
-        let removed = bindings.is_bound(queue, routing_key, Some(&args))
+        let removed = bindings.would_unbind(queue, routing_key, Some(&args))
             && Arc::make_mut(bindings).unbind(queue, routing_key, Some(&args));
         let kind = bindings.kind();
         let stored_headers = stored_pairs(headers);
@@ -872,7 +882,7 @@ impl QueueManager {
             .exchange_bindings
             .get_mut(source)
             .is_some_and(|bindings| {
-                bindings.is_bound(destination, routing_key, Some(&args))
+                bindings.would_unbind(destination, routing_key, Some(&args))
                     && Arc::make_mut(bindings).unbind(destination, routing_key, Some(&args))
             });
         let stored_headers = exchange_pairs(headers);
@@ -2374,6 +2384,48 @@ mod tests {
             ])
             .await;
         assert_eq!(ticket.routes, vec![vec![0usize], vec![]]);
+        manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unbinding_what_a_listing_shows_stops_the_routing() {
+        // Goal: an unbind removes what routing holds, whatever key a fanout or headers
+        // binding is listed under (the manager skips only unbinds that change nothing).
+        let (env, _fs, _) = sim_env(1_000);
+        let manager = QueueManager::open(Path::new("/data"), env).expect("opens");
+        manager
+            .declare_queue("q", QueueArgs::default(), Durability::Durable)
+            .expect("queue");
+        manager
+            .declare_exchange("h", ExchangeKind::Headers, Durability::Durable)
+            .expect("headers exchange");
+        let (a, b) = (
+            [("x-match", "any"), ("a", "1")],
+            [("x-match", "any"), ("b", "1")],
+        );
+        manager.bind("q", "h", "", &a).expect("bind a");
+        manager.bind("q", "h", "", &b).expect("bind b");
+        let mut with_b = message("m");
+        with_b.headers = vec![wharf_protocol::batch::Header {
+            key: "b".to_string(),
+            value: Some(Bytes::from_static(b"1")),
+        }];
+        let routed = manager
+            .publish("h", with_b.clone())
+            .await
+            .expect("published");
+        assert_eq!(routed, Published::Routed(vec!["q".to_string()]));
+        assert!(manager.unbind("q", "h", "", &a).expect("unbind a"));
+        assert!(manager.unbind("q", "h", "", &b).expect("unbind b"));
+        let routed = manager.publish("h", with_b).await.expect("published");
+        assert_eq!(routed, Published::Unroutable);
+
+        manager
+            .declare_exchange("f", ExchangeKind::Fanout, Durability::Durable)
+            .expect("fanout exchange");
+        manager.bind("q", "f", "some-key", &[]).expect("bind");
+        assert!(manager.unbind("q", "f", "", &[]).expect("unbind as listed"));
+        assert_eq!(reached(&manager, "f", "").await, None);
         manager.shutdown().await;
     }
 
