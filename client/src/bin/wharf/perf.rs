@@ -23,7 +23,9 @@
 //! line on stdout ([`Summary::to_json`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,9 +36,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wharf_client::{
-    Acks, Admin, Client, CommitPolicy, Consumer, ConsumerConfig, DeliveryFuture, Durability, Error,
-    ErrorCode, Idempotence, OffsetReset, Producer, ProducerConfig, ProducerRecord, PublishConfirm,
-    Publisher, QueueArgs, Routing, Subscriber, TopicPartition,
+    Acks, Admin, Client, CommitPolicy, Consumer, ConsumerConfig, Delivery, DeliveryFuture,
+    Durability, Error, ErrorCode, Idempotence, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, PublishConfirm, Publisher, QueueArgs, Routing, Subscriber, TopicPartition,
 };
 
 use crate::table::counted;
@@ -887,12 +889,9 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
         let received = Arc::clone(&received);
         let target = args.messages;
         tasks.push(tokio::spawn(async move {
-            let mut unacked = 0u64;
-            let mut last = None;
+            let mut acks = CumulativeAcks::new(ack_every);
             let mut last_record = Instant::now();
             let mut progressed = false;
-            // Acks in flight, oldest first: the consumer goes on while the broker fsyncs.
-            let mut acks = std::collections::VecDeque::new();
             while received.load(Ordering::Relaxed) < target {
                 // What has arrived is taken without a timer; only an empty subscriber waits,
                 // and then at most POLL_TIMEOUT before checking whether the run is over.
@@ -919,26 +918,9 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
                     }
                 };
                 received.fetch_add(1, Ordering::Relaxed);
-                unacked += 1;
-                if unacked >= ack_every {
-                    acks.push_back(delivery.ack_multiple_sent().await?);
-                    if acks.len() > ACKS_IN_FLIGHT_MAX {
-                        if let Some(oldest) = acks.pop_front() {
-                            oldest.await?;
-                        }
-                    }
-                    unacked = 0;
-                    last = None;
-                } else {
-                    last = Some(delivery);
-                }
+                acks.delivered(delivery).await?;
             }
-            if let Some(delivery) = last {
-                acks.push_back(delivery.ack_multiple_sent().await?);
-            }
-            for ack in acks {
-                ack.await?;
-            }
+            acks.finish().await?;
             let finished = Instant::now();
             subscriber.cancel().await?;
             Ok::<_, CliError>(finished)
@@ -965,6 +947,62 @@ async fn queue(client: &Client, args: PerfQueueArgs) -> Result<Summary, CliError
         latency: Latency::of(&histogram),
         extra: consume_fields(consumed, consume_seconds, args.size),
     })
+}
+
+/// A consumer's cumulative acks, one every `every` deliveries, with up to
+/// [`ACKS_IN_FLIGHT_MAX`] unanswered (the oldest awaited first): the consumer goes on while
+/// the broker makes them durable.
+struct CumulativeAcks {
+    every: u64,
+    unacked: u64,
+    /// The last delivery not acked yet: `finish` acks up to it.
+    last: Option<Delivery>,
+    in_flight: VecDeque<AckAnswer>,
+}
+
+/// The answer to one sent ack.
+type AckAnswer = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+impl CumulativeAcks {
+    fn new(every: u64) -> CumulativeAcks {
+        CumulativeAcks {
+            every,
+            unacked: 0,
+            last: None,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// Counts `delivery`; every `every`-th one sends an ack of it and all before it.
+    async fn delivered(&mut self, delivery: Delivery) -> Result<(), CliError> {
+        self.unacked += 1;
+        if self.unacked < self.every {
+            self.last = Some(delivery);
+            return Ok(());
+        }
+        self.in_flight
+            .push_back(Box::pin(delivery.ack_multiple_sent().await?));
+        if self.in_flight.len() > ACKS_IN_FLIGHT_MAX {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                oldest.await?;
+            }
+        }
+        self.unacked = 0;
+        self.last = None;
+        Ok(())
+    }
+
+    /// Acks what is left and waits for every ack's answer.
+    async fn finish(mut self) -> Result<(), CliError> {
+        if let Some(delivery) = self.last.take() {
+            self.in_flight
+                .push_back(Box::pin(delivery.ack_multiple_sent().await?));
+        }
+        for ack in self.in_flight {
+            ack.await?;
+        }
+        Ok(())
+    }
 }
 
 /// A consumer that acks every `ack_every` deliveries must be allowed to hold that many, or
@@ -1008,9 +1046,7 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
         tokio::spawn(async move {
             let mut histogram = new_histogram();
             let (mut bytes, mut stale) = (0u64, 0u64);
-            let mut unacked = 0u64;
-            let mut last = None;
-            let mut acks = VecDeque::new();
+            let mut acks = CumulativeAcks::new(ack_every);
             let mut last_delivery = Instant::now();
             while received.load(Ordering::Relaxed) < total {
                 // What has arrived is taken without a timer.
@@ -1042,26 +1078,9 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
                 } else {
                     stale += 1;
                 }
-                unacked += 1;
-                if unacked >= ack_every {
-                    acks.push_back(delivery.ack_multiple_sent().await?);
-                    if acks.len() > ACKS_IN_FLIGHT_MAX {
-                        if let Some(oldest) = acks.pop_front() {
-                            oldest.await?;
-                        }
-                    }
-                    unacked = 0;
-                    last = None;
-                } else {
-                    last = Some(delivery);
-                }
+                acks.delivered(delivery).await?;
             }
-            if let Some(delivery) = last {
-                acks.push_back(delivery.ack_multiple_sent().await?);
-            }
-            for ack in acks {
-                ack.await?;
-            }
+            acks.finish().await?;
             subscriber.cancel().await?;
             if stale > 0 {
                 eprintln!(
