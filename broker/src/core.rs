@@ -180,7 +180,7 @@ pub struct Broker {
     /// partition's leader (a transaction's marker) is written here.
     cluster_expected: bool,
     /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20).
-    cluster_follow: tokio::sync::Mutex<()>,
+    cluster_follow: tokio::sync::Mutex<cluster_sync::LocalSteps>,
     /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
     followed_topics: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
     /// Each partition's gate for transactional batches and markers (issue #21,
@@ -306,7 +306,7 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             cluster_replicated: std::sync::atomic::AtomicBool::new(false),
             cluster_expected: !config.cluster_peers.is_empty(),
-            cluster_follow: tokio::sync::Mutex::new(()),
+            cluster_follow: tokio::sync::Mutex::default(),
             followed_topics: std::sync::RwLock::new(Arc::default()),
             txn_gates: txn_markers::TxnGates::default(),
             coordination: coordination::Coordination::default(),

@@ -354,6 +354,11 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         "before the kill",
     );
     let first_recycled = topic_ids_agree(&addresses, "before the kill")["recycled"].clone();
+    ok(
+        &addresses[0],
+        &["exchange", "declare", "swapped", "--type", "fanout"],
+    );
+    exchange_kind_agrees(&addresses, "swapped", "fanout", "before the kill");
     nodes[2].kill();
     // Deleted and created again while node 2 is down: it comes back to a state where the
     // name exists, and must replace its copy of the old topic rather than keep it.
@@ -368,6 +373,13 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
     );
     ok(&addresses[0], &["topic", "delete", "doomed"]);
     ok(&addresses[1], &["queue", "delete", "doomed-q"]);
+    // An exchange deleted and declared again as another kind: node 2 must not keep its
+    // copy of the old kind.
+    ok(&addresses[0], &["exchange", "delete", "swapped"]);
+    ok(
+        &addresses[1],
+        &["exchange", "declare", "swapped", "--type", "direct"],
+    );
     ok(
         &addresses[0],
         &[
@@ -403,6 +415,7 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         &["jobs"],
         "after the restart",
     );
+    exchange_kind_agrees(&addresses, "swapped", "direct", "after the restart");
     let ids = topic_ids_agree(&addresses, "after the restart");
     assert_ne!(
         ids["recycled"], first_recycled,
@@ -482,6 +495,32 @@ fn topics_and_queues_defined_on_one_node_appear_on_all_and_reach_a_node_that_was
         &[],
         "after the deletes",
     );
+}
+
+/// Waits until every node in `brokers` lists exchange `name` as of kind `kind` (30 s).
+fn exchange_kind_agrees(brokers: &[String], name: &str, kind: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<Option<String>> = brokers
+            .iter()
+            .map(|broker| {
+                let output = wharf(broker, &["--json", "exchange", "list"], "");
+                let listed: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+                listed
+                    .iter()
+                    .find(|exchange| exchange["name"] == name)
+                    .and_then(|exchange| exchange["type"].as_str().map(str::to_string))
+            })
+            .collect();
+        if seen.iter().all(|seen| seen.as_deref() == Some(kind)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the nodes did not all list {name} as {kind} within 30 s: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until every node in `brokers` lists exactly `wanted` (exchange, key) as the

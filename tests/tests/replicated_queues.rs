@@ -125,6 +125,21 @@ fn endpoints(nodes: &[BrokerProcess]) -> (Vec<String>, Vec<(u64, String)>) {
     (addresses, http)
 }
 
+/// Runs `wharf args` on `broker` until it succeeds, or fails saying `done` (a non-empty
+/// `done`: the change was made by an earlier attempt whose answer was lost), for 30 s.
+fn retry_until(broker: &str, args: &[&str], done: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = wharf(broker, args, "");
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        if output.status.success() || (!done.is_empty() && said.contains(done)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{args:?} on {broker}: {said}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn lines(prefix: &str, range: std::ops::Range<u32>) -> String {
     range.map(|i| format!("{prefix}{i}\n")).collect()
 }
@@ -418,4 +433,112 @@ fn a_replicated_queue_moves_off_a_removed_leader_onto_a_new_node_with_its_messag
     let bodies: Vec<String> = delivered.into_iter().map(|(body, _)| body).collect();
     let wanted: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
     assert_eq!(bodies, wanted, "every confirmed message, once, in order");
+}
+
+/// A replicated queue deleted and declared again while one of its replicas was down (issue
+/// #20's queue incarnations, docs/CLUSTER.md "Definitions through the metadata log"): the
+/// node comes back to a log in which the name exists, and must drop its copy of the old
+/// queue (messages, replicated log) and join the new queue's group, which is another group
+/// than the old one's. Without that it kept the old messages, and its old member, holding
+/// a longer log of a later term, could win the new group's election and overwrite it.
+#[test]
+fn a_queue_declared_again_while_a_replica_was_down_replaces_that_replicas_old_copy() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let (addresses, http) = endpoints(&nodes);
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let declare = |broker: &str| {
+        wharf_ok(
+            broker,
+            &[
+                "queue",
+                "declare",
+                "again",
+                "--durable",
+                "--replication-factor",
+                "3",
+            ],
+            "",
+        );
+    };
+    declare(&addresses[0]);
+    let leader = queue_leader(&http, "again", &[1, 2, 3], "after the first declare");
+    publish_retrying(&addresses[0], "again", &lines("old", 0..20));
+    // Many entries of the old group's log on every replica (publishes and acks), so the
+    // down node's old member holds a longer log than the new group has when it returns.
+    let taken = wharf_ok(
+        &addresses[0],
+        &[
+            "subscribe",
+            "again",
+            "--max-messages",
+            "10",
+            "--prefetch",
+            "1",
+        ],
+        "",
+    );
+    assert_eq!(taken.lines().count(), 10);
+    queue_leader(&http, "again", &[1, 2, 3], "before the kill");
+
+    // A follower goes down; the queue is deleted and declared again through the others.
+    let down = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    let down_at = usize::try_from(down - 1).expect("an index");
+    let up: Vec<usize> = (0..3).filter(|at| *at != down_at).collect();
+    nodes[down_at].kill();
+    // The node killed may have led the metadata log: changes are retried until the two
+    // left elected another (a delete that was made before its answer was lost is then
+    // refused as unknown).
+    retry_until(
+        &addresses[up[0]],
+        &["queue", "delete", "again"],
+        "unknown queue",
+    );
+    retry_until(
+        &addresses[up[1]],
+        &[
+            "queue",
+            "declare",
+            "again",
+            "--durable",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    publish_retrying(&addresses[up[1]], "again", &lines("new", 0..5));
+
+    nodes[down_at].restart();
+    let (addresses, http) = endpoints(&nodes);
+    converged(&addresses, 3, "after the restart");
+    // The node that was down is a member of the new queue's group, level with its leader.
+    let leader = queue_leader(&http, "again", &[1, 2, 3], "after the restart");
+    publish_retrying(&addresses[down_at], "again", &lines("after", 0..5));
+    queue_leader(&http, "again", &[1, 2, 3], "after more publishes");
+
+    // With the new queue's leader gone (unless it is the node that was down), the node
+    // that was down and the third node go on: only the new queue's messages are there.
+    let via = if leader == down {
+        down_at
+    } else {
+        let leader_at = usize::try_from(leader - 1).expect("an index");
+        nodes[leader_at].kill();
+        let survivors: Vec<(u64, String)> = http
+            .iter()
+            .filter(|(id, _)| *id != leader)
+            .cloned()
+            .collect();
+        let ids: Vec<u64> = survivors.iter().map(|(id, _)| *id).collect();
+        queue_leader(&survivors, "again", &ids, "after the new leader's SIGKILL");
+        down_at
+    };
+    let drained = drain(&addresses[via], "again");
+    let bodies: Vec<String> = drained.into_iter().map(|(body, _)| body).collect();
+    let mut wanted: Vec<String> = (0..5).map(|i| format!("new{i}")).collect();
+    wanted.extend((0..5).map(|i| format!("after{i}")));
+    assert_eq!(
+        bodies, wanted,
+        "the queue declared again holds its own messages only"
+    );
 }

@@ -101,6 +101,11 @@ fn is_zero(count: &u32) -> bool {
     *count == 0
 }
 
+/// Serde's test for leaving out an incarnation or counter that is 0.
+fn is_zero_u64(count: &u64) -> bool {
+    *count == 0
+}
+
 /// A topic's cluster-wide definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMeta {
@@ -122,6 +127,13 @@ pub struct QueueMeta {
     pub arguments: BTreeMap<String, String>,
     /// Where it lives.
     pub placement: Replicas,
+    /// Which declaration of the name this is: every declare of a name the log does not
+    /// hold gets the next number ([`MetadataState::queue_incarnations`]), so a node that
+    /// missed a delete and a declare of the same name tells the new queue from its old
+    /// copy, and the new queue's replicated log is another group than the old one's. 0 for
+    /// a queue declared before incarnations went through the log.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub incarnation: u64,
 }
 
 /// A binding of a queue, or of another exchange, to an exchange.
@@ -318,6 +330,10 @@ pub struct MetadataState {
     /// been handed out (absent from snapshots written before 2026-12-06).
     #[serde(default)]
     pub producer_ids: BTreeMap<NodeId, i64>,
+    /// The last queue incarnation handed out ([`QueueMeta::incarnation`]); absent (0)
+    /// from snapshots written before 2026-12-07.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub queue_incarnations: u64,
     /// The test register.
     #[doc(hidden)]
     pub test_register: BTreeMap<String, u64>,
@@ -494,11 +510,13 @@ impl MetadataState {
                 }
                 let factor = self.check_factor(*replication_factor)?;
                 let placed = placement::Load::of(self).place(factor);
+                self.queue_incarnations += 1;
                 self.queues.insert(
                     name.clone(),
                     QueueMeta {
                         arguments: arguments.clone(),
                         placement: placed.clone(),
+                        incarnation: self.queue_incarnations,
                     },
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
@@ -885,6 +903,54 @@ mod tests {
         let old_meta = r#"{"configs":{},"partitions":[{"replicas":[1],"leader":1}]}"#;
         let meta: TopicMeta = serde_json::from_str(old_meta).expect("an older topic decodes");
         assert_eq!(meta.topic_id, None);
+    }
+
+    #[test]
+    fn each_declare_of_a_queue_name_the_log_lacks_is_a_new_incarnation() {
+        let mut state = three_nodes();
+        let declare = |arguments: &[(&str, &str)]| MetadataCommand::DeclareQueue {
+            name: "q".to_string(),
+            replication_factor: 1,
+            arguments: arguments
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        };
+        state.apply(&declare(&[]));
+        assert_eq!(state.queues["q"].incarnation, 1);
+        // The same declare again is the same queue.
+        state.apply(&declare(&[]));
+        assert_eq!(state.queues["q"].incarnation, 1);
+        // Another queue takes the next number; a delete and a declare of the name, whatever
+        // the arguments, give it another one.
+        state.apply(&MetadataCommand::DeclareQueue {
+            name: "other".to_string(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+        });
+        assert_eq!(state.queues["other"].incarnation, 2);
+        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        state.apply(&declare(&[]));
+        assert_eq!(state.queues["q"].incarnation, 3);
+        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        state.apply(&declare(&[("x-max-length", "5")]));
+        assert_eq!(state.queues["q"].incarnation, 4);
+        assert_eq!(state.queue_incarnations, 4);
+        // The state round-trips through the snapshot's JSON; a state and a queue written
+        // before incarnations read as 0.
+        let again: MetadataState =
+            serde_json::from_str(&serde_json::to_string(&state).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(again, state);
+        let old_meta = r#"{"arguments":{},"placement":{"replicas":[1],"leader":1}}"#;
+        let meta: QueueMeta = serde_json::from_str(old_meta).expect("an older queue decodes");
+        assert_eq!(meta.incarnation, 0);
+        let mut old_state = three_nodes();
+        old_state.queue_incarnations = 0;
+        let text = serde_json::to_string(&old_state).expect("encodes");
+        assert!(!text.contains("queue_incarnations"), "{text}");
+        let read: MetadataState = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(read.queue_incarnations, 0);
     }
 
     #[test]

@@ -56,6 +56,12 @@ struct Followed {
     index: u64,
     topics: BTreeSet<String>,
     queues: BTreeSet<String>,
+    /// The incarnation ([`crate::cluster::metadata::QueueMeta::incarnation`]) of each
+    /// followed queue whose copy here is known to be that incarnation's (absent from
+    /// records written before 2026-12-07: such a queue's incarnation is taken as the log's
+    /// when it is next seen).
+    #[serde(default)]
+    queue_incarnations: BTreeMap<String, u64>,
     exchanges: BTreeSet<String>,
     bindings: BTreeSet<BindingMeta>,
 }
@@ -127,6 +133,17 @@ enum RecordError {
     Storage(#[from] crate::storage::Error),
     #[error("the writing task stopped: {0}")]
     Stopped(#[from] tokio::task::JoinError),
+}
+
+/// What the proposers' local steps made that the follower's record must know: held under
+/// the lock that a local step and a pass of the follower share
+/// ([`Broker::follow_metadata`]).
+#[derive(Debug, Default)]
+pub(crate) struct LocalSteps {
+    /// Queues a local step declared here, with the incarnation the log held when it did:
+    /// the copy is that incarnation's, so the next pass does not take it for the copy of
+    /// an older one.
+    declared_queues: BTreeMap<String, u64>,
 }
 
 /// Whether a binding is made or removed.
@@ -316,13 +333,29 @@ impl Broker {
             arguments: pairs.iter().cloned().collect(),
         };
         Self::propose_declare(cluster, command).await?;
-        let _following = self.cluster_follow.lock().await;
+        let mut steps = self.cluster_follow.lock().await;
+        // A copy made here now is of the incarnation the log holds now (a copy that
+        // exists is whichever the follower's record says).
+        let incarnation = (!self.queues.exists(name))
+            .then(|| {
+                let applied = cluster.applied();
+                applied
+                    .state
+                    .queues
+                    .get(name)
+                    .map(|queue| queue.incarnation)
+            })
+            .flatten();
         let queues = self.queues.clone();
         let declaring = name.to_string();
         queue_blocking(move || {
             queues.declare_queue_for(&declaring, args, Durability::Durable, None)
         })
-        .await
+        .await?;
+        if let Some(incarnation) = incarnation {
+            steps.declared_queues.insert(name.to_string(), incarnation);
+        }
+        Ok(())
     }
 
     /// Tells the metadata log that a durable queue was deleted here by a conditional delete
@@ -739,12 +772,17 @@ impl Broker {
                 // A proposer's local step and a pass exclude each other, and a pass reads
                 // the state only once it holds the lock: it never acts on a state older
                 // than a local step already made.
-                let _following = self.cluster_follow.lock().await;
+                let mut steps = self.cluster_follow.lock().await;
                 let now = applied.borrow_and_update().clone();
+                let noted = !steps.declared_queues.is_empty();
+                for (name, incarnation) in std::mem::take(&mut steps.declared_queues) {
+                    followed.queues.insert(name.clone());
+                    followed.queue_incarnations.insert(name, incarnation);
+                }
                 if now.index >= followed.index {
                     let before = followed.clone();
                     self.follow(&now.state, &mut followed).await;
-                    if followed != before {
+                    if noted || followed != before {
                         self.publish_followed(&followed);
                         followed.index = now.index;
                         sequence += 1;
@@ -841,11 +879,43 @@ impl Broker {
             }
         }
         for (name, queue) in &state.queues {
+            // A followed queue whose copy here is of another incarnation than the log's was
+            // deleted and declared again while this node saw only the state after both:
+            // the copy (messages, arguments, replicated log) is the old queue's, and goes
+            // before the new one is declared.
+            let known = followed.queue_incarnations.get(name).copied();
+            if followed.queues.contains(name) && known.is_some_and(|at| at != queue.incarnation) {
+                self.stop_queue_replica(name).await;
+                match self.queues.delete_queue(name).await {
+                    Ok(()) | Err(QueueError::UnknownQueue(_)) => {
+                        tracing::info!(
+                            queue = name,
+                            "replaced this node's copy of a queue the cluster's metadata deleted and declared again"
+                        );
+                        followed.queues.remove(name);
+                        followed.queue_incarnations.remove(name);
+                        // Its bindings went with the copy: the log's are made again.
+                        followed
+                            .bindings
+                            .retain(|binding| binding.to_exchange || binding.queue != *name);
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue = name, %error, "cannot delete this node's copy of a queue the cluster's metadata declared again");
+                        continue;
+                    }
+                }
+            }
             if followed.queues.contains(name) {
+                followed
+                    .queue_incarnations
+                    .insert(name.clone(), queue.incarnation);
                 continue;
             }
             if self.queues.exists(name) {
                 followed.queues.insert(name.clone());
+                followed
+                    .queue_incarnations
+                    .insert(name.clone(), queue.incarnation);
                 continue;
             }
             let outcome = match args_from_pairs(
@@ -867,6 +937,9 @@ impl Broker {
             match outcome {
                 Ok(()) => {
                     followed.queues.insert(name.clone());
+                    followed
+                        .queue_incarnations
+                        .insert(name.clone(), queue.incarnation);
                     tracing::info!(queue = name, "declared queue from the cluster's metadata");
                 }
                 Err(error) => {
@@ -882,6 +955,7 @@ impl Broker {
             .collect();
         for name in dropped {
             followed.queues.remove(&name);
+            followed.queue_incarnations.remove(&name);
             if !self.queues.exists(&name) {
                 continue;
             }
@@ -904,9 +978,6 @@ impl Broker {
     /// its exchange), bindings after, dropped bindings before dropped exchanges.
     async fn follow_exchanges(&self, state: &MetadataState, followed: &mut Followed) {
         for (name, kind) in &state.exchanges {
-            if followed.exchanges.contains(name) {
-                continue;
-            }
             let Some(kind) = ExchangeKind::parse(kind) else {
                 tracing::warn!(
                     exchange = name,
@@ -915,6 +986,34 @@ impl Broker {
                 );
                 continue;
             };
+            // A followed exchange whose copy here is of another kind than the log's was
+            // deleted and declared again while this node saw only the state after both:
+            // the copy goes (its bindings with it), and the log's is declared.
+            let local = self.queues.exchange_kind(name);
+            if followed.exchanges.contains(name) && local.is_some_and(|here| here != kind) {
+                let queues = self.queues.clone();
+                let deleting = name.clone();
+                match queue_blocking(move || queues.delete_exchange(&deleting)).await {
+                    Ok(()) | Err(QueueError::UnknownExchange(_)) => {
+                        tracing::info!(
+                            exchange = name,
+                            "replaced this node's copy of an exchange the cluster's metadata declared again as another kind"
+                        );
+                        followed.exchanges.remove(name);
+                        followed.bindings.retain(|binding| {
+                            binding.exchange != *name
+                                && !(binding.to_exchange && binding.queue == *name)
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(exchange = name, %error, "cannot delete this node's copy of an exchange the cluster's metadata declared again");
+                        continue;
+                    }
+                }
+            }
+            if followed.exchanges.contains(name) {
+                continue;
+            }
             let queues = self.queues.clone();
             let declaring = name.clone();
             let declared = queue_blocking(move || {
@@ -995,5 +1094,36 @@ fn queue_refusal(error: ClusterError) -> QueueError {
     QueueError::Cluster {
         no_leader: error == ClusterError::NoLeader,
         message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_followed_definitions_from_before_incarnations_still_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = br#"{"index":7,"topics":["t"],"queues":["q"],"exchanges":[],"bindings":[]}"#;
+        checkpoint::write(
+            &RealFs,
+            dir.path(),
+            FOLLOWED_FILE,
+            FOLLOWED_MAGIC,
+            FOLLOWED_VERSION,
+            3,
+            old,
+        )
+        .expect("written");
+        let (followed, sequence) = Followed::load(dir.path());
+        assert_eq!(sequence, 3);
+        assert_eq!(followed.index, 7);
+        assert!(followed.queues.contains("q"));
+        assert!(followed.queue_incarnations.is_empty());
+        // A record with incarnations round-trips.
+        let mut record = followed;
+        record.queue_incarnations.insert("q".into(), 4);
+        record.save(dir.path(), 4).expect("saved");
+        assert_eq!(Followed::load(dir.path()), (record, 4));
     }
 }

@@ -358,7 +358,7 @@ impl Broker {
             .all()
             .into_iter()
             .filter_map(|replica| {
-                let queue = replica.group().strip_prefix("queue:")?.to_string();
+                let queue = super::queue_replication::queue_of_group(replica.group())?.to_string();
                 let status = replica.status();
                 Some(QueueReplicaObserved {
                     queue,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::metadata::{MetadataState, NodeId, Replicas};
+use crate::cluster::metadata::{MetadataState, NodeId, QueueMeta};
 use crate::cluster::raft::Cluster;
 use crate::cluster::replica::{Applier, Replica, ReplicaError};
 use crate::cluster::store::Io;
@@ -43,10 +43,32 @@ const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// frame.
 const QUEUE_ENTRIES_PER_APPEND: u64 = 6;
 
-/// The replicated log's name for queue `queue` (topic names cannot hold `:`, so it names
-/// no partition's group).
-pub(crate) fn queue_group_name(queue: &str) -> String {
-    format!("queue:{queue}")
+/// The replicated log's name for incarnation `incarnation` of queue `queue` (topic names
+/// cannot hold `:`, so it names no partition's group; queue names cannot hold `@`, so two
+/// queues' groups never share a name). A queue deleted and declared again gets another
+/// group, so a member of the old one (on a node that missed both changes) never joins
+/// the new one. Incarnation 0 (declared before incarnations) is the plain `queue:<name>`.
+pub(crate) fn queue_group_name(queue: &str, incarnation: u64) -> String {
+    if incarnation == 0 {
+        format!("queue:{queue}")
+    } else {
+        format!("queue:{queue}@{incarnation}")
+    }
+}
+
+/// The queue whose replicated log `group` is (of whichever incarnation), if it is a
+/// queue's.
+pub(crate) fn queue_of_group(group: &str) -> Option<&str> {
+    let rest = group.strip_prefix("queue:")?;
+    match rest.rsplit_once('@') {
+        Some((queue, number)) => number.parse::<u64>().is_ok().then_some(queue),
+        None => Some(rest),
+    }
+}
+
+/// Whether `group` is the replicated log of some incarnation of queue `queue`.
+fn is_queue_group(group: &str, queue: &str) -> bool {
+    queue_of_group(group) == Some(queue)
 }
 
 /// Applies a replicated queue's committed commands to this node's copy of its store.
@@ -217,17 +239,19 @@ fn spawn_submitter(replica: Replica, queue: String, closed: Arc<AtomicBool>) -> 
 }
 
 impl Broker {
-    /// Starts this node's member of replicated queue `name` (placed on `replicas`, led at
-    /// first by `leader`), unless it runs or the queue's copy here is not made yet.
+    /// Starts this node's member of replicated queue `name` (defined by `queue`: placed on
+    /// its replicas, led at first by its leader), unless it runs or the queue's copy here
+    /// is not made yet.
     pub(crate) async fn start_queue_replica(
         self: &Arc<Self>,
         cluster: &Cluster,
         state: &MetadataState,
         name: &str,
-        set: &Replicas,
+        queue: &QueueMeta,
     ) {
+        let set = &queue.placement;
         let replicas = &set.replicas;
-        let group = queue_group_name(name);
+        let group = queue_group_name(name, queue.incarnation);
         if cluster.replicas().get(&group).is_some() {
             return;
         }
@@ -353,12 +377,18 @@ impl Broker {
         }
     }
 
-    /// Stops this node's member of replicated queue `name` (before its files go).
+    /// Stops this node's member of replicated queue `name`, of whichever incarnation
+    /// (before its files go).
     pub(crate) async fn stop_queue_replica(&self, name: &str) {
         if let Some(cluster) = self.replicated() {
-            if let Some(stopped) = cluster.replicas().remove(&queue_group_name(name)) {
-                stopped.shutdown().await;
-                tracing::info!(group = stopped.group(), "replicated queue stopped");
+            for replica in cluster.replicas().all() {
+                if !is_queue_group(replica.group(), name) {
+                    continue;
+                }
+                if let Some(stopped) = cluster.replicas().remove(replica.group()) {
+                    stopped.shutdown().await;
+                    tracing::info!(group = stopped.group(), "replicated queue stopped");
+                }
             }
         }
     }
@@ -507,11 +537,21 @@ mod tests {
     }
 
     #[test]
-    fn queue_groups_are_named_apart_from_partitions() {
-        assert_eq!(queue_group_name("orders"), "queue:orders");
+    fn queue_groups_are_named_apart_from_partitions_and_other_incarnations() {
+        assert_eq!(queue_group_name("orders", 0), "queue:orders");
+        assert_eq!(queue_group_name("orders", 7), "queue:orders@7");
         assert_ne!(
-            queue_group_name("orders-0"),
+            queue_group_name("orders-0", 0),
             crate::core::replication::group_name("orders", 0)
         );
+        assert!(is_queue_group("queue:orders", "orders"));
+        assert!(is_queue_group("queue:orders@7", "orders"));
+        assert!(!is_queue_group("queue:orders-2@7", "orders"));
+        assert!(!is_queue_group("queue:orders.x", "orders"));
+        assert!(!is_queue_group("queue:orders@", "orders"));
+        assert!(!is_queue_group("orders-0", "orders"));
+        assert_eq!(queue_of_group("queue:orders@7"), Some("orders"));
+        assert_eq!(queue_of_group("queue:orders"), Some("orders"));
+        assert_eq!(queue_of_group("orders-0"), None);
     }
 }

@@ -790,8 +790,11 @@ impl Broker {
             if set.replicas.len() < 2 || !set.hosts(this) {
                 continue;
             }
-            placed.insert(super::queue_replication::queue_group_name(name));
-            self.start_queue_replica(cluster, state, name, set).await;
+            placed.insert(super::queue_replication::queue_group_name(
+                name,
+                queue.incarnation,
+            ));
+            self.start_queue_replica(cluster, state, name, queue).await;
         }
         for replica in cluster.replicas().all() {
             if !placed.contains(replica.group()) {
@@ -850,7 +853,7 @@ impl Broker {
                 if set.leader == this || set.replicas.len() < 2 {
                     continue;
                 }
-                let group = super::queue_replication::queue_group_name(name);
+                let group = super::queue_replication::queue_group_name(name, queue.incarnation);
                 let Some(replica) = cluster.replicas().get(&group) else {
                     continue;
                 };
@@ -907,7 +910,7 @@ fn drive_moves(
     });
     let queues = state.queues.iter().map(|(name, queue)| {
         (
-            super::queue_replication::queue_group_name(name),
+            super::queue_replication::queue_group_name(name, queue.incarnation),
             name,
             None,
             &queue.placement,

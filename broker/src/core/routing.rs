@@ -329,20 +329,15 @@ impl QueueCluster for QueuePlacement {
         // A replicated queue with a member here: the leader that member knows (none while
         // it knows none: then the queue has no task here either, and its callers are told
         // no leader serves it).
-        let group = super::queue_replication::queue_group_name(queue);
+        let applied = self.cluster.applied();
+        let defined = applied.state.queues.get(queue)?;
+        let group = super::queue_replication::queue_group_name(queue, defined.incarnation);
         if let Some(replica) = self.cluster.replicas().get(&group) {
             return replica
                 .leader()
                 .filter(|leader| *leader != self.cluster.node_id());
         }
-        let leader = self
-            .cluster
-            .applied()
-            .state
-            .queues
-            .get(queue)?
-            .placement
-            .leader;
+        let leader = defined.placement.leader;
         (leader != self.cluster.node_id()).then_some(leader)
     }
 

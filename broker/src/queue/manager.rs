@@ -484,6 +484,14 @@ impl QueueManager {
         self.definitions.persist(snapshot)
     }
 
+    /// The kind of exchange `name`, if it exists.
+    pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
+        self.lock()
+            .exchanges
+            .get(name)
+            .map(|(_, bindings)| bindings.kind())
+    }
+
     /// Every exchange: (name, kind, durability, binding count), sorted by name.
     pub fn list_exchanges(&self) -> Vec<(String, ExchangeKind, Durability, usize)> {
         let registry = self.lock();
