@@ -4,6 +4,7 @@
     confluent_replicated.py create BOOTSTRAP TOPIC
     confluent_replicated.py produce BOOTSTRAP TOPIC START COUNT [PAUSE_MS]
     confluent_replicated.py consume BOOTSTRAP TOPIC COUNT
+    confluent_replicated.py isr BOOTSTRAP TOPIC WANTED
 
 create: makes TOPIC, one partition with the broker's default replication factor (none
 asked for: Kafka's -1), and waits until BOOTSTRAP's metadata lists it with three replicas
@@ -13,6 +14,9 @@ order, PAUSE_MS (default 0) apart; it retries through a failover (message.timeou
 prints {"acked": [[offset, value], ...], "failed": [errors]} in delivery order.
 consume: reads the partition from the earliest offset until COUNT records or 60 s; prints
 {"read": [[offset, value], ...], "epochs": [leader epoch of each record], "leader": id}.
+isr: asks BOOTSTRAP's Metadata until partition 0's in-sync replicas are WANTED (node ids
+joined by commas) or 45 s passed; prints {"isrs": [ids], "replicas": [ids], "leader": id}
+as last seen (the caller compares).
 """
 
 import json
@@ -98,6 +102,25 @@ def consume(bootstrap, topic, count):
     return {"read": read, "epochs": epochs, "leader": leader}
 
 
+def isr(bootstrap, topic, wanted):
+    deadline = time.time() + 45
+    seen = {}
+    while True:
+        described = metadata(bootstrap, topic).topics.get(topic)
+        if described is not None and described.error is None and described.partitions:
+            partition = described.partitions[0]
+            seen = {
+                "isrs": sorted(partition.isrs),
+                "replicas": sorted(partition.replicas),
+                "leader": partition.leader,
+            }
+            if seen["isrs"] == wanted:
+                return seen
+        if time.time() > deadline:
+            return seen
+        time.sleep(0.3)
+
+
 def main():
     mode, bootstrap, topic = sys.argv[1:4]
     if mode == "create":
@@ -107,6 +130,8 @@ def main():
         result = produce(bootstrap, topic, int(sys.argv[4]), int(sys.argv[5]), pause_ms)
     elif mode == "consume":
         result = consume(bootstrap, topic, int(sys.argv[4]))
+    elif mode == "isr":
+        result = isr(bootstrap, topic, sorted(int(node) for node in sys.argv[4].split(",")))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))

@@ -1563,6 +1563,24 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
         dead["lag_entries"].as_u64().is_some_and(|lag| lag > 0),
         "{described}"
     );
+    // Kafka Metadata's in-sync replicas say the same through either node left: the
+    // leader's own view, and the set it recorded in the metadata for the other.
+    let wanted_isr = in_sync
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for (at, address) in kafka.iter().enumerate() {
+        if at == killed {
+            continue;
+        }
+        let seen = replicated_client(&["isr", address, topic, &wanted_isr]);
+        assert_eq!(
+            seen["isrs"],
+            serde_json::json!(in_sync),
+            "Kafka Metadata through {address} after the SIGKILL: {seen}"
+        );
+    }
     let read = replicated_client(&["consume", &kafka[survivor], topic, "400"]);
     let second_leader = read["leader"].as_u64().expect("a leader");
     assert_ne!(
@@ -1577,11 +1595,16 @@ fn a_replicated_partition_keeps_every_acknowledged_record_when_its_leader_is_kil
     );
     leader_epochs_are_the_terms_that_appended(&read, &addresses, &kafka, second_leader, topic);
 
-    // The first leader comes back and catches up; then the second leader is killed, and
-    // the first leader and the third node go on.
+    // The first leader comes back and catches up (back in Kafka's in-sync replicas);
+    // then the second leader is killed, and the first leader and the third node go on.
     nodes[killed].restart();
     let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    std::thread::sleep(Duration::from_secs(3));
+    let seen = replicated_client(&["isr", &kafka[killed], topic, "1,2,3"]);
+    assert_eq!(
+        seen["isrs"],
+        serde_json::json!([1, 2, 3]),
+        "Kafka Metadata after the restart: {seen}"
+    );
     let second = usize::try_from(second_leader - 1).expect("a node index");
     nodes[second].kill();
     let left = (0..3).find(|&at| at != second).expect("a node left");

@@ -65,6 +65,12 @@ pub struct Replicas {
     /// group's first membership ([`Replicas::initializes`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub move_count: u32,
+    /// A replicated partition's in-sync replicas as its leader last recorded them
+    /// ([`MetadataCommand::SetPartitionInSync`], Kafka's ISR): what nodes without the
+    /// leader's view answer in Kafka Metadata. `None` until recorded (and after a move):
+    /// every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<Vec<NodeId>>,
 }
 
 impl Replicas {
@@ -75,6 +81,7 @@ impl Replicas {
             replicas,
             moving_to: None,
             move_count: 0,
+            in_sync: None,
         }
     }
 
@@ -214,11 +221,26 @@ pub enum MetadataCommand {
         partition: u32,
         leader: NodeId,
     },
-    /// Declares a queue (idempotent when the arguments are the same).
+    /// Records that partition `partition` of topic `name`, led by `leader`, has `in_sync`
+    /// as its in-sync replicas (issue #21: the leader's view, Kafka's ISR, for the
+    /// Metadata answers of nodes without it). Refused unless `leader` is the recorded
+    /// leader, so a deposed leader's late record never overwrites its successor's.
+    SetPartitionInSync {
+        name: String,
+        partition: u32,
+        leader: NodeId,
+        in_sync: Vec<NodeId>,
+    },
+    /// Declares a queue (idempotent when the arguments are the same). With `incarnated`
+    /// (every proposer since 2026-12-07), a new queue gets the next incarnation; entries
+    /// of earlier builds (absent: false) declare incarnation 0, so every node gives them
+    /// the same number whether it replays them or has them in an older snapshot.
     DeclareQueue {
         name: String,
         replication_factor: u32,
         arguments: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        incarnated: bool,
     },
     /// Deletes a queue and its bindings.
     DeleteQueue { name: String },
@@ -497,10 +519,41 @@ impl MetadataState {
                 set.leader = *leader;
                 Ok(MetadataResult::Done)
             }
+            MetadataCommand::SetPartitionInSync {
+                name,
+                partition,
+                leader,
+                in_sync,
+            } => {
+                let set = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?
+                    .partitions
+                    .get_mut(*partition as usize)
+                    .ok_or_else(|| {
+                        MetadataError::Invalid(format!(
+                            "topic {name:?} has no partition {partition}"
+                        ))
+                    })?;
+                if set.leader != *leader {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {leader} does not lead {name}-{partition}"
+                    )));
+                }
+                if let Some(outsider) = in_sync.iter().find(|node| !set.hosts(**node)) {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {outsider} holds no replica of {name}-{partition}"
+                    )));
+                }
+                set.in_sync = Some(in_sync.clone());
+                Ok(MetadataResult::Done)
+            }
             MetadataCommand::DeclareQueue {
                 name,
                 replication_factor,
                 arguments,
+                incarnated,
             } => {
                 if let Some(queue) = self.queues.get(name) {
                     if &queue.arguments == arguments {
@@ -510,13 +563,18 @@ impl MetadataState {
                 }
                 let factor = self.check_factor(*replication_factor)?;
                 let placed = placement::Load::of(self).place(factor);
-                self.queue_incarnations += 1;
+                let incarnation = if *incarnated {
+                    self.queue_incarnations += 1;
+                    self.queue_incarnations
+                } else {
+                    0
+                };
                 self.queues.insert(
                     name.clone(),
                     QueueMeta {
                         arguments: arguments.clone(),
                         placement: placed.clone(),
-                        incarnation: self.queue_incarnations,
+                        incarnation,
                     },
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
@@ -613,6 +671,7 @@ impl MetadataState {
                 set.replicas = replicas.clone();
                 set.moving_to = None;
                 set.move_count += 1;
+                set.in_sync = None;
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::ReserveProducerIds {
@@ -783,12 +842,62 @@ mod tests {
     }
 
     #[test]
+    fn a_partitions_in_sync_replicas_are_recorded_by_its_leader_only() {
+        let mut state = three_nodes();
+        state.apply(&MetadataCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 2,
+            configs: BTreeMap::new(),
+            topic_id: None,
+        });
+        let set = state.topics["t"].partitions[0].clone();
+        assert_eq!(set.in_sync, None, "every replica until one is recorded");
+        let (leader, follower) = (set.replicas[0], set.replicas[1]);
+        let outsider = (1..=3)
+            .find(|id| !set.replicas.contains(id))
+            .expect("a third");
+        let record = |leader: NodeId, in_sync: Vec<NodeId>| MetadataCommand::SetPartitionInSync {
+            name: "t".into(),
+            partition: 0,
+            leader,
+            in_sync,
+        };
+        assert_eq!(
+            state.apply(&record(leader, vec![leader])),
+            MetadataResult::Done
+        );
+        assert_eq!(state.topics["t"].partitions[0].in_sync, Some(vec![leader]));
+        // A deposed leader's late record, and a node holding no replica, are refused.
+        assert!(matches!(
+            state.apply(&record(follower, vec![follower])),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+        assert!(matches!(
+            state.apply(&record(leader, vec![leader, outsider])),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+        assert_eq!(state.topics["t"].partitions[0].in_sync, Some(vec![leader]));
+        // The command and the state round-trip; a set written before has none.
+        let command = record(leader, vec![leader, follower]);
+        let json = serde_json::to_string(&command).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<MetadataCommand>(&json).expect("decodes"),
+            command
+        );
+        let old: Replicas =
+            serde_json::from_str(r#"{"replicas":[1,2],"leader":1}"#).expect("decodes");
+        assert_eq!(old.in_sync, None);
+    }
+
+    #[test]
     fn a_replicated_queues_leader_is_recorded_only_among_its_replicas() {
         let mut state = three_nodes();
         let placed = state.apply(&MetadataCommand::DeclareQueue {
             name: "q".into(),
             replication_factor: 2,
             arguments: BTreeMap::from([("replication-factor".into(), "2".into())]),
+            incarnated: true,
         });
         let MetadataResult::Placed(sets) = placed else {
             panic!("placed: {placed:?}");
@@ -915,6 +1024,7 @@ mod tests {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
+            incarnated: true,
         };
         state.apply(&declare(&[]));
         assert_eq!(state.queues["q"].incarnation, 1);
@@ -927,6 +1037,7 @@ mod tests {
             name: "other".to_string(),
             replication_factor: 1,
             arguments: BTreeMap::new(),
+            incarnated: true,
         });
         assert_eq!(state.queues["other"].incarnation, 2);
         state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
@@ -935,6 +1046,16 @@ mod tests {
         state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
         state.apply(&declare(&[("x-max-length", "5")]));
         assert_eq!(state.queues["q"].incarnation, 4);
+        assert_eq!(state.queue_incarnations, 4);
+        // An entry of an earlier build (no `incarnated`) declares incarnation 0 and takes
+        // no number, so nodes that replay it and nodes that have it in an older snapshot
+        // agree.
+        let old_entry =
+            r#"{"DeclareQueue":{"name":"legacy","replication_factor":1,"arguments":{}}}"#;
+        let old_command: MetadataCommand =
+            serde_json::from_str(old_entry).expect("an older entry decodes");
+        state.apply(&old_command);
+        assert_eq!(state.queues["legacy"].incarnation, 0);
         assert_eq!(state.queue_incarnations, 4);
         // The state round-trips through the snapshot's JSON; a state and a queue written
         // before incarnations read as 0.
@@ -993,6 +1114,7 @@ mod tests {
             name: "q".into(),
             replication_factor: 1,
             arguments: BTreeMap::new(),
+            incarnated: true,
         });
         let binding = BindingMeta {
             exchange: "x".into(),
@@ -1051,6 +1173,7 @@ mod tests {
             name: "dst".into(),
             replication_factor: 1,
             arguments: BTreeMap::new(),
+            incarnated: true,
         });
         let binding = BindingMeta {
             exchange: "src".into(),

@@ -701,6 +701,8 @@ struct ReplicaNetwork {
     transport: Arc<dyn Transport>,
     applier: Arc<dyn Applier>,
     io: Io,
+    /// When each member last answered an AppendEntries of this one (heartbeats included).
+    heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 }
 
 /// openraft's connection to one member of a group.
@@ -771,7 +773,10 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
             .call(ReplicaRpc::Append(rpc), option.hard_ttl())
             .await?
         {
-            ReplicaReply::Append(Ok(response)) => Ok(response),
+            ReplicaReply::Append(Ok(response)) => {
+                lock(&self.network.heard).insert(self.target, std::time::Instant::now());
+                Ok(response)
+            }
             ReplicaReply::Append(Err(error)) => Err(RemoteError::new(self.target, error).into()),
             other => Err(unexpected(&other).into()),
         }
@@ -875,6 +880,84 @@ pub struct ReplicaStatus {
     pub followers: Vec<FollowerStatus>,
 }
 
+/// How long a follower may go without answering its leader, or without having what the
+/// leader had, and still count as in sync: Kafka's `replica.lag.time.max.ms` (30 s there
+/// by default; shorter here, where heartbeats go every 200 ms).
+pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(6);
+/// How often a leader's last log index is sampled for [`in_sync`] at most.
+const SYNC_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// A leader's record of its own last log index over the last [`REPLICA_LAG_MAX`], to
+/// judge its followers against what it had that long ago.
+#[derive(Debug, Default)]
+struct SyncTracker {
+    /// The term led and since when; `None` while not leading.
+    led: Option<(u64, std::time::Instant)>,
+    /// (when, the leader's last log index then), oldest first: the newest sample at least
+    /// [`REPLICA_LAG_MAX`] old and every later one.
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl SyncTracker {
+    /// Records that this member leads `term` with `last_log_index` at `now`; answers since
+    /// when it leads and the index it had [`REPLICA_LAG_MAX`] ago (None: it has not led
+    /// that long).
+    fn observe(
+        &mut self,
+        now: std::time::Instant,
+        term: u64,
+        last_log_index: u64,
+    ) -> (std::time::Instant, Option<u64>) {
+        let since = match self.led {
+            Some((led_term, since)) if led_term == term => since,
+            _ => {
+                self.samples.clear();
+                self.led = Some((term, now));
+                now
+            }
+        };
+        if self
+            .samples
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= SYNC_SAMPLE_EVERY)
+        {
+            self.samples.push_back((now, last_log_index));
+        }
+        let old = |at: &std::time::Instant| now.saturating_duration_since(*at) >= REPLICA_LAG_MAX;
+        while self.samples.len() > 1 && self.samples.get(1).is_some_and(|(at, _)| old(at)) {
+            self.samples.pop_front();
+        }
+        let reference = self
+            .samples
+            .front()
+            .filter(|(at, _)| old(at))
+            .map(|(_, index)| *index);
+        (since, reference)
+    }
+
+    /// Not leading (any more).
+    fn forget(&mut self) {
+        self.led = None;
+        self.samples.clear();
+    }
+}
+
+/// Whether a follower last heard from at `last_heard` (or, never heard from, when its
+/// leader's term began), with entries up to `matched`, is in sync at `now` with a leader
+/// that applied up to `applied` and had `reference` [`REPLICA_LAG_MAX`] ago: it answered
+/// within that time, and has every entry the leader had then (or every applied one).
+fn in_sync(
+    now: std::time::Instant,
+    last_heard: std::time::Instant,
+    matched: u64,
+    applied: u64,
+    reference: Option<u64>,
+) -> bool {
+    let answering = now.saturating_duration_since(last_heard) <= REPLICA_LAG_MAX;
+    let caught_up = matched >= applied || reference.is_none_or(|then| matched >= then);
+    answering && caught_up
+}
+
 /// How far one member is behind its group's leader, as the leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerStatus {
@@ -882,7 +965,8 @@ pub struct FollowerStatus {
     pub node: NodeId,
     /// Entries of the leader's log it does not have yet.
     pub lag_entries: u64,
-    /// It has every entry the leader applied (every record a consumer can read).
+    /// It is in the in-sync set: it answered the leader within [`REPLICA_LAG_MAX`] and
+    /// has every entry the leader had that long ago (Kafka's ISR rule).
     pub in_sync: bool,
 }
 
@@ -918,6 +1002,10 @@ pub struct Replica {
     /// This start of the member: clones share it, a later start of the same group has
     /// another ([`Replica::is_same`]).
     start: Arc<()>,
+    /// When each other member last answered this one's AppendEntries.
+    heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
+    /// While this member leads: what its followers are judged in sync against.
+    sync: Arc<Mutex<SyncTracker>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -979,11 +1067,13 @@ impl Replica {
         }
         .validate()
         .map_err(|e| stopped(&e))?;
+        let heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>> = Arc::default();
         let network = ReplicaNetwork {
             group: group.clone(),
             transport,
             applier: applier.clone(),
             io,
+            heard: heard.clone(),
         };
         let staging = machine.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
@@ -998,6 +1088,8 @@ impl Replica {
             staging: Arc::default(),
             timing,
             start: Arc::new(()),
+            heard,
+            sync: Arc::default(),
         })
     }
 
@@ -1074,7 +1166,11 @@ impl Replica {
         Some((leader, term))
     }
 
-    /// This member's view of its group, for metrics.
+    /// This member's view of its group (metrics, Describe, Kafka's in-sync replicas). On
+    /// the leader, a follower is in sync ([`in_sync`]) while it answered within
+    /// [`REPLICA_LAG_MAX`] and has every entry the leader had that long ago (or every entry
+    /// the leader applied): Kafka's `replica.lag.time.max.ms` rule. Called every
+    /// [`crate::core`]'s leader check (100 ms) on a leader, which keeps its samples.
     pub fn status(&self) -> ReplicaStatus {
         let leader = self.leader();
         let metrics = self.raft.metrics();
@@ -1082,6 +1178,10 @@ impl Replica {
         let last_log_index = metrics.last_log_index.unwrap_or(0);
         let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
         let followers = if leader == Some(self.node_id) {
+            let now = std::time::Instant::now();
+            let (led_since, reference) =
+                lock(&self.sync).observe(now, metrics.current_term, last_log_index);
+            let heard = lock(&self.heard).clone();
             metrics
                 .replication
                 .iter()
@@ -1089,14 +1189,19 @@ impl Replica {
                 .filter(|(id, _)| **id != self.node_id)
                 .map(|(id, matched)| {
                     let matched = matched.as_ref().map_or(0, |log_id| log_id.index);
+                    let last_heard = heard
+                        .get(id)
+                        .copied()
+                        .map_or(led_since, |at| at.max(led_since));
                     FollowerStatus {
                         node: *id,
                         lag_entries: last_log_index.saturating_sub(matched),
-                        in_sync: matched >= applied,
+                        in_sync: in_sync(now, last_heard, matched, applied, reference),
                     }
                 })
                 .collect()
         } else {
+            lock(&self.sync).forget();
             Vec::new()
         };
         ReplicaStatus {

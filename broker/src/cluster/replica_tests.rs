@@ -519,3 +519,41 @@ fn a_group_moves_onto_a_new_node_that_catches_up_before_it_votes() {
         }
     });
 }
+
+#[test]
+fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago() {
+    use super::{in_sync, SyncTracker, REPLICA_LAG_MAX};
+    let start = std::time::Instant::now();
+    let at = |millis: u64| start + Duration::from_millis(millis);
+    let lag = u64::try_from(REPLICA_LAG_MAX.as_millis()).expect("millis");
+    let mut tracker = SyncTracker::default();
+    // A new leader has no reference yet: answering is enough.
+    let (since, reference) = tracker.observe(at(0), 3, 100);
+    assert_eq!((since, reference), (at(0), None));
+    assert!(in_sync(at(0), since, 0, 100, None));
+    // The leader writes on; samples every 100 ms.
+    for step in 1..=lag / 100 + 20 {
+        tracker.observe(at(step * 100), 3, 100 + step * 10);
+    }
+    let now = at(lag + 2_000);
+    let (since, reference) = tracker.observe(now, 3, 100 + (lag + 2_000) / 10);
+    assert_eq!(since, at(0), "the same term keeps its start");
+    // What the leader had REPLICA_LAG_MAX ago (at 2,000 ms: 100 + 200).
+    assert_eq!(reference, Some(300));
+    let applied = 100 + (lag + 2_000) / 10;
+    // Behind the leader now, but level with what it had a lag ago, and answering: in sync.
+    assert!(in_sync(now, now, 300, applied, reference));
+    // Behind what it had a lag ago: out.
+    assert!(!in_sync(now, now, 299, applied, reference));
+    // Level with everything applied, but silent for longer than the lag: out.
+    let silent = now - REPLICA_LAG_MAX - Duration::from_millis(1);
+    assert!(!in_sync(now, silent, applied, applied, reference));
+    // Idle and level: in sync whatever the reference.
+    assert!(in_sync(now, now, applied, applied, Some(applied + 50)));
+    // A new term starts the record again.
+    let (since, reference) = tracker.observe(now, 4, applied);
+    assert_eq!((since, reference), (now, None));
+    tracker.forget();
+    let (since, _) = tracker.observe(at(lag + 3_000), 4, applied);
+    assert_eq!(since, at(lag + 3_000), "leading again after not leading");
+}

@@ -140,10 +140,11 @@ enum RecordError {
 /// ([`Broker::follow_metadata`]).
 #[derive(Debug, Default)]
 pub(crate) struct LocalSteps {
-    /// Queues a local step declared here, with the incarnation the log held when it did:
-    /// the copy is that incarnation's, so the next pass does not take it for the copy of
-    /// an older one.
-    declared_queues: BTreeMap<String, u64>,
+    /// Queues a local step declared here, with the incarnation the log held when it did
+    /// (the copy is that incarnation's, so the next pass does not take it for the copy of
+    /// an older one), or `None` when this node had not applied the declare yet: the next
+    /// pass then adopts the copy as the incarnation the log holds.
+    declared_queues: BTreeMap<String, Option<u64>>,
 }
 
 /// Whether a binding is made or removed.
@@ -173,34 +174,46 @@ impl Broker {
         cluster: &Cluster,
         command: MetadataCommand,
     ) -> Result<MetadataResult, ClusterError> {
+        Ok(Self::propose_and_apply(cluster, command).await?.0)
+    }
+
+    /// As [`Broker::propose_definition`], and whether this node applied it in time.
+    async fn propose_and_apply(
+        cluster: &Cluster,
+        command: MetadataCommand,
+    ) -> Result<(MetadataResult, bool), ClusterError> {
         let proposed = cluster.propose(command).await?;
-        if !cluster.wait_applied(proposed.index, LOCAL_APPLY_WAIT).await {
+        let applied = cluster.wait_applied(proposed.index, LOCAL_APPLY_WAIT).await;
+        if !applied {
             // Committed; this node lags. Following the log brings it level.
             tracing::warn!(
                 index = proposed.index,
                 "a committed definition is not applied on this node yet"
             );
         }
-        Ok(proposed.result)
+        Ok((proposed.result, applied))
     }
 
     /// Proposes a queue or exchange declare; a declare that differs from the log's
     /// definition is a mismatch, any other refusal invalid.
+    /// Answers whether this node applied the declare in time.
     async fn propose_declare(
         cluster: &Cluster,
         command: MetadataCommand,
-    ) -> Result<(), QueueError> {
-        match Self::propose_definition(cluster, command).await {
-            Ok(MetadataResult::Refused(MetadataError::QueueDiffers(name))) => Err(
+    ) -> Result<bool, QueueError> {
+        match Self::propose_and_apply(cluster, command).await {
+            Ok((MetadataResult::Refused(MetadataError::QueueDiffers(name)), _)) => Err(
                 QueueError::DeclareMismatch(format!("queue {name:?} (declared on another node)")),
             ),
-            Ok(MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind })) => {
+            Ok((MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind }), _)) => {
                 Err(QueueError::DeclareMismatch(format!(
                     "exchange {name:?} (declared as {kind} on another node)"
                 )))
             }
-            Ok(MetadataResult::Refused(refused)) => Err(QueueError::Invalid(refused.to_string())),
-            Ok(_) => Ok(()),
+            Ok((MetadataResult::Refused(refused), _)) => {
+                Err(QueueError::Invalid(refused.to_string()))
+            }
+            Ok((_, applied)) => Ok(applied),
             Err(error) => Err(queue_refusal(error)),
         }
     }
@@ -331,12 +344,14 @@ impl Broker {
             // name it when above 1.
             replication_factor: args.replication_factor.unwrap_or(1),
             arguments: pairs.iter().cloned().collect(),
+            incarnated: true,
         };
-        Self::propose_declare(cluster, command).await?;
+        let applied_here = Self::propose_declare(cluster, command).await?;
         let mut steps = self.cluster_follow.lock().await;
-        // A copy made here now is of the incarnation the log holds now (a copy that
-        // exists is whichever the follower's record says).
-        let incarnation = (!self.queues.exists(name))
+        // A copy made here now is of the incarnation this node's log holds now, once it
+        // applied the declare (a copy that exists is whichever the follower's record says).
+        let made = !self.queues.exists(name);
+        let incarnation = applied_here
             .then(|| {
                 let applied = cluster.applied();
                 applied
@@ -352,7 +367,7 @@ impl Broker {
             queues.declare_queue_for(&declaring, args, Durability::Durable, None)
         })
         .await?;
-        if let Some(incarnation) = incarnation {
+        if made {
             steps.declared_queues.insert(name.to_string(), incarnation);
         }
         Ok(())
@@ -774,28 +789,45 @@ impl Broker {
                 // than a local step already made.
                 let mut steps = self.cluster_follow.lock().await;
                 let now = applied.borrow_and_update().clone();
-                let noted = !steps.declared_queues.is_empty();
+                // What local steps made goes into the record first (saved below even when
+                // this pass replays an older state and changes nothing else).
+                let mut changed = !steps.declared_queues.is_empty();
                 for (name, incarnation) in std::mem::take(&mut steps.declared_queues) {
-                    followed.queues.insert(name.clone());
-                    followed.queue_incarnations.insert(name, incarnation);
-                }
-                if now.index >= followed.index {
-                    let before = followed.clone();
-                    self.follow(&now.state, &mut followed).await;
-                    if noted || followed != before {
-                        self.publish_followed(&followed);
-                        followed.index = now.index;
-                        sequence += 1;
-                        let (record, saving) = (followed.clone(), dir.clone());
-                        let saved =
-                            tokio::task::spawn_blocking(move || record.save(&saving, sequence))
-                                .await
-                                .unwrap_or_else(|error| Err(RecordError::from(error)));
-                        if let Err(error) = saved {
-                            tracing::warn!(%error, "cannot record the followed definitions: a delete made while this node is down may not reach it");
+                    match incarnation {
+                        Some(incarnation) => {
+                            followed.queues.insert(name.clone());
+                            followed.queue_incarnations.insert(name, incarnation);
+                        }
+                        None => {
+                            // Not applied here in time: the next pass adopts the copy.
+                            followed.queues.remove(&name);
+                            followed.queue_incarnations.remove(&name);
                         }
                     }
-                    self.sync_replicas(&cluster, &now.state).await;
+                }
+                let current = now.index >= followed.index;
+                if current {
+                    let before = followed.clone();
+                    self.follow(&now.state, &mut followed).await;
+                    if followed != before {
+                        followed.index = now.index;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.publish_followed(&followed);
+                    sequence += 1;
+                    let (record, saving) = (followed.clone(), dir.clone());
+                    let saved = tokio::task::spawn_blocking(move || record.save(&saving, sequence))
+                        .await
+                        .unwrap_or_else(|error| Err(RecordError::from(error)));
+                    if let Err(error) = saved {
+                        tracing::warn!(%error, "cannot record the followed definitions: a delete made while this node is down may not reach it");
+                    }
+                }
+                if current {
+                    self.sync_replicas(&cluster, &now.state, &followed.queue_incarnations)
+                        .await;
                 }
             }
             tokio::select! {
@@ -989,8 +1021,12 @@ impl Broker {
             // A followed exchange whose copy here is of another kind than the log's was
             // deleted and declared again while this node saw only the state after both:
             // the copy goes (its bindings with it), and the log's is declared.
+            // (A transient exchange of the name is this node's alone, and stays.)
             let local = self.queues.exchange_kind(name);
-            if followed.exchanges.contains(name) && local.is_some_and(|here| here != kind) {
+            let stale = local.is_some_and(|(here, durability)| {
+                here != kind && durability == Durability::Durable
+            });
+            if followed.exchanges.contains(name) && stale {
                 let queues = self.queues.clone();
                 let deleting = name.clone();
                 match queue_blocking(move || queues.delete_exchange(&deleting)).await {

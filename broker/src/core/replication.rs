@@ -108,6 +108,26 @@ pub(crate) fn acks_before_commit() -> bool {
 
 /// The replicated log's name for partition `partition` of `topic` (unambiguous: the
 /// partition is the text after the last `-`, as in partition directory names).
+/// A leader's in-sync replicas (Kafka's ISR): itself and each follower its `status`
+/// reports in sync, sorted.
+pub(crate) fn in_sync_set(
+    leader: NodeId,
+    status: &crate::cluster::replica::ReplicaStatus,
+) -> Vec<NodeId> {
+    let mut in_sync: Vec<NodeId> = std::iter::once(leader)
+        .chain(
+            status
+                .followers
+                .iter()
+                .filter(|follower| follower.in_sync)
+                .map(|follower| follower.node),
+        )
+        .collect();
+    in_sync.sort_unstable();
+    in_sync.dedup();
+    in_sync
+}
+
 pub(crate) fn group_name(topic: &str, partition: u32) -> String {
     format!("{topic}-{partition}")
 }
@@ -698,8 +718,15 @@ impl Broker {
 
     /// Starts this node's member of every replicated partition and queue the metadata
     /// places here and this node has a log or a store of; stops the members of those no
-    /// longer placed here.
-    pub(crate) async fn sync_replicas(self: &Arc<Self>, cluster: &Cluster, state: &MetadataState) {
+    /// longer placed here. A queue's member starts only once `queues_here` (the follower's
+    /// record) says this node's copy is of the log's incarnation, so a new group never
+    /// starts on an old copy's raft log.
+    pub(crate) async fn sync_replicas(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        state: &MetadataState,
+        queues_here: &std::collections::BTreeMap<String, u64>,
+    ) {
         // The control run's switch takes effect (and warns) before any member starts.
         acks_before_commit();
         let this = cluster.node_id();
@@ -794,7 +821,9 @@ impl Broker {
                 name,
                 queue.incarnation,
             ));
-            self.start_queue_replica(cluster, state, name, queue).await;
+            if queues_here.get(name) == Some(&queue.incarnation) {
+                self.start_queue_replica(cluster, state, name, queue).await;
+            }
         }
         for replica in cluster.replicas().all() {
             if !placed.contains(replica.group()) {
@@ -824,13 +853,35 @@ impl Broker {
                     let Ok(partition) = u32::try_from(index) else {
                         continue;
                     };
-                    if set.leader == this || set.replicas.len() < 2 {
+                    if set.replicas.len() < 2 {
                         continue;
                     }
                     let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {
                         continue;
                     };
                     if !replica.is_leader() {
+                        continue;
+                    }
+                    if set.leader == this {
+                        // Recorded as leader: keep the in-sync set the metadata holds level
+                        // with this member's view (Kafka's ISR for the other nodes).
+                        let in_sync = in_sync_set(this, &replica.status());
+                        if set.in_sync.as_ref() != Some(&in_sync) {
+                            let command = MetadataCommand::SetPartitionInSync {
+                                name: name.clone(),
+                                partition,
+                                leader: this,
+                                in_sync: in_sync.clone(),
+                            };
+                            match cluster.propose(command).await {
+                                Ok(_) => {
+                                    tracing::info!(topic = %name, partition, ?in_sync, "recorded the partition's in-sync replicas")
+                                }
+                                Err(error) => {
+                                    tracing::debug!(topic = %name, partition, %error, "cannot record the partition's in-sync replicas yet")
+                                }
+                            }
+                        }
                         continue;
                     }
                     let command = MetadataCommand::SetPartitionLeader {

@@ -160,6 +160,33 @@ impl Routing<'_> {
         })
     }
 
+    /// `topic`'s `partition`'s in-sync replicas (Kafka's ISR), sorted: the view of this
+    /// node's member when it leads the group, else the set the leader last recorded in
+    /// the metadata (every replica until one is recorded), with the leader `leader`
+    /// named in either case. None for a partition the cluster does not place.
+    pub fn in_sync(&self, topic: &str, partition: u32, leader: Option<u64>) -> Option<Vec<u64>> {
+        let placed = self.placed(topic, partition)?;
+        let this = self.cluster.node_id();
+        let leading = self
+            .member(topic, partition)
+            .filter(|member| member.is_leader())
+            .map(|member| super::replication::in_sync_set(this, &member.status()));
+        let mut in_sync = match leading {
+            Some(view) => view,
+            None => placed
+                .in_sync
+                .clone()
+                .unwrap_or_else(|| placed.replicas.clone()),
+        };
+        if let Some(leader) = leader {
+            if !in_sync.contains(&leader) {
+                in_sync.push(leader);
+            }
+        }
+        in_sync.sort_unstable();
+        Some(in_sync)
+    }
+
     /// This node's member's view of `topic`'s `partition`'s group (None for a partition
     /// that is not replicated, or whose member is not running here).
     pub fn replica_status(

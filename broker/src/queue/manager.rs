@@ -484,12 +484,12 @@ impl QueueManager {
         self.definitions.persist(snapshot)
     }
 
-    /// The kind of exchange `name`, if it exists.
-    pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
+    /// The kind and durability of exchange `name`, if it exists.
+    pub fn exchange_kind(&self, name: &str) -> Option<(ExchangeKind, Durability)> {
         self.lock()
             .exchanges
             .get(name)
-            .map(|(_, bindings)| bindings.kind())
+            .map(|(durability, bindings)| (bindings.kind(), *durability))
     }
 
     /// Every exchange: (name, kind, durability, binding count), sorted by name.

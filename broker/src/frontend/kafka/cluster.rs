@@ -19,6 +19,19 @@ pub struct KafkaBroker {
     pub port: u16,
 }
 
+/// One partition as a Metadata answer shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// The leader's broker id, -1 while none is known.
+    pub leader: i32,
+    /// Its leader epoch.
+    pub leader_epoch: i32,
+    /// The brokers holding a replica.
+    pub replicas: Vec<i32>,
+    /// Those in sync with the leader (Kafka's ISR).
+    pub in_sync: Vec<i32>,
+}
+
 /// The cluster for one answer.
 #[derive(Debug)]
 pub struct KafkaCluster<'a> {
@@ -76,20 +89,30 @@ impl KafkaCluster<'_> {
         }
     }
 
-    /// The leader (-1: none known), its leader epoch and the replicas of `topic`'s
-    /// `partition`: this node, epoch 0, for a partition the cluster does not place.
-    pub fn partition(&self, topic: &str, partition: u32) -> (i32, i32, Vec<i32>) {
-        match self
-            .routing
-            .as_ref()
-            .and_then(|routing| routing.partition(topic, partition))
-        {
-            Some(placed) => (
-                placed.leader.map_or(-1, broker_id),
-                placed.leader_epoch,
-                placed.replicas.into_iter().map(broker_id).collect(),
-            ),
-            None => (self.this_node, 0, vec![self.this_node]),
+    /// The leader (-1: none known), its leader epoch, the replicas and the in-sync
+    /// replicas of `topic`'s `partition`: this node, epoch 0, for a partition the cluster
+    /// does not place.
+    pub fn partition(&self, topic: &str, partition: u32) -> PartitionView {
+        let Some((routing, placed)) = self.routing.as_ref().and_then(|routing| {
+            routing
+                .partition(topic, partition)
+                .map(|placed| (routing, placed))
+        }) else {
+            return PartitionView {
+                leader: self.this_node,
+                leader_epoch: 0,
+                replicas: vec![self.this_node],
+                in_sync: vec![self.this_node],
+            };
+        };
+        let in_sync = routing
+            .in_sync(topic, partition, placed.leader)
+            .unwrap_or_else(|| placed.replicas.clone());
+        PartitionView {
+            leader: placed.leader.map_or(-1, broker_id),
+            leader_epoch: placed.leader_epoch,
+            replicas: placed.replicas.into_iter().map(broker_id).collect(),
+            in_sync: in_sync.into_iter().map(broker_id).collect(),
         }
     }
 

@@ -359,8 +359,12 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
             view.partitions
                 .into_iter()
                 .map(|partition| {
-                    let (leader, leader_epoch, replicas) =
-                        cluster.partition(&view.name, partition.partition);
+                    let super::cluster::PartitionView {
+                        leader,
+                        leader_epoch,
+                        replicas,
+                        in_sync,
+                    } = cluster.partition(&view.name, partition.partition);
                     // A partition led elsewhere is that node's to report on.
                     let serving =
                         partition.status == PartitionStatus::Serving || leader != cluster.this_node;
@@ -379,7 +383,7 @@ fn topic_metadata(cluster: &KafkaCluster<'_>, view: TopicView) -> MetadataRespon
                         .with_leader_id(BrokerId(if serving { leader } else { -1 }))
                         .with_leader_epoch(if serving { leader_epoch } else { -1 })
                         .with_isr_nodes(if serving {
-                            replicas.iter().copied().map(BrokerId).collect()
+                            in_sync.into_iter().map(BrokerId).collect()
                         } else {
                             Vec::new()
                         })
