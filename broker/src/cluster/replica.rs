@@ -896,6 +896,8 @@ struct SyncTracker {
     /// (when, the leader's last log index then), oldest first: the newest sample at least
     /// [`REPLICA_LAG_MAX`] old and every later one.
     samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+    /// Followers out of the in-sync set in this term.
+    out: std::collections::BTreeSet<NodeId>,
 }
 
 impl SyncTracker {
@@ -912,6 +914,7 @@ impl SyncTracker {
             Some((led_term, since)) if led_term == term => since,
             _ => {
                 self.samples.clear();
+                self.out.clear();
                 self.led = Some((term, now));
                 now
             }
@@ -939,23 +942,46 @@ impl SyncTracker {
     fn forget(&mut self) {
         self.led = None;
         self.samples.clear();
+        self.out.clear();
+    }
+
+    /// Judges follower `node` ([`in_sync`]) and records the verdict: a follower out of
+    /// the set rejoins only once it has every applied entry (Kafka's rule), so one whose
+    /// lag hovers at [`REPLICA_LAG_MAX`] does not go in and out.
+    fn judge(
+        &mut self,
+        node: NodeId,
+        answering: bool,
+        matched: u64,
+        applied: u64,
+        reference: Option<u64>,
+    ) -> bool {
+        let was_in = !self.out.contains(&node);
+        let verdict = in_sync(was_in, answering, matched, applied, reference);
+        if verdict {
+            self.out.remove(&node);
+        } else {
+            self.out.insert(node);
+        }
+        verdict
     }
 }
 
-/// Whether a follower last heard from at `last_heard` (or, never heard from, when its
-/// leader's term began), with entries up to `matched`, is in sync at `now` with a leader
-/// that applied up to `applied` and had `reference` [`REPLICA_LAG_MAX`] ago: it answered
-/// within that time, and has every entry the leader had then (or every applied one).
+/// Whether a follower is in sync with its leader: it is `answering` (heard from within
+/// [`REPLICA_LAG_MAX`]; one never heard from in the leader's term, within an election
+/// timeout of its start) and, with entries up to `matched`, has every entry the leader
+/// applied (up to `applied`) or, while it was in the set (`was_in`), every entry the
+/// leader had [`REPLICA_LAG_MAX`] ago (`reference`; `None` in a term younger than that).
 fn in_sync(
-    now: std::time::Instant,
-    last_heard: std::time::Instant,
+    was_in: bool,
+    answering: bool,
     matched: u64,
     applied: u64,
     reference: Option<u64>,
 ) -> bool {
-    let answering = now.saturating_duration_since(last_heard) <= REPLICA_LAG_MAX;
-    let caught_up = matched >= applied || reference.is_none_or(|then| matched >= then);
-    answering && caught_up
+    let level = matched >= applied;
+    let keeping_up = was_in && reference.is_none_or(|then| matched >= then);
+    answering && (level || keeping_up)
 }
 
 /// How far one member is behind its group's leader, as the leader sees it.
@@ -1169,19 +1195,26 @@ impl Replica {
     /// This member's view of its group (metrics, Describe, Kafka's in-sync replicas). On
     /// the leader, a follower is in sync ([`in_sync`]) while it answered within
     /// [`REPLICA_LAG_MAX`] and has every entry the leader had that long ago (or every entry
-    /// the leader applied): Kafka's `replica.lag.time.max.ms` rule. Called every
-    /// [`crate::core`]'s leader check (100 ms) on a leader, which keeps its samples.
+    /// the leader applied), and rejoins once it has every applied entry: Kafka's
+    /// `replica.lag.time.max.ms` rule. The core's leader check calls it every 100 ms for
+    /// each member, which keeps the leader's samples.
     pub fn status(&self) -> ReplicaStatus {
         let leader = self.leader();
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let last_log_index = metrics.last_log_index.unwrap_or(0);
         let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
+        // The in-sync record lives as long as this member leads the term (a lapsed lease
+        // only hides the followers; it does not start the record again).
+        let mut sync = lock(&self.sync);
+        if metrics.current_leader != Some(self.node_id) {
+            sync.forget();
+        }
         let followers = if leader == Some(self.node_id) {
             let now = std::time::Instant::now();
-            let (led_since, reference) =
-                lock(&self.sync).observe(now, metrics.current_term, last_log_index);
+            let (led_since, reference) = sync.observe(now, metrics.current_term, last_log_index);
             let heard = lock(&self.heard).clone();
+            let grace = self.timing.election_max;
             metrics
                 .replication
                 .iter()
@@ -1189,21 +1222,23 @@ impl Replica {
                 .filter(|(id, _)| **id != self.node_id)
                 .map(|(id, matched)| {
                     let matched = matched.as_ref().map_or(0, |log_id| log_id.index);
-                    let last_heard = heard
-                        .get(id)
-                        .copied()
-                        .map_or(led_since, |at| at.max(led_since));
+                    // Heard from in this term, or not yet.
+                    let last_heard = heard.get(id).copied().filter(|at| *at >= led_since);
+                    let answering = match last_heard {
+                        Some(at) => now.saturating_duration_since(at) <= REPLICA_LAG_MAX,
+                        None => now.saturating_duration_since(led_since) <= grace,
+                    };
                     FollowerStatus {
                         node: *id,
                         lag_entries: last_log_index.saturating_sub(matched),
-                        in_sync: in_sync(now, last_heard, matched, applied, reference),
+                        in_sync: sync.judge(*id, answering, matched, applied, reference),
                     }
                 })
                 .collect()
         } else {
-            lock(&self.sync).forget();
             Vec::new()
         };
+        drop(sync);
         ReplicaStatus {
             leader,
             term: metrics.current_term,

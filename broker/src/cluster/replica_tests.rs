@@ -527,10 +527,11 @@ fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago(
     let at = |millis: u64| start + Duration::from_millis(millis);
     let lag = u64::try_from(REPLICA_LAG_MAX.as_millis()).expect("millis");
     let mut tracker = SyncTracker::default();
-    // A new leader has no reference yet: answering is enough.
+    // A new leader has no reference yet: answering is enough for a follower in the set.
     let (since, reference) = tracker.observe(at(0), 3, 100);
     assert_eq!((since, reference), (at(0), None));
-    assert!(in_sync(at(0), since, 0, 100, None));
+    assert!(tracker.judge(2, true, 0, 100, None));
+    assert!(!tracker.judge(3, false, 100, 100, None), "not answering");
     // The leader writes on; samples every 100 ms.
     for step in 1..=lag / 100 + 20 {
         tracker.observe(at(step * 100), 3, 100 + step * 10);
@@ -541,18 +542,23 @@ fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago(
     // What the leader had REPLICA_LAG_MAX ago (at 2,000 ms: 100 + 200).
     assert_eq!(reference, Some(300));
     let applied = 100 + (lag + 2_000) / 10;
-    // Behind the leader now, but level with what it had a lag ago, and answering: in sync.
-    assert!(in_sync(now, now, 300, applied, reference));
+    // Behind the leader now, but level with what it had a lag ago, and answering: stays.
+    assert!(tracker.judge(2, true, 300, applied, reference));
     // Behind what it had a lag ago: out.
-    assert!(!in_sync(now, now, 299, applied, reference));
-    // Level with everything applied, but silent for longer than the lag: out.
-    let silent = now - REPLICA_LAG_MAX - Duration::from_millis(1);
-    assert!(!in_sync(now, silent, applied, applied, reference));
-    // Idle and level: in sync whatever the reference.
-    assert!(in_sync(now, now, applied, applied, Some(applied + 50)));
-    // A new term starts the record again.
+    assert!(!tracker.judge(2, true, 299, applied, reference));
+    // Out, it rejoins only once level with everything applied, not at the lag's edge.
+    assert!(!tracker.judge(2, true, 300, applied, reference));
+    assert!(tracker.judge(2, true, applied, applied, reference));
+    // Level with everything applied but not answering: out; idle and level: in.
+    assert!(!in_sync(true, false, applied, applied, reference));
+    assert!(in_sync(false, true, applied, applied, Some(applied + 50)));
+    // Node 3, out since the start, rejoins when it answers level.
+    assert!(tracker.judge(3, true, applied, applied, reference));
+    // A new term starts the record again, everyone in.
+    tracker.judge(2, true, 0, applied, reference);
     let (since, reference) = tracker.observe(now, 4, applied);
     assert_eq!((since, reference), (now, None));
+    assert!(tracker.judge(2, true, applied - 1, applied, None));
     tracker.forget();
     let (since, _) = tracker.observe(at(lag + 3_000), 4, applied);
     assert_eq!(since, at(lag + 3_000), "leading again after not leading");

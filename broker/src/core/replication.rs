@@ -106,20 +106,20 @@ pub(crate) fn acks_before_commit() -> bool {
     })
 }
 
-/// The replicated log's name for partition `partition` of `topic` (unambiguous: the
-/// partition is the text after the last `-`, as in partition directory names).
-/// A leader's in-sync replicas (Kafka's ISR): itself and each follower its `status`
-/// reports in sync, sorted.
+/// A leader's in-sync replicas (Kafka's ISR) among `set`'s: itself and each follower its
+/// `status` reports in sync that the set holds (a learner of a move, or a node a
+/// redirected move left in the group's voters, is not listed), sorted.
 pub(crate) fn in_sync_set(
     leader: NodeId,
     status: &crate::cluster::replica::ReplicaStatus,
+    set: &crate::cluster::metadata::Replicas,
 ) -> Vec<NodeId> {
     let mut in_sync: Vec<NodeId> = std::iter::once(leader)
         .chain(
             status
                 .followers
                 .iter()
-                .filter(|follower| follower.in_sync)
+                .filter(|follower| follower.in_sync && set.hosts(follower.node))
                 .map(|follower| follower.node),
         )
         .collect();
@@ -128,6 +128,11 @@ pub(crate) fn in_sync_set(
     in_sync
 }
 
+/// The least time between two records of one partition's in-sync replicas by this node.
+const IN_SYNC_RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// The replicated log's name for partition `partition` of `topic` (unambiguous: the
+/// partition is the text after the last `-`, as in partition directory names).
 pub(crate) fn group_name(topic: &str, partition: u32) -> String {
     format!("{topic}-{partition}")
 }
@@ -844,10 +849,16 @@ impl Broker {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let moving: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        // When this node last proposed each partition's in-sync replicas.
+        let mut recorded: std::collections::HashMap<(String, u32), std::time::Instant> =
+            std::collections::HashMap::new();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
             drive_moves(&cluster, &state, &moving);
+            // Leaders first: they route clients. In-sync sets after, each at most once
+            // a second per partition.
+            let mut in_sync_changes = Vec::new();
             for (name, topic) in &state.topics {
                 for (index, set) in topic.partitions.iter().enumerate() {
                     let Ok(partition) = u32::try_from(index) else {
@@ -859,28 +870,17 @@ impl Broker {
                     let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {
                         continue;
                     };
+                    // Leading or not, the member's view keeps its in-sync record current.
+                    let status = replica.status();
                     if !replica.is_leader() {
                         continue;
                     }
                     if set.leader == this {
                         // Recorded as leader: keep the in-sync set the metadata holds level
                         // with this member's view (Kafka's ISR for the other nodes).
-                        let in_sync = in_sync_set(this, &replica.status());
+                        let in_sync = in_sync_set(this, &status, set);
                         if set.in_sync.as_ref() != Some(&in_sync) {
-                            let command = MetadataCommand::SetPartitionInSync {
-                                name: name.clone(),
-                                partition,
-                                leader: this,
-                                in_sync: in_sync.clone(),
-                            };
-                            match cluster.propose(command).await {
-                                Ok(_) => {
-                                    tracing::info!(topic = %name, partition, ?in_sync, "recorded the partition's in-sync replicas")
-                                }
-                                Err(error) => {
-                                    tracing::debug!(topic = %name, partition, %error, "cannot record the partition's in-sync replicas yet")
-                                }
-                            }
+                            in_sync_changes.push((name.clone(), partition, in_sync));
                         }
                         continue;
                     }
@@ -901,14 +901,16 @@ impl Broker {
             }
             for (name, queue) in &state.queues {
                 let set = &queue.placement;
-                if set.leader == this || set.replicas.len() < 2 {
+                if set.replicas.len() < 2 {
                     continue;
                 }
                 let group = super::queue_replication::queue_group_name(name, queue.incarnation);
                 let Some(replica) = cluster.replicas().get(&group) else {
                     continue;
                 };
-                if !replica.is_leader() {
+                // Keeps the leader's in-sync record current (metrics read it).
+                replica.status();
+                if set.leader == this || !replica.is_leader() {
                     continue;
                 }
                 let command = MetadataCommand::SetQueueLeader {
@@ -924,6 +926,35 @@ impl Broker {
                     }
                 }
             }
+            for (name, partition, in_sync) in in_sync_changes {
+                let key = (name.clone(), partition);
+                let now = std::time::Instant::now();
+                if recorded
+                    .get(&key)
+                    .is_some_and(|at| now.saturating_duration_since(*at) < IN_SYNC_RECORD_EVERY)
+                {
+                    continue;
+                }
+                recorded.insert(key, now);
+                let command = MetadataCommand::SetPartitionInSync {
+                    name: name.clone(),
+                    partition,
+                    leader: this,
+                    in_sync: in_sync.clone(),
+                };
+                match cluster.propose(command).await {
+                    Ok(proposed) if proposed.result == MetadataResult::Done => {
+                        tracing::info!(topic = %name, partition, ?in_sync, "recorded the partition's in-sync replicas")
+                    }
+                    Ok(proposed) => {
+                        tracing::debug!(topic = %name, partition, result = ?proposed.result, "the partition's in-sync replicas were not recorded")
+                    }
+                    Err(error) => {
+                        tracing::debug!(topic = %name, partition, %error, "cannot record the partition's in-sync replicas yet")
+                    }
+                }
+            }
+            recorded.retain(|_, at| at.elapsed() < IN_SYNC_RECORD_EVERY);
             tokio::select! {
                 () = tokio::time::sleep(LEADER_CHECK_EVERY) => {}
                 _ = shutdown.changed() => return,

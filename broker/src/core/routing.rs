@@ -170,7 +170,7 @@ impl Routing<'_> {
         let leading = self
             .member(topic, partition)
             .filter(|member| member.is_leader())
-            .map(|member| super::replication::in_sync_set(this, &member.status()));
+            .map(|member| super::replication::in_sync_set(this, &member.status(), placed));
         let mut in_sync = match leading {
             Some(view) => view,
             None => placed
