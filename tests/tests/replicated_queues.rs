@@ -448,21 +448,15 @@ fn a_queue_declared_again_while_a_replica_was_down_replaces_that_replicas_old_co
     let (addresses, http) = endpoints(&nodes);
     converged(&addresses, 3, "after start");
     registered(&addresses);
-    let declare = |broker: &str| {
-        wharf_ok(
-            broker,
-            &[
-                "queue",
-                "declare",
-                "again",
-                "--durable",
-                "--replication-factor",
-                "3",
-            ],
-            "",
-        );
-    };
-    declare(&addresses[0]);
+    const DECLARE: [&str; 6] = [
+        "queue",
+        "declare",
+        "again",
+        "--durable",
+        "--replication-factor",
+        "3",
+    ];
+    wharf_ok(&addresses[0], &DECLARE, "");
     let leader = queue_leader(&http, "again", &[1, 2, 3], "after the first declare");
     publish_retrying(&addresses[0], "again", &lines("old", 0..20));
     // Many entries of the old group's log on every replica (publishes and acks), so the
@@ -495,18 +489,7 @@ fn a_queue_declared_again_while_a_replica_was_down_replaces_that_replicas_old_co
         &["queue", "delete", "again"],
         "unknown queue",
     );
-    retry_until(
-        &addresses[up[1]],
-        &[
-            "queue",
-            "declare",
-            "again",
-            "--durable",
-            "--replication-factor",
-            "3",
-        ],
-        "",
-    );
+    retry_until(&addresses[up[1]], &DECLARE, "");
     publish_retrying(&addresses[up[1]], "again", &lines("new", 0..5));
 
     nodes[down_at].restart();

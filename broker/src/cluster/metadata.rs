@@ -370,6 +370,22 @@ impl MetadataState {
         }
     }
 
+    /// Partition `partition` of topic `name`'s set, to change.
+    fn partition_mut(
+        &mut self,
+        name: &str,
+        partition: u32,
+    ) -> Result<&mut Replicas, MetadataError> {
+        self.topics
+            .get_mut(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| {
+                MetadataError::Invalid(format!("topic {name:?} has no partition {partition}"))
+            })
+    }
+
     fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataResult, MetadataError> {
         if let MetadataCommand::DeleteTopic { name }
         | MetadataCommand::AlterTopicConfigs { name, .. }
@@ -500,17 +516,7 @@ impl MetadataState {
                 partition,
                 leader,
             } => {
-                let set = self
-                    .topics
-                    .get_mut(name)
-                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?
-                    .partitions
-                    .get_mut(*partition as usize)
-                    .ok_or_else(|| {
-                        MetadataError::Invalid(format!(
-                            "topic {name:?} has no partition {partition}"
-                        ))
-                    })?;
+                let set = self.partition_mut(name, *partition)?;
                 if !set.hosts(*leader) {
                     return Err(MetadataError::Invalid(format!(
                         "node {leader} holds no replica of {name}-{partition}"
@@ -525,17 +531,7 @@ impl MetadataState {
                 leader,
                 in_sync,
             } => {
-                let set = self
-                    .topics
-                    .get_mut(name)
-                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?
-                    .partitions
-                    .get_mut(*partition as usize)
-                    .ok_or_else(|| {
-                        MetadataError::Invalid(format!(
-                            "topic {name:?} has no partition {partition}"
-                        ))
-                    })?;
+                let set = self.partition_mut(name, *partition)?;
                 if set.leader != *leader {
                     return Err(MetadataError::Invalid(format!(
                         "node {leader} does not lead {name}-{partition}"
