@@ -767,22 +767,10 @@ async fn e2e(client: &Client, args: PerfE2eArgs) -> Result<Summary, CliError> {
     };
 
     let producer = Producer::try_new(client, config)?;
-    let (deliveries, mut pending) = mpsc::channel::<DeliveryFuture>(OUTSTANDING_RECORDS_MAX);
-    let collector = tokio::spawn(async move {
-        while let Some(delivery) = pending.recv().await {
-            delivery.await?;
-        }
-        Ok::<_, CliError>(())
-    });
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut tick = started;
-    'pacing: while sent < total {
-        tick += E2E_TICK;
-        tokio::time::sleep_until(tick.into()).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let due = ((elapsed * args.rate as f64) as u64).min(total);
-        while sent < due {
+    let (deliveries, collector) = in_order::<DeliveryFuture, _, _>();
+    let mut pacer = Pacer::new(args.rate, total);
+    'pacing: while !pacer.done() {
+        for _ in 0..pacer.due().await {
             let payload = e2e_payload(run, nanos_since(epoch), args.size);
             let delivery = producer
                 .enqueue(ProducerRecord::new(args.topic.clone(), payload))
@@ -790,10 +778,9 @@ async fn e2e(client: &Client, args: PerfE2eArgs) -> Result<Summary, CliError> {
             if deliveries.send(delivery).await.is_err() {
                 break 'pacing; // A delivery failed; the collector returns its error.
             }
-            sent += 1;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = pacer.seconds();
     drop(deliveries);
     let produced = joined(collector.await);
     producer.close().await?;
@@ -1096,21 +1083,10 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
     // Confirms are awaited by a task of their own, so the pacing never waits for one.
     let publisher_client = connect_publisher(client).await?;
     let publisher = Publisher::new(&publisher_client);
-    let (confirms, mut pending) = mpsc::channel::<PublishConfirm>(OUTSTANDING_RECORDS_MAX);
-    let collector = tokio::spawn(async move {
-        while let Some(confirm) = pending.recv().await {
-            confirm.await?;
-        }
-        Ok::<_, CliError>(())
-    });
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut tick = started;
-    'pacing: while sent < total {
-        tick += E2E_TICK;
-        tokio::time::sleep_until(tick.into()).await;
-        let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
-        while sent < due {
+    let (confirms, collector) = in_order::<PublishConfirm, _, _>();
+    let mut pacer = Pacer::new(args.rate, total);
+    'pacing: while !pacer.done() {
+        for _ in 0..pacer.due().await {
             let body = e2e_payload(run, nanos_since(epoch), args.size);
             let confirm = publisher
                 .start("", &args.queue, body, Vec::new(), Routing::Mandatory)
@@ -1118,10 +1094,9 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
             if confirms.send(confirm).await.is_err() {
                 break 'pacing; // A confirm failed; the collector returns its error.
             }
-            sent += 1;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = pacer.seconds();
     drop(confirms);
     let published = joined(collector.await);
     publisher_done.store(true, Ordering::Relaxed);
@@ -1143,6 +1118,69 @@ async fn queue_e2e(client: &Client, args: PerfQueueE2eArgs) -> Result<Summary, C
         latency: Latency::of(&histogram),
         extra: Vec::new(),
     })
+}
+
+/// A task that awaits the futures sent to it in order (each send's delivery or confirm),
+/// ending with the first failure, which it returns; the sender fails from then on.
+fn in_order<F, T, E>() -> (mpsc::Sender<F>, JoinHandle<Result<(), CliError>>)
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<CliError> + Send + 'static,
+{
+    let (sender, mut pending) = mpsc::channel::<F>(OUTSTANDING_RECORDS_MAX);
+    let collector = tokio::spawn(async move {
+        while let Some(future) = pending.recv().await {
+            future.await.map_err(Into::into)?;
+        }
+        Ok(())
+    });
+    (sender, collector)
+}
+
+/// Paces `total` sends at `rate` a second from its start: each tick of [`E2E_TICK`] says
+/// how many are due (`perf e2e`, `perf queue-e2e`).
+struct Pacer {
+    started: Instant,
+    tick: Instant,
+    rate: u64,
+    total: u64,
+    due: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64, total: u64) -> Pacer {
+        let started = Instant::now();
+        Pacer {
+            started,
+            tick: started,
+            rate,
+            total,
+            due: 0,
+        }
+    }
+
+    /// Sleeps to the next tick; how many sends are due now (those the rate asks for by
+    /// then, less those already due at earlier ticks).
+    async fn due(&mut self) -> u64 {
+        self.tick += E2E_TICK;
+        tokio::time::sleep_until(self.tick.into()).await;
+        let by_now =
+            ((self.started.elapsed().as_secs_f64() * self.rate as f64) as u64).min(self.total);
+        let now = by_now.saturating_sub(self.due);
+        self.due = by_now.max(self.due);
+        now
+    }
+
+    /// Whether every send was due.
+    fn done(&self) -> bool {
+        self.due >= self.total
+    }
+
+    /// Seconds since the start.
+    fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
 }
 
 /// The `consume_*` fields of a publish-then-consume summary (`perf queue`, `perf amqp`).
