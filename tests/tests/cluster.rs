@@ -1669,6 +1669,16 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
         "wharf perf produce: {}",
         String::from_utf8_lossy(&bulk.stderr)
     );
+    // Records below 10,000 deleted on every replica (DeleteRecords goes through the
+    // group): the leader holds nothing below, so the rebuilt node, which holds nothing at
+    // all, must empty its log and start there (at the batch holding 10,000).
+    let bulk_leader = native_leaders(&addresses[0], "bulk")[0];
+    let bulk_leader_at = usize::try_from(bulk_leader - 1).expect("a node index");
+    assert_eq!(
+        kafka_delete_records(&kafka[bulk_leader_at], "bulk", 0, 10_000),
+        (0, 10_000),
+        "bulk's new low watermark"
+    );
 
     nodes[wiped_at].stop();
     let dir = root.path().join(format!("node-{wiped}"));
@@ -1693,6 +1703,16 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
         "wharf_partition_log_end_offset",
         "bulk",
         20_000,
+    );
+    let start = partition_gauge(
+        &nodes[wiped_at].http_address(),
+        "wharf_partition_log_start_offset",
+        "bulk",
+    )
+    .expect("bulk's log start on the rebuilt node");
+    assert!(
+        (9_900..=10_000).contains(&start),
+        "the rebuilt node's copy of bulk starts at {start}"
     );
 
     nodes[third_at].kill();

@@ -204,6 +204,29 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     /// `from` is past this replica's position, the bytes do not continue its log, or a
     /// storage failure.
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64>;
+
+    /// The first position a snapshot can be read from ([`Applier::read_range`]): a log
+    /// whose start moved up (retention, DeleteRecords, compaction) holds nothing below
+    /// it. 0 by default.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn start(&self) -> std::io::Result<i64> {
+        Ok(0)
+    }
+
+    /// Empties this replica's state and starts it again at `from`, past its position: a
+    /// snapshot's records start there because the leader holds nothing below (see
+    /// [`Applier::start`]). Refused by default.
+    ///
+    /// # Errors
+    /// A log that cannot restart, or a storage failure.
+    fn restart_at(&self, from: i64) -> std::io::Result<()> {
+        Err(std::io::Error::other(format!(
+            "a snapshot's records start at {from}, past this replica's end {}",
+            self.position()
+        )))
+    }
 }
 
 /// A request of one replicated log's group to another node's member.
@@ -630,9 +653,14 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             let here = applier.position();
             if here <= position {
                 if here < from {
-                    return Err(std::io::Error::other(format!(
-                        "a snapshot's records start at {from}, but this replica ends at {here}"
-                    )));
+                    // The leader holds nothing below `from` (its log start moved up).
+                    applier.restart_at(from)?;
+                    tracing::info!(
+                        dir = %dir.display(),
+                        was = here,
+                        from,
+                        "emptied a replica ending below its leader's log start, to go on from there"
+                    );
                 }
                 for piece in &pieces {
                     if applier.position() >= piece.to {
@@ -806,6 +834,13 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
             ReplicaReply::Position(position) => position,
             other => return Err(unexpected(&other).into()),
         };
+        // A follower ending below what this log still holds gets it from the log's start:
+        // it empties its log and restarts it there when it installs the snapshot.
+        let applier = self.network.applier.clone();
+        let start = run_io(self.network.io, move || applier.start())
+            .await
+            .map_err(|error| NetworkError::new(&error))?;
+        let from = from.max(start);
         let position = snapshot.snapshot.position;
         // Pieces of at most STAGE_PIECE_BYTES go ahead; the last travels with the snapshot.
         let mut at = from;

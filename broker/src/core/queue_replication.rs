@@ -130,6 +130,20 @@ impl Applier for QueueApplier {
         Ok((out.freeze(), end))
     }
 
+    /// Compaction deletes whole settled segments: the log start is a batch's base.
+    fn start(&self) -> std::io::Result<i64> {
+        Ok(self.store.messages().log_start_offset())
+    }
+
+    /// The messages below `from` were all settled and compacted away on the leader; the
+    /// snapshot's last piece brings the ack state, which settles them here too.
+    fn restart_at(&self, from: i64) -> std::io::Result<()> {
+        self.store
+            .messages()
+            .restart_at(from)
+            .map_err(|error| io_error(&self.queue, error))
+    }
+
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
         if let Some(batches) = replicated::piece_batches(records) {
             self.append_missing(from, &batches)?;
@@ -453,6 +467,42 @@ mod tests {
             .collect();
         counts.sort_unstable();
         (unsettled, counts, applier.position())
+    }
+
+    #[test]
+    fn a_replica_below_the_leaders_compacted_messages_restarts_at_its_start() {
+        // Goal: a replica whose message log ends below the leader's first segment (a lost
+        // disk, after the leader compacted settled messages away) empties its log and
+        // continues from the leader's start, then serves what the leader serves.
+        let leader = applier("/data/queues/compacted");
+        for run in 0..120 {
+            leader.apply(&publish(run * 3, 3)).unwrap();
+        }
+        leader
+            .apply(
+                &QueueCommand::Settle {
+                    now_ms: 2_000,
+                    ids: (0..300).collect(),
+                }
+                .encode(),
+            )
+            .unwrap();
+        leader.persist().unwrap();
+        leader.store.compact(&[], 2_000).unwrap();
+        let start = leader.start().unwrap();
+        assert!(start > 0, "the leader compacted its first segments");
+        let to = leader.position();
+
+        let lost = applier("/data/queues/lost");
+        lost.apply(&publish(0, 3)).unwrap();
+        assert!(lost.position() < start);
+        // What the replicated log does with a snapshot from `start` (see `install_snapshot`).
+        lost.restart_at(start).unwrap();
+        let records = leader.read_range(start, to).unwrap();
+        assert_eq!(lost.append_range(start, &records).unwrap(), to);
+        assert_eq!(view(&lost), view(&leader));
+        assert_eq!(lost.store.messages().log_start_offset(), start);
+        assert!(lost.restart_at(start).is_err(), "only past the end");
     }
 
     #[test]

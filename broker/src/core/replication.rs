@@ -399,6 +399,29 @@ impl Applier for PartitionApplier {
         )
     }
 
+    /// The first batch holding the log start (a DeleteRecords may have put the start
+    /// inside a batch: the whole batch is sent, and the follower's start is its base).
+    fn start(&self) -> std::io::Result<i64> {
+        let start = self.log.log_start_offset();
+        if start >= self.log.high_watermark() {
+            return Ok(start);
+        }
+        let read = self
+            .log
+            .read(start, 1)
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        Ok(match wharf_protocol::batch::parse_header(&read.bytes) {
+            Ok(Some(header)) => header.base_offset.min(start),
+            _ => start,
+        })
+    }
+
+    fn restart_at(&self, from: i64) -> std::io::Result<()> {
+        self.log
+            .restart_at(from)
+            .map_err(|error| std::io::Error::other(error.to_string()))
+    }
+
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {
         let end = self.log.log_end_offset();
         let missing = records_from(records, from, end).map_err(|reason| {
@@ -447,8 +470,10 @@ pub(crate) fn read_batches_bounded(
     let mut out = BytesMut::new();
     let mut at = from;
     while at < to && out.len() < max_bytes {
+        // From the start of the batch holding the log start (see `Applier::start`), the
+        // read is asked at the start and answers with that whole batch.
         let read = log
-            .read(at, 1024 * 1024)
+            .read(at.max(log.log_start_offset()), 1024 * 1024)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
         let mut bytes = read.bytes;
         if bytes.is_empty() {

@@ -1138,6 +1138,90 @@ impl Partition {
         Ok(report.log_start_offset.max(offset))
     }
 
+    /// Empties the log and starts it again at `offset`, past its end: a replica whose
+    /// leader's log starts above this one's end (its records below were deleted there by
+    /// retention, DeleteRecords or a queue's compaction) continues from the leader's start
+    /// (Kafka's truncate-fully-and-start-at). Every record goes, and the leader epochs.
+    ///
+    /// Crash-safe by order: the new start is written first, then every segment is deleted,
+    /// then the new segment is made. A log opened between two steps starts at its first
+    /// stored offset (0 with no segment left) and so ends below `offset` again: the replica
+    /// is sent the same range and starts again.
+    ///
+    /// # Errors
+    /// `Error::OffsetOutOfRange` for an `offset` not past the end; `Error::Io` (the partition then
+    /// refuses writes) for a failed file operation; `Error::Failed` or `Error::Closed`.
+    pub fn restart_at(&self, offset: i64) -> Result<()> {
+        let mut writer = self.lock_writer();
+        self.check_writable(&writer)?;
+        let end = writer.active.next_offset();
+        if offset <= end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset(),
+                high_watermark: end,
+            });
+        }
+        let _maintenance = self.lock_maintenance();
+        let _sync = self.lock_sync();
+        let fs = self.env.fs.as_ref();
+        let step = |what: &str, result: Result<()>| {
+            result.map_err(|error| {
+                self.fail_with(format!("restarting the log at {offset}: {what}: {error}"))
+            })
+        };
+        step("log start", write_log_start(fs, &self.dir, offset))?;
+        let old: Vec<Arc<Segment>> = {
+            let mut map = self
+                .segments
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner());
+            std::mem::take(&mut *map).into_values().collect()
+        };
+        self.lock_rolled().segments.clear();
+        for segment in &old {
+            step("delete segment", segment.delete(fs))?;
+        }
+        step(
+            "sync directory",
+            fs.sync_dir(&self.dir)
+                .map_err(|source| Error::io("sync directory", &self.dir, source)),
+        )?;
+        let created = Arc::new(step_value(
+            self,
+            offset,
+            Segment::create(fs, &self.dir, offset, &self.config, self.env.clock.now_ms()),
+        )?);
+        step(
+            "sync directory",
+            fs.sync_dir(&self.dir)
+                .map_err(|source| Error::io("sync directory", &self.dir, source)),
+        )?;
+        step(
+            "recovery point",
+            write_recovery_point(fs, &self.dir, offset),
+        )?;
+        self.lock_rolled().recovery_point = Some(offset);
+        {
+            let mut epochs = self.lock_epochs();
+            let mut emptied = epochs.clone();
+            emptied.cut(-1);
+            step("leader epochs", emptied.write(fs, &self.dir))?;
+            *epochs = emptied;
+        }
+        self.segments
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(offset, created.clone());
+        writer.active = created;
+        self.log_start.store(offset, Ordering::Release);
+        self.log_end.store(offset, Ordering::Release);
+        self.high_watermark.advance(offset);
+        self.durable.advance(offset);
+        tracing::info!(partition = %self.dir.display(), from = end, log_start = offset, "log emptied and restarted past its end");
+        Ok(())
+    }
+
     /// Deletes `doomed` (the oldest sealed segments, in order) and fsyncs the directory.
     fn delete_prefix(&self, doomed: &[Arc<Segment>]) -> Result<RetentionReport> {
         let mut report = RetentionReport {
@@ -1358,6 +1442,15 @@ fn read_log_start(fs: &dyn Fs, dir: &Path) -> Result<Option<i64>> {
         }
         Err(error) => Err(error),
     }
+}
+
+/// A value-returning step of [`Partition::restart_at`]: a failure fails the partition.
+fn step_value<T>(partition: &Partition, offset: i64, result: Result<T>) -> Result<T> {
+    result.map_err(|error| {
+        partition.fail_with(format!(
+            "restarting the log at {offset}: new segment: {error}"
+        ))
+    })
 }
 
 /// Replaces the log-start file atomically (rule 6).

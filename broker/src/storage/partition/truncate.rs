@@ -278,6 +278,93 @@ mod tests {
     }
 
     #[test]
+    fn a_log_restarted_past_its_end_holds_nothing_below_and_goes_on_from_there() {
+        let (env, _fs, _) = sim_env(1_000);
+        let dir = Path::new(DIR);
+        let partition = Partition::open(dir, config(), env.clone()).unwrap();
+        for round in 0..40u32 {
+            let value = format!("{round}-{}", "x".repeat(4_000));
+            partition
+                .append(&mut batch_of(&[value.as_bytes()], 1_000))
+                .unwrap();
+        }
+        let end = partition.log_end_offset();
+        assert!(partition.restart_at(end).is_err(), "not past the end");
+        partition.restart_at(500).unwrap();
+        assert_eq!(
+            (partition.log_start_offset(), partition.log_end_offset()),
+            (500, 500)
+        );
+        assert_eq!(partition.segment_count(), 1);
+        assert!(partition.read(end - 1, 1 << 20).is_err(), "nothing below");
+        let appended = partition
+            .append_keeping_epochs(&mut batch_of(&[b"again", b"more"], 1_000))
+            .unwrap();
+        assert_eq!((appended.base_offset, appended.next_offset), (500, 502));
+        partition
+            .wait_durable_blocking(appended.next_offset, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            values(&partition),
+            vec![(500, b"again".to_vec()), (501, b"more".to_vec())]
+        );
+        partition.close().unwrap();
+        drop(partition);
+        let reopened = Partition::open(dir, config(), env).unwrap();
+        assert_eq!(
+            (reopened.log_start_offset(), reopened.log_end_offset()),
+            (500, 502)
+        );
+        assert_eq!(values(&reopened).len(), 2);
+    }
+
+    #[test]
+    fn a_restart_cut_short_by_a_crash_leaves_a_log_that_ends_below_it_or_the_restarted_one() {
+        // At every fsync of the restart in turn: the fsync fails (the process would stop
+        // there), the disk keeps what was synced; the log opened from it is either the
+        // restarted one or one ending below the new start, which a second restart mends.
+        for syncs in 0..12u64 {
+            let (env, fs, clock) = sim_env(1_000);
+            let dir = Path::new(DIR);
+            let partition = Partition::open(dir, config(), env).unwrap();
+            for round in 0..30u32 {
+                let value = format!("{round}-{}", "x".repeat(4_000));
+                let appended = partition
+                    .append(&mut batch_of(&[value.as_bytes()], 1_000))
+                    .unwrap();
+                partition
+                    .wait_durable_blocking(appended.next_offset, Duration::from_secs(5))
+                    .unwrap();
+            }
+            fs.fail_syncs_after(syncs);
+            let finished = partition.restart_at(400).is_ok();
+            let image = fs.crash_image(crate::storage::sim::Torn::None);
+            drop(partition);
+            let env = crate::storage::testing::env_with(Arc::new(image), clock);
+            let opened = Partition::open(dir, config(), env).unwrap();
+            let (start, end) = (opened.log_start_offset(), opened.log_end_offset());
+            if finished {
+                assert_eq!((start, end), (400, 400), "after {syncs} syncs");
+            } else {
+                assert!(
+                    (start, end) == (400, 400) || end < 400,
+                    "after {syncs} syncs: [{start}, {end})"
+                );
+                if end < 400 {
+                    opened.restart_at(400).unwrap();
+                }
+            }
+            assert_eq!(
+                (opened.log_start_offset(), opened.log_end_offset()),
+                (400, 400),
+                "after {syncs} syncs"
+            );
+            let appended = opened.append(&mut batch_of(&[b"next"], 1_000)).unwrap();
+            assert_eq!(appended.base_offset, 400);
+        }
+    }
+
+    #[test]
     fn a_replica_checkpoint_is_the_position_then_the_replicas_bytes() {
         use crate::storage::fs::{Fs, OpenMode};
         let (env, fs, _) = sim_env(1_000);
