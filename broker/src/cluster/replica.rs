@@ -215,6 +215,16 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
         Ok(0)
     }
 
+    /// Whether a replica can be restarted at `from` (this log's [`Applier::start`]) and end
+    /// with the same state as this one from the records it is sent. Yes by default.
+    ///
+    /// # Errors
+    /// Why not: the follower is not sent a snapshot, and stays behind.
+    fn can_restart_at(&self, from: i64) -> std::io::Result<()> {
+        let _ = from;
+        Ok(())
+    }
+
     /// Empties this replica's state and starts it again at `from`, past its position: a
     /// snapshot's records start there because the leader holds nothing below (see
     /// [`Applier::start`]). Refused by default.
@@ -651,6 +661,11 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             // The replica may have applied entries since it told the leader its position:
             // the applier skips the records it already has.
             let here = applier.position();
+            if from > position {
+                return Err(std::io::Error::other(format!(
+                    "a snapshot's records start at {from}, past its end {position}"
+                )));
+            }
             if here <= position {
                 if here < from {
                     // The leader holds nothing below `from` (its log start moved up).
@@ -731,6 +746,9 @@ struct ReplicaNetwork {
     io: Io,
     /// When each member last answered an AppendEntries of this one (heartbeats included).
     heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
+    /// Set when a follower needs a snapshot past this one's (the log's start moved past
+    /// it); [`Replica::status`] has the group take one.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// openraft's connection to one member of a group.
@@ -836,12 +854,29 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
         };
         // A follower ending below what this log still holds gets it from the log's start:
         // it empties its log and restarts it there when it installs the snapshot.
-        let applier = self.network.applier.clone();
-        let start = run_io(self.network.io, move || applier.start())
-            .await
-            .map_err(|error| NetworkError::new(&error))?;
-        let from = from.max(start);
         let position = snapshot.snapshot.position;
+        let applier = self.network.applier.clone();
+        let start = run_io(self.network.io, move || {
+            let start = applier.start()?;
+            if from < start && start <= position {
+                applier.can_restart_at(start)?;
+            }
+            Ok(start)
+        })
+        .await
+        .map_err(|error| NetworkError::new(&error))?;
+        if from < start && start > position {
+            // The log's start moved past this snapshot (DeleteRecords or retention on a
+            // quiet log): a new one is asked for, and this one not sent.
+            self.network
+                .snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(NetworkError::new(&std::io::Error::other(format!(
+                "the log starts at {start}, past the snapshot's end {position}: a new snapshot is taken"
+            )))
+            .into());
+        }
+        let from = from.max(start);
         // Pieces of at most STAGE_PIECE_BYTES go ahead; the last travels with the snapshot.
         let mut at = from;
         let mut staged_to = None;
@@ -1067,6 +1102,8 @@ pub struct Replica {
     heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
     /// While this member leads: what its followers are judged in sync against.
     sync: Arc<Mutex<SyncTracker>>,
+    /// Shared with its network: a follower needs a newer snapshot.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -1129,12 +1166,14 @@ impl Replica {
         .validate()
         .map_err(|e| stopped(&e))?;
         let heard: Arc<Mutex<HashMap<NodeId, std::time::Instant>>> = Arc::default();
+        let snapshot_wanted: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let network = ReplicaNetwork {
             group: group.clone(),
             transport,
             applier: applier.clone(),
             io,
             heard: heard.clone(),
+            snapshot_wanted: snapshot_wanted.clone(),
         };
         let staging = machine.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
@@ -1151,6 +1190,7 @@ impl Replica {
             start: Arc::new(()),
             heard,
             sync: Arc::default(),
+            snapshot_wanted,
         })
     }
 
@@ -1234,6 +1274,19 @@ impl Replica {
     /// `replica.lag.time.max.ms` rule. The core's leader check calls it every 100 ms for
     /// each member, which keeps the leader's samples.
     pub fn status(&self) -> ReplicaStatus {
+        if self
+            .snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let raft = self.raft.clone();
+                runtime.spawn(async move {
+                    if let Err(error) = raft.trigger().snapshot().await {
+                        tracing::warn!(%error, "cannot take the snapshot a follower needs");
+                    }
+                });
+            }
+        }
         let leader = self.leader();
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();

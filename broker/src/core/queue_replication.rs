@@ -141,7 +141,9 @@ impl Applier for QueueApplier {
         self.store
             .messages()
             .restart_at(from)
-            .map_err(|error| io_error(&self.queue, error))
+            .map_err(|error| io_error(&self.queue, error))?;
+        self.store.settle_below(from);
+        Ok(())
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {

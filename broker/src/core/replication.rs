@@ -416,10 +416,42 @@ impl Applier for PartitionApplier {
         })
     }
 
+    /// A replica restarted at `from` must end with the same producer state as this one,
+    /// which it rebuilds from the batches it is sent: refused (the follower stays behind)
+    /// while a producer's retained batches reach below `from` or a transaction is open.
+    fn can_restart_at(&self, from: i64) -> std::io::Result<()> {
+        let producers = self
+            .streams
+            .producers()
+            .partition(&self.topic, self.partition);
+        let whole = producers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .rebuilt_from(from);
+        if whole {
+            return Ok(());
+        }
+        Err(std::io::Error::other(format!(
+            "{}-{} holds nothing below {from}, and its producer state reaches below it (a \
+             producer's retained batches or an open transaction): a replica cannot be \
+             rebuilt from there yet",
+            self.topic, self.partition
+        )))
+    }
+
+    /// The producer state goes with the records: the copied batches rebuild it.
     fn restart_at(&self, from: i64) -> std::io::Result<()> {
         self.log
             .restart_at(from)
-            .map_err(|error| std::io::Error::other(error.to_string()))
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let producers = self
+            .streams
+            .producers()
+            .partition(&self.topic, self.partition);
+        *producers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Default::default();
+        Ok(())
     }
 
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64> {

@@ -612,6 +612,14 @@ impl QueueStore {
         &self.acks
     }
 
+    /// Treats every message below `offset` as settled in memory (a replica whose message
+    /// log restarted there: the leader settled and compacted them; the ack log's records of
+    /// them, if any, are below its state after the snapshot's install, and a restart does
+    /// the same from the log start).
+    pub fn settle_below(&self, offset: i64) {
+        self.lock().raise_to(offset);
+    }
+
     /// A copy of the ack state.
     pub fn ack_state(&self) -> AckState {
         self.lock().clone()

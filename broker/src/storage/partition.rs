@@ -1143,10 +1143,11 @@ impl Partition {
     /// retention, DeleteRecords or a queue's compaction) continues from the leader's start
     /// (Kafka's truncate-fully-and-start-at). Every record goes, and the leader epochs.
     ///
-    /// Crash-safe by order: the new start is written first, then every segment is deleted,
-    /// then the new segment is made. A log opened between two steps starts at its first
-    /// stored offset (0 with no segment left) and so ends below `offset` again: the replica
-    /// is sent the same range and starts again.
+    /// Crash-safe by order: the new start is written first, then empty leader epochs, then
+    /// every segment's files are deleted, then the new segment is made. A log opened
+    /// between two steps ends below `offset` (its first stored offset, 0 with no segment
+    /// left: the start is capped at the end): the replica is sent the same range and
+    /// starts again.
     ///
     /// # Errors
     /// `Error::OffsetOutOfRange` for an `offset` not past the end; `Error::Io` (the partition then
@@ -1171,14 +1172,22 @@ impl Partition {
             })
         };
         step("log start", write_log_start(fs, &self.dir, offset))?;
-        let old: Vec<Arc<Segment>> = {
-            let mut map = self
-                .segments
-                .write()
-                .unwrap_or_else(|poison| poison.into_inner());
-            std::mem::take(&mut *map).into_values().collect()
-        };
-        self.lock_rolled().segments.clear();
+        {
+            let mut epochs = self.lock_epochs();
+            let mut emptied = epochs.clone();
+            emptied.cut(-1);
+            step("leader epochs", emptied.write(fs, &self.dir))?;
+            *epochs = emptied;
+        }
+        // The files go first; the map keeps the old segments (readers, retention and the
+        // cleaner see a log that is never empty) until the new one replaces them at once.
+        let old: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for segment in &old {
             step("delete segment", segment.delete(fs))?;
         }
@@ -1197,22 +1206,29 @@ impl Partition {
             fs.sync_dir(&self.dir)
                 .map_err(|source| Error::io("sync directory", &self.dir, source)),
         )?;
-        step(
-            "recovery point",
-            write_recovery_point(fs, &self.dir, offset),
-        )?;
-        self.lock_rolled().recovery_point = Some(offset);
+        // As `open` does: under `FlushPolicy::Always` no recovery point is kept.
+        let recovery_point = if self.config.flush == FlushPolicy::Always {
+            if self.lock_rolled().recovery_point.is_some() {
+                step("recovery point", remove_recovery_point(fs, &self.dir))?;
+            }
+            None
+        } else {
+            step(
+                "recovery point",
+                write_recovery_point(fs, &self.dir, offset),
+            )?;
+            Some(offset)
+        };
         {
-            let mut epochs = self.lock_epochs();
-            let mut emptied = epochs.clone();
-            emptied.cut(-1);
-            step("leader epochs", emptied.write(fs, &self.dir))?;
-            *epochs = emptied;
+            let mut rolled = self.lock_rolled();
+            rolled.segments.clear();
+            rolled.recovery_point = recovery_point;
         }
-        self.segments
+        *self
+            .segments
             .write()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert(offset, created.clone());
+            .unwrap_or_else(|poison| poison.into_inner()) =
+            std::collections::BTreeMap::from([(offset, created.clone())]);
         writer.active = created;
         self.log_start.store(offset, Ordering::Release);
         self.log_end.store(offset, Ordering::Release);

@@ -153,6 +153,19 @@ pub struct PartitionProducers {
 }
 
 impl PartitionProducers {
+    /// Whether a replica holding only this partition's records from `offset` on would
+    /// build the same producer state from them: every producer has a batch there and no
+    /// transaction is open (a copy from `offset` rebuilds the rest from the batches).
+    pub fn rebuilt_from(&self, offset: i64) -> bool {
+        self.ongoing.is_empty()
+            && self.producers.values().all(|entry| {
+                entry
+                    .batches
+                    .front()
+                    .is_some_and(|batch| batch.base_offset >= offset)
+            })
+    }
+
     /// Decides what to do with an incoming batch of producer `producer_id`.
     pub fn check(
         &self,
@@ -984,6 +997,29 @@ mod tests {
         state.record(7, 0, batch(0, 0, 0), 1);
         state.producers.get_mut(&7).unwrap().batches[0].last_sequence = i32::MAX;
         assert_eq!(state.check(7, 0, 0, 3), Verdict::Append);
+    }
+
+    #[test]
+    fn a_copy_from_an_offset_rebuilds_the_state_only_when_every_producer_has_a_batch_there() {
+        let batch = |first_sequence: i32, base_offset: i64| BatchMetadata {
+            first_sequence,
+            last_sequence: first_sequence,
+            base_offset,
+            last_offset: base_offset,
+        };
+        let mut state = PartitionProducers::default();
+        assert!(state.rebuilt_from(100), "no producer");
+        state.record(1, 0, batch(0, 50), 0);
+        state.record(1, 0, batch(1, 120), 0);
+        // Producer 1's retained batches reach below 100: a copy from 100 would miss one.
+        assert!(!state.rebuilt_from(100));
+        assert!(state.rebuilt_from(50));
+        state.record(2, 0, batch(0, 130), 0);
+        assert!(state.rebuilt_from(40));
+        assert!(!state.rebuilt_from(125));
+        // An open transaction: not rebuilt from a copy (markers are not replayed there).
+        state.record_transactional(3, 140);
+        assert!(!state.rebuilt_from(40));
     }
 
     #[test]

@@ -327,6 +327,7 @@ mod tests {
             let (env, fs, clock) = sim_env(1_000);
             let dir = Path::new(DIR);
             let partition = Partition::open(dir, config(), env).unwrap();
+            partition.start_epoch(3).unwrap();
             for round in 0..30u32 {
                 let value = format!("{round}-{}", "x".repeat(4_000));
                 let appended = partition
@@ -358,6 +359,10 @@ mod tests {
                 (opened.log_start_offset(), opened.log_end_offset()),
                 (400, 400),
                 "after {syncs} syncs"
+            );
+            assert!(
+                opened.leader_epochs().starts().is_empty(),
+                "after {syncs} syncs: the old epochs went"
             );
             let appended = opened.append(&mut batch_of(&[b"next"], 1_000)).unwrap();
             assert_eq!(appended.base_offset, 400);
