@@ -179,7 +179,8 @@ pub struct Broker {
     /// Started with peers: until the metadata log is attached, nothing that must go to a
     /// partition's leader (a transaction's marker) is written here.
     cluster_expected: bool,
-    /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20).
+    /// Held by a pass of `follow_metadata` and by a proposer's local step (issue #20); holds
+    /// what local steps made that the pass's record must take in (queues' incarnations).
     cluster_follow: tokio::sync::Mutex<cluster_sync::LocalSteps>,
     /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
     followed_topics: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,

@@ -1407,7 +1407,8 @@ wire_struct! {
         pub node_id: u64,
         /// Entries of the leader's log it does not have yet.
         pub lag_entries: u64,
-        /// It has every entry the leader applied (every record a consumer can read).
+        /// It is in sync: it answered the leader within 6 s and has every entry the leader
+        /// had 6 s ago, or every one it applied (Kafka's ISR rule, docs/CLUSTER.md).
         pub in_sync: bool,
     }
 }

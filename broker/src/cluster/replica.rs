@@ -28,7 +28,11 @@
 //! follower for its position ([`ReplicaRpc::Position`]) and sends the stored bytes from
 //! there to the snapshot's position ([`Applier::read_range`]), which the follower appends
 //! ([`Applier::append_range`]). A follower's applied state is always a prefix of the
-//! leader's (only committed entries are applied), so the bytes continue it. Bytes beyond
+//! leader's (only committed entries are applied), so the bytes continue it. A follower
+//! ending below what the leader still holds ([`Applier::start`]: retention, DeleteRecords
+//! or compaction moved it) is sent the bytes from there and empties its state and starts
+//! again at it ([`Applier::restart_at`]); a snapshot ending below the leader's start is
+//! not sent, and a newer one is taken. Bytes beyond
 //! one message ([`STAGE_PIECE_BYTES`], well inside the internal wire's frame) go first in
 //! pieces ([`ReplicaRpc::Stage`], [`Applier::read_range_bounded`]) that the follower keeps
 //! in a staging file beside the log (`staged/records-<stream>`, one per run of pieces)
@@ -1021,13 +1025,17 @@ impl SyncTracker {
     fn judge(
         &mut self,
         node: NodeId,
-        answering: bool,
+        contact: Contact,
         matched: u64,
         applied: u64,
         reference: Option<u64>,
     ) -> bool {
-        let was_in = !self.out.contains(&node);
-        let verdict = in_sync(was_in, answering, matched, applied, reference);
+        let was = if self.out.contains(&node) {
+            Seat::Out
+        } else {
+            Seat::In
+        };
+        let verdict = in_sync(was, contact, matched, applied, reference);
         if verdict {
             self.out.remove(&node);
         } else {
@@ -1037,21 +1045,35 @@ impl SyncTracker {
     }
 }
 
-/// Whether a follower is in sync with its leader: it is `answering` (heard from within
-/// [`REPLICA_LAG_MAX`]; one never heard from in the leader's term, within an election
-/// timeout of its start) and, with entries up to `matched`, has every entry the leader
-/// applied (up to `applied`) or, while it was in the set (`was_in`), every entry the
-/// leader had [`REPLICA_LAG_MAX`] ago (`reference`; `None` in a term younger than that).
+/// Whether a follower was in the in-sync set when last judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    In,
+    Out,
+}
+
+/// Whether a follower answers its leader: heard from within [`REPLICA_LAG_MAX`] (one never
+/// heard from in the leader's term: within an election timeout of its start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contact {
+    Answering,
+    Silent,
+}
+
+/// Whether a follower is in sync with its leader: it is answering and, with entries up to
+/// `matched`, has every entry the leader applied (up to `applied`) or, while it was in the
+/// set, every entry the leader had [`REPLICA_LAG_MAX`] ago (`reference`; `None` in a term
+/// younger than that).
 fn in_sync(
-    was_in: bool,
-    answering: bool,
+    was: Seat,
+    contact: Contact,
     matched: u64,
     applied: u64,
     reference: Option<u64>,
 ) -> bool {
     let level = matched >= applied;
-    let keeping_up = was_in && reference.is_none_or(|then| matched >= then);
-    answering && (level || keeping_up)
+    let keeping_up = was == Seat::In && reference.is_none_or(|then| matched >= then);
+    contact == Contact::Answering && (level || keeping_up)
 }
 
 /// How far one member is behind its group's leader, as the leader sees it.
@@ -1274,11 +1296,12 @@ impl Replica {
     /// `replica.lag.time.max.ms` rule. The core's leader check calls it every 100 ms for
     /// each member, which keeps the leader's samples.
     pub fn status(&self) -> ReplicaStatus {
-        if self
-            .snapshot_wanted
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // Taken only where a runtime can run the trigger, so the request is never lost.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if self
+                .snapshot_wanted
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
                 let raft = self.raft.clone();
                 runtime.spawn(async move {
                     if let Err(error) = raft.trigger().snapshot().await {
@@ -1316,10 +1339,15 @@ impl Replica {
                         Some(at) => now.saturating_duration_since(at) <= REPLICA_LAG_MAX,
                         None => now.saturating_duration_since(led_since) <= grace,
                     };
+                    let contact = if answering {
+                        Contact::Answering
+                    } else {
+                        Contact::Silent
+                    };
                     FollowerStatus {
                         node: *id,
                         lag_entries: last_log_index.saturating_sub(matched),
-                        in_sync: sync.judge(*id, answering, matched, applied, reference),
+                        in_sync: sync.judge(*id, contact, matched, applied, reference),
                     }
                 })
                 .collect()

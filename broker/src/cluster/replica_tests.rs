@@ -522,7 +522,7 @@ fn a_group_moves_onto_a_new_node_that_catches_up_before_it_votes() {
 
 #[test]
 fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago() {
-    use super::{in_sync, SyncTracker, REPLICA_LAG_MAX};
+    use super::{in_sync, Contact, Seat, SyncTracker, REPLICA_LAG_MAX};
     let start = std::time::Instant::now();
     let at = |millis: u64| start + Duration::from_millis(millis);
     let lag = u64::try_from(REPLICA_LAG_MAX.as_millis()).expect("millis");
@@ -530,8 +530,11 @@ fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago(
     // A new leader has no reference yet: answering is enough for a follower in the set.
     let (since, reference) = tracker.observe(at(0), 3, 100);
     assert_eq!((since, reference), (at(0), None));
-    assert!(tracker.judge(2, true, 0, 100, None));
-    assert!(!tracker.judge(3, false, 100, 100, None), "not answering");
+    assert!(tracker.judge(2, Contact::Answering, 0, 100, None));
+    assert!(
+        !tracker.judge(3, Contact::Silent, 100, 100, None),
+        "not answering"
+    );
     // The leader writes on; samples every 100 ms.
     for step in 1..=lag / 100 + 20 {
         tracker.observe(at(step * 100), 3, 100 + step * 10);
@@ -543,22 +546,34 @@ fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago(
     assert_eq!(reference, Some(300));
     let applied = 100 + (lag + 2_000) / 10;
     // Behind the leader now, but level with what it had a lag ago, and answering: stays.
-    assert!(tracker.judge(2, true, 300, applied, reference));
+    assert!(tracker.judge(2, Contact::Answering, 300, applied, reference));
     // Behind what it had a lag ago: out.
-    assert!(!tracker.judge(2, true, 299, applied, reference));
+    assert!(!tracker.judge(2, Contact::Answering, 299, applied, reference));
     // Out, it rejoins only once level with everything applied, not at the lag's edge.
-    assert!(!tracker.judge(2, true, 300, applied, reference));
-    assert!(tracker.judge(2, true, applied, applied, reference));
+    assert!(!tracker.judge(2, Contact::Answering, 300, applied, reference));
+    assert!(tracker.judge(2, Contact::Answering, applied, applied, reference));
     // Level with everything applied but not answering: out; idle and level: in.
-    assert!(!in_sync(true, false, applied, applied, reference));
-    assert!(in_sync(false, true, applied, applied, Some(applied + 50)));
+    assert!(!in_sync(
+        Seat::In,
+        Contact::Silent,
+        applied,
+        applied,
+        reference
+    ));
+    assert!(in_sync(
+        Seat::Out,
+        Contact::Answering,
+        applied,
+        applied,
+        Some(applied + 50)
+    ));
     // Node 3, out since the start, rejoins when it answers level.
-    assert!(tracker.judge(3, true, applied, applied, reference));
+    assert!(tracker.judge(3, Contact::Answering, applied, applied, reference));
     // A new term starts the record again, everyone in.
-    tracker.judge(2, true, 0, applied, reference);
+    tracker.judge(2, Contact::Answering, 0, applied, reference);
     let (since, reference) = tracker.observe(now, 4, applied);
     assert_eq!((since, reference), (now, None));
-    assert!(tracker.judge(2, true, applied - 1, applied, None));
+    assert!(tracker.judge(2, Contact::Answering, applied - 1, applied, None));
     tracker.forget();
     let (since, _) = tracker.observe(at(lag + 3_000), 4, applied);
     assert_eq!(since, at(lag + 3_000), "leading again after not leading");

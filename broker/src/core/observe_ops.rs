@@ -133,8 +133,8 @@ pub struct QueueReplicaObserved {
     pub leader: i64,
     /// The member's current term.
     pub term: u64,
-    /// On the leader: each other replica's node id, entries behind, and whether it has
-    /// every entry the leader applied.
+    /// On the leader: each other replica's node id, entries behind, and whether it is in
+    /// sync (`cluster::replica::FollowerStatus::in_sync`).
     pub followers: Vec<(u64, u64, bool)>,
 }
 

@@ -6,7 +6,9 @@
 //! - **Members.** The follower pass starts this node's member of each replicated queue the
 //!   metadata places here, with the queue's store as its applier, in the store's message
 //!   directory (its raft log in `messages/raft`, its checkpoint `replica-applied` there,
-//!   where the message log's open finds it and cuts the log back to it).
+//!   where the message log's open finds it and cuts the log back to it), once the follower's
+//!   record says this node's copy is of the log's incarnation of the queue (its group is
+//!   `queue:<name>@<incarnation>`).
 //! - **The task follows the leader.** A watcher per member starts the queue's task on this
 //!   node once its member leads with every entry of its log applied (so the task's
 //!   prediction of where its publishes land holds), and stops it as soon as the member no

@@ -62,7 +62,8 @@ const DELETE_RECORDS_COMMAND_BYTES: usize = 1 + 8;
 const SNAPSHOT_EVERY: u64 = 128;
 /// The shortest heartbeat of a replicated partition's group.
 const REPLICA_HEARTBEAT_MIN: Duration = Duration::from_millis(200);
-/// How often a node looks for groups it now leads that the metadata does not name yet.
+/// How often a node looks for groups it now leads that the metadata does not name yet,
+/// and samples its members' in-sync views (`Replica::status`).
 const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// A replicated partition's timeouts: the metadata log's, but a heartbeat of at least
@@ -107,8 +108,8 @@ pub(crate) fn acks_before_commit() -> bool {
 }
 
 /// A leader's in-sync replicas (Kafka's ISR) among `set`'s: itself and each follower its
-/// `status` reports in sync that the set holds (a learner of a move, or a node a
-/// redirected move left in the group's voters, is not listed), sorted.
+/// `status` reports in sync that the set holds or is moving to (a node a redirected move
+/// left in the group's voters is not listed), sorted.
 pub(crate) fn in_sync_set(
     leader: NodeId,
     status: &crate::cluster::replica::ReplicaStatus,
@@ -128,7 +129,9 @@ pub(crate) fn in_sync_set(
     in_sync
 }
 
-/// The least time between two records of one partition's in-sync replicas by this node.
+/// The least time between two records of one partition's in-sync replicas by this node:
+/// each record is a metadata-log entry every node applies, and a set that changes faster
+/// than this is not worth telling clients about.
 const IN_SYNC_RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// The replicated log's name for partition `partition` of `topic` (unambiguous: the
@@ -410,10 +413,13 @@ impl Applier for PartitionApplier {
             .log
             .read(start, 1)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        Ok(match wharf_protocol::batch::parse_header(&read.bytes) {
-            Ok(Some(header)) => header.base_offset.min(start),
-            _ => start,
-        })
+        match wharf_protocol::batch::parse_header(&read.bytes) {
+            Ok(Some(header)) => Ok(header.base_offset.min(start)),
+            other => Err(std::io::Error::other(format!(
+                "{}-{}: no readable batch at its log start {start}: {other:?}",
+                self.topic, self.partition
+            ))),
+        }
     }
 
     /// A replica restarted at `from` must end with the same producer state as this one,
@@ -897,9 +903,11 @@ impl Broker {
         }
     }
 
-    /// Proposes `SetPartitionLeader` (`SetQueueLeader`) for each replicated partition
-    /// (queue) this node's member leads while the metadata names another node, until shut
-    /// down.
+    /// Until shut down, every [`LEADER_CHECK_EVERY`]: reads each member's status (which
+    /// samples a leader's in-sync view and takes a snapshot a follower asked for),
+    /// proposes `SetPartitionLeader` (`SetQueueLeader`) for each replicated partition
+    /// (queue) this node's member leads while the metadata names another node, then
+    /// `SetPartitionInSync` where its in-sync set differs from the metadata's.
     pub(crate) async fn publish_partition_leaders(
         self: Arc<Self>,
         cluster: Cluster,

@@ -1160,7 +1160,7 @@ impl Partition {
             return Err(Error::OffsetOutOfRange {
                 offset,
                 log_start: self.log_start_offset(),
-                high_watermark: end,
+                high_watermark: self.high_watermark(),
             });
         }
         let _maintenance = self.lock_maintenance();

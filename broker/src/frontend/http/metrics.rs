@@ -488,7 +488,7 @@ fn encode_replicas(
         encoder,
         Kind::Gauge,
         "wharf_replica_in_sync",
-        "On the partition's leader: 1 when a replica has every record consumers can read.",
+        "On the partition's leader: 1 when a replica is in sync (answered within 6 s and has what the leader had 6 s ago).",
         followers().map(|(labels, (_, in_sync))| (labels, i64::from(in_sync))),
     )?;
     Ok(())
@@ -542,7 +542,7 @@ fn encode_queue_replicas(
         encoder,
         Kind::Gauge,
         "wharf_queue_replica_in_sync",
-        "On the queue's leader: 1 when a replica has every entry the leader applied.",
+        "On the queue's leader: 1 when a replica is in sync (answered within 6 s and has what the leader had 6 s ago).",
         followers().map(|(labels, (_, in_sync))| (labels, i64::from(in_sync))),
     )?;
     Ok(())

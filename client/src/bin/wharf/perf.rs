@@ -1145,7 +1145,8 @@ struct Pacer {
     tick: Instant,
     rate: u64,
     total: u64,
-    due: u64,
+    /// Sends due so far, all ticks together.
+    due_total: u64,
 }
 
 impl Pacer {
@@ -1156,7 +1157,7 @@ impl Pacer {
             tick: started,
             rate,
             total,
-            due: 0,
+            due_total: 0,
         }
     }
 
@@ -1167,14 +1168,14 @@ impl Pacer {
         tokio::time::sleep_until(self.tick.into()).await;
         let by_now =
             ((self.started.elapsed().as_secs_f64() * self.rate as f64) as u64).min(self.total);
-        let now = by_now.saturating_sub(self.due);
-        self.due = by_now.max(self.due);
+        let now = by_now.saturating_sub(self.due_total);
+        self.due_total = by_now.max(self.due_total);
         now
     }
 
     /// Whether every send was due.
     fn done(&self) -> bool {
-        self.due >= self.total
+        self.due_total >= self.total
     }
 
     /// Seconds since the start.
