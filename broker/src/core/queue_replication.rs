@@ -416,19 +416,10 @@ impl Broker {
 mod tests {
     use super::*;
     use crate::queue::replicated::QueueCommand;
-    use crate::storage::testing::sim_env;
-    use crate::storage::{FlushPolicy, LogConfig};
     use wharf_protocol::batch::{BatchBuilder, NewRecord};
 
     fn applier(dir: &str) -> QueueApplier {
-        let (env, _fs, clock) = sim_env(1_000);
-        let config = LogConfig {
-            flush: FlushPolicy::Never,
-            segment_bytes_max: 64 * 1024,
-            index_bytes_max: 4096,
-            ..LogConfig::default()
-        };
-        let store = QueueStore::open(std::path::Path::new(dir), config, env).unwrap();
+        let (store, clock) = crate::queue::replicated::tests::test_store(dir);
         QueueApplier {
             queue: dir.to_string(),
             store: Arc::new(store),

@@ -352,7 +352,7 @@ pub fn install_state(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::testing::sim_env;
     use crate::storage::{FlushPolicy, LogConfig};
@@ -360,15 +360,27 @@ mod tests {
     use std::path::Path;
     use wharf_protocol::batch::{BatchBuilder, NewRecord};
 
-    fn open(dir: &str) -> QueueStore {
-        let (env, _fs, _clock) = sim_env(1_000);
+    /// A replicated queue's store for a test, on a simulated disk with a manual clock:
+    /// small segments (several in a test), no fsyncs of its own (a replica's durability
+    /// is its raft log's).
+    pub(crate) fn test_store(
+        dir: &str,
+    ) -> (QueueStore, std::sync::Arc<crate::storage::ManualClock>) {
+        let (env, _fs, clock) = sim_env(1_000);
         let config = LogConfig {
             flush: FlushPolicy::Never,
             segment_bytes_max: 64 * 1024,
             index_bytes_max: 4096,
             ..LogConfig::default()
         };
-        QueueStore::open(Path::new(dir), config, env).unwrap()
+        (
+            QueueStore::open(Path::new(dir), config, env).unwrap(),
+            clock,
+        )
+    }
+
+    fn open(dir: &str) -> QueueStore {
+        test_store(dir).0
     }
 
     fn batch(count: usize) -> Bytes {
