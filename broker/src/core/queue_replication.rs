@@ -450,18 +450,9 @@ mod tests {
         .encode()
     }
 
-    /// What a task starting from the replica would serve: unsettled ids, their delivery
-    /// counts, the end of the message log.
+    /// What a task starting from the replica would serve (see the store's test view).
     fn view(applier: &QueueApplier) -> (Vec<i64>, Vec<(i64, u32)>, i64) {
-        let store = &applier.store;
-        let unsettled: Vec<i64> = store.unsettled().unwrap().iter().map(|m| m.id).collect();
-        let mut counts: Vec<(i64, u32)> = store
-            .delivery_counts()
-            .into_iter()
-            .filter(|(id, _)| unsettled.contains(id))
-            .collect();
-        counts.sort_unstable();
-        (unsettled, counts, applier.position())
+        crate::queue::replicated::tests::view(&applier.store)
     }
 
     #[test]

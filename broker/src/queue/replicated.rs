@@ -450,8 +450,9 @@ pub(crate) mod tests {
         out
     }
 
-    /// What a replica's store holds as a task would start from it.
-    fn view(store: &QueueStore) -> (Vec<i64>, Vec<(i64, u32)>, i64) {
+    /// What a replica's store holds as a task would start from it: unsettled ids, their
+    /// delivery counts, the end of the message log.
+    pub(crate) fn view(store: &QueueStore) -> (Vec<i64>, Vec<(i64, u32)>, i64) {
         let unsettled: Vec<i64> = store.unsettled().unwrap().iter().map(|m| m.id).collect();
         let mut counts: Vec<(i64, u32)> = store
             .delivery_counts()
