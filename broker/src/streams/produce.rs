@@ -234,25 +234,13 @@ impl Streams {
             }
             expected = header.last_offset() + 1;
         }
+        let stored = batches.clone().freeze();
         let receipt = append::append_keeping_epochs(log, &mut batches)?;
+        // Recorded as a replay of the log records them: idempotent batches, the open
+        // transactions and the markers that end them (aborted ones for read_committed).
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        for header in headers.iter().filter(|header| {
-            header.producer_id != NO_PRODUCER_ID && !header.attributes.is_control()
-        }) {
-            let metadata = BatchMetadata {
-                first_sequence: header.base_sequence,
-                last_sequence: last_sequence(header),
-                base_offset: header.base_offset,
-                last_offset: header.last_offset(),
-            };
-            state.record(
-                header.producer_id,
-                header.producer_epoch,
-                metadata,
-                header.max_timestamp,
-            );
-        }
+        state.replay(stored)?;
         Ok(receipt.appended().next_offset)
     }
 
@@ -344,7 +332,16 @@ impl Streams {
         if header.attributes.is_transactional() && txn_check == TxnCheck::Here {
             self.check_membership(topic, partition, &header)?;
         }
-        match state.check(header.producer_id, header.producer_epoch, first, last) {
+        // Expiry by the caller's clock (a replicated partition's command carries the
+        // leader's), so every replica counts the same producers expired.
+        let expired_before_ms = now_ms.saturating_sub(self.producers.expiry_ms);
+        match state.check_at(
+            header.producer_id,
+            header.producer_epoch,
+            first,
+            last,
+            expired_before_ms,
+        ) {
             Verdict::Append => {
                 let receipt = append::append(log, batches)?;
                 let appended = receipt.appended();
@@ -354,7 +351,12 @@ impl Streams {
                     base_offset: appended.base_offset,
                     last_offset: appended.last_offset,
                 };
-                state.record(header.producer_id, header.producer_epoch, metadata, now_ms);
+                state.record(
+                    header.producer_id,
+                    header.producer_epoch,
+                    metadata,
+                    header.max_timestamp,
+                );
                 if header.attributes.is_transactional() {
                     state.record_transactional(header.producer_id, appended.base_offset);
                 }
@@ -449,3 +451,7 @@ fn check_keyed(topic: &str, batches: &[u8]) -> Result<(), StreamError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "produce_tests.rs"]
+mod tests;

@@ -38,6 +38,11 @@ pub const RETAINED_BATCHES: usize = 5;
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Producer ids per cluster node: node N hands out ids from N × 2³¹ (issue #20).
 pub const CLUSTER_ID_RANGE: i64 = 1 << 31;
+/// How much longer than the expiry a sweep keeps an idle producer in memory (1 h): replicas
+/// sweep on their own clocks, and a verdict counts a producer expired on the leader's
+/// clock, so a sweep must not forget one a verdict could still know. Assumes the nodes'
+/// clocks are within this of each other.
+pub const SWEEP_MARGIN_MS: i64 = 3600 * 1000;
 /// File name of the per-partition snapshot.
 pub const SNAPSHOT_FILE: &str = "producer-state";
 /// File name of the producer id block in the data directory.
@@ -166,7 +171,8 @@ impl PartitionProducers {
             })
     }
 
-    /// Decides what to do with an incoming batch of producer `producer_id`.
+    /// Decides what to do with an incoming batch of producer `producer_id`, counting no
+    /// producer as expired (see [`PartitionProducers::check_at`]).
     pub fn check(
         &self,
         producer_id: i64,
@@ -174,7 +180,26 @@ impl PartitionProducers {
         first_sequence: i32,
         last_sequence: i32,
     ) -> Verdict {
-        let Some(entry) = self.producers.get(&producer_id) else {
+        self.check_at(producer_id, epoch, first_sequence, last_sequence, i64::MIN)
+    }
+
+    /// Decides what to do with an incoming batch of producer `producer_id`. A producer
+    /// whose last append is before `expired_before_ms` and that has no transaction open
+    /// here counts as unknown, whether or not a sweep ([`PartitionProducers::expire`])
+    /// forgot it yet: the verdict depends on the state and the caller's clock only, the
+    /// same on every replica of a partition (issue #21).
+    pub fn check_at(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first_sequence: i32,
+        last_sequence: i32,
+        expired_before_ms: i64,
+    ) -> Verdict {
+        let entry = self.producers.get(&producer_id).filter(|entry| {
+            entry.last_append_ms >= expired_before_ms || self.ongoing.contains_key(&producer_id)
+        });
+        let Some(entry) = entry else {
             return if first_sequence == 0 {
                 Verdict::Append
             } else {
@@ -204,17 +229,33 @@ impl PartitionProducers {
         }
     }
 
-    /// Records an appended batch.
-    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMetadata, now_ms: i64) {
+    /// Records an appended batch whose largest timestamp is `timestamp_ms` (Kafka's rule:
+    /// a producer's last append time is its batches' time, read from the batch itself, so
+    /// appending, replaying the log and copying it to a replica record the same time).
+    /// A batch starting a producer's sequences over at 0 (a new epoch, or the same epoch
+    /// after it counted as expired) drops the batches retained before it, unless it
+    /// continues a sequence that wrapped past `i32::MAX`.
+    pub fn record(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        batch: BatchMetadata,
+        timestamp_ms: i64,
+    ) {
         let entry = self
             .producers
             .entry(producer_id)
             .or_insert_with(|| ProducerEntry {
                 epoch,
                 batches: VecDeque::new(),
-                last_append_ms: now_ms,
+                last_append_ms: timestamp_ms,
             });
-        if epoch != entry.epoch {
+        let starts_over = batch.first_sequence == 0
+            && entry
+                .batches
+                .back()
+                .is_some_and(|last| last.last_sequence != i32::MAX);
+        if epoch != entry.epoch || starts_over {
             entry.epoch = epoch;
             entry.batches.clear();
         }
@@ -222,16 +263,21 @@ impl PartitionProducers {
         while entry.batches.len() > RETAINED_BATCHES {
             entry.batches.pop_front();
         }
-        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        entry.last_append_ms = entry.last_append_ms.max(timestamp_ms);
     }
 
-    /// Forgets producers idle for longer than `expiry_ms`.
+    /// Forgets producers idle for longer than `expiry_ms` plus [`SWEEP_MARGIN_MS`] by
+    /// `now_ms` (this node's clock), unless a transaction of theirs is open here. Only
+    /// memory: [`PartitionProducers::check_at`] already counts them unknown after
+    /// `expiry_ms`. The margin keeps a sweep from forgetting a producer that a replica's
+    /// verdict, on a leader's clock behind this node's, would still know.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) -> usize {
         let before = self.producers.len();
         let ongoing = &self.ongoing;
+        let keep_ms = expiry_ms.saturating_add(SWEEP_MARGIN_MS);
         self.producers.retain(|producer_id, entry| {
             ongoing.contains_key(producer_id)
-                || now_ms.saturating_sub(entry.last_append_ms) <= expiry_ms
+                || now_ms.saturating_sub(entry.last_append_ms) <= keep_ms
         });
         before - self.producers.len()
     }
@@ -267,6 +313,9 @@ impl PartitionProducers {
             entry.epoch = epoch;
             entry.batches.clear();
         }
+        // A marker counts as the producer's activity (as in Kafka since KAFKA-9144): its
+        // transaction's end does not leave it looking idle since its last batch.
+        entry.last_append_ms = entry.last_append_ms.max(timestamp_ms);
         let Some(first_offset) = self.ongoing.remove(&producer_id) else {
             // A marker for a transaction that wrote nothing here: nothing to skip.
             return;
@@ -336,8 +385,13 @@ impl PartitionProducers {
         self.producers.get(&producer_id)
     }
 
-    /// Replays stored batches: every idempotent batch of `bytes` (whole batches) is recorded.
-    fn replay(&mut self, bytes: Bytes) -> Result<i64, StorageError> {
+    /// Replays stored batches: every idempotent batch of `bytes` (whole batches) and every
+    /// transaction marker is recorded, as appending them did. Returns the offset after
+    /// the last batch (-1 for none).
+    ///
+    /// # Errors
+    /// A batch that does not decode.
+    pub fn replay(&mut self, bytes: Bytes) -> Result<i64, StorageError> {
         let mut next = -1;
         for decoded in batch::batches(bytes) {
             let decoded = decoded?;
@@ -1088,11 +1142,22 @@ mod tests {
 
     #[test]
     fn idle_producers_expire() {
+        // Goal: a sweep forgets a producer only past the expiry plus the margin, never one
+        // with an open transaction; a verdict counts it unknown from the expiry on.
         let mut state = PartitionProducers::default();
         state.record(1, 0, batch(0, 0, 0), 1_000);
         state.record(2, 0, batch(0, 0, 1), 5_000);
-        assert_eq!(state.expire(6_000, 2_000), 1);
-        assert!(state.get(1).is_none() && state.get(2).is_some());
+        state.record(3, 0, batch(0, 0, 2), 1_000);
+        state.record_transactional(3, 2);
+        assert_eq!(
+            state.check_at(1, 0, 1, 1, 6_000 - 2_000),
+            Verdict::Refuse(SequenceRefusal::UnknownProducer)
+        );
+        assert_eq!(state.check_at(2, 0, 1, 1, 6_000 - 2_000), Verdict::Append);
+        assert_eq!(state.check_at(3, 0, 1, 1, 6_000 - 2_000), Verdict::Append);
+        assert_eq!(state.expire(6_000, 2_000), 0, "within the margin");
+        assert_eq!(state.expire(6_000 + SWEEP_MARGIN_MS, 2_000), 1);
+        assert!(state.get(1).is_none() && state.get(2).is_some() && state.get(3).is_some());
     }
 
     #[test]
