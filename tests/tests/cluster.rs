@@ -1641,7 +1641,31 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
     let wiped = u64::try_from(wiped_at + 1).expect("an id");
     // A second topic holds more than one message of records (16 MiB, the replicated log's
     // STAGE_PIECE_BYTES) in over 256 raft entries, so its log is purged and the rebuilt
-    // node gets it from a snapshot whose records go in pieces.
+    // node gets it from a snapshot whose records go in pieces. Its first 5 records come
+    // from an idempotent producer that then goes quiet: its batches all lie below the log
+    // start set next, so only the producer state sent with the snapshot can tell the
+    // rebuilt node about it (until 2026-12-06 the leader refused to rebuild the replica
+    // from there, and the node never reached the log end).
+    let created = wharf(
+        &addresses[0],
+        &[
+            "topic",
+            "create",
+            "bulk",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    assert!(
+        created.status.success(),
+        "wharf topic create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let quiet = replicated_client(&["produce", &kafka[0], "bulk", "0", "5"]);
+    assert_acked_in_order(&quiet, 0, 5, "the quiet producer's records");
     let bulk = wharf(
         &addresses[0],
         &[
@@ -1702,7 +1726,7 @@ fn a_replica_that_lost_its_disk_rebuilds_from_the_others() {
         &nodes[wiped_at].http_address(),
         "wharf_partition_log_end_offset",
         "bulk",
-        20_000,
+        20_005,
     );
     let start = partition_gauge(
         &nodes[wiped_at].http_address(),

@@ -110,6 +110,11 @@ pub struct ReplicaSnapshot {
     /// staged pieces end and `records` start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_to: Option<i64>,
+    /// The applier's state beside its records at `position` ([`Applier::state`]: a
+    /// partition's producer state), installed after the records; empty from a build
+    /// before 2026-12-07 or an applier with none.
+    #[serde(default, with = "bytes_field", skip_serializing_if = "Bytes::is_empty")]
+    pub state: Bytes,
     /// On the receiving member, the staged pieces it checked and hands to the install
     /// (never on the wire).
     #[serde(skip)]
@@ -219,13 +224,26 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
         Ok(0)
     }
 
-    /// Whether a replica can be restarted at `from` (this log's [`Applier::start`]) and end
-    /// with the same state as this one from the records it is sent. Yes by default.
+    /// The state this applier keeps beside its records, as of its position (a partition's
+    /// producer state: what its batches cannot rebuild once the log below was deleted or
+    /// compacted, or a sweep forgot an idle producer). Read with the position when a
+    /// snapshot is built, kept in the checkpoint, sent with the snapshot's last piece and
+    /// given to [`Applier::install_state`]. Empty by default (a queue carries its ack
+    /// state in its records).
     ///
     /// # Errors
-    /// Why not: the follower is not sent a snapshot, and stays behind.
-    fn can_restart_at(&self, from: i64) -> std::io::Result<()> {
-        let _ = from;
+    /// A failure reading it.
+    fn state(&self) -> std::io::Result<Bytes> {
+        Ok(Bytes::new())
+    }
+
+    /// Replaces the state beside the records with `state`, which [`Applier::state`] read
+    /// at this applier's current position (on another replica, or here before a restart).
+    ///
+    /// # Errors
+    /// Bytes that do not decode, or describe another position.
+    fn install_state(&self, state: &Bytes) -> std::io::Result<()> {
+        let _ = state;
         Ok(())
     }
 
@@ -312,6 +330,9 @@ struct Checkpoint {
     meta: SnapshotMeta<NodeId, BasicNode>,
     #[serde(skip)]
     position: i64,
+    /// The applier's state at `position` ([`Applier::state`]; JSON: base64 text).
+    #[serde(default, with = "bytes_field", skip_serializing_if = "Bytes::is_empty")]
+    state: Bytes,
 }
 
 #[derive(Debug)]
@@ -385,6 +406,14 @@ impl ReplicaMachine {
                 applier.position()
             )));
         }
+        // The state beside the records as the checkpoint took it, exactly at the position
+        // the records were cut back to (what the records rebuilt since the restart may not
+        // be: a sweep, a compaction, a log start moved up).
+        if let Some((checkpoint, _)) = &found {
+            if !checkpoint.state.is_empty() {
+                applier.install_state(&checkpoint.state)?;
+            }
+        }
         let (checkpoint, sequence) = match found {
             // A checkpoint of nothing applied yet is no snapshot.
             Some((checkpoint, sequence)) if checkpoint.meta.last_log_id.is_none() => {
@@ -397,6 +426,7 @@ impl ReplicaMachine {
                 let empty = Checkpoint {
                     meta: SnapshotMeta::default(),
                     position,
+                    state: Bytes::new(),
                 };
                 let payload = serde_json::to_vec(&empty).map_err(std::io::Error::other)?;
                 write_replica_checkpoint(fs.as_ref(), dir, 1, position, &payload)
@@ -557,6 +587,7 @@ impl ReplicaMachine {
                 from: checkpoint.position,
                 records: Bytes::new(),
                 staged_to: None,
+                state: checkpoint.state.clone(),
                 pieces: Vec::new(),
             }),
         }
@@ -565,9 +596,10 @@ impl ReplicaMachine {
 
 impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<ReplicaConfig>> {
-        // The applied id and the position are read together (apply holds the lock), then
-        // made durable: the fsync covers at least that position.
-        let (meta, position, io) = {
+        // The applied id, the position and the state beside the records are read together
+        // (apply holds the lock), then made durable: the fsync covers at least that
+        // position.
+        let (meta, position, state, io) = {
             let inner = lock(&self.inner);
             let snapshot_id = match inner.last_applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id, id.index, inner.sequence + 1),
@@ -580,6 +612,9 @@ impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
                     snapshot_id,
                 },
                 self.applier.position(),
+                self.applier
+                    .state()
+                    .map_err(|error| StorageIOError::write_snapshot(None, &error))?,
                 inner.io,
             )
         };
@@ -587,7 +622,11 @@ impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
         run_io(io, move || applier.persist())
             .await
             .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
-        let checkpoint = Checkpoint { meta, position };
+        let checkpoint = Checkpoint {
+            meta,
+            position,
+            state,
+        };
         self.store_checkpoint(checkpoint.clone())
             .await
             .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
@@ -657,11 +696,12 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
             from,
             records,
             staged_to,
+            state,
             pieces,
         } = *snapshot;
         // `Replica::serve` took the staged pieces, checked, into the snapshot.
         let tail_from = staged_to.unwrap_or(from);
-        let reached = run_io(io, move || {
+        let (reached, state) = run_io(io, move || {
             // The replica may have applied entries since it told the leader its position:
             // the applier skips the records it already has.
             let here = applier.position();
@@ -699,8 +739,14 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                 if applier.position() < position || !records.is_empty() {
                     applier.append_range(tail_from, &records)?;
                 }
+                // The state beside the records, as the leader had it at their end (a
+                // leader of an older build sends none: the records rebuilt what they can).
+                if !state.is_empty() && applier.position() == position {
+                    applier.install_state(&state)?;
+                }
             }
             let reached = applier.persist()?;
+            let state = applier.state()?;
             if !pieces.is_empty() {
                 tracing::info!(
                     dir = %dir.display(),
@@ -710,7 +756,7 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                     "installed a snapshot's records sent in pieces"
                 );
             }
-            Ok(reached)
+            Ok((reached, state))
         })
         .await
         .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
@@ -725,6 +771,7 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         let checkpoint = Checkpoint {
             meta: meta.clone(),
             position: reached,
+            state,
         };
         self.store_checkpoint(checkpoint)
             .await
@@ -860,15 +907,9 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
         // it empties its log and restarts it there when it installs the snapshot.
         let position = snapshot.snapshot.position;
         let applier = self.network.applier.clone();
-        let start = run_io(self.network.io, move || {
-            let start = applier.start()?;
-            if from < start && start <= position {
-                applier.can_restart_at(start)?;
-            }
-            Ok(start)
-        })
-        .await
-        .map_err(|error| NetworkError::new(&error))?;
+        let start = run_io(self.network.io, move || applier.start())
+            .await
+            .map_err(|error| NetworkError::new(&error))?;
         if from < start && start > position {
             // The log's start moved past this snapshot (DeleteRecords or retention on a
             // quiet log): a new one is asked for, and this one not sent.
@@ -929,6 +970,7 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
                 from,
                 records,
                 staged_to,
+                state: snapshot.snapshot.state.clone(),
                 pieces: Vec::new(),
             },
         };

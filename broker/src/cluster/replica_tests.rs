@@ -30,6 +30,10 @@ struct Model {
     durable: usize,
     /// Commands taken from a snapshot's records rather than applied one by one.
     from_snapshots: usize,
+    /// State beside the records that the records cannot rebuild (as a partition's producer
+    /// state): the bytes of every command applied, counted at apply only; a snapshot's
+    /// records leave it alone, [`Applier::install_state`] sets it.
+    side: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,12 +49,18 @@ impl ModelApplier {
                 applied,
                 durable,
                 from_snapshots: 0,
+                side: 0,
             }),
         }
     }
 
     fn applied(&self) -> Vec<Bytes> {
         self.model.lock().unwrap().applied.clone()
+    }
+
+    /// The side state (see [`Model::side`]).
+    fn side(&self) -> u64 {
+        self.model.lock().unwrap().side
     }
 
     /// What survives a crash: the durable prefix.
@@ -65,7 +75,30 @@ impl Applier for ModelApplier {
         let mut model = self.model.lock().unwrap();
         let position = model.applied.len() as u64;
         model.applied.push(command.clone());
+        model.side += command.len() as u64;
         Ok(Bytes::copy_from_slice(&position.to_be_bytes()))
+    }
+
+    fn state(&self) -> std::io::Result<Bytes> {
+        let model = self.model.lock().unwrap();
+        let mut out = BytesMut::new();
+        out.put_u64(model.applied.len() as u64);
+        out.put_u64(model.side);
+        Ok(out.freeze())
+    }
+
+    fn install_state(&self, state: &Bytes) -> std::io::Result<()> {
+        let mut model = self.model.lock().unwrap();
+        let mut state = state.clone();
+        let position = state.get_u64();
+        if position != model.applied.len() as u64 {
+            return Err(std::io::Error::other(format!(
+                "a state of position {position} for one at {}",
+                model.applied.len()
+            )));
+        }
+        model.side = state.get_u64();
+        Ok(())
     }
 
     fn position(&self) -> i64 {
@@ -285,12 +318,14 @@ async fn write_all(nodes: &BTreeMap<NodeId, Node>, values: &[String]) -> Vec<u64
     positions
 }
 
-/// Waits until every node applied exactly `expected`.
+/// Waits until every node applied exactly `expected`, with the side state of every one of
+/// them, whether it applied them or took them from a snapshot (or a restart's checkpoint).
 async fn converge(nodes: &BTreeMap<NodeId, Node>, expected: &[Bytes]) {
+    let side: u64 = expected.iter().map(|command| command.len() as u64).sum();
     for _ in 0..400 {
         if nodes
             .values()
-            .all(|node| node.applier.applied() == expected)
+            .all(|node| node.applier.applied() == expected && node.applier.side() == side)
         {
             return;
         }
@@ -306,6 +341,7 @@ async fn converge(nodes: &BTreeMap<NodeId, Node>, expected: &[Bytes]) {
             expected.len()
         );
         assert_eq!(applied, expected, "node {id} applied other commands");
+        assert_eq!(node.applier.side(), side, "node {id}'s side state");
     }
 }
 
@@ -412,6 +448,23 @@ fn a_replicated_log_keeps_every_acknowledged_write_through_failover_restart_and_
         expected.extend(fourth.iter().cloned().map(Bytes::from));
         nodes.insert(victim, restart(victim, image, state, &net).await);
         converge(&nodes, &expected).await;
+
+        // A follower stops and starts again having missed nothing: it re-applies its own
+        // log past its checkpoint, and the state beside the records comes from the
+        // checkpoint (no snapshot is sent).
+        let leader = wait_for_leader(&nodes).await;
+        let victim = *nodes.keys().find(|&&id| id != leader).expect("a follower");
+        let down = nodes.remove(&victim).expect("victim");
+        let (image, state) = crash(down, victim, &net, false).await;
+        let restarted = restart(victim, image, state, &net).await;
+        let before = restarted.applier.model.lock().unwrap().from_snapshots;
+        nodes.insert(victim, restarted);
+        converge(&nodes, &expected).await;
+        assert_eq!(
+            nodes[&victim].applier.model.lock().unwrap().from_snapshots,
+            before,
+            "the restarted follower took a snapshot"
+        );
 
         for node in nodes.values() {
             node.replica.shutdown().await;

@@ -422,30 +422,50 @@ impl Applier for PartitionApplier {
         }
     }
 
-    /// A replica restarted at `from` must end with the same producer state as this one,
-    /// which it rebuilds from the batches it is sent: refused (the follower stays behind)
-    /// while a producer's retained batches reach below `from` or a transaction is open.
-    fn can_restart_at(&self, from: i64) -> std::io::Result<()> {
+    /// The partition's producer state at its log end: a follower installs it with the
+    /// records of a snapshot, so it holds what the copied batches cannot rebuild (producers
+    /// whose batches lie below the leader's log start, or were compacted, or idled out of
+    /// the sweep's reach), and a restart takes it from the checkpoint.
+    fn state(&self) -> std::io::Result<Bytes> {
         let producers = self
             .streams
             .producers()
             .partition(&self.topic, self.partition);
-        let whole = producers
+        let state = producers
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .rebuilt_from(from);
-        if whole {
-            return Ok(());
-        }
-        Err(std::io::Error::other(format!(
-            "{}-{} holds nothing below {from}, and its producer state reaches below it (a \
-             producer's retained batches or an open transaction): a replica cannot be \
-             rebuilt from there yet",
-            self.topic, self.partition
-        )))
+            .unwrap_or_else(|poison| poison.into_inner());
+        Ok(state.encode_at(self.log.log_end_offset()))
     }
 
-    /// The producer state goes with the records: the copied batches rebuild it.
+    fn install_state(&self, state: &Bytes) -> std::io::Result<()> {
+        let (installed, offset) = crate::streams::producer::PartitionProducers::decode_at(
+            state.clone(),
+        )
+        .map_err(|reason| {
+            std::io::Error::other(format!(
+                "{}-{}: a producer state that does not decode: {reason}",
+                self.topic, self.partition
+            ))
+        })?;
+        let end = self.log.log_end_offset();
+        if offset != end {
+            return Err(std::io::Error::other(format!(
+                "{}-{}: a producer state of offset {offset} for a log ending at {end}",
+                self.topic, self.partition
+            )));
+        }
+        let producers = self
+            .streams
+            .producers()
+            .partition(&self.topic, self.partition);
+        *producers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = installed;
+        Ok(())
+    }
+
+    /// The producer state goes with the records: [`Applier::install_state`] replaces what
+    /// the copied batches rebuilt.
     fn restart_at(&self, from: i64) -> std::io::Result<()> {
         self.log
             .restart_at(from)

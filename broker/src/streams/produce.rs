@@ -234,13 +234,16 @@ impl Streams {
             }
             expected = header.last_offset() + 1;
         }
-        let stored = batches.clone().freeze();
+        // Under the producer lock, as every append that changes producer state: a
+        // producer-state snapshot never covers these batches without their state.
+        let shared = self.producers.partition(topic, partition);
+        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         let receipt = append::append_keeping_epochs(log, &mut batches)?;
         // Recorded as a replay of the log records them: idempotent batches, the open
         // transactions and the markers that end them (aborted ones for read_committed).
-        let shared = self.producers.partition(topic, partition);
-        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        state.replay(stored)?;
+        // A snapshot from a leader of this build then replaces the state with its own
+        // (`Applier::install_state`), which holds what the batches cannot tell.
+        state.replay(batches.freeze())?;
         Ok(receipt.appended().next_offset)
     }
 
@@ -268,6 +271,7 @@ impl Streams {
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         let receipt = append::append(log, &mut bytes)?;
+        state.forget_expired(producer_id, self.expired_before(now_ms));
         state.record_marker(
             producer_id,
             epoch,
@@ -276,6 +280,11 @@ impl Streams {
             now_ms,
         );
         Ok(receipt)
+    }
+
+    /// The clock reading before which a producer's last append makes it expired.
+    fn expired_before(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.producers.expiry_ms)
     }
 
     /// The rules every produced batch follows, before any is appended.
@@ -333,15 +342,9 @@ impl Streams {
             self.check_membership(topic, partition, &header)?;
         }
         // Expiry by the caller's clock (a replicated partition's command carries the
-        // leader's), so every replica counts the same producers expired.
-        let expired_before_ms = now_ms.saturating_sub(self.producers.expiry_ms);
-        match state.check_at(
-            header.producer_id,
-            header.producer_epoch,
-            first,
-            last,
-            expired_before_ms,
-        ) {
+        // leader's), so every replica forgets the same producers at the same command.
+        state.forget_expired(header.producer_id, self.expired_before(now_ms));
+        match state.check(header.producer_id, header.producer_epoch, first, last) {
             Verdict::Append => {
                 let receipt = append::append(log, batches)?;
                 let appended = receipt.appended();
@@ -351,12 +354,7 @@ impl Streams {
                     base_offset: appended.base_offset,
                     last_offset: appended.last_offset,
                 };
-                state.record(
-                    header.producer_id,
-                    header.producer_epoch,
-                    metadata,
-                    header.max_timestamp,
-                );
+                state.record(header.producer_id, header.producer_epoch, metadata, now_ms);
                 if header.attributes.is_transactional() {
                     state.record_transactional(header.producer_id, appended.base_offset);
                 }

@@ -1,7 +1,7 @@
-//! A partition's producer state is the same function of its log on every path that builds
-//! it (issue #21: replicas must agree on every idempotent verdict): appending produces and
-//! markers, replaying the stored log (a restart), and appending another replica's stored
-//! batches (a follower catching up from a snapshot).
+//! Replicas of a partition must agree on every idempotent verdict (issue #21): two replicas
+//! applying the same commands give the same outcomes whatever their own sweeps and
+//! checkpoints did, and a follower copying stored batches records the transactions in them
+//! as the leader did.
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use wharf_protocol::batch::{Attributes, BatchBuilder, ControlKind, NewRecord};
 use super::TxnCheck;
 use crate::storage::testing::sim_env;
 use crate::storage::{LogConfig, Partition};
-use crate::streams::producer::{PartitionProducers, Producers, SequenceRefusal};
+use crate::streams::producer::{PartitionProducers, Producers, SWEEP_MARGIN_MS};
 use crate::streams::topic::Topics;
 use crate::streams::{AutoCreate, StreamError, StreamSettings, Streams};
 
@@ -84,6 +84,11 @@ enum Step {
     Marker { producer: usize, commit: bool },
     /// Time passes: a little, or past the expiry.
     Wait { ms: i64 },
+    /// The second replica sweeps idle producers on its own clock, up to the margin ahead
+    /// of the commands' clock.
+    Sweep { ahead_ms: i64 },
+    /// The second replica restarts from a checkpoint of its producer state at its log end.
+    Restart,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -94,6 +99,8 @@ fn step() -> impl Strategy<Value = Step> {
             }),
         1 => (0..PRODUCERS.len(), any::<bool>()).prop_map(|(producer, commit)| Step::Marker { producer, commit }),
         2 => prop_oneof![0i64..2_000, Just(EXPIRY_MS + 1_000)].prop_map(|ms| Step::Wait { ms }),
+        1 => prop_oneof![0i64..SWEEP_MARGIN_MS, Just(SWEEP_MARGIN_MS)].prop_map(|ahead_ms| Step::Sweep { ahead_ms }),
+        1 => Just(Step::Restart),
     ]
 }
 
@@ -118,6 +125,7 @@ fn stored(log: &Partition, piece_bytes: usize) -> Vec<Bytes> {
     let mut offset = log.log_start_offset();
     while offset < log.high_watermark() {
         let read = log.read(offset, piece_bytes).unwrap();
+        assert!(!read.bytes.is_empty(), "nothing read at {offset}");
         let mut end = offset;
         for decoded in wharf_protocol::batch::batches(read.bytes.clone()) {
             end = decoded.unwrap().header().next_offset();
@@ -128,16 +136,39 @@ fn stored(log: &Partition, piece_bytes: usize) -> Vec<Bytes> {
     pieces
 }
 
-/// Applies `steps` as a replica applies its commands (the clock in each command, no
-/// check of this node's own tables), counting the batches refused as unknown producers.
-fn apply(streams: &Streams, log: &std::sync::Arc<Partition>, steps: &[Step]) -> usize {
+/// Applies `steps` to partition 0 of each of `topics`, as replicas apply their commands
+/// (the clock in each command, no check of this node's own tables); sweeps and restarts
+/// happen on every replica but the first. Returns each replica's outcomes, in order.
+fn apply(streams: &Streams, topics: &[&str], steps: &[Step]) -> Vec<Vec<String>> {
+    let logs: Vec<_> = topics
+        .iter()
+        .map(|topic| streams.partition(topic, 0).unwrap())
+        .collect();
+    let mut outcomes = vec![Vec::new(); topics.len()];
     let mut now_ms = START_MS;
-    // Per producer: epoch, next sequence, last batch (sequence, count).
+    // Per producer: epoch, next sequence, last batch (sequence, count), as the first
+    // replica answered.
     let mut model = [(0i16, 0i32, None::<(i32, usize)>); PRODUCERS.len()];
-    let mut unknown = 0;
     for step in steps {
         match step {
             Step::Wait { ms } => now_ms += ms,
+            Step::Sweep { ahead_ms } => {
+                for topic in &topics[1..] {
+                    let shared = streams.producers().partition(topic, 0);
+                    shared.lock().unwrap().expire(now_ms + ahead_ms, EXPIRY_MS);
+                }
+            }
+            Step::Restart => {
+                for (topic, log) in topics.iter().zip(&logs).skip(1) {
+                    let shared = streams.producers().partition(topic, 0);
+                    let mut state = shared.lock().unwrap();
+                    let (restored, offset) =
+                        PartitionProducers::decode_at(state.encode_at(log.log_end_offset()))
+                            .unwrap();
+                    assert_eq!(offset, log.log_end_offset());
+                    *state = restored;
+                }
+            }
             Step::Marker { producer, commit } => {
                 let kind = if *commit {
                     ControlKind::Commit
@@ -145,9 +176,12 @@ fn apply(streams: &Streams, log: &std::sync::Arc<Partition>, steps: &[Step]) -> 
                     ControlKind::Abort
                 };
                 let epoch = model[*producer].0;
-                streams
-                    .append_marker("t", 0, log, PRODUCERS[*producer], epoch, kind, now_ms)
-                    .unwrap();
+                for ((topic, log), out) in topics.iter().zip(&logs).zip(&mut outcomes) {
+                    let receipt = streams
+                        .append_marker(topic, 0, log, PRODUCERS[*producer], epoch, kind, now_ms)
+                        .unwrap();
+                    out.push(format!("marker at {}", receipt.appended().base_offset));
+                }
             }
             Step::Batch {
                 producer,
@@ -176,99 +210,161 @@ fn apply(streams: &Streams, log: &std::sync::Arc<Partition>, steps: &[Step]) -> 
                     now_ms + skew_ms,
                     *transactional,
                 );
-                match streams.apply_produced("t", 0, log, bytes, now_ms, TxnCheck::Verified) {
-                    Ok(_) => {
-                        *next = sequence + count as i32;
-                        *last = Some((sequence, count));
-                    }
-                    Err(StreamError::Sequence { refusal, .. }) => {
-                        if refusal == SequenceRefusal::UnknownProducer {
-                            unknown += 1;
+                for (index, ((topic, log), out)) in
+                    topics.iter().zip(&logs).zip(&mut outcomes).enumerate()
+                {
+                    let applied = streams.apply_produced(
+                        topic,
+                        0,
+                        log,
+                        bytes.clone(),
+                        now_ms,
+                        TxnCheck::Verified,
+                    );
+                    match applied {
+                        Ok(receipt) => {
+                            let appended = receipt.appended();
+                            out.push(format!(
+                                "{}..{}",
+                                appended.base_offset, appended.last_offset
+                            ));
+                            if index == 0 {
+                                *next = sequence + count as i32;
+                                *last = Some((sequence, count));
+                            }
                         }
+                        Err(StreamError::Sequence { refusal, .. }) => {
+                            out.push(format!("{refusal:?}"));
+                        }
+                        Err(other) => panic!("{other}"),
                     }
-                    Err(other) => panic!("{other}"),
                 }
             }
         }
     }
-    unknown
+    outcomes
+}
+
+/// The state of partition 0 of `topic` without the producers expired by `now_ms` (which a
+/// sweep may or may not have forgotten yet).
+fn live_summary(streams: &Streams, topic: &str, now_ms: i64) -> String {
+    let shared = streams.producers().partition(topic, 0);
+    let mut state = shared.lock().unwrap();
+    for id in PRODUCERS {
+        state.forget_expired(id, now_ms - EXPIRY_MS);
+    }
+    summary(&state)
+}
+
+/// Each producer's epoch and retained batches, the open transactions' bound and the aborted
+/// transactions: what a replay of stored batches can tell (not the times of the appends).
+fn stored_summary(state: &PartitionProducers) -> String {
+    let entries: Vec<_> = PRODUCERS
+        .iter()
+        .map(|id| {
+            state
+                .get(*id)
+                .map(|entry| (entry.epoch, entry.batches.clone()))
+        })
+        .collect();
+    format!(
+        "{entries:?} lso {} aborted {:?}",
+        state.last_stable_offset(i64::MAX),
+        state.aborted_between(0, i64::MAX)
+    )
+}
+
+fn final_clock(steps: &[Step]) -> i64 {
+    START_MS
+        + steps
+            .iter()
+            .map(|step| match step {
+                Step::Wait { ms } => *ms,
+                _ => 0,
+            })
+            .sum::<i64>()
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
-    /// Goal: whatever producers do (retries, gaps, new epochs, transactions, markers,
-    /// idling past the expiry), the state built by appending, by replaying the stored log
-    /// and by copying the stored batches to another log is the same, so a restarted
-    /// replica and one caught up from a snapshot give the same verdicts as the leader.
+    /// Goal: two replicas applying the same commands (retries, gaps, new epochs,
+    /// transactions, markers, producers idling past the expiry) give the same outcome to
+    /// every command and end with the same live producers, although the second one
+    /// sweeps idle producers at its own times (on a clock up to the margin ahead) and
+    /// restarts from checkpoints of its state.
     #[test]
-    fn appending_replaying_and_copying_a_log_build_the_same_producer_state(
-        steps in prop::collection::vec(step(), 1..120),
+    fn replicas_agree_on_every_verdict_whatever_their_sweeps_and_restarts(
+        steps in prop::collection::vec(step(), 1..150),
+    ) {
+        let streams = streams();
+        streams.create_topic("a", 1, Vec::new()).unwrap();
+        streams.create_topic("b", 1, Vec::new()).unwrap();
+        let outcomes = apply(&streams, &["a", "b"], &steps);
+        prop_assert_eq!(&outcomes[0], &outcomes[1]);
+        let now_ms = final_clock(&steps);
+        prop_assert_eq!(live_summary(&streams, "a", now_ms), live_summary(&streams, "b", now_ms));
+    }
+
+    /// Goal: a follower that copies the leader's stored batches (a snapshot's, in pieces)
+    /// records the same producers, epochs, retained batches and open and aborted
+    /// transactions as appending them did; so does a replay of the log.
+    #[test]
+    fn copying_or_replaying_stored_batches_records_what_appending_did(
+        steps in prop::collection::vec(step(), 1..120)
+            .prop_map(|steps| steps.into_iter().filter(|step| !matches!(step, Step::Wait { ms } if *ms > EXPIRY_MS)).collect::<Vec<_>>()),
         piece_bytes in prop_oneof![Just(1usize), Just(4_096usize)],
     ) {
         let streams = streams();
         streams.create_topic("t", 1, Vec::new()).unwrap();
         streams.create_topic("copy", 1, Vec::new()).unwrap();
-        let log = streams.partition("t", 0).unwrap();
-        apply(&streams, &log, &steps);
-        let applied = summary(&streams.producers().partition("t", 0).lock().unwrap());
+        apply(&streams, &["t"], &steps);
+        let applied = stored_summary(&streams.producers().partition("t", 0).lock().unwrap());
 
+        let log = streams.partition("t", 0).unwrap();
         let pieces = stored(&log, piece_bytes);
         let mut replayed = PartitionProducers::default();
         for piece in &pieces {
             replayed.replay(piece.clone()).unwrap();
         }
-        prop_assert_eq!(&summary(&replayed), &applied, "replayed");
+        prop_assert_eq!(&stored_summary(&replayed), &applied, "replayed");
 
         let copy = streams.partition("copy", 0).unwrap();
         for piece in pieces {
             streams.append_stored("copy", 0, &copy, BytesMut::from(&piece[..])).unwrap();
         }
-        let copied = summary(&streams.producers().partition("copy", 0).lock().unwrap());
+        let copied = stored_summary(&streams.producers().partition("copy", 0).lock().unwrap());
         prop_assert_eq!(&copied, &applied, "copied");
     }
 }
 
-/// Goal: a producer idle past the expiry is unknown at once by the clock of the command
-/// that applies its next batch, on every replica alike, not only after some node's sweep
-/// forgot it; starting over at sequence 0 is accepted.
+/// Goal: a producer idle past the expiry is forgotten by the clock of the command that
+/// applies its next batch, on every replica alike, not only after some node's sweep;
+/// starting over at sequence 0 is accepted and keeps none of its earlier batches.
 #[test]
 fn a_producer_idle_past_the_expiry_is_unknown_by_the_commands_clock() {
     let streams = streams();
     streams.create_topic("t", 1, Vec::new()).unwrap();
-    let log = streams.partition("t", 0).unwrap();
+    let batch = |kind: u8, count: usize| Step::Batch {
+        producer: 0,
+        kind,
+        count,
+        new_epoch: false,
+        transactional: false,
+        skew_ms: 0,
+    };
     let steps = [
-        Step::Batch {
-            producer: 0,
-            kind: 0,
-            count: 2,
-            new_epoch: false,
-            transactional: false,
-            skew_ms: 0,
-        },
+        batch(0, 2),
         Step::Wait {
             ms: EXPIRY_MS + 1_000,
         },
         // Its next sequence: unknown now.
-        Step::Batch {
-            producer: 0,
-            kind: 5,
-            count: 1,
-            new_epoch: false,
-            transactional: false,
-            skew_ms: 0,
-        },
+        batch(5, 1),
         // Starting over at 0: appended.
-        Step::Batch {
-            producer: 0,
-            kind: 0,
-            count: 1,
-            new_epoch: false,
-            transactional: false,
-            skew_ms: 0,
-        },
+        batch(0, 1),
     ];
-    assert_eq!(apply(&streams, &log, &steps), 1);
+    let outcomes = apply(&streams, &["t"], &steps);
+    assert_eq!(outcomes[0], ["0..1", "UnknownProducer", "2..2"]);
     let state = streams.producers().partition("t", 0);
     let state = state.lock().unwrap();
     let entry = state.get(PRODUCERS[0]).expect("known again");
@@ -279,4 +375,25 @@ fn a_producer_idle_past_the_expiry_is_unknown_by_the_commands_clock() {
     );
     assert_eq!(entry.batches[0].base_offset, 2);
     assert_eq!(entry.last_append_ms, START_MS + EXPIRY_MS + 1_000);
+}
+
+/// Goal: a producer's last append is the broker's clock, not the records' timestamps: one
+/// writing records stamped far in the past (a backfill, a mirror keeping timestamps) is
+/// not expired while it writes.
+#[test]
+fn records_stamped_long_ago_do_not_expire_their_producer() {
+    let streams = streams();
+    streams.create_topic("t", 1, Vec::new()).unwrap();
+    let steps: Vec<Step> = (0..4)
+        .map(|n| Step::Batch {
+            producer: 0,
+            kind: if n == 0 { 0 } else { 5 },
+            count: 1,
+            new_epoch: false,
+            transactional: false,
+            skew_ms: -10 * EXPIRY_MS,
+        })
+        .collect();
+    let outcomes = apply(&streams, &["t"], &steps);
+    assert_eq!(outcomes[0], ["0..0", "1..1", "2..2", "3..3"]);
 }

@@ -158,21 +158,44 @@ pub struct PartitionProducers {
 }
 
 impl PartitionProducers {
-    /// Whether a replica holding only this partition's records from `offset` on would
-    /// build the same producer state from them: every producer has a batch there and no
-    /// transaction is open (a copy from `offset` rebuilds the rest from the batches).
-    pub fn rebuilt_from(&self, offset: i64) -> bool {
-        self.ongoing.is_empty()
-            && self.producers.values().all(|entry| {
-                entry
-                    .batches
-                    .front()
-                    .is_some_and(|batch| batch.base_offset >= offset)
-            })
+    /// The whole state as of `offset`, the end of the log it describes, in the layout of
+    /// the snapshot file (`producer-state`'s payload): a replicated partition's snapshot
+    /// carries it to a follower (issue #21).
+    pub fn encode_at(&self, offset: i64) -> Bytes {
+        let mut bytes = BytesMut::new();
+        to_snapshot(self, offset).encode(&mut bytes);
+        bytes.freeze()
     }
 
-    /// Decides what to do with an incoming batch of producer `producer_id`, counting no
-    /// producer as expired (see [`PartitionProducers::check_at`]).
+    /// The state [`PartitionProducers::encode_at`] encoded, and its offset.
+    ///
+    /// # Errors
+    /// Bytes that do not decode.
+    pub fn decode_at(bytes: Bytes) -> Result<(PartitionProducers, i64), String> {
+        let snapshot = decode_snapshot(bytes.to_vec())?;
+        let offset = snapshot.offset;
+        Ok((from_snapshot(snapshot), offset))
+    }
+
+    /// Forgets producer `producer_id` here if its last append is before
+    /// `expired_before_ms` and it has no transaction open here (Kafka's
+    /// `producer.id.expiration.ms`), before a batch or marker of it is checked and recorded:
+    /// an expired producer is then treated exactly as one a sweep already forgot, so
+    /// replicas agree whether or not their sweeps ([`PartitionProducers::expire`]) ran.
+    /// Returns whether it was forgotten.
+    pub fn forget_expired(&mut self, producer_id: i64, expired_before_ms: i64) -> bool {
+        let expired = !self.ongoing.contains_key(&producer_id)
+            && self
+                .producers
+                .get(&producer_id)
+                .is_some_and(|entry| entry.last_append_ms < expired_before_ms);
+        if expired {
+            self.producers.remove(&producer_id);
+        }
+        expired
+    }
+
+    /// Decides what to do with an incoming batch of producer `producer_id`.
     pub fn check(
         &self,
         producer_id: i64,
@@ -180,25 +203,7 @@ impl PartitionProducers {
         first_sequence: i32,
         last_sequence: i32,
     ) -> Verdict {
-        self.check_at(producer_id, epoch, first_sequence, last_sequence, i64::MIN)
-    }
-
-    /// Decides what to do with an incoming batch of producer `producer_id`. A producer
-    /// whose last append is before `expired_before_ms` and that has no transaction open
-    /// here counts as unknown, whether or not a sweep ([`PartitionProducers::expire`])
-    /// forgot it yet: the verdict depends on the state and the caller's clock only, the
-    /// same on every replica of a partition (issue #21).
-    pub fn check_at(
-        &self,
-        producer_id: i64,
-        epoch: i16,
-        first_sequence: i32,
-        last_sequence: i32,
-        expired_before_ms: i64,
-    ) -> Verdict {
-        let entry = self.producers.get(&producer_id).filter(|entry| {
-            entry.last_append_ms >= expired_before_ms || self.ongoing.contains_key(&producer_id)
-        });
+        let entry = self.producers.get(&producer_id);
         let Some(entry) = entry else {
             return if first_sequence == 0 {
                 Verdict::Append
@@ -229,26 +234,19 @@ impl PartitionProducers {
         }
     }
 
-    /// Records an appended batch whose largest timestamp is `timestamp_ms` (Kafka's rule:
-    /// a producer's last append time is its batches' time, read from the batch itself, so
-    /// appending, replaying the log and copying it to a replica record the same time).
-    /// A batch starting a producer's sequences over at 0 (a new epoch, or the same epoch
-    /// after it counted as expired) drops the batches retained before it, unless it
-    /// continues a sequence that wrapped past `i32::MAX`.
-    pub fn record(
-        &mut self,
-        producer_id: i64,
-        epoch: i16,
-        batch: BatchMetadata,
-        timestamp_ms: i64,
-    ) {
+    /// Records an appended batch at `now_ms`: the broker's clock when it appended it (on
+    /// a replicated partition the leader's, carried in the command, the same on every
+    /// replica); a replay of the log has only the batch's own timestamp. A batch at
+    /// sequence 0 drops the batches retained before it unless it continues a sequence
+    /// that wrapped past `i32::MAX` (a replay meeting a producer that started over).
+    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchMetadata, now_ms: i64) {
         let entry = self
             .producers
             .entry(producer_id)
             .or_insert_with(|| ProducerEntry {
                 epoch,
                 batches: VecDeque::new(),
-                last_append_ms: timestamp_ms,
+                last_append_ms: now_ms,
             });
         let starts_over = batch.first_sequence == 0
             && entry
@@ -263,14 +261,15 @@ impl PartitionProducers {
         while entry.batches.len() > RETAINED_BATCHES {
             entry.batches.pop_front();
         }
-        entry.last_append_ms = entry.last_append_ms.max(timestamp_ms);
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
     }
 
     /// Forgets producers idle for longer than `expiry_ms` plus [`SWEEP_MARGIN_MS`] by
     /// `now_ms` (this node's clock), unless a transaction of theirs is open here. Only
-    /// memory: [`PartitionProducers::check_at`] already counts them unknown after
-    /// `expiry_ms`. The margin keeps a sweep from forgetting a producer that a replica's
-    /// verdict, on a leader's clock behind this node's, would still know.
+    /// memory: [`PartitionProducers::forget_expired`] forgets each one before its next
+    /// batch or marker anyway. The margin keeps a sweep from forgetting a producer that a
+    /// replica's next command, on a leader's clock behind this node's, would still count
+    /// as live.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) -> usize {
         let before = self.producers.len();
         let ongoing = &self.ongoing;
@@ -730,24 +729,29 @@ impl Producers {
         lock(&self.partitions).remove(&(topic.to_string(), partition));
     }
 
-    /// Writes a snapshot of one partition covering everything below its high watermark, and
-    /// expires idle producers first.
+    /// Writes a snapshot of one partition covering everything below its log end, and
+    /// expires idle producers first. The log end is read under the producer lock, which
+    /// every append that changes producer state holds, so the state is exactly that of the
+    /// log below it (nothing from a later append); the log is fsynced up to it before the
+    /// snapshot is written, so a crash never leaves a snapshot past the recovered log that
+    /// a replay would have to skip.
     ///
     /// # Errors
-    /// Storage errors writing the snapshot.
+    /// Storage errors of the fsync or writing the snapshot.
     pub fn snapshot(
         &self,
         shared: &SharedProducers,
         log: &Partition,
         now_ms: i64,
     ) -> Result<(), StorageError> {
-        let offset = log.high_watermark();
-        let payload = {
+        let (offset, payload) = {
             let mut state = lock(shared);
             state.expire(now_ms, self.expiry_ms);
             state.prune_aborted(log.log_start_offset());
-            to_snapshot(&state, offset)
+            let offset = log.log_end_offset();
+            (offset, to_snapshot(&state, offset))
         };
+        log.flush()?;
         let mut bytes = BytesMut::new();
         payload.encode(&mut bytes);
         checkpoint::write(
@@ -1054,26 +1058,27 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_from_an_offset_rebuilds_the_state_only_when_every_producer_has_a_batch_there() {
-        let batch = |first_sequence: i32, base_offset: i64| BatchMetadata {
-            first_sequence,
-            last_sequence: first_sequence,
-            base_offset,
-            last_offset: base_offset,
-        };
+    fn the_whole_state_at_the_log_end_round_trips() {
+        // Goal: what a replicated snapshot carries to a follower is the state itself:
+        // producers, their retained batches, open and aborted transactions.
         let mut state = PartitionProducers::default();
-        assert!(state.rebuilt_from(100), "no producer");
-        state.record(1, 0, batch(0, 50), 0);
-        state.record(1, 0, batch(1, 120), 0);
-        // Producer 1's retained batches reach below 100: a copy from 100 would miss one.
-        assert!(!state.rebuilt_from(100));
-        assert!(state.rebuilt_from(50));
-        state.record(2, 0, batch(0, 130), 0);
-        assert!(state.rebuilt_from(40));
-        assert!(!state.rebuilt_from(125));
-        // An open transaction: not rebuilt from a copy (markers are not replayed there).
-        state.record_transactional(3, 140);
-        assert!(!state.rebuilt_from(40));
+        state.record(1, 0, batch(0, 4, 0), 1_000);
+        state.record(1, 0, batch(5, 9, 5), 2_000);
+        state.record(2, 3, batch(0, 0, 10), 3_000);
+        state.record_transactional(2, 10);
+        state.record_transactional(4, 11);
+        state.record_marker(4, 0, ControlKind::Abort, 12, 4_000);
+        let (restored, offset) = PartitionProducers::decode_at(state.encode_at(13)).unwrap();
+        assert_eq!(offset, 13);
+        for id in [1, 2, 4] {
+            assert_eq!(restored.get(id), state.get(id), "producer {id}");
+        }
+        assert_eq!(restored.last_stable_offset(13), 10);
+        assert_eq!(
+            restored.aborted_between(0, 13),
+            state.aborted_between(0, 13)
+        );
+        assert!(PartitionProducers::decode_at(Bytes::from_static(b"nonsense")).is_err());
     }
 
     #[test]
@@ -1149,13 +1154,21 @@ mod tests {
         state.record(2, 0, batch(0, 0, 1), 5_000);
         state.record(3, 0, batch(0, 0, 2), 1_000);
         state.record_transactional(3, 2);
+        assert_eq!(state.expire(6_000, 2_000), 0, "within the margin");
+        let mut checked = PartitionProducers::default();
+        checked.record(1, 0, batch(0, 0, 0), 1_000);
+        checked.record(2, 0, batch(0, 0, 1), 5_000);
+        checked.record(3, 0, batch(0, 0, 2), 1_000);
+        checked.record_transactional(3, 2);
+        for id in [1, 2, 3] {
+            checked.forget_expired(id, 6_000 - 2_000);
+        }
         assert_eq!(
-            state.check_at(1, 0, 1, 1, 6_000 - 2_000),
+            checked.check(1, 0, 1, 1),
             Verdict::Refuse(SequenceRefusal::UnknownProducer)
         );
-        assert_eq!(state.check_at(2, 0, 1, 1, 6_000 - 2_000), Verdict::Append);
-        assert_eq!(state.check_at(3, 0, 1, 1, 6_000 - 2_000), Verdict::Append);
-        assert_eq!(state.expire(6_000, 2_000), 0, "within the margin");
+        assert_eq!(checked.check(2, 0, 1, 1), Verdict::Append);
+        assert_eq!(checked.check(3, 0, 1, 1), Verdict::Append);
         assert_eq!(state.expire(6_000 + SWEEP_MARGIN_MS, 2_000), 1);
         assert!(state.get(1).is_none() && state.get(2).is_some() && state.get(3).is_some());
     }
