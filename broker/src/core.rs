@@ -247,7 +247,7 @@ impl Broker {
             for partition in 0..info.partitions {
                 if let Some(log) = topics.partition(&info.name, partition) {
                     producers
-                        .load(&info.name, partition, &log)
+                        .load(&info.name, partition, &log, clock.now_ms())
                         .map_err(|error| wrap(error.into()))?;
                 }
             }

@@ -16,18 +16,25 @@
 //! raft log already holds each command durably on a majority. A snapshot (every
 //! `snapshot_every` applied entries, openraft's policy) fsyncs the applier
 //! ([`Applier::persist`]) and then writes the checkpoint `replica-applied` in the log's
-//! directory (`storage::partition::ReplicaCheckpoint`): the last applied log id and the
-//! applier's position then. openraft purges the raft log up to it. After a
+//! directory (`storage::partition::ReplicaCheckpoint`): the last applied log id, the
+//! applier's position then and the state it keeps beside its records at that position
+//! ([`Applier::state`]: a partition's producer state), read together under the state
+//! machine's lock. openraft purges the raft log up to it. After a
 //! restart the applier's state must be cut back to the checkpoint's position
 //! ([`ReplicaMachine::checkpointed_position`]; a partition's open does it, with
-//! `storage::partition::truncate_closed`) before the group starts, and openraft applies the
-//! entries after it again, so nothing is applied twice or lost.
+//! `storage::partition::truncate_closed`) before the group starts; the member installs the
+//! checkpoint's state ([`Applier::install_state`]) and openraft applies the entries after
+//! it again, so nothing is applied twice or lost.
 //!
 //! **Catching up past the purged log.** A follower whose next entry was purged gets a
-//! snapshot. A snapshot holds no state of its own: when the leader sends one it asks the
-//! follower for its position ([`ReplicaRpc::Position`]) and sends the stored bytes from
-//! there to the snapshot's position ([`Applier::read_range`]), which the follower appends
-//! ([`Applier::append_range`]). A follower's applied state is always a prefix of the
+//! snapshot. A snapshot holds no records of its own, only the checkpoint's state beside
+//! them: when the leader sends one it asks the follower for its position
+//! ([`ReplicaRpc::Position`]) and sends the stored bytes from there to the snapshot's
+//! position ([`Applier::read_range`]), which the follower appends
+//! ([`Applier::append_range`]), then the state, which it installs. Building a snapshot
+//! and installing one never overlap (openraft 0.9 builds in a task of its own): a lock of
+//! the machine's (`snapshot_io`) serializes them, so a checkpoint never pairs one position
+//! with the state at another, nor replaces a newer checkpoint. A follower's applied state is always a prefix of the
 //! leader's (only committed entries are applied), so the bytes continue it. A follower
 //! ending below what the leader still holds ([`Applier::start`]: retention, DeleteRecords
 //! or compaction moved it) is sent the bytes from there and empties its state and starts
@@ -355,6 +362,9 @@ struct MachineInner {
 pub struct ReplicaMachine {
     inner: Arc<Mutex<MachineInner>>,
     applier: Arc<dyn Applier>,
+    /// Held by a snapshot's build and by an install from start to end (see the module
+    /// documentation).
+    snapshot_io: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn read_checkpoint(fs: &dyn Fs, dir: &Path) -> std::io::Result<Option<(Checkpoint, u64)>> {
@@ -411,7 +421,15 @@ impl ReplicaMachine {
         // be: a sweep, a compaction, a log start moved up).
         if let Some((checkpoint, _)) = &found {
             if !checkpoint.state.is_empty() {
-                applier.install_state(&checkpoint.state)?;
+                if let Err(error) = applier.install_state(&checkpoint.state) {
+                    // The member still starts (the group keeps its replicas): with the
+                    // state the log's replay rebuilt, which a snapshot replaces later.
+                    tracing::error!(
+                        dir = %dir.display(),
+                        %error,
+                        "the checkpoint's state does not install; going on with the state rebuilt from the log"
+                    );
+                }
             }
         }
         let (checkpoint, sequence) = match found {
@@ -456,6 +474,7 @@ impl ReplicaMachine {
                 streams: 0,
             })),
             applier,
+            snapshot_io: Arc::default(),
         })
     }
 
@@ -596,6 +615,8 @@ impl ReplicaMachine {
 
 impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<ReplicaConfig>> {
+        let snapshot_io = self.snapshot_io.clone();
+        let _building = snapshot_io.lock().await;
         // The applied id, the position and the state beside the records are read together
         // (apply holds the lock), then made durable: the fsync covers at least that
         // position.
@@ -686,6 +707,8 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<ReplicaSnapshot>,
     ) -> StorageResult<()> {
+        let snapshot_io = self.snapshot_io.clone();
+        let _installing = snapshot_io.lock().await;
         let (io, fs, dir) = {
             let inner = lock(&self.inner);
             (inner.io, inner.fs.clone(), inner.dir.clone())
@@ -741,8 +764,17 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                 }
                 // The state beside the records, as the leader had it at their end (a
                 // leader of an older build sends none: the records rebuilt what they can).
-                if !state.is_empty() && applier.position() == position {
-                    applier.install_state(&state)?;
+                if !state.is_empty() {
+                    if applier.position() == position {
+                        applier.install_state(&state)?;
+                    } else {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            reached = applier.position(),
+                            position,
+                            "a snapshot's records did not end where its state was taken; its state is not installed"
+                        );
+                    }
                 }
             }
             let reached = applier.persist()?;
@@ -907,9 +939,25 @@ impl RaftNetwork<ReplicaConfig> for ReplicaConnection {
         // it empties its log and restarts it there when it installs the snapshot.
         let position = snapshot.snapshot.position;
         let applier = self.network.applier.clone();
-        let start = run_io(self.network.io, move || applier.start())
-            .await
-            .map_err(|error| NetworkError::new(&error))?;
+        // A snapshot without the state beside the records (its checkpoint was written by an
+        // earlier build) would leave a follower with what the records rebuild only: a new
+        // one is taken instead.
+        let carries_state = !snapshot.snapshot.state.is_empty();
+        let (start, lacks_state) = run_io(self.network.io, move || {
+            let lacks_state = !carries_state && !applier.state()?.is_empty();
+            Ok((applier.start()?, lacks_state))
+        })
+        .await
+        .map_err(|error| NetworkError::new(&error))?;
+        if lacks_state {
+            self.network
+                .snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(NetworkError::new(&std::io::Error::other(
+                "the snapshot lacks the state beside its records (an earlier build took it): a new snapshot is taken",
+            ))
+            .into());
+        }
         if from < start && start > position {
             // The log's start moved past this snapshot (DeleteRecords or retention on a
             // quiet log): a new one is asked for, and this one not sent.

@@ -24,8 +24,11 @@
 //! - **DeleteRecords** is a command too ([`DELETE_RECORDS_COMMAND`]): every replica moves its
 //!   log start at the same point of the log, so a new leader keeps it.
 //!
-//! Not yet: the replication factor of internal topics, snapshot transfer in chunks;
-//! retention and compaction still act on each replica on its own.
+//! - **Producer state** travels with the group's checkpoints and snapshots
+//!   ([`Applier::state`]): a restarted or rebuilt replica holds the leader's, not what its
+//!   records alone could rebuild.
+//!
+//! Not yet: retention and compaction still act on each replica on its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

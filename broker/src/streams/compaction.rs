@@ -153,9 +153,8 @@ impl Streams {
     ) -> Result<Option<CleanReport>, crate::storage::Error> {
         // The snapshot first: producer state rebuilt after a crash replays the log from its
         // offset, so the pass stays below it.
-        let snapshot_offset = log.high_watermark();
         let shared = self.producers.partition(topic, partition);
-        self.producers.snapshot(&shared, log, self.clock.now_ms())?;
+        let snapshot_offset = self.producers.snapshot(&shared, log, self.clock.now_ms())?;
         let (stable, aborted): (i64, Vec<AbortedTxn>) = {
             let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
             (

@@ -243,7 +243,7 @@ impl Streams {
         // transactions and the markers that end them (aborted ones for read_committed).
         // A snapshot from a leader of this build then replaces the state with its own
         // (`Applier::install_state`), which holds what the batches cannot tell.
-        state.replay(batches.freeze())?;
+        state.replay(batches.freeze(), i64::MIN)?;
         Ok(receipt.appended().next_offset)
     }
 

@@ -325,7 +325,7 @@ proptest! {
         let pieces = stored(&log, piece_bytes);
         let mut replayed = PartitionProducers::default();
         for piece in &pieces {
-            replayed.replay(piece.clone()).unwrap();
+            replayed.replay(piece.clone(), i64::MIN).unwrap();
         }
         prop_assert_eq!(&stored_summary(&replayed), &applied, "replayed");
 
@@ -396,4 +396,29 @@ fn records_stamped_long_ago_do_not_expire_their_producer() {
         .collect();
     let outcomes = apply(&streams, &["t"], &steps);
     assert_eq!(outcomes[0], ["0..0", "1..1", "2..2", "3..3"]);
+}
+
+/// Goal: a restart's replay of the log's tail does not make a producer writing old-stamped
+/// records look idle: its appends count from the restart's clock at the earliest.
+#[test]
+fn a_replayed_producer_counts_as_active_since_the_restart() {
+    let streams = streams();
+    streams.create_topic("t", 1, Vec::new()).unwrap();
+    let steps = [Step::Batch {
+        producer: 0,
+        kind: 0,
+        count: 1,
+        new_epoch: false,
+        transactional: false,
+        skew_ms: -10 * EXPIRY_MS,
+    }];
+    apply(&streams, &["t"], &steps);
+    let log = streams.partition("t", 0).unwrap();
+    let restart_ms = START_MS + 5_000;
+    let mut replayed = PartitionProducers::default();
+    for piece in stored(&log, 4_096) {
+        replayed.replay(piece, restart_ms).unwrap();
+    }
+    let entry = replayed.get(PRODUCERS[0]).expect("replayed");
+    assert_eq!(entry.last_append_ms, restart_ms);
 }

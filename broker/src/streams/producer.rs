@@ -15,8 +15,11 @@
 //!
 //! Durability: the state is rebuilt on start from a snapshot (`producer-state` in the
 //! partition directory, a checkpoint file) plus a replay of the batch headers appended after
-//! the snapshot's offset. Snapshots are written at clean shutdown and periodically; a
-//! snapshot only holds batches below its offset, so replay never counts a batch twice.
+//! the snapshot's offset. Snapshots are written at clean shutdown and periodically, at the
+//! log end read under the producer lock, so a snapshot holds exactly the state of the log
+//! below its offset and replay never counts a batch twice. A replicated partition's whole
+//! state also travels in its group's checkpoint and snapshots
+//! ([`PartitionProducers::encode_at`]).
 //! Producer ids come from blocks reserved durably in `<data-dir>/producer-ids` before use,
 //! so an id is never handed out twice, even across crashes.
 
@@ -24,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use wharf_protocol::batch::{self, BatchHeader, ControlKind, NO_PRODUCER_ID};
 use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
@@ -43,6 +46,8 @@ pub const CLUSTER_ID_RANGE: i64 = 1 << 31;
 /// clock, so a sweep must not forget one a verdict could still know. Assumes the nodes'
 /// clocks are within this of each other.
 pub const SWEEP_MARGIN_MS: i64 = 3600 * 1000;
+/// Version octet of [`PartitionProducers::encode_at`]'s bytes.
+pub const STATE_VERSION: u8 = 1;
 /// File name of the per-partition snapshot.
 pub const SNAPSHOT_FILE: &str = "producer-state";
 /// File name of the producer id block in the data directory.
@@ -158,11 +163,13 @@ pub struct PartitionProducers {
 }
 
 impl PartitionProducers {
-    /// The whole state as of `offset`, the end of the log it describes, in the layout of
-    /// the snapshot file (`producer-state`'s payload): a replicated partition's snapshot
+    /// The whole state as of `offset`, the end of the log it describes: a version octet
+    /// ([`STATE_VERSION`]) then the layout of the snapshot file's payload
+    /// (`producer-state`). A replicated partition's checkpoint keeps it and its snapshot
     /// carries it to a follower (issue #21).
     pub fn encode_at(&self, offset: i64) -> Bytes {
         let mut bytes = BytesMut::new();
+        bytes.put_u8(STATE_VERSION);
         to_snapshot(self, offset).encode(&mut bytes);
         bytes.freeze()
     }
@@ -170,9 +177,18 @@ impl PartitionProducers {
     /// The state [`PartitionProducers::encode_at`] encoded, and its offset.
     ///
     /// # Errors
-    /// Bytes that do not decode.
+    /// Bytes that do not decode, or of another version.
     pub fn decode_at(bytes: Bytes) -> Result<(PartitionProducers, i64), String> {
-        let snapshot = decode_snapshot(bytes.to_vec())?;
+        match bytes.first() {
+            Some(&STATE_VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "a producer state of version {other}; this build reads {STATE_VERSION}"
+                ))
+            }
+            None => return Err("an empty producer state".to_string()),
+        }
+        let snapshot = decode_snapshot(bytes[1..].to_vec())?;
         let offset = snapshot.offset;
         Ok((from_snapshot(snapshot), offset))
     }
@@ -385,12 +401,15 @@ impl PartitionProducers {
     }
 
     /// Replays stored batches: every idempotent batch of `bytes` (whole batches) and every
-    /// transaction marker is recorded, as appending them did. Returns the offset after
-    /// the last batch (-1 for none).
+    /// transaction marker is recorded, as appending them did, but at the batch's own
+    /// timestamp or `floor_ms`, whichever is later (the broker's clock at the append is not
+    /// in the batch: a restart passes its clock, so a producer seen in the replayed tail
+    /// counts as active since the restart). Returns the offset after the last batch (-1
+    /// for none).
     ///
     /// # Errors
     /// A batch that does not decode.
-    pub fn replay(&mut self, bytes: Bytes) -> Result<i64, StorageError> {
+    pub fn replay(&mut self, bytes: Bytes, floor_ms: i64) -> Result<i64, StorageError> {
         let mut next = -1;
         for decoded in batch::batches(bytes) {
             let decoded = decoded?;
@@ -406,7 +425,7 @@ impl PartitionProducers {
                         header.producer_epoch,
                         kind,
                         header.base_offset,
-                        header.max_timestamp,
+                        header.max_timestamp.max(floor_ms),
                     );
                 }
                 continue;
@@ -424,7 +443,7 @@ impl PartitionProducers {
                 header.producer_id,
                 header.producer_epoch,
                 metadata,
-                header.max_timestamp,
+                header.max_timestamp.max(floor_ms),
             );
         }
         Ok(next)
@@ -678,6 +697,7 @@ impl Producers {
         topic: &str,
         partition: u32,
         log: &Partition,
+        now_ms: i64,
     ) -> Result<SharedProducers, StorageError> {
         let mut state = PartitionProducers::default();
         let mut from = log.log_start_offset();
@@ -709,7 +729,7 @@ impl Producers {
             if read.bytes.is_empty() {
                 break;
             }
-            from = state.replay(read.bytes)?;
+            from = state.replay(read.bytes, now_ms)?;
         }
         let shared = Arc::new(Mutex::new(state));
         lock(&self.partitions).insert((topic.to_string(), partition), shared.clone());
@@ -736,6 +756,8 @@ impl Producers {
     /// snapshot is written, so a crash never leaves a snapshot past the recovered log that
     /// a replay would have to skip.
     ///
+    /// Returns the snapshot's offset.
+    ///
     /// # Errors
     /// Storage errors of the fsync or writing the snapshot.
     pub fn snapshot(
@@ -743,7 +765,7 @@ impl Producers {
         shared: &SharedProducers,
         log: &Partition,
         now_ms: i64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<i64, StorageError> {
         let (offset, payload) = {
             let mut state = lock(shared);
             state.expire(now_ms, self.expiry_ms);
@@ -762,7 +784,8 @@ impl Producers {
             1,
             offset as u64,
             &bytes,
-        )
+        )?;
+        Ok(offset)
     }
 
     /// Every partition's state, for periodic snapshots.
