@@ -380,6 +380,7 @@ impl Opened {
             offsets: broker.offsets.clone(),
             markers: Arc::new(txn_markers::BrokerMarkers(Arc::downgrade(&broker))),
             ids: Arc::new(txn_markers::BrokerIds(Arc::downgrade(&broker))),
+            coordinator_epoch: 0,
         };
         let mut tasks = Vec::new();
         if broker.cluster_expected {

@@ -97,6 +97,15 @@ pub enum StreamError {
     /// A newer epoch of this transactional producer exists.
     #[error("producer {producer_id} epoch {epoch} was fenced")]
     TxnFenced { producer_id: i64, epoch: i16 },
+    /// A transaction marker refused: it comes from a deposed coordinator, or for an older
+    /// epoch of the producer (only the coordinator writes markers; no client sees this).
+    #[error("the marker of producer {producer_id} for {topic}-{partition} was refused: {refusal}")]
+    MarkerRefused {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+        refusal: crate::streams::producer::MarkerRefusal,
+    },
     /// A transactional batch for a partition not added to the producer's transaction.
     #[error("{topic}-{partition} was not added to the transaction of producer {producer_id} (AddPartitionsToTxn first)")]
     NotInTransaction {
@@ -355,7 +364,7 @@ impl Streams {
         let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         // Not those idle past the expiry that no sweep forgot yet: their next batch would
         // find them forgotten.
-        let expired_before = self.clock.now_ms().saturating_sub(self.producers.expiry_ms);
+        let expired_before = self.expired_before(self.clock.now_ms());
         Ok(state
             .describe()
             .into_iter()

@@ -340,6 +340,11 @@ pub struct TxnDeps {
     pub markers: Arc<dyn MarkerSink>,
     /// Where new producer ids come from.
     pub ids: Arc<dyn ProducerIdSource>,
+    /// This coordinator's epoch, carried by every marker it writes: the term of its
+    /// leadership of the coordinators' partition in a cluster, 0 on a lone node. A
+    /// partition refuses a marker of an older epoch than the last one it took for the
+    /// producer, so a deposed coordinator's late marker cannot end the next transaction.
+    pub coordinator_epoch: i32,
 }
 
 /// Hands out producer ids: this node's own reservations on a lone node, blocks the
@@ -368,6 +373,8 @@ pub struct Marker {
     pub kind: ControlKind,
     /// The coordinator's clock, the marker's timestamp.
     pub now_ms: i64,
+    /// The coordinator's epoch ([`TxnDeps::coordinator_epoch`]).
+    pub coordinator_epoch: i32,
 }
 
 /// The wait for one marker.
@@ -1151,6 +1158,7 @@ impl Task {
                 epoch: meta.epoch,
                 kind,
                 now_ms,
+                coordinator_epoch: self.deps.coordinator_epoch,
             })
         });
         let outcomes = futures_util::future::join_all(writes).await;

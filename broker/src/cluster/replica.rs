@@ -421,15 +421,16 @@ impl ReplicaMachine {
         // be: a sweep, a compaction, a log start moved up).
         if let Some((checkpoint, _)) = &found {
             if !checkpoint.state.is_empty() {
-                if let Err(error) = applier.install_state(&checkpoint.state) {
-                    // The member still starts (the group keeps its replicas): with the
-                    // state the log's replay rebuilt, which a snapshot replaces later.
-                    tracing::error!(
-                        dir = %dir.display(),
-                        %error,
-                        "the checkpoint's state does not install; going on with the state rebuilt from the log"
-                    );
-                }
+                // A member going on with another state than its checkpoint's could decide
+                // otherwise than the other replicas: it does not start (the group goes on
+                // with the others).
+                applier.install_state(&checkpoint.state).map_err(|error| {
+                    std::io::Error::other(format!(
+                        "the state in the checkpoint of {} does not install ({error}): \
+                         remove that directory to have this replica rebuilt from the others",
+                        dir.display()
+                    ))
+                })?;
             }
         }
         let (checkpoint, sequence) = match found {

@@ -53,7 +53,14 @@ pub(crate) enum Forwarded {
         epoch: i16,
         commit: bool,
         now_ms: i64,
+        /// The coordinator's epoch (-1 from a build before coordinator epochs).
+        #[serde(default = "no_coordinator_epoch")]
+        coordinator_epoch: i32,
     },
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
 }
 
 /// Sends `request` to node `node` and returns its answer (JSON).
@@ -126,6 +133,7 @@ impl Broker {
                 epoch,
                 commit,
                 now_ms,
+                coordinator_epoch,
             }) => {
                 let marker = Marker {
                     topic,
@@ -138,6 +146,7 @@ impl Broker {
                         ControlKind::Abort
                     },
                     now_ms,
+                    coordinator_epoch,
                 };
                 answer(&match self.write_marker_here(&marker).await {
                     Ok(()) => TxnAnswer::Written,

@@ -234,12 +234,15 @@ impl Broker {
 
     /// Starts the offset store and the transaction coordinator on `seat`.
     async fn start_coordinating(&self, seat: Seat, term: u64) -> Result<(), String> {
-        let deps = self
+        let mut deps = self
             .coordination
             .deps
             .get()
             .cloned()
             .ok_or_else(|| "the broker has not started".to_string())?;
+        // The markers of this leadership carry its term: a partition refuses them once a
+        // later coordinator wrote one for the same producer.
+        deps.coordinator_epoch = super::routing::epoch_of(term);
         let writer: Arc<dyn RecordLog> = match seat {
             Seat::Replicated(replica) => Arc::new(ReplicatedRecordLog {
                 replica,

@@ -55,7 +55,9 @@ const COMMAND_VERSION: u8 = 1;
 /// First byte of a replicated transaction marker command.
 pub(crate) const MARKER_COMMAND: u8 = 2;
 /// Bytes of a marker command: kind, clock, producer id, epoch, commit.
-const MARKER_COMMAND_BYTES: usize = 1 + 8 + 8 + 2 + 1;
+const MARKER_COMMAND_BYTES: usize = 1 + 8 + 8 + 2 + 1 + 4;
+/// A marker command of a build before coordinator epochs (no epoch: read as -1).
+const MARKER_COMMAND_BYTES_V1: usize = MARKER_COMMAND_BYTES - 4;
 /// First byte of a replicated DeleteRecords command (Kafka's: the log start moves up).
 const DELETE_RECORDS_COMMAND: u8 = 3;
 /// Bytes of a DeleteRecords command: kind, offset.
@@ -162,14 +164,15 @@ fn decode_command(command: &Bytes) -> Option<(i64, BytesMut)> {
 }
 
 /// A transaction marker's command: the coordinator's clock reading, the producer id and
-/// epoch whose transaction it ends, and whether it committed.
-pub(crate) fn encode_marker(now_ms: i64, producer_id: i64, epoch: i16, kind: ControlKind) -> Bytes {
+/// epoch whose transaction it ends, whether it committed, and the coordinator's epoch.
+pub(crate) fn encode_marker(marker: &crate::txn::Marker) -> Bytes {
     let mut out = BytesMut::with_capacity(MARKER_COMMAND_BYTES);
     out.put_u8(MARKER_COMMAND);
-    out.put_i64(now_ms);
-    out.put_i64(producer_id);
-    out.put_i16(epoch);
-    out.put_u8(u8::from(kind == ControlKind::Commit));
+    out.put_i64(marker.now_ms);
+    out.put_i64(marker.producer_id);
+    out.put_i16(marker.epoch);
+    out.put_u8(u8::from(marker.kind == ControlKind::Commit));
+    out.put_i32(marker.coordinator_epoch);
     out.freeze()
 }
 
@@ -190,12 +193,15 @@ fn decode_delete_records(command: &Bytes) -> Option<i64> {
     Some(body.get_i64())
 }
 
-/// A decoded marker command: clock, producer id, epoch, kind.
-type MarkerFields = (i64, i64, i16, ControlKind);
+/// A decoded marker command: clock, producer id, epoch, kind, coordinator epoch.
+type MarkerFields = (i64, i64, i16, ControlKind, i32);
 
 fn decode_marker(command: &Bytes) -> Option<MarkerFields> {
     let mut body = command.clone();
-    if body.remaining() != MARKER_COMMAND_BYTES || body.get_u8() != MARKER_COMMAND {
+    let length = body.remaining();
+    if (length != MARKER_COMMAND_BYTES && length != MARKER_COMMAND_BYTES_V1)
+        || body.get_u8() != MARKER_COMMAND
+    {
         return None;
     }
     let now_ms = body.get_i64();
@@ -206,7 +212,12 @@ fn decode_marker(command: &Bytes) -> Option<MarkerFields> {
         1 => ControlKind::Commit,
         _ => return None,
     };
-    Some((now_ms, producer_id, epoch, kind))
+    let coordinator_epoch = if body.has_remaining() {
+        body.get_i32()
+    } else {
+        -1
+    };
+    Some((now_ms, producer_id, epoch, kind, coordinator_epoch))
 }
 
 /// What applying a produce gave, as the leader hands it back to the producer.
@@ -299,21 +310,24 @@ impl PartitionApplier {
     fn apply_marker(&self, command: &Bytes) -> std::io::Result<Bytes> {
         let outcome = match decode_marker(command) {
             None => AppliedProduce::Refused("a marker command this build does not read".into()),
-            Some((now_ms, producer_id, epoch, kind)) => match self.streams.append_marker(
-                &self.topic,
-                self.partition,
-                &self.log,
-                producer_id,
-                epoch,
-                kind,
-                now_ms,
-            ) {
-                Ok(receipt) => AppliedProduce::Appended {
-                    base_offset: receipt.appended().base_offset,
-                    last_offset: receipt.appended().last_offset,
-                },
-                Err(error) => refused(error)?,
-            },
+            Some((now_ms, producer_id, epoch, kind, coordinator_epoch)) => {
+                match self.streams.append_marker(
+                    &self.topic,
+                    self.partition,
+                    &self.log,
+                    producer_id,
+                    epoch,
+                    kind,
+                    now_ms,
+                    coordinator_epoch,
+                ) {
+                    Ok(receipt) => AppliedProduce::Appended {
+                        base_offset: receipt.appended().base_offset,
+                        last_offset: receipt.appended().last_offset,
+                    },
+                    Err(error) => refused(error)?,
+                }
+            }
         };
         outcome_bytes(&outcome)
     }
@@ -749,7 +763,7 @@ impl Broker {
         marker: &crate::txn::Marker,
     ) -> Result<impl std::future::Future<Output = Result<(), String>> + Send + 'static, String>
     {
-        let command = encode_marker(marker.now_ms, marker.producer_id, marker.epoch, marker.kind);
+        let command = encode_marker(marker);
         let pending = replica
             .submit(command)
             .await
@@ -1201,23 +1215,40 @@ mod tests {
     }
 
     #[test]
-    fn a_marker_command_is_its_kind_then_the_clock_producer_epoch_and_outcome() {
-        let command = encode_marker(0x0102, 7, 3, ControlKind::Commit);
+    fn a_marker_command_is_its_kind_then_the_clock_producer_epoch_outcome_and_coordinator_epoch() {
+        let marker = |now_ms, producer_id, epoch, kind, coordinator_epoch| crate::txn::Marker {
+            topic: "t".to_string(),
+            partition: 0,
+            producer_id,
+            epoch,
+            kind,
+            now_ms,
+            coordinator_epoch,
+        };
+        let command = encode_marker(&marker(0x0102, 7, 3, ControlKind::Commit, 0x0A0B));
         assert_eq!(
             &command[..],
-            &[2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 3, 1][..]
+            &[2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 3, 1, 0, 0, 0x0A, 0x0B][..]
         );
         assert_eq!(
             decode_marker(&command),
-            Some((0x0102, 7, 3, ControlKind::Commit))
+            Some((0x0102, 7, 3, ControlKind::Commit, 0x0A0B))
         );
-        let abort = encode_marker(5, 9, -1, ControlKind::Abort);
-        assert_eq!(abort[MARKER_COMMAND_BYTES - 1], 0);
-        assert_eq!(decode_marker(&abort), Some((5, 9, -1, ControlKind::Abort)));
+        let abort = encode_marker(&marker(5, 9, -1, ControlKind::Abort, 2));
+        assert_eq!(abort[MARKER_COMMAND_BYTES_V1 - 1], 0);
+        assert_eq!(
+            decode_marker(&abort),
+            Some((5, 9, -1, ControlKind::Abort, 2))
+        );
+        // An earlier build's marker (no coordinator epoch) reads as epoch -1.
+        assert_eq!(
+            decode_marker(&command.slice(..MARKER_COMMAND_BYTES_V1)),
+            Some((0x0102, 7, 3, ControlKind::Commit, -1))
+        );
         // A produce command is not a marker, nor is a marker with another outcome byte.
         assert!(decode_marker(&encode_command(1, b"batches")).is_none());
         let mut other = command.to_vec();
-        other[MARKER_COMMAND_BYTES - 1] = 2;
+        other[MARKER_COMMAND_BYTES_V1 - 1] = 2;
         assert!(decode_marker(&Bytes::from(other)).is_none());
     }
 
@@ -1227,7 +1258,16 @@ mod tests {
         assert_eq!(&command[..], &[3, 0, 0, 0, 0, 0, 0, 1, 2][..]);
         assert_eq!(decode_delete_records(&command), Some(0x0102));
         assert_eq!(decode_delete_records(&encode_delete_records(-1)), Some(-1));
-        assert!(decode_delete_records(&encode_marker(1, 2, 3, ControlKind::Abort)).is_none());
+        assert!(decode_delete_records(&encode_marker(&crate::txn::Marker {
+            topic: "t".to_string(),
+            partition: 0,
+            producer_id: 2,
+            epoch: 3,
+            kind: ControlKind::Abort,
+            now_ms: 1,
+            coordinator_epoch: 0,
+        }))
+        .is_none());
         assert!(decode_delete_records(&Bytes::from_static(&[3, 0])).is_none());
     }
 

@@ -389,6 +389,7 @@ impl Broker {
                     marker.epoch,
                     marker.kind,
                     marker.now_ms,
+                    marker.coordinator_epoch,
                 )
                 .map_err(|error| error.to_string())?
         };
@@ -425,6 +426,7 @@ impl Broker {
                     epoch: marker.epoch,
                     commit: marker.kind == ControlKind::Commit,
                     now_ms: marker.now_ms,
+                    coordinator_epoch: marker.coordinator_epoch,
                 };
                 let answer = forward_call(cluster, leader, &request, FORWARD_TIMEOUT).await?;
                 match serde_json::from_str::<TxnAnswer>(&answer) {

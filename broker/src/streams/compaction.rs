@@ -406,6 +406,7 @@ mod tests {
                 ControlKind::Commit,
                 receipt.appended().base_offset,
                 NOW_MS,
+                0,
             );
         }
         for n in 120..200 {

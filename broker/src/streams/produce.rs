@@ -265,25 +265,35 @@ impl Streams {
         epoch: i16,
         kind: ControlKind,
         now_ms: i64,
+        coordinator_epoch: i32,
     ) -> Result<Receipt, StreamError> {
-        let marker = batch::control_batch(now_ms, producer_id, epoch, kind, 0);
+        let marker = batch::control_batch(now_ms, producer_id, epoch, kind, coordinator_epoch);
         let mut bytes = BytesMut::from(&marker[..]);
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        let receipt = append::append(log, &mut bytes)?;
         state.forget_expired(producer_id, self.expired_before(now_ms));
+        state
+            .check_marker(producer_id, epoch, coordinator_epoch)
+            .map_err(|refusal| StreamError::MarkerRefused {
+                topic: topic.to_string(),
+                partition,
+                producer_id,
+                refusal,
+            })?;
+        let receipt = append::append(log, &mut bytes)?;
         state.record_marker(
             producer_id,
             epoch,
             kind,
             receipt.appended().base_offset,
             now_ms,
+            coordinator_epoch,
         );
         Ok(receipt)
     }
 
     /// The clock reading before which a producer's last append makes it expired.
-    fn expired_before(&self, now_ms: i64) -> i64 {
+    pub(super) fn expired_before(&self, now_ms: i64) -> i64 {
         now_ms.saturating_sub(self.producers.expiry_ms)
     }
 

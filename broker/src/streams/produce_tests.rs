@@ -80,8 +80,13 @@ enum Step {
         /// The batch's time against the clock (a client's clock is its own).
         skew_ms: i64,
     },
-    /// The coordinator ends the producer's transaction.
-    Marker { producer: usize, commit: bool },
+    /// A coordinator of epoch `coordinator` ends the producer's transaction (a lower epoch
+    /// than an earlier marker's: a deposed coordinator's late marker).
+    Marker {
+        producer: usize,
+        commit: bool,
+        coordinator: i32,
+    },
     /// Time passes: a little, or past the expiry.
     Wait { ms: i64 },
     /// The second replica sweeps idle producers on its own clock, up to the margin ahead
@@ -97,7 +102,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(producer, kind, count, new_epoch, transactional, skew_ms)| Step::Batch {
                 producer, kind, count, new_epoch, transactional, skew_ms,
             }),
-        1 => (0..PRODUCERS.len(), any::<bool>()).prop_map(|(producer, commit)| Step::Marker { producer, commit }),
+        1 => (0..PRODUCERS.len(), any::<bool>(), 0i32..3).prop_map(|(producer, commit, coordinator)| Step::Marker { producer, commit, coordinator }),
         2 => prop_oneof![0i64..2_000, Just(EXPIRY_MS + 1_000)].prop_map(|ms| Step::Wait { ms }),
         1 => prop_oneof![0i64..SWEEP_MARGIN_MS, Just(SWEEP_MARGIN_MS)].prop_map(|ahead_ms| Step::Sweep { ahead_ms }),
         1 => Just(Step::Restart),
@@ -169,7 +174,11 @@ fn apply(streams: &Streams, topics: &[&str], steps: &[Step]) -> Vec<Vec<String>>
                     *state = restored;
                 }
             }
-            Step::Marker { producer, commit } => {
+            Step::Marker {
+                producer,
+                commit,
+                coordinator,
+            } => {
                 let kind = if *commit {
                     ControlKind::Commit
                 } else {
@@ -177,10 +186,25 @@ fn apply(streams: &Streams, topics: &[&str], steps: &[Step]) -> Vec<Vec<String>>
                 };
                 let epoch = model[*producer].0;
                 for ((topic, log), out) in topics.iter().zip(&logs).zip(&mut outcomes) {
-                    let receipt = streams
-                        .append_marker(topic, 0, log, PRODUCERS[*producer], epoch, kind, now_ms)
-                        .unwrap();
-                    out.push(format!("marker at {}", receipt.appended().base_offset));
+                    let marked = streams.append_marker(
+                        topic,
+                        0,
+                        log,
+                        PRODUCERS[*producer],
+                        epoch,
+                        kind,
+                        now_ms,
+                        *coordinator,
+                    );
+                    match marked {
+                        Ok(receipt) => {
+                            out.push(format!("marker at {}", receipt.appended().base_offset));
+                        }
+                        Err(StreamError::MarkerRefused { refusal, .. }) => {
+                            out.push(format!("{refusal:?}"));
+                        }
+                        Err(other) => panic!("{other}"),
+                    }
                 }
             }
             Step::Batch {
@@ -421,4 +445,54 @@ fn a_replayed_producer_counts_as_active_since_the_restart() {
     }
     let entry = replayed.get(PRODUCERS[0]).expect("replayed");
     assert_eq!(entry.last_append_ms, restart_ms);
+}
+
+/// Goal: a deposed coordinator's late marker does not end the producer's next transaction
+/// (issue #21): the partition refuses a marker of an older coordinator epoch than the last
+/// one it took for the producer, so the second transaction stays open and its abort hides
+/// it.
+#[test]
+fn a_deposed_coordinators_late_marker_does_not_end_the_next_transaction() {
+    let streams = streams();
+    streams.create_topic("t", 1, Vec::new()).unwrap();
+    let txn_batch = |kind: u8| Step::Batch {
+        producer: 0,
+        kind,
+        count: 1,
+        new_epoch: false,
+        transactional: true,
+        skew_ms: 0,
+    };
+    let marker = |commit: bool, coordinator: i32| Step::Marker {
+        producer: 0,
+        commit,
+        coordinator,
+    };
+    let steps = [
+        // The first transaction, committed by the coordinator of epoch 2.
+        txn_batch(0),
+        marker(true, 2),
+        // The next one opens; coordinator 1, deposed, commits the first one late.
+        txn_batch(5),
+        marker(true, 1),
+        // Coordinator 2 aborts the second one.
+        marker(false, 2),
+    ];
+    let outcomes = apply(&streams, &["t"], &steps);
+    assert_eq!(
+        outcomes[0],
+        [
+            "0..0",
+            "marker at 1",
+            "2..2",
+            "CoordinatorFenced { epoch: 1, latest: 2 }",
+            "marker at 3"
+        ]
+    );
+    let state = streams.producers().partition("t", 0);
+    let state = state.lock().unwrap();
+    assert_eq!(state.last_stable_offset(4), 4);
+    let aborted = state.aborted_between(0, 4);
+    assert_eq!(aborted.len(), 1);
+    assert_eq!((aborted[0].first_offset, aborted[0].last_offset), (2, 3));
 }

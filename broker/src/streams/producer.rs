@@ -46,8 +46,12 @@ pub const CLUSTER_ID_RANGE: i64 = 1 << 31;
 /// clock, so a sweep must not forget one a verdict could still know. Assumes the nodes'
 /// clocks are within this of each other.
 pub const SWEEP_MARGIN_MS: i64 = 3600 * 1000;
-/// Version octet of [`PartitionProducers::encode_at`]'s bytes.
-pub const STATE_VERSION: u8 = 1;
+/// Version octet of [`PartitionProducers::encode_at`]'s bytes (the snapshot payload's
+/// version: 2 adds the coordinator epochs).
+pub const STATE_VERSION: u8 = 2;
+/// Version of the `producer-state` file this build writes (2: with the coordinator
+/// epochs); it reads 1 and 2.
+pub const SNAPSHOT_VERSION: u16 = 2;
 /// File name of the per-partition snapshot.
 pub const SNAPSHOT_FILE: &str = "producer-state";
 /// File name of the producer id block in the data directory.
@@ -79,6 +83,21 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMetadata>,
     /// When it last appended (ms), for expiry.
     pub last_append_ms: i64,
+    /// The coordinator epoch of its latest transaction marker here (-1: none): a marker of
+    /// an older coordinator is refused (Kafka's `coordinator_epoch`).
+    pub coordinator_epoch: i32,
+}
+
+/// Why a transaction marker is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MarkerRefusal {
+    /// A coordinator of a later epoch wrote a marker for the producer here: this one comes
+    /// from a deposed coordinator.
+    #[error("coordinator epoch {epoch} is older than {latest}, the epoch of the producer's last marker here")]
+    CoordinatorFenced { epoch: i32, latest: i32 },
+    /// The producer has a newer epoch here than the marker's.
+    #[error("producer epoch {epoch} is older than {current}, its epoch here")]
+    ProducerFenced { epoch: i16, current: i16 },
 }
 
 /// The verdict on an incoming idempotent batch.
@@ -136,6 +155,8 @@ pub struct ProducerView {
     pub last_sequence: i32,
     /// When it last appended here (ms).
     pub last_append_ms: i64,
+    /// The coordinator epoch of its last transaction marker here (-1: none).
+    pub coordinator_epoch: i32,
     /// The first offset of its open transaction here, if one is open.
     pub transaction_start_offset: Option<i64>,
 }
@@ -170,7 +191,7 @@ impl PartitionProducers {
     pub fn encode_at(&self, offset: i64) -> Bytes {
         let mut bytes = BytesMut::new();
         bytes.put_u8(STATE_VERSION);
-        to_snapshot(self, offset).encode(&mut bytes);
+        encode_snapshot(self, offset, &mut bytes);
         bytes.freeze()
     }
 
@@ -180,17 +201,14 @@ impl PartitionProducers {
     /// Bytes that do not decode, or of another version.
     pub fn decode_at(bytes: Bytes) -> Result<(PartitionProducers, i64), String> {
         match bytes.first() {
-            Some(&STATE_VERSION) => {}
-            Some(other) => {
-                return Err(format!(
-                    "a producer state of version {other}; this build reads {STATE_VERSION}"
-                ))
+            Some(&version) if (1..=STATE_VERSION).contains(&version) => {
+                decode_snapshot(bytes[1..].to_vec(), u16::from(version))
             }
-            None => return Err("an empty producer state".to_string()),
+            Some(other) => Err(format!(
+                "a producer state of version {other}; this build reads 1 to {STATE_VERSION}"
+            )),
+            None => Err("an empty producer state".to_string()),
         }
-        let snapshot = decode_snapshot(bytes[1..].to_vec())?;
-        let offset = snapshot.offset;
-        Ok((from_snapshot(snapshot), offset))
     }
 
     /// Forgets producer `producer_id` here if its last append is before
@@ -209,6 +227,37 @@ impl PartitionProducers {
             self.producers.remove(&producer_id);
         }
         expired
+    }
+
+    /// Whether a marker of `producer_id` at `epoch`, written by a coordinator of
+    /// `coordinator_epoch`, may end its transaction here: not when a later coordinator
+    /// already wrote one for it (a deposed coordinator's late marker could otherwise end
+    /// the producer's next transaction), nor when the producer has a newer epoch here.
+    ///
+    /// # Errors
+    /// Why the marker is refused.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), MarkerRefusal> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(MarkerRefusal::CoordinatorFenced {
+                epoch: coordinator_epoch,
+                latest: entry.coordinator_epoch,
+            });
+        }
+        if epoch < entry.epoch {
+            return Err(MarkerRefusal::ProducerFenced {
+                epoch,
+                current: entry.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Decides what to do with an incoming batch of producer `producer_id`.
@@ -263,6 +312,7 @@ impl PartitionProducers {
                 epoch,
                 batches: VecDeque::new(),
                 last_append_ms: now_ms,
+                coordinator_epoch: -1,
             });
         let starts_over = batch.first_sequence == 0
             && entry
@@ -306,6 +356,7 @@ impl PartitionProducers {
     /// Notes a transaction marker at `marker_offset` written with `epoch`: it ends the
     /// producer's open transaction on this partition (an abort is remembered for
     /// read-committed fetches), and a marker with a newer epoch fences older epochs here.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_marker(
         &mut self,
         producer_id: i64,
@@ -313,6 +364,7 @@ impl PartitionProducers {
         kind: ControlKind,
         marker_offset: i64,
         timestamp_ms: i64,
+        coordinator_epoch: i32,
     ) {
         // Even a producer that never wrote here learns the epoch, so a zombie's first batch
         // to this partition is fenced too.
@@ -323,7 +375,9 @@ impl PartitionProducers {
                 epoch,
                 batches: VecDeque::new(),
                 last_append_ms: timestamp_ms,
+                coordinator_epoch,
             });
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
@@ -388,6 +442,7 @@ impl PartitionProducers {
                 epoch: entry.epoch,
                 last_sequence: entry.batches.back().map_or(-1, |batch| batch.last_sequence),
                 last_append_ms: entry.last_append_ms,
+                coordinator_epoch: entry.coordinator_epoch,
                 transaction_start_offset: self.ongoing.get(producer_id).copied(),
             })
             .collect();
@@ -419,13 +474,14 @@ impl PartitionProducers {
                 continue;
             }
             if header.attributes.is_control() {
-                if let Some(kind) = decoded.control_kind()? {
+                if let Some(marker) = decoded.control_marker()? {
                     self.record_marker(
                         header.producer_id,
                         header.producer_epoch,
-                        kind,
+                        marker.kind,
                         header.base_offset,
                         header.max_timestamp.max(floor_ms),
+                        marker.coordinator_epoch,
                     );
                 }
                 continue;
@@ -484,6 +540,14 @@ wire_struct! {
         pub producer_id: i64,
         pub first_offset: i64,
         pub last_offset: i64,
+    }
+}
+
+wire_struct! {
+    /// A producer's coordinator epoch, after the payload (version 2 on).
+    pub struct SnapshotCoordinatorEpoch {
+        pub producer_id: i64,
+        pub coordinator_epoch: i32,
     }
 }
 
@@ -701,17 +765,29 @@ impl Producers {
     ) -> Result<SharedProducers, StorageError> {
         let mut state = PartitionProducers::default();
         let mut from = log.log_start_offset();
+        // The replayed tail after a snapshot counts from the restart: its batches were
+        // appended after the snapshot was written, at most a snapshot interval before.
+        // Without a snapshot, or for a replicated partition (whose checkpoint's state
+        // replaces this one), the batches' own timestamps.
+        let mut floor_ms = i64::MIN;
+        let replicated = self.fs.exists(
+            &log.dir()
+                .join(crate::storage::partition::REPLICA_CHECKPOINT_FILE),
+        );
         let path = log.dir().join(SNAPSHOT_FILE);
         match checkpoint::read(self.fs.as_ref(), &path, SNAPSHOT_MAGIC) {
-            Ok(Some(found)) if found.version != 1 => {
+            Ok(Some(found)) if !(1..=SNAPSHOT_VERSION).contains(&found.version) => {
                 tracing::warn!(snapshot = %path.display(), version = found.version, "ignoring producer snapshot of an unknown version");
             }
-            Ok(Some(found)) => match decode_snapshot(found.payload) {
+            Ok(Some(found)) => match decode_snapshot(found.payload, found.version) {
                 // A snapshot past the log end (the tail was cut by recovery) or before the log
                 // start (segments were deleted) cannot be trusted: replay everything.
-                Ok(snapshot) if (from..=log.log_end_offset()).contains(&snapshot.offset) => {
-                    from = snapshot.offset;
-                    state = from_snapshot(snapshot);
+                Ok((snapshot, offset)) if (from..=log.log_end_offset()).contains(&offset) => {
+                    from = offset;
+                    state = snapshot;
+                    if !replicated {
+                        floor_ms = now_ms;
+                    }
                 }
                 Ok(_) => {}
                 Err(reason) => {
@@ -729,7 +805,7 @@ impl Producers {
             if read.bytes.is_empty() {
                 break;
             }
-            from = state.replay(read.bytes, now_ms)?;
+            from = state.replay(read.bytes, floor_ms)?;
         }
         let shared = Arc::new(Mutex::new(state));
         lock(&self.partitions).insert((topic.to_string(), partition), shared.clone());
@@ -771,19 +847,19 @@ impl Producers {
             state.expire(now_ms, self.expiry_ms);
             state.prune_aborted(log.log_start_offset());
             let offset = log.log_end_offset();
-            (offset, to_snapshot(&state, offset))
+            let mut bytes = BytesMut::new();
+            encode_snapshot(&state, offset, &mut bytes);
+            (offset, bytes)
         };
         log.flush()?;
-        let mut bytes = BytesMut::new();
-        payload.encode(&mut bytes);
         checkpoint::write(
             self.fs.as_ref(),
             log.dir(),
             SNAPSHOT_FILE,
             SNAPSHOT_MAGIC,
-            1,
+            SNAPSHOT_VERSION,
             offset as u64,
-            &bytes,
+            &payload,
         )?;
         Ok(offset)
     }
@@ -920,6 +996,7 @@ fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
                 epoch: producer.epoch,
                 batches: VecDeque::new(),
                 last_append_ms: producer.last_append_ms,
+                coordinator_epoch: -1,
             },
         );
         for batch in producer.batches {
@@ -952,12 +1029,44 @@ fn from_snapshot(snapshot: SnapshotPayload) -> PartitionProducers {
     state
 }
 
-fn decode_snapshot(payload: Vec<u8>) -> Result<SnapshotPayload, String> {
+/// The state in a snapshot payload of `version` (1: without the coordinator epochs, read
+/// as -1), and its offset.
+fn decode_snapshot(payload: Vec<u8>, version: u16) -> Result<(PartitionProducers, i64), String> {
     let mut reader = Reader::new(Bytes::from(payload));
     let snapshot =
         SnapshotPayload::decode(&mut reader, "snapshot").map_err(|error| error.to_string())?;
+    let epochs = if version >= 2 {
+        Vec::<SnapshotCoordinatorEpoch>::decode(&mut reader, "coordinator_epochs")
+            .map_err(|error| error.to_string())?
+    } else {
+        Vec::new()
+    };
     reader.finish().map_err(|error| error.to_string())?;
-    Ok(snapshot)
+    let offset = snapshot.offset;
+    let mut state = from_snapshot(snapshot);
+    for epoch in epochs {
+        if let Some(entry) = state.producers.get_mut(&epoch.producer_id) {
+            entry.coordinator_epoch = epoch.coordinator_epoch;
+        }
+    }
+    Ok((state, offset))
+}
+
+/// The snapshot payload of the current version ([`SNAPSHOT_VERSION`]): the state as of
+/// `offset`, then each producer's coordinator epoch.
+fn encode_snapshot(state: &PartitionProducers, offset: i64, out: &mut BytesMut) {
+    to_snapshot(state, offset).encode(out);
+    let mut epochs: Vec<SnapshotCoordinatorEpoch> = state
+        .producers
+        .iter()
+        .filter(|(_, entry)| entry.coordinator_epoch >= 0)
+        .map(|(producer_id, entry)| SnapshotCoordinatorEpoch {
+            producer_id: *producer_id,
+            coordinator_epoch: entry.coordinator_epoch,
+        })
+        .collect();
+    epochs.sort_by_key(|epoch| epoch.producer_id);
+    epochs.encode(out);
 }
 
 #[cfg(test)]
@@ -1090,8 +1199,15 @@ mod tests {
         state.record(2, 3, batch(0, 0, 10), 3_000);
         state.record_transactional(2, 10);
         state.record_transactional(4, 11);
-        state.record_marker(4, 0, ControlKind::Abort, 12, 4_000);
-        let (restored, offset) = PartitionProducers::decode_at(state.encode_at(13)).unwrap();
+        state.record_marker(4, 0, ControlKind::Abort, 12, 4_000, 7);
+        let encoded = state.encode_at(13);
+        // Golden: after the payload, the coordinator epochs (version 2): one, producer 4's 7.
+        assert_eq!(encoded[0], STATE_VERSION);
+        assert_eq!(
+            &encoded[encoded.len() - 16..],
+            &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 7][..]
+        );
+        let (restored, offset) = PartitionProducers::decode_at(encoded.clone()).unwrap();
         assert_eq!(offset, 13);
         for id in [1, 2, 4] {
             assert_eq!(restored.get(id), state.get(id), "producer {id}");
@@ -1101,7 +1217,49 @@ mod tests {
             restored.aborted_between(0, 13),
             state.aborted_between(0, 13)
         );
+        assert_eq!(restored.get(4).unwrap().coordinator_epoch, 7);
+        // A state of version 1 (no coordinator epochs) reads with epoch -1.
+        let mut first = BytesMut::new();
+        first.put_u8(1);
+        to_snapshot(&state, 13).encode(&mut first);
+        let (older, _) = PartitionProducers::decode_at(first.freeze()).unwrap();
+        assert_eq!(older.get(4).unwrap().coordinator_epoch, -1);
+        assert_eq!(older.get(1), state.get(1));
+        // Refused: an unknown version, a damaged payload, nothing.
         assert!(PartitionProducers::decode_at(Bytes::from_static(b"nonsense")).is_err());
+        let mut damaged = encoded.to_vec();
+        damaged.truncate(damaged.len() - 3);
+        assert!(PartitionProducers::decode_at(Bytes::from(damaged)).is_err());
+        assert!(PartitionProducers::decode_at(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_marker_of_an_older_coordinator_or_producer_epoch_is_refused() {
+        // Goal: a deposed coordinator's late marker (an older coordinator epoch than the
+        // producer's last marker here) cannot end the producer's next transaction, nor can
+        // a marker for an older epoch of the producer.
+        let mut state = PartitionProducers::default();
+        assert_eq!(state.check_marker(1, 0, 0), Ok(()), "an unknown producer");
+        state.record(1, 2, batch(0, 0, 0), 0);
+        state.record_transactional(1, 0);
+        state.record_marker(1, 2, ControlKind::Commit, 1, 0, 5);
+        state.record_transactional(1, 2);
+        assert_eq!(
+            state.check_marker(1, 2, 4),
+            Err(MarkerRefusal::CoordinatorFenced {
+                epoch: 4,
+                latest: 5
+            })
+        );
+        assert_eq!(
+            state.check_marker(1, 1, 5),
+            Err(MarkerRefusal::ProducerFenced {
+                epoch: 1,
+                current: 2
+            })
+        );
+        assert_eq!(state.check_marker(1, 2, 5), Ok(()));
+        assert_eq!(state.check_marker(1, 3, 6), Ok(()));
     }
 
     #[test]
@@ -1112,9 +1270,9 @@ mod tests {
         state.record_transactional(1, 6);
         state.record_transactional(2, 8);
         assert_eq!(state.last_stable_offset(10), 4);
-        state.record_marker(1, 0, ControlKind::Commit, 9, 0);
+        state.record_marker(1, 0, ControlKind::Commit, 9, 0, -1);
         assert_eq!(state.last_stable_offset(12), 8);
-        state.record_marker(2, 0, ControlKind::Abort, 12, 0);
+        state.record_marker(2, 0, ControlKind::Abort, 12, 0, -1);
         assert_eq!(state.last_stable_offset(13), 13);
         assert_eq!(
             state.aborted_between(0, 13),
@@ -1133,18 +1291,18 @@ mod tests {
     fn snapshot_keeps_a_transaction_aborted_past_its_offset_as_open() {
         let mut state = PartitionProducers::default();
         state.record_transactional(1, 2);
-        state.record_marker(1, 0, ControlKind::Abort, 15, 0);
+        state.record_marker(1, 0, ControlKind::Abort, 15, 0, -1);
         let mut restored = from_snapshot(to_snapshot(&state, 10));
         assert_eq!(restored.last_stable_offset(30), 2);
         // Replaying the marker past the offset records the abort again.
-        restored.record_marker(1, 0, ControlKind::Abort, 15, 0);
+        restored.record_marker(1, 0, ControlKind::Abort, 15, 0, -1);
         assert_eq!(restored.aborted_between(0, 30).len(), 1);
     }
 
     #[test]
     fn a_marker_fences_older_epochs_even_without_earlier_batches() {
         let mut state = PartitionProducers::default();
-        state.record_marker(9, 3, ControlKind::Abort, 0, 0);
+        state.record_marker(9, 3, ControlKind::Abort, 0, 0, -1);
         assert_eq!(
             state.check(9, 2, 0, 0),
             Verdict::Refuse(SequenceRefusal::Fenced)
@@ -1160,7 +1318,7 @@ mod tests {
     fn snapshot_keeps_transactions_below_its_offset() {
         let mut state = PartitionProducers::default();
         state.record_transactional(1, 2);
-        state.record_marker(1, 0, ControlKind::Abort, 5, 0);
+        state.record_marker(1, 0, ControlKind::Abort, 5, 0, -1);
         state.record_transactional(3, 7);
         state.record_transactional(4, 20);
         let restored = from_snapshot(to_snapshot(&state, 10));

@@ -103,6 +103,7 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         StreamError::TxnFenced { .. } => ResponseError::InvalidProducerEpoch,
+        StreamError::MarkerRefused { .. } => ResponseError::TransactionCoordinatorFenced,
         StreamError::NotInTransaction { .. } => ResponseError::InvalidTxnState,
         StreamError::Sequence { refusal, .. } => sequence(*refusal),
         StreamError::TxnUnverified(_) => ResponseError::NotEnoughReplicas,

@@ -365,7 +365,7 @@ pub fn describe_producers(
                                         .with_producer_epoch(i32::from(producer.epoch))
                                         .with_last_sequence(producer.last_sequence)
                                         .with_last_timestamp(producer.last_append_ms)
-                                        .with_coordinator_epoch(-1)
+                                        .with_coordinator_epoch(producer.coordinator_epoch)
                                         .with_current_txn_start_offset(
                                             producer.transaction_start_offset.unwrap_or(-1),
                                         )

@@ -100,6 +100,7 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         StreamError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
         StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
         StreamError::TxnFenced { .. } => ErrorCode::ProducerFenced,
+        StreamError::MarkerRefused { .. } => ErrorCode::ProducerFenced,
         StreamError::NotInTransaction { .. } => ErrorCode::InvalidTxnState,
         StreamError::Sequence { refusal, .. } => sequence(*refusal),
         StreamError::TxnUnverified(_) => ErrorCode::RequestTimedOut,
