@@ -373,8 +373,10 @@ pub struct Marker {
     pub kind: ControlKind,
     /// The coordinator's clock, the marker's timestamp.
     pub now_ms: i64,
-    /// The coordinator's epoch ([`TxnDeps::coordinator_epoch`]).
-    pub coordinator_epoch: i32,
+    /// The coordinator's epoch ([`TxnDeps::coordinator_epoch`]); `None` for a marker of a
+    /// build before coordinator epochs (forwarded by one, or in a replicated partition's
+    /// log), which is applied as that build applied it: unchecked, with epoch 0.
+    pub coordinator_epoch: Option<i32>,
 }
 
 /// The wait for one marker.
@@ -1158,7 +1160,7 @@ impl Task {
                 epoch: meta.epoch,
                 kind,
                 now_ms,
-                coordinator_epoch: self.deps.coordinator_epoch,
+                coordinator_epoch: Some(self.deps.coordinator_epoch),
             })
         });
         let outcomes = futures_util::future::join_all(writes).await;

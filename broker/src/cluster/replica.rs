@@ -427,7 +427,8 @@ impl ReplicaMachine {
                 applier.install_state(&checkpoint.state).map_err(|error| {
                     std::io::Error::other(format!(
                         "the state in the checkpoint of {} does not install ({error}): \
-                         remove that directory to have this replica rebuilt from the others",
+                         once the other replicas are up to date, remove that directory to \
+                         have this replica rebuilt from them",
                         dir.display()
                     ))
                 })?;

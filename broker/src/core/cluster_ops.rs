@@ -53,14 +53,10 @@ pub(crate) enum Forwarded {
         epoch: i16,
         commit: bool,
         now_ms: i64,
-        /// The coordinator's epoch (-1 from a build before coordinator epochs).
-        #[serde(default = "no_coordinator_epoch")]
-        coordinator_epoch: i32,
+        /// The coordinator's epoch (none from a build before coordinator epochs).
+        #[serde(default)]
+        coordinator_epoch: Option<i32>,
     },
-}
-
-fn no_coordinator_epoch() -> i32 {
-    -1
 }
 
 /// Sends `request` to node `node` and returns its answer (JSON).

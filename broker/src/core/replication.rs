@@ -172,7 +172,10 @@ pub(crate) fn encode_marker(marker: &crate::txn::Marker) -> Bytes {
     out.put_i64(marker.producer_id);
     out.put_i16(marker.epoch);
     out.put_u8(u8::from(marker.kind == ControlKind::Commit));
-    out.put_i32(marker.coordinator_epoch);
+    // A marker without an epoch (an earlier build's) keeps the earlier layout.
+    if let Some(coordinator_epoch) = marker.coordinator_epoch {
+        out.put_i32(coordinator_epoch);
+    }
     out.freeze()
 }
 
@@ -193,8 +196,9 @@ fn decode_delete_records(command: &Bytes) -> Option<i64> {
     Some(body.get_i64())
 }
 
-/// A decoded marker command: clock, producer id, epoch, kind, coordinator epoch.
-type MarkerFields = (i64, i64, i16, ControlKind, i32);
+/// A decoded marker command: clock, producer id, epoch, kind, coordinator epoch (none in
+/// an earlier build's command).
+type MarkerFields = (i64, i64, i16, ControlKind, Option<i32>);
 
 fn decode_marker(command: &Bytes) -> Option<MarkerFields> {
     let mut body = command.clone();
@@ -212,11 +216,7 @@ fn decode_marker(command: &Bytes) -> Option<MarkerFields> {
         1 => ControlKind::Commit,
         _ => return None,
     };
-    let coordinator_epoch = if body.has_remaining() {
-        body.get_i32()
-    } else {
-        -1
-    };
+    let coordinator_epoch = body.has_remaining().then(|| body.get_i32());
     Some((now_ms, producer_id, epoch, kind, coordinator_epoch))
 }
 
@@ -1225,25 +1225,27 @@ mod tests {
             now_ms,
             coordinator_epoch,
         };
-        let command = encode_marker(&marker(0x0102, 7, 3, ControlKind::Commit, 0x0A0B));
+        let command = encode_marker(&marker(0x0102, 7, 3, ControlKind::Commit, Some(0x0A0B)));
         assert_eq!(
             &command[..],
             &[2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 3, 1, 0, 0, 0x0A, 0x0B][..]
         );
         assert_eq!(
             decode_marker(&command),
-            Some((0x0102, 7, 3, ControlKind::Commit, 0x0A0B))
+            Some((0x0102, 7, 3, ControlKind::Commit, Some(0x0A0B)))
         );
-        let abort = encode_marker(&marker(5, 9, -1, ControlKind::Abort, 2));
+        let abort = encode_marker(&marker(5, 9, -1, ControlKind::Abort, Some(2)));
         assert_eq!(abort[MARKER_COMMAND_BYTES_V1 - 1], 0);
         assert_eq!(
             decode_marker(&abort),
-            Some((5, 9, -1, ControlKind::Abort, 2))
+            Some((5, 9, -1, ControlKind::Abort, Some(2)))
         );
-        // An earlier build's marker (no coordinator epoch) reads as epoch -1.
+        // An earlier build's marker (no coordinator epoch) is written and read as before.
+        let earlier = encode_marker(&marker(0x0102, 7, 3, ControlKind::Commit, None));
+        assert_eq!(&earlier[..], &command[..MARKER_COMMAND_BYTES_V1]);
         assert_eq!(
-            decode_marker(&command.slice(..MARKER_COMMAND_BYTES_V1)),
-            Some((0x0102, 7, 3, ControlKind::Commit, -1))
+            decode_marker(&earlier),
+            Some((0x0102, 7, 3, ControlKind::Commit, None))
         );
         // A produce command is not a marker, nor is a marker with another outcome byte.
         assert!(decode_marker(&encode_command(1, b"batches")).is_none());
@@ -1265,7 +1267,7 @@ mod tests {
             epoch: 3,
             kind: ControlKind::Abort,
             now_ms: 1,
-            coordinator_epoch: 0,
+            coordinator_epoch: Some(0),
         }))
         .is_none());
         assert!(decode_delete_records(&Bytes::from_static(&[3, 0])).is_none());

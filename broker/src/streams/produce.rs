@@ -254,7 +254,9 @@ impl Streams {
     /// [`Streams::apply_produced`] is.
     ///
     /// # Errors
-    /// The append's storage error.
+    /// `MarkerRefused` for a marker of an older coordinator epoch than the producer's
+    /// latest here, or of an older producer epoch (nothing appended); the append's storage
+    /// error.
     #[allow(clippy::too_many_arguments)]
     pub fn append_marker(
         &self,
@@ -265,21 +267,27 @@ impl Streams {
         epoch: i16,
         kind: ControlKind,
         now_ms: i64,
-        coordinator_epoch: i32,
+        coordinator_epoch: Option<i32>,
     ) -> Result<Receipt, StreamError> {
-        let marker = batch::control_batch(now_ms, producer_id, epoch, kind, coordinator_epoch);
-        let mut bytes = BytesMut::from(&marker[..]);
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         state.forget_expired(producer_id, self.expired_before(now_ms));
-        state
-            .check_marker(producer_id, epoch, coordinator_epoch)
-            .map_err(|refusal| StreamError::MarkerRefused {
-                topic: topic.to_string(),
-                partition,
-                producer_id,
-                refusal,
-            })?;
+        // A marker without an epoch (an earlier build's, forwarded or in a replicated log)
+        // is applied as that build applied it: unchecked, with epoch 0, so a replica that
+        // applies it again after an upgrade writes the same bytes as one that did before.
+        if let Some(coordinator_epoch) = coordinator_epoch {
+            state
+                .check_marker(producer_id, epoch, coordinator_epoch)
+                .map_err(|refusal| StreamError::MarkerRefused {
+                    topic: topic.to_string(),
+                    partition,
+                    producer_id,
+                    refusal,
+                })?;
+        }
+        let coordinator_epoch = coordinator_epoch.unwrap_or(0);
+        let marker = batch::control_batch(now_ms, producer_id, epoch, kind, coordinator_epoch);
+        let mut bytes = BytesMut::from(&marker[..]);
         let receipt = append::append(log, &mut bytes)?;
         state.record_marker(
             producer_id,

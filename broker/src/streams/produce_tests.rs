@@ -194,7 +194,7 @@ fn apply(streams: &Streams, topics: &[&str], steps: &[Step]) -> Vec<Vec<String>>
                         epoch,
                         kind,
                         now_ms,
-                        *coordinator,
+                        Some(*coordinator),
                     );
                     match marked {
                         Ok(receipt) => {
@@ -495,4 +495,43 @@ fn a_deposed_coordinators_late_marker_does_not_end_the_next_transaction() {
     let aborted = state.aborted_between(0, 4);
     assert_eq!(aborted.len(), 1);
     assert_eq!((aborted[0].first_offset, aborted[0].last_offset), (2, 3));
+}
+
+/// Goal: a marker without a coordinator epoch (an earlier build's, in a replicated log
+/// applied again after an upgrade, or forwarded by an older coordinator) is applied as that
+/// build applied it, unchecked and with epoch 0, so every replica writes the same bytes.
+#[test]
+fn a_marker_without_a_coordinator_epoch_is_applied_as_before() {
+    let streams = streams();
+    streams.create_topic("t", 1, Vec::new()).unwrap();
+    let log = streams.partition("t", 0).unwrap();
+    let marker = |coordinator_epoch| {
+        streams.append_marker(
+            "t",
+            0,
+            &log,
+            PRODUCERS[0],
+            0,
+            ControlKind::Commit,
+            START_MS,
+            coordinator_epoch,
+        )
+    };
+    marker(Some(3)).unwrap();
+    let earlier = marker(None).expect("not checked");
+    log.flush().unwrap();
+    let read = log.read(earlier.appended().base_offset, 1 << 20).unwrap();
+    let decoded = wharf_protocol::batch::batches(read.bytes)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        decoded.control_marker().unwrap().unwrap().coordinator_epoch,
+        0
+    );
+    // Checked markers still are: one older than 3 is refused.
+    assert!(matches!(
+        marker(Some(2)),
+        Err(StreamError::MarkerRefused { .. })
+    ));
 }

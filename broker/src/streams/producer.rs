@@ -356,7 +356,6 @@ impl PartitionProducers {
     /// Notes a transaction marker at `marker_offset` written with `epoch`: it ends the
     /// producer's open transaction on this partition (an abort is remembered for
     /// read-committed fetches), and a marker with a newer epoch fences older epochs here.
-    #[allow(clippy::too_many_arguments)]
     pub fn record_marker(
         &mut self,
         producer_id: i64,
