@@ -535,3 +535,57 @@ fn a_marker_without_a_coordinator_epoch_is_applied_as_before() {
         Err(StreamError::MarkerRefused { .. })
     ));
 }
+
+/// Goal: a `producer-state` file of version 1 (before coordinator epochs) still loads at
+/// start: its state is used (not a replay of the log), every coordinator epoch -1.
+#[test]
+fn a_producer_state_file_of_version_1_still_loads() {
+    let (env, _fs, clock) = sim_env(START_MS);
+    let data_dir = Path::new("/data");
+    let topics = Topics::open(data_dir, env.clone(), LogConfig::default()).unwrap();
+    let producers = Producers::open(env.fs.clone(), data_dir, EXPIRY_MS).unwrap();
+    let settings = StreamSettings {
+        auto_create_topics: AutoCreate::Off,
+        default_partitions: 1,
+    };
+    let streams = Streams::new(topics, producers, clock, settings);
+    streams.create_topic("t", 1, Vec::new()).unwrap();
+    // Records stamped 5 s before the appends: a replay would record their time instead.
+    let steps: Vec<Step> = (0..2)
+        .map(|n| Step::Batch {
+            producer: 0,
+            kind: if n == 0 { 0 } else { 5 },
+            count: 2,
+            new_epoch: false,
+            transactional: false,
+            skew_ms: -5_000,
+        })
+        .collect();
+    apply(&streams, &["t"], &steps);
+    let log = streams.partition("t", 0).unwrap();
+    log.flush().unwrap();
+    let end = log.log_end_offset();
+    let (written, current) = {
+        let shared = streams.producers().partition("t", 0);
+        let state = shared.lock().unwrap();
+        (state.get(PRODUCERS[0]).cloned(), state.encode_at(end))
+    };
+    // Version 1 is version 2 without the coordinator epochs (none here: a count of 0).
+    assert_eq!(&current[current.len() - 4..], &[0, 0, 0, 0]);
+    let first = &current[1..current.len() - 4];
+    crate::storage::checkpoint::write(
+        env.fs.as_ref(),
+        log.dir(),
+        crate::streams::producer::SNAPSHOT_FILE,
+        *b"WPST",
+        1,
+        end as u64,
+        first,
+    )
+    .unwrap();
+    let reloaded = Producers::open(env.fs.clone(), data_dir, EXPIRY_MS).unwrap();
+    let shared = reloaded.load("t", 0, &log, START_MS + 60_000).unwrap();
+    let loaded = shared.lock().unwrap().get(PRODUCERS[0]).cloned();
+    assert_eq!(loaded, written);
+    assert_eq!(loaded.map(|entry| entry.last_append_ms), Some(START_MS));
+}
