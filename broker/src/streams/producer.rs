@@ -764,15 +764,16 @@ impl Producers {
     ) -> Result<SharedProducers, StorageError> {
         let mut state = PartitionProducers::default();
         let mut from = log.log_start_offset();
-        // The replayed tail after a snapshot counts from the restart: its batches were
-        // appended after the snapshot was written, at most a snapshot interval before.
-        // Without a snapshot, or for a replicated partition (whose checkpoint's state
-        // replaces this one), the batches' own timestamps.
-        let mut floor_ms = i64::MIN;
+        // A replayed producer counts as active since the restart: the broker's clock at
+        // its appends is not in the log, and the records' own timestamps may be far in the
+        // past (a backfill). Producers of a log replayed whole then stay a day longer than
+        // they would have. A replicated partition takes the batches' timestamps (its
+        // checkpoint's state replaces this one, and every replica reads the same bytes).
         let replicated = self.fs.exists(
             &log.dir()
                 .join(crate::storage::partition::REPLICA_CHECKPOINT_FILE),
         );
+        let floor_ms = if replicated { i64::MIN } else { now_ms };
         let path = log.dir().join(SNAPSHOT_FILE);
         match checkpoint::read(self.fs.as_ref(), &path, SNAPSHOT_MAGIC) {
             Ok(Some(found)) if !(1..=SNAPSHOT_VERSION).contains(&found.version) => {
@@ -784,9 +785,6 @@ impl Producers {
                 Ok((snapshot, offset)) if (from..=log.log_end_offset()).contains(&offset) => {
                     from = offset;
                     state = snapshot;
-                    if !replicated {
-                        floor_ms = now_ms;
-                    }
                 }
                 Ok(_) => {}
                 Err(reason) => {
