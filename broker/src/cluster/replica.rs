@@ -254,6 +254,17 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Whether `state`, sent with a snapshot, is one [`Applier::install_state`] can read
+    /// (its position aside): checked before the install, whose failure would stop this
+    /// member, so a state this build cannot read is refused and sent again instead.
+    ///
+    /// # Errors
+    /// Why it cannot be read.
+    fn check_state(&self, state: &Bytes) -> std::io::Result<()> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Empties this replica's state and starts it again at `from`, past its position: a
     /// snapshot's records start there because the leader holds nothing below (see
     /// [`Applier::start`]). Refused by default.
@@ -1648,6 +1659,15 @@ impl Replica {
             }
             ReplicaRpc::Vote(request) => ReplicaReply::Vote(self.raft.vote(request).await),
             ReplicaRpc::Snapshot { vote, meta, data } => {
+                if !data.state.is_empty() {
+                    if let Err(error) = self.applier.check_state(&data.state) {
+                        // Refused like an incomplete staging: a network error to openraft,
+                        // which sends the snapshot again later (after an upgrade, readable).
+                        return ReplicaReply::Staged(Err(format!(
+                            "the snapshot's state cannot be read here: {error}"
+                        )));
+                    }
+                }
                 let mut data = data;
                 if let Some(to) = data.staged_to {
                     let _staging = self.staging.lock().await;

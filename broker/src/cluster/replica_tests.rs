@@ -87,6 +87,14 @@ impl Applier for ModelApplier {
         Ok(out.freeze())
     }
 
+    fn check_state(&self, state: &Bytes) -> std::io::Result<()> {
+        if state.len() == 16 {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a model state"))
+        }
+    }
+
     fn install_state(&self, state: &Bytes) -> std::io::Result<()> {
         let mut model = self.model.lock().unwrap();
         let mut state = state.clone();
@@ -466,6 +474,42 @@ fn a_replicated_log_keeps_every_acknowledged_write_through_failover_restart_and_
             "the restarted follower took a snapshot"
         );
 
+        for node in nodes.values() {
+            node.replica.shutdown().await;
+        }
+    });
+}
+
+/// A snapshot whose state this member cannot read (a newer build's) is refused before its
+/// install, which would stop the member: the leader sends it again later.
+#[test]
+fn a_snapshot_with_an_unreadable_state_is_refused_before_its_install() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let nodes = three_members(&net).await;
+        write_all(&nodes, &values("a", 3)).await;
+        let leader = wait_for_leader(&nodes).await;
+        let follower = *nodes.keys().find(|&&id| id != leader).expect("a follower");
+        let reply = nodes[&follower]
+            .replica
+            .serve(super::ReplicaRpc::Snapshot {
+                vote: openraft::Vote::default(),
+                meta: openraft::SnapshotMeta::default(),
+                data: super::ReplicaSnapshot {
+                    state: Bytes::from_static(b"unreadable"),
+                    ..Default::default()
+                },
+            })
+            .await;
+        assert!(
+            matches!(reply, super::ReplicaReply::Staged(Err(_))),
+            "{reply:?}"
+        );
+        // The member goes on: the group still commits through it.
+        write_all(&nodes, &values("b", 3)).await;
+        let mut expected: Vec<Bytes> = values("a", 3).into_iter().map(Bytes::from).collect();
+        expected.extend(values("b", 3).into_iter().map(Bytes::from));
+        converge(&nodes, &expected).await;
         for node in nodes.values() {
             node.replica.shutdown().await;
         }

@@ -454,6 +454,17 @@ impl Applier for PartitionApplier {
         Ok(state.encode_at(self.log.log_end_offset()))
     }
 
+    fn check_state(&self, state: &Bytes) -> std::io::Result<()> {
+        crate::streams::producer::PartitionProducers::decode_at(state.clone())
+            .map(|_| ())
+            .map_err(|reason| {
+                std::io::Error::other(format!(
+                    "{}-{}: a producer state that does not decode: {reason}",
+                    self.topic, self.partition
+                ))
+            })
+    }
+
     fn install_state(&self, state: &Bytes) -> std::io::Result<()> {
         let (installed, offset) = crate::streams::producer::PartitionProducers::decode_at(
             state.clone(),
