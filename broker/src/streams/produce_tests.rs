@@ -23,6 +23,11 @@ const EXPIRY_MS: i64 = 60_000;
 const PRODUCERS: [i64; 3] = [11, 12, 13];
 
 fn streams() -> Streams {
+    streams_and_env().0
+}
+
+/// The streams of a simulated data directory `/data`, and its environment.
+fn streams_and_env() -> (Streams, crate::storage::StorageEnv) {
     let (env, _fs, clock) = sim_env(START_MS);
     let data_dir = Path::new("/data");
     let topics = Topics::open(data_dir, env.clone(), LogConfig::default()).unwrap();
@@ -31,7 +36,22 @@ fn streams() -> Streams {
         auto_create_topics: AutoCreate::Off,
         default_partitions: 1,
     };
-    Streams::new(topics, producers, clock, settings)
+    (Streams::new(topics, producers, clock, settings), env)
+}
+
+/// Producer 0's first `batches` batches of `count` records each, in sequence, stamped
+/// `skew_ms` from the clock.
+fn in_sequence(batches: usize, count: usize, skew_ms: i64) -> Vec<Step> {
+    (0..batches)
+        .map(|n| Step::Batch {
+            producer: 0,
+            kind: if n == 0 { 0 } else { 5 },
+            count,
+            new_epoch: false,
+            transactional: false,
+            skew_ms,
+        })
+        .collect()
 }
 
 /// Producer `producer_id`'s batch of `count` records from `sequence`, written at
@@ -408,16 +428,7 @@ fn a_producer_idle_past_the_expiry_is_unknown_by_the_commands_clock() {
 fn records_stamped_long_ago_do_not_expire_their_producer() {
     let streams = streams();
     streams.create_topic("t", 1, Vec::new()).unwrap();
-    let steps: Vec<Step> = (0..4)
-        .map(|n| Step::Batch {
-            producer: 0,
-            kind: if n == 0 { 0 } else { 5 },
-            count: 1,
-            new_epoch: false,
-            transactional: false,
-            skew_ms: -10 * EXPIRY_MS,
-        })
-        .collect();
+    let steps = in_sequence(4, 1, -10 * EXPIRY_MS);
     let outcomes = apply(&streams, &["t"], &steps);
     assert_eq!(outcomes[0], ["0..0", "1..1", "2..2", "3..3"]);
 }
@@ -540,27 +551,11 @@ fn a_marker_without_a_coordinator_epoch_is_applied_as_before() {
 /// start: its state is used (not a replay of the log), every coordinator epoch -1.
 #[test]
 fn a_producer_state_file_of_version_1_still_loads() {
-    let (env, _fs, clock) = sim_env(START_MS);
+    let (streams, env) = streams_and_env();
     let data_dir = Path::new("/data");
-    let topics = Topics::open(data_dir, env.clone(), LogConfig::default()).unwrap();
-    let producers = Producers::open(env.fs.clone(), data_dir, EXPIRY_MS).unwrap();
-    let settings = StreamSettings {
-        auto_create_topics: AutoCreate::Off,
-        default_partitions: 1,
-    };
-    let streams = Streams::new(topics, producers, clock, settings);
     streams.create_topic("t", 1, Vec::new()).unwrap();
     // Records stamped 5 s before the appends: a replay would record their time instead.
-    let steps: Vec<Step> = (0..2)
-        .map(|n| Step::Batch {
-            producer: 0,
-            kind: if n == 0 { 0 } else { 5 },
-            count: 2,
-            new_epoch: false,
-            transactional: false,
-            skew_ms: -5_000,
-        })
-        .collect();
+    let steps = in_sequence(2, 2, -5_000);
     apply(&streams, &["t"], &steps);
     let log = streams.partition("t", 0).unwrap();
     log.flush().unwrap();
