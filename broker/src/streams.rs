@@ -362,16 +362,7 @@ impl Streams {
         }
         let shared = self.producers.partition(topic, partition);
         let state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        // Not those idle past the expiry that no sweep forgot yet: their next batch would
-        // find them forgotten.
-        let expired_before = self.expired_before(self.clock.now_ms());
-        Ok(state
-            .describe()
-            .into_iter()
-            .filter(|view| {
-                view.last_append_ms >= expired_before || view.transaction_start_offset.is_some()
-            })
-            .collect())
+        Ok(state.describe(self.expired_before(self.clock.now_ms())))
     }
 
     /// The offset of the first record at or after `timestamp_ms` (`None`: none), or the log

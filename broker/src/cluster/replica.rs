@@ -628,8 +628,7 @@ impl ReplicaMachine {
 
 impl RaftSnapshotBuilder<ReplicaConfig> for ReplicaMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<ReplicaConfig>> {
-        let snapshot_io = self.snapshot_io.clone();
-        let _building = snapshot_io.lock().await;
+        let _building = self.snapshot_io.clone().lock_owned().await;
         // The applied id, the position and the state beside the records are read together
         // (apply holds the lock), then made durable: the fsync covers at least that
         // position.
@@ -720,8 +719,7 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<ReplicaSnapshot>,
     ) -> StorageResult<()> {
-        let snapshot_io = self.snapshot_io.clone();
-        let _installing = snapshot_io.lock().await;
+        let _installing = self.snapshot_io.clone().lock_owned().await;
         let (io, fs, dir) = {
             let inner = lock(&self.inner);
             (inner.io, inner.fs.clone(), inner.dir.clone())

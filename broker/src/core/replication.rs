@@ -275,6 +275,13 @@ fn outcome_bytes(outcome: &AppliedProduce) -> std::io::Result<Bytes> {
 }
 
 impl PartitionApplier {
+    /// The partition's producer state.
+    fn producers(&self) -> crate::streams::producer::SharedProducers {
+        self.streams
+            .producers()
+            .partition(&self.topic, self.partition)
+    }
+
     /// Applies a DeleteRecords command: every replica moves its log start alike.
     fn apply_delete_records(&self, command: &Bytes) -> std::io::Result<Bytes> {
         let outcome = match decode_delete_records(command) {
@@ -444,10 +451,7 @@ impl Applier for PartitionApplier {
     /// whose batches lie below the leader's log start, or were compacted, or idled out of
     /// the sweep's reach), and a restart takes it from the checkpoint.
     fn state(&self) -> std::io::Result<Bytes> {
-        let producers = self
-            .streams
-            .producers()
-            .partition(&self.topic, self.partition);
+        let producers = self.producers();
         let state = producers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
@@ -482,10 +486,7 @@ impl Applier for PartitionApplier {
                 self.topic, self.partition
             )));
         }
-        let producers = self
-            .streams
-            .producers()
-            .partition(&self.topic, self.partition);
+        let producers = self.producers();
         *producers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = installed;
@@ -498,10 +499,7 @@ impl Applier for PartitionApplier {
         self.log
             .restart_at(from)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let producers = self
-            .streams
-            .producers()
-            .partition(&self.topic, self.partition);
+        let producers = self.producers();
         *producers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = Default::default();

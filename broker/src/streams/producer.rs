@@ -216,17 +216,20 @@ impl PartitionProducers {
     /// `producer.id.expiration.ms`), before a batch or marker of it is checked and recorded:
     /// an expired producer is then treated exactly as one a sweep already forgot, so
     /// replicas agree whether or not their sweeps ([`PartitionProducers::expire`]) ran.
-    /// Returns whether it was forgotten.
-    pub fn forget_expired(&mut self, producer_id: i64, expired_before_ms: i64) -> bool {
-        let expired = !self.ongoing.contains_key(&producer_id)
+    pub fn forget_expired(&mut self, producer_id: i64, expired_before_ms: i64) {
+        if self.expired(producer_id, expired_before_ms) {
+            self.producers.remove(&producer_id);
+        }
+    }
+
+    /// Whether producer `producer_id` is known here and expired: its last append is before
+    /// `expired_before_ms` and it has no transaction open here.
+    fn expired(&self, producer_id: i64, expired_before_ms: i64) -> bool {
+        !self.ongoing.contains_key(&producer_id)
             && self
                 .producers
                 .get(&producer_id)
-                .is_some_and(|entry| entry.last_append_ms < expired_before_ms);
-        if expired {
-            self.producers.remove(&producer_id);
-        }
-        expired
+                .is_some_and(|entry| entry.last_append_ms < expired_before_ms)
     }
 
     /// Whether a marker of `producer_id` at `epoch`, written by a coordinator of
@@ -268,8 +271,7 @@ impl PartitionProducers {
         first_sequence: i32,
         last_sequence: i32,
     ) -> Verdict {
-        let entry = self.producers.get(&producer_id);
-        let Some(entry) = entry else {
+        let Some(entry) = self.producers.get(&producer_id) else {
             return if first_sequence == 0 {
                 Verdict::Append
             } else {
@@ -431,11 +433,13 @@ impl PartitionProducers {
         self.producers.is_empty()
     }
 
-    /// Every producer with state here, by id.
-    pub fn describe(&self) -> Vec<ProducerView> {
+    /// Every producer with state here, by id, but those expired by `expired_before_ms`
+    /// that no sweep forgot yet (their next batch or marker finds them forgotten).
+    pub fn describe(&self, expired_before_ms: i64) -> Vec<ProducerView> {
         let mut views: Vec<ProducerView> = self
             .producers
             .iter()
+            .filter(|(producer_id, _)| !self.expired(**producer_id, expired_before_ms))
             .map(|(producer_id, entry)| ProducerView {
                 producer_id: *producer_id,
                 epoch: entry.epoch,
