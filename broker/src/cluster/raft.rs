@@ -607,13 +607,16 @@ impl Cluster {
                 "the last node cannot be removed".to_string(),
             ));
         }
+        // Its replicas move to the others first (a node never registered, or already
+        // removed by an earlier attempt, is no error), while this node still leads: a leader
+        // removing itself is deposed by the membership change, and a command it proposed
+        // after it could wait for a commit the others no longer take from it.
+        self.propose(MetadataCommand::RemoveNode { node_id: id })
+            .await?;
         self.raft
             .change_membership(voters, false)
             .await
             .map_err(|error| ClusterError::Membership(error.to_string()))?;
-        // Its replicas move to the others; a node never registered is no error.
-        self.propose(MetadataCommand::RemoveNode { node_id: id })
-            .await?;
         Ok(())
     }
 
