@@ -31,6 +31,9 @@ import time
 import pika
 
 phase, addresses, queue = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+# guest/guest works from loopback only; brokers beyond it (network namespaces) get a user,
+# named with its password in WHARF_FAULT_AMQP_LOGIN ("user:password").
+LOGIN = os.environ.get("WHARF_FAULT_AMQP_LOGIN", "guest:guest").split(":", 1)
 
 
 def connect(index):
@@ -38,7 +41,7 @@ def connect(index):
     params = pika.ConnectionParameters(
         host=host,
         port=int(port),
-        credentials=pika.PlainCredentials("guest", "guest"),
+        credentials=pika.PlainCredentials(*LOGIN),
         connection_attempts=1,
         socket_timeout=3,
         stack_timeout=5,

@@ -18,8 +18,13 @@ use crate::{wharf_path, wharfd_path};
 pub const NATIVE_PORT: u16 = 7420;
 /// The cluster listener's port inside each namespace.
 pub const INTERNAL_PORT: u16 = 7700;
-/// The Kafka listener's port inside each namespace (when [`Network::start_with`] turns it on).
+/// The Kafka listener's port inside each namespace (when [`Network::start_with`] turns the
+/// front ends on).
 pub const KAFKA_PORT: u16 = 9092;
+/// The AMQP listener's port inside each namespace (with the front ends on).
+pub const AMQP_PORT: u16 = 5672;
+/// The HTTP listener's port inside each namespace (with the front ends on).
+pub const HTTP_PORT: u16 = 7480;
 
 /// Runs `ip args`, panicking with its output unless it succeeds.
 fn ip(args: &[&str]) {
@@ -44,7 +49,7 @@ pub enum Link {
 pub struct Network {
     prefix: String,
     nodes: Vec<Option<Child>>,
-    /// How each node was started (data root, Kafka listener on, environment), for restarts.
+    /// How each node was started (data root, front ends on, environment), for restarts.
     started: Vec<Option<Started>>,
 }
 
@@ -52,7 +57,7 @@ pub struct Network {
 #[derive(Debug, Clone)]
 struct Started {
     root: PathBuf,
-    kafka: bool,
+    fronts: bool,
     env: Vec<(String, String)>,
 }
 
@@ -80,6 +85,16 @@ impl Network {
     /// Node `node`'s Kafka listener.
     pub fn kafka(node: usize) -> String {
         format!("{}:{KAFKA_PORT}", Network::address(node))
+    }
+
+    /// Node `node`'s AMQP listener.
+    pub fn amqp(node: usize) -> String {
+        format!("{}:{AMQP_PORT}", Network::address(node))
+    }
+
+    /// Node `node`'s HTTP listener.
+    pub fn http(node: usize) -> String {
+        format!("{}:{HTTP_PORT}", Network::address(node))
     }
 
     /// Makes the namespaces, the bridge and each node's link (needs root).
@@ -129,13 +144,14 @@ impl Network {
         self.start_with(root, node, false, &[]);
     }
 
-    /// As [`Network::start`], with the Kafka listener on [`Network::kafka`] when `kafka`,
-    /// and `env` in the node's environment.
-    pub fn start_with(&mut self, root: &Path, node: usize, kafka: bool, env: &[(String, String)]) {
-        let kafka_listen = if kafka {
-            Network::kafka(node)
+    /// As [`Network::start`], with the Kafka, AMQP and HTTP listeners on
+    /// ([`Network::kafka`], [`Network::amqp`], [`Network::http`]) when `fronts`, and `env`
+    /// in the node's environment.
+    pub fn start_with(&mut self, root: &Path, node: usize, fronts: bool, env: &[(String, String)]) {
+        let [kafka_listen, amqp_listen, http_listen] = if fronts {
+            [Network::kafka(node), Network::amqp(node), Network::http(node)]
         } else {
-            "off".to_string()
+            ["off".to_string(), "off".to_string(), "off".to_string()]
         };
         let peers = (1..=3)
             .map(|id| format!("{id}@{}:{INTERNAL_PORT}", Network::address(id)))
@@ -152,9 +168,9 @@ impl Network {
                 "--kafka-listen",
                 &kafka_listen,
                 "--amqp-listen",
-                "off",
+                &amqp_listen,
                 "--http-listen",
-                "off",
+                &http_listen,
                 "--node-id",
                 &node.to_string(),
                 "--cluster-peers",
@@ -183,11 +199,18 @@ impl Network {
             .recv_timeout(Duration::from_secs(30))
             .expect("wharfd did not report its listener");
         assert!(line.contains(&Network::broker(node)), "{line:?}");
-        if kafka {
-            let line = receiver
-                .recv_timeout(Duration::from_secs(30))
-                .expect("wharfd did not report its Kafka listener");
-            assert!(line.contains(&Network::kafka(node)), "{line:?}");
+        if fronts {
+            // One line per front end, in this order (see wharfd's documentation).
+            for (what, address) in [
+                ("Kafka", Network::kafka(node)),
+                ("AMQP", Network::amqp(node)),
+                ("HTTP", Network::http(node)),
+            ] {
+                let line = receiver
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("wharfd did not report its {what} listener"));
+                assert!(line.contains(&address), "{line:?}");
+            }
         }
         while self.nodes.len() < node {
             self.nodes.push(None);
@@ -196,7 +219,7 @@ impl Network {
         self.nodes[node - 1] = Some(child);
         self.started[node - 1] = Some(Started {
             root: root.to_path_buf(),
-            kafka,
+            fronts,
             env: env.to_vec(),
         });
     }
@@ -221,7 +244,7 @@ impl Network {
     pub fn restart(&mut self, node: usize) {
         self.kill(node);
         let started = self.started[node - 1].clone().expect("started before");
-        self.start_with(&started.root, node, started.kafka, &started.env);
+        self.start_with(&started.root, node, started.fronts, &started.env);
     }
 
     /// Cuts the link between nodes `a` and `b` both ways (a blackhole route to the other in
@@ -270,6 +293,25 @@ impl Network {
                 Link::Down => "down",
             },
         ]);
+    }
+
+    /// The body of a GET of `path` on node `node`'s HTTP listener, fetched from the hub by
+    /// Python's standard library (the test process is not in the hub's network); `None`
+    /// when the node does not answer 200 within 3 s.
+    pub fn http_get(&self, node: usize, path: &str) -> Option<String> {
+        const GET: &str = "import sys, urllib.request\n\
+            with urllib.request.urlopen(sys.argv[1], timeout=3) as answer:\n    \
+            sys.stdout.write(answer.read().decode())\n";
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.hub(), "python3", "-c", GET])
+            .arg(format!("http://{}{path}", Network::http(node)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("running python3 in the hub");
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// `wharf --broker <node> args`, run from the hub (which reaches every node while its
