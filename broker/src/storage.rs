@@ -36,5 +36,5 @@ pub use error::{Error, Result};
 pub use flusher::Flusher;
 pub use fs::{Fs, RealFs};
 pub use mmap::{disable_transparent_huge_pages, free_space};
-pub use partition::{Appended, Partition, ReadResult, StorageEnv};
+pub use partition::{Appended, Partition, ReadResult, StorageEnv, COPIED_SPAN_MAX};
 pub use registry::Registry;

@@ -149,7 +149,11 @@ impl Network {
     /// in the node's environment.
     pub fn start_with(&mut self, root: &Path, node: usize, fronts: bool, env: &[(String, String)]) {
         let [kafka_listen, amqp_listen, http_listen] = if fronts {
-            [Network::kafka(node), Network::amqp(node), Network::http(node)]
+            [
+                Network::kafka(node),
+                Network::amqp(node),
+                Network::http(node),
+            ]
         } else {
             ["off".to_string(), "off".to_string(), "off".to_string()]
         };

@@ -1336,7 +1336,11 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
     verdict.txn = txn_verdict;
     let topics = if settings.transactions { 2 } else { 1 };
     // And the coordinators' partition, __consumer_offsets-0 (replicated too).
-    replicas_settle(nodes.as_ref(), PARTITIONS as usize * topics + 1, settings.seed);
+    replicas_settle(
+        nodes.as_ref(),
+        PARTITIONS as usize * topics + 1,
+        settings.seed,
+    );
     let ends: Vec<f64> = faults
         .iter()
         .skip(1)

@@ -35,7 +35,9 @@ use crate::queue::QueueError;
 use crate::storage::{Clock, RealFs};
 
 use super::Broker;
-use crate::core::replication::{read_batches_bounded, records_from, replica_timing};
+use crate::core::replication::{
+    check_continues, read_batches_bounded, records_from, replica_timing,
+};
 
 /// How often a member's watcher checks whether its node should run the queue's task.
 const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -176,6 +178,7 @@ impl QueueApplier {
         let end = self.store.messages().log_end_offset();
         let missing =
             records_from(batches, from, end).map_err(|error| io_error(&self.queue, error))?;
+        check_continues(missing, end).map_err(|error| io_error(&self.queue, error))?;
         if !missing.is_empty() {
             let mut missing = BytesMut::from(missing);
             crate::append::append_without_fsync(self.store.messages(), &mut missing)

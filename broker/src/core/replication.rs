@@ -569,9 +569,12 @@ pub(crate) fn read_batches_bounded(
             if header.base_offset >= to || header.total_bytes() > bytes.len() {
                 break;
             }
-            if header.base_offset != at {
+            // A batch past `at` follows offsets the cleaner compacted away; the follower
+            // fills them (`Streams::append_stored`).
+            if header.base_offset < at {
                 return Err(std::io::Error::other(format!(
-                    "{what} has no batch at {at} (a compacted range cannot be copied)"
+                    "{what} has a batch at {} where {at} was expected",
+                    header.base_offset
                 )));
             }
             out.put_slice(&bytes[..header.total_bytes()]);
@@ -603,13 +606,9 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
             Ok(None) => return Err("the records end in a torn batch header".to_string()),
             Err(error) => return Err(format!("unreadable records: {error}")),
         };
+        // The first batch at or past the end is where the replica goes on (past it: the
+        // offsets between were compacted away on the leader, and the append fills them).
         if header.base_offset >= end {
-            if header.base_offset != end {
-                return Err(format!(
-                    "the records skip from {end} to {}",
-                    header.base_offset
-                ));
-            }
             break;
         }
         let last = header.base_offset + i64::from(header.last_offset_delta);
@@ -623,6 +622,30 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
         at = at.saturating_add(12).saturating_add(size);
     }
     Ok(records.get(at..).unwrap_or_default())
+}
+
+/// Checks that `records` (whole batches) continue a log ending at `end` offset for offset:
+/// a queue's log has no compacted gaps (its compaction deletes whole segments), and its
+/// append numbers the batches from its end.
+pub(crate) fn check_continues(records: &[u8], end: i64) -> Result<(), String> {
+    let mut expected = end;
+    let mut at = 0usize;
+    while at < records.len() {
+        let header = match wharf_protocol::batch::parse_header(&records[at..]) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Err("the records end in a torn batch header".to_string()),
+            Err(error) => return Err(format!("unreadable records: {error}")),
+        };
+        if header.base_offset != expected {
+            return Err(format!(
+                "the records skip from {expected} to {}",
+                header.base_offset
+            ));
+        }
+        expected = header.next_offset();
+        at = at.saturating_add(header.total_bytes().max(1));
+    }
+    Ok(())
 }
 
 /// Appends broker-built batches (no producer id: a coordinator's records) through a
@@ -1221,6 +1244,207 @@ mod tests {
         // An end inside a batch, or before the records, is not a prefix of the leader's log.
         assert!(records_from(&records, 108, 111).is_err());
         assert!(records_from(&records, 108, 100).is_err());
+    }
+
+    #[test]
+    fn snapshot_records_may_skip_the_offsets_a_compaction_removed_but_a_queues_may_not() {
+        let records: Vec<u8> = [batch(108, 2), batch(115, 3), batch(130, 1)].concat();
+        // A replica ending at 110 goes on at 115: 110–114 were compacted away.
+        assert_eq!(records_from(&records, 108, 110), Ok(&records[61..]));
+        // One ending inside the gap too (it ended there when the offsets were still
+        // there, or an empty batch filled them).
+        assert_eq!(records_from(&records, 108, 112), Ok(&records[61..]));
+        assert_eq!(records_from(&records, 108, 118), Ok(&records[122..]));
+        // A queue's log has no gaps: its records must continue it offset for offset.
+        assert!(check_continues(&records[..61], 108).is_ok());
+        assert!(check_continues(&records, 108).is_err());
+        assert!(check_continues(&records[..61], 107).is_err());
+        assert!(check_continues(&[], 5).is_ok());
+    }
+
+    mod compacted {
+        use std::path::Path;
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+
+        use bytes::{Bytes, BytesMut};
+        use wharf_protocol::batch::{self, BatchBuilder, NewRecord};
+
+        use crate::cluster::replica::Applier;
+        use crate::core::replication::PartitionApplier;
+        use crate::storage::clock::ManualClock;
+        use crate::storage::sim::{SimFs, Torn};
+        use crate::storage::testing::env_with;
+        use crate::storage::LogConfig;
+        use crate::streams::compaction::CleanerSettings;
+        use crate::streams::producer::Producers;
+        use crate::streams::topic::{TopicInfo, Topics};
+        use crate::streams::{AutoCreate, StreamSettings, Streams};
+
+        const NOW_MS: i64 = 1_000_000_000;
+
+        fn streams() -> std::sync::Arc<Streams> {
+            streams_on(SimFs::new())
+        }
+
+        fn streams_on(fs: SimFs) -> std::sync::Arc<Streams> {
+            let clock = std::sync::Arc::new(ManualClock::new(NOW_MS));
+            let env = env_with(std::sync::Arc::new(fs), clock.clone());
+            let data_dir = Path::new("/data");
+            let topics = Topics::open(data_dir, env.clone(), LogConfig::default()).unwrap();
+            let producers = Producers::open(env.fs.clone(), data_dir, 60_000).unwrap();
+            let settings = StreamSettings {
+                auto_create_topics: AutoCreate::Off,
+                default_partitions: 1,
+            };
+            std::sync::Arc::new(Streams::new(topics, producers, clock, settings))
+        }
+
+        fn compacted_topic(streams: &Streams) -> TopicInfo {
+            let configs = [
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "65536"),
+                ("min.cleanable.dirty.ratio", "0"),
+            ]
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .to_vec();
+            streams.create_topic("t", 1, configs).unwrap()
+        }
+
+        fn applier(streams: &std::sync::Arc<Streams>) -> PartitionApplier {
+            PartitionApplier {
+                streams: streams.clone(),
+                topic: "t".to_string(),
+                partition: 0,
+                log: streams.partition("t", 0).unwrap(),
+            }
+        }
+
+        /// One record of key `key` with value `value` (padded so segments fill quickly).
+        fn record(key: &str, value: &str) -> BytesMut {
+            let mut padded = value.as_bytes().to_vec();
+            padded.resize(2_000, b' ');
+            let mut builder = BatchBuilder::new(NOW_MS);
+            builder
+                .push(&NewRecord {
+                    timestamp_ms: NOW_MS,
+                    key: Some(Bytes::from(key.to_string())),
+                    value: Some(Bytes::from(padded)),
+                    headers: Vec::new(),
+                })
+                .unwrap();
+            let mut out = BytesMut::new();
+            builder.build_into(&mut out);
+            out
+        }
+
+        /// Every record of the log: (offset, key, value), and the base offsets of its
+        /// batches that hold none.
+        fn contents(streams: &Streams) -> (Vec<(i64, String, String)>, Vec<i64>) {
+            let log = streams.partition("t", 0).unwrap();
+            log.flush().unwrap();
+            let mut records = Vec::new();
+            let mut empty = Vec::new();
+            let mut offset = log.log_start_offset();
+            while offset < log.high_watermark() {
+                let read = log.read(offset, 1 << 20).unwrap();
+                for decoded in batch::batches(read.bytes) {
+                    let decoded = decoded.unwrap();
+                    offset = decoded.header().next_offset();
+                    if decoded.header().record_count == 0 {
+                        empty.push(decoded.header().base_offset);
+                    }
+                    for record in decoded.records() {
+                        let record = record.unwrap();
+                        let text = |bytes: Option<Bytes>| {
+                            String::from_utf8_lossy(&bytes.unwrap_or_default())
+                                .trim_end()
+                                .to_string()
+                        };
+                        records.push((record.offset, text(record.key), text(record.value)));
+                    }
+                }
+            }
+            (records, empty)
+        }
+
+        #[test]
+        fn a_follower_copies_a_compacted_range_at_its_leaders_offsets() {
+            // Goal: a follower catching up from a snapshot over a range the cleaner
+            // compacted (offsets skipped between batches: a compacted topic's, and
+            // `__consumer_offsets`) gets every record at the leader's offset and ends where
+            // the leader ends. Before, the leader's read refused the range ("a compacted
+            // range cannot be copied") and so did the follower's append: a node that lost
+            // its disk never caught up on such a partition. Method: keys written over and
+            // over on a leader with small segments, a cleaner round, then the copy in small
+            // pieces as `full_snapshot` sends them.
+            let leader = streams();
+            let info = compacted_topic(&leader);
+            for n in 0..120 {
+                leader
+                    .append_produced(
+                        &info,
+                        0,
+                        // Every tenth key is written once and stays; the others are
+                        // four keys written over and over, which the cleaner removes.
+                        &record(
+                            &if n % 10 == 0 {
+                                format!("u{n}")
+                            } else {
+                                format!("k{}", n % 4)
+                            },
+                            &format!("v{n}"),
+                        ),
+                        crate::streams::produce::TxnCheck::Here,
+                    )
+                    .unwrap();
+            }
+            let stop = AtomicBool::new(false);
+            let settings = CleanerSettings {
+                backoff: Duration::from_secs(1),
+                dedupe_buffer_bytes: 1 << 20,
+                io_bytes_per_second: 0,
+            };
+            assert_eq!(leader.clean_round(&settings, &stop).len(), 1);
+            let (leader_records, _) = contents(&leader);
+            let gaps = leader_records
+                .windows(2)
+                .filter(|pair| pair[1].0 > pair[0].0 + 1)
+                .count();
+            assert!(
+                gaps > 5,
+                "the test needs a compacted range: {leader_records:?}"
+            );
+            assert!(leader_records.iter().any(|(_, key, _)| key == "u10"));
+
+            let follower_fs = SimFs::new();
+            let follower = streams_on(follower_fs.clone());
+            compacted_topic(&follower);
+            let (from, to) = (
+                applier(&leader).start().unwrap(),
+                applier(&leader).position(),
+            );
+            let mut at = from;
+            let mut pieces = 0;
+            while at < to {
+                let (bytes, end) = applier(&leader).read_range_bounded(at, to, 4_096).unwrap();
+                applier(&follower).append_range(at, &bytes).unwrap();
+                // A piece the follower already has (applied meanwhile) changes nothing.
+                applier(&follower).append_range(at, &bytes).unwrap();
+                at = end;
+                pieces += 1;
+            }
+            assert!(pieces > 3, "copied in {pieces} pieces");
+            assert_eq!(applier(&follower).position(), to);
+            let (follower_records, empty) = contents(&follower);
+            assert_eq!(follower_records, leader_records);
+            assert!(!empty.is_empty(), "the gaps are filled with empty batches");
+            // After a power loss the follower's log recovers whole: no segment holds a
+            // jump forward, which recovery would take for damage and cut.
+            follower.partition("t", 0).unwrap().flush().unwrap();
+            let recovered = streams_on(follower_fs.crash_image(Torn::None));
+            assert_eq!(contents(&recovered).0, leader_records);
+        }
     }
 
     #[test]

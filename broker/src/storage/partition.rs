@@ -570,7 +570,7 @@ impl Partition {
         flush: FlushRequest,
         stamp: Stamp,
     ) -> Result<Appended> {
-        let mut headers = split_batches(batches)?;
+        let mut headers = split_batches(batches, stamp)?;
         let incoming_bytes = batches.len() as u64;
         let mut writer = self.lock_writer();
         self.check_writable(&writer)?;
@@ -1336,7 +1336,10 @@ fn wait_error(partition: PathBuf, error: WaitError) -> Error {
 
 /// Splits a concatenation of batches, validating each (length, magic, CRC-32C). Returns each
 /// batch's position within `batches` and its header.
-fn split_batches(batches: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
+/// Most offsets one batch copied from another replica may span (see [`split_batches`]).
+pub const COPIED_SPAN_MAX: i32 = 1 << 24;
+
+fn split_batches(batches: &[u8], stamp: Stamp) -> Result<Vec<(usize, BatchHeader)>> {
     let mut headers = Vec::new();
     let mut position = 0;
     while position < batches.len() {
@@ -1361,8 +1364,17 @@ fn split_batches(batches: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
         }
         let header = batch::validate(&rest[..total])?;
         // Every offset a batch claims must hold a record: a batch claiming billions of
-        // offsets for one record would overflow a segment's 32-bit relative offsets.
-        if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+        // offsets for one record would overflow a segment's 32-bit relative offsets. A batch
+        // another replica stored may hold fewer (its cleaner removed records, or it is an
+        // empty batch filling offsets its cleaner removed): up to 2^24 offsets, which one
+        // segment of fresh relative offsets always takes.
+        let sound = match stamp {
+            Stamp::Current => {
+                header.record_count >= 1 && header.last_offset_delta == header.record_count - 1
+            }
+            Stamp::Kept => header.last_offset_delta < COPIED_SPAN_MAX,
+        };
+        if !sound {
             return Err(Error::InvalidBatch(batch::BatchError::BadLastOffsetDelta {
                 last_offset_delta: header.last_offset_delta,
                 record_count: header.record_count,

@@ -213,38 +213,81 @@ impl Streams {
     /// idempotent batch in the producer state as a replay of the log does. Returns the log
     /// end after them.
     ///
+    /// A range the cleaner compacted skips offsets between batches (a compacted topic's
+    /// sealed segments, `__consumer_offsets` among them). Storage keeps every segment free
+    /// of such gaps past its cleaned part (crash recovery takes a jump forward in the
+    /// active segment for damage), so each gap is written as empty batches spanning the
+    /// skipped offsets ([`gap_filler`]): the log keeps the other replica's offsets, and
+    /// readers step over an empty batch as over one the cleaner emptied.
+    ///
     /// # Errors
-    /// `CorruptBatch` when the batches do not continue this log offset for offset (a range
-    /// the cleaner compacted), or the append's storage error.
+    /// `CorruptBatch` when a batch starts below the log end or below the end of the batch
+    /// before it, or the append's storage error.
     pub fn append_stored(
         &self,
         topic: &str,
         partition: u32,
         log: &Arc<Partition>,
-        mut batches: BytesMut,
+        batches: BytesMut,
     ) -> Result<i64, StreamError> {
         let headers = batch_headers(&batches);
+        // Under the producer lock, as every append that changes producer state: a
+        // producer-state snapshot never covers these batches without their state.
+        let shared = self.producers.partition(topic, partition);
+        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut expected = log.log_end_offset();
+        let mut epoch = log.leader_epochs().current();
+        // Appended in chunks of at most `CHUNK_SPAN` offsets, so that each fits one segment
+        // of fresh 32-bit relative offsets (a compacted range may span billions).
+        let mut chunks: Vec<BytesMut> = Vec::new();
+        let mut out = BytesMut::with_capacity(batches.len());
+        let mut chunk_start = expected;
+        let mut position = 0;
         for header in &headers {
-            if header.base_offset != expected {
+            if header.base_offset < expected {
                 return Err(StreamError::CorruptBatch(format!(
                     "stored records from offset {} do not continue {topic}-{partition} at {expected}",
                     header.base_offset
                 )));
             }
-            expected = header.last_offset() + 1;
+            while expected < header.base_offset {
+                let to = header
+                    .base_offset
+                    .min(expected + i64::from(crate::storage::COPIED_SPAN_MAX));
+                if to - chunk_start > CHUNK_SPAN && !out.is_empty() {
+                    chunks.push(std::mem::take(&mut out));
+                    chunk_start = expected;
+                }
+                gap_filler(expected, to, epoch, header.base_timestamp, &mut out)?;
+                expected = to;
+            }
+            if header.next_offset() - chunk_start > CHUNK_SPAN && !out.is_empty() {
+                chunks.push(std::mem::take(&mut out));
+                chunk_start = header.base_offset;
+            }
+            out.extend_from_slice(&batches[position..position + header.total_bytes()]);
+            position += header.total_bytes();
+            expected = header.next_offset();
+            epoch = header.partition_leader_epoch;
         }
-        // Under the producer lock, as every append that changes producer state: a
-        // producer-state snapshot never covers these batches without their state.
-        let shared = self.producers.partition(topic, partition);
-        let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        let receipt = append::append_keeping_epochs(log, &mut batches)?;
-        // Recorded as a replay of the log records them: idempotent batches, the open
-        // transactions and the markers that end them (aborted ones for read_committed).
-        // A snapshot from a leader of this build then replaces the state with its own
-        // (`Applier::install_state`), which holds what the batches cannot tell.
-        state.replay(batches.freeze(), i64::MIN)?;
-        Ok(receipt.appended().next_offset)
+        // Whatever did not parse goes on too, for the append to refuse.
+        out.extend_from_slice(&batches[position.min(batches.len())..]);
+        chunks.push(out);
+        let mut end = log.log_end_offset();
+        for mut chunk in chunks {
+            if chunk.is_empty() {
+                continue;
+            }
+            let receipt = append::append_keeping_epochs(log, &mut chunk)?;
+            // Recorded as a replay of the log records them: idempotent batches, the open
+            // transactions and the markers that end them (aborted ones for
+            // read_committed). A snapshot from a leader of this build then replaces the
+            // state with its own (`Applier::install_state`), which holds what the batches
+            // cannot tell.
+            state.replay(chunk.freeze(), i64::MIN)?;
+            end = receipt.appended().next_offset;
+        }
+        Ok(end)
     }
 
     /// Appends the marker (control batch) that ends `producer_id`'s transaction on a
@@ -431,6 +474,47 @@ fn message_bytes_max(info: &TopicInfo) -> u64 {
         .find(|entry| entry.key == "max.message.bytes")
         .and_then(|entry| entry.value.parse().ok())
         .unwrap_or(MESSAGE_BYTES_MAX_DEFAULT)
+}
+
+/// Most offsets one chunk of [`Streams::append_stored`] spans.
+const CHUNK_SPAN: i64 = 1 << 30;
+
+/// Appends to `out` an empty batch (no records, no producer, uncompressed) spanning offsets
+/// `from` to `to` (exclusive, at most [`crate::storage::COPIED_SPAN_MAX`] of them): offsets
+/// a compacted range skips, for a log whose segments take no gaps (see
+/// [`Streams::append_stored`]). It carries `epoch` (the leader epoch of the batch before the
+/// gap, so no epoch seems to start earlier than it did) and `timestamp_ms` (the first
+/// timestamp of the batch after it) as its base and largest timestamp.
+///
+/// # Errors
+/// None in practice (an empty batch always encodes); the encoder's error otherwise.
+pub(crate) fn gap_filler(
+    from: i64,
+    to: i64,
+    epoch: i32,
+    timestamp_ms: i64,
+    out: &mut BytesMut,
+) -> Result<(), StreamError> {
+    let header = BatchHeader {
+        base_offset: from,
+        batch_length: 0,
+        partition_leader_epoch: epoch,
+        magic: 2,
+        crc: 0,
+        attributes: batch::Attributes::default(),
+        last_offset_delta: i32::try_from(to - from - 1)
+            .map_err(|_| StreamError::CorruptBatch(format!("a gap of {from}..{to} is too long")))?,
+        base_timestamp: timestamp_ms,
+        max_timestamp: timestamp_ms,
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: 0,
+    };
+    let empty = batch::rewrite_records(&header, &[], 0, &[])
+        .map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
+    out.extend_from_slice(&empty);
+    Ok(())
 }
 
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
