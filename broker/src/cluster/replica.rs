@@ -221,6 +221,17 @@ pub trait Applier: Send + Sync + std::fmt::Debug + 'static {
     /// storage failure.
     fn append_range(&self, from: i64, records: &Bytes) -> std::io::Result<i64>;
 
+    /// Brings the position up to `to` when a snapshot's records end below it: the leader's
+    /// cleaner removed its last batches below the snapshot's position after taking it (a
+    /// partition's log fills the offsets with an empty batch). Nothing by default.
+    ///
+    /// # Errors
+    /// A storage failure.
+    fn fill_to(&self, to: i64) -> std::io::Result<()> {
+        let _ = to;
+        Ok(())
+    }
+
     /// The first position a snapshot can be read from ([`Applier::read_range`]): a log
     /// whose start moved up (retention, DeleteRecords, compaction) holds nothing below
     /// it. 0 by default.
@@ -772,6 +783,9 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
                 // it from there.
                 if applier.position() < position || !records.is_empty() {
                     applier.append_range(tail_from, &records)?;
+                }
+                if applier.position() < position {
+                    applier.fill_to(position)?;
                 }
                 // The state beside the records, as the leader had it at their end (a
                 // leader of an older build sends none: the records rebuilt what they can).

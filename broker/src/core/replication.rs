@@ -520,7 +520,26 @@ impl Applier for PartitionApplier {
                 self.partition,
                 &self.log,
                 BytesMut::from(missing),
+                None,
             )
+            .map_err(|error| std::io::Error::other(error.to_string()))
+    }
+
+    /// Fills the offsets up to a snapshot's position that its records did not reach:
+    /// the leader's cleaner removed its last batches below it after the snapshot.
+    fn fill_to(&self, to: i64) -> std::io::Result<()> {
+        if self.log.log_end_offset() >= to {
+            return Ok(());
+        }
+        self.streams
+            .append_stored(
+                &self.topic,
+                self.partition,
+                &self.log,
+                BytesMut::new(),
+                Some(to),
+            )
+            .map(|_| ())
             .map_err(|error| std::io::Error::other(error.to_string()))
     }
 }
@@ -566,17 +585,30 @@ pub(crate) fn read_batches_bounded(
             )));
         }
         while let Ok(Some(header)) = wharf_protocol::batch::parse_header(&bytes) {
-            if header.base_offset >= to || header.total_bytes() > bytes.len() {
+            if header.base_offset >= to {
+                // Nothing is left below `to`: the cleaner removed the last batches below it
+                // (after the snapshot that ends there); the follower fills them.
+                at = to;
                 break;
             }
-            // A batch past `at` follows offsets the cleaner compacted away; the follower
-            // fills them (`Streams::append_stored`).
+            if header.total_bytes() > bytes.len() {
+                break;
+            }
             if header.base_offset < at {
+                // An empty batch filling offsets a compaction removed, straddling `at`:
+                // it holds nothing, and the follower fills the offsets itself.
+                if crate::streams::produce::is_filler(&header) && header.next_offset() > at {
+                    at = header.next_offset().min(to);
+                    bytes.advance(header.total_bytes());
+                    continue;
+                }
                 return Err(std::io::Error::other(format!(
                     "{what} has a batch at {} where {at} was expected",
                     header.base_offset
                 )));
             }
+            // A batch past `at` follows offsets the cleaner compacted away; the follower
+            // fills them (`Streams::append_stored`).
             out.put_slice(&bytes[..header.total_bytes()]);
             at = header.last_offset() + 1;
             bytes.advance(header.total_bytes());
@@ -612,6 +644,14 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
             break;
         }
         let last = header.base_offset + i64::from(header.last_offset_delta);
+        if last >= end && crate::streams::produce::is_filler(&header) {
+            // An empty batch filling offsets a compaction removed, straddling the end: the
+            // replica fills them itself (its own end lies in what the sender filled at
+            // once, or it took the offsets before the compaction).
+            let size = usize::try_from(header.batch_length).unwrap_or(usize::MAX);
+            at = at.saturating_add(12).saturating_add(size);
+            break;
+        }
         if last >= end {
             return Err(format!(
                 "a batch of offsets {}..={last} straddles the log's end {end}",
@@ -1300,10 +1340,10 @@ mod tests {
             std::sync::Arc::new(Streams::new(topics, producers, clock, settings))
         }
 
-        fn compacted_topic(streams: &Streams) -> TopicInfo {
+        fn compacted_topic(streams: &Streams, segment_bytes: &str) -> TopicInfo {
             let configs = [
                 ("cleanup.policy", "compact"),
-                ("segment.bytes", "65536"),
+                ("segment.bytes", segment_bytes),
                 ("min.cleanable.dirty.ratio", "0"),
             ]
             .map(|(key, value)| (key.to_string(), value.to_string()))
@@ -1368,48 +1408,100 @@ mod tests {
             (records, empty)
         }
 
-        #[test]
-        fn a_follower_copies_a_compacted_range_at_its_leaders_offsets() {
-            // Goal: a follower catching up from a snapshot over a range the cleaner
-            // compacted (offsets skipped between batches: a compacted topic's, and
-            // `__consumer_offsets`) gets every record at the leader's offset and ends where
-            // the leader ends. Before, the leader's read refused the range ("a compacted
-            // range cannot be copied") and so did the follower's append: a node that lost
-            // its disk never caught up on such a partition. Method: keys written over and
-            // over on a leader with small segments, a cleaner round, then the copy in small
-            // pieces as `full_snapshot` sends them.
+        /// A leader whose partition `t` holds 120 records, one a batch (every tenth key
+        /// written once, the others four keys written over and over), optionally compacted
+        /// by one cleaner round.
+        fn leader(compacted: bool) -> std::sync::Arc<Streams> {
             let leader = streams();
-            let info = compacted_topic(&leader);
+            let info = compacted_topic(&leader, "65536");
             for n in 0..120 {
+                let key = if n % 10 == 0 {
+                    format!("u{n}")
+                } else {
+                    format!("k{}", n % 4)
+                };
                 leader
                     .append_produced(
                         &info,
                         0,
-                        // Every tenth key is written once and stays; the others are
-                        // four keys written over and over, which the cleaner removes.
-                        &record(
-                            &if n % 10 == 0 {
-                                format!("u{n}")
-                            } else {
-                                format!("k{}", n % 4)
-                            },
-                            &format!("v{n}"),
-                        ),
+                        &record(&key, &format!("v{n}")),
                         crate::streams::produce::TxnCheck::Here,
                     )
                     .unwrap();
             }
+            if compacted {
+                compact(&leader);
+            }
+            leader
+        }
+
+        fn compact(streams: &Streams) {
             let stop = AtomicBool::new(false);
             let settings = CleanerSettings {
                 backoff: Duration::from_secs(1),
                 dedupe_buffer_bytes: 1 << 20,
                 io_bytes_per_second: 0,
             };
-            assert_eq!(leader.clean_round(&settings, &stop).len(), 1);
+            assert_eq!(streams.clean_round(&settings, &stop).len(), 1);
+        }
+
+        /// Copies `source`'s records from `from` to `to` into `target` in pieces of about
+        /// `piece_bytes`, as a snapshot does (each piece twice: the second changes
+        /// nothing, as when the target applied entries meanwhile), then fills up to `to`;
+        /// returns the number of pieces.
+        fn copy(
+            source: &std::sync::Arc<Streams>,
+            target: &std::sync::Arc<Streams>,
+            (from, to): (i64, i64),
+            piece_bytes: usize,
+        ) -> usize {
+            let mut at = from;
+            let mut pieces = 0;
+            while at < to {
+                let (bytes, end) = applier(source)
+                    .read_range_bounded(at, to, piece_bytes)
+                    .unwrap();
+                applier(target).append_range(at, &bytes).unwrap();
+                applier(target).append_range(at, &bytes).unwrap();
+                at = end;
+                pieces += 1;
+            }
+            applier(target).fill_to(to).unwrap();
+            pieces
+        }
+
+        /// The (base, next) offsets of the batches of `streams`' partition.
+        fn batch_spans(streams: &Streams) -> Vec<(i64, i64)> {
+            let log = streams.partition("t", 0).unwrap();
+            log.flush().unwrap();
+            let mut spans = Vec::new();
+            let mut offset = log.log_start_offset();
+            while offset < log.high_watermark() {
+                let read = log.read(offset, 1 << 20).unwrap();
+                for decoded in batch::batches(read.bytes) {
+                    let header = *decoded.unwrap().header();
+                    spans.push((header.base_offset, header.next_offset()));
+                    offset = header.next_offset();
+                }
+            }
+            spans
+        }
+
+        #[test]
+        fn a_follower_copies_a_compacted_range_at_its_leaders_offsets() {
+            // Goal: a follower catching up from a snapshot over a range the cleaner
+            // compacted (offsets skipped between batches: a compacted topic, and
+            // `__consumer_offsets`) gets every record at the leader's offset and ends where
+            // the leader ends. Before, the leader's read refused the range ("a compacted
+            // range cannot be copied") and so did the follower's append: a node that lost
+            // its disk never caught up on such a partition. Method: a compacted leader, the
+            // copy in small pieces as `full_snapshot` sends them, into a follower whose one
+            // segment stays active (the segment recovery scans strictly), then a power loss.
+            let leader = leader(true);
             let (leader_records, _) = contents(&leader);
-            let gaps = leader_records
+            let gaps = batch_spans(&leader)
                 .windows(2)
-                .filter(|pair| pair[1].0 > pair[0].0 + 1)
+                .filter(|pair| pair[1].0 > pair[0].1)
                 .count();
             assert!(
                 gaps > 5,
@@ -1419,31 +1511,85 @@ mod tests {
 
             let follower_fs = SimFs::new();
             let follower = streams_on(follower_fs.clone());
-            compacted_topic(&follower);
-            let (from, to) = (
+            compacted_topic(&follower, "1073741824");
+            let range = (
                 applier(&leader).start().unwrap(),
                 applier(&leader).position(),
             );
-            let mut at = from;
-            let mut pieces = 0;
-            while at < to {
-                let (bytes, end) = applier(&leader).read_range_bounded(at, to, 4_096).unwrap();
-                applier(&follower).append_range(at, &bytes).unwrap();
-                // A piece the follower already has (applied meanwhile) changes nothing.
-                applier(&follower).append_range(at, &bytes).unwrap();
-                at = end;
-                pieces += 1;
-            }
+            let pieces = copy(&leader, &follower, range, 4_096);
             assert!(pieces > 3, "copied in {pieces} pieces");
-            assert_eq!(applier(&follower).position(), to);
+            assert_eq!(applier(&follower).position(), range.1);
             let (follower_records, empty) = contents(&follower);
             assert_eq!(follower_records, leader_records);
             assert!(!empty.is_empty(), "the gaps are filled with empty batches");
-            // After a power loss the follower's log recovers whole: no segment holds a
-            // jump forward, which recovery would take for damage and cut.
+            assert_eq!(follower.partition("t", 0).unwrap().segment_count(), 1);
+            // After a power loss the follower's log recovers whole: its active segment
+            // holds no jump forward, which recovery would take for damage and cut.
             follower.partition("t", 0).unwrap().flush().unwrap();
             let recovered = streams_on(follower_fs.crash_image(Torn::None));
             assert_eq!(contents(&recovered).0, leader_records);
+            assert_eq!(applier(&recovered).position(), range.1);
+        }
+
+        #[test]
+        fn a_snapshot_position_whose_last_batches_were_compacted_is_reached_by_filling() {
+            // Goal: a snapshot's position is the leader's log end when it was taken; its
+            // cleaner may remove the batches just below it later. The leader's read then
+            // finds nothing more below the position (it looped forever before the fix) and
+            // the follower fills up to it, so the entries after the snapshot apply at the
+            // leader's offsets.
+            let leader = leader(true);
+            let spans = batch_spans(&leader);
+            let position = spans
+                .windows(2)
+                .find(|pair| pair[1].0 > pair[0].1)
+                .map(|pair| pair[1].0)
+                .expect("a gap");
+            let follower = streams();
+            compacted_topic(&follower, "65536");
+            let from = applier(&leader).start().unwrap();
+            copy(&leader, &follower, (from, position), 4_096);
+            assert_eq!(applier(&follower).position(), position);
+            let below: Vec<_> = contents(&leader)
+                .0
+                .into_iter()
+                .filter(|(offset, _, _)| *offset < position)
+                .collect();
+            assert_eq!(contents(&follower).0, below);
+        }
+
+        #[test]
+        fn a_replica_ending_inside_a_copys_filled_gap_catches_up_from_that_copy() {
+            // Goal: replica C copied offsets 0..45 from A before A's cleaner removed 41..49;
+            // B, rebuilt from A after, holds one empty batch over that gap, and when B leads
+            // C must catch up from it: B's read from 45 starts inside that batch, and C's
+            // end lies inside it. Both skip it and C fills the rest of the gap itself.
+            let a = leader(false);
+            let c = streams();
+            compacted_topic(&c, "65536");
+            copy(&a, &c, (0, 45), 4_096);
+            compact(&a);
+            let b = streams();
+            compacted_topic(&b, "65536");
+            let end = applier(&a).position();
+            copy(&a, &b, (0, end), 4_096);
+            assert!(
+                batch_spans(&b)
+                    .iter()
+                    .any(|(base, next)| *base < 45 && *next > 45),
+                "the test needs 45 inside a filled gap of B: {:?}",
+                batch_spans(&b)
+            );
+            copy(&b, &c, (45, end), 4_096);
+            assert_eq!(applier(&c).position(), end);
+            let from_45 = |streams: &Streams| -> Vec<_> {
+                contents(streams)
+                    .0
+                    .into_iter()
+                    .filter(|(offset, _, _)| *offset >= 45)
+                    .collect()
+            };
+            assert_eq!(from_45(&c), from_45(&a));
         }
     }
 

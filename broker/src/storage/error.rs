@@ -31,6 +31,10 @@ pub enum Error {
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
     /// The requested offset is outside `[log_start, high_watermark]`.
+    /// Batches another replica stored do not continue this log offset for offset (its
+    /// offsets are kept, so a mismatch is refused rather than renumbered).
+    #[error("stored batches starting at offset {found} do not continue the log at {expected}")]
+    NotContinuous { expected: i64, found: i64 },
     #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
     OffsetOutOfRange {
         offset: i64,

@@ -581,6 +581,12 @@ impl Partition {
         let mut kept = None::<LeaderEpochs>;
         for (within, header) in headers.iter_mut() {
             let slice = &mut batches[*within..*within + header.total_bytes()];
+            if stamp == Stamp::Kept && header.base_offset != next {
+                return Err(Error::NotContinuous {
+                    expected: next,
+                    found: header.base_offset,
+                });
+            }
             batch::set_base_offset(slice, next);
             header.base_offset = next;
             match stamp {
@@ -1334,11 +1340,11 @@ fn wait_error(partition: PathBuf, error: WaitError) -> Error {
     }
 }
 
-/// Splits a concatenation of batches, validating each (length, magic, CRC-32C). Returns each
-/// batch's position within `batches` and its header.
 /// Most offsets one batch copied from another replica may span (see [`split_batches`]).
 pub const COPIED_SPAN_MAX: i32 = 1 << 24;
 
+/// Splits a concatenation of batches, validating each (length, magic, CRC-32C). Returns each
+/// batch's position within `batches` and its header.
 fn split_batches(batches: &[u8], stamp: Stamp) -> Result<Vec<(usize, BatchHeader)>> {
     let mut headers = Vec::new();
     let mut position = 0;

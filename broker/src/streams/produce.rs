@@ -220,6 +220,10 @@ impl Streams {
     /// skipped offsets ([`gap_filler`]): the log keeps the other replica's offsets, and
     /// readers step over an empty batch as over one the cleaner emptied.
     ///
+    /// `fill_to`: where the copy ends when that is past its last batch (a leader's
+    /// snapshot position whose last batches its cleaner removed since): the offsets up to
+    /// it are filled too.
+    ///
     /// # Errors
     /// `CorruptBatch` when a batch starts below the log end or below the end of the batch
     /// before it, or the append's storage error.
@@ -229,55 +233,34 @@ impl Streams {
         partition: u32,
         log: &Arc<Partition>,
         batches: BytesMut,
+        fill_to: Option<i64>,
     ) -> Result<i64, StreamError> {
         let headers = batch_headers(&batches);
         // Under the producer lock, as every append that changes producer state: a
         // producer-state snapshot never covers these batches without their state.
         let shared = self.producers.partition(topic, partition);
         let mut state = shared.lock().unwrap_or_else(|poison| poison.into_inner());
-        let mut expected = log.log_end_offset();
-        let mut epoch = log.leader_epochs().current();
-        // Appended in chunks of at most `CHUNK_SPAN` offsets, so that each fits one segment
-        // of fresh 32-bit relative offsets (a compacted range may span billions).
-        let mut chunks: Vec<BytesMut> = Vec::new();
-        let mut out = BytesMut::with_capacity(batches.len());
-        let mut chunk_start = expected;
+        let mut copy = StoredCopy::new(log.log_end_offset(), log.leader_epochs().current());
         let mut position = 0;
         for header in &headers {
-            if header.base_offset < expected {
+            if header.base_offset < copy.expected {
                 return Err(StreamError::CorruptBatch(format!(
-                    "stored records from offset {} do not continue {topic}-{partition} at {expected}",
-                    header.base_offset
+                    "stored records from offset {} do not continue {topic}-{partition} at {}",
+                    header.base_offset, copy.expected
                 )));
             }
-            while expected < header.base_offset {
-                let to = header
-                    .base_offset
-                    .min(expected + i64::from(crate::storage::COPIED_SPAN_MAX));
-                if to - chunk_start > CHUNK_SPAN && !out.is_empty() {
-                    chunks.push(std::mem::take(&mut out));
-                    chunk_start = expected;
-                }
-                gap_filler(expected, to, epoch, header.base_timestamp, &mut out)?;
-                expected = to;
-            }
-            if header.next_offset() - chunk_start > CHUNK_SPAN && !out.is_empty() {
-                chunks.push(std::mem::take(&mut out));
-                chunk_start = header.base_offset;
-            }
-            out.extend_from_slice(&batches[position..position + header.total_bytes()]);
+            copy.fill(header.base_offset)?;
+            copy.push(header, &batches[position..position + header.total_bytes()]);
             position += header.total_bytes();
-            expected = header.next_offset();
-            epoch = header.partition_leader_epoch;
+        }
+        if let Some(fill_to) = fill_to {
+            copy.fill(fill_to)?;
         }
         // Whatever did not parse goes on too, for the append to refuse.
-        out.extend_from_slice(&batches[position.min(batches.len())..]);
-        chunks.push(out);
+        copy.out
+            .extend_from_slice(&batches[position.min(batches.len())..]);
         let mut end = log.log_end_offset();
-        for mut chunk in chunks {
-            if chunk.is_empty() {
-                continue;
-            }
+        for mut chunk in copy.finish() {
             let receipt = append::append_keeping_epochs(log, &mut chunk)?;
             // Recorded as a replay of the log records them: idempotent batches, the open
             // transactions and the markers that end them (aborted ones for
@@ -479,12 +462,70 @@ fn message_bytes_max(info: &TopicInfo) -> u64 {
 /// Most offsets one chunk of [`Streams::append_stored`] spans.
 const CHUNK_SPAN: i64 = 1 << 30;
 
-/// Appends to `out` an empty batch (no records, no producer, uncompressed) spanning offsets
-/// `from` to `to` (exclusive, at most [`crate::storage::COPIED_SPAN_MAX`] of them): offsets
-/// a compacted range skips, for a log whose segments take no gaps (see
+/// The batches of [`Streams::append_stored`] with empty batches in their gaps, cut into
+/// chunks of at most [`CHUNK_SPAN`] offsets, so that each fits one segment of fresh 32-bit
+/// relative offsets (a compacted range may span billions).
+struct StoredCopy {
+    /// The offset the next batch must start at.
+    expected: i64,
+    /// The leader epoch of the batch before (the log's current one at first).
+    epoch: i32,
+    chunks: Vec<BytesMut>,
+    out: BytesMut,
+    chunk_start: i64,
+}
+
+impl StoredCopy {
+    fn new(end: i64, epoch: i32) -> StoredCopy {
+        StoredCopy {
+            expected: end,
+            epoch,
+            chunks: Vec::new(),
+            out: BytesMut::new(),
+            chunk_start: end,
+        }
+    }
+
+    /// Starts a new chunk if one spanning to `to` would be too long.
+    fn room_to(&mut self, from: i64, to: i64) {
+        if to - self.chunk_start > CHUNK_SPAN && !self.out.is_empty() {
+            self.chunks.push(std::mem::take(&mut self.out));
+            self.chunk_start = from;
+        }
+    }
+
+    /// Empty batches from the expected offset up to `to`, at most
+    /// [`crate::storage::COPIED_SPAN_MAX`] offsets each.
+    fn fill(&mut self, to: i64) -> Result<(), StreamError> {
+        while self.expected < to {
+            let upto = to.min(self.expected + i64::from(crate::storage::COPIED_SPAN_MAX));
+            self.room_to(self.expected, upto);
+            gap_filler(self.expected, upto, self.epoch, &mut self.out)?;
+            self.expected = upto;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, header: &BatchHeader, bytes: &[u8]) {
+        self.room_to(header.base_offset, header.next_offset());
+        self.out.extend_from_slice(bytes);
+        self.expected = header.next_offset();
+        self.epoch = header.partition_leader_epoch;
+    }
+
+    fn finish(mut self) -> Vec<BytesMut> {
+        self.chunks.push(self.out);
+        self.chunks.retain(|chunk| !chunk.is_empty());
+        self.chunks
+    }
+}
+
+/// Appends to `out` an empty batch (no records, no producer, uncompressed, no timestamp)
+/// spanning offsets `from` to `to` (exclusive, at most [`crate::storage::COPIED_SPAN_MAX`]
+/// of them): offsets a compacted range skips, for a log whose segments take no gaps (see
 /// [`Streams::append_stored`]). It carries `epoch` (the leader epoch of the batch before the
-/// gap, so no epoch seems to start earlier than it did) and `timestamp_ms` (the first
-/// timestamp of the batch after it) as its base and largest timestamp.
+/// gap, so no epoch seems to start earlier than it did) and no timestamp (-1, Kafka's "no
+/// timestamp"), so no lookup by time lands on it.
 ///
 /// # Errors
 /// None in practice (an empty batch always encodes); the encoder's error otherwise.
@@ -492,7 +533,6 @@ pub(crate) fn gap_filler(
     from: i64,
     to: i64,
     epoch: i32,
-    timestamp_ms: i64,
     out: &mut BytesMut,
 ) -> Result<(), StreamError> {
     let header = BatchHeader {
@@ -504,8 +544,8 @@ pub(crate) fn gap_filler(
         attributes: batch::Attributes::default(),
         last_offset_delta: i32::try_from(to - from - 1)
             .map_err(|_| StreamError::CorruptBatch(format!("a gap of {from}..{to} is too long")))?,
-        base_timestamp: timestamp_ms,
-        max_timestamp: timestamp_ms,
+        base_timestamp: -1,
+        max_timestamp: -1,
         producer_id: NO_PRODUCER_ID,
         producer_epoch: -1,
         base_sequence: -1,
@@ -515,6 +555,15 @@ pub(crate) fn gap_filler(
         .map_err(|error| StreamError::CorruptBatch(error.to_string()))?;
     out.extend_from_slice(&empty);
     Ok(())
+}
+
+/// Whether a batch is one [`gap_filler`] wrote (or a cleaner emptied without a producer):
+/// no records, no producer, no control record. A copy may skip one that straddles where
+/// it starts: it holds nothing, and the receiving replica fills the offsets itself.
+pub(crate) fn is_filler(header: &BatchHeader) -> bool {
+    header.record_count == 0
+        && header.producer_id == NO_PRODUCER_ID
+        && !header.attributes.is_control()
 }
 
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {

@@ -375,7 +375,9 @@ proptest! {
 
         let copy = streams.partition("copy", 0).unwrap();
         for piece in pieces {
-            streams.append_stored("copy", 0, &copy, BytesMut::from(&piece[..])).unwrap();
+            streams
+                .append_stored("copy", 0, &copy, BytesMut::from(&piece[..]), None)
+                .unwrap();
         }
         let copied = stored_summary(&streams.producers().partition("copy", 0).lock().unwrap());
         prop_assert_eq!(&copied, &applied, "copied");

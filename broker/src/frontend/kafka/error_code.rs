@@ -50,9 +50,11 @@ pub fn storage(error: &StorageError) -> i16 {
         StorageError::InvalidName { .. } => ResponseError::InvalidTopicException,
         StorageError::AlreadyExists { .. } => ResponseError::TopicAlreadyExists,
         error if error.is_disk_full() => ResponseError::KafkaStorageError,
-        StorageError::Io { .. } | StorageError::Config { .. } | StorageError::Locked { .. } => {
-            ResponseError::UnknownServerError
-        }
+        // NotContinuous: a replica's copy only, never a client's request.
+        StorageError::Io { .. }
+        | StorageError::Config { .. }
+        | StorageError::Locked { .. }
+        | StorageError::NotContinuous { .. } => ResponseError::UnknownServerError,
     };
     kind.code()
 }

@@ -22,9 +22,11 @@ pub fn storage(error: &StorageError) -> ErrorCode {
         StorageError::InvalidName { .. } => ErrorCode::InvalidTopicName,
         StorageError::AlreadyExists { .. } => ErrorCode::TopicAlreadyExists,
         error if error.is_disk_full() => ErrorCode::DiskFull,
-        StorageError::Io { .. } | StorageError::Config { .. } | StorageError::Locked { .. } => {
-            ErrorCode::Unknown
-        }
+        // NotContinuous: a replica's copy only, never a client's request.
+        StorageError::Io { .. }
+        | StorageError::Config { .. }
+        | StorageError::Locked { .. }
+        | StorageError::NotContinuous { .. } => ErrorCode::Unknown,
     }
 }
 

@@ -297,9 +297,10 @@ mod tests {
         );
         assert_eq!(partition.segment_count(), 1);
         assert!(partition.read(end - 1, 1 << 20).is_err(), "nothing below");
-        let appended = partition
-            .append_keeping_epochs(&mut batch_of(&[b"again", b"more"], 1_000))
-            .unwrap();
+        // Stored batches keep their offsets: these continue the log at 500.
+        let mut stored = batch_of(&[b"again", b"more"], 1_000);
+        wharf_protocol::batch::set_base_offset(&mut stored, 500);
+        let appended = partition.append_keeping_epochs(&mut stored).unwrap();
         assert_eq!((appended.base_offset, appended.next_offset), (500, 502));
         partition
             .wait_durable_blocking(appended.next_offset, Duration::from_secs(5))
