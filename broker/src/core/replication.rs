@@ -1360,14 +1360,15 @@ mod tests {
             }
         }
 
-        /// One record of key `key` with value `value` (padded so segments fill quickly).
-        fn record(key: &str, value: &str) -> BytesMut {
+        /// One record of key `key` with value `value` (padded so segments fill quickly),
+        /// stamped `timestamp_ms`.
+        fn record(key: &str, value: &str, timestamp_ms: i64) -> BytesMut {
             let mut padded = value.as_bytes().to_vec();
             padded.resize(2_000, b' ');
-            let mut builder = BatchBuilder::new(NOW_MS);
+            let mut builder = BatchBuilder::new(timestamp_ms);
             builder
                 .push(&NewRecord {
-                    timestamp_ms: NOW_MS,
+                    timestamp_ms,
                     key: Some(Bytes::from(key.to_string())),
                     value: Some(Bytes::from(padded)),
                     headers: Vec::new(),
@@ -1409,8 +1410,8 @@ mod tests {
         }
 
         /// A leader whose partition `t` holds 120 records, one a batch (every tenth key
-        /// written once, the others four keys written over and over), optionally compacted
-        /// by one cleaner round.
+        /// written once, the others four keys written over and over), record `n` at offset
+        /// and time `NOW_MS + n`, optionally compacted by one cleaner round.
         fn leader(compacted: bool) -> std::sync::Arc<Streams> {
             let leader = streams();
             let info = compacted_topic(&leader, "65536");
@@ -1424,7 +1425,7 @@ mod tests {
                     .append_produced(
                         &info,
                         0,
-                        &record(&key, &format!("v{n}")),
+                        &record(&key, &format!("v{n}"), NOW_MS + n),
                         crate::streams::produce::TxnCheck::Here,
                     )
                     .unwrap();
@@ -1529,6 +1530,28 @@ mod tests {
             let recovered = streams_on(follower_fs.crash_image(Torn::None));
             assert_eq!(contents(&recovered).0, leader_records);
             assert_eq!(applier(&recovered).position(), range.1);
+        }
+
+        #[test]
+        fn a_timestamp_lookup_steps_over_the_offsets_a_compaction_removed() {
+            // Goal: ListOffsets by timestamp on a compacted topic. Its scan took a batch
+            // past the end of the one before it for damage ("breaks offset continuity")
+            // and failed over every range the cleaner had compacted.
+            let leader = leader(true);
+            let log = leader.partition("t", 0).unwrap();
+            let kept: Vec<i64> = contents(&leader)
+                .0
+                .iter()
+                .map(|(offset, _, _)| *offset)
+                .collect();
+            assert!(kept.windows(2).any(|pair| pair[1] > pair[0] + 1));
+            for offset in kept {
+                assert_eq!(
+                    log.offset_for_timestamp(NOW_MS + offset).unwrap(),
+                    Some(offset),
+                    "the record written at time NOW_MS + {offset}"
+                );
+            }
         }
 
         #[test]
