@@ -119,6 +119,10 @@ pub struct BrokerConfig {
     /// A file holding the secret every node of the cluster shares (at least 16 bytes):
     /// the internal listener serves only frames sealed with it. None: no sealing.
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM CA certificates of the cluster: with them, the internal listener and every
+    /// connection to another node speak mutual TLS, each node presenting `tls_cert` and
+    /// accepting only a peer whose certificate comes from these CAs. None: plain TCP.
+    pub cluster_tls_ca: Option<PathBuf>,
     /// The metadata log leader's heartbeat interval, ms.
     pub cluster_heartbeat_ms: u64,
     /// A follower that hears no leader for a random time between this and twice this
@@ -238,6 +242,7 @@ impl Default for BrokerConfig {
             node_id: 1,
             cluster_peers: std::collections::BTreeMap::new(),
             cluster_secret_file: None,
+            cluster_tls_ca: None,
             cluster_heartbeat_ms: 100,
             cluster_election_timeout_ms: 400,
             cluster_snapshot_entries: 1_000,
@@ -463,6 +468,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
                 .as_ref()
                 .map_or_else(|| "(unset)".to_string(), |path| path.display().to_string()),
             "a file with the secret all nodes share (16 bytes or more): the internal listener serves only frames sealed with it (HMAC-SHA256); unset: unsealed (`--cluster-secret-file`)",
+        ),
+        key(
+            "cluster_tls_ca",
+            path_value(config.cluster_tls_ca.as_deref()),
+            "PEM CA certificates of the cluster: set, the internal wire speaks mutual TLS, each node presenting `tls_cert` and accepting only peers with a certificate from these CAs that names the host dialled; unset: plain TCP (`--cluster-tls-ca`)",
         ),
         key(
             "cluster_heartbeat_ms",
@@ -736,6 +746,7 @@ struct FileConfig {
     node_id: Option<u64>,
     cluster_peers: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    cluster_tls_ca: Option<PathBuf>,
     cluster_heartbeat_ms: Option<u64>,
     cluster_election_timeout_ms: Option<u64>,
     cluster_snapshot_entries: Option<u64>,
@@ -858,6 +869,7 @@ impl BrokerConfig {
             None => defaults.cluster_peers,
         };
         self.cluster_secret_file = file.cluster_secret_file.or(defaults.cluster_secret_file);
+        self.cluster_tls_ca = file.cluster_tls_ca.or(defaults.cluster_tls_ca);
         self.cluster_heartbeat_ms = file
             .cluster_heartbeat_ms
             .unwrap_or(defaults.cluster_heartbeat_ms);
@@ -1081,6 +1093,9 @@ impl BrokerConfig {
             )),
             (None, None) if tls.client_ca.is_some() => Err(ConfigError::Invalid(
                 "--tls-client-ca (`tls_client_ca`) is set without --tls-cert and --tls-key: mutual TLS needs the server's own certificate".to_string(),
+            )),
+            (None, None) if self.cluster_tls_ca.is_some() => Err(ConfigError::Invalid(
+                "--cluster-tls-ca (`cluster_tls_ca`) is set without --tls-cert and --tls-key: each node presents that certificate to the others".to_string(),
             )),
             _ => Ok(()),
         }
@@ -1991,6 +2006,19 @@ mod tests {
             .apply(file)
             .expect_err("no certificate");
         assert!(error.to_string().contains("--tls-client-ca"), "{error}");
+        // The cluster's TLS presents the node's certificate: it needs one.
+        let file: FileConfig = toml::from_str("cluster_tls_ca = \"ca.pem\"").unwrap();
+        let error = BrokerConfig::default()
+            .apply(file)
+            .expect_err("no certificate");
+        assert!(error.to_string().contains("--cluster-tls-ca"), "{error}");
+        let file: FileConfig = toml::from_str(
+            "cluster_tls_ca = \"ca.pem\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+        )
+        .unwrap();
+        let mut config = BrokerConfig::default();
+        config.apply(file).expect("with a certificate");
+        assert_eq!(config.cluster_tls_ca.as_deref(), Some(Path::new("ca.pem")));
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(|error| ServerError::Config(error.to_string()))?;
     // Loaded before any port is bound, so a bad certificate is the error the operator sees.
     let tls = load_tls(&config).await?;
+    let cluster_tls = load_cluster_tls(&config).await?;
     let (listener, local_addr) =
         listener::bind(&config.listen.address)
             .await
@@ -277,6 +278,18 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
+        tls: cluster_tls.map(|tls| {
+            tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
+            let client = tls.clone();
+            crate::cluster::transport::InternalTls {
+                server: Arc::new(move || Ok(tls.server_config())),
+                client: Arc::new(move || {
+                    client
+                        .client_config()
+                        .ok_or_else(|| "no client side in the cluster's TLS".to_string())
+                }),
+            }
+        }),
     };
     let fs: Arc<dyn crate::storage::fs::Fs> = Arc::new(crate::storage::fs::RealFs);
     match crate::cluster::node::start(node_settings, &config.data_dir, fs, shutdown_rx.clone())
@@ -436,6 +449,24 @@ async fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, ServerError
     };
     let client_ca = config.tls.client_ca.clone();
     let loaded = tokio::task::spawn_blocking(move || Tls::load(&cert, &key, client_ca.as_deref()))
+        .await
+        .map_err(|error| ServerError::Shutdown(error.to_string()))??;
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// The TLS of the internal wire if `cluster_tls_ca` is set (with a cluster to speak it
+/// to), read on the blocking pool.
+async fn load_cluster_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, ServerError> {
+    let Some(ca) = config.cluster_tls_ca.clone() else {
+        return Ok(None);
+    };
+    if config.cluster_peers.is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {
+        return Err(ServerError::Tls(TlsError::NotConfigured));
+    };
+    let loaded = tokio::task::spawn_blocking(move || Tls::load_cluster(&cert, &key, &ca))
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     Ok(Some(Arc::new(loaded)))

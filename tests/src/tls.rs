@@ -84,7 +84,7 @@ impl TestPki {
         let client = pki.issue(
             "wharf-test-client",
             &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             2,
         );
         std::fs::write(&pki.client_cert_path, &client.cert_pem).expect("writing");
@@ -97,9 +97,29 @@ impl TestPki {
         self.issue(
             &format!("wharf-test-server-{serial}"),
             &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
             serial,
         )
+    }
+
+    /// A cluster node's certificate for `127.0.0.1` and `localhost`, for server and client
+    /// use (a node listens for the others and dials them), with serial `serial`, written as
+    /// `node-SERIAL.pem` and `node-SERIAL.key` in the directory; returns their paths.
+    pub fn node_files(&self, serial: u64) -> (PathBuf, PathBuf) {
+        let node = self.issue(
+            &format!("wharf-test-node-{serial}"),
+            &["127.0.0.1", "localhost"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            serial,
+        );
+        let cert = self.dir.join(format!("node-{serial}.pem"));
+        let key = self.dir.join(format!("node-{serial}.key"));
+        std::fs::write(&cert, &node.cert_pem).expect("writing");
+        std::fs::write(&key, &node.key_pem).expect("writing");
+        (cert, key)
     }
 
     /// Writes `server` over the broker's certificate and key files (a renewal).
@@ -128,7 +148,7 @@ impl TestPki {
         &self,
         common_name: &str,
         names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
+        usages: &[ExtendedKeyUsagePurpose],
         serial: u64,
     ) -> Issued {
         let key = KeyPair::generate().expect("key");
@@ -137,7 +157,7 @@ impl TestPki {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(SerialNumber::from(serial));
         let cert = params

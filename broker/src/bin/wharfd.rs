@@ -87,6 +87,11 @@ struct Args {
     /// node seals its own. Give every node the same secret.
     #[arg(long, value_name = "PATH")]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates of the cluster: the internal wire then speaks mutual TLS, this
+    /// node presenting --tls-cert and accepting only peers whose certificate comes from
+    /// these CAs (and names the host it dials). Give every node the same CA.
+    #[arg(long, value_name = "PATH")]
+    cluster_tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -275,6 +280,9 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     }
     if let Some(path) = args.cluster_secret_file {
         config.cluster_secret_file = Some(path);
+    }
+    if let Some(path) = args.cluster_tls_ca {
+        config.cluster_tls_ca = Some(path);
     }
     if let Some(peers) = args.cluster_peers {
         config.cluster_peers = wharf_broker::config::parse_peers(&peers)

@@ -24,7 +24,7 @@ use super::identity::{new_cluster_id, Identity};
 use super::metadata::{MetadataCommand, NodeId, NodeInfo};
 use super::raft::{Cluster, RaftReply, RaftRpc, Timing, Transport};
 use super::store::{Io, LogStore, MachineStore};
-use super::transport::{serve, Secret, TcpTransport};
+use super::transport::{serve, InternalTls, Secret, TcpTransport};
 use crate::storage::fs::Fs;
 
 /// The subdirectory of the data directory the cluster's files live in.
@@ -45,6 +45,8 @@ pub struct NodeSettings {
     /// `--cluster-secret-file`: the file holding the internal listener's shared secret
     /// (None: frames are not sealed).
     pub secret_file: Option<std::path::PathBuf>,
+    /// `--cluster-tls-ca`: mutual TLS on the internal wire (None: plain TCP).
+    pub tls: Option<InternalTls>,
 }
 
 /// Why the node could not start.
@@ -144,8 +146,11 @@ pub async fn start(
             })?)
         }
     };
-    let transport: Arc<dyn Transport> =
-        Arc::new(TcpTransport::new(identity.clone(), secret.clone()));
+    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(
+        identity.clone(),
+        secret.clone(),
+        settings.tls.clone(),
+    ));
     let cluster = Cluster::start(
         node_id,
         identity.cluster_id(),
@@ -161,7 +166,7 @@ pub async fn start(
             listener,
             cluster.clone(),
             identity.clone(),
-            secret,
+            (secret, settings.tls.clone()),
             shutdown.clone(),
         ));
     }

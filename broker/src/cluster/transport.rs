@@ -17,6 +17,13 @@
 //! BE, counted per direction from 0][body]`. A frame whose MAC does not verify closes the
 //! connection: a node without the secret, or with another one, cannot be served, and a
 //! recorded frame cannot be replayed on another connection or out of order.
+//!
+//! With mutual TLS (`cluster_tls_ca`, [`InternalTls`]) every connection is TLS before its
+//! first byte: the listener presents the node's certificate (`tls_cert`) and asks the
+//! connecting node for one from the cluster's CA; the connecting node presents its own and
+//! accepts the listener's only from that CA and naming the host it dials. Frames and seals
+//! are the same inside. A handshake that fails closes the connection (logged at WARN on
+//! the listener).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,7 +34,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -104,6 +111,12 @@ const MAC_BYTES: usize = 32;
 #[error("{0}")]
 struct Unsealed(&'static str);
 
+/// A TLS handshake the listener refused (another CA's certificate, or none): told apart from
+/// a broken connection by its type, as [`Unsealed`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsRefused(String);
+
 /// Whether `error` is a frame that failed its seal check.
 fn is_unsealed(error: &std::io::Error) -> bool {
     error.get_ref().is_some_and(|inner| inner.is::<Unsealed>())
@@ -112,18 +125,75 @@ fn is_unsealed(error: &std::io::Error) -> bool {
 const REQUEST: u8 = 0;
 const REPLY: u8 = 1;
 
+/// Longest a TLS handshake of the internal wire may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Builds the TLS configuration a new connection takes, or says why it cannot.
+pub type TlsConfigSource<C> = Arc<dyn Fn() -> Result<Arc<C>, String> + Send + Sync>;
+
+/// Mutual TLS of the internal wire (`cluster_tls_ca`): the configurations a new connection
+/// takes, asked for when it is made, so a renewed certificate counts from the next one.
+#[derive(Clone)]
+pub struct InternalTls {
+    /// The listener's side: the node's certificate, and the CA a connecting node's
+    /// certificate must come from.
+    pub server: TlsConfigSource<rustls::ServerConfig>,
+    /// The connecting side: the node's certificate, and the CA a listener's must come
+    /// from.
+    pub client: TlsConfigSource<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for InternalTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("InternalTls")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host part of `HOST:PORT` (an IPv6 address without its brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 /// One connection's framing: plain, or sealed under a secret with the listener's nonce
 /// and a sequence number per direction.
 struct Link {
-    stream: TcpStream,
+    stream: Box<dyn Conn>,
     seal: Option<(Secret, [u8; NONCE_BYTES])>,
     sent: u64,
     received: u64,
 }
 
 impl Link {
-    /// The listener's side of a new connection: sends the nonce when there is a secret.
-    async fn accept(mut stream: TcpStream, secret: Option<Secret>) -> std::io::Result<Link> {
+    /// The listener's side of a new connection: the TLS handshake when there is TLS, then
+    /// the nonce when there is a secret.
+    async fn accept(
+        stream: TcpStream,
+        secret: Option<Secret>,
+        tls: Option<&InternalTls>,
+    ) -> std::io::Result<Link> {
+        let mut stream: Box<dyn Conn> = match tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let config = (tls.server)().map_err(std::io::Error::other)?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| std::io::Error::other("the TLS handshake took too long"))?
+                    .map_err(|error| {
+                        std::io::Error::other(TlsRefused(format!("TLS handshake failed: {error}")))
+                    })?;
+                Box::new(accepted)
+            }
+        };
         let seal = match secret {
             None => None,
             Some(secret) => {
@@ -131,14 +201,40 @@ impl Link {
                 getrandom::fill(&mut nonce)
                     .map_err(|error| std::io::Error::other(error.to_string()))?;
                 stream.write_all(&nonce).await?;
+                stream.flush().await?;
                 Some((secret, nonce))
             }
         };
         Ok(Link::new(stream, seal))
     }
 
-    /// The client's side of a new connection: reads the nonce when there is a secret.
-    async fn connect(mut stream: TcpStream, secret: Option<Secret>) -> std::io::Result<Link> {
+    /// The client's side of a new connection to `addr`: the TLS handshake when there is
+    /// TLS (the listener's certificate must name `addr`'s host), then the nonce when there
+    /// is a secret.
+    async fn connect(
+        stream: TcpStream,
+        secret: Option<Secret>,
+        tls: Option<(&InternalTls, &str)>,
+    ) -> std::io::Result<Link> {
+        let mut stream: Box<dyn Conn> = match tls {
+            None => Box::new(stream),
+            Some((tls, addr)) => {
+                let config = (tls.client)().map_err(std::io::Error::other)?;
+                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
+                    .map_err(|error| {
+                        std::io::Error::other(format!("{addr} names no TLS server: {error}"))
+                    })?;
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let connected =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+                        .await
+                        .map_err(|_| std::io::Error::other("the TLS handshake took too long"))?
+                        .map_err(|error| {
+                            std::io::Error::other(format!("TLS handshake failed: {error}"))
+                        })?;
+                Box::new(connected)
+            }
+        };
         let seal = match secret {
             None => None,
             Some(secret) => {
@@ -150,7 +246,7 @@ impl Link {
         Ok(Link::new(stream, seal))
     }
 
-    fn new(stream: TcpStream, seal: Option<(Secret, [u8; NONCE_BYTES])>) -> Link {
+    fn new(stream: Box<dyn Conn>, seal: Option<(Secret, [u8; NONCE_BYTES])>) -> Link {
         Link {
             stream,
             seal,
@@ -178,6 +274,8 @@ impl Link {
             frame[4..head].copy_from_slice(&mac.finalize().into_bytes());
         }
         self.stream.write_all(&frame).await?;
+        // TLS keeps what it encrypted until flushed (a no-op on TCP).
+        self.stream.flush().await?;
         self.sent += 1;
         Ok(())
     }
@@ -263,6 +361,7 @@ pub fn encode_body<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
 pub struct TcpTransport {
     identity: Arc<Identity>,
     secret: Option<Secret>,
+    tls: Option<InternalTls>,
     idle: Mutex<HashMap<String, Vec<Link>>>,
 }
 
@@ -276,11 +375,17 @@ impl std::fmt::Debug for Link {
 }
 
 impl TcpTransport {
-    /// A transport sending as `identity`'s node, sealing its frames under `secret` if any.
-    pub fn new(identity: Arc<Identity>, secret: Option<Secret>) -> TcpTransport {
+    /// A transport sending as `identity`'s node, sealing its frames under `secret` if any,
+    /// over mutual TLS if `tls`.
+    pub fn new(
+        identity: Arc<Identity>,
+        secret: Option<Secret>,
+        tls: Option<InternalTls>,
+    ) -> TcpTransport {
         TcpTransport {
             identity,
             secret,
+            tls,
             idle: Mutex::new(HashMap::new()),
         }
     }
@@ -304,7 +409,8 @@ impl TcpTransport {
                     .await
                     .map_err(|error| format!("connect to node {target} at {addr}: {error}"))?;
                 let _ = stream.set_nodelay(true);
-                Link::connect(stream, self.secret.clone())
+                let tls = self.tls.as_ref().map(|tls| (tls, addr));
+                Link::connect(stream, self.secret.clone(), tls)
                     .await
                     .map_err(|error| format!("connect to node {target} at {addr}: {error}"))?
             }
@@ -357,7 +463,7 @@ pub async fn serve(
     listener: TcpListener,
     cluster: Cluster,
     identity: Arc<Identity>,
-    secret: Option<Secret>,
+    (secret, tls): (Option<Secret>, Option<InternalTls>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -370,10 +476,18 @@ pub async fn serve(
             continue;
         };
         let (cluster, identity, shutdown) = (cluster.clone(), identity.clone(), shutdown.clone());
-        let secret = secret.clone();
+        let (secret, tls) = (secret.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection(stream, cluster, identity, secret, shutdown).await {
-                tracing::debug!(%peer, %error, "cluster connection closed");
+            if let Err(error) = connection(stream, cluster, identity, (secret, tls), shutdown).await
+            {
+                if error
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<TlsRefused>())
+                {
+                    tracing::warn!(%peer, %error, "refused a cluster connection");
+                } else {
+                    tracing::debug!(%peer, %error, "cluster connection closed");
+                }
             }
         });
     }
@@ -383,12 +497,12 @@ async fn connection(
     stream: TcpStream,
     cluster: Cluster,
     identity: Arc<Identity>,
-    secret: Option<Secret>,
+    (secret, tls): (Option<Secret>, Option<InternalTls>),
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let sealed = secret.is_some();
-    let mut link = Link::accept(stream, secret).await?;
+    let mut link = Link::accept(stream, secret, tls.as_ref()).await?;
     loop {
         let envelope: Envelope = tokio::select! {
             read = link.read(REQUEST) => match read {
@@ -486,13 +600,13 @@ mod tests {
         let listener_secret = secret(listener);
         let accepting = tokio::spawn(async move {
             let (stream, _) = bound.accept().await.expect("accept");
-            Link::accept(stream, listener_secret)
+            Link::accept(stream, listener_secret, None)
                 .await
                 .expect("accept link")
         });
         let stream = TcpStream::connect(addr).await.expect("connect");
         // A client without a secret does not wait for the nonce.
-        let client = Link::connect(stream, secret(client))
+        let client = Link::connect(stream, secret(client), None)
             .await
             .expect("connect link");
         (client, accepting.await.expect("accepted"))
@@ -559,7 +673,7 @@ mod tests {
         let addr = bound.local_addr().expect("addr");
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (mut raw, _) = bound.accept().await.expect("accept");
-        let mut client = Link::new(stream, None);
+        let mut client = Link::new(Box::new(stream), None);
         let envelope = Envelope {
             cluster_id: None,
             from: 1,

@@ -87,6 +87,9 @@ pub struct Tls {
     client_ca: Option<PathBuf>,
     /// What new connections are accepted with: read (an `Arc` clone) once per connection.
     current: RwLock<Arc<ServerConfig>>,
+    /// For a cluster's internal wire ([`Tls::load_cluster`]): what new connections to
+    /// other nodes are made with, from the same files. None for the client listeners.
+    client: Option<RwLock<Arc<rustls::ClientConfig>>>,
     /// The files' modification times and lengths when they were last loaded (or tried);
     /// its lock also serializes reloads.
     stamps: Mutex<Vec<FileStamp>>,
@@ -109,7 +112,33 @@ impl Tls {
             key: key.to_path_buf(),
             client_ca: client_ca.map(Path::to_path_buf),
             current: RwLock::new(Arc::new(config)),
+            client: None,
             stamps: Mutex::new(stamps),
+        })
+    }
+
+    /// The TLS of a cluster's internal wire (`--cluster-tls-ca`, issue #20): the node's
+    /// certificate chain `cert` and key `key` on both sides, and the cluster's CA
+    /// certificates `ca`, which a connecting node's certificate must come from (the
+    /// listener asks for one) and which a listener's must come from (naming the host
+    /// dialled). Reloaded as the listeners' is.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file and what is wrong with it.
+    pub fn load_cluster(cert: &Path, key: &Path, ca: &Path) -> Result<Tls, TlsError> {
+        let mut tls = Tls::load(cert, key, Some(ca))?;
+        tls.client = Some(RwLock::new(Arc::new(client_config(cert, key, ca)?)));
+        Ok(tls)
+    }
+
+    /// The configuration a connection to another node made now gets (`None` unless
+    /// loaded with [`Tls::load_cluster`]).
+    pub fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.client.as_ref().map(|client| {
+            client
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone()
         })
     }
 
@@ -128,10 +157,18 @@ impl Tls {
             .unwrap_or_else(|poison| poison.into_inner());
         *last_stamps = stamps(self.paths());
         let config = build(&self.cert, &self.key, self.client_ca.as_deref())?;
+        // Both sides of a cluster's TLS load, or neither is swapped in.
+        let client = match (&self.client, &self.client_ca) {
+            (Some(_), Some(ca)) => Some(client_config(&self.cert, &self.key, ca)?),
+            _ => None,
+        };
         *self
             .current
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(config);
+        if let (Some(current), Some(client)) = (&self.client, client) {
+            *current.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(client);
+        }
         Ok(())
     }
 
@@ -303,15 +340,53 @@ fn stamps<'a>(paths: impl Iterator<Item = &'a Path>) -> Vec<FileStamp> {
         .collect()
 }
 
+/// The client configuration of one node of a cluster whose internal traffic speaks mutual
+/// TLS (`--cluster-tls-ca`, issue #20): it presents the certificate chain `cert` with its
+/// key `key`, and trusts a listener only with a certificate from the CA certificates in
+/// `ca` that names the host it dials.
+///
+/// # Errors
+/// [`TlsError`] naming the file and what is wrong with it.
+fn client_config(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let chain = read_certificates(cert)?;
+    let private_key = read_private_key(key)?;
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(ca)? {
+        roots.add(certificate).map_err(|error| TlsError::Pem {
+            path: ca.to_path_buf(),
+            reason: format!("not a usable CA certificate: {error}"),
+        })?;
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|error| TlsError::Config {
+            reason: error.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private_key)
+        .map_err(|error| TlsError::Config {
+            reason: format!(
+                "certificate {} with key {}: {error}",
+                cert.display(),
+                key.display()
+            ),
+        })
+}
+
+/// The private key of a PEM file.
+fn read_private_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let key_pem = read_pem(key)?;
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::Pem {
+        path: key.to_path_buf(),
+        reason: pem_reason(&error, "private key"),
+    })
+}
+
 /// The server configuration of a certificate chain file, its key file and, for mutual TLS,
 /// a client CA file.
 fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerConfig, TlsError> {
     let chain = read_certificates(cert)?;
-    let key_pem = read_pem(key)?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::Pem {
-        path: key.to_path_buf(),
-        reason: pem_reason(&error, "private key"),
-    })?;
+    let private_key = read_private_key(key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|error| TlsError::Config {
@@ -464,6 +539,96 @@ mod tests {
         let client = client.ok()?;
         let (_, session) = client.get_ref();
         Some(session.peer_certificates()?.first()?.to_vec())
+    }
+
+    /// A CA and, written under `dir` as `<name>.pem`/`<name>.key`, a node certificate it
+    /// signed for `hosts` (server and client use, as a cluster node's); returns the CA's
+    /// file and the node's (cert, key) files.
+    fn cluster_pki(dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+        use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let node = params.signed_by(&key, &ca, &ca_key).expect("node");
+        std::fs::create_dir_all(dir).expect("dir");
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("node.pem"),
+            dir.join("node.key"),
+        );
+        std::fs::write(&paths.0, ca.pem()).expect("write");
+        std::fs::write(&paths.1, node.pem()).expect("write");
+        std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+        paths
+    }
+
+    /// Whether a node dialling `host` with `client` and a node listening with `server`
+    /// complete their handshake (both sides must).
+    async fn handshake(client: &Tls, server: &Tls, host: &str) -> bool {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(client.client_config().expect("client"));
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let (connected, accepted) = tokio::join!(
+            async {
+                // A refused client certificate shows only when the client reads.
+                let mut stream = connector.connect(name, client_end).await.ok()?;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                stream.write_all(b"ping").await.ok()?;
+                stream.flush().await.ok()?;
+                let mut answer = [0u8; 4];
+                stream.read_exact(&mut answer).await.ok()?;
+                Some(answer)
+            },
+            async {
+                let mut stream = server.handshake(server_end, peer).await?;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut asked = [0u8; 4];
+                stream.read_exact(&mut asked).await.ok()?;
+                stream.write_all(b"pong").await.ok()?;
+                stream.flush().await.ok()?;
+                Some(())
+            }
+        );
+        connected == Some(*b"pong") && accepted.is_some()
+    }
+
+    #[tokio::test]
+    async fn cluster_nodes_handshake_only_with_the_clusters_ca_and_the_host_dialled() {
+        // Goal: the internal wire's mutual TLS (`--cluster-tls-ca`): two nodes with
+        // certificates from the cluster's CA talk; a node with another CA's certificate is
+        // refused by the listener (and refuses it), and a listener whose certificate does
+        // not name the host dialled is refused by the connecting node.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ours = cluster_pki(&dir.path().join("ours"), &["127.0.0.1", "localhost"]);
+        let theirs = cluster_pki(&dir.path().join("theirs"), &["127.0.0.1"]);
+        let node = Tls::load_cluster(&ours.1, &ours.2, &ours.0).expect("loads");
+        let other = Tls::load_cluster(&ours.1, &ours.2, &ours.0).expect("loads");
+        let stranger = Tls::load_cluster(&theirs.1, &theirs.2, &theirs.0).expect("loads");
+        assert!(handshake(&node, &other, "127.0.0.1").await);
+        assert!(handshake(&node, &other, "localhost").await);
+        assert!(!handshake(&stranger, &node, "127.0.0.1").await);
+        assert!(!handshake(&node, &stranger, "127.0.0.1").await);
+        assert!(!handshake(&node, &other, "10.9.9.9").await);
+        // A listener's configuration has no client side.
+        let (cert_pem, key_pem, _) = self_signed("listener");
+        assert!(files(&cert_pem, &key_pem)
+            .load()
+            .expect("loads")
+            .client_config()
+            .is_none());
     }
 
     #[tokio::test]
