@@ -1,10 +1,10 @@
 """A compacted topic through wharfd's Kafka listener with confluent-kafka (librdkafka).
 
-    confluent_compacted.py BOOTSTRAP TOPIC produce COUNT KEYS COMPRESSION
+    confluent_compacted.py BOOTSTRAP TOPIC produce COUNT KEYS COMPRESSION [REPLICATION]
     confluent_compacted.py BOOTSTRAP TOPIC read
 
 produce: creates TOPIC (one partition, cleanup.policy=compact, 64 KiB segments, dirty
-ratio 0.01) with the admin client and produces COUNT records over KEYS keys with an
+ratio 0.01, replication factor REPLICATION, 1 by default) with the admin client and produces COUNT records over KEYS keys with an
 idempotent producer, every tenth key deleted by a tombstone (a null value) at the end, then
 tries one record without a key. Prints {"latest": {key: value or null}, "described":
 {config: value}, "keyless": [the keyless record's error name]}.
@@ -24,6 +24,7 @@ bootstrap, topic, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 
 if mode == "produce":
     count, keys, compression = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    replication = int(sys.argv[7]) if len(sys.argv) > 7 else 1
     admin = AdminClient({"bootstrap.servers": bootstrap})
     configs = {
         "cleanup.policy": "compact",
@@ -31,7 +32,7 @@ if mode == "produce":
         "min.cleanable.dirty.ratio": "0.01",
         "delete.retention.ms": "86400000",
     }
-    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config=configs)])
+    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=replication, config=configs)])
     futures[topic].result(timeout=30)
     resource = ConfigResource("topic", topic)
     described = admin.describe_configs([resource])[resource].result(timeout=30)
