@@ -472,7 +472,7 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         key(
             "cluster_tls_ca",
             path_value(config.cluster_tls_ca.as_deref()),
-            "PEM CA certificates of the cluster: set, the internal wire speaks mutual TLS, each node presenting `tls_cert` and accepting only peers with a certificate from these CAs that names the host dialled; unset: plain TCP (`--cluster-tls-ca`)",
+            "PEM CA certificates of the cluster (a private CA of its own): set, the internal wire speaks mutual TLS, each node presenting `tls_cert` and accepting only peers with a certificate from these CAs (a listener's must also name the host dialled); unset: plain TCP (`--cluster-tls-ca`)",
         ),
         key(
             "cluster_heartbeat_ms",

@@ -461,6 +461,10 @@ async fn load_cluster_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, Ser
         return Ok(None);
     };
     if config.cluster_peers.is_empty() {
+        tracing::warn!(
+            ca = %ca.display(),
+            "--cluster-tls-ca is set but this node has no --cluster-peers: a cluster of one has no internal wire to secure"
+        );
         return Ok(None);
     }
     let (Some(cert), Some(key)) = (config.tls.cert.clone(), config.tls.key.clone()) else {

@@ -190,9 +190,10 @@ fn nodes_speak_mutual_tls_to_each_other_and_refuse_what_does_not() {
         &["cluster", "add-node", "4", &format!("127.0.0.1:{port4}")],
         "",
     );
+    let said = String::from_utf8_lossy(&added.stderr);
     assert!(
-        !added.status.success(),
-        "a node with another CA's certificate was added: {}",
+        !added.status.success() && said.contains("certificate"),
+        "a node with another CA's certificate was added, or refused for another reason: {} {said}",
         String::from_utf8_lossy(&added.stdout)
     );
     converged(&addresses, 3, "after the stranger was refused");

@@ -23,7 +23,7 @@
 //! connecting node for one from the cluster's CA; the connecting node presents its own and
 //! accepts the listener's only from that CA and naming the host it dials. Frames and seals
 //! are the same inside. A handshake that fails closes the connection (logged at WARN on
-//! the listener).
+//! the listener; one that times out at DEBUG).
 
 use std::collections::HashMap;
 use std::future::Future;

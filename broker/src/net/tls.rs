@@ -577,8 +577,13 @@ mod tests {
     /// Whether a node dialling `host` with `client` and a node listening with `server`
     /// complete their handshake (both sides must).
     async fn handshake(client: &Tls, server: &Tls, host: &str) -> bool {
+        handshake_as(client.client_config().expect("client"), server, host).await
+    }
+
+    /// As [`handshake`], with the dialling side's configuration `client`.
+    async fn handshake_as(client: Arc<rustls::ClientConfig>, server: &Tls, host: &str) -> bool {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
-        let connector = tokio_rustls::TlsConnector::from(client.client_config().expect("client"));
+        let connector = tokio_rustls::TlsConnector::from(client);
         let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
         let (connected, accepted) = tokio::join!(
@@ -622,6 +627,20 @@ mod tests {
         assert!(!handshake(&stranger, &node, "127.0.0.1").await);
         assert!(!handshake(&node, &stranger, "127.0.0.1").await);
         assert!(!handshake(&node, &other, "10.9.9.9").await);
+        // The listener's own check: a dialler that trusts the cluster's CA (so it accepts
+        // the listener) but presents another CA's certificate, or none, is refused.
+        let impostor = client_config(&theirs.1, &theirs.2, &ours.0).expect("config");
+        assert!(!handshake_as(Arc::new(impostor), &node, "127.0.0.1").await);
+        let mut roots = RootCertStore::empty();
+        for certificate in read_certificates(&ours.0).expect("CA") {
+            roots.add(certificate).expect("root");
+        }
+        let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        assert!(!handshake_as(Arc::new(anonymous), &node, "127.0.0.1").await);
         // A listener's configuration has no client side.
         let (cert_pem, key_pem, _) = self_signed("listener");
         assert!(files(&cert_pem, &key_pem)
