@@ -14,6 +14,10 @@
 # BEFORE=DIR (optional) names a directory with an older build's wharfd and wharf: each
 # repetition then also runs the replicated setup with it ("before" lines, and the ratio
 # after/before per size), so a change is measured against its base in one run.
+#
+# CLUSTER_TLS=1 (optional): each repetition also runs the replicated setup with mutual TLS
+# on the internal wire (--cluster-tls-ca; a CA and one node certificate for 127.0.0.1 made
+# here with openssl): "tls" lines, and the ratio tls/replicated per size.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -28,6 +32,20 @@ cleanup() {
   if [[ -z "${KEEP:-}" ]]; then rm -rf "$work"; else echo "kept $work" >&2; fi
 }
 trap cleanup EXIT
+
+tls_args=()
+if [[ -n "${CLUSTER_TLS:-}" ]]; then
+  pki="$work/pki"
+  mkdir -p "$pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench-cluster-ca -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench-node \
+    -keyout "$pki/node.key" -out "$pki/node.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$pki/ext"
+  openssl x509 -req -in "$pki/node.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$pki/ext" -out "$pki/node.pem" 2>/dev/null
+  tls_args=(--tls-cert "$pki/node.pem" --tls-key "$pki/node.key" --cluster-tls-ca "$pki/ca.pem")
+fi
 
 wait_port() {
   for _ in $(seq 1 100); do
@@ -66,11 +84,12 @@ single() { # size rep
 replicated() { # size rep [label]
   local label=${3:-replicated}
   local dir="$work/$label-$1-$2" peers="1@127.0.0.1:27521,2@127.0.0.1:27522,3@127.0.0.1:27523"
-  local started=()
+  local started=() extra=()
+  if [[ "$label" == tls ]]; then extra=("${tls_args[@]}"); fi
   for n in 1 2 3; do
     "$WHARF_BIN/wharfd" --data-dir "$dir/node-$n" --node-id "$n" --cluster-peers "$peers" \
       --listen "127.0.0.1:$((27420 + n))" --kafka-listen "127.0.0.1:$((29092 + n))" \
-      --amqp-listen off --http-listen off >"$dir-node-$n.log" 2>&1 &
+      --amqp-listen off --http-listen off "${extra[@]}" >"$dir-node-$n.log" 2>&1 &
     started+=($!)
     pids+=($!)
   done
@@ -108,16 +127,21 @@ EOF
 results="$work/results"
 for size in $SIZES; do
   for rep in $(seq 1 "$REPS"); do
-    mkdir -p "$work/single-$size-$rep" "$work/replicated-$size-$rep" "$work/before-$size-$rep"
+    mkdir -p "$work/single-$size-$rep" "$work/replicated-$size-$rep" "$work/before-$size-$rep" \
+      "$work/tls-$size-$rep"
     # Not in a pipeline: the started pids must reach this shell's cleanup.
     WHARF_BIN=$BIN single "$size" "$rep" >>"$results"
     WHARF_BIN=$BIN replicated "$size" "$rep" >>"$results"
+    lines=2
     if [[ -n "${BEFORE:-}" ]]; then
       WHARF_BIN=$BEFORE replicated "$size" "$rep" before >>"$results"
-      tail -3 "$results"
-    else
-      tail -2 "$results"
+      lines=$((lines + 1))
     fi
+    if [[ -n "${CLUSTER_TLS:-}" ]]; then
+      WHARF_BIN=$BIN replicated "$size" "$rep" tls >>"$results"
+      lines=$((lines + 1))
+    fi
+    tail -n "$lines" "$results"
   done
 done
 "$PYTHON" - "$results" <<'EOF'
@@ -129,4 +153,7 @@ for size in sorted({row[1] for row in rows}, key=int):
     if any(r[0] == "before" and r[1] == size for r in rows):
         print(f"size {size}: before/single = {med('before') / med('single'):.2f}, "
               f"replicated/before = {med('replicated') / med('before'):.2f}")
+    if any(r[0] == "tls" and r[1] == size for r in rows):
+        print(f"size {size}: tls/single = {med('tls') / med('single'):.2f}, "
+              f"tls/replicated = {med('tls') / med('replicated'):.2f}")
 EOF

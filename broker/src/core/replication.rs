@@ -633,11 +633,7 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
     }
     let mut at = 0usize;
     while at < records.len() {
-        let header = match wharf_protocol::batch::parse_header(&records[at..]) {
-            Ok(Some(header)) => header,
-            Ok(None) => return Err("the records end in a torn batch header".to_string()),
-            Err(error) => return Err(format!("unreadable records: {error}")),
-        };
+        let header = header_at(records, at)?;
         // The first batch at or past the end is where the replica goes on (past it: the
         // offsets between were compacted away on the leader, and the append fills them).
         if header.base_offset >= end {
@@ -664,6 +660,15 @@ pub(crate) fn records_from(records: &[u8], from: i64, end: i64) -> Result<&[u8],
     Ok(records.get(at..).unwrap_or_default())
 }
 
+/// The header of the batch at byte `at` of `records`.
+fn header_at(records: &[u8], at: usize) -> Result<wharf_protocol::batch::BatchHeader, String> {
+    match wharf_protocol::batch::parse_header(&records[at..]) {
+        Ok(Some(header)) => Ok(header),
+        Ok(None) => Err("the records end in a torn batch header".to_string()),
+        Err(error) => Err(format!("unreadable records: {error}")),
+    }
+}
+
 /// Checks that `records` (whole batches) continue a log ending at `end` offset for offset:
 /// a queue's log has no compacted gaps (its compaction deletes whole segments), and its
 /// append numbers the batches from its end.
@@ -671,11 +676,7 @@ pub(crate) fn check_continues(records: &[u8], end: i64) -> Result<(), String> {
     let mut expected = end;
     let mut at = 0usize;
     while at < records.len() {
-        let header = match wharf_protocol::batch::parse_header(&records[at..]) {
-            Ok(Some(header)) => header,
-            Ok(None) => return Err("the records end in a torn batch header".to_string()),
-            Err(error) => return Err(format!("unreadable records: {error}")),
-        };
+        let header = header_at(records, at)?;
         if header.base_offset != expected {
             return Err(format!(
                 "the records skip from {expected} to {}",
