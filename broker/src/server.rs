@@ -63,6 +63,7 @@ pub struct ServerHandle {
     amqp_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     tls: Option<Arc<Tls>>,
+    cluster_tls: Option<Arc<Tls>>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -93,6 +94,12 @@ impl ServerHandle {
     /// it ([`Tls::reload_logged`], on SIGHUP).
     pub fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.clone()
+    }
+
+    /// The internal wire's TLS (`--cluster-tls-ca`; `None`: plain TCP), to reload it on
+    /// SIGHUP too.
+    pub fn cluster_tls(&self) -> Option<Arc<Tls>> {
+        self.cluster_tls.clone()
     }
 
     /// The running broker, for what changes while it runs (`wharfd` sets the resource
@@ -278,7 +285,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
-        tls: cluster_tls.map(|tls| {
+        tls: cluster_tls.clone().map(|tls| {
             tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
             let client = tls.clone();
             crate::cluster::transport::InternalTls {
@@ -432,6 +439,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         amqp_addr,
         http_addr,
         tls,
+        cluster_tls,
         broker: handle_broker,
         shutdown,
         task,

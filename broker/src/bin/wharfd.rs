@@ -318,7 +318,7 @@ async fn run(config: BrokerConfig, reload: Reload) -> Result<(), server::ServerE
     });
     tokio::spawn(reload_on_hangup(
         hangup,
-        handle.tls(),
+        (handle.tls(), handle.cluster_tls()),
         handle.broker(),
         reload,
     ));
@@ -332,13 +332,16 @@ struct Reload {
 }
 
 /// At every SIGHUP: reloads the TLS certificate (only logs when no listener speaks TLS)
-/// and re-reads the resource alarms' limits (`disk_free_limit_bytes`,
+/// and the internal wire's (`--cluster-tls-ca`), and re-reads the resource alarms' limits (`disk_free_limit_bytes`,
 /// `memory_high_watermark`, `memory_high_watermark_bytes`) from the config file, as
 /// `rabbitmqctl set_vm_memory_high_watermark` changes RabbitMQ's. A file that no longer
 /// loads is logged and changes nothing.
 async fn reload_on_hangup(
     hangup: Option<tokio::signal::unix::Signal>,
-    tls: Option<std::sync::Arc<wharf_broker::net::tls::Tls>>,
+    (tls, cluster_tls): (
+        Option<std::sync::Arc<wharf_broker::net::tls::Tls>>,
+        Option<std::sync::Arc<wharf_broker::net::tls::Tls>>,
+    ),
     broker: std::sync::Arc<wharf_broker::core::Broker>,
     reload: Reload,
 ) {
@@ -353,6 +356,9 @@ async fn reload_on_hangup(
                 // Reading the files is blocking work: off the runtime's workers.
                 let _ = tokio::task::spawn_blocking(move || tls.reload_logged()).await;
             }
+        }
+        if let Some(tls) = cluster_tls.clone() {
+            let _ = tokio::task::spawn_blocking(move || tls.reload_logged()).await;
         }
         if let Some(path) = reload.config_path.clone() {
             let broker = broker.clone();

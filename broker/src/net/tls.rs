@@ -176,7 +176,11 @@ impl Tls {
     /// stays, the operator must fix the files) when it cannot be.
     pub fn reload_logged(&self) {
         match self.reload() {
-            Ok(()) => tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded"),
+            Ok(()) => tracing::info!(
+                cert = %self.cert.display(),
+                internal_wire = self.client.is_some(),
+                "TLS certificate reloaded"
+            ),
             Err(error) => tracing::error!(
                 %error,
                 "TLS certificate not reloaded; new connections keep the previous one"
@@ -648,6 +652,38 @@ mod tests {
             .expect("loads")
             .client_config()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_reload_swaps_both_sides_to_the_new_files() {
+        // Goal: a renewed cluster CA and certificate count for the next connections on both
+        // sides (the listener's client CA and the dialler's trust and certificate).
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = cluster_pki(&dir.path().join("first"), &["127.0.0.1"]);
+        let second = cluster_pki(&dir.path().join("second"), &["127.0.0.1"]);
+        let live = dir.path().join("live");
+        std::fs::create_dir_all(&live).expect("dir");
+        let files = (
+            live.join("ca.pem"),
+            live.join("node.pem"),
+            live.join("node.key"),
+        );
+        let install = |from: &(PathBuf, PathBuf, PathBuf)| {
+            std::fs::copy(&from.0, &files.0).expect("copy");
+            std::fs::copy(&from.1, &files.1).expect("copy");
+            std::fs::copy(&from.2, &files.2).expect("copy");
+        };
+        install(&first);
+        let node = Tls::load_cluster(&files.1, &files.2, &files.0).expect("loads");
+        let old = Tls::load_cluster(&first.1, &first.2, &first.0).expect("loads");
+        let new = Tls::load_cluster(&second.1, &second.2, &second.0).expect("loads");
+        assert!(handshake(&node, &old, "127.0.0.1").await);
+        assert!(!handshake(&node, &new, "127.0.0.1").await);
+        install(&second);
+        node.reload().expect("reloads");
+        assert!(handshake(&node, &new, "127.0.0.1").await);
+        assert!(handshake(&new, &node, "127.0.0.1").await);
+        assert!(!handshake(&node, &old, "127.0.0.1").await);
     }
 
     #[tokio::test]
