@@ -288,7 +288,9 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
         tls: cluster_tls.clone().map(|tls| {
             tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
             let client = tls.clone();
+            let generation = tls.clone();
             crate::cluster::transport::InternalTls {
+                generation: Arc::new(move || generation.generation()),
                 server: Arc::new(move || Ok(tls.server_config())),
                 client: Arc::new(move || {
                     client

@@ -145,6 +145,10 @@ pub struct InternalTls {
     /// The connecting side: the node's certificate, and the CA a listener's must come
     /// from.
     pub client: TlsConfigSource<rustls::ClientConfig>,
+    /// Counts the reloads of the files: a connection made under an older count is closed
+    /// before its next request (pooled) or after its current one (accepted), so a revoked
+    /// certificate or a replaced CA stops being served at once.
+    pub generation: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl std::fmt::Debug for InternalTls {
@@ -170,6 +174,8 @@ struct Link {
     seal: Option<(Secret, [u8; NONCE_BYTES])>,
     sent: u64,
     received: u64,
+    /// The TLS files' reload count when the connection was made (0 without TLS).
+    generation: u64,
 }
 
 impl Link {
@@ -180,6 +186,9 @@ impl Link {
         secret: Option<Secret>,
         tls: Option<&InternalTls>,
     ) -> std::io::Result<Link> {
+        // Read before the configuration: a reload between makes the link look older, not
+        // newer, than what it was made with.
+        let generation = tls.map_or(0, |tls| (tls.generation)());
         let mut stream: Box<dyn Conn> = match tls {
             None => Box::new(stream),
             Some(tls) => {
@@ -205,7 +214,9 @@ impl Link {
                 Some((secret, nonce))
             }
         };
-        Ok(Link::new(stream, seal))
+        let mut link = Link::new(stream, seal);
+        link.generation = generation;
+        Ok(link)
     }
 
     /// The client's side of a new connection to `addr`: the TLS handshake when there is
@@ -216,6 +227,7 @@ impl Link {
         secret: Option<Secret>,
         tls: Option<(&InternalTls, &str)>,
     ) -> std::io::Result<Link> {
+        let generation = tls.map_or(0, |(tls, _)| (tls.generation)());
         let mut stream: Box<dyn Conn> = match tls {
             None => Box::new(stream),
             Some((tls, addr)) => {
@@ -243,7 +255,9 @@ impl Link {
                 Some((secret, nonce))
             }
         };
-        Ok(Link::new(stream, seal))
+        let mut link = Link::new(stream, seal);
+        link.generation = generation;
+        Ok(link)
     }
 
     fn new(stream: Box<dyn Conn>, seal: Option<(Secret, [u8; NONCE_BYTES])>) -> Link {
@@ -252,6 +266,7 @@ impl Link {
             seal,
             sent: 0,
             received: 0,
+            generation: 0,
         }
     }
 
@@ -401,7 +416,14 @@ impl TcpTransport {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .get_mut(addr)
-            .and_then(Vec::pop);
+            .and_then(Vec::pop)
+            // One made before the TLS files were reloaded goes: its peer's certificate may
+            // have been revoked since.
+            .filter(|link| {
+                self.tls
+                    .as_ref()
+                    .is_none_or(|tls| link.generation == (tls.generation)())
+            });
         let mut link = match pooled {
             Some(link) => link,
             None => {
@@ -524,6 +546,14 @@ async fn connection(
             Ok(()) => cluster.serve(envelope.rpc).await,
         };
         link.write(REPLY, &reply).await?;
+        // The TLS files were reloaded since the handshake: the peer's certificate may have
+        // been revoked, so it must make a new connection (and handshake) to go on.
+        if tls
+            .as_ref()
+            .is_some_and(|tls| link.generation != (tls.generation)())
+        {
+            return Ok(());
+        }
     }
 }
 

@@ -90,6 +90,10 @@ pub struct Tls {
     /// For a cluster's internal wire ([`Tls::load_cluster`]): what new connections to
     /// other nodes are made with, from the same files. None for the client listeners.
     client: Option<RwLock<Arc<rustls::ClientConfig>>>,
+    /// How many reloads have swapped new configurations in: a connection made under an
+    /// older one can tell (the internal wire closes its connections then, so a revoked
+    /// certificate stops being served).
+    generation: std::sync::atomic::AtomicU64,
     /// The files' modification times and lengths when they were last loaded (or tried);
     /// its lock also serializes reloads.
     stamps: Mutex<Vec<FileStamp>>,
@@ -113,6 +117,7 @@ impl Tls {
             client_ca: client_ca.map(Path::to_path_buf),
             current: RwLock::new(Arc::new(config)),
             client: None,
+            generation: std::sync::atomic::AtomicU64::new(0),
             stamps: Mutex::new(stamps),
         })
     }
@@ -129,6 +134,11 @@ impl Tls {
         let mut tls = Tls::load(cert, key, Some(ca))?;
         tls.client = Some(RwLock::new(Arc::new(client_config(cert, key, ca)?)));
         Ok(tls)
+    }
+
+    /// How many reloads have succeeded since the load.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The configuration a connection to another node made now gets (`None` unless
@@ -169,6 +179,8 @@ impl Tls {
         if let (Some(current), Some(client)) = (&self.client, client) {
             *current.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(client);
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
