@@ -43,6 +43,39 @@ fn tls_node(
     BrokerProcess::start_listening_with_env(data_dir, "127.0.0.1:0", &args, &[])
 }
 
+/// Three nodes with certificates from `pki`, formed into a cluster.
+struct TlsCluster {
+    ports: Vec<u16>,
+    peers: String,
+    dirs: Vec<std::path::PathBuf>,
+    nodes: Vec<BrokerProcess>,
+    addresses: Vec<String>,
+}
+
+/// Nodes 1–3 under `root` (`node-N`), each with a certificate `pki` issues (serial 10 + N),
+/// converged and registered.
+fn three_tls_nodes(root: &Path, pki: &TestPki) -> TlsCluster {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dirs: Vec<std::path::PathBuf> = (1..=3).map(|id| root.join(format!("node-{id}"))).collect();
+    let nodes: Vec<BrokerProcess> = (1..=3u64)
+        .map(|id| tls_node(&dirs[id as usize - 1], id, &peers, pki, 10 + id))
+        .collect();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "over TLS");
+    registered(&addresses);
+    TlsCluster {
+        ports,
+        peers,
+        dirs,
+        nodes,
+        addresses,
+    }
+}
+
 /// Writes a certificate `pki` issues (serial `serial`) with its key and `pki`'s CA into the
 /// files of the node whose data directory is `data_dir`; returns their paths.
 fn install(
@@ -122,25 +155,13 @@ fn nodes_speak_mutual_tls_to_each_other_and_refuse_what_does_not() {
     // nodes with one CA's certificates, then a fourth with a stranger CA's.
     let root = tempfile::tempdir().expect("temp dir");
     let pki = TestPki::create(&root.path().join("pki"), "wharf-cluster-ca");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes: Vec<BrokerProcess> = (1..=3u64)
-        .map(|id| {
-            tls_node(
-                &root.path().join(format!("node-{id}")),
-                id,
-                &peers,
-                &pki,
-                10 + id,
-            )
-        })
-        .collect();
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    converged(&addresses, 3, "over TLS");
-    registered(&addresses);
+    let cluster = three_tls_nodes(root.path(), &pki);
+    let (ports, peers, nodes, addresses) = (
+        &cluster.ports,
+        &cluster.peers,
+        &cluster.nodes,
+        &cluster.addresses,
+    );
 
     let created = wharf(
         &addresses[0],
@@ -183,7 +204,7 @@ fn nodes_speak_mutual_tls_to_each_other_and_refuse_what_does_not() {
         "wharf perf produce: {}",
         String::from_utf8_lossy(&produced.stderr)
     );
-    for node in &nodes {
+    for node in nodes {
         wait_for_log_end(&node.http_address(), "secured", 2000);
     }
 
@@ -217,7 +238,7 @@ fn nodes_speak_mutual_tls_to_each_other_and_refuse_what_does_not() {
         "a node with another CA's certificate was added, or refused for another reason: {} {said}",
         String::from_utf8_lossy(&added.stdout)
     );
-    converged(&addresses, 3, "after the stranger was refused");
+    converged(addresses, 3, "after the stranger was refused");
 }
 
 #[test]
@@ -229,20 +250,8 @@ fn a_node_left_out_of_a_ca_rotation_is_cut_off_without_a_restart() {
     // off here also because the leader's new connections to it fail.)
     let root = tempfile::tempdir().expect("temp dir");
     let old = TestPki::create(&root.path().join("old-ca"), "wharf-old-ca");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dirs: Vec<std::path::PathBuf> = (1..=3)
-        .map(|id| root.path().join(format!("node-{id}")))
-        .collect();
-    let nodes: Vec<BrokerProcess> = (1..=3u64)
-        .map(|id| tls_node(&dirs[id as usize - 1], id, &peers, &old, 10 + id))
-        .collect();
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    converged(&addresses, 3, "over TLS");
-    registered(&addresses);
+    let cluster = three_tls_nodes(root.path(), &old);
+    let (dirs, nodes, addresses) = (&cluster.dirs, &cluster.nodes, &cluster.addresses);
     let create = |through: &str, name: &str| {
         wharf(through, &["topic", "create", name, "--partitions", "1"], "")
     };
