@@ -366,13 +366,7 @@ fn stamps<'a>(paths: impl Iterator<Item = &'a Path>) -> Vec<FileStamp> {
 fn client_config(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
     let chain = read_certificates(cert)?;
     let private_key = read_private_key(key)?;
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(ca)? {
-        roots.add(certificate).map_err(|error| TlsError::Pem {
-            path: ca.to_path_buf(),
-            reason: format!("not a usable CA certificate: {error}"),
-        })?;
-    }
+    let roots = read_roots(ca)?;
     rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|error| TlsError::Config {
@@ -387,6 +381,18 @@ fn client_config(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientCon
                 key.display()
             ),
         })
+}
+
+/// The CA certificates of a PEM file, as a trust store.
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(path)? {
+        roots.add(certificate).map_err(|error| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("not a usable CA certificate: {error}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 /// The private key of a PEM file.
@@ -411,13 +417,7 @@ fn build(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerConf
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in read_certificates(path)? {
-                roots.add(certificate).map_err(|error| TlsError::Pem {
-                    path: path.to_path_buf(),
-                    reason: format!("not a usable CA certificate: {error}"),
-                })?;
-            }
+            let roots = read_roots(path)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|error| TlsError::Config {
@@ -647,10 +647,7 @@ mod tests {
         // the listener) but presents another CA's certificate, or none, is refused.
         let impostor = client_config(&theirs.1, &theirs.2, &ours.0).expect("config");
         assert!(!handshake_as(Arc::new(impostor), &node, "127.0.0.1").await);
-        let mut roots = RootCertStore::empty();
-        for certificate in read_certificates(&ours.0).expect("CA") {
-            roots.add(certificate).expect("root");
-        }
+        let roots = read_roots(&ours.0).expect("CA");
         let anonymous = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("versions")

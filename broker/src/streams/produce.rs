@@ -529,7 +529,7 @@ impl StoredCopy {
 ///
 /// # Errors
 /// None in practice (an empty batch always encodes); the encoder's error otherwise.
-pub(crate) fn gap_filler(
+fn gap_filler(
     from: i64,
     to: i64,
     epoch: i32,
