@@ -529,12 +529,7 @@ impl StoredCopy {
 ///
 /// # Errors
 /// None in practice (an empty batch always encodes); the encoder's error otherwise.
-fn gap_filler(
-    from: i64,
-    to: i64,
-    epoch: i32,
-    out: &mut BytesMut,
-) -> Result<(), StreamError> {
+fn gap_filler(from: i64, to: i64, epoch: i32, out: &mut BytesMut) -> Result<(), StreamError> {
     let header = BatchHeader {
         base_offset: from,
         batch_length: 0,
