@@ -93,6 +93,18 @@ pub trait Fs: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// The I/O error; `NotFound` when `Existing` and the file is missing.
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>>;
+    /// Opens the existing file `path` for writes that bypass the page cache (`O_DIRECT`):
+    /// each write through it must start at a multiple of [`DIRECT_ALIGN`], be a multiple of
+    /// it long, and come from memory aligned the same way. `None` where the file system
+    /// refuses direct I/O (tmpfs) and for file systems without it (the simulated one): the
+    /// caller then writes through the page cache.
+    ///
+    /// # Errors
+    /// Another I/O error than the refusal.
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn FileHandle>>> {
+        let _ = path;
+        Ok(None)
+    }
     /// Creates `path` and its parents.
     ///
     /// # Errors
@@ -195,7 +207,29 @@ impl FileHandle for RealFile {
     }
 }
 
+/// The alignment of direct writes ([`Fs::open_direct`]): the page size, a multiple of
+/// every logical block size Linux file systems use.
+pub const DIRECT_ALIGN: usize = 4096;
+
 impl Fs for RealFs {
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn FileHandle>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => Ok(Some(Arc::new(RealFile {
+                file,
+                path: path.to_path_buf(),
+            }))),
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>> {
         let mut options = OpenOptions::new();
         options.read(true).write(true);
