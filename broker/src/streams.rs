@@ -75,6 +75,10 @@ pub enum StreamError {
     /// A batch is larger than the topic's `max.message.bytes`.
     #[error("a record batch of {bytes} bytes exceeds max.message.bytes {bytes_max}")]
     MessageTooLarge { bytes: u64, bytes_max: u64 },
+    /// The batches of one partition in one produce are more than a replicated partition
+    /// takes in one command (`cluster::replica::COMMAND_BYTES_MAX`).
+    #[error("the record batches for one partition ({bytes} bytes) exceed the {bytes_max} bytes a replicated partition takes in one produce")]
+    RecordListTooLarge { bytes: u64, bytes_max: u64 },
     /// An idempotent produce must carry exactly one batch per partition.
     #[error("an idempotent produce carries exactly one batch per partition")]
     SeveralIdempotentBatches,

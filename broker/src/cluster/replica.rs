@@ -347,7 +347,17 @@ pub enum ReplicaError {
     /// The group stopped on this node (a storage failure, or shutdown).
     #[error("the replicated log stopped: {0}")]
     Stopped(String),
+    /// A command larger than a replicated log takes ([`COMMAND_BYTES_MAX`]): nothing was
+    /// written.
+    #[error("a command of {bytes} bytes exceeds the {COMMAND_BYTES_MAX} bytes a replicated log takes; nothing was written")]
+    TooLarge { bytes: usize },
 }
+
+/// Largest command a group takes: its one-entry AppendEntries (openraft's fields around
+/// it) must fit the internal wire's frame (`transport::FRAME_BYTES_MAX`, 64 MiB), which
+/// is also the largest raft log record a reader takes (`store::RECORD_PAYLOAD_BYTES_MAX`).
+/// Larger, it would be in the leader's log and never reach a follower.
+pub const COMMAND_BYTES_MAX: usize = 48 * 1024 * 1024;
 
 type StorageResult<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -1636,6 +1646,11 @@ impl Replica {
         impl Future<Output = std::result::Result<Bytes, ReplicaError>> + Send + 'static,
         ReplicaError,
     > {
+        if command.len() > COMMAND_BYTES_MAX {
+            return Err(ReplicaError::TooLarge {
+                bytes: command.len(),
+            });
+        }
         let limit = self.timing.election_max * 10;
         let node_id = self.node_id;
         let answer = self

@@ -517,6 +517,28 @@ fn a_snapshot_with_an_unreadable_state_is_refused_before_its_install() {
 }
 
 #[test]
+fn a_command_larger_than_a_group_takes_is_refused_before_it_is_written() {
+    // Goal: a command that could not reach a follower in one frame (or read back from the
+    // raft log) is refused at the leader, nothing proposed. Method: one byte over the limit
+    // is refused as TooLarge and nothing is applied.
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let nodes = three_members(&net).await;
+        let leader = wait_for_leader(&nodes).await;
+        let over = Bytes::from(vec![b'x'; crate::cluster::replica::COMMAND_BYTES_MAX + 1]);
+        let outcome = nodes[&leader].replica.write(over).await;
+        assert!(
+            matches!(outcome, Err(ReplicaError::TooLarge { bytes }) if bytes == crate::cluster::replica::COMMAND_BYTES_MAX + 1),
+            "an oversized command answered {outcome:?}"
+        );
+        assert!(nodes[&leader].applier.applied().is_empty());
+        for node in nodes.values() {
+            node.replica.shutdown().await;
+        }
+    });
+}
+
+#[test]
 fn a_group_with_no_majority_acknowledges_nothing() {
     runtime().block_on(async {
         let net = Arc::new(Net::default());

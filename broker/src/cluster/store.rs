@@ -50,8 +50,12 @@ const STATE_MAGIC: [u8; 4] = *b"WRST";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"WRSN";
 /// Bytes before a log record's payload: length and CRC.
 pub const RECORD_HEADER_BYTES: usize = 8;
-/// Largest log record accepted when reading.
-pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest log record accepted when reading: the internal wire's largest frame
+/// (`transport::FRAME_BYTES_MAX`), so every entry a node can be sent or take reads back.
+/// It was 16 MiB until 2026-12-07, below a partition's largest entry (a produce of up to
+/// the listener's 16 MiB frame, or more with `frame_bytes_max` raised): such a record was
+/// written and acknowledged, then cut at the next start as a torn tail.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The layout of a log record's payload: this octet, then one openraft 0.9 `Entry` as
 /// MessagePack ([`super::codec`]). Version 1 records hold the entry as JSON after the octet
 /// ([`ENTRY_VERSION_JSON`]), and records written before the octet existed hold the JSON
@@ -1172,6 +1176,32 @@ mod tests {
             .collect();
         assert_eq!(again, expected);
         eprintln!("direct writes: {direct}");
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_16_mib_reads_back_after_a_restart() {
+        // Goal: every entry a node takes reads back. Until 2026-12-07 the reader stopped at
+        // records over 16 MiB, which a partition's produce can reach: such an entry was
+        // acknowledged, then cut at the next start as a torn tail, with all after it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let store = open().expect("opens");
+        let big = Entry::<TypeConfig> {
+            log_id: log_id(1, 1, 1),
+            payload: EntryPayload::Normal(MetadataCommand::TestPut {
+                key: "k".repeat(20 * 1024 * 1024),
+                value: 1,
+            }),
+        };
+        store
+            .write_entries(vec![big.clone(), blank(1, 2)])
+            .await
+            .expect("append");
+        drop(store);
+        let reopened = open().expect("reopens");
+        assert_eq!(held(&reopened), vec![(1, 1), (1, 2)]);
+        assert_eq!(lock(&reopened.inner).entries[&1], big);
     }
 
     /// The header of the blank entry's record: payload length 57, its CRC-32.

@@ -788,6 +788,10 @@ fn replica_refusal(
             partition,
             leader: None,
         },
+        ReplicaError::TooLarge { bytes } => StreamError::RecordListTooLarge {
+            bytes: bytes as u64,
+            bytes_max: crate::cluster::replica::COMMAND_BYTES_MAX as u64,
+        },
     }
 }
 

@@ -117,7 +117,7 @@ impl From<StreamError> for ApiError {
             StreamError::InternalTopic(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "internal_topic", message)
             }
-            StreamError::MessageTooLarge { .. } => {
+            StreamError::MessageTooLarge { .. } | StreamError::RecordListTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", message)
             }
             StreamError::TimedOut { .. } => {

@@ -103,6 +103,7 @@ pub fn stream(error: &StreamError) -> i16 {
         StreamError::CorruptBatch(_) => ResponseError::CorruptMessage,
         StreamError::KeylessRecord { .. } => ResponseError::InvalidRecord,
         StreamError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        StreamError::RecordListTooLarge { .. } => ResponseError::RecordListTooLarge,
         StreamError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         StreamError::TxnFenced { .. } => ResponseError::InvalidProducerEpoch,
         StreamError::MarkerRefused { .. } => ResponseError::TransactionCoordinatorFenced,

@@ -99,7 +99,9 @@ pub fn stream(error: &StreamError) -> ErrorCode {
         | StreamError::TransactionalWithoutProducerId
         | StreamError::KeylessRecord { .. } => ErrorCode::InvalidRequest,
         StreamError::CorruptBatch(_) => ErrorCode::CorruptRecordBatch,
-        StreamError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+        StreamError::MessageTooLarge { .. } | StreamError::RecordListTooLarge { .. } => {
+            ErrorCode::MessageTooLarge
+        }
         StreamError::UnknownProducerId(_) => ErrorCode::InvalidProducerIdMapping,
         StreamError::TxnFenced { .. } => ErrorCode::ProducerFenced,
         StreamError::MarkerRefused { .. } => ErrorCode::ProducerFenced,
