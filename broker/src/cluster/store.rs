@@ -10,7 +10,10 @@
 //!   an append to a segment of [`SEGMENT_BYTES`] or more starts a new one. A purge deletes
 //!   the segments holding only purged entries (after `raft-state` names the purged id); a
 //!   truncate deletes the later segments, last first, and cuts the one holding its entry.
-//!   Nothing is rewritten. Opening keeps the longest prefix of whole, valid records of the
+//!   The last segment is written with direct I/O where the file system takes it: each
+//!   append rewrites, unchanged, the bytes of the block holding the log's end (only after a
+//!   truncation, or at the end of a log not padded to blocks) and ends with a padding record
+//!   on a block boundary; no other byte is rewritten. Opening keeps the longest prefix of whole, valid records of the
 //!   last segment and cuts the rest (only an unacknowledged tail can be torn); damage in an
 //!   earlier segment stops the open.
 //! - `raft-state` (checkpoint `WRST` v1, JSON): the vote, the committed log id, the purged
@@ -59,8 +62,9 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The layout of a log record's payload: this octet, then one openraft 0.9 `Entry` as
 /// MessagePack ([`super::codec`]). Version 1 records hold the entry as JSON after the octet
 /// ([`ENTRY_VERSION_JSON`]), and records written before the octet existed hold the JSON
-/// alone, which starts with `{` (0x7b); both are still read. Any other leading octet is a
-/// layout this build does not know, and the node does not start.
+/// alone, which starts with `{` (0x7b); both are still read. A payload of zeros is padding
+/// ([`PADDING`]). Any other leading octet is a layout this build does not know, and the
+/// node does not start.
 pub const ENTRY_VERSION: u8 = 2;
 /// The version of records holding the entry as JSON (written until 2026-12-05).
 pub const ENTRY_VERSION_JSON: u8 = 1;
@@ -142,8 +146,11 @@ struct LogSegment {
     file: Arc<dyn FileHandle>,
     /// The same file opened for direct writes (the last segment, where the file system
     /// takes them): appends bypass the page cache, which a log read back only at restart
-    /// does not need, and which costs a copy of every byte.
+    /// does not need, and which costs a copy of every byte. Opened by the first append to
+    /// the segment; dropped when a newer segment takes the appends.
     direct: Option<Arc<dyn FileHandle>>,
+    /// Whether opening `direct` was tried (it is not tried again once refused).
+    direct_tried: bool,
     /// Bytes of whole records in it.
     bytes: u64,
 }
@@ -164,6 +171,9 @@ struct LogInner<C: LogConfig> {
     segment_bytes: u64,
     hard: HardState,
     state_sequence: u64,
+    /// Direct writes refused and written through the page cache instead (tests).
+    #[cfg(test)]
+    direct_refusals: u64,
 }
 
 impl<C: LogConfig> LogInner<C> {
@@ -253,6 +263,9 @@ pub(crate) fn encode_entry_record<C: LogConfig>(
 /// [`DIRECT_ALIGN`] blocks: a header and at least the [`PADDING`] octet, zeros after it.
 fn pad_record(out: &mut Vec<u8>, from: usize) {
     let mut gap = (DIRECT_ALIGN - (out.len() - from) % DIRECT_ALIGN) % DIRECT_ALIGN;
+    if gap == 0 {
+        return;
+    }
     if gap <= RECORD_HEADER_BYTES {
         gap += DIRECT_ALIGN;
     }
@@ -396,7 +409,7 @@ impl<C: LogConfig> LogStore<C> {
             let (payloads, valid) = decode_records(&bytes);
             let mut offset = 0u64;
             for payload in payloads {
-                if payload.first() == Some(&PADDING) {
+                if payload.first() == Some(&PADDING) && payload.iter().all(|&b| b == PADDING) {
                     offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
                     continue;
                 }
@@ -434,16 +447,12 @@ impl<C: LogConfig> LogStore<C> {
                 file.set_len(valid as u64)?;
                 file.sync_data()?;
             }
-            let direct = if first == last_first {
-                fs.open_direct(&path)?
-            } else {
-                None
-            };
             segments.push(LogSegment {
                 first,
                 path,
                 file,
-                direct,
+                direct: None,
+                direct_tried: false,
                 bytes: valid as u64,
             });
         }
@@ -457,6 +466,8 @@ impl<C: LogConfig> LogStore<C> {
             segment_bytes: SEGMENT_BYTES,
             hard,
             state_sequence,
+            #[cfg(test)]
+            direct_refusals: 0,
         };
         // Segments a purge had not deleted yet when the node stopped.
         if let Some(purged) = inner.hard.purged {
@@ -505,20 +516,42 @@ impl<C: LogConfig> LogStore<C> {
         if let Some((fs, dir, io)) = roll {
             let path = dir.join(segment_name(first_index));
             let created = path.clone();
-            let (file, direct) = run_io(io, move || {
+            let file = run_io(io, move || {
                 let file = fs.open_file(&created, OpenMode::CreateOrOpen)?;
-                let direct = fs.open_direct(&created)?;
                 fs.sync_dir(&dir)?;
-                Ok((file, direct))
+                Ok(file)
             })
             .await?;
-            lock(&self.inner).segments.push(LogSegment {
+            let mut inner = lock(&self.inner);
+            // The full segment takes no more appends (unless a truncation makes it the
+            // last again: its direct handle is opened again then).
+            if let Some(full) = inner.segments.last_mut() {
+                full.direct = None;
+                full.direct_tried = false;
+            }
+            inner.segments.push(LogSegment {
                 first: first_index,
                 path,
                 file,
-                direct,
+                direct: None,
+                direct_tried: false,
                 bytes: 0,
             });
+        }
+        let untried = {
+            let inner = lock(&self.inner);
+            let active = inner.active();
+            (!active.direct_tried).then(|| (inner.fs.clone(), active.path.clone(), inner.io))
+        };
+        if let Some((fs, path, io)) = untried {
+            let direct = run_io(io, move || fs.open_direct(&path)).await?;
+            let mut inner = lock(&self.inner);
+            let active = inner
+                .segments
+                .last_mut()
+                .unwrap_or_else(|| unreachable!("a raft log always has a segment"));
+            active.direct = direct;
+            active.direct_tried = true;
         }
         let (file, direct, position, io) = {
             let inner = lock(&self.inner);
@@ -570,29 +603,44 @@ impl<C: LogConfig> LogStore<C> {
                 inner.locations.insert(index, (segment, position + offset));
             }
         }
-        let buf = run_io(io, move || {
+        let (buf, refused) = run_io(io, move || {
             let mut buf = buf;
             let Some(direct) = direct else {
                 file.write_all_at(&buf[lead..], position)?;
                 file.sync_data()?;
-                return Ok(buf);
+                return Ok((buf, false));
             };
             if kept > 0 {
                 file.read_exact_at(&mut buf[lead..lead + kept], write_from)?;
             }
             match direct.write_all_at(&buf[lead..], write_from) {
-                Ok(()) => direct.sync_data()?,
-                Err(error) => {
-                    // The same bytes through the page cache: a short direct write (which
-                    // would go on unaligned) or a refusal costs the copy, not the append.
-                    tracing::warn!(%error, "a direct raft log write failed; writing it buffered");
+                Ok(()) => {
+                    direct.sync_data()?;
+                    Ok((buf, false))
+                }
+                // Refused (a block size above DIRECT_ALIGN, or a short write that would
+                // go on unaligned): the same bytes through the page cache, and this
+                // segment's later appends too. Any other error is the append's.
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(%error, "direct raft log writes refused; writing through the page cache");
                     file.write_all_at(&buf[lead..], write_from)?;
                     file.sync_data()?;
+                    Ok((buf, true))
                 }
+                Err(error) => Err(error),
             }
-            Ok(buf)
         })
         .await?;
+        if refused {
+            let mut inner = lock(&self.inner);
+            if let Some(active) = inner.segments.last_mut() {
+                active.direct = None;
+            }
+            #[cfg(test)]
+            {
+                inner.direct_refusals += 1;
+            }
+        }
         keep_scratch(buf);
         Ok(())
     }
@@ -1096,15 +1144,22 @@ mod tests {
         encode_record(&encode_entry(&entry).expect("encodes"), &mut two_steps);
         assert_eq!(in_place, two_steps);
         // A padding record fills the rest of the block from `from`; one too short for a
-        // header and the padding octet takes the next block too.
-        for (before, expected) in [(3 + 65, 4096), (4096 - 8, 8192), (4096 - 9, 4096)] {
+        // header and the padding octet takes the next block too; none on a boundary.
+        for (before, expected) in [
+            (3 + 65, 4096),
+            (4096 - 8, 8192),
+            (4096 - 9, 4096),
+            (4096, 4096),
+        ] {
             let mut bytes = vec![1u8; before];
             pad_record(&mut bytes, 0);
             assert_eq!(bytes.len(), expected, "{before} bytes before the padding");
             let (payloads, valid) = decode_records(&bytes[before..]);
             assert_eq!(valid, expected - before);
-            assert_eq!(payloads.len(), 1);
-            assert_eq!(payloads[0][0], PADDING);
+            assert_eq!(payloads.len(), usize::from(expected > before));
+            assert!(payloads
+                .iter()
+                .all(|payload| payload.iter().all(|&b| b == PADDING)));
         }
         // realign moves the bytes after `lead` to an aligned address, unchanged.
         let mut buf: Vec<u8> = Vec::with_capacity(10);
@@ -1120,13 +1175,14 @@ mod tests {
     #[tokio::test]
     async fn direct_appends_end_on_blocks_and_survive_truncation_and_reopening() {
         // Goal: with direct writes (the last segment on a file system that takes them), each
-        // append ends on a block boundary and every entry reads back, also after a
-        // truncation left the end mid-block and after a reopen (kept bytes rewritten).
+        // append ends on a block boundary and every entry reads back: after a truncation
+        // left the end mid-block (the block's kept bytes read back and rewritten), after a
+        // reopen, and after a log written before padding (its end mid-block). Where the
+        // file system refuses direct I/O the same checks run buffered, without the
+        // boundary check.
         let dir = tempfile::tempdir().expect("temp dir");
         let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
         let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
-        let mut store = open().expect("opens");
-        let direct = lock(&store.inner).active().direct.is_some();
         let put = |term: u64, index: u64, bytes: usize| Entry::<TypeConfig> {
             log_id: log_id(term, 1, index),
             payload: EntryPayload::Normal(MetadataCommand::TestPut {
@@ -1134,40 +1190,80 @@ mod tests {
                 value: index,
             }),
         };
-        let sizes = [10, 5_000, 100, 70_000, 3];
-        for (at, size) in sizes.iter().enumerate() {
-            store
-                .write_entries(vec![put(1, at as u64 + 1, *size)])
-                .await
-                .expect("append");
-            let length = std::fs::metadata(dir.path().join(LOG_FILE))
+        let length = || {
+            std::fs::metadata(dir.path().join(LOG_FILE))
                 .expect("log")
-                .len();
-            assert_eq!(
-                length.is_multiple_of(DIRECT_ALIGN as u64),
-                direct,
-                "length {length}"
-            );
+                .len()
+        };
+        // A log from before padding: two records, its end mid-block.
+        let mut old = Vec::new();
+        for entry in [put(1, 1, 10), put(1, 2, 5_000)] {
+            encode_record(&encode_entry(&entry).expect("encodes"), &mut old);
         }
-        store.truncate(log_id(1, 1, 4)).await.expect("truncate");
+        std::fs::write(dir.path().join(LOG_FILE), &old).expect("written");
+        let mut store = open().expect("opens");
         store
-            .write_entries(vec![put(2, 4, 20), put(2, 5, 9_000)])
+            .write_entries(vec![put(1, 3, 100)])
             .await
             .expect("append");
+        let direct = lock(&store.inner).active().direct.is_some();
+        eprintln!("direct writes: {direct}");
+        assert_eq!(
+            &std::fs::read(dir.path().join(LOG_FILE)).expect("log")[..old.len()],
+            &old[..]
+        );
+        for (index, size) in [(4, 70_000), (5, 3)] {
+            store
+                .write_entries(vec![put(1, index, size)])
+                .await
+                .expect("append");
+            assert_eq!(
+                length().is_multiple_of(DIRECT_ALIGN as u64),
+                direct,
+                "length {}",
+                length()
+            );
+        }
+        // Two entries in one append: the second starts mid-block, and a truncation there
+        // leaves the end mid-block.
+        store
+            .write_entries(vec![put(1, 6, 20), put(1, 7, 30)])
+            .await
+            .expect("append");
+        store.truncate(log_id(1, 1, 7)).await.expect("truncate");
+        if direct {
+            assert!(!length().is_multiple_of(DIRECT_ALIGN as u64));
+        }
+        store
+            .write_entries(vec![put(2, 7, 40), put(2, 8, 9_000)])
+            .await
+            .expect("append");
+        assert_eq!(length().is_multiple_of(DIRECT_ALIGN as u64), direct);
+        assert_eq!(lock(&store.inner).direct_refusals, 0);
         drop(store);
         let reopened = open().expect("reopens");
         reopened
-            .write_entries(vec![put(2, 6, 1)])
+            .write_entries(vec![put(2, 9, 1)])
             .await
             .expect("append");
-        let expected: Vec<Entry<TypeConfig>> = [(1, 1, 10), (1, 2, 5_000), (1, 3, 100)]
-            .into_iter()
-            .chain([(2, 4, 20), (2, 5, 9_000), (2, 6, 1)])
-            .map(|(term, index, size)| put(term, index, size))
-            .collect();
+        let expected: Vec<Entry<TypeConfig>> = [
+            (1, 1, 10),
+            (1, 2, 5_000),
+            (1, 3, 100),
+            (1, 4, 70_000),
+            (1, 5, 3),
+            (1, 6, 20),
+            (2, 7, 40),
+            (2, 8, 9_000),
+            (2, 9, 1),
+        ]
+        .into_iter()
+        .map(|(term, index, size)| put(term, index, size))
+        .collect();
         let held: Vec<Entry<TypeConfig>> =
             lock(&reopened.inner).entries.values().cloned().collect();
         assert_eq!(held, expected);
+        assert_eq!(lock(&reopened.inner).direct_refusals, 0);
         drop(reopened);
         let again: Vec<Entry<TypeConfig>> = lock(&open().expect("reopens").inner)
             .entries
@@ -1175,7 +1271,6 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(again, expected);
-        eprintln!("direct writes: {direct}");
     }
 
     #[tokio::test]

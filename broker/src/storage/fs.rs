@@ -96,8 +96,9 @@ pub trait Fs: Send + Sync + std::fmt::Debug + 'static {
     /// Opens the existing file `path` for writes that bypass the page cache (`O_DIRECT`):
     /// each write through it must start at a multiple of [`DIRECT_ALIGN`], be a multiple of
     /// it long, and come from memory aligned the same way. `None` where the file system
-    /// refuses direct I/O (tmpfs) and for file systems without it (the simulated one): the
-    /// caller then writes through the page cache.
+    /// refuses direct I/O (tmpfs before Linux 6.6), off Linux, and for file systems without it
+    /// (the simulated one): the
+    /// caller then writes through the page cache. (tmpfs takes direct I/O since Linux 6.6.)
     ///
     /// # Errors
     /// Another I/O error than the refusal.
@@ -212,6 +213,7 @@ impl FileHandle for RealFile {
 pub const DIRECT_ALIGN: usize = 4096;
 
 impl Fs for RealFs {
+    #[cfg(target_os = "linux")]
     fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn FileHandle>>> {
         use std::os::unix::fs::OpenOptionsExt;
         match OpenOptions::new()
