@@ -13,9 +13,9 @@
 //!   The last segment is written with direct I/O where the file system takes it: each
 //!   append rewrites, unchanged, the bytes of the block holding the log's end (only after a
 //!   truncation, or at the end of a log not padded to blocks) and ends with a padding record
-//!   on a block boundary; no other byte is rewritten. Opening keeps the longest prefix of whole, valid records of the
-//!   last segment and cuts the rest (only an unacknowledged tail can be torn); damage in an
-//!   earlier segment stops the open.
+//!   on a block boundary; no other byte is rewritten. Opening keeps the longest prefix of
+//!   whole, valid records of the last segment and cuts the rest (only an unacknowledged
+//!   tail can be torn); damage in an earlier segment stops the open.
 //! - `raft-state` (checkpoint `WRST` v1, JSON): the vote, the committed log id, the purged
 //!   log id. Written before the call that changes it returns.
 //! - `raft-snapshot` (checkpoint `WRSN` v1, JSON): the last snapshot, its meta and the state.
