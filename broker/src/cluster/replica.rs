@@ -1297,8 +1297,9 @@ impl Replica {
             // The group's choice (`Timing::entries_per_append`): a partition's entry is a
             // produce's batches (1–3 MiB from a busy producer), and openraft 0.9 gives an
             // AppendEntries one heartbeat interval to be answered, the follower's fsync
-            // included, backing off 500 ms after a miss: one entry per message keeps it
-            // inside that on this machine class, and far below the internal wire's 64 MiB
+            // included, backing off 500 ms after a miss. The log reader also stops at
+            // `store::APPEND_BYTES_MAX` (16 MiB) past the first entry, which keeps a message
+            // inside that on this machine class and far below the internal wire's 64 MiB
             // frame. A queue's entries are small (a run of publishes, acks, counts).
             max_payload_entries: timing.entries_per_append.max(1),
             // A snapshot carries the records a follower lacks in one message (MiBs), read,

@@ -155,8 +155,17 @@ struct LogSegment {
     bytes: u64,
 }
 
-/// Where an entry's record is: the segment's `first`, and the record's byte offset in it.
-type Location = (u64, u64);
+/// Where an entry's record is: the segment's `first`, the record's byte offset in it, and
+/// its bytes (header included).
+type Location = (u64, u64, u64);
+
+/// Most record bytes one AppendEntries carries ([`LogStore`]'s `limited_get_log_entries`),
+/// unless its first entry alone is larger: openraft asks for up to `max_payload_entries`
+/// entries, and a group's entries are MiBs (a produce's batches, a run of publishes), so a
+/// count alone could exceed the internal wire's 64 MiB frame — a follower then never
+/// catches up — or the one heartbeat openraft 0.9 gives an AppendEntries to be answered.
+/// 16 MiB is the largest single entry a default listener frame makes.
+pub const APPEND_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug)]
 struct LogInner<C: LogConfig> {
@@ -424,7 +433,8 @@ impl<C: LogConfig> LogStore<C> {
                 let purged = hard.purged.is_some_and(|id| index <= id.index);
                 if !purged {
                     entries.insert(index, entry);
-                    locations.insert(index, (first, offset));
+                    let bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
+                    locations.insert(index, (first, offset, bytes));
                 }
                 offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
             }
@@ -579,8 +589,9 @@ impl<C: LogConfig> LogStore<C> {
         let records_at = buf.len();
         let mut offsets = Vec::with_capacity(entries.len());
         for entry in &entries {
-            offsets.push((buf.len() - records_at) as u64);
+            let at = buf.len();
             encode_entry_record(entry, &mut buf)?;
+            offsets.push(((at - records_at) as u64, (buf.len() - at) as u64));
         }
         let lead = if direct.is_some() {
             pad_record(&mut buf, lead);
@@ -597,10 +608,12 @@ impl<C: LogConfig> LogStore<C> {
                 .unwrap_or_else(|| unreachable!("a raft log always has a segment"));
             active.bytes = position + appended;
             let segment = active.first;
-            for (entry, offset) in entries.into_iter().zip(offsets) {
+            for (entry, (offset, bytes)) in entries.into_iter().zip(offsets) {
                 let index = entry.log_id.index;
                 inner.entries.insert(index, entry);
-                inner.locations.insert(index, (segment, position + offset));
+                inner
+                    .locations
+                    .insert(index, (segment, position + offset, bytes));
             }
         }
         let (buf, refused) = run_io(io, move || {
@@ -688,6 +701,23 @@ impl<C: LogConfig> RaftLogReader<C> for LogStore<C> {
             .map(|(_, entry)| entry.clone())
             .collect())
     }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry<C>>> {
+        // The entries from `start` while their records total at most APPEND_BYTES_MAX,
+        // and always the first (openraft needs one).
+        let inner = lock(&self.inner);
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for (index, entry) in inner.entries.range(start..end) {
+            let size = inner.locations.get(index).map_or(0, |location| location.2);
+            if !entries.is_empty() && bytes + size > APPEND_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            entries.push(entry.clone());
+        }
+        Ok(entries)
+    }
 }
 
 impl<C: LogConfig> RaftLogStorage<C> for LogStore<C> {
@@ -758,7 +788,7 @@ impl<C: LogConfig> RaftLogStorage<C> for LogStore<C> {
             let mut inner = lock(&self.inner);
             let at = log_id.index;
             inner.entries.split_off(&at);
-            let Some(&(segment, offset)) = inner.locations.get(&at) else {
+            let Some(&(segment, offset, _)) = inner.locations.get(&at) else {
                 return Ok(());
             };
             inner.locations.split_off(&at);
@@ -1297,6 +1327,49 @@ mod tests {
         let reopened = open().expect("reopens");
         assert_eq!(held(&reopened), vec![(1, 1), (1, 2)]);
         assert_eq!(lock(&reopened.inner).entries[&1], big);
+    }
+
+    #[tokio::test]
+    async fn an_append_to_a_follower_carries_at_most_append_bytes_max_past_its_first_entry() {
+        // Goal: openraft's AppendEntries never outgrows the internal frame however many
+        // entries it may carry: before, six queue entries of up to 16 MiB each made a frame
+        // the wire refused, and that follower never caught up. Method: entries of 10 MiB and
+        // small ones; the reader returns small ones together, a large one alone or with
+        // what fits, and always the first entry, also after a reopen.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
+        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let store = open().expect("opens");
+        let put = |index: u64, bytes: usize| Entry::<TypeConfig> {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(MetadataCommand::TestPut {
+                key: "k".repeat(bytes),
+                value: index,
+            }),
+        };
+        let big = 10 * 1024 * 1024;
+        for (index, bytes) in [(1, 10), (2, 20), (3, big), (4, big), (5, 30), (6, big)] {
+            store
+                .write_entries(vec![put(index, bytes)])
+                .await
+                .expect("append");
+        }
+        for mut reader in [store, open().expect("reopens")] {
+            for (start, end, expected) in [
+                (1, 7, vec![1, 2, 3]),
+                (3, 7, vec![3]),
+                (4, 7, vec![4, 5]),
+                (6, 7, vec![6]),
+                (1, 3, vec![1, 2]),
+            ] {
+                let entries = reader
+                    .limited_get_log_entries(start, end)
+                    .await
+                    .expect("read");
+                let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+                assert_eq!(indexes, expected, "entries {start}..{end}");
+            }
+        }
     }
 
     /// The header of the blank entry's record: payload length 57, its CRC-32.

@@ -42,9 +42,10 @@ use crate::core::replication::{
 /// How often a member's watcher checks whether its node should run the queue's task.
 const LEAD_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Entries one AppendEntries of a queue's group carries at most: a queue's entries are
-/// mostly small (acks, delivery counts, runs of small publishes), and a run of publishes is
-/// at most 8 MiB (`PUBLISH_RUN_BYTES_MAX`), so six stay below the internal wire's 64 MiB
-/// frame.
+/// mostly small (acks, delivery counts, runs of small publishes). A run of publishes is
+/// 8 MiB (`PUBLISH_RUN_BYTES_MAX`) or one larger message (up to the listener's frame), so
+/// the bytes are bounded too (`store::APPEND_BYTES_MAX`): six runs of 11 MiB and more
+/// outgrew the internal wire's 64 MiB frame, and that follower never caught up.
 const QUEUE_ENTRIES_PER_APPEND: u64 = 6;
 
 /// The replicated log's name for incarnation `incarnation` of queue `queue` (topic names

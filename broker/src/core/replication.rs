@@ -71,6 +71,12 @@ const REPLICA_HEARTBEAT_MIN: Duration = Duration::from_millis(200);
 /// and samples its members' in-sync views (`Replica::status`).
 const LEADER_CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// Entries one AppendEntries of a partition's group carries at most (and at most
+/// `store::APPEND_BYTES_MAX` bytes past the first). One per AppendEntries (until
+/// 2026-12-07) made each entry a follower round trip of its own; four gave 1.1x the
+/// replicated produce at 1 KiB (docs/BENCHMARKS.md).
+const PARTITION_ENTRIES_PER_APPEND: u64 = 4;
+
 /// A replicated partition's timeouts: the metadata log's, but a heartbeat of at least
 /// 200 ms (openraft 0.9 gives an AppendEntries one heartbeat to be answered, and a
 /// partition's entries are large) and an election timeout of 2.5–3.5 heartbeats. openraft
@@ -85,8 +91,9 @@ pub(crate) fn replica_timing(metadata: Timing) -> Timing {
         election_min,
         election_max: election_min + heartbeat,
         snapshot_every: SNAPSHOT_EVERY,
-        // A produce's batches are MiBs: one entry per AppendEntries (see Replica::start).
-        entries_per_append: 1,
+        // A produce's batches are MiBs: a few entries per AppendEntries, at most
+        // `store::APPEND_BYTES_MAX` of them past the first (see Replica::start).
+        entries_per_append: PARTITION_ENTRIES_PER_APPEND,
     }
 }
 
