@@ -1229,6 +1229,10 @@ pub fn check_leases(on: bool) {
 /// second more per staged piece, which its install appends.
 const SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 
+/// How many longest election timeouts a first member other than the placement's leader
+/// waits before it initializes a new group itself ([`Replica::found`]).
+pub const FOUNDING_WAIT_ELECTIONS: u32 = 4;
+
 /// One node's member of a replicated log's group: the seam the broker calls.
 #[derive(Clone)]
 pub struct Replica {
@@ -1376,17 +1380,34 @@ impl Replica {
         }
     }
 
-    /// Starts an election with this member as candidate now, rather than when its election
-    /// timer fires (it wins only with a log as up to date as a majority's).
+    /// Starts a new group with `members` as its first voters so that the placement's leader
+    /// leads it. With `leads`, this member initializes now, which makes it a candidate at
+    /// once (openraft elects as it initializes). Any other first member waits
+    /// [`FOUNDING_WAIT_ELECTIONS`] longest election timeouts and initializes only if by then
+    /// nothing reached it (the placement's leader was down or slow to start the group).
+    /// Were every member to initialize at once, whichever started first would be elected by
+    /// a member that had not initialized yet, the placement's leader would find the group
+    /// taken, and every group could end up led by one node.
     ///
     /// # Errors
-    /// The group stopped here.
-    pub async fn campaign(&self) -> std::result::Result<(), ReplicaError> {
-        self.raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|error| ReplicaError::Stopped(error.to_string()))
+    /// openraft's refusal to initialize here (`leads` only; a waiting member logs its own).
+    pub async fn found(
+        &self,
+        members: BTreeMap<NodeId, String>,
+        leads: bool,
+    ) -> std::result::Result<(), ReplicaError> {
+        if leads {
+            return self.initialize(members).await.map(|_| ());
+        }
+        let wait = self.timing.election_max * FOUNDING_WAIT_ELECTIONS;
+        let member = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Err(error) = member.initialize(members).await {
+                tracing::debug!(group = member.group(), %error, "cannot initialize");
+            }
+        });
+        Ok(())
     }
 
     /// The leader this node knows of. This node counts as leader only while a majority

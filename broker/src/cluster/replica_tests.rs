@@ -374,6 +374,74 @@ async fn three_members(net: &Arc<Net>) -> BTreeMap<NodeId, Node> {
     nodes
 }
 
+fn first_members() -> BTreeMap<NodeId, String> {
+    (1..=3).map(|id| (id, format!("node-{id}"))).collect()
+}
+
+/// The placement's leader leads a new group even when it starts the group last: the other
+/// first members wait for it rather than electing one of themselves (which is how every
+/// partition of a three-node test once ended up led by one node).
+#[test]
+fn a_new_group_is_led_by_the_placements_leader_even_when_it_starts_last() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        for id in [2, 3] {
+            let node = start(id, SimFs::new(), Arc::default(), &net).await;
+            node.replica
+                .found(first_members(), false)
+                .await
+                .expect("found");
+            nodes.insert(id, node);
+        }
+        // Long enough for two members to elect one of themselves.
+        tokio::time::sleep(timing().election_max * 2).await;
+        assert!(nodes.values().all(|node| node.replica.leader().is_none()));
+        let node = start(1, SimFs::new(), Arc::default(), &net).await;
+        node.replica
+            .found(first_members(), true)
+            .await
+            .expect("found");
+        nodes.insert(1, node);
+        assert_eq!(wait_for_leader(&nodes).await, 1);
+        let written = values("led", 5);
+        write_all(&nodes, &written).await;
+        let expected: Vec<Bytes> = written.into_iter().map(Bytes::from).collect();
+        converge(&nodes, &expected).await;
+        // The waiting members' late initialize changed nothing.
+        tokio::time::sleep(timing().election_max * (super::FOUNDING_WAIT_ELECTIONS + 1)).await;
+        assert_eq!(wait_for_leader(&nodes).await, 1);
+        converge(&nodes, &expected).await;
+    });
+}
+
+/// With the placement's leader down when the group is created, the other first members
+/// found it themselves after their wait and elect one of them.
+#[test]
+fn a_new_group_forms_without_the_placements_leader_after_the_wait() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        for id in [2, 3] {
+            let node = start(id, SimFs::new(), Arc::default(), &net).await;
+            node.replica
+                .found(first_members(), false)
+                .await
+                .expect("found");
+            nodes.insert(id, node);
+        }
+        let wait = timing().election_max * super::FOUNDING_WAIT_ELECTIONS;
+        tokio::time::sleep(wait - Duration::from_millis(10)).await;
+        assert!(nodes.values().all(|node| node.replica.leader().is_none()));
+        let leader = wait_for_leader(&nodes).await;
+        assert!([2, 3].contains(&leader), "{leader}");
+        let written = values("without", 5);
+        write_all(&nodes, &written).await;
+        let expected: Vec<Bytes> = written.into_iter().map(Bytes::from).collect();
+        converge(&nodes, &expected).await;
+    });
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

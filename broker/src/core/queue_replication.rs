@@ -318,21 +318,14 @@ impl Broker {
             }
         };
         cluster.replicas().insert(replica.clone());
-        // A node taking the queue's replica in a move starts empty and is brought in by the
-        // group's leader (`Replicas::initializes`).
-        let initialized = if set.initializes(cluster.node_id()) {
-            replica.initialize(members).await
-        } else {
-            Ok(false)
-        };
-        match initialized {
-            Ok(true) if set.leader == cluster.node_id() => {
-                if let Err(error) = replica.campaign().await {
-                    tracing::debug!(%group, %error, "cannot campaign");
-                }
+        // The placement's leader founds the group at once, the other first members later if
+        // it did not (`Replica::found`); a node taking the queue's replica in a move starts
+        // empty and is brought in by the group's leader (`Replicas::initializes`).
+        if set.initializes(cluster.node_id()) {
+            let leads = set.leader == cluster.node_id();
+            if let Err(error) = replica.found(members, leads).await {
+                tracing::warn!(%group, %error, "cannot initialize a replicated queue");
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%group, %error, "cannot initialize a replicated queue"),
         }
         tracing::info!(%group, "replicated queue started");
         tokio::spawn(self.clone().run_queue_while_leading(

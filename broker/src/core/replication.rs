@@ -971,26 +971,14 @@ impl Broker {
                 match started {
                     Ok(replica) => {
                         cluster.replicas().insert(replica.clone());
-                        // Every first member initializes with the same members (the same
-                        // first entry everywhere); a node taking a replica in a move starts
-                        // empty and is brought in by the group's leader
-                        // (`Replicas::initializes`). On a new group the placement's leader
-                        // campaigns at once, so leaders start spread as placement put them
-                        // rather than on whichever member's timer fires first.
-                        let initialized = if set.initializes(this) {
-                            replica.initialize(members).await
-                        } else {
-                            Ok(false)
-                        };
-                        match initialized {
-                            Ok(true) if set.leader == this => {
-                                if let Err(error) = replica.campaign().await {
-                                    tracing::debug!(%group, %error, "cannot campaign");
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(error) => {
-                                tracing::warn!(%group, %error, "cannot initialize a replicated partition")
+                        // Every first member founds the group with the same members (the
+                        // same first entry everywhere), the placement's leader at once so
+                        // leaders start spread as placement put them; a node taking a
+                        // replica in a move starts empty and is brought in by the group's
+                        // leader (`Replicas::initializes`).
+                        if set.initializes(this) {
+                            if let Err(error) = replica.found(members, set.leader == this).await {
+                                tracing::warn!(%group, %error, "cannot initialize a replicated partition");
                             }
                         }
                         tracing::info!(%group, "replicated partition started");
