@@ -1651,7 +1651,7 @@ impl Replica {
     /// majority of the group has it durably and the leader applied it.
     ///
     /// # Errors
-    /// `NotLeader` (nothing written), `TimedOut` (unknown), `Stopped`.
+    /// `TooLarge` and `NotLeader` (nothing written), `TimedOut` (unknown), `Stopped`.
     pub async fn write(&self, command: Bytes) -> std::result::Result<Bytes, ReplicaError> {
         self.submit(command).await?.await
     }
@@ -1660,7 +1660,8 @@ impl Replica {
     /// that order) and returns the wait for its outcome, as [`Replica::write`] answers it.
     ///
     /// # Errors
-    /// `Stopped` when the group stopped on this node.
+    /// `TooLarge` for a command over [`COMMAND_BYTES_MAX`] (nothing written); `Stopped`
+    /// when the group stopped on this node.
     pub async fn submit(
         &self,
         command: Bytes,

@@ -106,7 +106,9 @@ impl Transport for SimTransport {
 /// A node's timing. openraft draws each node's election timeout once, when the node starts,
 /// from its own randomness; the simulation draws it from the seed instead (`election_ms`,
 /// in 300..600), handing openraft a range of one millisecond, so a seed replays the same
-/// elections.
+/// elections. The broker's bounds derived from the longest timeout (a proposal's limit of
+/// ten, a forward's of four) are then the node's own draw times ten or four (3–6 s for a
+/// proposal, where a real node with 400..800 waits 8 s).
 fn timing(election_ms: u64) -> Timing {
     Timing {
         heartbeat: Duration::from_millis(50),

@@ -1211,15 +1211,7 @@ mod tests {
         // file system refuses direct I/O the same checks run buffered, without the
         // boundary check.
         let dir = tempfile::tempdir().expect("temp dir");
-        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
-        let put = |term: u64, index: u64, bytes: usize| Entry::<TypeConfig> {
-            log_id: log_id(term, 1, index),
-            payload: EntryPayload::Normal(MetadataCommand::TestPut {
-                key: "k".repeat(bytes),
-                value: index,
-            }),
-        };
+        let open = || open_on_disk(dir.path());
         let length = || {
             std::fs::metadata(dir.path().join(LOG_FILE))
                 .expect("log")
@@ -1309,16 +1301,9 @@ mod tests {
         // records over 16 MiB, which a partition's produce can reach: such an entry was
         // acknowledged, then cut at the next start as a torn tail, with all after it.
         let dir = tempfile::tempdir().expect("temp dir");
-        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let open = || open_on_disk(dir.path());
         let store = open().expect("opens");
-        let big = Entry::<TypeConfig> {
-            log_id: log_id(1, 1, 1),
-            payload: EntryPayload::Normal(MetadataCommand::TestPut {
-                key: "k".repeat(20 * 1024 * 1024),
-                value: 1,
-            }),
-        };
+        let big = put(1, 1, 20 * 1024 * 1024);
         store
             .write_entries(vec![big.clone(), blank(1, 2)])
             .await
@@ -1337,20 +1322,12 @@ mod tests {
         // small ones; the reader returns small ones together, a large one alone or with
         // what fits, and always the first entry, also after a reopen.
         let dir = tempfile::tempdir().expect("temp dir");
-        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let open = || open_on_disk(dir.path());
         let store = open().expect("opens");
-        let put = |index: u64, bytes: usize| Entry::<TypeConfig> {
-            log_id: log_id(1, 1, index),
-            payload: EntryPayload::Normal(MetadataCommand::TestPut {
-                key: "k".repeat(bytes),
-                value: index,
-            }),
-        };
         let big = 10 * 1024 * 1024;
         for (index, bytes) in [(1, 10), (2, 20), (3, big), (4, big), (5, 30), (6, big)] {
             store
-                .write_entries(vec![put(index, bytes)])
+                .write_entries(vec![put(1, index, bytes)])
                 .await
                 .expect("append");
         }
@@ -1402,6 +1379,22 @@ mod tests {
         openraft::testing::blank_ent::<TypeConfig>(term, 1, index)
     }
 
+    /// Entry `index` of `term` (leader node 1), about `bytes` long.
+    fn put(term: u64, index: u64, bytes: usize) -> Entry<TypeConfig> {
+        Entry::<TypeConfig> {
+            log_id: log_id(term, 1, index),
+            payload: EntryPayload::Normal(MetadataCommand::TestPut {
+                key: "k".repeat(bytes),
+                value: index,
+            }),
+        }
+    }
+
+    /// The log in `dir`, on the real file system.
+    fn open_on_disk(dir: &Path) -> std::io::Result<LogStore> {
+        LogStore::<TypeConfig>::open(Arc::new(crate::storage::fs::RealFs), dir, Io::Inline)
+    }
+
     fn log_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("dir")
@@ -1429,8 +1422,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_rolls_segments_a_purge_deletes_whole_ones_and_a_truncate_cuts_one() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let open = || open_on_disk(dir.path());
         let mut store = open().expect("opens");
         // Every append after the first starts a new segment.
         store.set_segment_bytes(1);
@@ -1487,8 +1479,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_last_segment_may_be_torn() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let fs: Arc<dyn Fs> = Arc::new(crate::storage::fs::RealFs);
-        let open = || LogStore::<TypeConfig>::open(fs.clone(), dir.path(), Io::Inline);
+        let open = || open_on_disk(dir.path());
         let store = open().expect("opens");
         store.set_segment_bytes(1);
         for index in 1..=3 {
