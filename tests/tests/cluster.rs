@@ -2383,3 +2383,82 @@ fn a_wiped_replica_rebuilds_a_compacted_topic_from_the_others() {
         end,
     );
 }
+
+/// Runs `wharf args` on `broker` until it succeeds, for 30 s (a metadata change waits for
+/// an election when the metadata leader is paused).
+fn wharf_until_done(broker: &str, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = wharf(broker, args, "");
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} on {broker}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_topic_deleted_and_created_again_while_a_replica_was_paused_gets_a_new_member_there() {
+    // Goal: a node that sees a topic's delete and its create again in one pass of its
+    // follower (here: paused while both were made) stops its member of the old topic's
+    // replicated partition before it replaces its copy. The group's name is the same
+    // (`<topic>-<partition>`); before, the old member kept running on the old raft log and
+    // applied to the deleted copy, and no member of the new group started there: that
+    // node's copy of the new topic stayed empty, and its old log could be elected in the
+    // new group. Method: 100 records, a follower SIGSTOPped, the topic deleted and
+    // created again through another node and 10 records written; after SIGCONT the
+    // follower's own copy reaches 10 records, and with the leader killed the follower and
+    // the third node go on from offset 10.
+    let topic = "again";
+    let (_root, mut nodes, addresses, kafka) = three_nodes_and_a_replicated_topic(topic);
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
+    assert_acked_in_order(&written, 0, 100, "the first topic");
+    replicas_settled(&addresses[0], topic, &[1, 2, 3]);
+    let leader = usize::try_from(native_leaders(&addresses[0], topic)[0] - 1).expect("a leader");
+    let paused = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let signal = |signal: &str| {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &nodes[paused].pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    };
+    signal("STOP");
+    wharf_until_done(&addresses[via], &["topic", "delete", topic]);
+    wharf_until_done(
+        &addresses[via],
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+    );
+    let written = replicated_client(&["produce", &kafka[via], topic, "0", "10"]);
+    assert_acked_in_order(&written, 0, 10, "the topic created again");
+    signal("CONT");
+    wait_for_gauge(
+        &nodes[paused].http_address(),
+        "wharf_partition_log_end_offset",
+        topic,
+        10,
+    );
+    let leader = usize::try_from(native_leaders(&addresses[via], topic)[0] - 1).expect("a leader");
+    let killed = if leader == paused { via } else { leader };
+    nodes[killed].kill();
+    let left = (0..3).find(|at| *at != killed).expect("a node left");
+    let written = replicated_client(&["produce", &kafka[left], topic, "10", "5"]);
+    assert_acked_in_order(&written, 10, 5, "after the leader was killed");
+    let read = replicated_client(&["consume", &kafka[left], topic, "15"]);
+    let wanted: Vec<(u64, String)> = (0..15).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(offsets_and_values(&read, "read"), wanted);
+}

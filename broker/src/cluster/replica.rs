@@ -1233,6 +1233,25 @@ const SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// waits before it initializes a new group itself ([`Replica::found`]).
 pub const FOUNDING_WAIT_ELECTIONS: u32 = 4;
 
+/// [`Replica::initialize`] over the group's handle.
+async fn initialize_group(
+    raft: &Raft<ReplicaConfig>,
+    members: BTreeMap<NodeId, String>,
+) -> std::result::Result<bool, ReplicaError> {
+    if raft.is_initialized().await.unwrap_or(false) {
+        return Ok(false);
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode { addr }))
+        .collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(true),
+        Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+        Err(error) => Err(ReplicaError::Stopped(error.to_string())),
+    }
+}
+
 /// One node's member of a replicated log's group: the seam the broker calls.
 #[derive(Clone)]
 pub struct Replica {
@@ -1366,18 +1385,7 @@ impl Replica {
         &self,
         members: BTreeMap<NodeId, String>,
     ) -> std::result::Result<bool, ReplicaError> {
-        if self.raft.is_initialized().await.unwrap_or(false) {
-            return Ok(false);
-        }
-        let nodes: BTreeMap<NodeId, BasicNode> = members
-            .into_iter()
-            .map(|(id, addr)| (id, BasicNode { addr }))
-            .collect();
-        match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(true),
-            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
-            Err(error) => Err(ReplicaError::Stopped(error.to_string())),
-        }
+        initialize_group(&self.raft, members).await
     }
 
     /// Starts a new group with `members` as its first voters so that the placement's leader
@@ -1390,7 +1398,8 @@ impl Replica {
     /// taken, and every group could end up led by one node.
     ///
     /// # Errors
-    /// openraft's refusal to initialize here (`leads` only; a waiting member logs its own).
+    /// With `leads`: the group stopped here, or openraft refused a membership without this
+    /// node (already initialized is no error). A waiting member logs its own at debug.
     pub async fn found(
         &self,
         members: BTreeMap<NodeId, String>,
@@ -1399,12 +1408,17 @@ impl Replica {
         if leads {
             return self.initialize(members).await.map(|_| ());
         }
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(()); // a restart, or entries came first
+        }
         let wait = self.timing.election_max * FOUNDING_WAIT_ELECTIONS;
-        let member = self.clone();
+        // Only the group's handle waits (not the member, whose applier holds the node's
+        // stores): a member shut down meanwhile makes the late initialize fail, harmlessly.
+        let (raft, group) = (self.raft.clone(), self.group.clone());
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            if let Err(error) = member.initialize(members).await {
-                tracing::debug!(group = member.group(), %error, "cannot initialize");
+            if let Err(error) = initialize_group(&raft, members).await {
+                tracing::debug!(%group, %error, "cannot initialize");
             }
         });
         Ok(())

@@ -745,6 +745,7 @@ impl Broker {
     /// committed offsets, as a delete here does (a re-created topic must not inherit
     /// them); false (and a warning) when the copy could not be deleted.
     async fn delete_topic_locally(&self, name: &str) -> bool {
+        self.stop_partition_replicas(name).await;
         let streams = self.streams.clone();
         let deleting = name.to_string();
         match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {

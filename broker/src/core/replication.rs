@@ -811,6 +811,28 @@ impl Broker {
             .get(&group_name(topic, partition))
     }
 
+    /// Stops this node's members of `topic`'s replicated partitions (before its copy here
+    /// is deleted). A member left running would keep the deleted topic's raft log under
+    /// the group's name (`<topic>-<partition>`), which the topic created again in its place
+    /// reuses: the follower pass does not start a member where one runs, and the old one,
+    /// holding a longer log, could be elected in the new group and overwrite its records.
+    pub(crate) async fn stop_partition_replicas(&self, topic: &str) {
+        let Some(cluster) = self.replicated() else {
+            return;
+        };
+        let partitions = self
+            .streams
+            .topics()
+            .get(topic)
+            .map_or(0, |info| info.partitions);
+        for partition in 0..partitions {
+            if let Some(stopped) = cluster.replicas().remove(&group_name(topic, partition)) {
+                stopped.shutdown().await;
+                tracing::info!(group = stopped.group(), "replicated partition stopped");
+            }
+        }
+    }
+
     /// Submits a checked produce to a replicated partition (in request order) and returns
     /// the wait for its answer. A transactional batch's transaction was verified by the
     /// caller, under the partition's gate (`core/txn_markers.rs`).
