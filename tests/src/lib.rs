@@ -331,6 +331,15 @@ impl BrokerProcess {
         self.addr.to_string()
     }
 
+    /// Sends it `signal` by name (`STOP` pauses it, `CONT` resumes it) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
     /// Kills it with SIGKILL and waits for it to die.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -2384,13 +2384,14 @@ fn a_wiped_replica_rebuilds_a_compacted_topic_from_the_others() {
     );
 }
 
-/// Runs `wharf args` on `broker` until it succeeds, for 30 s (a metadata change waits for
-/// an election when the metadata leader is paused).
-fn wharf_until_done(broker: &str, args: &[&str]) {
+/// Runs `wharf args` on `broker` until it succeeds or fails saying `done` (an earlier
+/// attempt made the change and its answer was lost), for 30 s (a metadata change waits
+/// for an election when the metadata leader is paused).
+fn wharf_until_done(broker: &str, args: &[&str], done: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let output = wharf(broker, args, "");
-        if output.status.success() {
+        if output.status.success() || String::from_utf8_lossy(&output.stderr).contains(done) {
             return;
         }
         assert!(
@@ -2422,15 +2423,12 @@ fn a_topic_deleted_and_created_again_while_a_replica_was_paused_gets_a_new_membe
     let leader = usize::try_from(native_leaders(&addresses[0], topic)[0] - 1).expect("a leader");
     let paused = (leader + 1) % 3;
     let via = (leader + 2) % 3;
-    let signal = |signal: &str| {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &nodes[paused].pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal}");
-    };
-    signal("STOP");
-    wharf_until_done(&addresses[via], &["topic", "delete", topic]);
+    nodes[paused].signal("STOP");
+    wharf_until_done(
+        &addresses[via],
+        &["topic", "delete", topic],
+        "unknown topic",
+    );
     wharf_until_done(
         &addresses[via],
         &[
@@ -2442,10 +2440,11 @@ fn a_topic_deleted_and_created_again_while_a_replica_was_paused_gets_a_new_membe
             "--replication-factor",
             "3",
         ],
+        "already exists",
     );
     let written = replicated_client(&["produce", &kafka[via], topic, "0", "10"]);
     assert_acked_in_order(&written, 0, 10, "the topic created again");
-    signal("CONT");
+    nodes[paused].signal("CONT");
     wait_for_gauge(
         &nodes[paused].http_address(),
         "wharf_partition_log_end_offset",

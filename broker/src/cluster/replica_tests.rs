@@ -378,6 +378,21 @@ fn first_members() -> BTreeMap<NodeId, String> {
     (1..=3).map(|id| (id, format!("node-{id}"))).collect()
 }
 
+/// Members 2 and 3 of a new group of three, started and founding it as members that do
+/// not lead its placement (they wait before they initialize).
+async fn waiting_members(net: &Arc<Net>) -> BTreeMap<NodeId, Node> {
+    let mut nodes = BTreeMap::new();
+    for id in [2, 3] {
+        let node = start(id, SimFs::new(), Arc::default(), net).await;
+        node.replica
+            .found(first_members(), false)
+            .await
+            .expect("found");
+        nodes.insert(id, node);
+    }
+    nodes
+}
+
 /// The placement's leader leads a new group even when it starts the group last: the other
 /// first members wait for it rather than electing one of themselves (which is how every
 /// partition of a three-node test once ended up led by one node).
@@ -385,15 +400,7 @@ fn first_members() -> BTreeMap<NodeId, String> {
 fn a_new_group_is_led_by_the_placements_leader_even_when_it_starts_last() {
     runtime().block_on(async {
         let net = Arc::new(Net::default());
-        let mut nodes = BTreeMap::new();
-        for id in [2, 3] {
-            let node = start(id, SimFs::new(), Arc::default(), &net).await;
-            node.replica
-                .found(first_members(), false)
-                .await
-                .expect("found");
-            nodes.insert(id, node);
-        }
+        let mut nodes = waiting_members(&net).await;
         // Long enough for two members to elect one of themselves.
         tokio::time::sleep(timing().election_max * 2).await;
         assert!(nodes.values().all(|node| node.replica.leader().is_none()));
@@ -421,15 +428,7 @@ fn a_new_group_is_led_by_the_placements_leader_even_when_it_starts_last() {
 fn a_new_group_forms_without_the_placements_leader_after_the_wait() {
     runtime().block_on(async {
         let net = Arc::new(Net::default());
-        let mut nodes = BTreeMap::new();
-        for id in [2, 3] {
-            let node = start(id, SimFs::new(), Arc::default(), &net).await;
-            node.replica
-                .found(first_members(), false)
-                .await
-                .expect("found");
-            nodes.insert(id, node);
-        }
+        let nodes = waiting_members(&net).await;
         let wait = timing().election_max * super::FOUNDING_WAIT_ELECTIONS;
         tokio::time::sleep(wait - Duration::from_millis(10)).await;
         assert!(nodes.values().all(|node| node.replica.leader().is_none()));

@@ -317,6 +317,8 @@ impl Broker {
             .await
             .map_err(stream_refusal)?;
         let _following = self.cluster_follow.lock().await;
+        // Its partition members first, as the follower's delete does (`stop_partition_replicas`).
+        self.stop_partition_replicas(name).await;
         let streams = self.streams.clone();
         let deleting = name.to_string();
         match blocking(move || streams.delete_topic(&deleting).map_err(StreamError::from)).await {

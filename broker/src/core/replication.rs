@@ -958,6 +958,14 @@ impl Broker {
                 if cluster.replicas().get(&group).is_some() {
                     continue;
                 }
+                // A copy here of another id is the deleted topic's (its delete failed, or
+                // the follower has not replaced it yet): a member of the new group never
+                // starts on its raft log.
+                if let (Some(local), Some(id)) = (self.streams.topics().get(name), topic.topic_id) {
+                    if local.topic_id != id {
+                        continue;
+                    }
+                }
                 let Some(log) = self.streams.topics().partition(name, partition) else {
                     continue;
                 };
