@@ -488,6 +488,22 @@ pub fn wharf_bytes(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
     output
 }
 
+/// Runs `wharf args` on `broker` until it succeeds, or fails saying `done` (a non-empty
+/// `done`: the change was made by an earlier attempt whose answer was lost), for 30 s (a
+/// metadata change waits while the cluster elects a leader).
+pub fn wharf_until_done(broker: &str, args: &[&str], done: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = wharf(broker, args, "");
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        if output.status.success() || (!done.is_empty() && said.contains(done)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{args:?} on {broker}: {said}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Like [`wharf`], but panics with both streams unless it exits successfully.
 pub fn wharf_ok(broker: &str, args: &[&str], stdin: &str) -> String {
     let output = wharf(broker, args, stdin);

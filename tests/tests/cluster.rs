@@ -12,7 +12,7 @@ use integration_tests::cluster::{
     converged, free_port, native_leaders, registered, start_node, start_node_sealed, status,
     three_nodes,
 };
-use integration_tests::{wharf, wharfd_path, BrokerProcess};
+use integration_tests::{wharf, wharf_until_done, wharfd_path, BrokerProcess};
 use serde_json::Value;
 
 #[test]
@@ -2382,25 +2382,6 @@ fn a_wiped_replica_rebuilds_a_compacted_topic_from_the_others() {
         topic,
         end,
     );
-}
-
-/// Runs `wharf args` on `broker` until it succeeds or fails saying `done` (an earlier
-/// attempt made the change and its answer was lost), for 30 s (a metadata change waits
-/// for an election when the metadata leader is paused).
-fn wharf_until_done(broker: &str, args: &[&str], done: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let output = wharf(broker, args, "");
-        if output.status.success() || String::from_utf8_lossy(&output.stderr).contains(done) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{args:?} on {broker}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{converged, registered, three_nodes};
-use integration_tests::{wharf, wharf_ok, BrokerProcess};
+use integration_tests::{wharf, wharf_ok, wharf_until_done, BrokerProcess};
 use serde_json::Value;
 
 /// `name{labels} value` lines of `/metrics` at `http` whose name and labels match.
@@ -123,21 +123,6 @@ fn endpoints(nodes: &[BrokerProcess]) -> (Vec<String>, Vec<(u64, String)>) {
         .map(|(index, node)| (index as u64 + 1, node.http_address()))
         .collect();
     (addresses, http)
-}
-
-/// Runs `wharf args` on `broker` until it succeeds, or fails saying `done` (a non-empty
-/// `done`: the change was made by an earlier attempt whose answer was lost), for 30 s.
-fn retry_until(broker: &str, args: &[&str], done: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let output = wharf(broker, args, "");
-        let said = String::from_utf8_lossy(&output.stderr).to_string();
-        if output.status.success() || (!done.is_empty() && said.contains(done)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{args:?} on {broker}: {said}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn lines(prefix: &str, range: std::ops::Range<u32>) -> String {
@@ -484,12 +469,12 @@ fn a_queue_declared_again_while_a_replica_was_down_replaces_that_replicas_old_co
     // The node killed may have led the metadata log: changes are retried until the two
     // left elected another (a delete that was made before its answer was lost is then
     // refused as unknown).
-    retry_until(
+    wharf_until_done(
         &addresses[up[0]],
         &["queue", "delete", "again"],
         "unknown queue",
     );
-    retry_until(&addresses[up[1]], &DECLARE, "");
+    wharf_until_done(&addresses[up[1]], &DECLARE, "");
     publish_retrying(&addresses[up[1]], "again", &lines("new", 0..5));
 
     nodes[down_at].restart();
