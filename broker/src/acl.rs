@@ -285,6 +285,10 @@ pub enum AclError {
     /// The caller may not manage ACLs.
     #[error(transparent)]
     Unauthorized(#[from] Denied),
+    /// The cluster's metadata log did not take the change (no leader, or the outcome is
+    /// unknown); nothing changed on this node.
+    #[error("the cluster did not take the ACL change: {message}")]
+    Cluster { no_leader: bool, message: String },
 }
 
 impl AclBinding {

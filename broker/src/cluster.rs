@@ -17,6 +17,7 @@ pub mod node;
 pub mod placement;
 pub mod raft;
 pub mod replica;
+pub mod security_meta;
 pub mod store;
 pub mod transport;
 

@@ -31,6 +31,7 @@ mod queue_replication;
 pub mod quota;
 mod replication;
 pub mod routing;
+mod security_sync;
 pub mod stream_ops;
 mod txn_markers;
 pub mod txn_ops;

@@ -12,7 +12,10 @@ use integration_tests::cluster::{
     converged, free_port, native_leaders, registered, start_node, start_node_sealed, status,
     three_nodes,
 };
-use integration_tests::{wharf, wharf_until_done, wharfd_path, BrokerProcess};
+use integration_tests::{
+    basic, http_call, http_get, run_client_script, wharf, wharf_as, wharf_until_done, wharfd_path,
+    wharfd_user_create, BrokerProcess,
+};
 use serde_json::Value;
 
 #[test]
@@ -2441,4 +2444,223 @@ fn a_topic_deleted_and_created_again_while_a_replica_was_paused_gets_a_new_membe
     let read = replicated_client(&["consume", &kafka[left], topic, "15"]);
     let wanted: Vec<(u64, String)> = (0..15).map(|index| (index, format!("v{index}"))).collect();
     assert_eq!(offsets_and_values(&read, "read"), wanted);
+}
+
+/// Polls `check` every 200 ms until it holds (30 s at most).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether `user` logs in on the native listener at `broker` (SCRAM-SHA-256).
+fn logs_in(broker: &str, user: &str, password: &str) -> bool {
+    wharf_as(broker, Some((user, password)), &["topic", "list"], "")
+        .status
+        .success()
+}
+
+fn assert_done(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How many ACLs `wharf acl list` shows at `broker` (None if it fails).
+fn acl_count(broker: &str) -> Option<usize> {
+    let listed = wharf_as(broker, None, &["--json", "acl", "list"], "");
+    if !listed.status.success() {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(&listed.stdout).ok()?;
+    value.as_array().map(Vec::len)
+}
+
+/// The token `POST /api/v1/tokens` made for `authorization` at `http`.
+fn token_made(http: &str, authorization: &str) -> (String, String) {
+    let (status, answer) = http_call(http, "POST", "/api/v1/tokens", Some(authorization));
+    assert_eq!(status, 201, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    let value: Value = serde_json::from_str(body.trim()).expect("json");
+    let field = |name: &str| value[name].as_str().expect("a field").to_string();
+    (field("id"), field("token"))
+}
+
+#[test]
+fn users_tokens_and_acls_made_on_one_node_are_in_force_on_every_node() {
+    // Goal (issue #20: users and ACLs are cluster-wide definitions): a user, a bearer token
+    // or an ACL made through any node is in force on every node, so a Kafka client that
+    // logs in on one node logs in on the partition leaders it is sent to; a node's own
+    // bootstrap user becomes the cluster's; a user deleted while a node was down cannot log
+    // in on it when it comes back.
+    let root = tempfile::tempdir().expect("temp dir");
+    let created = wharfd_user_create(&root.path().join("node-1"), "admin", "admin-pw", &[]);
+    assert_done(&created, "wharfd user create admin on node 1");
+    let (_peers, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    for address in &addresses {
+        eventually(
+            &format!("node 1's bootstrap user logs in on {address}"),
+            || logs_in(address, "admin", "admin-pw"),
+        );
+    }
+
+    // A user made on node 2 logs in everywhere; confluent-kafka bootstrapped on node 3 logs
+    // in on whichever node leads the topic it writes.
+    assert_done(
+        &wharf_as(
+            &addresses[1],
+            None,
+            &["user", "create", "bob", "--password-stdin"],
+            "bob-one\n",
+        ),
+        "wharf user create bob on node 2",
+    );
+    for address in [&addresses[0], &addresses[2]] {
+        eventually(&format!("bob logs in on {address}"), || {
+            logs_in(address, "bob", "bob-one")
+        });
+    }
+    let kafka = run_client_script(
+        "sasl_clients.py",
+        &[
+            "kafka",
+            &nodes[2].kafka_address(),
+            "SCRAM-SHA-512",
+            "bob",
+            "bob-one",
+            "from-node-3",
+        ],
+    );
+    assert!(
+        assert_done(&kafka, "confluent-kafka as bob through node 3").starts_with("ok v0,v1,v2"),
+        "{}",
+        String::from_utf8_lossy(&kafka.stdout)
+    );
+    // The log decides: a second create of bob, on node 3, is refused.
+    let again = wharf_as(
+        &addresses[2],
+        None,
+        &["user", "create", "bob", "--password-stdin"],
+        "other\n",
+    );
+    assert!(!again.status.success(), "bob was created twice");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // A password changed on node 3: the old one is refused on node 1, the new one works.
+    assert_done(
+        &wharf_as(
+            &addresses[2],
+            None,
+            &["user", "passwd", "bob", "--password-stdin"],
+            "bob-two\n",
+        ),
+        "wharf user passwd bob on node 3",
+    );
+    eventually("bob's old password is refused on node 1", || {
+        !logs_in(&addresses[0], "bob", "bob-one")
+    });
+    assert!(logs_in(&addresses[0], "bob", "bob-two"));
+
+    // A bearer token made on node 1 works on node 2's HTTP; revoked there, node 1 refuses it.
+    let https: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    let (id, token) = token_made(&https[0], &basic("bob", "bob-two"));
+    let bearer = format!("Bearer {token}");
+    eventually("node 1's token is taken on node 2", || {
+        http_get(&https[1], "/api/v1/topics", Some(&bearer)).0 == 200
+    });
+    let path = format!("/api/v1/tokens/{id}");
+    assert_eq!(http_call(&https[1], "DELETE", &path, Some(&bearer)).0, 204);
+    eventually("the revoked token is refused on node 1", || {
+        http_get(&https[0], "/api/v1/topics", Some(&bearer)).0 == 401
+    });
+
+    // ACLs made on node 1 are listed on node 2 and enforced by the leader Kafka writes to.
+    assert_done(
+        &wharf_as(
+            &addresses[0],
+            None,
+            &["topic", "create", "secret", "--partitions", "1"],
+            "",
+        ),
+        "create the topic secret",
+    );
+    for acl in [
+        // The cluster first: once an ACL exists, what none allows is denied.
+        &["--cluster", "--operation", "All", "--allow"][..],
+        &["--topic", "*", "--operation", "All", "--allow"][..],
+        &["--topic", "secret", "--operation", "Write", "--deny"][..],
+    ] {
+        let principal = if acl.contains(&"--deny") {
+            "User:bob"
+        } else {
+            "User:*"
+        };
+        let mut args = vec!["acl", "add", "--principal", principal];
+        args.extend_from_slice(acl);
+        assert_done(&wharf_as(&addresses[0], None, &args, ""), "wharf acl add");
+    }
+    for address in &addresses {
+        eventually(&format!("{address} lists the three ACLs"), || {
+            acl_count(address) == Some(3)
+        });
+    }
+    let denied = || {
+        run_client_script(
+            "sasl_clients.py",
+            &[
+                "kafka",
+                &nodes[2].kafka_address(),
+                "SCRAM-SHA-256",
+                "bob",
+                "bob-two",
+                "secret",
+            ],
+        )
+    };
+    let refused = denied();
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "bob's write to secret was not refused by the ACL: {}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_done(
+        &wharf_as(
+            &addresses[1],
+            None,
+            &["acl", "remove", "--principal", "User:bob"],
+            "",
+        ),
+        "wharf acl remove on node 2",
+    );
+    for address in &addresses {
+        eventually(&format!("{address} lists two ACLs"), || {
+            acl_count(address) == Some(2)
+        });
+    }
+    assert_done(&denied(), "bob writes to secret once the deny ACL is gone");
+
+    // bob is deleted while node 3 is down: when it comes back, bob cannot log in on it.
+    nodes[2].kill();
+    assert_done(
+        &wharf_as(&addresses[0], None, &["user", "delete", "bob"], ""),
+        "wharf user delete bob on node 1",
+    );
+    nodes[2].restart();
+    let address = nodes[2].address();
+    eventually("node 3 refuses the deleted bob after its restart", || {
+        logs_in(&address, "admin", "admin-pw") && !logs_in(&address, "bob", "bob-two")
+    });
 }

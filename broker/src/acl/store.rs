@@ -165,6 +165,21 @@ impl AclStore {
         })
     }
 
+    /// Makes the list `acls` (sorted, without duplicates): what the cluster's metadata
+    /// holds, on a node that follows it. Answers whether anything changed. Durable before it
+    /// returns; blocking.
+    ///
+    /// # Errors
+    /// `Storage` if the file cannot be written (nothing changes).
+    pub fn replace(&self, mut acls: Vec<AclBinding>) -> Result<bool, AclError> {
+        acls.sort();
+        acls.dedup();
+        self.change(|current| {
+            let changed = acls != current;
+            (acls, changed)
+        })
+    }
+
     /// Computes the next list from the current one, writes it, then puts it in force.
     fn change<T>(
         &self,
@@ -203,7 +218,8 @@ impl AclStore {
     }
 }
 
-fn to_stored(acl: &AclBinding) -> StoredAcl {
+/// An ACL as the file (and the cluster's metadata) stores it: every field by name.
+pub fn to_stored(acl: &AclBinding) -> StoredAcl {
     StoredAcl {
         principal: acl.principal.clone(),
         host: acl.host.clone(),
@@ -215,7 +231,11 @@ fn to_stored(acl: &AclBinding) -> StoredAcl {
     }
 }
 
-fn from_stored(stored: StoredAcl) -> Result<AclBinding, AclError> {
+/// An ACL read back from [`to_stored`]'s form.
+///
+/// # Errors
+/// `Storage` naming a field that holds no known name.
+pub fn from_stored(stored: StoredAcl) -> Result<AclBinding, AclError> {
     let bad = |field: &str, value: &str| {
         AclError::Storage(format!("ACL file holds an unknown {field} {value:?}"))
     };

@@ -120,6 +120,10 @@ pub enum UserError {
     /// Reading or writing the users file failed.
     #[error("{0}")]
     Storage(#[from] crate::storage::Error),
+    /// The cluster's metadata log did not take the change (no leader, or the outcome is
+    /// unknown); nothing changed on this node.
+    #[error("the cluster did not take the user change: {message}")]
+    Cluster { no_leader: bool, message: String },
 }
 
 /// The user store.
@@ -186,6 +190,21 @@ impl Users {
             }
         })?;
         Ok((Users::open(fs, data_dir)?, lock))
+    }
+
+    /// Whether a user of this name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.stored().users.contains_key(name)
+    }
+
+    /// How many users exist.
+    pub fn count(&self) -> usize {
+        self.stored().users.len()
+    }
+
+    /// How many tokens exist.
+    pub fn token_count(&self) -> usize {
+        self.stored().tokens.len()
     }
 
     /// True when no user exists.
@@ -354,6 +373,48 @@ impl Users {
             .collect()
     }
 
+    /// Every user's credentials and every token, as stored.
+    pub fn snapshot(&self) -> (BTreeMap<String, Vec<ScramCredential>>, Vec<StoredToken>) {
+        let stored = self.stored();
+        (stored.users.clone(), stored.tokens.clone())
+    }
+
+    /// Makes the users and tokens exactly these: what the cluster's metadata holds, on a
+    /// node that follows it. Answers whether anything changed; durable before it returns
+    /// (blocking).
+    ///
+    /// # Errors
+    /// [`UserError::InvalidName`] or [`UserError::InvalidCredential`] for the first entry
+    /// this file could not hold (nothing changes), storage errors.
+    pub fn replace(
+        &self,
+        mut users: BTreeMap<String, Vec<ScramCredential>>,
+        mut tokens: Vec<StoredToken>,
+    ) -> Result<bool, UserError> {
+        for (name, credentials) in &mut users {
+            check_name(name)?;
+            for credential in credentials.iter() {
+                check_credential(credential)?;
+            }
+            credentials.sort_by_key(|credential| credential.mechanism);
+        }
+        users.retain(|_, credentials| !credentials.is_empty());
+        tokens.retain(|token| users.contains_key(&token.user));
+        tokens.sort_by(|left, right| left.id.cmp(&right.id));
+        let mut sequence = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut current = self.stored().clone();
+        current.tokens.sort_by(|left, right| left.id.cmp(&right.id));
+        let next = Stored { users, tokens };
+        if next == current {
+            return Ok(false);
+        }
+        self.commit(&mut sequence, next)?;
+        Ok(true)
+    }
+
     /// Writes `stored` durably, then makes it current (the writer lock is held).
     fn commit(&self, sequence: &mut u64, stored: Stored) -> Result<(), UserError> {
         let payload = encode_payload(&stored);
@@ -426,7 +487,11 @@ pub fn check_name(name: &str) -> Result<(), UserError> {
     Ok(())
 }
 
-fn check_credential(credential: &ScramCredential) -> Result<(), UserError> {
+/// Checks a credential's iteration count, salt and key sizes.
+///
+/// # Errors
+/// [`UserError::InvalidCredential`].
+pub fn check_credential(credential: &ScramCredential) -> Result<(), UserError> {
     let hash_bytes = credential.mechanism.hash_bytes();
     if !(SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX).contains(&credential.iterations) {
         return Err(UserError::InvalidCredential {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::placement;
+use super::security_meta::{AclMeta, SecurityCommand, TokenMeta, UsersMeta};
 
 /// A node's id in the cluster (`--node-id`).
 pub type NodeId = u64;
@@ -280,6 +281,8 @@ pub enum MetadataCommand {
     /// A register for tests: sets `key` to `value` and answers the previous value.
     #[doc(hidden)]
     TestPut { key: String, value: u64 },
+    /// Changes the users, tokens or ACLs (`cluster::security_meta`).
+    Security(SecurityCommand),
 }
 
 /// Why a command changed nothing.
@@ -299,6 +302,12 @@ pub enum MetadataError {
     ExchangeDiffers { name: String, kind: String },
     #[error("node {0} is not a member of the cluster")]
     UnknownNode(NodeId),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("user {0:?} does not exist")]
+    UnknownUser(String),
+    #[error("token {0:?} does not exist")]
+    UnknownToken(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -318,6 +327,8 @@ pub enum MetadataResult {
     ProducerIds { start: i64, end: i64 },
     /// The replica moves under way after a rebalance.
     Moves(Vec<ReplicaMove>),
+    /// The ACLs a removal found.
+    Acls(Vec<AclMeta>),
     /// Nothing changed, for this reason.
     Refused(MetadataError),
 }
@@ -359,6 +370,16 @@ pub struct MetadataState {
     /// The test register.
     #[doc(hidden)]
     pub test_register: BTreeMap<String, u64>,
+    /// Users and their credentials, by name (absent from snapshots written before
+    /// 2026-12-07, when each node kept its own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: UsersMeta,
+    /// HTTP bearer tokens, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, TokenMeta>,
+    /// ACLs.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub acls: BTreeSet<AclMeta>,
 }
 
 impl MetadataState {
@@ -693,6 +714,7 @@ impl MetadataState {
             MetadataCommand::TestPut { key, value } => Ok(MetadataResult::Previous(
                 self.test_register.insert(key.clone(), *value),
             )),
+            MetadataCommand::Security(command) => self.apply_security(command),
         }
     }
 

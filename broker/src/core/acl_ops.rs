@@ -119,6 +119,12 @@ impl Broker {
         acls: Vec<AclBinding>,
     ) -> Result<(), AclError> {
         self.check_cluster(caller, Operation::Alter)?;
+        if let Some(cluster) = self.replicated().cloned() {
+            for acl in &acls {
+                acl.validate()?;
+            }
+            return self.add_acls_replicated(&cluster, &acls).await;
+        }
         let store = Arc::clone(&self.acls);
         blocking(move || store.add(&acls)).await
     }
@@ -148,6 +154,9 @@ impl Broker {
         filters: Vec<AclFilter>,
     ) -> Result<Vec<Vec<AclBinding>>, AclError> {
         self.check_cluster(caller, Operation::Alter)?;
+        if let Some(cluster) = self.replicated().cloned() {
+            return self.remove_acls_replicated(&cluster, &filters).await;
+        }
         let store = Arc::clone(&self.acls);
         blocking(move || store.remove(&filters)).await
     }

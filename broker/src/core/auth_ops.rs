@@ -16,7 +16,7 @@ use wharf_protocol::sasl::{
 
 use crate::acl::Operation;
 use crate::auth::scram::SERVER_NONCE_BYTES;
-use crate::auth::users::StoredToken;
+use crate::auth::users::{check_credential, check_name, StoredToken, TOKENS_MAX, USERS_MAX};
 use crate::auth::{
     AuthError, CredentialChange, FailedLogins, Principal, ScramServer, ScramStep, UserError,
     UserInfo, Users,
@@ -33,7 +33,7 @@ const FAKE_SALT_KEY_BYTES: usize = 32;
 /// unknown users' salts.
 #[derive(Debug)]
 pub struct AuthState {
-    users: Users,
+    users: Arc<Users>,
     failures: FailedLogins,
     fake_salt_key: [u8; FAKE_SALT_KEY_BYTES],
 }
@@ -49,7 +49,7 @@ impl AuthState {
         getrandom::fill(&mut fake_salt_key)
             .map_err(|error| format!("cannot read the system's random source: {error}"))?;
         Ok(AuthState {
-            users,
+            users: Arc::new(users),
             failures: FailedLogins::new(failures_per_minute_max),
             fake_salt_key,
         })
@@ -90,6 +90,11 @@ pub enum NewCredential {
 }
 
 impl Broker {
+    /// The user store, for writes run on the blocking pool.
+    pub(crate) fn users_handle(&self) -> Arc<Users> {
+        Arc::clone(&self.auth.users)
+    }
+
     /// True when at least one user exists.
     pub fn users_exist(&self) -> bool {
         !self.auth.users.is_empty()
@@ -261,6 +266,26 @@ impl Broker {
         if !own_password {
             self.check_cluster(caller, Operation::Alter)?;
         }
+        if let Some(cluster) = self.replicated().cloned() {
+            // Derived and checked here, as a lone node does; the log decides whether the
+            // user exists (docs/CLUSTER.md, "Users, tokens and ACLs").
+            let name = user.to_string();
+            let creating = existing != Existing::MustExist && !self.auth.users.exists(user);
+            if creating && self.auth.users.count() >= USERS_MAX {
+                return Err(UserError::TooMany {
+                    count: self.auth.users.count(),
+                    max: USERS_MAX,
+                });
+            }
+            let derived = tokio::task::spawn_blocking(move || derive_checked(&name, credentials))
+                .await
+                .map_err(|error| UserError::InvalidCredential {
+                    reason: error.to_string(),
+                })??;
+            return self
+                .set_credentials_replicated(&cluster, user, existing, derived)
+                .await;
+        }
         let broker = self.clone();
         let user = user.to_string();
         tokio::task::spawn_blocking(move || {
@@ -284,6 +309,12 @@ impl Broker {
         mechanism: Option<ScramMechanism>,
     ) -> Result<(), UserError> {
         self.check_cluster(caller, Operation::Alter)?;
+        if let Some(cluster) = self.replicated().cloned() {
+            check_name(user)?;
+            return self
+                .delete_credentials_replicated(&cluster, user, mechanism)
+                .await;
+        }
         let broker = self.clone();
         let user = user.to_string();
         let change = match mechanism {
@@ -335,6 +366,30 @@ pub fn set_credentials_blocking(
         }
     };
     users.change(user, change)
+}
+
+/// The stored credentials of `credentials` for user `name`, checked as the users file
+/// checks them (blocking: salting a password runs its iterations).
+///
+/// # Errors
+/// [`UserError::InvalidName`], [`UserError::InvalidCredential`].
+fn derive_checked(
+    name: &str,
+    credentials: Vec<(ScramMechanism, NewCredential)>,
+) -> Result<Vec<ScramCredential>, UserError> {
+    check_name(name)?;
+    if credentials.is_empty() {
+        return Err(UserError::InvalidCredential {
+            reason: "no credential given".to_string(),
+        });
+    }
+    let mut derived = Vec::with_capacity(credentials.len());
+    for (mechanism, credential) in credentials {
+        let credential = derive(mechanism, credential)?;
+        check_credential(&credential)?;
+        derived.push(credential);
+    }
+    Ok(derived)
 }
 
 /// The stored credential of a password (salted here) or of a client-salted password.
@@ -480,6 +535,17 @@ impl Broker {
             hash: Sha256::digest(token.as_bytes()).to_vec(),
             created_ms: self.clock.now_ms(),
         };
+        if let Some(cluster) = self.replicated().cloned() {
+            if self.auth.users.token_count() >= TOKENS_MAX {
+                return Err(UserError::TooMany {
+                    count: self.auth.users.token_count(),
+                    max: TOKENS_MAX,
+                });
+            }
+            self.add_token_replicated(&cluster, &stored).await?;
+            tracing::info!(%principal, token_id = id, "bearer token created");
+            return Ok(NewToken { id, token });
+        }
         let broker = self.clone();
         tokio::task::spawn_blocking(move || broker.auth.users.add_token(stored))
             .await
@@ -516,6 +582,9 @@ impl Broker {
         id: &str,
     ) -> Result<(), UserError> {
         let user = principal.name().to_string();
+        if let Some(cluster) = self.replicated().cloned() {
+            return self.remove_token_replicated(&cluster, &user, id).await;
+        }
         let id = id.to_string();
         let broker = self.clone();
         tokio::task::spawn_blocking(move || broker.auth.users.remove_token(&user, &id))

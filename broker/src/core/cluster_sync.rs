@@ -34,6 +34,7 @@ use crate::streams::topic::{
 use crate::streams::StreamError;
 
 use super::queue_ops::blocking as queue_blocking;
+use super::security_sync::FollowedSecurity;
 use super::stream_ops::blocking;
 use super::Broker;
 
@@ -64,6 +65,9 @@ struct Followed {
     queue_incarnations: BTreeMap<String, u64>,
     exchanges: BTreeSet<String>,
     bindings: BTreeSet<BindingMeta>,
+    /// Users, tokens and ACLs (`core/security_sync.rs`).
+    #[serde(default)]
+    security: FollowedSecurity,
 }
 
 /// The file of [`Followed`] in `<data-dir>/cluster/`: a checkpoint (header, JSON, CRC-32),
@@ -812,6 +816,8 @@ impl Broker {
                 if current {
                     let before = followed.clone();
                     self.follow(&now.state, &mut followed).await;
+                    self.follow_security(&cluster, &now.state, &mut followed.security)
+                        .await;
                     if followed != before {
                         followed.index = now.index;
                         changed = true;

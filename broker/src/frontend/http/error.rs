@@ -180,6 +180,9 @@ impl From<AclError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             AclError::Unauthorized(denied) => ApiError::from(denied),
+            AclError::Cluster { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", message)
+            }
         }
     }
 }
@@ -202,6 +205,9 @@ impl From<UserError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
             UserError::Unauthorized(denied) => ApiError::from(denied),
+            UserError::Cluster { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster", message)
+            }
         }
     }
 }

@@ -30,6 +30,10 @@ pub fn acl(error: &AclError) -> i16 {
         AclError::Invalid(_) => ResponseError::InvalidRequest.code(),
         AclError::Storage(_) => ResponseError::KafkaStorageError.code(),
         AclError::Unauthorized(refused) => denied(refused),
+        AclError::Cluster {
+            no_leader: true, ..
+        } => ResponseError::NotController.code(),
+        AclError::Cluster { .. } => ResponseError::RequestTimedOut.code(),
     }
 }
 
@@ -224,6 +228,10 @@ pub fn user(error: &crate::core::UserError) -> ResponseError {
         UserError::TooMany { .. } => ResponseError::PolicyViolation,
         UserError::Locked { .. } | UserError::Storage(_) => ResponseError::KafkaStorageError,
         UserError::Unauthorized(_) => ResponseError::ClusterAuthorizationFailed,
+        UserError::Cluster {
+            no_leader: true, ..
+        } => ResponseError::NotController,
+        UserError::Cluster { .. } => ResponseError::RequestTimedOut,
     }
 }
 

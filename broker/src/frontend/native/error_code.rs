@@ -236,6 +236,7 @@ pub fn acl(error: &crate::core::AclError) -> ErrorCode {
         crate::core::AclError::Invalid(_) => ErrorCode::InvalidAcl,
         crate::core::AclError::Storage(_) => ErrorCode::StorageFailed,
         crate::core::AclError::Unauthorized(_) => ErrorCode::Unauthorized,
+        crate::core::AclError::Cluster { no_leader, .. } => definition(*no_leader),
     }
 }
 
@@ -251,6 +252,7 @@ pub fn user(error: &crate::core::UserError) -> ErrorCode {
         UserError::Locked { .. } => ErrorCode::Unknown,
         UserError::Storage(error) => storage(error),
         UserError::Unauthorized(_) => ErrorCode::Unauthorized,
+        UserError::Cluster { no_leader, .. } => definition(*no_leader),
     }
 }
 
