@@ -36,6 +36,15 @@ through node 2, QUEUE (durable) bound to `e2e-dst` through node 2, and binds `e2
 [counts each node reports after the first round], "returned": [whether each node returned
 its message of the second round as unroutable]}.
 
+transient: RabbitMQ's tutorials with pika's defaults (durable=False): through node 1
+declares QUEUE, a fanout exchange `tx-logs` and a queue `QUEUE-logs` bound to it, all
+transient, and publishes `hello` to QUEUE through the default exchange; through node 3
+publishes `line` to `tx-logs`; through node 2 declares QUEUE again as the tutorial's
+consumer does and basic.gets one message from QUEUE and one from `QUEUE-logs`; then through
+node 3 declares QUEUE durable and `tx-logs` durable, each on its own channel. Prints
+{"got": [body or null, body or null], "durable_queue": reply code, "durable_exchange":
+reply code} (0 when a declare was accepted).
+
 Any client error exits 1.
 """
 
@@ -235,8 +244,56 @@ def exchange_binding():
     print(json.dumps({"routed": routed, "returned": returned}))
 
 
+def declare_refusal(address, declare):
+    """The reply code of a channel the broker closed on `declare`, else 0."""
+    connection = connect(address)
+    channel = connection.channel()
+    try:
+        declare(channel)
+    except pika.exceptions.ChannelClosedByBroker as closed:
+        connection.close()
+        return closed.reply_code
+    connection.close()
+    return 0
+
+
+def transient():
+    connection = connect(amqp[0])
+    channel = connection.channel()
+    channel.queue_declare(queue=queue)
+    channel.exchange_declare(exchange="tx-logs", exchange_type="fanout")
+    channel.queue_declare(queue=queue + "-logs")
+    channel.queue_bind(exchange="tx-logs", queue=queue + "-logs")
+    channel.basic_publish(exchange="", routing_key=queue, body=b"hello")
+    connection.close()
+    time.sleep(1.5)
+    connection = connect(amqp[2])
+    connection.channel().basic_publish(exchange="tx-logs", routing_key="", body=b"line")
+    connection.close()
+    connection = connect(amqp[1])
+    channel = connection.channel()
+    channel.queue_declare(queue=queue)
+    got = []
+    for name in (queue, queue + "-logs"):
+        body = None
+        for _ in range(50):
+            method, _properties, body = channel.basic_get(name, auto_ack=True)
+            if method is not None:
+                break
+            time.sleep(0.1)
+        got.append(body.decode() if body is not None else None)
+    connection.close()
+    durable_queue = declare_refusal(amqp[2], lambda ch: ch.queue_declare(queue=queue, durable=True))
+    durable_exchange = declare_refusal(
+        amqp[2], lambda ch: ch.exchange_declare(exchange="tx-logs", exchange_type="fanout", durable=True)
+    )
+    print(json.dumps({"got": got, "durable_queue": durable_queue, "durable_exchange": durable_exchange}))
+
+
 if phase == "publish":
     publish()
+elif phase == "transient":
+    transient()
 elif phase == "auto-delete":
     auto_delete()
 elif phase == "exchange-binding":

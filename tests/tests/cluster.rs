@@ -1185,6 +1185,18 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         serde_json::json!([true, true, true]),
         "after the unbind no node routes through it"
     );
+
+    // Transient queues and exchanges (pika's defaults, RabbitMQ's tutorials) are the
+    // cluster's too: published through nodes 1 and 3, got through node 2; the queue declared
+    // again as durable is refused as RabbitMQ refuses an inequivalent declare (an exchange's
+    // durability is not compared on redeclare, on a lone node either: docs/AMQP.md).
+    let transient = run("tx-hello", "0", &["transient"]);
+    assert_eq!(
+        transient["got"],
+        serde_json::json!(["hello", "line"]),
+        "a transient queue and a transient exchange's binding work through another node"
+    );
+    assert_eq!(transient["durable_queue"], 406, "{transient}");
 }
 
 #[test]

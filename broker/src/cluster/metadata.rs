@@ -142,6 +142,11 @@ pub struct QueueMeta {
     /// a queue declared before incarnations went through the log.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub incarnation: u64,
+    /// A transient queue (AMQP `durable=false`): its messages live in its leader's memory
+    /// and are gone when that node restarts (the definition stays). Absent (false) for a
+    /// durable one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub transient: bool,
 }
 
 /// A binding of a queue, or of another exchange, to an exchange.
@@ -242,14 +247,23 @@ pub enum MetadataCommand {
         arguments: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "is_false")]
         incarnated: bool,
+        /// A transient queue ([`QueueMeta::transient`]); absent (false) for a durable one.
+        #[serde(default, skip_serializing_if = "is_false")]
+        transient: bool,
     },
     /// Deletes a queue and its bindings.
     DeleteQueue { name: String },
     /// Records that `leader` leads replicated queue `name` now: its replicated log elected
     /// it (issue #21), and nodes holding no replica route the queue's operations to it.
     SetQueueLeader { name: String, leader: NodeId },
-    /// Declares an exchange of `kind` (idempotent for the same kind).
-    DeclareExchange { name: String, kind: String },
+    /// Declares an exchange of `kind` (idempotent for the same kind and durability).
+    DeclareExchange {
+        name: String,
+        kind: String,
+        /// A transient exchange (AMQP `durable=false`); absent (false) for a durable one.
+        #[serde(default, skip_serializing_if = "is_false")]
+        transient: bool,
+    },
     /// Deletes an exchange and its bindings.
     DeleteExchange { name: String },
     /// Binds a queue to an exchange.
@@ -357,6 +371,10 @@ pub struct MetadataState {
     pub queues: BTreeMap<String, QueueMeta>,
     /// Exchanges, by name: their kind.
     pub exchanges: BTreeMap<String, String>,
+    /// The exchanges of `exchanges` that are transient (AMQP `durable=false`); absent from
+    /// snapshots written before 2026-12-07, when transient exchanges stayed on their node.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub transient_exchanges: BTreeSet<String>,
     /// Bindings, sorted.
     pub bindings: Vec<BindingMeta>,
     /// Each node's producer-id reservations: every id of its range below this may have
@@ -571,9 +589,10 @@ impl MetadataState {
                 replication_factor,
                 arguments,
                 incarnated,
+                transient,
             } => {
                 if let Some(queue) = self.queues.get(name) {
-                    if &queue.arguments == arguments {
+                    if &queue.arguments == arguments && queue.transient == *transient {
                         return Ok(MetadataResult::Placed(vec![queue.placement.clone()]));
                     }
                     return Err(MetadataError::QueueDiffers(name.clone()));
@@ -592,6 +611,7 @@ impl MetadataState {
                         arguments: arguments.clone(),
                         placement: placed.clone(),
                         incarnation,
+                        transient: *transient,
                     },
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
@@ -618,14 +638,31 @@ impl MetadataState {
                     .retain(|binding| binding.to_exchange || &binding.queue != name);
                 Ok(MetadataResult::Done)
             }
-            MetadataCommand::DeclareExchange { name, kind } => match self.exchanges.get(name) {
-                Some(existing) if existing != kind => Err(MetadataError::ExchangeDiffers {
-                    name: name.clone(),
-                    kind: existing.clone(),
-                }),
+            MetadataCommand::DeclareExchange {
+                name,
+                kind,
+                transient,
+            } => match self.exchanges.get(name) {
+                Some(existing)
+                    if existing != kind
+                        || self.transient_exchanges.contains(name) != *transient =>
+                {
+                    let durability = if self.transient_exchanges.contains(name) {
+                        "transient"
+                    } else {
+                        "durable"
+                    };
+                    Err(MetadataError::ExchangeDiffers {
+                        name: name.clone(),
+                        kind: format!("{durability} {existing}"),
+                    })
+                }
                 Some(_) => Ok(MetadataResult::Done),
                 None => {
                     self.exchanges.insert(name.clone(), kind.clone());
+                    if *transient {
+                        self.transient_exchanges.insert(name.clone());
+                    }
                     Ok(MetadataResult::Done)
                 }
             },
@@ -633,6 +670,7 @@ impl MetadataState {
                 self.exchanges
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownExchange(name.clone()))?;
+                self.transient_exchanges.remove(name);
                 self.bindings.retain(|binding| {
                     &binding.exchange != name && !(binding.to_exchange && &binding.queue == name)
                 });
@@ -916,6 +954,7 @@ mod tests {
             replication_factor: 2,
             arguments: BTreeMap::from([("replication-factor".into(), "2".into())]),
             incarnated: true,
+            transient: false,
         });
         let MetadataResult::Placed(sets) = placed else {
             panic!("placed: {placed:?}");
@@ -1033,6 +1072,48 @@ mod tests {
     }
 
     #[test]
+    fn a_transient_queue_or_exchange_is_not_the_durable_one_of_its_name() {
+        let mut state = three_nodes();
+        let queue = |transient: bool| MetadataCommand::DeclareQueue {
+            name: "q".into(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+            incarnated: true,
+            transient,
+        };
+        assert!(matches!(
+            state.apply(&queue(true)),
+            MetadataResult::Placed(_)
+        ));
+        assert!(state.queues["q"].transient);
+        assert!(matches!(
+            state.apply(&queue(true)),
+            MetadataResult::Placed(_)
+        ));
+        assert_eq!(
+            state.apply(&queue(false)),
+            MetadataResult::Refused(MetadataError::QueueDiffers("q".into()))
+        );
+        let exchange = |transient: bool| MetadataCommand::DeclareExchange {
+            name: "x".into(),
+            kind: "fanout".into(),
+            transient,
+        };
+        assert_eq!(state.apply(&exchange(true)), MetadataResult::Done);
+        assert_eq!(
+            state.apply(&exchange(false)),
+            MetadataResult::Refused(MetadataError::ExchangeDiffers {
+                name: "x".into(),
+                kind: "transient fanout".into()
+            })
+        );
+        state.apply(&MetadataCommand::DeleteExchange { name: "x".into() });
+        assert!(state.transient_exchanges.is_empty());
+        assert_eq!(state.apply(&exchange(false)), MetadataResult::Done);
+        assert!(state.transient_exchanges.is_empty());
+    }
+
+    #[test]
     fn each_declare_of_a_queue_name_the_log_lacks_is_a_new_incarnation() {
         let mut state = three_nodes();
         let declare = |arguments: &[(&str, &str)]| MetadataCommand::DeclareQueue {
@@ -1043,6 +1124,7 @@ mod tests {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             incarnated: true,
+            transient: false,
         };
         state.apply(&declare(&[]));
         assert_eq!(state.queues["q"].incarnation, 1);
@@ -1056,6 +1138,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            transient: false,
         });
         assert_eq!(state.queues["other"].incarnation, 2);
         state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
@@ -1127,12 +1210,14 @@ mod tests {
         state.apply(&MetadataCommand::DeclareExchange {
             name: "x".into(),
             kind: "direct".into(),
+            transient: false,
         });
         state.apply(&MetadataCommand::DeclareQueue {
             name: "q".into(),
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            transient: false,
         });
         let binding = BindingMeta {
             exchange: "x".into(),
@@ -1168,11 +1253,12 @@ mod tests {
         assert_eq!(
             state.apply(&MetadataCommand::DeclareExchange {
                 name: "x".into(),
-                kind: "fanout".into()
+                kind: "fanout".into(),
+                transient: false,
             }),
             MetadataResult::Refused(MetadataError::ExchangeDiffers {
                 name: "x".into(),
-                kind: "direct".into()
+                kind: "durable direct".into()
             })
         );
     }
@@ -1184,6 +1270,7 @@ mod tests {
             state.apply(&MetadataCommand::DeclareExchange {
                 name: name.into(),
                 kind: "topic".into(),
+                transient: false,
             });
         }
         // A queue of the destination's name is not an exchange.
@@ -1192,6 +1279,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            transient: false,
         });
         let binding = BindingMeta {
             exchange: "src".into(),
@@ -1229,6 +1317,7 @@ mod tests {
         state.apply(&MetadataCommand::DeclareExchange {
             name: "dst".into(),
             kind: "topic".into(),
+            transient: false,
         });
         state.apply(&MetadataCommand::Bind(binding));
         state.apply(&MetadataCommand::DeleteExchange { name: "src".into() });

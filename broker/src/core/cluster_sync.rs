@@ -334,15 +334,16 @@ impl Broker {
         }
     }
 
-    /// Declares a durable queue through the metadata log (its arguments as given), then in
-    /// this node's catalog. Exclusive and transient queues belong to one connection and stay
-    /// on its node.
+    /// Declares a durable or transient queue through the metadata log (its arguments as
+    /// given), then in this node's catalog. Exclusive queues belong to one connection and
+    /// stay on its node.
     pub(crate) async fn declare_queue_replicated(
         &self,
         cluster: &Cluster,
         name: &str,
         pairs: &[(String, String)],
         args: QueueArgs,
+        durability: Durability,
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareQueue {
             name: name.to_string(),
@@ -351,6 +352,7 @@ impl Broker {
             replication_factor: args.replication_factor.unwrap_or(1),
             arguments: pairs.iter().cloned().collect(),
             incarnated: true,
+            transient: durability == Durability::Transient,
         };
         let applied_here = Self::propose_declare(cluster, command).await?;
         let mut steps = self.cluster_follow.lock().await;
@@ -369,10 +371,8 @@ impl Broker {
             .flatten();
         let queues = self.queues.clone();
         let declaring = name.to_string();
-        queue_blocking(move || {
-            queues.declare_queue_for(&declaring, args, Durability::Durable, None)
-        })
-        .await?;
+        queue_blocking(move || queues.declare_queue_for(&declaring, args, durability, None))
+            .await?;
         if made {
             steps.declared_queues.insert(name.to_string(), incarnation);
         }
@@ -414,22 +414,24 @@ impl Broker {
         }
     }
 
-    /// Declares a durable exchange through the metadata log, then in this node's catalog.
+    /// Declares an exchange through the metadata log, then in this node's catalog.
     pub(crate) async fn declare_exchange_replicated(
         &self,
         cluster: &Cluster,
         name: &str,
         kind: ExchangeKind,
+        durability: Durability,
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareExchange {
             name: name.to_string(),
             kind: kind.name().to_string(),
+            transient: durability == Durability::Transient,
         };
         Self::propose_declare(cluster, command).await?;
         let _following = self.cluster_follow.lock().await;
         let queues = self.queues.clone();
         let declaring = name.to_string();
-        queue_blocking(move || queues.declare_exchange(&declaring, kind, Durability::Durable)).await
+        queue_blocking(move || queues.declare_exchange(&declaring, kind, durability)).await
     }
 
     /// Deletes an exchange through the metadata log (with its bindings), then here; one the
@@ -946,7 +948,10 @@ impl Broker {
                     }
                 }
             }
-            if followed.queues.contains(name) {
+            // A transient queue's copy is gone whenever its node restarts: it is declared
+            // again (empty) even though this node followed it.
+            let lost = queue.transient && !self.queues.exists(name);
+            if followed.queues.contains(name) && !lost {
                 followed
                     .queue_incarnations
                     .insert(name.clone(), queue.incarnation);
@@ -968,8 +973,13 @@ impl Broker {
                 Ok(args) => {
                     let queues = self.queues.clone();
                     let declaring = name.clone();
+                    let durability = if queue.transient {
+                        Durability::Transient
+                    } else {
+                        Durability::Durable
+                    };
                     queue_blocking(move || {
-                        queues.declare_queue_for(&declaring, args, Durability::Durable, None)
+                        queues.declare_queue_for(&declaring, args, durability, None)
                     })
                     .await
                 }
@@ -1027,14 +1037,16 @@ impl Broker {
                 );
                 continue;
             };
-            // A followed exchange whose copy here is of another kind than the log's was
-            // deleted and declared again while this node saw only the state after both:
-            // the copy goes (its bindings with it), and the log's is declared.
-            // (A transient exchange of the name is this node's alone, and stays.)
+            // A followed exchange whose copy here is of another kind or durability than the
+            // log's was deleted and declared again while this node saw only the state after
+            // both: the copy goes (its bindings with it), and the log's is declared.
+            let durability = if state.transient_exchanges.contains(name) {
+                Durability::Transient
+            } else {
+                Durability::Durable
+            };
             let local = self.queues.exchange_kind(name);
-            let stale = local.is_some_and(|(here, durability)| {
-                here != kind && durability == Durability::Durable
-            });
+            let stale = local.is_some_and(|(here, durable)| here != kind || durable != durability);
             if followed.exchanges.contains(name) && stale {
                 let queues = self.queues.clone();
                 let deleting = name.clone();
@@ -1056,15 +1068,23 @@ impl Broker {
                     }
                 }
             }
-            if followed.exchanges.contains(name) {
+            // A transient exchange's copy is gone whenever its node restarts: it is declared
+            // again, and the log's bindings from it made again, even though this node
+            // followed it.
+            if followed.exchanges.contains(name)
+                && !(local.is_none() && durability == Durability::Transient)
+            {
                 continue;
+            }
+            if local.is_none() {
+                followed
+                    .bindings
+                    .retain(|binding| binding.exchange != *name);
             }
             let queues = self.queues.clone();
             let declaring = name.clone();
-            let declared = queue_blocking(move || {
-                queues.declare_exchange(&declaring, kind, Durability::Durable)
-            })
-            .await;
+            let declared =
+                queue_blocking(move || queues.declare_exchange(&declaring, kind, durability)).await;
             match declared {
                 Ok(_) => {
                     followed.exchanges.insert(name.clone());

@@ -156,9 +156,9 @@ impl Broker {
             ))
         })?;
         if let Some(cluster) = self.replicated() {
-            if durability == Durability::Durable {
-                return self.declare_exchange_replicated(cluster, &name, kind).await;
-            }
+            return self
+                .declare_exchange_replicated(cluster, &name, kind, durability)
+                .await;
         }
         let queues = self.queues.clone();
         blocking(move || queues.declare_exchange(&name, kind, durability)).await
@@ -182,22 +182,23 @@ impl Broker {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
-        // A durable queue any connection may use is cluster-wide (issue #20); exclusive and
-        // transient ones belong to a connection on this node.
-        let shared = durability == Durability::Durable && !args.exclusive;
+        // A queue any connection may use is cluster-wide (issue #20), a durable one
+        // replicated by default; an exclusive one belongs to a connection on this node.
+        let shared = !args.exclusive;
+        let replicable = shared && durability == Durability::Durable;
         let nodes = match self.replicated() {
-            Some(cluster) if shared => cluster.applied().state.nodes.len().max(1),
+            Some(cluster) if replicable => cluster.applied().state.nodes.len().max(1),
             _ => 1,
         };
         let existing = self
             .queues
             .args_of(&name)
             .map(|args| args.replication_factor);
-        let (args, pairs) = resolve_replicas(args, pairs, nodes, shared, existing)?;
+        let (args, pairs) = resolve_replicas(args, pairs, nodes, replicable, existing)?;
         if let Some(cluster) = self.replicated() {
             if shared {
                 return self
-                    .declare_queue_replicated(cluster, &name, &pairs, args)
+                    .declare_queue_replicated(cluster, &name, &pairs, args, durability)
                     .await;
             }
         }
