@@ -2514,15 +2514,50 @@ fn users_tokens_and_acls_made_on_one_node_are_in_force_on_every_node() {
     let root = tempfile::tempdir().expect("temp dir");
     let created = wharfd_user_create(&root.path().join("node-1"), "admin", "admin-pw", &[]);
     assert_done(&created, "wharfd user create admin on node 1");
-    let (_peers, mut nodes) = three_nodes(root.path());
+    let created = wharfd_user_create(&root.path().join("node-2"), "ops", "ops-pw", &[]);
+    assert_done(&created, "wharfd user create ops on node 2");
+    // Node 3 has an admin of its own, with another password: one of the two becomes the
+    // cluster's (whichever node proposed first), the same on every node.
+    let created = wharfd_user_create(&root.path().join("node-3"), "admin", "other-pw", &[]);
+    assert_done(&created, "wharfd user create admin on node 3");
+    // The polls below fail logins on purpose: the per-address limit must not lock the
+    // test's address out.
+    let mut nodes = three_nodes_with_config(root.path(), "login_failures_per_minute_max = 10000\n");
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after start");
     for address in &addresses {
         eventually(
-            &format!("node 1's bootstrap user logs in on {address}"),
-            || logs_in(address, "admin", "admin-pw"),
+            &format!("node 2's bootstrap user logs in on {address}"),
+            || logs_in(address, "ops", "ops-pw"),
         );
     }
+    let admin_password = if logs_in(&addresses[0], "admin", "admin-pw") {
+        "admin-pw"
+    } else {
+        "other-pw"
+    };
+    let other = if admin_password == "admin-pw" {
+        "other-pw"
+    } else {
+        "admin-pw"
+    };
+    for address in &addresses {
+        eventually(&format!("one admin password on {address}"), || {
+            logs_in(address, "admin", admin_password) && !logs_in(address, "admin", other)
+        });
+    }
+    // A running node's users are the cluster's: an offline create on its directory is
+    // refused, naming the way that works.
+    let refused = wharfd_user_create(&root.path().join("node-2"), "late", "late-pw", &[]);
+    assert!(
+        !refused.status.success(),
+        "an offline create on a cluster node"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("wharf user create"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // A user made on node 2 logs in everywhere; confluent-kafka bootstrapped on node 3 logs
     // in on whichever node leads the topic it writes.
@@ -2673,6 +2708,6 @@ fn users_tokens_and_acls_made_on_one_node_are_in_force_on_every_node() {
     nodes[2].restart();
     let address = nodes[2].address();
     eventually("node 3 refuses the deleted bob after its restart", || {
-        logs_in(&address, "admin", "admin-pw") && !logs_in(&address, "bob", "bob-two")
+        logs_in(&address, "ops", "ops-pw") && !logs_in(&address, "bob", "bob-two")
     });
 }

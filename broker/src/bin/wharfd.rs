@@ -148,6 +148,13 @@ fn user_command(command: UserCommand) -> ExitCode {
     let password = password.trim_end_matches(['\n', '\r']).to_string();
     let fs: std::sync::Arc<dyn wharf_broker::storage::Fs> =
         std::sync::Arc::new(wharf_broker::storage::RealFs);
+    if wharf_broker::core::cluster_ops::followed_a_cluster(&data_dir) {
+        eprintln!(
+            "error: {} is a cluster node's data directory: its users are the cluster's; create the user through any running node with `wharf user create {name} --password-stdin`",
+            data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let (users, _lock) = match Users::open_offline(fs, &data_dir) {
         Ok(opened) => opened,
         Err(error) => {

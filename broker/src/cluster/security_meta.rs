@@ -17,6 +17,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::codec::bytes_field;
+
+/// Most users the log holds: the users file's own limit (`auth::users::USERS_MAX`; a test
+/// in `core/security_sync.rs` checks they agree), so every node's file can hold them.
+pub const USERS_MAX: usize = 100_000;
+/// Most bearer tokens the log holds (`auth::users::TOKENS_MAX`).
+pub const TOKENS_MAX: usize = 10_000;
 use super::metadata::{MetadataError, MetadataResult, MetadataState};
 
 /// One stored SCRAM credential of a user.
@@ -145,6 +151,12 @@ impl MetadataState {
                         "no credential given for user {user:?}"
                     )));
                 }
+                if !exists && self.users.len() >= USERS_MAX {
+                    return Err(MetadataError::Invalid(format!(
+                        "{} users reach the maximum of {USERS_MAX}",
+                        self.users.len()
+                    )));
+                }
                 let stored = self.users.entry(user.clone()).or_default();
                 for credential in credentials {
                     stored.retain(|old| old.mechanism != credential.mechanism);
@@ -179,6 +191,18 @@ impl MetadataState {
             SecurityCommand::AddToken(token) => {
                 if !self.users.contains_key(&token.user) {
                     return Err(MetadataError::UnknownUser(token.user.clone()));
+                }
+                if self.tokens.contains_key(&token.id) {
+                    return Err(MetadataError::Invalid(format!(
+                        "a token with id {:?} exists",
+                        token.id
+                    )));
+                }
+                if self.tokens.len() >= TOKENS_MAX {
+                    return Err(MetadataError::Invalid(format!(
+                        "{} tokens reach the maximum of {TOKENS_MAX}",
+                        self.tokens.len()
+                    )));
                 }
                 self.tokens.insert(token.id.clone(), token.clone());
                 Ok(MetadataResult::Done)
@@ -294,6 +318,16 @@ mod tests {
             apply(&mut state, SecurityCommand::AddToken(token.clone())),
             MetadataResult::Done
         );
+        // An id is one token's: another owner cannot take it over.
+        let taken = TokenMeta {
+            user: "alice".into(),
+            created_ms: 2,
+            ..token.clone()
+        };
+        assert!(matches!(
+            apply(&mut state, SecurityCommand::AddToken(taken)),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
         assert_eq!(
             apply(
                 &mut state,

@@ -17,6 +17,15 @@ use crate::txn::Marker;
 
 use super::{Broker, Session};
 
+/// Whether the data directory `data_dir` is a node's that followed a cluster's metadata:
+/// its users and ACLs are the cluster's, changed through a running node only.
+pub fn followed_a_cluster(data_dir: &std::path::Path) -> bool {
+    data_dir
+        .join(crate::cluster::node::CLUSTER_DIR)
+        .join(super::cluster_sync::FOLLOWED_FILE)
+        .exists()
+}
+
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterOpError {

@@ -34,7 +34,7 @@ use crate::streams::topic::{
 use crate::streams::StreamError;
 
 use super::queue_ops::blocking as queue_blocking;
-use super::security_sync::FollowedSecurity;
+use super::security_sync::{FollowedSecurity, WrittenSecurity};
 use super::stream_ops::blocking;
 use super::Broker;
 
@@ -43,7 +43,10 @@ use super::Broker;
 /// decided when the metadata log applies the create.
 const TOPIC_DEFAULT_FACTOR: u32 = 0;
 /// How long a proposer waits for its committed definition to be applied on its own node.
-const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How soon the follower tries again to propose this node's own users, tokens and ACLs when
+/// no leader took them.
+const BOOTSTRAP_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The definitions of the metadata log this node has followed: what it deletes when the
 /// log drops it (a topic or queue the log never held is left alone), and what it does not
@@ -72,7 +75,7 @@ struct Followed {
 
 /// The file of [`Followed`] in `<data-dir>/cluster/`: a checkpoint (header, JSON, CRC-32),
 /// replaced atomically.
-const FOLLOWED_FILE: &str = "followed";
+pub(crate) const FOLLOWED_FILE: &str = "followed";
 const FOLLOWED_MAGIC: [u8; 4] = *b"WCFL";
 const FOLLOWED_VERSION: u16 = 1;
 
@@ -149,6 +152,9 @@ pub(crate) struct LocalSteps {
     /// an older one), or `None` when this node had not applied the declare yet: the next
     /// pass then adopts the copy as the incarnation the log holds.
     declared_queues: BTreeMap<String, Option<u64>>,
+    /// What the write paths of users, tokens and ACLs made before this node bootstrapped
+    /// them (`core/security_sync.rs`).
+    pub(super) security_written: WrittenSecurity,
 }
 
 /// Whether a binding is made or removed.
@@ -791,6 +797,7 @@ impl Broker {
                 .publish_partition_leaders(cluster.clone(), shutdown.clone()),
         );
         tokio::spawn(self.clone().coordinate(cluster.clone(), shutdown.clone()));
+        let mut bootstrapping = false;
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads
@@ -818,7 +825,13 @@ impl Broker {
                 if current {
                     let before = followed.clone();
                     self.follow(&now.state, &mut followed).await;
-                    self.follow_security(&cluster, &now.state, &mut followed.security)
+                    bootstrapping = self
+                        .follow_security(
+                            &cluster,
+                            &now.state,
+                            &mut followed.security,
+                            &mut steps.security_written,
+                        )
                         .await;
                     if followed != before {
                         followed.index = now.index;
@@ -844,6 +857,8 @@ impl Broker {
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
+                // This node's own users wait for a leader to be proposed to: try again.
+                () = tokio::time::sleep(BOOTSTRAP_RETRY), if bootstrapping => {}
             }
         }
     }

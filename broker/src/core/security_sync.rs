@@ -8,16 +8,18 @@
 //! node's `users` or `acls` file hold what the log now holds for what it changed.
 //!
 //! Follower ([`Broker::follow_security`], one step of each pass of the definitions'
-//! follower): each node's files are made to hold what the log holds, with two exceptions
-//! kept from the definitions' rules. A user, token or ACL this node has that the log never
-//! held and this node never followed (made before the node joined, or by `wharfd user
-//! create` while it was stopped) is proposed to the log once a leader is known: created if
-//! the log has no user of that name (a user the log has keeps the log's credentials), so the
-//! nodes' bootstrap users become the cluster's. One this node followed and the log dropped
-//! is removed here, even if the node was down when it was dropped.
+//! follower): each node's files are made to hold exactly what the log holds, once the node
+//! has bootstrapped. Bootstrapping happens once in a node's life (recorded in
+//! `<data-dir>/cluster/followed`): the users, tokens and ACLs it had before its first pass
+//! as a cluster node (made by `wharfd user create` before it joined, or kept from a build
+//! that did not share them) are proposed to the log once a leader is known, a user as a
+//! create (a user the log has keeps the log's credentials, and this node's tokens of it are
+//! dropped), and until then they stay in force here. After it, what the log dropped is
+//! removed here, also when the node was down then, and nothing local is proposed again
+//! (`wharfd user create` refuses a data directory that followed a cluster).
 //!
-//! Invariant: on a node with peers, a user, token or ACL in force here is the log's, or a
-//! local one not yet proposed (never one the log dropped after this node saw it).
+//! Invariant: on a bootstrapped node with peers, a user, token or ACL in force here is one
+//! the log held at this node's last pass or since then through this node's own writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use wharf_protocol::sasl::{ScramCredential, ScramMechanism};
 
 use crate::acl::store::{from_stored, to_stored, StoredAcl};
 use crate::acl::{AclBinding, AclError, AclFilter};
-use crate::auth::users::StoredToken;
+use crate::auth::users::{check_credential, check_name, StoredToken};
 use crate::auth::UserError;
 use crate::cluster::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState};
 use crate::cluster::raft::{Cluster, ClusterError};
@@ -38,15 +40,21 @@ use crate::cluster::security_meta::{
 use super::auth_ops::Existing;
 use super::Broker;
 
-/// The users, tokens and ACLs of the log this node has followed (part of the definitions'
-/// record, `<data-dir>/cluster/followed`; absent from records written before 2026-12-07).
+/// Whether this node's own users, tokens and ACLs went to the log (part of the
+/// definitions' record, `<data-dir>/cluster/followed`; absent, false, from records written
+/// before 2026-12-07).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FollowedSecurity {
     #[serde(default)]
+    bootstrapped: bool,
+}
+
+/// What this node's write paths made while it had not bootstrapped: never proposed as its
+/// own (the log had them; another node may have removed them since).
+#[derive(Debug, Default)]
+pub(crate) struct WrittenSecurity {
     users: BTreeSet<String>,
-    #[serde(default)]
     tokens: BTreeSet<String>,
-    #[serde(default)]
     acls: BTreeSet<AclMeta>,
 }
 
@@ -172,15 +180,29 @@ impl Broker {
         let proposed = cluster.propose(MetadataCommand::Security(command)).await?;
         // Committed; if this node lags, the follower brings its files level later.
         let _ = cluster
-            .wait_applied(proposed.index, std::time::Duration::from_secs(5))
+            .wait_applied(proposed.index, super::cluster_sync::LOCAL_APPLY_WAIT)
             .await;
         Ok(proposed.result)
     }
 
     /// Makes this node's copy of `user` (its credentials and tokens) what the log holds now.
     async fn user_from_log(&self, cluster: &Cluster, user: &str) -> Result<(), UserError> {
-        let _following = self.cluster_follow.lock().await;
+        let mut steps = self.cluster_follow.lock().await;
         let state = cluster.applied().state;
+        steps.security_written.users.insert(user.to_string());
+        steps.security_written.tokens.extend(
+            self.users_handle()
+                .tokens_of(user)
+                .into_iter()
+                .map(|token| token.id),
+        );
+        steps.security_written.tokens.extend(
+            state
+                .tokens
+                .values()
+                .filter(|token| token.user == user)
+                .map(|token| token.id.clone()),
+        );
         let (mut users, tokens) = self.users_handle().snapshot();
         match state.users.get(user) {
             Some(metas) => {
@@ -287,8 +309,9 @@ impl Broker {
 
     /// Makes this node's ACLs hold or lack `changed` as the log does now.
     async fn acls_from_log(&self, cluster: &Cluster, changed: &[AclMeta]) -> Result<(), AclError> {
-        let _following = self.cluster_follow.lock().await;
+        let mut steps = self.cluster_follow.lock().await;
         let state = cluster.applied().state;
+        steps.security_written.acls.extend(changed.iter().cloned());
         let mut next: Vec<AclBinding> = self.acls.current().to_vec();
         for meta in changed {
             let acl = acl_of(meta)?;
@@ -322,6 +345,13 @@ impl Broker {
         cluster: &Cluster,
         filters: &[AclFilter],
     ) -> Result<Vec<Vec<AclBinding>>, AclError> {
+        // A read barrier: an empty removal commits after every ACL added before it, and
+        // this node matches the filters once it applied it, so an ACL added through another
+        // node a moment ago is not missed.
+        match Self::propose_security(cluster, SecurityCommand::RemoveAcls(Vec::new())).await {
+            Ok(_) => {}
+            Err(error) => return Err(acl_refusal(error)),
+        }
         let held: Vec<(AclMeta, AclBinding)> = cluster
             .applied()
             .state
@@ -360,67 +390,45 @@ impl Broker {
             .collect())
     }
 
-    /// One pass of the follower for users, tokens and ACLs (the module documentation has
-    /// the rules). `state` is the applied state the pass follows; proposals it makes are
-    /// followed from the state after them.
+    /// One step of the follower's pass for users, tokens and ACLs (the module documentation
+    /// has the rules), over `state`, the applied state the pass follows; `written` is what
+    /// this node's write paths made before it bootstrapped. Answers whether bootstrapping
+    /// is still to do (the caller runs the pass again a little later).
     pub(super) async fn follow_security(
         &self,
         cluster: &Cluster,
         state: &MetadataState,
         followed: &mut FollowedSecurity,
-    ) {
-        let (local_users, local_tokens) = self.users_handle().snapshot();
-        let local_acls: Vec<AclMeta> = self.acls.current().iter().map(acl_meta).collect();
-        // Local entries the log never held and this node never followed.
-        let new_users: BTreeMap<String, Vec<ScramCredential>> = local_users
-            .iter()
-            .filter(|(name, _)| !state.users.contains_key(*name) && !followed.users.contains(*name))
-            .map(|(name, credentials)| (name.clone(), credentials.clone()))
-            .collect();
-        let new_tokens: Vec<StoredToken> = local_tokens
-            .iter()
-            .filter(|token| {
-                !state.tokens.contains_key(&token.id) && !followed.tokens.contains(&token.id)
-            })
-            .cloned()
-            .collect();
-        let new_acls: Vec<AclMeta> = local_acls
-            .iter()
-            .filter(|acl| !state.acls.contains(*acl) && !followed.acls.contains(*acl))
-            .cloned()
-            .collect();
-        let mut adopted = FollowedSecurity::default();
+        written: &mut WrittenSecurity,
+    ) -> bool {
         let mut state = Arc::new(state.clone());
-        let adopting = !(new_users.is_empty() && new_tokens.is_empty() && new_acls.is_empty());
-        if adopting && cluster.status().leader.is_some() {
-            self.adopt(cluster, &new_users, &new_tokens, &new_acls, &mut adopted)
-                .await;
-            state = cluster.applied().state;
+        // This node's own entries the log lacks, while it has not bootstrapped.
+        let mut own = Own::default();
+        if !followed.bootstrapped {
+            own = Own::of(self, &state, written);
+            if own.is_empty() {
+                followed.bootstrapped = true;
+            } else if cluster.status().leader.is_some() && self.adopt(cluster, &own).await {
+                followed.bootstrapped = true;
+                own = Own::default();
+                state = cluster.applied().state;
+            }
+            if followed.bootstrapped {
+                *written = WrittenSecurity::default();
+                tracing::info!("this node's users, tokens and ACLs follow the cluster's");
+            }
         }
-        // What this node holds from now on: the log's entries, and the local ones not
-        // proposed yet (or proposed and not applied here yet).
-        let mut users: BTreeMap<String, Vec<ScramCredential>> = state
-            .users
-            .iter()
-            .map(|(name, metas)| (name.clone(), credentials_of(metas)))
-            .collect();
-        for (name, credentials) in &new_users {
-            users
-                .entry(name.clone())
-                .or_insert_with(|| credentials.clone());
-        }
-        let mut tokens: BTreeMap<String, StoredToken> = state
-            .tokens
-            .iter()
-            .map(|(id, meta)| (id.clone(), token_of(meta)))
-            .collect();
-        for token in &new_tokens {
-            tokens
-                .entry(token.id.clone())
-                .or_insert_with(|| token.clone());
+        let (users, tokens) = held_users(&state, &own);
+        let store = self.users_handle();
+        match blocking(move || store.replace(users, tokens), user_stopped).await {
+            Ok(true) => tracing::info!("users and tokens follow the cluster's metadata"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot make this node's users follow the cluster's metadata")
+            }
         }
         let mut acls: Vec<AclBinding> = Vec::new();
-        for meta in state.acls.iter().chain(new_acls.iter()) {
+        for meta in state.acls.iter().chain(own.acls.iter()) {
             match acl_of(meta) {
                 Ok(acl) => acls.push(acl),
                 Err(error) => {
@@ -428,87 +436,198 @@ impl Broker {
                 }
             }
         }
-        let store = self.users_handle();
-        let tokens: Vec<StoredToken> = tokens.into_values().collect();
-        match blocking(move || store.replace(users, tokens), user_stopped).await {
-            Ok(true) => tracing::info!("users and tokens follow the cluster's metadata"),
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(%error, "cannot make this node's users follow the cluster's metadata");
-                return;
-            }
-        }
         let store = Arc::clone(&self.acls);
         match blocking(move || store.replace(acls), AclError::Storage).await {
             Ok(true) => tracing::info!("ACLs follow the cluster's metadata"),
             Ok(false) => {}
             Err(error) => {
-                tracing::warn!(%error, "cannot make this node's ACLs follow the cluster's metadata");
-                return;
+                tracing::warn!(%error, "cannot make this node's ACLs follow the cluster's metadata")
             }
         }
-        followed.users = state.users.keys().cloned().collect();
-        followed.users.extend(adopted.users);
-        followed.tokens = state.tokens.keys().cloned().collect();
-        followed.tokens.extend(adopted.tokens);
-        followed.acls = state.acls.clone();
-        followed.acls.extend(adopted.acls);
+        !followed.bootstrapped
     }
 
-    /// Proposes this node's own users, tokens and ACLs the log lacks; records in `adopted`
-    /// what the log decided on (created, or kept as the log's). Stops at the first failure
-    /// of the log: the next pass tries again.
-    async fn adopt(
-        &self,
-        cluster: &Cluster,
-        users: &BTreeMap<String, Vec<ScramCredential>>,
-        tokens: &[StoredToken],
-        acls: &[AclMeta],
-        adopted: &mut FollowedSecurity,
-    ) {
-        for (name, credentials) in users {
+    /// Proposes this node's own users (as creates), the tokens of those it created, and its
+    /// ACLs. Answers whether the log decided on all of them (created, or kept as the log's);
+    /// false at the first failure of the log (the next pass tries again).
+    async fn adopt(&self, cluster: &Cluster, own: &Own) -> bool {
+        let mut created = BTreeSet::new();
+        for (name, credentials) in &own.users {
             let command = SecurityCommand::SetCredentials {
                 user: name.clone(),
                 credentials: credentials.iter().map(credential_meta).collect(),
                 existing: UserExisting::MustNotExist,
             };
             match Self::propose_security(cluster, command).await {
-                Ok(_) => {
+                Ok(MetadataResult::Done) => {
                     tracing::info!(user = name, "proposed this node's user to the cluster");
-                    adopted.users.insert(name.clone());
+                    created.insert(name.clone());
+                }
+                Ok(refused) => {
+                    tracing::info!(
+                        user = name,
+                        ?refused,
+                        "the cluster keeps its own user of this node's user's name"
+                    );
                 }
                 Err(error) => {
                     tracing::warn!(user = name, %error, "cannot propose this node's user to the cluster yet");
-                    return;
+                    return false;
                 }
             }
         }
-        for token in tokens {
-            match Self::propose_security(cluster, SecurityCommand::AddToken(token_meta(token)))
-                .await
+        // A token of a user the cluster already had would log in as that other user.
+        for token in own
+            .tokens
+            .iter()
+            .filter(|token| created.contains(&token.user))
+        {
+            if let Err(error) =
+                Self::propose_security(cluster, SecurityCommand::AddToken(token_meta(token))).await
             {
-                Ok(_) => {
-                    adopted.tokens.insert(token.id.clone());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot propose this node's tokens to the cluster yet");
-                    return;
-                }
+                tracing::warn!(%error, "cannot propose this node's tokens to the cluster yet");
+                return false;
             }
         }
-        if !acls.is_empty() {
-            match Self::propose_security(cluster, SecurityCommand::AddAcls(acls.to_vec())).await {
-                Ok(_) => {
-                    tracing::info!(
-                        count = acls.len(),
-                        "proposed this node's ACLs to the cluster"
-                    );
-                    adopted.acls.extend(acls.iter().cloned());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot propose this node's ACLs to the cluster yet");
-                }
+        if !own.acls.is_empty() {
+            let acls = own.acls.iter().cloned().collect();
+            if let Err(error) =
+                Self::propose_security(cluster, SecurityCommand::AddAcls(acls)).await
+            {
+                tracing::warn!(%error, "cannot propose this node's ACLs to the cluster yet");
+                return false;
             }
+            tracing::info!(
+                count = own.acls.len(),
+                "proposed this node's ACLs to the cluster"
+            );
         }
+        true
+    }
+}
+
+/// A node's own users, tokens and ACLs that the log lacks (before it bootstrapped).
+#[derive(Debug, Default)]
+struct Own {
+    users: BTreeMap<String, Vec<ScramCredential>>,
+    tokens: Vec<StoredToken>,
+    acls: BTreeSet<AclMeta>,
+}
+
+impl Own {
+    fn of(broker: &Broker, state: &MetadataState, written: &WrittenSecurity) -> Own {
+        let (users, tokens) = broker.users_handle().snapshot();
+        Own {
+            users: users
+                .into_iter()
+                .filter(|(name, _)| {
+                    !state.users.contains_key(name) && !written.users.contains(name)
+                })
+                .collect(),
+            tokens: tokens
+                .into_iter()
+                .filter(|token| {
+                    !state.tokens.contains_key(&token.id) && !written.tokens.contains(&token.id)
+                })
+                .collect(),
+            acls: broker
+                .acls
+                .current()
+                .iter()
+                .map(acl_meta)
+                .filter(|acl| !state.acls.contains(acl) && !written.acls.contains(acl))
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty() && self.acls.is_empty()
+    }
+}
+
+/// The users and tokens a node holds: the log's and its own not yet proposed, each entry
+/// the users file could not hold left out with a warning (one bad entry must not keep the
+/// rest, deletions included, from being followed).
+fn held_users(
+    state: &MetadataState,
+    own: &Own,
+) -> (BTreeMap<String, Vec<ScramCredential>>, Vec<StoredToken>) {
+    let mut users = BTreeMap::new();
+    for (name, metas) in &state.users {
+        let credentials = credentials_of(metas);
+        let valid = check_name(name).is_ok()
+            && !credentials.is_empty()
+            && credentials
+                .iter()
+                .all(|credential| check_credential(credential).is_ok());
+        if valid {
+            users.insert(name.clone(), credentials);
+        } else {
+            tracing::warn!(
+                user = name,
+                "the cluster's metadata holds a user this node cannot keep"
+            );
+        }
+    }
+    for (name, credentials) in &own.users {
+        users
+            .entry(name.clone())
+            .or_insert_with(|| credentials.clone());
+    }
+    let mut tokens: BTreeMap<String, StoredToken> = state
+        .tokens
+        .iter()
+        .map(|(id, meta)| (id.clone(), token_of(meta)))
+        .collect();
+    for token in &own.tokens {
+        tokens
+            .entry(token.id.clone())
+            .or_insert_with(|| token.clone());
+    }
+    let tokens = tokens
+        .into_values()
+        .filter(|token| users.contains_key(&token.user))
+        .collect();
+    (users, tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logs_limits_are_the_users_files() {
+        assert_eq!(
+            crate::cluster::security_meta::USERS_MAX,
+            crate::auth::users::USERS_MAX
+        );
+        assert_eq!(
+            crate::cluster::security_meta::TOKENS_MAX,
+            crate::auth::users::TOKENS_MAX
+        );
+    }
+
+    #[test]
+    fn a_user_the_file_cannot_hold_is_left_out_and_the_rest_followed() {
+        let good = CredentialMeta {
+            mechanism: "SCRAM-SHA-256".into(),
+            iterations: 4096,
+            salt: Bytes::from_static(b"salt"),
+            stored_key: Bytes::from(vec![1; 32]),
+            server_key: Bytes::from(vec![2; 32]),
+        };
+        let mut state = MetadataState::default();
+        state.users.insert("alice".into(), vec![good.clone()]);
+        // Too few iterations, and a name with a control character.
+        state.users.insert(
+            "bob".into(),
+            vec![CredentialMeta {
+                iterations: 1,
+                ..good.clone()
+            }],
+        );
+        state.users.insert("c\u{7}".into(), vec![good]);
+        let (users, _) = held_users(&state, &Own::default());
+        assert_eq!(users.keys().collect::<Vec<_>>(), vec!["alice"]);
     }
 }
