@@ -14,7 +14,9 @@
 //! as a cluster node (made by `wharfd user create` before it joined, or kept from a build
 //! that did not share them) are proposed to the log once a leader is known, a user as a
 //! create (a user the log has keeps the log's credentials, and this node's tokens of it are
-//! dropped), and until then they stay in force here. After it, what the log dropped is
+//! dropped), and until then they alone stay in force here (the node's files are not given
+//! the log's entries before: a pass would take one the log deleted meanwhile for the
+//! node's own). After it, what the log dropped is
 //! removed here, also when the node was down then, and nothing local is proposed again
 //! (`wharfd user create` refuses a data directory that followed a cluster).
 //!
@@ -48,6 +50,9 @@ pub(crate) struct FollowedSecurity {
     #[serde(default)]
     bootstrapped: bool,
 }
+
+/// ACLs per command when a node proposes its own (well inside a command's size bound).
+const ADOPT_ACLS_PER_COMMAND: usize = 256;
 
 /// What this node's write paths made while it had not bootstrapped: never proposed as its
 /// own (the log had them; another node may have removed them since).
@@ -397,28 +402,27 @@ impl Broker {
     pub(super) async fn follow_security(
         &self,
         cluster: &Cluster,
-        state: &MetadataState,
+        state: &Arc<MetadataState>,
         followed: &mut FollowedSecurity,
         written: &mut WrittenSecurity,
     ) -> bool {
-        let mut state = Arc::new(state.clone());
-        // This node's own entries the log lacks, while it has not bootstrapped.
-        let mut own = Own::default();
+        let mut state = Arc::clone(state);
         if !followed.bootstrapped {
-            own = Own::of(self, &state, written);
-            if own.is_empty() {
-                followed.bootstrapped = true;
-            } else if cluster.status().leader.is_some() && self.adopt(cluster, &own).await {
-                followed.bootstrapped = true;
-                own = Own::default();
-                state = cluster.applied().state;
+            let own = Own::of(self, &state, written);
+            let adopted = own.is_empty()
+                || (cluster.status().leader.is_some() && self.adopt(cluster, &own).await);
+            if !adopted {
+                // Until its own entries are the cluster's, this node's files stay as they
+                // are (but for its own writes): were the log's entries written into them,
+                // the next pass would take one the log deleted since for this node's own.
+                return true;
             }
-            if followed.bootstrapped {
-                *written = WrittenSecurity::default();
-                tracing::info!("this node's users, tokens and ACLs follow the cluster's");
-            }
+            followed.bootstrapped = true;
+            state = cluster.applied().state;
+            tracing::info!("this node's users, tokens and ACLs follow the cluster's");
         }
-        let (users, tokens) = held_users(&state, &own);
+        *written = WrittenSecurity::default();
+        let (users, tokens) = held_users(&state);
         let store = self.users_handle();
         match blocking(move || store.replace(users, tokens), user_stopped).await {
             Ok(true) => tracing::info!("users and tokens follow the cluster's metadata"),
@@ -428,7 +432,7 @@ impl Broker {
             }
         }
         let mut acls: Vec<AclBinding> = Vec::new();
-        for meta in state.acls.iter().chain(own.acls.iter()) {
+        for meta in &state.acls {
             match acl_of(meta) {
                 Ok(acl) => acls.push(acl),
                 Err(error) => {
@@ -444,31 +448,39 @@ impl Broker {
                 tracing::warn!(%error, "cannot make this node's ACLs follow the cluster's metadata")
             }
         }
-        !followed.bootstrapped
+        false
     }
 
-    /// Proposes this node's own users (as creates), the tokens of those it created, and its
-    /// ACLs. Answers whether the log decided on all of them (created, or kept as the log's);
-    /// false at the first failure of the log (the next pass tries again).
+    /// Proposes this node's own users (as creates), the tokens of those that are its own in
+    /// the log, and its ACLs. Answers whether the log decided on all of them (created, or
+    /// kept as the log's); false at the first failure of the log (the next pass tries again,
+    /// and a user created by an earlier try, whose credentials the log holds as this node
+    /// has them, counts as this node's again).
     async fn adopt(&self, cluster: &Cluster, own: &Own) -> bool {
-        let mut created = BTreeSet::new();
+        let mut ours = BTreeSet::new();
         for (name, credentials) in &own.users {
+            let metas: Vec<CredentialMeta> = credentials.iter().map(credential_meta).collect();
             let command = SecurityCommand::SetCredentials {
                 user: name.clone(),
-                credentials: credentials.iter().map(credential_meta).collect(),
+                credentials: metas.clone(),
                 existing: UserExisting::MustNotExist,
             };
             match Self::propose_security(cluster, command).await {
                 Ok(MetadataResult::Done) => {
                     tracing::info!(user = name, "proposed this node's user to the cluster");
-                    created.insert(name.clone());
+                    ours.insert(name.clone());
                 }
-                Ok(refused) => {
-                    tracing::info!(
-                        user = name,
-                        ?refused,
-                        "the cluster keeps its own user of this node's user's name"
-                    );
+                Ok(_) => {
+                    let mut sorted = metas;
+                    sorted.sort();
+                    if cluster.applied().state.users.get(name) == Some(&sorted) {
+                        ours.insert(name.clone());
+                    } else {
+                        tracing::info!(
+                            user = name,
+                            "the cluster keeps its own user of this node's user's name"
+                        );
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(user = name, %error, "cannot propose this node's user to the cluster yet");
@@ -477,11 +489,7 @@ impl Broker {
             }
         }
         // A token of a user the cluster already had would log in as that other user.
-        for token in own
-            .tokens
-            .iter()
-            .filter(|token| created.contains(&token.user))
-        {
+        for token in own.tokens.iter().filter(|token| ours.contains(&token.user)) {
             if let Err(error) =
                 Self::propose_security(cluster, SecurityCommand::AddToken(token_meta(token))).await
             {
@@ -489,16 +497,18 @@ impl Broker {
                 return false;
             }
         }
-        if !own.acls.is_empty() {
-            let acls = own.acls.iter().cloned().collect();
+        let acls: Vec<AclMeta> = own.acls.iter().cloned().collect();
+        for chunk in acls.chunks(ADOPT_ACLS_PER_COMMAND) {
             if let Err(error) =
-                Self::propose_security(cluster, SecurityCommand::AddAcls(acls)).await
+                Self::propose_security(cluster, SecurityCommand::AddAcls(chunk.to_vec())).await
             {
                 tracing::warn!(%error, "cannot propose this node's ACLs to the cluster yet");
                 return false;
             }
+        }
+        if !acls.is_empty() {
             tracing::info!(
-                count = own.acls.len(),
+                count = acls.len(),
                 "proposed this node's ACLs to the cluster"
             );
         }
@@ -545,13 +555,10 @@ impl Own {
     }
 }
 
-/// The users and tokens a node holds: the log's and its own not yet proposed, each entry
-/// the users file could not hold left out with a warning (one bad entry must not keep the
-/// rest, deletions included, from being followed).
-fn held_users(
-    state: &MetadataState,
-    own: &Own,
-) -> (BTreeMap<String, Vec<ScramCredential>>, Vec<StoredToken>) {
+/// The users and tokens the log holds, as the users file keeps them; each entry the file
+/// could not hold is left out with a warning (one bad entry must not keep the rest,
+/// deletions included, from being followed).
+fn held_users(state: &MetadataState) -> (BTreeMap<String, Vec<ScramCredential>>, Vec<StoredToken>) {
     let mut users = BTreeMap::new();
     for (name, metas) in &state.users {
         let credentials = credentials_of(metas);
@@ -569,24 +576,11 @@ fn held_users(
             );
         }
     }
-    for (name, credentials) in &own.users {
-        users
-            .entry(name.clone())
-            .or_insert_with(|| credentials.clone());
-    }
-    let mut tokens: BTreeMap<String, StoredToken> = state
+    let tokens = state
         .tokens
-        .iter()
-        .map(|(id, meta)| (id.clone(), token_of(meta)))
-        .collect();
-    for token in &own.tokens {
-        tokens
-            .entry(token.id.clone())
-            .or_insert_with(|| token.clone());
-    }
-    let tokens = tokens
-        .into_values()
+        .values()
         .filter(|token| users.contains_key(&token.user))
+        .map(token_of)
         .collect();
     (users, tokens)
 }
@@ -627,7 +621,7 @@ mod tests {
             }],
         );
         state.users.insert("c\u{7}".into(), vec![good]);
-        let (users, _) = held_users(&state, &Own::default());
+        let (users, _) = held_users(&state);
         assert_eq!(users.keys().collect::<Vec<_>>(), vec!["alice"]);
     }
 }
