@@ -41,8 +41,12 @@ declares QUEUE, a fanout exchange `tx-logs` and a queue `QUEUE-logs` bound to it
 transient, and publishes `hello` to QUEUE through the default exchange; through node 3
 publishes `line` to `tx-logs`; through node 2 declares QUEUE again as the tutorial's
 consumer does and basic.gets one message from QUEUE and one from `QUEUE-logs`; then through
-node 3 declares QUEUE durable and `tx-logs` durable, each on its own channel. Prints
-{"got": [body or null, body or null], "durable_queue": reply code, "durable_exchange":
+node 3 declares QUEUE durable and `tx-logs` durable, each on its own channel. Also
+tutorial 3's subscriber: through node 2 an exclusive server-named queue bound to `tx-logs`
+gets a message published through node 1; a consumer of it through node 3 is refused; once
+its connection closed, a passive declare through each node finds it gone. Prints {"got":
+[body or null, body or null], "exclusive_got": body or null, "locked": reply code,
+"gone": [whether each node answers 404], "durable_queue": reply code, "durable_exchange":
 reply code} (0 when a declare was accepted).
 
 Any client error exits 1.
@@ -283,11 +287,54 @@ def transient():
             time.sleep(0.1)
         got.append(body.decode() if body is not None else None)
     connection.close()
+    # Tutorial 3's subscriber: an exclusive server-named queue through node 2, bound to the
+    # transient exchange; a message published through node 1 reaches it.
+    subscriber = connect(amqp[1])
+    sub_channel = subscriber.channel()
+    exclusive = sub_channel.queue_declare(queue="", exclusive=True).method.queue
+    sub_channel.queue_bind(exchange="tx-logs", queue=exclusive)
+    time.sleep(1.5)
+    connection = connect(amqp[0])
+    connection.channel().basic_publish(exchange="tx-logs", routing_key="", body=b"to-exclusive")
+    connection.close()
+    exclusive_got = None
+    for _ in range(50):
+        method, _properties, body = sub_channel.basic_get(exclusive, auto_ack=True)
+        if method is not None:
+            exclusive_got = body.decode()
+            break
+        time.sleep(0.1)
+    # Another connection, through node 3, cannot take it.
+    locked = declare_refusal(
+        amqp[2], lambda ch: ch.basic_consume(queue=exclusive, on_message_callback=lambda *args: None)
+    )
+    subscriber.close()
+    # Its connection gone, the queue is gone from every node.
+    gone = []
+    for address in amqp:
+        missing = False
+        for _ in range(50):
+            if declare_refusal(address, lambda ch: ch.queue_declare(queue=exclusive, passive=True)) == 404:
+                missing = True
+                break
+            time.sleep(0.2)
+        gone.append(missing)
     durable_queue = declare_refusal(amqp[2], lambda ch: ch.queue_declare(queue=queue, durable=True))
     durable_exchange = declare_refusal(
         amqp[2], lambda ch: ch.exchange_declare(exchange="tx-logs", exchange_type="fanout", durable=True)
     )
-    print(json.dumps({"got": got, "durable_queue": durable_queue, "durable_exchange": durable_exchange}))
+    print(
+        json.dumps(
+            {
+                "got": got,
+                "exclusive_got": exclusive_got,
+                "locked": locked,
+                "gone": gone,
+                "durable_queue": durable_queue,
+                "durable_exchange": durable_exchange,
+            }
+        )
+    )
 
 
 if phase == "publish":

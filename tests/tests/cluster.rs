@@ -1197,6 +1197,15 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         "a transient queue and a transient exchange's binding work through another node"
     );
     assert_eq!(transient["durable_queue"], 406, "{transient}");
+    // Tutorial 3's exclusive server-named queue is the cluster's too: fed through another
+    // node, locked to its connection, gone everywhere with it.
+    assert_eq!(transient["exclusive_got"], "to-exclusive", "{transient}");
+    assert_eq!(transient["locked"], 405, "{transient}");
+    assert_eq!(
+        transient["gone"],
+        serde_json::json!([true, true, true]),
+        "{transient}"
+    );
 }
 
 #[test]

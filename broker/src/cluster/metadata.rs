@@ -147,6 +147,10 @@ pub struct QueueMeta {
     /// durable one.
     #[serde(default, skip_serializing_if = "is_false")]
     pub transient: bool,
+    /// An exclusive queue (AMQP `exclusive=true`) of a connection on this node: led there,
+    /// one copy, deleted when that connection ends or that node restarts or is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_on: Option<NodeId>,
 }
 
 /// A binding of a queue, or of another exchange, to an exchange.
@@ -250,6 +254,10 @@ pub enum MetadataCommand {
         /// A transient queue ([`QueueMeta::transient`]); absent (false) for a durable one.
         #[serde(default, skip_serializing_if = "is_false")]
         transient: bool,
+        /// An exclusive queue of a connection on this node ([`QueueMeta::exclusive_on`]),
+        /// placed there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exclusive_on: Option<NodeId>,
     },
     /// Deletes a queue and its bindings.
     DeleteQueue { name: String },
@@ -322,6 +330,8 @@ pub enum MetadataError {
     UnknownUser(String),
     #[error("token {0:?} does not exist")]
     UnknownToken(String),
+    #[error("queue {0:?} is exclusive to a connection on another node")]
+    QueueLocked(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -446,6 +456,18 @@ impl MetadataState {
             MetadataCommand::RemoveNode { node_id } => {
                 if self.nodes.remove(node_id).is_none() {
                     return Err(MetadataError::UnknownNode(*node_id));
+                }
+                // Its connections' exclusive queues end with it.
+                let ended: Vec<String> = self
+                    .queues
+                    .iter()
+                    .filter(|(_, queue)| queue.exclusive_on == Some(*node_id))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in ended {
+                    self.queues.remove(&name);
+                    self.bindings
+                        .retain(|binding| binding.to_exchange || binding.queue != name);
                 }
                 self.rebalance(true);
                 Ok(MetadataResult::Done)
@@ -590,15 +612,33 @@ impl MetadataState {
                 arguments,
                 incarnated,
                 transient,
+                exclusive_on,
             } => {
                 if let Some(queue) = self.queues.get(name) {
-                    if &queue.arguments == arguments && queue.transient == *transient {
+                    if queue.exclusive_on.is_some() && queue.exclusive_on != *exclusive_on {
+                        return Err(MetadataError::QueueLocked(name.clone()));
+                    }
+                    if &queue.arguments == arguments
+                        && queue.transient == *transient
+                        && queue.exclusive_on == *exclusive_on
+                    {
                         return Ok(MetadataResult::Placed(vec![queue.placement.clone()]));
                     }
                     return Err(MetadataError::QueueDiffers(name.clone()));
                 }
-                let factor = self.check_factor(*replication_factor)?;
-                let placed = placement::Load::of(self).place(factor);
+                let placed = match exclusive_on {
+                    // The connection's node leads it, alone.
+                    Some(node) => {
+                        if !self.nodes.is_empty() && !self.nodes.contains_key(node) {
+                            return Err(MetadataError::UnknownNode(*node));
+                        }
+                        Replicas::new(vec![*node])
+                    }
+                    None => {
+                        let factor = self.check_factor(*replication_factor)?;
+                        placement::Load::of(self).place(factor)
+                    }
+                };
                 let incarnation = if *incarnated {
                     self.queue_incarnations += 1;
                     self.queue_incarnations
@@ -612,6 +652,7 @@ impl MetadataState {
                         placement: placed.clone(),
                         incarnation,
                         transient: *transient,
+                        exclusive_on: *exclusive_on,
                     },
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
@@ -955,6 +996,7 @@ mod tests {
             arguments: BTreeMap::from([("replication-factor".into(), "2".into())]),
             incarnated: true,
             transient: false,
+            exclusive_on: None,
         });
         let MetadataResult::Placed(sets) = placed else {
             panic!("placed: {placed:?}");
@@ -1080,6 +1122,7 @@ mod tests {
             arguments: BTreeMap::new(),
             incarnated: true,
             transient,
+            exclusive_on: None,
         };
         assert!(matches!(
             state.apply(&queue(true)),
@@ -1114,6 +1157,49 @@ mod tests {
     }
 
     #[test]
+    fn an_exclusive_queue_is_led_by_its_connections_node_and_ends_with_it() {
+        let mut state = three_nodes();
+        let declare = |exclusive_on: Option<NodeId>| MetadataCommand::DeclareQueue {
+            name: "amq.gen-x".into(),
+            replication_factor: 1,
+            arguments: BTreeMap::from([("exclusive".into(), "true".into())]),
+            incarnated: true,
+            transient: true,
+            exclusive_on,
+        };
+        let MetadataResult::Placed(sets) = state.apply(&declare(Some(2))) else {
+            panic!("placed");
+        };
+        assert_eq!((sets[0].leader, sets[0].replicas.clone()), (2, vec![2]));
+        // Its own node declares it again (the same connection, say); no other node may.
+        assert!(matches!(
+            state.apply(&declare(Some(2))),
+            MetadataResult::Placed(_)
+        ));
+        for other in [Some(3), None] {
+            assert_eq!(
+                state.apply(&declare(other)),
+                MetadataResult::Refused(MetadataError::QueueLocked("amq.gen-x".into()))
+            );
+        }
+        assert_eq!(
+            state.apply(&declare(Some(9))),
+            MetadataResult::Refused(MetadataError::QueueLocked("amq.gen-x".into()))
+        );
+        state.apply(&MetadataCommand::Bind(BindingMeta {
+            exchange: "amq.fanout".into(),
+            queue: "amq.gen-x".into(),
+            key: String::new(),
+            arguments: BTreeMap::new(),
+            to_exchange: false,
+        }));
+        assert_eq!(state.bindings.len(), 1);
+        // Its node removed, it is gone with its bindings (not placed elsewhere).
+        state.apply(&MetadataCommand::RemoveNode { node_id: 2 });
+        assert!(state.queues.is_empty() && state.bindings.is_empty());
+    }
+
+    #[test]
     fn each_declare_of_a_queue_name_the_log_lacks_is_a_new_incarnation() {
         let mut state = three_nodes();
         let declare = |arguments: &[(&str, &str)]| MetadataCommand::DeclareQueue {
@@ -1125,6 +1211,7 @@ mod tests {
                 .collect(),
             incarnated: true,
             transient: false,
+            exclusive_on: None,
         };
         state.apply(&declare(&[]));
         assert_eq!(state.queues["q"].incarnation, 1);
@@ -1139,6 +1226,7 @@ mod tests {
             arguments: BTreeMap::new(),
             incarnated: true,
             transient: false,
+            exclusive_on: None,
         });
         assert_eq!(state.queues["other"].incarnation, 2);
         state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
@@ -1218,6 +1306,7 @@ mod tests {
             arguments: BTreeMap::new(),
             incarnated: true,
             transient: false,
+            exclusive_on: None,
         });
         let binding = BindingMeta {
             exchange: "x".into(),
@@ -1280,6 +1369,7 @@ mod tests {
             arguments: BTreeMap::new(),
             incarnated: true,
             transient: false,
+            exclusive_on: None,
         });
         let binding = BindingMeta {
             exchange: "src".into(),

@@ -26,7 +26,7 @@ use crate::cluster::metadata::{
 use crate::cluster::node::CLUSTER_DIR;
 use crate::cluster::raft::{Cluster, ClusterError};
 use crate::queue::exchange::ExchangeKind;
-use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError};
+use crate::queue::{args_from_pairs, Durability, QueueArgs, QueueError, SessionId};
 use crate::storage::{checkpoint, RealFs};
 use crate::streams::topic::{
     AdminMode, ConfigChange, TopicError, TopicInfo, CONFIGS_FIXED_AT_CREATE,
@@ -215,6 +215,11 @@ impl Broker {
             Ok((MetadataResult::Refused(MetadataError::QueueDiffers(name)), _)) => Err(
                 QueueError::DeclareMismatch(format!("queue {name:?} (declared on another node)")),
             ),
+            Ok((MetadataResult::Refused(MetadataError::QueueLocked(name)), _)) => {
+                Err(QueueError::DeclareMismatch(format!(
+                    "queue {name:?} is exclusive to another connection (on another node)"
+                )))
+            }
             Ok((MetadataResult::Refused(MetadataError::ExchangeDiffers { name, kind }), _)) => {
                 Err(QueueError::DeclareMismatch(format!(
                     "exchange {name:?} (declared as {kind} on another node)"
@@ -340,9 +345,11 @@ impl Broker {
         }
     }
 
-    /// Declares a durable or transient queue through the metadata log (its arguments as
-    /// given), then in this node's catalog. Exclusive queues belong to one connection and
-    /// stay on its node.
+    /// Declares a queue through the metadata log (its arguments as given), then in this
+    /// node's catalog. An exclusive queue (`owner`: its connection, on this node) is led by
+    /// this node; its declare holds the follower's lock throughout, so no pass sees it in
+    /// the log before it is made here (a pass deletes an exclusive queue of this node's
+    /// that is not here: its connection ended).
     pub(crate) async fn declare_queue_replicated(
         &self,
         cluster: &Cluster,
@@ -350,6 +357,7 @@ impl Broker {
         pairs: &[(String, String)],
         args: QueueArgs,
         durability: Durability,
+        owner: Option<SessionId>,
     ) -> Result<(), QueueError> {
         let command = MetadataCommand::DeclareQueue {
             name: name.to_string(),
@@ -359,9 +367,17 @@ impl Broker {
             arguments: pairs.iter().cloned().collect(),
             incarnated: true,
             transient: durability == Durability::Transient,
+            exclusive_on: owner.map(|_| cluster.node_id()),
+        };
+        let held = match owner {
+            Some(_) => Some(self.cluster_follow.lock().await),
+            None => None,
         };
         let applied_here = Self::propose_declare(cluster, command).await?;
-        let mut steps = self.cluster_follow.lock().await;
+        let mut steps = match held {
+            Some(steps) => steps,
+            None => self.cluster_follow.lock().await,
+        };
         // A copy made here now is of the incarnation this node's log holds now, once it
         // applied the declare (a copy that exists is whichever the follower's record says).
         let made = !self.queues.exists(name);
@@ -377,8 +393,12 @@ impl Broker {
             .flatten();
         let queues = self.queues.clone();
         let declaring = name.to_string();
-        queue_blocking(move || queues.declare_queue_for(&declaring, args, durability, None))
-            .await?;
+        // Its name was checked before it was proposed (a server-named queue's has the
+        // reserved `amq.gen-` prefix).
+        queue_blocking(move || {
+            queues.declare_checked_name_for(&declaring, args, durability, owner)
+        })
+        .await?;
         if made {
             steps.declared_queues.insert(name.to_string(), incarnation);
         }
@@ -405,6 +425,18 @@ impl Broker {
         cluster: &Cluster,
         name: &str,
     ) -> Result<(), QueueError> {
+        // Only its own connection deletes an exclusive queue, and that is on its node.
+        let owner_node = cluster
+            .applied()
+            .state
+            .queues
+            .get(name)
+            .and_then(|queue| queue.exclusive_on);
+        if owner_node.is_some_and(|node| node != cluster.node_id()) {
+            return Err(QueueError::DeclareMismatch(format!(
+                "queue {name:?} is exclusive to another connection"
+            )));
+        }
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
         };
@@ -798,6 +830,9 @@ impl Broker {
         );
         tokio::spawn(self.clone().coordinate(cluster.clone(), shutdown.clone()));
         let mut bootstrapping = false;
+        // Until the first pass over a current state: transient queues and exchanges missing
+        // here were lost with the process.
+        let mut restarted = true;
         loop {
             {
                 // A proposer's local step and a pass exclude each other, and a pass reads
@@ -824,7 +859,8 @@ impl Broker {
                 let current = now.index >= followed.index;
                 if current {
                     let before = followed.clone();
-                    self.follow(&now.state, &mut followed).await;
+                    self.follow(&now.state, &mut followed, restarted).await;
+                    restarted = false;
                     bootstrapping = self
                         .follow_security(
                             &cluster,
@@ -873,7 +909,7 @@ impl Broker {
 
     /// One pass: creates what the log holds and this node lacks, deletes what the log
     /// dropped since this node followed it.
-    async fn follow(&self, state: &MetadataState, followed: &mut Followed) {
+    async fn follow(&self, state: &MetadataState, followed: &mut Followed, restarted: bool) {
         for (name, topic) in &state.topics {
             let mut local = self.streams.topics().get(name);
             // A followed topic whose copy here has another id than the log's was deleted
@@ -936,7 +972,17 @@ impl Broker {
                 tracing::info!(topic = name, "deleted topic as the cluster's metadata did");
             }
         }
+        let this_node = self.replicated().map(Cluster::node_id);
+        let mut ended = Vec::new();
         for (name, queue) in &state.queues {
+            // An exclusive queue of a connection on this node that is not here any more
+            // ended with its connection (or this node's restart): the log is told.
+            if queue.exclusive_on.is_some() && queue.exclusive_on == this_node {
+                if !self.queues.exists(name) {
+                    ended.push(name.clone());
+                }
+                continue;
+            }
             // A followed queue whose copy here is of another incarnation than the log's was
             // deleted and declared again while this node saw only the state after both:
             // the copy (messages, arguments, replicated log) is the old queue's, and goes
@@ -963,9 +1009,16 @@ impl Broker {
                     }
                 }
             }
-            // A transient queue's copy is gone whenever its node restarts: it is declared
-            // again (empty) even though this node followed it.
-            let lost = queue.transient && !self.queues.exists(name);
+            // A transient queue's copy is gone whenever its node restarts: at this node's
+            // first pass it is declared again (empty) even though this node followed it, and
+            // the log's bindings to it are made again (they were not stored). Later, one
+            // missing here was deleted here (auto-delete, expiry) and the log is being told.
+            let lost = restarted && queue.transient && !self.queues.exists(name);
+            if lost {
+                followed
+                    .bindings
+                    .retain(|binding| binding.to_exchange || binding.queue != *name);
+            }
             if followed.queues.contains(name) && !lost {
                 followed
                     .queue_incarnations
@@ -985,6 +1038,25 @@ impl Broker {
                     .iter()
                     .map(|(key, value)| (key.as_str(), value.as_str())),
             ) {
+                // Another node's connection owns an exclusive queue: here it is a copy
+                // that operations pass through to that node.
+                Ok(args) if queue.exclusive_on.is_some() => {
+                    let args = QueueArgs {
+                        exclusive: false,
+                        ..args
+                    };
+                    let queues = self.queues.clone();
+                    let declaring = name.clone();
+                    queue_blocking(move || {
+                        queues.declare_checked_name_for(
+                            &declaring,
+                            args,
+                            Durability::Transient,
+                            None,
+                        )
+                    })
+                    .await
+                }
                 Ok(args) => {
                     let queues = self.queues.clone();
                     let declaring = name.clone();
@@ -1013,6 +1085,20 @@ impl Broker {
                 }
             }
         }
+        if let Some(cluster) = self.replicated() {
+            for name in ended {
+                let command = MetadataCommand::DeleteQueue { name: name.clone() };
+                match Self::propose_definition(cluster, command).await {
+                    Ok(_) => tracing::info!(
+                        queue = name,
+                        "an exclusive queue of a connection that ended left the cluster's metadata"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(queue = name, %error, "an ended exclusive queue stays in the cluster's metadata for now")
+                    }
+                }
+            }
+        }
         let dropped: Vec<String> = followed
             .queues
             .iter()
@@ -1035,14 +1121,19 @@ impl Broker {
                 }
             }
         }
-        self.follow_exchanges(state, followed).await;
+        self.follow_exchanges(state, followed, restarted).await;
     }
 }
 
 impl Broker {
     /// As [`Broker::follow`] for exchanges and bindings: exchanges first (a binding needs
     /// its exchange), bindings after, dropped bindings before dropped exchanges.
-    async fn follow_exchanges(&self, state: &MetadataState, followed: &mut Followed) {
+    async fn follow_exchanges(
+        &self,
+        state: &MetadataState,
+        followed: &mut Followed,
+        restarted: bool,
+    ) {
         for (name, kind) in &state.exchanges {
             let Some(kind) = ExchangeKind::parse(kind) else {
                 tracing::warn!(
@@ -1083,18 +1174,17 @@ impl Broker {
                     }
                 }
             }
-            // A transient exchange's copy is gone whenever its node restarts: it is declared
-            // again, and the log's bindings from it made again, even though this node
-            // followed it.
-            if followed.exchanges.contains(name)
-                && !(local.is_none() && durability == Durability::Transient)
-            {
+            // A transient exchange's copy is gone whenever its node restarts: at this
+            // node's first pass it is declared again, and the log's bindings from and to it
+            // made again (they were not stored), even though this node followed it.
+            let lost = restarted && local.is_none() && durability == Durability::Transient;
+            if followed.exchanges.contains(name) && !lost {
                 continue;
             }
             if local.is_none() {
-                followed
-                    .bindings
-                    .retain(|binding| binding.exchange != *name);
+                followed.bindings.retain(|binding| {
+                    binding.exchange != *name && !(binding.to_exchange && binding.queue == *name)
+                });
             }
             let queues = self.queues.clone();
             let declaring = name.clone();

@@ -182,8 +182,8 @@ impl Broker {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
-        // A queue any connection may use is cluster-wide (issue #20), a durable one
-        // replicated by default; an exclusive one belongs to a connection on this node.
+        // Every queue is cluster-wide (issue #20), a durable one any connection may use
+        // replicated by default; an exclusive one is led by its connection's node.
         let shared = !args.exclusive;
         let replicable = shared && durability == Durability::Durable;
         let nodes = match self.replicated() {
@@ -196,11 +196,13 @@ impl Broker {
             .map(|args| args.replication_factor);
         let (args, pairs) = resolve_replicas(args, pairs, nodes, replicable, existing)?;
         if let Some(cluster) = self.replicated() {
-            if shared {
-                return self
-                    .declare_queue_replicated(cluster, &name, &pairs, args, durability)
-                    .await;
-            }
+            // Checked before it is proposed: the local declare after it takes the log's
+            // names as they are (server-named ones have a reserved prefix).
+            crate::queue::manager::check_name(&name)?;
+            let owner = (!shared).then(|| session.id());
+            return self
+                .declare_queue_replicated(cluster, &name, &pairs, args, durability, owner)
+                .await;
         }
         let queues = self.queues.clone();
         let owner = session.id();
@@ -223,13 +225,28 @@ impl Broker {
         // The name is not known before it is made: the prefix stands for it (an ACL on
         // `amq.gen-` prefixed queues allows AMQP's server-named queues).
         self.check_queue(session, Operation::Create, &prefix)?;
+        let pairs = args;
         let args = args_from_pairs(
-            args.iter()
+            pairs
+                .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
-        let (args, _) = resolve_replicas(args, Vec::new(), 1, false, None)?;
+        let (args, pairs) = resolve_replicas(args, pairs, 1, false, None)?;
         let queues = self.queues.clone();
         let owner = session.id();
+        if let Some(cluster) = self.replicated() {
+            // The name is drawn here, then declared as any other (through the log).
+            let name = loop {
+                let name = format!("{prefix}{}", crate::queue::manager::random_suffix());
+                if !self.queues.exists(&name) {
+                    break name;
+                }
+            };
+            let owner = args.exclusive.then_some(owner);
+            self.declare_queue_replicated(cluster, &name, &pairs, args, durability, owner)
+                .await?;
+            return Ok(name);
+        }
         blocking(move || queues.declare_generated_queue_for(&prefix, args, durability, Some(owner)))
             .await
     }
@@ -830,7 +847,14 @@ impl Broker {
                 .cancel(&queue, consumer, CancelReason::ConnectionClosed)
                 .await;
         }
-        self.queues.release_session(session.id()).await;
+        let deleted = self.queues.release_session(session.id()).await;
+        // Its exclusive queues leave the cluster's metadata too (a failure leaves them to
+        // this node's follower, which tells the log of each one that is gone from here).
+        if let Some(cluster) = self.replicated() {
+            for name in deleted {
+                self.queue_deleted_here(cluster, &name).await;
+            }
+        }
     }
 }
 

@@ -565,6 +565,23 @@ impl QueueManager {
         Ok(name)
     }
 
+    /// Declares a queue of a name already checked elsewhere (a name the cluster's metadata
+    /// holds, or one the broker drew with a reserved prefix such as `amq.gen-`): the
+    /// reserved prefix is allowed, every other rule of names applies.
+    ///
+    /// # Errors
+    /// As [`QueueManager::declare_queue_for`].
+    pub fn declare_checked_name_for(
+        &self,
+        name: &str,
+        args: QueueArgs,
+        durability: Durability,
+        session: Option<SessionId>,
+    ) -> Result<(), QueueError> {
+        check_name(&name.replacen("amq.", "amq-", 1))?;
+        self.declare_checked(name, args, durability, session)
+    }
+
     fn declare_checked(
         &self,
         name: &str,
@@ -1236,8 +1253,9 @@ impl QueueManager {
         Ok(())
     }
 
-    /// A connection closed: its exclusive queues are deleted.
-    pub async fn release_session(&self, session: SessionId) {
+    /// A connection closed: its exclusive queues are deleted. Answers the names of those
+    /// deleted.
+    pub async fn release_session(&self, session: SessionId) -> Vec<String> {
         let owned: Vec<String> = self
             .lock()
             .owners
@@ -1245,11 +1263,14 @@ impl QueueManager {
             .filter(|(_, owner)| **owner == session)
             .map(|(queue, _)| queue.clone())
             .collect();
+        let mut deleted = Vec::with_capacity(owned.len());
         for queue in owned {
-            if let Err(error) = self.delete_queue(&queue).await {
-                tracing::warn!(queue, %error, "deleting an exclusive queue failed");
+            match self.delete_queue(&queue).await {
+                Ok(()) => deleted.push(queue),
+                Err(error) => tracing::warn!(queue, %error, "deleting an exclusive queue failed"),
             }
         }
+        deleted
     }
 
     /// Acknowledges a delivery (and with `multiple` every earlier one of the consumer).
@@ -2053,7 +2074,7 @@ fn stored_pairs(headers: &[(&str, &str)]) -> Vec<StoredArg> {
 
 /// 22 letters and digits (about 130 bits) from the standard library's randomly keyed
 /// hasher, so generated names do not repeat across restarts or processes.
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -2073,7 +2094,7 @@ fn random_suffix() -> String {
     suffix
 }
 
-fn check_name(name: &str) -> Result<(), QueueError> {
+pub(crate) fn check_name(name: &str) -> Result<(), QueueError> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(QueueError::Invalid(format!(
             "name {name:?} must be 1 to {NAME_BYTES_MAX} bytes"

@@ -938,6 +938,19 @@ impl QueueManager {
             Ok(sender) => sender,
             Err(error) => return refusal(&op, error),
         };
+        // No connection of another node owns an exclusive queue of this one: only what any
+        // connection may do to it (publish, counts) passes.
+        if matches!(
+            op,
+            RemoteOp::Subscribe { .. }
+                | RemoteOp::Get { .. }
+                | RemoteOp::Purge
+                | RemoteOp::Retire { .. }
+        ) {
+            if let Err(error) = self.check_not_exclusive_elsewhere(&queue, None) {
+                return refusal(&op, error);
+            }
+        }
         let gone = || WireError::Gone(queue.clone());
         let settled = |outcome: Option<Result<(), QueueError>>| {
             outcome.map_or(Err(gone()), |outcome| outcome.map_err(WireError::from))
