@@ -847,13 +847,21 @@ impl Broker {
                 .cancel(&queue, consumer, CancelReason::ConnectionClosed)
                 .await;
         }
-        let deleted = self.queues.release_session(session.id()).await;
+        let Some(cluster) = self
+            .replicated()
+            .filter(|_| self.queues.owns_queues(session.id()))
+        else {
+            self.queues.release_session(session.id()).await;
+            return;
+        };
         // Its exclusive queues leave the cluster's metadata too (a failure leaves them to
         // this node's follower, which tells the log of each one that is gone from here).
-        if let Some(cluster) = self.replicated() {
-            for name in deleted {
-                self.queue_deleted_here(cluster, &name).await;
-            }
+        // The follower's lock is held throughout, so a declare of one of the names by
+        // another connection waits until the delete is in the log (else the delete would
+        // remove the new queue).
+        let _following = self.cluster_follow.lock().await;
+        for name in self.queues.release_session(session.id()).await {
+            self.queue_deleted_here(cluster, &name).await;
         }
     }
 }

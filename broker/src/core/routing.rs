@@ -377,7 +377,8 @@ impl QueueCluster for QueuePlacement {
 
     fn deleted_by_rule(&self, queue: &str) {
         if !self.cluster.applied().state.queues.contains_key(queue) {
-            // Exclusive and transient queues are this node's alone.
+            // A queue only this node has (made before it joined, or deleted from the log
+            // already).
             return;
         }
         let cluster = self.cluster.clone();

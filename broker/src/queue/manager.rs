@@ -1253,6 +1253,11 @@ impl QueueManager {
         Ok(())
     }
 
+    /// Whether connection `session` owns an exclusive queue.
+    pub fn owns_queues(&self, session: SessionId) -> bool {
+        self.lock().owners.values().any(|owner| *owner == session)
+    }
+
     /// A connection closed: its exclusive queues are deleted. Answers the names of those
     /// deleted.
     pub async fn release_session(&self, session: SessionId) -> Vec<String> {
