@@ -559,9 +559,7 @@ impl QueueManager {
         session: Option<SessionId>,
     ) -> Result<String, QueueError> {
         let name = format!("{prefix}{}", random_suffix());
-        // The prefix may be a reserved one: check the rest of the rules on a stand-in.
-        check_name(&name.replacen("amq.", "amq-", 1))?;
-        self.declare_checked(&name, args, durability, session)?;
+        self.declare_checked_name_for(&name, args, durability, session)?;
         Ok(name)
     }
 
@@ -578,6 +576,7 @@ impl QueueManager {
         durability: Durability,
         session: Option<SessionId>,
     ) -> Result<(), QueueError> {
+        // The prefix may be a reserved one: check the rest of the rules on a stand-in.
         check_name(&name.replacen("amq.", "amq-", 1))?;
         self.declare_checked(name, args, durability, session)
     }
