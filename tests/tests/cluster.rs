@@ -2410,33 +2410,17 @@ fn a_wiped_replica_rebuilds_a_compacted_topic_from_the_others() {
 
 #[test]
 fn a_topic_deleted_and_created_again_while_a_replica_was_paused_gets_a_new_member_there() {
-    // Run twice at most. A known window (docs/CLUSTER.md, "Not built yet": a partition's
-    // group is named by topic and partition only) can fail one attempt: right after
-    // SIGCONT, before the node's follower pass stops its old member, the new group's leader
-    // already sends it AppendEntries under the same name (a CI run on 2026-12-07 saw
-    // openraft's debug assertion on the committed index fire there, and the copy stay
-    // empty). The behaviour this test guards (the old member stopped, a new one started)
-    // fails every attempt when it breaks, so a second attempt keeps it caught.
-    let first = std::panic::catch_unwind(a_topic_deleted_and_created_again_attempt);
-    if let Err(failure) = first {
-        let reason = failure
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| failure.downcast_ref::<&str>().map(ToString::to_string))
-            .unwrap_or_default();
-        eprintln!("first attempt failed ({reason}); trying once more");
-        a_topic_deleted_and_created_again_attempt();
-    }
-}
-
-fn a_topic_deleted_and_created_again_attempt() {
     // Goal: a node that sees a topic's delete and its create again in one pass of its
     // follower (here: paused while both were made) stops its member of the old topic's
     // replicated partition before it replaces its copy. The group's name is the same
     // (`<topic>-<partition>`); before, the old member kept running on the old raft log and
     // applied to the deleted copy, and no member of the new group started there: that
     // node's copy of the new topic stayed empty, and its old log could be elected in the
-    // new group. Method: 100 records, a follower SIGSTOPped, the topic deleted and
+    // new group. Right after SIGCONT, before that pass, the new group's leader already
+    // sends the old member AppendEntries under the same name: the old member refuses them
+    // (each group's RPCs carry its topic id); before that, openraft's debug assertion on
+    // the committed index could fire there and leave the copy empty. Method: 100 records,
+    // a follower SIGSTOPped, the topic deleted and
     // created again through another node and 10 records written; after SIGCONT the
     // follower's own copy reaches 10 records, and with the leader killed the follower and
     // the third node go on from offset 10.

@@ -67,7 +67,14 @@ pub enum RaftRpc {
     /// [`ForwardHandler`].
     Forward(String),
     /// An RPC of a replicated log's group (`cluster/replica.rs`), for this node's member.
-    Replica { group: String, rpc: Box<ReplicaRpc> },
+    /// `instance` tells two groups of one name apart (a partition's topic id): a member of
+    /// another instance refuses it. Absent from a sender that names none.
+    Replica {
+        group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<[u8; 16]>,
+        rpc: Box<ReplicaRpc>,
+    },
 }
 
 /// The answer to a [`RaftRpc`].
@@ -748,9 +755,11 @@ impl Cluster {
                     self.node_id
                 )),
             },
-            RaftRpc::Replica { group, rpc } => {
-                RaftReply::Replica(Box::new(self.replicas.serve(&group, *rpc).await))
-            }
+            RaftRpc::Replica {
+                group,
+                instance,
+                rpc,
+            } => RaftReply::Replica(Box::new(self.replicas.serve(&group, instance, *rpc).await)),
         }
     }
 }

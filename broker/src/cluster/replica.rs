@@ -855,10 +855,43 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
     }
 }
 
+/// A replicated log's group as its RPCs name it: its name and, where a name can be
+/// reused, which instance of it this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupName {
+    /// The name (a partition's `<topic>-<partition>`, a queue's `queue:<name>@<n>`).
+    pub name: String,
+    /// The instance (a partition's topic id: a topic deleted and created again under its
+    /// name gets another). A member of one instance refuses the RPCs of another, so a
+    /// node that missed the delete and the create cannot take part in the new group with
+    /// the old group's raft log. `None` where the name alone tells groups apart (a queue's
+    /// carries its incarnation) or none is known.
+    pub instance: Option<[u8; 16]>,
+}
+
+impl From<String> for GroupName {
+    fn from(name: String) -> GroupName {
+        GroupName {
+            name,
+            instance: None,
+        }
+    }
+}
+
+/// Whether a member of instance `ours` serves an RPC sent for instance `theirs`: unless
+/// both are known and differ.
+pub fn same_instance(ours: Option<[u8; 16]>, theirs: Option<[u8; 16]>) -> bool {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) => ours == theirs,
+        _ => true,
+    }
+}
+
 /// openraft's network factory for one group.
 #[derive(Debug, Clone)]
 struct ReplicaNetwork {
     group: String,
+    instance: Option<[u8; 16]>,
     transport: Arc<dyn Transport>,
     applier: Arc<dyn Applier>,
     io: Io,
@@ -903,6 +936,7 @@ impl ReplicaConnection {
     ) -> std::result::Result<ReplicaReply, Unreachable> {
         let rpc = RaftRpc::Replica {
             group: self.network.group.clone(),
+            instance: self.network.instance,
             rpc: Box::new(rpc),
         };
         match self
@@ -1256,6 +1290,8 @@ async fn initialize_group(
 #[derive(Clone)]
 pub struct Replica {
     group: String,
+    /// [`GroupName::instance`].
+    instance: Option<[u8; 16]>,
     node_id: NodeId,
     raft: Raft<ReplicaConfig>,
     applier: Arc<dyn Applier>,
@@ -1296,7 +1332,7 @@ impl Replica {
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node_id: NodeId,
-        group: String,
+        group: impl Into<GroupName>,
         dir: &Path,
         fs: Arc<dyn Fs>,
         io: Io,
@@ -1304,6 +1340,10 @@ impl Replica {
         transport: Arc<dyn Transport>,
         timing: Timing,
     ) -> std::result::Result<Replica, ReplicaError> {
+        let GroupName {
+            name: group,
+            instance,
+        } = group.into();
         let stopped = |error: &dyn std::fmt::Display| ReplicaError::Stopped(error.to_string());
         let log = LogStore::<ReplicaConfig>::open(fs.clone(), &dir.join(RAFT_DIR), io)
             .map_err(|e| stopped(&e))?;
@@ -1340,6 +1380,7 @@ impl Replica {
         let snapshot_wanted: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let network = ReplicaNetwork {
             group: group.clone(),
+            instance,
             transport,
             applier: applier.clone(),
             io,
@@ -1352,6 +1393,7 @@ impl Replica {
             .map_err(|e| stopped(&e))?;
         Ok(Replica {
             group,
+            instance,
             node_id,
             raft,
             applier,
@@ -1368,6 +1410,11 @@ impl Replica {
     /// The group's name.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Which instance of its name the group is ([`GroupName::instance`]).
+    pub fn instance(&self) -> Option<[u8; 16]> {
+        self.instance
     }
 
     /// Whether `other` is this very member (a clone of it), not a later start of its group.
@@ -1818,10 +1865,20 @@ impl Replicas {
             .collect()
     }
 
-    /// Answers an RPC for `group`.
-    pub async fn serve(&self, group: &str, rpc: ReplicaRpc) -> ReplicaReply {
+    /// Answers an RPC for instance `instance` of `group`. A member here of another
+    /// instance answers as if there were none: it must not vote in, nor take entries of, a
+    /// group that only shares its name.
+    pub async fn serve(
+        &self,
+        group: &str,
+        instance: Option<[u8; 16]>,
+        rpc: ReplicaRpc,
+    ) -> ReplicaReply {
         match self.get(group) {
-            Some(replica) => replica.serve(rpc).await,
+            Some(replica) if same_instance(replica.instance, instance) => replica.serve(rpc).await,
+            Some(_) => ReplicaReply::Unknown(format!(
+                "the member of replicated log {group} here is of another instance (its topic was deleted and created again)"
+            )),
             None => ReplicaReply::Unknown(format!("no member of replicated log {group} here")),
         }
     }

@@ -196,7 +196,11 @@ impl Transport for Net {
             // As on the wire: frame bodies both ways.
             let bytes =
                 crate::cluster::transport::encode_body(&rpc).map_err(|error| error.to_string())?;
-            let RaftRpc::Replica { group, rpc } = crate::cluster::transport::decode_body(&bytes)
+            let RaftRpc::Replica {
+                group,
+                instance,
+                rpc,
+            } = crate::cluster::transport::decode_body(&bytes)
                 .map_err(|error| error.to_string())?
             else {
                 return Err("not a replica rpc".to_string());
@@ -205,7 +209,7 @@ impl Transport for Net {
                 self.staged
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let reply = tokio::time::timeout(timeout, replicas.serve(&group, *rpc))
+            let reply = tokio::time::timeout(timeout, replicas.serve(&group, instance, *rpc))
                 .await
                 .map_err(|_| "timed out".to_string())?;
             let reply = RaftReply::Replica(Box::new(reply));
@@ -763,4 +767,58 @@ fn a_follower_is_in_sync_while_it_answers_and_has_what_the_leader_had_a_lag_ago(
     tracker.forget();
     let (since, _) = tracker.observe(at(lag + 3_000), 4, applied);
     assert_eq!(since, at(lag + 3_000), "leading again after not leading");
+}
+
+/// Goal: a member of one instance of a group's name (a partition of a deleted topic) takes
+/// no part in another instance's group (the topic created again under that name): it
+/// answers its RPCs as a node without a member would, and its state stays as it was.
+/// Method: a member of instance A is sent a vote request of a later term tagged instance
+/// B, then the same untagged and tagged A.
+#[test]
+fn a_member_refuses_the_rpcs_of_another_instance_of_its_group() {
+    runtime().block_on(async {
+        let net = Arc::new(Net::default());
+        let fs = SimFs::new();
+        let shared: Arc<dyn crate::storage::fs::Fs> = Arc::new(fs);
+        let (old, new) = (Some([1; 16]), Some([2; 16]));
+        let replica = Replica::start(
+            1,
+            super::GroupName {
+                name: GROUP.to_string(),
+                instance: old,
+            },
+            Path::new(DIR),
+            shared,
+            Io::Inline,
+            Arc::new(ModelApplier::with(Vec::new())),
+            net,
+            timing(),
+        )
+        .await
+        .expect("start");
+        assert_eq!(replica.instance(), old);
+        let replicas = Replicas::default();
+        replicas.insert(replica.clone());
+        let vote = |term| {
+            super::ReplicaRpc::Vote(openraft::raft::VoteRequest::new(
+                openraft::Vote::new(term, 2),
+                None,
+            ))
+        };
+        let term = || replica.raft.metrics().borrow().current_term;
+
+        let refused = replicas.serve(GROUP, new, vote(7)).await;
+        assert!(
+            matches!(&refused, super::ReplicaReply::Unknown(reason) if reason.contains("another instance")),
+            "{refused:?}"
+        );
+        assert_eq!(term(), 0, "a refused vote request changed the member's term");
+
+        let untagged = replicas.serve(GROUP, None, vote(7)).await;
+        assert!(matches!(untagged, super::ReplicaReply::Vote(Ok(_))), "{untagged:?}");
+        let served = replicas.serve(GROUP, old, vote(9)).await;
+        assert!(matches!(served, super::ReplicaReply::Vote(Ok(_))), "{served:?}");
+        assert_eq!(term(), 9);
+        replica.shutdown().await;
+    });
 }

@@ -116,7 +116,7 @@ impl RecordLog for ReplicatedRecordLog {
 /// Where this node would write the coordinator's records if it coordinated.
 enum Seat {
     /// Its member of the replicated partition, leading with its log applied.
-    Replicated(Replica),
+    Replicated(Box<Replica>),
     /// Its copy of a partition placed on this node alone.
     Local(Arc<Partition>),
 }
@@ -149,7 +149,9 @@ impl Broker {
         let placed = state.topics.get(OFFSETS_TOPIC)?.partitions.first()?;
         if placed.replicas.len() >= 2 {
             let member = cluster.replicas().get(&group_name(OFFSETS_TOPIC, 0))?;
-            return member.leads_caught_up().then_some(Seat::Replicated(member));
+            return member
+                .leads_caught_up()
+                .then_some(Seat::Replicated(Box::new(member)));
         }
         if placed.leader != cluster.node_id() {
             return None;
@@ -245,7 +247,7 @@ impl Broker {
         deps.coordinator_epoch = super::routing::epoch_of(term);
         let writer: Arc<dyn RecordLog> = match seat {
             Seat::Replicated(replica) => Arc::new(ReplicatedRecordLog {
-                replica,
+                replica: *replica,
                 clock: self.clock.clone(),
             }),
             Seat::Local(log) => Arc::new(LocalLog(log)),

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::cluster::metadata::{MetadataCommand, MetadataResult, MetadataState, NodeId};
 use crate::cluster::raft::{Cluster, Timing};
-use crate::cluster::replica::{Applier, Replica, ReplicaError};
+use crate::cluster::replica::{same_instance, Applier, GroupName, Replica, ReplicaError};
 use crate::cluster::store::Io;
 use crate::storage::{Partition, RealFs};
 use crate::streams::produce::TxnCheck;
@@ -955,8 +955,18 @@ impl Broker {
                 }
                 let group = group_name(name, partition);
                 placed.insert(group.clone());
-                if cluster.replicas().get(&group).is_some() {
-                    continue;
+                if let Some(running) = cluster.replicas().get(&group) {
+                    if same_instance(running.instance(), topic.topic_id) {
+                        continue;
+                    }
+                    // The member of the deleted topic of this name, whose delete this node
+                    // missed: it must not vote in or lead the new topic's group (which
+                    // refuses its RPCs); the new member starts once the copy here is
+                    // replaced.
+                    if let Some(stopped) = cluster.replicas().remove(&group) {
+                        stopped.shutdown().await;
+                        tracing::info!(%group, "the deleted topic's replicated partition stopped");
+                    }
                 }
                 // A copy here of another id is the deleted topic's (its delete failed, or
                 // the follower has not replaced it yet): a member of the new group never
@@ -989,7 +999,10 @@ impl Broker {
                 let timing = replica_timing(cluster.timing());
                 let started = Replica::start(
                     this,
-                    group.clone(),
+                    GroupName {
+                        name: group.clone(),
+                        instance: topic.topic_id,
+                    },
                     log.dir(),
                     Arc::new(RealFs),
                     Io::Blocking,
@@ -1074,6 +1087,9 @@ impl Broker {
                     let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {
                         continue;
                     };
+                    if !same_instance(replica.instance(), topic.topic_id) {
+                        continue; // the deleted topic's, stopped by the next follower pass
+                    }
                     // Leading or not, the member's view keeps its in-sync record current.
                     let status = replica.status();
                     if !replica.is_leader() {
@@ -1191,25 +1207,27 @@ fn drive_moves(
             .enumerate()
             .filter_map(move |(index, set)| {
                 let partition = u32::try_from(index).ok()?;
-                Some((group_name(name, partition), name, Some(partition), set))
+                let group = group_name(name, partition);
+                Some((group, topic.topic_id, name, Some(partition), set))
             })
     });
     let queues = state.queues.iter().map(|(name, queue)| {
         (
             super::queue_replication::queue_group_name(name, queue.incarnation),
+            None,
             name,
             None,
             &queue.placement,
         )
     });
-    for (group, name, partition, set) in partitions.chain(queues) {
+    for (group, instance, name, partition, set) in partitions.chain(queues) {
         let Some(target) = set.moving_to.clone() else {
             continue;
         };
         let Some(replica) = cluster.replicas().get(&group) else {
             continue;
         };
-        if !replica.is_leader() {
+        if !replica.is_leader() || !same_instance(replica.instance(), instance) {
             continue;
         }
         let voters: BTreeMap<NodeId, String> = target
