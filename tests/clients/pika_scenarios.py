@@ -683,6 +683,20 @@ def redeclare_and_delete_preconditions():
         raise AssertionError("exchange redeclared with another type")
     except pika.exceptions.ChannelClosedByBroker as error:
         assert error.reply_code == 406 and "inequivalent arg 'type'" in error.reply_text, error
+    # The durability is compared too (pika's exchange_declare is durable=False by default);
+    # an equal redeclare, of a built-in exchange too, is accepted.
+    ch = conn.channel()
+    ch.exchange_declare("typed-x", "direct")
+    ch.exchange_declare("amq.topic", "topic", durable=True)
+    try:
+        ch.exchange_declare("typed-x", "direct", durable=True)
+        raise AssertionError("a transient exchange redeclared as durable")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 406, error
+        assert (
+            "inequivalent arg 'durable' for exchange 'typed-x' in vhost '/': "
+            "received 'true' but current is 'false'" in error.reply_text
+        ), error
     ch = conn.channel()
     ch.queue_declare("del-me")
     ch.basic_publish("", "del-me", b"x")

@@ -1188,8 +1188,8 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
 
     // Transient queues and exchanges (pika's defaults, RabbitMQ's tutorials) are the
     // cluster's too: published through nodes 1 and 3, got through node 2; the queue declared
-    // again as durable is refused as RabbitMQ refuses an inequivalent declare (an exchange's
-    // durability is not compared on redeclare, on a lone node either: docs/AMQP.md).
+    // again as durable is refused as RabbitMQ refuses an inequivalent declare, and so is the
+    // transient exchange declared again as durable.
     let transient = run("tx-hello", "0", &["transient"]);
     assert_eq!(
         transient["got"],
@@ -1197,6 +1197,7 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         "a transient queue and a transient exchange's binding work through another node"
     );
     assert_eq!(transient["durable_queue"], 406, "{transient}");
+    assert_eq!(transient["durable_exchange"], 406, "{transient}");
     // Tutorial 3's exclusive server-named queue is the cluster's too: fed through another
     // node, locked to its connection, gone everywhere with it.
     assert_eq!(transient["exclusive_got"], "to-exclusive", "{transient}");

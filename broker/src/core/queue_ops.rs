@@ -138,10 +138,12 @@ fn is_reserved_header(key: &str) -> bool {
 }
 
 impl Broker {
-    /// Declares an exchange of kind `kind` (`direct`, `fanout`, `topic`, `headers`).
+    /// Declares an exchange of kind `kind` (`direct`, `fanout`, `topic`, `headers`). A
+    /// declare of an exchange that exists here needs only Describe and succeeds when the
+    /// kind and durability match it (RabbitMQ's equivalence check), whatever its name.
     ///
     /// # Errors
-    /// `Invalid` for an unknown kind; the queue layer's refusal.
+    /// `Invalid` for an unknown kind; `ExchangeDiffers`; the queue layer's refusal.
     pub async fn declare_exchange(
         &self,
         caller: &Session,
@@ -149,12 +151,16 @@ impl Broker {
         kind: &str,
         durability: Durability,
     ) -> Result<(), QueueError> {
-        self.check_exchange(caller, Operation::Create, &name)?;
         let kind = ExchangeKind::parse(kind).ok_or_else(|| {
             QueueError::Invalid(format!(
                 "exchange type {kind:?} is not direct, fanout, topic or headers"
             ))
         })?;
+        if let Some(current) = self.queues.exchange_kind(&name) {
+            self.check_exchange(caller, Operation::Describe, &name)?;
+            return crate::queue::manager::exchange_equivalence(&name, (kind, durability), current);
+        }
+        self.check_exchange(caller, Operation::Create, &name)?;
         if let Some(cluster) = self.replicated() {
             return self
                 .declare_exchange_replicated(cluster, &name, kind, durability)

@@ -425,10 +425,11 @@ impl QueueManager {
         self.definitions.snapshot(&registry.stored_definitions())
     }
 
-    /// Declares an exchange (idempotent when the kind matches).
+    /// Declares an exchange (idempotent when the kind and durability match).
     ///
     /// # Errors
-    /// `Invalid` for a bad name, `DeclareMismatch` for a different kind, `Storage`.
+    /// `Invalid` for a bad name, `ExchangeDiffers` for another kind or durability,
+    /// `Storage`.
     pub fn declare_exchange(
         &self,
         name: &str,
@@ -437,12 +438,8 @@ impl QueueManager {
     ) -> Result<(), QueueError> {
         check_name(name)?;
         let mut registry = self.lock();
-        if let Some((_, existing)) = registry.exchanges.get(name) {
-            return if existing.kind() == kind {
-                Ok(())
-            } else {
-                Err(QueueError::DeclareMismatch(format!("exchange {name:?}")))
-            };
+        if let Some((current, existing)) = registry.exchanges.get(name) {
+            return exchange_equivalence(name, (kind, durability), (existing.kind(), *current));
         }
         registry.exchanges.insert(
             name.to_string(),
@@ -2324,6 +2321,37 @@ async fn enqueue(message: Message, targets: &[Target]) -> Result<PublishTicket, 
     Ok(PublishTicket::new(confirmations))
 }
 
+/// Whether a declare of exchange `name` as `declared` (kind, durability) matches the
+/// existing one, `current` ([`QueueManager::exchange_kind`]): the kind first, then the
+/// durability, as RabbitMQ checks.
+///
+/// # Errors
+/// `ExchangeDiffers`, naming the first argument that differs.
+pub fn exchange_equivalence(
+    name: &str,
+    declared: (ExchangeKind, Durability),
+    current: (ExchangeKind, Durability),
+) -> Result<(), QueueError> {
+    let durable = |durability: Durability| (durability == Durability::Durable).to_string();
+    if declared.0 != current.0 {
+        return Err(QueueError::ExchangeDiffers {
+            name: name.to_string(),
+            arg: "type",
+            received: declared.0.name().to_string(),
+            current: current.0.name().to_string(),
+        });
+    }
+    if declared.1 != current.1 {
+        return Err(QueueError::ExchangeDiffers {
+            name: name.to_string(),
+            arg: "durable",
+            received: durable(declared.1),
+            current: durable(current.1),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2353,6 +2381,56 @@ mod tests {
 
     fn names(queues: &[&str]) -> Option<Vec<String>> {
         Some(queues.iter().map(|queue| queue.to_string()).collect())
+    }
+
+    #[tokio::test]
+    async fn an_exchange_declared_again_must_match_its_kind_and_durability() {
+        // Goal: RabbitMQ's equivalence check on exchange.declare: the same kind and
+        // durability is accepted (a built-in exchange too), another kind or durability is
+        // refused with what differs, and the refused declare changes nothing.
+        let (env, _fs, _) = sim_env(1_000);
+        let manager = QueueManager::open(Path::new("/data"), env).expect("opens");
+        manager
+            .declare_exchange("logs", ExchangeKind::Fanout, Durability::Transient)
+            .expect("declared");
+        manager
+            .declare_exchange("logs", ExchangeKind::Fanout, Durability::Transient)
+            .expect("declared again as it is");
+        let differs = |arg: &str, received: &str, current: &str| {
+            Err(QueueError::ExchangeDiffers {
+                name: "logs".to_string(),
+                arg: if arg == "type" { "type" } else { "durable" },
+                received: received.to_string(),
+                current: current.to_string(),
+            })
+        };
+        assert_eq!(
+            manager.declare_exchange("logs", ExchangeKind::Fanout, Durability::Durable),
+            differs("durable", "true", "false")
+        );
+        assert_eq!(
+            manager.declare_exchange("logs", ExchangeKind::Direct, Durability::Durable),
+            differs("type", "direct", "fanout"),
+            "the kind is compared first"
+        );
+        let built_in = manager.exchange_kind("amq.topic").expect("built in");
+        assert_eq!(
+            exchange_equivalence(
+                "amq.topic",
+                (ExchangeKind::Topic, Durability::Durable),
+                built_in
+            ),
+            Ok(())
+        );
+        let listed = manager.list_exchanges();
+        let logs = listed
+            .iter()
+            .find(|(name, ..)| name == "logs")
+            .expect("listed");
+        assert_eq!(
+            (logs.1, logs.2),
+            (ExchangeKind::Fanout, Durability::Transient)
+        );
     }
 
     #[tokio::test]

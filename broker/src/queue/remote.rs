@@ -205,6 +205,10 @@ impl From<QueueError> for WireError {
             QueueError::UnknownExchange(name) => WireError::UnknownExchange(name),
             QueueError::UnknownQueue(name) => WireError::UnknownQueue(name),
             QueueError::DeclareMismatch(text) => WireError::DeclareMismatch(text),
+            // Exchange declares are never forwarded (they go through the metadata log).
+            differs @ QueueError::ExchangeDiffers { .. } => {
+                WireError::DeclareMismatch(differs.to_string())
+            }
             QueueError::Invalid(text) => WireError::Invalid(text),
             QueueError::QueueFull { queue, limit } => WireError::QueueFull { queue, limit },
             QueueError::UnknownDeliveryTag(tag) => WireError::UnknownDeliveryTag(tag.0),

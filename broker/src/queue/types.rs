@@ -35,6 +35,15 @@ pub enum QueueError {
     /// A declare whose arguments differ from the existing entity's.
     #[error("{0} exists with different arguments")]
     DeclareMismatch(String),
+    /// A declare of an exchange that exists with another `arg` (`type`, `durable`):
+    /// RabbitMQ's "inequivalent arg".
+    #[error("exchange {name:?} exists with {arg} {current}; the declare asked for {received}")]
+    ExchangeDiffers {
+        name: String,
+        arg: &'static str,
+        received: String,
+        current: String,
+    },
     /// A name or argument is invalid.
     #[error("{0}")]
     Invalid(String),

@@ -123,6 +123,17 @@ pub fn queue(error: &QueueError, class_id: u16, method_id: u16) -> Reply {
                 format!("cannot obtain exclusive access to locked {what}"),
             )
         }
+        QueueError::ExchangeDiffers {
+            name,
+            arg,
+            received,
+            current,
+        } => Reply::new(
+            PRECONDITION_FAILED,
+            format!(
+                "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+            ),
+        ),
         QueueError::DeclareMismatch(what) => Reply::new(
             PRECONDITION_FAILED,
             format!("inequivalent arg for {what} in vhost '/': it exists with different arguments"),

@@ -1101,24 +1101,10 @@ async fn exchange_class(
                         format!("invalid exchange type '{kind}'"),
                     ));
                 }
-                // Without Describe the core's declare still refuses another kind.
-                if let Ok(Some((existing, _))) = broker.exchange_info(session, &name) {
-                    if existing.name() != kind {
-                        return Err(Reply::new(
-                            error_code::PRECONDITION_FAILED,
-                            format!(
-                                "inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{kind}' but current is '{}'",
-                                existing.name()
-                            ),
-                        ));
-                    }
-                } else {
-                    let durability = durability(declare.durable);
-                    broker
-                        .declare_exchange(session, name, kind, durability)
-                        .await
-                        .map_err(|error| error_code::queue(&error, 40, 10))?;
-                }
+                broker
+                    .declare_exchange(session, name, kind, durability(declare.durable))
+                    .await
+                    .map_err(|error| error_code::queue(&error, 40, 10))?;
             }
             if !declare.nowait {
                 reply(

@@ -219,7 +219,7 @@ impl From<QueueError> for ApiError {
             QueueError::UnknownQueue(_) | QueueError::UnknownExchange(_) => {
                 ApiError::not_found(message)
             }
-            QueueError::DeclareMismatch(_) => {
+            QueueError::DeclareMismatch(_) | QueueError::ExchangeDiffers { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "declare_mismatch", message)
             }
             QueueError::Precondition { .. } => {

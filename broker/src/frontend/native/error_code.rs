@@ -204,9 +204,9 @@ pub fn queue(error: &QueueError) -> ErrorCode {
     match error {
         QueueError::UnknownExchange(_) => ErrorCode::UnknownExchange,
         QueueError::UnknownQueue(_) | QueueError::Gone(_) => ErrorCode::UnknownQueue,
-        QueueError::DeclareMismatch(_) | QueueError::Precondition { .. } => {
-            ErrorCode::PreconditionFailed
-        }
+        QueueError::DeclareMismatch(_)
+        | QueueError::ExchangeDiffers { .. }
+        | QueueError::Precondition { .. } => ErrorCode::PreconditionFailed,
         QueueError::Invalid(_) => ErrorCode::InvalidRequest,
         QueueError::QueueFull { .. } => ErrorCode::QueueFull,
         QueueError::UnknownDeliveryTag(_) => ErrorCode::UnknownDeliveryTag,
