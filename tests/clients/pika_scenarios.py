@@ -934,15 +934,28 @@ def disk_alarm():
     print("ok disk_alarm after %d publishes" % sent)
 
 
-def memory_alarm(config_path, pid):
+def memory_alarm(config_path, pid, http):
     """The broker's memory alarm, as RabbitMQ's: with the watermark lowered below what the
     broker uses (here by rewriting wharfd's config file and sending it SIGHUP, where
     RabbitMQ has `rabbitmqctl set_vm_memory_high_watermark`), a publisher gets
     connection.blocked with reason "low on memory" and its confirmed publish is held (not
     failed, not lost) while a consumer on another connection still gets its messages; once
-    the watermark is raised again it gets connection.unblocked and every publish lands."""
+    the watermark is raised again it gets connection.unblocked and every publish lands.
+
+    The alarm is lifted once the broker's own gauge (`wharf_memory_alarm` on `http`'s
+    /metrics) says it is on and publishes have stalled for a second: a stall alone is no
+    proof (a confirm can take seconds on a loaded machine, and a stall that was not the
+    alarm's lifted it before it was on, so no connection.blocked came)."""
     import os
     import signal
+    import urllib.request
+
+    def alarm_on():
+        with urllib.request.urlopen("http://%s/metrics" % http, timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith("wharf_memory_alarm "):
+                    return float(line.split()[1]) == 1
+        raise AssertionError("no wharf_memory_alarm in /metrics")
 
     def set_watermark(watermark_bytes):
         with open(config_path, "w") as config:
@@ -972,9 +985,7 @@ def memory_alarm(config_path, pid):
                 last, stalled_since = progress[0], None
             elif stalled_since is None:
                 stalled_since = time.time()
-            elif time.time() - stalled_since > 5:
-                # 5 s, not 2: on a loaded machine a confirm alone can take over 2 s, and a
-                # stall that is not the alarm's would lift it before it was seen.
+            elif time.time() - stalled_since > 1 and alarm_on():
                 # Consumers go on while publishers are held.
                 consumer = connect()
                 method, _, body = consumer.channel().basic_get("mem-drain", auto_ack=True)

@@ -590,7 +590,8 @@ fn client_that_stops_sending_heartbeats_is_disconnected() {
 fn pika_publisher_is_blocked_by_the_memory_alarm_and_unblocked_when_the_watermark_is_raised() {
     // The scenario lowers the watermark below what wharfd uses (rewrites the config file,
     // then SIGHUP), checks that the publisher is held with "low on memory" while a consumer
-    // still reads, then raises it again.
+    // still reads, then raises it again once /metrics shows the alarm on and publishes
+    // stalled (a stall alone, under CI load, was sometimes a slow confirm).
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = BrokerProcess::start_with_config(
         &dir.path().join("data"),
@@ -599,6 +600,7 @@ fn pika_publisher_is_blocked_by_the_memory_alarm_and_unblocked_when_the_watermar
     let amqp = broker.amqp_address();
     let config = broker.config_path();
     let pid = broker.pid().to_string();
+    let http = broker.http_address();
     let output = run_client_script(
         "pika_scenarios.py",
         &[
@@ -607,6 +609,7 @@ fn pika_publisher_is_blocked_by_the_memory_alarm_and_unblocked_when_the_watermar
             "memory_alarm",
             &config.display().to_string(),
             &pid,
+            &http,
         ],
     );
     assert!(
