@@ -697,6 +697,13 @@ def redeclare_and_delete_preconditions():
             "inequivalent arg 'durable' for exchange 'typed-x' in vhost '/': "
             "received 'true' but current is 'false'" in error.reply_text
         ), error
+    # The default exchange cannot be declared, as RabbitMQ: 403 ACCESS_REFUSED.
+    ch = conn.channel()
+    try:
+        ch.exchange_declare("", "direct", durable=True)
+        raise AssertionError("the default exchange was declared")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 403, error
     ch = conn.channel()
     ch.queue_declare("del-me")
     ch.basic_publish("", "del-me", b"x")

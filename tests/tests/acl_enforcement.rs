@@ -459,6 +459,35 @@ fn native_cases(broker: &str) -> Vec<Case> {
                 address.clone(),
             ),
         ),
+        // Declaring an exchange that exists, as it is, is allowed by Create (as by
+        // Describe): a principal that made it may declare it again at each start.
+        case(
+            "--exchange",
+            "nx-eredeclare-",
+            true,
+            "Create",
+            admin_each(address.clone(), |step| {
+                vec![
+                    "exchange".into(),
+                    "declare".into(),
+                    format!("nx-eredeclare-{step}"),
+                    "--type".into(),
+                    "direct".into(),
+                ]
+            }),
+            each(
+                |step| {
+                    vec![
+                        "exchange".into(),
+                        "declare".into(),
+                        format!("nx-eredeclare-{step}"),
+                        "--type".into(),
+                        "direct".into(),
+                    ]
+                },
+                address.clone(),
+            ),
+        ),
         case(
             "--exchange",
             "nx-exchange",

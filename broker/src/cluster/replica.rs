@@ -878,13 +878,12 @@ impl From<String> for GroupName {
     }
 }
 
-/// Whether a member of instance `ours` serves an RPC sent for instance `theirs`: unless
-/// both are known and differ.
+/// Whether a member of instance `ours` serves an RPC sent for instance `theirs`: when
+/// they are the same, or the sender names none (a build before instances). A member of a
+/// topic without an id (created before ids went through the log) refuses the RPCs of the
+/// topic created again in its place, which has one.
 pub fn same_instance(ours: Option<[u8; 16]>, theirs: Option<[u8; 16]>) -> bool {
-    match (ours, theirs) {
-        (Some(ours), Some(theirs)) => ours == theirs,
-        _ => true,
-    }
+    theirs.is_none() || ours == theirs
 }
 
 /// openraft's network factory for one group.

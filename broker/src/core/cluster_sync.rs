@@ -1143,9 +1143,11 @@ impl Broker {
                 );
                 continue;
             };
-            // A followed exchange whose copy here is of another kind or durability than the
-            // log's was deleted and declared again while this node saw only the state after
-            // both: the copy goes (its bindings with it), and the log's is declared.
+            // A copy here of another kind or durability than the log's goes (its bindings
+            // with it), and the log's is declared: a followed one was deleted and declared
+            // again while this node saw only the state after both; one this node made
+            // before it followed the log (or before a declare compared durability) is not
+            // the cluster's, and declaring the log's over it would fail on every pass.
             let durability = if state.transient_exchanges.contains(name) {
                 Durability::Transient
             } else {
@@ -1153,7 +1155,7 @@ impl Broker {
             };
             let local = self.queues.exchange_kind(name);
             let stale = local.is_some_and(|(here, durable)| here != kind || durable != durability);
-            if followed.exchanges.contains(name) && stale {
+            if stale {
                 let queues = self.queues.clone();
                 let deleting = name.clone();
                 match queue_blocking(move || queues.delete_exchange(&deleting)).await {

@@ -139,11 +139,14 @@ fn is_reserved_header(key: &str) -> bool {
 
 impl Broker {
     /// Declares an exchange of kind `kind` (`direct`, `fanout`, `topic`, `headers`). A
-    /// declare of an exchange that exists here needs only Describe and succeeds when the
-    /// kind and durability match it (RabbitMQ's equivalence check), whatever its name.
+    /// declare of an exchange that exists (in the cluster's metadata when there is one,
+    /// else here) needs Create or Describe and succeeds when the kind and durability match
+    /// it (RabbitMQ's equivalence check), whatever its name; the default exchange (`""`)
+    /// cannot be declared.
     ///
     /// # Errors
-    /// `Invalid` for an unknown kind; `ExchangeDiffers`; the queue layer's refusal.
+    /// `Invalid` for an unknown kind or the default exchange; `ExchangeDiffers`; the queue
+    /// layer's refusal.
     pub async fn declare_exchange(
         &self,
         caller: &Session,
@@ -156,11 +159,31 @@ impl Broker {
                 "exchange type {kind:?} is not direct, fanout, topic or headers"
             ))
         })?;
-        if let Some(current) = self.queues.exchange_kind(&name) {
-            self.check_exchange(caller, Operation::Describe, &name)?;
-            return crate::queue::manager::exchange_equivalence(&name, (kind, durability), current);
+        if name.is_empty() {
+            return Err(QueueError::Invalid(
+                "operation not permitted on the default exchange (its name is reserved)"
+                    .to_string(),
+            ));
         }
-        self.check_exchange(caller, Operation::Create, &name)?;
+        if let Some(current) = self.existing_exchange(&name) {
+            // Whoever may create it or see it may declare it as it is; the refusal names
+            // Create either way, so it does not tell whether the exchange exists.
+            if self
+                .check_exchange(caller, Operation::Describe, &name)
+                .is_err()
+            {
+                self.check_exchange(caller, Operation::Create, &name)?;
+            }
+            crate::queue::manager::exchange_equivalence(&name, (kind, durability), current)?;
+            if self.replicated().is_none() || self.queues.exchange_kind(&name).is_some() {
+                return Ok(());
+            }
+            // In the cluster's metadata but not made here yet: the declare below (the same
+            // as the log's, which it leaves as it is) makes this node's copy now, so a
+            // publish through this node right after finds it.
+        } else {
+            self.check_exchange(caller, Operation::Create, &name)?;
+        }
         if let Some(cluster) = self.replicated() {
             return self
                 .declare_exchange_replicated(cluster, &name, kind, durability)
@@ -836,6 +859,25 @@ impl Broker {
     }
 
     /// [`Broker::check`] of an operation on an exchange.
+    /// The kind and durability of exchange `name` as the cluster's applied metadata holds
+    /// it (a built-in one as this node does), or as this node does on a lone node.
+    fn existing_exchange(&self, name: &str) -> Option<(ExchangeKind, Durability)> {
+        let Some(cluster) = self.replicated() else {
+            return self.queues.exchange_kind(name);
+        };
+        if crate::cluster::metadata::is_builtin_exchange(name) {
+            return self.queues.exchange_kind(name);
+        }
+        let state = cluster.applied().state;
+        let kind = ExchangeKind::parse(state.exchanges.get(name)?)?;
+        let durability = if state.transient_exchanges.contains(name) {
+            Durability::Transient
+        } else {
+            Durability::Durable
+        };
+        Some((kind, durability))
+    }
+
     fn check_exchange(
         &self,
         caller: &Session,

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::cluster::metadata::{MetadataCommand, MetadataResult, MetadataState, NodeId};
 use crate::cluster::raft::{Cluster, Timing};
-use crate::cluster::replica::{same_instance, Applier, GroupName, Replica, ReplicaError};
+use crate::cluster::replica::{Applier, GroupName, Replica, ReplicaError};
 use crate::cluster::store::Io;
 use crate::storage::{Partition, RealFs};
 use crate::streams::produce::TxnCheck;
@@ -806,9 +806,12 @@ impl Broker {
     /// This node's member of partition `partition` of `topic`'s replicated log, if the
     /// partition is replicated and has one here.
     pub(crate) fn partition_replica(&self, topic: &str, partition: u32) -> Option<Replica> {
-        self.replicated()?
-            .replicas()
-            .get(&group_name(topic, partition))
+        let cluster = self.replicated()?;
+        let member = cluster.replicas().get(&group_name(topic, partition))?;
+        // A member of a deleted topic of this name (this node has not carried out the
+        // delete and the create again yet) serves nothing of the new topic.
+        let id = cluster.applied().state.topics.get(topic)?.topic_id;
+        (member.instance() == id).then_some(member)
     }
 
     /// Stops this node's members of `topic`'s replicated partitions (before its copy here
@@ -956,7 +959,7 @@ impl Broker {
                 let group = group_name(name, partition);
                 placed.insert(group.clone());
                 if let Some(running) = cluster.replicas().get(&group) {
-                    if same_instance(running.instance(), topic.topic_id) {
+                    if running.instance() == topic.topic_id {
                         continue;
                     }
                     // The member of the deleted topic of this name, whose delete this node
@@ -973,6 +976,7 @@ impl Broker {
                 // starts on its raft log.
                 if let (Some(local), Some(id)) = (self.streams.topics().get(name), topic.topic_id) {
                     if local.topic_id != id {
+                        tracing::debug!(%group, "the copy here is of another topic of this name; its member waits for the copy's replacement");
                         continue;
                     }
                 }
@@ -1087,7 +1091,7 @@ impl Broker {
                     let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {
                         continue;
                     };
-                    if !same_instance(replica.instance(), topic.topic_id) {
+                    if replica.instance() != topic.topic_id {
                         continue; // the deleted topic's, stopped by the next follower pass
                     }
                     // Leading or not, the member's view keeps its in-sync record current.
@@ -1227,7 +1231,7 @@ fn drive_moves(
         let Some(replica) = cluster.replicas().get(&group) else {
             continue;
         };
-        if !replica.is_leader() || !same_instance(replica.instance(), instance) {
+        if !replica.is_leader() || replica.instance() != instance {
             continue;
         }
         let voters: BTreeMap<NodeId, String> = target

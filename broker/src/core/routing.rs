@@ -213,9 +213,14 @@ impl Routing<'_> {
         if placed.replicas.len() < 2 {
             return None;
         }
-        self.cluster
+        let member = self
+            .cluster
             .replicas()
-            .get(&super::replication::group_name(topic, partition))
+            .get(&super::replication::group_name(topic, partition))?;
+        // A member of a deleted topic of this name (the delete and the create again not
+        // carried out here yet) is not the partition's: the request is refused below as for
+        // a topic this node does not hold yet.
+        (member.instance() == self.state.topics.get(topic)?.topic_id).then_some(member)
     }
 
     /// The refusal of a request for `topic`'s `partition` on this node, when another node

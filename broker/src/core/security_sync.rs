@@ -517,7 +517,7 @@ impl Broker {
 }
 
 /// A node's own users, tokens and ACLs that the log lacks (before it bootstrapped).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Own {
     users: BTreeMap<String, Vec<ScramCredential>>,
     tokens: Vec<StoredToken>,
