@@ -32,6 +32,7 @@ pub mod quota;
 mod replication;
 pub mod routing;
 mod security_sync;
+mod silent_nodes;
 pub mod stream_ops;
 mod txn_markers;
 pub mod txn_ops;

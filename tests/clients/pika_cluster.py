@@ -49,6 +49,13 @@ its connection closed, a passive declare through each node finds it gone. Prints
 "gone": [whether each node answers 404], "durable_queue": reply code, "durable_exchange":
 reply code} (0 when a declare was accepted).
 
+owner-dies PID3: through node 3 (whose process id is PID3) an exclusive server-named queue
+bound to a durable fanout exchange `od-x`, its connection left open; once node 1 knows the
+queue, node 3 is SIGKILLed; then a passive declare through node 1 every half second until
+it answers 404 (90 s at most), and a publish to `od-x` with confirms through node 1. Prints
+{"seen": whether node 1 knew the queue before the kill, "gone_after_s": seconds from the
+kill to the 404 or null, "confirm_s": seconds the publish took to be confirmed}.
+
 Any client error exits 1.
 """
 
@@ -337,8 +344,46 @@ def transient():
     )
 
 
+def owner_dies(pid):
+    import os
+    import signal
+
+    owner = connect(amqp[2])
+    channel = owner.channel()
+    channel.exchange_declare("od-x", exchange_type="fanout", durable=True)
+    exclusive = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(exclusive, "od-x")
+    known = lambda: declare_refusal(  # noqa: E731
+        amqp[0], lambda ch: ch.queue_declare(queue=exclusive, passive=True)
+    )
+    seen = False
+    for _ in range(50):
+        if known() == 0:
+            seen = True
+            break
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    gone_after = None
+    while time.time() - killed < 90:
+        if known() == 404:
+            gone_after = round(time.time() - killed, 1)
+            break
+        time.sleep(0.5)
+    connection = connect(amqp[0])
+    channel = connection.channel()
+    channel.confirm_delivery()
+    started = time.time()
+    channel.basic_publish("od-x", "", b"after its owner died")
+    confirm_s = round(time.time() - started, 2)
+    connection.close()
+    print(json.dumps({"seen": seen, "gone_after_s": gone_after, "confirm_s": confirm_s}))
+
+
 if phase == "publish":
     publish()
+elif phase == "owner-dies":
+    owner_dies(int(sys.argv[7]))
 elif phase == "transient":
     transient()
 elif phase == "auto-delete":

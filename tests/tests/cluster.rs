@@ -1207,6 +1207,23 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         serde_json::json!([true, true, true]),
         "{transient}"
     );
+
+    // An exclusive queue whose node dies goes with it, as RabbitMQ's does: the metadata
+    // leader, not hearing node 3 for 15 s (`core/silent_nodes.rs`), deletes it from the log,
+    // and a publish through node 1 to its exchange is confirmed at once (before, it was
+    // routed to the dead node and nacked after 15 s, on every publish, until node 3 came
+    // back or was removed). Last in this test: node 3 stays dead.
+    let pid = nodes[2].pid().to_string();
+    let died = run("od-unused", "0", &["owner-dies", &pid]);
+    eprintln!("owner-dies after {:?}: {died}", started.elapsed());
+    assert_eq!(died["seen"], true, "{died}");
+    let gone_after = died["gone_after_s"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        (10.0..60.0).contains(&gone_after),
+        "the dead node's exclusive queue should go 15 s (less the time its last heartbeat was already old) to a minute after its death: {died}"
+    );
+    let confirm = died["confirm_s"].as_f64().unwrap_or(f64::MAX);
+    assert!(confirm < 5.0, "{died}");
 }
 
 #[test]

@@ -191,6 +191,11 @@ pub enum MetadataCommand {
     /// an unreplicated partition or queue it held is placed again, empty: its data was on
     /// that node's disk).
     RemoveNode { node_id: NodeId },
+    /// Deletes, with their bindings, the exclusive queues of node `node_id`'s connections
+    /// ([`QueueMeta::exclusive_on`]): the metadata leader has not heard from that node for
+    /// a while, and its connections are taken for gone, as RabbitMQ deletes the exclusive
+    /// queues of a node that went down. Answers `Done` (none is fine).
+    DropExclusiveQueues { node_id: NodeId },
     /// Creates a topic, placing `replication_factor` replicas of each partition (0: the
     /// cluster's default, [`DEFAULT_FACTOR`] once it has that many nodes, else 1).
     CreateTopic {
@@ -458,18 +463,12 @@ impl MetadataState {
                     return Err(MetadataError::UnknownNode(*node_id));
                 }
                 // Its connections' exclusive queues end with it.
-                let ended: Vec<String> = self
-                    .queues
-                    .iter()
-                    .filter(|(_, queue)| queue.exclusive_on == Some(*node_id))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for name in ended {
-                    self.queues.remove(&name);
-                    self.bindings
-                        .retain(|binding| binding.to_exchange || binding.queue != name);
-                }
+                self.drop_exclusive_queues(*node_id);
                 self.rebalance(true);
+                Ok(MetadataResult::Done)
+            }
+            MetadataCommand::DropExclusiveQueues { node_id } => {
+                self.drop_exclusive_queues(*node_id);
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::CreateTopic {
@@ -808,6 +807,21 @@ impl MetadataState {
             factor => Err(MetadataError::Invalid(format!(
                 "replication factor {factor} is more than the {nodes} nodes of the cluster"
             ))),
+        }
+    }
+
+    /// Deletes the exclusive queues of node `node`'s connections and the bindings to them.
+    fn drop_exclusive_queues(&mut self, node: NodeId) {
+        let ended: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, queue)| queue.exclusive_on == Some(node))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ended {
+            self.queues.remove(&name);
+            self.bindings
+                .retain(|binding| binding.to_exchange || binding.queue != name);
         }
     }
 
@@ -1194,7 +1208,26 @@ mod tests {
             to_exchange: false,
         }));
         assert_eq!(state.bindings.len(), 1);
+        // Another node's silence leaves it; its own node's silence drops it with its
+        // bindings, the node staying registered; a drop of none is fine.
+        assert_eq!(
+            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 3 }),
+            MetadataResult::Done
+        );
+        assert_eq!(state.queues.len(), 1);
+        let kept = state.clone();
+        assert_eq!(
+            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 2 }),
+            MetadataResult::Done
+        );
+        assert!(state.queues.is_empty() && state.bindings.is_empty());
+        assert!(state.nodes.contains_key(&2));
+        assert_eq!(
+            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 2 }),
+            MetadataResult::Done
+        );
         // Its node removed, it is gone with its bindings (not placed elsewhere).
+        let mut state = kept;
         state.apply(&MetadataCommand::RemoveNode { node_id: 2 });
         assert!(state.queues.is_empty() && state.bindings.is_empty());
     }

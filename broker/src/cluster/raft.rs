@@ -9,7 +9,7 @@
 //! code runs over TCP between processes (`cluster/transport.rs`) and over the simulated
 //! network of the tests.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -158,10 +158,15 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>>;
 }
 
+/// When each other node last answered one of this node's AppendEntries of the metadata
+/// log (heartbeats included): while this node leads, which nodes are alive and reachable.
+type Heard = Arc<std::sync::Mutex<HashMap<NodeId, std::time::Instant>>>;
+
 /// openraft's network factory over a [`Transport`].
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     transport: Arc<dyn Transport>,
+    heard: Heard,
 }
 
 /// openraft's connection to one node.
@@ -170,6 +175,7 @@ pub struct Connection {
     transport: Arc<dyn Transport>,
     target: NodeId,
     addr: String,
+    heard: Heard,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -180,6 +186,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             target,
             addr: node.addr.clone(),
+            heard: self.heard.clone(),
         }
     }
 }
@@ -209,7 +216,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+        let reply = self.call(RaftRpc::Append(rpc), option.hard_ttl()).await?;
+        if matches!(reply, RaftReply::Append(_)) {
+            self.heard
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(self.target, std::time::Instant::now());
+        }
+        match reply {
             RaftReply::Append(Ok(response)) => Ok(response),
             RaftReply::Append(Err(error)) => Err(RemoteError::new(self.target, error).into()),
             other => Err(unexpected(&other).into()),
@@ -288,6 +302,8 @@ pub struct Cluster {
     forward_handler: Arc<std::sync::OnceLock<ForwardHandler>>,
     /// This node's members of replicated logs, who answer [`RaftRpc::Replica`].
     replicas: Replicas,
+    /// Shared with the network: when each node last answered this one's AppendEntries.
+    heard: Heard,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -348,8 +364,10 @@ impl Cluster {
         .validate()
         .map_err(|error| ClusterError::Stopped(error.to_string()))?;
         let applied = machine.subscribe();
+        let heard = Heard::default();
         let network = NetworkFactory {
             transport: transport.clone(),
+            heard: heard.clone(),
         };
         let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
             .await
@@ -363,7 +381,27 @@ impl Cluster {
             timing,
             forward_handler: Arc::new(std::sync::OnceLock::new()),
             replicas: Replicas::default(),
+            heard,
         })
+    }
+
+    /// When node `node` last answered an AppendEntries (a heartbeat at least every
+    /// heartbeat interval) of this node's metadata log; only a leader sends them, so this
+    /// says whether `node` is alive and reachable only while this node leads.
+    pub fn last_heard(&self, node: NodeId) -> Option<std::time::Instant> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&node)
+            .copied()
+    }
+
+    /// Whether this node leads the metadata log now.
+    pub fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics.current_leader == Some(self.node_id)
     }
 
     /// This node's id.

@@ -829,6 +829,10 @@ impl Broker {
                 .publish_partition_leaders(cluster.clone(), shutdown.clone()),
         );
         tokio::spawn(self.clone().coordinate(cluster.clone(), shutdown.clone()));
+        tokio::spawn(
+            self.clone()
+                .drop_silent_nodes_exclusive_queues(cluster.clone(), shutdown.clone()),
+        );
         let mut bootstrapping = false;
         // Until the first pass over a current state: transient queues and exchanges missing
         // here were lost with the process.
