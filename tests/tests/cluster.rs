@@ -1213,7 +1213,9 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
     // and a publish through node 1 to its exchange is confirmed at once (before, it was
     // routed to the dead node and nacked after 15 s, on every publish, until node 3 came
     // back or was removed). Last in this test: node 3 stays dead.
-    let pid = nodes[2].pid().to_string();
+    let pid = nodes[2].pid();
+    assert_ne!(pid, 0, "node 3 is not running");
+    let pid = pid.to_string();
     let died = run("od-unused", "0", &["owner-dies", &pid]);
     eprintln!("owner-dies after {:?}: {died}", started.elapsed());
     assert_eq!(died["seen"], true, "{died}");

@@ -191,11 +191,16 @@ pub enum MetadataCommand {
     /// an unreplicated partition or queue it held is placed again, empty: its data was on
     /// that node's disk).
     RemoveNode { node_id: NodeId },
-    /// Deletes, with their bindings, the exclusive queues of node `node_id`'s connections
-    /// ([`QueueMeta::exclusive_on`]): the metadata leader has not heard from that node for
-    /// a while, and its connections are taken for gone, as RabbitMQ deletes the exclusive
-    /// queues of a node that went down. Answers `Done` (none is fine).
-    DropExclusiveQueues { node_id: NodeId },
+    /// Deletes, with their bindings, exclusive queues of node `node_id`'s connections
+    /// ([`QueueMeta::exclusive_on`]) that the metadata leader saw when it decided: `queues`
+    /// (name, incarnation); one declared since, or declared again, stays. The leader has
+    /// not heard from that node for a while, and its connections are taken for gone, as
+    /// RabbitMQ deletes the exclusive queues of a node that went down. Answers `Done` (none
+    /// is fine).
+    DropExclusiveQueues {
+        node_id: NodeId,
+        queues: Vec<(String, u64)>,
+    },
     /// Creates a topic, placing `replication_factor` replicas of each partition (0: the
     /// cluster's default, [`DEFAULT_FACTOR`] once it has that many nodes, else 1).
     CreateTopic {
@@ -265,7 +270,14 @@ pub enum MetadataCommand {
         exclusive_on: Option<NodeId>,
     },
     /// Deletes a queue and its bindings.
-    DeleteQueue { name: String },
+    /// With `exclusive_on`, only while the queue is exclusive to that node's connections
+    /// (its connection ended there): the log may have dropped it since (the node went
+    /// silent) and another connection declared the name.
+    DeleteQueue {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exclusive_on: Option<NodeId>,
+    },
     /// Records that `leader` leads replicated queue `name` now: its replicated log elected
     /// it (issue #21), and nodes holding no replica route the queue's operations to it.
     SetQueueLeader { name: String, leader: NodeId },
@@ -467,8 +479,15 @@ impl MetadataState {
                 self.rebalance(true);
                 Ok(MetadataResult::Done)
             }
-            MetadataCommand::DropExclusiveQueues { node_id } => {
-                self.drop_exclusive_queues(*node_id);
+            MetadataCommand::DropExclusiveQueues { node_id, queues } => {
+                for (name, incarnation) in queues {
+                    let seen = self.queues.get(name).is_some_and(|queue| {
+                        queue.exclusive_on == Some(*node_id) && queue.incarnation == *incarnation
+                    });
+                    if seen {
+                        self.remove_queue(name);
+                    }
+                }
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::CreateTopic {
@@ -670,12 +689,16 @@ impl MetadataState {
                 placement.leader = *leader;
                 Ok(MetadataResult::Done)
             }
-            MetadataCommand::DeleteQueue { name } => {
-                self.queues
-                    .remove(name)
+            MetadataCommand::DeleteQueue { name, exclusive_on } => {
+                let queue = self
+                    .queues
+                    .get(name)
                     .ok_or_else(|| MetadataError::UnknownQueue(name.clone()))?;
-                self.bindings
-                    .retain(|binding| binding.to_exchange || &binding.queue != name);
+                if exclusive_on.is_some() && queue.exclusive_on != *exclusive_on {
+                    // Not that node's connection's queue any more: none of its to delete.
+                    return Err(MetadataError::UnknownQueue(name.clone()));
+                }
+                self.remove_queue(name);
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::DeclareExchange {
@@ -819,10 +842,15 @@ impl MetadataState {
             .map(|(name, _)| name.clone())
             .collect();
         for name in ended {
-            self.queues.remove(&name);
-            self.bindings
-                .retain(|binding| binding.to_exchange || binding.queue != name);
+            self.remove_queue(&name);
         }
+    }
+
+    /// Removes queue `name` and the bindings to it.
+    fn remove_queue(&mut self, name: &str) {
+        self.queues.remove(name);
+        self.bindings
+            .retain(|binding| binding.to_exchange || binding.queue != name);
     }
 
     /// Plans where every set goes ([`placement::rebalance`]) and applies the plan: a
@@ -1208,24 +1236,35 @@ mod tests {
             to_exchange: false,
         }));
         assert_eq!(state.bindings.len(), 1);
-        // Another node's silence leaves it; its own node's silence drops it with its
-        // bindings, the node staying registered; a drop of none is fine.
+        // A drop names what the leader saw: another node's, or another incarnation of the
+        // name, leaves it; its own node's drops it with its bindings, the node staying
+        // registered; a drop of one gone is fine.
+        let incarnation = state.queues["amq.gen-x"].incarnation;
+        let drop = |node_id, incarnation| MetadataCommand::DropExclusiveQueues {
+            node_id,
+            queues: vec![("amq.gen-x".to_string(), incarnation)],
+        };
+        assert_eq!(state.apply(&drop(3, incarnation)), MetadataResult::Done);
+        assert_eq!(state.apply(&drop(2, incarnation + 1)), MetadataResult::Done);
+        assert_eq!(state.queues.len(), 1);
+        // Its connection's close, told from another node, deletes nothing.
+        let closed = |node| MetadataCommand::DeleteQueue {
+            name: "amq.gen-x".into(),
+            exclusive_on: Some(node),
+        };
         assert_eq!(
-            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 3 }),
-            MetadataResult::Done
+            state.apply(&closed(3)),
+            MetadataResult::Refused(MetadataError::UnknownQueue("amq.gen-x".into()))
         );
         assert_eq!(state.queues.len(), 1);
         let kept = state.clone();
-        assert_eq!(
-            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 2 }),
-            MetadataResult::Done
-        );
+        assert_eq!(state.apply(&drop(2, incarnation)), MetadataResult::Done);
         assert!(state.queues.is_empty() && state.bindings.is_empty());
         assert!(state.nodes.contains_key(&2));
-        assert_eq!(
-            state.apply(&MetadataCommand::DropExclusiveQueues { node_id: 2 }),
-            MetadataResult::Done
-        );
+        assert_eq!(state.apply(&drop(2, incarnation)), MetadataResult::Done);
+        let mut closing = kept.clone();
+        assert_eq!(closing.apply(&closed(2)), MetadataResult::Done);
+        assert!(closing.queues.is_empty() && closing.bindings.is_empty());
         // Its node removed, it is gone with its bindings (not placed elsewhere).
         let mut state = kept;
         state.apply(&MetadataCommand::RemoveNode { node_id: 2 });
@@ -1262,10 +1301,16 @@ mod tests {
             exclusive_on: None,
         });
         assert_eq!(state.queues["other"].incarnation, 2);
-        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        state.apply(&MetadataCommand::DeleteQueue {
+            name: "q".into(),
+            exclusive_on: None,
+        });
         state.apply(&declare(&[]));
         assert_eq!(state.queues["q"].incarnation, 3);
-        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        state.apply(&MetadataCommand::DeleteQueue {
+            name: "q".into(),
+            exclusive_on: None,
+        });
         state.apply(&declare(&[("x-max-length", "5")]));
         assert_eq!(state.queues["q"].incarnation, 4);
         assert_eq!(state.queue_incarnations, 4);
@@ -1370,7 +1415,10 @@ mod tests {
         );
         state.apply(&MetadataCommand::Unbind(builtin));
         assert_eq!(state.bindings, vec![binding]);
-        state.apply(&MetadataCommand::DeleteQueue { name: "q".into() });
+        state.apply(&MetadataCommand::DeleteQueue {
+            name: "q".into(),
+            exclusive_on: None,
+        });
         assert!(state.bindings.is_empty());
         assert_eq!(
             state.apply(&MetadataCommand::DeclareExchange {
@@ -1423,7 +1471,10 @@ mod tests {
             MetadataResult::Refused(MetadataError::UnknownExchange("nowhere".into()))
         );
         // The queue named like the destination going takes no exchange binding with it.
-        state.apply(&MetadataCommand::DeleteQueue { name: "dst".into() });
+        state.apply(&MetadataCommand::DeleteQueue {
+            name: "dst".into(),
+            exclusive_on: None,
+        });
         assert_eq!(state.bindings, vec![binding.clone()]);
         // A queue binding's JSON has no flag; an exchange binding's has it.
         let json = serde_json::to_string(&binding).expect("json");

@@ -538,6 +538,36 @@ impl Cluster {
         }
     }
 
+    /// Commits `command` only as this node's own write while it leads: never forwarded. A
+    /// decision only a leader's view supports (what it has not heard) must not be carried
+    /// out by another leader: when this node stops leading before the entry commits (cut
+    /// off, then deposed), its entry is dropped with its log's conflicting tail, and this
+    /// answers `NoLeader` instead of sending the command to the new leader.
+    ///
+    /// # Errors
+    /// `NoLeader` (this node does not lead, or stopped leading), `TimedOut`, `Stopped`.
+    pub async fn propose_as_leader(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<Proposed, ClusterError> {
+        let limit = self.timing.election_max * 10;
+        match tokio::time::timeout(limit, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok(Proposed {
+                index: response.log_id.index,
+                result: response.data,
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ClusterError::NoLeader)
+            }
+            Ok(Err(RaftError::APIError(other))) => Err(ClusterError::Membership(other.to_string())),
+            Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Stopped(fatal.to_string())),
+            Err(_) => Err(ClusterError::TimedOut(format!(
+                "the metadata change was not committed within {} ms; it may still be",
+                limit.as_millis()
+            ))),
+        }
+    }
+
     async fn propose_unbounded(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
         match self.raft.client_write(command.clone()).await {
             Ok(response) => Ok(Proposed {

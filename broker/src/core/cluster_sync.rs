@@ -405,13 +405,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Tells the metadata log that a durable queue was deleted here by a conditional delete
-    /// (decided by the queue's task on this node, so after the fact): the other nodes
-    /// delete their copies. A failure is logged; the queue stays in the log then, and the
-    /// other nodes keep it.
-    pub(crate) async fn queue_deleted_here(&self, cluster: &Cluster, name: &str) {
+    /// Tells the metadata log that a queue was deleted here by a conditional delete
+    /// (decided by the queue's task on this node, so after the fact), or with its
+    /// connection (`exclusive`: deleted from the log only while it is still this node's
+    /// connection's there): the other nodes delete their copies. A failure is logged; the
+    /// queue stays in the log then, and the other nodes keep it.
+    pub(crate) async fn queue_deleted_here(&self, cluster: &Cluster, name: &str, exclusive: bool) {
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
+            exclusive_on: exclusive.then(|| cluster.node_id()),
         };
         if let Err(error) = Self::propose_definition(cluster, command).await {
             tracing::warn!(queue = name, %error, "a deleted queue stays in the cluster's metadata");
@@ -439,6 +441,7 @@ impl Broker {
         }
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
+            exclusive_on: None,
         };
         let in_metadata = Self::propose_delete(cluster, command)
             .await
@@ -982,7 +985,15 @@ impl Broker {
             // An exclusive queue of a connection on this node that is not here any more
             // ended with its connection (or this node's restart): the log is told.
             if queue.exclusive_on.is_some() && queue.exclusive_on == this_node {
-                if !self.queues.exists(name) {
+                if self.queues.exists(name) {
+                    // Recorded (its declare may not have been applied here in time), so
+                    // this node deletes its copy when the log drops it (its node went
+                    // silent to the leader).
+                    followed.queues.insert(name.clone());
+                    followed
+                        .queue_incarnations
+                        .insert(name.clone(), queue.incarnation);
+                } else {
                     ended.push(name.clone());
                 }
                 continue;
@@ -1091,7 +1102,12 @@ impl Broker {
         }
         if let Some(cluster) = self.replicated() {
             for name in ended {
-                let command = MetadataCommand::DeleteQueue { name: name.clone() };
+                // Only while the log still holds it as this node's: it may have dropped it
+                // (this node went silent) and another connection declared the name since.
+                let command = MetadataCommand::DeleteQueue {
+                    name: name.clone(),
+                    exclusive_on: Some(cluster.node_id()),
+                };
                 match Self::propose_definition(cluster, command).await {
                     Ok(_) => tracing::info!(
                         queue = name,

@@ -464,7 +464,7 @@ impl Broker {
         self.check_queue(caller, Operation::Delete, name)?;
         let deleted = self.queues.delete_queue_if(name, conditions).await?;
         if let Some(cluster) = self.replicated() {
-            self.queue_deleted_here(cluster, name).await;
+            self.queue_deleted_here(cluster, name, false).await;
         }
         Ok(deleted)
     }
@@ -858,7 +858,6 @@ impl Broker {
         Ok(self.check(caller, operation, ResourceType::Queue, name)?)
     }
 
-    /// [`Broker::check`] of an operation on an exchange.
     /// The kind and durability of exchange `name` as the cluster's applied metadata holds
     /// it (a built-in one as this node does), or as this node does on a lone node.
     fn existing_exchange(&self, name: &str) -> Option<(ExchangeKind, Durability)> {
@@ -878,6 +877,7 @@ impl Broker {
         Some((kind, durability))
     }
 
+    /// [`Broker::check`] of an operation on an exchange.
     fn check_exchange(
         &self,
         caller: &Session,
@@ -909,7 +909,7 @@ impl Broker {
         // remove the new queue).
         let _following = self.cluster_follow.lock().await;
         for name in self.queues.release_session(session.id()).await {
-            self.queue_deleted_here(cluster, &name).await;
+            self.queue_deleted_here(cluster, &name, true).await;
         }
     }
 }

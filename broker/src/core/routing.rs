@@ -389,7 +389,10 @@ impl QueueCluster for QueuePlacement {
         let cluster = self.cluster.clone();
         let name = queue.to_string();
         tokio::spawn(async move {
-            let command = MetadataCommand::DeleteQueue { name: name.clone() };
+            let command = MetadataCommand::DeleteQueue {
+                name: name.clone(),
+                exclusive_on: None,
+            };
             match cluster.propose(command).await {
                 Ok(_) => tracing::info!(
                     queue = name,

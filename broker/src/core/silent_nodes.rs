@@ -10,6 +10,14 @@
 //!
 //! A node cut off from the leader but alive (a partition) loses them too: when it hears
 //! the log again its follower deletes its copies, and their consumers are cancelled.
+//!
+//! **Invariants.** Only a leader's own view decides, and only its own write carries the
+//! decision out (`Cluster::propose_as_leader`, never forwarded): a leader that was the one
+//! cut off, deposed before its entry committed, drops nothing. A drop names the queues the
+//! leader saw (name and incarnation): one declared after the decision stays. A connection's
+//! close deletes its queue from the log only while the log holds it as that node's
+//! (`DeleteQueue::exclusive_on`), so it never deletes another connection's queue declared
+//! under the name after the drop.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,23 +38,6 @@ pub(crate) const SILENCE_BEFORE_DROP: Duration = Duration::from_secs(15);
 /// How often the leader looks.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The nodes other than `this` whose connections hold exclusive queues in `state`.
-fn nodes_with_exclusive_queues(state: &MetadataState, this: NodeId) -> BTreeSet<NodeId> {
-    state
-        .queues
-        .values()
-        .filter_map(|queue| queue.exclusive_on)
-        .filter(|node| *node != this)
-        .collect()
-}
-
-/// Whether a node last heard at `heard` (if ever) is silent long enough at `now`, this node
-/// leading since `leading_since`.
-fn silent(heard: Option<Instant>, leading_since: Instant, now: Instant, limit: Duration) -> bool {
-    let last = heard.map_or(leading_since, |heard| heard.max(leading_since));
-    now.saturating_duration_since(last) >= limit
-}
-
 impl Broker {
     /// Until shut down: while this node leads the metadata log, deletes the exclusive
     /// queues of each node it has not heard from for [`SILENCE_BEFORE_DROP`].
@@ -57,21 +48,26 @@ impl Broker {
     ) {
         let mut leading_since: Option<Instant> = None;
         loop {
-            let now = Instant::now();
             if cluster.leads() {
-                let since = *leading_since.get_or_insert(now);
+                let since = *leading_since.get_or_insert_with(Instant::now);
                 let state = cluster.applied().state;
                 for node in nodes_with_exclusive_queues(&state, cluster.node_id()) {
-                    if !silent(cluster.last_heard(node), since, now, SILENCE_BEFORE_DROP) {
+                    // Checked again before each proposal: a leader deposed meanwhile (it
+                    // was the one cut off) decides nothing more.
+                    let now = Instant::now();
+                    if !cluster.leads()
+                        || !silent(cluster.last_heard(node), since, now, SILENCE_BEFORE_DROP)
+                    {
                         continue;
                     }
-                    let count = state
-                        .queues
-                        .values()
-                        .filter(|queue| queue.exclusive_on == Some(node))
-                        .count();
+                    let queues = exclusive_queues_of(&state, node);
+                    let count = queues.len();
+                    // Never forwarded: only this leader's view supports the decision.
                     match cluster
-                        .propose(MetadataCommand::DropExclusiveQueues { node_id: node })
+                        .propose_as_leader(MetadataCommand::DropExclusiveQueues {
+                            node_id: node,
+                            queues,
+                        })
                         .await
                     {
                         Ok(_) => tracing::warn!(
@@ -96,6 +92,33 @@ impl Broker {
             }
         }
     }
+}
+
+/// The nodes other than `this` whose connections hold exclusive queues in `state`.
+fn nodes_with_exclusive_queues(state: &MetadataState, this: NodeId) -> BTreeSet<NodeId> {
+    state
+        .queues
+        .values()
+        .filter_map(|queue| queue.exclusive_on)
+        .filter(|node| *node != this)
+        .collect()
+}
+
+/// The exclusive queues of `node`'s connections in `state`, by name and incarnation.
+fn exclusive_queues_of(state: &MetadataState, node: NodeId) -> Vec<(String, u64)> {
+    state
+        .queues
+        .iter()
+        .filter(|(_, queue)| queue.exclusive_on == Some(node))
+        .map(|(name, queue)| (name.clone(), queue.incarnation))
+        .collect()
+}
+
+/// Whether a node last heard at `heard` (if ever) is silent long enough at `now`, this node
+/// leading since `leading_since`.
+fn silent(heard: Option<Instant>, leading_since: Instant, now: Instant, limit: Duration) -> bool {
+    let last = heard.map_or(leading_since, |heard| heard.max(leading_since));
+    now.saturating_duration_since(last) >= limit
 }
 
 #[cfg(test)]
