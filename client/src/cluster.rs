@@ -61,8 +61,9 @@ struct MetadataCache {
     /// Advertised `host:port` by node id.
     brokers: HashMap<i32, String>,
     topics: HashMap<String, TopicDescription>,
-    /// The node group and transaction calls go to: the lowest node id until one refuses
-    /// with NotCoordinator or cannot be reached, then the next one.
+    /// The node group and transaction calls go to: the one FindCoordinator names, else
+    /// (a broker without it, or none known) the lowest node id until one refuses with
+    /// NotCoordinator or cannot be reached, then the next one.
     coordinator: Option<i32>,
 }
 
@@ -219,9 +220,11 @@ impl Client {
     /// Like [`Client::call`], leaving the top-level error code to the caller (the queue
     /// apis turn their codes into typed errors).
     ///
-    /// A call to the coordinator that another node refuses (NotCoordinator) or that cannot
-    /// reach it goes on to the next node, at most once per known broker: a cluster's
-    /// coordinator moves when its node fails (docs/CLUSTER.md, "Coordinators").
+    /// A coordinator call goes where FindCoordinator says (asked before the first one).
+    /// One that another node refuses (NotCoordinator) or that cannot reach it asks again,
+    /// and goes on to the next node when the answer is no other node, at most once per
+    /// known broker: a cluster's coordinator moves when its node fails (docs/CLUSTER.md,
+    /// "Coordinators").
     pub(crate) async fn call_unchecked<T: FromResponse>(
         &self,
         target: Target,
@@ -229,6 +232,9 @@ impl Client {
     ) -> Result<T> {
         if target != Target::Coordinator {
             return self.call_once::<T>(target, &request).await;
+        }
+        if self.metadata().coordinator.is_none() {
+            self.locate_coordinator(None).await;
         }
         let mut tried = self.metadata().coordinator;
         let mut answered = self.call_once::<T>(target, &request).await;
@@ -243,7 +249,9 @@ impl Client {
                 Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => {}
                 _ => return answered,
             }
-            self.next_coordinator(tried);
+            if !self.locate_coordinator(tried).await {
+                self.next_coordinator(tried);
+            }
             tried = self.metadata().coordinator;
             answered = self.call_once::<T>(target, &request).await;
         }
@@ -316,6 +324,31 @@ impl Client {
     pub(crate) async fn open_dedicated(&self) -> Result<Connection> {
         let broker = self.broker(Target::Any)?;
         Connection::open(&broker.address, broker.options.clone()).await
+    }
+
+    /// Asks FindCoordinator of the broker requests without a target go to, and makes the
+    /// node it names the one coordinator calls go to; true when it named one other than
+    /// `tried` (false: the broker lacks the api, cannot be reached, knows none, or names
+    /// the node that just failed, which the caller steps past).
+    async fn locate_coordinator(&self, tried: Option<i32>) -> bool {
+        let request = Request::FindCoordinator(FindCoordinatorRequest { key: String::new() });
+        let Ok(response) = self
+            .call_once::<FindCoordinatorResponse>(Target::Any, &request)
+            .await
+        else {
+            return false;
+        };
+        let found = response.coordinator.node_id;
+        if !response.error.is_ok() || found < 0 || Some(found) == tried {
+            return false;
+        }
+        let mut cache = self.metadata();
+        cache
+            .brokers
+            .entry(found)
+            .or_insert_with(|| broker_address(&response.coordinator));
+        cache.coordinator = Some(found);
+        true
     }
 
     /// Moves group and transaction calls on to the next node id after `tried`, the
@@ -450,6 +483,7 @@ from_response! {
     DescribeCluster => DescribeClusterResponse,
     DescribeReplicas => DescribeReplicasResponse,
     Rebalance => RebalanceResponse,
+    FindCoordinator => FindCoordinatorResponse,
 }
 
 /// One body type answers DescribeAcls and DeleteAcls (issue #18).

@@ -1,5 +1,5 @@
 //! The cluster calls on [`Admin`] (issues #20 and #21): DescribeCluster, AddNode, Rebalance,
-//! RemoveNode and DescribeReplicas.
+//! RemoveNode, DescribeReplicas and FindCoordinator.
 
 use wharf_protocol::messages::*;
 use wharf_protocol::Request;
@@ -117,6 +117,27 @@ impl Admin {
             }
         }
         Ok(partitions)
+    }
+
+    /// The node coordinating groups and transactional ids, as the answering node knows it:
+    /// its node id and native address; `None` while it knows none (an election).
+    ///
+    /// # Errors
+    /// A connection error, or `UnsupportedApi` from a broker without FindCoordinator.
+    pub async fn find_coordinator(&self) -> Result<Option<(i32, String)>> {
+        let response: FindCoordinatorResponse = self
+            .client
+            .call_unchecked(
+                Target::Any,
+                Request::FindCoordinator(FindCoordinatorRequest { key: String::new() }),
+            )
+            .await?;
+        if response.error == wharf_protocol::ErrorCode::NotCoordinator {
+            return Ok(None);
+        }
+        check_code(response.error, response.error_message)?;
+        let address = crate::metadata::broker_address(&response.coordinator);
+        Ok(Some((response.coordinator.node_id, address)))
     }
 
     /// The answering node's view of the cluster.

@@ -91,12 +91,14 @@ wire_enum! {
         DescribeReplicas = 58,
         /// Moves replicas onto the nodes holding fewest (issue #20).
         Rebalance = 59,
+        /// The node coordinating a group or transactional id (issue #20).
+        FindCoordinator = 60,
     }
 }
 
 /// Every api with the versions this build speaks. Subscribe v1 asks for deliveries as
 /// `DeliverBatch` pushes; v0 gets one `Deliver` push per message.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 54] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 55] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -151,6 +153,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 54] = [
     (ApiKey::RemoveNode, 0, 0),
     (ApiKey::DescribeReplicas, 0, 0),
     (ApiKey::Rebalance, 0, 0),
+    (ApiKey::FindCoordinator, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -335,6 +338,7 @@ api_enums! {
     RemoveNode => RemoveNodeRequest, StreamAdminResponse;
     DescribeReplicas => DescribeReplicasRequest, DescribeReplicasResponse;
     Rebalance => RebalanceRequest, RebalanceResponse;
+    FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
 }
 
 /// The version this build sends `api_key` at: the newest it speaks (0 for a push).

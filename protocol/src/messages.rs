@@ -1442,6 +1442,24 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// FindCoordinator: the node coordinating consumer group or transactional id `key`
+    /// (issue #20; every key has the same coordinator today).
+    pub struct FindCoordinatorRequest {
+        pub key: String,
+    }
+}
+
+wire_struct! {
+    /// FindCoordinator answer: the coordinator's native listener, or NotCoordinator with
+    /// `node_id` -1 while the answering node knows none (an election; retry).
+    pub struct FindCoordinatorResponse {
+        pub error: ErrorCode,
+        pub error_message: Option<String>,
+        pub coordinator: BrokerInfo,
+    }
+}
+
+wire_struct! {
     /// Rebalance: with `start`, moves replicated partitions and queues onto the nodes
     /// holding fewest replicas (`wharf cluster rebalance`); without, only lists the moves
     /// under way.

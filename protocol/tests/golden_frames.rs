@@ -32,6 +32,7 @@ use wharf_protocol::messages::{
     DescribeTopicConfigsResponse, ResetOffsetsPartition, ResetOffsetsRequest, ResetOffsetsResponse,
     ResetTo, TopicConfigEntry,
 };
+use wharf_protocol::messages::{BrokerInfo, FindCoordinatorRequest, FindCoordinatorResponse};
 use wharf_protocol::messages::{DeliverBatchPush, DeliveryMark, SubscribeRequest};
 use wharf_protocol::messages::{
     DescribeReplicasRequest, DescribeReplicasResponse, RebalanceRequest, RebalanceResponse,
@@ -1280,6 +1281,80 @@ fn golden_describe_replicas_request_and_response() {
         0, 0, 0, 0, 0, 0, 0, 2, //     followers[0].node_id u64 = 2
         0, 0, 0, 0, 0, 0, 0, 5, //     followers[0].lag_entries u64 = 5
         0x00,                   //     followers[0].in_sync bool = false
+    ];
+    check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_find_coordinator_request_and_responses() {
+    let request = Request::FindCoordinator(FindCoordinatorRequest {
+        key: "g".to_string(),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x0b, // @0  length u32 = 11 (8 header bytes + 3 body bytes)
+        0x00, 0x3c,             // @4  api_key u16 = 60 (FindCoordinator)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5
+        // ---- FindCoordinatorRequest body, 3 bytes ----
+        0x00, 0x01, b'g',       //     key string = "g"
+    ];
+    check_request(&request, 5, &golden);
+
+    let header = FrameHeader {
+        api_key: ApiKey::FindCoordinator.code(),
+        api_version: 0,
+        correlation_id: 5,
+    };
+    let response = Response::FindCoordinator(FindCoordinatorResponse {
+        error: ErrorCode::None,
+        error_message: None,
+        coordinator: BrokerInfo {
+            node_id: 2,
+            host: "h".to_string(),
+            port: 9,
+        },
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x15, // @0  length u32 = 21 (8 header bytes + 13 body bytes)
+        0x00, 0x3c,             // @4  api_key u16 = 60 (FindCoordinator), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5, echoed
+        // ---- FindCoordinatorResponse body, 13 bytes ----
+        0x00, 0x00,             //     error u16 = 0 (None)
+        0xff, 0xff,             //     error_message nullable string = null
+        0x00, 0x00, 0x00, 0x02, //     coordinator.node_id i32 = 2
+        0x00, 0x01, b'h',       //     coordinator.host string = "h"
+        0x00, 0x09,             //     coordinator.port u16 = 9
+    ];
+    check_response(&response, header, &golden);
+
+    // None known yet (an election): NotCoordinator, node -1.
+    let response = Response::FindCoordinator(FindCoordinatorResponse {
+        error: ErrorCode::NotCoordinator,
+        error_message: None,
+        coordinator: BrokerInfo {
+            node_id: -1,
+            host: String::new(),
+            port: 0,
+        },
+    });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x14, // @0  length u32 = 20 (8 header bytes + 12 body bytes)
+        0x00, 0x3c,             // @4  api_key u16 = 60 (FindCoordinator), echoed
+        0x00, 0x00,             // @6  api_version u16 = 0, echoed
+        0x00, 0x00, 0x00, 0x05, // @8  correlation_id u32 = 5, echoed
+        // ---- FindCoordinatorResponse body, 12 bytes ----
+        0x00, 0x32,             //     error u16 = 50 (NotCoordinator)
+        0xff, 0xff,             //     error_message nullable string = null
+        0xff, 0xff, 0xff, 0xff, //     coordinator.node_id i32 = -1
+        0x00, 0x00,             //     coordinator.host string = ""
+        0x00, 0x00,             //     coordinator.port u16 = 0
     ];
     check_response(&response, header, &golden);
 }

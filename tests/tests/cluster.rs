@@ -1336,6 +1336,18 @@ fn a_queue_whose_leader_is_down_fails_clearly_through_the_other_nodes_and_comes_
     );
 }
 
+/// The coordinator node `address` names (`wharf cluster status --json`, FindCoordinator):
+/// its id and native address.
+fn named_coordinator(address: &str) -> Option<(u64, String)> {
+    let status = integration_tests::wharf_ok(address, &["--json", "cluster", "status"], "");
+    let status: Value = serde_json::from_str(&status).expect("JSON");
+    let coordinator = &status["coordinator"];
+    Some((
+        coordinator["node_id"].as_u64()?,
+        coordinator["address"].as_str()?.to_string(),
+    ))
+}
+
 #[test]
 fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
     // Goal: issue #21's "consumer offsets replicated with the data they refer to", and
@@ -1373,6 +1385,15 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
         "{gauges:?}"
     );
     let (other, third) = ((lost + 1) % 3, (lost + 2) % 3);
+    // Every node's FindCoordinator (native; `wharf cluster status`) names it, with its
+    // native address, so the native client goes there first.
+    for address in &addresses {
+        assert_eq!(
+            named_coordinator(address),
+            Some((lost as u64 + 1, addresses[lost].clone())),
+            "through {address}"
+        );
+    }
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
     assert_acked_in_order(&written, 0, 100, "before the coordinator is lost");
     // A transaction open across the handover: its producer stays up and commits after it.
@@ -1432,8 +1453,29 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
         "the group resumes where it committed: {resumed}"
     );
     assert_eq!(resumed["committed"], 100, "{resumed}");
-    // The native client finds the new coordinator by itself (it tries the lowest id first,
-    // and goes on past a node that is gone or refuses).
+    // The survivors name the new coordinator, and the native client finds it by itself
+    // (it asks FindCoordinator, and goes on past a node that is gone or refuses).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let named: Vec<_> = [other, third]
+            .iter()
+            .map(|node| named_coordinator(&addresses[*node]))
+            .collect();
+        let now = [other, third]
+            .into_iter()
+            .find(|node| coordinator_gauge(&http[*node]) == Some(1));
+        if named[0].is_some()
+            && named[0] == named[1]
+            && named[0].as_ref().map(|(id, _)| *id) == now.map(|node| node as u64 + 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivors do not name the new coordinator: {named:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let described =
         integration_tests::wharf_ok(&addresses[other], &["--json", "group", "describe", "g"], "");
     let described: Value = serde_json::from_str(&described).expect("JSON");

@@ -115,6 +115,10 @@ pub async fn handle(
         Request::DeleteAcls(request) => ready(Response::DeleteAcls(
             acls::delete_acls(broker, caller, request).await,
         )),
+        Request::FindCoordinator(_) => ready(Response::FindCoordinator(find_coordinator(
+            &native.advertised,
+            broker,
+        ))),
         Request::Metadata(request) => ready(Response::Metadata(metadata(
             &native.advertised,
             broker,
@@ -370,6 +374,41 @@ fn brokers(advertised: &BrokerInfo, routing: Option<&Routing<'_>>) -> (Vec<Broke
         })
         .collect();
     (brokers, broker_id(routing.this_node()))
+}
+
+/// FindCoordinator: the native listener of the node coordinating every group and
+/// transactional id (this one on a lone node), as the Kafka listener's FindCoordinator
+/// answers; NotCoordinator with node -1 while none is known, or it has no native listener.
+fn find_coordinator(advertised: &BrokerInfo, broker: &Broker) -> FindCoordinatorResponse {
+    let routing = broker.routing();
+    let found = match routing.as_ref() {
+        None => Some(advertised.clone()),
+        Some(routing) => routing.coordinator().and_then(|node| {
+            brokers(advertised, Some(routing))
+                .0
+                .into_iter()
+                .find(|listed| listed.node_id == broker_id(node))
+        }),
+    };
+    match found {
+        Some(coordinator) => FindCoordinatorResponse {
+            error: ErrorCode::None,
+            error_message: None,
+            coordinator,
+        },
+        None => FindCoordinatorResponse {
+            error: ErrorCode::NotCoordinator,
+            error_message: Some(
+                "no coordinator is known yet (an election, or its node has no native listener); retry"
+                    .to_string(),
+            ),
+            coordinator: BrokerInfo {
+                node_id: -1,
+                host: String::new(),
+                port: 0,
+            },
+        },
+    }
 }
 
 fn metadata(

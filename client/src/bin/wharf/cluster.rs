@@ -50,6 +50,8 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
     match command {
         ClusterCommand::Status => {
             let status = admin.describe_cluster().await?;
+            // A broker from before FindCoordinator leaves it out.
+            let coordinator = admin.find_coordinator().await.ok().flatten();
             if json {
                 let nodes: Vec<_> = status
                     .nodes
@@ -69,6 +71,9 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
                         "last_log_index": status.last_log_index,
                         "last_applied_index": status.last_applied_index,
                         "nodes": nodes,
+                        "coordinator": coordinator.as_ref().map(|(id, address)| {
+                            json!({ "node_id": id, "address": address })
+                        }),
                     })
                 );
             } else {
@@ -94,6 +99,12 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
                     table.row(vec![id.to_string(), address.clone(), role.to_string()]);
                 }
                 print!("{}", table.render());
+                match &coordinator {
+                    Some((id, address)) => {
+                        println!("groups and transactions: coordinated by node {id} ({address})");
+                    }
+                    None => println!("groups and transactions: no coordinator known yet"),
+                }
             }
         }
         ClusterCommand::AddNode { node_id, address } => {
