@@ -453,6 +453,15 @@ async fn group_consumer_commits_and_a_successor_resumes() {
     successor.subscribe("g", ["t"]).await.unwrap();
     let records = poll_until(&mut successor, 1).await;
     assert_eq!(records.iter().map(value).collect::<Vec<_>>(), vec!["after"]);
+    // Every join, heartbeat, commit and leave went where one FindCoordinator said: it is
+    // asked before the first coordinator call, not on each.
+    assert_eq!(
+        broker
+            .state
+            .find_coordinator_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 #[tokio::test]

@@ -74,9 +74,10 @@ pub(crate) enum Target {
     /// node (cluster status), or served by whichever node gets them (topic and queue
     /// admin, publishes, queue consumers).
     Any,
-    /// The node coordinating groups and transactions: at first the lowest node id known
-    /// (where a cluster's coordinator starts, docs/CLUSTER.md "Routing"), the next one
-    /// after each refusal or failure to reach it; the bootstrap address before metadata.
+    /// The node coordinating groups and transactions: the one FindCoordinator names, else
+    /// the lowest node id known (where a cluster's coordinator starts, docs/CLUSTER.md
+    /// "Routing") and the next one after each refusal or failure to reach it; the
+    /// bootstrap address before metadata.
     Coordinator,
     /// The broker with this node id (a partition leader).
     Node(i32),
@@ -220,11 +221,13 @@ impl Client {
     /// Like [`Client::call`], leaving the top-level error code to the caller (the queue
     /// apis turn their codes into typed errors).
     ///
-    /// A coordinator call goes where FindCoordinator says (asked before the first one).
-    /// One that another node refuses (NotCoordinator) or that cannot reach it asks again,
-    /// and goes on to the next node when the answer is no other node, at most once per
-    /// known broker: a cluster's coordinator moves when its node fails (docs/CLUSTER.md,
-    /// "Coordinators").
+    /// A coordinator call goes where FindCoordinator said (asked once, of the bootstrap
+    /// broker, before the first one; the lowest node id when that fails). When a node
+    /// refuses it (NotCoordinator), that node (reachable, and knowing who coordinates now)
+    /// is asked FindCoordinator; when a node cannot be reached, or the answer names no
+    /// node other than those this call already tried, it goes on to the next node id. At
+    /// most once per known broker: a cluster's coordinator moves when its node fails
+    /// (docs/CLUSTER.md, "Coordinators").
     pub(crate) async fn call_unchecked<T: FromResponse>(
         &self,
         target: Target,
@@ -233,24 +236,38 @@ impl Client {
         if target != Target::Coordinator {
             return self.call_once::<T>(target, &request).await;
         }
-        if self.metadata().coordinator.is_none() {
-            self.locate_coordinator(None).await;
+        if self.metadata().coordinator.is_none() && !self.locate_coordinator(Target::Any, &[]).await
+        {
+            // The lowest node id, so it is not asked again on every call: the steps below
+            // find the coordinator.
+            let mut cache = self.metadata();
+            if cache.coordinator.is_none() {
+                cache.coordinator = cache.brokers.keys().min().copied();
+            }
         }
         let mut tried = self.metadata().coordinator;
+        // Nodes this call reached that did not coordinate, or could not reach: an answer
+        // naming one of them is stale (a failover under way).
+        let mut passed: Vec<i32> = Vec::new();
         let mut answered = self.call_once::<T>(target, &request).await;
         let tries = self.metadata().brokers.len();
         for _ in 0..tries {
+            passed.extend(tried);
             match &answered {
                 Ok(response) if response.top_error().0 == ErrorCode::NotCoordinator => {
                     // Learn the brokers again: the coordinator may be one never seen yet.
                     let _ = self.fetch_metadata(Some(Vec::new())).await;
+                    let asked = tried.map_or(Target::Any, Target::Node);
+                    if !self.locate_coordinator(asked, &passed).await {
+                        self.next_coordinator(tried);
+                    }
                 }
-                // Unreachable (a node down). A slow answer is not a reason to move on.
-                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => {}
+                // Unreachable (a node down): the next node, which refuses or serves. A slow
+                // answer is not a reason to move on.
+                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => {
+                    self.next_coordinator(tried);
+                }
                 _ => return answered,
-            }
-            if !self.locate_coordinator(tried).await {
-                self.next_coordinator(tried);
             }
             tried = self.metadata().coordinator;
             answered = self.call_once::<T>(target, &request).await;
@@ -326,20 +343,20 @@ impl Client {
         Connection::open(&broker.address, broker.options.clone()).await
     }
 
-    /// Asks FindCoordinator of the broker requests without a target go to, and makes the
-    /// node it names the one coordinator calls go to; true when it named one other than
-    /// `tried` (false: the broker lacks the api, cannot be reached, knows none, or names
-    /// the node that just failed, which the caller steps past).
-    async fn locate_coordinator(&self, tried: Option<i32>) -> bool {
+    /// Asks FindCoordinator of `asked` and makes the node it names the one coordinator
+    /// calls go to; true when it named one not in `passed` (false: the broker lacks the
+    /// api, cannot be reached, knows none, or names a node this call already passed, which
+    /// the caller steps past).
+    async fn locate_coordinator(&self, asked: Target, passed: &[i32]) -> bool {
         let request = Request::FindCoordinator(FindCoordinatorRequest { key: String::new() });
         let Ok(response) = self
-            .call_once::<FindCoordinatorResponse>(Target::Any, &request)
+            .call_once::<FindCoordinatorResponse>(asked, &request)
             .await
         else {
             return false;
         };
         let found = response.coordinator.node_id;
-        if !response.error.is_ok() || found < 0 || Some(found) == tried {
+        if !response.error.is_ok() || found < 0 || passed.contains(&found) {
             return false;
         }
         let mut cache = self.metadata();

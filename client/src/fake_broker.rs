@@ -66,6 +66,8 @@ pub struct FakeState {
     pub produce_in_flight_max: AtomicUsize,
     /// InitProducerId requests answered so far.
     pub init_producer_id_requests: AtomicUsize,
+    /// FindCoordinator requests answered so far (it names this broker).
+    pub find_coordinator_requests: AtomicUsize,
     /// The last producer id handed out.
     last_producer_id: AtomicI64,
     /// Bumped to make every connection task close its socket.
@@ -463,6 +465,15 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
             ..Default::default()
         }),
         Request::Metadata(request) => Response::Metadata(metadata(state, request)),
+        Request::FindCoordinator(_) => {
+            state
+                .find_coordinator_requests
+                .fetch_add(1, Ordering::SeqCst);
+            Response::FindCoordinator(FindCoordinatorResponse {
+                coordinator: this_broker(state),
+                ..Default::default()
+            })
+        }
         Request::CreateTopics(request) => Response::CreateTopics(create_topics(state, request)),
         Request::DeleteTopics(request) => {
             let mut data = state.data();
@@ -642,13 +653,18 @@ fn metadata(state: &FakeState, request: MetadataRequest) -> MetadataResponse {
         })
         .collect();
     MetadataResponse {
-        brokers: vec![BrokerInfo {
-            node_id: 0,
-            host: "127.0.0.1".to_string(),
-            port: state.advertised_port.load(Ordering::SeqCst) as u16,
-        }],
+        brokers: vec![this_broker(state)],
         topics,
         ..Default::default()
+    }
+}
+
+/// The fake broker as metadata lists it: node 0 at its advertised port.
+fn this_broker(state: &FakeState) -> BrokerInfo {
+    BrokerInfo {
+        node_id: 0,
+        host: "127.0.0.1".to_string(),
+        port: state.advertised_port.load(Ordering::SeqCst) as u16,
     }
 }
 

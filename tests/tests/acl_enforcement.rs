@@ -137,6 +137,18 @@ fn start(data: &Path) -> BrokerProcess {
     )
 }
 
+/// `wharf exchange declare` of step `step`'s exchange of the redeclare case: the admin
+/// makes it, then alice declares it again as it is.
+fn redeclared_exchange(step: usize) -> Vec<String> {
+    vec![
+        "exchange".into(),
+        "declare".into(),
+        format!("nx-eredeclare-{step}"),
+        "--type".into(),
+        "direct".into(),
+    ]
+}
+
 fn native_cases(broker: &str) -> Vec<Case> {
     let address = broker.to_string();
     let alice = move |args: Vec<String>, stdin: &'static str| {
@@ -466,27 +478,8 @@ fn native_cases(broker: &str) -> Vec<Case> {
             "nx-eredeclare-",
             true,
             "Create",
-            admin_each(address.clone(), |step| {
-                vec![
-                    "exchange".into(),
-                    "declare".into(),
-                    format!("nx-eredeclare-{step}"),
-                    "--type".into(),
-                    "direct".into(),
-                ]
-            }),
-            each(
-                |step| {
-                    vec![
-                        "exchange".into(),
-                        "declare".into(),
-                        format!("nx-eredeclare-{step}"),
-                        "--type".into(),
-                        "direct".into(),
-                    ]
-                },
-                address.clone(),
-            ),
+            admin_each(address.clone(), redeclared_exchange),
+            each(redeclared_exchange, address.clone()),
         ),
         case(
             "--exchange",

@@ -1344,7 +1344,7 @@ fn named_coordinator(address: &str) -> Option<(u64, String)> {
     let coordinator = &status["coordinator"];
     Some((
         coordinator["node_id"].as_u64()?,
-        coordinator["address"].as_str()?.to_string(),
+        coordinator["native_address"].as_str()?.to_string(),
     ))
 }
 
@@ -1387,12 +1387,22 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
     let (other, third) = ((lost + 1) % 3, (lost + 2) % 3);
     // Every node's FindCoordinator (native; `wharf cluster status`) names it, with its
     // native address, so the native client goes there first.
-    for address in &addresses {
-        assert_eq!(
-            named_coordinator(address),
-            Some((lost as u64 + 1, addresses[lost].clone())),
-            "through {address}"
+    let wanted = Some((lost as u64 + 1, addresses[lost].clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let named: Vec<_> = addresses
+            .iter()
+            .map(|address| named_coordinator(address))
+            .collect();
+        if named.iter().all(|named| *named == wanted) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every node should name node {}: {named:?}",
+            lost + 1
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
     assert_acked_in_order(&written, 0, 100, "before the coordinator is lost");
@@ -1464,10 +1474,8 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
         let now = [other, third]
             .into_iter()
             .find(|node| coordinator_gauge(&http[*node]) == Some(1));
-        if named[0].is_some()
-            && named[0] == named[1]
-            && named[0].as_ref().map(|(id, _)| *id) == now.map(|node| node as u64 + 1)
-        {
+        let wanted = now.map(|node| (node as u64 + 1, addresses[node].clone()));
+        if wanted.is_some() && named.iter().all(|named| *named == wanted) {
             break;
         }
         assert!(

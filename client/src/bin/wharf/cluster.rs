@@ -50,8 +50,13 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
     match command {
         ClusterCommand::Status => {
             let status = admin.describe_cluster().await?;
-            // A broker from before FindCoordinator leaves it out.
-            let coordinator = admin.find_coordinator().await.ok().flatten();
+            // A broker from before FindCoordinator leaves it out (`None`); another failure
+            // is shown, not taken for "none known".
+            let coordinator = match admin.find_coordinator().await {
+                Ok(found) => Some(Ok(found)),
+                Err(wharf_client::Error::UnsupportedApi { .. }) => None,
+                Err(error) => Some(Err(error.to_string())),
+            };
             if json {
                 let nodes: Vec<_> = status
                     .nodes
@@ -71,9 +76,13 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
                         "last_log_index": status.last_log_index,
                         "last_applied_index": status.last_applied_index,
                         "nodes": nodes,
-                        "coordinator": coordinator.as_ref().map(|(id, address)| {
-                            json!({ "node_id": id, "address": address })
-                        }),
+                        "coordinator": match &coordinator {
+                            Some(Ok(Some((id, address)))) => {
+                                json!({ "node_id": id, "native_address": address })
+                            }
+                            Some(Err(error)) => json!({ "error": error }),
+                            Some(Ok(None)) | None => serde_json::Value::Null,
+                        },
                     })
                 );
             } else {
@@ -100,10 +109,16 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
                 }
                 print!("{}", table.render());
                 match &coordinator {
-                    Some((id, address)) => {
+                    Some(Ok(Some((id, address)))) => {
                         println!("groups and transactions: coordinated by node {id} ({address})");
                     }
-                    None => println!("groups and transactions: no coordinator known yet"),
+                    Some(Ok(None)) => println!("groups and transactions: no coordinator known yet"),
+                    Some(Err(error)) => {
+                        println!(
+                            "groups and transactions: cannot ask for the coordinator: {error}"
+                        );
+                    }
+                    None => {}
                 }
             }
         }
