@@ -25,6 +25,7 @@ pub mod cluster_ops;
 mod cluster_sync;
 mod coordination;
 pub mod group_ops;
+mod node_settings;
 pub mod observe_ops;
 pub mod queue_ops;
 mod queue_replication;

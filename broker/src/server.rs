@@ -285,6 +285,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
+        agreed: agreed_settings(&config, auth.mode),
         tls: cluster_tls.clone().map(|tls| {
             tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
             let client = tls.clone();
@@ -484,6 +485,41 @@ async fn load_cluster_tls(config: &BrokerConfig) -> Result<Option<Arc<Tls>>, Ser
         .await
         .map_err(|error| ServerError::Shutdown(error.to_string()))??;
     Ok(Some(Arc::new(loaded)))
+}
+
+/// The settings a cluster's nodes should share, as this node runs with them, by config key:
+/// registered in the metadata so the nodes can tell when they differ (docs/CLUSTER.md,
+/// "Settings every node should share").
+fn agreed_settings(
+    config: &BrokerConfig,
+    authentication: crate::config::Authentication,
+) -> std::collections::BTreeMap<String, String> {
+    let mut super_users = config.super_users.clone();
+    super_users.sort();
+    [
+        ("authentication", authentication.name().to_string()),
+        (
+            "authorization",
+            if config.authorization_required {
+                "required"
+            } else {
+                "optional"
+            }
+            .to_string(),
+        ),
+        ("super_users", super_users.join(",")),
+        (
+            "cluster_heartbeat_ms",
+            config.cluster_heartbeat_ms.to_string(),
+        ),
+        (
+            "cluster_election_timeout_ms",
+            config.cluster_election_timeout_ms.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect()
 }
 
 /// Binds the HTTP listener (if `http_listen` is on) and serves it until shutdown; the core

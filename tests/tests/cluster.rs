@@ -1085,6 +1085,14 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         .map(|node| node.amqp_address().to_string())
         .collect();
     let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    // Three nodes given the same settings report none differing.
+    for address in &http {
+        assert_eq!(
+            gauge(address, "wharf_cluster_settings_differ"),
+            Some(0),
+            "{address}"
+        );
+    }
     let count = 20;
     // pika_cluster.py with QUEUE and COUNT, then the phase and its arguments.
     let run = |queue: &str, count: &str, phase: &[&str]| -> Value {
@@ -2372,6 +2380,11 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
 
 /// Nodes 1, 2 and 3 under `root`, each with `config` as its config file.
 fn three_nodes_with_config(root: &std::path::Path, config: &str) -> Vec<BrokerProcess> {
+    three_nodes_with_configs(root, [config; 3])
+}
+
+/// As [`three_nodes_with_config`], node N with `configs[N - 1]`.
+fn three_nodes_with_configs(root: &std::path::Path, configs: [&str; 3]) -> Vec<BrokerProcess> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = (1..=3)
         .map(|id| format!("{id}@127.0.0.1:{}", ports[id - 1]))
@@ -2380,7 +2393,7 @@ fn three_nodes_with_config(root: &std::path::Path, config: &str) -> Vec<BrokerPr
     (1..=3)
         .map(|id| {
             let file = root.join(format!("node-{id}.toml"));
-            std::fs::write(&file, config).expect("write the config");
+            std::fs::write(&file, configs[id - 1]).expect("write the config");
             let args: Vec<String> = [
                 "--node-id".to_string(),
                 id.to_string(),
@@ -2398,6 +2411,16 @@ fn three_nodes_with_config(root: &std::path::Path, config: &str) -> Vec<BrokerPr
             )
         })
         .collect()
+}
+
+/// The value of the gauge `name` (without labels) in the `/metrics` of the node at `http`;
+/// `None` when it is not there.
+fn gauge(http: &str, name: &str) -> Option<i64> {
+    let (_, metrics) = integration_tests::http_get(http, "/metrics", None);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// The value of the counter `name` (without labels) in the `/metrics` of the node at `http`.
@@ -2604,10 +2627,19 @@ fn users_tokens_and_acls_made_on_one_node_are_in_force_on_every_node() {
     let created = wharfd_user_create(&root.path().join("node-3"), "admin", "other-pw", &[]);
     assert_done(&created, "wharfd user create admin on node 3");
     // The polls below fail logins on purpose: the per-address limit must not lock the
-    // test's address out.
-    let mut nodes = three_nodes_with_config(root.path(), "login_failures_per_minute_max = 10000\n");
+    // test's address out. Node 3 is also given another super user (of no effect here,
+    // authorization being optional): every node reports the setting it does not share.
+    let base = "login_failures_per_minute_max = 10000\n";
+    let odd = format!("{base}super_users = [\"User:nobody\"]\n");
+    let mut nodes = three_nodes_with_configs(root.path(), [base, base, &odd]);
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     converged(&addresses, 3, "after start");
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    for address in &http {
+        eventually(&format!("{address} reports super_users differing"), || {
+            gauge(address, "wharf_cluster_settings_differ") == Some(1)
+        });
+    }
     for address in &addresses {
         eventually(
             &format!("node 2's bootstrap user logs in on {address}"),

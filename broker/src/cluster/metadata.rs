@@ -39,12 +39,63 @@ pub fn default_factor(nodes: usize) -> u32 {
 }
 
 /// A node as the metadata knows it: where its listeners are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The internal (broker-to-broker) address, `HOST:PORT`.
     pub cluster_addr: String,
     /// The advertised listener addresses by name (`native`, `kafka`, `amqp`, `http`).
     pub listeners: BTreeMap<String, String>,
+    /// The settings every node should share, as this node runs with them, by config key
+    /// ([`settings_differences`]); empty from a build before they were registered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// One setting node `this` runs with another value than node `node`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SettingDifference {
+    /// The config key.
+    pub key: String,
+    /// Its value here, if this node registered it.
+    pub here: Option<String>,
+    /// The other node.
+    pub node: NodeId,
+    /// Its value there.
+    pub there: Option<String>,
+}
+
+/// The settings node `this` runs with other values than another registered node does
+/// (each node's own are in [`NodeInfo::settings`]): nothing checks that a cluster's nodes
+/// were given the same authentication, authorization, super users or timing, so the
+/// follower reports each difference (a warning, and `wharf_cluster_settings_differ`). A
+/// node that registered none (an older build) is not compared.
+pub fn settings_differences(state: &MetadataState, this: NodeId) -> Vec<SettingDifference> {
+    let Some(own) = state.nodes.get(&this).map(|info| &info.settings) else {
+        return Vec::new();
+    };
+    if own.is_empty() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for (node, info) in &state.nodes {
+        if *node == this || info.settings.is_empty() {
+            continue;
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            own.keys().chain(info.settings.keys()).collect();
+        for key in keys {
+            let (here, there) = (own.get(key), info.settings.get(key));
+            if here != there {
+                found.push(SettingDifference {
+                    key: key.clone(),
+                    here: here.cloned(),
+                    node: *node,
+                    there: there.cloned(),
+                });
+            }
+        }
+    }
+    found
 }
 
 /// One partition's (or queue's) replicas, the first of which is the preferred leader, and
@@ -966,7 +1017,52 @@ mod tests {
         NodeInfo {
             cluster_addr: format!("127.0.0.1:{port}"),
             listeners: BTreeMap::new(),
+            settings: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn each_setting_a_node_runs_with_another_value_than_another_node_is_a_difference() {
+        let mut state = MetadataState::default();
+        let with = |pairs: &[(&str, &str)]| NodeInfo {
+            settings: pairs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            ..node(1)
+        };
+        let same = [("authorization", "optional"), ("super_users", "")];
+        for (id, info) in [
+            (1, with(&same)),
+            (2, with(&same)),
+            (
+                3,
+                with(&[("authorization", "required"), ("super_users", "")]),
+            ),
+            (4, with(&[])), // an older build: not compared
+            (5, with(&[("authorization", "optional")])),
+        ] {
+            state.apply(&MetadataCommand::RegisterNode { node_id: id, info });
+        }
+        let difference =
+            |key: &str, here: Option<&str>, node, there: Option<&str>| SettingDifference {
+                key: key.to_string(),
+                here: here.map(str::to_string),
+                node,
+                there: there.map(str::to_string),
+            };
+        assert_eq!(
+            settings_differences(&state, 1),
+            vec![
+                difference("authorization", Some("optional"), 3, Some("required")),
+                difference("super_users", Some(""), 5, None),
+            ]
+        );
+        assert!(
+            settings_differences(&state, 4).is_empty(),
+            "it registered none"
+        );
+        assert!(settings_differences(&state, 9).is_empty(), "not registered");
     }
 
     fn three_nodes() -> MetadataState {

@@ -47,6 +47,9 @@ pub struct NodeSettings {
     pub secret_file: Option<std::path::PathBuf>,
     /// `--cluster-tls-ca`: mutual TLS on the internal wire (None: plain TCP).
     pub tls: Option<InternalTls>,
+    /// The settings every node should share, by config key, as this node runs with them
+    /// (registered in its `NodeInfo`; `metadata::settings_differences`).
+    pub agreed: BTreeMap<String, String>,
 }
 
 /// Why the node could not start.
@@ -191,6 +194,7 @@ pub async fn start(
     let info = NodeInfo {
         cluster_addr: own_addr.unwrap_or_default(),
         listeners: settings.listeners.clone(),
+        settings: settings.agreed.clone(),
     };
     tokio::spawn(register(cluster.clone(), info, shutdown));
     Ok(ClusterNode {

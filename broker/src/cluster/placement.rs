@@ -247,6 +247,7 @@ mod tests {
             info: NodeInfo {
                 cluster_addr: format!("127.0.0.1:{}", 7000 + id),
                 listeners: BTreeMap::new(),
+                settings: BTreeMap::new(),
             },
         });
     }

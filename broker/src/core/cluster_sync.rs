@@ -837,6 +837,7 @@ impl Broker {
                 .drop_silent_nodes_exclusive_queues(cluster.clone(), shutdown.clone()),
         );
         let mut bootstrapping = false;
+        let mut settings_reported = std::collections::BTreeSet::new();
         // Until the first pass over a current state: transient queues and exchanges missing
         // here were lost with the process.
         let mut restarted = true;
@@ -895,6 +896,7 @@ impl Broker {
                 if current {
                     self.sync_replicas(&cluster, &now.state, &followed.queue_incarnations)
                         .await;
+                    self.report_setting_differences(&now.state, &mut settings_reported);
                 }
             }
             tokio::select! {

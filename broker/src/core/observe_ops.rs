@@ -160,6 +160,9 @@ pub struct Observed {
     /// This node coordinates consumer groups and transactions now (always on a lone node;
     /// in a cluster the leader of `__consumer_offsets`, issue #21).
     pub coordinator: bool,
+    /// Settings this node runs with other values than another node of its cluster, by
+    /// key (issue #20; 0 on a lone node).
+    pub settings_differ: usize,
     /// Free bytes of the data directory's file system at the alarm's last sample (`None`
     /// before the first, or with the alarm off).
     pub disk_free_bytes: Option<u64>,
@@ -219,6 +222,7 @@ impl Broker {
             readiness: self.readiness(),
             disk_alarm: self.disk_alarm(),
             coordinator: self.coordinates_here(),
+            settings_differ: self.settings_differ(),
             disk_free_bytes: Some(self.free_disk_bytes()).filter(|free| *free != u64::MAX),
             memory_alarm: self.memory_alarm(),
             memory_bytes: self.memory_bytes(),

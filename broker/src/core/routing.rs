@@ -422,6 +422,7 @@ mod tests {
                 info: NodeInfo {
                     cluster_addr: format!("127.0.0.1:{}", 7700 + node_id),
                     listeners: BTreeMap::new(),
+                    settings: BTreeMap::new(),
                 },
             });
         }

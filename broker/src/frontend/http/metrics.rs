@@ -128,6 +128,16 @@ impl Collector for Scrape {
             family(
                 &mut encoder,
                 Kind::Gauge,
+                "wharf_cluster_settings_differ",
+                "Settings (authentication, authorization, super_users, cluster timing) this node runs with other values than another node of its cluster; 0 on a lone node.",
+                [(
+                    NO_LABELS,
+                    i64::try_from(observed.settings_differ).unwrap_or(i64::MAX),
+                )],
+            )?;
+            family(
+                &mut encoder,
+                Kind::Gauge,
                 "wharf_disk_alarm",
                 "1 while the data directory's free space is below disk_free_limit_bytes and publishers are held, else 0.",
                 [(NO_LABELS, i64::from(observed.disk_alarm))],
