@@ -496,6 +496,7 @@ fn agreed_settings(
 ) -> std::collections::BTreeMap<String, String> {
     let mut super_users = config.super_users.clone();
     super_users.sort();
+    super_users.dedup();
     [
         ("authentication", authentication.name().to_string()),
         (

@@ -224,10 +224,11 @@ impl Client {
     /// A coordinator call goes where FindCoordinator said (asked once, of the bootstrap
     /// broker, before the first one; the lowest node id when that fails). When a node
     /// refuses it (NotCoordinator), that node (reachable, and knowing who coordinates now)
-    /// is asked FindCoordinator; when a node cannot be reached, or the answer names no
-    /// node other than those this call already tried, it goes on to the next node id. At
-    /// most once per known broker: a cluster's coordinator moves when its node fails
-    /// (docs/CLUSTER.md, "Coordinators").
+    /// is asked FindCoordinator; when a node cannot be reached, or the answer names a node
+    /// this call already passed (other than the refusing node itself), it goes on to the
+    /// next node id it has not passed. At most once per known broker, and never back to a
+    /// node passed: a cluster's coordinator moves when its node fails (docs/CLUSTER.md,
+    /// "Coordinators").
     pub(crate) async fn call_unchecked<T: FromResponse>(
         &self,
         target: Target,
@@ -245,32 +246,39 @@ impl Client {
                 cache.coordinator = cache.brokers.keys().min().copied();
             }
         }
+        // The node called is the one resolved here, whatever other callers do to the cache.
         let mut tried = self.metadata().coordinator;
+        let to = |node: Option<i32>| node.map_or(Target::Coordinator, Target::Node);
         // Nodes this call reached that did not coordinate, or could not reach: an answer
-        // naming one of them is stale (a failover under way).
+        // naming one of them is stale (a failover under way), and stepping skips them.
         let mut passed: Vec<i32> = Vec::new();
-        let mut answered = self.call_once::<T>(target, &request).await;
+        let mut answered = self.call_once::<T>(to(tried), &request).await;
         let tries = self.metadata().brokers.len();
         for _ in 0..tries {
-            passed.extend(tried);
-            match &answered {
-                Ok(response) if response.top_error().0 == ErrorCode::NotCoordinator => {
-                    // Learn the brokers again: the coordinator may be one never seen yet.
-                    let _ = self.fetch_metadata(Some(Vec::new())).await;
-                    let asked = tried.map_or(Target::Any, Target::Node);
-                    if !self.locate_coordinator(asked, &passed).await {
-                        self.next_coordinator(tried);
-                    }
-                }
+            let refused = match &answered {
+                Ok(response) if response.top_error().0 == ErrorCode::NotCoordinator => true,
                 // Unreachable (a node down): the next node, which refuses or serves. A slow
                 // answer is not a reason to move on.
-                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => {
-                    self.next_coordinator(tried);
-                }
+                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => false,
                 _ => return answered,
+            };
+            let Some(node) = tried else {
+                return answered;
+            };
+            passed.push(node);
+            let located = refused && {
+                // Learn the brokers again: the coordinator may be one never seen yet. The
+                // node that refused is reachable and knows who coordinates now (itself
+                // too, once it has caught up: a refusal before is not stale).
+                let _ = self.fetch_metadata(Some(Vec::new())).await;
+                let stale: Vec<i32> = passed.iter().copied().filter(|id| *id != node).collect();
+                self.locate_coordinator(Target::Node(node), &stale).await
+            };
+            if !located && !self.next_coordinator(node, &passed) {
+                return answered; // every known node passed
             }
             tried = self.metadata().coordinator;
-            answered = self.call_once::<T>(target, &request).await;
+            answered = self.call_once::<T>(to(tried), &request).await;
         }
         answered
     }
@@ -368,25 +376,29 @@ impl Client {
         true
     }
 
-    /// Moves group and transaction calls on to the next node id after `tried`, the
-    /// coordinator a call went to (wrapping around), unless another caller moved on already.
-    fn next_coordinator(&self, tried: Option<i32>) {
+    /// Moves group and transaction calls on to the next node id after `tried` (wrapping
+    /// around) that is not in `passed`, unless another caller moved on already; false when
+    /// every known node is in `passed`.
+    fn next_coordinator(&self, tried: i32, passed: &[i32]) -> bool {
         let mut cache = self.metadata();
-        if cache.coordinator != tried {
-            return;
+        if cache.coordinator != Some(tried) {
+            return true;
         }
         let mut ids: Vec<i32> = cache.brokers.keys().copied().collect();
         ids.sort_unstable();
-        let Some(first) = ids.first().copied() else {
-            return;
-        };
-        let current = cache.coordinator.unwrap_or(first);
-        cache.coordinator = Some(
-            ids.iter()
-                .copied()
-                .find(|id| *id > current)
-                .unwrap_or(first),
-        );
+        let next = ids
+            .iter()
+            .filter(|id| **id > tried)
+            .chain(ids.iter())
+            .find(|id| !passed.contains(id))
+            .copied();
+        match next {
+            Some(next) => {
+                cache.coordinator = Some(next);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drops `topic` from the cache so the next lookup asks the broker.

@@ -1522,11 +1522,7 @@ fn committed_offsets_and_transactions_outlive_the_coordinators_node_and_disk() {
 
 /// The `wharf_coordinator` gauge of the node at `http` (`None`: not in its metrics).
 fn coordinator_gauge(http: &str) -> Option<i64> {
-    let (_, metrics) = integration_tests::http_get(http, "/metrics", None);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("wharf_coordinator "))
-        .and_then(|value| value.trim().parse().ok())
+    gauge(http, "wharf_coordinator")
 }
 
 /// Runs `confluent_coordinator.py` and returns its JSON answer.

@@ -266,7 +266,13 @@ async fn bootstrap(
     }
 }
 
-/// Records this node's addresses in the metadata once a leader takes it.
+/// How long a registration waits to be applied here before it is checked.
+const REGISTERED_WAIT: Duration = Duration::from_secs(5);
+/// How long before a registration applied without all its fields is proposed again.
+const REGISTER_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// Records this node's addresses and shared settings in the metadata once a leader takes
+/// them, as this node sends them.
 async fn register(cluster: Cluster, info: NodeInfo, mut shutdown: watch::Receiver<bool>) {
     let node_id = cluster.node_id();
     loop {
@@ -277,12 +283,24 @@ async fn register(cluster: Cluster, info: NodeInfo, mut shutdown: watch::Receive
             node_id,
             info: info.clone(),
         };
+        let mut wait = Duration::from_millis(500);
         match cluster.propose(command).await {
-            Ok(_) => return,
+            Ok(proposed) => {
+                // Checked as applied: a leader of an older build decodes the forwarded
+                // command without the fields it does not know (the settings) and commits
+                // that; this node then proposes again, seldom, until a leader of this
+                // build takes it.
+                cluster.wait_applied(proposed.index, REGISTERED_WAIT).await;
+                if cluster.applied().state.nodes.get(&node_id) == Some(&info) {
+                    return;
+                }
+                tracing::debug!("this node's registration was applied without all its fields; registering again later");
+                wait = REGISTER_AGAIN_AFTER;
+            }
             Err(error) => tracing::debug!(%error, "registering this node in the metadata"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
