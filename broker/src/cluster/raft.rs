@@ -117,6 +117,15 @@ pub struct Proposed {
     pub result: MetadataResult,
 }
 
+/// Whether a proposal made on a node that does not lead goes to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    /// Sent on to the leader this node knows.
+    ToLeader,
+    /// Not sent: `NoLeader` (only this node's own view supports the change).
+    Never,
+}
+
 /// Why a metadata operation did not happen (or may not have).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ClusterError {
@@ -522,20 +531,7 @@ impl Cluster {
     /// # Errors
     /// `NoLeader` (nothing changed), `Unavailable` (unknown), `Stopped`.
     pub async fn propose(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
-        let bytes = serde_json::to_vec(&command).map_or(usize::MAX, |json| json.len());
-        if bytes > COMMAND_BYTES_MAX {
-            return Err(ClusterError::TooLarge { bytes });
-        }
-        // A leader cut off from the majority does not step down by itself (openraft 0.9):
-        // bound the wait, and say the outcome is unknown.
-        let limit = self.timing.election_max * 10;
-        match tokio::time::timeout(limit, self.propose_unbounded(command)).await {
-            Ok(result) => result,
-            Err(_) => Err(ClusterError::TimedOut(format!(
-                "the metadata change was not committed within {} ms; it may still be",
-                limit.as_millis()
-            ))),
-        }
+        self.propose_bounded(command, Forward::ToLeader).await
     }
 
     /// Commits `command` only as this node's own write while it leads: never forwarded. A
@@ -545,22 +541,30 @@ impl Cluster {
     /// answers `NoLeader` instead of sending the command to the new leader.
     ///
     /// # Errors
-    /// `NoLeader` (this node does not lead, or stopped leading), `TimedOut`, `Stopped`.
+    /// `NoLeader` (this node does not lead, or stopped leading), `TooLarge`, `TimedOut`,
+    /// `Stopped`.
     pub async fn propose_as_leader(
         &self,
         command: MetadataCommand,
     ) -> Result<Proposed, ClusterError> {
+        self.propose_bounded(command, Forward::Never).await
+    }
+
+    /// [`Cluster::propose_unbounded`] of a command within [`COMMAND_BYTES_MAX`], within a
+    /// bound: a leader cut off from the majority does not step down by itself (openraft
+    /// 0.9), so the wait ends, saying the outcome is unknown.
+    async fn propose_bounded(
+        &self,
+        command: MetadataCommand,
+        forward: Forward,
+    ) -> Result<Proposed, ClusterError> {
+        let bytes = serde_json::to_vec(&command).map_or(usize::MAX, |json| json.len());
+        if bytes > COMMAND_BYTES_MAX {
+            return Err(ClusterError::TooLarge { bytes });
+        }
         let limit = self.timing.election_max * 10;
-        match tokio::time::timeout(limit, self.raft.client_write(command)).await {
-            Ok(Ok(response)) => Ok(Proposed {
-                index: response.log_id.index,
-                result: response.data,
-            }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(ClusterError::NoLeader)
-            }
-            Ok(Err(RaftError::APIError(other))) => Err(ClusterError::Membership(other.to_string())),
-            Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Stopped(fatal.to_string())),
+        match tokio::time::timeout(limit, self.propose_unbounded(command, forward)).await {
+            Ok(result) => result,
             Err(_) => Err(ClusterError::TimedOut(format!(
                 "the metadata change was not committed within {} ms; it may still be",
                 limit.as_millis()
@@ -568,14 +572,23 @@ impl Cluster {
         }
     }
 
-    async fn propose_unbounded(&self, command: MetadataCommand) -> Result<Proposed, ClusterError> {
+    async fn propose_unbounded(
+        &self,
+        command: MetadataCommand,
+        forward: Forward,
+    ) -> Result<Proposed, ClusterError> {
         match self.raft.client_write(command.clone()).await {
             Ok(response) => Ok(Proposed {
                 index: response.log_id.index,
                 result: response.data,
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                if forward == Forward::Never =>
+            {
+                Err(ClusterError::NoLeader)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                let (Some(leader), Some(node)) = (to.leader_id, to.leader_node) else {
                     return Err(ClusterError::NoLeader);
                 };
                 if leader == self.node_id {
