@@ -882,7 +882,7 @@ impl From<String> for GroupName {
 /// they are the same, or the sender names none (a build before instances). A member of a
 /// topic without an id (created before ids went through the log) refuses the RPCs of the
 /// topic created again in its place, which has one.
-pub fn same_instance(ours: Option<[u8; 16]>, theirs: Option<[u8; 16]>) -> bool {
+fn same_instance(ours: Option<[u8; 16]>, theirs: Option<[u8; 16]>) -> bool {
     theirs.is_none() || ours == theirs
 }
 

@@ -164,6 +164,15 @@ pub(crate) enum BindingChange {
     Unbind,
 }
 
+/// The durability of exchange `name` as the metadata log holds it.
+pub(super) fn logged_durability(state: &MetadataState, name: &str) -> Durability {
+    if state.transient_exchanges.contains(name) {
+        Durability::Transient
+    } else {
+        Durability::Durable
+    }
+}
+
 impl Broker {
     /// The metadata log, when definitions go through it: a node started with peers.
     pub(crate) fn replicated(&self) -> Option<&Cluster> {
@@ -1170,11 +1179,7 @@ impl Broker {
             // again while this node saw only the state after both; one this node made
             // before it followed the log (or before a declare compared durability) is not
             // the cluster's, and declaring the log's over it would fail on every pass.
-            let durability = if state.transient_exchanges.contains(name) {
-                Durability::Transient
-            } else {
-                Durability::Durable
-            };
+            let durability = logged_durability(state, name);
             let local = self.queues.exchange_kind(name);
             let stale = local.is_some_and(|(here, durable)| here != kind || durable != durability);
             if stale {

@@ -869,12 +869,7 @@ impl Broker {
         }
         let state = cluster.applied().state;
         let kind = ExchangeKind::parse(state.exchanges.get(name)?)?;
-        let durability = if state.transient_exchanges.contains(name) {
-            Durability::Transient
-        } else {
-            Durability::Durable
-        };
-        Some((kind, durability))
+        Some((kind, super::cluster_sync::logged_durability(&state, name)))
     }
 
     /// [`Broker::check`] of an operation on an exchange.

@@ -152,6 +152,19 @@ pub(crate) fn group_name(topic: &str, partition: u32) -> String {
     format!("{topic}-{partition}")
 }
 
+/// This node's member of partition `partition` of `topic`'s replicated log when it is a
+/// member of the topic `state` holds: a member of a deleted topic of this name (the delete
+/// and the create again not carried out here yet) serves nothing of the new topic.
+pub(crate) fn topic_member(
+    cluster: &Cluster,
+    state: &MetadataState,
+    topic: &str,
+    partition: u32,
+) -> Option<Replica> {
+    let member = cluster.replicas().get(&group_name(topic, partition))?;
+    (member.instance() == state.topics.get(topic)?.topic_id).then_some(member)
+}
+
 /// A produce's command: the leader's clock reading and the checked batches.
 fn encode_command(now_ms: i64, batches: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(9 + batches.len());
@@ -807,11 +820,7 @@ impl Broker {
     /// partition is replicated and has one here.
     pub(crate) fn partition_replica(&self, topic: &str, partition: u32) -> Option<Replica> {
         let cluster = self.replicated()?;
-        let member = cluster.replicas().get(&group_name(topic, partition))?;
-        // A member of a deleted topic of this name (this node has not carried out the
-        // delete and the create again yet) serves nothing of the new topic.
-        let id = cluster.applied().state.topics.get(topic)?.topic_id;
-        (member.instance() == id).then_some(member)
+        topic_member(cluster, &cluster.applied().state, topic, partition)
     }
 
     /// Stops this node's members of `topic`'s replicated partitions (before its copy here

@@ -213,14 +213,9 @@ impl Routing<'_> {
         if placed.replicas.len() < 2 {
             return None;
         }
-        let member = self
-            .cluster
-            .replicas()
-            .get(&super::replication::group_name(topic, partition))?;
-        // A member of a deleted topic of this name (the delete and the create again not
-        // carried out here yet) is not the partition's: the request is refused below as for
-        // a topic this node does not hold yet.
-        (member.instance() == self.state.topics.get(topic)?.topic_id).then_some(member)
+        // A member of a deleted topic of this name is not the partition's: the request is
+        // refused below as for a topic this node does not hold yet.
+        super::replication::topic_member(self.cluster, &self.state, topic, partition)
     }
 
     /// The refusal of a request for `topic`'s `partition` on this node, when another node

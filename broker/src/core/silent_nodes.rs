@@ -19,7 +19,7 @@
 //! (`DeleteQueue::exclusive_on`), so it never deletes another connection's queue declared
 //! under the name after the drop.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ impl Broker {
             if cluster.leads() {
                 let since = *leading_since.get_or_insert_with(Instant::now);
                 let state = cluster.applied().state;
-                for node in nodes_with_exclusive_queues(&state, cluster.node_id()) {
+                for (node, queues) in exclusive_queues_by_node(&state, cluster.node_id()) {
                     // Checked again before each proposal: a leader deposed meanwhile (it
                     // was the one cut off) decides nothing more.
                     let now = Instant::now();
@@ -60,7 +60,6 @@ impl Broker {
                     {
                         continue;
                     }
-                    let queues = exclusive_queues_of(&state, node);
                     let count = queues.len();
                     // Never forwarded: only this leader's view supports the decision.
                     match cluster
@@ -94,24 +93,22 @@ impl Broker {
     }
 }
 
-/// The nodes other than `this` whose connections hold exclusive queues in `state`.
-fn nodes_with_exclusive_queues(state: &MetadataState, this: NodeId) -> BTreeSet<NodeId> {
-    state
-        .queues
-        .values()
-        .filter_map(|queue| queue.exclusive_on)
-        .filter(|node| *node != this)
-        .collect()
-}
-
-/// The exclusive queues of `node`'s connections in `state`, by name and incarnation.
-fn exclusive_queues_of(state: &MetadataState, node: NodeId) -> Vec<(String, u64)> {
-    state
-        .queues
-        .iter()
-        .filter(|(_, queue)| queue.exclusive_on == Some(node))
-        .map(|(name, queue)| (name.clone(), queue.incarnation))
-        .collect()
+/// The exclusive queues in `state` of each node other than `this`, by name and
+/// incarnation.
+fn exclusive_queues_by_node(
+    state: &MetadataState,
+    this: NodeId,
+) -> BTreeMap<NodeId, Vec<(String, u64)>> {
+    let mut by_node: BTreeMap<NodeId, Vec<(String, u64)>> = BTreeMap::new();
+    for (name, queue) in &state.queues {
+        if let Some(node) = queue.exclusive_on.filter(|node| *node != this) {
+            by_node
+                .entry(node)
+                .or_default()
+                .push((name.clone(), queue.incarnation));
+        }
+    }
+    by_node
 }
 
 /// Whether a node last heard at `heard` (if ever) is silent long enough at `now`, this node
