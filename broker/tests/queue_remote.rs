@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wharf_broker::queue::exchange::ExchangeKind;
-use wharf_broker::queue::remote::{CallFuture, QueueCluster};
+use wharf_broker::queue::remote::{CallFuture, QueueCluster, RuleFuture};
 use wharf_broker::queue::{
     AckScope, CancelReason, ConsumerEvent, Delivered, Deliveries, Durability, GetMode, Message,
     Published, QueueArgs, QueueError, QueueManager, Requeue,
@@ -58,7 +58,7 @@ impl QueueCluster for Loopback {
         })
     }
 
-    fn deleted_by_rule(&self, queue: &str) {
+    fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture> {
         panic!("node 1 deleted {queue:?}, which node 2 leads");
     }
 }
@@ -66,10 +66,12 @@ impl QueueCluster for Loopback {
 /// The queues the cluster places on node 2.
 const PLACED_ON_NODE_2: [&str; 2] = ["remote-q", "auto-q"];
 
-/// Node 2's view: it leads everything; the queues it deletes by their own rules are noted.
+/// Node 2's view: it leads everything; the queues its rules ask the log to delete are
+/// noted, and the log keeps them while `keep` is set (declared again since).
 #[derive(Debug, Default)]
 struct LeaderSide {
     deleted: Mutex<Vec<String>>,
+    keep: AtomicBool,
 }
 
 impl QueueCluster for LeaderSide {
@@ -85,8 +87,10 @@ impl QueueCluster for LeaderSide {
         panic!("node 2 forwards nothing, yet called node {node}");
     }
 
-    fn deleted_by_rule(&self, queue: &str) {
+    fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture> {
         self.deleted.lock().expect("lock").push(queue.to_string());
+        let dropped = !self.keep.load(Ordering::SeqCst);
+        Some(Box::pin(async move { dropped }))
     }
 }
 
@@ -335,13 +339,46 @@ async fn an_auto_delete_queue_is_deleted_by_its_leader_and_dropped_from_the_log(
     );
     assert!(leader_side.deleted.lock().expect("lock").is_empty());
 
-    // The leader's last consumer goes: it deletes the queue and tells the cluster.
+    // The leader's last consumer goes: it asks the log to drop the queue, and leaves its
+    // copy to its follower (which deletes every node's copy once the log dropped it).
     node2
         .cancel("auto-q", local, CancelReason::ClientCancelled)
         .await;
-    assert!(!node2.exists("auto-q"), "the leader deleted it");
     assert_eq!(
         *leader_side.deleted.lock().expect("lock"),
         vec!["auto-q".to_string()]
     );
+    assert!(
+        node2.exists("auto-q"),
+        "the log decides, and the follower deletes the copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_the_log_refuses_keeps_the_queue_and_fires_again_once_unused_again() {
+    let (_dirs, _node1, node2, _cluster) = two_nodes();
+    let leader_side = Arc::new(LeaderSide::default());
+    leader_side.keep.store(true, Ordering::SeqCst);
+    node2.attach_cluster(leader_side.clone());
+    let args = QueueArgs {
+        expires_ms: Some(300),
+        ..QueueArgs::default()
+    };
+    node2
+        .declare_queue("exp-q", args, Durability::Durable)
+        .expect("declare exp-q");
+    let asked = || leader_side.deleted.lock().expect("lock").len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while asked() < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(asked(), 1, "the expiry asked the log once");
+    assert!(node2.exists("exp-q"), "the log kept it: it stays");
+    // Kept counts as a use: unused for another 300 ms, it asks again (without the touch
+    // the expiry had fired for good and the queue would never expire).
+    while asked() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(asked(), 2, "the expiry fired again once unused again");
+    assert!(node2.exists("exp-q"));
 }

@@ -202,6 +202,35 @@ pub struct QueueMeta {
     /// one copy, deleted when that connection ends or that node restarts or is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclusive_on: Option<NodeId>,
+    /// How many times this incarnation was declared again (a declare of the name with the
+    /// same arguments): a delete by the queue's own rule ([`QueueSeen`]) is refused once
+    /// this moved past what its node saw when the rule fired. Absent (0) before
+    /// 2026-12-07's build.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub declares: u64,
+}
+
+/// What a node saw of a queue when its own rule (auto-delete after the last consumer,
+/// `x-expires`) decided to delete it: a [`MetadataCommand::DeleteQueue`] carrying it
+/// applies only if the queue is still that incarnation and was not declared again since.
+/// So a client whose declare landed in the log between the rule and the delete keeps the
+/// queue its declare-ok promised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSeen {
+    /// [`QueueMeta::incarnation`] then.
+    pub incarnation: u64,
+    /// [`QueueMeta::declares`] then.
+    pub declares: u64,
+}
+
+impl QueueMeta {
+    /// What a delete by the queue's own rule names of it now ([`QueueSeen`]).
+    pub fn seen(&self) -> QueueSeen {
+        QueueSeen {
+            incarnation: self.incarnation,
+            declares: self.declares,
+        }
+    }
 }
 
 /// A binding of a queue, or of another exchange, to an exchange.
@@ -324,10 +353,14 @@ pub enum MetadataCommand {
     /// With `exclusive_on`, only while the queue is exclusive to that node's connections
     /// (its connection ended there): the log may have dropped it since (the node went
     /// silent) and another connection declared the name.
+    /// With `if_unchanged` (a delete by the queue's own rule), only while the queue is
+    /// what its leader saw when the rule fired ([`QueueSeen`]).
     DeleteQueue {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exclusive_on: Option<NodeId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_unchanged: Option<QueueSeen>,
     },
     /// Records that `leader` leads replicated queue `name` now: its replicated log elected
     /// it (issue #21), and nodes holding no replica route the queue's operations to it.
@@ -400,6 +433,8 @@ pub enum MetadataError {
     UnknownToken(String),
     #[error("queue {0:?} is exclusive to a connection on another node")]
     QueueLocked(String),
+    #[error("queue {0:?} was declared again since its own rule deleted it")]
+    QueueDeclaredAgain(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -691,7 +726,11 @@ impl MetadataState {
                         && queue.transient == *transient
                         && queue.exclusive_on == *exclusive_on
                     {
-                        return Ok(MetadataResult::Placed(vec![queue.placement.clone()]));
+                        let placement = queue.placement.clone();
+                        if let Some(queue) = self.queues.get_mut(name) {
+                            queue.declares += 1;
+                        }
+                        return Ok(MetadataResult::Placed(vec![placement]));
                     }
                     return Err(MetadataError::QueueDiffers(name.clone()));
                 }
@@ -722,6 +761,7 @@ impl MetadataState {
                         incarnation,
                         transient: *transient,
                         exclusive_on: *exclusive_on,
+                        declares: 0,
                     },
                 );
                 Ok(MetadataResult::Placed(vec![placed]))
@@ -740,7 +780,11 @@ impl MetadataState {
                 placement.leader = *leader;
                 Ok(MetadataResult::Done)
             }
-            MetadataCommand::DeleteQueue { name, exclusive_on } => {
+            MetadataCommand::DeleteQueue {
+                name,
+                exclusive_on,
+                if_unchanged,
+            } => {
                 let queue = self
                     .queues
                     .get(name)
@@ -748,6 +792,9 @@ impl MetadataState {
                 if exclusive_on.is_some() && queue.exclusive_on != *exclusive_on {
                     // Not that node's connection's queue any more: none of its to delete.
                     return Err(MetadataError::UnknownQueue(name.clone()));
+                }
+                if if_unchanged.is_some_and(|seen| seen != queue.seen()) {
+                    return Err(MetadataError::QueueDeclaredAgain(name.clone()));
                 }
                 self.remove_queue(name);
                 Ok(MetadataResult::Done)
@@ -1347,6 +1394,7 @@ mod tests {
         let closed = |node| MetadataCommand::DeleteQueue {
             name: "amq.gen-x".into(),
             exclusive_on: Some(node),
+            if_unchanged: None,
         };
         assert_eq!(
             state.apply(&closed(3)),
@@ -1365,6 +1413,67 @@ mod tests {
         let mut state = kept;
         state.apply(&MetadataCommand::RemoveNode { node_id: 2 });
         assert!(state.queues.is_empty() && state.bindings.is_empty());
+    }
+
+    #[test]
+    fn a_delete_by_a_queues_own_rule_yields_to_a_declare_it_did_not_see() {
+        let mut state = MetadataState::default();
+        let declare = MetadataCommand::DeclareQueue {
+            name: "q".into(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+            incarnated: true,
+            transient: false,
+            exclusive_on: None,
+        };
+        let by_rule = |seen: QueueSeen| MetadataCommand::DeleteQueue {
+            name: "q".into(),
+            exclusive_on: None,
+            if_unchanged: Some(seen),
+        };
+        state.apply(&declare);
+        // The rule fires on the leader; a client's declare lands in the log before the
+        // rule's delete: the delete is refused, and the client's queue stays.
+        let seen = state.queues["q"].seen();
+        assert_eq!(
+            state.apply(&declare),
+            MetadataResult::Placed(vec![state.queues["q"].placement.clone()])
+        );
+        assert_eq!(state.queues["q"].declares, 1);
+        assert_eq!(
+            state.apply(&by_rule(seen)),
+            MetadataResult::Refused(MetadataError::QueueDeclaredAgain("q".into()))
+        );
+        assert!(state.queues.contains_key("q"));
+        // Deleted and declared anew (another incarnation, no declares since): refused too.
+        let stale = state.queues["q"].seen();
+        state.apply(&MetadataCommand::DeleteQueue {
+            name: "q".into(),
+            exclusive_on: None,
+            if_unchanged: None,
+        });
+        state.apply(&declare);
+        assert_eq!(state.queues["q"].declares, 0);
+        assert_eq!(
+            state.apply(&by_rule(stale)),
+            MetadataResult::Refused(MetadataError::QueueDeclaredAgain("q".into()))
+        );
+        // Nothing since the rule fired: the delete applies.
+        let seen = state.queues["q"].seen();
+        assert_eq!(state.apply(&by_rule(seen)), MetadataResult::Done);
+        assert!(!state.queues.contains_key("q"));
+        // An entry of an earlier build (no `if_unchanged`) deletes as before, and a queue
+        // of a snapshot from before `declares` reads 0.
+        let old: MetadataCommand = serde_json::from_str(r#"{"DeleteQueue":{"name":"q"}}"#)
+            .expect("an older entry decodes");
+        assert_eq!(
+            old,
+            MetadataCommand::DeleteQueue {
+                name: "q".into(),
+                exclusive_on: None,
+                if_unchanged: None
+            }
+        );
     }
 
     #[test]
@@ -1400,12 +1509,14 @@ mod tests {
         state.apply(&MetadataCommand::DeleteQueue {
             name: "q".into(),
             exclusive_on: None,
+            if_unchanged: None,
         });
         state.apply(&declare(&[]));
         assert_eq!(state.queues["q"].incarnation, 3);
         state.apply(&MetadataCommand::DeleteQueue {
             name: "q".into(),
             exclusive_on: None,
+            if_unchanged: None,
         });
         state.apply(&declare(&[("x-max-length", "5")]));
         assert_eq!(state.queues["q"].incarnation, 4);
@@ -1514,6 +1625,7 @@ mod tests {
         state.apply(&MetadataCommand::DeleteQueue {
             name: "q".into(),
             exclusive_on: None,
+            if_unchanged: None,
         });
         assert!(state.bindings.is_empty());
         assert_eq!(
@@ -1570,6 +1682,7 @@ mod tests {
         state.apply(&MetadataCommand::DeleteQueue {
             name: "dst".into(),
             exclusive_on: None,
+            if_unchanged: None,
         });
         assert_eq!(state.bindings, vec![binding.clone()]);
         // A queue binding's JSON has no flag; an exchange binding's has it.

@@ -423,6 +423,7 @@ impl Broker {
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
             exclusive_on: exclusive.then(|| cluster.node_id()),
+            if_unchanged: None,
         };
         if let Err(error) = Self::propose_definition(cluster, command).await {
             tracing::warn!(queue = name, %error, "a deleted queue stays in the cluster's metadata");
@@ -451,6 +452,7 @@ impl Broker {
         let command = MetadataCommand::DeleteQueue {
             name: name.to_string(),
             exclusive_on: None,
+            if_unchanged: None,
         };
         let in_metadata = Self::propose_delete(cluster, command)
             .await
@@ -1038,7 +1040,9 @@ impl Broker {
             // A transient queue's copy is gone whenever its node restarts: at this node's
             // first pass it is declared again (empty) even though this node followed it, and
             // the log's bindings to it are made again (they were not stored). Later, one
-            // missing here was deleted here (auto-delete, expiry) and the log is being told.
+            // missing here was deleted here and the log is being told (a delete through
+            // this node, which the log took first; a queue's own rule asks the log before
+            // anything is deleted, `QueueCluster::delete_by_rule`).
             let lost = restarted && queue.transient && !self.queues.exists(name);
             if lost {
                 followed
@@ -1118,6 +1122,7 @@ impl Broker {
                 let command = MetadataCommand::DeleteQueue {
                     name: name.clone(),
                     exclusive_on: Some(cluster.node_id()),
+                    if_unchanged: None,
                 };
                 match Self::propose_definition(cluster, command).await {
                     Ok(_) => tracing::info!(

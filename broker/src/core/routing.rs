@@ -25,11 +25,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::cluster::metadata::{MetadataCommand, MetadataState};
+use crate::cluster::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState};
 use crate::cluster::raft::Cluster;
+use crate::cluster::raft::Proposed;
 use crate::config::{parse_host_port, ListenerKind};
 use crate::groups::offsets::OFFSETS_TOPIC;
-use crate::queue::remote::{CallFuture, QueueCluster};
+use crate::queue::remote::{CallFuture, QueueCluster, RuleFuture};
 use crate::streams::StreamError;
 
 use super::Broker;
@@ -375,29 +376,43 @@ impl QueueCluster for QueuePlacement {
         })
     }
 
-    fn deleted_by_rule(&self, queue: &str) {
-        if !self.cluster.applied().state.queues.contains_key(queue) {
-            // A queue only this node has (made before it joined, or deleted from the log
-            // already).
-            return;
-        }
+    fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture> {
+        // What the log holds of it as the rule fires: a declare applied after this is one
+        // the rule did not see, and keeps the queue.
+        let seen = self.cluster.applied().state.queues.get(queue)?.seen();
         let cluster = self.cluster.clone();
         let name = queue.to_string();
-        tokio::spawn(async move {
+        Some(Box::pin(async move {
             let command = MetadataCommand::DeleteQueue {
                 name: name.clone(),
                 exclusive_on: None,
+                if_unchanged: Some(seen),
             };
             match cluster.propose(command).await {
-                Ok(_) => tracing::info!(
-                    queue = name,
-                    "a queue deleted by its own rule is dropped from the cluster's metadata"
-                ),
+                Ok(Proposed {
+                    result: MetadataResult::Refused(MetadataError::QueueDeclaredAgain(_)),
+                    ..
+                }) => {
+                    tracing::info!(
+                        queue = name,
+                        "a queue its own rule would delete was declared again: it stays"
+                    );
+                    false
+                }
+                // Dropped now, or by another delete before it.
+                Ok(_) => {
+                    tracing::info!(
+                        queue = name,
+                        "a queue deleted by its own rule is dropped from the cluster's metadata"
+                    );
+                    true
+                }
                 Err(error) => {
-                    tracing::warn!(queue = name, %error, "a queue deleted by its own rule stays in the cluster's metadata; the other nodes keep their copies")
+                    tracing::warn!(queue = name, %error, "a queue its own rule would delete stays: the cluster's metadata did not drop it");
+                    false
                 }
             }
-        });
+        }))
     }
 }
 

@@ -1239,14 +1239,36 @@ impl QueueManager {
         }
     }
 
-    /// Deletes a queue by its own rule (auto-delete, `x-expires`) and tells the cluster, if
-    /// any, so a queue its metadata log holds is dropped on every node.
+    /// Deletes a queue by its own rule (auto-delete, `x-expires`), here at once when no
+    /// metadata log holds it. In a cluster the metadata log decides first, behind the caller
+    /// ([`QueueCluster::delete_by_rule`]): once it drops the queue every node's follower
+    /// deletes its copy, this one's too; when it keeps the queue (declared again since),
+    /// the queue counts as used again (`expires-ms` starts over).
     pub(crate) async fn delete_by_rule(&self, queue: &str) -> Result<(), QueueError> {
-        self.delete_queue(queue).await?;
-        if let Some(cluster) = self.cluster.get() {
-            cluster.deleted_by_rule(queue);
-        }
+        let Some(decision) = self
+            .cluster
+            .get()
+            .and_then(|cluster| cluster.delete_by_rule(queue))
+        else {
+            return self.delete_queue(queue).await;
+        };
+        let manager = self.myself.clone();
+        let name = queue.to_string();
+        tokio::spawn(async move {
+            let dropped = decision.await;
+            if let (false, Some(manager)) = (dropped, manager.upgrade()) {
+                manager.touch(&name);
+            }
+        });
         Ok(())
+    }
+
+    /// Counts `queue` as used now (`expires-ms` starts over), if this node runs its task.
+    fn touch(&self, queue: &str) {
+        if let Some(handle) = self.lock_unrouted().queues.get(queue) {
+            // A full command channel means the queue is busy, and so in use, anyway.
+            let _ = handle.sender.try_send(Command::Control(Control::Touch));
+        }
     }
 
     /// Whether connection `session` owns an exclusive queue.

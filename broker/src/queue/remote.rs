@@ -85,11 +85,20 @@ pub trait QueueCluster: Send + Sync + Debug + 'static {
     fn leader_elsewhere(&self, queue: &str) -> Option<u64>;
     /// Sends `request` (JSON of a [`RemoteCall`]) to `node` and waits for its answer.
     fn call(&self, node: u64, request: String, timeout: Duration) -> CallFuture<'_>;
-    /// `queue` was deleted on this node by its own rule (auto-delete after its last
-    /// consumer, `x-expires`): a queue the metadata log holds is to be dropped from it, so
-    /// the other nodes delete their copies. Returns at once; the change is made behind.
-    fn deleted_by_rule(&self, queue: &str);
+    /// `queue`'s own rule (auto-delete after its last consumer, `x-expires`) decided to
+    /// delete it on this node, its leader. `None` when the metadata log does not hold it
+    /// (this node's alone: the caller deletes it). Otherwise the log decides first: the
+    /// future proposes a delete that applies only if nobody declared the queue since this
+    /// call (a client's declare-ok between the rule and the delete keeps the queue), and
+    /// answers whether the log dropped it (every node's follower then deletes its copy,
+    /// this node's too). Not dropped (declared again, or the proposal failed): the queue
+    /// stays.
+    fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture>;
 }
+
+/// The metadata log's answer to a queue's own rule ([`QueueCluster::delete_by_rule`]):
+/// whether it dropped the queue.
+pub type RuleFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 
 /// A queue command for the queue's leader.
 #[derive(Debug, Serialize, Deserialize)]

@@ -968,7 +968,12 @@ impl QueueTask {
                     tracing::warn!(queue = self.name, %error, "settling dead-lettered messages failed");
                 }
             }
-            Control::Touch => self.last_used_ms = self.clock.now_ms(),
+            Control::Touch => {
+                // A use: an expiry that fired and was not carried out (the cluster's
+                // metadata kept the queue) may fire again.
+                self.last_used_ms = self.clock.now_ms();
+                self.expired = false;
+            }
             Control::Stop(consumer, reply) => {
                 self.state.stop_consumer(consumer);
                 // Dropping the sender ends the consumer's channel after what it holds.
