@@ -187,6 +187,9 @@ pub struct Broker {
     cluster_follow: tokio::sync::Mutex<cluster_sync::LocalSteps>,
     /// The topics this node created from the metadata log (issue #20, `core/routing.rs`).
     followed_topics: std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>,
+    /// The incarnation of each queue this node's copy is, as its follower last recorded it
+    /// (shared with the queues' cluster seam, `routing::QueuePlacement`).
+    followed_queues: routing::FollowedQueues,
     /// Each partition's gate for transactional batches and markers (issue #21,
     /// `core/txn_markers.rs`).
     txn_gates: txn_markers::TxnGates,
@@ -312,6 +315,7 @@ impl Broker {
             cluster_expected: !config.cluster_peers.is_empty(),
             cluster_follow: tokio::sync::Mutex::default(),
             followed_topics: std::sync::RwLock::new(Arc::default()),
+            followed_queues: routing::FollowedQueues::default(),
             txn_gates: txn_markers::TxnGates::default(),
             coordination: coordination::Coordination::default(),
         };

@@ -352,6 +352,14 @@ async fn an_auto_delete_queue_is_deleted_by_its_leader_and_dropped_from_the_log(
         node2.exists("auto-q"),
         "the log decides, and the follower deletes the copy"
     );
+    // Meanwhile the queue takes no consumer: it is being deleted.
+    assert!(
+        matches!(
+            node2.subscribe("auto-q", 1).await,
+            Err(QueueError::UnknownQueue(_))
+        ),
+        "a consumer of a queue the log is dropping"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,4 +389,18 @@ async fn an_expiry_the_log_refuses_keeps_the_queue_and_fires_again_once_unused_a
     }
     assert_eq!(asked(), 2, "the expiry fired again once unused again");
     assert!(node2.exists("exp-q"));
+    // Kept, it takes consumers again.
+    while asked() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut subscribed = node2.subscribe("exp-q", 1).await;
+    for _ in 0..20 {
+        if subscribed.is_ok() {
+            break;
+        }
+        // Asked just now: reopened once the log's answer is in.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        subscribed = node2.subscribe("exp-q", 1).await;
+    }
+    assert!(subscribed.is_ok(), "a kept queue takes consumers again");
 }

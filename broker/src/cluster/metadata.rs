@@ -341,6 +341,11 @@ pub enum MetadataCommand {
         arguments: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "is_false")]
         incarnated: bool,
+        /// Counts in the existing queue's [`QueueMeta::declares`] (every proposer since
+        /// 2026-12-07's second build): entries of earlier builds count on no node, so a
+        /// node that replays them and one that has them in a snapshot agree.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counted: bool,
         /// A transient queue ([`QueueMeta::transient`]); absent (false) for a durable one.
         #[serde(default, skip_serializing_if = "is_false")]
         transient: bool,
@@ -715,6 +720,7 @@ impl MetadataState {
                 replication_factor,
                 arguments,
                 incarnated,
+                counted,
                 transient,
                 exclusive_on,
             } => {
@@ -727,7 +733,7 @@ impl MetadataState {
                         && queue.exclusive_on == *exclusive_on
                     {
                         let placement = queue.placement.clone();
-                        if let Some(queue) = self.queues.get_mut(name) {
+                        if let (true, Some(queue)) = (*counted, self.queues.get_mut(name)) {
                             queue.declares += 1;
                         }
                         return Ok(MetadataResult::Placed(vec![placement]));
@@ -1180,6 +1186,7 @@ mod tests {
             replication_factor: 2,
             arguments: BTreeMap::from([("replication-factor".into(), "2".into())]),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         });
@@ -1306,6 +1313,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            counted: true,
             transient,
             exclusive_on: None,
         };
@@ -1349,6 +1357,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::from([("exclusive".into(), "true".into())]),
             incarnated: true,
+            counted: true,
             transient: true,
             exclusive_on,
         };
@@ -1423,6 +1432,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         };
@@ -1474,6 +1484,19 @@ mod tests {
                 if_unchanged: None
             }
         );
+        // A declare of an earlier build (no `counted`) counts on no node: one that replays
+        // it and one that has it in an older build's snapshot agree.
+        state.apply(&declare);
+        let old: MetadataCommand = serde_json::from_str(
+            r#"{"DeclareQueue":{"name":"q","replication_factor":1,"arguments":{},"incarnated":true}}"#,
+        )
+        .expect("an older declare decodes");
+        assert!(matches!(
+            old,
+            MetadataCommand::DeclareQueue { counted: false, .. }
+        ));
+        state.apply(&old);
+        assert_eq!(state.queues["q"].declares, 0);
     }
 
     #[test]
@@ -1487,6 +1510,7 @@ mod tests {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         };
@@ -1502,6 +1526,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         });
@@ -1590,6 +1615,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         });
@@ -1657,6 +1683,7 @@ mod tests {
             replication_factor: 1,
             arguments: BTreeMap::new(),
             incarnated: true,
+            counted: true,
             transient: false,
             exclusive_on: None,
         });

@@ -117,7 +117,10 @@ impl Broker {
                 })
             }));
             self.queues
-                .attach_cluster(Arc::new(super::routing::QueuePlacement::new(cluster)));
+                .attach_cluster(Arc::new(super::routing::QueuePlacement::new(
+                    cluster,
+                    self.followed_queues.clone(),
+                )));
         }
     }
 

@@ -375,6 +375,7 @@ impl Broker {
             replication_factor: args.replication_factor.unwrap_or(1),
             arguments: pairs.iter().cloned().collect(),
             incarnated: true,
+            counted: true,
             transient: durability == Durability::Transient,
             exclusive_on: owner.map(|_| cluster.node_id()),
         };
@@ -919,12 +920,15 @@ impl Broker {
         }
     }
 
-    /// Shows routing the topics this node created from the log.
+    /// Shows routing the topics this node created from the log, and the queues' cluster
+    /// seam which incarnation each queue's copy here is.
     fn publish_followed(&self, followed: &Followed) {
         *self
             .followed_topics
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(followed.topics.clone());
+        self.followed_queues
+            .publish(followed.queue_incarnations.clone());
     }
 
     /// One pass: creates what the log holds and this node lacks, deletes what the log

@@ -340,13 +340,47 @@ impl Broker {
 #[derive(Debug)]
 pub(crate) struct QueuePlacement {
     cluster: Cluster,
+    followed: FollowedQueues,
 }
 
 impl QueuePlacement {
-    pub(crate) fn new(cluster: Cluster) -> QueuePlacement {
-        QueuePlacement { cluster }
+    pub(crate) fn new(cluster: Cluster, followed: FollowedQueues) -> QueuePlacement {
+        QueuePlacement { cluster, followed }
     }
 }
+
+/// Which incarnation of each queue this node's copy is, as the metadata follower last
+/// recorded it (`Followed::queue_incarnations`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FollowedQueues(
+    Arc<std::sync::RwLock<Arc<std::collections::BTreeMap<String, u64>>>>,
+);
+
+impl FollowedQueues {
+    /// Replaces the record (the follower, after a pass).
+    pub(crate) fn publish(&self, incarnations: std::collections::BTreeMap<String, u64>) {
+        *self.0.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(incarnations);
+    }
+
+    /// The incarnation `queue`'s copy here was recorded as, if any.
+    fn incarnation(&self, queue: &str) -> Option<u64> {
+        self.0
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(queue)
+            .copied()
+    }
+}
+
+/// How often a delete by a queue's own rule is proposed again after a failure (no metadata
+/// leader), and the pause before each: the delete is conditional, so a declare since still
+/// refuses it.
+const RULE_DELETE_RETRIES: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+];
 
 impl QueueCluster for QueuePlacement {
     fn node_id(&self) -> u64 {
@@ -380,6 +414,15 @@ impl QueueCluster for QueuePlacement {
         // What the log holds of it as the rule fires: a declare applied after this is one
         // the rule did not see, and keeps the queue.
         let seen = self.cluster.applied().state.queues.get(queue)?.seen();
+        if self
+            .followed
+            .incarnation(queue)
+            .is_some_and(|copy| copy != seen.incarnation)
+        {
+            // The copy whose rule fired is of an incarnation the log deleted: the next
+            // follower pass replaces it, and the log's queue is not this rule's to delete.
+            return Some(Box::pin(std::future::ready(false)));
+        }
         let cluster = self.cluster.clone();
         let name = queue.to_string();
         Some(Box::pin(async move {
@@ -388,28 +431,37 @@ impl QueueCluster for QueuePlacement {
                 exclusive_on: None,
                 if_unchanged: Some(seen),
             };
-            match cluster.propose(command).await {
-                Ok(Proposed {
-                    result: MetadataResult::Refused(MetadataError::QueueDeclaredAgain(_)),
-                    ..
-                }) => {
-                    tracing::info!(
-                        queue = name,
-                        "a queue its own rule would delete was declared again: it stays"
-                    );
-                    false
-                }
-                // Dropped now, or by another delete before it.
-                Ok(_) => {
-                    tracing::info!(
-                        queue = name,
-                        "a queue deleted by its own rule is dropped from the cluster's metadata"
-                    );
-                    true
-                }
-                Err(error) => {
-                    tracing::warn!(queue = name, %error, "a queue its own rule would delete stays: the cluster's metadata did not drop it");
-                    false
+            let mut pauses = RULE_DELETE_RETRIES.iter();
+            loop {
+                match cluster.propose(command.clone()).await {
+                    Ok(Proposed {
+                        result: MetadataResult::Refused(MetadataError::QueueDeclaredAgain(_)),
+                        ..
+                    }) => {
+                        tracing::info!(
+                            queue = name,
+                            "a queue its own rule would delete was declared again: it stays"
+                        );
+                        return false;
+                    }
+                    // Dropped now, or by another delete before it.
+                    Ok(_) => {
+                        tracing::info!(
+                            queue = name,
+                            "a queue deleted by its own rule is dropped from the cluster's metadata"
+                        );
+                        return true;
+                    }
+                    Err(error) => match pauses.next() {
+                        Some(pause) => {
+                            tracing::debug!(queue = name, %error, "a queue's own rule's delete waits for the cluster's metadata");
+                            tokio::time::sleep(*pause).await;
+                        }
+                        None => {
+                            tracing::warn!(queue = name, %error, "a queue its own rule would delete stays: the cluster's metadata did not drop it");
+                            return false;
+                        }
+                    },
                 }
             }
         }))

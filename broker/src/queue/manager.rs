@@ -614,9 +614,11 @@ impl QueueManager {
                     )));
                 }
                 return if existing.args == args && existing.durability == durability {
-                    // A redeclare counts as a use of the queue (`expires-ms`); a full command
-                    // channel means the queue is busy, and so in use, anyway.
-                    let _ = existing.sender.try_send(Command::Control(Control::Touch));
+                    // A redeclare counts as a use of the queue (`expires-ms`), at its leader
+                    // (whose copy decides expiry); a full command channel means the queue is
+                    // busy, and so in use, anyway.
+                    let sender = self.redirect(name, existing.sender.clone());
+                    let _ = sender.try_send(Command::Control(Control::Touch));
                     Ok(())
                 } else {
                     Err(QueueError::DeclareMismatch(format!("queue {name:?}")))
@@ -1240,10 +1242,11 @@ impl QueueManager {
     }
 
     /// Deletes a queue by its own rule (auto-delete, `x-expires`), here at once when no
-    /// metadata log holds it. In a cluster the metadata log decides first, behind the caller
-    /// ([`QueueCluster::delete_by_rule`]): once it drops the queue every node's follower
-    /// deletes its copy, this one's too; when it keeps the queue (declared again since),
-    /// the queue counts as used again (`expires-ms` starts over).
+    /// metadata log holds it. In a cluster the metadata log decides first, behind the
+    /// caller ([`QueueCluster::delete_by_rule`]): the queue takes no consumer meanwhile
+    /// (one that came since the rule fired keeps it); once the log drops it every node's
+    /// follower deletes its copy, this one's too; when the log keeps it (declared again
+    /// since), it takes consumers again and counts as used (`expires-ms` starts over).
     pub(crate) async fn delete_by_rule(&self, queue: &str) -> Result<(), QueueError> {
         let Some(decision) = self
             .cluster
@@ -1252,23 +1255,29 @@ impl QueueManager {
         else {
             return self.delete_queue(queue).await;
         };
-        let manager = self.myself.clone();
-        let name = queue.to_string();
+        let sender = self.local_sender(queue)?;
+        let (reply, answer) = oneshot::channel();
+        let unused = DeleteConditions {
+            if_unused: true,
+            if_empty: false,
+        };
+        let retired = sender
+            .send(Command::Control(Control::Retire(unused, reply)))
+            .await
+            .is_ok()
+            && matches!(answer.await, Ok(Ok(_)));
+        if !retired {
+            // In use again (or gone): the decision is never asked for.
+            let _ = sender.send(Command::Control(Control::Touch)).await;
+            return Ok(());
+        }
         tokio::spawn(async move {
-            let dropped = decision.await;
-            if let (false, Some(manager)) = (dropped, manager.upgrade()) {
-                manager.touch(&name);
+            if !decision.await {
+                let _ = sender.send(Command::Control(Control::Reopen)).await;
+                let _ = sender.send(Command::Control(Control::Touch)).await;
             }
         });
         Ok(())
-    }
-
-    /// Counts `queue` as used now (`expires-ms` starts over), if this node runs its task.
-    fn touch(&self, queue: &str) {
-        if let Some(handle) = self.lock_unrouted().queues.get(queue) {
-            // A full command channel means the queue is busy, and so in use, anyway.
-            let _ = handle.sender.try_send(Command::Control(Control::Touch));
-        }
     }
 
     /// Whether connection `session` owns an exclusive queue.
