@@ -130,6 +130,11 @@ pub struct BrokerConfig {
     pub cluster_election_timeout_ms: u64,
     /// The metadata log is snapshotted after this many applied entries.
     pub cluster_snapshot_entries: u64,
+    /// How often a node hands each replicated partition it leads to the partition's
+    /// preferred replica when that one is in sync (Kafka's
+    /// `leader.imbalance.check.interval.seconds` with `auto.leader.rebalance.enable`),
+    /// ms; 0: never.
+    pub leader_rebalance_interval_ms: u64,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -246,6 +251,7 @@ impl Default for BrokerConfig {
             cluster_heartbeat_ms: 100,
             cluster_election_timeout_ms: 400,
             cluster_snapshot_entries: 1_000,
+            leader_rebalance_interval_ms: 300_000,
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -488,6 +494,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "cluster_snapshot_entries",
             config.cluster_snapshot_entries.to_string(),
             "the metadata log is snapshotted after this many applied entries (at least 1)",
+        ),
+        key(
+            "leader_rebalance_interval_ms",
+            config.leader_rebalance_interval_ms.to_string(),
+            "how often a node hands each replicated partition it leads back to its preferred replica once that one is in sync (Kafka's automatic preferred leader election), ms; 0: never",
         ),
         key(
             "connections_max",
@@ -750,6 +761,7 @@ struct FileConfig {
     cluster_heartbeat_ms: Option<u64>,
     cluster_election_timeout_ms: Option<u64>,
     cluster_snapshot_entries: Option<u64>,
+    leader_rebalance_interval_ms: Option<u64>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -856,6 +868,9 @@ impl BrokerConfig {
         self.cleaner_backoff_ms = file
             .cleaner_backoff_ms
             .unwrap_or(defaults.cleaner_backoff_ms);
+        self.leader_rebalance_interval_ms = file
+            .leader_rebalance_interval_ms
+            .unwrap_or(defaults.leader_rebalance_interval_ms);
         self.cleaner_dedupe_buffer_bytes = file
             .cleaner_dedupe_buffer_bytes
             .unwrap_or(defaults.cleaner_dedupe_buffer_bytes);

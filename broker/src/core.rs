@@ -168,6 +168,8 @@ pub struct Broker {
     alarm: alarm::Alarms,
     clock: Arc<dyn Clock>,
     retention_check_interval_ms: u64,
+    /// `leader_rebalance_interval_ms` (zero: never).
+    leader_rebalance_interval: Duration,
     cleaner: crate::streams::compaction::CleanerSettings,
     /// Users, failed logins (issue #18).
     auth: auth_ops::AuthState,
@@ -301,6 +303,7 @@ impl Broker {
             ),
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
+            leader_rebalance_interval: Duration::from_millis(config.leader_rebalance_interval_ms),
             cleaner: crate::streams::compaction::CleanerSettings {
                 backoff: Duration::from_millis(config.cleaner_backoff_ms.max(10)),
                 dedupe_buffer_bytes: usize::try_from(config.cleaner_dedupe_buffer_bytes)

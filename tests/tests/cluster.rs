@@ -2822,3 +2822,125 @@ fn users_tokens_and_acls_made_on_one_node_are_in_force_on_every_node() {
         logs_in(&address, "ops", "ops-pw") && !logs_in(&address, "bob", "bob-two")
     });
 }
+
+/// Each partition's preferred replica (the placement's first) and its leader as `wharf
+/// topic describe` on `broker` shows them, by partition.
+fn preferred_and_leaders(broker: &str, topic: &str) -> Vec<(Option<u64>, Option<u64>)> {
+    let described = described(broker, topic);
+    described["partitions"]
+        .as_array()
+        .map(|partitions| {
+            partitions
+                .iter()
+                .map(|partition| {
+                    (
+                        partition["replicas"][0].as_u64(),
+                        partition["leader"].as_u64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn leaders_go_back_to_their_preferred_replicas_once_a_returning_node_is_in_sync() {
+    // Goal: issue #20's "leaders spread too" after a failure. When a node dies, the
+    // partitions it led are led by the others; once it is back and in sync, each node hands
+    // the partitions it leads back to their preferred replica (Kafka's automatic preferred
+    // leader election; openraft 0.9 has no leadership transfer, `Replica::hand_over`
+    // stops the leader's writes and heartbeats for a lease and has the successor call an
+    // election). Method: three nodes checking every second, a topic of three partitions
+    // with three replicas each (one preferred leader per node); records written before
+    // the SIGKILL, while the node is down and after it returns are all read back.
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut nodes = three_nodes_with_config(root.path(), "leader_rebalance_interval_ms = 1000\n");
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let topic = "spread";
+    assert_done(
+        &wharf(
+            &addresses[0],
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                "3",
+                "--replication-factor",
+                "3",
+            ],
+            "",
+        ),
+        "create the topic",
+    );
+    let led_by_preferred = |broker: &str| {
+        let seen = preferred_and_leaders(broker, topic);
+        seen.len() == 3
+            && seen
+                .iter()
+                .all(|(preferred, leader)| preferred.is_some() && preferred == leader)
+    };
+    eventually("every partition led by its preferred replica", || {
+        led_by_preferred(&addresses[0])
+    });
+    let preferred: Vec<u64> = preferred_and_leaders(&addresses[0], topic)
+        .iter()
+        .filter_map(|(preferred, _)| *preferred)
+        .collect();
+    let mut spread = preferred.clone();
+    spread.sort_unstable();
+    assert_eq!(
+        spread,
+        [1, 2, 3],
+        "one preferred leader per node: {preferred:?}"
+    );
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
+    assert_acked_in_order(&written, 0, 100, "before the SIGKILL");
+
+    // Partition 0's preferred leader dies: its partitions are led by the others.
+    let killed_id = preferred[0];
+    let killed = usize::try_from(killed_id - 1).expect("a node index");
+    let survivor = (killed + 1) % 3;
+    nodes[killed].kill();
+    eventually("the partitions of the killed node led elsewhere", || {
+        let seen = preferred_and_leaders(&addresses[survivor], topic);
+        seen.len() == 3
+            && seen
+                .iter()
+                .all(|(_, leader)| leader.is_some_and(|id| id != killed_id))
+    });
+    let written = replicated_client(&["produce", &kafka[survivor], topic, "100", "100"]);
+    assert_acked_in_order(&written, 100, 100, "while the node is down");
+
+    // Back and caught up, it leads its preferred partition again, through every node's eyes.
+    nodes[killed].restart();
+    let returned_at = Instant::now();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    eventually("every partition led by its preferred replica again", || {
+        addresses.iter().all(|address| led_by_preferred(address))
+    });
+    eprintln!(
+        "leaders back on their preferred replicas {} ms after node {killed_id}'s restart",
+        returned_at.elapsed().as_millis()
+    );
+    let leaders: Vec<i32> = native_leaders(&addresses[0], topic);
+    let wanted: Vec<i32> = preferred
+        .iter()
+        .map(|id| i32::try_from(*id).expect("an id"))
+        .collect();
+    assert_eq!(
+        leaders, wanted,
+        "native metadata names the preferred leaders"
+    );
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let written = replicated_client(&["produce", &kafka[killed], topic, "200", "100"]);
+    assert_acked_in_order(&written, 200, 100, "after the hand-over");
+    let read = replicated_client(&["consume", &kafka[1], topic, "300"]);
+    let wanted: Vec<(u64, String)> = (0..300).map(|index| (index, format!("v{index}"))).collect();
+    let mut got = offsets_and_values(&read, "read");
+    got.sort();
+    assert_eq!(got, wanted, "every acknowledged record, once");
+}

@@ -313,6 +313,9 @@ pub enum ReplicaRpc {
         #[serde(with = "bytes_field")]
         records: Bytes,
     },
+    /// The leader hands its leadership over ([`Replica::hand_over`]): the member calls an
+    /// election now.
+    Elect,
 }
 
 /// The answer to a [`ReplicaRpc`].
@@ -328,6 +331,8 @@ pub enum ReplicaReply {
     Position(i64),
     /// To `Stage`: kept, or why not.
     Staged(Result<(), String>),
+    /// To `Elect`: called, or why not.
+    Elect(Result<(), String>),
     /// The node has no member of the group (not started yet, or not a replica).
     Unknown(String),
 }
@@ -1309,6 +1314,11 @@ pub struct Replica {
     sync: Arc<Mutex<SyncTracker>>,
     /// Shared with its network: a follower needs a newer snapshot.
     snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// Its network, for the calls openraft does not make ([`ReplicaRpc::Elect`]).
+    network: ReplicaNetwork,
+    /// Set while this member hands its leadership over ([`Replica::hand_over`]): it
+    /// answers as a member without a leader and takes no write.
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -1387,6 +1397,7 @@ impl Replica {
             snapshot_wanted: snapshot_wanted.clone(),
         };
         let staging = machine.clone();
+        let calls = network.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| stopped(&e))?;
@@ -1403,6 +1414,8 @@ impl Replica {
             heard,
             sync: Arc::default(),
             snapshot_wanted,
+            network: calls,
+            handing_over: Arc::default(),
         })
     }
 
@@ -1480,6 +1493,9 @@ impl Replica {
         let leader = metrics.current_leader?;
         if leader != self.node_id || !LEASE_CHECKED.load(std::sync::atomic::Ordering::Relaxed) {
             return Some(leader);
+        }
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
         }
         let lease = u64::try_from(self.timing.election_max.as_millis()).unwrap_or(u64::MAX);
         metrics
@@ -1702,6 +1718,120 @@ impl Replica {
         Ok(())
     }
 
+    /// Hands this member's leadership to voter `to`, which must have every entry of the
+    /// leader's log. openraft 0.9 has no leadership transfer, and a follower refuses to
+    /// vote while it heard a leader within the lease (the longest election timeout), so:
+    /// this member stops taking writes ([`Replica::submit`] answers `NotLeader`) and stops
+    /// its heartbeats; once `to` has every entry and a lease has passed with nothing sent,
+    /// `to` calls an election ([`ReplicaRpc::Elect`]), which the other followers grant
+    /// (their own elections start only a lease plus an election timeout after they last
+    /// heard the leader, so `to` is first); its first AppendEntries deposes this member.
+    /// Writes are refused for about one lease and a round trip. Whatever the outcome,
+    /// heartbeats and writes resume (as leader when `to` was not elected).
+    ///
+    /// # Errors
+    /// `NotLeader` on a member that does not lead; `TimedOut` when `to` did not catch up
+    /// or was not elected in time; `Stopped` when `to` is not a voter or cannot be reached.
+    pub async fn hand_over(&self, to: NodeId) -> std::result::Result<(), ReplicaError> {
+        use std::sync::atomic::Ordering;
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let (addr, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let addr = membership
+                .voter_ids()
+                .any(|id| id == to)
+                .then(|| membership.get_node(&to).map(|node| node.addr.clone()))
+                .flatten();
+            (addr, metrics.current_term)
+        };
+        let Some(addr) = addr.filter(|_| to != self.node_id) else {
+            return Err(ReplicaError::Stopped(format!(
+                "node {to} is not another voter of group {}",
+                self.group
+            )));
+        };
+        if self.handing_over.swap(true, Ordering::AcqRel) {
+            return Err(ReplicaError::TimedOut(format!(
+                "group {} is already being handed over",
+                self.group
+            )));
+        }
+        let runtime = self.raft.runtime_config();
+        runtime.heartbeat(false);
+        let outcome = self.elect_successor(to, addr, term).await;
+        runtime.heartbeat(true);
+        self.handing_over.store(false, Ordering::Release);
+        outcome
+    }
+
+    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped.
+    async fn elect_successor(
+        &self,
+        to: NodeId,
+        addr: String,
+        term: u64,
+    ) -> std::result::Result<(), ReplicaError> {
+        let lease = self.timing.election_max;
+        // What was submitted before the writes stopped reaches `to` first.
+        let caught_up = self
+            .raft
+            .wait(Some(lease))
+            .metrics(
+                move |metrics| {
+                    let last = metrics.last_log_index;
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&to))
+                        .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last)
+                },
+                "the successor has every entry",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(ReplicaError::TimedOut(format!(
+                "node {to} did not catch up with group {} within {} ms",
+                self.group,
+                lease.as_millis()
+            )));
+        }
+        // A lease with nothing sent: the followers' leases lapse (the last entry's commit
+        // may travel in one more AppendEntries, so a heartbeat more).
+        tokio::time::sleep(lease + self.timing.heartbeat).await;
+        let connection = ReplicaConnection {
+            network: self.network.clone(),
+            target: to,
+            addr,
+        };
+        match connection.call(ReplicaRpc::Elect, lease).await {
+            Ok(ReplicaReply::Elect(Ok(()))) => {}
+            Ok(ReplicaReply::Elect(Err(reason))) => return Err(ReplicaError::Stopped(reason)),
+            Ok(other) => return Err(ReplicaError::Stopped(format!("unexpected reply {other:?}"))),
+            Err(unreachable) => return Err(ReplicaError::Stopped(unreachable.to_string())),
+        }
+        let elected = self
+            .raft
+            .wait(Some(lease * 2))
+            .metrics(
+                move |metrics| metrics.current_term > term && metrics.current_leader == Some(to),
+                "the successor leads",
+            )
+            .await;
+        elected.map(|_| ()).map_err(|_| {
+            ReplicaError::TimedOut(format!(
+                "node {to} was not elected leader of group {} within {} ms",
+                self.group,
+                (lease * 2).as_millis()
+            ))
+        })
+    }
+
     /// The applied state's position on this node.
     pub fn position(&self) -> i64 {
         self.applier.position()
@@ -1733,6 +1863,9 @@ impl Replica {
             return Err(ReplicaError::TooLarge {
                 bytes: command.len(),
             });
+        }
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ReplicaError::NotLeader { leader: None });
         }
         let limit = self.timing.election_max * 10;
         let node_id = self.node_id;
@@ -1803,6 +1936,13 @@ impl Replica {
                 ReplicaReply::Snapshot(installed)
             }
             ReplicaRpc::Position => ReplicaReply::Position(self.applier.position()),
+            ReplicaRpc::Elect => ReplicaReply::Elect(
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|error| error.to_string()),
+            ),
             ReplicaRpc::Stage { from, to, records } => {
                 let _staging = self.staging.lock().await;
                 ReplicaReply::Staged(

@@ -38,7 +38,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::cluster::metadata::{MetadataCommand, MetadataResult, MetadataState, NodeId};
+use crate::cluster::metadata::{
+    MetadataCommand, MetadataResult, MetadataState, NodeId, INTERNAL_TOPIC_PREFIX,
+};
 use crate::cluster::raft::{Cluster, Timing};
 use crate::cluster::replica::{Applier, GroupName, Replica, ReplicaError};
 use crate::cluster::store::Io;
@@ -1082,6 +1084,10 @@ impl Broker {
         // When this node last proposed each partition's in-sync replicas.
         let mut recorded: std::collections::HashMap<(String, u32), std::time::Instant> =
             std::collections::HashMap::new();
+        // Automatic preferred leader election: when this node last looked, and whether its
+        // hand-overs of the last look are still under way.
+        let mut rebalanced_at = std::time::Instant::now();
+        let handing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
@@ -1089,6 +1095,10 @@ impl Broker {
             // Leaders first: they route clients. In-sync sets after, each at most once
             // a second per partition.
             let mut in_sync_changes = Vec::new();
+            let rebalance = !self.leader_rebalance_interval.is_zero()
+                && rebalanced_at.elapsed() >= self.leader_rebalance_interval
+                && !handing.load(std::sync::atomic::Ordering::Acquire);
+            let mut hand_overs = Vec::new();
             for (name, topic) in &state.topics {
                 for (index, set) in topic.partitions.iter().enumerate() {
                     let Ok(partition) = u32::try_from(index) else {
@@ -1114,6 +1124,16 @@ impl Broker {
                         let in_sync = in_sync_set(this, &status, set);
                         if set.in_sync.as_ref() != Some(&in_sync) {
                             in_sync_changes.push((name.clone(), partition, in_sync));
+                        }
+                        if rebalance && !name.starts_with(INTERNAL_TOPIC_PREFIX) {
+                            if let Some(preferred) = preferred_successor(this, &status, set) {
+                                hand_overs.push((
+                                    replica.clone(),
+                                    name.clone(),
+                                    partition,
+                                    preferred,
+                                ));
+                            }
                         }
                         continue;
                     }
@@ -1188,12 +1208,61 @@ impl Broker {
                 }
             }
             recorded.retain(|_, at| at.elapsed() < IN_SYNC_RECORD_EVERY);
+            if rebalance {
+                rebalanced_at = std::time::Instant::now();
+                if !hand_overs.is_empty() {
+                    handing.store(true, std::sync::atomic::Ordering::Release);
+                    tokio::spawn(hand_over_all(hand_overs, handing.clone()));
+                }
+            }
             tokio::select! {
                 () = tokio::time::sleep(LEADER_CHECK_EVERY) => {}
                 _ = shutdown.changed() => return,
             }
         }
     }
+}
+
+/// The node a replicated partition led by `this` goes back to: its preferred replica
+/// (`replicas[0]`) when that is another node, in sync, lacking no entry, and the set is not
+/// moving. Kafka's automatic preferred leader election, without its imbalance threshold:
+/// every such partition is handed over.
+fn preferred_successor(
+    this: NodeId,
+    status: &crate::cluster::replica::ReplicaStatus,
+    set: &crate::cluster::metadata::Replicas,
+) -> Option<NodeId> {
+    let preferred = *set.replicas.first()?;
+    let ready = status.followers.iter().any(|follower| {
+        follower.node == preferred && follower.in_sync && follower.lag_entries == 0
+    });
+    (preferred != this && set.moving_to.is_none() && ready).then_some(preferred)
+}
+
+/// Hands each partition over to its preferred replica, one after another (each stops the
+/// partition's writes for about a lease: one at a time keeps the rest writable).
+async fn hand_over_all(
+    hand_overs: Vec<(Replica, String, u32, NodeId)>,
+    handing: Arc<std::sync::atomic::AtomicBool>,
+) {
+    for (replica, topic, partition, to) in hand_overs {
+        match replica.hand_over(to).await {
+            Ok(()) => tracing::info!(
+                %topic,
+                partition,
+                to,
+                "handed the partition's leadership back to its preferred replica"
+            ),
+            Err(error) => tracing::info!(
+                %topic,
+                partition,
+                to,
+                %error,
+                "the partition's leadership stays here for now"
+            ),
+        }
+    }
+    handing.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// How long a node taking a replica in a move has to catch up with its group before the
