@@ -996,6 +996,12 @@ impl BrokerConfig {
                 self.cluster_election_timeout_ms, self.cluster_heartbeat_ms
             )));
         }
+        if (1..1_000).contains(&self.leader_rebalance_interval_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "leader_rebalance_interval_ms ({}) must be 0 (never) or at least 1000: each hand-over pauses a partition's writes for about a second",
+                self.leader_rebalance_interval_ms
+            )));
+        }
         if self.cluster_snapshot_entries == 0 {
             return Err(ConfigError::Invalid(
                 "cluster_snapshot_entries must be at least 1".to_string(),

@@ -314,8 +314,9 @@ pub enum ReplicaRpc {
         records: Bytes,
     },
     /// The leader hands its leadership over ([`Replica::hand_over`]): the member calls an
-    /// election now.
-    Elect,
+    /// election now, if `leader` still leads `term` in its view (a late request after the
+    /// hand-over gave up deposes nobody).
+    Elect { term: u64, leader: NodeId },
 }
 
 /// The answer to a [`ReplicaRpc`].
@@ -1290,6 +1291,44 @@ async fn initialize_group(
     }
 }
 
+/// A hand-over under way ([`Replica::hand_over`]): writes refused and heartbeats off until
+/// it is dropped, however the hand-over ends.
+struct HandOver<'a> {
+    replica: &'a Replica,
+}
+
+impl<'a> HandOver<'a> {
+    /// Stops writes and heartbeats; `None` when a hand-over is under way already.
+    fn begin(replica: &'a Replica) -> Option<HandOver<'a>> {
+        if replica
+            .handing_over
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return None;
+        }
+        replica.raft.runtime_config().heartbeat(false);
+        Some(HandOver { replica })
+    }
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        let raft = &self.replica.raft;
+        raft.runtime_config().heartbeat(true);
+        self.replica
+            .handing_over
+            .store(false, std::sync::atomic::Ordering::Release);
+        // Heard at once: a follower whose lease lapsed must not call an election of its
+        // own when the hand-over failed.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let raft = raft.clone();
+            runtime.spawn(async move {
+                let _ = raft.trigger().heartbeat().await;
+            });
+        }
+    }
+}
+
 /// One node's member of a replicated log's group: the seam the broker calls.
 #[derive(Clone)]
 pub struct Replica {
@@ -1487,15 +1526,21 @@ impl Replica {
     /// acknowledged it within the leader's lease (the longest election timeout): a leader
     /// cut off from its followers stops serving before they elect another, and its clients
     /// go looking for the new one instead of waiting on writes that cannot commit.
+    /// While it hands its leadership over ([`Replica::hand_over`]) it names no leader.
     pub fn leader(&self) -> Option<NodeId> {
+        let leader = self.leader_by_lease()?;
+        let handing_over = self.handing_over.load(std::sync::atomic::Ordering::Acquire);
+        (leader != self.node_id || !handing_over).then_some(leader)
+    }
+
+    /// [`Replica::leader`] without the hand-over: openraft's leader, this node only within
+    /// its lease.
+    fn leader_by_lease(&self) -> Option<NodeId> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         if leader != self.node_id || !LEASE_CHECKED.load(std::sync::atomic::Ordering::Relaxed) {
             return Some(leader);
-        }
-        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
         }
         let lease = u64::try_from(self.timing.election_max.as_millis()).unwrap_or(u64::MAX);
         metrics
@@ -1608,9 +1653,11 @@ impl Replica {
 
     /// Resolves once this node no longer leads the group (it stepped down, or lost its
     /// majority's acknowledgements for longer than the lease).
+    /// A hand-over under way does not count: the writes it let through are answered as they
+    /// commit.
     pub async fn deposed(&self) {
         let mut metrics = self.raft.metrics();
-        while self.is_leader() {
+        while self.leader_by_lease() == Some(self.node_id) {
             if metrics.changed().await.is_err() {
                 return;
             }
@@ -1733,7 +1780,6 @@ impl Replica {
     /// `NotLeader` on a member that does not lead; `TimedOut` when `to` did not catch up
     /// or was not elected in time; `Stopped` when `to` is not a voter or cannot be reached.
     pub async fn hand_over(&self, to: NodeId) -> std::result::Result<(), ReplicaError> {
-        use std::sync::atomic::Ordering;
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
@@ -1756,21 +1802,29 @@ impl Replica {
                 self.group
             )));
         };
-        if self.handing_over.swap(true, Ordering::AcqRel) {
+        // Answering now: a member that went silent would be asked in vain, and the pause
+        // would last until a third member's own election.
+        let answering = lock(&self.heard)
+            .get(&to)
+            .is_some_and(|at| at.elapsed() <= self.timing.heartbeat * 2);
+        if !answering {
+            return Err(ReplicaError::TimedOut(format!(
+                "node {to} did not answer group {}'s last heartbeats",
+                self.group
+            )));
+        }
+        let Some(_pause) = HandOver::begin(self) else {
             return Err(ReplicaError::TimedOut(format!(
                 "group {} is already being handed over",
                 self.group
             )));
-        }
-        let runtime = self.raft.runtime_config();
-        runtime.heartbeat(false);
-        let outcome = self.elect_successor(to, addr, term).await;
-        runtime.heartbeat(true);
-        self.handing_over.store(false, Ordering::Release);
-        outcome
+        };
+        self.elect_successor(to, addr, term).await
     }
 
-    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped.
+    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped. Timed to end
+    /// before any follower's own election could start (a lease plus the shortest election
+    /// timeout after it last heard this leader, a heartbeat before the pause at worst).
     async fn elect_successor(
         &self,
         to: NodeId,
@@ -1778,38 +1832,54 @@ impl Replica {
         term: u64,
     ) -> std::result::Result<(), ReplicaError> {
         let lease = self.timing.election_max;
+        let heartbeat = self.timing.heartbeat;
         // What was submitted before the writes stopped reaches `to` first.
+        let matched = move |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let last = metrics.last_log_index;
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&to))
+                .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last)
+        };
         let caught_up = self
             .raft
             .wait(Some(lease))
-            .metrics(
-                move |metrics| {
-                    let last = metrics.last_log_index;
-                    metrics
-                        .replication
-                        .as_ref()
-                        .and_then(|replication| replication.get(&to))
-                        .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last)
-                },
-                "the successor has every entry",
-            )
+            .metrics(matched, "the successor has every entry")
             .await;
-        if caught_up.is_err() {
+        let Ok(caught_up) = caught_up else {
             return Err(ReplicaError::TimedOut(format!(
                 "node {to} did not catch up with group {} within {} ms",
                 self.group,
                 lease.as_millis()
             )));
-        }
+        };
+        let last = caught_up.last_log_index;
         // A lease with nothing sent: the followers' leases lapse (the last entry's commit
-        // may travel in one more AppendEntries, so a heartbeat more).
-        tokio::time::sleep(lease + self.timing.heartbeat).await;
+        // may travel in one more AppendEntries right after, hence the margin).
+        tokio::time::sleep(lease + heartbeat / 4).await;
+        {
+            // A write that passed the flag just before it was set, appended since, would
+            // have refreshed the leases and left `to` behind: not this time.
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.last_log_index != last || !matched(&metrics) {
+                return Err(ReplicaError::TimedOut(format!(
+                    "group {} took a write while it was handed over",
+                    self.group
+                )));
+            }
+        }
         let connection = ReplicaConnection {
             network: self.network.clone(),
             target: to,
             addr,
         };
-        match connection.call(ReplicaRpc::Elect, lease).await {
+        let elect = ReplicaRpc::Elect {
+            term,
+            leader: self.node_id,
+        };
+        match connection.call(elect, heartbeat / 2).await {
             Ok(ReplicaReply::Elect(Ok(()))) => {}
             Ok(ReplicaReply::Elect(Err(reason))) => return Err(ReplicaError::Stopped(reason)),
             Ok(other) => return Err(ReplicaError::Stopped(format!("unexpected reply {other:?}"))),
@@ -1817,7 +1887,7 @@ impl Replica {
         }
         let elected = self
             .raft
-            .wait(Some(lease * 2))
+            .wait(Some(heartbeat / 2))
             .metrics(
                 move |metrics| metrics.current_term > term && metrics.current_leader == Some(to),
                 "the successor leads",
@@ -1825,9 +1895,8 @@ impl Replica {
             .await;
         elected.map(|_| ()).map_err(|_| {
             ReplicaError::TimedOut(format!(
-                "node {to} was not elected leader of group {} within {} ms",
-                self.group,
-                (lease * 2).as_millis()
+                "node {to} was not elected leader of group {} in time",
+                self.group
             ))
         })
     }
@@ -1936,13 +2005,26 @@ impl Replica {
                 ReplicaReply::Snapshot(installed)
             }
             ReplicaRpc::Position => ReplicaReply::Position(self.applier.position()),
-            ReplicaRpc::Elect => ReplicaReply::Elect(
-                self.raft
-                    .trigger()
-                    .elect()
-                    .await
-                    .map_err(|error| error.to_string()),
-            ),
+            ReplicaRpc::Elect { term, leader } => {
+                let current = {
+                    let metrics = self.raft.metrics();
+                    let metrics = metrics.borrow();
+                    (metrics.current_term, metrics.current_leader)
+                };
+                if current != (term, Some(leader)) {
+                    return ReplicaReply::Elect(Err(format!(
+                        "node {} does not see node {leader} lead term {term} (term {}, leader {:?})",
+                        self.node_id, current.0, current.1
+                    )));
+                }
+                ReplicaReply::Elect(
+                    self.raft
+                        .trigger()
+                        .elect()
+                        .await
+                        .map_err(|error| error.to_string()),
+                )
+            }
             ReplicaRpc::Stage { from, to, records } => {
                 let _staging = self.staging.lock().await;
                 ReplicaReply::Staged(

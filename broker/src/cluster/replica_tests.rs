@@ -870,6 +870,23 @@ fn a_leader_hands_its_leadership_to_a_chosen_follower() {
         );
         net.down.lock().unwrap().remove(&down);
         assert_eq!(wait_for_leader(&nodes).await, leader);
+        // A late Elect (for a term or a leader the member no longer sees) deposes nobody.
+        let term = nodes[&leader].replica.leader_and_term().expect("a leader").1;
+        for (term, named) in [(term - 1, leader), (term, down)] {
+            let answer = nodes[&down]
+                .replica
+                .serve(super::ReplicaRpc::Elect {
+                    term,
+                    leader: named,
+                })
+                .await;
+            assert!(
+                matches!(answer, super::ReplicaReply::Elect(Err(_))),
+                "a stale Elect answered {answer:?}"
+            );
+        }
+        tokio::time::sleep(timing().election_max).await;
+        assert_eq!(wait_for_leader(&nodes).await, leader);
         write_all(&nodes, &values("last", 1)).await;
         for node in nodes.values() {
             node.replica.shutdown().await;

@@ -1125,15 +1125,11 @@ impl Broker {
                         if set.in_sync.as_ref() != Some(&in_sync) {
                             in_sync_changes.push((name.clone(), partition, in_sync));
                         }
-                        if rebalance && !name.starts_with(INTERNAL_TOPIC_PREFIX) {
-                            if let Some(preferred) = preferred_successor(this, &status, set) {
-                                hand_overs.push((
-                                    replica.clone(),
-                                    name.clone(),
-                                    partition,
-                                    preferred,
-                                ));
-                            }
+                        if rebalance
+                            && !name.starts_with(INTERNAL_TOPIC_PREFIX)
+                            && preferred_successor(this, &status, set).is_some()
+                        {
+                            hand_overs.push((replica.clone(), name.clone(), partition));
                         }
                         continue;
                     }
@@ -1212,7 +1208,12 @@ impl Broker {
                 rebalanced_at = std::time::Instant::now();
                 if !hand_overs.is_empty() {
                     handing.store(true, std::sync::atomic::Ordering::Release);
-                    tokio::spawn(hand_over_all(hand_overs, handing.clone()));
+                    tokio::spawn(hand_over_all(
+                        cluster.clone(),
+                        hand_overs,
+                        moving.clone(),
+                        handing.clone(),
+                    ));
                 }
             }
             tokio::select! {
@@ -1224,28 +1225,65 @@ impl Broker {
 }
 
 /// The node a replicated partition led by `this` goes back to: its preferred replica
-/// (`replicas[0]`) when that is another node, in sync, lacking no entry, and the set is not
-/// moving. Kafka's automatic preferred leader election, without its imbalance threshold:
-/// every such partition is handed over.
+/// (`replicas[0]`) when that is another node, in sync, and the set is not moving. Kafka's
+/// automatic preferred leader election, without its imbalance threshold: every such
+/// partition is handed over. (The hand-over itself waits until it has every entry.)
 fn preferred_successor(
     this: NodeId,
     status: &crate::cluster::replica::ReplicaStatus,
     set: &crate::cluster::metadata::Replicas,
 ) -> Option<NodeId> {
     let preferred = *set.replicas.first()?;
-    let ready = status.followers.iter().any(|follower| {
-        follower.node == preferred && follower.in_sync && follower.lag_entries == 0
-    });
-    (preferred != this && set.moving_to.is_none() && ready).then_some(preferred)
+    let in_sync = status
+        .followers
+        .iter()
+        .any(|follower| follower.node == preferred && follower.in_sync);
+    (preferred != this && set.moving_to.is_none() && in_sync).then_some(preferred)
+}
+
+/// Clears the "hand-overs under way" flag however [`hand_over_all`] ends.
+struct Handing(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Hands each partition over to its preferred replica, one after another (each stops the
-/// partition's writes for about a lease: one at a time keeps the rest writable).
+/// partition's writes for about a lease: one at a time keeps the rest writable). Each is
+/// looked at again just before its turn, as the metadata and its member show it then: a
+/// partition that started moving (`moving_to`, or its move still under way here), that this
+/// node no longer leads, or whose preferred replica fell out of sync stays as it is.
 async fn hand_over_all(
-    hand_overs: Vec<(Replica, String, u32, NodeId)>,
+    cluster: Cluster,
+    hand_overs: Vec<(Replica, String, u32)>,
+    moving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     handing: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    for (replica, topic, partition, to) in hand_overs {
+    let _handing = Handing(handing);
+    let this = cluster.node_id();
+    for (replica, topic, partition) in hand_overs {
+        let state = cluster.applied().state;
+        let Some(set) = state
+            .topics
+            .get(&topic)
+            .filter(|meta| meta.topic_id == replica.instance())
+            .and_then(|meta| meta.partitions.get(usize::try_from(partition).ok()?))
+        else {
+            continue;
+        };
+        let group = group_name(&topic, partition);
+        let moving_here = moving
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(&group);
+        if set.leader != this || moving_here || !replica.is_leader() {
+            continue;
+        }
+        let Some(to) = preferred_successor(this, &replica.status(), set) else {
+            continue;
+        };
         match replica.hand_over(to).await {
             Ok(()) => tracing::info!(
                 %topic,
@@ -1262,7 +1300,6 @@ async fn hand_over_all(
             ),
         }
     }
-    handing.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// How long a node taking a replica in a move has to catch up with its group before the
