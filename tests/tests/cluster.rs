@@ -2875,6 +2875,29 @@ fn leaders_go_back_to_their_preferred_replicas_once_a_returning_node_is_in_sync(
         ),
         "create the topic",
     );
+    // A queue with three replicas, for the second half.
+    assert_done(
+        &wharf(
+            &addresses[1],
+            &[
+                "queue",
+                "declare",
+                "lead-q",
+                "--durable",
+                "--replication-factor",
+                "3",
+            ],
+            "",
+        ),
+        "declare the queue",
+    );
+    // A rebalance first: its plan names each set's preferred leader (the least-leading
+    // replica), and the same state gives the same plan later, so the queue's preferred
+    // replica is the same after the second rebalance below.
+    assert_done(
+        &wharf(&addresses[0], &["cluster", "rebalance"], ""),
+        "the first wharf cluster rebalance",
+    );
     let led_by_preferred = |broker: &str| {
         let seen = preferred_and_leaders(broker, topic);
         seen.len() == 3
@@ -2943,4 +2966,76 @@ fn leaders_go_back_to_their_preferred_replicas_once_a_returning_node_is_in_sync(
     let mut got = offsets_and_values(&read, "read");
     got.sort();
     assert_eq!(got, wanted, "every acknowledged record, once");
+
+    // A replicated queue's leader stays where its election put it (a new leader cancels
+    // the queue's consumers) until `wharf cluster rebalance` asks, as RabbitMQ's
+    // `rabbitmq-queues rebalance`: then it goes back to its preferred replica. The HTTP
+    // queue shows its members (the preferred first) and its leader, as RabbitMQ's
+    // management API does.
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    let members_and_leader = |http: &str| {
+        let (status, answer) = integration_tests::http_get(http, "/api/v1/queues/lead-q", None);
+        assert_eq!(status, 200, "{answer}");
+        let queue = http_json(&answer);
+        (
+            queue["members"][0].as_u64(),
+            queue["members"].as_array().map_or(0, Vec::len),
+            queue["leader"].as_u64(),
+        )
+    };
+    let (preferred, count, _) = members_and_leader(&http[0]);
+    let preferred = preferred.expect("the queue's members");
+    assert_eq!(count, 3, "three members");
+    integration_tests::wharf_ok(&addresses[0], &["publish", "", "lead-q"], "a\nb\nc\n");
+    let at = usize::try_from(preferred - 1).expect("a node index");
+    if members_and_leader(&http[at]).2 == Some(preferred) {
+        nodes[at].kill();
+        let other = (at + 1) % 3;
+        eventually("the queue led by another node", || {
+            members_and_leader(&http[other])
+                .2
+                .is_some_and(|leader| leader != preferred)
+        });
+        nodes[at].restart();
+    }
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let other = (at + 1) % 3;
+    eventually("the queue's preferred replica back in sync", || {
+        let leader = members_and_leader(&http[other]).2;
+        leader.is_some_and(|leader| {
+            let leader_http = &http[usize::try_from(leader - 1).expect("a node index")];
+            let metrics = integration_tests::http_get(leader_http, "/metrics", None).1;
+            metrics.contains(&format!(
+                "wharf_queue_replica_in_sync{{queue=\"lead-q\",replica=\"{preferred}\"}} 1"
+            ))
+        })
+    });
+    // Three preferred-leader checks of the partitions go by: the queue stays.
+    std::thread::sleep(Duration::from_secs(3));
+    let leader = members_and_leader(&http[other]).2;
+    assert!(
+        leader.is_some_and(|leader| leader != preferred),
+        "a queue's leader moves only when asked: {leader:?}"
+    );
+    assert_done(
+        &wharf(&addresses[other], &["cluster", "rebalance"], ""),
+        "wharf cluster rebalance",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last: Vec<_> = http.iter().map(|http| members_and_leader(http)).collect();
+        if last
+            .iter()
+            .all(|(first, _, leader)| *first == Some(preferred) && *leader == Some(preferred))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never led by its preferred replica {preferred} on every node: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_ready(&http[other], "lead-q"), 3, "its messages stayed");
 }

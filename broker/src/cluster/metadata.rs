@@ -503,6 +503,11 @@ pub struct MetadataState {
     /// from snapshots written before 2026-12-07.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub queue_incarnations: u64,
+    /// How many `Rebalance` commands were applied (`wharf cluster rebalance`): each one
+    /// asks every node to hand the replicated partitions and queues it leads back to their
+    /// preferred replicas now. Absent (0) before 2026-12-07's second build.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub leader_rebalances: u64,
     /// The test register.
     #[doc(hidden)]
     pub test_register: BTreeMap<String, u64>,
@@ -871,6 +876,7 @@ impl MetadataState {
             }
             MetadataCommand::Rebalance => {
                 self.rebalance(false);
+                self.leader_rebalances += 1;
                 Ok(MetadataResult::Moves(self.moves()))
             }
             MetadataCommand::ReplicasMoved {
@@ -1873,11 +1879,13 @@ mod tests {
             assert_eq!(set.hosts(4), set.moving_to.is_some());
             assert!(!set.initializes(4));
         }
-        // Asked again, the same plan: nothing new moves.
+        // Asked again, the same plan: nothing new moves. Each one asks the nodes to hand
+        // leaders back to the preferred replicas (`leader_rebalances`).
         assert_eq!(
             state.apply(&MetadataCommand::Rebalance),
             MetadataResult::Moves(moves.clone())
         );
+        assert_eq!((before.leader_rebalances, state.leader_rebalances), (0, 2));
         let moving = moves[0].partition.expect("a partition");
         assert_eq!(
             state.apply(&MetadataCommand::SetPartitionLeader {

@@ -871,7 +871,11 @@ fn a_leader_hands_its_leadership_to_a_chosen_follower() {
         net.down.lock().unwrap().remove(&down);
         assert_eq!(wait_for_leader(&nodes).await, leader);
         // A late Elect (for a term or a leader the member no longer sees) deposes nobody.
-        let term = nodes[&leader].replica.leader_and_term().expect("a leader").1;
+        let term = nodes[&leader]
+            .replica
+            .leader_and_term()
+            .expect("a leader")
+            .1;
         for (term, named) in [(term - 1, leader), (term, down)] {
             let answer = nodes[&down]
                 .replica

@@ -261,6 +261,22 @@ fn spawn_submitter(replica: Replica, queue: String, closed: Arc<AtomicBool>) -> 
 }
 
 impl Broker {
+    /// A queue's replicas (its preferred leader first) and its leader as this node knows
+    /// it, for a queue the cluster's metadata log holds (RabbitMQ's management API shows a
+    /// quorum queue's `members` and `leader`); `None` on a lone node or for a queue only
+    /// this node has.
+    pub fn queue_members(&self, name: &str) -> Option<(Vec<NodeId>, Option<NodeId>)> {
+        let cluster = self.replicated()?;
+        let applied = cluster.applied();
+        let queue = applied.state.queues.get(name)?;
+        let group = queue_group_name(name, queue.incarnation);
+        let leader = match cluster.replicas().get(&group) {
+            Some(replica) => replica.leader(),
+            None => Some(queue.placement.leader),
+        };
+        Some((queue.placement.replicas.clone(), leader))
+    }
+
     /// Starts this node's member of replicated queue `name` (defined by `queue`: placed on
     /// its replicas, led at first by its leader), unless it runs or the queue's copy here
     /// is not made yet.

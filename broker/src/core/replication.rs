@@ -1088,6 +1088,12 @@ impl Broker {
         // hand-overs of the last look are still under way.
         let mut rebalanced_at = std::time::Instant::now();
         let handing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        // `wharf cluster rebalance` (the metadata's count of them): partitions and queues
+        // go back to their preferred replicas now, looked at every few seconds for a while
+        // (a rebalance's moves finish first, and a returning replica must be in sync).
+        let mut rebalances_seen = cluster.applied().state.leader_rebalances;
+        let mut asked_until: Option<std::time::Instant> = None;
+        let mut asked_looked_at = std::time::Instant::now();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
@@ -1095,9 +1101,16 @@ impl Broker {
             // Leaders first: they route clients. In-sync sets after, each at most once
             // a second per partition.
             let mut in_sync_changes = Vec::new();
-            let rebalance = !self.leader_rebalance_interval.is_zero()
-                && rebalanced_at.elapsed() >= self.leader_rebalance_interval
-                && !handing.load(std::sync::atomic::Ordering::Acquire);
+            if state.leader_rebalances != rebalances_seen {
+                rebalances_seen = state.leader_rebalances;
+                asked_until = Some(std::time::Instant::now() + ASKED_REBALANCE_FOR);
+            }
+            let asked = asked_until.is_some_and(|until| std::time::Instant::now() < until)
+                && asked_looked_at.elapsed() >= ASKED_REBALANCE_EVERY;
+            let periodic = !self.leader_rebalance_interval.is_zero()
+                && rebalanced_at.elapsed() >= self.leader_rebalance_interval;
+            let rebalance =
+                (asked || periodic) && !handing.load(std::sync::atomic::Ordering::Acquire);
             let mut hand_overs = Vec::new();
             for (name, topic) in &state.topics {
                 for (index, set) in topic.partitions.iter().enumerate() {
@@ -1129,7 +1142,8 @@ impl Broker {
                             && !name.starts_with(INTERNAL_TOPIC_PREFIX)
                             && preferred_successor(this, &status, set).is_some()
                         {
-                            hand_overs.push((replica.clone(), name.clone(), partition));
+                            hand_overs
+                                .push((replica.clone(), Led::Partition(name.clone(), partition)));
                         }
                         continue;
                     }
@@ -1158,8 +1172,16 @@ impl Broker {
                     continue;
                 };
                 // Keeps the leader's in-sync record current (metrics read it).
-                replica.status();
-                if set.leader == this || !replica.is_leader() {
+                let status = replica.status();
+                if !replica.is_leader() {
+                    continue;
+                }
+                if set.leader == this {
+                    // Queues only when asked: a new leader cancels the queue's consumers
+                    // (RabbitMQ moves quorum queue leaders only when told to, too).
+                    if rebalance && asked && preferred_successor(this, &status, set).is_some() {
+                        hand_overs.push((replica.clone(), Led::Queue(name.clone())));
+                    }
                     continue;
                 }
                 let command = MetadataCommand::SetQueueLeader {
@@ -1205,7 +1227,22 @@ impl Broker {
             }
             recorded.retain(|_, at| at.elapsed() < IN_SYNC_RECORD_EVERY);
             if rebalance {
-                rebalanced_at = std::time::Instant::now();
+                if periodic {
+                    rebalanced_at = std::time::Instant::now();
+                }
+                if asked {
+                    asked_looked_at = std::time::Instant::now();
+                    // Done once nothing is left to hand over and no move is under way.
+                    let moving = state
+                        .topics
+                        .values()
+                        .flat_map(|topic| topic.partitions.iter())
+                        .chain(state.queues.values().map(|queue| &queue.placement))
+                        .any(|set| set.moving_to.is_some());
+                    if hand_overs.is_empty() && !moving {
+                        asked_until = None;
+                    }
+                }
                 if !hand_overs.is_empty() {
                     handing.store(true, std::sync::atomic::Ordering::Release);
                     tokio::spawn(hand_over_all(
@@ -1250,34 +1287,59 @@ impl Drop for Handing {
     }
 }
 
-/// Hands each partition over to its preferred replica, one after another (each stops the
-/// partition's writes for about a lease: one at a time keeps the rest writable). Each is
-/// looked at again just before its turn, as the metadata and its member show it then: a
-/// partition that started moving (`moving_to`, or its move still under way here), that this
-/// node no longer leads, or whose preferred replica fell out of sync stays as it is.
+/// A replicated log this node leads, to hand over.
+#[derive(Debug)]
+enum Led {
+    /// A topic's partition.
+    Partition(String, u32),
+    /// A queue.
+    Queue(String),
+}
+
+/// How long after a `wharf cluster rebalance` each node keeps looking for partitions and
+/// queues to hand back to their preferred replicas, at most: it stops at the first look
+/// that finds none to hand over while no move is under way.
+const ASKED_REBALANCE_FOR: Duration = Duration::from_secs(120);
+/// How often it looks meanwhile.
+const ASKED_REBALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Hands each partition or queue over to its preferred replica, one after another (each
+/// stops the log's writes for about a lease: one at a time keeps the rest writable). Each
+/// is looked at again just before its turn, as the metadata and its member show it then:
+/// one that started moving (`moving_to`, or its move still under way here), that this node
+/// no longer leads, or whose preferred replica fell out of sync stays as it is.
 async fn hand_over_all(
     cluster: Cluster,
-    hand_overs: Vec<(Replica, String, u32)>,
+    hand_overs: Vec<(Replica, Led)>,
     moving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     handing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let _handing = Handing(handing);
     let this = cluster.node_id();
-    for (replica, topic, partition) in hand_overs {
+    for (replica, led) in hand_overs {
         let state = cluster.applied().state;
-        let Some(set) = state
-            .topics
-            .get(&topic)
-            .filter(|meta| meta.topic_id == replica.instance())
-            .and_then(|meta| meta.partitions.get(usize::try_from(partition).ok()?))
-        else {
+        let set = match &led {
+            Led::Partition(topic, partition) => state
+                .topics
+                .get(topic)
+                .filter(|meta| meta.topic_id == replica.instance())
+                .and_then(|meta| meta.partitions.get(usize::try_from(*partition).ok()?)),
+            Led::Queue(name) => state
+                .queues
+                .get(name)
+                .filter(|queue| {
+                    super::queue_replication::queue_group_name(name, queue.incarnation)
+                        == replica.group()
+                })
+                .map(|queue| &queue.placement),
+        };
+        let Some(set) = set else {
             continue;
         };
-        let group = group_name(&topic, partition);
         let moving_here = moving
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .contains(&group);
+            .contains(replica.group());
         if set.leader != this || moving_here || !replica.is_leader() {
             continue;
         }
@@ -1286,17 +1348,15 @@ async fn hand_over_all(
         };
         match replica.hand_over(to).await {
             Ok(()) => tracing::info!(
-                %topic,
-                partition,
+                ?led,
                 to,
-                "handed the partition's leadership back to its preferred replica"
+                "handed the leadership back to the preferred replica"
             ),
-            Err(error) => tracing::info!(
-                %topic,
-                partition,
+            Err(error) => tracing::warn!(
+                ?led,
                 to,
                 %error,
-                "the partition's leadership stays here for now"
+                "the leadership stays here for now"
             ),
         }
     }

@@ -582,6 +582,27 @@ pub struct QueueDetail {
     pub delivered: u64,
     /// Messages settled since the broker started.
     pub settled: u64,
+    /// In a cluster: the nodes holding the queue, its preferred leader first (RabbitMQ's
+    /// `members`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<u64>>,
+    /// In a cluster: the node leading the queue as this node knows it (none during an
+    /// election).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+}
+
+impl QueueDetail {
+    /// The counts of `stats`, with the queue's members and leader in a cluster.
+    pub(crate) fn of(stats: QueueStats, broker: &crate::core::Broker) -> QueueDetail {
+        let members = broker.queue_members(&stats.name);
+        let mut detail = QueueDetail::from(stats);
+        if let Some((replicas, leader)) = members {
+            detail.members = Some(replicas);
+            detail.leader = leader;
+        }
+        detail
+    }
 }
 
 /// The queues.
@@ -615,6 +636,8 @@ impl From<QueueStats> for QueueDetail {
             published: stats.published,
             delivered: stats.delivered,
             settled: stats.settled,
+            members: None,
+            leader: None,
         }
     }
 }
@@ -630,7 +653,7 @@ async fn list_queues(
         .list_queues(&caller)
         .await
         .into_iter()
-        .map(QueueDetail::from)
+        .map(|stats| QueueDetail::of(stats, broker))
         .collect();
     Ok(Json(QueueList { queues }).into_response())
 }
@@ -649,7 +672,7 @@ async fn describe_queue(
         .into_iter()
         .find(|stats| stats.name == queue)
         .ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?;
-    Ok(Json(QueueDetail::from(stats)).into_response())
+    Ok(Json(QueueDetail::of(stats, broker)).into_response())
 }
 
 /// Removes every ready message of a queue.

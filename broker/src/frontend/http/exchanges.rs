@@ -115,7 +115,7 @@ pub async fn declare_queue(
         },
         Err(error) => return Err(error.into()),
     };
-    Ok(Json(QueueDetail::from(stats)).into_response())
+    Ok(Json(QueueDetail::of(stats, broker)).into_response())
 }
 
 /// Deletes a queue with its messages.
