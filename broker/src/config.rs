@@ -133,7 +133,7 @@ pub struct BrokerConfig {
     /// How often a node hands each replicated partition it leads to the partition's
     /// preferred replica when that one is in sync (Kafka's
     /// `leader.imbalance.check.interval.seconds` with `auto.leader.rebalance.enable`),
-    /// ms; 0: never.
+    /// ms; 0: only when `wharf cluster rebalance` asks.
     pub leader_rebalance_interval_ms: u64,
     /// Most client connections at once.
     pub connections_max: usize,
@@ -498,7 +498,7 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         key(
             "leader_rebalance_interval_ms",
             config.leader_rebalance_interval_ms.to_string(),
-            "how often a node hands each replicated partition it leads back to its preferred replica once that one is in sync (Kafka's automatic preferred leader election), ms; 0: never",
+            "how often a node hands each replicated partition it leads back to its preferred replica once that one is in sync (Kafka's automatic preferred leader election), ms; 0: only when `wharf cluster rebalance` asks; else at least 1000",
         ),
         key(
             "connections_max",

@@ -1268,6 +1268,10 @@ pub fn check_leases(on: bool) {
 /// second more per staged piece, which its install appends.
 const SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a hand-over waits for the group's writer in the core to stop
+/// ([`Replica::hand_over`]) before it gives up.
+const WRITER_STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// How many longest election timeouts a first member other than the placement's leader
 /// waits before it initializes a new group itself ([`Replica::found`]).
 pub const FOUNDING_WAIT_ELECTIONS: u32 = 4;
@@ -1291,14 +1295,17 @@ async fn initialize_group(
     }
 }
 
-/// A hand-over under way ([`Replica::hand_over`]): writes refused and heartbeats off until
-/// it is dropped, however the hand-over ends.
+/// A hand-over under way ([`Replica::hand_over`]): the member names no leader from its
+/// start, refuses writes and sends no heartbeat once paused, until it is dropped, however
+/// the hand-over ends.
 struct HandOver<'a> {
     replica: &'a Replica,
+    paused: bool,
 }
 
 impl<'a> HandOver<'a> {
-    /// Stops writes and heartbeats; `None` when a hand-over is under way already.
+    /// The member names no leader (its writer stops); `None` when a hand-over is under way
+    /// already.
     fn begin(replica: &'a Replica) -> Option<HandOver<'a>> {
         if replica
             .handing_over
@@ -1306,26 +1313,42 @@ impl<'a> HandOver<'a> {
         {
             return None;
         }
-        replica.raft.runtime_config().heartbeat(false);
-        Some(HandOver { replica })
+        Some(HandOver {
+            replica,
+            paused: false,
+        })
+    }
+
+    /// Writes refused, heartbeats off.
+    fn pause(&mut self) {
+        self.replica
+            .refusing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.replica.raft.runtime_config().heartbeat(false);
+        self.paused = true;
     }
 }
 
 impl Drop for HandOver<'_> {
     fn drop(&mut self) {
         let raft = &self.replica.raft;
-        raft.runtime_config().heartbeat(true);
+        if self.paused {
+            raft.runtime_config().heartbeat(true);
+            // Heard at once: a follower whose lease lapsed must not call an election of
+            // its own when the hand-over failed.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let raft = raft.clone();
+                runtime.spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
+        }
+        self.replica
+            .refusing
+            .store(false, std::sync::atomic::Ordering::Release);
         self.replica
             .handing_over
             .store(false, std::sync::atomic::Ordering::Release);
-        // Heard at once: a follower whose lease lapsed must not call an election of its
-        // own when the hand-over failed.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let raft = raft.clone();
-            runtime.spawn(async move {
-                let _ = raft.trigger().heartbeat().await;
-            });
-        }
     }
 }
 
@@ -1356,8 +1379,10 @@ pub struct Replica {
     /// Its network, for the calls openraft does not make ([`ReplicaRpc::Elect`]).
     network: ReplicaNetwork,
     /// Set while this member hands its leadership over ([`Replica::hand_over`]): it
-    /// answers as a member without a leader and takes no write.
+    /// answers as a member without a leader.
     handing_over: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while a hand-over pauses the group: no write is taken.
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -1455,6 +1480,7 @@ impl Replica {
             snapshot_wanted,
             network: calls,
             handing_over: Arc::default(),
+            refusing: Arc::default(),
         })
     }
 
@@ -1768,18 +1794,25 @@ impl Replica {
     /// Hands this member's leadership to voter `to`, which must have every entry of the
     /// leader's log. openraft 0.9 has no leadership transfer, and a follower refuses to
     /// vote while it heard a leader within the lease (the longest election timeout), so:
-    /// this member stops taking writes ([`Replica::submit`] answers `NotLeader`) and stops
-    /// its heartbeats; once `to` has every entry and a lease has passed with nothing sent,
-    /// `to` calls an election ([`ReplicaRpc::Elect`]), which the other followers grant
-    /// (their own elections start only a lease plus an election timeout after they last
-    /// heard the leader, so `to` is first); its first AppendEntries deposes this member.
-    /// Writes are refused for about one lease and a round trip. Whatever the outcome,
-    /// heartbeats and writes resume (as leader when `to` was not elected).
+    /// this member first names no leader and waits for `writer_stopped` (the core's writer
+    /// of the group, a replicated queue's task, stops on that, its own writes answered);
+    /// then it stops taking writes ([`Replica::submit`] answers `NotLeader`) and stops its
+    /// heartbeats; once `to` has every entry and a lease has passed with nothing sent, `to`
+    /// calls an election ([`ReplicaRpc::Elect`]), which the other followers grant (their
+    /// own elections start only a lease plus an election timeout after they last heard the
+    /// leader, so `to` is first); its first AppendEntries deposes this member. Writes are
+    /// refused for about one lease and a round trip. When `to` was not asked, heartbeats
+    /// and writes resume at once with this member leading.
     ///
     /// # Errors
-    /// `NotLeader` on a member that does not lead; `TimedOut` when `to` did not catch up
-    /// or was not elected in time; `Stopped` when `to` is not a voter or cannot be reached.
-    pub async fn hand_over(&self, to: NodeId) -> std::result::Result<(), ReplicaError> {
+    /// `NotLeader` on a member that does not lead; `TimedOut` when the writer did not stop,
+    /// `to` did not catch up, or no election followed; `Stopped` when `to` is not a voter,
+    /// cannot be reached or refused, or another member was elected.
+    pub async fn hand_over(
+        &self,
+        to: NodeId,
+        writer_stopped: impl Future<Output = ()>,
+    ) -> std::result::Result<(), ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
@@ -1813,18 +1846,30 @@ impl Replica {
                 self.group
             )));
         }
-        let Some(_pause) = HandOver::begin(self) else {
+        let Some(mut hand_over) = HandOver::begin(self) else {
             return Err(ReplicaError::TimedOut(format!(
                 "group {} is already being handed over",
                 self.group
             )));
         };
+        if tokio::time::timeout(WRITER_STOP_WAIT, writer_stopped)
+            .await
+            .is_err()
+        {
+            return Err(ReplicaError::TimedOut(format!(
+                "the writer of group {} did not stop within {} ms",
+                self.group,
+                WRITER_STOP_WAIT.as_millis()
+            )));
+        }
+        hand_over.pause();
         self.elect_successor(to, addr, term).await
     }
 
-    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped. Timed to end
-    /// before any follower's own election could start (a lease plus the shortest election
-    /// timeout after it last heard this leader, a heartbeat before the pause at worst).
+    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped. Timed so that
+    /// `to` is asked before any follower's own election could start (a lease plus the
+    /// shortest election timeout after it last heard this leader, a heartbeat before the
+    /// pause at worst).
     async fn elect_successor(
         &self,
         to: NodeId,
@@ -1833,7 +1878,8 @@ impl Replica {
     ) -> std::result::Result<(), ReplicaError> {
         let lease = self.timing.election_max;
         let heartbeat = self.timing.heartbeat;
-        // What was submitted before the writes stopped reaches `to` first.
+        // What was submitted before the writes stopped reaches `to` first; not for long,
+        // or the pause would outlast the followers' patience.
         let matched = move |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
             let last = metrics.last_log_index;
             metrics
@@ -1844,14 +1890,14 @@ impl Replica {
         };
         let caught_up = self
             .raft
-            .wait(Some(lease))
+            .wait(Some(heartbeat / 2))
             .metrics(matched, "the successor has every entry")
             .await;
         let Ok(caught_up) = caught_up else {
             return Err(ReplicaError::TimedOut(format!(
                 "node {to} did not catch up with group {} within {} ms",
                 self.group,
-                lease.as_millis()
+                (heartbeat / 2).as_millis()
             )));
         };
         let last = caught_up.last_log_index;
@@ -1885,20 +1931,29 @@ impl Replica {
             Ok(other) => return Err(ReplicaError::Stopped(format!("unexpected reply {other:?}"))),
             Err(unreachable) => return Err(ReplicaError::Stopped(unreachable.to_string())),
         }
-        let elected = self
+        // The election is under way: this member hears of the new term from the vote
+        // request or the winner's first AppendEntries (it does not lead again then, so
+        // resuming heartbeats after changes nothing); given a lease for it.
+        let moved_on = self
             .raft
-            .wait(Some(heartbeat / 2))
+            .wait(Some(lease))
             .metrics(
-                move |metrics| metrics.current_term > term && metrics.current_leader == Some(to),
-                "the successor leads",
+                move |metrics| metrics.current_term > term && metrics.current_leader.is_some(),
+                "a leader of a later term",
             )
             .await;
-        elected.map(|_| ()).map_err(|_| {
-            ReplicaError::TimedOut(format!(
-                "node {to} was not elected leader of group {} in time",
-                self.group
-            ))
-        })
+        match moved_on {
+            Ok(metrics) if metrics.current_leader == Some(to) => Ok(()),
+            Ok(metrics) => Err(ReplicaError::Stopped(format!(
+                "node {:?} was elected leader of group {} instead of node {to}",
+                metrics.current_leader, self.group
+            ))),
+            Err(_) => Err(ReplicaError::TimedOut(format!(
+                "no leader of a later term of group {} within {} ms",
+                self.group,
+                lease.as_millis()
+            ))),
+        }
     }
 
     /// The applied state's position on this node.
@@ -1933,7 +1988,7 @@ impl Replica {
                 bytes: command.len(),
             });
         }
-        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+        if self.refusing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ReplicaError::NotLeader { leader: None });
         }
         let limit = self.timing.election_max * 10;

@@ -839,10 +839,11 @@ fn a_leader_hands_its_leadership_to_a_chosen_follower() {
             let leader = wait_for_leader(&nodes).await;
             let to = leader % 3 + 1;
             let replica = &nodes[&leader].replica;
-            let (handed, during) = tokio::join!(replica.hand_over(to), async {
-                tokio::time::sleep(timing().heartbeat).await;
-                replica.write(Bytes::from("during")).await
-            });
+            let (handed, during) =
+                tokio::join!(replica.hand_over(to, std::future::ready(())), async {
+                    tokio::time::sleep(timing().heartbeat).await;
+                    replica.write(Bytes::from("during")).await
+                });
             handed.unwrap_or_else(|error| panic!("hand over from {leader} to {to}: {error}"));
             assert!(
                 matches!(during, Err(ReplicaError::NotLeader { .. })),
@@ -863,7 +864,10 @@ fn a_leader_hands_its_leadership_to_a_chosen_follower() {
         let leader = wait_for_leader(&nodes).await;
         let down = leader % 3 + 1;
         net.down.lock().unwrap().insert(down);
-        let outcome = nodes[&leader].replica.hand_over(down).await;
+        let outcome = nodes[&leader]
+            .replica
+            .hand_over(down, std::future::ready(()))
+            .await;
         assert!(
             outcome.is_err(),
             "a hand-over to a node that is down: {outcome:?}"

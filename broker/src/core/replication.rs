@@ -1091,9 +1091,14 @@ impl Broker {
         // `wharf cluster rebalance` (the metadata's count of them): partitions and queues
         // go back to their preferred replicas now, looked at every few seconds for a while
         // (a rebalance's moves finish first, and a returning replica must be in sync).
+        // (Read when this task starts: a rebalance applied later, even one the log held
+        // before this node restarted, is acted on; one applied before is not.)
         let mut rebalances_seen = cluster.applied().state.leader_rebalances;
         let mut asked_until: Option<std::time::Instant> = None;
         let mut asked_looked_at = std::time::Instant::now();
+        // Queues whose hand-over failed since the last ask: not tried again before the
+        // next (each try cancels the queue's consumers).
+        let given_up: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
@@ -1104,6 +1109,10 @@ impl Broker {
             if state.leader_rebalances != rebalances_seen {
                 rebalances_seen = state.leader_rebalances;
                 asked_until = Some(std::time::Instant::now() + ASKED_REBALANCE_FOR);
+                given_up
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .clear();
             }
             let asked = asked_until.is_some_and(|until| std::time::Instant::now() < until)
                 && asked_looked_at.elapsed() >= ASKED_REBALANCE_EVERY;
@@ -1179,7 +1188,15 @@ impl Broker {
                 if set.leader == this {
                     // Queues only when asked: a new leader cancels the queue's consumers
                     // (RabbitMQ moves quorum queue leaders only when told to, too).
-                    if rebalance && asked && preferred_successor(this, &status, set).is_some() {
+                    let tried = given_up
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .contains(&group);
+                    if rebalance
+                        && asked
+                        && !tried
+                        && preferred_successor(this, &status, set).is_some()
+                    {
                         hand_overs.push((replica.clone(), Led::Queue(name.clone())));
                     }
                     continue;
@@ -1232,23 +1249,17 @@ impl Broker {
                 }
                 if asked {
                     asked_looked_at = std::time::Instant::now();
-                    // Done once nothing is left to hand over and no move is under way.
-                    let moving = state
-                        .topics
-                        .values()
-                        .flat_map(|topic| topic.partitions.iter())
-                        .chain(state.queues.values().map(|queue| &queue.placement))
-                        .any(|set| set.moving_to.is_some());
-                    if hand_overs.is_empty() && !moving {
+                    if leaders_are_preferred(&state) {
                         asked_until = None;
                     }
                 }
                 if !hand_overs.is_empty() {
                     handing.store(true, std::sync::atomic::Ordering::Release);
                     tokio::spawn(hand_over_all(
+                        self.clone(),
                         cluster.clone(),
                         hand_overs,
-                        moving.clone(),
+                        (moving.clone(), given_up.clone()),
                         handing.clone(),
                     ));
                 }
@@ -1287,6 +1298,23 @@ impl Drop for Handing {
     }
 }
 
+/// Replicated logs by group name.
+type GroupSet = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Whether every replicated partition (internal topics aside) and queue is led by its
+/// preferred replica and none is moving: what `wharf cluster rebalance` asks for, as the
+/// metadata records it (so every node agrees when it is done).
+fn leaders_are_preferred(state: &MetadataState) -> bool {
+    state
+        .topics
+        .iter()
+        .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
+        .flat_map(|(_, topic)| topic.partitions.iter())
+        .chain(state.queues.values().map(|queue| &queue.placement))
+        .filter(|set| set.replicas.len() >= 2)
+        .all(|set| set.moving_to.is_none() && set.replicas.first() == Some(&set.leader))
+}
+
 /// A replicated log this node leads, to hand over.
 #[derive(Debug)]
 enum Led {
@@ -1309,9 +1337,10 @@ const ASKED_REBALANCE_EVERY: Duration = Duration::from_secs(2);
 /// one that started moving (`moving_to`, or its move still under way here), that this node
 /// no longer leads, or whose preferred replica fell out of sync stays as it is.
 async fn hand_over_all(
+    broker: Arc<Broker>,
     cluster: Cluster,
     hand_overs: Vec<(Replica, Led)>,
-    moving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    (moving, given_up): (GroupSet, GroupSet),
     handing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let _handing = Handing(handing);
@@ -1346,18 +1375,30 @@ async fn hand_over_all(
         let Some(to) = preferred_successor(this, &replica.status(), set) else {
             continue;
         };
-        match replica.hand_over(to).await {
+        // A queue's task stops once its member names no leader (its watcher), its own
+        // writes answered; a partition's writers are refused and retry.
+        let writer_stopped = async {
+            if let Led::Queue(name) = &led {
+                while broker.queues.leads_replicated(name) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        match replica.hand_over(to, writer_stopped).await {
             Ok(()) => tracing::info!(
                 ?led,
                 to,
                 "handed the leadership back to the preferred replica"
             ),
-            Err(error) => tracing::warn!(
-                ?led,
-                to,
-                %error,
-                "the leadership stays here for now"
-            ),
+            Err(error) => {
+                tracing::warn!(?led, to, %error, "the leadership stays here for now");
+                if matches!(led, Led::Queue(_)) {
+                    given_up
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .insert(replica.group().to_string());
+                }
+            }
         }
     }
 }

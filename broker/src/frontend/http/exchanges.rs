@@ -104,18 +104,20 @@ pub async fn declare_queue(
             durability(body.durable.unwrap_or(true)),
         )
         .await?;
-    // A caller who may create the queue but not describe it gets its name without counts.
-    let stats = match broker.queue_stats(&caller, &queue).await {
-        Ok(stats) => {
-            stats.ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?
-        }
-        Err(QueueError::Unauthorized(_)) => QueueStats {
+    // A caller who may create the queue but not describe it gets its name without counts
+    // (nor its members and leader).
+    let detail = match broker.queue_stats(&caller, &queue).await {
+        Ok(stats) => QueueDetail::of(
+            stats.ok_or_else(|| ApiError::not_found(format!("unknown queue {queue:?}")))?,
+            broker,
+        ),
+        Err(QueueError::Unauthorized(_)) => QueueDetail::from(QueueStats {
             name: queue,
             ..QueueStats::default()
-        },
+        }),
         Err(error) => return Err(error.into()),
     };
-    Ok(Json(QueueDetail::of(stats, broker)).into_response())
+    Ok(Json(detail).into_response())
 }
 
 /// Deletes a queue with its messages.
