@@ -895,6 +895,16 @@ fn a_leader_hands_its_leadership_to_a_chosen_follower() {
         }
         tokio::time::sleep(timing().election_max).await;
         assert_eq!(wait_for_leader(&nodes).await, leader);
+        // A writer that never stops: the hand-over gives up before pausing anything.
+        let outcome = nodes[&leader]
+            .replica
+            .hand_over(leader % 3 + 1, std::future::pending())
+            .await;
+        assert!(
+            matches!(outcome, Err(ReplicaError::TimedOut(_))),
+            "a hand-over whose writer did not stop: {outcome:?}"
+        );
+        assert_eq!(wait_for_leader(&nodes).await, leader);
         write_all(&nodes, &values("last", 1)).await;
         for node in nodes.values() {
             node.replica.shutdown().await;
