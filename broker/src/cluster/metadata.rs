@@ -1072,6 +1072,19 @@ impl MetadataState {
 mod tests {
     use super::*;
 
+    /// A declare of durable queue `name` with no arguments and one replica.
+    fn declare_plain(name: &str) -> MetadataCommand {
+        MetadataCommand::DeclareQueue {
+            name: name.into(),
+            replication_factor: 1,
+            arguments: BTreeMap::new(),
+            incarnated: true,
+            counted: true,
+            transient: false,
+            exclusive_on: None,
+        }
+    }
+
     fn node(port: u16) -> NodeInfo {
         NodeInfo {
             cluster_addr: format!("127.0.0.1:{port}"),
@@ -1433,15 +1446,7 @@ mod tests {
     #[test]
     fn a_delete_by_a_queues_own_rule_yields_to_a_declare_it_did_not_see() {
         let mut state = MetadataState::default();
-        let declare = MetadataCommand::DeclareQueue {
-            name: "q".into(),
-            replication_factor: 1,
-            arguments: BTreeMap::new(),
-            incarnated: true,
-            counted: true,
-            transient: false,
-            exclusive_on: None,
-        };
+        let declare = declare_plain("q");
         let by_rule = |seen: QueueSeen| MetadataCommand::DeleteQueue {
             name: "q".into(),
             exclusive_on: None,
@@ -1527,15 +1532,7 @@ mod tests {
         assert_eq!(state.queues["q"].incarnation, 1);
         // Another queue takes the next number; a delete and a declare of the name, whatever
         // the arguments, give it another one.
-        state.apply(&MetadataCommand::DeclareQueue {
-            name: "other".to_string(),
-            replication_factor: 1,
-            arguments: BTreeMap::new(),
-            incarnated: true,
-            counted: true,
-            transient: false,
-            exclusive_on: None,
-        });
+        state.apply(&declare_plain("other"));
         assert_eq!(state.queues["other"].incarnation, 2);
         state.apply(&MetadataCommand::DeleteQueue {
             name: "q".into(),
@@ -1616,15 +1613,7 @@ mod tests {
             kind: "direct".into(),
             transient: false,
         });
-        state.apply(&MetadataCommand::DeclareQueue {
-            name: "q".into(),
-            replication_factor: 1,
-            arguments: BTreeMap::new(),
-            incarnated: true,
-            counted: true,
-            transient: false,
-            exclusive_on: None,
-        });
+        state.apply(&declare_plain("q"));
         let binding = BindingMeta {
             exchange: "x".into(),
             queue: "q".into(),
@@ -1684,15 +1673,7 @@ mod tests {
             });
         }
         // A queue of the destination's name is not an exchange.
-        state.apply(&MetadataCommand::DeclareQueue {
-            name: "dst".into(),
-            replication_factor: 1,
-            arguments: BTreeMap::new(),
-            incarnated: true,
-            counted: true,
-            transient: false,
-            exclusive_on: None,
-        });
+        state.apply(&declare_plain("dst"));
         let binding = BindingMeta {
             exchange: "src".into(),
             queue: "dst".into(),
