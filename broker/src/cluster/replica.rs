@@ -1295,6 +1295,31 @@ async fn initialize_group(
     }
 }
 
+/// Why a hand-over ([`Replica::hand_over`]) did not happen.
+#[derive(Debug)]
+pub struct HandOverError {
+    /// The reason.
+    pub error: ReplicaError,
+    /// Whether the group's writes were paused (refused) on the way: a queue's task was
+    /// stopped and its consumers cancelled.
+    pub paused: bool,
+}
+
+impl HandOverError {
+    fn before(error: ReplicaError) -> HandOverError {
+        HandOverError {
+            error,
+            paused: false,
+        }
+    }
+}
+
+impl std::fmt::Display for HandOverError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.error)
+    }
+}
+
 /// A hand-over under way ([`Replica::hand_over`]): the member names no leader from its
 /// start, refuses writes and sends no heartbeat once paused, until it is dropped, however
 /// the hand-over ends.
@@ -1319,11 +1344,15 @@ impl<'a> HandOver<'a> {
         })
     }
 
-    /// Writes refused, heartbeats off.
-    fn pause(&mut self) {
+    /// Writes refused.
+    fn refuse(&self) {
         self.replica
             .refusing
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Heartbeats off.
+    fn silence(&mut self) {
         self.replica.raft.runtime_config().heartbeat(false);
         self.paused = true;
     }
@@ -1796,27 +1825,29 @@ impl Replica {
     /// vote while it heard a leader within the lease (the longest election timeout), so:
     /// this member first names no leader and waits for `writer_stopped` (the core's writer
     /// of the group, a replicated queue's task, stops on that, its own writes answered);
-    /// then it stops taking writes ([`Replica::submit`] answers `NotLeader`) and stops its
-    /// heartbeats; once `to` has every entry and a lease has passed with nothing sent, `to`
-    /// calls an election ([`ReplicaRpc::Elect`]), which the other followers grant (their
-    /// own elections start only a lease plus an election timeout after they last heard the
-    /// leader, so `to` is first); its first AppendEntries deposes this member. Writes are
-    /// refused for about one lease and a round trip. When `to` was not asked, heartbeats
-    /// and writes resume at once with this member leading.
+    /// then it refuses writes ([`Replica::submit`] answers `NotLeader`) until `to` has
+    /// every entry, then stops its heartbeats; once a lease has passed with nothing sent,
+    /// `to` calls an election ([`ReplicaRpc::Elect`]), which the other followers grant
+    /// (their own elections start only a lease plus an election timeout after they last
+    /// heard the leader, so `to` is asked first); its vote request or first AppendEntries
+    /// deposes this member. Writes are refused for about one lease and a round trip. When
+    /// `to` was not asked, heartbeats and writes resume at once with this member leading.
     ///
     /// # Errors
     /// `NotLeader` on a member that does not lead; `TimedOut` when the writer did not stop,
-    /// `to` did not catch up, or no election followed; `Stopped` when `to` is not a voter,
-    /// cannot be reached or refused, or another member was elected.
+    /// `to` did not answer or catch up, or no election followed; `Stopped` when `to` is not
+    /// a voter, cannot be reached or refused, or another member was elected. The error
+    /// says whether the group's writes were paused.
     pub async fn hand_over(
         &self,
         to: NodeId,
         writer_stopped: impl Future<Output = ()>,
-    ) -> std::result::Result<(), ReplicaError> {
+    ) -> std::result::Result<(), HandOverError> {
+        let before = HandOverError::before;
         if !self.is_leader() {
-            return Err(ReplicaError::NotLeader {
+            return Err(before(ReplicaError::NotLeader {
                 leader: self.leader(),
-            });
+            }));
         }
         let (addr, term) = {
             let metrics = self.raft.metrics();
@@ -1830,56 +1861,63 @@ impl Replica {
             (addr, metrics.current_term)
         };
         let Some(addr) = addr.filter(|_| to != self.node_id) else {
-            return Err(ReplicaError::Stopped(format!(
+            return Err(before(ReplicaError::Stopped(format!(
                 "node {to} is not another voter of group {}",
                 self.group
-            )));
+            ))));
         };
-        // Answering now: a member that went silent would be asked in vain, and the pause
-        // would last until a third member's own election.
+        // Answering now (openraft beats every one and a half heartbeats): a member that
+        // went silent would be asked in vain, and the pause would last until a third
+        // member's own election.
         let answering = lock(&self.heard)
             .get(&to)
-            .is_some_and(|at| at.elapsed() <= self.timing.heartbeat * 2);
+            .is_some_and(|at| at.elapsed() <= self.timing.heartbeat * 3);
         if !answering {
-            return Err(ReplicaError::TimedOut(format!(
+            return Err(before(ReplicaError::TimedOut(format!(
                 "node {to} did not answer group {}'s last heartbeats",
                 self.group
-            )));
+            ))));
         }
         let Some(mut hand_over) = HandOver::begin(self) else {
-            return Err(ReplicaError::TimedOut(format!(
+            return Err(before(ReplicaError::TimedOut(format!(
                 "group {} is already being handed over",
                 self.group
-            )));
+            ))));
         };
         if tokio::time::timeout(WRITER_STOP_WAIT, writer_stopped)
             .await
             .is_err()
         {
-            return Err(ReplicaError::TimedOut(format!(
+            return Err(before(ReplicaError::TimedOut(format!(
                 "the writer of group {} did not stop within {} ms",
                 self.group,
                 WRITER_STOP_WAIT.as_millis()
-            )));
+            ))));
         }
-        hand_over.pause();
-        self.elect_successor(to, addr, term).await
+        hand_over.refuse();
+        self.elect_successor(&mut hand_over, to, addr, term)
+            .await
+            .map_err(|error| HandOverError {
+                error,
+                paused: true,
+            })
     }
 
-    /// [`Replica::hand_over`]'s steps once writes and heartbeats stopped. Timed so that
-    /// `to` is asked before any follower's own election could start (a lease plus the
-    /// shortest election timeout after it last heard this leader, a heartbeat before the
-    /// pause at worst).
+    /// [`Replica::hand_over`]'s steps once writes are refused. Timed so that `to` is asked
+    /// before any follower's own election could start: that is a lease plus the shortest
+    /// election timeout after it last heard this leader, whose last heartbeat may be one
+    /// and a half heartbeats before they stopped (openraft beats on its ticks).
     async fn elect_successor(
         &self,
+        hand_over: &mut HandOver<'_>,
         to: NodeId,
         addr: String,
         term: u64,
     ) -> std::result::Result<(), ReplicaError> {
         let lease = self.timing.election_max;
         let heartbeat = self.timing.heartbeat;
-        // What was submitted before the writes stopped reaches `to` first; not for long,
-        // or the pause would outlast the followers' patience.
+        // What was submitted before the writes stopped reaches `to` first, heartbeats still
+        // on (the followers' patience counts from when they stop).
         let matched = move |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
             let last = metrics.last_log_index;
             metrics
@@ -1890,17 +1928,18 @@ impl Replica {
         };
         let caught_up = self
             .raft
-            .wait(Some(heartbeat / 2))
+            .wait(Some(lease))
             .metrics(matched, "the successor has every entry")
             .await;
         let Ok(caught_up) = caught_up else {
             return Err(ReplicaError::TimedOut(format!(
                 "node {to} did not catch up with group {} within {} ms",
                 self.group,
-                (heartbeat / 2).as_millis()
+                lease.as_millis()
             )));
         };
         let last = caught_up.last_log_index;
+        hand_over.silence();
         // A lease with nothing sent: the followers' leases lapse (the last entry's commit
         // may travel in one more AppendEntries right after, hence the margin).
         tokio::time::sleep(lease + heartbeat / 4).await;
@@ -1929,7 +1968,18 @@ impl Replica {
             Ok(ReplicaReply::Elect(Ok(()))) => {}
             Ok(ReplicaReply::Elect(Err(reason))) => return Err(ReplicaError::Stopped(reason)),
             Ok(other) => return Err(ReplicaError::Stopped(format!("unexpected reply {other:?}"))),
-            Err(unreachable) => return Err(ReplicaError::Stopped(unreachable.to_string())),
+            Err(unreachable) => {
+                // A slow answer may still have started the election: its vote request
+                // would have reached this member by now.
+                let started = self
+                    .raft
+                    .wait(Some(heartbeat / 4))
+                    .metrics(move |metrics| metrics.current_term > term, "a later term")
+                    .await;
+                if started.is_err() {
+                    return Err(ReplicaError::Stopped(unreachable.to_string()));
+                }
+            }
         }
         // The election is under way: this member hears of the new term from the vote
         // request or the winner's first AppendEntries (it does not lead again then, so

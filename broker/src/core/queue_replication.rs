@@ -371,7 +371,8 @@ impl Broker {
                 .get(&group)
                 .is_some_and(|current| current.is_same(&replica));
             let term = replica.leader_and_term().map(|(_, term)| term);
-            if leading.is_none() && member && replica.leads_caught_up() {
+            // (A term read as none: a hand-over began between the two reads.)
+            if leading.is_none() && member && term.is_some() && replica.leads_caught_up() {
                 let closed = Arc::new(AtomicBool::new(false));
                 let log = spawn_submitter(replica.clone(), queue.clone(), closed.clone());
                 match self.queues.lead_replicated(&queue, Arc::new(log)) {

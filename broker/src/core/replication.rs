@@ -1096,9 +1096,9 @@ impl Broker {
         let mut rebalances_seen = cluster.applied().state.leader_rebalances;
         let mut asked_until: Option<std::time::Instant> = None;
         let mut asked_looked_at = std::time::Instant::now();
-        // Queues whose hand-over failed since the last ask: not tried again before the
-        // next (each try cancels the queue's consumers).
-        let given_up: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        // Logs whose hand-over failed after pausing their writes (a queue's consumers
+        // cancelled), with when: not tried again for a while, nor before the next ask.
+        let given_up: GroupTimes = Arc::default();
         loop {
             let state = cluster.applied().state;
             let this = cluster.node_id();
@@ -1149,6 +1149,11 @@ impl Broker {
                         }
                         if rebalance
                             && !name.starts_with(INTERNAL_TOPIC_PREFIX)
+                            && !backing_off(
+                                &given_up,
+                                &group_name(name, partition),
+                                self.leader_rebalance_interval,
+                            )
                             && preferred_successor(this, &status, set).is_some()
                         {
                             hand_overs
@@ -1191,7 +1196,7 @@ impl Broker {
                     let tried = given_up
                         .lock()
                         .unwrap_or_else(|poison| poison.into_inner())
-                        .contains(&group);
+                        .contains_key(&group);
                     if rebalance
                         && asked
                         && !tried
@@ -1249,7 +1254,8 @@ impl Broker {
                 }
                 if asked {
                     asked_looked_at = std::time::Instant::now();
-                    if leaders_are_preferred(&state) {
+                    // As now applied: this pass may have recorded itself as a leader.
+                    if hand_overs.is_empty() && leaders_are_preferred(&cluster.applied().state) {
                         asked_until = None;
                     }
                 }
@@ -1300,6 +1306,19 @@ impl Drop for Handing {
 
 /// Replicated logs by group name.
 type GroupSet = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+/// Replicated logs by group name, each with a time.
+type GroupTimes = Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>;
+
+/// Whether the hand-over of `group` failed after pausing it lately: within three
+/// intervals of the periodic check (a minute at least).
+fn backing_off(given_up: &GroupTimes, group: &str, interval: Duration) -> bool {
+    let pause = (interval * 3).max(Duration::from_secs(60));
+    given_up
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(group)
+        .is_some_and(|at| at.elapsed() < pause)
+}
 
 /// Whether every replicated partition (internal topics aside) and queue is led by its
 /// preferred replica and none is moving: what `wharf cluster rebalance` asks for, as the
@@ -1325,8 +1344,8 @@ enum Led {
 }
 
 /// How long after a `wharf cluster rebalance` each node keeps looking for partitions and
-/// queues to hand back to their preferred replicas, at most: it stops at the first look
-/// that finds none to hand over while no move is under way.
+/// queues to hand back to their preferred replicas, at most: it stops once the metadata
+/// shows every replicated set led by its preferred replica with no move under way.
 const ASKED_REBALANCE_FOR: Duration = Duration::from_secs(120);
 /// How often it looks meanwhile.
 const ASKED_REBALANCE_EVERY: Duration = Duration::from_secs(2);
@@ -1340,7 +1359,7 @@ async fn hand_over_all(
     broker: Arc<Broker>,
     cluster: Cluster,
     hand_overs: Vec<(Replica, Led)>,
-    (moving, given_up): (GroupSet, GroupSet),
+    (moving, given_up): (GroupSet, GroupTimes),
     handing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let _handing = Handing(handing);
@@ -1379,6 +1398,9 @@ async fn hand_over_all(
         // writes answered; a partition's writers are refused and retry.
         let writer_stopped = async {
             if let Led::Queue(name) = &led {
+                // Two of the watcher's checks first: a task it was starting as the
+                // hand-over began is stopped by then.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 while broker.queues.leads_replicated(name) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -1392,11 +1414,11 @@ async fn hand_over_all(
             ),
             Err(error) => {
                 tracing::warn!(?led, to, %error, "the leadership stays here for now");
-                if matches!(led, Led::Queue(_)) {
+                if error.paused {
                     given_up
                         .lock()
                         .unwrap_or_else(|poison| poison.into_inner())
-                        .insert(replica.group().to_string());
+                        .insert(replica.group().to_string(), std::time::Instant::now());
                 }
             }
         }
