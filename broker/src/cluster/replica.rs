@@ -314,8 +314,8 @@ pub enum ReplicaRpc {
         records: Bytes,
     },
     /// The leader hands its leadership over ([`Replica::hand_over`]): the member calls an
-    /// election now, if `leader` still leads `term` in its view (a late request after the
-    /// hand-over gave up deposes nobody).
+    /// election now, if `leader` still leads `term` in its view (a late request of an
+    /// earlier term deposes nobody; one of the same term, held up, still calls one).
     Elect { term: u64, leader: NodeId },
 }
 
