@@ -403,6 +403,33 @@ fn a_replicated_queue_moves_off_a_removed_leader_onto_a_new_node_with_its_messag
         })
         .collect();
     queue_leader(&http_left, "mq", &in_sync, "after the move");
+    // Each `wharf cluster rebalance` above also asked for the queue's leader to go back to
+    // its preferred replica (docs/CLUSTER.md "Preferred leaders"), which cancels its
+    // consumers: that hand-over ends before the test goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<(Value, Value)> = http_left
+            .iter()
+            .map(|(_, address)| {
+                let (_, answer) = integration_tests::http_get(address, "/api/v1/queues/mq", None);
+                let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+                let queue: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                (queue["members"][0].clone(), queue["leader"].clone())
+            })
+            .collect();
+        if views
+            .iter()
+            .all(|(preferred, leader)| preferred.is_u64() && preferred == leader)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never led by its preferred replica after the rebalances: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    queue_leader(&http_left, "mq", &in_sync, "after the hand-over");
 
     // The removed node and one kept node go: node 4 and the other kept node are a
     // majority of the queue's group and deliver every confirmed message.
