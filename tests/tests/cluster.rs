@@ -3039,3 +3039,108 @@ fn leaders_go_back_to_their_preferred_replicas_once_a_returning_node_is_in_sync(
     }
     assert_eq!(http_ready(&http[other], "lead-q"), 3, "its messages stayed");
 }
+
+#[test]
+fn removing_a_live_node_first_moves_its_unreplicated_partitions_with_their_records() {
+    // Goal: issue #20's "`wharf cluster rebalance` moves replicas with no downtime when
+    // nodes are added or removed", for partitions of one replica. Until 2026-12-07 a
+    // removed node's unreplicated partitions were placed again elsewhere, empty: their
+    // records stayed on the removed node's disk. Method: three one-partition topics of
+    // factor 1 (placement puts one on each node); 300 records go to the one on node 3;
+    // while an idempotent librdkafka producer writes 300 more, 10 ms apart, `wharf
+    // cluster remove-node 3` drains node 3 (the partition's node starts a replicated log
+    // of its own over the records, another node joins it from a snapshot, the voters
+    // change) and then removes it. Every record is acknowledged once and in order, all
+    // 600 are read back from the node it moved to, and again after that node is
+    // SIGKILLed and restarted (the group of one voter over the adopted records restarts
+    // whole), and 50 more are written and read after it.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    let mut on_3 = None;
+    for topic in ["solo-a", "solo-b", "solo-c"] {
+        let created = wharf(
+            &addresses[0],
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1",
+            ],
+            "",
+        );
+        assert_done(&created, "create a topic of factor 1");
+        let replicas = described(&addresses[0], topic)["partitions"][0]["replicas"].clone();
+        if replicas == serde_json::json!([3]) {
+            on_3 = Some(topic);
+        }
+    }
+    let topic = on_3.expect("placement puts one of three unreplicated topics on node 3");
+    let written = replicated_client(&["produce", &kafka[0], topic, "0", "300"]);
+    assert_acked_in_order(&written, 0, 300, "before the drain");
+
+    let producer = {
+        let bootstrap = kafka[..2].join(",");
+        let topic = topic.to_string();
+        std::thread::spawn(move || {
+            replicated_client(&["produce", &bootstrap, &topic, "300", "300", "10"])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let removed = wharf(
+        &addresses[0],
+        &[
+            "--json",
+            "cluster",
+            "remove-node",
+            "3",
+            "--timeout-ms",
+            "120000",
+        ],
+        "",
+    );
+    assert_done(&removed, "remove-node 3");
+    let written = producer.join().expect("the producer thread");
+    assert_acked_in_order(&written, 300, 300, "during the drain");
+
+    let placed = described(&addresses[0], topic)["partitions"][0].clone();
+    let holder = placed["replicas"][0].as_u64().expect("a replica");
+    assert!(
+        holder != 3 && placed["replicas"].as_array().map(Vec::len) == Some(1),
+        "the partition moved off node 3 and keeps one replica: {placed}"
+    );
+    let wanted = |count: u64| -> Vec<(u64, String)> {
+        (0..count)
+            .map(|index| (index, format!("v{index}")))
+            .collect()
+    };
+    let at = usize::try_from(holder - 1).expect("an index");
+    let read = replicated_client(&["consume", &kafka[..2].join(","), topic, "600"]);
+    assert_eq!(read["leader"].as_u64(), Some(holder), "{read}");
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted(600),
+        "every acknowledged record, from the node the partition moved to"
+    );
+
+    // Node 3 is out; the node holding the partition now restarts with it whole.
+    nodes[2].kill();
+    nodes[at].kill();
+    nodes[at].restart();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let bootstrap = kafka[..2].join(",");
+    let written = replicated_client(&["produce", &bootstrap, topic, "600", "50"]);
+    assert_acked_in_order(&written, 600, 50, "after the holder's restart");
+    let read = replicated_client(&["consume", &bootstrap, topic, "650"]);
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted(650),
+        "every record after the holder's SIGKILL and restart"
+    );
+}

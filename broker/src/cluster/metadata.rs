@@ -153,6 +153,15 @@ impl Replicas {
     pub fn initializes(&self, node: NodeId) -> bool {
         self.move_count == 0 && self.replicas.contains(&node)
     }
+
+    /// Whether the set is written through a replicated log (a group of its replicas): when
+    /// it has more than one replica, and also, with one, once it has been moving or moved
+    /// (an unreplicated partition moves with its records through a group of its own,
+    /// [`MetadataCommand::DrainNode`], and keeps that group, of one voter, afterwards). A
+    /// set that never ran a group is written by its one node directly.
+    pub fn in_a_group(&self) -> bool {
+        self.replicas.len() >= 2 || self.moving_to.is_some() || self.move_count > 0
+    }
 }
 
 /// Serde's test for leaving out a zero count.
@@ -268,9 +277,20 @@ pub enum MetadataCommand {
     /// Records (or updates) a node's addresses; the node takes replicas from then on.
     RegisterNode { node_id: NodeId, info: NodeInfo },
     /// Forgets a node; its replicas move to the others (as [`MetadataCommand::Rebalance`];
-    /// an unreplicated partition or queue it held is placed again, empty: its data was on
-    /// that node's disk).
+    /// an unreplicated partition or queue it still held is placed again, empty: its data
+    /// was on that node's disk, which is why `wharf cluster remove-node` drains a live node
+    /// first, [`MetadataCommand::DrainNode`]).
     RemoveNode { node_id: NodeId },
+    /// Takes every topic partition off node `node_id` while it is still up, before its
+    /// removal: the node is marked draining (no new replica is placed on it, a rebalance
+    /// plans without it) and every set on it gets a `moving_to` elsewhere, its group's
+    /// leader carrying the move out, records included. An unreplicated partition moves too:
+    /// its node starts a group of one voter over the partition's records, the new node
+    /// joins it and takes the records from a snapshot, then the group's voters become the
+    /// new node (Kafka's reassignment copies a partition of one replica the same way, by
+    /// adding the new replica first). Unreplicated queues and internal topics stay until the
+    /// node is removed. Answers `Moves` with the sets moving after it.
+    DrainNode { node_id: NodeId },
     /// Deletes, with their bindings, exclusive queues of node `node_id`'s connections
     /// ([`QueueMeta::exclusive_on`]) that the metadata leader saw when it decided: `queues`
     /// (name, incarnation); one declared since, or declared again, stays. The leader has
@@ -508,6 +528,11 @@ pub struct MetadataState {
     /// preferred replicas now. Absent (0) before 2026-12-07's second build.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub leader_rebalances: u64,
+    /// Nodes being drained before their removal ([`MetadataCommand::DrainNode`]): no new
+    /// replica goes there, and rebalances plan without them. Absent before 2026-12-07's
+    /// third build.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub draining: BTreeSet<NodeId>,
     /// The test register.
     #[doc(hidden)]
     pub test_register: BTreeMap<String, u64>,
@@ -570,10 +595,29 @@ impl MetadataState {
                 if self.nodes.remove(node_id).is_none() {
                     return Err(MetadataError::UnknownNode(*node_id));
                 }
+                self.draining.remove(node_id);
                 // Its connections' exclusive queues end with it.
                 self.drop_exclusive_queues(*node_id);
                 self.rebalance(true);
                 Ok(MetadataResult::Done)
+            }
+            MetadataCommand::DrainNode { node_id } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(MetadataError::UnknownNode(*node_id));
+                }
+                let others = self
+                    .nodes
+                    .keys()
+                    .any(|id| id != node_id && !self.draining.contains(id));
+                if !others {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {node_id} is the last node that is not being drained: its \
+                         partitions would have nowhere to go"
+                    )));
+                }
+                self.draining.insert(*node_id);
+                self.rebalance(false);
+                Ok(MetadataResult::Moves(self.moves()))
             }
             MetadataCommand::DropExclusiveQueues { node_id, queues } => {
                 for (name, incarnation) in queues {
@@ -900,6 +944,11 @@ impl MetadataState {
                 set.moving_to = None;
                 set.move_count += 1;
                 set.in_sync = None;
+                if let [only] = replicas.as_slice() {
+                    // A group of one voter is led by it (the node that led it may still,
+                    // until its member stops: it then refuses, naming the new one).
+                    set.leader = *only;
+                }
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::ReserveProducerIds {
@@ -963,29 +1012,51 @@ impl MetadataState {
             .retain(|binding| binding.to_exchange || binding.queue != name);
     }
 
-    /// Plans where every set goes ([`placement::rebalance`]) and applies the plan: a
-    /// replicated set whose nodes change gets a `moving_to` (its group's leader moves it;
-    /// its `replicas` and elected leader stay until then), an unreplicated one on a node
-    /// that is gone is placed again at once. Unreplicated sets on registered nodes are left
+    /// Plans where every set goes ([`placement::rebalance`]) and applies the plan: a set
+    /// written through a group ([`Replicas::in_a_group`]) whose nodes change gets a
+    /// `moving_to` (its group's leader moves it; its `replicas` and elected leader stay
+    /// until then), and so does an unreplicated partition of a node being drained (it moves
+    /// with its records through a group of its own); an unreplicated set on a node that is
+    /// gone is placed again at once. Other unreplicated sets on registered nodes are left
     /// out (their data cannot follow them), and so are internal topics unless a node was
     /// removed (they are led first by the lowest id; after a removal the plan evens them
-    /// out with the rest).
+    /// out with the rest). Draining nodes take nothing.
     fn rebalance(&mut self, node_removed: bool) {
-        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let mut sets: Vec<&mut Replicas> = self
+        let registered: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        let mut nodes: Vec<NodeId> = registered
+            .iter()
+            .filter(|id| !self.draining.contains(id))
+            .copied()
+            .collect();
+        if nodes.is_empty() {
+            nodes = registered.iter().copied().collect();
+        }
+        let draining = self.draining.clone();
+        // Each set with whether its records can follow it when unreplicated (a topic's
+        // partition, internal topics aside: their groups are the coordinators').
+        let mut sets: Vec<(&mut Replicas, bool)> = self
             .topics
             .iter_mut()
             .filter(|(name, _)| node_removed || !name.starts_with(INTERNAL_TOPIC_PREFIX))
-            .flat_map(|(_, topic)| topic.partitions.iter_mut())
-            .chain(self.queues.values_mut().map(|queue| &mut queue.placement))
-            .filter(|set| {
-                set.replicas.len() >= 2 || set.replicas.iter().any(|id| !nodes.contains(id))
+            .flat_map(|(name, topic)| {
+                let copied = !name.starts_with(INTERNAL_TOPIC_PREFIX);
+                topic.partitions.iter_mut().map(move |set| (set, copied))
+            })
+            .chain(
+                self.queues
+                    .values_mut()
+                    .map(|queue| (&mut queue.placement, false)),
+            )
+            .filter(|(set, copied)| {
+                set.in_a_group()
+                    || set.replicas.iter().any(|id| !registered.contains(id))
+                    || (*copied && set.replicas.iter().any(|id| draining.contains(id)))
             })
             .collect();
         // Plan from where each set is going (a move under way counts as done).
         let mut plans: Vec<Replicas> = sets
             .iter()
-            .map(|set| {
+            .map(|(set, _)| {
                 let mut plan = (**set).clone();
                 if let Some(target) = plan.moving_to.take() {
                     plan.replicas = target;
@@ -995,9 +1066,18 @@ impl MetadataState {
             .collect();
         let mut planned: Vec<&mut Replicas> = plans.iter_mut().collect();
         placement::rebalance(&nodes, &mut planned);
-        for (set, plan) in sets.iter_mut().zip(plans) {
-            if set.replicas.len() < 2 {
-                // Unreplicated: nothing to copy; it goes where the plan puts it.
+        for ((set, copied), plan) in sets.iter_mut().zip(plans) {
+            if !set.in_a_group() {
+                let on_registered = set.replicas.iter().all(|id| registered.contains(id));
+                if *copied && on_registered && !set.replicas.is_empty() {
+                    // A drained node's partition: its records go with it, through a group.
+                    if plan.replicas != set.replicas {
+                        set.moving_to = Some(plan.replicas);
+                    }
+                    continue;
+                }
+                // Unreplicated on a node that is gone: nothing to copy; it goes where the
+                // plan puts it.
                 set.replicas = plan.replicas;
                 set.leader = plan.leader;
                 continue;
@@ -1018,6 +1098,23 @@ impl MetadataState {
                 set.moving_to = Some(plan.replicas);
             }
         }
+    }
+
+    /// Whether node `node` holds nothing a drain moves ([`MetadataCommand::DrainNode`]): no
+    /// partition of a topic other than an internal one, and no set written through a
+    /// group, names it among its replicas or where it moves.
+    pub fn drained(&self, node: NodeId) -> bool {
+        let partitions = self
+            .topics
+            .iter()
+            .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .flat_map(|(_, topic)| topic.partitions.iter());
+        let grouped_queues = self
+            .queues
+            .values()
+            .map(|queue| &queue.placement)
+            .filter(|set| set.in_a_group());
+        !partitions.chain(grouped_queues).any(|set| set.hosts(node))
     }
 
     /// Every replicated set being moved, partitions by topic then queues.
@@ -1815,6 +1912,85 @@ mod tests {
         assert!(matches!(
             complete(&mut state, &moves[0]),
             MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn draining_a_node_moves_its_partitions_with_their_records_before_its_removal() {
+        let mut state = three_nodes();
+        state.apply(&create("t", 6, 2));
+        state.apply(&create("one", 6, 1));
+        let before = state.clone();
+        let on_3: Vec<usize> = (0..6)
+            .filter(|at| before.topics["one"].partitions[*at].replicas == vec![3])
+            .collect();
+        assert!(
+            !on_3.is_empty(),
+            "placement spreads unreplicated partitions too"
+        );
+        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::DrainNode { node_id: 3 })
+        else {
+            panic!("a drain answers its moves")
+        };
+        assert_eq!(moves, state.moves());
+        assert!(state.draining.contains(&3));
+        assert!(!state.drained(3));
+        // Every set on node 3 moves off it, the unreplicated ones too (through a group of
+        // their own: they stay where they are, and their one node leads, until the move is
+        // recorded); nothing moves onto it.
+        for (at, set) in state.topics["one"].partitions.iter().enumerate() {
+            let was = &before.topics["one"].partitions[at];
+            assert_eq!(set.replicas, was.replicas);
+            if on_3.contains(&at) {
+                let target = set.moving_to.clone().expect("moves off the drained node");
+                assert_eq!(target.len(), 1);
+                assert_ne!(target, vec![3]);
+                assert!(set.in_a_group());
+                assert!(set.initializes(3), "its one node starts the group");
+            } else {
+                assert!(!set.in_a_group(), "{set:?}");
+            }
+        }
+        for moved in &moves {
+            assert!(!moved.to.contains(&3), "{moved:?}");
+        }
+        // New replicas go elsewhere while it drains.
+        let MetadataResult::Placed(placed) = state.apply(&create("new", 4, 2)) else {
+            panic!("a create answers its placement")
+        };
+        assert!(placed.iter().all(|set| !set.replicas.contains(&3)));
+        // Once every move is recorded, nothing is left on the node; a moved unreplicated
+        // partition keeps its group of one voter, led by it.
+        for moved in &moves {
+            assert_eq!(complete(&mut state, moved), MetadataResult::Done);
+        }
+        assert!(state.drained(3));
+        for at in &on_3 {
+            let set = &state.topics["one"].partitions[*at];
+            assert_eq!(set.replicas.len(), 1);
+            assert_eq!(set.leader, set.replicas[0]);
+            assert!(set.in_a_group());
+            assert!(!set.initializes(set.replicas[0]), "the group already runs");
+        }
+        let drained = state.clone();
+        assert_eq!(
+            state.apply(&MetadataCommand::RemoveNode { node_id: 3 }),
+            MetadataResult::Done
+        );
+        assert!(state.draining.is_empty());
+        assert_eq!(
+            state.topics["one"], drained.topics["one"],
+            "nothing left to place"
+        );
+        // The last node that is not draining is not drained.
+        state.apply(&MetadataCommand::DrainNode { node_id: 2 });
+        assert!(matches!(
+            state.apply(&MetadataCommand::DrainNode { node_id: 1 }),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+        assert!(matches!(
+            state.apply(&MetadataCommand::DrainNode { node_id: 9 }),
+            MetadataResult::Refused(MetadataError::UnknownNode(9))
         ));
     }
 

@@ -26,12 +26,21 @@ pub struct Load {
 
 impl Load {
     /// The counts over the replica sets of `state`'s topics and queues, for its registered
-    /// nodes (or node 1 alone, a cluster of one before it registered). Internal topics (the
+    /// nodes that are not being drained (or node 1 alone, a cluster of one before it
+    /// registered). Internal topics (the
     /// coordinators' partition) are not counted: where topics and queues go does not depend
     /// on which node won that partition's election.
     pub fn of(state: &MetadataState) -> Load {
-        let mut nodes: BTreeMap<NodeId, (usize, usize)> =
-            state.nodes.keys().map(|id| (*id, (0, 0))).collect();
+        // A node being drained takes nothing new (unless every node is).
+        let mut nodes: BTreeMap<NodeId, (usize, usize)> = state
+            .nodes
+            .keys()
+            .filter(|id| !state.draining.contains(id))
+            .map(|id| (*id, (0, 0)))
+            .collect();
+        if nodes.is_empty() {
+            nodes = state.nodes.keys().map(|id| (*id, (0, 0))).collect();
+        }
         if nodes.is_empty() {
             nodes.insert(1, (0, 0));
         }

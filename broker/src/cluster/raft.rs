@@ -151,6 +151,14 @@ pub enum ClusterError {
     TooLarge { bytes: usize },
 }
 
+/// How recently the leader must have heard a node for its removal to drain it first.
+const DRAINED_NODE_HEARD: Duration = Duration::from_secs(3);
+/// How long one removal waits for a drain (below the clients' 30 s request timeout); the
+/// CLI asks again while moves go on.
+const DRAIN_WAIT: Duration = Duration::from_secs(20);
+/// How often a removal looks whether the drain is done.
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(200);
+
 /// Largest metadata command, as JSON: far below the log's record limit
 /// (`store::RECORD_PAYLOAD_BYTES_MAX`), which also holds openraft's entry fields.
 pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
@@ -695,6 +703,7 @@ impl Cluster {
                 "the last node cannot be removed".to_string(),
             ));
         }
+        self.drain(id).await?;
         // Its replicas move to the others first (a node never registered, or already
         // removed by an earlier attempt, is no error), while this node still leads: a leader
         // removing itself is deposed by the membership change, and a command it proposed
@@ -706,6 +715,69 @@ impl Cluster {
             .await
             .map_err(|error| ClusterError::Membership(error.to_string()))?;
         Ok(())
+    }
+
+    /// Drains node `id` before its removal when it is up (this node, the leader, heard it
+    /// within [`DRAINED_NODE_HEARD`]): proposes [`MetadataCommand::DrainNode`] unless the
+    /// node is draining already, then waits up to [`DRAIN_WAIT`] until the applied state
+    /// shows nothing left on it ([`MetadataState::drained`]). A node that is down is not
+    /// waited for: what it alone held is placed again without its records.
+    ///
+    /// # Errors
+    /// `TimedOut` (its message says "being drained") while moves go on; the metadata log's
+    /// refusal of the drain as `Membership`; the proposal's errors.
+    async fn drain(&self, id: NodeId) -> Result<(), ClusterError> {
+        let state = self.applied().state;
+        if !state.nodes.contains_key(&id) || state.drained(id) {
+            return Ok(());
+        }
+        let heard_lately = || {
+            id == self.node_id
+                || self
+                    .last_heard(id)
+                    .is_some_and(|heard| heard.elapsed() <= DRAINED_NODE_HEARD)
+        };
+        if !heard_lately() {
+            // A leader elected a moment ago has not heard anyone yet.
+            tokio::time::sleep(self.timing.heartbeat * 4).await;
+            if !heard_lately() {
+                tracing::warn!(
+                    node = id,
+                    "removing a node that does not answer: the partitions and queues it \
+                     alone held are placed again without their records"
+                );
+                return Ok(());
+            }
+        }
+        if !state.draining.contains(&id) {
+            let proposed = self
+                .propose(MetadataCommand::DrainNode { node_id: id })
+                .await?;
+            if let MetadataResult::Refused(refusal) = proposed.result {
+                return Err(ClusterError::Membership(refusal.to_string()));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            let state = self.applied().state;
+            if state.drained(id) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let left = state
+                    .moves()
+                    .iter()
+                    .filter(|moved| moved.from.contains(&id) || moved.to.contains(&id))
+                    .count();
+                return Err(ClusterError::TimedOut(format!(
+                    "node {id} is being drained: {left} partition(s) or queue(s) are still \
+                     moving off it with their records (`wharf cluster rebalance --no-wait` \
+                     lists them); the moves go on: remove it again once none is left (`wharf cluster \
+                     remove-node` asks again until its --timeout-ms)"
+                )));
+            }
+            tokio::time::sleep(DRAIN_CHECK_EVERY).await;
+        }
     }
 
     /// The leader and its address when it is another node; `None` when this node leads.

@@ -427,7 +427,9 @@ impl ReplicaMachine {
     }
 
     /// Opens the state machine in `dir` over `applier`, whose state must end at the
-    /// checkpointed position.
+    /// checkpointed position. With `adopt` (a group that never ran here, over a log written
+    /// without one), the applier's state as it stands becomes the state before the group's
+    /// first entry: fsynced, then checkpointed with nothing applied.
     ///
     /// # Errors
     /// I/O errors, a damaged checkpoint, or an applier at another position.
@@ -436,13 +438,32 @@ impl ReplicaMachine {
         dir: &Path,
         io: Io,
         applier: Arc<dyn Applier>,
+        adopt: bool,
     ) -> std::io::Result<ReplicaMachine> {
         crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
         // Pieces staged before a restart are never installed (their bounds were in memory).
         if fs.is_dir(&dir.join(STAGED_DIR)) {
             fs.remove_dir_all(&dir.join(STAGED_DIR))?;
         }
-        let found = read_checkpoint(fs.as_ref(), dir)?;
+        let mut found = read_checkpoint(fs.as_ref(), dir)?;
+        let applied_nothing = found
+            .as_ref()
+            .is_none_or(|(checkpoint, _)| checkpoint.meta.last_log_id.is_none());
+        if adopt && applied_nothing {
+            // The records written before the group become its starting state: a member
+            // added later takes them from a snapshot ([`Replica::move_to`]).
+            let position = applier.persist()?;
+            let adopted = Checkpoint {
+                meta: SnapshotMeta::default(),
+                position,
+                state: applier.state()?,
+            };
+            let sequence = found.as_ref().map_or(1, |(_, sequence)| sequence + 1);
+            let payload = serde_json::to_vec(&adopted).map_err(std::io::Error::other)?;
+            write_replica_checkpoint(fs.as_ref(), dir, sequence, position, &payload)
+                .map_err(io_error)?;
+            found = Some((adopted, sequence));
+        }
         let position = found
             .as_ref()
             .map_or(0, |(checkpoint, _)| checkpoint.position);
@@ -1427,7 +1448,10 @@ impl Replica {
     /// Starts node `node_id`'s member of group `group` for the log in `dir` (its raft log
     /// in `dir/raft`, its checkpoint `replica-applied` in `dir`, where the partition's open
     /// reads it), applying to `applier` (whose state must end at
-    /// [`ReplicaMachine::checkpointed_position`]).
+    /// [`ReplicaMachine::checkpointed_position`]). With `adopt`, a member whose raft log
+    /// is empty (no entry, no vote: the group never ran here) takes the applier's state as
+    /// it stands for the group's starting state, whatever it holds: the one node of an
+    /// unreplicated partition starting a group to move it with its records.
     ///
     /// # Errors
     /// Storage errors opening the log or the checkpoint, or openraft's.
@@ -1441,16 +1465,26 @@ impl Replica {
         applier: Arc<dyn Applier>,
         transport: Arc<dyn Transport>,
         timing: Timing,
+        adopt: bool,
     ) -> std::result::Result<Replica, ReplicaError> {
+        use openraft::storage::RaftLogStorage;
         let GroupName {
             name: group,
             instance,
         } = group.into();
         let stopped = |error: &dyn std::fmt::Display| ReplicaError::Stopped(error.to_string());
-        let log = LogStore::<ReplicaConfig>::open(fs.clone(), &dir.join(RAFT_DIR), io)
+        let mut log = LogStore::<ReplicaConfig>::open(fs.clone(), &dir.join(RAFT_DIR), io)
             .map_err(|e| stopped(&e))?;
+        let adopt = adopt
+            && log
+                .get_log_state()
+                .await
+                .map_err(|e| stopped(&e))?
+                .last_log_id
+                .is_none()
+            && log.read_vote().await.map_err(|e| stopped(&e))?.is_none();
         let machine =
-            ReplicaMachine::open(fs, dir, io, applier.clone()).map_err(|e| stopped(&e))?;
+            ReplicaMachine::open(fs, dir, io, applier.clone(), adopt).map_err(|e| stopped(&e))?;
         let config = openraft::Config {
             cluster_name: format!("wharf-{group}"),
             heartbeat_interval: timing.heartbeat.as_millis() as u64,
@@ -1773,6 +1807,12 @@ impl Replica {
             });
         }
         let current = self.voters();
+        if current.len() == 1 && voters.keys().any(|id| !current.contains(id)) {
+            // A group of one voter may hold records its entries do not (it adopted an
+            // unreplicated partition's, `Replica::start`): a new member must start from a
+            // snapshot of them, not from the log's first entry.
+            self.cover_log_with_snapshot(catch_up).await?;
+        }
         for (id, addr) in voters.iter().filter(|(id, _)| !current.contains(id)) {
             let added = self
                 .raft
@@ -1817,6 +1857,52 @@ impl Replica {
                 .await
                 .map_err(refused)?;
         }
+        Ok(())
+    }
+
+    /// Takes a snapshot of everything applied and purges the raft log up to it, each step
+    /// waited for at most `within`.
+    ///
+    /// # Errors
+    /// `TimedOut` when nothing is applied yet or a step did not finish in time; `Stopped`
+    /// when openraft stopped.
+    async fn cover_log_with_snapshot(
+        &self,
+        within: Duration,
+    ) -> std::result::Result<(), ReplicaError> {
+        let stopped = |error: Fatal<NodeId>| ReplicaError::Stopped(error.to_string());
+        let Some(applied) = self.raft.metrics().borrow().last_applied else {
+            return Err(ReplicaError::TimedOut(format!(
+                "group {} has applied nothing yet",
+                self.group
+            )));
+        };
+        self.raft.trigger().snapshot().await.map_err(stopped)?;
+        let taken = self
+            .raft
+            .wait(Some(within))
+            .metrics(
+                move |metrics| {
+                    metrics
+                        .snapshot
+                        .is_some_and(|snapshot| snapshot.index >= applied.index)
+                },
+                "a snapshot of everything applied",
+            )
+            .await
+            .map_err(|error| ReplicaError::TimedOut(error.to_string()))?;
+        let upto = taken
+            .snapshot
+            .map_or(applied.index, |snapshot| snapshot.index);
+        self.raft.trigger().purge_log(upto).await.map_err(stopped)?;
+        self.raft
+            .wait(Some(within))
+            .metrics(
+                move |metrics| metrics.purged.is_some_and(|purged| purged.index >= upto),
+                "the raft log purged up to the snapshot",
+            )
+            .await
+            .map_err(|error| ReplicaError::TimedOut(error.to_string()))?;
         Ok(())
     }
 

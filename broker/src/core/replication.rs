@@ -964,7 +964,7 @@ impl Broker {
                 let Ok(partition) = u32::try_from(index) else {
                     continue;
                 };
-                if set.replicas.len() < 2 || !set.hosts(this) {
+                if !set.in_a_group() || !set.hosts(this) {
                     continue;
                 }
                 let group = group_name(name, partition);
@@ -1012,6 +1012,10 @@ impl Broker {
                     log: log.clone(),
                 });
                 let timing = replica_timing(cluster.timing());
+                // The one node of a partition written without a group, which now moves
+                // (a drain): its records become the group's starting state, which the
+                // node moved to takes from a snapshot.
+                let adopt = set.replicas == [this] && set.move_count == 0;
                 let started = Replica::start(
                     this,
                     GroupName {
@@ -1024,6 +1028,7 @@ impl Broker {
                     applier,
                     cluster.transport(),
                     timing,
+                    adopt,
                 )
                 .await;
                 match started {
@@ -1126,7 +1131,7 @@ impl Broker {
                     let Ok(partition) = u32::try_from(index) else {
                         continue;
                     };
-                    if set.replicas.len() < 2 {
+                    if !set.in_a_group() {
                         continue;
                     }
                     let Some(replica) = cluster.replicas().get(&group_name(name, partition)) else {

@@ -57,6 +57,9 @@ pub struct PartitionPlacement {
     /// The leader's epoch as Kafka's clients see it: the raft term of a replicated
     /// partition's leader (-1 while no leader is known), 0 for one that is not replicated.
     pub leader_epoch: i32,
+    /// Whether it is written through a replicated log (`Replicas::in_a_group`: several
+    /// replicas, or one that moved or is moving); never outside it.
+    pub in_a_group: bool,
 }
 
 /// A raft term as a Kafka leader epoch.
@@ -142,7 +145,7 @@ impl Routing<'_> {
             // epoch (-1): this node does not know the group's term, and an epoch of 0 made
             // librdkafka, which knew a higher one, ignore the update as outdated and stay
             // on a leader that had left (seen after a rebalance moved the leader off).
-            None if replicas.replicas.len() > 1 => (Some(replicas.leader), -1),
+            None if replicas.in_a_group() => (Some(replicas.leader), -1),
             None => (Some(replicas.leader), 0),
         };
         // While the set moves, its replicas are those it runs on and those it moves to
@@ -158,6 +161,7 @@ impl Routing<'_> {
             leader,
             replicas: listed,
             leader_epoch,
+            in_a_group: replicas.in_a_group(),
         })
     }
 
@@ -211,7 +215,7 @@ impl Routing<'_> {
     /// the partition on several nodes, this one among them, and the member runs.
     fn member(&self, topic: &str, partition: u32) -> Option<crate::cluster::replica::Replica> {
         let placed = self.placed(topic, partition)?;
-        if placed.replicas.len() < 2 {
+        if !placed.in_a_group() {
             return None;
         }
         // A member of a deleted topic of this name is not the partition's: the request is
@@ -250,7 +254,7 @@ impl Routing<'_> {
     /// the client asks again.
     fn replica_refusal(&self, topic: &str, partition: u32) -> Option<StreamError> {
         let placed = self.placed(topic, partition)?;
-        (placed.replicas.len() > 1).then(|| StreamError::NotLeader {
+        placed.in_a_group().then(|| StreamError::NotLeader {
             topic: topic.to_string(),
             partition,
             leader: None,

@@ -468,7 +468,7 @@ impl Broker {
                             None if routing.as_ref().is_some_and(|routing| {
                                 routing
                                     .partition(&topic, partition)
-                                    .is_some_and(|placed| placed.replicas.len() > 1)
+                                    .is_some_and(|placed| placed.in_a_group)
                             }) =>
                             {
                                 Err(StreamError::NotLeader {
@@ -744,7 +744,7 @@ impl Broker {
                     (replica.is_none()
                         && routing
                             .partition(topic, partition)
-                            .is_some_and(|placed| placed.replicas.len() > 1))
+                            .is_some_and(|placed| placed.in_a_group))
                     .then(|| StreamError::NotLeader {
                         topic: topic.to_string(),
                         partition,

@@ -361,7 +361,7 @@ impl Broker {
         if let Some(routing) = self.routing() {
             if routing
                 .partition(topic, partition)
-                .is_some_and(|placed| placed.replicas.len() > 1)
+                .is_some_and(|placed| placed.in_a_group)
             {
                 return Err(format!(
                     "{topic}-{partition} is replicated and its group is not running here"

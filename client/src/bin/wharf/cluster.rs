@@ -22,15 +22,22 @@ pub enum ClusterCommand {
         /// Its internal listener, HOST:PORT (its own entry of --cluster-peers).
         address: String,
     },
-    /// Remove a node from the cluster.
+    /// Remove a node from the cluster. A node that is up is drained first: every topic
+    /// partition on it moves to the others with its records (an unreplicated one too,
+    /// through a replicated log of its own), and the node is removed once none is left.
+    /// A node that is down is removed at once; what it alone held is placed again, empty.
     RemoveNode {
         /// The node's id.
         node_id: u64,
+        /// How long to wait for the drain's moves, in milliseconds.
+        #[arg(long, default_value_t = 300_000)]
+        timeout_ms: u64,
     },
     /// Move replicated partitions and queues onto the nodes holding fewest replicas (after
     /// nodes were added): each group's leader adds the new node, waits until it caught up,
     /// then changes the group's voters; the partition or queue stays available throughout.
-    /// Unreplicated partitions and queues stay where their data is.
+    /// Unreplicated partitions and queues stay where their data is (`remove-node` moves a
+    /// live node's unreplicated partitions with their records).
     Rebalance {
         /// Print the moves started and return, without waiting for them.
         #[arg(long)]
@@ -126,8 +133,11 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
             admin.add_node(node_id, &address).await?;
             report(json, "added", node_id);
         }
-        ClusterCommand::RemoveNode { node_id } => {
-            admin.remove_node(node_id).await?;
+        ClusterCommand::RemoveNode {
+            node_id,
+            timeout_ms,
+        } => {
+            remove_node(&admin, node_id, timeout_ms).await?;
             report(json, "removed", node_id);
         }
         ClusterCommand::Rebalance {
@@ -136,6 +146,24 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
         } => rebalance(&admin, json, no_wait, timeout_ms).await?,
     }
     Ok(())
+}
+
+/// `wharf cluster remove-node`: asks again every second while the broker answers that
+/// the node is still being drained, until `timeout_ms` passed.
+async fn remove_node(admin: &Admin, node_id: u64, timeout_ms: u64) -> Result<(), CliError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    loop {
+        match admin.remove_node(node_id).await {
+            Err(error)
+                if error.code() == Some(wharf_client::ErrorCode::RequestTimedOut)
+                    && error.to_string().contains("being drained")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            answered => return Ok(answered?),
+        }
+    }
 }
 
 /// `wharf cluster rebalance`: starts the rebalance, prints its moves, then (unless
