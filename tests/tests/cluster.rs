@@ -3144,3 +3144,61 @@ fn removing_a_live_node_first_moves_its_unreplicated_partitions_with_their_recor
         "every record after the holder's SIGKILL and restart"
     );
 }
+
+#[test]
+fn a_transient_queue_goes_when_its_leader_restarts_and_a_durable_one_stays() {
+    // Goal: RabbitMQ's rule that a transient (non-durable) queue is deleted when its node
+    // boots, in a cluster. Its messages live in its leader's memory; until 2026-12-07 the
+    // restarted leader declared it again, empty, and the cluster kept a queue whose
+    // messages were gone. Method: a transient and a durable queue declared through node 1,
+    // a message published to each; the transient queue's leader is SIGKILLed and
+    // restarted. Every node's catalog then lacks the transient queue and still holds the
+    // durable one with its message, and the transient name can be declared again.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    assert_done(
+        &wharf(&addresses[0], &["queue", "declare", "tq"], ""),
+        "declare the transient queue",
+    );
+    assert_done(
+        &wharf(&addresses[0], &["queue", "declare", "dq", "--durable"], ""),
+        "declare the durable queue",
+    );
+    for queue in ["tq", "dq"] {
+        // The durable queue's replicated log elects its leader first.
+        eventually(&format!("a publish to {queue} is confirmed"), || {
+            wharf(&addresses[0], &["publish", "", queue], "kept?\n")
+                .status
+                .success()
+        });
+    }
+    let http = nodes[0].http_address();
+    let (_, answer) = http_get(&http, "/api/v1/queues/tq", None);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let leader = serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["leader"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no leader of tq in {answer}"));
+    let at = usize::try_from(leader - 1).expect("an index");
+    nodes[at].kill();
+    nodes[at].restart();
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    for address in &addresses {
+        eventually(&format!("tq gone and dq kept on {address}"), || {
+            let (_, queues) = catalog(address);
+            !queues.contains(&"tq".to_string()) && queues.contains(&"dq".to_string())
+        });
+    }
+    let got = wharf(&addresses[at], &["--json", "queue", "get", "dq"], "");
+    let got = assert_done(&got, "get from the durable queue");
+    assert!(
+        got.contains("kept?"),
+        "the durable queue keeps its message: {got}"
+    );
+    assert_done(
+        &wharf(&addresses[(at + 1) % 3], &["queue", "declare", "tq"], ""),
+        "declare the transient queue again",
+    );
+}

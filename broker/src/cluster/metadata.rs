@@ -203,7 +203,8 @@ pub struct QueueMeta {
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub incarnation: u64,
     /// A transient queue (AMQP `durable=false`): its messages live in its leader's memory
-    /// and are gone when that node restarts (the definition stays). Absent (false) for a
+    /// and are gone when that node restarts, which then deletes the queue from the log
+    /// (as RabbitMQ deletes transient queues when their node boots). Absent (false) for a
     /// durable one.
     #[serde(default, skip_serializing_if = "is_false")]
     pub transient: bool,

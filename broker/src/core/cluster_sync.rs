@@ -998,6 +998,7 @@ impl Broker {
         }
         let this_node = self.replicated().map(Cluster::node_id);
         let mut ended = Vec::new();
+        let mut transient_ended = Vec::new();
         for (name, queue) in &state.queues {
             // An exclusive queue of a connection on this node that is not here any more
             // ended with its connection (or this node's restart): the log is told.
@@ -1052,6 +1053,17 @@ impl Broker {
                 followed
                     .bindings
                     .retain(|binding| binding.to_exchange || binding.queue != *name);
+                if this_node == Some(queue.placement.leader) {
+                    // Its node restarted, and its messages (in that process's memory) went
+                    // with it: the queue goes, as RabbitMQ deletes transient queues when
+                    // their node boots. Only as the log held it then: a declare of the
+                    // name since (through any node) keeps it, and the next pass declares
+                    // it here again, empty.
+                    followed.queues.remove(name);
+                    followed.queue_incarnations.remove(name);
+                    transient_ended.push((name.clone(), queue.seen()));
+                    continue;
+                }
             }
             if followed.queues.contains(name) && !lost {
                 followed
@@ -1120,6 +1132,25 @@ impl Broker {
             }
         }
         if let Some(cluster) = self.replicated() {
+            for (name, seen) in transient_ended {
+                let command = MetadataCommand::DeleteQueue {
+                    name: name.clone(),
+                    exclusive_on: None,
+                    if_unchanged: Some(seen),
+                };
+                match Self::propose_definition(cluster, command).await {
+                    Ok(MetadataResult::Done) => tracing::info!(
+                        queue = name,
+                        "a transient queue led here went with this node's restart"
+                    ),
+                    Ok(other) => {
+                        tracing::info!(queue = name, result = ?other, "a transient queue led here was declared again since this node's restart: it stays")
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue = name, %error, "a transient queue led here stays in the cluster's metadata for now")
+                    }
+                }
+            }
             for name in ended {
                 // Only while the log still holds it as this node's: it may have dropped it
                 // (this node went silent) and another connection declared the name since.
