@@ -106,8 +106,9 @@ pub struct Replicas {
     pub replicas: Vec<NodeId>,
     /// The node that leads it now.
     pub leader: NodeId,
-    /// A replicated set being moved (`wharf cluster rebalance`, a node's removal): the
-    /// nodes its group moves to. Its leader adds each new one as a learner, waits until it
+    /// A set being moved through its group (`wharf cluster rebalance`, a node's drain or
+    /// removal; an unreplicated partition of a drained node too, through a group of its
+    /// own): the nodes its group moves to. Its leader adds each new one as a learner, waits until it
     /// caught up, changes the group's voters, then records [`MetadataCommand::ReplicasMoved`].
     /// Until then `replicas` is where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,13 +155,37 @@ impl Replicas {
         self.move_count == 0 && self.replicas.contains(&node)
     }
 
-    /// Whether the set is written through a replicated log (a group of its replicas): when
+    /// Whether a topic partition's set is written through a replicated log (a group of its
+    /// replicas; queues go by their replica count alone): when
     /// it has more than one replica, and also, with one, once it has been moving or moved
     /// (an unreplicated partition moves with its records through a group of its own,
     /// [`MetadataCommand::DrainNode`], and keeps that group, of one voter, afterwards). A
     /// set that never ran a group is written by its one node directly.
     pub fn in_a_group(&self) -> bool {
         self.replicas.len() >= 2 || self.moving_to.is_some() || self.move_count > 0
+    }
+}
+
+/// What a replica set places, for a rebalance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetKind {
+    /// A topic's partition.
+    Partition,
+    /// A partition of an internal topic (the coordinators').
+    Internal,
+    /// A queue.
+    Queue,
+}
+
+impl SetKind {
+    /// Whether a set of this kind is written through a group: a partition per
+    /// [`Replicas::in_a_group`]; a queue while it has several replicas (an unreplicated
+    /// queue never moves with its messages).
+    fn grouped(self, set: &Replicas) -> bool {
+        match self {
+            SetKind::Partition | SetKind::Internal => set.in_a_group(),
+            SetKind::Queue => set.replicas.len() >= 2,
+        }
     }
 }
 
@@ -983,7 +1008,18 @@ impl MetadataState {
     /// registered node places on node 1, the lone broker); 0 asks for the default, decided
     /// here, when the command is applied, so every node places alike.
     fn check_factor(&self, requested: u32) -> Result<usize, MetadataError> {
-        let nodes = self.nodes.len().max(1);
+        // Nodes being drained take no new replica.
+        let taking = self
+            .nodes
+            .keys()
+            .filter(|id| !self.draining.contains(id))
+            .count();
+        let nodes = if taking == 0 {
+            self.nodes.len()
+        } else {
+            taking
+        }
+        .max(1);
         match requested as usize {
             0 => Ok(default_factor(nodes) as usize),
             factor if factor <= nodes => Ok(factor),
@@ -1017,8 +1053,9 @@ impl MetadataState {
     /// written through a group ([`Replicas::in_a_group`]) whose nodes change gets a
     /// `moving_to` (its group's leader moves it; its `replicas` and elected leader stay
     /// until then), and so does an unreplicated partition of a node being drained (it moves
-    /// with its records through a group of its own); an unreplicated set on a node that is
-    /// gone is placed again at once. Other unreplicated sets on registered nodes are left
+    /// with its records through a group of its own); a set none of whose nodes is
+    /// registered any more is placed again at once, empty, as a new set (no group is left
+    /// to move it). Other unreplicated sets on registered nodes are left
     /// out (their data cannot follow them), and so are internal topics unless a node was
     /// removed (they are led first by the lowest id; after a removal the plan evens them
     /// out with the rest). Draining nodes take nothing.
@@ -1033,25 +1070,28 @@ impl MetadataState {
             nodes = registered.iter().copied().collect();
         }
         let draining = self.draining.clone();
-        // Each set with whether its records can follow it when unreplicated (a topic's
-        // partition, internal topics aside: their groups are the coordinators').
-        let mut sets: Vec<(&mut Replicas, bool)> = self
+        let mut sets: Vec<(&mut Replicas, SetKind)> = self
             .topics
             .iter_mut()
             .filter(|(name, _)| node_removed || !name.starts_with(INTERNAL_TOPIC_PREFIX))
             .flat_map(|(name, topic)| {
-                let copied = !name.starts_with(INTERNAL_TOPIC_PREFIX);
-                topic.partitions.iter_mut().map(move |set| (set, copied))
+                let kind = if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+                    SetKind::Internal
+                } else {
+                    SetKind::Partition
+                };
+                topic.partitions.iter_mut().map(move |set| (set, kind))
             })
             .chain(
                 self.queues
                     .values_mut()
-                    .map(|queue| (&mut queue.placement, false)),
+                    .map(|queue| (&mut queue.placement, SetKind::Queue)),
             )
-            .filter(|(set, copied)| {
-                set.in_a_group()
+            .filter(|(set, kind)| {
+                kind.grouped(set)
                     || set.replicas.iter().any(|id| !registered.contains(id))
-                    || (*copied && set.replicas.iter().any(|id| draining.contains(id)))
+                    || (*kind == SetKind::Partition
+                        && set.replicas.iter().any(|id| draining.contains(id)))
             })
             .collect();
         // Plan from where each set is going (a move under way counts as done).
@@ -1067,20 +1107,23 @@ impl MetadataState {
             .collect();
         let mut planned: Vec<&mut Replicas> = plans.iter_mut().collect();
         placement::rebalance(&nodes, &mut planned);
-        for ((set, copied), plan) in sets.iter_mut().zip(plans) {
-            if !set.in_a_group() {
-                let on_registered = set.replicas.iter().all(|id| registered.contains(id));
-                if *copied && on_registered && !set.replicas.is_empty() {
-                    // A drained node's partition: its records go with it, through a group.
-                    if plan.replicas != set.replicas {
-                        set.moving_to = Some(plan.replicas);
-                    }
-                    continue;
+        for ((set, kind), plan) in sets.iter_mut().zip(plans) {
+            if set.replicas.iter().all(|id| !registered.contains(id)) {
+                // Every node holding it is gone (a partition of one replica whose node
+                // died, during its drain or after a move): nothing is left to copy or to
+                // lead its group; it starts again, empty, where the plan puts it.
+                **set = Replicas {
+                    leader: plan.leader,
+                    ..Replicas::new(plan.replicas)
+                };
+                continue;
+            }
+            if !kind.grouped(set) {
+                // On a registered node, so a drained node's partition (the filter above):
+                // its records go with it, through a group of its own.
+                if plan.replicas != set.replicas {
+                    set.moving_to = Some(plan.replicas);
                 }
-                // Unreplicated on a node that is gone: nothing to copy; it goes where the
-                // plan puts it.
-                set.replicas = plan.replicas;
-                set.leader = plan.leader;
                 continue;
             }
             let mut now: Vec<NodeId> = set.replicas.clone();
@@ -1114,7 +1157,7 @@ impl MetadataState {
             .queues
             .values()
             .map(|queue| &queue.placement)
-            .filter(|set| set.in_a_group());
+            .filter(|set| SetKind::Queue.grouped(set));
         !partitions.chain(grouped_queues).any(|set| set.hosts(node))
     }
 
@@ -1983,8 +2026,29 @@ mod tests {
             state.topics["one"], drained.topics["one"],
             "nothing left to place"
         );
-        // The last node that is not draining is not drained.
+        // A moved partition's one node dies and is removed: no group is left to move it,
+        // so it starts again, empty, elsewhere (as an unreplicated set of a dead node
+        // always did), instead of waiting for good on a move nobody can make.
+        let holder = state.topics["one"].partitions[on_3[0]].replicas[0];
+        state.apply(&MetadataCommand::RemoveNode { node_id: holder });
+        let set = &state.topics["one"].partitions[on_3[0]];
+        assert!(!set.replicas.contains(&holder), "{set:?}");
+        assert_eq!(set.moving_to, None);
+        assert!(!set.in_a_group(), "a new unreplicated set: {set:?}");
+        for id in [3, holder] {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id: id,
+                info: node(7000 + u16::try_from(id).expect("a small id")),
+            });
+        }
+        // While nodes drain, a factor is checked against the others; the last node that
+        // is not draining is not drained.
         state.apply(&MetadataCommand::DrainNode { node_id: 2 });
+        state.apply(&MetadataCommand::DrainNode { node_id: 3 });
+        assert!(matches!(
+            state.apply(&create("wide", 1, 2)),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
         assert!(matches!(
             state.apply(&MetadataCommand::DrainNode { node_id: 1 }),
             MetadataResult::Refused(MetadataError::Invalid(_))

@@ -153,9 +153,9 @@ pub enum ClusterError {
 
 /// How recently the leader must have heard a node for its removal to drain it first.
 const DRAINED_NODE_HEARD: Duration = Duration::from_secs(3);
-/// How long one removal waits for a drain (below the clients' 30 s request timeout); the
-/// CLI asks again while moves go on.
-const DRAIN_WAIT: Duration = Duration::from_secs(20);
+/// How long one removal waits for a drain (well below the 30 s that the core and the
+/// clients give the whole request); the CLI asks again while moves go on.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
 /// How often a removal looks whether the drain is done.
 const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(200);
 

@@ -427,9 +427,9 @@ impl ReplicaMachine {
     }
 
     /// Opens the state machine in `dir` over `applier`, whose state must end at the
-    /// checkpointed position. With `adopt` (a group that never ran here, over a log written
-    /// without one), the applier's state as it stands becomes the state before the group's
-    /// first entry: fsynced, then checkpointed with nothing applied.
+    /// checkpointed position. With [`Adopt::Records`] (a group that never ran here, over a
+    /// log written without one), the applier's state as it stands becomes the state before
+    /// the group's first entry: fsynced, then checkpointed with nothing applied.
     ///
     /// # Errors
     /// I/O errors, a damaged checkpoint, or an applier at another position.
@@ -438,7 +438,7 @@ impl ReplicaMachine {
         dir: &Path,
         io: Io,
         applier: Arc<dyn Applier>,
-        adopt: bool,
+        adopt: Adopt,
     ) -> std::io::Result<ReplicaMachine> {
         crate::storage::fs::create_dir_durable(fs.as_ref(), dir).map_err(io_error)?;
         // Pieces staged before a restart are never installed (their bounds were in memory).
@@ -449,7 +449,7 @@ impl ReplicaMachine {
         let applied_nothing = found
             .as_ref()
             .is_none_or(|(checkpoint, _)| checkpoint.meta.last_log_id.is_none());
-        if adopt && applied_nothing {
+        if adopt == Adopt::Records && applied_nothing {
             // The records written before the group become its starting state: a member
             // added later takes them from a snapshot ([`Replica::move_to`]).
             let position = applier.persist()?;
@@ -880,6 +880,16 @@ impl RaftStateMachine<ReplicaConfig> for ReplicaMachine {
         let inner = lock(&self.inner);
         Ok(inner.checkpoint.as_ref().map(ReplicaMachine::snapshot_of))
     }
+}
+
+/// What a member starting over an empty raft log takes for the group's starting state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// The applier's state as it stands (an unreplicated partition's records, its node
+    /// starting a group to move them).
+    Records,
+    /// Nothing: the state must end where the checkpoint says (0 without one).
+    Nothing,
 }
 
 /// A replicated log's group as its RPCs name it: its name and, where a name can be
@@ -1448,10 +1458,10 @@ impl Replica {
     /// Starts node `node_id`'s member of group `group` for the log in `dir` (its raft log
     /// in `dir/raft`, its checkpoint `replica-applied` in `dir`, where the partition's open
     /// reads it), applying to `applier` (whose state must end at
-    /// [`ReplicaMachine::checkpointed_position`]). With `adopt`, a member whose raft log
-    /// is empty (no entry, no vote: the group never ran here) takes the applier's state as
-    /// it stands for the group's starting state, whatever it holds: the one node of an
-    /// unreplicated partition starting a group to move it with its records.
+    /// [`ReplicaMachine::checkpointed_position`]). With [`Adopt::Records`], a member whose
+    /// raft log is empty (no entry, no vote: the group never ran here) takes the applier's
+    /// state as it stands for the group's starting state, whatever it holds: the one node
+    /// of an unreplicated partition starting a group to move it with its records.
     ///
     /// # Errors
     /// Storage errors opening the log or the checkpoint, or openraft's.
@@ -1465,7 +1475,7 @@ impl Replica {
         applier: Arc<dyn Applier>,
         transport: Arc<dyn Transport>,
         timing: Timing,
-        adopt: bool,
+        adopt: Adopt,
     ) -> std::result::Result<Replica, ReplicaError> {
         use openraft::storage::RaftLogStorage;
         let GroupName {
@@ -1475,14 +1485,14 @@ impl Replica {
         let stopped = |error: &dyn std::fmt::Display| ReplicaError::Stopped(error.to_string());
         let mut log = LogStore::<ReplicaConfig>::open(fs.clone(), &dir.join(RAFT_DIR), io)
             .map_err(|e| stopped(&e))?;
-        let adopt = adopt
-            && log
-                .get_log_state()
-                .await
-                .map_err(|e| stopped(&e))?
-                .last_log_id
-                .is_none()
+        let never_ran = log
+            .get_log_state()
+            .await
+            .map_err(|e| stopped(&e))?
+            .last_log_id
+            .is_none()
             && log.read_vote().await.map_err(|e| stopped(&e))?.is_none();
+        let adopt = if never_ran { adopt } else { Adopt::Nothing };
         let machine =
             ReplicaMachine::open(fs, dir, io, applier.clone(), adopt).map_err(|e| stopped(&e))?;
         let config = openraft::Config {

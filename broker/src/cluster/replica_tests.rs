@@ -247,7 +247,7 @@ async fn start(id: NodeId, fs: SimFs, applier: Arc<ModelApplier>, net: &Arc<Net>
         applier.clone(),
         net.clone(),
         timing(),
-        false,
+        super::Adopt::Nothing,
     )
     .await
     .expect("start");
@@ -794,7 +794,7 @@ fn a_member_refuses_the_rpcs_of_another_instance_of_its_group() {
             Arc::new(ModelApplier::with(Vec::new())),
             net,
             timing(),
-            false,
+            super::Adopt::Nothing,
         )
         .await
         .expect("start");

@@ -147,7 +147,7 @@ impl Broker {
     /// This node's seat, when it should coordinate now.
     fn coordinator_seat(&self, cluster: &Cluster, state: &MetadataState) -> Option<Seat> {
         let placed = state.topics.get(OFFSETS_TOPIC)?.partitions.first()?;
-        if placed.replicas.len() >= 2 {
+        if placed.in_a_group() {
             let member = cluster.replicas().get(&group_name(OFFSETS_TOPIC, 0))?;
             return member
                 .leads_caught_up()
@@ -165,7 +165,7 @@ impl Broker {
     /// The term this node's seat holds (0 for a partition placed here alone).
     fn seat_term(cluster: &Cluster, state: &MetadataState) -> Option<u64> {
         let placed = state.topics.get(OFFSETS_TOPIC)?.partitions.first()?;
-        if placed.replicas.len() >= 2 {
+        if placed.in_a_group() {
             let member = cluster.replicas().get(&group_name(OFFSETS_TOPIC, 0))?;
             let (leader, term) = member.leader_and_term()?;
             return (leader == cluster.node_id()).then_some(term);

@@ -324,7 +324,7 @@ impl Broker {
                 entries_per_append: QUEUE_ENTRIES_PER_APPEND,
                 ..replica_timing(cluster.timing())
             },
-            false,
+            crate::cluster::replica::Adopt::Nothing,
         )
         .await;
         let replica = match started {

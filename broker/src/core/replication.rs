@@ -42,7 +42,7 @@ use crate::cluster::metadata::{
     MetadataCommand, MetadataResult, MetadataState, NodeId, INTERNAL_TOPIC_PREFIX,
 };
 use crate::cluster::raft::{Cluster, Timing};
-use crate::cluster::replica::{Applier, GroupName, Replica, ReplicaError};
+use crate::cluster::replica::{Adopt, Applier, GroupName, Replica, ReplicaError};
 use crate::cluster::store::Io;
 use crate::storage::{Partition, RealFs};
 use crate::streams::produce::TxnCheck;
@@ -818,6 +818,14 @@ fn replica_refusal(
 }
 
 impl Broker {
+    /// Whether the applied metadata has `topic`'s `partition` written through a group
+    /// (`Replicas::in_a_group`), whether or not this node's member runs.
+    pub(crate) fn written_through_group(&self, topic: &str, partition: u32) -> bool {
+        self.routing()
+            .and_then(|routing| routing.partition(topic, partition))
+            .is_some_and(|placed| placed.in_a_group)
+    }
+
     /// This node's member of partition `partition` of `topic`'s replicated log, if the
     /// partition is replicated and has one here.
     pub(crate) fn partition_replica(&self, topic: &str, partition: u32) -> Option<Replica> {
@@ -1015,7 +1023,11 @@ impl Broker {
                 // The one node of a partition written without a group, which now moves
                 // (a drain): its records become the group's starting state, which the
                 // node moved to takes from a snapshot.
-                let adopt = set.replicas == [this] && set.move_count == 0;
+                let adopt = if set.replicas == [this] && set.move_count == 0 {
+                    Adopt::Records
+                } else {
+                    Adopt::Nothing
+                };
                 let started = Replica::start(
                     this,
                     GroupName {

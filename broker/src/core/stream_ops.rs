@@ -478,6 +478,17 @@ impl Broker {
                                 })
                             }
                             None => match self.txn_gate(&topic, partition, &records, None).await {
+                                // Looked at again after the gate's wait: a drain may have
+                                // put the partition in a group since (its node then adopts
+                                // the records as they stand, and a direct append after that
+                                // would lie outside the group's checkpoint).
+                                Ok(_) if self.written_through_group(&topic, partition) => {
+                                    Err(StreamError::NotLeader {
+                                        topic: topic.clone(),
+                                        partition,
+                                        leader: None,
+                                    })
+                                }
                                 // The gate (if any) stays shut until the batch is appended.
                                 Ok((txn_check, _gate)) => self
                                     .streams
