@@ -6,6 +6,7 @@ coordinator's node.
     confluent_coordinator.py txn-open BOOTSTRAP TOPIC TRANSACTIONAL_ID
     confluent_coordinator.py txn-after BOOTSTRAP TOPIC TRANSACTIONAL_ID
     confluent_coordinator.py txn-across BOOTSTRAP TOPIC TRANSACTIONAL_ID
+    confluent_coordinator.py steady BOOTSTRAP TOPIC GROUP PID SECONDS
 
 group: a member of GROUP (subscribed to TOPIC, auto.offset.reset earliest, no auto commit)
 reads COUNT records, commits synchronously, and reads the committed offset back; prints
@@ -20,6 +21,12 @@ txn-across: a transactional producer opens a transaction with "s0".."s4" on part
 prints {"open": true}, waits for a line on its standard input (the test moves the
 coordinator meanwhile), writes "s5".."s9" and commits; prints {"committed": true} or
 {"committed": false, "error": text}.
+steady: two members of GROUP (the classic protocol, range) share TOPIC's partitions while
+a producer writes a record every 20 ms; once both hold partitions and 3 s passed without
+a rebalance callback, the coordinator's process PID is SIGKILLed, and the members go on
+for SECONDS more. Prints {"settled": bool, "events_after_kill": [[member, "assign" |
+"revoke", [partitions]]], "read_after_kill": [count per member], "last_read_s": seconds
+after the kill of the last record read}.
 """
 
 import json
@@ -143,6 +150,79 @@ def txn_across(bootstrap, topic, transactional_id):
         return {"committed": False, "error": str(error)}
 
 
+def steady(bootstrap, topic, group_id, pid, seconds):
+    events = []
+    killed_at = [None]
+
+    def callbacks(member):
+        def on_assign(_consumer, partitions):
+            events.append((time.time(), member, "assign", sorted(p.partition for p in partitions)))
+
+        def on_revoke(_consumer, partitions):
+            events.append((time.time(), member, "revoke", sorted(p.partition for p in partitions)))
+
+        return on_assign, on_revoke
+
+    members = []
+    for member in range(2):
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "range",
+                "topic.metadata.refresh.interval.ms": 500,
+            }
+        )
+        on_assign, on_revoke = callbacks(member)
+        consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        members.append(consumer)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    read_after = [0, 0]
+    last_read = [None]
+    settled = False
+    deadline = time.time() + 60
+    sent = 0
+    next_send = time.time()
+    while True:
+        now = time.time()
+        if now >= next_send:
+            producer.produce(topic, value=f"s{sent}".encode())
+            producer.poll(0)
+            sent += 1
+            next_send = now + 0.02
+        for member, consumer in enumerate(members):
+            message = consumer.poll(0.05)
+            if message is not None and message.error() is None and killed_at[0] is not None:
+                read_after[member] += 1
+                last_read[0] = time.time()
+        if killed_at[0] is None:
+            assigned = {member for (_, member, kind, parts) in events if kind == "assign" and parts}
+            quiet = not events or now - events[-1][0] >= 3
+            if len(assigned) == 2 and quiet:
+                settled = True
+                killed_at[0] = time.time()
+                os.kill(pid, 9)
+            elif now > deadline:
+                break
+        elif now - killed_at[0] >= seconds:
+            break
+    # Taken before the members close (closing revokes their partitions).
+    after = [
+        [member, kind, parts] for (at, member, kind, parts) in events
+        if killed_at[0] is not None and at >= killed_at[0]
+    ]
+    for consumer in members:
+        consumer.close()
+    producer.flush(10)
+    return {
+        "settled": settled,
+        "events_after_kill": after,
+        "read_after_kill": read_after,
+        "last_read_s": None if last_read[0] is None else last_read[0] - killed_at[0],
+    }
+
+
 def main():
     mode, bootstrap, topic = sys.argv[1:4]
     if mode == "group":
@@ -154,6 +234,8 @@ def main():
         result = txn_after(bootstrap, topic, sys.argv[4])
     elif mode == "txn-across":
         result = txn_across(bootstrap, topic, sys.argv[4])
+    elif mode == "steady":
+        result = steady(bootstrap, topic, sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))

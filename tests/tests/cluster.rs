@@ -3202,3 +3202,73 @@ fn a_transient_queue_goes_when_its_leader_restarts_and_a_durable_one_stays() {
         "declare the transient queue again",
     );
 }
+
+#[test]
+fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
+    // Goal: a coordinator's failover is invisible to a settled consumer group, as in
+    // Kafka, whose new coordinator loads each group's metadata from __consumer_offsets.
+    // Until 2026-12-07 only committed offsets were in the coordinators' log: every member
+    // got UNKNOWN_MEMBER_ID from the new coordinator and the whole group rebalanced (an
+    // eager assignor stops every member meanwhile). Method: two librdkafka members (range)
+    // share a topic of two partitions while a producer writes every 20 ms; once settled,
+    // the coordinator's node is SIGKILLed. For 15 s more no member sees a revoke or an
+    // assign callback, both go on reading, and another node coordinates.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    assert_done(
+        &wharf(
+            &addresses[0],
+            &["topic", "create", "steady", "--partitions", "2"],
+            "",
+        ),
+        "create the topic",
+    );
+    let mut coordinator = None;
+    eventually("one node coordinates", || {
+        coordinator = http
+            .iter()
+            .position(|address| coordinator_gauge(address) == Some(1));
+        coordinator.is_some()
+    });
+    let coordinator = coordinator.expect("a coordinator");
+    let pid = nodes[coordinator].pid().to_string();
+    let answer = coordinator_client(&[
+        "steady",
+        &kafka.join(","),
+        "steady",
+        "steady-group",
+        &pid,
+        "15",
+    ]);
+    eprintln!("steady group across the coordinator's SIGKILL: {answer}");
+    assert_eq!(answer["settled"], true, "{answer}");
+    assert_eq!(
+        answer["events_after_kill"],
+        serde_json::json!([]),
+        "no member rebalanced when the coordinator moved: {answer}"
+    );
+    let read: Vec<u64> = answer["read_after_kill"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        read.len() == 2 && read.iter().all(|count| *count > 0),
+        "both members read on after the kill: {answer}"
+    );
+    let others: Vec<&String> = (0..3)
+        .filter(|at| *at != coordinator)
+        .map(|at| &http[at])
+        .collect();
+    eventually("another node coordinates", || {
+        others
+            .iter()
+            .any(|address| coordinator_gauge(address) == Some(1))
+    });
+}

@@ -36,7 +36,7 @@ use crate::append::{LocalLog, LogAppend, RecordLog, WriterCheck};
 use crate::cluster::metadata::{MetadataCommand, MetadataState};
 use crate::cluster::raft::Cluster;
 use crate::cluster::replica::Replica;
-use crate::groups::offsets::OFFSETS_TOPIC;
+use crate::groups::offsets::{replay_groups, OFFSETS_TOPIC};
 use crate::storage::{Appended, Clock, Error as StorageError, Partition};
 use crate::streams::topic::internal_overrides;
 use crate::txn::{replay_shared, TxnDeps};
@@ -254,13 +254,19 @@ impl Broker {
         };
         let offsets = self.offsets.clone();
         let serving = writer.clone();
-        let replayed = tokio::task::spawn_blocking(move || {
+        let (replayed, saved) = tokio::task::spawn_blocking(move || {
             offsets.serve(serving)?;
-            replay_shared(offsets.log()).inspect_err(|_| offsets.stop_serving())
+            let replayed = replay_shared(offsets.log())?;
+            Ok::<_, crate::storage::Error>((replayed, replay_groups(offsets.log())?))
         })
         .await
         .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| {
+            self.offsets.stop_serving();
+            error.to_string()
+        })?;
+        // The groups the previous coordinator recorded go on here at their generations.
+        self.groups.classic().restore(saved);
         let task = self.txn.lead(replayed, writer, deps);
         if let Some(earlier) = self.coordination.task().replace(task) {
             earlier.abort();

@@ -281,11 +281,19 @@ impl Broker {
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Bytes, GroupError> {
         self.check_group(caller, Operation::Read, group_id)?;
-        match self
+        let synced = self
             .groups
             .classic()
-            .sync(group_id, member_id, generation, assignments)
-        {
+            .sync(group_id, member_id, generation, assignments);
+        // The leader's sync made the group stable: it is recorded for the next
+        // coordinator (issue #21), so a coordinator's failover or hand-over does not make
+        // every member rejoin. Not recorded, the group works here all the same.
+        if let Some(saved) = self.groups.classic().saved(group_id, member_id, generation) {
+            if let Err(error) = self.offsets.record_group(group_id, Some(&saved)).await {
+                tracing::warn!(group = group_id, %error, "cannot record the group's state; its members rejoin if the coordinator moves");
+            }
+        }
+        match synced {
             SyncWait::Assigned(assignment) => Ok(assignment),
             SyncWait::Refused(error) => Err(error),
             SyncWait::Waiting(receiver) => {
@@ -321,7 +329,18 @@ impl Broker {
         if let Err(refused) = self.check_group(caller, Operation::Read, group_id) {
             return member_ids.iter().map(|_| Err(refused.clone())).collect();
         }
-        self.groups.classic().leave(group_id, member_ids)
+        let left = self.groups.classic().leave(group_id, member_ids);
+        if left.iter().any(Result::is_ok) && !self.groups.classic().has_members(group_id) {
+            // Its last members left: the next coordinator carries none over.
+            let offsets = self.offsets.clone();
+            let group = group_id.to_string();
+            tokio::spawn(async move {
+                if let Err(error) = offsets.record_group(&group, None).await {
+                    tracing::debug!(group, %error, "cannot record that the group emptied");
+                }
+            });
+        }
+        left
     }
 
     /// A classic group as DescribeGroups shows it (`None`: no such classic group).

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::groups::{GroupError, GROUPS_MAX, GROUP_ID_BYTES_MAX, GROUP_MEMBERS_MAX};
@@ -170,6 +171,52 @@ struct Group {
     rebalances: u64,
 }
 
+/// A stable group as its coordinator records it in the coordinators' log (issue #21), so
+/// that the next coordinator goes on with the same generation and members instead of
+/// making every member rejoin: what Kafka's group metadata records hold. JSON, the byte
+/// fields as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedGroup {
+    /// The generation whose assignment the members hold.
+    pub generation: i32,
+    /// The protocol type (`consumer`).
+    pub protocol_type: String,
+    /// The chosen protocol (the assignor).
+    pub protocol: String,
+    /// The leader's member id.
+    pub leader: String,
+    /// The members.
+    pub members: Vec<SavedMember>,
+}
+
+/// One member of a [`SavedGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMember {
+    /// Its id.
+    pub member_id: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Its session timeout, ms.
+    pub session_timeout_ms: i64,
+    /// Its rebalance timeout, ms.
+    pub rebalance_timeout_ms: i64,
+    /// Its protocols with their metadata, in its order of preference.
+    pub protocols: Vec<SavedProtocol>,
+    /// What the leader assigned it.
+    #[serde(with = "crate::cluster::codec::bytes_field")]
+    pub assignment: Bytes,
+}
+
+/// One protocol of a [`SavedMember`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedProtocol {
+    /// Its name.
+    pub name: String,
+    /// The member's metadata for it.
+    #[serde(with = "crate::cluster::codec::bytes_field")]
+    pub metadata: Bytes,
+}
+
 /// Every classic group.
 #[derive(Debug)]
 pub struct ClassicGroups {
@@ -198,6 +245,98 @@ impl ClassicGroups {
     /// coordinator; a join waiting here is told to rejoin).
     pub fn forget_all(&self) {
         self.lock().clear();
+    }
+
+    /// `group_id` as its coordinator records it, when it is stable at `generation` and
+    /// `by` is its leader (the leader's sync of that generation handed out the
+    /// assignment); `None` otherwise.
+    pub fn saved(&self, group_id: &str, by: &str, generation: i32) -> Option<SavedGroup> {
+        let groups = self.lock();
+        let group = groups.get(group_id)?;
+        if group.state != ClassicState::Stable
+            || group.generation != generation
+            || group.leader != by
+        {
+            return None;
+        }
+        Some(SavedGroup {
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol: group.protocol.clone(),
+            leader: group.leader.clone(),
+            members: group
+                .members
+                .iter()
+                .map(|(member_id, member)| SavedMember {
+                    member_id: member_id.clone(),
+                    client_id: member.client_id.clone(),
+                    session_timeout_ms: member.session_timeout_ms,
+                    rebalance_timeout_ms: member.rebalance_timeout_ms,
+                    protocols: member
+                        .protocols
+                        .iter()
+                        .map(|(name, metadata)| SavedProtocol {
+                            name: name.clone(),
+                            metadata: metadata.clone(),
+                        })
+                        .collect(),
+                    assignment: member.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Takes the groups a previous coordinator recorded ([`SavedGroup`]) as stable groups
+    /// at their generation, each member given a whole session from now to heartbeat here;
+    /// a group this coordinator already holds, or beyond [`GROUPS_MAX`], is skipped.
+    pub fn restore(&self, saved: Vec<(String, SavedGroup)>) {
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        for (group_id, group) in saved {
+            if groups.len() >= GROUPS_MAX || groups.contains_key(&group_id) {
+                continue;
+            }
+            let members: BTreeMap<String, Member> = group
+                .members
+                .into_iter()
+                .take(GROUP_MEMBERS_MAX)
+                .map(|member| {
+                    (
+                        member.member_id,
+                        Member {
+                            client_id: member.client_id,
+                            session_timeout_ms: member.session_timeout_ms,
+                            rebalance_timeout_ms: member.rebalance_timeout_ms,
+                            protocols: member
+                                .protocols
+                                .into_iter()
+                                .map(|protocol| (protocol.name, protocol.metadata))
+                                .collect(),
+                            assignment: member.assignment,
+                            last_seen_ms: now,
+                            joining: None,
+                            syncing: None,
+                        },
+                    )
+                })
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            groups.insert(
+                group_id,
+                Group {
+                    state: ClassicState::Stable,
+                    generation: group.generation,
+                    protocol_type: group.protocol_type,
+                    protocol: group.protocol,
+                    leader: group.leader,
+                    members,
+                    rebalance_deadline_ms: 0,
+                    rebalances: 0,
+                },
+            );
+        }
     }
 
     /// Whether `group_id` has members of this protocol.
@@ -805,6 +944,40 @@ mod tests {
         assert_eq!(leader_sync.try_recv().expect("sent").expect("ok"), "L");
         assert_eq!(groups.heartbeat("g", &leader.member_id, 1), Ok(()));
         assert_eq!(groups.check_commit("g", &follower.member_id, 1), Ok(()));
+
+        // Recorded by the leader's sync (only its), the group goes on at another
+        // coordinator at its generation: heartbeats and commits pass there, nobody rejoins,
+        // and the members' sessions start again from the restore.
+        assert_eq!(groups.saved("g", &follower.member_id, 1), None);
+        assert_eq!(groups.saved("g", &leader.member_id, 2), None);
+        let saved = groups
+            .saved("g", &leader.member_id, 1)
+            .expect("stable at 1");
+        let next = ClassicGroups::new(clock.clone());
+        clock.advance_ms(60_000);
+        next.restore(vec![("g".to_string(), saved.clone())]);
+        assert_eq!(next.heartbeat("g", &follower.member_id, 1), Ok(()));
+        assert_eq!(next.check_commit("g", &leader.member_id, 1), Ok(()));
+        assert!(matches!(
+            next.sync("g", &follower.member_id, 1, Vec::new()),
+            SyncWait::Assigned(assignment) if assignment == "F"
+        ));
+        assert_eq!(next.expire(), 0, "sessions count from the restore");
+        assert_eq!(next.describe("g"), groups.describe("g"));
+        assert_eq!(next.saved("g", &leader.member_id, 1), Some(saved));
+        // A stale generation is still refused there, and a later restore keeps what runs.
+        assert!(next.heartbeat("g", &follower.member_id, 0).is_err());
+        next.restore(vec![(
+            "g".to_string(),
+            SavedGroup {
+                generation: 7,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                leader: String::new(),
+                members: Vec::new(),
+            },
+        )]);
+        assert_eq!(next.heartbeat("g", &follower.member_id, 1), Ok(()));
     }
 
     #[test]

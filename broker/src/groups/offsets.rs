@@ -28,6 +28,7 @@ use wharf_protocol::wire::{Reader, Wire};
 use wharf_protocol::wire_struct;
 
 use crate::append::{LocalLog, RecordLog};
+use crate::groups::classic::SavedGroup;
 use crate::storage::{Appended, Clock, Error as StorageError, Partition};
 use crate::streams::topic::{replay_records, TopicError, Topics};
 
@@ -43,6 +44,24 @@ pub fn is_txn_record(record: &wharf_protocol::batch::Record) -> bool {
         .headers
         .iter()
         .any(|header| header.key == TXN_RECORD_HEADER)
+}
+
+/// The header key of a group-state record (a classic group as its coordinator last
+/// recorded it, [`SavedGroup`]; its value is empty): it shares the offsets log, and
+/// neither the offsets nor the transaction log reads it.
+pub const GROUP_RECORD_HEADER: &str = "wharf.group";
+/// The first bytes of a group-state record's key, then the group id: no offset record's
+/// key starts so (an offset key starts with its group's length, and a one-byte group id
+/// is never 0xFE, which is not UTF-8), nor a transaction record's (`00 01 FF`), so the log
+/// cleaner keeps each group's latest record apart.
+pub const GROUP_KEY_PREFIX: [u8; 3] = [0x00, 0x01, 0xFE];
+
+/// Whether `record` is a group-state record (see [`GROUP_RECORD_HEADER`]).
+pub fn is_group_record(record: &wharf_protocol::batch::Record) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|header| header.key == GROUP_RECORD_HEADER)
 }
 
 wire_struct! {
@@ -198,6 +217,34 @@ impl OffsetStore {
             }
         }
         Ok(())
+    }
+
+    /// Records `group`'s state for the next coordinator (`None`: a tombstone, the group
+    /// has no members to carry over), durably, through the same writer as commits.
+    ///
+    /// # Errors
+    /// Storage errors (nothing recorded: the next coordinator makes its members rejoin).
+    pub async fn record_group(
+        &self,
+        group: &str,
+        state: Option<&SavedGroup>,
+    ) -> Result<(), StorageError> {
+        let now = self.clock.now_ms();
+        // (Plain data: it always encodes; were it not to, a tombstone carries nothing over.)
+        let value = state.and_then(|state| serde_json::to_vec(state).ok());
+        let mut builder = BatchBuilder::new(now);
+        builder.push(&NewRecord {
+            timestamp_ms: now,
+            key: Some(Bytes::from(
+                [&GROUP_KEY_PREFIX[..], group.as_bytes()].concat(),
+            )),
+            value: value.map(Bytes::from),
+            headers: vec![wharf_protocol::batch::Header {
+                key: GROUP_RECORD_HEADER.to_string(),
+                value: Some(Bytes::new()),
+            }],
+        })?;
+        self.append_durably(builder).await.map(|_| ())
     }
 
     /// Forgets every committed offset of `topic` (it was deleted: a re-created topic of the
@@ -375,7 +422,7 @@ impl OffsetStore {
 fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError> {
     let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
     replay_records(log, |record| {
-        if is_txn_record(&record) {
+        if is_txn_record(&record) || is_group_record(&record) {
             return Ok(());
         }
         let Some(key) = record.key else {
@@ -408,6 +455,47 @@ fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError
     Ok(offsets)
 }
 
+/// The groups recorded in `log` ([`OffsetStore::record_group`]), each group's latest
+/// record (a tombstone ends it). A record that does not read is skipped with a warning:
+/// its group's members rejoin, as they would without it.
+///
+/// # Errors
+/// Storage errors reading the log.
+pub fn replay_groups(log: &Partition) -> Result<Vec<(String, SavedGroup)>, StorageError> {
+    let mut groups: BTreeMap<String, SavedGroup> = BTreeMap::new();
+    replay_records(log, |record| {
+        if !is_group_record(&record) {
+            return Ok(());
+        }
+        let Some(group) = record
+            .key
+            .as_ref()
+            .and_then(|key| key.strip_prefix(&GROUP_KEY_PREFIX[..]))
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        match record
+            .value
+            .map(|value| serde_json::from_slice::<SavedGroup>(&value))
+        {
+            None => {
+                groups.remove(&group);
+            }
+            Some(Ok(saved)) => {
+                groups.insert(group, saved);
+            }
+            Some(Err(error)) => {
+                tracing::warn!(group, %error, "a recorded group state does not read; its members rejoin");
+                groups.remove(&group);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(groups.into_iter().collect())
+}
+
 fn decode_exact<T: Wire>(bytes: Bytes) -> Result<T, String> {
     let mut reader = Reader::new(bytes);
     let value = T::decode(&mut reader, "offset record").map_err(|error| error.to_string())?;
@@ -429,6 +517,86 @@ mod tests {
     use crate::storage::testing::sim_env;
     use crate::storage::LogConfig;
     use std::path::Path;
+
+    #[test]
+    fn group_states_share_the_log_apart_from_offsets_and_the_latest_wins() {
+        let (env, _, clock) = sim_env(1_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let saved = |generation: i32| SavedGroup {
+            generation,
+            protocol_type: "consumer".to_string(),
+            protocol: "range".to_string(),
+            leader: "m-1".to_string(),
+            members: vec![crate::groups::classic::SavedMember {
+                member_id: "m-1".to_string(),
+                client_id: "c".to_string(),
+                session_timeout_ms: 45_000,
+                rebalance_timeout_ms: 300_000,
+                protocols: vec![crate::groups::classic::SavedProtocol {
+                    name: "range".to_string(),
+                    metadata: Bytes::from_static(&[0, 1, 0xFE, 0xFF]),
+                }],
+                assignment: Bytes::from_static(b"assigned"),
+            }],
+        };
+        {
+            let topics = Topics::open(Path::new("/d"), env.clone(), LogConfig::default()).unwrap();
+            let store = OffsetStore::open(&topics, clock.clone()).unwrap();
+            let committed = Committed {
+                offset: 5,
+                metadata: None,
+            };
+            runtime
+                .block_on(store.commit("g", vec![("t".into(), 0, committed)]))
+                .unwrap();
+            for (group, state) in [
+                ("g", Some(saved(1))),
+                ("g", Some(saved(2))),
+                ("gone", Some(saved(1))),
+                ("gone", None),
+            ] {
+                runtime
+                    .block_on(store.record_group(group, state.as_ref()))
+                    .unwrap();
+            }
+            topics.registry().close().unwrap();
+        }
+        let topics = Topics::open(Path::new("/d"), env, LogConfig::default()).unwrap();
+        let store = OffsetStore::open(&topics, clock).unwrap();
+        assert_eq!(store.get("g", "t", 0).map(|c| c.offset), Some(5));
+        assert_eq!(
+            store.groups(),
+            vec!["g".to_string()],
+            "group records are no offsets"
+        );
+        assert_eq!(
+            replay_groups(store.log()).unwrap(),
+            vec![("g".to_string(), saved(2))],
+            "each group's latest record; a tombstone ends one"
+        );
+        // docs/STORAGE.md's layout: key `00 01 FE` + the group id, one header
+        // `wharf.group` with an empty value, the value JSON (bytes as base64).
+        let mut group_records = Vec::new();
+        replay_records(store.log(), |record| {
+            if is_group_record(&record) {
+                group_records.push(record);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let first = &group_records[0];
+        assert_eq!(first.key.as_deref(), Some(&b"\x00\x01\xFEg"[..]));
+        assert_eq!(first.headers.len(), 1);
+        assert_eq!(first.headers[0].value.as_deref(), Some(&b""[..]));
+        let value: serde_json::Value =
+            serde_json::from_slice(first.value.as_deref().expect("a value")).unwrap();
+        assert_eq!(value["generation"], 1);
+        assert_eq!(value["members"][0]["assignment"], "YXNzaWduZWQ=");
+        assert_eq!(value["members"][0]["protocols"][0]["metadata"], "AAH+/w==");
+        assert_eq!(group_records[3].value, None, "a tombstone");
+    }
 
     #[test]
     fn commits_survive_reopen_and_latest_wins() {
