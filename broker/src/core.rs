@@ -236,6 +236,15 @@ impl Broker {
         let topics = Topics::open(&config.data_dir, env, config.log.clone()).map_err(wrap)?;
         topics.set_partitions_max(config.partitions_max);
         let offsets = OffsetStore::open(&topics, clock.clone()).map_err(wrap)?;
+        // A lone node coordinates from the start: the classic groups it recorded go on
+        // at their generations (members reconnecting after a restart need not rejoin). A
+        // node of a cluster restores them when it starts coordinating.
+        let saved_groups = if config.cluster_peers.is_empty() {
+            crate::groups::offsets::replay_groups(offsets.log())
+                .map_err(|error| wrap(error.into()))?
+        } else {
+            Vec::new()
+        };
         if !config.cluster_peers.is_empty() {
             // A node of a cluster serves offsets only while it coordinates
             // (`core/coordination.rs`).
@@ -284,10 +293,11 @@ impl Broker {
         };
         let broker = Broker {
             streams: Arc::new(Streams::new(topics, producers, clock.clone(), settings)),
-            groups: Arc::new(GroupCoordinator::new(
-                clock.clone(),
-                config.group_session_timeout_ms,
-            )),
+            groups: Arc::new({
+                let groups = GroupCoordinator::new(clock.clone(), config.group_session_timeout_ms);
+                groups.classic().restore(saved_groups);
+                groups
+            }),
             offsets: Arc::new(offsets),
             txn,
             queues,
@@ -410,6 +420,7 @@ impl Opened {
                 broker
                     .groups
                     .expire_sessions(|topic| streams.partition_count(topic));
+                broker.record_emptied_groups().await;
             },
         ));
         let retention = Duration::from_millis(

@@ -24,9 +24,11 @@ coordinator meanwhile), writes "s5".."s9" and commits; prints {"committed": true
 steady: two members of GROUP (the classic protocol, range) share TOPIC's partitions while
 a producer writes a record every 20 ms; once both hold partitions and 3 s passed without
 a rebalance callback, the coordinator's process PID is SIGKILLed, and the members go on
-for SECONDS more. Prints {"settled": bool, "events_after_kill": [[member, "assign" |
-"revoke", [partitions]]], "read_after_kill": [count per member], "last_read_s": seconds
-after the kill of the last record read}.
+for SECONDS more, then each commits synchronously (refused, were it not a member of the
+group the coordinator now holds). Prints {"settled": bool, "events_after_kill": [[member,
+"assign" | "revoke", [partitions]]], "read_after_kill": [count per member], "last_read_s":
+seconds after the kill of the last record read, "commits": ["ok" or the error, per
+member]}.
 """
 
 import json
@@ -172,6 +174,8 @@ def steady(bootstrap, topic, group_id, pid, seconds):
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "range",
                 "topic.metadata.refresh.interval.ms": 500,
+                # Committed once, at the end: a commit with nothing new raises _NO_OFFSET.
+                "enable.auto.commit": False,
             }
         )
         on_assign, on_revoke = callbacks(member)
@@ -207,6 +211,13 @@ def steady(bootstrap, topic, group_id, pid, seconds):
                 break
         elif now - killed_at[0] >= seconds:
             break
+    commits = []
+    for consumer in members:
+        try:
+            consumer.commit(asynchronous=False)
+            commits.append("ok")
+        except KafkaException as error:
+            commits.append(str(error))
     # Taken before the members close (closing revokes their partitions).
     after = [
         [member, kind, parts] for (at, member, kind, parts) in events
@@ -220,6 +231,7 @@ def steady(bootstrap, topic, group_id, pid, seconds):
         "events_after_kill": after,
         "read_after_kill": read_after,
         "last_read_s": None if last_read[0] is None else last_read[0] - killed_at[0],
+        "commits": commits,
     }
 
 

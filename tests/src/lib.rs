@@ -340,6 +340,13 @@ impl BrokerProcess {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
+    /// Whether its process has ended (killed by someone else, say), reaping it if so.
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
     /// Kills it with SIGKILL and waits for it to die.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

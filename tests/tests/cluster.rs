@@ -3211,8 +3211,9 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
     // got UNKNOWN_MEMBER_ID from the new coordinator and the whole group rebalanced (an
     // eager assignor stops every member meanwhile). Method: two librdkafka members (range)
     // share a topic of two partitions while a producer writes every 20 ms; once settled,
-    // the coordinator's node is SIGKILLed. For 15 s more no member sees a revoke or an
-    // assign callback, both go on reading, and another node coordinates.
+    // the coordinator's node is SIGKILLed. For 10 s more no member sees a revoke or an
+    // assign callback, both read on to the end and commit as members, and another node
+    // coordinates.
     let root = tempfile::tempdir().expect("temp dir");
     let (_, nodes) = three_nodes(root.path());
     let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
@@ -3243,7 +3244,7 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
         "steady",
         "steady-group",
         &pid,
-        "15",
+        "10",
     ]);
     eprintln!("steady group across the coordinator's SIGKILL: {answer}");
     assert_eq!(answer["settled"], true, "{answer}");
@@ -3261,6 +3262,15 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
     assert!(
         read.len() == 2 && read.iter().all(|count| *count > 0),
         "both members read on after the kill: {answer}"
+    );
+    assert!(
+        answer["last_read_s"].as_f64().unwrap_or(0.0) > 6.0,
+        "reading went on to the end of the window: {answer}"
+    );
+    assert_eq!(
+        answer["commits"],
+        serde_json::json!(["ok", "ok"]),
+        "both are still members of the group the coordinator holds: {answer}"
     );
     let others: Vec<&String> = (0..3)
         .filter(|at| *at != coordinator)

@@ -142,3 +142,81 @@ async fn producer_rides_out_a_broker_crash_and_loses_nothing_acknowledged() {
         }
     }
 }
+
+#[test]
+fn a_classic_group_goes_on_without_a_rebalance_across_a_broker_restart() {
+    // Goal: a settled librdkafka consumer group rides out its broker's SIGKILL and restart
+    // without a rebalance, as a Kafka broker's loaded group metadata lets it: the classic
+    // group was recorded in `__consumer_offsets` when it became stable, and the restarted
+    // broker takes it back at its generation. Before, every member got UNKNOWN_MEMBER_ID
+    // after the restart and the group rebalanced. Method: two members share a topic of two
+    // partitions while a producer writes every 20 ms; once settled, the broker is
+    // SIGKILLed (by the client script) and restarted on the same ports; for 10 s after the
+    // kill no revoke or assign callback fires, both members read on to the end and then
+    // commit as members.
+    let data = tempfile::tempdir().expect("temp dir");
+    let kafka_port = integration_tests::cluster::free_port().to_string();
+    let args = vec![
+        "--kafka-listen".to_string(),
+        format!("127.0.0.1:{kafka_port}"),
+    ];
+    let mut broker =
+        BrokerProcess::start_listening(&data.path().join("data"), "127.0.0.1:0", &args, None);
+    integration_tests::wharf_ok(
+        &broker.address(),
+        &["topic", "create", "steady", "--partitions", "2"],
+        "",
+    );
+    let pid = broker.pid();
+    let bootstrap = broker.kafka_address();
+    let client = std::thread::spawn(move || {
+        integration_tests::run_client_json(
+            "confluent_coordinator.py",
+            &[
+                "steady",
+                &bootstrap,
+                "steady",
+                "steady-group",
+                &pid.to_string(),
+                "10",
+            ],
+        )
+    });
+    // The client kills the broker once its group settled; it comes back on the same ports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !broker.has_exited() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never killed the broker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.restart();
+    let answer = client.join().expect("the client thread");
+    eprintln!("steady group across a restart: {answer}");
+    assert_eq!(answer["settled"], true, "{answer}");
+    assert_eq!(
+        answer["events_after_kill"],
+        serde_json::json!([]),
+        "no member rebalanced across the restart: {answer}"
+    );
+    let read: Vec<u64> = answer["read_after_kill"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert!(
+        read.len() == 2 && read.iter().all(|count| *count > 0),
+        "both members read on after the restart: {answer}"
+    );
+    assert!(
+        answer["last_read_s"].as_f64().unwrap_or(0.0) > 6.0,
+        "reading went on to the end of the window: {answer}"
+    );
+    assert_eq!(
+        answer["commits"],
+        serde_json::json!(["ok", "ok"]),
+        "both are still members of the group the coordinator holds: {answer}"
+    );
+}

@@ -257,7 +257,7 @@ impl Broker {
         let (replayed, saved) = tokio::task::spawn_blocking(move || {
             offsets.serve(serving)?;
             let replayed = replay_shared(offsets.log())?;
-            Ok::<_, crate::storage::Error>((replayed, replay_groups(offsets.log())?))
+            Ok::<_, StorageError>((replayed, replay_groups(offsets.log())?))
         })
         .await
         .map_err(|error| error.to_string())?

@@ -329,18 +329,19 @@ impl Broker {
         if let Err(refused) = self.check_group(caller, Operation::Read, group_id) {
             return member_ids.iter().map(|_| Err(refused.clone())).collect();
         }
-        let left = self.groups.classic().leave(group_id, member_ids);
-        if left.iter().any(Result::is_ok) && !self.groups.classic().has_members(group_id) {
-            // Its last members left: the next coordinator carries none over.
-            let offsets = self.offsets.clone();
-            let group = group_id.to_string();
-            tokio::spawn(async move {
-                if let Err(error) = offsets.record_group(&group, None).await {
-                    tracing::debug!(group, %error, "cannot record that the group emptied");
-                }
-            });
+        // A group this emptied is recorded so by the session sweep (`record_emptied_groups`).
+        self.groups.classic().leave(group_id, member_ids)
+    }
+
+    /// Records a tombstone for each classic group whose last member left or expired since
+    /// the last call, so the next coordinator carries no members over (run by the session
+    /// sweep). A group that got members again meanwhile is skipped.
+    pub(crate) async fn record_emptied_groups(&self) {
+        for group in self.groups.classic().take_emptied() {
+            if let Err(error) = self.offsets.record_group(&group, None).await {
+                tracing::debug!(group, %error, "cannot record that the group emptied");
+            }
         }
-        left
     }
 
     /// A classic group as DescribeGroups shows it (`None`: no such classic group).

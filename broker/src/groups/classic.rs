@@ -171,12 +171,18 @@ struct Group {
     rebalances: u64,
 }
 
+/// The layout of [`SavedGroup`] this build writes and restores.
+pub const SAVED_GROUP_VERSION: u8 = 1;
+
 /// A stable group as its coordinator records it in the coordinators' log (issue #21), so
 /// that the next coordinator goes on with the same generation and members instead of
 /// making every member rejoin: what Kafka's group metadata records hold. JSON, the byte
 /// fields as base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedGroup {
+    /// The layout's version ([`SAVED_GROUP_VERSION`]); a record of another is not
+    /// restored (its members rejoin).
+    pub version: u8,
     /// The generation whose assignment the members hold.
     pub generation: i32,
     /// The protocol type (`consumer`).
@@ -223,6 +229,8 @@ pub struct ClassicGroups {
     groups: Mutex<HashMap<String, Group>>,
     clock: Arc<dyn Clock>,
     next_member: AtomicU64,
+    /// Groups emptied since [`ClassicGroups::take_emptied`] last looked.
+    emptied: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ClassicGroups {
@@ -232,6 +240,7 @@ impl ClassicGroups {
             groups: Mutex::new(HashMap::new()),
             clock,
             next_member: AtomicU64::new(1),
+            emptied: Mutex::default(),
         }
     }
 
@@ -260,6 +269,7 @@ impl ClassicGroups {
             return None;
         }
         Some(SavedGroup {
+            version: SAVED_GROUP_VERSION,
             generation: group.generation,
             protocol_type: group.protocol_type.clone(),
             protocol: group.protocol.clone(),
@@ -293,7 +303,10 @@ impl ClassicGroups {
         let now = self.clock.now_ms();
         let mut groups = self.lock();
         for (group_id, group) in saved {
-            if groups.len() >= GROUPS_MAX || groups.contains_key(&group_id) {
+            if groups.len() >= GROUPS_MAX
+                || groups.contains_key(&group_id)
+                || group.version != SAVED_GROUP_VERSION
+            {
                 continue;
             }
             let members: BTreeMap<String, Member> = group
@@ -359,6 +372,46 @@ impl ClassicGroups {
         self.lock()
             .get(group_id)
             .map_or(0, |group| group.rebalances)
+    }
+
+    /// The unique part of a new member id: random, as Kafka's (a UUID), so that an id a
+    /// restored group holds ([`ClassicGroups::restore`], made by another coordinator or
+    /// before a restart) is never handed out again; a counter if the system has no
+    /// randomness to give.
+    fn member_suffix(&self) -> String {
+        let mut bytes = [0u8; 16];
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => uuid::Uuid::from_bytes(bytes).hyphenated().to_string(),
+            Err(_) => self.next_member.fetch_add(1, Ordering::Relaxed).to_string(),
+        }
+    }
+
+    /// The groups whose last member left or expired since the last call: their recorded
+    /// state ([`SavedGroup`]) is replaced by a tombstone, so that the next coordinator
+    /// carries no members over.
+    pub fn take_emptied(&self) -> Vec<String> {
+        let emptied = std::mem::take(
+            &mut *self
+                .emptied
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        let groups = self.lock();
+        emptied
+            .into_iter()
+            .filter(|group_id| {
+                groups
+                    .get(group_id)
+                    .is_none_or(|group| group.members.is_empty())
+            })
+            .collect()
+    }
+
+    fn note_emptied(&self, group_id: &str) {
+        self.emptied
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(group_id.to_string());
     }
 
     /// A member joins (or rejoins); the answer comes when the rebalance completes.
@@ -428,8 +481,7 @@ impl ClassicGroups {
                 )));
             }
             let prefix: String = request.client_id.chars().take(64).collect();
-            let number = self.next_member.fetch_add(1, Ordering::Relaxed);
-            format!("{prefix}-{number}")
+            format!("{prefix}-{}", self.member_suffix())
         } else if group.members.contains_key(&request.member_id) {
             request.member_id.clone()
         } else {
@@ -564,8 +616,13 @@ impl ClassicGroups {
         if outcomes.iter().any(Result::is_ok) {
             membership_changed(group, now);
         }
+        let emptied = group.members.is_empty() && outcomes.iter().any(Result::is_ok);
         if group.members.is_empty() && group.generation == 0 {
             groups.remove(group_id);
+        }
+        drop(groups);
+        if emptied {
+            self.note_emptied(group_id);
         }
         outcomes
     }
@@ -603,6 +660,7 @@ impl ClassicGroups {
         let now = self.clock.now_ms();
         let mut groups = self.lock();
         let mut removed = 0;
+        let mut emptied = Vec::new();
         for (group_id, group) in groups.iter_mut() {
             let before = group.members.len();
             let preparing = group.state == ClassicState::PreparingRebalance;
@@ -630,6 +688,9 @@ impl ClassicGroups {
                 }
             }
             removed += before - group.members.len();
+            if !expired.is_empty() && group.members.is_empty() {
+                emptied.push(group_id.clone());
+            }
             if !expired.is_empty() && !preparing {
                 membership_changed(group, now);
             } else if overdue {
@@ -639,6 +700,10 @@ impl ClassicGroups {
             }
         }
         groups.retain(|_, group| !(group.members.is_empty() && group.generation == 0));
+        drop(groups);
+        for group_id in emptied {
+            self.note_emptied(&group_id);
+        }
         removed
     }
 
@@ -970,6 +1035,7 @@ mod tests {
         next.restore(vec![(
             "g".to_string(),
             SavedGroup {
+                version: SAVED_GROUP_VERSION,
                 generation: 7,
                 protocol_type: String::new(),
                 protocol: String::new(),

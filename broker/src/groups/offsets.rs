@@ -525,6 +525,7 @@ mod tests {
             .build()
             .unwrap();
         let saved = |generation: i32| SavedGroup {
+            version: crate::groups::classic::SAVED_GROUP_VERSION,
             generation,
             protocol_type: "consumer".to_string(),
             protocol: "range".to_string(),
@@ -592,6 +593,7 @@ mod tests {
         assert_eq!(first.headers[0].value.as_deref(), Some(&b""[..]));
         let value: serde_json::Value =
             serde_json::from_slice(first.value.as_deref().expect("a value")).unwrap();
+        assert_eq!(value["version"], 1);
         assert_eq!(value["generation"], 1);
         assert_eq!(value["members"][0]["assignment"], "YXNzaWduZWQ=");
         assert_eq!(value["members"][0]["protocols"][0]["metadata"], "AAH+/w==");
