@@ -243,7 +243,7 @@ impl Broker {
             crate::groups::offsets::replay_groups(offsets.log())
                 .map_err(|error| wrap(error.into()))?
         } else {
-            Vec::new()
+            crate::groups::offsets::RecordedGroups::default()
         };
         if !config.cluster_peers.is_empty() {
             // A node of a cluster serves offsets only while it coordinates
@@ -295,7 +295,8 @@ impl Broker {
             streams: Arc::new(Streams::new(topics, producers, clock.clone(), settings)),
             groups: Arc::new({
                 let groups = GroupCoordinator::new(clock.clone(), config.group_session_timeout_ms);
-                groups.classic().restore(saved_groups);
+                groups.classic().restore(saved_groups.classic);
+                groups.restore(saved_groups.broker_side);
                 groups
             }),
             offsets: Arc::new(offsets),
@@ -420,7 +421,7 @@ impl Opened {
                 broker
                     .groups
                     .expire_sessions(|topic| streams.partition_count(topic));
-                broker.record_emptied_groups().await;
+                broker.record_group_changes().await;
             },
         ));
         let retention = Duration::from_millis(

@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
+
 use crate::storage::Clock;
 use assignor::{assign, Assignor, MemberInput};
 
@@ -217,6 +219,41 @@ pub struct GroupListing {
     pub member_count: u32,
 }
 
+/// A group of the broker-side protocol (Wharf's own, KIP-848's) as its coordinator
+/// records it in the coordinators' log when its generation changed, so that the next
+/// coordinator goes on with it (issue #21; the classic protocol's is
+/// [`classic::SavedGroup`]). JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBrokerGroup {
+    /// The layout's version ([`classic::SAVED_GROUP_VERSION`]).
+    pub version: u8,
+    /// The generation.
+    pub generation: i32,
+    /// The assignor's name.
+    pub assignor: String,
+    /// The members.
+    pub members: Vec<SavedBrokerMember>,
+}
+
+/// One member of a [`SavedBrokerGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBrokerMember {
+    /// Its id.
+    pub member_id: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Its subscribed topics.
+    pub topics: Vec<String>,
+    /// Its session timeout, ms.
+    pub session_timeout_ms: u32,
+    /// Its partitions.
+    pub assignment: MemberAssignment,
+    /// The newest generation it applied.
+    pub applied_generation: i32,
+    /// Partitions it has yet to release: (topic, partition, the generation that took it).
+    pub releasing: Vec<(String, u32, i32)>,
+}
+
 /// The coordinator of all groups.
 #[derive(Debug)]
 pub struct GroupCoordinator {
@@ -227,6 +264,9 @@ pub struct GroupCoordinator {
     clock: Arc<dyn Clock>,
     default_session_timeout_ms: u32,
     next_member: AtomicU64,
+    /// The generation each broker-side group was last recorded at
+    /// ([`GroupCoordinator::unrecorded`]).
+    recorded: Mutex<HashMap<String, i32>>,
     /// Rebalances (generation bumps) per broker-side group since start, kept after the
     /// group empties (it is then removed) so the metric stays a counter; at most
     /// [`REBALANCE_GROUPS_MAX`] groups. Taken after `groups` when both are held.
@@ -247,7 +287,100 @@ impl GroupCoordinator {
             clock,
             default_session_timeout_ms,
             next_member: AtomicU64::new(1),
+            recorded: Mutex::new(HashMap::new()),
             rebalances: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The broker-side groups whose generation changed since they were last recorded,
+    /// each as it is now (`None`: it emptied and went, a tombstone), for the coordinators'
+    /// log; [`GroupCoordinator::mark_recorded`] once written.
+    pub fn unrecorded(&self) -> Vec<(String, Option<SavedBrokerGroup>)> {
+        let groups = self.lock();
+        let recorded = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut changed: Vec<(String, Option<SavedBrokerGroup>)> = groups
+            .iter()
+            .filter(|(group_id, group)| recorded.get(*group_id) != Some(&group.generation))
+            .map(|(group_id, group)| (group_id.clone(), Some(saved_broker_group(group))))
+            .collect();
+        changed.extend(
+            recorded
+                .keys()
+                .filter(|group_id| !groups.contains_key(*group_id))
+                .map(|group_id| (group_id.clone(), None)),
+        );
+        changed
+    }
+
+    /// Notes that `group_id` was recorded at `generation` (`None`: its tombstone).
+    pub fn mark_recorded(&self, group_id: &str, generation: Option<i32>) {
+        let mut recorded = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match generation {
+            Some(generation) => recorded.insert(group_id.to_string(), generation),
+            None => recorded.remove(group_id),
+        };
+    }
+
+    /// Takes the broker-side groups a previous coordinator recorded at their generations,
+    /// each member's session starting now; one this coordinator holds already, of
+    /// another layout, or beyond [`GROUPS_MAX`], is skipped.
+    pub fn restore(&self, saved: Vec<(String, SavedBrokerGroup)>) {
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        let mut recorded = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (group_id, group) in saved {
+            if groups.len() >= GROUPS_MAX
+                || groups.contains_key(&group_id)
+                || group.version != classic::SAVED_GROUP_VERSION
+                || group.members.is_empty()
+            {
+                continue;
+            }
+            let Some(assignor) = Assignor::parse(&group.assignor) else {
+                continue;
+            };
+            let members = group
+                .members
+                .into_iter()
+                .take(GROUP_MEMBERS_MAX)
+                .map(|member| {
+                    let releasing = member
+                        .releasing
+                        .into_iter()
+                        .map(|(topic, partition, taken_in)| ((topic, partition), (taken_in, now)))
+                        .collect();
+                    (
+                        member.member_id,
+                        Member {
+                            client_id: member.client_id,
+                            topics: member.topics.into_iter().collect(),
+                            session_timeout_ms: member.session_timeout_ms,
+                            last_heartbeat_ms: now,
+                            assignment: member.assignment,
+                            applied_generation: member.applied_generation,
+                            releasing,
+                        },
+                    )
+                })
+                .collect();
+            recorded.insert(group_id.clone(), group.generation);
+            groups.insert(
+                group_id,
+                Group {
+                    generation: group.generation,
+                    assignor,
+                    members,
+                },
+            );
         }
     }
 
@@ -256,6 +389,10 @@ impl GroupCoordinator {
     /// if coordination returns here).
     pub fn forget_all(&self) {
         self.groups
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
+        self.recorded
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clear();
@@ -821,6 +958,33 @@ fn short_random() -> String {
     uuid[..4].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// `group` as [`GroupCoordinator::unrecorded`] records it.
+fn saved_broker_group(group: &Group) -> SavedBrokerGroup {
+    SavedBrokerGroup {
+        version: classic::SAVED_GROUP_VERSION,
+        generation: group.generation,
+        assignor: group.assignor.name().to_string(),
+        members: group
+            .members
+            .iter()
+            .map(|(member_id, member)| SavedBrokerMember {
+                member_id: member_id.clone(),
+                client_id: member.client_id.clone(),
+                topics: member.topics.iter().cloned().collect(),
+                session_timeout_ms: member.session_timeout_ms,
+                assignment: member.assignment.clone(),
+                applied_generation: member.applied_generation,
+                releasing: member
+                    .releasing
+                    .iter()
+                    .map(|((topic, partition), (taken_in, _))| {
+                        (topic.clone(), *partition, *taken_in)
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -896,6 +1060,53 @@ mod tests {
 
     fn owned(state: &MemberState) -> usize {
         state.assignment.values().map(Vec::len).sum()
+    }
+
+    #[test]
+    fn a_recorded_group_goes_on_at_another_coordinator_at_its_generation() {
+        let (first, clock) = coordinator();
+        let members = settle(&first, vec![join(&first, "a"), join(&first, "b")]);
+        let generation = members[0].generation;
+        // The sweep records it once per generation, and a tombstone once it went.
+        let unrecorded = first.unrecorded();
+        assert_eq!(unrecorded.len(), 1);
+        let (group, saved) = unrecorded[0].clone();
+        let saved = saved.expect("a group with members");
+        assert_eq!((group.as_str(), saved.generation), ("g", generation));
+        first.mark_recorded("g", Some(generation));
+        assert!(first.unrecorded().is_empty());
+
+        // The next coordinator takes it at that generation: heartbeats keep it there with
+        // the same partitions, and sessions start again from the restore.
+        let (next, next_clock) = coordinator();
+        next_clock.advance_ms(clock.now_ms() + 5_000);
+        next.restore(vec![(group, saved)]);
+        assert!(next.unrecorded().is_empty(), "recorded as restored");
+        assert_eq!(next.expire_sessions(six), 0);
+        for member in &members {
+            let again = beat(&next, member);
+            assert_eq!(again.generation, generation, "no rebalance");
+            assert_eq!(again.assignment, member.assignment);
+            assert_eq!(
+                next.check_commit("g", &member.member_id, generation),
+                Ok(())
+            );
+        }
+        // A member leaving there bumps the generation, which is recorded again; the group
+        // gone, a tombstone.
+        next.leave("g", &members[0].member_id, six).expect("leaves");
+        assert_eq!(
+            next.unrecorded()[0]
+                .1
+                .as_ref()
+                .map(|saved| saved.generation),
+            Some(generation + 1)
+        );
+        next.mark_recorded("g", Some(generation + 1));
+        next.leave("g", &members[1].member_id, six).expect("leaves");
+        assert_eq!(next.unrecorded(), vec![("g".to_string(), None)]);
+        next.mark_recorded("g", None);
+        assert!(next.unrecorded().is_empty());
     }
 
     #[test]

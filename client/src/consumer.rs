@@ -381,7 +381,21 @@ impl Consumer {
         self.auto_commit_if_due().await;
         loop {
             self.reconcile_group().await?;
-            self.resolve_positions().await?;
+            if let Err(error) = self.resolve_positions().await {
+                if !error.code().is_some_and(ErrorCode::is_retriable) {
+                    return Err(error);
+                }
+                // A partition's leader moved or is being elected, or the coordinator moved
+                // (the metadata was dropped): asked again after a pause, as Kafka's
+                // consumers retry. Until 2026-12-07 this ended the poll with the error, and
+                // `wharf consume` with it, on a topic just created in a cluster.
+                let pause = self.client.config().retry_backoff_base;
+                tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if self.partitions.is_empty() {
                 if remaining.is_zero() {

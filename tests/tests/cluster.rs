@@ -3282,3 +3282,146 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
             .any(|address| coordinator_gauge(address) == Some(1))
     });
 }
+
+/// `wharf --json group describe GROUP` through `broker`: its generation and member ids
+/// (sorted); `None` while it cannot be read there.
+fn group_generation_and_members(broker: &str, group: &str) -> Option<(i64, Vec<String>)> {
+    let output = wharf(broker, &["--json", "group", "describe", group], "");
+    let described: Value = serde_json::from_slice(&output.stdout).ok()?;
+    let mut members: Vec<String> = described["members"]
+        .as_array()?
+        .iter()
+        .filter_map(|member| member["member_id"].as_str().map(str::to_string))
+        .collect();
+    members.sort();
+    Some((described["generation"].as_i64()?, members))
+}
+
+#[test]
+fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
+    // Goal: as for classic groups, a group of Wharf's own (broker-side) protocol goes on
+    // at the next coordinator: its state is recorded in the coordinators' log whenever its
+    // generation changes, and restored there. Method: two `wharf consume --group`
+    // processes settle on a topic of four partitions; the coordinator's node is
+    // SIGKILLed; through another node the group shows the same generation and the same
+    // two members for 8 s, and both processes are still running. Before, the members got
+    // UnknownMember from the new coordinator and rejoined under new ids and generations.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (_, mut nodes) = three_nodes(root.path());
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    assert_done(
+        &wharf(
+            &addresses[0],
+            &["topic", "create", "native-steady", "--partitions", "4"],
+            "",
+        ),
+        "create the topic",
+    );
+    let mut coordinator = None;
+    eventually("one node coordinates", || {
+        coordinator = http
+            .iter()
+            .position(|address| coordinator_gauge(address) == Some(1));
+        coordinator.is_some()
+    });
+    let coordinator = coordinator.expect("a coordinator");
+    let other = &addresses[(coordinator + 1) % 3];
+    // Every node names it, so the members find it wherever they ask first.
+    let wanted = Some((coordinator as u64 + 1, addresses[coordinator].clone()));
+    eventually("every node names the coordinator", || {
+        addresses
+            .iter()
+            .all(|address| named_coordinator(address) == wanted)
+    });
+    let mut members: Vec<std::process::Child> = (0..2)
+        .map(|at| {
+            let log = std::fs::File::create(root.path().join(format!("member-{at}.log")))
+                .expect("a log file");
+            Command::new(integration_tests::wharf_path())
+                .args([
+                    "--broker",
+                    other,
+                    "consume",
+                    "native-steady",
+                    "--group",
+                    "native-group",
+                    "--from",
+                    "earliest",
+                    "--timeout-ms",
+                    "120000",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start wharf consume")
+        })
+        .collect();
+    // Settled: two members, and the same generation for 3 s.
+    let mut settled: Option<(i64, Vec<String>)> = None;
+    let mut since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = group_generation_and_members(other, "native-group");
+        if now.as_ref().is_some_and(|(_, ids)| ids.len() == 2) && now == settled {
+            if since.elapsed() >= Duration::from_secs(3) {
+                break;
+            }
+        } else {
+            settled = now;
+            since = Instant::now();
+        }
+        if Instant::now() >= deadline {
+            let output = wharf(other, &["--json", "group", "describe", "native-group"], "");
+            let running: Vec<bool> = members
+                .iter_mut()
+                .map(|member| member.try_wait().ok().flatten().is_none())
+                .collect();
+            let logs: Vec<String> = (0..2)
+                .map(|at| {
+                    std::fs::read_to_string(root.path().join(format!("member-{at}.log")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!(
+                "the group never settled: {settled:?}; members running {running:?}; describe: {} {}; their stderr: {logs:?}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let settled = settled.expect("settled");
+    nodes[coordinator].kill();
+    let others: Vec<usize> = (0..3).filter(|at| *at != coordinator).collect();
+    eventually("another node coordinates", || {
+        others
+            .iter()
+            .any(|at| coordinator_gauge(&http[*at]) == Some(1))
+    });
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        if let Some(now) = group_generation_and_members(other, "native-group") {
+            assert_eq!(
+                now, settled,
+                "the group keeps its generation and members across the failover"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        group_generation_and_members(other, "native-group"),
+        Some(settled),
+        "the new coordinator describes the group as it was"
+    );
+    for member in &mut members {
+        assert!(
+            member.try_wait().expect("wait").is_none(),
+            "a member process ended"
+        );
+        let _ = member.kill();
+        let _ = member.wait();
+    }
+}

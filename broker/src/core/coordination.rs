@@ -266,7 +266,8 @@ impl Broker {
             error.to_string()
         })?;
         // The groups the previous coordinator recorded go on here at their generations.
-        self.groups.classic().restore(saved);
+        self.groups.classic().restore(saved.classic);
+        self.groups.restore(saved.broker_side);
         let task = self.txn.lead(replayed, writer, deps);
         if let Some(earlier) = self.coordination.task().replace(task) {
             earlier.abort();

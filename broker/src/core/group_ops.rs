@@ -333,13 +333,31 @@ impl Broker {
         self.groups.classic().leave(group_id, member_ids)
     }
 
-    /// Records a tombstone for each classic group whose last member left or expired since
-    /// the last call, so the next coordinator carries no members over (run by the session
-    /// sweep). A group that got members again meanwhile is skipped.
-    pub(crate) async fn record_emptied_groups(&self) {
+    /// Run by the session sweep: records a tombstone for each classic group whose last
+    /// member left or expired since the last call (one that got members again meanwhile
+    /// is skipped), and each broker-side group whose generation changed since it was last
+    /// recorded (a tombstone for one that went), so the next coordinator goes on from
+    /// there. A write that fails is tried again at the next sweep (broker-side groups) or
+    /// not at all (classic tombstones: the ghost members expire on the next coordinator).
+    pub(crate) async fn record_group_changes(&self) {
         for group in self.groups.classic().take_emptied() {
             if let Err(error) = self.offsets.record_group(&group, None).await {
                 tracing::debug!(group, %error, "cannot record that the group emptied");
+            }
+        }
+        for (group, saved) in self.groups.unrecorded() {
+            match self
+                .offsets
+                .record_broker_group(&group, saved.as_ref())
+                .await
+            {
+                Ok(()) => self
+                    .groups
+                    .mark_recorded(&group, saved.map(|saved| saved.generation)),
+                Err(error) => {
+                    tracing::debug!(group, %error, "cannot record the group's state yet");
+                    break;
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ use wharf_protocol::wire_struct;
 
 use crate::append::{LocalLog, RecordLog};
 use crate::groups::classic::SavedGroup;
+use crate::groups::SavedBrokerGroup;
 use crate::storage::{Appended, Clock, Error as StorageError, Partition};
 use crate::streams::topic::{replay_records, TopicError, Topics};
 
@@ -55,6 +56,18 @@ pub const GROUP_RECORD_HEADER: &str = "wharf.group";
 /// is never 0xFE, which is not UTF-8), nor a transaction record's (`00 01 FF`), so the log
 /// cleaner keeps each group's latest record apart.
 pub const GROUP_KEY_PREFIX: [u8; 3] = [0x00, 0x01, 0xFE];
+/// As [`GROUP_KEY_PREFIX`], for a group of the broker-side protocol (Wharf's own,
+/// KIP-848's): [`SavedBrokerGroup`].
+pub const BROKER_GROUP_KEY_PREFIX: [u8; 3] = [0x00, 0x01, 0xFD];
+
+/// The groups a coordinators' log records ([`replay_groups`]), of either protocol.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecordedGroups {
+    /// Classic groups (JoinGroup/SyncGroup).
+    pub classic: Vec<(String, SavedGroup)>,
+    /// Groups of the broker-side protocol.
+    pub broker_side: Vec<(String, SavedBrokerGroup)>,
+}
 
 /// Whether `record` is a group-state record (see [`GROUP_RECORD_HEADER`]).
 pub fn is_group_record(record: &wharf_protocol::batch::Record) -> bool {
@@ -229,15 +242,38 @@ impl OffsetStore {
         group: &str,
         state: Option<&SavedGroup>,
     ) -> Result<(), StorageError> {
-        let now = self.clock.now_ms();
         // (Plain data: it always encodes; were it not to, a tombstone carries nothing over.)
         let value = state.and_then(|state| serde_json::to_vec(state).ok());
+        self.record_state(GROUP_KEY_PREFIX, group, value).await
+    }
+
+    /// As [`OffsetStore::record_group`], for a group of the broker-side protocol.
+    ///
+    /// # Errors
+    /// Storage errors (nothing recorded: the next coordinator makes its members rejoin).
+    pub async fn record_broker_group(
+        &self,
+        group: &str,
+        state: Option<&SavedBrokerGroup>,
+    ) -> Result<(), StorageError> {
+        let value = state.and_then(|state| serde_json::to_vec(state).ok());
+        self.record_state(BROKER_GROUP_KEY_PREFIX, group, value)
+            .await
+    }
+
+    /// Appends one group-state record (key `prefix` + `group`; a null `value` is a
+    /// tombstone) and waits until it is durable.
+    async fn record_state(
+        &self,
+        prefix: [u8; 3],
+        group: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        let now = self.clock.now_ms();
         let mut builder = BatchBuilder::new(now);
         builder.push(&NewRecord {
             timestamp_ms: now,
-            key: Some(Bytes::from(
-                [&GROUP_KEY_PREFIX[..], group.as_bytes()].concat(),
-            )),
+            key: Some(Bytes::from([&prefix[..], group.as_bytes()].concat())),
             value: value.map(Bytes::from),
             headers: vec![wharf_protocol::batch::Header {
                 key: GROUP_RECORD_HEADER.to_string(),
@@ -455,45 +491,60 @@ fn replay(log: &Partition) -> Result<HashMap<String, GroupOffsets>, StorageError
     Ok(offsets)
 }
 
-/// The groups recorded in `log` ([`OffsetStore::record_group`]), each group's latest
-/// record (a tombstone ends it). A record that does not read is skipped with a warning:
-/// its group's members rejoin, as they would without it.
+/// The groups recorded in `log` ([`OffsetStore::record_group`],
+/// [`OffsetStore::record_broker_group`]), each group's latest record (a tombstone ends
+/// it). A record that does not read is skipped with a warning: its group's members
+/// rejoin, as they would without it.
 ///
 /// # Errors
 /// Storage errors reading the log.
-pub fn replay_groups(log: &Partition) -> Result<Vec<(String, SavedGroup)>, StorageError> {
-    let mut groups: BTreeMap<String, SavedGroup> = BTreeMap::new();
+pub fn replay_groups(log: &Partition) -> Result<RecordedGroups, StorageError> {
+    let mut classic: BTreeMap<String, SavedGroup> = BTreeMap::new();
+    let mut broker_side: BTreeMap<String, SavedBrokerGroup> = BTreeMap::new();
     replay_records(log, |record| {
         if !is_group_record(&record) {
             return Ok(());
         }
-        let Some(group) = record
-            .key
-            .as_ref()
-            .and_then(|key| key.strip_prefix(&GROUP_KEY_PREFIX[..]))
-            .and_then(|id| std::str::from_utf8(id).ok())
-            .map(str::to_string)
-        else {
+        let Some(key) = record.key.as_ref() else {
             return Ok(());
         };
-        match record
-            .value
-            .map(|value| serde_json::from_slice::<SavedGroup>(&value))
-        {
-            None => {
-                groups.remove(&group);
-            }
-            Some(Ok(saved)) => {
-                groups.insert(group, saved);
-            }
-            Some(Err(error)) => {
-                tracing::warn!(group, %error, "a recorded group state does not read; its members rejoin");
-                groups.remove(&group);
-            }
+        let group_of = |prefix: [u8; 3]| {
+            key.strip_prefix(&prefix[..])
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .map(str::to_string)
+        };
+        if let Some(group) = group_of(GROUP_KEY_PREFIX) {
+            keep_latest(&mut classic, group, record.value.as_deref());
+        } else if let Some(group) = group_of(BROKER_GROUP_KEY_PREFIX) {
+            keep_latest(&mut broker_side, group, record.value.as_deref());
         }
         Ok(())
     })?;
-    Ok(groups.into_iter().collect())
+    Ok(RecordedGroups {
+        classic: classic.into_iter().collect(),
+        broker_side: broker_side.into_iter().collect(),
+    })
+}
+
+/// Replay's step for one group-state record: `value` (JSON) replaces `group`'s, a null
+/// value or one that does not read removes it.
+fn keep_latest<T: serde::de::DeserializeOwned>(
+    groups: &mut BTreeMap<String, T>,
+    group: String,
+    value: Option<&[u8]>,
+) {
+    match value.map(serde_json::from_slice::<T>) {
+        None => {
+            groups.remove(&group);
+        }
+        Some(Ok(saved)) => {
+            groups.insert(group, saved);
+        }
+        Some(Err(error)) => {
+            tracing::warn!(group, %error, "a recorded group state does not read; its members rejoin");
+            groups.remove(&group);
+        }
+    }
 }
 
 fn decode_exact<T: Wire>(bytes: Bytes) -> Result<T, String> {
@@ -573,7 +624,7 @@ mod tests {
             "group records are no offsets"
         );
         assert_eq!(
-            replay_groups(store.log()).unwrap(),
+            replay_groups(store.log()).unwrap().classic,
             vec![("g".to_string(), saved(2))],
             "each group's latest record; a tombstone ends one"
         );
