@@ -721,6 +721,37 @@ pub fn run_client_script(script: &str, args: &[&str]) -> Output {
     )
 }
 
+/// Checks the answer of `confluent_coordinator.py steady`: the group settled, no member
+/// saw a revoke or an assign after the kill (`what` says what the kill was), both read on
+/// to the end of the window, and both then committed as members of the group.
+pub fn assert_steady_group(answer: &serde_json::Value, what: &str) {
+    assert_eq!(answer["settled"], true, "{answer}");
+    assert_eq!(
+        answer["events_after_kill"],
+        serde_json::json!([]),
+        "no member rebalanced {what}: {answer}"
+    );
+    let read: Vec<u64> = answer["read_after_kill"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert!(
+        read.len() == 2 && read.iter().all(|count| *count > 0),
+        "both members read on {what}: {answer}"
+    );
+    assert!(
+        answer["last_read_s"].as_f64().unwrap_or(0.0) > 6.0,
+        "reading went on to the end of the window: {answer}"
+    );
+    assert_eq!(
+        answer["commits"],
+        serde_json::json!(["ok", "ok"]),
+        "both are still members of the group the coordinator holds: {answer}"
+    );
+}
+
 /// Runs `tests/clients/<script>` as [`run_client_script`] does and returns the one JSON
 /// document it prints.
 ///

@@ -194,29 +194,5 @@ fn a_classic_group_goes_on_without_a_rebalance_across_a_broker_restart() {
     broker.restart();
     let answer = client.join().expect("the client thread");
     eprintln!("steady group across a restart: {answer}");
-    assert_eq!(answer["settled"], true, "{answer}");
-    assert_eq!(
-        answer["events_after_kill"],
-        serde_json::json!([]),
-        "no member rebalanced across the restart: {answer}"
-    );
-    let read: Vec<u64> = answer["read_after_kill"]
-        .as_array()
-        .expect("counts")
-        .iter()
-        .filter_map(serde_json::Value::as_u64)
-        .collect();
-    assert!(
-        read.len() == 2 && read.iter().all(|count| *count > 0),
-        "both members read on after the restart: {answer}"
-    );
-    assert!(
-        answer["last_read_s"].as_f64().unwrap_or(0.0) > 6.0,
-        "reading went on to the end of the window: {answer}"
-    );
-    assert_eq!(
-        answer["commits"],
-        serde_json::json!(["ok", "ok"]),
-        "both are still members of the group the coordinator holds: {answer}"
-    );
+    integration_tests::assert_steady_group(&answer, "across the restart");
 }
