@@ -1562,6 +1562,19 @@ fn assert_acked_in_order(answer: &Value, start: u64, count: u64, what: &str) {
     assert_eq!(acked, wanted, "{what}: acknowledged offsets and values");
 }
 
+/// Three nodes under `root`, converged and every one registered: their `--cluster-peers`,
+/// the nodes, their native and their Kafka addresses.
+fn three_registered_nodes(
+    root: &std::path::Path,
+) -> (String, Vec<BrokerProcess>, Vec<String>, Vec<String>) {
+    let (peers, nodes) = three_nodes(root);
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    converged(&addresses, 3, "after start");
+    registered(&addresses);
+    (peers, nodes, addresses, kafka)
+}
+
 /// Three nodes (converged, every one registered) and `topic`, created through librdkafka
 /// with no replication factor: placed on all three. Returns the test's root directory, the
 /// nodes, their native and their Kafka addresses.
@@ -1574,11 +1587,7 @@ fn three_nodes_and_a_replicated_topic(
     Vec<String>,
 ) {
     let root = tempfile::tempdir().expect("temp dir");
-    let (_, nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
+    let (_, nodes, addresses, kafka) = three_registered_nodes(root.path());
     let placed = replicated_client(&["create", &kafka[0], topic]);
     assert_eq!(placed["replicas"], serde_json::json!([1, 2, 3]), "{placed}");
     (root, nodes, addresses, kafka)
@@ -2270,11 +2279,7 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
     // acknowledged by node 4 and the third, the third is killed and the first restarted —
     // only node 4 has those 50, so it must lead, and a read through it returns all 550.
     let root = tempfile::tempdir().expect("temp dir");
-    let (peers, mut nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
+    let (peers, mut nodes, addresses, kafka) = three_registered_nodes(root.path());
     let topics = ["moving-a", "moving-b", "moving-c", "moving-d"];
     for topic in topics {
         let placed = replicated_client(&["create", &kafka[0], topic]);
@@ -3055,11 +3060,7 @@ fn removing_a_live_node_first_moves_its_unreplicated_partitions_with_their_recor
     // SIGKILLed and restarted (the group of one voter over the adopted records restarts
     // whole), and 50 more are written and read after it.
     let root = tempfile::tempdir().expect("temp dir");
-    let (_, mut nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
+    let (_, mut nodes, addresses, kafka) = three_registered_nodes(root.path());
     let mut on_3 = None;
     for topic in ["solo-a", "solo-b", "solo-c"] {
         let created = wharf(
@@ -3215,12 +3216,8 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
     // assign callback, both read on to the end and commit as members, and another node
     // coordinates.
     let root = tempfile::tempdir().expect("temp dir");
-    let (_, nodes) = three_nodes(root.path());
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let (_, nodes, addresses, kafka) = three_registered_nodes(root.path());
     let http: Vec<String> = nodes.iter().map(BrokerProcess::http_address).collect();
-    converged(&addresses, 3, "after start");
-    registered(&addresses);
     assert_done(
         &wharf(
             &addresses[0],
