@@ -3,7 +3,9 @@
 //! the group's generation whenever the assignment changes. Commits from a stale generation or
 //! an unknown member are rejected (zombie fencing).
 //!
-//! State is in memory and rebuilt from heartbeats after a restart (members simply rejoin);
+//! State is in memory; the coordinator records each group in the coordinators' log when
+//! its generation moves ([`SavedBrokerGroup`], [`classic::SavedGroup`]), and the next
+//! coordinator (or the broker after a restart) restores it, so members go on there;
 //! committed offsets are durable in [`offsets`]; [`commit`] holds the one rule that decides
 //! whether an offset commit (plain or transactional) is accepted.
 //!
@@ -219,13 +221,16 @@ pub struct GroupListing {
     pub member_count: u32,
 }
 
+/// The layout of [`SavedBrokerGroup`] this build writes and restores.
+pub const SAVED_BROKER_GROUP_VERSION: u8 = 1;
+
 /// A group of the broker-side protocol (Wharf's own, KIP-848's) as its coordinator
 /// records it in the coordinators' log when its generation changed, so that the next
 /// coordinator goes on with it (issue #21; the classic protocol's is
 /// [`classic::SavedGroup`]). JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedBrokerGroup {
-    /// The layout's version ([`classic::SAVED_GROUP_VERSION`]).
+    /// The layout's version ([`SAVED_BROKER_GROUP_VERSION`]).
     pub version: u8,
     /// The generation.
     pub generation: i32,
@@ -264,9 +269,9 @@ pub struct GroupCoordinator {
     clock: Arc<dyn Clock>,
     default_session_timeout_ms: u32,
     next_member: AtomicU64,
-    /// The generation each broker-side group was last recorded at
-    /// ([`GroupCoordinator::unrecorded`]).
-    recorded: Mutex<HashMap<String, i32>>,
+    /// Broker-side groups whose generation moved (or that went) since
+    /// [`GroupCoordinator::unrecorded`] last took them. Taken after `groups`.
+    unrecorded: Mutex<BTreeSet<String>>,
     /// Rebalances (generation bumps) per broker-side group since start, kept after the
     /// group empties (it is then removed) so the metric stays a counter; at most
     /// [`REBALANCE_GROUPS_MAX`] groups. Taken after `groups` when both are held.
@@ -287,44 +292,37 @@ impl GroupCoordinator {
             clock,
             default_session_timeout_ms,
             next_member: AtomicU64::new(1),
-            recorded: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::default(),
             rebalances: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The broker-side groups whose generation changed since they were last recorded,
-    /// each as it is now (`None`: it emptied and went, a tombstone), for the coordinators'
-    /// log; [`GroupCoordinator::mark_recorded`] once written.
+    /// The broker-side groups whose generation moved since this was last called, each as
+    /// it is now (`None`: it emptied and went, a tombstone), for the coordinators' log;
+    /// [`GroupCoordinator::record_failed`] puts back one whose write failed.
     pub fn unrecorded(&self) -> Vec<(String, Option<SavedBrokerGroup>)> {
         let groups = self.lock();
-        let recorded = self
-            .recorded
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let mut changed: Vec<(String, Option<SavedBrokerGroup>)> = groups
-            .iter()
-            .filter(|(group_id, group)| recorded.get(*group_id) != Some(&group.generation))
-            .map(|(group_id, group)| (group_id.clone(), Some(saved_broker_group(group))))
-            .collect();
-        changed.extend(
-            recorded
-                .keys()
-                .filter(|group_id| !groups.contains_key(*group_id))
-                .map(|group_id| (group_id.clone(), None)),
+        let changed = std::mem::take(
+            &mut *self
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
         );
         changed
+            .into_iter()
+            .map(|group_id| {
+                let saved = groups.get(&group_id).map(saved_broker_group);
+                (group_id, saved)
+            })
+            .collect()
     }
 
-    /// Notes that `group_id` was recorded at `generation` (`None`: its tombstone).
-    pub fn mark_recorded(&self, group_id: &str, generation: Option<i32>) {
-        let mut recorded = self
-            .recorded
+    /// Puts `group_id` back among the groups to record (its write failed).
+    pub fn record_failed(&self, group_id: &str) {
+        self.unrecorded
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match generation {
-            Some(generation) => recorded.insert(group_id.to_string(), generation),
-            None => recorded.remove(group_id),
-        };
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(group_id.to_string());
     }
 
     /// Takes the broker-side groups a previous coordinator recorded at their generations,
@@ -333,14 +331,10 @@ impl GroupCoordinator {
     pub fn restore(&self, saved: Vec<(String, SavedBrokerGroup)>) {
         let now = self.clock.now_ms();
         let mut groups = self.lock();
-        let mut recorded = self
-            .recorded
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
         for (group_id, group) in saved {
             if groups.len() >= GROUPS_MAX
                 || groups.contains_key(&group_id)
-                || group.version != classic::SAVED_GROUP_VERSION
+                || group.version != SAVED_BROKER_GROUP_VERSION
                 || group.members.is_empty()
             {
                 continue;
@@ -372,7 +366,6 @@ impl GroupCoordinator {
                     )
                 })
                 .collect();
-            recorded.insert(group_id.clone(), group.generation);
             groups.insert(
                 group_id,
                 Group {
@@ -384,15 +377,15 @@ impl GroupCoordinator {
         }
     }
 
-    /// Forgets every group's members of both protocols (this node stopped coordinating, issue
-    /// #21: its members rejoin on the new coordinator, and come back to no stale generation
-    /// if coordination returns here).
+    /// Forgets every group's members of both protocols (this node stopped coordinating,
+    /// issue #21: the new coordinator restores them from the coordinators' log, and this
+    /// node holds no stale generation if coordination returns here).
     pub fn forget_all(&self) {
         self.groups
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clear();
-        self.recorded
+        self.unrecorded
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clear();
@@ -419,8 +412,13 @@ impl GroupCoordinator {
             .remove(group_id);
     }
 
-    /// Counts one generation bump of the broker-side group `group_id`.
+    /// Counts one generation bump of the broker-side group `group_id` (and notes it for
+    /// the coordinators' log, [`GroupCoordinator::unrecorded`]).
     fn count_rebalance(&self, group_id: &str) {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(group_id.to_string());
         let mut rebalances = self
             .rebalances
             .lock()
@@ -561,8 +559,12 @@ impl GroupCoordinator {
             )));
         };
         member.last_heartbeat_ms = now;
-        if member.applied_generation != request.generation {
-            member.applied_generation = request.generation;
+        // A member may have applied a generation its group does not know (a coordinator
+        // that restored the group recorded one rebalance before it): capped, so what the
+        // next generation takes away is still released.
+        let applied = request.generation.min(group.generation);
+        if member.applied_generation != applied {
+            member.applied_generation = applied;
             // Partitions it released since free up: the rebalance below hands them on.
             let applied = request.generation;
             member
@@ -961,7 +963,7 @@ fn short_random() -> String {
 /// `group` as [`GroupCoordinator::unrecorded`] records it.
 fn saved_broker_group(group: &Group) -> SavedBrokerGroup {
     SavedBrokerGroup {
-        version: classic::SAVED_GROUP_VERSION,
+        version: SAVED_BROKER_GROUP_VERSION,
         generation: group.generation,
         assignor: group.assignor.name().to_string(),
         members: group
@@ -1073,8 +1075,9 @@ mod tests {
         let (group, saved) = unrecorded[0].clone();
         let saved = saved.expect("a group with members");
         assert_eq!((group.as_str(), saved.generation), ("g", generation));
-        first.mark_recorded("g", Some(generation));
-        assert!(first.unrecorded().is_empty());
+        assert!(first.unrecorded().is_empty(), "taken once");
+        first.record_failed("g");
+        assert_eq!(first.unrecorded().len(), 1, "a failed write is tried again");
 
         // The next coordinator takes it at that generation: heartbeats keep it there with
         // the same partitions, and sessions start again from the restore.
@@ -1102,11 +1105,19 @@ mod tests {
                 .map(|saved| saved.generation),
             Some(generation + 1)
         );
-        next.mark_recorded("g", Some(generation + 1));
         next.leave("g", &members[1].member_id, six).expect("leaves");
         assert_eq!(next.unrecorded(), vec![("g".to_string(), None)]);
-        next.mark_recorded("g", None);
-        assert!(next.unrecorded().is_empty());
+        // Gone and made again at generation 1 within one sweep: recorded again, not
+        // taken for the same group (generations alone would say nothing changed).
+        let again = join(&next, "c");
+        assert_eq!(again.generation, 1);
+        assert_eq!(
+            next.unrecorded()[0]
+                .1
+                .as_ref()
+                .map(|saved| saved.members.len()),
+            Some(1)
+        );
     }
 
     #[test]

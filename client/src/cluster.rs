@@ -30,6 +30,10 @@ use crate::connection::{Connection, ConnectionOptions};
 use crate::error::{check_code, Error, Result};
 use crate::metadata::{broker_address, TopicDescription};
 
+/// How long a coordinator call keeps reconnecting to a coordinator that went down before
+/// it asks the other brokers (when there are others): a few backoff steps.
+const COORDINATOR_RECONNECT_MAX: Duration = Duration::from_secs(2);
+
 /// A handle to a Wharf cluster, shared by producers, consumers and admin clients.
 ///
 /// Cheap to clone: clones share connections and the metadata cache.
@@ -252,7 +256,11 @@ impl Client {
         // Nodes this call reached that did not coordinate, or could not reach: an answer
         // naming one of them is stale (a failover under way), and stepping skips them.
         let mut passed: Vec<i32> = Vec::new();
-        let mut answered = self.call_once::<T>(to(tried), &request).await;
+        // With other brokers to ask, a coordinator that cannot be reached is passed after
+        // a short reconnect budget, as Kafka's clients mark it dead at once: waiting the
+        // whole reconnect timeout (30 s) outlasted its groups' sessions on the next one.
+        let limit = (self.metadata().brokers.len() > 1).then_some(COORDINATOR_RECONNECT_MAX);
+        let mut answered = self.call_coordinator::<T>(to(tried), &request, limit).await;
         let tries = self.metadata().brokers.len();
         for _ in 0..tries {
             let refused = match &answered {
@@ -278,9 +286,21 @@ impl Client {
                 return answered; // every known node passed
             }
             tried = self.metadata().coordinator;
-            answered = self.call_once::<T>(to(tried), &request).await;
+            answered = self.call_coordinator::<T>(to(tried), &request, limit).await;
         }
         answered
+    }
+
+    /// One coordinator call to `target`, reconnecting for at most `limit` when given.
+    async fn call_coordinator<T: FromResponse>(
+        &self,
+        target: Target,
+        request: &Request,
+        limit: Option<Duration>,
+    ) -> Result<T> {
+        let broker = self.broker(target)?;
+        let response = broker.send_within(request, limit).await?;
+        response_as(response, request.api_key())
     }
 
     async fn call_once<T: FromResponse>(&self, target: Target, request: &Request) -> Result<T> {
@@ -664,11 +684,22 @@ impl BrokerConnection {
     /// When the budget runs out the last real connection error is returned, not
     /// `CircuitOpen`, because it says what is wrong.
     pub(crate) async fn send(&self, request: &Request) -> Result<Option<Response>> {
+        self.send_within(request, None).await
+    }
+
+    /// As [`BrokerConnection::send`], reconnecting for at most `limit` when given (less
+    /// than the reconnect timeout: a coordinator that went down is passed quickly).
+    pub(crate) async fn send_within(
+        &self,
+        request: &Request,
+        limit: Option<Duration>,
+    ) -> Result<Option<Response>> {
         let budget = if self.lock().ever_connected {
             self.reconnect_timeout
         } else {
             self.bootstrap_timeout
         };
+        let budget = limit.map_or(budget, |limit| budget.min(limit));
         let deadline = Instant::now() + budget;
         let mut attempt = 0u32;
         let mut last_failure: Option<Error> = None;

@@ -382,13 +382,20 @@ impl Consumer {
         loop {
             self.reconcile_group().await?;
             if let Err(error) = self.resolve_positions().await {
-                if !error.code().is_some_and(ErrorCode::is_retriable) {
+                if !error.is_retriable() {
                     return Err(error);
                 }
-                // A partition's leader moved or is being elected, or the coordinator moved
-                // (the metadata was dropped): asked again after a pause, as Kafka's
-                // consumers retry. Until 2026-12-07 this ended the poll with the error, and
-                // `wharf consume` with it, on a topic just created in a cluster.
+                // A partition's leader moved, is being elected or cannot be reached, or the
+                // coordinator moved: asked again after a pause (with the metadata asked
+                // again), as Kafka's consumers retry.
+                let topics: BTreeSet<String> = self
+                    .partitions
+                    .keys()
+                    .map(|partition| partition.topic.clone())
+                    .collect();
+                for topic in topics {
+                    self.client.invalidate_topic(&topic);
+                }
                 let pause = self.client.config().retry_backoff_base;
                 tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
                 if Instant::now() >= deadline {
@@ -630,8 +637,13 @@ impl Consumer {
                 state.committed = Some(*offset);
                 continue;
             }
-            match state.reset.take().unwrap_or(self.config.auto_offset_reset) {
-                OffsetReset::Offset(offset) => state.position = Some(offset),
+            // The reset is cleared only once a position is found (a failed lookup is tried
+            // again with it).
+            match state.reset.unwrap_or(self.config.auto_offset_reset) {
+                OffsetReset::Offset(offset) => {
+                    state.position = Some(offset);
+                    state.reset = None;
+                }
                 OffsetReset::Earliest => by_policy
                     .entry(LIST_OFFSETS_EARLIEST)
                     .or_default()
@@ -655,6 +667,7 @@ impl Consumer {
                     past_the_end.push(partition);
                 } else if let Some(state) = self.partitions.get_mut(&partition) {
                     state.position = Some(offset.max(0));
+                    state.reset = None;
                 }
             }
         }
@@ -664,6 +677,7 @@ impl Consumer {
             for (partition, offset) in found {
                 if let Some(state) = self.partitions.get_mut(&partition) {
                     state.position = Some(offset.max(0));
+                    state.reset = None;
                 }
             }
         }

@@ -3256,18 +3256,24 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
     });
 }
 
-/// `wharf --json group describe GROUP` through `broker`: its generation and member ids
-/// (sorted); `None` while it cannot be read there.
-fn group_generation_and_members(broker: &str, group: &str) -> Option<(i64, Vec<String>)> {
+/// `wharf --json group describe GROUP` through `broker`: its generation, member ids
+/// (sorted) and how many partitions its members are assigned; `None` while it cannot be
+/// read there, or is read without members (from a node that does not coordinate: its
+/// describe answers an empty group).
+fn group_generation_and_members(broker: &str, group: &str) -> Option<(i64, Vec<String>, usize)> {
     let output = wharf(broker, &["--json", "group", "describe", group], "");
     let described: Value = serde_json::from_slice(&output.stdout).ok()?;
-    let mut members: Vec<String> = described["members"]
-        .as_array()?
+    let listed = described["members"].as_array()?;
+    let mut members: Vec<String> = listed
         .iter()
         .filter_map(|member| member["member_id"].as_str().map(str::to_string))
         .collect();
     members.sort();
-    Some((described["generation"].as_i64()?, members))
+    let assigned = listed
+        .iter()
+        .filter_map(|member| member["assignment"].as_array().map(Vec::len))
+        .sum();
+    (!members.is_empty()).then_some((described["generation"].as_i64()?, members, assigned))
 }
 
 #[test]
@@ -3276,8 +3282,9 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
     // at the next coordinator: its state is recorded in the coordinators' log whenever its
     // generation changes, and restored there. Method: two `wharf consume --group`
     // processes settle on a topic of four partitions; the coordinator's node is
-    // SIGKILLed; through another node the group shows the same generation and the same
-    // two members for 8 s, and both processes are still running. Before, the members got
+    // SIGKILLed; through another node the group shows the same generation, the same two
+    // members and the same assignments for 12 s (past their session timeout), and both
+    // processes are still running. Before, the members got
     // UnknownMember from the new coordinator and rejoined under new ids and generations.
     let root = tempfile::tempdir().expect("temp dir");
     let (_, mut nodes) = three_nodes(root.path());
@@ -3332,13 +3339,18 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
                 .expect("start wharf consume")
         })
         .collect();
-    // Settled: two members, and the same generation for 3 s.
-    let mut settled: Option<(i64, Vec<String>)> = None;
+    // Settled: two members holding all four partitions between them (none still being
+    // released), unchanged for 3 s.
+    let mut settled: Option<(i64, Vec<String>, usize)> = None;
     let mut since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = group_generation_and_members(other, "native-group");
-        if now.as_ref().is_some_and(|(_, ids)| ids.len() == 2) && now == settled {
+        if now
+            .as_ref()
+            .is_some_and(|(_, ids, assigned)| ids.len() == 2 && *assigned == 4)
+            && now == settled
+        {
             if since.elapsed() >= Duration::from_secs(3) {
                 break;
             }
@@ -3374,8 +3386,10 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
             .iter()
             .any(|at| coordinator_gauge(&http[*at]) == Some(1))
     });
+    // Longer than the members' session (10 s): restored members that never reached the
+    // new coordinator would have expired by then, and the generation moved.
     let watched = Instant::now();
-    while watched.elapsed() < Duration::from_secs(8) {
+    while watched.elapsed() < Duration::from_secs(12) {
         if let Some(now) = group_generation_and_members(other, "native-group") {
             assert_eq!(
                 now, settled,

@@ -337,27 +337,26 @@ impl Broker {
     /// member left or expired since the last call (one that got members again meanwhile
     /// is skipped), and each broker-side group whose generation changed since it was last
     /// recorded (a tombstone for one that went), so the next coordinator goes on from
-    /// there. A write that fails is tried again at the next sweep (broker-side groups) or
-    /// not at all (classic tombstones: the ghost members expire on the next coordinator).
+    /// there; nothing on a node that does not coordinate. A write that fails is tried
+    /// again at the next sweep (broker-side groups) or not at all (classic tombstones: the
+    /// ghost members expire on the next coordinator).
     pub(crate) async fn record_group_changes(&self) {
+        if !self.coordinates_here() {
+            return;
+        }
         for group in self.groups.classic().take_emptied() {
             if let Err(error) = self.offsets.record_group(&group, None).await {
                 tracing::debug!(group, %error, "cannot record that the group emptied");
             }
         }
         for (group, saved) in self.groups.unrecorded() {
-            match self
+            let written = self
                 .offsets
                 .record_broker_group(&group, saved.as_ref())
-                .await
-            {
-                Ok(()) => self
-                    .groups
-                    .mark_recorded(&group, saved.map(|saved| saved.generation)),
-                Err(error) => {
-                    tracing::debug!(group, %error, "cannot record the group's state yet");
-                    break;
-                }
+                .await;
+            if let Err(error) = written {
+                tracing::debug!(group, %error, "cannot record the group's state yet");
+                self.groups.record_failed(&group);
             }
         }
     }

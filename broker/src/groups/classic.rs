@@ -254,6 +254,10 @@ impl ClassicGroups {
     /// coordinator; a join waiting here is told to rejoin).
     pub fn forget_all(&self) {
         self.lock().clear();
+        self.emptied
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
     }
 
     /// `group_id` as its coordinator records it, when it is stable at `generation` and

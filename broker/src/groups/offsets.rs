@@ -513,9 +513,13 @@ pub fn replay_groups(log: &Partition) -> Result<RecordedGroups, StorageError> {
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .map(str::to_string)
         };
+        // A group id is in use by one protocol at a time: its latest record of either
+        // kind ends what the other kind said.
         if let Some(group) = group_of(GROUP_KEY_PREFIX) {
+            broker_side.remove(&group);
             keep_latest(&mut classic, group, record.value.as_deref());
         } else if let Some(group) = group_of(BROKER_GROUP_KEY_PREFIX) {
+            classic.remove(&group);
             keep_latest(&mut broker_side, group, record.value.as_deref());
         }
         Ok(())
@@ -649,6 +653,51 @@ mod tests {
         assert_eq!(value["members"][0]["assignment"], "YXNzaWduZWQ=");
         assert_eq!(value["members"][0]["protocols"][0]["metadata"], "AAH+/w==");
         assert_eq!(group_records[3].value, None, "a tombstone");
+
+        // A broker-side group's record (00 01 FD): latest wins, and a group id's latest
+        // record of either kind ends the other kind's.
+        let broker_side = crate::groups::SavedBrokerGroup {
+            version: crate::groups::SAVED_BROKER_GROUP_VERSION,
+            generation: 4,
+            assignor: "range".to_string(),
+            members: vec![crate::groups::SavedBrokerMember {
+                member_id: "n-1".to_string(),
+                client_id: "wharf".to_string(),
+                topics: vec!["t".to_string()],
+                session_timeout_ms: 10_000,
+                assignment: BTreeMap::from([("t".to_string(), vec![0, 1])]),
+                applied_generation: 4,
+                releasing: vec![("t".to_string(), 2, 4)],
+            }],
+        };
+        runtime
+            .block_on(store.record_broker_group("native", Some(&broker_side)))
+            .unwrap();
+        runtime
+            .block_on(store.record_broker_group("g", Some(&broker_side)))
+            .unwrap();
+        let recorded = replay_groups(store.log()).unwrap();
+        assert_eq!(
+            recorded.classic,
+            Vec::new(),
+            "g's latest record is broker-side"
+        );
+        assert_eq!(
+            recorded.broker_side,
+            vec![
+                ("g".to_string(), broker_side.clone()),
+                ("native".to_string(), broker_side)
+            ]
+        );
+        let mut keys = Vec::new();
+        replay_records(store.log(), |record| {
+            if is_group_record(&record) {
+                keys.push(record.key.expect("a key"));
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(keys.last().map(|key| &key[..]), Some(&b"\x00\x01\xFDg"[..]));
     }
 
     #[test]
