@@ -566,7 +566,6 @@ impl GroupCoordinator {
         if member.applied_generation != applied {
             member.applied_generation = applied;
             // Partitions it released since free up: the rebalance below hands them on.
-            let applied = request.generation;
             member
                 .releasing
                 .retain(|_, (taken_in, _)| *taken_in > applied);

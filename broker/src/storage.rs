@@ -14,6 +14,7 @@
 //! - Only the torn tail of the active segment is ever truncated, and only by recovery.
 //! - Files are reached through [`fs::Fs`], so tests inject torn writes, EIO and ENOSPC.
 
+pub mod bytes_field;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;

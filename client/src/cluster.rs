@@ -265,9 +265,15 @@ impl Client {
         for _ in 0..tries {
             let refused = match &answered {
                 Ok(response) if response.top_error().0 == ErrorCode::NotCoordinator => true,
-                // Unreachable (a node down): the next node, which refuses or serves. A slow
-                // answer is not a reason to move on.
-                Err(Error::Connect { .. } | Error::Disconnected { .. } | Error::Io { .. }) => false,
+                // Unreachable (a node down; its breaker open, with the short reconnect
+                // budget above): the next node, which refuses or serves. A slow answer is
+                // not a reason to move on.
+                Err(
+                    Error::Connect { .. }
+                    | Error::Disconnected { .. }
+                    | Error::Io { .. }
+                    | Error::CircuitOpen { .. },
+                ) => false,
                 _ => return answered,
             };
             let Some(node) = tried else {

@@ -449,8 +449,20 @@ impl Consumer {
             return Ok(());
         }
         let (member_id, generation) = self.commit_identity();
-        let result =
-            offsets::commit(&self.client, &group_id, &member_id, generation, &offsets).await;
+        // Retriable refusals (the coordinator moving or briefly unreachable) are tried
+        // again within the reconnect timeout, as Kafka's `commitSync` does: a coordinator
+        // call gives an unreachable node up after 2 s when other brokers are known.
+        let deadline = Instant::now() + self.client.config().reconnect_timeout;
+        let result = loop {
+            let result =
+                offsets::commit(&self.client, &group_id, &member_id, generation, &offsets).await;
+            match &result {
+                Err(error) if error.is_retriable() && Instant::now() < deadline => {
+                    tokio::time::sleep(self.client.config().retry_backoff_base).await;
+                }
+                _ => break result,
+            }
+        };
         match result {
             Err(error) if error.code() == Some(ErrorCode::IllegalGeneration) => {
                 // The group's generation moves on whenever any member joins or leaves, so a

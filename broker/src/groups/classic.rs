@@ -209,7 +209,7 @@ pub struct SavedMember {
     /// Its protocols with their metadata, in its order of preference.
     pub protocols: Vec<SavedProtocol>,
     /// What the leader assigned it.
-    #[serde(with = "crate::cluster::codec::bytes_field")]
+    #[serde(with = "crate::storage::bytes_field")]
     pub assignment: Bytes,
 }
 
@@ -219,7 +219,7 @@ pub struct SavedProtocol {
     /// Its name.
     pub name: String,
     /// The member's metadata for it.
-    #[serde(with = "crate::cluster::codec::bytes_field")]
+    #[serde(with = "crate::storage::bytes_field")]
     pub metadata: Bytes,
 }
 

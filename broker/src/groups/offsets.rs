@@ -513,13 +513,18 @@ pub fn replay_groups(log: &Partition) -> Result<RecordedGroups, StorageError> {
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .map(str::to_string)
         };
-        // A group id is in use by one protocol at a time: its latest record of either
-        // kind ends what the other kind said.
+        // A group id is in use by one protocol at a time: its latest state of either kind
+        // ends what the other kind said (a tombstone ends only its own kind's: one written
+        // late must not erase the other protocol's group that took the id since).
         if let Some(group) = group_of(GROUP_KEY_PREFIX) {
-            broker_side.remove(&group);
+            if record.value.is_some() {
+                broker_side.remove(&group);
+            }
             keep_latest(&mut classic, group, record.value.as_deref());
         } else if let Some(group) = group_of(BROKER_GROUP_KEY_PREFIX) {
-            classic.remove(&group);
+            if record.value.is_some() {
+                classic.remove(&group);
+            }
             keep_latest(&mut broker_side, group, record.value.as_deref());
         }
         Ok(())
