@@ -3226,14 +3226,7 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
         ),
         "create the topic",
     );
-    let mut coordinator = None;
-    eventually("one node coordinates", || {
-        coordinator = http
-            .iter()
-            .position(|address| coordinator_gauge(address) == Some(1));
-        coordinator.is_some()
-    });
-    let coordinator = coordinator.expect("a coordinator");
+    let coordinator = coordinating_node(&http);
     let pid = nodes[coordinator].pid().to_string();
     let answer = coordinator_client(&[
         "steady",
@@ -3254,6 +3247,19 @@ fn a_classic_group_goes_on_without_a_rebalance_when_its_coordinator_dies() {
             .iter()
             .any(|address| coordinator_gauge(address) == Some(1))
     });
+}
+
+/// The index of the node whose `wharf_coordinator` gauge (of `http`, the nodes' HTTP
+/// addresses) is 1, once one is (within 30 s).
+fn coordinating_node(http: &[String]) -> usize {
+    let mut coordinator = None;
+    eventually("one node coordinates", || {
+        coordinator = http
+            .iter()
+            .position(|address| coordinator_gauge(address) == Some(1));
+        coordinator.is_some()
+    });
+    coordinator.expect("a coordinator")
 }
 
 /// `wharf --json group describe GROUP` through `broker`: its generation, member ids
@@ -3300,14 +3306,7 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
         ),
         "create the topic",
     );
-    let mut coordinator = None;
-    eventually("one node coordinates", || {
-        coordinator = http
-            .iter()
-            .position(|address| coordinator_gauge(address) == Some(1));
-        coordinator.is_some()
-    });
-    let coordinator = coordinator.expect("a coordinator");
+    let coordinator = coordinating_node(&http);
     let other = &addresses[(coordinator + 1) % 3];
     // Every node names it, so the members find it wherever they ask first.
     let wanted = Some((coordinator as u64 + 1, addresses[coordinator].clone()));
