@@ -3153,6 +3153,71 @@ fn removing_a_live_node_first_moves_its_unreplicated_partitions_with_their_recor
 }
 
 #[test]
+fn a_rebalance_moves_an_unreplicated_partition_onto_a_new_node_with_its_records() {
+    // Goal: issue #20's "`wharf cluster rebalance` moves replicas with no downtime when
+    // nodes are added", for partitions of one replica: until 2026-12-07 a rebalance left
+    // them where they were, so a cluster of unreplicated topics never spread onto a new
+    // node. Method: four one-partition topics of factor 1 on three nodes (two on one
+    // node), 100 records in each; node 4 joins and `wharf cluster rebalance` moves one of
+    // them onto it (the counts even out at one each), through a group of its own that its
+    // node founds over its records. The report names the move, the topic then lives on
+    // node 4 alone, led by it, and a read through node 4 returns the 100 records, and 20
+    // more written after the move.
+    let root = tempfile::tempdir().expect("temp dir");
+    let (peers, mut nodes, addresses, kafka) = three_registered_nodes(root.path());
+    let topics = ["single-a", "single-b", "single-c", "single-d"];
+    for topic in topics {
+        let created = wharf(
+            &addresses[0],
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1",
+            ],
+            "",
+        );
+        assert_done(&created, "create a topic of factor 1");
+        let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
+        assert_acked_in_order(&written, 0, 100, &format!("{topic} before the move"));
+    }
+    let (fourth, _) =
+        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
+    nodes.push(fourth);
+    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+
+    let rebalanced = wharf(&addresses[1], &["--json", "cluster", "rebalance"], "");
+    assert!(
+        rebalanced.status.success(),
+        "wharf cluster rebalance failed: {}",
+        String::from_utf8_lossy(&rebalanced.stderr)
+    );
+    let report: Value = serde_json::from_slice(&rebalanced.stdout).expect("JSON");
+    assert_eq!(report["done"], true, "{report}");
+    let moves = report["moves"].as_array().expect("moves").clone();
+    assert_eq!(moves.len(), 1, "one partition moves to node 4: {report}");
+    assert_eq!(moves[0]["to"], serde_json::json!([4]), "{report}");
+    let topic = moves[0]["name"].as_str().expect("a topic");
+    assert!(topics.contains(&topic), "{report}");
+
+    let placed = described(&addresses[0], topic)["partitions"][0].clone();
+    assert_eq!(placed["replicas"], serde_json::json!([4]), "{placed}");
+    let written = replicated_client(&["produce", &kafka[3], topic, "100", "20"]);
+    assert_acked_in_order(&written, 100, 20, "after the move");
+    let read = replicated_client(&["consume", &kafka[3], topic, "120"]);
+    assert_eq!(read["leader"].as_u64(), Some(4), "{read}");
+    let wanted: Vec<(u64, String)> = (0..120).map(|index| (index, format!("v{index}"))).collect();
+    assert_eq!(
+        offsets_and_values(&read, "read"),
+        wanted,
+        "every record, from the node the partition moved to"
+    );
+}
+
+#[test]
 fn a_transient_queue_goes_when_its_leader_restarts_and_a_durable_one_stays() {
     // Goal: RabbitMQ's rule that a transient (non-durable) queue is deleted when its node
     // boots, in a cluster. Its messages live in its leader's memory; until 2026-12-07 the

@@ -166,6 +166,17 @@ impl Replicas {
     }
 }
 
+/// What a rebalance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// `wharf cluster rebalance` (`MetadataCommand::Rebalance`).
+    Asked,
+    /// A node is being drained (`MetadataCommand::DrainNode`).
+    Drain,
+    /// A node was removed (`MetadataCommand::RemoveNode`).
+    Removal,
+}
+
 /// What a replica set places, for a rebalance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SetKind {
@@ -624,7 +635,7 @@ impl MetadataState {
                 self.draining.remove(node_id);
                 // Its connections' exclusive queues end with it.
                 self.drop_exclusive_queues(*node_id);
-                self.rebalance(true);
+                self.rebalance(Why::Removal);
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::DrainNode { node_id } => {
@@ -642,7 +653,7 @@ impl MetadataState {
                     )));
                 }
                 self.draining.insert(*node_id);
-                self.rebalance(false);
+                self.rebalance(Why::Drain);
                 Ok(MetadataResult::Moves(self.moves()))
             }
             MetadataCommand::DropExclusiveQueues { node_id, queues } => {
@@ -945,7 +956,7 @@ impl MetadataState {
                 Ok(MetadataResult::Done)
             }
             MetadataCommand::Rebalance => {
-                self.rebalance(false);
+                self.rebalance(Why::Asked);
                 self.leader_rebalances += 1;
                 Ok(MetadataResult::Moves(self.moves()))
             }
@@ -1052,14 +1063,16 @@ impl MetadataState {
     /// Plans where every set goes ([`placement::rebalance`]) and applies the plan: a set
     /// written through a group ([`Replicas::in_a_group`]) whose nodes change gets a
     /// `moving_to` (its group's leader moves it; its `replicas` and elected leader stay
-    /// until then), and so does an unreplicated partition of a node being drained (it moves
-    /// with its records through a group of its own); a set none of whose nodes is
+    /// until then), and so does an unreplicated partition the plan puts elsewhere (it moves
+    /// with its records through a group of its own: on a `Rebalance`, and otherwise only
+    /// off a node being drained); a set none of whose nodes is
     /// registered any more is placed again at once, empty, as a new set (no group is left
-    /// to move it). Other unreplicated sets on registered nodes are left
-    /// out (their data cannot follow them), and so are internal topics unless a node was
-    /// removed (they are led first by the lowest id; after a removal the plan evens them
-    /// out with the rest). Draining nodes take nothing.
-    fn rebalance(&mut self, node_removed: bool) {
+    /// to move it). Unreplicated queues on registered nodes are left out (their messages
+    /// cannot follow them), and so are internal topics unless a node was removed (they
+    /// are led first by the lowest id; after a removal the plan evens them out with the
+    /// rest). Draining nodes take nothing.
+    fn rebalance(&mut self, why: Why) {
+        let node_removed = why == Why::Removal;
         let registered: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
         let mut nodes: Vec<NodeId> = registered
             .iter()
@@ -1091,7 +1104,8 @@ impl MetadataState {
                 kind.grouped(set)
                     || set.replicas.iter().any(|id| !registered.contains(id))
                     || (*kind == SetKind::Partition
-                        && set.replicas.iter().any(|id| draining.contains(id)))
+                        && (why == Why::Asked
+                            || set.replicas.iter().any(|id| draining.contains(id))))
             })
             .collect();
         // Plan from where each set is going (a move under way counts as done).
@@ -1119,8 +1133,8 @@ impl MetadataState {
                 continue;
             }
             if !kind.grouped(set) {
-                // On a registered node, so a drained node's partition (the filter above):
-                // its records go with it, through a group of its own.
+                // An unreplicated partition on a registered node (the filter above): its
+                // records go with it, through a group of its own.
                 if plan.replicas != set.replicas {
                     set.moving_to = Some(plan.replicas);
                 }
@@ -2069,6 +2083,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rebalance_moves_unreplicated_partitions_onto_a_new_node_with_their_records() {
+        let mut state = three_nodes();
+        state.apply(&create("one", 6, 1));
+        state.apply(&MetadataCommand::RegisterNode {
+            node_id: 4,
+            info: node(7004),
+        });
+        let before = state.clone();
+        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
+            panic!("a rebalance answers its moves")
+        };
+        // Six partitions of one replica on four nodes: one moves to node 4 (2, 2, 1, 1),
+        // through a group of its own that its node founds over its records.
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        let moved = &moves[0];
+        assert_eq!(moved.to, vec![4]);
+        let index = moved.partition.expect("a partition") as usize;
+        let set = &state.topics["one"].partitions[index];
+        let was = &before.topics["one"].partitions[index];
+        assert_eq!((&set.replicas, set.leader), (&was.replicas, was.leader));
+        assert!(set.in_a_group() && set.hosts(4) && set.initializes(was.leader));
+        assert!(
+            !set.initializes(4),
+            "node 4 starts empty and takes a snapshot"
+        );
+        for (at, other) in state.topics["one"].partitions.iter().enumerate() {
+            if at != index {
+                assert_eq!(other, &before.topics["one"].partitions[at]);
+            }
+        }
+        // Done: node 4 holds and leads it, still through a group (of one voter).
+        assert_eq!(complete(&mut state, moved), MetadataResult::Done);
+        let set = &state.topics["one"].partitions[index];
+        assert_eq!((set.replicas.clone(), set.leader), (vec![4], 4));
+        assert!(set.in_a_group() && set.moving_to.is_none());
+        assert_eq!(
+            state.apply(&MetadataCommand::Rebalance),
+            MetadataResult::Moves(vec![])
+        );
+    }
+
+    #[test]
     fn a_rebalance_moves_replicated_sets_onto_a_new_node_through_their_groups() {
         let mut state = three_nodes();
         state.apply(&create("t", 4, 3));
@@ -2081,11 +2137,14 @@ mod tests {
         let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
             panic!("a rebalance answers its moves")
         };
-        // Four sets of three on four nodes: three replicas move to node 4; nothing else
-        // changes until the groups moved (unreplicated partitions never move: their data
-        // is on one disk).
-        assert_eq!(moves.len(), 3, "{moves:?}");
-        assert!(moves.iter().all(|moved| moved.to.contains(&4)));
+        // Sixteen replicas on four nodes: four move to node 4, all of replicated sets
+        // (an unreplicated partition moves only when they cannot even the counts out: it
+        // keeps a group of its own afterwards); nothing else changes until the groups
+        // moved.
+        assert_eq!(moves.len(), 4, "{moves:?}");
+        assert!(moves
+            .iter()
+            .all(|moved| moved.to.contains(&4) && moved.name == "t"));
         assert_eq!(before.topics["one"], state.topics["one"]);
         for (at, set) in state.topics["t"].partitions.iter().enumerate() {
             let sorted = |replicas: &[NodeId]| {
