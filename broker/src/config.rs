@@ -135,6 +135,10 @@ pub struct BrokerConfig {
     /// `leader.imbalance.check.interval.seconds` with `auto.leader.rebalance.enable`),
     /// ms; 0: only when `wharf cluster rebalance` asks.
     pub leader_rebalance_interval_ms: u64,
+    /// The periodic check hands a node's partitions back to it only while more than this
+    /// percentage of the replicated partitions it is the preferred replica of are led
+    /// elsewhere (Kafka's `leader.imbalance.per.broker.percentage`); 0 to 100.
+    pub leader_imbalance_percentage: u64,
     /// Most client connections at once.
     pub connections_max: usize,
     /// Most connections open at once from one client IP address, over all listeners
@@ -252,6 +256,7 @@ impl Default for BrokerConfig {
             cluster_election_timeout_ms: 400,
             cluster_snapshot_entries: 1_000,
             leader_rebalance_interval_ms: 300_000,
+            leader_imbalance_percentage: 10,
             connections_max: 1024,
             connections_per_ip_max: 0,
             connections_per_user_max: 0,
@@ -499,6 +504,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "leader_rebalance_interval_ms",
             config.leader_rebalance_interval_ms.to_string(),
             "how often a node hands each replicated partition it leads back to its preferred replica once that one is in sync (Kafka's automatic preferred leader election), ms; 0: only when `wharf cluster rebalance` asks; else at least 1000",
+        ),
+        key(
+            "leader_imbalance_percentage",
+            config.leader_imbalance_percentage.to_string(),
+            "the periodic check hands partitions back to a node only while more than this percentage of those it is the preferred replica of are led elsewhere (Kafka's `leader.imbalance.per.broker.percentage`), 0 to 100; `wharf cluster rebalance` hands back every one",
         ),
         key(
             "connections_max",
@@ -762,6 +772,7 @@ struct FileConfig {
     cluster_election_timeout_ms: Option<u64>,
     cluster_snapshot_entries: Option<u64>,
     leader_rebalance_interval_ms: Option<u64>,
+    leader_imbalance_percentage: Option<u64>,
     connections_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -871,6 +882,9 @@ impl BrokerConfig {
         self.leader_rebalance_interval_ms = file
             .leader_rebalance_interval_ms
             .unwrap_or(defaults.leader_rebalance_interval_ms);
+        self.leader_imbalance_percentage = file
+            .leader_imbalance_percentage
+            .unwrap_or(defaults.leader_imbalance_percentage);
         self.cleaner_dedupe_buffer_bytes = file
             .cleaner_dedupe_buffer_bytes
             .unwrap_or(defaults.cleaner_dedupe_buffer_bytes);
@@ -994,6 +1008,12 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(format!(
                 "cluster_election_timeout_ms ({}) must be at least 3 heartbeats (cluster_heartbeat_ms {} × 3): a follower must miss several before it calls an election",
                 self.cluster_election_timeout_ms, self.cluster_heartbeat_ms
+            )));
+        }
+        if self.leader_imbalance_percentage > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "leader_imbalance_percentage ({}) must be between 0 and 100",
+                self.leader_imbalance_percentage
             )));
         }
         if (1..1_000).contains(&self.leader_rebalance_interval_ms) {
@@ -1853,23 +1873,29 @@ mod tests {
     #[test]
     fn the_metadata_log_timing_is_read_and_checked() {
         let file: FileConfig = toml::from_str(
-            "cluster_heartbeat_ms = 50\ncluster_election_timeout_ms = 300\ncluster_snapshot_entries = 10",
+            "cluster_heartbeat_ms = 50\ncluster_election_timeout_ms = 300\ncluster_snapshot_entries = 10\nleader_imbalance_percentage = 25",
         )
         .expect("parse");
         let mut config = BrokerConfig::default();
+        assert_eq!(config.leader_imbalance_percentage, 10, "Kafka's default");
         config.apply(file).expect("valid timing");
         assert_eq!(
             (
                 config.cluster_heartbeat_ms,
                 config.cluster_election_timeout_ms,
-                config.cluster_snapshot_entries
+                config.cluster_snapshot_entries,
+                config.leader_imbalance_percentage
             ),
-            (50, 300, 10)
+            (50, 300, 10, 25)
         );
         for (text, named) in [
             ("cluster_heartbeat_ms = 5", "cluster_heartbeat_ms"),
             ("cluster_election_timeout_ms = 250", "at least 3 heartbeats"),
             ("cluster_snapshot_entries = 0", "cluster_snapshot_entries"),
+            (
+                "leader_imbalance_percentage = 101",
+                "leader_imbalance_percentage (101) must be between 0 and 100",
+            ),
         ] {
             let file: FileConfig = toml::from_str(text).expect("parse");
             let error = BrokerConfig::default()

@@ -170,6 +170,8 @@ pub struct Broker {
     retention_check_interval_ms: u64,
     /// `leader_rebalance_interval_ms` (zero: never).
     leader_rebalance_interval: Duration,
+    /// `leader_imbalance_percentage`.
+    leader_imbalance_percentage: u64,
     cleaner: crate::streams::compaction::CleanerSettings,
     /// Users, failed logins (issue #18).
     auth: auth_ops::AuthState,
@@ -315,6 +317,7 @@ impl Broker {
             clock,
             retention_check_interval_ms: config.retention_check_interval_ms,
             leader_rebalance_interval: Duration::from_millis(config.leader_rebalance_interval_ms),
+            leader_imbalance_percentage: config.leader_imbalance_percentage,
             cleaner: crate::streams::compaction::CleanerSettings {
                 backoff: Duration::from_millis(config.cleaner_backoff_ms.max(10)),
                 dedupe_buffer_bytes: usize::try_from(config.cleaner_dedupe_buffer_bytes)

@@ -1137,6 +1137,10 @@ impl Broker {
                 && rebalanced_at.elapsed() >= self.leader_rebalance_interval;
             let rebalance =
                 (asked || periodic) && !handing.load(std::sync::atomic::Ordering::Acquire);
+            // The periodic check hands back only to nodes past the imbalance threshold;
+            // an asked rebalance hands back every partition.
+            let imbalanced = (rebalance && !asked)
+                .then(|| imbalanced_nodes(&state, self.leader_imbalance_percentage));
             let mut hand_overs = Vec::new();
             for (name, topic) in &state.topics {
                 for (index, set) in topic.partitions.iter().enumerate() {
@@ -1171,7 +1175,11 @@ impl Broker {
                                 &group_name(name, partition),
                                 self.leader_rebalance_interval,
                             )
-                            && preferred_successor(this, &status, set).is_some()
+                            && preferred_successor(this, &status, set).is_some_and(|preferred| {
+                                imbalanced
+                                    .as_ref()
+                                    .is_none_or(|nodes| nodes.contains(&preferred))
+                            })
                         {
                             hand_overs
                                 .push((replica.clone(), Led::Partition(name.clone(), partition)));
@@ -1297,8 +1305,8 @@ impl Broker {
 
 /// The node a replicated partition led by `this` goes back to: its preferred replica
 /// (`replicas[0]`) when that is another node, in sync, and the set is not moving. Kafka's
-/// automatic preferred leader election, without its imbalance threshold: every such
-/// partition is handed over. (The hand-over itself waits until it has every entry.)
+/// automatic preferred leader election (its imbalance threshold is [`imbalanced_nodes`]).
+/// (The hand-over itself waits until it has every entry.)
 fn preferred_successor(
     this: NodeId,
     status: &crate::cluster::replica::ReplicaStatus,
@@ -1310,6 +1318,39 @@ fn preferred_successor(
         .iter()
         .any(|follower| follower.node == preferred && follower.in_sync);
     (preferred != this && set.moving_to.is_none() && in_sync).then_some(preferred)
+}
+
+/// The nodes that more than `percentage` % of the replicated partitions (internal topics
+/// aside) whose preferred replica they are see led elsewhere, as the metadata records the
+/// leaders: Kafka's `leader.imbalance.per.broker.percentage` rule, which the periodic
+/// preferred leader check applies so that one partition led elsewhere among many does not
+/// pause its writes for a hand-over.
+fn imbalanced_nodes(state: &MetadataState, percentage: u64) -> std::collections::BTreeSet<NodeId> {
+    let mut counts: std::collections::BTreeMap<NodeId, (u64, u64)> =
+        std::collections::BTreeMap::new();
+    let sets = state
+        .topics
+        .iter()
+        .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
+        .flat_map(|(_, topic)| topic.partitions.iter())
+        .filter(|set| set.replicas.len() >= 2);
+    for set in sets {
+        let Some(preferred) = set.replicas.first() else {
+            continue;
+        };
+        let (preferred_of, led_elsewhere) = counts.entry(*preferred).or_default();
+        *preferred_of += 1;
+        if set.leader != *preferred {
+            *led_elsewhere += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(_, (preferred_of, led_elsewhere))| {
+            led_elsewhere * 100 > percentage * preferred_of
+        })
+        .map(|(node, _)| node)
+        .collect()
 }
 
 /// Clears the "hand-overs under way" flag however [`hand_over_all`] ends.
@@ -1980,6 +2021,60 @@ mod tests {
         }))
         .is_none());
         assert!(decode_delete_records(&Bytes::from_static(&[3, 0])).is_none());
+    }
+
+    #[test]
+    fn the_periodic_preferred_leader_check_hands_back_only_past_the_imbalance_threshold() {
+        use crate::cluster::metadata::{Replicas, TopicMeta};
+        // Node 1 is the preferred replica of 20 partitions, node 2 of one; `led` of node
+        // 1's are led by node 3, and node 2's by node 3 too.
+        let state = |led: usize| {
+            let mut state = MetadataState::default();
+            let mut partitions: Vec<Replicas> = (0..20)
+                .map(|at| Replicas {
+                    leader: if at < led { 3 } else { 1 },
+                    ..Replicas::new(vec![1, 2, 3])
+                })
+                .collect();
+            partitions.push(Replicas {
+                leader: 3,
+                ..Replicas::new(vec![2, 3, 1])
+            });
+            // Unreplicated and internal partitions do not count.
+            partitions.push(Replicas::new(vec![3]));
+            state.topics.insert(
+                "t".to_string(),
+                TopicMeta {
+                    configs: BTreeMap::new(),
+                    partitions,
+                    topic_id: None,
+                },
+            );
+            state.topics.insert(
+                format!("{INTERNAL_TOPIC_PREFIX}consumer_offsets"),
+                TopicMeta {
+                    configs: BTreeMap::new(),
+                    partitions: vec![Replicas {
+                        leader: 1,
+                        ..Replicas::new(vec![3, 1, 2])
+                    }],
+                    topic_id: None,
+                },
+            );
+            state
+        };
+        let nodes = |ids: &[NodeId]| {
+            ids.iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        // 2 of 20 is 10 %: not more than Kafka's default threshold; 3 of 20 is.
+        assert_eq!(imbalanced_nodes(&state(2), 10), nodes(&[2]));
+        assert_eq!(imbalanced_nodes(&state(3), 10), nodes(&[1, 2]));
+        assert_eq!(imbalanced_nodes(&state(0), 10), nodes(&[2]));
+        // 0: every partition led elsewhere goes back; 100: none.
+        assert_eq!(imbalanced_nodes(&state(1), 0), nodes(&[1, 2]));
+        assert_eq!(imbalanced_nodes(&state(20), 100), nodes(&[]));
     }
 
     #[test]
