@@ -3203,8 +3203,19 @@ fn a_rebalance_moves_an_unreplicated_partition_onto_a_new_node_with_its_records(
     let topic = moves[0]["name"].as_str().expect("a topic");
     assert!(topics.contains(&topic), "{report}");
 
-    let placed = described(&addresses[0], topic)["partitions"][0].clone();
-    assert_eq!(placed["replicas"], serde_json::json!([4]), "{placed}");
+    // (Node 2 saw the move done; node 1 applies it a moment later, perhaps.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let placed = described(&addresses[0], topic)["partitions"][0].clone();
+        if placed["replicas"] == serde_json::json!([4]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} is not on node 4 alone: {placed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let written = replicated_client(&["produce", &kafka[3], topic, "100", "20"]);
     assert_acked_in_order(&written, 100, 20, "after the move");
     let read = replicated_client(&["consume", &kafka[3], topic, "120"]);

@@ -107,8 +107,8 @@ pub struct Replicas {
     /// The node that leads it now.
     pub leader: NodeId,
     /// A set being moved through its group (`wharf cluster rebalance`, a node's drain or
-    /// removal; an unreplicated partition of a drained node too, through a group of its
-    /// own): the nodes its group moves to. Its leader adds each new one as a learner, waits until it
+    /// removal; an unreplicated partition too, through a group of its own): the nodes its
+    /// group moves to. Its leader adds each new one as a learner, waits until it
     /// caught up, changes the group's voters, then records [`MetadataCommand::ReplicasMoved`].
     /// Until then `replicas` is where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,8 +443,9 @@ pub enum MetadataCommand {
     Unbind(BindingMeta),
     /// Moves replicas so every node holds a fair share (`wharf cluster rebalance`): each
     /// replicated set whose nodes change gets a `moving_to`, which its group's leader
-    /// carries out. Unreplicated sets on registered nodes stay (their data is on one disk);
-    /// internal topics stay. Answers `Moves` with the sets moving after it.
+    /// carries out, and so does an unreplicated partition the plan moves (through a group
+    /// of its own). Unreplicated queues on registered nodes stay (their messages are on one
+    /// disk); internal topics stay. Answers `Moves` with the sets moving after it.
     Rebalance,
     /// Records that the replicated log of partition `partition` of topic `name` (of queue
     /// `name` when `partition` is `None`) runs on `replicas` now: its leader changed the
@@ -1083,6 +1084,23 @@ impl MetadataState {
             nodes = registered.iter().copied().collect();
         }
         let draining = self.draining.clone();
+        // The test of which sets the plan may move (`moved`); the unreplicated partitions
+        // it may not move still count in the load, so a drain's plan and a rebalance's
+        // agree on what is even.
+        let moved = |set: &Replicas, kind: SetKind| {
+            kind.grouped(set)
+                || set.replicas.iter().any(|id| !registered.contains(id))
+                || (kind == SetKind::Partition
+                    && (why == Why::Asked || set.replicas.iter().any(|id| draining.contains(id))))
+        };
+        let fixed: Vec<NodeId> = self
+            .topics
+            .iter()
+            .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
+            .flat_map(|(_, topic)| topic.partitions.iter())
+            .filter(|set| !moved(set, SetKind::Partition))
+            .flat_map(|set| set.replicas.iter().copied())
+            .collect();
         let mut sets: Vec<(&mut Replicas, SetKind)> = self
             .topics
             .iter_mut()
@@ -1100,13 +1118,7 @@ impl MetadataState {
                     .values_mut()
                     .map(|queue| (&mut queue.placement, SetKind::Queue)),
             )
-            .filter(|(set, kind)| {
-                kind.grouped(set)
-                    || set.replicas.iter().any(|id| !registered.contains(id))
-                    || (*kind == SetKind::Partition
-                        && (why == Why::Asked
-                            || set.replicas.iter().any(|id| draining.contains(id))))
-            })
+            .filter(|(set, kind)| moved(set, *kind))
             .collect();
         // Plan from where each set is going (a move under way counts as done).
         let mut plans: Vec<Replicas> = sets
@@ -1120,7 +1132,7 @@ impl MetadataState {
             })
             .collect();
         let mut planned: Vec<&mut Replicas> = plans.iter_mut().collect();
-        placement::rebalance(&nodes, &mut planned);
+        placement::rebalance(&nodes, &mut planned, &fixed);
         for ((set, kind), plan) in sets.iter_mut().zip(plans) {
             if set.replicas.iter().all(|id| !registered.contains(id)) {
                 // Every node holding it is gone (a partition of one replica whose node
@@ -2121,6 +2133,55 @@ mod tests {
         assert_eq!(
             state.apply(&MetadataCommand::Rebalance),
             MetadataResult::Moves(vec![])
+        );
+    }
+
+    #[test]
+    fn a_rebalance_moves_replicated_sets_from_any_loaded_node_before_an_unreplicated_partition() {
+        // Node 1 holds three unreplicated partitions, nodes 2 and 3 three sets of two; node
+        // 4 joins. Node 1 is as loaded as the others (and first by id), but moving two of
+        // the replicated sets evens the counts out: no unreplicated partition moves.
+        let mut state = MetadataState::default();
+        state.apply(&MetadataCommand::RegisterNode {
+            node_id: 1,
+            info: node(7001),
+        });
+        state.apply(&create("u", 3, 1));
+        for (id, port) in [(2, 7002), (3, 7003)] {
+            state.apply(&MetadataCommand::RegisterNode {
+                node_id: id,
+                info: node(port),
+            });
+        }
+        state.apply(&create("r", 3, 2));
+        assert!(state.topics["r"].partitions.iter().all(|set| !set.hosts(1)));
+        state.apply(&MetadataCommand::RegisterNode {
+            node_id: 4,
+            info: node(7004),
+        });
+        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
+            panic!("a rebalance answers its moves")
+        };
+        assert_eq!(moves.len(), 2, "{moves:?}");
+        assert!(
+            moves
+                .iter()
+                .all(|moved| moved.name == "r" && moved.to.contains(&4)),
+            "{moves:?}"
+        );
+        // A drain of node 3 plans the same way, counting the unreplicated partitions it
+        // may not move: its two replicas go to nodes 2 and 4, not onto node 1.
+        let mut drained = state.clone();
+        let MetadataResult::Moves(moves) =
+            drained.apply(&MetadataCommand::DrainNode { node_id: 3 })
+        else {
+            panic!("a drain answers its moves")
+        };
+        assert!(
+            moves
+                .iter()
+                .all(|moved| !moved.to.contains(&1) && !moved.to.contains(&3)),
+            "{moves:?}"
         );
     }
 

@@ -8,9 +8,10 @@
 //! - Existing placements never move when nodes join: a new node takes new replicas until
 //!   `wharf cluster rebalance` (or a node's removal) moves old ones.
 //! - A rebalance first replaces replicas on nodes that are gone, then moves one replica at a
-//!   time from the most loaded node to the least loaded until their counts differ by at most
-//!   one (a set written through a group before an unreplicated partition, which keeps a
-//!   group of its own once moved), then picks each set's leader again by the leader rule: sets with fewer replicas
+//!   time onto the least loaded node until the counts differ by at most one (sets written
+//!   through a group first, from any node two above it; an unreplicated partition, which
+//!   keeps a group of its own once moved, only when they cannot even the counts out), then
+//!   picks each set's leader again by the leader rule: sets with fewer replicas
 //!   first (they have fewer choices), in order among equals; and last, while a node leads
 //!   two or more than another that a chain of shared sets reaches, shifts one leadership
 //!   along that chain.
@@ -100,15 +101,22 @@ impl Load {
     }
 }
 
-/// Moves replicas of `sets` onto `nodes` (see the module documentation). With no node,
-/// nothing moves.
-pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas]) {
+/// Moves replicas of `sets` onto `nodes` (see the module documentation). `fixed` names
+/// the node of each unreplicated partition that stays where it is: counted in the load
+/// (a replica it leads) but never moved. With no node, nothing moves.
+pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas], fixed: &[NodeId]) {
     if nodes.is_empty() {
         return;
     }
     let mut load = Load {
         nodes: nodes.iter().map(|id| (*id, (0, 0))).collect(),
     };
+    for node in fixed {
+        if let Some(counts) = load.nodes.get_mut(node) {
+            counts.0 += 1;
+            counts.1 += 1;
+        }
+    }
     // 1. Replicas on nodes that are gone: dropped, then refilled from the least loaded.
     for set in sets.iter() {
         for replica in &set.replicas {
@@ -134,39 +142,53 @@ pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas]) {
             set.replicas.push(pick);
         }
     }
-    // 2. Even out replica counts, one move at a time (bounded: each move lowers the spread).
+    // 2. Even out replica counts, one move at a time (bounded: each move lowers the spread),
+    //    moving sets written through a group first, from any node loaded two above the
+    //    least; then any set, from the most loaded. An unreplicated partition that moves
+    //    keeps a group of one voter afterwards (each write goes to its raft log too), so one
+    //    moves only when the replicated sets cannot even the counts out.
     let moves_max = sets.iter().map(|set| set.replicas.len()).sum::<usize>() + 1;
-    for _ in 0..moves_max {
-        let most = nodes
-            .iter()
-            .max_by_key(|id| (load.replicas_of(**id), std::cmp::Reverse(**id)))
-            .copied()
-            .expect("nodes is not empty");
-        let least = nodes
-            .iter()
-            .min_by_key(|id| (load.replicas_of(**id), **id))
-            .copied()
-            .expect("nodes is not empty");
-        if load.replicas_of(most) <= load.replicas_of(least) + 1 {
-            break;
-        }
-        // A set written through a group first: an unreplicated partition that moves
-        // keeps a group of one voter afterwards (each write goes to its raft log too), so
-        // one moves only when the replicated sets cannot even the counts out.
-        let movable =
-            |set: &Replicas| set.replicas.contains(&most) && !set.replicas.contains(&least);
-        let grouped = sets.iter().position(|set| movable(set) && set.in_a_group());
-        let Some(at) = grouped.or_else(|| sets.iter().position(|set| movable(set))) else {
-            break;
-        };
-        let set = &mut sets[at];
-        for replica in set.replicas.iter_mut() {
-            if *replica == most {
-                *replica = least;
+    for grouped_only in [true, false] {
+        for _ in 0..moves_max {
+            let least = nodes
+                .iter()
+                .min_by_key(|id| (load.replicas_of(**id), **id))
+                .copied()
+                .expect("nodes is not empty");
+            let mut donors: Vec<NodeId> = nodes
+                .iter()
+                .copied()
+                .filter(|id| load.replicas_of(*id) > load.replicas_of(least) + 1)
+                .collect();
+            donors.sort_by_key(|id| (std::cmp::Reverse(load.replicas_of(*id)), *id));
+            let movable = |set: &Replicas, from: NodeId| {
+                set.replicas.contains(&from) && !set.replicas.contains(&least)
+            };
+            let found = donors.iter().find_map(|from| {
+                let grouped = sets
+                    .iter()
+                    .position(|set| movable(set, *from) && set.in_a_group());
+                let any = || {
+                    if grouped_only {
+                        None
+                    } else {
+                        sets.iter().position(|set| movable(set, *from))
+                    }
+                };
+                grouped.or_else(any).map(|at| (*from, at))
+            });
+            let Some((most, at)) = found else {
+                break;
+            };
+            let set = &mut sets[at];
+            for replica in set.replicas.iter_mut() {
+                if *replica == most {
+                    *replica = least;
+                }
             }
+            load.nodes.entry(most).or_default().0 -= 1;
+            load.nodes.entry(least).or_default().0 += 1;
         }
-        load.nodes.entry(most).or_default().0 -= 1;
-        load.nodes.entry(least).or_default().0 += 1;
     }
     // 3. Leaders again: sets with fewer replicas (fewer choices) first, then in order.
     let mut order: Vec<usize> = (0..sets.len()).collect();

@@ -205,7 +205,7 @@ impl Broker {
     }
 
     /// Rebalances the cluster's replicas (`wharf cluster rebalance`): with `start` (Alter
-    /// on the cluster), proposes `Rebalance` (replicated partitions and queues move onto
+    /// on the cluster), proposes `Rebalance` (partitions and replicated queues move onto
     /// the nodes holding fewest, each through its group's leader); without (Describe),
     /// changes nothing. Either way answers the moves under way as the metadata log has them
     /// then.

@@ -36,8 +36,9 @@ pub enum ClusterCommand {
     /// Move replicated partitions and queues onto the nodes holding fewest replicas (after
     /// nodes were added): each group's leader adds the new node, waits until it caught up,
     /// then changes the group's voters; the partition or queue stays available throughout.
-    /// Unreplicated partitions and queues stay where their data is (`remove-node` moves a
-    /// live node's unreplicated partitions with their records).
+    /// An unreplicated partition moves with its records only when moving replicated sets
+    /// cannot even the counts out (it needs its node up: one on a node that is down waits
+    /// for it); unreplicated queues stay where their messages are.
     Rebalance {
         /// Print the moves started and return, without waiting for them.
         #[arg(long)]
