@@ -130,14 +130,15 @@ pub struct BrokerConfig {
     pub cluster_election_timeout_ms: u64,
     /// The metadata log is snapshotted after this many applied entries.
     pub cluster_snapshot_entries: u64,
-    /// How often a node hands each replicated partition it leads to the partition's
-    /// preferred replica when that one is in sync (Kafka's
+    /// How often a node hands the replicated partitions it leads to their preferred
+    /// replicas when in sync and past `leader_imbalance_percentage` (Kafka's
     /// `leader.imbalance.check.interval.seconds` with `auto.leader.rebalance.enable`),
     /// ms; 0: only when `wharf cluster rebalance` asks.
     pub leader_rebalance_interval_ms: u64,
-    /// The periodic check hands a node's partitions back to it only while more than this
-    /// percentage of the replicated partitions it is the preferred replica of are led
-    /// elsewhere (Kafka's `leader.imbalance.per.broker.percentage`); 0 to 100.
+    /// The periodic check hands a node's partitions back to it when more than this
+    /// percentage of the partitions it is the preferred replica of (internal topics aside)
+    /// are led elsewhere (Kafka's `leader.imbalance.per.broker.percentage`); 0 to 100
+    /// (100: never).
     pub leader_imbalance_percentage: u64,
     /// Most client connections at once.
     pub connections_max: usize,
@@ -503,12 +504,12 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
         key(
             "leader_rebalance_interval_ms",
             config.leader_rebalance_interval_ms.to_string(),
-            "how often a node hands each replicated partition it leads back to its preferred replica once that one is in sync (Kafka's automatic preferred leader election), ms; 0: only when `wharf cluster rebalance` asks; else at least 1000",
+            "how often a node hands the replicated partitions it leads back to their preferred replicas once in sync, past `leader_imbalance_percentage` (Kafka's automatic preferred leader election), ms; 0: only when `wharf cluster rebalance` asks; else at least 1000",
         ),
         key(
             "leader_imbalance_percentage",
             config.leader_imbalance_percentage.to_string(),
-            "the periodic check hands partitions back to a node only while more than this percentage of those it is the preferred replica of are led elsewhere (Kafka's `leader.imbalance.per.broker.percentage`), 0 to 100; `wharf cluster rebalance` hands back every one",
+            "the periodic check hands partitions back to a node when more than this percentage of those it is the preferred replica of (internal topics aside) are led elsewhere (Kafka's `leader.imbalance.per.broker.percentage`), 0 to 100 (100: never); `wharf cluster rebalance` hands back every one",
         ),
         key(
             "connections_max",

@@ -1085,8 +1085,8 @@ impl MetadataState {
         }
         let draining = self.draining.clone();
         // The test of which sets the plan may move (`moved`); the unreplicated partitions
-        // it may not move still count in the load, so a drain's plan and a rebalance's
-        // agree on what is even.
+        // and queues it may not move still count in the load (as `Load::of` counts them
+        // for new sets), so a drain's plan and a rebalance's agree on what is even.
         let moved = |set: &Replicas, kind: SetKind| {
             kind.grouped(set)
                 || set.replicas.iter().any(|id| !registered.contains(id))
@@ -1099,6 +1099,12 @@ impl MetadataState {
             .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
             .flat_map(|(_, topic)| topic.partitions.iter())
             .filter(|set| !moved(set, SetKind::Partition))
+            .chain(
+                self.queues
+                    .values()
+                    .map(|queue| &queue.placement)
+                    .filter(|set| !moved(set, SetKind::Queue)),
+            )
             .flat_map(|set| set.replicas.iter().copied())
             .collect();
         let mut sets: Vec<(&mut Replicas, SetKind)> = self

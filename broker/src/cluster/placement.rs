@@ -8,9 +8,9 @@
 //! - Existing placements never move when nodes join: a new node takes new replicas until
 //!   `wharf cluster rebalance` (or a node's removal) moves old ones.
 //! - A rebalance first replaces replicas on nodes that are gone, then moves one replica at a
-//!   time onto the least loaded node until the counts differ by at most one (sets written
+//!   time onto a least loaded node until the counts differ by at most one (a set written
 //!   through a group first, from any node two above it; an unreplicated partition, which
-//!   keeps a group of its own once moved, only when they cannot even the counts out), then
+//!   keeps a group of its own once moved, only when no replicated set can move), then
 //!   picks each set's leader again by the leader rule: sets with fewer replicas
 //!   first (they have fewer choices), in order among equals; and last, while a node leads
 //!   two or more than another that a chain of shared sets reaches, shifts one leadership
@@ -142,53 +142,51 @@ pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas], fixed: &[NodeId])
             set.replicas.push(pick);
         }
     }
-    // 2. Even out replica counts, one move at a time (bounded: each move lowers the spread),
-    //    moving sets written through a group first, from any node loaded two above the
-    //    least; then any set, from the most loaded. An unreplicated partition that moves
-    //    keeps a group of one voter afterwards (each write goes to its raft log too), so one
-    //    moves only when the replicated sets cannot even the counts out.
-    let moves_max = sets.iter().map(|set| set.replicas.len()).sum::<usize>() + 1;
-    for grouped_only in [true, false] {
-        for _ in 0..moves_max {
-            let least = nodes
-                .iter()
-                .min_by_key(|id| (load.replicas_of(**id), **id))
-                .copied()
-                .expect("nodes is not empty");
-            let mut donors: Vec<NodeId> = nodes
-                .iter()
-                .copied()
-                .filter(|id| load.replicas_of(*id) > load.replicas_of(least) + 1)
-                .collect();
-            donors.sort_by_key(|id| (std::cmp::Reverse(load.replicas_of(*id)), *id));
-            let movable = |set: &Replicas, from: NodeId| {
-                set.replicas.contains(&from) && !set.replicas.contains(&least)
-            };
-            let found = donors.iter().find_map(|from| {
-                let grouped = sets
-                    .iter()
-                    .position(|set| movable(set, *from) && set.in_a_group());
-                let any = || {
-                    if grouped_only {
-                        None
-                    } else {
-                        sets.iter().position(|set| movable(set, *from))
-                    }
-                };
-                grouped.or_else(any).map(|at| (*from, at))
-            });
-            let Some((most, at)) = found else {
-                break;
-            };
-            let set = &mut sets[at];
-            for replica in set.replicas.iter_mut() {
-                if *replica == most {
-                    *replica = least;
-                }
+    // 2. Even out replica counts, one move at a time, from a node two or more above the
+    //    least loaded onto a least loaded one (bounded: each move lowers the sum of the
+    //    squared counts). A set written through a group moves first, from any such node
+    //    (the most loaded first) onto any such node (lower ids first); an unreplicated
+    //    partition, which keeps a group of one voter once moved (each write goes to its raft
+    //    log too), only when no replicated set can.
+    let moves_max = sets.iter().map(|set| set.replicas.len()).sum::<usize>() * 2 + 1;
+    for _ in 0..moves_max {
+        let Some(least_count) = nodes.iter().map(|id| load.replicas_of(*id)).min() else {
+            break;
+        };
+        let receivers: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|id| load.replicas_of(*id) == least_count)
+            .collect();
+        let mut donors: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|id| load.replicas_of(*id) > least_count + 1)
+            .collect();
+        donors.sort_by_key(|id| (std::cmp::Reverse(load.replicas_of(*id)), *id));
+        let find = |grouped_only: bool| {
+            donors.iter().find_map(|from| {
+                receivers.iter().find_map(|to| {
+                    sets.iter()
+                        .position(|set| {
+                            set.replicas.contains(from)
+                                && !set.replicas.contains(to)
+                                && (!grouped_only || set.in_a_group())
+                        })
+                        .map(|at| (*from, *to, at))
+                })
+            })
+        };
+        let Some((from, to, at)) = find(true).or_else(|| find(false)) else {
+            break;
+        };
+        for replica in sets[at].replicas.iter_mut() {
+            if *replica == from {
+                *replica = to;
             }
-            load.nodes.entry(most).or_default().0 -= 1;
-            load.nodes.entry(least).or_default().0 += 1;
         }
+        load.nodes.entry(from).or_default().0 -= 1;
+        load.nodes.entry(to).or_default().0 += 1;
     }
     // 3. Leaders again: sets with fewer replicas (fewer choices) first, then in order.
     let mut order: Vec<usize> = (0..sets.len()).collect();
@@ -207,7 +205,7 @@ pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas], fixed: &[NodeId])
     //    through a chain of sets (it leads a set the next node is in, which leads a set
     //    the next is in...), shift one leadership along that chain.
     for _ in 0..sets.len() * nodes.len() {
-        let Some(chain) = leader_chain(nodes, sets) else {
+        let Some(chain) = leader_chain(nodes, sets, fixed) else {
             break;
         };
         for (at, to) in chain {
@@ -222,9 +220,19 @@ pub fn rebalance(nodes: &[NodeId], sets: &mut [&mut Replicas], fixed: &[NodeId])
 }
 
 /// A chain of (set index, new leader) hand-overs that takes one leadership from the node
-/// leading most to one leading at least two fewer, or `None` when no such chain exists.
-fn leader_chain(nodes: &[NodeId], sets: &[&mut Replicas]) -> Option<Vec<(usize, NodeId)>> {
+/// leading most to one leading at least two fewer (the `fixed` unreplicated partitions
+/// counted as led by their node), or `None` when no such chain exists.
+fn leader_chain(
+    nodes: &[NodeId],
+    sets: &[&mut Replicas],
+    fixed: &[NodeId],
+) -> Option<Vec<(usize, NodeId)>> {
     let mut leads: BTreeMap<NodeId, usize> = nodes.iter().map(|id| (*id, 0)).collect();
+    for node in fixed {
+        if let Some(count) = leads.get_mut(node) {
+            *count += 1;
+        }
+    }
     for set in sets.iter() {
         *leads.entry(set.leader).or_default() += 1;
     }
@@ -297,6 +305,62 @@ mod tests {
 
     fn spread(values: &[usize]) -> usize {
         values.iter().max().unwrap_or(&0) - values.iter().min().unwrap_or(&0)
+    }
+
+    #[test]
+    fn an_unreplicated_partition_moves_only_when_no_replicated_set_can() {
+        // Nodes 1 and 4 hold three unreplicated partitions each, node 1 also a replicated
+        // set; node 5 is new. The replicated sets move first, onto any least loaded node
+        // (c goes to node 5 although node 2 is lower: c is on node 2), and one unreplicated
+        // partition moves only because no replicated move is left while the counts are
+        // still uneven (11 replicas on 5 nodes cannot be even with six of them pinned to two
+        // nodes).
+        let unreplicated = |node: NodeId| Replicas::new(vec![node]);
+        let mut sets = [
+            unreplicated(4),
+            unreplicated(1),
+            Replicas::new(vec![3, 4, 2]),
+            unreplicated(4),
+            unreplicated(1),
+            unreplicated(4),
+            Replicas::new(vec![1, 3]),
+            unreplicated(1),
+        ];
+        let before = sets.clone();
+        let mut refs: Vec<&mut Replicas> = sets.iter_mut().collect();
+        rebalance(&[1, 2, 3, 4, 5], &mut refs, &[]);
+        let moved: Vec<usize> = (0..sets.len())
+            .filter(|at| {
+                let mut now = sets[*at].replicas.clone();
+                now.sort_unstable();
+                let mut then = before[*at].replicas.clone();
+                then.sort_unstable();
+                now != then
+            })
+            .collect();
+        let unreplicated_moves = moved
+            .iter()
+            .filter(|at| before[**at].replicas.len() == 1)
+            .count();
+        assert_eq!(unreplicated_moves, 1, "{sets:?}");
+        let mut counts = [0usize; 5];
+        for set in &sets {
+            for node in &set.replicas {
+                counts[usize::try_from(*node - 1).expect("an index")] += 1;
+            }
+        }
+        assert!(spread(&counts) <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn fixed_partitions_count_as_their_nodes_leaderships() {
+        // Node 1 leads two unreplicated partitions the plan may not move: the two
+        // replicated sets on nodes 1 and 2 are led by node 2, and step 4 does not shift one
+        // back to node 1 as if it led nothing.
+        let mut sets = [Replicas::new(vec![1, 2]), Replicas::new(vec![1, 2])];
+        let mut refs: Vec<&mut Replicas> = sets.iter_mut().collect();
+        rebalance(&[1, 2], &mut refs, &[1, 1]);
+        assert!(sets.iter().all(|set| set.leader == 2), "{sets:?}");
     }
 
     proptest! {

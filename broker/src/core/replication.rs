@@ -1320,11 +1320,12 @@ fn preferred_successor(
     (preferred != this && set.moving_to.is_none() && in_sync).then_some(preferred)
 }
 
-/// The nodes that more than `percentage` % of the replicated partitions (internal topics
-/// aside) whose preferred replica they are see led elsewhere, as the metadata records the
-/// leaders: Kafka's `leader.imbalance.per.broker.percentage` rule, which the periodic
-/// preferred leader check applies so that one partition led elsewhere among many does not
-/// pause its writes for a hand-over.
+/// The nodes that more than `percentage` % of the partitions (internal topics aside, whose
+/// leaders are never handed back) whose preferred replica they are see led elsewhere, as
+/// the metadata records the leaders: Kafka's `leader.imbalance.per.broker.percentage`
+/// rule (over every partition, unreplicated ones too, which are always led by their one
+/// replica), which the periodic preferred leader check applies so that one partition led
+/// elsewhere among many does not pause its writes for a hand-over.
 fn imbalanced_nodes(state: &MetadataState, percentage: u64) -> std::collections::BTreeSet<NodeId> {
     let mut counts: std::collections::BTreeMap<NodeId, (u64, u64)> =
         std::collections::BTreeMap::new();
@@ -1332,8 +1333,7 @@ fn imbalanced_nodes(state: &MetadataState, percentage: u64) -> std::collections:
         .topics
         .iter()
         .filter(|(name, _)| !name.starts_with(INTERNAL_TOPIC_PREFIX))
-        .flat_map(|(_, topic)| topic.partitions.iter())
-        .filter(|set| set.replicas.len() >= 2);
+        .flat_map(|(_, topic)| topic.partitions.iter());
     for set in sets {
         let Some(preferred) = set.replicas.first() else {
             continue;
@@ -2026,8 +2026,9 @@ mod tests {
     #[test]
     fn the_periodic_preferred_leader_check_hands_back_only_past_the_imbalance_threshold() {
         use crate::cluster::metadata::{Replicas, TopicMeta};
-        // Node 1 is the preferred replica of 20 partitions, node 2 of one; `led` of node
-        // 1's are led by node 3, and node 2's by node 3 too.
+        // Node 1 is the preferred replica of 20 replicated partitions and 10 unreplicated
+        // ones (which count, as in Kafka), node 2 of one; `led` of node 1's replicated ones
+        // are led by node 3, and node 2's by node 3 too.
         let state = |led: usize| {
             let mut state = MetadataState::default();
             let mut partitions: Vec<Replicas> = (0..20)
@@ -2040,8 +2041,7 @@ mod tests {
                 leader: 3,
                 ..Replicas::new(vec![2, 3, 1])
             });
-            // Unreplicated and internal partitions do not count.
-            partitions.push(Replicas::new(vec![3]));
+            partitions.extend((0..10).map(|_| Replicas::new(vec![1])));
             state.topics.insert(
                 "t".to_string(),
                 TopicMeta {
@@ -2050,6 +2050,7 @@ mod tests {
                     topic_id: None,
                 },
             );
+            // Internal topics do not count: node 3 prefers one led elsewhere.
             state.topics.insert(
                 format!("{INTERNAL_TOPIC_PREFIX}consumer_offsets"),
                 TopicMeta {
@@ -2068,9 +2069,10 @@ mod tests {
                 .copied()
                 .collect::<std::collections::BTreeSet<_>>()
         };
-        // 2 of 20 is 10 %: not more than Kafka's default threshold; 3 of 20 is.
-        assert_eq!(imbalanced_nodes(&state(2), 10), nodes(&[2]));
-        assert_eq!(imbalanced_nodes(&state(3), 10), nodes(&[1, 2]));
+        // 3 of 30 is 10 %: not more than Kafka's default threshold; 4 of 30 is (and 3 of
+        // 20 would be, had the unreplicated ones not counted).
+        assert_eq!(imbalanced_nodes(&state(3), 10), nodes(&[2]));
+        assert_eq!(imbalanced_nodes(&state(4), 10), nodes(&[1, 2]));
         assert_eq!(imbalanced_nodes(&state(0), 10), nodes(&[2]));
         // 0: every partition led elsewhere goes back; 100: none.
         assert_eq!(imbalanced_nodes(&state(1), 0), nodes(&[1, 2]));
