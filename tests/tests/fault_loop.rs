@@ -1,7 +1,8 @@
 //! The replication fault loop (issue #21): three real `wharfd` processes, a topic of two
 //! partitions with replication factor 3, an idempotent confluent-kafka producer writing
 //! acks=all and a consumer reading while a seeded loop SIGKILLs a random node or a
-//! partition's leader (and starts it again) or pauses one with SIGSTOP/SIGCONT. A checker
+//! partition's leader (and starts it again), two nodes or all three at once, or pauses one
+//! with SIGSTOP/SIGCONT. A checker
 //! then reads everything back and verifies: every acknowledged record is stored exactly
 //! once, at the offset it was acknowledged with; each partition keeps the producer's order;
 //! every record the consumer saw is still there at the offset it saw it.
@@ -94,6 +95,12 @@ enum Kind {
     IsolateAny,
     /// Cut the link between two nodes only: the third still talks to both (a bridge).
     Bridge,
+    /// SIGKILL a node and the next one (a majority), start both again after a while:
+    /// nothing commits meanwhile, and nothing acknowledged may be lost.
+    KillMajority,
+    /// SIGKILL all three nodes at once (a power loss of the whole cluster), start them
+    /// again after a while.
+    KillAll,
 }
 
 impl Kind {
@@ -1005,9 +1012,19 @@ fn inject(
     outage: Duration,
 ) -> Option<Duration> {
     let others: Vec<usize> = (1..=3).filter(|other| *other != node).collect();
+    // The nodes a kill takes down, `node` first.
+    let killed: Vec<usize> = match kind {
+        Kind::KillMajority => vec![node, others[0]],
+        Kind::KillAll => vec![node, others[0], others[1]],
+        _ => vec![node],
+    };
     let began = Instant::now();
     match kind {
-        Kind::KillLeader | Kind::KillAny => nodes.kill(node),
+        Kind::KillLeader | Kind::KillAny | Kind::KillMajority | Kind::KillAll => {
+            for node in &killed {
+                nodes.kill(*node);
+            }
+        }
         Kind::PauseLeader | Kind::PauseAny => signal(nodes.pid(node), "-STOP"),
         Kind::IsolateLeader | Kind::IsolateAny => {
             for other in &others {
@@ -1029,7 +1046,11 @@ fn inject(
         std::thread::sleep(Duration::from_millis(20));
     }
     match kind {
-        Kind::KillLeader | Kind::KillAny => nodes.restart(node),
+        Kind::KillLeader | Kind::KillAny | Kind::KillMajority | Kind::KillAll => {
+            for node in &killed {
+                nodes.restart(*node);
+            }
+        }
         Kind::PauseLeader | Kind::PauseAny => signal(nodes.pid(node), "-CONT"),
         Kind::IsolateLeader | Kind::IsolateAny => {
             for other in &others {
@@ -1225,7 +1246,9 @@ fn run(settings: &Settings) -> (Vec<Fault>, Verdict, Vec<f64>) {
         let queue_before = queue_confirms();
         let txns_before = txns_ended();
         let outage = match kind {
-            Kind::KillLeader | Kind::KillAny => millis(&mut rng, 200, 3_000),
+            Kind::KillLeader | Kind::KillAny | Kind::KillMajority | Kind::KillAll => {
+                millis(&mut rng, 200, 3_000)
+            }
             _ => millis(&mut rng, 500, 4_000),
         };
         let before = acked_per_partition(&writes_files);
@@ -1431,7 +1454,10 @@ fn acknowledged_records_survive_a_seeded_loop_of_kills_and_pauses() {
     // acks=all librdkafka producer and one of Wharf's own client; the checker's findings
     // must all be empty. (Until 2026-12-06 CI ran SIGKILLs only: librdkafka's producer
     // could stay on a paused leader after it resumed, docs/CLUSTER.md, "Stalls the loop
-    // found", 4 and 5.)
+    // found", 4 and 5.) Since 2026-12-07 past a minority too: two nodes SIGKILLed at once
+    // (nothing commits until one is back) and all three (a power loss of the whole
+    // cluster: every node restarts from its disk); nothing acknowledged may be lost there
+    // either, and the cluster must go on.
     real_loop(
         false,
         &[
@@ -1439,6 +1465,8 @@ fn acknowledged_records_survive_a_seeded_loop_of_kills_and_pauses() {
             Kind::KillAny,
             Kind::PauseLeader,
             Kind::PauseAny,
+            Kind::KillMajority,
+            Kind::KillAll,
         ],
         8,
     );
