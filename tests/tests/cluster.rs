@@ -3460,6 +3460,26 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let settled = settled.expect("settled");
+    // Over HTTP the coordinator describes the group, and another node, which has none of
+    // its members, says which node coordinates instead of describing it empty.
+    let (status, body) =
+        integration_tests::http_get(&http[coordinator], "/api/v1/groups/native-group", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(body.split("\r\n\r\n").last().unwrap_or(""))
+            .ok()
+            .and_then(|group| group["members"].as_array().map(Vec::len)),
+        Some(2),
+        "{body}"
+    );
+    for path in ["/api/v1/groups/native-group", "/api/v1/groups"] {
+        let (status, body) = integration_tests::http_get(&http[(coordinator + 1) % 3], path, None);
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(
+            body.contains("not_coordinator") && body.contains(&format!("node {}", coordinator + 1)),
+            "{path}: {body}"
+        );
+    }
     nodes[coordinator].kill();
     let others: Vec<usize> = (0..3).filter(|at| *at != coordinator).collect();
     eventually("another node coordinates", || {

@@ -233,6 +233,15 @@ impl Broker {
         group_id: &str,
     ) -> Result<(), GroupError> {
         self.check(caller, operation, ResourceType::Group, group_id)?;
+        self.check_coordinating()
+    }
+
+    /// Whether this node coordinates consumer groups now, so that its list and
+    /// descriptions of them are the cluster's (another node has none of their members).
+    ///
+    /// # Errors
+    /// `NotCoordinator`, naming the node that coordinates as far as this node knows.
+    pub fn check_coordinating(&self) -> Result<(), GroupError> {
         if self.coordinates_here() {
             return Ok(());
         }

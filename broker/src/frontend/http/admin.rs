@@ -363,12 +363,13 @@ impl From<PartitionLag> for LagDetail {
 }
 
 /// Lists the consumer groups.
-#[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, description = "The groups", body = GroupList), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
+#[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, description = "The groups", body = GroupList), (status = 503, description = "The broker is recovering its logs, or another node of the cluster coordinates groups", body = ErrorBody)))]
 async fn list_groups(
     axum::extract::State(http): Shared,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
+    broker.check_coordinating().map_err(ApiError::from)?;
     let groups: Vec<GroupSummaryJson> = broker
         .list_groups(&caller)
         .into_iter()
@@ -382,13 +383,14 @@ async fn list_groups(
 }
 
 /// Describes a consumer group: members, and committed offsets with lag per partition.
-#[utoipa::path(get, path = "/groups/{group}", tag = "groups", params(("group" = String, Path, description = "The group id")), responses((status = 200, description = "The group", body = GroupDetail), (status = 404, description = "Unknown group", body = ErrorBody), (status = 503, description = "The broker is recovering its logs", body = ErrorBody)))]
+#[utoipa::path(get, path = "/groups/{group}", tag = "groups", params(("group" = String, Path, description = "The group id")), responses((status = 200, description = "The group", body = GroupDetail), (status = 404, description = "Unknown group", body = ErrorBody), (status = 503, description = "The broker is recovering its logs, or another node of the cluster coordinates groups", body = ErrorBody)))]
 async fn describe_group(
     axum::extract::State(http): Shared,
     caller: Caller,
     PathParams(group_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
+    broker.check_coordinating().map_err(ApiError::from)?;
     let summary = broker
         .describe_groups(&caller, vec![group_id.clone()])
         .pop()

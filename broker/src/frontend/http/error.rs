@@ -153,6 +153,18 @@ impl From<TopicError> for ApiError {
     }
 }
 
+/// 503 `not_coordinator`: another node of the cluster coordinates groups (the message
+/// names it); ask that node.
+fn not_coordinator(message: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_coordinator", message)
+}
+
+impl From<GroupError> for ApiError {
+    fn from(error: GroupError) -> ApiError {
+        ApiError::from(GroupAdminError::Group(error))
+    }
+}
+
 impl From<GroupAdminError> for ApiError {
     fn from(error: GroupAdminError) -> ApiError {
         let message = error.to_string();
@@ -162,6 +174,7 @@ impl From<GroupAdminError> for ApiError {
             GroupAdminError::Group(GroupError::NotEmpty { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "group_not_empty", message)
             }
+            GroupAdminError::Group(GroupError::NotCoordinator { .. }) => not_coordinator(message),
             GroupAdminError::Group(_) => ApiError::bad_request(message),
             GroupAdminError::Stream(error) => ApiError::from(error),
             GroupAdminError::Storage(_) => {

@@ -831,6 +831,15 @@ fn describe_groups(
     caller: &Session,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
+    // Another node's view of groups is empty: NotCoordinator sends the client to the
+    // coordinator (it asks FindCoordinator again), as Kafka's DescribeGroups does.
+    if let Err(refused) = broker.check_coordinating() {
+        return DescribeGroupsResponse {
+            error: error_code::group(&refused),
+            error_message: Some(refused.to_string()),
+            ..DescribeGroupsResponse::default()
+        };
+    }
     DescribeGroupsResponse {
         groups: broker
             .describe_groups(caller, request.group_ids)
@@ -842,6 +851,15 @@ fn describe_groups(
 }
 
 fn list_groups(broker: &Broker, caller: &Session) -> ListGroupsResponse {
+    // As DescribeGroups: the coordinator lists them (Kafka's ListGroups answers each
+    // broker's own groups instead, and its admin clients ask every broker).
+    if let Err(refused) = broker.check_coordinating() {
+        return ListGroupsResponse {
+            error: error_code::group(&refused),
+            error_message: Some(refused.to_string()),
+            ..ListGroupsResponse::default()
+        };
+    }
     ListGroupsResponse {
         groups: broker
             .list_groups(caller)
