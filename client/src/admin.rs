@@ -10,10 +10,15 @@ use std::collections::BTreeSet;
 use wharf_protocol::messages::*;
 use wharf_protocol::{ErrorCode, Request};
 
-use crate::cluster::{Client, Target};
+use crate::cluster::{Client, FromResponse, Target};
 use crate::error::{check_code, Error, Result};
 use crate::metadata::{TopicDescription, TopicId, TopicPartition};
 use crate::offsets;
+
+/// How long a group list or description waits for the cluster to have a coordinator.
+const COORDINATOR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How far apart it asks meanwhile.
+const COORDINATOR_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Administration of topics and groups.
 ///
@@ -206,17 +211,36 @@ impl Admin {
         self.client.refresh_topic(name).await
     }
 
+    /// A coordinator's answer to `request`: while the cluster has none (an election, or
+    /// the new one replaying its log) every node refuses with NotCoordinator, and the
+    /// request is asked again, [`COORDINATOR_RETRY`] apart, for up to
+    /// [`COORDINATOR_WAIT`].
+    async fn call_coordinator_patiently<T: FromResponse>(&self, request: Request) -> Result<T> {
+        let deadline = std::time::Instant::now() + COORDINATOR_WAIT;
+        loop {
+            match self
+                .client
+                .call::<T>(Target::Coordinator, request.clone())
+                .await
+            {
+                Err(Error::Server {
+                    code: ErrorCode::NotCoordinator,
+                    ..
+                }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(COORDINATOR_RETRY).await;
+                }
+                answered => return answered,
+            }
+        }
+    }
+
     /// Every consumer group, sorted by id.
     ///
     /// # Errors
     /// Request errors.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
         let response: ListGroupsResponse = self
-            .client
-            .call(
-                Target::Coordinator,
-                Request::ListGroups(ListGroupsRequest {}),
-            )
+            .call_coordinator_patiently(Request::ListGroups(ListGroupsRequest {}))
             .await?;
         let mut groups: Vec<GroupSummary> = response
             .groups
@@ -239,8 +263,7 @@ impl Admin {
         let request = Request::DescribeGroups(DescribeGroupsRequest {
             group_ids: vec![group_id.to_string()],
         });
-        let response: DescribeGroupsResponse =
-            self.client.call(Target::Coordinator, request).await?;
+        let response: DescribeGroupsResponse = self.call_coordinator_patiently(request).await?;
         let group = response
             .groups
             .into_iter()

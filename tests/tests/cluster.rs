@@ -3346,8 +3346,8 @@ fn coordinating_node(http: &[String]) -> usize {
 
 /// `wharf --json group describe GROUP` through `broker`: its generation, member ids
 /// (sorted) and how many partitions its members are assigned; `None` while it cannot be
-/// read there, or is read without members (from a node that does not coordinate: its
-/// describe answers an empty group).
+/// read there (the CLI follows a node's NotCoordinator to the coordinator, which may be
+/// moving), or is read without members.
 fn group_generation_and_members(broker: &str, group: &str) -> Option<(i64, Vec<String>, usize)> {
     let output = wharf(broker, &["--json", "group", "describe", group], "");
     let described: Value = serde_json::from_slice(&output.stdout).ok()?;

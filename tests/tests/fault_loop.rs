@@ -95,11 +95,11 @@ enum Kind {
     IsolateAny,
     /// Cut the link between two nodes only: the third still talks to both (a bridge).
     Bridge,
-    /// SIGKILL a node and the next one (a majority), start both again after a while:
-    /// nothing commits meanwhile, and nothing acknowledged may be lost.
+    /// SIGKILL a node and the next one (1→2, 2→3, 3→1: a majority), start both again
+    /// after a while: nothing commits meanwhile, and nothing acknowledged may be lost.
     KillMajority,
-    /// SIGKILL all three nodes at once (a power loss of the whole cluster), start them
-    /// again after a while.
+    /// SIGKILL all three nodes at once (every process crashes; the kernel keeps what they
+    /// wrote, so this is not a power loss), start them again one after another.
     KillAll,
 }
 
@@ -1014,7 +1014,7 @@ fn inject(
     let others: Vec<usize> = (1..=3).filter(|other| *other != node).collect();
     // The nodes a kill takes down, `node` first.
     let killed: Vec<usize> = match kind {
-        Kind::KillMajority => vec![node, others[0]],
+        Kind::KillMajority => vec![node, node % 3 + 1],
         Kind::KillAll => vec![node, others[0], others[1]],
         _ => vec![node],
     };
@@ -1455,9 +1455,9 @@ fn acknowledged_records_survive_a_seeded_loop_of_kills_and_pauses() {
     // must all be empty. (Until 2026-12-06 CI ran SIGKILLs only: librdkafka's producer
     // could stay on a paused leader after it resumed, docs/CLUSTER.md, "Stalls the loop
     // found", 4 and 5.) Since 2026-12-07 past a minority too: two nodes SIGKILLed at once
-    // (nothing commits until one is back) and all three (a power loss of the whole
-    // cluster: every node restarts from its disk); nothing acknowledged may be lost there
-    // either, and the cluster must go on.
+    // (nothing commits until one is back) and all three (every process crashes and
+    // restarts from what it wrote); nothing acknowledged may be lost there either, and the
+    // cluster must go on.
     real_loop(
         false,
         &[

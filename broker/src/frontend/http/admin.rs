@@ -390,7 +390,6 @@ async fn describe_group(
     PathParams(group_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
-    broker.check_coordinating().map_err(ApiError::from)?;
     let summary = broker
         .describe_groups(&caller, vec![group_id.clone()])
         .pop()
@@ -398,6 +397,8 @@ async fn describe_group(
     if let Some(denied) = summary.denied {
         return Err(ApiError::from(denied));
     }
+    // Permission first (403), then whether this node has the group at all.
+    broker.check_coordinating().map_err(ApiError::from)?;
     let known = broker
         .list_groups(&caller)
         .iter()

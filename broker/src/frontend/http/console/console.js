@@ -216,12 +216,17 @@ async function pollMetrics() {
 }
 
 async function showOverview(metrics) {
+  // In a cluster only the coordinating node lists groups (another answers 503
+  // not_coordinator naming it): the card then says so rather than failing the page.
   const [topics, groups, queues] = await Promise.all([
-    api("GET", "/api/v1/topics"), api("GET", "/api/v1/groups"), api("GET", "/api/v1/queues"),
+    api("GET", "/api/v1/topics"),
+    api("GET", "/api/v1/groups").catch((error) => ({ error })),
+    api("GET", "/api/v1/queues"),
   ]);
   $("card-topics").textContent = topics.topics.length;
   $("card-partitions").textContent = topics.topics.reduce((n, t) => n + t.partitions, 0);
-  $("card-groups").textContent = groups.groups.length;
+  $("card-groups").textContent = groups.error ? "–" : groups.groups.length;
+  $("card-groups").title = groups.error ? groups.error.message : "";
   $("card-queues").textContent = queues.queues.length;
   $("card-records-in").textContent = metrics.point.recordsIn;
   $("card-ready").textContent = queues.queues.reduce((n, q) => n + q.ready, 0);
@@ -330,7 +335,16 @@ async function deleteTopic(name) {
 }
 
 async function showGroups() {
-  const groups = await api("GET", "/api/v1/groups");
+  let groups;
+  try {
+    groups = await api("GET", "/api/v1/groups");
+  } catch (error) {
+    // Another node coordinates the groups (503 not_coordinator names it).
+    const row = document.createElement("tr");
+    cell(row, error.message).colSpan = 3;
+    tbody("groups-table").appendChild(row);
+    return;
+  }
   const body = tbody("groups-table");
   for (const group of groups.groups) {
     const row = document.createElement("tr");
