@@ -2288,10 +2288,7 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
         assert_acked_in_order(&written, 0, 200, &format!("{topic} before the move"));
     }
 
-    let (fourth, _) =
-        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
-    nodes.push(fourth);
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let kafka = join_fourth_node(root.path(), &peers, &addresses, &mut nodes);
 
     let producers: Vec<_> = topics
         .iter()
@@ -2304,16 +2301,8 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let rebalanced = wharf(&addresses[1], &["--json", "cluster", "rebalance"], "");
-    assert!(
-        rebalanced.status.success(),
-        "wharf cluster rebalance failed: {}",
-        String::from_utf8_lossy(&rebalanced.stderr)
-    );
-    let report: Value = serde_json::from_slice(&rebalanced.stdout).expect("JSON");
-    assert_eq!(report["done"], true, "{report}");
-    let moves = report["moves"].as_array().expect("moves").clone();
-    assert_eq!(moves.len(), 3, "three replicas move to node 4: {report}");
+    let moves = rebalance_moves(&addresses[1]);
+    assert_eq!(moves.len(), 3, "three replicas move to node 4: {moves:?}");
     for (topic, producer) in topics.iter().zip(producers) {
         let written = producer.join().expect("the producer thread");
         assert_acked_in_order(&written, 200, 300, &format!("{topic} during the move"));
@@ -2383,6 +2372,34 @@ fn cluster_rebalance_moves_replicated_partitions_onto_a_new_node_while_producers
         wanted,
         "every acknowledged record, from the node the partition moved to"
     );
+}
+
+/// Node 4 joins the cluster of `nodes` (through node 1) and is pushed onto them; every
+/// node's Kafka listener.
+fn join_fourth_node(
+    root: &std::path::Path,
+    peers: &str,
+    addresses: &[String],
+    nodes: &mut Vec<BrokerProcess>,
+) -> Vec<String> {
+    let (fourth, _) =
+        integration_tests::cluster::add_fourth_node(root, peers, addresses, &addresses[0]);
+    nodes.push(fourth);
+    nodes.iter().map(BrokerProcess::kafka_address).collect()
+}
+
+/// `wharf --json cluster rebalance` through `address`, which must succeed with its moves
+/// done: the moves it made.
+fn rebalance_moves(address: &str) -> Vec<Value> {
+    let rebalanced = wharf(address, &["--json", "cluster", "rebalance"], "");
+    assert!(
+        rebalanced.status.success(),
+        "wharf cluster rebalance failed: {}",
+        String::from_utf8_lossy(&rebalanced.stderr)
+    );
+    let report: Value = serde_json::from_slice(&rebalanced.stdout).expect("JSON");
+    assert_eq!(report["done"], true, "{report}");
+    report["moves"].as_array().expect("moves").clone()
 }
 
 /// Nodes 1, 2 and 3 under `root`, each with `config` as its config file.
@@ -3184,24 +3201,13 @@ fn a_rebalance_moves_an_unreplicated_partition_onto_a_new_node_with_its_records(
         let written = replicated_client(&["produce", &kafka[0], topic, "0", "100"]);
         assert_acked_in_order(&written, 0, 100, &format!("{topic} before the move"));
     }
-    let (fourth, _) =
-        integration_tests::cluster::add_fourth_node(root.path(), &peers, &addresses, &addresses[0]);
-    nodes.push(fourth);
-    let kafka: Vec<String> = nodes.iter().map(BrokerProcess::kafka_address).collect();
+    let kafka = join_fourth_node(root.path(), &peers, &addresses, &mut nodes);
 
-    let rebalanced = wharf(&addresses[1], &["--json", "cluster", "rebalance"], "");
-    assert!(
-        rebalanced.status.success(),
-        "wharf cluster rebalance failed: {}",
-        String::from_utf8_lossy(&rebalanced.stderr)
-    );
-    let report: Value = serde_json::from_slice(&rebalanced.stdout).expect("JSON");
-    assert_eq!(report["done"], true, "{report}");
-    let moves = report["moves"].as_array().expect("moves").clone();
-    assert_eq!(moves.len(), 1, "one partition moves to node 4: {report}");
-    assert_eq!(moves[0]["to"], serde_json::json!([4]), "{report}");
+    let moves = rebalance_moves(&addresses[1]);
+    assert_eq!(moves.len(), 1, "one partition moves to node 4: {moves:?}");
+    assert_eq!(moves[0]["to"], serde_json::json!([4]), "{moves:?}");
     let topic = moves[0]["name"].as_str().expect("a topic");
-    assert!(topics.contains(&topic), "{report}");
+    assert!(topics.contains(&topic), "{moves:?}");
 
     // (Node 2 saw the move done; node 1 applies it a moment later, perhaps.)
     let deadline = Instant::now() + Duration::from_secs(10);

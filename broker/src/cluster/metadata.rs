@@ -2100,10 +2100,8 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_rebalance_moves_unreplicated_partitions_onto_a_new_node_with_their_records() {
-        let mut state = three_nodes();
-        state.apply(&create("one", 6, 1));
+    /// Node 4 registers, then a `Rebalance`: the state before the rebalance and its moves.
+    fn join_fourth_and_rebalance(state: &mut MetadataState) -> (MetadataState, Vec<ReplicaMove>) {
         state.apply(&MetadataCommand::RegisterNode {
             node_id: 4,
             info: node(7004),
@@ -2112,6 +2110,14 @@ mod tests {
         let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
             panic!("a rebalance answers its moves")
         };
+        (before, moves)
+    }
+
+    #[test]
+    fn a_rebalance_moves_unreplicated_partitions_onto_a_new_node_with_their_records() {
+        let mut state = three_nodes();
+        state.apply(&create("one", 6, 1));
+        let (before, moves) = join_fourth_and_rebalance(&mut state);
         // Six partitions of one replica on four nodes: one moves to node 4 (2, 2, 1, 1),
         // through a group of its own that its node founds over its records.
         assert_eq!(moves.len(), 1, "{moves:?}");
@@ -2196,14 +2202,7 @@ mod tests {
         let mut state = three_nodes();
         state.apply(&create("t", 4, 3));
         state.apply(&create("one", 4, 1));
-        state.apply(&MetadataCommand::RegisterNode {
-            node_id: 4,
-            info: node(7004),
-        });
-        let before = state.clone();
-        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::Rebalance) else {
-            panic!("a rebalance answers its moves")
-        };
+        let (before, moves) = join_fourth_and_rebalance(&mut state);
         // Sixteen replicas on four nodes: four move to node 4, all of replicated sets
         // (an unreplicated partition moves only when they cannot even the counts out: it
         // keeps a group of its own afterwards); nothing else changes until the groups
