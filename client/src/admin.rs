@@ -216,7 +216,7 @@ impl Admin {
     /// request is asked again, [`COORDINATOR_RETRY`] apart, for up to
     /// [`COORDINATOR_WAIT`].
     async fn call_coordinator_patiently<T: FromResponse>(&self, request: Request) -> Result<T> {
-        let deadline = std::time::Instant::now() + COORDINATOR_WAIT;
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
         loop {
             match self
                 .client
@@ -226,7 +226,7 @@ impl Admin {
                 Err(Error::Server {
                     code: ErrorCode::NotCoordinator,
                     ..
-                }) if std::time::Instant::now() < deadline => {
+                }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(COORDINATOR_RETRY).await;
                 }
                 answered => return answered,

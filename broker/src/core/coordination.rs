@@ -139,9 +139,14 @@ impl Broker {
             == Some(self.coordination.term.load(Ordering::Acquire))
     }
 
-    /// The node a call refused here should go to, as far as this node knows.
+    /// The node a call refused here should go to, as far as this node knows (none while
+    /// this node is named but not coordinating yet: it is taking the seat).
     pub(crate) fn coordinator_elsewhere(&self) -> Option<u64> {
-        self.routing().and_then(|routing| routing.coordinator())
+        self.routing().and_then(|routing| {
+            routing
+                .coordinator()
+                .filter(|node| *node != routing.this_node())
+        })
     }
 
     /// This node's seat, when it should coordinate now.

@@ -245,12 +245,8 @@ impl Broker {
         if self.coordinates_here() {
             return Ok(());
         }
-        // This node, named while it takes the seat (its log's replay): none yet.
-        let this = self.routing().map(|routing| routing.this_node());
         Err(GroupError::NotCoordinator {
-            coordinator: self
-                .coordinator_elsewhere()
-                .filter(|node| Some(*node) != this),
+            coordinator: self.coordinator_elsewhere(),
         })
     }
 }

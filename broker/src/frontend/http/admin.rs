@@ -390,15 +390,19 @@ async fn describe_group(
     PathParams(group_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let broker = http.broker()?;
-    let summary = broker
-        .describe_groups(&caller, vec![group_id.clone()])
-        .pop()
-        .ok_or_else(|| ApiError::not_found(format!("unknown group {group_id:?}")))?;
-    if let Some(denied) = summary.denied {
+    let describe = || {
+        broker
+            .describe_groups(&caller, vec![group_id.clone()])
+            .pop()
+            .ok_or_else(|| ApiError::not_found(format!("unknown group {group_id:?}")))
+    };
+    if let Some(denied) = describe()?.denied {
         return Err(ApiError::from(denied));
     }
-    // Permission first (403), then whether this node has the group at all.
+    // Permission first (403), then whether this node has the group at all; described
+    // again after that check (this node may have just taken the coordinator's seat).
     broker.check_coordinating().map_err(ApiError::from)?;
+    let summary = describe()?;
     let known = broker
         .list_groups(&caller)
         .iter()
