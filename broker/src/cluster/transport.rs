@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -270,6 +271,13 @@ impl Link {
         }
     }
 
+    /// Whether an idle link's peer has closed it or sent something unasked: a read
+    /// polled once completes instead of waiting. An idle link in order has nothing to read.
+    fn closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        self.stream.read(&mut byte).now_or_never().is_some()
+    }
+
     async fn write<T: Serialize>(&mut self, direction: u8, value: &T) -> std::io::Result<()> {
         // Length and MAC first as placeholders, so the body is encoded in place.
         let head = 4 + if self.seal.is_some() { MAC_BYTES } else { 0 };
@@ -411,19 +419,28 @@ impl TcpTransport {
         addr: &str,
         rpc: RaftRpc,
     ) -> Result<RaftReply, String> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get_mut(addr)
-            .and_then(Vec::pop)
+        let pooled = loop {
+            let Some(mut link) = self
+                .idle
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get_mut(addr)
+                .and_then(Vec::pop)
+            else {
+                break None;
+            };
             // One made before the TLS files were reloaded goes: its peer's certificate may
-            // have been revoked since.
-            .filter(|link| {
-                self.tls
-                    .as_ref()
-                    .is_none_or(|tls| link.generation == (tls.generation)())
-            });
+            // have been revoked since. One its peer closed goes too (a restarted node's
+            // old process): a request sent on it would end in an early EOF and read as
+            // an unanswered change.
+            let current = self
+                .tls
+                .as_ref()
+                .is_none_or(|tls| link.generation == (tls.generation)());
+            if current && !link.closed_by_peer() {
+                break Some(link);
+            }
+        };
         let mut link = match pooled {
             Some(link) => link,
             None => {
@@ -730,6 +747,43 @@ mod tests {
         assert_eq!((decoded.from, decoded.to), (1, 2));
         assert!(matches!(decoded.rpc, RaftRpc::Hello));
         assert_eq!(encode_body(&envelope).expect("encodes"), &expected[4..]);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_link_its_peer_closed_is_not_sent_on() {
+        // A restarted node's old process closed every link to it; a request sent on one
+        // ended in an early EOF, read as "the change may or may not have been made"
+        // (CI, 2026-12-07). Method: a peer answers one Hello per connection, then closes
+        // it; three calls in turn must each be answered, on a fresh connection.
+        let bound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = bound.local_addr().expect("addr").to_string();
+        let peer = tokio::spawn(async move {
+            let mut accepted = 0;
+            while accepted < 3 {
+                let (stream, _) = bound.accept().await.expect("accept");
+                accepted += 1;
+                let mut link = Link::accept(stream, None, None).await.expect("link");
+                let _: Envelope = link.read(REQUEST).await.expect("request");
+                let reply = RaftReply::Hello {
+                    node_id: 2,
+                    cluster_id: None,
+                };
+                link.write(REPLY, &reply).await.expect("reply");
+            }
+        });
+        let fs: Arc<dyn crate::storage::Fs> = Arc::new(crate::storage::sim::SimFs::new());
+        let identity = Identity::open(fs, std::path::Path::new("/cluster"), 1).expect("id");
+        let transport = TcpTransport::new(Arc::new(identity), None, None);
+        for call in 0..3 {
+            // The peer's close reaches this side before the next call.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let reply = transport
+                .call(2, &addr, RaftRpc::Hello, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|error| panic!("call {call}: {error}"));
+            assert!(matches!(reply, RaftReply::Hello { node_id: 2, .. }));
+        }
+        peer.await.expect("peer");
     }
 
     #[test]
