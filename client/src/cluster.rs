@@ -537,8 +537,20 @@ from_response! {
     CreateAcls => AclAdminResponse,
     DescribeCluster => DescribeClusterResponse,
     DescribeReplicas => DescribeReplicasResponse,
-    Rebalance => RebalanceResponse,
     FindCoordinator => FindCoordinatorResponse,
+}
+
+/// One body type answers Rebalance and CancelDrain (issue #20).
+impl FromResponse for RebalanceResponse {
+    fn from_response(response: Response) -> Option<Self> {
+        match response {
+            Response::Rebalance(body) | Response::CancelDrain(body) => Some(body),
+            _ => None,
+        }
+    }
+    fn top_error(&self) -> (ErrorCode, Option<String>) {
+        (self.error, self.error_message.clone())
+    }
 }
 
 /// One body type answers DescribeAcls and DeleteAcls (issue #18).

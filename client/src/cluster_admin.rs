@@ -1,5 +1,5 @@
 //! The cluster calls on [`Admin`] (issues #20 and #21): DescribeCluster, AddNode, Rebalance,
-//! RemoveNode, DescribeReplicas and FindCoordinator.
+//! CancelDrain, RemoveNode, DescribeReplicas and FindCoordinator.
 
 use wharf_protocol::messages::*;
 use wharf_protocol::Request;
@@ -199,6 +199,24 @@ impl Admin {
         let response: RebalanceResponse = self
             .client
             .call_unchecked(Target::Any, Request::Rebalance(RebalanceRequest { start }))
+            .await?;
+        check_code(response.error, response.error_message)?;
+        Ok(response.moves)
+    }
+
+    /// Stops node `node_id`'s drain (a `remove-node` still moving its replicas off it):
+    /// it takes replicas again and stays. Answers the moves still under way, which go on.
+    ///
+    /// # Errors
+    /// [`crate::Error::Server`] with `MembershipRefused` (the node is unknown or not being
+    /// drained), `Unauthorized` or `NoClusterLeader`, or a connection error.
+    pub async fn cancel_drain(&self, node_id: u64) -> Result<Vec<ReplicaMoveEntry>> {
+        let response: RebalanceResponse = self
+            .client
+            .call_unchecked(
+                Target::Any,
+                Request::CancelDrain(CancelDrainRequest { node_id }),
+            )
             .await?;
         check_code(response.error, response.error_message)?;
         Ok(response.moves)

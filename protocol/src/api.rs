@@ -93,12 +93,14 @@ wire_enum! {
         Rebalance = 59,
         /// The node coordinating a group or transactional id (issue #20).
         FindCoordinator = 60,
+        /// Stops a node's drain: it takes replicas again (issue #20).
+        CancelDrain = 61,
     }
 }
 
 /// Every api with the versions this build speaks. Subscribe v1 asks for deliveries as
 /// `DeliverBatch` pushes; v0 gets one `Deliver` push per message.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 55] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 56] = [
     (ApiKey::ApiVersions, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -154,6 +156,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 55] = [
     (ApiKey::DescribeReplicas, 0, 0),
     (ApiKey::Rebalance, 0, 0),
     (ApiKey::FindCoordinator, 0, 0),
+    (ApiKey::CancelDrain, 0, 0),
 ];
 
 /// The supported range of `api_key`.
@@ -339,6 +342,7 @@ api_enums! {
     DescribeReplicas => DescribeReplicasRequest, DescribeReplicasResponse;
     Rebalance => RebalanceRequest, RebalanceResponse;
     FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
+    CancelDrain => CancelDrainRequest, RebalanceResponse;
 }
 
 /// The version this build sends `api_key` at: the newest it speaks (0 for a push).

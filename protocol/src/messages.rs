@@ -1394,6 +1394,14 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// CancelDrain: node `node_id`, being drained before its removal, takes replicas again;
+    /// moves under way go on.
+    pub struct CancelDrainRequest {
+        pub node_id: u64,
+    }
+}
+
+wire_struct! {
     /// DescribeReplicas: where `topic`'s partitions are replicated and how far each replica
     /// is behind, as the answering node knows it (issue #21).
     pub struct DescribeReplicasRequest {

@@ -24,8 +24,8 @@ use wharf_protocol::messages::{
     ListUsersRequest, ListUsersResponse, UserAdminResponse, UserCredentialInfo, UserListing,
 };
 use wharf_protocol::messages::{
-    AddNodeRequest, ClusterNodeEntry, DescribeClusterRequest, DescribeClusterResponse,
-    RemoveNodeRequest, StreamAdminResponse,
+    AddNodeRequest, CancelDrainRequest, ClusterNodeEntry, DescribeClusterRequest,
+    DescribeClusterResponse, RemoveNodeRequest, StreamAdminResponse,
 };
 use wharf_protocol::messages::{
     AlterTopicConfigsRequest, ConfigSource, CreatePartitionsRequest, DeleteGroupRequest,
@@ -1412,6 +1412,23 @@ fn golden_add_node_and_remove_node_requests_and_a_refusal() {
         0x00, 0x02, b'n', b'o', //     error_message nullable string = "no"
     ];
     check_response(&response, header, &golden);
+}
+
+#[test]
+fn golden_cancel_drain_request() {
+    // Its answer is a RebalanceResponse (golden_rebalance_request_and_response).
+    let request = Request::CancelDrain(CancelDrainRequest { node_id: 3 });
+    #[rustfmt::skip]
+    let golden = [
+        // ---- frame header, 12 bytes ----
+        0x00, 0x00, 0x00, 0x10, // @0  length u32 = 16 (8 header bytes + 8 body bytes)
+        0x00, 0x3d,             // @4  api_key u16 = 61 (CancelDrain)
+        0x00, 0x00,             // @6  api_version u16 = 0
+        0x00, 0x00, 0x00, 0x09, // @8  correlation_id u32 = 9
+        // ---- CancelDrainRequest body, 8 bytes ----
+        0, 0, 0, 0, 0, 0, 0, 3, //     node_id u64 = 3
+    ];
+    check_request(&request, 9, &golden);
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
-    converged, free_port, native_leaders, registered, start_node, start_node_sealed, status,
-    three_nodes,
+    converged, free_port, native_leaders, registered, registered_only, start_node,
+    start_node_sealed, status, three_nodes,
 };
 use integration_tests::{
     basic, http_call, http_get, run_client_script, wharf, wharf_as, wharf_until_done, wharfd_path,
@@ -118,6 +118,59 @@ fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch
         String::from_utf8_lossy(&refused.stdout)
     );
     converged(&addresses, 3, "after refusing the other secret");
+
+    // A drain that cannot finish (a topic of factor 3 has nowhere to go off node 3) is
+    // cancelled with `remove-node --cancel`: the waiting removal gives up naming the
+    // cancel, node 3 stays and takes replicas again.
+    registered_only(&addresses);
+    let factor_3 = |name: &str| {
+        wharf(
+            &addresses[0],
+            &[
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "3",
+            ],
+            "",
+        )
+    };
+    assert_done(&factor_3("wide"), "create a topic of factor 3");
+    let removal = {
+        let address = addresses[1].clone();
+        std::thread::spawn(move || wharf(&address, &["cluster", "remove-node", "3"], ""))
+    };
+    let probes = std::cell::Cell::new(0);
+    eventually("node 3 drains: a factor of 3 is refused", || {
+        probes.set(probes.get() + 1);
+        !factor_3(&format!("probe-{}", probes.get()))
+            .status
+            .success()
+    });
+    let cancelled = wharf(
+        &addresses[2],
+        &["cluster", "remove-node", "3", "--cancel"],
+        "",
+    );
+    let printed = assert_done(&cancelled, "remove-node 3 --cancel");
+    assert!(printed.contains("cancelled"), "{printed}");
+    let removal = removal.join().expect("the removal's thread");
+    assert!(!removal.status.success(), "node 3 was removed");
+    let said = String::from_utf8_lossy(&removal.stderr);
+    assert!(said.contains("drain was cancelled"), "{said}");
+    converged(&addresses, 3, "after the cancelled drain");
+    assert_done(&factor_3("wider"), "node 3 takes replicas again");
+    let again = wharf(
+        &addresses[0],
+        &["cluster", "remove-node", "3", "--cancel"],
+        "",
+    );
+    assert!(!again.status.success(), "a second cancel was accepted");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("not being drained"), "{said}");
 }
 
 #[test]

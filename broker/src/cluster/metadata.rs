@@ -469,6 +469,11 @@ pub enum MetadataCommand {
     TestPut { key: String, value: u64 },
     /// Changes the users, tokens or ACLs (`cluster::security_meta`).
     Security(SecurityCommand),
+    /// Stops node `node_id`'s drain ([`MetadataCommand::DrainNode`]): it takes replicas
+    /// again and a rebalance plans with it. Moves under way go on (a later rebalance may
+    /// move sets back); a removal waiting for the drain gives up. Answers `Moves` with the
+    /// moves still under way; refused for a node that is not being drained.
+    CancelDrain { node_id: NodeId },
 }
 
 /// Why a command changed nothing.
@@ -655,6 +660,17 @@ impl MetadataState {
                 }
                 self.draining.insert(*node_id);
                 self.rebalance(Why::Drain);
+                Ok(MetadataResult::Moves(self.moves()))
+            }
+            MetadataCommand::CancelDrain { node_id } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(MetadataError::UnknownNode(*node_id));
+                }
+                if !self.draining.remove(node_id) {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {node_id} is not being drained"
+                    )));
+                }
                 Ok(MetadataResult::Moves(self.moves()))
             }
             MetadataCommand::DropExclusiveQueues { node_id, queues } => {
@@ -2089,6 +2105,51 @@ mod tests {
             state.apply(&MetadataCommand::DrainNode { node_id: 9 }),
             MetadataResult::Refused(MetadataError::UnknownNode(9))
         ));
+    }
+
+    #[test]
+    fn a_cancelled_drain_gives_the_node_back_to_placement_and_leaves_its_moves() {
+        // `wharf cluster remove-node --cancel`: a drain that cannot finish (a factor of 3
+        // on three nodes has nowhere to go) or was started by mistake is stopped, and the
+        // node takes replicas again.
+        let mut state = three_nodes();
+        state.apply(&create("three", 2, 3));
+        state.apply(&create("one", 6, 1));
+        let MetadataResult::Moves(moves) = state.apply(&MetadataCommand::DrainNode { node_id: 3 })
+        else {
+            panic!("a drain answers its moves")
+        };
+        assert!(!moves.is_empty(), "node 3's unreplicated partitions move");
+        assert!(!state.drained(3), "a factor of 3 cannot leave node 3");
+        assert!(matches!(
+            state.apply(&create("wide", 1, 3)),
+            MetadataResult::Refused(MetadataError::Invalid(_))
+        ));
+        let MetadataResult::Moves(left) = state.apply(&MetadataCommand::CancelDrain { node_id: 3 })
+        else {
+            panic!("a cancel answers the moves left")
+        };
+        assert_eq!(left, moves, "moves under way go on");
+        assert!(state.draining.is_empty());
+        let MetadataResult::Placed(placed) = state.apply(&create("wide", 1, 3)) else {
+            panic!("node 3 takes replicas again")
+        };
+        assert!(placed[0].replicas.contains(&3), "{placed:?}");
+        assert_eq!(
+            state.apply(&MetadataCommand::CancelDrain { node_id: 3 }),
+            MetadataResult::Refused(MetadataError::Invalid(
+                "node 3 is not being drained".to_string()
+            ))
+        );
+        assert_eq!(
+            state.apply(&MetadataCommand::CancelDrain { node_id: 9 }),
+            MetadataResult::Refused(MetadataError::UnknownNode(9))
+        );
+        // The moves finish as planned; a rebalance may then use node 3 again.
+        for moved in &moves {
+            assert_eq!(complete(&mut state, moved), MetadataResult::Done);
+        }
+        assert!(state.moves().is_empty());
     }
 
     /// Records `moved` as done (its group's leader changed the voters).

@@ -725,7 +725,8 @@ impl Cluster {
     ///
     /// # Errors
     /// `TimedOut` (its message says "being drained") while moves go on; the metadata log's
-    /// refusal of the drain as `Membership`; the proposal's errors.
+    /// refusal of the drain, or its cancel while waiting, as `Membership`; the proposal's
+    /// errors.
     async fn drain(&self, id: NodeId) -> Result<(), ClusterError> {
         let state = self.applied().state;
         if !state.nodes.contains_key(&id) || state.drained(id) {
@@ -760,6 +761,12 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
         loop {
             let state = self.applied().state;
+            if !state.draining.contains(&id) {
+                // `wharf cluster remove-node --cancel` (CancelDrain): the node stays.
+                return Err(ClusterError::Membership(format!(
+                    "node {id}'s drain was cancelled: it stays in the cluster"
+                )));
+            }
             if state.drained(id) {
                 return Ok(());
             }

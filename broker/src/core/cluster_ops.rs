@@ -236,6 +236,36 @@ impl Broker {
         }
     }
 
+    /// Stops node `id`'s drain (Alter on the cluster; `wharf cluster remove-node --cancel`):
+    /// proposes `CancelDrain`, after which the node takes replicas again. Answers the moves
+    /// still under way, which go on.
+    ///
+    /// # Errors
+    /// `Unauthorized`, `Starting`, the metadata log's refusal (`Membership`: the node is
+    /// unknown or not being drained), or the proposal's errors.
+    pub async fn cancel_drain(
+        &self,
+        caller: &Session,
+        id: NodeId,
+    ) -> Result<Vec<ReplicaMove>, ClusterOpError> {
+        self.check_cluster(caller, Operation::Alter)?;
+        let cluster = self.cluster.get().ok_or(ClusterOpError::Starting)?;
+        match cluster
+            .propose(MetadataCommand::CancelDrain { node_id: id })
+            .await?
+            .result
+        {
+            MetadataResult::Moves(moves) => Ok(moves),
+            MetadataResult::Refused(refusal) => {
+                Err(ClusterError::Membership(refusal.to_string()).into())
+            }
+            other => Err(ClusterError::Membership(format!(
+                "the metadata log answered a drain's cancel with {other:?}"
+            ))
+            .into()),
+        }
+    }
+
     /// Removes node `id` (Alter on the cluster).
     ///
     /// # Errors

@@ -1,14 +1,16 @@
 //! The native front end's cluster requests (issues #20 and #21): DescribeCluster, AddNode,
-//! RemoveNode, DescribeReplicas, Rebalance, each → a core call.
+//! RemoveNode, DescribeReplicas, Rebalance, CancelDrain, each → a core call.
 
 use wharf_protocol::messages::{
-    AddNodeRequest, ClusterNodeEntry, DescribeClusterResponse, DescribeReplicasRequest,
-    DescribeReplicasResponse, RebalanceRequest, RebalanceResponse, RemoveNodeRequest,
-    ReplicaFollowerEntry, ReplicaMoveEntry, ReplicaPartitionEntry, StreamAdminResponse,
+    AddNodeRequest, CancelDrainRequest, ClusterNodeEntry, DescribeClusterResponse,
+    DescribeReplicasRequest, DescribeReplicasResponse, RebalanceRequest, RebalanceResponse,
+    RemoveNodeRequest, ReplicaFollowerEntry, ReplicaMoveEntry, ReplicaPartitionEntry,
+    StreamAdminResponse,
 };
 use wharf_protocol::ErrorCode;
 
 use super::error_code;
+use crate::core::cluster_ops::ClusterOpError;
 use crate::core::{Broker, Session};
 
 /// DescribeCluster: the answering node's view.
@@ -63,7 +65,7 @@ pub fn describe(broker: &Broker, caller: &Session) -> DescribeClusterResponse {
     }
 }
 
-fn answer(result: Result<(), crate::core::cluster_ops::ClusterOpError>) -> StreamAdminResponse {
+fn answer(result: Result<(), ClusterOpError>) -> StreamAdminResponse {
     match result {
         Ok(()) => StreamAdminResponse {
             error: ErrorCode::None,
@@ -144,7 +146,22 @@ pub async fn rebalance(
     caller: &Session,
     request: RebalanceRequest,
 ) -> RebalanceResponse {
-    match broker.rebalance(caller, request.start).await {
+    moves_answer(broker.rebalance(caller, request.start).await)
+}
+
+/// CancelDrain: the moves still under way after it.
+pub async fn cancel_drain(
+    broker: &Broker,
+    caller: &Session,
+    request: CancelDrainRequest,
+) -> RebalanceResponse {
+    moves_answer(broker.cancel_drain(caller, request.node_id).await)
+}
+
+fn moves_answer(
+    result: Result<Vec<crate::cluster::metadata::ReplicaMove>, ClusterOpError>,
+) -> RebalanceResponse {
+    match result {
         Ok(moves) => RebalanceResponse {
             error: ErrorCode::None,
             error_message: None,

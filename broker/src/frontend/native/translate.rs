@@ -96,6 +96,9 @@ pub async fn handle(
         Request::Rebalance(request) => ready(Response::Rebalance(
             cluster::rebalance(broker, caller, request).await,
         )),
+        Request::CancelDrain(request) => ready(Response::CancelDrain(
+            cluster::cancel_drain(broker, caller, request).await,
+        )),
         Request::DescribeReplicas(request) => {
             let this_node = broker
                 .routing()

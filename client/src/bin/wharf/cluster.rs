@@ -1,4 +1,4 @@
-//! `wharf cluster status|add-node|remove-node|rebalance` (issue #20): the cluster's
+//! `wharf cluster status|add-node|remove-node [--cancel]|rebalance` (issue #20): the cluster's
 //! membership and replica placement through the native cluster apis of the broker
 //! `--broker` names.
 
@@ -26,12 +26,21 @@ pub enum ClusterCommand {
     /// partition on it moves to the others with its records (an unreplicated one too,
     /// through a replicated log of its own), and the node is removed once none is left.
     /// A node that is down is removed at once; what it alone held is placed again, empty.
+    ///
+    /// With --cancel, stops the drain of a node instead (after a `remove-node` that is
+    /// still moving its replicas, or gave up waiting): the node stays and takes replicas
+    /// again; moves already under way finish (`wharf cluster rebalance` evens the counts out
+    /// afterwards). Stop a `remove-node` still running first: it asks again until its
+    /// --timeout-ms, and each ask drains the node again.
     RemoveNode {
         /// The node's id.
         node_id: u64,
         /// How long to wait for the drain's moves, in milliseconds.
         #[arg(long, default_value_t = 300_000)]
         timeout_ms: u64,
+        /// Stop the node's drain and keep the node.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Move replicated partitions and queues onto the nodes holding fewest replicas (after
     /// nodes were added): each group's leader adds the new node, waits until it caught up,
@@ -136,7 +145,27 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
         }
         ClusterCommand::RemoveNode {
             node_id,
+            cancel: true,
+            ..
+        } => {
+            let moves = admin.cancel_drain(node_id).await?;
+            if json {
+                let json =
+                    json!({"node_id": node_id, "drain": "cancelled", "moves": described(&moves)});
+                println!("{json}");
+            } else {
+                println!(
+                    "node {node_id}'s drain is cancelled: it stays and takes replicas again; \
+                     {} move(s) still under way",
+                    moves.len()
+                );
+                print_moves(&moves);
+            }
+        }
+        ClusterCommand::RemoveNode {
+            node_id,
             timeout_ms,
+            cancel: false,
         } => {
             remove_node(&admin, node_id, timeout_ms).await?;
             report(json, "removed", node_id);
@@ -177,39 +206,11 @@ async fn rebalance(
 ) -> Result<(), CliError> {
     let started = std::time::Instant::now();
     let moves = admin.rebalance(true).await?;
-    let described = |moves: &[wharf_client::ReplicaMoveEntry]| -> Vec<serde_json::Value> {
-        moves
-            .iter()
-            .map(|moved| {
-                json!({
-                    "name": moved.name,
-                    "partition": (moved.partition >= 0).then_some(moved.partition),
-                    "from": moved.from,
-                    "to": moved.to,
-                })
-            })
-            .collect()
-    };
     if !json {
         if moves.is_empty() {
             println!("nothing to move: every replicated set is where it belongs");
         } else {
-            let mut table = Table::new(&["TOPIC/QUEUE", "PARTITION", "FROM", "TO"]);
-            for moved in &moves {
-                let nodes =
-                    |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-                table.row(vec![
-                    moved.name.clone(),
-                    if moved.partition >= 0 {
-                        moved.partition.to_string()
-                    } else {
-                        "(queue)".to_string()
-                    },
-                    nodes(&moved.from),
-                    nodes(&moved.to),
-                ]);
-            }
-            print!("{}", table.render());
+            print_moves(&moves);
         }
     }
     let mut left = moves.len();
@@ -243,6 +244,43 @@ async fn rebalance(
         );
     }
     Ok(())
+}
+
+/// The moves as `--json` prints them.
+fn described(moves: &[wharf_client::ReplicaMoveEntry]) -> Vec<serde_json::Value> {
+    moves
+        .iter()
+        .map(|moved| {
+            json!({
+                "name": moved.name,
+                "partition": (moved.partition >= 0).then_some(moved.partition),
+                "from": moved.from,
+                "to": moved.to,
+            })
+        })
+        .collect()
+}
+
+/// The moves as a table (nothing for none).
+fn print_moves(moves: &[wharf_client::ReplicaMoveEntry]) {
+    if moves.is_empty() {
+        return;
+    }
+    let nodes = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut table = Table::new(&["TOPIC/QUEUE", "PARTITION", "FROM", "TO"]);
+    for moved in moves {
+        table.row(vec![
+            moved.name.clone(),
+            if moved.partition >= 0 {
+                moved.partition.to_string()
+            } else {
+                "(queue)".to_string()
+            },
+            nodes(&moved.from),
+            nodes(&moved.to),
+        ]);
+    }
+    print!("{}", table.render());
 }
 
 fn report(json: bool, what: &str, node_id: u64) {
