@@ -309,6 +309,18 @@ impl Admin {
     /// # Errors
     /// [`Error::UnknownGroup`] if the group does not exist, request errors.
     pub async fn group_lag(&self, group_id: &str) -> Result<Vec<PartitionLag>> {
+        Ok(self.describe_group_with_lag(group_id).await?.1)
+    }
+
+    /// [`Admin::describe_group`] and [`Admin::group_lag`] from one DescribeGroups (so one
+    /// wait for a coordinator while the cluster has none).
+    ///
+    /// # Errors
+    /// [`Error::UnknownGroup`] if the group does not exist, request errors.
+    pub async fn describe_group_with_lag(
+        &self,
+        group_id: &str,
+    ) -> Result<(GroupDescription, Vec<PartitionLag>)> {
         let description = self.describe_group(group_id).await?;
         let committed = offsets::fetch_committed(&self.client, group_id, None).await?;
         let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
@@ -321,7 +333,7 @@ impl Admin {
         } else {
             offsets::list_offsets(&self.client, &partitions, LIST_OFFSETS_LATEST).await?
         };
-        Ok(partitions
+        let lags = partitions
             .into_iter()
             .map(|partition| {
                 let committed_offset = committed.get(&partition).copied();
@@ -340,7 +352,8 @@ impl Admin {
                     member_id,
                 }
             })
-            .collect())
+            .collect();
+        Ok((description, lags))
     }
 }
 

@@ -591,6 +591,15 @@ async fn admin_manages_topics_and_reports_lag() {
         (lag.committed_offset, lag.end_offset, lag.lag),
         (Some(3), 5, Some(2))
     );
+    // `wharf group describe` asks once (each ask may wait out a coordinator election).
+    let asked = broker.state.describe_groups_requests.load(Ordering::SeqCst);
+    let (description, both) = admin.describe_group_with_lag("g").await.unwrap();
+    assert_eq!(both, lags);
+    assert_eq!(description.group_id, "g");
+    assert_eq!(
+        broker.state.describe_groups_requests.load(Ordering::SeqCst),
+        asked + 1
+    );
     let groups = admin.list_groups().await.unwrap();
     assert_eq!(groups[0].group_id, "g");
     let missing = admin.describe_group("nope").await.unwrap_err();

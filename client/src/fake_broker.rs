@@ -68,6 +68,8 @@ pub struct FakeState {
     pub init_producer_id_requests: AtomicUsize,
     /// FindCoordinator requests answered so far (it names this broker).
     pub find_coordinator_requests: AtomicUsize,
+    /// DescribeGroups requests answered so far.
+    pub describe_groups_requests: AtomicUsize,
     /// The last producer id handed out.
     last_producer_id: AtomicI64,
     /// Bumped to make every connection task close its socket.
@@ -520,6 +522,9 @@ async fn handle(state: &FakeState, request: Request, epoch: u32) -> Option<Respo
         Request::OffsetCommit(request) => Response::OffsetCommit(offset_commit(state, request)),
         Request::OffsetFetch(request) => Response::OffsetFetch(offset_fetch(state, request)),
         Request::DescribeGroups(request) => {
+            state
+                .describe_groups_requests
+                .fetch_add(1, Ordering::SeqCst);
             Response::DescribeGroups(describe_groups(state, request))
         }
         Request::ListGroups(_) => Response::ListGroups(list_groups(state)),

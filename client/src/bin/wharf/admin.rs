@@ -147,8 +147,7 @@ pub async fn group(client: &Client, command: GroupCommand, json: bool) -> Result
             }
         }
         GroupCommand::Describe { group } => {
-            let description = admin.describe_group(&group).await?;
-            let lags = admin.group_lag(&group).await?;
+            let (description, lags) = admin.describe_group_with_lag(&group).await?;
             if description.members.is_empty() && lags.is_empty() {
                 return Err(CliError::UnknownGroup { group });
             }
