@@ -3539,6 +3539,15 @@ fn a_native_group_keeps_its_generation_and_members_when_its_coordinator_dies() {
             "{path}: {body}"
         );
     }
+    // The broker's status counts the groups only where they are, not 0 elsewhere.
+    let counted = |at: usize| {
+        let (_, body) = integration_tests::http_get(&http[at], "/api/v1/broker", None);
+        serde_json::from_str::<Value>(body.split("\r\n\r\n").last().unwrap_or(""))
+            .map(|status| status["groups"].clone())
+            .unwrap_or_else(|error| panic!("{error}: {body}"))
+    };
+    assert_eq!(counted(coordinator), serde_json::json!(1));
+    assert_eq!(counted((coordinator + 1) % 3), Value::Null);
     nodes[coordinator].kill();
     let others: Vec<usize> = (0..3).filter(|at| *at != coordinator).collect();
     eventually("another node coordinates", || {

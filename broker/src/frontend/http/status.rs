@@ -90,8 +90,9 @@ pub struct BrokerStatus {
     pub topics: usize,
     /// Partitions of all topics.
     pub partitions: usize,
-    /// Consumer groups.
-    pub groups: usize,
+    /// Consumer groups; null on a node of a cluster that does not coordinate them (ask
+    /// the coordinator: `GET /api/v1/groups` there names it).
+    pub groups: Option<usize>,
     /// Queues.
     pub queues: usize,
     /// Every key of the configuration file with the value in force, as TOML values
@@ -131,7 +132,11 @@ pub async fn broker_status(State(http): Shared, caller: Caller) -> Result<Respon
         listeners: info.listeners.clone(),
         partitions: topics.iter().map(|topic| topic.partitions.len()).sum(),
         topics: topics.len(),
-        groups: broker.list_groups(&caller).len(),
+        // Only the coordinating node has the groups; another one's list is empty.
+        groups: broker
+            .check_coordinating()
+            .is_ok()
+            .then(|| broker.list_groups(&caller).len()),
         queues: broker.list_queues(&caller).await.len(),
         config: info.config.clone(),
     };

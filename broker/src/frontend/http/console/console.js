@@ -22,9 +22,18 @@ async function api(method, path, body) {
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
-    throw new Error(data && data.message ? data.message : response.status + " " + response.statusText);
+    const error = new Error(data && data.message ? data.message : response.status + " " + response.statusText);
+    error.kind = data && data.error;
+    throw error;
   }
   return data;
+}
+
+// Another node of the cluster coordinates the groups (503 not_coordinator, naming it);
+// any other error fails the page as usual.
+function notCoordinator(error) {
+  if (error.kind === "not_coordinator") return { error };
+  throw error;
 }
 
 // Parses the Prometheus text format into [{name, labels, value}].
@@ -220,7 +229,7 @@ async function showOverview(metrics) {
   // not_coordinator naming it): the card then says so rather than failing the page.
   const [topics, groups, queues] = await Promise.all([
     api("GET", "/api/v1/topics"),
-    api("GET", "/api/v1/groups").catch((error) => ({ error })),
+    api("GET", "/api/v1/groups").catch(notCoordinator),
     api("GET", "/api/v1/queues"),
   ]);
   $("card-topics").textContent = topics.topics.length;
@@ -335,13 +344,10 @@ async function deleteTopic(name) {
 }
 
 async function showGroups() {
-  let groups;
-  try {
-    groups = await api("GET", "/api/v1/groups");
-  } catch (error) {
-    // Another node coordinates the groups (503 not_coordinator names it).
+  const groups = await api("GET", "/api/v1/groups").catch(notCoordinator);
+  if (groups.error) {
     const row = document.createElement("tr");
-    cell(row, error.message).colSpan = 3;
+    cell(row, groups.error.message).colSpan = 3;
     tbody("groups-table").appendChild(row);
     return;
   }
