@@ -317,7 +317,14 @@ pub enum MetadataCommand {
     /// an unreplicated partition or queue it still held is placed again, empty: its data
     /// was on that node's disk, which is why `wharf cluster remove-node` drains a live node
     /// first, [`MetadataCommand::DrainNode`]).
-    RemoveNode { node_id: NodeId },
+    RemoveNode {
+        node_id: NodeId,
+        /// Set by a removal that drained the node first: refused if the drain was
+        /// cancelled meanwhile ([`MetadataCommand::CancelDrain`]), so a cancel wins over a
+        /// removal that has not been applied yet. Absent in entries of earlier builds.
+        #[serde(default, skip_serializing_if = "is_false")]
+        only_if_draining: bool,
+    },
     /// Takes every topic partition off node `node_id` while it is still up, before its
     /// removal: the node is marked draining (no new replica is placed on it, a rebalance
     /// plans without it) and every set on it gets a `moving_to` elsewhere, its group's
@@ -634,10 +641,19 @@ impl MetadataState {
                 self.nodes.insert(*node_id, info.clone());
                 Ok(MetadataResult::Done)
             }
-            MetadataCommand::RemoveNode { node_id } => {
-                if self.nodes.remove(node_id).is_none() {
+            MetadataCommand::RemoveNode {
+                node_id,
+                only_if_draining,
+            } => {
+                if !self.nodes.contains_key(node_id) {
                     return Err(MetadataError::UnknownNode(*node_id));
                 }
+                if *only_if_draining && !self.draining.contains(node_id) {
+                    return Err(MetadataError::Invalid(format!(
+                        "node {node_id}'s drain was cancelled: it stays in the cluster"
+                    )));
+                }
+                self.nodes.remove(node_id);
                 self.draining.remove(node_id);
                 // Its connections' exclusive queues end with it.
                 self.drop_exclusive_queues(*node_id);
@@ -1051,8 +1067,14 @@ impl MetadataState {
         match requested as usize {
             0 => Ok(default_factor(nodes) as usize),
             factor if factor <= nodes => Ok(factor),
+            factor if taking == 0 || taking == self.nodes.len() => {
+                Err(MetadataError::Invalid(format!(
+                    "replication factor {factor} is more than the {nodes} nodes of the cluster"
+                )))
+            }
             factor => Err(MetadataError::Invalid(format!(
-                "replication factor {factor} is more than the {nodes} nodes of the cluster"
+                "replication factor {factor} is more than the {nodes} nodes of the cluster that \
+                 are not being drained"
             ))),
         }
     }
@@ -1628,7 +1650,10 @@ mod tests {
         assert!(closing.queues.is_empty() && closing.bindings.is_empty());
         // Its node removed, it is gone with its bindings (not placed elsewhere).
         let mut state = kept;
-        state.apply(&MetadataCommand::RemoveNode { node_id: 2 });
+        state.apply(&MetadataCommand::RemoveNode {
+            node_id: 2,
+            only_if_draining: false,
+        });
         assert!(state.queues.is_empty() && state.bindings.is_empty());
     }
 
@@ -1965,7 +1990,10 @@ mod tests {
         state.apply(&create("t", 9, 2));
         state.apply(&create("one", 3, 1));
         let before = state.clone();
-        state.apply(&MetadataCommand::RemoveNode { node_id: 3 });
+        state.apply(&MetadataCommand::RemoveNode {
+            node_id: 3,
+            only_if_draining: false,
+        });
         // An unreplicated partition on the removed node is placed again at once (its data
         // went with the node); the others stay.
         for (at, set) in state.topics["one"].partitions.iter().enumerate() {
@@ -2066,7 +2094,10 @@ mod tests {
         }
         let drained = state.clone();
         assert_eq!(
-            state.apply(&MetadataCommand::RemoveNode { node_id: 3 }),
+            state.apply(&MetadataCommand::RemoveNode {
+                node_id: 3,
+                only_if_draining: false,
+            }),
             MetadataResult::Done
         );
         assert!(state.draining.is_empty());
@@ -2078,7 +2109,10 @@ mod tests {
         // so it starts again, empty, elsewhere (as an unreplicated set of a dead node
         // always did), instead of waiting for good on a move nobody can make.
         let holder = state.topics["one"].partitions[on_3[0]].replicas[0];
-        state.apply(&MetadataCommand::RemoveNode { node_id: holder });
+        state.apply(&MetadataCommand::RemoveNode {
+            node_id: holder,
+            only_if_draining: false,
+        });
         let set = &state.topics["one"].partitions[on_3[0]];
         assert!(!set.replicas.contains(&holder), "{set:?}");
         assert_eq!(set.moving_to, None);
@@ -2150,6 +2184,25 @@ mod tests {
             assert_eq!(complete(&mut state, moved), MetadataResult::Done);
         }
         assert!(state.moves().is_empty());
+        // A removal that drained node 3 and decided before the cancel was applied loses
+        // to it; one that asks for no drain still removes.
+        assert_eq!(
+            state.apply(&MetadataCommand::RemoveNode {
+                node_id: 3,
+                only_if_draining: true,
+            }),
+            MetadataResult::Refused(MetadataError::Invalid(
+                "node 3's drain was cancelled: it stays in the cluster".to_string()
+            ))
+        );
+        assert!(state.nodes.contains_key(&3));
+        assert_eq!(
+            state.apply(&MetadataCommand::RemoveNode {
+                node_id: 3,
+                only_if_draining: false,
+            }),
+            MetadataResult::Done
+        );
     }
 
     /// Records `moved` as done (its group's leader changed the voters).
@@ -2306,7 +2359,10 @@ mod tests {
         // Node 4 goes before the moves completed: each move is redirected back to the
         // nodes its set runs on, never cancelled (its group's voters may have changed), so
         // the group's leader changes them back and records it.
-        state.apply(&MetadataCommand::RemoveNode { node_id: 4 });
+        state.apply(&MetadataCommand::RemoveNode {
+            node_id: 4,
+            only_if_draining: false,
+        });
         let back = state.moves();
         assert_eq!(back.len(), moves.len(), "{back:?}");
         for moved in &back {

@@ -27,7 +27,7 @@ use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, Snaps
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::metadata::{MetadataCommand, MetadataResult, NodeId};
+use super::metadata::{MetadataCommand, MetadataError, MetadataResult, NodeId};
 use super::replica::{ReplicaReply, ReplicaRpc, Replicas};
 use super::store::{Applied, LogStore, MachineStore};
 
@@ -703,13 +703,21 @@ impl Cluster {
                 "the last node cannot be removed".to_string(),
             ));
         }
-        self.drain(id).await?;
+        let drained = self.drain(id).await?;
         // Its replicas move to the others first (a node never registered, or already
         // removed by an earlier attempt, is no error), while this node still leads: a leader
         // removing itself is deposed by the membership change, and a command it proposed
-        // after it could wait for a commit the others no longer take from it.
-        self.propose(MetadataCommand::RemoveNode { node_id: id })
+        // after it could wait for a commit the others no longer take from it. A drained
+        // node goes only if its drain was not cancelled since the check.
+        let proposed = self
+            .propose(MetadataCommand::RemoveNode {
+                node_id: id,
+                only_if_draining: drained,
+            })
             .await?;
+        if let MetadataResult::Refused(refusal @ MetadataError::Invalid(_)) = proposed.result {
+            return Err(ClusterError::Membership(refusal.to_string()));
+        }
         self.raft
             .change_membership(voters, false)
             .await
@@ -721,16 +729,20 @@ impl Cluster {
     /// within [`DRAINED_NODE_HEARD`]): proposes [`MetadataCommand::DrainNode`] unless the
     /// node is draining already, then waits up to [`DRAIN_WAIT`] until the applied state
     /// shows nothing left on it ([`MetadataState::drained`]). A node that is down is not
-    /// waited for: what it alone held is placed again without its records.
+    /// waited for: what it alone held is placed again without its records. Answers whether
+    /// the node was drained (so its removal must find it still draining).
     ///
     /// # Errors
     /// `TimedOut` (its message says "being drained") while moves go on; the metadata log's
     /// refusal of the drain, or its cancel while waiting, as `Membership`; the proposal's
     /// errors.
-    async fn drain(&self, id: NodeId) -> Result<(), ClusterError> {
+    async fn drain(&self, id: NodeId) -> Result<bool, ClusterError> {
         let state = self.applied().state;
-        if !state.nodes.contains_key(&id) || state.drained(id) {
-            return Ok(());
+        if !state.nodes.contains_key(&id) {
+            return Ok(false);
+        }
+        if state.drained(id) {
+            return Ok(state.draining.contains(&id));
         }
         let heard_lately = || {
             id == self.node_id
@@ -747,7 +759,7 @@ impl Cluster {
                     "removing a node that does not answer: the partitions and queues it \
                      alone held are placed again without their records"
                 );
-                return Ok(());
+                return Ok(false);
             }
         }
         if !state.draining.contains(&id) {
@@ -757,10 +769,17 @@ impl Cluster {
             if let MetadataResult::Refused(refusal) = proposed.result {
                 return Err(ClusterError::Membership(refusal.to_string()));
             }
+            // Applied where it was decided (another node, should the lead have moved):
+            // this node's state must show it before it can tell a cancel from a lag.
+            self.wait_applied(proposed.index, DRAIN_WAIT).await;
         }
         let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
         loop {
             let state = self.applied().state;
+            if !state.nodes.contains_key(&id) {
+                // Another removal was quicker.
+                return Ok(false);
+            }
             if !state.draining.contains(&id) {
                 // `wharf cluster remove-node --cancel` (CancelDrain): the node stays.
                 return Err(ClusterError::Membership(format!(
@@ -768,7 +787,7 @@ impl Cluster {
                 )));
             }
             if state.drained(id) {
-                return Ok(());
+                return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
                 let left = state

@@ -749,41 +749,99 @@ mod tests {
         assert_eq!(encode_body(&envelope).expect("encodes"), &expected[4..]);
     }
 
-    #[tokio::test]
-    async fn a_pooled_link_its_peer_closed_is_not_sent_on() {
-        // A restarted node's old process closed every link to it; a request sent on one
-        // ended in an early EOF, read as "the change may or may not have been made"
-        // (CI, 2026-12-07). Method: a peer answers one Hello per connection, then closes
-        // it; three calls in turn must each be answered, on a fresh connection.
+    /// A peer at a fresh address answering `calls` Hellos: on one connection when `keep`,
+    /// else one per connection, closing each after its answer. Gives the address and the
+    /// task, which answers how many connections it accepted.
+    async fn hello_peer(keep: bool, calls: usize) -> (String, tokio::task::JoinHandle<usize>) {
         let bound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = bound.local_addr().expect("addr").to_string();
         let peer = tokio::spawn(async move {
-            let mut accepted = 0;
-            while accepted < 3 {
-                let (stream, _) = bound.accept().await.expect("accept");
-                accepted += 1;
-                let mut link = Link::accept(stream, None, None).await.expect("link");
-                let _: Envelope = link.read(REQUEST).await.expect("request");
+            let (mut accepted, mut answered) = (0, 0);
+            let mut link = None;
+            while answered < calls {
+                if link.is_none() {
+                    let (stream, _) = bound.accept().await.expect("accept");
+                    accepted += 1;
+                    link = Some(Link::accept(stream, None, None).await.expect("link"));
+                }
+                let open = link.as_mut().expect("a link");
+                let _: Envelope = open.read(REQUEST).await.expect("request");
                 let reply = RaftReply::Hello {
                     node_id: 2,
                     cluster_id: None,
                 };
-                link.write(REPLY, &reply).await.expect("reply");
+                open.write(REPLY, &reply).await.expect("reply");
+                answered += 1;
+                if !keep {
+                    link = None;
+                }
             }
+            accepted
         });
+        (addr, peer)
+    }
+
+    fn transport() -> TcpTransport {
         let fs: Arc<dyn crate::storage::Fs> = Arc::new(crate::storage::sim::SimFs::new());
         let identity = Identity::open(fs, std::path::Path::new("/cluster"), 1).expect("id");
-        let transport = TcpTransport::new(Arc::new(identity), None, None);
+        TcpTransport::new(Arc::new(identity), None, None)
+    }
+
+    #[tokio::test]
+    async fn a_pooled_link_its_peer_closed_is_not_sent_on_and_an_open_one_is() {
+        // A restarted node's old process closed every link to it; a request sent on one
+        // ended in an early EOF, read as "the change may or may not have been made"
+        // (CI, 2026-12-07). Method: a peer answers one Hello per connection and closes
+        // it; once the close has reached the pooled link, the next call must still be
+        // answered (on a fresh connection). A peer that keeps its connection answers
+        // every call on the one link.
+        let (addr, peer) = hello_peer(false, 3).await;
+        let transport = transport();
         for call in 0..3 {
-            // The peer's close reaches this side before the next call.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if call > 0 {
+                // Wait until the pooled link reads the peer's close (a read that ends is
+                // sticky: the EOF is read again).
+                let mut link = transport
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .get_mut(&addr)
+                    .and_then(Vec::pop)
+                    .expect("the last call's link is pooled");
+                let mut byte = [0u8; 1];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), link.stream.read(&mut byte))
+                        .await
+                        .expect("the peer's close arrives");
+                assert_eq!(read.expect("an EOF"), 0);
+                transport
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .entry(addr.clone())
+                    .or_default()
+                    .push(link);
+            }
             let reply = transport
                 .call(2, &addr, RaftRpc::Hello, Duration::from_secs(5))
                 .await
                 .unwrap_or_else(|error| panic!("call {call}: {error}"));
             assert!(matches!(reply, RaftReply::Hello { node_id: 2, .. }));
         }
-        peer.await.expect("peer");
+        assert_eq!(peer.await.expect("peer"), 3);
+
+        let (addr, peer) = hello_peer(true, 3).await;
+        for call in 0..3 {
+            transport
+                .call(2, &addr, RaftRpc::Hello, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|error| panic!("call {call} on a kept link: {error}"));
+        }
+        assert_eq!(
+            peer.await.expect("peer"),
+            1,
+            "one connection for every call"
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 300_000)]
         timeout_ms: u64,
         /// Stop the node's drain and keep the node.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "timeout_ms")]
         cancel: bool,
     },
     /// Move replicated partitions and queues onto the nodes holding fewest replicas (after
@@ -147,21 +147,7 @@ pub async fn run(client: &Client, command: ClusterCommand, json: bool) -> Result
             node_id,
             cancel: true,
             ..
-        } => {
-            let moves = admin.cancel_drain(node_id).await?;
-            if json {
-                let json =
-                    json!({"node_id": node_id, "drain": "cancelled", "moves": described(&moves)});
-                println!("{json}");
-            } else {
-                println!(
-                    "node {node_id}'s drain is cancelled: it stays and takes replicas again; \
-                     {} move(s) still under way",
-                    moves.len()
-                );
-                print_moves(&moves);
-            }
-        }
+        } => cancel_drain(&admin, node_id, json).await?,
         ClusterCommand::RemoveNode {
             node_id,
             timeout_ms,
@@ -194,6 +180,33 @@ async fn remove_node(admin: &Admin, node_id: u64, timeout_ms: u64) -> Result<(),
             answered => return Ok(answered?),
         }
     }
+}
+
+/// `wharf cluster remove-node --cancel`: stops the node's drain, then prints the moves
+/// still under way off or onto it (they finish).
+async fn cancel_drain(admin: &Admin, node_id: u64, json: bool) -> Result<(), CliError> {
+    let moves: Vec<wharf_client::ReplicaMoveEntry> = admin
+        .cancel_drain(node_id)
+        .await?
+        .into_iter()
+        .filter(|moved| moved.from.contains(&node_id) || moved.to.contains(&node_id))
+        .collect();
+    if json {
+        let answer = json!({
+            "node_id": node_id,
+            "result": "drain cancelled",
+            "moves": described(&moves),
+        });
+        println!("{answer}");
+    } else {
+        println!(
+            "cancelled node {node_id}'s drain: it stays and takes replicas again; {} of its \
+             move(s) still under way",
+            moves.len()
+        );
+        print_moves(&moves);
+    }
+    Ok(())
 }
 
 /// `wharf cluster rebalance`: starts the rebalance, prints its moves, then (unless
