@@ -123,6 +123,10 @@ pub struct BrokerConfig {
     /// connection to another node speak mutual TLS, each node presenting `tls_cert` and
     /// accepting only a peer whose certificate comes from these CAs. None: plain TCP.
     pub cluster_tls_ca: Option<PathBuf>,
+    /// Lets the internal listener bind beyond loopback with neither a secret nor TLS: open
+    /// to anyone who can reach it (a trusted network only). Otherwise such a node does not
+    /// start.
+    pub cluster_insecure: bool,
     /// The metadata log leader's heartbeat interval, ms.
     pub cluster_heartbeat_ms: u64,
     /// A follower that hears no leader for a random time between this and twice this
@@ -253,6 +257,7 @@ impl Default for BrokerConfig {
             cluster_peers: std::collections::BTreeMap::new(),
             cluster_secret_file: None,
             cluster_tls_ca: None,
+            cluster_insecure: false,
             cluster_heartbeat_ms: 100,
             cluster_election_timeout_ms: 400,
             cluster_snapshot_entries: 1_000,
@@ -485,6 +490,11 @@ pub fn config_values(config: &BrokerConfig) -> Vec<ConfigKey> {
             "cluster_tls_ca",
             path_value(config.cluster_tls_ca.as_deref()),
             "PEM CA certificates of the cluster (a private CA of its own): set, the internal wire speaks mutual TLS, each node presenting `tls_cert` and accepting only peers with a certificate from these CAs (a listener's must also name the host dialled); unset: plain TCP (`--cluster-tls-ca`)",
+        ),
+        key(
+            "cluster_insecure",
+            config.cluster_insecure.to_string(),
+            "true lets the internal listener bind beyond loopback with neither `cluster_secret_file` nor `cluster_tls_ca` (open to anyone who reaches it: a trusted network only); false: such a node refuses to start (`--cluster-insecure`)",
         ),
         key(
             "cluster_heartbeat_ms",
@@ -769,6 +779,7 @@ struct FileConfig {
     cluster_peers: Option<String>,
     cluster_secret_file: Option<PathBuf>,
     cluster_tls_ca: Option<PathBuf>,
+    cluster_insecure: Option<bool>,
     cluster_heartbeat_ms: Option<u64>,
     cluster_election_timeout_ms: Option<u64>,
     cluster_snapshot_entries: Option<u64>,
@@ -900,6 +911,7 @@ impl BrokerConfig {
         };
         self.cluster_secret_file = file.cluster_secret_file.or(defaults.cluster_secret_file);
         self.cluster_tls_ca = file.cluster_tls_ca.or(defaults.cluster_tls_ca);
+        self.cluster_insecure = file.cluster_insecure.unwrap_or(defaults.cluster_insecure);
         self.cluster_heartbeat_ms = file
             .cluster_heartbeat_ms
             .unwrap_or(defaults.cluster_heartbeat_ms);

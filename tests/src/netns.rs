@@ -161,6 +161,10 @@ impl Network {
             .map(|id| format!("{id}@{}:{INTERNAL_PORT}", Network::address(id)))
             .collect::<Vec<_>>()
             .join(",");
+        // The internal listeners bind beyond loopback (the namespaces' addresses), where
+        // wharfd needs their frames sealed (or TLS, or --cluster-insecure).
+        let secret = root.join("cluster-secret");
+        std::fs::write(&secret, "the namespaces' cluster secret\n").expect("write the secret");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.namespace(node)])
             .arg(wharfd_path())
@@ -179,6 +183,8 @@ impl Network {
                 &node.to_string(),
                 "--cluster-peers",
                 &peers,
+                "--cluster-secret-file",
+                &secret.display().to_string(),
                 // The listener binds beyond loopback (the namespace's address): no users
                 // here, so logins are optional.
                 "--authentication",

@@ -213,6 +213,35 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("belongs to node 1"), "{message}");
     assert!(message.contains("--node-id 1"), "{message}");
+
+    // An internal listener others can reach must not serve them unauthenticated: it
+    // needs a secret or TLS, or --cluster-insecure (refused before it binds).
+    let output = Command::new(wharfd_path())
+        .args([
+            "--data-dir",
+            &root.path().join("open").display().to_string(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--authentication", "optional"])
+        .args(["--cluster-peers", "1@0.0.0.0:7521"])
+        .args([
+            "--kafka-listen",
+            "off",
+            "--amqp-listen",
+            "off",
+            "--http-listen",
+            "off",
+        ])
+        .output()
+        .expect("running wharfd");
+    assert!(
+        !output.status.success(),
+        "wharfd served an open internal listener"
+    );
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("--cluster-secret-file") && message.contains("--cluster-insecure"),
+        "{message}"
+    );
 }
 
 /// The topics (name and partition count) and queues (name) `broker` lists.

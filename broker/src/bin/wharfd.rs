@@ -92,6 +92,11 @@ struct Args {
     /// these CAs (and names the host it dials). Give every node the same CA.
     #[arg(long, value_name = "PATH")]
     cluster_tls_ca: Option<std::path::PathBuf>,
+    /// Let the internal listener bind beyond loopback with neither --cluster-secret-file
+    /// nor --cluster-tls-ca: anyone who reaches it can change the cluster (a trusted
+    /// network only). Without it such a node does not start.
+    #[arg(long)]
+    cluster_insecure: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -290,6 +295,9 @@ fn apply_flags(config: &mut BrokerConfig, args: Args) -> Result<(), String> {
     }
     if let Some(path) = args.cluster_tls_ca {
         config.cluster_tls_ca = Some(path);
+    }
+    if args.cluster_insecure {
+        config.cluster_insecure = true;
     }
     if let Some(peers) = args.cluster_peers {
         config.cluster_peers = wharf_broker::config::parse_peers(&peers)
