@@ -1307,6 +1307,61 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
         "{transient}"
     );
 
+    // A move of messages between queues (`wharf queue move`, the native MoveMessages)
+    // through a node that leads neither runs on the source's leader. Until 2026-12-08 it
+    // was refused there ("move its messages through that node").
+    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
+    for queue in ["mv-src", "mv-dst"] {
+        assert_done(
+            &wharf(&addresses[0], &["queue", "declare", queue, "--durable"], ""),
+            "declare a queue to move between",
+        );
+    }
+    eventually("the moved queue's leader confirms", || {
+        wharf(&addresses[0], &["publish", "", "mv-src"], "m-0\n")
+            .status
+            .success()
+    });
+    for line in ["m-1", "m-2"] {
+        assert_done(
+            &wharf(
+                &addresses[1],
+                &["publish", "", "mv-src"],
+                &format!("{line}\n"),
+            ),
+            "publish to the source",
+        );
+    }
+    let leader_of = |queue: &str| {
+        let (_, answer) = http_get(&http[0], &format!("/api/v1/queues/{queue}"), None);
+        http_json(&answer)["leader"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no leader of {queue}: {answer}"))
+    };
+    let source_leader = leader_of("mv-src");
+    let via = (1..=3u64)
+        .find(|node| *node != source_leader && *node != leader_of("mv-dst"))
+        .unwrap_or(source_leader % 3 + 1);
+    let via = usize::try_from(via - 1).expect("an index");
+    let moved = wharf(
+        &addresses[via],
+        &["--json", "queue", "move", "mv-src", "mv-dst"],
+        "",
+    );
+    let moved = assert_done(&moved, "move through a node not leading the source");
+    assert_eq!(
+        serde_json::from_str::<Value>(&moved).expect("json")["moved"],
+        3,
+        "{moved}"
+    );
+    for address in &http {
+        assert_eq!(
+            (http_ready(address, "mv-src"), http_ready(address, "mv-dst")),
+            (0, 3),
+            "ready through {address}"
+        );
+    }
+
     // An exclusive queue whose node dies goes with it, as RabbitMQ's does: the metadata
     // leader, not hearing node 3 for 15 s (`core/silent_nodes.rs`), deletes it from the log,
     // and a publish through node 1 to its exchange is confirmed at once (before, it was

@@ -1576,6 +1576,34 @@ impl QueueManager {
         destination: &str,
         session: Option<SessionId>,
     ) -> Moved {
+        if let Some(cluster) = self.cluster.get() {
+            if let Some(node) = cluster.leader_elsewhere(source) {
+                let exclusive = self
+                    .check_not_exclusive_elsewhere(source, session)
+                    .and_then(|()| self.check_not_exclusive_elsewhere(destination, session));
+                if let Err(error) = exclusive {
+                    return Moved {
+                        moved: 0,
+                        stopped: Some(error),
+                    };
+                }
+                let epoch = self.epoch.load(Ordering::Relaxed);
+                let (source, destination) = (source.to_string(), destination.to_string());
+                return remote::forward_move(source, node, cluster.clone(), epoch, destination)
+                    .await;
+            }
+        }
+        self.move_here(source, destination, session).await
+    }
+
+    /// [`QueueManager::move_messages`] with the source's task on this node (its leader, or
+    /// any node outside a cluster).
+    pub(crate) async fn move_here(
+        &self,
+        source: &str,
+        destination: &str,
+        session: Option<SessionId>,
+    ) -> Moved {
         let stopped = |error| Moved {
             moved: 0,
             stopped: Some(error),

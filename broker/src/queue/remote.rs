@@ -26,8 +26,10 @@
 //! - A consumer whose leader cannot be reached is cancelled with
 //!   [`CancelReason::Unreachable`].
 //!
-//! Not forwarded: a shared (AMQP `global`) prefetch window spans one node's consumers only,
-//! and moving messages between queues works only on the node that leads the source.
+//! - A move of messages between queues runs whole on the source's leader, which stores
+//!   into a destination led elsewhere through its own proxy.
+//!
+//! Not forwarded: a shared (AMQP `global`) prefetch window spans one node's consumers only.
 //!
 //! The wire types are JSON (bodies and records as base64), carried opaquely by the metadata
 //! log's internal listener (`RaftRpc::Forward`).
@@ -49,7 +51,7 @@ use crate::queue::manager::{QueueManager, GET_COUNT_MAX};
 use crate::queue::task::{Command, Control, Outcomes, PendingPublish, PublishReply, GET_BYTES_MAX};
 use crate::queue::types::{
     ConsumerOptions, ConsumerPush, DeleteConditions, DeliveredRun, Deliveries, GotMessage, Message,
-    Precondition, QueueError, QueueStats,
+    Moved, Precondition, QueueError, QueueStats,
 };
 
 /// How long the leader holds a pull open when the consumer has nothing waiting.
@@ -63,6 +65,9 @@ pub const PULL_WAIT: Duration = Duration::from_millis(1_000);
 pub const PULL_LEASE: Duration = Duration::from_secs(10);
 /// How long a forwarded command may take before the caller gives up on the leader.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a node waits for a move it forwarded to the source's leader: a move is many
+/// rounds, each an fsync in the destination and one in the source.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a listing waits for a queue's counts from its leader (a listing asks every
 /// queue in turn, so one node that does not answer must not hold it for long).
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -160,6 +165,9 @@ pub enum RemoteOp {
     Reopen,
     /// The queue was redeclared.
     Touch,
+    /// Move every ready message of the queue to `destination` (the whole move runs on the
+    /// queue's leader, whose proxy forwards to a destination led elsewhere).
+    Move { destination: String },
 }
 
 /// The answer to a [`RemoteOp`].
@@ -183,6 +191,11 @@ pub enum RemoteAnswer {
     Stats(Result<QueueStats, WireError>),
     /// To `Get`.
     Got(Result<Vec<WireGot>, WireError>),
+    /// To `Move`: how many moved, and why it stopped early.
+    Moved {
+        moved: u64,
+        stopped: Option<WireError>,
+    },
 }
 
 /// A [`GetMode`] on the wire.
@@ -521,6 +534,39 @@ impl Link {
             RemoteAnswer::Count(result) => result.map_err(QueueError::from),
             other => Err(self.unexpected(&other)),
         }
+    }
+}
+
+/// Runs a move of `source`'s ready messages to `destination` on `source`'s leader `node`
+/// ([`RemoteOp::Move`]), waiting up to [`MOVE_TIMEOUT`]. A move the leader is still doing
+/// when the wait ends goes on there; the caller is told it may or may not have moved.
+pub(crate) async fn forward_move(
+    source: String,
+    node: u64,
+    cluster: Arc<dyn QueueCluster>,
+    epoch: u64,
+    destination: String,
+) -> Moved {
+    let link = Link {
+        queue: source,
+        node,
+        cluster,
+        epoch,
+    };
+    let stopped = |error| Moved {
+        moved: 0,
+        stopped: Some(error),
+    };
+    match link
+        .call(RemoteOp::Move { destination }, MOVE_TIMEOUT)
+        .await
+    {
+        Ok(RemoteAnswer::Moved { moved, stopped }) => Moved {
+            moved,
+            stopped: stopped.map(QueueError::from),
+        },
+        Ok(other) => stopped(link.unexpected(&other)),
+        Err(error) => stopped(error),
     }
 }
 
@@ -1075,6 +1121,14 @@ impl QueueManager {
                 let sent = sender.send(Command::Control(Control::Touch)).await;
                 RemoteAnswer::Done(sent.map_err(|_| gone()))
             }
+            RemoteOp::Move { destination } => {
+                // Here, never forwarded again (this node leads the source in its view).
+                let moved = self.move_here(&queue, &destination, None).await;
+                RemoteAnswer::Moved {
+                    moved: moved.moved,
+                    stopped: moved.stopped.map(WireError::from),
+                }
+            }
             RemoteOp::Pull { .. } => unreachable_pull(),
         }
     }
@@ -1298,6 +1352,10 @@ fn refusal(op: &RemoteOp, error: QueueError) -> RemoteAnswer {
         RemoteOp::Purge | RemoteOp::Retire { .. } => RemoteAnswer::Count(Err(error)),
         RemoteOp::Stats => RemoteAnswer::Stats(Err(error)),
         RemoteOp::Get { .. } => RemoteAnswer::Got(Err(error)),
+        RemoteOp::Move { .. } => RemoteAnswer::Moved {
+            moved: 0,
+            stopped: Some(error),
+        },
         _ => RemoteAnswer::Done(Err(error)),
     }
 }
