@@ -285,7 +285,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
-        insecure: config.cluster_insecure,
+        guard: config.internal_guard(),
         agreed: agreed_settings(&config, auth.mode),
         tls: cluster_tls.clone().map(|tls| {
             tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));

@@ -215,12 +215,11 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
     assert!(message.contains("--node-id 1"), "{message}");
 
     // An internal listener others can reach must not serve them unauthenticated: it
-    // needs a secret or TLS, or --cluster-insecure (refused before it binds).
-    let output = Command::new(wharfd_path())
-        .args([
-            "--data-dir",
-            &root.path().join("open").display().to_string(),
-        ])
+    // needs a secret or TLS, or --cluster-insecure. Refused with the configuration, before
+    // anything is bound or written (a wharfd that started anyway is killed).
+    let open_dir = root.path().join("open");
+    let mut open = Command::new(wharfd_path())
+        .args(["--data-dir", &open_dir.display().to_string()])
         .args(["--listen", "127.0.0.1:0", "--authentication", "optional"])
         .args(["--cluster-peers", "1@0.0.0.0:7521"])
         .args([
@@ -231,17 +230,30 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
             "--http-listen",
             "off",
         ])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running wharfd");
-    assert!(
-        !output.status.success(),
-        "wharfd served an open internal listener"
-    );
-    let message = String::from_utf8_lossy(&output.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = open.try_wait().expect("waiting for wharfd") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = open.kill();
+            panic!("wharfd served an open internal listener");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "wharfd served an open internal listener");
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut open.stderr.take().expect("piped stderr"), &mut message)
+        .expect("stderr");
     assert!(
         message.contains("--cluster-secret-file") && message.contains("--cluster-insecure"),
         "{message}"
     );
+    assert!(!open_dir.exists(), "a refused start wrote {open_dir:?}");
 }
 
 /// The topics (name and partition count) and queues (name) `broker` lists.

@@ -2143,9 +2143,9 @@ mod tests {
 
     #[test]
     fn a_cancelled_drain_gives_the_node_back_to_placement_and_leaves_its_moves() {
-        // `wharf cluster remove-node --cancel`: a drain that cannot finish (a factor of 3
-        // on three nodes has nowhere to go) or was started by mistake is stopped, and the
-        // node takes replicas again.
+        // `wharf cluster remove-node --cancel`: a drain that cannot finish (a move waiting
+        // for a node that is down) or was started by mistake is stopped, and the node takes
+        // replicas again.
         let mut state = three_nodes();
         state.apply(&create("three", 2, 3));
         state.apply(&create("one", 6, 1));
@@ -2202,6 +2202,24 @@ mod tests {
                 only_if_draining: false,
             }),
             MetadataResult::Done
+        );
+        // The flag travels in the log's encoding; an entry of an earlier build (without
+        // it) reads as a removal that asks nothing.
+        let flagged = MetadataCommand::RemoveNode {
+            node_id: 3,
+            only_if_draining: true,
+        };
+        let encoded = super::super::codec::encode(&flagged).expect("encodes");
+        let decoded: MetadataCommand = super::super::codec::decode(&encoded).expect("decodes");
+        assert_eq!(decoded, flagged);
+        let old: MetadataCommand = serde_json::from_str(r#"{"RemoveNode":{"node_id":3}}"#)
+            .expect("an older entry decodes");
+        assert_eq!(
+            old,
+            MetadataCommand::RemoveNode {
+                node_id: 3,
+                only_if_draining: false,
+            }
         );
     }
 

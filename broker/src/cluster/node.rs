@@ -13,7 +13,6 @@
 //!   elected, and again whenever they change.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +25,7 @@ use super::metadata::{MetadataCommand, NodeId, NodeInfo};
 use super::raft::{Cluster, RaftReply, RaftRpc, Timing, Transport};
 use super::store::{Io, LogStore, MachineStore};
 use super::transport::{serve, InternalTls, Secret, TcpTransport};
+use crate::config::{open_internal_listener, InternalGuard};
 use crate::storage::fs::Fs;
 
 /// The subdirectory of the data directory the cluster's files live in.
@@ -48,9 +48,9 @@ pub struct NodeSettings {
     pub secret_file: Option<std::path::PathBuf>,
     /// `--cluster-tls-ca`: mutual TLS on the internal wire (None: plain TCP).
     pub tls: Option<InternalTls>,
-    /// `--cluster-insecure`: the internal listener may bind beyond loopback with neither
-    /// a secret nor TLS.
-    pub insecure: bool,
+    /// What guards the internal listener (`--cluster-secret-file`, `--cluster-tls-ca`,
+    /// `--cluster-insecure`): beyond loopback it must be something.
+    pub guard: InternalGuard,
     /// The settings every node should share, by config key, as this node runs with them
     /// (registered in its `NodeInfo`; `metadata::settings_differences`).
     pub agreed: BTreeMap<String, String>,
@@ -72,27 +72,6 @@ pub enum NodeError {
     /// Storage or openraft failed while starting.
     #[error("cannot start the metadata log: {0}")]
     Start(String),
-}
-
-/// Refuses an internal listener that others can reach (bound beyond loopback) and that
-/// would serve them unauthenticated (neither a secret nor TLS), unless `--cluster-insecure`:
-/// anyone reaching it could propose definitions, change the membership and publish or
-/// consume through forwarded queue operations, past every ACL. A listener on loopback
-/// (a development cluster on one machine) needs nothing, as the client listeners' logins.
-fn check_open_listener(bound: SocketAddr, settings: &NodeSettings) -> Result<(), NodeError> {
-    if bound.ip().is_loopback()
-        || settings.secret_file.is_some()
-        || settings.tls.is_some()
-        || settings.insecure
-    {
-        return Ok(());
-    }
-    Err(NodeError::Config(format!(
-        "the cluster listener on {bound} (this node's entry of --cluster-peers) can be reached \
-         from other machines and would serve them unauthenticated: give every node the same \
-         --cluster-secret-file FILE (or mutual TLS with --cluster-tls-ca), or run it open on \
-         a trusted network with --cluster-insecure (`cluster_insecure = true`)"
-    )))
 }
 
 /// A started node: its metadata log and background tasks.
@@ -126,6 +105,34 @@ pub async fn start(
             ))
         })?)
     };
+    let listener = match &own_addr {
+        None => None,
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        address: address.clone(),
+                        source,
+                    })?,
+            )
+        }
+    };
+    let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    // An address given as an IP was checked with the configuration; a host name is
+    // checked as it resolved.
+    if let Some(bound) = listen_addr {
+        if let Some(refusal) = open_internal_listener(bound, settings.guard) {
+            return Err(NodeError::Config(refusal));
+        }
+        if settings.guard == InternalGuard::OpenAllowed && !bound.ip().is_loopback() {
+            tracing::warn!(
+                %bound,
+                "the cluster listener serves anyone who reaches it (--cluster-insecure): \
+                 proposals, membership changes and queue operations, past every ACL"
+            );
+        }
+    }
     let (identity, log, machine) = {
         let (fs, dir) = (fs.clone(), dir.clone());
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
@@ -139,27 +146,6 @@ pub async fn start(
         .await
         .map_err(|error| NodeError::Start(error.to_string()))??
     };
-    let listener = match &own_addr {
-        None => None,
-        Some(address) => {
-            // An address given as an IP is checked before it is bound; a name once it is.
-            if let Ok(given) = address.parse::<SocketAddr>() {
-                check_open_listener(given, &settings)?;
-            }
-            Some(
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|source| NodeError::Bind {
-                        address: address.clone(),
-                        source,
-                    })?,
-            )
-        }
-    };
-    let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(bound) = listen_addr {
-        check_open_listener(bound, &settings)?;
-    }
     let secret = match &settings.secret_file {
         None => None,
         Some(path) => {
@@ -334,50 +320,6 @@ async fn register(cluster: Cluster, info: NodeInfo, mut shutdown: watch::Receive
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(secret: bool, insecure: bool) -> NodeSettings {
-        NodeSettings {
-            node_id: 1,
-            peers: BTreeMap::new(),
-            listeners: BTreeMap::new(),
-            timing: Timing::default(),
-            secret_file: secret.then(|| std::path::PathBuf::from("secret")),
-            tls: None,
-            insecure,
-            agreed: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn an_internal_listener_beyond_loopback_needs_a_secret_tls_or_cluster_insecure() {
-        let loopback: SocketAddr = "127.0.0.1:7521".parse().expect("address");
-        let ipv6_loopback: SocketAddr = "[::1]:7521".parse().expect("address");
-        let everywhere: SocketAddr = "0.0.0.0:7521".parse().expect("address");
-        let private: SocketAddr = "10.0.0.7:7521".parse().expect("address");
-        for bound in [loopback, ipv6_loopback] {
-            assert!(check_open_listener(bound, &settings(false, false)).is_ok());
-        }
-        for bound in [everywhere, private] {
-            let refused = check_open_listener(bound, &settings(false, false))
-                .expect_err("open beyond loopback")
-                .to_string();
-            for named in [
-                bound.to_string().as_str(),
-                "--cluster-secret-file",
-                "--cluster-tls-ca",
-                "--cluster-insecure",
-            ] {
-                assert!(refused.contains(named), "{named} in {refused}");
-            }
-            assert!(check_open_listener(bound, &settings(true, false)).is_ok());
-            assert!(check_open_listener(bound, &settings(false, true)).is_ok());
         }
     }
 }

@@ -27,7 +27,7 @@ use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, Snaps
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::metadata::{MetadataCommand, MetadataError, MetadataResult, NodeId};
+use super::metadata::{MetadataCommand, MetadataError, MetadataResult, MetadataState, NodeId};
 use super::replica::{ReplicaReply, ReplicaRpc, Replicas};
 use super::store::{Applied, LogStore, MachineStore};
 
@@ -704,6 +704,16 @@ impl Cluster {
             ));
         }
         let drained = self.drain(id).await?;
+        if self.leader_elsewhere()?.is_some() {
+            // The lead moved during the drain: this node can no longer change the voters.
+            // The removal is asked again (the CLI does on "being drained") and reaches the
+            // new leader, which finds the node draining.
+            return Err(ClusterError::TimedOut(format!(
+                "node {id} is being drained, and the metadata leader changed meanwhile: \
+                 remove it again (`wharf cluster remove-node` asks again until its \
+                 --timeout-ms)"
+            )));
+        }
         // Its replicas move to the others first (a node never registered, or already
         // removed by an earlier attempt, is no error), while this node still leads: a leader
         // removing itself is deposed by the membership change, and a command it proposed
@@ -759,9 +769,11 @@ impl Cluster {
                     "removing a node that does not answer: the partitions and queues it \
                      alone held are placed again without their records"
                 );
-                return Ok(false);
+                // A drain started earlier and cancelled since still wins.
+                return Ok(state.draining.contains(&id));
             }
         }
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
         if !state.draining.contains(&id) {
             let proposed = self
                 .propose(MetadataCommand::DrainNode { node_id: id })
@@ -771,9 +783,21 @@ impl Cluster {
             }
             // Applied where it was decided (another node, should the lead have moved):
             // this node's state must show it before it can tell a cancel from a lag.
-            self.wait_applied(proposed.index, DRAIN_WAIT).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.wait_applied(proposed.index, left).await {
+                return Err(self.still_draining(id, &self.applied().state));
+            }
         }
-        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        self.wait_drained(id, deadline).await
+    }
+
+    /// Waits until `deadline` for node `id` to hold nothing a drain moves: `Ok(true)` then;
+    /// `Ok(false)` if it was removed meanwhile; `Membership` if its drain was cancelled.
+    async fn wait_drained(
+        &self,
+        id: NodeId,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, ClusterError> {
         loop {
             let state = self.applied().state;
             if !state.nodes.contains_key(&id) {
@@ -790,20 +814,25 @@ impl Cluster {
                 return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
-                let left = state
-                    .moves()
-                    .iter()
-                    .filter(|moved| moved.from.contains(&id) || moved.to.contains(&id))
-                    .count();
-                return Err(ClusterError::TimedOut(format!(
-                    "node {id} is being drained: {left} partition(s) or queue(s) are still \
-                     moving off it with their records (`wharf cluster rebalance --no-wait` \
-                     lists them); the moves go on: remove it again once none is left (`wharf cluster \
-                     remove-node` asks again until its --timeout-ms)"
-                )));
+                return Err(self.still_draining(id, &state));
             }
             tokio::time::sleep(DRAIN_CHECK_EVERY).await;
         }
+    }
+
+    /// The `TimedOut` of a drain still under way (the CLI asks again on "being drained").
+    fn still_draining(&self, id: NodeId, state: &MetadataState) -> ClusterError {
+        let left = state
+            .moves()
+            .iter()
+            .filter(|moved| moved.from.contains(&id) || moved.to.contains(&id))
+            .count();
+        ClusterError::TimedOut(format!(
+            "node {id} is being drained: {left} partition(s) or queue(s) are still \
+             moving off it with their records (`wharf cluster rebalance --no-wait` \
+             lists them); the moves go on: remove it again once none is left (`wharf cluster \
+             remove-node` asks again until its --timeout-ms)"
+        ))
     }
 
     /// The leader and its address when it is another node; `None` when this node leads.

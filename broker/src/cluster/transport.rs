@@ -749,10 +749,20 @@ mod tests {
         assert_eq!(encode_body(&envelope).expect("encodes"), &expected[4..]);
     }
 
-    /// A peer at a fresh address answering `calls` Hellos: on one connection when `keep`,
-    /// else one per connection, closing each after its answer. Gives the address and the
-    /// task, which answers how many connections it accepted.
-    async fn hello_peer(keep: bool, calls: usize) -> (String, tokio::task::JoinHandle<usize>) {
+    /// What a test peer does with a connection after answering.
+    #[derive(Clone, Copy, PartialEq)]
+    enum AfterAnswer {
+        Keep,
+        Close,
+    }
+
+    /// A peer at a fresh address answering `calls` Hellos: all on one connection, or one
+    /// per connection, closing each after its answer. Gives the address and the task,
+    /// which answers how many connections it accepted.
+    async fn hello_peer(
+        after: AfterAnswer,
+        calls: usize,
+    ) -> (String, tokio::task::JoinHandle<usize>) {
         let bound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = bound.local_addr().expect("addr").to_string();
         let peer = tokio::spawn(async move {
@@ -772,7 +782,7 @@ mod tests {
                 };
                 open.write(REPLY, &reply).await.expect("reply");
                 answered += 1;
-                if !keep {
+                if after == AfterAnswer::Close {
                     link = None;
                 }
             }
@@ -795,7 +805,7 @@ mod tests {
         // it; once the close has reached the pooled link, the next call must still be
         // answered (on a fresh connection). A peer that keeps its connection answers
         // every call on the one link.
-        let (addr, peer) = hello_peer(false, 3).await;
+        let (addr, peer) = hello_peer(AfterAnswer::Close, 3).await;
         let transport = transport();
         for call in 0..3 {
             if call > 0 {
@@ -830,7 +840,7 @@ mod tests {
         }
         assert_eq!(peer.await.expect("peer"), 3);
 
-        let (addr, peer) = hello_peer(true, 3).await;
+        let (addr, peer) = hello_peer(AfterAnswer::Keep, 3).await;
         for call in 0..3 {
             transport
                 .call(2, &addr, RaftRpc::Hello, Duration::from_secs(5))
