@@ -1046,13 +1046,6 @@ impl BrokerConfig {
                 self.node_id
             )));
         }
-        // Before anything is opened or bound (a host name is checked once bound).
-        let own = self.cluster_peers.get(&self.node_id);
-        if let Some(address) = own.and_then(|own| own.parse::<SocketAddr>().ok()) {
-            if let Some(refusal) = open_internal_listener(address, self.internal_guard()) {
-                return Err(ConfigError::Invalid(refusal));
-            }
-        }
         if self.frame_bytes_max < 1024 {
             return Err(ConfigError::Invalid(format!(
                 "frame_bytes_max {} is below 1024",
@@ -1426,48 +1419,7 @@ impl ListenerSpec {
     }
 }
 
-/// What guards the internal (broker-to-broker) listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InternalGuard {
-    /// A shared secret seals its frames, or mutual TLS.
-    SecretOrTls,
-    /// Nothing, as `--cluster-insecure` allows.
-    OpenAllowed,
-    /// Nothing.
-    Open,
-}
-
-/// Why an internal listener bound at `bound` must not start: others can reach it (beyond
-/// loopback) and nothing guards it (neither a secret nor TLS, and no `--cluster-insecure`).
-/// Anyone reaching it could propose definitions, change the membership and publish or
-/// consume through forwarded queue operations, past every ACL. A listener on loopback (a
-/// development cluster on one machine) needs nothing, as the client listeners' logins.
-/// `None`: it may start.
-pub fn open_internal_listener(bound: SocketAddr, guard: InternalGuard) -> Option<String> {
-    if bound.ip().is_loopback() || guard != InternalGuard::Open {
-        return None;
-    }
-    Some(format!(
-        "the cluster listener on {bound} (this node's entry of --cluster-peers) can be reached \
-         from other machines and would serve them unauthenticated: give every node the same \
-         --cluster-secret-file FILE (or mutual TLS with --cluster-tls-ca), or run it open on \
-         a trusted network with --cluster-insecure (`cluster_insecure = true`)"
-    ))
-}
-
 impl BrokerConfig {
-    /// What guards the internal listener: `cluster_secret_file` or `cluster_tls_ca`, else
-    /// `cluster_insecure`'s leave, else nothing.
-    pub fn internal_guard(&self) -> InternalGuard {
-        if self.cluster_secret_file.is_some() || self.cluster_tls_ca.is_some() {
-            InternalGuard::SecretOrTls
-        } else if self.cluster_insecure {
-            InternalGuard::OpenAllowed
-        } else {
-            InternalGuard::Open
-        }
-    }
-
     /// Whether connections must log in, given the addresses the listeners are bound to: the
     /// `authentication` setting when there is one; otherwise optional while every listener
     /// binds to loopback (the quickstart needs no setup) and required as soon as one binds
@@ -1741,43 +1693,6 @@ pub fn peers_text(peers: &std::collections::BTreeMap<u64, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_internal_listener_beyond_loopback_needs_a_secret_tls_or_cluster_insecure() {
-        let loopback: SocketAddr = "127.0.0.1:7521".parse().expect("address");
-        let ipv6_loopback: SocketAddr = "[::1]:7521".parse().expect("address");
-        let everywhere: SocketAddr = "0.0.0.0:7521".parse().expect("address");
-        let private: SocketAddr = "10.0.0.7:7521".parse().expect("address");
-        for bound in [loopback, ipv6_loopback] {
-            assert_eq!(open_internal_listener(bound, InternalGuard::Open), None);
-        }
-        for bound in [everywhere, private] {
-            let refused = open_internal_listener(bound, InternalGuard::Open).expect("refused");
-            for named in [
-                bound.to_string().as_str(),
-                "--cluster-secret-file",
-                "--cluster-tls-ca",
-                "--cluster-insecure",
-            ] {
-                assert!(refused.contains(named), "{named} in {refused}");
-            }
-            for guard in [InternalGuard::SecretOrTls, InternalGuard::OpenAllowed] {
-                assert_eq!(open_internal_listener(bound, guard), None, "{guard:?}");
-            }
-        }
-        // The configuration refuses it before anything is opened.
-        let mut config = BrokerConfig {
-            cluster_peers: parse_peers("1@10.0.0.7:7521,2@10.0.0.8:7521").expect("peers"),
-            ..BrokerConfig::default()
-        };
-        let refused = config.validate().expect_err("an open listener").to_string();
-        assert!(refused.contains("--cluster-insecure"), "{refused}");
-        config.cluster_insecure = true;
-        assert_eq!(config.internal_guard(), InternalGuard::OpenAllowed);
-        config.validate().expect("allowed open");
-        config.cluster_secret_file = Some(PathBuf::from("secret"));
-        assert_eq!(config.internal_guard(), InternalGuard::SecretOrTls);
-    }
 
     #[test]
     fn authentication_is_optional_on_loopback_only_and_required_beyond_unless_set() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::cluster::node::{open_internal_listener, InternalGuard};
 use crate::config::{BrokerConfig, ListenerKind, ListenerSpec};
 use crate::core::{AuthPolicy, Authentication, Broker, OpenError, Transport};
 use crate::frontend::amqp::Amqp;
@@ -134,6 +135,32 @@ impl ServerHandle {
     }
 }
 
+/// What guards the internal listener: `cluster_secret_file` or `cluster_tls_ca`, else
+/// `cluster_insecure`'s leave, else nothing.
+fn internal_guard(config: &BrokerConfig) -> InternalGuard {
+    if config.cluster_secret_file.is_some() || config.cluster_tls_ca.is_some() {
+        InternalGuard::SecretOrTls
+    } else if config.cluster_insecure {
+        InternalGuard::OpenAllowed
+    } else {
+        InternalGuard::Open
+    }
+}
+
+/// Refuses an internal listener given as an IP address beyond loopback that nothing
+/// guards, before anything is opened or bound (a host name is checked once bound,
+/// `cluster::node`).
+fn check_internal_listener(config: &BrokerConfig) -> Result<(), ServerError> {
+    let own = config.cluster_peers.get(&config.node_id);
+    let Some(address) = own.and_then(|own| own.parse::<SocketAddr>().ok()) else {
+        return Ok(());
+    };
+    match open_internal_listener(address, internal_guard(config)) {
+        Some(refusal) => Err(ServerError::Config(refusal)),
+        None => Ok(()),
+    }
+}
+
 /// Opens storage, binds the listener and starts serving.
 ///
 /// # Errors
@@ -142,6 +169,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
     config
         .validate()
         .map_err(|error| ServerError::Config(error.to_string()))?;
+    check_internal_listener(&config)?;
     // Loaded before any port is bound, so a bad certificate is the error the operator sees.
     let tls = load_tls(&config).await?;
     let cluster_tls = load_cluster_tls(&config).await?;
@@ -285,7 +313,7 @@ pub async fn start(config: BrokerConfig) -> Result<ServerHandle, ServerError> {
             ..crate::cluster::raft::Timing::default()
         },
         secret_file: config.cluster_secret_file.clone(),
-        guard: config.internal_guard(),
+        guard: internal_guard(&config),
         agreed: agreed_settings(&config, auth.mode),
         tls: cluster_tls.clone().map(|tls| {
             tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));

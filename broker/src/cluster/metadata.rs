@@ -2209,8 +2209,8 @@ mod tests {
             node_id: 3,
             only_if_draining: true,
         };
-        let encoded = super::super::codec::encode(&flagged).expect("encodes");
-        let decoded: MetadataCommand = super::super::codec::decode(&encoded).expect("decodes");
+        let encoded = crate::cluster::codec::encode(&flagged).expect("encodes");
+        let decoded: MetadataCommand = crate::cluster::codec::decode(&encoded).expect("decodes");
         assert_eq!(decoded, flagged);
         let old: MetadataCommand = serde_json::from_str(r#"{"RemoveNode":{"node_id":3}}"#)
             .expect("an older entry decodes");

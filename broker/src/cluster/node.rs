@@ -13,6 +13,7 @@
 //!   elected, and again whenever they change.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,6 @@ use super::metadata::{MetadataCommand, NodeId, NodeInfo};
 use super::raft::{Cluster, RaftReply, RaftRpc, Timing, Transport};
 use super::store::{Io, LogStore, MachineStore};
 use super::transport::{serve, InternalTls, Secret, TcpTransport};
-use crate::config::{open_internal_listener, InternalGuard};
 use crate::storage::fs::Fs;
 
 /// The subdirectory of the data directory the cluster's files live in.
@@ -72,6 +72,35 @@ pub enum NodeError {
     /// Storage or openraft failed while starting.
     #[error("cannot start the metadata log: {0}")]
     Start(String),
+}
+
+/// What guards the internal (broker-to-broker) listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InternalGuard {
+    /// A shared secret seals its frames, or mutual TLS.
+    SecretOrTls,
+    /// Nothing, as `--cluster-insecure` allows.
+    OpenAllowed,
+    /// Nothing.
+    Open,
+}
+
+/// Why an internal listener bound at `bound` must not start: others can reach it (beyond
+/// loopback) and nothing guards it (neither a secret nor TLS, and no `--cluster-insecure`).
+/// Anyone reaching it could propose definitions, change the membership and publish or
+/// consume through forwarded queue operations, past every ACL. A listener on loopback (a
+/// development cluster on one machine) needs nothing, as the client listeners' logins.
+/// `None`: it may start.
+pub fn open_internal_listener(bound: SocketAddr, guard: InternalGuard) -> Option<String> {
+    if bound.ip().is_loopback() || guard != InternalGuard::Open {
+        return None;
+    }
+    Some(format!(
+        "the cluster listener on {bound} (this node's entry of --cluster-peers) can be reached \
+         from other machines and would serve them unauthenticated: give every node the same \
+         --cluster-secret-file FILE (or mutual TLS with --cluster-tls-ca), or run it open on \
+         a trusted network with --cluster-insecure (`cluster_insecure = true`)"
+    ))
 }
 
 /// A started node: its metadata log and background tasks.
@@ -320,6 +349,36 @@ async fn register(cluster: Cluster, info: NodeInfo, mut shutdown: watch::Receive
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_listener_beyond_loopback_needs_a_secret_tls_or_cluster_insecure() {
+        let loopback: SocketAddr = "127.0.0.1:7521".parse().expect("address");
+        let ipv6_loopback: SocketAddr = "[::1]:7521".parse().expect("address");
+        let everywhere: SocketAddr = "0.0.0.0:7521".parse().expect("address");
+        let private: SocketAddr = "10.0.0.7:7521".parse().expect("address");
+        for bound in [loopback, ipv6_loopback] {
+            assert_eq!(open_internal_listener(bound, InternalGuard::Open), None);
+        }
+        for bound in [everywhere, private] {
+            let refused = open_internal_listener(bound, InternalGuard::Open).expect("refused");
+            for named in [
+                bound.to_string().as_str(),
+                "--cluster-secret-file",
+                "--cluster-tls-ca",
+                "--cluster-insecure",
+            ] {
+                assert!(refused.contains(named), "{named} in {refused}");
+            }
+            for guard in [InternalGuard::SecretOrTls, InternalGuard::OpenAllowed] {
+                assert_eq!(open_internal_listener(bound, guard), None, "{guard:?}");
+            }
         }
     }
 }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use wharf_protocol::batch::ControlKind;
 
 use crate::acl::{Denied, Operation};
-use crate::cluster::metadata::{MetadataCommand, MetadataResult, NodeId, ReplicaMove};
+pub use crate::cluster::metadata::ReplicaMove;
+use crate::cluster::metadata::{MetadataCommand, MetadataResult, NodeId};
 use crate::cluster::raft::Cluster;
 pub use crate::cluster::raft::{ClusterError, ClusterStatus};
 use crate::core::txn_markers::TxnAnswer;

@@ -159,7 +159,7 @@ pub async fn cancel_drain(
 }
 
 fn moves_answer(
-    result: Result<Vec<crate::cluster::metadata::ReplicaMove>, ClusterOpError>,
+    result: Result<Vec<crate::core::cluster_ops::ReplicaMove>, ClusterOpError>,
 ) -> RebalanceResponse {
     match result {
         Ok(moves) => RebalanceResponse {
