@@ -61,7 +61,14 @@ impl QueueCluster for Loopback {
     fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture> {
         panic!("node 1 deleted {queue:?}, which node 2 leads");
     }
+
+    fn exclusive_node(&self, queue: &str) -> Option<u64> {
+        (queue == LOCKED_ON_NODE_3).then_some(3)
+    }
 }
+
+/// A queue the log holds as exclusive to a connection on node 3.
+const LOCKED_ON_NODE_3: &str = "locked-q";
 
 /// The queues the cluster places on node 2.
 const PLACED_ON_NODE_2: [&str; 2] = ["remote-q", "auto-q"];
@@ -254,6 +261,52 @@ async fn a_queue_led_elsewhere_is_served_by_its_leader() {
     cluster.placed_elsewhere.store(false, Ordering::SeqCst);
     let own = node1.list().await;
     assert_eq!((own[0].published, own[0].delivered), (0, 0), "{own:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_from_a_queue_led_elsewhere_runs_on_its_leader() {
+    // `wharf queue move` through a node that does not lead the source: the whole move runs
+    // on the source's leader (it was refused there until 2026-12-08). A queue exclusive to
+    // another node's connection is refused on this node, which knows that owner only from
+    // the log.
+    let (_dirs, node1, node2, _cluster) = two_nodes();
+    for manager in [&node1, &node2] {
+        for queue in ["dst", LOCKED_ON_NODE_3] {
+            manager
+                .declare_queue(queue, QueueArgs::default(), Durability::Durable)
+                .expect("declare");
+        }
+    }
+    for i in 0..3 {
+        node1
+            .publish("", message("remote-q", &format!("m{i}")))
+            .await
+            .expect("published");
+    }
+    let moved = node1.move_messages("remote-q", "dst", None).await;
+    assert_eq!((moved.moved, moved.stopped), (3, None));
+    assert_eq!(ready(&node1).await, 0, "the source is empty at its leader");
+    let listed = node2.list().await;
+    let dst = listed
+        .iter()
+        .find(|stats| stats.name == "dst")
+        .expect("listed");
+    assert_eq!(dst.ready, 3, "the leader's destination holds them");
+
+    node1
+        .publish("", message("remote-q", "kept"))
+        .await
+        .expect("published");
+    let refused = node1
+        .move_messages("remote-q", LOCKED_ON_NODE_3, None)
+        .await;
+    assert_eq!(refused.moved, 0);
+    assert!(
+        matches!(&refused.stopped, Some(QueueError::DeclareMismatch(text)) if text.contains("another node")),
+        "{:?}",
+        refused.stopped
+    );
+    assert_eq!(ready(&node1).await, 1, "nothing left the source");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

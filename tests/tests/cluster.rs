@@ -182,6 +182,16 @@ fn three_nodes_form_one_cluster_elect_again_after_the_leader_is_killed_and_catch
     assert!(said.contains("not being drained"), "{said}");
 }
 
+/// The flags that turn off a `wharfd`'s Kafka, AMQP and HTTP listeners.
+const FRONT_ENDS_OFF: [&str; 6] = [
+    "--kafka-listen",
+    "off",
+    "--amqp-listen",
+    "off",
+    "--http-listen",
+    "off",
+];
+
 #[test]
 fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -196,14 +206,7 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
     let output = Command::new(wharfd_path())
         .args(["--data-dir", &data_dir.display().to_string()])
         .args(["--node-id", "2", "--listen", "127.0.0.1:0"])
-        .args([
-            "--kafka-listen",
-            "off",
-            "--amqp-listen",
-            "off",
-            "--http-listen",
-            "off",
-        ])
+        .args(FRONT_ENDS_OFF)
         .output()
         .expect("running wharfd");
     assert!(
@@ -222,14 +225,7 @@ fn a_lone_node_is_a_cluster_of_one_and_its_directory_refuses_another_node_id() {
         .args(["--data-dir", &open_dir.display().to_string()])
         .args(["--listen", "127.0.0.1:0", "--authentication", "optional"])
         .args(["--cluster-peers", "1@0.0.0.0:7521"])
-        .args([
-            "--kafka-listen",
-            "off",
-            "--amqp-listen",
-            "off",
-            "--http-listen",
-            "off",
-        ])
+        .args(FRONT_ENDS_OFF)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1322,7 +1318,6 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
     // A move of messages between queues (`wharf queue move`, the native MoveMessages)
     // through a node that leads neither runs on the source's leader. Until 2026-12-08 it
     // was refused there ("move its messages through that node").
-    let addresses: Vec<String> = nodes.iter().map(BrokerProcess::address).collect();
     for queue in ["mv-src", "mv-dst"] {
         assert_done(
             &wharf(&addresses[0], &["queue", "declare", queue, "--durable"], ""),
@@ -1350,10 +1345,11 @@ fn amqp_and_http_clients_use_a_queue_through_any_node() {
             .as_u64()
             .unwrap_or_else(|| panic!("no leader of {queue}: {answer}"))
     };
-    let source_leader = leader_of("mv-src");
+    let (source_leader, destination_leader) = (leader_of("mv-src"), leader_of("mv-dst"));
+    eprintln!("mv-src led by node {source_leader}, mv-dst by node {destination_leader}");
     let via = (1..=3u64)
-        .find(|node| *node != source_leader && *node != leader_of("mv-dst"))
-        .unwrap_or(source_leader % 3 + 1);
+        .find(|node| *node != source_leader && *node != destination_leader)
+        .expect("three nodes leave one leading neither queue");
     let via = usize::try_from(via - 1).expect("an index");
     let moved = wharf(
         &addresses[via],

@@ -414,6 +414,10 @@ impl QueueCluster for QueuePlacement {
         })
     }
 
+    fn exclusive_node(&self, queue: &str) -> Option<u64> {
+        self.cluster.applied().state.queues.get(queue)?.exclusive_on
+    }
+
     fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture> {
         // What the log holds of it as the rule fires: a declare applied after this is one
         // the rule did not see, and keeps the queue.

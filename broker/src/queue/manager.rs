@@ -1577,6 +1577,21 @@ impl QueueManager {
         session: Option<SessionId>,
     ) -> Moved {
         if let Some(cluster) = self.cluster.get() {
+            // An exclusive queue of another node's connection (this node's registry knows
+            // only its own connections' owners).
+            for queue in [source, destination] {
+                if cluster
+                    .exclusive_node(queue)
+                    .is_some_and(|node| node != cluster.node_id())
+                {
+                    return Moved {
+                        moved: 0,
+                        stopped: Some(QueueError::DeclareMismatch(format!(
+                            "queue {queue:?} is exclusive to a connection on another node"
+                        ))),
+                    };
+                }
+            }
             if let Some(node) = cluster.leader_elsewhere(source) {
                 let exclusive = self
                     .check_not_exclusive_elsewhere(source, session)

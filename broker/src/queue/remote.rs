@@ -22,12 +22,12 @@
 //!   consumer ids.
 //! - A node serves a forwarded command only for a queue it leads in its own view (a node
 //!   that applied a leader change later than the sender refuses, nothing done); it never
-//!   forwards again.
+//!   forwards that command again.
 //! - A consumer whose leader cannot be reached is cancelled with
 //!   [`CancelReason::Unreachable`].
-//!
 //! - A move of messages between queues runs whole on the source's leader, which stores
-//!   into a destination led elsewhere through its own proxy.
+//!   into a destination led elsewhere through its own proxy: the publishes are a second
+//!   forwarded command, served on the destination's leader (at most two hops, no loop).
 //!
 //! Not forwarded: a shared (AMQP `global`) prefetch window spans one node's consumers only.
 //!
@@ -99,6 +99,12 @@ pub trait QueueCluster: Send + Sync + Debug + 'static {
     /// this node's too). Not dropped (declared again, or the proposal failed): the queue
     /// stays.
     fn delete_by_rule(&self, queue: &str) -> Option<RuleFuture>;
+    /// The node whose connection owns `queue` when the metadata log holds it as exclusive
+    /// (`None`: not exclusive, or not in the log). A node's own owners are in its
+    /// registry; this tells it about another node's.
+    fn exclusive_node(&self, _queue: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// The metadata log's answer to a queue's own rule ([`QueueCluster::delete_by_rule`]):
@@ -565,6 +571,8 @@ pub(crate) async fn forward_move(
             moved,
             stopped: stopped.map(QueueError::from),
         },
+        // A leader of an earlier build, which knows no `Move`: nothing was done.
+        Ok(RemoteAnswer::Done(Err(error))) => stopped(error.into()),
         Ok(other) => stopped(link.unexpected(&other)),
         Err(error) => stopped(error),
     }
@@ -826,11 +834,16 @@ async fn forward_get(
     }
 }
 
+/// A round of a move reached a proxy: the source's leader changed after the move was
+/// routed. Nothing was taken; asking again reaches the new leader.
 fn move_refused(link: &Link) -> QueueError {
-    QueueError::Invalid(format!(
-        "queue {:?} is led by node {}: move its messages through that node",
-        link.queue, link.node
-    ))
+    QueueError::Cluster {
+        no_leader: true,
+        message: format!(
+            "queue {:?} is led by node {} now; nothing more was moved, ask again",
+            link.queue, link.node
+        ),
+    }
 }
 
 /// Pulls a consumer's deliveries from the leader into its local channel until the
@@ -1123,6 +1136,14 @@ impl QueueManager {
             }
             RemoteOp::Move { destination } => {
                 // Here, never forwarded again (this node leads the source in its view).
+                // A destination declared just before the move may reach this node's
+                // definitions a moment after the source.
+                if let Err(error) = self.local_sender_when_defined(&destination).await {
+                    return RemoteAnswer::Moved {
+                        moved: 0,
+                        stopped: Some(error.into()),
+                    };
+                }
                 let moved = self.move_here(&queue, &destination, None).await;
                 RemoteAnswer::Moved {
                     moved: moved.moved,
