@@ -601,3 +601,36 @@ async fn start_http(
     ));
     Ok((http, Some(addr), Some(task)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_listener_given_as_an_ip_beyond_loopback_is_refused_unless_guarded() {
+        let peers = crate::config::parse_peers("1@10.0.0.7:7521,2@10.0.0.8:7521").expect("peers");
+        let mut config = BrokerConfig {
+            cluster_peers: peers,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(internal_guard(&config), InternalGuard::Open);
+        let refused = check_internal_listener(&config).expect_err("open beyond loopback");
+        assert!(
+            refused.to_string().contains("--cluster-insecure"),
+            "{refused}"
+        );
+        config.cluster_insecure = true;
+        assert_eq!(internal_guard(&config), InternalGuard::OpenAllowed);
+        assert!(check_internal_listener(&config).is_ok());
+        config.cluster_secret_file = Some(std::path::PathBuf::from("secret"));
+        assert_eq!(internal_guard(&config), InternalGuard::SecretOrTls);
+        config.cluster_insecure = false;
+        assert!(check_internal_listener(&config).is_ok());
+        // Loopback and a host name (checked once bound) pass here.
+        config.cluster_secret_file = None;
+        config.cluster_peers = crate::config::parse_peers("1@127.0.0.1:7521").expect("peers");
+        assert!(check_internal_listener(&config).is_ok());
+        config.cluster_peers = crate::config::parse_peers("1@node1.lan:7521").expect("peers");
+        assert!(check_internal_listener(&config).is_ok());
+    }
+}

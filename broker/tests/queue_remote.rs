@@ -71,7 +71,7 @@ impl QueueCluster for Loopback {
 const LOCKED_ON_NODE_3: &str = "locked-q";
 
 /// The queues the cluster places on node 2.
-const PLACED_ON_NODE_2: [&str; 2] = ["remote-q", "auto-q"];
+const PLACED_ON_NODE_2: [&str; 3] = ["remote-q", "auto-q", "dst"];
 
 /// Node 2's view: it leads everything; the queues its rules ask the log to delete are
 /// noted, and the log keeps them while `keep` is set (declared again since).
@@ -286,12 +286,14 @@ async fn a_move_from_a_queue_led_elsewhere_runs_on_its_leader() {
     let moved = node1.move_messages("remote-q", "dst", None).await;
     assert_eq!((moved.moved, moved.stopped), (3, None));
     assert_eq!(ready(&node1).await, 0, "the source is empty at its leader");
-    let listed = node2.list().await;
-    let dst = listed
-        .iter()
-        .find(|stats| stats.name == "dst")
-        .expect("listed");
-    assert_eq!(dst.ready, 3, "the leader's destination holds them");
+    for (node, view) in [(&node1, "node 1 (forwarded)"), (&node2, "the leader")] {
+        let listed = node.list().await;
+        let dst = listed
+            .iter()
+            .find(|stats| stats.name == "dst")
+            .expect("listed");
+        assert_eq!(dst.ready, 3, "{view} counts node 2's destination");
+    }
 
     node1
         .publish("", message("remote-q", "kept"))

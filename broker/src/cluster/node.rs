@@ -148,8 +148,8 @@ pub async fn start(
         }
     };
     let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-    // An address given as an IP was checked with the configuration; a host name is
-    // checked as it resolved.
+    // An address given as an IP was checked as the server started (`server::start`); a
+    // host name is checked as it resolved.
     if let Some(bound) = listen_addr {
         if let Some(refusal) = open_internal_listener(bound, settings.guard) {
             return Err(NodeError::Config(refusal));
